@@ -1,0 +1,1 @@
+"""The insights projection: the pure fold of post events, status, merging and the retry decision."""

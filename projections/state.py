@@ -1,0 +1,84 @@
+"""The projection of one post: the seed's insights document plus what the retry decision needs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.commands import PostContent
+from schemas.common import ErrorKind, Platform, PublishTarget, Timestamp
+from schemas.insights import PostInsights, PostStatus
+
+
+class AttemptState(BaseModel):
+    """One publish attempt of one platform, and what came of it so far."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt_id: str
+    platform: Platform
+    attempt_number: int
+    command_id: str
+    is_retry: bool = False
+    forced: bool = False
+    reason: str = ""
+    started_at: Timestamp
+    container_id: str | None = None
+    # None while the attempt has no result (in flight, or its worker died: to be resolved).
+    success: bool | None = None
+    recovered: bool = False
+    error_kind: ErrorKind | None = None
+    finished_at: Timestamp | None = None
+
+
+class CommandRecord(BaseModel):
+    """A command the handler has decided, kept so a redelivery of it has no effect."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command_id: str
+    command_type: str
+    platforms: list[Platform]
+    skipped: dict[Platform, str] = Field(default_factory=dict)
+    is_retry: bool = False
+    forced: bool = False
+    decided_at: Timestamp
+    note: str = ""
+
+
+class PostState(BaseModel):
+    """Everything folded from a post's events. `document` is the seed's insights document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    post_id: str
+    publish_target: PublishTarget | None = None
+    content: PostContent | None = None
+    account: str | None = None
+    document: PostInsights = Field(default_factory=PostInsights)
+    attempts: dict[str, AttemptState] = Field(default_factory=dict)
+    commands: dict[str, CommandRecord] = Field(default_factory=dict)
+    # Event ids already applied: a redelivered event changes nothing.
+    applied_event_ids: list[str] = Field(default_factory=list)
+    # What the user has to do before a retry can succeed, per failed platform ("re-authenticate Facebook").
+    needed_action: dict[Platform, str] = Field(default_factory=dict)
+    legacy: bool = False
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+
+    @property
+    def status(self) -> PostStatus:
+        return self.document.status
+
+    def attempts_of(self, platform: Platform) -> list[AttemptState]:
+        return sorted((a for a in self.attempts.values() if a.platform == platform), key=lambda a: a.attempt_number)
+
+    def in_flight(self, platform: Platform) -> AttemptState | None:
+        """The platform's latest attempt if it has no result yet."""
+        attempts = self.attempts_of(platform)
+        return attempts[-1] if attempts and attempts[-1].success is None else None
+
+
+def empty_state(post_id: str, at: datetime | None = None) -> PostState:
+    return PostState(post_id=post_id, created_at=at, updated_at=at)

@@ -1,0 +1,1 @@
+"""Platform clients (Facebook Page, Instagram), error classification and the sandbox Graph API."""

@@ -1,0 +1,93 @@
+"""Commands on the commands topic: what upstream services and people ask the service to do."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, model_validator
+
+from schemas.common import Frozen, Identifier, PublishTarget, Timestamp
+
+COMMAND_SCHEMA_VERSION = 1
+
+# Instagram's own caption limit; Facebook's is far larger, so this one applies to both targets.
+INSTAGRAM_CAPTION_LIMIT = 2200
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+HttpUrlText = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+
+
+class PostContent(Frozen):
+    """What gets published: a caption with an image (Instagram needs one) and, for Facebook, a link."""
+
+    caption: str = Field(max_length=63206)
+    image_url: HttpUrlText | None = None
+    link: HttpUrlText | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> PostContent:
+        if not self.caption.strip() and self.image_url is None and self.link is None:
+            raise ValueError("content is empty: give a caption, an image_url or a link")
+        return self
+
+
+class CommandBase(Frozen):
+    """What every command carries: its schema version, a unique id (for idempotency) and the post."""
+
+    schema_version: int = COMMAND_SCHEMA_VERSION
+    command_id: Identifier
+    post_id: Identifier
+    requested_at: Timestamp
+
+
+class PublishRequested(CommandBase):
+    """Publish a new post to its target platforms."""
+
+    type: Literal["PublishRequested"] = "PublishRequested"
+    publish_target: PublishTarget
+    content: PostContent
+    # A reference into the service's credential store; tokens never travel on Kafka.
+    account: Identifier
+
+    @model_validator(mode="after")
+    def _fits_target(self) -> PublishRequested:
+        if self.publish_target in ("instagram", "both"):
+            if self.content.image_url is None:
+                raise ValueError("Instagram needs content.image_url")
+            if len(self.content.caption) > INSTAGRAM_CAPTION_LIMIT:
+                raise ValueError(f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters")
+        return self
+
+
+class RetryRequested(CommandBase):
+    """Retry a post: only the platforms whose latest result failed are published again."""
+
+    type: Literal["RetryRequested"] = "RetryRequested"
+    # Corrected content (the seed's "fix the image URL"); None keeps the post's content.
+    content: PostContent | None = None
+
+
+class ForceRepublishRequested(CommandBase):
+    """Publish again even to platforms that succeeded (the seed's case 4, "e.g. for testing")."""
+
+    type: Literal["ForceRepublishRequested"] = "ForceRepublishRequested"
+    content: PostContent | None = None
+    reason: str = Field(default="forced republish", max_length=500)
+
+
+Command = Annotated[
+    PublishRequested | RetryRequested | ForceRepublishRequested, Field(discriminator="type")
+]
+COMMAND_TYPES: dict[str, type[CommandBase]] = {
+    "PublishRequested": PublishRequested,
+    "RetryRequested": RetryRequested,
+    "ForceRepublishRequested": ForceRepublishRequested,
+}

@@ -1,0 +1,76 @@
+"""Names shared by every contract: platforms, publish targets, error kinds, timestamps."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+
+Platform = Literal["facebook", "instagram"]
+PLATFORMS: tuple[Platform, ...] = ("facebook", "instagram")
+PublishTarget = Literal["facebook", "instagram", "both"]
+
+PLATFORM_LABELS: dict[str, str] = {"facebook": "Facebook", "instagram": "Instagram"}
+
+
+def platforms_of(target: PublishTarget) -> tuple[Platform, ...]:
+    """The platforms a `publish_target` names, in the seed's order (Facebook first)."""
+    return PLATFORMS if target == "both" else (target,)
+
+
+def target_of(platforms: tuple[Platform, ...] | list[Platform]) -> PublishTarget | None:
+    """The inverse of `platforms_of`: None for no platform."""
+    chosen = set(platforms)
+    if chosen == set(PLATFORMS):
+        return "both"
+    if len(chosen) == 1:
+        return next(iter(chosen))
+    return None
+
+
+class ErrorKind(StrEnum):
+    """What a platform error means for the user, and whether the service retries it on its own."""
+
+    AUTH = "auth"  # token expired or revoked: re-authenticate
+    PERMISSION = "permission"  # the token lacks a permission: re-authorize with it
+    INVALID_MEDIA = "invalid_media"  # image rejected: fix the image
+    INVALID_REQUEST = "invalid_request"  # anything else the platform refused: fix the post
+    RATE_LIMITED = "rate_limited"  # retried automatically after the platform's wait hint
+    TRANSIENT = "transient"  # 5xx, timeouts, is_transient: retried automatically
+
+    @property
+    def retried_automatically(self) -> bool:
+        return self in (ErrorKind.RATE_LIMITED, ErrorKind.TRANSIENT)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must carry a time zone")
+    # Millisecond precision, as on the wire: a decoded event equals the one that was encoded.
+    return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def format_timestamp(value: datetime) -> str:
+    """`2025-11-17T10:10:13.151Z`: millisecond precision in UTC, as the seed writes times."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(_utc),
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+]
+
+# Post ids travel as Kafka keys, URL path segments and database keys: no path characters.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+Identifier = Annotated[str, Field(pattern=ID_PATTERN.pattern, min_length=1, max_length=128)]
+
+
+class Frozen(BaseModel):
+    """Base of every contract: immutable, and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")

@@ -1,0 +1,88 @@
+"""Wire format of commands and events: flat JSON objects with `type` and `schema_version`, and one decoder."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from schemas.commands import COMMAND_SCHEMA_VERSION, COMMAND_TYPES, Command
+from schemas.events import EVENT_SCHEMA_VERSION, EVENT_TYPES, Event
+
+# Anything larger is not a command or event of ours; refuse it before parsing.
+MAX_MESSAGE_BYTES = 1_000_000
+
+M = TypeVar("M", bound=BaseModel)
+
+Envelope = dict[str, Any]
+
+_command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+_event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid command or event; `reason` says what is wrong in one line."""
+
+    def __init__(self, reason: str, type_name: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.type_name = type_name
+
+
+def encode(message: BaseModel) -> bytes:
+    """The JSON bytes of a command or event, as they go on Kafka."""
+    return message.model_dump_json(exclude_none=False).encode()
+
+
+def _object(raw: bytes | str | None, what: str) -> Envelope:
+    if raw is None:
+        raise DecodeError(f"empty {what}: the message has no value")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"{what} too large: {len(raw)} bytes, at most {MAX_MESSAGE_BYTES}")
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise DecodeError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _decode(raw: bytes | str | None, what: str, types: dict[str, Any], version: int, adapter: TypeAdapter[Any]) -> Any:
+    value = _object(raw, what)
+    type_name = value.get("type")
+    if not isinstance(type_name, str) or type_name not in types:
+        known = ", ".join(sorted(types))
+        raise DecodeError(f"unknown {what} type {type_name!r} (known: {known})")
+    schema_version = value.get("schema_version", 1)
+    if not isinstance(schema_version, int) or isinstance(schema_version, bool) or not 1 <= schema_version <= version:
+        raise DecodeError(
+            f"unsupported schema_version {schema_version!r} for {type_name} (this service reads 1 to {version})",
+            type_name,
+        )
+    # Older versions are upgraded here, one step at a time, before validation; version 1 is current.
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid {type_name}: {_describe(exc)}", type_name) from None
+
+
+def decode_command(raw: bytes | str | None) -> Command:
+    """A typed command, or `DecodeError` naming what is wrong."""
+    result: Command = _decode(raw, "command", COMMAND_TYPES, COMMAND_SCHEMA_VERSION, _command_adapter)
+    return result
+
+
+def decode_event(raw: bytes | str | None) -> Event:
+    """A typed event, or `DecodeError` naming what is wrong."""
+    result: Event = _decode(raw, "event", EVENT_TYPES, EVENT_SCHEMA_VERSION, _event_adapter)
+    return result

@@ -1,0 +1,123 @@
+"""Events on the post-events topic: the source of truth that the insights projection is folded from."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from schemas.commands import PostContent
+from schemas.common import ErrorKind, Frozen, Identifier, Platform, PublishTarget, Timestamp
+
+EVENT_SCHEMA_VERSION = 1
+
+CommandType = Literal["PublishRequested", "RetryRequested", "ForceRepublishRequested"]
+
+
+class EventBase(Frozen):
+    """What every event carries: its schema version, a unique id, the post it belongs to and when."""
+
+    schema_version: int = EVENT_SCHEMA_VERSION
+    event_id: Annotated[str, Field(min_length=1, max_length=200)]
+    post_id: Identifier
+    occurred_at: Timestamp
+
+
+class PostSubmitted(EventBase):
+    """A post was accepted for publishing: its target, content and account reference (never a token)."""
+
+    type: Literal["PostSubmitted"] = "PostSubmitted"
+    command_id: Identifier
+    publish_target: PublishTarget
+    content: PostContent
+    account: Identifier
+
+
+class CommandDecided(EventBase):
+    """The handler decided what a command publishes; recorded so a redelivered command has no effect."""
+
+    type: Literal["CommandDecided"] = "CommandDecided"
+    command_id: Identifier
+    command_type: CommandType
+    platforms: tuple[Platform, ...]
+    # Why each targeted platform that is not published was left alone, in words for the log and page.
+    skipped: dict[Platform, str] = Field(default_factory=dict)
+    is_retry: bool = False
+    forced: bool = False
+    # Corrected content that this command brought (a retry after fixing the image URL).
+    content: PostContent | None = None
+    note: str = ""
+
+
+class PublishAttempted(EventBase):
+    """The handler is about to call a platform; a result, or a recovery check, must follow."""
+
+    type: Literal["PublishAttempted"] = "PublishAttempted"
+    platform: Platform
+    attempt_id: Identifier
+    attempt_number: Annotated[int, Field(ge=1)]
+    command_id: Identifier
+    is_retry: bool = False
+    forced: bool = False
+    # "first publish", "smart retry", "automatic retry after transient error", "forced republish", ...
+    reason: str = ""
+
+
+class ContainerCreated(EventBase):
+    """A platform-side handle for an attempt (Instagram's media container), kept to resolve unknown outcomes."""
+
+    type: Literal["ContainerCreated"] = "ContainerCreated"
+    platform: Platform
+    attempt_id: Identifier
+    container_id: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class PlatformError(Frozen):
+    """A classified platform error; `message` reads like the seed's and never holds a token."""
+
+    kind: ErrorKind
+    message: Annotated[str, Field(max_length=2000)]
+    code: int | None = None
+    subcode: int | None = None
+    http_status: int | None = None
+    # Seconds the platform asks us to wait before trying again (rate limits), when it says.
+    retry_after_s: float | None = None
+
+
+class PlatformResult(EventBase):
+    """The outcome of one attempt: the platform's post id and permalink, or a classified error."""
+
+    type: Literal["PlatformResult"] = "PlatformResult"
+    platform: Platform
+    attempt_id: Identifier
+    success: bool
+    platform_post_id: str | None = None
+    permalink: str | None = None
+    error: PlatformError | None = None
+    # True when an attempt without a result was resolved by asking the platform, not by publishing.
+    recovered: bool = False
+
+
+class LegacyInsightsImported(EventBase):
+    """A post from the old system, imported as it was (with or without `publish_results`)."""
+
+    type: Literal["LegacyInsightsImported"] = "LegacyInsightsImported"
+    publish_target: PublishTarget
+    content: PostContent | None = None
+    account: Identifier | None = None
+    # The old document: `insights`, `status`, `error_message`, `post_url` as the old system stored them.
+    document: dict[str, Any]
+
+
+Event = Annotated[
+    PostSubmitted | CommandDecided | PublishAttempted | ContainerCreated | PlatformResult | LegacyInsightsImported,
+    Field(discriminator="type"),
+]
+EVENT_TYPES: dict[str, type[EventBase]] = {
+    "PostSubmitted": PostSubmitted,
+    "CommandDecided": CommandDecided,
+    "PublishAttempted": PublishAttempted,
+    "ContainerCreated": ContainerCreated,
+    "PlatformResult": PlatformResult,
+    "LegacyInsightsImported": LegacyInsightsImported,
+}

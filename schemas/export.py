@@ -1,0 +1,44 @@
+"""Writes the JSON Schema of every command and event into schemas/json/ (`make schemas`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.api import PublishResponse
+from schemas.commands import COMMAND_TYPES
+from schemas.events import EVENT_TYPES
+from schemas.insights import PostInsights
+
+OUT = Path(__file__).with_name("json")
+
+
+def exported() -> dict[str, dict[str, Any]]:
+    """File name -> JSON Schema, for every contract other services read or write."""
+    models: dict[str, type[BaseModel]] = {
+        **{f"commands/{name}": model for name, model in COMMAND_TYPES.items()},
+        **{f"events/{name}": model for name, model in EVENT_TYPES.items()},
+        "insights/PostInsights": PostInsights,
+        "api/PublishResponse": PublishResponse,
+    }
+    return {f"{name}.schema.json": model.model_json_schema(mode="serialization", by_alias=True)
+            for name, model in models.items()}
+
+
+def render(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def main() -> None:
+    for name, schema in exported().items():
+        path = OUT / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(schema))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The insights document of a post, exactly as the seed's "Data Structure" section shows it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from schemas.common import Frozen, Platform, Timestamp
+
+PostStatus = Literal["publishing", "posted", "failed"]
+
+
+class PublishResult(Frozen):
+    """The latest result of one platform: `postId`/`permalink` on success, `error` on failure."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    platform: Platform
+    success: bool
+    error: str | None = None
+    post_id: str | None = Field(default=None, alias="postId")
+    permalink: str | None = None
+
+
+class Insights(Frozen):
+    """`insights`: the merged per-platform results and the ids the rest of the product reads."""
+
+    publish_results: list[PublishResult] = Field(default_factory=list)
+    published_at: Timestamp | None = None
+    last_retry_at: Timestamp | None = None
+    facebook_post_id: str | None = None
+    instagram_media_id: str | None = None
+    instagram_permalink: str | None = None
+
+
+class PostInsights(Frozen):
+    """The post's document: `insights`, `status`, `error_message` and `post_url`."""
+
+    insights: Insights = Field(default_factory=Insights)
+    status: PostStatus = "publishing"
+    error_message: str | None = None
+    post_url: str | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        """The seed's JSON: absent fields left out, except `error_message`, which is null once all succeeded."""
+        document = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document["error_message"] = self.error_message
+        ordered = {key: document[key] for key in ("insights", "status", "error_message", "post_url") if key in document}
+        return ordered

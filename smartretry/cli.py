@@ -1,0 +1,67 @@
+"""`smartretry`: run the service and operate it from the command line."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import typer
+
+from smartretry.settings import Settings
+from streams.broker import BrokerUnavailable, LocalBroker, kafka_broker
+from streams.topics import ensure_topics
+
+app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagram, retry only what failed.",
+                  no_args_is_help=True)
+
+
+@contextlib.contextmanager
+def broker_for(settings: Settings) -> Iterator[str]:
+    """The configured broker, else one started here (Docker, else the local JVM)."""
+    if settings.kafka_bootstrap_servers:
+        yield settings.kafka_bootstrap_servers
+        return
+    try:
+        with kafka_broker() as bootstrap:
+            yield bootstrap
+    except BrokerUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def wait_for_interrupt() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@app.command()
+def broker(measure: bool = typer.Option(False, help="Start the local JVM broker, print its start time, stop.")) -> None:
+    """Start a Kafka broker on this machine and print its address (Ctrl-C stops it)."""
+    if measure:
+        started = time.monotonic()
+        local = LocalBroker.start()
+        elapsed = time.monotonic() - started
+        local.stop()
+        typer.echo(f"local broker ready in {elapsed:.2f}s (jars cached)")
+        return
+    with broker_for(Settings()) as bootstrap:
+        typer.echo(f"Kafka broker ready at {bootstrap}  (Ctrl-C stops it)")
+        wait_for_interrupt()
+
+
+@app.command()
+def run() -> None:
+    """Run the service: broker unless configured, topics, and the processes of the service."""
+    settings = Settings()
+    with broker_for(settings) as bootstrap:
+        created = ensure_topics(bootstrap, settings.topics.specs())
+        names = ", ".join(spec.name for spec in settings.topics.specs())
+        typer.echo(f"Kafka: {bootstrap}  topics: {names}" + (f"  (created {len(created)})" if created else ""))
+        typer.echo("Running. Ctrl-C stops everything.")
+        wait_for_interrupt()
+        typer.echo("Stopping ...")

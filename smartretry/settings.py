@@ -1,0 +1,44 @@
+"""Settings of the service, from the environment (prefix `SMARTRETRY_`) or a `.env` file."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.topics import DEFAULT_PARTITIONS, Topics
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMARTRETRY_", env_file=".env", extra="ignore")
+
+    # An existing broker; unset, `smartretry run` starts one (Docker, else the local JVM).
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SMARTRETRY_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    topic_prefix: str = "smartretry."
+    partitions: int = DEFAULT_PARTITIONS
+    database_url: str = "sqlite:///var/smartretry.db"
+
+    # The real Graph API when set (https://graph.facebook.com); unset, the sandbox Graph API is used.
+    graph_api_base_url: str | None = None
+    graph_api_version: str = "v24.0"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_key: SecretStr = SecretStr("dev-key-change-me")
+
+    log_format: str = "text"  # or "json"
+    log_level: str = "INFO"
+
+    # How long publish and retry requests wait for results before answering 202.
+    api_wait_seconds: float = 10.0
+    # Automatic retries of transient and rate-limited failures.
+    max_automatic_attempts: int = 5
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 60.0
+    # How long the handler waits for the projection to catch up before retrying a command.
+    freshness_timeout_seconds: float = 30.0
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(prefix=self.topic_prefix, partitions=self.partitions)

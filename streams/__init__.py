@@ -1,0 +1,1 @@
+"""The Kafka edges: topics, the local broker, the projector, the command handler and replay."""

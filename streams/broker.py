@@ -1,0 +1,237 @@
+"""A real Apache Kafka broker for the service and the tests: configured, in Docker, or on the local JVM."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "3.9.1"
+POM = Path(__file__).with_name("broker") / "pom.xml"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be provided; the message says what to install or fix."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SMARTRETRY_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smartretry"
+    )
+    return Path(root)
+
+
+def kafka_libs(log: bool = True) -> Path:
+    """Kafka's jars, resolved from Maven Central once and cached outside the work tree."""
+    libs = cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    for tool, package in (("java", "openjdk-17-jre-headless"), ("mvn", "maven")):
+        if shutil.which(tool) is None:
+            raise BrokerUnavailable(
+                f"`{tool}` is not on PATH: install it (Debian: apt-get install {package}) "
+                "or set KAFKA_BOOTSTRAP_SERVERS to an existing broker."
+            )
+    if log:
+        print(f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...", file=sys.stderr)
+    staging = Path(tempfile.mkdtemp(prefix="kafka-libs-", dir=libs.parent.parent if libs.parent.parent.exists() else None))
+    try:
+        subprocess.run(
+            ["mvn", "-B", "-q", "-f", str(POM), DEPENDENCY_PLUGIN,
+             "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
+            check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BrokerUnavailable(f"Maven could not fetch Kafka's jars: {exc.stdout[-2000:]}") from exc
+    (staging / ".complete").touch()
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # Another process may have finished first; either copy is complete.
+    with contextlib.suppress(OSError):
+        staging.rename(libs)
+    shutil.rmtree(staging, ignore_errors=True)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # The JVM gets SIGTERM when the process that started it dies, even by SIGKILL: no orphan brokers.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "inter.broker.listener.name=PLAINTEXT",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={data_dir / 'logs'}",
+        "num.partitions=1",
+        # One node: internal topics cannot have more replicas than that, or transactions hang.
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=6",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=6",
+        "default.replication.factor=1",
+        "min.insync.replicas=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=false",
+        "log.retention.hours=-1",
+        "",
+    ])
+
+
+@dataclass
+class LocalBroker:
+    """A single-node KRaft broker (broker and controller in one JVM) on 127.0.0.1."""
+
+    port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    _owns_dir: bool = True
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, data_dir: Path | None = None, port: int | None = None, timeout: float = 90.0) -> LocalBroker:
+        libs = kafka_libs()
+        owns = data_dir is None
+        data_dir = Path(tempfile.mkdtemp(prefix="smartretry-kafka-")) if data_dir is None else data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        broker = cls(port=port, data_dir=data_dir, _owns_dir=owns)
+        props = data_dir / "server.properties"
+        classpath = f"{libs}/*"
+        log4j = data_dir / "log4j.properties"
+        log4j.write_text(
+            "log4j.rootLogger=WARN, file\n"
+            "log4j.appender.file=org.apache.log4j.FileAppender\n"
+            f"log4j.appender.file.File={data_dir / 'broker.log'}\n"
+            "log4j.appender.file.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.kafka.server.KafkaServer=INFO\n"
+        )
+        java = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j.configuration=file:{log4j}", "-cp", classpath]
+        formatted = (data_dir / "logs" / "meta.properties").exists()
+        if not formatted:
+            props.write_text(_server_properties(data_dir, port, free_port()))
+            cluster_id = subprocess.run(
+                [*java, "kafka.tools.StorageTool", "random-uuid"], check=True, capture_output=True, text=True
+            ).stdout.strip().splitlines()[-1]
+            subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+                check=True, capture_output=True, text=True,
+            )
+        out = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the broker process
+        broker.process = subprocess.Popen(
+            [*java, "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )
+        out.close()
+        try:
+            broker.wait_ready(timeout)
+        except BaseException:
+            broker.stop()
+            raise
+        return broker
+
+    def wait_ready(self, timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                tail = (self.data_dir / "stdout.log").read_text(errors="replace")[-2000:]
+                raise BrokerUnavailable(f"the Kafka JVM exited with {self.process.returncode}: {tail}")
+            try:
+                metadata = admin.list_topics(timeout=1.0)
+                if metadata.brokers:
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(0.2)
+        raise BrokerUnavailable(f"the local Kafka broker did not answer within {timeout:.0f}s (see {self.data_dir})")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """Stops the JVM abruptly (SIGKILL), keeping its data: for restart tests."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, timeout: float = 90.0) -> None:
+        self.kill()
+        owns, self._owns_dir = self._owns_dir, False
+        try:
+            started = LocalBroker.start(self.data_dir, self.port, timeout)
+        finally:
+            self._owns_dir = owns
+        self.process = started.process
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextlib.contextmanager
+def kafka_broker(prefer_docker: bool = True) -> Iterator[str]:
+    """Yields a bootstrap address: `KAFKA_BOOTSTRAP_SERVERS`, else Docker (testcontainers), else the local JVM."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if prefer_docker and docker_available():
+        from testcontainers.community.kafka import KafkaContainer
+
+        with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = LocalBroker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()

@@ -1,0 +1,77 @@
+"""The service's Kafka topics, declared once and created idempotently at start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+DEFAULT_PARTITIONS = 6
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The four topic names under one prefix (tests use a unique prefix each)."""
+
+    prefix: str = "smartretry."
+    partitions: int = DEFAULT_PARTITIONS
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}commands"
+
+    @property
+    def post_events(self) -> str:
+        return f"{self.prefix}post-events"
+
+    @property
+    def insights(self) -> str:
+        return f"{self.prefix}insights"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}dead-letters"
+
+    def specs(self) -> list[TopicSpec]:
+        # Commands and events share partition count and key (post id), so the handler that owns a
+        # post's commands also owns its events partition.
+        return [
+            TopicSpec(self.commands, self.partitions, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+            # The source of truth: kept forever.
+            TopicSpec(self.post_events, self.partitions, {"cleanup.policy": "delete", "retention.ms": "-1",
+                                                          "retention.bytes": "-1"}),
+            TopicSpec(self.insights, self.partitions, {"cleanup.policy": "compact"}),
+            TopicSpec(self.dead_letters, 1, {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS)}),
+        ]
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Creates the topics that do not exist yet; returns the names created. Safe to call on every start."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [s for s in specs if s.name not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in wanted],
+        operation_timeout=timeout,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
