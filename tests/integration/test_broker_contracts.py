@@ -1,0 +1,108 @@
+"""Every command and event survives the real broker; bad bytes decode to a clear error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from schemas.envelope import DecodeError, decode_command, decode_event, encode
+from streams.kafka import consumer, producer
+from streams.topics import Topics, ensure_topics
+from tests.support.samples import POST_ID, all_commands, all_events
+
+pytestmark = pytest.mark.integration
+
+
+def _consume_all(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[tuple[bytes, bytes | None]]:
+    c = consumer(bootstrap, f"test-{topic}")
+    c.subscribe([topic])
+    got: list[tuple[bytes, bytes | None]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            message = c.poll(0.5)
+            if message is None or message.error():
+                continue
+            got.append((message.key(), message.value()))
+    finally:
+        c.close()
+    return got
+
+
+def test_commands_and_events_round_trip_through_the_broker(kafka_bootstrap: str, topics: Topics) -> None:
+    p = producer(kafka_bootstrap)
+    for command in all_commands():
+        p.produce(topics.commands, key=command.post_id.encode(), value=encode(command))  # type: ignore[attr-defined]
+    for event in all_events():
+        p.produce(topics.post_events, key=event.post_id.encode(), value=encode(event))  # type: ignore[attr-defined]
+    assert p.flush(30) == 0
+
+    commands = _consume_all(kafka_bootstrap, topics.commands, len(all_commands()))
+    events = _consume_all(kafka_bootstrap, topics.post_events, len(all_events()))
+    assert sorted((decode_command(v) for _, v in commands), key=lambda c: c.command_id) == all_commands()
+    decoded_events = {e.event_id: e for e in (decode_event(v) for _, v in events)}
+    assert [decoded_events[e.event_id] for e in all_events()] == all_events()  # type: ignore[attr-defined]
+    assert {k for k, _ in commands} == {POST_ID.encode()}
+
+
+def test_bad_bytes_from_the_broker_decode_to_clear_errors(kafka_bootstrap: str, topics: Topics) -> None:
+    bad = [b"not json at all", b'"a string"', b'{"type": "PostDeleted", "post_id": "p"}',
+           b'{"type": "PublishAttempted", "schema_version": 7}', b'{"type": "PlatformResult", "post_id": "p"}']
+    p = producer(kafka_bootstrap)
+    for value in bad:
+        p.produce(topics.post_events, key=b"p", value=value)
+    assert p.flush(30) == 0
+    reasons = []
+    for _, value in _consume_all(kafka_bootstrap, topics.post_events, len(bad)):
+        with pytest.raises(DecodeError) as caught:
+            decode_event(value)
+        reasons.append(caught.value.reason)
+    assert sorted(r.split(":")[0].split(" ")[0] for r in reasons) == sorted(
+        ["not", "event", "unknown", "unsupported", "invalid"])
+
+
+def test_topics_are_created_once_with_their_retention(kafka_bootstrap: str) -> None:
+    names = Topics(prefix=f"t{os.getpid()}x{time.monotonic_ns()}.")
+    assert len(ensure_topics(kafka_bootstrap, names.specs())) == 4
+    assert ensure_topics(kafka_bootstrap, names.specs()) == []
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    metadata = admin.list_topics(timeout=10).topics
+    assert len(metadata[names.commands].partitions) == len(metadata[names.post_events].partitions) == 6
+    resources = [ConfigResource("topic", names.post_events), ConfigResource("topic", names.insights)]
+    configs = {r.name: f.result(10) for r, f in admin.describe_configs(resources).items()}
+    assert configs[names.post_events]["retention.ms"].value == "-1"
+    assert configs[names.insights]["cleanup.policy"].value == "compact"
+
+
+def test_local_broker_leaves_no_jvm_when_its_parent_is_killed(tmp_path: object) -> None:
+    """A killed test run or `make run` must not leave an orphan broker behind."""
+    script = (
+        "import sys, time\n"
+        "from streams.broker import LocalBroker\n"
+        "b = LocalBroker.start()\n"
+        "print(b.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": ""})
+    assert parent.stdout is not None
+    jvm_pid = int(parent.stdout.readline())
+    parent.stdout.close()
+    os.kill(jvm_pid, 0)  # the broker runs
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(jvm_pid, 0)
+        except ProcessLookupError:
+            return
+        # Reap it if it became our child after the parent died.
+        time.sleep(0.2)
+    pytest.fail(f"broker JVM {jvm_pid} still runs after its parent was killed")

@@ -1,0 +1,97 @@
+"""The wire contracts: round trips, clear errors for bad input, and the exported JSON Schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.commands import PostContent, PublishRequested
+from schemas.envelope import DecodeError, decode_command, decode_event, encode
+from schemas.export import OUT, exported, render
+from tests.support.samples import AT, CONTENT, POST_ID, all_commands, all_events
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=lambda c: type(c).__name__)
+def test_every_command_round_trips(command: object) -> None:
+    assert decode_command(encode(command)) == command  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("event", all_events(), ids=lambda e: type(e).__name__)
+def test_every_event_round_trips(event: object) -> None:
+    assert decode_event(encode(event)) == event  # type: ignore[arg-type]
+
+
+def test_timestamps_are_written_as_the_seed_writes_them() -> None:
+    body = json.loads(encode(all_events()[0]))
+    assert body["occurred_at"] == "2025-11-17T10:10:13.151Z"
+    assert body["type"] == "PostSubmitted" and body["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe not json", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"type": "PostDeleted"}', "unknown event type 'PostDeleted'"),
+        (b'{"type": "PublishAttempted", "schema_version": 99}', "unsupported schema_version 99"),
+        (b'{"type": "PlatformResult", "schema_version": 1, "event_id": "e", "post_id": "p",'
+         b' "occurred_at": "2025-11-17T10:10:13.151Z", "platform": "facebook", "success": true}',
+         "attempt_id: Field required"),
+        (b'{"type": "PublishAttempted", "event_id": "e", "post_id": "p", "occurred_at": "2025-11-17T10:10:13Z",'
+         b' "platform": "tiktok", "attempt_id": "a", "attempt_number": 1, "command_id": "c"}', "platform"),
+        (None, "no value"),
+    ],
+)
+def test_bad_events_decode_to_a_clear_error(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_event(raw)
+    assert reason in caught.value.reason
+
+
+def test_bad_commands_name_the_field() -> None:
+    body = json.loads(encode(all_commands()[0]))
+    body["publish_target"] = "myspace"
+    with pytest.raises(DecodeError, match="publish_target"):
+        decode_command(json.dumps(body))
+    del body["publish_target"]
+    with pytest.raises(DecodeError, match="publish_target: Field required"):
+        decode_command(json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"post_id": "../../etc/passwd"}, "post_id"),
+        ({"content": {"caption": "x", "image_url": "ftp://cdn/x.jpg"}}, r"http\(s\) URL"),
+        ({"content": {"caption": "   "}}, "content is empty"),
+        ({"content": {"caption": "x" * 2201, "image_url": "https://cdn/x.jpg"}}, "2200 characters"),
+        ({"publish_target": "instagram", "content": {"caption": "text only"}}, "Instagram needs content.image_url"),
+        ({"requested_at": "2025-11-17T10:10:13"}, "time zone"),
+    ],
+)
+def test_invalid_publish_requests_are_refused(changes: dict[str, object], message: str) -> None:
+    body = {"command_id": "c", "post_id": POST_ID, "publish_target": "both", "account": "acme",
+            "content": CONTENT.model_dump(), "requested_at": AT, **changes}
+    with pytest.raises(ValidationError, match=message):
+        PublishRequested.model_validate(body)
+
+
+def test_a_facebook_text_post_needs_no_image() -> None:
+    command = PublishRequested(command_id="c", post_id="p", publish_target="facebook", account="acme",
+                               content=PostContent(caption="Hello", link="https://example.com"), requested_at=AT)
+    assert command.content.image_url is None
+
+
+def test_contracts_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        all_commands()[0].post_id = "other"  # type: ignore[misc]
+
+
+def test_exported_json_schema_is_current() -> None:
+    """Upstream services and analytics read schemas/json; `make schemas` refreshes it."""
+    for name, schema in exported().items():
+        path = OUT / name
+        assert path.exists(), f"{path} is missing: run `make schemas`"
+        assert path.read_text() == render(schema), f"{path} is stale: run `make schemas`"
