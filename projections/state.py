@@ -7,8 +7,8 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.commands import PostContent
-from schemas.common import ErrorKind, Platform, PublishTarget, Timestamp
-from schemas.insights import PostInsights, PostStatus
+from schemas.common import ErrorKind, Platform, PublishTarget, Timestamp, platforms_of
+from schemas.insights import PostInsights, PostStatus, PublishResult
 
 
 class AttemptState(BaseModel):
@@ -66,6 +66,14 @@ class PostState(BaseModel):
     legacy: bool = False
     created_at: Timestamp | None = None
     updated_at: Timestamp | None = None
+    # The command that submitted the post: its redelivery resumes the first publish instead of being refused.
+    submitted_by: str | None = None
+    # What an imported old-system document said, used only where the events have nothing to say yet.
+    legacy_status: PostStatus | None = None
+    legacy_error_message: str | None = None
+    legacy_post_url: str | None = None
+    # Results the old system stored stand for at least one attempt each; counted in the retry history.
+    legacy_attempts: dict[Platform, int] = Field(default_factory=dict)
 
     @property
     def status(self) -> PostStatus:
@@ -78,6 +86,19 @@ class PostState(BaseModel):
         """The platform's latest attempt if it has no result yet."""
         attempts = self.attempts_of(platform)
         return attempts[-1] if attempts and attempts[-1].success is None else None
+
+    @property
+    def targeted(self) -> tuple[Platform, ...]:
+        """The platforms the post was submitted for (Facebook first); none before it is submitted."""
+        return platforms_of(self.publish_target) if self.publish_target is not None else ()
+
+    def latest_result(self, platform: Platform) -> PublishResult | None:
+        """The platform's merged result in the insights document: its newest one."""
+        return next((r for r in self.document.insights.publish_results if r.platform == platform), None)
+
+    def latest_command(self) -> CommandRecord | None:
+        """The command decided last (commands are decided in order, one post at a time)."""
+        return next(reversed(self.commands.values()), None)
 
 
 def empty_state(post_id: str, at: datetime | None = None) -> PostState:

@@ -1,0 +1,183 @@
+"""The retry decision: from a post's state and a command, which platforms to publish and why (no I/O).
+
+The seed's cases, for a post that targets both platforms:
+
+- first publish: both ("Publishing to both Facebook and Instagram...");
+- retry after Facebook failed and Instagram succeeded: Facebook only ("🔄 Smart retry: Publishing only to
+  Facebook (Instagram already succeeded)"), and the mirror case for Instagram;
+- retry after both failed: both;
+- retry after both succeeded: nothing, and the decision says so. Only `ForceRepublishRequested` publishes
+  a platform that succeeded (the seed's case 4, "e.g. for testing"), and the decision is marked `forced`.
+
+A platform whose latest attempt has no result is never chosen: its worker may have published before
+dying. It is listed in `unresolved` so the handler can ask the platform whether the post exists (and
+record the recovered result) before a later command publishes it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from projections.fold import awaiting_attempt
+from projections.state import PostState
+from schemas.commands import Command, ForceRepublishRequested, PublishRequested
+from schemas.common import PLATFORM_LABELS, Platform, platforms_of
+from schemas.events import CommandDecided, CommandType
+
+ALREADY_SUCCEEDED = "already succeeded"
+STILL_PUBLISHING = "still publishing (its last attempt has no result yet)"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one command publishes. `platforms` empty with `no_op`, `duplicate_command` or `reject_reason` set."""
+
+    platforms: tuple[Platform, ...] = ()
+    # Targeted platforms left alone, with the reason in words ("already succeeded").
+    skipped: dict[Platform, str] = field(default_factory=dict)
+    is_retry: bool = False
+    forced: bool = False
+    no_op: bool = False
+    duplicate_command: bool = False
+    reject_reason: str | None = None
+    log_line: str = ""
+    # Platforms whose latest attempt has no result: to be checked on the platform, not published blindly.
+    unresolved: tuple[Platform, ...] = ()
+    # For a redelivered command: the platforms its recorded decision chose but never attempted (the handler
+    # died between deciding and attempting). These were never sent to the platform, so they are safe to publish.
+    unstarted: tuple[Platform, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        """True when the decision is to be recorded (a `CommandDecided`), even one that publishes nothing."""
+        return self.reject_reason is None and not self.duplicate_command
+
+    def to_event(self, command: Command, event_id: str, occurred_at: datetime) -> CommandDecided:
+        """The `CommandDecided` event that records this decision, so a redelivered command has no effect."""
+        command_type: CommandType = command.type
+        return CommandDecided(
+            event_id=event_id,
+            post_id=command.post_id,
+            occurred_at=occurred_at,
+            command_id=command.command_id,
+            command_type=command_type,
+            platforms=self.platforms,
+            skipped=dict(self.skipped),
+            is_retry=self.is_retry,
+            forced=self.forced,
+            content=None if isinstance(command, PublishRequested) else command.content,
+            note=self.log_line,
+        )
+
+
+def decide(state: PostState | None, command: Command) -> Decision:
+    """The platforms `command` publishes to, given the post's current state (see the module docstring)."""
+    if state is not None and command.command_id in state.commands:
+        return _duplicate(state, command.command_id)
+    if isinstance(command, PublishRequested):
+        return _first_publish(state, command)
+    if state is None or state.publish_target is None:
+        return Decision(
+            reject_reason=f"post {command.post_id} is unknown: publish it with PublishRequested first",
+            log_line=f"Cannot retry post {command.post_id}: it was never published",
+        )
+    return _republish(state, forced=isinstance(command, ForceRepublishRequested),
+                      reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
+
+
+def retry_preview(state: PostState | None) -> str:
+    """The page's note under the retry button ("Note: Will only retry Facebook"), from the same rule as `decide`."""
+    if state is None or state.publish_target is None:
+        return ""
+    decision = _republish(state, forced=False, reason="")
+    if decision.no_op:
+        return f"Note: {decision.log_line}"
+    only = "only " if decision.skipped else ""
+    return f"Note: Will {only}retry {_names(decision.platforms)}"
+
+
+def _duplicate(state: PostState, command_id: str) -> Decision:
+    record = state.commands[command_id]
+    started = {a.platform for a in state.attempts.values() if a.command_id == command_id}
+    unstarted = tuple(p for p in record.platforms if p not in started)
+    line = f"Command {command_id} was already decided; nothing new to do"
+    if unstarted:
+        line = f"Command {command_id} was already decided; resuming {_names(unstarted)}"
+    return Decision(duplicate_command=True, is_retry=record.is_retry, forced=record.forced, log_line=line,
+                    unstarted=unstarted, unresolved=_unresolved(state))
+
+
+def _first_publish(state: PostState | None, command: PublishRequested) -> Decision:
+    if state is not None and not _resumable_submission(state, command):
+        return Decision(
+            reject_reason=(f"post {command.post_id} already exists: use RetryRequested to publish what failed, "
+                           "or ForceRepublishRequested to publish again"),
+            log_line=f"Refused PublishRequested {command.command_id}: post {command.post_id} already exists",
+        )
+    platforms = platforms_of(command.publish_target)
+    return Decision(platforms=platforms, log_line=f"Publishing to {_names(platforms, both=True)}...")
+
+
+def _resumable_submission(state: PostState, command: PublishRequested) -> bool:
+    """The post was submitted by this very command and nothing was decided yet (a crash in between)."""
+    return state.submitted_by == command.command_id and not state.commands and not state.legacy
+
+
+def _republish(state: PostState, forced: bool, reason: str) -> Decision:
+    unresolved = _unresolved(state)
+    # Chosen by the latest decision but not attempted yet: the handler is about to (or will resume).
+    awaiting = set(awaiting_attempt(state))
+    chosen: list[Platform] = []
+    skipped: dict[Platform, str] = {}
+    for platform in state.targeted:
+        result = state.latest_result(platform)
+        if platform in unresolved or platform in awaiting:
+            skipped[platform] = STILL_PUBLISHING
+        elif result is not None and result.success and not forced:
+            skipped[platform] = ALREADY_SUCCEEDED
+        else:
+            chosen.append(platform)
+    platforms = tuple(chosen)
+    if not platforms:
+        return Decision(skipped=skipped, is_retry=True, forced=forced, no_op=True, unresolved=unresolved,
+                        log_line=f"Nothing to {'republish' if forced else 'retry'}: {_reasons(skipped)}")
+    if forced:
+        why = f" ({reason})" if reason else ""
+        line = f"Forced republish: Publishing to {_names(platforms, both=True)} again{why}"
+    elif skipped:
+        line = f"🔄 Smart retry: Publishing only to {_names(platforms)} ({_reasons(skipped)})"
+    else:
+        line = f"🔄 Smart retry: Publishing to {_names(platforms, both=True)} ({_previous(state, platforms)})"
+    return Decision(platforms=platforms, skipped=skipped, is_retry=True, forced=forced, unresolved=unresolved,
+                    log_line=line)
+
+
+def _unresolved(state: PostState) -> tuple[Platform, ...]:
+    return tuple(p for p in state.targeted if state.in_flight(p) is not None)
+
+
+def _names(platforms: tuple[Platform, ...], both: bool = False) -> str:
+    labels = [PLATFORM_LABELS[p] for p in platforms]
+    if len(labels) == 2:
+        return f"{'both ' if both else ''}{labels[0]} and {labels[1]}"
+    return labels[0] if labels else "no platform"
+
+
+def _reasons(skipped: dict[Platform, str]) -> str:
+    """"Facebook and Instagram already succeeded", "Instagram already succeeded; Facebook still publishing"."""
+    by_reason: dict[str, list[Platform]] = {}
+    for platform, why in skipped.items():
+        by_reason.setdefault(why, []).append(platform)
+    return "; ".join(f"{_names(tuple(platforms))} {why}" for why, platforms in by_reason.items())
+
+
+def _previous(state: PostState, platforms: tuple[Platform, ...]) -> str:
+    failed = tuple(p for p in platforms if (r := state.latest_result(p)) is not None and not r.success)
+    never = tuple(p for p in platforms if state.latest_result(p) is None)
+    parts = []
+    if failed:
+        parts.append(f"{'both' if len(failed) == 2 else _names(failed)} failed")
+    if never:
+        parts.append(f"{_names(never)} not published yet")
+    return "; ".join(parts)

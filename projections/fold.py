@@ -1,0 +1,437 @@
+"""The pure fold: a post's events become its state and the seed's insights document.
+
+Nothing here reads a clock or does I/O: every time in the document is an event's `occurred_at`,
+so replaying the same events gives the same states, byte for byte.
+
+Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determination", made exact):
+
+- Results merge by platform: a newer result replaces the platform's entry where it stands; a
+  platform's first result takes its place in the seed's order (Facebook before Instagram), so the
+  document does not depend on which platform answered first. An imported old-system list keeps its
+  own order. A result of an attempt older than one that already has a result is kept on the attempt
+  but does not replace the newer result.
+- Status, from the latest result of every platform that counts (the targeted ones, plus any platform
+  that has a result, which only an imported document can give): `publishing` while any of them has
+  an attempt without a result, or was chosen by the latest decision and not attempted yet (a post
+  being retried shows as being retried, even if its last result failed); else `failed` if any latest
+  result failed; else `posted` if every one of them succeeded; else (a submitted post not decided
+  yet) `publishing`, or the imported document's status when the old system is all we know.
+- `error_message` is `platform: message` for every platform whose latest result failed, joined with
+  "; " in the document's order, and null once none failed.
+- `published_at` is when the post first went live on a platform (the first successful result) and
+  never changes after; `last_retry_at` is when the latest result of a retry (or forced republish)
+  attempt came in. Platform ids (`facebook_post_id`, `instagram_media_id`, `instagram_permalink`)
+  come from the latest success of each platform and are kept when a later attempt fails: that post
+  still exists on the platform.
+- The same event delivered twice (same `event_id`) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+from projections.state import AttemptState, CommandRecord, PostState, empty_state
+from schemas.common import PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform
+from schemas.events import (
+    CommandDecided,
+    ContainerCreated,
+    Event,
+    LegacyInsightsImported,
+    PlatformResult,
+    PostSubmitted,
+    PublishAttempted,
+)
+from schemas.insights import Insights, PostInsights, PostStatus, PublishResult
+
+FACEBOOK_POST_URL = "https://www.facebook.com/{post_id}"
+
+# Shown when a platform refused without saying why; the seed always has a message, old documents may not.
+UNKNOWN_ERROR = "publish failed"
+
+E = TypeVar("E")
+
+
+def apply(state: PostState | None, event: Event) -> PostState:
+    """The state after `event`: a new object, `state` is left as it was. A redelivered event returns `state`."""
+    if state is not None and event.event_id in state.applied_event_ids:
+        return state
+    if state is None:
+        state = empty_state(event.post_id, event.occurred_at)
+    elif state.post_id != event.post_id:
+        raise ValueError(f"event {event.event_id} belongs to post {event.post_id}, not {state.post_id}")
+    # Shallow copy: every handler below replaces a container or model instead of changing it, so the
+    # old state and the new one can share everything that did not change.
+    new = state.model_copy()
+    _HANDLERS[type(event)](new, event)
+    new.applied_event_ids = [*state.applied_event_ids, event.event_id]
+    if new.created_at is None:
+        new.created_at = event.occurred_at
+    if new.updated_at is None or event.occurred_at > new.updated_at:
+        new.updated_at = event.occurred_at
+    new.document = derive_document(new)
+    return new
+
+
+def apply_all(state: PostState | None, events: Iterable[Event]) -> PostState | None:
+    """`apply` over events of one post, in order."""
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def fold(events: Iterable[Event]) -> dict[str, PostState]:
+    """Every post's state from its events, in the order they were written (one post's order is what counts)."""
+    states: dict[str, PostState] = {}
+    for event in events:
+        states[event.post_id] = apply(states.get(event.post_id), event)
+    return states
+
+
+# ---------------------------------------------------------------- one handler per event type
+
+
+def _on_submitted(state: PostState, event: PostSubmitted) -> None:
+    state.publish_target = event.publish_target
+    state.content = event.content
+    state.account = event.account
+    state.submitted_by = event.command_id
+
+
+def _on_decided(state: PostState, event: CommandDecided) -> None:
+    # A command is decided once; a second decision for it (a handler that re-emitted) is not a new command.
+    if event.command_id in state.commands:
+        return
+    record = CommandRecord(
+        command_id=event.command_id,
+        command_type=event.command_type,
+        platforms=list(event.platforms),
+        skipped=dict(event.skipped),
+        is_retry=event.is_retry,
+        forced=event.forced,
+        decided_at=event.occurred_at,
+        note=event.note,
+    )
+    state.commands = {**state.commands, event.command_id: record}
+    if event.content is not None:
+        # Corrected content applies from now on; results already in stay until new ones arrive.
+        state.content = event.content
+
+
+def _on_attempted(state: PostState, event: PublishAttempted) -> None:
+    if event.attempt_id in state.attempts:
+        return
+    attempt = AttemptState(
+        attempt_id=event.attempt_id,
+        platform=event.platform,
+        attempt_number=event.attempt_number,
+        command_id=event.command_id,
+        is_retry=event.is_retry,
+        forced=event.forced,
+        reason=event.reason,
+        started_at=event.occurred_at,
+    )
+    state.attempts = {**state.attempts, event.attempt_id: attempt}
+
+
+def _on_container(state: PostState, event: ContainerCreated) -> None:
+    attempt = state.attempts.get(event.attempt_id)
+    if attempt is None:
+        # Nothing to attach it to: the attempt's own event is what makes an attempt exist.
+        return
+    with_container = attempt.model_copy(update={"container_id": event.container_id})
+    state.attempts = {**state.attempts, event.attempt_id: with_container}
+
+
+def _on_result(state: PostState, event: PlatformResult) -> None:
+    attempt = state.attempts.get(event.attempt_id)
+    if attempt is None:
+        # A result whose attempt was never recorded still happened on the platform: keep it, as the next attempt.
+        attempt = AttemptState(
+            attempt_id=event.attempt_id,
+            platform=event.platform,
+            attempt_number=next_attempt_number(state, event.platform),
+            command_id="",
+            started_at=event.occurred_at,
+        )
+    finished = attempt.model_copy(
+        update={
+            "success": event.success,
+            "recovered": event.recovered,
+            "error_kind": None if event.success or event.error is None else event.error.kind,
+            "finished_at": event.occurred_at,
+        }
+    )
+    superseded = any(
+        other.platform == event.platform
+        and other.attempt_number > attempt.attempt_number
+        and other.success is not None
+        for other in state.attempts.values()
+    )
+    state.attempts = {**state.attempts, event.attempt_id: finished}
+    if superseded:
+        return
+
+    if event.success:
+        result = PublishResult(platform=event.platform, success=True, post_id=event.platform_post_id,
+                               permalink=event.permalink)
+    else:
+        result = PublishResult(platform=event.platform, success=False,
+                               error=event.error.message if event.error is not None else UNKNOWN_ERROR)
+    insights = _merged(state.document.insights, result)
+    changes: dict[str, Any] = {}
+    if event.success and insights.published_at is None:
+        changes["published_at"] = event.occurred_at
+    if (attempt.is_retry or attempt.forced) and (
+        insights.last_retry_at is None or event.occurred_at > insights.last_retry_at
+    ):
+        changes["last_retry_at"] = event.occurred_at
+    if changes:
+        insights = insights.model_copy(update=changes)
+    state.document = state.document.model_copy(update={"insights": insights})
+
+    needed = dict(state.needed_action)
+    action = needed_action(event.platform, finished.error_kind) if not event.success else None
+    if action is None:
+        needed.pop(event.platform, None)
+    else:
+        needed[event.platform] = action
+    state.needed_action = needed
+
+
+def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
+    state.legacy = True
+    state.publish_target = event.publish_target
+    if event.content is not None:
+        state.content = event.content
+    if event.account is not None:
+        state.account = event.account
+
+    document = event.document
+    raw_insights = document.get("insights")
+    # Some old rows stored the insights object itself, not wrapped in a document.
+    old: dict[str, Any] = raw_insights if isinstance(raw_insights, dict) else document
+
+    results = _legacy_results(old)
+    insights = state.document.insights
+    for result in results:
+        insights = _merged(insights, result, keep_order=True)
+    changes: dict[str, Any] = {}
+    for name in ("published_at", "last_retry_at"):
+        when = _legacy_time(old.get(name))
+        if when is not None and getattr(insights, name) is None:
+            changes[name] = when
+    for name in ("facebook_post_id", "instagram_media_id", "instagram_permalink"):
+        value = old.get(name)
+        if isinstance(value, str) and value and getattr(insights, name) is None:
+            changes[name] = value
+    if changes:
+        insights = insights.model_copy(update=changes)
+    state.document = state.document.model_copy(update={"insights": insights})
+
+    status = document.get("status")
+    if status in ("publishing", "posted", "failed"):
+        state.legacy_status = cast(PostStatus, status)
+    error_message = document.get("error_message")
+    state.legacy_error_message = error_message if isinstance(error_message, str) and error_message else None
+    post_url = document.get("post_url")
+    state.legacy_post_url = post_url if isinstance(post_url, str) and post_url else None
+    counted = dict(state.legacy_attempts)
+    for result in results:
+        counted[result.platform] = counted.get(result.platform, 0) + 1
+    state.legacy_attempts = counted
+
+
+Handler = Callable[[PostState, Any], None]
+
+
+def _handler(kind: type[E], handle: Callable[[PostState, E], None]) -> tuple[type[Any], Handler]:
+    return kind, cast(Handler, handle)
+
+
+_HANDLERS: dict[type[Any], Handler] = dict(
+    [
+        _handler(PostSubmitted, _on_submitted),
+        _handler(CommandDecided, _on_decided),
+        _handler(PublishAttempted, _on_attempted),
+        _handler(ContainerCreated, _on_container),
+        _handler(PlatformResult, _on_result),
+        _handler(LegacyInsightsImported, _on_legacy),
+    ]
+)
+
+
+# ---------------------------------------------------------------- merging and deriving
+
+
+def _merged(insights: Insights, result: PublishResult, keep_order: bool = False) -> Insights:
+    """The seed's merge: replace the platform's result where it stands, else add it (see module docstring)."""
+    results = list(insights.publish_results)
+    index = next((i for i, r in enumerate(results) if r.platform == result.platform), None)
+    if index is not None:
+        results[index] = result
+    elif keep_order:
+        results.append(result)
+    else:
+        rank = PLATFORMS.index(result.platform)
+        position = next((i for i, r in enumerate(results) if PLATFORMS.index(r.platform) > rank), len(results))
+        results.insert(position, result)
+    changes: dict[str, Any] = {"publish_results": results}
+    if result.success and result.post_id is not None:
+        if result.platform == "facebook":
+            changes["facebook_post_id"] = result.post_id
+        else:
+            changes["instagram_media_id"] = result.post_id
+            if result.permalink is not None:
+                changes["instagram_permalink"] = result.permalink
+    return insights.model_copy(update=changes)
+
+
+def counted_platforms(state: PostState) -> tuple[Platform, ...]:
+    """The platforms whose results decide the status: targeted, or with a result or an attempt."""
+    present = set(state.targeted)
+    present.update(r.platform for r in state.document.insights.publish_results)
+    present.update(a.platform for a in state.attempts.values())
+    return tuple(p for p in PLATFORMS if p in present)
+
+
+def awaiting_attempt(state: PostState) -> tuple[Platform, ...]:
+    """Platforms the latest decision chose that have no attempt for that command yet."""
+    command = state.latest_command()
+    if command is None:
+        return ()
+    started = {a.platform for a in state.attempts.values() if a.command_id == command.command_id}
+    return tuple(p for p in command.platforms if p not in started)
+
+
+def unresolved(state: PostState) -> tuple[Platform, ...]:
+    """Platforms whose latest attempt has no result: in flight, or its worker died before recording one."""
+    return tuple(p for p in PLATFORMS if state.in_flight(p) is not None)
+
+
+def derive_status(state: PostState) -> PostStatus:
+    """The post's status by the rule in the module docstring."""
+    counted = counted_platforms(state)
+    if any(state.in_flight(p) is not None for p in counted) or awaiting_attempt(state):
+        return "publishing"
+    latest = {r.platform: r for r in state.document.insights.publish_results}
+    if any(not r.success for r in latest.values()):
+        return "failed"
+    if counted and all(p in latest and latest[p].success for p in counted):
+        return "posted"
+    if state.legacy_status is not None:
+        return state.legacy_status
+    return "publishing"
+
+
+def error_message(results: Iterable[PublishResult]) -> str | None:
+    """`facebook: Facebook photo upload failed: ...`, one part per failed platform, or None."""
+    parts = [f"{r.platform}: {r.error or UNKNOWN_ERROR}" for r in results if not r.success]
+    return "; ".join(parts) if parts else None
+
+
+def post_url(state: PostState) -> str | None:
+    """The Facebook post's address; for an Instagram-only post, Instagram's permalink."""
+    insights = state.document.insights
+    if insights.facebook_post_id is not None:
+        return FACEBOOK_POST_URL.format(post_id=insights.facebook_post_id)
+    if state.targeted == ("instagram",) and insights.instagram_permalink is not None:
+        return insights.instagram_permalink
+    return state.legacy_post_url
+
+
+def derive_document(state: PostState) -> PostInsights:
+    """The seed's document from the merged results: status, `error_message` and `post_url` follow them."""
+    status = derive_status(state)
+    message = error_message(state.document.insights.publish_results)
+    if message is None and status == "failed" and state.legacy_status == "failed":
+        # An old document that failed without per-platform results: its own message is all there is.
+        message = state.legacy_error_message
+    return PostInsights(
+        insights=state.document.insights, status=status, error_message=message, post_url=post_url(state)
+    )
+
+
+def needed_action(platform: Platform, kind: ErrorKind | None) -> str | None:
+    """What the user must do before a retry of `platform` can succeed; None when the service retries by itself."""
+    label = PLATFORM_LABELS[platform]
+    if kind is ErrorKind.AUTH:
+        return f"re-authenticate {label}"
+    if kind is ErrorKind.PERMISSION:
+        return f"grant the missing permission to {label}"
+    if kind is ErrorKind.INVALID_MEDIA:
+        return "fix the image URL"
+    if kind is ErrorKind.INVALID_REQUEST:
+        return "fix the post"
+    return None
+
+
+def next_attempt_number(state: PostState, platform: Platform) -> int:
+    """The number the platform's next attempt carries (attempts are numbered per platform from 1)."""
+    return max((a.attempt_number for a in state.attempts.values() if a.platform == platform), default=0) + 1
+
+
+# ---------------------------------------------------------------- old-system documents
+
+
+def _legacy_results(insights: dict[str, Any]) -> list[PublishResult]:
+    """The old `publish_results`, entries that name no known platform or outcome left out.
+
+    Without `publish_results` (documents from before smart retry) the platform ids stand for successes:
+    the post exists there, so a retry must not publish it again.
+    """
+    raw = insights.get("publish_results")
+    results: list[PublishResult] = []
+    if isinstance(raw, list):
+        for entry in raw:
+            result = _legacy_result(entry)
+            if result is not None:
+                results.append(result)
+        return results
+    facebook_id = insights.get("facebook_post_id")
+    if isinstance(facebook_id, str) and facebook_id:
+        results.append(PublishResult(platform="facebook", success=True, post_id=facebook_id))
+    instagram_id = insights.get("instagram_media_id")
+    if isinstance(instagram_id, str) and instagram_id:
+        permalink = insights.get("instagram_permalink")
+        results.append(PublishResult(platform="instagram", success=True, post_id=instagram_id,
+                                     permalink=permalink if isinstance(permalink, str) and permalink else None))
+    return results
+
+
+def _legacy_result(entry: object) -> PublishResult | None:
+    if not isinstance(entry, dict):
+        return None
+    platform = entry.get("platform")
+    success = entry.get("success")
+    if platform not in PLATFORMS or not isinstance(success, bool):
+        return None
+    known = cast(Platform, platform)
+
+    def text(*names: str) -> str | None:
+        for name in names:
+            value = entry.get(name)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, int) and not isinstance(value, bool):
+                return str(value)
+        return None
+
+    if success:
+        return PublishResult(platform=known, success=True, post_id=text("postId", "post_id", "id"),
+                             permalink=text("permalink"))
+    return PublishResult(platform=known, success=False, error=text("error", "message") or UNKNOWN_ERROR)
+
+
+def _legacy_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    # Through the contract's own type, so an imported time has the precision of every other time.
+    return Insights(published_at=parsed).published_at

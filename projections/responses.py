@@ -1,0 +1,89 @@
+"""The seed's API response and retry history, read off a post's state (no I/O)."""
+
+from __future__ import annotations
+
+from projections.fold import counted_platforms
+from projections.state import CommandRecord, PostState
+from schemas.api import PostSummary, PublishResponse, RetryInfo
+from schemas.common import PLATFORM_LABELS, Platform, target_of
+
+
+def publish_response(state: PostState, command_id: str | None = None) -> PublishResponse:
+    """`success`, `post`, merged `results` per platform and, when the command was a retry, `retry_info`.
+
+    `command_id` names the command the answer reports; None reports the post's latest decided command.
+    `success` is true once the post is `posted`; `pending` is true while a result is still outstanding.
+
+    `retry_info.previous_attempts` counts the publish attempts made before this command, one per platform
+    call (an imported old-system result counts as one). The seed counted entries of `publish_results`
+    instead, which can only ever reach the number of platforms: after three failed Facebook retries it still
+    says 2. In the seed's own example (one attempt each on Facebook and Instagram, then a retry) both counts
+    are 2. `attempts_by_platform` and `retries_by_platform` give the totals so far, this command included.
+    """
+    record = state.commands.get(command_id) if command_id is not None else state.latest_command()
+    status = state.status
+    retry_info = None
+    if record is not None and record.is_retry:
+        retry_info = RetryInfo(
+            is_retry=True,
+            previous_attempts=previous_attempts(state, record.command_id),
+            retried_platform=target_of(record.platforms),
+            attempts_by_platform=attempts_by_platform(state),
+            retries_by_platform=retries_by_platform(state),
+        )
+    return PublishResponse(
+        success=status == "posted",
+        post=PostSummary(id=state.post_id, status=status, error_message=state.document.error_message),
+        results={r.platform: r for r in state.document.insights.publish_results},
+        retry_info=retry_info,
+        command_id=record.command_id if record is not None else command_id,
+        pending=status == "publishing",
+    )
+
+
+def previous_attempts(state: PostState, command_id: str) -> int:
+    """Attempts made before the command `command_id`: those of commands decided earlier, and any attempt
+    that belongs to no decided command and was recorded before this command's first attempt."""
+    order = list(state.commands)
+    earlier = set(order[: order.index(command_id)]) if command_id in state.commands else set(order)
+    later = set(order) - earlier
+    count = sum(state.legacy_attempts.values())
+    for attempt in state.attempts.values():  # insertion order is event order
+        if attempt.command_id in later:
+            if attempt.command_id == command_id:
+                break
+            continue
+        count += 1
+    return count
+
+
+def attempts_by_platform(state: PostState) -> dict[Platform, int]:
+    """Publish attempts per platform so far (an imported old-system result counts as one)."""
+    counts = {p: state.legacy_attempts.get(p, 0) for p in counted_platforms(state)}
+    for attempt in state.attempts.values():
+        counts[attempt.platform] = counts.get(attempt.platform, 0) + 1
+    return counts
+
+
+def retries_by_platform(state: PostState) -> dict[Platform, int]:
+    """Attempts per platform that were retries (or forced republishes), not the first publish."""
+    counts = dict.fromkeys(counted_platforms(state), 0)
+    for attempt in state.attempts.values():
+        if attempt.is_retry or attempt.forced:
+            counts[attempt.platform] = counts.get(attempt.platform, 0) + 1
+    return counts
+
+
+def retry_history(state: PostState) -> list[CommandRecord]:
+    """The retries (and forced republishes) decided for the post, oldest first, with the platforms each chose."""
+    return [record for record in state.commands.values() if record.is_retry or record.forced]
+
+
+def retried_summary(state: PostState) -> str | None:
+    """The page's "🔄 Retried: Facebook (1 retry)", or None for a post never retried."""
+    parts = [
+        f"{PLATFORM_LABELS[platform]} ({count} {'retry' if count == 1 else 'retries'})"
+        for platform, count in retries_by_platform(state).items()
+        if count
+    ]
+    return f"🔄 Retried: {', '.join(parts)}" if parts else None

@@ -1,0 +1,311 @@
+"""The fold, event by event: merging, status, error message, retry history, legacy documents, purity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from projections.fold import apply, fold
+from projections.state import PostState
+from schemas.commands import PostContent
+from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
+from schemas.events import (
+    CommandDecided,
+    CommandType,
+    ContainerCreated,
+    Event,
+    LegacyInsightsImported,
+    PlatformError,
+    PlatformResult,
+    PostSubmitted,
+    PublishAttempted,
+)
+
+T0 = datetime(2025, 11, 17, 10, 10, 12, 500000, tzinfo=UTC)
+CONTENT = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/autumn sale.jpg")
+FIXED = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/autumn-sale.jpg")
+IMAGE_ERROR = "Facebook photo upload failed: 400 - Missing or invalid image file"
+
+
+@dataclass
+class History:
+    """Writes a post's events the way the command handler does, with ids and times fixed by the test."""
+
+    post_id: str = "01KA8MNE2DT1E31F8Z3TJHF96E"
+    at: datetime = T0
+    events: list[Event] = field(default_factory=list)
+    _numbers: dict[Platform, int] = field(default_factory=dict)
+    _count: int = 0
+
+    def _base(self, when: datetime | None) -> dict[str, object]:
+        self._count += 1
+        if when is None:
+            self.at += timedelta(milliseconds=100)
+            when = self.at
+        return {"event_id": f"{self.post_id}:e{self._count}", "post_id": self.post_id, "occurred_at": when}
+
+    def submit(self, target: PublishTarget = "both", command_id: str = "cmd-publish") -> History:
+        self.events.append(PostSubmitted(**self._base(None), command_id=command_id, publish_target=target,
+                                         content=CONTENT, account="acct-1"))
+        return self
+
+    def decide(self, command_id: str, platforms: tuple[Platform, ...], command_type: CommandType = "PublishRequested",
+               content: PostContent | None = None) -> History:
+        retry = command_type != "PublishRequested"
+        self.events.append(CommandDecided(**self._base(None), command_id=command_id, command_type=command_type,
+                                          platforms=platforms, is_retry=retry,
+                                          forced=command_type == "ForceRepublishRequested", content=content))
+        return self
+
+    def attempt(self, platform: Platform, command_id: str, retry: bool = False, forced: bool = False) -> str:
+        number = self._numbers.get(platform, 0) + 1
+        self._numbers[platform] = number
+        attempt_id = f"{self.post_id}:{platform}:{number}"
+        self.events.append(PublishAttempted(**self._base(None), platform=platform, attempt_id=attempt_id,
+                                            attempt_number=number, command_id=command_id, is_retry=retry,
+                                            forced=forced))
+        return attempt_id
+
+    def container(self, platform: Platform, attempt_id: str, container_id: str) -> History:
+        self.events.append(ContainerCreated(**self._base(None), platform=platform, attempt_id=attempt_id,
+                                            container_id=container_id))
+        return self
+
+    def success(self, platform: Platform, attempt_id: str, post_id: str, permalink: str | None = None,
+                when: datetime | None = None, recovered: bool = False) -> History:
+        self.events.append(PlatformResult(**self._base(when), platform=platform, attempt_id=attempt_id, success=True,
+                                          platform_post_id=post_id, permalink=permalink, recovered=recovered))
+        return self
+
+    def failure(self, platform: Platform, attempt_id: str, message: str = IMAGE_ERROR,
+                kind: ErrorKind = ErrorKind.INVALID_MEDIA, when: datetime | None = None) -> History:
+        self.events.append(PlatformResult(**self._base(when), platform=platform, attempt_id=attempt_id, success=False,
+                                          error=PlatformError(kind=kind, message=message, http_status=400)))
+        return self
+
+    def legacy(self, document: dict[str, object], target: PublishTarget = "both") -> History:
+        self.events.append(LegacyInsightsImported(**self._base(None), publish_target=target, document=document))
+        return self
+
+    def publish(self, command_id: str = "cmd-publish", target: PublishTarget = "both") -> dict[Platform, str]:
+        """Submit, decide and attempt every targeted platform; the attempt ids, for the results."""
+        self.submit(target, command_id).decide(command_id, platforms_of(target))
+        return {p: self.attempt(p, command_id) for p in platforms_of(target)}
+
+    def retry(self, command_id: str, platforms: tuple[Platform, ...], forced: bool = False,
+              content: PostContent | None = None) -> dict[Platform, str]:
+        self.decide(command_id, platforms, "ForceRepublishRequested" if forced else "RetryRequested", content)
+        return {p: self.attempt(p, command_id, retry=True, forced=forced) for p in platforms}
+
+    def state(self) -> PostState:
+        return fold(self.events)[self.post_id]
+
+
+def test_a_submitted_post_is_publishing_until_its_results_arrive() -> None:
+    history = History()
+    attempts = history.publish()
+    assert history.state().status == "publishing"
+    history.success("instagram", attempts["instagram"], "1810")
+    assert history.state().status == "publishing", "Facebook has an attempt without a result"
+    history.success("facebook", attempts["facebook"], "7479_1221")
+    assert history.state().status == "posted"
+
+
+def test_results_keep_the_seeds_order_whichever_platform_answers_first() -> None:
+    history = History()
+    attempts = history.publish()
+    history.success("instagram", attempts["instagram"], "1810").failure("facebook", attempts["facebook"])
+    platforms = [r.platform for r in history.state().document.insights.publish_results]
+    assert platforms == ["facebook", "instagram"]
+
+
+def test_a_newer_result_replaces_the_older_one_and_touches_nothing_else() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810", "https://ig/p/1")
+    before = history.state().document.insights.publish_results[1]
+    retry = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retry["facebook"], "7479_1221")
+    results = history.state().document.insights.publish_results
+    assert len(results) == 2
+    assert results[0].success and results[0].post_id == "7479_1221" and results[0].error is None
+    assert results[1] == before
+
+
+def test_an_attempt_in_flight_beats_a_failure_so_a_retried_post_shows_as_publishing() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810")
+    assert history.state().status == "failed"
+    history.decide("cmd-retry", ("facebook",), "RetryRequested")
+    state = history.state()
+    assert state.status == "publishing", "decided but not attempted yet"
+    assert state.document.error_message == f"facebook: {IMAGE_ERROR}", "the last failure stays visible"
+    history.attempt("facebook", "cmd-retry", retry=True)
+    assert history.state().status == "publishing"
+
+
+def test_error_message_names_every_failed_platform_and_is_null_once_all_succeeded() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"])
+    history.failure("instagram", attempts["instagram"], "Invalid OAuth access token", ErrorKind.AUTH)
+    state = history.state()
+    assert state.status == "failed"
+    assert state.document.error_message == f"facebook: {IMAGE_ERROR}; instagram: Invalid OAuth access token"
+    assert state.needed_action == {"facebook": "fix the image URL", "instagram": "re-authenticate Instagram"}
+    retry = history.retry("cmd-retry", ("facebook", "instagram"))
+    history.success("facebook", retry["facebook"], "7479_1221").success("instagram", retry["instagram"], "1810")
+    state = history.state()
+    assert state.status == "posted"
+    assert state.document.error_message is None
+    assert state.needed_action == {}
+
+
+def test_needed_action_follows_the_error_kind() -> None:
+    expected = {
+        ErrorKind.AUTH: "re-authenticate Facebook",
+        ErrorKind.PERMISSION: "grant the missing permission to Facebook",
+        ErrorKind.INVALID_MEDIA: "fix the image URL",
+        ErrorKind.INVALID_REQUEST: "fix the post",
+    }
+    for kind in ErrorKind:
+        history = History()
+        attempts = history.publish(target="facebook")
+        history.failure("facebook", attempts["facebook"], "refused", kind)
+        assert history.state().needed_action.get("facebook") == expected.get(kind), kind
+
+
+def test_a_platform_that_was_not_targeted_does_not_count() -> None:
+    history = History()
+    attempts = history.publish(target="instagram")
+    history.success("instagram", attempts["instagram"], "1810", "https://www.instagram.com/p/DRJ1nlKDgY9/")
+    state = history.state()
+    assert state.status == "posted"
+    assert state.document.post_url == "https://www.instagram.com/p/DRJ1nlKDgY9/"
+    assert [r.platform for r in state.document.insights.publish_results] == ["instagram"]
+
+
+def test_a_failed_forced_republish_keeps_the_ids_of_the_post_that_still_exists() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.success("facebook", attempts["facebook"], "7479_1221")
+    forced = history.retry("cmd-force", ("facebook",), forced=True)
+    assert history.state().status == "publishing"
+    history.failure("facebook", forced["facebook"], "Service temporarily unavailable", ErrorKind.TRANSIENT)
+    state = history.state()
+    assert state.status == "failed"
+    assert state.document.insights.facebook_post_id == "7479_1221"
+    assert state.document.post_url == "https://www.facebook.com/7479_1221"
+    assert state.needed_action == {}, "the service retries transient errors itself"
+    assert state.document.insights.last_retry_at is not None
+
+
+def test_a_late_result_of_an_older_attempt_does_not_replace_a_newer_result() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    second = history.attempt("facebook", "cmd-publish")
+    history.success("facebook", second, "7479_new")
+    history.failure("facebook", attempts["facebook"], "timed out", ErrorKind.TRANSIENT)
+    state = history.state()
+    assert state.status == "posted"
+    assert state.document.insights.publish_results[0].post_id == "7479_new"
+    assert state.attempts[attempts["facebook"]].success is False
+
+
+def test_container_and_recovered_results_are_kept_on_the_attempt() -> None:
+    history = History()
+    attempts = history.publish(target="instagram")
+    history.container("instagram", attempts["instagram"], "17890000")
+    assert history.state().attempts[attempts["instagram"]].container_id == "17890000"
+    history.success("instagram", attempts["instagram"], "1810", "https://ig/p/1", recovered=True)
+    attempt = history.state().attempts[attempts["instagram"]]
+    assert attempt.container_id == "17890000" and attempt.recovered and attempt.success
+
+
+def test_corrected_content_replaces_the_posts_content_and_keeps_results_until_new_ones_arrive() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810")
+    history.retry("cmd-retry", ("facebook",), content=FIXED)
+    state = history.state()
+    assert state.content == FIXED
+    assert state.latest_result("facebook") is not None and state.latest_result("facebook").error == IMAGE_ERROR  # type: ignore[union-attr]
+    assert state.commands["cmd-retry"].platforms == ["facebook"]
+
+
+def test_the_same_event_twice_changes_nothing_and_apply_leaves_its_input_alone() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"])
+    state = history.state()
+    snapshot = state.model_dump_json()
+    for event in history.events:
+        assert apply(state, event) is state
+    history.success("instagram", attempts["instagram"], "1810")
+    after = apply(state, history.events[-1])
+    assert after.status == "failed" and after is not state
+    assert state.model_dump_json() == snapshot, "apply returned a new state and left the old one as it was"
+
+
+def test_the_state_survives_a_json_round_trip() -> None:
+    history = History()
+    attempts = history.publish()
+    history.container("instagram", attempts["instagram"], "c1")
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810", "https://ig/p")
+    history.retry("cmd-retry", ("facebook",), content=FIXED)
+    state = history.state()
+    copy = PostState.model_validate_json(state.model_dump_json())
+    assert copy == state
+    assert (copy.post_id, copy.status, copy.updated_at) == (state.post_id, "publishing", state.updated_at)
+    assert copy.document.to_document() == state.document.to_document()
+
+
+# ---------------------------------------------------------------- old-system documents
+
+SEED_FAILED_DOCUMENT = {
+    "insights": {
+        "publish_results": [
+            {"platform": "facebook", "success": False, "error": IMAGE_ERROR},
+            {"platform": "instagram", "success": True, "postId": "18107758234627017",
+             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+        ],
+        "published_at": "2025-11-17T10:10:13.151Z",
+        "instagram_media_id": "18107758234627017",
+        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
+    },
+    "status": "failed",
+    "error_message": f"facebook: {IMAGE_ERROR}",
+}
+
+
+def test_an_imported_seed_document_reads_back_as_it_was_and_merges_with_later_results() -> None:
+    history = History().legacy(SEED_FAILED_DOCUMENT)
+    state = history.state()
+    assert state.legacy and state.status == "failed"
+    assert state.document.to_document() == SEED_FAILED_DOCUMENT
+    retry = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retry["facebook"], "747917475065823_122104567890123")
+    state = history.state()
+    assert state.status == "posted" and state.document.error_message is None
+    assert [r.platform for r in state.document.insights.publish_results] == ["facebook", "instagram"]
+    assert state.document.post_url == "https://www.facebook.com/747917475065823_122104567890123"
+
+
+def test_an_old_document_without_publish_results_counts_its_platform_ids_as_successes() -> None:
+    state = History().legacy({"insights": {"facebook_post_id": "7479_1"}, "status": "failed",
+                              "error_message": "instagram: token expired", "unknown_field": 3}).state()
+    assert state.latest_result("facebook") is not None and state.latest_result("facebook").success  # type: ignore[union-attr]
+    assert state.latest_result("instagram") is None
+    assert state.status == "failed" and state.document.error_message == "instagram: token expired"
+
+
+def test_an_old_document_with_nothing_usable_is_still_a_post() -> None:
+    state = History().legacy({"insights": {"publish_results": [{"platform": "myspace", "success": True}, "junk",
+                                                               {"platform": "facebook"}],
+                                           "published_at": "not a time"},
+                              "status": "archived"}, target="facebook").state()
+    assert state.document.insights.publish_results == []
+    assert state.document.insights.published_at is None
+    assert state.status == "publishing"
+    assert state.targeted == ("facebook",)
