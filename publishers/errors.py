@@ -1,0 +1,170 @@
+"""Classifies Graph API errors by the envelope's code, subcode and is_transient, not by HTTP status."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from publishers.redact import scrub
+from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
+from schemas.events import PlatformError
+
+AUTH_CODES = frozenset({102, 190})
+# Subcodes Meta puts on 190 (expired, password changed, app removed, checkpoint, ...): all mean re-login.
+AUTH_SUBCODES = frozenset({458, 459, 460, 463, 464, 467, 492})
+PERMISSION_CODES = frozenset({10, *range(200, 300)})
+RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
+TRANSIENT_CODES = frozenset({1, 2, 341, 368})
+INVALID_MEDIA_CODES = frozenset({324})
+# Bad parameter, duplicate post, bad link: the user must change the post.
+INVALID_REQUEST_CODES = frozenset({100, 506, 1609005})
+
+# Instagram subcodes. Those that mean "try the same container again shortly": not ready, server hiccup.
+IG_RETRY_SAME_CONTAINER = frozenset({2207001, 2207003, 2207008, 2207027})
+# Those that mean the container is unusable (expired, failed): a new container is needed; still transient.
+IG_NEW_CONTAINER = frozenset({2207020, 2207032, 2207006})
+IG_INVALID_MEDIA = frozenset({2207052, 2207004, 2207005, 2207009, 2207010, 2207026, 2207023})
+IG_DAILY_LIMIT = 2207042
+IG_RESTRICTED = frozenset({2207050})
+IG_NOT_READY_CODE = 9007
+
+# Meta prefixes messages with "(#324) "; the seed's messages read without it.
+_CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
+# How long to wait when X-App-Usage says 100% but not for how long (its window is a rolling hour).
+APP_USAGE_FULL_WAIT_S = 300.0
+
+
+def default_action(platform: Platform) -> str:
+    return f"{PLATFORM_LABELS[platform]} publish"
+
+
+def classify(
+    platform: Platform,
+    http_status: int | None,
+    body: Mapping[str, Any] | None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    action: str | None = None,
+) -> PlatformError:
+    """The classified error of one Graph API response; `action` words the message ("Facebook photo upload")."""
+    envelope = body.get("error") if isinstance(body, Mapping) else None
+    envelope = envelope if isinstance(envelope, Mapping) else {}
+    code = _int(envelope.get("code"))
+    subcode = _int(envelope.get("error_subcode"))
+    detail = str(envelope.get("error_user_msg") or envelope.get("message") or "").strip()
+    detail = _CODE_PREFIX.sub("", detail) or _status_text(http_status)
+    kind = _kind(code, subcode, bool(envelope.get("is_transient")), http_status)
+    retry_after = rate_limit_wait(headers or {}) if kind is ErrorKind.RATE_LIMITED else None
+    status = "" if http_status is None else f"{http_status} - "
+    return PlatformError(
+        kind=kind,
+        message=scrub(f"{action or default_action(platform)} failed: {status}{detail}")[:2000],
+        code=code,
+        subcode=subcode,
+        http_status=http_status,
+        retry_after_s=retry_after,
+    )
+
+
+def classify_transport(platform: Platform, exc: httpx.TransportError, *, action: str | None = None) -> PlatformError:
+    """A timeout or a broken connection: transient, since nothing the user can fix caused it."""
+    if isinstance(exc, httpx.TimeoutException):
+        what = "timed out waiting for the platform"
+    elif isinstance(exc, httpx.RemoteProtocolError):
+        what = "the platform closed the connection without answering"
+    elif isinstance(exc, httpx.ConnectError):
+        what = "could not connect to the platform"
+    else:
+        what = f"network error ({type(exc).__name__})"
+    message = scrub(f"{action or default_action(platform)} failed: {what}")
+    return PlatformError(kind=ErrorKind.TRANSIENT, message=message)
+
+
+def may_have_reached_platform(exc: httpx.TransportError) -> bool:
+    """False only when the request surely never got to the platform (no connection, no pool slot)."""
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def is_retry_same_container(error: PlatformError) -> bool:
+    """Instagram asks to publish the same container again after a moment (not ready, server hiccup)."""
+    return error.subcode in IG_RETRY_SAME_CONTAINER or error.code == IG_NOT_READY_CODE
+
+
+def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
+    """Seconds until access returns, from Meta's usage headers; None when they do not say."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    waits: list[float] = []
+    buc = _json(lowered.get("x-business-use-case-usage"))
+    if isinstance(buc, Mapping):
+        for entries in buc.values():
+            for entry in entries if isinstance(entries, list) else []:
+                minutes = entry.get("estimated_time_to_regain_access") if isinstance(entry, Mapping) else None
+                if isinstance(minutes, int | float) and minutes > 0:
+                    waits.append(float(minutes) * 60.0)
+    app = _json(lowered.get("x-app-usage"))
+    usage = [app.get(k) for k in ("call_count", "total_cputime", "total_time")] if isinstance(app, Mapping) else []
+    if any(isinstance(v, int | float) and v >= 100 for v in usage):
+        waits.append(APP_USAGE_FULL_WAIT_S)
+    retry_after = lowered.get("retry-after", "")
+    if retry_after.strip().isdigit():
+        waits.append(float(retry_after.strip()))
+    return max(waits) if waits else None
+
+
+def _kind(code: int | None, subcode: int | None, is_transient: bool, http_status: int | None) -> ErrorKind:
+    # Subcodes first: Instagram reuses generic codes (9004, 100, 25) and the subcode carries the meaning.
+    if subcode in IG_INVALID_MEDIA:
+        return ErrorKind.INVALID_MEDIA
+    if subcode == IG_DAILY_LIMIT:
+        return ErrorKind.RATE_LIMITED
+    if subcode in IG_RETRY_SAME_CONTAINER or subcode in IG_NEW_CONTAINER or code == IG_NOT_READY_CODE:
+        return ErrorKind.TRANSIENT
+    if subcode in IG_RESTRICTED:
+        return ErrorKind.PERMISSION
+    if code in AUTH_CODES or (code is None and subcode in AUTH_SUBCODES):
+        return ErrorKind.AUTH
+    if code in RATE_LIMIT_CODES:
+        return ErrorKind.RATE_LIMITED
+    if is_transient or code in TRANSIENT_CODES:
+        return ErrorKind.TRANSIENT
+    if code in PERMISSION_CODES:
+        return ErrorKind.PERMISSION
+    if code in INVALID_MEDIA_CODES:
+        return ErrorKind.INVALID_MEDIA
+    if code in INVALID_REQUEST_CODES:
+        return ErrorKind.INVALID_REQUEST
+    # A code we do not know: the HTTP status is the best hint left.
+    if http_status is None or http_status >= 500:
+        return ErrorKind.TRANSIENT
+    if http_status == 429:
+        return ErrorKind.RATE_LIMITED
+    return ErrorKind.INVALID_REQUEST
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _status_text(http_status: int | None) -> str:
+    if http_status is None:
+        return "no response"
+    try:
+        return httpx.codes.get_reason_phrase(http_status) or "error"
+    except ValueError:
+        return "error"

@@ -1,0 +1,194 @@
+"""Publishes to a Facebook Page: photo posts through /photos, text and link posts through /feed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from publishers.base import AccountCredentials, OnContainer, PublishOutcome
+from publishers.errors import classify
+from publishers.graph import GraphApi, GraphCallFailed
+from publishers.redact import register_secret
+from schemas.commands import PostContent
+from schemas.common import ErrorKind, Platform
+from schemas.events import PlatformError
+
+log = logging.getLogger(__name__)
+
+PageCall = Callable[[SecretStr], Awaitable[dict[str, Any]]]
+
+# Published posts are matched to an attempt within this window around its start (clocks differ a little).
+CLOCK_SKEW = timedelta(minutes=2)
+RECENT_POSTS_LIMIT = 50
+
+
+class FacebookPagePublisher:
+    platform: Platform = "facebook"
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, version: str) -> None:
+        self._graph = GraphApi(client, base_url, version, "facebook")
+        # Page tokens by (page, user token): fetching one per post would double the calls.
+        self._page_tokens: dict[tuple[str, str], SecretStr] = {}
+
+    async def publish(
+        self,
+        content: PostContent,
+        account: AccountCredentials,
+        *,
+        attempt_id: str,
+        on_container: OnContainer | None = None,
+    ) -> PublishOutcome:
+        action = "Facebook photo upload" if content.image_url else "Facebook post"
+        if not account.page_id:
+            return PublishOutcome.failed("facebook", _no_page(action))
+        async def create(token: SecretStr) -> dict[str, Any]:
+            return await self._create(content, account, token, action)
+
+        try:
+            created = await self._with_page_token(account, action, create)
+        except GraphCallFailed as failed:
+            log.info("%s failed (%s)", action, failed.error.kind, extra={"attempt_id": attempt_id})
+            return PublishOutcome.failed("facebook", failed.error, outcome_unknown=failed.outcome_unknown)
+        post_id = str(created.get("post_id") or created.get("id"))
+        permalink = await self._permalink(post_id, account)
+        log.info("Facebook published post %s", post_id, extra={"attempt_id": attempt_id})
+        return PublishOutcome.published("facebook", post_id, permalink)
+
+    async def find_existing(
+        self,
+        content: PostContent,
+        account: AccountCredentials,
+        *,
+        attempt_id: str,
+        container_id: str | None,
+        attempted_at: datetime,
+    ) -> PublishOutcome | None:
+        # Facebook has no idempotency key: the Page's recent posts are matched by caption and time.
+        action = "Facebook post lookup"
+        if not account.page_id:
+            return PublishOutcome.failed("facebook", _no_page(action))
+        since = attempted_at - CLOCK_SKEW
+        params = {
+            "fields": "id,message,created_time,permalink_url",
+            "since": str(int(since.timestamp())),
+            "limit": str(RECENT_POSTS_LIMIT),
+        }
+        page_id = account.page_id
+        try:
+            listing = await self._with_page_token(
+                account, action,
+                lambda token: self._graph.get(page_id, "published_posts", token, params=params, action=action),
+            )
+        except GraphCallFailed as failed:
+            return PublishOutcome.failed("facebook", failed.error)
+        match = _matching_post(listing.get("data"), content.caption, since)
+        if match is None:
+            log.info("No Facebook post matches the attempt", extra={"attempt_id": attempt_id})
+            return None
+        post_id = str(match["id"])
+        permalink = match.get("permalink_url") or await self._permalink(post_id, account)
+        log.info("Facebook post %s found for the attempt", post_id, extra={"attempt_id": attempt_id})
+        return PublishOutcome.published("facebook", post_id, permalink)
+
+    async def _create(
+        self, content: PostContent, account: AccountCredentials, token: SecretStr, action: str
+    ) -> dict[str, Any]:
+        page_id = account.page_id or ""
+        if content.image_url:
+            data = {"url": content.image_url, "caption": content.caption, "published": "true"}
+            return await self._graph.post(page_id, "photos", token, data=data, action=action)
+        data = {"message": content.caption}
+        if content.link:
+            data["link"] = content.link
+        return await self._graph.post(page_id, "feed", token, data=data, action=action)
+
+    async def _with_page_token(self, account: AccountCredentials, action: str, call: PageCall) -> dict[str, Any]:
+        """Runs `call` with the Page token; a cached token the platform rejects is fetched once more."""
+        token = await self._page_token(account, action)
+        try:
+            return await call(token)
+        except GraphCallFailed as failed:
+            if failed.error.kind is not ErrorKind.AUTH:
+                raise
+            # The Page token may have been invalidated while the user token is still good.
+            self._page_tokens.pop(self._cache_key(account), None)
+            fresh = await self._page_token(account, action)
+            if fresh.get_secret_value() == token.get_secret_value():
+                raise
+            return await call(fresh)
+
+    async def _page_token(self, account: AccountCredentials, action: str) -> SecretStr:
+        key = self._cache_key(account)
+        cached = self._page_tokens.get(key)
+        if cached is not None:
+            return cached
+        page = await self._graph.get(
+            account.page_id or "", None, account.user_token, params={"fields": "access_token"}, action=action
+        )
+        value = page.get("access_token")
+        if not isinstance(value, str) or not value:
+            error = classify("facebook", 403, {"error": {
+                "code": 200, "message": "The user token cannot manage this Page (no Page access token returned)"}},
+                action=action)
+            raise GraphCallFailed(error)
+        register_secret(value)
+        token = SecretStr(value)
+        self._page_tokens[key] = token
+        return token
+
+    @staticmethod
+    def _cache_key(account: AccountCredentials) -> tuple[str, str]:
+        return (account.page_id or "", account.user_token.get_secret_value())
+
+    async def _permalink(self, post_id: str, account: AccountCredentials) -> str:
+        # The post exists whatever happens here; the seed's post URL is the fallback.
+        fallback = f"https://www.facebook.com/{post_id}"
+        try:
+            body = await self._with_page_token(
+                account, "Facebook permalink",
+                lambda token: self._graph.get(post_id, None, token, params={"fields": "permalink_url"},
+                                              action="Facebook permalink"),
+            )
+        except GraphCallFailed:
+            return fallback
+        link = body.get("permalink_url")
+        return link if isinstance(link, str) and link else fallback
+
+
+def _matching_post(posts: Any, caption: str, since: datetime) -> dict[str, Any] | None:
+    """The earliest post since `since` whose message is the caption (Meta trims surrounding blanks)."""
+    wanted = caption.strip()
+    found: list[tuple[datetime, dict[str, Any]]] = []
+    for post in posts if isinstance(posts, list) else []:
+        if not isinstance(post, dict) or "id" not in post:
+            continue
+        created = _parse_time(post.get("created_time"))
+        if created is None or created < since:
+            continue
+        if str(post.get("message") or "").strip() == wanted:
+            found.append((created, post))
+    return min(found, key=lambda item: item[0])[1] if found else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    # Meta writes "2025-11-17T10:10:13+0000".
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _no_page(action: str) -> PlatformError:
+    return PlatformError(kind=ErrorKind.INVALID_REQUEST,
+                         message=f"{action} failed: the account has no Facebook Page connected")

@@ -1,0 +1,79 @@
+"""One Graph API call: token in the Authorization header, errors raised as classified `GraphCallFailed`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from publishers.errors import classify, classify_transport, may_have_reached_platform
+from publishers.redact import register_secret
+from schemas.common import ErrorKind, Platform
+from schemas.events import PlatformError
+
+
+class GraphCallFailed(Exception):
+    """A Graph API call that did not succeed; `outcome_unknown` when it may still have had its effect."""
+
+    def __init__(self, error: PlatformError, *, outcome_unknown: bool = False) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.outcome_unknown = outcome_unknown
+
+
+class GraphApi:
+    """The Graph API at one base URL and version, seen from one platform's client."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, version: str, platform: Platform) -> None:
+        self._client = client
+        self._root = f"{base_url.rstrip('/')}/{version.strip('/')}"
+        self.platform: Platform = platform
+
+    async def get(
+        self, node: str, edge: str | None, token: SecretStr, *, params: Mapping[str, str] | None = None, action: str
+    ) -> dict[str, Any]:
+        return await self._call("GET", node, edge, token, params=params, action=action, creates=False)
+
+    async def post(
+        self, node: str, edge: str, token: SecretStr, *, data: Mapping[str, str], action: str
+    ) -> dict[str, Any]:
+        """A call that creates something on the platform (a post, a container, a publish)."""
+        return await self._call("POST", node, edge, token, data=data, action=action, creates=True)
+
+    async def _call(
+        self,
+        method: str,
+        node: str,
+        edge: str | None,
+        token: SecretStr,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        action: str,
+        creates: bool,
+    ) -> dict[str, Any]:
+        secret = token.get_secret_value()
+        register_secret(secret)
+        # Tokens go in a header, never the URL: httpx logs URLs, and Meta's own paging URLs leak them.
+        url = f"{self._root}/{quote(node, safe='')}" + (f"/{quote(edge, safe='')}" if edge else "")
+        try:
+            response = await self._client.request(
+                method, url, params=params, data=data, headers={"Authorization": f"Bearer {secret}"}
+            )
+        except httpx.TransportError as exc:
+            error = classify_transport(self.platform, exc, action=action)
+            raise GraphCallFailed(error, outcome_unknown=creates and may_have_reached_platform(exc)) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and isinstance(body, dict) and "error" not in body:
+            return body
+        error = classify(self.platform, response.status_code, body if isinstance(body, dict) else None,
+                         response.headers, action=action)
+        # A 5xx or an unreadable success answer on a creating call: Meta may have created it anyway.
+        unknown = creates and (response.status_code >= 500 or response.is_success) and error.kind is ErrorKind.TRANSIENT
+        raise GraphCallFailed(error, outcome_unknown=unknown)

@@ -1,0 +1,226 @@
+"""Publishes to an Instagram business account: create a media container, wait until it is ready, publish it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from publishers.base import AccountCredentials, OnContainer, PublishOutcome
+from publishers.errors import is_retry_same_container
+from publishers.graph import GraphApi, GraphCallFailed
+from schemas.commands import PostContent
+from schemas.common import ErrorKind, Platform
+from schemas.events import PlatformError
+
+log = logging.getLogger(__name__)
+
+CLOCK_SKEW = timedelta(minutes=2)
+RECENT_MEDIA_LIMIT = 50
+_SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
+
+
+@dataclass(frozen=True)
+class ContainerPolling:
+    """How long to wait for Instagram to fetch and process an image before publishing it.
+
+    Meta asks for polling about once a minute over five minutes; images are usually ready within seconds,
+    so polling starts quick and backs off.
+    """
+
+    interval_s: float = 1.0
+    max_interval_s: float = 10.0
+    backoff: float = 1.5
+    timeout_s: float = 300.0
+    # media_publish retries on the same container when Instagram says "not ready yet" or hiccups.
+    publish_retries: int = 3
+
+
+class InstagramPublisher:
+    platform: Platform = "instagram"
+
+    def __init__(
+        self, client: httpx.AsyncClient, base_url: str, version: str, polling: ContainerPolling | None = None
+    ) -> None:
+        self._graph = GraphApi(client, base_url, version, "instagram")
+        self._polling = polling or ContainerPolling()
+
+    async def publish(
+        self,
+        content: PostContent,
+        account: AccountCredentials,
+        *,
+        attempt_id: str,
+        on_container: OnContainer | None = None,
+    ) -> PublishOutcome:
+        action = "Instagram media upload"
+        if not account.ig_user_id:
+            return PublishOutcome.failed("instagram", _not_connected(action))
+        if not content.image_url:
+            return PublishOutcome.failed("instagram", PlatformError(
+                kind=ErrorKind.INVALID_MEDIA, message=f"{action} failed: Instagram posts need an image"))
+        ig_user, token = account.ig_user_id, account.user_token
+        try:
+            created = await self._graph.post(
+                ig_user, "media", token, data={"image_url": content.image_url, "caption": content.caption},
+                action=action,
+            )
+        except GraphCallFailed as failed:
+            # A container whose creation went unanswered is never published by itself: nothing went out.
+            return PublishOutcome.failed("instagram", failed.error)
+        container_id = str(created["id"])
+        if on_container is not None:
+            await on_container(container_id)
+        try:
+            status = await self._wait_until_ready(container_id, token)
+            if status == "PUBLISHED":
+                # Published by an earlier attempt of the same container: report that post, do not publish again.
+                return await self._published_media(account, content, container_id, datetime.now(UTC))
+            media_id = await self._publish_container(ig_user, container_id, token)
+        except GraphCallFailed as failed:
+            log.info("Instagram publish failed (%s)", failed.error.kind, extra={"attempt_id": attempt_id})
+            unknown = failed.outcome_unknown
+            return PublishOutcome.failed("instagram", failed.error, container_id, outcome_unknown=unknown)
+        permalink = await self._permalink(media_id, token)
+        log.info("Instagram published media %s", media_id, extra={"attempt_id": attempt_id})
+        return PublishOutcome.published("instagram", media_id, permalink, container_id)
+
+    async def find_existing(
+        self,
+        content: PostContent,
+        account: AccountCredentials,
+        *,
+        attempt_id: str,
+        container_id: str | None,
+        attempted_at: datetime,
+    ) -> PublishOutcome | None:
+        # Only a container can be published; without one, the attempt cannot have gone out.
+        if container_id is None:
+            return None
+        if not account.ig_user_id:
+            return PublishOutcome.failed("instagram", _not_connected("Instagram post lookup"))
+        try:
+            status, _ = await self._container_status(container_id, account.user_token)
+        except GraphCallFailed as failed:
+            return PublishOutcome.failed("instagram", failed.error, container_id)
+        if status != "PUBLISHED":
+            log.info("Instagram container is %s: the attempt did not go out", status, extra={"attempt_id": attempt_id})
+            return None
+        return await self._published_media(account, content, container_id, attempted_at)
+
+    async def _wait_until_ready(self, container_id: str, token: SecretStr) -> str:
+        """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the deadline fail."""
+        polling = self._polling
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + polling.timeout_s
+        interval = polling.interval_s
+        while True:
+            try:
+                status, detail = await self._container_status(container_id, token)
+            except GraphCallFailed as failed:
+                if not failed.error.kind.retried_automatically or loop.time() >= deadline:
+                    raise
+                status, detail = "IN_PROGRESS", ""
+            if status in ("FINISHED", "PUBLISHED"):
+                return status
+            if status == "ERROR":
+                match = _SUBCODE_IN_STATUS.search(detail)
+                raise GraphCallFailed(PlatformError(
+                    kind=ErrorKind.INVALID_MEDIA,
+                    message=f"Instagram media processing failed: {detail or 'the image could not be processed'}",
+                    subcode=int(match.group(1)) if match else None,
+                ))
+            if status == "EXPIRED":
+                raise GraphCallFailed(PlatformError(
+                    kind=ErrorKind.TRANSIENT, subcode=2207020,
+                    message="Instagram publish failed: the media container expired before it was published",
+                ))
+            if loop.time() + interval > deadline:
+                raise GraphCallFailed(PlatformError(
+                    kind=ErrorKind.TRANSIENT,
+                    message=f"Instagram media processing failed: not ready after {polling.timeout_s:g} s",
+                ))
+            await asyncio.sleep(interval)
+            interval = min(interval * polling.backoff, polling.max_interval_s)
+
+    async def _publish_container(self, ig_user: str, container_id: str, token: SecretStr) -> str:
+        retries = self._polling.publish_retries
+        interval = self._polling.interval_s
+        for attempt in range(retries + 1):
+            try:
+                body = await self._graph.post(
+                    ig_user, "media_publish", token, data={"creation_id": container_id}, action="Instagram publish"
+                )
+                return str(body["id"])
+            except GraphCallFailed as failed:
+                # Publishing the same container twice cannot create two posts, so these are safe to repeat.
+                if failed.outcome_unknown or not is_retry_same_container(failed.error) or attempt == retries:
+                    raise
+            await asyncio.sleep(interval)
+            interval = min(interval * self._polling.backoff, self._polling.max_interval_s)
+        raise AssertionError("unreachable")
+
+    async def _container_status(self, container_id: str, token: SecretStr) -> tuple[str, str]:
+        body = await self._graph.get(container_id, None, token, params={"fields": "status_code,status"},
+                                     action="Instagram media status check")
+        return str(body.get("status_code") or "IN_PROGRESS"), str(body.get("status") or "")
+
+    async def _published_media(
+        self, account: AccountCredentials, content: PostContent, container_id: str, attempted_at: datetime
+    ) -> PublishOutcome:
+        """The media a PUBLISHED container became: the account's recent media matched by caption and time."""
+        params = {"fields": "id,caption,timestamp,permalink", "limit": str(RECENT_MEDIA_LIMIT)}
+        try:
+            listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
+                                            action="Instagram post lookup")
+        except GraphCallFailed:
+            # It went out for certain; the ids can be filled in later, a second publish cannot be undone.
+            return PublishOutcome.published("instagram", None, None, container_id)
+        media = _matching_media(listing.get("data"), content.caption, attempted_at - CLOCK_SKEW)
+        if media is None:
+            return PublishOutcome.published("instagram", None, None, container_id)
+        permalink = media.get("permalink")
+        return PublishOutcome.published(
+            "instagram", str(media["id"]), permalink if isinstance(permalink, str) else None, container_id
+        )
+
+    async def _permalink(self, media_id: str, token: SecretStr) -> str | None:
+        try:
+            body = await self._graph.get(media_id, None, token, params={"fields": "permalink"},
+                                         action="Instagram permalink")
+        except GraphCallFailed:
+            return None
+        link = body.get("permalink")
+        return link if isinstance(link, str) and link else None
+
+
+def _matching_media(media: Any, caption: str, since: datetime) -> dict[str, Any] | None:
+    wanted = caption.strip()
+    found: list[tuple[datetime, dict[str, Any]]] = []
+    for item in media if isinstance(media, list) else []:
+        if not isinstance(item, dict) or "id" not in item:
+            continue
+        created = _parse_time(item.get("timestamp"))
+        if created is not None and created >= since and str(item.get("caption") or "").strip() == wanted:
+            found.append((created, item))
+    return min(found, key=lambda pair: pair[0])[1] if found else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        return None
+
+
+def _not_connected(action: str) -> PlatformError:
+    return PlatformError(kind=ErrorKind.INVALID_REQUEST,
+                         message=f"{action} failed: the account has no Instagram business account connected")
