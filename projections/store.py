@@ -1,0 +1,282 @@
+"""The SQL store of the insights projection: one row per post and the applied offset per partition."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+
+from projections.fold import apply
+from projections.state import PostState
+from schemas.events import Event
+
+metadata = MetaData()
+
+posts = Table(
+    "posts",
+    metadata,
+    Column("post_id", String(128), primary_key=True),
+    # PostState.model_dump_json(): the seed's insights document plus what the retry decision needs.
+    Column("state", Text, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("updated_at", DateTime(timezone=True), nullable=True, index=True),
+)
+
+# The last offset of each post-events partition whose event is in `posts`; written in the same
+# transaction as the posts, so a redelivered event is skipped and a restart resumes exactly here.
+tracking = Table(
+    "tracking",
+    metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("offset", BigInteger, nullable=False),
+)
+
+# Rows per statement for IN lists and bulk upserts; SQLite allows 32766 bound variables.
+CHUNK = 2000
+
+Offsets = dict[tuple[str, int], int]
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`. SQLite: parent directory created, WAL, and real BEGINs so reads are consistent."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite only opens a transaction before a write; take over so a snapshot's reads share one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers (the API, replay's snapshot) never block the processor's writes, nor it them.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode still never corrupts; a power cut may lose the last commits, which the
+        # tracking offset then re-applies from Kafka.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _fingerprint(state_json: str) -> bytes:
+    return hashlib.blake2b(state_json.encode(), digest_size=16).digest()
+
+
+def digest_of(fingerprints: dict[str, bytes]) -> str:
+    """One hex digest of a whole projection, from its per-post fingerprints (order-independent)."""
+    total = hashlib.sha256()
+    for post_id in sorted(fingerprints):
+        total.update(post_id.encode() + b"\0" + fingerprints[post_id])
+    return total.hexdigest()
+
+
+class ProjectionStore:
+    """Reads and writes the projection through any SQLAlchemy engine (SQLite and PostgreSQL tested)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    # Reads ---------------------------------------------------------------------------------
+
+    def get(self, post_id: str) -> PostState | None:
+        with self.engine.connect() as conn:
+            text = conn.execute(select(posts.c.state).where(posts.c.post_id == post_id)).scalar_one_or_none()
+        return None if text is None else PostState.model_validate_json(text)
+
+    def list_posts(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[PostState]:
+        """Posts, most recently updated first, optionally only those with `status`."""
+        query = select(posts.c.state).order_by(posts.c.updated_at.desc(), posts.c.post_id).limit(limit).offset(offset)
+        if status is not None:
+            query = query.where(posts.c.status == status)
+        with self.engine.connect() as conn:
+            return [PostState.model_validate_json(text) for text in conn.execute(query).scalars()]
+
+    def applied_offsets(self, topic: str) -> dict[int, int]:
+        """The last applied offset per partition of `topic`; a partition with none applied is absent."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(tracking.c.partition, tracking.c.offset).where(tracking.c.topic == topic))
+            return {int(partition): int(offset) for partition, offset in rows}
+
+    def snapshot(self) -> tuple[Offsets, dict[str, PostState]]:
+        """Offsets and states read in one transaction: the states are exactly those offsets' fold."""
+        with self._consistent() as conn:
+            offsets = self._offsets(conn)
+            states = {post_id: PostState.model_validate_json(text)
+                      for post_id, text in conn.execute(select(posts.c.post_id, posts.c.state))}
+        return offsets, states
+
+    def snapshot_fingerprints(self) -> tuple[Offsets, dict[str, bytes]]:
+        """Like `snapshot`, but a 16-byte fingerprint per post instead of its state: small for big stores."""
+        with self._consistent() as conn:
+            offsets = self._offsets(conn)
+            prints = {post_id: _fingerprint(text) for post_id, text in self._stream_states(conn)}
+        return offsets, prints
+
+    def fingerprints(self) -> dict[str, bytes]:
+        return self.snapshot_fingerprints()[1]
+
+    def digest(self) -> str:
+        """A hex digest of every post's state: two stores with equal digests hold the same projection."""
+        return digest_of(self.fingerprints())
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return len(conn.execute(select(posts.c.post_id)).all())
+
+    # Writes --------------------------------------------------------------------------------
+
+    def apply_batch(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[tuple[int, Event]],
+        through: int | None = None,
+        rejects: list[tuple[int, Event, str]] | None = None,
+    ) -> list[PostState]:
+        """Folds `(offset, event)` records of one partition into the stored posts, in one transaction.
+
+        Records at or below the tracked offset were applied before (a redelivery) and are skipped.
+        `through` is the last offset handled, counting records that were no event (dead letters),
+        so the tracked offset moves past them too. An event the fold refuses (`ValueError`) is skipped
+        and added to `rejects` when given (for the dead letters), else raised. Returns the new state
+        of every post changed.
+        """
+        last = max((offset for offset, _ in records), default=-1)
+        if through is not None:
+            last = max(last, through)
+        if last < 0:
+            return []
+        with self.engine.begin() as conn:
+            tracked = self._lock_tracking(conn, topic, partition)
+            fresh = [(offset, ev) for offset, ev in records if offset > tracked]
+            changed: dict[str, PostState] = {}
+            if fresh:
+                post_ids = {ev.post_id for _, ev in fresh}
+                states = self._load(conn, post_ids)
+                for offset, ev in fresh:
+                    before = changed.get(ev.post_id) or states.get(ev.post_id)
+                    try:
+                        after = apply(before, ev)
+                    except ValueError as exc:
+                        if rejects is None:
+                            raise
+                        rejects.append((offset, ev, f"the fold refused {ev.type}: {exc}"))
+                        continue
+                    if after is not before:
+                        changed[ev.post_id] = after
+                self._upsert_posts(conn, changed.values())
+            if last > tracked:
+                conn.execute(tracking.update()
+                             .where(tracking.c.topic == topic, tracking.c.partition == partition)
+                             .values(offset=last))
+        return list(changed.values())
+
+    def reset(self) -> None:
+        """Empties the projection (posts and offsets): for a scratch store before a replay."""
+        with self.engine.begin() as conn:
+            conn.execute(posts.delete())
+            conn.execute(tracking.delete())
+
+    # Internals -----------------------------------------------------------------------------
+
+    def _consistent(self) -> Any:
+        conn = self.engine.connect()
+        if self._dialect == "postgresql":
+            # Both reads of a snapshot see the same committed data, even while the processor writes.
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        return _Transaction(conn)
+
+    @staticmethod
+    def _offsets(conn: Connection) -> Offsets:
+        rows = conn.execute(select(tracking.c.topic, tracking.c.partition, tracking.c.offset))
+        return {(topic, int(partition)): int(offset) for topic, partition, offset in rows}
+
+    @staticmethod
+    def _stream_states(conn: Connection) -> Iterator[tuple[str, str]]:
+        result = conn.execution_options(yield_per=CHUNK).execute(select(posts.c.post_id, posts.c.state))
+        yield from ((post_id, text) for post_id, text in result)
+
+    def _lock_tracking(self, conn: Connection, topic: str, partition: int) -> int:
+        # Create the row if missing, then lock it: two processors handed the same partition during a
+        # rebalance apply a batch one after the other, and the second skips what the first applied.
+        conn.execute(self._insert(tracking).values(topic=topic, partition=partition, offset=-1)
+                     .on_conflict_do_nothing(index_elements=["topic", "partition"]))
+        query = select(tracking.c.offset).where(tracking.c.topic == topic, tracking.c.partition == partition)
+        if self._dialect == "postgresql":
+            query = query.with_for_update()
+        return int(conn.execute(query).scalar_one())
+
+    def _load(self, conn: Connection, post_ids: Iterable[str]) -> dict[str, PostState]:
+        ids = list(post_ids)
+        states: dict[str, PostState] = {}
+        for start in range(0, len(ids), CHUNK):
+            rows = conn.execute(select(posts.c.post_id, posts.c.state)
+                                .where(posts.c.post_id.in_(ids[start:start + CHUNK])))
+            for post_id, text in rows:
+                states[post_id] = PostState.model_validate_json(text)
+        return states
+
+    def _upsert_posts(self, conn: Connection, states: Iterable[PostState]) -> None:
+        rows = [{"post_id": s.post_id, "state": s.model_dump_json(), "status": s.status,
+                 "updated_at": s.updated_at} for s in states]
+        for start in range(0, len(rows), CHUNK):
+            statement = self._insert(posts)
+            statement = statement.on_conflict_do_update(
+                index_elements=["post_id"],
+                set_={"state": statement.excluded.state, "status": statement.excluded.status,
+                      "updated_at": statement.excluded.updated_at},
+            )
+            conn.execute(statement, rows[start:start + CHUNK])
+
+    def _insert(self, table: Table) -> Any:
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        if self._dialect == "sqlite":
+            return sqlite.insert(table)
+        raise NotImplementedError(f"no upsert for {self._dialect}: use SQLite or PostgreSQL")
+
+
+class _Transaction:
+    """A connection with one open transaction, closed (rolled back: it only reads) on exit."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        self.conn.begin()
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.rollback()
+        self.conn.close()

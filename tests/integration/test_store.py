@@ -1,0 +1,187 @@
+"""The projection store on SQLite and PostgreSQL: seed documents, exact resume, consistent snapshots."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from projections.fold import fold
+from projections.store import ProjectionStore, make_engine
+from schemas.commands import PostContent
+from schemas.common import ErrorKind
+from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
+
+pytestmark = pytest.mark.integration
+
+POST_ID = "01KA8MNE2DT1E31F8Z3TJHF96E"
+FIRST = datetime(2025, 11, 17, 10, 10, 13, 151000, tzinfo=UTC)
+RETRY = datetime(2025, 11, 17, 10, 15, 30, 456000, tzinfo=UTC)
+TOPIC = "smartretry.post-events"
+FACEBOOK_ERROR = "Facebook photo upload failed: 400 - Missing or invalid image file"
+
+# The seed's two documents, field for field.
+AFTER_FAILED_ATTEMPT = {
+    "insights": {
+        "publish_results": [
+            {"platform": "facebook", "success": False,
+             "error": "Facebook photo upload failed: 400 - Missing or invalid image file"},
+            {"platform": "instagram", "success": True, "postId": "18107758234627017",
+             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+        ],
+        "published_at": "2025-11-17T10:10:13.151Z",
+        "instagram_media_id": "18107758234627017",
+        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
+    },
+    "status": "failed",
+    "error_message": "facebook: Facebook photo upload failed: 400 - Missing or invalid image file",
+}
+AFTER_SUCCESSFUL_RETRY = {
+    "insights": {
+        "publish_results": [
+            {"platform": "facebook", "success": True, "postId": "747917475065823_122104567890123"},
+            {"platform": "instagram", "success": True, "postId": "18107758234627017",
+             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+        ],
+        "published_at": "2025-11-17T10:10:13.151Z",
+        "last_retry_at": "2025-11-17T10:15:30.456Z",
+        "facebook_post_id": "747917475065823_122104567890123",
+        "instagram_media_id": "18107758234627017",
+        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
+    },
+    "status": "posted",
+    "error_message": None,
+    "post_url": "https://www.facebook.com/747917475065823_122104567890123",
+}
+
+
+def first_attempt(post_id: str = POST_ID, at: datetime = FIRST) -> list[Event]:
+    """The seed's first attempt: Instagram succeeds, Facebook's image is refused."""
+    before = at - timedelta(seconds=2)
+    content = PostContent(caption="Autumn sale starts today", image_url="https://cdn.example.com/autumn sale.jpg")
+    return [
+        PostSubmitted(event_id=f"{post_id}:submitted", post_id=post_id, occurred_at=before, command_id="cmd-1",
+                      publish_target="both", content=content, account="acme"),
+        CommandDecided(event_id=f"{post_id}:cmd-1", post_id=post_id, occurred_at=before, command_id="cmd-1",
+                       command_type="PublishRequested", platforms=("facebook", "instagram")),
+        PublishAttempted(event_id=f"{post_id}:a1", post_id=post_id, occurred_at=before, platform="facebook",
+                         attempt_id=f"{post_id}-a1", attempt_number=1, command_id="cmd-1", reason="first publish"),
+        PublishAttempted(event_id=f"{post_id}:a2", post_id=post_id, occurred_at=before, platform="instagram",
+                         attempt_id=f"{post_id}-a2", attempt_number=1, command_id="cmd-1", reason="first publish"),
+        PlatformResult(event_id=f"{post_id}:a1:result", post_id=post_id, occurred_at=at, platform="facebook",
+                       attempt_id=f"{post_id}-a1", success=False,
+                       error=PlatformError(kind=ErrorKind.INVALID_MEDIA, code=324, http_status=400,
+                                           message=FACEBOOK_ERROR)),
+        PlatformResult(event_id=f"{post_id}:a2:result", post_id=post_id, occurred_at=at, platform="instagram",
+                       attempt_id=f"{post_id}-a2", success=True, platform_post_id="18107758234627017",
+                       permalink="https://www.instagram.com/p/DRJ1nlKDgY9/"),
+    ]
+
+
+def facebook_retry(post_id: str = POST_ID, at: datetime = RETRY) -> list[Event]:
+    """The seed's smart retry: only Facebook is published again, and succeeds."""
+    before = at - timedelta(seconds=1)
+    return [
+        CommandDecided(event_id=f"{post_id}:cmd-2", post_id=post_id, occurred_at=before, command_id="cmd-2",
+                       command_type="RetryRequested", platforms=("facebook",), is_retry=True,
+                       skipped={"instagram": "already published"}),
+        PublishAttempted(event_id=f"{post_id}:a3", post_id=post_id, occurred_at=before, platform="facebook",
+                         attempt_id=f"{post_id}-a3", attempt_number=2, command_id="cmd-2", is_retry=True,
+                         reason="smart retry"),
+        PlatformResult(event_id=f"{post_id}:a3:result", post_id=post_id, occurred_at=at, platform="facebook",
+                       attempt_id=f"{post_id}-a3", success=True,
+                       platform_post_id="747917475065823_122104567890123"),
+    ]
+
+
+class StoreContract:
+    """What every backend of the projection store does; subclasses give the engine."""
+
+    @pytest.fixture
+    def engine(self) -> Iterator[Engine]:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self, engine: Engine) -> ProjectionStore:
+        store = ProjectionStore(engine)
+        store.create_schema()
+        return store
+
+    def test_the_seed_example_gives_the_seed_documents(self, store: ProjectionStore) -> None:
+        first = first_attempt()
+        store.apply_batch(TOPIC, 0, list(enumerate(first)))
+        stored = store.get(POST_ID)
+        assert stored is not None and stored.status == "failed"
+        assert stored.document.to_document() == AFTER_FAILED_ATTEMPT
+
+        changed = store.apply_batch(TOPIC, 0, list(enumerate(facebook_retry(), start=len(first))))
+        assert [s.post_id for s in changed] == [POST_ID]
+        assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
+        assert store.applied_offsets(TOPIC) == {0: 8}
+
+    def test_a_redelivered_batch_changes_nothing(self, store: ProjectionStore) -> None:
+        records = list(enumerate(first_attempt() + facebook_retry()))
+        store.apply_batch(TOPIC, 3, records[:5])
+        digest = store.digest()
+        # Kafka redelivers from an older offset after a crash: the overlap is skipped, the rest applied.
+        assert store.apply_batch(TOPIC, 3, records[:5]) == []
+        assert store.digest() == digest
+        store.apply_batch(TOPIC, 3, records[2:])
+        assert store.applied_offsets(TOPIC) == {3: 8}
+        assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
+
+    def test_the_stored_projection_is_the_fold_of_the_events(self, store: ProjectionStore) -> None:
+        events = [e for i in range(30) for e in first_attempt(f"post-{i:02d}", FIRST + timedelta(minutes=i))]
+        events += [e for i in range(0, 30, 3) for e in facebook_retry(f"post-{i:02d}", RETRY + timedelta(minutes=i))]
+        for start in range(0, len(events), 7):  # batches cut anywhere, even inside a post's history
+            store.apply_batch(TOPIC, 1, [(o, e) for o, e in enumerate(events) if start <= o < start + 7])
+        offsets, states = store.snapshot()
+        assert offsets == {(TOPIC, 1): len(events) - 1}
+        assert states == fold(events)
+
+        posted = store.list_posts(status="posted")
+        assert {s.post_id for s in posted} == {f"post-{i:02d}" for i in range(0, 30, 3)}
+        latest = store.list_posts(limit=3)
+        assert [s.post_id for s in latest] == ["post-27", "post-24", "post-29"]  # most recently updated first
+        assert [s.post_id for s in store.list_posts(status="failed", limit=2, offset=1)] == ["post-28", "post-26"]
+
+    def test_offsets_that_are_not_events_still_move_the_tracking_offset(self, store: ProjectionStore) -> None:
+        store.apply_batch(TOPIC, 2, [(0, first_attempt()[0])], through=4)
+        assert store.applied_offsets(TOPIC) == {2: 4}
+        assert store.applied_offsets("another-topic") == {}
+
+    def test_equal_projections_have_equal_digests(self, store: ProjectionStore, engine: Engine) -> None:
+        events = first_attempt() + facebook_retry()
+        store.apply_batch(TOPIC, 0, list(enumerate(events)))
+        other = ProjectionStore(make_engine("sqlite://"))
+        other.create_schema()
+        other.apply_batch(TOPIC, 0, list(enumerate(events[:-1])))
+        assert other.digest() != store.digest()
+        other.apply_batch(TOPIC, 0, [(len(events) - 1, events[-1])])
+        assert other.digest() == store.digest()
+
+
+class TestSQLiteStore(StoreContract):
+    @pytest.fixture
+    def engine(self, tmp_path: object) -> Iterator[Engine]:
+        engine = make_engine(f"sqlite:///{tmp_path}/nested/dir/smartretry.db")
+        yield engine
+        engine.dispose()
+
+
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    def engine(self, postgres_url: str) -> Iterator[Engine]:
+        admin = make_engine(postgres_url)
+        name = f"store_{uuid.uuid4().hex[:12]}"
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        engine = make_engine(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+        yield engine
+        engine.dispose()
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
+        admin.dispose()
