@@ -1,0 +1,159 @@
+"""The retry decision: the seed's four cases, first publish, in-flight platforms, redelivered and unknown commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from projections.decide import decide, retry_preview
+from projections.fold import next_attempt_number
+from projections.state import PostState
+from schemas.commands import ForceRepublishRequested, PublishRequested, RetryRequested
+from schemas.common import ErrorKind, Platform
+from tests.unit.test_fold import CONTENT, FIXED, History
+
+AT = datetime(2025, 11, 17, 10, 15, tzinfo=UTC)
+POST = "01KA8MNE2DT1E31F8Z3TJHF96E"
+
+
+def retry(command_id: str = "cmd-retry") -> RetryRequested:
+    return RetryRequested(command_id=command_id, post_id=POST, requested_at=AT)
+
+
+def force(command_id: str = "cmd-force") -> ForceRepublishRequested:
+    return ForceRepublishRequested(command_id=command_id, post_id=POST, requested_at=AT, reason="testing")
+
+
+def publish(command_id: str = "cmd-publish") -> PublishRequested:
+    return PublishRequested(command_id=command_id, post_id=POST, requested_at=AT, publish_target="both",
+                            content=CONTENT, account="acct-1")
+
+
+def after_first_attempt(facebook: bool, instagram: bool) -> PostState:
+    history = History(post_id=POST)
+    attempts = history.publish()
+    outcome: dict[Platform, bool] = {"facebook": facebook, "instagram": instagram}
+    for platform, ok in outcome.items():
+        if ok:
+            history.success(platform, attempts[platform], f"{platform}-1")
+        else:
+            history.failure(platform, attempts[platform], "refused", ErrorKind.INVALID_MEDIA)
+    return history.state()
+
+
+def test_first_publish_goes_to_every_targeted_platform() -> None:
+    decision = decide(None, publish())
+    assert decision.platforms == ("facebook", "instagram")
+    assert not decision.is_retry and not decision.no_op and decision.accepted
+    assert decision.log_line == "Publishing to both Facebook and Instagram..."
+
+
+def test_case_1_facebook_failed_instagram_succeeded_retries_only_facebook() -> None:
+    decision = decide(after_first_attempt(facebook=False, instagram=True), retry())
+    assert decision.platforms == ("facebook",)
+    assert decision.skipped == {"instagram": "already succeeded"}
+    assert decision.is_retry and not decision.forced
+    assert decision.log_line == "🔄 Smart retry: Publishing only to Facebook (Instagram already succeeded)"
+
+
+def test_case_2_instagram_failed_facebook_succeeded_retries_only_instagram() -> None:
+    state = after_first_attempt(facebook=True, instagram=False)
+    decision = decide(state, retry())
+    assert decision.platforms == ("instagram",)
+    assert decision.log_line == "🔄 Smart retry: Publishing only to Instagram (Facebook already succeeded)"
+    assert retry_preview(state) == "Note: Will only retry Instagram"
+
+
+def test_case_3_both_failed_retries_both() -> None:
+    state = after_first_attempt(facebook=False, instagram=False)
+    decision = decide(state, retry())
+    assert decision.platforms == ("facebook", "instagram") and decision.skipped == {}
+    assert decision.log_line == "🔄 Smart retry: Publishing to both Facebook and Instagram (both failed)"
+    assert retry_preview(state) == "Note: Will retry Facebook and Instagram"
+
+
+def test_case_4_both_succeeded_a_retry_publishes_nothing_and_says_so() -> None:
+    decision = decide(after_first_attempt(facebook=True, instagram=True), retry())
+    assert decision.platforms == () and decision.no_op and decision.accepted
+    assert decision.log_line == "Nothing to retry: Facebook and Instagram already succeeded"
+
+
+def test_case_4_only_a_forced_republish_publishes_successful_platforms_again() -> None:
+    decision = decide(after_first_attempt(facebook=True, instagram=True), force())
+    assert decision.platforms == ("facebook", "instagram")
+    assert decision.forced and decision.is_retry
+    assert decision.log_line == "Forced republish: Publishing to both Facebook and Instagram again (testing)"
+
+
+def test_a_platform_in_flight_is_not_attempted_again_but_is_reported_unresolved() -> None:
+    history = History(post_id=POST)
+    attempts = history.publish()
+    history.failure("instagram", attempts["instagram"], "refused", ErrorKind.INVALID_MEDIA)
+    state = history.state()
+    for command in (retry(), force()):
+        decision = decide(state, command)
+        assert decision.platforms == ("instagram",)
+        assert decision.unresolved == ("facebook",)
+        assert "facebook" in decision.skipped and "still publishing" in decision.skipped["facebook"]
+    assert next_attempt_number(state, "facebook") == 2
+
+
+def test_only_in_flight_platforms_left_is_a_no_op() -> None:
+    history = History(post_id=POST)
+    history.publish(target="facebook")
+    decision = decide(history.state(), retry())
+    assert decision.no_op and decision.unresolved == ("facebook",)
+    assert decision.log_line.startswith("Nothing to retry: Facebook still publishing")
+
+
+def test_a_command_seen_before_has_no_effect() -> None:
+    state = after_first_attempt(facebook=False, instagram=True)
+    for command in (publish(), retry("cmd-publish"), force("cmd-publish")):
+        decision = decide(state, command)
+        assert decision.duplicate_command and decision.platforms == () and not decision.accepted
+        assert decision.unstarted == ()
+
+
+def test_a_redelivered_command_resumes_platforms_it_decided_but_never_attempted() -> None:
+    history = History(post_id=POST)
+    history.submit().decide("cmd-publish", ("facebook", "instagram"))
+    history.attempt("facebook", "cmd-publish")
+    decision = decide(history.state(), publish())
+    assert decision.duplicate_command and decision.platforms == ()
+    assert decision.unstarted == ("instagram",)
+    assert decision.unresolved == ("facebook",)
+
+
+def test_a_publish_whose_submission_was_recorded_but_not_decided_goes_ahead() -> None:
+    history = History(post_id=POST).submit(command_id="cmd-publish")
+    assert decide(history.state(), publish()).platforms == ("facebook", "instagram")
+    rejected = decide(history.state(), publish("cmd-other"))
+    assert rejected.reject_reason is not None and "already exists" in rejected.reject_reason
+    assert rejected.platforms == ()
+
+
+@pytest.mark.parametrize("command", [retry(), force()], ids=["retry", "force"])
+def test_a_retry_of_an_unknown_post_is_rejected(command: RetryRequested | ForceRepublishRequested) -> None:
+    decision = decide(None, command)
+    assert decision.reject_reason is not None and "unknown" in decision.reject_reason
+    assert decision.platforms == () and not decision.accepted
+    assert retry_preview(None) == ""
+
+
+def test_the_decision_becomes_the_event_that_records_it() -> None:
+    state = after_first_attempt(facebook=False, instagram=True)
+    command = RetryRequested(command_id="cmd-retry", post_id=POST, requested_at=AT, content=FIXED)
+    decision = decide(state, command)
+    event = decision.to_event(command, "ev-1", AT)
+    assert (event.command_id, event.command_type, event.platforms) == ("cmd-retry", "RetryRequested", ("facebook",))
+    assert event.is_retry and event.content == FIXED and event.skipped == {"instagram": "already succeeded"}
+    assert event.note == decision.log_line
+
+
+def test_a_legacy_post_retries_only_what_the_old_system_did_not_publish() -> None:
+    history = History(post_id=POST).legacy({"insights": {"facebook_post_id": "7479_1"}, "status": "failed"})
+    decision = decide(history.state(), retry())
+    assert decision.platforms == ("instagram",)
+    rejected = decide(history.state(), publish())
+    assert rejected.reject_reason is not None

@@ -1,0 +1,147 @@
+"""The seed's example, folded from events: its two insights documents and its two API responses, field for field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from projections.decide import decide, retry_preview
+from projections.responses import publish_response, retried_summary
+from schemas.commands import RetryRequested
+from tests.unit.test_fold import IMAGE_ERROR, History
+
+POST_ID = "01KA8MNE2DT1E31F8Z3TJHF96E"
+IG_MEDIA_ID = "18107758234627017"
+IG_PERMALINK = "https://www.instagram.com/p/DRJ1nlKDgY9/"
+FB_POST_ID = "747917475065823_122104567890123"
+FIRST_RESULTS_AT = datetime(2025, 11, 17, 10, 10, 13, 151000, tzinfo=UTC)
+FB_FAILED_AT = datetime(2025, 11, 17, 10, 10, 12, 903000, tzinfo=UTC)
+RETRY_RESULT_AT = datetime(2025, 11, 17, 10, 15, 30, 456000, tzinfo=UTC)
+
+# Copied from seed/smart-retry-publishing.md, "Data Structure".
+INSIGHTS_AFTER_FAILED_ATTEMPT: dict[str, Any] = {
+    "insights": {
+        "publish_results": [
+            {"platform": "facebook", "success": False,
+             "error": "Facebook photo upload failed: 400 - Missing or invalid image file"},
+            {"platform": "instagram", "success": True, "postId": "18107758234627017",
+             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+        ],
+        "published_at": "2025-11-17T10:10:13.151Z",
+        "instagram_media_id": "18107758234627017",
+        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
+    },
+    "status": "failed",
+    "error_message": "facebook: Facebook photo upload failed: 400 - Missing or invalid image file",
+}
+
+INSIGHTS_AFTER_SUCCESSFUL_RETRY: dict[str, Any] = {
+    "insights": {
+        "publish_results": [
+            {"platform": "facebook", "success": True, "postId": "747917475065823_122104567890123"},
+            {"platform": "instagram", "success": True, "postId": "18107758234627017",
+             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+        ],
+        "published_at": "2025-11-17T10:10:13.151Z",
+        "last_retry_at": "2025-11-17T10:15:30.456Z",
+        "facebook_post_id": "747917475065823_122104567890123",
+        "instagram_media_id": "18107758234627017",
+        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
+    },
+    "status": "posted",
+    "error_message": None,
+    "post_url": "https://www.facebook.com/747917475065823_122104567890123",
+}
+
+# Copied from the seed's "API Response" section.
+RESPONSE_FIRST_ATTEMPT: dict[str, Any] = {
+    "success": False,
+    "post": {
+        "id": "01KA8MNE2DT1E31F8Z3TJHF96E",
+        "status": "failed",
+        "error_message": "facebook: Facebook photo upload failed: 400 - Missing or invalid image file",
+    },
+    "results": {
+        "facebook": {"platform": "facebook", "success": False,
+                     "error": "Facebook photo upload failed: 400 - Missing or invalid image file"},
+        "instagram": {"platform": "instagram", "success": True, "postId": "18107758234627017",
+                      "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+    },
+}
+
+RESPONSE_RETRY_ATTEMPT: dict[str, Any] = {
+    "success": True,
+    "post": {"id": "01KA8MNE2DT1E31F8Z3TJHF96E", "status": "posted", "error_message": None},
+    "results": {
+        "facebook": {"platform": "facebook", "success": True, "postId": "747917475065823_122104567890123"},
+        "instagram": {"platform": "instagram", "success": True, "postId": "18107758234627017",
+                      "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+    },
+    "retry_info": {"is_retry": True, "previous_attempts": 2, "retried_platform": "facebook"},
+}
+
+
+def seed_first_attempt() -> History:
+    """Both platforms attempted; Facebook refuses the image, Instagram publishes."""
+    history = History(post_id=POST_ID)
+    attempts = history.publish("cmd-publish")
+    history.failure("facebook", attempts["facebook"], IMAGE_ERROR, when=FB_FAILED_AT)
+    history.success("instagram", attempts["instagram"], IG_MEDIA_ID, IG_PERMALINK, when=FIRST_RESULTS_AT)
+    return history
+
+
+def seed_retry(history: History) -> History:
+    """The user's retry: Facebook only, and it publishes."""
+    retry = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retry["facebook"], FB_POST_ID, when=RETRY_RESULT_AT)
+    return history
+
+
+def without_nulls(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: without_nulls(v) if isinstance(v, dict) else v for k, v in document.items() if v is not None}
+
+
+def test_insights_after_the_failed_attempt_are_the_seeds_document() -> None:
+    state = seed_first_attempt().state()
+    assert state.document.to_document() == INSIGHTS_AFTER_FAILED_ATTEMPT
+
+
+def test_insights_after_the_successful_retry_are_the_seeds_document() -> None:
+    state = seed_retry(seed_first_attempt()).state()
+    assert state.document.to_document() == INSIGHTS_AFTER_SUCCESSFUL_RETRY
+
+
+def test_the_first_attempts_api_response_is_the_seeds() -> None:
+    response = publish_response(seed_first_attempt().state(), "cmd-publish").to_document()
+    extras = {"command_id": "cmd-publish", "pending": False}
+    assert response == {**RESPONSE_FIRST_ATTEMPT, **extras}
+
+
+def test_the_retrys_api_response_is_the_seeds_plus_per_platform_counts() -> None:
+    response = publish_response(seed_retry(seed_first_attempt()).state(), "cmd-retry").to_document()
+    # `error_message: null` is left out of the answer like every other absent field.
+    seed = without_nulls(RESPONSE_RETRY_ATTEMPT)
+    assert response["retry_info"] == {
+        **seed["retry_info"],
+        "attempts_by_platform": {"facebook": 2, "instagram": 1},
+        "retries_by_platform": {"facebook": 1, "instagram": 0},
+    }
+    assert {k: v for k, v in response.items() if k != "retry_info"} == {
+        **{k: v for k, v in seed.items() if k != "retry_info"}, "command_id": "cmd-retry", "pending": False,
+    }
+
+
+def test_the_page_notes_what_a_retry_will_do_and_what_was_retried() -> None:
+    failed = seed_first_attempt().state()
+    assert retry_preview(failed) == "Note: Will only retry Facebook"
+    assert retried_summary(failed) is None
+    posted = seed_retry(seed_first_attempt()).state()
+    assert retried_summary(posted) == "🔄 Retried: Facebook (1 retry)"
+    assert retry_preview(posted) == "Note: Nothing to retry: Facebook and Instagram already succeeded"
+
+
+def test_the_seeds_log_lines() -> None:
+    history = seed_first_attempt()
+    retry = RetryRequested(command_id="cmd-retry", post_id=POST_ID, requested_at=RETRY_RESULT_AT)
+    decision = decide(history.state(), retry)
+    assert decision.log_line == "🔄 Smart retry: Publishing only to Facebook (Instagram already succeeded)"
