@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from projections.fold import apply, fold
 from projections.state import PostState
@@ -83,7 +84,7 @@ class History:
                                           error=PlatformError(kind=kind, message=message, http_status=400)))
         return self
 
-    def legacy(self, document: dict[str, object], target: PublishTarget = "both") -> History:
+    def legacy(self, document: dict[str, Any], target: PublishTarget = "both") -> History:
         self.events.append(LegacyInsightsImported(**self._base(None), publish_target=target, document=document))
         return self
 
@@ -263,7 +264,7 @@ def test_the_state_survives_a_json_round_trip() -> None:
 
 # ---------------------------------------------------------------- old-system documents
 
-SEED_FAILED_DOCUMENT = {
+SEED_FAILED_DOCUMENT: dict[str, Any] = {
     "insights": {
         "publish_results": [
             {"platform": "facebook", "success": False, "error": IMAGE_ERROR},

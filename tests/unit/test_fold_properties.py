@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from projections.fold import apply, fold
 from projections.state import PostState
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
-from schemas.events import Event
+from schemas.events import CommandType, Event
 from tests.unit.test_fold import History
 
 OUTCOMES = st.sampled_from(["success", "failure", "in_flight"])
@@ -46,8 +46,9 @@ def stories(draw: st.DrawFn, post_id: str = "post-1") -> Story:
     for number in range(rounds):
         chosen = tuple(p for p in targeted if draw(st.booleans())) if number else targeted
         command_id = f"cmd-{number}"
-        kind = "PublishRequested" if number == 0 else draw(st.sampled_from(["RetryRequested",
-                                                                            "ForceRepublishRequested"]))
+        kind: CommandType = "PublishRequested"
+        if number:
+            kind = draw(st.sampled_from(["RetryRequested", "ForceRepublishRequested"]))
         history.decide(command_id, chosen, kind)
         story.awaiting = set(chosen)
         if number == rounds - 1 and draw(st.booleans()):
