@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_key: SecretStr = SecretStr("dev-key-change-me")
+    # Encrypts account tokens at rest in the credential store.
+    secret_key: SecretStr = SecretStr("dev-secret-change-me")
 
     log_format: str = "text"  # or "json"
     log_level: str = "INFO"

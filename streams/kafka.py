@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -15,6 +17,9 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
         # A send is done only when every in-sync replica has it.
         "acks": "all",
         "linger.ms": 2,
+        # murmur2 is the Java client's partitioner: a post's commands and events get the same
+        # partition number whichever client produced them.
+        "partitioner": "murmur2_random",
         "compression.type": "lz4",
         **overrides,
     }
@@ -43,3 +48,52 @@ def deliver(p: Producer, topic: str, key: str, value: bytes, timeout: float = 30
     remaining = p.flush(timeout)
     if remaining or errors:
         raise RuntimeError(f"delivery to {topic} failed: {errors or 'timed out'}")
+
+
+class AsyncProducer:
+    """An idempotent producer whose `send` completes when the broker has the message.
+
+    Delivery reports are served by a thread of its own, so an event loop never blocks on librdkafka.
+    """
+
+    def __init__(self, bootstrap: str, **overrides: Any) -> None:
+        self._producer = producer(bootstrap, **overrides)
+        self._stopped = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
+
+    async def start(self) -> None:
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stopped.is_set():
+            self._producer.poll(0.05)
+
+    async def send(self, topic: str, key: str, value: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(err: Any) -> None:
+            if done.done():
+                return
+            if err is not None:
+                done.set_exception(RuntimeError(f"delivery to {topic} failed: {err}"))
+            else:
+                done.set_result(None)
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            loop.call_soon_threadsafe(settle, err)
+
+        while True:
+            try:
+                self._producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                # The local queue is full: let deliveries drain, then try again.
+                await asyncio.sleep(0.01)
+        await done
+
+    async def close(self, timeout: float = 10.0) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, timeout)
+        self._stopped.set()
+        if self._poller.is_alive():
+            self._poller.join()

@@ -1,0 +1,28 @@
+"""Which platforms a redelivered command still owes: the pure half of crash recovery."""
+
+from __future__ import annotations
+
+from projections.state import PostState
+from schemas.common import Platform
+
+
+def platforms_to_resume(state: PostState, command_id: str, max_attempts: int) -> tuple[Platform, ...]:
+    """Platforms the command decided to publish whose work it did not finish before a crash.
+
+    A platform is owed when the command made no attempt of it yet, or when its latest attempt by the
+    command failed with an error the service retries itself and the automatic attempts are not used up.
+    """
+    record = state.commands.get(command_id)
+    if record is None:
+        return ()
+    owed: list[Platform] = []
+    for platform in record.platforms:
+        mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
+        if not mine:
+            owed.append(platform)
+            continue
+        latest = mine[-1]
+        if latest.success is False and latest.error_kind is not None and latest.error_kind.retried_automatically \
+                and len(mine) < max_attempts:
+            owed.append(platform)
+    return tuple(owed)

@@ -1,0 +1,27 @@
+"""Messages on the dead-letter topic: what could not be handled, why, and the original bytes."""
+
+from __future__ import annotations
+
+import base64
+
+from pydantic import Field
+
+from schemas.common import Frozen, Timestamp
+
+
+class DeadLetter(Frozen):
+    """A message a consumer could not use. `value_b64` keeps the original bytes so it can be requeued."""
+
+    type: str = "DeadLetter"
+    schema_version: int = 1
+    reason: str = Field(max_length=4000)
+    consumer: str
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    value_b64: str | None = None
+    occurred_at: Timestamp
+
+    def original_value(self) -> bytes | None:
+        return base64.b64decode(self.value_b64) if self.value_b64 is not None else None

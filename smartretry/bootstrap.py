@@ -1,0 +1,79 @@
+"""The composition root: builds each process's dependencies from the settings, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import Engine
+
+from projections.store import ProjectionStore, make_engine
+from publishers.base import build_publishers
+from smartretry.credentials import CredentialStore
+from smartretry.settings import Settings
+from streams.handler import CommandHandler, HandlerConfig
+
+log = logging.getLogger("smartretry")
+
+
+@dataclass
+class Stores:
+    engine: Engine
+    projection: ProjectionStore
+    credentials: CredentialStore
+
+
+def open_stores(settings: Settings) -> Stores:
+    engine = make_engine(settings.database_url)
+    projection = ProjectionStore(engine)
+    projection.create_schema()
+    credentials = CredentialStore(engine, settings.secret_key.get_secret_value())
+    credentials.create_schema()
+    return Stores(engine, projection, credentials)
+
+
+def handler_config(settings: Settings) -> HandlerConfig:
+    return HandlerConfig(
+        max_automatic_attempts=settings.max_automatic_attempts,
+        backoff_base_seconds=settings.backoff_base_seconds,
+        backoff_cap_seconds=settings.backoff_cap_seconds,
+        freshness_timeout_seconds=settings.freshness_timeout_seconds,
+        group_id=f"{settings.topic_prefix}command-handler",
+    )
+
+
+@contextlib.asynccontextmanager
+async def graph_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    # Generous read timeout: Instagram's container publishing can take seconds.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0)) as client:
+        yield client
+
+
+async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | None = None) -> None:
+    """Runs the command handler until `stop` is set (or SIGINT/SIGTERM)."""
+    if not settings.graph_api_base_url:
+        raise SystemExit("error: SMARTRETRY_GRAPH_API_BASE_URL is not set (the sandbox's URL or the Graph API's)")
+    stores = open_stores(settings)
+    stop = stop or _stop_on_signals()
+    async with graph_client(settings) as client:
+        handler = CommandHandler(
+            bootstrap=bootstrap, topics=settings.topics, projection=stores.projection,
+            credentials=stores.credentials,
+            publishers=build_publishers(client, settings.graph_api_base_url, settings.graph_api_version),
+            config=handler_config(settings),
+        )
+        await handler.run(stop)
+    stores.engine.dispose()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

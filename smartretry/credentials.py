@@ -1,0 +1,83 @@
+"""The credential store: account references to Graph API tokens, encrypted at rest, never on Kafka."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+
+from cryptography.fernet import Fernet, InvalidToken
+from pydantic import SecretStr
+from sqlalchemy import DateTime, Engine, String, Text, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from publishers.base import AccountCredentials
+from publishers.redact import register_secret
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Account(_Base):
+    __tablename__ = "accounts"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Fernet ciphertext: the database never holds a token in the clear.
+    token_ciphertext: Mapped[str] = mapped_column(Text)
+    page_id: Mapped[str | None] = mapped_column(String(64))
+    ig_user_id: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UnknownAccount(LookupError):
+    pass
+
+
+class CredentialStore:
+    """Tokens per account reference; `set_token` is the re-authentication the seed's example 2 needs."""
+
+    def __init__(self, engine: Engine, secret_key: str) -> None:
+        self._engine = engine
+        digest = hashlib.sha256(secret_key.encode()).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+
+    def create_schema(self) -> None:
+        _Base.metadata.create_all(self._engine)
+
+    def set_token(self, account_id: str, token: str, page_id: str | None = None, ig_user_id: str | None = None) -> None:
+        register_secret(token)
+        ciphertext = self._fernet.encrypt(token.encode()).decode()
+        with Session(self._engine) as session, session.begin():
+            row = session.get(_Account, account_id)
+            if row is None:
+                row = _Account(account_id=account_id, token_ciphertext=ciphertext, page_id=page_id,
+                               ig_user_id=ig_user_id, updated_at=datetime.now(UTC))
+                session.add(row)
+            else:
+                row.token_ciphertext = ciphertext
+                row.page_id = page_id or row.page_id
+                row.ig_user_id = ig_user_id or row.ig_user_id
+                row.updated_at = datetime.now(UTC)
+
+    def get(self, account_id: str) -> AccountCredentials:
+        with Session(self._engine) as session:
+            row = session.get(_Account, account_id)
+            if row is None:
+                raise UnknownAccount(
+                    f"no credentials for account {account_id!r}: set them with `smartretry accounts set-token`")
+            try:
+                token = self._fernet.decrypt(row.token_ciphertext.encode()).decode()
+            except InvalidToken:
+                raise UnknownAccount(
+                    f"credentials of account {account_id!r} were stored under another secret key") from None
+            register_secret(token)
+            return AccountCredentials(account_id=account_id, user_token=SecretStr(token), page_id=row.page_id,
+                                      ig_user_id=row.ig_user_id)
+
+    def accounts(self) -> list[dict[str, str | None]]:
+        """Account references with their page and Instagram ids; never the token."""
+        with Session(self._engine) as session:
+            rows = session.scalars(select(_Account).order_by(_Account.account_id)).all()
+            return [{"account": r.account_id, "page_id": r.page_id, "ig_user_id": r.ig_user_id,
+                     "updated_at": r.updated_at.isoformat()} for r in rows]

@@ -1,0 +1,446 @@
+"""The retry command consumer: decides from a current projection and publishes only what failed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from projections.decide import Decision, decide
+from projections.fold import apply_all
+from projections.resume import platforms_to_resume
+from projections.state import PostState
+from publishers.base import AccountCredentials, Publisher, PublishOutcome
+from publishers.redact import scrub
+from schemas.commands import Command, ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
+from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
+from schemas.envelope import DecodeError, decode_command, encode
+from schemas.events import (
+    ContainerCreated,
+    Event,
+    EventBase,
+    PlatformError,
+    PlatformResult,
+    PostSubmitted,
+    PublishAttempted,
+)
+from schemas.ids import derived_id, new_id
+from streams.dlq import make_dead_letter
+from streams.kafka import AsyncProducer, consumer
+from streams.topics import Topics
+
+log = logging.getLogger("smartretry.handler")
+
+CONSUMER_NAME = "command-handler"
+
+
+class ProjectionReader(Protocol):
+    """What the handler reads of the projection store."""
+
+    def get(self, post_id: str) -> PostState | None: ...
+
+    def applied_offsets(self, topic: str) -> dict[int, int]: ...
+
+
+class CredentialReader(Protocol):
+    def get(self, account_id: str) -> AccountCredentials: ...
+
+
+class StaleProjection(TimeoutError):
+    """The projection did not catch up with the events partition in time; the command is tried again."""
+
+
+class OutcomeUnknown(RuntimeError):
+    """A platform could not tell whether an attempt's post exists; the command is tried again later."""
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    max_automatic_attempts: int = 5
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 60.0
+    freshness_timeout_seconds: float = 30.0
+    # Commands in progress at once across all posts; consumption pauses above it.
+    max_in_flight: int = 500
+    group_id: str = "smartretry-command-handler"
+
+
+def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter, never shorter than the platform's own wait hint."""
+    ceiling = min(config.backoff_cap_seconds, config.backoff_base_seconds * (2 ** attempt))
+    delay = rng.uniform(ceiling / 2, ceiling)
+    return max(delay, hint or 0.0)
+
+
+@dataclass
+class _PartitionProgress:
+    """Offsets of one partition in progress; the commit point is the oldest one not finished."""
+
+    pending: dict[int, bool] = field(default_factory=dict)
+
+    def add(self, offset: int) -> None:
+        self.pending[offset] = False
+
+    def finish(self, offset: int) -> int | None:
+        """Marks the offset done; returns the offset to commit (next to read) if it moved."""
+        if offset not in self.pending:
+            return None
+        self.pending[offset] = True
+        committed = None
+        for pending_offset in sorted(self.pending):
+            if not self.pending[pending_offset]:
+                break
+            del self.pending[pending_offset]
+            committed = pending_offset + 1
+        return committed
+
+
+class CommandHandler:
+    """Consumes commands; per post strictly in order, across posts concurrently (key-ordered concurrency)."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Topics,
+        projection: ProjectionReader,
+        credentials: CredentialReader,
+        publishers: Mapping[Platform, Publisher],
+        config: HandlerConfig | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.projection = projection
+        self.credentials = credentials
+        self.publishers = publishers
+        self.config = config or HandlerConfig()
+        self.clock = clock
+        self.producer = AsyncProducer(bootstrap)
+        self._rng = random.Random()
+        self._consumer: Consumer | None = None
+        # A separate client for end offsets, so the consumer loop never blocks on it.
+        self._watermarks: Consumer | None = None
+        self._progress: dict[int, _PartitionProgress] = {}
+        self._chains: dict[str, asyncio.Task[None]] = {}
+        self._in_flight = 0
+        self.ready = asyncio.Event()
+
+    # --- the consumer loop ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.producer.start()
+        self._consumer = consumer(self.bootstrap, self.config.group_id, **{"max.poll.interval.ms": 600000})
+        self._watermarks = consumer(self.bootstrap, self.config.group_id + "-watermarks")
+        self._consumer.subscribe([self.topics.commands], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("Command handler consuming %s", self.topics.commands)
+        try:
+            while not stop.is_set():
+                if self._in_flight >= self.config.max_in_flight:
+                    await asyncio.sleep(0.01)
+                    continue
+                messages = self._consumer.consume(num_messages=100, timeout=0)
+                if not messages:
+                    await asyncio.sleep(0.005)
+                    continue
+                for message in messages:
+                    self._dispatch(message)
+        finally:
+            tasks = [t for t in self._chains.values() if not t.done()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._consumer.close()
+            self._watermarks.close()
+            await self.producer.close()
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._progress[tp.partition] = _PartitionProgress()
+        self.ready.set()
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Work still running for these partitions finishes, but only the new owner commits past it;
+        # a redelivered command is recognised by its id and by its attempts in the projection.
+        for tp in partitions:
+            self._progress.pop(tp.partition, None)
+
+    def _dispatch(self, message: Message) -> None:
+        if message.error():
+            if message.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("Kafka error on %s: %s", self.topics.commands, message.error())
+            return
+        partition, offset = message.partition(), message.offset()
+        progress = self._progress.setdefault(partition, _PartitionProgress())
+        progress.add(offset)
+        try:
+            command = decode_command(message.value())
+        except DecodeError as exc:
+            task = asyncio.get_running_loop().create_task(self._dead_letter(message, exc.reason))
+            self._track(task, partition, offset)
+            return
+        previous = self._chains.get(command.post_id)
+        task = asyncio.get_running_loop().create_task(self._after(previous, command, partition))
+        self._chains[command.post_id] = task
+        self._track(task, partition, offset, command.post_id)
+
+    def _track(self, task: asyncio.Task[None], partition: int, offset: int, post_id: str | None = None) -> None:
+        self._in_flight += 1
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._in_flight -= 1
+            if post_id is not None and self._chains.get(post_id) is done:
+                del self._chains[post_id]
+            if done.cancelled():
+                return
+            if done.exception() is not None:
+                # Not committed: the command comes back after a restart and is handled then.
+                log.error("Command at %s[%d]@%d failed: %s", self.topics.commands, partition, offset,
+                          scrub(repr(done.exception())))
+                return
+            progress = self._progress.get(partition)
+            commit_to = progress.finish(offset) if progress else None
+            if commit_to is not None and self._consumer is not None:
+                with contextlib.suppress(Exception):
+                    self._consumer.commit(offsets=[TopicPartition(self.topics.commands, partition, commit_to)],
+                                          asynchronous=True)
+
+        task.add_done_callback(finished)
+
+    async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int) -> None:
+        if previous is not None:
+            # Commands of one post run strictly in order; the outcome of the previous one is its own.
+            with contextlib.suppress(BaseException):
+                await previous
+        while True:
+            try:
+                await self.handle(command, partition)
+                return
+            except StaleProjection as exc:
+                log.warning("%s; trying the command again", exc,
+                            extra={"post_id": command.post_id, "command_id": command.command_id})
+            except OutcomeUnknown as exc:
+                # Publishing now could duplicate the post; the attempt stays open until the platform answers.
+                log.warning("%s; asking again shortly", exc,
+                            extra={"post_id": command.post_id, "command_id": command.command_id})
+                await asyncio.sleep(backoff_delay(1, self.config, None, self._rng))
+
+    async def _dead_letter(self, message: Message, reason: str) -> None:
+        letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME, source_topic=message.topic(),
+                                  partition=message.partition(), offset=message.offset(), key=message.key(),
+                                  value=message.value(), at=self.clock())
+        log.warning("Dead letter from %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(),
+                    letter.reason)
+        await self.producer.send(self.topics.dead_letters, letter.key or "", encode(letter))
+
+    # --- one command -----------------------------------------------------------------------------
+
+    async def fresh_state(self, post_id: str, partition: int) -> PostState | None:
+        """The post's projection once it has applied every event already in its events partition."""
+        loop = asyncio.get_running_loop()
+        assert self._watermarks is not None
+        tp = TopicPartition(self.topics.post_events, partition)
+        _low, high = await loop.run_in_executor(
+            None, lambda: self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False))  # type: ignore[union-attr]
+        deadline = loop.time() + self.config.freshness_timeout_seconds
+        delay = 0.002
+        while True:
+            applied = await loop.run_in_executor(None, self.projection.applied_offsets, self.topics.post_events)
+            if high == 0 or applied.get(partition, -1) >= high - 1:
+                return await loop.run_in_executor(None, self.projection.get, post_id)
+            if loop.time() > deadline:
+                raise StaleProjection(
+                    f"projection of {self.topics.post_events}[{partition}] is at {applied.get(partition, -1)}, "
+                    f"events end at {high - 1}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def emit(self, event: EventBase) -> None:
+        await self.producer.send(self.topics.post_events, event.post_id, encode(event))
+
+    async def handle(self, command: Command, partition: int) -> None:
+        context = {"post_id": command.post_id, "command_id": command.command_id}
+        state = await self.fresh_state(command.post_id, partition)
+        if state is not None and any(state.in_flight(p) for p in ("facebook", "instagram")):
+            # Commands of a post run one at a time and the projection is current, so an attempt with no
+            # result belongs to a worker that died between the platform call and its result.
+            await self._resolve_interrupted(state)
+            state = await self.fresh_state(command.post_id, partition)
+
+        decision = decide(state, command)
+        if decision.duplicate_command:
+            owed = platforms_to_resume(state, command.command_id, self.config.max_automatic_attempts) if state else ()
+            if not owed:
+                log.info("Command %s was handled before; nothing to do", command.command_id, extra=context)
+                return
+            assert state is not None
+            record = state.commands[command.command_id]
+            log.info("Resuming %s after an interruption", " and ".join(PLATFORM_LABELS[p] for p in owed),
+                     extra=context)
+            await self._publish_all(state, command, owed, is_retry=record.is_retry, forced=record.forced,
+                                    reason="resumed after an interruption")
+            return
+        if decision.reject_reason:
+            log.warning("Command refused: %s", decision.reject_reason, extra=context)
+            return
+
+        state = await self._record_decision(state, command, decision)
+        log.info(decision.log_line, extra=context)
+        if not decision.platforms or state is None:
+            return
+        await self._publish_all(state, command, decision.platforms, is_retry=decision.is_retry,
+                                forced=decision.forced, reason=_reason(command, decision.is_retry))
+        final = await self.fresh_state(command.post_id, partition)
+        if final is not None:
+            mark = "✅" if final.status == "posted" else "❌"
+            log.info("%s Post status updated to: %s", mark, final.status, extra=context)
+
+    async def _record_decision(self, state: PostState | None, command: Command, decision: Decision) -> PostState | None:
+        """Emits the post's submission (first publish) and the decision; returns the state they lead to."""
+        at = self.clock()
+        events: list[Event] = []
+        if isinstance(command, PublishRequested) and state is None and decision.accepted:
+            events.append(PostSubmitted(
+                event_id=derived_id(command.command_id, "submitted"), post_id=command.post_id, occurred_at=at,
+                command_id=command.command_id, publish_target=command.publish_target, content=command.content,
+                account=command.account))
+        if decision.accepted:
+            events.append(decision.to_event(command, derived_id(command.command_id, "decided"), at))
+        for event in events:
+            await self.emit(event)
+        # The same pure fold the projector runs: no need to wait for it to see our own two events.
+        return apply_all(state, events)
+
+    async def _publish_all(self, state: PostState, command: Command, platforms: tuple[Platform, ...], *,
+                           is_retry: bool, forced: bool, reason: str) -> None:
+        content = _content_for(state, command)
+        account = state.account or (command.account if isinstance(command, PublishRequested) else None)
+        await asyncio.gather(*(
+            self._publish_platform(state, command, platform, content, account, is_retry=is_retry, forced=forced,
+                                   reason=reason)
+            for platform in platforms
+        ))
+
+    async def _publish_platform(self, state: PostState, command: Command, platform: Platform,
+                                content: PostContent | None, account: str | None, *, is_retry: bool, forced: bool,
+                                reason: str) -> None:
+        label = PLATFORM_LABELS[platform]
+        made = len([a for a in state.attempts_of(platform) if a.command_id == command.command_id])
+        number = len(state.attempts_of(platform))
+        for automatic in range(made, self.config.max_automatic_attempts):
+            number += 1
+            attempt_id = new_id()
+            context = {"post_id": command.post_id, "attempt_id": attempt_id, "platform": platform,
+                       "command_id": command.command_id}
+            attempt_reason = reason if automatic == made else f"automatic retry {automatic} of {reason}"
+            # Durable before the platform is called: a crash after the call leaves an attempt without a
+            # result, which the next handler resolves by asking the platform instead of publishing again.
+            await self.emit(PublishAttempted(
+                event_id=derived_id(attempt_id, "attempted"), post_id=command.post_id, occurred_at=self.clock(),
+                platform=platform, attempt_id=attempt_id, attempt_number=number, command_id=command.command_id,
+                is_retry=is_retry or automatic > made, forced=forced, reason=attempt_reason))
+            outcome = await self._call_platform(command.post_id, platform, content, account, attempt_id)
+            await self._record_result(command.post_id, attempt_id, outcome)
+            if outcome.success:
+                log.info("✅ %s published successfully", label, extra=context)
+                return
+            assert outcome.error is not None
+            log.warning("❌ %s failed (%s): %s", label, outcome.error.kind.value, outcome.error.message, extra=context)
+            if not outcome.error.kind.retried_automatically or automatic + 1 >= self.config.max_automatic_attempts:
+                return
+            delay = backoff_delay(automatic, self.config, outcome.error.retry_after_s, self._rng)
+            log.info("🔄 %s will be retried automatically in %.1fs", label, delay, extra=context)
+            await asyncio.sleep(delay)
+
+    async def _call_platform(self, post_id: str, platform: Platform, content: PostContent | None,
+                             account: str | None, attempt_id: str) -> PublishOutcome:
+        label = PLATFORM_LABELS[platform]
+        if content is None or account is None:
+            return PublishOutcome.failed(platform, PlatformError(
+                kind=ErrorKind.INVALID_REQUEST, message=f"{label} publish failed: the post has no content or account"))
+        try:
+            credentials = self.credentials.get(account)
+        except LookupError as exc:
+            return PublishOutcome.failed(platform, PlatformError(kind=ErrorKind.AUTH, message=scrub(str(exc))))
+
+        async def on_container(container_id: str) -> None:
+            await self.emit(ContainerCreated(
+                event_id=derived_id(attempt_id, "container"), post_id=post_id, occurred_at=self.clock(),
+                platform=platform, attempt_id=attempt_id, container_id=container_id))
+
+        publisher = self.publishers[platform]
+        started = self.clock()
+        outcome = await publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container)
+        if outcome.outcome_unknown:
+            # The request may have reached the platform: look before anyone publishes again.
+            found = await publisher.find_existing(content, credentials, attempt_id=attempt_id,
+                                                  container_id=outcome.container_id, attempted_at=started)
+            if found is None:
+                return outcome
+            if not found.success:
+                raise OutcomeUnknown(f"{label} could not say whether attempt {attempt_id} went out")
+            return PublishOutcome(platform=platform, success=True, platform_post_id=found.platform_post_id,
+                                  permalink=found.permalink, container_id=outcome.container_id)
+        return outcome
+
+    async def _record_result(self, post_id: str, attempt_id: str, outcome: PublishOutcome,
+                             recovered: bool = False) -> None:
+        await self.emit(PlatformResult(
+            event_id=derived_id(attempt_id, "result"), post_id=post_id, occurred_at=self.clock(),
+            platform=outcome.platform, attempt_id=attempt_id, success=outcome.success,
+            platform_post_id=outcome.platform_post_id, permalink=outcome.permalink, error=outcome.error,
+            recovered=recovered))
+
+    async def _resolve_interrupted(self, state: PostState) -> None:
+        """Gives every attempt without a result one, by asking the platform whether the post went out."""
+        for platform in ("facebook", "instagram"):
+            attempt = state.in_flight(platform)  # type: ignore[arg-type]
+            if attempt is None:
+                continue
+            label = PLATFORM_LABELS[attempt.platform]
+            context = {"post_id": state.post_id, "attempt_id": attempt.attempt_id, "platform": attempt.platform}
+            found: PublishOutcome | None = None
+            if state.content is not None and state.account is not None:
+                try:
+                    credentials = self.credentials.get(state.account)
+                    found = await self.publishers[attempt.platform].find_existing(
+                        state.content, credentials, attempt_id=attempt.attempt_id,
+                        container_id=attempt.container_id, attempted_at=attempt.started_at)
+                except LookupError:
+                    found = None
+            if found is not None and not found.success:
+                raise OutcomeUnknown(f"{label} could not say whether attempt {attempt.attempt_id} went out")
+            if found is not None and found.success:
+                log.info("♻️ %s post of an interrupted attempt found on the platform; recorded, not republished",
+                         label, extra=context)
+                await self._record_result(state.post_id, attempt.attempt_id, found, recovered=True)
+            else:
+                log.info("%s attempt was interrupted and the platform has no such post", label, extra=context)
+                await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
+                    attempt.platform, PlatformError(
+                        kind=ErrorKind.TRANSIENT,
+                        message=f"{label} publish was interrupted before its result was recorded; not published")),
+                    recovered=True)
+
+
+def _content_for(state: PostState, command: Command) -> PostContent | None:
+    if isinstance(command, (RetryRequested, ForceRepublishRequested)) and command.content is not None:
+        return command.content
+    if state.content is not None:
+        return state.content
+    return command.content if isinstance(command, PublishRequested) else None
+
+
+def _reason(command: Command, is_retry: bool) -> str:
+    if isinstance(command, ForceRepublishRequested):
+        return f"forced republish: {command.reason}"
+    if is_retry:
+        return "smart retry"
+    return "first publish"
