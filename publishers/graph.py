@@ -10,7 +10,7 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.errors import classify, classify_transport, may_have_reached_platform
-from publishers.redact import register_secret
+from publishers.redact import register_secret, scrub_http_client_logs
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
 
@@ -31,6 +31,7 @@ class GraphApi:
         self._client = client
         self._root = f"{base_url.rstrip('/')}/{version.strip('/')}"
         self.platform: Platform = platform
+        scrub_http_client_logs()
 
     async def get(
         self, node: str, edge: str | None, token: SecretStr, *, params: Mapping[str, str] | None = None, action: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
@@ -39,3 +40,30 @@ def scrub(text: str) -> str:
     text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _TOKEN_SHAPED.sub(REDACTED, text)
+
+
+class ScrubbingFilter(logging.Filter):
+    """Scrubs a record where it is made, so every handler (a test's log capture included) sees it clean."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+# httpcore logs response headers at DEBUG, and Meta repeats a rejected token in WWW-Authenticate on 190
+# errors. Logger filters do not apply to records of child loggers, so each logger that writes is named.
+HTTP_CLIENT_LOGGERS = (
+    "httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "hpack",
+)
+_FILTER = ScrubbingFilter()
+
+
+def scrub_http_client_logs() -> None:
+    """Installs the scrubbing filter on httpx's and httpcore's loggers (idempotent)."""
+    for name in HTTP_CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

@@ -747,16 +747,26 @@ class SandboxControl:
 
     def __init__(self, base_url: str, *, timeout: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = timeout
+        # One connection for all control calls: a new client per call costs an SSL context each time.
+        self._http = httpx.Client(base_url=f"{self.base_url}/_sandbox/", timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SandboxControl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _post(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = httpx.post(f"{self.base_url}/_sandbox/{action}", json=body or {}, timeout=self._timeout)
+        response = self._http.post(action, json=body or {})
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
 
     def _get(self, action: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.base_url}/_sandbox/{action}", timeout=self._timeout)
+        response = self._http.get(action)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result

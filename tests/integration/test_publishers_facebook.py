@@ -1,0 +1,268 @@
+"""The Facebook Page publisher over real HTTP against the sandbox Graph API: posts, every error class, recovery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from publishers.base import AccountCredentials, Publisher, PublishOutcome, build_publishers
+from publishers.sandbox import DEMO_PAGE_ID, DEMO_USER_TOKEN, SandboxControl
+from schemas.commands import PostContent
+from schemas.common import ErrorKind, Platform
+from tests.support.sandbox import FAST_POLLING, GRAPH_VERSION
+
+# The sandbox fixtures; tests/conftest.py may register them for every module instead.
+pytest_plugins = ["tests.support.sandbox_fixtures"]
+pytestmark = pytest.mark.usefixtures("tokens_kept_out_of_logs")
+
+PHOTO = PostContent(caption="Autumn menu is here", image_url="https://cdn.example.com/autumn-menu.jpg")
+SEED_BAD_PHOTO = PostContent(caption="Autumn menu is here", image_url="https://cdn.example.com/autumn menu.jpg")
+LINK = PostContent(caption="Read the story", link="https://example.com/story")
+
+
+def facebook_posts(sandbox: SandboxControl) -> int:
+    return sandbox.counters()["facebook"][DEMO_PAGE_ID]
+
+
+def assert_no_token_in(outcome: PublishOutcome, *tokens: str) -> None:
+    text = repr(outcome)
+    for token in (DEMO_USER_TOKEN, *tokens):
+        assert token not in text
+
+
+async def test_photo_post_returns_the_post_id_and_permalink(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    outcome = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.success and outcome.error is None
+    assert outcome.platform_post_id is not None and outcome.platform_post_id.startswith(f"{DEMO_PAGE_ID}_")
+    assert outcome.permalink == f"https://www.facebook.com/{outcome.platform_post_id}"
+    [post] = sandbox.posts()
+    assert (post["id"], post["message"], post["image_url"]) == (outcome.platform_post_id, PHOTO.caption,
+                                                                 PHOTO.image_url)
+    assert facebook_posts(sandbox) == 1
+
+
+async def test_text_and_link_post_goes_to_the_feed(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    outcome = await publishers["facebook"].publish(LINK, demo_account, attempt_id="a1")
+
+    assert outcome.success
+    [post] = sandbox.posts()
+    assert (post["message"], post["link"], post["image_url"]) == (LINK.caption, LINK.link, None)
+
+
+async def test_the_page_token_is_fetched_once_and_reused(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    assert (await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")).success
+    # Were the Page token fetched again, this fault would fail the second post.
+    sandbox.fail_next("facebook", "page_token", code=2, http_status=500)
+
+    assert (await publishers["facebook"].publish(LINK, demo_account, attempt_id="a2")).success
+    assert facebook_posts(sandbox) == 2
+
+
+async def test_a_page_token_the_platform_invalidated_is_fetched_again(
+    publishers: dict[Platform, Publisher], sandbox: SandboxControl, tokens_kept_out_of_logs: set[str]
+) -> None:
+    user_token = "sandbox-user-token-rotating-page"
+    first_page_token = sandbox.register_account("111000111", None, user_token)
+    tokens_kept_out_of_logs.update({user_token, first_page_token})
+    account = AccountCredentials("acct-2", SecretStr(user_token), "111000111", None)
+    assert (await publishers["facebook"].publish(LINK, account, attempt_id="a1")).success
+
+    sandbox.revoke(first_page_token)
+    tokens_kept_out_of_logs.add(sandbox.register_account("111000111", None, user_token))
+    outcome = await publishers["facebook"].publish(PHOTO, account, attempt_id="a2")
+
+    assert outcome.success
+    assert sandbox.counters()["facebook"]["111000111"] == 2
+
+
+async def test_the_seeds_image_url_with_a_space_fails_with_the_seeds_message_and_works_once_fixed(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    failed = await publishers["facebook"].publish(SEED_BAD_PHOTO, demo_account, attempt_id="a1")
+
+    assert not failed.success and failed.error is not None
+    assert failed.error.message == "Facebook photo upload failed: 400 - Missing or invalid image file"
+    assert (failed.error.kind, failed.error.code, failed.error.http_status) == (ErrorKind.INVALID_MEDIA, 324, 400)
+    assert not failed.outcome_unknown
+    assert facebook_posts(sandbox) == 0
+
+    fixed = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a2")
+    assert fixed.success and facebook_posts(sandbox) == 1
+
+
+async def test_a_revoked_user_token_is_an_auth_error(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.revoke(DEMO_USER_TOKEN)
+
+    outcome = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None
+    assert (outcome.error.kind, outcome.error.code, outcome.error.subcode) == (ErrorKind.AUTH, 190, 460)
+    assert facebook_posts(sandbox) == 0
+    assert_no_token_in(outcome)
+
+
+async def test_a_token_meta_echoes_back_in_an_error_is_scrubbed(
+    publishers: dict[Platform, Publisher], sandbox: SandboxControl, tokens_kept_out_of_logs: set[str]
+) -> None:
+    # Meta answers "Malformed access token <the token>"; neither the message nor a log line may carry it.
+    unknown = "EAAGm0PX4ZCpsBAUnknownTokenZZ"
+    tokens_kept_out_of_logs.add(unknown)
+    account = AccountCredentials("acct-x", SecretStr(unknown), DEMO_PAGE_ID, None)
+
+    outcome = await publishers["facebook"].publish(PHOTO, account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
+    assert "Malformed access token [redacted]" in outcome.error.message
+    assert_no_token_in(outcome, unknown)
+
+
+@pytest.mark.parametrize(
+    ("code", "subcode", "http_status", "is_transient", "kind"),
+    [
+        (10, None, 403, False, ErrorKind.PERMISSION),
+        (200, None, 403, False, ErrorKind.PERMISSION),
+        (190, 463, 400, False, ErrorKind.AUTH),
+        (102, None, 400, False, ErrorKind.AUTH),
+        (4, None, 400, False, ErrorKind.RATE_LIMITED),
+        (17, None, 400, False, ErrorKind.RATE_LIMITED),
+        (32, None, 400, False, ErrorKind.RATE_LIMITED),
+        (613, None, 400, False, ErrorKind.RATE_LIMITED),
+        (80001, None, 400, False, ErrorKind.RATE_LIMITED),
+        (1, None, 500, False, ErrorKind.TRANSIENT),
+        (2, None, 503, True, ErrorKind.TRANSIENT),
+        (100, None, 400, True, ErrorKind.TRANSIENT),
+        (100, None, 400, False, ErrorKind.INVALID_REQUEST),
+        (506, None, 400, False, ErrorKind.INVALID_REQUEST),
+        (324, None, 400, False, ErrorKind.INVALID_MEDIA),
+    ],
+)
+async def test_every_graph_error_is_classified_by_its_code(
+    publishers: dict[Platform, Publisher],
+    demo_account: AccountCredentials,
+    sandbox: SandboxControl,
+    code: int,
+    subcode: int | None,
+    http_status: int,
+    is_transient: bool,
+    kind: ErrorKind,
+) -> None:
+    sandbox.fail_next("facebook", "photos", code=code, subcode=subcode, http_status=http_status,
+                      is_transient=is_transient)
+
+    outcome = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None
+    assert (outcome.error.kind, outcome.error.code, outcome.error.http_status) == (kind, code, http_status)
+    assert outcome.error.message.startswith(f"Facebook photo upload failed: {http_status} - ")
+    assert facebook_posts(sandbox) == 0
+
+
+async def test_rate_limit_wait_comes_from_the_business_use_case_header(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.fail_next("facebook", "feed", code=80001, regain_access_minutes=3)
+
+    outcome = await publishers["facebook"].publish(LINK, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None
+    assert (outcome.error.kind, outcome.error.retry_after_s) == (ErrorKind.RATE_LIMITED, 180.0)
+
+
+async def test_rate_limit_wait_comes_from_the_app_usage_header_when_it_is_full(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.fail_next("facebook", "feed", code=4, app_usage={"call_count": 100, "total_cputime": 12, "total_time": 9})
+
+    outcome = await publishers["facebook"].publish(LINK, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.RATE_LIMITED
+    assert outcome.error.retry_after_s is not None and outcome.error.retry_after_s > 0
+
+
+async def test_a_timeout_is_transient_and_the_post_is_then_found_not_to_exist(
+    sandbox: SandboxControl, demo_account: AccountCredentials
+) -> None:
+    sandbox.hang_next("facebook", "photos", seconds=5)
+    started = datetime.now(UTC)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3)) as impatient:
+        facebook = build_publishers(impatient, sandbox.base_url, GRAPH_VERSION, polling=FAST_POLLING)["facebook"]
+        outcome = await facebook.publish(PHOTO, demo_account, attempt_id="a1")
+
+        assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+        assert "timed out" in outcome.error.message
+        # The request was sent: only asking the platform can tell whether it went out.
+        assert outcome.outcome_unknown
+
+        found = await facebook.find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                             attempted_at=started)
+    assert found is None
+    assert facebook_posts(sandbox) == 0
+
+
+async def test_publish_then_dropped_connection_is_resolved_by_finding_the_post(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    started = datetime.now(UTC)
+    sandbox.drop_after("facebook", "photos")
+
+    outcome = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    assert outcome.outcome_unknown
+    assert facebook_posts(sandbox) == 1
+    found = await publishers["facebook"].find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=started)
+    [post] = sandbox.posts()
+    assert found is not None and found.success
+    assert (found.platform_post_id, found.permalink) == (post["id"], post["permalink_url"])
+
+
+async def test_an_attempt_that_did_not_go_out_is_not_found(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    started = datetime.now(UTC)
+    # An older post with the same caption and a recent one with another caption must not match.
+    assert (await publishers["facebook"].publish(LINK, demo_account, attempt_id="other")).success
+
+    found = await publishers["facebook"].find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=started)
+    too_late = await publishers["facebook"].find_existing(
+        LINK, demo_account, attempt_id="a2", container_id=None, attempted_at=started + timedelta(minutes=10)
+    )
+
+    assert found is None and too_late is None
+
+
+async def test_a_lookup_the_platform_cannot_answer_is_a_failure_not_a_no(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.fail_next("facebook", "published_posts", code=2, http_status=500, is_transient=True)
+
+    found = await publishers["facebook"].find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=datetime.now(UTC))
+
+    assert found is not None and not found.success
+    assert found.error is not None and found.error.kind is ErrorKind.TRANSIENT
+
+
+async def test_an_account_without_a_page_cannot_publish_to_facebook(
+    publishers: dict[Platform, Publisher], sandbox: SandboxControl
+) -> None:
+    account = AccountCredentials("acct-ig-only", SecretStr(DEMO_USER_TOKEN), None, "17841400000000000")
+
+    outcome = await publishers["facebook"].publish(PHOTO, account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.INVALID_REQUEST
+    assert "no Facebook Page" in outcome.error.message

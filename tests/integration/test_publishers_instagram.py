@@ -1,0 +1,270 @@
+"""The Instagram publisher over real HTTP against the sandbox: containers, polling, publishing, recovery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from publishers.base import AccountCredentials, Publisher, build_publishers
+from publishers.instagram import ContainerPolling
+from publishers.sandbox import DEMO_IG_USER_ID, DEMO_USER_TOKEN, SandboxControl
+from schemas.commands import PostContent
+from schemas.common import ErrorKind, Platform
+from tests.support.sandbox import FAST_POLLING, GRAPH_VERSION
+
+# The sandbox fixtures; tests/conftest.py may register them for every module instead.
+pytest_plugins = ["tests.support.sandbox_fixtures"]
+pytestmark = pytest.mark.usefixtures("tokens_kept_out_of_logs")
+
+PHOTO = PostContent(caption="Autumn menu is here #food", image_url="https://cdn.example.com/autumn-menu.jpg")
+SPACED_PHOTO = PostContent(caption="Autumn menu is here #food", image_url="https://cdn.example.com/autumn menu.jpg")
+
+
+def instagram_posts(sandbox: SandboxControl) -> int:
+    return sandbox.counters()["instagram"][DEMO_IG_USER_ID]
+
+
+class ContainerLog:
+    """Stands in for the handler's `on_container`: remembers the ids in the order they came."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def __call__(self, container_id: str) -> None:
+        self.ids.append(container_id)
+
+
+async def test_publish_waits_for_the_container_then_returns_the_media_id_and_permalink(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # The container is IN_PROGRESS for a few polls before it is FINISHED.
+    sandbox.set_container_delay(0.05)
+    containers = ContainerLog()
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1", on_container=containers)
+
+    assert outcome.success and outcome.error is None
+    [media] = sandbox.posts()
+    assert containers.ids == [outcome.container_id] == [media["container_id"]]
+    assert (outcome.platform_post_id, outcome.permalink) == (media["id"], media["permalink"])
+    assert outcome.permalink is not None and outcome.permalink.startswith("https://www.instagram.com/p/")
+    assert (media["caption"], media["image_url"]) == (PHOTO.caption, PHOTO.image_url)
+    assert instagram_posts(sandbox) == 1
+
+
+async def test_the_seeds_spaced_image_url_goes_out_on_instagram_unless_the_sandbox_refuses_it(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    assert (await publishers["instagram"].publish(SPACED_PHOTO, demo_account, attempt_id="a1")).success
+
+    sandbox.reject_spaces("instagram")
+    refused = await publishers["instagram"].publish(SPACED_PHOTO, demo_account, attempt_id="a2")
+
+    assert refused.error is not None
+    assert (refused.error.kind, refused.error.code, refused.error.subcode) == (ErrorKind.INVALID_MEDIA, 9004, 2207052)
+    assert refused.error.message.startswith("Instagram media upload failed: 400 - Media download has failed")
+    assert instagram_posts(sandbox) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [("ERROR", ErrorKind.INVALID_MEDIA), ("EXPIRED", ErrorKind.TRANSIENT)]
+)
+async def test_a_container_that_ends_in_error_or_expired_fails_the_attempt(
+    publishers: dict[Platform, Publisher],
+    demo_account: AccountCredentials,
+    sandbox: SandboxControl,
+    status: str,
+    kind: ErrorKind,
+) -> None:
+    sandbox.set_container_delay(0.02)
+    sandbox.next_containers_end(status)  # type: ignore[arg-type]
+    containers = ContainerLog()
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1", on_container=containers)
+
+    assert outcome.error is not None and outcome.error.kind is kind
+    assert outcome.container_id == containers.ids[0]
+    assert not outcome.outcome_unknown
+    assert instagram_posts(sandbox) == 0
+
+
+async def test_a_container_not_ready_before_the_deadline_is_a_transient_failure(
+    sandbox: SandboxControl, demo_account: AccountCredentials, graph_client: httpx.AsyncClient
+) -> None:
+    sandbox.set_container_delay(30)
+    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.02, timeout_s=0.1)
+    instagram = build_publishers(graph_client, sandbox.base_url, GRAPH_VERSION, polling=polling)["instagram"]
+
+    outcome = await instagram.publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    assert "not ready" in outcome.error.message
+    assert instagram_posts(sandbox) == 0
+
+
+async def test_not_ready_at_publish_time_is_retried_on_the_same_container(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.fail_next("instagram", "media_publish", code=9007, subcode=2207027, times=2)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.success
+    [media] = sandbox.posts()
+    assert media["container_id"] == outcome.container_id
+    assert instagram_posts(sandbox) == 1
+
+
+async def test_a_server_hiccup_that_outlasts_the_publish_retries_is_transient(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.fail_next("instagram", "media_publish", code=2, subcode=2207001, http_status=500, times=5)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    assert outcome.container_id is not None
+    assert instagram_posts(sandbox) == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "code", "subcode", "kind"),
+    [
+        ("media", 190, 463, ErrorKind.AUTH),
+        ("media", 10, None, ErrorKind.PERMISSION),
+        ("media", 200, None, ErrorKind.PERMISSION),
+        ("media", 4, None, ErrorKind.RATE_LIMITED),
+        ("media", 1, None, ErrorKind.TRANSIENT),
+        ("media", 100, None, ErrorKind.INVALID_REQUEST),
+        ("media", 9004, 2207052, ErrorKind.INVALID_MEDIA),
+        ("media", 36003, 2207009, ErrorKind.INVALID_MEDIA),
+        ("media_publish", 9, 2207042, ErrorKind.RATE_LIMITED),
+        ("media_publish", 25, 2207050, ErrorKind.PERMISSION),
+        ("media_publish", 100, 2207020, ErrorKind.TRANSIENT),
+    ],
+)
+async def test_every_instagram_error_is_classified_by_its_code_and_subcode(
+    publishers: dict[Platform, Publisher],
+    demo_account: AccountCredentials,
+    sandbox: SandboxControl,
+    endpoint: str,
+    code: int,
+    subcode: int | None,
+    kind: ErrorKind,
+) -> None:
+    sandbox.fail_next("instagram", endpoint, code=code, subcode=subcode)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None
+    assert (outcome.error.kind, outcome.error.code, outcome.error.subcode) == (kind, code, subcode)
+    assert instagram_posts(sandbox) == 0
+
+
+async def test_the_daily_publishing_limit_is_a_rate_limit(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.set_publish_limit(1)
+    assert (await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")).success
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a2")
+
+    assert outcome.error is not None
+    assert (outcome.error.kind, outcome.error.subcode) == (ErrorKind.RATE_LIMITED, 2207042)
+    assert instagram_posts(sandbox) == 1
+
+
+async def test_a_revoked_token_is_an_auth_error(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.revoke(DEMO_USER_TOKEN)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
+    assert DEMO_USER_TOKEN not in repr(outcome)
+
+
+async def test_publish_then_dropped_connection_is_resolved_through_the_container(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    started = datetime.now(UTC)
+    sandbox.drop_after("instagram", "media_publish")
+    containers = ContainerLog()
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1", on_container=containers)
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    assert outcome.outcome_unknown
+    assert instagram_posts(sandbox) == 1
+    found = await publishers["instagram"].find_existing(
+        PHOTO, demo_account, attempt_id="a1", container_id=containers.ids[0], attempted_at=started
+    )
+    [media] = sandbox.posts()
+    assert found is not None and found.success
+    assert (found.platform_post_id, found.permalink) == (media["id"], media["permalink"])
+
+
+async def test_an_attempt_whose_container_was_never_published_did_not_go_out(
+    sandbox: SandboxControl, demo_account: AccountCredentials
+) -> None:
+    started = datetime.now(UTC)
+    sandbox.hang_next("instagram", "media_publish", seconds=5)
+    containers = ContainerLog()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3)) as impatient:
+        instagram = build_publishers(impatient, sandbox.base_url, GRAPH_VERSION, polling=FAST_POLLING)["instagram"]
+        outcome = await instagram.publish(PHOTO, demo_account, attempt_id="a1", on_container=containers)
+
+        assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+        assert outcome.outcome_unknown
+        found = await instagram.find_existing(PHOTO, demo_account, attempt_id="a1",
+                                              container_id=containers.ids[0], attempted_at=started)
+        never_had_a_container = await instagram.find_existing(PHOTO, demo_account, attempt_id="a2",
+                                                               container_id=None, attempted_at=started)
+    assert found is None and never_had_a_container is None
+    assert instagram_posts(sandbox) == 0
+
+
+async def test_a_container_status_the_platform_cannot_tell_is_a_failure_not_a_no(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    containers = ContainerLog()
+    first = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1", on_container=containers)
+    assert first.success
+    sandbox.fail_next("instagram", "container_status", code=4, regain_access_minutes=1)
+
+    found = await publishers["instagram"].find_existing(
+        PHOTO, demo_account, attempt_id="a1", container_id=containers.ids[0], attempted_at=datetime.now(UTC)
+    )
+
+    # "Ask again in a minute", never "it did not go out": that answer would publish a duplicate.
+    assert found is not None and not found.success
+    assert found.error is not None
+    assert (found.error.kind, found.error.retry_after_s) == (ErrorKind.RATE_LIMITED, 60.0)
+
+
+async def test_a_container_whose_creation_went_unanswered_never_goes_out(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.drop_after("instagram", "media")
+    containers = ContainerLog()
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1", on_container=containers)
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    # Nobody knows the container id, so nobody can publish it: a plain retry is safe.
+    assert not outcome.outcome_unknown and containers.ids == []
+    assert instagram_posts(sandbox) == 0
+
+
+async def test_an_account_without_instagram_cannot_publish_there(
+    publishers: dict[Platform, Publisher], sandbox: SandboxControl
+) -> None:
+    account = AccountCredentials("acct-fb-only", SecretStr(DEMO_USER_TOKEN), "747917475065823", None)
+
+    outcome = await publishers["instagram"].publish(PHOTO, account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.INVALID_REQUEST
