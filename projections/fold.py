@@ -28,7 +28,7 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -57,36 +57,64 @@ def apply(state: PostState | None, event: Event) -> PostState:
     """The state after `event`: a new object, `state` is left as it was. A redelivered event returns `state`."""
     if state is not None and event.event_id in state.applied_event_ids:
         return state
-    if state is None:
-        state = empty_state(event.post_id, event.occurred_at)
-    elif state.post_id != event.post_id:
-        raise ValueError(f"event {event.event_id} belongs to post {event.post_id}, not {state.post_id}")
-    # Shallow copy: every handler below replaces a container or model instead of changing it, so the
-    # old state and the new one can share everything that did not change.
-    new = state.model_copy()
-    _HANDLERS[type(event)](new, event)
-    new.applied_event_ids = [*state.applied_event_ids, event.event_id]
-    if new.created_at is None:
-        new.created_at = event.occurred_at
-    if new.updated_at is None or event.occurred_at > new.updated_at:
-        new.updated_at = event.occurred_at
-    new.document = derive_document(new)
-    return new
+    return _applied(state, (event,), event.post_id)
 
 
-def apply_all(state: PostState | None, events: Iterable[Event]) -> PostState | None:
-    """`apply` over events of one post, in order."""
-    for event in events:
-        state = apply(state, event)
-    return state
+def apply_all(state: PostState | None, events: Sequence[Event]) -> PostState | None:
+    """The state after a batch of one post's events, in order: the same as `apply` event by event, faster.
+
+    The projector folds a batch per post with this; `state` is left as it was.
+    """
+    if not events:
+        return state
+    fresh = [e for e in events if state is None or e.event_id not in state.applied_event_ids]
+    if not fresh:
+        return state
+    return _applied(state, fresh, events[0].post_id)
 
 
 def fold(events: Iterable[Event]) -> dict[str, PostState]:
     """Every post's state from its events, in the order they were written (one post's order is what counts)."""
-    states: dict[str, PostState] = {}
+    by_post: dict[str, list[Event]] = {}
     for event in events:
-        states[event.post_id] = apply(states.get(event.post_id), event)
+        by_post.setdefault(event.post_id, []).append(event)
+    states: dict[str, PostState] = {}
+    for post_id, post_events in by_post.items():
+        state = apply_all(None, post_events)
+        if state is not None:
+            states[post_id] = state
     return states
+
+
+def _applied(state: PostState | None, events: Sequence[Event], post_id: str) -> PostState:
+    if state is None:
+        state = empty_state(post_id, events[0].occurred_at)
+    elif state.post_id != post_id:
+        raise ValueError(f"event {events[0].event_id} belongs to post {post_id}, not {state.post_id}")
+    # Shallow copy: every handler below replaces a container or model instead of changing it, so the
+    # old state and the new one share everything that did not change.
+    new = state.model_copy()
+    applied = list(state.applied_event_ids)
+    seen = set(applied)
+    updated_at = new.updated_at
+    for event in events:
+        if event.post_id != post_id:
+            raise ValueError(f"event {event.event_id} belongs to post {event.post_id}, not {post_id}")
+        if event.event_id in seen:
+            continue
+        _HANDLERS[type(event)](new, event)
+        applied.append(event.event_id)
+        seen.add(event.event_id)
+        if updated_at is None or event.occurred_at > updated_at:
+            updated_at = event.occurred_at
+    new.applied_event_ids = applied
+    new.updated_at = updated_at
+    if new.created_at is None:
+        new.created_at = events[0].occurred_at
+    # The document's status, message and address are a function of the rest of the state, so deriving
+    # them once after the batch gives what deriving after every event would.
+    new.document = derive_document(new)
+    return new
 
 
 # ---------------------------------------------------------------- one handler per event type
@@ -179,25 +207,22 @@ def _on_result(state: PostState, event: PlatformResult) -> None:
     else:
         result = PublishResult(platform=event.platform, success=False,
                                error=event.error.message if event.error is not None else UNKNOWN_ERROR)
-    insights = _merged(state.document.insights, result)
-    changes: dict[str, Any] = {}
+    insights = state.document.insights
+    changes = _merge_changes(insights, result)
     if event.success and insights.published_at is None:
         changes["published_at"] = event.occurred_at
     if (attempt.is_retry or attempt.forced) and (
         insights.last_retry_at is None or event.occurred_at > insights.last_retry_at
     ):
         changes["last_retry_at"] = event.occurred_at
-    if changes:
-        insights = insights.model_copy(update=changes)
-    state.document = state.document.model_copy(update={"insights": insights})
+    state.document = state.document.model_copy(update={"insights": insights.model_copy(update=changes)})
 
-    needed = dict(state.needed_action)
     action = needed_action(event.platform, finished.error_kind) if not event.success else None
-    if action is None:
-        needed.pop(event.platform, None)
-    else:
-        needed[event.platform] = action
-    state.needed_action = needed
+    if state.needed_action.get(event.platform) != action:
+        needed = {p: a for p, a in state.needed_action.items() if p != event.platform}
+        if action is not None:
+            needed[event.platform] = action
+        state.needed_action = needed
 
 
 def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
@@ -267,6 +292,10 @@ _HANDLERS: dict[type[Any], Handler] = dict(
 
 def _merged(insights: Insights, result: PublishResult, keep_order: bool = False) -> Insights:
     """The seed's merge: replace the platform's result where it stands, else add it (see module docstring)."""
+    return insights.model_copy(update=_merge_changes(insights, result, keep_order))
+
+
+def _merge_changes(insights: Insights, result: PublishResult, keep_order: bool = False) -> dict[str, Any]:
     results = list(insights.publish_results)
     index = next((i for i, r in enumerate(results) if r.platform == result.platform), None)
     if index is not None:
@@ -285,7 +314,7 @@ def _merged(insights: Insights, result: PublishResult, keep_order: bool = False)
             changes["instagram_media_id"] = result.post_id
             if result.permalink is not None:
                 changes["instagram_permalink"] = result.permalink
-    return insights.model_copy(update=changes)
+    return changes
 
 
 def counted_platforms(state: PostState) -> tuple[Platform, ...]:
@@ -299,26 +328,38 @@ def counted_platforms(state: PostState) -> tuple[Platform, ...]:
 def awaiting_attempt(state: PostState) -> tuple[Platform, ...]:
     """Platforms the latest decision chose that have no attempt for that command yet."""
     command = state.latest_command()
-    if command is None:
+    if command is None or not command.platforms:
         return ()
     started = {a.platform for a in state.attempts.values() if a.command_id == command.command_id}
     return tuple(p for p in command.platforms if p not in started)
 
 
+def latest_attempts(state: PostState) -> dict[Platform, AttemptState]:
+    """Each platform's latest attempt (highest number; of equal numbers, the one recorded last)."""
+    latest: dict[Platform, AttemptState] = {}
+    for attempt in state.attempts.values():
+        current = latest.get(attempt.platform)
+        if current is None or attempt.attempt_number >= current.attempt_number:
+            latest[attempt.platform] = attempt
+    return latest
+
+
 def unresolved(state: PostState) -> tuple[Platform, ...]:
     """Platforms whose latest attempt has no result: in flight, or its worker died before recording one."""
-    return tuple(p for p in PLATFORMS if state.in_flight(p) is not None)
+    latest = latest_attempts(state)
+    return tuple(p for p in PLATFORMS if p in latest and latest[p].success is None)
 
 
 def derive_status(state: PostState) -> PostStatus:
     """The post's status by the rule in the module docstring."""
-    counted = counted_platforms(state)
-    if any(state.in_flight(p) is not None for p in counted) or awaiting_attempt(state):
+    if unresolved(state) or awaiting_attempt(state):
         return "publishing"
-    latest = {r.platform: r for r in state.document.insights.publish_results}
-    if any(not r.success for r in latest.values()):
+    results = state.document.insights.publish_results
+    if any(not r.success for r in results):
         return "failed"
-    if counted and all(p in latest and latest[p].success for p in counted):
+    # Every platform with an attempt has a result by now, so only targeted platforms can lack one.
+    with_result = {r.platform for r in results}
+    if results and all(p in with_result for p in state.targeted):
         return "posted"
     if state.legacy_status is not None:
         return state.legacy_status
@@ -348,9 +389,11 @@ def derive_document(state: PostState) -> PostInsights:
     if message is None and status == "failed" and state.legacy_status == "failed":
         # An old document that failed without per-platform results: its own message is all there is.
         message = state.legacy_error_message
-    return PostInsights(
-        insights=state.document.insights, status=status, error_message=message, post_url=post_url(state)
-    )
+    url = post_url(state)
+    current = state.document
+    if (current.status, current.error_message, current.post_url) == (status, message, url):
+        return current
+    return current.model_copy(update={"status": status, "error_message": message, "post_url": url})
 
 
 def needed_action(platform: Platform, kind: ErrorKind | None) -> str | None:
