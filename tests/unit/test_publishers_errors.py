@@ -1,0 +1,206 @@
+"""Classification of Graph API errors, rate-limit waits, and keeping tokens out of messages and URLs."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from publishers.base import AccountCredentials
+from publishers.errors import (
+    APP_USAGE_FULL_WAIT_S,
+    classify,
+    classify_transport,
+    is_retry_same_container,
+    may_have_reached_platform,
+    rate_limit_wait,
+)
+from publishers.facebook import FacebookPagePublisher
+from publishers.redact import REDACTED, scrub
+from schemas.commands import PostContent
+from schemas.common import ErrorKind
+
+
+def envelope(code: int | None, subcode: int | None = None, *, message: str = "boom", transient: bool = False) -> dict:
+    error: dict = {"message": message, "type": "OAuthException", "is_transient": transient, "fbtrace_id": "Ab1"}
+    if code is not None:
+        error["code"] = code
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    return {"error": error}
+
+
+@pytest.mark.parametrize(
+    ("code", "subcode", "kind"),
+    [
+        (190, None, ErrorKind.AUTH),
+        (190, 460, ErrorKind.AUTH),
+        (190, 463, ErrorKind.AUTH),
+        (102, None, ErrorKind.AUTH),
+        (10, None, ErrorKind.PERMISSION),
+        (200, None, ErrorKind.PERMISSION),
+        (299, None, ErrorKind.PERMISSION),
+        (4, None, ErrorKind.RATE_LIMITED),
+        (17, None, ErrorKind.RATE_LIMITED),
+        (32, None, ErrorKind.RATE_LIMITED),
+        (613, None, ErrorKind.RATE_LIMITED),
+        (80000, None, ErrorKind.RATE_LIMITED),
+        (80014, None, ErrorKind.RATE_LIMITED),
+        (9, 2207042, ErrorKind.RATE_LIMITED),
+        (1, None, ErrorKind.TRANSIENT),
+        (2, None, ErrorKind.TRANSIENT),
+        (341, None, ErrorKind.TRANSIENT),
+        (9007, 2207027, ErrorKind.TRANSIENT),
+        (-1, 2207001, ErrorKind.TRANSIENT),
+        (-2, 2207003, ErrorKind.TRANSIENT),
+        (2, 2207008, ErrorKind.TRANSIENT),
+        (24, 2207020, ErrorKind.TRANSIENT),
+        (-1, 2207032, ErrorKind.TRANSIENT),
+        (324, None, ErrorKind.INVALID_MEDIA),
+        (9004, 2207052, ErrorKind.INVALID_MEDIA),
+        (36000, 2207004, ErrorKind.INVALID_MEDIA),
+        (36001, 2207005, ErrorKind.INVALID_MEDIA),
+        (36003, 2207009, ErrorKind.INVALID_MEDIA),
+        (100, 2207010, ErrorKind.INVALID_MEDIA),
+        (25, 2207050, ErrorKind.PERMISSION),
+        (100, None, ErrorKind.INVALID_REQUEST),
+        (506, None, ErrorKind.INVALID_REQUEST),
+        (1609005, None, ErrorKind.INVALID_REQUEST),
+        (12345, None, ErrorKind.INVALID_REQUEST),
+    ],
+)
+def test_errors_are_classified_by_code_and_subcode(code: int, subcode: int | None, kind: ErrorKind) -> None:
+    error = classify("instagram", 400, envelope(code, subcode))
+
+    assert (error.kind, error.code, error.subcode) == (kind, code, subcode)
+
+
+def test_is_transient_makes_any_code_transient_but_auth_and_rate_limits_keep_their_meaning() -> None:
+    assert classify("facebook", 400, envelope(100, transient=True)).kind is ErrorKind.TRANSIENT
+    assert classify("facebook", 400, envelope(190, transient=True)).kind is ErrorKind.AUTH
+    assert classify("facebook", 400, envelope(17, transient=True)).kind is ErrorKind.RATE_LIMITED
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(500, ErrorKind.TRANSIENT), (502, ErrorKind.TRANSIENT), (503, ErrorKind.TRANSIENT),
+     (429, ErrorKind.RATE_LIMITED), (404, ErrorKind.INVALID_REQUEST)],
+)
+def test_without_an_envelope_the_http_status_decides(status: int, kind: ErrorKind) -> None:
+    error = classify("facebook", status, None, action="Facebook post")
+
+    assert error.kind is kind
+    assert error.message.startswith(f"Facebook post failed: {status} - ")
+
+
+def test_the_message_reads_like_the_seeds() -> None:
+    error = classify("facebook", 400, envelope(324, message="(#324) Missing or invalid image file"),
+                     action="Facebook photo upload")
+
+    assert error.message == "Facebook photo upload failed: 400 - Missing or invalid image file"
+    assert error.http_status == 400
+
+
+def test_the_users_message_is_preferred_to_the_developers() -> None:
+    body = envelope(9007, 2207027, message="Media ID is not available")
+    body["error"]["error_user_msg"] = "The media is not ready for publishing, please wait for a moment"
+
+    error = classify("instagram", 400, body, action="Instagram publish")
+
+    assert error.message == (
+        "Instagram publish failed: 400 - The media is not ready for publishing, please wait for a moment"
+    )
+
+
+def test_a_token_echoed_in_the_error_is_scrubbed() -> None:
+    token = "EAAGm0PX4ZCpsBAZAlongtokenvalue123"
+    error = classify("facebook", 400, envelope(190, message=f"Malformed access token {token}"))
+
+    assert token not in error.message and REDACTED in error.message
+
+
+def test_a_registered_token_not_shaped_like_one_is_scrubbed_and_never_in_a_repr() -> None:
+    account = AccountCredentials("acct-1", SecretStr("plain-looking-secret-42"), "1", "2")
+
+    assert "plain-looking-secret-42" not in repr(account)
+    assert scrub("token was plain-looking-secret-42.") == f"token was {REDACTED}."
+    assert "plain-looking-secret-42" not in classify(
+        "facebook", 400, envelope(190, message="bad token plain-looking-secret-42")).message
+
+
+def test_rate_limit_wait_is_the_longest_business_use_case_estimate_in_seconds() -> None:
+    headers = {"X-Business-Use-Case-Usage": json.dumps({
+        "747917475065823": [{"type": "pages", "call_count": 100, "estimated_time_to_regain_access": 7},
+                            {"type": "pages", "call_count": 80, "estimated_time_to_regain_access": 0}],
+        "17841400000000000": [{"type": "instagram", "estimated_time_to_regain_access": 2}],
+    })}
+
+    assert rate_limit_wait(headers) == 420.0
+    assert classify("facebook", 400, envelope(80001), headers).retry_after_s == 420.0
+
+
+def test_rate_limit_wait_from_app_usage_only_when_it_is_full() -> None:
+    full = {"x-app-usage": json.dumps({"call_count": 100, "total_cputime": 5, "total_time": 5})}
+    busy = {"x-app-usage": json.dumps({"call_count": 95, "total_cputime": 5, "total_time": 5})}
+
+    assert rate_limit_wait(full) == APP_USAGE_FULL_WAIT_S
+    assert rate_limit_wait(busy) is None
+
+
+def test_rate_limit_wait_reads_retry_after_and_ignores_garbage() -> None:
+    assert rate_limit_wait({"Retry-After": "30"}) == 30.0
+    assert rate_limit_wait({"x-business-use-case-usage": "not json", "x-app-usage": "[1, 2]"}) is None
+    assert rate_limit_wait({}) is None
+
+
+def test_only_rate_limits_carry_a_wait() -> None:
+    headers = {"Retry-After": "30"}
+
+    assert classify("facebook", 400, envelope(100), headers).retry_after_s is None
+
+
+def test_network_failures_are_transient_and_say_whether_the_request_may_have_arrived() -> None:
+    request = httpx.Request("POST", "https://graph.facebook.com/v24.0/1/photos")
+    read_timeout = httpx.ReadTimeout("timed out", request=request)
+    refused = httpx.ConnectError("refused", request=request)
+
+    assert classify_transport("facebook", read_timeout, action="Facebook photo upload").message == (
+        "Facebook photo upload failed: timed out waiting for the platform"
+    )
+    assert classify_transport("facebook", refused).kind is ErrorKind.TRANSIENT
+    assert may_have_reached_platform(read_timeout)
+    assert may_have_reached_platform(httpx.RemoteProtocolError("closed", request=request))
+    assert not may_have_reached_platform(refused)
+
+
+def test_instagram_codes_that_mean_publish_the_same_container_again() -> None:
+    assert is_retry_same_container(classify("instagram", 400, envelope(9007, 2207027)))
+    assert is_retry_same_container(classify("instagram", 500, envelope(2, 2207001)))
+    assert not is_retry_same_container(classify("instagram", 400, envelope(24, 2207020)))
+    assert not is_retry_same_container(classify("instagram", 400, envelope(9004, 2207052)))
+
+
+async def test_tokens_travel_in_the_authorization_header_never_in_the_url_or_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v24.0/747917475065823":
+            return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
+        if request.url.path.endswith("/photos"):
+            return httpx.Response(200, json={"id": "1", "post_id": "747917475065823_2"})
+        return httpx.Response(200, json={"id": "747917475065823_2", "permalink_url": "https://www.facebook.com/x"})
+
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", None)
+    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").publish(
+            content, account, attempt_id="a1")
+
+    assert outcome.success and outcome.permalink == "https://www.facebook.com/x"
+    assert [r.headers["authorization"] for r in seen] == [
+        "Bearer user-token-secret-7", "Bearer page-token-secret-9", "Bearer page-token-secret-9"]
+    for request in seen:
+        assert "secret" not in str(request.url) and b"secret" not in request.content
