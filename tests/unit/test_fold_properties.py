@@ -8,7 +8,7 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.fold import apply, fold
+from projections.fold import apply, apply_all, fold
 from projections.state import PostState
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
 from schemas.events import CommandType, Event
@@ -132,3 +132,19 @@ def test_interleaving_posts_gives_each_post_the_state_of_its_own_events(numbers:
         merged.append(queues[post].pop(0))
     states = fold(merged)
     assert states == {post: fold(events)[post] for post, events in per_post.items()}
+
+
+@fold_settings
+@given(stories(), st.data())
+def test_folding_in_batches_with_redeliveries_across_batches_gives_the_same_state(story: Story,
+                                                                                    data: st.DataObject) -> None:
+    """What the projector does: batches of a post's events, a batch sometimes delivered again after a restart."""
+    events = story.events
+    cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=len(events) - 1), max_size=4)))
+    batches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    state: PostState | None = None
+    for batch in batches:
+        state = apply_all(state, batch)
+        if data.draw(st.booleans()):
+            assert apply_all(state, batch) is state, "a batch delivered again changes nothing"
+    assert state == fold(events)["post-1"]
