@@ -1,0 +1,139 @@
+"""The sandbox Graph API itself, over raw HTTP: Meta-shaped answers, token checks and its control API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from publishers.sandbox import (
+    DEMO_IG_USER_ID,
+    DEMO_PAGE_ID,
+    DEMO_PAGE_TOKEN,
+    DEMO_USER_TOKEN,
+    SandboxControl,
+)
+
+pytest_plugins = ["tests.support.sandbox_fixtures"]
+pytestmark = pytest.mark.usefixtures("tokens_kept_out_of_logs")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def graph(sandbox: SandboxControl) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sandbox.base_url, timeout=2.0) as client:
+        yield client
+
+
+@pytest.mark.parametrize("prefix", ["/v21.0", "/v24.0", "/v27.0", ""])
+def test_any_graph_version_prefix_is_accepted(graph: httpx.Client, prefix: str) -> None:
+    response = graph.get(f"{prefix}/{DEMO_PAGE_ID}", params={"fields": "access_token"},
+                         headers=bearer(DEMO_USER_TOKEN))
+
+    assert response.status_code == 200
+    assert response.json() == {"id": DEMO_PAGE_ID, "name": "Sandbox Page", "access_token": DEMO_PAGE_TOKEN}
+
+
+def test_answers_carry_meta_usage_headers(graph: httpx.Client) -> None:
+    response = graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": "hi"}, headers=bearer(DEMO_PAGE_TOKEN))
+
+    assert set(json.loads(response.headers["x-app-usage"])) == {"call_count", "total_cputime", "total_time"}
+    [usage] = json.loads(response.headers["x-business-use-case-usage"])[DEMO_PAGE_ID]
+    assert usage["type"] == "pages" and "estimated_time_to_regain_access" in usage
+
+
+def test_an_unknown_object_gets_meta_s_error_envelope(graph: httpx.Client) -> None:
+    response = graph.get("/v24.0/999999", headers=bearer(DEMO_USER_TOKEN))
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["error_subcode"], error["type"]) == (100, 33, "GraphMethodException")
+    assert error["fbtrace_id"] and error["is_transient"] is False
+
+
+def test_token_checks(graph: httpx.Client, sandbox: SandboxControl) -> None:
+    missing = graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": "hi"})
+    user_token_on_a_page_edge = graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": "hi"},
+                                           headers=bearer(DEMO_USER_TOKEN))
+    in_the_body = graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": "hi", "access_token": DEMO_PAGE_TOKEN})
+    sandbox.revoke(DEMO_USER_TOKEN)
+    derived_page_token = graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": "again"},
+                                    headers=bearer(DEMO_PAGE_TOKEN))
+
+    assert missing.json()["error"]["code"] == 104
+    assert user_token_on_a_page_edge.json()["error"]["code"] == 200
+    assert in_the_body.status_code == 200
+    assert (derived_page_token.json()["error"]["code"], derived_page_token.json()["error"]["error_subcode"]) == (
+        190, 460)
+    assert sandbox.counters()["facebook"][DEMO_PAGE_ID] == 1
+
+
+def test_faults_apply_to_the_next_n_calls_only(graph: httpx.Client, sandbox: SandboxControl) -> None:
+    sandbox.fail_next("facebook", "feed", code=2, http_status=503, is_transient=True, times=2)
+
+    statuses = [graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": f"post {i}"},
+                           headers=bearer(DEMO_PAGE_TOKEN)).status_code for i in range(3)]
+
+    assert statuses == [503, 503, 200]
+    assert sandbox.counters()["facebook"][DEMO_PAGE_ID] == 1
+
+
+def test_latency_delays_the_answer(graph: httpx.Client, sandbox: SandboxControl) -> None:
+    sandbox.add_latency("instagram", 0.2, endpoint="content_publishing_limit")
+    started = time.monotonic()
+
+    response = graph.get(f"/v24.0/{DEMO_IG_USER_ID}/content_publishing_limit", headers=bearer(DEMO_USER_TOKEN))
+
+    assert time.monotonic() - started >= 0.2
+    assert response.json() == {"data": [{"quota_usage": 0, "config": {"quota_total": 100, "quota_duration": 86400}}]}
+
+
+def test_publish_then_drop_creates_the_post_but_never_answers(graph: httpx.Client, sandbox: SandboxControl) -> None:
+    sandbox.drop_after("facebook", "feed")
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": "lost answer"}, headers=bearer(DEMO_PAGE_TOKEN))
+
+    [post] = sandbox.posts()
+    assert post["message"] == "lost answer"
+
+
+def test_reset_forgets_posts_faults_and_accounts_but_keeps_the_demo_account(sandbox: SandboxControl) -> None:
+    sandbox.register_account("222", "333", "sandbox-other-user-token")
+    sandbox.fail_next("facebook", "*", code=1, times=10)
+    sandbox.drop_after("instagram", "media")
+
+    sandbox.reset()
+
+    assert sandbox.counters() == {"facebook": {DEMO_PAGE_ID: 0}, "instagram": {DEMO_IG_USER_ID: 0}}
+    assert sandbox.posts() == []
+
+
+def test_a_fault_on_an_unknown_endpoint_is_refused(sandbox: SandboxControl) -> None:
+    with pytest.raises(httpx.HTTPStatusError):
+        sandbox.fail_next("facebook", "stories", code=1)
+
+
+def test_the_command_line_prints_its_url_and_serves() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "publishers.sandbox", "--port", "0"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        first_line = process.stdout.readline()
+        url = first_line.rsplit(" ", 1)[-1].strip()
+        assert first_line.startswith("Sandbox Graph API listening at http://127.0.0.1:")
+        assert httpx.get(f"{url}/_sandbox/health", timeout=2).json() == {"ok": True}
+        assert DEMO_USER_TOKEN not in process.stdout.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
