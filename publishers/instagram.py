@@ -83,6 +83,8 @@ class InstagramPublisher:
                 # Published by an earlier attempt of the same container: report that post, do not publish again.
                 return await self._published_media(account, content, container_id, datetime.now(UTC))
             media_id = await self._publish_container(ig_user, container_id, token)
+            if media_id is None:
+                return await self._published_media(account, content, container_id, datetime.now(UTC))
         except GraphCallFailed as failed:
             log.info("Instagram publish failed (%s)", failed.error.kind, extra={"attempt_id": attempt_id})
             unknown = failed.outcome_unknown
@@ -149,7 +151,8 @@ class InstagramPublisher:
             await asyncio.sleep(interval)
             interval = min(interval * polling.backoff, polling.max_interval_s)
 
-    async def _publish_container(self, ig_user: str, container_id: str, token: SecretStr) -> str:
+    async def _publish_container(self, ig_user: str, container_id: str, token: SecretStr) -> str | None:
+        """The new media id; None when the container turns out to be published already."""
         retries = self._polling.publish_retries
         interval = self._polling.interval_s
         for attempt in range(retries + 1):
@@ -159,11 +162,16 @@ class InstagramPublisher:
                 )
                 return str(body["id"])
             except GraphCallFailed as failed:
-                # Publishing the same container twice cannot create two posts, so these are safe to repeat.
-                if failed.outcome_unknown or not is_retry_same_container(failed.error) or attempt == retries:
+                # No answer at all: the caller reports an unknown outcome, resolved through the container.
+                no_answer = failed.error.http_status is None
+                if no_answer or not is_retry_same_container(failed.error) or attempt == retries:
                     raise
             await asyncio.sleep(interval)
             interval = min(interval * self._polling.backoff, self._polling.max_interval_s)
+            # A container is published at most once, so asking again is safe; a 5xx may still have published it.
+            status, _ = await self._container_status(container_id, token)
+            if status == "PUBLISHED":
+                return None
         raise AssertionError("unreachable")
 
     async def _container_status(self, container_id: str, token: SecretStr) -> tuple[str, str]:

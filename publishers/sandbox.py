@@ -48,7 +48,9 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
 }
 FaultMode = Literal["error", "drop", "hang"]
 ContainerStatus = Literal["FINISHED", "ERROR", "EXPIRED"]
-DEFAULT_PUBLISH_LIMIT = 100
+# Meta's media_publish reference: 50 posts per account in a moving 24 hours (read it live from
+# /content_publishing_limit on the real API; it has changed before).
+DEFAULT_PUBLISH_LIMIT = 50
 _VERSION_PREFIX = re.compile(r"^/v\d+(?:\.\d+)?(?=/)")
 
 

@@ -93,7 +93,7 @@ def test_latency_delays_the_answer(graph: httpx.Client, sandbox: SandboxControl)
     response = graph.get(f"/v24.0/{DEMO_IG_USER_ID}/content_publishing_limit", headers=bearer(DEMO_USER_TOKEN))
 
     assert time.monotonic() - started >= 0.2
-    assert response.json() == {"data": [{"quota_usage": 0, "config": {"quota_total": 100, "quota_duration": 86400}}]}
+    assert response.json() == {"data": [{"quota_usage": 0, "config": {"quota_total": 50, "quota_duration": 86400}}]}
 
 
 def test_publish_then_drop_creates_the_post_but_never_answers(graph: httpx.Client, sandbox: SandboxControl) -> None:
