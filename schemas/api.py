@@ -40,4 +40,7 @@ class PublishResponse(Frozen):
     location: str | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The seed's JSON: absent fields left out, except `post.error_message`, null once all succeeded."""
+        document = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document["post"]["error_message"] = self.post.error_message
+        return document

@@ -65,3 +65,23 @@ def run() -> None:
         typer.echo("Running. Ctrl-C stops everything.")
         wait_for_interrupt()
         typer.echo("Stopping ...")
+
+
+@app.command()
+def handler() -> None:
+    """Run the command handler alone (broker from KAFKA_BOOTSTRAP_SERVERS)."""
+    import asyncio
+
+    from smartretry.bootstrap import run_handler
+    from smartretry.logs import configure
+
+    settings = Settings()
+    configure(settings.log_level, settings.log_format)
+    if not settings.kafka_bootstrap_servers:
+        typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS", err=True)
+        raise typer.Exit(2)
+    asyncio.run(run_handler(settings, settings.kafka_bootstrap_servers))
+
+
+if __name__ == "__main__":
+    app()
