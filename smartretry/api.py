@@ -1,0 +1,583 @@
+"""The HTTP API: publish, retry and read posts; re-authenticate accounts; health, readiness and metrics.
+
+Publish and retry put a command on Kafka and then watch the projection for that command's results,
+answering with the seed's response (200) when every platform it chose has one, or 202 with where to
+look when `api_wait_seconds` runs out first. Everything is validated before it reaches Kafka: what the
+handler would refuse (a retry with nothing to retry, a publish of an existing post) is refused here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol
+
+import uvicorn
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from sqlalchemy import text
+
+from projections.decide import decide, retry_preview
+from projections.fold import FACEBOOK_POST_URL
+from projections.responses import (
+    attempts_by_platform,
+    publish_response,
+    retried_summary,
+    retries_by_platform,
+    retry_history,
+)
+from projections.resume import platforms_to_resume
+from projections.state import PostState
+from schemas.api import PostSummary, PublishResponse
+from schemas.commands import (
+    INSTAGRAM_CAPTION_LIMIT,
+    Command,
+    ForceRepublishRequested,
+    HttpUrlText,
+    PostContent,
+    PublishRequested,
+    RetryRequested,
+)
+from schemas.common import ID_PATTERN, Identifier, Platform, PublishTarget
+from schemas.envelope import encode
+from schemas.ids import new_id
+from schemas.insights import PostStatus
+from smartretry.bootstrap import Stores
+from smartretry.metrics import ServiceMetrics
+from smartretry.settings import Settings
+from streams.kafka import AsyncProducer, deliver
+
+log = logging.getLogger("smartretry.api")
+
+API_KEY_HEADER = "X-API-Key"
+PostId = Annotated[str, Path(pattern=ID_PATTERN.pattern, max_length=128, description="The post's id (a ULID)")]
+AccountId = Annotated[str, Path(pattern=ID_PATTERN.pattern, max_length=128, description="An account reference")]
+# How often a waiting request looks at the projection; the projector applies events within milliseconds.
+POLL_SECONDS = 0.05
+
+
+# --------------------------------------------------------------------------------------------- request bodies
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PublishBody(Body):
+    """A new post: what to publish, where, and with which account's credentials."""
+
+    content: PostContent
+    publish_target: PublishTarget
+    account: Identifier
+    # Given by an upstream service that already named the post; otherwise the service names it.
+    post_id: Identifier | None = None
+    # Makes a resent request idempotent: the same command_id is the same command.
+    command_id: Identifier | None = None
+
+
+class ContentCorrection(Body):
+    """Corrected content for a retry: only the fields given change (the seed's "fix the image URL")."""
+
+    caption: str | None = Field(default=None, max_length=63206)
+    image_url: HttpUrlText | None = None
+    link: HttpUrlText | None = None
+
+
+class RetryBody(Body):
+    content: ContentCorrection | None = None
+    command_id: Identifier | None = None
+
+
+class RepublishBody(Body):
+    reason: str = Field(min_length=1, max_length=500)
+    content: ContentCorrection | None = None
+    command_id: Identifier | None = None
+
+
+class TokenBody(Body):
+    """Re-authentication: a new user token for an account, and the Page and Instagram user it publishes to."""
+
+    token: SecretStr = Field(min_length=6, max_length=4096)
+    page_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
+    ig_user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
+
+
+# --------------------------------------------------------------------------------------------- the front door
+
+
+class CommandSender(Protocol):
+    async def __call__(self, topic: str, key: str, value: bytes) -> None: ...
+
+
+def command_settled(state: PostState | None, command_id: str, max_automatic_attempts: int) -> bool:
+    """True once every platform the command chose has a result that the handler will not retry by itself."""
+    if state is None or command_id not in state.commands:
+        return False
+    record = state.commands[command_id]
+    for platform in record.platforms:
+        mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
+        if not mine or mine[-1].success is None:
+            return False
+    return not platforms_to_resume(state, command_id, max_automatic_attempts)
+
+
+def platform_link(state: PostState, platform: Platform) -> str | None:
+    """The published post's address on `platform`, once its latest result is a success."""
+    result = state.latest_result(platform)
+    if result is None or not result.success:
+        return None
+    if result.permalink:
+        return result.permalink
+    if platform == "facebook" and result.post_id:
+        return FACEBOOK_POST_URL.format(post_id=result.post_id)
+    return None
+
+
+def post_detail(state: PostState) -> dict[str, Any]:
+    """GET /posts/{id}: the seed's insights document, then what an operator needs to act on it."""
+    return {
+        "id": state.post_id,
+        **state.document.to_document(),
+        "publish_target": state.publish_target,
+        "content": state.content.model_dump(mode="json") if state.content else None,
+        "account": state.account,
+        "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
+        "needed_action": dict(state.needed_action),
+        "retry_preview": retry_preview(state) if state.status == "failed" else "",
+        "retried": retried_summary(state),
+        "attempts_by_platform": attempts_by_platform(state),
+        "retries_by_platform": retries_by_platform(state),
+        "history": [
+            {"command_id": c.command_id, "command_type": c.command_type, "platforms": c.platforms,
+             "skipped": c.skipped, "is_retry": c.is_retry, "forced": c.forced,
+             "decided_at": c.decided_at.isoformat(), "note": c.note}
+            for c in state.commands.values()
+        ],
+        "retry_history": [c.command_id for c in retry_history(state)],
+        "created_at": state.created_at.isoformat() if state.created_at else None,
+        "updated_at": state.updated_at.isoformat() if state.updated_at else None,
+    }
+
+
+def post_summary(state: PostState) -> dict[str, Any]:
+    return {
+        "id": state.post_id, "status": state.status, "error_message": state.document.error_message,
+        "publish_target": state.publish_target, "post_url": state.document.post_url,
+        "updated_at": state.updated_at.isoformat() if state.updated_at else None,
+    }
+
+
+def _corrected(current: PostContent | None, correction: ContentCorrection | None) -> PostContent | None:
+    if correction is None:
+        return None
+    given = correction.model_dump(exclude_unset=True)
+    if current is None:
+        return PostContent.model_validate({"caption": "", **given})
+    return PostContent.model_validate({**current.model_dump(), **given})
+
+
+@dataclass
+class Accepted:
+    """A command on Kafka, and the answer to give for it."""
+
+    command: Command
+    status_code: int
+    response: PublishResponse
+
+
+class FrontDoor:
+    """What the API and the page do with a request, apart from HTTP: validate, put on Kafka, wait, answer."""
+
+    def __init__(self, settings: Settings, stores: Stores, send: CommandSender,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 on_accepted: Callable[[Command], None] | None = None) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.send = send
+        self.clock = clock
+        self.on_accepted = on_accepted
+
+    async def read(self, post_id: str) -> PostState | None:
+        return await asyncio.to_thread(self.stores.projection.get, post_id)
+
+    async def state_of(self, post_id: str) -> PostState:
+        state = await self.read(post_id)
+        if state is None:
+            raise HTTPException(404, f"post {post_id} not found")
+        return state
+
+    async def publish(self, body: PublishBody) -> Accepted:
+        post_id = body.post_id or new_id()
+        command_id = body.command_id or new_id()
+        _check_fits_target(body.content, body.publish_target)
+        try:
+            command = PublishRequested(command_id=command_id, post_id=post_id, publish_target=body.publish_target,
+                                       content=body.content, account=body.account, requested_at=self.clock())
+        except ValidationError as exc:
+            raise unprocessable(exc) from None
+        known = {a["account"] for a in await asyncio.to_thread(self.stores.credentials.accounts)}
+        if body.account not in known:
+            raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
+                                       "msg": f"unknown account {body.account!r}: set its token with "
+                                              f"PUT /accounts/{body.account}/token"}])
+        state = await self.read(post_id)
+        # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
+        if state is not None and state.submitted_by != command_id:
+            raise HTTPException(409, f"post {post_id} already exists: retry it with POST /posts/{post_id}/retry, "
+                                     f"or publish it again with POST /posts/{post_id}/republish")
+        return await self._submit(command)
+
+    async def retry(self, post_id: str, body: RetryBody | RepublishBody | None, forced: bool,
+                    wait: bool = True) -> Accepted:
+        state = await self.state_of(post_id)
+        correction = body.content if body is not None else None
+        command_id = (body.command_id if body is not None else None) or new_id()
+        try:
+            content = _corrected(state.content, correction)
+            command: Command
+            if forced:
+                assert isinstance(body, RepublishBody)
+                command = ForceRepublishRequested(command_id=command_id, post_id=post_id, content=content,
+                                                  reason=body.reason, requested_at=self.clock())
+            else:
+                command = RetryRequested(command_id=command_id, post_id=post_id, content=content,
+                                         requested_at=self.clock())
+        except ValidationError as exc:
+            raise unprocessable(exc, prefix=("body", "content")) from None
+        if content is not None:
+            _check_fits_target(content, state.publish_target)
+        if command_id in state.commands:
+            return await self._answer(command, await self._wait(command))
+        # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.
+        decision = decide(state, command)
+        if decision.reject_reason:
+            raise HTTPException(409, decision.reject_reason)
+        if decision.no_op:
+            hint = "" if forced else f"; to publish again anyway, use POST /posts/{post_id}/republish"
+            raise HTTPException(409, decision.log_line + hint)
+        return await self._submit(command, wait)
+
+    async def _submit(self, command: Command, wait: bool = True) -> Accepted:
+        await self.send(self.settings.topics.commands, command.post_id, encode(command))
+        if self.on_accepted is not None:
+            self.on_accepted(command)
+        log.info("%s accepted", command.type, extra={"post_id": command.post_id, "command_id": command.command_id})
+        return await self._answer(command, await self._wait(command) if wait else await self.read(command.post_id))
+
+    async def _wait(self, command: Command) -> PostState | None:
+        deadline = time.monotonic() + self.settings.api_wait_seconds
+        while True:
+            state = await self.read(command.post_id)
+            if command_settled(state, command.command_id, self.settings.max_automatic_attempts):
+                return state
+            if time.monotonic() >= deadline:
+                return state
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _answer(self, command: Command, state: PostState | None) -> Accepted:
+        location = f"/posts/{command.post_id}"
+        if state is not None and command_settled(state, command.command_id, self.settings.max_automatic_attempts):
+            return Accepted(command, 200, publish_response(state, command.command_id))
+        if state is not None and command.command_id in state.commands:
+            response = publish_response(state, command.command_id)
+        else:
+            status: PostStatus = state.status if state is not None else "publishing"
+            results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
+            response = PublishResponse(
+                success=False, results=results, command_id=command.command_id,
+                post=PostSummary(id=command.post_id, status=status,
+                                 error_message=state.document.error_message if state else None))
+        return Accepted(command, 202, response.model_copy(update={"pending": True, "location": location}))
+
+    async def is_settled(self, post_id: str, command_id: str) -> bool:
+        return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
+
+
+def _check_fits_target(content: PostContent, target: PublishTarget | None) -> None:
+    if target in ("instagram", "both"):
+        problem = None
+        if content.image_url is None:
+            problem = "Instagram needs content.image_url"
+        elif len(content.caption) > INSTAGRAM_CAPTION_LIMIT:
+            problem = f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters"
+        if problem:
+            raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error", "msg": problem}])
+
+
+def _errors(exc: ValidationError | RequestValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """What is wrong, field by field; never the input itself (it may be a token)."""
+    raw = exc.errors(include_url=False, include_input=False) if isinstance(exc, ValidationError) else exc.errors()
+    return [{"loc": [*prefix, *error.get("loc", ())], "type": error.get("type", "value_error"),
+             "msg": str(error.get("msg", "invalid"))} for error in raw]
+
+
+def unprocessable(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> HTTPException:
+    return HTTPException(422, _errors(exc, prefix))
+
+
+# --------------------------------------------------------------------------------------------- wiring
+
+
+def _sender(producer: AsyncProducer | Producer) -> CommandSender:
+    if isinstance(producer, AsyncProducer):
+        return producer.send
+
+    async def send(topic: str, key: str, value: bytes) -> None:
+        # confluent-kafka's flush blocks: keep it off the event loop.
+        await asyncio.to_thread(deliver, producer, topic, key, value)
+
+    return send
+
+
+def api_key_matches(settings: Settings, presented: str | None) -> bool:
+    if not presented:
+        return False
+    return hmac.compare_digest(presented.encode(), settings.api_key.get_secret_value().encode())
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.headers.get(API_KEY_HEADER)
+    if key:
+        return key
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Producer | None = None) -> FastAPI:
+    """The API (and the post pages under /ui). No connection is made until the app starts.
+
+    `producer`: an `AsyncProducer` (started here if it is not yet), a confluent `Producer`, or None for
+    one the app makes from `settings.kafka_bootstrap_servers` and closes when it stops.
+    """
+    from smartretry import pages
+
+    holder: dict[str, Any] = {}
+
+    async def send(topic: str, key: str, value: bytes) -> None:
+        await holder["send"](topic, key, value)
+
+    metrics = ServiceMetrics(settings, stores)
+    front = FrontDoor(settings, stores, send,
+                      on_accepted=lambda command: metrics.commands_accepted.labels(command.type).inc())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        owned: AsyncProducer | None = None
+        if producer is None:
+            if not settings.kafka_bootstrap_servers:
+                raise RuntimeError("the API needs a Kafka broker: set KAFKA_BOOTSTRAP_SERVERS")
+            owned = AsyncProducer(settings.kafka_bootstrap_servers)
+            await owned.start()
+            holder["send"] = owned.send
+        else:
+            if isinstance(producer, AsyncProducer) and getattr(producer, "_poller", None) is None:
+                await producer.start()
+            holder["send"] = _sender(producer)
+        try:
+            yield
+        finally:
+            metrics.close()
+            if owned is not None:
+                await owned.close()
+
+    app = FastAPI(
+        title="Smart-retry publishing",
+        version="1",
+        summary="Publish posts to Facebook and Instagram; retry only the platform that failed.",
+        lifespan=lifespan,
+    )
+    app.state.front = front
+
+    def require_api_key(request: Request) -> None:
+        if not api_key_matches(settings, presented_key(request)):
+            raise HTTPException(401, f"missing or wrong API key: send it as {API_KEY_HEADER} or Authorization: Bearer",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    authorized = [Depends(require_api_key)]
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _errors(exc)}, status_code=422)
+
+    def answer(accepted: Accepted) -> JSONResponse:
+        headers = {"Location": f"/posts/{accepted.command.post_id}"} if accepted.status_code == 202 else None
+        return JSONResponse(accepted.response.to_document(), status_code=accepted.status_code, headers=headers)
+
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "Every platform the command chose has a result (the seed's response)"},
+        202: {"description": "Accepted; results not all in yet. `location` says where to look"},
+        401: {"description": "Missing or wrong API key"},
+        404: {"description": "Unknown post"},
+        409: {"description": "Refused: the post exists, or there is nothing to retry"},
+        422: {"description": "Invalid request: `detail` says what is wrong"},
+    }
+
+    @app.post("/posts", dependencies=authorized, response_model=PublishResponse, responses=responses,
+              tags=["posts"], summary="Publish a post")
+    async def publish_post(body: PublishBody) -> JSONResponse:
+        return answer(await front.publish(body))
+
+    @app.post("/posts/{post_id}/retry", dependencies=authorized, response_model=PublishResponse,
+              responses=responses, tags=["posts"], summary="Retry only the platforms that failed")
+    async def retry_post(post_id: PostId, body: RetryBody | None = None) -> JSONResponse:
+        return answer(await front.retry(post_id, body, forced=False))
+
+    @app.post("/posts/{post_id}/republish", dependencies=authorized, response_model=PublishResponse,
+              responses=responses, tags=["posts"], summary="Publish again, even where it succeeded")
+    async def republish_post(post_id: PostId, body: RepublishBody) -> JSONResponse:
+        return answer(await front.retry(post_id, body, forced=True))
+
+    @app.get("/posts/{post_id}", dependencies=authorized, tags=["posts"],
+             summary="A post's insights document, needed actions, retry preview and history")
+    async def read_post(post_id: PostId) -> dict[str, Any]:
+        return post_detail(await front.state_of(post_id))
+
+    @app.get("/posts", dependencies=authorized, tags=["posts"], summary="Posts, newest first")
+    async def list_posts(status: PostStatus | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                         offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+        states = await asyncio.to_thread(stores.projection.list_posts, status, limit, offset)
+        return {"posts": [post_summary(s) for s in states], "status": status, "limit": limit, "offset": offset}
+
+    @app.put("/accounts/{account}/token", dependencies=authorized, tags=["accounts"],
+             summary="Re-authenticate an account (the token is stored encrypted and never shown again)")
+    async def set_token(account: AccountId, body: TokenBody) -> dict[str, Any]:
+        await asyncio.to_thread(stores.credentials.set_token, account, body.token.get_secret_value(),
+                                body.page_id, body.ig_user_id)
+        log.info("Token of account %s replaced", account)
+        listed = {a["account"]: a for a in await asyncio.to_thread(stores.credentials.accounts)}
+        return {**listed[account], "token_set": True}
+
+    @app.get("/accounts", dependencies=authorized, tags=["accounts"], summary="Accounts (never their tokens)")
+    async def list_accounts() -> dict[str, Any]:
+        return {"accounts": await asyncio.to_thread(stores.credentials.accounts)}
+
+    @app.get("/healthz", tags=["operations"], summary="The process is up (no API key needed)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", dependencies=authorized, tags=["operations"], summary="Broker and database reachable")
+    def readyz() -> JSONResponse:
+        checks = {"database": _check(lambda: _ping_database(stores)),
+                  "broker": _check(lambda: _ping_broker(settings))}
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", dependencies=authorized, tags=["operations"], response_class=PlainTextResponse,
+             summary="Prometheus metrics")
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    app.include_router(pages.ui_router(front, settings))
+    app.mount("/ui/static", pages.static_files(), name="static")
+    return app
+
+
+def _check(probe: Callable[[], None]) -> str:
+    try:
+        probe()
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"
+
+
+def _ping_database(stores: Stores) -> None:
+    with stores.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _ping_broker(settings: Settings) -> None:
+    if not settings.kafka_bootstrap_servers:
+        raise RuntimeError("no broker configured")
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    topics = admin.list_topics(timeout=3).topics
+    if settings.topics.commands not in topics:
+        raise RuntimeError(f"topic {settings.topics.commands} is missing")
+
+
+# --------------------------------------------------------------------------------------------- serving
+
+
+class ApiServer:
+    """A uvicorn server running in a background thread: `.url`, `.stop()`, and usable as a context manager."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int) -> None:
+        self.server = server
+        self.thread = thread
+        self.url = f"http://{host}:{port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> ApiServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    # No websockets and no access log: the API has no websocket routes, and request lines are noise.
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none",
+                          lifespan="on")
+
+
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, timeout: float = 15.0) -> ApiServer:
+    """Starts `app` with uvicorn in a daemon thread and returns once it accepts connections."""
+    server = uvicorn.Server(_config(app, host, port))
+    thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the API did not start on {host}:{port} (port taken?)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the API did not start on {host}:{port} within {timeout}s")
+        time.sleep(0.02)
+    return ApiServer(server, thread, host, port)
+
+
+def start_api(settings: Settings, stores: Stores, producer: AsyncProducer | Producer | None = None) -> ApiServer:
+    """For `smartretry run`: the API and pages on settings.api_host:api_port, in a thread of this process."""
+    server = serve_in_thread(create_app(settings, stores, producer), settings.api_host, settings.api_port)
+    log.info("API and pages at %s (post pages: %s/ui/posts)", server.url, server.url)
+    return server
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to its caller, whose loop it runs on."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings, stores: Stores, stop: asyncio.Event,
+                producer: AsyncProducer | Producer | None = None) -> None:
+    """For an asyncio `run`: serves the API and pages on the running loop until `stop` is set."""
+    server = _QuietServer(_config(create_app(settings, stores, producer), settings.api_host, settings.api_port))
+    task = asyncio.get_running_loop().create_task(server.serve())
+    stopping = asyncio.get_running_loop().create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await task
+
+
+__all__ = [
+    "ApiServer", "FrontDoor", "PublishBody", "RepublishBody", "RetryBody", "TokenBody", "command_settled",
+    "create_app", "post_detail", "serve", "serve_in_thread", "start_api",
+]

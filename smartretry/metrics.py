@@ -1,0 +1,185 @@
+"""Prometheus metrics, computed when scraped from the projection store and Kafka's offsets.
+
+Counting from the projection (not from counters in one process) keeps the numbers right across
+restarts and replicas: every attempt and result of every handler is in the store. A whole-store scan
+is cached for a few seconds so frequent scrapes of a big store stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+
+from projections.store import posts
+from smartretry.bootstrap import Stores
+from smartretry.settings import Settings
+from streams.kafka import consumer
+
+# How long one scan of the store serves scrapes.
+SCAN_CACHE_SECONDS = 5.0
+
+
+@dataclass
+class StoreTally:
+    """What the metrics count, read off every post's stored state."""
+
+    posts_by_status: Tally[str] = field(default_factory=Tally)
+    commands_by_type: Tally[str] = field(default_factory=Tally)
+    attempts: Tally[tuple[str, str]] = field(default_factory=Tally)  # (platform, first|retry|forced)
+    results: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # (platform, outcome, error_kind)
+    retries: Tally[str] = field(default_factory=Tally)
+    awaiting_result: Tally[str] = field(default_factory=Tally)
+
+
+def tally_states(rows: Iterator[tuple[str, str]]) -> StoreTally:
+    """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast."""
+    tally = StoreTally()
+    for status, text in rows:
+        tally.posts_by_status[status] += 1
+        state: dict[str, Any] = json.loads(text)
+        for command in state.get("commands", {}).values():
+            tally.commands_by_type[command.get("command_type", "unknown")] += 1
+        for attempt in state.get("attempts", {}).values():
+            platform = attempt.get("platform", "unknown")
+            kind = "forced" if attempt.get("forced") else "retry" if attempt.get("is_retry") else "first"
+            tally.attempts[(platform, kind)] += 1
+            if kind != "first":
+                tally.retries[platform] += 1
+            success = attempt.get("success")
+            if success is None:
+                tally.awaiting_result[platform] += 1
+            elif success:
+                tally.results[(platform, "success", "")] += 1
+            else:
+                tally.results[(platform, "failure", attempt.get("error_kind") or "unknown")] += 1
+    return tally
+
+
+class _ScrapeCollector(Collector):
+    def __init__(self, owner: ServiceMetrics) -> None:
+        self.owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.owner.collect())
+
+
+class ServiceMetrics:
+    """The service's metrics on a registry of its own (one per app, so tests can build many apps)."""
+
+    def __init__(self, settings: Settings, stores: Stores) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.commands_accepted = Counter(
+            "smartretry_api_commands", "Commands this API process put on the commands topic", ["type"],
+            registry=self.registry)
+        self.registry.register(_ScrapeCollector(self))
+        self._lock = threading.Lock()
+        self._cached: tuple[float, StoreTally] | None = None
+        self._offsets: Consumer | None = None
+
+    def render(self) -> tuple[bytes, str]:
+        with self._lock:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        with self._lock:
+            if self._offsets is not None:
+                self._offsets.close()
+                self._offsets = None
+
+    def _tally(self) -> StoreTally:
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < SCAN_CACHE_SECONDS:
+            return self._cached[1]
+        with self.stores.engine.connect() as conn:
+            rows = conn.execution_options(yield_per=1000).execute(select(posts.c.status, posts.c.state))
+            tally = tally_states((status, text) for status, text in rows)
+        self._cached = (now, tally)
+        return tally
+
+    def _end_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
+        """(low, high) watermark per partition of `topic`; empty when there is no broker to ask."""
+        if not self.settings.kafka_bootstrap_servers:
+            return {}
+        if self._offsets is None:
+            self._offsets = consumer(self.settings.kafka_bootstrap_servers, f"{self.settings.topic_prefix}metrics")
+        metadata = self._offsets.list_topics(topic, timeout=5).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        return {p: self._offsets.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+                for p in metadata.partitions}
+
+    def collect(self) -> list[Metric]:
+        tally = self._tally()
+        topics = self.settings.topics
+        families: list[Metric] = []
+
+        by_status = GaugeMetricFamily("smartretry_posts", "Posts in the projection by status", labels=["status"])
+        for status in ("publishing", "posted", "failed"):
+            by_status.add_metric([status], tally.posts_by_status.get(status, 0))
+        families.append(by_status)
+
+        commands = CounterMetricFamily("smartretry_commands_decided", "Commands decided by the handler, by type",
+                                       labels=["type"])
+        for kind, count in sorted(tally.commands_by_type.items()):
+            commands.add_metric([kind], count)
+        families.append(commands)
+
+        attempts = CounterMetricFamily("smartretry_attempts", "Publish attempts by platform and kind "
+                                       "(first publish, retry, forced republish)", labels=["platform", "kind"])
+        for (platform, kind), count in sorted(tally.attempts.items()):
+            attempts.add_metric([platform, kind], count)
+        families.append(attempts)
+
+        results = CounterMetricFamily("smartretry_results", "Platform results by platform, outcome and error kind",
+                                      labels=["platform", "outcome", "error_kind"])
+        for (platform, outcome, error_kind), count in sorted(tally.results.items()):
+            results.add_metric([platform, outcome, error_kind], count)
+        families.append(results)
+
+        retries = CounterMetricFamily("smartretry_retries", "Retry and forced attempts by platform",
+                                      labels=["platform"])
+        for platform, count in sorted(tally.retries.items()):
+            retries.add_metric([platform], count)
+        families.append(retries)
+
+        awaiting = GaugeMetricFamily("smartretry_attempts_awaiting_result", "Attempts with no result yet",
+                                     labels=["platform"])
+        for platform, count in sorted(tally.awaiting_result.items()):
+            awaiting.add_metric([platform], count)
+        families.append(awaiting)
+
+        families.extend(self._kafka_families(topics.post_events, topics.commands, topics.dead_letters))
+        return families
+
+    def _kafka_families(self, events_topic: str, commands_topic: str, dead_letters_topic: str) -> list[Metric]:
+        try:
+            events = self._end_offsets(events_topic)
+            sizes = {name: self._end_offsets(name) for name in (commands_topic, dead_letters_topic)}
+        except Exception:
+            # A scrape while the broker is away still reports the store's numbers.
+            return []
+        applied = self.stores.projection.applied_offsets(events_topic)
+        lag = GaugeMetricFamily("smartretry_projection_lag_events",
+                                "Post events written but not yet applied to the projection, by partition",
+                                labels=["partition"])
+        for partition, (_low, high) in sorted(events.items()):
+            lag.add_metric([str(partition)], max(0, high - 1 - applied.get(partition, -1)))
+        messages = GaugeMetricFamily("smartretry_topic_messages", "Messages retained on a topic",
+                                     labels=["topic"])
+        for name, offsets in sizes.items():
+            messages.add_metric([name], sum(high - low for low, high in offsets.values()))
+        return [lag, messages]

@@ -1,0 +1,202 @@
+"""The operators' pages: the seed's "Post Detail View" and a list of posts, rendered on the server.
+
+The pages are protected by the same API key as the API. A browser presents it once (the login form,
+or `?key=` in a link the service prints) and then carries a session cookie derived from the key:
+HttpOnly and SameSite=Strict, so other sites can neither read it nor make the browser send it with a
+form post. The retry form also carries a per-post token derived from the key, for browsers that do
+not honour SameSite. Changing the API key ends every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from projections.decide import retry_preview
+from projections.fold import FACEBOOK_POST_URL
+from projections.responses import retried_summary
+from projections.state import PostState
+from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
+from smartretry.api import ContentCorrection, FrontDoor, RetryBody, api_key_matches, presented_key
+from smartretry.settings import Settings
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "smartretry_session"
+PLATFORM_ICONS: dict[str, str] = {"facebook": "📘", "instagram": "📷"}
+STATUS_LABELS = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}
+# Seconds between reloads of a page whose post is still publishing.
+REFRESH_SECONDS = 1
+
+
+def static_files() -> StaticFiles:
+    return StaticFiles(directory=HERE / "static")
+
+
+def _derived(settings: Settings, purpose: str) -> str:
+    key = settings.api_key.get_secret_value().encode()
+    return hmac.new(key, purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def session_value(settings: Settings) -> str:
+    return _derived(settings, "ui-session")
+
+
+def retry_token(settings: Settings, post_id: str) -> str:
+    return _derived(settings, f"ui-retry:{post_id}")
+
+
+def _safe_next(target: str | None) -> str:
+    # Only our own pages: never an absolute or protocol-relative URL (an open redirect).
+    if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/posts"
+
+
+def platform_rows(state: PostState) -> list[dict[str, Any]]:
+    """One row per targeted platform: its latest result, link once published, and what to do when failed."""
+    rows = []
+    for platform in state.targeted:
+        result = state.latest_result(platform)
+        link = None
+        if result is not None and result.success:
+            link = result.permalink or (FACEBOOK_POST_URL.format(post_id=result.post_id) if result.post_id else None)
+        rows.append({
+            "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
+            "success": None if result is None else result.success, "link": link,
+            "error": result.error if result is not None and not result.success else None,
+            "action": state.needed_action.get(platform),
+        })
+    return rows
+
+
+def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
+    """The /ui pages, served by the API's app; they act through the same `FrontDoor` as the API."""
+    router = APIRouter(prefix="/ui", include_in_schema=False)
+    templates = Jinja2Templates(directory=HERE / "templates")
+
+    def signed_in(request: Request) -> bool:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie and hmac.compare_digest(cookie, session_value(settings)):
+            return True
+        return api_key_matches(settings, presented_key(request))
+
+    def with_session(response: Response) -> Response:
+        response.set_cookie(SESSION_COOKIE, session_value(settings), httponly=True, samesite="strict",
+                            path="/ui")
+        return response
+
+    def gate(request: Request) -> Response | None:
+        """None when the request may see the page; else where to send the browser."""
+        key = request.query_params.get("key")
+        if key is not None:
+            # Swap the key in the address for a cookie, so it stays out of history and Referer headers.
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
+            target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+            if api_key_matches(settings, key):
+                return with_session(RedirectResponse(target, status_code=303))
+            return RedirectResponse(f"/ui/login?{urlencode({'next': target, 'wrong': '1'})}", status_code=303)
+        if signed_in(request):
+            return None
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303)
+
+    @router.get("")
+    async def home() -> Response:
+        return RedirectResponse("/ui/posts", status_code=303)
+
+    @router.get("/login")
+    async def login_form(request: Request, next: str = "/ui/posts", wrong: str | None = None) -> Response:
+        return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "wrong": bool(wrong)},
+                                          status_code=401 if wrong else 200)
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        key = (form.get("key") or [""])[0]
+        target = _safe_next((form.get("next") or [None])[0])
+        if not api_key_matches(settings, key):
+            return templates.TemplateResponse(request, "login.html", {"next": target, "wrong": True},
+                                              status_code=401)
+        return with_session(RedirectResponse(target, status_code=303))
+
+    @router.get("/posts")
+    async def post_list(request: Request, status: str | None = None) -> Response:
+        if (redirect := gate(request)) is not None:
+            return redirect
+        chosen = status if status in STATUS_LABELS else None
+        states = await asyncio.to_thread(front.stores.projection.list_posts, chosen, 200, 0)
+        return templates.TemplateResponse(request, "post_list.html", {
+            "posts": states, "status": chosen, "labels": STATUS_LABELS,
+            "filters": [(None, "All"), *STATUS_LABELS.items()],
+        })
+
+    @router.get("/posts/{post_id}")
+    async def post_page(request: Request, post_id: str, awaiting: str | None = None,
+                        problem: str | None = None) -> Response:
+        if (redirect := gate(request)) is not None:
+            return redirect
+        return await render_post(request, post_id, awaiting, problem)
+
+    async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
+                          status_code: int = 200) -> Response:
+        state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
+        if state is None:
+            return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
+        waiting = bool(awaiting and ID_PATTERN.match(awaiting)) and not await front.is_settled(post_id, awaiting)
+        status = "publishing" if waiting else state.status
+        targeted: tuple[Platform, ...] = state.targeted
+        return templates.TemplateResponse(request, "post_detail.html", {
+            "state": state,
+            "status": status,
+            "status_label": STATUS_LABELS[status],
+            "rows": platform_rows(state),
+            "refresh": REFRESH_SECONDS if status == "publishing" else None,
+            "can_retry": status == "failed",
+            "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
+            "note": retry_preview(state) if status == "failed" else "",
+            "retried": retried_summary(state) if status != "publishing" else None,
+            "retry_token": retry_token(settings, post_id),
+            "image_url": state.content.image_url if state.content else None,
+            "problem": problem,
+        }, status_code=status_code)
+
+    @router.post("/posts/{post_id}/retry")
+    async def retry_from_page(request: Request, post_id: str) -> Response:
+        if not signed_in(request):
+            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}'})}", status_code=303)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
+        if not ID_PATTERN.match(post_id) or not hmac.compare_digest(token, retry_token(settings, post_id)):
+            return Response("This form has expired: reload the page and try again.", status_code=403)
+        state = await front.read(post_id)
+        image_url = (form.get("image_url") or [""])[0].strip()
+        current = state.content.image_url if state is not None and state.content else None
+        try:
+            body = RetryBody(content=ContentCorrection(image_url=image_url)) if image_url and image_url != current \
+                else None
+            accepted = await front.retry(post_id, body, forced=False, wait=False)
+        except HTTPException as exc:
+            return await render_post(request, post_id, None, _problem(exc.detail), status_code=exc.status_code)
+        except ValidationError as exc:  # a malformed URL in the form
+            return await render_post(request, post_id, None,
+                                     _problem(exc.errors(include_url=False, include_input=False)), status_code=422)
+        return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id})}",
+                                status_code=303)
+
+    return router
+
+
+def _problem(detail: Any) -> str:
+    if isinstance(detail, list):
+        return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+    return str(detail)

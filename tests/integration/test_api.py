@@ -1,0 +1,444 @@
+"""The HTTP API against a real broker and a real store: every endpoint, auth, and bad input kept off Kafka.
+
+These tests run the API alone (no command handler): a command's results never arrive, so publish and
+retry answer 202, and the post's state is written to the store from events, as the projector would.
+The answers with results (200) are in test_api_end_to_end.py, against the whole service.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from schemas.commands import ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
+from schemas.common import ErrorKind
+from schemas.envelope import decode_command
+from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
+from smartretry.api import ApiServer, create_app, serve_in_thread
+from smartretry.bootstrap import Stores, open_stores
+from smartretry.settings import Settings
+from streams.broker import free_port
+from streams.kafka import producer
+from streams.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "test-api-key-5d1e"
+AT = datetime(2025, 11, 17, 10, 10, 13, 151000, tzinfo=UTC)
+SPACE_URL = "https://cdn.example.com/autumn sale.jpg"
+FIXED_URL = "https://cdn.example.com/autumn-sale.jpg"
+FB_ERROR = "Facebook photo upload failed: 400 - Missing or invalid image file"
+
+
+@dataclass
+class RunningApi:
+    client: httpx.Client
+    anonymous: httpx.Client
+    settings: Settings
+    stores: Stores
+    bootstrap: str
+    topics: Topics
+    server: ApiServer
+    producer: Producer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+def api_settings(bootstrap: str, topics: Topics, database_url: str, **overrides: object) -> Settings:
+    return Settings(KAFKA_BOOTSTRAP_SERVERS=bootstrap, topic_prefix=topics.prefix, database_url=database_url,
+                    api_key=API_KEY, api_wait_seconds=0.3, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def api(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[RunningApi]:
+    """The API on a free port, over a fresh SQLite store and this test's own topics."""
+    settings = api_settings(kafka_bootstrap, topics, f"sqlite:///{tmp_path}/projection.db")
+    stores = open_stores(settings)
+    sync_producer = producer(kafka_bootstrap)
+    server = serve_in_thread(create_app(settings, stores, sync_producer), "127.0.0.1", free_port())
+    client = httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=10)
+    anonymous = httpx.Client(base_url=server.url, timeout=10)
+    try:
+        yield RunningApi(client, anonymous, settings, stores, kafka_bootstrap, topics, server, sync_producer)
+    finally:
+        client.close()
+        anonymous.close()
+        server.stop()
+        sync_producer.flush(5)
+        stores.engine.dispose()
+
+
+def messages_on(bootstrap: str, topic: str) -> list[tuple[str, bytes]]:
+    """Every (key, value) on `topic`, read from the beginning up to its end right now."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                       "enable.auto.commit": False})
+    try:
+        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        wanted = {p for p, end in ends.items() if end > 0}
+        if not wanted:
+            return []
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in wanted])
+        found: list[tuple[str, bytes]] = []
+        done: set[int] = set()
+        while done != wanted:
+            message = reader.poll(5)
+            assert message is not None, f"timed out reading {topic}"
+            if message.error():
+                continue
+            found.append(((message.key() or b"").decode(), message.value() or b""))
+            if message.offset() >= ends[message.partition()] - 1:
+                done.add(message.partition())
+        return found
+    finally:
+        reader.close()
+
+
+def seed_events(post_id: str, facebook_ok: bool, instagram_ok: bool = True) -> list[Event]:
+    """The seed's first attempt: both platforms, Instagram published; Facebook as given."""
+    content = PostContent(caption="Autumn sale starts today", image_url=SPACE_URL)
+    results: list[Event] = [
+        PlatformResult(event_id=f"{post_id}-r-ig", post_id=post_id, occurred_at=AT, platform="instagram",
+                       attempt_id=f"{post_id}-ig", success=True, platform_post_id="18107758234627017",
+                       permalink="https://www.instagram.com/p/DRJ1nlKDgY9/") if instagram_ok else
+        PlatformResult(event_id=f"{post_id}-r-ig", post_id=post_id, occurred_at=AT, platform="instagram",
+                       attempt_id=f"{post_id}-ig", success=False,
+                       error=PlatformError(kind=ErrorKind.AUTH, message="Instagram token expired")),
+        PlatformResult(event_id=f"{post_id}-r-fb", post_id=post_id, occurred_at=AT, platform="facebook",
+                       attempt_id=f"{post_id}-fb", success=True,
+                       platform_post_id="747917475065823_122104567890123") if facebook_ok else
+        PlatformResult(event_id=f"{post_id}-r-fb", post_id=post_id, occurred_at=AT, platform="facebook",
+                       attempt_id=f"{post_id}-fb", success=False,
+                       error=PlatformError(kind=ErrorKind.INVALID_MEDIA, code=324, http_status=400, message=FB_ERROR)),
+    ]
+    return [
+        PostSubmitted(event_id=f"{post_id}-s", post_id=post_id, occurred_at=AT, command_id=f"{post_id}-c1",
+                      publish_target="both", content=content, account="acme"),
+        CommandDecided(event_id=f"{post_id}-d", post_id=post_id, occurred_at=AT, command_id=f"{post_id}-c1",
+                       command_type="PublishRequested", platforms=("facebook", "instagram"),
+                       note="Publishing to both Facebook and Instagram..."),
+        PublishAttempted(event_id=f"{post_id}-a-fb", post_id=post_id, occurred_at=AT, platform="facebook",
+                         attempt_id=f"{post_id}-fb", attempt_number=1, command_id=f"{post_id}-c1",
+                         reason="first publish"),
+        PublishAttempted(event_id=f"{post_id}-a-ig", post_id=post_id, occurred_at=AT, platform="instagram",
+                         attempt_id=f"{post_id}-ig", attempt_number=1, command_id=f"{post_id}-c1",
+                         reason="first publish"),
+        *results,
+    ]
+
+
+_offsets: dict[str, int] = {}
+
+
+def store_post(api: RunningApi, post_id: str, facebook_ok: bool = False, instagram_ok: bool = True) -> None:
+    """Writes a post into the projection as the projector would have folded its events."""
+    events = seed_events(post_id, facebook_ok, instagram_ok)
+    start = _offsets.get(api.topics.prefix, 0)
+    _offsets[api.topics.prefix] = start + len(events)
+    api.stores.projection.apply_batch(api.topics.post_events, 0, list(enumerate(events, start)))
+
+
+def assert_nothing_on_commands(api: RunningApi) -> None:
+    assert messages_on(api.bootstrap, api.topics.commands) == []
+
+
+def publish_body(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {"content": {"caption": "Autumn sale starts today", "image_url": SPACE_URL},
+                               "publish_target": "both", "account": "acme"}
+    body.update(overrides)
+    return body
+
+
+def add_account(api: RunningApi) -> None:
+    api.stores.credentials.set_token("acme", "acme-user-token-0001", "747917475065823", "17841400000000000")
+
+
+# ------------------------------------------------------------------------------------------- health and auth
+
+
+def test_health_needs_no_key_and_readiness_reports_broker_and_database(api: RunningApi) -> None:
+    assert api.anonymous.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "database": "ok", "broker": "ok"}
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/posts"), ("POST", "/posts/p1/retry"), ("POST", "/posts/p1/republish"), ("GET", "/posts/p1"),
+    ("GET", "/posts"), ("PUT", "/accounts/acme/token"), ("GET", "/accounts"), ("GET", "/readyz"),
+    ("GET", "/metrics"),
+])
+def test_every_endpoint_but_health_needs_the_api_key(api: RunningApi, method: str, path: str) -> None:
+    body = {"token": "secret-token-123"} if method == "PUT" else publish_body()
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+        answer = api.anonymous.request(method, path, headers=headers, json=body)
+        assert answer.status_code == 401, (headers, answer.text)
+        assert "API key" in answer.json()["detail"]
+    assert_nothing_on_commands(api)
+
+
+def test_a_bearer_token_is_accepted_as_the_api_key(api: RunningApi) -> None:
+    answer = api.anonymous.get("/posts", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert answer.status_code == 200
+
+
+def test_openapi_document_describes_the_endpoints(api: RunningApi) -> None:
+    paths = api.anonymous.get("/openapi.json").json()["paths"]
+    for path in ("/posts", "/posts/{post_id}", "/posts/{post_id}/retry", "/posts/{post_id}/republish",
+                 "/accounts/{account}/token", "/healthz", "/readyz", "/metrics"):
+        assert path in paths
+
+
+# ------------------------------------------------------------------------------------------- publish
+
+
+def test_publish_puts_one_command_on_kafka_and_answers_202_with_where_to_look(api: RunningApi) -> None:
+    add_account(api)
+    answer = api.client.post("/posts", json=publish_body(command_id="cmd-abc"))
+    assert answer.status_code == 202
+    document = answer.json()
+    post_id = document["post"]["id"]
+    assert document["pending"] is True
+    assert document["success"] is False
+    assert document["post"]["status"] == "publishing"
+    assert document["location"] == f"/posts/{post_id}" == answer.headers["Location"]
+    assert document["command_id"] == "cmd-abc"
+
+    [(key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert key == post_id
+    assert isinstance(command, PublishRequested)
+    assert (command.post_id, command.command_id, command.publish_target, command.account) == (
+        post_id, "cmd-abc", "both", "acme")
+    assert command.content.image_url == SPACE_URL
+    assert len(post_id) == 26  # a ULID, as the seed's post ids
+
+
+def test_publish_keeps_a_post_id_given_by_the_caller(api: RunningApi) -> None:
+    add_account(api)
+    answer = api.client.post("/posts", json=publish_body(post_id="upstream-42", publish_target="facebook",
+                                                         content={"caption": "Hello", "link": "https://example.com"}))
+    assert answer.status_code == 202
+    assert answer.json()["post"]["id"] == "upstream-42"
+    [(key, _value)] = messages_on(api.bootstrap, api.topics.commands)
+    assert key == "upstream-42"
+
+
+@pytest.mark.parametrize(("body", "where", "words"), [
+    (publish_body(content={"caption": "no image"}), ["body", "content"], "Instagram needs content.image_url"),
+    (publish_body(publish_target="myspace"), ["body", "publish_target"], "facebook"),
+    (publish_body(content={"caption": "x", "image_url": "ftp://cdn/x.jpg"}), ["body", "content", "image_url"],
+     "http(s) URL"),
+    (publish_body(content={"caption": "", "link": None}, publish_target="facebook"), ["body", "content"],
+     "content is empty"),
+    (publish_body(post_id="../etc/passwd"), ["body", "post_id"], "pattern"),
+    (publish_body(account="acme/../x"), ["body", "account"], "pattern"),
+    (publish_body(surprise=True), ["body", "surprise"], "Extra inputs"),
+    ({"publish_target": "both"}, ["body", "content"], "required"),
+    (publish_body(account="nobody"), ["body", "account"], "unknown account 'nobody'"),
+])
+def test_a_bad_publish_is_422_saying_what_is_wrong_and_nothing_reaches_kafka(
+        api: RunningApi, body: dict[str, object], where: list[str], words: str) -> None:
+    add_account(api)
+    answer = api.client.post("/posts", json=body)
+    assert answer.status_code == 422, answer.text
+    problems = answer.json()["detail"]
+    assert any(p["loc"][:len(where)] == where and words in p["msg"] for p in problems), problems
+    assert_nothing_on_commands(api)
+
+
+def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
+    answer = api.client.post("/posts", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    assert_nothing_on_commands(api)
+
+
+def test_publishing_an_existing_post_again_is_a_conflict(api: RunningApi) -> None:
+    add_account(api)
+    store_post(api, "post-1")
+    answer = api.client.post("/posts", json=publish_body(post_id="post-1"))
+    assert answer.status_code == 409
+    assert "POST /posts/post-1/retry" in answer.json()["detail"]
+    assert_nothing_on_commands(api)
+
+
+# ------------------------------------------------------------------------------------------- read
+
+
+def test_a_failed_post_reads_as_the_seed_documents_it_with_the_action_and_retry_preview(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    document = api.client.get("/posts/post-1").json()
+    assert document["status"] == "failed"
+    assert document["error_message"] == f"facebook: {FB_ERROR}"
+    assert document["insights"]["publish_results"] == [
+        {"platform": "facebook", "success": False, "error": FB_ERROR},
+        {"platform": "instagram", "success": True, "postId": "18107758234627017",
+         "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+    ]
+    assert document["insights"]["instagram_permalink"] == "https://www.instagram.com/p/DRJ1nlKDgY9/"
+    assert document["needed_action"] == {"facebook": "fix the image URL"}
+    assert document["retry_preview"] == "Note: Will only retry Facebook"
+    assert document["links"] == {"instagram": "https://www.instagram.com/p/DRJ1nlKDgY9/"}
+    assert [c["note"] for c in document["history"]] == ["Publishing to both Facebook and Instagram..."]
+    assert document["retried"] is None
+
+
+def test_an_unknown_post_is_404_and_an_id_with_path_characters_is_422(api: RunningApi) -> None:
+    assert api.client.get("/posts/nope").status_code == 404
+    assert api.client.post("/posts/nope/retry").status_code == 404
+    assert api.client.post("/posts/nope/republish", json={"reason": "testing"}).status_code == 404
+    assert api.client.get("/posts/a%2Fb").status_code in (404, 422)
+    assert api.client.get("/posts/..%5Cetc").status_code == 422
+    assert api.client.get("/posts/-rf").status_code == 422
+    assert_nothing_on_commands(api)
+
+
+def test_posts_are_listed_and_filtered_by_status(api: RunningApi) -> None:
+    store_post(api, "failed-1")
+    store_post(api, "posted-1", facebook_ok=True)
+    everything = api.client.get("/posts").json()["posts"]
+    assert {p["id"] for p in everything} == {"failed-1", "posted-1"}
+    failed = api.client.get("/posts", params={"status": "failed"}).json()["posts"]
+    assert [(p["id"], p["status"], p["error_message"]) for p in failed] == [
+        ("failed-1", "failed", f"facebook: {FB_ERROR}")]
+    posted = api.client.get("/posts", params={"status": "posted"}).json()["posts"]
+    assert [(p["id"], p["post_url"]) for p in posted] == [
+        ("posted-1", "https://www.facebook.com/747917475065823_122104567890123")]
+    assert api.client.get("/posts", params={"status": "lost"}).status_code == 422
+    assert api.client.get("/posts", params={"limit": 0}).status_code == 422
+
+
+# ------------------------------------------------------------------------------------------- retry, republish
+
+
+def test_retry_with_a_fixed_image_url_puts_a_retry_command_on_kafka(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    answer = api.client.post("/posts/post-1/retry", json={"content": {"image_url": FIXED_URL}})
+    assert answer.status_code == 202
+    assert answer.json()["location"] == "/posts/post-1"
+    assert answer.json()["post"]["status"] == "failed"
+    [(key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert key == "post-1"
+    assert isinstance(command, RetryRequested)
+    # The correction changes the image only; the caption is the post's own.
+    assert command.content == PostContent(caption="Autumn sale starts today", image_url=FIXED_URL)
+
+
+def test_retry_without_a_body_keeps_the_content(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    assert api.client.post("/posts/post-1/retry").status_code == 202
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, RetryRequested)
+    assert command.content is None
+
+
+@pytest.mark.parametrize("body", [
+    {"content": {"image_url": "not a url"}},
+    {"content": {"image_url": None}},
+    {"content": {"video": "https://x"}},
+    {"command_id": "a/b"},
+    {"reason": "retries take no reason"},
+])
+def test_a_bad_retry_is_422_and_nothing_reaches_kafka(api: RunningApi, body: dict[str, object]) -> None:
+    store_post(api, "post-1")
+    answer = api.client.post("/posts/post-1/retry", json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["msg"]
+    assert_nothing_on_commands(api)
+
+
+def test_retry_of_a_post_that_fully_succeeded_is_refused_by_the_same_decision(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    answer = api.client.post("/posts/post-1/retry")
+    assert answer.status_code == 409
+    assert answer.json()["detail"].startswith("Nothing to retry: Facebook and Instagram already succeeded")
+    assert "/posts/post-1/republish" in answer.json()["detail"]
+    assert_nothing_on_commands(api)
+
+
+def test_a_forced_republish_goes_to_kafka_with_its_reason(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    assert api.client.post("/posts/post-1/republish", json={}).status_code == 422
+    answer = api.client.post("/posts/post-1/republish", json={"reason": "testing the new page"})
+    assert answer.status_code == 202
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, ForceRepublishRequested)
+    assert command.reason == "testing the new page"
+
+
+# ------------------------------------------------------------------------------------------- accounts
+
+
+def test_setting_a_token_stores_it_encrypted_and_never_echoes_it(api: RunningApi) -> None:
+    token = "EAAGm0PX4ZCpsBAnewlongtoken123456789"
+    answer = api.client.put("/accounts/acme/token",
+                            json={"token": token, "page_id": "747917475065823", "ig_user_id": "17841400000000000"})
+    assert answer.status_code == 200
+    assert token not in answer.text
+    assert answer.json()["account"] == "acme"
+    assert answer.json()["page_id"] == "747917475065823"
+    assert answer.json()["token_set"] is True
+    assert api.stores.credentials.get("acme").user_token.get_secret_value() == token
+    listed = api.client.get("/accounts")
+    assert [a["account"] for a in listed.json()["accounts"]] == ["acme"]
+    assert token not in listed.text
+    with api.stores.engine.connect() as conn:
+        assert token not in repr(conn.exec_driver_sql("SELECT * FROM accounts").all())
+
+
+@pytest.mark.parametrize("body", [
+    {"token": "zq9x7"},
+    {"token": "a-good-long-token-value", "page_id": "not-digits"},
+    {"token": "a-good-long-token-value", "extra": "x"},
+    {},
+])
+def test_a_bad_token_body_is_422_and_the_answer_never_echoes_the_token(api: RunningApi, body: dict[str, str]) -> None:
+    answer = api.client.put("/accounts/acme/token", json=body)
+    assert answer.status_code == 422
+    if "token" in body:
+        assert body["token"] not in answer.text
+    assert api.client.get("/accounts").json()["accounts"] == []
+
+
+def test_an_account_reference_with_path_characters_is_refused(api: RunningApi) -> None:
+    assert api.client.put("/accounts/..%5Cx/token", json={"token": "a-good-long-token"}).status_code == 422
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi) -> None:
+    add_account(api)
+    store_post(api, "post-1")
+    store_post(api, "post-2", facebook_ok=True, instagram_ok=False)
+    api.client.post("/posts", json=publish_body())
+    text = api.client.get("/metrics").text
+    assert 'smartretry_posts{status="failed"} 2.0' in text
+    assert 'smartretry_attempts_total{kind="first",platform="facebook"} 2.0' in text
+    assert 'smartretry_results_total{error_kind="invalid_media",outcome="failure",platform="facebook"} 1.0' in text
+    assert 'smartretry_results_total{error_kind="auth",outcome="failure",platform="instagram"} 1.0' in text
+    assert 'smartretry_results_total{error_kind="",outcome="success",platform="instagram"} 1.0' in text
+    assert 'smartretry_commands_decided_total{type="PublishRequested"} 2.0' in text
+    assert 'smartretry_api_commands_total{type="PublishRequested"} 1.0' in text
+    assert 'smartretry_projection_lag_events{partition="0"} 0.0' in text
+    assert f'smartretry_topic_messages{{topic="{api.topics.commands}"}} 1.0' in text
+
+
+def test_a_token_never_appears_in_what_the_api_logs(api: RunningApi, caplog: pytest.LogCaptureFixture) -> None:
+    token = "plain-looking-secret-9f8e7d"
+    with caplog.at_level("DEBUG"):
+        api.client.put("/accounts/acme/token", json={"token": token})
+        api.client.put("/accounts/acme/token", json={"token": token, "page_id": "x"})
+    assert token not in caplog.text
