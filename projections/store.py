@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,7 @@ class ProjectionStore:
         records: Sequence[tuple[int, Event]],
         through: int | None = None,
         rejects: list[tuple[int, Event, str]] | None = None,
+        before_commit: Callable[[list[PostState]], None] | None = None,
     ) -> list[PostState]:
         """Folds `(offset, event)` records of one partition into the stored posts, in one transaction.
 
@@ -170,7 +171,8 @@ class ProjectionStore:
         `through` is the last offset handled, counting records that were no event (dead letters),
         so the tracked offset moves past them too. An event the fold refuses (`ValueError`) is skipped
         and added to `rejects` when given (for the dead letters), else raised. Returns the new state
-        of every post changed.
+        of every post changed. `before_commit(changed)` runs inside the transaction, after the last
+        write: if it raises, nothing of the batch is stored (publish there what must not be lost).
         """
         last = max((offset for offset, _ in records), default=-1)
         if through is not None:
@@ -200,6 +202,8 @@ class ProjectionStore:
                 conn.execute(tracking.update()
                              .where(tracking.c.topic == topic, tracking.c.partition == partition)
                              .values(offset=last))
+            if before_commit is not None:
+                before_commit(list(changed.values()))
         return list(changed.values())
 
     def reset(self) -> None:

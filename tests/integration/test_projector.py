@@ -1,0 +1,191 @@
+"""The faust projector on a real broker: the seed's documents in the store and on the insights topic,
+dead letters for poison events, and an exact resume after being killed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from projections.fold import fold
+from projections.store import ProjectionStore, make_engine
+from schemas.envelope import encode
+from schemas.events import Event
+from smartretry.settings import Settings
+from streams.kafka import producer
+from streams.projector import run_projector
+from streams.topics import Topics
+from tests.integration.test_store import (
+    AFTER_FAILED_ATTEMPT,
+    AFTER_SUCCESSFUL_RETRY,
+    FIRST,
+    POST_ID,
+    RETRY,
+    facebook_retry,
+    first_attempt,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    p = producer(bootstrap)
+    for key, value in messages:
+        while True:
+            try:
+                p.produce(topic, key=key.encode(), value=value)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(30) == 0
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[bytes | None, bytes]]:
+    """Every message of `topic`, in offset order per partition."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                  "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got: list[tuple[bytes | None, bytes]] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 20
+    while len(at_end) < partitions and time.monotonic() < deadline:
+        for m in c.consume(500, timeout=0.5):
+            if m.error():
+                at_end.add(m.partition())
+            else:
+                got.append((m.key(), m.value()))
+    c.close()
+    return got
+
+
+async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+def applied(store: ProjectionStore, topics: Topics) -> int:
+    with contextlib.suppress(Exception):
+        return sum(offset + 1 for offset in store.applied_offsets(topics.post_events).values())
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def running_projector(settings: Settings, datadir: Path) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_projector(settings, datadir=datadir, stop=stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/var/smartretry.db"
+    url: str = request.getfixturevalue("postgres_url")
+    name = f"projector_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def test_seed_events_give_the_seed_documents_and_poison_goes_to_dead_letters(
+    kafka_bootstrap: str, topics: Topics, database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=database_url)
+    store = ProjectionStore(make_engine(database_url))
+    first = first_attempt()
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
+    async with running_projector(settings, tmp_path / "faust"):
+        await until(lambda: applied(store, topics) >= len(first))
+        assert store.get(POST_ID).document.to_document() == AFTER_FAILED_ATTEMPT  # type: ignore[union-attr]
+
+        poison = [b"\x00not json", b'{"type": "PlatformResult", "post_id": "' + POST_ID.encode() + b'"}']
+        produce(kafka_bootstrap, topics.post_events, [(POST_ID, value) for value in poison])
+        retry = facebook_retry()
+        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
+        await until(lambda: applied(store, topics) >= len(first) + len(poison) + len(retry))
+
+    assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
+    # The events after the poison were applied and the tracking offset moved past it.
+    assert store.applied_offsets(topics.post_events) == {0: 10} or sum(
+        o + 1 for o in store.applied_offsets(topics.post_events).values()) == 11
+
+    insights = [json.loads(v) for k, v in read_topic(kafka_bootstrap, topics.insights, topics.partitions)
+                if k == POST_ID.encode()]
+    assert insights[-1] == {"post_id": POST_ID, **AFTER_SUCCESSFUL_RETRY}
+    assert {"post_id": POST_ID, **AFTER_FAILED_ATTEMPT} in insights
+
+    letters = [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics.dead_letters, 1)]
+    assert [base64.b64decode(letter["value_b64"]) for letter in letters] == poison
+    assert letters[0]["reason"].startswith("not JSON")
+    assert letters[1]["reason"].startswith("invalid PlatformResult")
+    assert {letter["source_topic"] for letter in letters} == {topics.post_events}
+    assert [letter["offset"] for letter in letters] == [6, 7]
+    store.engine.dispose()
+
+
+def many_posts(count: int, start: int = 0) -> list[Event]:
+    events: list[Event] = []
+    for i in range(start, start + count):
+        post_id = f"post-{i:05d}"
+        events += first_attempt(post_id, FIRST + timedelta(seconds=i))
+        if i % 2 == 0:
+            events += facebook_retry(post_id, RETRY + timedelta(seconds=i))
+    return events
+
+
+def start_processor(settings: Settings, datadir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
+           "SMARTRETRY_TOPIC_PREFIX": settings.topic_prefix, "SMARTRETRY_DATABASE_URL": settings.database_url,
+           "TMPDIR": str(datadir)}
+    return subprocess.Popen([sys.executable, "-m", "streams.projector"], env=env, stdin=subprocess.DEVNULL)
+
+
+async def test_a_killed_processor_resumes_exactly_where_it_stopped(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    database_url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=database_url)
+    store = ProjectionStore(make_engine(database_url))
+    before_kill, after_kill = many_posts(3000), many_posts(1000, start=3000)
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in before_kill])
+
+    processor = start_processor(settings, tmp_path)
+    try:
+        await until(lambda: applied(store, topics) > 0, timeout=60)
+        processor.send_signal(signal.SIGKILL)
+        processor.wait(10)
+        killed_at = applied(store, topics)
+        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in after_kill])
+        processor = start_processor(settings, tmp_path)
+        total = len(before_kill) + len(after_kill)
+        await until(lambda: applied(store, topics) >= total, timeout=60)
+    finally:
+        processor.kill()
+        processor.wait(10)
+
+    assert 0 < killed_at < len(before_kill) + len(after_kill), killed_at
+    _, states = store.snapshot()
+    # One uninterrupted fold of every event is the projection a run without the kill leaves.
+    assert states == fold(before_kill + after_kill)
+    store.engine.dispose()
