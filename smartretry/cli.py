@@ -83,5 +83,49 @@ def handler() -> None:
     asyncio.run(run_handler(settings, settings.kafka_bootstrap_servers))
 
 
+@app.command()
+def processor() -> None:
+    """Run the stream processor: fold post events into the insights projection (Ctrl-C stops it)."""
+    import asyncio
+
+    from streams.projector import run_projector
+
+    settings = Settings()
+    with broker_for(settings) as bootstrap, contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_projector(settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})))
+
+
+@app.command()
+def replay(scratch: str = typer.Option("", help="Database URL of the scratch store; default a temporary SQLite file.")
+           ) -> None:
+    """Rebuild the projection from offset 0 into an empty store and compare it with the live one."""
+    import tempfile
+
+    from rich.progress import Progress
+
+    from projections.store import ProjectionStore, make_engine
+    from streams.replay import replay as replay_events
+
+    settings = Settings()
+    if not settings.kafka_bootstrap_servers:
+        typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS to the broker the processor reads", err=True)
+        raise typer.Exit(2)
+    live = ProjectionStore(make_engine(settings.database_url))
+    live.create_schema()
+    with tempfile.TemporaryDirectory(prefix="smartretry-replay-") as tmp:
+        scratch_store = ProjectionStore(make_engine(scratch or f"sqlite:///{tmp}/scratch.db"))
+        with Progress() as bar:
+            task = bar.add_task("Replaying post events", total=None)
+            report = replay_events(settings.kafka_bootstrap_servers, settings.topics, live, scratch_store,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+        scratch_store.engine.dispose()
+    typer.echo(f"events replayed: {report.events} into {report.posts} posts in {report.seconds:.1f}s")
+    typer.echo(f"live digest:   {report.live_digest}")
+    typer.echo(f"replay digest: {report.replay_digest}")
+    typer.echo(f"posts that differ: {', '.join(report.differing) if report.differing else 'none'}")
+    if not report.identical:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()
