@@ -44,6 +44,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         backoff_cap_seconds=settings.backoff_cap_seconds,
         freshness_timeout_seconds=settings.freshness_timeout_seconds,
         group_id=f"{settings.topic_prefix}command-handler",
+        session_timeout_seconds=settings.handler_session_timeout_seconds,
     )
 
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from publishers.redact import scrub
+from publishers.redact import scrub, scrub_http_client_logs
 
 # Fields a log call may pass with `extra=` that belong in the line (post and attempt ids).
 CONTEXT_FIELDS = ("post_id", "attempt_id", "command_id", "platform")
@@ -58,3 +58,4 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     # httpx logs every request URL at INFO; URLs must never matter for secrets, but keep the noise out.
     for noisy in ("httpx", "httpcore", "aiokafka", "faust", "mode", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    scrub_http_client_logs()

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     backoff_cap_seconds: float = 60.0
     # How long the handler waits for the projection to catch up before retrying a command.
     freshness_timeout_seconds: float = 30.0
+    # How soon a dead handler's partitions move to another one (the broker's minimum is 6).
+    handler_session_timeout_seconds: float = 10.0
 
     @property
     def topics(self) -> Topics:

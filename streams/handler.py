@@ -70,6 +70,7 @@ class HandlerConfig:
     # Commands in progress at once across all posts; consumption pauses above it.
     max_in_flight: int = 500
     group_id: str = "smartretry-command-handler"
+    session_timeout_seconds: float = 10.0
 
 
 def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: random.Random) -> float:
@@ -137,7 +138,13 @@ class CommandHandler:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
-        self._consumer = consumer(self.bootstrap, self.config.group_id, **{"max.poll.interval.ms": 600000})
+        self._consumer = consumer(self.bootstrap, self.config.group_id, **{
+            # Commands may wait minutes on a rate limit; the poll loop itself never stalls that long.
+            "max.poll.interval.ms": 600000,
+            # A dead handler's partitions move to a live one after this long.
+            "session.timeout.ms": int(self.config.session_timeout_seconds * 1000),
+            "heartbeat.interval.ms": max(500, int(self.config.session_timeout_seconds * 1000) // 5),
+        })
         self._watermarks = consumer(self.bootstrap, self.config.group_id + "-watermarks")
         self._consumer.subscribe([self.topics.commands], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("Command handler consuming %s", self.topics.commands)

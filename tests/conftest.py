@@ -11,6 +11,8 @@ from streams.broker import kafka_broker
 from streams.topics import Topics, ensure_topics
 from tests.support.postgres import postgres_server
 
+pytest_plugins = ["tests.support.sandbox_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:

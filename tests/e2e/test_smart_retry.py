@@ -44,3 +44,116 @@ def test_case_1_only_facebook_is_retried_after_fixing_the_image_url(service: Ser
     assert _counts(service) == (1, 1)
     assert "Smart retry: Publishing only to Facebook (Instagram already succeeded)" in service.handler.output()
     assert "Facebook published successfully" in service.handler.output()
+
+
+def _results(state: object) -> dict[str, dict[str, object]]:
+    document = state.document.to_document()  # type: ignore[attr-defined]
+    return {r["platform"]: r for r in document["insights"]["publish_results"]}
+
+
+def test_case_2_only_instagram_is_retried_after_re_authentication(service: Service) -> None:
+    """The seed's example 2: Instagram failed on an expired token; re-authenticate, retry, Facebook kept."""
+    service.sandbox.fail_next("instagram", "media", code=190, subcode=463, http_status=400,
+                              message="Error validating access token: Session has expired")
+    first = service.publish(FIXED)
+    state = service.wait_command(first.post_id, first.command_id)
+    assert state.status == "failed"
+    assert state.needed_action.get("instagram", "").lower().startswith("re-authenticate")
+    assert state.document.error_message is not None and state.document.error_message.startswith("instagram: ")
+    facebook_post = _results(state)["facebook"]["postId"]
+
+    # Re-authenticate: a new token for the account; the old one stops working.
+    new_token = "sandbox-renewed-user-token-91d3"
+    service.sandbox.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, new_token)
+    service.stores.credentials.set_token("demo", new_token, DEMO_PAGE_ID, DEMO_IG_USER_ID)
+    retry = service.retry(first.post_id)
+    state = service.wait_command(first.post_id, retry.command_id)
+    assert state.status == "posted"
+    assert _results(state)["facebook"]["postId"] == facebook_post
+    assert _counts(service) == (1, 1)
+    assert "Smart retry: Publishing only to Instagram (Facebook already succeeded)" in service.handler.output()
+
+
+def test_case_3_both_failed_retries_both(service: Service) -> None:
+    service.sandbox.reject_spaces("instagram")
+    first = service.publish(BROKEN)
+    state = service.wait_command(first.post_id, first.command_id)
+    assert state.status == "failed"
+    assert {p: r["success"] for p, r in _results(state).items()} == {"facebook": False, "instagram": False}
+    assert state.document.error_message is not None
+    assert state.document.error_message.startswith("facebook: ") and "; instagram: " in state.document.error_message
+
+    retry = service.retry(first.post_id, content=FIXED)
+    state = service.wait_command(first.post_id, retry.command_id)
+    assert state.status == "posted"
+    assert state.commands[retry.command_id].platforms == ["facebook", "instagram"]
+    assert _counts(service) == (1, 1)
+
+
+def test_case_4_retry_of_a_posted_post_is_a_no_op_and_only_force_republishes(service: Service) -> None:
+    first = service.publish(FIXED)
+    state = service.wait_command(first.post_id, first.command_id)
+    assert state.status == "posted"
+    before = _results(state)
+
+    retry = service.retry(first.post_id)
+    state = service.wait_command(first.post_id, retry.command_id)
+    assert state.commands[retry.command_id].platforms == []
+    assert _results(state) == before
+    assert _counts(service) == (1, 1)
+    assert "Nothing to retry: Facebook and Instagram already succeeded" in service.handler.output()
+
+    forced = service.force(first.post_id, reason="testing")
+    state = service.wait_command(first.post_id, forced.command_id)
+    assert state.status == "posted"
+    assert state.commands[forced.command_id].forced is True
+    assert _counts(service) == (2, 2)
+    after = _results(state)
+    assert after["facebook"]["postId"] != before["facebook"]["postId"]
+    assert all(a.forced for a in state.attempts.values() if a.command_id == forced.command_id)
+
+
+def test_a_command_delivered_twenty_times_publishes_once(service: Service) -> None:
+    command = service.publish(FIXED)
+    for _ in range(19):
+        service.send(command, command.post_id)
+    service.wait_command(command.post_id, command.command_id)
+    # Let every redelivery be handled before counting.
+    later = service.publish(FIXED)
+    service.wait_command(later.post_id, later.command_id)
+    state = service.stores.projection.get(command.post_id)
+    assert state is not None and len(state.attempts) == 2
+    assert _counts(service) == (2, 2)
+
+
+def test_fifty_concurrent_retries_publish_facebook_exactly_once(service: Service) -> None:
+    first = service.publish(BROKEN)
+    service.wait_command(first.post_id, first.command_id)
+    assert _counts(service) == (0, 1)
+    retries = [service.retry(first.post_id, content=FIXED) for _ in range(50)]
+    state = service.wait_for(first.post_id, lambda s: all(r.command_id in s.commands for r in retries))
+    assert state.status == "posted"
+    assert _counts(service) == (1, 1)
+    publishing = [r for r in retries if state.commands[r.command_id].platforms]
+    assert len(publishing) == 1 and state.commands[publishing[0].command_id].platforms == ["facebook"]
+
+
+def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_duplicate(service: Service) -> None:
+    """Facebook creates the post, the connection drops, and the handler dies before recording the result."""
+    service.sandbox.drop_after("facebook", "photos")
+    # The handler's look-up after the drop hangs, so it is killed while the outcome is unknown.
+    service.sandbox.add_latency("facebook", 60, "published_posts")
+    command = service.publish(FIXED, target="facebook")
+    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (1, 0))
+    service.handler.kill()
+    state = service.stores.projection.get(command.post_id)
+    assert state is not None and state.status == "publishing"
+    assert all(a.success is None for a in state.attempts.values())
+
+    service.sandbox.add_latency("facebook", 0, "published_posts")
+    service.handler.start()
+    state = service.wait_for(command.post_id, lambda s: s.status == "posted")
+    assert _counts(service) == (1, 0)
+    (attempt,) = state.attempts.values()
+    assert attempt.recovered and attempt.success
+    assert "found on the platform; recorded, not republished" in service.handler.output()

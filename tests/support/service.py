@@ -86,6 +86,7 @@ class Service:
             "SMARTRETRY_BACKOFF_BASE_SECONDS": "0.05",
             "SMARTRETRY_BACKOFF_CAP_SECONDS": "0.5",
             "SMARTRETRY_SECRET_KEY": "test-secret-key",
+            "SMARTRETRY_HANDLER_SESSION_TIMEOUT_SECONDS": "6",
             "SMARTRETRY_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
