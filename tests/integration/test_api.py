@@ -58,8 +58,8 @@ def api_settings(bootstrap: str, topics: Topics, database_url: str, **overrides:
                     api_key=API_KEY, api_wait_seconds=0.3, **overrides)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def api(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[RunningApi]:
+@pytest.fixture(name="api")
+def api_fixture(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[RunningApi]:
     """The API on a free port, over a fresh SQLite store and this test's own topics."""
     settings = api_settings(kafka_bootstrap, topics, f"sqlite:///{tmp_path}/projection.db")
     stores = open_stores(settings)

@@ -1,1 +1,0 @@
-from tests.support.service import service, shared_sandbox  # noqa: F401 - fixtures

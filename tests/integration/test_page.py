@@ -1,0 +1,182 @@
+"""The post pages: what an operator sees, the key-protected session, and the retry button in real Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from smartretry.pages import retry_token
+from tests.integration.test_api import (
+    API_KEY,
+    FB_ERROR,
+    RunningApi,
+    api_fixture,  # noqa: F401 - the `api` fixture
+    assert_nothing_on_commands,
+    messages_on,
+    store_post,
+)
+from tests.integration.test_api_end_to_end import API_KEY as E2E_KEY
+from tests.integration.test_api_end_to_end import (
+    ServiceApi,
+    publish_with_a_space,
+    service_api_fixture,  # noqa: F401 - the `service_api` fixture
+)
+from tests.support.service import service, shared_sandbox  # noqa: F401 - fixtures it needs
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@contextlib.contextmanager
+def signed_in(api: RunningApi) -> Iterator[httpx.Client]:
+    """A browser-like client that signed in with the key in a link, as an operator would."""
+    with httpx.Client(base_url=api.url, timeout=10, follow_redirects=True) as browser:
+        assert browser.get("/ui/posts", params={"key": API_KEY}).status_code == 200
+        yield browser
+
+
+def test_pages_send_a_browser_without_the_key_to_sign_in(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    answer = api.anonymous.get("/ui/posts/post-1")
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/ui/login?next=%2Fui%2Fposts%2Fpost-1"
+    wrong = api.anonymous.post("/ui/login", content="key=nope&next=/ui/posts/post-1",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert wrong.status_code == 401
+    assert "That is not the API key" in wrong.text
+    right = api.anonymous.post("/ui/login", content=f"key={API_KEY}&next=/ui/posts/post-1",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert right.status_code == 303
+    assert right.headers["location"] == "/ui/posts/post-1"
+    cookie = right.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert API_KEY not in cookie
+
+
+def test_a_key_in_the_address_becomes_a_session_and_leaves_the_address(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    first = api.anonymous.get("/ui/posts/post-1", params={"key": API_KEY, "awaiting": "x"})
+    assert first.status_code == 303
+    assert first.headers["location"] == "/ui/posts/post-1?awaiting=x"
+    assert api.anonymous.get("/ui/posts", params={"key": "wrong"}).headers["location"].startswith("/ui/login")
+
+
+def test_login_never_redirects_off_the_site(api: RunningApi) -> None:
+    answer = api.anonymous.post("/ui/login", content=f"key={API_KEY}&next=//evil.example/x",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.headers["location"] == "/ui/posts"
+
+
+def test_a_failed_post_page_shows_what_the_seed_draws(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-1").text
+    assert "Status: ❌ Failed" in html
+    assert f"Error: facebook: {FB_ERROR}" in html
+    assert "Needed: fix the image URL" in html
+    assert "✅ Instagram: Published" in html
+    assert 'href="https://www.instagram.com/p/DRJ1nlKDgY9/"' in html
+    assert "📘 + 📷 Retry Publishing" in html
+    assert "Note: Will only retry Facebook" in html
+    assert "http-equiv=\"refresh\"" not in html
+
+
+def test_a_posted_post_page_shows_both_links_and_no_retry_button(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-1").text
+    assert "Status: ✅ Posted" in html
+    assert "Facebook Post:" in html
+    assert "https://www.facebook.com/747917475065823_122104567890123" in html
+    assert "Instagram Post:" in html
+    assert "Retry Publishing" not in html
+
+
+def test_the_list_page_filters_by_status(api: RunningApi) -> None:
+    store_post(api, "failed-1")
+    store_post(api, "posted-1", facebook_ok=True)
+    with signed_in(api) as browser:
+        failed = browser.get("/ui/posts", params={"status": "failed"}).text
+        everything = browser.get("/ui/posts").text
+        assert browser.get("/ui/posts/unknown-post").status_code == 404
+    assert "failed-1" in failed and "posted-1" not in failed
+    assert "failed-1" in everything and "posted-1" in everything
+
+
+def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    form = {"token": retry_token(api.settings, "post-1"), "image_url": "https://cdn.example.com/autumn-sale.jpg"}
+    with signed_in(api) as browser:
+        answer = browser.post("/ui/posts/post-1/retry", data=form, follow_redirects=False)
+        assert answer.status_code == 303
+        assert re.fullmatch(r"/ui/posts/post-1\?awaiting=[0-9A-Z]{26}", answer.headers["location"])
+        # No handler runs here: the command stays unsettled, so the page says so and keeps refreshing.
+        page = browser.get(answer.headers["location"]).text
+    [(key, _value)] = messages_on(api.bootstrap, api.topics.commands)
+    assert key == "post-1"
+    assert "Status: ⏳ Publishing" in page
+    assert 'http-equiv="refresh"' in page
+
+
+def test_a_retry_form_without_its_token_or_session_changes_nothing(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        assert browser.post("/ui/posts/post-1/retry", data={"token": "forged"}).status_code == 403
+    assert api.anonymous.post("/ui/posts/post-1/retry",
+                              data={"token": retry_token(api.settings, "post-1")}).status_code == 303
+    assert_nothing_on_commands(api)
+
+
+def test_a_bad_image_url_in_the_form_is_shown_on_the_page(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        answer = browser.post("/ui/posts/post-1/retry",
+                              data={"token": retry_token(api.settings, "post-1"), "image_url": "cdn/x.jpg"})
+    assert answer.status_code == 422
+    assert "must be an http(s) URL" in answer.text
+    assert_nothing_on_commands(api)
+
+
+@pytest.mark.browser
+def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(service_api: ServiceApi) -> None:
+    published = publish_with_a_space(service_api)
+    assert published.status_code == 200, published.text
+    post_id = published.json()["post"]["id"]
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page: Page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(f"{service_api.url}/ui/posts/{post_id}?key={E2E_KEY}")
+            expect(page.locator("#status")).to_have_text("Status: ❌ Failed")
+            expect(page.locator(".error")).to_contain_text("Missing or invalid image file")
+            expect(page.locator(".published[data-platform=instagram]")).to_contain_text("✅ Instagram: Published")
+            expect(page.locator("#note")).to_have_text("Note: Will only retry Facebook")
+            assert "key=" not in page.url
+            page.screenshot(path=str(ARTIFACTS / "post-detail-failed.png"), full_page=True)
+
+            page.fill("#image_url", "https://cdn.example.com/autumn-sale.jpg")
+            page.click("#retry")
+            expect(page.locator("#status")).to_have_text("Status: ✅ Posted", timeout=30_000)
+            expect(page.locator(".published[data-platform=facebook] a")).to_have_attribute(
+                "href", re.compile(r"^https://www\.facebook\.com/\d+_\d+$"))
+            expect(page.locator(".published[data-platform=instagram] a")).to_have_attribute(
+                "href", re.compile(r"^https://www\.instagram\.com/p/"))
+            expect(page.locator("#retried")).to_have_text("🔄 Retried: Facebook (1 retry)")
+            expect(page.locator("#retry")).to_have_count(0)
+            page.screenshot(path=str(ARTIFACTS / "post-detail-posted.png"), full_page=True)
+        finally:
+            browser.close()
+    counters = service_api.service.sandbox.counters()
+    assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
