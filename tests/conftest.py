@@ -11,7 +11,7 @@ from streams.broker import kafka_broker
 from streams.topics import Topics, ensure_topics
 from tests.support.postgres import postgres_server
 
-pytest_plugins = ["tests.support.sandbox_fixtures"]
+pytest_plugins = ["tests.support.sandbox_fixtures", "tests.support.service"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from schemas.common import ErrorKind, Platform
 from tests.support.sandbox import FAST_POLLING, GRAPH_VERSION
 
 # The sandbox fixtures; tests/conftest.py may register them for every module instead.
-pytest_plugins = ["tests.support.sandbox_fixtures"]
 pytestmark = pytest.mark.usefixtures("tokens_kept_out_of_logs")
 
 PHOTO = PostContent(caption="Autumn menu is here #food", image_url="https://cdn.example.com/autumn-menu.jpg")

@@ -19,7 +19,6 @@ from publishers.sandbox import (
     SandboxControl,
 )
 
-pytest_plugins = ["tests.support.sandbox_fixtures"]
 pytestmark = pytest.mark.usefixtures("tokens_kept_out_of_logs")
 
 
