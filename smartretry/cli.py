@@ -56,15 +56,64 @@ def broker(measure: bool = typer.Option(False, help="Start the local JVM broker,
 
 @app.command()
 def run() -> None:
-    """Run the service: broker unless configured, topics, and the processes of the service."""
+    """Run the service: broker unless configured, topics, sandbox unless Meta is configured, processor, handler, API."""
+    import os
+    import subprocess
+    import sys
+
+    from smartretry.api import start_api
+    from smartretry.bootstrap import open_stores
+    from streams.broker import _die_with_parent
+    from streams.kafka import producer
+
     settings = Settings()
-    with broker_for(settings) as bootstrap:
+    with broker_for(settings) as bootstrap, contextlib.ExitStack() as stack:
         created = ensure_topics(bootstrap, settings.topics.specs())
         names = ", ".join(spec.name for spec in settings.topics.specs())
         typer.echo(f"Kafka: {bootstrap}  topics: {names}" + (f"  (created {len(created)})" if created else ""))
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+        if settings.database_url.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(settings.database_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+        stores = open_stores(settings)
+        if not settings.graph_api_base_url:
+            from publishers.sandbox import (
+                DEMO_ACCOUNT_ID,
+                DEMO_IG_USER_ID,
+                DEMO_PAGE_ID,
+                DEMO_USER_TOKEN,
+                run_sandbox,
+            )
+
+            sandbox = stack.enter_context(run_sandbox(port=settings.sandbox_port, container_delay_s=1.0))
+            settings = settings.model_copy(update={"graph_api_base_url": sandbox.base_url})
+            env["SMARTRETRY_GRAPH_API_BASE_URL"] = sandbox.base_url
+            stores.credentials.set_token(DEMO_ACCOUNT_ID, DEMO_USER_TOKEN, DEMO_PAGE_ID, DEMO_IG_USER_ID)
+            typer.echo(f"No Meta credentials configured: using the sandbox Graph API at {sandbox.base_url} "
+                       f"(account `{DEMO_ACCOUNT_ID}` is set up)")
+        else:
+            typer.echo(f"Graph API: {settings.graph_api_base_url} ({settings.graph_api_version})")
+        processes = []
+        for name, argv in (("projector", [sys.executable, "-m", "streams.projector"]),
+                           ("handler", [sys.executable, "-m", "smartretry.cli", "handler"])):
+            # Each process dies with this one, even when this one is killed: nothing is left behind.
+            processes.append((name, subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)))
+        api = start_api(settings, stores, producer(bootstrap))
+        stack.callback(api.stop)
+        typer.echo(f"API: {api.url}  (API key from SMARTRETRY_API_KEY)")
+        typer.echo(f"Posts: {api.url}/ui/posts")
         typer.echo("Running. Ctrl-C stops everything.")
-        wait_for_interrupt()
-        typer.echo("Stopping ...")
+        try:
+            wait_for_interrupt()
+        finally:
+            typer.echo("Stopping ...")
+            for _name, process in processes:
+                process.terminate()
+            for _name, process in processes:
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            stores.engine.dispose()
 
 
 @app.command()
