@@ -440,8 +440,17 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
 
     @app.get("/posts/{post_id}", dependencies=authorized, tags=["posts"],
              summary="A post's insights document, needed actions, retry preview and history")
-    async def read_post(post_id: PostId) -> dict[str, Any]:
-        return post_detail(await front.state_of(post_id))
+    async def read_post(post_id: PostId, command_id: Annotated[str | None, Query(
+            pattern=ID_PATTERN.pattern, description="Also say whether this command has all its results")] = None,
+                        ) -> dict[str, Any]:
+        state = await front.state_of(post_id)
+        detail = post_detail(state)
+        if command_id is not None:
+            settled = command_settled(state, command_id, settings.max_automatic_attempts)
+            detail["command"] = {"command_id": command_id, "settled": settled,
+                                 "response": publish_response(state, command_id).to_document()
+                                 if command_id in state.commands else None}
+        return detail
 
     @app.get("/posts", dependencies=authorized, tags=["posts"], summary="Posts, newest first")
     async def list_posts(status: PostStatus | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -1,0 +1,482 @@
+"""Operator commands: publish, retry, force, show, dead letters, account tokens, and the seed's demo.
+
+Commands about posts and accounts go through the HTTP API (so they are validated and authorized like
+any other client); the dead-letter commands read and write Kafka directly, since the dead letters are
+only there. The API's address is `--api-url` (or SMARTRETRY_API_URL), else the configured host and port;
+its key is SMARTRETRY_API_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import typer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from schemas.common import PLATFORM_LABELS
+from schemas.deadletters import DeadLetter
+from smartretry.settings import Settings
+from streams.kafka import deliver, producer
+
+ops = typer.Typer(no_args_is_help=True)
+dlq = typer.Typer(help="Dead letters: what a consumer could not use, why, and the original bytes.",
+                  no_args_is_help=True)
+accounts = typer.Typer(help="Account credentials (re-authentication); tokens are never shown.", no_args_is_help=True)
+ops.add_typer(dlq, name="dlq")
+ops.add_typer(accounts, name="accounts")
+
+console = Console()
+errors = Console(stderr=True)
+
+# Seconds a command-line client waits for results after the API answered 202.
+POLL_SECONDS = 0.25
+DEFAULT_WAIT_SECONDS = 120.0
+
+ApiUrl = typer.Option(None, "--api-url", envvar="SMARTRETRY_API_URL", help="The API's base URL.")
+AsJson = typer.Option(False, "--json", help="Print the API's JSON answer.")
+Wait = typer.Option(DEFAULT_WAIT_SECONDS, "--wait", help="Seconds to wait for the platforms' results.")
+
+
+# --------------------------------------------------------------------------------------------- the API client
+
+
+class ApiError(Exception):
+    pass
+
+
+class Api:
+    """A small client of the service's API that turns its errors into one line for the operator."""
+
+    def __init__(self, base_url: str | None, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.base_url = (base_url or f"http://{self.settings.api_host}:{self.settings.api_port}").rstrip("/")
+        self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(self.settings.api_wait_seconds + 30),
+                                   headers={"X-API-Key": self.settings.api_key.get_secret_value()})
+
+    def close(self) -> None:
+        self.client.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(f"no API at {self.base_url} ({type(exc).__name__}): start the service with "
+                           "`smartretry run` (or `make run`), or point --api-url at it") from None
+        if response.status_code >= 400:
+            raise ApiError(f"{response.status_code}: {_problem(response)}")
+        return response
+
+    def wait_for(self, post_id: str, command_id: str, timeout: float) -> dict[str, Any] | None:
+        """The post's detail once the command has all its results, or as it stands (None: not seen yet)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.client.get(f"/posts/{post_id}", params={"command_id": command_id})
+            detail: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
+            if answer.status_code not in (200, 404):
+                self.call("GET", f"/posts/{post_id}")  # raises with the API's reason
+            if (detail is not None and detail["command"]["settled"]) or time.monotonic() > deadline:
+                return detail
+            time.sleep(POLL_SECONDS)
+
+    def page_url(self, post_id: str) -> str:
+        return f"{self.base_url}/ui/posts/{post_id}"
+
+
+def _problem(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text[:500]
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}".lstrip(": ")
+                         for d in detail if isinstance(d, dict))
+    return str(detail)
+
+
+@contextmanager
+def api_client(api_url: str | None) -> Iterator[Api]:
+    api = Api(api_url)
+    try:
+        yield api
+    except ApiError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        api.close()
+
+
+def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the seed's response, the post's detail), waiting up to `wait` seconds if the API answered 202."""
+    response: dict[str, Any] = answer.json()
+    post_id, command_id = response["post"]["id"], response.get("command_id")
+    if answer.status_code == 202 and command_id:
+        with console.status(f"{what}: waiting for the platforms' results ..."):
+            detail = api.wait_for(post_id, command_id, wait)
+        if detail is not None and detail["command"]["settled"]:
+            response = detail["command"]["response"] or response
+        return response, detail
+    return response, api.call("GET", f"/posts/{post_id}").json()
+
+
+def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, as_json: bool) -> None:
+    if as_json:
+        _print_json(response)
+    elif detail is None:
+        console.print(f"Post {response['post']['id']}: accepted, no results yet. "
+                      f"See `smartretry show {response['post']['id']}`.", highlight=False)
+    else:
+        print_post(detail, api.page_url(detail["id"]))
+    if response.get("pending") and not (detail and detail.get("command", {}).get("settled")):
+        console.print("Still publishing: results are not all in yet.", highlight=False)
+
+
+def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
+    """The post as the seed's detail view says it: status, errors, links, needed actions, retries."""
+    status = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}[detail["status"]]
+    console.print(f"Post {detail['id']}  Status: {status}", highlight=False)
+    results = {r["platform"]: r for r in detail["insights"].get("publish_results", [])}
+    for platform, result in results.items():
+        label = PLATFORM_LABELS[platform]
+        if result["success"]:
+            link = detail.get("links", {}).get(platform) or result.get("postId", "")
+            console.print(f"  ✅ {label}: Published  {link}", highlight=False)
+        else:
+            console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
+    for platform, action in detail.get("needed_action", {}).items():
+        console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {action}", highlight=False)
+    if detail.get("retry_preview"):
+        console.print(f"  {detail['retry_preview']}", highlight=False)
+    if detail.get("retried"):
+        console.print(f"  {detail['retried']}", highlight=False)
+    if page_url:
+        console.print(f"  Page: {page_url}", highlight=False)
+
+
+def _content(caption: str | None, image_url: str | None, link: str | None) -> dict[str, str]:
+    return {k: v for k, v in (("caption", caption), ("image_url", image_url), ("link", link)) if v is not None}
+
+
+def _print_json(document: Any) -> None:
+    console.print_json(json.dumps(document, ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------------------------- posts
+
+
+@ops.command()
+def publish(
+    caption: str = typer.Argument(..., help="The post's text."),
+    image_url: str | None = typer.Option(None, help="Image to publish (Instagram needs one)."),
+    link: str | None = typer.Option(None, help="A link for the Facebook post."),
+    target: str = typer.Option("both", help="facebook, instagram or both."),
+    account: str = typer.Option("demo", help="The account whose credentials publish it."),
+    post_id: str | None = typer.Option(None, help="Name the post (default: the service names it)."),
+    as_json: bool = AsJson,
+    wait: float = Wait,
+    api_url: str | None = ApiUrl,
+) -> None:
+    """Publish a post and show each platform's result."""
+    body: dict[str, Any] = {"content": {"caption": caption, **_content(None, image_url, link)},
+                            "publish_target": target, "account": account}
+    if post_id:
+        body["post_id"] = post_id
+    with api_client(api_url) as api:
+        with console.status("Publishing ..."):
+            answer = api.call("POST", "/posts", json=body)
+        response, detail = _settled(api, answer, "Publishing", wait)
+        _report(api, response, detail, as_json)
+
+
+@ops.command()
+def retry(
+    post_id: str = typer.Argument(..., help="The post to retry."),
+    image_url: str | None = typer.Option(None, help="Corrected image URL."),
+    caption: str | None = typer.Option(None, help="Corrected caption."),
+    link: str | None = typer.Option(None, help="Corrected link."),
+    as_json: bool = AsJson,
+    wait: float = Wait,
+    api_url: str | None = ApiUrl,
+) -> None:
+    """Retry a post: only the platforms that failed are published again."""
+    correction = _content(caption, image_url, link)
+    with api_client(api_url) as api:
+        with console.status("Retrying ..."):
+            answer = api.call("POST", f"/posts/{post_id}/retry", json={"content": correction} if correction else None)
+        response, detail = _settled(api, answer, "Retrying", wait)
+        _report(api, response, detail, as_json)
+
+
+@ops.command()
+def force(
+    post_id: str = typer.Argument(..., help="The post to publish again."),
+    reason: str = typer.Option(..., help="Why (recorded with the republish)."),
+    as_json: bool = AsJson,
+    wait: float = Wait,
+    api_url: str | None = ApiUrl,
+) -> None:
+    """Publish a post again on every platform, even those where it succeeded (seed case 4)."""
+    with api_client(api_url) as api:
+        with console.status("Republishing ..."):
+            answer = api.call("POST", f"/posts/{post_id}/republish", json={"reason": reason})
+        response, detail = _settled(api, answer, "Republishing", wait)
+        _report(api, response, detail, as_json)
+
+
+@ops.command()
+def show(
+    post_id: str = typer.Argument(..., help="The post to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print the insights document and details as JSON."),
+    api_url: str | None = ApiUrl,
+) -> None:
+    """Show a post: status, each platform's result and link, what to do, and its retry history."""
+    with api_client(api_url) as api:
+        detail = api.call("GET", f"/posts/{post_id}").json()
+        if as_json:
+            _print_json(detail)
+            return
+        print_post(detail, api.page_url(post_id))
+        for entry in detail.get("history", []):
+            console.print(f"  {entry['decided_at']}  {entry['command_type']}: {entry['note']}", highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- accounts
+
+
+@accounts.command("set-token")
+def set_token(
+    account: str = typer.Argument(..., help="The account reference posts name."),
+    page_id: str | None = typer.Option(None, help="The Facebook Page the account publishes to."),
+    ig_user_id: str | None = typer.Option(None, help="The Instagram user the account publishes to."),
+    token_stdin: bool = typer.Option(False, "--token-stdin", help="Read the token from standard input."),
+    api_url: str | None = ApiUrl,
+) -> None:
+    """Re-authenticate an account: store a new user token (asked for, never taken as an argument)."""
+    # Never an argument: it would stay in shell history and show in the process list.
+    token = sys.stdin.readline().strip() if token_stdin else typer.prompt("Token", hide_input=True)
+    body = {"token": token, "page_id": page_id, "ig_user_id": ig_user_id}
+    with api_client(api_url) as api:
+        answer = api.call("PUT", f"/accounts/{account}/token", json={k: v for k, v in body.items() if v})
+        saved = answer.json()
+    console.print(f"Token of account {saved['account']} saved (page {saved.get('page_id') or '-'}, "
+                  f"Instagram user {saved.get('ig_user_id') or '-'}).", highlight=False)
+
+
+@accounts.command("list")
+def list_accounts(api_url: str | None = ApiUrl) -> None:
+    """The accounts that have a token (never the token itself)."""
+    with api_client(api_url) as api:
+        listed = api.call("GET", "/accounts").json()["accounts"]
+    table = Table("account", "page", "Instagram user", "updated")
+    for row in listed:
+        table.add_row(row["account"], row.get("page_id") or "", row.get("ig_user_id") or "", row["updated_at"])
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------- dead letters
+
+
+def _bootstrap(settings: Settings) -> str:
+    if not settings.kafka_bootstrap_servers:
+        errors.print("[red]error:[/red] set KAFKA_BOOTSTRAP_SERVERS to the service's broker")
+        raise typer.Exit(2)
+    return settings.kafka_bootstrap_servers
+
+
+def read_dead_letters(bootstrap: str, topic: str) -> list[tuple[int, DeadLetter | None, bytes]]:
+    """(offset, dead letter or None if unreadable, raw value) for every message on the dead-letter topic."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"smartretry-dlq-{uuid.uuid4().hex}",
+                       "enable.auto.commit": False})
+    try:
+        metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return []
+        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in metadata.partitions}
+        wanted = {p for p, (low, high) in ends.items() if high > low}
+        if not wanted:
+            return []
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in wanted])
+        found: list[tuple[int, DeadLetter | None, bytes]] = []
+        finished: set[int] = set()
+        while finished != wanted:
+            message = reader.poll(10)
+            if message is None:
+                break
+            if message.error():
+                continue
+            raw = message.value() or b""
+            try:
+                letter: DeadLetter | None = DeadLetter.model_validate_json(raw)
+            except ValidationError:
+                letter = None
+            found.append((message.offset(), letter, raw))
+            if message.offset() >= ends[message.partition()][1] - 1:
+                finished.add(message.partition())
+        return sorted(found, key=lambda item: item[0])
+    finally:
+        reader.close()
+
+
+def _dead_letter_at(settings: Settings, offset: int) -> DeadLetter:
+    for at, letter, _raw in read_dead_letters(_bootstrap(settings), settings.topics.dead_letters):
+        if at == offset:
+            if letter is None:
+                errors.print(f"[red]error:[/red] the message at offset {offset} is not a dead letter")
+                raise typer.Exit(1)
+            return letter
+    errors.print(f"[red]error:[/red] no dead letter at offset {offset} of {settings.topics.dead_letters}")
+    raise typer.Exit(1)
+
+
+@dlq.command("list")
+def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -> None:
+    """List the dead letters, newest last: where each came from and why it was set aside."""
+    settings = Settings()
+    with console.status("Reading dead letters ..."):
+        letters = read_dead_letters(_bootstrap(settings), settings.topics.dead_letters)
+    if not letters:
+        console.print(f"No dead letters on {settings.topics.dead_letters}.")
+        return
+    table = Table("offset", "when", "from", "consumer", "key", "reason")
+    for offset, letter, _raw in letters[-limit:]:
+        if letter is None:
+            table.add_row(str(offset), "", "", "", "", "(not a dead letter)")
+            continue
+        source = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
+        table.add_row(str(offset), letter.occurred_at.isoformat(timespec="seconds"), source, letter.consumer,
+                      letter.key or "", letter.reason)
+    console.print(table)
+    console.print(f"{len(letters)} dead letter(s) on {settings.topics.dead_letters}.")
+
+
+@dlq.command("show")
+def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (from `dlq list`).")) -> None:
+    """Show one dead letter with its original message."""
+    letter = _dead_letter_at(Settings(), offset)
+    _print_json(letter.model_dump(mode="json", exclude={"value_b64"}))
+    original = letter.original_value()
+    console.print("original message:")
+    console.print(original.decode("utf-8", "replace") if original is not None else "(no value)", highlight=False,
+                  markup=False)
+
+
+@dlq.command("requeue")
+def dlq_requeue(
+    offset: int = typer.Argument(..., help="The dead letter's offset (from `dlq list`)."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Put a dead letter's original message back on the topic it came from (after fixing its cause)."""
+    settings = Settings()
+    letter = _dead_letter_at(settings, offset)
+    original = letter.original_value()
+    ours = {settings.topics.commands, settings.topics.post_events}
+    if original is None:
+        errors.print("[red]error:[/red] this dead letter kept no message to requeue")
+        raise typer.Exit(1)
+    if letter.source_topic not in ours:
+        errors.print(f"[red]error:[/red] {letter.source_topic} is not one of this service's input topics")
+        raise typer.Exit(1)
+    if not yes:
+        typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {letter.key!r})?", abort=True)
+    deliver(producer(_bootstrap(settings)), letter.source_topic, letter.key or "", original)
+    console.print(f"Requeued dead letter {offset} onto {letter.source_topic}.", highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- the demo
+
+DEMO_CAPTION = "Autumn sale starts today"
+DEMO_BROKEN_URL = "https://cdn.example.com/autumn sale.jpg"
+DEMO_FIXED_URL = "https://cdn.example.com/autumn-sale.jpg"
+
+
+def _demo_settled(api: Api, answer: httpx.Response, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    response, detail = _settled(api, answer, what, DEFAULT_WAIT_SECONDS)
+    if detail is None or response.get("pending"):
+        errors.print(f"[red]error:[/red] no results after {DEFAULT_WAIT_SECONDS:.0f}s: are the handler and "
+                     "processor running (`smartretry run`)?")
+        raise typer.Exit(1)
+    return response, detail
+
+
+def _log_lines(detail: dict[str, Any], command_id: str) -> list[str]:
+    """The seed's console lines for one command, from what the service recorded about it."""
+    lines = []
+    entry = next((h for h in detail["history"] if h["command_id"] == command_id), None)
+    if entry is not None:
+        lines.append(entry["note"])
+        results = {r["platform"]: r for r in detail["insights"]["publish_results"]}
+        for platform in entry["platforms"]:
+            result = results.get(platform)
+            label = PLATFORM_LABELS[platform]
+            if result is not None and result["success"]:
+                lines.append(f"✅ {label} published successfully")
+            elif result is not None:
+                lines.append(f"❌ {label} failed: {result.get('error')}")
+    mark = "✅" if detail["status"] == "posted" else "❌" if detail["status"] == "failed" else "⏳"
+    lines.append(f"{mark} Post status updated to: {detail['status']}")
+    return lines
+
+
+@ops.command()
+def demo(
+    api_url: str | None = ApiUrl,
+    sandbox_url: str | None = typer.Option(
+        None, envvar="SMARTRETRY_SANDBOX_URL",
+        help="The sandbox Graph API's address, to make sure it refuses image URLs with spaces on Facebook."),
+) -> None:
+    """The seed's scenario on the sandbox, against a running service (`smartretry run`).
+
+    Facebook fails on an image URL with a space while Instagram publishes; the URL is fixed and the
+    retry publishes only Facebook.
+    """
+    from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN, SandboxControl
+
+    with api_client(api_url) as api:
+        api.call("GET", "/healthz")
+        if sandbox_url:
+            control = SandboxControl(sandbox_url)
+            try:
+                control.reject_spaces("facebook", True)
+                control.reject_spaces("instagram", False)
+            finally:
+                control.close()
+        api.call("PUT", f"/accounts/{DEMO_ACCOUNT_ID}/token",
+                 json={"token": DEMO_USER_TOKEN, "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID})
+        console.rule("First attempt: an image URL with a space in it")
+        body = {"content": {"caption": DEMO_CAPTION, "image_url": DEMO_BROKEN_URL}, "publish_target": "both",
+                "account": DEMO_ACCOUNT_ID}
+        with console.status("Publishing to both Facebook and Instagram ..."):
+            answer = api.call("POST", "/posts", json=body)
+        response, detail = _demo_settled(api, answer, "Publishing")
+        post_id = response["post"]["id"]
+        for line in _log_lines(detail, response["command_id"]):
+            console.print(line, highlight=False)
+        console.print("Insights after the failed attempt:")
+        _print_json({key: detail[key] for key in ("insights", "status", "error_message") if key in detail})
+        console.print(f"Post detail page: {api.page_url(post_id)}", highlight=False)
+
+        console.rule("Fix the image URL and retry")
+        console.print(f"Image URL: {DEMO_BROKEN_URL!r} -> {DEMO_FIXED_URL!r}", highlight=False)
+        with console.status("Retrying ..."):
+            answer = api.call("POST", f"/posts/{post_id}/retry", json={"content": {"image_url": DEMO_FIXED_URL}})
+        response, detail = _demo_settled(api, answer, "Retrying")
+        for line in _log_lines(detail, response["command_id"]):
+            console.print(line, highlight=False)
+        console.print("API response:")
+        _print_json(response)
+        console.print("Insights after the successful retry:")
+        _print_json({key: detail[key] for key in ("insights", "status", "error_message", "post_url") if key in detail})
+        if detail.get("retried"):
+            console.print(detail["retried"], highlight=False)
+        console.print(f"Post detail page: {api.page_url(post_id)}", highlight=False)
+        if detail["status"] != "posted":
+            raise typer.Exit(1)

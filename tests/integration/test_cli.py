@@ -1,0 +1,168 @@
+"""The operator's command line against a running API and a real broker."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from typer.testing import CliRunner
+
+from schemas.commands import RetryRequested
+from schemas.envelope import decode_command, encode
+from smartretry.cli import app
+from streams.dlq import make_dead_letter
+from streams.kafka import deliver
+from tests.integration.test_api import (
+    API_KEY,
+    FB_ERROR,
+    RunningApi,
+    api_fixture,  # noqa: F401 - the `api` fixture
+    messages_on,
+    store_post,
+)
+from tests.integration.test_api_end_to_end import API_KEY as E2E_KEY
+from tests.integration.test_api_end_to_end import (
+    ServiceApi,
+    service_api_fixture,  # noqa: F401 - the `service_api` fixture
+)
+from tests.support.service import service, shared_sandbox  # noqa: F401 - fixtures it needs
+
+pytestmark = pytest.mark.integration
+
+
+def run(api: RunningApi, *args: str, stdin: str | None = None) -> tuple[int, str]:
+    env = {"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": API_KEY, "KAFKA_BOOTSTRAP_SERVERS": api.bootstrap,
+           "SMARTRETRY_TOPIC_PREFIX": api.topics.prefix, "COLUMNS": "200"}
+    result = CliRunner().invoke(app, list(args), env=env, input=stdin)
+    return result.exit_code, result.output
+
+
+def test_show_prints_the_post_as_the_seeds_detail_view(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    code, output = run(api, "show", "post-1")
+    assert code == 0, output
+    assert "Status: ❌ Failed" in output
+    assert f"❌ Facebook: {FB_ERROR}" in output
+    assert "✅ Instagram: Published  https://www.instagram.com/p/DRJ1nlKDgY9/" in output
+    assert "Needed for Facebook: fix the image URL" in output
+    assert "Note: Will only retry Facebook" in output
+    assert "Publishing to both Facebook and Instagram..." in output
+    assert f"{api.url}/ui/posts/post-1" in output
+    code, output = run(api, "show", "post-1", "--json")
+    assert json.loads(output)["status"] == "failed"
+
+
+def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:
+    code, output = run(api, "show", "nope")
+    assert code == 1
+    assert "404: post nope not found" in output
+
+
+def test_publish_puts_the_command_on_kafka_and_says_when_results_are_not_in(api: RunningApi) -> None:
+    api.stores.credentials.set_token("acme", "acme-user-token-0001", "1", "2")
+    code, output = run(api, "publish", "Autumn sale starts today", "--image-url", "https://cdn.example.com/a.jpg",
+                       "--account", "acme", "--post-id", "cli-1", "--wait", "0.3")
+    assert code == 0, output
+    assert "Still publishing" in output
+    [(key, _value)] = messages_on(api.bootstrap, api.topics.commands)
+    assert key == "cli-1"
+
+
+def test_a_bad_publish_shows_the_apis_reason_and_sends_nothing(api: RunningApi) -> None:
+    api.stores.credentials.set_token("acme", "acme-user-token-0001", "1", "2")
+    code, output = run(api, "publish", "no image", "--account", "acme")
+    assert code == 1
+    assert "422: content: Instagram needs content.image_url" in output
+    assert messages_on(api.bootstrap, api.topics.commands) == []
+
+
+def test_retry_with_a_fixed_image_url(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    code, output = run(api, "retry", "post-1", "--image-url", "https://cdn.example.com/autumn-sale.jpg",
+                       "--wait", "0.3")
+    assert code == 0, output
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, RetryRequested)
+    assert command.content is not None and command.content.image_url == "https://cdn.example.com/autumn-sale.jpg"
+
+
+def test_retry_with_nothing_to_retry_and_force(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    code, output = run(api, "retry", "post-1")
+    assert code == 1
+    assert "409: Nothing to retry: Facebook and Instagram already succeeded" in output
+    code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3")
+    assert code == 0, output
+    assert len(messages_on(api.bootstrap, api.topics.commands)) == 1
+
+
+def test_accounts_set_token_never_prints_it(api: RunningApi) -> None:
+    token = "cli-secret-token-31415"
+    code, output = run(api, "accounts", "set-token", "acme", "--page-id", "747917475065823", "--token-stdin",
+                       stdin=token + "\n")
+    assert code == 0, output
+    assert "Token of account acme saved (page 747917475065823" in output
+    assert token not in output
+    assert api.stores.credentials.get("acme").user_token.get_secret_value() == token
+    code, output = run(api, "accounts", "list")
+    assert code == 0
+    assert "acme" in output and "747917475065823" in output and token not in output
+
+
+def test_the_cli_says_how_to_start_the_service_when_the_api_is_not_there(api: RunningApi) -> None:
+    result = CliRunner().invoke(app, ["show", "post-1", "--api-url", "http://127.0.0.1:9"],
+                                env={"SMARTRETRY_API_KEY": API_KEY, "COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "no API at http://127.0.0.1:9" in result.output
+    assert "smartretry run" in result.output
+
+
+def test_dead_letters_are_listed_shown_and_requeued_onto_their_topic(api: RunningApi) -> None:
+    original = encode(RetryRequested(command_id="c-9", post_id="post-9", requested_at=datetime.now(UTC)))
+    letter = make_dead_letter(reason="the projection was unavailable", consumer="command-handler",
+                              source_topic=api.topics.commands, partition=3, offset=17, key=b"post-9",
+                              value=original)
+    deliver(api.producer, api.topics.dead_letters, "post-9", encode(letter))
+    deliver(api.producer, api.topics.dead_letters, "junk", b"not a dead letter")
+
+    code, output = run(api, "dlq", "list")
+    assert code == 0, output
+    assert "the projection was unavailable" in output
+    assert f"{api.topics.commands}[3]@17" in output
+    assert "(not a dead letter)" in output
+
+    code, output = run(api, "dlq", "show", "0")
+    assert code == 0, output
+    assert '"reason": "the projection was unavailable"' in output
+    assert original.decode() in output.replace("\n", "")
+
+    assert run(api, "dlq", "requeue", "1", "--yes")[0] == 1  # the junk one kept nothing to requeue
+    code, output = run(api, "dlq", "requeue", "0", "--yes")
+    assert code == 0, output
+    assert messages_on(api.bootstrap, api.topics.commands) == [("post-9", original)]
+
+
+def test_demo_shows_the_seeds_scenario(service_api: ServiceApi) -> None:
+    result = CliRunner().invoke(app, ["demo"], env={
+        "SMARTRETRY_API_URL": service_api.url, "SMARTRETRY_API_KEY": E2E_KEY,
+        "SMARTRETRY_SANDBOX_URL": service_api.service.sandbox.base_url, "COLUMNS": "200"})
+    output = result.output
+    assert result.exit_code == 0, output
+    lines = [line.strip() for line in output.splitlines()]
+    expected = [
+        "Publishing to both Facebook and Instagram...",
+        "✅ Instagram published successfully",
+        "❌ Post status updated to: failed",
+        "🔄 Smart retry: Publishing only to Facebook (Instagram already succeeded)",
+        "✅ Facebook published successfully",
+        "✅ Post status updated to: posted",
+        "🔄 Retried: Facebook (1 retry)",
+    ]
+    positions = [lines.index(line) for line in expected]
+    assert positions == sorted(positions)
+    assert f"❌ Facebook failed: {FB_ERROR}" in lines
+    assert '"retried_platform": "facebook"' in output
+    assert '"status": "posted"' in output
+
