@@ -176,5 +176,10 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
         raise typer.Exit(1)
 
 
+# Operator commands (publish, retry, force, show, dlq, accounts, demo), merged into this app.
+from smartretry.cli_ops import ops  # noqa: E402
+
+app.add_typer(ops)
+
 if __name__ == "__main__":
     app()
