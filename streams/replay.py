@@ -102,11 +102,12 @@ def _read_and_fold(bootstrap: str, topics: Topics, targets: dict[int, int], stor
                     if error.code() != KafkaError._PARTITION_EOF:
                         raise ReplayError(f"reading {topic}: {error}")
                     continue
-                if partition not in remaining or message.offset() > targets[partition]:
+                offset = message.offset() or 0
+                if partition not in remaining or offset > targets[partition]:
                     continue
                 batch = pending[partition]
-                batch.append((message.offset(), message.key(), message.value()))
-                if message.offset() >= targets[partition]:
+                batch.append((offset, message.key(), message.value()))
+                if offset >= targets[partition]:
                     remaining.discard(partition)
                 if len(batch) >= BATCH or partition not in remaining:
                     projector.project(partition, batch)
