@@ -318,9 +318,10 @@ def read_dead_letters(bootstrap: str, topic: str) -> list[tuple[int, DeadLetter 
                 letter: DeadLetter | None = DeadLetter.model_validate_json(raw)
             except ValidationError:
                 letter = None
-            found.append((message.offset(), letter, raw))
-            if message.offset() >= ends[message.partition()][1] - 1:
-                finished.add(message.partition())
+            offset, partition = message.offset() or 0, message.partition() or 0
+            found.append((offset, letter, raw))
+            if offset >= ends[partition][1] - 1:
+                finished.add(partition)
         return sorted(found, key=lambda item: item[0])
     finally:
         reader.close()

@@ -123,7 +123,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         key = (form.get("key") or [""])[0]
-        target = _safe_next((form.get("next") or [None])[0])
+        target = _safe_next((form.get("next") or [""])[0])
         if not api_key_matches(settings, key):
             return templates.TemplateResponse(request, "login.html", {"next": target, "wrong": True},
                                               status_code=401)
@@ -152,7 +152,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
-        waiting = bool(awaiting and ID_PATTERN.match(awaiting)) and not await front.is_settled(post_id, awaiting)
+        waiting = awaiting is not None and bool(ID_PATTERN.match(awaiting)) \
+            and not await front.is_settled(post_id, awaiting)
         status = "publishing" if waiting else state.status
         targeted: tuple[Platform, ...] = state.targeted
         return templates.TemplateResponse(request, "post_detail.html", {

@@ -7,6 +7,7 @@ The answers with results (200) are in test_api_end_to_end.py, against the whole 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from schemas.commands import ForceRepublishRequested, PostContent, PublishReques
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
-from smartretry.api import ApiServer, create_app, serve_in_thread
+from smartretry.api import ApiServer, create_app, serve, serve_in_thread
 from smartretry.bootstrap import Stores, open_stores
 from smartretry.settings import Settings
 from streams.broker import free_port
@@ -442,3 +443,30 @@ def test_a_token_never_appears_in_what_the_api_logs(api: RunningApi, caplog: pyt
         api.client.put("/accounts/acme/token", json={"token": token})
         api.client.put("/accounts/acme/token", json={"token": token, "page_id": "x"})
     assert token not in caplog.text
+
+
+async def test_serve_runs_the_api_on_the_callers_loop_until_stopped(
+        kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    """What `smartretry run` uses: the API on its own event loop, stopped by its stop event."""
+    port = free_port()
+    settings = api_settings(kafka_bootstrap, topics, f"sqlite:///{tmp_path}/p.db", api_port=port)
+    stores = open_stores(settings)
+    stop = asyncio.Event()
+    serving = asyncio.get_running_loop().create_task(serve(settings, stores, stop))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": API_KEY}) as client:
+            for _ in range(200):
+                try:
+                    ready = await client.get("/readyz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.02)
+            assert ready.json()["ready"] is True
+            # The app made its own producer from the settings: a publish reaches the broker.
+            stores.credentials.set_token("acme", "acme-user-token-0001")
+            assert (await client.post("/posts", json=publish_body())).status_code == 202
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 15)
+        stores.engine.dispose()
+    assert len(messages_on(kafka_bootstrap, topics.commands)) == 1
