@@ -11,6 +11,7 @@ import tempfile
 from rich.console import Console
 from rich.table import Table
 
+import bench.handler  # registers its benches
 import bench.projection  # noqa: F401 - registers its benches
 from bench import BENCHES, BenchContext, Figure
 from streams.broker import kafka_broker
