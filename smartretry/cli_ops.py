@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import typer
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -292,6 +292,23 @@ def _bootstrap(settings: Settings) -> str:
     return settings.kafka_bootstrap_servers
 
 
+LEADERLESS = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+
+
+def _watermarks(reader: Consumer, partition: TopicPartition) -> tuple[int, int]:
+    # Right after a topic is created or a broker restarts, its partitions may still be electing leaders.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            low, high = reader.get_watermark_offsets(partition, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if time.monotonic() > deadline or exc.args[0].code() not in LEADERLESS:
+                raise
+            time.sleep(0.1)
+
+
 def read_dead_letters(bootstrap: str, topic: str) -> list[tuple[int, DeadLetter | None, bytes]]:
     """(offset, dead letter or None if unreadable, raw value) for every message on the dead-letter topic."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"smartretry-dlq-{uuid.uuid4().hex}",
@@ -300,7 +317,7 @@ def read_dead_letters(bootstrap: str, topic: str) -> list[tuple[int, DeadLetter 
         metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
             return []
-        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in metadata.partitions}
+        ends = {p: _watermarks(reader, TopicPartition(topic, p)) for p in metadata.partitions}
         wanted = {p for p, (low, high) in ends.items() if high > low}
         if not wanted:
             return []

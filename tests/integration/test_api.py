@@ -8,6 +8,7 @@ The answers with results (200) are in test_api_end_to_end.py, against the whole 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from schemas.commands import ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
 from schemas.common import ErrorKind
@@ -78,13 +79,29 @@ def api_fixture(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterato
         stores.engine.dispose()
 
 
+LEADERLESS = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+
+
+def end_offset(reader: Consumer, topic: str, partition: int) -> int:
+    """The partition's high watermark; a topic created a moment ago may still be electing its leaders."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return int(reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
+        except KafkaException as exc:
+            if time.monotonic() > deadline or exc.args[0].code() not in LEADERLESS:
+                raise
+            time.sleep(0.1)
+
+
 def messages_on(bootstrap: str, topic: str) -> list[tuple[str, bytes]]:
     """Every (key, value) on `topic`, read from the beginning up to its end right now."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
                        "enable.auto.commit": False})
     try:
         partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        ends = {p: end_offset(reader, topic, p) for p in partitions}
         wanted = {p for p, end in ends.items() if end > 0}
         if not wanted:
             return []
