@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -74,4 +75,22 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 3
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
+    _wait_for_leaders(admin, wanted, timeout)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
+    """A created topic answers "not leader" until every partition has elected one; wait for that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        ready = all(
+            spec.name in topics and len(topics[spec.name].partitions) == spec.partitions
+            and all(p.leader >= 0 for p in topics[spec.name].partitions.values())
+            for spec in specs
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without partition leaders after {timeout:.0f}s")
+        time.sleep(0.05)

@@ -89,11 +89,18 @@ def test_local_broker_leaves_no_jvm_when_its_parent_is_killed(tmp_path: object) 
         "print(b.process.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": ""})
-    assert parent.stdout is not None
-    jvm_pid = int(parent.stdout.readline())
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": ""})
+    assert parent.stdout is not None and parent.stderr is not None
+    line = parent.stdout.readline()
     parent.stdout.close()
+    if not line.strip():
+        parent.wait()
+        errors = parent.stderr.read()
+        parent.stderr.close()
+        pytest.fail(f"the local broker did not start: {errors[-3000:]}")
+    parent.stderr.close()
+    jvm_pid = int(line)
     os.kill(jvm_pid, 0)  # the broker runs
     parent.send_signal(signal.SIGKILL)
     parent.wait()

@@ -23,6 +23,13 @@ def _binaries() -> str | None:
     return os.path.dirname(initdb) if initdb else None
 
 
+def _run(argv: list[str]) -> None:
+    # Started from / so the `postgres` user never needs to read the caller's working directory.
+    done = subprocess.run(argv, capture_output=True, text=True, cwd="/")
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-1500:]}")
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yields a SQLAlchemy URL: `SMARTRETRY_TEST_POSTGRES_URL` if set, else a server started here."""
@@ -41,13 +48,10 @@ def postgres_server() -> Iterator[str]:
         user = pwd.getpwnam("postgres")
         os.chown(data, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*prefix, f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run(
-        [*prefix, f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/server.log",
-         "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"],
-        check=True, capture_output=True,
-    )
+    _run([*prefix, f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+          "--locale=C.UTF-8"])
+    _run([*prefix, f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/server.log",
+          "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"])
     try:
         deadline = time.monotonic() + 30
         while subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],

@@ -112,6 +112,7 @@ class Service:
         self.handler.stop()
         self.projector.stop()
         self.stores.engine.dispose()
+        self._producer.flush(5)
 
     # --- commands ------------------------------------------------------------------------------
 
