@@ -80,6 +80,47 @@ def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: 
     return max(delay, hint or 0.0)
 
 
+class AppliedOffsets:
+    """One reader of the projector's applied offsets, shared by every command waiting for freshness.
+
+    Hundreds of commands in flight would otherwise each poll the store; here one task reads the offsets
+    of all partitions per round and wakes the commands whose partition has caught up.
+    """
+
+    def __init__(self, read: Callable[[], dict[int, int]], topic: str, interval: float = 0.002) -> None:
+        self._read = read
+        self._topic = topic
+        self._interval = interval
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def wait(self, partition: int, offset: int, timeout: float) -> None:
+        """Returns once the projector has applied `offset` of `partition`; `StaleProjection` after `timeout`."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        waiter = (partition, offset, done)
+        self._waiters.append(waiter)
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._poll())
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            raise StaleProjection(f"projection of {self._topic}[{partition}] has not applied offset {offset} "
+                                  f"within {timeout:.0f}s") from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiters:
+            applied = await loop.run_in_executor(None, self._read)
+            for partition, offset, done in list(self._waiters):
+                if applied.get(partition, -1) >= offset and not done.done():
+                    done.set_result(None)
+            await asyncio.sleep(self._interval)
+
+
 @dataclass
 class _PartitionProgress:
     """Offsets of one partition in progress; the commit point is the oldest one not finished."""
@@ -132,6 +173,8 @@ class CommandHandler:
         self._progress: dict[int, _PartitionProgress] = {}
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
+        self._applied = AppliedOffsets(lambda: self.projection.applied_offsets(self.topics.post_events),
+                                       self.topics.post_events)
         self.ready = asyncio.Event()
 
     # --- the consumer loop ---------------------------------------------------------------------
@@ -256,18 +299,9 @@ class CommandHandler:
         tp = TopicPartition(self.topics.post_events, partition)
         _low, high = await loop.run_in_executor(
             None, lambda: self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False))  # type: ignore[union-attr]
-        deadline = loop.time() + self.config.freshness_timeout_seconds
-        delay = 0.002
-        while True:
-            applied = await loop.run_in_executor(None, self.projection.applied_offsets, self.topics.post_events)
-            if high == 0 or applied.get(partition, -1) >= high - 1:
-                return await loop.run_in_executor(None, self.projection.get, post_id)
-            if loop.time() > deadline:
-                raise StaleProjection(
-                    f"projection of {self.topics.post_events}[{partition}] is at {applied.get(partition, -1)}, "
-                    f"events end at {high - 1}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        if high > 0:
+            await self._applied.wait(partition, high - 1, self.config.freshness_timeout_seconds)
+        return await loop.run_in_executor(None, self.projection.get, post_id)
 
     async def emit(self, event: EventBase) -> None:
         await self.producer.send(self.topics.post_events, event.post_id, encode(event))
