@@ -14,6 +14,9 @@ from projections.store import ProjectionStore, make_engine
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
 from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
+from tests.support.seed import IMAGE_ERROR
+from tests.support.seed import INSIGHTS_AFTER_FAILED_ATTEMPT as AFTER_FAILED_ATTEMPT
+from tests.support.seed import INSIGHTS_AFTER_SUCCESSFUL_RETRY as AFTER_SUCCESSFUL_RETRY
 
 pytestmark = pytest.mark.integration
 
@@ -21,41 +24,9 @@ POST_ID = "01KA8MNE2DT1E31F8Z3TJHF96E"
 FIRST = datetime(2025, 11, 17, 10, 10, 13, 151000, tzinfo=UTC)
 RETRY = datetime(2025, 11, 17, 10, 15, 30, 456000, tzinfo=UTC)
 TOPIC = "smartretry.post-events"
-FACEBOOK_ERROR = "Facebook photo upload failed: 400 - Missing or invalid image file"
+FACEBOOK_ERROR = IMAGE_ERROR
 
 # The seed's two documents, field for field.
-AFTER_FAILED_ATTEMPT = {
-    "insights": {
-        "publish_results": [
-            {"platform": "facebook", "success": False,
-             "error": "Facebook photo upload failed: 400 - Missing or invalid image file"},
-            {"platform": "instagram", "success": True, "postId": "18107758234627017",
-             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
-        ],
-        "published_at": "2025-11-17T10:10:13.151Z",
-        "instagram_media_id": "18107758234627017",
-        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
-    },
-    "status": "failed",
-    "error_message": "facebook: Facebook photo upload failed: 400 - Missing or invalid image file",
-}
-AFTER_SUCCESSFUL_RETRY = {
-    "insights": {
-        "publish_results": [
-            {"platform": "facebook", "success": True, "postId": "747917475065823_122104567890123"},
-            {"platform": "instagram", "success": True, "postId": "18107758234627017",
-             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
-        ],
-        "published_at": "2025-11-17T10:10:13.151Z",
-        "last_retry_at": "2025-11-17T10:15:30.456Z",
-        "facebook_post_id": "747917475065823_122104567890123",
-        "instagram_media_id": "18107758234627017",
-        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
-    },
-    "status": "posted",
-    "error_message": None,
-    "post_url": "https://www.facebook.com/747917475065823_122104567890123",
-}
 
 
 def first_attempt(post_id: str = POST_ID, at: datetime = FIRST) -> list[Event]:

@@ -21,11 +21,11 @@ from schemas.events import (
     PostSubmitted,
     PublishAttempted,
 )
+from tests.support.seed import IMAGE_ERROR, INSIGHTS_AFTER_FAILED_ATTEMPT
 
 T0 = datetime(2025, 11, 17, 10, 10, 12, 500000, tzinfo=UTC)
 CONTENT = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/autumn sale.jpg")
 FIXED = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/autumn-sale.jpg")
-IMAGE_ERROR = "Facebook photo upload failed: 400 - Missing or invalid image file"
 
 
 @dataclass
@@ -264,20 +264,7 @@ def test_the_state_survives_a_json_round_trip() -> None:
 
 # ---------------------------------------------------------------- old-system documents
 
-SEED_FAILED_DOCUMENT: dict[str, Any] = {
-    "insights": {
-        "publish_results": [
-            {"platform": "facebook", "success": False, "error": IMAGE_ERROR},
-            {"platform": "instagram", "success": True, "postId": "18107758234627017",
-             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
-        ],
-        "published_at": "2025-11-17T10:10:13.151Z",
-        "instagram_media_id": "18107758234627017",
-        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/",
-    },
-    "status": "failed",
-    "error_message": f"facebook: {IMAGE_ERROR}",
-}
+SEED_FAILED_DOCUMENT: dict[str, Any] = INSIGHTS_AFTER_FAILED_ATTEMPT
 
 
 def test_an_imported_seed_document_reads_back_as_it_was_and_merges_with_later_results() -> None:
