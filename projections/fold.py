@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
+from pydantic import BaseModel
+
 from projections.state import AttemptState, CommandRecord, PostState, empty_state
 from schemas.common import PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform
 from schemas.events import (
@@ -51,6 +53,7 @@ FACEBOOK_POST_URL = "https://www.facebook.com/{post_id}"
 UNKNOWN_ERROR = "publish failed"
 
 E = TypeVar("E")
+M = TypeVar("M", bound=BaseModel)
 
 
 def apply(state: PostState | None, event: Event) -> PostState:
@@ -93,7 +96,7 @@ def _applied(state: PostState | None, events: Sequence[Event], post_id: str) -> 
         raise ValueError(f"event {events[0].event_id} belongs to post {post_id}, not {state.post_id}")
     # Shallow copy: every handler below replaces a container or model instead of changing it, so the
     # old state and the new one share everything that did not change.
-    new = state.model_copy()
+    new = _replaced(state, {})
     applied = list(state.applied_event_ids)
     seen = set(applied)
     updated_at = new.updated_at
@@ -131,7 +134,8 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
     # A command is decided once; a second decision for it (a handler that re-emitted) is not a new command.
     if event.command_id in state.commands:
         return
-    record = CommandRecord(
+    record = _built(
+        CommandRecord,
         command_id=event.command_id,
         command_type=event.command_type,
         platforms=list(event.platforms),
@@ -150,7 +154,8 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
 def _on_attempted(state: PostState, event: PublishAttempted) -> None:
     if event.attempt_id in state.attempts:
         return
-    attempt = AttemptState(
+    attempt = _built(
+        AttemptState,
         attempt_id=event.attempt_id,
         platform=event.platform,
         attempt_number=event.attempt_number,
@@ -168,7 +173,7 @@ def _on_container(state: PostState, event: ContainerCreated) -> None:
     if attempt is None:
         # Nothing to attach it to: the attempt's own event is what makes an attempt exist.
         return
-    with_container = attempt.model_copy(update={"container_id": event.container_id})
+    with_container = _replaced(attempt, {"container_id": event.container_id})
     state.attempts = {**state.attempts, event.attempt_id: with_container}
 
 
@@ -176,20 +181,22 @@ def _on_result(state: PostState, event: PlatformResult) -> None:
     attempt = state.attempts.get(event.attempt_id)
     if attempt is None:
         # A result whose attempt was never recorded still happened on the platform: keep it, as the next attempt.
-        attempt = AttemptState(
+        attempt = _built(
+            AttemptState,
             attempt_id=event.attempt_id,
             platform=event.platform,
             attempt_number=next_attempt_number(state, event.platform),
             command_id="",
             started_at=event.occurred_at,
         )
-    finished = attempt.model_copy(
-        update={
+    finished = _replaced(
+        attempt,
+        {
             "success": event.success,
             "recovered": event.recovered,
             "error_kind": None if event.success or event.error is None else event.error.kind,
             "finished_at": event.occurred_at,
-        }
+        },
     )
     superseded = any(
         other.platform == event.platform
@@ -202,11 +209,12 @@ def _on_result(state: PostState, event: PlatformResult) -> None:
         return
 
     if event.success:
-        result = PublishResult(platform=event.platform, success=True, post_id=event.platform_post_id,
-                               permalink=event.permalink)
+        result = _built(PublishResult, platform=event.platform, success=True, post_id=event.platform_post_id,
+                        permalink=event.permalink)
     else:
-        result = PublishResult(platform=event.platform, success=False,
-                               error=event.error.message if event.error is not None else UNKNOWN_ERROR)
+        result = _built(
+            PublishResult, platform=event.platform, success=False,
+            error=event.error.message if event.error is not None else UNKNOWN_ERROR)
     insights = state.document.insights
     changes = _merge_changes(insights, result)
     if event.success and insights.published_at is None:
@@ -215,7 +223,7 @@ def _on_result(state: PostState, event: PlatformResult) -> None:
         insights.last_retry_at is None or event.occurred_at > insights.last_retry_at
     ):
         changes["last_retry_at"] = event.occurred_at
-    state.document = state.document.model_copy(update={"insights": insights.model_copy(update=changes)})
+    state.document = _replaced(state.document, {"insights": _replaced(insights, changes)})
 
     action = needed_action(event.platform, finished.error_kind) if not event.success else None
     if state.needed_action.get(event.platform) != action:
@@ -288,6 +296,50 @@ _HANDLERS: dict[type[Any], Handler] = dict(
 
 
 # ---------------------------------------------------------------- merging and deriving
+
+
+_set_attribute = object.__setattr__
+
+
+def _replaced(model: M, changes: dict[str, Any]) -> M:
+    """`model.model_copy(update=changes)`, without pydantic's generic copying: the fold runs it per event.
+
+    Every model here has no extra and no private attributes, and `changes` are values of the fields'
+    own types taken from validated events or states, so nothing needs validating or deep copying.
+    """
+    new = model.__class__.__new__(model.__class__)
+    values = model.__dict__.copy()
+    values.update(changes)
+    _set_attribute(new, "__dict__", values)
+    _set_attribute(new, "__pydantic_fields_set__", model.__pydantic_fields_set__ | changes.keys())
+    _set_attribute(new, "__pydantic_extra__", None)
+    _set_attribute(new, "__pydantic_private__", None)
+    return new
+
+
+# Per model class: every field in declaration order, with its default (None for required ones).
+_templates: dict[type[Any], dict[str, Any]] = {}
+
+
+def _built(cls: type[M], **values: Any) -> M:
+    """`cls(**values)` for values taken from validated events, without validating them again.
+
+    Only for models whose omitted fields have plain defaults: a default factory's value would be
+    shared between instances.
+    """
+    template = _templates.get(cls)
+    if template is None:
+        template = {name: None if field.is_required() else field.get_default()
+                    for name, field in cls.model_fields.items()}
+        _templates[cls] = template
+    new = cls.__new__(cls)
+    fields = template.copy()
+    fields.update(values)
+    _set_attribute(new, "__dict__", fields)
+    _set_attribute(new, "__pydantic_fields_set__", set(values))
+    _set_attribute(new, "__pydantic_extra__", None)
+    _set_attribute(new, "__pydantic_private__", None)
+    return new
 
 
 def _merged(insights: Insights, result: PublishResult, keep_order: bool = False) -> Insights:
@@ -393,7 +445,7 @@ def derive_document(state: PostState) -> PostInsights:
     current = state.document
     if (current.status, current.error_message, current.post_url) == (status, message, url):
         return current
-    return current.model_copy(update={"status": status, "error_message": message, "post_url": url})
+    return _replaced(current, {"status": status, "error_message": message, "post_url": url})
 
 
 def needed_action(platform: Platform, kind: ErrorKind | None) -> str | None:

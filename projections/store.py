@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from projections.fold import apply
+from projections.fold import apply, apply_all
 from projections.state import PostState
 from schemas.events import Event
 
@@ -95,6 +95,28 @@ def digest_of(fingerprints: dict[str, bytes]) -> str:
     for post_id in sorted(fingerprints):
         total.update(post_id.encode() + b"\0" + fingerprints[post_id])
     return total.hexdigest()
+
+
+def _folded(state: PostState | None, records: Sequence[tuple[int, Event]],
+            refused: list[tuple[int, Event, str]] | None) -> PostState | None:
+    """One post's state after its records of a batch; events the fold refuses are added to `refused`
+    (raised, when it is None).
+
+    All at once (one copy and one document derivation for the batch) unless the fold refuses one:
+    then event by event, so the refused ones are skipped and the others still applied.
+    """
+    try:
+        return apply_all(state, [ev for _, ev in records])
+    except ValueError:
+        pass
+    for offset, ev in records:
+        try:
+            state = apply(state, ev)
+        except ValueError as exc:
+            if refused is None:
+                raise
+            refused.append((offset, ev, f"the fold refused {ev.type}: {exc}"))
+    return state
 
 
 class ProjectionStore:
@@ -184,19 +206,19 @@ class ProjectionStore:
             fresh = [(offset, ev) for offset, ev in records if offset > tracked]
             changed: dict[str, PostState] = {}
             if fresh:
-                post_ids = {ev.post_id for _, ev in fresh}
-                states = self._load(conn, post_ids)
-                for offset, ev in fresh:
-                    before = changed.get(ev.post_id) or states.get(ev.post_id)
-                    try:
-                        after = apply(before, ev)
-                    except ValueError as exc:
-                        if rejects is None:
-                            raise
-                        rejects.append((offset, ev, f"the fold refused {ev.type}: {exc}"))
-                        continue
+                by_post: dict[str, list[tuple[int, Event]]] = {}
+                for record in fresh:
+                    by_post.setdefault(record[1].post_id, []).append(record)
+                states = self._load(conn, by_post)
+                refused: list[tuple[int, Event, str]] | None = [] if rejects is not None else None
+                for post_id, post_records in by_post.items():
+                    before = states.get(post_id)
+                    after = _folded(before, post_records, refused)
                     if after is not before:
-                        changed[ev.post_id] = after
+                        changed[post_id] = after
+                if rejects is not None and refused:
+                    # In offset order, as they were read, not grouped by post.
+                    rejects.extend(sorted(refused, key=lambda reject: reject[0]))
                 self._upsert_posts(conn, changed.values())
             if last > tracked:
                 conn.execute(tracking.update()
