@@ -46,5 +46,6 @@ class PostInsights(Frozen):
         """The seed's JSON: absent fields left out, except `error_message`, which is null once all succeeded."""
         document = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         document["error_message"] = self.error_message
-        ordered: dict[str, Any] = {key: document[key] for key in ("insights", "status", "error_message", "post_url") if key in document}
+        keys = ("insights", "status", "error_message", "post_url")
+        ordered: dict[str, Any] = {key: document[key] for key in keys if key in document}
         return ordered

@@ -45,7 +45,9 @@ def kafka_libs(log: bool = True) -> Path:
             )
     if log:
         print(f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...", file=sys.stderr)
-    staging = Path(tempfile.mkdtemp(prefix="kafka-libs-", dir=libs.parent.parent if libs.parent.parent.exists() else None))
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # Staged beside the cache so the final rename never crosses file systems.
+    staging = Path(tempfile.mkdtemp(prefix="kafka-libs-", dir=libs.parent))
     try:
         subprocess.run(
             ["mvn", "-B", "-q", "-f", str(POM), DEPENDENCY_PLUGIN,
@@ -56,7 +58,6 @@ def kafka_libs(log: bool = True) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokerUnavailable(f"Maven could not fetch Kafka's jars: {exc.stdout[-2000:]}") from exc
     (staging / ".complete").touch()
-    libs.parent.mkdir(parents=True, exist_ok=True)
     # Another process may have finished first; either copy is complete.
     with contextlib.suppress(OSError):
         staging.rename(libs)
@@ -176,7 +177,7 @@ class LocalBroker:
                 metadata = admin.list_topics(timeout=1.0)
                 if metadata.brokers:
                     return
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 pass
             time.sleep(0.2)
         raise BrokerUnavailable(f"the local Kafka broker did not answer within {timeout:.0f}s (see {self.data_dir})")

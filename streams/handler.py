@@ -267,20 +267,26 @@ class CommandHandler:
     async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int) -> None:
         if previous is not None:
             # Commands of one post run strictly in order; the outcome of the previous one is its own.
-            with contextlib.suppress(BaseException):
-                await previous
+            # (`wait` neither raises that outcome nor swallows this task's own cancellation.)
+            await asyncio.wait([previous])
+        context = {"post_id": command.post_id, "command_id": command.command_id}
+        failures = 0
         while True:
             try:
                 await self.handle(command, partition)
                 return
             except StaleProjection as exc:
-                log.warning("%s; trying the command again", exc,
-                            extra={"post_id": command.post_id, "command_id": command.command_id})
+                log.warning("%s; trying the command again", exc, extra=context)
             except OutcomeUnknown as exc:
                 # Publishing now could duplicate the post; the attempt stays open until the platform answers.
-                log.warning("%s; asking again shortly", exc,
-                            extra={"post_id": command.post_id, "command_id": command.command_id})
+                log.warning("%s; asking again shortly", exc, extra=context)
                 await asyncio.sleep(backoff_delay(1, self.config, None, self._rng))
+            except Exception as exc:
+                # The command is not committed while it fails, and running it again is safe: its decision
+                # and attempts are recorded events, so a second run resumes instead of repeating.
+                failures += 1
+                log.error("Command failed (%s); trying it again", scrub(repr(exc)), extra=context)
+                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME, source_topic=message.topic(),
