@@ -8,6 +8,10 @@ from datetime import UTC, datetime
 from publishers.redact import scrub
 from schemas.deadletters import DeadLetter
 
+# A dead letter must fit on its topic: producers refuse a message over 1 MB before compression, and
+# base64 adds a third. Bytes larger than this cannot be requeued anyway (the decoders refuse them).
+MAX_KEPT_VALUE_BYTES = 700_000
+
 
 def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition: int | None, offset: int | None,
                      key: bytes | None, value: bytes | None, at: datetime | None = None) -> DeadLetter:
@@ -18,6 +22,9 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
         # Bad input can carry a token (pasted into a caption, say): then keep the scrubbed text, not the bytes.
         if cleaned != text:
             kept = cleaned.encode()
+    if kept is not None and len(kept) > MAX_KEPT_VALUE_BYTES:
+        reason = f"{reason} (the original {len(kept)} bytes are not kept: too large for a dead letter)"
+        kept = None
     return DeadLetter(
         reason=scrub(reason)[:4000], consumer=consumer, source_topic=source_topic, partition=partition,
         offset=offset, key=scrub(key.decode("utf-8", "replace"))[:500] if key is not None else None,
