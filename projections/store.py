@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ tracking = Table(
 # Rows per statement for IN lists and bulk upserts; SQLite allows 32766 bound variables.
 CHUNK = 2000
 
+# States kept in memory per partition between batches (least recently written dropped first): the
+# posts being published, whose next events come in the next batches. About 10 kB each.
+HOT_STATES = 1000
+
 Offsets = dict[tuple[str, int], int]
 
 
@@ -97,6 +102,33 @@ def digest_of(fingerprints: dict[str, bytes]) -> str:
     return total.hexdigest()
 
 
+class _HotStates:
+    """The states a store wrote last for one partition, and the partition's offset they were written with.
+
+    The projector is the only writer of its partitions and a post's events are all on one partition,
+    so while the stored offset is still `offset`, these states are the stored ones: the next batch
+    folds on them instead of reading and parsing them again. Any other offset means another writer
+    went by, and they are dropped.
+    """
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.states: OrderedDict[str, PostState] = OrderedDict()
+
+    def keep(self, changed: Iterable[PostState], offset: int, limit: int) -> None:
+        self.offset = offset
+        states = self.states
+        for state in changed:
+            states[state.post_id] = state
+            states.move_to_end(state.post_id)
+        while len(states) > limit:
+            states.popitem(last=False)
+
+    def forget(self, changed: dict[str, PostState]) -> None:
+        for post_id in changed:
+            self.states.pop(post_id, None)
+
+
 def _folded(state: PostState | None, records: Sequence[tuple[int, Event]],
             refused: list[tuple[int, Event, str]] | None) -> PostState | None:
     """One post's state after its records of a batch; events the fold refuses are added to `refused`
@@ -122,9 +154,11 @@ def _folded(state: PostState | None, records: Sequence[tuple[int, Event]],
 class ProjectionStore:
     """Reads and writes the projection through any SQLAlchemy engine (SQLite and PostgreSQL tested)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, hot_states: int = HOT_STATES) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        self._hot_states = hot_states
+        self._hot: dict[tuple[str, int], _HotStates] = {}
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
@@ -201,15 +235,21 @@ class ProjectionStore:
             last = max(last, through)
         if last < 0:
             return []
+        # Taken out while the batch runs: put back only once the batch is committed.
+        hot = self._hot.pop((topic, partition), None)
         with self.engine.begin() as conn:
             tracked = self._lock_tracking(conn, topic, partition)
+            if hot is None or hot.offset != tracked:
+                # Another processor wrote the partition since (a rebalance), or nothing is cached yet.
+                hot = _HotStates(tracked)
             fresh = [(offset, ev) for offset, ev in records if offset > tracked]
             changed: dict[str, PostState] = {}
             if fresh:
                 by_post: dict[str, list[tuple[int, Event]]] = {}
                 for record in fresh:
                     by_post.setdefault(record[1].post_id, []).append(record)
-                states = self._load(conn, by_post)
+                states = {post_id: hot.states[post_id] for post_id in by_post if post_id in hot.states}
+                states.update(self._load(conn, [post_id for post_id in by_post if post_id not in states]))
                 refused: list[tuple[int, Event, str]] | None = [] if rejects is not None else None
                 for post_id, post_records in by_post.items():
                     before = states.get(post_id)
@@ -226,10 +266,16 @@ class ProjectionStore:
                              .values(offset=last))
             if before_commit is not None:
                 before_commit(list(changed.values()))
+        hot.keep(changed.values(), max(last, tracked), self._hot_states)
+        for other in self._hot.values():
+            # A post moved to another partition (more partitions, new key mapping): only one holds it.
+            other.forget(changed)
+        self._hot[(topic, partition)] = hot
         return list(changed.values())
 
     def reset(self) -> None:
         """Empties the projection (posts and offsets): for a scratch store before a replay."""
+        self._hot.clear()
         with self.engine.begin() as conn:
             conn.execute(posts.delete())
             conn.execute(tracking.delete())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -31,6 +32,9 @@ from streams.topics import Topics, ensure_topics
 log = logging.getLogger(__name__)
 
 CONSUMER_NAME = "projector"
+
+# Python's are (700, 10, 10): see `tune_gc`.
+GC_THRESHOLDS = (50_000, 20, 10)
 
 # (offset, key, value) of one post-events message, in partition order.
 RawRecord = tuple[int, bytes | None, bytes | None]
@@ -247,12 +251,27 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
         store.engine.dispose()
 
 
+def tune_gc() -> None:
+    """Fewer cyclic collections for a process that folds: about a third of its time went to them.
+
+    Folding allocates many small objects that live for a batch, and the hot states live longer; with
+    Python's default threshold (700 allocations) the collector ran every few events and walked them
+    all. Nothing the fold makes is cyclic, so collecting less often only delays freeing the few
+    cycles asyncio and faust make. Objects alive after start-up (modules, faust's app) are frozen out
+    of every collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main() -> None:
     """`python -m streams.projector`: settings from the environment, runs until interrupted."""
     from smartretry.logs import configure
 
     settings = Settings()
     configure(settings.log_level, settings.log_format)
+    tune_gc()
     if not settings.kafka_bootstrap_servers:
         print("error: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         raise SystemExit(2)
