@@ -76,6 +76,25 @@ def apply_all(state: PostState | None, events: Sequence[Event]) -> PostState | N
     return _applied(state, fresh, events[0].post_id)
 
 
+def apply_valid(state: PostState | None, events: Sequence[Event]) -> tuple[PostState | None, list[tuple[Event, str]]]:
+    """Like `apply_all`, but an event the fold refuses is skipped, and returned with the reason.
+
+    All at once while the fold accepts every event (the common case), else event by event so the
+    others are still applied.
+    """
+    try:
+        return apply_all(state, events), []
+    except ValueError:
+        pass
+    refused: list[tuple[Event, str]] = []
+    for event in events:
+        try:
+            state = apply(state, event)
+        except ValueError as exc:
+            refused.append((event, str(exc)))
+    return state, refused
+
+
 def fold(events: Iterable[Event]) -> dict[str, PostState]:
     """Every post's state from its events, in the order they were written (one post's order is what counts)."""
     by_post: dict[str, list[Event]] = {}

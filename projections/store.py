@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from projections.fold import apply, apply_all
+from projections.fold import apply_all, apply_valid
 from projections.state import PostState
 from schemas.events import Event
 
@@ -131,24 +131,15 @@ class _HotStates:
 
 def _folded(state: PostState | None, records: Sequence[tuple[int, Event]],
             refused: list[tuple[int, Event, str]] | None) -> PostState | None:
-    """One post's state after its records of a batch; events the fold refuses are added to `refused`
-    (raised, when it is None).
-
-    All at once (one copy and one document derivation for the batch) unless the fold refuses one:
-    then event by event, so the refused ones are skipped and the others still applied.
-    """
-    try:
-        return apply_all(state, [ev for _, ev in records])
-    except ValueError:
-        pass
-    for offset, ev in records:
-        try:
-            state = apply(state, ev)
-        except ValueError as exc:
-            if refused is None:
-                raise
-            refused.append((offset, ev, f"the fold refused {ev.type}: {exc}"))
-    return state
+    """One post's state after its records of a batch; what the fold refuses goes to `refused` (raised if None)."""
+    events = [ev for _, ev in records]
+    if refused is None:
+        return apply_all(state, events)
+    after, refusals = apply_valid(state, events)
+    if refusals:
+        offsets = {id(ev): offset for offset, ev in records}
+        refused.extend((offsets[id(ev)], ev, f"the fold refused {ev.type}: {reason}") for ev, reason in refusals)
+    return after
 
 
 class ProjectionStore:
@@ -273,6 +264,24 @@ class ProjectionStore:
         self._hot[(topic, partition)] = hot
         return list(changed.values())
 
+    def load(self, post_ids: Iterable[str]) -> dict[str, PostState]:
+        """The stored states of those of `post_ids` that have one."""
+        with self.engine.connect() as conn:
+            return self._load(conn, post_ids)
+
+    def write_states(self, states: Iterable[PostState], offsets: Offsets) -> dict[str, bytes]:
+        """Stores states folded elsewhere (a replay folds in memory) and the offsets they fold to, in one
+        transaction. Returns the fingerprint of each state written, as `snapshot_fingerprints` reads it.
+        """
+        prints: dict[str, bytes] = {}
+        with self.engine.begin() as conn:
+            self._upsert_posts(conn, states, prints)
+            for (topic, partition), offset in offsets.items():
+                statement = self._insert(tracking).values(topic=topic, partition=partition, offset=offset)
+                conn.execute(statement.on_conflict_do_update(index_elements=["topic", "partition"],
+                                                             set_={"offset": statement.excluded.offset}))
+        return prints
+
     def reset(self) -> None:
         """Empties the projection (posts and offsets): for a scratch store before a replay."""
         self._hot.clear()
@@ -319,17 +328,31 @@ class ProjectionStore:
                 states[post_id] = PostState.model_validate_json(text)
         return states
 
-    def _upsert_posts(self, conn: Connection, states: Iterable[PostState]) -> None:
-        rows = [{"post_id": s.post_id, "state": s.model_dump_json(), "status": s.status,
-                 "updated_at": s.updated_at} for s in states]
-        for start in range(0, len(rows), CHUNK):
-            statement = self._insert(posts)
-            statement = statement.on_conflict_do_update(
-                index_elements=["post_id"],
-                set_={"state": statement.excluded.state, "status": statement.excluded.status,
-                      "updated_at": statement.excluded.updated_at},
-            )
-            conn.execute(statement, rows[start:start + CHUNK])
+    def _upsert_posts(self, conn: Connection, states: Iterable[PostState],
+                      prints: dict[str, bytes] | None = None) -> None:
+        statement = self._insert(posts)
+        statement = statement.on_conflict_do_update(
+            index_elements=["post_id"],
+            set_={"state": statement.excluded.state, "status": statement.excluded.status,
+                  "updated_at": statement.excluded.updated_at},
+        )
+        # A chunk's documents at a time: a replay writes all posts at once.
+        chunk: list[dict[str, Any]] = []
+        for state in states:
+            chunk.append({"post_id": state.post_id, "state": state.model_dump_json(), "status": state.status,
+                          "updated_at": state.updated_at})
+            if len(chunk) >= CHUNK:
+                self._write_rows(conn, statement, chunk, prints)
+                chunk = []
+        if chunk:
+            self._write_rows(conn, statement, chunk, prints)
+
+    @staticmethod
+    def _write_rows(conn: Connection, statement: Any, rows: list[dict[str, Any]],
+                    prints: dict[str, bytes] | None) -> None:
+        if prints is not None:
+            prints.update((row["post_id"], _fingerprint(row["state"])) for row in rows)
+        conn.execute(statement, rows)
 
     def _insert(self, table: Table) -> Any:
         if self._dialect == "postgresql":
