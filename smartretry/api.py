@@ -236,6 +236,10 @@ class FrontDoor:
         if state is not None and state.submitted_by != command_id:
             raise HTTPException(409, f"post {post_id} already exists: retry it with POST /posts/{post_id}/retry, "
                                      f"or publish it again with POST /posts/{post_id}/republish")
+        if state is not None and (state.content, state.publish_target, state.account) != (
+                command.content, command.publish_target, command.account):
+            raise HTTPException(409, f"command {command_id} was already used for post {post_id} with a different body: "
+                                     "use a new command_id")
         return await self._submit(command)
 
     async def retry(self, post_id: str, body: RetryBody | RepublishBody | None, forced: bool,

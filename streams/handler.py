@@ -237,7 +237,7 @@ class CommandHandler:
             self._track(task, partition, offset)
             return
         previous = self._chains.get(command.post_id)
-        task = asyncio.get_running_loop().create_task(self._after(previous, command, partition))
+        task = asyncio.get_running_loop().create_task(self._after(previous, command, partition, message))
         self._chains[command.post_id] = task
         self._track(task, partition, offset, command.post_id)
 
@@ -264,7 +264,8 @@ class CommandHandler:
 
         task.add_done_callback(finished)
 
-    async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int) -> None:
+    async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int,
+                     source: Message | None = None) -> None:
         if previous is not None:
             # Commands of one post run strictly in order; the outcome of the previous one is its own.
             # (`wait` neither raises that outcome nor swallows this task's own cancellation.)
@@ -273,7 +274,7 @@ class CommandHandler:
         failures = 0
         while True:
             try:
-                await self.handle(command, partition)
+                await self.handle(command, partition, source)
                 return
             except StaleProjection as exc:
                 log.warning("%s; trying the command again", exc, extra=context)
@@ -312,7 +313,8 @@ class CommandHandler:
     async def emit(self, event: EventBase) -> None:
         await self.producer.send(self.topics.post_events, event.post_id, encode(event))
 
-    async def handle(self, command: Command, partition: int) -> None:
+    async def handle(self, command: Command, partition: int, source: Message | None = None) -> None:
+        """Decides and carries out one command; `source` is its Kafka message, for a dead letter if refused."""
         context = {"post_id": command.post_id, "command_id": command.command_id}
         state = await self.fresh_state(command.post_id, partition)
         if state is not None and any(state.in_flight(p) for p in ("facebook", "instagram")):
@@ -336,6 +338,10 @@ class CommandHandler:
             return
         if decision.reject_reason:
             log.warning("Command refused: %s", decision.reject_reason, extra=context)
+            if source is not None:
+                # A valid command that cannot apply (a retry of a post that was never published) is kept
+                # with its reason, like any input the service could not use.
+                await self._dead_letter(source, f"refused {command.type}: {decision.reject_reason}")
             return
 
         state = await self._record_decision(state, command, decision)

@@ -113,15 +113,10 @@ GHOST_POST = "ghost-post-never-submitted"
 
 # Bugs these tests found in code this module does not own; each test fails until its fix is in
 # (strict: once fixed, the marker must go). The fixes are described in the report of issue 7's work.
-REFUSED_COMMAND_ONLY_LOGGED = ("CommandHandler.handle only logs 'Command refused' for a decision with a "
-                               "reject_reason: no dead letter records the refused command")
 REUSED_COMMAND_ID_IGNORED = ("CommandHandler.handle takes a reused command id as a redelivery "
                              "('handled before') whatever its body: nothing records the changed command")
 GHOST_EVENT_FOLDED = ("projections.fold._applied starts an empty post for any first event, not only for "
                       "PostSubmitted or LegacyInsightsImported: the event makes a ghost post")
-REUSED_COMMAND_ID_ANSWERED = ("FrontDoor.publish answers a reused command id with the first command's "
-                              "results (200) and puts the changed command on Kafka")
-
 
 def known_bug(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"known bug: {reason}")
@@ -304,7 +299,6 @@ def test_a_10_mb_message_is_refused_by_the_broker_when_it_does_not_compress(kafk
     assert messages_on(kafka_bootstrap, topics.commands) == []
 
 
-@known_bug(REFUSED_COMMAND_ONLY_LOGGED)
 def test_a_retry_of_a_post_that_does_not_exist_is_dead_lettered(run: Run) -> None:
     letter = _letter(run, "command-handler:c-retry-of-a-post-that-does-not-exist")
     assert f"post {GHOST_POST} is unknown" in letter.reason
@@ -378,7 +372,6 @@ def test_a_bad_request_is_a_4xx_with_its_reason(run: Run, kind: str) -> None:
     assert words in answer.text[:5000]
 
 
-@known_bug(REUSED_COMMAND_ID_ANSWERED)
 def test_the_same_command_id_with_a_different_body_is_a_conflict_at_the_api(run: Run) -> None:
     answer = run.answers["same-command-id-different-body"]
     assert answer.status_code == 409, answer.text
