@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from sqlalchemy import select
 
 from projections.state import PostState
@@ -78,6 +78,10 @@ class ChaosPlan:
     retry_rounds: int = 6
     # Seconds a round waits for the commands it sent to finish.
     round_timeout: float = 240.0
+    # The whole run's bound, start to verdict: the user's retries stop early to keep it.
+    deadline_seconds: float = 540.0
+    # Kept back from the deadline for the verdict (replay and reading the dead letters).
+    verdict_seconds: float = 60.0
 
 
 @dataclass
@@ -143,9 +147,11 @@ class ChaosRun:
         self.last_command: dict[str, str] = {}
         self.retries_sent = 0
         self.token = DEMO_USER_TOKEN
-        self._producer = producer(service.bootstrap, **{"message.timeout.ms": 600_000})
+        # Long enough to ride out the broker restart; quiet, since refused connections are expected then.
+        self._producer = producer(service.bootstrap, **{"message.timeout.ms": 600_000, "log_level": 0})
         self._delivery_errors: list[str] = []
         self._chaos_done = threading.Event()
+        self._finished = threading.Event()
         self._lock = threading.Lock()  # around the processes: the supervisor and the chaos actions
 
     # --- the run ---------------------------------------------------------------------------------
@@ -157,11 +163,15 @@ class ChaosRun:
         timeline = self._timeline()
         chaos = threading.Thread(target=self._chaos, args=(timeline, started), name="chaos", daemon=True)
         chaos.start()
-        self._send_posts(started)
-        chaos.join()
-        self._flush()
-        self._settle()
-        return self._summarise(started)
+        try:
+            self._send_posts(started)
+            self._chaos_done.wait()
+            self._flush()
+            self._settle(started + self.plan.deadline_seconds - self.plan.verdict_seconds)
+            return self._summarise(started)
+        finally:
+            self._finished.set()
+            chaos.join()
 
     def _timeline(self) -> list[tuple[float, str]]:
         plan, rng = self.plan, self.rng
@@ -235,6 +245,10 @@ class ChaosRun:
         finally:
             self._supervise()
             self._chaos_done.set()
+        # The broker's JVM dies with the thread that started it (PR_SET_PDEATHSIG is per thread), so
+        # the thread that restarted it lives, supervising, until the run is over.
+        while not self._finished.wait(0.5):
+            self._supervise()
 
     def _act(self, action: str) -> None:
         rng, sandbox = self.rng, self.sandbox
@@ -298,13 +312,13 @@ class ChaosRun:
 
     # --- the user's retries ---------------------------------------------------------------------------
 
-    def _settle(self) -> None:
+    def _settle(self, deadline: float) -> None:
         """Like a user: wait for every post's last command, retry the failed ones (fixing the image)."""
         for round_number in range(self.plan.retry_rounds + 1):
-            unsettled = self._wait_settled(self.plan.round_timeout)
+            unsettled = self._wait_settled(min(self.plan.round_timeout, deadline - time.monotonic()))
             failed = self._failed_posts()
             self.log(f"round {round_number}: {len(failed)} failed, {len(unsettled)} not settled")
-            if not failed or round_number == self.plan.retry_rounds:
+            if not failed or round_number == self.plan.retry_rounds or time.monotonic() >= deadline:
                 return
             for state in failed:
                 if state.post_id in unsettled:
@@ -386,8 +400,13 @@ class ChaosRun:
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                ends = {p: probe.get_watermark_offsets(TopicPartition(events, p), timeout=10)[1]
-                        for p in range(self.service.topics.partitions)}
+                try:
+                    ends = {p: probe.get_watermark_offsets(TopicPartition(events, p), timeout=10)[1]
+                            for p in range(self.service.topics.partitions)}
+                except KafkaException as exc:
+                    self.log(f"end offsets not read yet: {exc}")
+                    time.sleep(1.0)
+                    continue
                 applied = self.service.stores.projection.applied_offsets(events)
                 if all(end == 0 or applied.get(p, -1) >= end - 1 for p, end in ends.items()):
                     return
