@@ -275,6 +275,7 @@ class ProjectionStore:
         transaction. Returns the fingerprint of each state written, as `snapshot_fingerprints` reads it.
         """
         prints: dict[str, bytes] = {}
+        self._hot.clear()  # written past apply_batch: what it kept may be stale now
         with self.engine.begin() as conn:
             self._upsert_posts(conn, states, prints)
             for (topic, partition), offset in offsets.items():
