@@ -110,6 +110,10 @@ def fold(events: Iterable[Event]) -> dict[str, PostState]:
 
 def _applied(state: PostState | None, events: Sequence[Event], post_id: str) -> PostState:
     if state is None:
+        if not isinstance(events[0], (PostSubmitted, LegacyInsightsImported)):
+            # Only a submission or an import starts a post: anything else names a post that does not exist.
+            raise ValueError(f"post {post_id} does not exist: {events[0].type} {events[0].event_id} "
+                             "cannot be its first event")
         state = empty_state(post_id, events[0].occurred_at)
     elif state.post_id != post_id:
         raise ValueError(f"event {events[0].event_id} belongs to post {post_id}, not {state.post_id}")

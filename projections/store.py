@@ -246,7 +246,7 @@ class ProjectionStore:
                 for post_id, post_records in by_post.items():
                     before = states.get(post_id)
                     after = _folded(before, post_records, refused)
-                    if after is not before:
+                    if after is not None and after is not before:
                         changed[post_id] = after
                 if rejects is not None and refused:
                     # In offset order, as they were read, not grouped by post.

@@ -47,16 +47,21 @@ class ErrorKind(StrEnum):
 
 
 def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError("timestamps must carry a time zone")
     # Millisecond precision, as on the wire: a decoded event equals the one that was encoded.
+    # (The common case, already UTC and whole milliseconds, is checked first: this runs per timestamp.)
+    if not offset and value.microsecond % 1000 == 0:
+        return value if value.tzinfo is UTC else value.replace(tzinfo=UTC)
     return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 def format_timestamp(value: datetime) -> str:
     """`2025-11-17T10:10:13.151Z`: millisecond precision in UTC, as the seed writes times."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 Timestamp = Annotated[

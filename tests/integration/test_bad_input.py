@@ -115,9 +115,6 @@ GHOST_POST = "ghost-post-never-submitted"
 # (strict: once fixed, the marker must go). The fixes are described in the report of issue 7's work.
 REUSED_COMMAND_ID_IGNORED = ("CommandHandler.handle takes a reused command id as a redelivery "
                              "('handled before') whatever its body: nothing records the changed command")
-GHOST_EVENT_FOLDED = ("projections.fold._applied starts an empty post for any first event, not only for "
-                      "PostSubmitted or LegacyInsightsImported: the event makes a ghost post")
-
 def known_bug(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"known bug: {reason}")
 
@@ -334,7 +331,6 @@ def test_a_10_mb_event_is_dead_lettered_as_too_large(run: Run) -> None:
     assert letter.value_b64 is None
 
 
-@known_bug(GHOST_EVENT_FOLDED)
 def test_an_event_for_a_post_that_does_not_exist_is_dead_lettered_not_folded_into_a_new_post(run: Run) -> None:
     letter = _letter(run, f"projector:{GHOST_POST}")
     assert GHOST_POST in letter.reason
