@@ -238,10 +238,12 @@ class ChaosRun:
                     self._supervise()
                     time.sleep(0.2)
                 self.log(f"t={time.monotonic() - started:6.1f}s  {action}")
-                self._act(action)
+                try:
+                    self._act(action)
+                except Exception as exc:  # reported in the summary; the other faults still happen
+                    self.problems.append(f"chaos action {action!r} failed: {exc!r}")
+                    self.log(f"chaos action {action!r} failed: {exc!r}")
                 self.faults[action] += 1
-        except Exception as exc:  # reported in the summary; the run goes on to settle
-            self.problems.append(f"chaos thread failed: {exc!r}")
         finally:
             self._supervise()
             self._chaos_done.set()
@@ -262,7 +264,7 @@ class ChaosRun:
             time.sleep(rng.uniform(1.0, 3.0))
             self.token = f"chaos-renewed-token-{new_id()}"
             sandbox.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, self.token)
-            self.service.stores.credentials.set_token(DEMO_ACCOUNT_ID, self.token, DEMO_PAGE_ID, DEMO_IG_USER_ID)
+            self._reauthenticate()
         elif action == "instagram transient":
             endpoint = rng.choice(["media", "media_publish", "container_status"])
             kind = rng.choice(["code 2", "is_transient", "http 500"])
@@ -293,6 +295,19 @@ class ChaosRun:
             self.log(f"broker back after {time.monotonic() - down:.1f}s")
         else:
             raise ValueError(action)
+
+    def _reauthenticate(self, attempts: int = 10) -> None:
+        """Stores the renewed token; a user whose save failed saves again."""
+        for attempt in range(attempts):
+            try:
+                self.service.stores.credentials.set_token(DEMO_ACCOUNT_ID, self.token, DEMO_PAGE_ID,
+                                                          DEMO_IG_USER_ID)
+                return
+            except Exception as exc:
+                # SQLite: the projector's writes can hold the database past the busy timeout.
+                self.problems.append(f"storing the renewed token failed (try {attempt + 1}): {exc!r}")
+                self.log(f"storing the renewed token failed: {exc!r}")
+        raise RuntimeError("the renewed token could not be stored")
 
     def _kill_and_restart(self, process: ServiceProcess) -> None:
         with self._lock:
