@@ -21,7 +21,7 @@ from datetime import datetime
 
 from projections.fold import awaiting_attempt
 from projections.state import PostState
-from schemas.commands import Command, ForceRepublishRequested, PublishRequested
+from schemas.commands import Command, ForceRepublishRequested, PublishRequested, fingerprint
 from schemas.common import PLATFORM_LABELS, Platform, platforms_of
 from schemas.events import CommandDecided, CommandType
 
@@ -68,6 +68,7 @@ class Decision:
             forced=self.forced,
             content=None if isinstance(command, PublishRequested) else command.content,
             note=self.log_line,
+            fingerprint=fingerprint(command),
         )
 
 

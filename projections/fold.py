@@ -167,6 +167,7 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
         forced=event.forced,
         decided_at=event.occurred_at,
         note=event.note,
+        fingerprint=event.fingerprint,
     )
     state.commands = {**state.commands, event.command_id: record}
     if event.content is not None:

@@ -45,6 +45,7 @@ class CommandRecord(BaseModel):
     forced: bool = False
     decided_at: Timestamp
     note: str = ""
+    fingerprint: str | None = None
 
 
 class PostState(BaseModel):

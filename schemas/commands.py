@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -46,6 +47,12 @@ class CommandBase(Frozen):
     command_id: Identifier
     post_id: Identifier
     requested_at: Timestamp
+
+
+def fingerprint(command: CommandBase) -> str:
+    """What identifies a command's body: a command id reused for another body can then be told apart."""
+    body = command.model_dump_json(exclude={"requested_at", "schema_version"})
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
 class PublishRequested(CommandBase):

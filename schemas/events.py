@@ -47,6 +47,8 @@ class CommandDecided(EventBase):
     # Corrected content that this command brought (a retry after fixing the image URL).
     content: PostContent | None = None
     note: str = ""
+    # `schemas.commands.fingerprint` of the command: a redelivery matches it, a reused id does not.
+    fingerprint: str | None = None
 
 
 class PublishAttempted(EventBase):

@@ -19,7 +19,14 @@ from projections.resume import platforms_to_resume
 from projections.state import PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
 from publishers.redact import scrub
-from schemas.commands import Command, ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
+from schemas.commands import (
+    Command,
+    ForceRepublishRequested,
+    PostContent,
+    PublishRequested,
+    RetryRequested,
+    fingerprint,
+)
 from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
 from schemas.envelope import DecodeError, decode_command, encode
 from schemas.events import (
@@ -324,6 +331,17 @@ class CommandHandler:
             state = await self.fresh_state(command.post_id, partition)
 
         decision = decide(state, command)
+        if decision.duplicate_command and state is not None:
+            recorded = state.commands[command.command_id].fingerprint
+            if recorded is not None and recorded != fingerprint(command):
+                # Not a redelivery: someone reused the id for another command. Doing nothing would lose
+                # it silently; doing it would break the promise that an id has one effect.
+                log.warning("Command id %s was already used for a different command; refused", command.command_id,
+                            extra=context)
+                if source is not None:
+                    await self._dead_letter(source, f"command id {command.command_id} was already used for a "
+                                                    "different command on this post: use a new command_id")
+                return
         if decision.duplicate_command:
             owed = platforms_to_resume(state, command.command_id, self.config.max_automatic_attempts) if state else ()
             if not owed:

@@ -111,14 +111,6 @@ BAD_EVENTS: dict[str, tuple[bytes | None, str]] = {
 
 GHOST_POST = "ghost-post-never-submitted"
 
-# Bugs these tests found in code this module does not own; each test fails until its fix is in
-# (strict: once fixed, the marker must go). The fixes are described in the report of issue 7's work.
-REUSED_COMMAND_ID_IGNORED = ("CommandHandler.handle takes a reused command id as a redelivery "
-                             "('handled before') whatever its body: nothing records the changed command")
-def known_bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"known bug: {reason}")
-
-
 
 @dataclass
 class Run:
@@ -301,7 +293,6 @@ def test_a_retry_of_a_post_that_does_not_exist_is_dead_lettered(run: Run) -> Non
     assert f"post {GHOST_POST} is unknown" in letter.reason
 
 
-@known_bug(REUSED_COMMAND_ID_IGNORED)
 def test_the_same_command_id_with_a_different_body_is_dead_lettered_not_ignored(run: Run) -> None:
     first = run.valid_posts[0]
     letter = _letter(run, f"command-handler:{first.post_id}")
