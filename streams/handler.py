@@ -205,7 +205,7 @@ class CommandHandler:
                     continue
                 messages = self._consumer.consume(num_messages=100, timeout=0)
                 if not messages:
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.002)
                     continue
                 for message in messages:
                     self._dispatch(message)

@@ -57,7 +57,9 @@ class AsyncProducer:
     """
 
     def __init__(self, bootstrap: str, **overrides: Any) -> None:
-        self._producer = producer(bootstrap, **overrides)
+        # Every send is awaited by a caller (the platform is called only once its attempt is durable), so
+        # lingering would only add latency; under load, batches still form behind in-flight requests.
+        self._producer = producer(bootstrap, **{"linger.ms": 0, **overrides})
         self._stopped = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
 
