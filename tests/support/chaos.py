@@ -296,7 +296,7 @@ class ChaosRun:
         else:
             raise ValueError(action)
 
-    def _reauthenticate(self, attempts: int = 10) -> None:
+    def _reauthenticate(self, attempts: int = 120) -> None:
         """Stores the renewed token; a user whose save failed saves again."""
         for attempt in range(attempts):
             try:
@@ -304,9 +304,11 @@ class ChaosRun:
                                                           DEMO_IG_USER_ID)
                 return
             except Exception as exc:
-                # SQLite: the projector's writes can hold the database past the busy timeout.
+                # SQLite in WAL mode: set_token reads, then writes, in a deferred transaction; when the
+                # projector commits in between, the write fails at once with "database is locked".
                 self.problems.append(f"storing the renewed token failed (try {attempt + 1}): {exc!r}")
                 self.log(f"storing the renewed token failed: {exc!r}")
+                time.sleep(0.5)
         raise RuntimeError("the renewed token could not be stored")
 
     def _kill_and_restart(self, process: ServiceProcess) -> None:
