@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import UTC, datetime
+from typing import cast
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
-from sqlalchemy import DateTime, Engine, String, Text, select
+from sqlalchemy import DateTime, Engine, String, Table, Text, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from publishers.base import AccountCredentials
@@ -48,17 +50,23 @@ class CredentialStore:
     def set_token(self, account_id: str, token: str, page_id: str | None = None, ig_user_id: str | None = None) -> None:
         register_secret(token)
         ciphertext = self._fernet.encrypt(token.encode()).decode()
-        with Session(self._engine) as session, session.begin():
-            row = session.get(_Account, account_id)
-            if row is None:
-                row = _Account(account_id=account_id, token_ciphertext=ciphertext, page_id=page_id,
-                               ig_user_id=ig_user_id, updated_at=datetime.now(UTC))
-                session.add(row)
-            else:
-                row.token_ciphertext = ciphertext
-                row.page_id = page_id or row.page_id
-                row.ig_user_id = ig_user_id or row.ig_user_id
-                row.updated_at = datetime.now(UTC)
+        values = {"account_id": account_id, "token_ciphertext": ciphertext, "page_id": page_id,
+                  "ig_user_id": ig_user_id, "updated_at": datetime.now(UTC)}
+        table = cast(Table, _Account.__table__)
+        insert = (postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert)(table)
+        # One upsert statement, no read first: on SQLite a transaction that reads and then writes fails at
+        # once when the projector committed in between; a lone write waits its turn instead.
+        statement = insert.values(**values).on_conflict_do_update(
+            index_elements=[table.c.account_id],
+            set_={
+                "token_ciphertext": ciphertext,
+                "page_id": func.coalesce(insert.excluded.page_id, table.c.page_id),
+                "ig_user_id": func.coalesce(insert.excluded.ig_user_id, table.c.ig_user_id),
+                "updated_at": values["updated_at"],
+            },
+        )
+        with self._engine.begin() as connection:
+            connection.execute(statement)
 
     def get(self, account_id: str) -> AccountCredentials:
         with Session(self._engine) as session:
