@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     freshness_timeout_seconds: float = 30.0
     # How soon a dead handler's partitions move to another one (the broker's minimum is 6).
     handler_session_timeout_seconds: float = 10.0
+    # The longest one platform call may take before its outcome is looked up instead of awaited.
+    attempt_timeout_seconds: float = 120.0
+    # An attempt without a result and without a post on the platform is declared interrupted only this
+    # long after it started: until then, the handler that made it may still be finishing it.
+    attempt_lease_seconds: float = 150.0
 
     @property
     def topics(self) -> Topics:

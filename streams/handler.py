@@ -78,6 +78,11 @@ class HandlerConfig:
     max_in_flight: int = 500
     group_id: str = "smartretry-command-handler"
     session_timeout_seconds: float = 10.0
+    # The longest one platform call may take; past it, its outcome is looked up instead of awaited.
+    attempt_timeout_seconds: float = 120.0
+    # How long an attempt without a result may still belong to a live handler (one that lost its
+    # partition in a rebalance but is finishing the call). Longer than an attempt can take.
+    attempt_lease_seconds: float = 150.0
 
 
 def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: random.Random) -> float:
@@ -180,6 +185,7 @@ class CommandHandler:
         self._progress: dict[int, _PartitionProgress] = {}
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
+        self._assigned: set[int] = set()
         self._applied = AppliedOffsets(lambda: self.projection.applied_offsets(self.topics.post_events),
                                        self.topics.post_events)
         self.ready = asyncio.Event()
@@ -221,13 +227,16 @@ class CommandHandler:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._progress[tp.partition] = _PartitionProgress()
+            self._assigned.add(tp.partition)
         self.ready.set()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Work still running for these partitions finishes, but only the new owner commits past it;
-        # a redelivered command is recognised by its id and by its attempts in the projection.
+        # A platform call already under way finishes and records its result; nothing new starts for these
+        # posts here (no queued command, no automatic retry). Only the new owner commits past them, and it
+        # recognises a redelivered command by its id and its attempts in the projection.
         for tp in partitions:
             self._progress.pop(tp.partition, None)
+            self._assigned.discard(tp.partition)
 
     def _dispatch(self, message: Message) -> None:
         if message.error():
@@ -323,6 +332,9 @@ class CommandHandler:
     async def handle(self, command: Command, partition: int, source: Message | None = None) -> None:
         """Decides and carries out one command; `source` is its Kafka message, for a dead letter if refused."""
         context = {"post_id": command.post_id, "command_id": command.command_id}
+        if partition not in self._assigned:
+            log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
+            return
         state = await self.fresh_state(command.post_id, partition)
         if state is not None and any(state.in_flight(p) for p in ("facebook", "instagram")):
             # Commands of a post run one at a time and the projection is current, so an attempt with no
@@ -351,8 +363,8 @@ class CommandHandler:
             record = state.commands[command.command_id]
             log.info("Resuming %s after an interruption", " and ".join(PLATFORM_LABELS[p] for p in owed),
                      extra=context)
-            await self._publish_all(state, command, owed, is_retry=record.is_retry, forced=record.forced,
-                                    reason="resumed after an interruption")
+            await self._publish_all(state, command, owed, partition, is_retry=record.is_retry,
+                                    forced=record.forced, reason="resumed after an interruption")
             return
         if decision.reject_reason:
             log.warning("Command refused: %s", decision.reject_reason, extra=context)
@@ -366,7 +378,7 @@ class CommandHandler:
         log.info(decision.log_line, extra=context)
         if not decision.platforms or state is None:
             return
-        await self._publish_all(state, command, decision.platforms, is_retry=decision.is_retry,
+        await self._publish_all(state, command, decision.platforms, partition, is_retry=decision.is_retry,
                                 forced=decision.forced, reason=_reason(command, decision.is_retry))
         final = await self.fresh_state(command.post_id, partition)
         if final is not None:
@@ -389,23 +401,28 @@ class CommandHandler:
         # The same pure fold the projector runs: no need to wait for it to see our own two events.
         return apply_all(state, events)
 
-    async def _publish_all(self, state: PostState, command: Command, platforms: tuple[Platform, ...], *,
-                           is_retry: bool, forced: bool, reason: str) -> None:
+    async def _publish_all(self, state: PostState, command: Command, platforms: tuple[Platform, ...],
+                           partition: int, *, is_retry: bool, forced: bool, reason: str) -> None:
         content = _content_for(state, command)
         account = state.account or (command.account if isinstance(command, PublishRequested) else None)
         await asyncio.gather(*(
-            self._publish_platform(state, command, platform, content, account, is_retry=is_retry, forced=forced,
-                                   reason=reason)
+            self._publish_platform(state, command, platform, content, account, partition, is_retry=is_retry,
+                                   forced=forced, reason=reason)
             for platform in platforms
         ))
 
     async def _publish_platform(self, state: PostState, command: Command, platform: Platform,
-                                content: PostContent | None, account: str | None, *, is_retry: bool, forced: bool,
-                                reason: str) -> None:
+                                content: PostContent | None, account: str | None, partition: int, *,
+                                is_retry: bool, forced: bool, reason: str) -> None:
         label = PLATFORM_LABELS[platform]
         made = len([a for a in state.attempts_of(platform) if a.command_id == command.command_id])
         number = len(state.attempts_of(platform))
         for automatic in range(made, self.config.max_automatic_attempts):
+            if partition not in self._assigned:
+                # The post's new owner resumes this platform (the command is not committed here).
+                log.info("%s not retried here: partition %d moved to another handler", label, partition,
+                         extra={"post_id": command.post_id, "command_id": command.command_id})
+                return
             number += 1
             attempt_id = new_id()
             context = {"post_id": command.post_id, "attempt_id": attempt_id, "platform": platform,
@@ -441,14 +458,26 @@ class CommandHandler:
         except LookupError as exc:
             return PublishOutcome.failed(platform, PlatformError(kind=ErrorKind.AUTH, message=scrub(str(exc))))
 
+        containers: list[str] = []
+
         async def on_container(container_id: str) -> None:
+            containers.append(container_id)
             await self.emit(ContainerCreated(
                 event_id=derived_id(attempt_id, "container"), post_id=post_id, occurred_at=self.clock(),
                 platform=platform, attempt_id=attempt_id, container_id=container_id))
 
         publisher = self.publishers[platform]
         started = self.clock()
-        outcome = await publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container)
+        try:
+            outcome = await asyncio.wait_for(
+                publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container),
+                self.config.attempt_timeout_seconds)
+        except TimeoutError:
+            # Bounded, so that an attempt's lease (see `_resolve_interrupted`) outlasts any live call.
+            outcome = PublishOutcome.failed(platform, PlatformError(
+                kind=ErrorKind.TRANSIENT,
+                message=f"{label} publish did not finish within {self.config.attempt_timeout_seconds:.0f}s"),
+                containers[-1] if containers else None, outcome_unknown=True)
         if outcome.outcome_unknown:
             # The request may have reached the platform: look before anyone publishes again.
             found = await publisher.find_existing(content, credentials, attempt_id=attempt_id,
@@ -492,13 +521,20 @@ class CommandHandler:
                 log.info("♻️ %s post of an interrupted attempt found on the platform; recorded, not republished",
                          label, extra=context)
                 await self._record_result(state.post_id, attempt.attempt_id, found, recovered=True)
-            else:
-                log.info("%s attempt was interrupted and the platform has no such post", label, extra=context)
-                await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
-                    attempt.platform, PlatformError(
-                        kind=ErrorKind.TRANSIENT,
-                        message=f"{label} publish was interrupted before its result was recorded; not published")),
-                    recovered=True)
+                continue
+            age = (self.clock() - attempt.started_at).total_seconds()
+            if age < self.config.attempt_lease_seconds:
+                # The attempt's handler may be alive and still calling the platform (it lost the partition in
+                # a rebalance): declaring "not published" now could publish the post twice.
+                raise OutcomeUnknown(
+                    f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
+                    f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)")
+            log.info("%s attempt was interrupted and the platform has no such post", label, extra=context)
+            await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
+                attempt.platform, PlatformError(
+                    kind=ErrorKind.TRANSIENT,
+                    message=f"{label} publish was interrupted before its result was recorded; not published")),
+                recovered=True)
 
 
 def _content_for(state: PostState, command: Command) -> PostContent | None:

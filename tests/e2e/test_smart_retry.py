@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID
 from schemas.commands import PostContent
-from tests.support.service import Service
+from tests.support.service import Service, ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +160,21 @@ def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_du
     (attempt,) = state.attempts.values()
     assert attempt.recovered and attempt.success
     assert "found on the platform; recorded, not republished" in service.handler.output()
+
+
+def test_a_handler_joining_while_another_is_mid_publish_creates_no_duplicate(service: Service, tmp_path: Path) -> None:
+    """A rebalance moves posts whose platform call is still under way on the old owner."""
+    service.sandbox.add_latency("facebook", 3, "photos")
+    commands = [service.publish(PostContent(caption=f"Rebalanced post {n}", image_url=FIXED.image_url),
+                                target="facebook") for n in range(12)]
+    service.wait_for(commands[-1].post_id, lambda s: any(a.success is None for a in s.attempts.values()))
+    second = ServiceProcess("handler-2", [sys.executable, "-m", "smartretry.cli", "handler"], service.env, tmp_path)
+    second.start()
+    try:
+        for command in commands:
+            service.wait_for(command.post_id, lambda s: s.status == "posted", timeout=90)
+        created = [p for p in service.sandbox.posts() if p.get("platform") == "facebook"]
+        captions = [p.get("message") or p.get("caption") for p in created]
+        assert sorted(captions) == sorted(f"Rebalanced post {n}" for n in range(12))
+    finally:
+        second.stop()

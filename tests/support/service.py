@@ -87,6 +87,9 @@ class Service:
             "SMARTRETRY_BACKOFF_CAP_SECONDS": "0.5",
             "SMARTRETRY_SECRET_KEY": "test-secret-key",
             "SMARTRETRY_HANDLER_SESSION_TIMEOUT_SECONDS": "6",
+            # The sandbox answers at once: short attempts and leases keep interrupted posts from waiting long.
+            "SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS": "5",
+            "SMARTRETRY_ATTEMPT_LEASE_SECONDS": "8",
             "SMARTRETRY_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
