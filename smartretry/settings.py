@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     freshness_timeout_seconds: float = 30.0
     # How soon a dead handler's partitions move to another one (the broker's minimum is 6).
     handler_session_timeout_seconds: float = 10.0
+    # Each projector process of one host needs an id of its own (static group membership); unset, the host name.
+    projector_instance_id: str | None = None
+    projector_session_timeout_seconds: float = 10.0
     # The longest one platform call may take before its outcome is looked up instead of awaited.
     attempt_timeout_seconds: float = 120.0
     # An attempt without a result and without a post on the platform is declared interrupted only this

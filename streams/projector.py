@@ -203,8 +203,6 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
     bootstrap = settings.kafka_bootstrap_servers or "127.0.0.1:9092"
     app_id = f"{topics.prefix}{CONSUMER_NAME}"
     datadir = datadir or Path(tempfile.gettempdir()) / "smartretry-faust" / app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    datadir = datadir or Path(tempfile.gettempdir()) / "smartretry-faust" / app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
@@ -221,8 +219,13 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
         # A batch folds in well under this; a slow disk must not make the group think we died.
         broker_max_poll_interval=300.0,
         # Static membership: a processor restarted after a crash takes its old place in the group at
-        # once, instead of waiting out the dead member's session timeout.
-        consumer_group_instance_id=instance_id or f"{app_id}@{socket.gethostname()}",
+        # once, instead of waiting out the dead member's session timeout. Two processors on one host
+        # need ids of their own (SMARTRETRY_PROJECTOR_INSTANCE_ID), or they fence each other out.
+        consumer_group_instance_id=instance_id or settings.projector_instance_id
+        or f"{app_id}@{socket.gethostname()}",
+        # How soon a dead processor's partitions move to a live one.
+        broker_session_timeout=settings.projector_session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.projector_session_timeout_seconds / 5),
     )
     projector = InsightsProjector(store, topics, producer)
     # Each app gets its own consumer class bound to its projector (tests run several apps).

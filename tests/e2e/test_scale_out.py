@@ -52,10 +52,11 @@ class Cluster:
     def __init__(self, service: Service, work_dir: Path) -> None:
         self.service = service
         # Static members need distinct instance ids; by default both would take the host's name and
-        # fence each other. faust reads CONSUMER_GROUP_INSTANCE_ID from the environment.
+        # fence each other.
         self.projectors = [
             ServiceProcess(f"projector-{n}", [sys.executable, "-m", "streams.projector"],
-                           {**service.env, "CONSUMER_GROUP_INSTANCE_ID": f"{service.prefix}projector-{n}"}, work_dir)
+                           {**service.env, "SMARTRETRY_PROJECTOR_INSTANCE_ID": f"{service.prefix}projector-{n}"},
+                           work_dir)
             for n in (1, 2)]
         self.handlers = [
             ServiceProcess(f"handler-{n}", [sys.executable, "-m", "smartretry.cli", "handler"], service.env, work_dir)
@@ -127,7 +128,7 @@ def test_two_of_each_survive_losing_one_of_each(kafka_bootstrap: str, shared_san
     control.reset()
     control.set_publish_limit(10_000)
     service = Service(kafka_bootstrap, control, tmp_path, database_url=database_url, extra_env={
-        "BROKER_SESSION_TIMEOUT": SESSION_TIMEOUT_S, "BROKER_HEARTBEAT_INTERVAL": "1"})
+        "SMARTRETRY_PROJECTOR_SESSION_TIMEOUT_SECONDS": SESSION_TIMEOUT_S})
     cluster = Cluster(service, tmp_path)
     cluster.start()
     try:
