@@ -109,7 +109,10 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
 
 @dataclass
 class LocalBroker:
-    """A single-node KRaft broker (broker and controller in one JVM) on 127.0.0.1."""
+    """A single-node KRaft broker (broker and controller in one JVM) on 127.0.0.1.
+
+    The JVM is tied to the thread that starts it and dies with it, so no broker outlives its owner.
+    """
 
     port: int
     data_dir: Path
@@ -200,6 +203,11 @@ class LocalBroker:
             self.process.wait()
 
     def restart(self, timeout: float = 90.0) -> None:
+        """Kills the JVM and starts it again on the same data and port.
+
+        The new JVM dies with the *thread* that calls this (`PR_SET_PDEATHSIG` follows the thread): call it
+        from a thread that lives as long as the broker should, such as the main thread.
+        """
         self.kill()
         owns, self._owns_dir = self._owns_dir, False
         try:
