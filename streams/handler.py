@@ -297,7 +297,7 @@ class CommandHandler:
             except OutcomeUnknown as exc:
                 # Publishing now could duplicate the post; the attempt stays open until the platform answers.
                 log.warning("%s; asking again shortly", exc, extra=context)
-                await asyncio.sleep(backoff_delay(1, self.config, None, self._rng))
+                await asyncio.sleep(max(1.0, backoff_delay(1, self.config, None, self._rng)))
             except Exception as exc:
                 # The command is not committed while it fails, and running it again is safe: its decision
                 # and attempts are recorded events, so a second run resumes instead of repeating.
@@ -405,11 +405,15 @@ class CommandHandler:
                            partition: int, *, is_retry: bool, forced: bool, reason: str) -> None:
         content = _content_for(state, command)
         account = state.account or (command.account if isinstance(command, PublishRequested) else None)
-        await asyncio.gather(*(
+        outcomes = await asyncio.gather(*(
             self._publish_platform(state, command, platform, content, account, partition, is_retry=is_retry,
                                    forced=forced, reason=reason)
             for platform in platforms
-        ))
+        ), return_exceptions=True)
+        # Every platform's call has ended before the command is tried again: no two calls for one post overlap.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _publish_platform(self, state: PostState, command: Command, platform: Platform,
                                 content: PostContent | None, account: str | None, partition: int, *,
@@ -467,7 +471,6 @@ class CommandHandler:
                 platform=platform, attempt_id=attempt_id, container_id=container_id))
 
         publisher = self.publishers[platform]
-        started = self.clock()
         try:
             outcome = await asyncio.wait_for(
                 publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container),
@@ -479,15 +482,12 @@ class CommandHandler:
                 message=f"{label} publish did not finish within {self.config.attempt_timeout_seconds:.0f}s"),
                 containers[-1] if containers else None, outcome_unknown=True)
         if outcome.outcome_unknown:
-            # The request may have reached the platform: look before anyone publishes again.
-            found = await publisher.find_existing(content, credentials, attempt_id=attempt_id,
-                                                  container_id=outcome.container_id, attempted_at=started)
-            if found is None:
-                return outcome
-            if not found.success:
-                raise OutcomeUnknown(f"{label} could not say whether attempt {attempt_id} went out")
-            return PublishOutcome(platform=platform, success=True, platform_post_id=found.platform_post_id,
-                                  permalink=found.permalink, container_id=outcome.container_id)
+            # The request may have reached the platform, and may still be on its way there: looking now
+            # could miss a post that appears a moment later. The attempt stays open, and is resolved by
+            # asking the platform, once its lease has run out if the post is not there (see
+            # `_resolve_interrupted`).
+            why = outcome.error.message if outcome.error else "no answer"
+            raise OutcomeUnknown(f"{label} did not answer attempt {attempt_id} ({why})")
         return outcome
 
     async def _record_result(self, post_id: str, attempt_id: str, outcome: PublishOutcome,

@@ -87,9 +87,10 @@ class Service:
             "SMARTRETRY_BACKOFF_CAP_SECONDS": "0.5",
             "SMARTRETRY_SECRET_KEY": "test-secret-key",
             "SMARTRETRY_HANDLER_SESSION_TIMEOUT_SECONDS": "6",
-            # The sandbox answers at once: short attempts and leases keep interrupted posts from waiting long.
-            "SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS": "5",
-            "SMARTRETRY_ATTEMPT_LEASE_SECONDS": "8",
+            # Shorter than in production, so interrupted posts do not wait minutes; still longer than the
+            # sandbox takes to answer a queued request on a loaded machine.
+            "SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS": "20",
+            "SMARTRETRY_ATTEMPT_LEASE_SECONDS": "30",
             "SMARTRETRY_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
