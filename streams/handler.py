@@ -67,6 +67,10 @@ class StaleProjection(TimeoutError):
 class OutcomeUnknown(RuntimeError):
     """A platform could not tell whether an attempt's post exists; the command is tried again later."""
 
+    def __init__(self, message: str, wait_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.wait_seconds = wait_seconds
+
 
 @dataclass(frozen=True)
 class HandlerConfig:
@@ -297,7 +301,7 @@ class CommandHandler:
             except OutcomeUnknown as exc:
                 # Publishing now could duplicate the post; the attempt stays open until the platform answers.
                 log.warning("%s; asking again shortly", exc, extra=context)
-                await asyncio.sleep(max(1.0, backoff_delay(1, self.config, None, self._rng)))
+                await asyncio.sleep(exc.wait_seconds or max(1.0, backoff_delay(1, self.config, None, self._rng)))
             except Exception as exc:
                 # The command is not committed while it fails, and running it again is safe: its decision
                 # and attempts are recorded events, so a second run resumes instead of repeating.
@@ -516,6 +520,12 @@ class CommandHandler:
                 except LookupError:
                     found = None
             if found is not None and not found.success:
+                assert found.error is not None
+                if found.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+                    # Nothing changes until someone re-authenticates: say so, and ask less often.
+                    raise OutcomeUnknown(
+                        f"{label} cannot be asked whether attempt {attempt.attempt_id} went out until the account "
+                        f"is re-authenticated ({found.error.message})", wait_seconds=30.0)
                 raise OutcomeUnknown(f"{label} could not say whether attempt {attempt.attempt_id} went out")
             if found is not None and found.success:
                 log.info("♻️ %s post of an interrupted attempt found on the platform; recorded, not republished",
