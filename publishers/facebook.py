@@ -24,14 +24,27 @@ PageCall = Callable[[SecretStr], Awaitable[dict[str, Any]]]
 
 # Published posts are matched to an attempt within this window around its start (clocks differ a little).
 CLOCK_SKEW = timedelta(minutes=2)
-RECENT_POSTS_LIMIT = 50
+# Meta serves at most 100 posts a page. Ten pages covers a very busy Page's window; past that the lookup
+# answers "could not tell" rather than "not published", because the latter would publish a duplicate.
+LOOKUP_PAGE_SIZE = 100
+LOOKUP_MAX_PAGES = 10
 
 
 class FacebookPagePublisher:
     platform: Platform = "facebook"
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, version: str) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        version: str,
+        *,
+        lookup_page_size: int = LOOKUP_PAGE_SIZE,
+        lookup_max_pages: int = LOOKUP_MAX_PAGES,
+    ) -> None:
         self._graph = GraphApi(client, base_url, version, "facebook")
+        self._lookup_page_size = lookup_page_size
+        self._lookup_max_pages = lookup_max_pages
         # Page tokens by (page, user token): fetching one per post would double the calls.
         self._page_tokens: dict[tuple[str, str], SecretStr] = {}
 
@@ -73,20 +86,10 @@ class FacebookPagePublisher:
         if not account.page_id:
             return PublishOutcome.failed("facebook", _no_page(action))
         since = attempted_at - CLOCK_SKEW
-        params = {
-            "fields": "id,message,created_time,permalink_url",
-            "since": str(int(since.timestamp())),
-            "limit": str(RECENT_POSTS_LIMIT),
-        }
-        page_id = account.page_id
         try:
-            listing = await self._with_page_token(
-                account, action,
-                lambda token: self._graph.get(page_id, "published_posts", token, params=params, action=action),
-            )
+            match = await self._earliest_match(account, content.caption, since, action)
         except GraphCallFailed as failed:
             return PublishOutcome.failed("facebook", failed.error)
-        match = _matching_post(listing.get("data"), content.caption, since)
         if match is None:
             log.info("No Facebook post matches the attempt", extra={"attempt_id": attempt_id})
             return None
@@ -94,6 +97,54 @@ class FacebookPagePublisher:
         permalink = match.get("permalink_url") or await self._permalink(post_id, account)
         log.info("Facebook post %s found for the attempt", post_id, extra={"attempt_id": attempt_id})
         return PublishOutcome.published("facebook", post_id, permalink)
+
+    async def _earliest_match(
+        self, account: AccountCredentials, caption: str, since: datetime, action: str
+    ) -> dict[str, Any] | None:
+        """The Page's earliest post since `since` with this caption, reading every page of the window.
+
+        Raises `GraphCallFailed` when the window could not be read to its end: a post not seen then may
+        still exist, and only a complete read can say it does not.
+        """
+        page_id = account.page_id or ""
+        # `until` pins the window's end, so posts published while we page do not push older ones further
+        # back; the skew allows for Meta's clock being ahead of ours.
+        until = max(datetime.now(UTC), since) + CLOCK_SKEW
+        params = {
+            "fields": "id,message,created_time,permalink_url",
+            "since": str(int(since.timestamp())),
+            "until": str(int(until.timestamp())),
+            "limit": str(self._lookup_page_size),
+        }
+        match: dict[str, Any] | None = None
+        for _ in range(self._lookup_max_pages):
+            listing = await self._with_page_token(
+                account, action,
+                lambda token: self._graph.get(page_id, "published_posts", token, params=params, action=action),
+            )
+            posts = listing.get("data")
+            # Newest first: an earlier match further back replaces a later one.
+            match = _matching_post(posts, caption, since) or match
+            if _reaches_before(posts, since):
+                return match
+            # Only cursors are followed: Meta's `paging.next` URLs carry the access token, which must never
+            # be in a URL we request or log. Its absence is still Meta's "this is the last page".
+            paging = listing.get("paging")
+            paging = paging if isinstance(paging, dict) else {}
+            if not paging.get("next"):
+                return match
+            cursors = paging.get("cursors")
+            after = cursors.get("after") if isinstance(cursors, dict) else None
+            if not isinstance(after, str) or not after:
+                break
+            params["after"] = after
+        if match is not None:
+            # Unread pages hold only older posts; this one proves the caption went out after the attempt began.
+            return match
+        raise GraphCallFailed(PlatformError(
+            kind=ErrorKind.TRANSIENT,
+            message=f"{action} failed: could not tell whether the post went out (the Page has more posts since "
+                    f"the attempt than {self._lookup_max_pages} pages of {self._lookup_page_size})"))
 
     async def _create(
         self, content: PostContent, account: AccountCredentials, token: SecretStr, action: str
@@ -173,6 +224,15 @@ def _matching_post(posts: Any, caption: str, since: datetime) -> dict[str, Any] 
         if str(post.get("message") or "").strip() == wanted:
             found.append((created, post))
     return min(found, key=lambda item: item[0])[1] if found else None
+
+
+def _reaches_before(posts: Any, since: datetime) -> bool:
+    """Whether a page of posts goes back past `since`: the window has then been read to its start."""
+    for post in posts if isinstance(posts, list) else []:
+        created = _parse_time(post.get("created_time")) if isinstance(post, dict) else None
+        if created is not None and created < since:
+            return True
+    return False
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -24,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import h11
 import httpx
@@ -51,6 +53,8 @@ ContainerStatus = Literal["FINISHED", "ERROR", "EXPIRED"]
 # Meta's media_publish reference: 50 posts per account in a moving 24 hours (read it live from
 # /content_publishing_limit on the real API; it has changed before).
 DEFAULT_PUBLISH_LIMIT = 50
+# The most posts Meta returns in one page of /published_posts, whatever `limit` asks for.
+FB_MAX_PAGE_SIZE = 100
 _VERSION_PREFIX = re.compile(r"^/v\d+(?:\.\d+)?(?=/)")
 
 
@@ -356,18 +360,37 @@ class GraphSandbox:
         return post
 
     def _list_fb_posts(self, request: _Request, node: str) -> _Reply:
+        """Newest first, `limit` at a time (at most 100, as Meta), with Meta's cursor paging.
+
+        `paging.cursors.after` goes back as `after` for the next page; `paging.next` is there only when
+        more posts remain, as on Meta, where its absence is the sign of the last page.
+        """
         account = self._page_account(request, node, page_token_required=True)
         if isinstance(account, _Reply):
             return account
         since = _int(request.query.get("since"))
         until = _int(request.query.get("until"))
-        limit = _int(request.query.get("limit")) or 25
+        limit = min(_int(request.query.get("limit")) or 25, FB_MAX_PAGE_SIZE)
         posts = [p for p in self.fb_posts.values() if p["page_id"] == node
                  and (since is None or p["created_ts"] >= since) and (until is None or p["created_ts"] <= until)]
         posts.sort(key=lambda p: p["serial"], reverse=True)
+        if "after" in request.query:
+            after = _decode_cursor(request.query["after"])
+            if after is None:
+                return _error(400, 100, "(#100) The after cursor is not valid")
+            posts = [p for p in posts if p["serial"] < after]
+        shown = posts[:limit]
         wanted = _fields(request) or {"id", "message", "created_time"}
-        data = [{k: v for k, v in p.items() if k in wanted | {"id"} and v is not None} for p in posts[:limit]]
-        paging = {"cursors": {"before": "QVFIUmJlZAm9yZA", "after": "QVFIUmFmdGVy"}}
+        data = [{k: v for k, v in p.items() if k in wanted | {"id"} and v is not None} for p in shown]
+        if not shown:
+            return _Reply(body={"data": []})
+        after_cursor = _encode_cursor(shown[-1]["serial"])
+        paging: dict[str, Any] = {"cursors": {"before": _encode_cursor(shown[0]["serial"]), "after": after_cursor}}
+        if len(posts) > limit:
+            # Meta's next URL repeats the query with the access token in it; the sandbox leaves the token out
+            # (it came in a header) so nothing it answers can leak one.
+            query = {k: v for k, v in request.query.items() if k != "before"} | {"after": after_cursor}
+            paging["next"] = f"/{node}/published_posts?{urlencode(query)}"
         return _Reply(body={"data": data, "paging": paging})
 
     def _get_fb_post(self, request: _Request, node: str) -> _Reply:
@@ -572,6 +595,20 @@ def _int(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _encode_cursor(serial: int) -> str:
+    # Opaque to clients, as Meta's are: they pass cursors back and never read them.
+    return base64.urlsafe_b64encode(f"post:{serial}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int | None:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    kind, _, serial = text.partition(":")
+    return _int(serial) if kind == "post" else None
 
 
 def _bearer(headers: dict[str, str]) -> str | None:

@@ -9,7 +9,8 @@ import pytest
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, Publisher, PublishOutcome, build_publishers
-from publishers.sandbox import DEMO_PAGE_ID, DEMO_USER_TOKEN, SandboxControl
+from publishers.facebook import FacebookPagePublisher
+from publishers.sandbox import DEMO_PAGE_ID, DEMO_PAGE_TOKEN, DEMO_USER_TOKEN, SandboxControl
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
 from tests.support.sandbox import FAST_POLLING, GRAPH_VERSION
@@ -24,6 +25,15 @@ LINK = PostContent(caption="Read the story", link="https://example.com/story")
 
 def facebook_posts(sandbox: SandboxControl) -> int:
     return sandbox.counters()["facebook"][DEMO_PAGE_ID]
+
+
+async def post_other_news(client: httpx.AsyncClient, sandbox: SandboxControl, count: int, first: int = 0) -> None:
+    """Another tool posting to the same Page: `count` text posts straight through the Graph API."""
+    for n in range(first, first + count):
+        response = await client.post(f"{sandbox.base_url}/{GRAPH_VERSION}/{DEMO_PAGE_ID}/feed",
+                                     data={"message": f"Today's special #{n}"},
+                                     headers={"Authorization": f"Bearer {DEMO_PAGE_TOKEN}"})
+        response.raise_for_status()
 
 
 def assert_no_token_in(outcome: PublishOutcome, *tokens: str) -> None:
@@ -265,3 +275,69 @@ async def test_an_account_without_a_page_cannot_publish_to_facebook(
 
     assert outcome.error is not None and outcome.error.kind is ErrorKind.INVALID_REQUEST
     assert "no Facebook Page" in outcome.error.message
+
+
+async def test_an_interrupted_attempts_post_is_found_behind_a_busy_pages_newer_posts(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
+    graph_client: httpx.AsyncClient,
+) -> None:
+    started = datetime.now(UTC)
+    sandbox.drop_after("facebook", "photos")
+    interrupted = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
+    assert interrupted.outcome_unknown
+    # More posts since the attempt than one page of the listing holds (Meta's pages are 100 at most).
+    await post_other_news(graph_client, sandbox, 120)
+
+    found = await publishers["facebook"].find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=started)
+
+    [ours] = [post for post in sandbox.posts() if post["message"] == PHOTO.caption]
+    assert found is not None and found.success
+    assert (found.platform_post_id, found.permalink) == (ours["id"], ours["permalink_url"])
+    assert facebook_posts(sandbox) == 121
+
+
+async def test_a_window_too_busy_to_read_to_its_start_is_could_not_tell_not_a_no(
+    demo_account: AccountCredentials, sandbox: SandboxControl, graph_client: httpx.AsyncClient,
+) -> None:
+    # The bound scaled down (2 pages of 10) so the test posts 25 posts instead of over a thousand.
+    facebook = FacebookPagePublisher(graph_client, sandbox.base_url, GRAPH_VERSION,
+                                     lookup_page_size=10, lookup_max_pages=2)
+    started = datetime.now(UTC)
+    await post_other_news(graph_client, sandbox, 15)
+
+    readable = await facebook.find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                            attempted_at=started)
+    assert readable is None
+
+    await post_other_news(graph_client, sandbox, 10, first=15)
+    too_busy = await facebook.find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                            attempted_at=started)
+
+    # None would mean "it did not go out" and publish it again; the handler asks again later instead.
+    assert too_busy is not None and not too_busy.success
+    assert too_busy.error is not None and too_busy.error.kind is ErrorKind.TRANSIENT
+    assert "could not tell" in too_busy.error.message
+    assert facebook_posts(sandbox) == 25
+
+
+async def test_the_sandbox_pages_published_posts_with_cursors_newest_first(
+    sandbox: SandboxControl, graph_client: httpx.AsyncClient
+) -> None:
+    await post_other_news(graph_client, sandbox, 5)
+    url = f"{sandbox.base_url}/{GRAPH_VERSION}/{DEMO_PAGE_ID}/published_posts"
+    headers = {"Authorization": f"Bearer {DEMO_PAGE_TOKEN}"}
+
+    first = (await graph_client.get(url, params={"fields": "message", "limit": "3"}, headers=headers)).json()
+    after = first["paging"]["cursors"]["after"]
+    last = (await graph_client.get(url, params={"fields": "message", "limit": "3", "after": after},
+                                   headers=headers)).json()
+    future = int((datetime.now(UTC) + timedelta(minutes=5)).timestamp())
+    none_yet = (await graph_client.get(url, params={"since": str(future)}, headers=headers)).json()
+
+    assert [post["message"] for post in first["data"]] == [f"Today's special #{n}" for n in (4, 3, 2)]
+    assert "next" in first["paging"]
+    assert [post["message"] for post in last["data"]] == ["Today's special #1", "Today's special #0"]
+    # The last page has cursors but no `next`, as on Meta.
+    assert "next" not in last["paging"] and last["paging"]["cursors"]["after"]
+    assert none_yet == {"data": []}
