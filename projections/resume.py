@@ -26,3 +26,14 @@ def platforms_to_resume(state: PostState, command_id: str, max_attempts: int) ->
                 and len(mine) < max_attempts:
             owed.append(platform)
     return tuple(owed)
+
+
+def command_settled(state: PostState | None, command_id: str, max_attempts: int) -> bool:
+    """True once every platform the command chose has a result that the handler will not retry by itself."""
+    if state is None or command_id not in state.commands:
+        return False
+    for platform in state.commands[command_id].platforms:
+        mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
+        if not mine or mine[-1].success is None:
+            return False
+    return not platforms_to_resume(state, command_id, max_attempts)

@@ -37,7 +37,7 @@ from projections.responses import (
     retries_by_platform,
     retry_history,
 )
-from projections.resume import platforms_to_resume
+from projections.resume import command_settled
 from projections.state import PostState
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
@@ -118,18 +118,6 @@ class TokenBody(Body):
 
 class CommandSender(Protocol):
     async def __call__(self, topic: str, key: str, value: bytes) -> None: ...
-
-
-def command_settled(state: PostState | None, command_id: str, max_automatic_attempts: int) -> bool:
-    """True once every platform the command chose has a result that the handler will not retry by itself."""
-    if state is None or command_id not in state.commands:
-        return False
-    record = state.commands[command_id]
-    for platform in record.platforms:
-        mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
-        if not mine or mine[-1].success is None:
-            return False
-    return not platforms_to_resume(state, command_id, max_automatic_attempts)
 
 
 def platform_link(state: PostState, platform: Platform) -> str | None:

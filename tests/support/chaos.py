@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from sqlalchemy import select
 
+from projections.resume import command_settled
 from projections.state import PostState
 from projections.store import ProjectionStore, make_engine, posts
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN, SandboxControl
@@ -34,11 +35,10 @@ from schemas.ids import new_id
 from streams.broker import LocalBroker
 from streams.kafka import consumer, producer
 from streams.replay import replay
-from tests.support.service import Service, ServiceProcess
+from tests.support.service import MAX_AUTOMATIC_ATTEMPTS, Service, ServiceProcess
 
 FINAL = ("posted", "failed")
 CAPTION_ID = re.compile(r"^Chaos post (\S+):")
-MAX_AUTOMATIC_ATTEMPTS = 5  # the service's default, which the harness keeps
 
 # Messages no consumer can use; each must come out as exactly one dead letter (per source offset).
 BAD_COMMANDS: list[bytes] = [
@@ -437,18 +437,7 @@ class ChaosRun:
 
 def command_finished(state: PostState, command_id: str) -> bool:
     """The command is decided and every platform it chose has a final result (automatic retries done)."""
-    record = state.commands.get(command_id)
-    if record is None:
-        return False
-    for platform in record.platforms:
-        mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
-        if not mine or mine[-1].success is None:
-            return False
-        latest = mine[-1]
-        if latest.success is False and latest.error_kind is not None and latest.error_kind.retried_automatically \
-                and len(mine) < MAX_AUTOMATIC_ATTEMPTS:
-            return False
-    return True
+    return command_settled(state, command_id, MAX_AUTOMATIC_ATTEMPTS)
 
 
 def verdict(created: list[dict[str, Any]], states: dict[str, PostState | None],

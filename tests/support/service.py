@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from projections.resume import command_settled
 from projections.state import PostState
 from publishers.sandbox import (
     DEMO_ACCOUNT_ID,
@@ -34,6 +35,8 @@ from streams.kafka import producer
 from streams.topics import Topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
+# The harness runs the handler with the default number of automatic attempts.
+MAX_AUTOMATIC_ATTEMPTS = Settings().max_automatic_attempts
 
 
 class ServiceProcess:
@@ -163,21 +166,8 @@ class Service:
 
     def wait_command(self, post_id: str, command_id: str, timeout: float = 60.0) -> PostState:
         """Waits until the command is decided and every platform it chose has a final result."""
-        def finished(state: PostState) -> bool:
-            record = state.commands.get(command_id)
-            if record is None:
-                return False
-            for platform in record.platforms:
-                mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
-                if not mine or mine[-1].success is None:
-                    return False
-                latest = mine[-1]
-                if latest.success is False and latest.error_kind is not None and \
-                        latest.error_kind.retried_automatically and len(mine) < 5:
-                    return False
-            return True
-
-        return self.wait_for(post_id, finished, timeout)
+        return self.wait_for(post_id, lambda state: command_settled(state, command_id, MAX_AUTOMATIC_ATTEMPTS),
+                             timeout)
 
 
 @pytest.fixture(scope="session")
