@@ -341,8 +341,9 @@ class CommandHandler:
             return
         state = await self.fresh_state(command.post_id, partition)
         if state is not None and any(state.in_flight(p) for p in ("facebook", "instagram")):
-            # Commands of a post run one at a time and the projection is current, so an attempt with no
-            # result belongs to a worker that died between the platform call and its result.
+            # Commands of a post run one at a time here and the projection is current, so an attempt with no
+            # result is another worker's: one that died between the platform call and its result, or one
+            # that lost this partition in a rebalance and may still be finishing (hence the lease).
             await self._resolve_interrupted(state)
             state = await self.fresh_state(command.post_id, partition)
 
