@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import classify
-from publishers.graph import GraphApi, GraphCallFailed
+from publishers.graph import GraphApi, GraphCallFailed, earliest_match, parse_meta_time
 from publishers.redact import register_secret
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -124,7 +124,7 @@ class FacebookPagePublisher:
             )
             posts = listing.get("data")
             # Newest first: an earlier match further back replaces a later one.
-            match = _matching_post(posts, caption, since) or match
+            match = earliest_match(posts, caption, since, time_field="created_time", text_field="message") or match
             if _reaches_before(posts, since):
                 return match
             # Only cursors are followed: Meta's `paging.next` URLs carry the access token, which must never
@@ -211,42 +211,13 @@ class FacebookPagePublisher:
         return link if isinstance(link, str) and link else fallback
 
 
-def _matching_post(posts: Any, caption: str, since: datetime) -> dict[str, Any] | None:
-    """The earliest post since `since` whose message is the caption (Meta trims surrounding blanks)."""
-    wanted = caption.strip()
-    found: list[tuple[datetime, dict[str, Any]]] = []
-    for post in posts if isinstance(posts, list) else []:
-        if not isinstance(post, dict) or "id" not in post:
-            continue
-        created = _parse_time(post.get("created_time"))
-        if created is None or created < since:
-            continue
-        if str(post.get("message") or "").strip() == wanted:
-            found.append((created, post))
-    return min(found, key=lambda item: item[0])[1] if found else None
-
-
 def _reaches_before(posts: Any, since: datetime) -> bool:
     """Whether a page of posts goes back past `since`: the window has then been read to its start."""
     for post in posts if isinstance(posts, list) else []:
-        created = _parse_time(post.get("created_time")) if isinstance(post, dict) else None
+        created = parse_meta_time(post.get("created_time")) if isinstance(post, dict) else None
         if created is not None and created < since:
             return True
     return False
-
-
-def _parse_time(value: Any) -> datetime | None:
-    # Meta writes "2025-11-17T10:10:13+0000".
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z")
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _no_page(action: str) -> PlatformError:

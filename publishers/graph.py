@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -78,3 +79,35 @@ class GraphApi:
         # A 5xx or an unreadable success answer on a creating call: Meta may have created it anyway.
         unknown = creates and (response.status_code >= 500 or response.is_success) and error.kind is ErrorKind.TRANSIENT
         raise GraphCallFailed(error, outcome_unknown=unknown)
+
+
+def parse_meta_time(value: Any) -> datetime | None:
+    """A Graph API time ("2025-11-17T10:10:13+0000", or ISO 8601), in UTC when no zone is given."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def earliest_match(items: Any, caption: str, since: datetime, *, time_field: str,
+                   text_field: str) -> dict[str, Any] | None:
+    """The earliest item since `since` whose text is the caption (Meta trims surrounding blanks).
+
+    How an attempt whose outcome is unknown is matched to what the platform holds, on both platforms.
+    """
+    wanted = caption.strip()
+    found: list[tuple[datetime, dict[str, Any]]] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or "id" not in item:
+            continue
+        created = parse_meta_time(item.get(time_field))
+        if created is not None and created >= since and str(item.get(text_field) or "").strip() == wanted:
+            found.append((created, item))
+    return min(found, key=lambda pair: pair[0])[1] if found else None
+

@@ -7,14 +7,13 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import is_retry_same_container
-from publishers.graph import GraphApi, GraphCallFailed
+from publishers.graph import GraphApi, GraphCallFailed, earliest_match
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
@@ -190,7 +189,8 @@ class InstagramPublisher:
         except GraphCallFailed:
             # It went out for certain; the ids can be filled in later, a second publish cannot be undone.
             return PublishOutcome.published("instagram", None, None, container_id)
-        media = _matching_media(listing.get("data"), content.caption, attempted_at - CLOCK_SKEW)
+        media = earliest_match(listing.get("data"), content.caption, attempted_at - CLOCK_SKEW,
+                               time_field="timestamp", text_field="caption")
         if media is None:
             return PublishOutcome.published("instagram", None, None, container_id)
         permalink = media.get("permalink")
@@ -206,27 +206,6 @@ class InstagramPublisher:
             return None
         link = body.get("permalink")
         return link if isinstance(link, str) and link else None
-
-
-def _matching_media(media: Any, caption: str, since: datetime) -> dict[str, Any] | None:
-    wanted = caption.strip()
-    found: list[tuple[datetime, dict[str, Any]]] = []
-    for item in media if isinstance(media, list) else []:
-        if not isinstance(item, dict) or "id" not in item:
-            continue
-        created = _parse_time(item.get("timestamp"))
-        if created is not None and created >= since and str(item.get("caption") or "").strip() == wanted:
-            found.append((created, item))
-    return min(found, key=lambda pair: pair[0])[1] if found else None
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z")
-    except ValueError:
-        return None
 
 
 def _not_connected(action: str) -> PlatformError:
