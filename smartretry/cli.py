@@ -63,7 +63,7 @@ def run() -> None:
 
     from smartretry.api import start_api
     from smartretry.bootstrap import open_stores
-    from streams.broker import _die_with_parent
+    from streams.broker import die_with_parent
     from streams.kafka import producer
 
     settings = Settings()
@@ -96,7 +96,7 @@ def run() -> None:
         for name, argv in (("projector", [sys.executable, "-m", "streams.projector"]),
                            ("handler", [sys.executable, "-m", "smartretry.cli", "handler"])):
             # Each process dies with this one, even when this one is killed: nothing is left behind.
-            processes.append((name, subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)))
+            processes.append((name, subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)))
         api = start_api(settings, stores, producer(bootstrap))
         stack.callback(api.stop)
         typer.echo(f"API: {api.url}  (API key from SMARTRETRY_API_KEY)")

@@ -74,7 +74,7 @@ def free_port() -> int:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # The JVM gets SIGTERM when the process that started it dies, even by SIGKILL: no orphan brokers.
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -157,7 +157,7 @@ class LocalBroker:
         out = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the broker process
         broker.process = subprocess.Popen(
             [*java, "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )
         out.close()
         try:

@@ -31,6 +31,7 @@ from schemas.envelope import encode
 from schemas.ids import new_id
 from smartretry.bootstrap import Stores, open_stores
 from smartretry.settings import Settings
+from streams.broker import die_with_parent
 from streams.kafka import producer
 from streams.topics import Topics, ensure_topics
 
@@ -49,8 +50,9 @@ class ServiceProcess:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
+            # Dies with the test run even when pytest itself is killed: no service process outlives it.
             self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as when a machine dies."""
