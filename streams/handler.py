@@ -14,7 +14,7 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from projections.decide import Decision, decide
-from projections.fold import apply_all
+from projections.fold import apply_all, unresolved
 from projections.resume import platforms_to_resume
 from projections.state import PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
@@ -340,7 +340,7 @@ class CommandHandler:
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
             return
         state = await self.fresh_state(command.post_id, partition)
-        if state is not None and any(state.in_flight(p) for p in ("facebook", "instagram")):
+        if state is not None and unresolved(state):
             # Commands of a post run one at a time here and the projection is current, so an attempt with no
             # result is another worker's: one that died between the platform call and its result, or one
             # that lost this partition in a rebalance and may still be finishing (hence the lease).
@@ -505,10 +505,9 @@ class CommandHandler:
 
     async def _resolve_interrupted(self, state: PostState) -> None:
         """Gives every attempt without a result one, by asking the platform whether the post went out."""
-        for platform in ("facebook", "instagram"):
-            attempt = state.in_flight(platform)  # type: ignore[arg-type]
-            if attempt is None:
-                continue
+        for platform in unresolved(state):
+            attempt = state.in_flight(platform)
+            assert attempt is not None
             label = PLATFORM_LABELS[attempt.platform]
             context = {"post_id": state.post_id, "attempt_id": attempt.attempt_id, "platform": attempt.platform}
             found: PublishOutcome | None = None
