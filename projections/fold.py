@@ -117,9 +117,10 @@ def _applied(state: PostState | None, events: Sequence[Event], post_id: str) -> 
         state = empty_state(post_id, events[0].occurred_at)
     elif state.post_id != post_id:
         raise ValueError(f"event {events[0].event_id} belongs to post {post_id}, not {state.post_id}")
-    # Shallow copy: every handler below replaces a container or model instead of changing it, so the
-    # old state and the new one share everything that did not change.
-    new = _replaced(state, {})
+    # Shallow copy, with fresh copies of the containers the handlers add to: they change those in
+    # place, once per event, and replace any model instead of changing it. The old state and the new
+    # one share everything else, and the old one stays as it was (a refused batch leaves no trace).
+    new = _replaced(state, {"attempts": dict(state.attempts), "commands": dict(state.commands)})
     applied = list(state.applied_event_ids)
     seen = set(applied)
     updated_at = new.updated_at
@@ -169,7 +170,7 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
         note=event.note,
         fingerprint=event.fingerprint,
     )
-    state.commands = {**state.commands, event.command_id: record}
+    state.commands[event.command_id] = record
     if event.content is not None:
         # Corrected content applies from now on; results already in stay until new ones arrive.
         state.content = event.content
@@ -189,7 +190,7 @@ def _on_attempted(state: PostState, event: PublishAttempted) -> None:
         reason=event.reason,
         started_at=event.occurred_at,
     )
-    state.attempts = {**state.attempts, event.attempt_id: attempt}
+    state.attempts[event.attempt_id] = attempt
 
 
 def _on_container(state: PostState, event: ContainerCreated) -> None:
@@ -198,7 +199,7 @@ def _on_container(state: PostState, event: ContainerCreated) -> None:
         # Nothing to attach it to: the attempt's own event is what makes an attempt exist.
         return
     with_container = _replaced(attempt, {"container_id": event.container_id})
-    state.attempts = {**state.attempts, event.attempt_id: with_container}
+    state.attempts[event.attempt_id] = with_container
 
 
 def _on_result(state: PostState, event: PlatformResult) -> None:
@@ -228,7 +229,7 @@ def _on_result(state: PostState, event: PlatformResult) -> None:
         and other.success is not None
         for other in state.attempts.values()
     )
-    state.attempts = {**state.attempts, event.attempt_id: finished}
+    state.attempts[event.attempt_id] = finished
     if superseded:
         return
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.commands import PostContent
-from schemas.common import ErrorKind, Platform, PublishTarget, Timestamp, platforms_of
+from schemas.common import ErrorKind, Platform, PublishTarget, StateTime, platforms_of
 from schemas.insights import PostInsights, PostStatus, PublishResult
 
 
@@ -23,13 +23,13 @@ class AttemptState(BaseModel):
     is_retry: bool = False
     forced: bool = False
     reason: str = ""
-    started_at: Timestamp
+    started_at: StateTime
     container_id: str | None = None
     # None while the attempt has no result (in flight, or its worker died: to be resolved).
     success: bool | None = None
     recovered: bool = False
     error_kind: ErrorKind | None = None
-    finished_at: Timestamp | None = None
+    finished_at: StateTime | None = None
 
 
 class CommandRecord(BaseModel):
@@ -43,7 +43,7 @@ class CommandRecord(BaseModel):
     skipped: dict[Platform, str] = Field(default_factory=dict)
     is_retry: bool = False
     forced: bool = False
-    decided_at: Timestamp
+    decided_at: StateTime
     note: str = ""
     fingerprint: str | None = None
 
@@ -65,8 +65,8 @@ class PostState(BaseModel):
     # What the user has to do before a retry can succeed, per failed platform ("re-authenticate Facebook").
     needed_action: dict[Platform, str] = Field(default_factory=dict)
     legacy: bool = False
-    created_at: Timestamp | None = None
-    updated_at: Timestamp | None = None
+    created_at: StateTime | None = None
+    updated_at: StateTime | None = None
     # The command that submitted the post: its redelivery resumes the first publish instead of being refused.
     submitted_by: str | None = None
     # What an imported old-system document said, used only where the events have nothing to say yet.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import json
 import logging
 import socket
 import sys
@@ -26,6 +24,7 @@ from schemas.envelope import DecodeError, decode_event
 from schemas.events import Event
 from smartretry.settings import Settings
 from streams.dlq import make_dead_letter
+from streams.gc_tuning import tune_gc
 from streams.kafka import producer as kafka_producer
 from streams.topics import Topics, ensure_topics
 
@@ -33,16 +32,13 @@ log = logging.getLogger(__name__)
 
 CONSUMER_NAME = "projector"
 
-# Python's are (700, 10, 10): see `tune_gc`.
-GC_THRESHOLDS = (50_000, 20, 10)
-
 # (offset, key, value) of one post-events message, in partition order.
 RawRecord = tuple[int, bytes | None, bytes | None]
 
 
 def insights_message(state: PostState) -> bytes:
     """The insights topic's value: the post's seed document plus its post id."""
-    return json.dumps({"post_id": state.post_id, **state.document.to_document()}, ensure_ascii=False).encode()
+    return state.document.to_json(post_id=state.post_id)
 
 
 @dataclass
@@ -252,20 +248,6 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
         await app.stop()
         producer.flush(10)
         store.engine.dispose()
-
-
-def tune_gc() -> None:
-    """Fewer cyclic collections for a process that folds: about a third of its time went to them.
-
-    Folding allocates many small objects that live for a batch, and the hot states live longer; with
-    Python's default threshold (700 allocations) the collector ran every few events and walked them
-    all. Nothing the fold makes is cyclic, so collecting less often only delays freeing the few
-    cycles asyncio and faust make. Objects alive after start-up (modules, faust's app) are frozen out
-    of every collection.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -106,6 +107,15 @@ def test_the_fold_is_deterministic_and_survives_storing_the_state_between_events
         state = PostState.model_validate_json(state.model_dump_json())
     assert state == once["post-1"]
     assert state.model_dump_json() == once["post-1"].model_dump_json()
+
+
+@fold_settings
+@given(stories())
+def test_the_insights_topics_json_is_the_document(story: Story) -> None:
+    state = fold(story.events)["post-1"]
+    assert json.loads(state.document.to_json(post_id="post-1")) == {"post_id": "post-1",
+                                                                       **state.document.to_document()}
+    assert json.loads(state.document.to_json()) == state.document.to_document()
 
 
 @fold_settings

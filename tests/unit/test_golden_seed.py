@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from projections.decide import decide, retry_preview
@@ -49,6 +50,13 @@ def test_insights_after_the_failed_attempt_are_the_seeds_document() -> None:
 def test_insights_after_the_successful_retry_are_the_seeds_document() -> None:
     state = seed_retry(seed_first_attempt()).state()
     assert state.document.to_document() == INSIGHTS_AFTER_SUCCESSFUL_RETRY
+
+
+def test_the_insights_topics_message_is_the_seeds_document_with_the_post_id() -> None:
+    message = seed_first_attempt().state().document.to_json(post_id=POST_ID)
+    assert json.loads(message) == {"post_id": POST_ID, **INSIGHTS_AFTER_FAILED_ATTEMPT}
+    # Field order as the seed writes it: a reader that diffs the raw text sees the seed's layout.
+    assert list(json.loads(message)) == ["post_id", *INSIGHTS_AFTER_FAILED_ATTEMPT]
 
 
 def test_the_first_attempts_api_response_is_the_seeds() -> None:
