@@ -145,8 +145,9 @@ def processor() -> None:
 
 
 @app.command()
-def replay(scratch: str = typer.Option("", help="Database URL of the scratch store; default a temporary SQLite file.")
-           ) -> None:
+def replay(scratch: str = typer.Option("", help="Database URL of the scratch store; default a temporary SQLite file."),
+           workers: int = typer.Option(0, help="Processes that read and fold partitions; default one per core.",
+                                       min=0)) -> None:
     """Rebuild the projection from offset 0 into an empty store and compare it with the live one."""
     import tempfile
 
@@ -166,7 +167,8 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
         with Progress() as bar:
             task = bar.add_task("Replaying post events", total=None)
             report = replay_events(settings.kafka_bootstrap_servers, settings.topics, live, scratch_store,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                   workers=workers or None)
         scratch_store.engine.dispose()
     typer.echo(f"events replayed: {report.events} into {report.posts} posts in {report.seconds:.1f}s")
     typer.echo(f"live digest:   {report.live_digest}")

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import gc
+import multiprocessing
+import os
+import queue
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from projections.fold import apply_valid
 from projections.state import PostState
-from projections.store import Offsets, ProjectionStore, digest_of
+from projections.store import Offsets, ProjectionStore, digest_of, make_engine
 from schemas.envelope import DecodeError, decode_event
 from schemas.events import Event
-from streams.projector import GC_THRESHOLDS
+from streams.broker import die_with_parent
+from streams.gc_tuning import folding_gc, tune_gc
 from streams.topics import Topics
 
 # Records decoded and folded at a time: one copy and one document per post per batch.
@@ -47,11 +51,13 @@ class ReplayReport:
 
 
 def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_store: ProjectionStore,
-           progress: Progress | None = None, timeout: float = 300.0) -> ReplayReport:
+           progress: Progress | None = None, timeout: float = 300.0, workers: int | None = None) -> ReplayReport:
     """Folds the post events into `scratch_store` (emptied first) up to the live store's offsets.
 
     The live offsets and states are read in one transaction first, so the live processor can keep
-    running: the replay stops exactly where that snapshot was taken.
+    running: the replay stops exactly where that snapshot was taken. Partitions are independent (a
+    post's events are all on one), so `workers` processes (default: one per core) each read and fold
+    a share of them; a scratch store in memory is folded in this process alone.
     """
     started = time.monotonic()
     offsets, live_prints = live_store.snapshot_fingerprints()
@@ -59,18 +65,123 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
                if topic == topics.post_events and offset >= 0}
     scratch_store.create_schema()
     scratch_store.reset()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)  # see streams.projector.tune_gc
-    try:
-        events, replay_prints = _read_and_fold(bootstrap, topics, targets, scratch_store, progress,
-                                               started + timeout)
-    finally:
-        gc.set_threshold(*thresholds)
+    deadline = started + timeout
+    shares = _shares(bootstrap, topics.post_events, targets, _worker_count(workers, scratch_store))
+    if len(shares) <= 1:
+        events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
+                                           deadline, MEMORY_STATES)
+    else:
+        url = scratch_store.engine.url.render_as_string(hide_password=False)
+        events, replay_prints = _fold_in_processes(bootstrap, topics.post_events, shares, url, progress, deadline)
     differing = sorted(post_id for post_id in live_prints.keys() | replay_prints.keys()
                        if live_prints.get(post_id) != replay_prints.get(post_id))
     return ReplayReport(live_digest=digest_of(live_prints), replay_digest=digest_of(replay_prints),
                         differing=differing, offsets=targets, events=events, posts=len(replay_prints),
                         seconds=time.monotonic() - started)
+
+
+def _worker_count(workers: int | None, scratch_store: ProjectionStore) -> int:
+    database = scratch_store.engine.url.database
+    if scratch_store.engine.dialect.name == "sqlite" and database in (None, "", ":memory:"):
+        return 1  # another process could not see this store
+    return max(1, workers if workers is not None else os.cpu_count() or 1)
+
+
+def _shares(bootstrap: str, topic: str, targets: dict[int, int], workers: int) -> list[dict[int, int]]:
+    """`targets` split into at most `workers` shares of about equal event counts (largest partitions first)."""
+    if workers <= 1 or len(targets) <= 1:
+        return [targets] if targets else []
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"replay-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
+    try:
+        sizes = {p: max(0, offset - consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] + 1)
+                 for p, offset in targets.items()}
+    finally:
+        consumer.close()
+    shares: list[dict[int, int]] = [{} for _ in range(min(workers, len(targets)))]
+    loads = [0] * len(shares)
+    for partition in sorted(sizes, key=lambda p: -sizes[p]):
+        lightest = loads.index(min(loads))
+        shares[lightest][partition] = targets[partition]
+        loads[lightest] += sizes[partition]
+    return [share for share in shares if share]
+
+
+def _fold_here(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
+               progress: Progress | None, deadline: float, limit: int) -> tuple[int, dict[str, bytes]]:
+    with folding_gc():
+        return _read_and_fold(bootstrap, topic, targets, store, progress, deadline, limit)
+
+
+def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]], scratch_url: str,
+                       progress: Progress | None, deadline: float) -> tuple[int, dict[str, bytes]]:
+    """Each share folded by a process of its own into the scratch store; their events and fingerprints, summed."""
+    # Spawned, not forked: a fork would copy librdkafka's threads' locks in whatever state they are.
+    context = multiprocessing.get_context("spawn")
+    messages: Any = context.Queue()
+    limit = max(1, MEMORY_STATES // len(shares))
+    processes = [context.Process(target=_worker, name=f"replay-{n}", daemon=True,
+                                 args=(n, bootstrap, topic, share, scratch_url, deadline - time.monotonic(), limit,
+                                       messages))
+                 for n, share in enumerate(shares)]
+    for process in processes:
+        process.start()
+    done = [0] * len(shares)
+    totals = [0] * len(shares)
+    finished: dict[int, tuple[int, dict[str, bytes]]] = {}
+    quiet_dead: set[int] = set()
+    try:
+        while len(finished) < len(shares):
+            try:
+                message = messages.get(timeout=0.5)
+            except queue.Empty:
+                # A worker's last message is in the pipe before it exits: one found dead on two quiet
+                # turns in a row died without reporting.
+                dead = {n for n, process in enumerate(processes) if n not in finished and not process.is_alive()}
+                if dead & quiet_dead:
+                    n = min(dead & quiet_dead)
+                    raise ReplayError(f"replay worker {n} exited with {processes[n].exitcode} "
+                                      "before it finished") from None
+                quiet_dead = dead
+                if time.monotonic() > deadline + 30:
+                    raise ReplayError("the replay workers did not finish in time") from None
+                continue
+            kind, n = message[0], message[1]
+            if kind == "error":
+                raise ReplayError(message[2])
+            if kind == "progress":
+                done[n], totals[n] = message[2], message[3]
+                if progress:
+                    progress(sum(done), sum(totals))
+            elif kind == "done":
+                finished[n] = (message[2], message[3])
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(10)
+        messages.close()
+    prints: dict[str, bytes] = {}
+    for _events, share_prints in finished.values():
+        prints.update(share_prints)
+    return sum(events for events, _ in finished.values()), prints
+
+
+def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch_url: str, seconds: float,
+            limit: int, messages: Any) -> None:
+    """A replay process: folds its partitions into the scratch store and reports back through `messages`."""
+    die_with_parent()
+    tune_gc()
+    store = ProjectionStore(make_engine(scratch_url))
+    try:
+        result = _fold_here(bootstrap, topic, targets, store,
+                            lambda done, total: messages.put(("progress", n, done, total)),
+                            time.monotonic() + seconds, limit)
+        messages.put(("done", n, *result))
+    except Exception as exc:  # reported to the parent, which raises it as the replay's error
+        messages.put(("error", n, str(exc) if isinstance(exc, ReplayError) else f"{type(exc).__name__}: {exc}"))
+    finally:
+        store.engine.dispose()
 
 
 class _MemoryFold:
@@ -115,8 +226,8 @@ class _MemoryFold:
         return self.prints
 
 
-def _read_and_fold(bootstrap: str, topics: Topics, targets: dict[int, int], store: ProjectionStore,
-                   progress: Progress | None, deadline: float) -> tuple[int, dict[str, bytes]]:
+def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
+                   progress: Progress | None, deadline: float, limit: int) -> tuple[int, dict[str, bytes]]:
     """Records read, and the fingerprint of each post stored."""
     if not targets:
         return 0, {}
@@ -124,7 +235,7 @@ def _read_and_fold(bootstrap: str, topics: Topics, targets: dict[int, int], stor
         "bootstrap.servers": bootstrap,
         # Partitions are assigned by hand and no offset is ever committed: the replay is invisible to
         # the live processor's consumer group.
-        "group.id": f"{topics.prefix}replay-{uuid.uuid4().hex[:8]}",
+        "group.id": f"replay-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         # The same events the live processor folds: those of committed transactions.
@@ -134,8 +245,7 @@ def _read_and_fold(bootstrap: str, topics: Topics, targets: dict[int, int], stor
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.min.messages": 200_000,
     })
-    topic = topics.post_events
-    folder = _MemoryFold(store)
+    folder = _MemoryFold(store, limit)
     try:
         low = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in targets}
         total = sum(max(0, targets[p] - low[p] + 1) for p in targets)

@@ -9,11 +9,13 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
+from projections.fold import fold
 from projections.store import ProjectionStore, make_engine, posts
 from schemas.envelope import encode
+from schemas.events import Event
 from smartretry.cli import app as cli
 from smartretry.settings import Settings
-from streams.replay import replay
+from streams.replay import ReplayError, replay
 from streams.topics import Topics
 from tests.integration.test_projector import applied, many_posts, produce, running_projector, until
 
@@ -54,3 +56,53 @@ async def test_replay_equals_live_while_the_processor_runs_and_names_a_post_that
     assert "differ" in result.output
 
     live.engine.dispose()
+
+
+def _folded_live_store(bootstrap: str, topics: Topics, path: Path, events: list[Event]) -> ProjectionStore:
+    """A live store holding the pure fold of `events`, at the offsets they were written to."""
+    produce(bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in events])
+    live = ProjectionStore(make_engine(f"sqlite:///{path}"))
+    live.create_schema()
+    ends = _end_offsets(bootstrap, topics)
+    live.write_states(fold(events).values(), {(topics.post_events, p): end - 1 for p, end in ends.items() if end > 0})
+    return live
+
+
+def _end_offsets(bootstrap: str, topics: Topics) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "replay-test-watermarks"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topics.post_events, p), timeout=10)[1]
+                for p in range(topics.partitions)}
+    finally:
+        c.close()
+
+
+def test_replay_in_worker_processes_stores_what_one_process_stores(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    events = many_posts(200)
+    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", events)
+    stores = {}
+    for workers in (1, 3):
+        scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch-{workers}.db"))
+        seen: list[tuple[int, int]] = []
+        report = replay(kafka_bootstrap, topics, live, scratch, progress=lambda done, total, seen=seen: seen.append(
+            (done, total)), workers=workers)
+        assert report.identical, report.differing
+        assert (report.events, report.posts) == (len(events), 200)
+        assert seen[-1] == (len(events), len(events))
+        stores[workers] = scratch.snapshot()
+    # Every post, state for state, and every partition's offset, whichever way it was folded.
+    assert stores[3] == stores[1]
+    assert len(stores[3][1]) == 200
+
+
+def test_a_replay_workers_failure_is_the_replays_error(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", many_posts(40))
+    # The live store claims an event the topic does not have (the topic was recreated, say).
+    live.write_states([], {(topics.post_events, 0): 1_000_000})
+    scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch.db"))
+    with pytest.raises(ReplayError, match=r"\[0\] ends before the live offset 1000000"):
+        replay(kafka_bootstrap, topics, live, scratch, workers=2)
