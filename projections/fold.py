@@ -124,23 +124,37 @@ def _applied(state: PostState | None, events: Sequence[Event], post_id: str) -> 
     applied = list(state.applied_event_ids)
     seen = set(applied)
     updated_at = new.updated_at
+    # Results that change the insights, merged into the document together: one new document per
+    # batch, not one per result.
+    landed: list[tuple[PlatformResult, AttemptState]] = []
     for event in events:
         if event.post_id != post_id:
             raise ValueError(f"event {event.event_id} belongs to post {event.post_id}, not {post_id}")
         if event.event_id in seen:
             continue
-        _HANDLERS[type(event)](new, event)
+        if type(event) is PlatformResult:
+            attempt = _on_result(new, event)
+            if attempt is not None:
+                landed.append((event, attempt))
+        else:
+            if landed and type(event) is LegacyInsightsImported:
+                _merge_landed(new, landed)  # the import merges into the document as it stands
+                landed = []
+            _HANDLERS[type(event)](new, event)
         applied.append(event.event_id)
         seen.add(event.event_id)
         if updated_at is None or event.occurred_at > updated_at:
             updated_at = event.occurred_at
-    new.applied_event_ids = applied
-    new.updated_at = updated_at
+    if landed:
+        _merge_landed(new, landed)
+    values = new.__dict__  # set directly: pydantic's __setattr__ costs a microsecond per field
+    values["applied_event_ids"] = applied
+    values["updated_at"] = updated_at
     if new.created_at is None:
-        new.created_at = events[0].occurred_at
+        values["created_at"] = events[0].occurred_at
     # The document's status, message and address are a function of the rest of the state, so deriving
     # them once after the batch gives what deriving after every event would.
-    new.document = derive_document(new)
+    values["document"] = derive_document(new)
     return new
 
 
@@ -148,10 +162,8 @@ def _applied(state: PostState | None, events: Sequence[Event], post_id: str) -> 
 
 
 def _on_submitted(state: PostState, event: PostSubmitted) -> None:
-    state.publish_target = event.publish_target
-    state.content = event.content
-    state.account = event.account
-    state.submitted_by = event.command_id
+    state.__dict__.update(publish_target=event.publish_target, content=event.content, account=event.account,
+                          submitted_by=event.command_id)
 
 
 def _on_decided(state: PostState, event: CommandDecided) -> None:
@@ -202,7 +214,11 @@ def _on_container(state: PostState, event: ContainerCreated) -> None:
     state.attempts[event.attempt_id] = with_container
 
 
-def _on_result(state: PostState, event: PlatformResult) -> None:
+def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
+    """Records the result on its attempt; returns the attempt when the result is its platform's newest.
+
+    The insights are merged by `_merge_landed`, for all the batch's newest results at once.
+    """
     attempt = state.attempts.get(event.attempt_id)
     if attempt is None:
         # A result whose attempt was never recorded still happened on the platform: keep it, as the next attempt.
@@ -214,14 +230,11 @@ def _on_result(state: PostState, event: PlatformResult) -> None:
             command_id="",
             started_at=event.occurred_at,
         )
+    error_kind = None if event.success or event.error is None else event.error.kind
     finished = _replaced(
         attempt,
-        {
-            "success": event.success,
-            "recovered": event.recovered,
-            "error_kind": None if event.success or event.error is None else event.error.kind,
-            "finished_at": event.occurred_at,
-        },
+        {"success": event.success, "recovered": event.recovered, "error_kind": error_kind,
+         "finished_at": event.occurred_at},
     )
     superseded = any(
         other.platform == event.platform
@@ -231,31 +244,38 @@ def _on_result(state: PostState, event: PlatformResult) -> None:
     )
     state.attempts[event.attempt_id] = finished
     if superseded:
-        return
+        return None
 
-    if event.success:
-        result = _built(PublishResult, platform=event.platform, success=True, post_id=event.platform_post_id,
-                        permalink=event.permalink)
-    else:
-        result = _built(
-            PublishResult, platform=event.platform, success=False,
-            error=event.error.message if event.error is not None else UNKNOWN_ERROR)
-    insights = state.document.insights
-    changes = _merge_changes(insights, result)
-    if event.success and insights.published_at is None:
-        changes["published_at"] = event.occurred_at
-    if (attempt.is_retry or attempt.forced) and (
-        insights.last_retry_at is None or event.occurred_at > insights.last_retry_at
-    ):
-        changes["last_retry_at"] = event.occurred_at
-    state.document = _replaced(state.document, {"insights": _replaced(insights, changes)})
-
-    action = needed_action(event.platform, finished.error_kind) if not event.success else None
+    action = needed_action(event.platform, error_kind) if not event.success else None
     if state.needed_action.get(event.platform) != action:
         needed = {p: a for p, a in state.needed_action.items() if p != event.platform}
         if action is not None:
             needed[event.platform] = action
         state.needed_action = needed
+    return attempt
+
+
+def _merge_landed(state: PostState, landed: Sequence[tuple[PlatformResult, AttemptState]]) -> None:
+    """Merges results, in order, into the insights: the seed's merge, `published_at`, `last_retry_at`."""
+    insights = state.document.insights
+    values = insights.__dict__.copy()
+    values["publish_results"] = list(insights.publish_results)
+    for event, attempt in landed:
+        if event.success:
+            result = _built(PublishResult, platform=event.platform, success=True, post_id=event.platform_post_id,
+                            permalink=event.permalink)
+        else:
+            result = _built(
+                PublishResult, platform=event.platform, success=False,
+                error=event.error.message if event.error is not None else UNKNOWN_ERROR)
+        _merge_into(values, result)
+        if event.success and values["published_at"] is None:
+            values["published_at"] = event.occurred_at
+        if (attempt.is_retry or attempt.forced) and (
+            values["last_retry_at"] is None or event.occurred_at > values["last_retry_at"]
+        ):
+            values["last_retry_at"] = event.occurred_at
+    state.__dict__["document"] = _replaced(state.document, {"insights": _replaced(insights, values)})
 
 
 def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
@@ -314,7 +334,6 @@ _HANDLERS: dict[type[Any], Handler] = dict(
         _handler(CommandDecided, _on_decided),
         _handler(PublishAttempted, _on_attempted),
         _handler(ContainerCreated, _on_container),
-        _handler(PlatformResult, _on_result),
         _handler(LegacyInsightsImported, _on_legacy),
     ]
 )
@@ -369,11 +388,14 @@ def _built(cls: type[M], **values: Any) -> M:
 
 def _merged(insights: Insights, result: PublishResult, keep_order: bool = False) -> Insights:
     """The seed's merge: replace the platform's result where it stands, else add it (see module docstring)."""
-    return insights.model_copy(update=_merge_changes(insights, result, keep_order))
+    values = {"publish_results": list(insights.publish_results)}
+    _merge_into(values, result, keep_order)
+    return _replaced(insights, values)
 
 
-def _merge_changes(insights: Insights, result: PublishResult, keep_order: bool = False) -> dict[str, Any]:
-    results = list(insights.publish_results)
+def _merge_into(values: dict[str, Any], result: PublishResult, keep_order: bool = False) -> None:
+    """`_merged` on an insights' field values, in place; `values["publish_results"]` must be a list of its own."""
+    results: list[PublishResult] = values["publish_results"]
     index = next((i for i, r in enumerate(results) if r.platform == result.platform), None)
     if index is not None:
         results[index] = result
@@ -383,15 +405,13 @@ def _merge_changes(insights: Insights, result: PublishResult, keep_order: bool =
         rank = PLATFORMS.index(result.platform)
         position = next((i for i, r in enumerate(results) if PLATFORMS.index(r.platform) > rank), len(results))
         results.insert(position, result)
-    changes: dict[str, Any] = {"publish_results": results}
     if result.success and result.post_id is not None:
         if result.platform == "facebook":
-            changes["facebook_post_id"] = result.post_id
+            values["facebook_post_id"] = result.post_id
         else:
-            changes["instagram_media_id"] = result.post_id
+            values["instagram_media_id"] = result.post_id
             if result.permalink is not None:
-                changes["instagram_permalink"] = result.permalink
-    return changes
+                values["instagram_permalink"] = result.permalink
 
 
 def counted_platforms(state: PostState) -> tuple[Platform, ...]:

@@ -6,7 +6,7 @@ import hashlib
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, Strict, model_validator
 
 from schemas.common import Frozen, Identifier, PublishTarget, Timestamp
 
@@ -43,7 +43,9 @@ class PostContent(Frozen):
 class CommandBase(Frozen):
     """What every command carries: its schema version, a unique id (for idempotency) and the post."""
 
-    schema_version: int = COMMAND_SCHEMA_VERSION
+    # Strict and bounded: pydantic alone then refuses what the envelope refuses ("1", 1.0, true, a
+    # version this service does not read), so `schemas.envelope` can decode in one pass.
+    schema_version: Annotated[int, Strict(), Field(ge=1, le=COMMAND_SCHEMA_VERSION)] = COMMAND_SCHEMA_VERSION
     command_id: Identifier
     post_id: Identifier
     requested_at: Timestamp

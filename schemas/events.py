@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, Strict
 
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Frozen, Identifier, Platform, PublishTarget, Timestamp
@@ -17,7 +17,9 @@ CommandType = Literal["PublishRequested", "RetryRequested", "ForceRepublishReque
 class EventBase(Frozen):
     """What every event carries: its schema version, a unique id, the post it belongs to and when."""
 
-    schema_version: int = EVENT_SCHEMA_VERSION
+    # Strict and bounded: pydantic alone then refuses what the envelope refuses ("1", 1.0, true, a
+    # version this service does not read), so `schemas.envelope` can decode in one pass.
+    schema_version: Annotated[int, Strict(), Field(ge=1, le=EVENT_SCHEMA_VERSION)] = EVENT_SCHEMA_VERSION
     event_id: Annotated[str, Field(min_length=1, max_length=200)]
     post_id: Identifier
     occurred_at: Timestamp

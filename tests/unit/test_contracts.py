@@ -50,6 +50,15 @@ def test_bad_events_decode_to_a_clear_error(raw: bytes | None, reason: str) -> N
     assert reason in caught.value.reason
 
 
+@pytest.mark.parametrize("version", ['"1"', "1.0", "true", "0", "2"])
+def test_a_version_that_is_not_a_supported_integer_is_refused_whatever_else_is_valid(version: str) -> None:
+    valid = encode(all_events()[0]).decode()
+    assert '"schema_version":1,' in valid
+    with pytest.raises(DecodeError) as caught:
+        decode_event(valid.replace('"schema_version":1,', f'"schema_version":{version},').encode())
+    assert "unsupported schema_version" in caught.value.reason
+
+
 def test_bad_commands_name_the_field() -> None:
     body = json.loads(encode(all_commands()[0]))
     body["publish_target"] = "myspace"
