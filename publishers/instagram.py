@@ -74,10 +74,15 @@ class InstagramPublisher:
             # A container whose creation went unanswered is never published by itself: nothing went out.
             return PublishOutcome.failed("instagram", failed.error)
         container_id = str(created["id"])
-        if on_container is not None:
-            await on_container(container_id)
+        # The container must be on record before it is published (a crash after media_publish is resolved
+        # through it), not before its status is asked: recording it and the first status check overlap.
+        recording = asyncio.ensure_future(on_container(container_id)) if on_container is not None else None
         try:
-            status = await self._wait_until_ready(container_id, token)
+            try:
+                status = await self._wait_until_ready(container_id, token)
+            finally:
+                if recording is not None:
+                    await recording
             if status == "PUBLISHED":
                 # Published by an earlier attempt of the same container: report that post, do not publish again.
                 return await self._published_media(account, content, container_id, datetime.now(UTC))

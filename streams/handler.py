@@ -7,9 +7,10 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -32,7 +33,6 @@ from schemas.envelope import DecodeError, decode_command, encode
 from schemas.events import (
     ContainerCreated,
     Event,
-    EventBase,
     PlatformError,
     PlatformResult,
     PostSubmitted,
@@ -100,7 +100,8 @@ class AppliedOffsets:
     """One reader of the projector's applied offsets, shared by every command waiting for freshness.
 
     Hundreds of commands in flight would otherwise each poll the store; here one task reads the offsets
-    of all partitions per round and wakes the commands whose partition has caught up.
+    of all partitions per round and wakes the commands whose partition has caught up. Applied offsets
+    only grow, so an offset already seen applied needs no new read.
     """
 
     def __init__(self, read: Callable[[], dict[int, int]], topic: str, interval: float = 0.002) -> None:
@@ -109,15 +110,22 @@ class AppliedOffsets:
         self._interval = interval
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._reader: asyncio.Task[None] | None = None
+        self._applied: dict[int, int] = {}
+        self._wake = asyncio.Event()
 
     async def wait(self, partition: int, offset: int, timeout: float) -> None:
         """Returns once the projector has applied `offset` of `partition`; `StaleProjection` after `timeout`."""
+        if self._applied.get(partition, -1) >= offset:
+            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         waiter = (partition, offset, done)
         self._waiters.append(waiter)
         if self._reader is None or self._reader.done():
             self._reader = loop.create_task(self._poll())
+        else:
+            # A reader between two rounds reads again now rather than after its pause.
+            self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout)
         except TimeoutError:
@@ -127,14 +135,63 @@ class AppliedOffsets:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
+    def saw(self, applied: dict[int, int]) -> None:
+        """Offsets read elsewhere: later waits for offsets up to these need no read."""
+        for partition, offset in applied.items():
+            self._applied[partition] = max(offset, self._applied.get(partition, -1))
+
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiters:
+            self._wake.clear()
             applied = await loop.run_in_executor(None, self._read)
+            self.saw(applied)
             for partition, offset, done in list(self._waiters):
                 if applied.get(partition, -1) >= offset and not done.done():
                     done.set_result(None)
-            await asyncio.sleep(self._interval)
+            if self._waiters and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+
+
+class PartitionEnds:
+    """End offsets of the events partitions, asked of the broker once per partition for all who wait.
+
+    A query already under way may have been answered before a newcomer's command arrived, so the newcomer
+    waits for the next query, which starts as soon as that one ends and answers everyone who came meanwhile:
+    hundreds of commands arriving together cost a few queries, not one each.
+    """
+
+    def __init__(self, query: Callable[[int], int]) -> None:
+        self._query = query
+        self._running: set[int] = set()
+        self._next: dict[int, asyncio.Future[int]] = {}
+
+    async def end_of(self, partition: int) -> int:
+        answer = self._next.get(partition)
+        if answer is None:
+            answer = self._next[partition] = asyncio.get_running_loop().create_future()
+            if partition not in self._running:
+                self._start(partition)
+        return await asyncio.shield(answer)
+
+    def _start(self, partition: int) -> None:
+        answer = self._next.pop(partition)
+        self._running.add(partition)
+        loop = asyncio.get_running_loop()
+        asked = loop.run_in_executor(None, self._query, partition)
+
+        def answered(done: asyncio.Future[int]) -> None:
+            self._running.discard(partition)
+            if not answer.done():
+                if done.exception() is not None:
+                    answer.set_exception(done.exception())  # type: ignore[arg-type]
+                else:
+                    answer.set_result(done.result())
+            if partition in self._next:
+                self._start(partition)
+
+        asked.add_done_callback(answered)
 
 
 @dataclass
@@ -192,6 +249,10 @@ class CommandHandler:
         self._assigned: set[int] = set()
         self._applied = AppliedOffsets(lambda: self.projection.applied_offsets(self.topics.post_events),
                                        self.topics.post_events)
+        self._ends = PartitionEnds(self._end_offset)
+        # Events each command in progress has sent, by post: its outcome is folded from them.
+        self._sent: dict[str, list[Event]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
 
     # --- the consumer loop ---------------------------------------------------------------------
@@ -208,18 +269,20 @@ class CommandHandler:
         self._watermarks = consumer(self.bootstrap, self.config.group_id + "-watermarks")
         self._consumer.subscribe([self.topics.commands], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("Command handler consuming %s", self.topics.commands)
+        self._loop = asyncio.get_running_loop()
+        # `consume` blocks in a thread of its own until commands arrive: a command is picked up as soon as
+        # the broker hands it over, and an idle handler spends nothing on asking.
+        consuming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="command-consumer")
         try:
             while not stop.is_set():
                 if self._in_flight >= self.config.max_in_flight:
                     await asyncio.sleep(0.01)
                     continue
-                messages = self._consumer.consume(num_messages=100, timeout=0)
-                if not messages:
-                    await asyncio.sleep(0.002)
-                    continue
+                messages = await self._loop.run_in_executor(consuming, self._next_commands)
                 for message in messages:
                     self._dispatch(message)
         finally:
+            consuming.shutdown(wait=True)
             tasks = [t for t in self._chains.values() if not t.done()]
             for task in tasks:
                 task.cancel()
@@ -228,19 +291,39 @@ class CommandHandler:
             self._watermarks.close()
             await self.producer.close()
 
+    def _next_commands(self) -> list[Message]:
+        """The commands that have arrived, waiting up to 0.1 s for the first (`consume` would wait for a
+        full batch)."""
+        assert self._consumer is not None
+        first = self._consumer.poll(0.1)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(num_messages=499, timeout=0)]
+
+    # The rebalance callbacks run in the consuming thread, inside `consume`; their changes are made on the
+    # event loop, where they land before the messages of the same `consume` are dispatched.
+
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._progress[tp.partition] = _PartitionProgress()
-            self._assigned.add(tp.partition)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._assign, [tp.partition for tp in partitions])
+
+    def _assign(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            self._progress[partition] = _PartitionProgress()
+            self._assigned.add(partition)
         self.ready.set()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._revoke, [tp.partition for tp in partitions])
+
+    def _revoke(self, partitions: list[int]) -> None:
         # A platform call already under way finishes and records its result; nothing new starts for these
         # posts here (no queued command, no automatic retry). Only the new owner commits past them, and it
         # recognises a redelivered command by its id and its attempts in the projection.
-        for tp in partitions:
-            self._progress.pop(tp.partition, None)
-            self._assigned.discard(tp.partition)
+        for partition in partitions:
+            self._progress.pop(partition, None)
+            self._assigned.discard(partition)
 
     def _dispatch(self, message: Message) -> None:
         if message.error():
@@ -322,19 +405,47 @@ class CommandHandler:
     async def fresh_state(self, post_id: str, partition: int) -> PostState | None:
         """The post's projection once it has applied every event already in its events partition."""
         loop = asyncio.get_running_loop()
-        assert self._watermarks is not None
-        tp = TopicPartition(self.topics.post_events, partition)
-        _low, high = await loop.run_in_executor(
-            None, lambda: self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False))  # type: ignore[union-attr]
-        if high > 0:
-            await self._applied.wait(partition, high - 1, self.config.freshness_timeout_seconds)
+        # The partition's end and the projection are asked at the same time. The post is read after the
+        # applied offsets, and both only grow, so the post is at least as current as those offsets: when they
+        # already reach the end, it is the current projection, with no second read.
+        high, (applied, state) = await asyncio.gather(
+            self._ends.end_of(partition), loop.run_in_executor(None, self._read_projection, post_id))
+        self._applied.saw(applied)
+        if high <= 0 or applied.get(partition, -1) >= high - 1:
+            return state
+        await self._applied.wait(partition, high - 1, self.config.freshness_timeout_seconds)
         return await loop.run_in_executor(None, self.projection.get, post_id)
 
-    async def emit(self, event: EventBase) -> None:
-        await self.producer.send(self.topics.post_events, event.post_id, encode(event))
+    def _end_offset(self, partition: int) -> int:
+        assert self._watermarks is not None
+        tp = TopicPartition(self.topics.post_events, partition)
+        _low, high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)
+        return int(high)
+
+    def _read_projection(self, post_id: str) -> tuple[dict[int, int], PostState | None]:
+        applied = self.projection.applied_offsets(self.topics.post_events)
+        return applied, self.projection.get(post_id)
+
+    async def emit(self, event: Event) -> None:
+        await self.send(event)
+
+    def send(self, event: Event) -> asyncio.Future[None]:
+        """Hands the event to the producer; the future completes when it is durable."""
+        sent = self._sent.get(event.post_id)
+        if sent is not None:
+            sent.append(event)
+        return self.producer.enqueue(self.topics.post_events, event.post_id, encode(event))
 
     async def handle(self, command: Command, partition: int, source: Message | None = None) -> None:
         """Decides and carries out one command; `source` is its Kafka message, for a dead letter if refused."""
+        # A post's commands run one at a time, so the events sent meanwhile for the post are this command's.
+        self._sent[command.post_id] = []
+        try:
+            await self._handle(command, partition, source)
+        finally:
+            del self._sent[command.post_id]
+
+    async def _handle(self, command: Command, partition: int, source: Message | None) -> None:
         context = {"post_id": command.post_id, "command_id": command.command_id}
         if partition not in self._assigned:
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
@@ -379,19 +490,24 @@ class CommandHandler:
                 await self._dead_letter(source, f"refused {command.type}: {decision.reject_reason}")
             return
 
-        state = await self._record_decision(state, command, decision)
+        state, decided = self._record_decision(state, command, decision)
         log.info(decision.log_line, extra=context)
         if not decision.platforms or state is None:
+            await decided
             return
         await self._publish_all(state, command, decision.platforms, partition, is_retry=decision.is_retry,
-                                forced=decision.forced, reason=_reason(command, decision.is_retry))
-        final = await self.fresh_state(command.post_id, partition)
+                                forced=decision.forced, reason=_reason(command, decision.is_retry),
+                                recorded=decided)
+        # The projection will show what the pure fold of our own events shows: no need to wait for it.
+        final = apply_all(state, self._sent[command.post_id])
         if final is not None:
             mark = "✅" if final.status == "posted" else "❌"
             log.info("%s Post status updated to: %s", mark, final.status, extra=context)
 
-    async def _record_decision(self, state: PostState | None, command: Command, decision: Decision) -> PostState | None:
-        """Emits the post's submission (first publish) and the decision; returns the state they lead to."""
+    def _record_decision(self, state: PostState | None, command: Command,
+                         decision: Decision) -> tuple[PostState | None, asyncio.Future[Any]]:
+        """Sends the post's submission (first publish) and the decision: the state they lead to, and a future
+        done when they are durable. The first attempt waits for it together with its own event."""
         at = self.clock()
         events: list[Event] = []
         if isinstance(command, PublishRequested) and state is None and decision.accepted:
@@ -401,28 +517,34 @@ class CommandHandler:
                 account=command.account))
         if decision.accepted:
             events.append(decision.to_event(command, derived_id(command.command_id, "decided"), at))
-        for event in events:
-            await self.emit(event)
+        durable = asyncio.gather(*(self.send(event) for event in events))
         # The same pure fold the projector runs: no need to wait for it to see our own two events.
-        return apply_all(state, events)
+        return apply_all(state, events), durable
 
     async def _publish_all(self, state: PostState, command: Command, platforms: tuple[Platform, ...],
-                           partition: int, *, is_retry: bool, forced: bool, reason: str) -> None:
+                           partition: int, *, is_retry: bool, forced: bool, reason: str,
+                           recorded: asyncio.Future[Any] | None = None) -> None:
+        """Publishes `platforms`; `recorded` (the decision's events) is durable before any platform is called."""
         content = _content_for(state, command)
         account = state.account or (command.account if isinstance(command, PublishRequested) else None)
+        # Read once for all platforms of the command (an automatic retry later reads it again).
+        credentials = self._credentials_of(account)
+        recorded = recorded or _done()
         outcomes = await asyncio.gather(*(
-            self._publish_platform(state, command, platform, content, account, partition, is_retry=is_retry,
-                                   forced=forced, reason=reason)
+            self._publish_platform(state, command, platform, content, account, credentials, partition,
+                                   is_retry=is_retry, forced=forced, reason=reason, recorded=recorded)
             for platform in platforms
         ), return_exceptions=True)
         # Every platform's call has ended before the command is tried again: no two calls for one post overlap.
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+        await recorded
 
     async def _publish_platform(self, state: PostState, command: Command, platform: Platform,
-                                content: PostContent | None, account: str | None, partition: int, *,
-                                is_retry: bool, forced: bool, reason: str) -> None:
+                                content: PostContent | None, account: str | None,
+                                credentials: AccountCredentials | PlatformError | None, partition: int, *,
+                                is_retry: bool, forced: bool, reason: str, recorded: asyncio.Future[Any]) -> None:
         label = PLATFORM_LABELS[platform]
         made = len([a for a in state.attempts_of(platform) if a.command_id == command.command_id])
         number = len(state.attempts_of(platform))
@@ -439,11 +561,16 @@ class CommandHandler:
             attempt_reason = reason if automatic == made else f"automatic retry {automatic} of {reason}"
             # Durable before the platform is called: a crash after the call leaves an attempt without a
             # result, which the next handler resolves by asking the platform instead of publishing again.
-            await self.emit(PublishAttempted(
+            # The decision's events and the attempt go to the broker together: one wait for both.
+            attempted = self.send(PublishAttempted(
                 event_id=derived_id(attempt_id, "attempted"), post_id=command.post_id, occurred_at=self.clock(),
                 platform=platform, attempt_id=attempt_id, attempt_number=number, command_id=command.command_id,
                 is_retry=is_retry or automatic > made, forced=forced, reason=attempt_reason))
-            outcome = await self._call_platform(command.post_id, platform, content, account, attempt_id)
+            await asyncio.gather(recorded, attempted)
+            if automatic > made:
+                # Time has passed since the command began: the account may have been re-authenticated.
+                credentials = self._credentials_of(account)
+            outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id)
             await self._record_result(command.post_id, attempt_id, outcome)
             if outcome.success:
                 log.info("✅ %s published successfully", label, extra=context)
@@ -456,16 +583,24 @@ class CommandHandler:
             log.info("🔄 %s will be retried automatically in %.1fs", label, delay, extra=context)
             await asyncio.sleep(delay)
 
+    def _credentials_of(self, account: str | None) -> AccountCredentials | PlatformError | None:
+        """The account's credentials; the error to record when it has none; None when there is no account."""
+        if account is None:
+            return None
+        try:
+            return self.credentials.get(account)
+        except LookupError as exc:
+            return PlatformError(kind=ErrorKind.AUTH, message=scrub(str(exc)))
+
     async def _call_platform(self, post_id: str, platform: Platform, content: PostContent | None,
-                             account: str | None, attempt_id: str) -> PublishOutcome:
+                             credentials: AccountCredentials | PlatformError | None,
+                             attempt_id: str) -> PublishOutcome:
         label = PLATFORM_LABELS[platform]
-        if content is None or account is None:
+        if content is None or credentials is None:
             return PublishOutcome.failed(platform, PlatformError(
                 kind=ErrorKind.INVALID_REQUEST, message=f"{label} publish failed: the post has no content or account"))
-        try:
-            credentials = self.credentials.get(account)
-        except LookupError as exc:
-            return PublishOutcome.failed(platform, PlatformError(kind=ErrorKind.AUTH, message=scrub(str(exc))))
+        if isinstance(credentials, PlatformError):
+            return PublishOutcome.failed(platform, credentials)
 
         containers: list[str] = []
 
@@ -545,6 +680,12 @@ class CommandHandler:
                     kind=ErrorKind.TRANSIENT,
                     message=f"{label} publish was interrupted before its result was recorded; not published")),
                 recovered=True)
+
+
+def _done() -> asyncio.Future[Any]:
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 def _content_for(state: PostState, command: Command) -> PostContent | None:
