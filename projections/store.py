@@ -212,6 +212,7 @@ class ProjectionStore:
         through: int | None = None,
         rejects: list[tuple[int, Event, str]] | None = None,
         before_commit: Callable[[list[PostState]], None] | None = None,
+        after_fold: Callable[[list[PostState]], None] | None = None,
     ) -> list[PostState]:
         """Folds `(offset, event)` records of one partition into the stored posts, in one transaction.
 
@@ -221,6 +222,8 @@ class ProjectionStore:
         and added to `rejects` when given (for the dead letters), else raised. Returns the new state
         of every post changed. `before_commit(changed)` runs inside the transaction, after the last
         write: if it raises, nothing of the batch is stored (publish there what must not be lost).
+        `after_fold(changed)` runs as soon as the batch is folded, before the writes: start slow
+        work there (sending) that `before_commit` then waits for, and the writes overlap it.
         """
         last = max((offset for offset, _ in records), default=-1)
         if through is not None:
@@ -251,6 +254,9 @@ class ProjectionStore:
                 if rejects is not None and refused:
                     # In offset order, as they were read, not grouped by post.
                     rejects.extend(sorted(refused, key=lambda reject: reject[0]))
+            if after_fold is not None:
+                after_fold(list(changed.values()))
+            if changed:
                 self._upsert_posts(conn, changed.values())
             if last > tracked:
                 conn.execute(tracking.update()

@@ -74,17 +74,23 @@ class InsightsProjector:
                 dead.append(self._dead_letter(exc.reason, partition, offset, key, value))
         rejects: list[tuple[int, Event, str]] = []
         outcome = BatchOutcome(applied=len(events))
+        errors: list[str] = []
 
-        def publish(changed: list[PostState]) -> None:
+        def send(changed: list[PostState]) -> None:
+            # Sent as soon as the batch is folded; the store's writes overlap the broker's answer.
             for offset, ev, reason in rejects:
                 dead.append(self._dead_letter(reason, partition, offset, ev.post_id.encode(), None))
             outcome.changed = changed
             outcome.dead_letters = len(dead)
             if self.producer is not None:
-                self._publish(changed, dead)
+                self._send(changed, dead, errors)
+
+        def delivered(_changed: list[PostState]) -> None:
+            if self.producer is not None:
+                self._wait_delivered(errors)
 
         self.store.apply_batch(topic, partition, events, through=records[-1][0], rejects=rejects,
-                               before_commit=publish)
+                               after_fold=send, before_commit=delivered)
         return outcome
 
     def _dead_letter(self, reason: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> bytes:
@@ -93,10 +99,7 @@ class InsightsProjector:
                                   partition=partition, offset=offset, key=key, value=value)
         return letter.model_dump_json().encode()
 
-    def _publish(self, changed: list[PostState], dead: list[bytes]) -> None:
-        assert self.producer is not None
-        errors: list[str] = []
-
+    def _send(self, changed: list[PostState], dead: list[bytes], errors: list[str]) -> None:
         def on_delivery(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
@@ -105,6 +108,9 @@ class InsightsProjector:
             self._produce(self.topics.insights, state.post_id.encode(), insights_message(state), on_delivery)
         for letter in dead:
             self._produce(self.topics.dead_letters, None, letter, on_delivery)
+
+    def _wait_delivered(self, errors: list[str]) -> None:
+        assert self.producer is not None
         if self.producer.flush(60) or errors:
             # Not committing the batch makes Kafka hand it to us again: nothing is lost.
             raise RuntimeError(f"publishing insights failed: {errors[:3] or 'timed out'}")
@@ -239,7 +245,9 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     ensure_topics(settings.kafka_bootstrap_servers, settings.topics.specs())
     store = ProjectionStore(make_engine(settings.database_url))
     store.create_schema()
-    producer = kafka_producer(settings.kafka_bootstrap_servers)
+    # No linger: a batch's insights are sent while its writes run, and the commit waits for them.
+    # Under load they still batch up behind the requests in flight.
+    producer = kafka_producer(settings.kafka_bootstrap_servers, **{"linger.ms": 0})
     app = create_app(settings, store, datadir=datadir, producer=producer)
     await app.start()
     try:
