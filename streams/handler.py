@@ -527,8 +527,9 @@ class CommandHandler:
         """Publishes `platforms`; `recorded` (the decision's events) is durable before any platform is called."""
         content = _content_for(state, command)
         account = state.account or (command.account if isinstance(command, PublishRequested) else None)
-        # Read once for all platforms of the command (an automatic retry later reads it again).
-        credentials = self._credentials_of(account)
+        # Read once for all platforms of the command (an automatic retry later reads it again), in a thread
+        # while the attempts are on their way to the broker.
+        credentials = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
         recorded = recorded or _done()
         outcomes = await asyncio.gather(*(
             self._publish_platform(state, command, platform, content, account, credentials, partition,
@@ -539,11 +540,11 @@ class CommandHandler:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        await recorded
+        await asyncio.gather(recorded, credentials)
 
     async def _publish_platform(self, state: PostState, command: Command, platform: Platform,
                                 content: PostContent | None, account: str | None,
-                                credentials: AccountCredentials | PlatformError | None, partition: int, *,
+                                reading: asyncio.Future[AccountCredentials | PlatformError | None], partition: int, *,
                                 is_retry: bool, forced: bool, reason: str, recorded: asyncio.Future[Any]) -> None:
         label = PLATFORM_LABELS[platform]
         made = len([a for a in state.attempts_of(platform) if a.command_id == command.command_id])
@@ -566,10 +567,10 @@ class CommandHandler:
                 event_id=derived_id(attempt_id, "attempted"), post_id=command.post_id, occurred_at=self.clock(),
                 platform=platform, attempt_id=attempt_id, attempt_number=number, command_id=command.command_id,
                 is_retry=is_retry or automatic > made, forced=forced, reason=attempt_reason))
-            await asyncio.gather(recorded, attempted)
             if automatic > made:
                 # Time has passed since the command began: the account may have been re-authenticated.
-                credentials = self._credentials_of(account)
+                reading = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
+            _, _, credentials = await asyncio.gather(recorded, attempted, reading)
             outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id)
             await self._record_result(command.post_id, attempt_id, outcome)
             if outcome.success:
