@@ -151,6 +151,7 @@ class ProjectionStore:
         self._dialect = engine.dialect.name
         self._hot_states = hot_states
         self._hot: dict[tuple[str, int], _HotStates] = {}
+        self._post_upsert: Any = None
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
@@ -338,12 +339,15 @@ class ProjectionStore:
 
     def _upsert_posts(self, conn: Connection, states: Iterable[PostState],
                       prints: dict[str, bytes] | None = None) -> None:
-        statement = self._insert(posts)
-        statement = statement.on_conflict_do_update(
-            index_elements=["post_id"],
-            set_={"state": statement.excluded.state, "status": statement.excluded.status,
-                  "updated_at": statement.excluded.updated_at},
-        )
+        statement = self._post_upsert
+        if statement is None:
+            # Built once: constructing it (its `excluded` columns) cost a twentieth of a batch.
+            insert = self._insert(posts)
+            statement = self._post_upsert = insert.on_conflict_do_update(
+                index_elements=["post_id"],
+                set_={"state": insert.excluded.state, "status": insert.excluded.status,
+                      "updated_at": insert.excluded.updated_at},
+            )
         # A chunk's documents at a time: a replay writes all posts at once.
         chunk: list[dict[str, Any]] = []
         for state in states:

@@ -7,6 +7,7 @@ import os
 import queue
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,13 +52,15 @@ class ReplayReport:
 
 
 def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_store: ProjectionStore,
-           progress: Progress | None = None, timeout: float = 300.0, workers: int | None = None) -> ReplayReport:
+           progress: Progress | None = None, timeout: float = 300.0, workers: int | None = None,
+           memory_states: int = MEMORY_STATES) -> ReplayReport:
     """Folds the post events into `scratch_store` (emptied first) up to the live store's offsets.
 
     The live offsets and states are read in one transaction first, so the live processor can keep
     running: the replay stops exactly where that snapshot was taken. Partitions are independent (a
     post's events are all on one), so `workers` processes (default: one per core) each read and fold
-    a share of them; a scratch store in memory is folded in this process alone.
+    a share of them; a scratch store in memory is folded in this process alone. At most
+    `memory_states` post states are kept in memory at once, over all workers.
     """
     started = time.monotonic()
     offsets, live_prints = live_store.snapshot_fingerprints()
@@ -69,10 +72,11 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     shares = _shares(bootstrap, topics.post_events, targets, _worker_count(workers, scratch_store))
     if len(shares) <= 1:
         events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
-                                           deadline, MEMORY_STATES)
+                                           deadline, memory_states)
     else:
         url = scratch_store.engine.url.render_as_string(hide_password=False)
-        events, replay_prints = _fold_in_processes(bootstrap, topics.post_events, shares, url, progress, deadline)
+        events, replay_prints = _fold_in_processes(bootstrap, topics.post_events, shares, url, progress, deadline,
+                                                   max(1, memory_states // len(shares)))
     differing = sorted(post_id for post_id in live_prints.keys() | replay_prints.keys()
                        if live_prints.get(post_id) != replay_prints.get(post_id))
     return ReplayReport(live_digest=digest_of(live_prints), replay_digest=digest_of(replay_prints),
@@ -114,12 +118,11 @@ def _fold_here(bootstrap: str, topic: str, targets: dict[int, int], store: Proje
 
 
 def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]], scratch_url: str,
-                       progress: Progress | None, deadline: float) -> tuple[int, dict[str, bytes]]:
+                       progress: Progress | None, deadline: float, limit: int) -> tuple[int, dict[str, bytes]]:
     """Each share folded by a process of its own into the scratch store; their events and fingerprints, summed."""
     # Spawned, not forked: a fork would copy librdkafka's threads' locks in whatever state they are.
     context = multiprocessing.get_context("spawn")
     messages: Any = context.Queue()
-    limit = max(1, MEMORY_STATES // len(shares))
     processes = [context.Process(target=_worker, name=f"replay-{n}", daemon=True,
                                  args=(n, bootstrap, topic, share, scratch_url, deadline - time.monotonic(), limit,
                                        messages))
@@ -189,14 +192,15 @@ class _MemoryFold:
 
     The live processor stores every post after each batch; a replay has no reader waiting, so it
     keeps the states in memory and stores each post's final state in one transaction with the
-    offsets. Past `limit` posts in memory, the states are written out and read back when their post
-    has more events, so memory stays bounded on any topic.
+    offsets. Past `limit` posts in memory, the posts touched longest ago are written out (a post's
+    events come close together, so those are most likely complete) and read back if their post has
+    more events: memory stays bounded on any topic, and few posts are written twice.
     """
 
     def __init__(self, store: ProjectionStore, limit: int = MEMORY_STATES) -> None:
         self.store = store
         self.limit = limit
-        self.states: dict[str, PostState] = {}
+        self.states: OrderedDict[str, PostState] = OrderedDict()
         self.prints: dict[str, bytes] = {}
         self.spilled = False
 
@@ -208,16 +212,19 @@ class _MemoryFold:
             except DecodeError:
                 continue  # a dead letter of the live processor: not part of the projection
             by_post.setdefault(event.post_id, []).append(event)
+        states = self.states
         if self.spilled:
-            self.states.update(self.store.load([p for p in by_post if p not in self.states]))
+            states.update(self.store.load([p for p in by_post if p not in states]))
         for post_id, events in by_post.items():
             # What the fold refuses the live processor sent to the dead letters: skipped here too.
-            state, _refused = apply_valid(self.states.get(post_id), events)
+            state, _refused = apply_valid(states.get(post_id), events)
             if state is not None:
-                self.states[post_id] = state
-        if len(self.states) > self.limit:
-            self.prints.update(self.store.write_states(self.states.values(), {}))
-            self.states.clear()
+                states[post_id] = state
+                states.move_to_end(post_id)
+        if len(states) > self.limit:
+            # Down to three quarters of the limit, so the next spill is a while away.
+            evicted = [states.popitem(last=False)[1] for _ in range(len(states) - self.limit * 3 // 4)]
+            self.prints.update(self.store.write_states(evicted, {}))
             self.spilled = True
 
     def finish(self, offsets: Offsets) -> dict[str, bytes]:
@@ -246,6 +253,8 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
         "queued.min.messages": 200_000,
     })
     folder = _MemoryFold(store, limit)
+    # A batch's posts are all in memory at once: no more of them than the limit allows.
+    batch = max(1, min(BATCH, limit))
     try:
         low = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in targets}
         total = sum(max(0, targets[p] - low[p] + 1) for p in targets)
@@ -273,11 +282,11 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
                 pending.append(message.value())
                 if offset >= targets[partition]:
                     remaining.discard(partition)
-            if len(pending) >= BATCH or (pending and not remaining):
+            while len(pending) >= batch or (pending and not remaining):
                 # Partitions are independent (a post's events are on one), so one batch mixes them.
-                folder.fold(pending)
-                done += len(pending)
-                pending = []
+                folder.fold(pending[:batch])
+                done += min(batch, len(pending))
+                del pending[:batch]
                 if progress:
                     progress(done, total)
             # Pause finished partitions so their newer events are not fetched for nothing.

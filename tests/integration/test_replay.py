@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from smartretry.settings import Settings
 from streams.replay import ReplayError, replay
 from streams.topics import Topics
 from tests.integration.test_projector import applied, many_posts, produce, running_projector, until
+from tests.integration.test_store import FIRST, RETRY, facebook_retry, first_attempt
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +99,23 @@ def test_replay_in_worker_processes_stores_what_one_process_stores(
     # Every post, state for state, and every partition's offset, whichever way it was folded.
     assert stores[3] == stores[1]
     assert len(stores[3][1]) == 200
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_replay_with_little_memory_writes_posts_out_and_reads_them_back_to_the_same_projection(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: int
+) -> None:
+    # Every post's first attempt, then every post's retry: a post written out long before its retry
+    # comes must be read back for it.
+    post_ids = [f"post-{i:05d}" for i in range(120)]
+    events = [e for i, p in enumerate(post_ids) for e in first_attempt(p, FIRST + timedelta(seconds=i))]
+    events += [e for i, p in enumerate(post_ids) for e in facebook_retry(p, RETRY + timedelta(seconds=i))]
+    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", events)
+    assert {s.status for s in live.snapshot()[1].values()} == {"posted"}
+    scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch.db"))
+    report = replay(kafka_bootstrap, topics, live, scratch, workers=workers, memory_states=12)
+    assert report.identical, report.differing
+    assert report.posts == 120 and scratch.count() == 120
 
 
 def test_a_replay_workers_failure_is_the_replays_error(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
