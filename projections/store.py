@@ -283,8 +283,11 @@ class ProjectionStore:
         """
         prints: dict[str, bytes] = {}
         self._hot.clear()  # written past apply_batch: what it kept may be stale now
+        # Serialized before the transaction: SQLite has one writer at a time, and replay workers
+        # writing their shares then wait only for each other's inserts, not for their JSON.
+        rows = self._post_rows(states)
         with self.engine.begin() as conn:
-            self._upsert_posts(conn, states, prints)
+            self._upsert_rows(conn, rows, prints)
             for (topic, partition), offset in offsets.items():
                 statement = self._insert(tracking).values(topic=topic, partition=partition, offset=offset)
                 conn.execute(statement.on_conflict_do_update(index_elements=["topic", "partition"],
@@ -337,8 +340,16 @@ class ProjectionStore:
                 states[post_id] = PostState.model_validate_json(text)
         return states
 
-    def _upsert_posts(self, conn: Connection, states: Iterable[PostState],
-                      prints: dict[str, bytes] | None = None) -> None:
+    def _upsert_posts(self, conn: Connection, states: Iterable[PostState]) -> None:
+        self._upsert_rows(conn, self._post_rows(states))
+
+    @staticmethod
+    def _post_rows(states: Iterable[PostState]) -> list[dict[str, Any]]:
+        return [{"post_id": state.post_id, "state": state.model_dump_json(), "status": state.status,
+                 "updated_at": state.updated_at} for state in states]
+
+    def _upsert_rows(self, conn: Connection, rows: list[dict[str, Any]],
+                     prints: dict[str, bytes] | None = None) -> None:
         statement = self._post_upsert
         if statement is None:
             # Built once: constructing it (its `excluded` columns) cost a twentieth of a batch.
@@ -348,16 +359,8 @@ class ProjectionStore:
                 set_={"state": insert.excluded.state, "status": insert.excluded.status,
                       "updated_at": insert.excluded.updated_at},
             )
-        # A chunk's documents at a time: a replay writes all posts at once.
-        chunk: list[dict[str, Any]] = []
-        for state in states:
-            chunk.append({"post_id": state.post_id, "state": state.model_dump_json(), "status": state.status,
-                          "updated_at": state.updated_at})
-            if len(chunk) >= CHUNK:
-                self._write_rows(conn, statement, chunk, prints)
-                chunk = []
-        if chunk:
-            self._write_rows(conn, statement, chunk, prints)
+        for start in range(0, len(rows), CHUNK):
+            self._write_rows(conn, statement, rows[start:start + CHUNK], prints)
 
     @staticmethod
     def _write_rows(conn: Connection, statement: Any, rows: list[dict[str, Any]],
