@@ -267,11 +267,12 @@ class CommandHandler:
             "heartbeat.interval.ms": max(500, int(self.config.session_timeout_seconds * 1000) // 5),
         })
         self._watermarks = consumer(self.bootstrap, self.config.group_id + "-watermarks")
+        # Before subscribing: the rebalance callbacks hand their changes to this loop.
+        self._loop = asyncio.get_running_loop()
         self._consumer.subscribe([self.topics.commands], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("Command handler consuming %s", self.topics.commands)
-        self._loop = asyncio.get_running_loop()
-        # `consume` blocks in a thread of its own until commands arrive: a command is picked up as soon as
-        # the broker hands it over, and an idle handler spends nothing on asking.
+        # Polling blocks in a thread of its own until commands arrive: a command is picked up as soon as the
+        # broker hands it over, and an idle handler spends nothing on asking.
         consuming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="command-consumer")
         try:
             while not stop.is_set():
