@@ -163,6 +163,14 @@ class ProjectionStore:
             text = conn.execute(select(posts.c.state).where(posts.c.post_id == post_id)).scalar_one_or_none()
         return None if text is None else PostState.model_validate_json(text)
 
+    def get_with_offsets(self, post_id: str, topic: str) -> tuple[dict[int, int], PostState | None]:
+        """`applied_offsets(topic)` and `get(post_id)` in one transaction: the state is exactly that current."""
+        with self._consistent() as conn:
+            rows = conn.execute(select(tracking.c.partition, tracking.c.offset).where(tracking.c.topic == topic))
+            applied = {int(partition): int(offset) for partition, offset in rows}
+            text = conn.execute(select(posts.c.state).where(posts.c.post_id == post_id)).scalar_one_or_none()
+        return applied, None if text is None else PostState.model_validate_json(text)
+
     def list_posts(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[PostState]:
         """Posts, most recently updated first, optionally only those with `status`."""
         query = select(posts.c.state).order_by(posts.c.updated_at.desc(), posts.c.post_id).limit(limit).offset(offset)

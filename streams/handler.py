@@ -55,6 +55,8 @@ class ProjectionReader(Protocol):
 
     def applied_offsets(self, topic: str) -> dict[int, int]: ...
 
+    def get_with_offsets(self, post_id: str, topic: str) -> tuple[dict[int, int], PostState | None]: ...
+
 
 class CredentialReader(Protocol):
     def get(self, account_id: str) -> AccountCredentials: ...
@@ -406,9 +408,9 @@ class CommandHandler:
     async def fresh_state(self, post_id: str, partition: int) -> PostState | None:
         """The post's projection once it has applied every event already in its events partition."""
         loop = asyncio.get_running_loop()
-        # The partition's end and the projection are asked at the same time. The post is read after the
-        # applied offsets, and both only grow, so the post is at least as current as those offsets: when they
-        # already reach the end, it is the current projection, with no second read.
+        # The partition's end and the projection are asked at the same time. The post and the applied
+        # offsets are read in one transaction, so the post is exactly as current as those offsets: when
+        # they already reach the end, it is the current projection, with no second read.
         high, (applied, state) = await asyncio.gather(
             self._ends.end_of(partition), loop.run_in_executor(None, self._read_projection, post_id))
         self._applied.saw(applied)
@@ -424,8 +426,7 @@ class CommandHandler:
         return int(high)
 
     def _read_projection(self, post_id: str) -> tuple[dict[int, int], PostState | None]:
-        applied = self.projection.applied_offsets(self.topics.post_events)
-        return applied, self.projection.get(post_id)
+        return self.projection.get_with_offsets(post_id, self.topics.post_events)
 
     async def emit(self, event: Event) -> None:
         await self.send(event)

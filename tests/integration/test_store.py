@@ -124,6 +124,15 @@ class StoreContract:
         assert store.applied_offsets(TOPIC) == {2: 4}
         assert store.applied_offsets("another-topic") == {}
 
+    def test_a_post_is_read_with_the_offsets_it_is_current_to(self, store: ProjectionStore) -> None:
+        first = first_attempt()
+        assert store.get_with_offsets(POST_ID, TOPIC) == ({}, None)
+        store.apply_batch(TOPIC, 0, list(enumerate(first)))
+        store.apply_batch(TOPIC, 5, [(0, first_attempt("post-other")[0])])
+        applied, state = store.get_with_offsets(POST_ID, TOPIC)
+        assert applied == {0: len(first) - 1, 5: 0}
+        assert state is not None and state.document.to_document() == AFTER_FAILED_ATTEMPT
+
     def test_equal_projections_have_equal_digests(self, store: ProjectionStore, engine: Engine) -> None:
         events = first_attempt() + facebook_retry()
         store.apply_batch(TOPIC, 0, list(enumerate(events)))
