@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 CONSUMER_NAME = "projector"
 
+# Fetches of at most this many records of a partition are folded on the event loop, not in a thread.
+INLINE_RECORDS = 200
+# Seconds between commits of the consumer group's offsets (shown to operators as the lag).
+GROUP_COMMIT_INTERVAL = 1.0
+
 # (offset, key, value) of one post-events message, in partition order.
 RawRecord = tuple[int, bytes | None, bytes | None]
 
@@ -146,6 +151,9 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     """
 
     projector: InsightsProjector
+    _uncommitted: dict[TP, int] | None = None
+    _next_group_commit = 0.0
+    _group_commit: asyncio.Future[None] | None = None
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
@@ -183,17 +191,32 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _project(self, records: Mapping[Any, Sequence[Any]]) -> None:
-        commits: dict[TP, int] = {}
         for tp, batch in records.items():
             raw = [(r.offset, r.key, r.value) for r in batch]
             if not raw:
                 continue
-            outcome = await asyncio.to_thread(self.projector.project, tp.partition, raw)
+            if len(raw) <= INLINE_RECORDS:
+                # A few events (a live post's next step) fold in about a millisecond: a thread hop
+                # would add a good part of that to the time until the handler sees them.
+                outcome = self.projector.project(tp.partition, raw)
+            else:
+                outcome = await asyncio.to_thread(self.projector.project, tp.partition, raw)
             if outcome.dead_letters:
                 log.info("partition %d: %d events applied, %d dead letters", tp.partition, outcome.applied,
                          outcome.dead_letters)
-            commits[TP(tp.topic, tp.partition)] = raw[-1][0] + 1
-        # Group offsets only show the lag to operators: the store's offsets decide where we resume.
+            if self._uncommitted is None:
+                self._uncommitted = {}
+            self._uncommitted[TP(tp.topic, tp.partition)] = raw[-1][0] + 1
+        # Group offsets only show the lag to operators: the store's offsets decide where we resume. So
+        # they are committed now and then, in the background, never between a fetch and the next.
+        now = asyncio.get_running_loop().time()
+        if self._uncommitted and now >= self._next_group_commit and (
+                self._group_commit is None or self._group_commit.done()):
+            commits, self._uncommitted = self._uncommitted, {}
+            self._next_group_commit = now + GROUP_COMMIT_INTERVAL
+            self._group_commit = asyncio.ensure_future(self._commit_group(commits))
+
+    async def _commit_group(self, commits: dict[TP, int]) -> None:
         with contextlib.suppress(Exception):
             await self._thread.commit(commits)
 
