@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -195,10 +196,19 @@ class ProjectionStore:
 
     def snapshot_fingerprints(self) -> tuple[Offsets, dict[str, bytes]]:
         """Like `snapshot`, but a 16-byte fingerprint per post instead of its state: small for big stores."""
+        with self.fingerprint_snapshot() as (offsets, read_fingerprints):
+            return offsets, read_fingerprints()
+
+    @contextlib.contextmanager
+    def fingerprint_snapshot(self) -> Iterator[tuple[Offsets, Callable[[], dict[str, bytes]]]]:
+        """`snapshot_fingerprints` in two steps: the offsets at once, the fingerprints when asked, of the
+        same snapshot (one transaction, open while the block runs)."""
         with self._consistent() as conn:
-            offsets = self._offsets(conn)
-            prints = {post_id: _fingerprint(text) for post_id, text in self._stream_states(conn)}
-        return offsets, prints
+
+            def read_fingerprints() -> dict[str, bytes]:
+                return {post_id: _fingerprint(text) for post_id, text in self._stream_states(conn)}
+
+            yield self._offsets(conn), read_fingerprints
 
     def fingerprints(self) -> dict[str, bytes]:
         return self.snapshot_fingerprints()[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -25,8 +26,10 @@ from streams.topics import Topics
 
 # Records decoded and folded at a time: one copy and one document per post per batch.
 BATCH = 50_000
-# Post states a replay keeps in memory before writing them out (about 10 kB each).
-MEMORY_STATES = 100_000
+# Post states a replay keeps in memory before writing the least recently touched out (about 10 kB
+# each). Writing out as it goes also spreads the store's writes over the replay: replay workers share
+# one SQLite writer, and writing everything at the end had them wait for each other.
+MEMORY_STATES = 20_000
 
 Progress = Callable[[int, int], None]
 
@@ -63,20 +66,31 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     `memory_states` post states are kept in memory at once, over all workers.
     """
     started = time.monotonic()
-    offsets, live_prints = live_store.snapshot_fingerprints()
-    targets = {partition: offset for (topic, partition), offset in offsets.items()
-               if topic == topics.post_events and offset >= 0}
-    scratch_store.create_schema()
-    scratch_store.reset()
-    deadline = started + timeout
-    shares = _shares(bootstrap, topics.post_events, targets, _worker_count(workers, scratch_store))
-    if len(shares) <= 1:
-        events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
-                                           deadline, memory_states)
-    else:
-        url = scratch_store.engine.url.render_as_string(hide_password=False)
-        events, replay_prints = _fold_in_processes(bootstrap, topics.post_events, shares, url, progress, deadline,
-                                                   max(1, memory_states // len(shares)))
+    with contextlib.ExitStack() as snapshot:
+        offsets, read_fingerprints = snapshot.enter_context(live_store.fingerprint_snapshot())
+        targets = {partition: offset for (topic, partition), offset in offsets.items()
+                   if topic == topics.post_events and offset >= 0}
+        live: list[dict[str, bytes]] = []
+
+        def read_live_prints() -> None:
+            live.append(read_fingerprints())
+            snapshot.close()  # the live store's read transaction ends here, not after the fold
+
+        scratch_store.create_schema()
+        scratch_store.reset()
+        deadline = started + timeout
+        shares = _shares(bootstrap, topics.post_events, targets, _worker_count(workers, scratch_store))
+        if len(shares) <= 1:
+            read_live_prints()
+            events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
+                                               deadline, memory_states)
+        else:
+            # The live fingerprints are read while the workers start.
+            url = scratch_store.engine.url.render_as_string(hide_password=False)
+            events, replay_prints = _fold_in_processes(
+                bootstrap, topics.post_events, shares, url, progress, deadline, max(1, memory_states // len(shares)),
+                meanwhile=read_live_prints)
+    live_prints = live[0]
     differing = sorted(post_id for post_id in live_prints.keys() | replay_prints.keys()
                        if live_prints.get(post_id) != replay_prints.get(post_id))
     return ReplayReport(live_digest=digest_of(live_prints), replay_digest=digest_of(replay_prints),
@@ -119,8 +133,12 @@ def _fold_here(bootstrap: str, topic: str, targets: dict[int, int], store: Proje
 
 
 def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]], scratch_url: str,
-                       progress: Progress | None, deadline: float, limit: int) -> tuple[int, dict[str, bytes]]:
-    """Each share folded by a process of its own into the scratch store; their events and fingerprints, summed."""
+                       progress: Progress | None, deadline: float, limit: int,
+                       meanwhile: Callable[[], None] | None = None) -> tuple[int, dict[str, bytes]]:
+    """Each share folded by a process of its own into the scratch store; their events and fingerprints, summed.
+
+    `meanwhile` runs here once the processes are started.
+    """
     # Spawned, not forked: a fork would copy librdkafka's threads' locks in whatever state they are.
     context = multiprocessing.get_context("spawn")
     messages: Any = context.Queue()
@@ -135,6 +153,8 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
     finished: dict[int, tuple[int, dict[str, bytes]]] = {}
     quiet_dead: set[int] = set()
     try:
+        if meanwhile is not None:
+            meanwhile()
         while len(finished) < len(shares):
             try:
                 message = messages.get(timeout=0.5)
@@ -209,7 +229,8 @@ class _MemoryFold:
         self.limit = limit
         self.states: OrderedDict[str, PostState] = OrderedDict()
         self.prints: dict[str, bytes] = {}
-        self.spilled = False
+        # Posts written out: only these can be in the store (a replay starts on an empty one).
+        self.written: set[str] = set()
 
     def fold(self, values: list[bytes | None]) -> None:
         by_post: dict[str, list[Event]] = {}
@@ -220,8 +241,8 @@ class _MemoryFold:
                 continue  # a dead letter of the live processor: not part of the projection
             by_post.setdefault(event.post_id, []).append(event)
         states = self.states
-        if self.spilled:
-            states.update(self.store.load([p for p in by_post if p not in states]))
+        if self.written:
+            states.update(self.store.load([p for p in by_post if p not in states and p in self.written]))
         for post_id, events in by_post.items():
             # What the fold refuses the live processor sent to the dead letters: skipped here too.
             state, _refused = apply_valid(states.get(post_id), events)
@@ -232,7 +253,7 @@ class _MemoryFold:
             # Down to three quarters of the limit, so the next spill is a while away.
             evicted = [states.popitem(last=False)[1] for _ in range(len(states) - self.limit * 3 // 4)]
             self.prints.update(self.store.write_states(evicted, {}))
-            self.spilled = True
+            self.written.update(state.post_id for state in evicted)
 
     def finish(self, offsets: Offsets) -> dict[str, bytes]:
         self.prints.update(self.store.write_states(self.states.values(), offsets))
