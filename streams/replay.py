@@ -71,10 +71,12 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
         targets = {partition: offset for (topic, partition), offset in offsets.items()
                    if topic == topics.post_events and offset >= 0}
         live: list[dict[str, bytes]] = []
+        live_digest: list[str] = []
 
         def read_live_prints() -> None:
             live.append(read_fingerprints())
             snapshot.close()  # the live store's read transaction ends here, not after the fold
+            live_digest.append(digest_of(live[0]))
 
         scratch_store.create_schema()
         scratch_store.reset()
@@ -85,7 +87,7 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
             events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
                                                deadline, memory_states)
         else:
-            # The live fingerprints are read while the workers start.
+            # The live fingerprints are read, and their digest taken, while the workers run.
             url = scratch_store.engine.url.render_as_string(hide_password=False)
             events, replay_prints = _fold_in_processes(
                 bootstrap, topics.post_events, shares, url, progress, deadline, max(1, memory_states // len(shares)),
@@ -93,7 +95,7 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     live_prints = live[0]
     differing = sorted(post_id for post_id in live_prints.keys() | replay_prints.keys()
                        if live_prints.get(post_id) != replay_prints.get(post_id))
-    return ReplayReport(live_digest=digest_of(live_prints), replay_digest=digest_of(replay_prints),
+    return ReplayReport(live_digest=live_digest[0], replay_digest=digest_of(replay_prints),
                         differing=differing, offsets=targets, events=events, posts=len(replay_prints),
                         seconds=time.monotonic() - started)
 
