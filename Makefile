@@ -29,7 +29,7 @@ test-unit: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas projections
+	$(BIN)/mypy schemas projections streams smartretry publishers bench
 
 bench: setup
 	$(BIN)/python -m bench

@@ -329,11 +329,14 @@ class CommandHandler:
             self._assigned.discard(partition)
 
     def _dispatch(self, message: Message) -> None:
-        if message.error():
-            if message.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("Kafka error on %s: %s", self.topics.commands, message.error())
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("Kafka error on %s: %s", self.topics.commands, error)
             return
         partition, offset = message.partition(), message.offset()
+        if partition is None or offset is None:  # a consumed message has both; the types allow None
+            return
         progress = self._progress.setdefault(partition, _PartitionProgress())
         progress.add(offset)
         try:
@@ -396,7 +399,8 @@ class CommandHandler:
                 await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
-        letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME, source_topic=message.topic(),
+        letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME,
+                                  source_topic=message.topic() or self.topics.commands,
                                   partition=message.partition(), offset=message.offset(), key=message.key(),
                                   value=message.value(), at=self.clock())
         log.warning("Dead letter from %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(),

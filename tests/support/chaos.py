@@ -501,12 +501,13 @@ def dead_letter_sources(bootstrap: str, topic: str, timeout: float = 30.0) -> se
         read_to = -1
         while read_to < high - 1 and time.monotonic() < deadline:
             for message in reader.consume(num_messages=500, timeout=0.5):
-                if message.error() is not None:
-                    if message.error().code() != KafkaError._PARTITION_EOF:
-                        raise RuntimeError(f"reading {topic}: {message.error()}")
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise RuntimeError(f"reading {topic}: {error}")
                     continue
                 read_to = max(read_to, message.offset() or 0)
-                letter = DeadLetter.model_validate_json(message.value())
+                letter = DeadLetter.model_validate_json(message.value() or b"")
                 sources.add((letter.source_topic, letter.partition, letter.offset))
     finally:
         reader.close()

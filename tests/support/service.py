@@ -102,7 +102,7 @@ class Service:
         }
         self.settings = Settings(kafka_bootstrap_servers=bootstrap, topic_prefix=self.prefix,
                                  database_url=self.env["SMARTRETRY_DATABASE_URL"], graph_api_base_url=sandbox_url,
-                                 secret_key=self.env["SMARTRETRY_SECRET_KEY"])  # type: ignore[arg-type]
+                                 secret_key=self.env["SMARTRETRY_SECRET_KEY"])
         self.topics: Topics = self.settings.topics
         ensure_topics(bootstrap, self.topics.specs())
         self.stores: Stores = open_stores(self.settings)
