@@ -144,6 +144,10 @@ def processor() -> None:
         asyncio.run(run_projector(settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})))
 
 
+# Post ids `smartretry replay` names when the projections differ; the count says how many in all.
+DIFFERING_SHOWN = 20
+
+
 @app.command()
 def replay(scratch: str = typer.Option("", help="Database URL of the scratch store; default a temporary SQLite file."),
            workers: int = typer.Option(0, help="Processes that read and fold partitions; default one per core.",
@@ -173,7 +177,9 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     typer.echo(f"events replayed: {report.events} into {report.posts} posts in {report.seconds:.1f}s")
     typer.echo(f"live digest:   {report.live_digest}")
     typer.echo(f"replay digest: {report.replay_digest}")
-    typer.echo(f"posts that differ: {', '.join(report.differing) if report.differing else 'none'}")
+    shown = report.differing[:DIFFERING_SHOWN]
+    more = f" and {len(report.differing) - len(shown)} more" if len(report.differing) > len(shown) else ""
+    typer.echo(f"posts that differ: {len(report.differing)}" + (f" ({', '.join(shown)}{more})" if shown else ""))
     if not report.identical:
         raise typer.Exit(1)
 
