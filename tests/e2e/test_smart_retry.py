@@ -162,6 +162,29 @@ def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_du
     assert "found on the platform; recorded, not republished" in service.handler.output()
 
 
+def test_handler_killed_after_instagram_published_the_media_recovers_without_duplicate(service: Service) -> None:
+    """media_publish creates the media, the connection drops, and the handler dies before recording the result."""
+    service.sandbox.drop_after("instagram", "media_publish")
+    # The look-up after the drop (container status, then the account's recent media) hangs at the
+    # listing, so the handler is killed while the outcome is unknown.
+    service.sandbox.add_latency("instagram", 60, "media_list")
+    command = service.publish(FIXED, target="instagram")
+    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (0, 1))
+    service.handler.kill()
+    state = service.stores.projection.get(command.post_id)
+    assert state is not None and state.status == "publishing"
+    assert all(a.success is None for a in state.attempts.values())
+
+    service.sandbox.add_latency("instagram", 0, "media_list")
+    service.handler.start()
+    state = service.wait_for(command.post_id, lambda s: s.status == "posted")
+    assert _counts(service) == (0, 1)
+    (attempt,) = state.attempts.values()
+    assert attempt.recovered and attempt.success
+    (media,) = [p for p in service.sandbox.posts() if p.get("platform") == "instagram"]
+    assert state.document.insights.instagram_media_id == media["id"]
+
+
 def test_a_handler_joining_while_another_is_mid_publish_creates_no_duplicate(service: Service, tmp_path: Path) -> None:
     """A rebalance moves posts whose platform call is still under way on the old owner."""
     service.sandbox.add_latency("facebook", 3, "photos")
