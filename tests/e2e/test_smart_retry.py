@@ -9,6 +9,7 @@ import pytest
 
 from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID
 from schemas.commands import PostContent
+from schemas.common import Platform
 from tests.support.service import Service, ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -141,48 +142,35 @@ def test_fifty_concurrent_retries_publish_facebook_exactly_once(service: Service
     assert len(publishing) == 1 and state.commands[publishing[0].command_id].platforms == ["facebook"]
 
 
-def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_duplicate(service: Service) -> None:
-    """Facebook creates the post, the connection drops, and the handler dies before recording the result."""
-    service.sandbox.drop_after("facebook", "photos")
-    # The handler's look-up after the drop hangs, so it is killed while the outcome is unknown.
-    service.sandbox.add_latency("facebook", 60, "published_posts")
-    command = service.publish(FIXED, target="facebook")
-    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (1, 0))
+@pytest.mark.parametrize(
+    ("platform", "publish_endpoint", "lookup_endpoint", "counts"),
+    [("facebook", "photos", "published_posts", (1, 0)), ("instagram", "media_publish", "media_list", (0, 1))],
+)
+def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_duplicate(
+    service: Service, platform: Platform, publish_endpoint: str, lookup_endpoint: str, counts: tuple[int, int]
+) -> None:
+    """The platform creates the post, the connection drops, and the handler dies before recording the result."""
+    service.sandbox.drop_after(platform, publish_endpoint)
+    # The handler's look-up after the drop (Facebook: the Page's recent posts; Instagram: the container's
+    # status, then the account's recent media) hangs, so it is killed while the outcome is unknown.
+    service.sandbox.add_latency(platform, 60, lookup_endpoint)
+    command = service.publish(FIXED, target=platform)
+    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == counts)
     service.handler.kill()
     state = service.stores.projection.get(command.post_id)
     assert state is not None and state.status == "publishing"
     assert all(a.success is None for a in state.attempts.values())
 
-    service.sandbox.add_latency("facebook", 0, "published_posts")
+    service.sandbox.add_latency(platform, 0, lookup_endpoint)
     service.handler.start()
     state = service.wait_for(command.post_id, lambda s: s.status == "posted")
-    assert _counts(service) == (1, 0)
+    assert _counts(service) == counts
     (attempt,) = state.attempts.values()
     assert attempt.recovered and attempt.success
     assert "found on the platform; recorded, not republished" in service.handler.output()
-
-
-def test_handler_killed_after_instagram_published_the_media_recovers_without_duplicate(service: Service) -> None:
-    """media_publish creates the media, the connection drops, and the handler dies before recording the result."""
-    service.sandbox.drop_after("instagram", "media_publish")
-    # The look-up after the drop (container status, then the account's recent media) hangs at the
-    # listing, so the handler is killed while the outcome is unknown.
-    service.sandbox.add_latency("instagram", 60, "media_list")
-    command = service.publish(FIXED, target="instagram")
-    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (0, 1))
-    service.handler.kill()
-    state = service.stores.projection.get(command.post_id)
-    assert state is not None and state.status == "publishing"
-    assert all(a.success is None for a in state.attempts.values())
-
-    service.sandbox.add_latency("instagram", 0, "media_list")
-    service.handler.start()
-    state = service.wait_for(command.post_id, lambda s: s.status == "posted")
-    assert _counts(service) == (0, 1)
-    (attempt,) = state.attempts.values()
-    assert attempt.recovered and attempt.success
-    (media,) = [p for p in service.sandbox.posts() if p.get("platform") == "instagram"]
-    assert state.document.insights.instagram_media_id == media["id"]
+    (created,) = [p for p in service.sandbox.posts() if p.get("platform") == platform]
+    insights = state.document.insights
+    assert (insights.facebook_post_id if platform == "facebook" else insights.instagram_media_id) == created["id"]
 
 
 def test_a_handler_joining_while_another_is_mid_publish_creates_no_duplicate(service: Service, tmp_path: Path) -> None:
