@@ -161,16 +161,12 @@ class ProjectionStore:
 
     def get(self, post_id: str) -> PostState | None:
         with self.engine.connect() as conn:
-            text = conn.execute(select(posts.c.state).where(posts.c.post_id == post_id)).scalar_one_or_none()
-        return None if text is None else PostState.model_validate_json(text)
+            return self._get(conn, post_id)
 
     def get_with_offsets(self, post_id: str, topic: str) -> tuple[dict[int, int], PostState | None]:
         """`applied_offsets(topic)` and `get(post_id)` in one transaction: the state is exactly that current."""
         with self._consistent() as conn:
-            rows = conn.execute(select(tracking.c.partition, tracking.c.offset).where(tracking.c.topic == topic))
-            applied = {int(partition): int(offset) for partition, offset in rows}
-            text = conn.execute(select(posts.c.state).where(posts.c.post_id == post_id)).scalar_one_or_none()
-        return applied, None if text is None else PostState.model_validate_json(text)
+            return self._applied_offsets(conn, topic), self._get(conn, post_id)
 
     def list_posts(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[PostState]:
         """Posts, most recently updated first, optionally only those with `status`."""
@@ -183,8 +179,7 @@ class ProjectionStore:
     def applied_offsets(self, topic: str) -> dict[int, int]:
         """The last applied offset per partition of `topic`; a partition with none applied is absent."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(tracking.c.partition, tracking.c.offset).where(tracking.c.topic == topic))
-            return {int(partition): int(offset) for partition, offset in rows}
+            return self._applied_offsets(conn, topic)
 
     def snapshot(self) -> tuple[Offsets, dict[str, PostState]]:
         """Offsets and states read in one transaction: the states are exactly those offsets' fold."""
@@ -327,6 +322,16 @@ class ProjectionStore:
             # Both reads of a snapshot see the same committed data, even while the processor writes.
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         return _Transaction(conn)
+
+    @staticmethod
+    def _get(conn: Connection, post_id: str) -> PostState | None:
+        text = conn.execute(select(posts.c.state).where(posts.c.post_id == post_id)).scalar_one_or_none()
+        return None if text is None else PostState.model_validate_json(text)
+
+    @staticmethod
+    def _applied_offsets(conn: Connection, topic: str) -> dict[int, int]:
+        rows = conn.execute(select(tracking.c.partition, tracking.c.offset).where(tracking.c.topic == topic))
+        return {int(partition): int(offset) for partition, offset in rows}
 
     @staticmethod
     def _offsets(conn: Connection) -> Offsets:

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -71,8 +72,6 @@ def _folded_live_store(bootstrap: str, topics: Topics, path: Path, events: list[
 
 
 def _end_offsets(bootstrap: str, topics: Topics) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "replay-test-watermarks"})
     try:
         return {p: c.get_watermark_offsets(TopicPartition(topics.post_events, p), timeout=10)[1]
