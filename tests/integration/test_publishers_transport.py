@@ -39,7 +39,7 @@ async def test_both_platforms_publish_through_it(
     assert facebook.success and instagram.success
     posts = {post["id"]: post for post in sandbox.posts()}
     assert facebook.platform_post_id in posts and instagram.platform_post_id in posts
-    assert facebook.permalink == posts[facebook.platform_post_id]["permalink_url"]
+    assert facebook.permalink is None
     assert instagram.permalink == posts[instagram.platform_post_id]["permalink"]
 
 

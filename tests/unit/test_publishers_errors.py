@@ -191,7 +191,7 @@ async def test_tokens_travel_in_the_authorization_header_never_in_the_url_or_bod
             return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
         if request.url.path.endswith("/photos"):
             return httpx.Response(200, json={"id": "1", "post_id": "747917475065823_2"})
-        return httpx.Response(200, json={"id": "747917475065823_2", "permalink_url": "https://www.facebook.com/x"})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
 
     account = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", None)
     content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
@@ -199,8 +199,10 @@ async def test_tokens_travel_in_the_authorization_header_never_in_the_url_or_bod
         outcome = await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").publish(
             content, account, attempt_id="a1")
 
-    assert outcome.success and outcome.permalink == "https://www.facebook.com/x"
-    assert [r.headers["authorization"] for r in seen] == [
-        "Bearer user-token-secret-7", "Bearer page-token-secret-9", "Bearer page-token-secret-9"]
+    assert outcome.success and outcome.platform_post_id == "747917475065823_2"
+    # The Page token, then the photo: a publish is one call of the Page's rate limit.
+    assert [(r.url.path, r.headers["authorization"]) for r in seen] == [
+        ("/v24.0/747917475065823", "Bearer user-token-secret-7"),
+        ("/v24.0/747917475065823/photos", "Bearer page-token-secret-9")]
     for request in seen:
         assert "secret" not in str(request.url) and b"secret" not in request.content
