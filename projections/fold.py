@@ -23,6 +23,10 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
   attempt came in. Platform ids (`facebook_post_id`, `instagram_media_id`, `instagram_permalink`)
   come from the latest success of each platform and are kept when a later attempt fails: that post
   still exists on the platform.
+- `needed_action` says, per platform, what the user must do: after a failed result, what its error
+  asks for ("fix the image URL"); while an interrupted attempt cannot be checked on the platform for
+  want of a valid token (`AttemptOutcomeUnknown`), "re-authenticate Facebook". The post stays
+  `publishing` then: its outcome is unknown, not failed.
 - The same event delivered twice (same `event_id`) changes nothing.
 """
 
@@ -37,6 +41,7 @@ from pydantic import BaseModel
 from projections.state import AttemptState, CommandRecord, PostState, empty_state
 from schemas.common import PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform
 from schemas.events import (
+    AttemptOutcomeUnknown,
     CommandDecided,
     ContainerCreated,
     Event,
@@ -246,13 +251,29 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
     if superseded:
         return None
 
-    action = needed_action(event.platform, error_kind) if not event.success else None
-    if state.needed_action.get(event.platform) != action:
-        needed = {p: a for p, a in state.needed_action.items() if p != event.platform}
-        if action is not None:
-            needed[event.platform] = action
-        state.needed_action = needed
+    _set_needed_action(state, event.platform, needed_action(event.platform, error_kind) if not event.success else None)
     return attempt
+
+
+def _on_outcome_unknown(state: PostState, event: AttemptOutcomeUnknown) -> None:
+    attempt = state.attempts.get(event.attempt_id)
+    if attempt is None or attempt.success is not None:
+        return  # its result came in first: the outcome is known
+    state.attempts[event.attempt_id] = _replaced(attempt, {"lookup_error": event.error})
+    if state.in_flight(event.platform) is not state.attempts[event.attempt_id]:
+        return  # a later attempt of the platform speaks for it
+    # Only the user can unblock an `auth` or `permission` error; the service keeps asking after any other.
+    kind = event.error.kind
+    action = needed_action(event.platform, kind) if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
+    _set_needed_action(state, event.platform, action)
+
+
+def _set_needed_action(state: PostState, platform: Platform, action: str | None) -> None:
+    if state.needed_action.get(platform) != action:
+        needed = {p: a for p, a in state.needed_action.items() if p != platform}
+        if action is not None:
+            needed[platform] = action
+        state.needed_action = needed
 
 
 def _merge_landed(state: PostState, landed: Sequence[tuple[PlatformResult, AttemptState]]) -> None:
@@ -334,6 +355,7 @@ _HANDLERS: dict[type[Any], Handler] = dict(
         _handler(CommandDecided, _on_decided),
         _handler(PublishAttempted, _on_attempted),
         _handler(ContainerCreated, _on_container),
+        _handler(AttemptOutcomeUnknown, _on_outcome_unknown),
         _handler(LegacyInsightsImported, _on_legacy),
     ]
 )

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform, PublishTarget, StateTime, platforms_of
+from schemas.events import PlatformError
 from schemas.insights import PostInsights, PostStatus, PublishResult
 
 
@@ -30,6 +31,9 @@ class AttemptState(BaseModel):
     recovered: bool = False
     error_kind: ErrorKind | None = None
     finished_at: StateTime | None = None
+    # Why the platform could not say whether this attempt, left without a result, went out (the handler
+    # keeps asking). Kept once the result is in, as the attempt's history.
+    lookup_error: PlatformError | None = None
 
 
 class CommandRecord(BaseModel):
@@ -62,7 +66,9 @@ class PostState(BaseModel):
     commands: dict[str, CommandRecord] = Field(default_factory=dict)
     # Event ids already applied: a redelivered event changes nothing.
     applied_event_ids: list[str] = Field(default_factory=list)
-    # What the user has to do before a retry can succeed, per failed platform ("re-authenticate Facebook").
+    # What the user has to do, per platform: before a retry of a failed one can succeed ("fix the image
+    # URL"), or before the service can find out whether an interrupted attempt went out ("re-authenticate
+    # Facebook").
     needed_action: dict[Platform, str] = Field(default_factory=dict)
     legacy: bool = False
     created_at: StateTime | None = None

@@ -11,6 +11,7 @@ from schemas.commands import (
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
 from schemas.envelope import DecodeError, Envelope, decode_command, decode_event, encode
 from schemas.events import (
+    AttemptOutcomeUnknown,
     CommandDecided,
     ContainerCreated,
     Event,
@@ -23,7 +24,7 @@ from schemas.events import (
 from schemas.insights import Insights, PostInsights, PublishResult
 
 __all__ = [
-    "Command", "CommandDecided", "ContainerCreated", "DecodeError", "Envelope", "ErrorKind",
+    "AttemptOutcomeUnknown", "Command", "CommandDecided", "ContainerCreated", "DecodeError", "Envelope", "ErrorKind",
     "Event", "ForceRepublishRequested", "Insights", "LegacyInsightsImported", "Platform",
     "PlatformError", "PlatformResult", "PostContent", "PostInsights", "PostSubmitted", "PostSummary",
     "PublishAttempted", "PublishRequested", "PublishResponse", "PublishResult", "PublishTarget",

@@ -102,6 +102,20 @@ class PlatformResult(EventBase):
     recovered: bool = False
 
 
+class AttemptOutcomeUnknown(EventBase):
+    """An attempt without a result (its handler died) whose outcome the platform could not be asked about.
+
+    The attempt stays open: the handler asks again later and publishes the platform again only once the
+    platform says the post does not exist. `error` says why it could not ask; an `auth` or `permission`
+    error means nothing changes until the account is re-authenticated, and the post says so.
+    """
+
+    type: Literal["AttemptOutcomeUnknown"] = "AttemptOutcomeUnknown"
+    platform: Platform
+    attempt_id: Identifier
+    error: PlatformError
+
+
 class LegacyInsightsImported(EventBase):
     """A post from the old system, imported as it was (with or without `publish_results`)."""
 
@@ -114,7 +128,8 @@ class LegacyInsightsImported(EventBase):
 
 
 Event = Annotated[
-    PostSubmitted | CommandDecided | PublishAttempted | ContainerCreated | PlatformResult | LegacyInsightsImported,
+    PostSubmitted | CommandDecided | PublishAttempted | ContainerCreated | PlatformResult | AttemptOutcomeUnknown
+    | LegacyInsightsImported,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: dict[str, type[EventBase]] = {
@@ -123,5 +138,6 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
     "PublishAttempted": PublishAttempted,
     "ContainerCreated": ContainerCreated,
     "PlatformResult": PlatformResult,
+    "AttemptOutcomeUnknown": AttemptOutcomeUnknown,
     "LegacyInsightsImported": LegacyInsightsImported,
 }

@@ -132,6 +132,16 @@ def platform_link(state: PostState, platform: Platform) -> str | None:
     return None
 
 
+def outcome_unknown(state: PostState) -> dict[Platform, str]:
+    """Per platform, why its interrupted attempt (no result) could not be checked on the platform yet."""
+    unknown: dict[Platform, str] = {}
+    for platform in state.targeted:
+        attempt = state.in_flight(platform)
+        if attempt is not None and attempt.lookup_error is not None:
+            unknown[platform] = attempt.lookup_error.message
+    return unknown
+
+
 def post_detail(state: PostState) -> dict[str, Any]:
     """GET /posts/{id}: the seed's insights document, then what an operator needs to act on it."""
     return {
@@ -142,6 +152,7 @@ def post_detail(state: PostState) -> dict[str, Any]:
         "account": state.account,
         "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
         "needed_action": dict(state.needed_action),
+        "outcome_unknown": outcome_unknown(state),
         "retry_preview": retry_preview(state) if state.status == "failed" else "",
         "retried": retried_summary(state),
         "attempts_by_platform": attempts_by_platform(state),

@@ -48,6 +48,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         session_timeout_seconds=settings.handler_session_timeout_seconds,
         attempt_timeout_seconds=settings.attempt_timeout_seconds,
         attempt_lease_seconds=settings.attempt_lease_seconds,
+        reauth_check_seconds=settings.reauth_check_seconds,
     )
 
 

@@ -152,6 +152,9 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             console.print(f"  ✅ {label}: Published  {link}", highlight=False)
         else:
             console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
+    for platform, why in detail.get("outcome_unknown", {}).items():
+        console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: interrupted; whether the post went out cannot be checked "
+                      f"yet: {why}", highlight=False)
     for platform, action in detail.get("needed_action", {}).items():
         console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {action}", highlight=False)
     if detail.get("retry_preview"):

@@ -27,7 +27,14 @@ from projections.fold import FACEBOOK_POST_URL
 from projections.responses import retried_summary
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
-from smartretry.api import ContentCorrection, FrontDoor, RetryBody, api_key_matches, presented_key
+from smartretry.api import (
+    ContentCorrection,
+    FrontDoor,
+    RetryBody,
+    api_key_matches,
+    outcome_unknown,
+    presented_key,
+)
 from smartretry.settings import Settings
 
 HERE = Path(__file__).parent
@@ -65,6 +72,7 @@ def _safe_next(target: str | None) -> str:
 def platform_rows(state: PostState) -> list[dict[str, Any]]:
     """One row per targeted platform: its latest result, link once published, and what to do when failed."""
     rows = []
+    unknown = outcome_unknown(state)
     for platform in state.targeted:
         result = state.latest_result(platform)
         link = None
@@ -75,6 +83,7 @@ def platform_rows(state: PostState) -> list[dict[str, Any]]:
             "success": None if result is None else result.success, "link": link,
             "error": result.error if result is not None and not result.success else None,
             "action": state.needed_action.get(platform),
+            "unknown": unknown.get(platform),
         })
     return rows
 

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # An attempt without a result and without a post on the platform is declared interrupted only this
     # long after it started: until then, the handler that made it may still be finishing it.
     attempt_lease_seconds: float = 150.0
+    # How often an interrupted attempt that the platform refused to look up (an expired or revoked token)
+    # is looked up again: it goes through once the account is re-authenticated.
+    reauth_check_seconds: float = 30.0
 
     @property
     def topics(self) -> Topics:

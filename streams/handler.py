@@ -31,6 +31,7 @@ from schemas.commands import (
 from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
 from schemas.envelope import DecodeError, decode_command, encode
 from schemas.events import (
+    AttemptOutcomeUnknown,
     ContainerCreated,
     Event,
     PlatformError,
@@ -89,6 +90,8 @@ class HandlerConfig:
     # How long an attempt without a result may still belong to a live handler (one that lost its
     # partition in a rebalance but is finishing the call). Longer than an attempt can take.
     attempt_lease_seconds: float = 150.0
+    # How often an interrupted attempt whose lookup the platform refused for the token is looked up again.
+    reauth_check_seconds: float = 30.0
 
 
 def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: random.Random) -> float:
@@ -659,15 +662,24 @@ class CommandHandler:
                     found = await self.publishers[attempt.platform].find_existing(
                         state.content, credentials, attempt_id=attempt.attempt_id,
                         container_id=attempt.container_id, attempted_at=attempt.started_at)
-                except LookupError:
-                    found = None
+                except LookupError as exc:
+                    # No usable credentials: the platform cannot be asked, which says nothing about the post.
+                    found = PublishOutcome.failed(attempt.platform, PlatformError(
+                        kind=ErrorKind.AUTH, message=f"{label} post lookup failed: {scrub(str(exc))}"))
             if found is not None and not found.success:
                 assert found.error is not None
+                if attempt.lookup_error is None or attempt.lookup_error.kind is not found.error.kind:
+                    # The post shows why it is still publishing, and what would unblock it.
+                    log.warning("%s cannot tell whether attempt %s went out: %s", label, attempt.attempt_id,
+                                found.error.message, extra=context)
+                    await self.emit(AttemptOutcomeUnknown(
+                        event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
+                        platform=attempt.platform, attempt_id=attempt.attempt_id, error=found.error))
                 if found.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
                     # Nothing changes until someone re-authenticates: say so, and ask less often.
                     raise OutcomeUnknown(
                         f"{label} cannot be asked whether attempt {attempt.attempt_id} went out until the account "
-                        f"is re-authenticated ({found.error.message})", wait_seconds=30.0)
+                        f"is re-authenticated ({found.error.message})", wait_seconds=self.config.reauth_check_seconds)
                 raise OutcomeUnknown(f"{label} could not say whether attempt {attempt.attempt_id} went out")
             if found is not None and found.success:
                 log.info("♻️ %s post of an interrupted attempt found on the platform; recorded, not republished",

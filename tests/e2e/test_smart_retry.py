@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID
+from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
 from schemas.commands import PostContent
 from schemas.common import Platform
+from smartretry.api import post_detail
 from tests.support.service import Service, ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -171,6 +173,43 @@ def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_du
     (created,) = [p for p in service.sandbox.posts() if p.get("platform") == platform]
     insights = state.document.insights
     assert (insights.facebook_post_id if platform == "facebook" else insights.instagram_media_id) == created["id"]
+
+
+def test_an_interrupted_attempt_that_cannot_be_checked_for_a_revoked_token_asks_to_re_authenticate(
+    service: Service,
+) -> None:
+    """The handler dies after Facebook took the post; meanwhile the token is revoked, so its successor cannot
+    ask Facebook whether the post went out. The post says so, and goes through once re-authenticated."""
+    service.sandbox.drop_after("facebook", "photos")
+    service.sandbox.add_latency("facebook", 60, "published_posts")
+    command = service.publish(FIXED, target="facebook")
+    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (1, 0))
+    service.handler.kill()
+    service.sandbox.revoke(DEMO_USER_TOKEN)
+    service.sandbox.add_latency("facebook", 0, "published_posts")
+
+    service.handler.start()
+    state = service.wait_for(command.post_id, lambda s: bool(s.needed_action))
+    assert state.status == "publishing", "the outcome is unknown, not failed"
+    assert state.needed_action == {"facebook": "re-authenticate Facebook"}
+    detail = post_detail(state)
+    assert detail["outcome_unknown"]["facebook"].startswith("Facebook post lookup failed")
+    assert DEMO_USER_TOKEN not in str(detail)
+    time.sleep(2.5)  # the look-up is tried again every second meanwhile, and publishes nothing
+    assert _counts(service) == (1, 0)
+    still = service.stores.projection.get(command.post_id)
+    assert still is not None and still.status == "publishing"
+
+    new_token = "sandbox-renewed-user-token-5c07"
+    service.sandbox.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, new_token)
+    service.stores.credentials.set_token(DEMO_ACCOUNT_ID, new_token, DEMO_PAGE_ID, DEMO_IG_USER_ID)
+    state = service.wait_for(command.post_id, lambda s: s.status == "posted")
+    (attempt,) = state.attempts.values()
+    assert attempt.recovered and attempt.success
+    assert state.needed_action == {} and post_detail(state)["outcome_unknown"] == {}
+    assert _counts(service) == (1, 0)
+    (created,) = service.sandbox.posts()
+    assert state.document.insights.facebook_post_id == created["id"]
 
 
 def test_a_handler_joining_while_another_is_mid_publish_creates_no_duplicate(service: Service, tmp_path: Path) -> None:

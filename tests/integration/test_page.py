@@ -11,6 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from schemas.common import ErrorKind
 from smartretry.pages import retry_token
 from tests.integration.test_api import (
     API_KEY,
@@ -28,6 +29,7 @@ from tests.integration.test_api_end_to_end import (
     service_api_fixture,  # noqa: F401 - the `service_api` fixture
 )
 from tests.support.service import service, shared_sandbox  # noqa: F401 - fixtures it needs
+from tests.unit.test_fold import History
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +91,27 @@ def test_a_failed_post_page_shows_what_the_seed_draws(api: RunningApi) -> None:
     assert "📘 + 📷 Retry Publishing" in html
     assert "Note: Will only retry Facebook" in html
     assert "http-equiv=\"refresh\"" not in html
+
+
+def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_and_in_the_api(
+        api: RunningApi) -> None:
+    history = History(post_id="post-unchecked")
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"], ErrorKind.AUTH,
+                    "Facebook post lookup failed: Error validating access token")
+    # A partition of its own: `store_post` numbers partition 0's offsets.
+    api.stores.projection.apply_batch(api.topics.post_events, 5, list(enumerate(history.events)))
+
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-unchecked").text
+    assert "Facebook: publishing was interrupted, and whether the post went out cannot be checked yet: " \
+           "Facebook post lookup failed: Error validating access token" in html
+    assert "Needed: re-authenticate Facebook" in html
+    assert "Retry Publishing" not in html
+    detail = api.client.get("/posts/post-unchecked").json()
+    assert detail["status"] == "publishing"
+    assert detail["needed_action"] == {"facebook": "re-authenticate Facebook"}
+    assert detail["outcome_unknown"] == {"facebook": "Facebook post lookup failed: Error validating access token"}
 
 
 def test_a_posted_post_page_shows_both_links_and_no_retry_button(api: RunningApi) -> None:

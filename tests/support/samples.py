@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from schemas.commands import ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
 from schemas.common import ErrorKind
 from schemas.events import (
+    AttemptOutcomeUnknown,
     CommandDecided,
     ContainerCreated,
     LegacyInsightsImported,
@@ -50,6 +51,9 @@ def all_events() -> list[BaseModel]:
                        success=False, error=PlatformError(
                            kind=ErrorKind.INVALID_MEDIA, code=324, http_status=400,
                            message="Facebook photo upload failed: 400 - Missing or invalid image file")),
+        AttemptOutcomeUnknown(event_id="e8", post_id=POST_ID, occurred_at=AT, platform="facebook", attempt_id="a2",
+                              error=PlatformError(kind=ErrorKind.AUTH, code=190, http_status=401,
+                                                  message="Facebook post lookup failed: Invalid OAuth access token")),
         LegacyInsightsImported(event_id="e7", post_id="legacy-1", occurred_at=AT, publish_target="both",
                                document={"insights": {}, "status": "failed"}),
     ]

@@ -96,6 +96,7 @@ class Service:
             # sandbox takes to answer a queued request on a loaded machine.
             "SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS": "20",
             "SMARTRETRY_ATTEMPT_LEASE_SECONDS": "30",
+            "SMARTRETRY_REAUTH_CHECK_SECONDS": "1",
             "SMARTRETRY_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),

@@ -11,6 +11,7 @@ from projections.state import PostState
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
 from schemas.events import (
+    AttemptOutcomeUnknown,
     CommandDecided,
     CommandType,
     ContainerCreated,
@@ -82,6 +83,13 @@ class History:
                 kind: ErrorKind = ErrorKind.INVALID_MEDIA, when: datetime | None = None) -> History:
         self.events.append(PlatformResult(**self._base(when), platform=platform, attempt_id=attempt_id, success=False,
                                           error=PlatformError(kind=kind, message=message, http_status=400)))
+        return self
+
+    def unknown(self, platform: Platform, attempt_id: str, kind: ErrorKind = ErrorKind.AUTH,
+                message: str = "Facebook post lookup failed: Error validating access token") -> History:
+        """The handler could not ask the platform whether the attempt (left without a result) went out."""
+        self.events.append(AttemptOutcomeUnknown(**self._base(None), platform=platform, attempt_id=attempt_id,
+                                                 error=PlatformError(kind=kind, message=message, http_status=401)))
         return self
 
     def legacy(self, document: dict[str, Any], target: PublishTarget = "both") -> History:
@@ -222,6 +230,45 @@ def test_container_and_recovered_results_are_kept_on_the_attempt() -> None:
     history.success("instagram", attempts["instagram"], "1810", "https://ig/p/1", recovered=True)
     attempt = history.state().attempts[attempts["instagram"]]
     assert attempt.container_id == "17890000" and attempt.recovered and attempt.success
+
+
+def test_an_attempt_that_cannot_be_checked_for_want_of_a_token_says_so_and_stays_publishing() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"], ErrorKind.AUTH)
+    state = history.state()
+    assert state.status == "publishing", "its outcome is unknown, not failed"
+    assert state.needed_action == {"facebook": "re-authenticate Facebook"}
+    lookup = state.attempts[attempts["facebook"]].lookup_error
+    assert lookup is not None and lookup.kind is ErrorKind.AUTH
+    assert state.document.error_message is None and state.document.insights.publish_results == []
+
+    # Re-authenticated: the post is found on the platform and recorded.
+    history.success("facebook", attempts["facebook"], "7479_1221", recovered=True)
+    state = history.state()
+    assert (state.status, state.needed_action) == ("posted", {})
+
+
+def test_an_attempt_that_cannot_be_checked_for_another_reason_needs_nothing_of_the_user() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"], ErrorKind.AUTH)
+    history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT, "could not tell whether the post went out")
+    state = history.state()
+    assert state.status == "publishing" and state.needed_action == {}, "the service keeps asking by itself"
+    lookup = state.attempts[attempts["facebook"]].lookup_error
+    assert lookup is not None and lookup.message == "could not tell whether the post went out"
+
+
+def test_a_lookup_failure_after_the_attempts_result_changes_nothing() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.failure("facebook", attempts["facebook"])
+    before = history.state()
+    history.unknown("facebook", attempts["facebook"], ErrorKind.AUTH)
+    after = history.state()
+    assert after.needed_action == before.needed_action == {"facebook": "fix the image URL"}
+    assert after.attempts == before.attempts and after.document == before.document
 
 
 def test_corrected_content_replaces_the_posts_content_and_keeps_results_until_new_ones_arrive() -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.fold import apply, apply_all, fold
+from projections.fold import apply, apply_all, fold, needed_action
 from projections.state import PostState
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
 from schemas.events import CommandType, Event
@@ -30,6 +30,8 @@ class Story:
     latest_success: dict[Platform, bool] = field(default_factory=dict)
     in_flight: set[Platform] = field(default_factory=set)
     awaiting: set[Platform] = field(default_factory=set)
+    # Platforms whose latest attempt has no result and could not be checked, with the lookup's error kind.
+    unchecked: dict[Platform, ErrorKind] = field(default_factory=dict)
 
     @property
     def events(self) -> list[Event]:
@@ -60,14 +62,21 @@ def stories(draw: st.DrawFn, post_id: str = "post-1") -> Story:
                                                  forced=kind == "ForceRepublishRequested")
             story.awaiting.discard(platform)
             story.in_flight.add(platform)
+            story.unchecked.pop(platform, None)
             if platform == "instagram" and draw(st.booleans()):
                 history.container(platform, attempts[platform], f"container-{number}")
         # Results come back in any order between platforms.
         for platform in draw(st.permutations(list(chosen))):
             history.at += timedelta(milliseconds=draw(st.integers(min_value=0, max_value=5000)))
             outcome = draw(OUTCOMES)
+            if draw(st.booleans()):
+                # The handler died and its successor could not ask the platform (before the result, if any).
+                kind = draw(KINDS)
+                history.unknown(platform, attempts[platform], kind)
+                story.unchecked[platform] = kind
             if outcome == "in_flight":
                 continue
+            story.unchecked.pop(platform, None)
             story.in_flight.discard(platform)
             story.latest_success[platform] = outcome == "success"
             if outcome == "success":
@@ -93,6 +102,11 @@ def test_the_status_rule(story: Story) -> None:
     assert [r.platform for r in state.document.insights.publish_results] == [
         p for p in ("facebook", "instagram") if p in story.latest_success
     ]
+    for platform, kind in story.unchecked.items():
+        # Only the user can unblock a lookup refused for the token; the service asks again after anything else.
+        expected = needed_action(platform, kind) if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
+        assert state.needed_action.get(platform) == expected
+        assert state.status == "publishing"
 
 
 @fold_settings

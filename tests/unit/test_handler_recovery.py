@@ -1,0 +1,103 @@
+"""Resolving an attempt left without a result when the platform cannot be asked whether it went out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from projections.fold import apply_all
+from projections.state import PostState
+from publishers.base import AccountCredentials, PublishOutcome
+from schemas.common import ErrorKind
+from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult
+from smartretry.credentials import UnknownAccount
+from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
+from streams.topics import Topics
+from tests.unit.test_fold import History
+
+
+class NoCredentials:
+    def get(self, account_id: str) -> AccountCredentials:
+        raise UnknownAccount(
+            f"no credentials for account {account_id!r}: set them with `smartretry accounts set-token`")
+
+
+class Lookups:
+    """A publisher whose look-up answers as told, and that must never publish."""
+
+    def __init__(self, answer: PublishOutcome | None = None) -> None:
+        self.answer = answer
+        self.asked = 0
+
+    async def find_existing(self, *_args: Any, **_kwargs: Any) -> PublishOutcome | None:
+        self.asked += 1
+        return self.answer
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> PublishOutcome:
+        raise AssertionError("an attempt whose outcome is unknown must not be published again")
+
+
+class Credentials:
+    def get(self, account_id: str) -> AccountCredentials:
+        return AccountCredentials(account_id, SecretStr("user-token-value-1"), "747917475065823", None)
+
+
+def interrupted() -> tuple[History, PostState]:
+    history = History()
+    history.publish(target="facebook")
+    state = apply_all(None, history.events)
+    assert state is not None and state.in_flight("facebook") is not None
+    return history, state
+
+
+def handler(credentials: Any, lookups: Lookups, history: History, sent: list[Event]) -> CommandHandler:
+    # Long past the attempt's lease: only a look-up saying "no post" may declare it interrupted.
+    later = history.at + timedelta(hours=1)
+    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                          credentials=credentials, publishers={"facebook": lookups},  # type: ignore[dict-item]
+                          config=HandlerConfig(reauth_check_seconds=7.0), clock=lambda: later)
+
+    async def emit(event: Event) -> None:
+        sent.append(event)
+
+    made.emit = emit  # type: ignore[method-assign]
+    return made
+
+
+async def test_missing_credentials_are_not_taken_for_no_post() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    lookups = Lookups()
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        await handler(NoCredentials(), lookups, history, sent)._resolve_interrupted(state)
+
+    assert raised.value.wait_seconds == 7.0
+    assert lookups.asked == 0
+    assert not any(isinstance(e, PlatformResult) for e in sent), "recording 'not published' would publish it again"
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and unknown.error.kind is ErrorKind.AUTH
+    assert "set them with `smartretry accounts set-token`" in unknown.error.message
+    after = apply_all(state, sent)
+    assert after is not None and after.needed_action == {"facebook": "re-authenticate Facebook"}
+
+
+async def test_a_refused_look_up_is_recorded_once_and_asked_again_later() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    refused = PublishOutcome.failed("facebook", PlatformError(
+        kind=ErrorKind.AUTH, message="Facebook post lookup failed: Error validating access token", http_status=401))
+    lookups = Lookups(refused)
+    made = handler(Credentials(), lookups, history, sent)
+
+    for _ in range(3):
+        with pytest.raises(OutcomeUnknown):
+            await made._resolve_interrupted(state)
+        state = apply_all(state, sent) or state
+
+    assert lookups.asked == 3
+    assert [type(e) for e in sent] == [AttemptOutcomeUnknown], "one event, not one per look-up"
+    assert state.status == "publishing" and state.needed_action == {"facebook": "re-authenticate Facebook"}
