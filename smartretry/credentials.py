@@ -9,7 +9,7 @@ from typing import cast
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
-from sqlalchemy import DateTime, Engine, String, Table, Text, func, select
+from sqlalchemy import DateTime, Engine, String, Table, Text, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -43,6 +43,9 @@ class CredentialStore:
         self._engine = engine
         digest = hashlib.sha256(secret_key.encode()).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        table = cast(Table, _Account.__table__)
+        self._get_statement = select(table.c.token_ciphertext, table.c.page_id, table.c.ig_user_id).where(
+            table.c.account_id == bindparam("account_id"))
 
     def create_schema(self) -> None:
         _Base.metadata.create_all(self._engine)
@@ -69,19 +72,21 @@ class CredentialStore:
             connection.execute(statement)
 
     def get(self, account_id: str) -> AccountCredentials:
-        with Session(self._engine) as session:
-            row = session.get(_Account, account_id)
-            if row is None:
-                raise UnknownAccount(
-                    f"no credentials for account {account_id!r}: set them with `smartretry accounts set-token`")
-            try:
-                token = self._fernet.decrypt(row.token_ciphertext.encode()).decode()
-            except InvalidToken:
-                raise UnknownAccount(
-                    f"credentials of account {account_id!r} were stored under another secret key") from None
-            register_secret(token)
-            return AccountCredentials(account_id=account_id, user_token=SecretStr(token), page_id=row.page_id,
-                                      ig_user_id=row.ig_user_id)
+        # One row by its key, read without the ORM's session: the handler reads it for every command.
+        with self._engine.connect() as connection:
+            row = connection.execute(self._get_statement, {"account_id": account_id}).first()
+        if row is None:
+            raise UnknownAccount(
+                f"no credentials for account {account_id!r}: set them with `smartretry accounts set-token`")
+        ciphertext, page_id, ig_user_id = row
+        try:
+            token = self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken:
+            raise UnknownAccount(
+                f"credentials of account {account_id!r} were stored under another secret key") from None
+        register_secret(token)
+        return AccountCredentials(account_id=account_id, user_token=SecretStr(token), page_id=page_id,
+                                  ig_user_id=ig_user_id)
 
     def accounts(self) -> list[dict[str, str | None]]:
         """Account references with their page and Instagram ids; never the token."""
