@@ -11,53 +11,23 @@ exits 1 on any duplicate, loss, unposted post, replay difference or missing dead
 from __future__ import annotations
 
 import argparse
-import contextlib
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import machine
-from publishers.sandbox import SandboxControl
-from streams.broker import LocalBroker, free_port
+from bench.sandbox import sandbox_process
+from streams.broker import LocalBroker
 from tests.support.chaos import ChaosPlan, ChaosRun, ChaosSummary
 from tests.support.service import Service
 
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def sandbox_process(log_path: Path) -> Iterator[SandboxControl]:
-    """The sandbox Graph API in a process of its own: in this one, it would share the GIL with the run
-    and answer a thousand posts' calls slowly enough to time the handler's requests out."""
-    port = free_port()
-    with open(log_path, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "publishers.sandbox", "--port", str(port),
-                                    "--container-delay", "0"], stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    control = SandboxControl(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                control.counters()
-                break
-            except Exception:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"the sandbox did not start (see {log_path})") from None
-                time.sleep(0.1)
-        yield control
-    finally:
-        control.close()
-        process.terminate()
-        process.wait(15)
 
 
 def run(plan: ChaosPlan) -> ChaosSummary:
