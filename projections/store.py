@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     select,
@@ -144,6 +146,22 @@ def _folded(state: PostState | None, records: Sequence[tuple[int, Event]],
     return after
 
 
+# Reads built once: the handler reads a post and the offsets for every command, and the projector's
+# live batches of one or two events spent more time building statements than running them.
+_STATE_OF = select(posts.c.state).where(posts.c.post_id == bindparam("post_id", type_=String))
+_OFFSETS_OF = select(tracking.c.partition, tracking.c.offset).where(
+    tracking.c.topic == bindparam("topic", type_=String))
+_STATES_OF = select(posts.c.post_id, posts.c.state).where(
+    posts.c.post_id.in_(bindparam("post_ids", expanding=True)))
+
+
+@dataclass(frozen=True)
+class _TrackingStatements:
+    create: Any  # the partition's tracking row, if missing
+    lock: Any  # its offset, locked for the transaction (PostgreSQL; SQLite's writer lock is the database's)
+    advance: Any  # its offset moved on
+
+
 class ProjectionStore:
     """Reads and writes the projection through any SQLAlchemy engine (SQLite and PostgreSQL tested)."""
 
@@ -153,6 +171,7 @@ class ProjectionStore:
         self._hot_states = hot_states
         self._hot: dict[tuple[str, int], _HotStates] = {}
         self._post_upsert: Any = None
+        self._tracking: _TrackingStatements | None = None
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
@@ -273,9 +292,8 @@ class ProjectionStore:
             if changed:
                 self._upsert_posts(conn, changed.values())
             if last > tracked:
-                conn.execute(tracking.update()
-                             .where(tracking.c.topic == topic, tracking.c.partition == partition)
-                             .values(offset=last))
+                conn.execute(self._tracking_statements().advance,
+                             {"t_topic": topic, "t_partition": partition, "t_offset": last})
             if before_commit is not None:
                 before_commit(list(changed.values()))
         hot.keep(changed.values(), max(last, tracked), self._hot_states)
@@ -325,12 +343,12 @@ class ProjectionStore:
 
     @staticmethod
     def _get(conn: Connection, post_id: str) -> PostState | None:
-        text = conn.execute(select(posts.c.state).where(posts.c.post_id == post_id)).scalar_one_or_none()
+        text = conn.execute(_STATE_OF, {"post_id": post_id}).scalar_one_or_none()
         return None if text is None else PostState.model_validate_json(text)
 
     @staticmethod
     def _applied_offsets(conn: Connection, topic: str) -> dict[int, int]:
-        rows = conn.execute(select(tracking.c.partition, tracking.c.offset).where(tracking.c.topic == topic))
+        rows = conn.execute(_OFFSETS_OF, {"topic": topic})
         return {int(partition): int(offset) for partition, offset in rows}
 
     @staticmethod
@@ -346,19 +364,32 @@ class ProjectionStore:
     def _lock_tracking(self, conn: Connection, topic: str, partition: int) -> int:
         # Create the row if missing, then lock it: two processors handed the same partition during a
         # rebalance apply a batch one after the other, and the second skips what the first applied.
-        conn.execute(self._insert(tracking).values(topic=topic, partition=partition, offset=-1)
-                     .on_conflict_do_nothing(index_elements=["topic", "partition"]))
-        query = select(tracking.c.offset).where(tracking.c.topic == topic, tracking.c.partition == partition)
-        if self._dialect == "postgresql":
-            query = query.with_for_update()
-        return int(conn.execute(query).scalar_one())
+        statements = self._tracking_statements()
+        where = {"t_topic": topic, "t_partition": partition}
+        conn.execute(statements.create, where)
+        return int(conn.execute(statements.lock, where).scalar_one())
+
+    def _tracking_statements(self) -> _TrackingStatements:
+        # Built once, like the reads above (these depend on the dialect).
+        if self._tracking is None:
+            topic, partition = bindparam("t_topic", type_=String), bindparam("t_partition", type_=Integer)
+            lock = select(tracking.c.offset).where(tracking.c.topic == topic, tracking.c.partition == partition)
+            if self._dialect == "postgresql":
+                lock = lock.with_for_update()
+            self._tracking = _TrackingStatements(
+                create=self._insert(tracking).values(topic=topic, partition=partition, offset=-1)
+                .on_conflict_do_nothing(index_elements=["topic", "partition"]),
+                lock=lock,
+                advance=tracking.update().where(tracking.c.topic == topic, tracking.c.partition == partition)
+                .values(offset=bindparam("t_offset")),
+            )
+        return self._tracking
 
     def _load(self, conn: Connection, post_ids: Iterable[str]) -> dict[str, PostState]:
         ids = list(post_ids)
         states: dict[str, PostState] = {}
         for start in range(0, len(ids), CHUNK):
-            rows = conn.execute(select(posts.c.post_id, posts.c.state)
-                                .where(posts.c.post_id.in_(ids[start:start + CHUNK])))
+            rows = conn.execute(_STATES_OF, {"post_ids": ids[start:start + CHUNK]})
             for post_id, text in rows:
                 states[post_id] = PostState.model_validate_json(text)
         return states
