@@ -94,27 +94,40 @@ class StatusPoll:
         row = self._cursor.execute("SELECT status FROM posts WHERE post_id = ?", (post_id,)).fetchone()
         return None if row is None else str(row[0])
 
+    def having(self, post_ids: list[str], status: str) -> set[str]:
+        """Those of `post_ids` whose status is `status`."""
+        found: set[str] = set()
+        for start in range(0, len(post_ids), 500):
+            chunk = post_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._cursor.execute(f"SELECT post_id FROM posts WHERE status = ? AND post_id IN ({marks})",
+                                        (status, *chunk))
+            found.update(str(row[0]) for row in rows)
+        return found
+
     def close(self) -> None:
         self._cursor.close()
         self._connection.close()
 
 
-def _count(service: Service, post_ids: list[str], status: str) -> int:
-    with service.stores.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(posts).where(
-            posts.c.post_id.in_(post_ids), posts.c.status == status)).scalar_one())
-
-
 def _wait_count(service: Service, post_ids: list[str], status: str, timeout: float) -> tuple[int, float]:
-    """Polls until every post has `status`; returns (posts that have it, monotonic time they were seen)."""
+    """Polls until every post has `status`; returns (posts that have it, monotonic time they were seen).
+
+    Only the posts not seen with it yet are asked about again (a post that reached `status` keeps it here).
+    """
     deadline = time.monotonic() + timeout
-    done = 0
-    while time.monotonic() < deadline:
-        done = _count(service, post_ids, status)
-        if done >= len(post_ids):
-            break
-        time.sleep(0.01)
-    return done, time.monotonic()
+    pending = list(post_ids)
+    poll = StatusPoll(service)
+    try:
+        while time.monotonic() < deadline:
+            reached = poll.having(pending, status)
+            pending = [post_id for post_id in pending if post_id not in reached]
+            if not pending:
+                break
+            time.sleep(0.01)
+    finally:
+        poll.close()
+    return len(post_ids) - len(pending), time.monotonic()
 
 
 def _publish_all(p: Producer, service: Service, content: PostContent, count: int) -> list[str]:
