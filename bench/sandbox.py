@@ -13,8 +13,16 @@ from publishers.sandbox import SandboxControl
 from streams.broker import free_port
 
 
+class ProcessSandboxControl(SandboxControl):
+    """The control API of a sandbox running in process `pid`."""
+
+    def __init__(self, base_url: str, pid: int) -> None:
+        super().__init__(base_url)
+        self.pid = pid
+
+
 @contextlib.contextmanager
-def sandbox_process(log_path: Path) -> Iterator[SandboxControl]:
+def sandbox_process(log_path: Path) -> Iterator[ProcessSandboxControl]:
     """The sandbox Graph API in a process of its own: in this one, it would share the GIL with the run
     and answer a thousand posts' calls slowly enough to time the handler's requests out."""
     port = free_port()
@@ -22,7 +30,7 @@ def sandbox_process(log_path: Path) -> Iterator[SandboxControl]:
         process = subprocess.Popen([sys.executable, "-m", "publishers.sandbox", "--port", str(port),
                                     "--container-delay", "0"], stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
-    control = SandboxControl(f"http://127.0.0.1:{port}")
+    control = ProcessSandboxControl(f"http://127.0.0.1:{port}", process.pid)
     try:
         deadline = time.monotonic() + 30
         while True:

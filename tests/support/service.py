@@ -71,6 +71,10 @@ class ServiceProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
 
 class Service:
     """The service on a unique topic prefix and database, with helpers to send commands and wait."""
