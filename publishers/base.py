@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import SecretStr
@@ -106,13 +106,17 @@ class Publisher(Protocol):
 
 
 def build_publishers(
-    client: httpx.AsyncClient, base_url: str, version: str, *, polling: ContainerPolling | None = None
+    client: httpx.AsyncClient, base_url: str, version: str, *, polling: ContainerPolling | None = None,
+    lookup_window: timedelta | None = None,
 ) -> dict[Platform, Publisher]:
-    """One publisher per platform, all sharing `client` (its timeouts apply to every Graph API call)."""
-    from publishers.facebook import FacebookPagePublisher
+    """One publisher per platform, all sharing `client` (its timeouts apply to every Graph API call).
+
+    `lookup_window`: how long after an attempt began its post can still appear (the attempt lease).
+    """
+    from publishers.facebook import LOOKUP_WINDOW, FacebookPagePublisher
     from publishers.instagram import InstagramPublisher
 
     return {
-        "facebook": FacebookPagePublisher(client, base_url, version),
+        "facebook": FacebookPagePublisher(client, base_url, version, lookup_window=lookup_window or LOOKUP_WINDOW),
         "instagram": InstagramPublisher(client, base_url, version, polling),
     }

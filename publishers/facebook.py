@@ -28,6 +28,9 @@ CLOCK_SKEW = timedelta(minutes=2)
 # answers "could not tell" rather than "not published", because the latter would publish a duplicate.
 LOOKUP_PAGE_SIZE = 100
 LOOKUP_MAX_PAGES = 10
+# How long after an attempt began its post can still appear: the handler's attempt lease, after which an
+# attempt with no post counts as interrupted (and is published again). The window ends there.
+LOOKUP_WINDOW = timedelta(seconds=150)
 
 
 class FacebookPagePublisher:
@@ -41,10 +44,12 @@ class FacebookPagePublisher:
         *,
         lookup_page_size: int = LOOKUP_PAGE_SIZE,
         lookup_max_pages: int = LOOKUP_MAX_PAGES,
+        lookup_window: timedelta = LOOKUP_WINDOW,
     ) -> None:
         self._graph = GraphApi(client, base_url, version, "facebook")
         self._lookup_page_size = lookup_page_size
         self._lookup_max_pages = lookup_max_pages
+        self._lookup_window = lookup_window
         # Page tokens by (page, user token): fetching one per post would double the calls.
         self._page_tokens: dict[tuple[str, str], SecretStr] = {}
 
@@ -89,7 +94,8 @@ class FacebookPagePublisher:
             return PublishOutcome.failed("facebook", _no_page(action))
         since = attempted_at - CLOCK_SKEW
         try:
-            match = await self._earliest_match(account, content.caption, since, action)
+            match = await self._earliest_match(account, content.caption, since, attempted_at + self._lookup_window,
+                                               action)
         except GraphCallFailed as failed:
             return PublishOutcome.failed("facebook", failed.error)
         if match is None:
@@ -101,17 +107,18 @@ class FacebookPagePublisher:
         return PublishOutcome.published("facebook", post_id, None)
 
     async def _earliest_match(
-        self, account: AccountCredentials, caption: str, since: datetime, action: str
+        self, account: AccountCredentials, caption: str, since: datetime, latest: datetime, action: str
     ) -> dict[str, Any] | None:
-        """The Page's earliest post since `since` with this caption, reading every page of the window.
+        """The Page's earliest post between `since` and `latest` with this caption, reading every page of the window.
 
         Raises `GraphCallFailed` when the window could not be read to its end: a post not seen then may
         still exist, and only a complete read can say it does not.
         """
         page_id = account.page_id or ""
         # `until` pins the window's end, so posts published while we page do not push older ones further
-        # back; the skew allows for Meta's clock being ahead of ours.
-        until = max(datetime.now(UTC), since) + CLOCK_SKEW
+        # back; the skew allows for Meta's clock being ahead of ours. The end is no later than `latest`:
+        # a busy Page's posts after the attempt's post could have appeared do not bury it.
+        until = max(min(datetime.now(UTC), latest), since) + CLOCK_SKEW
         params = {
             "fields": "id,message,created_time",
             "since": str(int(since.timestamp())),
@@ -145,8 +152,8 @@ class FacebookPagePublisher:
             return match
         raise GraphCallFailed(PlatformError(
             kind=ErrorKind.TRANSIENT,
-            message=f"{action} failed: could not tell whether the post went out (the Page has more posts since "
-                    f"the attempt than {self._lookup_max_pages} pages of {self._lookup_page_size})"))
+            message=f"{action} failed: could not tell whether the post went out (the Page has more posts in the "
+                    f"attempt's window than {self._lookup_max_pages} pages of {self._lookup_page_size})"))
 
     async def _create(
         self, content: PostContent, account: AccountCredentials, token: SecretStr, action: str

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 from sqlalchemy import Engine
@@ -73,7 +74,8 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
         handler = CommandHandler(
             bootstrap=bootstrap, topics=settings.topics, projection=stores.projection,
             credentials=stores.credentials,
-            publishers=build_publishers(client, settings.graph_api_base_url, settings.graph_api_version),
+            publishers=build_publishers(client, settings.graph_api_base_url, settings.graph_api_version,
+                                        lookup_window=timedelta(seconds=settings.attempt_lease_seconds)),
             config=handler_config(settings),
         )
         await handler.run(stop)

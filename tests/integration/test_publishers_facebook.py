@@ -322,6 +322,25 @@ async def test_a_window_too_busy_to_read_to_its_start_is_could_not_tell_not_a_no
     assert facebook_posts(sandbox) == 25
 
 
+async def test_posts_after_the_attempts_window_do_not_bury_it(
+    demo_account: AccountCredentials, sandbox: SandboxControl, graph_client: httpx.AsyncClient,
+) -> None:
+    """Once an attempt's lease has run out, posts published later are outside its window: a Page busy
+    since then does not turn the look-up into "could not tell" for ever."""
+    facebook = FacebookPagePublisher(graph_client, sandbox.base_url, GRAPH_VERSION,
+                                     lookup_page_size=10, lookup_max_pages=2, lookup_window=timedelta(seconds=150))
+    await post_other_news(graph_client, sandbox, 25)
+    busy_since = await facebook.find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                              attempted_at=datetime.now(UTC) - timedelta(seconds=30))
+    # Within the lease, the window reaches to now: 25 posts in it are more than 2 pages of 10.
+    assert busy_since is not None and busy_since.error is not None and "could not tell" in busy_since.error.message
+
+    long_ago = await facebook.find_existing(PHOTO, demo_account, attempt_id="a1", container_id=None,
+                                            attempted_at=datetime.now(UTC) - timedelta(minutes=10))
+    # Its window ended minutes before those posts (150 s, plus the 2 minutes allowed for clock skew).
+    assert long_ago is None
+
+
 async def test_the_sandbox_pages_published_posts_with_cursors_newest_first(
     sandbox: SandboxControl, graph_client: httpx.AsyncClient
 ) -> None:
