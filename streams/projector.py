@@ -24,7 +24,7 @@ from schemas.envelope import DecodeError, decode_event
 from schemas.events import Event
 from smartretry.settings import Settings
 from streams.dlq import make_dead_letter
-from streams.gc_tuning import tune_gc
+from streams.gc_tuning import CollectEvery, disable_gc
 from streams.kafka import producer as kafka_producer
 from streams.topics import Topics, ensure_topics
 
@@ -151,6 +151,9 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     """
 
     projector: InsightsProjector
+    # With the collector disabled (`python -m streams.projector`), the cycles faust and asyncio make are
+    # freed here; where it is enabled, a collection every few seconds costs nothing worth measuring.
+    collect_garbage: CollectEvery | None = None
     _uncommitted: dict[TP, int] | None = None
     _next_group_commit = 0.0
     _group_commit: asyncio.Future[None] | None = None
@@ -175,7 +178,10 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         try:
+            if self.collect_garbage is None:
+                self.collect_garbage = CollectEvery()
             while not (consumer_should_stop() or fetcher_should_stop()):
+                self.collect_garbage()
                 records, _active = await self._wait_next_records(1.0)
                 if not records or self.should_stop or not self.flow_active:
                     # During a rebalance a fetch is dropped: the seek after it fetches again.
@@ -239,7 +245,9 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
         # The leader topic would need auto-created topics; the broker refuses those.
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        broker_max_poll_records=20_000,
+        # Records per fetch, folded as one batch: more fold faster (more of a post's events in one batch)
+        # and hold more at once. In the bench, 20,000 peaked at 290 MB RSS, 15,000 at 268 MB.
+        broker_max_poll_records=15_000,
         consumer_max_fetch_size=8 * 1024 * 1024,
         # A batch folds in well under this; a slow disk must not make the group think we died.
         broker_max_poll_interval=300.0,
@@ -287,7 +295,8 @@ def main() -> None:
 
     settings = Settings()
     configure(settings.log_level, settings.log_format)
-    tune_gc()
+    # Collections on the projector's own schedule (`ProjectorConsumer` runs them), not the collector's.
+    disable_gc()
     if not settings.kafka_bootstrap_servers:
         print("error: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         raise SystemExit(2)

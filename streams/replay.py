@@ -21,7 +21,7 @@ from projections.store import Offsets, ProjectionStore, digest_of, make_engine
 from schemas.envelope import DecodeError, decode_event
 from schemas.events import Event
 from streams.broker import die_with_parent
-from streams.gc_tuning import folding_gc, tune_gc
+from streams.gc_tuning import disable_gc, folding_gc
 from streams.topics import Topics
 
 # Records decoded and folded at a time: one copy and one document per post per batch.
@@ -197,7 +197,8 @@ def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch
             limit: int, messages: Any) -> None:
     """A replay process: folds its partitions into the scratch store and reports back through `messages`."""
     die_with_parent()
-    tune_gc()
+    # The worker folds and exits: the collector would only walk its states and events again and again.
+    disable_gc()
     store = ProjectionStore(make_engine(scratch_url))
     folded: list[object] = []
     try:
