@@ -41,6 +41,7 @@ from schemas.events import (
 )
 from schemas.ids import derived_id, new_id
 from streams.dlq import make_dead_letter
+from streams.gc_tuning import CollectEvery
 from streams.kafka import AsyncProducer, consumer
 from streams.topics import Topics
 
@@ -279,8 +280,12 @@ class CommandHandler:
         # Polling blocks in a thread of its own until commands arrive: a command is picked up as soon as the
         # broker hands it over, and an idle handler spends nothing on asking.
         consuming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="command-consumer")
+        # Where the automatic collector is off (`smartretry handler`), the cycles asyncio, httpx and
+        # aiohttp make (a failed call's traceback) are freed here, within seconds.
+        collect_garbage = CollectEvery()
         try:
             while not stop.is_set():
+                collect_garbage()
                 if self._in_flight >= self.config.max_in_flight:
                     await asyncio.sleep(0.01)
                     continue
