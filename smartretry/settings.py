@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     graph_api_base_url: str | None = None
     graph_api_version: str = "v24.0"
     # Connections to the Graph API at once, shared by all platform calls of one handler.
-    graph_max_connections: int = 20
+    graph_max_connections: int = 100
     # Port of the sandbox Graph API that `smartretry run` starts when no Graph API URL is set.
     sandbox_port: int = 8081
 
