@@ -151,9 +151,6 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     """
 
     projector: InsightsProjector
-    # With the collector disabled (`python -m streams.projector`), the cycles faust and asyncio make are
-    # freed here; where it is enabled, one more collection every 10 s costs nothing worth measuring.
-    collect_garbage: CollectEvery | None = None
     _uncommitted: dict[TP, int] | None = None
     _next_group_commit = 0.0
     _group_commit: asyncio.Future[None] | None = None
@@ -178,10 +175,11 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         try:
-            if self.collect_garbage is None:
-                self.collect_garbage = CollectEvery()
+            # With the collector disabled (`python -m streams.projector`), the cycles faust and asyncio make
+            # are freed here; where it is enabled, one more collection every 10 s costs nothing worth measuring.
+            collect_garbage = CollectEvery()
             while not (consumer_should_stop() or fetcher_should_stop()):
-                self.collect_garbage()
+                collect_garbage()
                 records, _active = await self._wait_next_records(1.0)
                 if not records or self.should_stop or not self.flow_active:
                     # During a rebalance a fetch is dropped: the seek after it fetches again.
