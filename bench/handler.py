@@ -192,20 +192,30 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time every core of the machine has spent busy so far (Linux's /proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(n) for n in stat.readline().split()[1:8]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Throughput:
     rate: float  # posts/s
     posted: int
     seconds: float
     statuses: dict[str, int]  # posts per status at the end
-    cpu_ms_per_post: dict[str, float]  # per service process, where /proc could tell
+    cpu_ms_per_post: dict[str, float]  # per service process, where /proc could tell, and the whole machine
 
 
 def publish_throughput(service: Service, count: int, sandbox_pid: int | None = None) -> Throughput:
     """`count` first publishes to both platforms, from the first command produced until the projection shows
     every post posted (or a timeout), with the CPU each process of the service spent per post meanwhile."""
-    processes = {"handler": service.handler.pid, "projector": service.projector.pid, "sandbox": sandbox_pid}
+    processes = {"handler": service.handler.pid, "projector": service.projector.pid, "sandbox": sandbox_pid,
+                 "bench": os.getpid()}
     before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    machine_before = machine_cpu_seconds()
     p = producer(service.bootstrap)
     started = time.monotonic()
     post_ids = _publish_all(p, service, FIXED, count)
@@ -216,6 +226,8 @@ def publish_throughput(service: Service, count: int, sandbox_pid: int | None = N
         start, end = before[name], cpu_seconds(pid)
         if start is not None and end is not None:
             cpu[name] = (end - start) * 1000 / count
+    # With the broker and all else running: what one post costs the machine in all.
+    cpu["machine"] = (machine_cpu_seconds() - machine_before) * 1000 / count
     return Throughput(done / seconds, done, seconds, _statuses(service, post_ids), cpu)
 
 
