@@ -1,4 +1,4 @@
-"""Publishes to an Instagram business account: create a media container, wait until it is ready, publish it."""
+"""Publishes to an Instagram business account: create a media container, publish it once it is ready."""
 
 from __future__ import annotations
 
@@ -74,19 +74,29 @@ class InstagramPublisher:
             # A container whose creation went unanswered is never published by itself: nothing went out.
             return PublishOutcome.failed("instagram", failed.error)
         container_id = str(created["id"])
-        # The container must be on record before it is published (a crash after media_publish is resolved
-        # through it), not before its status is asked: recording it and the first status check overlap.
-        recording = asyncio.ensure_future(on_container(container_id)) if on_container is not None else None
+        # The container must be on record before it is published: a crash after media_publish is resolved
+        # through it.
+        if on_container is not None:
+            await on_container(container_id)
         try:
             try:
+                # An image's container is usually ready by now: publish it at once, a call fewer than asking
+                # its status first.
+                body = await self._graph.post(
+                    ig_user, "media_publish", token, data={"creation_id": container_id}, action="Instagram publish")
+                media_id: str | None = str(body["id"])
+            except GraphCallFailed as refused:
+                if refused.error.http_status is None or refused.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+                    # No answer: an unknown outcome, resolved through the container. The token: nothing else works.
+                    raise
+                # The container's status says what the refusal means: not ready yet (wait, then publish), failed
+                # or expired (why), published already (by an earlier attempt), or fine (the refusal stands).
                 status = await self._wait_until_ready(container_id, token)
-            finally:
-                if recording is not None:
-                    await recording
-            if status == "PUBLISHED":
-                # Published by an earlier attempt of the same container: report that post, do not publish again.
-                return await self._published_media(account, content, container_id, datetime.now(UTC))
-            media_id = await self._publish_container(ig_user, container_id, token)
+                if status == "PUBLISHED":
+                    return await self._published_media(account, content, container_id, datetime.now(UTC))
+                if not is_retry_same_container(refused.error):
+                    raise
+                media_id = await self._publish_container(ig_user, container_id, token)
             if media_id is None:
                 return await self._published_media(account, content, container_id, datetime.now(UTC))
         except GraphCallFailed as failed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import UTC, datetime
 
 import httpx
@@ -52,6 +54,19 @@ async def test_publish_waits_for_the_container_then_returns_the_media_id_and_per
     assert outcome.permalink is not None and outcome.permalink.startswith("https://www.instagram.com/p/")
     assert (media["caption"], media["image_url"]) == (PHOTO.caption, PHOTO.image_url)
     assert instagram_posts(sandbox) == 1
+
+
+async def test_a_ready_container_is_published_at_once_without_asking_its_status(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="publishers.sandbox")
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.success and instagram_posts(sandbox) == 1
+    called = [m.group(1) for r in caplog.records if (m := re.search(r"\(instagram/(\w+)\)", r.getMessage()))]
+    assert called == ["media", "media_publish", "permalink"]
 
 
 async def test_the_seeds_spaced_image_url_goes_out_on_instagram_unless_the_sandbox_refuses_it(
