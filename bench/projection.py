@@ -1,7 +1,9 @@
-"""The projection's figures: raw consume + decode, the projector into SQLite, and replay."""
+"""The projection's figures: raw consume + decode, its parts (faust's consumer, the fold), the projector into
+SQLite, and replay."""
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import subprocess
@@ -14,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import BenchContext, Figure, register
+from projections.fold import fold
 from projections.store import ProjectionStore, make_engine
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
@@ -128,10 +131,40 @@ def raw_consume(context: BenchContext, topics: Topics) -> float:
     return seen / elapsed
 
 
+def fold_only(context: BenchContext) -> float:
+    """events/s of the pure fold alone (`projections.fold.fold`), on events decoded beforehand, in memory."""
+    count = min(context.events, 200_000)
+    posts = max(1, count * context.posts // context.events)
+    events = [decode_event(value) for _key, value in event_stream(count, posts)]
+    # With the cyclic collector off, as the projector and the replay workers run.
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        fold(events)
+        return count / (time.perf_counter() - started)
+    finally:
+        gc.enable()
+
+
+def _projector_env(context: BenchContext, topics: Topics, database_url: str) -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": context.bootstrap, "SMARTRETRY_TOPIC_PREFIX": topics.prefix,
+            "SMARTRETRY_DATABASE_URL": database_url, "TMPDIR": context.workdir, "SMARTRETRY_LOG_LEVEL": "WARNING"}
+
+
+def faust_decode_only(context: BenchContext, topics: Topics) -> float:
+    """events/s of the projector's faust app decoding its fetches and doing nothing else (`bench.faust_floor`)."""
+    env = _projector_env(context, topics, f"sqlite:///{context.workdir}/unused.db")
+    done = subprocess.run([sys.executable, "-m", "bench.faust_floor", str(context.events)], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.faust_floor exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    return float(done.stdout.split()[-1])
+
+
 def run_projector(context: BenchContext, topics: Topics, database_url: str) -> tuple[float, float]:
     """The real processor (`python -m streams.projector`) in its own process: events/s and peak RSS (MB)."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": context.bootstrap, "SMARTRETRY_TOPIC_PREFIX": topics.prefix,
-           "SMARTRETRY_DATABASE_URL": database_url, "TMPDIR": context.workdir, "SMARTRETRY_LOG_LEVEL": "WARNING"}
+    env = _projector_env(context, topics, database_url)
     process = subprocess.Popen([sys.executable, "-m", "streams.projector"], env=env, stdin=subprocess.DEVNULL)
     store = ProjectionStore(make_engine(database_url))
     peak_kb = 0
@@ -168,6 +201,8 @@ def projection(context: BenchContext) -> list[Figure]:
     ensure_topics(context.bootstrap, topics.specs())
     produced = write_events(context, topics)
     raw = raw_consume(context, topics)
+    ceiling = faust_decode_only(context, topics)
+    folded = fold_only(context)
     live_url = f"sqlite:///{context.workdir}/live.db"
     projected, rss = run_projector(context, topics, live_url)
     live = ProjectionStore(make_engine(live_url))
@@ -177,6 +212,12 @@ def projection(context: BenchContext) -> list[Figure]:
     return [
         Figure("produce_events_per_s", produced, "events/s", note="writing the bench's events (not a target)"),
         Figure("raw_consume_events_per_s", raw, "events/s", note="confluent-kafka consume + decode_event"),
+        Figure("faust_decode_only_events_per_s", ceiling, "events/s", note=(
+            "the projector's faust app decoding each fetch and nothing else (no fold, store or insights): "
+            "the most a projector on faust's consumer reaches here")),
+        Figure("fold_only_events_per_s", folded, "events/s", note=(
+            "projections.fold.fold over up to 200,000 events decoded beforehand, each post's events folded "
+            "together: the fold's own speed, no Kafka, decoding or store")),
         Figure("projector_events_per_s", projected, "events/s", ">= 100000 and >= 0.5 x raw",
                projected >= 100_000 and projected >= 0.5 * raw, note="faust projector into SQLite, insights published"),
         Figure("projector_peak_rss_mb", rss, "MB", "<= 300", rss <= 300),
