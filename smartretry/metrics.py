@@ -13,6 +13,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -41,6 +42,10 @@ class StoreTally:
     results: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # (platform, outcome, error_kind)
     retries: Tally[str] = field(default_factory=Tally)
     awaiting_result: Tally[str] = field(default_factory=Tally)
+    # When the oldest attempt still without a result started, per platform.
+    oldest_awaiting: dict[str, datetime] = field(default_factory=dict)
+    # Posts waiting for the user, by platform and what is needed ("re-authenticate Facebook").
+    needing_action: Tally[tuple[str, str]] = field(default_factory=Tally)
 
 
 def tally_states(rows: Iterator[tuple[str, str]]) -> StoreTally:
@@ -60,11 +65,26 @@ def tally_states(rows: Iterator[tuple[str, str]]) -> StoreTally:
             success = attempt.get("success")
             if success is None:
                 tally.awaiting_result[platform] += 1
+                started = _time(attempt.get("started_at"))
+                oldest = tally.oldest_awaiting.get(platform)
+                if started is not None and (oldest is None or started < oldest):
+                    tally.oldest_awaiting[platform] = started
             elif success:
                 tally.results[(platform, "success", "")] += 1
             else:
                 tally.results[(platform, "failure", attempt.get("error_kind") or "unknown")] += 1
+        for platform, action in (state.get("needed_action") or {}).items():
+            tally.needing_action[(platform, action)] += 1
     return tally
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 class _ScrapeCollector(Collector):
@@ -161,6 +181,22 @@ class ServiceMetrics:
         for platform, count in sorted(tally.awaiting_result.items()):
             awaiting.add_metric([platform], count)
         families.append(awaiting)
+
+        # An attempt older than the handler's lease (150 s by default) has outlived the call that made it: the
+        # handler is asking the platform whether it went out, or waits for the user (below) to let it ask.
+        now = datetime.now(UTC)
+        oldest = GaugeMetricFamily("smartretry_oldest_attempt_awaiting_result_seconds",
+                                   "Age of the oldest attempt with no result yet, by platform", labels=["platform"])
+        for platform, started in sorted(tally.oldest_awaiting.items()):
+            oldest.add_metric([platform], max(0.0, (now - started).total_seconds()))
+        families.append(oldest)
+
+        needing = GaugeMetricFamily("smartretry_posts_needing_action",
+                                    "Posts waiting for the user, by platform and what is needed",
+                                    labels=["platform", "action"])
+        for (platform, action), count in sorted(tally.needing_action.items()):
+            needing.add_metric([platform, action], count)
+        families.append(needing)
 
         families.extend(self._kafka_families(topics.post_events, topics.commands, topics.dead_letters))
         return families

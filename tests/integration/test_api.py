@@ -452,6 +452,24 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
     assert 'smartretry_api_commands_total{type="PublishRequested"} 1.0' in text
     assert 'smartretry_projection_lag_events{partition="0"} 0.0' in text
     assert f'smartretry_topic_messages{{topic="{api.topics.commands}"}} 1.0' in text
+    assert 'smartretry_posts_needing_action{action="fix the image URL",platform="facebook"} 1.0' in text
+    assert 'smartretry_posts_needing_action{action="re-authenticate Instagram",platform="instagram"} 1.0' in text
+    # Every attempt has its result.
+    assert not [line for line in text.splitlines() if line.startswith("smartretry_oldest_attempt_awaiting_result")]
+
+
+def test_metrics_show_how_long_the_oldest_attempt_has_waited_for_its_result(api: RunningApi) -> None:
+    # Both attempts started at the seed's time; Facebook's never got its result (the handler died in between).
+    events = [e for e in seed_events("post-1", facebook_ok=True) if e.event_id != "post-1-r-fb"]
+    api.stores.projection.apply_batch(api.topics.post_events, 0, list(enumerate(events)))
+
+    text = api.client.get("/metrics").text
+
+    assert 'smartretry_attempts_awaiting_result{platform="facebook"} 1.0' in text
+    [line] = [line for line in text.splitlines()
+              if line.startswith("smartretry_oldest_attempt_awaiting_result_seconds{")]
+    assert line.startswith('smartretry_oldest_attempt_awaiting_result_seconds{platform="facebook"} ')
+    assert float(line.split()[-1]) >= (datetime.now(UTC) - AT).total_seconds() - 60
 
 
 def test_a_token_never_appears_in_what_the_api_logs(api: RunningApi, caplog: pytest.LogCaptureFixture) -> None:
