@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 CLOCK_SKEW = timedelta(minutes=2)
 RECENT_MEDIA_LIMIT = 50
 _SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
+# Refusals of media_publish that say nothing about the container.
+_NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED)
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,9 @@ class InstagramPublisher:
                     ig_user, "media_publish", token, data={"creation_id": container_id}, action="Instagram publish")
                 media_id: str | None = str(body["id"])
             except GraphCallFailed as refused:
-                if refused.error.http_status is None or refused.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
-                    # No answer: an unknown outcome, resolved through the container. The token: nothing else works.
+                if refused.error.http_status is None or refused.error.kind in _NOT_THE_CONTAINER:
+                    # No answer: an unknown outcome, resolved through the container. The token or a rate limit:
+                    # the container's status would not explain it, and asking would only spend another call.
                     raise
                 # The container's status says what the refusal means: not ready yet (wait, then publish), failed
                 # or expired (why), published already (by an earlier attempt), or fine (the refusal stands).

@@ -28,6 +28,11 @@ def instagram_posts(sandbox: SandboxControl) -> int:
     return sandbox.counters()["instagram"][DEMO_IG_USER_ID]
 
 
+def instagram_calls(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The Instagram endpoints the sandbox served, in order (from its debug log)."""
+    return [m.group(1) for r in caplog.records if (m := re.search(r"\(instagram/(\w+)\)", r.getMessage()))]
+
+
 class ContainerLog:
     """Stands in for the handler's `on_container`: remembers the ids in the order they came."""
 
@@ -65,8 +70,21 @@ async def test_a_ready_container_is_published_at_once_without_asking_its_status(
     outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
 
     assert outcome.success and instagram_posts(sandbox) == 1
-    called = [m.group(1) for r in caplog.records if (m := re.search(r"\(instagram/(\w+)\)", r.getMessage()))]
-    assert called == ["media", "media_publish", "permalink"]
+    assert instagram_calls(caplog) == ["media", "media_publish", "permalink"]
+
+
+async def test_a_rate_limited_publish_fails_without_asking_the_containers_status(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="publishers.sandbox")
+    sandbox.fail_next("instagram", "media_publish", code=4)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.RATE_LIMITED
+    assert instagram_calls(caplog) == ["media", "media_publish"]
+    assert instagram_posts(sandbox) == 0
 
 
 async def test_the_seeds_spaced_image_url_goes_out_on_instagram_unless_the_sandbox_refuses_it(
