@@ -11,7 +11,9 @@ The seed's cases, for a post that targets both platforms:
 
 A platform whose latest attempt has no result is never chosen: its worker may have published before
 dying. It is listed in `unresolved` so the handler can ask the platform whether the post exists (and
-record the recovered result) before a later command publishes it again.
+record the recovered result) before a later command publishes it again. Where the platform cannot say,
+an operator's `ResolveAttemptRequested` gives that result instead; it publishes nothing, and is accepted
+once the handler has recorded it on the attempt (`resolved_by`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from datetime import datetime
 
 from projections.fold import awaiting_attempt
 from projections.state import PostState
-from schemas.commands import Command, ForceRepublishRequested, PublishRequested, fingerprint
+from schemas.commands import (
+    Command,
+    ForceRepublishRequested,
+    PublishRequested,
+    ResolveAttemptRequested,
+    RetryRequested,
+    fingerprint,
+)
 from schemas.common import PLATFORM_LABELS, Platform, platforms_of
 from schemas.events import CommandDecided, CommandType
 
@@ -66,7 +75,7 @@ class Decision:
             skipped=dict(self.skipped),
             is_retry=self.is_retry,
             forced=self.forced,
-            content=None if isinstance(command, PublishRequested) else command.content,
+            content=command.content if isinstance(command, (RetryRequested, ForceRepublishRequested)) else None,
             note=self.log_line,
             fingerprint=fingerprint(command),
         )
@@ -83,6 +92,8 @@ def decide(state: PostState | None, command: Command) -> Decision:
             reject_reason=f"post {command.post_id} is unknown: publish it with PublishRequested first",
             log_line=f"Cannot retry post {command.post_id}: it was never published",
         )
+    if isinstance(command, ResolveAttemptRequested):
+        return _resolution(state, command)
     return _republish(state, forced=isinstance(command, ForceRepublishRequested),
                       reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
 
@@ -96,6 +107,25 @@ def retry_preview(state: PostState | None) -> str:
         return f"Note: {decision.log_line}"
     only = "only " if decision.skipped else ""
     return f"Note: Will {only}retry {_names(decision.platforms)}"
+
+
+def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:
+    """Accepted once the handler has recorded the operator's result on the attempt (`resolved_by`); refused when
+    the platform has no attempt waiting for a result (the platform answered first), or not the one named."""
+    label = PLATFORM_LABELS[command.platform]
+    resolved = next((a for a in state.attempts.values() if a.resolved_by == command.command_id), None)
+    if resolved is not None:
+        outcome = f"published as {command.platform_post_id}" if command.published else "not published"
+        return Decision(no_op=True, log_line=f"{label} attempt {resolved.attempt_id} resolved by an operator: "
+                                             f"{outcome}")
+    waiting = state.in_flight(command.platform)
+    if waiting is None:
+        reason = f"nothing to resolve: {label}'s latest attempt has its result"
+    elif command.attempt_id not in (None, waiting.attempt_id):
+        reason = f"{label}'s attempt waiting for a result is {waiting.attempt_id}, not {command.attempt_id}"
+    else:
+        reason = f"a later resolution of {label}'s attempt {waiting.attempt_id} took the place of this one"
+    return Decision(reject_reason=reason, log_line=f"Refused ResolveAttemptRequested {command.command_id}: {reason}")
 
 
 def _duplicate(state: PostState, command_id: str) -> Decision:

@@ -239,7 +239,7 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
     finished = _replaced(
         attempt,
         {"success": event.success, "recovered": event.recovered, "error_kind": error_kind,
-         "finished_at": event.occurred_at},
+         "finished_at": event.occurred_at, "resolved_by": event.resolved_by},
     )
     superseded = any(
         other.platform == event.platform

@@ -29,6 +29,8 @@ class AttemptState(BaseModel):
     # None while the attempt has no result (in flight, or its worker died: to be resolved).
     success: bool | None = None
     recovered: bool = False
+    # The operator's command that said what came of the attempt (`ResolveAttemptRequested`), if one did.
+    resolved_by: str | None = None
     error_kind: ErrorKind | None = None
     finished_at: StateTime | None = None
     # Why the platform could not say whether this attempt, left without a result, went out (the handler

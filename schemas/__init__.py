@@ -6,6 +6,7 @@ from schemas.commands import (
     ForceRepublishRequested,
     PostContent,
     PublishRequested,
+    ResolveAttemptRequested,
     RetryRequested,
 )
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
@@ -28,5 +29,6 @@ __all__ = [
     "Event", "ForceRepublishRequested", "Insights", "LegacyInsightsImported", "Platform",
     "PlatformError", "PlatformResult", "PostContent", "PostInsights", "PostSubmitted", "PostSummary",
     "PublishAttempted", "PublishRequested", "PublishResponse", "PublishResult", "PublishTarget",
-    "RetryInfo", "RetryRequested", "decode_command", "decode_event", "encode", "platforms_of",
+    "ResolveAttemptRequested", "RetryInfo", "RetryRequested", "decode_command", "decode_event", "encode",
+    "platforms_of",
 ]

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, Strict, model_validator
 
-from schemas.common import Frozen, Identifier, PublishTarget, Timestamp
+from schemas.common import Frozen, Identifier, Platform, PublishTarget, Timestamp
 
 COMMAND_SCHEMA_VERSION = 1
 
@@ -92,11 +92,41 @@ class ForceRepublishRequested(CommandBase):
     reason: str = Field(default="forced republish", max_length=500)
 
 
+class ResolveAttemptRequested(CommandBase):
+    """An operator's word on an attempt left without a result that the service cannot settle itself.
+
+    The handler asks the platform whether an interrupted attempt went out; when the platform cannot be
+    asked (the account's token was revoked and will not be renewed) or cannot tell, someone who checked
+    the Page or the Instagram account says so here. Applied only to the platform's attempt that has no
+    result (`attempt_id`, when given, must be that one) once its lease has run out; `published` records
+    the post found there, not published lets the command that made the attempt carry on.
+    """
+
+    type: Literal["ResolveAttemptRequested"] = "ResolveAttemptRequested"
+    platform: Platform
+    attempt_id: Identifier | None = None
+    published: bool
+    # The post on the platform, when it went out: Facebook's post id, Instagram's media id.
+    platform_post_id: Identifier | None = None
+    permalink: HttpUrlText | None = None
+    note: str = Field(default="", max_length=500)
+
+    @model_validator(mode="after")
+    def _names_the_post_if_published(self) -> ResolveAttemptRequested:
+        if self.published and self.platform_post_id is None:
+            raise ValueError("a published attempt needs platform_post_id: the post's id on the platform")
+        if not self.published and (self.platform_post_id is not None or self.permalink is not None):
+            raise ValueError("an attempt that was not published has no platform_post_id or permalink")
+        return self
+
+
 Command = Annotated[
-    PublishRequested | RetryRequested | ForceRepublishRequested, Field(discriminator="type")
+    PublishRequested | RetryRequested | ForceRepublishRequested | ResolveAttemptRequested,
+    Field(discriminator="type"),
 ]
 COMMAND_TYPES: dict[str, type[CommandBase]] = {
     "PublishRequested": PublishRequested,
     "RetryRequested": RetryRequested,
     "ForceRepublishRequested": ForceRepublishRequested,
+    "ResolveAttemptRequested": ResolveAttemptRequested,
 }

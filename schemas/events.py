@@ -11,7 +11,7 @@ from schemas.common import ErrorKind, Frozen, Identifier, Platform, PublishTarge
 
 EVENT_SCHEMA_VERSION = 1
 
-CommandType = Literal["PublishRequested", "RetryRequested", "ForceRepublishRequested"]
+CommandType = Literal["PublishRequested", "RetryRequested", "ForceRepublishRequested", "ResolveAttemptRequested"]
 
 
 class EventBase(Frozen):
@@ -100,6 +100,8 @@ class PlatformResult(EventBase):
     error: PlatformError | None = None
     # True when an attempt without a result was resolved by asking the platform, not by publishing.
     recovered: bool = False
+    # The `ResolveAttemptRequested` command whose operator said what came of an attempt left without a result.
+    resolved_by: Identifier | None = None
 
 
 class AttemptOutcomeUnknown(EventBase):

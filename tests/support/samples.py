@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-from schemas.commands import ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
+from schemas.commands import (
+    ForceRepublishRequested,
+    PostContent,
+    PublishRequested,
+    ResolveAttemptRequested,
+    RetryRequested,
+)
 from schemas.common import ErrorKind
 from schemas.events import (
     AttemptOutcomeUnknown,
@@ -31,6 +37,9 @@ def all_commands() -> list[BaseModel]:
         RetryRequested(command_id="cmd-2", post_id=POST_ID, requested_at=AT,
                        content=CONTENT.model_copy(update={"image_url": "https://cdn.example.com/autumn-sale.jpg"})),
         ForceRepublishRequested(command_id="cmd-3", post_id=POST_ID, requested_at=AT, reason="testing"),
+        ResolveAttemptRequested(command_id="cmd-4", post_id=POST_ID, requested_at=AT, platform="facebook",
+                                attempt_id="a2", published=True, platform_post_id="747917475065823_122104567890123",
+                                note="found on the Page"),
     ]
 
 
@@ -51,6 +60,8 @@ def all_events() -> list[BaseModel]:
                        success=False, error=PlatformError(
                            kind=ErrorKind.INVALID_MEDIA, code=324, http_status=400,
                            message="Facebook photo upload failed: 400 - Missing or invalid image file")),
+        PlatformResult(event_id="e9", post_id=POST_ID, occurred_at=AT, platform="facebook", attempt_id="a3",
+                       success=True, platform_post_id="747917475065823_122104567890123", resolved_by="cmd-4"),
         AttemptOutcomeUnknown(event_id="e8", post_id=POST_ID, occurred_at=AT, platform="facebook", attempt_id="a2",
                               error=PlatformError(kind=ErrorKind.AUTH, code=190, http_status=401,
                                                   message="Facebook post lookup failed: Invalid OAuth access token")),

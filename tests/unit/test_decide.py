@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from projections.decide import decide, retry_preview
 from projections.fold import next_attempt_number
 from projections.state import PostState
-from schemas.commands import ForceRepublishRequested, PublishRequested, RetryRequested
+from schemas.commands import ForceRepublishRequested, PublishRequested, ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind, Platform
+from schemas.events import PlatformResult
 from tests.unit.test_fold import CONTENT, FIXED, History
 
 AT = datetime(2025, 11, 17, 10, 15, tzinfo=UTC)
@@ -157,3 +159,44 @@ def test_a_legacy_post_retries_only_what_the_old_system_did_not_publish() -> Non
     assert decision.platforms == ("instagram",)
     rejected = decide(history.state(), publish())
     assert rejected.reject_reason is not None
+
+
+def resolve(published: bool, attempt_id: str | None = None, command_id: str = "cmd-resolve") -> ResolveAttemptRequested:
+    return ResolveAttemptRequested(command_id=command_id, post_id=POST, requested_at=AT, platform="facebook",
+                                   attempt_id=attempt_id, published=published,
+                                   platform_post_id="747917475065823_122104567890123" if published else None)
+
+
+def test_a_resolution_the_handler_applied_is_recorded_and_publishes_nothing() -> None:
+    history = History(post_id=POST)
+    attempts = history.publish(target="facebook")
+    history.events.append(PlatformResult(
+        event_id="resolved", post_id=POST, occurred_at=AT, platform="facebook", attempt_id=attempts["facebook"],
+        success=True, platform_post_id="747917475065823_122104567890123", resolved_by="cmd-resolve"))
+
+    decision = decide(history.state(), resolve(published=True))
+
+    assert decision.accepted and decision.no_op and decision.platforms == ()
+    assert decision.log_line == (f"Facebook attempt {attempts['facebook']} resolved by an operator: published as "
+                                 "747917475065823_122104567890123")
+
+
+def test_a_resolution_with_no_attempt_waiting_for_a_result_is_refused() -> None:
+    decision = decide(after_first_attempt(facebook=False, instagram=True), resolve(published=False))
+    assert decision.reject_reason == "nothing to resolve: Facebook's latest attempt has its result"
+    assert decide(None, resolve(published=False)).reject_reason is not None
+
+
+def test_a_resolution_naming_another_attempt_is_refused() -> None:
+    history = History(post_id=POST)
+    attempts = history.publish(target="facebook")
+    decision = decide(history.state(), resolve(published=False, attempt_id="another"))
+    assert decision.reject_reason == f"Facebook's attempt waiting for a result is {attempts['facebook']}, not another"
+
+
+def test_a_published_resolution_must_name_the_post() -> None:
+    with pytest.raises(ValidationError, match="needs platform_post_id"):
+        ResolveAttemptRequested(command_id="c", post_id=POST, requested_at=AT, platform="facebook", published=True)
+    with pytest.raises(ValidationError, match="has no platform_post_id"):
+        ResolveAttemptRequested(command_id="c", post_id=POST, requested_at=AT, platform="facebook", published=False,
+                                platform_post_id="747917475065823_1")
