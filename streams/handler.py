@@ -25,6 +25,7 @@ from schemas.commands import (
     ForceRepublishRequested,
     PostContent,
     PublishRequested,
+    ResolveAttemptRequested,
     RetryRequested,
     fingerprint,
 )
@@ -258,6 +259,12 @@ class CommandHandler:
         self._ends = PartitionEnds(self._end_offset)
         # Events each command in progress has sent, by post: its outcome is folded from them.
         self._sent: dict[str, list[Event]] = {}
+        # Operators' word on attempts left without a result, by post and platform, from the moment their command
+        # is consumed: the post's command waiting on such an attempt applies it (`_resolve_interrupted`), even
+        # though the resolving command itself runs after it.
+        self._resolutions: dict[str, dict[Platform, ResolveAttemptRequested]] = {}
+        # Set when a resolution comes in for a post whose command is waiting to ask the platform again.
+        self._wakeups: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
 
@@ -353,6 +360,9 @@ class CommandHandler:
             task = asyncio.get_running_loop().create_task(self._dead_letter(message, exc.reason))
             self._track(task, partition, offset)
             return
+        if isinstance(command, ResolveAttemptRequested):
+            self._resolutions.setdefault(command.post_id, {})[command.platform] = command
+            self._wakeups.setdefault(command.post_id, asyncio.Event()).set()
         previous = self._chains.get(command.post_id)
         task = asyncio.get_running_loop().create_task(self._after(previous, command, partition, message))
         self._chains[command.post_id] = task
@@ -396,15 +406,27 @@ class CommandHandler:
             except StaleProjection as exc:
                 log.warning("%s; trying the command again", exc, extra=context)
             except OutcomeUnknown as exc:
-                # Publishing now could duplicate the post; the attempt stays open until the platform answers.
+                # Publishing now could duplicate the post; the attempt stays open until the platform answers,
+                # or an operator says what came of it (which ends the wait at once).
                 log.warning("%s; asking again shortly", exc, extra=context)
-                await asyncio.sleep(exc.wait_seconds or max(1.0, backoff_delay(1, self.config, None, self._rng)))
+                await self._pause(command.post_id,
+                                  exc.wait_seconds or max(1.0, backoff_delay(1, self.config, None, self._rng)))
             except Exception as exc:
                 # The command is not committed while it fails, and running it again is safe: its decision
                 # and attempts are recorded events, so a second run resumes instead of repeating.
                 failures += 1
                 log.error("Command failed (%s); trying it again", scrub(repr(exc)), extra=context)
                 await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+
+    async def _pause(self, post_id: str, seconds: float) -> None:
+        """Sleeps `seconds`, or less if an operator's resolution for the post came in since the last pause."""
+        wakeup = self._wakeups.setdefault(post_id, asyncio.Event())
+        if not wakeup.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), seconds)
+        wakeup.clear()
+        if post_id not in self._resolutions and self._wakeups.get(post_id) is wakeup:
+            del self._wakeups[post_id]
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME,
@@ -458,6 +480,8 @@ class CommandHandler:
             await self._handle(command, partition, source)
         finally:
             del self._sent[command.post_id]
+            if isinstance(command, ResolveAttemptRequested):
+                self._forget_resolution(command)
 
     async def _handle(self, command: Command, partition: int, source: Message | None) -> None:
         context = {"post_id": command.post_id, "command_id": command.command_id}
@@ -465,7 +489,11 @@ class CommandHandler:
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
             return
         state = await self.fresh_state(command.post_id, partition)
-        if state is not None and unresolved(state):
+        if isinstance(command, ResolveAttemptRequested) and state is not None and \
+                self._resolution_for(state, command.platform) is not command:
+            # It names no attempt waiting for a result: `decide` refuses it, without waiting on any attempt.
+            self._forget_resolution(command)
+        elif state is not None and unresolved(state):
             # Commands of a post run one at a time here and the projection is current, so an attempt with no
             # result is another worker's: one that died between the platform call and its result, or one
             # that lost this partition in a rebalance and may still be finishing (hence the lease).
@@ -646,15 +674,51 @@ class CommandHandler:
         return outcome
 
     async def _record_result(self, post_id: str, attempt_id: str, outcome: PublishOutcome,
-                             recovered: bool = False) -> None:
+                             recovered: bool = False, resolved_by: str | None = None) -> None:
         await self.emit(PlatformResult(
             event_id=derived_id(attempt_id, "result"), post_id=post_id, occurred_at=self.clock(),
             platform=outcome.platform, attempt_id=attempt_id, success=outcome.success,
             platform_post_id=outcome.platform_post_id, permalink=outcome.permalink, error=outcome.error,
-            recovered=recovered))
+            recovered=recovered, resolved_by=resolved_by))
+
+    def _resolution_for(self, state: PostState, platform: Platform) -> ResolveAttemptRequested | None:
+        """The operator's resolution of the platform's attempt without a result, if one came for that attempt."""
+        resolution = self._resolutions.get(state.post_id, {}).get(platform)
+        attempt = state.in_flight(platform)
+        if resolution is None or attempt is None:
+            return None
+        return resolution if resolution.attempt_id in (None, attempt.attempt_id) else None
+
+    def _forget_resolution(self, command: ResolveAttemptRequested) -> None:
+        pending = self._resolutions.get(command.post_id, {})
+        if pending.get(command.platform) is command:
+            del pending[command.platform]
+            if not pending:
+                del self._resolutions[command.post_id]
+                self._wakeups.pop(command.post_id, None)
+
+    async def _apply_resolution(self, post_id: str, attempt_id: str, resolution: ResolveAttemptRequested,
+                                context: dict[str, Any]) -> None:
+        label = PLATFORM_LABELS[resolution.platform]
+        note = f" ({resolution.note})" if resolution.note else ""
+        if resolution.published:
+            assert resolution.platform_post_id is not None
+            outcome = PublishOutcome.published(resolution.platform, resolution.platform_post_id, resolution.permalink)
+            log.info("%s attempt %s resolved by an operator: published as %s%s", label, attempt_id,
+                     resolution.platform_post_id, note, extra=context)
+        else:
+            # Not published: the command that made the attempt carries on, and may publish the platform again.
+            outcome = PublishOutcome.failed(resolution.platform, PlatformError(
+                kind=ErrorKind.TRANSIENT,
+                message=f"{label} publish was interrupted before its result was recorded; an operator found it "
+                        f"was not published{note}"))
+            log.info("%s attempt %s resolved by an operator: not published%s", label, attempt_id, note,
+                     extra=context)
+        await self._record_result(post_id, attempt_id, outcome, resolved_by=resolution.command_id)
 
     async def _resolve_interrupted(self, state: PostState) -> None:
-        """Gives every attempt without a result one, by asking the platform whether the post went out."""
+        """Gives every attempt without a result one, by asking the platform whether the post went out (or, where
+        it cannot say, taking an operator's `ResolveAttemptRequested` for it once the attempt's lease is over)."""
         for platform in unresolved(state):
             attempt = state.in_flight(platform)
             assert attempt is not None
@@ -671,6 +735,14 @@ class CommandHandler:
                     # No usable credentials: the platform cannot be asked, which says nothing about the post.
                     found = PublishOutcome.failed(attempt.platform, PlatformError(
                         kind=ErrorKind.AUTH, message=f"{label} post lookup failed: {scrub(str(exc))}"))
+            resolution = self._resolution_for(state, attempt.platform)
+            age = (self.clock() - attempt.started_at).total_seconds()
+            if resolution is not None and (found is None or not found.success) and \
+                    age >= self.config.attempt_lease_seconds:
+                # The platform could not settle it (no answer, or no post yet) and no live call can still be under
+                # way: the operator's word settles it.
+                await self._apply_resolution(state.post_id, attempt.attempt_id, resolution, context)
+                continue
             if found is not None and not found.success:
                 assert found.error is not None
                 if attempt.lookup_error is None or attempt.lookup_error.kind is not found.error.kind:
@@ -691,7 +763,6 @@ class CommandHandler:
                          label, extra=context)
                 await self._record_result(state.post_id, attempt.attempt_id, found, recovered=True)
                 continue
-            age = (self.clock() - attempt.started_at).total_seconds()
             if age < self.config.attempt_lease_seconds:
                 # The attempt's handler may be alive and still calling the platform (it lost the partition in
                 # a rebalance): declaring "not published" now could publish the post twice.

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
-from schemas.commands import PostContent
+from schemas.commands import PostContent, ResolveAttemptRequested
 from schemas.common import Platform
+from schemas.ids import new_id
 from smartretry.api import post_detail
 from tests.support.service import Service, ServiceProcess
 
@@ -210,6 +212,38 @@ def test_an_interrupted_attempt_that_cannot_be_checked_for_a_revoked_token_asks_
     assert _counts(service) == (1, 0)
     (created,) = service.sandbox.posts()
     assert state.document.insights.facebook_post_id == created["id"]
+
+
+def test_an_operator_resolves_an_attempt_whose_account_will_not_be_re_authenticated(service: Service) -> None:
+    """As above, but nobody can renew the token: someone checks the Page, finds the post and says so. The post
+    is recorded as published with that post, and nothing is published again."""
+    service.sandbox.drop_after("facebook", "photos")
+    service.sandbox.add_latency("facebook", 60, "published_posts")
+    command = service.publish(FIXED, target="facebook")
+    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (1, 0))
+    service.handler.kill()
+    service.sandbox.revoke(DEMO_USER_TOKEN)
+    service.sandbox.add_latency("facebook", 0, "published_posts")
+    # A short lease, so the operator's word applies within the test (an attempt's call is long over by then).
+    service.env["SMARTRETRY_ATTEMPT_LEASE_SECONDS"] = "2"
+    service.handler.start()
+    state = service.wait_for(command.post_id, lambda s: bool(s.needed_action))
+    (attempt,) = state.attempts.values()
+    (created,) = service.sandbox.posts()
+
+    resolution = ResolveAttemptRequested(
+        command_id=new_id(), post_id=command.post_id, platform="facebook", attempt_id=attempt.attempt_id,
+        published=True, platform_post_id=created["id"], note="found on the Page", requested_at=datetime.now(UTC))
+    service.send(resolution, command.post_id)
+
+    state = service.wait_for(command.post_id, lambda s: resolution.command_id in s.commands)
+    assert state.status == "posted" and state.needed_action == {}
+    (attempt,) = state.attempts.values()
+    assert attempt.success and attempt.resolved_by == resolution.command_id and not attempt.recovered
+    assert state.document.insights.facebook_post_id == created["id"]
+    assert state.document.post_url == f"https://www.facebook.com/{created['id']}"
+    assert _counts(service) == (1, 0)
+    assert f"resolved by an operator: published as {created['id']} (found on the Page)" in service.handler.output()
 
 
 def test_a_handler_joining_while_another_is_mid_publish_creates_no_duplicate(service: Service, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from projections.fold import apply_all
 from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
+from schemas.commands import ResolveAttemptRequested
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult
 from smartretry.credentials import UnknownAccount
@@ -101,3 +102,74 @@ async def test_a_refused_look_up_is_recorded_once_and_asked_again_later() -> Non
     assert lookups.asked == 3
     assert [type(e) for e in sent] == [AttemptOutcomeUnknown], "one event, not one per look-up"
     assert state.status == "publishing" and state.needed_action == {"facebook": "re-authenticate Facebook"}
+
+
+def resolution(state: PostState, *, published: bool, attempt_id: str | None = None) -> ResolveAttemptRequested:
+    return ResolveAttemptRequested(
+        command_id="resolve-1", post_id=state.post_id, platform="facebook", attempt_id=attempt_id,
+        published=published, platform_post_id="747917475065823_122104567890123" if published else None,
+        note="checked the Page", requested_at=datetime.now(UTC))
+
+
+REFUSED = PublishOutcome.failed("facebook", PlatformError(
+    kind=ErrorKind.AUTH, message="Facebook post lookup failed: Error validating access token", http_status=401))
+
+
+@pytest.mark.parametrize("published", [True, False])
+async def test_an_operators_resolution_settles_an_attempt_the_platform_cannot_be_asked_about(published: bool) -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(REFUSED), history, sent)
+    made._resolutions[state.post_id] = {"facebook": resolution(state, published=published)}
+
+    await made._resolve_interrupted(state)
+
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and result.resolved_by == "resolve-1"
+    assert result.success is published and not result.recovered
+    after = apply_all(state, sent)
+    assert after is not None and after.in_flight("facebook") is None
+    if published:
+        assert after.status == "posted"
+        assert after.document.insights.facebook_post_id == "747917475065823_122104567890123"
+    else:
+        # Not published: the command that made the attempt carries on (a transient error is retried).
+        assert result.error is not None and result.error.kind is ErrorKind.TRANSIENT
+        assert "an operator found it was not published (checked the Page)" in result.error.message
+
+
+async def test_a_resolution_waits_for_the_attempts_lease_and_names_the_right_attempt() -> None:
+    history, state = interrupted()
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    sent: list[Event] = []
+
+    # Within the lease the attempt's own handler may still be calling Facebook: the operator's word waits.
+    early = handler(Credentials(), Lookups(REFUSED), history, sent)
+    early.clock = lambda: attempt.started_at + timedelta(seconds=10)
+    early._resolutions[state.post_id] = {"facebook": resolution(state, published=False)}
+    with pytest.raises(OutcomeUnknown):
+        await early._resolve_interrupted(state)
+    assert not any(isinstance(e, PlatformResult) for e in sent)
+
+    # Another attempt's resolution is not this one's.
+    sent.clear()
+    other = handler(Credentials(), Lookups(REFUSED), history, sent)
+    other._resolutions[state.post_id] = {"facebook": resolution(state, published=False, attempt_id="another")}
+    with pytest.raises(OutcomeUnknown):
+        await other._resolve_interrupted(state)
+    assert not any(isinstance(e, PlatformResult) for e in sent)
+
+
+async def test_the_platforms_own_answer_comes_before_an_operators_resolution() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    found = PublishOutcome.published("facebook", "747917475065823_999", None)
+    made = handler(Credentials(), Lookups(found), history, sent)
+    made._resolutions[state.post_id] = {"facebook": resolution(state, published=False)}
+
+    await made._resolve_interrupted(state)
+
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and result.success and result.recovered
+    assert result.resolved_by is None and result.platform_post_id == "747917475065823_999"
