@@ -47,9 +47,10 @@ from schemas.commands import (
     HttpUrlText,
     PostContent,
     PublishRequested,
+    ResolveAttemptRequested,
     RetryRequested,
 )
-from schemas.common import ID_PATTERN, Identifier, Platform, PublishTarget
+from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget
 from schemas.envelope import encode
 from schemas.ids import new_id
 from schemas.insights import PostStatus
@@ -102,6 +103,20 @@ class RetryBody(Body):
 class RepublishBody(Body):
     reason: str = Field(min_length=1, max_length=500)
     content: ContentCorrection | None = None
+    command_id: Identifier | None = None
+
+
+class ResolveBody(Body):
+    """An operator's word on an attempt the service cannot settle itself: did the post go out on the platform?"""
+
+    platform: Platform
+    published: bool
+    # The post found on the platform (Facebook's post id, Instagram's media id), when it went out.
+    platform_post_id: Identifier | None = None
+    permalink: HttpUrlText | None = None
+    # The attempt meant, as the post shows it; checked against the one waiting for a result.
+    attempt_id: Identifier | None = None
+    note: str = Field(default="", max_length=500)
     command_id: Identifier | None = None
 
 
@@ -270,6 +285,34 @@ class FrontDoor:
             hint = "" if forced else f"; to publish again anyway, use POST /posts/{post_id}/republish"
             raise HTTPException(409, decision.log_line + hint)
         return await self._submit(command, wait)
+
+    async def resolve(self, post_id: str, body: ResolveBody) -> Accepted:
+        """Puts an operator's resolution on Kafka, if the platform has an attempt it can apply to."""
+        state = await self.state_of(post_id)
+        command_id = body.command_id or new_id()
+        try:
+            command = ResolveAttemptRequested(
+                command_id=command_id, post_id=post_id, platform=body.platform, attempt_id=body.attempt_id,
+                published=body.published, platform_post_id=body.platform_post_id, permalink=body.permalink,
+                note=body.note, requested_at=self.clock())
+        except ValidationError as exc:
+            raise unprocessable(exc) from None
+        if command_id in state.commands:
+            return await self._answer(command, await self._wait(command))
+        label = PLATFORM_LABELS[body.platform]
+        waiting = state.in_flight(body.platform)
+        if waiting is None:
+            raise HTTPException(409, f"nothing to resolve: {label}'s latest attempt has its result")
+        if body.attempt_id is not None and body.attempt_id != waiting.attempt_id:
+            raise HTTPException(409, f"{label}'s attempt waiting for a result is {waiting.attempt_id}, "
+                                     f"not {body.attempt_id}")
+        age = (self.clock() - waiting.started_at).total_seconds()
+        lease = self.settings.attempt_lease_seconds
+        if age < lease:
+            raise HTTPException(409, f"{label} attempt {waiting.attempt_id} started {age:.0f}s ago and may still be "
+                                     f"under way: the service settles it itself, or it can be resolved once it is "
+                                     f"{lease:.0f}s old")
+        return await self._submit(command)
 
     async def _submit(self, command: Command, wait: bool = True) -> Accepted:
         await self.send(self.settings.topics.commands, command.post_id, encode(command))
@@ -440,6 +483,12 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
               responses=responses, tags=["posts"], summary="Publish again, even where it succeeded")
     async def republish_post(post_id: PostId, body: RepublishBody) -> JSONResponse:
         return answer(await front.retry(post_id, body, forced=True))
+
+    @app.post("/posts/{post_id}/resolve", dependencies=authorized, response_model=PublishResponse,
+              responses=responses, tags=["posts"],
+              summary="Say whether an attempt the service cannot settle itself went out on the platform")
+    async def resolve_attempt(post_id: PostId, body: ResolveBody) -> JSONResponse:
+        return answer(await front.resolve(post_id, body))
 
     @app.get("/posts/{post_id}", dependencies=authorized, tags=["posts"],
              summary="A post's insights document, needed actions, retry preview and history")

@@ -155,6 +155,9 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
     for platform, why in detail.get("outcome_unknown", {}).items():
         console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: interrupted; whether the post went out cannot be checked "
                       f"yet: {why}", highlight=False)
+        console.print(f"     If that cannot be fixed, check {PLATFORM_LABELS[platform]} and say what you found: "
+                      f"smartretry resolve {detail['id']} {platform} --published-as POST_ID | --not-published",
+                      highlight=False)
     for platform, action in detail.get("needed_action", {}).items():
         console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {action}", highlight=False)
     if detail.get("retry_preview"):
@@ -232,6 +235,34 @@ def force(
         with console.status("Republishing ..."):
             answer = api.call("POST", f"/posts/{post_id}/republish", json={"reason": reason})
         response, detail = _settled(api, answer, "Republishing", wait)
+        _report(api, response, detail, as_json)
+
+
+@ops.command()
+def resolve(
+    post_id: str = typer.Argument(..., help="The post whose attempt is waiting for a result."),
+    platform: str = typer.Argument(..., help="facebook or instagram."),
+    published_as: str | None = typer.Option(None, help="It went out: the post's id on the platform."),
+    not_published: bool = typer.Option(False, "--not-published", help="It did not go out."),
+    permalink: str | None = typer.Option(None, help="The post's address, with --published-as."),
+    attempt_id: str | None = typer.Option(None, help="The attempt meant (as `show` gives it); checked."),
+    note: str = typer.Option("", help="What was checked, recorded with the result."),
+    as_json: bool = AsJson,
+    wait: float = Wait,
+    api_url: str | None = ApiUrl,
+) -> None:
+    """Say whether an attempt the service cannot settle itself went out (its account cannot be asked, or the
+    platform could not tell). Check the Page or the Instagram account first: this is recorded as its result."""
+    if (published_as is None) == (not not_published):
+        raise typer.BadParameter("give either --published-as POST_ID or --not-published")
+    body: dict[str, Any] = {"platform": platform, "published": published_as is not None, "note": note}
+    for name, value in (("platform_post_id", published_as), ("permalink", permalink), ("attempt_id", attempt_id)):
+        if value is not None:
+            body[name] = value
+    with api_client(api_url) as api:
+        with console.status("Resolving ..."):
+            answer = api.call("POST", f"/posts/{post_id}/resolve", json=body)
+        response, detail = _settled(api, answer, "Resolving", wait)
         _report(api, response, detail, as_json)
 
 

@@ -19,7 +19,13 @@ import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from schemas.commands import ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
+from schemas.commands import (
+    ForceRepublishRequested,
+    PostContent,
+    PublishRequested,
+    ResolveAttemptRequested,
+    RetryRequested,
+)
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
@@ -191,7 +197,8 @@ def test_health_needs_no_key_and_readiness_reports_broker_and_database(api: Runn
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/posts"), ("POST", "/posts/p1/retry"), ("POST", "/posts/p1/republish"), ("GET", "/posts/p1"),
+    ("POST", "/posts"), ("POST", "/posts/p1/retry"), ("POST", "/posts/p1/republish"), ("POST", "/posts/p1/resolve"),
+    ("GET", "/posts/p1"),
     ("GET", "/posts"), ("PUT", "/accounts/acme/token"), ("GET", "/accounts"), ("GET", "/readyz"),
     ("GET", "/metrics"),
 ])
@@ -394,6 +401,65 @@ def test_a_forced_republish_goes_to_kafka_with_its_reason(api: RunningApi) -> No
     command = decode_command(value)
     assert isinstance(command, ForceRepublishRequested)
     assert command.reason == "testing the new page"
+
+
+def store_interrupted(api: RunningApi, post_id: str, at: datetime = AT) -> str:
+    """A post whose Facebook attempt has no result (its handler died); Instagram published. Returns the attempt."""
+    events = [e.model_copy(update={"occurred_at": at}) for e in seed_events(post_id, facebook_ok=True)
+              if e.event_id != f"{post_id}-r-fb"]
+    start = _offsets.get(api.topics.prefix, 0)
+    _offsets[api.topics.prefix] = start + len(events)
+    api.stores.projection.apply_batch(api.topics.post_events, 0, list(enumerate(events, start)))
+    return f"{post_id}-fb"
+
+
+def test_an_operators_resolution_of_an_interrupted_attempt_goes_to_kafka(api: RunningApi) -> None:
+    attempt = store_interrupted(api, "post-1")
+    answer = api.client.post("/posts/post-1/resolve", json={
+        "platform": "facebook", "published": True, "platform_post_id": "747917475065823_122104567890123",
+        "attempt_id": attempt, "note": "found on the Page"})
+    assert answer.status_code == 202, answer.text
+    [(key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert key == "post-1" and isinstance(command, ResolveAttemptRequested)
+    assert (command.platform, command.attempt_id, command.published, command.platform_post_id, command.note) == (
+        "facebook", attempt, True, "747917475065823_122104567890123", "found on the Page")
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ({"platform": "instagram", "published": False}, "nothing to resolve: Instagram's latest attempt has its result"),
+    ({"platform": "facebook", "published": False, "attempt_id": "another"},
+     "Facebook's attempt waiting for a result is post-1-fb, not another"),
+])
+def test_a_resolution_that_names_no_waiting_attempt_is_refused(api: RunningApi, body: dict[str, object],
+                                                               reason: str) -> None:
+    store_interrupted(api, "post-1")
+    answer = api.client.post("/posts/post-1/resolve", json=body)
+    assert answer.status_code == 409
+    assert answer.json()["detail"] == reason
+    assert_nothing_on_commands(api)
+
+
+def test_an_attempt_that_may_still_be_under_way_cannot_be_resolved_yet(api: RunningApi) -> None:
+    store_interrupted(api, "post-1", at=datetime.now(UTC))
+    answer = api.client.post("/posts/post-1/resolve", json={"platform": "facebook", "published": False})
+    assert answer.status_code == 409
+    assert "may still be under way" in answer.json()["detail"]
+    assert_nothing_on_commands(api)
+
+
+@pytest.mark.parametrize("body", [
+    {"platform": "facebook", "published": True},
+    {"platform": "facebook", "published": False, "platform_post_id": "747917475065823_1"},
+    {"platform": "tiktok", "published": False},
+    {"platform": "facebook"},
+])
+def test_a_bad_resolution_is_422_and_nothing_reaches_kafka(api: RunningApi, body: dict[str, object]) -> None:
+    store_interrupted(api, "post-1")
+    answer = api.client.post("/posts/post-1/resolve", json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["msg"]
+    assert_nothing_on_commands(api)
 
 
 # ------------------------------------------------------------------------------------------- accounts

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
-from schemas.commands import RetryRequested
+from schemas.commands import ResolveAttemptRequested, RetryRequested
 from schemas.envelope import decode_command, encode
 from smartretry.cli import app
 from streams.dlq import make_dead_letter
@@ -19,6 +19,7 @@ from tests.integration.test_api import (
     RunningApi,
     api_fixture,  # noqa: F401 - the `api` fixture
     messages_on,
+    store_interrupted,
     store_post,
 )
 from tests.integration.test_api_end_to_end import API_KEY as E2E_KEY
@@ -96,6 +97,25 @@ def test_retry_with_nothing_to_retry_and_force(api: RunningApi) -> None:
     code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3")
     assert code == 0, output
     assert len(messages_on(api.bootstrap, api.topics.commands)) == 1
+
+
+def test_resolve_says_what_came_of_an_attempt_and_refuses_what_does_not_apply(api: RunningApi) -> None:
+    attempt = store_interrupted(api, "post-1")
+    code, output = run(api, "resolve", "post-1", "facebook")
+    assert code != 0 and "give either --published-as POST_ID or --not-published" in output
+    code, output = run(api, "resolve", "post-1", "instagram", "--not-published")
+    assert code == 1 and "409: nothing to resolve: Instagram's latest attempt has its result" in output
+    assert messages_on(api.bootstrap, api.topics.commands) == []
+
+    code, output = run(api, "resolve", "post-1", "facebook", "--published-as", "747917475065823_122104567890123",
+                       "--attempt-id", attempt, "--note", "found on the Page", "--wait", "0.3")
+
+    assert code == 0, output
+    [(key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert key == "post-1" and isinstance(command, ResolveAttemptRequested)
+    assert (command.published, command.platform_post_id, command.attempt_id, command.note) == (
+        True, "747917475065823_122104567890123", attempt, "found on the Page")
 
 
 def test_accounts_set_token_never_prints_it(api: RunningApi) -> None:

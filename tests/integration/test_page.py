@@ -107,6 +107,7 @@ def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_a
     assert "Facebook: publishing was interrupted, and whether the post went out cannot be checked yet: " \
            "Facebook post lookup failed: Error validating access token" in html
     assert "Needed: re-authenticate Facebook" in html
+    assert "<code>smartretry resolve post-unchecked facebook --published-as POST_ID</code>" in html
     assert "Retry Publishing" not in html
     detail = api.client.get("/posts/post-unchecked").json()
     assert detail["status"] == "publishing"
