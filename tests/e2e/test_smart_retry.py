@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
-from schemas.commands import PostContent, ResolveAttemptRequested
+from schemas.commands import PostContent, PublishRequested, ResolveAttemptRequested
 from schemas.common import Platform
 from schemas.ids import new_id
 from smartretry.api import post_detail
@@ -177,18 +177,25 @@ def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_du
     assert (insights.facebook_post_id if platform == "facebook" else insights.instagram_media_id) == created["id"]
 
 
-def test_an_interrupted_attempt_that_cannot_be_checked_for_a_revoked_token_asks_to_re_authenticate(
-    service: Service,
-) -> None:
-    """The handler dies after Facebook took the post; meanwhile the token is revoked, so its successor cannot
-    ask Facebook whether the post went out. The post says so, and goes through once re-authenticated."""
+def _killed_after_facebook_took_the_post_then_token_revoked(service: Service) -> PublishRequested:
+    """Facebook creates the post and drops the connection; the handler is killed and the token revoked."""
     service.sandbox.drop_after("facebook", "photos")
+    # Its look-up of the dropped call must not find the post before the handler is killed.
     service.sandbox.add_latency("facebook", 60, "published_posts")
     command = service.publish(FIXED, target="facebook")
     service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (1, 0))
     service.handler.kill()
     service.sandbox.revoke(DEMO_USER_TOKEN)
     service.sandbox.add_latency("facebook", 0, "published_posts")
+    return command
+
+
+def test_an_interrupted_attempt_that_cannot_be_checked_for_a_revoked_token_asks_to_re_authenticate(
+    service: Service,
+) -> None:
+    """The handler dies after Facebook took the post; meanwhile the token is revoked, so its successor cannot
+    ask Facebook whether the post went out. The post says so, and goes through once re-authenticated."""
+    command = _killed_after_facebook_took_the_post_then_token_revoked(service)
 
     service.handler.start()
     state = service.wait_for(command.post_id, lambda s: bool(s.needed_action))
@@ -217,13 +224,7 @@ def test_an_interrupted_attempt_that_cannot_be_checked_for_a_revoked_token_asks_
 def test_an_operator_resolves_an_attempt_whose_account_will_not_be_re_authenticated(service: Service) -> None:
     """As above, but nobody can renew the token: someone checks the Page, finds the post and says so. The post
     is recorded as published with that post, and nothing is published again."""
-    service.sandbox.drop_after("facebook", "photos")
-    service.sandbox.add_latency("facebook", 60, "published_posts")
-    command = service.publish(FIXED, target="facebook")
-    service.wait_for(command.post_id, lambda s: len(s.attempts) == 1 and _counts(service) == (1, 0))
-    service.handler.kill()
-    service.sandbox.revoke(DEMO_USER_TOKEN)
-    service.sandbox.add_latency("facebook", 0, "published_posts")
+    command = _killed_after_facebook_took_the_post_then_token_revoked(service)
     # A short lease, so the operator's word applies within the test (an attempt's call is long over by then).
     service.env["SMARTRETRY_ATTEMPT_LEASE_SECONDS"] = "2"
     service.handler.start()
