@@ -118,14 +118,23 @@ def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:
         outcome = f"published as {command.platform_post_id}" if command.published else "not published"
         return Decision(no_op=True, log_line=f"{label} attempt {resolved.attempt_id} resolved by an operator: "
                                              f"{outcome}")
-    waiting = state.in_flight(command.platform)
-    if waiting is None:
-        reason = f"nothing to resolve: {label}'s latest attempt has its result"
-    elif command.attempt_id not in (None, waiting.attempt_id):
-        reason = f"{label}'s attempt waiting for a result is {waiting.attempt_id}, not {command.attempt_id}"
-    else:
-        reason = f"a later resolution of {label}'s attempt {waiting.attempt_id} took the place of this one"
+    reason = resolution_refusal(state, command.platform, command.attempt_id)
+    if reason is None:
+        # It did name the attempt waiting for a result, but another resolution was applied in its place.
+        reason = f"a later resolution of {label}'s attempt took the place of this one"
     return Decision(reject_reason=reason, log_line=f"Refused ResolveAttemptRequested {command.command_id}: {reason}")
+
+
+def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | None) -> str | None:
+    """Why an operator's resolution of the platform's attempt cannot apply; None when it names the attempt that
+    is waiting for a result (any attempt id, or none, when it does not name one)."""
+    label = PLATFORM_LABELS[platform]
+    waiting = state.in_flight(platform)
+    if waiting is None:
+        return f"nothing to resolve: {label}'s latest attempt has its result"
+    if attempt_id not in (None, waiting.attempt_id):
+        return f"{label}'s attempt waiting for a result is {waiting.attempt_id}, not {attempt_id}"
+    return None
 
 
 def _duplicate(state: PostState, command_id: str) -> Decision:

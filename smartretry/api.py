@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy import text
 
-from projections.decide import decide, retry_preview
+from projections.decide import decide, resolution_refusal, retry_preview
 from projections.fold import FACEBOOK_POST_URL
 from projections.responses import (
     attempts_by_platform,
@@ -299,19 +299,17 @@ class FrontDoor:
             raise unprocessable(exc) from None
         if command_id in state.commands:
             return await self._answer(command, await self._wait(command))
-        label = PLATFORM_LABELS[body.platform]
+        refusal = resolution_refusal(state, body.platform, body.attempt_id)
+        if refusal is not None:
+            raise HTTPException(409, refusal)
         waiting = state.in_flight(body.platform)
-        if waiting is None:
-            raise HTTPException(409, f"nothing to resolve: {label}'s latest attempt has its result")
-        if body.attempt_id is not None and body.attempt_id != waiting.attempt_id:
-            raise HTTPException(409, f"{label}'s attempt waiting for a result is {waiting.attempt_id}, "
-                                     f"not {body.attempt_id}")
+        assert waiting is not None
         age = (self.clock() - waiting.started_at).total_seconds()
         lease = self.settings.attempt_lease_seconds
         if age < lease:
-            raise HTTPException(409, f"{label} attempt {waiting.attempt_id} started {age:.0f}s ago and may still be "
-                                     f"under way: the service settles it itself, or it can be resolved once it is "
-                                     f"{lease:.0f}s old")
+            raise HTTPException(409, f"{PLATFORM_LABELS[body.platform]} attempt {waiting.attempt_id} started "
+                                     f"{age:.0f}s ago and may still be under way: the service settles it itself, "
+                                     f"or it can be resolved once it is {lease:.0f}s old")
         return await self._submit(command)
 
     async def _submit(self, command: Command, wait: bool = True) -> Accepted:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from projections.decide import Decision, decide
+from projections.decide import Decision, decide, resolution_refusal
 from projections.fold import apply_all, unresolved
 from projections.resume import platforms_to_resume
 from projections.state import PostState
@@ -684,10 +684,9 @@ class CommandHandler:
     def _resolution_for(self, state: PostState, platform: Platform) -> ResolveAttemptRequested | None:
         """The operator's resolution of the platform's attempt without a result, if one came for that attempt."""
         resolution = self._resolutions.get(state.post_id, {}).get(platform)
-        attempt = state.in_flight(platform)
-        if resolution is None or attempt is None:
+        if resolution is None or resolution_refusal(state, platform, resolution.attempt_id) is not None:
             return None
-        return resolution if resolution.attempt_id in (None, attempt.attempt_id) else None
+        return resolution
 
     def _forget_resolution(self, command: ResolveAttemptRequested) -> None:
         pending = self._resolutions.get(command.post_id, {})
