@@ -183,7 +183,8 @@ class ServiceMetrics:
         families.append(awaiting)
 
         # An attempt older than the handler's lease (150 s by default) has outlived the call that made it: the
-        # handler is asking the platform whether it went out, or waits for the user (below) to let it ask.
+        # handler is asking the platform whether it went out, or waits for the user (below) to let it ask, or
+        # for an operator to say what came of it (`smartretry resolve`).
         now = datetime.now(UTC)
         oldest = GaugeMetricFamily("smartretry_oldest_attempt_awaiting_result_seconds",
                                    "Age of the oldest attempt with no result yet, by platform", labels=["platform"])
