@@ -165,7 +165,11 @@ _offsets: dict[str, int] = {}
 
 def store_post(api: RunningApi, post_id: str, facebook_ok: bool = False, instagram_ok: bool = True) -> None:
     """Writes a post into the projection as the projector would have folded its events."""
-    events = seed_events(post_id, facebook_ok, instagram_ok)
+    store_events(api, seed_events(post_id, facebook_ok, instagram_ok))
+
+
+def store_events(api: RunningApi, events: list[Event]) -> None:
+    """Applies `events` to the projection at partition 0's next offsets, as the projector would."""
     start = _offsets.get(api.topics.prefix, 0)
     _offsets[api.topics.prefix] = start + len(events)
     api.stores.projection.apply_batch(api.topics.post_events, 0, list(enumerate(events, start)))
@@ -405,11 +409,8 @@ def test_a_forced_republish_goes_to_kafka_with_its_reason(api: RunningApi) -> No
 
 def store_interrupted(api: RunningApi, post_id: str, at: datetime = AT) -> str:
     """A post whose Facebook attempt has no result (its handler died); Instagram published. Returns the attempt."""
-    events = [e.model_copy(update={"occurred_at": at}) for e in seed_events(post_id, facebook_ok=True)
-              if e.event_id != f"{post_id}-r-fb"]
-    start = _offsets.get(api.topics.prefix, 0)
-    _offsets[api.topics.prefix] = start + len(events)
-    api.stores.projection.apply_batch(api.topics.post_events, 0, list(enumerate(events, start)))
+    store_events(api, [e.model_copy(update={"occurred_at": at}) for e in seed_events(post_id, facebook_ok=True)
+                       if e.event_id != f"{post_id}-r-fb"])
     return f"{post_id}-fb"
 
 
@@ -526,8 +527,7 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
 
 def test_metrics_show_how_long_the_oldest_attempt_has_waited_for_its_result(api: RunningApi) -> None:
     # Both attempts started at the seed's time; Facebook's never got its result (the handler died in between).
-    events = [e for e in seed_events("post-1", facebook_ok=True) if e.event_id != "post-1-r-fb"]
-    api.stores.projection.apply_batch(api.topics.post_events, 0, list(enumerate(events)))
+    store_interrupted(api, "post-1")
 
     text = api.client.get("/metrics").text
 
