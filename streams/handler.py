@@ -259,10 +259,10 @@ class CommandHandler:
         self._ends = PartitionEnds(self._end_offset)
         # Events each command in progress has sent, by post: its outcome is folded from them.
         self._sent: dict[str, list[Event]] = {}
-        # Operators' word on attempts left without a result, by post and platform, from the moment their command
-        # is consumed: the post's command waiting on such an attempt applies it (`_resolve_interrupted`), even
-        # though the resolving command itself runs after it.
-        self._resolutions: dict[str, dict[Platform, ResolveAttemptRequested]] = {}
+        # Operators' word on attempts left without a result, by post and platform, in the order consumed, from the
+        # moment their command is consumed: the post's command waiting on such an attempt applies the latest that
+        # names it (`_resolve_interrupted`), even though the resolving command itself runs after it.
+        self._resolutions: dict[str, dict[Platform, list[ResolveAttemptRequested]]] = {}
         # Set when a resolution comes in for a post whose command is waiting to ask the platform again.
         self._wakeups: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -361,8 +361,7 @@ class CommandHandler:
             self._track(task, partition, offset)
             return
         if isinstance(command, ResolveAttemptRequested):
-            self._resolutions.setdefault(command.post_id, {})[command.platform] = command
-            self._wakeups.setdefault(command.post_id, asyncio.Event()).set()
+            self._register_resolution(command)
         previous = self._chains.get(command.post_id)
         task = asyncio.get_running_loop().create_task(self._after(previous, command, partition, message))
         self._chains[command.post_id] = task
@@ -681,20 +680,40 @@ class CommandHandler:
             platform_post_id=outcome.platform_post_id, permalink=outcome.permalink, error=outcome.error,
             recovered=recovered, resolved_by=resolved_by))
 
+    def _register_resolution(self, command: ResolveAttemptRequested) -> None:
+        """Makes an operator's resolution known to the post's command waiting on an attempt, and wakes that command."""
+        self._resolutions.setdefault(command.post_id, {}).setdefault(command.platform, []).append(command)
+        self._wakeups.setdefault(command.post_id, asyncio.Event()).set()
+
     def _resolution_for(self, state: PostState, platform: Platform) -> ResolveAttemptRequested | None:
-        """The operator's resolution of the platform's attempt without a result, if one came for that attempt."""
-        resolution = self._resolutions.get(state.post_id, {}).get(platform)
-        if resolution is None or resolution_refusal(state, platform, resolution.attempt_id) is not None:
-            return None
-        return resolution
+        """The latest operator's resolution of the platform's attempt without a result that names that attempt."""
+        pending = self._resolutions.get(state.post_id, {}).get(platform, [])
+        return next((r for r in reversed(pending) if resolution_refusal(state, platform, r.attempt_id) is None), None)
+
+    def _drop_misdirected_resolutions(self, state: PostState, platform: Platform) -> None:
+        """Drops, with a warning, the resolutions that name another attempt than the platform's waiting one.
+
+        They can never apply: only the waiting attempt takes a resolution, and an id names one attempt. The
+        operator hears at once, not when the command waiting on the attempt ends; their own turn in the post's
+        commands still refuses them to the dead letters.
+        """
+        for resolution in list(self._resolutions.get(state.post_id, {}).get(platform, [])):
+            reason = resolution_refusal(state, platform, resolution.attempt_id)
+            if reason is not None:
+                log.warning("Resolution %s does not apply: %s", resolution.command_id, reason,
+                            extra={"post_id": state.post_id, "command_id": resolution.command_id})
+                self._forget_resolution(resolution)
 
     def _forget_resolution(self, command: ResolveAttemptRequested) -> None:
         pending = self._resolutions.get(command.post_id, {})
-        if pending.get(command.platform) is command:
-            del pending[command.platform]
-            if not pending:
-                del self._resolutions[command.post_id]
-                self._wakeups.pop(command.post_id, None)
+        left = [r for r in pending.get(command.platform, []) if r is not command]
+        if left:
+            pending[command.platform] = left
+        else:
+            pending.pop(command.platform, None)
+        if not pending and command.post_id in self._resolutions:
+            del self._resolutions[command.post_id]
+            self._wakeups.pop(command.post_id, None)
 
     async def _apply_resolution(self, post_id: str, attempt_id: str, resolution: ResolveAttemptRequested,
                                 context: dict[str, Any]) -> None:
@@ -734,6 +753,7 @@ class CommandHandler:
                     # No usable credentials: the platform cannot be asked, which says nothing about the post.
                     found = PublishOutcome.failed(attempt.platform, PlatformError(
                         kind=ErrorKind.AUTH, message=f"{label} post lookup failed: {scrub(str(exc))}"))
+            self._drop_misdirected_resolutions(state, attempt.platform)
             resolution = self._resolution_for(state, attempt.platform)
             age = (self.clock() - attempt.started_at).total_seconds()
             if resolution is not None and (found is None or not found.success) and \

@@ -104,9 +104,10 @@ async def test_a_refused_look_up_is_recorded_once_and_asked_again_later() -> Non
     assert state.status == "publishing" and state.needed_action == {"facebook": "re-authenticate Facebook"}
 
 
-def resolution(state: PostState, *, published: bool, attempt_id: str | None = None) -> ResolveAttemptRequested:
+def resolution(state: PostState, *, published: bool, attempt_id: str | None = None,
+               command_id: str = "resolve-1") -> ResolveAttemptRequested:
     return ResolveAttemptRequested(
-        command_id="resolve-1", post_id=state.post_id, platform="facebook", attempt_id=attempt_id,
+        command_id=command_id, post_id=state.post_id, platform="facebook", attempt_id=attempt_id,
         published=published, platform_post_id="747917475065823_122104567890123" if published else None,
         note="checked the Page", requested_at=datetime.now(UTC))
 
@@ -120,7 +121,7 @@ async def test_an_operators_resolution_settles_an_attempt_the_platform_cannot_be
     history, state = interrupted()
     sent: list[Event] = []
     made = handler(Credentials(), Lookups(REFUSED), history, sent)
-    made._resolutions[state.post_id] = {"facebook": resolution(state, published=published)}
+    made._register_resolution(resolution(state, published=published))
 
     await made._resolve_interrupted(state)
 
@@ -147,7 +148,7 @@ async def test_a_resolution_waits_for_the_attempts_lease_and_names_the_right_att
     # Within the lease the attempt's own handler may still be calling Facebook: the operator's word waits.
     early = handler(Credentials(), Lookups(REFUSED), history, sent)
     early.clock = lambda: attempt.started_at + timedelta(seconds=10)
-    early._resolutions[state.post_id] = {"facebook": resolution(state, published=False)}
+    early._register_resolution(resolution(state, published=False))
     with pytest.raises(OutcomeUnknown):
         await early._resolve_interrupted(state)
     assert not any(isinstance(e, PlatformResult) for e in sent)
@@ -155,7 +156,7 @@ async def test_a_resolution_waits_for_the_attempts_lease_and_names_the_right_att
     # Another attempt's resolution is not this one's.
     sent.clear()
     other = handler(Credentials(), Lookups(REFUSED), history, sent)
-    other._resolutions[state.post_id] = {"facebook": resolution(state, published=False, attempt_id="another")}
+    other._register_resolution(resolution(state, published=False, attempt_id="another"))
     with pytest.raises(OutcomeUnknown):
         await other._resolve_interrupted(state)
     assert not any(isinstance(e, PlatformResult) for e in sent)
@@ -166,10 +167,30 @@ async def test_the_platforms_own_answer_comes_before_an_operators_resolution() -
     sent: list[Event] = []
     found = PublishOutcome.published("facebook", "747917475065823_999", None)
     made = handler(Credentials(), Lookups(found), history, sent)
-    made._resolutions[state.post_id] = {"facebook": resolution(state, published=False)}
+    made._register_resolution(resolution(state, published=False))
 
     await made._resolve_interrupted(state)
 
     (result,) = sent
     assert isinstance(result, PlatformResult) and result.success and result.recovered
     assert result.resolved_by is None and result.platform_post_id == "747917475065823_999"
+
+
+async def test_a_resolution_naming_another_attempt_is_dropped_at_once_and_takes_no_others_place(
+        caplog: pytest.LogCaptureFixture) -> None:
+    history, state = interrupted()
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(REFUSED), history, sent)
+    made._register_resolution(resolution(state, published=True, attempt_id=attempt.attempt_id))
+    made._register_resolution(resolution(state, published=False, attempt_id="another", command_id="resolve-2"))
+
+    await made._resolve_interrupted(state)
+
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and result.resolved_by == "resolve-1" and result.success
+    (warning,) = [r for r in caplog.records if "resolve-2" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert f"attempt waiting for a result is {attempt.attempt_id}, not another" in warning.getMessage()
+    assert [r.command_id for r in made._resolutions[state.post_id]["facebook"]] == ["resolve-1"]
