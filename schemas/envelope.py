@@ -30,6 +30,11 @@ class DecodeError(ValueError):
         self.type_name = type_name
 
 
+def undecodable(exc: Exception) -> str:
+    """The dead letter's reason for a message that failed to decode with `exc`."""
+    return exc.reason if isinstance(exc, DecodeError) else f"could not be decoded: {type(exc).__name__}"
+
+
 def encode(message: BaseModel) -> bytes:
     """The JSON bytes of a command or event, as they go on Kafka."""
     return message.model_dump_json(exclude_none=False).encode()
@@ -44,6 +49,8 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DecodeError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError(f"{what} nested too deeply to be one of ours") from None
     if not isinstance(value, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value

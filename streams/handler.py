@@ -30,7 +30,7 @@ from schemas.commands import (
     fingerprint,
 )
 from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
-from schemas.envelope import DecodeError, decode_command, encode
+from schemas.envelope import decode_command, encode, undecodable
 from schemas.events import (
     AttemptOutcomeUnknown,
     ContainerCreated,
@@ -356,8 +356,8 @@ class CommandHandler:
         progress.add(offset)
         try:
             command = decode_command(message.value())
-        except DecodeError as exc:
-            task = asyncio.get_running_loop().create_task(self._dead_letter(message, exc.reason))
+        except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the consumer goes on
+            task = asyncio.get_running_loop().create_task(self._dead_letter(message, undecodable(exc)))
             self._track(task, partition, offset)
             return
         if isinstance(command, ResolveAttemptRequested):

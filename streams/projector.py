@@ -20,7 +20,7 @@ from faust.types import TP
 
 from projections.state import PostState
 from projections.store import ProjectionStore, make_engine
-from schemas.envelope import DecodeError, decode_event
+from schemas.envelope import decode_event, undecodable
 from schemas.events import Event
 from smartretry.settings import Settings
 from streams.dlq import make_dead_letter
@@ -75,8 +75,8 @@ class InsightsProjector:
         for offset, key, value in records:
             try:
                 events.append((offset, decode_event(value)))
-            except DecodeError as exc:
-                dead.append(self._dead_letter(exc.reason, partition, offset, key, value))
+            except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the projector goes on
+                dead.append(self._dead_letter(undecodable(exc), partition, offset, key, value))
         rejects: list[tuple[int, Event, str]] = []
         outcome = BatchOutcome(applied=len(events))
         errors: list[str] = []

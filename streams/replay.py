@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from projections.fold import apply_valid
 from projections.state import PostState
 from projections.store import Offsets, ProjectionStore, digest_of, make_engine
-from schemas.envelope import DecodeError, decode_event
+from schemas.envelope import decode_event
 from schemas.events import Event
 from streams.broker import die_with_parent
 from streams.gc_tuning import disable_gc, folding_gc
@@ -240,7 +240,7 @@ class _MemoryFold:
         for value in values:
             try:
                 event = decode_event(value)
-            except DecodeError:
+            except Exception:  # whatever the live processor dead-lettered (`undecodable`)
                 continue  # a dead letter of the live processor: not part of the projection
             by_post.setdefault(event.post_id, []).append(event)
         states = self.states

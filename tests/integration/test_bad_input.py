@@ -74,6 +74,7 @@ def _json(value: object) -> bytes:
 BAD_COMMANDS: dict[str, tuple[bytes | None, str]] = {
     "not-json": (b"\x00\xff{definitely not json", "not JSON"),
     "not-an-object": (_json(["PublishRequested", 1]), "must be a JSON object, got list"),
+    "nested-too-deeply": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     "json-string": (_json("PublishRequested"), "must be a JSON object, got str"),
     "empty-value": (None, "has no value"),
     "unknown-type": (_json(_command(type="DeletePost")), "unknown command type 'DeletePost'"),
@@ -99,6 +100,8 @@ BAD_COMMANDS: dict[str, tuple[bytes | None, str]] = {
 BAD_EVENTS: dict[str, tuple[bytes | None, str]] = {
     "not-json": (b"\x89PNG\r\n\x1a\n\x00\x00", "not JSON"),
     "not-an-object": (_json(42), "must be a JSON object, got int"),
+    "nested-too-deeply": (b'{"type": "PlatformResult", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                          "nested too deeply"),
     "empty-value": (None, "has no value"),
     "unknown-type": (_json(_result_event("e-post", type="PostDeleted")), "unknown event type 'PostDeleted'"),
     "schema-version-2": (_json(_result_event("e-post", schema_version=2)), "unsupported schema_version 2"),

@@ -42,6 +42,7 @@ def test_timestamps_are_written_as_the_seed_writes_them() -> None:
         (b'{"type": "PublishAttempted", "event_id": "e", "post_id": "p", "occurred_at": "2025-11-17T10:10:13Z",'
          b' "platform": "tiktok", "attempt_id": "a", "attempt_number": 1, "command_id": "c"}', "platform"),
         (None, "no value"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_bad_events_decode_to_a_clear_error(raw: bytes | None, reason: str) -> None:
