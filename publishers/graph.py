@@ -72,11 +72,17 @@ class GraphApi:
             body = response.json()
         except ValueError:
             body = None
-        if response.is_success and isinstance(body, dict) and "error" not in body:
-            return body
-        error = classify(self.platform, response.status_code, body if isinstance(body, dict) else None,
-                         response.headers, action=action)
-        # A 5xx or an unreadable success answer on a creating call: Meta may have created it anyway.
+        envelope = body if isinstance(body, dict) else None
+        if response.is_success and envelope is not None and "error" not in envelope:
+            return envelope
+        if response.is_success and envelope is None:
+            # The platform took the call but its answer cannot be read: a creating call may have created it.
+            raise GraphCallFailed(PlatformError(
+                kind=ErrorKind.TRANSIENT, http_status=response.status_code,
+                message=f"{action} failed: {response.status_code} - the platform's answer could not be read"),
+                outcome_unknown=creates)
+        error = classify(self.platform, response.status_code, envelope, response.headers, action=action)
+        # A transient error on a creating call, with a 5xx or a success status: Meta may have created it anyway.
         unknown = creates and (response.status_code >= 500 or response.is_success) and error.kind is ErrorKind.TRANSIENT
         raise GraphCallFailed(error, outcome_unknown=unknown)
 

@@ -27,6 +27,10 @@ _SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
 _NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED)
 
 
+# What an attempt keeps, after waiting for its container, for media_publish and the permalink.
+PUBLISH_MARGIN_S = 30.0
+
+
 @dataclass(frozen=True)
 class ContainerPolling:
     """How long to wait for Instagram to fetch and process an image before publishing it.
@@ -41,6 +45,15 @@ class ContainerPolling:
     timeout_s: float = 300.0
     # media_publish retries on the same container when Instagram says "not ready yet" or hiccups.
     publish_retries: int = 3
+
+    @classmethod
+    def within(cls, attempt_timeout_s: float) -> ContainerPolling:
+        """Polling that gives up while the attempt still has time to publish and say why, not cut off unanswered.
+
+        The handler ends a platform call at its attempt timeout (and looks the attempt up instead), so a
+        wait past it would never end in its own "not ready" message. Half a minute is left for media_publish.
+        """
+        return cls(timeout_s=max(cls.interval_s, min(cls.timeout_s, attempt_timeout_s - PUBLISH_MARGIN_S)))
 
 
 class InstagramPublisher:

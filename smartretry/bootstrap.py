@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from projections.store import ProjectionStore, make_engine
 from publishers.base import build_publishers
+from publishers.instagram import ContainerPolling
 from publishers.transport import AiohttpTransport
 from smartretry.credentials import CredentialStore
 from smartretry.settings import Settings
@@ -76,6 +77,7 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
             bootstrap=bootstrap, topics=settings.topics, projection=stores.projection,
             credentials=stores.credentials,
             publishers=build_publishers(client, settings.graph_api_base_url, settings.graph_api_version,
+                                        polling=ContainerPolling.within(settings.attempt_timeout_seconds),
                                         lookup_window=timedelta(seconds=settings.attempt_lease_seconds)),
             config=handler_config(settings),
         )

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, Publisher, build_publishers
-from publishers.instagram import ContainerPolling
+from publishers.instagram import PUBLISH_MARGIN_S, ContainerPolling
 from publishers.sandbox import DEMO_IG_USER_ID, DEMO_USER_TOKEN, SandboxControl
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -135,6 +135,15 @@ async def test_a_container_not_ready_before_the_deadline_is_a_transient_failure(
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
     assert "not ready" in outcome.error.message
     assert instagram_posts(sandbox) == 0
+
+
+@pytest.mark.parametrize("attempt_timeout", [120.0, 45.0, 900.0])
+def test_the_service_waits_for_a_container_only_while_its_attempt_can_still_say_why(attempt_timeout: float) -> None:
+    # The handler cuts a platform call at the attempt timeout and looks the attempt up instead: a container
+    # wait past it would leave a slow image unexplained (and a new container made for it each attempt).
+    polling = ContainerPolling.within(attempt_timeout)
+    assert polling.timeout_s <= attempt_timeout - PUBLISH_MARGIN_S
+    assert polling.timeout_s == min(ContainerPolling.timeout_s, attempt_timeout - PUBLISH_MARGIN_S)
 
 
 async def test_not_ready_at_publish_time_is_retried_on_the_same_container(

@@ -206,3 +206,23 @@ async def test_tokens_travel_in_the_authorization_header_never_in_the_url_or_bod
         ("/v24.0/747917475065823/photos", "Bearer page-token-secret-9")]
     for request in seen:
         assert "secret" not in str(request.url) and b"secret" not in request.content
+
+
+@pytest.mark.parametrize("answer", [b"", b"<html>upstream</html>", b'["1"]'])
+async def test_an_unreadable_success_answer_to_a_publish_leaves_its_outcome_unknown(answer: bytes) -> None:
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v24.0/747917475065823":
+            return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
+        return httpx.Response(200, content=answer)
+
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", None)
+    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").publish(
+            content, account, attempt_id="a1")
+
+    # Facebook took the photo call: the post may exist, so it is looked up before any new publish, never
+    # recorded as a failure the user would retry into a second post.
+    assert not outcome.success and outcome.outcome_unknown
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    assert "200 - the platform's answer could not be read" in outcome.error.message
