@@ -357,7 +357,7 @@ class CommandHandler:
         try:
             command = decode_command(message.value())
         except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the consumer goes on
-            task = asyncio.get_running_loop().create_task(self._dead_letter(message, undecodable(exc)))
+            task = asyncio.get_running_loop().create_task(self._dead_letter_until_sent(message, undecodable(exc)))
             self._track(task, partition, offset)
             return
         if isinstance(command, ResolveAttemptRequested):
@@ -426,6 +426,19 @@ class CommandHandler:
         wakeup.clear()
         if post_id not in self._resolutions and self._wakeups.get(post_id) is wakeup:
             del self._wakeups[post_id]
+
+    async def _dead_letter_until_sent(self, message: Message, reason: str) -> None:
+        """`_dead_letter`, tried again until the broker has it: the partition's commits wait for it meanwhile."""
+        failures = 0
+        while True:
+            try:
+                await self._dead_letter(message, reason)
+                return
+            except Exception as exc:
+                failures += 1
+                log.error("Dead letter from %s[%d]@%d not written (%s); trying again", message.topic(),
+                          message.partition(), message.offset(), scrub(repr(exc)))
+                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME,
