@@ -617,15 +617,20 @@ class CommandHandler:
             # Durable before the platform is called: a crash after the call leaves an attempt without a
             # result, which the next handler resolves by asking the platform instead of publishing again.
             # The decision's events and the attempt go to the broker together: one wait for both.
+            started = self.clock()
             attempted = self.send(PublishAttempted(
-                event_id=derived_id(attempt_id, "attempted"), post_id=command.post_id, occurred_at=self.clock(),
+                event_id=derived_id(attempt_id, "attempted"), post_id=command.post_id, occurred_at=started,
                 platform=platform, attempt_id=attempt_id, attempt_number=number, command_id=command.command_id,
                 is_retry=is_retry or automatic > made, forced=forced, reason=attempt_reason))
             if automatic > made:
                 # Time has passed since the command began: the account may have been re-authenticated.
                 reading = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
             _, _, credentials = await asyncio.gather(recorded, attempted, reading)
-            outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id)
+            if partition not in self._assigned:
+                # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
+                log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
+                return
+            outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started)
             await self._record_result(command.post_id, attempt_id, outcome)
             if outcome.success:
                 log.info("✅ %s published successfully", label, extra=context)
@@ -649,13 +654,21 @@ class CommandHandler:
 
     async def _call_platform(self, post_id: str, platform: Platform, content: PostContent | None,
                              credentials: AccountCredentials | PlatformError | None,
-                             attempt_id: str) -> PublishOutcome:
+                             attempt_id: str, started: datetime) -> PublishOutcome:
+        """The platform's answer to the attempt that `started` (its `PublishAttempted` time), which bounds the call."""
         label = PLATFORM_LABELS[platform]
         if content is None or credentials is None:
             return PublishOutcome.failed(platform, PlatformError(
                 kind=ErrorKind.INVALID_REQUEST, message=f"{label} publish failed: the post has no content or account"))
         if isinstance(credentials, PlatformError):
             return PublishOutcome.failed(platform, credentials)
+        # The attempt's lease counts from when it started, so its call must end within the attempt timeout of
+        # that moment, however long the broker took to take the attempt and the store to give the credentials.
+        timeout = self.config.attempt_timeout_seconds - (self.clock() - started).total_seconds()
+        if timeout <= 0:
+            return PublishOutcome.failed(platform, PlatformError(
+                kind=ErrorKind.TRANSIENT, message=f"{label} publish not started: recording the attempt took longer "
+                                                  f"than {self.config.attempt_timeout_seconds:.0f}s"))
 
         containers: list[str] = []
 
@@ -668,8 +681,7 @@ class CommandHandler:
         publisher = self.publishers[platform]
         try:
             outcome = await asyncio.wait_for(
-                publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container),
-                self.config.attempt_timeout_seconds)
+                publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container), timeout)
         except TimeoutError:
             # Bounded, so that an attempt's lease (see `_resolve_interrupted`) outlasts any live call.
             outcome = PublishOutcome.failed(platform, PlatformError(

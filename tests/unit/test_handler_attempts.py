@@ -1,0 +1,62 @@
+"""A platform call ends within the attempt timeout of its attempt's start, which the attempt's lease counts from."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from publishers.base import AccountCredentials, PublishOutcome
+from schemas.commands import PostContent
+from schemas.common import ErrorKind
+from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
+from streams.topics import Topics
+
+STARTED = datetime(2025, 11, 17, 10, 10, 13, tzinfo=UTC)
+CONTENT = PostContent(caption="Autumn sale starts today", image_url="https://cdn.example.com/autumn-sale.jpg")
+ACCOUNT = AccountCredentials("acme", SecretStr("user-token-value-1"), "747917475065823", None)
+
+
+class SlowFacebook:
+    """A platform that takes its time answering; counts the calls made."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> PublishOutcome:
+        self.calls += 1
+        await asyncio.sleep(30)
+        return PublishOutcome.published("facebook", "747917475065823_1", None)
+
+
+def handler(publisher: SlowFacebook, now: datetime) -> CommandHandler:
+    return CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                          credentials=None, publishers={"facebook": publisher},  # type: ignore[dict-item]
+                          config=HandlerConfig(attempt_timeout_seconds=120.0), clock=lambda: now)
+
+
+async def test_an_attempt_whose_time_ran_out_before_the_call_is_not_sent() -> None:
+    # The broker took two minutes to take the attempt: a call now could outlive the attempt's lease, and
+    # another handler could publish the post again meanwhile.
+    facebook = SlowFacebook()
+    made = handler(facebook, STARTED + timedelta(seconds=121))
+
+    outcome = await made._call_platform("post-1", "facebook", CONTENT, ACCOUNT, "a1", STARTED)
+
+    assert facebook.calls == 0
+    assert not outcome.success and not outcome.outcome_unknown
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    assert "not started" in outcome.error.message
+
+
+async def test_a_call_gets_only_what_is_left_of_the_attempt_timeout() -> None:
+    facebook = SlowFacebook()
+    made = handler(facebook, STARTED + timedelta(seconds=119.95))
+
+    # With the whole timeout the call would run its 30 s; with what is left it is cut, its outcome unknown.
+    with pytest.raises(OutcomeUnknown):
+        await asyncio.wait_for(made._call_platform("post-1", "facebook", CONTENT, ACCOUNT, "a1", STARTED), 10)
+    assert facebook.calls == 1
