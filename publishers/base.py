@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -95,8 +95,10 @@ class Publisher(Protocol):
         attempt_id: str,
         container_id: str | None,
         attempted_at: datetime,
+        recorded: Collection[str] = (),
     ) -> PublishOutcome | None:
-        """Whether an attempt whose outcome is unknown went out.
+        """Whether an attempt whose outcome is unknown went out. `recorded`: the platform's post ids the post
+        already has (an earlier attempt's), which are never this attempt's.
 
         A successful outcome: it did (with the post's id and permalink where the platform tells them).
         None: it did not, so publishing again creates no duplicate. A failed outcome: the platform could

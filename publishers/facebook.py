@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -87,15 +87,21 @@ class FacebookPagePublisher:
         attempt_id: str,
         container_id: str | None,
         attempted_at: datetime,
+        recorded: Collection[str] = (),
     ) -> PublishOutcome | None:
         # Facebook has no idempotency key: the Page's recent posts are matched by caption and time.
         action = "Facebook post lookup"
         if not account.page_id:
             return PublishOutcome.failed("facebook", _no_page(action))
+        if not content.caption.strip():
+            # Any other post without a caption would match: "no post" or a wrong post could both be false.
+            return PublishOutcome.failed("facebook", PlatformError(
+                kind=ErrorKind.TRANSIENT, message=f"{action} could not tell: a post without a caption cannot be "
+                                                  "told apart from the Page's other posts"))
         since = attempted_at - CLOCK_SKEW
         try:
             match = await self._earliest_match(account, content.caption, since, attempted_at + self._lookup_window,
-                                               action)
+                                               action, recorded)
         except GraphCallFailed as failed:
             return PublishOutcome.failed("facebook", failed.error)
         if match is None:
@@ -107,7 +113,8 @@ class FacebookPagePublisher:
         return PublishOutcome.published("facebook", post_id, None)
 
     async def _earliest_match(
-        self, account: AccountCredentials, caption: str, since: datetime, latest: datetime, action: str
+        self, account: AccountCredentials, caption: str, since: datetime, latest: datetime, action: str,
+        exclude: Collection[str] = (),
     ) -> dict[str, Any] | None:
         """The Page's earliest post between `since` and `latest` with this caption, reading every page of the window.
 
@@ -133,7 +140,8 @@ class FacebookPagePublisher:
             )
             posts = listing.get("data")
             # Newest first: an earlier match further back replaces a later one.
-            match = earliest_match(posts, caption, since, time_field="created_time", text_field="message") or match
+            match = earliest_match(posts, caption, since, time_field="created_time", text_field="message",
+                                   exclude=exclude) or match
             if _reaches_before(posts, since):
                 return match
             # Only cursors are followed: Meta's `paging.next` URLs carry the access token, which must never

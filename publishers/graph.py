@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -101,16 +101,17 @@ def parse_meta_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def earliest_match(items: Any, caption: str, since: datetime, *, time_field: str,
-                   text_field: str) -> dict[str, Any] | None:
-    """The earliest item since `since` whose text is the caption (Meta trims surrounding blanks).
+def earliest_match(items: Any, caption: str, since: datetime, *, time_field: str, text_field: str,
+                   exclude: Collection[str] = ()) -> dict[str, Any] | None:
+    """The earliest item since `since` whose text is the caption (Meta trims surrounding blanks), of those not
+    in `exclude` (posts already recorded for the post, which a forced republish repeats word for word).
 
     How an attempt whose outcome is unknown is matched to what the platform holds, on both platforms.
     """
     wanted = caption.strip()
     found: list[tuple[datetime, dict[str, Any]]] = []
     for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict) or "id" not in item:
+        if not isinstance(item, dict) or "id" not in item or str(item["id"]) in exclude:
             continue
         created = parse_meta_time(item.get(time_field))
         if created is not None and created >= since and str(item.get(text_field) or "").strip() == wanted:

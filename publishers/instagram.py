@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -131,6 +132,7 @@ class InstagramPublisher:
         attempt_id: str,
         container_id: str | None,
         attempted_at: datetime,
+        recorded: Collection[str] = (),
     ) -> PublishOutcome | None:
         # Only a container can be published; without one, the attempt cannot have gone out.
         if container_id is None:
@@ -144,7 +146,7 @@ class InstagramPublisher:
         if status != "PUBLISHED":
             log.info("Instagram container is %s: the attempt did not go out", status, extra={"attempt_id": attempt_id})
             return None
-        return await self._published_media(account, content, container_id, attempted_at)
+        return await self._published_media(account, content, container_id, attempted_at, recorded)
 
     async def _wait_until_ready(self, container_id: str, token: SecretStr) -> str:
         """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the deadline fail."""
@@ -210,9 +212,16 @@ class InstagramPublisher:
         return str(body.get("status_code") or "IN_PROGRESS"), str(body.get("status") or "")
 
     async def _published_media(
-        self, account: AccountCredentials, content: PostContent, container_id: str, attempted_at: datetime
+        self, account: AccountCredentials, content: PostContent, container_id: str, attempted_at: datetime,
+        recorded: Collection[str] = (),
     ) -> PublishOutcome:
-        """The media a PUBLISHED container became: the account's recent media matched by caption and time."""
+        """The media a PUBLISHED container became: the account's recent media matched by caption and time.
+
+        It went out for certain; where the media cannot be told (no caption to match, or the listing failed), its
+        ids are left unknown rather than guessed.
+        """
+        if not content.caption.strip():
+            return PublishOutcome.published("instagram", None, None, container_id)
         params = {"fields": "id,caption,timestamp,permalink", "limit": str(RECENT_MEDIA_LIMIT)}
         try:
             listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
@@ -221,7 +230,7 @@ class InstagramPublisher:
             # It went out for certain; the ids can be filled in later, a second publish cannot be undone.
             return PublishOutcome.published("instagram", None, None, container_id)
         media = earliest_match(listing.get("data"), content.caption, attempted_at - CLOCK_SKEW,
-                               time_field="timestamp", text_field="caption")
+                               time_field="timestamp", text_field="caption", exclude=recorded)
         if media is None:
             return PublishOutcome.published("instagram", None, None, container_id)
         permalink = media.get("permalink")

@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     # An attempt without a result and without a post on the platform is declared interrupted only this
     # long after it started: until then, the handler that made it may still be finishing it.
     attempt_lease_seconds: float = 150.0
-    # How often an interrupted attempt that the platform refused to look up (an expired or revoked token)
-    # is looked up again: it goes through once the account is re-authenticated.
+    # How often an interrupted attempt whose look-up failed is looked up again: refused for the token (it goes
+    # through once the account is re-authenticated), or the platform could not tell (a rate limit's wait counts).
     reauth_check_seconds: float = 30.0
 
     @property

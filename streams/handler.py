@@ -92,7 +92,8 @@ class HandlerConfig:
     # How long an attempt without a result may still belong to a live handler (one that lost its
     # partition in a rebalance but is finishing the call). Longer than an attempt can take.
     attempt_lease_seconds: float = 150.0
-    # How often an interrupted attempt whose lookup the platform refused for the token is looked up again.
+    # How often an interrupted attempt whose look-up failed (the token refused, or the platform could not tell) is
+    # looked up again; a rate limit's own wait when longer.
     reauth_check_seconds: float = 30.0
 
 
@@ -773,7 +774,8 @@ class CommandHandler:
                     credentials = self.credentials.get(state.account)
                     found = await self.publishers[attempt.platform].find_existing(
                         state.content, credentials, attempt_id=attempt.attempt_id,
-                        container_id=attempt.container_id, attempted_at=attempt.started_at)
+                        container_id=attempt.container_id, attempted_at=attempt.started_at,
+                        recorded=recorded_post_ids(state, attempt.platform))
                 except LookupError as exc:
                     # No usable credentials: the platform cannot be asked, which says nothing about the post.
                     found = PublishOutcome.failed(attempt.platform, PlatformError(
@@ -801,7 +803,10 @@ class CommandHandler:
                     raise OutcomeUnknown(
                         f"{label} cannot be asked whether attempt {attempt.attempt_id} went out until the account "
                         f"is re-authenticated ({found.error.message})", wait_seconds=self.config.reauth_check_seconds)
-                raise OutcomeUnknown(f"{label} could not say whether attempt {attempt.attempt_id} went out")
+                # Asked again after a while (a look-up is up to ten Graph calls), and never before a rate limit's end.
+                wait = max(found.error.retry_after_s or 0.0, self.config.reauth_check_seconds)
+                raise OutcomeUnknown(f"{label} could not say whether attempt {attempt.attempt_id} went out",
+                                     wait_seconds=wait)
             if found is not None and found.success:
                 log.info("♻️ %s post of an interrupted attempt found on the platform; recorded, not republished",
                          label, extra=context)
@@ -810,15 +815,23 @@ class CommandHandler:
             if age < self.config.attempt_lease_seconds:
                 # The attempt's handler may be alive and still calling the platform (it lost the partition in
                 # a rebalance): declaring "not published" now could publish the post twice.
+                # Asked again when the lease ends: before then, "no post" could not settle it anyway.
                 raise OutcomeUnknown(
                     f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
-                    f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)")
+                    f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",
+                    wait_seconds=max(1.0, self.config.attempt_lease_seconds - age))
             log.info("%s attempt was interrupted and the platform has no such post", label, extra=context)
             await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
                 attempt.platform, PlatformError(
                     kind=ErrorKind.TRANSIENT,
                     message=f"{label} publish was interrupted before its result was recorded; not published")),
                 recovered=True)
+
+
+def recorded_post_ids(state: PostState, platform: Platform) -> tuple[str, ...]:
+    """The platform's post the post already has on record: never an interrupted later attempt's."""
+    result = state.latest_result(platform)
+    return (result.post_id,) if result is not None and result.success and result.post_id else ()
 
 
 def _done() -> asyncio.Future[Any]:

@@ -255,6 +255,40 @@ async def test_an_attempt_that_did_not_go_out_is_not_found(
     assert found is None and too_late is None
 
 
+async def test_a_forced_republishs_lookup_never_takes_the_posts_earlier_post_for_its_own(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    first = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
+    assert first.success and first.platform_post_id is not None
+    # The republish starts a moment later, with the same caption, and its answer is lost on the way back.
+    republish_started = datetime.now(UTC)
+    sandbox.drop_after("facebook", "photos")
+    assert (await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a2")).outcome_unknown
+    [republished] = [post for post in sandbox.posts() if post["id"] != first.platform_post_id]
+
+    found = await publishers["facebook"].find_existing(PHOTO, demo_account, attempt_id="a2", container_id=None,
+                                                       attempted_at=republish_started,
+                                                       recorded=(first.platform_post_id,))
+
+    assert found is not None and found.success and found.platform_post_id == republished["id"]
+    assert found.platform_post_id != first.platform_post_id
+
+
+async def test_a_post_without_a_caption_cannot_be_told_apart_so_its_lookup_is_not_a_no(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    image_only = PostContent(caption="", image_url="https://cdn.example.com/autumn-menu.jpg")
+    started = datetime.now(UTC)
+    # Another post without a caption on the Page: it is no evidence either way about the attempt's.
+    assert (await publishers["facebook"].publish(image_only, demo_account, attempt_id="other")).success
+
+    found = await publishers["facebook"].find_existing(image_only, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=started)
+
+    assert found is not None and not found.success
+    assert found.error is not None and "could not tell" in found.error.message
+
+
 async def test_a_lookup_the_platform_cannot_answer_is_a_failure_not_a_no(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:

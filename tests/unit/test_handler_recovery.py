@@ -32,9 +32,11 @@ class Lookups:
     def __init__(self, answer: PublishOutcome | None = None) -> None:
         self.answer = answer
         self.asked = 0
+        self.recorded: tuple[str, ...] = ()
 
-    async def find_existing(self, *_args: Any, **_kwargs: Any) -> PublishOutcome | None:
+    async def find_existing(self, *_args: Any, **kwargs: Any) -> PublishOutcome | None:
         self.asked += 1
+        self.recorded = tuple(kwargs.get("recorded", ()))
         return self.answer
 
     async def publish(self, *_args: Any, **_kwargs: Any) -> PublishOutcome:
@@ -194,3 +196,45 @@ async def test_a_resolution_naming_another_attempt_is_dropped_at_once_and_takes_
     assert warning.levelname == "WARNING"
     assert f"attempt waiting for a result is {attempt.attempt_id}, not another" in warning.getMessage()
     assert [r.command_id for r in made._resolutions[state.post_id]["facebook"]] == ["resolve-1"]
+
+
+async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when_the_lease_ends() -> None:
+    history, state = interrupted()
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    made = handler(Credentials(), Lookups(None), history, [])
+    made.clock = lambda: attempt.started_at + timedelta(seconds=40)
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        await made._resolve_interrupted(state)
+
+    # Not every second or two: a Facebook look-up is up to ten Graph calls against the Page's rate limit.
+    assert raised.value.wait_seconds == pytest.approx(made.config.attempt_lease_seconds - 40)
+
+
+async def test_a_rate_limited_look_up_is_not_asked_again_before_the_limit_ends() -> None:
+    history, state = interrupted()
+    limited = PublishOutcome.failed("facebook", PlatformError(
+        kind=ErrorKind.RATE_LIMITED, message="Facebook post lookup failed: 400 - Application request limit reached",
+        code=4, http_status=400, retry_after_s=600.0))
+    made = handler(Credentials(), Lookups(limited), history, [])
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        await made._resolve_interrupted(state)
+
+    assert raised.value.wait_seconds == 600.0
+
+
+async def test_a_look_up_is_told_the_post_the_platform_already_has_on_record() -> None:
+    # Published once, then force-republished; the republish's handler died before its result.
+    history = History()
+    first = history.publish(target="facebook")
+    history.success("facebook", first["facebook"], "747917475065823_1")
+    history.retry("cmd-force", ("facebook",), forced=True)
+    state = apply_all(None, history.events)
+    assert state is not None and state.in_flight("facebook") is not None
+    lookups = Lookups(None)
+
+    await handler(Credentials(), lookups, history, [])._resolve_interrupted(state)
+
+    assert lookups.recorded == ("747917475065823_1",)
