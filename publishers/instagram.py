@@ -108,7 +108,12 @@ class InstagramPublisher:
                     raise
                 # The container's status says what the refusal means: not ready yet (wait, then publish), failed
                 # or expired (why), published already (by an earlier attempt), or fine (the refusal stands).
-                status = await self._wait_until_ready(container_id, token)
+                try:
+                    status = await self._wait_until_ready(container_id, token)
+                except GraphCallFailed as unclear:
+                    # A refusal that may have published it stays unknown, whatever stopped the status from saying.
+                    raise GraphCallFailed(unclear.error, outcome_unknown=refused.outcome_unknown or
+                                          unclear.outcome_unknown) from None
                 if status == "PUBLISHED":
                     return await self._published_media(account, content, container_id, datetime.now(UTC))
                 if not is_retry_same_container(refused.error):

@@ -183,6 +183,21 @@ async def test_a_server_hiccup_that_outlasts_the_publish_retries_is_transient(
     assert instagram_posts(sandbox) == 0
 
 
+async def test_a_publish_that_may_have_gone_out_stays_unknown_when_its_status_cannot_be_asked(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # The 5xx may have published it; the token is revoked before the status call could say.
+    sandbox.fail_next("instagram", "media_publish", code=2, http_status=500)
+    sandbox.fail_next("instagram", "container_status", code=190, subcode=460, http_status=400)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    # Not a plain "re-authenticate" failure, which a retry would answer with a second container and post:
+    # the handler looks the attempt up through its container once the account is re-authenticated.
+    assert not outcome.success and outcome.outcome_unknown and outcome.container_id is not None
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
+
+
 @pytest.mark.parametrize(
     ("endpoint", "code", "subcode", "kind"),
     [
