@@ -14,6 +14,9 @@ from smartretry.settings import Settings
 from streams.broker import BrokerUnavailable, LocalBroker, kafka_broker
 from streams.topics import ensure_topics
 
+# How often `run` checks that its projector and handler processes are alive.
+SUPERVISE_INTERVAL_S = 1.0
+
 app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagram, retry only what failed.",
                   no_args_is_help=True)
 
@@ -32,11 +35,16 @@ def broker_for(settings: Settings) -> Iterator[str]:
         raise typer.Exit(2) from None
 
 
-def wait_for_interrupt() -> None:
+def interrupt_event() -> threading.Event:
+    """Set by SIGINT or SIGTERM."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
+
+
+def wait_for_interrupt() -> None:
+    interrupt_event().wait()
 
 
 @app.command()
@@ -68,6 +76,8 @@ def run() -> None:
 
     settings = Settings()
     with broker_for(settings) as bootstrap, contextlib.ExitStack() as stack:
+        # The API's readiness check and its Kafka metrics read the broker from the settings too.
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
         created = ensure_topics(bootstrap, settings.topics.specs())
         names = ", ".join(spec.name for spec in settings.topics.specs())
         typer.echo(f"Kafka: {bootstrap}  topics: {names}" + (f"  (created {len(created)})" if created else ""))
@@ -92,23 +102,33 @@ def run() -> None:
                        f"(account `{DEMO_ACCOUNT_ID}` is set up)")
         else:
             typer.echo(f"Graph API: {settings.graph_api_base_url} ({settings.graph_api_version})")
-        processes = []
-        for name, argv in (("projector", [sys.executable, "-m", "streams.projector"]),
-                           ("handler", [sys.executable, "-m", "smartretry.cli", "handler"])):
-            # Each process dies with this one, even when this one is killed: nothing is left behind.
-            processes.append((name, subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)))
+        commands = {"projector": [sys.executable, "-m", "streams.projector"],
+                    "handler": [sys.executable, "-m", "smartretry.cli", "handler"]}
+        # Each process dies with this one, even when this one is killed: nothing is left behind.
+        processes = {name: subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)
+                     for name, argv in commands.items()}
         api = start_api(settings, stores, producer(bootstrap))
         stack.callback(api.stop)
-        typer.echo(f"API: {api.url}  (API key from SMARTRETRY_API_KEY)")
+        default_key = Settings.model_fields["api_key"].default.get_secret_value()
+        custom = settings.api_key.get_secret_value() != default_key
+        key = "SMARTRETRY_API_KEY" if custom else f"the default, {default_key}"
+        typer.echo(f"API: {api.url}  (API key: {key})")
         typer.echo(f"Posts: {api.url}/ui/posts")
+        typer.echo(f"Other commands (dlq, replay) reach this broker with KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
         typer.echo("Running. Ctrl-C stops everything.")
+        stop = interrupt_event()
         try:
-            wait_for_interrupt()
+            while not stop.wait(SUPERVISE_INTERVAL_S):
+                for name, process in processes.items():
+                    if process.poll() is not None:
+                        # A post would wait unnoticed without its handler or projector: say so, start it again.
+                        typer.echo(f"{name} exited with code {process.returncode}; starting it again", err=True)
+                        processes[name] = subprocess.Popen(commands[name], env=env, preexec_fn=die_with_parent)
         finally:
             typer.echo("Stopping ...")
-            for _name, process in processes:
+            for process in processes.values():
                 process.terminate()
-            for _name, process in processes:
+            for process in processes.values():
                 try:
                     process.wait(15)
                 except subprocess.TimeoutExpired:
@@ -166,7 +186,8 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
 
     settings = Settings()
     if not settings.kafka_bootstrap_servers:
-        typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS to the broker the processor reads", err=True)
+        typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS to the broker the processor reads (`smartretry run` prints it)",
+                   err=True)
         raise typer.Exit(2)
     live = ProjectionStore(make_engine(settings.database_url))
     live.create_schema()

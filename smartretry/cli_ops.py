@@ -321,7 +321,8 @@ def list_accounts(api_url: str | None = ApiUrl) -> None:
 
 def _bootstrap(settings: Settings) -> str:
     if not settings.kafka_bootstrap_servers:
-        errors.print("[red]error:[/red] set KAFKA_BOOTSTRAP_SERVERS to the service's broker")
+        errors.print("[red]error:[/red] set KAFKA_BOOTSTRAP_SERVERS to the service's broker "
+                     "(`smartretry run` prints it)")
         raise typer.Exit(2)
     return settings.kafka_bootstrap_servers
 

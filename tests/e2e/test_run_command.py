@@ -1,0 +1,132 @@
+"""`smartretry run`, the README's quick start, as one process tree: ready, and it keeps its workers alive."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+KEY = {"X-API-Key": "dev-key-change-me"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Running:
+    """A `smartretry run` process, its output collected line by line."""
+
+    def __init__(self, process: subprocess.Popen[str], api: str) -> None:
+        self.process = process
+        self.api = api
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def close(self) -> None:
+        self._reader.join(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in self.lines if text in line), None)
+            if found is not None:
+                return found
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not printed; output:\n" + "\n".join(self.lines))
+
+    def child(self, marker: str) -> int:
+        """The pid of the child process whose command line contains `marker`."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid and marker in cmdline:
+                return int(entry.name)
+        raise AssertionError(f"no child running {marker!r}")
+
+
+@pytest.fixture
+def running(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Running]:
+    api_port = free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "SMARTRETRY_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
+           "SMARTRETRY_DATABASE_URL": f"sqlite:///{tmp_path / 'smartretry.db'}",
+           "SMARTRETRY_API_PORT": str(api_port), "SMARTRETRY_SANDBOX_PORT": str(free_port()),
+           "PYTHONUNBUFFERED": "1"}
+    for name in ("SMARTRETRY_GRAPH_API_BASE_URL", "SMARTRETRY_API_KEY"):
+        env.pop(name, None)
+    process = subprocess.Popen([sys.executable, "-m", "smartretry.cli", "run"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = Running(process, f"http://127.0.0.1:{api_port}")
+    try:
+        run.wait_for_line("Running. Ctrl-C stops everything.")
+        yield run
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        run.close()
+
+
+def wait_posted(api: str, post_id: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{api}/posts/{post_id}", headers=KEY)
+        if response.status_code == 200:
+            body = response.json()
+            if body.get("status") == "posted":
+                return body
+        time.sleep(0.2)
+    raise AssertionError(f"post {post_id} not posted: {body}")
+
+
+def test_run_is_ready_and_starts_a_worker_again_when_it_dies(running: Running) -> None:
+    assert "API key: the default, dev-key-change-me" in running.wait_for_line("API key")
+
+    ready = httpx.get(f"{running.api}/readyz", headers=KEY)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["broker"] == "ok"
+
+    handler = running.child("smartretry.cli handler")
+    os.kill(handler, signal.SIGKILL)
+    running.wait_for_line("handler exited with code -9; starting it again", timeout=15)
+
+    post = {"post_id": f"run-{uuid.uuid4().hex[:8]}", "publish_target": "facebook", "account": "demo",
+            "content": {"caption": "Autumn sale starts today", "image_url": "https://cdn.example.com/autumn-sale.jpg"}}
+    assert httpx.post(f"{running.api}/posts", json=post, headers=KEY, timeout=30).status_code in (200, 202)
+    insights = wait_posted(running.api, str(post["post_id"]))
+    assert running.child("smartretry.cli handler") != handler
+    assert insights["status"] == "posted"
