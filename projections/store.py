@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,19 @@ class ProjectionStore:
     def get(self, post_id: str) -> PostState | None:
         with self.engine.connect() as conn:
             return self._get(conn, post_id)
+
+    def updated_since(self, since: datetime, *, caption: str = "", excluding: str | None = None) -> list[PostState]:
+        """The posts updated at or after `since`, other than `excluding`, that may have `caption` somewhere (a
+        coarse filter in SQL, on the longest part of it that the stored JSON holds as it is: for the caller to check).
+        """
+        query = select(posts.c.state).where(posts.c.updated_at >= since)
+        fragment = max(re.split(r'["\\\x00-\x1f]', caption), key=len)[:100]
+        if fragment:
+            query = query.where(posts.c.state.contains(fragment, autoescape=True))
+        if excluding is not None:
+            query = query.where(posts.c.post_id != excluding)
+        with self.engine.connect() as conn:
+            return [PostState.model_validate_json(text) for (text,) in conn.execute(query)]
 
     def get_with_offsets(self, post_id: str, topic: str) -> tuple[dict[int, int], PostState | None]:
         """`applied_offsets(topic)` and `get(post_id)` in one transaction: the state is exactly that current."""

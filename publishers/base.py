@@ -75,6 +75,9 @@ class Publisher(Protocol):
     """A platform client. Platform errors come back classified in the outcome; they are never raised."""
 
     platform: Platform
+    # Whether `find_existing` tells an attempt's post by its caption and time (no platform handle to ask): then
+    # another post of the service's with the same caption, published at the same time, makes it ambiguous.
+    finds_by_caption: bool
 
     async def publish(
         self,

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import classify
-from publishers.graph import GraphApi, GraphCallFailed, earliest_match, parse_meta_time
+from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, earliest_match, parse_meta_time
 from publishers.redact import register_secret
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 PageCall = Callable[[SecretStr], Awaitable[dict[str, Any]]]
 
-# Published posts are matched to an attempt within this window around its start (clocks differ a little).
-CLOCK_SKEW = timedelta(minutes=2)
 # Meta serves at most 100 posts a page. Ten pages covers a very busy Page's window; past that the lookup
 # answers "could not tell" rather than "not published", because the latter would publish a duplicate.
 LOOKUP_PAGE_SIZE = 100
@@ -35,6 +33,7 @@ LOOKUP_WINDOW = timedelta(seconds=150)
 
 class FacebookPagePublisher:
     platform: Platform = "facebook"
+    finds_by_caption = True
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +14,9 @@ from publishers.errors import classify, classify_transport, may_have_reached_pla
 from publishers.redact import register_secret, scrub_http_client_logs
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
+
+# How far Meta's clock may be from ours, where an attempt's post is looked for by its time.
+CLOCK_SKEW = timedelta(minutes=2)
 
 
 class GraphCallFailed(Exception):

@@ -7,21 +7,20 @@ import logging
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import is_retry_same_container
-from publishers.graph import GraphApi, GraphCallFailed, earliest_match
+from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, earliest_match
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
 
-CLOCK_SKEW = timedelta(minutes=2)
 RECENT_MEDIA_LIMIT = 50
 _SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
 # Refusals of media_publish that say nothing about the container.
@@ -59,6 +58,8 @@ class ContainerPolling:
 
 class InstagramPublisher:
     platform: Platform = "instagram"
+    # The container says whether it went out; only the media id is told by caption (left unknown when unsure).
+    finds_by_caption = False
 
     def __init__(
         self, client: httpx.AsyncClient, base_url: str, version: str, polling: ContainerPolling | None = None

@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -17,8 +17,9 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from projections.decide import Decision, decide, resolution_refusal
 from projections.fold import apply_all, unresolved
 from projections.resume import platforms_to_resume
-from projections.state import PostState
+from projections.state import AttemptState, PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
+from publishers.graph import CLOCK_SKEW
 from publishers.redact import scrub
 from schemas.commands import (
     Command,
@@ -59,6 +60,9 @@ class ProjectionReader(Protocol):
     def applied_offsets(self, topic: str) -> dict[int, int]: ...
 
     def get_with_offsets(self, post_id: str, topic: str) -> tuple[dict[int, int], PostState | None]: ...
+
+    def updated_since(self, since: datetime, *, caption: str = "", excluding: str | None = None) -> list[PostState]:
+        ...
 
 
 class CredentialReader(Protocol):
@@ -706,6 +710,26 @@ class CommandHandler:
             platform_post_id=outcome.platform_post_id, permalink=outcome.permalink, error=outcome.error,
             recovered=recovered, resolved_by=resolved_by))
 
+    def _claims(self, state: PostState, attempt: AttemptState) -> tuple[tuple[str, ...], bool]:
+        """What a look-up of `attempt` must not take for its post: the platform's posts on record for this post
+        and for the service's other posts of the same account and caption around that time; and whether one of
+        those others has an attempt of its own still without a result then (its post could be the one found).
+        """
+        assert state.content is not None
+        platform, caption = attempt.platform, state.content.caption.strip()
+        margin = timedelta(seconds=self.config.attempt_lease_seconds) + CLOCK_SKEW
+        claimed = set(recorded_post_ids(state, platform))
+        contended = False
+        for other in self.projection.updated_since(attempt.started_at - margin, caption=caption,
+                                                   excluding=state.post_id):
+            if other.account != state.account or other.content is None or other.content.caption.strip() != caption:
+                continue
+            claimed.update(recorded_post_ids(other, platform))
+            contended = contended or any(
+                a.platform == platform and a.success is None and abs(a.started_at - attempt.started_at) <= margin
+                for a in other.attempts.values())
+        return tuple(sorted(claimed)), contended
+
     def _register_resolution(self, command: ResolveAttemptRequested) -> None:
         """Makes an operator's resolution known to the post's command waiting on an attempt, and wakes that command."""
         self._resolutions.setdefault(command.post_id, {}).setdefault(command.platform, []).append(command)
@@ -770,16 +794,23 @@ class CommandHandler:
             context = {"post_id": state.post_id, "attempt_id": attempt.attempt_id, "platform": attempt.platform}
             found: PublishOutcome | None = None
             if state.content is not None and state.account is not None:
+                publisher = self.publishers[attempt.platform]
+                claimed, contended = await asyncio.get_running_loop().run_in_executor(
+                    None, self._claims, state, attempt)
                 try:
                     credentials = self.credentials.get(state.account)
-                    found = await self.publishers[attempt.platform].find_existing(
+                    found = await publisher.find_existing(
                         state.content, credentials, attempt_id=attempt.attempt_id,
-                        container_id=attempt.container_id, attempted_at=attempt.started_at,
-                        recorded=recorded_post_ids(state, attempt.platform))
+                        container_id=attempt.container_id, attempted_at=attempt.started_at, recorded=claimed)
                 except LookupError as exc:
                     # No usable credentials: the platform cannot be asked, which says nothing about the post.
                     found = PublishOutcome.failed(attempt.platform, PlatformError(
                         kind=ErrorKind.AUTH, message=f"{label} post lookup failed: {scrub(str(exc))}"))
+                if found is not None and found.success and contended and publisher.finds_by_caption:
+                    # The post found may be the other post's, whose result is not in yet: asked again once it is.
+                    found = PublishOutcome.failed(attempt.platform, PlatformError(
+                        kind=ErrorKind.TRANSIENT, message=f"{label} post lookup could not tell: another post with the "
+                                                          "same caption was being published at the same time"))
             self._drop_misdirected_resolutions(state, attempt.platform)
             resolution = self._resolution_for(state, attempt.platform)
             age = (self.clock() - attempt.started_at).total_seconds()

@@ -263,3 +263,22 @@ def test_a_handler_joining_while_another_is_mid_publish_creates_no_duplicate(ser
         assert sorted(captions) == sorted(f"Rebalanced post {n}" for n in range(12))
     finally:
         second.stop()
+
+
+def test_a_post_whose_call_failed_never_takes_another_posts_facebook_post_with_its_caption(service: Service) -> None:
+    # Two posts with one caption. Facebook answers the first one's photo call with a 500 and makes nothing;
+    # the second goes out. The first's look-up must not take the second's post for its own.
+    before = _counts(service)
+    service.sandbox.fail_next("facebook", "photos", code=2, http_status=500, is_transient=True)
+    first = service.publish(FIXED, target="facebook")
+    time.sleep(0.5)
+    second = service.publish(FIXED, target="facebook")
+
+    second_state = service.wait_command(second.post_id, second.command_id)
+    # Past its attempt's lease (30 s here) with no post of its own, the first is published after all.
+    first_state = service.wait_command(first.post_id, first.command_id, timeout=120)
+
+    assert first_state.status == "posted" and second_state.status == "posted"
+    first_post = first_state.document.insights.facebook_post_id
+    assert first_post is not None and first_post != second_state.document.insights.facebook_post_id
+    assert _counts(service)[0] == before[0] + 2

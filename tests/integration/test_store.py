@@ -133,6 +133,30 @@ class StoreContract:
         assert applied == {0: len(first) - 1, 5: 0}
         assert state is not None and state.document.to_document() == AFTER_FAILED_ATTEMPT
 
+    def test_posts_updated_since_a_time_are_found_by_their_caption(self, store: ProjectionStore) -> None:
+        # Captions the stored JSON writes with escapes (a quote, a new line), a LIKE wildcard and non-ASCII text.
+        captions = {"p-quote": 'The "autumn" sale\nstarts today', "p-percent": "50% off_today", "p-accent": "Café ☕",
+                    "p-plain": "Autumn sale starts today"}
+        events: list[Event] = [
+            PostSubmitted(event_id=f"{post_id}:s", post_id=post_id, occurred_at=FIRST, command_id=f"c-{post_id}",
+                          publish_target="facebook", content=PostContent(caption=caption), account="acme")
+            for post_id, caption in captions.items()]
+        events.append(PostSubmitted(event_id="p-old:s", post_id="p-old", occurred_at=FIRST - timedelta(hours=1),
+                                    command_id="c-old", publish_target="facebook",
+                                    content=PostContent(caption="50% off_today"), account="acme"))
+        store.apply_batch(TOPIC, 0, list(enumerate(events)))
+
+        def found(caption: str, excluding: str | None = None) -> set[str]:
+            since = FIRST - timedelta(minutes=5)
+            return {s.post_id for s in store.updated_since(since, caption=caption, excluding=excluding)}
+
+        for post_id, caption in captions.items():
+            assert post_id in found(caption)
+        assert found("50% off_today") == {"p-percent"}, "the older post is out of the window; % is no wildcard"
+        assert found("Café ☕", excluding="p-accent") == set()
+        assert found("Winter sale") == set()
+        assert found("") == set(captions)
+
     def test_equal_projections_have_equal_digests(self, store: ProjectionStore, engine: Engine) -> None:
         events = first_attempt() + facebook_retry()
         store.apply_batch(TOPIC, 0, list(enumerate(events)))

@@ -11,13 +11,13 @@ from pydantic import SecretStr
 from projections.fold import apply_all
 from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
-from schemas.commands import ResolveAttemptRequested
+from schemas.commands import PostContent, ResolveAttemptRequested
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult
 from smartretry.credentials import UnknownAccount
 from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
 from streams.topics import Topics
-from tests.unit.test_fold import History
+from tests.unit.test_fold import CONTENT, History
 
 
 class NoCredentials:
@@ -28,6 +28,8 @@ class NoCredentials:
 
 class Lookups:
     """A publisher whose look-up answers as told, and that must never publish."""
+
+    finds_by_caption = True
 
     def __init__(self, answer: PublishOutcome | None = None) -> None:
         self.answer = answer
@@ -43,6 +45,16 @@ class Lookups:
         raise AssertionError("an attempt whose outcome is unknown must not be published again")
 
 
+class Projection:
+    """The service's other posts, as the store gives them to a look-up."""
+
+    def __init__(self, *others: PostState) -> None:
+        self.others = others
+
+    def updated_since(self, since: datetime, *, caption: str = "", excluding: str | None = None) -> list[PostState]:
+        return [o for o in self.others if o.post_id != excluding and o.updated_at is not None and o.updated_at >= since]
+
+
 class Credentials:
     def get(self, account_id: str) -> AccountCredentials:
         return AccountCredentials(account_id, SecretStr("user-token-value-1"), "747917475065823", None)
@@ -56,10 +68,11 @@ def interrupted() -> tuple[History, PostState]:
     return history, state
 
 
-def handler(credentials: Any, lookups: Lookups, history: History, sent: list[Event]) -> CommandHandler:
+def handler(credentials: Any, lookups: Lookups, history: History, sent: list[Event],
+            projection: Projection | None = None) -> CommandHandler:
     # Long past the attempt's lease: only a look-up saying "no post" may declare it interrupted.
     later = history.at + timedelta(hours=1)
-    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=projection or Projection(),
                           credentials=credentials, publishers={"facebook": lookups},  # type: ignore[dict-item]
                           config=HandlerConfig(reauth_check_seconds=7.0), clock=lambda: later)
 
@@ -238,3 +251,55 @@ async def test_a_look_up_is_told_the_post_the_platform_already_has_on_record() -
     await handler(Credentials(), lookups, history, [])._resolve_interrupted(state)
 
     assert lookups.recorded == ("747917475065823_1",)
+
+
+def other_post(*, published: bool, caption: str | None = None) -> PostState:
+    """Another post of the account's with the same caption (unless told), published at the same time."""
+    other = History(post_id="01KA8MNE2DT1E31F8Z3TJHF97Z")
+    attempts = other.publish(target="facebook")
+    if caption is not None:
+        other.retry("cmd-fix", ("facebook",), content=PostContent(caption=caption, image_url=CONTENT.image_url))
+    if published:
+        other.success("facebook", attempts["facebook"], "747917475065823_77")
+    state = apply_all(None, other.events)
+    assert state is not None
+    return state
+
+
+async def test_a_look_up_never_takes_another_posts_recorded_post_for_its_own() -> None:
+    # Two posts with one caption: the other went out, this one's call failed before Facebook made anything.
+    history, state = interrupted()
+    lookups = Lookups(None)
+
+    await handler(Credentials(), lookups, history, [], Projection(other_post(published=True)))._resolve_interrupted(
+        state)
+
+    assert lookups.recorded == ("747917475065823_77",)
+
+
+async def test_a_post_found_while_another_with_its_caption_awaits_its_result_is_not_taken_for_this_ones() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    found = PublishOutcome.published("facebook", "747917475065823_77", None)
+    made = handler(Credentials(), Lookups(found), history, sent, Projection(other_post(published=False)))
+
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+
+    # Asked again once the other post's result is in (and its post then never taken for this one's).
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and "could not tell" in unknown.error.message
+
+
+async def test_posts_with_another_caption_are_no_claim_on_what_a_look_up_finds() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    found = PublishOutcome.published("facebook", "747917475065823_5", None)
+    lookups = Lookups(found)
+    others = Projection(other_post(published=True, caption="Winter sale"))
+
+    await handler(Credentials(), lookups, history, sent, others)._resolve_interrupted(state)
+
+    assert lookups.recorded == ()
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and result.recovered and result.platform_post_id == "747917475065823_5"
