@@ -153,9 +153,9 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
         else:
             console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
     for platform, why in detail.get("outcome_unknown", {}).items():
-        console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: interrupted; whether the post went out cannot be checked "
-                      f"yet: {why}", highlight=False)
-        console.print(f"     If that cannot be fixed, check {PLATFORM_LABELS[platform]} and say what you found: "
+        console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: {why}",
+                      highlight=False)
+        console.print(f"     If it stays so, check {PLATFORM_LABELS[platform]} and say what you found: "
                       f"smartretry resolve {detail['id']} {platform} --published-as POST_ID | --not-published",
                       highlight=False)
     for platform, action in detail.get("needed_action", {}).items():

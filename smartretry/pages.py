@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from projections.decide import retry_preview
-from projections.fold import FACEBOOK_POST_URL
+from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import retried_summary
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
@@ -73,6 +73,7 @@ def platform_rows(state: PostState) -> list[dict[str, Any]]:
     """One row per targeted platform: its latest result, link once published, and what to do when failed."""
     rows = []
     unknown = outcome_unknown(state)
+    pending = set(unresolved(state)) | set(awaiting_attempt(state))
     for platform in state.targeted:
         result = state.latest_result(platform)
         link = None
@@ -84,6 +85,8 @@ def platform_rows(state: PostState) -> list[dict[str, Any]]:
             "error": result.error if result is not None and not result.success else None,
             "action": state.needed_action.get(platform),
             "unknown": unknown.get(platform),
+            # Being published right now: an attempt without a result, or chosen by the latest decision.
+            "pending": platform in pending,
         })
     return rows
 

@@ -699,6 +699,13 @@ class CommandHandler:
             # asking the platform, once its lease has run out if the post is not there (see
             # `_resolve_interrupted`).
             why = outcome.error.message if outcome.error else "no answer"
+            # The post says why it is still publishing (not a silent wait of up to the lease).
+            await self.emit(AttemptOutcomeUnknown(
+                event_id=derived_id(attempt_id, "unanswered"), post_id=post_id, occurred_at=self.clock(),
+                platform=platform, attempt_id=attempt_id, error=PlatformError(
+                    kind=ErrorKind.TRANSIENT, code=outcome.error.code if outcome.error else None,
+                    http_status=outcome.error.http_status if outcome.error else None,
+                    message=f"{why}; checking whether the post went out before publishing again")))
             raise OutcomeUnknown(f"{label} did not answer attempt {attempt_id} ({why})")
         return outcome
 

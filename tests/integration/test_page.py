@@ -104,7 +104,7 @@ def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_a
 
     with signed_in(api) as browser:
         html = browser.get("/ui/posts/post-unchecked").text
-    assert "Facebook: publishing was interrupted, and whether the post went out cannot be checked yet: " \
+    assert "Facebook: whether the post went out is not known yet: " \
            "Facebook post lookup failed: Error validating access token" in html
     assert "Needed: re-authenticate Facebook" in html
     assert "<code>smartretry resolve post-unchecked facebook --published-as POST_ID</code>" in html
@@ -113,6 +113,20 @@ def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_a
     assert detail["status"] == "publishing"
     assert detail["needed_action"] == {"facebook": "re-authenticate Facebook"}
     assert detail["outcome_unknown"] == {"facebook": "Facebook post lookup failed: Error validating access token"}
+
+
+def test_a_retry_in_progress_says_which_platform_is_being_published(api: RunningApi) -> None:
+    history = History(post_id="post-retrying")
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "18107758234627017")
+    history.retry("cmd-retry", ("facebook",))
+    api.stores.projection.apply_batch(api.topics.post_events, 6, list(enumerate(history.events)))
+
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-retrying").text
+
+    assert "Publishing Facebook… this page refreshes itself." in html
+    assert "Publishing Facebook and Instagram" not in html
 
 
 def test_a_posted_post_page_shows_both_links_and_no_retry_button(api: RunningApi) -> None:

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from publishers.base import AccountCredentials, PublishOutcome
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
+from schemas.events import AttemptOutcomeUnknown, Event
 from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
 from streams.topics import Topics
 
@@ -32,10 +33,16 @@ class SlowFacebook:
         return PublishOutcome.published("facebook", "747917475065823_1", None)
 
 
-def handler(publisher: SlowFacebook, now: datetime) -> CommandHandler:
-    return CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+def handler(publisher: SlowFacebook, now: datetime, sent: list[Event] | None = None) -> CommandHandler:
+    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
                           credentials=None, publishers={"facebook": publisher},  # type: ignore[dict-item]
                           config=HandlerConfig(attempt_timeout_seconds=120.0), clock=lambda: now)
+
+    async def emit(event: Event) -> None:
+        (sent if sent is not None else []).append(event)
+
+    made.emit = emit  # type: ignore[method-assign]
+    return made
 
 
 async def test_an_attempt_whose_time_ran_out_before_the_call_is_not_sent() -> None:
@@ -54,9 +61,15 @@ async def test_an_attempt_whose_time_ran_out_before_the_call_is_not_sent() -> No
 
 async def test_a_call_gets_only_what_is_left_of_the_attempt_timeout() -> None:
     facebook = SlowFacebook()
-    made = handler(facebook, STARTED + timedelta(seconds=119.95))
+    sent: list[Event] = []
+    made = handler(facebook, STARTED + timedelta(seconds=119.95), sent)
 
     # With the whole timeout the call would run its 30 s; with what is left it is cut, its outcome unknown.
     with pytest.raises(OutcomeUnknown):
         await asyncio.wait_for(made._call_platform("post-1", "facebook", CONTENT, ACCOUNT, "a1", STARTED), 10)
     assert facebook.calls == 1
+    # The post says why it is still publishing while the attempt is looked up.
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and unknown.attempt_id == "a1"
+    assert unknown.error.kind is ErrorKind.TRANSIENT
+    assert "checking whether the post went out before publishing again" in unknown.error.message
