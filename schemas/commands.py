@@ -17,6 +17,8 @@ INSTAGRAM_CAPTION_LIMIT = 2200
 
 
 def _http_url(value: str) -> str:
+    # Blanks around a pasted address are no part of it (Facebook would refuse the image for them); inside, they are.
+    value = value.strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL")

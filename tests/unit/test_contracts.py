@@ -105,3 +105,13 @@ def test_exported_json_schema_is_current() -> None:
         path = OUT / name
         assert path.exists(), f"{path} is missing: run `make schemas`"
         assert path.read_text() == render(schema), f"{path} is stale: run `make schemas`"
+
+
+def test_blanks_around_a_pasted_address_are_dropped_and_those_inside_it_kept() -> None:
+    pasted = PostContent(caption="Autumn sale", image_url="  https://cdn.example.com/autumn-sale.jpg\n",
+                         link="\thttps://shop.example.com/autumn ")
+    assert pasted.image_url == "https://cdn.example.com/autumn-sale.jpg"
+    assert pasted.link == "https://shop.example.com/autumn"
+    # The product note's broken address keeps its space: Facebook refuses it, and the post says to fix it.
+    assert PostContent(caption="x", image_url="https://cdn.example.com/autumn sale.jpg").image_url == \
+        "https://cdn.example.com/autumn sale.jpg"
