@@ -136,8 +136,12 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
                       f"See `smartretry show {response['post']['id']}`.", highlight=False)
     else:
         print_post(detail, api.page_url(detail["id"]))
-    if response.get("pending") and not (detail and detail.get("command", {}).get("settled")):
+    still_publishing = response.get("pending") and not (detail and detail.get("command", {}).get("settled"))
+    if still_publishing:
         console.print("Still publishing: results are not all in yet.", highlight=False)
+    elif detail is not None and detail.get("status") == "failed":
+        # Scripts tell a post that failed from one that went out (or is still going out) by the exit status.
+        raise typer.Exit(1)
 
 
 def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -186,3 +187,19 @@ def test_demo_shows_the_seeds_scenario(service_api: ServiceApi) -> None:
     assert '"retried_platform": "facebook"' in output
     assert '"status": "posted"' in output
 
+
+
+def test_publish_and_retry_exit_with_1_when_the_post_ends_failed_and_0_once_it_is_posted(
+        service_api: ServiceApi) -> None:
+    env = {"SMARTRETRY_API_URL": service_api.url, "SMARTRETRY_API_KEY": E2E_KEY, "COLUMNS": "200"}
+    post_id = f"cli-exit-{uuid.uuid4().hex[:8]}"
+    failed = CliRunner().invoke(app, ["publish", "Autumn sale starts today", "--image-url",
+                                      "https://cdn.example.com/autumn sale.jpg", "--target", "facebook",
+                                      "--post-id", post_id, "--wait", "60"], env=env)
+    assert failed.exit_code == 1, failed.output
+    assert "Status: ❌ Failed" in failed.output
+
+    fixed = CliRunner().invoke(app, ["retry", post_id, "--image-url", "https://cdn.example.com/autumn-sale.jpg",
+                                     "--wait", "60"], env=env)
+    assert fixed.exit_code == 0, fixed.output
+    assert "Status: ✅ Posted" in fixed.output
