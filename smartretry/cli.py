@@ -18,7 +18,7 @@ from streams.topics import ensure_topics
 SUPERVISE_INTERVAL_S = 1.0
 
 app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagram, retry only what failed.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode="markdown")
 
 
 @contextlib.contextmanager
