@@ -48,6 +48,8 @@ def handler_config(settings: Settings) -> HandlerConfig:
         freshness_timeout_seconds=settings.freshness_timeout_seconds,
         group_id=f"{settings.topic_prefix}command-handler",
         session_timeout_seconds=settings.handler_session_timeout_seconds,
+        max_in_flight=settings.handler_max_in_flight,
+        max_poll_interval_seconds=settings.handler_max_poll_interval_seconds,
         attempt_timeout_seconds=settings.attempt_timeout_seconds,
         attempt_lease_seconds=settings.attempt_lease_seconds,
         reauth_check_seconds=settings.reauth_check_seconds,

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     freshness_timeout_seconds: float = 30.0
     # How soon a dead handler's partitions move to another one (the broker's minimum is 6).
     handler_session_timeout_seconds: float = 10.0
+    # Commands one handler runs at once (over all posts); past it, it takes no more until some finish.
+    handler_max_in_flight: int = 500
+    # How long a handler's consumer may go unpolled before the broker takes it for dead (it polls every 0.1 s).
+    handler_max_poll_interval_seconds: float = 600.0
     # Each projector process of one host needs an id of its own (static group membership); unset, the host name.
     projector_instance_id: str | None = None
     projector_session_timeout_seconds: float = 10.0

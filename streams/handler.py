@@ -87,8 +87,10 @@ class HandlerConfig:
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 60.0
     freshness_timeout_seconds: float = 30.0
-    # Commands in progress at once across all posts; consumption pauses above it.
+    # Commands in progress at once across all posts; above it the partitions are paused (still polled).
     max_in_flight: int = 500
+    # The longest the consumer may go unpolled before it is taken for dead; it is polled every 0.1 s.
+    max_poll_interval_seconds: float = 600.0
     group_id: str = "smartretry-command-handler"
     session_timeout_seconds: float = 10.0
     # The longest one platform call may take; past it, its outcome is looked up instead of awaited.
@@ -278,8 +280,8 @@ class CommandHandler:
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
         self._consumer = consumer(self.bootstrap, self.config.group_id, **{
-            # Commands may wait minutes on a rate limit; the poll loop itself never stalls that long.
-            "max.poll.interval.ms": 600000,
+            # The poll loop never stalls (at capacity it pauses the partitions and goes on polling).
+            "max.poll.interval.ms": int(self.config.max_poll_interval_seconds * 1000),
             # A dead handler's partitions move to a live one after this long.
             "session.timeout.ms": int(self.config.session_timeout_seconds * 1000),
             "heartbeat.interval.ms": max(500, int(self.config.session_timeout_seconds * 1000) // 5),
@@ -295,12 +297,16 @@ class CommandHandler:
         # Where the automatic collector is off (`smartretry handler`), the cycles asyncio, httpx and
         # aiohttp make (a failed call's traceback) are freed here, within seconds.
         collect_garbage = CollectEvery()
+        paused = False
         try:
             while not stop.is_set():
                 collect_garbage()
-                if self._in_flight >= self.config.max_in_flight:
-                    await asyncio.sleep(0.01)
-                    continue
+                full = self._in_flight >= self.config.max_in_flight
+                if full != paused:
+                    # Paused, not left unpolled: a consumer unpolled for `max.poll.interval.ms` leaves the group,
+                    # and its partitions go to another handler while its own commands are still running.
+                    await self._loop.run_in_executor(consuming, self._pause_fetching, full)
+                    paused = full
                 messages = await self._loop.run_in_executor(consuming, self._next_commands)
                 for message in messages:
                     self._dispatch(message)
@@ -313,6 +319,13 @@ class CommandHandler:
             self._consumer.close()
             self._watermarks.close()
             await self.producer.close()
+
+    def _pause_fetching(self, pause: bool) -> None:
+        """Pauses (or resumes) fetching from every partition assigned now; one assigned later starts unpaused."""
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if pause else self._consumer.resume)(assignment)
 
     def _next_commands(self) -> list[Message]:
         """The commands that have arrived, waiting up to 0.1 s for the first (`consume` would wait for a
@@ -344,6 +357,8 @@ class CommandHandler:
         # A platform call already under way finishes and records its result; nothing new starts for these
         # posts here (no queued command, no automatic retry). Only the new owner commits past them, and it
         # recognises a redelivered command by its id and its attempts in the projection.
+        if partitions:
+            log.info("Partitions %s of %s moved to another handler", sorted(partitions), self.topics.commands)
         for partition in partitions:
             self._progress.pop(partition, None)
             self._assigned.discard(partition)
