@@ -235,10 +235,12 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
             command_id="",
             started_at=event.occurred_at,
         )
-    error_kind = None if event.success or event.error is None else event.error.kind
+    error = None if event.success else event.error
+    error_kind = None if error is None else error.kind
     finished = _replaced(
         attempt,
         {"success": event.success, "recovered": event.recovered, "error_kind": error_kind,
+         "retry_after_s": None if error is None else error.retry_after_s,
          "finished_at": event.occurred_at, "resolved_by": event.resolved_by},
     )
     superseded = any(

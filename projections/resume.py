@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from projections.state import PostState
 from schemas.common import Platform
 
@@ -37,3 +39,17 @@ def command_settled(state: PostState | None, command_id: str, max_attempts: int)
         if not mine or mine[-1].success is None:
             return False
     return not platforms_to_resume(state, command_id, max_attempts)
+
+
+def resume_wait(state: PostState, command_id: str, platform: Platform, delay: float, now: datetime) -> float:
+    """Seconds still to wait before the command's next attempt of `platform`, resumed after a restart.
+
+    `delay` is the backoff the handler would have slept after its latest failed attempt; the platform's
+    own wait hint (a rate limit's) counts when longer, both from when that attempt's result came in.
+    """
+    mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
+    latest = mine[-1] if mine else None
+    if latest is None or latest.success is not False or latest.finished_at is None:
+        return 0.0
+    due = latest.finished_at + timedelta(seconds=max(delay, latest.retry_after_s or 0.0))
+    return max(0.0, (due - now).total_seconds())

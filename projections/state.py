@@ -32,6 +32,8 @@ class AttemptState(BaseModel):
     # The operator's command that said what came of the attempt (`ResolveAttemptRequested`), if one did.
     resolved_by: str | None = None
     error_kind: ErrorKind | None = None
+    # The platform's own wait before trying again, with a failed result that gave one (a rate limit's).
+    retry_after_s: float | None = None
     finished_at: StateTime | None = None
     # Why the platform could not say whether this attempt, left without a result, went out (the handler
     # keeps asking). Kept once the result is in, as the attempt's history.

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from projections.decide import Decision, decide, resolution_refusal
 from projections.fold import apply_all, unresolved
-from projections.resume import platforms_to_resume
+from projections.resume import platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
 from publishers.graph import CLOCK_SKEW
@@ -623,6 +623,15 @@ class CommandHandler:
         label = PLATFORM_LABELS[platform]
         made = len([a for a in state.attempts_of(platform) if a.command_id == command.command_id])
         number = len(state.attempts_of(platform))
+        if made:
+            # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
+            # attempt asked for still holds.
+            wait = resume_wait(state, command.command_id, platform,
+                               backoff_delay(made - 1, self.config, None, self._rng), self.clock())
+            if wait > 0:
+                log.info("🔄 %s will be retried automatically in %.1fs", label, wait,
+                         extra={"post_id": command.post_id, "command_id": command.command_id})
+                await asyncio.sleep(wait)
         for automatic in range(made, self.config.max_automatic_attempts):
             if partition not in self._assigned:
                 # The post's new owner resumes this platform (the command is not committed here).

@@ -9,12 +9,16 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from projections.fold import apply_all
+from projections.resume import resume_wait
+from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
-from schemas.events import AttemptOutcomeUnknown, Event
+from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult
 from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
 from streams.topics import Topics
+from tests.unit.test_fold import History
 
 STARTED = datetime(2025, 11, 17, 10, 10, 13, tzinfo=UTC)
 CONTENT = PostContent(caption="Autumn sale starts today", image_url="https://cdn.example.com/autumn-sale.jpg")
@@ -73,3 +77,28 @@ async def test_a_call_gets_only_what_is_left_of_the_attempt_timeout() -> None:
     assert isinstance(unknown, AttemptOutcomeUnknown) and unknown.attempt_id == "a1"
     assert unknown.error.kind is ErrorKind.TRANSIENT
     assert "checking whether the post went out before publishing again" in unknown.error.message
+
+
+def rate_limited_state() -> tuple[History, PostState]:
+    """Facebook refused the command's attempt for a rate limit that lifts in 10 minutes; then the handler died."""
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.events.append(PlatformResult(
+        event_id="limited", post_id=history.post_id, occurred_at=STARTED, platform="facebook",
+        attempt_id=attempts["facebook"], success=False, error=PlatformError(
+            kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=600.0,
+            message="Facebook photo upload failed: 400 - Page request limit reached")))
+    state = apply_all(None, history.events)
+    assert state is not None
+    return history, state
+
+
+def test_a_resumed_command_waits_out_the_rate_limit_its_last_attempt_met() -> None:
+    _history, state = rate_limited_state()
+
+    assert resume_wait(state, "cmd-publish", "facebook", 2.0, STARTED + timedelta(seconds=60)) == 540.0
+    assert resume_wait(state, "cmd-publish", "facebook", 2.0, STARTED + timedelta(minutes=11)) == 0.0
+    # Its own backoff counts where it is the longer wait.
+    assert resume_wait(state, "cmd-publish", "facebook", 900.0, STARTED + timedelta(seconds=60)) == 840.0
+    # A platform the command has not attempted yet starts at once.
+    assert resume_wait(state, "cmd-publish", "instagram", 2.0, STARTED) == 0.0
