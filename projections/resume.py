@@ -53,3 +53,19 @@ def resume_wait(state: PostState, command_id: str, platform: Platform, delay: fl
         return 0.0
     due = latest.finished_at + timedelta(seconds=max(delay, latest.retry_after_s or 0.0))
     return max(0.0, (due - now).total_seconds())
+
+
+def automatic_retries(state: PostState, max_attempts: int) -> dict[Platform, datetime | None]:
+    """The platforms the latest command publishes again by itself (its attempt failed with an error the service
+    retries, and attempts are left), each with when, where the platform's own wait says (else None: soon)."""
+    command = state.latest_command()
+    if command is None:
+        return {}
+    due: dict[Platform, datetime | None] = {}
+    for platform in platforms_to_resume(state, command.command_id, max_attempts):
+        mine = [a for a in state.attempts_of(platform) if a.command_id == command.command_id]
+        if mine and mine[-1].success is False:
+            latest = mine[-1]
+            wait = latest.retry_after_s
+            due[platform] = latest.finished_at + timedelta(seconds=wait) if wait and latest.finished_at else None
+    return due

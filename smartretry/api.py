@@ -37,7 +37,7 @@ from projections.responses import (
     retries_by_platform,
     retry_history,
 )
-from projections.resume import command_settled
+from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
@@ -147,6 +147,10 @@ def platform_link(state: PostState, platform: Platform) -> str | None:
     return None
 
 
+# The service's default automatic attempts per platform per command, where no settings are at hand.
+DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].default
+
+
 def outcome_unknown(state: PostState) -> dict[Platform, str]:
     """Per platform, why its interrupted attempt (no result) could not be checked on the platform yet."""
     unknown: dict[Platform, str] = {}
@@ -157,7 +161,7 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
     return unknown
 
 
-def post_detail(state: PostState) -> dict[str, Any]:
+def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, Any]:
     """GET /posts/{id}: the seed's insights document, then what an operator needs to act on it."""
     return {
         "id": state.post_id,
@@ -168,6 +172,9 @@ def post_detail(state: PostState) -> dict[str, Any]:
         "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
         "needed_action": dict(state.needed_action),
         "outcome_unknown": outcome_unknown(state),
+        # Failed for now, and published again by the service itself: when, where the platform said.
+        "automatic_retry": {p: at.isoformat() if at else None
+                            for p, at in automatic_retries(state, max_attempts).items()},
         "retry_preview": retry_preview(state) if state.status == "failed" else "",
         "retried": retried_summary(state),
         "attempts_by_platform": attempts_by_platform(state),
@@ -494,7 +501,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             pattern=ID_PATTERN.pattern, description="Also say whether this command has all its results")] = None,
                         ) -> dict[str, Any]:
         state = await front.state_of(post_id)
-        detail = post_detail(state)
+        detail = post_detail(state, settings.max_automatic_attempts)
         if command_id is not None:
             settled = command_settled(state, command_id, settings.max_automatic_attempts)
             detail["command"] = {"command_id": command_id, "settled": settled,

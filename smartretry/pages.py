@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from projections.decide import retry_preview
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import retried_summary
+from projections.resume import automatic_retries
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
 from smartretry.api import (
@@ -173,6 +174,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "status": status,
             "status_label": STATUS_LABELS[status],
             "rows": platform_rows(state),
+            "automatic": {PLATFORM_LABELS[p]: at for p, at in
+                          automatic_retries(state, settings.max_automatic_attempts).items()},
             "refresh": REFRESH_SECONDS if status == "publishing" else None,
             "can_retry": status == "failed",
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),

@@ -30,6 +30,7 @@ from tests.integration.test_api_end_to_end import (
 )
 from tests.support.service import service, shared_sandbox  # noqa: F401 - fixtures it needs
 from tests.unit.test_fold import History
+from tests.unit.test_handler_attempts import rate_limited_state
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +128,22 @@ def test_a_retry_in_progress_says_which_platform_is_being_published(api: Running
 
     assert "Publishing Facebook… this page refreshes itself." in html
     assert "Publishing Facebook and Instagram" not in html
+
+
+def test_a_failure_the_service_retries_by_itself_says_so_on_the_page_and_in_the_api(api: RunningApi) -> None:
+    history, _state = rate_limited_state()
+    history.post_id = "post-limited"
+    events = [event.model_copy(update={"post_id": "post-limited"}) for event in history.events]
+    api.stores.projection.apply_batch(api.topics.post_events, 7, list(enumerate(events)))
+
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-limited").text
+
+    # Facebook's rate limit lifts ten minutes after the refusal: the service publishes it again then.
+    assert "Status: ❌ Failed" in html
+    assert "🔄 Facebook will be retried automatically at 10:20:13 UTC." in html
+    detail = api.client.get("/posts/post-limited").json()
+    assert detail["automatic_retry"] == {"facebook": "2025-11-17T10:20:13+00:00"}
 
 
 def test_a_posted_post_page_shows_both_links_and_no_retry_button(api: RunningApi) -> None:
