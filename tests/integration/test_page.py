@@ -166,6 +166,8 @@ def test_the_list_page_filters_by_status(api: RunningApi) -> None:
         assert browser.get("/ui/posts/unknown-post").status_code == 404
     assert "failed-1" in failed and "posted-1" not in failed
     assert "failed-1" in everything and "posted-1" in everything
+    # Posts are told apart by what they say, not only by their ids.
+    assert '<td class="caption">Autumn sale starts today</td>' in everything
 
 
 def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api: RunningApi) -> None:
