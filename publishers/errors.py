@@ -36,6 +36,9 @@ IG_NOT_READY_CODE = 9007
 _CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
 # How long to wait when X-App-Usage says 100% but not for how long (its window is a rolling hour).
 APP_USAGE_FULL_WAIT_S = 300.0
+# Instagram's publishing limit counts an account's posts over a rolling 24 hours, and nothing says when a post
+# leaves the window: an hour between automatic tries, not the minute-scale backoff that would spend them all.
+IG_DAILY_LIMIT_WAIT_S = 3600.0
 
 
 def default_action(platform: Platform) -> str:
@@ -59,6 +62,8 @@ def classify(
     detail = _CODE_PREFIX.sub("", detail) or _status_text(http_status)
     kind = _kind(code, subcode, bool(envelope.get("is_transient")), http_status)
     retry_after = rate_limit_wait(headers or {}) if kind is ErrorKind.RATE_LIMITED else None
+    if retry_after is None and subcode == IG_DAILY_LIMIT:
+        retry_after = IG_DAILY_LIMIT_WAIT_S
     status = "" if http_status is None else f"{http_status} - "
     return PlatformError(
         kind=kind,

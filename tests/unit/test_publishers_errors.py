@@ -226,3 +226,12 @@ async def test_an_unreadable_success_answer_to_a_publish_leaves_its_outcome_unkn
     assert not outcome.success and outcome.outcome_unknown
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
     assert "200 - the platform's answer could not be read" in outcome.error.message
+
+
+def test_instagrams_daily_publishing_limit_is_waited_out_in_hours_not_minutes() -> None:
+    limited = classify("instagram", 400, envelope(9, 2207042, message="Application request limit reached"))
+    assert limited.kind is ErrorKind.RATE_LIMITED and limited.retry_after_s == 3600.0
+    # Where Meta says when access returns, that counts.
+    told = classify("instagram", 400, envelope(9, 2207042), {
+        "X-Business-Use-Case-Usage": json.dumps({"1784": [{"estimated_time_to_regain_access": 20}]})})
+    assert told.retry_after_s == 1200.0
