@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -18,3 +19,18 @@ def new_id(now_ms: int | None = None) -> str:
 def derived_id(*parts: str) -> str:
     """An id fixed by what it names (e.g. an attempt's result), so a re-emitted event dedupes."""
     return ":".join(parts)
+
+
+# Derived ids get suffixes of their own (an attempt's events: `<attempt id>:attempted`): ids stay under 128.
+_ATTEMPT_ID_MAX = 100
+
+
+def attempt_id_for(command_id: str, platform: str, number: int) -> str:
+    """The id of a command's attempt `number` of `platform`, fixed by them.
+
+    Two handlers that both take up the command (one lost its partition in a rebalance before its attempt was
+    on the log, the other decided without it) name the same attempt: the log then holds one attempt, not an
+    extra one that never gets a result and would later be taken for an interrupted publish.
+    """
+    plain = derived_id(command_id, platform, str(number))
+    return plain if len(plain) <= _ATTEMPT_ID_MAX else hashlib.blake2b(plain.encode(), digest_size=16).hexdigest()

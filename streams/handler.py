@@ -41,7 +41,7 @@ from schemas.events import (
     PostSubmitted,
     PublishAttempted,
 )
-from schemas.ids import derived_id, new_id
+from schemas.ids import attempt_id_for, derived_id, new_id
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery
 from streams.kafka import AsyncProducer, consumer
@@ -639,7 +639,7 @@ class CommandHandler:
                          extra={"post_id": command.post_id, "command_id": command.command_id})
                 return
             number += 1
-            attempt_id = new_id()
+            attempt_id = attempt_id_for(command.command_id, platform, number)
             context = {"post_id": command.post_id, "attempt_id": attempt_id, "platform": platform,
                        "command_id": command.command_id}
             attempt_reason = reason if automatic == made else f"automatic retry {automatic} of {reason}"

@@ -15,7 +15,8 @@ from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
-from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult
+from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult, PublishAttempted
+from schemas.ids import attempt_id_for, derived_id
 from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
 from streams.topics import Topics
 from tests.unit.test_fold import History
@@ -102,3 +103,21 @@ def test_a_resumed_command_waits_out_the_rate_limit_its_last_attempt_met() -> No
     assert resume_wait(state, "cmd-publish", "facebook", 900.0, STARTED + timedelta(seconds=60)) == 840.0
     # A platform the command has not attempted yet starts at once.
     assert resume_wait(state, "cmd-publish", "instagram", 2.0, STARTED) == 0.0
+
+
+def test_two_handlers_taking_up_one_command_name_the_same_attempt_and_the_log_holds_one() -> None:
+    # A handler lost the partition in a rebalance while its attempt was on its way to the broker; the new
+    # owner decided without it. Both name the command's first Facebook attempt the same way.
+    history = History()
+    history.submit(target="facebook").decide("cmd-publish", ("facebook",))
+    mine, theirs = (PublishAttempted(
+        event_id=derived_id(attempt_id_for("cmd-publish", "facebook", 1), "attempted"), post_id=history.post_id,
+        occurred_at=STARTED + timedelta(seconds=delay), platform="facebook",
+        attempt_id=attempt_id_for("cmd-publish", "facebook", 1), attempt_number=1, command_id="cmd-publish")
+        for delay in (0, 2))
+    state = apply_all(None, [*history.events, theirs, mine])
+    assert state is not None and len(state.attempts) == 1
+
+    long_command = "c" * 128
+    assert attempt_id_for(long_command, "instagram", 3) != attempt_id_for(long_command, "instagram", 4)
+    assert len(derived_id(attempt_id_for(long_command, "instagram", 3), "unanswered")) <= 128
