@@ -853,8 +853,10 @@ class CommandHandler:
                 continue
             if found is not None and not found.success:
                 assert found.error is not None
-                if attempt.lookup_error is None or attempt.lookup_error.kind is not found.error.kind:
-                    # The post shows why it is still publishing, and what would unblock it.
+                known = attempt.lookup_error
+                if known is None or (known.kind, known.message) != (found.error.kind, found.error.message):
+                    # The post shows why it is still publishing, and what would unblock it (once per reason: the
+                    # reason the call itself left, "no answer", gives way to the look-up's own).
                     log.warning("%s cannot tell whether attempt %s went out: %s", label, attempt.attempt_id,
                                 found.error.message, extra=context)
                     await self.emit(AttemptOutcomeUnknown(

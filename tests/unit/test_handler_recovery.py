@@ -303,3 +303,26 @@ async def test_posts_with_another_caption_are_no_claim_on_what_a_look_up_finds()
     assert lookups.recorded == ()
     (result,) = sent
     assert isinstance(result, PlatformResult) and result.recovered and result.platform_post_id == "747917475065823_5"
+
+
+async def test_the_look_ups_own_reason_takes_the_place_of_the_unanswered_calls() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT,
+                    "Facebook photo upload failed: 500 - error; checking whether the post went out")
+    state = apply_all(None, history.events)
+    assert state is not None
+    too_busy = PublishOutcome.failed("facebook", PlatformError(
+        kind=ErrorKind.TRANSIENT, message="Facebook post lookup could not tell: the Page has too many posts"))
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(too_busy), history, sent)
+
+    for _ in range(2):
+        with pytest.raises(OutcomeUnknown):
+            await made._resolve_interrupted(state)
+        state = apply_all(state, sent) or state
+
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and "too many posts" in unknown.error.message
+    attempt = state.in_flight("facebook")
+    assert attempt is not None and attempt.lookup_error == too_busy.error
