@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from projections.state import PostState
+from projections.state import AttemptState, PostState
 from schemas.common import Platform
+
+
+def attempts_by(state: PostState, command_id: str, platform: Platform) -> list[AttemptState]:
+    """The command's attempts of `platform`, in order."""
+    return [a for a in state.attempts_of(platform) if a.command_id == command_id]
 
 
 def platforms_to_resume(state: PostState, command_id: str, max_attempts: int) -> tuple[Platform, ...]:
@@ -19,7 +24,7 @@ def platforms_to_resume(state: PostState, command_id: str, max_attempts: int) ->
         return ()
     owed: list[Platform] = []
     for platform in record.platforms:
-        mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
+        mine = attempts_by(state, command_id, platform)
         if not mine:
             owed.append(platform)
             continue
@@ -35,7 +40,7 @@ def command_settled(state: PostState | None, command_id: str, max_attempts: int)
     if state is None or command_id not in state.commands:
         return False
     for platform in state.commands[command_id].platforms:
-        mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
+        mine = attempts_by(state, command_id, platform)
         if not mine or mine[-1].success is None:
             return False
     return not platforms_to_resume(state, command_id, max_attempts)
@@ -47,7 +52,7 @@ def resume_wait(state: PostState, command_id: str, platform: Platform, delay: fl
     `delay` is the backoff the handler would have slept after its latest failed attempt; the platform's
     own wait hint (a rate limit's) counts when longer, both from when that attempt's result came in.
     """
-    mine = [a for a in state.attempts_of(platform) if a.command_id == command_id]
+    mine = attempts_by(state, command_id, platform)
     latest = mine[-1] if mine else None
     if latest is None or latest.success is not False or latest.finished_at is None:
         return 0.0
@@ -63,7 +68,7 @@ def automatic_retries(state: PostState, max_attempts: int) -> dict[Platform, dat
         return {}
     due: dict[Platform, datetime | None] = {}
     for platform in platforms_to_resume(state, command.command_id, max_attempts):
-        mine = [a for a in state.attempts_of(platform) if a.command_id == command.command_id]
+        mine = attempts_by(state, command.command_id, platform)
         if mine and mine[-1].success is False:
             latest = mine[-1]
             wait = latest.retry_after_s

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from projections.decide import Decision, decide, resolution_refusal
 from projections.fold import apply_all, unresolved
-from projections.resume import platforms_to_resume, resume_wait
+from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
 from publishers.graph import CLOCK_SKEW
@@ -621,7 +621,7 @@ class CommandHandler:
                                 reading: asyncio.Future[AccountCredentials | PlatformError | None], partition: int, *,
                                 is_retry: bool, forced: bool, reason: str, recorded: asyncio.Future[Any]) -> None:
         label = PLATFORM_LABELS[platform]
-        made = len([a for a in state.attempts_of(platform) if a.command_id == command.command_id])
+        made = len(attempts_by(state, command.command_id, platform))
         number = len(state.attempts_of(platform))
         if made:
             # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
