@@ -16,6 +16,8 @@ from streams.topics import ensure_topics
 
 # How often `run` checks that its projector and handler processes are alive.
 SUPERVISE_INTERVAL_S = 1.0
+# The longest wait before starting again a process that keeps dying within that long of its start.
+RESTART_BACKOFF_CAP_S = 60.0
 
 app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagram, retry only what failed.",
                   no_args_is_help=True, rich_markup_mode="markdown")
@@ -117,13 +119,24 @@ def run() -> None:
         typer.echo(f"Other commands (dlq, replay) reach this broker with KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
         typer.echo("Running. Ctrl-C stops everything.")
         stop = interrupt_event()
+        started = dict.fromkeys(commands, time.monotonic())
+        delays = dict.fromkeys(commands, 0.0)
         try:
             while not stop.wait(SUPERVISE_INTERVAL_S):
                 for name, process in processes.items():
-                    if process.poll() is not None:
-                        # A post would wait unnoticed without its handler or projector: say so, start it again.
-                        typer.echo(f"{name} exited with code {process.returncode}; starting it again", err=True)
-                        processes[name] = subprocess.Popen(commands[name], env=env, preexec_fn=die_with_parent)
+                    if process.poll() is None:
+                        continue
+                    # A post would wait unnoticed without its handler or projector: say so, start it again; one
+                    # that keeps dying at once (a bad setting) is started less and less often, not every second.
+                    quick = time.monotonic() - started[name] < RESTART_BACKOFF_CAP_S
+                    doubled = min(RESTART_BACKOFF_CAP_S, delays[name] * 2 or SUPERVISE_INTERVAL_S)
+                    delays[name] = doubled if quick else 0.0
+                    typer.echo(f"{name} exited with code {process.returncode}; starting it again"
+                               + (f" in {delays[name]:.0f}s" if delays[name] else ""), err=True)
+                    if stop.wait(delays[name]):
+                        break
+                    processes[name] = subprocess.Popen(commands[name], env=env, preexec_fn=die_with_parent)
+                    started[name] = time.monotonic()
         finally:
             typer.echo("Stopping ...")
             for process in processes.values():
