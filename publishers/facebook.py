@@ -223,5 +223,7 @@ def _reaches_before(posts: Any, since: datetime) -> bool:
 
 
 def _no_page(action: str) -> PlatformError:
-    return PlatformError(kind=ErrorKind.INVALID_REQUEST,
+    # The account is set up without its Page: connecting the account again, with the Page, is what the
+    # user does (an `auth` error's action), not changing the post.
+    return PlatformError(kind=ErrorKind.AUTH,
                          message=f"{action} failed: the account has no Facebook Page connected")

@@ -255,5 +255,6 @@ class InstagramPublisher:
 
 
 def _not_connected(action: str) -> PlatformError:
-    return PlatformError(kind=ErrorKind.INVALID_REQUEST,
+    # As Facebook's `_no_page`: the account is connected again, with its Instagram account.
+    return PlatformError(kind=ErrorKind.AUTH,
                          message=f"{action} failed: the account has no Instagram business account connected")

@@ -8,6 +8,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from projections.fold import needed_action
 from publishers.base import AccountCredentials, Publisher, PublishOutcome, build_publishers
 from publishers.facebook import FacebookPagePublisher
 from publishers.sandbox import DEMO_PAGE_ID, DEMO_PAGE_TOKEN, DEMO_USER_TOKEN, SandboxControl
@@ -308,8 +309,10 @@ async def test_an_account_without_a_page_cannot_publish_to_facebook(
 
     outcome = await publishers["facebook"].publish(PHOTO, account, attempt_id="a1")
 
-    assert outcome.error is not None and outcome.error.kind is ErrorKind.INVALID_REQUEST
+    # Connecting the account again with its Page is the fix, not changing the post.
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
     assert "no Facebook Page" in outcome.error.message
+    assert needed_action("facebook", outcome.error.kind) == "re-authenticate Facebook"
 
 
 async def test_an_interrupted_attempts_post_is_found_behind_a_busy_pages_newer_posts(

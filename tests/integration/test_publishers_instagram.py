@@ -335,4 +335,4 @@ async def test_an_account_without_instagram_cannot_publish_there(
 
     outcome = await publishers["instagram"].publish(PHOTO, account, attempt_id="a1")
 
-    assert outcome.error is not None and outcome.error.kind is ErrorKind.INVALID_REQUEST
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
