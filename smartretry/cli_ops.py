@@ -492,13 +492,14 @@ def demo(
     sandbox_url: str | None = typer.Option(
         None, envvar="SMARTRETRY_SANDBOX_URL",
         help="The sandbox Graph API's address, to make sure it refuses image URLs with spaces on Facebook."),
+    account: str = typer.Option("demo", help="The account the demo stores the sandbox's token under and posts as."),
 ) -> None:
     """The seed's scenario on the sandbox, against a running service (`smartretry run`).
 
     Facebook fails on an image URL with a space while Instagram publishes; the URL is fixed and the
     retry publishes only Facebook.
     """
-    from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN, SandboxControl
+    from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN, SandboxControl
 
     with api_client(api_url) as api:
         api.call("GET", "/healthz")
@@ -509,11 +510,19 @@ def demo(
                 control.reject_spaces("instagram", False)
             finally:
                 control.close()
-        api.call("PUT", f"/accounts/{DEMO_ACCOUNT_ID}/token",
+        stored = next((row for row in api.call("GET", "/accounts").json()["accounts"] if row["account"] == account),
+                      None)
+        if stored is not None and (stored.get("page_id"), stored.get("ig_user_id")) != (DEMO_PAGE_ID, DEMO_IG_USER_ID):
+            # Someone's own account under this name: the demo would replace its token with the sandbox's.
+            errors.print(f"[red]error:[/red] account {account!r} is connected to Page {stored.get('page_id') or '-'} "
+                         f"and Instagram user {stored.get('ig_user_id') or '-'}, not to the sandbox's: the demo would "
+                         "replace its token. Give the demo an account name of its own (--account).", highlight=False)
+            raise typer.Exit(1)
+        api.call("PUT", f"/accounts/{account}/token",
                  json={"token": DEMO_USER_TOKEN, "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID})
         console.rule("First attempt: an image URL with a space in it")
         body = {"content": {"caption": DEMO_CAPTION, "image_url": DEMO_BROKEN_URL}, "publish_target": "both",
-                "account": DEMO_ACCOUNT_ID}
+                "account": account}
         with console.status("Publishing to both Facebook and Instagram ..."):
             answer = api.call("POST", "/posts", json=body)
         response, detail = _demo_settled(api, answer, "Publishing")

@@ -132,6 +132,19 @@ def test_accounts_set_token_never_prints_it(api: RunningApi) -> None:
     assert "acme" in output and "747917475065823" in output and token not in output
 
 
+def test_the_demo_never_replaces_the_token_of_an_account_of_someone_elses_page(api: RunningApi) -> None:
+    token = "cli-own-account-token-2718"
+    api.stores.credentials.set_token("shop", token, "111222333", None)
+    posts_before = api.stores.projection.count()
+
+    code, output = run(api, "demo", "--account", "shop")
+
+    assert code == 1
+    assert "account 'shop' is connected to Page 111222333" in output and "--account" in output
+    assert api.stores.credentials.get("shop").user_token.get_secret_value() == token
+    assert api.stores.projection.count() == posts_before  # nothing was published
+
+
 def test_the_cli_says_how_to_start_the_service_when_the_api_is_not_there(api: RunningApi) -> None:
     result = CliRunner().invoke(app, ["show", "post-1", "--api-url", "http://127.0.0.1:9"],
                                 env={"SMARTRETRY_API_KEY": API_KEY, "COLUMNS": "200"})
