@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 
 # Meta user, Page and app tokens start with "EAA"; long-lived ones run to hundreds of characters.
 _TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{10,}")
@@ -17,24 +18,37 @@ _SECRET_PARAM = re.compile(
 _BEARER = re.compile(r"(Bearer\s+)[^\s\"',}]+", re.IGNORECASE)
 REDACTED = "[redacted]"
 
-_known: set[str] = set()
+# The secrets seen lately, least recently registered first. Every use of a token registers it again (each
+# command's credentials do), so only tokens out of use for a long while fall off the end; a rotated-out
+# token shaped like Meta's is still caught by its shape.
+KNOWN_SECRETS = 10_000
+_known: OrderedDict[str, None] = OrderedDict()
+# `_known` longest first (a secret inside another must not leave the rest of that one behind), kept
+# between changes: scrub runs on every log record.
+_longest_first: tuple[str, ...] = ()
 _lock = threading.Lock()
 
 
 def register_secret(secret: str) -> None:
     """Remembers a secret so that `scrub` removes it even when it is not token-shaped."""
-    if len(secret) >= 6:
-        with _lock:
-            _known.add(secret)
+    global _longest_first
+    if len(secret) < 6:
+        return
+    with _lock:
+        if secret in _known:
+            _known.move_to_end(secret)
+            return
+        _known[secret] = None
+        while len(_known) > KNOWN_SECRETS:
+            _known.popitem(last=False)
+        _longest_first = tuple(sorted(_known, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:
     """The text with every known secret and every token-shaped string replaced by `[redacted]`."""
     if not text:
         return text
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for secret in known:
+    for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
     text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from publishers import redact
 from publishers.base import AccountCredentials
 from publishers.errors import (
     APP_USAGE_FULL_WAIT_S,
@@ -128,6 +130,24 @@ def test_a_registered_token_not_shaped_like_one_is_scrubbed_and_never_in_a_repr(
     assert scrub("token was plain-looking-secret-42.") == f"token was {REDACTED}."
     assert "plain-looking-secret-42" not in classify(
         "facebook", 400, envelope(190, message="bad token plain-looking-secret-42")).message
+
+
+def test_the_secrets_remembered_are_bounded_and_a_token_in_use_stays_among_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redact, "KNOWN_SECRETS", 3)
+    monkeypatch.setattr(redact, "_known", OrderedDict())
+    monkeypatch.setattr(redact, "_longest_first", ())
+    for n in range(3):
+        redact.register_secret(f"rotated-secret-{n}")
+    redact.register_secret("rotated-secret-0")  # still in use: registered again with each command
+    redact.register_secret("rotated-secret-3")
+
+    assert len(redact._known) == 3
+    assert scrub("rotated-secret-0 rotated-secret-3") == f"{REDACTED} {REDACTED}"
+    assert scrub("rotated-secret-1") == "rotated-secret-1"  # out of use longest, not shaped like a token: let go
+    # A secret inside a longer one never leaves part of the longer one behind.
+    redact.register_secret("rotated-secret-3-long")
+    assert scrub("x rotated-secret-3-long y") == f"x {REDACTED} y"
 
 
 def test_rate_limit_wait_is_the_longest_business_use_case_estimate_in_seconds() -> None:
