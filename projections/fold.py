@@ -39,7 +39,7 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel
 
 from projections.state import AttemptState, CommandRecord, PostState, empty_state
-from schemas.common import PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform
+from schemas.common import PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform, platforms_of, target_of
 from schemas.events import (
     AttemptOutcomeUnknown,
     CommandDecided,
@@ -89,7 +89,7 @@ def apply_valid(state: PostState | None, events: Sequence[Event]) -> tuple[PostS
     """
     try:
         return apply_all(state, events), []
-    except ValueError:
+    except Exception:  # which event, and why: found one by one below
         pass
     refused: list[tuple[Event, str]] = []
     for event in events:
@@ -97,6 +97,10 @@ def apply_valid(state: PostState | None, events: Sequence[Event]) -> tuple[PostS
             state = apply(state, event)
         except ValueError as exc:
             refused.append((event, str(exc)))
+        except Exception as exc:
+            # Not a rule the event broke but a case the fold did not foresee: refused all the same (its
+            # dead letter keeps it, to requeue once fixed), so the post's other events still apply.
+            refused.append((event, f"{type(exc).__name__}: {exc}"))
     return state, refused
 
 
@@ -315,6 +319,10 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     old: dict[str, Any] = raw_insights if isinstance(raw_insights, dict) else document
 
     results = _legacy_results(old)
+    covered = set(platforms_of(event.publish_target)) | {r.platform for r in results}
+    # A platform the old system has a result for counts in the status, so it is a target too: a failure
+    # there must be one a retry can fix.
+    state.publish_target = target_of(tuple(p for p in PLATFORMS if p in covered)) or event.publish_target
     insights = state.document.insights
     for result in results:
         insights = _merged(insights, result, keep_order=True)
@@ -542,8 +550,9 @@ def next_attempt_number(state: PostState, platform: Platform) -> int:
 def _legacy_results(insights: dict[str, Any]) -> list[PublishResult]:
     """The old `publish_results`, entries that name no known platform or outcome left out.
 
-    Without `publish_results` (documents from before smart retry) the platform ids stand for successes:
-    the post exists there, so a retry must not publish it again.
+    A platform with a post id in the insights and no readable entry of its own stands for a success:
+    documents from before smart retry have no `publish_results`, and some lists are empty or leave a
+    platform out. The post exists there, so a retry must not publish it again.
     """
     raw = insights.get("publish_results")
     results: list[PublishResult] = []
@@ -552,39 +561,52 @@ def _legacy_results(insights: dict[str, Any]) -> list[PublishResult]:
             result = _legacy_result(entry)
             if result is not None:
                 results.append(result)
-        return results
-    facebook_id = insights.get("facebook_post_id")
-    if isinstance(facebook_id, str) and facebook_id:
+    listed = {r.platform for r in results}
+    facebook_id = _legacy_text(insights.get("facebook_post_id"))
+    if facebook_id is not None and "facebook" not in listed:
         results.append(PublishResult(platform="facebook", success=True, post_id=facebook_id))
-    instagram_id = insights.get("instagram_media_id")
-    if isinstance(instagram_id, str) and instagram_id:
-        permalink = insights.get("instagram_permalink")
+    instagram_id = _legacy_text(insights.get("instagram_media_id"))
+    if instagram_id is not None and "instagram" not in listed:
         results.append(PublishResult(platform="instagram", success=True, post_id=instagram_id,
-                                     permalink=permalink if isinstance(permalink, str) and permalink else None))
+                                     permalink=_legacy_text(insights.get("instagram_permalink"))))
     return results
+
+
+def _legacy_text(value: object) -> str | None:
+    """A non-empty string, or a number written as one (old rows stored some ids as numbers)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+# How old rows wrote `success` besides true and false.
+_LEGACY_BOOLEANS: dict[object, bool] = {"true": True, "false": False, 1: True, 0: False}
 
 
 def _legacy_result(entry: object) -> PublishResult | None:
     if not isinstance(entry, dict):
         return None
     platform = entry.get("platform")
-    success = entry.get("success")
-    if platform not in PLATFORMS or not isinstance(success, bool):
+    if platform not in PLATFORMS:
         return None
     known = cast(Platform, platform)
 
     def text(*names: str) -> str | None:
-        for name in names:
-            value = entry.get(name)
-            if isinstance(value, str) and value:
-                return value
-            if isinstance(value, int) and not isinstance(value, bool):
-                return str(value)
-        return None
+        return next((found for found in map(_legacy_text, map(entry.get, names)) if found is not None), None)
 
+    post_id = text("postId", "post_id", "id")
+    success = entry.get("success")
+    if not isinstance(success, bool):
+        key = success.strip().lower() if isinstance(success, str) else success
+        readable = isinstance(key, (str, int)) and key in _LEGACY_BOOLEANS
+        # An entry that does not say clearly but names its post: the post exists on the platform.
+        success = _LEGACY_BOOLEANS[key] if readable else (True if post_id is not None else None)
+    if success is None:
+        return None
     if success:
-        return PublishResult(platform=known, success=True, post_id=text("postId", "post_id", "id"),
-                             permalink=text("permalink"))
+        return PublishResult(platform=known, success=True, post_id=post_id, permalink=text("permalink"))
     return PublishResult(platform=known, success=False, error=text("error", "message") or UNKNOWN_ERROR)
 
 
@@ -597,5 +619,8 @@ def _legacy_time(value: object) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         return None
-    # Through the contract's own type, so an imported time has the precision of every other time.
-    return Insights(published_at=parsed).published_at
+    try:
+        # Through the contract's own type, so an imported time has the precision of every other time.
+        return Insights(published_at=parsed).published_at
+    except ValueError:
+        return None  # no time in UTC (year 1 at a positive offset): as unreadable as any other

@@ -56,7 +56,10 @@ def _utc(value: datetime) -> datetime:
     # hashing and formatting, and replacing pydantic's own cost a tenth of a replay.)
     if not offset and value.microsecond % 1000 == 0:
         return value
-    return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+    try:
+        return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+    except OverflowError:
+        raise ValueError("timestamp out of range in UTC") from None
 
 
 def format_timestamp(value: datetime) -> str:

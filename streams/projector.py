@@ -20,6 +20,7 @@ from faust.types import TP
 
 from projections.state import PostState
 from projections.store import ProjectionStore, make_engine
+from publishers.redact import scrub
 from schemas.envelope import decode_event, undecodable
 from schemas.events import Event
 from smartretry.settings import Settings
@@ -36,6 +37,9 @@ CONSUMER_NAME = "projector"
 INLINE_RECORDS = 200
 # Seconds between commits of the consumer group's offsets (shown to operators as the lag).
 GROUP_COMMIT_INTERVAL = 1.0
+# Waits before a batch that failed to be stored is tried again: doubling from the first, up to the last.
+RETRY_FIRST_WAIT = 1.0
+RETRY_MAX_WAIT = 30.0
 
 # (offset, key, value) of one post-events message, in partition order.
 RawRecord = tuple[int, bytes | None, bytes | None]
@@ -72,6 +76,7 @@ class InsightsProjector:
         topic = self.topics.post_events
         events: list[tuple[int, Event]] = []
         dead: list[bytes] = []
+        raw = {offset: (key, value) for offset, key, value in records}
         for offset, key, value in records:
             try:
                 events.append((offset, decode_event(value)))
@@ -83,8 +88,10 @@ class InsightsProjector:
 
         def send(changed: list[PostState]) -> None:
             # Sent as soon as the batch is folded; the store's writes overlap the broker's answer.
-            for offset, ev, reason in rejects:
-                dead.append(self._dead_letter(reason, partition, offset, ev.post_id.encode(), None))
+            for offset, _ev, reason in rejects:
+                # With its original bytes, like any dead letter: once the cause is fixed it can be requeued.
+                key, value = raw[offset]
+                dead.append(self._dead_letter(reason, partition, offset, key, value))
             outcome.changed = changed
             outcome.dead_letters = len(dead)
             if self.producer is not None:
@@ -199,12 +206,9 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
             raw = [(r.offset, r.key, r.value) for r in batch]
             if not raw:
                 continue
-            if len(raw) <= INLINE_RECORDS:
-                # A few events (a live post's next step) fold in about a millisecond: a thread hop
-                # would add a good part of that to the time until the handler sees them.
-                outcome = self.projector.project(tp.partition, raw)
-            else:
-                outcome = await asyncio.to_thread(self.projector.project, tp.partition, raw)
+            outcome = await self._project_until_stored(tp, raw)
+            if outcome is None:
+                continue
             if outcome.dead_letters:
                 log.info("partition %d: %d events applied, %d dead letters", tp.partition, outcome.applied,
                          outcome.dead_letters)
@@ -219,6 +223,35 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
             commits, self._uncommitted = self._uncommitted, {}
             self._next_group_commit = now + GROUP_COMMIT_INTERVAL
             self._group_commit = asyncio.ensure_future(self._commit_group(commits))
+
+    async def _project_until_stored(self, tp: Any, raw: list[RawRecord]) -> BatchOutcome | None:
+        """The batch projected, tried again (with a doubling wait) until the store and the broker take it.
+
+        A batch that fails (the database or the broker away, insights not acknowledged in time) is
+        neither skipped nor left to stop the consumer: nothing after it can be applied before it is, so
+        the processor waits and tries again, and says so. Events the fold refuses never fail a batch:
+        they are dead-lettered.
+        """
+        partition = tp.partition
+        delay = RETRY_FIRST_WAIT
+        while True:
+            try:
+                if len(raw) <= INLINE_RECORDS:
+                    # A few events (a live post's next step) fold in about a millisecond: a thread hop
+                    # would add a good part of that to the time until the handler sees them.
+                    return self.projector.project(partition, raw)
+                return await asyncio.to_thread(self.projector.project, partition, raw)
+            except Exception as exc:
+                if self.should_stop:
+                    raise
+                log.error("partition %d: events at offsets %d to %d not stored (%s: %s); trying again in %.0f s",
+                          partition, raw[0][0], raw[-1][0], type(exc).__name__, scrub(str(exc))[:500], delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_WAIT)
+                if TP(tp.topic, partition) not in self.assignment():
+                    # Given to another processor meanwhile: it reads the batch again from the store's offset.
+                    log.info("partition %d was reassigned: its failed batch is left to its new processor", partition)
+                    return None
 
     async def _commit_group(self, commits: dict[TP, int]) -> None:
         with contextlib.suppress(Exception):

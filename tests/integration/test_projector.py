@@ -23,10 +23,10 @@ from confluent_kafka import Consumer, TopicPartition
 from projections.fold import fold
 from projections.store import ProjectionStore, make_engine
 from schemas.envelope import encode
-from schemas.events import Event
+from schemas.events import Event, PublishAttempted
 from smartretry.settings import Settings
 from streams.kafka import producer
-from streams.projector import run_projector
+from streams.projector import InsightsProjector, run_projector
 from streams.topics import Topics
 from tests.integration.test_store import (
     AFTER_FAILED_ATTEMPT,
@@ -119,7 +119,11 @@ async def test_seed_events_give_the_seed_documents_and_poison_goes_to_dead_lette
         await until(lambda: applied(store, topics) >= len(first))
         assert store.get(POST_ID).document.to_document() == AFTER_FAILED_ATTEMPT  # type: ignore[union-attr]
 
-        poison = [b"\x00not json", b'{"type": "PlatformResult", "post_id": "' + POST_ID.encode() + b'"}']
+        # Undecodable, invalid, and valid but refused by the fold (an attempt of a post never submitted).
+        refused = encode(PublishAttempted(event_id="ghost:a1", post_id="ghost", occurred_at=FIRST,
+                                          platform="facebook", attempt_id="ghost-a1", attempt_number=1,
+                                          command_id="ghost-c1"))
+        poison = [b"\x00not json", b'{"type": "PlatformResult", "post_id": "' + POST_ID.encode() + b'"}', refused]
         produce(kafka_bootstrap, topics.post_events, [(POST_ID, value) for value in poison])
         retry = facebook_retry()
         produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
@@ -135,11 +139,48 @@ async def test_seed_events_give_the_seed_documents_and_poison_goes_to_dead_lette
     assert {"post_id": POST_ID, **AFTER_FAILED_ATTEMPT} in insights
 
     letters = [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics.dead_letters, 1)]
+    # Each with its original bytes, the one the fold refused too: once the cause is fixed, it can be requeued.
     assert [base64.b64decode(letter["value_b64"]) for letter in letters] == poison
     assert letters[0]["reason"].startswith("not JSON")
     assert letters[1]["reason"].startswith("invalid PlatformResult")
+    assert letters[2]["reason"].startswith("the fold refused PublishAttempted: post ghost does not exist")
     assert {letter["source_topic"] for letter in letters} == {topics.post_events}
-    assert [letter["offset"] for letter in letters] == [6, 7]
+    assert [letter["offset"] for letter in letters] == [6, 7, 8]
+    store.engine.dispose()
+
+
+async def test_a_batch_the_store_or_broker_fails_to_take_is_tried_again_and_nothing_after_it_is_lost(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    store = ProjectionStore(make_engine(url))
+    failures = []
+    wait_delivered = InsightsProjector._wait_delivered
+
+    def broker_slow_once(self: InsightsProjector, errors: list[str]) -> None:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("publishing insights failed: timed out")
+        wait_delivered(self, errors)
+
+    monkeypatch.setattr(InsightsProjector, "_wait_delivered", broker_slow_once)
+    first = first_attempt()
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
+    async with running_projector(settings, tmp_path / "faust"):
+        await until(lambda: applied(store, topics) >= len(first))
+        retry = facebook_retry()
+        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
+        await until(lambda: applied(store, topics) >= len(first) + len(retry))
+
+    assert failures == [1]
+    assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
+    assert any("not stored (RuntimeError: publishing insights failed: timed out); trying again" in r.getMessage()
+               for r in caplog.records)
+    insights = [json.loads(v) for k, v in read_topic(kafka_bootstrap, topics.insights, topics.partitions)
+                if k == POST_ID.encode()]
+    assert insights[-1] == {"post_id": POST_ID, **AFTER_SUCCESSFUL_RETRY}
     store.engine.dispose()
 
 

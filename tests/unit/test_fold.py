@@ -6,9 +6,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from projections.fold import apply, apply_all, fold
+import pytest
+
+from projections import fold as fold_module
+from projections.decide import decide
+from projections.fold import apply, apply_all, apply_valid, fold
 from projections.state import PostState
-from schemas.commands import PostContent
+from schemas.commands import PostContent, RetryRequested
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
 from schemas.events import (
     AttemptOutcomeUnknown,
@@ -25,6 +29,7 @@ from schemas.events import (
 from tests.support.seed import IMAGE_ERROR, INSIGHTS_AFTER_FAILED_ATTEMPT
 
 T0 = datetime(2025, 11, 17, 10, 10, 12, 500000, tzinfo=UTC)
+POST = "01KA8MNE2DT1E31F8Z3TJHF96E"
 CONTENT = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/autumn sale.jpg")
 FIXED = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/autumn-sale.jpg")
 
@@ -33,7 +38,7 @@ FIXED = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/au
 class History:
     """Writes a post's events the way the command handler does, with ids and times fixed by the test."""
 
-    post_id: str = "01KA8MNE2DT1E31F8Z3TJHF96E"
+    post_id: str = POST
     at: datetime = T0
     events: list[Event] = field(default_factory=list)
     _numbers: dict[Platform, int] = field(default_factory=dict)
@@ -344,6 +349,62 @@ def test_an_old_document_with_nothing_usable_is_still_a_post() -> None:
     assert state.document.insights.published_at is None
     assert state.status == "publishing"
     assert state.targeted == ("facebook",)
+
+
+def test_an_old_document_with_an_empty_or_partial_result_list_still_counts_its_platform_ids() -> None:
+    state = History().legacy({"insights": {"publish_results": [], "facebook_post_id": "7479_1"}, "status": "posted"},
+                             target="facebook").state()
+    facebook = state.latest_result("facebook")
+    assert facebook is not None and facebook.success and facebook.post_id == "7479_1"
+    assert state.status == "posted"
+    # The post exists on Facebook: a retry publishes nothing.
+    assert decide(state, RetryRequested(command_id="r1", post_id=POST, requested_at=T0)).platforms == ()
+
+
+def test_old_results_written_with_strings_or_numbers_for_success_are_read_as_they_mean() -> None:
+    state = History().legacy({"insights": {"publish_results": [
+        {"platform": "facebook", "success": "true", "postId": "7479_1"},
+        {"platform": "instagram", "success": 0, "error": "boom"}]}, "status": "failed"}).state()
+    assert [(r.platform, r.success) for r in state.document.insights.publish_results] == [
+        ("facebook", True), ("instagram", False)]
+    assert decide(state, RetryRequested(command_id="r1", post_id=POST, requested_at=T0)).platforms == ("instagram",)
+    # An entry that does not say clearly but names its post: that post exists.
+    unclear = History().legacy({"insights": {"publish_results": [
+        {"platform": "facebook", "success": "yes", "postId": 747917475065823}]}}, target="facebook").state()
+    facebook = unclear.latest_result("facebook")
+    assert facebook is not None and facebook.success and facebook.post_id == "747917475065823"
+
+
+def test_an_imported_failure_on_a_platform_outside_the_target_is_one_a_retry_can_fix() -> None:
+    state = History().legacy({"insights": {"publish_results": [
+        {"platform": "facebook", "success": True, "postId": "7479_1"},
+        {"platform": "instagram", "success": False, "error": "token expired"}]}, "status": "failed"},
+        target="facebook").state()
+    assert state.status == "failed" and state.targeted == ("facebook", "instagram")
+    assert decide(state, RetryRequested(command_id="r1", post_id=POST, requested_at=T0)).platforms == ("instagram",)
+
+
+def test_an_old_time_with_no_value_in_utc_is_ignored_like_any_unreadable_one() -> None:
+    state = History().legacy({"insights": {"publish_results": [], "published_at": "0001-01-01T00:00:00+01:00"},
+                              "status": "failed"}).state()
+    assert state.document.insights.published_at is None
+
+
+def test_an_event_the_fold_fails_on_unforeseen_is_refused_and_the_others_still_apply(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    history = History().submit("both")
+    history.decide("cmd-publish", ("facebook", "instagram"))
+    decided = history.events[-1]
+
+    def broken(_state: PostState, _event: Event) -> None:
+        raise KeyError("container")
+
+    monkeypatch.setitem(fold_module._HANDLERS, ContainerCreated, broken)
+    container = ContainerCreated(event_id="c:container", post_id=POST, occurred_at=T0, platform="instagram",
+                                 attempt_id="ig-1", container_id="17889455560051444")
+    state, refused = apply_valid(None, [*history.events, container])
+    assert refused == [(container, "KeyError: 'container'")]
+    assert state is not None and decided.event_id in state.applied_event_ids
 
 
 def test_results_and_an_import_in_one_batch_fold_as_they_do_one_by_one() -> None:
