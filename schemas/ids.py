@@ -16,6 +16,16 @@ def new_id(now_ms: int | None = None) -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+def post_id_for(command_id: str) -> str:
+    """The id of the post a publish command names none for: fixed by the command, so the command resent
+    (a client that timed out and tried again) names the same post, and publishes it once.
+
+    In ULID text form, like the ids the service gives, from a 128-bit digest of the command id.
+    """
+    value = int.from_bytes(hashlib.blake2b(command_id.encode(), digest_size=16).digest(), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
 def derived_id(*parts: str) -> str:
     """An id fixed by what it names (e.g. an attempt's result), so a re-emitted event dedupes."""
     return ":".join(parts)

@@ -49,10 +49,11 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
+    fingerprint,
 )
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget
 from schemas.envelope import encode
-from schemas.ids import new_id
+from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
 from smartretry.bootstrap import Stores
 from smartretry.metrics import ServiceMetrics
@@ -239,7 +240,9 @@ class FrontDoor:
         return state
 
     async def publish(self, body: PublishBody) -> Accepted:
-        post_id = body.post_id or new_id()
+        # A post the caller names none for is named by the caller's command id: the request resent (a
+        # client that timed out) names the same post, so the handler publishes it once.
+        post_id = body.post_id or (post_id_for(body.command_id) if body.command_id else new_id())
         command_id = body.command_id or new_id()
         _check_fits_target(body.content, body.publish_target)
         try:
@@ -283,6 +286,7 @@ class FrontDoor:
         if content is not None:
             _check_fits_target(content, state.publish_target)
         if command_id in state.commands:
+            _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
         # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.
         decision = decide(state, command)
@@ -305,6 +309,7 @@ class FrontDoor:
         except ValidationError as exc:
             raise unprocessable(exc) from None
         if command_id in state.commands:
+            _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
         refusal = resolution_refusal(state, body.platform, body.attempt_id)
         if refusal is not None:
@@ -353,6 +358,19 @@ class FrontDoor:
 
     async def is_settled(self, post_id: str, command_id: str) -> bool:
         return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
+
+
+def _check_same_command(state: PostState, command: Command) -> None:
+    """A command id the post has on record is a resent request only with the same body; else 409.
+
+    Answering the earlier command's result would drop this one (a retry carrying a fixed image URL)
+    without a word.
+    """
+    recorded = state.commands[command.command_id]
+    if recorded.command_type != command.type or (
+            recorded.fingerprint is not None and recorded.fingerprint != fingerprint(command)):
+        raise HTTPException(409, f"command {command.command_id} was already used for another command on post "
+                                 f"{state.post_id} ({recorded.command_type}): use a new command_id")
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None) -> None:

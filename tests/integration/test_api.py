@@ -252,6 +252,20 @@ def test_publish_puts_one_command_on_kafka_and_answers_202_with_where_to_look(ap
     assert len(post_id) == 26  # a ULID, as the seed's post ids
 
 
+def test_a_publish_resent_with_its_command_id_names_the_same_post_so_it_is_published_once(api: RunningApi) -> None:
+    add_account(api)
+    # A client that timed out waiting and sent the request again, naming no post either time.
+    first = api.client.post("/posts", json=publish_body(command_id="cmd-resent"))
+    again = api.client.post("/posts", json=publish_body(command_id="cmd-resent"))
+    assert first.status_code == again.status_code == 202
+    assert first.json()["post"]["id"] == again.json()["post"]["id"]
+    sent = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
+    # One post and one command (the handler does a command id once per post), not two posts.
+    assert {(c.post_id, c.command_id) for c in sent} == {(first.json()["post"]["id"], "cmd-resent")}
+    other = api.client.post("/posts", json=publish_body(command_id="cmd-other"))
+    assert other.json()["post"]["id"] != first.json()["post"]["id"]
+
+
 def test_publish_keeps_a_post_id_given_by_the_caller(api: RunningApi) -> None:
     add_account(api)
     answer = api.client.post("/posts", json=publish_body(post_id="upstream-42", publish_target="facebook",
@@ -384,6 +398,15 @@ def test_a_bad_retry_is_422_and_nothing_reaches_kafka(api: RunningApi, body: dic
     answer = api.client.post("/posts/post-1/retry", json=body)
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"][0]["msg"]
+    assert_nothing_on_commands(api)
+
+
+def test_a_command_id_already_used_for_another_command_is_a_conflict_not_the_old_answer(api: RunningApi) -> None:
+    store_post(api, "post-1")  # published by command post-1-c1
+    answer = api.client.post("/posts/post-1/retry", json={"command_id": "post-1-c1",
+                                                          "content": {"image_url": FIXED_URL}})
+    assert answer.status_code == 409
+    assert "command post-1-c1 was already used for another command on post post-1" in answer.json()["detail"]
     assert_nothing_on_commands(api)
 
 
