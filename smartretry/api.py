@@ -56,6 +56,7 @@ from schemas.envelope import encode
 from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
 from smartretry.bootstrap import Stores
+from smartretry.credentials import UnknownAccount, UnreadableToken
 from smartretry.metrics import ServiceMetrics
 from smartretry.settings import Settings
 from streams.kafka import AsyncProducer, deliver
@@ -250,11 +251,19 @@ class FrontDoor:
                                        content=body.content, account=body.account, requested_at=self.clock())
         except ValidationError as exc:
             raise unprocessable(exc) from None
-        known = {a["account"] for a in await asyncio.to_thread(self.stores.credentials.accounts)}
-        if body.account not in known:
+        try:
+            # Read through, not just looked up: a token this service cannot decrypt (stored under another
+            # secret key) would fail every platform later; the caller learns it now.
+            await asyncio.to_thread(self.stores.credentials.get, body.account)
+        except UnreadableToken:
+            raise HTTPException(422, [{"loc": ["body", "account"], "type": "unreadable_token",
+                                       "msg": f"the token of account {body.account!r} was stored under another "
+                                              f"secret key: store it again with PUT /accounts/{body.account}/token"}]
+                                ) from None
+        except UnknownAccount:
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
                                        "msg": f"unknown account {body.account!r}: set its token with "
-                                              f"PUT /accounts/{body.account}/token"}])
+                                              f"PUT /accounts/{body.account}/token"}]) from None
         state = await self.read(post_id)
         # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
         if state is not None and state.submitted_by != command_id:

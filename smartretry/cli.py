@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import typer
 
-from smartretry.settings import Settings
+from smartretry.settings import Settings, load_settings
 from streams.broker import BrokerUnavailable, LocalBroker, kafka_broker
 from streams.topics import ensure_topics
 
@@ -59,7 +59,7 @@ def broker(measure: bool = typer.Option(False, help="Start the local JVM broker,
         local.stop()
         typer.echo(f"local broker ready in {elapsed:.2f}s (jars cached)")
         return
-    with broker_for(Settings()) as bootstrap:
+    with broker_for(load_settings()) as bootstrap:
         typer.echo(f"Kafka broker ready at {bootstrap}  (Ctrl-C stops it)")
         wait_for_interrupt()
 
@@ -76,7 +76,7 @@ def run() -> None:
     from streams.broker import die_with_parent
     from streams.kafka import producer
 
-    settings = Settings()
+    settings = load_settings()
     with broker_for(settings) as bootstrap, contextlib.ExitStack() as stack:
         # The API's readiness check and its Kafka metrics read the broker from the settings too.
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
@@ -158,7 +158,7 @@ def handler() -> None:
     from smartretry.logs import configure
     from streams.gc_tuning import disable_gc
 
-    settings = Settings()
+    settings = load_settings()
     configure(settings.log_level, settings.log_format)
     if not settings.kafka_bootstrap_servers:
         typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS", err=True)
@@ -176,7 +176,7 @@ def processor() -> None:
 
     from streams.projector import run_projector
 
-    settings = Settings()
+    settings = load_settings()
     with broker_for(settings) as bootstrap, contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_projector(settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})))
 
@@ -197,7 +197,7 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     from projections.store import ProjectionStore, make_engine
     from streams.replay import replay as replay_events
 
-    settings = Settings()
+    settings = load_settings()
     if not settings.kafka_bootstrap_servers:
         typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS to the broker the processor reads (`smartretry run` prints it)",
                    err=True)

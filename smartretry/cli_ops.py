@@ -25,7 +25,7 @@ from rich.table import Table
 
 from schemas.common import PLATFORM_LABELS
 from schemas.deadletters import DeadLetter
-from smartretry.settings import Settings
+from smartretry.settings import Settings, load_settings
 from streams.kafka import deliver, producer
 
 ops = typer.Typer(no_args_is_help=True)
@@ -58,7 +58,7 @@ class Api:
     """A small client of the service's API that turns its errors into one line for the operator."""
 
     def __init__(self, base_url: str | None, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or load_settings()
         self.base_url = (base_url or f"http://{self.settings.api_host}:{self.settings.api_port}").rstrip("/")
         self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(self.settings.api_wait_seconds + 30),
                                    headers={"X-API-Key": self.settings.api_key.get_secret_value()})
@@ -400,7 +400,7 @@ def _dead_letter_at(settings: Settings, offset: int) -> DeadLetter:
 @dlq.command("list")
 def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -> None:
     """List the dead letters, newest last: where each came from and why it was set aside."""
-    settings = Settings()
+    settings = load_settings()
     with console.status("Reading dead letters ..."):
         letters = read_dead_letters(_bootstrap(settings), settings.topics.dead_letters)
     if not letters:
@@ -421,7 +421,7 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
 @dlq.command("show")
 def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (from `dlq list`).")) -> None:
     """Show one dead letter with its original message."""
-    letter = _dead_letter_at(Settings(), offset)
+    letter = _dead_letter_at(load_settings(), offset)
     _print_json(letter.model_dump(mode="json", exclude={"value_b64"}))
     original = letter.original_value()
     console.print("original message:")
@@ -435,7 +435,7 @@ def dlq_requeue(
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
     """Put a dead letter's original message back on the topic it came from (after fixing its cause)."""
-    settings = Settings()
+    settings = load_settings()
     letter = _dead_letter_at(settings, offset)
     original = letter.original_value()
     ours = {settings.topics.commands, settings.topics.post_events}

@@ -36,6 +36,10 @@ class UnknownAccount(LookupError):
     pass
 
 
+class UnreadableToken(UnknownAccount):
+    """The account's token was stored under another secret key: it must be stored again."""
+
+
 class CredentialStore:
     """Tokens per account reference; `set_token` is the re-authentication the seed's example 2 needs."""
 
@@ -82,8 +86,9 @@ class CredentialStore:
         try:
             token = self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken:
-            raise UnknownAccount(
-                f"credentials of account {account_id!r} were stored under another secret key") from None
+            raise UnreadableToken(
+                f"credentials of account {account_id!r} were stored under another secret key: re-authenticate the "
+                "account (`smartretry accounts set-token`)") from None
         register_secret(token)
         return AccountCredentials(account_id=account_id, user_token=SecretStr(token), page_id=page_id,
                                   ig_user_id=ig_user_id)

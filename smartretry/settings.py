@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.topics import DEFAULT_PARTITIONS, Topics
+
+# The keys a development machine runs with: printed in the README, so never for real accounts' tokens.
+DEV_API_KEY = "dev-key-change-me"
+DEV_SECRET_KEY = "dev-secret-change-me"
+# The pages' sign-in cookie and forms are signed with the API key: a short one is one anyone can guess.
+MIN_API_KEY_LENGTH = 16
+
+
+def _on_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 class Settings(BaseSettings):
@@ -29,9 +42,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    api_key: SecretStr = SecretStr("dev-key-change-me")
+    api_key: SecretStr = SecretStr(DEV_API_KEY)
     # Encrypts account tokens at rest in the credential store.
-    secret_key: SecretStr = SecretStr("dev-secret-change-me")
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
     log_format: str = "text"  # or "json"
     log_level: str = "INFO"
@@ -62,6 +75,43 @@ class Settings(BaseSettings):
     # through once the account is re-authenticated), or the platform could not tell (a rate limit's wait counts).
     reauth_check_seconds: float = 30.0
 
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if len(key.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"SMARTRETRY_API_KEY must be at least {MIN_API_KEY_LENGTH} characters: the API, "
+                             "the pages' sign-in and their forms are all secured by it")
+        return key
+
+    @model_validator(mode="after")
+    def _own_keys_for_real_tokens(self) -> Settings:
+        # Real accounts' tokens: the README's keys would let anyone who reads it use the API and decrypt them.
+        if self.graph_api_base_url and not _on_this_machine(self.graph_api_base_url):
+            defaults = [name for name, value, default in (
+                ("SMARTRETRY_API_KEY", self.api_key, DEV_API_KEY),
+                ("SMARTRETRY_SECRET_KEY", self.secret_key, DEV_SECRET_KEY)) if value.get_secret_value() == default]
+            if defaults:
+                raise ValueError(f"{' and '.join(defaults)} {'is' if len(defaults) == 1 else 'are'} still the "
+                                 "development default, which the README prints: "
+                                 "set your own before using the real Graph API (for example the output of "
+                                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        return self
+
     @property
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix, partitions=self.partitions)
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; one that is wrong ends the program saying what to fix (no traceback)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] != "value_error":  # the checks above name their settings themselves
+                names = [str(part) for part in error["loc"]]
+                message = f"SMARTRETRY_{'_'.join(names).upper()}: {message}"
+            problems.append(message)
+        raise SystemExit("error: invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -23,7 +23,7 @@ from projections.store import ProjectionStore, make_engine
 from publishers.redact import scrub
 from schemas.envelope import decode_event, undecodable
 from schemas.events import Event
-from smartretry.settings import Settings
+from smartretry.settings import Settings, load_settings
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery, disable_gc
 from streams.kafka import producer as kafka_producer
@@ -324,7 +324,7 @@ def main() -> None:
     """`python -m streams.projector`: settings from the environment, runs until interrupted."""
     from smartretry.logs import configure
 
-    settings = Settings()
+    settings = load_settings()
     configure(settings.log_level, settings.log_format)
     # Collections on the projector's own schedule (`ProjectorConsumer` runs them), not the collector's.
     disable_gc()

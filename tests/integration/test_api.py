@@ -31,6 +31,7 @@ from schemas.envelope import decode_command
 from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
 from smartretry.api import ApiServer, create_app, serve, serve_in_thread
 from smartretry.bootstrap import Stores, open_stores
+from smartretry.credentials import CredentialStore
 from smartretry.settings import Settings
 from streams.broker import free_port
 from streams.kafka import producer
@@ -296,6 +297,17 @@ def test_a_bad_publish_is_422_saying_what_is_wrong_and_nothing_reaches_kafka(
     assert answer.status_code == 422, answer.text
     problems = answer.json()["detail"]
     assert any(p["loc"][:len(where)] == where and words in p["msg"] for p in problems), problems
+    assert_nothing_on_commands(api)
+
+
+def test_a_publish_for_an_account_whose_token_was_stored_under_another_secret_key_is_422(api: RunningApi) -> None:
+    other = CredentialStore(api.stores.engine, "another-secret-key-2c1f")
+    other.set_token("moved", "moved-user-token-0002", "747917475065823", "17841400000000000")
+    answer = api.client.post("/posts", json=publish_body(account="moved"))
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["loc"] == ["body", "account"]
+    assert "stored under another secret key: store it again with PUT /accounts/moved/token" in problem["msg"]
     assert_nothing_on_commands(api)
 
 

@@ -1,0 +1,41 @@
+"""Settings that would leave the API or the stored tokens open are refused, saying what to set."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from smartretry.settings import DEV_API_KEY, Settings, load_settings
+
+OWN_KEY = "an-api-key-of-our-own-0123"
+OWN_SECRET = "a-secret-key-of-our-own-4567"
+
+
+def test_a_short_api_key_is_refused() -> None:
+    with pytest.raises(ValidationError, match="SMARTRETRY_API_KEY must be at least 16 characters"):
+        Settings(api_key="")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="at least 16"):
+        Settings(api_key="short-key")  # type: ignore[arg-type]
+
+
+def test_the_development_keys_are_refused_with_the_real_graph_api_and_fine_with_the_sandbox() -> None:
+    real = "https://graph.facebook.com"
+    with pytest.raises(ValidationError, match="SMARTRETRY_API_KEY and SMARTRETRY_SECRET_KEY are still the development"):
+        Settings(graph_api_base_url=real)
+    with pytest.raises(ValidationError, match="SMARTRETRY_SECRET_KEY is still the development default"):
+        Settings(graph_api_base_url=real, api_key=OWN_KEY)  # type: ignore[arg-type]
+    own = Settings(graph_api_base_url=real, api_key=OWN_KEY, secret_key=OWN_SECRET)  # type: ignore[arg-type]
+    assert own.api_key.get_secret_value() == OWN_KEY
+    sandbox = Settings(graph_api_base_url="http://127.0.0.1:8081")
+    assert sandbox.api_key.get_secret_value() == DEV_API_KEY
+
+
+def test_wrong_settings_end_the_program_with_what_to_fix_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTRETRY_API_KEY", "short")
+    monkeypatch.setenv("SMARTRETRY_PARTITIONS", "six")
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    message = str(stopped.value.code)
+    assert message.startswith("error: invalid settings:")
+    assert "SMARTRETRY_PARTITIONS: Input should be a valid integer" in message
+    assert "SMARTRETRY_API_KEY must be at least 16 characters" in message
