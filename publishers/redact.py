@@ -7,15 +7,17 @@ import re
 import threading
 from collections import OrderedDict
 
-# Meta user, Page and app tokens start with "EAA"; long-lived ones run to hundreds of characters.
-_TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{10,}")
+# Meta user, Page and app tokens start with "EAA"; long-lived ones run to hundreds of characters. Words
+# that merely start so ("#EAAGLES") are too short to be one.
+_TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{20,}")
 # Query parameters and JSON fields that carry secrets (paging URLs from Meta include access_token).
 _SECRET_PARAM = re.compile(
     r"((?:access_token|appsecret_proof|client_secret|input_token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+",
     re.IGNORECASE,
 )
-# An Authorization header value copied into an exception or a debug dump.
-_BEARER = re.compile(r"(Bearer\s+)[^\s\"',}]+", re.IGNORECASE)
+# An Authorization header value copied into an exception or a debug dump: a credential, 16 characters or more
+# ("the ring bearer walks" is no header).
+_BEARER = re.compile(r"(\bBearer\s+)(?=[A-Za-z0-9._~+/=-]{16,})[^\s\"',}]+", re.IGNORECASE)
 REDACTED = "[redacted]"
 
 # The secrets seen lately, least recently registered first. Every use of a token registers it again (each

@@ -21,6 +21,9 @@ class DeadLetter(Frozen):
     offset: int | None = None
     key: str | None = None
     value_b64: str | None = None
+    # True when a secret (a token pasted into a caption, say) was replaced by `[redacted]` in the bytes
+    # kept: they are then not the original, and requeueing them would send `[redacted]` on.
+    value_scrubbed: bool = False
     occurred_at: Timestamp
 
     def original_value(self) -> bytes | None:

@@ -424,7 +424,7 @@ def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (f
     letter = _dead_letter_at(load_settings(), offset)
     _print_json(letter.model_dump(mode="json", exclude={"value_b64"}))
     original = letter.original_value()
-    console.print("original message:")
+    console.print("original message, with a token scrubbed out:" if letter.value_scrubbed else "original message:")
     console.print(original.decode("utf-8", "replace") if original is not None else "(no value)", highlight=False,
                   markup=False)
 
@@ -444,6 +444,11 @@ def dlq_requeue(
         raise typer.Exit(1)
     if letter.source_topic not in ours:
         errors.print(f"[red]error:[/red] {letter.source_topic} is not one of this service's input topics")
+        raise typer.Exit(1)
+    if letter.value_scrubbed:
+        errors.print("[red]error:[/red] a token was scrubbed out of this message, so what it kept is not the "
+                     "original: requeued, it would send \"[redacted]\" on in the token's place. Send the message "
+                     "again from where it came from instead.")
         raise typer.Exit(1)
     if not yes:
         typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {letter.key!r})?", abort=True)

@@ -16,12 +16,13 @@ MAX_KEPT_VALUE_BYTES = 700_000
 def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition: int | None, offset: int | None,
                      key: bytes | None, value: bytes | None, at: datetime | None = None) -> DeadLetter:
     kept = value
+    scrubbed = False
     if value is not None:
         text = value.decode("utf-8", "replace")
         cleaned = scrub(text)
         # Bad input can carry a token (pasted into a caption, say): then keep the scrubbed text, not the bytes.
         if cleaned != text:
-            kept = cleaned.encode()
+            kept, scrubbed = cleaned.encode(), True
     if kept is not None and len(kept) > MAX_KEPT_VALUE_BYTES:
         reason = f"{reason} (the original {len(kept)} bytes are not kept: too large for a dead letter)"
         kept = None
@@ -29,5 +30,6 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
         reason=scrub(reason)[:4000], consumer=consumer, source_topic=source_topic, partition=partition,
         offset=offset, key=scrub(key.decode("utf-8", "replace"))[:500] if key is not None else None,
         value_b64=base64.b64encode(kept).decode() if kept is not None else None,
+        value_scrubbed=scrubbed and kept is not None,
         occurred_at=at or datetime.now(UTC),
     )

@@ -28,6 +28,7 @@ from tests.integration.test_api_end_to_end import (
     ServiceApi,
     service_api_fixture,  # noqa: F401 - the `service_api` fixture
 )
+from tests.support.secrets import meta_shaped_token
 from tests.support.service import service, shared_sandbox  # noqa: F401 - fixtures it needs
 
 pytestmark = pytest.mark.integration
@@ -176,6 +177,24 @@ def test_dead_letters_are_listed_shown_and_requeued_onto_their_topic(api: Runnin
     code, output = run(api, "dlq", "requeue", "0", "--yes")
     assert code == 0, output
     assert messages_on(api.bootstrap, api.topics.commands) == [("post-9", original)]
+
+
+def test_a_dead_letter_a_token_was_scrubbed_out_of_is_shown_as_such_and_never_requeued(api: RunningApi) -> None:
+    token = meta_shaped_token()
+    pasted = encode(RetryRequested(command_id="c-8", post_id="post-8", requested_at=datetime.now(UTC))).replace(
+        b'"command_id"', b'"pasted":"' + token.encode() + b'","command_id"')
+    letter = make_dead_letter(reason="invalid RetryRequested: pasted: Extra inputs are not permitted",
+                              consumer="command-handler", source_topic=api.topics.commands, partition=1, offset=3,
+                              key=b"post-8", value=pasted)
+    assert letter.value_scrubbed
+    deliver(api.producer, api.topics.dead_letters, "post-8", encode(letter))
+
+    code, output = run(api, "dlq", "show", "0")
+    assert code == 0 and "original message, with a token scrubbed out:" in output and token not in output
+    code, output = run(api, "dlq", "requeue", "0", "--yes")
+    assert code == 1
+    assert "a token was scrubbed out of this message" in output
+    assert messages_on(api.bootstrap, api.topics.commands) == []
 
 
 def test_demo_shows_the_seeds_scenario(service_api: ServiceApi) -> None:

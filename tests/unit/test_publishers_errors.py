@@ -132,6 +132,13 @@ def test_a_registered_token_not_shaped_like_one_is_scrubbed_and_never_in_a_repr(
         "facebook", 400, envelope(190, message="bad token plain-looking-secret-42")).message
 
 
+def test_ordinary_words_that_look_a_little_like_credentials_are_left_alone() -> None:
+    caption = "The ring bearer wore green. Follow #EAAGLESFANCLUB and #BearerBonds"
+    assert scrub(caption) == caption
+    header = "Authorization: Bearer " + "abcdefghij" * 3
+    assert scrub(header) == f"Authorization: Bearer {REDACTED}"
+
+
 def test_the_secrets_remembered_are_bounded_and_a_token_in_use_stays_among_them(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redact, "KNOWN_SECRETS", 3)
