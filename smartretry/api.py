@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import text
 
 from projections.decide import decide, resolution_refusal, retry_preview
@@ -129,6 +129,14 @@ class TokenBody(Body):
     page_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
     ig_user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
 
+    @field_validator("token")
+    @classmethod
+    def _printable(cls, token: SecretStr) -> SecretStr:
+        # Access tokens are printable ASCII; anything else is a paste gone wrong (and never echoed back).
+        if not all("!" <= c <= "~" for c in token.get_secret_value()):
+            raise ValueError("an access token is printable ASCII, without spaces")
+        return token
+
 
 # --------------------------------------------------------------------------------------------- the front door
 
@@ -151,6 +159,8 @@ def platform_link(state: PostState, platform: Platform) -> str | None:
 
 # The service's default automatic attempts per platform per command, where no settings are at hand.
 DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].default
+# Past any list there is (and within what the databases take as an offset).
+MAX_LIST_OFFSET = 1_000_000_000
 
 
 def outcome_unknown(state: PostState) -> dict[Platform, str]:
@@ -538,7 +548,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
 
     @app.get("/posts", dependencies=authorized, tags=["posts"], summary="Posts, newest first")
     async def list_posts(status: PostStatus | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                         offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                         offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET)] = 0) -> dict[str, Any]:
         states = await asyncio.to_thread(stores.projection.list_posts, status, limit, offset)
         return {"posts": [post_summary(s) for s in states], "status": status, "limit": limit, "offset": offset}
 
@@ -623,8 +633,10 @@ class ApiServer:
 
 def _config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
     # No websockets and no access log: the API has no websocket routes, and request lines are noise.
+    # No logging set-up of uvicorn's own: its records (an exception in a request) go to the process's
+    # handlers, which scrub secrets and write the format the settings ask for.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none",
-                          lifespan="on")
+                          lifespan="on", log_config=None)
 
 
 def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, timeout: float = 15.0) -> ApiServer:

@@ -73,10 +73,14 @@ def run() -> None:
 
     from smartretry.api import start_api
     from smartretry.bootstrap import open_stores
+    from smartretry.logs import configure
     from streams.broker import die_with_parent
     from streams.kafka import producer
 
     settings = load_settings()
+    # The API runs in this process: its lines (accepted commands, re-authentications, errors) in the
+    # format and level the settings give, scrubbed, as the handler's and the projector's are.
+    configure(settings.log_level, settings.log_format)
     with broker_for(settings) as bootstrap, contextlib.ExitStack() as stack:
         # The API's readiness check and its Kafka metrics read the broker from the settings too.
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})

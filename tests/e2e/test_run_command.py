@@ -130,3 +130,5 @@ def test_run_is_ready_and_starts_a_worker_again_when_it_dies(running: Running) -
     insights = wait_posted(running.api, str(post["post_id"]))
     assert running.child("smartretry.cli handler") != handler
     assert insights["status"] == "posted"
+    # The API's own lines are logged too (it runs in the `run` process), with the post they concern.
+    assert f"post_id={post['post_id']}" in running.wait_for_line("PublishRequested accepted", timeout=5)

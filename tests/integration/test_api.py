@@ -370,6 +370,7 @@ def test_posts_are_listed_and_filtered_by_status(api: RunningApi) -> None:
         ("posted-1", "https://www.facebook.com/747917475065823_122104567890123")]
     assert api.client.get("/posts", params={"status": "lost"}).status_code == 422
     assert api.client.get("/posts", params={"limit": 0}).status_code == 422
+    assert api.client.get("/posts", params={"offset": 10**19}).status_code == 422
 
 
 # ------------------------------------------------------------------------------------------- retry, republish
@@ -523,12 +524,22 @@ def test_setting_a_token_stores_it_encrypted_and_never_echoes_it(api: RunningApi
     {"token": "a-good-long-token-value", "page_id": "not-digits"},
     {"token": "a-good-long-token-value", "extra": "x"},
     {},
+    {"token": "a pasted token with spaces"},
 ])
 def test_a_bad_token_body_is_422_and_the_answer_never_echoes_the_token(api: RunningApi, body: dict[str, str]) -> None:
     answer = api.client.put("/accounts/acme/token", json=body)
     assert answer.status_code == 422
     if "token" in body:
         assert body["token"] not in answer.text
+    assert api.client.get("/accounts").json()["accounts"] == []
+
+
+def test_a_token_that_is_no_text_at_all_is_422_not_a_server_error(api: RunningApi) -> None:
+    # Valid JSON, but a lone surrogate cannot be stored (or sent to Meta) as text.
+    answer = api.client.put("/accounts/acme/token", content=b'{"token": "a-pasted-token\\ud800-surrogate"}',
+                            headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    assert "printable ASCII" in answer.text
     assert api.client.get("/accounts").json()["accounts"] == []
 
 
