@@ -80,6 +80,9 @@ def platform_rows(state: PostState) -> list[dict[str, Any]]:
         link = None
         if result is not None and result.success:
             link = result.permalink or (FACEBOOK_POST_URL.format(post_id=result.post_id) if result.post_id else None)
+            if link is not None and not link.lower().startswith(("https://", "http://")):
+                # Only a web address is a link: an imported document's `javascript:` one would run on the page.
+                link = None
         rows.append({
             "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
             "success": None if result is None else result.success, "link": link,

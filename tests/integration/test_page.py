@@ -20,6 +20,7 @@ from tests.integration.test_api import (
     api_fixture,  # noqa: F401 - the `api` fixture
     assert_nothing_on_commands,
     messages_on,
+    store_events,
     store_post,
 )
 from tests.integration.test_api_end_to_end import API_KEY as E2E_KEY
@@ -155,6 +156,17 @@ def test_a_posted_post_page_shows_both_links_and_no_retry_button(api: RunningApi
     assert "https://www.facebook.com/747917475065823_122104567890123" in html
     assert "Instagram Post:" in html
     assert "Retry Publishing" not in html
+
+
+def test_an_imported_permalink_that_is_no_web_address_is_never_a_link(api: RunningApi) -> None:
+    history = History(post_id="legacy-js").legacy({"insights": {"publish_results": [
+        {"platform": "instagram", "success": True, "postId": "18107758234627017",
+         "permalink": "javascript:alert(document.cookie)"}]}, "status": "posted"}, target="instagram")
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/legacy-js").text
+    assert "Status: ✅ Posted" in html
+    assert "javascript:" not in html
 
 
 def test_the_list_page_filters_by_status(api: RunningApi) -> None:
