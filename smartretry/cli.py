@@ -12,7 +12,7 @@ import typer
 
 from smartretry.settings import Settings, load_settings
 from streams.broker import BrokerUnavailable, LocalBroker, kafka_broker
-from streams.topics import ensure_topics
+from streams.topics import TopicMismatch, ensure_topics
 
 # How often `run` checks that its projector and handler processes are alive.
 SUPERVISE_INTERVAL_S = 1.0
@@ -84,7 +84,11 @@ def run() -> None:
     with broker_for(settings) as bootstrap, contextlib.ExitStack() as stack:
         # The API's readiness check and its Kafka metrics read the broker from the settings too.
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        created = ensure_topics(bootstrap, settings.topics.specs())
+        try:
+            created = ensure_topics(bootstrap, settings.topics.specs())
+        except TopicMismatch as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         names = ", ".join(spec.name for spec in settings.topics.specs())
         typer.echo(f"Kafka: {bootstrap}  topics: {names}" + (f"  (created {len(created)})" if created else ""))
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}

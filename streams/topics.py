@@ -18,6 +18,13 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    # Topics of one group must have as many partitions: their messages are keyed alike (by post id),
+    # so partition N of each holds the same posts.
+    co_partitioned: str | None = None
+
+
+class TopicMismatch(RuntimeError):
+    """Existing topics that break the service's layout (co-partitioned ones with different partition counts)."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,11 @@ class Topics:
         # Commands and events share partition count and key (post id), so the handler that owns a
         # post's commands also owns its events partition.
         return [
-            TopicSpec(self.commands, self.partitions, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+            TopicSpec(self.commands, self.partitions, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
+                      co_partitioned="post"),
             # The source of truth: kept forever.
             TopicSpec(self.post_events, self.partitions, {"cleanup.policy": "delete", "retention.ms": "-1",
-                                                          "retention.bytes": "-1"}),
+                                                          "retention.bytes": "-1"}, co_partitioned="post"),
             TopicSpec(self.insights, self.partitions, {"cleanup.policy": "compact"}),
             TopicSpec(self.dead_letters, 1, {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS)}),
         ]
@@ -59,8 +67,10 @@ class Topics:
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
     """Creates the topics that do not exist yet; returns the names created. Safe to call on every start."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [s for s in specs if s.name not in existing]
+    specs = list(specs)
+    metadata = admin.list_topics(timeout=timeout).topics
+    _check_co_partitioned(specs, {name: len(topic.partitions) for name, topic in metadata.items()})
+    wanted = [s for s in specs if s.name not in metadata]
     if not wanted:
         return []
     futures = admin.create_topics(
@@ -77,6 +87,21 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 3
                 raise
     _wait_for_leaders(admin, wanted, timeout)
     return created
+
+
+def _check_co_partitioned(specs: list[TopicSpec], existing: dict[str, int]) -> None:
+    """Raises `TopicMismatch` when co-partitioned topics have, or would be created with, different counts."""
+    groups: dict[str, dict[str, int]] = {}
+    for spec in specs:
+        if spec.co_partitioned is not None:
+            groups.setdefault(spec.co_partitioned, {})[spec.name] = existing.get(spec.name, spec.partitions)
+    for counts in groups.values():
+        if len(set(counts.values())) > 1:
+            found = ", ".join(f"{name} {count}" for name, count in counts.items())
+            raise TopicMismatch(
+                f"topics keyed by post id need as many partitions each ({found}): a post's commands and events "
+                "must be on partitions of the same number, so one handler owns both. Give them the same count "
+                "(kafka-topics.sh --alter --partitions), or another SMARTRETRY_TOPIC_PREFIX")
 
 
 def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:

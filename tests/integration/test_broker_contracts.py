@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas.envelope import DecodeError, decode_command, decode_event, encode
 from streams.kafka import consumer, producer
-from streams.topics import Topics, ensure_topics
+from streams.topics import TopicMismatch, Topics, ensure_topics
 from tests.support.samples import POST_ID, all_commands, all_events
 
 pytestmark = pytest.mark.integration
@@ -78,6 +79,14 @@ def test_topics_are_created_once_with_their_retention(kafka_bootstrap: str) -> N
     configs = {r.name: f.result(10) for r, f in admin.describe_configs(resources).items()}
     assert configs[names.post_events]["retention.ms"].value == "-1"
     assert configs[names.insights]["cleanup.policy"].value == "compact"
+
+
+def test_commands_and_events_topics_with_different_partition_counts_are_refused(kafka_bootstrap: str) -> None:
+    prefix = f"mismatch{uuid.uuid4().hex[:8]}."
+    ensure_topics(kafka_bootstrap, [Topics(prefix=prefix, partitions=3).specs()[0]])  # commands only, 3 partitions
+    with pytest.raises(TopicMismatch, match=r"commands 3, .*post-events 6.*one handler owns both"):
+        ensure_topics(kafka_bootstrap, Topics(prefix=prefix).specs())
+    assert ensure_topics(kafka_bootstrap, Topics(prefix=prefix, partitions=3).specs()) != []  # same count: fine
 
 
 def test_local_broker_leaves_no_jvm_when_its_parent_is_killed(tmp_path: object) -> None:
