@@ -20,6 +20,7 @@ from publishers.transport import AiohttpTransport
 from smartretry.credentials import CredentialStore
 from smartretry.settings import Settings
 from streams.handler import CommandHandler, HandlerConfig
+from streams.topics import StoreAheadOfLog, check_store_matches_log
 
 log = logging.getLogger("smartretry")
 
@@ -73,6 +74,13 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
     if not settings.graph_api_base_url:
         raise SystemExit("error: SMARTRETRY_GRAPH_API_BASE_URL is not set (the sandbox's URL or the Graph API's)")
     stores = open_stores(settings)
+    try:
+        # Deciding on a projection of events this broker does not have would publish posts again.
+        check_store_matches_log(bootstrap, settings.topics.post_events,
+                                stores.projection.applied_offsets(settings.topics.post_events))
+    except StoreAheadOfLog as exc:
+        stores.engine.dispose()
+        raise SystemExit(f"error: {exc}") from None
     stop = stop or _stop_on_signals()
     async with graph_client(settings) as client:
         handler = CommandHandler(

@@ -7,12 +7,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
 from smartretry.settings import Settings, load_settings
-from streams.broker import BrokerUnavailable, LocalBroker, kafka_broker
-from streams.topics import TopicMismatch, ensure_topics
+from streams.broker import BrokerUnavailable, LocalBroker, kept_broker
+from streams.topics import StoreAheadOfLog, TopicMismatch, check_store_matches_log, ensure_topics
 
 # How often `run` checks that its projector and handler processes are alive.
 SUPERVISE_INTERVAL_S = 1.0
@@ -25,12 +26,12 @@ app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagra
 
 @contextlib.contextmanager
 def broker_for(settings: Settings) -> Iterator[str]:
-    """The configured broker, else one started here (Docker, else the local JVM)."""
+    """The configured broker, else one started here whose data is kept (the local JVM, else Docker)."""
     if settings.kafka_bootstrap_servers:
         yield settings.kafka_bootstrap_servers
         return
     try:
-        with kafka_broker() as bootstrap:
+        with kept_broker(Path(settings.broker_data_dir)) as bootstrap:
             yield bootstrap
     except BrokerUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -95,6 +96,13 @@ def run() -> None:
         if settings.database_url.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(settings.database_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
         stores = open_stores(settings)
+        try:
+            check_store_matches_log(bootstrap, settings.topics.post_events,
+                                    stores.projection.applied_offsets(settings.topics.post_events))
+        except StoreAheadOfLog as exc:
+            stores.engine.dispose()
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         if not settings.graph_api_base_url:
             from publishers.sandbox import (
                 DEMO_ACCOUNT_ID,
@@ -228,6 +236,30 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     typer.echo(f"posts that differ: {len(report.differing)}" + (f" ({', '.join(shown)}{more})" if shown else ""))
     if not report.identical:
         raise typer.Exit(1)
+
+
+@app.command("reset-projection")
+def reset_projection(yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation.")) -> None:
+    """Empty the projection (posts and applied offsets; account tokens stay), with the service stopped.
+
+    The projector then rebuilds it from the events on the broker, from the first. For a database whose
+    broker lost its data (`run` refuses to start on it, and says so).
+    """
+    from sqlalchemy.engine import make_url
+
+    from projections.store import ProjectionStore, make_engine
+
+    settings = load_settings()
+    store = ProjectionStore(make_engine(settings.database_url))
+    store.create_schema()
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    if not yes:
+        typer.confirm(f"Empty the projection of {store.count()} posts in {where}? Stop the service first: a "
+                      "running projector would not fold the events again.", abort=True)
+    store.reset()
+    store.engine.dispose()
+    typer.echo(f"The projection in {where} is empty; the projector rebuilds it from the broker's events "
+               "when it starts.")
 
 
 # Operator commands (publish, retry, force, show, dlq, accounts, demo), merged into this app.

@@ -24,10 +24,13 @@ def _on_this_machine(url: str) -> bool:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SMARTRETRY_", env_file=".env", extra="ignore")
 
-    # An existing broker; unset, `smartretry run` starts one (Docker, else the local JVM).
+    # An existing broker; unset, `smartretry run` starts one (the local JVM, else Docker).
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SMARTRETRY_KAFKA_BOOTSTRAP_SERVERS")
     )
+    # Where the broker `smartretry run` starts keeps its data between starts (with the database, the
+    # service's state: the projection is of the events on that broker).
+    broker_data_dir: str = "var/kafka"
     topic_prefix: str = "smartretry."
     partitions: int = DEFAULT_PARTITIONS
     database_url: str = "sqlite:///var/smartretry.db"

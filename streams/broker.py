@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,6 +72,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    """Whether a listener could take `port` now (as the broker's does: connections of its last run, still
+    closing, do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _listener_port(props: Path) -> int | None:
+    """The PLAINTEXT port a broker's server.properties listens on, if it has one."""
+    if not props.exists():
+        return None
+    found = re.search(r"^listeners=PLAINTEXT://127\.0\.0\.1:(\d+),", props.read_text(), re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -126,6 +147,7 @@ class LocalBroker:
     @classmethod
     def start(cls, data_dir: Path | None = None, port: int | None = None, timeout: float = 90.0) -> LocalBroker:
         libs = kafka_libs()
+        requested = port
         owns = data_dir is None
         data_dir = Path(tempfile.mkdtemp(prefix="smartretry-kafka-")) if data_dir is None else data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +167,14 @@ class LocalBroker:
         java = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j.configuration=file:{log4j}", "-cp", classpath]
         formatted = (data_dir / "logs" / "meta.properties").exists()
-        if not formatted:
+        if formatted:
+            # Kept data (a restart): its listener again if free, else another; the data is what counts.
+            previous = _listener_port(props)
+            if requested is None and previous is not None and _port_free(previous):
+                port = broker.port = previous
+            if port != previous:
+                props.write_text(_server_properties(data_dir, port, free_port()))
+        else:
             props.write_text(_server_properties(data_dir, port, free_port()))
             cluster_id = subprocess.run(
                 [*java, "kafka.tools.StorageTool", "random-uuid"], check=True, capture_output=True, text=True
@@ -224,6 +253,25 @@ def docker_available() -> bool:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+@contextlib.contextmanager
+def kept_broker(data_dir: Path) -> Iterator[str]:
+    """A broker for `smartretry run` whose topics outlive it: the local JVM's, with its data in `data_dir`.
+
+    The projection in the database is of the events on this broker; a broker that started empty each
+    time would leave it pointing at events that no longer exist. Without Java, a Docker broker (whose
+    data goes with its container: the start-up check then refuses the old projection, saying so).
+    """
+    if shutil.which("java") is None and docker_available():
+        with kafka_broker() as bootstrap:
+            yield bootstrap
+        return
+    broker = LocalBroker.start(data_dir=data_dir)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from smartretry.settings import Settings, load_settings
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery, disable_gc
 from streams.kafka import producer as kafka_producer
-from streams.topics import Topics, ensure_topics
+from streams.topics import StoreAheadOfLog, Topics, check_store_matches_log, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,12 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     ensure_topics(settings.kafka_bootstrap_servers, settings.topics.specs())
     store = ProjectionStore(make_engine(settings.database_url))
     store.create_schema()
+    try:
+        check_store_matches_log(settings.kafka_bootstrap_servers, settings.topics.post_events,
+                                store.applied_offsets(settings.topics.post_events))
+    except StoreAheadOfLog as exc:
+        store.engine.dispose()
+        raise SystemExit(f"error: {exc}") from None
     # No linger: a batch's insights are sent while its writes run, and the commit waits for them.
     # Under load they still batch up behind the requests in flight.
     producer = kafka_producer(settings.kafka_bootstrap_servers, **{"linger.ms": 0})

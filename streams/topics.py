@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 DEFAULT_PARTITIONS = 6
@@ -119,3 +119,50 @@ def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout: float
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics without partition leaders after {timeout:.0f}s")
         time.sleep(0.05)
+
+
+class StoreAheadOfLog(RuntimeError):
+    """The projection holds events the broker's post-events topic does not have: another broker's, or its lost data."""
+
+
+def check_store_matches_log(bootstrap: str, topic: str, applied: dict[int, int], timeout: float = 10.0) -> None:
+    """Raises `StoreAheadOfLog` when a partition's applied offset is past the end of the topic's partition.
+
+    The projection is then of events this broker does not have (its data was lost, or the database is
+    another service's). Deciding on it would take posts it has for published when the log says nothing
+    of them, and record new events at offsets the store takes for applied already: duplicates and posts
+    that never show. Refusing to start is the only safe answer.
+    """
+    if not applied:
+        return
+    from confluent_kafka import Consumer, TopicPartition
+
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "smartretry-store-check",
+                       "enable.auto.commit": False})
+    try:
+        behind = []
+        deadline = time.monotonic() + timeout
+        for partition, offset in sorted(applied.items()):
+            while True:
+                try:
+                    _low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+                    break
+                except KafkaException as exc:
+                    error = exc.args[0]
+                    if error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+                        high = 0  # a partition the topic does not have holds no event
+                        break
+                    if not error.retriable() or time.monotonic() > deadline:
+                        raise  # the broker did not answer: that says nothing of the store
+                    time.sleep(0.2)  # a leader being elected (a topic just created, a broker just started)
+            if offset >= high:
+                behind.append(f"partition {partition}: applied through offset {offset}, the topic ends at {high}")
+    finally:
+        reader.close()
+    if behind:
+        raise StoreAheadOfLog(
+            f"the database's projection is ahead of {topic} on this broker ({'; '.join(behind)}): it was built "
+            "from events this broker does not have (its data was lost, or the database belongs to another "
+            "broker). Point KAFKA_BOOTSTRAP_SERVERS at the broker it was built from; or, if that broker's data "
+            "is gone for good, `smartretry reset-projection` empties the projection (account tokens stay) and "
+            "the projector rebuilds it from the events this broker has: posts whose events were lost no longer show")

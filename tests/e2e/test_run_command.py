@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from projections.store import ProjectionStore, make_engine
 
 pytestmark = pytest.mark.integration
 
@@ -74,21 +77,23 @@ class Running:
         raise AssertionError(f"no child running {marker!r}")
 
 
-@pytest.fixture
-def running(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Running]:
-    api_port = free_port()
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "SMARTRETRY_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
+def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "SMARTRETRY_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
            "SMARTRETRY_DATABASE_URL": f"sqlite:///{tmp_path / 'smartretry.db'}",
-           "SMARTRETRY_API_PORT": str(api_port), "SMARTRETRY_SANDBOX_PORT": str(free_port()),
-           "PYTHONUNBUFFERED": "1"}
+           "SMARTRETRY_API_PORT": str(free_port()), "SMARTRETRY_SANDBOX_PORT": str(free_port()),
+           "PYTHONUNBUFFERED": "1", **extra}
     for name in ("SMARTRETRY_GRAPH_API_BASE_URL", "SMARTRETRY_API_KEY"):
         env.pop(name, None)
-    process = subprocess.Popen([sys.executable, "-m", "smartretry.cli", "run"], env=env, cwd=tmp_path,
+    return env
+
+
+@contextlib.contextmanager
+def start_run(env: dict[str, str], cwd: Path) -> Iterator[Running]:
+    process = subprocess.Popen([sys.executable, "-m", "smartretry.cli", "run"], env=env, cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run = Running(process, f"http://127.0.0.1:{api_port}")
+    run = Running(process, f"http://127.0.0.1:{env['SMARTRETRY_API_PORT']}")
     try:
-        run.wait_for_line("Running. Ctrl-C stops everything.")
+        run.wait_for_line("Running. Ctrl-C stops everything.", timeout=120)
         yield run
     finally:
         process.send_signal(signal.SIGTERM)
@@ -98,6 +103,12 @@ def running(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Running]:
             process.kill()
             process.wait(10)
         run.close()
+
+
+@pytest.fixture
+def running(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Running]:
+    with start_run(run_env(tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap), tmp_path) as run:
+        yield run
 
 
 def wait_posted(api: str, post_id: str, timeout: float = 60) -> dict[str, object]:
@@ -132,3 +143,51 @@ def test_run_is_ready_and_starts_a_worker_again_when_it_dies(running: Running) -
     assert insights["status"] == "posted"
     # The API's own lines are logged too (it runs in the `run` process), with the post they concern.
     assert f"post_id={post['post_id']}" in running.wait_for_line("PublishRequested accepted", timeout=5)
+
+
+def publish(api: str, post_id: str) -> None:
+    post = {"post_id": post_id, "publish_target": "both", "account": "demo",
+            "content": {"caption": f"Autumn sale {post_id}", "image_url": "https://cdn.example.com/autumn-sale.jpg"}}
+    assert httpx.post(f"{api}/posts", json=post, headers=KEY, timeout=30).status_code in (200, 202)
+
+
+def test_run_started_again_has_its_broker_and_posts_as_it_left_them(tmp_path: Path) -> None:
+    env = run_env(tmp_path)
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)  # the broker `run` starts itself, as `make run` does
+    with start_run(env, tmp_path) as first:
+        assert "(created 4)" in first.wait_for_line("topics:")
+        publish(first.api, "before-restart")
+        wait_posted(first.api, "before-restart")
+    assert (tmp_path / "var" / "kafka").is_dir()
+
+    with start_run(env, tmp_path) as again:
+        assert "created" not in again.wait_for_line("topics:")  # the same topics, with their events
+        assert wait_posted(again.api, "before-restart")["status"] == "posted"
+        # Publishing it again is still refused: the post is known, so it cannot go out twice.
+        repeat = {"post_id": "before-restart", "publish_target": "both", "account": "demo",
+                  "content": {"caption": "Autumn sale", "image_url": "https://cdn.example.com/autumn-sale.jpg"}}
+        assert httpx.post(f"{again.api}/posts", json=repeat, headers=KEY, timeout=30).status_code == 409
+        publish(again.api, "after-restart")
+        wait_posted(again.api, "after-restart")
+
+
+def test_run_refuses_a_projection_of_events_its_broker_does_not_have_until_it_is_reset(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = run_env(tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    store = ProjectionStore(make_engine(env["SMARTRETRY_DATABASE_URL"]))
+    store.create_schema()
+    # What a database keeps after its broker's data is gone: offsets of events the topic no longer has.
+    store.write_states([], {(f"{env['SMARTRETRY_TOPIC_PREFIX']}post-events", 0): 200})
+    store.engine.dispose()
+
+    refused = subprocess.run([sys.executable, "-m", "smartretry.cli", "run"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "projection is ahead of" in refused.stderr and "smartretry reset-projection" in refused.stderr
+
+    reset = subprocess.run([sys.executable, "-m", "smartretry.cli", "reset-projection", "--yes"], env=env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert reset.returncode == 0, reset.stderr
+    with start_run(env, tmp_path) as run:
+        publish(run.api, "after-reset")
+        wait_posted(run.api, "after-reset")

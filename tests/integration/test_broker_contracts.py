@@ -8,13 +8,15 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas.envelope import DecodeError, decode_command, decode_event, encode
+from streams.broker import LocalBroker
 from streams.kafka import consumer, producer
-from streams.topics import TopicMismatch, Topics, ensure_topics
+from streams.topics import StoreAheadOfLog, TopicMismatch, Topics, check_store_matches_log, ensure_topics
 from tests.support.samples import POST_ID, all_commands, all_events
 
 pytestmark = pytest.mark.integration
@@ -87,6 +89,42 @@ def test_commands_and_events_topics_with_different_partition_counts_are_refused(
     with pytest.raises(TopicMismatch, match=r"commands 3, .*post-events 6.*one handler owns both"):
         ensure_topics(kafka_bootstrap, Topics(prefix=prefix).specs())
     assert ensure_topics(kafka_bootstrap, Topics(prefix=prefix, partitions=3).specs()) != []  # same count: fine
+
+
+def test_a_projection_ahead_of_the_brokers_events_is_refused_and_one_within_them_is_not(kafka_bootstrap: str) -> None:
+    topics = Topics(prefix=f"ahead{uuid.uuid4().hex[:8]}.")
+    ensure_topics(kafka_bootstrap, topics.specs())
+    check_store_matches_log(kafka_bootstrap, topics.post_events, {})  # an empty projection: nothing to compare
+    # A projection of 201 events on partition 0, against a topic that has none (its broker's data lost).
+    with pytest.raises(StoreAheadOfLog, match=r"partition 0: applied through offset 200, the topic ends at 0"):
+        check_store_matches_log(kafka_bootstrap, topics.post_events, {0: 200})
+    with pytest.raises(StoreAheadOfLog, match="partition 9"):  # a partition the topic does not have
+        check_store_matches_log(kafka_bootstrap, topics.post_events, {9: 0})
+    p = producer(kafka_bootstrap)
+    p.produce(topics.post_events, key=b"p", value=b"{}", partition=0)
+    assert p.flush(30) == 0
+    check_store_matches_log(kafka_bootstrap, topics.post_events, {0: 0})
+
+
+def test_a_local_broker_on_kept_data_starts_with_its_topics_and_messages_on_the_same_port(tmp_path: Path) -> None:
+    data = tmp_path / "kafka"
+    first = LocalBroker.start(data_dir=data)
+    try:
+        topics = Topics(prefix="kept.")
+        ensure_topics(first.bootstrap, topics.specs())
+        p = producer(first.bootstrap)
+        p.produce(topics.post_events, key=b"post-1", value=b"kept", partition=0)
+        assert p.flush(30) == 0
+    finally:
+        first.stop()
+    assert data.exists()  # a broker given its directory never deletes it
+    again = LocalBroker.start(data_dir=data)
+    try:
+        assert again.port == first.port
+        assert ensure_topics(again.bootstrap, topics.specs()) == []
+        assert [value for _, value in _consume_all(again.bootstrap, topics.post_events, 1)] == [b"kept"]
+    finally:
+        again.stop()
 
 
 def test_local_broker_leaves_no_jvm_when_its_parent_is_killed(tmp_path: object) -> None:
