@@ -319,6 +319,16 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     old: dict[str, Any] = raw_insights if isinstance(raw_insights, dict) else document
 
     results = _legacy_results(old)
+    if document.get("status") == "posted":
+        # The old system said posted: every platform it targeted went out, whether or not it kept a result
+        # for it. Taken as published (with the Facebook post the post's address names, if it does): a
+        # retry must not post it again; a forced republish still can.
+        known = {r.platform for r in results} | {r.platform for r in state.document.insights.publish_results}
+        for platform in platforms_of(event.publish_target):
+            if platform not in known:
+                results.append(PublishResult(platform=platform, success=True,
+                                             post_id=_facebook_post_of(document.get("post_url"))
+                                             if platform == "facebook" else None))
     covered = set(platforms_of(event.publish_target)) | {r.platform for r in results}
     # A platform the old system has a result for counts in the status, so it is a target too: a failure
     # there must be one a retry can fix.
@@ -572,6 +582,14 @@ def _legacy_results(insights: dict[str, Any]) -> list[PublishResult]:
     return results
 
 
+def _facebook_post_of(url: object) -> str | None:
+    """The post id in a `https://www.facebook.com/<post id>` address (the seed's `post_url`), if that is one."""
+    prefix = FACEBOOK_POST_URL.format(post_id="")
+    if isinstance(url, str) and url.startswith(prefix) and url[len(prefix):].replace("_", "").isdigit():
+        return url[len(prefix):]
+    return None
+
+
 def _legacy_text(value: object) -> str | None:
     """A non-empty string, or a number written as one (old rows stored some ids as numbers)."""
     if isinstance(value, str) and value:
@@ -589,6 +607,8 @@ def _legacy_result(entry: object) -> PublishResult | None:
     if not isinstance(entry, dict):
         return None
     platform = entry.get("platform")
+    if isinstance(platform, str):
+        platform = platform.strip().lower()  # "Facebook", as some rows wrote it
     if platform not in PLATFORMS:
         return None
     known = cast(Platform, platform)

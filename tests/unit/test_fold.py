@@ -375,6 +375,25 @@ def test_old_results_written_with_strings_or_numbers_for_success_are_read_as_the
     assert facebook is not None and facebook.success and facebook.post_id == "747917475065823"
 
 
+def test_an_old_posted_document_that_kept_no_results_counts_every_target_as_published() -> None:
+    state = History().legacy({"insights": {"publish_results": []}, "status": "posted",
+                              "post_url": "https://www.facebook.com/747917475065823_122104567890123"}).state()
+    assert state.status == "posted"
+    facebook, instagram = state.latest_result("facebook"), state.latest_result("instagram")
+    assert facebook is not None and facebook.success and facebook.post_id == "747917475065823_122104567890123"
+    assert instagram is not None and instagram.success and instagram.post_id is None
+    assert decide(state, RetryRequested(command_id="r1", post_id=POST, requested_at=T0)).platforms == ()
+
+
+def test_old_platform_names_are_read_whatever_their_case() -> None:
+    state = History().legacy({"insights": {"publish_results": [
+        {"platform": "Facebook", "success": True, "postId": "7479_1"},
+        {"platform": "INSTAGRAM", "success": False, "error": "boom"}]}, "status": "failed"}).state()
+    assert [(r.platform, r.success) for r in state.document.insights.publish_results] == [
+        ("facebook", True), ("instagram", False)]
+    assert decide(state, RetryRequested(command_id="r1", post_id=POST, requested_at=T0)).platforms == ("instagram",)
+
+
 def test_an_imported_failure_on_a_platform_outside_the_target_is_one_a_retry_can_fix() -> None:
     state = History().legacy({"insights": {"publish_results": [
         {"platform": "facebook", "success": True, "postId": "7479_1"},
