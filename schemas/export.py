@@ -1,4 +1,4 @@
-"""Writes the JSON Schema of every command and event into schemas/json/ (`make schemas`)."""
+"""Writes the JSON Schema of every message on the topics, and of the API's answer: schemas/json/ (`make schemas`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pydantic import BaseModel
 
 from schemas.api import PublishResponse
 from schemas.commands import COMMAND_TYPES
+from schemas.deadletters import DeadLetter
 from schemas.events import EVENT_TYPES
-from schemas.insights import PostInsights
+from schemas.insights import InsightsMessage, PostInsights
 
 OUT = Path(__file__).with_name("json")
 
@@ -22,6 +23,8 @@ def exported() -> dict[str, dict[str, Any]]:
         **{f"commands/{name}": model for name, model in COMMAND_TYPES.items()},
         **{f"events/{name}": model for name, model in EVENT_TYPES.items()},
         "insights/PostInsights": PostInsights,
+        "insights/InsightsMessage": InsightsMessage,
+        "deadletters/DeadLetter": DeadLetter,
         "api/PublishResponse": PublishResponse,
     }
     return {f"{name}.schema.json": model.model_json_schema(mode="serialization", by_alias=True)

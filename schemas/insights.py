@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from schemas.common import Frozen, Platform, Timestamp
+from schemas.common import Frozen, Identifier, Platform, Timestamp
 
 PostStatus = Literal["publishing", "posted", "failed"]
 
@@ -64,3 +64,9 @@ class PostInsights(Frozen):
             parts += [',"post_url":', json.dumps(self.post_url, ensure_ascii=False)]
         parts.append("}")
         return "".join(parts).encode()
+
+
+class InsightsMessage(PostInsights):
+    """A message of the insights topic (keyed by post id): the post's document, led by its `post_id`."""
+
+    post_id: Identifier

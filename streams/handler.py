@@ -44,7 +44,7 @@ from schemas.events import (
 from schemas.ids import attempt_id_for, derived_id, new_id
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery
-from streams.kafka import AsyncProducer, consumer
+from streams.kafka import AsyncProducer, consumer, partition_for
 from streams.topics import Topics
 
 log = logging.getLogger("smartretry.handler")
@@ -261,6 +261,8 @@ class CommandHandler:
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
         self._assigned: set[int] = set()
+        # Partitions of the commands topic (read at the first assignment): where each post's commands belong.
+        self._command_partitions: int | None = None
         self._applied = AppliedOffsets(lambda: self.projection.applied_offsets(self.topics.post_events),
                                        self.topics.post_events)
         self._ends = PartitionEnds(self._end_offset)
@@ -339,8 +341,12 @@ class CommandHandler:
     # The rebalance callbacks run in the consuming thread, inside `consume`; their changes are made on the
     # event loop, where they land before the messages of the same `consume` are dispatched.
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._loop is not None
+        if self._command_partitions is None:
+            with contextlib.suppress(Exception):  # asked again at the next assignment
+                topic = consumer.list_topics(self.topics.commands, timeout=10).topics[self.topics.commands]
+                self._command_partitions = len(topic.partitions) or None
         self._loop.call_soon_threadsafe(self._assign, [tp.partition for tp in partitions])
 
     def _assign(self, partitions: list[int]) -> None:
@@ -378,6 +384,14 @@ class CommandHandler:
             command = decode_command(message.value())
         except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the consumer goes on
             task = asyncio.get_running_loop().create_task(self._dead_letter_until_sent(message, undecodable(exc)))
+            self._track(task, partition, offset)
+            return
+        count = self._command_partitions
+        if count is not None and partition != partition_for(command.post_id, count):
+            # Not on its post's partition (keyed by something else, or by another partitioner than the Java
+            # client's): run here, it could run beside the post's other commands on another handler, and its
+            # freshness would be read on the wrong events partition. Sent on to its post's partition instead.
+            task = asyncio.get_running_loop().create_task(self._forward(message, command))
             self._track(task, partition, offset)
             return
         if isinstance(command, ResolveAttemptRequested):
@@ -458,6 +472,24 @@ class CommandHandler:
                 failures += 1
                 log.error("Dead letter from %s[%d]@%d not written (%s); trying again", message.topic(),
                           message.partition(), message.offset(), scrub(repr(exc)))
+                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+
+    async def _forward(self, message: Message, command: Command) -> None:
+        """Puts a command that came on another post's partition on its own post's (until the broker has it)."""
+        log.warning("%s %s came on %s[%d] keyed %r, not on its post's partition: sent on there (producers key "
+                    "commands by post id, with the Java client's partitioner: murmur2)", command.type,
+                    command.command_id, message.topic(), message.partition(),
+                    scrub((message.key() or b"").decode("utf-8", "replace"))[:200],
+                    extra={"post_id": command.post_id, "command_id": command.command_id})
+        failures = 0
+        while True:
+            try:
+                await self.producer.send(self.topics.commands, command.post_id, message.value() or b"")
+                return
+            except Exception as exc:
+                failures += 1
+                log.error("Command %s not sent on to its partition (%s); trying again", command.command_id,
+                          scrub(repr(exc)))
                 await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:

@@ -42,6 +42,39 @@ def consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
     return Consumer(config)
 
 
+_M32 = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of a key (`org.apache.kafka.common.utils.Utils.murmur2`), as an unsigned 32-bit int."""
+    m, length = 0x5BD1E995, len(data)
+    h = (0x9747B28C ^ length) & _M32
+    whole = length - length % 4
+    for i in range(0, whole, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & _M32
+        k ^= k >> 24
+        k = (k * m) & _M32
+        h = ((h * m) & _M32) ^ k
+    rest = length % 4
+    if rest == 3:
+        h ^= data[whole + 2] << 16
+    if rest >= 2:
+        h ^= data[whole + 1] << 8
+    if rest >= 1:
+        h ^= data[whole]
+        h = (h * m) & _M32
+    h ^= h >> 13
+    h = (h * m) & _M32
+    h ^= h >> 15
+    return h
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition a keyed message goes to with the Java client's partitioner (and `murmur2_random`, ours)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 def deliver(p: Producer, topic: str, key: str, value: bytes, timeout: float = 30.0) -> None:
     """Produces one message and waits until the broker has it (raises on failure)."""
     errors: list[Any] = []

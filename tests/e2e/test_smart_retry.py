@@ -8,12 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
 from schemas.commands import PostContent, PublishRequested, ResolveAttemptRequested
 from schemas.common import Platform
+from schemas.envelope import encode
 from schemas.ids import new_id
 from smartretry.api import post_detail
+from streams.kafka import partition_for
 from tests.support.service import Service, ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -132,6 +135,28 @@ def test_a_command_delivered_twenty_times_publishes_once(service: Service) -> No
     state = service.stores.projection.get(command.post_id)
     assert state is not None and len(state.attempts) == 2
     assert _counts(service) == (2, 2)
+
+
+def test_commands_keyed_otherwise_or_put_on_another_partition_are_sent_on_to_their_posts_and_publish_once(
+        service: Service) -> None:
+    # What an upstream service that keyed commands otherwise, or used another partitioner than the Java
+    # client's (Python's default hashes with CRC32), puts on the topic: the command on partitions other than
+    # its post's, where the post's other commands and its events are.
+    command = PublishRequested(command_id=new_id(), post_id=new_id(), publish_target="both", content=FIXED,
+                               account=DEMO_ACCOUNT_ID, requested_at=datetime.now(UTC))
+    partitions = service.topics.partitions
+    own = partition_for(command.post_id, partitions)
+    upstream = Producer({"bootstrap.servers": service.bootstrap})
+    upstream.produce(service.topics.commands, key=command.post_id.encode(), value=encode(command),
+                     partition=(own + 1) % partitions)
+    upstream.produce(service.topics.commands, key=b"upstream-7", value=encode(command),
+                     partition=(own + 2) % partitions)
+    assert upstream.flush(30) == 0
+    service.wait_command(command.post_id, command.command_id)
+    later = service.publish(FIXED)
+    service.wait_command(later.post_id, later.command_id)
+    assert _counts(service) == (2, 2)  # the post once on each platform, and the later one
+    assert service.handler.output().count("not on its post's partition: sent on there") == 2
 
 
 def test_fifty_concurrent_retries_publish_facebook_exactly_once(service: Service) -> None:

@@ -23,7 +23,7 @@ from projections.state import PostState
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, SandboxControl, SandboxServer
 from schemas.commands import PostContent, PublishRequested, RetryRequested
 from schemas.deadletters import DeadLetter
-from schemas.envelope import MAX_MESSAGE_BYTES, decode_command, encode
+from schemas.envelope import MAX_MESSAGE_BYTES, decode_command
 from schemas.ids import new_id
 from smartretry.api import ApiServer, create_app, serve_in_thread
 from streams.broker import free_port
@@ -195,7 +195,7 @@ def run(kafka_bootstrap: str, shared_sandbox: SandboxServer, tmp_path_factory: p
             service.send_raw(value, key=f"c-{kind}".encode())  # type: ignore[arg-type]
         service.send(taken, taken.post_id)
         ghost_retry = RetryRequested(command_id=new_id(), post_id=GHOST_POST, requested_at=datetime.now(UTC))
-        service.send_raw(encode(ghost_retry), key=b"c-retry-of-a-post-that-does-not-exist")
+        service.send(ghost_retry, GHOST_POST)  # keyed by its post, as upstream services key commands
         result.commands_sent += len(BAD_COMMANDS) + 2
 
         # 10 MB: the service's own producer refuses it; one allowed to send it gets it past the broker
@@ -292,7 +292,7 @@ def test_a_10_mb_message_is_refused_by_the_broker_when_it_does_not_compress(kafk
 
 
 def test_a_retry_of_a_post_that_does_not_exist_is_dead_lettered(run: Run) -> None:
-    letter = _letter(run, "command-handler:c-retry-of-a-post-that-does-not-exist")
+    letter = _letter(run, f"command-handler:{GHOST_POST}")
     assert f"post {GHOST_POST} is unknown" in letter.reason
 
 

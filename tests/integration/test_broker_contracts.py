@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas.envelope import DecodeError, decode_command, decode_event, encode
 from streams.broker import LocalBroker
-from streams.kafka import consumer, producer
+from streams.kafka import consumer, murmur2, partition_for, producer
 from streams.topics import StoreAheadOfLog, TopicMismatch, Topics, check_store_matches_log, ensure_topics
 from tests.support.samples import POST_ID, all_commands, all_events
 
@@ -89,6 +89,26 @@ def test_commands_and_events_topics_with_different_partition_counts_are_refused(
     with pytest.raises(TopicMismatch, match=r"commands 3, .*post-events 6.*one handler owns both"):
         ensure_topics(kafka_bootstrap, Topics(prefix=prefix).specs())
     assert ensure_topics(kafka_bootstrap, Topics(prefix=prefix, partitions=3).specs()) != []  # same count: fine
+
+
+@pytest.mark.parametrize(("key", "java"), [
+    # org.apache.kafka.common.utils.UtilsTest's murmur2 cases (signed ints, as Java prints them).
+    (b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536),
+    (b"a-little-bit-longer-string", -1486304829), (b"abc", 479470107),
+])
+def test_murmur2_is_the_java_clients(key: bytes, java: int) -> None:
+    assert murmur2(key) == java & 0xFFFFFFFF
+
+
+def test_a_post_ids_partition_is_where_the_services_producer_puts_it(kafka_bootstrap: str, topics: Topics) -> None:
+    p = producer(kafka_bootstrap)
+    landed: dict[str, int] = {}
+    keys = [f"post-{n}" for n in range(40)]
+    for key in keys:
+        p.produce(topics.commands, key=key.encode(), value=b"{}",
+                  on_delivery=lambda _err, msg: landed.__setitem__(msg.key().decode(), msg.partition()))
+    assert p.flush(30) == 0
+    assert landed == {key: partition_for(key, topics.partitions) for key in keys}
 
 
 def test_a_projection_ahead_of_the_brokers_events_is_refused_and_one_within_them_is_not(kafka_bootstrap: str) -> None:

@@ -22,8 +22,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from projections.fold import fold
 from projections.store import ProjectionStore, make_engine
+from schemas.deadletters import DeadLetter
 from schemas.envelope import encode
 from schemas.events import Event, PublishAttempted
+from schemas.insights import InsightsMessage
 from smartretry.settings import Settings
 from streams.kafka import producer
 from streams.projector import InsightsProjector, run_projector
@@ -133,12 +135,18 @@ async def test_seed_events_give_the_seed_documents_and_poison_goes_to_dead_lette
     # The events after the poison were applied and the tracking offset moved past it.
     assert applied(store, topics) == len(first) + len(poison) + len(retry)
 
-    insights = [json.loads(v) for k, v in read_topic(kafka_bootstrap, topics.insights, topics.partitions)
-                if k == POST_ID.encode()]
+    on_topic = read_topic(kafka_bootstrap, topics.insights, topics.partitions)
+    insights = [json.loads(v) for k, v in on_topic if k == POST_ID.encode()]
     assert insights[-1] == {"post_id": POST_ID, **AFTER_SUCCESSFUL_RETRY}
     assert {"post_id": POST_ID, **AFTER_FAILED_ATTEMPT} in insights
+    # Every message is what its published JSON Schema (schemas/json/insights/InsightsMessage) describes.
+    for _key, value in on_topic:
+        InsightsMessage.model_validate_json(value)
 
-    letters = [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics.dead_letters, 1)]
+    raw_letters = read_topic(kafka_bootstrap, topics.dead_letters, 1)
+    for _key, value in raw_letters:
+        DeadLetter.model_validate_json(value)  # schemas/json/deadletters/DeadLetter
+    letters = [json.loads(v) for _, v in raw_letters]
     # Each with its original bytes, the one the fold refused too: once the cause is fixed, it can be requeued.
     assert [base64.b64decode(letter["value_b64"]) for letter in letters] == poison
     assert letters[0]["reason"].startswith("not JSON")
