@@ -27,6 +27,8 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
   asks for ("fix the image URL"); while an interrupted attempt cannot be checked on the platform for
   want of a valid token (`AttemptOutcomeUnknown`), "re-authenticate Facebook". The post stays
   `publishing` then: its outcome is unknown, not failed.
+- A failed result of an attempt never recorded is refused (the handler records every attempt before
+  its call): it would put a failure over a post that went out. A success without its attempt is kept.
 - The same event delivered twice (same `event_id`) changes nothing.
 """
 
@@ -230,7 +232,13 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
     """
     attempt = state.attempts.get(event.attempt_id)
     if attempt is None:
-        # A result whose attempt was never recorded still happened on the platform: keep it, as the next attempt.
+        if not event.success:
+            # The handler records an attempt before it calls the platform, so this failure is of no attempt
+            # of ours: taken in, it would put a failure over a post that went out, and a retry would post it
+            # again. Refused (the projector dead-letters it, with its bytes).
+            raise ValueError(f"{event.platform} failed result of attempt {event.attempt_id}, which was never "
+                             "recorded: it cannot replace the platform's result")
+        # A success whose attempt was never recorded still happened on the platform: keep it, as the next attempt.
         attempt = _built(
             AttemptState,
             attempt_id=event.attempt_id,

@@ -409,6 +409,19 @@ def test_an_old_time_with_no_value_in_utc_is_ignored_like_any_unreadable_one() -
     assert state.document.insights.published_at is None
 
 
+def test_a_failed_result_of_an_attempt_never_recorded_is_refused_and_never_undoes_a_success() -> None:
+    history = History()
+    attempts = history.publish()
+    history.success("facebook", attempts["facebook"], "7479_1").success("instagram", attempts["instagram"], "1810_1")
+    stray = PlatformResult(event_id="stray", post_id=POST, occurred_at=T0 + timedelta(minutes=1),
+                           platform="facebook", attempt_id="nope", success=False,
+                           error=PlatformError(kind=ErrorKind.TRANSIENT, message="boom"))
+    state, refused = apply_valid(history.state(), [stray])
+    assert refused == [(stray, "facebook failed result of attempt nope, which was never recorded: it cannot "
+                               "replace the platform's result")]
+    assert state is not None and state.status == "posted"
+
+
 def test_an_event_the_fold_fails_on_unforeseen_is_refused_and_the_others_still_apply(
         monkeypatch: pytest.MonkeyPatch) -> None:
     history = History().submit("both")
