@@ -39,6 +39,7 @@ from projections.responses import (
 )
 from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
+from publishers.redact import scrub
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
     INSTAGRAM_CAPTION_LIMIT,
@@ -159,6 +160,8 @@ def platform_link(state: PostState, platform: Platform) -> str | None:
 
 # The service's default automatic attempts per platform per command, where no settings are at hand.
 DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].default
+# Seconds a request waits for the broker to take its command before answering 503.
+SEND_TIMEOUT_S = 10.0
 # Past any list there is (and within what the databases take as an offset).
 MAX_LIST_OFFSET = 1_000_000_000
 
@@ -344,7 +347,21 @@ class FrontDoor:
         return await self._submit(command)
 
     async def _submit(self, command: Command, wait: bool = True) -> Accepted:
-        await self.send(self.settings.topics.commands, command.post_id, encode(command))
+        try:
+            await asyncio.wait_for(self.send(self.settings.topics.commands, command.post_id, encode(command)),
+                                   SEND_TIMEOUT_S + 1)
+        except Exception as exc:
+            log.error("%s not put on Kafka: %s", command.type, scrub(str(exc)),
+                      extra={"post_id": command.post_id, "command_id": command.command_id})
+            # It may still get there (a send that timed out can be delivered later): the same request with
+            # the same command id is then the same command, never a second one.
+            again = f'"command_id": "{command.command_id}"'
+            if isinstance(command, PublishRequested):
+                again += f' and "post_id": "{command.post_id}"'
+            reason = scrub(str(exc))[:200] or type(exc).__name__
+            raise HTTPException(503, f"Kafka did not take command {command.command_id} for post {command.post_id} "
+                                     f"in time ({reason}): send the same request again with {again}, which "
+                                     "cannot publish twice") from None
         if self.on_accepted is not None:
             self.on_accepted(command)
         log.info("%s accepted", command.type, extra={"post_id": command.post_id, "command_id": command.command_id})
@@ -422,8 +439,8 @@ def _sender(producer: AsyncProducer | Producer) -> CommandSender:
         return producer.send
 
     async def send(topic: str, key: str, value: bytes) -> None:
-        # confluent-kafka's flush blocks: keep it off the event loop.
-        await asyncio.to_thread(deliver, producer, topic, key, value)
+        # confluent-kafka's flush blocks: keep it off the event loop. Not longer than a caller would wait.
+        await asyncio.to_thread(deliver, producer, topic, key, value, SEND_TIMEOUT_S)
 
     return send
 

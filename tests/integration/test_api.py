@@ -29,6 +29,7 @@ from schemas.commands import (
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
+from smartretry import api as api_module
 from smartretry.api import ApiServer, create_app, serve, serve_in_thread
 from smartretry.bootstrap import Stores, open_stores
 from smartretry.credentials import CredentialStore
@@ -251,6 +252,26 @@ def test_publish_puts_one_command_on_kafka_and_answers_202_with_where_to_look(ap
         post_id, "cmd-abc", "both", "acme")
     assert command.content.image_url == SPACE_URL
     assert len(post_id) == 26  # a ULID, as the seed's post ids
+
+
+def test_a_command_kafka_does_not_take_is_503_saying_how_to_send_it_again_safely(
+        topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_module, "SEND_TIMEOUT_S", 1.0)
+    settings = api_settings("127.0.0.1:1", topics, f"sqlite:///{tmp_path}/projection.db")
+    stores = open_stores(settings)
+    stores.credentials.set_token("acme", "acme-user-token-0001", "747917475065823", "17841400000000000")
+    nowhere = producer("127.0.0.1:1")  # no broker answers there
+    server = serve_in_thread(create_app(settings, stores, nowhere), "127.0.0.1", free_port())
+    try:
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=30) as client:
+            answer = client.post("/posts", json=publish_body(command_id="cmd-unsent", post_id="post-unsent"))
+    finally:
+        server.stop()
+        stores.engine.dispose()
+    assert answer.status_code == 503
+    detail = answer.json()["detail"]
+    assert "Kafka did not take command cmd-unsent for post post-unsent" in detail
+    assert 'send the same request again with "command_id": "cmd-unsent" and "post_id": "post-unsent"' in detail
 
 
 def test_a_publish_resent_with_its_command_id_names_the_same_post_so_it_is_published_once(api: RunningApi) -> None:
