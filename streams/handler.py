@@ -912,6 +912,17 @@ class CommandHandler:
                 # The attempt's handler may be alive and still calling the platform (it lost the partition in
                 # a rebalance): declaring "not published" now could publish the post twice.
                 # Asked again when the lease ends: before then, "no post" could not settle it anyway.
+                known = attempt.lookup_error
+                if found is None and state.content is not None and known is not None and \
+                        known.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+                    # The look-up went through (the account was re-authenticated): the post stops asking for it,
+                    # and says what it waits for now.
+                    await self.emit(AttemptOutcomeUnknown(
+                        event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
+                        platform=attempt.platform, attempt_id=attempt.attempt_id, error=PlatformError(
+                            kind=ErrorKind.TRANSIENT,
+                            message=f"{label} has no post of this attempt yet: it may still be under way, so it "
+                                    "is looked up again when its lease ends, and published again if none shows")))
                 raise OutcomeUnknown(
                     f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
                     f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",

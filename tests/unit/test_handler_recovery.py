@@ -225,6 +225,29 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
     assert raised.value.wait_seconds == pytest.approx(made.config.attempt_lease_seconds - 40)
 
 
+async def test_once_re_authenticated_the_post_stops_asking_for_it_while_it_waits_out_the_lease() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"])  # the look-up was refused for the token
+    state = apply_all(None, history.events)
+    assert state is not None and state.needed_action == {"facebook": "re-authenticate Facebook"}
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(None), history, sent)  # renewed: the look-up goes through, no post yet
+    made.clock = lambda: attempt.started_at + timedelta(seconds=40)
+
+    for _ in range(2):
+        with pytest.raises(OutcomeUnknown):
+            await made._resolve_interrupted(state)
+        state = apply_all(state, sent) or state
+
+    (unknown,) = sent  # said once
+    assert isinstance(unknown, AttemptOutcomeUnknown) and unknown.error.kind is ErrorKind.TRANSIENT
+    assert "looked up again when its lease ends" in unknown.error.message
+    assert state.needed_action == {} and state.status == "publishing"
+
+
 async def test_a_rate_limited_look_up_is_not_asked_again_before_the_limit_ends() -> None:
     history, state = interrupted()
     limited = PublishOutcome.failed("facebook", PlatformError(
