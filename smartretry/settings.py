@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.topics import DEFAULT_PARTITIONS, Topics
@@ -32,14 +42,14 @@ class Settings(BaseSettings):
     # service's state: the projection is of the events on that broker).
     broker_data_dir: str = "var/kafka"
     topic_prefix: str = "smartretry."
-    partitions: int = DEFAULT_PARTITIONS
+    partitions: PositiveInt = DEFAULT_PARTITIONS
     database_url: str = "sqlite:///var/smartretry.db"
 
     # The real Graph API when set (https://graph.facebook.com); unset, the sandbox Graph API is used.
     graph_api_base_url: str | None = None
     graph_api_version: str = "v24.0"
     # Connections to the Graph API at once, shared by all platform calls of one handler.
-    graph_max_connections: int = 100
+    graph_max_connections: PositiveInt = 100
     # Port of the sandbox Graph API that `smartretry run` starts when no Graph API URL is set.
     sandbox_port: int = 8081
 
@@ -49,34 +59,46 @@ class Settings(BaseSettings):
     # Encrypts account tokens at rest in the credential store.
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
-    log_format: str = "text"  # or "json"
+    log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
     # How long publish and retry requests wait for results before answering 202.
-    api_wait_seconds: float = 10.0
+    api_wait_seconds: PositiveFloat = 10.0
     # Automatic retries of transient and rate-limited failures.
-    max_automatic_attempts: int = 5
-    backoff_base_seconds: float = 1.0
-    backoff_cap_seconds: float = 60.0
+    max_automatic_attempts: PositiveInt = 5
+    backoff_base_seconds: PositiveFloat = 1.0
+    backoff_cap_seconds: PositiveFloat = 60.0
     # How long the handler waits for the projection to catch up before retrying a command.
-    freshness_timeout_seconds: float = 30.0
+    freshness_timeout_seconds: PositiveFloat = 30.0
     # How soon a dead handler's partitions move to another one (the broker's minimum is 6).
-    handler_session_timeout_seconds: float = 10.0
+    handler_session_timeout_seconds: PositiveFloat = 10.0
     # Commands one handler runs at once (over all posts); past it, it takes no more until some finish.
-    handler_max_in_flight: int = 500
+    handler_max_in_flight: PositiveInt = 500
     # How long a handler's consumer may go unpolled before the broker takes it for dead (it polls every 0.1 s).
-    handler_max_poll_interval_seconds: float = 600.0
+    handler_max_poll_interval_seconds: PositiveFloat = 600.0
     # Each projector process of one host needs an id of its own (static group membership); unset, the host name.
     projector_instance_id: str | None = None
-    projector_session_timeout_seconds: float = 10.0
+    projector_session_timeout_seconds: PositiveFloat = 10.0
     # The longest one platform call may take before its outcome is looked up instead of awaited.
-    attempt_timeout_seconds: float = 120.0
+    attempt_timeout_seconds: PositiveFloat = 120.0
     # An attempt without a result and without a post on the platform is declared interrupted only this
     # long after it started: until then, the handler that made it may still be finishing it.
-    attempt_lease_seconds: float = 150.0
+    attempt_lease_seconds: PositiveFloat = 150.0
     # How often an interrupted attempt whose look-up failed is looked up again: refused for the token (it goes
     # through once the account is re-authenticated), or the platform could not tell (a rate limit's wait counts).
-    reauth_check_seconds: float = 30.0
+    reauth_check_seconds: PositiveFloat = 30.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database(cls, url: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(url).get_dialect()
+        except Exception as exc:
+            raise ValueError(f"SMARTRETRY_DATABASE_URL is no database URL this service can use ({type(exc).__name__}): "
+                             "sqlite:///path/to.db, or postgresql+psycopg://user:password@host/database") from None
+        return url
 
     @field_validator("api_key")
     @classmethod

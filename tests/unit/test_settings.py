@@ -39,3 +39,15 @@ def test_wrong_settings_end_the_program_with_what_to_fix_not_a_traceback(monkeyp
     assert message.startswith("error: invalid settings:")
     assert "SMARTRETRY_PARTITIONS: Input should be a valid integer" in message
     assert "SMARTRETRY_API_KEY must be at least 16 characters" in message
+
+
+def test_settings_that_cannot_work_are_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTRETRY_DATABASE_URL", "bogus://x")
+    monkeypatch.setenv("SMARTRETRY_MAX_AUTOMATIC_ATTEMPTS", "-1")
+    monkeypatch.setenv("SMARTRETRY_LOG_FORMAT", "xml")
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    message = str(stopped.value.code)
+    assert "SMARTRETRY_DATABASE_URL is no database URL this service can use" in message
+    assert "SMARTRETRY_MAX_AUTOMATIC_ATTEMPTS: Input should be greater than 0" in message
+    assert "SMARTRETRY_LOG_FORMAT: Input should be 'text' or 'json'" in message
