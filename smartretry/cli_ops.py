@@ -80,7 +80,12 @@ class Api:
         """The post's detail once the command has all its results, or as it stands (None: not seen yet)."""
         deadline = time.monotonic() + timeout
         while True:
-            answer = self.client.get(f"/posts/{post_id}", params={"command_id": command_id})
+            try:
+                answer = self.client.get(f"/posts/{post_id}", params={"command_id": command_id})
+            except httpx.TransportError as exc:
+                raise ApiError(f"the API at {self.base_url} stopped answering while the results were awaited "
+                               f"({type(exc).__name__}); the command was accepted: `smartretry show {post_id}` "
+                               "once the service is back") from None
             detail: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
             if answer.status_code not in (200, 404):
                 self.call("GET", f"/posts/{post_id}")  # raises with the API's reason
