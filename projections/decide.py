@@ -76,6 +76,7 @@ class Decision:
             is_retry=self.is_retry,
             forced=self.forced,
             content=command.content if isinstance(command, (RetryRequested, ForceRepublishRequested)) else None,
+            account=command.account if isinstance(command, (RetryRequested, ForceRepublishRequested)) else None,
             note=self.log_line,
             fingerprint=fingerprint(command),
         )

@@ -197,6 +197,8 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
     if event.content is not None:
         # Corrected content applies from now on; results already in stay until new ones arrive.
         state.content = event.content
+    if event.account is not None:
+        state.account = event.account
 
 
 def _on_attempted(state: PostState, event: PublishAttempted) -> None:

@@ -84,6 +84,8 @@ class RetryRequested(CommandBase):
     type: Literal["RetryRequested"] = "RetryRequested"
     # Corrected content (the seed's "fix the image URL"); None keeps the post's content.
     content: PostContent | None = None
+    # The account to publish with from now on (a post imported from the old system without one); None keeps it.
+    account: Identifier | None = None
 
 
 class ForceRepublishRequested(CommandBase):
@@ -91,6 +93,7 @@ class ForceRepublishRequested(CommandBase):
 
     type: Literal["ForceRepublishRequested"] = "ForceRepublishRequested"
     content: PostContent | None = None
+    account: Identifier | None = None
     reason: str = Field(default="forced republish", max_length=500)
 
 

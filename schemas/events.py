@@ -48,6 +48,8 @@ class CommandDecided(EventBase):
     forced: bool = False
     # Corrected content that this command brought (a retry after fixing the image URL).
     content: PostContent | None = None
+    # The account this command gave the post (one imported without an account), from now on.
+    account: Identifier | None = None
     note: str = ""
     # `schemas.commands.fingerprint` of the command: a redelivery matches it, a reused id does not.
     fingerprint: str | None = None

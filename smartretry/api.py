@@ -100,12 +100,15 @@ class ContentCorrection(Body):
 
 class RetryBody(Body):
     content: ContentCorrection | None = None
+    # For a post without an account (imported from the old system without one): the account to publish with.
+    account: Identifier | None = None
     command_id: Identifier | None = None
 
 
 class RepublishBody(Body):
     reason: str = Field(min_length=1, max_length=500)
     content: ContentCorrection | None = None
+    account: Identifier | None = None
     command_id: Identifier | None = None
 
 
@@ -264,19 +267,7 @@ class FrontDoor:
                                        content=body.content, account=body.account, requested_at=self.clock())
         except ValidationError as exc:
             raise unprocessable(exc) from None
-        try:
-            # Read through, not just looked up: a token this service cannot decrypt (stored under another
-            # secret key) would fail every platform later; the caller learns it now.
-            await asyncio.to_thread(self.stores.credentials.get, body.account)
-        except UnreadableToken:
-            raise HTTPException(422, [{"loc": ["body", "account"], "type": "unreadable_token",
-                                       "msg": f"the token of account {body.account!r} was stored under another "
-                                              f"secret key: store it again with PUT /accounts/{body.account}/token"}]
-                                ) from None
-        except UnknownAccount:
-            raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
-                                       "msg": f"unknown account {body.account!r}: set its token with "
-                                              f"PUT /accounts/{body.account}/token"}]) from None
+        await self._check_account(body.account)
         state = await self.read(post_id)
         # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
         if state is not None and state.submitted_by != command_id:
@@ -288,6 +279,22 @@ class FrontDoor:
                                      "use a new command_id")
         return await self._submit(command)
 
+    async def _check_account(self, account: str) -> None:
+        """422 unless the account has a token this service can read."""
+        try:
+            # Read through, not just looked up: a token this service cannot decrypt (stored under another
+            # secret key) would fail every platform later; the caller learns it now.
+            await asyncio.to_thread(self.stores.credentials.get, account)
+        except UnreadableToken:
+            raise HTTPException(422, [{"loc": ["body", "account"], "type": "unreadable_token",
+                                       "msg": f"the token of account {account!r} was stored under another "
+                                              f"secret key: store it again with PUT /accounts/{account}/token"}]
+                                ) from None
+        except UnknownAccount:
+            raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
+                                       "msg": f"unknown account {account!r}: set its token with "
+                                              f"PUT /accounts/{account}/token"}]) from None
+
     async def retry(self, post_id: str, body: RetryBody | RepublishBody | None, forced: bool,
                     wait: bool = True) -> Accepted:
         state = await self.state_of(post_id)
@@ -296,17 +303,20 @@ class FrontDoor:
         try:
             content = _corrected(state.content, correction)
             command: Command
+            account = body.account if body is not None else None
             if forced:
                 assert isinstance(body, RepublishBody)
                 command = ForceRepublishRequested(command_id=command_id, post_id=post_id, content=content,
-                                                  reason=body.reason, requested_at=self.clock())
+                                                  account=account, reason=body.reason, requested_at=self.clock())
             else:
-                command = RetryRequested(command_id=command_id, post_id=post_id, content=content,
+                command = RetryRequested(command_id=command_id, post_id=post_id, content=content, account=account,
                                          requested_at=self.clock())
         except ValidationError as exc:
             raise unprocessable(exc, prefix=("body", "content")) from None
         if content is not None:
             _check_fits_target(content, state.publish_target)
+        if command.account is not None:
+            await self._check_account(command.account)
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))

@@ -221,15 +221,17 @@ def retry(
     image_url: str | None = typer.Option(None, help="Corrected image URL."),
     caption: str | None = typer.Option(None, help="Corrected caption."),
     link: str | None = typer.Option(None, help="Corrected link."),
+    account: str | None = typer.Option(None, help="The account to publish with (a post imported without one)."),
     as_json: bool = AsJson,
     wait: float = Wait,
     api_url: str | None = ApiUrl,
 ) -> None:
     """Retry a post: only the platforms that failed are published again."""
     correction = _content(caption, image_url, link)
+    body = {key: value for key, value in (("content", correction), ("account", account)) if value}
     with api_client(api_url) as api:
         with console.status("Retrying ..."):
-            answer = api.call("POST", f"/posts/{post_id}/retry", json={"content": correction} if correction else None)
+            answer = api.call("POST", f"/posts/{post_id}/retry", json=body or None)
         response, detail = _settled(api, answer, "Retrying", wait)
         _report(api, response, detail, as_json)
 
@@ -238,14 +240,16 @@ def retry(
 def force(
     post_id: str = typer.Argument(..., help="The post to publish again."),
     reason: str = typer.Option(..., help="Why (recorded with the republish)."),
+    account: str | None = typer.Option(None, help="The account to publish with (a post imported without one)."),
     as_json: bool = AsJson,
     wait: float = Wait,
     api_url: str | None = ApiUrl,
 ) -> None:
     """Publish a post again on every platform, even those where it succeeded (seed case 4)."""
+    body = {"reason": reason, **({"account": account} if account else {})}
     with api_client(api_url) as api:
         with console.status("Republishing ..."):
-            answer = api.call("POST", f"/posts/{post_id}/republish", json={"reason": reason})
+            answer = api.call("POST", f"/posts/{post_id}/republish", json=body)
         response, detail = _settled(api, answer, "Republishing", wait)
         _report(api, response, detail, as_json)
 

@@ -718,9 +718,13 @@ class CommandHandler:
                              attempt_id: str, started: datetime) -> PublishOutcome:
         """The platform's answer to the attempt that `started` (its `PublishAttempted` time), which bounds the call."""
         label = PLATFORM_LABELS[platform]
-        if content is None or credentials is None:
+        if content is None:
             return PublishOutcome.failed(platform, PlatformError(
-                kind=ErrorKind.INVALID_REQUEST, message=f"{label} publish failed: the post has no content or account"))
+                kind=ErrorKind.INVALID_REQUEST, message=f"{label} publish failed: the post has no content"))
+        if credentials is None:
+            # An imported post without an account: a retry that names one (`account`) publishes it.
+            return PublishOutcome.failed(platform, PlatformError(
+                kind=ErrorKind.AUTH, message=f"{label} publish failed: the post has no account: retry it with one"))
         if isinstance(credentials, PlatformError):
             return PublishOutcome.failed(platform, credentials)
         # The attempt's lease counts from when it started, so its call must end within the attempt timeout of

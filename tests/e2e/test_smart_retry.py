@@ -11,9 +11,10 @@ import pytest
 from confluent_kafka import Producer
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
-from schemas.commands import PostContent, PublishRequested, ResolveAttemptRequested
+from schemas.commands import PostContent, PublishRequested, ResolveAttemptRequested, RetryRequested
 from schemas.common import Platform
 from schemas.envelope import encode
+from schemas.events import LegacyInsightsImported
 from schemas.ids import new_id
 from smartretry.api import post_detail
 from streams.kafka import partition_for
@@ -157,6 +158,30 @@ def test_commands_keyed_otherwise_or_put_on_another_partition_are_sent_on_to_the
     service.wait_command(later.post_id, later.command_id)
     assert _counts(service) == (2, 2)  # the post once on each platform, and the later one
     assert service.handler.output().count("not on its post's partition: sent on there") == 2
+
+
+def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_one(service: Service) -> None:
+    post_id = new_id()
+    imported = LegacyInsightsImported(
+        event_id=f"{post_id}:import", post_id=post_id, occurred_at=datetime.now(UTC), publish_target="facebook",
+        content=FIXED, document={"insights": {"publish_results": [
+            {"platform": "facebook", "success": False, "error": "Facebook photo upload failed: 500"}]},
+            "status": "failed"})
+    service._producer.produce(service.topics.post_events, key=post_id.encode(), value=encode(imported))
+    assert service._producer.flush(30) == 0
+    service.wait_for(post_id, lambda s: s.legacy)
+
+    plain = service.retry(post_id)
+    state = service.wait_command(post_id, plain.command_id)
+    assert state.status == "failed" and state.needed_action == {"facebook": "re-authenticate Facebook"}
+    assert "the post has no account: retry it with one" in (state.document.error_message or "")
+
+    named = RetryRequested(command_id=new_id(), post_id=post_id, account=DEMO_ACCOUNT_ID,
+                           requested_at=datetime.now(UTC))
+    service.send(named, post_id)
+    state = service.wait_command(post_id, named.command_id)
+    assert state.status == "posted" and state.account == DEMO_ACCOUNT_ID
+    assert _counts(service) == (1, 0)
 
 
 def test_fifty_concurrent_retries_publish_facebook_exactly_once(service: Service) -> None:

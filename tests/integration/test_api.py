@@ -411,6 +411,18 @@ def test_retry_with_a_fixed_image_url_puts_a_retry_command_on_kafka(api: Running
     assert command.content == PostContent(caption="Autumn sale starts today", image_url=FIXED_URL)
 
 
+def test_a_retry_may_name_the_account_to_publish_with_and_an_unknown_one_is_422(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    unknown = api.client.post("/posts/post-1/retry", json={"account": "nobody"})
+    assert unknown.status_code == 422 and "unknown account 'nobody'" in unknown.text
+    assert_nothing_on_commands(api)
+    add_account(api)
+    assert api.client.post("/posts/post-1/retry", json={"account": "acme"}).status_code == 202
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, RetryRequested) and command.account == "acme"
+
+
 def test_retry_without_a_body_keeps_the_content(api: RunningApi) -> None:
     store_post(api, "post-1")
     assert api.client.post("/posts/post-1/retry").status_code == 202
