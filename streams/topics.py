@@ -152,7 +152,8 @@ def check_store_matches_log(bootstrap: str, topic: str, applied: dict[int, int],
                     if error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
                         high = 0  # a partition the topic does not have holds no event
                         break
-                    if not error.retriable() or time.monotonic() > deadline:
+                    electing = error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+                    if not (electing or error.retriable()) or time.monotonic() > deadline:
                         raise  # the broker did not answer: that says nothing of the store
                     time.sleep(0.2)  # a leader being elected (a topic just created, a broker just started)
             if offset >= high:
