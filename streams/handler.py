@@ -917,8 +917,9 @@ class CommandHandler:
                 # a rebalance): declaring "not published" now could publish the post twice.
                 # Asked again when the lease ends: before then, "no post" could not settle it anyway.
                 known = attempt.lookup_error
-                if found is None and state.content is not None and known is not None and \
-                        known.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+                asked = state.content is not None and state.account is not None
+                needs_user = known is not None and known.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION)
+                if asked and found is None and needs_user:
                     # The look-up went through (the account was re-authenticated): the post stops asking for it,
                     # and says what it waits for now.
                     await self.emit(AttemptOutcomeUnknown(
