@@ -76,7 +76,6 @@ class InsightsProjector:
         topic = self.topics.post_events
         events: list[tuple[int, Event]] = []
         dead: list[bytes] = []
-        raw = {offset: (key, value) for offset, key, value in records}
         for offset, key, value in records:
             try:
                 events.append((offset, decode_event(value)))
@@ -88,10 +87,12 @@ class InsightsProjector:
 
         def send(changed: list[PostState]) -> None:
             # Sent as soon as the batch is folded; the store's writes overlap the broker's answer.
-            for offset, _ev, reason in rejects:
-                # With its original bytes, like any dead letter: once the cause is fixed it can be requeued.
-                key, value = raw[offset]
-                dead.append(self._dead_letter(reason, partition, offset, key, value))
+            if rejects:
+                # With their original bytes, like any dead letter: once the cause is fixed they can be requeued.
+                raw = {offset: (key, value) for offset, key, value in records}
+                for offset, _ev, reason in rejects:
+                    key, value = raw[offset]
+                    dead.append(self._dead_letter(reason, partition, offset, key, value))
             outcome.changed = changed
             outcome.dead_letters = len(dead)
             if self.producer is not None:
