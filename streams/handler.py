@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -463,16 +463,8 @@ class CommandHandler:
 
     async def _dead_letter_until_sent(self, message: Message, reason: str) -> None:
         """`_dead_letter`, tried again until the broker has it: the partition's commits wait for it meanwhile."""
-        failures = 0
-        while True:
-            try:
-                await self._dead_letter(message, reason)
-                return
-            except Exception as exc:
-                failures += 1
-                log.error("Dead letter from %s[%d]@%d not written (%s); trying again", message.topic(),
-                          message.partition(), message.offset(), scrub(repr(exc)))
-                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+        await self._until_sent(lambda: self._dead_letter(message, reason),
+                               f"Dead letter from {message.topic()}[{message.partition()}]@{message.offset()}")
 
     async def _forward(self, message: Message, command: Command) -> None:
         """Puts a command that came on another post's partition on its own post's (until the broker has it)."""
@@ -481,15 +473,20 @@ class CommandHandler:
                     command.command_id, message.topic(), message.partition(),
                     scrub((message.key() or b"").decode("utf-8", "replace"))[:200],
                     extra={"post_id": command.post_id, "command_id": command.command_id})
+        value = message.value() or b""
+        await self._until_sent(lambda: self.producer.send(self.topics.commands, command.post_id, value),
+                               f"Command {command.command_id}, sent on to its post's partition,")
+
+    async def _until_sent(self, send: Callable[[], Awaitable[None]], what: str) -> None:
+        """`send()`, tried again (with the handler's backoff) until it goes through."""
         failures = 0
         while True:
             try:
-                await self.producer.send(self.topics.commands, command.post_id, message.value() or b"")
+                await send()
                 return
             except Exception as exc:
                 failures += 1
-                log.error("Command %s not sent on to its partition (%s); trying again", command.command_id,
-                          scrub(repr(exc)))
+                log.error("%s not written (%s); trying again", what, scrub(repr(exc)))
                 await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
