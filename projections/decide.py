@@ -126,6 +126,19 @@ def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:
     return Decision(reject_reason=reason, log_line=f"Refused ResolveAttemptRequested {command.command_id}: {reason}")
 
 
+def reuses_command_id(state: PostState, command: Command) -> bool:
+    """Whether the post has `command`'s id on record for another command (another type or body).
+
+    Then it is no redelivery: answering or skipping it as one would drop it without a word, and doing it
+    would break the promise that a command id has one effect.
+    """
+    recorded = state.commands.get(command.command_id)
+    if recorded is None:
+        return False
+    return recorded.command_type != command.type or (
+        recorded.fingerprint is not None and recorded.fingerprint != fingerprint(command))
+
+
 def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | None) -> str | None:
     """Why an operator's resolution of the platform's attempt cannot apply; None when it names the attempt that
     is waiting for a result (any attempt id, or none, when it does not name one)."""

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import text
 
-from projections.decide import decide, resolution_refusal, retry_preview
+from projections.decide import decide, resolution_refusal, retry_preview, reuses_command_id
 from projections.fold import FACEBOOK_POST_URL
 from projections.responses import (
     attempts_by_platform,
@@ -50,7 +50,6 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
-    fingerprint,
 )
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget
 from schemas.envelope import encode
@@ -412,9 +411,8 @@ def _check_same_command(state: PostState, command: Command) -> None:
     Answering the earlier command's result would drop this one (a retry carrying a fixed image URL)
     without a word.
     """
-    recorded = state.commands[command.command_id]
-    if recorded.command_type != command.type or (
-            recorded.fingerprint is not None and recorded.fingerprint != fingerprint(command)):
+    if reuses_command_id(state, command):
+        recorded = state.commands[command.command_id]
         raise HTTPException(409, f"command {command.command_id} was already used for another command on post "
                                  f"{state.post_id} ({recorded.command_type}): use a new command_id")
 

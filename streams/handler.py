@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from projections.decide import Decision, decide, resolution_refusal
+from projections.decide import Decision, decide, resolution_refusal, reuses_command_id
 from projections.fold import apply_all, unresolved
 from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
@@ -28,7 +28,6 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
-    fingerprint,
 )
 from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
 from schemas.envelope import decode_command, encode, undecodable
@@ -562,17 +561,13 @@ class CommandHandler:
             state = await self.fresh_state(command.post_id, partition)
 
         decision = decide(state, command)
-        if decision.duplicate_command and state is not None:
-            recorded = state.commands[command.command_id].fingerprint
-            if recorded is not None and recorded != fingerprint(command):
-                # Not a redelivery: someone reused the id for another command. Doing nothing would lose
-                # it silently; doing it would break the promise that an id has one effect.
-                log.warning("Command id %s was already used for a different command; refused", command.command_id,
-                            extra=context)
-                if source is not None:
-                    await self._dead_letter(source, f"command id {command.command_id} was already used for a "
-                                                    "different command on this post: use a new command_id")
-                return
+        if decision.duplicate_command and state is not None and reuses_command_id(state, command):
+            log.warning("Command id %s was already used for a different command; refused", command.command_id,
+                        extra=context)
+            if source is not None:
+                await self._dead_letter(source, f"command id {command.command_id} was already used for a "
+                                                "different command on this post: use a new command_id")
+            return
         if decision.duplicate_command:
             owed = platforms_to_resume(state, command.command_id, self.config.max_automatic_attempts) if state else ()
             if not owed:
