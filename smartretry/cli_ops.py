@@ -161,6 +161,9 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             console.print(f"  ✅ {label}: Published  {link}", highlight=False)
         else:
             console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
+    if detail.get("error_message") and not any(not r["success"] for r in results.values()):
+        # A failure with no platform's result to show it by (an old document that kept only its message).
+        console.print(f"  ❌ {detail['error_message']}", highlight=False)
     for platform, why in detail.get("outcome_unknown", {}).items():
         console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: {why}",
                       highlight=False)

@@ -20,6 +20,7 @@ from tests.integration.test_api import (
     RunningApi,
     api_fixture,  # noqa: F401 - the `api` fixture
     messages_on,
+    store_events,
     store_interrupted,
     store_post,
 )
@@ -30,6 +31,7 @@ from tests.integration.test_api_end_to_end import (
 )
 from tests.support.secrets import meta_shaped_token
 from tests.support.service import service, shared_sandbox  # noqa: F401 - fixtures it needs
+from tests.unit.test_fold import History
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,16 @@ def test_show_prints_the_post_as_the_seeds_detail_view(api: RunningApi) -> None:
     assert f"{api.url}/ui/posts/post-1" in output
     code, output = run(api, "show", "post-1", "--json")
     assert json.loads(output)["status"] == "failed"
+
+
+def test_show_prints_an_old_documents_own_failure_when_it_kept_no_results(api: RunningApi) -> None:
+    history = History(post_id="legacy-msg").legacy({"insights": {}, "status": "failed",
+                                                    "error_message": "instagram: token expired"}, target="instagram")
+    store_events(api, history.events)
+    code, output = run(api, "show", "legacy-msg")
+    assert code == 0, output
+    assert "Status: ❌ Failed" in output
+    assert "❌ instagram: token expired" in output
 
 
 def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:
