@@ -23,9 +23,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
     create_engine,
     event,
+    or_,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,6 +38,9 @@ from projections.state import PostState
 from schemas.events import Event
 
 metadata = MetaData()
+
+# Where a page of the post list ended: its last post's update time and id.
+ListPosition = tuple[datetime, str]
 
 posts = Table(
     "posts",
@@ -202,11 +207,21 @@ class ProjectionStore:
         with self._consistent() as conn:
             return self._applied_offsets(conn, topic), self._get(conn, post_id)
 
-    def list_posts(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[PostState]:
-        """Posts, most recently updated first, optionally only those with `status`."""
+    def list_posts(self, status: str | None = None, limit: int = 50, offset: int = 0,
+                   after: ListPosition | None = None) -> list[PostState]:
+        """Posts, most recently updated first, optionally only those with `status`.
+
+        `after` is the (update time, post id) of the last post of the page before: the list goes on from
+        there, so posts updated meanwhile neither come twice nor push others into the next page (an
+        updated post moves to the top of the list, where a new first page shows it).
+        """
         query = select(posts.c.state).order_by(posts.c.updated_at.desc(), posts.c.post_id).limit(limit).offset(offset)
         if status is not None:
             query = query.where(posts.c.status == status)
+        if after is not None:
+            when, post_id = after
+            query = query.where(or_(posts.c.updated_at < when,
+                                    and_(posts.c.updated_at == when, posts.c.post_id > post_id)))
         with self.engine.connect() as conn:
             return [PostState.model_validate_json(text) for text in conn.execute(query).scalars()]
 

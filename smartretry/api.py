@@ -9,8 +9,10 @@ handler would refuse (a retry with nothing to retry, a publish of an existing po
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
+import json
 import logging
 import threading
 import time
@@ -39,6 +41,7 @@ from projections.responses import (
 )
 from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
+from projections.store import ListPosition
 from publishers.redact import scrub
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
@@ -166,6 +169,25 @@ DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].defa
 SEND_TIMEOUT_S = 10.0
 # Past any list there is (and within what the databases take as an offset).
 MAX_LIST_OFFSET = 1_000_000_000
+
+
+def list_cursor(state: PostState) -> str:
+    """The `cursor` that continues a post list after `state` (opaque to clients: base64 of its position)."""
+    assert state.updated_at is not None  # every folded post has one: its latest event's time
+    position = json.dumps([state.updated_at.isoformat(), state.post_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
+
+
+def list_position(cursor: str) -> ListPosition:
+    """The list position a `cursor` from `list_cursor` stands for; ValueError for any other text."""
+    try:
+        when, post_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        position = (datetime.fromisoformat(when), post_id)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise ValueError("not a cursor this service gave: pass a list answer's next_cursor as it is") from None
+    if position[0].tzinfo is None or not isinstance(post_id, str) or not ID_PATTERN.match(post_id):
+        raise ValueError("not a cursor this service gave: pass a list answer's next_cursor as it is")
+    return position
 
 
 def outcome_unknown(state: PostState) -> dict[Platform, str]:
@@ -571,11 +593,27 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
                                  if command_id in state.commands else None}
         return detail
 
-    @app.get("/posts", dependencies=authorized, tags=["posts"], summary="Posts, newest first")
-    async def list_posts(status: PostStatus | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                         offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET)] = 0) -> dict[str, Any]:
-        states = await asyncio.to_thread(stores.projection.list_posts, status, limit, offset)
-        return {"posts": [post_summary(s) for s in states], "status": status, "limit": limit, "offset": offset}
+    @app.get("/posts", dependencies=authorized, tags=["posts"], summary="Posts, most recently updated first")
+    async def list_posts(
+        status: PostStatus | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=400, description=(
+            "The `next_cursor` of the page before: the next page, with no post repeated or skipped "
+            "because posts were updated meanwhile"))] = None,
+        offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET, description=(
+            "Posts to skip (posts updated while paging by offset can repeat); prefer `cursor`"))] = 0,
+    ) -> dict[str, Any]:
+        after = None
+        if cursor is not None:
+            try:
+                after = list_position(cursor)
+            except ValueError as exc:
+                raise HTTPException(422, [{"loc": ["query", "cursor"], "type": "value_error",
+                                           "msg": str(exc)}]) from None
+        # One more than asked: whether there is a next page.
+        states = await asyncio.to_thread(stores.projection.list_posts, status, limit + 1, offset, after)
+        page = states[:limit]
+        return {"posts": [post_summary(s) for s in page], "status": status, "limit": limit, "offset": offset,
+                "next_cursor": list_cursor(page[-1]) if len(states) > limit else None}
 
     @app.put("/accounts/{account}/token", dependencies=authorized, tags=["accounts"],
              summary="Re-authenticate an account (the token is stored encrypted and never shown again)")

@@ -33,6 +33,8 @@ from smartretry.api import (
     FrontDoor,
     RetryBody,
     api_key_matches,
+    list_cursor,
+    list_position,
     outcome_unknown,
     presented_key,
 )
@@ -44,6 +46,8 @@ PLATFORM_ICONS: dict[str, str] = {"facebook": "📘", "instagram": "📷"}
 STATUS_LABELS = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}
 # Seconds between reloads of a page whose post is still publishing.
 REFRESH_SECONDS = 1
+# Posts per page of the post list.
+LIST_PAGE = 100
 
 
 def static_files() -> StaticFiles:
@@ -146,14 +150,23 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return with_session(RedirectResponse(target, status_code=303))
 
     @router.get("/posts")
-    async def post_list(request: Request, status: str | None = None) -> Response:
+    async def post_list(request: Request, status: str | None = None, cursor: str | None = None) -> Response:
         if (redirect := gate(request)) is not None:
             return redirect
         chosen = status if status in STATUS_LABELS else None
-        states = await asyncio.to_thread(front.stores.projection.list_posts, chosen, 200, 0)
+        try:
+            after = list_position(cursor) if cursor else None
+        except ValueError:
+            after = None  # a mangled link: the list from its start
+        states = await asyncio.to_thread(front.stores.projection.list_posts, chosen, LIST_PAGE + 1, 0, after)
+        older = None
+        if len(states) > LIST_PAGE:
+            states = states[:LIST_PAGE]
+            older = "/ui/posts?" + urlencode({**({"status": chosen} if chosen else {}),
+                                             "cursor": list_cursor(states[-1])})
         return templates.TemplateResponse(request, "post_list.html", {
-            "posts": states, "status": chosen, "labels": STATUS_LABELS,
-            "filters": [(None, "All"), *STATUS_LABELS.items()],
+            "posts": states, "status": chosen, "labels": STATUS_LABELS, "older": older,
+            "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
         })
 
     @router.get("/posts/{post_id}")

@@ -394,6 +394,26 @@ def test_posts_are_listed_and_filtered_by_status(api: RunningApi) -> None:
     assert api.client.get("/posts", params={"offset": 10**19}).status_code == 422
 
 
+def test_posts_are_listed_page_by_page_with_the_cursor_each_page_gives(api: RunningApi) -> None:
+    for i in range(5):
+        store_post(api, f"paged-{i}")
+    pages: list[list[str]] = []
+    answer = api.client.get("/posts", params={"limit": 2}).json()
+    while True:
+        pages.append([p["id"] for p in answer["posts"]])
+        if answer["next_cursor"] is None:
+            break
+        answer = api.client.get("/posts", params={"limit": 2, "cursor": answer["next_cursor"]}).json()
+    # Updated at the same moment, so in the order of their ids; the last page says there is no other.
+    assert pages == [["paged-0", "paged-1"], ["paged-2", "paged-3"], ["paged-4"]]
+    assert api.client.get("/posts", params={"limit": 5}).json()["next_cursor"] is None
+
+    for bad in ("nonsense", "e30", "W10", '["2025-11-17T10:10:13", "paged-1"]', "x" * 401):
+        refused = api.client.get("/posts", params={"cursor": bad})
+        assert refused.status_code == 422, bad
+        assert refused.json()["detail"][0]["loc"] == ["query", "cursor"]
+
+
 # ------------------------------------------------------------------------------------------- retry, republish
 
 

@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from schemas.common import ErrorKind
+from smartretry import pages
 from smartretry.pages import retry_token
 from tests.integration.test_api import (
     API_KEY,
@@ -180,6 +181,22 @@ def test_the_list_page_filters_by_status(api: RunningApi) -> None:
     assert "failed-1" in everything and "posted-1" in everything
     # Posts are told apart by what they say, not only by their ids.
     assert '<td class="caption">Autumn sale starts today</td>' in everything
+
+
+def test_the_list_page_leads_to_older_posts_page_by_page(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pages, "LIST_PAGE", 2)
+    for i in range(3):
+        store_post(api, f"older-{i}")
+    store_post(api, "posted-9", facebook_ok=True)
+    with signed_in(api) as browser:
+        first = browser.get("/ui/posts", params={"status": "failed"}).text
+        older = re.search(r'<a href="(/ui/posts\?[^"]+)">Older posts</a>', first)
+        assert older is not None
+        second = browser.get(older.group(1).replace("&amp;", "&")).text
+    listed = re.compile(r'<a href="/ui/posts/([^"]+)">')
+    assert listed.findall(first) == ["older-0", "older-1"]
+    assert listed.findall(second) == ["older-2"]
+    assert "Older posts" not in second and ">Newest posts</a>" in second
 
 
 def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api: RunningApi) -> None:

@@ -168,6 +168,38 @@ class StoreContract:
         assert other.digest() == store.digest()
 
 
+    def test_paging_by_position_repeats_and_skips_nothing_while_posts_are_updated(
+            self, store: ProjectionStore) -> None:
+        # Five posts updated at the same moment (the order among them is their id) and five later ones.
+        events = [e for i in range(5) for e in first_attempt(f"tie-{i}", FIRST)]
+        events += [e for i in range(5) for e in first_attempt(f"late-{i}", FIRST + timedelta(minutes=1 + i))]
+        store.apply_batch(TOPIC, 0, list(enumerate(events)))
+        newest_first = [f"late-{i}" for i in reversed(range(5))] + [f"tie-{i}" for i in range(5)]
+        assert [s.post_id for s in store.list_posts(limit=20)] == newest_first
+
+        seen: list[str] = []
+        page = store.list_posts(limit=3)
+        while page:
+            seen += [s.post_id for s in page]
+            if len(seen) == 3:
+                # Between two pages, a post not listed yet and one already listed are retried: they move to
+                # the top. Paging by offset would now list the page's last post again.
+                updates = facebook_retry("tie-3", RETRY) + facebook_retry("late-4", RETRY)
+                store.apply_batch(TOPIC, 0, list(enumerate(updates, start=len(events))))
+            last = page[-1]
+            assert last.updated_at is not None
+            page = store.list_posts(limit=3, after=(last.updated_at, last.post_id))
+        assert len(seen) == len(set(seen))
+        assert seen == [p for p in newest_first if p != "tie-3"]
+        # The status filter pages the same way.
+        failed = store.list_posts(status="failed", limit=2)
+        assert [s.post_id for s in failed] == ["late-3", "late-2"]
+        last = failed[-1]
+        assert last.updated_at is not None
+        assert [s.post_id for s in store.list_posts(status="failed", limit=10, after=(last.updated_at, last.post_id))
+                ] == ["late-1", "late-0", "tie-0", "tie-1", "tie-2", "tie-4"]
+
+
 class TestSQLiteStore(StoreContract):
     @pytest.fixture
     def engine(self, tmp_path: object) -> Iterator[Engine]:
