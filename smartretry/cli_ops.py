@@ -409,6 +409,13 @@ def _dead_letter_at(settings: Settings, offset: int) -> DeadLetter:
     raise typer.Exit(1)
 
 
+def _source_of(letter: DeadLetter | None) -> tuple[str, str, int | None, int] | None:
+    """The message a dead letter set aside, as (consumer, topic, partition, offset); None when it says not."""
+    if letter is None or letter.offset is None:
+        return None
+    return letter.consumer, letter.source_topic, letter.partition, letter.offset
+
+
 @dlq.command("list")
 def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -> None:
     """List the dead letters, newest last: where each came from and why it was set aside."""
@@ -418,16 +425,33 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
     if not letters:
         console.print(f"No dead letters on {settings.topics.dead_letters}.")
         return
+    # A message set aside again (a batch stored again after a failure, a consumer restarted before it
+    # committed) is listed once, where it was first set aside, with how often.
+    shown: list[tuple[int, DeadLetter | None]] = []
+    times: dict[tuple[str, str, int | None, int], int] = {}
+    for offset, letter, _raw in letters:
+        source = _source_of(letter)
+        if source is not None:
+            if source in times:
+                times[source] += 1
+                continue
+            times[source] = 1
+        shown.append((offset, letter))
     table = Table("offset", "when", "from", "consumer", "key", "reason")
-    for offset, letter, _raw in letters[-limit:]:
+    for offset, letter in shown[-limit:]:
         if letter is None:
             table.add_row(str(offset), "", "", "", "", "(not a dead letter)")
             continue
-        source = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
-        table.add_row(str(offset), letter.occurred_at.isoformat(timespec="seconds"), source, letter.consumer,
-                      letter.key or "", letter.reason)
+        source_text = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
+        source = _source_of(letter)
+        repeated = times[source] if source is not None else 1
+        reason = letter.reason if repeated == 1 else f"{letter.reason} (set aside {repeated} times)"
+        table.add_row(str(offset), letter.occurred_at.isoformat(timespec="seconds"), source_text, letter.consumer,
+                      letter.key or "", reason)
     console.print(table)
-    console.print(f"{len(letters)} dead letter(s) on {settings.topics.dead_letters}.")
+    repeats = len(letters) - len(shown)
+    console.print(f"{len(shown)} dead letter(s) on {settings.topics.dead_letters}"
+                  + (f", and {repeats} more of messages listed above, set aside again." if repeats else "."))
 
 
 @dlq.command("show")
