@@ -415,11 +415,12 @@ class FrontDoor:
         if state is not None and command.command_id in state.commands:
             response = publish_response(state, command.command_id)
         else:
-            status: PostStatus = state.status if state is not None else "publishing"
+            # Not decided yet: the post is being published again (the API refused a retry with nothing to
+            # publish), as the post page shows it. Results and the message are the latest until new ones come.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id,
-                post=PostSummary(id=command.post_id, status=status,
+                post=PostSummary(id=command.post_id, status="publishing",
                                  error_message=state.document.error_message if state else None))
         return Accepted(command, 202, response.model_copy(update={"pending": True, "location": location}))
 
