@@ -377,7 +377,14 @@ class CommandHandler:
         partition, offset = message.partition(), message.offset()
         if partition is None or offset is None:  # a consumed message has both; the types allow None
             return
-        progress = self._progress.setdefault(partition, _PartitionProgress())
+        progress = self._progress.get(partition)
+        if progress is None:
+            # Fetched just before its partition moved to another handler (the move is applied first): the new
+            # owner reads it from the last committed offset and handles it; committing it here would skip past
+            # commands the new owner has not finished.
+            log.info("Command at %s[%d]@%d left to the partition's new handler", self.topics.commands, partition,
+                     offset)
+            return
         progress.add(offset)
         try:
             command = decode_command(message.value())
@@ -402,6 +409,7 @@ class CommandHandler:
 
     def _track(self, task: asyncio.Task[None], partition: int, offset: int, post_id: str | None = None) -> None:
         self._in_flight += 1
+        progress = self._progress[partition]
 
         def finished(done: asyncio.Task[None]) -> None:
             self._in_flight -= 1
@@ -414,8 +422,10 @@ class CommandHandler:
                 log.error("Command at %s[%d]@%d failed: %s", self.topics.commands, partition, offset,
                           scrub(repr(done.exception())))
                 return
-            progress = self._progress.get(partition)
-            commit_to = progress.finish(offset) if progress else None
+            if self._progress.get(partition) is not progress:
+                # The partition moved (and maybe came back) since: its offsets are its owner's to commit now.
+                return
+            commit_to = progress.finish(offset)
             if commit_to is not None and self._consumer is not None:
                 with contextlib.suppress(Exception):
                     self._consumer.commit(offsets=[TopicPartition(self.topics.commands, partition, commit_to)],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+
+from confluent_kafka import TopicPartition
 
 from schemas.envelope import undecodable
 from streams.handler import CommandHandler, HandlerConfig
@@ -57,3 +60,86 @@ async def test_a_dead_letter_the_broker_refuses_is_sent_again_until_it_is_writte
     letter = json.loads(sent[2])
     assert (letter["partition"], letter["offset"], letter["key"]) == (3, 41, "post-1")
     assert "could not be decoded" in letter["reason"]
+
+
+class Fetched(Message):
+    """A consumed message of partition 3 at a given offset."""
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def offset(self) -> int:
+        return self._offset
+
+    def error(self) -> None:
+        return None
+
+
+class GatedProducer:
+    """Takes the first send once `first` is opened and the others once `rest` is, as a slow broker would."""
+
+    def __init__(self) -> None:
+        self.first, self.rest = asyncio.Event(), asyncio.Event()
+        self.calls = 0
+        self.sent: list[bytes] = []
+
+    async def send(self, topic: str, key: str, value: bytes) -> None:
+        self.calls += 1
+        await (self.first if self.calls == 1 else self.rest).wait()
+        self.sent.append(value)
+
+
+class CommitLog:
+    """The consumer's commits, as the broker would receive them."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[int, int]] = []
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits += [(tp.partition, tp.offset) for tp in offsets]
+
+
+def gated_handler() -> tuple[CommandHandler, GatedProducer, CommitLog]:
+    handler = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                             credentials=None, publishers={})  # type: ignore[arg-type]
+    producer, consumer = GatedProducer(), CommitLog()
+    handler.producer = producer  # type: ignore[assignment]
+    handler._consumer = consumer  # type: ignore[assignment]
+    return handler, producer, consumer
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_command_fetched_just_after_its_partition_moved_is_left_to_its_new_handler() -> None:
+    handler, producer, consumer = gated_handler()
+    handler._assign([3])
+    handler._dispatch(Fetched(41))  # type: ignore[arg-type]
+    handler._revoke([3])
+    handler._dispatch(Fetched(42))  # type: ignore[arg-type]
+    assert handler._in_flight == 1  # only the first is being handled here
+    producer.first.set()
+    await settle()
+    assert len(producer.sent) == 1
+    # Finished after the move: its offset is the new owner's to commit, who may not have handled it yet.
+    assert consumer.commits == []
+
+
+async def test_a_command_finished_after_its_partition_moved_and_came_back_commits_nothing() -> None:
+    handler, producer, consumer = gated_handler()
+    handler._assign([3])
+    handler._dispatch(Fetched(41))  # type: ignore[arg-type]
+    handler._revoke([3])
+    handler._assign([3])
+    handler._dispatch(Fetched(41))  # type: ignore[arg-type]  # read again from the committed offset
+    handler._dispatch(Fetched(42))  # type: ignore[arg-type]
+    producer.first.set()
+    await settle()
+    # The first 41 finished while the one fetched again is still running: nothing is past it yet.
+    assert len(producer.sent) == 1 and consumer.commits == []
+    producer.rest.set()
+    await settle()
+    assert consumer.commits[-1] == (3, 43)
+    assert handler._in_flight == 0
