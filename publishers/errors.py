@@ -94,6 +94,19 @@ def may_have_reached_platform(exc: httpx.TransportError) -> bool:
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
+def container_error_kind(subcode: int | None) -> ErrorKind:
+    """The kind of an Instagram container that ended in ERROR, by the subcode its status names.
+
+    Instagram's own failures (a server error, a timeout, "create the container again") are transient: the
+    next attempt makes a new container. Any other, or none named, is the image's: the user must fix it.
+    """
+    if subcode in IG_RETRY_SAME_CONTAINER or subcode in IG_NEW_CONTAINER:
+        return ErrorKind.TRANSIENT
+    if subcode in IG_RESTRICTED:
+        return ErrorKind.PERMISSION
+    return ErrorKind.INVALID_MEDIA
+
+
 def is_retry_same_container(error: PlatformError) -> bool:
     """Instagram asks to publish the same container again after a moment (not ready, server hiccup)."""
     return error.subcode in IG_RETRY_SAME_CONTAINER or error.code == IG_NOT_READY_CODE

@@ -13,7 +13,7 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
-from publishers.errors import is_retry_same_container
+from publishers.errors import container_error_kind, is_retry_same_container
 from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, earliest_match
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -164,17 +164,21 @@ class InstagramPublisher:
             try:
                 status, detail = await self._container_status(container_id, token)
             except GraphCallFailed as failed:
-                if not failed.error.kind.retried_automatically or loop.time() >= deadline:
+                # A rate limit is not waited out here, polling on through it: the attempt fails with the
+                # platform's wait, which the handler honours before trying again.
+                if not failed.error.kind.retried_automatically or failed.error.kind is ErrorKind.RATE_LIMITED \
+                        or loop.time() >= deadline:
                     raise
                 status, detail = "IN_PROGRESS", ""
             if status in ("FINISHED", "PUBLISHED"):
                 return status
             if status == "ERROR":
                 match = _SUBCODE_IN_STATUS.search(detail)
+                subcode = int(match.group(1)) if match else None
                 raise GraphCallFailed(PlatformError(
-                    kind=ErrorKind.INVALID_MEDIA,
+                    kind=container_error_kind(subcode),
                     message=f"Instagram media processing failed: {detail or 'the image could not be processed'}",
-                    subcode=int(match.group(1)) if match else None,
+                    subcode=subcode,
                 ))
             if status == "EXPIRED":
                 raise GraphCallFailed(PlatformError(
@@ -190,9 +194,17 @@ class InstagramPublisher:
             interval = min(interval * polling.backoff, polling.max_interval_s)
 
     async def _publish_container(self, ig_user: str, container_id: str, token: SecretStr) -> str | None:
-        """The new media id; None when the container turns out to be published already."""
+        """The new media id; None when the container turns out to be published already.
+
+        A refusal with a 5xx may have published the container all the same. From then on, a try that ends it
+        all (a refusal that is not "try again", a status that cannot be asked) leaves the outcome unknown,
+        unless the container's status says it went out: a known failure would make the handler publish a new
+        container, and the post would go out twice.
+        """
         retries = self._polling.publish_retries
         interval = self._polling.interval_s
+        may_have_published = False
+        refusal: GraphCallFailed | None = None
         for attempt in range(retries + 1):
             try:
                 body = await self._graph.post(
@@ -200,17 +212,32 @@ class InstagramPublisher:
                 )
                 return str(body["id"])
             except GraphCallFailed as failed:
-                # No answer at all: the caller reports an unknown outcome, resolved through the container.
-                no_answer = failed.error.http_status is None
-                if no_answer or not is_retry_same_container(failed.error) or attempt == retries:
+                may_have_published = may_have_published or failed.outcome_unknown
+                if failed.error.http_status is None:
+                    # No answer at all: the caller reports an unknown outcome, resolved through the container.
                     raise
+                refusal = failed
+                if not is_retry_same_container(failed.error) or attempt == retries:
+                    break
             await asyncio.sleep(interval)
             interval = min(interval * self._polling.backoff, self._polling.max_interval_s)
-            # A container is published at most once, so asking again is safe; a 5xx may still have published it.
-            status, _ = await self._container_status(container_id, token)
-            if status == "PUBLISHED":
+            # A container is published at most once, so asking again is safe.
+            if await self._went_out(container_id, token, may_have_published):
                 return None
-        raise AssertionError("unreachable")
+        assert refusal is not None
+        if may_have_published and await self._went_out(container_id, token, may_have_published):
+            # An earlier try published it after all; this refusal ("already published", a rate limit) is moot.
+            return None
+        raise GraphCallFailed(refusal.error, outcome_unknown=may_have_published)
+
+    async def _went_out(self, container_id: str, token: SecretStr, may_have_published: bool) -> bool:
+        """Whether the container is published; a status that cannot be asked keeps an unknown outcome unknown."""
+        try:
+            status, _ = await self._container_status(container_id, token)
+        except GraphCallFailed as unclear:
+            raise GraphCallFailed(unclear.error, outcome_unknown=may_have_published or unclear.outcome_unknown) \
+                from None
+        return status == "PUBLISHED"
 
     async def _container_status(self, container_id: str, token: SecretStr) -> tuple[str, str]:
         body = await self._graph.get(container_id, None, token, params={"fields": "status_code,status"},

@@ -48,7 +48,7 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
     "instagram": ("media", "media_list", "container_status", "media_publish", "permalink",
                   "content_publishing_limit", "account"),
 }
-FaultMode = Literal["error", "drop", "hang"]
+FaultMode = Literal["error", "drop", "hang", "error_after"]
 ContainerStatus = Literal["FINISHED", "ERROR", "EXPIRED"]
 # Meta's media_publish reference: 50 posts per account in a moving 24 hours (read it live from
 # /content_publishing_limit on the real API; it has changed before).
@@ -64,6 +64,7 @@ class Fault:
 
     `error`: answer with a Meta error envelope and change nothing. `drop`: do the work (create the post),
     then close the connection without answering. `hang`: answer nothing for `hang_s`, change nothing.
+    `error_after`: do the work, then answer with the error envelope (a 5xx that published all the same).
     """
 
     platform: str
@@ -80,6 +81,8 @@ class Fault:
     regain_access_minutes: int | None = None
     app_usage: dict[str, int] | None = None
     hang_s: float = 30.0
+    # Calls of the endpoint served normally before the fault starts.
+    skip: int = 0
 
 
 @dataclass
@@ -231,6 +234,9 @@ class GraphSandbox:
     def take_fault(self, platform: str, endpoint: str) -> Fault | None:
         for fault in self.faults:
             if fault.platform == platform and fault.endpoint in (endpoint, "*"):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    return None
                 fault.times -= 1
                 if fault.times <= 0:
                     self.faults.remove(fault)
@@ -743,6 +749,9 @@ class SandboxServer:
             return _Reply(drop=True)
         if fault is not None and fault.mode == "error":
             reply = self.state.fault_reply(fault, node)
+        elif fault is not None and fault.mode == "error_after":
+            handler(request, node)
+            reply = self.state.fault_reply(fault, node)
         else:
             reply = handler(request, node)
             if fault is not None:
@@ -840,13 +849,21 @@ class SandboxControl:
         is_transient: bool = False,
         regain_access_minutes: int | None = None,
         app_usage: dict[str, int] | None = None,
+        skip: int = 0,
     ) -> None:
-        """The next `times` calls answer with this Meta error envelope and change nothing."""
+        """The next `times` calls (after `skip` served normally) answer with this Meta error envelope and change
+        nothing."""
         self._post("faults", asdict(Fault(
             platform=platform, endpoint=endpoint, mode="error", times=times, http_status=http_status, code=code,
             subcode=subcode, message=message, is_transient=is_transient,
-            regain_access_minutes=regain_access_minutes, app_usage=app_usage,
+            regain_access_minutes=regain_access_minutes, app_usage=app_usage, skip=skip,
         )))
+
+    def fail_after(self, platform: str, endpoint: str, *, code: int, http_status: int = 500,
+                   subcode: int | None = None, times: int = 1) -> None:
+        """The next `times` calls do their work (publish the post) and then answer with this error envelope."""
+        self._post("faults", asdict(Fault(platform=platform, endpoint=endpoint, mode="error_after", times=times,
+                                          http_status=http_status, code=code, subcode=subcode)))
 
     def drop_after(self, platform: str, endpoint: str, *, times: int = 1) -> None:
         """The next `times` calls do their work (create the post) and then close the socket unanswered."""

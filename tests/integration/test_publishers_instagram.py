@@ -198,6 +198,68 @@ async def test_a_publish_that_may_have_gone_out_stays_unknown_when_its_status_ca
     assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
 
 
+async def test_a_retried_publish_that_went_out_behind_a_server_error_is_never_a_known_failure(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # The first publish fails outright; the second goes out but answers 500; then the token is revoked
+    # before the container's status can say so.
+    sandbox.fail_next("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
+    sandbox.fail_after("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
+    sandbox.fail_next("instagram", "container_status", code=190, subcode=460, http_status=400, skip=1)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert instagram_posts(sandbox) == 1
+    # A known "re-authenticate" failure would have the user's retry publish a second container: unknown,
+    # it is looked up through its container once the account is re-authenticated.
+    assert not outcome.success and outcome.outcome_unknown and outcome.container_id is not None
+
+
+async def test_a_status_that_cannot_be_asked_between_tries_keeps_a_possible_publish_unknown(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    sandbox.fail_next("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
+    sandbox.fail_after("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
+    sandbox.fail_next("instagram", "container_status", code=2, http_status=500, skip=1)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert instagram_posts(sandbox) == 1
+    # A known transient failure would be retried at once with a new container: a second post.
+    assert not outcome.success and outcome.outcome_unknown and outcome.container_id is not None
+
+
+async def test_a_final_refusal_after_a_try_that_went_out_is_that_try_s_success(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # The second publish goes out but answers a 500 that does not ask to try again: the container says it went.
+    sandbox.fail_next("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
+    sandbox.fail_after("instagram", "media_publish", code=2, http_status=500)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert instagram_posts(sandbox) == 1
+    [media] = sandbox.posts()
+    assert outcome.success and outcome.platform_post_id == media["id"]
+
+
+async def test_a_rate_limit_met_while_waiting_for_the_container_fails_with_the_platforms_wait(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sandbox.fail_next("instagram", "media_publish", code=9007, subcode=2207027)  # not ready yet
+    sandbox.fail_next("instagram", "container_status", code=4, regain_access_minutes=10, times=50)
+
+    with caplog.at_level(logging.DEBUG, logger="publishers.sandbox"):
+        outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    # Not polled on through the limit, nor ended as "not ready" with no wait: the handler waits 10 minutes.
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.RATE_LIMITED
+    assert outcome.error.retry_after_s == 600
+    assert instagram_calls(caplog).count("container_status") == 1
+    assert instagram_posts(sandbox) == 0
+
+
 @pytest.mark.parametrize(
     ("endpoint", "code", "subcode", "kind"),
     [

@@ -15,6 +15,7 @@ from publishers.errors import (
     APP_USAGE_FULL_WAIT_S,
     classify,
     classify_transport,
+    container_error_kind,
     is_retry_same_container,
     may_have_reached_platform,
     rate_limit_wait,
@@ -95,6 +96,19 @@ def test_without_an_envelope_the_http_status_decides(status: int, kind: ErrorKin
 
     assert error.kind is kind
     assert error.message.startswith(f"Facebook post failed: {status} - ")
+
+
+@pytest.mark.parametrize(("subcode", "kind"), [
+    (2207001, ErrorKind.TRANSIENT),  # Instagram's server error: a new container is tried by itself
+    (2207003, ErrorKind.TRANSIENT),  # timed out fetching the image
+    (2207032, ErrorKind.TRANSIENT),  # "create the container again"
+    (2207052, ErrorKind.INVALID_MEDIA),  # the image could not be fetched: the user fixes the URL
+    (2207026, ErrorKind.INVALID_MEDIA),
+    (None, ErrorKind.INVALID_MEDIA),
+])
+def test_a_container_that_ended_in_error_is_classified_by_the_subcode_its_status_names(
+        subcode: int | None, kind: ErrorKind) -> None:
+    assert container_error_kind(subcode) is kind
 
 
 def test_the_message_reads_like_the_seeds() -> None:
