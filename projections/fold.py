@@ -25,8 +25,9 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
   still exists on the platform.
 - `needed_action` says, per platform, what the user must do: after a failed result, what its error
   asks for ("fix the image URL"); while an interrupted attempt cannot be checked on the platform for
-  want of a valid token (`AttemptOutcomeUnknown`), "re-authenticate Facebook". The post stays
-  `publishing` then: its outcome is unknown, not failed.
+  want of a valid token (`AttemptOutcomeUnknown`), "re-authenticate Facebook"; when the platform refuses
+  the look-up itself (what it names is gone), "check Facebook for the post, then resolve the attempt".
+  The post stays `publishing` then: its outcome is unknown, not failed.
 - A failed result of an attempt never recorded is refused (the handler records every attempt before
   its call): it would put a failure over a post that went out. A success without its attempt is kept.
 - The same event delivered twice (same `event_id`) changes nothing.
@@ -278,9 +279,13 @@ def _on_outcome_unknown(state: PostState, event: AttemptOutcomeUnknown) -> None:
     state.attempts[event.attempt_id] = _replaced(attempt, {"lookup_error": event.error})
     if state.in_flight(event.platform) is not state.attempts[event.attempt_id]:
         return  # a later attempt of the platform speaks for it
-    # Only the user can unblock an `auth` or `permission` error; the service keeps asking after any other.
+    # Only the user can unblock an `auth` or `permission` error. A look-up the platform refuses as such (the
+    # container or post it names is gone) will not come right by asking again: someone must check the
+    # platform and say what they found. The service keeps asking after any other error.
     kind = event.error.kind
     action = needed_action(event.platform, kind) if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
+    if kind in (ErrorKind.INVALID_REQUEST, ErrorKind.INVALID_MEDIA):
+        action = f"check {PLATFORM_LABELS[event.platform]} for the post, then resolve the attempt"
     _set_needed_action(state, event.platform, action)
 
 

@@ -265,6 +265,20 @@ def test_an_attempt_that_cannot_be_checked_for_another_reason_needs_nothing_of_t
     assert lookup is not None and lookup.message == "could not tell whether the post went out"
 
 
+def test_an_attempt_whose_look_up_the_platform_refuses_asks_someone_to_check_and_resolve_it() -> None:
+    history = History()
+    attempts = history.publish(target="instagram")
+    history.unknown("instagram", attempts["instagram"], ErrorKind.INVALID_REQUEST,
+                    "Instagram media status check failed: 400 - Object with ID '1789' does not exist")
+    state = history.state()
+    # Asking again will not bring the container back, and "fix the post" would be wrong: it may be out.
+    assert state.status == "publishing"
+    assert state.needed_action == {"instagram": "check Instagram for the post, then resolve the attempt"}
+    # Resolved by an operator: the need goes with it.
+    history.success("instagram", attempts["instagram"], "18107758234627017")
+    assert history.state().needed_action == {}
+
+
 def test_a_lookup_failure_after_the_attempts_result_changes_nothing() -> None:
     history = History()
     attempts = history.publish(target="facebook")
