@@ -105,9 +105,10 @@ def parse_meta_time(value: Any) -> datetime | None:
 
 
 def earliest_match(items: Any, caption: str, since: datetime, *, time_field: str, text_field: str,
-                   exclude: Collection[str] = ()) -> dict[str, Any] | None:
+                   exclude: Collection[str] = (), only: bool = False) -> dict[str, Any] | None:
     """The earliest item since `since` whose text is the caption (Meta trims surrounding blanks), of those not
     in `exclude` (posts already recorded for the post, which a forced republish repeats word for word).
+    With `only`, None unless exactly one item matches.
 
     How an attempt whose outcome is unknown is matched to what the platform holds, on both platforms.
     """
@@ -119,5 +120,7 @@ def earliest_match(items: Any, caption: str, since: datetime, *, time_field: str
         created = parse_meta_time(item.get(time_field))
         if created is not None and created >= since and str(item.get(text_field) or "").strip() == wanted:
             found.append((created, item))
+    if only and len(found) != 1:
+        return None
     return min(found, key=lambda pair: pair[0])[1] if found else None
 

@@ -82,6 +82,7 @@ class InstagramPublisher:
             return PublishOutcome.failed("instagram", PlatformError(
                 kind=ErrorKind.INVALID_MEDIA, message=f"{action} failed: Instagram posts need an image"))
         ig_user, token = account.ig_user_id, account.user_token
+        started = datetime.now(UTC)
         try:
             created = await self._graph.post(
                 ig_user, "media", token, data={"image_url": content.image_url, "caption": content.caption},
@@ -116,12 +117,12 @@ class InstagramPublisher:
                     raise GraphCallFailed(unclear.error, outcome_unknown=refused.outcome_unknown or
                                           unclear.outcome_unknown) from None
                 if status == "PUBLISHED":
-                    return await self._published_media(account, content, container_id, datetime.now(UTC))
+                    return await self._published_media(account, content, container_id, started, only=True)
                 if not is_retry_same_container(refused.error):
                     raise
                 media_id = await self._publish_container(ig_user, container_id, token)
             if media_id is None:
-                return await self._published_media(account, content, container_id, datetime.now(UTC))
+                return await self._published_media(account, content, container_id, started, only=True)
         except GraphCallFailed as failed:
             log.info("Instagram publish failed (%s)", failed.error.kind, extra={"attempt_id": attempt_id})
             unknown = failed.outcome_unknown
@@ -246,12 +247,13 @@ class InstagramPublisher:
 
     async def _published_media(
         self, account: AccountCredentials, content: PostContent, container_id: str, attempted_at: datetime,
-        recorded: Collection[str] = (),
+        recorded: Collection[str] = (), only: bool = False,
     ) -> PublishOutcome:
         """The media a PUBLISHED container became: the account's recent media matched by caption and time.
 
-        It went out for certain; where the media cannot be told (no caption to match, or the listing failed), its
-        ids are left unknown rather than guessed.
+        It went out for certain; where the media cannot be told (no caption to match, the listing failed, or
+        with `only` more than one media matches, as after a forced republish of the same caption a minute
+        before), its ids are left unknown rather than guessed.
         """
         if not content.caption.strip():
             return PublishOutcome.published("instagram", None, None, container_id)
@@ -263,7 +265,7 @@ class InstagramPublisher:
             # It went out for certain; the ids can be filled in later, a second publish cannot be undone.
             return PublishOutcome.published("instagram", None, None, container_id)
         media = earliest_match(listing.get("data"), content.caption, attempted_at - CLOCK_SKEW,
-                               time_field="timestamp", text_field="caption", exclude=recorded)
+                               time_field="timestamp", text_field="caption", exclude=recorded, only=only)
         if media is None:
             return PublishOutcome.published("instagram", None, None, container_id)
         permalink = media.get("permalink")

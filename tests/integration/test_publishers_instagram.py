@@ -243,6 +243,22 @@ async def test_a_final_refusal_after_a_try_that_went_out_is_that_try_s_success(
     assert outcome.success and outcome.platform_post_id == media["id"]
 
 
+async def test_a_published_container_is_never_taken_for_an_earlier_post_with_the_same_caption(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    first = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+    # Published again a moment later (a forced republish), behind a 500: the container says it went out.
+    sandbox.fail_after("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
+
+    again = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a2")
+
+    assert first.success and again.success
+    assert instagram_posts(sandbox) == 2
+    # Two media with that caption: which is the new one cannot be told, so no id rather than the first's.
+    assert again.platform_post_id != first.platform_post_id
+    assert again.platform_post_id is None and again.container_id is not None
+
+
 async def test_a_rate_limit_met_while_waiting_for_the_container_fails_with_the_platforms_wait(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
     caplog: pytest.LogCaptureFixture,
