@@ -31,6 +31,17 @@ LOOKUP_MAX_PAGES = 10
 LOOKUP_WINDOW = timedelta(seconds=150)
 
 
+def facebook_text(content: PostContent) -> str:
+    """The text of the post on the Page: the caption, and a photo's link after it.
+
+    A photo post has no link field (only a feed post has), so a link given with an image goes into the
+    text, where it is still a link, rather than being left out. The look-up matches this same text.
+    """
+    if content.image_url and content.link and content.link not in content.caption:
+        return f"{content.caption.rstrip()}\n\n{content.link}" if content.caption.strip() else content.link
+    return content.caption
+
+
 class FacebookPagePublisher:
     platform: Platform = "facebook"
     finds_by_caption = True
@@ -92,14 +103,15 @@ class FacebookPagePublisher:
         action = "Facebook post lookup"
         if not account.page_id:
             return PublishOutcome.failed("facebook", _no_page(action))
-        if not content.caption.strip():
+        text = facebook_text(content)
+        if not text.strip():
             # Any other post without a caption would match: "no post" or a wrong post could both be false.
             return PublishOutcome.failed("facebook", PlatformError(
                 kind=ErrorKind.TRANSIENT, message=f"{action} could not tell: a post without a caption cannot be "
                                                   "told apart from the Page's other posts"))
         since = attempted_at - CLOCK_SKEW
         try:
-            match = await self._earliest_match(account, content.caption, since, attempted_at + self._lookup_window,
+            match = await self._earliest_match(account, text, since, attempted_at + self._lookup_window,
                                                action, recorded)
         except GraphCallFailed as failed:
             return PublishOutcome.failed("facebook", failed.error)
@@ -167,7 +179,7 @@ class FacebookPagePublisher:
     ) -> dict[str, Any]:
         page_id = account.page_id or ""
         if content.image_url:
-            data = {"url": content.image_url, "caption": content.caption, "published": "true"}
+            data = {"url": content.image_url, "caption": facebook_text(content), "published": "true"}
             return await self._graph.post(page_id, "photos", token, data=data, action=action)
         data = {"message": content.caption}
         if content.link:

@@ -29,7 +29,11 @@ HttpUrlText = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
 
 
 class PostContent(Frozen):
-    """What gets published: a caption with an image (Instagram needs one) and, for Facebook, a link."""
+    """What gets published: a caption with an image (Instagram needs one) and, for Facebook, a link.
+
+    On Facebook a post with an image and a link is a photo whose text is the caption followed by the link
+    (a photo post has no link field); Instagram publishes the caption and image only.
+    """
 
     caption: str = Field(max_length=63206)
     image_url: HttpUrlText | None = None

@@ -68,6 +68,27 @@ async def test_text_and_link_post_goes_to_the_feed(
     assert (post["message"], post["link"], post["image_url"]) == (LINK.caption, LINK.link, None)
 
 
+async def test_a_photo_with_a_link_keeps_the_link_in_its_text_and_is_found_by_that_text(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # A photo post has no link field: the link is not dropped, it follows the caption.
+    both = PostContent(caption="Autumn menu is here", image_url="https://cdn.example.com/autumn-menu.jpg",
+                       link="https://shop.example.com/autumn")
+    started = datetime.now(UTC)
+    sandbox.drop_after("facebook", "photos")
+
+    outcome = await publishers["facebook"].publish(both, demo_account, attempt_id="a1")
+
+    assert outcome.outcome_unknown
+    [post] = sandbox.posts()
+    assert post["message"] == "Autumn menu is here\n\nhttps://shop.example.com/autumn"
+    assert post["image_url"] == both.image_url
+    # The look-up matches the text the Page holds, so the interrupted attempt is found, not published again.
+    found = await publishers["facebook"].find_existing(both, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=started)
+    assert found is not None and found.success and found.platform_post_id == post["id"]
+
+
 async def test_the_page_token_is_fetched_once_and_reused(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:
