@@ -35,6 +35,7 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -375,6 +376,12 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     for result in results:
         counted[result.platform] = counted.get(result.platform, 0) + 1
     state.legacy_attempts = counted
+    for platform in PLATFORMS:
+        latest = next((r for r in state.document.insights.publish_results if r.platform == platform), None)
+        if latest is not None and any(r.platform == platform for r in results):
+            # What the old message says the user must do, where Meta's words make it plain.
+            kind = None if latest.success else legacy_error_kind(latest.error)
+            _set_needed_action(state, platform, needed_action(platform, kind))
 
 
 Handler = Callable[[PostState, Any], None]
@@ -643,6 +650,25 @@ def _legacy_result(entry: object) -> PublishResult | None:
     if success:
         return PublishResult(platform=known, success=True, post_id=post_id, permalink=text("permalink"))
     return PublishResult(platform=known, success=False, error=text("error", "message") or UNKNOWN_ERROR)
+
+
+# Meta's words and codes in old failure messages, for the kinds whose fix is the user's. Anything else (or
+# nothing recognised) asks nothing of the user, as a transient failure would not.
+_LEGACY_KINDS: tuple[tuple[ErrorKind, re.Pattern[str]], ...] = (
+    (ErrorKind.AUTH, re.compile(r"access token|session has expired|\(#190\)|re-?authenticate|token (?:has )?expired",
+                                re.IGNORECASE)),
+    (ErrorKind.PERMISSION, re.compile(r"\(#(?:10|2\d\d)\)|permissions? error|does not have permission",
+                                      re.IGNORECASE)),
+    (ErrorKind.INVALID_MEDIA, re.compile(r"invalid image|image file|\(#324\)|media download has failed|"
+                                         r"media could not be (?:fetched|processed)", re.IGNORECASE)),
+)
+
+
+def legacy_error_kind(message: str | None) -> ErrorKind | None:
+    """The kind of an old-system failure, read from its message (old documents kept no kind), if it is plain."""
+    if not message:
+        return None
+    return next((kind for kind, pattern in _LEGACY_KINDS if pattern.search(message)), None)
 
 
 def _legacy_time(value: object) -> datetime | None:

@@ -346,6 +346,23 @@ def test_an_imported_seed_document_reads_back_as_it_was_and_merges_with_later_re
     assert state.document.post_url == "https://www.facebook.com/747917475065823_122104567890123"
 
 
+def test_an_imported_failure_says_what_the_user_must_do_where_its_message_makes_it_plain() -> None:
+    # The seed's document: Facebook refused the image. The product note's answer is to fix the URL and retry.
+    assert History().legacy(SEED_FAILED_DOCUMENT).state().needed_action == {"facebook": "fix the image URL"}
+    old = {"insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "Error validating access token: Session has expired"},
+        {"platform": "instagram", "success": False, "error": "An unexpected error has occurred"},
+    ]}, "status": "failed"}
+    state = History().legacy(old).state()
+    # Nothing is asked where the message does not say (a hiccup is retried, not fixed).
+    assert state.needed_action == {"facebook": "re-authenticate Facebook"}
+    # Fixed and retried: the need goes with the failure.
+    history = History().legacy(SEED_FAILED_DOCUMENT)
+    retry = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retry["facebook"], "747917475065823_122104567890123")
+    assert history.state().needed_action == {}
+
+
 def test_an_old_document_without_publish_results_counts_its_platform_ids_as_successes() -> None:
     state = History().legacy({"insights": {"facebook_post_id": "7479_1"}, "status": "failed",
                               "error_message": "instagram: token expired", "unknown_field": 3}).state()
