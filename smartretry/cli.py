@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from smartretry.settings import Settings, load_settings
-from streams.broker import BrokerUnavailable, LocalBroker, kept_broker
+from streams.broker import BrokerUnavailable, LocalBroker, StartedBroker, kept_broker, port_free
 from streams.topics import StoreAheadOfLog, TopicMismatch, check_store_matches_log, ensure_topics
 
 # How often `run` checks that its projector and handler processes are alive.
@@ -25,17 +25,19 @@ app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagra
 
 
 @contextlib.contextmanager
-def broker_for(settings: Settings) -> Iterator[str]:
+def broker_for(settings: Settings) -> Iterator[StartedBroker]:
     """The configured broker, else one started here whose data is kept (the local JVM, else Docker)."""
     if settings.kafka_bootstrap_servers:
-        yield settings.kafka_bootstrap_servers
+        yield StartedBroker(settings.kafka_bootstrap_servers)
         return
     try:
-        with kept_broker(Path(settings.broker_data_dir)) as bootstrap:
-            yield bootstrap
+        started = contextlib.ExitStack()
+        broker = started.enter_context(kept_broker(Path(settings.broker_data_dir)))
     except BrokerUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    with started:
+        yield broker
 
 
 def interrupt_event() -> threading.Event:
@@ -60,8 +62,8 @@ def broker(measure: bool = typer.Option(False, help="Start the local JVM broker,
         local.stop()
         typer.echo(f"local broker ready in {elapsed:.2f}s (jars cached)")
         return
-    with broker_for(load_settings()) as bootstrap:
-        typer.echo(f"Kafka broker ready at {bootstrap}  (Ctrl-C stops it)")
+    with broker_for(load_settings()) as started_broker:
+        typer.echo(f"Kafka broker ready at {started_broker.bootstrap}  (Ctrl-C stops it)")
         wait_for_interrupt()
 
 
@@ -82,7 +84,16 @@ def run() -> None:
     # The API runs in this process: its lines (accepted commands, re-authentications, errors) in the
     # format and level the settings give, scrubbed, as the handler's and the projector's are.
     configure(settings.log_level, settings.log_format)
-    with broker_for(settings) as bootstrap, contextlib.ExitStack() as stack:
+    ports = {"SMARTRETRY_API_PORT": (settings.api_host, settings.api_port)}
+    if not settings.graph_api_base_url:
+        ports["SMARTRETRY_SANDBOX_PORT"] = ("127.0.0.1", settings.sandbox_port)
+    for name, (host, port) in ports.items():
+        if not port_free(host, port):
+            typer.echo(f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set {name} "
+                       "to a free port", err=True)
+            raise typer.Exit(2)
+    with broker_for(settings) as started_broker, contextlib.ExitStack() as stack:
+        bootstrap = started_broker.bootstrap
         # The API's readiness check and its Kafka metrics read the broker from the settings too.
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
         try:
@@ -139,6 +150,16 @@ def run() -> None:
         delays = dict.fromkeys(commands, 0.0)
         try:
             while not stop.wait(SUPERVISE_INTERVAL_S):
+                if (code := started_broker.exit_code()) is not None and started_broker.local is not None:
+                    # Nothing can be published or recorded without it; the handler and the projector reconnect.
+                    typer.echo(f"error: the Kafka broker stopped (exit code {code}): "
+                               f"{started_broker.local.last_words()[-500:]}; starting it again", err=True)
+                    try:
+                        started_broker.local.restart()
+                    except BrokerUnavailable as exc:
+                        typer.echo(f"error: the Kafka broker could not be started again: {exc}", err=True)
+                        raise typer.Exit(2) from None
+                    typer.echo(f"Kafka broker started again at {bootstrap}", err=True)
                 for name, process in processes.items():
                     if process.poll() is None:
                         continue
@@ -193,8 +214,8 @@ def processor() -> None:
     from streams.projector import run_projector
 
     settings = load_settings()
-    with broker_for(settings) as bootstrap, contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_projector(settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})))
+    with broker_for(settings) as started_broker, contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_projector(settings.model_copy(update={"kafka_bootstrap_servers": started_broker.bootstrap})))
 
 
 # Post ids `smartretry replay` names when the projections differ; the count says how many in all.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
+    BeforeValidator,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -24,6 +25,8 @@ DEV_API_KEY = "dev-key-change-me"
 DEV_SECRET_KEY = "dev-secret-change-me"
 # The pages' sign-in cookie and forms are signed with the API key: a short one is one anyone can guess.
 MIN_API_KEY_LENGTH = 16
+
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 def _on_this_machine(url: str) -> bool:
@@ -51,16 +54,17 @@ class Settings(BaseSettings):
     # Connections to the Graph API at once, shared by all platform calls of one handler.
     graph_max_connections: PositiveInt = 100
     # Port of the sandbox Graph API that `smartretry run` starts when no Graph API URL is set.
-    sandbox_port: int = 8081
+    sandbox_port: Port = 8081
 
     api_host: str = "127.0.0.1"
-    api_port: int = 8080
+    api_port: Port = 8080
     api_key: SecretStr = SecretStr(DEV_API_KEY)
     # Encrypts account tokens at rest in the credential store.
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
     log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                         BeforeValidator(lambda level: level.upper() if isinstance(level, str) else level)] = "INFO"
 
     # How long publish and retry requests wait for results before answering 202.
     api_wait_seconds: PositiveFloat = 10.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 KAFKA_VERSION = "3.9.1"
 POM = Path(__file__).with_name("broker") / "pom.xml"
@@ -72,13 +74,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_free(port: int) -> bool:
-    """Whether a listener could take `port` now (as the broker's does: connections of its last run, still
-    closing, do not count)."""
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could take `port` on `host` now (as a server's does: connections of its last run,
+    still closing, do not count)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
         return True
@@ -99,6 +101,19 @@ def die_with_parent() -> None:
     # The JVM gets SIGTERM when the process that started it dies, even by SIGKILL: no orphan brokers.
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """An exclusive lock on the broker's data directory, held until closed (or the process ends)."""
+    lock = open(data_dir / "smartretry.lock", "ab")  # noqa: SIM115 - held for the broker's life
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise BrokerUnavailable(
+            f"another broker is using {data_dir} (is `smartretry run` already running here?): a second one would "
+            "corrupt its data. Stop the other, or set SMARTRETRY_BROKER_DATA_DIR to another directory.") from None
+    return lock
 
 
 def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
@@ -139,6 +154,8 @@ class LocalBroker:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     _owns_dir: bool = True
+    # Held while this broker uses `data_dir`: a second broker on the same data would corrupt it.
+    _lock: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -151,8 +168,9 @@ class LocalBroker:
         owns = data_dir is None
         data_dir = Path(tempfile.mkdtemp(prefix="smartretry-kafka-")) if data_dir is None else data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_data_dir(data_dir)
         port = port or free_port()
-        broker = cls(port=port, data_dir=data_dir, _owns_dir=owns)
+        broker = cls(port=port, data_dir=data_dir, _owns_dir=owns, _lock=lock)
         props = data_dir / "server.properties"
         classpath = f"{libs}/*"
         log4j = data_dir / "log4j.properties"
@@ -170,7 +188,7 @@ class LocalBroker:
         if formatted:
             # Kept data (a restart): its listener again if free, else another; the data is what counts.
             previous = _listener_port(props)
-            if requested is None and previous is not None and _port_free(previous):
+            if requested is None and previous is not None and port_free("127.0.0.1", previous):
                 port = broker.port = previous
             if port != previous:
                 props.write_text(_server_properties(data_dir, port, free_port()))
@@ -183,13 +201,13 @@ class LocalBroker:
                 [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
                 check=True, capture_output=True, text=True,
             )
-        out = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the broker process
-        broker.process = subprocess.Popen(
-            [*java, "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
-        )
-        out.close()
         try:
+            out = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the broker process
+            broker.process = subprocess.Popen(
+                [*java, "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+            )
+            out.close()
             broker.wait_ready(timeout)
         except BaseException:
             broker.stop()
@@ -203,8 +221,7 @@ class LocalBroker:
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                tail = (self.data_dir / "stdout.log").read_text(errors="replace")[-2000:]
-                raise BrokerUnavailable(f"the Kafka JVM exited with {self.process.returncode}: {tail}")
+                raise BrokerUnavailable(f"the Kafka JVM exited with {self.process.returncode}: {self.last_words()}")
             try:
                 metadata = admin.list_topics(timeout=1.0)
                 if metadata.brokers:
@@ -213,6 +230,15 @@ class LocalBroker:
                 pass
             time.sleep(0.2)
         raise BrokerUnavailable(f"the local Kafka broker did not answer within {timeout:.0f}s (see {self.data_dir})")
+
+    def last_words(self) -> str:
+        """The end of what the JVM wrote (its own output, else its log), for an error message."""
+        for name in ("stdout.log", "broker.log"):
+            with contextlib.suppress(OSError):
+                tail = (self.data_dir / name).read_text(errors="replace")[-2000:].strip()
+                if tail:
+                    return f"{tail} (from {self.data_dir / name})"
+        return f"it said nothing (see {self.data_dir})"
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -224,6 +250,9 @@ class LocalBroker:
                 self.process.wait()
         if self._owns_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def kill(self) -> None:
         """Stops the JVM abruptly (SIGKILL), keeping its data: for restart tests."""
@@ -239,11 +268,13 @@ class LocalBroker:
         """
         self.kill()
         owns, self._owns_dir = self._owns_dir, False
+        if self._lock is not None:
+            self._lock.close()  # taken again by the new JVM's start
         try:
             started = LocalBroker.start(self.data_dir, self.port, timeout)
         finally:
             self._owns_dir = owns
-        self.process = started.process
+        self.process, self._lock = started.process, started._lock
 
 
 def docker_available() -> bool:
@@ -255,8 +286,21 @@ def docker_available() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class StartedBroker:
+    """The broker a command runs against: its address, and the local JVM when the command started one."""
+
+    bootstrap: str
+    local: LocalBroker | None = None
+
+    def exit_code(self) -> int | None:
+        """The local JVM's exit code once it has stopped; None while it runs (or when it is not ours)."""
+        process = self.local.process if self.local is not None else None
+        return process.poll() if process is not None else None
+
+
 @contextlib.contextmanager
-def kept_broker(data_dir: Path) -> Iterator[str]:
+def kept_broker(data_dir: Path) -> Iterator[StartedBroker]:
     """A broker for `smartretry run` whose topics outlive it: the local JVM's, with its data in `data_dir`.
 
     The projection in the database is of the events on this broker; a broker that started empty each
@@ -265,11 +309,11 @@ def kept_broker(data_dir: Path) -> Iterator[str]:
     """
     if shutil.which("java") is None and docker_available():
         with kafka_broker() as bootstrap:
-            yield bootstrap
+            yield StartedBroker(bootstrap)
         return
     broker = LocalBroker.start(data_dir=data_dir)
     try:
-        yield broker.bootstrap
+        yield StartedBroker(broker.bootstrap, broker)
     finally:
         broker.stop()
 

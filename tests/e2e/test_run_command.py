@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from projections.store import ProjectionStore, make_engine
+from publishers.sandbox import SandboxControl
 
 pytestmark = pytest.mark.integration
 
@@ -169,6 +170,45 @@ def test_run_started_again_has_its_broker_and_posts_as_it_left_them(tmp_path: Pa
         assert httpx.post(f"{again.api}/posts", json=repeat, headers=KEY, timeout=30).status_code == 409
         publish(again.api, "after-restart")
         wait_posted(again.api, "after-restart")
+
+
+def test_a_second_run_on_the_same_broker_data_is_refused_and_a_broker_that_dies_is_started_again(
+        tmp_path: Path) -> None:
+    env = run_env(tmp_path)
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    with start_run(env, tmp_path) as first:
+        properties = (tmp_path / "var" / "kafka" / "server.properties").read_text()
+        # Started again in the same place (other ports): its broker would share the first's data and corrupt it.
+        second = subprocess.run([sys.executable, "-m", "smartretry.cli", "run"], cwd=tmp_path, timeout=120,
+                                env={**env, "SMARTRETRY_API_PORT": str(free_port()),
+                                     "SMARTRETRY_SANDBOX_PORT": str(free_port())},
+                                capture_output=True, text=True)
+        assert second.returncode == 2
+        assert "another broker is using" in second.stderr and "SMARTRETRY_BROKER_DATA_DIR" in second.stderr
+        assert (tmp_path / "var" / "kafka" / "server.properties").read_text() == properties
+        # Again on the first's own port: refused before anything starts, naming the setting.
+        taken = subprocess.run([sys.executable, "-m", "smartretry.cli", "run"], cwd=tmp_path, timeout=60,
+                               env=env, capture_output=True, text=True)
+        assert taken.returncode == 2 and "SMARTRETRY_API_PORT" in taken.stderr and "Traceback" not in taken.stderr
+        publish(first.api, "before-broker-death")
+        wait_posted(first.api, "before-broker-death")
+
+        os.kill(first.child("kafka.Kafka"), signal.SIGKILL)
+        first.wait_for_line("the Kafka broker stopped", timeout=15)
+        first.wait_for_line("Kafka broker started again", timeout=90)
+        # Started again on its data: what was posted is there, and publishing goes on. Until the clients have
+        # reconnected the API answers 503, and the request is sent again with the same command id, as it says.
+        post = {"post_id": "after-broker-death", "command_id": "publish-after-broker-death", "publish_target": "both",
+                "account": "demo", "content": {"caption": "Autumn sale", "image_url": "https://cdn.example.com/a.jpg"}}
+        deadline = time.monotonic() + 60
+        while (answer := httpx.post(f"{first.api}/posts", json=post, headers=KEY, timeout=30)).status_code == 503:
+            assert time.monotonic() < deadline, answer.text
+        assert answer.status_code in (200, 202), answer.text
+        assert wait_posted(first.api, "after-broker-death", timeout=120)["status"] == "posted"
+        assert wait_posted(first.api, "before-broker-death")["status"] == "posted"
+        with SandboxControl(f"http://127.0.0.1:{env['SMARTRETRY_SANDBOX_PORT']}") as sandbox:
+            resent = [p for p in sandbox.posts() if p["image_url"] == "https://cdn.example.com/a.jpg"]
+        assert len(resent) == 2, resent  # once on each platform, however often the request was sent
 
 
 def test_run_refuses_a_projection_of_events_its_broker_does_not_have_until_it_is_reset(

@@ -45,9 +45,18 @@ def test_settings_that_cannot_work_are_refused_by_name(monkeypatch: pytest.Monke
     monkeypatch.setenv("SMARTRETRY_DATABASE_URL", "bogus://x")
     monkeypatch.setenv("SMARTRETRY_MAX_AUTOMATIC_ATTEMPTS", "-1")
     monkeypatch.setenv("SMARTRETRY_LOG_FORMAT", "xml")
+    monkeypatch.setenv("SMARTRETRY_LOG_LEVEL", "LOUD")
+    monkeypatch.setenv("SMARTRETRY_SANDBOX_PORT", "99999")
     with pytest.raises(SystemExit) as stopped:
         load_settings()
     message = str(stopped.value.code)
+    assert "SMARTRETRY_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'" in message
+    assert "SMARTRETRY_SANDBOX_PORT: Input should be less than or equal to 65535" in message
     assert "SMARTRETRY_DATABASE_URL is no database URL this service can use" in message
     assert "SMARTRETRY_MAX_AUTOMATIC_ATTEMPTS: Input should be greater than 0" in message
     assert "SMARTRETRY_LOG_FORMAT: Input should be 'text' or 'json'" in message
+
+
+def test_a_log_level_is_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTRETRY_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
