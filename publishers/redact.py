@@ -7,6 +7,8 @@ import re
 import threading
 from collections import OrderedDict
 
+from schemas.commands import PostContent
+
 # Meta user, Page and app tokens start with "EAA"; long-lived ones run to hundreds of characters. Words
 # that merely start so ("#EAAGLES") are too short to be one.
 _TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{20,}")
@@ -56,6 +58,20 @@ def scrub(text: str) -> str:
     text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _TOKEN_SHAPED.sub(REDACTED, text)
+
+
+def secret_field(content: PostContent | None) -> str | None:
+    """The first field of a post's content that carries a secret (a known token, a token-shaped string).
+
+    Such content is refused, never published: the post, its events and the projection would all show it.
+    """
+    if content is None:
+        return None
+    for name in ("caption", "image_url", "link"):
+        value = getattr(content, name)
+        if value and scrub(value) != value:
+            return name
+    return None
 
 
 class ScrubbingFilter(logging.Filter):

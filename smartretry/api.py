@@ -42,7 +42,7 @@ from projections.responses import (
 from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
 from projections.store import ListPosition
-from publishers.redact import scrub
+from publishers.redact import scrub, secret_field
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
     INSTAGRAM_CAPTION_LIMIT,
@@ -289,6 +289,7 @@ class FrontDoor:
         except ValidationError as exc:
             raise unprocessable(exc) from None
         await self._check_account(body.account)
+        _check_no_secret(command.content)
         state = await self.read(post_id)
         # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
         if state is not None and state.submitted_by != command_id:
@@ -338,6 +339,7 @@ class FrontDoor:
             _check_fits_target(content, state.publish_target)
         if command.account is not None:
             await self._check_account(command.account)
+        _check_no_secret(command.content)
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
@@ -438,6 +440,16 @@ def _check_same_command(state: PostState, command: Command) -> None:
         recorded = state.commands[command.command_id]
         raise HTTPException(409, f"command {command.command_id} was already used for another command on post "
                                  f"{state.post_id} ({recorded.command_type}): use a new command_id")
+
+
+def _check_no_secret(content: PostContent | None) -> None:
+    """422 for content that carries an access token: it would be published for anyone to see, and kept in the
+    post's events for good. The field is named, the value never repeated."""
+    field = secret_field(content)
+    if field is not None:
+        raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
+                                   "msg": f"content.{field} contains an access token: remove it (published, anyone "
+                                          "could read it)"}])
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None) -> None:

@@ -38,6 +38,7 @@ def open_stores(settings: Settings) -> Stores:
     projection.create_schema()
     credentials = CredentialStore(engine, settings.secret_key.get_secret_value())
     credentials.create_schema()
+    credentials.register_all()
     return Stores(engine, projection, credentials)
 
 

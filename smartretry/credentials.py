@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from datetime import UTC, datetime
 from typing import cast
@@ -92,6 +93,15 @@ class CredentialStore:
         register_secret(token)
         return AccountCredentials(account_id=account_id, user_token=SecretStr(token), page_id=page_id,
                                   ig_user_id=ig_user_id)
+
+    def register_all(self) -> None:
+        """Makes every stored token known to the scrubber, so that none is let through in a post's content or a
+        log line before its account is first used (a token this secret key cannot read is skipped)."""
+        with self._engine.connect() as connection:
+            ciphertexts = connection.execute(select(cast(Table, _Account.__table__).c.token_ciphertext)).scalars()
+            for ciphertext in ciphertexts:
+                with contextlib.suppress(InvalidToken):
+                    register_secret(self._fernet.decrypt(ciphertext.encode()).decode())
 
     def accounts(self) -> list[dict[str, str | None]]:
         """Account references with their page and Instagram ids; never the token."""

@@ -20,7 +20,7 @@ from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
 from publishers.graph import CLOCK_SKEW
-from publishers.redact import scrub
+from publishers.redact import scrub, secret_field
 from schemas.commands import (
     Command,
     ForceRepublishRequested,
@@ -390,6 +390,16 @@ class CommandHandler:
             command = decode_command(message.value())
         except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the consumer goes on
             task = asyncio.get_running_loop().create_task(self._dead_letter_until_sent(message, undecodable(exc)))
+            self._track(task, partition, offset)
+            return
+        if isinstance(command, PublishRequested | RetryRequested | ForceRepublishRequested) and \
+                (field := secret_field(command.content)) is not None:
+            # Published, anyone could read it; recorded (or sent on), the topics would keep it. Refused before
+            # anything is written: its dead letter keeps the message with the token scrubbed out.
+            log.warning("Command refused: content.%s contains an access token", field,
+                        extra={"post_id": command.post_id, "command_id": command.command_id})
+            reason = f"refused {command.type}: content.{field} contains an access token; send it again without"
+            task = asyncio.get_running_loop().create_task(self._dead_letter_until_sent(message, reason))
             self._track(task, partition, offset)
             return
         count = self._command_partitions

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from publishers import redact
 from schemas.commands import (
     ForceRepublishRequested,
     PostContent,
@@ -329,6 +331,26 @@ def test_a_publish_for_an_account_whose_token_was_stored_under_another_secret_ke
     [problem] = answer.json()["detail"]
     assert problem["loc"] == ["body", "account"]
     assert "stored under another secret key: store it again with PUT /accounts/moved/token" in problem["msg"]
+    assert_nothing_on_commands(api)
+
+
+def test_a_token_stored_before_the_service_started_is_refused_in_a_caption(
+        api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The service starts with the tokens of earlier runs in its store, none of them used yet: here another
+    # account's, pasted into a post of this one.
+    token = "stored-earlier-token-" + "7f3e" * 4
+    add_account(api)
+    CredentialStore(api.stores.engine, api.settings.secret_key.get_secret_value()).set_token(
+        "other-shop", token, "111222333", None)
+    monkeypatch.setattr(redact, "_known", OrderedDict())
+    monkeypatch.setattr(redact, "_longest_first", ())
+    api.stores.credentials.register_all()  # as every process does when it opens its stores
+
+    answer = api.client.post("/posts", json=publish_body(
+        content={"caption": f"Autumn sale, token {token}", "image_url": FIXED_URL}))
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "content", "caption"]
+    assert token not in answer.text
     assert_nothing_on_commands(api)
 
 

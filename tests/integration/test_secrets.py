@@ -12,12 +12,15 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from schemas.commands import PostContent, PublishRequested
+from schemas.envelope import encode
 from smartretry.api import create_app, serve_in_thread
 from streams.broker import free_port
 from streams.kafka import producer
@@ -34,6 +37,7 @@ IG_USER_ID = "17841400555000111"
 IMAGE = "https://cdn.example.com/autumn-sale.jpg"
 BAD_COMMAND_KEY = "bad-command-with-tokens"
 BAD_EVENT_KEY = "bad-event-with-tokens"
+PASTED_COMMAND_KEY = "pasted-by-the-test"
 
 
 @pytest.fixture(name="client")
@@ -131,8 +135,23 @@ def test_no_token_used_in_a_run_appears_in_logs_topics_database_or_dead_letters(
     answers.append(client.put(f"/accounts/{ACCOUNT}/token", json={"token": never_used, "page_id": "not-digits"}))
     answers.append(client.post("/posts", json={"content": {"caption": never_used * 40, "image_url": IMAGE},
                                                "publish_target": "both", "account": ACCOUNT}))
-    assert [a.status_code for a in answers[-3:]] == [422, 422, 422]
-    _wait_for_dead_letters(service, 2)
+    # Pasted into a caption (a token not shaped like Meta's: known to the service as the account's once),
+    # and into a corrected image URL: refused, never published.
+    answers.append(client.post("/posts", json={"content": {"caption": f"our token is {plain} oops", "image_url": IMAGE},
+                                               "publish_target": "both", "account": ACCOUNT}))
+    answers.append(client.post(f"/posts/{dict(published['post'])['id']}/republish",  # type: ignore[call-overload]
+                               json={"reason": "new image", "content": {"image_url": f"{IMAGE}?t={renewed}"}}))
+    assert [a.status_code for a in answers[-5:]] == [422, 422, 422, 422, 422]
+    assert answers[-2].json()["detail"][0]["loc"] == ["body", "content", "caption"]
+    assert answers[-1].json()["detail"][0]["loc"] == ["body", "content", "image_url"]
+    # The same, as a valid command straight on Kafka: the handler refuses it before anything is written.
+    pasted = PublishRequested(command_id="pasted-1", post_id="pasted-post", publish_target="both", account=ACCOUNT,
+                              content=PostContent(caption=f"our token is {renewed}", image_url=IMAGE),
+                              requested_at=datetime.now(UTC))
+    service.send_raw(encode(pasted), key=PASTED_COMMAND_KEY.encode())
+    _wait_for_dead_letters(service, 3)
+    assert service.stores.projection.get("pasted-post") is None
+    assert not [p for p in sandbox.posts() if "our token is" in str(p.get("message") or p.get("caption"))]
 
     # The scan was worth doing: the service did see tokens, and scrubbed them.
     assert "[redacted]" in service.handler.output()
@@ -153,7 +172,7 @@ def test_no_token_used_in_a_run_appears_in_logs_topics_database_or_dead_letters(
 
     # The two bad messages this test wrote itself hold tokens, as sent: the promise is about what the
     # service writes, so they are the only messages left out (their dead letters are scanned).
-    written_by_the_test = (f"[{BAD_COMMAND_KEY}] value", f"[{BAD_EVENT_KEY}] value")
+    written_by_the_test = (f"[{BAD_COMMAND_KEY}] value", f"[{BAD_EVENT_KEY}] value", f"[{PASTED_COMMAND_KEY}] value")
     findings: list[Finding] = []
     for where, text in places:
         if not where.endswith(written_by_the_test):
