@@ -145,6 +145,8 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
     label = PLATFORM_LABELS[platform]
     waiting = state.in_flight(platform)
     if waiting is None:
+        if not any(a.platform == platform for a in state.attempts.values()):
+            return f"nothing to resolve: the post has no {label} attempt"
         return f"nothing to resolve: {label}'s latest attempt has its result"
     if attempt_id not in (None, waiting.attempt_id):
         return f"{label}'s attempt waiting for a result is {waiting.attempt_id}, not {attempt_id}"

@@ -135,6 +135,14 @@ class TokenBody(Body):
     page_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
     ig_user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
 
+    @field_validator("token", mode="before")
+    @classmethod
+    def _long_enough(cls, token: object) -> object:
+        # Said in words: pydantic's own message for a secret's length reads "at least 6 items".
+        if isinstance(token, str) and len(token) < 6:
+            raise ValueError("an access token is at least 6 characters")
+        return token
+
     @field_validator("token")
     @classmethod
     def _printable(cls, token: SecretStr) -> SecretStr:

@@ -51,7 +51,9 @@ Wait = typer.Option(DEFAULT_WAIT_SECONDS, "--wait", help="Seconds to wait for th
 
 
 class ApiError(Exception):
-    pass
+    def __init__(self, message: str, status: int | None = None, problem: str = "") -> None:
+        super().__init__(message)
+        self.status, self.problem = status, problem
 
 
 class Api:
@@ -73,7 +75,8 @@ class Api:
             raise ApiError(f"no API at {self.base_url} ({type(exc).__name__}): start the service with "
                            "`smartretry run` (or `make run`), or point --api-url at it") from None
         if response.status_code >= 400:
-            raise ApiError(f"{response.status_code}: {_problem(response)}")
+            problem = _problem(response)
+            raise ApiError(f"{response.status_code}: {problem}", response.status_code, problem)
         return response
 
     def wait_for(self, post_id: str, command_id: str, timeout: float) -> dict[str, Any] | None:
@@ -233,8 +236,24 @@ def retry(
     correction = _content(caption, image_url, link)
     body = {key: value for key, value in (("content", correction), ("account", account)) if value}
     with api_client(api_url) as api:
-        with console.status("Retrying ..."):
-            answer = api.call("POST", f"/posts/{post_id}/retry", json=body or None)
+        try:
+            with console.status("Retrying ..."):
+                answer = api.call("POST", f"/posts/{post_id}/retry", json=body or None)
+        except ApiError as refused:
+            if refused.status != 409 or not refused.problem.startswith("Nothing to retry"):
+                raise
+            # Not an error: every platform it targets went out (or is going out). Said so, with the post.
+            nothing = refused.problem.split("; to publish again anyway", 1)[0]
+            console.print(f"{nothing}. To publish again anyway: smartretry force {post_id} --reason ...",
+                          highlight=False)
+            detail = api.call("GET", f"/posts/{post_id}").json()
+            if as_json:
+                _print_json(detail)
+            else:
+                print_post(detail, api.page_url(post_id))
+            if detail["status"] == "failed":
+                raise typer.Exit(1) from None
+            return
         response, detail = _settled(api, answer, "Retrying", wait)
         _report(api, response, detail, as_json)
 
@@ -483,7 +502,7 @@ def dlq_requeue(
         raise typer.Exit(1)
     if letter.value_scrubbed:
         errors.print("[red]error:[/red] a token was scrubbed out of this message, so what it kept is not the "
-                     "original: requeued, it would send \"[redacted]\" on in the token's place. Send the message "
+                     "original: requeued, it would send \"\\[redacted]\" on in the token's place. Send the message "
                      "again from where it came from instead.")
         raise typer.Exit(1)
     if not yes:

@@ -185,6 +185,11 @@ def test_a_resolution_with_no_attempt_waiting_for_a_result_is_refused() -> None:
     decision = decide(after_first_attempt(facebook=False, instagram=True), resolve(published=False))
     assert decision.reject_reason == "nothing to resolve: Facebook's latest attempt has its result"
     assert decide(None, resolve(published=False)).reject_reason is not None
+    # A platform the post never tried is said to be one, not one with a result.
+    history = History(post_id=POST)
+    history.publish(target="instagram")
+    assert decide(history.state(), resolve(published=False)).reject_reason == \
+        "nothing to resolve: the post has no Facebook attempt"
 
 
 def test_a_resolution_naming_another_attempt_is_refused() -> None:
