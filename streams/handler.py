@@ -687,6 +687,8 @@ class CommandHandler:
             context = {"post_id": command.post_id, "attempt_id": attempt_id, "platform": platform,
                        "command_id": command.command_id}
             attempt_reason = reason if automatic == made else f"automatic retry {automatic} of {reason}"
+            # Every attempt after the command's first on this platform is an automatic retry, also one taken up
+            # after a restart (the post counts it, and its `last_retry_at`, as it would have had the handler lived).
             # Durable before the platform is called: a crash after the call leaves an attempt without a
             # result, which the next handler resolves by asking the platform instead of publishing again.
             # The decision's events and the attempt go to the broker together: one wait for both.
@@ -694,7 +696,7 @@ class CommandHandler:
             attempted = self.send(PublishAttempted(
                 event_id=derived_id(attempt_id, "attempted"), post_id=command.post_id, occurred_at=started,
                 platform=platform, attempt_id=attempt_id, attempt_number=number, command_id=command.command_id,
-                is_retry=is_retry or automatic > made, forced=forced, reason=attempt_reason))
+                is_retry=is_retry or automatic > 0, forced=forced, reason=attempt_reason))
             if automatic > made:
                 # Time has passed since the command began: the account may have been re-authenticated.
                 reading = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)

@@ -13,7 +13,7 @@ from projections.fold import apply_all
 from projections.resume import resume_wait
 from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
-from schemas.commands import PostContent
+from schemas.commands import PostContent, PublishRequested
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult, PublishAttempted
 from schemas.ids import attempt_id_for, derived_id
@@ -121,3 +121,50 @@ def test_two_handlers_taking_up_one_command_name_the_same_attempt_and_the_log_ho
     long_command = "c" * 128
     assert attempt_id_for(long_command, "instagram", 3) != attempt_id_for(long_command, "instagram", 4)
     assert len(derived_id(attempt_id_for(long_command, "instagram", 3), "unanswered")) <= 128
+
+
+class QuickFacebook:
+    """A platform that publishes at once."""
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> PublishOutcome:
+        return PublishOutcome.published("facebook", "747917475065823_2", None)
+
+
+async def test_an_automatic_retry_taken_up_after_a_restart_is_recorded_as_a_retry() -> None:
+    # Facebook failed for a moment; the handler died before its automatic retry. The next one takes it up.
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.failure("facebook", attempts["facebook"], "server hiccup", ErrorKind.TRANSIENT, when=STARTED)
+    state = apply_all(None, history.events)
+    assert state is not None
+    sent: list[Event] = []
+    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                          credentials=None, publishers={"facebook": QuickFacebook()},  # type: ignore[dict-item]
+                          config=HandlerConfig(), clock=lambda: STARTED + timedelta(minutes=5))
+
+    async def send(event: Event) -> None:
+        sent.append(event)
+
+    made.send = send  # type: ignore[method-assign]
+    made._assigned.add(0)
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    reading: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    reading.set_result(ACCOUNT)
+    command = state.commands["cmd-publish"]
+
+    await made._publish_platform(state, _publish_command(state), "facebook", CONTENT, "acme", reading, 0,
+                                 is_retry=command.is_retry, forced=False, reason="resumed after an interruption",
+                                 recorded=done)
+
+    [attempted] = [e for e in sent if isinstance(e, PublishAttempted)]
+    # As it would have been had the handler lived: the platform's second attempt is an automatic retry.
+    assert attempted.attempt_number == 2 and attempted.is_retry
+    final = apply_all(state, sent)
+    assert final is not None and final.status == "posted"
+    assert final.document.insights.last_retry_at is not None
+
+
+def _publish_command(state: PostState) -> PublishRequested:
+    return PublishRequested(command_id="cmd-publish", post_id=state.post_id, publish_target="facebook",
+                            content=CONTENT, account="acme", requested_at=STARTED)
