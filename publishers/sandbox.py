@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -514,7 +515,9 @@ class GraphSandbox:
     def control(self, method: str, action: str, body: dict[str, Any]) -> _Reply:
         try:
             return self._control(method, action, body)
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
+            return _Reply(status=400, body={"error": f"bad control request: {exc} is required"})
+        except (TypeError, ValueError) as exc:
             return _Reply(status=400, body={"error": f"bad control request: {exc}"})
 
     def _control(self, method: str, action: str, body: dict[str, Any]) -> _Reply:
@@ -535,6 +538,11 @@ class GraphSandbox:
         elif action == "revoke":
             self.revoke(body["token"])
         elif action == "faults":
+            fields = {f.name for f in dataclasses.fields(Fault)}
+            unknown = sorted(set(body) - fields)
+            if unknown or not {"platform", "endpoint"} <= set(body):
+                raise ValueError(f"a fault needs platform and endpoint, and takes {', '.join(sorted(fields))}"
+                                 + (f" (not {', '.join(unknown)})" if unknown else ""))
             self.add_fault(Fault(**body))
         elif action == "latency":
             self.latency[(body["platform"], body.get("endpoint") or "*")] = float(body["seconds"])
@@ -728,7 +736,13 @@ class SandboxServer:
         elif body:
             form = dict(parse_qsl(body.decode(), keep_blank_values=True))
         if target.path.startswith("/_sandbox/"):
-            loaded_body = json.loads(body) if body and "json" in content_type else {}
+            # JSON whatever the content type says (curl -d sends its own).
+            try:
+                loaded_body = json.loads(body) if body else {}
+            except ValueError:
+                loaded_body = None
+            if not isinstance(loaded_body, dict):
+                return _Reply(status=400, body={"error": "bad control request: the body must be a JSON object"})
             reply = self.state.control(method, target.path.removeprefix("/_sandbox/").strip("/"), loaded_body)
             log.debug("sandbox control %s %s -> %s", method, target.path, reply.status)
             return reply

@@ -121,6 +121,23 @@ def test_a_fault_on_an_unknown_endpoint_is_refused(sandbox: SandboxControl) -> N
         sandbox.fail_next("facebook", "stories", code=1)
 
 
+def test_the_control_api_takes_json_as_curl_sends_it_and_says_what_a_fault_needs(
+        graph: httpx.Client, sandbox: SandboxControl) -> None:
+    # `curl -d '{...}'` says application/x-www-form-urlencoded: the body is JSON all the same.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    fault = json.dumps({"platform": "facebook", "endpoint": "photos", "code": 2, "http_status": 500})
+    assert graph.post("/_sandbox/faults", content=fault, headers=form).json() == {"ok": True}
+    refused = graph.post(f"/{DEMO_PAGE_ID}/photos", data={"url": "https://cdn.example.com/a.jpg"},
+                         headers=bearer(DEMO_PAGE_TOKEN))
+    assert refused.status_code == 500 and refused.json()["error"]["code"] == 2
+
+    missing = graph.post("/_sandbox/faults", json={"code": 2})
+    assert missing.status_code == 400 and "a fault needs platform and endpoint" in missing.json()["error"]
+    unknown = graph.post("/_sandbox/faults", json={"platform": "facebook", "endpoint": "photos", "colour": "red"})
+    assert unknown.status_code == 400 and "(not colour)" in unknown.json()["error"]
+    assert graph.post("/_sandbox/faults", content=b"not json").status_code == 400
+
+
 def test_the_command_line_prints_its_url_and_serves() -> None:
     process = subprocess.Popen([sys.executable, "-m", "publishers.sandbox", "--port", "0"],
                                stdout=subprocess.PIPE, text=True)
