@@ -602,7 +602,8 @@ def demo(
             console.print(line, highlight=False)
         console.print("API response:")
         _print_json(response)
-        console.print("Insights after the successful retry:")
+        console.print("Insights after the successful retry:" if detail["status"] == "posted" else
+                      f"Insights after the retry (the post is {detail['status']}):")
         _print_json({key: detail[key] for key in ("insights", "status", "error_message", "post_url") if key in detail})
         if detail.get("retried"):
             console.print(detail["retried"], highlight=False)
