@@ -932,16 +932,15 @@ class CommandHandler:
                 # Asked again when the lease ends: before then, "no post" could not settle it anyway.
                 known = attempt.lookup_error
                 asked = state.content is not None and state.account is not None
-                needs_user = known is not None and known.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION)
-                if asked and found is None and needs_user:
-                    # The look-up went through (the account was re-authenticated): the post stops asking for it,
-                    # and says what it waits for now.
+                waiting = (f"{label} has no post of this attempt yet: it may still be under way, so it is looked "
+                           "up again when its lease ends, and published again if none shows")
+                if asked and found is None and (known is None or known.message != waiting):
+                    # The post says what it waits for (after a restart, or once the account was re-authenticated
+                    # and the look-up went through), instead of "publishing" with no word for minutes.
                     await self.emit(AttemptOutcomeUnknown(
                         event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
                         platform=attempt.platform, attempt_id=attempt.attempt_id, error=PlatformError(
-                            kind=ErrorKind.TRANSIENT,
-                            message=f"{label} has no post of this attempt yet: it may still be under way, so it "
-                                    "is looked up again when its lease ends, and published again if none shows")))
+                            kind=ErrorKind.TRANSIENT, message=waiting)))
                 raise OutcomeUnknown(
                     f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
                     f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",

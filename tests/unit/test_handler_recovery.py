@@ -215,7 +215,8 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
     history, state = interrupted()
     attempt = state.in_flight("facebook")
     assert attempt is not None
-    made = handler(Credentials(), Lookups(None), history, [])
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(None), history, sent)
     made.clock = lambda: attempt.started_at + timedelta(seconds=40)
 
     with pytest.raises(OutcomeUnknown) as raised:
@@ -223,6 +224,12 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
 
     # Not every second or two: a Facebook look-up is up to ten Graph calls against the Page's rate limit.
     assert raised.value.wait_seconds == pytest.approx(made.config.attempt_lease_seconds - 40)
+    # Meanwhile the post says what it waits for (a handler restarted mid-call), not "publishing" with no word.
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown)
+    assert "looked up again when its lease ends, and published again if none shows" in unknown.error.message
+    after = apply_all(state, sent)
+    assert after is not None and after.status == "publishing" and after.needed_action == {}
 
 
 async def test_once_re_authenticated_the_post_stops_asking_for_it_while_it_waits_out_the_lease() -> None:
