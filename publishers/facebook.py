@@ -104,6 +104,8 @@ class FacebookPagePublisher:
         if not account.page_id:
             return PublishOutcome.failed("facebook", _no_page(action))
         text = facebook_text(content)
+        # An attempt made by an earlier version, which left a photo's link out, published the caption alone.
+        texts = (text, content.caption) if text != content.caption else text
         if not text.strip():
             # Any other post without a caption would match: "no post" or a wrong post could both be false.
             return PublishOutcome.failed("facebook", PlatformError(
@@ -111,7 +113,7 @@ class FacebookPagePublisher:
                                                   "told apart from the Page's other posts"))
         since = attempted_at - CLOCK_SKEW
         try:
-            match = await self._earliest_match(account, text, since, attempted_at + self._lookup_window,
+            match = await self._earliest_match(account, texts, since, attempted_at + self._lookup_window,
                                                action, recorded)
         except GraphCallFailed as failed:
             return PublishOutcome.failed("facebook", failed.error)
@@ -124,8 +126,8 @@ class FacebookPagePublisher:
         return PublishOutcome.published("facebook", post_id, None)
 
     async def _earliest_match(
-        self, account: AccountCredentials, caption: str, since: datetime, latest: datetime, action: str,
-        exclude: Collection[str] = (),
+        self, account: AccountCredentials, caption: str | tuple[str, ...], since: datetime, latest: datetime,
+        action: str, exclude: Collection[str] = (),
     ) -> dict[str, Any] | None:
         """The Page's earliest post between `since` and `latest` with this caption, reading every page of the window.
 

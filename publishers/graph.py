@@ -104,21 +104,21 @@ def parse_meta_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def earliest_match(items: Any, caption: str, since: datetime, *, time_field: str, text_field: str,
+def earliest_match(items: Any, caption: str | tuple[str, ...], since: datetime, *, time_field: str, text_field: str,
                    exclude: Collection[str] = (), only: bool = False) -> dict[str, Any] | None:
-    """The earliest item since `since` whose text is the caption (Meta trims surrounding blanks), of those not
-    in `exclude` (posts already recorded for the post, which a forced republish repeats word for word).
-    With `only`, None unless exactly one item matches.
+    """The earliest item since `since` whose text is the caption (Meta trims surrounding blanks; a tuple: any of
+    those texts), of those not in `exclude` (posts already recorded for the post, which a forced republish
+    repeats word for word). With `only`, None unless exactly one item matches.
 
     How an attempt whose outcome is unknown is matched to what the platform holds, on both platforms.
     """
-    wanted = caption.strip()
+    wanted = {text.strip() for text in ((caption,) if isinstance(caption, str) else caption)}
     found: list[tuple[datetime, dict[str, Any]]] = []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict) or "id" not in item or str(item["id"]) in exclude:
             continue
         created = parse_meta_time(item.get(time_field))
-        if created is not None and created >= since and str(item.get(text_field) or "").strip() == wanted:
+        if created is not None and created >= since and str(item.get(text_field) or "").strip() in wanted:
             found.append((created, item))
     if only and len(found) != 1:
         return None

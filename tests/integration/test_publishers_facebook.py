@@ -89,6 +89,24 @@ async def test_a_photo_with_a_link_keeps_the_link_in_its_text_and_is_found_by_th
     assert found is not None and found.success and found.platform_post_id == post["id"]
 
 
+async def test_a_photo_with_a_link_published_by_an_earlier_version_is_still_found_by_its_caption(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # Interrupted before an upgrade: that version published the caption alone (the link left out).
+    both = PostContent(caption="Winter menu is here", image_url="https://cdn.example.com/winter-menu.jpg",
+                       link="https://shop.example.com/winter")
+    started = datetime.now(UTC)
+    sandbox.drop_after("facebook", "photos")
+    earlier = PostContent(caption=both.caption, image_url=both.image_url)
+    assert (await publishers["facebook"].publish(earlier, demo_account, attempt_id="a1")).outcome_unknown
+
+    found = await publishers["facebook"].find_existing(both, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=started)
+
+    [post] = sandbox.posts()
+    assert found is not None and found.success and found.platform_post_id == post["id"]
+
+
 async def test_the_page_token_is_fetched_once_and_reused(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:
