@@ -64,12 +64,15 @@ def secret_field(content: PostContent | None) -> str | None:
     """The first field of a post's content that carries a secret (a known token, a token-shaped string).
 
     Such content is refused, never published: the post, its events and the projection would all show it.
+    Only tokens count here, not the words around one that `scrub` also catches in logs ("access_token: ask
+    us" is a sentence a post may say).
     """
     if content is None:
         return None
+    known = _longest_first
     for name in ("caption", "image_url", "link"):
         value = getattr(content, name)
-        if value and scrub(value) != value:
+        if value and (_TOKEN_SHAPED.search(value) or any(secret in value for secret in known)):
             return name
     return None
 

@@ -276,3 +276,24 @@ def test_instagrams_daily_publishing_limit_is_waited_out_in_hours_not_minutes() 
     told = classify("instagram", 400, envelope(9, 2207042), {
         "X-Business-Use-Case-Usage": json.dumps({"1784": [{"estimated_time_to_regain_access": 20}]})})
     assert told.retry_after_s == 1200.0
+
+
+@pytest.mark.parametrize("caption", [
+    "Our API takes an access_token: ask us how",
+    "The ring bearer walks in first",
+    "Go #EAAGLES go",
+    "Authorization: Bearer of good news, all of them",
+])
+def test_ordinary_captions_are_not_taken_for_content_that_carries_a_token(caption: str) -> None:
+    assert redact.secret_field(PostContent(caption=caption)) is None
+
+
+def test_content_that_carries_a_token_is_told_by_the_field_that_carries_it() -> None:
+    shaped = "EAA" + "Bz4k" * 8
+    known = "a-token-this-service-stores-" + "9c1d" * 3
+    redact.register_secret(known)
+    assert redact.secret_field(PostContent(caption=f"our token: {shaped}")) == "caption"
+    assert redact.secret_field(PostContent(caption="Sale", image_url=f"https://cdn.example.com/a.jpg?t={known}")) \
+        == "image_url"
+    assert redact.secret_field(PostContent(caption="Sale", link=f"https://shop.example.com/?k={known}")) == "link"
+    assert redact.secret_field(None) is None
