@@ -654,11 +654,12 @@ def _legacy_result(entry: object) -> PublishResult | None:
 
 # Meta's words and codes in old failure messages, for the kinds whose fix is the user's. Anything else (or
 # nothing recognised) asks nothing of the user, as a transient failure would not.
+# A permission's code first: "(#210) A page access token is required" names a token but asks for a permission.
 _LEGACY_KINDS: tuple[tuple[ErrorKind, re.Pattern[str]], ...] = (
-    (ErrorKind.AUTH, re.compile(r"access token|session has expired|\(#190\)|re-?authenticate|token (?:has )?expired",
-                                re.IGNORECASE)),
     (ErrorKind.PERMISSION, re.compile(r"\(#(?:10|2\d\d)\)|permissions? error|does not have permission",
                                       re.IGNORECASE)),
+    (ErrorKind.AUTH, re.compile(r"access token|session has expired|\(#190\)|re-?authenticate|token (?:has )?expired",
+                                re.IGNORECASE)),
     (ErrorKind.INVALID_MEDIA, re.compile(r"invalid image|image file|\(#324\)|media download has failed|"
                                          r"media could not be (?:fetched|processed)", re.IGNORECASE)),
 )

@@ -105,7 +105,7 @@ class FacebookPagePublisher:
             return PublishOutcome.failed("facebook", _no_page(action))
         text = facebook_text(content)
         # An attempt made by an earlier version, which left a photo's link out, published the caption alone.
-        texts = (text, content.caption) if text != content.caption else text
+        texts = (text, content.caption) if text != content.caption and content.caption.strip() else text
         if not text.strip():
             # Any other post without a caption would match: "no post" or a wrong post could both be false.
             return PublishOutcome.failed("facebook", PlatformError(

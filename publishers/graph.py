@@ -112,7 +112,8 @@ def earliest_match(items: Any, caption: str | tuple[str, ...], since: datetime, 
 
     How an attempt whose outcome is unknown is matched to what the platform holds, on both platforms.
     """
-    wanted = {text.strip() for text in ((caption,) if isinstance(caption, str) else caption)}
+    # An empty text would match every post without one: never a match.
+    wanted = {text.strip() for text in ((caption,) if isinstance(caption, str) else caption)} - {""}
     found: list[tuple[datetime, dict[str, Any]]] = []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict) or "id" not in item or str(item["id"]) in exclude:

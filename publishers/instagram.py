@@ -120,7 +120,8 @@ class InstagramPublisher:
                     return await self._published_media(account, content, container_id, started, only=True)
                 if not is_retry_same_container(refused.error):
                     raise
-                media_id = await self._publish_container(ig_user, container_id, token)
+                # A 5xx may have published it though the status says not yet (it can lag): kept in mind.
+                media_id = await self._publish_container(ig_user, container_id, token, refused.outcome_unknown)
             if media_id is None:
                 return await self._published_media(account, content, container_id, started, only=True)
         except GraphCallFailed as failed:
@@ -194,17 +195,18 @@ class InstagramPublisher:
             await asyncio.sleep(interval)
             interval = min(interval * polling.backoff, polling.max_interval_s)
 
-    async def _publish_container(self, ig_user: str, container_id: str, token: SecretStr) -> str | None:
+    async def _publish_container(self, ig_user: str, container_id: str, token: SecretStr,
+                                 may_have_published: bool) -> str | None:
         """The new media id; None when the container turns out to be published already.
 
-        A refusal with a 5xx may have published the container all the same. From then on, a try that ends it
+        A refusal with a 5xx (this call's or the caller's first) may have published the container all the same,
+        even while its status says not yet. From then on, a try that ends it
         all (a refusal that is not "try again", a status that cannot be asked) leaves the outcome unknown,
         unless the container's status says it went out: a known failure would make the handler publish a new
         container, and the post would go out twice.
         """
         retries = self._polling.publish_retries
         interval = self._polling.interval_s
-        may_have_published = False
         refusal: GraphCallFailed | None = None
         for attempt in range(retries + 1):
             try:

@@ -65,16 +65,27 @@ def secret_field(content: PostContent | None) -> str | None:
 
     Such content is refused, never published: the post, its events and the projection would all show it.
     Only tokens count here, not the words around one that `scrub` also catches in logs ("access_token: ask
-    us" is a sentence a post may say).
+    us" is a sentence a post may say), and only a whole token of Meta's shape: long, mixed letters and
+    digits ("YEAAAAAAAAAAAAAAAAAAAAAAAH" or "#EAAAirVenture2025" is no token).
     """
     if content is None:
         return None
     known = _longest_first
     for name in ("caption", "image_url", "link"):
         value = getattr(content, name)
-        if value and (_TOKEN_SHAPED.search(value) or any(secret in value for secret in known)):
+        if value and (any(_looks_like_a_token(m.group()) for m in _WHOLE_TOKEN.finditer(value))
+                      or any(secret in value for secret in known)):
             return name
     return None
+
+
+# A Meta token standing alone: "EAA" and at least 40 more letters and digits, not inside a longer word.
+_WHOLE_TOKEN = re.compile(r"(?<![A-Za-z0-9])EAA[A-Za-z0-9]{40,}(?![A-Za-z0-9])")
+
+
+def _looks_like_a_token(word: str) -> bool:
+    rest = word[3:]
+    return any(c.isdigit() for c in rest) and any(c.islower() for c in rest) and any(c.isupper() for c in rest)
 
 
 class ScrubbingFilter(logging.Filter):

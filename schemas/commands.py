@@ -14,6 +14,8 @@ COMMAND_SCHEMA_VERSION = 1
 
 # Instagram's own caption limit; Facebook's is far larger, so this one applies to both targets.
 INSTAGRAM_CAPTION_LIMIT = 2200
+# The longest text a Facebook post takes.
+FACEBOOK_TEXT_LIMIT = 63206
 
 
 def _http_url(value: str) -> str:
@@ -35,7 +37,7 @@ class PostContent(Frozen):
     (a photo post has no link field); Instagram publishes the caption and image only.
     """
 
-    caption: str = Field(max_length=63206)
+    caption: str = Field(max_length=FACEBOOK_TEXT_LIMIT)
     image_url: HttpUrlText | None = None
     link: HttpUrlText | None = None
 

@@ -42,9 +42,11 @@ from projections.responses import (
 from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
 from projections.store import ListPosition
+from publishers.facebook import facebook_text
 from publishers.redact import scrub, secret_field
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
+    FACEBOOK_TEXT_LIMIT,
     INSTAGRAM_CAPTION_LIMIT,
     Command,
     ForceRepublishRequested,
@@ -95,7 +97,7 @@ class PublishBody(Body):
 class ContentCorrection(Body):
     """Corrected content for a retry: only the fields given change (the seed's "fix the image URL")."""
 
-    caption: str | None = Field(default=None, max_length=63206)
+    caption: str | None = Field(default=None, max_length=FACEBOOK_TEXT_LIMIT)
     image_url: HttpUrlText | None = None
     link: HttpUrlText | None = None
 
@@ -179,9 +181,13 @@ SEND_TIMEOUT_S = 10.0
 MAX_LIST_OFFSET = 1_000_000_000
 
 
-def list_cursor(state: PostState) -> str:
-    """The `cursor` that continues a post list after `state` (opaque to clients: base64 of its position)."""
-    assert state.updated_at is not None  # every folded post has one: its latest event's time
+def list_cursor(state: PostState) -> str | None:
+    """The `cursor` that continues a post list after `state` (opaque to clients: base64 of its position).
+
+    None for a post with no update time, which the fold never leaves (its latest event's time).
+    """
+    if state.updated_at is None:
+        return None
     position = json.dumps([state.updated_at.isoformat(), state.post_id], separators=(",", ":"))
     return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
 
@@ -461,6 +467,11 @@ def _check_no_secret(content: PostContent | None) -> None:
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None) -> None:
+    if target in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
+        # A photo's link goes after its caption (see `facebook_text`): the two together must fit.
+        raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error",
+                                   "msg": f"Facebook posts are limited to {FACEBOOK_TEXT_LIMIT} characters, a "
+                                          "photo's link after its caption included"}])
     if target in ("instagram", "both"):
         problem = None
         if content.image_url is None:
@@ -618,8 +629,8 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     async def list_posts(
         status: PostStatus | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=400, description=(
-            "The `next_cursor` of the page before: the next page, with no post repeated or skipped "
-            "because posts were updated meanwhile"))] = None,
+            "The `next_cursor` of the page before: the next page, with no post repeated. A post updated while "
+            "you page moves to the top of the list: a new first page shows it, this pass does not"))] = None,
         offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET, description=(
             "Posts to skip (posts updated while paging by offset can repeat); prefer `cursor`"))] = 0,
     ) -> dict[str, Any]:

@@ -162,8 +162,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         older = None
         if len(states) > LIST_PAGE:
             states = states[:LIST_PAGE]
-            older = "/ui/posts?" + urlencode({**({"status": chosen} if chosen else {}),
-                                             "cursor": list_cursor(states[-1])})
+            next_cursor = list_cursor(states[-1])
+            older = None if next_cursor is None else "/ui/posts?" + urlencode(
+                {**({"status": chosen} if chosen else {}), "cursor": next_cursor})
         return templates.TemplateResponse(request, "post_list.html", {
             "posts": states, "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -27,6 +28,16 @@ DEV_SECRET_KEY = "dev-secret-change-me"
 MIN_API_KEY_LENGTH = 16
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _level_name(level: object) -> object:
+    """A log level as its name, in any case; Python's aliases (WARN, FATAL) and numbers (10, 20, ...) too."""
+    if not isinstance(level, str):
+        return level
+    name = level.strip().upper()
+    if name.isdigit():
+        name = str(logging.getLevelName(int(name))).upper()
+    return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(name, name)
 
 
 def _on_this_machine(url: str) -> bool:
@@ -64,7 +75,7 @@ class Settings(BaseSettings):
 
     log_format: Literal["text", "json"] = "text"
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                         BeforeValidator(lambda level: level.upper() if isinstance(level, str) else level)] = "INFO"
+                         BeforeValidator(_level_name)] = "INFO"
 
     # How long publish and retry requests wait for results before answering 202.
     api_wait_seconds: PositiveFloat = 10.0

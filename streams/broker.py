@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import re
@@ -76,13 +77,18 @@ def free_port() -> int:
 
 def port_free(host: str, port: int) -> bool:
     """Whether a listener could take `port` on `host` now (as a server's does: connections of its last run,
-    still closing, do not count)."""
-    with socket.socket() as s:
+    still closing, do not count). Only a port in use counts as taken: a host it cannot tell about is left to
+    the server to refuse in its own words."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError:
+        return True
+    with socket.socket(family) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
         return True
 
 
@@ -203,9 +209,11 @@ class LocalBroker:
             )
         try:
             out = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the broker process
+            # The JVM holds the data directory's lock too: one left behind by a killed owner still keeps the
+            # next from starting a second broker on its data.
             broker.process = subprocess.Popen(
                 [*java, "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, pass_fds=(lock.fileno(),),
             )
             out.close()
             broker.wait_ready(timeout)

@@ -354,6 +354,14 @@ def test_a_token_stored_before_the_service_started_is_refused_in_a_caption(
     assert_nothing_on_commands(api)
 
 
+def test_a_facebook_photo_whose_caption_and_link_together_are_too_long_is_422(api: RunningApi) -> None:
+    add_account(api)
+    long = {"caption": "x" * 63_190, "image_url": FIXED_URL, "link": "https://shop.example.com/autumn"}
+    answer = api.client.post("/posts", json=publish_body(content=long, publish_target="facebook"))
+    assert answer.status_code == 422 and "a photo's link after its caption included" in answer.text
+    assert_nothing_on_commands(api)
+
+
 def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
     answer = api.client.post("/posts", content=b"{not json", headers={"Content-Type": "application/json"})
     assert answer.status_code == 422

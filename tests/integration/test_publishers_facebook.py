@@ -107,6 +107,21 @@ async def test_a_photo_with_a_link_published_by_an_earlier_version_is_still_foun
     assert found is not None and found.success and found.platform_post_id == post["id"]
 
 
+async def test_a_captionless_photo_with_a_link_is_never_matched_to_another_captionless_post(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    started = datetime.now(UTC)
+    other = PostContent(caption="", image_url="https://cdn.example.com/someone-elses.jpg")
+    assert (await publishers["facebook"].publish(other, demo_account, attempt_id="other")).success
+    ours = PostContent(caption="", image_url="https://cdn.example.com/ours.jpg", link="https://shop.example.com/x")
+
+    found = await publishers["facebook"].find_existing(ours, demo_account, attempt_id="a1", container_id=None,
+                                                       attempted_at=started)
+
+    # Its text on the Page would be the link: the other post, with no text, is not ours.
+    assert found is None
+
+
 async def test_the_page_token_is_fetched_once_and_reused(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:

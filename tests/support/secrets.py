@@ -21,7 +21,8 @@ META_TOKEN_SHAPE = re.compile(r"(?<![A-Za-z0-9])EAA[A-Za-z0-9]{10,}")
 def meta_shaped_token() -> str:
     """A fresh token that looks like Meta's (and so must be scrubbed even when the service never saw it)."""
     alphabet = string.ascii_letters + string.digits
-    return "EAA" + "".join(secrets.choice(alphabet) for _ in range(60))
+    # Letters of both cases and digits, as Meta's have.
+    return "EAAB" + "".join(secrets.choice(alphabet) for _ in range(57)) + "x7"
 
 
 @dataclass(frozen=True)

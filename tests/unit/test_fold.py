@@ -356,6 +356,10 @@ def test_an_imported_failure_says_what_the_user_must_do_where_its_message_makes_
     state = History().legacy(old).state()
     # Nothing is asked where the message does not say (a hiccup is retried, not fixed).
     assert state.needed_action == {"facebook": "re-authenticate Facebook"}
+    permission = {"insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "(#210) A page access token is required"}]}}
+    assert History().legacy(permission, target="facebook").state().needed_action == {
+        "facebook": "grant the missing permission to Facebook"}
     # Fixed and retried: the need goes with the failure.
     history = History().legacy(SEED_FAILED_DOCUMENT)
     retry = history.retry("cmd-retry", ("facebook",))

@@ -283,13 +283,15 @@ def test_instagrams_daily_publishing_limit_is_waited_out_in_hours_not_minutes() 
     "The ring bearer walks in first",
     "Go #EAAGLES go",
     "Authorization: Bearer of good news, all of them",
+    "YEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAH we won!!",
+    "See you at #EAAAirVentureOshkosh2025 and #EAAAirVentureOshkosh2025AndMoreWordsHere",
 ])
 def test_ordinary_captions_are_not_taken_for_content_that_carries_a_token(caption: str) -> None:
     assert redact.secret_field(PostContent(caption=caption)) is None
 
 
 def test_content_that_carries_a_token_is_told_by_the_field_that_carries_it() -> None:
-    shaped = "EAA" + "Bz4k" * 8
+    shaped = "EAA" + "Bz4k" * 12
     known = "a-token-this-service-stores-" + "9c1d" * 3
     redact.register_secret(known)
     assert redact.secret_field(PostContent(caption=f"our token: {shaped}")) == "caption"

@@ -57,6 +57,9 @@ def test_settings_that_cannot_work_are_refused_by_name(monkeypatch: pytest.Monke
     assert "SMARTRETRY_LOG_FORMAT: Input should be 'text' or 'json'" in message
 
 
-def test_a_log_level_is_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMARTRETRY_LOG_LEVEL", "debug")
-    assert load_settings().log_level == "DEBUG"
+@pytest.mark.parametrize(("given", "level"), [("debug", "DEBUG"), ("warn", "WARNING"), ("Fatal", "CRITICAL"),
+                                               ("20", "INFO")])
+def test_a_log_level_is_taken_in_any_case_and_by_pythons_aliases(monkeypatch: pytest.MonkeyPatch, given: str,
+                                                                  level: str) -> None:
+    monkeypatch.setenv("SMARTRETRY_LOG_LEVEL", given)
+    assert load_settings().log_level == level
