@@ -229,6 +229,20 @@ async def test_a_status_that_cannot_be_asked_between_tries_keeps_a_possible_publ
     assert not outcome.success and outcome.outcome_unknown and outcome.container_id is not None
 
 
+async def test_a_refusal_after_a_first_server_error_stays_unknown_though_the_status_said_not_yet(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # The first publish answers 500 (Meta may have published it, and its status can lag); the next is refused
+    # for a rate limit. Reported as known, the handler would publish a new container once the limit ends.
+    sandbox.fail_next("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
+    sandbox.fail_next("instagram", "media_publish", code=4, http_status=400)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert not outcome.success and outcome.outcome_unknown and outcome.container_id is not None
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.RATE_LIMITED
+
+
 async def test_a_final_refusal_after_a_try_that_went_out_is_that_try_s_success(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:
