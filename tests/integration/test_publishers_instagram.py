@@ -198,34 +198,23 @@ async def test_a_publish_that_may_have_gone_out_stays_unknown_when_its_status_ca
     assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
 
 
+@pytest.mark.parametrize(("code", "subcode"), [(190, 460), (2, None)], ids=["token revoked", "server error"])
 async def test_a_retried_publish_that_went_out_behind_a_server_error_is_never_a_known_failure(
-    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
+    code: int, subcode: int | None,
 ) -> None:
-    # The first publish fails outright; the second goes out but answers 500; then the token is revoked
-    # before the container's status can say so.
+    # The first publish fails outright; the second goes out but answers 500; then the container's status
+    # cannot be asked (the token revoked, or a server error) before it can say so.
     sandbox.fail_next("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
     sandbox.fail_after("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
-    sandbox.fail_next("instagram", "container_status", code=190, subcode=460, http_status=400, skip=1)
+    sandbox.fail_next("instagram", "container_status", code=code, subcode=subcode,
+                      http_status=400 if code == 190 else 500, skip=1)
 
     outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
 
     assert instagram_posts(sandbox) == 1
-    # A known "re-authenticate" failure would have the user's retry publish a second container: unknown,
-    # it is looked up through its container once the account is re-authenticated.
-    assert not outcome.success and outcome.outcome_unknown and outcome.container_id is not None
-
-
-async def test_a_status_that_cannot_be_asked_between_tries_keeps_a_possible_publish_unknown(
-    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
-) -> None:
-    sandbox.fail_next("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
-    sandbox.fail_after("instagram", "media_publish", code=2, subcode=2207001, http_status=500)
-    sandbox.fail_next("instagram", "container_status", code=2, http_status=500, skip=1)
-
-    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
-
-    assert instagram_posts(sandbox) == 1
-    # A known transient failure would be retried at once with a new container: a second post.
+    # A known failure ("re-authenticate", or transient) would have a retry publish a second container:
+    # unknown, it is looked up through its container first.
     assert not outcome.success and outcome.outcome_unknown and outcome.container_id is not None
 
 
