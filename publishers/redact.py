@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 
 from schemas.commands import PostContent
 
@@ -60,8 +61,14 @@ def scrub(text: str) -> str:
     return _TOKEN_SHAPED.sub(REDACTED, text)
 
 
-def secret_field(content: PostContent | None) -> str | None:
-    """The first field of a post's content that carries a secret (a known token, a token-shaped string).
+def known_secrets() -> tuple[str, ...]:
+    """The secrets this process has seen lately (tokens it stored, used or fetched), as `scrub` removes them."""
+    return _longest_first
+
+
+def secret_field(content: PostContent | None, tokens: Collection[str] = ()) -> str | None:
+    """The first field of a post's content that carries a token: one of `tokens` (the stored ones), or one of
+    Meta's shape.
 
     Such content is refused, never published: the post, its events and the projection would all show it.
     Only tokens count here, not the words around one that `scrub` also catches in logs ("access_token: ask
@@ -70,13 +77,17 @@ def secret_field(content: PostContent | None) -> str | None:
     """
     if content is None:
         return None
-    known = _longest_first
+    # A token short enough to be a word ("summer") would refuse every caption that says it.
+    known = [token for token in tokens if len(token) >= MIN_MATCHED_TOKEN]
     for name in ("caption", "image_url", "link"):
         value = getattr(content, name)
         if value and (any(_looks_like_a_token(m.group()) for m in _WHOLE_TOKEN.finditer(value))
-                      or any(secret in value for secret in known)):
+                      or any(token in value for token in known)):
             return name
     return None
+
+
+MIN_MATCHED_TOKEN = 16
 
 
 # A Meta token standing alone: "EAA" and at least 40 more letters and digits, not inside a longer word.

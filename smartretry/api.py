@@ -43,7 +43,7 @@ from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
 from projections.store import ListPosition
 from publishers.facebook import facebook_text
-from publishers.redact import scrub, secret_field
+from publishers.redact import known_secrets, scrub, secret_field
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
     FACEBOOK_TEXT_LIMIT,
@@ -303,7 +303,7 @@ class FrontDoor:
         except ValidationError as exc:
             raise unprocessable(exc) from None
         await self._check_account(body.account)
-        _check_no_secret(command.content)
+        await self._check_no_secret(command.content)
         state = await self.read(post_id)
         # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
         if state is not None and state.submitted_by != command_id:
@@ -314,6 +314,13 @@ class FrontDoor:
             raise HTTPException(409, f"command {command_id} was already used for post {post_id} with a different body: "
                                      "use a new command_id")
         return await self._submit(command)
+
+    async def _check_no_secret(self, content: PostContent | None) -> None:
+        """422 for content that carries a token (see `_refuse_secret`): a stored one, which the handler refuses
+        too, or one this process has seen (a token replaced by re-authentication may still work)."""
+        if content is not None:
+            stored = await asyncio.to_thread(self.stores.credentials.stored_tokens)
+            _refuse_secret(content, stored | frozenset(known_secrets()))
 
     async def _check_account(self, account: str) -> None:
         """422 unless the account has a token this service can read."""
@@ -353,7 +360,7 @@ class FrontDoor:
             _check_fits_target(content, state.publish_target)
         if command.account is not None:
             await self._check_account(command.account)
-        _check_no_secret(command.content)
+        await self._check_no_secret(command.content)
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
@@ -456,10 +463,10 @@ def _check_same_command(state: PostState, command: Command) -> None:
                                  f"{state.post_id} ({recorded.command_type}): use a new command_id")
 
 
-def _check_no_secret(content: PostContent | None) -> None:
+def _refuse_secret(content: PostContent | None, tokens: frozenset[str]) -> None:
     """422 for content that carries an access token: it would be published for anyone to see, and kept in the
     post's events for good. The field is named, the value never repeated."""
-    field = secret_field(content)
+    field = secret_field(content, tokens)
     if field is not None:
         raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
                                    "msg": f"content.{field} contains an access token: remove it (published, anyone "

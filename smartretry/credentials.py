@@ -51,6 +51,8 @@ class CredentialStore:
         table = cast(Table, _Account.__table__)
         self._get_statement = select(table.c.token_ciphertext, table.c.page_id, table.c.ig_user_id).where(
             table.c.account_id == bindparam("account_id"))
+        self._tokens: frozenset[str] = frozenset()
+        self._tokens_version: tuple[object, ...] | None = None
 
     def create_schema(self) -> None:
         _Base.metadata.create_all(self._engine)
@@ -95,13 +97,28 @@ class CredentialStore:
                                   ig_user_id=ig_user_id)
 
     def register_all(self) -> None:
-        """Makes every stored token known to the scrubber, so that none is let through in a post's content or a
-        log line before its account is first used (a token this secret key cannot read is skipped)."""
+        """Makes every stored token known to the scrubber (see `stored_tokens`)."""
+        self.stored_tokens()
+
+    def stored_tokens(self) -> frozenset[str]:
+        """Every stored token (those this secret key can read), also made known to the scrubber.
+
+        What refuses a post's content for carrying a token, in the API and in the handler alike: it is read
+        from the store, not from what one process happens to have used, so every process and every restart
+        answers the same. Decrypted again only when the accounts changed (one small query otherwise).
+        """
+        table = cast(Table, _Account.__table__)
         with self._engine.connect() as connection:
-            ciphertexts = connection.execute(select(cast(Table, _Account.__table__).c.token_ciphertext)).scalars()
-            for ciphertext in ciphertexts:
-                with contextlib.suppress(InvalidToken):
-                    register_secret(self._fernet.decrypt(ciphertext.encode()).decode())
+            version = tuple(connection.execute(select(func.count(), func.max(table.c.updated_at))).one())
+            if version != self._tokens_version:
+                tokens = set()
+                for ciphertext in connection.execute(select(table.c.token_ciphertext)).scalars():
+                    with contextlib.suppress(InvalidToken):
+                        tokens.add(self._fernet.decrypt(ciphertext.encode()).decode())
+                for token in tokens:
+                    register_secret(token)
+                self._tokens, self._tokens_version = frozenset(tokens), version
+        return self._tokens
 
     def accounts(self) -> list[dict[str, str | None]]:
         """Account references with their page and Instagram ids; never the token."""

@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -66,6 +66,8 @@ class ProjectionReader(Protocol):
 
 class CredentialReader(Protocol):
     def get(self, account_id: str) -> AccountCredentials: ...
+
+    def stored_tokens(self) -> frozenset[str]: ...
 
 
 class StaleProjection(TimeoutError):
@@ -392,16 +394,6 @@ class CommandHandler:
             task = asyncio.get_running_loop().create_task(self._dead_letter_until_sent(message, undecodable(exc)))
             self._track(task, partition, offset)
             return
-        if isinstance(command, PublishRequested | RetryRequested | ForceRepublishRequested) and \
-                (field := secret_field(command.content)) is not None:
-            # Published, anyone could read it; recorded (or sent on), the topics would keep it. Refused before
-            # anything is written: its dead letter keeps the message with the token scrubbed out.
-            log.warning("Command refused: content.%s contains an access token", field,
-                        extra={"post_id": command.post_id, "command_id": command.command_id})
-            reason = f"refused {command.type}: content.{field} contains an access token; send it again without"
-            task = asyncio.get_running_loop().create_task(self._dead_letter_until_sent(message, reason))
-            self._track(task, partition, offset)
-            return
         count = self._command_partitions
         if count is not None and partition != partition_for(command.post_id, count):
             # Not on its post's partition (keyed by something else, or by another partitioner than the Java
@@ -492,6 +484,13 @@ class CommandHandler:
                     command.command_id, message.topic(), message.partition(),
                     scrub((message.key() or b"").decode("utf-8", "replace"))[:200],
                     extra={"post_id": command.post_id, "command_id": command.command_id})
+        if isinstance(command, PublishRequested | RetryRequested | ForceRepublishRequested):
+            field = secret_field(command.content, await asyncio.to_thread(self.credentials.stored_tokens))
+            if field is not None:
+                # Not copied on: the new owner would refuse it anyway, and the copy would be one more place for it.
+                await self._dead_letter_until_sent(message, f"refused {command.type}: content.{field} contains an "
+                                                            "access token; send it again without")
+                return
         value = message.value() or b""
         await self._until_sent(lambda: self.producer.send(self.topics.commands, command.post_id, value),
                                f"Command {command.command_id}, sent on to its post's partition,")
@@ -600,6 +599,15 @@ class CommandHandler:
             await self._publish_all(state, command, owed, partition, is_retry=record.is_retry,
                                     forced=record.forced, reason="resumed after an interruption")
             return
+        if not decision.reject_reason and isinstance(command, PublishRequested | RetryRequested |
+                                                      ForceRepublishRequested):
+            # A new decision only: a command decided before (a redelivery) carries on as it was decided.
+            field = secret_field(command.content, await asyncio.to_thread(self.credentials.stored_tokens))
+            if field is not None:
+                # Published, anyone could read it; recorded, the post's events would keep it. Refused before
+                # anything is written: its dead letter keeps the message with the token scrubbed out.
+                decision = replace(decision, reject_reason=f"content.{field} contains an access token; send it "
+                                                            "again without")
         if decision.reject_reason:
             log.warning("Command refused: %s", decision.reject_reason, extra=context)
             if source is not None:

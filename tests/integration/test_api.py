@@ -334,17 +334,19 @@ def test_a_publish_for_an_account_whose_token_was_stored_under_another_secret_ke
     assert_nothing_on_commands(api)
 
 
-def test_a_token_stored_before_the_service_started_is_refused_in_a_caption(
+def test_a_token_stored_by_another_process_is_refused_in_a_caption(
         api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The service starts with the tokens of earlier runs in its store, none of them used yet: here another
-    # account's, pasted into a post of this one.
-    token = "stored-earlier-token-" + "7f3e" * 4
+    # Another account's token, stored by another process (the CLI, another replica) and never used here,
+    # pasted into a post of this one: the store says it is a token, whatever this process has seen.
     add_account(api)
+    api.stores.credentials.stored_tokens()
+    monkeypatch.setattr(redact, "_known", OrderedDict())
+    monkeypatch.setattr(redact, "_longest_first", ())
+    token = "stored-elsewhere-token-" + "7f3e" * 4
     CredentialStore(api.stores.engine, api.settings.secret_key.get_secret_value()).set_token(
         "other-shop", token, "111222333", None)
     monkeypatch.setattr(redact, "_known", OrderedDict())
     monkeypatch.setattr(redact, "_longest_first", ())
-    api.stores.credentials.register_all()  # as every process does when it opens its stores
 
     answer = api.client.post("/posts", json=publish_body(
         content={"caption": f"Autumn sale, token {token}", "image_url": FIXED_URL}))

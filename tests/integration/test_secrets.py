@@ -91,7 +91,8 @@ def test_no_token_used_in_a_run_appears_in_logs_topics_database_or_dead_letters(
     renewed = meta_shaped_token()
     renewed_page = sandbox.register_account(PAGE_ID, IG_USER_ID, renewed, page_token=meta_shaped_token())
     never_used = meta_shaped_token()
-    tokens = [first, first_page, unknown_to_meta, plain, renewed, renewed_page, never_used]
+    other_shop = f"another-shops-token-{secrets.token_hex(12)}"  # stored late, never used to publish
+    tokens = [first, first_page, unknown_to_meta, plain, renewed, renewed_page, never_used, other_shop]
     answers: list[httpx.Response] = []
 
     # Published with the first token, through an automatic retry of a transient error.
@@ -144,13 +145,17 @@ def test_no_token_used_in_a_run_appears_in_logs_topics_database_or_dead_letters(
     assert [a.status_code for a in answers[-5:]] == [422, 422, 422, 422, 422]
     assert answers[-2].json()["detail"][0]["loc"] == ["body", "content", "caption"]
     assert answers[-1].json()["detail"][0]["loc"] == ["body", "content", "image_url"]
-    # The same, as a valid command straight on Kafka: the handler refuses it before anything is written.
-    pasted = PublishRequested(command_id="pasted-1", post_id="pasted-post", publish_target="both", account=ACCOUNT,
-                              content=PostContent(caption=f"our token is {renewed}", image_url=IMAGE),
-                              requested_at=datetime.now(UTC))
-    service.send_raw(encode(pasted), key=PASTED_COMMAND_KEY.encode())
-    _wait_for_dead_letters(service, 3)
-    assert service.stores.projection.get("pasted-post") is None
+    # The same, as valid commands straight on Kafka: the handler refuses them before anything is written,
+    # Meta-shaped or not, even a token stored a moment ago that no process has used yet.
+    answers.append(client.put("/accounts/another-shop/token", json={"token": other_shop, "page_id": "111222333"}))
+    for number, token in enumerate((renewed, other_shop)):
+        pasted = PublishRequested(command_id=f"pasted-{number}", post_id=f"pasted-post-{number}",
+                                  publish_target="both", account=ACCOUNT, requested_at=datetime.now(UTC),
+                                  content=PostContent(caption=f"our token is {token}", image_url=IMAGE))
+        service.send_raw(encode(pasted), key=PASTED_COMMAND_KEY.encode())
+    _wait_for_dead_letters(service, 4)
+    assert service.stores.projection.get("pasted-post-0") is None
+    assert service.stores.projection.get("pasted-post-1") is None
     assert not [p for p in sandbox.posts() if "our token is" in str(p.get("message") or p.get("caption"))]
 
     # The scan was worth doing: the service did see tokens, and scrubbed them.

@@ -292,10 +292,12 @@ def test_ordinary_captions_are_not_taken_for_content_that_carries_a_token(captio
 
 def test_content_that_carries_a_token_is_told_by_the_field_that_carries_it() -> None:
     shaped = "EAA" + "Bz4k" * 12
-    known = "a-token-this-service-stores-" + "9c1d" * 3
-    redact.register_secret(known)
+    stored = ("a-token-this-service-stores-" + "9c1d" * 3, "summer")
     assert redact.secret_field(PostContent(caption=f"our token: {shaped}")) == "caption"
-    assert redact.secret_field(PostContent(caption="Sale", image_url=f"https://cdn.example.com/a.jpg?t={known}")) \
-        == "image_url"
-    assert redact.secret_field(PostContent(caption="Sale", link=f"https://shop.example.com/?k={known}")) == "link"
-    assert redact.secret_field(None) is None
+    assert redact.secret_field(PostContent(caption="Sale", image_url=f"https://cdn.example.com/a.jpg?t={stored[0]}"),
+                               stored) == "image_url"
+    assert redact.secret_field(PostContent(caption="Sale", link=f"https://shop.example.com/?k={stored[0]}"),
+                               stored) == "link"
+    # A stored token as short as a word is no reason to refuse every caption that says the word.
+    assert redact.secret_field(PostContent(caption="Our summer sale"), stored) is None
+    assert redact.secret_field(None, stored) is None
