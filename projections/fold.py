@@ -376,12 +376,16 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     for result in results:
         counted[result.platform] = counted.get(result.platform, 0) + 1
     state.legacy_attempts = counted
+    # What the old messages say the user must do, where Meta's words make it plain: a platform's own result,
+    # else the document's `error_message` ("facebook: ...; instagram: ...") for a platform it kept none for.
+    told = _legacy_messages(state.legacy_error_message) if status == "failed" else {}
     for platform in PLATFORMS:
         latest = next((r for r in state.document.insights.publish_results if r.platform == platform), None)
         if latest is not None and any(r.platform == platform for r in results):
-            # What the old message says the user must do, where Meta's words make it plain.
             kind = None if latest.success else legacy_error_kind(latest.error)
             _set_needed_action(state, platform, needed_action(platform, kind))
+        elif latest is None and platform in told:
+            _set_needed_action(state, platform, needed_action(platform, legacy_error_kind(told[platform])))
 
 
 Handler = Callable[[PostState, Any], None]
@@ -663,6 +667,17 @@ _LEGACY_KINDS: tuple[tuple[ErrorKind, re.Pattern[str]], ...] = (
     (ErrorKind.INVALID_MEDIA, re.compile(r"invalid image|image file|\(#324\)|media download has failed|"
                                          r"media could not be (?:fetched|processed)", re.IGNORECASE)),
 )
+
+
+def _legacy_messages(error_message: str | None) -> dict[Platform, str]:
+    """The per-platform parts of an old `error_message` ("facebook: ...; instagram: ..."), as the seed writes it."""
+    told: dict[Platform, str] = {}
+    for part in (error_message or "").split("; "):
+        name, _, message = part.partition(": ")
+        platform = name.strip().lower()
+        if message and platform in PLATFORMS:
+            told[platform] = message
+    return told
 
 
 def legacy_error_kind(message: str | None) -> ErrorKind | None:

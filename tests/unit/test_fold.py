@@ -360,6 +360,10 @@ def test_an_imported_failure_says_what_the_user_must_do_where_its_message_makes_
         {"platform": "facebook", "success": False, "error": "(#210) A page access token is required"}]}}
     assert History().legacy(permission, target="facebook").state().needed_action == {
         "facebook": "grant the missing permission to Facebook"}
+    # A document that kept only its message says it per platform, as the seed writes `error_message`.
+    message_only = {"insights": {"instagram_media_id": "18107758234627017"}, "status": "failed",
+                    "error_message": "facebook: Facebook photo upload failed: 400 - Missing or invalid image file"}
+    assert History().legacy(message_only).state().needed_action == {"facebook": "fix the image URL"}
     # Fixed and retried: the need goes with the failure.
     history = History().legacy(SEED_FAILED_DOCUMENT)
     retry = history.retry("cmd-retry", ("facebook",))
