@@ -744,9 +744,11 @@ class CommandHandler:
             return PublishOutcome.failed(platform, PlatformError(
                 kind=ErrorKind.INVALID_REQUEST, message=f"{label} publish failed: the post has no content"))
         if credentials is None:
-            # An imported post without an account: a retry that names one (`account`) publishes it.
+            # An imported post without an account: a retry that names one (`account`) publishes it. The post is
+            # what lacks it, not an account's token: no "re-authenticate".
             return PublishOutcome.failed(platform, PlatformError(
-                kind=ErrorKind.AUTH, message=f"{label} publish failed: the post has no account: retry it with one"))
+                kind=ErrorKind.INVALID_REQUEST,
+                message=f"{label} publish failed: the post has no account: retry it with one"))
         if isinstance(credentials, PlatformError):
             return PublishOutcome.failed(platform, credentials)
         # The attempt's lease counts from when it started, so its call must end within the attempt timeout of

@@ -173,7 +173,8 @@ def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_
 
     plain = service.retry(post_id)
     state = service.wait_command(post_id, plain.command_id)
-    assert state.status == "failed" and state.needed_action == {"facebook": "re-authenticate Facebook"}
+    # The post lacks an account, not a token: fixed by retrying it with one, not by re-authenticating.
+    assert state.status == "failed" and state.needed_action == {"facebook": "fix the post"}
     assert "the post has no account: retry it with one" in (state.document.error_message or "")
 
     named = RetryRequested(command_id=new_id(), post_id=post_id, account=DEMO_ACCOUNT_ID,
