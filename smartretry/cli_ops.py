@@ -145,7 +145,11 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
     else:
         print_post(detail, api.page_url(detail["id"]))
     still_publishing = response.get("pending") and not (detail and detail.get("command", {}).get("settled"))
-    if still_publishing:
+    if still_publishing and detail is not None and detail.get("status") == "failed":
+        # Failed for now, with an automatic retry to come (shown above): not the end of it yet.
+        console.print(f"Not final: the service retries by itself; `smartretry show {detail['id']}` for the outcome.",
+                      highlight=False)
+    elif still_publishing:
         console.print("Still publishing: results are not all in yet.", highlight=False)
     elif detail is not None and detail.get("status") == "failed":
         # Scripts tell a post that failed from one that went out (or is still going out) by the exit status.
