@@ -152,8 +152,9 @@ def run() -> None:
             while not stop.wait(SUPERVISE_INTERVAL_S):
                 if (code := started_broker.exit_code()) is not None and started_broker.local is not None:
                     # Nothing can be published or recorded without it; the handler and the projector reconnect.
-                    typer.echo(f"error: the Kafka broker stopped (exit code {code}): "
-                               f"{started_broker.local.last_words()[-500:]}; starting it again", err=True)
+                    why = f"killed by signal {-code}" if code < 0 else \
+                        f"exit code {code}: {started_broker.local.last_words()[-500:]}"
+                    typer.echo(f"error: the Kafka broker stopped ({why}); starting it again", err=True)
                     try:
                         started_broker.local.restart()
                     except BrokerUnavailable as exc:

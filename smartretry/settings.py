@@ -34,7 +34,7 @@ def _level_name(level: object) -> object:
     """A log level as its name, in any case; Python's aliases (WARN, FATAL) and numbers (10, 20, ...) too."""
     if not isinstance(level, str):
         return level
-    name = level.strip().upper()
+    name = level.strip().upper() or "INFO"  # set but empty: the default
     if name.isdigit():
         name = str(logging.getLevelName(int(name))).upper()
     return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(name, name)

@@ -194,7 +194,7 @@ def test_a_second_run_on_the_same_broker_data_is_refused_and_a_broker_that_dies_
         wait_posted(first.api, "before-broker-death")
 
         os.kill(first.child("kafka.Kafka"), signal.SIGKILL)
-        first.wait_for_line("the Kafka broker stopped", timeout=15)
+        assert "killed by signal 9" in first.wait_for_line("the Kafka broker stopped", timeout=15)
         first.wait_for_line("Kafka broker started again", timeout=90)
         # Started again on its data: what was posted is there, and publishing goes on. Until the clients have
         # reconnected the API answers 503, and the request is sent again with the same command id, as it says.

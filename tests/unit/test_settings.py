@@ -58,7 +58,7 @@ def test_settings_that_cannot_work_are_refused_by_name(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(("given", "level"), [("debug", "DEBUG"), ("warn", "WARNING"), ("Fatal", "CRITICAL"),
-                                               ("20", "INFO")])
+                                               ("20", "INFO"), ("", "INFO")])
 def test_a_log_level_is_taken_in_any_case_and_by_pythons_aliases(monkeypatch: pytest.MonkeyPatch, given: str,
                                                                   level: str) -> None:
     monkeypatch.setenv("SMARTRETRY_LOG_LEVEL", given)
