@@ -38,6 +38,9 @@ class PublishResponse(Frozen):
     # Set when the answer was given before every result arrived (HTTP 202): where to look next.
     pending: bool = False
     location: str | None = None
+    # What the command waits for, when it is more than the platforms (a retry queued behind the post's own
+    # automatic retry, which waits out the platform's rate limit).
+    note: str | None = None
 
     def to_document(self) -> dict[str, Any]:
         """The seed's JSON: absent fields left out, except `post.error_message`, null once all succeeded."""

@@ -440,10 +440,20 @@ class FrontDoor:
         else:
             # Not decided yet: the post is being published again (the API refused a retry with nothing to
             # publish), as the post page shows it. Results and the message are the latest until new ones come.
+            # A post's commands run in order, so one behind an automatic retry that waits out a platform's
+            # rate limit waits too: the post stays as it is until then, and the answer says so.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
+            now = self.clock()
+            waits = {p: at for p, at in automatic_retries(state, self.settings.max_automatic_attempts).items()
+                     if at is not None and at > now} if state else {}
+            note = None
+            if waits:
+                platform, at = max(waits.items(), key=lambda item: item[1])
+                note = (f"queued behind the automatic retry of {PLATFORM_LABELS[platform]} at "
+                        f"{at.strftime('%H:%M:%S')} UTC (the platform's own wait): handled after it")
             response = PublishResponse(
-                success=False, results=results, command_id=command.command_id,
-                post=PostSummary(id=command.post_id, status="publishing",
+                success=False, results=results, command_id=command.command_id, note=note,
+                post=PostSummary(id=command.post_id, status=state.status if waits and state else "publishing",
                                  error_message=state.document.error_message if state else None))
         return Accepted(command, 202, response.model_copy(update={"pending": True, "location": location}))
 

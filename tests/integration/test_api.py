@@ -39,6 +39,7 @@ from smartretry.settings import Settings
 from streams.broker import free_port
 from streams.kafka import producer
 from streams.topics import Topics
+from tests.unit.test_fold import History
 
 pytestmark = pytest.mark.integration
 
@@ -465,6 +466,27 @@ def test_retry_with_a_fixed_image_url_puts_a_retry_command_on_kafka(api: Running
     assert isinstance(command, RetryRequested)
     # The correction changes the image only; the caption is the post's own.
     assert command.content == PostContent(caption="Autumn sale starts today", image_url=FIXED_URL)
+
+
+def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_says_so(api: RunningApi) -> None:
+    # Facebook refused for a rate limit that lifts in an hour; the service will publish it again then.
+    history = History(post_id="post-limited", at=datetime.now(UTC))
+    attempts = history.publish(target="facebook")
+    history.events.append(PlatformResult(
+        event_id="limited", post_id="post-limited", occurred_at=datetime.now(UTC), platform="facebook",
+        attempt_id=attempts["facebook"], success=False, error=PlatformError(
+            kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=3600.0,
+            message="Facebook photo upload failed: 400 - Page request limit reached")))
+    store_events(api, history.events)
+
+    answer = api.client.post("/posts/post-limited/retry", json={"content": {"image_url": FIXED_URL}})
+
+    # The post's commands run in order: this one waits for that retry, and the answer says so.
+    assert answer.status_code == 202
+    document = answer.json()
+    assert document["pending"] is True and document["post"]["status"] == "failed"
+    assert document["note"].startswith("queued behind the automatic retry of Facebook at ")
+    assert "(the platform's own wait): handled after it" in document["note"]
 
 
 def test_a_retry_may_name_the_account_to_publish_with_and_an_unknown_one_is_422(api: RunningApi) -> None:
