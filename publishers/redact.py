@@ -73,7 +73,7 @@ def secret_field(content: PostContent | None, tokens: Collection[str] = ()) -> s
     Such content is refused, never published: the post, its events and the projection would all show it.
     Only tokens count here, not the words around one that `scrub` also catches in logs ("access_token: ask
     us" is a sentence a post may say), and only a whole token of Meta's shape: long, mixed letters and
-    digits ("YEAAAAAAAAAAAAAAAAAAAAAAAH" or "#EAAAirVenture2025" is no token).
+    digits (a long "YEAAA...AH!" or the hashtag "#EAAAirVenture2025" is no token).
     """
     if content is None:
         return None
