@@ -316,11 +316,18 @@ class FrontDoor:
         return await self._submit(command)
 
     async def _check_no_secret(self, content: PostContent | None) -> None:
-        """422 for content that carries a token (see `_refuse_secret`): a stored one, which the handler refuses
-        too, or one this process has seen (a token replaced by re-authentication may still work)."""
-        if content is not None:
-            stored = await asyncio.to_thread(self.stores.credentials.stored_tokens)
-            _refuse_secret(content, stored | frozenset(known_secrets()))
+        """422 for content that carries an access token: it would be published for anyone to see, and kept in
+        the post's events for good. A stored token (the handler refuses those too), one this process has seen
+        (one replaced by re-authentication may still work), or one of Meta's shape. The field is named, the
+        value never repeated."""
+        if content is None:
+            return
+        stored = await asyncio.to_thread(self.stores.credentials.stored_tokens)
+        field = secret_field(content, stored | frozenset(known_secrets()))
+        if field is not None:
+            raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
+                                       "msg": f"content.{field} contains an access token: remove it (published, "
+                                              "anyone could read it)"}])
 
     async def _check_account(self, account: str) -> None:
         """422 unless the account has a token this service can read."""
@@ -471,16 +478,6 @@ def _check_same_command(state: PostState, command: Command) -> None:
         recorded = state.commands[command.command_id]
         raise HTTPException(409, f"command {command.command_id} was already used for another command on post "
                                  f"{state.post_id} ({recorded.command_type}): use a new command_id")
-
-
-def _refuse_secret(content: PostContent | None, tokens: frozenset[str]) -> None:
-    """422 for content that carries an access token: it would be published for anyone to see, and kept in the
-    post's events for good. The field is named, the value never repeated."""
-    field = secret_field(content, tokens)
-    if field is not None:
-        raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
-                                   "msg": f"content.{field} contains an access token: remove it (published, anyone "
-                                          "could read it)"}])
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None) -> None:
