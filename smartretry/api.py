@@ -303,7 +303,6 @@ class FrontDoor:
         except ValidationError as exc:
             raise unprocessable(exc) from None
         await self._check_account(body.account)
-        await self._check_no_secret(command.content)
         state = await self.read(post_id)
         # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
         if state is not None and state.submitted_by != command_id:
@@ -313,6 +312,9 @@ class FrontDoor:
                 command.content, command.publish_target, command.account):
             raise HTTPException(409, f"command {command_id} was already used for post {post_id} with a different body: "
                                      "use a new command_id")
+        if state is None:
+            # Not for a resent request the handler took: that one is answered as it went.
+            await self._check_no_secret(command.content)
         return await self._submit(command)
 
     async def _check_no_secret(self, content: PostContent | None) -> None:
@@ -367,10 +369,10 @@ class FrontDoor:
             _check_fits_target(content, state.publish_target)
         if command.account is not None:
             await self._check_account(command.account)
-        await self._check_no_secret(command.content)
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
+        await self._check_no_secret(command.content)
         # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.
         decision = decide(state, command)
         if decision.reject_reason:
@@ -457,7 +459,8 @@ class FrontDoor:
             if waits:
                 platform, at = max(waits.items(), key=lambda item: item[1])
                 note = (f"queued behind the automatic retry of {PLATFORM_LABELS[platform]} at "
-                        f"{at.strftime('%H:%M:%S')} UTC (the platform's own wait): handled after it")
+                        f"{at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC (the platform's own wait): "
+                        "handled after it")
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id, note=note,
                 post=PostSummary(id=command.post_id, status=state.status if waits and state else "publishing",

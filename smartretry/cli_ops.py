@@ -147,7 +147,8 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
     still_publishing = response.get("pending") and not (detail and detail.get("command", {}).get("settled"))
     if still_publishing and response.get("note"):
         console.print(f"⏳ This command is {response['note']}.", highlight=False)
-    if still_publishing and detail is not None and detail.get("status") == "failed":
+    if still_publishing and detail is not None and detail.get("status") == "failed" and (
+            detail.get("automatic_retry") or response.get("note")):
         # Failed for now, with an automatic retry to come (shown above): not the end of it yet.
         console.print(f"Not final: the service retries by itself; `smartretry show {detail['id']}` for the outcome.",
                       highlight=False)

@@ -52,7 +52,8 @@ class CredentialStore:
         self._get_statement = select(table.c.token_ciphertext, table.c.page_id, table.c.ig_user_id).where(
             table.c.account_id == bindparam("account_id"))
         self._tokens: frozenset[str] = frozenset()
-        self._tokens_version: tuple[object, ...] | None = None
+        self._ciphertexts: frozenset[str] | None = None
+        self._decrypted: dict[str, str] = {}
 
     def create_schema(self) -> None:
         _Base.metadata.create_all(self._engine)
@@ -105,19 +106,23 @@ class CredentialStore:
 
         What refuses a post's content for carrying a token, in the API and in the handler alike: it is read
         from the store, not from what one process happens to have used, so every process and every restart
-        answers the same. Decrypted again only when the accounts changed (one small query otherwise).
+        answers the same. The ciphertexts are read each time (one small query); only new ones are decrypted.
         """
         table = cast(Table, _Account.__table__)
         with self._engine.connect() as connection:
-            version = tuple(connection.execute(select(func.count(), func.max(table.c.updated_at))).one())
-            if version != self._tokens_version:
-                tokens = set()
-                for ciphertext in connection.execute(select(table.c.token_ciphertext)).scalars():
+            ciphertexts = frozenset(connection.execute(select(table.c.token_ciphertext)).scalars())
+        if ciphertexts != self._ciphertexts:
+            decrypted = {}
+            for ciphertext in ciphertexts:
+                token = self._decrypted.get(ciphertext)
+                if token is None:
                     with contextlib.suppress(InvalidToken):
-                        tokens.add(self._fernet.decrypt(ciphertext.encode()).decode())
-                for token in tokens:
-                    register_secret(token)
-                self._tokens, self._tokens_version = frozenset(tokens), version
+                        token = self._fernet.decrypt(ciphertext.encode()).decode()
+                        register_secret(token)
+                if token is not None:
+                    decrypted[ciphertext] = token
+            self._decrypted, self._ciphertexts = decrypted, ciphertexts
+            self._tokens = frozenset(decrypted.values())
         return self._tokens
 
     def accounts(self) -> list[dict[str, str | None]]:

@@ -484,7 +484,9 @@ class CommandHandler:
                     command.command_id, message.topic(), message.partition(),
                     scrub((message.key() or b"").decode("utf-8", "replace"))[:200],
                     extra={"post_id": command.post_id, "command_id": command.command_id})
-        if (carrying := await self._token_in(command)) is not None:
+        content = command.content if isinstance(command, PublishRequested | RetryRequested |
+                                                ForceRepublishRequested) else None
+        if (carrying := await self._token_in(content)) is not None:
             # Not copied on: the new owner would refuse it anyway, and the copy would be one more place for it.
             await self._dead_letter_until_sent(message, f"refused {command.type}: {carrying}")
             return
@@ -492,13 +494,21 @@ class CommandHandler:
         await self._until_sent(lambda: self.producer.send(self.topics.commands, command.post_id, value),
                                f"Command {command.command_id}, sent on to its post's partition,")
 
-    async def _token_in(self, command: Command) -> str | None:
-        """Why the command's content may not be published, when it carries an access token (a stored one, as
-        the API refuses it too, or one of Meta's shape); None when it carries none."""
-        if not isinstance(command, PublishRequested | RetryRequested | ForceRepublishRequested) or \
-                command.content is None:
+    async def _token_in(self, content: PostContent | None) -> str | None:
+        """Why `content` may not be published, when it carries an access token (a stored one, as the API refuses
+        it too, or one of Meta's shape); None when it carries none. The store is read until it answers."""
+        if content is None:
             return None
-        field = secret_field(command.content, await asyncio.to_thread(self.credentials.stored_tokens))
+        failures = 0
+        while True:
+            try:
+                tokens = await asyncio.to_thread(self.credentials.stored_tokens)
+                break
+            except Exception as exc:
+                failures += 1
+                log.error("Stored tokens not read (%s); trying again", scrub(repr(exc)))
+                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+        field = secret_field(content, tokens)
         return None if field is None else f"content.{field} contains an access token; send it again without"
 
     async def _until_sent(self, send: Callable[[], Awaitable[None]], what: str) -> None:
@@ -605,11 +615,15 @@ class CommandHandler:
             await self._publish_all(state, command, owed, partition, is_retry=record.is_retry,
                                     forced=record.forced, reason="resumed after an interruption")
             return
-        if not decision.reject_reason and (carrying := await self._token_in(command)) is not None:
-            # A new decision only: a command decided before (a redelivery) carries on as it was decided.
-            # Published, anyone could read it; recorded, the post's events would keep it. Refused before
-            # anything is written: its dead letter keeps the message with the token scrubbed out.
-            decision = replace(decision, reject_reason=carrying)
+        if not decision.reject_reason and decision.platforms and \
+                isinstance(command, PublishRequested | RetryRequested | ForceRepublishRequested):
+            # A new decision only: a command decided before (a redelivery) carries on as it was decided. The
+            # content it would publish (a retry's correction, else the post's own): published, anyone could read
+            # it; recorded, the post's events would keep it. Refused before anything is written: its dead letter
+            # keeps the message with the token scrubbed out.
+            carrying = await self._token_in(_content_for(state, command) if state is not None else command.content)
+            if carrying is not None:
+                decision = replace(decision, reject_reason=carrying)
         if decision.reject_reason:
             log.warning("Command refused: %s", decision.reject_reason, extra=context)
             if source is not None:

@@ -365,6 +365,20 @@ def test_a_facebook_photo_whose_caption_and_link_together_are_too_long_is_422(ap
     assert_nothing_on_commands(api)
 
 
+def test_the_stored_tokens_follow_every_change_made_by_any_process(api: RunningApi) -> None:
+    key = api.settings.secret_key.get_secret_value()
+    here, elsewhere = CredentialStore(api.stores.engine, key), CredentialStore(api.stores.engine, key)
+    first, second = "first-token-of-the-shop-" + "1a2b" * 3, "second-token-of-the-shop-" + "3c4d" * 3
+    elsewhere.set_token("shop", first, "111222333", None)
+    assert first in here.stored_tokens()
+    # Replaced by another process (whatever its clock says): the next read here has it, not the old one.
+    elsewhere.set_token("shop", second, None, None)
+    assert second in here.stored_tokens() and first not in here.stored_tokens()
+    # A token stored under another secret key cannot be read, and is left out rather than failing.
+    CredentialStore(api.stores.engine, "another-secret-key-2c1f").set_token("moved", "moved-token-" + "9" * 12)
+    assert here.stored_tokens() == {second}
+
+
 def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
     answer = api.client.post("/posts", content=b"{not json", headers={"Content-Type": "application/json"})
     assert answer.status_code == 422
