@@ -160,6 +160,32 @@ def test_commands_keyed_otherwise_or_put_on_another_partition_are_sent_on_to_the
     assert service.handler.output().count("not on its post's partition: sent on there") == 2
 
 
+def test_a_retry_that_would_publish_a_stored_token_in_the_posts_own_content_is_refused(service: Service) -> None:
+    # An old document imported with a caption that carries a token the service stores (another shop's).
+    token = "another-shops-stored-token-" + new_id()[-12:]
+    service.stores.credentials.set_token("another-shop", token, "111222333", None)
+    post_id = new_id()
+    imported = LegacyInsightsImported(
+        event_id=f"{post_id}:import", post_id=post_id, occurred_at=datetime.now(UTC), publish_target="facebook",
+        account=DEMO_ACCOUNT_ID, content=PostContent(caption=f"our token {token}", image_url=FIXED.image_url),
+        document={"insights": {"publish_results": [
+            {"platform": "facebook", "success": False, "error": "Facebook photo upload failed: 500"}]},
+            "status": "failed"})
+    service._producer.produce(service.topics.post_events, key=post_id.encode(), value=encode(imported))
+    assert service._producer.flush(30) == 0
+    service.wait_for(post_id, lambda s: s.legacy)
+
+    retry = service.retry(post_id)  # no correction: it would publish the post's own content
+    deadline = time.monotonic() + 60
+    while "contains an access token" not in service.handler.output():
+        assert time.monotonic() < deadline, "the retry was not refused"
+        time.sleep(0.2)
+
+    state = service.wait_for(post_id, lambda s: s.legacy)
+    assert retry.command_id not in state.commands and state.status == "failed"
+    assert _counts(service) == (0, 0)  # nothing published
+
+
 def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_one(service: Service) -> None:
     post_id = new_id()
     imported = LegacyInsightsImported(
