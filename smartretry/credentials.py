@@ -10,7 +10,7 @@ from typing import cast
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
-from sqlalchemy import DateTime, Engine, String, Table, Text, bindparam, func, select
+from sqlalchemy import DateTime, Engine, String, Table, Text, bindparam, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -31,6 +31,18 @@ class _Account(_Base):
     page_id: Mapped[str | None] = mapped_column(String(64))
     ig_user_id: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _RetiredToken(_Base):
+    """A token an account had before it was re-authenticated: it may still work, so content carrying it is
+    refused and logs scrub it, in every process, as for the current ones."""
+
+    __tablename__ = "retired_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    token_ciphertext: Mapped[str] = mapped_column(Text)
+    retired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class UnknownAccount(LookupError):
@@ -76,7 +88,15 @@ class CredentialStore:
                 "updated_at": values["updated_at"],
             },
         )
+        retired = cast(Table, _RetiredToken.__table__)
+        # Kept before it is replaced, in the same transaction. A write first (an INSERT ... SELECT, no read of
+        # our own), for the reason above.
+        keep_old = retired.insert().from_select(
+            ["account_id", "token_ciphertext", "retired_at"],
+            select(table.c.account_id, table.c.token_ciphertext, literal(values["updated_at"], DateTime(timezone=True)))
+            .where(table.c.account_id == account_id))
         with self._engine.begin() as connection:
+            connection.execute(keep_old)
             connection.execute(statement)
 
     def get(self, account_id: str) -> AccountCredentials:
@@ -102,15 +122,17 @@ class CredentialStore:
         self.stored_tokens()
 
     def stored_tokens(self) -> frozenset[str]:
-        """Every stored token (those this secret key can read), also made known to the scrubber.
+        """Every stored token, current or replaced (those this secret key can read), also made known to the
+        scrubber.
 
         What refuses a post's content for carrying a token, in the API and in the handler alike: it is read
         from the store, not from what one process happens to have used, so every process and every restart
         answers the same. The ciphertexts are read each time (one small query); only new ones are decrypted.
         """
-        table = cast(Table, _Account.__table__)
+        table, retired = cast(Table, _Account.__table__), cast(Table, _RetiredToken.__table__)
         with self._engine.connect() as connection:
-            ciphertexts = frozenset(connection.execute(select(table.c.token_ciphertext)).scalars())
+            ciphertexts = frozenset(connection.execute(
+                select(table.c.token_ciphertext).union(select(retired.c.token_ciphertext))).scalars())
         if ciphertexts != self._ciphertexts:
             decrypted = {}
             for ciphertext in ciphertexts:
