@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -31,6 +31,10 @@ class _Account(_Base):
     page_id: Mapped[str | None] = mapped_column(String(64))
     ig_user_id: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# How long a token replaced by re-authentication is kept: the longest a Meta user token lives.
+RETIRED_TOKEN_LIFE = timedelta(days=60)
 
 
 class _RetiredToken(_Base):
@@ -73,8 +77,9 @@ class CredentialStore:
     def set_token(self, account_id: str, token: str, page_id: str | None = None, ig_user_id: str | None = None) -> None:
         register_secret(token)
         ciphertext = self._fernet.encrypt(token.encode()).decode()
+        now = datetime.now(UTC)
         values = {"account_id": account_id, "token_ciphertext": ciphertext, "page_id": page_id,
-                  "ig_user_id": ig_user_id, "updated_at": datetime.now(UTC)}
+                  "ig_user_id": ig_user_id, "updated_at": now}
         table = cast(Table, _Account.__table__)
         insert = (postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert)(table)
         # One upsert statement, no read first: on SQLite a transaction that reads and then writes fails at
@@ -93,11 +98,14 @@ class CredentialStore:
         # our own), for the reason above.
         keep_old = retired.insert().from_select(
             ["account_id", "token_ciphertext", "retired_at"],
-            select(table.c.account_id, table.c.token_ciphertext, literal(values["updated_at"], DateTime(timezone=True)))
+            select(table.c.account_id, table.c.token_ciphertext, literal(now, DateTime(timezone=True)))
             .where(table.c.account_id == account_id))
+        # Meta's user tokens live 60 days at most: one retired before that has expired since.
+        expired = retired.delete().where(retired.c.retired_at < now - RETIRED_TOKEN_LIFE)
         with self._engine.begin() as connection:
             connection.execute(keep_old)
             connection.execute(statement)
+            connection.execute(expired)
 
     def get(self, account_id: str) -> AccountCredentials:
         # One row by its key, read without the ORM's session: the handler reads it for every command.
