@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -499,28 +499,24 @@ class CommandHandler:
         it too, or one of Meta's shape); None when it carries none. The store is read until it answers."""
         if content is None:
             return None
-        failures = 0
-        while True:
-            try:
-                tokens = await asyncio.to_thread(self.credentials.stored_tokens)
-                break
-            except Exception as exc:
-                failures += 1
-                log.error("Stored tokens not read (%s); trying again", scrub(repr(exc)))
-                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+        tokens = await self._until_done(lambda: asyncio.to_thread(self.credentials.stored_tokens),
+                                        "Stored tokens not read")
         field = secret_field(content, tokens)
         return None if field is None else f"content.{field} contains an access token; send it again without"
 
     async def _until_sent(self, send: Callable[[], Awaitable[None]], what: str) -> None:
         """`send()`, tried again (with the handler's backoff) until it goes through."""
+        await self._until_done(send, f"{what} not written")
+
+    async def _until_done(self, call: Callable[[], Awaitable[T]], failure: str) -> T:
+        """`call()`, tried again (with the handler's backoff) until it answers; each failure logged as `failure`."""
         failures = 0
         while True:
             try:
-                await send()
-                return
+                return await call()
             except Exception as exc:
                 failures += 1
-                log.error("%s not written (%s); trying again", what, scrub(repr(exc)))
+                log.error("%s (%s); trying again", failure, scrub(repr(exc)))
                 await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
