@@ -48,6 +48,8 @@ from streams.topics import Topics
 
 log = logging.getLogger("smartretry.handler")
 
+T = TypeVar("T")
+
 CONSUMER_NAME = "command-handler"
 
 
