@@ -66,9 +66,9 @@ def known_secrets() -> tuple[str, ...]:
     return _longest_first
 
 
-def secret_field(content: PostContent | None, tokens: Collection[str] = ()) -> str | None:
-    """The first field of a post's content that carries a token: one of `tokens` (the stored ones), or one of
-    Meta's shape.
+def secret_field(content: PostContent | None, *tokens: Collection[str]) -> str | None:
+    """The first field of a post's content that carries a token: one of `tokens` (collections of them: the
+    stored ones, the ones a process has seen), or one of Meta's shape.
 
     Such content is refused, never published: the post, its events and the projection would all show it.
     Only tokens count here, not the words around one that `scrub` also catches in logs ("access_token: ask
@@ -78,7 +78,7 @@ def secret_field(content: PostContent | None, tokens: Collection[str] = ()) -> s
     if content is None:
         return None
     # A token short enough to be a word ("summer") would refuse every caption that says it.
-    known = [token for token in tokens if len(token) >= MIN_MATCHED_TOKEN]
+    known = [token for collection in tokens for token in collection if len(token) >= MIN_MATCHED_TOKEN]
     for name in ("caption", "image_url", "link"):
         value = getattr(content, name)
         if value and (any(_looks_like_a_token(m.group()) for m in _WHOLE_TOKEN.finditer(value))

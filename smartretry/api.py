@@ -325,7 +325,7 @@ class FrontDoor:
         if content is None:
             return
         stored = await asyncio.to_thread(self.stores.credentials.stored_tokens)
-        field = secret_field(content, stored | frozenset(known_secrets()))
+        field = secret_field(content, stored, known_secrets())
         if field is not None:
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
                                        "msg": f"content.{field} contains an access token: remove it (published, "

@@ -38,7 +38,7 @@ def open_stores(settings: Settings) -> Stores:
     projection.create_schema()
     credentials = CredentialStore(engine, settings.secret_key.get_secret_value())
     credentials.create_schema()
-    credentials.register_all()
+    credentials.stored_tokens()  # read once here: the scrubber knows every stored token from the start
     return Stores(engine, projection, credentials)
 
 

@@ -125,10 +125,6 @@ class CredentialStore:
         return AccountCredentials(account_id=account_id, user_token=SecretStr(token), page_id=page_id,
                                   ig_user_id=ig_user_id)
 
-    def register_all(self) -> None:
-        """Makes every stored token known to the scrubber (see `stored_tokens`)."""
-        self.stored_tokens()
-
     def stored_tokens(self) -> frozenset[str]:
         """Every stored token, current or replaced (those this secret key can read), also made known to the
         scrubber.
