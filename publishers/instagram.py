@@ -200,10 +200,10 @@ class InstagramPublisher:
         """The new media id; None when the container turns out to be published already.
 
         A refusal with a 5xx (this call's or the caller's first) may have published the container all the same,
-        even while its status says not yet. From then on, a try that ends it
-        all (a refusal that is not "try again", a status that cannot be asked) leaves the outcome unknown,
-        unless the container's status says it went out: a known failure would make the handler publish a new
-        container, and the post would go out twice.
+        even while its status says not yet. From then on, a try that ends it all (a refusal that is not "try
+        again", a status that cannot be asked) leaves the outcome unknown, unless the container's status says it
+        went out: a known failure would make the handler publish a new container, and the post would go out
+        twice.
         """
         retries = self._polling.publish_retries
         interval = self._polling.interval_s
