@@ -37,7 +37,8 @@ CONSUMER_NAME = "projector"
 INLINE_RECORDS = 200
 # Seconds between commits of the consumer group's offsets (shown to operators as the lag).
 GROUP_COMMIT_INTERVAL = 1.0
-# Waits before a batch that failed to be stored is tried again: doubling from the first, up to the last.
+# Waits before a batch that failed to be stored, or a fetch that failed, is tried again: doubling from the
+# first, up to the last.
 RETRY_FIRST_WAIT = 1.0
 RETRY_MAX_WAIT = 30.0
 
@@ -170,14 +171,26 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
         # The store, not the consumer group, says where each partition resumes: its offsets were
         # committed with the projection they produced. No stored offset: from the beginning.
         positions = dict(await super().seek_to_committed())
+        positions.update(await self._seek_to_store())
+        return positions
+
+    async def _seek_to_store(self) -> dict[TP, int]:
+        """Each assigned partition of the post-events topic moved to the offset after the store's."""
         topic = self.projector.topics.post_events
         applied = await asyncio.to_thread(self.projector.store.applied_offsets, topic)
-        for tp in self.assignment():
-            if tp.topic == topic:
-                position = applied.get(tp.partition, -1) + 1
-                await self.seek(tp, position)
-                positions[tp] = position
+        positions = {tp: applied.get(tp.partition, -1) + 1 for tp in self.assignment() if tp.topic == topic}
+        # The aiokafka consumer belongs to faust's consumer thread: seeking it from this loop (what
+        # `Consumer.seek` does) changes its fetched records while that thread reads them, and the fetch
+        # fails with a KeyError. So the seeks run on that thread.
+        await self._thread.call_thread(self._seek_on_consumer_thread, positions)
+        for tp, position in positions.items():
+            self._read_offset[TP(tp.topic, tp.partition)] = position or None
         return positions
+
+    async def _seek_on_consumer_thread(self, positions: Mapping[TP, int]) -> None:
+        consumer = self._thread._ensure_consumer()
+        for tp, position in positions.items():
+            consumer.seek(tp, position)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         consumer_should_stop = self._stopped.is_set
@@ -186,9 +199,28 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
             # With the collector disabled (`python -m streams.projector`), the cycles faust and asyncio make
             # are freed here; where it is enabled, one more collection every 10 s costs nothing worth measuring.
             collect_garbage = CollectEvery()
+            resync = False
+            delay = RETRY_FIRST_WAIT
             while not (consumer_should_stop() or fetcher_should_stop()):
                 collect_garbage()
-                records, _active = await self._wait_next_records(1.0)
+                try:
+                    if resync:
+                        await self._seek_to_store()
+                        resync = False
+                    records, _active = await self._wait_next_records(1.0)
+                    delay = RETRY_FIRST_WAIT
+                except Exception as exc:
+                    if isinstance(exc, self.consumer_stopped_errors) or self.should_stop:
+                        raise
+                    # A fetch the client fails must not stop the projector (it would keep running and
+                    # project nothing). The client may have moved past records it never returned, so
+                    # reading resumes from the store's offsets: what was applied is skipped again.
+                    log.error("reading post events failed (%s: %s); reading again from the stored offsets in %.0f s",
+                              type(exc).__name__, scrub(str(exc))[:500], delay)
+                    resync = True
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_WAIT)
+                    continue
                 if not records or self.should_stop or not self.flow_active:
                     # During a rebalance a fetch is dropped: the seek after it fetches again.
                     continue

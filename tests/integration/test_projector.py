@@ -11,13 +11,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import aiokafka
 import pytest
+from aiokafka.consumer.fetcher import Fetcher
 from confluent_kafka import Consumer, TopicPartition
 
 from projections.fold import fold
@@ -189,6 +193,66 @@ async def test_a_batch_the_store_or_broker_fails_to_take_is_tried_again_and_noth
     insights = [json.loads(v) for k, v in read_topic(kafka_bootstrap, topics.insights, topics.partitions)
                 if k == POST_ID.encode()]
     assert insights[-1] == {"post_id": POST_ID, **AFTER_SUCCESSFUL_RETRY}
+    store.engine.dispose()
+
+
+async def test_the_store_offsets_are_sought_on_the_consumer_thread(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A seek from the event loop changes the client's fetched records while faust's consumer thread
+    # reads them: the fetch then fails (KeyError) in a rebalance. Every seek has to run on that thread.
+    url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    store = ProjectionStore(make_engine(url))
+    seeks: list[tuple[int, int, bool]] = []
+    seek = aiokafka.AIOKafkaConsumer.seek
+
+    def recorded(self: aiokafka.AIOKafkaConsumer, tp: Any, offset: int) -> None:
+        seeks.append((tp.partition, offset, threading.current_thread() is threading.main_thread()))
+        seek(self, tp, offset)
+
+    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "seek", recorded)
+    first = first_attempt()
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
+    async with running_projector(settings, tmp_path / "faust"):
+        await until(lambda: applied(store, topics) >= len(first))
+
+    assert sorted(partition for partition, _offset, _main in seeks) == list(range(topics.partitions))
+    assert not [s for s in seeks if s[2]], "seeks made on the event loop's thread"
+    store.engine.dispose()
+
+
+async def test_a_fetch_the_client_fails_is_read_again_from_the_stored_offsets(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    store = ProjectionStore(make_engine(url))
+    fail_next: list[bool] = []
+    fetched_records = Fetcher.fetched_records
+
+    async def fails_once(self: Fetcher, *args: Any, **kwargs: Any) -> Any:
+        records = await fetched_records(self, *args, **kwargs)
+        if records and fail_next:
+            fail_next.clear()
+            # The worst case: the client has moved past the records it fails to return.
+            raise KeyError(next(iter(records)))
+        return records
+
+    monkeypatch.setattr(Fetcher, "fetched_records", fails_once)
+    first = first_attempt()
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
+    async with running_projector(settings, tmp_path / "faust"):
+        await until(lambda: applied(store, topics) >= len(first))
+        fail_next.append(True)
+        retry = facebook_retry()
+        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
+        await until(lambda: applied(store, topics) >= len(first) + len(retry))
+
+    assert not fail_next, "the fetch never failed"
+    assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
+    assert any(r.getMessage().startswith("reading post events failed (KeyError: ") for r in caplog.records)
     store.engine.dispose()
 
 
