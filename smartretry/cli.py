@@ -212,11 +212,16 @@ def processor() -> None:
     """Run the stream processor: fold post events into the insights projection (Ctrl-C stops it)."""
     import asyncio
 
-    from streams.projector import run_projector
+    from streams.projector import ProjectorCrashed, run_projector
 
     settings = load_settings()
-    with broker_for(settings) as started_broker, contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_projector(settings.model_copy(update={"kafka_bootstrap_servers": started_broker.bootstrap})))
+    try:
+        with broker_for(settings) as started_broker, contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_projector(settings.model_copy(
+                update={"kafka_bootstrap_servers": started_broker.bootstrap})))
+    except ProjectorCrashed as exc:
+        # Exits non-zero, for whatever supervises it to start it again.
+        raise SystemExit(f"error: {exc}") from None
 
 
 # Post ids `smartretry replay` names when the projections differ; the count says how many in all.

@@ -333,6 +333,10 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
     return app
 
 
+class ProjectorCrashed(RuntimeError):
+    """The projector's faust app crashed: the process has to end and be started again."""
+
+
 async def run_projector(settings: Settings, *, datadir: Path | None = None,
                         stop: asyncio.Event | None = None) -> None:
     """Runs the projector in this process until `stop` is set (or forever)."""
@@ -352,7 +356,20 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     app = create_app(settings, store, datadir=datadir, producer=producer)
     await app.start()
     try:
-        await (stop.wait() if stop is not None else asyncio.Event().wait())
+        # faust's services log a crash (its fetcher's, say) and stay up, projecting nothing. A crashed app
+        # ends the process instead, which is then started again (`smartretry run` does; so would systemd).
+        waits = [asyncio.ensure_future(app._crashed.wait())]
+        if stop is not None:
+            waits.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if app.crashed:
+            reason = app.crash_reason
+            raise ProjectorCrashed(f"the projector stopped projecting ({type(reason).__name__}: "
+                                   f"{scrub(str(reason))[:500]})")
     finally:
         await app.stop()
         producer.flush(10)
@@ -370,8 +387,12 @@ def main() -> None:
     if not settings.kafka_bootstrap_servers:
         print("error: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         raise SystemExit(2)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_projector(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_projector(settings))
+    except ProjectorCrashed as exc:
+        log.error("%s; exiting", exc)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from schemas.events import Event, PublishAttempted
 from schemas.insights import InsightsMessage
 from smartretry.settings import Settings
 from streams.kafka import producer
-from streams.projector import InsightsProjector, run_projector
+from streams.projector import InsightsProjector, ProjectorConsumer, ProjectorCrashed, run_projector
 from streams.topics import Topics
 from tests.integration.test_store import (
     AFTER_FAILED_ATTEMPT,
@@ -254,6 +254,21 @@ async def test_a_fetch_the_client_fails_is_read_again_from_the_stored_offsets(
     assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
     assert any(r.getMessage().startswith("reading post events failed (KeyError: ") for r in caplog.records)
     store.engine.dispose()
+
+
+async def test_a_projector_whose_faust_app_crashes_ends_instead_of_running_on_idle(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # faust logs a crashed service and stays up; a projector that projects nothing must not look alive.
+    url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+
+    async def crashes(self: ProjectorConsumer, fetcher: Any) -> None:
+        raise RuntimeError("fetch loop broken")
+
+    monkeypatch.setattr(ProjectorConsumer, "_drain_messages", crashes)
+    with pytest.raises(ProjectorCrashed, match=r"stopped projecting \(RuntimeError: fetch loop broken\)"):
+        await asyncio.wait_for(run_projector(settings, datadir=tmp_path / "faust", stop=asyncio.Event()), 60)
 
 
 def many_posts(count: int, start: int = 0) -> list[Event]:
