@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import errors as aiokafka_errors
 from confluent_kafka import Producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -41,6 +42,12 @@ GROUP_COMMIT_INTERVAL = 1.0
 # first, up to the last.
 RETRY_FIRST_WAIT = 1.0
 RETRY_MAX_WAIT = 30.0
+# Seconds a batch waits for its insights and dead letters to be on the broker before it is tried again.
+DELIVERY_WAIT = 60.0
+# Seconds a rebalance waits for the store's offsets before the projector gives up (to be started again).
+STORE_READ_TIMEOUT = 30.0
+# Fetches failing one after the other before the projector gives up (to be started again): about 15 s.
+FETCH_ATTEMPTS = 5
 
 # (offset, key, value) of one post-events message, in partition order.
 RawRecord = tuple[int, bytes | None, bytes | None]
@@ -125,7 +132,7 @@ class InsightsProjector:
 
     def _wait_delivered(self, errors: list[str]) -> None:
         assert self.producer is not None
-        if self.producer.flush(60) or errors:
+        if self.producer.flush(DELIVERY_WAIT) or errors:
             # Not committing the batch makes Kafka hand it to us again: nothing is lost.
             raise RuntimeError(f"publishing insights failed: {errors[:3] or 'timed out'}")
 
@@ -160,6 +167,8 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     """
 
     projector: InsightsProjector
+    # Seconds the flow may stay stopped before the projector gives up; None: twice the broker request timeout.
+    stall_limit: float | None = None
     _uncommitted: dict[TP, int] | None = None
     _next_group_commit = 0.0
     _group_commit: asyncio.Future[None] | None = None
@@ -177,7 +186,9 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     async def _seek_to_store(self) -> dict[TP, int]:
         """Each assigned partition of the post-events topic moved to the offset after the store's."""
         topic = self.projector.topics.post_events
-        applied = await asyncio.to_thread(self.projector.store.applied_offsets, topic)
+        # Bounded: a rebalance waits on this read, and one that hangs would stop the flow for good.
+        applied = await asyncio.wait_for(asyncio.to_thread(self.projector.store.applied_offsets, topic),
+                                         STORE_READ_TIMEOUT)
         positions = {tp: applied.get(tp.partition, -1) + 1 for tp in self.assignment() if tp.topic == topic}
         # The aiokafka consumer belongs to faust's consumer thread: seeking it from this loop (what
         # `Consumer.seek` does) changes its fetched records while that thread reads them, and the fetch
@@ -195,34 +206,77 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     async def _drain_messages(self, fetcher: Any) -> None:
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
+        loop = asyncio.get_running_loop()
+        # A rebalance stops the flow until its seeks are done; one that never ends (a seek that hung) would
+        # leave the projector up and projecting nothing. Longer than this, and the projector gives up, to be
+        # started again (see `run_projector`).
+        stall_limit = self.stall_limit or 2 * self.transport.app.conf.broker_request_timeout
         try:
             # With the collector disabled (`python -m streams.projector`), the cycles faust and asyncio make
             # are freed here; where it is enabled, one more collection every 10 s costs nothing worth measuring.
             collect_garbage = CollectEvery()
+            # Set when the client's positions may be past records that were never folded: before the next
+            # fetch is folded, every partition is moved back to the store's offsets.
             resync = False
-            delay = RETRY_FIRST_WAIT
+            failures = 0
+            stopped_since: float | None = None
             while not (consumer_should_stop() or fetcher_should_stop()):
                 collect_garbage()
-                try:
-                    if resync:
+                if not self.flow_active:
+                    stopped_since = stopped_since or loop.time()
+                    if loop.time() - stopped_since > stall_limit:
+                        raise ProjectorStalled(f"the flow of post events has been stopped for {stall_limit:.0f}s "
+                                               "(a rebalance that did not end)")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.can_resume_flow.wait(), 1.0)
+                    continue
+                stopped_since = None
+                if resync:
+                    try:
                         await self._seek_to_store()
                         resync = False
-                    records, _active = await self._wait_next_records(1.0)
-                    delay = RETRY_FIRST_WAIT
+                        continue  # the flow looked at again before fetching
+                    except Exception as exc:
+                        if isinstance(exc, self.consumer_stopped_errors) or self.should_stop:
+                            raise
+                        # The store away, or the partitions moved meanwhile: tried again (an unfolded record
+                        # must not be skipped by fetching on from where the client is).
+                        log.error("moving to the stored offsets failed (%s: %s); trying again in %.0f s",
+                                  type(exc).__name__, scrub(str(exc))[:500], RETRY_FIRST_WAIT)
+                        await asyncio.sleep(RETRY_FIRST_WAIT)
+                        continue
+                try:
+                    try:
+                        records, _active = await asyncio.wait_for(self._wait_next_records(1.0), stall_limit)
+                    except TimeoutError:
+                        # A fetch waits for a rebalance to assign the partitions: one that never does.
+                        raise ProjectorStalled(f"a fetch of post events has not returned in {stall_limit:.0f}s "
+                                               "(a rebalance that did not end)") from None
+                    failures = 0
+                except ProjectorStalled:
+                    raise
                 except Exception as exc:
-                    if isinstance(exc, self.consumer_stopped_errors) or self.should_stop:
+                    failures += 1
+                    if (isinstance(exc, self.consumer_stopped_errors) or self.should_stop
+                            or failures >= FETCH_ATTEMPTS
+                            or (isinstance(exc, aiokafka_errors.KafkaError) and not exc.retriable)):
                         raise
-                    # A fetch the client fails must not stop the projector (it would keep running and
-                    # project nothing). The client may have moved past records it never returned, so
-                    # reading resumes from the store's offsets: what was applied is skipped again.
+                    # A fetch the client fails once (a race in a rebalance) must not stop the projector. The
+                    # client may have moved past records it never returned, so reading resumes from the
+                    # store's offsets: what was applied is skipped again.
+                    delay = min(RETRY_FIRST_WAIT * 2 ** (failures - 1), RETRY_MAX_WAIT)
                     log.error("reading post events failed (%s: %s); reading again from the stored offsets in %.0f s",
                               type(exc).__name__, scrub(str(exc))[:500], delay)
                     resync = True
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_WAIT)
                     continue
-                if not records or self.should_stop or not self.flow_active:
-                    # During a rebalance a fetch is dropped: the seek after it fetches again.
+                if not records:
+                    continue
+                if self.should_stop or not self.flow_active:
+                    # Fetched as a rebalance began: dropped. The client's positions are past these records now,
+                    # so the next fetch starts from the store's offsets (the rebalance's own seek may have come
+                    # before this fetch returned).
+                    resync = True
                     continue
                 await self._project(records)
         except self.consumer_stopped_errors:
@@ -333,6 +387,10 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
     return app
 
 
+class ProjectorStalled(RuntimeError):
+    """The projector's flow of events has stopped for good: its app crashes, and the process ends."""
+
+
 class ProjectorCrashed(RuntimeError):
     """The projector's faust app crashed: the process has to end and be started again."""
 
@@ -352,7 +410,11 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
         raise SystemExit(f"error: {exc}") from None
     # No linger: a batch's insights are sent while its writes run, and the commit waits for them.
     # Under load they still batch up behind the requests in flight.
-    producer = kafka_producer(settings.kafka_bootstrap_servers, **{"linger.ms": 0})
+    # A message not delivered when the wait for it ends must never be delivered later (after the batch is
+    # applied again, possibly by another processor, an old document would land after the new): the
+    # producer gives up on it first.
+    producer = kafka_producer(settings.kafka_bootstrap_servers,
+                              **{"linger.ms": 0, "message.timeout.ms": int(DELIVERY_WAIT * 1000) - 10_000})
     app = create_app(settings, store, datadir=datadir, producer=producer)
     await app.start()
     try:

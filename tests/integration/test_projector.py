@@ -31,6 +31,7 @@ from schemas.envelope import encode
 from schemas.events import Event, PublishAttempted
 from schemas.insights import InsightsMessage
 from smartretry.settings import Settings
+from streams import projector as projector_module
 from streams.kafka import producer
 from streams.projector import InsightsProjector, ProjectorConsumer, ProjectorCrashed, run_projector
 from streams.topics import Topics
@@ -269,6 +270,78 @@ async def test_a_projector_whose_faust_app_crashes_ends_instead_of_running_on_id
     monkeypatch.setattr(ProjectorConsumer, "_drain_messages", crashes)
     with pytest.raises(ProjectorCrashed, match=r"stopped projecting \(RuntimeError: fetch loop broken\)"):
         await asyncio.wait_for(run_projector(settings, datadir=tmp_path / "faust", stop=asyncio.Event()), 60)
+
+
+async def test_a_fetch_that_returns_as_a_rebalance_begins_is_read_again_once_the_flow_resumes(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fetch is dropped (the partitions may be moving), and the client's positions are past its records:
+    # fetching on from there would skip them for good.
+    url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    store = ProjectionStore(make_engine(url))
+    rebalance_next: list[bool] = []
+    wait_next_records = ProjectorConsumer._wait_next_records
+
+    async def rebalance_begins(self: ProjectorConsumer, timeout: float) -> Any:
+        records, active = await wait_next_records(self, timeout)
+        if records and rebalance_next:
+            rebalance_next.clear()
+            self.stop_flow()
+            asyncio.get_running_loop().call_later(0.5, self.resume_flow)
+        return records, active
+
+    monkeypatch.setattr(ProjectorConsumer, "_wait_next_records", rebalance_begins)
+    first = first_attempt()
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
+    async with running_projector(settings, tmp_path / "faust"):
+        await until(lambda: applied(store, topics) >= len(first))
+        rebalance_next.append(True)
+        retry = facebook_retry()
+        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
+        await until(lambda: applied(store, topics) >= len(first) + len(retry))
+
+    assert not rebalance_next, "no fetch was dropped"
+    assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
+    store.engine.dispose()
+
+
+async def test_a_projector_whose_flow_stays_stopped_ends_instead_of_running_on_idle(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rebalance whose seek hangs never resumes the flow: faust waits on, and nothing crashes.
+    url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    monkeypatch.setattr(ProjectorConsumer, "stall_limit", 3.0)
+    wait_next_records = ProjectorConsumer._wait_next_records
+
+    async def rebalance_begins(self: ProjectorConsumer, timeout: float) -> Any:
+        self.stop_flow()  # as a rebalance does, and its recovery never resumes it
+        return await wait_next_records(self, timeout)
+
+    monkeypatch.setattr(ProjectorConsumer, "_wait_next_records", rebalance_begins)
+    monkeypatch.setattr(ProjectorConsumer, "resume_flow", lambda self: None)
+    with pytest.raises(ProjectorCrashed, match=r"stopped projecting \(ProjectorStalled: .* 3s \(a rebalance that "
+                                               r"did not end\)\)"):
+        await asyncio.wait_for(run_projector(settings, datadir=tmp_path / "faust", stop=asyncio.Event()), 60)
+
+
+async def test_a_projector_whose_fetches_keep_failing_ends_instead_of_running_on_idle(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"sqlite:///{tmp_path}/var/smartretry.db"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    monkeypatch.setattr(projector_module, "RETRY_FIRST_WAIT", 0.1)
+
+    async def always_fails(self: Fetcher, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a partition")
+
+    monkeypatch.setattr(Fetcher, "fetched_records", always_fails)
+    with pytest.raises(ProjectorCrashed, match=r"stopped projecting \(KeyError: 'a partition'\)"):
+        await asyncio.wait_for(run_projector(settings, datadir=tmp_path / "faust", stop=asyncio.Event()), 60)
+    failed = [r for r in caplog.records if r.getMessage().startswith("reading post events failed (KeyError")]
+    assert len(failed) == projector_module.FETCH_ATTEMPTS - 1
 
 
 def many_posts(count: int, start: int = 0) -> list[Event]:
