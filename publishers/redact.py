@@ -6,7 +6,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from schemas.commands import PostContent
 
@@ -77,10 +77,14 @@ def secret_field(content: PostContent | None, *tokens: Collection[str]) -> str |
     """
     if content is None:
         return None
+    return secret_value({name: getattr(content, name) for name in ("caption", "image_url", "link")}, *tokens)
+
+
+def secret_value(values: Mapping[str, str | None], *tokens: Collection[str]) -> str | None:
+    """The name of the first of `values` that carries a token (as `secret_field` counts them), or None."""
     # A token short enough to be a word ("summer") would refuse every caption that says it.
     known = [token for collection in tokens for token in collection if len(token) >= MIN_MATCHED_TOKEN]
-    for name in ("caption", "image_url", "link"):
-        value = getattr(content, name)
+    for name, value in values.items():
         if value and (any(_looks_like_a_token(m.group()) for m in _WHOLE_TOKEN.finditer(value))
                       or any(token in value for token in known)):
             return name

@@ -43,7 +43,7 @@ from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
 from projections.store import ListPosition
 from publishers.facebook import facebook_text
-from publishers.redact import known_secrets, scrub, secret_field
+from publishers.redact import known_secrets, scrub, secret_field, secret_value
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
     FACEBOOK_TEXT_LIMIT,
@@ -314,15 +314,16 @@ class FrontDoor:
                                      "use a new command_id")
         if state is None:
             # Not for a resent request the handler took: that one is answered as it went.
-            await self._check_no_secret(command.content)
+            await self._check_no_secret(command.content, post_id=body.post_id, command_id=body.command_id)
         return await self._submit(command)
 
-    async def _check_no_secret(self, content: PostContent | None) -> None:
+    async def _check_no_secret(self, content: PostContent | None, **fields: str | None) -> None:
         """422 for content that carries an access token: it would be published for anyone to see, and kept in
         the post's events for good. A stored token (the handler refuses those too), one this process has seen
-        (one replaced by re-authentication may still work), or one of Meta's shape. The field is named, the
+        (one replaced by re-authentication may still work), or one of Meta's shape. The same for the request's
+        other `fields` (ids, notes): they are kept in the events and shown in logs. The field is named, the
         value never repeated."""
-        if content is None:
+        if content is None and not any(fields.values()):
             return
         stored = await asyncio.to_thread(self.stores.credentials.stored_tokens)
         field = secret_field(content, stored, known_secrets())
@@ -330,6 +331,11 @@ class FrontDoor:
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
                                        "msg": f"content.{field} contains an access token: remove it (published, "
                                               "anyone could read it)"}])
+        name = secret_value(fields, stored, known_secrets())
+        if name is not None:
+            raise HTTPException(422, [{"loc": ["body", name], "type": "contains_token",
+                                       "msg": f"{name} contains an access token: remove it (it would be kept in "
+                                              "the post's events and shown in logs)"}])
 
     async def _check_account(self, account: str) -> None:
         """422 unless the account has a token this service can read."""
@@ -372,7 +378,8 @@ class FrontDoor:
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
-        await self._check_no_secret(command.content)
+        await self._check_no_secret(command.content, command_id=body.command_id if body is not None else None,
+                                    reason=body.reason if isinstance(body, RepublishBody) else None)
         # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.
         decision = decide(state, command)
         if decision.reject_reason:
@@ -396,6 +403,8 @@ class FrontDoor:
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
+        await self._check_no_secret(None, command_id=body.command_id, platform_post_id=body.platform_post_id,
+                                    attempt_id=body.attempt_id, permalink=body.permalink, note=body.note)
         refusal = resolution_refusal(state, body.platform, body.attempt_id)
         if refusal is not None:
             raise HTTPException(409, refusal)

@@ -28,7 +28,8 @@ class ScrubFilter(logging.Filter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        context = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None))
+        # Ids come from callers too: one that carries a token is scrubbed like the message.
+        context = " ".join(f"{k}={scrub(str(getattr(record, k)))}" for k in CONTEXT_FIELDS if getattr(record, k, None))
         return f"{line}  [{context}]" if context else line
 
 
@@ -42,7 +43,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key in CONTEXT_FIELDS:
             if getattr(record, key, None):
-                payload[key] = getattr(record, key)
+                payload[key] = scrub(str(getattr(record, key)))
         if record.exc_text:
             payload["exception"] = record.exc_text
         return json.dumps(payload, ensure_ascii=False)

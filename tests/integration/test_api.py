@@ -357,6 +357,29 @@ def test_a_token_stored_by_another_process_is_refused_in_a_caption(
     assert_nothing_on_commands(api)
 
 
+def test_ids_and_notes_carrying_a_token_are_refused_like_content(api: RunningApi) -> None:
+    # Kept in the post's events and shown in every log line about the post: a token there is refused too.
+    add_account(api)
+    stored = "acme-user-token-0001"
+    meta_shaped = "EAA" + "Gm0dEl" * 8
+    store_post(api, "p-known")
+    refused = [
+        ("/posts", publish_body(post_id=f"post-{stored}"), ["body", "post_id"]),
+        ("/posts", publish_body(command_id=meta_shaped), ["body", "command_id"]),
+        ("/posts/p-known/retry", {"command_id": f"retry-{stored}"}, ["body", "command_id"]),
+        ("/posts/p-known/republish", {"reason": f"the token is {stored}"}, ["body", "reason"]),
+        ("/posts/p-known/resolve", {"platform": "facebook", "published": False, "note": f"used {meta_shaped}"},
+         ["body", "note"]),
+    ]
+    for path, body, loc in refused:
+        answer = api.client.post(path, json=body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["detail"][0]["loc"] == loc
+        assert "contains an access token" in answer.text
+        assert stored not in answer.text and meta_shaped not in answer.text
+    assert_nothing_on_commands(api)
+
+
 def test_a_facebook_photo_whose_caption_and_link_together_are_too_long_is_422(api: RunningApi) -> None:
     add_account(api)
     long = {"caption": "x" * 63_190, "image_url": FIXED_URL, "link": "https://shop.example.com/autumn"}
