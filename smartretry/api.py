@@ -445,12 +445,18 @@ class FrontDoor:
             state = await self.read(command.post_id)
             if command_settled(state, command.command_id, self.settings.max_automatic_attempts):
                 return state
-            if time.monotonic() >= deadline:
+            if _created_by_another(state, command) or time.monotonic() >= deadline:
                 return state
             await asyncio.sleep(POLL_SECONDS)
 
     async def _answer(self, command: Command, state: PostState | None) -> Accepted:
         location = f"/posts/{command.post_id}"
+        if state is not None and _created_by_another(state, command):
+            # Two requests named the same new post at once: the handler took the first and refuses this one.
+            raise HTTPException(409, f"post {command.post_id} already exists: another request created it first, "
+                                     f"so this one (command {command.command_id}) was not published: publish it "
+                                     "under another post_id, or retry that post with POST "
+                                     f"/posts/{command.post_id}/retry")
         if state is not None and command_settled(state, command.command_id, self.settings.max_automatic_attempts):
             return Accepted(command, 200, publish_response(state, command.command_id))
         if state is not None and command.command_id in state.commands:
@@ -478,6 +484,12 @@ class FrontDoor:
 
     async def is_settled(self, post_id: str, command_id: str) -> bool:
         return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
+
+
+def _created_by_another(state: PostState | None, command: Command) -> bool:
+    """Whether `command` publishes a new post that another command created (the handler refuses it)."""
+    return (isinstance(command, PublishRequested) and state is not None
+            and state.submitted_by is not None and state.submitted_by != command.command_id)
 
 
 def _check_same_command(state: PostState, command: Command) -> None:

@@ -291,6 +291,19 @@ def test_a_publish_resent_with_its_command_id_names_the_same_post_so_it_is_publi
     assert other.json()["post"]["id"] != first.json()["post"]["id"]
 
 
+def test_of_two_requests_naming_one_new_post_at_once_the_one_the_handler_refused_is_told_409(
+        api: RunningApi) -> None:
+    # Both found no post and went to Kafka; the handler created the post from the other request first and
+    # refuses this one: its content was never published, and the answer must say so, not "publishing".
+    add_account(api)
+    front = api.server.server.config.app.state.front
+    front.on_accepted = lambda command: store_events(api, seed_events("race-1", facebook_ok=True))
+    answer = api.client.post("/posts", json=publish_body(post_id="race-1", command_id="race-1-mine"))
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"].startswith("post race-1 already exists: another request created it first, so "
+                                              "this one (command race-1-mine) was not published")
+
+
 def test_publish_keeps_a_post_id_given_by_the_caller(api: RunningApi) -> None:
     add_account(api)
     answer = api.client.post("/posts", json=publish_body(post_id="upstream-42", publish_target="facebook",
