@@ -19,6 +19,10 @@ from schemas.events import PlatformError
 CLOCK_SKEW = timedelta(minutes=2)
 
 
+# Meta's error codes for a failure on its side, whatever HTTP status carries them.
+SERVER_SIDE_CODES = frozenset({1, 2})
+
+
 class GraphCallFailed(Exception):
     """A Graph API call that did not succeed; `outcome_unknown` when it may still have had its effect."""
 
@@ -85,8 +89,11 @@ class GraphApi:
                 message=f"{action} failed: {response.status_code} - the platform's answer could not be read"),
                 outcome_unknown=creates)
         error = classify(self.platform, response.status_code, envelope, response.headers, action=action)
-        # A transient error on a creating call, with a 5xx or a success status: Meta may have created it anyway.
-        unknown = creates and (response.status_code >= 500 or response.is_success) and error.kind is ErrorKind.TRANSIENT
+        # A transient error on a creating call, with a 5xx or a success status, or Meta's own "unknown error" (1)
+        # or "service temporarily unavailable" (2) with any status: Meta may have created it anyway. A rate limit
+        # or a bad parameter is a refusal made before anything is created.
+        unknown = creates and error.kind is ErrorKind.TRANSIENT and (
+            response.status_code >= 500 or response.is_success or error.code in SERVER_SIDE_CODES)
         raise GraphCallFailed(error, outcome_unknown=unknown)
 
 

@@ -276,6 +276,22 @@ async def test_a_timeout_is_transient_and_the_post_is_then_found_not_to_exist(
     assert facebook_posts(sandbox) == 0
 
 
+@pytest.mark.parametrize(("code", "http_status", "unknown"), [(2, 400, True), (1, 400, True), (4, 400, False),
+                                                            (100, 400, False)])
+async def test_a_server_side_error_code_on_a_publish_leaves_its_outcome_unknown_whatever_the_status(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
+    code: int, http_status: int, unknown: bool,
+) -> None:
+    # Meta's "unknown error" and "service temporarily unavailable" come with a 400 too, and the post may be on
+    # the Page all the same: trying again without looking would post it twice. A rate limit or a bad parameter
+    # is refused before anything is created.
+    sandbox.fail_after("facebook", "photos", code=code, http_status=http_status)
+
+    outcome = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    assert not outcome.success and outcome.outcome_unknown is unknown
+
+
 async def test_publish_then_dropped_connection_is_resolved_by_finding_the_post(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:
