@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import text
 
-from projections.decide import decide, resolution_refusal, retry_preview, reuses_command_id
+from projections.decide import STILL_PUBLISHING, decide, resolution_refusal, retry_preview, reuses_command_id
 from projections.fold import FACEBOOK_POST_URL
 from projections.responses import (
     attempts_by_platform,
@@ -385,7 +385,13 @@ class FrontDoor:
         if decision.reject_reason:
             raise HTTPException(409, decision.reject_reason)
         if decision.no_op:
-            hint = "" if forced else f"; to publish again anyway, use POST /posts/{post_id}/republish"
+            # The product note's line for a retry with nothing to publish, in the service's log as in the answer.
+            log.info("%s", decision.log_line, extra={"post_id": post_id, "command_id": command_id})
+            if STILL_PUBLISHING in decision.skipped.values():
+                # A republish now would run after that attempt and publish its platform a second time.
+                hint = f"; wait for its result (GET /posts/{post_id}), then retry if it failed"
+            else:
+                hint = "" if forced else f"; to publish again anyway, use POST /posts/{post_id}/republish"
             raise HTTPException(409, decision.log_line + hint)
         return await self._submit(command, wait)
 

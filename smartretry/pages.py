@@ -219,7 +219,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                 else None
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
-            return await render_post(request, post_id, None, _problem(exc.detail), status_code=exc.status_code)
+            return await render_post(request, post_id, None, _page_problem(_problem(exc.detail)),
+                                     status_code=exc.status_code)
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422)
@@ -227,6 +228,16 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                                 status_code=303)
 
     return router
+
+
+def _page_problem(problem: str) -> str:
+    """The API's refusal in the page's words: the API routes it names are of no use to someone on the page."""
+    if "; wait for its result (GET " in problem:
+        return problem.split("; wait for its result (GET ", 1)[0] + ". Wait for its result, then retry if it failed."
+    if "; to publish again anyway, use POST " in problem:
+        return problem.split("; to publish again anyway, use POST ", 1)[0] + (
+            " (to publish it again anyway: smartretry force, or the API's republish)")
+    return problem
 
 
 def _problem(detail: Any) -> str:

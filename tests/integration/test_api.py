@@ -8,6 +8,7 @@ The answers with results (200) are in test_api_end_to_end.py, against the whole 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -593,12 +594,29 @@ def test_a_command_id_already_used_for_another_command_is_a_conflict_not_the_old
     assert_nothing_on_commands(api)
 
 
-def test_retry_of_a_post_that_fully_succeeded_is_refused_by_the_same_decision(api: RunningApi) -> None:
+def test_retry_of_a_post_that_fully_succeeded_is_refused_by_the_same_decision(
+        api: RunningApi, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     store_post(api, "post-1", facebook_ok=True)
     answer = api.client.post("/posts/post-1/retry")
     assert answer.status_code == 409
     assert answer.json()["detail"].startswith("Nothing to retry: Facebook and Instagram already succeeded")
     assert "/posts/post-1/republish" in answer.json()["detail"]
+    # The product note's line, in the service's log too.
+    assert "Nothing to retry: Facebook and Instagram already succeeded" in [r.getMessage() for r in caplog.records]
+    assert_nothing_on_commands(api)
+
+
+def test_retry_while_a_platform_is_still_publishing_says_to_wait_not_to_republish(api: RunningApi) -> None:
+    # Facebook's attempt has no result yet. A republish would run after it and post Facebook a second time.
+    store_events(api, seed_events("inflight-1", facebook_ok=True)[:-1])
+    answer = api.client.post("/posts/inflight-1/retry")
+    assert answer.status_code == 409
+    detail = answer.json()["detail"]
+    assert detail.startswith("Nothing to retry: Facebook still publishing (its last attempt has no result yet); "
+                             "Instagram already succeeded")
+    assert detail.endswith("wait for its result (GET /posts/inflight-1), then retry if it failed")
+    assert "republish" not in detail
     assert_nothing_on_commands(api)
 
 

@@ -20,6 +20,7 @@ from tests.integration.test_api import (
     RunningApi,
     api_fixture,  # noqa: F401 - the `api` fixture
     messages_on,
+    seed_events,
     store_events,
     store_interrupted,
     store_post,
@@ -114,6 +115,16 @@ def test_retry_with_nothing_to_retry_and_force(api: RunningApi) -> None:
     code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3")
     assert code == 0, output
     assert len(messages_on(api.bootstrap, api.topics.commands)) == 1
+
+
+def test_retry_while_a_platform_is_still_publishing_says_to_wait_not_to_force(api: RunningApi) -> None:
+    store_events(api, seed_events("inflight-1", facebook_ok=True)[:-1])
+    code, output = run(api, "retry", "inflight-1")
+    assert code == 0, output
+    assert "Facebook still publishing" in output
+    assert "Wait for its result (smartretry show inflight-1), then retry if it failed." in output
+    assert "smartretry force" not in output
+    assert messages_on(api.bootstrap, api.topics.commands) == []
 
 
 def test_resolve_says_what_came_of_an_attempt_and_refuses_what_does_not_apply(api: RunningApi) -> None:

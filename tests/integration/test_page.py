@@ -21,6 +21,7 @@ from tests.integration.test_api import (
     api_fixture,  # noqa: F401 - the `api` fixture
     assert_nothing_on_commands,
     messages_on,
+    seed_events,
     store_events,
     store_post,
 )
@@ -230,6 +231,21 @@ def test_a_bad_image_url_in_the_form_is_shown_on_the_page(api: RunningApi) -> No
                               data={"token": retry_token(api.settings, "post-1"), "image_url": "cdn/x.jpg"})
     assert answer.status_code == 422
     assert "must be an http(s) URL" in answer.text
+    assert_nothing_on_commands(api)
+
+
+def test_a_retry_refused_on_the_page_is_explained_without_api_routes(api: RunningApi) -> None:
+    store_events(api, seed_events("inflight-1", facebook_ok=True)[:-1])
+    store_post(api, "posted-1", facebook_ok=True)
+    with signed_in(api) as browser:
+        still = browser.post("/ui/posts/inflight-1/retry", data={"token": retry_token(api.settings, "inflight-1")})
+        done = browser.post("/ui/posts/posted-1/retry", data={"token": retry_token(api.settings, "posted-1")})
+    assert still.status_code == done.status_code == 409
+    assert "Facebook still publishing (its last attempt has no result yet); Instagram already succeeded. Wait " \
+           "for its result, then retry if it failed." in still.text
+    assert "Nothing to retry: Facebook and Instagram already succeeded (to publish it again anyway: smartretry " \
+           "force, or the API&#39;s republish)" in done.text
+    assert "POST /posts" not in still.text + done.text
     assert_nothing_on_commands(api)
 
 
