@@ -582,6 +582,8 @@ class CommandHandler:
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
             return
         state = await self.fresh_state(command.post_id, partition)
+        # The post before interrupted attempts were settled here, when they were: their results may settle it.
+        settled_from: PostState | None = None
         if isinstance(command, ResolveAttemptRequested) and state is not None and \
                 self._resolution_for(state, command.platform) is not command:
             # It names no attempt waiting for a result: `decide` refuses it, without waiting on any attempt.
@@ -590,6 +592,7 @@ class CommandHandler:
             # Commands of a post run one at a time here and the projection is current, so an attempt with no
             # result is another worker's: one that died between the platform call and its result, or one
             # that lost this partition in a rebalance and may still be finishing (hence the lease).
+            settled_from = state
             await self._resolve_interrupted(state)
             state = await self.fresh_state(command.post_id, partition)
 
@@ -604,6 +607,8 @@ class CommandHandler:
         if decision.duplicate_command:
             owed = platforms_to_resume(state, command.command_id, self.config.max_automatic_attempts) if state else ()
             if not owed:
+                if settled_from is not None:
+                    self._log_status(settled_from, command.post_id, context)
                 log.info("Command %s was handled before; nothing to do", command.command_id, extra=context)
                 return
             assert state is not None
@@ -612,6 +617,7 @@ class CommandHandler:
                      extra=context)
             await self._publish_all(state, command, owed, partition, is_retry=record.is_retry,
                                     forced=record.forced, reason="resumed after an interruption")
+            self._log_status(settled_from or state, command.post_id, context)
             return
         if not decision.reject_reason and decision.platforms and \
                 isinstance(command, PublishRequested | RetryRequested | ForceRepublishRequested):
@@ -638,9 +644,14 @@ class CommandHandler:
         await self._publish_all(state, command, decision.platforms, partition, is_retry=decision.is_retry,
                                 forced=decision.forced, reason=_reason(command, decision.is_retry),
                                 recorded=decided)
+        self._log_status(state, command.post_id, context)
+
+    def _log_status(self, before: PostState, post_id: str, context: dict[str, str]) -> None:
+        """The product note's "✅ Post status updated to: posted" (or failed), once this command's events settle
+        the post: published, resumed, or found on the platform after an interruption."""
         # The projection will show what the pure fold of our own events shows: no need to wait for it.
-        final = apply_all(state, self._sent[command.post_id])
-        if final is not None:
+        final = apply_all(before, self._sent[post_id])
+        if final is not None and final.status in ("posted", "failed"):
             mark = "✅" if final.status == "posted" else "❌"
             log.info("%s Post status updated to: %s", mark, final.status, extra=context)
 
@@ -804,7 +815,7 @@ class CommandHandler:
                     kind=ErrorKind.TRANSIENT, code=outcome.error.code if outcome.error else None,
                     http_status=outcome.error.http_status if outcome.error else None,
                     message=f"{why}; checking whether the post went out before publishing again")))
-            raise OutcomeUnknown(f"{label} did not answer attempt {attempt_id} ({why})")
+            raise OutcomeUnknown(f"{label} attempt {attempt_id} may have published ({why})")
         return outcome
 
     async def _record_result(self, post_id: str, attempt_id: str, outcome: PublishOutcome,
