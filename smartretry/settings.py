@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Where the broker `smartretry run` starts keeps its data between starts (with the database, the
     # service's state: the projection is of the events on that broker).
     broker_data_dir: str = "var/kafka"
+    # The port of the broker `smartretry run` starts (on 127.0.0.1); unset, a free one, kept between starts
+    # while it stays free.
+    broker_port: Port | None = None
     topic_prefix: str = "smartretry."
     partitions: PositiveInt = DEFAULT_PARTITIONS
     database_url: str = "sqlite:///var/smartretry.db"
@@ -135,6 +138,16 @@ class Settings(BaseSettings):
                                  "development default, which the README prints: "
                                  "set your own before using the real Graph API (for example the output of "
                                  "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_the_call(self) -> Settings:
+        # Another handler takes an attempt with no result and no post for interrupted once its lease is over,
+        # and publishes again: a call still under way then would post twice.
+        if self.attempt_lease_seconds <= self.attempt_timeout_seconds:
+            raise ValueError(f"SMARTRETRY_ATTEMPT_LEASE_SECONDS ({self.attempt_lease_seconds:g}) must be longer than "
+                             f"SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS ({self.attempt_timeout_seconds:g}): an attempt "
+                             "still under way past its lease could be published a second time")
         return self
 
     @property

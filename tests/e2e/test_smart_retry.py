@@ -306,6 +306,7 @@ def test_an_operator_resolves_an_attempt_whose_account_will_not_be_re_authentica
     command = _killed_after_facebook_took_the_post_then_token_revoked(service)
     # A short lease, so the operator's word applies within the test (an attempt's call is long over by then).
     service.env["SMARTRETRY_ATTEMPT_LEASE_SECONDS"] = "2"
+    service.env["SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS"] = "1"  # within the lease, as the settings require
     service.handler.start()
     state = service.wait_for(command.post_id, lambda s: bool(s.needed_action))
     (attempt,) = state.attempts.values()

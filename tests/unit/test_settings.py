@@ -57,6 +57,18 @@ def test_settings_that_cannot_work_are_refused_by_name(monkeypatch: pytest.Monke
     assert "SMARTRETRY_LOG_FORMAT: Input should be 'text' or 'json'" in message
 
 
+def test_an_attempts_lease_shorter_than_its_call_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The call raised (for slow images) and the lease left as it was: a call still under way would be taken
+    # for interrupted, and the post published a second time.
+    monkeypatch.setenv("SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS", "300")
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    assert "SMARTRETRY_ATTEMPT_LEASE_SECONDS (150) must be longer than SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS (300)" \
+        in str(stopped.value.code)
+    monkeypatch.setenv("SMARTRETRY_ATTEMPT_LEASE_SECONDS", "330")
+    assert load_settings().attempt_lease_seconds == 330
+
+
 @pytest.mark.parametrize(("given", "level"), [("debug", "DEBUG"), ("warn", "WARNING"), ("Fatal", "CRITICAL"),
                                                ("20", "INFO"), ("", "INFO")])
 def test_a_log_level_is_taken_in_any_case_and_by_pythons_aliases(monkeypatch: pytest.MonkeyPatch, given: str,
