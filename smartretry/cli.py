@@ -32,7 +32,7 @@ def broker_for(settings: Settings) -> Iterator[StartedBroker]:
         return
     try:
         started = contextlib.ExitStack()
-        broker = started.enter_context(kept_broker(Path(settings.broker_data_dir)))
+        broker = started.enter_context(kept_broker(Path(settings.broker_data_dir), settings.broker_port))
     except BrokerUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -87,6 +87,8 @@ def run() -> None:
     ports = {"SMARTRETRY_API_PORT": (settings.api_host, settings.api_port)}
     if not settings.graph_api_base_url:
         ports["SMARTRETRY_SANDBOX_PORT"] = ("127.0.0.1", settings.sandbox_port)
+    if not settings.kafka_bootstrap_servers and settings.broker_port is not None:
+        ports["SMARTRETRY_BROKER_PORT"] = ("127.0.0.1", settings.broker_port)
     for name, (host, port) in ports.items():
         if not port_free(host, port):
             typer.echo(f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set {name} "

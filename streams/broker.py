@@ -308,18 +308,19 @@ class StartedBroker:
 
 
 @contextlib.contextmanager
-def kept_broker(data_dir: Path) -> Iterator[StartedBroker]:
+def kept_broker(data_dir: Path, port: int | None = None) -> Iterator[StartedBroker]:
     """A broker for `smartretry run` whose topics outlive it: the local JVM's, with its data in `data_dir`.
 
     The projection in the database is of the events on this broker; a broker that started empty each
     time would leave it pointing at events that no longer exist. Without Java, a Docker broker (whose
-    data goes with its container: the start-up check then refuses the old projection, saying so).
+    data goes with its container: the start-up check then refuses the old projection, saying so). The local
+    broker listens on `port`, else on a free port (the one of its last start while that is free).
     """
     if shutil.which("java") is None and docker_available():
         with kafka_broker() as bootstrap:
             yield StartedBroker(bootstrap)
         return
-    broker = LocalBroker.start(data_dir=data_dir)
+    broker = LocalBroker.start(data_dir=data_dir, port=port)
     try:
         yield StartedBroker(broker.bootstrap, broker)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -161,8 +162,12 @@ def test_run_started_again_has_its_broker_and_posts_as_it_left_them(tmp_path: Pa
         wait_posted(first.api, "before-restart")
     assert (tmp_path / "var" / "kafka").is_dir()
 
-    with start_run(env, tmp_path) as again:
-        assert "created" not in again.wait_for_line("topics:")  # the same topics, with their events
+    # On a port of the user's choosing this time: the same broker data, at another address.
+    port = free_port()
+    with start_run({**env, "SMARTRETRY_BROKER_PORT": str(port)}, tmp_path) as again:
+        topics = again.wait_for_line("topics:")
+        assert "created" not in topics  # the same topics, with their events
+        assert f"Kafka: 127.0.0.1:{port} " in topics
         assert wait_posted(again.api, "before-restart")["status"] == "posted"
         # Publishing it again is still refused: the post is known, so it cannot go out twice.
         repeat = {"post_id": "before-restart", "publish_target": "both", "account": "demo",
@@ -190,6 +195,16 @@ def test_a_second_run_on_the_same_broker_data_is_refused_and_a_broker_that_dies_
         taken = subprocess.run([sys.executable, "-m", "smartretry.cli", "run"], cwd=tmp_path, timeout=60,
                                env=env, capture_output=True, text=True)
         assert taken.returncode == 2 and "SMARTRETRY_API_PORT" in taken.stderr and "Traceback" not in taken.stderr
+        # Its own broker asked for on the first's broker port: refused the same way.
+        broker_port = re.search(r"PLAINTEXT://127\.0\.0\.1:(\d+)", properties)
+        assert broker_port is not None
+        clash = subprocess.run([sys.executable, "-m", "smartretry.cli", "run"], cwd=tmp_path, timeout=60,
+                               env={**env, "SMARTRETRY_API_PORT": str(free_port()),
+                                    "SMARTRETRY_SANDBOX_PORT": str(free_port()),
+                                    "SMARTRETRY_BROKER_DATA_DIR": str(tmp_path / "other-kafka"),
+                                    "SMARTRETRY_BROKER_PORT": broker_port.group(1)},
+                               capture_output=True, text=True)
+        assert clash.returncode == 2 and "set SMARTRETRY_BROKER_PORT to a free port" in clash.stderr
         publish(first.api, "before-broker-death")
         wait_posted(first.api, "before-broker-death")
 
