@@ -618,8 +618,14 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     authorized = [Depends(require_api_key)]
 
     @app.exception_handler(RequestValidationError)
-    async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _errors(exc)}, status_code=422)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _errors(exc)
+        if any(error["loc"] == ["body"] for error in errors) and \
+                "json" not in request.headers.get("content-type", "").lower():
+            # A form or plain text is not read as JSON: "Input should be a valid dictionary" would not say why.
+            errors = [{"loc": ["body"], "type": "json_required",
+                       "msg": "the body must be JSON, sent with Content-Type: application/json"}]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     def answer(accepted: Accepted) -> JSONResponse:
         headers = {"Location": f"/posts/{accepted.command.post_id}"} if accepted.status_code == 202 else None

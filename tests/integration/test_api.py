@@ -428,6 +428,11 @@ def test_the_stored_tokens_follow_every_change_made_by_any_process(api: RunningA
 def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
     answer = api.client.post("/posts", content=b"{not json", headers={"Content-Type": "application/json"})
     assert answer.status_code == 422
+    # JSON sent as plain text: the answer says what is wrong with it.
+    plain = api.client.post("/posts", content=b'{"publish_target": "both"}', headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 422
+    assert plain.json()["detail"] == [{"loc": ["body"], "type": "json_required",
+                                       "msg": "the body must be JSON, sent with Content-Type: application/json"}]
     assert_nothing_on_commands(api)
 
 
