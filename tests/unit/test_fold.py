@@ -167,8 +167,7 @@ def test_error_message_names_every_failed_platform_and_is_null_once_all_succeede
     state = history.state()
     assert state.status == "failed"
     assert state.document.error_message == f"facebook: {IMAGE_ERROR}; instagram: Invalid OAuth access token"
-    assert state.needed_action == {"facebook": "fix the image URL",
-                                   "instagram": "re-authenticate Instagram, then retry"}
+    assert state.needed_action == {"facebook": "fix the image URL", "instagram": "re-authenticate Instagram, then retry"}
     retry = history.retry("cmd-retry", ("facebook", "instagram"))
     history.success("facebook", retry["facebook"], "7479_1221").success("instagram", retry["instagram"], "1810")
     state = history.state()
