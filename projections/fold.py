@@ -284,8 +284,7 @@ def _on_outcome_unknown(state: PostState, event: AttemptOutcomeUnknown) -> None:
     # container or post it names is gone) will not come right by asking again: someone must check the
     # platform and say what they found. The service keeps asking after any other error.
     kind = event.error.kind
-    action = needed_action(event.platform, kind, then_retry=False) \
-        if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
+    action = needed_action(event.platform, kind) if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
     if kind in (ErrorKind.INVALID_REQUEST, ErrorKind.INVALID_MEDIA):
         action = f"check {PLATFORM_LABELS[event.platform]} for the post, then resolve the attempt"
     _set_needed_action(state, event.platform, action)
@@ -562,18 +561,13 @@ def derive_document(state: PostState) -> PostInsights:
     return _replaced(current, {"status": status, "error_message": message, "post_url": url})
 
 
-def needed_action(platform: Platform, kind: ErrorKind | None, *, then_retry: bool = True) -> str | None:
-    """What the user must do before a retry of `platform` can succeed; None when the service retries by itself.
-
-    After a failure, re-authenticating is not all: the post goes out when it is retried then (`then_retry`).
-    While an attempt's look-up waits for the token, the service asks again by itself once it works.
-    """
+def needed_action(platform: Platform, kind: ErrorKind | None) -> str | None:
+    """What the user must do before a retry of `platform` can succeed; None when the service retries by itself."""
     label = PLATFORM_LABELS[platform]
-    retry = ", then retry" if then_retry else ""
     if kind is ErrorKind.AUTH:
-        return f"re-authenticate {label}{retry}"
+        return f"re-authenticate {label}"
     if kind is ErrorKind.PERMISSION:
-        return f"grant the missing permission to {label}{retry}"
+        return f"grant the missing permission to {label}"
     if kind is ErrorKind.INVALID_MEDIA:
         return "fix the image URL"
     if kind is ErrorKind.INVALID_REQUEST:

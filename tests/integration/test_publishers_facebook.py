@@ -382,7 +382,7 @@ async def test_an_account_without_a_page_cannot_publish_to_facebook(
     # Connecting the account again with its Page is the fix, not changing the post.
     assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
     assert "no Facebook Page" in outcome.error.message
-    assert needed_action("facebook", outcome.error.kind) == "re-authenticate Facebook, then retry"
+    assert needed_action("facebook", outcome.error.kind) == "re-authenticate Facebook"
 
 
 async def test_an_interrupted_attempts_post_is_found_behind_a_busy_pages_newer_posts(

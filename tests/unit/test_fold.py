@@ -167,7 +167,7 @@ def test_error_message_names_every_failed_platform_and_is_null_once_all_succeede
     state = history.state()
     assert state.status == "failed"
     assert state.document.error_message == f"facebook: {IMAGE_ERROR}; instagram: Invalid OAuth access token"
-    assert state.needed_action == {"facebook": "fix the image URL", "instagram": "re-authenticate Instagram, then retry"}
+    assert state.needed_action == {"facebook": "fix the image URL", "instagram": "re-authenticate Instagram"}
     retry = history.retry("cmd-retry", ("facebook", "instagram"))
     history.success("facebook", retry["facebook"], "7479_1221").success("instagram", retry["instagram"], "1810")
     state = history.state()
@@ -178,8 +178,8 @@ def test_error_message_names_every_failed_platform_and_is_null_once_all_succeede
 
 def test_needed_action_follows_the_error_kind() -> None:
     expected = {
-        ErrorKind.AUTH: "re-authenticate Facebook, then retry",
-        ErrorKind.PERMISSION: "grant the missing permission to Facebook, then retry",
+        ErrorKind.AUTH: "re-authenticate Facebook",
+        ErrorKind.PERMISSION: "grant the missing permission to Facebook",
         ErrorKind.INVALID_MEDIA: "fix the image URL",
         ErrorKind.INVALID_REQUEST: "fix the post",
     }
@@ -355,11 +355,11 @@ def test_an_imported_failure_says_what_the_user_must_do_where_its_message_makes_
     ]}, "status": "failed"}
     state = History().legacy(old).state()
     # Nothing is asked where the message does not say (a hiccup is retried, not fixed).
-    assert state.needed_action == {"facebook": "re-authenticate Facebook, then retry"}
+    assert state.needed_action == {"facebook": "re-authenticate Facebook"}
     permission = {"insights": {"publish_results": [
         {"platform": "facebook", "success": False, "error": "(#210) A page access token is required"}]}}
     assert History().legacy(permission, target="facebook").state().needed_action == {
-        "facebook": "grant the missing permission to Facebook, then retry"}
+        "facebook": "grant the missing permission to Facebook"}
     # A document that kept only its message says it per platform, as the seed writes `error_message`.
     message_only = {"insights": {"instagram_media_id": "18107758234627017"}, "status": "failed",
                     "error_message": "facebook: Facebook photo upload failed: 400 - Missing or invalid image file"}

@@ -105,8 +105,7 @@ def test_the_status_rule(story: Story) -> None:
     for platform, kind in story.unchecked.items():
         # Only the user can unblock a lookup refused for the token, and only someone who checks the platform one
         # it refuses as a bad request; the service asks again after anything else.
-        expected = needed_action(platform, kind, then_retry=False) \
-            if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
+        expected = needed_action(platform, kind) if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
         if kind in (ErrorKind.INVALID_REQUEST, ErrorKind.INVALID_MEDIA):
             expected = f"check {platform.capitalize()} for the post, then resolve the attempt"
         assert state.needed_action.get(platform) == expected
