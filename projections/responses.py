@@ -87,3 +87,19 @@ def retried_summary(state: PostState) -> str | None:
         if count
     ]
     return f"🔄 Retried: {', '.join(parts)}" if parts else None
+
+
+def needed_actions(state: PostState) -> dict[Platform, str]:
+    """What the user must do, per platform, as the API and the pages say it.
+
+    After a failed result, re-authenticating (or granting a permission) is not all: the post goes out when it
+    is retried then. While an attempt's look-up waits for the token, the service asks again by itself.
+    The projection keeps the action as the fold derived it (what replay compares, and the metrics' label).
+    """
+    shown: dict[Platform, str] = {}
+    for platform, action in state.needed_action.items():
+        if action.startswith(("re-authenticate ", "grant the missing permission ")) and \
+                state.in_flight(platform) is None:
+            action += ", then retry"
+        shown[platform] = action
+    return shown

@@ -34,6 +34,7 @@ from projections.decide import STILL_PUBLISHING, decide, resolution_refusal, ret
 from projections.fold import FACEBOOK_POST_URL
 from projections.responses import (
     attempts_by_platform,
+    needed_actions,
     publish_response,
     retried_summary,
     retries_by_platform,
@@ -223,7 +224,7 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
         "content": state.content.model_dump(mode="json") if state.content else None,
         "account": state.account,
         "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
-        "needed_action": dict(state.needed_action),
+        "needed_action": needed_actions(state),
         "outcome_unknown": outcome_unknown(state),
         # Failed for now, and published again by the service itself: when, where the platform said.
         "automatic_retry": {p: at.isoformat() if at else None

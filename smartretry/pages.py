@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from projections.decide import retry_preview
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
-from projections.responses import retried_summary
+from projections.responses import needed_actions, retried_summary
 from projections.resume import automatic_retries
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
@@ -79,6 +79,7 @@ def platform_rows(state: PostState) -> list[dict[str, Any]]:
     rows = []
     unknown = outcome_unknown(state)
     pending = set(unresolved(state)) | set(awaiting_attempt(state))
+    actions = needed_actions(state)
     for platform in state.targeted:
         result = state.latest_result(platform)
         link = None
@@ -91,7 +92,7 @@ def platform_rows(state: PostState) -> list[dict[str, Any]]:
             "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
             "success": None if result is None else result.success, "link": link,
             "error": result.error if result is not None and not result.success else None,
-            "action": state.needed_action.get(platform),
+            "action": actions.get(platform),
             "unknown": unknown.get(platform),
             # Being published right now: an attempt without a result, or chosen by the latest decision.
             "pending": platform in pending,

@@ -119,6 +119,16 @@ def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_a
     assert detail["outcome_unknown"] == {"facebook": "Facebook post lookup failed: Error validating access token"}
 
 
+def test_a_post_that_failed_for_its_token_asks_to_re_authenticate_then_retry(api: RunningApi) -> None:
+    # Re-authenticating alone publishes nothing: the failed platform goes out when the post is retried then.
+    store_post(api, "post-expired", facebook_ok=True, instagram_ok=False)
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-expired").text
+    assert "Needed: re-authenticate Instagram, then retry" in html
+    assert api.client.get("/posts/post-expired").json()["needed_action"] == {
+        "instagram": "re-authenticate Instagram, then retry"}
+
+
 def test_a_retry_in_progress_says_which_platform_is_being_published(api: RunningApi) -> None:
     history = History(post_id="post-retrying")
     attempts = history.publish()
