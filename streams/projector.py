@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 import tempfile
@@ -44,6 +45,8 @@ RETRY_FIRST_WAIT = 1.0
 RETRY_MAX_WAIT = 30.0
 # Seconds a batch waits for its insights and dead letters to be on the broker before it is tried again.
 DELIVERY_WAIT = 60.0
+# Seconds a crashed app is given to stop before the process ends anyway.
+CRASHED_STOP_WAIT = 15.0
 # Seconds a rebalance waits for the store's offsets before the projector gives up (to be started again).
 STORE_READ_TIMEOUT = 30.0
 # Fetches failing one after the other before the projector gives up (to be started again): about 15 s.
@@ -433,9 +436,25 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
             raise ProjectorCrashed(f"the projector stopped projecting ({type(reason).__name__}: "
                                    f"{scrub(str(reason))[:500]})")
     finally:
-        await app.stop()
+        if app.crashed:
+            # Bounded: a crashed app's services (a store read that hung, say) may never stop.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(app.stop(), CRASHED_STOP_WAIT)
+        else:
+            await app.stop()
         producer.flush(10)
         store.engine.dispose()
+
+
+async def _run_until_crashed(settings: Settings) -> None:
+    try:
+        await run_projector(settings)
+    except ProjectorCrashed as exc:
+        log.error("%s; exiting", exc)
+        logging.shutdown()
+        # At once: a thread still stuck in the call that crashed the app (a store read over a dead
+        # connection) would keep an ordinary exit waiting for it, and the process up, projecting nothing.
+        os._exit(1)
 
 
 def main() -> None:
@@ -449,12 +468,8 @@ def main() -> None:
     if not settings.kafka_bootstrap_servers:
         print("error: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         raise SystemExit(2)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_projector(settings))
-    except ProjectorCrashed as exc:
-        log.error("%s; exiting", exc)
-        raise SystemExit(1) from None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_until_crashed(settings))
 
 
 if __name__ == "__main__":

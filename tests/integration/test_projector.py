@@ -306,6 +306,31 @@ async def test_a_fetch_that_returns_as_a_rebalance_begins_is_read_again_once_the
     store.engine.dispose()
 
 
+CRASHING_PROJECTOR = """
+import asyncio, time
+import streams.projector as projector
+
+async def crashes(self, fetcher):
+    # A call stuck in a worker thread (a store read over a dead connection), then the crash.
+    asyncio.get_running_loop().run_in_executor(None, time.sleep, 3600)
+    raise RuntimeError("fetch loop broken")
+
+projector.ProjectorConsumer._drain_messages = crashes
+projector.main()
+"""
+
+
+def test_a_crashed_projector_process_exits_1_even_with_a_thread_stuck(
+        kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    # `smartretry run` starts a projector process again when it ends: one that stays up is never restarted.
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SMARTRETRY_TOPIC_PREFIX": topics.prefix,
+           "SMARTRETRY_DATABASE_URL": f"sqlite:///{tmp_path}/var/smartretry.db", "TMPDIR": str(tmp_path)}
+    ended = subprocess.run([sys.executable, "-c", CRASHING_PROJECTOR], env=env, capture_output=True, text=True,
+                           timeout=90)
+    assert ended.returncode == 1, ended.stderr[-2000:]
+    assert "the projector stopped projecting (RuntimeError: fetch loop broken); exiting" in ended.stderr
+
+
 async def test_a_projector_whose_flow_stays_stopped_ends_instead_of_running_on_idle(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
