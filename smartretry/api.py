@@ -621,8 +621,9 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _errors(exc)
-        if any(error["loc"] == ["body"] for error in errors) and \
-                "json" not in request.headers.get("content-type", "").lower():
+        content_type = request.headers.get("content-type")
+        # Without a Content-Type the body is read as JSON: only one said to be something else is not.
+        if any(error["loc"] == ["body"] for error in errors) and content_type and "json" not in content_type.lower():
             # A form or plain text is not read as JSON: "Input should be a valid dictionary" would not say why.
             errors = [{"loc": ["body"], "type": "json_required",
                        "msg": "the body must be JSON, sent with Content-Type: application/json"}]

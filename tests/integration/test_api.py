@@ -433,6 +433,9 @@ def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
     assert plain.status_code == 422
     assert plain.json()["detail"] == [{"loc": ["body"], "type": "json_required",
                                        "msg": "the body must be JSON, sent with Content-Type: application/json"}]
+    # JSON that is no object, sent without a Content-Type (read as JSON): the answer says what is wrong with it.
+    listed = httpx.post(f"{api.url}/posts", content=b"[]", headers={"X-API-Key": API_KEY})
+    assert listed.status_code == 422 and "JSON, sent with" not in listed.text
     assert_nothing_on_commands(api)
 
 
