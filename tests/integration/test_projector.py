@@ -197,14 +197,39 @@ async def test_a_batch_the_store_or_broker_fails_to_take_is_tried_again_and_noth
     store.engine.dispose()
 
 
+def sqlite_settings(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Settings:
+    return Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix,
+                    database_url=f"sqlite:///{tmp_path}/var/smartretry.db")
+
+
+def sqlite_projection(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> tuple[Settings, ProjectionStore]:
+    settings = sqlite_settings(kafka_bootstrap, topics, tmp_path)
+    return settings, ProjectionStore(make_engine(settings.database_url))
+
+
+async def project_first_attempt_then_retry(kafka_bootstrap: str, topics: Topics, tmp_path: Path,
+                                           arm: Callable[[], None]) -> None:
+    """The seed's first attempt projected, then `arm()` (a fault for the next fetch), then its retry: the store
+    ends with the seed's document after the retry all the same."""
+    settings, store = sqlite_projection(kafka_bootstrap, topics, tmp_path)
+    first = first_attempt()
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
+    async with running_projector(settings, tmp_path / "faust"):
+        await until(lambda: applied(store, topics) >= len(first))
+        arm()
+        retry = facebook_retry()
+        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
+        await until(lambda: applied(store, topics) >= len(first) + len(retry))
+    assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
+    store.engine.dispose()
+
+
 async def test_the_store_offsets_are_sought_on_the_consumer_thread(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A seek from the event loop changes the client's fetched records while faust's consumer thread
     # reads them: the fetch then fails (KeyError) in a rebalance. Every seek has to run on that thread.
-    url = f"sqlite:///{tmp_path}/var/smartretry.db"
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
-    store = ProjectionStore(make_engine(url))
+    settings, store = sqlite_projection(kafka_bootstrap, topics, tmp_path)
     seeks: list[tuple[int, int, bool]] = []
     seek = aiokafka.AIOKafkaConsumer.seek
 
@@ -227,9 +252,6 @@ async def test_a_fetch_the_client_fails_is_read_again_from_the_stored_offsets(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    url = f"sqlite:///{tmp_path}/var/smartretry.db"
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
-    store = ProjectionStore(make_engine(url))
     fail_next: list[bool] = []
     fetched_records = Fetcher.fetched_records
 
@@ -242,27 +264,17 @@ async def test_a_fetch_the_client_fails_is_read_again_from_the_stored_offsets(
         return records
 
     monkeypatch.setattr(Fetcher, "fetched_records", fails_once)
-    first = first_attempt()
-    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
-    async with running_projector(settings, tmp_path / "faust"):
-        await until(lambda: applied(store, topics) >= len(first))
-        fail_next.append(True)
-        retry = facebook_retry()
-        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
-        await until(lambda: applied(store, topics) >= len(first) + len(retry))
+    await project_first_attempt_then_retry(kafka_bootstrap, topics, tmp_path, lambda: fail_next.append(True))
 
     assert not fail_next, "the fetch never failed"
-    assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
     assert any(r.getMessage().startswith("reading post events failed (KeyError: ") for r in caplog.records)
-    store.engine.dispose()
 
 
 async def test_a_projector_whose_faust_app_crashes_ends_instead_of_running_on_idle(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # faust logs a crashed service and stays up; a projector that projects nothing must not look alive.
-    url = f"sqlite:///{tmp_path}/var/smartretry.db"
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    settings = sqlite_settings(kafka_bootstrap, topics, tmp_path)
 
     async def crashes(self: ProjectorConsumer, fetcher: Any) -> None:
         raise RuntimeError("fetch loop broken")
@@ -277,9 +289,6 @@ async def test_a_fetch_that_returns_as_a_rebalance_begins_is_read_again_once_the
 ) -> None:
     # The fetch is dropped (the partitions may be moving), and the client's positions are past its records:
     # fetching on from there would skip them for good.
-    url = f"sqlite:///{tmp_path}/var/smartretry.db"
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
-    store = ProjectionStore(make_engine(url))
     rebalance_next: list[bool] = []
     wait_next_records = ProjectorConsumer._wait_next_records
 
@@ -292,18 +301,9 @@ async def test_a_fetch_that_returns_as_a_rebalance_begins_is_read_again_once_the
         return records, active
 
     monkeypatch.setattr(ProjectorConsumer, "_wait_next_records", rebalance_begins)
-    first = first_attempt()
-    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in first])
-    async with running_projector(settings, tmp_path / "faust"):
-        await until(lambda: applied(store, topics) >= len(first))
-        rebalance_next.append(True)
-        retry = facebook_retry()
-        produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
-        await until(lambda: applied(store, topics) >= len(first) + len(retry))
+    await project_first_attempt_then_retry(kafka_bootstrap, topics, tmp_path, lambda: rebalance_next.append(True))
 
     assert not rebalance_next, "no fetch was dropped"
-    assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
-    store.engine.dispose()
 
 
 CRASHING_PROJECTOR = """
@@ -335,8 +335,7 @@ async def test_a_projector_whose_flow_stays_stopped_ends_instead_of_running_on_i
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A rebalance whose seek hangs never resumes the flow: faust waits on, and nothing crashes.
-    url = f"sqlite:///{tmp_path}/var/smartretry.db"
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    settings = sqlite_settings(kafka_bootstrap, topics, tmp_path)
     monkeypatch.setattr(ProjectorConsumer, "stall_limit", 3.0)
     wait_next_records = ProjectorConsumer._wait_next_records
 
@@ -355,8 +354,7 @@ async def test_a_projector_whose_fetches_keep_failing_ends_instead_of_running_on
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    url = f"sqlite:///{tmp_path}/var/smartretry.db"
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, database_url=url)
+    settings = sqlite_settings(kafka_bootstrap, topics, tmp_path)
     monkeypatch.setattr(projector_module, "RETRY_FIRST_WAIT", 0.1)
 
     async def always_fails(self: Fetcher, *args: Any, **kwargs: Any) -> Any:
