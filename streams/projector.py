@@ -45,6 +45,8 @@ RETRY_FIRST_WAIT = 1.0
 RETRY_MAX_WAIT = 30.0
 # Seconds a batch waits for its insights and dead letters to be on the broker before it is tried again.
 DELIVERY_WAIT = 60.0
+# Seconds between two looks at whether the fetch loop still goes round.
+WATCH_INTERVAL = 1.0
 # Seconds a crashed app is given to stop before the process ends anyway.
 CRASHED_STOP_WAIT = 15.0
 # Seconds a rebalance waits for the store's offsets before the projector gives up (to be started again).
@@ -172,6 +174,13 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     projector: InsightsProjector
     # Seconds the flow may stay stopped before the projector gives up; None: twice the broker request timeout.
     stall_limit: float | None = None
+    # When the fetch loop last went round (event loop time): `run_projector` ends a projector whose loop
+    # never started or stopped going round.
+    alive_at: float | None = None
+
+    @property
+    def stall_seconds(self) -> float:
+        return self.stall_limit or 2 * self.transport.app.conf.broker_request_timeout
     _uncommitted: dict[TP, int] | None = None
     _next_group_commit = 0.0
     _group_commit: asyncio.Future[None] | None = None
@@ -213,7 +222,7 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
         # A rebalance stops the flow until its seeks are done; one that never ends (a seek that hung) would
         # leave the projector up and projecting nothing. Longer than this, and the projector gives up, to be
         # started again (see `run_projector`).
-        stall_limit = self.stall_limit or 2 * self.transport.app.conf.broker_request_timeout
+        stall_limit = self.stall_seconds
         try:
             # With the collector disabled (`python -m streams.projector`), the cycles faust and asyncio make
             # are freed here; where it is enabled, one more collection every 10 s costs nothing worth measuring.
@@ -224,6 +233,7 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
             failures = 0
             stopped_since: float | None = None
             while not (consumer_should_stop() or fetcher_should_stop()):
+                self.alive_at = loop.time()
                 collect_garbage()
                 if not self.flow_active:
                     stopped_since = stopped_since or loop.time()
@@ -325,6 +335,8 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
         partition = tp.partition
         delay = RETRY_FIRST_WAIT
         while True:
+            # Waiting on the store is no stall: the loop is still going round.
+            self.alive_at = asyncio.get_running_loop().time()
             try:
                 if len(raw) <= INLINE_RECORDS:
                     # A few events (a live post's next step) fold in about a millisecond: a thread hop
@@ -419,7 +431,8 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     producer = kafka_producer(settings.kafka_bootstrap_servers,
                               **{"linger.ms": 0, "message.timeout.ms": int(DELIVERY_WAIT * 1000) - 10_000})
     app = create_app(settings, store, datadir=datadir, producer=producer)
-    await app.start()
+    # Watched from the start: faust's start waits for the first rebalance's seeks.
+    starting = asyncio.ensure_future(app.start())
     try:
         # faust's services log a crash (its fetcher's, say) and stay up, projecting nothing. A crashed app
         # ends the process instead, which is then started again (`smartretry run` does; so would systemd).
@@ -427,9 +440,9 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
         if stop is not None:
             waits.append(asyncio.ensure_future(stop.wait()))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await _until_done_or_stalled(app, waits, starting)
         finally:
-            for wait in waits:
+            for wait in [*waits, starting]:
                 wait.cancel()
         if app.crashed:
             reason = app.crash_reason
@@ -444,6 +457,33 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
             await app.stop()
         producer.flush(10)
         store.engine.dispose()
+
+
+async def _until_done_or_stalled(app: faust.App, waits: Sequence[asyncio.Future[Any]],
+                                 starting: asyncio.Future[Any]) -> None:
+    """Until one of `waits` is done, `starting` (the app's start) failing meanwhile; the app crashed when its
+    fetch loop has not gone round for its stall limit.
+
+    The fetch loop watches itself (`_drain_messages`), once it runs: faust starts it after the first
+    rebalance's seeks, and when a seek hangs past faust's own wait, faust gives up on the rebalance, never
+    starts the loop, and crashes nothing.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        await asyncio.wait([*waits, starting], timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and not starting.cancelled() and starting.exception() is not None:
+            raise starting.exception()  # type: ignore[misc]
+        if any(wait.done() for wait in waits):
+            return
+        consumer = app._consumer
+        limit = consumer.stall_seconds if isinstance(consumer, ProjectorConsumer) else \
+            2 * app.conf.broker_request_timeout
+        last = (consumer.alive_at if isinstance(consumer, ProjectorConsumer) else None) or started
+        if loop.time() - last > limit:
+            await app.crash(ProjectorStalled(f"the post events have not been fetched for {limit:.0f}s (a "
+                                             "rebalance that did not end)"))
+            return
 
 
 async def _run_until_crashed(settings: Settings) -> None:

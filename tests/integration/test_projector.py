@@ -350,6 +350,22 @@ async def test_a_projector_whose_flow_stays_stopped_ends_instead_of_running_on_i
         await asyncio.wait_for(run_projector(settings, datadir=tmp_path / "faust", stop=asyncio.Event()), 60)
 
 
+async def test_a_projector_whose_first_seek_hangs_ends_instead_of_never_starting(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # faust gives up on a rebalance whose seek outlasts its wait, and then never starts the fetch loop: the
+    # loop cannot watch itself, so `run_projector` does.
+    settings = sqlite_settings(kafka_bootstrap, topics, tmp_path)
+    monkeypatch.setattr(ProjectorConsumer, "stall_limit", 3.0)
+
+    async def hangs(self: ProjectorConsumer) -> Any:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ProjectorConsumer, "seek_to_committed", hangs)
+    with pytest.raises(ProjectorCrashed, match=r"ProjectorStalled: the post events have not been fetched for 3s"):
+        await asyncio.wait_for(run_projector(settings, datadir=tmp_path / "faust", stop=asyncio.Event()), 60)
+
+
 async def test_a_projector_whose_fetches_keep_failing_ends_instead_of_running_on_idle(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
