@@ -279,6 +279,13 @@ def reset_projection(yes: bool = typer.Option(False, "--yes", help="Do not ask f
     from projections.store import ProjectionStore, make_engine
 
     settings = load_settings()
+    running = _service_running(settings)
+    if running is not None:
+        # Emptied under a running service, posts it published would read as never published: a publish of
+        # one again would go out twice, and the projector (past those events) would not rebuild them.
+        typer.echo(f"error: the service is running ({running}): stop it first, then reset the projection",
+                   err=True)
+        raise typer.Exit(2)
     store = ProjectionStore(make_engine(settings.database_url))
     store.create_schema()
     where = make_url(settings.database_url).render_as_string(hide_password=True)
@@ -289,6 +296,31 @@ def reset_projection(yes: bool = typer.Option(False, "--yes", help="Do not ask f
     store.engine.dispose()
     typer.echo(f"The projection in {where} is empty; the projector rebuilds it from the broker's events "
                "when it starts.")
+
+
+def _service_running(settings: Settings) -> str | None:
+    """Why the service looks to be running, or None: `run`'s broker holding its data directory, or members in
+    the projector's or the handler's consumer group (a static member stays up to its session timeout)."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams.broker import data_dir_in_use
+
+    data_dir = Path(settings.broker_data_dir)
+    if data_dir_in_use(data_dir):
+        return f"`smartretry run` holds the broker data in {data_dir}"
+    if not settings.kafka_bootstrap_servers:
+        return None
+    groups = [f"{settings.topic_prefix}projector", f"{settings.topic_prefix}command-handler"]
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for group, described in admin.describe_consumer_groups(groups, request_timeout=10).items():
+        try:
+            members = described.result(timeout=15).members
+        except Exception:
+            continue  # a broker that cannot say has no running service to speak of
+        if members:
+            return (f"consumer group {group} has {len(members)} member{'s' if len(members) > 1 else ''}; one "
+                    f"stopped a moment ago leaves it within {settings.projector_session_timeout_seconds:.0f}s")
+    return None
 
 
 # Operator commands (publish, retry, force, show, dlq, accounts, demo), merged into this app.

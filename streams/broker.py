@@ -122,6 +122,20 @@ def _lock_data_dir(data_dir: Path) -> IO[bytes]:
     return lock
 
 
+def data_dir_in_use(data_dir: Path) -> bool:
+    """Whether a broker (that `smartretry run` started) holds `data_dir`'s lock now."""
+    path = data_dir / "smartretry.lock"
+    if not path.exists():
+        return False
+    with open(path, "ab") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return False
+
+
 def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
     return "\n".join([
         "process.roles=broker,controller",

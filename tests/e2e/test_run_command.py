@@ -35,9 +35,10 @@ def free_port() -> int:
 class Running:
     """A `smartretry run` process, its output collected line by line."""
 
-    def __init__(self, process: subprocess.Popen[str], api: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], api: str, env: dict[str, str]) -> None:
         self.process = process
         self.api = api
+        self.env = env
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -93,7 +94,7 @@ def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def start_run(env: dict[str, str], cwd: Path) -> Iterator[Running]:
     process = subprocess.Popen([sys.executable, "-m", "smartretry.cli", "run"], env=env, cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run = Running(process, f"http://127.0.0.1:{env['SMARTRETRY_API_PORT']}")
+    run = Running(process, f"http://127.0.0.1:{env['SMARTRETRY_API_PORT']}", env)
     try:
         run.wait_for_line("Running. Ctrl-C stops everything.", timeout=120)
         yield run
@@ -145,6 +146,13 @@ def test_run_is_ready_and_starts_a_worker_again_when_it_dies(running: Running) -
     assert insights["status"] == "posted"
     # The API's own lines are logged too (it runs in the `run` process), with the post they concern.
     assert f"post_id={post['post_id']}" in running.wait_for_line("PublishRequested accepted", timeout=5)
+    # Emptying the projection under the running service is refused: the posted post would read as never
+    # published, and publishing it again would post it twice.
+    reset = subprocess.run([sys.executable, "-m", "smartretry.cli", "reset-projection", "--yes"],
+                           env=running.env, capture_output=True, text=True, timeout=60)
+    assert reset.returncode == 2
+    assert "the service is running (consumer group " in reset.stderr and "stop it first" in reset.stderr
+    assert httpx.get(f"{running.api}/posts/{post['post_id']}", headers=KEY).status_code == 200
 
 
 def publish(api: str, post_id: str) -> None:
@@ -205,6 +213,9 @@ def test_a_second_run_on_the_same_broker_data_is_refused_and_a_broker_that_dies_
                                     "SMARTRETRY_BROKER_PORT": broker_port.group(1)},
                                capture_output=True, text=True)
         assert clash.returncode == 2 and "set SMARTRETRY_BROKER_PORT to a free port" in clash.stderr
+        reset = subprocess.run([sys.executable, "-m", "smartretry.cli", "reset-projection", "--yes"], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, timeout=60)
+        assert reset.returncode == 2 and "`smartretry run` holds the broker data in var/kafka" in reset.stderr
         publish(first.api, "before-broker-death")
         wait_posted(first.api, "before-broker-death")
 
