@@ -335,6 +335,10 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     old: dict[str, Any] = raw_insights if isinstance(raw_insights, dict) else document
 
     results = _legacy_results(old)
+    published = {r.platform for r in state.document.insights.publish_results if r.success}
+    # A platform the post has published (the service did, or an earlier import said so) stays published: an
+    # import run again, with the old system's older word, would make it a failure that a retry posts twice.
+    results = [r for r in results if r.success or r.platform not in published]
     if document.get("status") == "posted":
         # The old system said posted: every platform it targeted went out, whether or not it kept a result
         # for it. Taken as published (with the Facebook post the post's address names, if it does): a

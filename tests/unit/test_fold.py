@@ -492,3 +492,18 @@ def test_results_and_an_import_in_one_batch_fold_as_they_do_one_by_one() -> None
     assert at_once is not None
     facebook = at_once.latest_result("facebook")
     assert facebook is not None and facebook.success and facebook.post_id == "7479_9"
+
+
+def test_an_import_run_again_never_turns_a_published_platform_into_a_failure() -> None:
+    # The seed's document imported, Facebook then published by a retry, and the same document imported again
+    # (the migration run twice): Facebook stays published, so nothing is left for a retry to post twice.
+    history = History().legacy(SEED_FAILED_DOCUMENT)
+    retry = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retry["facebook"], "7479_9")
+    history.legacy(SEED_FAILED_DOCUMENT)
+    state = history.state()
+    assert state.status == "posted"
+    facebook = state.latest_result("facebook")
+    assert facebook is not None and facebook.success and facebook.post_id == "7479_9"
+    assert "facebook" not in state.needed_action
+
