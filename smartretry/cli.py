@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -197,6 +198,7 @@ def handler() -> None:
     from smartretry.bootstrap import run_handler
     from smartretry.logs import configure
     from streams.gc_tuning import disable_gc
+    from streams.handler import HandlerOutOfGroup
 
     settings = load_settings()
     configure(settings.log_level, settings.log_format)
@@ -206,7 +208,12 @@ def handler() -> None:
     # The handler collects garbage on its own schedule (its consumer loop), as the projector does: the
     # collector's own took about a tenth of its CPU in a burst of publishes.
     disable_gc()
-    asyncio.run(run_handler(settings, settings.kafka_bootstrap_servers))
+    try:
+        asyncio.run(run_handler(settings, settings.kafka_bootstrap_servers))
+    except HandlerOutOfGroup as exc:
+        # Exits non-zero, for whatever supervises it (`run`) to start it again.
+        logging.getLogger("smartretry.handler").error("%s; exiting", exc)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -104,6 +104,13 @@ class HandlerConfig:
     # How often an interrupted attempt whose look-up failed (the token refused, or the platform could not tell) is
     # looked up again; a rate limit's own wait when longer.
     reauth_check_seconds: float = 30.0
+    # How long the consumer may be out of its group (no member id: it is handed no commands) before the handler
+    # ends, to be started again. A rejoin after a broker outage takes seconds.
+    membership_limit_seconds: float = 120.0
+
+
+class HandlerOutOfGroup(RuntimeError):
+    """The handler's consumer stayed out of its group: it takes no commands, so the process must end."""
 
 
 def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: random.Random) -> float:
@@ -303,9 +310,24 @@ class CommandHandler:
         # aiohttp make (a failed call's traceback) are freed here, within seconds.
         collect_garbage = CollectEvery()
         paused = False
+        loop = self._loop
+        out_since: float | None = None
+        next_check = 0.0
         try:
             while not stop.is_set():
                 collect_garbage()
+                if loop.time() >= next_check:
+                    # A consumer that stays out of its group polls on and is handed nothing: commands would wait
+                    # with nobody saying so. Ended, the handler is started again (`smartretry run` does).
+                    next_check = loop.time() + 1.0
+                    if await loop.run_in_executor(consuming, self._member_id):
+                        out_since = None
+                    else:
+                        out_since = out_since or loop.time()
+                        if loop.time() - out_since > self.config.membership_limit_seconds:
+                            raise HandlerOutOfGroup(
+                                f"the command handler has not been a member of consumer group {self.config.group_id} "
+                                f"for {self.config.membership_limit_seconds:.0f}s, so it is handed no commands")
                 full = self._in_flight >= self.config.max_in_flight
                 if full != paused:
                     # Paused, not left unpolled: a consumer unpolled for `max.poll.interval.ms` leaves the group,
@@ -324,6 +346,10 @@ class CommandHandler:
             self._consumer.close()
             self._watermarks.close()
             await self.producer.close()
+
+    def _member_id(self) -> str | None:
+        assert self._consumer is not None
+        return self._consumer.memberid()
 
     def _pause_fetching(self, pause: bool) -> None:
         """Pauses (or resumes) fetching from every partition assigned now; one assigned later starts unpaused."""
