@@ -430,7 +430,7 @@ class FrontDoor:
             await asyncio.wait_for(self.send(self.settings.topics.commands, command.post_id, encode(command)),
                                    SEND_TIMEOUT_S + 1)
         except Exception as exc:
-            log.error("%s not put on Kafka: %s", command.type, scrub(str(exc)),
+            log.error("%s not confirmed by Kafka in time (it may still arrive): %s", command.type, scrub(str(exc)),
                       extra={"post_id": command.post_id, "command_id": command.command_id})
             # It may still get there (a send that timed out can be delivered later): the same request with
             # the same command id is then the same command, never a second one.
@@ -439,8 +439,9 @@ class FrontDoor:
                 again += f' and "post_id": "{command.post_id}"'
             reason = scrub(str(exc))[:200] or type(exc).__name__
             raise HTTPException(503, f"Kafka did not take command {command.command_id} for post {command.post_id} "
-                                     f"in time ({reason}): send the same request again with {again}, which "
-                                     "cannot publish twice") from None
+                                     f"in time ({reason}); it may still arrive and be carried out. Send the same "
+                                     f"request again with {again}, which cannot publish twice (a new command or "
+                                     "post id could)") from None
         if self.on_accepted is not None:
             self.on_accepted(command)
         log.info("%s accepted", command.type, extra={"post_id": command.post_id, "command_id": command.command_id})

@@ -530,7 +530,7 @@ class CommandHandler:
         tokens = await self._until_done(lambda: asyncio.to_thread(self.credentials.stored_tokens),
                                         "Stored tokens not read")
         field = secret_field(content, tokens)
-        return None if field is None else f"content.{field} contains an access token; send it again without"
+        return None if field is None else f"content.{field} contains an access token; send it again without the token"
 
     async def _until_sent(self, send: Callable[[], Awaitable[None]], what: str) -> None:
         """`send()`, tried again (with the handler's backoff) until it goes through."""

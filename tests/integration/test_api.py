@@ -275,7 +275,8 @@ def test_a_command_kafka_does_not_take_is_503_saying_how_to_send_it_again_safely
     assert answer.status_code == 503
     detail = answer.json()["detail"]
     assert "Kafka did not take command cmd-unsent for post post-unsent" in detail
-    assert 'send the same request again with "command_id": "cmd-unsent" and "post_id": "post-unsent"' in detail
+    assert "it may still arrive and be carried out" in detail
+    assert 'Send the same request again with "command_id": "cmd-unsent" and "post_id": "post-unsent"' in detail
 
 
 def test_a_publish_resent_with_its_command_id_names_the_same_post_so_it_is_published_once(api: RunningApi) -> None:
