@@ -172,10 +172,11 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
     """
 
     projector: InsightsProjector
-    # Seconds the flow may stay stopped before the projector gives up; None: twice the broker request timeout.
+    # Seconds the fetch loop may go without fetching (its flow stopped by a rebalance that does not end, a
+    # fetch that does not return) before the projector gives up; None: twice the broker request timeout.
     stall_limit: float | None = None
-    # When the fetch loop last went round (event loop time): `run_projector` ends a projector whose loop
-    # never started or stopped going round.
+    # When the fetch loop last went round with its flow active (event loop time): `run_projector` ends a
+    # projector whose loop never started or stopped going round.
     alive_at: float | None = None
 
     @property
@@ -219,10 +220,6 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         loop = asyncio.get_running_loop()
-        # A rebalance stops the flow until its seeks are done; one that never ends (a seek that hung) would
-        # leave the projector up and projecting nothing. Longer than this, and the projector gives up, to be
-        # started again (see `run_projector`).
-        stall_limit = self.stall_seconds
         try:
             # With the collector disabled (`python -m streams.projector`), the cycles faust and asyncio make
             # are freed here; where it is enabled, one more collection every 10 s costs nothing worth measuring.
@@ -231,19 +228,15 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
             # fetch is folded, every partition is moved back to the store's offsets.
             resync = False
             failures = 0
-            stopped_since: float | None = None
             while not (consumer_should_stop() or fetcher_should_stop()):
-                self.alive_at = loop.time()
                 collect_garbage()
                 if not self.flow_active:
-                    stopped_since = stopped_since or loop.time()
-                    if loop.time() - stopped_since > stall_limit:
-                        raise ProjectorStalled(f"the flow of post events has been stopped for {stall_limit:.0f}s "
-                                               "(a rebalance that did not end)")
+                    # A rebalance stops the flow until its seeks are done. Not going round meanwhile: one that
+                    # never ends is a stall (`run_projector` watches `alive_at`).
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.can_resume_flow.wait(), 1.0)
                     continue
-                stopped_since = None
+                self.alive_at = loop.time()
                 if resync:
                     try:
                         await self._seek_to_store()
@@ -259,15 +252,9 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
                         await asyncio.sleep(RETRY_FIRST_WAIT)
                         continue
                 try:
-                    try:
-                        records, _active = await asyncio.wait_for(self._wait_next_records(1.0), stall_limit)
-                    except TimeoutError:
-                        # A fetch waits for a rebalance to assign the partitions: one that never does.
-                        raise ProjectorStalled(f"a fetch of post events has not returned in {stall_limit:.0f}s "
-                                               "(a rebalance that did not end)") from None
+                    # A fetch that waits on for a rebalance that never ends is a stall too (see `alive_at`).
+                    records, _active = await self._wait_next_records(1.0)
                     failures = 0
-                except ProjectorStalled:
-                    raise
                 except Exception as exc:
                     failures += 1
                     if (isinstance(exc, self.consumer_stopped_errors) or self.should_stop
@@ -403,7 +390,7 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
 
 
 class ProjectorStalled(RuntimeError):
-    """The projector's flow of events has stopped for good: its app crashes, and the process ends."""
+    """The projector has stopped fetching for good: its app crashes, and the process ends."""
 
 
 class ProjectorCrashed(RuntimeError):
