@@ -109,9 +109,13 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# In the broker's data directory: held by `smartretry run` and its broker while they use it.
+LOCK_FILE = "smartretry.lock"
+
+
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:
     """An exclusive lock on the broker's data directory, held until closed (or the process ends)."""
-    lock = open(data_dir / "smartretry.lock", "ab")  # noqa: SIM115 - held for the broker's life
+    lock = open(data_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held for the broker's life
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -124,7 +128,7 @@ def _lock_data_dir(data_dir: Path) -> IO[bytes]:
 
 def data_dir_in_use(data_dir: Path) -> bool:
     """Whether a broker (that `smartretry run` started) holds `data_dir`'s lock now."""
-    path = data_dir / "smartretry.lock"
+    path = data_dir / LOCK_FILE
     if not path.exists():
         return False
     with open(path, "ab") as lock:

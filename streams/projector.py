@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import errors as aiokafka_errors
@@ -463,11 +463,9 @@ async def _until_done_or_stalled(app: faust.App, waits: Sequence[asyncio.Future[
             raise starting.exception()  # type: ignore[misc]
         if any(wait.done() for wait in waits):
             return
-        consumer = app._consumer
-        limit = consumer.stall_seconds if isinstance(consumer, ProjectorConsumer) else \
-            2 * app.conf.broker_request_timeout
-        last = (consumer.alive_at if isinstance(consumer, ProjectorConsumer) else None) or started
-        if loop.time() - last > limit:
+        consumer = cast(ProjectorConsumer, app.consumer)  # the one faust's start creates, or uses if made here
+        limit = consumer.stall_seconds
+        if loop.time() - (consumer.alive_at or started) > limit:
             await app.crash(ProjectorStalled(f"the post events have not been fetched for {limit:.0f}s (a "
                                              "rebalance that did not end)"))
             return
