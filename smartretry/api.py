@@ -79,6 +79,11 @@ POLL_SECONDS = 0.05
 # --------------------------------------------------------------------------------------------- request bodies
 
 
+# How a refused retry with nothing to publish ends: what to do next (the pages put it in their own words).
+WAIT_FOR_RESULT = "; wait for its result"
+PUBLISH_ANYWAY = "; to publish again anyway"
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -326,13 +331,13 @@ class FrontDoor:
         value never repeated."""
         if content is None and not any(fields.values()):
             return
-        stored = await asyncio.to_thread(self.stores.credentials.stored_tokens)
-        field = secret_field(content, stored, known_secrets())
+        tokens = (await asyncio.to_thread(self.stores.credentials.stored_tokens), known_secrets())
+        field = secret_field(content, *tokens)
         if field is not None:
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
                                        "msg": f"content.{field} contains an access token: remove it (published, "
                                               "anyone could read it)"}])
-        name = secret_value(fields, stored, known_secrets())
+        name = secret_value(fields, *tokens)
         if name is not None:
             raise HTTPException(422, [{"loc": ["body", name], "type": "contains_token",
                                        "msg": f"{name} contains an access token: remove it (it would be kept in "
@@ -390,9 +395,9 @@ class FrontDoor:
             log.info("%s", decision.log_line, extra={"post_id": post_id, "command_id": command_id})
             if STILL_PUBLISHING in decision.skipped.values():
                 # A republish now would run after that attempt and publish its platform a second time.
-                hint = f"; wait for its result (GET /posts/{post_id}), then retry if it failed"
+                hint = f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then retry if it failed"
             else:
-                hint = "" if forced else f"; to publish again anyway, use POST /posts/{post_id}/republish"
+                hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
             raise HTTPException(409, decision.log_line + hint)
         return await self._submit(command, wait)
 

@@ -29,6 +29,8 @@ from projections.resume import automatic_retries
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
 from smartretry.api import (
+    PUBLISH_ANYWAY,
+    WAIT_FOR_RESULT,
     ContentCorrection,
     FrontDoor,
     RetryBody,
@@ -233,10 +235,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
 
 def _page_problem(problem: str) -> str:
     """The API's refusal in the page's words: the API routes it names are of no use to someone on the page."""
-    if "; wait for its result (GET " in problem:
-        return problem.split("; wait for its result (GET ", 1)[0] + ". Wait for its result, then retry if it failed."
-    if "; to publish again anyway, use POST " in problem:
-        return problem.split("; to publish again anyway, use POST ", 1)[0] + (
+    if WAIT_FOR_RESULT in problem:
+        return problem.split(WAIT_FOR_RESULT, 1)[0] + ". Wait for its result, then retry if it failed."
+    if PUBLISH_ANYWAY in problem:
+        return problem.split(PUBLISH_ANYWAY, 1)[0] + (
             " (to publish it again anyway: smartretry force, or the API's republish)")
     return problem
 
