@@ -249,8 +249,12 @@ def test_handler_killed_after_the_platform_accepted_the_post_recovers_without_du
     (attempt,) = state.attempts.values()
     assert attempt.recovered and attempt.success
     assert "found on the platform; recorded, not republished" in service.handler.output()
-    # Settled by the look-up, the post's status is said in the product note's words.
-    assert "✅ Post status updated to: posted" in service.handler.output()
+    # Settled by the look-up, the post's status is said in the product note's words (logged just after the
+    # projection shows it).
+    deadline = time.monotonic() + 30
+    while "✅ Post status updated to: posted" not in service.handler.output():
+        assert time.monotonic() < deadline, "the post's status was not logged"
+        time.sleep(0.2)
     (created,) = [p for p in service.sandbox.posts() if p.get("platform") == platform]
     insights = state.document.insights
     assert (insights.facebook_post_id if platform == "facebook" else insights.instagram_media_id) == created["id"]
