@@ -30,6 +30,9 @@ from streams.kafka import consumer
 
 # How long one scan of the store serves scrapes.
 SCAN_CACHE_SECONDS = 5.0
+# Seconds a scrape waits for Kafka's offsets in all: past that (the broker away or frozen), the scrape
+# answers with the store's figures and `smartretry_kafka_up 0`, within Prometheus' default 10 s timeout.
+KAFKA_WAIT = 5.0
 
 
 @dataclass
@@ -130,16 +133,15 @@ class ServiceMetrics:
         self._cached = (now, tally)
         return tally
 
-    def _end_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        """(low, high) watermark per partition of `topic`; empty when there is no broker to ask."""
-        if not self.settings.kafka_bootstrap_servers:
-            return {}
+    def _end_offsets(self, topic: str, deadline: float) -> dict[int, tuple[int, int]]:
+        """(low, high) watermark per partition of `topic`, asked until `deadline` (monotonic time)."""
+        assert self.settings.kafka_bootstrap_servers
         if self._offsets is None:
             self._offsets = consumer(self.settings.kafka_bootstrap_servers, f"{self.settings.topic_prefix}metrics")
-        metadata = self._offsets.list_topics(topic, timeout=5).topics.get(topic)
+        metadata = self._offsets.list_topics(topic, timeout=_left(deadline)).topics.get(topic)
         if metadata is None or metadata.error is not None:
             return {}
-        return {p: self._offsets.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+        return {p: self._offsets.get_watermark_offsets(TopicPartition(topic, p), timeout=_left(deadline), cached=False)
                 for p in metadata.partitions}
 
     def collect(self) -> list[Metric]:
@@ -203,12 +205,19 @@ class ServiceMetrics:
         return families
 
     def _kafka_families(self, events_topic: str, commands_topic: str, dead_letters_topic: str) -> list[Metric]:
-        try:
-            events = self._end_offsets(events_topic)
-            sizes = {name: self._end_offsets(name) for name in (commands_topic, dead_letters_topic)}
-        except Exception:
-            # A scrape while the broker is away still reports the store's numbers.
+        if not self.settings.kafka_bootstrap_servers:
             return []
+        up = GaugeMetricFamily("smartretry_kafka_up", "1 when this scrape read Kafka's offsets, 0 when the broker did "
+                               f"not answer within {KAFKA_WAIT:g}s (lag and topic sizes are then left out)")
+        deadline = time.monotonic() + KAFKA_WAIT
+        try:
+            events = self._end_offsets(events_topic, deadline)
+            sizes = {name: self._end_offsets(name, deadline) for name in (commands_topic, dead_letters_topic)}
+        except Exception:
+            # A scrape while the broker is away still reports the store's numbers, and that Kafka is away.
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
         applied = self.stores.projection.applied_offsets(events_topic)
         lag = GaugeMetricFamily("smartretry_projection_lag_events",
                                 "Post events written but not yet applied to the projection, by partition",
@@ -219,4 +228,12 @@ class ServiceMetrics:
                                      labels=["topic"])
         for name, offsets in sizes.items():
             messages.add_metric([name], sum(high - low for low, high in offsets.values()))
-        return [lag, messages]
+        return [up, lag, messages]
+
+
+def _left(deadline: float) -> float:
+    """Seconds until `deadline`; a call given none fails at once with a timeout, which ends the scrape's Kafka part."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"Kafka did not answer within {KAFKA_WAIT:g}s")
+    return left

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -36,6 +37,7 @@ from smartretry import api as api_module
 from smartretry.api import ApiServer, create_app, serve, serve_in_thread
 from smartretry.bootstrap import Stores, open_stores
 from smartretry.credentials import CredentialStore
+from smartretry.metrics import ServiceMetrics
 from smartretry.settings import Settings
 from streams.broker import free_port
 from streams.kafka import producer
@@ -763,11 +765,31 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
     assert 'smartretry_commands_decided_total{type="PublishRequested"} 2.0' in text
     assert 'smartretry_api_commands_total{type="PublishRequested"} 1.0' in text
     assert 'smartretry_projection_lag_events{partition="0"} 0.0' in text
+    assert "smartretry_kafka_up 1.0" in text
     assert f'smartretry_topic_messages{{topic="{api.topics.commands}"}} 1.0' in text
     assert 'smartretry_posts_needing_action{action="fix the image URL",platform="facebook"} 1.0' in text
     assert 'smartretry_posts_needing_action{action="re-authenticate Instagram",platform="instagram"} 1.0' in text
     # Every attempt has its result.
     assert not [line for line in text.splitlines() if line.startswith("smartretry_oldest_attempt_awaiting_result")]
+
+
+def test_metrics_say_when_kafka_does_not_answer_and_still_count_the_posts(tmp_path: Path) -> None:
+    """A scrape while the broker is frozen: it accepts connections and answers nothing."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.listen()
+        settings = api_settings(f"127.0.0.1:{silent.getsockname()[1]}", Topics(prefix="frozen."),
+                                f"sqlite:///{tmp_path}/projection.db")
+        stores = open_stores(settings)
+        stores.projection.apply_batch("frozen.post-events", 0, list(enumerate(seed_events("post-1", False))))
+        metrics = ServiceMetrics(settings, stores)
+        try:
+            text = metrics.render()[0].decode()
+        finally:
+            metrics.close()
+            stores.engine.dispose()
+    assert "smartretry_kafka_up 0.0" in text
+    assert 'smartretry_posts{status="failed"} 1.0' in text
+    assert "smartretry_projection_lag_events" not in text
 
 
 def test_metrics_show_how_long_the_oldest_attempt_has_waited_for_its_result(api: RunningApi) -> None:
