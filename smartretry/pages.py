@@ -3,8 +3,9 @@
 The pages are protected by the same API key as the API. A browser presents it once (the login form,
 or `?key=` in a link the service prints) and then carries a session cookie derived from the key:
 HttpOnly and SameSite=Strict, so other sites can neither read it nor make the browser send it with a
-form post. The retry form also carries a per-post token derived from the key, for browsers that do
-not honour SameSite. Changing the API key ends every session.
+form post. A session lasts 12 hours (the cookie says when it was issued, signed with the key), and
+"Sign out" ends it in that browser. The retry form also carries a per-post token derived from the key,
+for browsers that do not honour SameSite. Changing the API key ends every session.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -44,6 +46,8 @@ from smartretry.settings import Settings
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "smartretry_session"
+# How long a sign-in lasts: a working day, after which the browser is asked for the key again.
+SESSION_SECONDS = 12 * 3600
 PLATFORM_ICONS: dict[str, str] = {"facebook": "📘", "instagram": "📷"}
 STATUS_LABELS = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}
 # Seconds between reloads of a page whose post is still publishing.
@@ -61,8 +65,21 @@ def _derived(settings: Settings, purpose: str) -> str:
     return hmac.new(key, purpose.encode(), hashlib.sha256).hexdigest()
 
 
-def session_value(settings: Settings) -> str:
-    return _derived(settings, "ui-session")
+def _now() -> float:
+    return time.time()
+
+
+def session_value(settings: Settings, issued: int) -> str:
+    """The session cookie of a sign-in at `issued` (Unix time): the time, and its signature by the key."""
+    return f"{issued}.{_derived(settings, f'ui-session:{issued}')}"
+
+
+def session_valid(settings: Settings, cookie: str | None) -> bool:
+    """Whether `cookie` is a session this key issued less than `SESSION_SECONDS` ago."""
+    issued, _, _signature = (cookie or "").partition(".")
+    if not issued.isdigit() or not 0 <= _now() - int(issued) < SESSION_SECONDS:
+        return False
+    return hmac.compare_digest(cookie or "", session_value(settings, int(issued)))
 
 
 def retry_token(settings: Settings, post_id: str) -> str:
@@ -108,14 +125,13 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     templates = Jinja2Templates(directory=HERE / "templates")
 
     def signed_in(request: Request) -> bool:
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie and hmac.compare_digest(cookie, session_value(settings)):
+        if session_valid(settings, request.cookies.get(SESSION_COOKIE)):
             return True
         return api_key_matches(settings, presented_key(request))
 
     def with_session(response: Response) -> Response:
-        response.set_cookie(SESSION_COOKIE, session_value(settings), httponly=True, samesite="strict",
-                            path="/ui")
+        response.set_cookie(SESSION_COOKIE, session_value(settings, int(_now())), max_age=SESSION_SECONDS,
+                            httponly=True, samesite="strict", path="/ui")
         return response
 
     def gate(request: Request) -> Response | None:
@@ -138,8 +154,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return RedirectResponse("/ui/posts", status_code=303)
 
     @router.get("/login")
-    async def login_form(request: Request, next: str = "/ui/posts", wrong: str | None = None) -> Response:
-        return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "wrong": bool(wrong)},
+    async def login_form(request: Request, next: str = "/ui/posts", wrong: str | None = None,
+                         signed_out: str | None = None) -> Response:
+        return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "wrong": bool(wrong),
+                                                                  "signed_out": bool(signed_out)},
                                           status_code=401 if wrong else 200)
 
     @router.post("/login")
@@ -151,6 +169,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return templates.TemplateResponse(request, "login.html", {"next": target, "wrong": True},
                                               status_code=401)
         return with_session(RedirectResponse(target, status_code=303))
+
+    @router.post("/logout")
+    async def logout() -> Response:
+        response = RedirectResponse("/ui/login?signed_out=1", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict")
+        return response
 
     @router.get("/posts")
     async def post_list(request: Request, status: str | None = None, cursor: str | None = None) -> Response:

@@ -66,6 +66,7 @@ def test_pages_send_a_browser_without_the_key_to_sign_in(api: RunningApi) -> Non
     assert right.headers["location"] == "/ui/posts/post-1"
     cookie = right.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert f"Max-Age={12 * 3600}" in cookie
     assert API_KEY not in cookie
 
 
@@ -75,6 +76,42 @@ def test_a_key_in_the_address_becomes_a_session_and_leaves_the_address(api: Runn
     assert first.status_code == 303
     assert first.headers["location"] == "/ui/posts/post-1?awaiting=x"
     assert api.anonymous.get("/ui/posts", params={"key": "wrong"}).headers["location"].startswith("/ui/login")
+
+
+def test_a_session_ends_when_the_operator_signs_out(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-1")
+        assert 'action="/ui/logout"' in page.text
+        out = browser.post("/ui/logout", follow_redirects=False)
+        assert out.status_code == 303
+        assert out.headers["location"] == "/ui/login?signed_out=1"
+        assert "You are signed out" in browser.get(out.headers["location"]).text
+        again = browser.get("/ui/posts/post-1", follow_redirects=False)
+        assert again.status_code == 303 and again.headers["location"].startswith("/ui/login")
+
+
+def test_a_session_lasts_twelve_hours(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        signed_at = pages._now()
+        monkeypatch.setattr(pages, "_now", lambda: signed_at + 11 * 3600)
+        assert browser.get("/ui/posts/post-1", follow_redirects=False).status_code == 200
+        monkeypatch.setattr(pages, "_now", lambda: signed_at + 12 * 3600 + 1)
+        late = browser.get("/ui/posts/post-1", follow_redirects=False)
+        assert late.status_code == 303 and late.headers["location"].startswith("/ui/login")
+
+
+def test_a_session_cookie_from_another_time_or_key_is_refused(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        cookie = browser.cookies[pages.SESSION_COOKIE]
+    issued, signature = cookie.split(".")
+    for forged in (f"{int(issued) + 1}.{signature}", signature, f"{issued}.", "", f"-5.{signature}"):
+        answer = api.anonymous.get("/ui/posts/post-1", headers={"Cookie": f"{pages.SESSION_COOKIE}={forged}"})
+        assert answer.status_code == 303, forged
+    genuine = api.anonymous.get("/ui/posts/post-1", headers={"Cookie": f"{pages.SESSION_COOKIE}={cookie}"})
+    assert genuine.status_code == 200
 
 
 def test_login_never_redirects_off_the_site(api: RunningApi) -> None:
