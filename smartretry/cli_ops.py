@@ -334,6 +334,34 @@ def show(
             console.print(f"  {entry['decided_at']}  {entry['command_type']}: {entry['note']}", highlight=False)
 
 
+@ops.command("list")
+def list_posts(
+    status: str | None = typer.Option(None, help="Only posts with this status: publishing, posted or failed."),
+    limit: int = typer.Option(50, min=1, max=500, help="Show the most recently updated this many."),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's JSON answer."),
+    api_url: str | None = ApiUrl,
+) -> None:
+    """List posts, most recently updated first: status, where they went, and why a failed one failed."""
+    params: dict[str, Any] = {"limit": limit}
+    if status is not None:
+        params["status"] = status
+    with api_client(api_url) as api:
+        listed = api.call("GET", "/posts", params=params).json()
+    if as_json:
+        _print_json(listed)
+        return
+    if not listed["posts"]:
+        console.print(f"No {status} posts." if status else "No posts yet.", highlight=False)
+        return
+    table = Table("post", "status", "target", "updated", "error")
+    for post in listed["posts"]:
+        table.add_row(post["id"], post["status"], post["publish_target"], post["updated_at"] or "",
+                      post["error_message"] or "")
+    console.print(table)
+    if listed.get("next_cursor"):
+        console.print(f"More posts than these {limit}: --limit shows up to 500.", highlight=False)
+
+
 # --------------------------------------------------------------------------------------------- accounts
 
 

@@ -75,6 +75,27 @@ def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:
     assert "404: post nope not found" in output
 
 
+def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: RunningApi) -> None:
+    code, output = run(api, "list")
+    assert code == 0 and "No posts yet." in output
+    store_post(api, "post-1")
+    store_post(api, "post-2", facebook_ok=True)
+    code, output = run(api, "list")
+    assert code == 0, output
+    # Both updated at the seed's time: in id order, as the API lists them.
+    assert [line.split("│")[1].strip() for line in output.splitlines() if "post-" in line] == ["post-1", "post-2"]
+    assert "failed" in output and "posted" in output and FB_ERROR in output
+    code, output = run(api, "list", "--status", "posted")
+    assert "post-2" in output and "post-1" not in output
+    code, output = run(api, "list", "--status", "publishing")
+    assert "No publishing posts." in output
+    code, output = run(api, "list", "--limit", "1", "--json")
+    listed = json.loads(output)
+    assert len(listed["posts"]) == 1 and listed["next_cursor"]
+    code, output = run(api, "list", "--status", "gone")
+    assert code == 1 and "422" in output
+
+
 def test_publish_puts_the_command_on_kafka_and_says_when_results_are_not_in(api: RunningApi) -> None:
     api.stores.credentials.set_token("acme", "acme-user-token-0001", "1", "2")
     code, output = run(api, "publish", "Autumn sale starts today", "--image-url", "https://cdn.example.com/a.jpg",
