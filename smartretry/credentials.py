@@ -155,5 +155,7 @@ class CredentialStore:
         """Account references with their page and Instagram ids; never the token."""
         with Session(self._engine) as session:
             rows = session.scalars(select(_Account).order_by(_Account.account_id)).all()
+            # Stored in UTC; SQLite gives it back without its zone.
             return [{"account": r.account_id, "page_id": r.page_id, "ig_user_id": r.ig_user_id,
-                     "updated_at": r.updated_at.isoformat()} for r in rows]
+                     "updated_at": r.updated_at.astimezone(UTC).isoformat() if r.updated_at.tzinfo
+                     else r.updated_at.replace(tzinfo=UTC).isoformat()} for r in rows]

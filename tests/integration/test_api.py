@@ -713,6 +713,9 @@ def test_setting_a_token_stores_it_encrypted_and_never_echoes_it(api: RunningApi
     assert api.stores.credentials.get("acme").user_token.get_secret_value() == token
     listed = api.client.get("/accounts")
     assert [a["account"] for a in listed.json()["accounts"]] == ["acme"]
+    # When, with its zone: a time a reader could take for local would be hours off.
+    updated = datetime.fromisoformat(listed.json()["accounts"][0]["updated_at"])
+    assert abs((updated - datetime.now(UTC)).total_seconds()) < 60
     assert token not in listed.text
     with api.stores.engine.connect() as conn:
         assert token not in repr(conn.exec_driver_sql("SELECT * FROM accounts").all())
