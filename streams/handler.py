@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -20,7 +20,7 @@ from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
 from publishers.graph import CLOCK_SKEW
-from publishers.redact import scrub, secret_field
+from publishers.redact import known_secrets, scrub, secret_field, secret_value
 from schemas.commands import (
     Command,
     ForceRepublishRequested,
@@ -430,7 +430,8 @@ class CommandHandler:
             task = asyncio.get_running_loop().create_task(self._forward(message, command))
             self._track(task, partition, offset)
             return
-        if isinstance(command, ResolveAttemptRequested):
+        if isinstance(command, ResolveAttemptRequested) and _token_in_fields(command, known_secrets()) is None:
+            # (One carrying a token is refused when handled: it must settle no attempt meanwhile.)
             self._register_resolution(command)
         previous = self._chains.get(command.post_id)
         task = asyncio.get_running_loop().create_task(self._after(previous, command, partition, message))
@@ -514,7 +515,8 @@ class CommandHandler:
                     extra={"post_id": command.post_id, "command_id": command.command_id})
         content = command.content if isinstance(command, PublishRequested | RetryRequested |
                                                 ForceRepublishRequested) else None
-        if (carrying := await self._token_in(content)) is not None:
+        tokens = await self._stored_tokens()
+        if (carrying := _token_in_fields(command, tokens) or _token_in(content, tokens)) is not None:
             # Not copied on: the new owner would refuse it anyway, and the copy would be one more place for it.
             await self._dead_letter_until_sent(message, f"refused {command.type}: {carrying}")
             return
@@ -522,15 +524,10 @@ class CommandHandler:
         await self._until_sent(lambda: self.producer.send(self.topics.commands, command.post_id, value),
                                f"Command {command.command_id}, sent on to its post's partition,")
 
-    async def _token_in(self, content: PostContent | None) -> str | None:
-        """Why `content` may not be published, when it carries an access token (a stored one, as the API refuses
-        it too, or one of Meta's shape); None when it carries none. The store is read until it answers."""
-        if content is None:
-            return None
-        tokens = await self._until_done(lambda: asyncio.to_thread(self.credentials.stored_tokens),
-                                        "Stored tokens not read")
-        field = secret_field(content, tokens)
-        return None if field is None else f"content.{field} contains an access token; send it again without the token"
+    async def _stored_tokens(self) -> frozenset[str]:
+        """Every token the store holds (what content and ids may not carry), read until the store answers."""
+        return await self._until_done(lambda: asyncio.to_thread(self.credentials.stored_tokens),
+                                      "Stored tokens not read")
 
     async def _until_sent(self, send: Callable[[], Awaitable[None]], what: str) -> None:
         """`send()`, tried again (with the handler's backoff) until it goes through."""
@@ -607,6 +604,14 @@ class CommandHandler:
         if partition not in self._assigned:
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
             return
+        # Its ids and notes would be kept in the post's events and the projection: one carrying an access token
+        # (a stored one, as the API refuses it too, or one of Meta's shape) is refused before anything is written.
+        tokens = await self._stored_tokens()
+        if (carrying := _token_in_fields(command, tokens)) is not None:
+            log.warning("Command refused: %s", carrying, extra=context)
+            if source is not None:
+                await self._dead_letter(source, f"refused {command.type}: {carrying}")
+            return
         state = await self.fresh_state(command.post_id, partition)
         # The post before interrupted attempts were settled here, when they were: their results may settle it.
         settled_from: PostState | None = None
@@ -651,7 +656,7 @@ class CommandHandler:
             # content it would publish (a retry's correction, else the post's own): published, anyone could read
             # it; recorded, the post's events would keep it. Refused before anything is written: its dead letter
             # keeps the message with the token scrubbed out.
-            carrying = await self._token_in(_content_for(state, command) if state is not None else command.content)
+            carrying = _token_in(_content_for(state, command) if state is not None else command.content, tokens)
             if carrying is not None:
                 decision = replace(decision, reject_reason=carrying)
         if decision.reject_reason:
@@ -1024,6 +1029,21 @@ def _done() -> asyncio.Future[Any]:
     done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     done.set_result(None)
     return done
+
+
+def _token_in_fields(command: Command, tokens: Collection[str]) -> str | None:
+    """Why `command` may not be recorded, when one of its ids or notes carries an access token (one of `tokens`,
+    or one of Meta's shape); None when none does."""
+    fields = {name: value for name, value in command.model_dump(exclude={"content"}).items() if isinstance(value, str)}
+    field = secret_value(fields, tokens)
+    return None if field is None else f"{field} contains an access token; send it again without the token"
+
+
+def _token_in(content: PostContent | None, tokens: frozenset[str]) -> str | None:
+    """Why `content` may not be published, when it carries an access token (one of `tokens`, as the API refuses
+    them too, or one of Meta's shape); None when it carries none."""
+    field = secret_field(content, tokens)
+    return None if field is None else f"content.{field} contains an access token; send it again without the token"
 
 
 def _content_for(state: PostState, command: Command) -> PostContent | None:

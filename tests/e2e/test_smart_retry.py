@@ -186,6 +186,35 @@ def test_a_retry_that_would_publish_a_stored_token_in_the_posts_own_content_is_r
     assert _counts(service) == (0, 0)  # nothing published
 
 
+def test_commands_sent_straight_to_kafka_with_a_stored_token_in_an_id_or_note_are_refused(service: Service) -> None:
+    """An upstream service bypassing the API: the token would be kept in the post's events and projection."""
+    token = "upstream-shops-stored-token-" + new_id()[-12:]
+    service.stores.credentials.set_token("upstream-shop", token, "111222333", None)
+    in_id = PublishRequested(command_id=f"c-{token}", post_id=new_id(), publish_target="both", content=FIXED,
+                             account=DEMO_ACCOUNT_ID, requested_at=datetime.now(UTC))
+    service.send(in_id, in_id.post_id)
+    published = service.publish(BROKEN)
+    state = service.wait_command(published.post_id, published.command_id)
+    in_note = ResolveAttemptRequested(
+        command_id=new_id(), post_id=published.post_id, platform="facebook", attempt_id=None, published=False,
+        note=f"checked with {token}", requested_at=datetime.now(UTC))
+    service.send(in_note, published.post_id)
+    retry = service.retry(published.post_id, FIXED)  # after the note, on the same partition
+    deadline = time.monotonic() + 60
+    while service.handler.output().count("contains an access token") < 2:
+        assert time.monotonic() < deadline, "the commands were not refused"
+        time.sleep(0.2)
+
+    state = service.wait_command(published.post_id, retry.command_id)
+    assert service.stores.projection.get(in_id.post_id) is None
+    assert state.status == "posted"
+    assert in_note.command_id not in state.commands
+    assert token not in state.model_dump_json()
+    assert "command_id contains an access token" in service.handler.output()
+    assert "note contains an access token" in service.handler.output()
+    assert _counts(service) == (1, 1)  # the publish (Facebook failed) and its retry; nothing of the refused one
+
+
 def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_one(service: Service) -> None:
     post_id = new_id()
     imported = LegacyInsightsImported(
