@@ -267,10 +267,11 @@ class CommandHandler:
         self._consumer: Consumer | None = None
         # A separate client for end offsets, so the consumer loop never blocks on it.
         self._watermarks: Consumer | None = None
+        # The partitions held, each with its commands in progress: a new object at each assignment, so a command
+        # can tell the partition it was fetched from still held from one that moved away and came back.
         self._progress: dict[int, _PartitionProgress] = {}
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
-        self._assigned: set[int] = set()
         # Partitions of the commands topic (read at the first assignment): where each post's commands belong.
         self._command_partitions: int | None = None
         self._applied = AppliedOffsets(lambda: self.projection.applied_offsets(self.topics.post_events),
@@ -381,7 +382,6 @@ class CommandHandler:
     def _assign(self, partitions: list[int]) -> None:
         for partition in partitions:
             self._progress[partition] = _PartitionProgress()
-            self._assigned.add(partition)
         self.ready.set()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -396,7 +396,6 @@ class CommandHandler:
             log.info("Partitions %s of %s moved to another handler", sorted(partitions), self.topics.commands)
         for partition in partitions:
             self._progress.pop(partition, None)
-            self._assigned.discard(partition)
 
     def _dispatch(self, message: Message) -> None:
         error = message.error()
@@ -434,7 +433,7 @@ class CommandHandler:
             # (One carrying a token is refused when handled: it must settle no attempt meanwhile.)
             self._register_resolution(command)
         previous = self._chains.get(command.post_id)
-        task = asyncio.get_running_loop().create_task(self._after(previous, command, partition, message))
+        task = asyncio.get_running_loop().create_task(self._after(previous, command, partition, message, progress))
         self._chains[command.post_id] = task
         self._track(task, partition, offset, command.post_id)
 
@@ -465,7 +464,7 @@ class CommandHandler:
         task.add_done_callback(finished)
 
     async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int,
-                     source: Message | None = None) -> None:
+                     source: Message | None = None, owner: _PartitionProgress | None = None) -> None:
         if previous is not None:
             # Commands of one post run strictly in order; the outcome of the previous one is its own.
             # (`wait` neither raises that outcome nor swallows this task's own cancellation.)
@@ -474,7 +473,7 @@ class CommandHandler:
         failures = 0
         while True:
             try:
-                await self.handle(command, partition, source)
+                await self.handle(command, partition, source, owner)
                 return
             except StaleProjection as exc:
                 log.warning("%s; trying the command again", exc, extra=context)
@@ -588,20 +587,31 @@ class CommandHandler:
             sent.append(event)
         return self.producer.enqueue(self.topics.post_events, event.post_id, encode(event))
 
-    async def handle(self, command: Command, partition: int, source: Message | None = None) -> None:
-        """Decides and carries out one command; `source` is its Kafka message, for a dead letter if refused."""
+    async def handle(self, command: Command, partition: int, source: Message | None = None,
+                     owner: _PartitionProgress | None = None) -> None:
+        """Decides and carries out one command; `source` is its Kafka message, for a dead letter if refused.
+
+        `owner` is the partition's progress when the command was fetched (else now): the command goes on only
+        while that is still the partition's. A partition that moved away and came back is another ownership:
+        its new owner took the command up meanwhile, and this handler reads it again from the committed offset.
+        """
         # A post's commands run one at a time, so the events sent meanwhile for the post are this command's.
         self._sent[command.post_id] = []
         try:
-            await self._handle(command, partition, source)
+            await self._handle(command, partition, source, owner or self._progress.get(partition))
         finally:
             del self._sent[command.post_id]
             if isinstance(command, ResolveAttemptRequested):
                 self._forget_resolution(command)
 
-    async def _handle(self, command: Command, partition: int, source: Message | None) -> None:
+    def _owns(self, partition: int, owner: _PartitionProgress | None) -> bool:
+        """Whether the partition is still held as it was when `owner` was its progress."""
+        return owner is not None and self._progress.get(partition) is owner
+
+    async def _handle(self, command: Command, partition: int, source: Message | None,
+                      owner: _PartitionProgress | None) -> None:
         context = {"post_id": command.post_id, "command_id": command.command_id}
-        if partition not in self._assigned:
+        if not self._owns(partition, owner):
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
             return
         # Its ids and notes would be kept in the post's events and the projection: one carrying an access token
@@ -646,7 +656,7 @@ class CommandHandler:
             record = state.commands[command.command_id]
             log.info("Resuming %s after an interruption", " and ".join(PLATFORM_LABELS[p] for p in owed),
                      extra=context)
-            await self._publish_all(state, command, owed, partition, is_retry=record.is_retry,
+            await self._publish_all(state, command, owed, partition, owner, is_retry=record.is_retry,
                                     forced=record.forced, reason="resumed after an interruption")
             self._log_status(settled_from or state, command.post_id, context)
             return
@@ -672,7 +682,7 @@ class CommandHandler:
         if not decision.platforms or state is None:
             await decided
             return
-        await self._publish_all(state, command, decision.platforms, partition, is_retry=decision.is_retry,
+        await self._publish_all(state, command, decision.platforms, partition, owner, is_retry=decision.is_retry,
                                 forced=decision.forced, reason=_reason(command, decision.is_retry),
                                 recorded=decided)
         self._log_status(state, command.post_id, context)
@@ -704,7 +714,8 @@ class CommandHandler:
         return apply_all(state, events), durable
 
     async def _publish_all(self, state: PostState, command: Command, platforms: tuple[Platform, ...],
-                           partition: int, *, is_retry: bool, forced: bool, reason: str,
+                           partition: int, owner: _PartitionProgress | None, *, is_retry: bool, forced: bool,
+                           reason: str,
                            recorded: asyncio.Future[Any] | None = None) -> None:
         """Publishes `platforms`; `recorded` (the decision's events) is durable before any platform is called."""
         content = _content_for(state, command)
@@ -714,7 +725,7 @@ class CommandHandler:
         credentials = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
         recorded = recorded or _done()
         outcomes = await asyncio.gather(*(
-            self._publish_platform(state, command, platform, content, account, credentials, partition,
+            self._publish_platform(state, command, platform, content, account, credentials, partition, owner,
                                    is_retry=is_retry, forced=forced, reason=reason, recorded=recorded)
             for platform in platforms
         ), return_exceptions=True)
@@ -726,8 +737,9 @@ class CommandHandler:
 
     async def _publish_platform(self, state: PostState, command: Command, platform: Platform,
                                 content: PostContent | None, account: str | None,
-                                reading: asyncio.Future[AccountCredentials | PlatformError | None], partition: int, *,
-                                is_retry: bool, forced: bool, reason: str, recorded: asyncio.Future[Any]) -> None:
+                                reading: asyncio.Future[AccountCredentials | PlatformError | None], partition: int,
+                                owner: _PartitionProgress | None, *, is_retry: bool, forced: bool, reason: str,
+                                recorded: asyncio.Future[Any]) -> None:
         label = PLATFORM_LABELS[platform]
         made = len(attempts_by(state, command.command_id, platform))
         number = len(state.attempts_of(platform))
@@ -741,8 +753,9 @@ class CommandHandler:
                          extra={"post_id": command.post_id, "command_id": command.command_id})
                 await asyncio.sleep(wait)
         for automatic in range(made, self.config.max_automatic_attempts):
-            if partition not in self._assigned:
-                # The post's new owner resumes this platform (the command is not committed here).
+            if not self._owns(partition, owner):
+                # The post's new owner resumes this platform (the command is not committed here). Also when the
+                # partition came back meanwhile: `state` may be behind what another handler did with it since.
                 log.info("%s not retried here: partition %d moved to another handler", label, partition,
                          extra={"post_id": command.post_id, "command_id": command.command_id})
                 return
@@ -765,7 +778,7 @@ class CommandHandler:
                 # Time has passed since the command began: the account may have been re-authenticated.
                 reading = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
             _, _, credentials = await asyncio.gather(recorded, attempted, reading)
-            if partition not in self._assigned:
+            if not self._owns(partition, owner):
                 # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
                 return

@@ -146,7 +146,7 @@ async def test_an_automatic_retry_taken_up_after_a_restart_is_recorded_as_a_retr
         sent.append(event)
 
     made.send = send  # type: ignore[method-assign]
-    made._assigned.add(0)
+    made._assign([0])
     done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     done.set_result(None)
     reading: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -154,8 +154,8 @@ async def test_an_automatic_retry_taken_up_after_a_restart_is_recorded_as_a_retr
     command = state.commands["cmd-publish"]
 
     await made._publish_platform(state, _publish_command(state), "facebook", CONTENT, "acme", reading, 0,
-                                 is_retry=command.is_retry, forced=False, reason="resumed after an interruption",
-                                 recorded=done)
+                                 made._progress[0], is_retry=command.is_retry, forced=False,
+                                 reason="resumed after an interruption", recorded=done)
 
     [attempted] = [e for e in sent if isinstance(e, PublishAttempted)]
     # As it would have been had the handler lived: the platform's second attempt is an automatic retry.
@@ -168,3 +168,69 @@ async def test_an_automatic_retry_taken_up_after_a_restart_is_recorded_as_a_retr
 def _publish_command(state: PostState) -> PublishRequested:
     return PublishRequested(command_id="cmd-publish", post_id=state.post_id, publish_target="facebook",
                             content=CONTENT, account="acme", requested_at=STARTED)
+
+
+class FlakyPage:
+    """One Facebook Page shared by two handlers: the first call fails for a moment, each later one is a post."""
+
+    def __init__(self) -> None:
+        self.posts: list[str] = []
+        self.calls = 0
+
+    async def publish(self, content: Any, account: Any, *, attempt_id: str, on_container: Any = None) -> PublishOutcome:
+        self.calls += 1
+        if self.calls == 1:
+            return PublishOutcome.failed("facebook", PlatformError(kind=ErrorKind.TRANSIENT,
+                                                                   message="Facebook post failed: 500 - hiccup"))
+        self.posts.append(attempt_id)
+        return PublishOutcome.published("facebook", f"747917475065823_{self.calls}", None)
+
+
+async def test_a_partition_that_moved_away_and_came_back_during_a_backoff_is_not_published_again() -> None:
+    page, topic = FlakyPage(), []  # the post-events topic both handlers write
+    history = History(at=datetime.now(UTC))
+    history.submit(target="facebook").decide("cmd-publish", ("facebook",))
+    state = apply_all(None, history.events)
+    assert state is not None
+
+    def make(backoff: float) -> CommandHandler:
+        made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                              credentials=None, publishers={"facebook": page},  # type: ignore[dict-item]
+                              config=HandlerConfig(backoff_base_seconds=backoff, backoff_cap_seconds=backoff))
+
+        async def send(event: Event) -> None:
+            topic.append(event)
+
+        made.send = send  # type: ignore[method-assign]
+        made._rng.uniform = lambda _low, high: high  # type: ignore[method-assign]
+        made._assign([0])
+        return made
+
+    def ready(value: Any = None) -> asyncio.Future[Any]:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(value)
+        return done
+
+    command = _publish_command(state)
+    first, second = make(backoff=1.0), make(backoff=0.0)
+    # The first handler's attempt fails for a moment; it waits a second before its automatic retry.
+    waiting = asyncio.create_task(first._publish_platform(
+        state, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0, first._progress[0], is_retry=False,
+        forced=False, reason="first publish", recorded=ready()))
+    await asyncio.sleep(0.2)
+    assert page.calls == 1
+    # Meanwhile the partition moves to the second handler, which takes the command up and publishes Facebook ...
+    first._revoke([0])
+    taken_up = apply_all(None, [*history.events, *topic])
+    assert taken_up is not None
+    await second._publish_platform(taken_up, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0,
+                                   second._progress[0], is_retry=False, forced=False,
+                                   reason="resumed after an interruption", recorded=ready())
+    # ... and comes back to the first before its wait is over.
+    second._revoke([0])
+    first._assign([0])
+    await waiting
+
+    assert page.posts == ["cmd-publish:facebook:2"]  # once: the first handler's old state knew nothing of it
+    final = apply_all(None, [*history.events, *topic])
+    assert final is not None and final.status == "posted"
