@@ -26,6 +26,8 @@ class AttemptState(BaseModel):
     reason: str = ""
     started_at: StateTime
     container_id: str | None = None
+    # The platform's post it made, once it succeeded: what a later attempt's look-up must never take for its own.
+    platform_post_id: str | None = None
     # None while the attempt has no result (in flight, or its worker died: to be resolved).
     success: bool | None = None
     recovered: bool = False

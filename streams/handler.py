@@ -1033,9 +1033,14 @@ class CommandHandler:
 
 
 def recorded_post_ids(state: PostState, platform: Platform) -> tuple[str, ...]:
-    """The platform's post the post already has on record: never an interrupted later attempt's."""
+    """Every post of the platform the post has on record (each forced republish made one more, with the same
+    caption): never an interrupted later attempt's."""
     result = state.latest_result(platform)
-    return (result.post_id,) if result is not None and result.success and result.post_id else ()
+    recorded = {a.platform_post_id for a in state.attempts.values()
+                if a.platform == platform and a.success and a.platform_post_id}
+    if result is not None and result.success and result.post_id:
+        recorded.add(result.post_id)  # an imported document's, of no attempt
+    return tuple(sorted(recorded))
 
 
 def _done() -> asyncio.Future[Any]:

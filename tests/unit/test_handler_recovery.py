@@ -283,6 +283,40 @@ async def test_a_look_up_is_told_the_post_the_platform_already_has_on_record() -
     assert lookups.recorded == ("747917475065823_1",)
 
 
+async def test_a_look_up_is_told_every_post_the_platform_has_on_record_not_only_the_latest() -> None:
+    # Published, force-republished (a second post, same caption), then force-republished again: that handler died
+    # before its result. Facebook's first post must not be taken for the third attempt's either.
+    history = History()
+    first = history.publish(target="facebook")
+    history.success("facebook", first["facebook"], "747917475065823_1")
+    second = history.retry("cmd-force-1", ("facebook",), forced=True)
+    history.success("facebook", second["facebook"], "747917475065823_2")
+    history.retry("cmd-force-2", ("facebook",), forced=True)
+    state = apply_all(None, history.events)
+    assert state is not None and state.in_flight("facebook") is not None
+    lookups = Lookups(None)
+
+    await handler(Credentials(), lookups, history, [])._resolve_interrupted(state)
+
+    assert lookups.recorded == ("747917475065823_1", "747917475065823_2")
+
+
+async def test_another_posts_earlier_posts_are_no_match_either() -> None:
+    other = History(post_id="01KA8MNE2DT1E31F8Z3TJHF97Z")
+    first = other.publish(target="facebook")
+    other.success("facebook", first["facebook"], "747917475065823_77")
+    again = other.retry("cmd-force", ("facebook",), forced=True)
+    other.success("facebook", again["facebook"], "747917475065823_78")
+    other_state = apply_all(None, other.events)
+    assert other_state is not None
+    history, state = interrupted()
+    lookups = Lookups(None)
+
+    await handler(Credentials(), lookups, history, [], Projection(other_state))._resolve_interrupted(state)
+
+    assert lookups.recorded == ("747917475065823_77", "747917475065823_78")
+
+
 def other_post(*, published: bool, caption: str | None = None) -> PostState:
     """Another post of the account's with the same caption (unless told), published at the same time."""
     other = History(post_id="01KA8MNE2DT1E31F8Z3TJHF97Z")
