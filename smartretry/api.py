@@ -464,6 +464,11 @@ class FrontDoor:
 
     async def _answer(self, command: Command, state: PostState | None) -> Accepted:
         location = f"/posts/{command.post_id}"
+        if state is not None:
+            # Sent while the post did not show the command id yet, and another command with that id was decided
+            # meanwhile (a request resent with a corrected body): the handler refuses this one. Its results are
+            # that other command's, not this one's.
+            _check_same_command(state, command)
         if state is not None and _created_by_another(state, command):
             # Two requests named the same new post at once: the handler took the first and refuses this one.
             raise HTTPException(409, f"post {command.post_id} already exists: another request created it first, "

@@ -29,6 +29,7 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
+    fingerprint,
 )
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command
@@ -306,6 +307,32 @@ def test_of_two_requests_naming_one_new_post_at_once_the_one_the_handler_refused
     assert answer.status_code == 409, answer.text
     assert answer.json()["detail"].startswith("post race-1 already exists: another request created it first, so "
                                               "this one (command race-1-mine) was not published")
+
+
+def test_a_request_whose_command_id_another_body_took_meanwhile_is_told_409_not_the_others_results(
+        api: RunningApi) -> None:
+    # A retry sent with a fixed image URL under the command id of one sent a moment before with another URL, which
+    # the post did not show yet. The handler decided and published the first; it refuses this one.
+    add_account(api)
+    store_post(api, "post-1")
+    earlier = RetryRequested(command_id="fix-1", post_id="post-1", requested_at=AT,
+                             content=PostContent(caption="Autumn sale starts today",
+                                                 image_url="https://cdn.example.com/autumn-sale-v2.jpg"))
+    published = [
+        CommandDecided(event_id="fix-1-d", post_id="post-1", occurred_at=AT, command_id="fix-1",
+                       command_type="RetryRequested", platforms=("facebook",), is_retry=True,
+                       content=earlier.content, fingerprint=fingerprint(earlier)),
+        PublishAttempted(event_id="fix-1-a", post_id="post-1", occurred_at=AT, platform="facebook",
+                         attempt_id="fix-1-fb", attempt_number=2, command_id="fix-1", is_retry=True),
+        PlatformResult(event_id="fix-1-r", post_id="post-1", occurred_at=AT, platform="facebook",
+                       attempt_id="fix-1-fb", success=True, platform_post_id="747917475065823_9"),
+    ]
+    front = api.server.server.config.app.state.front
+    front.on_accepted = lambda command: store_events(api, published)
+    answer = api.client.post("/posts/post-1/retry", json={"command_id": "fix-1",
+                                                          "content": {"image_url": FIXED_URL}})
+    assert answer.status_code == 409, answer.text
+    assert "command fix-1 was already used for another command" in answer.json()["detail"]
 
 
 def test_publish_keeps_a_post_id_given_by_the_caller(api: RunningApi) -> None:
