@@ -19,11 +19,24 @@ FACEBOOK_TEXT_LIMIT = 63206
 
 
 def _http_url(value: str) -> str:
-    # Blanks around a pasted address are no part of it (Facebook would refuse the image for them); inside, they are.
+    # Blanks around a pasted address are no part of it (Facebook would refuse the image for them); inside its path
+    # they are (the platform says what it makes of them), but never in its host, and no control character anywhere.
     value = value.strip()
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ValueError(f"must be an http(s) URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must be one line: it holds a control character (a line break, a tab)")
+    host = parts.hostname or ""
+    if not host or any(c.isspace() or c in "<>\"{}|\\^`" for c in host):
+        raise ValueError(f"must name a host: {parts.netloc!r} is none")
+    try:
+        parts.port  # noqa: B018 - read for its check: out of range or not a number raises
+    except ValueError:
+        raise ValueError(f"has an invalid port: {parts.netloc!r}") from None
     return value
 
 
