@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
@@ -57,7 +57,7 @@ from schemas.commands import (
     ResolveAttemptRequested,
     RetryRequested,
 )
-from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget
+from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget, platforms_of
 from schemas.envelope import encode
 from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
@@ -308,7 +308,7 @@ class FrontDoor:
                                        content=body.content, account=body.account, requested_at=self.clock())
         except ValidationError as exc:
             raise unprocessable(exc) from None
-        await self._check_account(body.account)
+        await self._check_account(body.account, platforms_of(body.publish_target))
         state = await self.read(post_id)
         # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
         if state is not None and state.submitted_by != command_id:
@@ -343,12 +343,13 @@ class FrontDoor:
                                        "msg": f"{name} contains an access token: remove it (it would be kept in "
                                               "the post's events and shown in logs)"}])
 
-    async def _check_account(self, account: str) -> None:
-        """422 unless the account has a token this service can read."""
+    async def _check_account(self, account: str, platforms: Collection[Platform]) -> None:
+        """422 unless the account has a token this service can read, and the Page or Instagram account of each of
+        `platforms` (what it would publish to)."""
         try:
             # Read through, not just looked up: a token this service cannot decrypt (stored under another
             # secret key) would fail every platform later; the caller learns it now.
-            await asyncio.to_thread(self.stores.credentials.get, account)
+            credentials = await asyncio.to_thread(self.stores.credentials.get, account)
         except UnreadableToken:
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "unreadable_token",
                                        "msg": f"the token of account {account!r} was stored under another "
@@ -358,6 +359,16 @@ class FrontDoor:
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
                                        "msg": f"unknown account {account!r}: set its token with "
                                               f"PUT /accounts/{account}/token"}]) from None
+        missing = [(label, field) for platform, label, field, have in (
+            ("facebook", "Facebook Page", "page_id", credentials.page_id),
+            ("instagram", "Instagram business account", "ig_user_id", credentials.ig_user_id))
+            if platform in platforms and not have]
+        if missing:
+            labels = " and ".join(label for label, _ in missing)
+            fields = " and ".join(field for _, field in missing)
+            raise HTTPException(422, [{"loc": ["body", "account"], "type": "account_not_connected",
+                                       "msg": f"account {account!r} has no {labels} connected: set its {fields} "
+                                              f"with PUT /accounts/{account}/token"}])
 
     async def retry(self, post_id: str, body: RetryBody | RepublishBody | None, forced: bool,
                     wait: bool = True) -> Accepted:
@@ -380,7 +391,7 @@ class FrontDoor:
         if content is not None:
             _check_fits_target(content, state.publish_target)
         if command.account is not None:
-            await self._check_account(command.account)
+            await self._check_account(command.account, state.targeted)
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))

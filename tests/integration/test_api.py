@@ -389,6 +389,23 @@ def test_a_publish_for_an_account_whose_token_was_stored_under_another_secret_ke
     assert_nothing_on_commands(api)
 
 
+def test_a_publish_to_a_platform_the_account_has_not_connected_is_422_saying_what_to_set(api: RunningApi) -> None:
+    api.stores.credentials.set_token("page-only", "page-only-user-token-0003", "747917475065823", None)
+    answer = api.client.post("/posts", json=publish_body(account="page-only"))
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["loc"] == ["body", "account"]
+    assert problem["msg"] == ("account 'page-only' has no Instagram business account connected: set its ig_user_id "
+                              "with PUT /accounts/page-only/token")
+    assert_nothing_on_commands(api)
+    # What it has connected, it publishes to; a retry naming it for a post that targets both is refused alike.
+    assert api.client.post("/posts", json=publish_body(account="page-only",
+                                                       publish_target="facebook")).status_code == 202
+    store_post(api, "post-1")
+    answer = api.client.post("/posts/post-1/retry", json={"account": "page-only"})
+    assert answer.status_code == 422 and "no Instagram business account" in answer.text
+
+
 def test_a_token_stored_by_another_process_is_refused_in_a_caption(
         api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
     # Another account's token, stored by another process (the CLI, another replica) and never used here,
@@ -871,7 +888,7 @@ async def test_serve_runs_the_api_on_the_callers_loop_until_stopped(
                     await asyncio.sleep(0.02)
             assert ready.json()["ready"] is True
             # The app made its own producer from the settings: a publish reaches the broker.
-            stores.credentials.set_token("acme", "acme-user-token-0001")
+            stores.credentials.set_token("acme", "acme-user-token-0001", "747917475065823", "17841400000000000")
             assert (await client.post("/posts", json=publish_body())).status_code == 202
     finally:
         stop.set()
