@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
@@ -533,6 +534,11 @@ def _check_same_command(state: PostState, command: Command) -> None:
                                  f"{state.post_id} ({recorded.command_type}): use a new command_id")
 
 
+# Instagram refuses a caption with more hashtags than this.
+INSTAGRAM_HASHTAG_LIMIT = 30
+HASHTAG = re.compile(r"(?<![\w#])#\w+")
+
+
 def _check_fits_target(content: PostContent, target: PublishTarget | None) -> None:
     if target in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
         # A photo's link goes after its caption (see `facebook_text`): the two together must fit.
@@ -545,6 +551,12 @@ def _check_fits_target(content: PostContent, target: PublishTarget | None) -> No
             problem = "Instagram needs content.image_url"
         elif len(content.caption) > INSTAGRAM_CAPTION_LIMIT:
             problem = f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters"
+        elif (hashtags := len(HASHTAG.findall(content.caption))) > INSTAGRAM_HASHTAG_LIMIT:
+            problem = f"Instagram captions take at most {INSTAGRAM_HASHTAG_LIMIT} hashtags; this one has {hashtags}"
+        elif target == "instagram" and content.link is not None:
+            # Published to Instagram alone, it would be dropped without a word.
+            problem = ("Instagram posts carry no link: put it in the caption, or publish to Facebook too "
+                       "(publish_target both)")
         if problem:
             raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error", "msg": problem}])
 
