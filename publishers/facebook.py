@@ -110,7 +110,9 @@ class FacebookPagePublisher:
             # Any other post without a caption would match: "no post" or a wrong post could both be false.
             return PublishOutcome.failed("facebook", PlatformError(
                 kind=ErrorKind.TRANSIENT, message=f"{action} could not tell: a post without a caption cannot be "
-                                                  "told apart from the Page's other posts"))
+                                                  "told apart from the Page's other posts, so asking again will not "
+                                                  "tell either: check the Page and say whether it went out "
+                                                  "(smartretry resolve)"))
         since = attempted_at - CLOCK_SKEW
         try:
             match = await self._earliest_match(account, texts, since, attempted_at + self._lookup_window,
