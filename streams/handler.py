@@ -1028,7 +1028,8 @@ class CommandHandler:
             await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
                 attempt.platform, PlatformError(
                     kind=ErrorKind.TRANSIENT,
-                    message=f"{label} publish was interrupted before its result was recorded; not published")),
+                    message=f"{label} publish failed: its call got no answer to trust (an error, a timeout or a "
+                            f"restart), and {label} has no such post")),
                 recovered=True)
 
 

@@ -232,6 +232,21 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
     assert after is not None and after.status == "publishing" and after.needed_action == {}
 
 
+async def test_past_the_lease_a_look_up_that_finds_no_post_records_a_failure_that_says_so() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+
+    await handler(Credentials(), Lookups(None), history, sent)._resolve_interrupted(state)
+
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and not result.success and result.recovered
+    assert result.error is not None and result.error.message == (
+        "Facebook publish failed: its call got no answer to trust (an error, a timeout or a restart), and Facebook "
+        "has no such post")
+    after = apply_all(state, sent)
+    assert after is not None and after.status == "failed"
+
+
 async def test_once_re_authenticated_the_post_stops_asking_for_it_while_it_waits_out_the_lease() -> None:
     history = History()
     attempts = history.publish(target="facebook")
