@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from projections.store import ProjectionStore, make_engine
 from publishers.base import build_publishers
-from publishers.instagram import ContainerPolling
+from publishers.instagram import PUBLISH_MARGIN_S, ContainerPolling
 from publishers.transport import AiohttpTransport
 from smartretry.credentials import CredentialStore
 from smartretry.settings import Settings
@@ -70,6 +70,19 @@ async def graph_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# Below this, Instagram's processing of an ordinary image may not be waited out.
+SHORT_PROCESSING_S = 20.0
+
+
+def short_processing_warning(polling: ContainerPolling) -> str | None:
+    """What to say at start when the attempt timeout leaves Instagram little time to process an image."""
+    if polling.timeout_s >= SHORT_PROCESSING_S:
+        return None
+    return (f"SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS leaves Instagram {polling.timeout_s:.0f}s to process an image (the "
+            f"last {PUBLISH_MARGIN_S:.0f}s of an attempt are kept for publishing it): an image that takes longer "
+            "fails as not ready. Raise it, and SMARTRETRY_ATTEMPT_LEASE_SECONDS, for longer processing")
+
+
 async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | None = None) -> None:
     """Runs the command handler until `stop` is set (or SIGINT/SIGTERM)."""
     if not settings.graph_api_base_url:
@@ -83,12 +96,15 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
         stores.engine.dispose()
         raise SystemExit(f"error: {exc}") from None
     stop = stop or _stop_on_signals()
+    polling = ContainerPolling.within(settings.attempt_timeout_seconds)
+    if (short := short_processing_warning(polling)) is not None:
+        log.warning("%s", short)
     async with graph_client(settings) as client:
         handler = CommandHandler(
             bootstrap=bootstrap, topics=settings.topics, projection=stores.projection,
             credentials=stores.credentials,
             publishers=build_publishers(client, settings.graph_api_base_url, settings.graph_api_version,
-                                        polling=ContainerPolling.within(settings.attempt_timeout_seconds),
+                                        polling=polling,
                                         lookup_window=timedelta(seconds=settings.attempt_lease_seconds)),
             config=handler_config(settings),
         )

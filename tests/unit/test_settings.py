@@ -1,10 +1,13 @@
-"""Settings that would leave the API or the stored tokens open are refused, saying what to set."""
+"""Settings that would leave the API or the stored tokens open are refused, saying what to set; risky ones are
+warned of at start."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
+from publishers.instagram import ContainerPolling
+from smartretry.bootstrap import short_processing_warning
 from smartretry.settings import DEV_API_KEY, Settings, load_settings
 
 OWN_KEY = "an-api-key-of-our-own-0123"
@@ -75,3 +78,10 @@ def test_a_log_level_is_taken_in_any_case_and_by_pythons_aliases(monkeypatch: py
                                                                   level: str) -> None:
     monkeypatch.setenv("SMARTRETRY_LOG_LEVEL", given)
     assert load_settings().log_level == level
+
+
+def test_an_attempt_timeout_that_leaves_instagram_little_processing_time_is_warned_of_at_start() -> None:
+    short = short_processing_warning(ContainerPolling.within(40.0))
+    assert short is not None
+    assert short.startswith("SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS leaves Instagram 10s to process an image")
+    assert short_processing_warning(ContainerPolling.within(120.0)) is None
