@@ -544,6 +544,8 @@ class CommandHandler:
                 await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
+        # Every stored token made known to the scrubber first, one stored since this handler started included.
+        await self._stored_tokens()
         letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME,
                                   source_topic=message.topic() or self.topics.commands,
                                   partition=message.partition(), offset=message.offset(), key=message.key(),

@@ -25,6 +25,7 @@ from projections.store import ProjectionStore, make_engine
 from publishers.redact import scrub
 from schemas.envelope import decode_event, undecodable
 from schemas.events import Event
+from smartretry.credentials import CredentialStore
 from smartretry.settings import Settings, load_settings
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery, disable_gc
@@ -78,22 +79,27 @@ class InsightsProjector:
     is compacted, so a repeat is harmless), never loses them.
     """
 
-    def __init__(self, store: ProjectionStore, topics: Topics, producer: Producer | None = None) -> None:
+    def __init__(self, store: ProjectionStore, topics: Topics, producer: Producer | None = None,
+                 known_tokens: Callable[[], object] | None = None) -> None:
         self.store = store
         self.topics = topics
         self.producer = producer
+        # Reads every stored token into the scrubber (`CredentialStore.stored_tokens`): called before a batch's
+        # dead letters are made, so a token stored since this process started is scrubbed out of them too.
+        self.known_tokens = known_tokens
 
     def project(self, partition: int, records: Sequence[RawRecord]) -> BatchOutcome:
         if not records:
             return BatchOutcome()
         topic = self.topics.post_events
         events: list[tuple[int, Event]] = []
-        dead: list[bytes] = []
+        # (reason, offset, key, value) of each message to dead-letter.
+        refused: list[tuple[str, int, bytes | None, bytes | None]] = []
         for offset, key, value in records:
             try:
                 events.append((offset, decode_event(value)))
             except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the projector goes on
-                dead.append(self._dead_letter(undecodable(exc), partition, offset, key, value))
+                refused.append((undecodable(exc), offset, key, value))
         rejects: list[tuple[int, Event, str]] = []
         outcome = BatchOutcome(applied=len(events))
         errors: list[str] = []
@@ -103,9 +109,8 @@ class InsightsProjector:
             if rejects:
                 # With their original bytes, like any dead letter: once the cause is fixed they can be requeued.
                 raw = {offset: (key, value) for offset, key, value in records}
-                for offset, _ev, reason in rejects:
-                    key, value = raw[offset]
-                    dead.append(self._dead_letter(reason, partition, offset, key, value))
+                refused.extend((reason, offset, *raw[offset]) for offset, _ev, reason in rejects)
+            dead = self._dead_letters(partition, refused)
             outcome.changed = changed
             outcome.dead_letters = len(dead)
             if self.producer is not None:
@@ -119,11 +124,17 @@ class InsightsProjector:
                                after_fold=send, before_commit=delivered)
         return outcome
 
-    def _dead_letter(self, reason: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> bytes:
-        log.warning("dead letter from %s[%d]@%d: %s", self.topics.post_events, partition, offset, reason)
-        letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME, source_topic=self.topics.post_events,
-                                  partition=partition, offset=offset, key=key, value=value)
-        return letter.model_dump_json().encode()
+    def _dead_letters(self, partition: int,
+                      refused: Sequence[tuple[str, int, bytes | None, bytes | None]]) -> list[bytes]:
+        if refused and self.known_tokens is not None:
+            self.known_tokens()
+        letters = []
+        for reason, offset, key, value in refused:
+            letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME, source_topic=self.topics.post_events,
+                                      partition=partition, offset=offset, key=key, value=value)
+            log.warning("dead letter from %s[%d]@%d: %s", self.topics.post_events, partition, offset, letter.reason)
+            letters.append(letter.model_dump_json().encode())
+        return letters
 
     def _send(self, changed: list[PostState], dead: list[bytes], errors: list[str]) -> None:
         def on_delivery(err: Any, _msg: Any) -> None:
@@ -348,7 +359,8 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
 
 
 def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | None = None,
-               producer: Producer | None = None, instance_id: str | None = None) -> faust.App:
+               producer: Producer | None = None, instance_id: str | None = None,
+               known_tokens: Callable[[], object] | None = None) -> faust.App:
     """The projector's faust app: consumer group `<prefix>projector` on the post-events topic."""
     topics = settings.topics
     bootstrap = settings.kafka_bootstrap_servers or "127.0.0.1:9092"
@@ -380,7 +392,7 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
         broker_session_timeout=settings.projector_session_timeout_seconds,
         broker_heartbeat_interval=max(1.0, settings.projector_session_timeout_seconds / 5),
     )
-    projector = InsightsProjector(store, topics, producer)
+    projector = InsightsProjector(store, topics, producer, known_tokens)
     # Each app gets its own consumer class bound to its projector (tests run several apps).
     app.transport.Consumer = type("BoundProjectorConsumer", (ProjectorConsumer,), {"projector": projector})  # type: ignore[misc]
     # Registering the topic makes faust subscribe to it; the consumer above hands its fetches to the
@@ -404,6 +416,9 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     ensure_topics(settings.kafka_bootstrap_servers, settings.topics.specs())
     store = ProjectionStore(make_engine(settings.database_url))
     store.create_schema()
+    # The tokens the API and handler store, scrubbed out of this projector's dead letters.
+    credentials = CredentialStore(store.engine, settings.secret_key.get_secret_value())
+    credentials.create_schema()
     try:
         check_store_matches_log(settings.kafka_bootstrap_servers, settings.topics.post_events,
                                 store.applied_offsets(settings.topics.post_events))
@@ -417,7 +432,7 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     # producer gives up on it first.
     producer = kafka_producer(settings.kafka_bootstrap_servers,
                               **{"linger.ms": 0, "message.timeout.ms": int(DELIVERY_WAIT * 1000) - 10_000})
-    app = create_app(settings, store, datadir=datadir, producer=producer)
+    app = create_app(settings, store, datadir=datadir, producer=producer, known_tokens=credentials.stored_tokens)
     # Watched from the start: faust's start waits for the first rebalance's seeks.
     starting = asyncio.ensure_future(app.start())
     try:

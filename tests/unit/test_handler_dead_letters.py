@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import uuid
+from collections import OrderedDict
+from pathlib import Path
 
+import pytest
 from confluent_kafka import TopicPartition
 
+from projections.store import make_engine
+from publishers import redact
 from schemas.envelope import undecodable
+from smartretry.credentials import CredentialStore
 from streams.handler import CommandHandler, HandlerConfig
 from streams.topics import Topics
 
@@ -31,6 +39,13 @@ class Message:
         return b"\x00\xff{not json"
 
 
+class NoTokens:
+    """A credential store holding no token."""
+
+    def stored_tokens(self) -> frozenset[str]:
+        return frozenset()
+
+
 class FlakyProducer:
     """Refuses the first sends, as a broker that is away for a moment does."""
 
@@ -48,7 +63,7 @@ class FlakyProducer:
 async def test_a_dead_letter_the_broker_refuses_is_sent_again_until_it_is_written() -> None:
     topics = Topics()
     handler = CommandHandler(bootstrap="127.0.0.1:1", topics=topics, projection=None,  # type: ignore[arg-type]
-                             credentials=None, publishers={},  # type: ignore[arg-type]
+                             credentials=NoTokens(), publishers={},  # type: ignore[arg-type]
                              config=HandlerConfig(backoff_base_seconds=0.001, backoff_cap_seconds=0.01))
     producer = FlakyProducer(failures=3)
     handler.producer = producer  # type: ignore[assignment]
@@ -60,6 +75,37 @@ async def test_a_dead_letter_the_broker_refuses_is_sent_again_until_it_is_writte
     letter = json.loads(sent[2])
     assert (letter["partition"], letter["offset"], letter["key"]) == (3, 41, "post-1")
     assert "could not be decoded" in letter["reason"]
+
+
+class CarryingToken(Message):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def value(self) -> bytes:
+        return f"garbage {self.token}".encode()
+
+
+async def test_a_token_stored_after_the_handler_started_is_scrubbed_from_its_dead_letters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = CredentialStore(make_engine(f"sqlite:///{tmp_path}/tokens.db"), "a-secret-key-of-our-own-4567")
+    credentials.create_schema()
+    handler = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                             credentials=credentials, publishers={})  # type: ignore[arg-type]
+    producer = FlakyProducer(failures=0)
+    handler.producer = producer  # type: ignore[assignment]
+    # Stored by another process (the API) meanwhile: this one has never seen it.
+    token = "stored-later-token-" + uuid.uuid4().hex[:12]
+    CredentialStore(credentials._engine, "a-secret-key-of-our-own-4567").set_token("later", token, "1", None)
+    monkeypatch.setattr(redact, "_known", OrderedDict())
+    monkeypatch.setattr(redact, "_longest_first", ())
+
+    await handler._dead_letter_until_sent(CarryingToken(token), undecodable(ValueError("x")))
+
+    (sent,) = producer.sent
+    letter = json.loads(sent[2])
+    assert token not in sent[2].decode()
+    assert letter["value_scrubbed"] is True
+    assert base64.b64decode(letter["value_b64"]) == b"garbage [redacted]"
 
 
 class Fetched(Message):
@@ -101,7 +147,7 @@ class CommitLog:
 
 def gated_handler() -> tuple[CommandHandler, GatedProducer, CommitLog]:
     handler = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
-                             credentials=None, publishers={})  # type: ignore[arg-type]
+                             credentials=NoTokens(), publishers={})  # type: ignore[arg-type]
     producer, consumer = GatedProducer(), CommitLog()
     handler.producer = producer  # type: ignore[assignment]
     handler._consumer = consumer  # type: ignore[assignment]
