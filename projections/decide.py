@@ -95,6 +95,12 @@ def decide(state: PostState | None, command: Command) -> Decision:
         )
     if isinstance(command, ResolveAttemptRequested):
         return _resolution(state, command)
+    if command.account is not None and state.account is not None and command.account != state.account:
+        # Naming an account is for a post imported without one: moving a post to another account would publish it
+        # on another business's Page, next to what its own account already published.
+        reason = (f"post {command.post_id} publishes with account {state.account!r}: a retry cannot move it to "
+                  f"{command.account!r} (publish a new post with that account instead)")
+        return Decision(reject_reason=reason, log_line=f"Refused {command.type} {command.command_id}: {reason}")
     return _republish(state, forced=isinstance(command, ForceRepublishRequested),
                       reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
 

@@ -618,12 +618,18 @@ def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_sa
     assert "(the platform's own wait): handled after it" in document["note"]
 
 
-def test_a_retry_may_name_the_account_to_publish_with_and_an_unknown_one_is_422(api: RunningApi) -> None:
+def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:
     store_post(api, "post-1")
     unknown = api.client.post("/posts/post-1/retry", json={"account": "nobody"})
     assert unknown.status_code == 422 and "unknown account 'nobody'" in unknown.text
     assert_nothing_on_commands(api)
     add_account(api)
+    # Another account than the post's own: it would put the post on another business's Page.
+    api.stores.credentials.set_token("other-shop", "other-shop-user-token-04", "111222333", "17841400000000001")
+    moved = api.client.post("/posts/post-1/retry", json={"account": "other-shop"})
+    assert moved.status_code == 409
+    assert "publishes with account 'acme': a retry cannot move it to 'other-shop'" in moved.json()["detail"]
+    assert_nothing_on_commands(api)
     assert api.client.post("/posts/post-1/retry", json={"account": "acme"}).status_code == 202
     [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
     command = decode_command(value)

@@ -143,6 +143,19 @@ def test_a_retry_of_an_unknown_post_is_rejected(command: RetryRequested | ForceR
     assert retry_preview(None) == ""
 
 
+@pytest.mark.parametrize("forced", [False, True])
+def test_a_retry_naming_another_account_than_the_posts_is_refused(forced: bool) -> None:
+    state = after_first_attempt(facebook=False, instagram=True)  # published with account acct-1
+    other = RetryRequested(command_id="cmd-move", post_id=POST, requested_at=AT, account="acct-2") if not forced else \
+        ForceRepublishRequested(command_id="cmd-move", post_id=POST, requested_at=AT, account="acct-2")
+    decision = decide(state, other)
+    assert not decision.platforms and not decision.accepted
+    assert decision.reject_reason == (f"post {POST} publishes with account 'acct-1': a retry cannot move it to "
+                                      "'acct-2' (publish a new post with that account instead)")
+    same = RetryRequested(command_id="cmd-same", post_id=POST, requested_at=AT, account="acct-1")
+    assert decide(state, same).platforms == ("facebook",)
+
+
 def test_the_decision_becomes_the_event_that_records_it() -> None:
     state = after_first_attempt(facebook=False, instagram=True)
     command = RetryRequested(command_id="cmd-retry", post_id=POST, requested_at=AT, content=FIXED)
