@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from schemas.common import PLATFORM_LABELS
 from schemas.deadletters import DeadLetter
@@ -35,8 +36,14 @@ accounts = typer.Typer(help="Account credentials (re-authentication); tokens are
 ops.add_typer(dlq, name="dlq")
 ops.add_typer(accounts, name="accounts")
 
-console = Console()
-errors = Console(stderr=True)
+# What the service and its users wrote (captions, platform errors, reasons) is printed as it is: Rich markup in it
+# ("[/]") would be taken for styling, or fail to parse.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False, highlight=False)
+
+
+def _error(message: str) -> None:
+    errors.print(Text.assemble(("error:", "red"), " ", message))
 
 # Seconds a command-line client waits for results after the API answered 202.
 POLL_SECONDS = 0.25
@@ -117,7 +124,7 @@ def api_client(api_url: str | None) -> Iterator[Api]:
     try:
         yield api
     except ApiError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(1) from None
     finally:
         api.close()
@@ -400,8 +407,7 @@ def list_accounts(api_url: str | None = ApiUrl) -> None:
 
 def _bootstrap(settings: Settings) -> str:
     if not settings.kafka_bootstrap_servers:
-        errors.print("[red]error:[/red] set KAFKA_BOOTSTRAP_SERVERS to the service's broker "
-                     "(`smartretry run` prints it)")
+        _error("set KAFKA_BOOTSTRAP_SERVERS to the service's broker (`smartretry run` prints it)")
         raise typer.Exit(2)
     return settings.kafka_bootstrap_servers
 
@@ -462,10 +468,10 @@ def _dead_letter_at(settings: Settings, offset: int) -> DeadLetter:
     for at, letter, _raw in read_dead_letters(_bootstrap(settings), settings.topics.dead_letters):
         if at == offset:
             if letter is None:
-                errors.print(f"[red]error:[/red] the message at offset {offset} is not a dead letter")
+                _error(f"the message at offset {offset} is not a dead letter")
                 raise typer.Exit(1)
             return letter
-    errors.print(f"[red]error:[/red] no dead letter at offset {offset} of {settings.topics.dead_letters}")
+    _error(f"no dead letter at offset {offset} of {settings.topics.dead_letters}")
     raise typer.Exit(1)
 
 
@@ -536,15 +542,15 @@ def dlq_requeue(
     original = letter.original_value()
     ours = {settings.topics.commands, settings.topics.post_events}
     if original is None:
-        errors.print("[red]error:[/red] this dead letter kept no message to requeue")
+        _error("this dead letter kept no message to requeue")
         raise typer.Exit(1)
     if letter.source_topic not in ours:
-        errors.print(f"[red]error:[/red] {letter.source_topic} is not one of this service's input topics")
+        _error(f"{letter.source_topic} is not one of this service's input topics")
         raise typer.Exit(1)
     if letter.value_scrubbed:
-        errors.print("[red]error:[/red] a token was scrubbed out of this message, so what it kept is not the "
-                     "original: requeued, it would send \"\\[redacted]\" on in the token's place. Send the message "
-                     "again from where it came from instead.")
+        _error("a token was scrubbed out of this message, so what it kept is not the "
+               "original: requeued, it would send \"[redacted]\" on in the token's place. Send the message "
+               "again from where it came from instead.")
         raise typer.Exit(1)
     if not yes:
         typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {letter.key!r})?", abort=True)
@@ -562,8 +568,8 @@ DEMO_FIXED_URL = "https://cdn.example.com/autumn-sale.jpg"
 def _demo_settled(api: Api, answer: httpx.Response, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
     response, detail = _settled(api, answer, what, DEFAULT_WAIT_SECONDS)
     if detail is None or response.get("pending"):
-        errors.print(f"[red]error:[/red] no results after {DEFAULT_WAIT_SECONDS:.0f}s: are the handler and "
-                     "processor running (`smartretry run`)?")
+        _error(f"no results after {DEFAULT_WAIT_SECONDS:.0f}s: are the handler and processor running "
+               "(`smartretry run`)?")
         raise typer.Exit(1)
     return response, detail
 
@@ -615,9 +621,9 @@ def demo(
                       None)
         if stored is not None and (stored.get("page_id"), stored.get("ig_user_id")) != (DEMO_PAGE_ID, DEMO_IG_USER_ID):
             # Someone's own account under this name: the demo would replace its token with the sandbox's.
-            errors.print(f"[red]error:[/red] account {account!r} is connected to Page {stored.get('page_id') or '-'} "
-                         f"and Instagram user {stored.get('ig_user_id') or '-'}, not to the sandbox's: the demo would "
-                         "replace its token. Give the demo an account name of its own (--account).", highlight=False)
+            _error(f"account {account!r} is connected to Page {stored.get('page_id') or '-'} "
+                   f"and Instagram user {stored.get('ig_user_id') or '-'}, not to the sandbox's: the demo would "
+                   "replace its token. Give the demo an account name of its own (--account).")
             raise typer.Exit(1)
         api.call("PUT", f"/accounts/{account}/token",
                  json={"token": DEMO_USER_TOKEN, "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID})

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas.commands import ResolveAttemptRequested, RetryRequested
+from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
 from smartretry.cli import app
 from streams.dlq import make_dead_letter
@@ -67,6 +68,19 @@ def test_show_prints_an_old_documents_own_failure_when_it_kept_no_results(api: R
     assert code == 0, output
     assert "Status: ❌ Failed" in output
     assert "❌ instagram: token expired" in output
+
+
+def test_show_prints_text_that_looks_like_markup_as_it_is(api: RunningApi) -> None:
+    history = History(post_id="post-markup")
+    attempts = history.publish(target="facebook")
+    history.failure("facebook", attempts["facebook"], "Param message[/] is invalid [bold]x[/bold]",
+                    ErrorKind.INVALID_REQUEST)
+    store_events(api, history.events)
+    code, output = run(api, "show", "post-markup")
+    assert code == 0, output
+    assert "Param message[/] is invalid [bold]x[/bold]" in output
+    code, output = run(api, "list")
+    assert code == 0 and "Param message[/] is invalid [bold]x[/bold]" in output
 
 
 def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:
