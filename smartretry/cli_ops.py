@@ -256,16 +256,18 @@ def retry(
         except ApiError as refused:
             if refused.status != 409 or not refused.problem.startswith("Nothing to retry"):
                 raise
-            # Not an error: every platform it targets went out (or is going out). Said so, with the post.
+            # Not an error: every platform it targets went out (or is going out). Said so, with the post; with
+            # --json on stderr, so that stdout is the post's JSON alone.
+            said = errors if as_json else console
             if "; wait for its result" in refused.problem:
                 # Forcing now would publish that platform again once its attempt ends.
                 nothing = refused.problem.split("; wait for its result", 1)[0]
-                console.print(f"{nothing}. Wait for its result (smartretry show {post_id}), then retry if it failed.",
-                              highlight=False)
+                said.print(f"{nothing}. Wait for its result (smartretry show {post_id}), then retry if it failed.",
+                           highlight=False)
             else:
                 nothing = refused.problem.split("; to publish again anyway", 1)[0]
-                console.print(f"{nothing}. To publish again anyway: smartretry force {post_id} --reason ...",
-                              highlight=False)
+                said.print(f"{nothing}. To publish again anyway: smartretry force {post_id} --reason ...",
+                           highlight=False)
             detail = api.call("GET", f"/posts/{post_id}").json()
             if as_json:
                 _print_json(detail)

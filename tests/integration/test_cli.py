@@ -147,6 +147,10 @@ def test_retry_with_nothing_to_retry_and_force(api: RunningApi) -> None:
     assert "Nothing to retry: Facebook and Instagram already succeeded." in output
     assert "smartretry force post-1 --reason" in output and "Posted" in output
     assert messages_on(api.bootstrap, api.topics.commands) == []
+    env = {"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": API_KEY}
+    as_json = CliRunner().invoke(app, ["retry", "post-1", "--json"], env=env)
+    assert json.loads(as_json.stdout)["status"] == "posted"  # stdout is the JSON alone, for a script
+    assert "Nothing to retry" in as_json.stderr
     code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3")
     assert code == 0, output
     assert len(messages_on(api.bootstrap, api.topics.commands)) == 1
