@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from projections.fold import counted_platforms
+from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
-from schemas.common import PLATFORM_LABELS, Platform, target_of
+from schemas.common import PLATFORM_LABELS, ErrorKind, Platform, target_of
 
 
 def publish_response(state: PostState, command_id: str | None = None) -> PublishResponse:
@@ -79,22 +80,46 @@ def retry_history(state: PostState) -> list[CommandRecord]:
     return [record for record in state.commands.values() if record.is_retry or record.forced]
 
 
+def automatic_retries_by_platform(state: PostState) -> dict[Platform, int]:
+    """Of `retries_by_platform`, those the service made by itself: every attempt of a command after its first on
+    the platform (a hiccup or a rate limit met, then tried again), not asked for by anyone."""
+    counts: dict[Platform, int] = {}
+    seen: set[tuple[str, Platform]] = set()
+    for attempt in sorted(state.attempts.values(), key=lambda a: a.attempt_number):
+        mine = (attempt.command_id, attempt.platform)
+        if attempt.command_id and mine in seen:
+            counts[attempt.platform] = counts.get(attempt.platform, 0) + 1
+        seen.add(mine)
+    return counts
+
+
 def retried_summary(state: PostState) -> str | None:
-    """The page's "🔄 Retried: Facebook (1 retry)", or None for a post never retried."""
-    parts = [
-        f"{PLATFORM_LABELS[platform]} ({count} {'retry' if count == 1 else 'retries'})"
-        for platform, count in retries_by_platform(state).items()
-        if count
-    ]
+    """The page's "🔄 Retried: Facebook (1 retry)", or None for a post never retried; the retries the service
+    made by itself are told apart ("Instagram (4 automatic retries)"), since nobody asked for them."""
+    automatic = automatic_retries_by_platform(state)
+    parts = []
+    for platform, count in retries_by_platform(state).items():
+        if not count:
+            continue
+        by_itself = automatic.get(platform, 0)
+        label = PLATFORM_LABELS[platform]
+        if by_itself == count:
+            parts.append(f"{label} ({count} automatic {'retry' if count == 1 else 'retries'})")
+        elif by_itself:
+            parts.append(f"{label} ({count} retries, {by_itself} of them automatic)")
+        else:
+            parts.append(f"{label} ({count} {'retry' if count == 1 else 'retries'})")
     return f"🔄 Retried: {', '.join(parts)}" if parts else None
 
 
-def needed_actions(state: PostState) -> dict[Platform, str]:
+def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
     """What the user must do, per platform, as the API and the pages say it.
 
     After a failed result, re-authenticating (or granting a permission) is not all: the post goes out when it
     is retried then. While an attempt's look-up waits for the token, the service asks again by itself.
     The projection keeps the action as the fold derived it (what replay compares, and the metrics' label).
+    A failure the service retries by itself asks for nothing, until its `max_attempts` are used up
+    (`retries_used_up`).
     """
     shown: dict[Platform, str] = {}
     for platform, action in state.needed_action.items():
@@ -102,4 +127,22 @@ def needed_actions(state: PostState) -> dict[Platform, str]:
                 state.in_flight(platform) is None:
             action += ", then retry"
         shown[platform] = action
-    return shown
+    return {**retries_used_up(state, max_attempts), **shown}
+
+
+def retries_used_up(state: PostState, max_attempts: int) -> dict[Platform, str]:
+    """The platforms that failed for a reason the service retries by itself (a hiccup, a rate limit), and that it
+    has stopped retrying (`max_attempts` made): a retry is up to the user now, and the post says so."""
+    pending = automatic_retries(state, max_attempts)
+    used_up: dict[Platform, str] = {}
+    for platform in state.targeted:
+        result = state.latest_result(platform)
+        attempts = state.attempts_of(platform)
+        if platform in pending or result is None or result.success or not attempts or attempts[-1].success is not False:
+            continue
+        label, kind = PLATFORM_LABELS[platform], attempts[-1].error_kind
+        if kind is ErrorKind.RATE_LIMITED:
+            used_up[platform] = f"retry {label} later (it limits how often it takes posts)"
+        elif kind is ErrorKind.TRANSIENT:
+            used_up[platform] = f"retry {label}"
+    return used_up

@@ -230,7 +230,7 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
         "content": state.content.model_dump(mode="json") if state.content else None,
         "account": state.account,
         "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
-        "needed_action": needed_actions(state),
+        "needed_action": needed_actions(state, max_attempts),
         "outcome_unknown": outcome_unknown(state),
         # Failed for now, and published again by the service itself: when, where the platform said.
         "automatic_retry": {p: at.isoformat() if at else None

@@ -23,6 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
+from projections.responses import retries_used_up
+from projections.state import PostState
 from projections.store import posts
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
@@ -51,8 +53,9 @@ class StoreTally:
     needing_action: Tally[tuple[str, str]] = field(default_factory=Tally)
 
 
-def tally_states(rows: Iterator[tuple[str, str]]) -> StoreTally:
-    """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast."""
+def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int) -> StoreTally:
+    """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast (only a
+    failed post is read as a state: whether its automatic retries, `max_attempts`, are used up)."""
     tally = StoreTally()
     for status, text in rows:
         tally.posts_by_status[status] += 1
@@ -76,7 +79,10 @@ def tally_states(rows: Iterator[tuple[str, str]]) -> StoreTally:
                 tally.results[(platform, "success", "")] += 1
             else:
                 tally.results[(platform, "failure", attempt.get("error_kind") or "unknown")] += 1
-        for platform, action in (state.get("needed_action") or {}).items():
+        actions = dict(state.get("needed_action") or {})
+        if status == "failed":
+            actions = {**retries_used_up(PostState.model_validate(state), max_attempts), **actions}
+        for platform, action in actions.items():
             tally.needing_action[(platform, action)] += 1
     return tally
 
@@ -129,7 +135,7 @@ class ServiceMetrics:
             return self._cached[1]
         with self.stores.engine.connect() as conn:
             rows = conn.execution_options(yield_per=1000).execute(select(posts.c.status, posts.c.state))
-            tally = tally_states((status, text) for status, text in rows)
+            tally = tally_states(((status, text) for status, text in rows), self.settings.max_automatic_attempts)
         self._cached = (now, tally)
         return tally
 

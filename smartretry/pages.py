@@ -93,12 +93,12 @@ def _safe_next(target: str | None) -> str:
     return "/ui/posts"
 
 
-def platform_rows(state: PostState) -> list[dict[str, Any]]:
+def platform_rows(state: PostState, max_attempts: int) -> list[dict[str, Any]]:
     """One row per targeted platform: its latest result, link once published, and what to do when failed."""
     rows = []
     unknown = outcome_unknown(state)
     pending = set(unresolved(state)) | set(awaiting_attempt(state))
-    actions = needed_actions(state)
+    actions = needed_actions(state, max_attempts)
     for platform in state.targeted:
         result = state.latest_result(platform)
         link = None
@@ -217,7 +217,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "state": state,
             "status": status,
             "status_label": STATUS_LABELS[status],
-            "rows": platform_rows(state),
+            "rows": platform_rows(state, settings.max_automatic_attempts),
             "automatic": {PLATFORM_LABELS[p]: at for p, at in
                           automatic_retries(state, settings.max_automatic_attempts).items()},
             "refresh": REFRESH_SECONDS if status == "publishing" else None,

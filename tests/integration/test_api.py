@@ -840,6 +840,24 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
     assert not [line for line in text.splitlines() if line.startswith("smartretry_oldest_attempt_awaiting_result")]
 
 
+def test_a_post_whose_automatic_retries_are_used_up_asks_for_a_retry_and_is_counted_for_alerts(
+        api: RunningApi) -> None:
+    history = History(post_id="post-limited")
+    attempts = history.publish(target="instagram")
+    history.failure("instagram", attempts["instagram"], "Application request limit reached", ErrorKind.RATE_LIMITED)
+    for _ in range(api.settings.max_automatic_attempts - 1):
+        again = history.attempt("instagram", "cmd-publish", retry=True)
+        history.failure("instagram", again, "Application request limit reached", ErrorKind.RATE_LIMITED)
+    store_events(api, history.events)
+
+    detail = api.client.get("/posts/post-limited").json()
+    assert detail["needed_action"] == {"instagram": "retry Instagram later (it limits how often it takes posts)"}
+    assert detail["retried"] == "🔄 Retried: Instagram (4 automatic retries)"
+    text = api.client.get("/metrics").text
+    assert ('smartretry_posts_needing_action{action="retry Instagram later (it limits how often it takes posts)",'
+            'platform="instagram"} 1.0') in text
+
+
 def test_metrics_say_when_kafka_does_not_answer_and_still_count_the_posts(tmp_path: Path) -> None:
     """A scrape while the broker is frozen: it accepts connections and answers nothing."""
     with socket.create_server(("127.0.0.1", 0)) as silent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from projections.responses import (
     attempts_by_platform,
+    needed_actions,
     previous_attempts,
     publish_response,
     retried_summary,
@@ -72,3 +73,36 @@ def test_an_unknown_command_id_reports_the_post_without_retry_info() -> None:
     history.publish()
     response = publish_response(history.state(), "cmd-not-decided")
     assert response.command_id == "cmd-not-decided" and response.retry_info is None
+
+
+def _rate_limited_until_the_attempts_ran_out(automatic: int) -> History:
+    """Instagram limited, and the service tried again by itself `automatic` times, each limited again."""
+    history = History()
+    attempts = history.publish(target="instagram")
+    history.failure("instagram", attempts["instagram"], "Application request limit reached", ErrorKind.RATE_LIMITED)
+    for _ in range(automatic):
+        again = history.attempt("instagram", "cmd-publish", retry=True)
+        history.failure("instagram", again, "Application request limit reached", ErrorKind.RATE_LIMITED)
+    return history
+
+
+def test_retries_the_service_made_by_itself_are_told_apart_from_those_asked_for() -> None:
+    history = _rate_limited_until_the_attempts_ran_out(automatic=4)
+    assert retried_summary(history.state()) == "🔄 Retried: Instagram (4 automatic retries)"
+    asked = history.retry("cmd-retry", ("instagram",))
+    history.failure("instagram", asked["instagram"], "Application request limit reached", ErrorKind.RATE_LIMITED)
+    assert retried_summary(history.state()) == "🔄 Retried: Instagram (5 retries, 4 of them automatic)"
+
+
+def test_a_failure_the_service_retries_asks_nothing_until_its_attempts_are_used_up() -> None:
+    waiting = _rate_limited_until_the_attempts_ran_out(automatic=2).state()
+    assert needed_actions(waiting, max_attempts=5) == {}  # two more to come, by the service itself
+    used_up = _rate_limited_until_the_attempts_ran_out(automatic=4).state()
+    assert used_up.status == "failed"
+    assert needed_actions(used_up, max_attempts=5) == {
+        "instagram": "retry Instagram later (it limits how often it takes posts)"}
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.failure("facebook", attempts["facebook"], "Service unavailable", ErrorKind.TRANSIENT)
+    assert needed_actions(history.state(), max_attempts=1) == {"facebook": "retry Facebook"}
+    assert needed_actions(history.state(), max_attempts=2) == {}
