@@ -36,6 +36,10 @@ IG_NOT_READY_CODE = 9007
 _CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
 # How long to wait when X-App-Usage says 100% but not for how long (its window is a rolling hour).
 APP_USAGE_FULL_WAIT_S = 300.0
+# Meta's "temporarily blocked for policy violations" (368): its advice is to wait and try again, and a block
+# lasts hours, not the seconds of a hiccup. An hour between automatic tries, as for Instagram's daily limit.
+POLICY_BLOCK_CODE = 368
+POLICY_BLOCK_WAIT_S = 3600.0
 # Instagram's publishing limit counts an account's posts over a rolling 24 hours, and nothing says when a post
 # leaves the window: an hour between automatic tries, not the minute-scale backoff that would spend them all.
 IG_DAILY_LIMIT_WAIT_S = 3600.0
@@ -64,6 +68,8 @@ def classify(
     retry_after = rate_limit_wait(headers or {}) if kind is ErrorKind.RATE_LIMITED else None
     if retry_after is None and subcode == IG_DAILY_LIMIT:
         retry_after = IG_DAILY_LIMIT_WAIT_S
+    if retry_after is None and code == POLICY_BLOCK_CODE:
+        retry_after = POLICY_BLOCK_WAIT_S
     status = "" if http_status is None else f"{http_status} - "
     return PlatformError(
         kind=kind,

@@ -302,3 +302,13 @@ def test_content_that_carries_a_token_is_told_by_the_field_that_carries_it() -> 
     # A stored token as short as a word is no reason to refuse every caption that says the word.
     assert redact.secret_field(PostContent(caption="Our summer sale"), stored) is None
     assert redact.secret_field(None, stored) is None
+
+
+def test_a_policy_block_is_tried_again_in_an_hour_not_in_seconds() -> None:
+    """Meta's 368: "temporarily blocked for policy violations", to wait out before trying again."""
+    error = classify("facebook", 400, envelope(368, message="(#368) The action attempted has been deemed abusive or "
+                                                            "is otherwise disallowed"))
+    assert error.kind is ErrorKind.TRANSIENT and error.retry_after_s == 3600.0
+    assert error.message == ("Facebook publish failed: 400 - The action attempted has been deemed abusive or is "
+                             "otherwise disallowed")
+    assert classify("facebook", 500, envelope(2, transient=True)).retry_after_s is None
