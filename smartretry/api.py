@@ -497,23 +497,26 @@ class FrontDoor:
             # A post's commands run in order, so one behind an automatic retry that waits out a platform's
             # rate limit waits too: the post stays as it is until then, and the answer says so.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
-            now = self.clock()
-            waits = {p: at for p, at in automatic_retries(state, self.settings.max_automatic_attempts).items()
-                     if at is not None and at > now} if state else {}
-            note = None
-            if waits:
-                platform, at = max(waits.items(), key=lambda item: item[1])
-                note = (f"queued behind the automatic retry of {PLATFORM_LABELS[platform]} at "
-                        f"{at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC (the platform's own wait): "
-                        "handled after it")
+            note = queued_behind(state, self.settings.max_automatic_attempts, self.clock()) if state else None
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id, note=note,
-                post=PostSummary(id=command.post_id, status=state.status if waits and state else "publishing",
+                post=PostSummary(id=command.post_id, status=state.status if note and state else "publishing",
                                  error_message=state.document.error_message if state else None))
         return Accepted(command, 202, response.model_copy(update={"pending": True, "location": location}))
 
     async def is_settled(self, post_id: str, command_id: str) -> bool:
         return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
+
+
+def queued_behind(state: PostState, max_attempts: int, now: datetime) -> str | None:
+    """What a command not decided yet waits for, when the post's automatic retry waits out a platform's own wait
+    (a rate limit's): the post's commands run in order, so it is handled after that retry. None otherwise."""
+    waits = {p: at for p, at in automatic_retries(state, max_attempts).items() if at is not None and at > now}
+    if not waits:
+        return None
+    platform, at = max(waits.items(), key=lambda item: item[1])
+    return (f"queued behind the automatic retry of {PLATFORM_LABELS[platform]} at "
+            f"{at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC (the platform's own wait): handled after it")
 
 
 def _created_by_another(state: PostState | None, command: Command) -> bool:

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -41,6 +42,7 @@ from smartretry.api import (
     list_position,
     outcome_unknown,
     presented_key,
+    queued_behind,
 )
 from smartretry.settings import Settings
 
@@ -50,8 +52,10 @@ SESSION_COOKIE = "smartretry_session"
 SESSION_SECONDS = 12 * 3600
 PLATFORM_ICONS: dict[str, str] = {"facebook": "📘", "instagram": "📷"}
 STATUS_LABELS = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}
-# Seconds between reloads of a page whose post is still publishing.
+# Seconds between reloads of a page whose post is still publishing; of one whose retry is queued behind an
+# automatic retry that waits out a platform's limit.
 REFRESH_SECONDS = 1
+QUEUED_REFRESH_SECONDS = 30
 # Posts per page of the post list.
 LIST_PAGE = 100
 
@@ -211,7 +215,11 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
         waiting = awaiting is not None and bool(ID_PATTERN.match(awaiting)) \
             and not await front.is_settled(post_id, awaiting)
-        status = "publishing" if waiting else state.status
+        # A retry behind the post's automatic retry, which waits out a platform's limit (up to an hour): the post
+        # stays as it is until then, and the page says so instead of "publishing" for that long.
+        queued = queued_behind(state, settings.max_automatic_attempts, datetime.now(UTC)) \
+            if waiting and awaiting not in state.commands else None
+        status = "publishing" if waiting and queued is None else state.status
         targeted: tuple[Platform, ...] = state.targeted
         return templates.TemplateResponse(request, "post_detail.html", {
             "state": state,
@@ -220,8 +228,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "rows": platform_rows(state, settings.max_automatic_attempts),
             "automatic": {PLATFORM_LABELS[p]: at for p, at in
                           automatic_retries(state, settings.max_automatic_attempts).items()},
-            "refresh": REFRESH_SECONDS if status == "publishing" else None,
-            "can_retry": status == "failed",
+            "refresh": REFRESH_SECONDS if status == "publishing" else QUEUED_REFRESH_SECONDS if queued else None,
+            "can_retry": status == "failed" and queued is None,
+            "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
             "note": retry_preview(state) if status == "failed" else "",
             "retried": retried_summary(state) if status != "publishing" else None,
