@@ -411,6 +411,13 @@ class FrontDoor:
             else:
                 hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
             raise HTTPException(409, decision.log_line + hint)
+        if forced and STILL_PUBLISHING in decision.skipped.values():
+            # The republish would run once that attempt has ended, and publish its platform again then too: a post
+            # that looks stuck would go out twice. Known first, the user can still republish.
+            busy = [PLATFORM_LABELS[p] for p, why in decision.skipped.items() if why == STILL_PUBLISHING]
+            raise HTTPException(409, f"{' and '.join(busy)} still publishing (its last attempt has no result yet)"
+                                     f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
+                                     "posted again")
         return await self._submit(command, wait)
 
     async def resolve(self, post_id: str, body: ResolveBody) -> Accepted:

@@ -9,6 +9,7 @@ its key is SMARTRETRY_API_KEY.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import uuid
@@ -113,9 +114,26 @@ def _problem(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:500]
     if isinstance(detail, list):
-        return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}".lstrip(": ")
-                         for d in detail if isinstance(d, dict))
-    return str(detail)
+        return _as_commands("; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}".lstrip(": ")
+                                      for d in detail if isinstance(d, dict)))
+    return _as_commands(str(detail))
+
+
+# The API's advice names its routes; on the command line, the commands that do the same.
+_ROUTES_AS_COMMANDS = (
+    (re.compile(r"\(GET /posts/([^\s)]+)\)"), r"(smartretry show \1)"),
+    (re.compile(r"GET /posts/(\S+)"), r"smartretry show \1"),
+    (re.compile(r"POST /posts/(\S+)/retry"), r"smartretry retry \1"),
+    (re.compile(r"POST /posts/(\S+)/republish"), r"smartretry force \1 --reason ..."),
+    (re.compile(r"PUT /accounts/(\S+)/token"), r"smartretry accounts set-token \1"),
+    (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
+)
+
+
+def _as_commands(problem: str) -> str:
+    for route, command in _ROUTES_AS_COMMANDS:
+        problem = route.sub(command, problem)
+    return problem
 
 
 @contextmanager

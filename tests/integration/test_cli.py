@@ -166,6 +166,26 @@ def test_retry_while_a_platform_is_still_publishing_says_to_wait_not_to_force(ap
     assert messages_on(api.bootstrap, api.topics.commands) == []
 
 
+def test_force_while_a_platform_is_still_publishing_is_refused_until_its_result_is_in(api: RunningApi) -> None:
+    # Instagram went out; Facebook's attempt has no result yet. Republishing now would post Instagram again, and
+    # Facebook a second time once its attempt turns out published.
+    store_events(api, seed_events("inflight-2", facebook_ok=True)[:-1])
+    code, output = run(api, "force", "inflight-2", "--reason", "looks stuck")
+    assert code == 1
+    assert "409: Facebook still publishing (its last attempt has no result yet); wait for its result " \
+           "(smartretry show inflight-2), then republish if you still want it posted again" in output
+    assert messages_on(api.bootstrap, api.topics.commands) == []
+
+
+def test_the_apis_advice_names_the_commands_that_do_it(api: RunningApi) -> None:
+    code, output = run(api, "publish", "Hello", "--image-url", "https://cdn.example.com/a.jpg", "--account", "nobody")
+    assert code == 1
+    assert "unknown account 'nobody': set its token with smartretry accounts set-token nobody" in output
+    env = {"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": "a-wrong-key-of-16-chars", "COLUMNS": "200"}
+    refused = CliRunner().invoke(app, ["show", "post-1"], env=env)
+    assert "401: missing or wrong API key: set SMARTRETRY_API_KEY to the service's API key" in refused.output
+
+
 def test_resolve_says_what_came_of_an_attempt_and_refuses_what_does_not_apply(api: RunningApi) -> None:
     attempt = store_interrupted(api, "post-1")
     code, output = run(api, "resolve", "post-1", "facebook")
