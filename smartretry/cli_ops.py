@@ -52,7 +52,9 @@ DEFAULT_WAIT_SECONDS = 120.0
 
 ApiUrl = typer.Option(None, "--api-url", envvar="SMARTRETRY_API_URL", help="The API's base URL.")
 AsJson = typer.Option(False, "--json", help="Print the API's JSON answer.")
-Wait = typer.Option(DEFAULT_WAIT_SECONDS, "--wait", help="Seconds to wait for the platforms' results.")
+Wait = typer.Option(DEFAULT_WAIT_SECONDS, "--wait", help=(
+    "Seconds to wait for the platforms' results once the API has answered (the API itself waits for them up to "
+    "SMARTRETRY_API_WAIT_SECONDS first)."))
 
 
 # --------------------------------------------------------------------------------------------- the API client
