@@ -19,8 +19,7 @@ FACEBOOK_TEXT_LIMIT = 63206
 
 
 def _http_url(value: str) -> str:
-    # Blanks around a pasted address are no part of it (Facebook would refuse the image for them); inside its path
-    # they are (the platform says what it makes of them), but never in its host, and no control character anywhere.
+    # Blanks around a pasted address are no part of it (Facebook would refuse the image for them); inside, they are.
     value = value.strip()
     try:
         parts = urlsplit(value)
@@ -28,16 +27,27 @@ def _http_url(value: str) -> str:
         raise ValueError(f"must be an http(s) URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL")
+    return value
+
+
+def url_problem(value: str) -> str | None:
+    """What makes an http(s) address one no platform can fetch; None when it is fine.
+
+    Checked where posts come in (the API), not by the schema: events keep the content they were given, and an
+    event written before a check existed must still be read (by the projector, by replay) as it was then.
+    Blanks inside the path are the platform's to judge (the seed's image URL has one), never in the host.
+    """
+    parts = urlsplit(value)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError("must be one line: it holds a control character (a line break, a tab)")
+        return "must be one line: it holds a control character (a line break, a tab)"
     host = parts.hostname or ""
     if not host or any(c.isspace() or c in "<>\"{}|\\^`" for c in host):
-        raise ValueError(f"must name a host: {parts.netloc!r} is none")
+        return f"must name a host: {parts.netloc!r} is none"
     try:
         parts.port  # noqa: B018 - read for its check: out of range or not a number raises
     except ValueError:
-        raise ValueError(f"has an invalid port: {parts.netloc!r}") from None
-    return value
+        return f"has an invalid port: {parts.netloc!r}"
+    return None
 
 
 HttpUrlText = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]

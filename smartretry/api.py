@@ -57,6 +57,7 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
+    url_problem,
 )
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget, platforms_of
 from schemas.envelope import encode
@@ -303,6 +304,7 @@ class FrontDoor:
         # client that timed out) names the same post, so the handler publishes it once.
         post_id = body.post_id or (post_id_for(body.command_id) if body.command_id else new_id())
         command_id = body.command_id or new_id()
+        _check_urls(body.content)
         _check_fits_target(body.content, body.publish_target)
         try:
             command = PublishRequested(command_id=command_id, post_id=post_id, publish_target=body.publish_target,
@@ -390,6 +392,7 @@ class FrontDoor:
         except ValidationError as exc:
             raise unprocessable(exc, prefix=("body", "content")) from None
         if content is not None:
+            _check_urls(content)
             _check_fits_target(content, state.publish_target)
         if command.account is not None:
             await self._check_account(command.account, state.targeted)
@@ -431,6 +434,9 @@ class FrontDoor:
                 note=body.note, requested_at=self.clock())
         except ValidationError as exc:
             raise unprocessable(exc) from None
+        if body.permalink is not None and (problem := url_problem(body.permalink)) is not None:
+            raise HTTPException(422, [{"loc": ["body", "permalink"], "type": "value_error",
+                                       "msg": f"Value error, {problem}"}])
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
@@ -547,6 +553,15 @@ def _check_same_command(state: PostState, command: Command) -> None:
 # Instagram refuses a caption with more hashtags than this.
 INSTAGRAM_HASHTAG_LIMIT = 30
 HASHTAG = re.compile(r"(?<![\w#])#\w+")
+
+
+def _check_urls(content: PostContent) -> None:
+    """422 for an address no platform could fetch (no host, a bad port, a line break)."""
+    for field in ("image_url", "link"):
+        value = getattr(content, field)
+        if value is not None and (problem := url_problem(value)) is not None:
+            raise HTTPException(422, [{"loc": ["body", "content", field], "type": "value_error",
+                                       "msg": f"Value error, {problem}"}])
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None) -> None:

@@ -7,8 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from schemas.commands import PostContent, PublishRequested
+from schemas.commands import PostContent, PublishRequested, url_problem
 from schemas.envelope import DecodeError, decode_command, decode_event, encode
+from schemas.events import PostSubmitted
 from schemas.export import OUT, exported, render
 from tests.support.samples import AT, CONTENT, POST_ID, all_commands, all_events
 
@@ -115,3 +116,15 @@ def test_blanks_around_a_pasted_address_are_dropped_and_those_inside_it_kept() -
     # The product note's broken address keeps its space: Facebook refuses it, and the post says to fix it.
     assert PostContent(caption="x", image_url="https://cdn.example.com/autumn sale.jpg").image_url == \
         "https://cdn.example.com/autumn sale.jpg"
+
+
+def test_an_event_with_an_address_the_api_now_refuses_is_still_read_as_it_was_written() -> None:
+    """The API refuses such addresses (`url_problem`); an event recorded before it did must still be read, or the
+    projector would dead-letter it and replay would drop the post."""
+    odd = "https://cdn.example.com:99999/x.jpg"
+    assert url_problem(odd) == "has an invalid port: 'cdn.example.com:99999'"
+    written = PostSubmitted(event_id="e1", post_id=POST_ID, occurred_at=AT, command_id="cmd-1",
+                            publish_target="both", content=PostContent(caption="x", image_url=odd), account="acme")
+    read = decode_event(encode(written))
+    assert isinstance(read, PostSubmitted) and read.content.image_url == odd
+    assert url_problem("https://cdn.example.com/autumn sale.jpg") is None
