@@ -616,15 +616,17 @@ class CommandHandler:
         if not self._owns(partition, owner):
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
             return
-        # Its ids and notes would be kept in the post's events and the projection: one carrying an access token
-        # (a stored one, as the API refuses it too, or one of Meta's shape) is refused before anything is written.
+        state = await self.fresh_state(command.post_id, partition)
+        # Its ids and notes would be kept in the post's events and the projection: a new command carrying an access
+        # token (a stored one, as the API refuses it too, or one of Meta's shape) is refused before anything is
+        # written. One decided before (a redelivery) goes on as it was decided.
         tokens = await self._stored_tokens()
-        if (carrying := _token_in_fields(command, tokens)) is not None:
+        if (state is None or command.command_id not in state.commands) and \
+                (carrying := _token_in_fields(command, tokens)) is not None:
             log.warning("Command refused: %s", carrying, extra=context)
             if source is not None:
                 await self._dead_letter(source, f"refused {command.type}: {carrying}")
             return
-        state = await self.fresh_state(command.post_id, partition)
         # The post before interrupted attempts were settled here, when they were: their results may settle it.
         settled_from: PostState | None = None
         if isinstance(command, ResolveAttemptRequested) and state is not None and \
@@ -976,6 +978,11 @@ class CommandHandler:
             self._drop_misdirected_resolutions(state, attempt.platform)
             resolution = self._resolution_for(state, attempt.platform)
             age = (self.clock() - attempt.started_at).total_seconds()
+            if resolution is not None and _token_in_fields(resolution, await self._stored_tokens()) is not None:
+                # Its note or ids carry a stored token (of another process's, unknown here when it came in): it
+                # settles nothing, and its own turn refuses it to the dead letters.
+                self._forget_resolution(resolution)
+                resolution = None
             if resolution is not None and (found is None or not found.success) and \
                     age >= self.config.attempt_lease_seconds:
                 # The platform could not settle it (no answer, or no post yet) and no live call can still be under

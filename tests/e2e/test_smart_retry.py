@@ -11,10 +11,17 @@ import pytest
 from confluent_kafka import Producer
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
-from schemas.commands import PostContent, PublishRequested, ResolveAttemptRequested, RetryRequested
+from schemas.commands import (
+    ForceRepublishRequested,
+    PostContent,
+    PublishRequested,
+    ResolveAttemptRequested,
+    RetryRequested,
+    fingerprint,
+)
 from schemas.common import Platform
 from schemas.envelope import encode
-from schemas.events import LegacyInsightsImported
+from schemas.events import CommandDecided, LegacyInsightsImported
 from schemas.ids import new_id
 from smartretry.api import post_detail
 from streams.kafka import partition_for
@@ -213,6 +220,33 @@ def test_commands_sent_straight_to_kafka_with_a_stored_token_in_an_id_or_note_ar
     assert "command_id contains an access token" in service.handler.output()
     assert "note contains an access token" in service.handler.output()
     assert _counts(service) == (1, 1)  # the publish (Facebook failed) and its retry; nothing of the refused one
+
+
+def test_a_command_decided_before_with_a_token_in_its_note_goes_on_as_decided_when_delivered_again(
+        service: Service) -> None:
+    """Decided by a version that did not check notes for tokens: delivered again, it is a redelivery (nothing to do),
+    not a new command to dead-letter, which would leave the platforms it still owes unpublished."""
+    token = "older-shops-stored-token-" + new_id()[-12:]
+    service.stores.credentials.set_token("older-shop", token, "111222333", None)
+    published = service.publish(FIXED)
+    service.wait_command(published.post_id, published.command_id)
+    forced = ForceRepublishRequested(command_id=new_id(), post_id=published.post_id, reason=f"checked with {token}",
+                                     requested_at=datetime.now(UTC))
+    decided = CommandDecided(event_id=f"{forced.command_id}:decided", post_id=published.post_id,
+                             occurred_at=datetime.now(UTC), command_id=forced.command_id,
+                             command_type="ForceRepublishRequested", platforms=(), is_retry=True, forced=True,
+                             fingerprint=fingerprint(forced))
+    service._producer.produce(service.topics.post_events, key=published.post_id.encode(), value=encode(decided))
+    assert service._producer.flush(30) == 0
+    service.wait_for(published.post_id, lambda s: forced.command_id in s.commands)
+
+    service.send(forced, published.post_id)
+    deadline = time.monotonic() + 60
+    while f"Command {forced.command_id} was handled before" not in service.handler.output():
+        assert time.monotonic() < deadline, "the redelivered command was not taken for one decided before"
+        time.sleep(0.2)
+    assert "reason contains an access token" not in service.handler.output()
+    assert _counts(service) == (1, 1)
 
 
 def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_one(service: Service) -> None:

@@ -21,6 +21,9 @@ from tests.unit.test_fold import CONTENT, History
 
 
 class NoCredentials:
+    def stored_tokens(self) -> frozenset[str]:
+        return frozenset()
+
     def get(self, account_id: str) -> AccountCredentials:
         raise UnknownAccount(
             f"no credentials for account {account_id!r}: set them with `smartretry accounts set-token`")
@@ -56,6 +59,12 @@ class Projection:
 
 
 class Credentials:
+    def __init__(self, *stored: str) -> None:
+        self.stored = frozenset(stored)
+
+    def stored_tokens(self) -> frozenset[str]:
+        return self.stored
+
     def get(self, account_id: str) -> AccountCredentials:
         return AccountCredentials(account_id, SecretStr("user-token-value-1"), "747917475065823", None)
 
@@ -152,6 +161,23 @@ async def test_an_operators_resolution_settles_an_attempt_the_platform_cannot_be
         # Not published: the command that made the attempt carries on (a transient error is retried).
         assert result.error is not None and result.error.kind is ErrorKind.TRANSIENT
         assert "an operator found it was not published (checked the Page)" in result.error.message
+
+
+async def test_a_resolution_whose_note_carries_a_stored_token_settles_nothing() -> None:
+    # Stored by another process (the API): this handler had not seen it when the resolution came in.
+    token = "another-shops-stored-token-5a6b7c"
+    history, state = interrupted()
+    sent: list[Event] = []
+    made = handler(Credentials(token), Lookups(REFUSED), history, sent)
+    carrying = resolution(state, published=False).model_copy(update={"note": f"checked with {token}"})
+    made._register_resolution(carrying)
+
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+
+    assert not [e for e in sent if isinstance(e, PlatformResult)]
+    assert not [e for e in sent if token in e.model_dump_json()]
+    assert made._resolution_for(state, "facebook") is None
 
 
 async def test_a_resolution_waits_for_the_attempts_lease_and_names_the_right_attempt() -> None:
