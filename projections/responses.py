@@ -87,7 +87,9 @@ def automatic_retries_by_platform(state: PostState) -> dict[Platform, int]:
     seen: set[tuple[str, Platform]] = set()
     for attempt in sorted(state.attempts.values(), key=lambda a: a.attempt_number):
         mine = (attempt.command_id, attempt.platform)
-        if attempt.command_id and mine in seen:
+        # (Counted among the retries too: an attempt taken up after a restart by an older version was recorded as
+        # no retry, and is left out of both.)
+        if attempt.command_id and mine in seen and (attempt.is_retry or attempt.forced):
             counts[attempt.platform] = counts.get(attempt.platform, 0) + 1
         seen.add(mine)
     return counts

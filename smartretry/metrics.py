@@ -7,6 +7,7 @@ is cached for a few seconds so frequent scrapes of a big store stay cheap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -54,8 +55,8 @@ class StoreTally:
 
 
 def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int) -> StoreTally:
-    """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast (only a
-    failed post is read as a state: whether its automatic retries, `max_attempts`, are used up)."""
+    """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast (only a post
+    with a failed attempt is read as a state: whether its automatic retries, `max_attempts`, are used up)."""
     tally = StoreTally()
     for status, text in rows:
         tally.posts_by_status[status] += 1
@@ -80,8 +81,11 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int) -> StoreTal
             else:
                 tally.results[(platform, "failure", attempt.get("error_kind") or "unknown")] += 1
         actions = dict(state.get("needed_action") or {})
-        if status == "failed":
-            actions = {**retries_used_up(PostState.model_validate(state), max_attempts), **actions}
+        if status != "posted" and any(a.get("success") is False for a in state.get("attempts", {}).values()):
+            # Whether its automatic retries are used up, as the API and the page tell (only a post with a failed
+            # attempt is read as a state for it). One that cannot be read is counted as it is stored.
+            with contextlib.suppress(ValueError):
+                actions = {**retries_used_up(PostState.model_validate(state), max_attempts), **actions}
         for platform, action in actions.items():
             tally.needing_action[(platform, action)] += 1
     return tally

@@ -393,6 +393,24 @@ def test_a_publish_for_an_account_whose_token_was_stored_under_another_secret_ke
     assert_nothing_on_commands(api)
 
 
+def test_an_instagram_post_made_with_a_link_before_links_were_refused_can_still_be_retried(api: RunningApi) -> None:
+    add_account(api)
+    content = PostContent(caption="Autumn sale starts today", image_url=SPACE_URL, link="https://shop.example.com")
+    store_events(api, [
+        PostSubmitted(event_id="ig-link-s", post_id="ig-link", occurred_at=AT, command_id="ig-link-c1",
+                      publish_target="instagram", content=content, account="acme"),
+        CommandDecided(event_id="ig-link-d", post_id="ig-link", occurred_at=AT, command_id="ig-link-c1",
+                       command_type="PublishRequested", platforms=("instagram",)),
+        PublishAttempted(event_id="ig-link-a", post_id="ig-link", occurred_at=AT, platform="instagram",
+                         attempt_id="ig-link-ig", attempt_number=1, command_id="ig-link-c1"),
+        PlatformResult(event_id="ig-link-r", post_id="ig-link", occurred_at=AT, platform="instagram",
+                       attempt_id="ig-link-ig", success=False,
+                       error=PlatformError(kind=ErrorKind.INVALID_MEDIA, message="Instagram media upload failed")),
+    ])
+    answer = api.client.post("/posts/ig-link/retry", json={"content": {"image_url": FIXED_URL}})
+    assert answer.status_code == 202, answer.text
+
+
 def test_a_publish_to_a_platform_the_account_has_not_connected_is_422_saying_what_to_set(api: RunningApi) -> None:
     api.stores.credentials.set_token("page-only", "page-only-user-token-0003", "747917475065823", None)
     answer = api.client.post("/posts", json=publish_body(account="page-only"))
@@ -853,9 +871,21 @@ def test_a_post_whose_automatic_retries_are_used_up_asks_for_a_retry_and_is_coun
     detail = api.client.get("/posts/post-limited").json()
     assert detail["needed_action"] == {"instagram": "retry Instagram later (it limits how often it takes posts)"}
     assert detail["retried"] == "🔄 Retried: Instagram (4 automatic retries)"
+    # Another whose Facebook is used up too, while its Instagram is still publishing: counted all the same.
+    both = History(post_id="post-both")
+    attempts = both.publish()
+    both.failure("facebook", attempts["facebook"], "Service unavailable", ErrorKind.TRANSIENT)
+    for _ in range(api.settings.max_automatic_attempts - 1):
+        both.failure("facebook", both.attempt("facebook", "cmd-publish", retry=True), "Service unavailable",
+                     ErrorKind.TRANSIENT)
+    store_events(api, both.events)
+    assert api.client.get("/posts/post-both").json()["needed_action"] == {"facebook": "retry Facebook"}
+
     text = api.client.get("/metrics").text
     assert ('smartretry_posts_needing_action{action="retry Instagram later (it limits how often it takes posts)",'
             'platform="instagram"} 1.0') in text
+    assert 'smartretry_posts_needing_action{action="retry Facebook",platform="facebook"} 1.0' in text
+    assert 'smartretry_posts{status="publishing"} 1.0' in text
 
 
 def test_metrics_say_when_kafka_does_not_answer_and_still_count_the_posts(tmp_path: Path) -> None:

@@ -106,3 +106,14 @@ def test_a_failure_the_service_retries_asks_nothing_until_its_attempts_are_used_
     history.failure("facebook", attempts["facebook"], "Service unavailable", ErrorKind.TRANSIENT)
     assert needed_actions(history.state(), max_attempts=1) == {"facebook": "retry Facebook"}
     assert needed_actions(history.state(), max_attempts=2) == {}
+
+
+def test_an_attempt_an_older_version_took_up_without_marking_it_a_retry_counts_in_neither() -> None:
+    history = History()
+    first = history.publish(target="facebook")
+    history.failure("facebook", first["facebook"], "Service unavailable", ErrorKind.TRANSIENT)
+    resumed = history.attempt("facebook", "cmd-publish")  # recorded with is_retry=False
+    history.failure("facebook", resumed, "Service unavailable", ErrorKind.TRANSIENT)
+    asked = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", asked["facebook"], "7479_1")
+    assert retried_summary(history.state()) == "🔄 Retried: Facebook (1 retry)"
