@@ -18,10 +18,13 @@ AUTH_CODES = frozenset({102, 190})
 AUTH_SUBCODES = frozenset({458, 459, 460, 463, 464, 467, 492})
 PERMISSION_CODES = frozenset({10, *range(200, 300)})
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
-TRANSIENT_CODES = frozenset({1, 2, 341, 368})
+TRANSIENT_CODES = frozenset({1, 2, 341})
 INVALID_MEDIA_CODES = frozenset({324})
-# Bad parameter, duplicate post, bad link: the user must change the post.
-INVALID_REQUEST_CODES = frozenset({100, 506, 1609005})
+# Bad parameter, duplicate post, bad link: the user must change the post. Also Meta's "temporarily blocked for
+# policy violations" (368): its advice is to wait and try again, but a block lasts hours or days, and calls
+# repeated meanwhile by the service itself would hold the post's turn for hours and may count against the Page;
+# the user is told (Meta's own words say why) and retries once it lifts, or changes the post.
+INVALID_REQUEST_CODES = frozenset({100, 506, 1609005, 368})
 
 # Instagram subcodes. Those that mean "try the same container again shortly": not ready, server hiccup.
 IG_RETRY_SAME_CONTAINER = frozenset({2207001, 2207003, 2207008, 2207027})
@@ -36,10 +39,6 @@ IG_NOT_READY_CODE = 9007
 _CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
 # How long to wait when X-App-Usage says 100% but not for how long (its window is a rolling hour).
 APP_USAGE_FULL_WAIT_S = 300.0
-# Meta's "temporarily blocked for policy violations" (368): its advice is to wait and try again, and a block
-# lasts hours, not the seconds of a hiccup. An hour between automatic tries, as for Instagram's daily limit.
-POLICY_BLOCK_CODE = 368
-POLICY_BLOCK_WAIT_S = 3600.0
 # Instagram's publishing limit counts an account's posts over a rolling 24 hours, and nothing says when a post
 # leaves the window: an hour between automatic tries, not the minute-scale backoff that would spend them all.
 IG_DAILY_LIMIT_WAIT_S = 3600.0
@@ -68,8 +67,6 @@ def classify(
     retry_after = rate_limit_wait(headers or {}) if kind is ErrorKind.RATE_LIMITED else None
     if retry_after is None and subcode == IG_DAILY_LIMIT:
         retry_after = IG_DAILY_LIMIT_WAIT_S
-    if retry_after is None and code == POLICY_BLOCK_CODE:
-        retry_after = POLICY_BLOCK_WAIT_S
     status = "" if http_status is None else f"{http_status} - "
     return PlatformError(
         kind=kind,

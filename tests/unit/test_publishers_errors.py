@@ -304,11 +304,10 @@ def test_content_that_carries_a_token_is_told_by_the_field_that_carries_it() -> 
     assert redact.secret_field(None, stored) is None
 
 
-def test_a_policy_block_is_tried_again_in_an_hour_not_in_seconds() -> None:
-    """Meta's 368: "temporarily blocked for policy violations", to wait out before trying again."""
+def test_a_policy_block_waits_for_the_user_and_says_why_in_metas_words() -> None:
+    """Meta's 368, "temporarily blocked for policy violations": not called again and again by the service."""
     error = classify("facebook", 400, envelope(368, message="(#368) The action attempted has been deemed abusive or "
                                                             "is otherwise disallowed"))
-    assert error.kind is ErrorKind.TRANSIENT and error.retry_after_s == 3600.0
+    assert error.kind is ErrorKind.INVALID_REQUEST and not error.kind.retried_automatically
     assert error.message == ("Facebook publish failed: 400 - The action attempted has been deemed abusive or is "
                              "otherwise disallowed")
-    assert classify("facebook", 500, envelope(2, transient=True)).retry_after_s is None
