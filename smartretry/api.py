@@ -394,6 +394,9 @@ class FrontDoor:
         if content is not None:
             _check_urls(content)
             _check_fits_target(content, state.publish_target, new_post=False)
+        if command.account is not None and state.account is not None and command.account != state.account:
+            # Refused whatever that account is (`decide` says why): connecting it first would change nothing.
+            raise HTTPException(409, decide(state, command).reject_reason)
         if command.account is not None:
             await self._check_account(command.account, state.targeted)
         if command_id in state.commands:

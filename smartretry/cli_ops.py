@@ -127,6 +127,12 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(r"GET /posts/(\S+)"), r"smartretry show \1"),
     (re.compile(r"POST /posts/(\S+)/retry"), r"smartretry retry \1"),
     (re.compile(r"POST /posts/(\S+)/republish"), r"smartretry force \1 --reason ..."),
+    (re.compile(r"set its page_id and ig_user_id with PUT /accounts/(\S+)/token"),
+     r"set them with smartretry accounts set-token \1 --page-id ... --ig-user-id ..."),
+    (re.compile(r"set its page_id with PUT /accounts/(\S+)/token"),
+     r"set it with smartretry accounts set-token \1 --page-id ..."),
+    (re.compile(r"set its ig_user_id with PUT /accounts/(\S+)/token"),
+     r"set it with smartretry accounts set-token \1 --ig-user-id ..."),
     (re.compile(r"PUT /accounts/(\S+)/token"), r"smartretry accounts set-token \1"),
     (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
 )
@@ -388,7 +394,9 @@ def list_posts(
                       post["error_message"] or "")
     console.print(table)
     if listed.get("next_cursor"):
-        console.print(f"More posts than these {limit}: --limit shows up to 500.", highlight=False)
+        more = "--limit shows up to 500, " if limit < 500 else ""
+        console.print(f"More posts than these {limit}: {more}--status narrows the list, and the post list page "
+                      f"({api.base_url}/ui/posts) goes on to older ones.", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------- accounts

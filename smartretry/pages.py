@@ -4,7 +4,8 @@ The pages are protected by the same API key as the API. A browser presents it on
 or `?key=` in a link the service prints) and then carries a session cookie derived from the key:
 HttpOnly and SameSite=Strict, so other sites can neither read it nor make the browser send it with a
 form post. A session lasts 12 hours (the cookie says when it was issued, signed with the key), and
-"Sign out" ends it in that browser. The retry form also carries a per-post token derived from the key,
+"Sign out" removes it from that browser (a copy of the cookie taken elsewhere lasts its 12 hours: changing the
+API key ends every session at once). The retry form also carries a per-post token derived from the key,
 for browsers that do not honour SameSite. Changing the API key ends every session.
 """
 
@@ -50,6 +51,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "smartretry_session"
 # How long a sign-in lasts: a working day, after which the browser is asked for the key again.
 SESSION_SECONDS = 12 * 3600
+CLOCK_SKEW_SECONDS = 300
 PLATFORM_ICONS: dict[str, str] = {"facebook": "📘", "instagram": "📷"}
 STATUS_LABELS = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}
 # Seconds between reloads of a page whose post is still publishing; of one whose retry is queued behind an
@@ -81,7 +83,8 @@ def session_value(settings: Settings, issued: int) -> str:
 def session_valid(settings: Settings, cookie: str | None) -> bool:
     """Whether `cookie` is a session this key issued less than `SESSION_SECONDS` ago."""
     issued, _, _signature = (cookie or "").partition(".")
-    if not issued.isdigit() or not 0 <= _now() - int(issued) < SESSION_SECONDS:
+    # Issued a little "later" than now is another replica's clock a little ahead, not a forgery (it is signed).
+    if not issued.isdigit() or not -CLOCK_SKEW_SECONDS <= _now() - int(issued) < SESSION_SECONDS:
         return False
     return hmac.compare_digest(cookie or "", session_value(settings, int(issued)))
 

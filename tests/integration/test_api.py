@@ -423,8 +423,10 @@ def test_a_publish_to_a_platform_the_account_has_not_connected_is_422_saying_wha
     # What it has connected, it publishes to; a retry naming it for a post that targets both is refused alike.
     assert api.client.post("/posts", json=publish_body(account="page-only",
                                                        publish_target="facebook")).status_code == 202
-    store_post(api, "post-1")
-    answer = api.client.post("/posts/post-1/retry", json={"account": "page-only"})
+    # An imported post without an account, retried with one that lacks what it targets.
+    store_events(api, History(post_id="imported-1").legacy(
+        {"insights": {}, "status": "failed", "error_message": "token expired"}).events)
+    answer = api.client.post("/posts/imported-1/retry", json={"account": "page-only"})
     assert answer.status_code == 422 and "no Instagram business account" in answer.text
 
 
@@ -638,7 +640,9 @@ def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_sa
 
 def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:
     store_post(api, "post-1")
-    unknown = api.client.post("/posts/post-1/retry", json={"account": "nobody"})
+    store_events(api, History(post_id="imported-1").legacy(
+        {"insights": {}, "status": "failed", "error_message": "token expired"}).events)
+    unknown = api.client.post("/posts/imported-1/retry", json={"account": "nobody"})
     assert unknown.status_code == 422 and "unknown account 'nobody'" in unknown.text
     assert_nothing_on_commands(api)
     add_account(api)
@@ -647,6 +651,8 @@ def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_ref
     moved = api.client.post("/posts/post-1/retry", json={"account": "other-shop"})
     assert moved.status_code == 409
     assert "publishes with account 'acme': a retry cannot move it to 'other-shop'" in moved.json()["detail"]
+    # Refused for that, whatever the other account is: connecting it would change nothing.
+    assert api.client.post("/posts/post-1/retry", json={"account": "never-connected"}).status_code == 409
     assert_nothing_on_commands(api)
     assert api.client.post("/posts/post-1/retry", json={"account": "acme"}).status_code == 202
     [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)

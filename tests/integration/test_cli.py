@@ -181,6 +181,11 @@ def test_the_apis_advice_names_the_commands_that_do_it(api: RunningApi) -> None:
     code, output = run(api, "publish", "Hello", "--image-url", "https://cdn.example.com/a.jpg", "--account", "nobody")
     assert code == 1
     assert "unknown account 'nobody': set its token with smartretry accounts set-token nobody" in output
+    api.stores.credentials.set_token("page-only", "page-only-user-token-0003", "747917475065823", None)
+    code, output = run(api, "publish", "Hello", "--image-url", "https://cdn.example.com/a.jpg", "--account",
+                       "page-only")
+    assert "has no Instagram business account connected: set it with smartretry accounts set-token page-only " \
+           "--ig-user-id ..." in output
     env = {"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": "a-wrong-key-of-16-chars", "COLUMNS": "200"}
     refused = CliRunner().invoke(app, ["show", "post-1"], env=env)
     assert "401: missing or wrong API key: set SMARTRETRY_API_KEY to the service's API key" in refused.output
