@@ -617,16 +617,21 @@ def test_retry_with_a_fixed_image_url_puts_a_retry_command_on_kafka(api: Running
     assert command.content == PostContent(caption="Autumn sale starts today", image_url=FIXED_URL)
 
 
-def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_says_so(api: RunningApi) -> None:
-    # Facebook refused for a rate limit that lifts in an hour; the service will publish it again then.
-    history = History(post_id="post-limited", at=datetime.now(UTC))
+def store_limited_for_an_hour(api: RunningApi, post_id: str) -> None:
+    """A post whose Facebook was refused just now for a rate limit that lifts in an hour: the service publishes it
+    again then, and the post's next command runs after that."""
+    history = History(post_id=post_id, at=datetime.now(UTC))
     attempts = history.publish(target="facebook")
     history.events.append(PlatformResult(
-        event_id="limited", post_id="post-limited", occurred_at=datetime.now(UTC), platform="facebook",
+        event_id="limited", post_id=post_id, occurred_at=datetime.now(UTC), platform="facebook",
         attempt_id=attempts["facebook"], success=False, error=PlatformError(
             kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=3600.0,
             message="Facebook photo upload failed: 400 - Page request limit reached")))
     store_events(api, history.events)
+
+
+def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_says_so(api: RunningApi) -> None:
+    store_limited_for_an_hour(api, "post-limited")
 
     answer = api.client.post("/posts/post-limited/retry", json={"content": {"image_url": FIXED_URL}})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,6 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from schemas.common import ErrorKind
-from schemas.events import PlatformError, PlatformResult
 from smartretry import pages
 from smartretry.pages import retry_token
 from tests.integration.test_api import (
@@ -25,6 +23,7 @@ from tests.integration.test_api import (
     messages_on,
     seed_events,
     store_events,
+    store_limited_for_an_hour,
     store_post,
 )
 from tests.integration.test_api_end_to_end import API_KEY as E2E_KEY
@@ -269,16 +268,7 @@ def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api:
 
 def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_not_publishing(
         api: RunningApi) -> None:
-    # Facebook refused for a rate limit that lifts in an hour; the service publishes it again then, and a retry
-    # sent meanwhile runs after that.
-    history = History(post_id="post-limited", at=datetime.now(UTC))
-    attempts = history.publish(target="facebook")
-    history.events.append(PlatformResult(
-        event_id="limited", post_id="post-limited", occurred_at=datetime.now(UTC), platform="facebook",
-        attempt_id=attempts["facebook"], success=False, error=PlatformError(
-            kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=3600.0,
-            message="Facebook photo upload failed: 400 - Page request limit reached")))
-    store_events(api, history.events)
+    store_limited_for_an_hour(api, "post-limited")
     form = {"token": retry_token(api.settings, "post-limited")}
     with signed_in(api) as browser:
         answer = browser.post("/ui/posts/post-limited/retry", data=form, follow_redirects=False)
