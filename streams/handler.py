@@ -620,9 +620,9 @@ class CommandHandler:
         # Its ids and notes would be kept in the post's events and the projection: a new command carrying an access
         # token (a stored one, as the API refuses it too, or one of Meta's shape) is refused before anything is
         # written. One decided before (a redelivery) goes on as it was decided.
-        tokens = await self._stored_tokens()
-        if (state is None or command.command_id not in state.commands) and \
-                (carrying := _token_in_fields(command, tokens)) is not None:
+        new = state is None or command.command_id not in state.commands
+        tokens = await self._stored_tokens() if new else frozenset[str]()
+        if new and (carrying := _token_in_fields(command, tokens)) is not None:
             log.warning("Command refused: %s", carrying, extra=context)
             if source is not None:
                 await self._dead_letter(source, f"refused {command.type}: {carrying}")
