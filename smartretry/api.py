@@ -437,9 +437,7 @@ class FrontDoor:
                 note=body.note, requested_at=self.clock())
         except ValidationError as exc:
             raise unprocessable(exc) from None
-        if body.permalink is not None and (problem := url_problem(body.permalink)) is not None:
-            raise HTTPException(422, [{"loc": ["body", "permalink"], "type": "value_error",
-                                       "msg": f"Value error, {problem}"}])
+        _check_url(body.permalink, ["body", "permalink"])
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
@@ -558,13 +556,15 @@ INSTAGRAM_HASHTAG_LIMIT = 30
 HASHTAG = re.compile(r"(?<![\w#])#\w+")
 
 
-def _check_urls(content: PostContent) -> None:
+def _check_url(value: str | None, loc: list[str]) -> None:
     """422 for an address no platform could fetch (no host, a bad port, a line break)."""
+    if value is not None and (problem := url_problem(value)) is not None:
+        raise HTTPException(422, [{"loc": loc, "type": "value_error", "msg": f"Value error, {problem}"}])
+
+
+def _check_urls(content: PostContent) -> None:
     for field in ("image_url", "link"):
-        value = getattr(content, field)
-        if value is not None and (problem := url_problem(value)) is not None:
-            raise HTTPException(422, [{"loc": ["body", "content", field], "type": "value_error",
-                                       "msg": f"Value error, {problem}"}])
+        _check_url(getattr(content, field), ["body", "content", field])
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None, *, new_post: bool = True) -> None:

@@ -4,9 +4,9 @@ The pages are protected by the same API key as the API. A browser presents it on
 or `?key=` in a link the service prints) and then carries a session cookie derived from the key:
 HttpOnly and SameSite=Strict, so other sites can neither read it nor make the browser send it with a
 form post. A session lasts 12 hours (the cookie says when it was issued, signed with the key), and
-"Sign out" removes it from that browser (a copy of the cookie taken elsewhere lasts its 12 hours: changing the
-API key ends every session at once). The retry form also carries a per-post token derived from the key,
-for browsers that do not honour SameSite. Changing the API key ends every session.
+"Sign out" removes it from that browser (a copy of the cookie taken elsewhere lasts its 12 hours). The retry
+form also carries a per-post token derived from the key, for browsers that do not honour SameSite. Changing
+the API key ends every session at once.
 """
 
 from __future__ import annotations
