@@ -121,19 +121,20 @@ def _problem(response: httpx.Response) -> str:
     return _as_commands(str(detail))
 
 
-# The API's advice names its routes; on the command line, the commands that do the same.
+# The API's advice names its routes; on the command line, the commands that do the same. (An id ends before
+# the punctuation that may follow it.)
+_ID = r"([^\s),;]+)"
 _ROUTES_AS_COMMANDS = (
-    (re.compile(r"\(GET /posts/([^\s)]+)\)"), r"(smartretry show \1)"),
-    (re.compile(r"GET /posts/(\S+)"), r"smartretry show \1"),
-    (re.compile(r"POST /posts/(\S+)/retry"), r"smartretry retry \1"),
-    (re.compile(r"POST /posts/(\S+)/republish"), r"smartretry force \1 --reason ..."),
-    (re.compile(r"set its page_id and ig_user_id with PUT /accounts/(\S+)/token"),
+    (re.compile(rf"GET /posts/{_ID}"), r"smartretry show \1"),
+    (re.compile(rf"POST /posts/{_ID}/retry"), r"smartretry retry \1"),
+    (re.compile(rf"POST /posts/{_ID}/republish"), r"smartretry force \1 --reason ..."),
+    (re.compile(rf"set its page_id and ig_user_id with PUT /accounts/{_ID}/token"),
      r"set them with smartretry accounts set-token \1 --page-id ... --ig-user-id ..."),
-    (re.compile(r"set its page_id with PUT /accounts/(\S+)/token"),
+    (re.compile(rf"set its page_id with PUT /accounts/{_ID}/token"),
      r"set it with smartretry accounts set-token \1 --page-id ..."),
-    (re.compile(r"set its ig_user_id with PUT /accounts/(\S+)/token"),
+    (re.compile(rf"set its ig_user_id with PUT /accounts/{_ID}/token"),
      r"set it with smartretry accounts set-token \1 --ig-user-id ..."),
-    (re.compile(r"PUT /accounts/(\S+)/token"), r"smartretry accounts set-token \1"),
+    (re.compile(rf"PUT /accounts/{_ID}/token"), r"smartretry accounts set-token \1"),
     (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
 )
 
