@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 from publishers.redact import scrub
 from schemas.deadletters import DeadLetter
@@ -19,7 +21,7 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
     scrubbed = False
     if value is not None:
         text = value.decode("utf-8", "replace")
-        cleaned = scrub(text)
+        cleaned = _scrubbed_json(text) or scrub(text)
         # Bad input can carry a token (pasted into a caption, say): then keep the scrubbed text, not the bytes.
         if cleaned != text:
             kept, scrubbed = cleaned.encode(), True
@@ -33,3 +35,24 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
         value_scrubbed=scrubbed and kept is not None,
         occurred_at=at or datetime.now(UTC),
     )
+
+
+def _scrubbed_json(text: str) -> str | None:
+    """`text` with the tokens in its JSON strings scrubbed, written again, when it is JSON that carries one; else
+    None. A JSON string may spell a token with escapes ("\\u0045AA..."), which the raw text does not show."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    cleaned = _scrub_strings(document)
+    return json.dumps(cleaned, ensure_ascii=False) if cleaned != document else None
+
+
+def _scrub_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [_scrub_strings(item) for item in value]
+    if isinstance(value, dict):
+        return {scrub(key): _scrub_strings(item) for key, item in value.items()}
+    return value
