@@ -417,6 +417,16 @@ class FrontDoor:
             else:
                 hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
             raise HTTPException(409, decision.log_line + hint)
+        pending = automatic_retries(state, self.settings.max_automatic_attempts) if forced else {}
+        if pending:
+            # The same once the service's own retry of a platform is due: the republish would run after it, and
+            # post that platform a second time if it goes out.
+            when = {PLATFORM_LABELS[p]: f" at {at.astimezone(UTC).strftime('%H:%M:%S')} UTC" if at else " shortly"
+                    for p, at in pending.items()}
+            raise HTTPException(409, " and ".join(f"{label} is retried by the service itself{at}"
+                                                  for label, at in when.items())
+                                + f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
+                                  "posted again")
         if forced and STILL_PUBLISHING in decision.skipped.values():
             # The republish would run once that attempt has ended, and publish its platform again then too: a post
             # that looks stuck would go out twice. Known first, the user can still republish.

@@ -136,6 +136,7 @@ _ROUTES_AS_COMMANDS = (
      r"set it with smartretry accounts set-token \1 --ig-user-id ..."),
     (re.compile(rf"PUT /accounts/{_ID}/token"), r"smartretry accounts set-token \1"),
     (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
+    (re.compile(r"then republish if"), "then republish (smartretry force) if"),
 )
 
 

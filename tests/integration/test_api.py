@@ -630,6 +630,17 @@ def store_limited_for_an_hour(api: RunningApi, post_id: str) -> None:
     store_events(api, history.events)
 
 
+def test_a_forced_republish_while_the_service_will_retry_a_platform_itself_is_refused(api: RunningApi) -> None:
+    # Queued behind that retry, it would post Facebook a second time once the retry went out.
+    store_limited_for_an_hour(api, "post-limited")
+    answer = api.client.post("/posts/post-limited/republish", json={"reason": "push it out now"})
+    assert answer.status_code == 409
+    assert answer.json()["detail"].startswith("Facebook is retried by the service itself at ")
+    assert answer.json()["detail"].endswith("; wait for its result (GET /posts/post-limited), then republish if you "
+                                            "still want it posted again")
+    assert_nothing_on_commands(api)
+
+
 def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_says_so(api: RunningApi) -> None:
     store_limited_for_an_hour(api, "post-limited")
 

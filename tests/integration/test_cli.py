@@ -173,7 +173,7 @@ def test_force_while_a_platform_is_still_publishing_is_refused_until_its_result_
     code, output = run(api, "force", "inflight-2", "--reason", "looks stuck")
     assert code == 1
     assert "409: Facebook still publishing (its last attempt has no result yet); wait for its result " \
-           "(smartretry show inflight-2), then republish if you still want it posted again" in output
+           "(smartretry show inflight-2), then republish (smartretry force) if you still want it posted again" in output
     assert messages_on(api.bootstrap, api.topics.commands) == []
 
 
