@@ -43,7 +43,7 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel
 
 from projections.state import AttemptState, CommandRecord, PostState, empty_state
-from schemas.common import PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform, platforms_of, target_of
+from schemas.common import PLATFORM_LABELS, PLATFORMS, POLICY_BLOCK_CODE, ErrorKind, Platform, platforms_of, target_of
 from schemas.events import (
     AttemptOutcomeUnknown,
     CommandDecided,
@@ -270,7 +270,9 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
     if superseded:
         return None
 
-    _set_needed_action(state, event.platform, needed_action(event.platform, error_kind) if not event.success else None)
+    code = None if error is None else error.code
+    _set_needed_action(state, event.platform,
+                       needed_action(event.platform, error_kind, code) if not event.success else None)
     return attempt
 
 
@@ -566,9 +568,14 @@ def derive_document(state: PostState) -> PostInsights:
     return _replaced(current, {"status": status, "error_message": message, "post_url": url})
 
 
-def needed_action(platform: Platform, kind: ErrorKind | None) -> str | None:
-    """What the user must do before a retry of `platform` can succeed; None when the service retries by itself."""
+def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None = None) -> str | None:
+    """What the user must do before a retry of `platform` can succeed; None when the service retries by itself.
+
+    `code` is the platform's error code, where it says more than the kind: a policy block is waited out, not fixed.
+    """
     label = PLATFORM_LABELS[platform]
+    if code == POLICY_BLOCK_CODE:
+        return f"wait until {label} lifts its temporary block, then retry"
     if kind is ErrorKind.AUTH:
         return f"re-authenticate {label}"
     if kind is ErrorKind.PERMISSION:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from publishers.redact import scrub
-from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
+from schemas.common import PLATFORM_LABELS, POLICY_BLOCK_CODE, ErrorKind, Platform
 from schemas.events import PlatformError
 
 AUTH_CODES = frozenset({102, 190})
@@ -20,11 +20,11 @@ PERMISSION_CODES = frozenset({10, *range(200, 300)})
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
 TRANSIENT_CODES = frozenset({1, 2, 341})
 INVALID_MEDIA_CODES = frozenset({324})
-# Bad parameter, duplicate post, bad link: the user must change the post. Also Meta's "temporarily blocked for
-# policy violations" (368): its advice is to wait and try again, but a block lasts hours or days, and calls
-# repeated meanwhile by the service itself would hold the post's turn for hours and may count against the Page;
-# the user is told (Meta's own words say why) and retries once it lifts, or changes the post.
-INVALID_REQUEST_CODES = frozenset({100, 506, 1609005, 368})
+# Meta's "temporarily blocked for policy violations": its advice is to wait and try again, but a block lasts
+# hours or days, and calls repeated meanwhile by the service itself would hold the post's turn for hours and may
+# count against the Page. The user is told (Meta's own words say why), whatever `is_transient` says.
+# Bad parameter, duplicate post, bad link: the user must change the post; and a policy block, to wait out.
+INVALID_REQUEST_CODES = frozenset({100, 506, 1609005, POLICY_BLOCK_CODE})
 
 # Instagram subcodes. Those that mean "try the same container again shortly": not ready, server hiccup.
 IG_RETRY_SAME_CONTAINER = frozenset({2207001, 2207003, 2207008, 2207027})
@@ -150,6 +150,8 @@ def _kind(code: int | None, subcode: int | None, is_transient: bool, http_status
         return ErrorKind.AUTH
     if code in RATE_LIMIT_CODES:
         return ErrorKind.RATE_LIMITED
+    if code == POLICY_BLOCK_CODE:
+        return ErrorKind.INVALID_REQUEST
     if is_transient or code in TRANSIENT_CODES:
         return ErrorKind.TRANSIENT
     if code in PERMISSION_CODES:

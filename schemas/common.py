@@ -31,6 +31,10 @@ def target_of(platforms: tuple[Platform, ...] | list[Platform]) -> PublishTarget
     return None
 
 
+# Meta's error code for "temporarily blocked for policy violations" (see publishers/errors.py).
+POLICY_BLOCK_CODE = 368
+
+
 class ErrorKind(StrEnum):
     """What a platform error means for the user, and whether the service retries it on its own."""
 

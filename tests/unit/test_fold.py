@@ -190,6 +190,17 @@ def test_needed_action_follows_the_error_kind() -> None:
         assert history.state().needed_action.get("facebook") == expected.get(kind), kind
 
 
+def test_a_policy_block_asks_to_wait_until_it_lifts_not_to_fix_the_post() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.events.append(PlatformResult(
+        event_id="blocked", post_id=history.post_id, occurred_at=history.at, platform="facebook",
+        attempt_id=attempts["facebook"], success=False, error=PlatformError(
+            kind=ErrorKind.INVALID_REQUEST, code=368, http_status=400,
+            message="Facebook photo upload failed: 400 - The action attempted has been deemed abusive")))
+    assert history.state().needed_action == {"facebook": "wait until Facebook lifts its temporary block, then retry"}
+
+
 def test_a_platform_that_was_not_targeted_does_not_count() -> None:
     history = History()
     attempts = history.publish(target="instagram")

@@ -311,3 +311,5 @@ def test_a_policy_block_waits_for_the_user_and_says_why_in_metas_words() -> None
     assert error.kind is ErrorKind.INVALID_REQUEST and not error.kind.retried_automatically
     assert error.message == ("Facebook publish failed: 400 - The action attempted has been deemed abusive or is "
                              "otherwise disallowed")
+    # Also when Meta marks it transient.
+    assert classify("facebook", 400, envelope(368, 1390008, transient=True)).kind is ErrorKind.INVALID_REQUEST
