@@ -179,16 +179,18 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
                       f"See `smartretry show {response['post']['id']}`.", highlight=False)
     else:
         print_post(detail, api.page_url(detail["id"]))
+    # With --json, stdout is the JSON alone (for a script): what is said besides goes to stderr.
+    said = errors if as_json else console
     still_publishing = response.get("pending") and not (detail and detail.get("command", {}).get("settled"))
     if still_publishing and response.get("note"):
-        console.print(f"⏳ This command is {response['note']}.", highlight=False)
+        said.print(f"⏳ This command is {response['note']}.", highlight=False)
     if still_publishing and detail is not None and detail.get("status") == "failed" and (
             detail.get("automatic_retry") or response.get("note")):
         # Failed for now, with an automatic retry to come (shown above): not the end of it yet.
-        console.print(f"Not final: the service retries by itself; `smartretry show {detail['id']}` for the outcome.",
-                      highlight=False)
+        said.print(f"Not final: the service retries by itself; `smartretry show {detail['id']}` for the outcome.",
+                   highlight=False)
     elif still_publishing:
-        console.print("Still publishing: results are not all in yet.", highlight=False)
+        said.print("Still publishing: results are not all in yet.", highlight=False)
     elif detail is not None and detail.get("status") == "failed":
         # Scripts tell a post that failed from one that went out (or is still going out) by the exit status.
         raise typer.Exit(1)
@@ -390,7 +392,12 @@ def list_posts(
     if not listed["posts"]:
         console.print(f"No {status} posts." if status else "No posts yet.", highlight=False)
         return
-    table = Table("post", "status", "target", "updated", "error")
+    # The ids whole, whatever the terminal's width: they are what `show` and `retry` take. The error wraps instead.
+    table = Table()
+    table.add_column("post", no_wrap=True, min_width=max(len(post["id"]) for post in listed["posts"]))
+    for name in ("status", "target", "updated"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("error", overflow="fold")
     for post in listed["posts"]:
         table.add_row(post["id"], post["status"], post["publish_target"], post["updated_at"] or "",
                       post["error_message"] or "")

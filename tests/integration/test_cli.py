@@ -97,8 +97,12 @@ def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: R
     code, output = run(api, "list")
     assert code == 0, output
     # Both updated at the seed's time: in id order, as the API lists them.
-    assert [line.split("│")[1].strip() for line in output.splitlines() if "post-" in line] == ["post-1", "post-2"]
+    assert [line.split("│")[1].strip() for line in output.splitlines() if "│ post-" in line] == ["post-1", "post-2"]
     assert "failed" in output and "posted" in output and FB_ERROR in output
+    store_post(api, "01KA8MNE2DT1E31F8Z3TJHF96E")
+    narrow = CliRunner().invoke(app, ["list"], env={"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": API_KEY,
+                                                    "COLUMNS": "80"})
+    assert "01KA8MNE2DT1E31F8Z3TJHF96E" in narrow.output  # an id whole, to copy, even in 80 columns
     code, output = run(api, "list", "--status", "posted")
     assert "post-2" in output and "post-1" not in output
     code, output = run(api, "list", "--status", "publishing")
@@ -118,6 +122,11 @@ def test_publish_puts_the_command_on_kafka_and_says_when_results_are_not_in(api:
     assert "Still publishing" in output
     [(key, _value)] = messages_on(api.bootstrap, api.topics.commands)
     assert key == "cli-1"
+    env = {"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": API_KEY}
+    as_json = CliRunner().invoke(app, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg",
+                                       "--account", "acme", "--post-id", "cli-2", "--wait", "0.3", "--json"], env=env)
+    assert json.loads(as_json.stdout)["pending"] is True  # stdout is the JSON alone, for a script
+    assert "Still publishing" in as_json.stderr
 
 
 def test_a_bad_publish_shows_the_apis_reason_and_sends_nothing(api: RunningApi) -> None:
