@@ -394,6 +394,10 @@ class FrontDoor:
         if content is not None:
             _check_urls(content)
             _check_fits_target(content, state.publish_target, new_post=False)
+        if state.publish_target == "instagram" and correction is not None and correction.link is not None:
+            # A link a correction adds would be dropped without a word, as on a new post.
+            raise HTTPException(422, [{"loc": ["body", "content", "link"], "type": "value_error",
+                                       "msg": "Instagram posts carry no link: put it in the caption"}])
         if command.account is not None and state.account is not None and command.account != state.account:
             # Refused whatever that account is (`decide` says why): connecting it first would change nothing.
             raise HTTPException(409, decide(state, command).reject_reason)
