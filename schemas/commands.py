@@ -42,10 +42,12 @@ def url_problem(value: str) -> str | None:
         return "must be one line: it holds a control character (a line break, a tab)"
     host = parts.hostname or ""
     if not host or any(c.isspace() or c in "<>\"{}|\\^`" for c in host):
-        return f"must name a host: {parts.netloc!r} is none"
+        return f"must name a host: {parts.netloc!r} is not one (a space or a stray character in it?)"
     try:
-        parts.port  # noqa: B018 - read for its check: out of range or not a number raises
+        port = parts.port  # out of range or not a number raises
     except ValueError:
+        port = 0
+    if port == 0:
         return f"has an invalid port: {parts.netloc!r}"
     return None
 

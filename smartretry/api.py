@@ -573,7 +573,7 @@ HASHTAG = re.compile(r"(?<![\w#])#\w+")
 def _check_url(value: str | None, loc: list[str]) -> None:
     """422 for an address no platform could fetch (no host, a bad port, a line break)."""
     if value is not None and (problem := url_problem(value)) is not None:
-        raise HTTPException(422, [{"loc": loc, "type": "value_error", "msg": f"Value error, {problem}"}])
+        raise HTTPException(422, [{"loc": loc, "type": "value_error", "msg": problem}])
 
 
 def _check_urls(content: PostContent) -> None:

@@ -356,6 +356,8 @@ def test_publish_keeps_a_post_id_given_by_the_caller(api: RunningApi) -> None:
      ["body", "content", "image_url"], "must be one line"),
     (publish_body(content={"caption": "x", "image_url": "https://cdn.example.com:99999/x.jpg"}),
      ["body", "content", "image_url"], "invalid port"),
+    (publish_body(content={"caption": "x", "image_url": "https://cdn.example.com:0/x.jpg"}),
+     ["body", "content", "image_url"], "invalid port"),
     (publish_body(content={"caption": "x", "image_url": "https://[::1/x.jpg"}), ["body", "content", "image_url"],
      "http(s) URL"),
     (publish_body(content={"caption": "x", "image_url": SPACE_URL, "link": "https://example.com/a\tb"}),
