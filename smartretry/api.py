@@ -360,8 +360,8 @@ class FrontDoor:
                                 ) from None
         except UnknownAccount:
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
-                                       "msg": f"unknown account {account!r}: set its token with "
-                                              f"PUT /accounts/{account}/token"}]) from None
+                                       "msg": f"unknown account {account!r}: connect it (its token, page_id and "
+                                              f"ig_user_id) with PUT /accounts/{account}/token"}]) from None
         missing = [(label, field) for platform, label, field, have in (
             ("facebook", "Facebook Page", "page_id", credentials.page_id),
             ("instagram", "Instagram business account", "ig_user_id", credentials.ig_user_id))

@@ -128,6 +128,8 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(rf"GET /posts/{_ID}"), r"smartretry show \1"),
     (re.compile(rf"POST /posts/{_ID}/retry"), r"smartretry retry \1"),
     (re.compile(rf"POST /posts/{_ID}/republish"), r"smartretry force \1 --reason ..."),
+    (re.compile(rf"connect it \(its token, page_id and ig_user_id\) with PUT /accounts/{_ID}/token"),
+     r"connect it with smartretry accounts set-token \1 --page-id ... --ig-user-id ..."),
     (re.compile(rf"set its page_id and ig_user_id with PUT /accounts/{_ID}/token"),
      r"set them with smartretry accounts set-token \1 --page-id ... --ig-user-id ..."),
     (re.compile(rf"set its page_id with PUT /accounts/{_ID}/token"),

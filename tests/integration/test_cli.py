@@ -189,7 +189,8 @@ def test_force_while_a_platform_is_still_publishing_is_refused_until_its_result_
 def test_the_apis_advice_names_the_commands_that_do_it(api: RunningApi) -> None:
     code, output = run(api, "publish", "Hello", "--image-url", "https://cdn.example.com/a.jpg", "--account", "nobody")
     assert code == 1
-    assert "unknown account 'nobody': set its token with smartretry accounts set-token nobody" in output
+    assert "unknown account 'nobody': connect it with smartretry accounts set-token nobody --page-id ... " \
+           "--ig-user-id ..." in output
     api.stores.credentials.set_token("page-only", "page-only-user-token-0003", "747917475065823", None)
     code, output = run(api, "publish", "Hello", "--image-url", "https://cdn.example.com/a.jpg", "--account",
                        "page-only")
