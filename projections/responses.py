@@ -129,7 +129,20 @@ def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
                 state.in_flight(platform) is None:
             action += ", then retry"
         shown[platform] = action
-    return {**retries_used_up(state, max_attempts), **shown}
+    shown = {**retries_used_up(state, max_attempts), **shown}
+    if state.account is None and state.status == "failed":
+        # Imported without an account: whatever else it needs, a retry publishes it only once it names one.
+        for platform in state.targeted:
+            result = state.latest_result(platform)
+            if result is None or not result.success:
+                needed = shown.get(platform)
+                shown[platform] = NAME_THE_ACCOUNT if needed in (None, "fix the post") else \
+                    f"{needed}, and {NAME_THE_ACCOUNT}"
+    return shown
+
+
+# What a post imported without an account needs before any retry can publish it.
+NAME_THE_ACCOUNT = "retry naming the account to publish with"
 
 
 def retries_used_up(state: PostState, max_attempts: int) -> dict[Platform, str]:

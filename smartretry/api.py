@@ -431,6 +431,11 @@ class FrontDoor:
                                                   for label, at in when.items())
                                 + f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
                                   "posted again")
+        if state.account is None and command.account is None:
+            # Imported without an account: the retry would fail for want of one, a new failure on the post.
+            raise HTTPException(422, [{"loc": ["body", "account"], "type": "missing",
+                                       "msg": f"post {post_id} has no account (it was imported without one): name "
+                                              "the account to publish it with"}])
         if forced and STILL_PUBLISHING in decision.skipped.values():
             # The republish would run once that attempt has ended, and publish its platform again then too: a post
             # that looks stuck would go out twice. Known first, the user can still republish.

@@ -239,6 +239,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "retried": retried_summary(state) if status != "publishing" else None,
             "retry_token": retry_token(settings, post_id),
             "image_url": state.content.image_url if state.content else None,
+            # Imported without an account: the retry names the one to publish with.
+            "needs_account": state.account is None,
             "problem": problem,
         }, status_code=status_code)
 
@@ -253,9 +255,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         state = await front.read(post_id)
         image_url = (form.get("image_url") or [""])[0].strip()
         current = state.content.image_url if state is not None and state.content else None
+        account = (form.get("account") or [""])[0].strip() or None
         try:
-            body = RetryBody(content=ContentCorrection(image_url=image_url)) if image_url and image_url != current \
-                else None
+            correction = ContentCorrection(image_url=image_url) if image_url and image_url != current else None
+            body = RetryBody(content=correction, account=account) if correction or account else None
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
             return await render_post(request, post_id, None, _page_problem(_problem(exc.detail)),

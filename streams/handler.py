@@ -821,7 +821,8 @@ class CommandHandler:
             # what lacks it, not an account's token: no "re-authenticate".
             return PublishOutcome.failed(platform, PlatformError(
                 kind=ErrorKind.INVALID_REQUEST,
-                message=f"{label} publish failed: the post has no account: retry it with one"))
+                message=f"{label} publish failed: the post has no account: retry it naming the account to publish "
+                        "with"))
         if isinstance(credentials, PlatformError):
             return PublishOutcome.failed(platform, credentials)
         # The attempt's lease counts from when it started, so its call must end within the attempt timeout of

@@ -264,7 +264,8 @@ def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_
     state = service.wait_command(post_id, plain.command_id)
     # The post lacks an account, not a token: fixed by retrying it with one, not by re-authenticating.
     assert state.status == "failed" and state.needed_action == {"facebook": "fix the post"}
-    assert "the post has no account: retry it with one" in (state.document.error_message or "")
+    assert "the post has no account: retry it naming the account to publish with" in (state.document.error_message
+                                                                                       or "")
 
     named = RetryRequested(command_id=new_id(), post_id=post_id, account=DEMO_ACCOUNT_ID,
                            requested_at=datetime.now(UTC))

@@ -665,6 +665,13 @@ def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_ref
         {"insights": {}, "status": "failed", "error_message": "token expired"}).events)
     unknown = api.client.post("/posts/imported-1/retry", json={"account": "nobody"})
     assert unknown.status_code == 422 and "unknown account 'nobody'" in unknown.text
+    # Naming none, it would only fail again for want of one.
+    nameless = api.client.post("/posts/imported-1/retry")
+    assert nameless.status_code == 422
+    assert "post imported-1 has no account (it was imported without one): name the account to publish it with" \
+        in nameless.text
+    assert api.client.get("/posts/imported-1").json()["needed_action"] == {
+        "facebook": "retry naming the account to publish with", "instagram": "retry naming the account to publish with"}
     assert_nothing_on_commands(api)
     add_account(api)
     # Another account than the post's own: it would put the post on another business's Page.

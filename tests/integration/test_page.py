@@ -11,13 +11,16 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from schemas.commands import RetryRequested
 from schemas.common import ErrorKind
+from schemas.envelope import decode_command
 from smartretry import pages
 from smartretry.pages import retry_token
 from tests.integration.test_api import (
     API_KEY,
     FB_ERROR,
     RunningApi,
+    add_account,
     api_fixture,  # noqa: F401 - the `api` fixture
     assert_nothing_on_commands,
     messages_on,
@@ -278,6 +281,22 @@ def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_no
     assert "Your retry is queued behind the automatic retry of Facebook at " in page
     assert 'content="30"' in page  # looked at again now and then, not every second for an hour
     assert 'id="retry"' not in page  # one retry queued is enough
+
+
+def test_a_post_imported_without_an_account_is_retried_from_its_page_naming_one(api: RunningApi) -> None:
+    add_account(api)
+    store_events(api, History(post_id="imported-1").legacy(
+        {"insights": {}, "status": "failed", "error_message": "token expired"}, target="facebook").events)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/imported-1").text
+        assert 'name="account"' in page and "Needed: retry naming the account to publish with" in page
+        assert "Error: token expired" in page  # the old system's own failure: all it kept
+        form = {"token": retry_token(api.settings, "imported-1"), "account": "acme"}
+        answer = browser.post("/ui/posts/imported-1/retry", data=form, follow_redirects=False)
+    assert answer.status_code == 303
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, RetryRequested) and command.account == "acme"
 
 
 def test_a_retry_form_without_its_token_or_session_changes_nothing(api: RunningApi) -> None:
