@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from schemas.common import PLATFORM_LABELS
+from schemas.common import PLATFORM_LABELS, platforms_of
 from schemas.deadletters import DeadLetter
 from smartretry.settings import Settings, load_settings
 from streams.kafka import deliver, producer
@@ -210,6 +210,11 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             console.print(f"  ✅ {label}: Published  {link}", highlight=False)
         else:
             console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
+    if detail["status"] == "publishing":
+        # A platform on its first attempt has no result yet: it is said too, as the page says it.
+        for platform in platforms_of(detail["publish_target"]) if detail.get("publish_target") else ():
+            if platform not in results:
+                console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: publishing...", highlight=False)
     if detail.get("error_message") and not any(not r["success"] for r in results.values()):
         # A failure with no platform's result to show it by (an old document that kept only its message).
         console.print(f"  ❌ {detail['error_message']}", highlight=False)
@@ -337,7 +342,8 @@ def resolve(
     published_as: str | None = typer.Option(None, help="It went out: the post's id on the platform."),
     not_published: bool = typer.Option(False, "--not-published", help="It did not go out."),
     permalink: str | None = typer.Option(None, help="The post's address, with --published-as."),
-    attempt_id: str | None = typer.Option(None, help="The attempt meant (as `show` gives it); checked."),
+    attempt_id: str | None = typer.Option(None, help=(
+        "The attempt meant, checked against the one waiting for a result (which is taken when none is named)")),
     note: str = typer.Option("", help="What was checked, recorded with the result."),
     as_json: bool = AsJson,
     wait: float = Wait,

@@ -173,6 +173,8 @@ def test_retry_while_a_platform_is_still_publishing_says_to_wait_not_to_force(ap
     assert "Wait for its result (smartretry show inflight-1), then retry if it failed." in output
     assert "smartretry force" not in output
     assert messages_on(api.bootstrap, api.topics.commands) == []
+    # The post as it stands: Instagram published, Facebook (no result yet) publishing.
+    assert "✅ Instagram: Published" in output and "⏳ Facebook: publishing..." in output
 
 
 def test_force_while_a_platform_is_still_publishing_is_refused_until_its_result_is_in(api: RunningApi) -> None:
