@@ -162,9 +162,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
 
     @router.get("/login")
     async def login_form(request: Request, next: str = "/ui/posts", wrong: str | None = None,
-                         signed_out: str | None = None) -> Response:
+                         signed_out: str | None = None, unsent: str | None = None) -> Response:
         return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "wrong": bool(wrong),
-                                                                  "signed_out": bool(signed_out)},
+                                                                  "signed_out": bool(signed_out),
+                                                                  "unsent": bool(unsent)},
                                           status_code=401 if wrong else 200)
 
     @router.post("/login")
@@ -212,7 +213,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return await render_post(request, post_id, awaiting, problem)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
-                          status_code: int = 200) -> Response:
+                          status_code: int = 200, entered_image_url: str | None = None) -> Response:
         state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
@@ -238,7 +239,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "note": retry_preview(state) if status == "failed" else "",
             "retried": retried_summary(state) if status != "publishing" else None,
             "retry_token": retry_token(settings, post_id),
-            "image_url": state.content.image_url if state.content else None,
+            # What the user typed, when the form comes back with a problem: to correct, not to type again.
+            "image_url": entered_image_url or (state.content.image_url if state.content else None),
             # Imported without an account: the retry names the one to publish with.
             "needs_account": state.account is None,
             "problem": problem,
@@ -247,7 +249,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     @router.post("/posts/{post_id}/retry")
     async def retry_from_page(request: Request, post_id: str) -> Response:
         if not signed_in(request):
-            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}'})}", status_code=303)
+            # Its session ended while the page was open: the sign-in page says the retry was not sent.
+            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': '1'})}",
+                                    status_code=303)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0]
         if not ID_PATTERN.match(post_id) or not hmac.compare_digest(token, retry_token(settings, post_id)):
@@ -262,10 +266,11 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
             return await render_post(request, post_id, None, _page_problem(_problem(exc.detail)),
-                                     status_code=exc.status_code)
+                                     status_code=exc.status_code, entered_image_url=image_url)
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
-                                     _problem(exc.errors(include_url=False, include_input=False)), status_code=422)
+                                     _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
+                                     entered_image_url=image_url)
         return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id})}",
                                 status_code=303)
 

@@ -303,8 +303,11 @@ def test_a_retry_form_without_its_token_or_session_changes_nothing(api: RunningA
     store_post(api, "post-1")
     with signed_in(api) as browser:
         assert browser.post("/ui/posts/post-1/retry", data={"token": "forged"}).status_code == 403
-    assert api.anonymous.post("/ui/posts/post-1/retry",
-                              data={"token": retry_token(api.settings, "post-1")}).status_code == 303
+    unsent = api.anonymous.post("/ui/posts/post-1/retry", data={"token": retry_token(api.settings, "post-1")})
+    assert unsent.status_code == 303
+    # A session that ended while the page was open: signing in again says the retry was not sent.
+    login = api.anonymous.get(unsent.headers["location"])
+    assert "Your session had ended, so the retry was not sent: sign in, then retry." in login.text
     assert_nothing_on_commands(api)
 
 
@@ -315,6 +318,7 @@ def test_a_bad_image_url_in_the_form_is_shown_on_the_page(api: RunningApi) -> No
                               data={"token": retry_token(api.settings, "post-1"), "image_url": "cdn/x.jpg"})
     assert answer.status_code == 422
     assert "must be an http(s) URL" in answer.text
+    assert 'value="cdn/x.jpg"' in answer.text  # what was typed, to correct, not the old address
     assert_nothing_on_commands(api)
 
 
