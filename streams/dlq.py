@@ -21,10 +21,12 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
     scrubbed = False
     if value is not None:
         text = value.decode("utf-8", "replace")
-        cleaned = _scrubbed_json(text) or scrub(text)
+        # The scrubbed JSON is scrubbed as text as well: a secret known by the key beside it ("access_token": ...)
+        # is only seen there.
+        cleaned = scrub(_scrubbed_json(text) or text)
         # Bad input can carry a token (pasted into a caption, say): then keep the scrubbed text, not the bytes.
         if cleaned != text:
-            kept, scrubbed = cleaned.encode(), True
+            kept, scrubbed = cleaned.encode("utf-8", "replace"), True
     if kept is not None and len(kept) > MAX_KEPT_VALUE_BYTES:
         reason = f"{reason} (the original {len(kept)} bytes are not kept: too large for a dead letter)"
         kept = None
@@ -39,20 +41,25 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
 
 def _scrubbed_json(text: str) -> str | None:
     """`text` with the tokens in its JSON strings scrubbed, written again, when it is JSON that carries one; else
-    None. A JSON string may spell a token with escapes ("\\u0045AA..."), which the raw text does not show."""
+    None. A JSON string may spell a token with escapes ("\\u0045AA..."), which the raw text does not show. Input
+    too deeply nested to read is left to the scrubbing of the text alone."""
     try:
         document = json.loads(text)
-    except ValueError:
+        changed: list[bool] = []
+        cleaned = _scrub_strings(document, changed)
+        return json.dumps(cleaned) if changed else None
+    except (ValueError, RecursionError):
         return None
-    cleaned = _scrub_strings(document)
-    return json.dumps(cleaned, ensure_ascii=False) if cleaned != document else None
 
 
-def _scrub_strings(value: Any) -> Any:
+def _scrub_strings(value: Any, changed: list[bool]) -> Any:
     if isinstance(value, str):
-        return scrub(value)
+        scrubbed = scrub(value)
+        if scrubbed != value:
+            changed.append(True)
+        return scrubbed
     if isinstance(value, list):
-        return [_scrub_strings(item) for item in value]
+        return [_scrub_strings(item, changed) for item in value]
     if isinstance(value, dict):
-        return {scrub(key): _scrub_strings(item) for key, item in value.items()}
+        return {_scrub_strings(key, changed): _scrub_strings(item, changed) for key, item in value.items()}
     return value

@@ -33,3 +33,24 @@ def test_a_token_spelled_with_json_escapes_is_scrubbed_too() -> None:
 def test_a_message_with_no_token_is_kept_byte_for_byte() -> None:
     value = b'{"type": "PublishRequested",   "content": {"caption": "Autumn sale"}}'
     assert _letter(value) == (value.decode(), False)
+
+
+def test_a_secret_known_by_its_key_is_scrubbed_beside_a_token_in_a_string() -> None:
+    shaped = "EAA" + "Bx7kQ2mZ9wLp4Rt8Yv3Nc6Hd1Fg5Js0Ku7Xe2Wq4Ao9"
+    kept, scrubbed = _letter(json.dumps({"caption": shaped, "access_token": "shortsecret123"}).encode())
+    assert scrubbed is True
+    assert shaped not in kept and "shortsecret123" not in kept
+
+
+def test_odd_json_never_stops_a_dead_letter_being_made() -> None:
+    token = "known-secret-token-" + "c0ffee42"
+    redact.register_secret(token)
+    deep = ("[" * 100_000).encode()  # too deeply nested to read: kept as it is, a dead letter all the same
+    assert _letter(deep) == (deep.decode(), False)
+    nested = ("[" * 900 + f'"{token}"' + "]" * 900).encode()
+    kept, scrubbed = _letter(nested)
+    assert scrubbed and token not in kept
+    lone = ('["\\ud800", "' + token + '"]').encode()  # a lone surrogate, written back as JSON can
+    kept, scrubbed = _letter(lone)
+    assert scrubbed and token not in kept
+    assert _letter(b" NaN ") == (" NaN ", False)  # nothing removed, nothing rewritten
