@@ -400,16 +400,15 @@ def list_posts(
     if not listed["posts"]:
         console.print(f"No {status} posts." if status else "No posts yet.", highlight=False)
         return
-    # The ids whole, whatever the terminal's width: they are what `show` and `retry` take. The error wraps instead.
-    table = Table()
-    table.add_column("post", no_wrap=True, min_width=max(len(post["id"]) for post in listed["posts"]))
-    for name in ("status", "target", "updated"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("error", overflow="fold")
+    # A line per post, its error on the next: the ids whole, whatever the terminal's width (they are what `show` and
+    # `retry` take), and the error never squeezed out by a table's columns.
+    width = max(len(post["id"]) for post in listed["posts"])
     for post in listed["posts"]:
-        table.add_row(post["id"], post["status"], post["publish_target"], post["updated_at"] or "",
-                      post["error_message"] or "")
-    console.print(table)
+        updated = (post["updated_at"] or "")[:19].replace("T", " ")
+        console.print(f"{post['id']:<{width}}  {post['status']:<10}  {post['publish_target']:<9}  {updated} UTC",
+                      highlight=False, soft_wrap=True)
+        if post["error_message"]:
+            console.print(f"    {post['error_message']}", highlight=False)
     if listed.get("next_cursor"):
         more = "--limit shows up to 500, " if limit < 500 else ""
         console.print(f"More posts than these {limit}: {more}--status narrows the list, and the post list page "

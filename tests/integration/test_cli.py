@@ -97,12 +97,13 @@ def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: R
     code, output = run(api, "list")
     assert code == 0, output
     # Both updated at the seed's time: in id order, as the API lists them.
-    assert [line.split("│")[1].strip() for line in output.splitlines() if "│ post-" in line] == ["post-1", "post-2"]
+    assert [line.split()[0] for line in output.splitlines() if line.startswith("post-")] == ["post-1", "post-2"]
     assert "failed" in output and "posted" in output and FB_ERROR in output
     store_post(api, "01KA8MNE2DT1E31F8Z3TJHF96E")
     narrow = CliRunner().invoke(app, ["list"], env={"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": API_KEY,
                                                     "COLUMNS": "80"})
-    assert "01KA8MNE2DT1E31F8Z3TJHF96E" in narrow.output  # an id whole, to copy, even in 80 columns
+    # An id whole, to copy, and the error, even in 80 columns.
+    assert "01KA8MNE2DT1E31F8Z3TJHF96E  failed" in narrow.output and "Missing or invalid image file" in narrow.output
     code, output = run(api, "list", "--status", "posted")
     assert "post-2" in output and "post-1" not in output
     code, output = run(api, "list", "--status", "publishing")
