@@ -394,10 +394,6 @@ class FrontDoor:
         if content is not None:
             _check_urls(content)
             _check_fits_target(content, state.publish_target, new_post=False)
-        if state.publish_target == "instagram" and correction is not None and correction.link is not None:
-            # A link a correction adds would be dropped without a word, as on a new post.
-            raise HTTPException(422, [{"loc": ["body", "content", "link"], "type": "value_error",
-                                       "msg": "Instagram posts carry no link: put it in the caption"}])
         if command.account is not None and state.account is not None and command.account != state.account:
             # Refused whatever that account is (`decide` says why): connecting it first would change nothing.
             raise HTTPException(409, decide(state, command).reject_reason)
@@ -431,6 +427,12 @@ class FrontDoor:
                                                   for label, at in when.items())
                                 + f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
                                   "posted again")
+        if correction is not None and correction.link is not None and "facebook" not in decision.platforms and \
+                correction.link != (state.content.link if state.content else None):
+            # A link the correction adds would go nowhere: this retry publishes Instagram alone, which takes none.
+            raise HTTPException(422, [{"loc": ["body", "content", "link"], "type": "value_error",
+                                       "msg": "Instagram posts carry no link, and this retry publishes Instagram "
+                                              "only: put it in the caption"}])
         if state.account is None and command.account is None:
             # Imported without an account: the retry would fail for want of one, a new failure on the post.
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "missing",

@@ -411,9 +411,13 @@ def test_an_instagram_post_made_with_a_link_before_links_were_refused_can_still_
     ])
     answer = api.client.post("/posts/ig-link/retry", json={"content": {"image_url": FIXED_URL}})
     assert answer.status_code == 202, answer.text
-    # A link a correction would add is refused, as on a new Instagram post.
+    # A link a correction would add is refused, as on a new Instagram post; so on a post for both platforms whose
+    # Facebook went out, the retry publishing Instagram alone.
     added = api.client.post("/posts/ig-link/retry", json={"content": {"link": "https://shop.example.com/new"}})
     assert added.status_code == 422 and "Instagram posts carry no link" in added.text
+    store_post(api, "fb-done", facebook_ok=True, instagram_ok=False)
+    added = api.client.post("/posts/fb-done/retry", json={"content": {"link": "https://shop.example.com/new"}})
+    assert added.status_code == 422 and "this retry publishes Instagram only" in added.text
 
 
 def test_a_publish_to_a_platform_the_account_has_not_connected_is_422_saying_what_to_set(api: RunningApi) -> None:
