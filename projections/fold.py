@@ -574,7 +574,8 @@ def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None =
     `code` is the platform's error code, where it says more than the kind: a policy block is waited out, not fixed.
     """
     label = PLATFORM_LABELS[platform]
-    if code == POLICY_BLOCK_CODE:
+    if code == POLICY_BLOCK_CODE and kind is ErrorKind.INVALID_REQUEST:
+        # (Recorded as transient by an earlier version, the service retries it by itself, so it asks nothing.)
         return f"wait until {label} lifts its temporary block, then retry"
     if kind is ErrorKind.AUTH:
         return f"re-authenticate {label}"
