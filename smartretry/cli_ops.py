@@ -139,6 +139,7 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(rf"PUT /accounts/{_ID}/token"), r"smartretry accounts set-token \1"),
     (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
     (re.compile(r"then republish if"), "then republish (smartretry force) if"),
+    (re.compile(r"name the account to publish it with"), "name the account to publish it with (--account NAME)"),
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -213,7 +214,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return await render_post(request, post_id, awaiting, problem)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
-                          status_code: int = 200, entered_image_url: str | None = None) -> Response:
+                          status_code: int = 200, entered_image_url: str | None = None,
+                          entered_account: str | None = None) -> Response:
         state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
@@ -243,6 +245,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "image_url": entered_image_url or (state.content.image_url if state.content else None),
             # Imported without an account: the retry names the one to publish with.
             "needs_account": state.account is None,
+            "entered_account": entered_account,
             "problem": problem,
         }, status_code=status_code)
 
@@ -266,11 +269,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
             return await render_post(request, post_id, None, _page_problem(_problem(exc.detail)),
-                                     status_code=exc.status_code, entered_image_url=image_url)
+                                     status_code=exc.status_code, entered_image_url=image_url,
+                                     entered_account=account)
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
-                                     entered_image_url=image_url)
+                                     entered_image_url=image_url, entered_account=account)
         return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id})}",
                                 status_code=303)
 
@@ -284,7 +288,8 @@ def _page_problem(problem: str) -> str:
     if PUBLISH_ANYWAY in problem:
         return problem.split(PUBLISH_ANYWAY, 1)[0] + (
             " (to publish it again anyway: smartretry force, or the API's republish)")
-    return problem
+    # An account to connect: with the command line (or the API's route), not from this page.
+    return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
 
 
 def _problem(detail: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,6 +292,13 @@ def test_a_post_imported_without_an_account_is_retried_from_its_page_naming_one(
         page = browser.get("/ui/posts/imported-1").text
         assert 'name="account"' in page and "Needed: retry naming the account to publish with" in page
         assert "Error: token expired" in page  # the old system's own failure: all it kept
+        # A mistyped account: the page says how to connect it, and keeps what was typed to correct.
+        typo = browser.post("/ui/posts/imported-1/retry",
+                            data={"token": retry_token(api.settings, "imported-1"), "account": "acmee"})
+        assert typo.status_code == 422
+        assert "unknown account 'acmee'" in html.unescape(typo.text)
+        assert "smartretry accounts set-token acmee" in typo.text
+        assert "PUT /accounts" not in typo.text and 'value="acmee"' in typo.text
         form = {"token": retry_token(api.settings, "imported-1"), "account": "acme"}
         answer = browser.post("/ui/posts/imported-1/retry", data=form, follow_redirects=False)
     assert answer.status_code == 303
