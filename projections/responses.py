@@ -137,7 +137,7 @@ def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
             if result is None or not result.success:
                 needed = shown.get(platform)
                 shown[platform] = NAME_THE_ACCOUNT if needed in (None, "fix the post") else \
-                    f"{needed}, and {NAME_THE_ACCOUNT}"
+                    f"{needed.removesuffix(', then retry')}, then {NAME_THE_ACCOUNT}"
     return shown
 
 

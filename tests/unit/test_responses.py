@@ -117,3 +117,15 @@ def test_an_attempt_an_older_version_took_up_without_marking_it_a_retry_counts_i
     asked = history.retry("cmd-retry", ("facebook",))
     history.success("facebook", asked["facebook"], "7479_1")
     assert retried_summary(history.state()) == "🔄 Retried: Facebook (1 retry)"
+
+
+def test_a_post_imported_without_an_account_asks_for_one_besides_what_else_it_needs() -> None:
+    history = History(post_id="imported-1").legacy({"insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "Facebook post failed: token expired"},
+        {"platform": "instagram", "success": False, "error": "Instagram media upload failed: 500"}]},
+        "status": "failed"})
+    state = history.state()
+    assert state.account is None
+    assert needed_actions(state, max_attempts=5) == {
+        "facebook": "re-authenticate Facebook, then retry naming the account to publish with",
+        "instagram": "retry naming the account to publish with"}
