@@ -41,7 +41,9 @@ def url_problem(value: str) -> str | None:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return "must be one line: it holds a control character (a line break, a tab)"
     host = parts.hostname or ""
-    if not host or any(c.isspace() or c in "<>\"{}|\\^`" for c in host):
+    if not host:
+        return f"must name a host: {parts.netloc!r} names none"
+    if any(c.isspace() or c in "<>\"{}|\\^`" for c in host):
         return f"must name a host: {parts.netloc!r} is not one (a space or a stray character in it?)"
     try:
         port = parts.port  # out of range or not a number raises
