@@ -196,8 +196,9 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
         fingerprint=event.fingerprint,
     )
     state.commands[event.command_id] = record
-    if event.content is not None:
-        # Corrected content applies from now on; results already in stay until new ones arrive.
+    if event.content is not None and event.platforms:
+        # Corrected content applies from now on; results already in stay until new ones arrive. A decision that
+        # publishes nothing (every platform had gone out by its turn) leaves the content as it went out.
         state.content = event.content
     if event.account is not None:
         state.account = event.account

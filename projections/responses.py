@@ -39,6 +39,9 @@ def publish_response(state: PostState, command_id: str | None = None) -> Publish
         retry_info=retry_info,
         command_id=record.command_id if record is not None else command_id,
         pending=status == "publishing",
+        # A command decided to publish nothing (a retry queued behind the post's automatic retry, which then
+        # published what it would have): said, so that its answer is not taken for its own doing.
+        note=record.note if record is not None and not record.platforms else None,
     )
 
 

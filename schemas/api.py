@@ -39,7 +39,8 @@ class PublishResponse(Frozen):
     pending: bool = False
     location: str | None = None
     # What the command waits for, when it is more than the platforms (a retry queued behind the post's own
-    # automatic retry, which waits out the platform's rate limit).
+    # automatic retry, which waits out the platform's rate limit); or, once decided, that it published nothing
+    # ("Nothing to retry: ...").
     note: str | None = None
 
     def to_document(self) -> dict[str, Any]:

@@ -59,7 +59,7 @@ from schemas.commands import (
     RetryRequested,
     url_problem,
 )
-from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget, platforms_of
+from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget, platforms_of, target_of
 from schemas.envelope import encode
 from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
@@ -393,7 +393,6 @@ class FrontDoor:
             raise unprocessable(exc, prefix=("body", "content")) from None
         if content is not None:
             _check_urls(content)
-            _check_fits_target(content, state.publish_target, new_post=False)
         if command.account is not None and state.account is not None and command.account != state.account:
             # Refused whatever that account is (`decide` says why): connecting it first would change nothing.
             raise HTTPException(409, decide(state, command).reject_reason)
@@ -427,6 +426,9 @@ class FrontDoor:
                                                   for label, at in when.items())
                                 + f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
                                   "posted again")
+        if content is not None:
+            # Against the platforms this retry publishes: Instagram's limits do not bind a Facebook-only retry.
+            _check_fits_target(content, state.publish_target, publishing=target_of(decision.platforms))
         if correction is not None and correction.link is not None and "facebook" not in decision.platforms and \
                 correction.link != (state.content.link if state.content else None):
             # A link the correction adds would go nowhere: this retry publishes Instagram alone, which takes none.
@@ -588,27 +590,32 @@ def _check_urls(content: PostContent) -> None:
         _check_url(getattr(content, field), ["body", "content", field])
 
 
-def _check_fits_target(content: PostContent, target: PublishTarget | None, *, new_post: bool = True) -> None:
-    if target in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
+def _check_fits_target(content: PostContent, target: PublishTarget | None, *,
+                       publishing: PublishTarget | None = None) -> None:
+    """422 for content the post's `target` platforms cannot take. `publishing` names the platforms a retry
+    publishes now, when only some: the caption need only fit those (Instagram's limits do not bind a retry of
+    Facebook alone), while a post for Instagram keeps an image whichever it publishes now. None: a new post."""
+    now = target if publishing is None else publishing
+    if now in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
         # A photo's link goes after its caption (see `facebook_text`): the two together must fit.
         raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error",
                                    "msg": f"Facebook posts are limited to {FACEBOOK_TEXT_LIMIT} characters, a "
                                           "photo's link after its caption included"}])
-    if target in ("instagram", "both"):
-        problem = None
-        if content.image_url is None:
-            problem = "Instagram needs content.image_url"
-        elif len(content.caption) > INSTAGRAM_CAPTION_LIMIT:
-            problem = f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters"
-        elif (hashtags := len(HASHTAG.findall(content.caption))) > INSTAGRAM_HASHTAG_LIMIT:
-            problem = f"Instagram captions take at most {INSTAGRAM_HASHTAG_LIMIT} hashtags; this one has {hashtags}"
-        elif new_post and target == "instagram" and content.link is not None:
-            # (A post made before this was checked keeps its link on a retry, which Instagram leaves out as before.)
-            # Published to Instagram alone, it would be dropped without a word.
-            problem = ("Instagram posts carry no link: put it in the caption, or publish to Facebook too "
-                       "(publish_target both)")
-        if problem:
-            raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error", "msg": problem}])
+    problem = None
+    if target in ("instagram", "both") and content.image_url is None:
+        problem = "Instagram needs content.image_url"
+    elif now in ("instagram", "both") and len(content.caption) > INSTAGRAM_CAPTION_LIMIT:
+        problem = f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters"
+    elif now in ("instagram", "both") and \
+            (hashtags := len(HASHTAG.findall(content.caption))) > INSTAGRAM_HASHTAG_LIMIT:
+        problem = f"Instagram captions take at most {INSTAGRAM_HASHTAG_LIMIT} hashtags; this one has {hashtags}"
+    elif publishing is None and target == "instagram" and content.link is not None:
+        # Published to Instagram alone, it would be dropped without a word. (A post made before this was checked
+        # keeps its link on a retry, which Instagram leaves out as before.)
+        problem = ("Instagram posts carry no link: put it in the caption, or publish to Facebook too "
+                   "(publish_target both)")
+    if problem:
+        raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error", "msg": problem}])
 
 
 def _errors(exc: ValidationError | RequestValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:

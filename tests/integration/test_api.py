@@ -420,6 +420,17 @@ def test_an_instagram_post_made_with_a_link_before_links_were_refused_can_still_
     assert added.status_code == 422 and "this retry publishes Instagram only" in added.text
 
 
+def test_a_retry_publishing_facebook_alone_is_held_to_facebooks_limits_not_instagrams(api: RunningApi) -> None:
+    add_account(api)
+    store_post(api, "post-1")  # Instagram went out; Facebook failed on its image
+    long_caption = "Autumn sale " + "#autumn " * 40  # over Instagram's 30 hashtags, fine on Facebook
+    answer = api.client.post("/posts/post-1/retry", json={"content": {"image_url": FIXED_URL, "caption": long_caption}})
+    assert answer.status_code == 202, answer.text
+    store_post(api, "post-2", facebook_ok=False, instagram_ok=False)  # both failed: Instagram is published too
+    answer = api.client.post("/posts/post-2/retry", json={"content": {"image_url": FIXED_URL, "caption": long_caption}})
+    assert answer.status_code == 422 and "at most 30 hashtags" in answer.text
+
+
 def test_a_publish_to_a_platform_the_account_has_not_connected_is_422_saying_what_to_set(api: RunningApi) -> None:
     api.stores.credentials.set_token("page-only", "page-only-user-token-0003", "747917475065823", None)
     answer = api.client.post("/posts", json=publish_body(account="page-only"))

@@ -11,8 +11,9 @@ from projections.responses import (
     retries_by_platform,
     retry_history,
 )
+from schemas.commands import PostContent
 from schemas.common import ErrorKind
-from tests.unit.test_fold import SEED_FAILED_DOCUMENT, History
+from tests.unit.test_fold import CONTENT, SEED_FAILED_DOCUMENT, History
 
 
 def test_previous_attempts_counts_every_attempt_where_the_seed_counted_results() -> None:
@@ -129,3 +130,19 @@ def test_a_post_imported_without_an_account_asks_for_one_besides_what_else_it_ne
     assert needed_actions(state, max_attempts=5) == {
         "facebook": "re-authenticate Facebook, then retry naming the account to publish with",
         "instagram": "retry naming the account to publish with"}
+
+
+def test_a_retry_decided_to_publish_nothing_keeps_the_content_that_went_out_and_its_answer_says_so() -> None:
+    # Queued behind the post's automatic retry, which published everything first: its correction went nowhere.
+    history = History()
+    attempts = history.publish()
+    history.success("facebook", attempts["facebook"], "7479_1").success("instagram", attempts["instagram"], "1810")
+    history.decide("cmd-late", (), "RetryRequested",
+                   content=PostContent(caption="Edited too late", image_url=CONTENT.image_url))
+    history.events[-1] = history.events[-1].model_copy(
+        update={"note": "Nothing to retry: Facebook and Instagram already succeeded"})
+    state = history.state()
+    assert state.content == CONTENT  # what was published, not the correction
+    response = publish_response(state, "cmd-late")
+    assert response.success and response.note == "Nothing to retry: Facebook and Instagram already succeeded"
+    assert publish_response(state, "cmd-publish").note is None
