@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import re
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -223,7 +222,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             and not await front.is_settled(post_id, awaiting)
         # A retry behind the post's automatic retry, which waits out a platform's limit (up to an hour): the post
         # stays as it is until then, and the page says so instead of "publishing" for that long.
-        queued = queued_behind(state, settings.max_automatic_attempts, datetime.now(UTC)) \
+        queued = queued_behind(state, settings.max_automatic_attempts, front.clock()) \
             if waiting and awaiting not in state.commands else None
         status = "publishing" if waiting and queued is None else state.status
         targeted: tuple[Platform, ...] = state.targeted
