@@ -317,8 +317,7 @@ class FrontDoor:
         if state is not None and state.submitted_by != command_id:
             raise HTTPException(409, f"post {post_id} already exists: retry it with POST /posts/{post_id}/retry, "
                                      f"or publish it again with POST /posts/{post_id}/republish")
-        if state is not None and (state.content, state.publish_target, state.account) != (
-                command.content, command.publish_target, command.account):
+        if state is not None and _another_body(state, command):
             raise HTTPException(409, f"command {command_id} was already used for post {post_id} with a different body: "
                                      "use a new command_id")
         if state is None:
@@ -560,6 +559,19 @@ def _created_by_another(state: PostState | None, command: Command) -> bool:
     """Whether `command` publishes a new post that another command created (the handler refuses it)."""
     return (isinstance(command, PublishRequested) and state is not None
             and state.submitted_by is not None and state.submitted_by != command.command_id)
+
+
+def _another_body(state: PostState, command: PublishRequested) -> bool:
+    """Whether the publish that created `state` under `command`'s id had another body than `command`.
+
+    Told by the decided command's fingerprint where there is one: the post's content is the latest (a retry may
+    have corrected it since), not the one the request carried.
+    """
+    recorded = state.commands.get(command.command_id)
+    if recorded is not None and recorded.fingerprint is not None:
+        return reuses_command_id(state, command)
+    return (state.content, state.publish_target, state.account) != (
+        command.content, command.publish_target, command.account)
 
 
 def _check_same_command(state: PostState, command: Command) -> None:

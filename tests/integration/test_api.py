@@ -1002,3 +1002,32 @@ async def test_serve_runs_the_api_on_the_callers_loop_until_stopped(
         await asyncio.wait_for(serving, 15)
         stores.engine.dispose()
     assert len(messages_on(kafka_bootstrap, topics.commands)) == 1
+
+
+def test_a_publish_resent_after_a_retry_corrected_the_post_is_answered_not_refused(api: RunningApi) -> None:
+    # The client's first request timed out; before it sent it again, a retry with a fixed image URL was
+    # published. The resent request is the same command (same id, same body): it is answered, never 409.
+    add_account(api)
+    original = PublishRequested(command_id="post-fix-c1", post_id="post-fix", requested_at=AT, publish_target="both",
+                                content=PostContent(caption="Autumn sale starts today", image_url=SPACE_URL),
+                                account="acme")
+    events = seed_events("post-fix", facebook_ok=False)
+    events[1] = events[1].model_copy(update={"fingerprint": fingerprint(original)})
+    fixed = PostContent(caption="Autumn sale starts today", image_url=FIXED_URL)
+    events += [
+        CommandDecided(event_id="fix-d", post_id="post-fix", occurred_at=AT, command_id="fix-1",
+                       command_type="RetryRequested", platforms=("facebook",), is_retry=True, content=fixed),
+        PublishAttempted(event_id="fix-a", post_id="post-fix", occurred_at=AT, platform="facebook",
+                         attempt_id="fix-fb", attempt_number=2, command_id="fix-1", is_retry=True),
+        PlatformResult(event_id="fix-r", post_id="post-fix", occurred_at=AT, platform="facebook",
+                       attempt_id="fix-fb", success=True, platform_post_id="747917475065823_9"),
+    ]
+    store_events(api, events)
+    again = api.client.post("/posts", json=publish_body(post_id="post-fix", command_id="post-fix-c1"))
+    assert again.status_code == 200, again.text
+    assert again.json()["post"]["status"] == "posted"
+    # Another body under that command id is still refused.
+    other = api.client.post("/posts", json=publish_body(post_id="post-fix", command_id="post-fix-c1",
+                                                        content={"caption": "Another caption", "image_url": FIXED_URL}))
+    assert other.status_code == 409, other.text
+    assert "already used for post post-fix with a different body" in other.json()["detail"]
