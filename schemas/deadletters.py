@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Literal
 
 from pydantic import Field
 
@@ -28,3 +29,18 @@ class DeadLetter(Frozen):
 
     def original_value(self) -> bytes | None:
         return base64.b64decode(self.value_b64) if self.value_b64 is not None else None
+
+
+class DeadLetterRequeued(Frozen):
+    """Written beside the dead letters when one is put back on its topic (`smartretry dlq requeue`): the listing
+    then shows which were handled, and a second requeue is asked for explicitly."""
+
+    type: Literal["DeadLetterRequeued"] = "DeadLetterRequeued"
+    schema_version: int = 1
+    # The dead letter's own offset on the dead-letter topic.
+    dead_letter_offset: int
+    # Where the original message went back to, and at which offset.
+    source_topic: str
+    partition: int
+    offset: int
+    requeued_at: Timestamp

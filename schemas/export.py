@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from schemas.api import PublishResponse
 from schemas.commands import COMMAND_TYPES
-from schemas.deadletters import DeadLetter
+from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from schemas.events import EVENT_TYPES
 from schemas.insights import InsightsMessage, PostInsights
 
@@ -25,6 +25,7 @@ def exported() -> dict[str, dict[str, Any]]:
         "insights/PostInsights": PostInsights,
         "insights/InsightsMessage": InsightsMessage,
         "deadletters/DeadLetter": DeadLetter,
+        "deadletters/DeadLetterRequeued": DeadLetterRequeued,
         "api/PublishResponse": PublishResponse,
     }
     return {f"{name}.schema.json": model.model_json_schema(mode="serialization", by_alias=True)

@@ -15,6 +15,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -26,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from schemas.common import PLATFORM_LABELS, platforms_of
-from schemas.deadletters import DeadLetter
+from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from smartretry.settings import Settings, load_settings
 from streams.kafka import deliver, producer
 
@@ -476,20 +478,43 @@ def _watermarks(reader: Consumer, partition: TopicPartition) -> tuple[int, int]:
             time.sleep(0.1)
 
 
-def read_dead_letters(bootstrap: str, topic: str) -> list[tuple[int, DeadLetter | None, bytes]]:
-    """(offset, dead letter or None if unreadable, raw value) for every message on the dead-letter topic."""
+@dataclass
+class DeadLetters:
+    """What the dead-letter topic holds: the letters, in offset order, and the requeues of them."""
+
+    # (offset, dead letter or None when unreadable, raw value)
+    letters: list[tuple[int, DeadLetter | None, bytes]] = field(default_factory=list)
+    # A dead letter's offset -> its latest requeue
+    requeued: dict[int, DeadLetterRequeued] = field(default_factory=dict)
+
+    def requeue_of(self, offset: int) -> DeadLetterRequeued | None:
+        """The latest requeue of the message the dead letter at `offset` set aside, through any dead letter of it
+        (a message set aside twice has two)."""
+        found = [self.requeued[at] for at in self._same_message(offset) if at in self.requeued]
+        return max(found, key=lambda r: r.requeued_at) if found else None
+
+    def _same_message(self, offset: int) -> list[int]:
+        letter = next((letter for at, letter, _raw in self.letters if at == offset), None)
+        source = _source_of(letter)
+        if source is None:
+            return [offset]
+        return [at for at, other, _raw in self.letters if _source_of(other) == source]
+
+
+def read_dead_letters(bootstrap: str, topic: str) -> DeadLetters:
+    """Every message on the dead-letter topic: the dead letters (None for one unreadable) and their requeues."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"smartretry-dlq-{uuid.uuid4().hex}",
                        "enable.auto.commit": False})
     try:
         metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
+        found = DeadLetters()
         if metadata is None or metadata.error is not None:
-            return []
+            return found
         ends = {p: _watermarks(reader, TopicPartition(topic, p)) for p in metadata.partitions}
         wanted = {p for p, (low, high) in ends.items() if high > low}
         if not wanted:
-            return []
+            return found
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in wanted])
-        found: list[tuple[int, DeadLetter | None, bytes]] = []
         finished: set[int] = set()
         while finished != wanted:
             message = reader.poll(10)
@@ -498,28 +523,45 @@ def read_dead_letters(bootstrap: str, topic: str) -> list[tuple[int, DeadLetter 
             if message.error():
                 continue
             raw = message.value() or b""
+            offset, partition = message.offset() or 0, message.partition() or 0
+            if offset >= ends[partition][1] - 1:
+                finished.add(partition)
+            try:
+                requeue = DeadLetterRequeued.model_validate_json(raw)
+                found.requeued[requeue.dead_letter_offset] = requeue
+                continue
+            except ValidationError:
+                pass
             try:
                 letter: DeadLetter | None = DeadLetter.model_validate_json(raw)
             except ValidationError:
                 letter = None
-            offset, partition = message.offset() or 0, message.partition() or 0
-            found.append((offset, letter, raw))
-            if offset >= ends[partition][1] - 1:
-                finished.add(partition)
-        return sorted(found, key=lambda item: item[0])
+            found.letters.append((offset, letter, raw))
+        found.letters.sort(key=lambda item: item[0])
+        return found
     finally:
         reader.close()
 
 
-def _dead_letter_at(settings: Settings, offset: int) -> DeadLetter:
-    for at, letter, _raw in read_dead_letters(_bootstrap(settings), settings.topics.dead_letters):
+def _dead_letter_at(settings: Settings, offset: int) -> tuple[DeadLetter, DeadLetterRequeued | None]:
+    """The dead letter at `offset`, and its message's latest requeue if it was requeued."""
+    found = read_dead_letters(_bootstrap(settings), settings.topics.dead_letters)
+    for at, letter, _raw in found.letters:
         if at == offset:
             if letter is None:
                 _error(f"the message at offset {offset} is not a dead letter")
                 raise typer.Exit(1)
-            return letter
-    _error(f"no dead letter at offset {offset} of {settings.topics.dead_letters}")
+            return letter, found.requeue_of(offset)
+    if offset in found.requeued:
+        _error(f"offset {offset} of {settings.topics.dead_letters} is no dead letter but the record of a requeue")
+    else:
+        _error(f"no dead letter at offset {offset} of {settings.topics.dead_letters}")
     raise typer.Exit(1)
+
+
+def _requeued_text(requeue: DeadLetterRequeued) -> str:
+    return (f"requeued {requeue.requeued_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC onto "
+            f"{requeue.source_topic}[{requeue.partition}]@{requeue.offset}")
 
 
 def _source_of(letter: DeadLetter | None) -> tuple[str, str, int | None, int] | None:
@@ -534,7 +576,8 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
     """List the dead letters, newest last: where each came from and why it was set aside."""
     settings = load_settings()
     with console.status("Reading dead letters ..."):
-        letters = read_dead_letters(_bootstrap(settings), settings.topics.dead_letters)
+        found = read_dead_letters(_bootstrap(settings), settings.topics.dead_letters)
+    letters = found.letters
     if not letters:
         console.print(f"No dead letters on {settings.topics.dead_letters}.")
         return
@@ -550,28 +593,35 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
                 continue
             times[source] = 1
         shown.append((offset, letter))
-    table = Table("offset", "when", "from", "consumer", "key", "reason")
+    table = Table("offset", "when", "from", "consumer", "key", "reason", "requeued")
+    requeued = 0
     for offset, letter in shown[-limit:]:
         if letter is None:
-            table.add_row(str(offset), "", "", "", "", "(not a dead letter)")
+            table.add_row(str(offset), "", "", "", "", "(not a dead letter)", "")
             continue
+        requeue = found.requeue_of(offset)
+        requeued += requeue is not None
         source_text = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
         source = _source_of(letter)
         repeated = times[source] if source is not None else 1
         reason = letter.reason if repeated == 1 else f"{letter.reason} (set aside {repeated} times)"
+        when_requeued = "" if requeue is None else requeue.requeued_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(str(offset), letter.occurred_at.isoformat(timespec="seconds"), source_text, letter.consumer,
-                      letter.key or "", reason)
+                      letter.key or "", reason, when_requeued)
     console.print(table)
     repeats = len(letters) - len(shown)
     console.print(f"{len(shown)} dead letter(s) on {settings.topics.dead_letters}"
-                  + (f", and {repeats} more of messages listed above, set aside again." if repeats else "."))
+                  + (f", and {repeats} more of messages listed above, set aside again." if repeats else ".")
+                  + (f" {requeued} of those shown were requeued (times in UTC)." if requeued else ""))
 
 
 @dlq.command("show")
 def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (from `dlq list`).")) -> None:
     """Show one dead letter with its original message."""
-    letter = _dead_letter_at(load_settings(), offset)
+    letter, requeue = _dead_letter_at(load_settings(), offset)
     _print_json(letter.model_dump(mode="json", exclude={"value_b64"}))
+    if requeue is not None:
+        console.print(f"This message was {_requeued_text(requeue)}.", highlight=False, markup=False)
     original = letter.original_value()
     console.print("original message, with a token scrubbed out:" if letter.value_scrubbed else "original message:")
     console.print(original.decode("utf-8", "replace") if original is not None else "(no value)", highlight=False,
@@ -582,10 +632,11 @@ def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (f
 def dlq_requeue(
     offset: int = typer.Argument(..., help="The dead letter's offset (from `dlq list`)."),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    again: bool = typer.Option(False, "--again", help="Requeue it even though it was requeued before."),
 ) -> None:
     """Put a dead letter's original message back on the topic it came from (after fixing its cause)."""
     settings = load_settings()
-    letter = _dead_letter_at(settings, offset)
+    letter, requeue = _dead_letter_at(settings, offset)
     original = letter.original_value()
     ours = {settings.topics.commands, settings.topics.post_events}
     if original is None:
@@ -599,10 +650,24 @@ def dlq_requeue(
                "original: requeued, it would send \"[redacted]\" on in the token's place. Send the message "
                "again from where it came from instead.")
         raise typer.Exit(1)
+    if requeue is not None and not again:
+        _error(f"this message was {_requeued_text(requeue)}. Once is enough (the same command or event sent twice "
+               "counts once); if it was set aside again since, that is a new dead letter of its own in `dlq list`. "
+               "To requeue it anyway, add --again.")
+        raise typer.Exit(1)
     if not yes:
         typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {letter.key!r})?", abort=True)
-    deliver(producer(_bootstrap(settings)), letter.source_topic, letter.key or "", original)
-    console.print(f"Requeued dead letter {offset} onto {letter.source_topic}.", highlight=False)
+    sending = producer(_bootstrap(settings))
+    partition, at = deliver(sending, letter.source_topic, letter.key or "", original)
+    record = DeadLetterRequeued(dead_letter_offset=offset, source_topic=letter.source_topic, partition=partition,
+                                offset=at, requeued_at=datetime.now(UTC))
+    try:
+        deliver(sending, settings.topics.dead_letters, letter.key or "", record.model_dump_json().encode())
+    except Exception as exc:
+        # The message is back on its topic: only the listing's mark is missing.
+        _error(f"requeued, but the record of it was not written to {settings.topics.dead_letters} ({exc}): "
+               "`dlq list` will not show it as requeued")
+    console.print(f"Requeued dead letter {offset} onto {letter.source_topic}[{partition}]@{at}.", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------- the demo

@@ -75,13 +75,22 @@ def partition_for(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def deliver(p: Producer, topic: str, key: str, value: bytes, timeout: float = 30.0) -> None:
-    """Produces one message and waits until the broker has it (raises on failure)."""
+def deliver(p: Producer, topic: str, key: str, value: bytes, timeout: float = 30.0) -> tuple[int, int]:
+    """Produces one message and waits until the broker has it (raises on failure): its (partition, offset)."""
     errors: list[Any] = []
-    p.produce(topic, key=key.encode(), value=value, on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    placed: list[tuple[int, int]] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err:
+            errors.append(err)
+        else:
+            placed.append((msg.partition(), msg.offset()))
+
+    p.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
     remaining = p.flush(timeout)
-    if remaining or errors:
+    if remaining or errors or not placed:
         raise RuntimeError(f"delivery to {topic} failed: {errors or 'timed out'}")
+    return placed[0]
 
 
 class AsyncProducer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -282,7 +283,25 @@ def test_dead_letters_are_listed_shown_and_requeued_onto_their_topic(api: Runnin
     assert run(api, "dlq", "requeue", "1", "--yes")[0] == 1  # the junk one kept nothing to requeue
     code, output = run(api, "dlq", "requeue", "0", "--yes")
     assert code == 0, output
+    assert f"Requeued dead letter 0 onto {api.topics.commands}[" in output
     assert messages_on(api.bootstrap, api.topics.commands) == [("post-9", original)]
+
+    # The listing shows it was requeued (through either of its two dead letters), and a second requeue is asked
+    # for explicitly.
+    code, output = run(api, "dlq", "list")
+    assert code == 0, output
+    row = next(line for line in output.splitlines() if "the projection was unavailable" in line)
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row), output
+    assert "2 dead letter(s)" in output and "1 of those shown were requeued" in output
+    for offset in ("0", "2"):
+        code, output = run(api, "dlq", "requeue", offset, "--yes")
+        assert code == 1, output
+        assert "this message was requeued" in output and "add --again" in output
+    assert "requeued" in run(api, "dlq", "show", "2")[1]
+    assert messages_on(api.bootstrap, api.topics.commands) == [("post-9", original)]
+    code, output = run(api, "dlq", "requeue", "0", "--yes", "--again")
+    assert code == 0, output
+    assert messages_on(api.bootstrap, api.topics.commands) == [("post-9", original)] * 2
 
 
 def test_a_dead_letter_a_token_was_scrubbed_out_of_is_shown_as_such_and_never_requeued(api: RunningApi) -> None:
