@@ -73,6 +73,19 @@ HOT_STATES = 500
 Offsets = dict[tuple[str, int], int]
 
 
+def same_database(one: Engine, other: Engine) -> bool:
+    """Whether two engines reach the same database: one SQLite file, or one database of one server."""
+    a, b = one.url, other.url
+    if a.get_backend_name() != b.get_backend_name():
+        return False
+    if a.get_backend_name() == "sqlite":
+        if a.database in (None, "", ":memory:") or b.database in (None, "", ":memory:"):
+            return False  # each in-memory database is its own
+        return Path(a.database or "").resolve() == Path(b.database or "").resolve()
+    return ((a.host or "localhost").lower(), a.port, a.database) == ((b.host or "localhost").lower(), b.port,
+                                                                    b.database)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`. SQLite: parent directory created, WAL, and real BEGINs so reads are consistent."""
     parsed = make_url(url)

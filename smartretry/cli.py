@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from publishers.redact import scrub
 from smartretry.settings import Settings, load_settings
 from streams.broker import BrokerUnavailable, LocalBroker, StartedBroker, kept_broker, port_free
 from streams.topics import StoreAheadOfLog, TopicMismatch, check_store_matches_log, ensure_topics
@@ -247,6 +248,7 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     from rich.progress import Progress
 
     from projections.store import ProjectionStore, make_engine
+    from streams.replay import ReplayError
     from streams.replay import replay as replay_events
 
     settings = load_settings()
@@ -258,12 +260,17 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     live.create_schema()
     with tempfile.TemporaryDirectory(prefix="smartretry-replay-") as tmp:
         scratch_store = ProjectionStore(make_engine(scratch or f"sqlite:///{tmp}/scratch.db"))
-        with Progress() as bar:
-            task = bar.add_task("Replaying post events", total=None)
-            report = replay_events(settings.kafka_bootstrap_servers, settings.topics, live, scratch_store,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                   workers=workers or None)
-        scratch_store.engine.dispose()
+        try:
+            with Progress() as bar:
+                task = bar.add_task("Replaying post events", total=None)
+                report = replay_events(settings.kafka_bootstrap_servers, settings.topics, live, scratch_store,
+                                       progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                       workers=workers or None)
+        except (ValueError, ReplayError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        finally:
+            scratch_store.engine.dispose()
     typer.echo(f"events replayed: {report.events} into {report.posts} posts in {report.seconds:.1f}s")
     typer.echo(f"live digest:   {report.live_digest}")
     typer.echo(f"replay digest: {report.replay_digest}")
@@ -275,7 +282,11 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
 
 
 @app.command("reset-projection")
-def reset_projection(yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation.")) -> None:
+def reset_projection(
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Go ahead when the broker cannot say whether the service's "
+                               "consumers are up (it is down, or just started). Only with the service stopped."),
+) -> None:
     """Empty the projection (posts and applied offsets; account tokens stay), with the service stopped.
 
     The projector then rebuilds it from the events on the broker, from the first. For a database whose
@@ -286,7 +297,14 @@ def reset_projection(yes: bool = typer.Option(False, "--yes", help="Do not ask f
     from projections.store import ProjectionStore, make_engine
 
     settings = load_settings()
-    running = _service_running(settings)
+    try:
+        running = _service_running(settings)
+    except CannotTell as exc:
+        if not force:
+            typer.echo(f"error: {exc}: it may be running. Try again once the broker answers, or add --force if "
+                       "you know the service is stopped", err=True)
+            raise typer.Exit(2) from None
+        running = None
     if running is not None:
         # Emptied under a running service, posts it published would read as never published: a publish of
         # one again would go out twice, and the projector (past those events) would not rebuild them.
@@ -305,9 +323,14 @@ def reset_projection(yes: bool = typer.Option(False, "--yes", help="Do not ask f
                "when it starts.")
 
 
+class CannotTell(Exception):
+    """The broker could not say whether the service's consumers are up."""
+
+
 def _service_running(settings: Settings) -> str | None:
     """Why the service looks to be running, or None: `run`'s broker holding its data directory, or members in
-    the projector's or the handler's consumer group (a static member stays up to its session timeout)."""
+    the projector's or the handler's consumer group (a static member stays up to its session timeout). Raises
+    `CannotTell` when the broker does not answer for a group."""
     from confluent_kafka.admin import AdminClient
 
     from streams.broker import data_dir_in_use
@@ -322,8 +345,11 @@ def _service_running(settings: Settings) -> str | None:
     for group, described in admin.describe_consumer_groups(groups, request_timeout=10).items():
         try:
             members = described.result(timeout=15).members
-        except Exception:
-            continue  # a broker that cannot say has no running service to speak of
+        except Exception as exc:
+            # Not "stopped": a broker just started again answers so while it loads its groups, and a projector
+            # running meanwhile would never fold again what the reset empties.
+            raise CannotTell(f"the broker could not say whether consumer group {group} has members "
+                             f"({scrub(str(exc))[:200]})") from None
         if members:
             return (f"consumer group {group} has {len(members)} member{'s' if len(members) > 1 else ''}; one "
                     f"stopped a moment ago leaves it within {settings.projector_session_timeout_seconds:.0f}s")

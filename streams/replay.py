@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from projections.fold import apply_valid
 from projections.state import PostState
-from projections.store import Offsets, ProjectionStore, digest_of, make_engine
+from projections.store import Offsets, ProjectionStore, digest_of, make_engine, same_database
 from schemas.envelope import decode_event
 from schemas.events import Event
 from streams.broker import die_with_parent
@@ -65,6 +65,10 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     a share of them; a scratch store in memory is folded in this process alone. At most
     `memory_states` post states are kept in memory at once, over all workers.
     """
+    if same_database(live_store.engine, scratch_store.engine):
+        # The replay empties its scratch store first: the live projection would be gone, and decided from meanwhile.
+        raise ValueError(f"the scratch store is the live projection's database "
+                         f"({scratch_store.engine.url.render_as_string(hide_password=True)}): give replay another one")
     started = time.monotonic()
     with contextlib.ExitStack() as snapshot:
         offsets, read_fingerprints = snapshot.enter_context(live_store.fingerprint_snapshot())

@@ -100,8 +100,10 @@ def _check_co_partitioned(specs: list[TopicSpec], existing: dict[str, int]) -> N
             found = ", ".join(f"{name} {count}" for name, count in counts.items())
             raise TopicMismatch(
                 f"topics keyed by post id need as many partitions each ({found}): a post's commands and events "
-                "must be on partitions of the same number, so one handler owns both. Give them the same count "
-                "(kafka-topics.sh --alter --partitions), or another SMARTRETRY_TOPIC_PREFIX")
+                "must be on partitions of the same number, so one handler owns both. Use another "
+                "SMARTRETRY_TOPIC_PREFIX (new topics), or, only while the one with fewer has no message yet, give "
+                "it the other's count (kafka-topics.sh --alter --partitions): adding partitions to a topic that "
+                "holds a post's messages puts its later ones on another partition")
 
 
 def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:

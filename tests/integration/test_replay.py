@@ -124,3 +124,21 @@ def test_a_replay_workers_failure_is_the_replays_error(kafka_bootstrap: str, top
     scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch.db"))
     with pytest.raises(ReplayError, match=r"\[0\] ends before the live offset 1000000"):
         replay(kafka_bootstrap, topics, live, scratch, workers=2)
+
+
+def test_a_replay_into_the_live_database_is_refused_and_the_live_projection_stays(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", many_posts(20))
+    before = live.snapshot()
+    # The same file, named another way: replay empties its scratch store first, so this would empty the live one.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="the scratch store is the live projection's database"):
+        replay(kafka_bootstrap, topics, live, ProjectionStore(make_engine("sqlite:///./live.db")))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("SMARTRETRY_TOPIC_PREFIX", topics.prefix)
+    monkeypatch.setenv("SMARTRETRY_DATABASE_URL", f"sqlite:///{tmp_path}/live.db")
+    result = CliRunner().invoke(cli, ["replay", "--scratch", f"sqlite:///{tmp_path}/../{tmp_path.name}/live.db"])
+    assert result.exit_code == 2, result.output
+    assert "the scratch store is the live projection's database" in result.output
+    assert live.snapshot() == before and live.count() == 20
