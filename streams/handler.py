@@ -877,8 +877,10 @@ class CommandHandler:
 
     def _claims(self, state: PostState, attempt: AttemptState) -> tuple[tuple[str, ...], bool]:
         """What a look-up of `attempt` must not take for its post: the platform's posts on record for this post
-        and for the service's other posts of the same account and caption around that time; and whether one of
-        those others has an attempt of its own still without a result then (its post could be the one found).
+        and for the service's other posts of the same caption around that time (a platform's post ids are its
+        own, so any post's are no match); and whether one of those others, publishing to the same Page or
+        Instagram account (through this post's account or another connected to it), has an attempt of its own
+        still without a result then (its post could be the one found).
         """
         assert state.content is not None
         platform, caption = attempt.platform, state.content.caption.strip()
@@ -887,13 +889,25 @@ class CommandHandler:
         contended = False
         for other in self.projection.updated_since(attempt.started_at - margin, caption=caption,
                                                    excluding=state.post_id):
-            if other.account != state.account or other.content is None or other.content.caption.strip() != caption:
+            if other.content is None or other.content.caption.strip() != caption:
                 continue
             claimed.update(recorded_post_ids(other, platform))
-            contended = contended or any(
+            contended = contended or (any(
                 a.platform == platform and a.success is None and abs(a.started_at - attempt.started_at) <= margin
-                for a in other.attempts.values())
+                for a in other.attempts.values()) and self._same_destination(state.account, other.account, platform))
         return tuple(sorted(claimed)), contended
+
+    def _same_destination(self, account: str | None, other: str | None, platform: Platform) -> bool:
+        """Whether two accounts publish `platform`'s posts to the same Page or Instagram account; True when
+        either cannot be told (an account removed since, or none), so a look-up never takes a post on a guess."""
+        if account == other:
+            return True
+        mine, theirs = self._credentials_of(account), self._credentials_of(other)
+        if not isinstance(mine, AccountCredentials) or not isinstance(theirs, AccountCredentials):
+            return True
+        if platform == "facebook":
+            return mine.page_id is None or mine.page_id == theirs.page_id
+        return mine.ig_user_id is None or mine.ig_user_id == theirs.ig_user_id
 
     def _register_resolution(self, command: ResolveAttemptRequested) -> None:
         """Makes an operator's resolution known to the post's command waiting on an attempt, and wakes that command."""

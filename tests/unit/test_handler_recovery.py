@@ -431,3 +431,59 @@ async def test_the_look_ups_own_reason_takes_the_place_of_the_unanswered_calls()
     assert isinstance(unknown, AttemptOutcomeUnknown) and "too many posts" in unknown.error.message
     attempt = state.in_flight("facebook")
     assert attempt is not None and attempt.lookup_error == too_busy.error
+
+
+class PagesByAccount:
+    """Accounts and the Facebook Page each publishes to: two businesses' accounts may share one Page."""
+
+    def __init__(self, pages: dict[str, str]) -> None:
+        self.pages = pages
+
+    def stored_tokens(self) -> frozenset[str]:
+        return frozenset()
+
+    def get(self, account_id: str) -> AccountCredentials:
+        return AccountCredentials(account_id, SecretStr("user-token-value-1"), self.pages[account_id], None)
+
+
+def of_account(state: PostState, account: str) -> PostState:
+    return state.model_copy(update={"account": account})
+
+
+async def test_a_post_another_account_on_record_for_the_same_page_is_never_taken_for_this_ones() -> None:
+    # Two accounts connected to one Page, one caption: the other account's post went out; this one's call failed
+    # before Facebook made anything. The look-up finds the other's post: it must not take it.
+    history, state = interrupted()
+    lookups = Lookups(None)
+    others = Projection(of_account(other_post(published=True), "acct-2"))
+    pages = PagesByAccount({"acct-1": "747917475065823", "acct-2": "747917475065823"})
+
+    await handler(pages, lookups, history, [], others)._resolve_interrupted(state)
+
+    assert lookups.recorded == ("747917475065823_77",)
+
+
+async def test_a_post_found_while_another_account_on_the_same_page_awaits_its_result_is_not_taken() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    found = PublishOutcome.published("facebook", "747917475065823_77", None)
+    others = Projection(of_account(other_post(published=False), "acct-2"))
+    pages = PagesByAccount({"acct-1": "747917475065823", "acct-2": "747917475065823"})
+
+    with pytest.raises(OutcomeUnknown):
+        await handler(pages, Lookups(found), history, sent, others)._resolve_interrupted(state)
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and "could not tell" in unknown.error.message
+
+
+async def test_an_attempt_awaiting_its_result_on_another_page_does_not_hold_up_a_look_up() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    found = PublishOutcome.published("facebook", "747917475065823_5", None)
+    others = Projection(of_account(other_post(published=False), "acct-2"))
+    pages = PagesByAccount({"acct-1": "747917475065823", "acct-2": "102938475610293"})
+
+    await handler(pages, Lookups(found), history, sent, others)._resolve_interrupted(state)
+
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and result.recovered and result.platform_post_id == "747917475065823_5"
