@@ -101,8 +101,24 @@ def decide(state: PostState | None, command: Command) -> Decision:
         reason = (f"post {command.post_id} publishes with account {state.account!r}: a retry cannot move it to "
                   f"{command.account!r} (publish a new post with that account instead)")
         return Decision(reject_reason=reason, log_line=f"Refused {command.type} {command.command_id}: {reason}")
+    if (overtaken := republished_since_asked(state, command)) is not None:
+        return Decision(reject_reason=overtaken, log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
     return _republish(state, forced=isinstance(command, ForceRepublishRequested),
                       reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
+
+
+def republished_since_asked(state: PostState, command: Command) -> str | None:
+    """Why a forced republish not decided yet is refused because the post was published again after it was asked
+    for (two sent at the same moment would otherwise both go out); None when it was not, or it does not say."""
+    if not isinstance(command, ForceRepublishRequested) or command.seen_attempts is None \
+            or command.command_id in state.commands:
+        return None
+    since = len(state.attempts) - command.seen_attempts
+    if since <= 0:
+        return None
+    return (f"post {command.post_id} was published again after this republish was asked for ({since} attempt"
+            f"{'s' if since > 1 else ''} since, by another request or the service's own retry): look at it again, "
+            "and republish once more only if it still should go out again")
 
 
 def retry_preview(state: PostState | None) -> str:

@@ -88,7 +88,8 @@ class CommandBase(Frozen):
 
 def fingerprint(command: CommandBase) -> str:
     """What identifies a command's body: a command id reused for another body can then be told apart."""
-    body = command.model_dump_json(exclude={"requested_at", "schema_version"})
+    # What the request saw of the post (`seen_attempts`) is no part of what it asks: a resent request sees more.
+    body = command.model_dump_json(exclude={"requested_at", "schema_version", "seen_attempts"})
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
@@ -128,6 +129,10 @@ class ForceRepublishRequested(CommandBase):
     content: PostContent | None = None
     account: Identifier | None = None
     reason: str = Field(default="forced republish", max_length=500)
+    # How many publish attempts the post had when this was asked for (the API sets it): a post published again
+    # before this is decided (another republish sent at the same moment) is not republished a further time. None:
+    # whatever happened meanwhile.
+    seen_attempts: Annotated[int, Strict()] | None = Field(default=None, ge=0)
 
 
 class ResolveAttemptRequested(CommandBase):

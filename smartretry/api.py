@@ -31,7 +31,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import text
 
-from projections.decide import STILL_PUBLISHING, decide, resolution_refusal, retry_preview, reuses_command_id
+from projections.decide import (
+    STILL_PUBLISHING,
+    decide,
+    republished_since_asked,
+    resolution_refusal,
+    retry_preview,
+    reuses_command_id,
+)
 from projections.fold import FACEBOOK_POST_URL
 from projections.responses import (
     attempts_by_platform,
@@ -384,7 +391,8 @@ class FrontDoor:
             if forced:
                 assert isinstance(body, RepublishBody)
                 command = ForceRepublishRequested(command_id=command_id, post_id=post_id, content=content,
-                                                  account=account, reason=body.reason, requested_at=self.clock())
+                                                  account=account, reason=body.reason, requested_at=self.clock(),
+                                                  seen_attempts=len(state.attempts))
             else:
                 command = RetryRequested(command_id=command_id, post_id=post_id, content=content, account=account,
                                          requested_at=self.clock())
@@ -506,7 +514,8 @@ class FrontDoor:
             state = await self.read(command.post_id)
             if command_settled(state, command.command_id, self.settings.max_automatic_attempts):
                 return state
-            if _created_by_another(state, command) or time.monotonic() >= deadline:
+            if _created_by_another(state, command) or time.monotonic() >= deadline or (
+                    state is not None and republished_since_asked(state, command) is not None):
                 return state
             await asyncio.sleep(POLL_SECONDS)
 
@@ -523,6 +532,9 @@ class FrontDoor:
                                      f"so this one (command {command.command_id}) was not published: publish it "
                                      "under another post_id, or retry that post with POST "
                                      f"/posts/{command.post_id}/retry")
+        if state is not None and (overtaken := republished_since_asked(state, command)) is not None:
+            # Two sent at the same moment: the handler republished the other first, and refuses this one.
+            raise HTTPException(409, f"{overtaken}. This request (command {command.command_id}) was not published")
         if state is not None and command_settled(state, command.command_id, self.settings.max_automatic_attempts):
             return Accepted(command, 200, publish_response(state, command.command_id))
         if state is not None and command.command_id in state.commands:

@@ -1031,3 +1031,31 @@ def test_a_publish_resent_after_a_retry_corrected_the_post_is_answered_not_refus
                                                         content={"caption": "Another caption", "image_url": FIXED_URL}))
     assert other.status_code == 409, other.text
     assert "already used for post post-fix with a different body" in other.json()["detail"]
+
+
+def test_of_two_republishes_sent_at_the_same_moment_the_one_the_handler_refused_is_told_409(api: RunningApi) -> None:
+    # Both found the post as it was and went to Kafka; the handler republished the other first, and refuses this
+    # one (it saw fewer attempts than the post has by then): it must not be answered as if it went out.
+    add_account(api)
+    store_post(api, "twice-1", facebook_ok=True)
+    other = [
+        CommandDecided(event_id="other-d", post_id="twice-1", occurred_at=AT, command_id="other-force",
+                       command_type="ForceRepublishRequested", platforms=("facebook", "instagram"), is_retry=True,
+                       forced=True),
+        *[e for platform in ("facebook", "instagram") for e in (
+            PublishAttempted(event_id=f"other-a-{platform}", post_id="twice-1", occurred_at=AT, platform=platform,
+                             attempt_id=f"other-{platform}", attempt_number=2, command_id="other-force",
+                             is_retry=True, forced=True),
+            PlatformResult(event_id=f"other-r-{platform}", post_id="twice-1", occurred_at=AT, platform=platform,
+                           attempt_id=f"other-{platform}", success=True, platform_post_id=f"{platform}-2"))],
+    ]
+    front = api.server.server.config.app.state.front
+    front.on_accepted = lambda command: store_events(api, other)
+    answer = api.client.post("/posts/twice-1/republish", json={"reason": "client photo update",
+                                                                "command_id": "mine-force"})
+    assert answer.status_code == 409, answer.text
+    detail = answer.json()["detail"]
+    assert "was published again after this republish was asked for (2 attempts since" in detail
+    assert detail.endswith("This request (command mine-force) was not published")
+    (sent,) = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
+    assert isinstance(sent, ForceRepublishRequested) and sent.seen_attempts == 2

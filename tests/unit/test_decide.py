@@ -218,3 +218,31 @@ def test_a_published_resolution_must_name_the_post() -> None:
     with pytest.raises(ValidationError, match="has no platform_post_id"):
         ResolveAttemptRequested(command_id="c", post_id=POST, requested_at=AT, platform="facebook", published=False,
                                 platform_post_id="747917475065823_1")
+
+
+def test_a_forced_republish_the_post_was_published_again_after_is_refused_not_published_a_third_time() -> None:
+    # Two republishes sent at the same moment, both asked for when the post had its two first attempts: the handler
+    # takes the first, and must not publish the second on top of it.
+    state = after_first_attempt(facebook=True, instagram=True)
+    seen = len(state.attempts)
+    first = force("cmd-force-1").model_copy(update={"seen_attempts": seen})
+    second = force("cmd-force-2").model_copy(update={"seen_attempts": seen})
+    assert decide(state, first).platforms == ("facebook", "instagram")
+    history = History(post_id=POST)
+    attempts = history.publish()
+    for platform, attempt in attempts.items():
+        history.success(platform, attempt, f"{platform}-1")
+    for platform, attempt in history.retry("cmd-force-1", ("facebook", "instagram"), forced=True).items():
+        history.success(platform, attempt, f"{platform}-2")
+    after = history.state()
+
+    decision = decide(after, second)
+    assert decision.platforms == ()
+    assert decision.reject_reason is not None
+    assert "was published again after this republish was asked for (2 attempts since" in decision.reject_reason
+    # The first one's own redelivery is still a redelivery; a republish asked for now goes out; one that does not
+    # say what it saw (an upstream's) is done as before.
+    assert decide(after, first).duplicate_command
+    assert decide(after, force("cmd-force-3").model_copy(update={"seen_attempts": len(after.attempts)})).platforms \
+        == ("facebook", "instagram")
+    assert decide(after, force("cmd-force-4")).platforms == ("facebook", "instagram")
