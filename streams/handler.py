@@ -524,9 +524,12 @@ class CommandHandler:
                                f"Command {command.command_id}, sent on to its post's partition,")
 
     async def _stored_tokens(self) -> frozenset[str]:
-        """Every token the store holds (what content and ids may not carry), read until the store answers."""
-        return await self._until_done(lambda: asyncio.to_thread(self.credentials.stored_tokens),
-                                      "Stored tokens not read")
+        """What content and ids may not carry: every token the store holds, read until the store answers, and
+        those this process has fetched or used (a Page's token, which the store never holds), as the API refuses
+        them too."""
+        stored = await self._until_done(lambda: asyncio.to_thread(self.credentials.stored_tokens),
+                                        "Stored tokens not read")
+        return stored | frozenset(known_secrets())
 
     async def _until_sent(self, send: Callable[[], Awaitable[None]], what: str) -> None:
         """`send()`, tried again (with the handler's backoff) until it goes through."""

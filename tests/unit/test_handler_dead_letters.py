@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections import OrderedDict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from confluent_kafka import TopicPartition
 
 from projections.store import make_engine
 from publishers import redact
+from schemas.commands import PostContent, PublishRequested
 from schemas.envelope import undecodable
 from smartretry.credentials import CredentialStore
-from streams.handler import CommandHandler, HandlerConfig
+from streams.handler import CommandHandler, HandlerConfig, _token_in, _token_in_fields
 from streams.topics import Topics
 
 
@@ -189,3 +191,23 @@ async def test_a_command_finished_after_its_partition_moved_and_came_back_commit
     await settle()
     assert consumer.commits[-1] == (3, 43)
     assert handler._in_flight == 0
+
+
+async def test_a_pages_token_the_handler_fetched_is_refused_in_commands_as_a_stored_one_is(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Page's token is fetched by the handler from the Graph API and never stored: a command carrying it (in its
+    # content or ids, straight from Kafka) must be refused as the API refuses it, not published for anyone to read.
+    monkeypatch.setattr(redact, "_known", OrderedDict())
+    monkeypatch.setattr(redact, "_longest_first", ())
+    page_token = "page-token-fetched-" + uuid.uuid4().hex[:12]
+    redact.register_secret(page_token)
+    handler = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                             credentials=NoTokens(), publishers={})  # type: ignore[arg-type]
+    command = PublishRequested(command_id=page_token, post_id="post-1", requested_at=datetime.now(UTC),
+                               publish_target="facebook", content=PostContent(caption=f"look: {page_token}"),
+                               account="acme")
+
+    tokens = await handler._stored_tokens()
+
+    assert _token_in_fields(command, tokens) is not None
+    assert _token_in(command.content, tokens) is not None
