@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
@@ -451,7 +451,8 @@ class FrontDoor:
             # The republish would run once that attempt has ended, and publish its platform again then too: a post
             # that looks stuck would go out twice. Known first, the user can still republish.
             busy = [PLATFORM_LABELS[p] for p, why in decision.skipped.items() if why == STILL_PUBLISHING]
-            raise HTTPException(409, f"{' and '.join(busy)} still publishing (its last attempt has no result yet)"
+            last = "its last attempt has" if len(busy) == 1 else "their last attempts have"
+            raise HTTPException(409, f"{' and '.join(busy)} still publishing ({last} no result yet)"
                                      f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
                                      "posted again")
         return await self._submit(command, wait)
@@ -646,7 +647,8 @@ def _errors(exc: ValidationError | RequestValidationError, prefix: tuple[str, ..
     """What is wrong, field by field; never the input itself (it may be a token)."""
     raw = exc.errors(include_url=False, include_input=False) if isinstance(exc, ValidationError) else exc.errors()
     return [{"loc": [*prefix, *error.get("loc", ())], "type": error.get("type", "value_error"),
-             "msg": str(error.get("msg", "invalid"))} for error in raw]
+             # pydantic leads a validator's own words with its error type: the words say it alone.
+             "msg": str(error.get("msg", "invalid")).removeprefix("Value error, ")} for error in raw]
 
 
 def unprocessable(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> HTTPException:
@@ -846,6 +848,16 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
 
     app.include_router(pages.ui_router(front, settings))
     app.mount("/ui/static", pages.static_files(), name="static")
+
+    @app.middleware("http")
+    async def _pages_not_cached(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # A post's page is its state now, and shown to a signed-in browser only: never kept (Back after signing
+        # out, a shared machine) nor shown stale from a cache.
+        response = await call_next(request)
+        if request.url.path.startswith("/ui") and not request.url.path.startswith("/ui/static"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
     return app
 
 

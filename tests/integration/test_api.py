@@ -1059,3 +1059,13 @@ def test_of_two_republishes_sent_at_the_same_moment_the_one_the_handler_refused_
     assert detail.endswith("This request (command mine-force) was not published")
     (sent,) = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
     assert isinstance(sent, ForceRepublishRequested) and sent.seen_attempts == 2
+
+
+def test_a_refused_field_is_told_in_the_services_own_words(api: RunningApi) -> None:
+    add_account(api)
+    answer = api.client.post("/posts", json=publish_body(content={"caption": "Autumn sale",
+                                                                  "image_url": "ftp://cdn.example.com/a.jpg"}))
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["body", "content", "image_url"]
+    assert "http(s) URL" in error["msg"] and not error["msg"].startswith("Value error")

@@ -88,6 +88,8 @@ def test_a_session_ends_when_the_operator_signs_out(api: RunningApi) -> None:
     with signed_in(api) as browser:
         page = browser.get("/ui/posts/post-1")
         assert 'action="/ui/logout"' in page.text
+        # Never kept by the browser: Back after signing out must not show it from a cache.
+        assert page.headers["cache-control"] == "no-store"
         out = browser.post("/ui/logout", follow_redirects=False)
         assert out.status_code == 303
         assert out.headers["location"] == "/ui/login?signed_out=1"
