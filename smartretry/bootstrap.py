@@ -60,13 +60,15 @@ def handler_config(settings: Settings) -> HandlerConfig:
 
 @contextlib.asynccontextmanager
 async def graph_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    # Generous read timeout: Instagram's container publishing can take seconds.
+    # A call may take as long as its attempt allows (SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS; the handler bounds each call
+    # by what is left of it): a photo Meta takes a minute to fetch is published, not left to a look-up.
     # The bytes go through aiohttp: a fifth of the CPU per request of httpx's own pool (see its module).
     # A request holds its connection until this loop has read the answer, so in a burst the pool is what
     # limits: 300 posts to both platforms against the sandbox took 3.8 s over 20 connections, 3.1 s over
     # 50, 2.6 s over 100 and 2.9 s over 200. (Through httpx's own pool, more connections were slower.)
     transport = AiohttpTransport(max_connections=settings.graph_max_connections)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), transport=transport) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(settings.attempt_timeout_seconds, connect=5.0),
+                                 transport=transport) as client:
         yield client
 
 

@@ -17,6 +17,8 @@ from schemas.commands import PostContent, PublishRequested
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult, PublishAttempted
 from schemas.ids import attempt_id_for, derived_id
+from smartretry.bootstrap import graph_client
+from smartretry.settings import Settings
 from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
 from streams.topics import Topics
 from tests.unit.test_fold import History
@@ -234,3 +236,10 @@ async def test_a_partition_that_moved_away_and_came_back_during_a_backoff_is_not
     assert page.posts == ["cmd-publish:facebook:2"]  # once: the first handler's old state knew nothing of it
     final = apply_all(None, [*history.events, *topic])
     assert final is not None and final.status == "posted"
+
+
+async def test_a_graph_call_may_take_what_its_attempt_allows_not_a_shorter_timeout_of_its_own() -> None:
+    # A photo Meta takes 40 s to fetch is published within a 120 s attempt, not cut at 30 s and left to a look-up.
+    async with graph_client(Settings(attempt_timeout_seconds=120)) as client:  # type: ignore[call-arg]
+        assert client.timeout.read == client.timeout.write == client.timeout.pool == 120
+        assert client.timeout.connect == 5
