@@ -6,7 +6,7 @@ from projections.fold import counted_platforms
 from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
-from schemas.common import PLATFORM_LABELS, ErrorKind, Platform, target_of
+from schemas.common import NO_CREDENTIALS, PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform, target_of
 
 
 def publish_response(state: PostState, command_id: str | None = None) -> PublishResponse:
@@ -128,7 +128,12 @@ def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
     """
     shown: dict[Platform, str] = {}
     for platform, action in state.needed_action.items():
-        if action.startswith(("re-authenticate ", "grant the missing permission ")) and \
+        result = state.latest_result(platform)
+        if action.startswith("re-authenticate ") and state.account is not None and result is not None and \
+                not result.success and (result.error or "").startswith(NO_CREDENTIALS):
+            # The account was never connected (or was removed): there is nothing to re-authenticate.
+            action = f"connect account {state.account} with PUT /accounts/{state.account}/token"
+        if action.startswith(("re-authenticate ", "grant the missing permission ", "connect account ")) and \
                 state.in_flight(platform) is None:
             action += ", then retry"
         shown[platform] = action
@@ -141,7 +146,8 @@ def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
                 needed = shown.get(platform)
                 shown[platform] = NAME_THE_ACCOUNT if needed in (None, "fix the post") else \
                     f"{needed.removesuffix(', then retry')}, then {NAME_THE_ACCOUNT}"
-    return shown
+    # In the platforms' own order (Facebook first), whichever failed first.
+    return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index)}
 
 
 # What a post imported without an account needs before any retry can publish it.

@@ -33,6 +33,9 @@ def target_of(platforms: tuple[Platform, ...] | list[Platform]) -> PublishTarget
 
 # Meta's error code for "temporarily blocked for policy violations" (see publishers/errors.py).
 POLICY_BLOCK_CODE = 368
+# How a failure for want of an account (none stored under the post's account name) begins: it asks for the account
+# to be connected, not re-authenticated.
+NO_CREDENTIALS = "no credentials for account"
 
 
 class ErrorKind(StrEnum):

@@ -228,7 +228,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                       f"smartretry resolve {detail['id']} {platform} --published-as POST_ID | --not-published",
                       highlight=False)
     for platform, action in detail.get("needed_action", {}).items():
-        console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {action}", highlight=False)
+        console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {_as_commands(action)}", highlight=False)
     for platform, at in detail.get("automatic_retry", {}).items():
         when = f" at {at[11:19]} UTC" if at else ""
         console.print(f"  🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from publishers.base import AccountCredentials
 from publishers.redact import register_secret
+from schemas.common import NO_CREDENTIALS
 
 
 class _Base(DeclarativeBase):
@@ -113,7 +114,7 @@ class CredentialStore:
             row = connection.execute(self._get_statement, {"account_id": account_id}).first()
         if row is None:
             raise UnknownAccount(
-                f"no credentials for account {account_id!r}: set them with `smartretry accounts set-token`")
+                f"{NO_CREDENTIALS} {account_id!r}: set them with `smartretry accounts set-token`")
         ciphertext, page_id, ig_user_id = row
         try:
             token = self._fernet.decrypt(ciphertext.encode()).decode()

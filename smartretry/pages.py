@@ -118,7 +118,7 @@ def platform_rows(state: PostState, max_attempts: int) -> list[dict[str, Any]]:
             "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
             "success": None if result is None else result.success, "link": link,
             "error": result.error if result is not None and not result.success else None,
-            "action": actions.get(platform),
+            "action": _page_problem(actions[platform]) if platform in actions else None,
             "unknown": unknown.get(platform),
             # Being published right now: an attempt without a result, or chosen by the latest decision.
             "pending": platform in pending,

@@ -146,3 +146,28 @@ def test_a_retry_decided_to_publish_nothing_keeps_the_content_that_went_out_and_
     response = publish_response(state, "cmd-late")
     assert response.success and response.note == "Nothing to retry: Facebook and Instagram already succeeded"
     assert publish_response(state, "cmd-publish").note is None
+
+
+def test_a_post_whose_account_was_never_connected_asks_for_it_to_be_connected_not_re_authenticated() -> None:
+    # Sent straight to Kafka naming an account the service has no credentials for (the API refuses such a post).
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.failure("facebook", attempts["facebook"],
+                    "no credentials for account 'acct-1': set them with `smartretry accounts set-token`",
+                    ErrorKind.AUTH)
+    assert needed_actions(history.state(), max_attempts=5) == {
+        "facebook": "connect account acct-1 with PUT /accounts/acct-1/token, then retry"}
+    # A token that stopped working is still re-authenticated.
+    expired = History()
+    attempts = expired.publish(target="facebook")
+    expired.failure("facebook", attempts["facebook"], "Error validating access token: Session has expired",
+                    ErrorKind.AUTH)
+    assert needed_actions(expired.state(), max_attempts=5) == {"facebook": "re-authenticate Facebook, then retry"}
+
+
+def test_what_is_needed_is_listed_facebook_first_whichever_failed_first() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("instagram", attempts["instagram"], "Session has expired", ErrorKind.AUTH)
+    history.failure("facebook", attempts["facebook"], "Missing or invalid image file", ErrorKind.INVALID_MEDIA)
+    assert list(needed_actions(history.state(), max_attempts=5)) == ["facebook", "instagram"]
