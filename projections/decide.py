@@ -121,6 +121,13 @@ def republished_since_asked(state: PostState, command: Command) -> str | None:
             "and republish once more only if it still should go out again")
 
 
+def retry_targets(state: PostState) -> tuple[Platform, ...]:
+    """The platforms a retry decided now would publish (none when it would publish nothing)."""
+    if state.publish_target is None:
+        return ()
+    return _republish(state, forced=False, reason="").platforms
+
+
 def retry_preview(state: PostState | None) -> str:
     """The page's note under the retry button ("Note: Will only retry Facebook"), from the same rule as `decide`."""
     if state is None or state.publish_target is None:

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
-from projections.decide import retry_preview
+from projections.decide import retry_preview, retry_targets
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import needed_actions, retried_summary
 from projections.resume import automatic_retries
@@ -58,6 +58,8 @@ STATUS_LABELS = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "
 # automatic retry that waits out a platform's limit.
 REFRESH_SECONDS = 1
 QUEUED_REFRESH_SECONDS = 30
+# Seconds after which a retry sent from the page and still not taken up is said to be so, instead of "publishing".
+UNHANDLED_AFTER_SECONDS = 60
 # Posts per page of the post list.
 LIST_PAGE = 100
 
@@ -207,14 +209,16 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
 
     @router.get("/posts/{post_id}")
     async def post_page(request: Request, post_id: str, awaiting: str | None = None,
-                        problem: str | None = None) -> Response:
+                        problem: str | None = None, sent: str | None = None) -> Response:
         if (redirect := gate(request)) is not None:
             return redirect
-        return await render_post(request, post_id, awaiting, problem)
+        # When the page sent the retry it awaits (epoch seconds); a link edited by hand is read as none.
+        sent_at = int(sent) if sent is not None and sent.isdigit() and len(sent) < 12 else None
+        return await render_post(request, post_id, awaiting, problem, sent=sent_at)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
                           status_code: int = 200, entered_image_url: str | None = None,
-                          entered_account: str | None = None) -> Response:
+                          entered_account: str | None = None, sent: int | None = None) -> Response:
         state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
@@ -222,15 +226,31 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             and not await front.is_settled(post_id, awaiting)
         # A retry behind the post's automatic retry, which waits out a platform's limit (up to an hour): the post
         # stays as it is until then, and the page says so instead of "publishing" for that long.
-        queued = queued_behind(state, settings.max_automatic_attempts, front.clock()) \
-            if waiting and awaiting not in state.commands else None
+        undecided = waiting and awaiting not in state.commands
+        queued = queued_behind(state, settings.max_automatic_attempts, front.clock()) if undecided else None
+        # A retry not taken up long after it was sent (or a link naming one this post never had): the page stops
+        # showing "publishing", and says so, rather than refresh for ever.
+        unhandled = None
+        if undecided and queued is None and (sent is None or _now() - sent > UNHANDLED_AFTER_SECONDS):
+            unhandled = (f"Your retry (command {awaiting}) has not been taken up"
+                         + (f" {int(_now() - sent)} s after it was sent" if sent is not None else "")
+                         + ": the service may be behind, or it refused it (the operators' `smartretry dlq list` "
+                           "says why). This page shows the post as it is.")
+            waiting = False
         status = "publishing" if waiting and queued is None else state.status
         targeted: tuple[Platform, ...] = state.targeted
+        rows = platform_rows(state, settings.max_automatic_attempts)
+        # Named as being published: those with an attempt under way; before the retry is decided, those it will
+        # publish (the same rule as the handler's), not every platform of the post.
+        publishing = [row["label"] for row in rows if row["pending"]] or (
+            [PLATFORM_LABELS[p] for p in retry_targets(state)] if undecided else []) or [row["label"] for row in rows]
         return templates.TemplateResponse(request, "post_detail.html", {
             "state": state,
             "status": status,
             "status_label": STATUS_LABELS[status],
-            "rows": platform_rows(state, settings.max_automatic_attempts),
+            "rows": rows,
+            "publishing": publishing,
+            "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in
                           automatic_retries(state, settings.max_automatic_attempts).items()},
             "refresh": REFRESH_SECONDS if status == "publishing" else QUEUED_REFRESH_SECONDS if queued else None,
@@ -274,8 +294,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
                                      entered_image_url=image_url, entered_account=account)
-        return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id})}",
-                                status_code=303)
+        return RedirectResponse(
+            f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
+            status_code=303)
 
     return router
 

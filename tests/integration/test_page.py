@@ -263,13 +263,29 @@ def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api:
     with signed_in(api) as browser:
         answer = browser.post("/ui/posts/post-1/retry", data=form, follow_redirects=False)
         assert answer.status_code == 303
-        assert re.fullmatch(r"/ui/posts/post-1\?awaiting=[0-9A-Z]{26}", answer.headers["location"])
+        assert re.fullmatch(r"/ui/posts/post-1\?awaiting=[0-9A-Z]{26}&sent=\d+", answer.headers["location"])
         # No handler runs here: the command stays unsettled, so the page says so and keeps refreshing.
         page = browser.get(answer.headers["location"]).text
+        # Named: what the retry publishes (Facebook failed, Instagram went out), not every platform of the post.
+        assert "Publishing Facebook… this page refreshes itself." in page
+        # Still not taken up a minute later (no handler runs here): said so, no longer "publishing" for ever.
+        sent = int(answer.headers["location"].rsplit("=", 1)[1])
+        later = browser.get(answer.headers["location"].replace(f"sent={sent}", f"sent={sent - 61}")).text
     [(key, _value)] = messages_on(api.bootstrap, api.topics.commands)
     assert key == "post-1"
     assert "Status: ⏳ Publishing" in page
     assert 'http-equiv="refresh"' in page
+    assert "Status: ❌ Failed" in later and "Publishing Facebook" not in later
+    assert "has not been taken up 6" in later and "smartretry dlq list" in later
+    assert 'http-equiv="refresh"' not in later
+
+
+def test_a_link_awaiting_a_command_the_post_never_had_shows_the_post_as_it_is(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9"}).text
+    assert "Status: ✅ Posted" in page and "Publishing Facebook" not in page
+    assert "Your retry (command 01M8KCV10Y74AW57HH6THPMKM9) has not been taken up:" in page
 
 
 def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_not_publishing(
