@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
 from publishers.redact import register_secret
-from smartretry.logs import JsonFormatter, ScrubFilter, TextFormatter
+from smartretry.logs import JsonFormatter, RepeatFilter, ScrubFilter, TextFormatter
 
 
 def line(formatter: logging.Formatter, **context: str) -> str:
@@ -28,3 +29,36 @@ def test_a_token_in_a_post_or_command_id_is_scrubbed_from_the_line(formatter: lo
     assert "[redacted]" in text and "a-1" in text
     if isinstance(formatter, JsonFormatter):
         assert json.loads(text)["post_id"] == "p-[redacted]"
+
+
+def test_a_librarys_repeated_warnings_are_counted_not_shown_each_time_and_the_services_own_always_are() -> None:
+    now = [100.0]
+    repeats = RepeatFilter(window=10.0, clock=lambda: now[0])
+
+    def record(name: str, level: int, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+    # A broker away: its client says so many times a second.
+    shown = [repeats.filter(record("aiokafka", logging.ERROR, "Unable connect to node with id %s: %s", 1, "refused"))
+             for _ in range(300)]
+    assert shown.count(True) == 1
+    assert all(repeats.filter(record("streams.projector", logging.ERROR, "partition %d not stored", 3))
+               for _ in range(5))
+    assert repeats.filter(record("aiokafka", logging.ERROR, "Another thing happened"))
+    now[0] += 10.5
+    again = record("aiokafka", logging.ERROR, "Unable connect to node with id %s: %s", 1, "refused")
+    assert repeats.filter(again)
+    assert again.getMessage() == "Unable connect to node with id 1: refused (and 299 more like it in the 10 s before)"
+
+
+def test_librdkafkas_own_lines_go_through_the_services_logging(caplog: pytest.LogCaptureFixture) -> None:
+    from streams.kafka import producer
+
+    away = producer("127.0.0.1:1")
+    away.produce("topic", b"x")
+    with caplog.at_level(logging.WARNING, logger="librdkafka"):
+        deadline = time.monotonic() + 10
+        while not any(r.name == "librdkafka" for r in caplog.records) and time.monotonic() < deadline:
+            away.poll(0.1)
+    assert any(r.name == "librdkafka" and "Connection refused" in r.getMessage() for r in caplog.records)
+    away.purge()
