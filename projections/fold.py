@@ -43,6 +43,7 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel
 
 from projections.state import AttemptState, CommandRecord, PostState, empty_state
+from publishers.redact import scrub_shapes
 from schemas.common import PLATFORM_LABELS, PLATFORMS, POLICY_BLOCK_CODE, ErrorKind, Platform, platforms_of, target_of
 from schemas.events import (
     AttemptOutcomeUnknown,
@@ -376,10 +377,10 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     status = document.get("status")
     if status in ("publishing", "posted", "failed"):
         state.legacy_status = cast(PostStatus, status)
-    error_message = document.get("error_message")
-    state.legacy_error_message = error_message if isinstance(error_message, str) and error_message else None
-    post_url = document.get("post_url")
-    state.legacy_post_url = post_url if isinstance(post_url, str) and post_url else None
+    state.legacy_error_message = _legacy_text(document.get("error_message")) if isinstance(
+        document.get("error_message"), str) else None
+    state.legacy_post_url = _legacy_text(document.get("post_url")) if isinstance(document.get("post_url"), str) \
+        else None
     counted = dict(state.legacy_attempts)
     for result in results:
         counted[result.platform] = counted.get(result.platform, 0) + 1
@@ -631,9 +632,11 @@ def _facebook_post_of(url: object) -> str | None:
 
 
 def _legacy_text(value: object) -> str | None:
-    """A non-empty string, or a number written as one (old rows stored some ids as numbers)."""
+    """A non-empty string, or a number written as one (old rows stored some ids as numbers). A token the old system
+    wrote into it (an error echoing a request's `access_token=...`) is scrubbed out: the projection, the insights
+    topic and the pages would show it."""
     if isinstance(value, str) and value:
-        return value
+        return scrub_shapes(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None

@@ -61,6 +61,16 @@ def scrub(text: str) -> str:
     return _TOKEN_SHAPED.sub(REDACTED, text)
 
 
+def scrub_shapes(text: str) -> str:
+    """`scrub` by the shapes of secrets alone (Meta's tokens, `access_token=...`, `Bearer ...`), not the secrets
+    this process has seen: the same text gives the same result in every process, as a fold (replayed) must."""
+    if not text:
+        return text
+    text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    return _TOKEN_SHAPED.sub(REDACTED, text)
+
+
 def known_secrets() -> tuple[str, ...]:
     """The secrets this process has seen lately (tokens it stored, used or fetched), as `scrub` removes them."""
     return _longest_first

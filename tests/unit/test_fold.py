@@ -518,3 +518,23 @@ def test_an_import_run_again_never_turns_a_published_platform_into_a_failure() -
     assert facebook is not None and facebook.success and facebook.post_id == "7479_9"
     assert "facebook" not in state.needed_action
 
+
+def test_a_token_the_old_system_wrote_into_an_imported_document_is_scrubbed_out_of_the_post() -> None:
+    meta_shaped = "EAA" + "Bw0rKeD1" * 6
+    document = {
+        "status": "failed",
+        "error_message": f"facebook: Invalid OAuth access token {meta_shaped}",
+        "post_url": None,
+        "insights": {"publish_results": [
+            {"platform": "facebook", "success": False,
+             "error": "GET /me/accounts?access_token=oldsystemsecret123&fields=id failed"},
+            {"platform": "instagram", "success": True, "postId": "18107758234627017",
+             "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"},
+        ]},
+    }
+    state = History().legacy(document).state()
+    text = state.model_dump_json()
+    assert meta_shaped not in text and "oldsystemsecret123" not in text
+    assert state.document.error_message is not None and "[redacted]" in state.document.error_message
+    facebook = state.latest_result("facebook")
+    assert facebook is not None and facebook.error == "GET /me/accounts?access_token=[redacted]&fields=id failed"
