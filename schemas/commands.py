@@ -54,7 +54,10 @@ def url_problem(value: str) -> str | None:
     return None
 
 
-HttpUrlText = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+# Not JSON Schema's "uri" format: an address with a blank in its path (the seed's image URL) is taken, and the
+# platform says whether it can fetch it.
+HttpUrlText = Annotated[str, Field(max_length=2048, description="an http:// or https:// address"),
+                        AfterValidator(_http_url)]
 
 
 class PostContent(Frozen):

@@ -80,6 +80,8 @@ Timestamp = Annotated[
     datetime,
     AfterValidator(_utc),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+    # RFC 3339 with its zone ("2025-11-17T10:10:13.151Z"): one without a zone is refused.
+    Field(json_schema_extra={"format": "date-time"}),
 ]
 
 # Times inside the service's own stored state (attempts, commands, a post's created and updated

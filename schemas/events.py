@@ -61,12 +61,16 @@ class PublishAttempted(EventBase):
     type: Literal["PublishAttempted"] = "PublishAttempted"
     platform: Platform
     attempt_id: Identifier
-    attempt_number: Annotated[int, Field(ge=1)]
-    command_id: Identifier
-    is_retry: bool = False
-    forced: bool = False
+    attempt_number: Annotated[int, Field(ge=1, description=(
+        "The platform's attempts at this post so far, this one included: 1 for the first, 2 or more for a retry"))]
+    command_id: Identifier = Field(description=(
+        "The command that made the attempt. A second or later attempt of one command on the same platform is the "
+        "service's own automatic retry (a hiccup or a rate limit met); the first is what the command asked for"))
+    is_retry: bool = Field(default=False, description=(
+        "Any attempt after the platform's first: a user's retry, a forced republish, or an automatic retry"))
+    forced: bool = Field(default=False, description="Made by a forced republish (ForceRepublishRequested)")
     # "first publish", "smart retry", "automatic retry after transient error", "forced republish", ...
-    reason: str = ""
+    reason: str = Field(default="", description="Why, in words, for people: not to be parsed")
 
 
 class ContainerCreated(EventBase):

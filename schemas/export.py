@@ -28,8 +28,13 @@ def exported() -> dict[str, dict[str, Any]]:
         "deadletters/DeadLetterRequeued": DeadLetterRequeued,
         "api/PublishResponse": PublishResponse,
     }
-    return {f"{name}.schema.json": model.model_json_schema(mode="serialization", by_alias=True)
-            for name, model in models.items()}
+    schemas = {name: model.model_json_schema(mode="serialization", by_alias=True) for name, model in models.items()}
+    for name, schema in schemas.items():
+        if name.startswith(("commands/", "events/")):
+            # The models default it (code builds each type by its class), but on the wire a message without its
+            # `type` is refused: it says which message it is.
+            schema["required"] = ["type", *[field for field in schema.get("required", []) if field != "type"]]
+    return {f"{name}.schema.json": schema for name, schema in schemas.items()}
 
 
 def render(schema: dict[str, Any]) -> str:
