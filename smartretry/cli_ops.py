@@ -571,6 +571,10 @@ def _source_of(letter: DeadLetter | None) -> tuple[str, str, int | None, int] | 
     return letter.consumer, letter.source_topic, letter.partition, letter.offset
 
 
+# Columns below which `dlq list` prints each dead letter on two lines rather than as a table.
+WIDE_TABLE = 140
+
+
 @dlq.command("list")
 def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -> None:
     """List the dead letters, newest last: where each came from and why it was set aside."""
@@ -594,10 +598,14 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
             times[source] = 1
         shown.append((offset, letter))
     table = Table("offset", "when", "from", "consumer", "key", "reason", "requeued")
+    # A table of seven columns needs a wide terminal: on a narrow one each letter is two lines, its reason whole.
+    narrow = console.width < WIDE_TABLE
     requeued = 0
     for offset, letter in shown[-limit:]:
         if letter is None:
             table.add_row(str(offset), "", "", "", "", "(not a dead letter)", "")
+            if narrow:
+                console.print(f"{offset}  (not a dead letter)", highlight=False, markup=False)
             continue
         requeue = found.requeue_of(offset)
         requeued += requeue is not None
@@ -608,7 +616,14 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
         when_requeued = "" if requeue is None else requeue.requeued_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(str(offset), letter.occurred_at.isoformat(timespec="seconds"), source_text, letter.consumer,
                       letter.key or "", reason, when_requeued)
-    console.print(table)
+        if narrow:
+            console.print(f"{offset}  {letter.occurred_at.isoformat(timespec='seconds')}  {source_text}  "
+                          f"{letter.consumer}  key {letter.key or '-'}"
+                          + (f"  requeued {when_requeued}" if when_requeued else ""), highlight=False, markup=False,
+                          soft_wrap=True)
+            console.print(f"    {reason}", highlight=False, markup=False, soft_wrap=True)
+    if not narrow:
+        console.print(table)
     repeats = len(letters) - len(shown)
     console.print(f"{len(shown)} dead letter(s) on {settings.topics.dead_letters}"
                   + (f", and {repeats} more of messages listed above, set aside again." if repeats else ".")

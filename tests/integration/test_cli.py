@@ -360,3 +360,18 @@ def test_publish_and_retry_exit_with_1_when_the_post_ends_failed_and_0_once_it_i
                                      "--wait", "60"], env=env)
     assert fixed.exit_code == 0, fixed.output
     assert "Status: ✅ Posted" in fixed.output
+
+
+def test_on_a_narrow_terminal_dead_letters_are_listed_two_lines_each_with_their_reason_whole(
+        api: RunningApi) -> None:
+    reason = "invalid RetryRequested: content.image_url: must be an http(s) URL, and the caption is too long"
+    letter = make_dead_letter(reason=reason, consumer="command-handler", source_topic=api.topics.commands,
+                              partition=2, offset=5, key=b"post-7", value=b"{}")
+    deliver(api.producer, api.topics.dead_letters, "post-7", encode(letter))
+    env = {"KAFKA_BOOTSTRAP_SERVERS": api.bootstrap, "SMARTRETRY_TOPIC_PREFIX": api.topics.prefix, "COLUMNS": "80"}
+    result = CliRunner().invoke(app, ["dlq", "list"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("0  ") and f"{api.topics.commands}[2]@5  command-handler  key post-7" in lines[0]
+    assert reason in result.output.replace("\n    ", " ")
+    assert "┃" not in result.output  # no table squeezed into 80 columns
