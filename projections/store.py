@@ -31,7 +31,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from projections.fold import apply_all, apply_valid
 from projections.state import PostState
@@ -82,8 +82,19 @@ def same_database(one: Engine, other: Engine) -> bool:
         if a.database in (None, "", ":memory:") or b.database in (None, "", ":memory:"):
             return False  # each in-memory database is its own
         return Path(a.database or "").resolve() == Path(b.database or "").resolve()
-    return ((a.host or "localhost").lower(), a.port, a.database) == ((b.host or "localhost").lower(), b.port,
-                                                                    b.database)
+    return _server(a) == _server(b) and a.database == b.database
+
+
+# Names of this machine's own server, as a database URL may give it.
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1", "[::1]"})
+# Servers' ports when a URL names none.
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
+def _server(url: URL) -> tuple[str, int | None]:
+    host = (url.host or "").lower()
+    return ("localhost" if host in _LOCAL_HOSTS else host,
+            url.port or _DEFAULT_PORTS.get(url.get_backend_name()))
 
 
 def make_engine(url: str) -> Engine:

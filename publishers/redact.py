@@ -15,7 +15,7 @@ from schemas.commands import PostContent
 _TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{20,}")
 # Query parameters and JSON fields that carry secrets (paging URLs from Meta include access_token).
 _SECRET_PARAM = re.compile(
-    r"((?:access_token|appsecret_proof|client_secret|input_token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+",
+    r"((?:access_token|appsecret_proof|client_secret|input_token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',};]+",
     re.IGNORECASE,
 )
 # An Authorization header value copied into an exception or a debug dump: a credential, 16 characters or more

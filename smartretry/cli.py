@@ -342,17 +342,21 @@ def _service_running(settings: Settings) -> str | None:
         return None
     groups = [f"{settings.topic_prefix}projector", f"{settings.topic_prefix}command-handler"]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    unanswered: list[str] = []
     for group, described in admin.describe_consumer_groups(groups, request_timeout=10).items():
         try:
             members = described.result(timeout=15).members
         except Exception as exc:
             # Not "stopped": a broker just started again answers so while it loads its groups, and a projector
-            # running meanwhile would never fold again what the reset empties.
-            raise CannotTell(f"the broker could not say whether consumer group {group} has members "
-                             f"({scrub(str(exc))[:200]})") from None
+            # running meanwhile would never fold again what the reset empties. The other group is asked still: one
+            # said to be up is running, whatever --force says of the unanswered.
+            unanswered.append(f"consumer group {group} ({scrub(str(exc))[:200]})")
+            continue
         if members:
             return (f"consumer group {group} has {len(members)} member{'s' if len(members) > 1 else ''}; one "
                     f"stopped a moment ago leaves it within {settings.projector_session_timeout_seconds:.0f}s")
+    if unanswered:
+        raise CannotTell(f"the broker could not say whether these have members: {'; '.join(unanswered)}")
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ class ScrubFilter(logging.Filter):
 
 # The service's own loggers: every line of theirs is kept.
 OWN_LOGGERS = ("smartretry", "streams", "projections", "publishers", "schemas", "bench", "__main__")
+_NUMBERS = re.compile(r"\d+")
 # Seconds within which a library's line like one already shown is counted, not shown again.
 REPEAT_WINDOW_S = 10.0
 
@@ -45,9 +47,11 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith(OWN_LOGGERS) or record.levelno < logging.WARNING:
-            return True
-        key = (record.name, record.levelno, str(record.msg))
+        if record.name.startswith(OWN_LOGGERS) or record.levelno < logging.WARNING or record.exc_info:
+            return True  # a traceback is each its own
+        # The line as written, its numbers aside (a node id, a client's number, milliseconds): another message,
+        # even under the same template, is shown.
+        key = (record.name, record.levelno, _NUMBERS.sub("#", record.getMessage()))
         now = self.clock()
         shown, held = self._seen.get(key, (None, 0))
         if shown is not None and now - shown < self.window:
@@ -95,6 +99,6 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # httpx logs every request URL at INFO; URLs must never matter for secrets, but keep the noise out.
-    for noisy in ("httpx", "httpcore", "aiokafka", "faust", "mode", "uvicorn.access", "librdkafka"):
+    for noisy in ("httpx", "httpcore", "aiokafka", "faust", "mode", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     scrub_http_client_logs()

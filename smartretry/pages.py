@@ -213,7 +213,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         if (redirect := gate(request)) is not None:
             return redirect
         # When the page sent the retry it awaits (epoch seconds); a link edited by hand is read as none.
-        sent_at = int(sent) if sent is not None and sent.isdigit() and len(sent) < 12 else None
+        sent_at = int(sent) if sent is not None and sent.isascii() and sent.isdigit() and len(sent) < 12 else None
         return await render_post(request, post_id, awaiting, problem, sent=sent_at)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,

@@ -908,9 +908,9 @@ class CommandHandler:
         mine, theirs = self._credentials_of(account), self._credentials_of(other)
         if not isinstance(mine, AccountCredentials) or not isinstance(theirs, AccountCredentials):
             return True
-        if platform == "facebook":
-            return mine.page_id is None or mine.page_id == theirs.page_id
-        return mine.ig_user_id is None or mine.ig_user_id == theirs.ig_user_id
+        ours, others = (mine.page_id, theirs.page_id) if platform == "facebook" else (mine.ig_user_id,
+                                                                                      theirs.ig_user_id)
+        return ours is None or others is None or ours == others
 
     def _register_resolution(self, command: ResolveAttemptRequested) -> None:
         """Makes an operator's resolution known to the post's command waiting on an attempt, and wakes that command."""
@@ -981,9 +981,16 @@ class CommandHandler:
                     None, self._claims, state, attempt)
                 try:
                     credentials = self.credentials.get(state.account)
-                    found = await publisher.find_existing(
+                    # Bounded like an attempt: a Graph API that hangs must not hold the post's commands for the
+                    # look-up's every call in turn.
+                    found = await asyncio.wait_for(publisher.find_existing(
                         state.content, credentials, attempt_id=attempt.attempt_id,
-                        container_id=attempt.container_id, attempted_at=attempt.started_at, recorded=claimed)
+                        container_id=attempt.container_id, attempted_at=attempt.started_at, recorded=claimed),
+                        self.config.attempt_timeout_seconds)
+                except TimeoutError:
+                    found = PublishOutcome.failed(attempt.platform, PlatformError(
+                        kind=ErrorKind.TRANSIENT, message=f"{label} post lookup did not finish within "
+                                                          f"{self.config.attempt_timeout_seconds:.0f}s"))
                 except LookupError as exc:
                     # No usable credentials: the platform cannot be asked, which says nothing about the post.
                     found = PublishOutcome.failed(attempt.platform, PlatformError(

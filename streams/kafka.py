@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
-
-# librdkafka's own lines (a broker away: "Connect to ... failed" several times a second), through Python's logging:
-# formatted, scrubbed and, repeated, counted like every other library's (`smartretry.logs`).
-LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
 def producer(bootstrap: str, **overrides: Any) -> Producer:
@@ -27,7 +22,6 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
         # partition number whichever client produced them.
         "partitioner": "murmur2_random",
         "compression.type": "lz4",
-        "logger": LIBRDKAFKA_LOG,
         **overrides,
     }
     return Producer(config)
@@ -43,7 +37,6 @@ def consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
         "enable.auto.commit": False,
         # Only events of committed transactions.
         "isolation.level": "read_committed",
-        "logger": LIBRDKAFKA_LOG,
         **overrides,
     }
     return Consumer(config)

@@ -286,6 +286,11 @@ def test_a_link_awaiting_a_command_the_post_never_had_shows_the_post_as_it_is(ap
         page = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9"}).text
     assert "Status: ✅ Posted" in page and "Publishing Facebook" not in page
     assert "Your retry (command 01M8KCV10Y74AW57HH6THPMKM9) has not been taken up:" in page
+    # A `sent` edited by hand is read as none.
+    with signed_in(api) as browser:
+        for sent in ("²", "-5", "1e9", "99999999999999999999"):
+            edited = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9", "sent": sent})
+            assert edited.status_code == 200 and "has not been taken up:" in edited.text, sent
 
 
 def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_not_publishing(

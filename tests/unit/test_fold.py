@@ -538,3 +538,15 @@ def test_a_token_the_old_system_wrote_into_an_imported_document_is_scrubbed_out_
     assert state.document.error_message is not None and "[redacted]" in state.document.error_message
     facebook = state.latest_result("facebook")
     assert facebook is not None and facebook.error == "GET /me/accounts?access_token=[redacted]&fields=id failed"
+
+
+def test_a_token_scrubbed_from_an_old_error_message_leaves_the_other_platforms_part_its_own() -> None:
+    def needed(facebook_message: str) -> dict[str, str]:
+        document = {"status": "failed", "insights": {},
+                    "error_message": f"facebook: {facebook_message}; instagram: Error validating access token: "
+                                     "Session has expired"}
+        return dict(History().legacy(document).state().needed_action)
+
+    clean = needed("(#100) GET /v17.0/me/accounts failed")
+    assert clean.get("instagram") == "re-authenticate Instagram"
+    assert needed("(#100) GET /v17.0/me/accounts?access_token=oldsystemsecret123") == clean

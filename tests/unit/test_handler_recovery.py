@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -487,3 +489,43 @@ async def test_an_attempt_awaiting_its_result_on_another_page_does_not_hold_up_a
 
     (result,) = sent
     assert isinstance(result, PlatformResult) and result.recovered and result.platform_post_id == "747917475065823_5"
+
+
+async def test_an_attempt_on_record_for_an_account_whose_page_is_not_known_now_holds_up_a_look_up() -> None:
+    # The other account was connected again without its Page since: which Page its attempt went to cannot be told.
+    history, state = interrupted()
+    sent: list[Event] = []
+    found = PublishOutcome.published("facebook", "747917475065823_77", None)
+    others = Projection(of_account(other_post(published=False), "acct-2"))
+
+    class SomePagesKnown(PagesByAccount):
+        def get(self, account_id: str) -> AccountCredentials:
+            return AccountCredentials(account_id, SecretStr("user-token-value-1"), self.pages.get(account_id), None)
+
+    with pytest.raises(OutcomeUnknown):
+        await handler(SomePagesKnown({"acct-1": "747917475065823"}), Lookups(found), history, sent,
+                      others)._resolve_interrupted(state)
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and "could not tell" in unknown.error.message
+
+
+class HangingLookups(Lookups):
+    async def find_existing(self, *_args: Any, **kwargs: Any) -> PublishOutcome | None:
+        self.asked += 1
+        await asyncio.sleep(3600)
+        return None
+
+
+async def test_a_look_up_the_graph_api_never_answers_is_given_up_after_the_attempt_timeout_and_asked_again() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    made = handler(Credentials(), HangingLookups(), history, sent)
+    made.config = replace(made.config, attempt_timeout_seconds=0.2)
+
+    with pytest.raises(OutcomeUnknown):
+        await asyncio.wait_for(made._resolve_interrupted(state), 10)
+
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown)
+    assert unknown.error.kind is ErrorKind.TRANSIENT
+    assert "Facebook post lookup did not finish within" in unknown.error.message
