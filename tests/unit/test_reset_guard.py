@@ -17,25 +17,11 @@ from smartretry.cli import app
 from tests.unit.test_fold import History
 
 
-class OneGroupLoading:
-    """The projector's group is on a coordinator still loading; the handler's answers: one member, up."""
-
-    def __init__(self, _config: dict[str, str]) -> None:
-        pass
-
-    def describe_consumer_groups(self, groups: list[str], request_timeout: float) -> dict[str, Future[object]]:
-        answers: dict[str, Future[object]] = {}
-        for group in groups:
-            answers[group] = Future()
-            if group.endswith("projector"):
-                answers[group].set_exception(KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)))
-            else:
-                answers[group].set_result(SimpleNamespace(members=[object()]))
-        return answers
-
-
 class CoordinatorLoading:
-    """An admin client of a broker just started again: it cannot describe a group while it loads them."""
+    """An admin client of a broker just started again: it cannot describe a group while it loads them. `up`: the
+    groups whose coordinator has loaded, each with one member."""
+
+    up: tuple[str, ...] = ()
 
     def __init__(self, _config: dict[str, str]) -> None:
         pass
@@ -44,21 +30,35 @@ class CoordinatorLoading:
         answers: dict[str, Future[object]] = {}
         for group in groups:
             answers[group] = Future()
-            answers[group].set_exception(KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)))
+            if group.endswith(self.up):
+                answers[group].set_result(SimpleNamespace(members=[object()]))
+            else:
+                answers[group].set_exception(KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)))
         return answers
 
 
-def test_a_broker_that_cannot_say_whether_the_service_runs_stops_the_reset_unless_forced(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", CoordinatorLoading)
+class HandlersGroupUp(CoordinatorLoading):
+    """The projector's group still loading; the handler's answers: one member, up."""
+
+    up = ("command-handler",)
+
+
+def projection_of_one_post(tmp_path: Path) -> tuple[ProjectionStore, dict[str, str]]:
+    """A projection holding one post, and the environment of a CLI run on it."""
     url = f"sqlite:///{tmp_path}/projection.db"
     store = ProjectionStore(make_engine(url))
     store.create_schema()
     history = History("post-1")
     history.publish()
     store.apply_batch("post-events", 0, list(enumerate(history.events)))
-    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "SMARTRETRY_DATABASE_URL": url,
-           "SMARTRETRY_BROKER_DATA_DIR": str(tmp_path / "kafka")}
+    return store, {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "SMARTRETRY_DATABASE_URL": url,
+                   "SMARTRETRY_BROKER_DATA_DIR": str(tmp_path / "kafka")}
+
+
+def test_a_broker_that_cannot_say_whether_the_service_runs_stops_the_reset_unless_forced(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", CoordinatorLoading)
+    store, env = projection_of_one_post(tmp_path)
 
     refused = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
     assert refused.exit_code == 2, refused.output
@@ -72,15 +72,8 @@ def test_a_broker_that_cannot_say_whether_the_service_runs_stops_the_reset_unles
 
 
 def test_force_never_overrides_a_group_the_broker_says_is_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", OneGroupLoading)
-    url = f"sqlite:///{tmp_path}/projection.db"
-    store = ProjectionStore(make_engine(url))
-    store.create_schema()
-    history = History("post-1")
-    history.publish()
-    store.apply_batch("post-events", 0, list(enumerate(history.events)))
-    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "SMARTRETRY_DATABASE_URL": url,
-           "SMARTRETRY_BROKER_DATA_DIR": str(tmp_path / "kafka")}
+    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", HandlersGroupUp)
+    store, env = projection_of_one_post(tmp_path)
 
     forced = CliRunner().invoke(app, ["reset-projection", "--yes", "--force"], env=env)
 
