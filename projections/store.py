@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
 
 from projections.fold import apply_all, apply_valid
 from projections.state import PostState
@@ -60,6 +61,15 @@ tracking = Table(
     Column("topic", String(255), primary_key=True),
     Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("offset", BigInteger, nullable=False),
+)
+
+# The partition count of the post-events topic the projection is built from, recorded on first use: a post's events
+# are all on one partition only while the count stays as it was (Kafka places a key by the count).
+topic_layout = Table(
+    "topic_layout",
+    metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("partitions", Integer, nullable=False),
 )
 
 # Rows per statement for IN lists and bulk upserts; SQLite allows 32766 bound variables.
@@ -248,6 +258,22 @@ class ProjectionStore:
                                     and_(posts.c.updated_at == when, posts.c.post_id > post_id)))
         with self.engine.connect() as conn:
             return [PostState.model_validate_json(text) for text in conn.execute(query).scalars()]
+
+    def partitions_of(self, topic: str, partitions: int) -> int:
+        """The partition count recorded for `topic`: `partitions`, recorded now, when none was yet. Kept through
+        `reset`: the events already written keep the layout they were written with."""
+        with self.engine.begin() as conn:
+            recorded = conn.execute(select(topic_layout.c.partitions).where(topic_layout.c.topic == topic)).scalar()
+            if recorded is not None:
+                return int(recorded)
+            try:
+                with conn.begin_nested():
+                    conn.execute(topic_layout.insert().values(topic=topic, partitions=partitions))
+            except IntegrityError:
+                # Recorded by another process a moment ago: its count is the one.
+                return int(conn.execute(select(topic_layout.c.partitions).where(
+                    topic_layout.c.topic == topic)).scalar_one())
+            return partitions
 
     def applied_offsets(self, topic: str) -> dict[int, int]:
         """The last applied offset per partition of `topic`; a partition with none applied is absent."""

@@ -93,7 +93,8 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
     try:
         # Deciding on a projection of events this broker does not have would publish posts again.
         check_store_matches_log(bootstrap, settings.topics.post_events,
-                                stores.projection.applied_offsets(settings.topics.post_events))
+                                stores.projection.applied_offsets(settings.topics.post_events),
+                                partitions_of=stores.projection.partitions_of)
     except StoreAheadOfLog as exc:
         stores.engine.dispose()
         raise SystemExit(f"error: {exc}") from None

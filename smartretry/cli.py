@@ -113,7 +113,8 @@ def run() -> None:
         stores = open_stores(settings)
         try:
             check_store_matches_log(bootstrap, settings.topics.post_events,
-                                    stores.projection.applied_offsets(settings.topics.post_events))
+                                    stores.projection.applied_offsets(settings.topics.post_events),
+                                    partitions_of=stores.projection.partitions_of)
         except StoreAheadOfLog as exc:
             stores.engine.dispose()
             typer.echo(f"error: {exc}", err=True)

@@ -421,7 +421,7 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     credentials.create_schema()
     try:
         check_store_matches_log(settings.kafka_bootstrap_servers, settings.topics.post_events,
-                                store.applied_offsets(settings.topics.post_events))
+                                store.applied_offsets(settings.topics.post_events), partitions_of=store.partitions_of)
     except StoreAheadOfLog as exc:
         store.engine.dispose()
         raise SystemExit(f"error: {exc}") from None

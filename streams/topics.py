@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
@@ -127,21 +127,42 @@ class StoreAheadOfLog(RuntimeError):
     """The projection holds events the broker's post-events topic does not have: another broker's, or its lost data."""
 
 
-def check_store_matches_log(bootstrap: str, topic: str, applied: dict[int, int], timeout: float = 10.0) -> None:
+class PartitionsChanged(StoreAheadOfLog):
+    """The post-events topic has another partition count than the projection was built with."""
+
+
+def check_store_matches_log(bootstrap: str, topic: str, applied: dict[int, int], timeout: float = 10.0,
+                            partitions_of: Callable[[str, int], int] | None = None) -> None:
     """Raises `StoreAheadOfLog` when a partition's applied offset is past the end of the topic's partition.
 
     The projection is then of events this broker does not have (its data was lost, or the database is
     another service's). Deciding on it would take posts it has for published when the log says nothing
     of them, and record new events at offsets the store takes for applied already: duplicates and posts
     that never show. Refusing to start is the only safe answer.
+
+    `partitions_of(topic, count)`: the store's recorded partition count of the topic (recording `count` when it
+    has none). Raises `PartitionsChanged` when the topic's count is another: a post's later events would be on
+    another partition than its earlier ones, and a replay, a rebuild or two projectors would fold them apart.
     """
-    if not applied:
-        return
     from confluent_kafka import Consumer, TopicPartition
 
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "smartretry-store-check",
                        "enable.auto.commit": False})
     try:
+        if partitions_of is not None:
+            described = reader.list_topics(topic, timeout=timeout).topics.get(topic)
+            if described is not None and described.error is None and described.partitions:
+                count = len(described.partitions)
+                recorded = partitions_of(topic, count)
+                if recorded != count:
+                    raise PartitionsChanged(
+                        f"{topic} has {count} partitions, but the projection was built when it had {recorded}: "
+                        "Kafka places a post by the count, so a post's new events would go to another partition "
+                        "than its earlier ones, and they would be folded apart (a retry could publish again what "
+                        "went out). Start on new topics (another SMARTRETRY_TOPIC_PREFIX, with a database of its "
+                        "own), or recreate this topic with its old count if its events can be given up")
+        if not applied:
+            return
         behind = []
         deadline = time.monotonic() + timeout
         for partition, offset in sorted(applied.items()):

@@ -11,12 +11,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions
 
+from projections.store import ProjectionStore, make_engine
 from schemas.envelope import DecodeError, decode_command, decode_event, encode
 from streams.broker import LocalBroker
 from streams.kafka import consumer, murmur2, partition_for, producer
-from streams.topics import StoreAheadOfLog, TopicMismatch, Topics, check_store_matches_log, ensure_topics
+from streams.topics import (
+    PartitionsChanged,
+    StoreAheadOfLog,
+    TopicMismatch,
+    Topics,
+    check_store_matches_log,
+    ensure_topics,
+)
 from tests.support.samples import POST_ID, all_commands, all_events
 
 pytestmark = pytest.mark.integration
@@ -180,3 +188,31 @@ def test_local_broker_leaves_no_jvm_when_its_parent_is_killed(tmp_path: object) 
         # Reap it if it became our child after the parent died.
         time.sleep(0.2)
     pytest.fail(f"broker JVM {jvm_pid} still runs after its parent was killed")
+
+
+def test_a_projection_built_on_another_partition_count_is_refused_even_after_a_reset(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    topics = Topics(prefix=f"layout{uuid.uuid4().hex[:8]}.")
+    ensure_topics(kafka_bootstrap, topics.specs())
+    store = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/projection.db"))
+    store.create_schema()
+    # The first start records the count; the starts after it find it unchanged.
+    for _ in range(2):
+        check_store_matches_log(kafka_bootstrap, topics.post_events, {}, partitions_of=store.partitions_of)
+    # An operator adds partitions (to both keyed topics, as the service asks of them).
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_partitions([NewPartitions(topics.post_events, 8),
+                                           NewPartitions(topics.commands, 8)]).values():
+        future.result(30)
+    deadline = time.monotonic() + 30
+    while len(admin.list_topics(topics.post_events, timeout=10).topics[topics.post_events].partitions) != 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for _ in range(2):  # emptying the projection changes nothing: the events keep the layout they were written with
+        with pytest.raises(PartitionsChanged, match=r"has 8 partitions, but the projection was built when it had 6"):
+            check_store_matches_log(kafka_bootstrap, topics.post_events, {}, partitions_of=store.partitions_of)
+        store.reset()
+    # A store of its own for other topics records theirs.
+    other = Topics(prefix=f"layout{uuid.uuid4().hex[:8]}.")
+    ensure_topics(kafka_bootstrap, other.specs())
+    check_store_matches_log(kafka_bootstrap, other.post_events, {}, partitions_of=store.partitions_of)
