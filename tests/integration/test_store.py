@@ -93,6 +93,13 @@ class StoreContract:
         assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
         assert store.applied_offsets(TOPIC) == {0: 8}
 
+    def test_the_partition_count_is_recorded_once_and_kept_through_a_reset(self, store: ProjectionStore) -> None:
+        assert store.partitions_of(TOPIC, 6) == 6
+        assert store.partitions_of(TOPIC, 8) == 6  # what the projection was built with, not the count now
+        store.reset()
+        assert ProjectionStore(store.engine).partitions_of(TOPIC, 8) == 6
+        assert store.partitions_of("other-events", 3) == 3
+
     def test_a_redelivered_batch_changes_nothing(self, store: ProjectionStore) -> None:
         records = list(enumerate(first_attempt() + facebook_retry()))
         store.apply_batch(TOPIC, 3, records[:5])
