@@ -36,6 +36,8 @@ from schemas.events import CommandDecided, CommandType
 
 ALREADY_SUCCEEDED = "already succeeded"
 STILL_PUBLISHING = "still publishing (its last attempt has no result yet)"
+# A forced republish's platforms, when the post was published again after it was asked for.
+OVERTAKEN = "published again after this republish was asked for"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,10 @@ def decide(state: PostState | None, command: Command) -> Decision:
                   f"{command.account!r} (publish a new post with that account instead)")
         return Decision(reject_reason=reason, log_line=f"Refused {command.type} {command.command_id}: {reason}")
     if (overtaken := republished_since_asked(state, command)) is not None:
-        return Decision(reject_reason=overtaken, log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
+        # Recorded, publishing nothing, rather than only refused: the same request sent again (a client that timed
+        # out) is then that command, answered as it was decided, not a new republish that goes out.
+        return Decision(skipped=dict.fromkeys(state.targeted, OVERTAKEN), is_retry=True, forced=True, no_op=True,
+                        log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
     return _republish(state, forced=isinstance(command, ForceRepublishRequested),
                       reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from sqlalchemy import text
 
 from projections.decide import (
+    OVERTAKEN,
     STILL_PUBLISHING,
     decide,
     republished_since_asked,
@@ -533,7 +534,7 @@ class FrontDoor:
                                      f"so this one (command {command.command_id}) was not published: publish it "
                                      "under another post_id, or retry that post with POST "
                                      f"/posts/{command.post_id}/retry")
-        if state is not None and (overtaken := republished_since_asked(state, command)) is not None:
+        if state is not None and (overtaken := _overtaken(state, command)) is not None:
             # Two sent at the same moment: the handler republished the other first, and refuses this one.
             raise HTTPException(409, f"{overtaken}. This request (command {command.command_id}) was not published")
         if state is not None and command_settled(state, command.command_id, self.settings.max_automatic_attempts):
@@ -572,6 +573,15 @@ def _created_by_another(state: PostState | None, command: Command) -> bool:
     """Whether `command` publishes a new post that another command created (the handler refuses it)."""
     return (isinstance(command, PublishRequested) and state is not None
             and state.submitted_by is not None and state.submitted_by != command.command_id)
+
+
+def _overtaken(state: PostState, command: Command) -> str | None:
+    """Why a forced republish publishes nothing because the post was published again after it was asked for: as the
+    handler will decide it, or as it decided it (the same request sent again is refused the same way)."""
+    recorded = state.commands.get(command.command_id)
+    if recorded is not None:
+        return recorded.note.split(": ", 1)[-1] if OVERTAKEN in recorded.skipped.values() else None
+    return republished_since_asked(state, command)
 
 
 def _another_body(state: PostState, command: PublishRequested) -> bool:

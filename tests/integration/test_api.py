@@ -22,6 +22,7 @@ import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from projections.decide import decide
 from publishers import redact
 from schemas.commands import (
     ForceRepublishRequested,
@@ -1059,6 +1060,18 @@ def test_of_two_republishes_sent_at_the_same_moment_the_one_the_handler_refused_
     assert detail.endswith("This request (command mine-force) was not published")
     (sent,) = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
     assert isinstance(sent, ForceRepublishRequested) and sent.seen_attempts == 2
+
+    # The handler records it as publishing nothing. The same request sent again (a client that timed out) sees the
+    # post as it is now, yet is that command: refused the same way, never a new republish.
+    front.on_accepted = None
+    state = api.stores.projection.get("twice-1")
+    assert state is not None
+    refused = decide(state, sent)
+    store_events(api, [refused.to_event(sent, "mine-refused", AT)])
+    again = api.client.post("/posts/twice-1/republish", json={"reason": "client photo update",
+                                                               "command_id": "mine-force"})
+    assert again.status_code == 409, again.text
+    assert again.json()["detail"] == detail
 
 
 def test_a_refused_field_is_told_in_the_services_own_words(api: RunningApi) -> None:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from projections.decide import decide, retry_preview
-from projections.fold import next_attempt_number
+from projections.decide import OVERTAKEN, decide, retry_preview
+from projections.fold import apply_all, next_attempt_number
 from projections.state import PostState
 from schemas.commands import ForceRepublishRequested, PublishRequested, ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind, Platform
@@ -237,9 +237,12 @@ def test_a_forced_republish_the_post_was_published_again_after_is_refused_not_pu
     after = history.state()
 
     decision = decide(after, second)
-    assert decision.platforms == ()
-    assert decision.reject_reason is not None
-    assert "was published again after this republish was asked for (2 attempts since" in decision.reject_reason
+    # Recorded, publishing nothing: the same request sent again is then this command, not a new republish.
+    assert decision.platforms == () and decision.no_op and decision.accepted
+    assert decision.skipped == {"facebook": OVERTAKEN, "instagram": OVERTAKEN}
+    assert "was published again after this republish was asked for (2 attempts since" in decision.log_line
+    recorded = apply_all(after, [decision.to_event(second, "e-refused", AT)])
+    assert recorded is not None and decide(recorded, second).duplicate_command
     # The first one's own redelivery is still a redelivery; a republish asked for now goes out; one that does not
     # say what it saw (an upstream's) is done as before.
     assert decide(after, first).duplicate_command
