@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import (
     BigInteger,
@@ -89,10 +90,25 @@ def same_database(one: Engine, other: Engine) -> bool:
     if a.get_backend_name() != b.get_backend_name():
         return False
     if a.get_backend_name() == "sqlite":
-        if a.database in (None, "", ":memory:") or b.database in (None, "", ":memory:"):
+        files = [_sqlite_file(a), _sqlite_file(b)]
+        if None in files:
             return False  # each in-memory database is its own
-        return Path(a.database or "").resolve() == Path(b.database or "").resolve()
+        return files[0] == files[1]
     return _server(a) == _server(b) and a.database == b.database
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL opens (also as a `file:` URI, `?uri=true`); None for an in-memory database."""
+    database = url.database or ""
+    if str(url.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        parsed = urlsplit(database)
+        modes = (url.query.get("mode"), *parse_qs(parsed.query).get("mode", []))
+        if parsed.path in ("", ":memory:") or "memory" in modes:
+            return None
+        database = unquote(parsed.path)
+    if database in ("", ":memory:"):
+        return None
+    return Path(database).resolve()
 
 
 # Names of this machine's own server, as a database URL may give it.
@@ -112,8 +128,8 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if (file := _sqlite_file(parsed)) is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")

@@ -89,6 +89,9 @@ def test_force_never_overrides_a_group_the_broker_says_is_up(monkeypatch: pytest
     ("postgresql+psycopg://app@db.internal/smartretry", "postgresql+psycopg://app@db.other/smartretry", False),
     ("sqlite:///var/smartretry.db", "sqlite:///./var/../var/smartretry.db", True),
     ("sqlite:///var/smartretry.db", "sqlite://", False),
+    ("sqlite:////tmp/live/smartretry.db", "sqlite:///file:/tmp/live/smartretry.db?uri=true", True),
+    ("sqlite:///file:/tmp/live/smartretry.db?mode=memory&uri=true",
+     "sqlite:///file:/tmp/live/smartretry.db?mode=memory&uri=true", False),
 ])
 def test_a_replays_scratch_store_is_told_from_the_live_one_however_its_url_is_written(
         one: str, other: str, same: bool) -> None:
