@@ -14,8 +14,10 @@ from schemas.commands import PostContent
 # that merely start so ("#EAAGLES") are too short to be one.
 _TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{20,}")
 # Query parameters and JSON fields that carry secrets (paging URLs from Meta include access_token).
+# Written as query parameters, JSON fields (snake or camel case) or URL-encoded ("access_token%3D...").
 _SECRET_PARAM = re.compile(
-    r"((?:access_token|appsecret_proof|client_secret|input_token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',};]+",
+    r"((?:access_?token|appsecret_?proof|client_?secret|input_?token|fb_exchange_token)[\"']?\s*"
+    r"(?:[=:]|%3[DdAa])\s*[\"']?)[^&\s\"',};%]+",
     re.IGNORECASE,
 )
 # An Authorization header value copied into an exception or a debug dump: a credential, 16 characters or more

@@ -550,3 +550,17 @@ def test_a_token_scrubbed_from_an_old_error_message_leaves_the_other_platforms_p
     clean = needed("(#100) GET /v17.0/me/accounts failed")
     assert clean.get("instagram") == "re-authenticate Instagram"
     assert needed("(#100) GET /v17.0/me/accounts?access_token=oldsystemsecret123") == clean
+
+
+@pytest.mark.parametrize("written", [
+    "GET /me?access_token%3DSOMETHINGenc999&fields=id",  # URL-encoded
+    '{"accessToken":"SOMETHINGcamel42"}',  # a JavaScript-era system's camel case
+    "GET /oauth/access_token?fb_exchange_token=SOMETHINGexch43&grant_type=fb_exchange_token",
+])
+def test_a_token_an_imported_error_writes_another_way_is_scrubbed_out_too(written: str) -> None:
+    document = {"status": "failed", "insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": written}]}}
+    state = History().legacy(document, target="facebook").state()
+    assert "SOMETHING" not in state.model_dump_json()
+    facebook = state.latest_result("facebook")
+    assert facebook is not None and facebook.error is not None and "[redacted]" in facebook.error
