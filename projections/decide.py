@@ -259,7 +259,13 @@ def _reasons(skipped: dict[Platform, str]) -> str:
     by_reason: dict[str, list[Platform]] = {}
     for platform, why in skipped.items():
         by_reason.setdefault(why, []).append(platform)
-    return "; ".join(f"{_names(tuple(platforms))} {why}" for why, platforms in by_reason.items())
+    return "; ".join(f"{_names(tuple(platforms))} {_plural(why) if len(platforms) > 1 else why}"
+                     for why, platforms in by_reason.items())
+
+
+def _plural(why: str) -> str:
+    """A reason said of two platforms: "their last attempts have", not "its last attempt has"."""
+    return why.replace("its last attempt has", "their last attempts have")
 
 
 def _previous(state: PostState, platforms: tuple[Platform, ...]) -> str:

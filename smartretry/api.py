@@ -420,7 +420,8 @@ class FrontDoor:
             log.info("%s", decision.log_line, extra={"post_id": post_id, "command_id": command_id})
             if STILL_PUBLISHING in decision.skipped.values():
                 # A republish now would run after that attempt and publish its platform a second time.
-                hint = f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then retry if it failed"
+                hint = f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then " + (
+                    "republish if you still want it posted again" if forced else "retry if it failed")
             else:
                 hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
             raise HTTPException(409, decision.log_line + hint)

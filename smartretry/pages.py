@@ -237,9 +237,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                          + ": the service may be behind, or it refused it (the operators' `smartretry dlq list` "
                            "says why). This page shows the post as it is.")
             waiting = False
+        rows = platform_rows(state, settings.max_automatic_attempts)
+        if undecided and queued is None and not retry_targets(state) and not any(row["pending"] for row in rows):
+            # Everything went out meanwhile: the retry will publish nothing, and the post is as it is.
+            waiting = False
         status = "publishing" if waiting and queued is None else state.status
         targeted: tuple[Platform, ...] = state.targeted
-        rows = platform_rows(state, settings.max_automatic_attempts)
         # Named as being published: those with an attempt under way; before the retry is decided, those it will
         # publish (the same rule as the handler's), not every platform of the post.
         publishing = [row["label"] for row in rows if row["pending"]] or (

@@ -286,6 +286,12 @@ def test_a_link_awaiting_a_command_the_post_never_had_shows_the_post_as_it_is(ap
         page = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9"}).text
     assert "Status: ✅ Posted" in page and "Publishing Facebook" not in page
     assert "Your retry (command 01M8KCV10Y74AW57HH6THPMKM9) has not been taken up:" in page
+    # Sent a moment ago, to a post with nothing left to publish: the retry will publish nothing, and the page shows
+    # the post as it is, not "publishing" for the minute.
+    with signed_in(api) as browser:
+        recent = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9",
+                                                          "sent": str(int(pages._now()))}).text
+    assert "Status: ✅ Posted" in recent and "Publishing" not in recent.replace("Retry Publishing", "")
     # A `sent` edited by hand is read as none.
     with signed_in(api) as browser:
         for sent in ("²", "-5", "1e9", "99999999999999999999"):

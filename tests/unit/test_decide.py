@@ -249,3 +249,12 @@ def test_a_forced_republish_the_post_was_published_again_after_is_refused_not_pu
     assert decide(after, force("cmd-force-3").model_copy(update={"seen_attempts": len(after.attempts)})).platforms \
         == ("facebook", "instagram")
     assert decide(after, force("cmd-force-4")).platforms == ("facebook", "instagram")
+
+
+def test_two_platforms_still_publishing_are_said_to_be_so_together() -> None:
+    history = History(post_id=POST)
+    history.publish()
+    decision = decide(history.state(), force())
+    assert decision.no_op
+    assert decision.log_line == ("Nothing to republish: Facebook and Instagram still publishing (their last attempts "
+                                 "have no result yet)")
