@@ -27,6 +27,7 @@ from sqlalchemy import select
 from projections.responses import retries_used_up
 from projections.state import PostState
 from projections.store import posts
+from schemas.common import NO_CREDENTIALS
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
 from streams.kafka import consumer
@@ -87,8 +88,19 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int) -> StoreTal
             with contextlib.suppress(ValueError):
                 actions = {**retries_used_up(PostState.model_validate(state), max_attempts), **actions}
         for platform, action in actions.items():
+            if action.startswith("re-authenticate ") and _never_connected(state, platform):
+                # As the API and the page say it (`needed_actions`), without the account's name in the label.
+                action = "connect the account"
             tally.needing_action[(platform, action)] += 1
     return tally
+
+
+def _never_connected(state: dict[str, Any], platform: str) -> bool:
+    """Whether the platform's latest result failed for want of the post's account (none stored under its name)."""
+    results = ((state.get("document") or {}).get("insights") or {}).get("publish_results") or []
+    latest = next((r for r in results if isinstance(r, dict) and r.get("platform") == platform), None)
+    return latest is not None and latest.get("success") is False and \
+        str(latest.get("error") or "").startswith(NO_CREDENTIALS)
 
 
 def _time(value: object) -> datetime | None:

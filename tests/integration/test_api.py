@@ -890,14 +890,21 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
     add_account(api)
     store_post(api, "post-1")
     store_post(api, "post-2", facebook_ok=True, instagram_ok=False)
+    # Sent straight to Kafka naming an account never connected: it asks to connect it, not to re-authenticate.
+    ghost = PlatformError(kind=ErrorKind.AUTH,
+                          message="no credentials for account 'ghost': set them with `smartretry accounts set-token`")
+    never = [e.model_copy(update={"error": ghost}) if e.event_id == "post-3-r-ig" else e
+             for e in seed_events("post-3", facebook_ok=True, instagram_ok=False)]
+    store_events(api, never)
     api.client.post("/posts", json=publish_body())
     text = api.client.get("/metrics").text
-    assert 'smartretry_posts{status="failed"} 2.0' in text
-    assert 'smartretry_attempts_total{kind="first",platform="facebook"} 2.0' in text
+    assert 'smartretry_posts_needing_action{action="connect the account",platform="instagram"} 1.0' in text
+    assert 'smartretry_posts{status="failed"} 3.0' in text
+    assert 'smartretry_attempts_total{kind="first",platform="facebook"} 3.0' in text
     assert 'smartretry_results_total{error_kind="invalid_media",outcome="failure",platform="facebook"} 1.0' in text
-    assert 'smartretry_results_total{error_kind="auth",outcome="failure",platform="instagram"} 1.0' in text
+    assert 'smartretry_results_total{error_kind="auth",outcome="failure",platform="instagram"} 2.0' in text
     assert 'smartretry_results_total{error_kind="",outcome="success",platform="instagram"} 1.0' in text
-    assert 'smartretry_commands_decided_total{type="PublishRequested"} 2.0' in text
+    assert 'smartretry_commands_decided_total{type="PublishRequested"} 3.0' in text
     assert 'smartretry_api_commands_total{type="PublishRequested"} 1.0' in text
     assert 'smartretry_projection_lag_events{partition="0"} 0.0' in text
     assert "smartretry_kafka_up 1.0" in text
