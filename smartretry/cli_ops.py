@@ -559,8 +559,12 @@ def _dead_letter_at(settings: Settings, offset: int) -> tuple[DeadLetter, DeadLe
     raise typer.Exit(1)
 
 
+def _utc_text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _requeued_text(requeue: DeadLetterRequeued) -> str:
-    return (f"requeued {requeue.requeued_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC onto "
+    return (f"requeued {_utc_text(requeue.requeued_at)} UTC onto "
             f"{requeue.source_topic}[{requeue.partition}]@{requeue.offset}")
 
 
@@ -613,21 +617,21 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
         source = _source_of(letter)
         repeated = times[source] if source is not None else 1
         reason = letter.reason if repeated == 1 else f"{letter.reason} (set aside {repeated} times)"
-        when_requeued = "" if requeue is None else requeue.requeued_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(offset), letter.occurred_at.isoformat(timespec="seconds"), source_text, letter.consumer,
+        when_requeued = "" if requeue is None else _utc_text(requeue.requeued_at)
+        table.add_row(str(offset), _utc_text(letter.occurred_at), source_text, letter.consumer,
                       letter.key or "", reason, when_requeued)
         if narrow:
-            console.print(f"{offset}  {letter.occurred_at.isoformat(timespec='seconds')}  {source_text}  "
-                          f"{letter.consumer}  key {letter.key or '-'}"
-                          + (f"  requeued {when_requeued}" if when_requeued else ""), highlight=False, markup=False,
-                          soft_wrap=True)
-            console.print(f"    {reason}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"{offset}  {_utc_text(letter.occurred_at)}  {source_text}  {letter.consumer}  "
+                          f"key {letter.key or '-'}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"    {reason}" + (f" (requeued {when_requeued})" if when_requeued else ""),
+                          highlight=False, markup=False, soft_wrap=True)
     if not narrow:
         console.print(table)
     repeats = len(letters) - len(shown)
     console.print(f"{len(shown)} dead letter(s) on {settings.topics.dead_letters}"
                   + (f", and {repeats} more of messages listed above, set aside again." if repeats else ".")
-                  + (f" {requeued} of those shown were requeued (times in UTC)." if requeued else ""))
+                  + (f" {requeued} of those shown {'was' if requeued == 1 else 'were'} requeued." if requeued else "")
+                  + " Times in UTC.")
 
 
 @dlq.command("show")

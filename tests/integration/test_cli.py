@@ -292,7 +292,7 @@ def test_dead_letters_are_listed_shown_and_requeued_onto_their_topic(api: Runnin
     assert code == 0, output
     row = next(line for line in output.splitlines() if "the projection was unavailable" in line)
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row), output
-    assert "2 dead letter(s)" in output and "1 of those shown were requeued" in output
+    assert "2 dead letter(s)" in output and "1 of those shown was requeued" in output
     for offset in ("0", "2"):
         code, output = run(api, "dlq", "requeue", offset, "--yes")
         assert code == 1, output
