@@ -243,6 +243,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             waiting = False
         status = "publishing" if waiting and queued is None else state.status
         targeted: tuple[Platform, ...] = state.targeted
+        # The awaited retry decided to publish nothing (all had gone out by its turn): said so, with what it carried
+        # left unused, rather than the post alone.
+        decided = state.commands.get(awaiting) if awaiting else None
+        if decided is not None and not decided.platforms and decided.note and unhandled is None:
+            unhandled = (f"Your retry had nothing left to publish by its turn ({decided.note}); a correction it "
+                         "carried was not applied.")
         # Named as being published: those with an attempt under way; before the retry is decided, those it will
         # publish (the same rule as the handler's), not every platform of the post.
         publishing = [row["label"] for row in rows if row["pending"]] or (

@@ -15,10 +15,12 @@ from playwright.sync_api import Page, expect, sync_playwright
 from schemas.commands import RetryRequested
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command
+from schemas.events import CommandDecided
 from smartretry import pages
 from smartretry.pages import retry_token
 from tests.integration.test_api import (
     API_KEY,
+    AT,
     FB_ERROR,
     RunningApi,
     add_account,
@@ -407,3 +409,17 @@ def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(s
             browser.close()
     counters = service_api.service.sandbox.counters()
     assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
+
+
+def test_a_retry_that_published_nothing_by_its_turn_says_so_on_its_page(api: RunningApi) -> None:
+    # Queued behind another retry that published everything: by its turn it had nothing to publish.
+    store_post(api, "post-1", facebook_ok=True)
+    store_events(api, [CommandDecided(event_id="late-d", post_id="post-1", occurred_at=AT, command_id="late-retry",
+                                      command_type="RetryRequested", platforms=(), is_retry=True,
+                                      skipped={"facebook": "already succeeded", "instagram": "already succeeded"},
+                                      note="Nothing to retry: Facebook and Instagram already succeeded")])
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-1", params={"awaiting": "late-retry"}).text
+    assert "Status: ✅ Posted" in page
+    assert ("Your retry had nothing left to publish by its turn (Nothing to retry: Facebook and Instagram already "
+            "succeeded); a correction it carried was not applied.") in page
