@@ -58,9 +58,7 @@ def scrub(text: str) -> str:
     for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
-    return _TOKEN_SHAPED.sub(REDACTED, text)
+    return scrub_shapes(text)
 
 
 def scrub_shapes(text: str) -> str:
