@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import classify
-from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, earliest_match, parse_meta_time
+from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, created_id, earliest_match, parse_meta_time
 from publishers.redact import register_secret
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -79,10 +79,11 @@ class FacebookPagePublisher:
 
         try:
             created = await self._with_page_token(account, action, create)
+            # A photo's answer names the photo (`id`) and its post (`post_id`); a text post's, the post (`id`).
+            post_id = created_id(created, "post_id", "id", action=action)
         except GraphCallFailed as failed:
             log.info("%s failed (%s)", action, failed.error.kind, extra={"attempt_id": attempt_id})
             return PublishOutcome.failed("facebook", failed.error, outcome_unknown=failed.outcome_unknown)
-        post_id = str(created.get("post_id") or created.get("id"))
         log.info("Facebook published post %s", post_id, extra={"attempt_id": attempt_id})
         # No permalink call: the post's address is built from its id, as the seed's `post_url` is. The
         # result is then recorded one Graph call sooner (a shorter window for a crash to leave the attempt

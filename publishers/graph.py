@@ -32,6 +32,21 @@ class GraphCallFailed(Exception):
         self.outcome_unknown = outcome_unknown
 
 
+def created_id(body: Mapping[str, Any], *keys: str, action: str) -> str:
+    """The id a creating call's answer gives under the first of `keys` it has.
+
+    An answer that names none (an id empty, null or of another type) took the call all the same, so what it
+    created may exist: the outcome is unknown, never a success with no id to show for it.
+    """
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            return str(value)
+    raise GraphCallFailed(PlatformError(
+        kind=ErrorKind.TRANSIENT, http_status=200,
+        message=f"{action} failed: 200 - the platform's answer named no {keys[0]}"), outcome_unknown=True)
+
+
 class GraphApi:
     """The Graph API at one base URL and version, seen from one platform's client."""
 

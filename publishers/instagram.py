@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import container_error_kind, is_retry_same_container
-from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, earliest_match
+from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, created_id, earliest_match
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
@@ -88,10 +88,10 @@ class InstagramPublisher:
                 ig_user, "media", token, data={"image_url": content.image_url, "caption": content.caption},
                 action=action,
             )
+            container_id = created_id(created, "id", action=action)
         except GraphCallFailed as failed:
             # A container whose creation went unanswered is never published by itself: nothing went out.
             return PublishOutcome.failed("instagram", failed.error)
-        container_id = str(created["id"])
         # The container must be on record before it is published: a crash after media_publish is resolved
         # through it.
         if on_container is not None:
@@ -102,7 +102,7 @@ class InstagramPublisher:
                 # its status first.
                 body = await self._graph.post(
                     ig_user, "media_publish", token, data={"creation_id": container_id}, action="Instagram publish")
-                media_id: str | None = str(body["id"])
+                media_id: str | None = created_id(body, "id", action="Instagram publish")
             except GraphCallFailed as refused:
                 if refused.error.http_status is None or refused.error.kind in _NOT_THE_CONTAINER:
                     # No answer: an unknown outcome, resolved through the container. The token or a rate limit:
@@ -213,12 +213,13 @@ class InstagramPublisher:
                 body = await self._graph.post(
                     ig_user, "media_publish", token, data={"creation_id": container_id}, action="Instagram publish"
                 )
-                return str(body["id"])
+                return created_id(body, "id", action="Instagram publish")
             except GraphCallFailed as failed:
                 may_have_published = may_have_published or failed.outcome_unknown
                 if failed.error.http_status is None:
-                    # No answer at all: the caller reports an unknown outcome, resolved through the container.
-                    raise
+                    # No answer at all. Unknown when this call may have reached Meta, and also when an earlier
+                    # try's 5xx may have published the container: a connection refused now says nothing of that.
+                    raise GraphCallFailed(failed.error, outcome_unknown=may_have_published) from None
                 refusal = failed
                 if not is_retry_same_container(failed.error) or attempt == retries:
                     break

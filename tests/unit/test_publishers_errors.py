@@ -21,6 +21,7 @@ from publishers.errors import (
     rate_limit_wait,
 )
 from publishers.facebook import FacebookPagePublisher
+from publishers.instagram import ContainerPolling, InstagramPublisher
 from publishers.redact import REDACTED, scrub
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
@@ -267,6 +268,80 @@ async def test_an_unreadable_success_answer_to_a_publish_leaves_its_outcome_unkn
     assert not outcome.success and outcome.outcome_unknown
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
     assert "200 - the platform's answer could not be read" in outcome.error.message
+
+
+@pytest.mark.parametrize("answer", [{}, {"id": None}, {"id": ""}, {"post_id": None, "id": True}])
+async def test_a_facebook_publish_answered_without_an_id_leaves_its_outcome_unknown(answer: dict) -> None:
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v24.0/747917475065823":
+            return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
+        return httpx.Response(200, json=answer)
+
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", None)
+    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").publish(
+            content, account, attempt_id="a1")
+
+    # Not a success with the post id "None" (the page would link to facebook.com/None): looked up instead.
+    assert not outcome.success and outcome.outcome_unknown and outcome.platform_post_id is None
+    assert outcome.error is not None and "answer named no post_id" in outcome.error.message
+
+
+INSTAGRAM_SERVER_ERROR = {"error": {"message": "An unknown error occurred", "code": 2, "error_subcode": 2207001,
+                                    "is_transient": True}}
+
+
+async def test_an_instagram_publish_refused_at_connect_after_a_server_error_stays_unknown() -> None:
+    # The first media_publish answers 500 (Meta may have published the container, and its status can lag
+    # behind); the next cannot even connect. That says nothing of the first: the outcome stays unknown, or the
+    # handler would publish a new container and the post would go out twice.
+    publishes: list[int] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/media"):
+            return httpx.Response(200, json={"id": "17889455560051444"})
+        if request.url.path.endswith("/media_publish"):
+            publishes.append(1)
+            if len(publishes) == 1:
+                return httpx.Response(500, json=INSTAGRAM_SERVER_ERROR)
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path.endswith("/17889455560051444"):
+            return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), None, "17841400000000001")
+    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
+    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            content, account, attempt_id="a1")
+
+    assert len(publishes) == 2
+    assert not outcome.success and outcome.outcome_unknown and outcome.container_id == "17889455560051444"
+
+
+@pytest.mark.parametrize(("endpoint", "unknown"), [("media", False), ("media_publish", True)])
+async def test_an_instagram_call_answered_without_an_id_is_no_success(endpoint: str, unknown: bool) -> None:
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{endpoint}"):
+            return httpx.Response(200, json={"id": None})
+        if request.url.path.endswith("/media"):
+            return httpx.Response(200, json={"id": "17889455560051444"})
+        if request.url.path.endswith("/17889455560051444"):
+            return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), None, "17841400000000001")
+    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
+    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            content, account, attempt_id="a1")
+
+    # A container with no id was never published (a plain failure); a publish with no media id may have
+    # published it (looked up through the container).
+    assert not outcome.success and outcome.outcome_unknown is unknown and outcome.platform_post_id is None
 
 
 def test_instagrams_daily_publishing_limit_is_waited_out_in_hours_not_minutes() -> None:
