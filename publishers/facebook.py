@@ -108,12 +108,13 @@ class FacebookPagePublisher:
         # An attempt made by an earlier version, which left a photo's link out, published the caption alone.
         texts = (text, content.caption) if text != content.caption and content.caption.strip() else text
         if not text.strip():
-            # Any other post without a caption would match: "no post" or a wrong post could both be false.
+            # Any other post without a caption would match: "no post" or a wrong post could both be false. Asking
+            # again never tells either, so the kind is one the fold asks the user to resolve the attempt for.
             return PublishOutcome.failed("facebook", PlatformError(
-                kind=ErrorKind.TRANSIENT, message=f"{action} could not tell: a post without a caption cannot be "
-                                                  "told apart from the Page's other posts, so asking again will not "
-                                                  "tell either: check the Page and say whether it went out "
-                                                  "(smartretry resolve)"))
+                kind=ErrorKind.INVALID_REQUEST,
+                message=f"{action} could not tell: a post without a caption cannot be told apart from the Page's "
+                        "other posts, so asking again will not tell either: check the Page and say whether it went "
+                        "out (smartretry resolve)"))
         since = attempted_at - CLOCK_SKEW
         try:
             match = await self._earliest_match(account, texts, since, attempted_at + self._lookup_window,

@@ -51,6 +51,8 @@ log = logging.getLogger("smartretry.handler")
 T = TypeVar("T")
 
 CONSUMER_NAME = "command-handler"
+# Where each platform's posts go, in words.
+DESTINATIONS: dict[Platform, str] = {"facebook": "Page", "instagram": "Instagram account"}
 
 
 class ProjectionReader(Protocol):
@@ -878,27 +880,29 @@ class CommandHandler:
             platform_post_id=outcome.platform_post_id, permalink=outcome.permalink, error=outcome.error,
             recovered=recovered, resolved_by=resolved_by))
 
-    def _claims(self, state: PostState, attempt: AttemptState) -> tuple[tuple[str, ...], bool]:
+    def _claims(self, state: PostState, attempt: AttemptState) -> tuple[tuple[str, ...], list[datetime]]:
         """What a look-up of `attempt` must not take for its post: the platform's posts on record for this post
         and for the service's other posts of the same caption around that time (a platform's post ids are its
-        own, so any post's are no match); and whether one of those others, publishing to the same Page or
-        Instagram account (through this post's account or another connected to it), has an attempt of its own
-        still without a result then (its post could be the one found).
+        own, so any post's are no match); and when those others' attempts started that, publishing to the same
+        Page or Instagram account (through this post's account or another connected to it), are still without
+        a result then (their post could be the one found).
         """
         assert state.content is not None
         platform, caption = attempt.platform, state.content.caption.strip()
         margin = timedelta(seconds=self.config.attempt_lease_seconds) + CLOCK_SKEW
         claimed = set(recorded_post_ids(state, platform))
-        contended = False
+        contenders: list[datetime] = []
         for other in self.projection.updated_since(attempt.started_at - margin, caption=caption,
                                                    excluding=state.post_id):
             if other.content is None or other.content.caption.strip() != caption:
                 continue
             claimed.update(recorded_post_ids(other, platform))
-            contended = contended or (any(
-                a.platform == platform and a.success is None and abs(a.started_at - attempt.started_at) <= margin
-                for a in other.attempts.values()) and self._same_destination(state.account, other.account, platform))
-        return tuple(sorted(claimed)), contended
+            waiting = [a.started_at for a in other.attempts.values()
+                       if a.platform == platform and a.success is None
+                       and abs(a.started_at - attempt.started_at) <= margin]
+            if waiting and self._same_destination(state.account, other.account, platform):
+                contenders.extend(waiting)
+        return tuple(sorted(claimed)), contenders
 
     def _same_destination(self, account: str | None, other: str | None, platform: Platform) -> bool:
         """Whether two accounts publish `platform`'s posts to the same Page or Instagram account; True when
@@ -975,9 +979,12 @@ class CommandHandler:
             label = PLATFORM_LABELS[attempt.platform]
             context = {"post_id": state.post_id, "attempt_id": attempt.attempt_id, "platform": attempt.platform}
             found: PublishOutcome | None = None
+            # "No post" speaks for the moment it was asked: a look-up can take up to the attempt timeout, and a
+            # call still settling at the platform can make its post meanwhile.
+            asked_age = (self.clock() - attempt.started_at).total_seconds()
             if state.content is not None and state.account is not None:
                 publisher = self.publishers[attempt.platform]
-                claimed, contended = await asyncio.get_running_loop().run_in_executor(
+                claimed, contenders = await asyncio.get_running_loop().run_in_executor(
                     None, self._claims, state, attempt)
                 try:
                     credentials = self.credentials.get(state.account)
@@ -995,11 +1002,21 @@ class CommandHandler:
                     # No usable credentials: the platform cannot be asked, which says nothing about the post.
                     found = PublishOutcome.failed(attempt.platform, PlatformError(
                         kind=ErrorKind.AUTH, message=f"{label} post lookup failed: {scrub(str(exc))}"))
-                if found is not None and found.success and contended and publisher.finds_by_caption:
+                if found is not None and found.success and contenders and publisher.finds_by_caption:
                     # The post found may be the other post's, whose result is not in yet: asked again once it is.
                     found = PublishOutcome.failed(attempt.platform, PlatformError(
                         kind=ErrorKind.TRANSIENT, message=f"{label} post lookup could not tell: another post with the "
                                                           "same caption was being published at the same time"))
+                    lease = timedelta(seconds=self.config.attempt_lease_seconds)
+                    if asked_age >= lease.total_seconds() and all(self.clock() - s >= lease for s in contenders):
+                        # No call of either is still under way, so each result can only come from a look-up, and
+                        # each look-up waits for the other's: someone has to tell them apart (the fold asks for it).
+                        found = PublishOutcome.failed(attempt.platform, PlatformError(
+                            kind=ErrorKind.INVALID_REQUEST,
+                            message=f"{label} post lookup could not tell: another post with the same caption, "
+                                    f"published to the same {DESTINATIONS[attempt.platform]} at the same time, "
+                                    "is waiting to be told apart from this one: check "
+                                    f"{label} for the post, then resolve the attempt (smartretry resolve)"))
             self._drop_misdirected_resolutions(state, attempt.platform)
             resolution = self._resolution_for(state, attempt.platform)
             age = (self.clock() - attempt.started_at).total_seconds()
@@ -1039,9 +1056,10 @@ class CommandHandler:
                          label, extra=context)
                 await self._record_result(state.post_id, attempt.attempt_id, found, recovered=True)
                 continue
-            if age < self.config.attempt_lease_seconds:
+            if asked_age < self.config.attempt_lease_seconds:
                 # The attempt's handler may be alive and still calling the platform (it lost the partition in
-                # a rebalance): declaring "not published" now could publish the post twice.
+                # a rebalance), or its call still settling there: declaring "not published" on a look-up asked
+                # before the lease ended could publish the post twice.
                 # Asked again when the lease ends: before then, "no post" could not settle it anyway.
                 known = attempt.lookup_error
                 asked = state.content is not None and state.account is not None
@@ -1057,7 +1075,7 @@ class CommandHandler:
                 raise OutcomeUnknown(
                     f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
                     f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",
-                    wait_seconds=max(1.0, self.config.attempt_lease_seconds - age))
+                    wait_seconds=max(1.0, self.config.attempt_lease_seconds - asked_age))
             log.info("%s attempt was interrupted and the platform has no such post", label, extra=context)
             await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
                 attempt.platform, PlatformError(

@@ -359,6 +359,8 @@ async def test_a_post_without_a_caption_cannot_be_told_apart_so_its_lookup_is_no
     assert found is not None and not found.success
     assert found.error is not None and "could not tell" in found.error.message
     assert "check the Page and say whether it went out (smartretry resolve)" in found.error.message
+    # Of a kind the post asks the user to resolve the attempt for: asking again would never tell.
+    assert found.error.kind is ErrorKind.INVALID_REQUEST
 
 
 async def test_a_lookup_the_platform_cannot_answer_is_a_failure_not_a_no(

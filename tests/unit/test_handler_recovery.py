@@ -275,6 +275,37 @@ async def test_past_the_lease_a_look_up_that_finds_no_post_records_a_failure_tha
     assert after is not None and after.status == "failed"
 
 
+async def test_no_post_found_by_a_look_up_asked_within_the_lease_is_no_failure_though_it_ends_after() -> None:
+    history, state = interrupted()
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    sent: list[Event] = []
+    lookups = Lookups(None)
+    made = handler(Credentials(), lookups, history, sent)
+    lease = made.config.attempt_lease_seconds
+    now = [attempt.started_at + timedelta(seconds=lease - 5)]
+    made.clock = lambda: now[0]
+    slow_answer = lookups.find_existing
+
+    async def slow(*args: Any, **kwargs: Any) -> PublishOutcome | None:
+        # Meta is slow (as when the attempt's own call timed out): the answer comes 30 s after it was asked.
+        now[0] += timedelta(seconds=30)
+        return await slow_answer(*args, **kwargs)
+
+    lookups.find_existing = slow  # type: ignore[method-assign]
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        await made._resolve_interrupted(state)
+
+    # "No post" as of 5 s before the lease ended: the attempt's call may still have been settling at Facebook.
+    # Recorded as a failure, its retry could publish the post a second time.
+    assert not any(isinstance(e, PlatformResult) for e in sent)
+    assert raised.value.wait_seconds == pytest.approx(5)
+    # Asked again once the lease is over, "no post" settles it.
+    await made._resolve_interrupted(apply_all(state, sent) or state)
+    assert isinstance(sent[-1], PlatformResult) and not sent[-1].success
+
+
 async def test_once_re_authenticated_the_post_stops_asking_for_it_while_it_waits_out_the_lease() -> None:
     history = History()
     attempts = history.publish(target="facebook")
@@ -396,6 +427,34 @@ async def test_a_post_found_while_another_with_its_caption_awaits_its_result_is_
     # Asked again once the other post's result is in (and its post then never taken for this one's).
     (unknown,) = sent
     assert isinstance(unknown, AttemptOutcomeUnknown) and "could not tell" in unknown.error.message
+
+
+@pytest.mark.parametrize("seconds", [40, 3600], ids=["within the lease", "both past their leases"])
+async def test_two_posts_of_one_caption_waiting_on_each_others_look_ups_ask_someone_to_tell_them_apart(
+        seconds: int) -> None:
+    history, state = interrupted()
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    sent: list[Event] = []
+    found = PublishOutcome.published("facebook", "747917475065823_77", None)
+    # The other post's attempt started with this one's, and has no result either.
+    made = handler(Credentials(), Lookups(found), history, sent, Projection(other_post(published=False)))
+    made.clock = lambda: attempt.started_at + timedelta(seconds=seconds)
+
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+
+    (unknown,) = sent
+    after = apply_all(state, sent)
+    assert after is not None and after.status == "publishing"
+    if seconds < made.config.attempt_lease_seconds:
+        # The other's call may still come back with its result, which settles whose post was found.
+        assert unknown.error.kind is ErrorKind.TRANSIENT and after.needed_action == {}
+    else:
+        # Neither call can come back any more, and each look-up waits for the other's: without a word to
+        # the user, both posts would show "publishing" for ever.
+        assert after.needed_action == {"facebook": "check Facebook for the post, then resolve the attempt"}
+        assert "check Facebook for the post, then resolve the attempt (smartretry resolve)" in unknown.error.message
 
 
 async def test_posts_with_another_caption_are_no_claim_on_what_a_look_up_finds() -> None:
