@@ -154,7 +154,9 @@ class InstagramPublisher:
         if status != "PUBLISHED":
             log.info("Instagram container is %s: the attempt did not go out", status, extra={"attempt_id": attempt_id})
             return None
-        return await self._published_media(account, content, container_id, attempted_at, recorded)
+        # Only: another media of the caption that is on no record (another post's, still waiting on its own
+        # look-up, or one made by hand) is as likely to be the match; the ids are then left unknown.
+        return await self._published_media(account, content, container_id, attempted_at, recorded, only=True)
 
     async def _wait_until_ready(self, container_id: str, token: SecretStr) -> str:
         """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the deadline fail."""

@@ -115,9 +115,15 @@ class HandlerOutOfGroup(RuntimeError):
     """The handler's consumer stayed out of its group: it takes no commands, so the process must end."""
 
 
-def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: random.Random) -> float:
-    """Capped exponential backoff with full jitter, never shorter than the platform's own wait hint."""
-    ceiling = min(config.backoff_cap_seconds, config.backoff_base_seconds * (2 ** attempt))
+def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: random.Random, *,
+                  rate_limited: bool = False) -> float:
+    """Capped exponential backoff with full jitter, never shorter than the platform's own wait hint.
+
+    A rate limit that gives no wait of its own is waited out from the cap: Meta's windows are minutes to an hour,
+    and retries a second or two apart would spend every automatic attempt inside one.
+    """
+    ceiling = config.backoff_cap_seconds if rate_limited and not hint else \
+        min(config.backoff_cap_seconds, config.backoff_base_seconds * (2 ** attempt))
     delay = rng.uniform(ceiling / 2, ceiling)
     return max(delay, hint or 0.0)
 
@@ -750,13 +756,15 @@ class CommandHandler:
                                 owner: _PartitionProgress | None, *, is_retry: bool, forced: bool, reason: str,
                                 recorded: asyncio.Future[Any]) -> None:
         label = PLATFORM_LABELS[platform]
-        made = len(attempts_by(state, command.command_id, platform))
+        mine = attempts_by(state, command.command_id, platform)
+        made = len(mine)
         number = len(state.attempts_of(platform))
         if made:
             # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
             # attempt asked for still holds.
-            wait = resume_wait(state, command.command_id, platform,
-                               backoff_delay(made - 1, self.config, None, self._rng), self.clock())
+            limited = mine[-1].error_kind is ErrorKind.RATE_LIMITED
+            delay = backoff_delay(made - 1, self.config, None, self._rng, rate_limited=limited)
+            wait = resume_wait(state, command.command_id, platform, delay, self.clock())
             if wait > 0:
                 log.info("🔄 %s will be retried automatically in %.1fs", label, wait,
                          extra={"post_id": command.post_id, "command_id": command.command_id})
@@ -800,7 +808,8 @@ class CommandHandler:
             log.warning("❌ %s failed (%s): %s", label, outcome.error.kind.value, outcome.error.message, extra=context)
             if not outcome.error.kind.retried_automatically or automatic + 1 >= self.config.max_automatic_attempts:
                 return
-            delay = backoff_delay(automatic, self.config, outcome.error.retry_after_s, self._rng)
+            delay = backoff_delay(automatic, self.config, outcome.error.retry_after_s, self._rng,
+                                  rate_limited=outcome.error.kind is ErrorKind.RATE_LIMITED)
             log.info("🔄 %s will be retried automatically in %.1fs", label, delay, extra=context)
             await asyncio.sleep(delay)
 

@@ -357,6 +357,26 @@ async def test_publish_then_dropped_connection_is_resolved_through_the_container
     assert (found.platform_post_id, found.permalink) == (media["id"], media["permalink"])
 
 
+async def test_a_look_up_leaves_the_media_unknown_when_another_of_the_caption_is_on_no_record(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # Two posts of one caption publish together and both lose their answers: neither has its media on record.
+    started = datetime.now(UTC)
+    sandbox.drop_after("instagram", "media_publish", times=2)
+    first, second = ContainerLog(), ContainerLog()
+    await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1", on_container=first)
+    await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a2", on_container=second)
+    assert instagram_posts(sandbox) == 2
+
+    found = await publishers["instagram"].find_existing(
+        PHOTO, demo_account, attempt_id="a2", container_id=second.ids[0], attempted_at=started)
+
+    # Published for certain (its container says so), but which media is its own cannot be told: no id rather
+    # than the other post's, which the page would link to.
+    assert found is not None and found.success and found.container_id == second.ids[0]
+    assert found.platform_post_id is None and found.permalink is None
+
+
 async def test_an_attempt_whose_container_was_never_published_did_not_go_out(
     sandbox: SandboxControl, demo_account: AccountCredentials
 ) -> None:

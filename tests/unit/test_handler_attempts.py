@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, Platform
 from schemas.ids import attempt_id_for, derived_id
 from smartretry.bootstrap import graph_client
 from smartretry.settings import Settings
-from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown
+from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown, backoff_delay
 from streams.topics import Topics
 from tests.unit.test_fold import History
 
@@ -243,3 +244,17 @@ async def test_a_graph_call_may_take_what_its_attempt_allows_not_a_shorter_timeo
     async with graph_client(Settings(attempt_timeout_seconds=120)) as client:  # type: ignore[call-arg]
         assert client.timeout.read == client.timeout.write == client.timeout.pool == 120
         assert client.timeout.connect == 5
+
+
+def test_a_rate_limit_that_gives_no_wait_is_waited_out_from_the_backoffs_cap() -> None:
+    config = HandlerConfig(backoff_base_seconds=1.0, backoff_cap_seconds=60.0)
+    rng = random.Random(3)
+    transient = [backoff_delay(n, config, None, rng) for n in range(4)]
+    limited = [backoff_delay(n, config, None, rng, rate_limited=True) for n in range(4)]
+    hinted = backoff_delay(0, config, 3600.0, rng, rate_limited=True)
+
+    # A hiccup is tried again within seconds; a rate limit with no word on its window not before half a minute,
+    # so the automatic attempts are not all spent inside one window of Meta's.
+    assert max(transient) <= 8.0
+    assert all(30.0 <= d <= 60.0 for d in limited)
+    assert hinted == 3600.0  # the platform's own wait, when it gives one
