@@ -870,7 +870,8 @@ class CommandHandler:
             # could miss a post that appears a moment later. The attempt stays open, and is resolved by
             # asking the platform, once its lease has run out if the post is not there (see
             # `_resolve_interrupted`).
-            why = outcome.error.message if outcome.error else "no answer"
+            # Cut so the event's message stays within its 2,000 characters with the words added to it.
+            why = outcome.error.message[:1900] if outcome.error else "no answer"
             # The post says why it is still publishing (not a silent wait of up to the lease).
             await self.emit(AttemptOutcomeUnknown(
                 event_id=derived_id(attempt_id, "unanswered"), post_id=post_id, occurred_at=self.clock(),

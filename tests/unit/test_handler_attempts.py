@@ -83,6 +83,28 @@ async def test_a_call_gets_only_what_is_left_of_the_attempt_timeout() -> None:
     assert "checking whether the post went out before publishing again" in unknown.error.message
 
 
+class LongWindedFacebook(SlowFacebook):
+    """A platform whose answer may have published the post, with an error message at the contract's longest."""
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> PublishOutcome:
+        self.calls += 1
+        return PublishOutcome.failed("facebook", PlatformError(kind=ErrorKind.TRANSIENT, http_status=500,
+                                                               message="Facebook photo upload failed: " + "x" * 1970),
+                                     outcome_unknown=True)
+
+
+async def test_an_unknown_outcome_with_the_longest_message_is_still_told_on_the_post() -> None:
+    sent: list[Event] = []
+    made = handler(LongWindedFacebook(), STARTED, sent)
+
+    with pytest.raises(OutcomeUnknown):
+        await made._call_platform("post-1", "facebook", CONTENT, ACCOUNT, "a1", STARTED)
+
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and len(unknown.error.message) <= 2000
+    assert unknown.error.message.endswith("checking whether the post went out before publishing again")
+
+
 def rate_limited_state() -> tuple[History, PostState]:
     """Facebook refused the command's attempt for a rate limit that lifts in 10 minutes; then the handler died."""
     history = History()
