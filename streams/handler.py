@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -92,7 +92,9 @@ class HandlerConfig:
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 60.0
     freshness_timeout_seconds: float = 30.0
-    # Commands in progress at once across all posts; above it the partitions are paused (still polled).
+    # Commands at work at once across all posts; above it the partitions are paused (still polled). Commands
+    # that only wait (a backoff, a rate limit's hour, a look-up asked again later) do not count, so that waits
+    # hold up no other post, up to `WAITING_FACTOR` times as many commands held in all.
     max_in_flight: int = 500
     # The longest the consumer may go unpolled before it is taken for dead; it is polled every 0.1 s.
     max_poll_interval_seconds: float = 600.0
@@ -109,6 +111,11 @@ class HandlerConfig:
     # How long the consumer may be out of its group (no member id: it is handed no commands) before the handler
     # ends, to be started again. A rejoin after a broker outage takes seconds.
     membership_limit_seconds: float = 120.0
+
+
+# How many times `max_in_flight` commands a handler holds at most, those waiting included: a bound on its memory
+# when most of them wait (one rate-limited account's hour-long backlog).
+WAITING_FACTOR = 10
 
 
 class HandlerOutOfGroup(RuntimeError):
@@ -280,6 +287,8 @@ class CommandHandler:
         self._progress: dict[int, _PartitionProgress] = {}
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
+        # Of those, how many only wait (see `_waiting`); may count a command twice (both platforms in backoff).
+        self._parked = 0
         # Partitions of the commands topic (read at the first assignment): where each post's commands belong.
         self._command_partitions: int | None = None
         self._applied = AppliedOffsets(lambda: self.projection.applied_offsets(self.topics.post_events),
@@ -337,7 +346,8 @@ class CommandHandler:
                             raise HandlerOutOfGroup(
                                 f"the command handler has not been a member of consumer group {self.config.group_id} "
                                 f"for {self.config.membership_limit_seconds:.0f}s, so it is handed no commands")
-                full = self._in_flight >= self.config.max_in_flight
+                full = (self._in_flight - self._parked >= self.config.max_in_flight
+                        or self._in_flight >= self.config.max_in_flight * WAITING_FACTOR)
                 if full != paused:
                     # Paused, not left unpolled: a consumer unpolled for `max.poll.interval.ms` leaves the group,
                     # and its partitions go to another handler while its own commands are still running.
@@ -355,6 +365,19 @@ class CommandHandler:
             self._consumer.close()
             self._watermarks.close()
             await self.producer.close()
+
+    @contextlib.asynccontextmanager
+    async def _waiting(self) -> AsyncIterator[None]:
+        """Marks the command as only waiting meanwhile: it does not hold a place among those at work."""
+        self._parked += 1
+        try:
+            yield
+        finally:
+            self._parked -= 1
+
+    async def _sleep(self, seconds: float) -> None:
+        async with self._waiting():
+            await asyncio.sleep(seconds)
 
     def _member_id(self) -> str | None:
         assert self._consumer is not None
@@ -476,7 +499,8 @@ class CommandHandler:
         if previous is not None:
             # Commands of one post run strictly in order; the outcome of the previous one is its own.
             # (`wait` neither raises that outcome nor swallows this task's own cancellation.)
-            await asyncio.wait([previous])
+            async with self._waiting():
+                await asyncio.wait([previous])
         context = {"post_id": command.post_id, "command_id": command.command_id}
         failures = 0
         while True:
@@ -489,14 +513,15 @@ class CommandHandler:
                 # Publishing now could duplicate the post; the attempt stays open until the platform answers,
                 # or an operator says what came of it (which ends the wait at once).
                 log.warning("%s; asking again shortly", exc, extra=context)
-                await self._pause(command.post_id,
-                                  exc.wait_seconds or max(1.0, backoff_delay(1, self.config, None, self._rng)))
+                async with self._waiting():
+                    await self._pause(command.post_id,
+                                      exc.wait_seconds or max(1.0, backoff_delay(1, self.config, None, self._rng)))
             except Exception as exc:
                 # The command is not committed while it fails, and running it again is safe: its decision
                 # and attempts are recorded events, so a second run resumes instead of repeating.
                 failures += 1
                 log.error("Command failed (%s); trying it again", scrub(repr(exc)), extra=context)
-                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+                await self._sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _pause(self, post_id: str, seconds: float) -> None:
         """Sleeps `seconds`, or less if an operator's resolution for the post came in since the last pause."""
@@ -552,7 +577,7 @@ class CommandHandler:
             except Exception as exc:
                 failures += 1
                 log.error("%s (%s); trying again", failure, scrub(repr(exc)))
-                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+                await self._sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         # Every stored token made known to the scrubber first, one stored since this handler started included.
@@ -768,7 +793,7 @@ class CommandHandler:
             if wait > 0:
                 log.info("🔄 %s will be retried automatically in %.1fs", label, wait,
                          extra={"post_id": command.post_id, "command_id": command.command_id})
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
         for automatic in range(made, self.config.max_automatic_attempts):
             if not self._owns(partition, owner):
                 # The post's new owner resumes this platform (the command is not committed here). Also when the
@@ -811,7 +836,7 @@ class CommandHandler:
             delay = backoff_delay(automatic, self.config, outcome.error.retry_after_s, self._rng,
                                   rate_limited=outcome.error.kind is ErrorKind.RATE_LIMITED)
             log.info("🔄 %s will be retried automatically in %.1fs", label, delay, extra=context)
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     def _credentials_of(self, account: str | None) -> AccountCredentials | PlatformError | None:
         """The account's credentials; the error to record when it has none; None when there is no account."""

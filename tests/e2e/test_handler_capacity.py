@@ -44,3 +44,34 @@ def test_a_handler_at_capacity_goes_on_polling_and_keeps_its_partitions(busy_ser
     output = service.handler.output()
     # Not left unpolled past max.poll.interval.ms while its commands ran: it would have left the group.
     assert "maximum poll interval" not in output and "moved to another handler" not in output, output
+
+
+@pytest.fixture
+def narrow_service(kafka_bootstrap: str, shared_sandbox: SandboxServer, tmp_path: Path) -> Iterator[Service]:  # noqa: F811
+    control = SandboxControl(shared_sandbox.base_url)
+    control.reset()
+    running = Service(kafka_bootstrap, control, tmp_path, extra_env={"SMARTRETRY_HANDLER_MAX_IN_FLIGHT": "2"}).start()
+    try:
+        yield running
+    finally:
+        control.reset()
+        running.stop()
+        control.close()
+
+
+def test_posts_waiting_out_a_rate_limit_hold_up_no_other_post(narrow_service: Service) -> None:
+    service = narrow_service
+    # Two posts meet the Page's rate limit, which lifts in 10 minutes: their commands wait that long.
+    service.sandbox.fail_next("facebook", "photos", code=32, regain_access_minutes=10, times=2)
+    limited = [service.publish(PHOTO, target="facebook") for _ in range(2)]
+    for command in limited:
+        state = service.wait_for(command.post_id, lambda s: any(
+            a.error_kind is not None and a.error_kind.value == "rate_limited" for a in s.attempts.values()))
+        assert state.status == "failed"
+
+    # As many commands as the handler works on at once are waiting: a third post is published all the same.
+    other = service.publish(PHOTO, target="facebook")
+    state = service.wait_command(other.post_id, other.command_id, timeout=30)
+
+    assert state.status == "posted"
+    assert service.sandbox.counters()["facebook"][DEMO_PAGE_ID] == 1
