@@ -473,7 +473,9 @@ async def _until_done_or_stalled(app: faust.App, waits: Sequence[asyncio.Future[
     loop = asyncio.get_running_loop()
     started = loop.time()
     while True:
-        await asyncio.wait([*waits, starting], timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+        # The start only while it runs: once done, it would end every wait at once (a loop spinning a core).
+        watched = [*waits] if starting.done() else [*waits, starting]
+        await asyncio.wait(watched, timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and not starting.cancelled() and starting.exception() is not None:
             raise starting.exception()  # type: ignore[misc]
         if any(wait.done() for wait in waits):
