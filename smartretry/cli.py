@@ -249,6 +249,7 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     from rich.progress import Progress
 
     from projections.store import ProjectionStore, make_engine
+    from smartretry.credentials import CredentialStore
     from streams.replay import ReplayError
     from streams.replay import replay as replay_events
 
@@ -259,6 +260,10 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
         raise typer.Exit(2)
     live = ProjectionStore(make_engine(settings.database_url))
     live.create_schema()
+    # Taken out of imported documents as the live processor takes them out (`projections.imported`).
+    credentials = CredentialStore(live.engine, settings.secret_key.get_secret_value())
+    credentials.create_schema()
+    secrets = credentials.stored_tokens()
     with tempfile.TemporaryDirectory(prefix="smartretry-replay-") as tmp:
         scratch_store = ProjectionStore(make_engine(scratch or f"sqlite:///{tmp}/scratch.db"))
         try:
@@ -266,7 +271,7 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
                 task = bar.add_task("Replaying post events", total=None)
                 report = replay_events(settings.kafka_bootstrap_servers, settings.topics, live, scratch_store,
                                        progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                       workers=workers or None)
+                                       workers=workers or None, secrets=secrets)
         except (ValueError, ReplayError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -9,17 +9,18 @@ import queue
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from projections.fold import apply_valid
+from projections.imported import without_secrets
 from projections.state import PostState
 from projections.store import Offsets, ProjectionStore, digest_of, make_engine, same_database
 from schemas.envelope import decode_event
-from schemas.events import Event
+from schemas.events import Event, LegacyInsightsImported
 from streams.broker import die_with_parent
 from streams.gc_tuning import disable_gc, folding_gc
 from streams.topics import Topics
@@ -56,14 +57,15 @@ class ReplayReport:
 
 def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_store: ProjectionStore,
            progress: Progress | None = None, timeout: float = 300.0, workers: int | None = None,
-           memory_states: int = MEMORY_STATES) -> ReplayReport:
+           memory_states: int = MEMORY_STATES, secrets: Collection[str] = ()) -> ReplayReport:
     """Folds the post events into `scratch_store` (emptied first) up to the live store's offsets.
 
     The live offsets and states are read in one transaction first, so the live processor can keep
     running: the replay stops exactly where that snapshot was taken. Partitions are independent (a
     post's events are all on one), so `workers` processes (default: one per core) each read and fold
     a share of them; a scratch store in memory is folded in this process alone. At most
-    `memory_states` post states are kept in memory at once, over all workers.
+    `memory_states` post states are kept in memory at once, over all workers. `secrets` (the stored account
+    tokens) are taken out of imported documents before they are folded, as the live processor does.
     """
     if same_database(live_store.engine, scratch_store.engine):
         # The replay empties its scratch store first: the live projection would be gone, and decided from meanwhile.
@@ -89,13 +91,13 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
         if len(shares) <= 1:
             read_live_prints()
             events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
-                                               deadline, memory_states)
+                                               deadline, memory_states, secrets=tuple(secrets))
         else:
             # The live fingerprints are read, and their digest taken, while the workers run.
             url = scratch_store.engine.url.render_as_string(hide_password=False)
             events, replay_prints = _fold_in_processes(
                 bootstrap, topics.post_events, shares, url, progress, deadline, max(1, memory_states // len(shares)),
-                meanwhile=read_live_prints)
+                meanwhile=read_live_prints, secrets=tuple(secrets))
     live_prints = live[0]
     differing = sorted(post_id for post_id in live_prints.keys() | replay_prints.keys()
                        if live_prints.get(post_id) != replay_prints.get(post_id))
@@ -133,14 +135,15 @@ def _shares(bootstrap: str, topic: str, targets: dict[int, int], workers: int) -
 
 def _fold_here(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
                progress: Progress | None, deadline: float, limit: int,
-               keep: list[object] | None = None) -> tuple[int, dict[str, bytes]]:
+               keep: list[object] | None = None, secrets: tuple[str, ...] = ()) -> tuple[int, dict[str, bytes]]:
     with folding_gc():
-        return _read_and_fold(bootstrap, topic, targets, store, progress, deadline, limit, keep)
+        return _read_and_fold(bootstrap, topic, targets, store, progress, deadline, limit, keep, secrets)
 
 
 def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]], scratch_url: str,
                        progress: Progress | None, deadline: float, limit: int,
-                       meanwhile: Callable[[], None] | None = None) -> tuple[int, dict[str, bytes]]:
+                       meanwhile: Callable[[], None] | None = None,
+                       secrets: tuple[str, ...] = ()) -> tuple[int, dict[str, bytes]]:
     """Each share folded by a process of its own into the scratch store; their events and fingerprints, summed.
 
     `meanwhile` runs here once the processes are started.
@@ -150,7 +153,7 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
     messages: Any = context.Queue()
     processes = [context.Process(target=_worker, name=f"replay-{n}", daemon=True,
                                  args=(n, bootstrap, topic, share, scratch_url, deadline - time.monotonic(), limit,
-                                       messages))
+                                       messages, secrets))
                  for n, share in enumerate(shares)]
     for process in processes:
         process.start()
@@ -198,7 +201,7 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
 
 
 def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch_url: str, seconds: float,
-            limit: int, messages: Any) -> None:
+            limit: int, messages: Any, secrets: tuple[str, ...] = ()) -> None:
     """A replay process: folds its partitions into the scratch store and reports back through `messages`."""
     die_with_parent()
     # The worker folds and exits: the collector would only walk its states and events again and again.
@@ -208,7 +211,7 @@ def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch
     try:
         result = _fold_here(bootstrap, topic, targets, store,
                             lambda done, total: messages.put(("progress", n, done, total)),
-                            time.monotonic() + seconds, limit, keep=folded)
+                            time.monotonic() + seconds, limit, keep=folded, secrets=secrets)
         messages.put(("done", n, *result))
     except Exception as exc:  # reported to the parent, which raises it as the replay's error
         messages.put(("error", n, str(exc) if isinstance(exc, ReplayError) else f"{type(exc).__name__}: {exc}"))
@@ -231,9 +234,10 @@ class _MemoryFold:
     more events: memory stays bounded on any topic, and few posts are written twice.
     """
 
-    def __init__(self, store: ProjectionStore, limit: int = MEMORY_STATES) -> None:
+    def __init__(self, store: ProjectionStore, limit: int = MEMORY_STATES, secrets: tuple[str, ...] = ()) -> None:
         self.store = store
         self.limit = limit
+        self.secrets = secrets
         self.states: OrderedDict[str, PostState] = OrderedDict()
         self.prints: dict[str, bytes] = {}
         # Posts written out: only these can be in the store (a replay starts on an empty one).
@@ -246,6 +250,8 @@ class _MemoryFold:
                 event = decode_event(value)
             except Exception:  # whatever the live processor dead-lettered (`undecodable`)
                 continue  # a dead letter of the live processor: not part of the projection
+            if self.secrets and type(event) is LegacyInsightsImported:
+                event = without_secrets(event, self.secrets)
             by_post.setdefault(event.post_id, []).append(event)
         states = self.states
         if self.written:
@@ -269,7 +275,7 @@ class _MemoryFold:
 
 def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
                    progress: Progress | None, deadline: float, limit: int,
-                   keep: list[object] | None = None) -> tuple[int, dict[str, bytes]]:
+                   keep: list[object] | None = None, secrets: tuple[str, ...] = ()) -> tuple[int, dict[str, bytes]]:
     """Records read, and the fingerprint of each post stored. The fold's states go to `keep` when given."""
     if not targets:
         return 0, {}
@@ -287,7 +293,7 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.min.messages": 200_000,
     })
-    folder = _MemoryFold(store, limit)
+    folder = _MemoryFold(store, limit, secrets)
     if keep is not None:
         keep.append(folder)
     # A batch's posts are all in memory at once: no more of them than the limit allows.

@@ -1,4 +1,4 @@
-"""The projector's dead letters never keep a stored token, one stored after the projector started included."""
+"""The projector's dead letters and projection never keep a stored token, one stored after it started included."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import base64
 import json
 import uuid
 from collections import OrderedDict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,12 @@ import pytest
 
 from projections.store import ProjectionStore, make_engine
 from publishers import redact
+from schemas.commands import PostContent
+from schemas.envelope import encode
+from schemas.events import LegacyInsightsImported
 from smartretry.credentials import CredentialStore
 from streams.projector import InsightsProjector
+from streams.replay import _MemoryFold
 from streams.topics import Topics
 
 SECRET_KEY = "a-secret-key-of-our-own-4567"
@@ -56,3 +61,59 @@ def test_a_token_stored_after_the_projector_started_is_scrubbed_from_its_dead_le
     letter = json.loads(value)
     assert letter["value_scrubbed"] is True and "[redacted]" in base64.b64decode(letter["value_b64"]).decode()
     assert store.applied_offsets(topics.post_events) == {0: 0}  # and the projector went on past it
+
+
+def imported_with(token: str) -> bytes:
+    """An old-system document whose error text carries the account's token, as an old API error echoed it."""
+    return encode(LegacyInsightsImported(
+        event_id="imported-1", post_id="legacy-1", occurred_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC),
+        publish_target="both", account="acme",
+        content=PostContent(caption=f"Autumn sale (debug {token})", image_url="https://cdn.example.com/a.jpg"),
+        document={"status": "failed", "error_message": f"facebook: Error validating access token {token}", "insights": {
+            "publish_results": [{"platform": "facebook", "success": False,
+                                 "error": f"Error validating access token {token}"},
+                                {"platform": "instagram", "success": True, "postId": "18107758234627017"}]}}))
+
+
+def test_a_stored_token_in_an_imported_document_reaches_neither_the_projection_nor_the_insights_topic(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/projection.db"))
+    store.create_schema()
+    credentials = CredentialStore(store.engine, SECRET_KEY)
+    credentials.create_schema()
+    # Not of Meta's shape, so only the stored tokens can tell it (the sandbox's tokens are like this).
+    token = "stored-token-" + uuid.uuid4().hex[:12]
+    CredentialStore(store.engine, SECRET_KEY).set_token("acme", token, "1", None)
+    monkeypatch.setattr(redact, "_known", OrderedDict())
+    monkeypatch.setattr(redact, "_longest_first", ())
+    topics, producer = Topics(prefix="scrub."), Producer()
+    projector = InsightsProjector(store, topics, producer, credentials.stored_tokens)
+
+    projector.project(0, [(0, b"legacy-1", imported_with(token))])
+
+    [(topic, insights)] = producer.sent
+    assert topic == topics.insights and token not in insights.decode()
+    state = store.get("legacy-1")
+    assert state is not None and token not in state.model_dump_json()
+    with store.engine.connect() as connection:
+        assert not any(token in str(row) for row in connection.exec_driver_sql("SELECT * FROM posts"))
+    # What the old system said is kept, with the token out of it.
+    assert state.document.error_message == "facebook: Error validating access token [redacted]"
+    assert state.needed_action == {"facebook": "re-authenticate Facebook"}
+    assert state.content is not None and state.content.caption == "Autumn sale (debug [redacted])"
+
+
+def test_replay_takes_the_stored_tokens_out_of_imported_documents_as_the_projector_does(tmp_path: Path) -> None:
+    token = "stored-token-" + uuid.uuid4().hex[:12]
+    live, scratch = (ProjectionStore(make_engine(f"sqlite:///{tmp_path}/{name}.db")) for name in ("live", "scratch"))
+    for store in (live, scratch):
+        store.create_schema()
+    InsightsProjector(live, Topics(prefix="scrub."), Producer(), lambda: frozenset({token})).project(
+        0, [(0, b"legacy-1", imported_with(token))])
+
+    folder = _MemoryFold(scratch, secrets=(token,))
+    folder.fold([imported_with(token)])
+    replayed = folder.finish({})
+
+    assert token not in folder.states["legacy-1"].model_dump_json()
+    assert replayed == live.fingerprints()
