@@ -307,8 +307,9 @@ def reset_projection(
         running = _service_running(settings)
     except CannotTell as exc:
         if not force:
-            typer.echo(f"error: {exc}: it may be running. Try again once the broker answers, or add --force if "
-                       "you know the service is stopped", err=True)
+            retry = "Set it" if "not set" in str(exc) else "Try again once the broker answers"
+            typer.echo(f"error: {exc}: it may be running. {retry}, or add --force if you know the service is "
+                       "stopped", err=True)
             raise typer.Exit(2) from None
         running = None
     if running is not None:
@@ -339,13 +340,17 @@ def _service_running(settings: Settings) -> str | None:
     `CannotTell` when the broker does not answer for a group."""
     from confluent_kafka.admin import AdminClient
 
-    from streams.broker import data_dir_in_use
+    from streams.broker import LOCK_FILE, data_dir_in_use
 
     data_dir = Path(settings.broker_data_dir)
     if data_dir_in_use(data_dir):
         return f"`smartretry run` holds the broker data in {data_dir}"
     if not settings.kafka_bootstrap_servers:
-        return None
+        if (data_dir / LOCK_FILE).exists():
+            return None  # `run`'s own broker, stopped: so is the service it ran
+        # A service on another broker (a shell without the deployment's settings) cannot be asked about.
+        raise CannotTell(f"KAFKA_BOOTSTRAP_SERVERS is not set and `smartretry run` has kept no broker data in "
+                         f"{data_dir}, so the broker the service uses cannot be asked whether its consumers are up")
     groups = [f"{settings.topic_prefix}projector", f"{settings.topic_prefix}command-handler"]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     unanswered: list[str] = []

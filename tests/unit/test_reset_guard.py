@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from projections.store import ProjectionStore, make_engine, same_database
 from smartretry.cli import app
+from streams.broker import LOCK_FILE
 from tests.unit.test_fold import History
 
 
@@ -97,3 +98,21 @@ def test_a_replays_scratch_store_is_told_from_the_live_one_however_its_url_is_wr
         one: str, other: str, same: bool) -> None:
     engines = [SimpleNamespace(url=make_url(url)) for url in (one, other)]
     assert same_database(*engines) is same  # type: ignore[arg-type]
+
+
+def test_without_the_brokers_address_the_reset_needs_run_s_stopped_broker_or_force(tmp_path: Path) -> None:
+    # A shell without the deployment's settings: the service runs on a broker this command cannot ask.
+    store, env = projection_of_one_post(tmp_path)
+    env = {**env, "KAFKA_BOOTSTRAP_SERVERS": None}  # type: ignore[dict-item]
+
+    refused = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert "KAFKA_BOOTSTRAP_SERVERS is not set" in refused.output and "Set it, or add --force" in refused.output
+    assert store.count() == 1
+
+    # Where `run` keeps its broker's data, and holds it no more: the service it ran has stopped.
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / LOCK_FILE).touch()
+    stopped = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
+    assert stopped.exit_code == 0, stopped.output
+    assert store.count() == 0
