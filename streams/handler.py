@@ -51,6 +51,8 @@ log = logging.getLogger("smartretry.handler")
 T = TypeVar("T")
 
 CONSUMER_NAME = "command-handler"
+# How the post says why an attempt left without an answer to trust is looked up (the call's own reason first).
+CHECKING = "; checking whether the post went out before publishing again"
 # Where each platform's posts go, in words.
 DESTINATIONS: dict[Platform, str] = {"facebook": "Page", "instagram": "Instagram account"}
 
@@ -903,7 +905,7 @@ class CommandHandler:
                 platform=platform, attempt_id=attempt_id, error=PlatformError(
                     kind=ErrorKind.TRANSIENT, code=outcome.error.code if outcome.error else None,
                     http_status=outcome.error.http_status if outcome.error else None,
-                    message=f"{why}; checking whether the post went out before publishing again")))
+                    message=f"{why}{CHECKING}")))
             raise OutcomeUnknown(f"{label} attempt {attempt_id} may have published ({why})")
         return outcome
 
@@ -1100,7 +1102,11 @@ class CommandHandler:
                 asked = state.content is not None and state.account is not None
                 waiting = (f"{label} has no post of this attempt yet: it may still be under way, so it is looked "
                            "up again when its lease ends, and published again if none shows")
-                if asked and found is None and (known is None or known.message != waiting):
+                said = known is not None and known.message.endswith(waiting)
+                if known is not None and known.message.endswith(CHECKING):
+                    # Why the call left no answer to trust ("...: 500 - ...") stays in view beside the wait.
+                    waiting = f"{known.message[:-len(CHECKING)][:1800]}; {waiting}"
+                if asked and found is None and not said:
                     # The post says what it waits for (after a restart, or once the account was re-authenticated
                     # and the look-up went through), instead of "publishing" with no word for minutes.
                     await self.emit(AttemptOutcomeUnknown(
@@ -1111,7 +1117,7 @@ class CommandHandler:
                     f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
                     f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",
                     wait_seconds=max(1.0, self.config.attempt_lease_seconds - asked_age))
-            log.info("%s attempt was interrupted and the platform has no such post", label, extra=context)
+            log.info("%s attempt got no answer to trust and the platform has no such post", label, extra=context)
             await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
                 attempt.platform, PlatformError(
                     kind=ErrorKind.TRANSIENT,

@@ -260,6 +260,32 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
     assert after is not None and after.status == "publishing" and after.needed_action == {}
 
 
+async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_answer_to_trust() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    # The call's own answer: a 5xx, after which the post may exist all the same.
+    history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT,
+                    "Facebook photo upload failed: 500 - An unknown error occurred; checking whether the post went out "
+                    "before publishing again")
+    state = apply_all(None, history.events)
+    attempt = state.in_flight("facebook") if state is not None else None
+    assert state is not None and attempt is not None
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(None), history, sent)
+    made.clock = lambda: attempt.started_at + timedelta(seconds=40)
+
+    for _ in range(2):
+        with pytest.raises(OutcomeUnknown):
+            await made._resolve_interrupted(state)
+        state = apply_all(state, sent) or state
+
+    (unknown,) = sent  # said once
+    assert isinstance(unknown, AttemptOutcomeUnknown)
+    assert unknown.error.message == (
+        "Facebook photo upload failed: 500 - An unknown error occurred; Facebook has no post of this attempt yet: it "
+        "may still be under way, so it is looked up again when its lease ends, and published again if none shows")
+
+
 async def test_past_the_lease_a_look_up_that_finds_no_post_records_a_failure_that_says_so() -> None:
     history, state = interrupted()
     sent: list[Event] = []
