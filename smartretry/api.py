@@ -484,9 +484,13 @@ class FrontDoor:
         age = (self.clock() - waiting.started_at).total_seconds()
         lease = self.settings.attempt_lease_seconds
         if age < lease:
+            # Where the look-up cannot tell (no caption to match, another post's of the same caption), only an
+            # operator settles it: the service does not.
+            settles = "" if "resolve the attempt" in state.needed_action.get(body.platform, "") else \
+                "the service settles it itself, or "
             raise HTTPException(409, f"{PLATFORM_LABELS[body.platform]} attempt {waiting.attempt_id} started "
-                                     f"{age:.0f}s ago and may still be under way: the service settles it itself, "
-                                     f"or it can be resolved once it is {lease:.0f}s old")
+                                     f"{age:.0f}s ago and may still be under way: {settles}it can be resolved once it "
+                                     f"is {lease:.0f}s old")
         return await self._submit(command)
 
     async def _submit(self, command: Command, wait: bool = True) -> Accepted:

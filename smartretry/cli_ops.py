@@ -54,6 +54,9 @@ DEFAULT_WAIT_SECONDS = 120.0
 
 ApiUrl = typer.Option(None, "--api-url", envvar="SMARTRETRY_API_URL", help="The API's base URL.")
 AsJson = typer.Option(False, "--json", help="Print the API's JSON answer.")
+CommandId = typer.Option(None, "--command-id", help=(
+    "Name the command (default: the service names it). The same id again is the same command, never a second one: "
+    "what to give when a command's fate is unknown (the service says so)."))
 Wait = typer.Option(DEFAULT_WAIT_SECONDS, "--wait", help=(
     "Seconds to wait for the platforms' results once the API has answered (the API itself waits for them up to "
     "SMARTRETRY_API_WAIT_SECONDS first)."))
@@ -158,9 +161,24 @@ def api_client(api_url: str | None) -> Iterator[Api]:
         yield api
     except ApiError as exc:
         _error(str(exc))
+        if (again := _again(exc)) is not None:
+            errors.print(again)
         raise typer.Exit(1) from None
     finally:
         api.close()
+
+
+def _again(exc: ApiError) -> str | None:
+    """The API's advice on a command Kafka may still take ("send the same request again with ..."), in the CLI's
+    terms: the same command line with the ids it names."""
+    if exc.status != 503 or "Send the same request again" not in exc.problem:
+        return None
+    named = dict(re.findall(r'"(command_id|post_id)": "([^"]+)"', exc.problem))
+    if "command_id" not in named:
+        return None
+    options = f"--command-id {named['command_id']}" + (f" --post-id {named['post_id']}" if "post_id" in named else "")
+    return (f"Run the same command again with {options} added: it is then the same command, which cannot publish "
+            "twice (without them, a new command could).")
 
 
 def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -259,6 +277,7 @@ def publish(
     target: str = typer.Option("both", help="facebook, instagram or both."),
     account: str = typer.Option("demo", help="The account whose credentials publish it."),
     post_id: str | None = typer.Option(None, help="Name the post (default: the service names it)."),
+    command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
     api_url: str | None = ApiUrl,
@@ -268,6 +287,8 @@ def publish(
                             "publish_target": target, "account": account}
     if post_id:
         body["post_id"] = post_id
+    if command_id:
+        body["command_id"] = command_id
     with api_client(api_url) as api:
         with console.status("Publishing ..."):
             answer = api.call("POST", "/posts", json=body)
@@ -282,13 +303,15 @@ def retry(
     caption: str | None = typer.Option(None, help="Corrected caption."),
     link: str | None = typer.Option(None, help="Corrected link."),
     account: str | None = typer.Option(None, help="The account to publish with (a post imported without one)."),
+    command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
     api_url: str | None = ApiUrl,
 ) -> None:
     """Retry a post: only the platforms that failed are published again."""
     correction = _content(caption, image_url, link)
-    body = {key: value for key, value in (("content", correction), ("account", account)) if value}
+    body = {key: value for key, value in (("content", correction), ("account", account), ("command_id", command_id))
+            if value}
     with api_client(api_url) as api:
         try:
             with console.status("Retrying ..."):
@@ -325,12 +348,14 @@ def force(
     post_id: str = typer.Argument(..., help="The post to publish again."),
     reason: str = typer.Option(..., help="Why (recorded with the republish)."),
     account: str | None = typer.Option(None, help="The account to publish with (a post imported without one)."),
+    command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
     api_url: str | None = ApiUrl,
 ) -> None:
     """Publish a post again on every platform, even those where it succeeded (seed case 4)."""
-    body = {"reason": reason, **({"account": account} if account else {})}
+    body = {"reason": reason, **({"account": account} if account else {}),
+            **({"command_id": command_id} if command_id else {})}
     with api_client(api_url) as api:
         with console.status("Republishing ..."):
             answer = api.call("POST", f"/posts/{post_id}/republish", json=body)
@@ -348,6 +373,7 @@ def resolve(
     attempt_id: str | None = typer.Option(None, help=(
         "The attempt meant, checked against the one waiting for a result (which is taken when none is named)")),
     note: str = typer.Option("", help="What was checked, recorded with the result."),
+    command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
     api_url: str | None = ApiUrl,
@@ -357,7 +383,8 @@ def resolve(
     if (published_as is None) == (not not_published):
         raise typer.BadParameter("give either --published-as POST_ID or --not-published")
     body: dict[str, Any] = {"platform": platform, "published": published_as is not None, "note": note}
-    for name, value in (("platform_post_id", published_as), ("permalink", permalink), ("attempt_id", attempt_id)):
+    for name, value in (("platform_post_id", published_as), ("permalink", permalink), ("attempt_id", attempt_id),
+                        ("command_id", command_id)):
         if value is not None:
             body[name] = value
     with api_client(api_url) as api:

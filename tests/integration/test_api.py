@@ -34,7 +34,15 @@ from schemas.commands import (
 )
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command
-from schemas.events import CommandDecided, Event, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
+from schemas.events import (
+    AttemptOutcomeUnknown,
+    CommandDecided,
+    Event,
+    PlatformError,
+    PlatformResult,
+    PostSubmitted,
+    PublishAttempted,
+)
 from smartretry import api as api_module
 from smartretry.api import ApiServer, create_app, serve, serve_in_thread
 from smartretry.bootstrap import Stores, open_stores
@@ -812,7 +820,27 @@ def test_an_attempt_that_may_still_be_under_way_cannot_be_resolved_yet(api: Runn
     store_interrupted(api, "post-1", at=datetime.now(UTC))
     answer = api.client.post("/posts/post-1/resolve", json={"platform": "facebook", "published": False})
     assert answer.status_code == 409
-    assert "may still be under way" in answer.json()["detail"]
+    detail = answer.json()["detail"]
+    assert "may still be under way: the service settles it itself, or it can be resolved once it is" in detail
+    assert_nothing_on_commands(api)
+
+
+def test_an_attempt_only_an_operator_can_settle_is_not_said_to_be_settled_by_the_service(api: RunningApi) -> None:
+    attempt = store_interrupted(api, "post-1", at=datetime.now(UTC))
+    # Its look-up cannot tell (a post without a caption), so the post asks for a resolution.
+    store_events(api, [AttemptOutcomeUnknown(
+        event_id="post-1-lookup", post_id="post-1", occurred_at=datetime.now(UTC), platform="facebook",
+        attempt_id=attempt, error=PlatformError(kind=ErrorKind.INVALID_REQUEST, message=(
+            "Facebook post lookup could not tell: a post without a caption cannot be told apart from the Page's "
+            "other posts, so asking again will not tell either: check the Page and say whether it went out "
+            "(smartretry resolve)")))])
+
+    answer = api.client.post("/posts/post-1/resolve", json={"platform": "facebook", "published": False})
+
+    assert answer.status_code == 409
+    detail = answer.json()["detail"]
+    assert "may still be under way: it can be resolved once it is 150s old" in detail
+    assert "settles it itself" not in detail
     assert_nothing_on_commands(api)
 
 

@@ -1,10 +1,15 @@
-"""The command line's API client: an API that goes away is one line for the operator, not a traceback."""
+"""The command line's API client: an API that goes away is one line for the operator, not a traceback, and
+the API's advice is given in the command line's terms."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from smartretry.cli import app
 from smartretry.cli_ops import Api, ApiError
 
 
@@ -19,3 +24,28 @@ def test_an_api_that_stops_answering_while_results_are_awaited_is_one_clear_erro
     api.close()
     assert "stopped answering while the results were awaited (ConnectError)" in str(raised.value)
     assert "the command was accepted: `smartretry show post-1`" in str(raised.value)
+
+
+UNCONFIRMED = ('Kafka did not take command cmd-7 for post post-7 in time (timed out); it may still arrive and be '
+               'carried out. Send the same request again with "command_id": "cmd-7" and "post_id": "post-7", which '
+               'cannot publish twice (a new command or post id could)')
+
+
+def test_a_command_kafka_may_still_take_is_sent_again_as_the_cli_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    bodies: list[dict[str, object]] = []
+
+    def unconfirmed(_api: Api, _method: str, _path: str, **kwargs: Any) -> httpx.Response:
+        bodies.append(kwargs["json"])
+        raise ApiError(f"503: {UNCONFIRMED}", 503, UNCONFIRMED)
+
+    monkeypatch.setattr(Api, "call", unconfirmed)
+    line = ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg", "--account", "acme"]
+
+    first = CliRunner().invoke(app, line)
+
+    assert first.exit_code == 1
+    # Options this command has: the API's "command_id" and "post_id" are the command line's --command-id and --post-id.
+    assert "Run the same command again with --command-id cmd-7 --post-id post-7 added" in first.output
+    again = CliRunner().invoke(app, [*line, "--command-id", "cmd-7", "--post-id", "post-7"])
+    assert again.exit_code == 1
+    assert bodies[1] == {**bodies[0], "command_id": "cmd-7", "post_id": "post-7"}
