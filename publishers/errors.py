@@ -191,3 +191,19 @@ def _status_text(http_status: int | None) -> str:
         return httpx.codes.get_reason_phrase(http_status) or "error"
     except ValueError:
         return "error"
+
+
+# Meta's "Object with ID ... does not exist, cannot be loaded due to missing permissions" (code 100, subcode 33).
+UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE = 100, 33
+
+
+def unreachable_account(error: PlatformError, what: str, node: str) -> PlatformError | None:
+    """An `auth` error in the user's terms when `error` says the account's Page or Instagram account (`what`, with
+    id `node`) is unknown to Meta or out of the token's reach, which no change to the post fixes; else None."""
+    if (error.code, error.subcode) != (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE):
+        return None
+    action = error.message.partition(" failed: ")[0]
+    status = f"{error.http_status} - " if error.http_status is not None else ""
+    return error.model_copy(update={"kind": ErrorKind.AUTH, "message": (
+        f"{action} failed: {status}the {what} {node} cannot be used with the account's token (Meta does not know it, "
+        f"or the token has no access to it): connect the account again with its {what}'s right id")[:2000]})

@@ -11,7 +11,7 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
-from publishers.errors import classify
+from publishers.errors import classify, unreachable_account
 from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, created_id, earliest_match, parse_meta_time
 from publishers.redact import register_secret
 from schemas.commands import PostContent
@@ -212,9 +212,16 @@ class FacebookPagePublisher:
         cached = self._page_tokens.get(key)
         if cached is not None:
             return cached
-        page = await self._graph.get(
-            account.page_id or "", None, account.user_token, params={"fields": "access_token"}, action=action
-        )
+        try:
+            page = await self._graph.get(
+                account.page_id or "", None, account.user_token, params={"fields": "access_token"}, action=action
+            )
+        except GraphCallFailed as failed:
+            # A Page id Meta does not know (or not through this token) is the account's to fix, not the post's.
+            unreachable = unreachable_account(failed.error, "Page", account.page_id or "")
+            if unreachable is None:
+                raise
+            raise GraphCallFailed(unreachable, outcome_unknown=failed.outcome_unknown) from None
         value = page.get("access_token")
         if not isinstance(value, str) or not value:
             error = classify("facebook", 403, {"error": {

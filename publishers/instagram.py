@@ -13,7 +13,7 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
-from publishers.errors import container_error_kind, is_retry_same_container
+from publishers.errors import container_error_kind, is_retry_same_container, unreachable_account
 from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, created_id, earliest_match
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -90,8 +90,10 @@ class InstagramPublisher:
             )
             container_id = created_id(created, "id", action=action)
         except GraphCallFailed as failed:
-            # A container whose creation went unanswered is never published by itself: nothing went out.
-            return PublishOutcome.failed("instagram", failed.error)
+            # A container whose creation went unanswered is never published by itself: nothing went out. An Instagram
+            # account Meta does not know (or not through this token) is the account's to fix, not the post's.
+            return PublishOutcome.failed("instagram", unreachable_account(failed.error, "Instagram account", ig_user)
+                                         or failed.error)
         # The container must be on record before it is published: a crash after media_publish is resolved
         # through it.
         if on_container is not None:

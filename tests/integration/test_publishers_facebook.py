@@ -471,3 +471,20 @@ async def test_the_sandbox_pages_published_posts_with_cursors_newest_first(
     # The last page has cursors but no `next`, as on Meta.
     assert "next" not in last["paging"] and last["paging"]["cursors"]["after"]
     assert none_yet == {"data": []}
+
+
+async def test_a_page_id_meta_does_not_know_asks_to_connect_the_account_again_not_to_fix_the_post(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    mistyped = AccountCredentials(demo_account.account_id, demo_account.user_token, "222222222222222",
+                                  demo_account.ig_user_id)
+
+    outcome = await publishers["facebook"].publish(PHOTO, mistyped, attempt_id="a1")
+
+    assert not outcome.success and not outcome.outcome_unknown and outcome.error is not None
+    assert outcome.error.kind is ErrorKind.AUTH
+    assert outcome.error.message == (
+        "Facebook photo upload failed: 400 - the Page 222222222222222 cannot be used with the account's token (Meta "
+        "does not know it, or the token has no access to it): connect the account again with its Page's right id")
+    assert needed_action("facebook", outcome.error.kind, outcome.error.code) == "re-authenticate Facebook"
+    assert facebook_posts(sandbox) == 0

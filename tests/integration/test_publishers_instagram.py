@@ -437,3 +437,19 @@ async def test_an_account_without_instagram_cannot_publish_there(
     outcome = await publishers["instagram"].publish(PHOTO, account, attempt_id="a1")
 
     assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
+
+
+async def test_an_instagram_account_meta_does_not_know_asks_to_connect_the_account_again(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    mistyped = AccountCredentials(demo_account.account_id, demo_account.user_token, demo_account.page_id,
+                                  "17841400000000222")
+
+    outcome = await publishers["instagram"].publish(PHOTO, mistyped, attempt_id="a1")
+
+    assert not outcome.success and not outcome.outcome_unknown and outcome.error is not None
+    # Not "fix the post": no change to the post helps.
+    assert outcome.error.kind is ErrorKind.AUTH
+    assert "the Instagram account 17841400000000222 cannot be used with the account's token" in outcome.error.message
+    assert outcome.error.message.startswith("Instagram media upload failed: 400 - ")
+    assert instagram_posts(sandbox) == 0
