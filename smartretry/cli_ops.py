@@ -372,7 +372,9 @@ def resolve(
     permalink: str | None = typer.Option(None, help="The post's address, with --published-as."),
     attempt_id: str | None = typer.Option(None, help=(
         "The attempt meant, checked against the one waiting for a result (which is taken when none is named)")),
-    note: str = typer.Option("", help="What was checked, recorded with the result."),
+    note: str = typer.Option("", help=(
+        "What was checked: kept in the command (the commands topic) and the handler's log, and with --not-published "
+        "in the result's message too.")),
     command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
