@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -118,6 +119,18 @@ class HandlerConfig:
 # How many times `max_in_flight` commands a handler holds at most, those waiting included: a bound on its memory
 # when most of them wait (one rate-limited account's hour-long backlog).
 WAITING_FACTOR = 10
+
+
+@dataclass
+class _Work:
+    """A command's branches (one per platform while it publishes them together) and how many of them only wait."""
+
+    branches: int = 1
+    asleep: int = 0
+    parked: bool = False
+
+
+_WORK: contextvars.ContextVar[_Work | None] = contextvars.ContextVar("smartretry_command_work", default=None)
 
 
 class HandlerOutOfGroup(RuntimeError):
@@ -289,7 +302,7 @@ class CommandHandler:
         self._progress: dict[int, _PartitionProgress] = {}
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
-        # Of those, how many only wait (see `_waiting`); may count a command twice (both platforms in backoff).
+        # Of those, how many only wait: every branch of theirs asleep in a backoff or a platform's wait (`_waiting`).
         self._parked = 0
         # Partitions of the commands topic (read at the first assignment): where each post's commands belong.
         self._command_partitions: int | None = None
@@ -370,12 +383,34 @@ class CommandHandler:
 
     @contextlib.asynccontextmanager
     async def _waiting(self) -> AsyncIterator[None]:
-        """Marks the command as only waiting meanwhile: it does not hold a place among those at work."""
-        self._parked += 1
+        """Marks this branch of the running command as only waiting meanwhile: a command all of whose branches wait
+        does not hold a place among those at work."""
+        work = _WORK.get()
+        if work is None:
+            yield
+            return
+        work.asleep += 1
+        self._settle(work)
         try:
             yield
         finally:
-            self._parked -= 1
+            work.asleep -= 1
+            self._settle(work)
+
+    def _settle(self, work: _Work) -> None:
+        parked = 0 < work.branches <= work.asleep
+        if parked != work.parked:
+            self._parked += 1 if parked else -1
+            work.parked = parked
+
+    async def _branch(self, work: _Work | None, call: Awaitable[T]) -> T:
+        """One of a command's platforms, published beside the others: its end leaves one branch fewer."""
+        try:
+            return await call
+        finally:
+            if work is not None:
+                work.branches -= 1
+                self._settle(work)
 
     async def _sleep(self, seconds: float) -> None:
         async with self._waiting():
@@ -498,6 +533,8 @@ class CommandHandler:
 
     async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int,
                      source: Message | None = None, owner: _PartitionProgress | None = None) -> None:
+        # This command's own count of its branches at work and asleep (`_waiting`), seen by the tasks it starts.
+        _WORK.set(_Work())
         if previous is not None:
             # Commands of one post run strictly in order; the outcome of the previous one is its own.
             # (`wait` neither raises that outcome nor swallows this task's own cancellation.)
@@ -523,7 +560,9 @@ class CommandHandler:
                 # and attempts are recorded events, so a second run resumes instead of repeating.
                 failures += 1
                 log.error("Command failed (%s); trying it again", scrub(repr(exc)), extra=context)
-                await self._sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+                # Not counted as waiting: while the broker or the database is away, more commands taken up would
+                # only fail the same way.
+                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _pause(self, post_id: str, seconds: float) -> None:
         """Sleeps `seconds`, or less if an operator's resolution for the post came in since the last pause."""
@@ -579,7 +618,7 @@ class CommandHandler:
             except Exception as exc:
                 failures += 1
                 log.error("%s (%s); trying again", failure, scrub(repr(exc)))
-                await self._sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
+                await asyncio.sleep(backoff_delay(min(failures, 6), self.config, None, self._rng))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         # Every stored token made known to the scrubber first, one stored since this handler started included.
@@ -766,11 +805,18 @@ class CommandHandler:
         # while the attempts are on their way to the broker.
         credentials = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
         recorded = recorded or _done()
+        work = _WORK.get()
+        if work is not None:
+            work.branches = len(platforms)
         outcomes = await asyncio.gather(*(
-            self._publish_platform(state, command, platform, content, account, credentials, partition, owner,
-                                   is_retry=is_retry, forced=forced, reason=reason, recorded=recorded)
+            self._branch(work, self._publish_platform(
+                state, command, platform, content, account, credentials, partition, owner, is_retry=is_retry,
+                forced=forced, reason=reason, recorded=recorded))
             for platform in platforms
         ), return_exceptions=True)
+        if work is not None:
+            work.branches = 1
+            self._settle(work)
         # Every platform's call has ended before the command is tried again: no two calls for one post overlap.
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -790,7 +836,7 @@ class CommandHandler:
             # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
             # attempt asked for still holds.
             limited = mine[-1].error_kind is ErrorKind.RATE_LIMITED
-            delay = backoff_delay(made - 1, self.config, None, self._rng, rate_limited=limited)
+            delay = backoff_delay(made - 1, self.config, mine[-1].retry_after_s, self._rng, rate_limited=limited)
             wait = resume_wait(state, command.command_id, platform, delay, self.clock())
             if wait > 0:
                 log.info("🔄 %s will be retried automatically in %.1fs", label, wait,

@@ -20,7 +20,7 @@ from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, Platform
 from schemas.ids import attempt_id_for, derived_id
 from smartretry.bootstrap import graph_client
 from smartretry.settings import Settings
-from streams.handler import CommandHandler, HandlerConfig, OutcomeUnknown, backoff_delay
+from streams.handler import _WORK, CommandHandler, HandlerConfig, OutcomeUnknown, _Work, backoff_delay
 from streams.topics import Topics
 from tests.unit.test_fold import History
 
@@ -280,3 +280,31 @@ def test_a_rate_limit_that_gives_no_wait_is_waited_out_from_the_backoffs_cap() -
     assert max(transient) <= 8.0
     assert all(30.0 <= d <= 60.0 for d in limited)
     assert hinted == 3600.0  # the platform's own wait, when it gives one
+
+
+async def test_a_command_counts_as_waiting_only_while_every_platform_of_it_waits() -> None:
+    made = handler(SlowFacebook(), STARTED)
+    facebook_asleep, instagram_asleep, instagram_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[int] = []
+
+    async def platform(asleep: asyncio.Event, wake: asyncio.Event | None) -> None:
+        async with made._waiting():  # a backoff, or a platform's wait
+            asleep.set()
+            await (wake or instagram_done).wait()
+
+    async def command() -> None:
+        _WORK.set(_Work(branches=2))
+        work = _WORK.get()
+        facebook = asyncio.ensure_future(made._branch(work, platform(facebook_asleep, instagram_done)))
+        await facebook_asleep.wait()
+        seen.append(made._parked)  # Facebook waits, Instagram is at work: the command is at work
+        instagram = asyncio.ensure_future(made._branch(work, platform(instagram_asleep, None)))
+        await instagram_asleep.wait()
+        seen.append(made._parked)  # both wait
+        instagram_done.set()
+        await asyncio.gather(facebook, instagram)
+        seen.append(made._parked)
+
+    await asyncio.get_running_loop().create_task(command())
+
+    assert seen == [0, 1, 0]
