@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from projections.imported import without_secrets
 from projections.store import ProjectionStore, make_engine
 from publishers import redact
 from schemas.commands import PostContent
@@ -63,36 +64,41 @@ def test_a_token_stored_after_the_projector_started_is_scrubbed_from_its_dead_le
     assert store.applied_offsets(topics.post_events) == {0: 0}  # and the projector went on past it
 
 
-def imported_with(token: str) -> bytes:
+def imported_with(token: str, caption: str = "Autumn sale", post_id: str = "legacy-1") -> bytes:
     """An old-system document whose error text carries the account's token, as an old API error echoed it."""
     return encode(LegacyInsightsImported(
-        event_id="imported-1", post_id="legacy-1", occurred_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC),
+        event_id=f"imported-{post_id}", post_id=post_id, occurred_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC),
         publish_target="both", account="acme",
-        content=PostContent(caption=f"Autumn sale (debug {token})", image_url="https://cdn.example.com/a.jpg"),
+        content=PostContent(caption=caption, image_url="https://cdn.example.com/a.jpg"),
         document={"status": "failed", "error_message": f"facebook: Error validating access token {token}", "insights": {
             "publish_results": [{"platform": "facebook", "success": False,
                                  "error": f"Error validating access token {token}"},
                                 {"platform": "instagram", "success": True, "postId": "18107758234627017"}]}}))
 
 
-def test_a_stored_token_in_an_imported_document_reaches_neither_the_projection_nor_the_insights_topic(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def projector_with_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
+                          ) -> tuple[ProjectionStore, Producer, InsightsProjector]:
     store = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/projection.db"))
     store.create_schema()
     credentials = CredentialStore(store.engine, SECRET_KEY)
     credentials.create_schema()
-    # Not of Meta's shape, so only the stored tokens can tell it (the sandbox's tokens are like this).
-    token = "stored-token-" + uuid.uuid4().hex[:12]
     CredentialStore(store.engine, SECRET_KEY).set_token("acme", token, "1", None)
     monkeypatch.setattr(redact, "_known", OrderedDict())
     monkeypatch.setattr(redact, "_longest_first", ())
-    topics, producer = Topics(prefix="scrub."), Producer()
-    projector = InsightsProjector(store, topics, producer, credentials.stored_tokens)
+    producer = Producer()
+    return store, producer, InsightsProjector(store, Topics(prefix="scrub."), producer, credentials.stored_tokens)
+
+
+def test_a_stored_token_in_an_imported_document_reaches_neither_the_projection_nor_the_insights_topic(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not of Meta's shape, so only the stored tokens can tell it (the sandbox's tokens are like this).
+    token = "stored-token-" + uuid.uuid4().hex[:12]
+    store, producer, projector = projector_with_stored(tmp_path, monkeypatch, token)
 
     projector.project(0, [(0, b"legacy-1", imported_with(token))])
 
     [(topic, insights)] = producer.sent
-    assert topic == topics.insights and token not in insights.decode()
+    assert topic == "scrub.insights" and token not in insights.decode()
     state = store.get("legacy-1")
     assert state is not None and token not in state.model_dump_json()
     with store.engine.connect() as connection:
@@ -100,20 +106,49 @@ def test_a_stored_token_in_an_imported_document_reaches_neither_the_projection_n
     # What the old system said is kept, with the token out of it.
     assert state.document.error_message == "facebook: Error validating access token [redacted]"
     assert state.needed_action == {"facebook": "re-authenticate Facebook"}
-    assert state.content is not None and state.content.caption == "Autumn sale (debug [redacted])"
 
 
-def test_replay_takes_the_stored_tokens_out_of_imported_documents_as_the_projector_does(tmp_path: Path) -> None:
+def test_an_import_whose_content_carries_a_stored_token_is_dead_lettered_not_scrubbed_into_a_post(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     token = "stored-token-" + uuid.uuid4().hex[:12]
-    live, scratch = (ProjectionStore(make_engine(f"sqlite:///{tmp_path}/{name}.db")) for name in ("live", "scratch"))
-    for store in (live, scratch):
-        store.create_schema()
-    InsightsProjector(live, Topics(prefix="scrub."), Producer(), lambda: frozenset({token})).project(
-        0, [(0, b"legacy-1", imported_with(token))])
+    store, producer, projector = projector_with_stored(tmp_path, monkeypatch, token)
+
+    outcome = projector.project(0, [(0, b"legacy-1", imported_with(token, caption=f"Autumn sale (debug {token})")),
+                                    (1, b"legacy-2", imported_with(token, post_id="legacy-2"))])
+
+    # Scrubbed, a retry would publish "[redacted]": refused, with the reason, and the token out of the letter.
+    assert outcome.dead_letters == 1 and store.get("legacy-1") is None
+    [letter] = [json.loads(value) for topic, value in producer.sent if topic == "scrub.dead-letters"]
+    assert letter["reason"].startswith("LegacyInsightsImported imported-legacy-1: its content carries an access token "
+                                       "(in its caption)")
+    assert token not in json.dumps(letter) and letter["value_scrubbed"] is True
+    assert store.get("legacy-2") is not None  # the batch's other import goes on
+
+
+def test_a_stored_token_short_as_a_word_takes_no_words_or_fields_out_of_an_import() -> None:
+    document = {"status": "failed", "insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "status: the summer photo failed"}]}}
+    event = LegacyInsightsImported(event_id="e1", post_id="legacy-1", occurred_at=datetime(2025, 11, 17, tzinfo=UTC),
+                                   publish_target="facebook", document=document)
+
+    assert without_secrets(event, {"status", "summer"}) is event
+    cleaned = without_secrets(event, {"a-stored-token-0123456789", "status"})
+    assert cleaned is event  # nothing of it in the texts; keys are never touched
+
+
+def test_replay_takes_the_stored_tokens_out_of_imported_documents_as_the_projector_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "stored-token-" + uuid.uuid4().hex[:12]
+    live, _producer, projector = projector_with_stored(tmp_path, monkeypatch, token)
+    imports = [imported_with(token), imported_with(token, caption=f"debug {token}", post_id="legacy-2")]
+    projector.project(0, [(offset, b"key", value) for offset, value in enumerate(imports)])
+    scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch.db"))
+    scratch.create_schema()
 
     folder = _MemoryFold(scratch, secrets=(token,))
-    folder.fold([imported_with(token)])
+    folder.fold(list(imports))
     replayed = folder.finish({})
 
     assert token not in folder.states["legacy-1"].model_dump_json()
+    assert "legacy-2" not in folder.states  # refused as the live processor refused it
     assert replayed == live.fingerprints()
