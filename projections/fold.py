@@ -44,7 +44,17 @@ from pydantic import BaseModel
 
 from projections.state import AttemptState, CommandRecord, PostState, empty_state
 from publishers.redact import scrub_shapes
-from schemas.common import PLATFORM_LABELS, PLATFORMS, POLICY_BLOCK_CODE, ErrorKind, Platform, platforms_of, target_of
+from schemas.common import (
+    DESTINATIONS,
+    PLATFORM_LABELS,
+    PLATFORMS,
+    POLICY_BLOCK_CODE,
+    UNKNOWN_OBJECT_CODE,
+    ErrorKind,
+    Platform,
+    platforms_of,
+    target_of,
+)
 from schemas.events import (
     AttemptOutcomeUnknown,
     CommandDecided,
@@ -58,6 +68,11 @@ from schemas.events import (
 from schemas.insights import Insights, PostInsights, PostStatus, PublishResult
 
 FACEBOOK_POST_URL = "https://www.facebook.com/{post_id}"
+
+# What an attempt only someone who checks the platform can settle asks for, after "check Facebook for the post, ".
+RESOLVE_THE_ATTEMPT = "then resolve the attempt"
+# What a Page or Instagram account id Meta does not know asks for (the platform's word for it, then " id").
+RIGHT_ID = "connect the account again with its right "
 
 # Shown when a platform refused without saying why; the seed always has a message, old documents may not.
 UNKNOWN_ERROR = "publish failed"
@@ -291,7 +306,7 @@ def _on_outcome_unknown(state: PostState, event: AttemptOutcomeUnknown) -> None:
     kind = event.error.kind
     action = needed_action(event.platform, kind) if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
     if kind in (ErrorKind.INVALID_REQUEST, ErrorKind.INVALID_MEDIA):
-        action = f"check {PLATFORM_LABELS[event.platform]} for the post, then resolve the attempt"
+        action = f"check {PLATFORM_LABELS[event.platform]} for the post, {RESOLVE_THE_ATTEMPT}"
     _set_needed_action(state, event.platform, action)
 
 
@@ -579,6 +594,10 @@ def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None =
     if code == POLICY_BLOCK_CODE and kind is ErrorKind.INVALID_REQUEST:
         # (Recorded as transient by an earlier version, the service retries it by itself, so it asks nothing.)
         return f"wait until {label} lifts its temporary block, then retry"
+    if kind is ErrorKind.AUTH and code == UNKNOWN_OBJECT_CODE:
+        # Meta does not know the account's Page or Instagram account (or not through its token): a new token for
+        # the same wrong id would not help.
+        return f"{RIGHT_ID}{DESTINATIONS[platform]} id"
     if kind is ErrorKind.AUTH:
         return f"re-authenticate {label}"
     if kind is ErrorKind.PERMISSION:

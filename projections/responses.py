@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from projections.fold import counted_platforms
+from projections.fold import RIGHT_ID, counted_platforms
 from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
@@ -133,7 +133,11 @@ def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
                 not result.success and (result.error or "").startswith(NO_CREDENTIALS):
             # The account was never connected (or was removed): there is nothing to re-authenticate.
             action = f"connect account {state.account} with PUT /accounts/{state.account}/token"
-        if action.startswith(("re-authenticate ", "grant the missing permission ", "connect account ")) and \
+        if action.startswith(RIGHT_ID) and state.account is not None:
+            # As a publish without credentials is told (above): the account by name, and how to set it.
+            what = action.removeprefix(RIGHT_ID).removesuffix(" id")
+            action = f"set account {state.account}'s right {what} id with PUT /accounts/{state.account}/token"
+        if action.startswith(("re-authenticate ", "grant the missing permission ", "connect ", "set account ")) and \
                 state.in_flight(platform) is None:
             action += ", then retry"
         shown[platform] = action

@@ -10,7 +10,15 @@ from typing import Any
 import httpx
 
 from publishers.redact import scrub
-from schemas.common import PLATFORM_LABELS, POLICY_BLOCK_CODE, ErrorKind, Platform
+from schemas.common import (
+    DESTINATIONS,
+    PLATFORM_LABELS,
+    POLICY_BLOCK_CODE,
+    UNKNOWN_OBJECT_CODE,
+    UNKNOWN_OBJECT_SUBCODE,
+    ErrorKind,
+    Platform,
+)
 from schemas.events import PlatformError
 
 AUTH_CODES = frozenset({102, 190})
@@ -193,17 +201,18 @@ def _status_text(http_status: int | None) -> str:
         return "error"
 
 
-# Meta's "Object with ID ... does not exist, cannot be loaded due to missing permissions" (code 100, subcode 33).
-UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE = 100, 33
 
-
-def unreachable_account(error: PlatformError, what: str, node: str) -> PlatformError | None:
-    """An `auth` error in the user's terms when `error` says the account's Page or Instagram account (`what`, with
-    id `node`) is unknown to Meta or out of the token's reach, which no change to the post fixes; else None."""
+def unreachable_account(error: PlatformError, platform: Platform, node: str) -> PlatformError | None:
+    """An `auth` error in the user's terms when `error` says the account's Page or Instagram account (with id
+    `node`) is unknown to Meta or out of the token's reach, which no change to the post fixes; else None. Its
+    code stays Meta's 100: with `auth`, what the fold asks the user to do (`needed_action`)."""
     if (error.code, error.subcode) != (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE):
         return None
-    action = error.message.partition(" failed: ")[0]
+    action, said, _ = error.message.partition(" failed: ")
+    if not said:
+        action = f"{PLATFORM_LABELS[platform]} call"
+    what = DESTINATIONS[platform]
     status = f"{error.http_status} - " if error.http_status is not None else ""
     return error.model_copy(update={"kind": ErrorKind.AUTH, "message": (
-        f"{action} failed: {status}the {what} {node} cannot be used with the account's token (Meta does not know it, "
-        f"or the token has no access to it): connect the account again with its {what}'s right id")[:2000]})
+        f"{action[:200]} failed: {status}the {what} {node[:100]} cannot be used with the account's token (Meta does "
+        f"not know it, or the token has no access to it): connect the account again with its {what}'s right id")})

@@ -218,7 +218,7 @@ class FacebookPagePublisher:
             )
         except GraphCallFailed as failed:
             # A Page id Meta does not know (or not through this token) is the account's to fix, not the post's.
-            unreachable = unreachable_account(failed.error, "Page", account.page_id or "")
+            unreachable = unreachable_account(failed.error, "facebook", account.page_id or "")
             if unreachable is None:
                 raise
             raise GraphCallFailed(unreachable, outcome_unknown=failed.outcome_unknown) from None

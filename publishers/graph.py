@@ -44,7 +44,7 @@ def created_id(body: Mapping[str, Any], *keys: str, action: str) -> str:
             return str(value)
     raise GraphCallFailed(PlatformError(
         kind=ErrorKind.TRANSIENT, http_status=200,
-        message=f"{action} failed: 200 - the platform's answer named no {keys[0]}"), outcome_unknown=True)
+        message=f"{action} failed: 200 - the platform's answer named no {' or '.join(keys)}"), outcome_unknown=True)
 
 
 class GraphApi:

@@ -92,7 +92,7 @@ class InstagramPublisher:
         except GraphCallFailed as failed:
             # A container whose creation went unanswered is never published by itself: nothing went out. An Instagram
             # account Meta does not know (or not through this token) is the account's to fix, not the post's.
-            return PublishOutcome.failed("instagram", unreachable_account(failed.error, "Instagram account", ig_user)
+            return PublishOutcome.failed("instagram", unreachable_account(failed.error, "instagram", ig_user)
                                          or failed.error)
         # The container must be on record before it is published: a crash after media_publish is resolved
         # through it.

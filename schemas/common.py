@@ -14,6 +14,10 @@ PLATFORMS: tuple[Platform, ...] = ("facebook", "instagram")
 PublishTarget = Literal["facebook", "instagram", "both"]
 
 PLATFORM_LABELS: dict[str, str] = {"facebook": "Facebook", "instagram": "Instagram"}
+# Where each platform's posts go, as the user knows it: what an account connects for it.
+DESTINATIONS: dict[str, str] = {"facebook": "Page", "instagram": "Instagram account"}
+# Meta's "Object with ID ... does not exist, cannot be loaded due to missing permissions" (code 100, subcode 33).
+UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE = 100, 33
 
 
 def platforms_of(target: PublishTarget) -> tuple[Platform, ...]:

@@ -40,7 +40,7 @@ from projections.decide import (
     retry_preview,
     reuses_command_id,
 )
-from projections.fold import FACEBOOK_POST_URL
+from projections.fold import FACEBOOK_POST_URL, RESOLVE_THE_ATTEMPT
 from projections.responses import (
     attempts_by_platform,
     needed_actions,
@@ -486,7 +486,7 @@ class FrontDoor:
         if age < lease:
             # Where the look-up cannot tell (no caption to match, another post's of the same caption), only an
             # operator settles it: the service does not.
-            settles = "" if "resolve the attempt" in state.needed_action.get(body.platform, "") else \
+            settles = "" if state.needed_action.get(body.platform, "").endswith(RESOLVE_THE_ATTEMPT) else \
                 "the service settles it itself, or "
             raise HTTPException(409, f"{PLATFORM_LABELS[body.platform]} attempt {waiting.attempt_id} started "
                                      f"{age:.0f}s ago and may still be under way: {settles}it can be resolved once it "

@@ -307,7 +307,7 @@ def reset_projection(
         running = _service_running(settings)
     except CannotTell as exc:
         if not force:
-            retry = "Set it" if "not set" in str(exc) else "Try again once the broker answers"
+            retry = "Set it" if isinstance(exc, CannotAsk) else "Try again once the broker answers"
             typer.echo(f"error: {exc}: it may be running. {retry}, or add --force if you know the service is "
                        "stopped", err=True)
             raise typer.Exit(2) from None
@@ -334,6 +334,10 @@ class CannotTell(Exception):
     """The broker could not say whether the service's consumers are up."""
 
 
+class CannotAsk(CannotTell):
+    """There is no broker to ask: `KAFKA_BOOTSTRAP_SERVERS` is not set."""
+
+
 def _service_running(settings: Settings) -> str | None:
     """Why the service looks to be running, or None: `run`'s broker holding its data directory, or members in
     the projector's or the handler's consumer group (a static member stays up to its session timeout). Raises
@@ -349,7 +353,7 @@ def _service_running(settings: Settings) -> str | None:
         if (data_dir / LOCK_FILE).exists():
             return None  # `run`'s own broker, stopped: so is the service it ran
         # A service on another broker (a shell without the deployment's settings) cannot be asked about.
-        raise CannotTell(f"KAFKA_BOOTSTRAP_SERVERS is not set and `smartretry run` has kept no broker data in "
+        raise CannotAsk(f"KAFKA_BOOTSTRAP_SERVERS is not set and `smartretry run` has kept no broker data in "
                          f"{data_dir}, so the broker the service uses cannot be asked whether its consumers are up")
     groups = [f"{settings.topic_prefix}projector", f"{settings.topic_prefix}command-handler"]
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from projections.decide import Decision, decide, resolution_refusal, reuses_command_id
-from projections.fold import apply_all, unresolved
+from projections.fold import RESOLVE_THE_ATTEMPT, apply_all, unresolved
 from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
@@ -30,7 +30,7 @@ from schemas.commands import (
     ResolveAttemptRequested,
     RetryRequested,
 )
-from schemas.common import PLATFORM_LABELS, ErrorKind, Platform
+from schemas.common import DESTINATIONS, PLATFORM_LABELS, ErrorKind, Platform
 from schemas.envelope import decode_command, encode, undecodable
 from schemas.events import (
     AttemptOutcomeUnknown,
@@ -54,8 +54,6 @@ T = TypeVar("T")
 CONSUMER_NAME = "command-handler"
 # How the post says why an attempt left without an answer to trust is looked up (the call's own reason first).
 CHECKING = "; checking whether the post went out before publishing again"
-# Where each platform's posts go, in words.
-DESTINATIONS: dict[Platform, str] = {"facebook": "Page", "instagram": "Instagram account"}
 
 
 class ProjectionReader(Protocol):
@@ -1099,7 +1097,7 @@ class CommandHandler:
                             message=f"{label} post lookup could not tell: another post with the same caption, "
                                     f"published to the same {DESTINATIONS[attempt.platform]} at the same time, "
                                     "is waiting to be told apart from this one: check "
-                                    f"{label} for the post, then resolve the attempt (smartretry resolve)"))
+                                    f"{label} for the post, {RESOLVE_THE_ATTEMPT} (smartretry resolve)"))
             self._drop_misdirected_resolutions(state, attempt.platform)
             resolution = self._resolution_for(state, attempt.platform)
             age = (self.clock() - attempt.started_at).total_seconds()

@@ -285,7 +285,7 @@ async def test_a_facebook_publish_answered_without_an_id_leaves_its_outcome_unkn
 
     # Not a success with the post id "None" (the page would link to facebook.com/None): looked up instead.
     assert not outcome.success and outcome.outcome_unknown and outcome.platform_post_id is None
-    assert outcome.error is not None and "answer named no post_id" in outcome.error.message
+    assert outcome.error is not None and "answer named no post_id or id" in outcome.error.message
 
 
 INSTAGRAM_SERVER_ERROR = {"error": {"message": "An unknown error occurred", "code": 2, "error_subcode": 2207001,
@@ -323,7 +323,10 @@ async def test_an_instagram_publish_refused_at_connect_after_a_server_error_stay
 
 @pytest.mark.parametrize(("endpoint", "unknown"), [("media", False), ("media_publish", True)])
 async def test_an_instagram_call_answered_without_an_id_is_no_success(endpoint: str, unknown: bool) -> None:
+    calls: list[str] = []
+
     def graph(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path.rsplit("/", 1)[-1])
         if request.url.path.endswith(f"/{endpoint}"):
             return httpx.Response(200, json={"id": None})
         if request.url.path.endswith("/media"):
@@ -339,9 +342,11 @@ async def test_an_instagram_call_answered_without_an_id_is_no_success(endpoint: 
         outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
             content, account, attempt_id="a1")
 
-    # A container with no id was never published (a plain failure); a publish with no media id may have
-    # published it (looked up through the container).
+    # A container with no id was never published (a plain failure: nothing more is called); a publish with no
+    # media id may have published it (looked up through the container).
     assert not outcome.success and outcome.outcome_unknown is unknown and outcome.platform_post_id is None
+    assert outcome.error is not None and "the platform's answer named no id" in outcome.error.message
+    assert ("media_publish" in calls) is unknown
 
 
 def test_instagrams_daily_publishing_limit_is_waited_out_in_hours_not_minutes() -> None:

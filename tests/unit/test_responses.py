@@ -13,6 +13,7 @@ from projections.responses import (
 )
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
+from schemas.events import PlatformError, PlatformResult
 from tests.unit.test_fold import CONTENT, SEED_FAILED_DOCUMENT, History
 
 
@@ -171,3 +172,21 @@ def test_what_is_needed_is_listed_facebook_first_whichever_failed_first() -> Non
     history.failure("instagram", attempts["instagram"], "Session has expired", ErrorKind.AUTH)
     history.failure("facebook", attempts["facebook"], "Missing or invalid image file", ErrorKind.INVALID_MEDIA)
     assert list(needed_actions(history.state(), max_attempts=5)) == ["facebook", "instagram"]
+
+
+def test_a_page_meta_does_not_know_asks_to_connect_the_account_with_its_right_page_id() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.events.append(PlatformResult(
+        event_id="wrong-page", post_id=history.post_id, occurred_at=history.at, platform="facebook",
+        attempt_id=attempts["facebook"], success=False, error=PlatformError(
+            kind=ErrorKind.AUTH, code=100, subcode=33, http_status=400,
+            message="Facebook photo upload failed: 400 - the Page 222222222222222 cannot be used with the account's "
+                    "token (Meta does not know it, or the token has no access to it): connect the account again "
+                    "with its Page's right id")))
+    state = history.state()
+
+    # Not "re-authenticate Facebook": a new token for the same wrong Page would fail the same way.
+    assert state.needed_action == {"facebook": "connect the account again with its right Page id"}
+    assert needed_actions(state, max_attempts=5) == {
+        "facebook": "set account acct-1's right Page id with PUT /accounts/acct-1/token, then retry"}
