@@ -260,6 +260,20 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
     assert after is not None and after.status == "publishing" and after.needed_action == {}
 
 
+async def looked_up_twice_within_the_lease(history: History, state: PostState) -> tuple[PostState, list[Event]]:
+    """The post after its attempt was looked up twice 40 s into its lease, finding no post; and what was sent."""
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(None), history, sent)
+    made.clock = lambda: attempt.started_at + timedelta(seconds=40)
+    for _ in range(2):
+        with pytest.raises(OutcomeUnknown):
+            await made._resolve_interrupted(state)
+        state = apply_all(state, sent) or state
+    return state, sent
+
+
 async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_answer_to_trust() -> None:
     history = History()
     attempts = history.publish(target="facebook")
@@ -268,16 +282,8 @@ async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_a
                     "Facebook photo upload failed: 500 - An unknown error occurred; checking whether the post went out "
                     "before publishing again")
     state = apply_all(None, history.events)
-    attempt = state.in_flight("facebook") if state is not None else None
-    assert state is not None and attempt is not None
-    sent: list[Event] = []
-    made = handler(Credentials(), Lookups(None), history, sent)
-    made.clock = lambda: attempt.started_at + timedelta(seconds=40)
-
-    for _ in range(2):
-        with pytest.raises(OutcomeUnknown):
-            await made._resolve_interrupted(state)
-        state = apply_all(state, sent) or state
+    assert state is not None
+    state, sent = await looked_up_twice_within_the_lease(history, state)
 
     (unknown,) = sent  # said once
     assert isinstance(unknown, AttemptOutcomeUnknown)
@@ -338,16 +344,7 @@ async def test_once_re_authenticated_the_post_stops_asking_for_it_while_it_waits
     history.unknown("facebook", attempts["facebook"])  # the look-up was refused for the token
     state = apply_all(None, history.events)
     assert state is not None and state.needed_action == {"facebook": "re-authenticate Facebook"}
-    attempt = state.in_flight("facebook")
-    assert attempt is not None
-    sent: list[Event] = []
-    made = handler(Credentials(), Lookups(None), history, sent)  # renewed: the look-up goes through, no post yet
-    made.clock = lambda: attempt.started_at + timedelta(seconds=40)
-
-    for _ in range(2):
-        with pytest.raises(OutcomeUnknown):
-            await made._resolve_interrupted(state)
-        state = apply_all(state, sent) or state
+    state, sent = await looked_up_twice_within_the_lease(history, state)  # renewed: the look-up goes through
 
     (unknown,) = sent  # said once
     assert isinstance(unknown, AttemptOutcomeUnknown) and unknown.error.kind is ErrorKind.TRANSIENT

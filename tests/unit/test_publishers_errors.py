@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from publishers import redact
-from publishers.base import AccountCredentials
+from publishers.base import AccountCredentials, PublishOutcome
 from publishers.errors import (
     APP_USAGE_FULL_WAIT_S,
     classify,
@@ -250,18 +251,23 @@ async def test_tokens_travel_in_the_authorization_header_never_in_the_url_or_bod
         assert "secret" not in str(request.url) and b"secret" not in request.content
 
 
-@pytest.mark.parametrize("answer", [b"", b"<html>upstream</html>", b'["1"]'])
-async def test_an_unreadable_success_answer_to_a_publish_leaves_its_outcome_unknown(answer: bytes) -> None:
+async def facebook_photo_answered(answer: httpx.Response) -> PublishOutcome:
+    """A Facebook photo publish whose photo call gets `answer` (the Page token call answers as Meta does)."""
     def graph(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v24.0/747917475065823":
             return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
-        return httpx.Response(200, content=answer)
+        return answer
 
     account = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", None)
     content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
     async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
-        outcome = await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").publish(
+        return await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").publish(
             content, account, attempt_id="a1")
+
+
+@pytest.mark.parametrize("answer", [b"", b"<html>upstream</html>", b'["1"]'])
+async def test_an_unreadable_success_answer_to_a_publish_leaves_its_outcome_unknown(answer: bytes) -> None:
+    outcome = await facebook_photo_answered(httpx.Response(200, content=answer))
 
     # Facebook took the photo call: the post may exist, so it is looked up before any new publish, never
     # recorded as a failure the user would retry into a second post.
@@ -272,20 +278,21 @@ async def test_an_unreadable_success_answer_to_a_publish_leaves_its_outcome_unkn
 
 @pytest.mark.parametrize("answer", [{}, {"id": None}, {"id": ""}, {"post_id": None, "id": True}])
 async def test_a_facebook_publish_answered_without_an_id_leaves_its_outcome_unknown(answer: dict) -> None:
-    def graph(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v24.0/747917475065823":
-            return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
-        return httpx.Response(200, json=answer)
-
-    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", None)
-    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
-        outcome = await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").publish(
-            content, account, attempt_id="a1")
+    outcome = await facebook_photo_answered(httpx.Response(200, json=answer))
 
     # Not a success with the post id "None" (the page would link to facebook.com/None): looked up instead.
     assert not outcome.success and outcome.outcome_unknown and outcome.platform_post_id is None
     assert outcome.error is not None and "answer named no post_id or id" in outcome.error.message
+
+
+async def instagram_publish_through(graph: Callable[[httpx.Request], httpx.Response]) -> PublishOutcome:
+    """An Instagram publish against the Graph API `graph` stands in for, its container polled at once."""
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), None, "17841400000000001")
+    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
+    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        return await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            content, account, attempt_id="a1")
 
 
 INSTAGRAM_SERVER_ERROR = {"error": {"message": "An unknown error occurred", "code": 2, "error_subcode": 2207001,
@@ -310,12 +317,7 @@ async def test_an_instagram_publish_refused_at_connect_after_a_server_error_stay
             return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
         return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
 
-    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), None, "17841400000000001")
-    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
-    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=1)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
-        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
-            content, account, attempt_id="a1")
+    outcome = await instagram_publish_through(graph)
 
     assert len(publishes) == 2
     assert not outcome.success and outcome.outcome_unknown and outcome.container_id == "17889455560051444"
@@ -335,12 +337,7 @@ async def test_an_instagram_call_answered_without_an_id_is_no_success(endpoint: 
             return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
         return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
 
-    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), None, "17841400000000001")
-    content = PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg")
-    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=1)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
-        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
-            content, account, attempt_id="a1")
+    outcome = await instagram_publish_through(graph)
 
     # A container with no id was never published (a plain failure: nothing more is called); a publish with no
     # media id may have published it (looked up through the container).
