@@ -201,6 +201,10 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
         console.print(f"Post {response['post']['id']}: accepted, no results yet. "
                       f"See `smartretry show {response['post']['id']}`.", highlight=False)
     else:
+        # The seed's console line for the command ("🔄 Smart retry: Publishing only to Facebook (...)"), once decided.
+        entry = next((h for h in detail.get("history", []) if h.get("command_id") == response.get("command_id")), None)
+        if entry is not None and entry.get("note"):
+            console.print(entry["note"], highlight=False)
         print_post(detail, api.page_url(detail["id"]))
     # With --json, stdout is the JSON alone (for a script): what is said besides goes to stderr.
     said = errors if as_json else console

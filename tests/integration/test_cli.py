@@ -360,6 +360,8 @@ def test_publish_and_retry_exit_with_1_when_the_post_ends_failed_and_0_once_it_i
                                      "--wait", "60"], env=env)
     assert fixed.exit_code == 0, fixed.output
     assert "Status: ✅ Posted" in fixed.output
+    # The seed's console line, before the post: what the retry chose to publish.
+    assert fixed.output.splitlines()[0] == "🔄 Smart retry: Publishing to Facebook (Facebook failed)"
 
 
 def test_on_a_narrow_terminal_dead_letters_are_listed_two_lines_each_with_their_reason_whole(
