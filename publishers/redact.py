@@ -108,6 +108,15 @@ MIN_MATCHED_TOKEN = 16
 _WHOLE_TOKEN = re.compile(r"(?<![A-Za-z0-9])EAA[A-Za-z0-9]{40,}(?![A-Za-z0-9])")
 
 
+def without_tokens(value: str, tokens: Collection[str]) -> str:
+    """`value` with each token `secret_value` would find in it (one of `tokens`, longest first, or a whole one of
+    Meta's shape) replaced by `[redacted]`, and nothing else: for text that is published, where `scrub`'s patterns
+    would take out words ("access_token: ask us")."""
+    for token in sorted((t for t in tokens if len(t) >= MIN_MATCHED_TOKEN), key=len, reverse=True):
+        value = value.replace(token, REDACTED)
+    return _WHOLE_TOKEN.sub(lambda m: REDACTED if _looks_like_a_token(m.group()) else m.group(), value)
+
+
 def _looks_like_a_token(word: str) -> bool:
     rest = word[3:]
     return any(c.isdigit() for c in rest) and any(c.islower() for c in rest) and any(c.isupper() for c in rest)

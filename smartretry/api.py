@@ -41,6 +41,7 @@ from projections.decide import (
     reuses_command_id,
 )
 from projections.fold import FACEBOOK_POST_URL, RESOLVE_THE_ATTEMPT
+from projections.imported import taken_out
 from projections.responses import (
     attempts_by_platform,
     needed_actions,
@@ -409,8 +410,14 @@ class FrontDoor:
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
-        await self._check_no_secret(command.content, command_id=body.command_id if body is not None else None,
+        # What it would publish: the correction merged into the post's content, else the post's own (which can
+        # carry a token stored since it was imported, or "[redacted]" where one was taken out).
+        publishing = command.content if command.content is not None else state.content
+        await self._check_no_secret(publishing, command_id=body.command_id if body is not None else None,
                                     reason=body.reason if isinstance(body, RepublishBody) else None)
+        if (why := taken_out(state, publishing)) is not None:
+            field = why.split(" ", 1)[0].removeprefix("content.")
+            raise HTTPException(422, [{"loc": ["body", "content", field], "type": "token_taken_out", "msg": why}])
         # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.
         decision = decide(state, command)
         if decision.reject_reason:

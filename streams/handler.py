@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from projections.decide import Decision, decide, resolution_refusal, reuses_command_id
 from projections.fold import RESOLVE_THE_ATTEMPT, apply_all, unresolved
+from projections.imported import taken_out
 from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
@@ -745,7 +746,8 @@ class CommandHandler:
             # content it would publish (a retry's correction, else the post's own): published, anyone could read
             # it; recorded, the post's events would keep it. Refused before anything is written: its dead letter
             # keeps the message with the token scrubbed out.
-            carrying = _token_in(_content_for(state, command) if state is not None else command.content, tokens)
+            publishing = _content_for(state, command) if state is not None else command.content
+            carrying = _token_in(publishing, tokens) or taken_out(state, publishing)
             if carrying is not None:
                 decision = replace(decision, reject_reason=carrying)
         if decision.reject_reason:

@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from projections.imported import refused_import, without_secrets
+from projections.imported import without_secrets
 from projections.state import PostState
 from projections.store import ProjectionStore, make_engine
 from publishers.redact import scrub
@@ -102,18 +102,11 @@ class InsightsProjector:
             except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the projector goes on
                 refused.append((undecodable(exc), offset, key, value))
         if any(type(event) is LegacyInsightsImported for _, event in events):
-            # An imported document may carry one of the accounts' tokens in an old error text: out of it before
-            # the post, the insights topic and the pages get it; one in its content refuses the import (imports
-            # are rare: one store read for them). Only the stored tokens, which replay reads too.
+            # An imported document may carry one of the accounts' tokens in an old error text or its content: out
+            # of it before the post, the insights topic and the pages get it (imports are rare: one store read for
+            # them). Only the stored tokens, which replay reads too.
             secrets = frozenset(self.known_tokens()) if self.known_tokens is not None else frozenset[str]()
-            by_offset = {offset: (key, value) for offset, key, value in records}
-            kept: list[tuple[int, Event]] = []
-            for offset, event in events:
-                if (reason := refused_import(event, secrets)) is not None:
-                    refused.append((reason, offset, *by_offset[offset]))
-                else:
-                    kept.append((offset, without_secrets(event, secrets)))
-            events = kept
+            events = [(offset, without_secrets(event, secrets)) for offset, event in events]
         rejects: list[tuple[int, Event, str]] = []
         outcome = BatchOutcome(applied=len(events))
         errors: list[str] = []

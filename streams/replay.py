@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from projections.fold import apply_valid
-from projections.imported import refused_import, without_secrets
+from projections.imported import without_secrets
 from projections.state import PostState
 from projections.store import Offsets, ProjectionStore, digest_of, make_engine, same_database
 from schemas.envelope import decode_event
@@ -251,8 +251,6 @@ class _MemoryFold:
             except Exception:  # whatever the live processor dead-lettered (`undecodable`)
                 continue  # a dead letter of the live processor: not part of the projection
             if type(event) is LegacyInsightsImported:
-                if refused_import(event, self.secrets) is not None:
-                    continue  # dead-lettered by the live processor, as it is refused here
                 event = without_secrets(event, self.secrets)
             by_post.setdefault(event.post_id, []).append(event)
         states = self.states

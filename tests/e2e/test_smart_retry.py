@@ -185,9 +185,9 @@ def test_a_retry_that_would_publish_a_stored_token_in_the_posts_own_content_is_r
     assert service._producer.flush(30) == 0
     service.wait_for(post_id, lambda s: s.legacy)
     service.stores.credentials.set_token("another-shop", token, "111222333", None)
-    # Imported once the token is stored, the same content is refused to the dead letters.
-    refused = new_id()
-    service._producer.produce(service.topics.post_events, key=refused.encode(), value=encode(imported(refused)))
+    # Imported once the token is stored, the same content is imported with the token taken out.
+    scrubbed = new_id()
+    service._producer.produce(service.topics.post_events, key=scrubbed.encode(), value=encode(imported(scrubbed)))
     assert service._producer.flush(30) == 0
 
     retry = service.retry(post_id)  # no correction: it would publish the post's own content
@@ -199,10 +199,17 @@ def test_a_retry_that_would_publish_a_stored_token_in_the_posts_own_content_is_r
     state = service.wait_for(post_id, lambda s: s.legacy)
     assert retry.command_id not in state.commands and state.status == "failed"
     assert _counts(service) == (0, 0)  # nothing published
-    while f"{refused}:import: its content carries an access token (in its caption)" not in service.projector.output():
-        assert time.monotonic() < deadline, "the import was not refused"
+    imported_scrubbed = service.wait_for(scrubbed, lambda s: s.legacy)
+    assert imported_scrubbed.content is not None and imported_scrubbed.content.caption == "our token [redacted]"
+    # Its retry would publish "[redacted]": refused until the caption is corrected.
+    service.retry(scrubbed)
+    deadline = time.monotonic() + 60
+    while "content.caption had an access token taken out" not in service.handler.output():
+        assert time.monotonic() < deadline, "the retry of the scrubbed import was not refused"
         time.sleep(0.2)
-    assert service.stores.projection.get(refused) is None
+    corrected = service.retry(scrubbed, PostContent(caption="our autumn sale", image_url=FIXED.image_url))
+    assert service.wait_command(scrubbed, corrected.command_id).status == "posted"
+    assert _counts(service) == (1, 0)  # the corrected caption, on Facebook only
 
 
 def test_commands_sent_straight_to_kafka_with_a_stored_token_in_an_id_or_note_are_refused(service: Service) -> None:

@@ -38,11 +38,13 @@ from schemas.events import (
     AttemptOutcomeUnknown,
     CommandDecided,
     Event,
+    LegacyInsightsImported,
     PlatformError,
     PlatformResult,
     PostSubmitted,
     PublishAttempted,
 )
+from schemas.ids import new_id
 from smartretry import api as api_module
 from smartretry.api import ApiServer, create_app, serve, serve_in_thread
 from smartretry.bootstrap import Stores, open_stores
@@ -1117,3 +1119,32 @@ def test_a_refused_field_is_told_in_the_services_own_words(api: RunningApi) -> N
     (error,) = answer.json()["detail"]
     assert error["loc"] == ["body", "content", "image_url"]
     assert "http(s) URL" in error["msg"] and not error["msg"].startswith("Value error")
+
+
+@pytest.mark.parametrize("stored_since", [False, True], ids=["taken out at import", "stored since the import"])
+def test_a_retry_that_would_publish_an_imported_posts_token_is_refused_until_corrected(
+        api: RunningApi, stored_since: bool) -> None:
+    token = "another-shops-token-" + new_id()[-12:]
+    api.stores.credentials.set_token("acme", "acme-user-token-0001", "1", "2")
+    # As the projector folds the import: the token taken out of the caption, or still there when the projector
+    # did not know it yet.
+    caption = f"Autumn sale {token}" if stored_since else "Autumn sale [redacted]"
+    store_events(api, [LegacyInsightsImported(
+        event_id="imported-1", post_id="legacy-1", occurred_at=AT, publish_target="facebook", account="acme",
+        content=PostContent(caption=caption, image_url="https://cdn.example.com/a.jpg"),
+        document={"status": "failed", "insights": {"publish_results": [
+            {"platform": "facebook", "success": False, "error": "Facebook photo upload failed: 500"}]}})])
+    if stored_since:
+        api.stores.credentials.set_token("another-shop", token, "3", None)
+
+    refused = api.client.post("/posts/legacy-1/retry", json={})
+
+    # At once, with what to correct: not a 202 for a retry the handler would refuse.
+    assert refused.status_code == 422, refused.text
+    [problem] = refused.json()["detail"]
+    assert problem["loc"] == ["body", "content", "caption"]
+    assert ("contains an access token" if stored_since else "had an access token taken out") in problem["msg"]
+    assert token not in refused.text
+    assert_nothing_on_commands(api)
+    corrected = api.client.post("/posts/legacy-1/retry", json={"content": {"caption": "Autumn sale"}})
+    assert corrected.status_code == 202, corrected.text
