@@ -162,7 +162,7 @@ def api_client(api_url: str | None) -> Iterator[Api]:
     except ApiError as exc:
         _error(str(exc))
         if (again := _again(exc)) is not None:
-            errors.print(again)
+            errors.print(again, soft_wrap=True)  # the options on one line, to copy whole
         raise typer.Exit(1) from None
     finally:
         api.close()
@@ -177,8 +177,9 @@ def _again(exc: ApiError) -> str | None:
     if "command_id" not in named:
         return None
     options = f"--command-id {named['command_id']}" + (f" --post-id {named['post_id']}" if "post_id" in named else "")
-    return (f"Run the same command again with {options} added: it is then the same command, which cannot publish "
-            "twice (without them, a new command could).")
+    them = "them" if "post_id" in named else "it"
+    return (f"To send it again as the same command, which cannot publish twice (without {them}, a new command could), "
+            f"run the same command line with these added:\n  {options}")
 
 
 def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -1117,14 +1117,18 @@ class CommandHandler:
             if found is not None and not found.success:
                 assert found.error is not None
                 known = attempt.lookup_error
-                if known is None or (known.kind, known.message) != (found.error.kind, found.error.message):
-                    # The post shows why it is still publishing, and what would unblock it (once per reason: the
-                    # reason the call itself left, "no answer", gives way to the look-up's own).
+                if known is None or known.kind != found.error.kind or not known.message.endswith(found.error.message):
+                    # The post shows why it is still publishing, and what would unblock it (once per reason). The
+                    # reason the call itself left ("...: 500 - ...") stays in view before the look-up's own.
+                    telling = found.error
+                    if known is not None and known.message.endswith(CHECKING):
+                        telling = telling.model_copy(update={
+                            "message": f"{known.message[:-len(CHECKING)][:900]}; {telling.message}"[:2000]})
                     log.warning("%s cannot tell whether attempt %s went out: %s", label, attempt.attempt_id,
                                 found.error.message, extra=context)
                     await self.emit(AttemptOutcomeUnknown(
                         event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
-                        platform=attempt.platform, attempt_id=attempt.attempt_id, error=found.error))
+                        platform=attempt.platform, attempt_id=attempt.attempt_id, error=telling))
                 if found.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
                     # Nothing changes until someone re-authenticates: say so, and ask less often.
                     raise OutcomeUnknown(

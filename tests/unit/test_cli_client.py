@@ -45,7 +45,7 @@ def test_a_command_kafka_may_still_take_is_sent_again_as_the_cli_says(monkeypatc
 
     assert first.exit_code == 1
     # Options this command has: the API's "command_id" and "post_id" are the command line's --command-id and --post-id.
-    assert "Run the same command again with --command-id cmd-7 --post-id post-7 added" in first.output
+    assert "run the same command line with these added:\n  --command-id cmd-7 --post-id post-7\n" in first.output
     again = CliRunner().invoke(app, [*line, "--command-id", "cmd-7", "--post-id", "post-7"])
     assert again.exit_code == 1
     assert bodies[1] == {**bodies[0], "command_id": "cmd-7", "post_id": "post-7"}

@@ -292,6 +292,30 @@ async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_a
         "may still be under way, so it is looked up again when its lease ends, and published again if none shows")
 
 
+async def test_a_look_up_that_fails_too_keeps_the_calls_own_reason_in_view_and_says_it_once() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT,
+                    "Facebook photo upload failed: 500 - Service temporarily unavailable; checking whether the post "
+                    "went out before publishing again")
+    state = apply_all(None, history.events)
+    assert state is not None
+    sent: list[Event] = []
+    failing = Lookups(PublishOutcome.failed("facebook", PlatformError(
+        kind=ErrorKind.TRANSIENT, http_status=500, message="Facebook post lookup failed: 500 - An unknown error")))
+    made = handler(Credentials(), failing, history, sent)
+
+    for _ in range(2):
+        with pytest.raises(OutcomeUnknown):
+            await made._resolve_interrupted(state)
+        state = apply_all(state, sent) or state
+
+    (unknown,) = sent
+    assert isinstance(unknown, AttemptOutcomeUnknown) and unknown.error.message == (
+        "Facebook photo upload failed: 500 - Service temporarily unavailable; Facebook post lookup failed: 500 - An "
+        "unknown error")
+
+
 async def test_past_the_lease_a_look_up_that_finds_no_post_records_a_failure_that_says_so() -> None:
     history, state = interrupted()
     sent: list[Event] = []

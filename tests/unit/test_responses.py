@@ -13,7 +13,7 @@ from projections.responses import (
 )
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
-from schemas.events import PlatformError, PlatformResult
+from schemas.events import AttemptOutcomeUnknown, PlatformError, PlatformResult
 from tests.unit.test_fold import CONTENT, SEED_FAILED_DOCUMENT, History
 
 
@@ -190,3 +190,17 @@ def test_a_page_meta_does_not_know_asks_to_connect_the_account_with_its_right_pa
     assert state.needed_action == {"facebook": "connect the account again with its right Page id"}
     assert needed_actions(state, max_attempts=5) == {
         "facebook": "set account acct-1's right Page id with PUT /accounts/acct-1/token, then retry"}
+
+
+def test_a_look_up_refused_for_a_page_meta_does_not_know_asks_for_the_right_page_id_too() -> None:
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.events.append(AttemptOutcomeUnknown(
+        event_id="wrong-page-lookup", post_id=history.post_id, occurred_at=history.at, platform="facebook",
+        attempt_id=attempts["facebook"], error=PlatformError(
+            kind=ErrorKind.AUTH, code=100, subcode=33, http_status=400,
+            message="Facebook post lookup failed: 400 - the Page 999999999 cannot be used with the account's token "
+                    "(Meta does not know it, or the token has no access to it): connect the account again with its "
+                    "Page's right id")))
+
+    assert history.state().needed_action == {"facebook": "connect the account again with its right Page id"}
