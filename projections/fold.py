@@ -69,6 +69,10 @@ from schemas.insights import Insights, PostInsights, PostStatus, PublishResult
 
 FACEBOOK_POST_URL = "https://www.facebook.com/{post_id}"
 
+# The content's fields, and the document's key where the projector lists those a token was taken out of.
+CONTENT_FIELDS = ("caption", "image_url", "link")
+TAKEN_OUT = "smartretry_taken_out"
+
 # What an attempt only someone who checks the platform can settle asks for, after "check Facebook for the post, ".
 RESOLVE_THE_ATTEMPT = "then resolve the attempt"
 # What a Page or Instagram account id Meta does not know asks for (the platform's word for it, then " id").
@@ -397,6 +401,11 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         document.get("error_message"), str) else None
     state.legacy_post_url = _legacy_text(document.get("post_url")) if isinstance(document.get("post_url"), str) \
         else None
+    if event.content is not None:
+        # The fields the import's own content lost a token from (`projections.imported` says so in the document);
+        # a content imported again, without them, clears them.
+        marked = document.get(TAKEN_OUT)
+        state.taken_out = sorted(f for f in marked if f in CONTENT_FIELDS) if isinstance(marked, list) else []
     counted = dict(state.legacy_attempts)
     for result in results:
         counted[result.platform] = counted.get(result.platform, 0) + 1

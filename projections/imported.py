@@ -7,8 +7,9 @@ projector and replay take them out with the tokens they read from the credential
 sees the event. Only texts change, never whether the post exists: a projection rebuilt after a token was
 stored has the same posts, with less in their texts.
 
-The content an import brings (what a retry publishes) has its tokens replaced by "[redacted]" too; a retry
-that would publish such a field as it is, is refused until the retry corrects it (`taken_out`).
+The content an import brings (what a retry publishes) loses its tokens too, and the fields that lost one are
+listed for the fold (`TAKEN_OUT` in the document): a retry that would publish one of them as it is, is
+refused until the retry corrects it (`taken_out`).
 """
 
 from __future__ import annotations
@@ -16,17 +17,25 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from pydantic import ValidationError
+
+from projections.fold import CONTENT_FIELDS, TAKEN_OUT
 from projections.state import PostState
 from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, without_tokens
 from schemas.commands import PostContent
+from schemas.common import Platform
 from schemas.events import Event, LegacyInsightsImported
 
-CONTENT_FIELDS = ("caption", "image_url", "link")
+# What a token in an address becomes: a word an address may hold anywhere ("[redacted]" may not, in a host or
+# its user part, and an address the contract refuses could not be read back from the projection).
+REDACTED_IN_URL = "redacted"
+# The fields each platform publishes: Instagram has no link.
+PUBLISHED: dict[Platform, tuple[str, ...]] = {"facebook": CONTENT_FIELDS, "instagram": ("caption", "image_url")}
 
 
 def without_secrets(event: Event, secrets: Collection[str]) -> Event:
     """`event` with each of `secrets` replaced by `[redacted]` in an imported document's texts, and in its content
-    those and any token of Meta's shape.
+    those and any token of Meta's shape, the fields that lost one listed in the document under `TAKEN_OUT`.
 
     Only texts: a key is the old system's field name, not something it wrote down. A secret as short as a word
     ("summer") is left alone, as `secret_field` leaves it: it would take words out of every text.
@@ -35,43 +44,65 @@ def without_secrets(event: Event, secrets: Collection[str]) -> Event:
         return event
     # Longest first: a secret inside another must not leave the rest of that one behind.
     ordered = sorted((s for s in secrets if len(s) >= MIN_MATCHED_TOKEN), key=len, reverse=True)
-    changes: dict[str, Any] = {}
-    if ordered:
-        changed: list[bool] = []
+    changed: list[bool] = []
 
-        def clean(value: Any) -> Any:
-            if isinstance(value, str):
-                for secret in ordered:
-                    if secret in value:
-                        value = value.replace(secret, REDACTED)
-                        changed.append(True)
-                return value
-            if isinstance(value, list):
-                return [clean(item) for item in value]
-            if isinstance(value, dict):
-                return {key: clean(item) for key, item in value.items()}
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in ordered:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+                    changed.append(True)
             return value
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        return value
 
-        document = clean(event.document)
-        if changed:
-            changes["document"] = document
-    content = event.content
-    if content is not None:
-        fields = {name: cleaned for name in CONTENT_FIELDS if isinstance(value := getattr(content, name), str)
-                  and (cleaned := without_tokens(value, ordered)) != value}
-        if fields:
-            changes["content"] = content.model_copy(update=fields)
-    return event.model_copy(update=changes) if changes else event
+    document = clean(event.document) if ordered else event.document
+    content, lost = _content_without(event.content, ordered)
+    if not changed and not lost:
+        return event
+    if lost:
+        document = {**document, TAKEN_OUT: lost}
+    return event.model_copy(update={"document": document, "content": content})
 
 
-def taken_out(state: PostState | None, content: PostContent | None) -> str | None:
-    """Why `content` may not be published: a field of it is the imported post's own, with a token taken out of
-    it ("[redacted]"), which a retry must correct; None otherwise."""
-    if state is None or not state.legacy or state.content is None or content is None:
-        return None
+def _content_without(content: PostContent | None, ordered: list[str]) -> tuple[PostContent | None, list[str]]:
+    """The content with its tokens taken out, and the fields that lost one."""
+    if content is None:
+        return None, []
+    values = content.model_dump()
+    lost = []
     for name in CONTENT_FIELDS:
-        value = getattr(content, name)
-        if isinstance(value, str) and REDACTED in value and value == getattr(state.content, name):
-            return (f"content.{name} had an access token taken out when the post was imported ({REDACTED}): send "
-                    f"it again with content.{name} corrected")
+        value = values.get(name)
+        if isinstance(value, str) and (cleaned := without_tokens(value, ordered)) != value:
+            values[name] = cleaned if name == "caption" else cleaned.replace(REDACTED, REDACTED_IN_URL)
+            lost.append(name)
+    if not lost:
+        return content, []
+    try:
+        return PostContent.model_validate(values), lost
+    except ValidationError:
+        # An address that is none without its token: left out, as the post could not use it anyway.
+        for name in ("image_url", "link"):
+            if name in lost:
+                values[name] = None
+        try:
+            return PostContent.model_validate(values), lost
+        except ValidationError:
+            return None, lost
+
+
+def taken_out(state: PostState | None, content: PostContent | None, platforms: Collection[Platform]) -> str | None:
+    """Why `content` may not be published on `platforms`: a field of it they publish is the imported post's own,
+    as it is, with a token taken out of it; None otherwise."""
+    if state is None or not state.taken_out or state.content is None or content is None:
+        return None
+    published = {name for platform in platforms for name in PUBLISHED[platform]}
+    for name in state.taken_out:
+        if name in published and getattr(content, name) is not None and \
+                getattr(content, name) == getattr(state.content, name):
+            return (f"content.{name} had an access token taken out when the post was imported: send it again with "
+                    f"content.{name} corrected")
     return None

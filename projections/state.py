@@ -87,6 +87,9 @@ class PostState(BaseModel):
     legacy_post_url: str | None = None
     # Results the old system stored stand for at least one attempt each; counted in the retry history.
     legacy_attempts: dict[Platform, int] = Field(default_factory=dict)
+    # Fields of the imported content a token was taken out of (`projections.imported`): a retry publishing one of
+    # them must correct it first.
+    taken_out: list[str] = Field(default_factory=list)
 
     @property
     def status(self) -> PostStatus:

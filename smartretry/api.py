@@ -410,14 +410,8 @@ class FrontDoor:
         if command_id in state.commands:
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
-        # What it would publish: the correction merged into the post's content, else the post's own (which can
-        # carry a token stored since it was imported, or "[redacted]" where one was taken out).
-        publishing = command.content if command.content is not None else state.content
-        await self._check_no_secret(publishing, command_id=body.command_id if body is not None else None,
+        await self._check_no_secret(command.content, command_id=body.command_id if body is not None else None,
                                     reason=body.reason if isinstance(body, RepublishBody) else None)
-        if (why := taken_out(state, publishing)) is not None:
-            field = why.split(" ", 1)[0].removeprefix("content.")
-            raise HTTPException(422, [{"loc": ["body", "content", field], "type": "token_taken_out", "msg": why}])
         # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.
         decision = decide(state, command)
         if decision.reject_reason:
@@ -442,6 +436,13 @@ class FrontDoor:
                                                   for label, at in when.items())
                                 + f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
                                   "posted again")
+        if command.content is None and state.legacy:
+            # An imported post's own content, published as it is: it may carry a token stored since it was imported,
+            # or have lost one there ("[redacted]"). Refused at once, as the handler would refuse it.
+            await self._check_no_secret(state.content)
+        if (why := taken_out(state, command.content or state.content, decision.platforms)) is not None:
+            field = why.split(" ", 1)[0].removeprefix("content.")
+            raise HTTPException(422, [{"loc": ["body", "content", field], "type": "token_taken_out", "msg": why}])
         if content is not None:
             # Against the platforms this retry publishes: Instagram's limits do not bind a Facebook-only retry.
             _check_fits_target(content, state.publish_target, publishing=target_of(decision.platforms))

@@ -747,7 +747,7 @@ class CommandHandler:
             # it; recorded, the post's events would keep it. Refused before anything is written: its dead letter
             # keeps the message with the token scrubbed out.
             publishing = _content_for(state, command) if state is not None else command.content
-            carrying = _token_in(publishing, tokens) or taken_out(state, publishing)
+            carrying = _token_in(publishing, tokens) or taken_out(state, publishing, decision.platforms)
             if carrying is not None:
                 decision = replace(decision, reject_reason=carrying)
         if decision.reject_reason:
@@ -1121,9 +1121,12 @@ class CommandHandler:
                     # The post shows why it is still publishing, and what would unblock it (once per reason). The
                     # reason the call itself left ("...: 500 - ...") stays in view before the look-up's own.
                     telling = found.error
-                    if known is not None and known.message.endswith(CHECKING):
+                    # Cut from the call's reason, never the look-up's: the post says each look-up's reason once, by
+                    # the message it ends with.
+                    room = 2000 - len(telling.message) - 2
+                    if known is not None and known.message.endswith(CHECKING) and room > 0:
                         telling = telling.model_copy(update={
-                            "message": f"{known.message[:-len(CHECKING)][:900]}; {telling.message}"[:2000]})
+                            "message": f"{known.message[:-len(CHECKING)][:room]}; {telling.message}"})
                     log.warning("%s cannot tell whether attempt %s went out: %s", label, attempt.attempt_id,
                                 found.error.message, extra=context)
                     await self.emit(AttemptOutcomeUnknown(

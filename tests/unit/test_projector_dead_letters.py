@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from projections.fold import apply_all
 from projections.imported import taken_out, without_secrets
 from projections.store import ProjectionStore, make_engine
 from publishers import redact
@@ -121,11 +122,46 @@ def test_an_imported_posts_content_loses_its_tokens_and_a_retry_must_correct_wha
     assert state is not None and state.content is not None
     assert state.content.caption == "Autumn sale (debug [redacted])" and token not in state.model_dump_json()
     # Published as it is, the post would say "[redacted]": a retry must correct the caption first.
-    assert taken_out(state, state.content) == (
-        "content.caption had an access token taken out when the post was imported ([redacted]): send it again "
-        "with content.caption corrected")
+    assert state.taken_out == ["caption"]
+    assert taken_out(state, state.content, ("facebook",)) == (
+        "content.caption had an access token taken out when the post was imported: send it again with "
+        "content.caption corrected")
     corrected = state.content.model_copy(update={"caption": "Autumn sale"})
-    assert taken_out(state, corrected) is None
+    assert taken_out(state, corrected, ("facebook",)) is None
+
+
+def test_a_token_in_an_imported_address_leaves_an_address_the_post_can_still_be_read_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "stored-token-" + uuid.uuid4().hex[:12]
+    store, _producer, projector = projector_with_stored(tmp_path, monkeypatch, token)
+    imported = LegacyInsightsImported(
+        event_id="imported-1", post_id="legacy-1", occurred_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC),
+        publish_target="both", account="acme", document={"status": "failed"},
+        content=PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg",
+                            link=f"https://api:{token}@shop.example.com/autumn"))
+
+    projector.project(0, [(0, b"legacy-1", encode(imported))])
+    projector.project(0, [(1, b"legacy-1", encode(imported.model_copy(update={"event_id": "imported-2"})))])
+
+    # "[redacted]" is no host or user an address may have: read back, the post would fail its contract.
+    state = store.get("legacy-1")
+    assert state is not None and state.content is not None and state.taken_out == ["link"]
+    assert state.content.link == "https://api:redacted@shop.example.com/autumn"
+    assert store.applied_offsets("scrub.post-events") == {0: 1}
+    # The link is Facebook's alone: a retry of Instagram only publishes none of it, and is not held up by it.
+    assert taken_out(state, state.content, ("instagram",)) is None
+    assert taken_out(state, state.content, ("facebook",)) is not None
+
+
+def test_an_imported_caption_that_says_redacted_itself_lost_nothing_and_a_retry_may_publish_it() -> None:
+    event = LegacyInsightsImported(
+        event_id="imported-1", post_id="legacy-1", occurred_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC),
+        publish_target="facebook", account="acme", document={"status": "failed"},
+        content=PostContent(caption="Our [redacted] files: the story", image_url="https://cdn.example.com/a.jpg"))
+    state = apply_all(None, [without_secrets(event, {"a-stored-token-0123456789"})])
+
+    assert state is not None and state.taken_out == []
+    assert taken_out(state, state.content, ("facebook",)) is None
 
 
 def test_a_stored_token_short_as_a_word_takes_no_words_or_fields_out_of_an_import() -> None:

@@ -14,6 +14,7 @@ from projections.responses import (
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, PlatformError, PlatformResult
+from smartretry.pages import _page_problem
 from tests.unit.test_fold import CONTENT, SEED_FAILED_DOCUMENT, History
 
 
@@ -204,3 +205,10 @@ def test_a_look_up_refused_for_a_page_meta_does_not_know_asks_for_the_right_page
                     "Page's right id")))
 
     assert history.state().needed_action == {"facebook": "connect the account again with its right Page id"}
+
+
+def test_the_post_page_says_where_to_correct_a_caption_it_has_no_field_for() -> None:
+    problem = ("content.caption had an access token taken out when the post was imported: send it again with "
+               "content.caption corrected")
+
+    assert _page_problem(problem) == problem + " (with `smartretry retry POST --caption ...` or `--link ...`)"
