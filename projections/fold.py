@@ -219,6 +219,10 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
     if event.content is not None and event.platforms:
         # Corrected content applies from now on; results already in stay until new ones arrive. A decision that
         # publishes nothing (every platform had gone out by its turn) leaves the content as it went out.
+        if state.taken_out and state.content is not None:
+            # A field corrected is no longer one that lost a token at import.
+            state.taken_out = [f for f in state.taken_out
+                               if getattr(event.content, f) == getattr(state.content, f)]
         state.content = event.content
     if event.account is not None:
         state.account = event.account

@@ -317,9 +317,10 @@ def _page_problem(problem: str) -> str:
     if PUBLISH_ANYWAY in problem:
         return problem.split(PUBLISH_ANYWAY, 1)[0] + (
             " (to publish it again anyway: smartretry force, or the API's republish)")
-    if "taken out when the post was imported" in problem and "content.image_url" not in problem:
+    if "taken out when the post was imported" in problem and (
+            field := re.search(r"content\.(caption|link)\b", problem)) is not None:
         # This page corrects the image URL only.
-        return problem + " (with `smartretry retry POST --caption ...` or `--link ...`)"
+        return problem + f" (with `smartretry retry POST --{field.group(1)} ...`)"
     # An account to connect: with the command line (or the API's route), not from this page.
     return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
 

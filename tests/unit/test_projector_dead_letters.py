@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from projections.fold import apply_all
+from projections.fold import TAKEN_OUT, apply_all
 from projections.imported import taken_out, without_secrets
 from projections.store import ProjectionStore, make_engine
 from publishers import redact
 from schemas.commands import PostContent
 from schemas.envelope import encode
-from schemas.events import LegacyInsightsImported
+from schemas.events import CommandDecided, LegacyInsightsImported
 from smartretry.credentials import CredentialStore
 from streams.projector import InsightsProjector
 from streams.replay import _MemoryFold
@@ -196,3 +196,31 @@ def test_replay_takes_the_stored_tokens_out_of_imported_documents_as_the_project
     earlier.store.create_schema()
     earlier.fold(list(imports))
     assert earlier.states.keys() == folder.states.keys() == {"legacy-1", "legacy-2"}
+
+
+def test_a_corrected_field_is_no_longer_held_against_later_retries_nor_is_upstreams_word_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "stored-token-" + uuid.uuid4().hex[:12]
+    store, _producer, projector = projector_with_stored(tmp_path, monkeypatch, token)
+    projector.project(0, [(0, b"legacy-1", imported_with(token, caption=f"Autumn sale (debug {token})"))])
+    state = store.get("legacy-1")
+    assert state is not None and state.content is not None
+    # Corrected around what was taken out: still "[redacted]", still refused.
+    assert taken_out(state, state.content.model_copy(update={"caption": "Big sale [redacted]"}), ("facebook",))
+
+    # The retry corrects the caption; its publish fails again; the next retry resends the post as it is now.
+    corrected = state.content.model_copy(update={"caption": "Autumn sale"})
+    after = apply_all(state, [CommandDecided(
+        event_id="decided-1", post_id="legacy-1", occurred_at=datetime(2025, 11, 17, 11, tzinfo=UTC),
+        command_id="cmd-fix", command_type="RetryRequested", platforms=("facebook",), is_retry=True,
+        content=corrected)])
+    assert after is not None and after.taken_out == []
+    assert taken_out(after, after.content, ("facebook",)) is None
+
+    # A document that names fields of its own under the key lost nothing here: it is not taken at its word.
+    document = {"status": "failed", TAKEN_OUT: ["caption"]}
+    event = LegacyInsightsImported(event_id="imported-2", post_id="legacy-2", occurred_at=datetime(2025, 11, 17,
+                                   tzinfo=UTC), publish_target="facebook", account="acme", document=document,
+                                   content=PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg"))
+    imported = apply_all(None, [without_secrets(event, {token})])
+    assert imported is not None and imported.taken_out == []

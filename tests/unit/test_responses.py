@@ -211,4 +211,4 @@ def test_the_post_page_says_where_to_correct_a_caption_it_has_no_field_for() -> 
     problem = ("content.caption had an access token taken out when the post was imported: send it again with "
                "content.caption corrected")
 
-    assert _page_problem(problem) == problem + " (with `smartretry retry POST --caption ...` or `--link ...`)"
+    assert _page_problem(problem) == problem + " (with `smartretry retry POST --caption ...`)"
