@@ -260,14 +260,16 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
     assert after is not None and after.status == "publishing" and after.needed_action == {}
 
 
-async def looked_up_twice_within_the_lease(history: History, state: PostState) -> tuple[PostState, list[Event]]:
-    """The post after its attempt was looked up twice 40 s into its lease, finding no post; and what was sent."""
+async def looked_up_within_the_lease(history: History, state: PostState, lookups: Lookups | None = None,
+                                           rounds: int = 2) -> tuple[PostState, list[Event]]:
+    """The post after its attempt was looked up `rounds` times 40 s into its lease, `lookups` answering (default:
+    no post); and what was sent."""
     attempt = state.in_flight("facebook")
     assert attempt is not None
     sent: list[Event] = []
-    made = handler(Credentials(), Lookups(None), history, sent)
+    made = handler(Credentials(), lookups or Lookups(None), history, sent)
     made.clock = lambda: attempt.started_at + timedelta(seconds=40)
-    for _ in range(2):
+    for _ in range(rounds):
         with pytest.raises(OutcomeUnknown):
             await made._resolve_interrupted(state)
         state = apply_all(state, sent) or state
@@ -283,7 +285,7 @@ async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_a
                     "before publishing again")
     state = apply_all(None, history.events)
     assert state is not None
-    state, sent = await looked_up_twice_within_the_lease(history, state)
+    state, sent = await looked_up_within_the_lease(history, state)
 
     (unknown,) = sent  # said once
     assert isinstance(unknown, AttemptOutcomeUnknown)
@@ -301,16 +303,11 @@ async def test_a_look_up_that_fails_too_keeps_the_calls_own_reason_in_view_and_s
                     "went out before publishing again")
     state = apply_all(None, history.events)
     assert state is not None
-    sent: list[Event] = []
     lookup = f"Facebook post lookup failed: 500 - {detail}"
     failing = Lookups(PublishOutcome.failed("facebook", PlatformError(
         kind=ErrorKind.TRANSIENT, http_status=500, message=lookup)))
-    made = handler(Credentials(), failing, history, sent)
 
-    for _ in range(4):
-        with pytest.raises(OutcomeUnknown):
-            await made._resolve_interrupted(state)
-        state = apply_all(state, sent) or state
+    state, sent = await looked_up_within_the_lease(history, state, failing, rounds=4)
 
     (unknown,) = sent  # said once, however long the look-up's reason
     assert isinstance(unknown, AttemptOutcomeUnknown) and len(unknown.error.message) <= 2000
@@ -370,7 +367,7 @@ async def test_once_re_authenticated_the_post_stops_asking_for_it_while_it_waits
     history.unknown("facebook", attempts["facebook"])  # the look-up was refused for the token
     state = apply_all(None, history.events)
     assert state is not None and state.needed_action == {"facebook": "re-authenticate Facebook"}
-    state, sent = await looked_up_twice_within_the_lease(history, state)  # renewed: the look-up goes through
+    state, sent = await looked_up_within_the_lease(history, state)  # renewed: the look-up goes through
 
     (unknown,) = sent  # said once
     assert isinstance(unknown, AttemptOutcomeUnknown) and unknown.error.kind is ErrorKind.TRANSIENT
