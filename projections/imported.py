@@ -15,13 +15,12 @@ refused until the retry corrects it (`taken_out`).
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
 
 from pydantic import ValidationError
 
 from projections.fold import CONTENT_FIELDS, TAKEN_OUT
 from projections.state import PostState
-from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, without_tokens
+from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, map_strings, without_tokens
 from schemas.commands import PostContent
 from schemas.common import Platform
 from schemas.events import Event, LegacyInsightsImported
@@ -44,22 +43,17 @@ def without_secrets(event: Event, secrets: Collection[str]) -> Event:
         return event
     # Longest first: a secret inside another must not leave the rest of that one behind.
     ordered = sorted((s for s in secrets if len(s) >= MIN_MATCHED_TOKEN), key=len, reverse=True)
+
     changed: list[bool] = []
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in ordered:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-                    changed.append(True)
-            return value
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
+    def clean(value: str) -> str:
+        for secret in ordered:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+                changed.append(True)
         return value
 
-    document = clean(event.document) if ordered else event.document
+    document = map_strings(event.document, clean) if ordered else event.document
     content, lost = _content_without(event.content, ordered)
     if not changed and not lost and TAKEN_OUT not in document:
         return event

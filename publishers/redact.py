@@ -6,7 +6,8 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from schemas.commands import PostContent
 
@@ -69,6 +70,18 @@ def scrub_shapes(text: str) -> str:
     text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _TOKEN_SHAPED.sub(REDACTED, text)
+
+
+def map_strings(value: Any, change: Callable[[str], str], *, keys: bool = False) -> Any:
+    """A JSON value (decoded) with `change` applied to each of its strings; to object keys too with `keys`."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return [map_strings(item, change, keys=keys) for item in value]
+    if isinstance(value, dict):
+        return {(change(key) if keys and isinstance(key, str) else key): map_strings(item, change, keys=keys)
+                for key, item in value.items()}
+    return value
 
 
 def known_secrets() -> tuple[str, ...]:

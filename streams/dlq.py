@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime
-from typing import Any
 
-from publishers.redact import scrub
+from publishers.redact import map_strings, scrub
 from schemas.deadletters import DeadLetter
 
 # A dead letter must fit on its topic: producers refuse a message over 1 MB before compression, and
@@ -46,20 +45,14 @@ def _scrubbed_json(text: str) -> str | None:
     try:
         document = json.loads(text)
         changed: list[bool] = []
-        cleaned = _scrub_strings(document, changed)
+
+        def scrubbed(value: str) -> str:
+            out = scrub(value)
+            if out != value:
+                changed.append(True)  # told by the strings, not by comparing documents: NaN is no NaN
+            return out
+
+        cleaned = map_strings(document, scrubbed, keys=True)
         return json.dumps(cleaned) if changed else None
     except (ValueError, RecursionError):
         return None
-
-
-def _scrub_strings(value: Any, changed: list[bool]) -> Any:
-    if isinstance(value, str):
-        scrubbed = scrub(value)
-        if scrubbed != value:
-            changed.append(True)
-        return scrubbed
-    if isinstance(value, list):
-        return [_scrub_strings(item, changed) for item in value]
-    if isinstance(value, dict):
-        return {_scrub_strings(key, changed): _scrub_strings(item, changed) for key, item in value.items()}
-    return value

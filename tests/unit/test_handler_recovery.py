@@ -276,15 +276,19 @@ async def looked_up_within_the_lease(history: History, state: PostState, lookups
     return state, sent
 
 
-async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_answer_to_trust() -> None:
+def left_unanswered(reason: str) -> tuple[History, PostState]:
+    """A Facebook attempt whose call left no answer to trust (`reason`, a 5xx: the post may exist all the same)."""
     history = History()
     attempts = history.publish(target="facebook")
-    # The call's own answer: a 5xx, after which the post may exist all the same.
     history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT,
-                    "Facebook photo upload failed: 500 - An unknown error occurred; checking whether the post went out "
-                    "before publishing again")
+                    f"{reason}; checking whether the post went out before publishing again")
     state = apply_all(None, history.events)
     assert state is not None
+    return history, state
+
+
+async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_answer_to_trust() -> None:
+    history, state = left_unanswered("Facebook photo upload failed: 500 - An unknown error occurred")
     state, sent = await looked_up_within_the_lease(history, state)
 
     (unknown,) = sent  # said once
@@ -296,13 +300,7 @@ async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_a
 
 @pytest.mark.parametrize("detail", ["An unknown error", "x" * 1500], ids=["short", "long"])
 async def test_a_look_up_that_fails_too_keeps_the_calls_own_reason_in_view_and_says_it_once(detail: str) -> None:
-    history = History()
-    attempts = history.publish(target="facebook")
-    history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT,
-                    "Facebook photo upload failed: 500 - Service temporarily unavailable; checking whether the post "
-                    "went out before publishing again")
-    state = apply_all(None, history.events)
-    assert state is not None
+    history, state = left_unanswered("Facebook photo upload failed: 500 - Service temporarily unavailable")
     lookup = f"Facebook post lookup failed: 500 - {detail}"
     failing = Lookups(PublishOutcome.failed("facebook", PlatformError(
         kind=ErrorKind.TRANSIENT, http_status=500, message=lookup)))
