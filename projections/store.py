@@ -279,14 +279,14 @@ class ProjectionStore:
         """The partition count recorded for `topic`: `partitions`, recorded now, when none was yet. Kept through
         `reset`: the events already written keep the layout they were written with."""
         with self.engine.begin() as conn:
-            recorded = conn.execute(select(topic_layout.c.partitions).where(topic_layout.c.topic == topic)).scalar()
-            if recorded is not None:
-                return int(recorded)
+            # Written first, read only when already there: on SQLite a transaction that read first cannot take the
+            # write lock once another process (the projector and the handler start together) wrote meanwhile, and
+            # fails at once with "database is locked" instead of waiting its turn.
             try:
                 with conn.begin_nested():
                     conn.execute(topic_layout.insert().values(topic=topic, partitions=partitions))
             except IntegrityError:
-                # Recorded by another process a moment ago: its count is the one.
+                # Recorded before (at an earlier start, or by another process a moment ago): that count is the one.
                 return int(conn.execute(select(topic_layout.c.partitions).where(
                     topic_layout.c.topic == topic)).scalar_one())
             return partitions
