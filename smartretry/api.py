@@ -24,7 +24,6 @@ from typing import Annotated, Any, Protocol
 
 import uvicorn
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -76,7 +75,7 @@ from smartretry.bootstrap import Stores
 from smartretry.credentials import UnknownAccount, UnreadableToken
 from smartretry.metrics import ServiceMetrics
 from smartretry.settings import Settings
-from streams.kafka import AsyncProducer, deliver
+from streams.kafka import AsyncProducer, admin_client, deliver
 
 log = logging.getLogger("smartretry.api")
 
@@ -900,8 +899,8 @@ def _ping_database(stores: Stores) -> None:
 def _ping_broker(settings: Settings) -> None:
     if not settings.kafka_bootstrap_servers:
         raise RuntimeError("no broker configured")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    topics = admin.list_topics(timeout=3).topics
+    with admin_client(settings.kafka_bootstrap_servers) as admin:
+        topics = admin.list_topics(timeout=3).topics
     if settings.topics.commands not in topics:
         raise RuntimeError(f"topic {settings.topics.commands} is missing")
 

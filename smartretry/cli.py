@@ -342,9 +342,8 @@ def _service_running(settings: Settings) -> str | None:
     """Why the service looks to be running, or None: `run`'s broker holding its data directory, or members in
     the projector's or the handler's consumer group (a static member stays up to its session timeout). Raises
     `CannotTell` when the broker does not answer for a group."""
-    from confluent_kafka.admin import AdminClient
-
     from streams.broker import LOCK_FILE, data_dir_in_use
+    from streams.kafka import admin_client
 
     data_dir = Path(settings.broker_data_dir)
     if data_dir_in_use(data_dir):
@@ -356,20 +355,20 @@ def _service_running(settings: Settings) -> str | None:
         raise CannotAsk(f"KAFKA_BOOTSTRAP_SERVERS is not set and `smartretry run` has kept no broker data in "
                          f"{data_dir}, so the broker the service uses cannot be asked whether its consumers are up")
     groups = [f"{settings.topic_prefix}projector", f"{settings.topic_prefix}command-handler"]
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     unanswered: list[str] = []
-    for group, described in admin.describe_consumer_groups(groups, request_timeout=10).items():
-        try:
-            members = described.result(timeout=15).members
-        except Exception as exc:
-            # Not "stopped": a broker just started again answers so while it loads its groups, and a projector
-            # running meanwhile would never fold again what the reset empties. The other group is asked still: one
-            # said to be up is running, whatever --force says of the unanswered.
-            unanswered.append(f"consumer group {group} ({scrub(str(exc))[:200]})")
-            continue
-        if members:
-            return (f"consumer group {group} has {len(members)} member{'s' if len(members) > 1 else ''}; one "
-                    f"stopped a moment ago leaves it within {settings.projector_session_timeout_seconds:.0f}s")
+    with admin_client(settings.kafka_bootstrap_servers) as admin:
+        for group, described in admin.describe_consumer_groups(groups, request_timeout=10).items():
+            try:
+                members = described.result(timeout=15).members
+            except Exception as exc:
+                # Not "stopped": a broker just started again answers so while it loads its groups, and a projector
+                # running meanwhile would never fold again what the reset empties. The other group is asked still: one
+                # said to be up is running, whatever --force says of the unanswered.
+                unanswered.append(f"consumer group {group} ({scrub(str(exc))[:200]})")
+                continue
+            if members:
+                return (f"consumer group {group} has {len(members)} member{'s' if len(members) > 1 else ''}; one "
+                        f"stopped a moment ago leaves it within {settings.projector_session_timeout_seconds:.0f}s")
     if unanswered:
         raise CannotTell(f"the broker could not say whether these have members: {'; '.join(unanswered)}")
     return None

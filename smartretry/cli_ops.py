@@ -30,7 +30,7 @@ from rich.text import Text
 from schemas.common import PLATFORM_LABELS, platforms_of
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from smartretry.settings import Settings, load_settings
-from streams.kafka import deliver, producer
+from streams.kafka import client_config, deliver, producer
 
 ops = typer.Typer(no_args_is_help=True)
 dlq = typer.Typer(help="Dead letters: what a consumer could not use, why, and the original bytes.",
@@ -537,8 +537,8 @@ class DeadLetters:
 
 def read_dead_letters(bootstrap: str, topic: str) -> DeadLetters:
     """Every message on the dead-letter topic: the dead letters (None for one unreadable) and their requeues."""
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"smartretry-dlq-{uuid.uuid4().hex}",
-                       "enable.auto.commit": False})
+    reader = Consumer(client_config(bootstrap, **{"group.id": f"smartretry-dlq-{uuid.uuid4().hex}",
+                                                 "enable.auto.commit": False}))
     try:
         metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
         found = DeadLetters()

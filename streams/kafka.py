@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+# librdkafka's own lines (a broker away: "Connect to ... failed" at every reconnect) go to this logger, not straight
+# to stderr: formatted like the service's (one JSON object per line on request), scrubbed, and held back when they
+# repeat, like any library's. A client hands them over when it is polled (a consumer's poll, a producer's poll or
+# flush, `admin_client` after its calls).
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def client_config(bootstrap: str, **settings: Any) -> dict[str, Any]:
+    """A client's configuration: the broker, the log above, then `settings`."""
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **settings}
+
+
+@contextlib.contextmanager
+def admin_client(bootstrap: str) -> Iterator[AdminClient]:
+    """An admin client whose log lines are handed to the log once the block ends, however it ends."""
+    admin = AdminClient(client_config(bootstrap))
+    try:
+        yield admin
+    finally:
+        admin.poll(0)
 
 
 def producer(bootstrap: str, **overrides: Any) -> Producer:
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         # Broker-side dedupe of retried sends and per-partition order: no duplicate or reordered events.
         "enable.idempotence": True,
         # A send is done only when every in-sync replica has it.
@@ -29,7 +54,7 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
 
 def consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         # Offsets are stored by hand after a message is fully handled: at-least-once, never at-most-once.

@@ -23,6 +23,7 @@ from schemas.envelope import decode_event
 from schemas.events import Event, LegacyInsightsImported
 from streams.broker import die_with_parent
 from streams.gc_tuning import disable_gc, folding_gc
+from streams.kafka import client_config
 from streams.topics import Topics
 
 # Records decoded and folded at a time: one copy and one document per post per batch.
@@ -117,8 +118,8 @@ def _shares(bootstrap: str, topic: str, targets: dict[int, int], workers: int) -
     """`targets` split into at most `workers` shares of about equal event counts (largest partitions first)."""
     if workers <= 1 or len(targets) <= 1:
         return [targets] if targets else []
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"replay-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(client_config(bootstrap, **{"group.id": f"replay-{uuid.uuid4().hex[:8]}",
+                                                   "enable.auto.commit": False}))
     try:
         sizes = {p: max(0, offset - consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] + 1)
                  for p, offset in targets.items()}
@@ -280,7 +281,7 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
     if not targets:
         return 0, {}
     consumer = Consumer({
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         # Partitions are assigned by hand and no offset is ever committed: the replay is invisible to
         # the live processor's consumer group.
         "group.id": f"replay-{uuid.uuid4().hex[:8]}",

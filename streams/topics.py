@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from streams.kafka import admin_client, client_config
+
 DEFAULT_PARTITIONS = 6
 DAY_MS = 24 * 3600 * 1000
 
@@ -66,8 +68,11 @@ class Topics:
 
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
     """Creates the topics that do not exist yet; returns the names created. Safe to call on every start."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    specs = list(specs)
+    with admin_client(bootstrap) as admin:
+        return _ensure_topics(admin, list(specs), timeout)
+
+
+def _ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> list[str]:
     metadata = admin.list_topics(timeout=timeout).topics
     _check_co_partitioned(specs, {name: len(topic.partitions) for name, topic in metadata.items()})
     wanted = [s for s in specs if s.name not in metadata]
@@ -146,8 +151,7 @@ def check_store_matches_log(bootstrap: str, topic: str, applied: dict[int, int],
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "smartretry-store-check",
-                       "enable.auto.commit": False})
+    reader = Consumer(client_config(bootstrap, **{"group.id": "smartretry-store-check", "enable.auto.commit": False}))
     try:
         if partitions_of is not None:
             described = reader.list_topics(topic, timeout=timeout).topics.get(topic)

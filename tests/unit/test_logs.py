@@ -58,3 +58,43 @@ def test_a_librarys_repeated_warnings_are_counted_not_shown_each_time_and_the_se
     again = record("aiokafka", logging.ERROR, "Unable connect to node with id %s: %s", 1, "refused")
     assert repeats.filter(again)
     assert again.getMessage() == "Unable connect to node with id 1: refused (and 299 more like it in the 10 s before)"
+
+
+def test_librdkafkas_lines_go_through_the_log_as_json_and_repeats_are_held_back(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import time
+
+    from confluent_kafka import KafkaException
+
+    from smartretry.logs import configure
+    from streams.kafka import admin_client, producer
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+
+    def refusals() -> list[dict[str, str]]:
+        lines = [text for text in capfd.readouterr().err.splitlines() if text.strip()]
+        records = [json.loads(text) for text in lines]  # a raw librdkafka line would not parse
+        return [r for r in records if r["logger"] == "librdkafka" and "Connection refused" in r["message"]]
+
+    try:
+        configure("INFO", "json")
+        p = producer(closed, **{"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 100})
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # a reconnect every 100 ms: about twenty refusals
+            p.poll(0.1)
+        shown = refusals()
+        assert len(shown) == 1, shown  # the others held back
+        assert "producer" in shown[0]["message"] and shown[0]["level"] == "ERROR"
+
+        configure("INFO", "json")
+        with admin_client(closed) as admin, pytest.raises(KafkaException):
+            admin.list_topics(timeout=1)
+        assert refusals()  # handed over once the admin client's block ended
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
