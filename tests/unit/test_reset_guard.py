@@ -6,12 +6,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
-import confluent_kafka.admin
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
+import streams.kafka
 from projections.store import ProjectionStore, make_engine, same_database
 from smartretry.cli import app
 from streams.broker import LOCK_FILE
@@ -37,6 +37,9 @@ class CoordinatorLoading:
                 answers[group].set_exception(KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)))
         return answers
 
+    def poll(self, timeout: float) -> int:
+        return 0
+
 
 class HandlersGroupUp(CoordinatorLoading):
     """The projector's group still loading; the handler's answers: one member, up."""
@@ -58,7 +61,7 @@ def projection_of_one_post(tmp_path: Path) -> tuple[ProjectionStore, dict[str, s
 
 def test_a_broker_that_cannot_say_whether_the_service_runs_stops_the_reset_unless_forced(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", CoordinatorLoading)
+    monkeypatch.setattr(streams.kafka, "AdminClient", CoordinatorLoading)
     store, env = projection_of_one_post(tmp_path)
 
     refused = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
@@ -73,7 +76,7 @@ def test_a_broker_that_cannot_say_whether_the_service_runs_stops_the_reset_unles
 
 
 def test_force_never_overrides_a_group_the_broker_says_is_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", HandlersGroupUp)
+    monkeypatch.setattr(streams.kafka, "AdminClient", HandlersGroupUp)
     store, env = projection_of_one_post(tmp_path)
 
     forced = CliRunner().invoke(app, ["reset-projection", "--yes", "--force"], env=env)
