@@ -6,7 +6,7 @@ import hashlib
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, Strict, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, Strict, model_validator
 
 from schemas.common import Frozen, Identifier, Platform, PublishTarget, Timestamp
 
@@ -56,8 +56,9 @@ def url_problem(value: str) -> str | None:
 
 # Not JSON Schema's "uri" format: an address with a blank in its path (the seed's image URL) is taken, and the
 # platform says whether it can fetch it.
-HttpUrlText = Annotated[str, Field(max_length=2048, description="an http:// or https:// address"),
-                        AfterValidator(_http_url)]
+HttpUrlText = Annotated[str, Field(max_length=2048, description="an http:// or https:// address", json_schema_extra={
+    # What `_http_url` takes: the scheme (any case) and a host, blanks around the address allowed.
+    "pattern": r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]"}), AfterValidator(_http_url)]
 
 
 class PostContent(Frozen):
@@ -66,6 +67,13 @@ class PostContent(Frozen):
     On Facebook a post with an image and a link is a photo whose text is the caption followed by the link
     (a photo post has no link field); Instagram publishes the caption and image only.
     """
+
+    # `_not_empty`, in the JSON Schema too.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"caption": {"pattern": r"\S"}}},
+        {"required": ["image_url"], "properties": {"image_url": {"type": "string"}}},
+        {"required": ["link"], "properties": {"link": {"type": "string"}}},
+    ]})
 
     caption: str = Field(max_length=FACEBOOK_TEXT_LIMIT)
     image_url: HttpUrlText | None = None
@@ -98,6 +106,15 @@ def fingerprint(command: CommandBase) -> str:
 
 class PublishRequested(CommandBase):
     """Publish a new post to its target platforms."""
+
+    # `_fits_target`, in the JSON Schema too: what the schema takes, the handler does.
+    model_config = ConfigDict(json_schema_extra={"allOf": [{
+        "if": {"properties": {"publish_target": {"enum": ["instagram", "both"]}}, "required": ["publish_target"]},
+        "then": {"properties": {"content": {
+            "required": ["image_url"],
+            "properties": {"image_url": {"type": "string"}, "caption": {"maxLength": INSTAGRAM_CAPTION_LIMIT}},
+        }}},
+    }]})
 
     type: Literal["PublishRequested"] = "PublishRequested"
     publish_target: PublishTarget

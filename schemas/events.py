@@ -51,8 +51,9 @@ class CommandDecided(EventBase):
     # The account this command gave the post (one imported without an account), from now on.
     account: Identifier | None = None
     note: str = ""
-    # `schemas.commands.fingerprint` of the command: a redelivery matches it, a reused id does not.
-    fingerprint: str | None = None
+    fingerprint: str | None = Field(default=None, description=(
+        "A hash of the command's body (its time and version aside): the same command delivered again matches it; "
+        "another command reusing this command_id does not, and is dead-lettered. Not for analytics"))
 
 
 class PublishAttempted(EventBase):
@@ -87,11 +88,13 @@ class PlatformError(Frozen):
 
     kind: ErrorKind
     message: Annotated[str, Field(max_length=2000)]
-    code: int | None = None
-    subcode: int | None = None
-    http_status: int | None = None
-    # Seconds the platform asks us to wait before trying again (rate limits), when it says.
-    retry_after_s: float | None = None
+    code: int | None = Field(default=None, description="Meta's error code, when the platform answered with one")
+    subcode: int | None = Field(default=None, description="Meta's error_subcode, when it gave one")
+    http_status: int | None = Field(default=None, description=(
+        "The HTTP status of the platform's answer; null when none came (a dropped connection, a timeout) or the "
+        "service found the failure itself (an account without credentials)"))
+    retry_after_s: float | None = Field(default=None, description=(
+        "Seconds the platform asked to wait before trying again (a rate limit's), when it said"))
 
 
 class PlatformResult(EventBase):
@@ -101,21 +104,31 @@ class PlatformResult(EventBase):
     platform: Platform
     attempt_id: Identifier
     success: bool
-    platform_post_id: str | None = None
-    permalink: str | None = None
+    platform_post_id: str | None = Field(default=None, description=(
+        "The post's id on the platform (Facebook's post id, Instagram's media id), on success"))
+    permalink: str | None = Field(default=None, description="The post's address on Instagram, on success")
     error: PlatformError | None = None
-    # True when an attempt without a result was resolved by asking the platform, not by publishing.
-    recovered: bool = False
-    # The `ResolveAttemptRequested` command whose operator said what came of an attempt left without a result.
-    resolved_by: Identifier | None = None
+    recovered: bool = Field(default=False, description=(
+        "The result of an attempt whose outcome was unknown (no answer came, or a failure on Meta's side, or its "
+        "handler died), found by asking the platform for the post rather than by publishing again: true with "
+        "success means the attempt did publish. Counts as that attempt's result, not as another attempt"))
+    resolved_by: Identifier | None = Field(default=None, description=(
+        "The ResolveAttemptRequested command of the operator who said what came of an attempt the service could "
+        "not settle itself"))
 
 
 class AttemptOutcomeUnknown(EventBase):
-    """An attempt without a result (its handler died) whose outcome the platform could not be asked about.
+    """An attempt whose outcome is not known yet, and why.
 
-    The attempt stays open: the handler asks again later and publishes the platform again only once the
-    platform says the post does not exist. `error` says why it could not ask; an `auth` or `permission`
-    error means nothing changes until the account is re-authenticated, and the post says so.
+    Recorded when the platform's answer left it open whether the post went out (no answer came, or a failure
+    on Meta's side: a 5xx, Meta's codes 1 and 2), and again whenever a look-up of the attempt (after its call,
+    or after its handler died) leaves it open for another reason: the platform could not be asked (an expired
+    token) or could not tell, or it shows no post yet while the call may still be under way there. Not a
+    result: the attempt stays open,
+    the handler asks the platform again later and publishes again only once the platform shows no post of
+    it; its `PlatformResult` (`recovered` when found by asking) follows. `error` says why the outcome is
+    unknown; an `auth` or `permission` error means nothing changes until the account is re-authenticated,
+    and the post says so.
     """
 
     type: Literal["AttemptOutcomeUnknown"] = "AttemptOutcomeUnknown"

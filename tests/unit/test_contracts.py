@@ -128,3 +128,45 @@ def test_an_event_with_an_address_the_api_now_refuses_is_still_read_as_it_was_wr
     read = decode_event(encode(written))
     assert isinstance(read, PostSubmitted) and read.content.image_url == odd
     assert url_problem("https://cdn.example.com/autumn sale.jpg") is None
+
+
+def _schema_errors(kind: str, body: dict[str, object]) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((OUT / kind / f"{body['type']}.schema.json").read_text())
+    return [error.message for error in Draft202012Validator(schema).iter_errors(body)]
+
+
+@pytest.mark.parametrize("message", [*all_commands(), *all_events()], ids=lambda m: type(m).__name__)
+def test_what_the_service_writes_is_valid_by_its_exported_schema(message: object) -> None:
+    body = json.loads(encode(message))  # type: ignore[arg-type]
+    kind = "commands" if "requested_at" in body else "events"
+    assert _schema_errors(kind, body) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"content": {"caption": "x", "image_url": "ftp://cdn/x.jpg"}},
+        {"content": {"caption": "x", "image_url": "https:///x.jpg"}},
+        {"content": {"caption": "   "}, "publish_target": "facebook"},
+        {"content": {"caption": "x" * 2201, "image_url": "https://cdn/x.jpg"}},
+        {"content": {"caption": "x" * 2201, "image_url": "https://cdn/x.jpg"}, "publish_target": "instagram"},
+        {"publish_target": "instagram", "content": {"caption": "text only"}},
+        {"publish_target": "both", "content": {"caption": "text only", "image_url": None}},
+    ],
+)
+def test_a_publish_request_the_service_refuses_is_refused_by_its_exported_schema(changes: dict[str, object]) -> None:
+    """Upstream services validate against schemas/json: what passes there must not be dead-lettered."""
+    body = {"type": "PublishRequested", "command_id": "c", "post_id": POST_ID, "publish_target": "both",
+            "account": "acme", "content": CONTENT.model_dump(), "requested_at": "2025-11-17T10:10:13.151Z", **changes}
+    with pytest.raises(ValidationError):
+        PublishRequested.model_validate(body)
+    assert _schema_errors("commands", body)
+
+
+def test_a_long_caption_is_fine_by_the_schema_for_facebook_alone() -> None:
+    body = {"type": "PublishRequested", "command_id": "c", "post_id": POST_ID, "publish_target": "facebook",
+            "account": "acme", "content": {"caption": "x" * 5000}, "requested_at": "2025-11-17T10:10:13.151Z"}
+    assert PublishRequested.model_validate(body).content.caption == "x" * 5000
+    assert _schema_errors("commands", body) == []
