@@ -45,9 +45,17 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
         raise DecodeError(f"empty {what}: the message has no value")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise DecodeError(f"{what} too large: {len(raw)} bytes, at most {MAX_MESSAGE_BYTES}")
+    if not raw:
+        raise DecodeError(f"empty {what}: the message's value has no bytes")
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if isinstance(raw, bytes):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise DecodeError(f"not JSON: not UTF-8 text (byte {raw[bad.start]:#04x} at {bad.start}; "
+                                  "messages are JSON in UTF-8)") from None
         raise DecodeError(f"not JSON: {exc}") from None
     except RecursionError:
         raise DecodeError(f"{what} nested too deeply to be one of ours") from None

@@ -677,8 +677,14 @@ def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (f
         console.print(f"This message was {_requeued_text(requeue)}.", highlight=False, markup=False)
     original = letter.original_value()
     console.print("original message, with a token scrubbed out:" if letter.value_scrubbed else "original message:")
-    console.print(original.decode("utf-8", "replace") if original is not None else "(no value)", highlight=False,
-                  markup=False)
+    console.print(shown_bytes(original) if original is not None else "(no value)", highlight=False, markup=False)
+
+
+def shown_bytes(raw: bytes) -> str:
+    """A message's bytes as text for a terminal: what is not UTF-8, and control characters (which a terminal would
+    act on: an escape sequence in a dead letter must not repaint the operator's screen), written as escapes."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
 
 
 @dlq.command("requeue")

@@ -33,7 +33,10 @@ def test_timestamps_are_written_as_the_seed_writes_them() -> None:
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (b"\xff\xfe not json", "not JSON"),
+        (b"\xff\xfe not json", "not JSON: not UTF-8 text (byte 0xff at 0"),
+        (b'{"caf\xe9": 1}', "not UTF-8 text (byte 0xe9 at 5"),
+        (b"{not json}", "not JSON: Expecting property name"),
+        (b"", "empty event: the message's value has no bytes"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"type": "PostDeleted"}', "unknown event type 'PostDeleted'"),
         (b'{"type": "PublishAttempted", "schema_version": 99}', "unsupported schema_version 99"),

@@ -54,3 +54,13 @@ def test_odd_json_never_stops_a_dead_letter_being_made() -> None:
     kept, scrubbed = _letter(lone)
     assert scrubbed and token not in kept
     assert _letter(b" NaN ") == (" NaN ", False)  # nothing removed, nothing rewritten
+
+
+def test_dlq_show_writes_what_a_terminal_would_act_on_as_escapes() -> None:
+    from smartretry.cli_ops import shown_bytes
+
+    raw = b'{"caption": "caf\xc3\xa9 \xf0\x9f\x8d\x82\tok\n", "x": "\x1b[2J\x07", "bad": "\xff\xfe"}'
+    shown = shown_bytes(raw)
+    assert "\x1b" not in shown and "\x07" not in shown and "\ufffd" not in shown
+    assert "\\x1b[2J\\x07" in shown and "\\xff\\xfe" in shown
+    assert "café 🍂\tok\n" in shown  # text stays text
