@@ -67,7 +67,16 @@ from schemas.commands import (
     RetryRequested,
     url_problem,
 )
-from schemas.common import ID_PATTERN, PLATFORM_LABELS, Identifier, Platform, PublishTarget, platforms_of, target_of
+from schemas.common import (
+    ID_PATTERN,
+    PLATFORM_LABELS,
+    Identifier,
+    Platform,
+    PublishTarget,
+    format_timestamp,
+    platforms_of,
+    target_of,
+)
 from schemas.envelope import encode
 from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
@@ -242,7 +251,7 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
         "needed_action": needed_actions(state, max_attempts),
         "outcome_unknown": outcome_unknown(state),
         # Failed for now, and published again by the service itself: when, where the platform said.
-        "automatic_retry": {p: at.isoformat() if at else None
+        "automatic_retry": {p: format_timestamp(at) if at else None
                             for p, at in automatic_retries(state, max_attempts).items()},
         "retry_preview": retry_preview(state) if state.status == "failed" else "",
         "retried": retried_summary(state),
@@ -251,12 +260,12 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
         "history": [
             {"command_id": c.command_id, "command_type": c.command_type, "platforms": c.platforms,
              "skipped": c.skipped, "is_retry": c.is_retry, "forced": c.forced,
-             "decided_at": c.decided_at.isoformat(), "note": c.note}
+             "decided_at": format_timestamp(c.decided_at), "note": c.note}
             for c in state.commands.values()
         ],
         "retry_history": [c.command_id for c in retry_history(state)],
-        "created_at": state.created_at.isoformat() if state.created_at else None,
-        "updated_at": state.updated_at.isoformat() if state.updated_at else None,
+        "created_at": format_timestamp(state.created_at) if state.created_at else None,
+        "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
     }
 
 
@@ -264,7 +273,7 @@ def post_summary(state: PostState) -> dict[str, Any]:
     return {
         "id": state.post_id, "status": state.status, "error_message": state.document.error_message,
         "publish_target": state.publish_target, "post_url": state.document.post_url,
-        "updated_at": state.updated_at.isoformat() if state.updated_at else None,
+        "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
     }
 
 

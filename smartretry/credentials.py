@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from publishers.base import AccountCredentials
 from publishers.redact import register_secret
-from schemas.common import NO_CREDENTIALS
+from schemas.common import NO_CREDENTIALS, format_timestamp
 
 
 class _Base(DeclarativeBase):
@@ -158,5 +158,5 @@ class CredentialStore:
             rows = session.scalars(select(_Account).order_by(_Account.account_id)).all()
             # Stored in UTC; SQLite gives it back without its zone.
             return [{"account": r.account_id, "page_id": r.page_id, "ig_user_id": r.ig_user_id,
-                     "updated_at": r.updated_at.astimezone(UTC).isoformat() if r.updated_at.tzinfo
-                     else r.updated_at.replace(tzinfo=UTC).isoformat()} for r in rows]
+                     "updated_at": format_timestamp(r.updated_at if r.updated_at.tzinfo
+                                                   else r.updated_at.replace(tzinfo=UTC))} for r in rows]

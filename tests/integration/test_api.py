@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 import uuid
@@ -580,6 +581,9 @@ def test_a_failed_post_reads_as_the_seed_documents_it_with_the_action_and_retry_
     assert document["links"] == {"instagram": "https://www.instagram.com/p/DRJ1nlKDgY9/"}
     assert [c["note"] for c in document["history"]] == ["Publishing to both Facebook and Instagram..."]
     assert document["retried"] is None
+    # Times as the events and the insights document write them: UTC, milliseconds, "Z".
+    times = [document["created_at"], document["updated_at"], *(c["decided_at"] for c in document["history"])]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", t) for t in times), times
 
 
 def test_an_unknown_post_is_404_and_an_id_with_path_characters_is_422(api: RunningApi) -> None:
