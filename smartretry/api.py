@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from projections.decide import (
     OVERTAKEN,
@@ -286,6 +287,15 @@ def _corrected(current: PostContent | None, correction: ContentCorrection | None
     return PostContent.model_validate({**current.model_dump(), **given})
 
 
+# A database call that failed for the database's state (away, restarting, locked), not for what it asked.
+DATABASE_AWAY = (OperationalError, InterfaceError)
+
+
+def database_unreachable(exc: DBAPIError) -> str:
+    """What a database call that failed for the database's state says, for people: never its statement or values."""
+    return f"the database is unavailable ({type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__})"
+
+
 @dataclass
 class Accepted:
     """A command on Kafka, and the answer to give for it."""
@@ -529,7 +539,21 @@ class FrontDoor:
         if self.on_accepted is not None:
             self.on_accepted(command)
         log.info("%s accepted", command.type, extra={"post_id": command.post_id, "command_id": command.command_id})
-        return await self._answer(command, await self._wait(command) if wait else await self.read(command.post_id))
+        try:
+            state = await self._wait(command) if wait else await self.read(command.post_id)
+        except DATABASE_AWAY as exc:
+            # The command is on Kafka and will be carried out: only its results cannot be read now. Answered as
+            # accepted, so that the caller does not send it again as a new command (a second publish).
+            log.error("%s accepted, but its results cannot be read: %s", command.type, database_unreachable(exc),
+                      extra={"post_id": command.post_id, "command_id": command.command_id})
+            return Accepted(command, 202, PublishResponse(
+                success=False, results={}, command_id=command.command_id, pending=True,
+                location=f"/posts/{command.post_id}",
+                note=f"accepted and being carried out, but {database_unreachable(exc)}, so its results cannot be "
+                     f"shown yet: see /posts/{command.post_id} later (sending this request again, with the same "
+                     f"command_id, cannot publish twice)",
+                post=PostSummary(id=command.post_id, status="publishing", error_message=None)))
+        return await self._answer(command, state)
 
     async def _wait(self, command: Command) -> PostState | None:
         deadline = time.monotonic() + self.settings.api_wait_seconds
@@ -765,6 +789,20 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
                                 headers={"WWW-Authenticate": "Bearer"})
 
     authorized = [Depends(require_api_key)]
+
+    async def _database_away(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        # One line, not a traceback per request while the database is away; `/readyz` says when it is back.
+        why = database_unreachable(exc)
+        log.error("%s %s: %s", request.method, request.url.path, why)
+        detail = f"{why}: try again shortly (GET /readyz says when it is back)"
+        if request.url.path.startswith("/ui"):
+            return PlainTextResponse(f"The service cannot read its posts just now: {why}. Reload in a moment.",
+                                     status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
+
+    for away in DATABASE_AWAY:
+        app.add_exception_handler(away, _database_away)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

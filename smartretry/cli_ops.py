@@ -105,6 +105,10 @@ class Api:
                                f"({type(exc).__name__}); the command was accepted: `smartretry show {post_id}` "
                                "once the service is back") from None
             detail: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
+            if answer.status_code == 503:
+                # Not the command's failure: the API cannot read the results just now (its database away).
+                raise ApiError(f"the command was accepted, but its results cannot be shown just now "
+                               f"({_problem(answer)}): `smartretry show {post_id}` in a moment", 503)
             if answer.status_code not in (200, 404):
                 self.call("GET", f"/posts/{post_id}")  # raises with the API's reason
             if (detail is not None and detail["command"]["settled"]) or time.monotonic() > deadline:

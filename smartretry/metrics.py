@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections import Counter as Tally
@@ -27,10 +28,13 @@ from sqlalchemy import select
 from projections.responses import retries_used_up
 from projections.state import PostState
 from projections.store import posts
+from publishers.redact import scrub
 from schemas.common import NO_CREDENTIALS
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
 from streams.kafka import consumer
+
+log = logging.getLogger(__name__)
 
 # How long one scan of the store serves scrapes.
 SCAN_CACHE_SECONDS = 5.0
@@ -167,9 +171,21 @@ class ServiceMetrics:
                 for p in metadata.partitions}
 
     def collect(self) -> list[Metric]:
-        tally = self._tally()
         topics = self.settings.topics
-        families: list[Metric] = []
+        database = GaugeMetricFamily("smartretry_database_up", "1 when this scrape read the projection, 0 when the "
+                                     "database did not answer (the posts' figures and the lag are then left out)")
+        try:
+            # Read at every scrape (the tally may be an earlier scrape's): the database answers now.
+            applied = self.stores.projection.applied_offsets(topics.post_events)
+            tally = self._tally()
+        except Exception as exc:
+            # A scrape while the database is away still says so, and reports what Kafka holds.
+            log.warning("metrics: the projection could not be read (%s: %s)", type(exc).__name__,
+                        scrub(str(exc))[:300])
+            database.add_metric([], 0)
+            return [database, *self._kafka_families(topics.post_events, topics.commands, topics.dead_letters, None)]
+        database.add_metric([], 1)
+        families: list[Metric] = [database]
 
         by_status = GaugeMetricFamily("smartretry_posts", "Posts in the projection by status", labels=["status"])
         for status in ("publishing", "posted", "failed"):
@@ -223,10 +239,12 @@ class ServiceMetrics:
             needing.add_metric([platform, action], count)
         families.append(needing)
 
-        families.extend(self._kafka_families(topics.post_events, topics.commands, topics.dead_letters))
+        families.extend(self._kafka_families(topics.post_events, topics.commands, topics.dead_letters, applied))
         return families
 
-    def _kafka_families(self, events_topic: str, commands_topic: str, dead_letters_topic: str) -> list[Metric]:
+    def _kafka_families(self, events_topic: str, commands_topic: str, dead_letters_topic: str,
+                        applied: dict[int, int] | None) -> list[Metric]:
+        """Kafka's up gauge and topic sizes, and the projection's lag when `applied` (its offsets) was read."""
         if not self.settings.kafka_bootstrap_servers:
             return []
         up = GaugeMetricFamily("smartretry_kafka_up", "1 when this scrape read Kafka's offsets, 0 when the broker did "
@@ -240,16 +258,17 @@ class ServiceMetrics:
             up.add_metric([], 0)
             return [up]
         up.add_metric([], 1)
-        applied = self.stores.projection.applied_offsets(events_topic)
+        messages = GaugeMetricFamily("smartretry_topic_messages", "Messages retained on a topic",
+                                     labels=["topic"])
+        for name, offsets in sizes.items():
+            messages.add_metric([name], sum(high - low for low, high in offsets.values()))
+        if applied is None:
+            return [up, messages]
         lag = GaugeMetricFamily("smartretry_projection_lag_events",
                                 "Post events written but not yet applied to the projection, by partition",
                                 labels=["partition"])
         for partition, (_low, high) in sorted(events.items()):
             lag.add_metric([str(partition)], max(0, high - 1 - applied.get(partition, -1)))
-        messages = GaugeMetricFamily("smartretry_topic_messages", "Messages retained on a topic",
-                                     labels=["topic"])
-        for name, offsets in sizes.items():
-            messages.add_metric([name], sum(high - low for low, high in offsets.values()))
         return [up, lag, messages]
 
 

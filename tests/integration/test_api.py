@@ -1168,3 +1168,55 @@ def test_a_retry_of_an_imported_post_with_nothing_left_to_publish_says_so_whatev
     # Not "correct the caption": there is nothing to publish (the CLI shows the post, as for any other).
     assert answer.status_code == 409, answer.text
     assert answer.json()["detail"].startswith("Nothing to retry: Facebook already succeeded")
+
+
+def test_a_database_lost_after_the_command_was_taken_answers_202_naming_the_command_and_the_rest_503(
+        kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    """The command is on Kafka, so it will be published: the caller must not be led to send a second one."""
+    home = tmp_path / "db"
+    home.mkdir()
+    settings = api_settings(kafka_bootstrap, topics, f"sqlite:///{home}/projection.db")
+    stores = open_stores(settings)
+    stores.credentials.set_token("acme", "acme-user-token-0001", "747917475065823", "17841400000000000")
+    sync_producer = producer(kafka_bootstrap)
+    app = create_app(settings, stores, sync_producer)
+    front = app.state.front
+    sent = front.send
+
+    async def send_then_lose_the_database(topic: str, key: str, value: bytes) -> None:
+        await sent(topic, key, value)
+        home.rename(tmp_path / "gone")  # the database away: every new connection fails
+        stores.engine.dispose()
+
+    front.send = send_then_lose_the_database
+    server = serve_in_thread(app, "127.0.0.1", free_port())
+    try:
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=30) as client:
+            answer = client.post("/posts", json=publish_body(command_id="cmd-dbgone"))
+            front.send = sent
+            detail = client.get(f"/posts/{answer.json()['post']['id']}")
+            metrics = client.get("/metrics")
+            (tmp_path / "gone").rename(home)  # back
+            back = client.get("/metrics")
+    finally:
+        server.stop()
+        sync_producer.flush(5)
+        stores.engine.dispose()
+
+    assert answer.status_code == 202, answer.text
+    document = answer.json()
+    post_id = document["post"]["id"]
+    assert document["command_id"] == "cmd-dbgone" and document["pending"] is True
+    assert document["location"] == f"/posts/{post_id}"
+    assert "accepted and being carried out" in document["note"]
+    assert "the database is unavailable (OperationalError)" in document["note"]
+    [(_key, value)] = messages_on(kafka_bootstrap, topics.commands)
+    assert decode_command(value).command_id == "cmd-dbgone"
+
+    assert detail.status_code == 503 and detail.headers["Retry-After"] == "5"
+    assert detail.json()["detail"].startswith("the database is unavailable (OperationalError): try again shortly")
+    assert metrics.status_code == 200
+    assert "smartretry_database_up 0.0" in metrics.text and "smartretry_kafka_up 1.0" in metrics.text
+    assert f'smartretry_topic_messages{{topic="{topics.commands}"}} 1.0' in metrics.text
+    assert "smartretry_posts{" not in metrics.text  # the store's figures are left out, not shown as zeros
+    assert "smartretry_database_up 1.0" in back.text and 'smartretry_posts{status="failed"} 0.0' in back.text

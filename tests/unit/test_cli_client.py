@@ -26,6 +26,21 @@ def test_an_api_that_stops_answering_while_results_are_awaited_is_one_clear_erro
     assert "the command was accepted: `smartretry show post-1`" in str(raised.value)
 
 
+
+def test_an_api_whose_database_is_away_while_results_are_awaited_says_the_command_was_accepted() -> None:
+    def away(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"detail": "the database is unavailable (OperationalError): try again shortly"})
+
+    api = Api("http://127.0.0.1:9")
+    api.client = httpx.Client(base_url=api.base_url, transport=httpx.MockTransport(away))
+    with pytest.raises(ApiError) as raised:
+        api.wait_for("post-1", "cmd-1", timeout=5)
+    api.close()
+    assert str(raised.value).startswith("the command was accepted, but its results cannot be shown just now (the "
+                                        "database is unavailable (OperationalError)")
+    assert "`smartretry show post-1` in a moment" in str(raised.value)
+
+
 UNCONFIRMED = ('Kafka did not take command cmd-7 for post post-7 in time (timed out); it may still arrive and be '
                'carried out. Send the same request again with "command_id": "cmd-7" and "post_id": "post-7", which '
                'cannot publish twice (a new command or post id could)')
