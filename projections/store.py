@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import text as sql
 
 from projections.fold import apply_all, apply_valid
 from projections.state import PostState
@@ -85,16 +87,43 @@ Offsets = dict[tuple[str, int], int]
 
 
 def same_database(one: Engine, other: Engine) -> bool:
-    """Whether two engines reach the same database: one SQLite file, or one database of one server."""
+    """Whether two engines reach the same database: one SQLite file, or one database of one server.
+
+    Told from the URLs first. Two PostgreSQL URLs that differ may still reach one database (a Unix socket and
+    TCP, a host's other name): the server is then asked, when both engines can connect.
+    """
     a, b = one.url, other.url
     if a.get_backend_name() != b.get_backend_name():
         return False
     if a.get_backend_name() == "sqlite":
-        files = [_sqlite_file(a), _sqlite_file(b)]
-        if None in files:
+        first, second = _sqlite_file(a), _sqlite_file(b)
+        if first is None or second is None:
             return False  # each in-memory database is its own
-        return files[0] == files[1]
-    return _server(a) == _server(b) and a.database == b.database
+        # One file under two names (a hard link) is one database too.
+        return first == second or (first.exists() and second.exists() and first.samefile(second))
+    if _server(a) == _server(b) and a.database == b.database:
+        return True
+    if a.get_backend_name() == "postgresql" and isinstance(one, Engine) and isinstance(other, Engine):
+        return _one_postgres_database(one, other)
+    return False
+
+
+def _one_postgres_database(one: Engine, other: Engine) -> bool:
+    """Whether `other` reaches `one`'s database: an advisory lock taken through `one` (a database's own) is then
+    taken already for `other`. Nothing is written."""
+    key = secrets.randbits(62)
+    with one.connect() as holder:
+        holder.execute(sql("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            with other.connect() as asker:
+                free = bool(asker.execute(sql("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+                if free:
+                    asker.execute(sql("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                asker.rollback()
+        finally:
+            holder.execute(sql("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            holder.rollback()
+    return not free
 
 
 def _sqlite_file(url: URL) -> Path | None:

@@ -228,3 +228,33 @@ class TestPostgresStore(StoreContract):
         with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql(f"DROP DATABASE {name}")
         admin.dispose()
+
+    def test_a_replay_into_the_live_database_reached_through_its_socket_is_refused(
+            self, engine: Engine, postgres_url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        from projections.store import same_database
+        from streams.replay import replay
+        from streams.topics import Topics
+        from tests.unit.test_fold import History
+
+        url = engine.url
+        with engine.connect() as conn:
+            sockets = str(conn.exec_driver_sql("SHOW unix_socket_directories").scalar()).split(",")[0].strip()
+        # The live database under a URL no comparison of URLs can match to its own: the server's socket.
+        through_socket = make_engine(f"postgresql+psycopg://{url.username}@/{url.database}?host={sockets}"
+                                     f"&port={url.port}")
+        another = make_engine(str(make_url(postgres_url).set(database="postgres")))
+        live = ProjectionStore(engine)
+        live.create_schema()
+        history = History("post-1")
+        history.publish()
+        live.apply_batch("post-events", 0, list(enumerate(history.events)))
+        try:
+            with pytest.raises(ValueError, match="the scratch store is the live projection's database"):
+                replay("127.0.0.1:1", Topics(), live, ProjectionStore(through_socket))
+            assert live.count() == 1  # nothing emptied
+            assert same_database(engine, through_socket) and not same_database(engine, another)
+        finally:
+            through_socket.dispose()
+            another.dispose()

@@ -119,3 +119,11 @@ def test_without_the_brokers_address_the_reset_needs_run_s_stopped_broker_or_for
     stopped = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
     assert stopped.exit_code == 0, stopped.output
     assert store.count() == 0
+
+
+def test_a_scratch_store_at_a_hard_link_of_the_live_sqlite_file_is_the_live_one(tmp_path: Path) -> None:
+    live = tmp_path / "smartretry.db"
+    live.write_bytes(b"")
+    (tmp_path / "scratch.db").hardlink_to(live)
+    engines = [SimpleNamespace(url=make_url(f"sqlite:///{path}")) for path in (live, tmp_path / "scratch.db")]
+    assert same_database(*engines)  # type: ignore[arg-type]
