@@ -460,7 +460,10 @@ class CommandHandler:
         # posts here (no queued command, no automatic retry). Only the new owner commits past them, and it
         # recognises a redelivered command by its id and its attempts in the projection.
         if partitions:
-            log.info("Partitions %s of %s moved to another handler", sorted(partitions), self.topics.commands)
+            # Not always to another handler: a handler that lost its place in the group (a broker restart, a
+            # session that ran out) gets them back in the rebalance that follows.
+            log.info("Partitions %s of %s revoked by a rebalance: the handler the group assigns them to next (this one "
+                     "too) carries on with their commands", sorted(partitions), self.topics.commands)
         for partition in partitions:
             self._progress.pop(partition, None)
 
