@@ -42,6 +42,10 @@ IG_INVALID_MEDIA = frozenset({2207052, 2207004, 2207005, 2207009, 2207010, 22070
 IG_DAILY_LIMIT = 2207042
 IG_RESTRICTED = frozenset({2207050})
 IG_NOT_READY_CODE = 9007
+# A failed container's status text names its subcode: "Error: 2207052 ...".
+_SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
+# What a PlatformError's message holds at most.
+MESSAGE_LENGTH = 2000
 
 # Meta prefixes messages with "(#324) "; the seed's messages read without it.
 _CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
@@ -78,7 +82,7 @@ def classify(
     status = "" if http_status is None else f"{http_status} - "
     return PlatformError(
         kind=kind,
-        message=scrub(f"{action or default_action(platform)} failed: {status}{detail}")[:2000],
+        message=scrub(f"{action or default_action(platform)} failed: {status}{detail}")[:MESSAGE_LENGTH],
         code=code,
         subcode=subcode,
         http_status=http_status,
@@ -116,6 +120,20 @@ def container_error_kind(subcode: int | None) -> ErrorKind:
     if subcode in IG_RESTRICTED:
         return ErrorKind.PERMISSION
     return ErrorKind.INVALID_MEDIA
+
+
+def container_failed(status: str) -> PlatformError:
+    """The error of an Instagram container that ended in ERROR, from the `status` text Meta gave it.
+
+    Meta's words, kept in the result, the insights and the pages like any error's: scrubbed as `classify` scrubs
+    an error envelope's message.
+    """
+    detail = scrub(status.strip())
+    match = _SUBCODE_IN_STATUS.search(detail)
+    subcode = int(match.group(1)) if match else None
+    return PlatformError(
+        kind=container_error_kind(subcode), subcode=subcode,
+        message=f"Instagram media processing failed: {detail or 'the image could not be processed'}"[:MESSAGE_LENGTH])
 
 
 def is_retry_same_container(error: PlatformError) -> bool:

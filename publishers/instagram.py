@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
-from publishers.errors import container_error_kind, is_retry_same_container, unreachable_account
+from publishers.errors import container_failed, is_retry_same_container, unreachable_account
 from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, created_id, earliest_match
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -22,7 +21,6 @@ from schemas.events import PlatformError
 log = logging.getLogger(__name__)
 
 RECENT_MEDIA_LIMIT = 50
-_SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
 # Refusals of media_publish that say nothing about the container.
 _NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED)
 
@@ -179,13 +177,7 @@ class InstagramPublisher:
             if status in ("FINISHED", "PUBLISHED"):
                 return status
             if status == "ERROR":
-                match = _SUBCODE_IN_STATUS.search(detail)
-                subcode = int(match.group(1)) if match else None
-                raise GraphCallFailed(PlatformError(
-                    kind=container_error_kind(subcode),
-                    message=f"Instagram media processing failed: {detail or 'the image could not be processed'}",
-                    subcode=subcode,
-                ))
+                raise GraphCallFailed(container_failed(detail))
             if status == "EXPIRED":
                 raise GraphCallFailed(PlatformError(
                     kind=ErrorKind.TRANSIENT, subcode=2207020,

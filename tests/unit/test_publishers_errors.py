@@ -390,3 +390,49 @@ def test_a_policy_block_waits_for_the_user_and_says_why_in_metas_words() -> None
                              "otherwise disallowed")
     # Also when Meta marks it transient.
     assert classify("facebook", 400, envelope(368, 1390008, transient=True)).kind is ErrorKind.INVALID_REQUEST
+
+
+# Built at run time, so that no token-shaped word stands in the source.
+PLAIN_SECRET = "not-shaped-like-meta-" + "5e1f" * 4
+
+
+def container_status_graph(status: str) -> Callable[[httpx.Request], httpx.Response]:
+    """A Graph API whose container is not ready at once, then ends in ERROR with `status` as its text."""
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/media"):
+            return httpx.Response(200, json={"id": "17889455560051444"})
+        if request.url.path.endswith("/media_publish"):
+            return httpx.Response(400, json={"error": {"message": "The media is not ready for publishing",
+                                                       "code": 9007, "error_subcode": 2207027}})
+        if request.url.path.endswith("/17889455560051444"):
+            return httpx.Response(200, json={"status_code": "ERROR", "status": status})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+    return graph
+
+
+@pytest.mark.parametrize("carried", [
+    f"GET https://cdn.example.com/a.jpg?access_token={PLAIN_SECRET}",
+    f"Authorization: Bearer {PLAIN_SECRET}",
+    "token " + "EAA" + "Gm0dEl" * 8,
+    "token user-token-secret-7",  # the account's own token (not shaped like Meta's)
+], ids=["access_token", "bearer", "meta-shaped", "stored"])
+async def test_an_instagram_containers_failed_status_gives_its_reason_without_the_token_it_carried(
+        carried: str) -> None:
+    status = f"Error: 2207052 Media download failed ({carried})"
+    outcome = await instagram_publish_through(container_status_graph(status))
+
+    # The reason the user reads (and the result, insights and pages keep): Meta's, with the token taken out.
+    assert outcome.error is not None and not outcome.success
+    message = outcome.error.message
+    assert message.startswith("Instagram media processing failed: Error: 2207052 Media download failed (")
+    assert REDACTED in message
+    for secret in (PLAIN_SECRET, "EAA" + "Gm0dEl" * 8, "user-token-secret-7"):
+        assert secret not in message
+    assert (outcome.error.kind, outcome.error.subcode) == (ErrorKind.INVALID_MEDIA, 2207052)
+
+
+async def test_an_instagram_containers_very_long_status_is_cut_to_an_errors_length() -> None:
+    outcome = await instagram_publish_through(container_status_graph("Error: 2207052 " + "x" * 5000))
+
+    assert outcome.error is not None and len(outcome.error.message) == 2000
+    assert outcome.error.subcode == 2207052
