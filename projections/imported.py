@@ -20,14 +20,11 @@ from pydantic import ValidationError
 
 from projections.fold import CONTENT_FIELDS, TAKEN_OUT
 from projections.state import PostState
-from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, map_strings, without_tokens
+from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, REDACTED_IN_URL, map_strings, without_tokens
 from schemas.commands import PostContent
 from schemas.common import Platform
 from schemas.events import Event, LegacyInsightsImported
 
-# What a token in an address becomes: a word an address may hold anywhere ("[redacted]" may not, in a host or
-# its user part, and an address the contract refuses could not be read back from the projection).
-REDACTED_IN_URL = "redacted"
 # The fields each platform publishes: Instagram has no link.
 PUBLISHED: dict[Platform, tuple[str, ...]] = {"facebook": CONTENT_FIELDS, "instagram": ("caption", "image_url")}
 

@@ -12,7 +12,15 @@ from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import classify, unreachable_account
-from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, created_id, earliest_match, parse_meta_time
+from publishers.graph import (
+    CLOCK_SKEW,
+    GraphApi,
+    GraphCallFailed,
+    answered_id,
+    created_id,
+    earliest_match,
+    parse_meta_time,
+)
 from publishers.redact import register_secret
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
@@ -124,8 +132,9 @@ class FacebookPagePublisher:
         if match is None:
             log.info("No Facebook post matches the attempt", extra={"attempt_id": attempt_id})
             return None
-        post_id = str(match["id"])
-        log.info("Facebook post %s found for the attempt", post_id, extra={"attempt_id": attempt_id})
+        # An id with a token in it is none to record: the post went out all the same, its id unknown.
+        post_id = answered_id(match["id"])
+        log.info("Facebook post %s found for the attempt", post_id or "(id unusable)", extra={"attempt_id": attempt_id})
         # Like a publish's result: the post id, and its address built from it.
         return PublishOutcome.published("facebook", post_id, None)
 

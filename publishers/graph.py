@@ -11,7 +11,7 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.errors import classify, classify_transport, may_have_reached_platform
-from publishers.redact import register_secret, scrub_http_client_logs
+from publishers.redact import register_secret, scrub, scrub_http_client_logs, scrub_url
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
 
@@ -35,16 +35,41 @@ class GraphCallFailed(Exception):
 def created_id(body: Mapping[str, Any], *keys: str, action: str) -> str:
     """The id a creating call's answer gives under the first of `keys` it has.
 
-    An answer that names none (an id empty, null or of another type) took the call all the same, so what it
-    created may exist: the outcome is unknown, never a success with no id to show for it.
+    An answer that names none (an id empty, null or of another type), or one that carries a token (`answered_id`),
+    took the call all the same, so what it created may exist: the outcome is unknown, never a success with no id
+    to show for it.
     """
     for key in keys:
-        value = body.get(key)
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value)
+        text = _id_text(body.get(key))
+        if text is None:
+            continue
+        if answered_id(text) is None:
+            raise GraphCallFailed(PlatformError(
+                kind=ErrorKind.TRANSIENT, http_status=200,
+                message=f"{action} failed: 200 - the platform's answer gave a {key} with an access token in it, "
+                        "which is no id"), outcome_unknown=True)
+        return text
     raise GraphCallFailed(PlatformError(
         kind=ErrorKind.TRANSIENT, http_status=200,
         message=f"{action} failed: 200 - the platform's answer named no {' or '.join(keys)}"), outcome_unknown=True)
+
+
+def answered_id(value: Any) -> str | None:
+    """An id a Graph answer gives (a string or a number), as text; None for none (empty, null, another type), and
+    for one with a token in it, which no id of Meta's has: recorded, it would be shown wherever the post is."""
+    text = _id_text(value)
+    return text if text is not None and scrub(text) == text else None
+
+
+def answered_link(value: Any) -> str | None:
+    """A permalink a Graph answer gives, with any token in it scrubbed out (`scrub_url`); None for none."""
+    return scrub_url(value) if isinstance(value, str) and value.strip() else None
+
+
+def _id_text(value: Any) -> str | None:
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value)
+    return None
 
 
 class GraphApi:

@@ -13,7 +13,15 @@ from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import container_failed, is_retry_same_container, unreachable_account
-from publishers.graph import CLOCK_SKEW, GraphApi, GraphCallFailed, created_id, earliest_match
+from publishers.graph import (
+    CLOCK_SKEW,
+    GraphApi,
+    GraphCallFailed,
+    answered_id,
+    answered_link,
+    created_id,
+    earliest_match,
+)
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
@@ -267,10 +275,8 @@ class InstagramPublisher:
                                time_field="timestamp", text_field="caption", exclude=recorded, only=only)
         if media is None:
             return PublishOutcome.published("instagram", None, None, container_id)
-        permalink = media.get("permalink")
         return PublishOutcome.published(
-            "instagram", str(media["id"]), permalink if isinstance(permalink, str) else None, container_id
-        )
+            "instagram", answered_id(media["id"]), answered_link(media.get("permalink")), container_id)
 
     async def _permalink(self, media_id: str, token: SecretStr) -> str | None:
         try:
@@ -278,8 +284,7 @@ class InstagramPublisher:
                                          action="Instagram permalink")
         except GraphCallFailed:
             return None
-        link = body.get("permalink")
-        return link if isinstance(link, str) and link else None
+        return answered_link(body.get("permalink"))
 
 
 def _not_connected(action: str) -> PlatformError:

@@ -25,6 +25,9 @@ _SECRET_PARAM = re.compile(
 # ("the ring bearer walks" is no header).
 _BEARER = re.compile(r"(\bBearer\s+)(?=[A-Za-z0-9._~+/=-]{16,})[^\s\"',}]+", re.IGNORECASE)
 REDACTED = "[redacted]"
+# What a token in an address becomes: a word an address may hold anywhere ("[redacted]" may not, in a host or
+# its user part, and an address the contract refuses could not be read back from the projection).
+REDACTED_IN_URL = "redacted"
 
 # The secrets seen lately, least recently registered first. Every use of a token registers it again (each
 # command's credentials do), so only tokens out of use for a long while fall off the end; a rotated-out
@@ -70,6 +73,11 @@ def scrub_shapes(text: str) -> str:
     text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _TOKEN_SHAPED.sub(REDACTED, text)
+
+
+def scrub_url(url: str) -> str:
+    """`scrub` for an address: what took a token's place is "redacted", so that the address stays one."""
+    return scrub(url).replace(REDACTED, REDACTED_IN_URL)
 
 
 def map_strings(value: Any, change: Callable[[str], str], *, keys: bool = False) -> Any:

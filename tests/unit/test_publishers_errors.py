@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -436,3 +437,102 @@ async def test_an_instagram_containers_very_long_status_is_cut_to_an_errors_leng
 
     assert outcome.error is not None and len(outcome.error.message) == 2000
     assert outcome.error.subcode == 2207052
+
+
+def carrying(kind: str) -> str:
+    """A token as a Graph answer could carry it: in a query, of Meta's shape, or the account's own token."""
+    return {"access_token": f"access_token={PLAIN_SECRET}", "meta-shaped": "EAA" + "Gm0dEl" * 8,
+            "stored": "user-token-secret-7"}[kind]
+
+
+def tokens_in(text: str | None) -> list[str]:
+    return [s for s in (PLAIN_SECRET, "EAA" + "Gm0dEl" * 8, "user-token-secret-7") if s in (text or "")]
+
+
+@pytest.mark.parametrize("kind", ["access_token", "meta-shaped", "stored"])
+async def test_an_instagram_permalink_that_carries_a_token_is_kept_without_it(kind: str) -> None:
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/media"):
+            return httpx.Response(200, json={"id": "17889455560051444"})
+        if request.url.path.endswith("/media_publish"):
+            return httpx.Response(200, json={"id": "18107758234627017"})
+        if request.url.path.endswith("/18107758234627017"):
+            return httpx.Response(200, json={"permalink": f"https://www.instagram.com/p/DRJ1nlKDgY9/?{carrying(kind)}"})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+
+    outcome = await instagram_publish_through(graph)
+
+    # Published, and its address still one (the page links to it), with the token taken out.
+    assert outcome.success and outcome.platform_post_id == "18107758234627017"
+    assert outcome.permalink is not None and outcome.permalink.startswith("https://www.instagram.com/p/DRJ1nlKDgY9/?")
+    assert "redacted" in outcome.permalink and tokens_in(outcome.permalink) == []
+
+
+@pytest.mark.parametrize("kind", ["access_token", "meta-shaped", "stored"])
+async def test_a_facebook_publish_answered_with_a_post_id_that_carries_a_token_leaves_its_outcome_unknown(
+        kind: str) -> None:
+    outcome = await facebook_photo_answered(httpx.Response(200, json={"id": "1", "post_id": f"7479_{carrying(kind)}"}))
+
+    # No id to record (it would be shown as the post's address): looked up before any new publish, as an answer
+    # with no id is.
+    assert not outcome.success and outcome.outcome_unknown and outcome.platform_post_id is None
+    assert outcome.error is not None and "post_id" in outcome.error.message and tokens_in(outcome.error.message) == []
+
+
+@pytest.mark.parametrize(("endpoint", "unknown"), [("media", False), ("media_publish", True)])
+async def test_an_instagram_id_that_carries_a_token_is_no_id(endpoint: str, unknown: bool) -> None:
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{endpoint}"):
+            return httpx.Response(200, json={"id": f"1788_{carrying('meta-shaped')}"})
+        if request.url.path.endswith("/media"):
+            return httpx.Response(200, json={"id": "17889455560051444"})
+        if request.url.path.endswith("/17889455560051444"):
+            return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+
+    outcome = await instagram_publish_through(graph)
+
+    assert not outcome.success and outcome.outcome_unknown is unknown and outcome.platform_post_id is None
+    assert outcome.container_id in (None, "17889455560051444")
+    assert outcome.error is not None and tokens_in(outcome.error.message) == []
+
+
+@pytest.mark.parametrize("kind", ["access_token", "meta-shaped", "stored"])
+async def test_a_post_found_by_its_caption_is_recorded_without_a_token_its_listing_carried(kind: str) -> None:
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/17889455560051444"):
+            return httpx.Response(200, json={"status_code": "PUBLISHED", "status": "Published"})
+        if request.url.path.endswith("/media"):
+            return httpx.Response(200, json={"data": [{
+                "id": f"1810_{carrying(kind)}", "caption": "hi", "timestamp": "2025-11-17T10:10:13+0000",
+                "permalink": f"https://www.instagram.com/p/DRJ1nlKDgY9/?{carrying(kind)}"}]})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), None, "17841400000000001")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        found = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0").find_existing(
+            PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg"), account, attempt_id="a1",
+            container_id="17889455560051444", attempted_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC))
+
+    # It went out (never published again); its id is none to record, its address kept without the token.
+    assert found is not None and found.success and found.platform_post_id is None
+    assert found.permalink is not None and "redacted" in found.permalink and tokens_in(found.permalink) == []
+
+
+async def test_a_facebook_post_found_by_its_caption_with_a_token_in_its_id_went_out_with_no_id_to_record() -> None:
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v24.0/747917475065823":
+            return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
+        if request.url.path.endswith("/published_posts"):
+            return httpx.Response(200, json={"data": [{"id": f"7479_{carrying('meta-shaped')}", "message": "hi",
+                                                       "created_time": "2025-11-17T10:10:13+0000"}]})
+        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+
+    account = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", None)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        found = await FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0").find_existing(
+            PostContent(caption="hi"), account, attempt_id="a1", container_id=None,
+            attempted_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC))
+
+    # Found, so never published a second time; no post id (nor an address built from it) to show.
+    assert found is not None and found.success and found.platform_post_id is None and found.permalink is None
