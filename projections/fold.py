@@ -391,8 +391,9 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         if when is not None and getattr(insights, name) is None:
             changes[name] = when
     for name in ("facebook_post_id", "instagram_media_id", "instagram_permalink"):
-        value = old.get(name)
-        if isinstance(value, str) and value and getattr(insights, name) is None:
+        # Read as the results' own ids are: `post_url` is built from the Facebook one.
+        value = _legacy_text(old.get(name))
+        if value is not None and getattr(insights, name) is None:
             changes[name] = value
     if changes:
         insights = insights.model_copy(update=changes)

@@ -11,6 +11,7 @@ import pytest
 from projections import fold as fold_module
 from projections.decide import decide
 from projections.fold import apply, apply_all, apply_valid, fold
+from projections.imported import without_secrets
 from projections.state import PostState
 from schemas.commands import PostContent, RetryRequested
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
@@ -564,3 +565,37 @@ def test_a_token_an_imported_error_writes_another_way_is_scrubbed_out_too(writte
     assert "SOMETHING" not in state.model_dump_json()
     facebook = state.latest_result("facebook")
     assert facebook is not None and facebook.error is not None and "[redacted]" in facebook.error
+
+
+def test_platform_ids_an_old_document_kept_beside_its_results_lose_the_tokens_they_carry() -> None:
+    """The results name no post, so the document's own ids are the post's: on the API, the pages and `post_url`."""
+    meta_shaped = "EAA" + "Bw0rKeD1" * 6
+    stored = "a-stored-token-" + "0f9e" * 4  # not shaped like Meta's: the projector takes it out before the fold
+    document = {"status": "posted", "insights": {
+        "publish_results": [{"platform": "facebook", "success": True}, {"platform": "instagram", "success": True}],
+        "facebook_post_id": f"7479_{meta_shaped}",
+        "instagram_media_id": f"1810 Bearer {stored}",
+        "instagram_permalink": f"https://www.instagram.com/p/DRJ1nlKDgY9/?access_token={stored}",
+    }}
+    event = LegacyInsightsImported(event_id="imported-1", post_id=POST, occurred_at=T0, publish_target="both",
+                                   document=document)
+
+    state = apply_all(None, [without_secrets(event, {stored})])
+
+    assert state is not None
+    text = state.model_dump_json()
+    assert meta_shaped not in text and stored not in text
+    insights = state.document.insights
+    assert insights.facebook_post_id == "7479_[redacted]"
+    assert state.document.post_url == "https://www.facebook.com/7479_[redacted]"
+    assert insights.instagram_media_id == "1810 Bearer [redacted]"
+    assert insights.instagram_permalink == "https://www.instagram.com/p/DRJ1nlKDgY9/?access_token=[redacted]"
+    # By the shapes alone (the fold's part, the same in every replay): Meta's, `Bearer ...` and `access_token=...`.
+    shapes_only = History().legacy({"status": "posted", "insights": {
+        "publish_results": [{"platform": "facebook", "success": True}, {"platform": "instagram", "success": True}],
+        "facebook_post_id": f"7479_{meta_shaped}", "instagram_media_id": "1810 Bearer abcdefghij0123456789",
+        "instagram_permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/?access_token=x"}}).state()
+    assert (shapes_only.document.post_url, shapes_only.document.insights.instagram_media_id,
+            shapes_only.document.insights.instagram_permalink) == (
+        "https://www.facebook.com/7479_[redacted]", "1810 Bearer [redacted]",
+        "https://www.instagram.com/p/DRJ1nlKDgY9/?access_token=[redacted]")
