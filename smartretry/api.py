@@ -338,6 +338,7 @@ class FrontDoor:
                                        content=body.content, account=body.account, requested_at=self.clock())
         except ValidationError as exc:
             raise unprocessable(exc) from None
+        await self.check_account_name(body.account)
         await self._check_account(body.account, platforms_of(body.publish_target))
         state = await self.read(post_id)
         # A resent request (same command) is answered, not refused; another publish of the post is a conflict.
@@ -352,15 +353,17 @@ class FrontDoor:
             await self._check_no_secret(command.content, post_id=body.post_id, command_id=body.command_id)
         return await self._submit(command)
 
-    async def _check_no_secret(self, content: PostContent | None, **fields: str | None) -> None:
+    async def _check_no_secret(self, content: PostContent | None, *, where: str = "body", also: Collection[str] = (),
+                               **fields: str | None) -> None:
         """422 for content that carries an access token: it would be published for anyone to see, and kept in
         the post's events for good. A stored token (the handler refuses those too), one this process has seen
         (one replaced by re-authentication may still work), or one of Meta's shape. The same for the request's
         other `fields` (ids, notes): they are kept in the events and shown in logs. The field is named, the
-        value never repeated."""
+        value never repeated. `also`: tokens the request itself brings (one it stores); `where`: the fields' place
+        ("body", "path")."""
         if content is None and not any(fields.values()):
             return
-        tokens = (await asyncio.to_thread(self.stores.credentials.stored_tokens), known_secrets())
+        tokens = (await asyncio.to_thread(self.stores.credentials.stored_tokens), known_secrets(), also)
         field = secret_field(content, *tokens)
         if field is not None:
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
@@ -368,26 +371,32 @@ class FrontDoor:
                                               "anyone could read it)"}])
         name = secret_value(fields, *tokens)
         if name is not None:
-            raise HTTPException(422, [{"loc": ["body", name], "type": "contains_token",
+            raise HTTPException(422, [{"loc": [where, name], "type": "contains_token",
                                        "msg": f"{name} contains an access token: remove it (it would be kept in "
                                               "the post's events and shown in logs)"}])
 
+    async def check_account_name(self, account: str, *, where: str = "body", also: Collection[str] = ()) -> None:
+        """422 for an account reference that carries an access token: the name is stored in the clear (it is the
+        account's id) and goes into every command, event and log line of the account's posts."""
+        await self._check_no_secret(None, where=where, also=also, account=account)
+
     async def _check_account(self, account: str, platforms: Collection[Platform]) -> None:
         """422 unless the account has a token this service can read, and the Page or Instagram account of each of
-        `platforms` (what it would publish to)."""
+        `platforms` (what it would publish to). A name scrubbed from logs is not repeated here either."""
+        shown = scrub(account)
         try:
             # Read through, not just looked up: a token this service cannot decrypt (stored under another
             # secret key) would fail every platform later; the caller learns it now.
             credentials = await asyncio.to_thread(self.stores.credentials.get, account)
         except UnreadableToken:
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "unreadable_token",
-                                       "msg": f"the token of account {account!r} was stored under another "
-                                              f"secret key: store it again with PUT /accounts/{account}/token"}]
+                                       "msg": f"the token of account {shown!r} was stored under another "
+                                              f"secret key: store it again with PUT /accounts/{shown}/token"}]
                                 ) from None
         except UnknownAccount:
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
-                                       "msg": f"unknown account {account!r}: connect it (its token, page_id and "
-                                              f"ig_user_id) with PUT /accounts/{account}/token"}]) from None
+                                       "msg": f"unknown account {shown!r}: connect it (its token, page_id and "
+                                              f"ig_user_id) with PUT /accounts/{shown}/token"}]) from None
         missing = [(label, field) for platform, label, field, have in (
             ("facebook", "Facebook Page", "page_id", credentials.page_id),
             ("instagram", "Instagram business account", "ig_user_id", credentials.ig_user_id))
@@ -396,8 +405,8 @@ class FrontDoor:
             labels = " and ".join(label for label, _ in missing)
             fields = " and ".join(field for _, field in missing)
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "account_not_connected",
-                                       "msg": f"account {account!r} has no {labels} connected: set its {fields} "
-                                              f"with PUT /accounts/{account}/token"}])
+                                       "msg": f"account {shown!r} has no {labels} connected: set its {fields} "
+                                              f"with PUT /accounts/{shown}/token"}])
 
     async def retry(self, post_id: str, body: RetryBody | RepublishBody | None, forced: bool,
                     wait: bool = True) -> Accepted:
@@ -420,6 +429,9 @@ class FrontDoor:
             raise unprocessable(exc, prefix=("body", "content")) from None
         if content is not None:
             _check_urls(content)
+        if command.account is not None:
+            # Before the refusal below, which names the account.
+            await self.check_account_name(command.account)
         if command.account is not None and state.account is not None and command.account != state.account:
             # Refused whatever that account is (`decide` says why): connecting it first would change nothing.
             raise HTTPException(409, decide(state, command).reject_reason)
@@ -888,6 +900,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     @app.put("/accounts/{account}/token", dependencies=authorized, tags=["accounts"],
              summary="Re-authenticate an account (the token is stored encrypted and never shown again)")
     async def set_token(account: AccountId, body: TokenBody) -> dict[str, Any]:
+        await front.check_account_name(account, where="path", also=(body.token.get_secret_value(),))
         await asyncio.to_thread(stores.credentials.set_token, account, body.token.get_secret_value(),
                                 body.page_id, body.ig_user_id)
         log.info("Token of account %s replaced", account)

@@ -508,6 +508,43 @@ def test_ids_and_notes_carrying_a_token_are_refused_like_content(api: RunningApi
     assert_nothing_on_commands(api)
 
 
+def test_an_account_named_by_an_access_token_is_refused_without_repeating_it(api: RunningApi) -> None:
+    # A token pasted where the account's name goes: kept in the clear as its id, and carried by every command.
+    add_account(api)
+    stored = "acme-user-token-0001"
+    meta_shaped = "EAA" + "Gm0dEl" * 8
+    plain = "fresh-user-token-" + "8b2c" * 4
+    refused = [
+        ("PUT", f"/accounts/{stored}/token", {"token": "another-token-" + "1d" * 8}, ["path", "account"]),
+        ("PUT", f"/accounts/{meta_shaped}/token", {"token": "another-token-" + "1d" * 8}, ["path", "account"]),
+        ("PUT", f"/accounts/{plain}/token", {"token": plain}, ["path", "account"]),  # the token it stores
+        ("POST", "/posts", publish_body(account=stored), ["body", "account"]),
+        ("POST", "/posts", publish_body(account=meta_shaped), ["body", "account"]),
+    ]
+    store_post(api, "p-known")
+    refused += [("POST", "/posts/p-known/retry", {"account": token}, ["body", "account"])
+                for token in (stored, meta_shaped)]
+    for method, path, body, loc in refused:
+        answer = api.client.request(method, path, json=body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["detail"][0]["loc"] == loc
+        assert "account contains an access token" in answer.text
+        assert stored not in answer.text and meta_shaped not in answer.text and plain not in answer.text
+    assert [a["account"] for a in api.client.get("/accounts").json()["accounts"]] == ["acme"]
+    assert_nothing_on_commands(api)
+
+
+def test_an_unknown_account_shaped_like_a_token_is_not_repeated_in_the_refusal(api: RunningApi) -> None:
+    # Too short to be refused as a token, shaped enough to be scrubbed from logs: not echoed either.
+    shaped = "EAA" + "Gm0dEl" * 4
+    answer = api.client.post("/posts", json=publish_body(account=shaped))
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["loc"] == ["body", "account"] and problem["type"] == "unknown_account"
+    assert shaped not in answer.text
+    assert_nothing_on_commands(api)
+
+
 def test_a_facebook_photo_whose_caption_and_link_together_are_too_long_is_422(api: RunningApi) -> None:
     add_account(api)
     long = {"caption": "x" * 63_190, "image_url": FIXED_URL, "link": "https://shop.example.com/autumn"}
