@@ -292,8 +292,20 @@ DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 def database_unreachable(exc: DBAPIError) -> str:
-    """What a database call that failed for the database's state says, for people: never its statement or values."""
-    return f"the database is unavailable ({type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__})"
+    """What a database call that failed for the database's state says, for people: the driver's own message (its
+    first line, scrubbed), never the statement or its values."""
+    cause = exc.orig if exc.orig is not None else exc
+    said = scrub(str(cause).strip().splitlines()[0] if str(cause).strip() else "")[:200]
+    return f"the database is unavailable ({type(cause).__name__}{': ' + said if said else ''})"
+
+
+def _same_ids(command: Command) -> str:
+    """The ids a request must be sent again with to be the same command (a publish's post id is made from neither
+    when the request named none)."""
+    again = f'"command_id": "{command.command_id}"'
+    if isinstance(command, PublishRequested):
+        again += f' and "post_id": "{command.post_id}"'
+    return again
 
 
 @dataclass
@@ -540,30 +552,31 @@ class FrontDoor:
                       extra={"post_id": command.post_id, "command_id": command.command_id})
             # It may still get there (a send that timed out can be delivered later): the same request with
             # the same command id is then the same command, never a second one.
-            again = f'"command_id": "{command.command_id}"'
-            if isinstance(command, PublishRequested):
-                again += f' and "post_id": "{command.post_id}"'
             reason = scrub(str(exc))[:200] or type(exc).__name__
             raise HTTPException(503, f"Kafka did not take command {command.command_id} for post {command.post_id} "
                                      f"in time ({reason}); it may still arrive and be carried out. Send the same "
-                                     f"request again with {again}, which cannot publish twice (a new command or "
-                                     "post id could)") from None
+                                     f"request again with {_same_ids(command)}, which cannot publish twice (a new "
+                                     "command or post id could)") from None
         if self.on_accepted is not None:
             self.on_accepted(command)
         log.info("%s accepted", command.type, extra={"post_id": command.post_id, "command_id": command.command_id})
         try:
             state = await self._wait(command) if wait else await self.read(command.post_id)
-        except DATABASE_AWAY as exc:
-            # The command is on Kafka and will be carried out: only its results cannot be read now. Answered as
-            # accepted, so that the caller does not send it again as a new command (a second publish).
-            log.error("%s accepted, but its results cannot be read: %s", command.type, database_unreachable(exc),
+        except Exception as exc:
+            # The command is on Kafka: the handler carries it out (or says why not). Only its results cannot be read
+            # now, whatever the reason: answered as accepted, so that the caller does not send it again as a new
+            # command (a second publish).
+            why = database_unreachable(exc) if isinstance(exc, DATABASE_AWAY) else \
+                f"they could not be read ({type(exc).__name__})"
+            log.error("%s accepted, but its results cannot be read: %s", command.type, why,
+                      exc_info=not isinstance(exc, DATABASE_AWAY),
                       extra={"post_id": command.post_id, "command_id": command.command_id})
             return Accepted(command, 202, PublishResponse(
                 success=False, results={}, command_id=command.command_id, pending=True,
                 location=f"/posts/{command.post_id}",
-                note=f"accepted and being carried out, but {database_unreachable(exc)}, so its results cannot be "
-                     f"shown yet: see /posts/{command.post_id} later (sending this request again, with the same "
-                     f"command_id, cannot publish twice)",
+                note=f"accepted: the service carries it out, but its results cannot be shown yet ({why}): see "
+                     f"/posts/{command.post_id} later. To send this request again, send it with "
+                     f"{_same_ids(command)}, which cannot publish twice",
                 post=PostSummary(id=command.post_id, status="publishing", error_message=None)))
         return await self._answer(command, state)
 
@@ -777,7 +790,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             await owned.start()
             holder["send"] = owned.send
         else:
-            if isinstance(producer, AsyncProducer) and getattr(producer, "_poller", None) is None:
+            if isinstance(producer, AsyncProducer) and not producer.started:
                 await producer.start()
             holder["send"] = _sender(producer)
         try:

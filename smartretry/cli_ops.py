@@ -180,8 +180,13 @@ def _again(exc: ApiError) -> str | None:
     named = dict(re.findall(r'"(command_id|post_id)": "([^"]+)"', exc.problem))
     if "command_id" not in named:
         return None
-    options = f"--command-id {named['command_id']}" + (f" --post-id {named['post_id']}" if "post_id" in named else "")
-    them = "them" if "post_id" in named else "it"
+    return _send_again_as(named["command_id"], named.get("post_id"))
+
+
+def _send_again_as(command_id: str, post_id: str | None) -> str:
+    """How to send a command line again as the same command: the options to add, on a line of their own."""
+    options = f"--command-id {command_id}" + (f" --post-id {post_id}" if post_id else "")
+    them = "them" if post_id else "it"
     return (f"To send it again as the same command, which cannot publish twice (without {them}, a new command could), "
             f"run the same command line with these added:\n  {options}")
 
@@ -191,8 +196,17 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
     response: dict[str, Any] = answer.json()
     post_id, command_id = response["post"]["id"], response.get("command_id")
     if answer.status_code == 202 and command_id:
-        with console.status(f"{what}: waiting for the platforms' results ..."):
-            detail = api.wait_for(post_id, command_id, wait)
+        try:
+            with console.status(f"{what}: waiting for the platforms' results ..."):
+                detail = api.wait_for(post_id, command_id, wait)
+        except ApiError as exc:
+            if exc.status != 503:
+                raise
+            # Accepted, so no failure: reported as still publishing (exit status 0), with the ids that make it the
+            # same command if it is sent again (a script that sends it again without them would publish twice).
+            errors.print(f"warning: {exc}", highlight=False, markup=False, soft_wrap=True)
+            errors.print(_send_again_as(command_id, post_id if what == "Publishing" else None), soft_wrap=True)
+            return response, None
         if detail is not None and detail["command"]["settled"]:
             response = detail["command"]["response"] or response
         return response, detail
@@ -656,11 +670,14 @@ def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -
         repeated = times[source] if source is not None else 1
         reason = letter.reason if repeated == 1 else f"{letter.reason} (set aside {repeated} times)"
         when_requeued = "" if requeue is None else _utc_text(requeue.requeued_at)
-        table.add_row(str(offset), _utc_text(letter.occurred_at), source_text, letter.consumer,
-                      letter.key or "", reason, when_requeued)
+        # What came with the message is shown as it is: no rich markup read into it, no control character let through.
+        source_text, consumer, key, reason = (shown_text(text) for text in (
+            source_text, letter.consumer, letter.key or "", reason))
+        table.add_row(str(offset), _utc_text(letter.occurred_at), Text(source_text), Text(consumer), Text(key),
+                      Text(reason), when_requeued)
         if narrow:
-            console.print(f"{offset}  {_utc_text(letter.occurred_at)}  {source_text}  {letter.consumer}  "
-                          f"key {letter.key or '-'}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"{offset}  {_utc_text(letter.occurred_at)}  {source_text}  {consumer}  "
+                          f"key {key or '-'}", highlight=False, markup=False, soft_wrap=True)
             console.print(f"    {reason}" + (f" (requeued {when_requeued})" if when_requeued else ""),
                           highlight=False, markup=False, soft_wrap=True)
     if not narrow:
@@ -687,7 +704,11 @@ def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (f
 def shown_bytes(raw: bytes) -> str:
     """A message's bytes as text for a terminal: what is not UTF-8, and control characters (which a terminal would
     act on: an escape sequence in a dead letter must not repaint the operator's screen), written as escapes."""
-    text = raw.decode("utf-8", "backslashreplace")
+    return shown_text(raw.decode("utf-8", "backslashreplace"))
+
+
+def shown_text(text: str) -> str:
+    """Text from a message (its key, a reason quoting it) for a terminal: control characters written as escapes."""
     return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
 
 

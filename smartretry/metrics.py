@@ -24,6 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from projections.responses import retries_used_up
 from projections.state import PostState
@@ -138,6 +140,7 @@ class ServiceMetrics:
         self._lock = threading.Lock()
         self._cached: tuple[float, StoreTally] | None = None
         self._offsets: Consumer | None = None
+        self._database_up = True
 
     def render(self) -> tuple[bytes, str]:
         with self._lock:
@@ -178,12 +181,19 @@ class ServiceMetrics:
             # Read at every scrape (the tally may be an earlier scrape's): the database answers now.
             applied = self.stores.projection.applied_offsets(topics.post_events)
             tally = self._tally()
-        except Exception as exc:
-            # A scrape while the database is away still says so, and reports what Kafka holds.
-            log.warning("metrics: the projection could not be read (%s: %s)", type(exc).__name__,
-                        scrub(str(exc))[:300])
+        except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+            # A scrape while the database is away still says so, and reports what Kafka holds. Said in the log
+            # when it goes away, not at every scrape.
+            if self._database_up:
+                cause = getattr(exc, "orig", None) or exc
+                log.warning("metrics: the projection cannot be read (%s: %s); smartretry_database_up is 0 until it "
+                            "can", type(cause).__name__, scrub(str(cause).strip().split("\n")[0])[:200])
+            self._database_up = False
             database.add_metric([], 0)
             return [database, *self._kafka_families(topics.post_events, topics.commands, topics.dead_letters, None)]
+        if not self._database_up:
+            log.info("metrics: the projection can be read again")
+        self._database_up = True
         database.add_metric([], 1)
         families: list[Metric] = [database]
 
@@ -254,10 +264,14 @@ class ServiceMetrics:
             events = self._end_offsets(events_topic, deadline)
             sizes = {name: self._end_offsets(name, deadline) for name in (commands_topic, dead_letters_topic)}
         except Exception:
+            if self._offsets is not None:
+                self._offsets.poll(0)  # never polled otherwise: its log lines are handed over here
             # A scrape while the broker is away still reports the store's numbers, and that Kafka is away.
             up.add_metric([], 0)
             return [up]
         up.add_metric([], 1)
+        if self._offsets is not None:
+            self._offsets.poll(0)
         messages = GaugeMetricFamily("smartretry_topic_messages", "Messages retained on a topic",
                                      labels=["topic"])
         for name, offsets in sizes.items():

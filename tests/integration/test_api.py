@@ -1245,15 +1245,46 @@ def test_a_database_lost_after_the_command_was_taken_answers_202_naming_the_comm
     post_id = document["post"]["id"]
     assert document["command_id"] == "cmd-dbgone" and document["pending"] is True
     assert document["location"] == f"/posts/{post_id}"
-    assert "accepted and being carried out" in document["note"]
-    assert "the database is unavailable (OperationalError)" in document["note"]
+    assert document["note"].startswith("accepted: the service carries it out, but its results cannot be shown yet "
+                                       "(the database is unavailable (OperationalError: unable to open database file)")
+    # A request that named no post gets a new one: sent again with the command id alone, it would be another post.
+    assert f'send it with "command_id": "cmd-dbgone" and "post_id": "{post_id}"' in document["note"]
     [(_key, value)] = messages_on(kafka_bootstrap, topics.commands)
     assert decode_command(value).command_id == "cmd-dbgone"
 
     assert detail.status_code == 503 and detail.headers["Retry-After"] == "5"
-    assert detail.json()["detail"].startswith("the database is unavailable (OperationalError): try again shortly")
+    assert detail.json()["detail"].startswith("the database is unavailable (OperationalError: unable to open database "
+                                              "file): try again shortly")
     assert metrics.status_code == 200
     assert "smartretry_database_up 0.0" in metrics.text and "smartretry_kafka_up 1.0" in metrics.text
     assert f'smartretry_topic_messages{{topic="{topics.commands}"}} 1.0' in metrics.text
     assert "smartretry_posts{" not in metrics.text  # the store's figures are left out, not shown as zeros
     assert "smartretry_database_up 1.0" in back.text and 'smartretry_posts{status="failed"} 0.0' in back.text
+
+
+def test_a_command_taken_whose_results_fail_to_be_read_for_any_reason_is_answered_202(
+        api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    add_account(api)
+    sent: list[str] = []
+
+    def exhausted(_post_id: str) -> None:
+        if sent:  # read after the command went: the pool has no connection to give
+            raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
+        return None
+
+    original = api_module.FrontDoor._submit
+
+    async def submit(self: object, command: object, wait: bool = True) -> object:
+        sent.append("yes")
+        return await original(self, command, wait)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api_module.FrontDoor, "_submit", submit)
+    monkeypatch.setattr(api.stores.projection, "get", exhausted)
+    answer = api.client.post("/posts", json=publish_body(command_id="cmd-pool"))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["command_id"] == "cmd-pool"
+    assert "its results cannot be shown yet (they could not be read (TimeoutError))" in answer.json()["note"]
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    assert decode_command(value).command_id == "cmd-pool"

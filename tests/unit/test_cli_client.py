@@ -64,3 +64,28 @@ def test_a_command_kafka_may_still_take_is_sent_again_as_the_cli_says(monkeypatc
     again = CliRunner().invoke(app, [*line, "--command-id", "cmd-7", "--post-id", "post-7"])
     assert again.exit_code == 1
     assert bodies[1] == {**bodies[0], "command_id": "cmd-7", "post_id": "post-7"}
+
+
+def test_a_publish_accepted_whose_results_cannot_be_read_is_still_publishing_not_a_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    accepted = {"success": False, "results": {}, "command_id": "cmd-9", "pending": True, "location": "/posts/post-9",
+                "note": "accepted: the service carries it out, but its results cannot be shown yet",
+                "post": {"id": "post-9", "status": "publishing", "error_message": None}}
+
+    def taken(_api: Api, _method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        return httpx.Response(202, json=accepted)
+
+    def away(_api: Api, post_id: str, _command_id: str, _timeout: float) -> None:
+        raise ApiError(f"the command was accepted, but its results cannot be shown just now (the database is "
+                       f"unavailable): `smartretry show {post_id}` in a moment", 503)
+
+    monkeypatch.setattr(Api, "call", taken)
+    monkeypatch.setattr(Api, "wait_for", away)
+    done = CliRunner().invoke(app, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg",
+                                    "--account", "acme"])
+
+    # Not 1: a script that publishes again on failure would publish the post twice.
+    assert done.exit_code == 0, done.output
+    assert "the command was accepted, but its results cannot be shown just now" in done.output
+    assert "run the same command line with these added:\n  --command-id cmd-9 --post-id post-9\n" in done.output
+    assert "Still publishing" in done.output
