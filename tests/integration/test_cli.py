@@ -304,6 +304,23 @@ def test_dead_letters_are_listed_shown_and_requeued_onto_their_topic(api: Runnin
     assert messages_on(api.bootstrap, api.topics.commands) == [("post-9", original)] * 2
 
 
+def test_a_dead_letters_key_and_reason_reach_the_terminal_as_text_never_as_escapes_or_markup(
+        api: RunningApi) -> None:
+    # What an upstream put in a message's key, and a reason quoting its value: an escape sequence that would clear
+    # the operator's screen, and text rich would read as markup.
+    letter = make_dead_letter(reason="invalid RetryRequested: post_id: [red]\x1b[2Jx", consumer="command-handler",
+                              source_topic=api.topics.commands, partition=1, offset=5, key=b"\x1b]0;pwned\x07[bold]k",
+                              value=b"{}")
+    deliver(api.producer, api.topics.dead_letters, "k", encode(letter))
+
+    code, output = run(api, "dlq", "list")
+
+    assert code == 0, output
+    assert "\x1b" not in output and "\x07" not in output
+    flat = output.replace("\n", "").replace(" ", "").replace("│", "")
+    assert "\\x1b]0;pwned\\x07[bold]k" in flat and "[red]\\x1b[2Jx" in flat
+
+
 def test_a_dead_letter_a_token_was_scrubbed_out_of_is_shown_as_such_and_never_requeued(api: RunningApi) -> None:
     token = meta_shaped_token()
     pasted = encode(RetryRequested(command_id="c-8", post_id="post-8", requested_at=datetime.now(UTC))).replace(
