@@ -80,7 +80,6 @@ def run() -> None:
     from smartretry.bootstrap import open_stores
     from smartretry.logs import configure
     from streams.broker import die_with_parent
-    from streams.kafka import producer
 
     settings = load_settings()
     # The API runs in this process: its lines (accepted commands, re-authentications, errors) in the
@@ -141,7 +140,8 @@ def run() -> None:
         # Each process dies with this one, even when this one is killed: nothing is left behind.
         processes = {name: subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)
                      for name, argv in commands.items()}
-        api = start_api(settings, stores, producer(bootstrap))
+        # Its producer of its own, polled by a thread: deliveries and librdkafka's log lines are served as they come.
+        api = start_api(settings, stores)
         stack.callback(api.stop)
         default_key = Settings.model_fields["api_key"].default.get_secret_value()
         custom = settings.api_key.get_secret_value() != default_key

@@ -652,7 +652,10 @@ class CommandHandler:
     def _end_offset(self, partition: int) -> int:
         assert self._watermarks is not None
         tp = TopicPartition(self.topics.post_events, partition)
-        _low, high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)
+        try:
+            _low, high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)
+        finally:
+            self._watermarks.poll(0)  # never polled otherwise: its log lines are handed over here
         return int(high)
 
     def _read_projection(self, post_id: str) -> tuple[dict[int, int], PostState | None]:

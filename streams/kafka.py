@@ -134,6 +134,10 @@ class AsyncProducer:
     async def start(self) -> None:
         self._poller.start()
 
+    @property
+    def started(self) -> bool:
+        return self._poller.is_alive()
+
     def _poll(self) -> None:
         while not self._stopped.is_set():
             self._producer.poll(0.05)

@@ -186,6 +186,7 @@ def check_store_matches_log(bootstrap: str, topic: str, applied: dict[int, int],
             if offset >= high:
                 behind.append(f"partition {partition}: applied through offset {offset}, the topic ends at {high}")
     finally:
+        reader.poll(0)  # its log lines, to the log
         reader.close()
     if behind:
         raise StoreAheadOfLog(
