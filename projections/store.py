@@ -112,17 +112,11 @@ def _one_postgres_database(one: Engine, other: Engine) -> bool:
     """Whether `other` reaches `one`'s database: an advisory lock taken through `one` (a database's own) is then
     taken already for `other`. Nothing is written."""
     key = secrets.randbits(62)
+    # Transaction locks: each ends with its connection's transaction, whatever happens.
     with one.connect() as holder:
-        holder.execute(sql("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            with other.connect() as asker:
-                free = bool(asker.execute(sql("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
-                if free:
-                    asker.execute(sql("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                asker.rollback()
-        finally:
-            holder.execute(sql("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            holder.rollback()
+        holder.execute(sql("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        with other.connect() as asker:
+            free = bool(asker.execute(sql("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}).scalar())
     return not free
 
 

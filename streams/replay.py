@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from sqlalchemy.exc import DBAPIError
 
 from projections.fold import apply_valid
 from projections.imported import without_secrets
 from projections.state import PostState
 from projections.store import Offsets, ProjectionStore, digest_of, make_engine, same_database
+from publishers.redact import scrub
 from schemas.envelope import decode_event
 from schemas.events import Event, LegacyInsightsImported
 from streams.broker import die_with_parent
@@ -68,7 +70,16 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     `memory_states` post states are kept in memory at once, over all workers. `secrets` (the stored account
     tokens) are taken out of imported documents before they are folded, as the live processor does.
     """
-    if same_database(live_store.engine, scratch_store.engine):
+    try:
+        same = same_database(live_store.engine, scratch_store.engine)
+    except DBAPIError as exc:
+        cause = exc.orig if exc.orig is not None else exc
+        said = scrub((str(cause).strip().splitlines() or [""])[0])[:200]
+        raise ValueError(f"could not tell whether the scratch store "
+                         f"({scratch_store.engine.url.render_as_string(hide_password=True)}) is the live projection's "
+                         f"database ({type(cause).__name__}: {said}): give replay a scratch store it can "
+                         "reach") from None
+    if same:
         # The replay empties its scratch store first: the live projection would be gone, and decided from meanwhile.
         raise ValueError(f"the scratch store is the live projection's database "
                          f"({scratch_store.engine.url.render_as_string(hide_password=True)}): give replay another one")
@@ -124,6 +135,7 @@ def _shares(bootstrap: str, topic: str, targets: dict[int, int], workers: int) -
         sizes = {p: max(0, offset - consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] + 1)
                  for p, offset in targets.items()}
     finally:
+        consumer.poll(0)  # its log lines, to the log
         consumer.close()
     shares: list[dict[int, int]] = [{} for _ in range(min(workers, len(targets)))]
     loads = [0] * len(shares)

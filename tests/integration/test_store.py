@@ -245,6 +245,7 @@ class TestPostgresStore(StoreContract):
         through_socket = make_engine(f"postgresql+psycopg://{url.username}@/{url.database}?host={sockets}"
                                      f"&port={url.port}")
         another = make_engine(str(make_url(postgres_url).set(database="postgres")))
+        nowhere = make_engine(str(make_url(postgres_url).set(host="127.0.0.1", port=1)))
         live = ProjectionStore(engine)
         live.create_schema()
         history = History("post-1")
@@ -255,6 +256,13 @@ class TestPostgresStore(StoreContract):
                 replay("127.0.0.1:1", Topics(), live, ProjectionStore(through_socket))
             assert live.count() == 1  # nothing emptied
             assert same_database(engine, through_socket) and not same_database(engine, another)
+            # A server that cannot be asked is no answer: refused, saying why.
+            with pytest.raises(ValueError, match=r"could not tell whether the scratch store .* is the live projection's"
+                                                 r" database \(OperationalError: .*give replay a scratch store it can "
+                                                 r"reach"):
+                replay("127.0.0.1:1", Topics(), live, ProjectionStore(nowhere))
+            assert live.count() == 1
         finally:
             through_socket.dispose()
             another.dispose()
+            nowhere.dispose()
