@@ -70,7 +70,8 @@ class PostContent(Frozen):
 
     # `_not_empty`, in the JSON Schema too.
     model_config = ConfigDict(json_schema_extra={"anyOf": [
-        {"properties": {"caption": {"pattern": r"\S"}}},
+        # A character `str.strip` keeps: ECMAScript's \s (most validators') lacks \x1c-\x1f and \x85, Python's has them.
+        {"properties": {"caption": {"pattern": r"[^\s\x1c-\x1f\x85]"}}},
         {"required": ["image_url"], "properties": {"image_url": {"type": "string"}}},
         {"required": ["link"], "properties": {"link": {"type": "string"}}},
     ]})

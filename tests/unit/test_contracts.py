@@ -153,6 +153,7 @@ def test_what_the_service_writes_is_valid_by_its_exported_schema(message: object
         {"content": {"caption": "x", "image_url": "ftp://cdn/x.jpg"}},
         {"content": {"caption": "x", "image_url": "https:///x.jpg"}},
         {"content": {"caption": "   "}, "publish_target": "facebook"},
+        {"content": {"caption": "\x1c\x85"}, "publish_target": "facebook"},  # blanks to str.strip, not to ECMAScript
         {"content": {"caption": "x" * 2201, "image_url": "https://cdn/x.jpg"}},
         {"content": {"caption": "x" * 2201, "image_url": "https://cdn/x.jpg"}, "publish_target": "instagram"},
         {"publish_target": "instagram", "content": {"caption": "text only"}},
