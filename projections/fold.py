@@ -391,10 +391,10 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         if when is not None and getattr(insights, name) is None:
             changes[name] = when
     for name in ("facebook_post_id", "instagram_media_id", "instagram_permalink"):
-        # Read as the results' own ids are: `post_url` is built from the Facebook one.
-        value = _legacy_text(old.get(name))
-        if value is not None and getattr(insights, name) is None:
-            changes[name] = value
+        value = old.get(name)
+        if isinstance(value, str) and value and getattr(insights, name) is None:
+            # Scrubbed like the old system's other texts: `post_url` is built from the Facebook one.
+            changes[name] = scrub_shapes(value)
     if changes:
         insights = insights.model_copy(update=changes)
     state.document = state.document.model_copy(update={"insights": insights})

@@ -35,30 +35,26 @@ class GraphCallFailed(Exception):
 def created_id(body: Mapping[str, Any], *keys: str, action: str) -> str:
     """The id a creating call's answer gives under the first of `keys` it has.
 
-    An answer that names none (an id empty, null or of another type), or one that carries a token (`answered_id`),
-    took the call all the same, so what it created may exist: the outcome is unknown, never a success with no id
-    to show for it.
+    An answer that names none (an id empty, null or of another type) took the call all the same, so what it
+    created may exist: the outcome is unknown, never a success with no id to show for it. An id with a token in it
+    (`answered_id`) is one all the same: the call created something, and its outcome is known.
     """
     for key in keys:
-        text = _id_text(body.get(key))
-        if text is None:
-            continue
-        if answered_id(text) is None:
-            raise GraphCallFailed(PlatformError(
-                kind=ErrorKind.TRANSIENT, http_status=200,
-                message=f"{action} failed: 200 - the platform's answer gave a {key} with an access token in it, "
-                        "which is no id"), outcome_unknown=True)
-        return text
+        text = answered_id(body.get(key))
+        if text is not None:
+            return text
     raise GraphCallFailed(PlatformError(
         kind=ErrorKind.TRANSIENT, http_status=200,
         message=f"{action} failed: 200 - the platform's answer named no {' or '.join(keys)}"), outcome_unknown=True)
 
 
 def answered_id(value: Any) -> str | None:
-    """An id a Graph answer gives (a string or a number), as text; None for none (empty, null, another type), and
-    for one with a token in it, which no id of Meta's has: recorded, it would be shown wherever the post is."""
+    """An id a Graph answer gives (a string or a number), as text; None for none (empty, null, another type). A token
+    in it (no id of Meta's has one) is scrubbed out: recorded, it would be shown wherever the post is. The answer
+    still says the call created something, so a publish that got one is not done again (the id, spoilt, then
+    leads nowhere: a link to the post, a later call on a container, fail instead)."""
     text = _id_text(value)
-    return text if text is not None and scrub(text) == text else None
+    return None if text is None else scrub(text)
 
 
 def answered_link(value: Any) -> str | None:

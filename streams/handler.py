@@ -352,6 +352,8 @@ class CommandHandler:
                     # A consumer that stays out of its group polls on and is handed nothing: commands would wait
                     # with nobody saying so. Ended, the handler is started again (`smartretry run` does).
                     next_check = loop.time() + 1.0
+                    # The offsets reader is never polled otherwise: its log lines are handed over here.
+                    await loop.run_in_executor(consuming, self._watermarks.poll, 0)
                     if await loop.run_in_executor(consuming, self._member_id):
                         out_since = None
                     else:
@@ -652,10 +654,7 @@ class CommandHandler:
     def _end_offset(self, partition: int) -> int:
         assert self._watermarks is not None
         tp = TopicPartition(self.topics.post_events, partition)
-        try:
-            _low, high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)
-        finally:
-            self._watermarks.poll(0)  # never polled otherwise: its log lines are handed over here
+        _low, high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)
         return int(high)
 
     def _read_projection(self, post_id: str) -> tuple[dict[int, int], PostState | None]:

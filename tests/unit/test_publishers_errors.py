@@ -469,18 +469,18 @@ async def test_an_instagram_permalink_that_carries_a_token_is_kept_without_it(ki
 
 
 @pytest.mark.parametrize("kind", ["access_token", "meta-shaped", "stored"])
-async def test_a_facebook_publish_answered_with_a_post_id_that_carries_a_token_leaves_its_outcome_unknown(
+async def test_a_facebook_publish_answered_with_a_post_id_that_carries_a_token_is_published_without_it(
         kind: str) -> None:
     outcome = await facebook_photo_answered(httpx.Response(200, json={"id": "1", "post_id": f"7479_{carrying(kind)}"}))
 
-    # No id to record (it would be shown as the post's address): looked up before any new publish, as an answer
-    # with no id is.
-    assert not outcome.success and outcome.outcome_unknown and outcome.platform_post_id is None
-    assert outcome.error is not None and "post_id" in outcome.error.message and tokens_in(outcome.error.message) == []
+    # Published (the answer says so: never published again), its id recorded without the token.
+    assert outcome.success and outcome.platform_post_id is not None
+    assert outcome.platform_post_id.startswith("7479_") and REDACTED in outcome.platform_post_id
+    assert tokens_in(outcome.platform_post_id) == []
 
 
-@pytest.mark.parametrize(("endpoint", "unknown"), [("media", False), ("media_publish", True)])
-async def test_an_instagram_id_that_carries_a_token_is_no_id(endpoint: str, unknown: bool) -> None:
+@pytest.mark.parametrize(("endpoint", "published"), [("media", False), ("media_publish", True)])
+async def test_an_instagram_id_that_carries_a_token_is_recorded_without_it(endpoint: str, published: bool) -> None:
     def graph(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith(f"/{endpoint}"):
             return httpx.Response(200, json={"id": f"1788_{carrying('meta-shaped')}"})
@@ -492,9 +492,14 @@ async def test_an_instagram_id_that_carries_a_token_is_no_id(endpoint: str, unkn
 
     outcome = await instagram_publish_through(graph)
 
-    assert not outcome.success and outcome.outcome_unknown is unknown and outcome.platform_post_id is None
-    assert outcome.container_id in (None, "17889455560051444")
-    assert outcome.error is not None and tokens_in(outcome.error.message) == []
+    # A container whose id lost its token cannot be published (Meta knows no such id): a failure, nothing out. A
+    # media id that lost it is a post that went out: published, never again.
+    assert outcome.success is published and not outcome.outcome_unknown
+    assert tokens_in(outcome.container_id) == [] and tokens_in(outcome.platform_post_id) == []
+    if published:
+        assert outcome.platform_post_id is not None and REDACTED in outcome.platform_post_id
+    else:
+        assert outcome.error is not None and tokens_in(outcome.error.message) == []
 
 
 @pytest.mark.parametrize("kind", ["access_token", "meta-shaped", "stored"])
@@ -514,12 +519,13 @@ async def test_a_post_found_by_its_caption_is_recorded_without_a_token_its_listi
             PostContent(caption="hi", image_url="https://cdn.example.com/a.jpg"), account, attempt_id="a1",
             container_id="17889455560051444", attempted_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC))
 
-    # It went out (never published again); its id is none to record, its address kept without the token.
-    assert found is not None and found.success and found.platform_post_id is None
+    # It went out (never published again); its id and its address kept without the token.
+    assert found is not None and found.success and found.platform_post_id is not None
+    assert found.platform_post_id.startswith("1810_") and tokens_in(found.platform_post_id) == []
     assert found.permalink is not None and "redacted" in found.permalink and tokens_in(found.permalink) == []
 
 
-async def test_a_facebook_post_found_by_its_caption_with_a_token_in_its_id_went_out_with_no_id_to_record() -> None:
+async def test_a_facebook_post_found_by_its_caption_with_a_token_in_its_id_is_recorded_without_it() -> None:
     def graph(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v24.0/747917475065823":
             return httpx.Response(200, json={"id": "747917475065823", "access_token": "page-token-secret-9"})
@@ -534,5 +540,6 @@ async def test_a_facebook_post_found_by_its_caption_with_a_token_in_its_id_went_
             PostContent(caption="hi"), account, attempt_id="a1", container_id=None,
             attempted_at=datetime(2025, 11, 17, 10, 10, tzinfo=UTC))
 
-    # Found, so never published a second time; no post id (nor an address built from it) to show.
-    assert found is not None and found.success and found.platform_post_id is None and found.permalink is None
+    # Found, so never published a second time; its id (and the address built from it) without the token.
+    assert found is not None and found.success and found.platform_post_id is not None
+    assert found.platform_post_id.startswith("7479_") and tokens_in(found.platform_post_id) == []
