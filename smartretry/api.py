@@ -291,11 +291,12 @@ def _corrected(current: PostContent | None, correction: ContentCorrection | None
 DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
-def database_unreachable(exc: DBAPIError) -> str:
-    """What a database call that failed for the database's state says, for people: the driver's own message (its
-    first line, scrubbed), never the statement or its values."""
+def database_unreachable(exc: DBAPIError, *, for_the_log: bool = False) -> str:
+    """What a database call that failed for the database's state says: for a client, the error's class; for the log,
+    also the driver's own message (its first line, scrubbed), never the statement or its values. Not to clients: a
+    driver's message names hosts and users, and can quote a URL's mistyped password ("failed to resolve host")."""
     cause = exc.orig if exc.orig is not None else exc
-    said = scrub(str(cause).strip().splitlines()[0] if str(cause).strip() else "")[:200]
+    said = scrub((str(cause).strip().splitlines() or [""])[0])[:200] if for_the_log else ""
     return f"the database is unavailable ({type(cause).__name__}{': ' + said if said else ''})"
 
 
@@ -566,10 +567,12 @@ class FrontDoor:
             # The command is on Kafka: the handler carries it out (or says why not). Only its results cannot be read
             # now, whatever the reason: answered as accepted, so that the caller does not send it again as a new
             # command (a second publish).
-            why = database_unreachable(exc) if isinstance(exc, DATABASE_AWAY) else \
-                f"they could not be read ({type(exc).__name__})"
-            log.error("%s accepted, but its results cannot be read: %s", command.type, why,
-                      exc_info=not isinstance(exc, DATABASE_AWAY),
+            if isinstance(exc, DATABASE_AWAY):
+                why, logged, away = database_unreachable(exc), database_unreachable(exc, for_the_log=True), True
+            else:
+                why = logged = f"they could not be read ({type(exc).__name__})"
+                away = False
+            log.error("%s accepted, but its results cannot be read: %s", command.type, logged, exc_info=not away,
                       extra={"post_id": command.post_id, "command_id": command.command_id})
             return Accepted(command, 202, PublishResponse(
                 success=False, results={}, command_id=command.command_id, pending=True,
@@ -786,7 +789,10 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
         if producer is None:
             if not settings.kafka_bootstrap_servers:
                 raise RuntimeError("the API needs a Kafka broker: set KAFKA_BOOTSTRAP_SERVERS")
-            owned = AsyncProducer(settings.kafka_bootstrap_servers)
+            # A command not delivered when its request gives up waiting is never delivered later (the 503 says to
+            # send it again, and a caller who sends it with new ids would publish twice).
+            owned = AsyncProducer(settings.kafka_bootstrap_servers,
+                                  **{"message.timeout.ms": int(SEND_TIMEOUT_S * 1000)})
             await owned.start()
             holder["send"] = owned.send
         else:
@@ -819,7 +825,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
         assert isinstance(exc, DBAPIError)
         # One line, not a traceback per request while the database is away; `/readyz` says when it is back.
         why = database_unreachable(exc)
-        log.error("%s %s: %s", request.method, request.url.path, why)
+        log.error("%s %s: %s", request.method, request.url.path, database_unreachable(exc, for_the_log=True))
         detail = f"{why}: try again shortly (GET /readyz says when it is back)"
         if request.url.path.startswith("/ui"):
             return PlainTextResponse(f"The service cannot read its posts just now: {why}. Reload in a moment.",

@@ -200,10 +200,9 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
             with console.status(f"{what}: waiting for the platforms' results ..."):
                 detail = api.wait_for(post_id, command_id, wait)
         except ApiError as exc:
-            if exc.status != 503:
-                raise
-            # Accepted, so no failure: reported as still publishing (exit status 0), with the ids that make it the
-            # same command if it is sent again (a script that sends it again without them would publish twice).
+            # Accepted, whatever kept its results from being shown (the API's database away, the API gone): no
+            # failure, reported as still publishing (exit status 0), with the ids that make it the same command if it
+            # is sent again (a script that sends it again without them would publish twice).
             errors.print(f"warning: {exc}", highlight=False, markup=False, soft_wrap=True)
             errors.print(_send_again_as(command_id, post_id if what == "Publishing" else None), soft_wrap=True)
             return response, None
