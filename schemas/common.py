@@ -85,7 +85,8 @@ Timestamp = Annotated[
     AfterValidator(_utc),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
     # RFC 3339 with its zone ("2025-11-17T10:10:13.151Z"): one without a zone is refused.
-    Field(json_schema_extra={"format": "date-time"}),
+    # The zone in a pattern as well: validators check `format` only when asked to (and some not even then).
+    Field(json_schema_extra={"format": "date-time", "pattern": r"([Zz]|[+-]\d\d:\d\d)$"}),
 ]
 
 # Times inside the service's own stored state (attempts, commands, a post's created and updated

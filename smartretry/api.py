@@ -920,9 +920,10 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
              summary="Re-authenticate an account (the token is stored encrypted and never shown again)")
     async def set_token(account: AccountId, body: TokenBody) -> dict[str, Any]:
         await front.check_account_name(account, where="path", also=(body.token.get_secret_value(),))
+        known = {a["account"] for a in await asyncio.to_thread(stores.credentials.accounts)}
         await asyncio.to_thread(stores.credentials.set_token, account, body.token.get_secret_value(),
                                 body.page_id, body.ig_user_id)
-        log.info("Token of account %s replaced", account)
+        log.info("Token of account %s %s", account, "replaced" if account in known else "stored (a new account)")
         listed = {a["account"]: a for a in await asyncio.to_thread(stores.credentials.accounts)}
         return {**listed[account], "token_set": True}
 

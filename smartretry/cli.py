@@ -26,6 +26,14 @@ app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagra
                   no_args_is_help=True, rich_markup_mode="markdown")
 
 
+def say(settings: Settings, text: str, *, err: bool = False, level: int = logging.INFO) -> None:
+    """A line of `run`'s own: as written on a terminal, or through the log (one JSON object) when it writes JSON."""
+    if settings.log_format == "json":
+        logging.getLogger("smartretry.run").log(level, text.removeprefix("error: "))
+    else:
+        typer.echo(text, err=err)
+
+
 @contextlib.contextmanager
 def broker_for(settings: Settings) -> Iterator[StartedBroker]:
     """The configured broker, else one started here whose data is kept (the local JVM, else Docker)."""
@@ -36,7 +44,7 @@ def broker_for(settings: Settings) -> Iterator[StartedBroker]:
         started = contextlib.ExitStack()
         broker = started.enter_context(kept_broker(Path(settings.broker_data_dir), settings.broker_port))
     except BrokerUnavailable as exc:
-        typer.echo(f"error: {exc}", err=True)
+        say(settings, f"error: {exc}", err=True, level=logging.ERROR)
         raise typer.Exit(2) from None
     with started:
         yield broker
@@ -92,8 +100,8 @@ def run() -> None:
         ports["SMARTRETRY_BROKER_PORT"] = ("127.0.0.1", settings.broker_port)
     for name, (host, port) in ports.items():
         if not port_free(host, port):
-            typer.echo(f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set {name} "
-                       "to a free port", err=True)
+            say(settings, f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set "
+                f"{name} to a free port", err=True, level=logging.ERROR)
             raise typer.Exit(2)
     with broker_for(settings) as started_broker, contextlib.ExitStack() as stack:
         bootstrap = started_broker.bootstrap
@@ -102,10 +110,10 @@ def run() -> None:
         try:
             created = ensure_topics(bootstrap, settings.topics.specs())
         except TopicMismatch as exc:
-            typer.echo(f"error: {exc}", err=True)
+            say(settings, f"error: {exc}", err=True, level=logging.ERROR)
             raise typer.Exit(2) from None
         names = ", ".join(spec.name for spec in settings.topics.specs())
-        typer.echo(f"Kafka: {bootstrap}  topics: {names}" + (f"  (created {len(created)})" if created else ""))
+        say(settings, f"Kafka: {bootstrap}  topics: {names}" + (f"  (created {len(created)})" if created else ""))
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
         if settings.database_url.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(settings.database_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
@@ -116,7 +124,7 @@ def run() -> None:
                                     partitions_of=stores.projection.partitions_of)
         except StoreAheadOfLog as exc:
             stores.engine.dispose()
-            typer.echo(f"error: {exc}", err=True)
+            say(settings, f"error: {exc}", err=True, level=logging.ERROR)
             raise typer.Exit(2) from None
         if not settings.graph_api_base_url:
             from publishers.sandbox import (
@@ -131,10 +139,10 @@ def run() -> None:
             settings = settings.model_copy(update={"graph_api_base_url": sandbox.base_url})
             env["SMARTRETRY_GRAPH_API_BASE_URL"] = sandbox.base_url
             stores.credentials.set_token(DEMO_ACCOUNT_ID, DEMO_USER_TOKEN, DEMO_PAGE_ID, DEMO_IG_USER_ID)
-            typer.echo(f"No Meta credentials configured: using the sandbox Graph API at {sandbox.base_url} "
-                       f"(account `{DEMO_ACCOUNT_ID}` is set up)")
+            say(settings, f"No Meta credentials configured: using the sandbox Graph API at {sandbox.base_url} "
+                f"(account `{DEMO_ACCOUNT_ID}` is set up)")
         else:
-            typer.echo(f"Graph API: {settings.graph_api_base_url} ({settings.graph_api_version})")
+            say(settings, f"Graph API: {settings.graph_api_base_url} ({settings.graph_api_version})")
         commands = {"projector": [sys.executable, "-m", "streams.projector"],
                     "handler": [sys.executable, "-m", "smartretry.cli", "handler"]}
         # Each process dies with this one, even when this one is killed: nothing is left behind.
@@ -146,10 +154,10 @@ def run() -> None:
         default_key = Settings.model_fields["api_key"].default.get_secret_value()
         custom = settings.api_key.get_secret_value() != default_key
         key = "SMARTRETRY_API_KEY" if custom else f"the default, {default_key}"
-        typer.echo(f"API: {api.url}  (API key: {key})")
-        typer.echo(f"Posts: {api.url}/ui/posts")
-        typer.echo(f"Other commands (dlq, replay) reach this broker with KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
-        typer.echo("Running. Ctrl-C stops everything.")
+        say(settings, f"API: {api.url}  (API key: {key})")
+        say(settings, f"Posts: {api.url}/ui/posts")
+        say(settings, f"Other commands (dlq, replay) reach this broker with KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+        say(settings, "Running. Ctrl-C stops everything.")
         stop = interrupt_event()
         started = dict.fromkeys(commands, time.monotonic())
         delays = dict.fromkeys(commands, 0.0)
@@ -159,13 +167,15 @@ def run() -> None:
                     # Nothing can be published or recorded without it; the handler and the projector reconnect.
                     why = f"killed by signal {-code}" if code < 0 else \
                         f"exit code {code}: {started_broker.local.last_words()[-500:]}"
-                    typer.echo(f"error: the Kafka broker stopped ({why}); starting it again", err=True)
+                    say(settings, f"error: the Kafka broker stopped ({why}); starting it again", err=True,
+                        level=logging.ERROR)
                     try:
                         started_broker.local.restart()
                     except BrokerUnavailable as exc:
-                        typer.echo(f"error: the Kafka broker could not be started again: {exc}", err=True)
+                        say(settings, f"error: the Kafka broker could not be started again: {exc}", err=True,
+                            level=logging.ERROR)
                         raise typer.Exit(2) from None
-                    typer.echo(f"Kafka broker started again at {bootstrap}", err=True)
+                    say(settings, f"Kafka broker started again at {bootstrap}", err=True)
                 for name, process in processes.items():
                     if process.poll() is None:
                         continue
@@ -174,14 +184,14 @@ def run() -> None:
                     quick = time.monotonic() - started[name] < RESTART_BACKOFF_CAP_S
                     doubled = min(RESTART_BACKOFF_CAP_S, delays[name] * 2 or SUPERVISE_INTERVAL_S)
                     delays[name] = doubled if quick else 0.0
-                    typer.echo(f"{name} exited with code {process.returncode}; starting it again"
-                               + (f" in {delays[name]:.0f}s" if delays[name] else ""), err=True)
+                    say(settings, f"{name} exited with code {process.returncode}; starting it again"
+                        + (f" in {delays[name]:.0f}s" if delays[name] else ""), err=True, level=logging.WARNING)
                     if stop.wait(delays[name]):
                         break
                     processes[name] = subprocess.Popen(commands[name], env=env, preexec_fn=die_with_parent)
                     started[name] = time.monotonic()
         finally:
-            typer.echo("Stopping ...")
+            say(settings, "Stopping ...")
             for process in processes.values():
                 process.terminate()
             for process in processes.values():

@@ -250,7 +250,8 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
         label = PLATFORM_LABELS[platform]
         if result["success"]:
             link = detail.get("links", {}).get(platform) or result.get("postId", "")
-            console.print(f"  ✅ {label}: Published  {link}", highlight=False)
+            # On one line however narrow the output: a link cut in two cannot be followed.
+            console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
         else:
             console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
     if detail["status"] == "publishing":

@@ -8,9 +8,11 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from publishers.redact import scrub, scrub_http_client_logs
+from schemas.common import format_timestamp
 
 # Fields a log call may pass with `extra=` that belong in the line (post and attempt ids).
 CONTEXT_FIELDS = ("post_id", "attempt_id", "command_id", "platform")
@@ -77,7 +79,8 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            # As the events write times: UTC, milliseconds, "Z".
+            "time": format_timestamp(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -296,6 +296,7 @@ class CommandHandler:
         self._consumer: Consumer | None = None
         # A separate client for end offsets, so the consumer loop never blocks on it.
         self._watermarks: Consumer | None = None
+        self._closing = False  # its consumer closing: the partitions it gives up are not moved by a rebalance
         # The partitions held, each with its commands in progress: a new object at each assignment, so a command
         # can tell the partition it was fetched from still held from one that moved away and came back.
         self._progress: dict[int, _PartitionProgress] = {}
@@ -378,6 +379,7 @@ class CommandHandler:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._closing = True
             self._consumer.close()
             self._watermarks.close()
             await self.producer.close()
@@ -461,7 +463,9 @@ class CommandHandler:
         # A platform call already under way finishes and records its result; nothing new starts for these
         # posts here (no queued command, no automatic retry). Only the new owner commits past them, and it
         # recognises a redelivered command by its id and its attempts in the projection.
-        if partitions:
+        if partitions and self._closing:
+            log.info("Partitions %s of %s released: this handler is stopping", sorted(partitions), self.topics.commands)
+        elif partitions:
             # Not always to another handler: a handler that lost its place in the group (a broker restart, a
             # session that ran out) gets them back in the rebalance that follows.
             log.info("Partitions %s of %s revoked by a rebalance: the handler the group assigns them to next (this one "

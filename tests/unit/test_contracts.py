@@ -158,6 +158,7 @@ def test_what_the_service_writes_is_valid_by_its_exported_schema(message: object
         {"content": {"caption": "x" * 2201, "image_url": "https://cdn/x.jpg"}, "publish_target": "instagram"},
         {"publish_target": "instagram", "content": {"caption": "text only"}},
         {"publish_target": "both", "content": {"caption": "text only", "image_url": None}},
+        {"requested_at": "2025-11-17T10:10:13"},  # no time zone
     ],
 )
 def test_a_publish_request_the_service_refuses_is_refused_by_its_exported_schema(changes: dict[str, object]) -> None:

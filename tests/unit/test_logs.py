@@ -98,3 +98,26 @@ def test_librdkafkas_lines_go_through_the_log_as_json_and_repeats_are_held_back(
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_a_json_lines_time_is_written_as_events_write_times() -> None:
+    import re
+
+    record = logging.LogRecord("smartretry", logging.INFO, __file__, 1, "hello", None, None)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", json.loads(JsonFormatter().format(record))["time"])
+
+
+def test_runs_own_lines_are_log_records_when_the_log_is_json(caplog: pytest.LogCaptureFixture,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from smartretry.cli import say
+    from smartretry.settings import Settings
+
+    with caplog.at_level(logging.INFO, logger="smartretry.run"):
+        say(Settings(log_format="json"), "error: the Kafka broker stopped (killed by signal 9); starting it again",
+            err=True, level=logging.ERROR)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "the Kafka broker stopped (killed by signal 9); starting it again")]
+    assert capsys.readouterr().err == ""  # nothing written past the log
+
+    say(Settings(log_format="text"), "Running. Ctrl-C stops everything.")
+    assert capsys.readouterr().out == "Running. Ctrl-C stops everything.\n"
