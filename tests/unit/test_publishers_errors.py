@@ -324,21 +324,27 @@ async def test_an_instagram_publish_refused_at_connect_after_a_server_error_stay
     assert not outcome.success and outcome.outcome_unknown and outcome.container_id == "17889455560051444"
 
 
-@pytest.mark.parametrize(("endpoint", "unknown"), [("media", False), ("media_publish", True)])
-async def test_an_instagram_call_answered_without_an_id_is_no_success(endpoint: str, unknown: bool) -> None:
-    calls: list[str] = []
-
+def instagram_answering(endpoint: str, answer: dict[str, object],
+                        calls: list[str] | None = None) -> Callable[[httpx.Request], httpx.Response]:
+    """A Graph API whose `endpoint` (`media`: the container's creation, `media_publish`) answers `answer`, the rest
+    as Meta would for a container that is ready; the last part of each path called goes to `calls`."""
     def graph(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path.rsplit("/", 1)[-1])
+        if calls is not None:
+            calls.append(request.url.path.rsplit("/", 1)[-1])
         if request.url.path.endswith(f"/{endpoint}"):
-            return httpx.Response(200, json={"id": None})
+            return httpx.Response(200, json=answer)
         if request.url.path.endswith("/media"):
             return httpx.Response(200, json={"id": "17889455560051444"})
         if request.url.path.endswith("/17889455560051444"):
             return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
         return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+    return graph
 
-    outcome = await instagram_publish_through(graph)
+
+@pytest.mark.parametrize(("endpoint", "unknown"), [("media", False), ("media_publish", True)])
+async def test_an_instagram_call_answered_without_an_id_is_no_success(endpoint: str, unknown: bool) -> None:
+    calls: list[str] = []
+    outcome = await instagram_publish_through(instagram_answering(endpoint, {"id": None}, calls))
 
     # A container with no id was never published (a plain failure: nothing more is called); a publish with no
     # media id may have published it (looked up through the container).
@@ -481,16 +487,7 @@ async def test_a_facebook_publish_answered_with_a_post_id_that_carries_a_token_i
 
 @pytest.mark.parametrize(("endpoint", "published"), [("media", False), ("media_publish", True)])
 async def test_an_instagram_id_that_carries_a_token_is_recorded_without_it(endpoint: str, published: bool) -> None:
-    def graph(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith(f"/{endpoint}"):
-            return httpx.Response(200, json={"id": f"1788_{carrying('meta-shaped')}"})
-        if request.url.path.endswith("/media"):
-            return httpx.Response(200, json={"id": "17889455560051444"})
-        if request.url.path.endswith("/17889455560051444"):
-            return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
-        return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
-
-    outcome = await instagram_publish_through(graph)
+    outcome = await instagram_publish_through(instagram_answering(endpoint, {"id": f"1788_{carrying('meta-shaped')}"}))
 
     # A container whose id lost its token cannot be published (Meta knows no such id): a failure, nothing out. A
     # media id that lost it is a post that went out: published, never again.
