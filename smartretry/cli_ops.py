@@ -821,8 +821,13 @@ def demo(
                    f"and Instagram user {stored.get('ig_user_id') or '-'}, not to the sandbox's: the demo would "
                    "replace its token. Give the demo an account name of its own (--account).")
             raise typer.Exit(1)
-        api.call("PUT", f"/accounts/{account}/token",
-                 json={"token": DEMO_USER_TOKEN, "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID})
+        if stored is None:
+            api.call("PUT", f"/accounts/{account}/token",
+                     json={"token": DEMO_USER_TOKEN, "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID})
+        else:
+            # Connected to the sandbox already: its token is kept (one renewed after a revocation stays renewed).
+            console.print(f"Account {account!r} is connected to the sandbox's Page and Instagram account: its token "
+                          "is kept.", highlight=False, markup=False)
         console.rule("First attempt: an image URL with a space in it")
         body = {"content": {"caption": DEMO_CAPTION, "image_url": DEMO_BROKEN_URL}, "publish_target": "both",
                 "account": account}

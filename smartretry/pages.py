@@ -58,6 +58,8 @@ STATUS_LABELS = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "
 # automatic retry that waits out a platform's limit.
 REFRESH_SECONDS = 1
 QUEUED_REFRESH_SECONDS = 30
+# Seconds between two looks of a page whose post the service retries by itself, at the least.
+AUTOMATIC_REFRESH_SECONDS = 5
 # Seconds after which a retry sent from the page and still not taken up is said to be so, instead of "publishing".
 UNHANDLED_AFTER_SECONDS = 60
 # Posts per page of the post list.
@@ -253,6 +255,13 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # publish (the same rule as the handler's), not every platform of the post.
         publishing = [row["label"] for row in rows if row["pending"]] or (
             [PLATFORM_LABELS[p] for p in retry_targets(state)] if undecided else []) or [row["label"] for row in rows]
+        automatic = automatic_retries(state, settings.max_automatic_attempts)
+        refresh = REFRESH_SECONDS if status == "publishing" else QUEUED_REFRESH_SECONDS if queued else None
+        if refresh is None and automatic and status == "failed":
+            # Failed for now, and published again by the service itself: the page follows it to its result. Looked at
+            # again when the platform's wait ends, or every few seconds when it gave none (the handler's own backoff).
+            dues = [(at - front.clock()).total_seconds() for at in automatic.values() if at is not None]
+            refresh = int(min(QUEUED_REFRESH_SECONDS, max(AUTOMATIC_REFRESH_SECONDS, min(dues, default=0) + 1)))
         return templates.TemplateResponse(request, "post_detail.html", {
             "state": state,
             "status": status,
@@ -260,9 +269,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "rows": rows,
             "publishing": publishing,
             "unhandled": unhandled,
-            "automatic": {PLATFORM_LABELS[p]: at for p, at in
-                          automatic_retries(state, settings.max_automatic_attempts).items()},
-            "refresh": REFRESH_SECONDS if status == "publishing" else QUEUED_REFRESH_SECONDS if queued else None,
+            "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
+            "refresh": refresh,
             "can_retry": status == "failed" and queued is None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),

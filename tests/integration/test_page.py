@@ -138,7 +138,7 @@ def test_a_failed_post_page_shows_what_the_seed_draws(api: RunningApi) -> None:
         html = browser.get("/ui/posts/post-1").text
     assert "Status: ❌ Failed" in html
     assert f"Error: facebook: {FB_ERROR}" in html
-    assert "Needed: fix the image URL" in html
+    assert "Needed for Facebook: fix the image URL" in html
     assert "✅ Instagram: Published" in html
     assert 'href="https://www.instagram.com/p/DRJ1nlKDgY9/"' in html
     assert "📘 + 📷 Retry Publishing" in html
@@ -159,7 +159,8 @@ def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_a
         html = browser.get("/ui/posts/post-unchecked").text
     assert "Facebook: whether the post went out is not known yet: " \
            "Facebook post lookup failed: Error validating access token" in html
-    assert "Needed: re-authenticate Facebook" in html
+    assert "Needed for Facebook: re-authenticate Facebook (store the account's new token: <code>smartretry accounts " \
+           "set-token " in html  # and how
     assert "<code>smartretry resolve post-unchecked facebook --published-as POST_ID</code>" in html
     assert "Retry Publishing" not in html
     detail = api.client.get("/posts/post-unchecked").json()
@@ -173,7 +174,7 @@ def test_a_post_that_failed_for_its_token_asks_to_re_authenticate_then_retry(api
     store_post(api, "post-expired", facebook_ok=True, instagram_ok=False)
     with signed_in(api) as browser:
         html = browser.get("/ui/posts/post-expired").text
-    assert "Needed: re-authenticate Instagram, then retry" in html
+    assert "Needed for Instagram: re-authenticate Instagram, then retry" in html
     assert api.client.get("/posts/post-expired").json()["needed_action"] == {
         "instagram": "re-authenticate Instagram, then retry"}
 
@@ -203,7 +204,9 @@ def test_a_failure_the_service_retries_by_itself_says_so_on_the_page_and_in_the_
 
     # Facebook's rate limit lifts ten minutes after the refusal: the service publishes it again then.
     assert "Status: ❌ Failed" in html
-    assert "🔄 Facebook will be retried automatically at 10:20:13 UTC." in html
+    assert "🔄 Facebook will be retried automatically at 10:20:13 UTC; this page refreshes itself." in html
+    # Followed to its result: the page looks again (its time is past here, so in the shortest wait).
+    assert '<meta http-equiv="refresh" content="5">' in html
     detail = api.client.get("/posts/post-limited").json()
     assert detail["automatic_retry"] == {"facebook": "2025-11-17T10:20:13.000Z"}  # as events write times
 
@@ -321,7 +324,7 @@ def test_a_post_imported_without_an_account_is_retried_from_its_page_naming_one(
         {"insights": {}, "status": "failed", "error_message": "token expired"}, target="facebook").events)
     with signed_in(api) as browser:
         page = browser.get("/ui/posts/imported-1").text
-        assert 'name="account"' in page and "Needed: retry naming the account to publish with" in page
+        assert 'name="account"' in page and "Needed for Facebook: retry naming the account to publish with" in page
         assert "Error: token expired" in page  # the old system's own failure: all it kept
         # A mistyped account: the page says how to connect it, and keeps what was typed to correct.
         typo = browser.post("/ui/posts/imported-1/retry",
@@ -409,6 +412,33 @@ def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(s
             browser.close()
     counters = service_api.service.sandbox.counters()
     assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
+
+
+@pytest.mark.browser
+def test_on_a_phone_the_pages_fit_its_width_and_the_image_url_to_fix_is_seen_whole(service_api: ServiceApi) -> None:
+    published = publish_with_a_space(service_api)
+    assert published.status_code == 200, published.text
+    post_id = published.json()["post"]["id"]
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page: Page = browser.new_page(viewport={"width": 375, "height": 740})
+            page.goto(f"{service_api.url}/ui/posts/{post_id}?key={E2E_KEY}")
+            expect(page.locator("#status")).to_have_text("Status: ❌ Failed")
+            # Nothing to scroll sideways for, and the field holding the address to fix within the screen.
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            field = page.locator("#image_url").bounding_box()
+            assert field is not None and field["x"] >= 0 and field["x"] + field["width"] <= 375
+            page.goto(f"{service_api.url}/ui/posts?status=failed")
+            expect(page.locator(f"a[href='/ui/posts/{post_id}']")).to_be_visible()
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            # The status and the error of each post, the columns a phone has room for.
+            expect(page.locator("th", has_text="Status")).to_be_visible()
+            expect(page.locator("th", has_text="Error")).to_be_visible()
+            expect(page.locator("th", has_text="Target")).to_be_hidden()
+        finally:
+            browser.close()
 
 
 def test_a_retry_that_published_nothing_by_its_turn_says_so_on_its_page(api: RunningApi) -> None:

@@ -94,3 +94,27 @@ def test_a_publish_accepted_whose_results_cannot_be_read_is_still_publishing_not
     assert "the command was accepted" in done.output
     assert "run the same command line with these added:\n  --command-id cmd-9 --post-id post-9\n" in done.output
     assert "Still publishing" in done.output
+
+
+def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID
+
+    calls: list[tuple[str, str]] = []
+
+    def answer(_api: Api, method: str, path: str, **_kwargs: Any) -> httpx.Response:
+        calls.append((method, path))
+        if path == "/accounts":
+            return httpx.Response(200, json={"accounts": [
+                {"account": "demo", "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID}]})
+        if path == "/healthz":
+            return httpx.Response(200, json={"status": "ok"})
+        raise ApiError("stopped here: the first publish", 500)
+
+    monkeypatch.setattr(Api, "call", answer)
+    done = CliRunner().invoke(app, ["demo"], env={"SMARTRETRY_SANDBOX_URL": "", "COLUMNS": "200"})
+
+    # A token renewed after the sandbox revoked the demo's own is not put back to the revoked one.
+    assert ("PUT", "/accounts/demo/token") not in calls, calls
+    assert "is connected to the sandbox's Page and Instagram account: its token is kept" in done.output
+    assert ("POST", "/posts") in calls
