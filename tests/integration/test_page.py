@@ -379,66 +379,61 @@ def test_a_retry_refused_on_the_page_is_explained_without_api_routes(api: Runnin
     assert_nothing_on_commands(api)
 
 
-@pytest.mark.browser
-def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(service_api: ServiceApi) -> None:
+@contextlib.contextmanager
+def failed_post_in_chromium(service_api: ServiceApi, width: int, height: int) -> Iterator[tuple[Page, str]]:
+    """The seed's failed post (Facebook refused its image URL), its page open in Chromium at that size."""
     published = publish_with_a_space(service_api)
     assert published.status_code == 200, published.text
     post_id = published.json()["post"]["id"]
-    ARTIFACTS.mkdir(exist_ok=True)
-
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page: Page = browser.new_page(viewport={"width": 900, "height": 700})
+            page: Page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(f"{service_api.url}/ui/posts/{post_id}?key={E2E_KEY}")
             expect(page.locator("#status")).to_have_text("Status: ❌ Failed")
-            expect(page.locator(".error")).to_contain_text("Missing or invalid image file")
-            expect(page.locator(".published[data-platform=instagram]")).to_contain_text("✅ Instagram: Published")
-            expect(page.locator("#note")).to_have_text("Note: Will only retry Facebook")
-            assert "key=" not in page.url
-            page.screenshot(path=str(ARTIFACTS / "post-detail-failed.png"), full_page=True)
-
-            page.fill("#image_url", "https://cdn.example.com/autumn-sale.jpg")
-            page.click("#retry")
-            expect(page.locator("#status")).to_have_text("Status: ✅ Posted", timeout=30_000)
-            expect(page.locator(".published[data-platform=facebook] a")).to_have_attribute(
-                "href", re.compile(r"^https://www\.facebook\.com/\d+_\d+$"))
-            expect(page.locator(".published[data-platform=instagram] a")).to_have_attribute(
-                "href", re.compile(r"^https://www\.instagram\.com/p/"))
-            expect(page.locator("#retried")).to_have_text("🔄 Retried: Facebook (1 retry)")
-            expect(page.locator("#retry")).to_have_count(0)
-            page.screenshot(path=str(ARTIFACTS / "post-detail-posted.png"), full_page=True)
+            yield page, post_id
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(service_api: ServiceApi) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with failed_post_in_chromium(service_api, 900, 700) as (page, _post_id):
+        expect(page.locator(".error")).to_contain_text("Missing or invalid image file")
+        expect(page.locator(".published[data-platform=instagram]")).to_contain_text("✅ Instagram: Published")
+        expect(page.locator("#note")).to_have_text("Note: Will only retry Facebook")
+        assert "key=" not in page.url
+        page.screenshot(path=str(ARTIFACTS / "post-detail-failed.png"), full_page=True)
+
+        page.fill("#image_url", "https://cdn.example.com/autumn-sale.jpg")
+        page.click("#retry")
+        expect(page.locator("#status")).to_have_text("Status: ✅ Posted", timeout=30_000)
+        expect(page.locator(".published[data-platform=facebook] a")).to_have_attribute(
+            "href", re.compile(r"^https://www\.facebook\.com/\d+_\d+$"))
+        expect(page.locator(".published[data-platform=instagram] a")).to_have_attribute(
+            "href", re.compile(r"^https://www\.instagram\.com/p/"))
+        expect(page.locator("#retried")).to_have_text("🔄 Retried: Facebook (1 retry)")
+        expect(page.locator("#retry")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "post-detail-posted.png"), full_page=True)
     counters = service_api.service.sandbox.counters()
     assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
 
 
 @pytest.mark.browser
 def test_on_a_phone_the_pages_fit_its_width_and_the_image_url_to_fix_is_seen_whole(service_api: ServiceApi) -> None:
-    published = publish_with_a_space(service_api)
-    assert published.status_code == 200, published.text
-    post_id = published.json()["post"]["id"]
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page: Page = browser.new_page(viewport={"width": 375, "height": 740})
-            page.goto(f"{service_api.url}/ui/posts/{post_id}?key={E2E_KEY}")
-            expect(page.locator("#status")).to_have_text("Status: ❌ Failed")
-            # Nothing to scroll sideways for, and the field holding the address to fix within the screen.
-            assert page.evaluate("document.documentElement.scrollWidth") <= 375
-            field = page.locator("#image_url").bounding_box()
-            assert field is not None and field["x"] >= 0 and field["x"] + field["width"] <= 375
-            page.goto(f"{service_api.url}/ui/posts?status=failed")
-            expect(page.locator(f"a[href='/ui/posts/{post_id}']")).to_be_visible()
-            assert page.evaluate("document.documentElement.scrollWidth") <= 375
-            # The status and the error of each post, the columns a phone has room for.
-            expect(page.locator("th", has_text="Status")).to_be_visible()
-            expect(page.locator("th", has_text="Error")).to_be_visible()
-            expect(page.locator("th", has_text="Target")).to_be_hidden()
-        finally:
-            browser.close()
+    with failed_post_in_chromium(service_api, 375, 740) as (page, post_id):
+        # Nothing to scroll sideways for, and the field holding the address to fix within the screen.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        field = page.locator("#image_url").bounding_box()
+        assert field is not None and field["x"] >= 0 and field["x"] + field["width"] <= 375
+        page.goto(f"{service_api.url}/ui/posts?status=failed")
+        expect(page.locator(f"a[href='/ui/posts/{post_id}']")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        # The status and the error of each post, the columns a phone has room for.
+        expect(page.locator("th", has_text="Status")).to_be_visible()
+        expect(page.locator("th", has_text="Error")).to_be_visible()
+        expect(page.locator("th", has_text="Target")).to_be_hidden()
 
 
 def test_a_retry_that_published_nothing_by_its_turn_says_so_on_its_page(api: RunningApi) -> None:
