@@ -39,6 +39,7 @@ from sqlalchemy.sql import text as sql
 
 from projections.fold import apply_all, apply_valid
 from projections.state import PostState
+from publishers.redact import scrub
 from schemas.events import Event
 
 metadata = MetaData()
@@ -84,6 +85,13 @@ CHUNK = 2000
 HOT_STATES = 500
 
 Offsets = dict[tuple[str, int], int]
+
+
+def database_said(exc: Exception) -> str:
+    """What a failed database call says, for the log: the driver's error class and the first line of its message
+    (scrubbed), never the statement or its values (what SQLAlchemy's own text adds)."""
+    cause = getattr(exc, "orig", None) or exc
+    return f"{type(cause).__name__}: {scrub((str(cause).strip().splitlines() or [''])[0])[:200]}"
 
 
 def same_database(one: Engine, other: Engine) -> bool:

@@ -52,7 +52,7 @@ from projections.responses import (
 )
 from projections.resume import automatic_retries, command_settled
 from projections.state import PostState
-from projections.store import ListPosition
+from projections.store import ListPosition, database_said
 from publishers.facebook import facebook_text
 from publishers.redact import known_secrets, scrub, secret_field, secret_value
 from schemas.api import PostSummary, PublishResponse
@@ -296,8 +296,7 @@ def database_unreachable(exc: DBAPIError, *, for_the_log: bool = False) -> str:
     also the driver's own message (its first line, scrubbed), never the statement or its values. Not to clients: a
     driver's message names hosts and users, and can quote a URL's mistyped password ("failed to resolve host")."""
     cause = exc.orig if exc.orig is not None else exc
-    said = scrub((str(cause).strip().splitlines() or [""])[0])[:200] if for_the_log else ""
-    return f"the database is unavailable ({type(cause).__name__}{': ' + said if said else ''})"
+    return f"the database is unavailable ({database_said(exc) if for_the_log else type(cause).__name__})"
 
 
 def _same_ids(command: Command) -> str:

@@ -29,8 +29,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from projections.responses import retries_used_up
 from projections.state import PostState
-from projections.store import posts
-from publishers.redact import scrub
+from projections.store import database_said, posts
 from schemas.common import NO_CREDENTIALS
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
@@ -185,9 +184,8 @@ class ServiceMetrics:
             # A scrape while the database is away still says so, and reports what Kafka holds. Said in the log
             # when it goes away, not at every scrape.
             if self._database_up:
-                cause = getattr(exc, "orig", None) or exc
-                log.warning("metrics: the projection cannot be read (%s: %s); smartretry_database_up is 0 until it "
-                            "can", type(cause).__name__, scrub(str(cause).strip().split("\n")[0])[:200])
+                log.warning("metrics: the projection cannot be read (%s); smartretry_database_up is 0 until it can",
+                            database_said(exc))
             self._database_up = False
             database.add_metric([], 0)
             return [database, *self._kafka_families(topics.post_events, topics.commands, topics.dead_letters, None)]

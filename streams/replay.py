@@ -19,8 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from projections.fold import apply_valid
 from projections.imported import without_secrets
 from projections.state import PostState
-from projections.store import Offsets, ProjectionStore, digest_of, make_engine, same_database
-from publishers.redact import scrub
+from projections.store import Offsets, ProjectionStore, database_said, digest_of, make_engine, same_database
 from schemas.envelope import decode_event
 from schemas.events import Event, LegacyInsightsImported
 from streams.broker import die_with_parent
@@ -73,12 +72,9 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     try:
         same = same_database(live_store.engine, scratch_store.engine)
     except DBAPIError as exc:
-        cause = exc.orig if exc.orig is not None else exc
-        said = scrub((str(cause).strip().splitlines() or [""])[0])[:200]
         raise ValueError(f"could not tell whether the scratch store "
                          f"({scratch_store.engine.url.render_as_string(hide_password=True)}) is the live projection's "
-                         f"database ({type(cause).__name__}: {said}): give replay a scratch store it can "
-                         "reach") from None
+                         f"database ({database_said(exc)}): give replay a scratch store it can reach") from None
     if same:
         # The replay empties its scratch store first: the live projection would be gone, and decided from meanwhile.
         raise ValueError(f"the scratch store is the live projection's database "
