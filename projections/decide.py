@@ -18,7 +18,7 @@ once the handler has recorded it on the attempt (`resolved_by`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from projections.fold import awaiting_attempt
@@ -108,8 +108,12 @@ def decide(state: PostState | None, command: Command) -> Decision:
         # out) is then that command, answered as it was decided, not a new republish that goes out.
         return Decision(skipped=dict.fromkeys(state.targeted, OVERTAKEN), is_retry=True, forced=True, no_op=True,
                         log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
-    return _republish(state, forced=isinstance(command, ForceRepublishRequested),
-                      reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
+    decision = _republish(state, forced=isinstance(command, ForceRepublishRequested),
+                          reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
+    if decision.no_op and command.content is not None and command.content != state.content:
+        # The post keeps the content that went out: a user who fixed the image URL in vain is told so.
+        return replace(decision, log_line=f"{decision.log_line}; the corrected content it carried was not applied")
+    return decision
 
 
 def republished_since_asked(state: PostState, command: Command) -> str | None:

@@ -249,8 +249,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # left unused, rather than the post alone.
         decided = state.commands.get(awaiting) if awaiting else None
         if decided is not None and not decided.platforms and decided.note and unhandled is None:
-            unhandled = (f"Your retry had nothing left to publish by its turn ({decided.note}); a correction it "
-                         "carried was not applied.")
+            unhandled = f"Your retry had nothing left to publish by its turn ({decided.note})."
         # Named as being published: those with an attempt under way; before the retry is decided, those it will
         # publish (the same rule as the handler's), not every platform of the post.
         publishing = [row["label"] for row in rows if row["pending"]] or (

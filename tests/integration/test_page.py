@@ -442,9 +442,10 @@ def test_a_retry_that_published_nothing_by_its_turn_says_so_on_its_page(api: Run
     store_events(api, [CommandDecided(event_id="late-d", post_id="post-1", occurred_at=AT, command_id="late-retry",
                                       command_type="RetryRequested", platforms=(), is_retry=True,
                                       skipped={"facebook": "already succeeded", "instagram": "already succeeded"},
-                                      note="Nothing to retry: Facebook and Instagram already succeeded")])
+                                      note="Nothing to retry: Facebook and Instagram already succeeded; the "
+                                           "corrected content it carried was not applied")])
     with signed_in(api) as browser:
         page = browser.get("/ui/posts/post-1", params={"awaiting": "late-retry"}).text
     assert "Status: ✅ Posted" in page
     assert ("Your retry had nothing left to publish by its turn (Nothing to retry: Facebook and Instagram already "
-            "succeeded); a correction it carried was not applied.") in page
+            "succeeded; the corrected content it carried was not applied).") in page

@@ -81,6 +81,16 @@ def test_case_4_both_succeeded_a_retry_publishes_nothing_and_says_so() -> None:
     assert decision.log_line == "Nothing to retry: Facebook and Instagram already succeeded"
 
 
+def test_a_retry_with_nothing_left_to_publish_says_whether_its_correction_was_left_unused() -> None:
+    posted = after_first_attempt(facebook=True, instagram=True)
+    fixed = RetryRequested(command_id="cmd-fixed", post_id=POST, requested_at=AT, content=FIXED)
+    assert decide(posted, fixed).log_line == ("Nothing to retry: Facebook and Instagram already succeeded; the "
+                                              "corrected content it carried was not applied")
+    # The post's own content sent again is no correction.
+    same = RetryRequested(command_id="cmd-same", post_id=POST, requested_at=AT, content=posted.content)
+    assert decide(posted, same).log_line == "Nothing to retry: Facebook and Instagram already succeeded"
+
+
 def test_case_4_only_a_forced_republish_publishes_successful_platforms_again() -> None:
     decision = decide(after_first_attempt(facebook=True, instagram=True), force())
     assert decision.platforms == ("facebook", "instagram")
