@@ -42,7 +42,8 @@ def broker_for(settings: Settings) -> Iterator[StartedBroker]:
         return
     try:
         started = contextlib.ExitStack()
-        broker = started.enter_context(kept_broker(Path(settings.broker_data_dir), settings.broker_port))
+        broker = started.enter_context(kept_broker(Path(settings.broker_data_dir), settings.broker_port,
+                                                   notify=lambda line: say(settings, line, err=True)))
     except BrokerUnavailable as exc:
         say(settings, f"error: {exc}", err=True, level=logging.ERROR)
         raise typer.Exit(2) from None

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -36,8 +36,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def kafka_libs(log: bool = True) -> Path:
-    """Kafka's jars, resolved from Maven Central once and cached outside the work tree."""
+def kafka_libs(notify: Callable[[str], None] | None = None) -> Path:
+    """Kafka's jars, resolved from Maven Central once and cached outside the work tree.
+
+    `notify` gets the line saying they are being fetched (a minute, the first time); by default it goes to stderr.
+    """
     libs = cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
     if (libs / ".complete").exists():
         return libs
@@ -47,8 +50,11 @@ def kafka_libs(log: bool = True) -> Path:
                 f"`{tool}` is not on PATH: install it (Debian: apt-get install {package}) "
                 "or set KAFKA_BOOTSTRAP_SERVERS to an existing broker."
             )
-    if log:
-        print(f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...", file=sys.stderr)
+    line = f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ..."
+    if notify is not None:
+        notify(line)
+    else:
+        print(line, file=sys.stderr)
     libs.parent.mkdir(parents=True, exist_ok=True)
     # Staged beside the cache so the final rename never crosses file systems.
     staging = Path(tempfile.mkdtemp(prefix="kafka-libs-", dir=libs.parent))
@@ -186,8 +192,9 @@ class LocalBroker:
         return f"127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, data_dir: Path | None = None, port: int | None = None, timeout: float = 90.0) -> LocalBroker:
-        libs = kafka_libs()
+    def start(cls, data_dir: Path | None = None, port: int | None = None, timeout: float = 90.0,
+              notify: Callable[[str], None] | None = None) -> LocalBroker:
+        libs = kafka_libs(notify)
         requested = port
         owns = data_dir is None
         data_dir = Path(tempfile.mkdtemp(prefix="smartretry-kafka-")) if data_dir is None else data_dir
@@ -326,7 +333,8 @@ class StartedBroker:
 
 
 @contextlib.contextmanager
-def kept_broker(data_dir: Path, port: int | None = None) -> Iterator[StartedBroker]:
+def kept_broker(data_dir: Path, port: int | None = None,
+                notify: Callable[[str], None] | None = None) -> Iterator[StartedBroker]:
     """A broker for `smartretry run` whose topics outlive it: the local JVM's, with its data in `data_dir`.
 
     The projection in the database is of the events on this broker; a broker that started empty each
@@ -338,7 +346,7 @@ def kept_broker(data_dir: Path, port: int | None = None) -> Iterator[StartedBrok
         with kafka_broker() as bootstrap:
             yield StartedBroker(bootstrap)
         return
-    broker = LocalBroker.start(data_dir=data_dir, port=port)
+    broker = LocalBroker.start(data_dir=data_dir, port=port, notify=notify)
     try:
         yield StartedBroker(broker.bootstrap, broker)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,23 @@ def test_runs_own_lines_are_log_records_when_the_log_is_json(caplog: pytest.LogC
 
     say(Settings(log_format="text"), "Running. Ctrl-C stops everything.")
     assert capsys.readouterr().out == "Running. Ctrl-C stops everything.\n"
+
+
+def test_the_first_runs_jar_fetch_is_told_through_the_callers_notice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # `run` passes `say`, so in JSON mode the minute-long first fetch is a log record, not a bare stderr line.
+    from streams.broker import kafka_libs
+
+    root = tmp_path
+    tools = root / "bin"
+    tools.mkdir()
+    for tool in ("mvn", "java"):
+        (tools / tool).write_text("#!/bin/sh\nexit 0\n")
+        (tools / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.setenv("SMARTRETRY_CACHE_DIR", str(root / "cache"))
+    told: list[str] = []
+    libs = kafka_libs(told.append)
+    assert len(told) == 1 and told[0].startswith("Fetching Apache Kafka") and str(libs) in told[0]
+    assert capsys.readouterr().err == ""
+    assert kafka_libs(told.append) == libs and len(told) == 1  # cached: nothing fetched, nothing told
