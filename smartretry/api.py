@@ -273,6 +273,7 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
 def post_summary(state: PostState) -> dict[str, Any]:
     return {
         "id": state.post_id, "status": state.status, "error_message": state.document.error_message,
+        "caption": state.content.caption if state.content is not None else None,
         "publish_target": state.publish_target, "post_url": state.document.post_url,
         "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
     }

@@ -436,6 +436,16 @@ def show(
             console.print(f"  {entry['decided_at']}  {entry['command_type']}: {entry['note']}", highlight=False)
 
 
+# Characters of a caption `list` shows.
+CAPTION_SHOWN = 60
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text` on one line, cut to `limit` characters with an ellipsis when longer."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1].rstrip() + "…"
+
+
 @ops.command("list")
 def list_posts(
     status: str | None = typer.Option(None, help="Only posts with this status: publishing, posted or failed."),
@@ -462,6 +472,9 @@ def list_posts(
         updated = (post["updated_at"] or "")[:19].replace("T", " ")
         console.print(f"{post['id']:<{width}}  {post['status']:<10}  {post['publish_target']:<9}  {updated} UTC",
                       highlight=False, soft_wrap=True)
+        if post.get("caption"):
+            # To tell posts apart: the caption's start, on one line.
+            console.print(f"    \"{_shortened(post['caption'], CAPTION_SHOWN)}\"", highlight=False)
         if post["error_message"]:
             console.print(f"    {post['error_message']}", highlight=False)
     if listed.get("next_cursor"):

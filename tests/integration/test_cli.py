@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from schemas.commands import ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
+from schemas.events import PostSubmitted
 from smartretry.cli import app
 from streams.dlq import make_dead_letter
 from streams.kafka import deliver
@@ -100,6 +101,15 @@ def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: R
     # Both updated at the seed's time: in id order, as the API lists them.
     assert [line.split()[0] for line in output.splitlines() if line.startswith("post-")] == ["post-1", "post-2"]
     assert "failed" in output and "posted" in output and FB_ERROR in output
+    # Each post's caption, to tell them apart.
+    assert output.count('    "Autumn sale starts today"') == 2
+    events = seed_events("post-long", facebook_ok=False, instagram_ok=True)
+    assert isinstance(events[0], PostSubmitted) and events[0].content is not None
+    events[0] = events[0].model_copy(update={"content": events[0].content.model_copy(
+        update={"caption": "Winter sale:\n" + "everything must go " * 10})})
+    store_events(api, events)
+    code, output = run(api, "list")
+    assert '    "Winter sale: everything must go everything must go everythi…"' in output
     store_post(api, "01KA8MNE2DT1E31F8Z3TJHF96E")
     narrow = CliRunner().invoke(app, ["list"], env={"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": API_KEY,
                                                     "COLUMNS": "80"})
