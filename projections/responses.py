@@ -102,19 +102,45 @@ def retried_summary(state: PostState) -> str | None:
     """The page's "🔄 Retried: Facebook (1 retry)", or None for a post never retried; the retries the service
     made by itself are told apart ("Instagram (4 automatic retries)"), since nobody asked for them."""
     automatic = automatic_retries_by_platform(state)
+    forced_by_platform: dict[Platform, int] = {}
+    for platform, _command in {(a.platform, a.command_id) for a in state.attempts.values() if a.forced}:
+        forced_by_platform[platform] = forced_by_platform.get(platform, 0) + 1
     parts = []
     for platform, count in retries_by_platform(state).items():
         if not count:
             continue
         by_itself = automatic.get(platform, 0)
         label = PLATFORM_LABELS[platform]
-        if by_itself == count:
+        forced = forced_by_platform.get(platform, 0)
+        if forced:
+            # A forced republish made a second post on the platform: not a retry of a failure, and said so.
+            republishes = f"{forced} forced republish{'es' if forced > 1 else ''}"
+            others = count - forced - by_itself
+            extra = [f"{others} {'retry' if others == 1 else 'retries'}"] if others else []
+            extra += [f"{by_itself} automatic {'retry' if by_itself == 1 else 'retries'}"] if by_itself else []
+            parts.append(f"{label} ({', '.join([republishes, *extra])})")
+        elif by_itself == count:
             parts.append(f"{label} ({count} automatic {'retry' if count == 1 else 'retries'})")
         elif by_itself:
             parts.append(f"{label} ({count} retries, {by_itself} of them automatic)")
         else:
             parts.append(f"{label} ({count} {'retry' if count == 1 else 'retries'})")
     return f"🔄 Retried: {', '.join(parts)}" if parts else None
+
+
+def earlier_posts(state: PostState) -> dict[Platform, list[str]]:
+    """Per platform, the ids of posts earlier attempts made there that its latest result does not show: a forced
+    republish's first post, or the one a later failed attempt left in place. They stay on the platform (nothing
+    here deletes a post), and the user may want to find them."""
+    earlier: dict[Platform, list[str]] = {}
+    for platform in state.targeted:
+        latest = state.latest_result(platform)
+        shown = latest.post_id if latest is not None and latest.success else None
+        for attempt in state.attempts_of(platform):
+            made = attempt.platform_post_id
+            if attempt.success and made and made != shown and made not in earlier.get(platform, ()):
+                earlier.setdefault(platform, []).append(made)
+    return earlier
 
 
 def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:

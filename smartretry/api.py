@@ -44,6 +44,7 @@ from projections.fold import FACEBOOK_POST_URL, RESOLVE_THE_ATTEMPT
 from projections.imported import taken_out
 from projections.responses import (
     attempts_by_platform,
+    earlier_posts,
     needed_actions,
     publish_response,
     retried_summary,
@@ -199,6 +200,16 @@ def platform_link(state: PostState, platform: Platform) -> str | None:
     return None
 
 
+# A Facebook post id as Graph gives it ("<page id>_<post id>"), the only kind put into an address.
+FACEBOOK_ID = re.compile(r"[0-9]+(_[0-9]+)?")
+
+
+def earlier_link(platform: Platform, post_id: str) -> str | None:
+    """The address of a Facebook post by its id (an Instagram media id does not give its address)."""
+    return FACEBOOK_POST_URL.format(post_id=post_id) if platform == "facebook" and FACEBOOK_ID.fullmatch(post_id) \
+        else None
+
+
 # The service's default automatic attempts per platform per command, where no settings are at hand.
 DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].default
 # Seconds a request waits for the broker to take its command before answering 503.
@@ -249,6 +260,9 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
         "content": state.content.model_dump(mode="json") if state.content else None,
         "account": state.account,
         "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
+        # Posts earlier attempts made that the document no longer shows (a forced republish's first one): still live.
+        "earlier_posts": {p: [{"post_id": made, "link": earlier_link(p, made)} for made in ids]
+                          for p, ids in earlier_posts(state).items()},
         "needed_action": needed_actions(state, max_attempts),
         "outcome_unknown": outcome_unknown(state),
         # Failed for now, and published again by the service itself: when, where the platform said.

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from projections.decide import retry_preview, retry_targets
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
-from projections.responses import needed_actions, retried_summary
+from projections.responses import earlier_posts, needed_actions, retried_summary
 from projections.resume import automatic_retries
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
@@ -39,6 +39,7 @@ from smartretry.api import (
     FrontDoor,
     RetryBody,
     api_key_matches,
+    earlier_link,
     list_cursor,
     list_position,
     outcome_unknown,
@@ -266,6 +267,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "status": status,
             "status_label": STATUS_LABELS[status],
             "rows": rows,
+            "earlier": [{"platform": p, "label": PLATFORM_LABELS[p], "post_id": made, "link": earlier_link(p, made)}
+                        for p, ids in earlier_posts(state).items() for made in ids],
             "publishing": publishing,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},

@@ -449,3 +449,30 @@ def test_a_retry_that_published_nothing_by_its_turn_says_so_on_its_page(api: Run
     assert "Status: ✅ Posted" in page
     assert ("Your retry had nothing left to publish by its turn (Nothing to retry: Facebook and Instagram already "
             "succeeded; the corrected content it carried was not applied).") in page
+
+
+def test_after_a_forced_republish_the_earlier_posts_are_still_named_on_the_page_api_and_cli(api: RunningApi) -> None:
+    from tests.integration.test_cli import run
+
+    history = History(post_id="post-forced")
+    first = history.publish()
+    history.success("facebook", first["facebook"], "747917475065823_1").success("instagram", first["instagram"], "1788")
+    again = history.retry("cmd-force", ("facebook", "instagram"), forced=True)
+    history.success("facebook", again["facebook"], "747917475065823_2", permalink=None)
+    history.success("instagram", again["instagram"], "1789", permalink="https://www.instagram.com/p/B/")
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-forced").text
+    assert "🔄 Retried: Facebook (1 forced republish), Instagram (1 forced republish)" in page
+    assert ("Earlier Facebook post, still on Facebook unless deleted there: <a class=\"link\" "
+            "href=\"https://www.facebook.com/747917475065823_1\"") in page
+    assert "Earlier Instagram post, still on Instagram unless deleted there: media id 1788" in page
+    detail = api.client.get("/posts/post-forced").json()
+    assert detail["earlier_posts"] == {
+        "facebook": [{"post_id": "747917475065823_1", "link": "https://www.facebook.com/747917475065823_1"}],
+        "instagram": [{"post_id": "1788", "link": None}]}
+    assert detail["links"]["facebook"] == "https://www.facebook.com/747917475065823_2"
+    code, output = run(api, "show", "post-forced")
+    assert code == 0, output
+    assert "Earlier Facebook post, still there unless deleted: https://www.facebook.com/747917475065823_1" in output
+    assert "Earlier Instagram post, still there unless deleted: media id 1788" in output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from projections.responses import (
     attempts_by_platform,
+    earlier_posts,
     needed_actions,
     previous_attempts,
     publish_response,
@@ -212,3 +213,33 @@ def test_the_post_page_says_where_to_correct_a_caption_it_has_no_field_for() -> 
                "content.caption corrected")
 
     assert _page_problem(problem) == problem + " (with `smartretry retry POST --caption ...`)"
+
+
+def test_a_forced_republish_is_told_apart_and_the_post_it_replaced_on_the_page_is_still_named() -> None:
+    history = History()
+    first = history.publish()
+    history.success("facebook", first["facebook"], "7479_1").success("instagram", first["instagram"], "1788_1")
+    again = history.retry("cmd-force", ("facebook", "instagram"), forced=True)
+    history.success("facebook", again["facebook"], "7479_2")
+    history.failure("instagram", again["instagram"], "Service unavailable", ErrorKind.TRANSIENT)
+    state = history.state()
+    assert retried_summary(state) == "🔄 Retried: Facebook (1 forced republish), Instagram (1 forced republish)"
+    # Facebook shows its new post; the first is still on the Page. Instagram's only post is the one its failed
+    # republish left: no longer its latest result, so named here.
+    assert earlier_posts(state) == {"facebook": ["7479_1"], "instagram": ["1788_1"]}
+    automatic = history.attempt("instagram", "cmd-force", retry=True, forced=True)
+    history.success("instagram", automatic, "1788_2")
+    retry = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retry["facebook"], "7479_3")
+    assert retried_summary(history.state()) == ("🔄 Retried: Facebook (1 forced republish, 1 retry), "
+                                                "Instagram (1 forced republish, 1 automatic retry)")
+    assert earlier_posts(history.state()) == {"facebook": ["7479_1", "7479_2"], "instagram": ["1788_1"]}
+
+
+def test_a_post_published_once_has_no_earlier_posts() -> None:
+    history = History()
+    first = history.publish()
+    history.failure("facebook", first["facebook"]).success("instagram", first["instagram"], "1788_1")
+    retry = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retry["facebook"], "7479_1")
+    assert earlier_posts(history.state()) == {}
