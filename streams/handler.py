@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -301,6 +302,9 @@ class CommandHandler:
         # can tell the partition it was fetched from still held from one that moved away and came back.
         self._progress: dict[int, _PartitionProgress] = {}
         self._chains: dict[str, asyncio.Task[None]] = {}
+        # Per post, its latest command being sent on to its own partition: the next one waits for it, so one post's
+        # commands reach their partition in the order they came.
+        self._forwards: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
         # Of those, how many only wait: every branch of theirs asleep in a backoff or a platform's wait (`_waiting`).
         self._parked = 0
@@ -502,7 +506,10 @@ class CommandHandler:
             # Not on its post's partition (keyed by something else, or by another partitioner than the Java
             # client's): run here, it could run beside the post's other commands on another handler, and its
             # freshness would be read on the wrong events partition. Sent on to its post's partition instead.
-            task = asyncio.get_running_loop().create_task(self._forward(message, command))
+            ahead = self._forwards.get(command.post_id)
+            task = asyncio.get_running_loop().create_task(self._forward(message, command, ahead))
+            self._forwards[command.post_id] = task
+            task.add_done_callback(functools.partial(self._forwarded, command.post_id))
             self._track(task, partition, offset)
             return
         if isinstance(command, ResolveAttemptRequested) and _token_in_fields(command, known_secrets()) is None:
@@ -587,8 +594,13 @@ class CommandHandler:
         await self._until_sent(lambda: self._dead_letter(message, reason),
                                f"Dead letter from {message.topic()}[{message.partition()}]@{message.offset()}")
 
-    async def _forward(self, message: Message, command: Command) -> None:
-        """Puts a command that came on another post's partition on its own post's (until the broker has it)."""
+    def _forwarded(self, post_id: str, done: asyncio.Task[None]) -> None:
+        if self._forwards.get(post_id) is done:
+            del self._forwards[post_id]
+
+    async def _forward(self, message: Message, command: Command, ahead: asyncio.Task[None] | None = None) -> None:
+        """Puts a command that came on another post's partition on its own post's (until the broker has it), after
+        `ahead`, the post's command that came before it on that partition, is there."""
         log.warning("%s %s came on %s[%d] keyed %r, not on its post's partition: sent on there (producers key "
                     "commands by post id, with the Java client's partitioner: murmur2)", command.type,
                     command.command_id, message.topic(), message.partition(),
@@ -602,6 +614,10 @@ class CommandHandler:
             await self._dead_letter_until_sent(message, f"refused {command.type}: {carrying}")
             return
         value = message.value() or b""
+        if ahead is not None:
+            # Its token check reads the store in a thread: without this wait, a retry sent right after its publish
+            # could overtake it, and be refused for a post not published yet.
+            await asyncio.gather(ahead, return_exceptions=True)
         await self._until_sent(lambda: self.producer.send(self.topics.commands, command.post_id, value),
                                f"Command {command.command_id}, sent on to its post's partition,")
 

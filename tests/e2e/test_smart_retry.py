@@ -167,6 +167,30 @@ def test_commands_keyed_otherwise_or_put_on_another_partition_are_sent_on_to_the
     assert service.handler.output().count("not on its post's partition: sent on there") == 2
 
 
+def test_a_posts_commands_sent_on_from_another_partition_keep_their_order(service: Service) -> None:
+    # An upstream service on another partitioner sends a publish and, right after it, the retry with the fixed image:
+    # both come on another post's partition, and each is sent on to its own. Sent on out of order, the retry would be
+    # refused for a post not published yet, and the post would stay failed.
+    partitions = service.topics.partitions
+    upstream = Producer({"bootstrap.servers": service.bootstrap})
+    sent = []
+    for _ in range(6):
+        publish = PublishRequested(command_id=new_id(), post_id=new_id(), publish_target="both", content=BROKEN,
+                                   account=DEMO_ACCOUNT_ID, requested_at=datetime.now(UTC))
+        retry = RetryRequested(command_id=new_id(), post_id=publish.post_id, content=FIXED,
+                               requested_at=datetime.now(UTC))
+        elsewhere = (partition_for(publish.post_id, partitions) + 1) % partitions
+        for command in (publish, retry):
+            upstream.produce(service.topics.commands, key=b"upstream", value=encode(command), partition=elsewhere)
+        sent.append(retry)
+    assert upstream.flush(30) == 0
+    for retry in sent:
+        state = service.wait_command(retry.post_id, retry.command_id)
+        assert state.status == "posted"
+        assert state.commands[retry.command_id].platforms == ["facebook"]
+    assert "Dead letter" not in service.handler.output()
+
+
 def test_a_retry_that_would_publish_a_stored_token_in_the_posts_own_content_is_refused(service: Service) -> None:
     # An old document imported with a caption that carries a token the service stores only since (another shop's):
     # the projector could not tell it when it folded the import.
