@@ -212,12 +212,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
 
     @router.get("/posts/{post_id}")
     async def post_page(request: Request, post_id: str, awaiting: str | None = None,
-                        problem: str | None = None, sent: str | None = None) -> Response:
+                        sent: str | None = None) -> Response:
         if (redirect := gate(request)) is not None:
             return redirect
         # When the page sent the retry it awaits (epoch seconds); a link edited by hand is read as none.
         sent_at = int(sent) if sent is not None and sent.isascii() and sent.isdigit() and len(sent) < 12 else None
-        return await render_post(request, post_id, awaiting, problem, sent=sent_at)
+        return await render_post(request, post_id, awaiting, None, sent=sent_at)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
                           status_code: int = 200, entered_image_url: str | None = None,
@@ -272,7 +272,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "publishing": publishing,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
-            "refresh": refresh,
+            # Not on the answer to a refused form: it is at the form's address (a reload would send the form again,
+            # a refresh would ask it with GET), and its message is there to be read. It links to the post instead.
+            "refresh": None if problem else refresh,
+            "follow": bool(refresh) and bool(problem),
             "can_retry": status == "failed" and queued is None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),

@@ -376,7 +376,19 @@ def test_a_retry_refused_on_the_page_is_explained_without_api_routes(api: Runnin
     assert "Nothing to retry: Facebook and Instagram already succeeded (to publish it again anyway: smartretry " \
            "force, or the API&#39;s republish)" in done.text
     assert "POST /posts" not in still.text + done.text
+    # The answer stays to be read: no refresh (it would ask the form's address with GET), a link to the post instead.
+    assert 'http-equiv="refresh"' not in still.text + done.text
+    assert ('Publishing Facebook… <a id="follow" href="/ui/posts/inflight-1">follow it on the post\'s page</a>.'
+            in html.unescape(still.text))
     assert_nothing_on_commands(api)
+
+
+def test_the_post_page_takes_no_message_from_its_address(api: RunningApi) -> None:
+    # A link could otherwise put any words in the page's alert box.
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-1", params={"problem": "Your account is suspended: call +1 555"}).text
+    assert "suspended" not in page
 
 
 @contextlib.contextmanager
