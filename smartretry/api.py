@@ -51,7 +51,7 @@ from projections.responses import (
     retries_by_platform,
     retry_history,
 )
-from projections.resume import automatic_retries, command_settled
+from projections.resume import attempts_by, automatic_retries, command_settled
 from projections.state import PostState
 from projections.store import ListPosition, database_said
 from publishers.facebook import facebook_text
@@ -648,12 +648,21 @@ class FrontDoor:
 def queued_behind(state: PostState, max_attempts: int, now: datetime) -> str | None:
     """What a command not decided yet waits for, when the post's automatic retry waits out a platform's own wait
     (a rate limit's): the post's commands run in order, so it is handled after that retry. None otherwise."""
-    waits = {p: at for p, at in automatic_retries(state, max_attempts).items() if at is not None and at > now}
-    if not waits:
+    due = automatic_retries(state, max_attempts)
+    waits = {p: at for p, at in due.items() if at is not None and at > now}
+    if waits:
+        platform, at = max(waits.items(), key=lambda item: item[1])
+        return (f"queued behind the automatic retry of {PLATFORM_LABELS[platform]} at "
+                f"{at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC (the platform's own wait): handled after it")
+    latest = state.latest_command()
+    if not due or latest is None:
         return None
-    platform, at = max(waits.items(), key=lambda item: item[1])
-    return (f"queued behind the automatic retry of {PLATFORM_LABELS[platform]} at "
-            f"{at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC (the platform's own wait): handled after it")
+    # The service's own backoff (the platform gave no wait), or a retry due now: the command waits for that command's
+    # remaining automatic attempts, when it is not published before.
+    platform = next(iter(due))
+    left = max(1, max_attempts - len(attempts_by(state, latest.command_id, platform)))
+    return (f"queued behind the automatic retries of {PLATFORM_LABELS[platform]} (the service tries it again by "
+            f"itself, up to {left} more time{'s' if left > 1 else ''}): handled after them")
 
 
 def _created_by_another(state: PostState | None, command: Command) -> bool:

@@ -690,15 +690,16 @@ def test_retry_with_a_fixed_image_url_puts_a_retry_command_on_kafka(api: Running
     assert command.content == PostContent(caption="Autumn sale starts today", image_url=FIXED_URL)
 
 
-def store_limited_for_an_hour(api: RunningApi, post_id: str) -> None:
-    """A post whose Facebook was refused just now for a rate limit that lifts in an hour: the service publishes it
-    again then, and the post's next command runs after that."""
+def store_limited_for_an_hour(api: RunningApi, post_id: str, wait: float | None = 3600.0) -> None:
+    """A post whose Facebook was refused just now for a rate limit that lifts in an hour (`wait`; None: the platform
+    gave no wait, the service's own backoff): the service publishes it again then, and the post's next command runs
+    after that."""
     history = History(post_id=post_id, at=datetime.now(UTC))
     attempts = history.publish(target="facebook")
     history.events.append(PlatformResult(
         event_id="limited", post_id=post_id, occurred_at=datetime.now(UTC), platform="facebook",
         attempt_id=attempts["facebook"], success=False, error=PlatformError(
-            kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=3600.0,
+            kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=wait,
             message="Facebook photo upload failed: 400 - Page request limit reached")))
     store_events(api, history.events)
 
@@ -725,6 +726,18 @@ def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_sa
     assert document["pending"] is True and document["post"]["status"] == "failed"
     assert document["note"].startswith("queued behind the automatic retry of Facebook at ")
     assert "(the platform's own wait): handled after it" in document["note"]
+
+
+def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_says_so(api: RunningApi) -> None:
+    # Meta's rate limits mostly give no wait: the service waits by its own backoff, and a retry waits behind it too.
+    store_limited_for_an_hour(api, "post-limited", wait=None)
+    answer = api.client.post("/posts/post-limited/retry", json={"content": {"image_url": FIXED_URL}})
+    assert answer.status_code == 202
+    document = answer.json()
+    assert document["pending"] is True and document["post"]["status"] == "failed"
+    left = api.settings.max_automatic_attempts - 1
+    assert document["note"] == (f"queued behind the automatic retries of Facebook (the service tries it again by "
+                                f"itself, up to {left} more times): handled after them")
 
 
 def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:

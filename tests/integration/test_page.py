@@ -318,6 +318,18 @@ def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_no
     assert 'id="retry"' not in page  # one retry queued is enough
 
 
+def test_a_retry_behind_the_services_own_backoff_is_queued_not_left_untaken(api: RunningApi) -> None:
+    store_limited_for_an_hour(api, "post-limited", wait=None)
+    form = {"token": retry_token(api.settings, "post-limited")}
+    with signed_in(api) as browser:
+        answer = browser.post("/ui/posts/post-limited/retry", data=form, follow_redirects=False)
+        # Long after it was sent, it is still queued behind the retries the service makes by itself.
+        location = re.sub(r"sent=\d+", "sent=1000", answer.headers["location"])
+        page = browser.get(location).text
+    assert "Your retry is queued behind the automatic retries of Facebook" in page
+    assert "has not been taken up" not in page and "Publishing Facebook" not in page
+
+
 def test_a_post_imported_without_an_account_is_retried_from_its_page_naming_one(api: RunningApi) -> None:
     add_account(api)
     store_events(api, History(post_id="imported-1").legacy(
