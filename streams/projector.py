@@ -131,8 +131,8 @@ class InsightsProjector:
                                after_fold=send, before_commit=delivered)
         return outcome
 
-    def _dead_letters(self, partition: int,
-                      refused: Sequence[tuple[str, int, bytes | None, bytes | None]]) -> list[bytes]:
+    def _dead_letters(self, partition: int, refused: Sequence[tuple[str, int, bytes | None, bytes | None]]
+                      ) -> list[tuple[bytes | None, bytes]]:
         if refused and self.known_tokens is not None:
             self.known_tokens()
         letters = []
@@ -140,18 +140,19 @@ class InsightsProjector:
             letter = make_dead_letter(reason=reason, consumer=CONSUMER_NAME, source_topic=self.topics.post_events,
                                       partition=partition, offset=offset, key=key, value=value)
             log.warning("dead letter from %s[%d]@%d: %s", self.topics.post_events, partition, offset, letter.reason)
-            letters.append(letter.model_dump_json().encode())
+            # Keyed as the message was (scrubbed, as in the letter), as the handler's dead letters are.
+            letters.append((letter.key.encode() if letter.key is not None else None, letter.model_dump_json().encode()))
         return letters
 
-    def _send(self, changed: list[PostState], dead: list[bytes], errors: list[str]) -> None:
+    def _send(self, changed: list[PostState], dead: list[tuple[bytes | None, bytes]], errors: list[str]) -> None:
         def on_delivery(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
 
         for state in changed:
             self._produce(self.topics.insights, state.post_id.encode(), insights_message(state), on_delivery)
-        for letter in dead:
-            self._produce(self.topics.dead_letters, None, letter, on_delivery)
+        for key, letter in dead:
+            self._produce(self.topics.dead_letters, key, letter, on_delivery)
 
     def _wait_delivered(self, errors: list[str]) -> None:
         assert self.producer is not None

@@ -32,9 +32,11 @@ class Producer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.keys: list[bytes | None] = []
 
     def produce(self, topic: str, key: bytes | None, value: bytes, on_delivery: Any) -> None:
         self.sent.append((topic, value))
+        self.keys.append(key)
         on_delivery(None, None)
 
     def flush(self, _timeout: float) -> int:
@@ -60,6 +62,7 @@ def test_a_token_stored_after_the_projector_started_is_scrubbed_from_its_dead_le
     assert outcome.dead_letters == 1
     [(topic, value)] = producer.sent
     assert topic == topics.dead_letters and token not in value.decode()
+    assert producer.keys == [b"post-1"]  # keyed as the message was, as every topic is
     letter = json.loads(value)
     assert letter["value_scrubbed"] is True and "[redacted]" in base64.b64decode(letter["value_b64"]).decode()
     assert store.applied_offsets(topics.post_events) == {0: 0}  # and the projector went on past it
