@@ -149,6 +149,10 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
     (re.compile(r"then republish if"), "then republish (smartretry force) if"),
     (re.compile(r"name the account to publish it with"), "name the account to publish it with (--account NAME)"),
+    # The API's field names, as the command line's options.
+    (re.compile(r"\bcontent\.image_url\b"), "an image (--image-url)"),
+    (re.compile(r"\bcontent\.caption\b"), "--caption"),
+    (re.compile(r"\bcontent\.link\b"), "--link"),
 )
 
 
@@ -273,7 +277,13 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                       f"smartretry resolve {detail['id']} {platform} --published-as POST_ID | --not-published",
                       highlight=False)
     for platform, action in detail.get("needed_action", {}).items():
-        console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {_as_commands(action)}", highlight=False)
+        how = ""
+        if action.startswith("re-authenticate") and detail.get("account"):
+            # As the page says it: how, and that one token serves both platforms.
+            how = (f" (store the account's new token: smartretry accounts set-token {detail['account']}; one token "
+                   "serves both platforms)")
+        console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {_as_commands(action)}{how}", highlight=False,
+                      soft_wrap=True)
     for platform, at in detail.get("automatic_retry", {}).items():
         when = f" at {at[11:19]} UTC" if at else ""
         console.print(f"  🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)
@@ -378,9 +388,18 @@ def force(
     command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Republish without being asked first."),
     api_url: str | None = ApiUrl,
 ) -> None:
-    """Publish a post again on every platform, even those where it succeeded (seed case 4)."""
+    """Publish a post again on every platform, even those where it succeeded (seed case 4): a second post on each
+    platform where it already went out (the first one stays there)."""
+    if not yes:
+        what = ("This publishes the post again: a second post on each platform where it already went out (the first "
+                "one stays there)")
+        if not sys.stdin.isatty():
+            _error(f"{what}. Add --yes to republish without being asked.")
+            raise typer.Exit(2)
+        typer.confirm(f"{what}. Republish?", abort=True)
     body = {"reason": reason, **({"account": account} if account else {}),
             **({"command_id": command_id} if command_id else {})}
     with api_client(api_url) as api:

@@ -340,5 +340,7 @@ def _page_problem(problem: str) -> str:
 
 def _problem(detail: Any) -> str:
     if isinstance(detail, list):
-        return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+        # pydantic's "Value error, " before a validator's own words says nothing to someone on the page.
+        return "; ".join(str(item.get("msg", item)).removeprefix("Value error, ") if isinstance(item, dict)
+                         else str(item) for item in detail)
     return str(detail)

@@ -72,6 +72,15 @@ def test_show_prints_an_old_documents_own_failure_when_it_kept_no_results(api: R
     assert "❌ instagram: token expired" in output
 
 
+def test_show_says_how_to_re_authenticate_as_the_page_does(api: RunningApi) -> None:
+    store_post(api, "post-expired", facebook_ok=True, instagram_ok=False)
+    account = api.client.get("/posts/post-expired").json()["account"]
+    code, output = run(api, "show", "post-expired")
+    assert code == 0, output
+    assert (f"Needed for Instagram: re-authenticate Instagram, then retry (store the account's new token: smartretry "
+            f"accounts set-token {account}; one token serves both platforms)") in output
+
+
 def test_show_prints_text_that_looks_like_markup_as_it_is(api: RunningApi) -> None:
     history = History(post_id="post-markup")
     attempts = history.publish(target="facebook")
@@ -145,7 +154,7 @@ def test_a_bad_publish_shows_the_apis_reason_and_sends_nothing(api: RunningApi) 
     api.stores.credentials.set_token("acme", "acme-user-token-0001", "1", "2")
     code, output = run(api, "publish", "no image", "--account", "acme")
     assert code == 1
-    assert "422: content: Instagram needs content.image_url" in output
+    assert "422: content: Instagram needs an image (--image-url)" in output
     assert messages_on(api.bootstrap, api.topics.commands) == []
 
 
@@ -173,6 +182,11 @@ def test_retry_with_nothing_to_retry_and_force(api: RunningApi) -> None:
     assert json.loads(as_json.stdout)["status"] == "posted"  # stdout is the JSON alone, for a script
     assert "Nothing to retry" in as_json.stderr
     code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3")
+    # Not without saying yes: it makes a second post on each platform.
+    assert code == 2 and "a second post on each platform where it already went out" in output
+    assert "Add --yes to republish without being asked." in output
+    assert messages_on(api.bootstrap, api.topics.commands) == []
+    code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3", "--yes")
     assert code == 0, output
     assert len(messages_on(api.bootstrap, api.topics.commands)) == 1
 
@@ -193,7 +207,7 @@ def test_force_while_a_platform_is_still_publishing_is_refused_until_its_result_
     # Instagram went out; Facebook's attempt has no result yet. Republishing now would post Instagram again, and
     # Facebook a second time once its attempt turns out published.
     store_events(api, seed_events("inflight-2", facebook_ok=True)[:-1])
-    code, output = run(api, "force", "inflight-2", "--reason", "looks stuck")
+    code, output = run(api, "force", "inflight-2", "--reason", "looks stuck", "--yes")
     assert code == 1
     assert "409: Facebook still publishing (its last attempt has no result yet); wait for its result " \
            "(smartretry show inflight-2), then republish (smartretry force) if you still want it posted again" in output
