@@ -40,6 +40,15 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=False).encode()
 
 
+class _NotJsonValue(ValueError):
+    pass
+
+
+def _not_json(name: str) -> Any:
+    """Python's reader takes NaN and Infinity; JSON has neither."""
+    raise _NotJsonValue(f"{name} is not a JSON value")
+
+
 def _object(raw: bytes | str | None, what: str) -> Envelope:
     if raw is None:
         raise DecodeError(f"empty {what}: the message has no value")
@@ -48,7 +57,7 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
     if not raw:
         raise DecodeError(f"empty {what}: the message's value has no bytes")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         if isinstance(raw, bytes):
             try:
@@ -56,6 +65,8 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
             except UnicodeDecodeError as bad:
                 raise DecodeError(f"not JSON: not UTF-8 text (byte {raw[bad.start]:#04x} at {bad.start}; "
                                   "messages are JSON in UTF-8)") from None
+        raise DecodeError(f"not JSON: {exc}") from None
+    except _NotJsonValue as exc:
         raise DecodeError(f"not JSON: {exc}") from None
     except RecursionError:
         raise DecodeError(f"{what} nested too deeply to be one of ours") from None

@@ -36,6 +36,7 @@ def test_timestamps_are_written_as_the_seed_writes_them() -> None:
         (b"\xff\xfe not json", "not JSON: not UTF-8 text (byte 0xff at 0"),
         (b'{"caf\xe9": 1}', "not UTF-8 text (byte 0xe9 at 5"),
         (b"{not json}", "not JSON: Expecting property name"),
+        (b'{"type": "PublishAttempted", "schema_version": NaN}', "not JSON: NaN is not a JSON value"),
         (b"", "empty event: the message's value has no bytes"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"type": "PostDeleted"}', "unknown event type 'PostDeleted'"),
