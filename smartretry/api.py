@@ -284,9 +284,12 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
     }
 
 
-def post_summary(state: PostState) -> dict[str, Any]:
+def post_summary(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, Any]:
     return {
         "id": state.post_id, "status": state.status, "error_message": state.document.error_message,
+        # A failed post the service publishes again by itself needs nobody yet: told apart in the list.
+        "automatic_retry": {p: format_timestamp(at) if at else None
+                            for p, at in automatic_retries(state, max_attempts).items()},
         "caption": state.content.caption if state.content is not None else None,
         "publish_target": state.publish_target, "post_url": state.document.post_url,
         "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
@@ -936,7 +939,8 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
         # One more than asked: whether there is a next page.
         states = await asyncio.to_thread(stores.projection.list_posts, status, limit + 1, offset, after)
         page = states[:limit]
-        return {"posts": [post_summary(s) for s in page], "status": status, "limit": limit, "offset": offset,
+        return {"posts": [post_summary(s, settings.max_automatic_attempts) for s in page], "status": status,
+                "limit": limit, "offset": offset,
                 "next_cursor": list_cursor(page[-1]) if len(states) > limit else None}
 
     @app.put("/accounts/{account}/token", dependencies=authorized, tags=["accounts"],

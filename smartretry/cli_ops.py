@@ -500,6 +500,9 @@ def list_posts(
             console.print(f"    \"{_shortened(post['caption'], CAPTION_SHOWN)}\"", highlight=False)
         if post["error_message"]:
             console.print(f"    {post['error_message']}", highlight=False)
+        for platform, at in (post.get("automatic_retry") or {}).items():
+            when = f" at {at[11:19]} UTC" if at else ""
+            console.print(f"    🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)
     if listed.get("next_cursor"):
         more = "--limit shows up to 500, " if limit < 500 else ""
         console.print(f"More posts than these {limit}: {more}--status narrows the list, and the post list page "

@@ -206,7 +206,11 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             older = None if next_cursor is None else "/ui/posts?" + urlencode(
                 {**({"status": chosen} if chosen else {}), "cursor": next_cursor})
         return templates.TemplateResponse(request, "post_list.html", {
-            "posts": states, "status": chosen, "labels": STATUS_LABELS, "older": older,
+            "posts": states,
+            # Failed posts the service publishes again by itself: marked, they need nobody yet.
+            "retrying": {s.post_id: " and ".join(PLATFORM_LABELS[p] for p in retrying) for s in states
+                         if (retrying := automatic_retries(s, settings.max_automatic_attempts))},
+            "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
         })
 

@@ -500,3 +500,19 @@ def test_after_a_forced_republish_the_earlier_posts_are_still_named_on_the_page_
     assert code == 0, output
     assert "Earlier Facebook post, still there unless deleted: https://www.facebook.com/747917475065823_1" in output
     assert "Earlier Instagram post, still there unless deleted: media id 1788" in output
+
+
+def test_the_post_lists_mark_failed_posts_the_service_retries_by_itself(api: RunningApi) -> None:
+    from tests.integration.test_cli import run
+
+    store_limited_for_an_hour(api, "post-limited")
+    store_post(api, "post-1")  # failed for its image: it needs someone
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts", params={"status": "failed"}).text
+    assert page.count("retried automatically") == 1
+    assert "🔄 Facebook retried automatically" in page
+    listed = {p["id"]: p for p in api.client.get("/posts", params={"status": "failed"}).json()["posts"]}
+    assert listed["post-1"]["automatic_retry"] == {}
+    assert list(listed["post-limited"]["automatic_retry"]) == ["facebook"]
+    code, output = run(api, "list", "--status", "failed")
+    assert code == 0 and output.count("🔄 Facebook will be retried automatically at ") == 1
