@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from projections.fold import RIGHT_ID, counted_platforms
 from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
@@ -143,12 +145,15 @@ def earlier_posts(state: PostState) -> dict[Platform, list[str]]:
     return earlier
 
 
-def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
+def needed_actions(state: PostState, max_attempts: int,
+                   token_renewed_at: datetime | None = None) -> dict[Platform, str]:
     """What the user must do, per platform, as the API and the pages say it.
 
     After a failed result, re-authenticating (or granting a permission) is not all: the post goes out when it
     is retried then. While an attempt's look-up waits for the token, the service asks again by itself.
     The projection keeps the action as the fold derived it (what replay compares, and the metrics' label).
+    `token_renewed_at`, when the post's account stored its token: a failure that asked to re-authenticate before
+    then asks only for the retry now.
     A failure the service retries by itself asks for nothing, until its `max_attempts` are used up
     (`retries_used_up`).
     """
@@ -163,6 +168,12 @@ def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
             # As a publish without credentials is told (above): the account by name, and how to set it.
             what = action.removeprefix(RIGHT_ID).removesuffix(" id")
             action = f"set account {state.account}'s right {what} id with PUT /accounts/{state.account}/token"
+        if action.startswith("re-authenticate ") and token_renewed_at is not None and result is not None and \
+                not result.success and state.in_flight(platform) is None and \
+                (failed_at := _failed_at(state, platform)) is not None and failed_at < token_renewed_at:
+            # Done since: what is left is the retry (the page's and the CLI's "how" would only confuse).
+            action = (f"retry {PLATFORM_LABELS[platform]} (the account's token was renewed at "
+                      f"{token_renewed_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC)")
         if action.startswith(("re-authenticate ", "grant the missing permission ", "connect ", "set account ")) and \
                 state.in_flight(platform) is None:
             action += ", then retry"
@@ -178,6 +189,12 @@ def needed_actions(state: PostState, max_attempts: int) -> dict[Platform, str]:
                     f"{needed.removesuffix(', then retry')}, then {NAME_THE_ACCOUNT}"
     # In the platforms' own order (Facebook first), whichever failed first.
     return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index)}
+
+
+def _failed_at(state: PostState, platform: Platform) -> datetime | None:
+    """When the platform's latest result came (an imported one: when the post was last updated)."""
+    attempts = state.attempts_of(platform)
+    return attempts[-1].finished_at if attempts else state.updated_at
 
 
 # What a post imported without an account needs before any retry can publish it.

@@ -251,7 +251,8 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
     return unknown
 
 
-def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, Any]:
+def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                token_renewed_at: datetime | None = None) -> dict[str, Any]:
     """GET /posts/{id}: the seed's insights document, then what an operator needs to act on it."""
     return {
         "id": state.post_id,
@@ -263,7 +264,7 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> d
         # Posts earlier attempts made that the document no longer shows (a forced republish's first one): still live.
         "earlier_posts": {p: [{"post_id": made, "link": earlier_link(p, made)} for made in ids]
                           for p, ids in earlier_posts(state).items()},
-        "needed_action": needed_actions(state, max_attempts),
+        "needed_action": needed_actions(state, max_attempts, token_renewed_at),
         "outcome_unknown": outcome_unknown(state),
         # Failed for now, and published again by the service itself: when, where the platform said.
         "automatic_retry": {p: format_timestamp(at) if at else None
@@ -349,6 +350,12 @@ class FrontDoor:
 
     async def read(self, post_id: str) -> PostState | None:
         return await asyncio.to_thread(self.stores.projection.get, post_id)
+
+    async def token_renewed_at(self, state: PostState) -> datetime | None:
+        """When the post's account last stored its token, where the post asks to re-authenticate (else None)."""
+        if state.account is None or not any(a.startswith("re-authenticate ") for a in state.needed_action.values()):
+            return None
+        return await asyncio.to_thread(self.stores.credentials.token_updated_at, state.account)
 
     async def state_of(self, post_id: str) -> PostState:
         state = await self.read(post_id)
@@ -912,7 +919,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             pattern=ID_PATTERN.pattern, description="Also say whether this command has all its results")] = None,
                         ) -> dict[str, Any]:
         state = await front.state_of(post_id)
-        detail = post_detail(state, settings.max_automatic_attempts)
+        detail = post_detail(state, settings.max_automatic_attempts, await front.token_renewed_at(state))
         if command_id is not None:
             settled = command_settled(state, command_id, settings.max_automatic_attempts)
             detail["command"] = {"command_id": command_id, "settled": settled,

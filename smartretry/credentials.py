@@ -126,6 +126,14 @@ class CredentialStore:
         return AccountCredentials(account_id=account_id, user_token=SecretStr(token), page_id=page_id,
                                   ig_user_id=ig_user_id)
 
+    def token_updated_at(self, account_id: str) -> datetime | None:
+        """When the account's token was last stored; None for an account without one."""
+        table = cast(Table, _Account.__table__)
+        with self._engine.connect() as connection:
+            at = connection.execute(select(table.c.updated_at).where(table.c.account_id == account_id)).scalar()
+        # Stored in UTC; SQLite gives it back without its zone.
+        return None if at is None else at if at.tzinfo else at.replace(tzinfo=UTC)
+
     def stored_tokens(self) -> frozenset[str]:
         """Every stored token, current or replaced (those this secret key can read), also made known to the
         scrubber.

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -105,12 +106,13 @@ def _safe_next(target: str | None) -> str:
     return "/ui/posts"
 
 
-def platform_rows(state: PostState, max_attempts: int) -> list[dict[str, Any]]:
+def platform_rows(state: PostState, max_attempts: int,
+                  token_renewed_at: datetime | None = None) -> list[dict[str, Any]]:
     """One row per targeted platform: its latest result, link once published, and what to do when failed."""
     rows = []
     unknown = outcome_unknown(state)
     pending = set(unresolved(state)) | set(awaiting_attempt(state))
-    actions = needed_actions(state, max_attempts)
+    actions = needed_actions(state, max_attempts, token_renewed_at)
     for platform in state.targeted:
         result = state.latest_result(platform)
         link = None
@@ -244,7 +246,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                          + ": the service may be behind, or it refused it (the operators' `smartretry dlq list` "
                            "says why). This page shows the post as it is.")
             waiting = False
-        rows = platform_rows(state, settings.max_automatic_attempts)
+        rows = platform_rows(state, settings.max_automatic_attempts, await front.token_renewed_at(state))
         if undecided and queued is None and not retry_targets(state) and not any(row["pending"] for row in rows):
             # Everything went out meanwhile: the retry will publish nothing, and the post is as it is.
             waiting = False

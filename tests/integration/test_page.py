@@ -173,10 +173,20 @@ def test_a_post_that_failed_for_its_token_asks_to_re_authenticate_then_retry(api
     # Re-authenticating alone publishes nothing: the failed platform goes out when the post is retried then.
     store_post(api, "post-expired", facebook_ok=True, instagram_ok=False)
     with signed_in(api) as browser:
-        html = browser.get("/ui/posts/post-expired").text
-    assert "Needed for Instagram: re-authenticate Instagram, then retry" in html
+        before = browser.get("/ui/posts/post-expired").text
+    assert "Needed for Instagram: re-authenticate Instagram, then retry" in before
     assert api.client.get("/posts/post-expired").json()["needed_action"] == {
         "instagram": "re-authenticate Instagram, then retry"}
+    # Once the account's token is stored again, what is left is the retry, and the page says the token is renewed.
+    account = api.client.get("/posts/post-expired").json()["account"]
+    api.stores.credentials.set_token(account, "renewed-user-token-0002", "747917475065823", "17841400000000000")
+    renewed = api.stores.credentials.token_updated_at(account)
+    assert renewed is not None
+    action = (f"retry Instagram (the account's token was renewed at {renewed.strftime('%Y-%m-%d %H:%M:%S')} UTC)")
+    with signed_in(api) as browser:
+        page = html.unescape(browser.get("/ui/posts/post-expired").text)
+    assert f"Needed for Instagram: {action}" in page and "re-authenticate" not in page
+    assert api.client.get("/posts/post-expired").json()["needed_action"] == {"instagram": action}
 
 
 def test_a_retry_in_progress_says_which_platform_is_being_published(api: RunningApi) -> None:
