@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from projections.state import AttemptState, PostState
-from schemas.common import Platform
+from schemas.common import ErrorKind, Platform
 
 
 def attempts_by(state: PostState, command_id: str, platform: Platform) -> list[AttemptState]:
@@ -74,3 +74,23 @@ def automatic_retries(state: PostState, max_attempts: int) -> dict[Platform, dat
             wait = latest.retry_after_s
             due[platform] = latest.finished_at + timedelta(seconds=wait) if wait and latest.finished_at else None
     return due
+
+
+def automatic_retry_latest(state: PostState, max_attempts: int, base_seconds: float,
+                           cap_seconds: float) -> dict[Platform, datetime]:
+    """For the automatic retries `automatic_retries` gives no time for (the platform gave no wait), the latest
+    the handler's own backoff makes them: its ceiling after the attempt's failure (capped exponential, full
+    jitter; a rate limit without a wait waits from the cap). The handler's `backoff_delay` draws below it."""
+    command = state.latest_command()
+    if command is None:
+        return {}
+    latest: dict[Platform, datetime] = {}
+    for platform, at in automatic_retries(state, max_attempts).items():
+        mine = attempts_by(state, command.command_id, platform)
+        failed = mine[-1].finished_at if mine else None
+        if at is not None or failed is None:
+            continue
+        ceiling = cap_seconds if mine[-1].error_kind is ErrorKind.RATE_LIMITED else \
+            min(cap_seconds, base_seconds * 2 ** (len(mine) - 1))
+        latest[platform] = failed + timedelta(seconds=ceiling)
+    return latest

@@ -51,7 +51,7 @@ from projections.responses import (
     retries_by_platform,
     retry_history,
 )
-from projections.resume import attempts_by, automatic_retries, command_settled
+from projections.resume import attempts_by, automatic_retries, automatic_retry_latest, command_settled
 from projections.state import PostState
 from projections.store import ListPosition, database_said
 from publishers.facebook import facebook_text
@@ -212,6 +212,9 @@ def earlier_link(platform: Platform, post_id: str) -> str | None:
 
 # The service's default automatic attempts per platform per command, where no settings are at hand.
 DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].default
+# The handler's backoff (first wait, longest wait) in seconds, where no settings are at hand.
+DEFAULT_BACKOFF: tuple[float, float] = (Settings.model_fields["backoff_base_seconds"].default,
+                                        Settings.model_fields["backoff_cap_seconds"].default)
 # Seconds a request waits for the broker to take its command before answering 503.
 SEND_TIMEOUT_S = 10.0
 # Past any list there is (and within what the databases take as an offset).
@@ -252,7 +255,8 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
 
 
 def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                token_renewed_at: datetime | None = None) -> dict[str, Any]:
+                token_renewed_at: datetime | None = None, backoff: tuple[float, float] = DEFAULT_BACKOFF
+                ) -> dict[str, Any]:
     """GET /posts/{id}: the seed's insights document, then what an operator needs to act on it."""
     return {
         "id": state.post_id,
@@ -269,6 +273,9 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         # Failed for now, and published again by the service itself: when, where the platform said.
         "automatic_retry": {p: format_timestamp(at) if at else None
                             for p, at in automatic_retries(state, max_attempts).items()},
+        # Where the platform gave no wait (`automatic_retry` null): the latest the service's own backoff makes it.
+        "automatic_retry_by": {p: format_timestamp(at)
+                               for p, at in automatic_retry_latest(state, max_attempts, *backoff).items()},
         "retry_preview": retry_preview(state) if state.status == "failed" else "",
         "retried": retried_summary(state),
         "attempts_by_platform": attempts_by_platform(state),
@@ -919,7 +926,8 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             pattern=ID_PATTERN.pattern, description="Also say whether this command has all its results")] = None,
                         ) -> dict[str, Any]:
         state = await front.state_of(post_id)
-        detail = post_detail(state, settings.max_automatic_attempts, await front.token_renewed_at(state))
+        detail = post_detail(state, settings.max_automatic_attempts, await front.token_renewed_at(state),
+                             (settings.backoff_base_seconds, settings.backoff_cap_seconds))
         if command_id is not None:
             settled = command_settled(state, command_id, settings.max_automatic_attempts)
             detail["command"] = {"command_id": command_id, "settled": settled,

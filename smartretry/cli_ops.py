@@ -285,7 +285,8 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
         console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {_as_commands(action)}{how}", highlight=False,
                       soft_wrap=True)
     for platform, at in detail.get("automatic_retry", {}).items():
-        when = f" at {at[11:19]} UTC" if at else ""
+        by = detail.get("automatic_retry_by", {}).get(platform)
+        when = f" at {at[11:19]} UTC" if at else f" by {by[11:19]} UTC" if by else ""
         console.print(f"  🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)
     if detail.get("retry_preview"):
         console.print(f"  {detail['retry_preview']}", highlight=False)

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from projections.decide import retry_preview, retry_targets
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import earlier_posts, needed_actions, retried_summary
-from projections.resume import automatic_retries
+from projections.resume import automatic_retries, automatic_retry_latest
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
 from smartretry.api import (
@@ -278,6 +278,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "publishing": publishing,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
+            "automatic_by": {PLATFORM_LABELS[p]: at for p, at in automatic_retry_latest(
+                state, settings.max_automatic_attempts, settings.backoff_base_seconds,
+                settings.backoff_cap_seconds).items()},
             # Not on the answer to a refused form: it is at the form's address (a reload would send the form again,
             # a refresh would ask it with GET), and its message is there to be read. It links to the post instead.
             "refresh": None if problem else refresh,

@@ -6,6 +6,7 @@ import contextlib
 import html
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from schemas.commands import RetryRequested
-from schemas.common import ErrorKind
+from schemas.common import ErrorKind, format_timestamp
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided
 from smartretry import pages
@@ -526,3 +527,22 @@ def test_the_post_lists_mark_failed_posts_the_service_retries_by_itself(api: Run
     assert list(listed["post-limited"]["automatic_retry"]) == ["facebook"]
     code, output = run(api, "list", "--status", "failed")
     assert code == 0 and output.count("🔄 Facebook will be retried automatically at ") == 1
+
+
+def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: RunningApi) -> None:
+    from tests.integration.test_cli import run
+
+    store_limited_for_an_hour(api, "post-limited", wait=None)  # a rate limit that gave no wait: from the cap
+    state = api.stores.projection.get("post-limited")
+    assert state is not None
+    failed_at = state.attempts_of("facebook")[-1].finished_at
+    assert failed_at is not None
+    by = failed_at + timedelta(seconds=api.settings.backoff_cap_seconds)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-limited").text
+    assert f"🔄 Facebook will be retried automatically by {by.strftime('%H:%M:%S')} UTC;" in page
+    detail = api.client.get("/posts/post-limited").json()
+    assert detail["automatic_retry"] == {"facebook": None}
+    assert detail["automatic_retry_by"] == {"facebook": format_timestamp(by)}
+    code, output = run(api, "show", "post-limited")
+    assert code == 0 and f"🔄 Facebook will be retried automatically by {by.strftime('%H:%M:%S')} UTC" in output
