@@ -20,7 +20,10 @@ class EventBase(Frozen):
     # Strict and bounded: pydantic alone then refuses what the envelope refuses ("1", 1.0, true, a
     # version this service does not read), so `schemas.envelope` can decode in one pass.
     schema_version: Annotated[int, Strict(), Field(ge=1, le=EVENT_SCHEMA_VERSION)] = EVENT_SCHEMA_VERSION
-    event_id: Annotated[str, Field(min_length=1, max_length=200)]
+    event_id: Annotated[str, Field(min_length=1, max_length=200, description=(
+        "Unique within its post, not across posts: most are derived from a command_id (`<command_id>:decided`, "
+        "`<attempt_id>:result`), and two posts may use the same command_id. An event delivered twice carries the "
+        "same one: key on (post_id, event_id) to count it once"))]
     post_id: Identifier
     occurred_at: Timestamp
 
@@ -61,7 +64,10 @@ class PublishAttempted(EventBase):
 
     type: Literal["PublishAttempted"] = "PublishAttempted"
     platform: Platform
-    attempt_id: Identifier
+    attempt_id: Identifier = Field(description=(
+        "Unique within its post, not across posts: derived from the command_id, the platform and attempt_number "
+        "(hashed when long; not to be parsed), and two posts may use the same command_id. Join this attempt to "
+        "its PlatformResult, ContainerCreated and AttemptOutcomeUnknown on (post_id, attempt_id)"))
     attempt_number: Annotated[int, Field(ge=1, description=(
         "The platform's attempts at this post so far, this one included: 1 for the first, 2 or more for a retry"))]
     command_id: Identifier = Field(description=(
@@ -79,7 +85,9 @@ class ContainerCreated(EventBase):
 
     type: Literal["ContainerCreated"] = "ContainerCreated"
     platform: Platform
-    attempt_id: Identifier
+    attempt_id: Identifier = Field(description=(
+        "The attempt (PublishAttempted) this belongs to: join on (post_id, attempt_id), as attempt ids are unique "
+        "within a post only"))
     container_id: Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -102,7 +110,9 @@ class PlatformResult(EventBase):
 
     type: Literal["PlatformResult"] = "PlatformResult"
     platform: Platform
-    attempt_id: Identifier
+    attempt_id: Identifier = Field(description=(
+        "The attempt (PublishAttempted) this belongs to: join on (post_id, attempt_id), as attempt ids are unique "
+        "within a post only"))
     success: bool
     platform_post_id: str | None = Field(default=None, description=(
         "The post's id on the platform (Facebook's post id, Instagram's media id), on success"))
@@ -133,7 +143,9 @@ class AttemptOutcomeUnknown(EventBase):
 
     type: Literal["AttemptOutcomeUnknown"] = "AttemptOutcomeUnknown"
     platform: Platform
-    attempt_id: Identifier
+    attempt_id: Identifier = Field(description=(
+        "The attempt (PublishAttempted) this belongs to: join on (post_id, attempt_id), as attempt ids are unique "
+        "within a post only"))
     error: PlatformError
 
 
