@@ -150,10 +150,14 @@ class ForceRepublishRequested(CommandBase):
     content: PostContent | None = None
     account: Identifier | None = None
     reason: str = Field(default="forced republish", max_length=500)
-    # How many publish attempts the post had when this was asked for (the API sets it): a post published again
-    # before this is decided (another republish sent at the same moment) is not republished a further time. None:
-    # whatever happened meanwhile.
-    seen_attempts: Annotated[int, Strict()] | None = Field(default=None, ge=0)
+    seen_attempts: Annotated[int, Strict()] | None = Field(default=None, ge=0, description=(
+        "How many publish attempts the post had on record when this was asked for: its PublishAttempted events, "
+        "all platforms together (an imported old-system result is none). The API sets it from the post it read. "
+        "When the post has more attempts by the time this is decided (another republish sent at the same moment, "
+        "or the service's own automatic retry), nothing is republished: its CommandDecided has no platforms and "
+        "each targeted platform skipped as \"published again after this republish was asked for\". Null or "
+        "absent: not checked, the republish goes out whatever happened meanwhile. No part of the command's "
+        "identity: the same command_id sent again with another count is the same command"))
 
 
 class ResolveAttemptRequested(CommandBase):

@@ -44,16 +44,35 @@ class CommandDecided(EventBase):
     type: Literal["CommandDecided"] = "CommandDecided"
     command_id: Identifier
     command_type: CommandType
-    platforms: tuple[Platform, ...]
-    # Why each targeted platform that is not published was left alone, in words for the log and page.
-    skipped: dict[Platform, str] = Field(default_factory=dict)
-    is_retry: bool = False
-    forced: bool = False
-    # Corrected content that this command brought (a retry after fixing the image URL).
-    content: PostContent | None = None
-    # The account this command gave the post (one imported without an account), from now on.
-    account: Identifier | None = None
-    note: str = ""
+    platforms: tuple[Platform, ...] = Field(description=(
+        "The platforms this command publishes. Empty: it publishes nothing (a retry with nothing left to retry, a "
+        "forced republish refused because the post was published again after it was asked for, an operator's "
+        "ResolveAttemptRequested, whose word is a PlatformResult with `resolved_by`). A command refused outright "
+        "(a retry of a post never published, one naming another account) has no CommandDecided: it is "
+        "dead-lettered"))
+    skipped: dict[Platform, str] = Field(default_factory=dict, description=(
+        "Each targeted platform this command leaves alone, with why, in words for the log and the page: "
+        "\"already succeeded\" (a retry's platform whose latest result succeeded), \"still publishing (its last "
+        "attempt has no result yet)\" (its latest attempt has no result, or the decision before chose it and has "
+        "not attempted it yet), \"published again after this republish was asked for\" (every targeted platform "
+        "of a forced republish refused by its `seen_attempts`). Those are this version's texts"))
+    is_retry: bool = Field(default=False, description=(
+        "True for a RetryRequested or ForceRepublishRequested, also one that publishes nothing; false for a "
+        "first publish (PublishRequested) and an operator's ResolveAttemptRequested"))
+    forced: bool = Field(default=False, description=(
+        "True for a ForceRepublishRequested (platforms that succeeded are published too), also one that publishes "
+        "nothing"))
+    content: PostContent | None = Field(default=None, description=(
+        "The corrected content a retry or forced republish carried (a fixed image URL); null when it carried none. "
+        "The post publishes it from now on only when this decision publishes something (`platforms` not empty): "
+        "otherwise the post keeps the content that went out"))
+    account: Identifier | None = Field(default=None, description=(
+        "The account a retry or forced republish named, which the post publishes with from now on (a post "
+        "imported without one); null when it named none"))
+    note: str = Field(default="", description=(
+        "The decision in the words the handler logs (\"Publishing to both Facebook and Instagram...\", \"Nothing "
+        "to retry: ...\"), for people: not to be parsed. The API gives it as the `note` of a command that "
+        "publishes nothing"))
     fingerprint: str | None = Field(default=None, description=(
         "A hash of the command's body (its time and version aside): the same command delivered again matches it; "
         "another command reusing this command_id does not, and is dead-lettered. Not for analytics"))
