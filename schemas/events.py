@@ -140,7 +140,10 @@ class PlatformResult(EventBase):
     recovered: bool = Field(default=False, description=(
         "The result of an attempt whose outcome was unknown (no answer came, or a failure on Meta's side, or its "
         "handler died), found by asking the platform for the post rather than by publishing again: true with "
-        "success means the attempt did publish. Counts as that attempt's result, not as another attempt"))
+        "success means the attempt did publish; true without success means the platform had no post of it once "
+        "the attempt's lease ran out, so it did not publish (error kind `transient`, no code or http_status; the "
+        "service retries it as it retries a transient failure). Counts as that attempt's result, not as another "
+        "attempt"))
     resolved_by: Identifier | None = Field(default=None, description=(
         "The ResolveAttemptRequested command of the operator who said what came of an attempt the service could "
         "not settle itself"))
