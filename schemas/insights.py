@@ -28,8 +28,15 @@ class Insights(Frozen):
     """`insights`: the merged per-platform results and the ids the rest of the product reads."""
 
     publish_results: list[PublishResult] = Field(default_factory=list)
-    published_at: Timestamp | None = None
-    last_retry_at: Timestamp | None = None
+    published_at: Timestamp | None = Field(default=None, description=(
+        "When the post first went live on a platform: the `occurred_at` of its first successful PlatformResult "
+        "(for a result found after an interrupted attempt, when it was found). Never changes after: an import "
+        "sets the old document's only on a post that has none yet. Absent until then"))
+    last_retry_at: Timestamp | None = Field(default=None, description=(
+        "When the latest result (success or failure) of a retry attempt came in: the `occurred_at` of the newest "
+        "PlatformResult of an attempt with `is_retry` or `forced`: a user's retry, a forced republish, or the "
+        "service's own automatic retry. An import sets the old document's on a post that has none yet; a later "
+        "retry's result replaces it. Absent until then"))
     facebook_post_id: str | None = None
     instagram_media_id: str | None = None
     instagram_permalink: str | None = None
@@ -39,7 +46,12 @@ class PostInsights(Frozen):
     """The post's document: `insights`, `status`, `error_message` and `post_url`."""
 
     insights: Insights = Field(default_factory=Insights)
-    status: PostStatus = "publishing"
+    status: PostStatus = Field(default="publishing", description=(
+        "`publishing` while a platform has an attempt without a result, or was chosen and not attempted yet; else "
+        "`failed` when a platform's latest result failed, also while the service will publish it again by itself "
+        "(a transient error or a rate limit, attempts left: this document carries no time for that, the API's "
+        "GET /posts/{id} `automatic_retry` does); else `posted` once every targeted platform's latest result "
+        "succeeded"))
     error_message: str | None = None
     post_url: str | None = None
 
