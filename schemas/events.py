@@ -178,8 +178,10 @@ class LegacyInsightsImported(EventBase):
     publish_target: PublishTarget
     content: PostContent | None = None
     account: Identifier | None = None
-    # The old document: `insights`, `status`, `error_message`, `post_url` as the old system stored them.
-    document: dict[str, Any]
+    document: dict[str, Any] = Field(description=(
+        "The old document: `insights`, `status`, `error_message`, `post_url` as the old system stored them. The "
+        "post's earlier results are only here: an import writes no PublishAttempted or PlatformResult for them, "
+        "and the API's `attempts_by_platform` counts each imported result as one attempt"))
 
 
 Event = Annotated[
