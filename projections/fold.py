@@ -625,10 +625,8 @@ def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None =
 
 
 def next_attempt_number(state: PostState, platform: Platform) -> int:
-    """The number the platform's next attempt carries (attempts are numbered per platform from 1, after the results
-    an imported old-system document had: each stands for an attempt)."""
-    return max((a.attempt_number for a in state.attempts.values() if a.platform == platform),
-               default=state.legacy_attempts.get(platform, 0)) + 1
+    """The number the platform's next attempt carries (attempts are numbered per platform from 1)."""
+    return max((a.attempt_number for a in state.attempts.values() if a.platform == platform), default=0) + 1
 
 
 # ---------------------------------------------------------------- old-system documents

@@ -856,9 +856,7 @@ class CommandHandler:
         label = PLATFORM_LABELS[platform]
         mine = attempts_by(state, command.command_id, platform)
         made = len(mine)
-        # Numbered after the platform's attempts so far, an imported old-system result counting as one (as the post's
-        # `attempts_by_platform` counts it): the first attempt after an import is a retry, and says 2.
-        number = len(state.attempts_of(platform)) + state.legacy_attempts.get(platform, 0)
+        number = len(state.attempts_of(platform))
         if made:
             # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
             # attempt asked for still holds.
