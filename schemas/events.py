@@ -88,7 +88,9 @@ class PublishAttempted(EventBase):
         "(hashed when long; not to be parsed), and two posts may use the same command_id. Join this attempt to "
         "its PlatformResult, ContainerCreated and AttemptOutcomeUnknown on (post_id, attempt_id)"))
     attempt_number: Annotated[int, Field(ge=1, description=(
-        "The platform's attempts at this post so far, this one included: 1 for the first, 2 or more for a retry"))]
+        "The platform's attempts at this post so far, this one included: 1 for the first, 2 or more for a retry. "
+        "This service's own attempts only: the first after an imported old-system document is 1, with is_retry "
+        "true"))]
     command_id: Identifier = Field(description=(
         "The command that made the attempt. A second or later attempt of one command on the same platform is the "
         "service's own automatic retry (a hiccup or a rate limit met); the first is what the command asked for"))
