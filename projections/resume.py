@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from projections.state import AttemptState, PostState
-from schemas.common import ErrorKind, Platform
+from schemas.common import MAX_PLATFORM_WAIT_S, ErrorKind, Platform
 
 
 def attempts_by(state: PostState, command_id: str, platform: Platform) -> list[AttemptState]:
@@ -56,7 +56,7 @@ def resume_wait(state: PostState, command_id: str, platform: Platform, delay: fl
     latest = mine[-1] if mine else None
     if latest is None or latest.success is not False or latest.finished_at is None:
         return 0.0
-    due = latest.finished_at + timedelta(seconds=max(delay, latest.retry_after_s or 0.0))
+    due = latest.finished_at + timedelta(seconds=min(max(delay, latest.retry_after_s or 0.0), MAX_PLATFORM_WAIT_S))
     return max(0.0, (due - now).total_seconds())
 
 
@@ -71,7 +71,7 @@ def automatic_retries(state: PostState, max_attempts: int) -> dict[Platform, dat
         mine = attempts_by(state, command.command_id, platform)
         if mine and mine[-1].success is False:
             latest = mine[-1]
-            wait = latest.retry_after_s
+            wait = min(latest.retry_after_s, MAX_PLATFORM_WAIT_S) if latest.retry_after_s is not None else None
             due[platform] = latest.finished_at + timedelta(seconds=wait) if wait and latest.finished_at else None
     return due
 

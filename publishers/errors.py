@@ -12,6 +12,7 @@ import httpx
 from publishers.redact import scrub
 from schemas.common import (
     DESTINATIONS,
+    MAX_PLATFORM_WAIT_S,
     PLATFORM_LABELS,
     POLICY_BLOCK_CODE,
     UNKNOWN_OBJECT_CODE,
@@ -159,7 +160,7 @@ def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
     retry_after = lowered.get("retry-after", "")
     if retry_after.strip().isdigit():
         waits.append(float(retry_after.strip()))
-    return max(waits) if waits else None
+    return min(max(waits), MAX_PLATFORM_WAIT_S) if waits else None
 
 
 def _kind(code: int | None, subcode: int | None, is_transient: bool, http_status: int | None) -> ErrorKind:

@@ -41,6 +41,10 @@ POLICY_BLOCK_CODE = 368
 # to be connected, not re-authenticated.
 NO_CREDENTIALS = "no credentials for account"
 
+# The longest a platform's own wait is taken for (a day: Meta's daily limits): a larger one (a header saying
+# 99999999999999999999 seconds) would be a date past the calendar's end.
+MAX_PLATFORM_WAIT_S = 86_400.0
+
 
 class ErrorKind(StrEnum):
     """What a platform error means for the user, and whether the service retries it on its own."""

@@ -32,7 +32,7 @@ from schemas.commands import (
     ResolveAttemptRequested,
     RetryRequested,
 )
-from schemas.common import DESTINATIONS, PLATFORM_LABELS, ErrorKind, Platform
+from schemas.common import DESTINATIONS, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, ErrorKind, Platform
 from schemas.envelope import decode_command, encode, undecodable
 from schemas.events import (
     AttemptOutcomeUnknown,
@@ -147,7 +147,7 @@ def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: 
     ceiling = config.backoff_cap_seconds if rate_limited and not hint else \
         min(config.backoff_cap_seconds, config.backoff_base_seconds * (2 ** attempt))
     delay = rng.uniform(ceiling / 2, ceiling)
-    return max(delay, hint or 0.0)
+    return min(max(delay, hint or 0.0), MAX_PLATFORM_WAIT_S)
 
 
 class AppliedOffsets:
@@ -617,7 +617,7 @@ class CommandHandler:
         if ahead is not None:
             # Its token check reads the store in a thread: without this wait, a retry sent right after its publish
             # could overtake it, and be refused for a post not published yet.
-            await asyncio.gather(ahead, return_exceptions=True)
+            await asyncio.wait([ahead])  # (not gather: this one cancelled must not cancel the one ahead)
         await self._until_sent(lambda: self.producer.send(self.topics.commands, command.post_id, value),
                                f"Command {command.command_id}, sent on to its post's partition,")
 

@@ -540,3 +540,22 @@ async def test_a_facebook_post_found_by_its_caption_with_a_token_in_its_id_is_re
     # Found, so never published a second time; its id (and the address built from it) without the token.
     assert found is not None and found.success and found.platform_post_id is not None
     assert found.platform_post_id.startswith("7479_") and tokens_in(found.platform_post_id) == []
+
+
+def test_a_platform_wait_past_a_day_is_taken_as_a_day() -> None:
+    # A header's absurd wait would otherwise be a date past the calendar's end: every list of posts would fail.
+    from datetime import UTC, datetime
+
+    from projections.resume import automatic_retries
+    from schemas.common import MAX_PLATFORM_WAIT_S
+    from schemas.events import PlatformError, PlatformResult
+    from tests.unit.test_fold import History
+
+    assert rate_limit_wait({"Retry-After": "99999999999999999999"}) == MAX_PLATFORM_WAIT_S
+    history = History(at=datetime(2025, 11, 17, tzinfo=UTC))
+    attempts = history.publish(target="facebook")
+    history.events.append(PlatformResult(
+        event_id="limited", post_id=history.post_id, occurred_at=datetime(2025, 11, 17, tzinfo=UTC),
+        platform="facebook", attempt_id=attempts["facebook"], success=False,
+        error=PlatformError(kind=ErrorKind.RATE_LIMITED, message="limit", retry_after_s=1e20)))
+    assert automatic_retries(history.state(), 5) == {"facebook": datetime(2025, 11, 18, tzinfo=UTC)}
