@@ -152,14 +152,24 @@ def needed_actions(state: PostState, max_attempts: int,
     After a failed result, re-authenticating (or granting a permission) is not all: the post goes out when it
     is retried then. While an attempt's look-up waits for the token, the service asks again by itself.
     The projection keeps the action as the fold derived it (what replay compares, and the metrics' label).
-    `token_renewed_at`, when the post's account stored its token: a failure that asked to re-authenticate before
-    then asks only for the retry now.
+    `token_renewed_at`, when the post's account last stored a token: a failure that asked to re-authenticate (or to
+    connect the account) from an attempt begun before then asks only for the retry now.
     A failure the service retries by itself asks for nothing, until its `max_attempts` are used up
     (`retries_used_up`).
     """
     shown: dict[Platform, str] = {}
     for platform, action in state.needed_action.items():
         result = state.latest_result(platform)
+        if action.startswith("re-authenticate ") and token_renewed_at is not None and result is not None and \
+                not result.success and state.in_flight(platform) is None and \
+                (tried_at := _tried_at(state, platform)) is not None and tried_at < token_renewed_at:
+            # Stored since the failing attempt read the account: what is left is the retry (the "how" of
+            # re-authenticating would only confuse). Whether the token is a good one only the retry tells: a failure
+            # with it asks to re-authenticate again.
+            shown[platform] = (f"retry {PLATFORM_LABELS[platform]} (a token was stored for the account at "
+                               f"{token_renewed_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC, after this "
+                               "failure)")
+            continue
         if action.startswith("re-authenticate ") and state.account is not None and result is not None and \
                 not result.success and (result.error or "").startswith(NO_CREDENTIALS):
             # The account was never connected (or was removed): there is nothing to re-authenticate.
@@ -168,12 +178,6 @@ def needed_actions(state: PostState, max_attempts: int,
             # As a publish without credentials is told (above): the account by name, and how to set it.
             what = action.removeprefix(RIGHT_ID).removesuffix(" id")
             action = f"set account {state.account}'s right {what} id with PUT /accounts/{state.account}/token"
-        if action.startswith("re-authenticate ") and token_renewed_at is not None and result is not None and \
-                not result.success and state.in_flight(platform) is None and \
-                (failed_at := _failed_at(state, platform)) is not None and failed_at < token_renewed_at:
-            # Done since: what is left is the retry (the page's and the CLI's "how" would only confuse).
-            action = (f"retry {PLATFORM_LABELS[platform]} (the account's token was renewed at "
-                      f"{token_renewed_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC)")
         if action.startswith(("re-authenticate ", "grant the missing permission ", "connect ", "set account ")) and \
                 state.in_flight(platform) is None:
             action += ", then retry"
@@ -191,10 +195,11 @@ def needed_actions(state: PostState, max_attempts: int,
     return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index)}
 
 
-def _failed_at(state: PostState, platform: Platform) -> datetime | None:
-    """When the platform's latest result came (an imported one: when the post was last updated)."""
+def _tried_at(state: PostState, platform: Platform) -> datetime | None:
+    """When the platform's latest attempt began, and read the account's token (an imported result: when the post
+    was last updated)."""
     attempts = state.attempts_of(platform)
-    return attempts[-1].finished_at if attempts else state.updated_at
+    return attempts[-1].started_at if attempts else state.updated_at
 
 
 # What a post imported without an account needs before any retry can publish it.

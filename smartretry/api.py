@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
 import uvicorn
@@ -215,6 +215,9 @@ DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].defa
 # The handler's backoff (first wait, longest wait) in seconds, where no settings are at hand.
 DEFAULT_BACKOFF: tuple[float, float] = (Settings.model_fields["backoff_base_seconds"].default,
                                         Settings.model_fields["backoff_cap_seconds"].default)
+# How long after an automatic retry was due (or began) a command queued behind it is still said to be: then the
+# handler is taken to be away or behind.
+OVERDUE_AFTER = timedelta(seconds=120)
 # Seconds a request waits for the broker to take its command before answering 503.
 SEND_TIMEOUT_S = 10.0
 # Past any list there is (and within what the databases take as an offset).
@@ -651,7 +654,9 @@ class FrontDoor:
             # A post's commands run in order, so one behind an automatic retry that waits out a platform's
             # rate limit waits too: the post stays as it is until then, and the answer says so.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
-            note = queued_behind(state, self.settings.max_automatic_attempts, self.clock()) if state else None
+            note = queued_behind(state, self.settings.max_automatic_attempts, self.clock(),
+                                 (self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)) \
+                if state else None
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id, note=note,
                 post=PostSummary(id=command.post_id, status=state.status if note and state else "publishing",
@@ -662,9 +667,12 @@ class FrontDoor:
         return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
 
 
-def queued_behind(state: PostState, max_attempts: int, now: datetime) -> str | None:
-    """What a command not decided yet waits for, when the post's automatic retry waits out a platform's own wait
-    (a rate limit's): the post's commands run in order, so it is handled after that retry. None otherwise."""
+def queued_behind(state: PostState, max_attempts: int, now: datetime,
+                  backoff: tuple[float, float] = DEFAULT_BACKOFF) -> str | None:
+    """What a command not decided yet waits for, when the post's latest command still retries a platform by itself
+    (a rate limit's wait, the service's own backoff, an automatic attempt under way): the post's commands run in
+    order, so it is handled after those retries. None otherwise, and once they are overdue by `OVERDUE_AFTER` (the
+    handler away or behind: the page then says the command was not taken up)."""
     due = automatic_retries(state, max_attempts)
     waits = {p: at for p, at in due.items() if at is not None and at > now}
     if waits:
@@ -672,14 +680,24 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime) -> str | N
         return (f"queued behind the automatic retry of {PLATFORM_LABELS[platform]} at "
                 f"{at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC (the platform's own wait): handled after it")
     latest = state.latest_command()
-    if not due or latest is None:
+    if latest is None:
         return None
-    # The service's own backoff (the platform gave no wait), or a retry due now: the command waits for that command's
-    # remaining automatic attempts, when it is not published before.
-    platform = next(iter(due))
-    left = max(1, max_attempts - len(attempts_by(state, latest.command_id, platform)))
-    return (f"queued behind the automatic retries of {PLATFORM_LABELS[platform]} (the service tries it again by "
-            f"itself, up to {left} more time{'s' if left > 1 else ''}): handled after them")
+    # When each retry the latest command makes by itself was due (the platform's wait, else the latest its backoff
+    # makes it), or, for one under way, began.
+    expected = {**{p: at for p, at in due.items() if at is not None},
+                **automatic_retry_latest(state, max_attempts, *backoff)}
+    for platform in state.targeted:
+        running = state.in_flight(platform)
+        if running is not None and running.command_id == latest.command_id and (running.is_retry or running.forced) \
+                and attempts_by(state, latest.command_id, platform)[0] is not running:
+            expected[platform] = running.started_at
+    current = [p for p in state.targeted if p in expected and now <= expected[p] + OVERDUE_AFTER]
+    if not current:
+        return None
+    names = " and ".join(PLATFORM_LABELS[p] for p in current)
+    left = max(max(1, max_attempts - len(attempts_by(state, latest.command_id, p))) for p in current)
+    return (f"queued behind the automatic retries of {names} (the service tries again by itself, up to {left} more "
+            f"time{'s' if left > 1 else ''}): handled after them")
 
 
 def _created_by_another(state: PostState | None, command: Command) -> bool:

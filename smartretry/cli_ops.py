@@ -286,7 +286,10 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                       soft_wrap=True)
     for platform, at in detail.get("automatic_retry", {}).items():
         by = detail.get("automatic_retry_by", {}).get(platform)
-        when = f" at {at[11:19]} UTC" if at else f" by {by[11:19]} UTC" if by else ""
+        when = f" at {at[11:19]} UTC" if at else ""
+        if by and not at:
+            overdue = datetime.fromisoformat(by.replace("Z", "+00:00")) < datetime.now(UTC)
+            when = f" (it was due by {by[11:19]} UTC: the service may be behind)" if overdue else f" by {by[11:19]} UTC"
         console.print(f"  🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)
     if detail.get("retry_preview"):
         console.print(f"  {detail['retry_preview']}", highlight=False)
@@ -498,9 +501,9 @@ def list_posts(
                       highlight=False, soft_wrap=True)
         if post.get("caption"):
             # To tell posts apart: the caption's start, on one line.
-            console.print(f"    \"{_shortened(post['caption'], CAPTION_SHOWN)}\"", highlight=False)
+            console.print(f"    \"{shown_text(_shortened(post['caption'], CAPTION_SHOWN))}\"", highlight=False)
         if post["error_message"]:
-            console.print(f"    {post['error_message']}", highlight=False)
+            console.print(f"    {shown_text(post['error_message'])}", highlight=False)
         for platform, at in (post.get("automatic_retry") or {}).items():
             when = f" at {at[11:19]} UTC" if at else ""
             console.print(f"    🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)

@@ -236,7 +236,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # A retry behind the post's automatic retry, which waits out a platform's limit (up to an hour): the post
         # stays as it is until then, and the page says so instead of "publishing" for that long.
         undecided = waiting and awaiting not in state.commands
-        queued = queued_behind(state, settings.max_automatic_attempts, front.clock()) if undecided else None
+        queued = queued_behind(state, settings.max_automatic_attempts, front.clock(),
+                               (settings.backoff_base_seconds, settings.backoff_cap_seconds)) if undecided else None
         # A retry not taken up long after it was sent (or a link naming one this post never had): the page stops
         # showing "publishing", and says so, rather than refresh for ever.
         unhandled = None
@@ -278,6 +279,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "publishing": publishing,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
+            "now": front.clock(),
             "automatic_by": {PLATFORM_LABELS[p]: at for p, at in automatic_retry_latest(
                 state, settings.max_automatic_attempts, settings.backoff_base_seconds,
                 settings.backoff_cap_seconds).items()},
@@ -318,7 +320,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             body = RetryBody(content=correction, account=account) if correction or account else None
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
-            return await render_post(request, post_id, None, _page_problem(_problem(exc.detail)),
+            problem = _missed_retry(state, (form.get("seen") or [""])[0], _problem(exc.detail)) \
+                or _page_problem(_problem(exc.detail))
+            return await render_post(request, post_id, None, problem,
                                      status_code=exc.status_code, entered_image_url=image_url,
                                      entered_account=account)
         except ValidationError as exc:  # a malformed URL in the form
@@ -330,6 +334,18 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             status_code=303)
 
     return router
+
+
+def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | None:
+    """A refusal with nothing to retry, sent from a page opened before the post was retried from elsewhere (another
+    tab, a colleague): that retry is what the page missed, not a reason to republish. `seen` is how many commands
+    the post had when the page was drawn. None otherwise."""
+    latest = state.latest_command() if state is not None else None
+    if PUBLISH_ANYWAY not in problem or not seen.isascii() or not seen.isdigit() or len(seen) > 9 or \
+            state is None or latest is None or len(state.commands) <= int(seen):
+        return None
+    return (f"{problem.split(PUBLISH_ANYWAY, 1)[0]}: the post was retried after this page was opened (at "
+            f"{latest.decided_at.strftime('%H:%M:%S')} UTC), and nothing is left to retry.")
 
 
 def _page_problem(problem: str) -> str:

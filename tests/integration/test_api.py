@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -690,14 +690,16 @@ def test_retry_with_a_fixed_image_url_puts_a_retry_command_on_kafka(api: Running
     assert command.content == PostContent(caption="Autumn sale starts today", image_url=FIXED_URL)
 
 
-def store_limited_for_an_hour(api: RunningApi, post_id: str, wait: float | None = 3600.0) -> None:
+def store_limited_for_an_hour(api: RunningApi, post_id: str, wait: float | None = 3600.0,
+                              at: datetime | None = None) -> None:
     """A post whose Facebook was refused just now for a rate limit that lifts in an hour (`wait`; None: the platform
     gave no wait, the service's own backoff): the service publishes it again then, and the post's next command runs
-    after that."""
-    history = History(post_id=post_id, at=datetime.now(UTC))
+    after that. `at`: when (now)."""
+    at = at or datetime.now(UTC)
+    history = History(post_id=post_id, at=at)
     attempts = history.publish(target="facebook")
     history.events.append(PlatformResult(
-        event_id="limited", post_id=post_id, occurred_at=datetime.now(UTC), platform="facebook",
+        event_id="limited", post_id=post_id, occurred_at=at, platform="facebook",
         attempt_id=attempts["facebook"], success=False, error=PlatformError(
             kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=wait,
             message="Facebook photo upload failed: 400 - Page request limit reached")))
@@ -736,8 +738,27 @@ def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_say
     document = answer.json()
     assert document["pending"] is True and document["post"]["status"] == "failed"
     left = api.settings.max_automatic_attempts - 1
-    assert document["note"] == (f"queued behind the automatic retries of Facebook (the service tries it again by "
+    assert document["note"] == (f"queued behind the automatic retries of Facebook (the service tries again by "
                                 f"itself, up to {left} more times): handled after them")
+
+
+def test_a_command_is_no_longer_said_to_be_queued_once_the_automatic_retries_are_long_overdue() -> None:
+    # The handler away: the page then says the command was not taken up, rather than "queued" for ever.
+    from smartretry.api import queued_behind
+
+    history = History(post_id="post-limited", at=datetime.now(UTC))
+    attempts = history.publish(target="facebook")
+    history.failure("facebook", attempts["facebook"], "Page request limit reached", ErrorKind.RATE_LIMITED,
+                    when=datetime.now(UTC))
+    state = history.state()
+    assert queued_behind(state, 5, datetime.now(UTC)) is not None
+    assert queued_behind(state, 5, datetime.now(UTC) + timedelta(minutes=10)) is None
+    # An automatic attempt under way is queued behind too, while it may still be running.
+    history.attempt("facebook", "cmd-publish", retry=True)
+    running = history.state()
+    began = running.attempts_of("facebook")[-1].started_at
+    assert queued_behind(running, 5, began + timedelta(seconds=30)) is not None
+    assert queued_behind(running, 5, began + timedelta(minutes=10)) is None
 
 
 def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:

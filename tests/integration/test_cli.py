@@ -116,9 +116,16 @@ def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: R
     assert isinstance(events[0], PostSubmitted) and events[0].content is not None
     events[0] = events[0].model_copy(update={"content": events[0].content.model_copy(
         update={"caption": "Winter sale:\n" + "everything must go " * 10})})
+    escaped = seed_events("post-escape", facebook_ok=True)
+    assert isinstance(escaped[0], PostSubmitted) and escaped[0].content is not None
+    escaped[0] = escaped[0].model_copy(update={"content": escaped[0].content.model_copy(
+        update={"caption": "\x1b]0;pwned\x07 sale"})})
+    store_events(api, escaped)
     store_events(api, events)
     code, output = run(api, "list")
     assert '    "Winter sale: everything must go everything must go everythi…"' in output
+    # A caption's control characters reach the terminal as text, not as its commands.
+    assert "\x1b" not in output and '    "\\x1b]0;pwned\\x07 sale"' in output
     store_post(api, "01KA8MNE2DT1E31F8Z3TJHF96E")
     narrow = CliRunner().invoke(app, ["list"], env={"SMARTRETRY_API_URL": api.url, "SMARTRETRY_API_KEY": API_KEY,
                                                     "COLUMNS": "80"})

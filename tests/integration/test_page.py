@@ -6,7 +6,7 @@ import contextlib
 import html
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from schemas.commands import RetryRequested
 from schemas.common import ErrorKind, format_timestamp
 from schemas.envelope import decode_command
-from schemas.events import CommandDecided
+from schemas.events import CommandDecided, PlatformResult, PublishAttempted
 from smartretry import pages
 from smartretry.pages import retry_token
 from tests.integration.test_api import (
@@ -183,7 +183,8 @@ def test_a_post_that_failed_for_its_token_asks_to_re_authenticate_then_retry(api
     api.stores.credentials.set_token(account, "renewed-user-token-0002", "747917475065823", "17841400000000000")
     renewed = api.stores.credentials.token_updated_at(account)
     assert renewed is not None
-    action = (f"retry Instagram (the account's token was renewed at {renewed.strftime('%Y-%m-%d %H:%M:%S')} UTC)")
+    action = (f"retry Instagram (a token was stored for the account at {renewed.strftime('%Y-%m-%d %H:%M:%S')} UTC, "
+              "after this failure)")
     with signed_in(api) as browser:
         page = html.unescape(browser.get("/ui/posts/post-expired").text)
     assert f"Needed for Instagram: {action}" in page and "re-authenticate" not in page
@@ -546,3 +547,42 @@ def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: Runnin
     assert detail["automatic_retry_by"] == {"facebook": format_timestamp(by)}
     code, output = run(api, "show", "post-limited")
     assert code == 0 and f"🔄 Facebook will be retried automatically by {by.strftime('%H:%M:%S')} UTC" in output
+    # Long past that time (the handler away): said so, not a time gone by.
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    store_limited_for_an_hour(api, "post-overdue", wait=None, at=long_ago)
+    overdue = api.stores.projection.get("post-overdue")
+    assert overdue is not None
+    failed_at = overdue.attempts_of("facebook")[-1].finished_at
+    assert failed_at is not None
+    due = failed_at + timedelta(seconds=api.settings.backoff_cap_seconds)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-overdue").text
+    assert (f"🔄 Facebook will be retried automatically (it was due by {due.strftime('%H:%M:%S')} UTC: the service "
+            "may be behind)") in page
+    code, output = run(api, "show", "post-overdue")
+    assert f"(it was due by {due.strftime('%H:%M:%S')} UTC: the service may be behind)" in output
+
+
+def test_a_stale_page_whose_post_was_retried_elsewhere_says_so_rather_than_pointing_to_republish(
+        api: RunningApi) -> None:
+    store_post(api, "post-1")  # Facebook failed: the page offers the retry
+    with signed_in(api) as browser:
+        opened = browser.get("/ui/posts/post-1").text
+        seen = re.search(r'name="seen" value="(\d+)"', opened)
+        assert seen is not None
+        # Retried from another tab meanwhile, and published.
+        store_events(api, [
+            CommandDecided(event_id="other-d", post_id="post-1", occurred_at=AT, command_id="other-tab",
+                           command_type="RetryRequested", platforms=("facebook",), is_retry=True),
+            PublishAttempted(event_id="other-a", post_id="post-1", occurred_at=AT, platform="facebook",
+                             attempt_id="other-fb", attempt_number=2, command_id="other-tab", is_retry=True),
+            PlatformResult(event_id="other-r", post_id="post-1", occurred_at=AT, platform="facebook",
+                           attempt_id="other-fb", success=True, platform_post_id="747917475065823_9")])
+        answer = browser.post("/ui/posts/post-1/retry",
+                              data={"token": retry_token(api.settings, "post-1"), "seen": seen.group(1)})
+    assert answer.status_code == 409
+    page = html.unescape(answer.text)
+    assert (f"Nothing to retry: Facebook and Instagram already succeeded: the post was retried after this page was "
+            f"opened (at {AT.strftime('%H:%M:%S')} UTC), and nothing is left to retry.") in page
+    assert "smartretry force" not in page
+    assert_nothing_on_commands(api)

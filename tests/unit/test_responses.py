@@ -168,6 +168,24 @@ def test_a_post_whose_account_was_never_connected_asks_for_it_to_be_connected_no
     assert needed_actions(expired.state(), max_attempts=5) == {"facebook": "re-authenticate Facebook, then retry"}
 
 
+def test_a_token_stored_after_the_failing_attempt_began_leaves_only_the_retry_to_do() -> None:
+    from datetime import timedelta
+
+    for error in ("Error validating access token: Session has expired",
+                  "no credentials for account 'acct-1': set them with `smartretry accounts set-token`"):
+        history = History()
+        attempts = history.publish(target="facebook")
+        history.failure("facebook", attempts["facebook"], error, ErrorKind.AUTH)
+        state = history.state()
+        began = state.attempts_of("facebook")[-1].started_at
+        before = needed_actions(state, max_attempts=5, token_renewed_at=began - timedelta(seconds=1))
+        assert before["facebook"].endswith(", then retry") and not before["facebook"].startswith("retry")
+        after = needed_actions(state, max_attempts=5, token_renewed_at=began + timedelta(seconds=1))
+        stored = (began + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+        assert after == {"facebook": f"retry Facebook (a token was stored for the account at {stored} UTC, after this "
+                                     "failure)"}
+
+
 def test_what_is_needed_is_listed_facebook_first_whichever_failed_first() -> None:
     history = History()
     attempts = history.publish()
