@@ -530,17 +530,22 @@ def test_the_post_lists_mark_failed_posts_the_service_retries_by_itself(api: Run
     assert code == 0 and output.count("🔄 Facebook will be retried automatically at ") == 1
 
 
-def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: RunningApi) -> None:
-    from tests.integration.test_cli import run
-
-    store_limited_for_an_hour(api, "post-limited", wait=None)  # a rate limit that gave no wait: from the cap
-    state = api.stores.projection.get("post-limited")
+def _limited_without_a_wait(api: RunningApi, post_id: str, at: datetime | None = None) -> tuple[datetime, str]:
+    """A post rate limited at `at` (now) with no wait given: the latest its automatic retry is due, and its page."""
+    store_limited_for_an_hour(api, post_id, wait=None, at=at)
+    state = api.stores.projection.get(post_id)
     assert state is not None
     failed_at = state.attempts_of("facebook")[-1].finished_at
     assert failed_at is not None
-    by = failed_at + timedelta(seconds=api.settings.backoff_cap_seconds)
     with signed_in(api) as browser:
-        page = browser.get("/ui/posts/post-limited").text
+        page = browser.get(f"/ui/posts/{post_id}").text
+    return failed_at + timedelta(seconds=api.settings.backoff_cap_seconds), page
+
+
+def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: RunningApi) -> None:
+    from tests.integration.test_cli import run
+
+    by, page = _limited_without_a_wait(api, "post-limited")  # a rate limit that gave no wait: from the cap
     assert f"🔄 Facebook will be retried automatically by {by.strftime('%H:%M:%S')} UTC;" in page
     detail = api.client.get("/posts/post-limited").json()
     assert detail["automatic_retry"] == {"facebook": None}
@@ -548,15 +553,7 @@ def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: Runnin
     code, output = run(api, "show", "post-limited")
     assert code == 0 and f"🔄 Facebook will be retried automatically by {by.strftime('%H:%M:%S')} UTC" in output
     # Long past that time (the handler away): said so, not a time gone by.
-    long_ago = datetime.now(UTC) - timedelta(minutes=10)
-    store_limited_for_an_hour(api, "post-overdue", wait=None, at=long_ago)
-    overdue = api.stores.projection.get("post-overdue")
-    assert overdue is not None
-    failed_at = overdue.attempts_of("facebook")[-1].finished_at
-    assert failed_at is not None
-    due = failed_at + timedelta(seconds=api.settings.backoff_cap_seconds)
-    with signed_in(api) as browser:
-        page = browser.get("/ui/posts/post-overdue").text
+    due, page = _limited_without_a_wait(api, "post-overdue", at=datetime.now(UTC) - timedelta(minutes=10))
     assert (f"🔄 Facebook will be retried automatically (it was due by {due.strftime('%H:%M:%S')} UTC: the service "
             "may be behind)") in page
     code, output = run(api, "show", "post-overdue")
