@@ -411,9 +411,11 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         # a content imported again, without them, clears them.
         marked = document.get(TAKEN_OUT)
         state.taken_out = sorted(f for f in marked if f in CONTENT_FIELDS) if isinstance(marked, list) else []
+    # A result stands for at least one attempt of the old system; the same document imported again (another event)
+    # brings the same results, not more attempts.
     counted = dict(state.legacy_attempts)
     for result in results:
-        counted[result.platform] = counted.get(result.platform, 0) + 1
+        counted[result.platform] = max(counted.get(result.platform, 0), 1)
     state.legacy_attempts = counted
     # What the old messages say the user must do, where Meta's words make it plain: a platform's own result,
     # else the document's `error_message` ("facebook: ...; instagram: ...") for a platform it kept none for.

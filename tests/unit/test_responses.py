@@ -66,6 +66,8 @@ def test_a_forced_republish_reports_both_platforms_as_retried() -> None:
 def test_an_imported_result_counts_as_an_attempt_of_the_old_system() -> None:
     history = History().legacy(SEED_FAILED_DOCUMENT)
     assert attempts_by_platform(history.state()) == {"facebook": 1, "instagram": 1}
+    history.legacy(SEED_FAILED_DOCUMENT)  # the same document imported again (a migration run twice)
+    assert attempts_by_platform(history.state()) == {"facebook": 1, "instagram": 1}
     retry = history.retry("cmd-retry", ("facebook",))
     history.success("facebook", retry["facebook"], "7479_1")
     info = publish_response(history.state(), "cmd-retry").retry_info
