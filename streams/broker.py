@@ -239,6 +239,10 @@ class LocalBroker:
             broker.process = subprocess.Popen(
                 [*java, "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, pass_fds=(lock.fileno(),),
+                # Out of the starter's process group: Ctrl-C in its terminal reaches the processes that use the broker,
+                # and the starter stops the broker after them (stopped first, it left their clients failing to
+                # reconnect). It still dies with its starter.
+                start_new_session=True,
             )
             out.close()
             broker.wait_ready(timeout)
