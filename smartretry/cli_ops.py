@@ -260,7 +260,8 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
     for platform, made in detail.get("earlier_posts", {}).items():
         for post in made:
-            console.print(f"  Earlier {PLATFORM_LABELS[platform]} post, still there unless deleted: "
+            label = PLATFORM_LABELS[platform]
+            console.print(f"  Earlier {label} post, still on {label} unless deleted there: "
                           f"{post['link'] or 'media id ' + post['post_id']}", highlight=False, soft_wrap=True)
     if detail["status"] == "publishing":
         # A platform on its first attempt has no result yet: it is said too, as the page says it.

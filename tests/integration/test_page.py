@@ -510,8 +510,9 @@ def test_after_a_forced_republish_the_earlier_posts_are_still_named_on_the_page_
     assert detail["links"]["facebook"] == "https://www.facebook.com/747917475065823_2"
     code, output = run(api, "show", "post-forced")
     assert code == 0, output
-    assert "Earlier Facebook post, still there unless deleted: https://www.facebook.com/747917475065823_1" in output
-    assert "Earlier Instagram post, still there unless deleted: media id 1788" in output
+    assert ("Earlier Facebook post, still on Facebook unless deleted there: https://www.facebook.com/747917475065823_1"
+            in output)
+    assert "Earlier Instagram post, still on Instagram unless deleted there: media id 1788" in output
 
 
 def test_the_post_lists_mark_failed_posts_the_service_retries_by_itself(api: RunningApi) -> None:
