@@ -215,9 +215,11 @@ DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].defa
 # The handler's backoff (first wait, longest wait) in seconds, where no settings are at hand.
 DEFAULT_BACKOFF: tuple[float, float] = (Settings.model_fields["backoff_base_seconds"].default,
                                         Settings.model_fields["backoff_cap_seconds"].default)
-# How long after an automatic retry was due (or began) a command queued behind it is still said to be: then the
-# handler is taken to be away or behind.
+# How long after an automatic retry was due (or began) a command queued behind it is said to wait for it without
+# more: then the handler is taken to be away or behind, and the answer says so.
 OVERDUE_AFTER = timedelta(seconds=120)
+# How late an automatic retry may be (a call's time) before the post says it is overdue.
+AUTOMATIC_RETRY_LATE = timedelta(seconds=30)
 # Seconds a request waits for the broker to take its command before answering 503.
 SEND_TIMEOUT_S = 10.0
 # Past any list there is (and within what the databases take as an offset).
@@ -257,9 +259,34 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
     return unknown
 
 
+def automatic_retry_overdue(state: PostState, max_attempts: int, now: datetime,
+                            backoff: tuple[float, float] = DEFAULT_BACKOFF) -> list[Platform]:
+    """The platforms whose automatic retry is late: past its time (the platform's wait, else the latest the service's
+    own backoff makes it) by more than `AUTOMATIC_RETRY_LATE`. The handler is then away, frozen or behind."""
+    due = automatic_retries(state, max_attempts)
+    latest = automatic_retry_latest(state, max_attempts, *backoff)
+    return [p for p, at in due.items() if (expected := at or latest.get(p)) is not None
+            and now > expected + AUTOMATIC_RETRY_LATE]
+
+
+def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,
+                           backoff: tuple[float, float] = DEFAULT_BACKOFF) -> dict[str, Any]:
+    """A failed post the service publishes again by itself, as the API gives it (a post and the post list)."""
+    return {
+        # When, where the platform said (else null).
+        "automatic_retry": {p: format_timestamp(at) if at else None
+                            for p, at in automatic_retries(state, max_attempts).items()},
+        # Where the platform gave no wait: the latest the service's own backoff makes it.
+        "automatic_retry_by": {p: format_timestamp(at)
+                               for p, at in automatic_retry_latest(state, max_attempts, *backoff).items()},
+        # Late past that: the service is away or behind.
+        "automatic_retry_overdue": automatic_retry_overdue(state, max_attempts, now, backoff),
+    }
+
+
 def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                token_renewed_at: datetime | None = None, backoff: tuple[float, float] = DEFAULT_BACKOFF
-                ) -> dict[str, Any]:
+                token_renewed_at: datetime | None = None, backoff: tuple[float, float] = DEFAULT_BACKOFF,
+                now: datetime | None = None) -> dict[str, Any]:
     """GET /posts/{id}: the seed's insights document, then what an operator needs to act on it."""
     return {
         "id": state.post_id,
@@ -273,12 +300,8 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                           for p, ids in earlier_posts(state).items()},
         "needed_action": needed_actions(state, max_attempts, token_renewed_at),
         "outcome_unknown": outcome_unknown(state),
-        # Failed for now, and published again by the service itself: when, where the platform said.
-        "automatic_retry": {p: format_timestamp(at) if at else None
-                            for p, at in automatic_retries(state, max_attempts).items()},
-        # Where the platform gave no wait (`automatic_retry` null): the latest the service's own backoff makes it.
-        "automatic_retry_by": {p: format_timestamp(at)
-                               for p, at in automatic_retry_latest(state, max_attempts, *backoff).items()},
+        # Failed for now, and published again by the service itself.
+        **automatic_retry_fields(state, max_attempts, now or datetime.now(UTC), backoff),
         "retry_preview": retry_preview(state) if state.status == "failed" else "",
         "retried": retried_summary(state),
         "attempts_by_platform": attempts_by_platform(state),
@@ -295,12 +318,12 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     }
 
 
-def post_summary(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, Any]:
+def post_summary(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 backoff: tuple[float, float] = DEFAULT_BACKOFF, now: datetime | None = None) -> dict[str, Any]:
     return {
         "id": state.post_id, "status": state.status, "error_message": state.document.error_message,
         # A failed post the service publishes again by itself needs nobody yet: told apart in the list.
-        "automatic_retry": {p: format_timestamp(at) if at else None
-                            for p, at in automatic_retries(state, max_attempts).items()},
+        **automatic_retry_fields(state, max_attempts, now or datetime.now(UTC), backoff),
         "caption": state.content.caption if state.content is not None else None,
         "publish_target": state.publish_target, "post_url": state.document.post_url,
         "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
@@ -671,8 +694,8 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime,
                   backoff: tuple[float, float] = DEFAULT_BACKOFF) -> str | None:
     """What a command not decided yet waits for, when the post's latest command still retries a platform by itself
     (a rate limit's wait, the service's own backoff, an automatic attempt under way): the post's commands run in
-    order, so it is handled after those retries. None otherwise, and once they are overdue by `OVERDUE_AFTER` (the
-    handler away or behind: the page then says the command was not taken up)."""
+    order, so it is handled after those retries; once they are overdue by `OVERDUE_AFTER`, it says so (the handler
+    away or behind). None otherwise."""
     due = automatic_retries(state, max_attempts)
     waits = {p: at for p, at in due.items() if at is not None and at > now}
     if waits:
@@ -691,9 +714,16 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime,
         if running is not None and running.command_id == latest.command_id and (running.is_retry or running.forced) \
                 and attempts_by(state, latest.command_id, platform)[0] is not running:
             expected[platform] = running.started_at
-    current = [p for p in state.targeted if p in expected and now <= expected[p] + OVERDUE_AFTER]
-    if not current:
+    waited = [p for p in state.targeted if p in expected]
+    if not waited:
         return None
+    current = [p for p in waited if now <= expected[p] + OVERDUE_AFTER]
+    if not current:
+        # Still behind them, but the service has not made them in time: said, rather than "publishing".
+        names = " and ".join(PLATFORM_LABELS[p] for p in waited)
+        since = min(expected[p] for p in waited).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return (f"queued behind the automatic retries of {names}, overdue since {since} UTC (the service may be away "
+                "or behind): handled after them")
     names = " and ".join(PLATFORM_LABELS[p] for p in current)
     left = max(max(1, max_attempts - len(attempts_by(state, latest.command_id, p))) for p in current)
     return (f"queued behind the automatic retries of {names} (the service tries again by itself, up to {left} more "
@@ -945,7 +975,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
                         ) -> dict[str, Any]:
         state = await front.state_of(post_id)
         detail = post_detail(state, settings.max_automatic_attempts, await front.token_renewed_at(state),
-                             (settings.backoff_base_seconds, settings.backoff_cap_seconds))
+                             (settings.backoff_base_seconds, settings.backoff_cap_seconds), front.clock())
         if command_id is not None:
             settled = command_settled(state, command_id, settings.max_automatic_attempts)
             detail["command"] = {"command_id": command_id, "settled": settled,
@@ -972,7 +1002,9 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
         # One more than asked: whether there is a next page.
         states = await asyncio.to_thread(stores.projection.list_posts, status, limit + 1, offset, after)
         page = states[:limit]
-        return {"posts": [post_summary(s, settings.max_automatic_attempts) for s in page], "status": status,
+        backoff = (settings.backoff_base_seconds, settings.backoff_cap_seconds)
+        return {"posts": [post_summary(s, settings.max_automatic_attempts, backoff, front.clock()) for s in page],
+                "status": status,
                 "limit": limit, "offset": offset,
                 "next_cursor": list_cursor(page[-1]) if len(states) > limit else None}
 

@@ -46,7 +46,8 @@ errors = Console(stderr=True, markup=False, highlight=False)
 
 
 def _error(message: str) -> None:
-    errors.print(Text.assemble(("error:", "red"), " ", message))
+    # The API's words may quote a platform's message: its control characters are shown, not obeyed.
+    errors.print(Text.assemble(("error:", "red"), " ", shown_text(message)))
 
 # Seconds a command-line client waits for results after the API answered 202.
 POLL_SECONDS = 0.25
@@ -245,10 +246,27 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
         raise typer.Exit(1)
 
 
+def _automatic_retries(post: dict[str, Any]) -> list[str]:
+    """A post's automatic retries to come, as the page says them: when, by when, or that they are late."""
+    lines = []
+    for platform, at in (post.get("automatic_retry") or {}).items():
+        by = (post.get("automatic_retry_by") or {}).get(platform)
+        if platform in (post.get("automatic_retry_overdue") or ()):
+            when = f" (it was due {'at ' + at[11:19] if at else 'by ' + (by or '')[11:19]} UTC: the service may be " \
+                   "away or behind)"
+        else:
+            when = f" at {at[11:19]} UTC" if at else f" by {by[11:19]} UTC" if by else ""
+        lines.append(f"🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}")
+    return lines
+
+
 def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
     """The post as the seed's detail view says it: status, errors, links, needed actions, retries."""
     status = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}[detail["status"]]
     console.print(f"Post {detail['id']}  Status: {status}", highlight=False)
+    if (detail.get("content") or {}).get("caption"):
+        # Which post this is, at a glance: its caption's start, as the list shows it.
+        console.print(f"  \"{shown_text(_shortened(detail['content']['caption'], CAPTION_SHOWN))}\"", highlight=False)
     results = {r["platform"]: r for r in detail["insights"].get("publish_results", [])}
     for platform, result in results.items():
         label = PLATFORM_LABELS[platform]
@@ -257,7 +275,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             # On one line however narrow the output: a link cut in two cannot be followed.
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
         else:
-            console.print(f"  ❌ {label}: {result.get('error')}", highlight=False)
+            console.print(f"  ❌ {label}: {shown_text(str(result.get('error')))}", highlight=False)
     for platform, made in detail.get("earlier_posts", {}).items():
         for post in made:
             label = PLATFORM_LABELS[platform]
@@ -270,9 +288,10 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                 console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: publishing...", highlight=False)
     if detail.get("error_message") and not any(not r["success"] for r in results.values()):
         # A failure with no platform's result to show it by (an old document that kept only its message).
-        console.print(f"  ❌ {detail['error_message']}", highlight=False)
+        console.print(f"  ❌ {shown_text(detail['error_message'])}", highlight=False)
     for platform, why in detail.get("outcome_unknown", {}).items():
-        console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: {why}",
+        console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: "
+                      f"{shown_text(why)}",
                       highlight=False)
         console.print(f"     If it stays so, check {PLATFORM_LABELS[platform]} and say what you found: "
                       f"smartretry resolve {detail['id']} {platform} --published-as POST_ID | --not-published",
@@ -285,13 +304,8 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                    "serves both platforms)")
         console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {_as_commands(action)}{how}", highlight=False,
                       soft_wrap=True)
-    for platform, at in detail.get("automatic_retry", {}).items():
-        by = detail.get("automatic_retry_by", {}).get(platform)
-        when = f" at {at[11:19]} UTC" if at else ""
-        if by and not at:
-            overdue = datetime.fromisoformat(by.replace("Z", "+00:00")) < datetime.now(UTC)
-            when = f" (it was due by {by[11:19]} UTC: the service may be behind)" if overdue else f" by {by[11:19]} UTC"
-        console.print(f"  🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)
+    for line in _automatic_retries(detail):
+        console.print(f"  {line}", highlight=False)
     if detail.get("retry_preview"):
         console.print(f"  {detail['retry_preview']}", highlight=False)
     if detail.get("retried"):
@@ -504,10 +518,10 @@ def list_posts(
             # To tell posts apart: the caption's start, on one line.
             console.print(f"    \"{shown_text(_shortened(post['caption'], CAPTION_SHOWN))}\"", highlight=False)
         if post["error_message"]:
-            console.print(f"    {shown_text(post['error_message'])}", highlight=False)
-        for platform, at in (post.get("automatic_retry") or {}).items():
-            when = f" at {at[11:19]} UTC" if at else ""
-            console.print(f"    🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}", highlight=False)
+            # On its line: a message's own line breaks would read as the next post's.
+            console.print(f"    {shown_text(' '.join(post['error_message'].split()))}", highlight=False)
+        for line in _automatic_retries(post):
+            console.print(f"    {line}", highlight=False)
     if listed.get("next_cursor"):
         more = "--limit shows up to 500, " if limit < 500 else ""
         console.print(f"More posts than these {limit}: {more}--status narrows the list, and the post list page "

@@ -40,6 +40,7 @@ from smartretry.api import (
     FrontDoor,
     RetryBody,
     api_key_matches,
+    automatic_retry_overdue,
     earlier_link,
     list_cursor,
     list_position,
@@ -209,9 +210,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                 {**({"status": chosen} if chosen else {}), "cursor": next_cursor})
         return templates.TemplateResponse(request, "post_list.html", {
             "posts": states,
-            # Failed posts the service publishes again by itself: marked, they need nobody yet.
+            # Failed posts the service publishes again by itself: marked, they need nobody yet (unless it is late).
             "retrying": {s.post_id: " and ".join(PLATFORM_LABELS[p] for p in retrying) for s in states
                          if (retrying := automatic_retries(s, settings.max_automatic_attempts))},
+            "late": {s.post_id for s in states if automatic_retry_overdue(
+                s, settings.max_automatic_attempts, front.clock(),
+                (settings.backoff_base_seconds, settings.backoff_cap_seconds))},
             "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
         })
@@ -279,7 +283,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "publishing": publishing,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
-            "now": front.clock(),
+            "overdue": [PLATFORM_LABELS[p] for p in automatic_retry_overdue(
+                state, settings.max_automatic_attempts, front.clock(),
+                (settings.backoff_base_seconds, settings.backoff_cap_seconds))],
             "automatic_by": {PLATFORM_LABELS[p]: at for p, at in automatic_retry_latest(
                 state, settings.max_automatic_attempts, settings.backoff_base_seconds,
                 settings.backoff_cap_seconds).items()},
@@ -363,9 +369,20 @@ def _page_problem(problem: str) -> str:
     return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
 
 
+# The form's fields by the names the page gives them.
+FIELD_LABELS = {"image_url": "Image URL", "account": "Account"}
+
+
 def _problem(detail: Any) -> str:
     if isinstance(detail, list):
-        # pydantic's "Value error, " before a validator's own words says nothing to someone on the page.
-        return "; ".join(str(item.get("msg", item)).removeprefix("Value error, ") if isinstance(item, dict)
-                         else str(item) for item in detail)
+        return "; ".join(_field_problem(item) if isinstance(item, dict) else str(item) for item in detail)
     return str(detail)
+
+
+def _field_problem(error: dict[str, Any]) -> str:
+    """One field's refusal, named as the form names the field ("Image URL: must be an http(s) URL"); pydantic's
+    "Value error, " before a validator's own words says nothing to someone on the page."""
+    message = str(error.get("msg", error)).removeprefix("Value error, ")
+    field = next((FIELD_LABELS[str(part)] for part in reversed(error.get("loc") or ()) if str(part) in FIELD_LABELS),
+                 None)
+    return f"{field}: {message}" if field else message

@@ -742,8 +742,8 @@ def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_say
                                 f"itself, up to {left} more times): handled after them")
 
 
-def test_a_command_is_no_longer_said_to_be_queued_once_the_automatic_retries_are_long_overdue() -> None:
-    # The handler away: the page then says the command was not taken up, rather than "queued" for ever.
+def test_a_command_queued_behind_automatic_retries_long_overdue_says_the_service_may_be_behind() -> None:
+    # The handler away or frozen: still behind them, and said to be late rather than "publishing".
     from smartretry.api import queued_behind
 
     history = History(post_id="post-limited", at=datetime.now(UTC))
@@ -751,14 +751,16 @@ def test_a_command_is_no_longer_said_to_be_queued_once_the_automatic_retries_are
     history.failure("facebook", attempts["facebook"], "Page request limit reached", ErrorKind.RATE_LIMITED,
                     when=datetime.now(UTC))
     state = history.state()
-    assert queued_behind(state, 5, datetime.now(UTC)) is not None
-    assert queued_behind(state, 5, datetime.now(UTC) + timedelta(minutes=10)) is None
+    assert "overdue" not in (queued_behind(state, 5, datetime.now(UTC)) or "overdue")
+    late = queued_behind(state, 5, datetime.now(UTC) + timedelta(minutes=10))
+    assert late is not None and late.startswith("queued behind the automatic retries of Facebook, overdue since ")
+    assert late.endswith("UTC (the service may be away or behind): handled after them")
     # An automatic attempt under way is queued behind too, while it may still be running.
     history.attempt("facebook", "cmd-publish", retry=True)
     running = history.state()
     began = running.attempts_of("facebook")[-1].started_at
-    assert queued_behind(running, 5, began + timedelta(seconds=30)) is not None
-    assert queued_behind(running, 5, began + timedelta(minutes=10)) is None
+    assert "overdue" not in (queued_behind(running, 5, began + timedelta(seconds=30)) or "overdue")
+    assert "overdue since" in (queued_behind(running, 5, began + timedelta(minutes=10)) or "")
 
 
 def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:

@@ -94,6 +94,20 @@ def test_show_prints_text_that_looks_like_markup_as_it_is(api: RunningApi) -> No
     assert code == 0 and "Param message[/] is invalid [bold]x[/bold]" in output
 
 
+def test_a_platforms_message_with_terminal_commands_is_shown_not_obeyed(api: RunningApi) -> None:
+    history = History(post_id="post-escapes")
+    attempts = history.publish(target="facebook")
+    history.failure("facebook", attempts["facebook"], "Bad \x1b[2J\x1b[31mimage\x07 url\nsecond line",
+                    ErrorKind.INVALID_MEDIA)
+    store_events(api, history.events)
+    for command in (["show", "post-escapes"], ["list"]):
+        code, output = run(api, *command)
+        assert code == 0 and "\x1b" not in output and "\x07" not in output, output
+        assert "Bad \\x1b[2J\\x1b[31mimage\\x07 url" in output
+    # In the list, on its own line: the message's line break would read as another post's.
+    assert "url second line" in output
+
+
 def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:
     code, output = run(api, "show", "nope")
     assert code == 1

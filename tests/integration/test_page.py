@@ -214,9 +214,11 @@ def test_a_failure_the_service_retries_by_itself_says_so_on_the_page_and_in_the_
     with signed_in(api) as browser:
         html = browser.get("/ui/posts/post-limited").text
 
-    # Facebook's rate limit lifts ten minutes after the refusal: the service publishes it again then.
+    # Facebook's rate limit lifts ten minutes after the refusal: the service publishes it again then (long past here,
+    # so the page says it is late).
     assert "Status: ❌ Failed" in html
-    assert "🔄 Facebook will be retried automatically at 10:20:13 UTC; this page refreshes itself." in html
+    assert ("🔄 Facebook will be retried automatically (it was due at 10:20:13 UTC: the service may be away or "
+            "behind); this page refreshes itself.") in html
     # Followed to its result: the page looks again (its time is past here, so in the shortest wait).
     assert '<meta http-equiv="refresh" content="5">' in html
     detail = api.client.get("/posts/post-limited").json()
@@ -383,7 +385,8 @@ def test_a_bad_image_url_in_the_form_is_shown_on_the_page(api: RunningApi) -> No
         answer = browser.post("/ui/posts/post-1/retry",
                               data={"token": retry_token(api.settings, "post-1"), "image_url": "cdn/x.jpg"})
     assert answer.status_code == 422
-    assert "must be an http(s) URL" in answer.text and "Value error" not in answer.text
+    assert "Image URL: must be an http(s) URL" in answer.text and "Value error" not in answer.text
+    assert '<a id="back" href="/ui/posts/post-1">Back to the post</a>' in answer.text
     assert 'value="cdn/x.jpg"' in answer.text  # what was typed, to correct, not the old address
     assert_nothing_on_commands(api)
 
@@ -522,8 +525,8 @@ def test_the_post_lists_mark_failed_posts_the_service_retries_by_itself(api: Run
     store_post(api, "post-1")  # failed for its image: it needs someone
     with signed_in(api) as browser:
         page = browser.get("/ui/posts", params={"status": "failed"}).text
-    assert page.count("retried automatically") == 1
-    assert "🔄 Facebook retried automatically" in page
+    assert page.count("to be retried automatically") == 1
+    assert "🔄 Facebook to be retried automatically" in page
     listed = {p["id"]: p for p in api.client.get("/posts", params={"status": "failed"}).json()["posts"]}
     assert listed["post-1"]["automatic_retry"] == {}
     assert list(listed["post-limited"]["automatic_retry"]) == ["facebook"]
@@ -556,9 +559,25 @@ def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: Runnin
     # Long past that time (the handler away): said so, not a time gone by.
     due, page = _limited_without_a_wait(api, "post-overdue", at=datetime.now(UTC) - timedelta(minutes=10))
     assert (f"🔄 Facebook will be retried automatically (it was due by {due.strftime('%H:%M:%S')} UTC: the service "
-            "may be behind)") in page
+            "may be away or behind)") in page
     code, output = run(api, "show", "post-overdue")
-    assert f"(it was due by {due.strftime('%H:%M:%S')} UTC: the service may be behind)" in output
+    assert f"(it was due by {due.strftime('%H:%M:%S')} UTC: the service may be away or behind)" in output
+    # The platform's own wait, long past, is as late.
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    store_limited_for_an_hour(api, "post-late", at=long_ago)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-late").text
+        listed = browser.get("/ui/posts").text
+    at = (long_ago + timedelta(hours=1)).strftime("%H:%M:%S")
+    assert f"🔄 Facebook will be retried automatically (it was due at {at} UTC: the service may be away or behind)" \
+        in page
+    assert "🔄 Facebook to be retried automatically (overdue: the service may be away or behind)" in listed
+    assert api.client.get("/posts/post-late").json()["automatic_retry_overdue"] == ["facebook"]
+    assert {p["id"]: p["automatic_retry_overdue"] for p in api.client.get("/posts").json()["posts"]}[
+        "post-limited"] == []
+    code, output = run(api, "list")
+    assert f"🔄 Facebook will be retried automatically (it was due at {at} UTC: the service may be away or behind)" \
+        in output
 
 
 def test_a_stale_page_whose_post_was_retried_elsewhere_says_so_rather_than_pointing_to_republish(
