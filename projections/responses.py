@@ -167,8 +167,8 @@ def needed_actions(state: PostState, max_attempts: int,
             # re-authenticating would only confuse). Whether the token is a good one only the retry tells: a failure
             # with it asks to re-authenticate again.
             shown[platform] = (f"retry {PLATFORM_LABELS[platform]} (a token was stored for the account at "
-                               f"{token_renewed_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC, after this "
-                               "failure)")
+                               f"{token_renewed_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC, after the "
+                               "failed attempt began)")
             continue
         if action.startswith("re-authenticate ") and state.account is not None and result is not None and \
                 not result.success and (result.error or "").startswith(NO_CREDENTIALS):

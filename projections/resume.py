@@ -76,21 +76,33 @@ def automatic_retries(state: PostState, max_attempts: int) -> dict[Platform, dat
     return due
 
 
-def automatic_retry_latest(state: PostState, max_attempts: int, base_seconds: float,
-                           cap_seconds: float) -> dict[Platform, datetime]:
-    """For the automatic retries `automatic_retries` gives no time for (the platform gave no wait), the latest
-    the handler's own backoff makes them: its ceiling after the attempt's failure (capped exponential, full
-    jitter; a rate limit without a wait waits from the cap). The handler's `backoff_delay` draws below it."""
+def automatic_retry_deadline(state: PostState, max_attempts: int, base_seconds: float,
+                             cap_seconds: float) -> dict[Platform, datetime]:
+    """For every automatic retry to come, the latest the handler makes it: the platform's own wait, or the ceiling of
+    its backoff after the attempt's failure when that is later (capped exponential with full jitter; a rate limit
+    without a wait waits from the cap). The handler's `backoff_delay` draws below it."""
     command = state.latest_command()
     if command is None:
         return {}
-    latest: dict[Platform, datetime] = {}
+    deadline: dict[Platform, datetime] = {}
     for platform, at in automatic_retries(state, max_attempts).items():
         mine = attempts_by(state, command.command_id, platform)
         failed = mine[-1].finished_at if mine else None
-        if at is not None or failed is None:
+        if failed is None:
+            if at is not None:
+                deadline[platform] = at
             continue
-        ceiling = cap_seconds if mine[-1].error_kind is ErrorKind.RATE_LIMITED else \
+        ceiling = cap_seconds if mine[-1].error_kind is ErrorKind.RATE_LIMITED and at is None else \
             min(cap_seconds, base_seconds * 2 ** (len(mine) - 1))
-        latest[platform] = failed + timedelta(seconds=ceiling)
-    return latest
+        bound = failed + timedelta(seconds=ceiling)
+        deadline[platform] = max(at, bound) if at is not None else bound
+    return deadline
+
+
+def automatic_retry_latest(state: PostState, max_attempts: int, base_seconds: float,
+                           cap_seconds: float) -> dict[Platform, datetime]:
+    """For the automatic retries `automatic_retries` gives no time for (the platform gave no wait), the latest the
+    handler's own backoff makes them (`automatic_retry_deadline`)."""
+    due = automatic_retries(state, max_attempts)
+    return {p: at for p, at in automatic_retry_deadline(state, max_attempts, base_seconds, cap_seconds).items()
+            if due.get(p) is None}

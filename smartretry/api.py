@@ -51,7 +51,13 @@ from projections.responses import (
     retries_by_platform,
     retry_history,
 )
-from projections.resume import attempts_by, automatic_retries, automatic_retry_latest, command_settled
+from projections.resume import (
+    attempts_by,
+    automatic_retries,
+    automatic_retry_deadline,
+    automatic_retry_latest,
+    command_settled,
+)
 from projections.state import PostState
 from projections.store import ListPosition, database_said
 from publishers.facebook import facebook_text
@@ -215,11 +221,11 @@ DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].defa
 # The handler's backoff (first wait, longest wait) in seconds, where no settings are at hand.
 DEFAULT_BACKOFF: tuple[float, float] = (Settings.model_fields["backoff_base_seconds"].default,
                                         Settings.model_fields["backoff_cap_seconds"].default)
-# How long after an automatic retry was due (or began) a command queued behind it is said to wait for it without
-# more: then the handler is taken to be away or behind, and the answer says so.
-OVERDUE_AFTER = timedelta(seconds=120)
-# How late an automatic retry may be (a call's time) before the post says it is overdue.
+# How late an automatic retry may be (a call's time) before the post, and a command queued behind it, say it is
+# overdue: the handler away, frozen or behind.
 AUTOMATIC_RETRY_LATE = timedelta(seconds=30)
+# An attempt's lease (seconds), where no settings are at hand: how long one under way may take.
+DEFAULT_LEASE_S: float = Settings.model_fields["attempt_lease_seconds"].default
 # Seconds a request waits for the broker to take its command before answering 503.
 SEND_TIMEOUT_S = 10.0
 # Past any list there is (and within what the databases take as an offset).
@@ -261,12 +267,10 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
 
 def automatic_retry_overdue(state: PostState, max_attempts: int, now: datetime,
                             backoff: tuple[float, float] = DEFAULT_BACKOFF) -> list[Platform]:
-    """The platforms whose automatic retry is late: past its time (the platform's wait, else the latest the service's
-    own backoff makes it) by more than `AUTOMATIC_RETRY_LATE`. The handler is then away, frozen or behind."""
-    due = automatic_retries(state, max_attempts)
-    latest = automatic_retry_latest(state, max_attempts, *backoff)
-    return [p for p, at in due.items() if (expected := at or latest.get(p)) is not None
-            and now > expected + AUTOMATIC_RETRY_LATE]
+    """The platforms whose automatic retry is late: past the latest the handler makes it (the platform's wait, or its
+    own backoff's when later) by more than `AUTOMATIC_RETRY_LATE`. The handler is then away, frozen or behind."""
+    return [p for p, by in automatic_retry_deadline(state, max_attempts, *backoff).items()
+            if now > by + AUTOMATIC_RETRY_LATE]
 
 
 def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,
@@ -678,8 +682,8 @@ class FrontDoor:
             # rate limit waits too: the post stays as it is until then, and the answer says so.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
             note = queued_behind(state, self.settings.max_automatic_attempts, self.clock(),
-                                 (self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)) \
-                if state else None
+                                 (self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds),
+                                 self.settings.attempt_lease_seconds) if state else None
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id, note=note,
                 post=PostSummary(id=command.post_id, status=state.status if note and state else "publishing",
@@ -691,11 +695,11 @@ class FrontDoor:
 
 
 def queued_behind(state: PostState, max_attempts: int, now: datetime,
-                  backoff: tuple[float, float] = DEFAULT_BACKOFF) -> str | None:
+                  backoff: tuple[float, float] = DEFAULT_BACKOFF, lease_s: float = DEFAULT_LEASE_S) -> str | None:
     """What a command not decided yet waits for, when the post's latest command still retries a platform by itself
     (a rate limit's wait, the service's own backoff, an automatic attempt under way): the post's commands run in
-    order, so it is handled after those retries; once they are overdue by `OVERDUE_AFTER`, it says so (the handler
-    away or behind). None otherwise."""
+    order, so it is handled after those retries; once they are late (`AUTOMATIC_RETRY_LATE` past the latest the
+    handler makes them, or, for an attempt under way, past its lease `lease_s`), it says so. None otherwise."""
     due = automatic_retries(state, max_attempts)
     waits = {p: at for p, at in due.items() if at is not None and at > now}
     if waits:
@@ -705,19 +709,21 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime,
     latest = state.latest_command()
     if latest is None:
         return None
-    # When each retry the latest command makes by itself was due (the platform's wait, else the latest its backoff
-    # makes it), or, for one under way, began.
-    expected = {**{p: at for p, at in due.items() if at is not None},
-                **automatic_retry_latest(state, max_attempts, *backoff)}
+    expected = automatic_retry_deadline(state, max_attempts, *backoff)
     for platform in state.targeted:
         running = state.in_flight(platform)
-        if running is not None and running.command_id == latest.command_id and (running.is_retry or running.forced) \
-                and attempts_by(state, latest.command_id, platform)[0] is not running:
-            expected[platform] = running.started_at
+        if running is None or running.command_id != latest.command_id or not (running.is_retry or running.forced) \
+                or attempts_by(state, latest.command_id, platform)[0] is running:
+            continue
+        if running.lookup_error is not None:
+            # Not late: its outcome is unknown, and the post says what to check (or resolve).
+            return (f"queued behind {PLATFORM_LABELS[platform]}'s automatic retry, whose outcome is not known yet "
+                    "(the post says what to check): handled after it")
+        expected[platform] = running.started_at + timedelta(seconds=lease_s)
     waited = [p for p in state.targeted if p in expected]
     if not waited:
         return None
-    current = [p for p in waited if now <= expected[p] + OVERDUE_AFTER]
+    current = [p for p in waited if now <= expected[p] + AUTOMATIC_RETRY_LATE]
     if not current:
         # Still behind them, but the service has not made them in time: said, rather than "publishing".
         names = " and ".join(PLATFORM_LABELS[p] for p in waited)

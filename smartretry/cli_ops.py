@@ -275,7 +275,8 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             # On one line however narrow the output: a link cut in two cannot be followed.
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
         else:
-            console.print(f"  ❌ {label}: {shown_text(str(result.get('error')))}", highlight=False)
+            # On its line: a message's own line breaks would read as the command's next lines.
+            console.print(f"  ❌ {label}: {shown_text(' '.join(str(result.get('error')).split()))}", highlight=False)
     for platform, made in detail.get("earlier_posts", {}).items():
         for post in made:
             label = PLATFORM_LABELS[platform]
@@ -288,7 +289,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                 console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: publishing...", highlight=False)
     if detail.get("error_message") and not any(not r["success"] for r in results.values()):
         # A failure with no platform's result to show it by (an old document that kept only its message).
-        console.print(f"  ❌ {shown_text(detail['error_message'])}", highlight=False)
+        console.print(f"  ❌ {shown_text(' '.join(detail['error_message'].split()))}", highlight=False)
     for platform, why in detail.get("outcome_unknown", {}).items():
         console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: "
                       f"{shown_text(why)}",
@@ -841,7 +842,7 @@ def _log_lines(detail: dict[str, Any], command_id: str) -> list[str]:
             if result is not None and result["success"]:
                 lines.append(f"✅ {label} published successfully")
             elif result is not None:
-                lines.append(f"❌ {label} failed: {result.get('error')}")
+                lines.append(f"❌ {label} failed: {shown_text(' '.join(str(result.get('error')).split()))}")
     mark = "✅" if detail["status"] == "posted" else "❌" if detail["status"] == "failed" else "⏳"
     lines.append(f"{mark} Post status updated to: {detail['status']}")
     return lines

@@ -213,9 +213,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # Failed posts the service publishes again by itself: marked, they need nobody yet (unless it is late).
             "retrying": {s.post_id: " and ".join(PLATFORM_LABELS[p] for p in retrying) for s in states
                          if (retrying := automatic_retries(s, settings.max_automatic_attempts))},
-            "late": {s.post_id for s in states if automatic_retry_overdue(
-                s, settings.max_automatic_attempts, front.clock(),
-                (settings.backoff_base_seconds, settings.backoff_cap_seconds))},
+            "late": {s.post_id: " and ".join(PLATFORM_LABELS[p] for p in late) for s in states
+                     if (late := automatic_retry_overdue(s, settings.max_automatic_attempts, front.clock(),
+                                                         (settings.backoff_base_seconds,
+                                                          settings.backoff_cap_seconds)))},
             "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
         })
@@ -241,7 +242,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # stays as it is until then, and the page says so instead of "publishing" for that long.
         undecided = waiting and awaiting not in state.commands
         queued = queued_behind(state, settings.max_automatic_attempts, front.clock(),
-                               (settings.backoff_base_seconds, settings.backoff_cap_seconds)) if undecided else None
+                               (settings.backoff_base_seconds, settings.backoff_cap_seconds),
+                               settings.attempt_lease_seconds) if undecided else None
         # A retry not taken up long after it was sent (or a link naming one this post never had): the page stops
         # showing "publishing", and says so, rather than refresh for ever.
         unhandled = None
@@ -343,15 +345,14 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
 
 
 def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | None:
-    """A refusal with nothing to retry, sent from a page opened before the post was retried from elsewhere (another
-    tab, a colleague): that retry is what the page missed, not a reason to republish. `seen` is how many commands
-    the post had when the page was drawn. None otherwise."""
-    latest = state.latest_command() if state is not None else None
+    """A refusal with nothing to retry, sent from a page opened before the post was published again from elsewhere
+    (another tab, a colleague, the service's own retry): what the page missed, not a reason to republish. `seen` is
+    how many commands and attempts the post had when the page was drawn. None otherwise."""
     if PUBLISH_ANYWAY not in problem or not seen.isascii() or not seen.isdigit() or len(seen) > 9 or \
-            state is None or latest is None or len(state.commands) <= int(seen):
+            state is None or len(state.commands) + len(state.attempts) <= int(seen):
         return None
-    return (f"{problem.split(PUBLISH_ANYWAY, 1)[0]}: the post was retried after this page was opened (at "
-            f"{latest.decided_at.strftime('%H:%M:%S')} UTC), and nothing is left to retry.")
+    return (f"{problem.split(PUBLISH_ANYWAY, 1)[0]}: the post changed after this page was opened (it is shown as it "
+            "is now), and nothing is left to retry.")
 
 
 def _page_problem(problem: str) -> str:

@@ -316,6 +316,10 @@ def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_
     state = service.wait_command(post_id, named.command_id)
     assert state.status == "posted" and state.account == DEMO_ACCOUNT_ID
     assert _counts(service) == (1, 0)
+    # This service's own attempts are numbered from 1, each a retry of the imported post (the README's rule: attempt
+    # ids derive from the numbers, and every version derives the same).
+    attempts = state.attempts_of("facebook")
+    assert attempts[0].attempt_number == 1 and all(a.is_retry for a in attempts)
 
 
 def test_fifty_concurrent_retries_publish_facebook_exactly_once(service: Service) -> None:

@@ -184,7 +184,7 @@ def test_a_post_that_failed_for_its_token_asks_to_re_authenticate_then_retry(api
     renewed = api.stores.credentials.token_updated_at(account)
     assert renewed is not None
     action = (f"retry Instagram (a token was stored for the account at {renewed.strftime('%Y-%m-%d %H:%M:%S')} UTC, "
-              "after this failure)")
+              "after the failed attempt began)")
     with signed_in(api) as browser:
         page = html.unescape(browser.get("/ui/posts/post-expired").text)
     assert f"Needed for Instagram: {action}" in page and "re-authenticate" not in page
@@ -330,6 +330,15 @@ def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_no
     assert "Your retry is queued behind the automatic retry of Facebook at " in page
     assert 'content="30"' in page  # looked at again now and then, not every second for an hour
     assert 'id="retry"' not in page  # one retry queued is enough
+    # The post's own page, before any retry: when the service publishes it again.
+    state = api.stores.projection.get("post-limited")
+    assert state is not None
+    at = state.attempts_of("facebook")[-1].finished_at
+    assert at is not None
+    with signed_in(api) as browser:
+        own = browser.get("/ui/posts/post-limited").text
+    due = (at + timedelta(hours=1)).strftime("%H:%M:%S")
+    assert f"🔄 Facebook will be retried automatically at {due} UTC; this page refreshes itself." in own
 
 
 def test_a_retry_behind_the_services_own_backoff_is_queued_not_left_untaken(api: RunningApi) -> None:
@@ -571,7 +580,7 @@ def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: Runnin
     at = (long_ago + timedelta(hours=1)).strftime("%H:%M:%S")
     assert f"🔄 Facebook will be retried automatically (it was due at {at} UTC: the service may be away or behind)" \
         in page
-    assert "🔄 Facebook to be retried automatically (overdue: the service may be away or behind)" in listed
+    assert "🔄 Facebook to be retried automatically (Facebook overdue: the service may be away or behind)" in listed
     assert api.client.get("/posts/post-late").json()["automatic_retry_overdue"] == ["facebook"]
     assert {p["id"]: p["automatic_retry_overdue"] for p in api.client.get("/posts").json()["posts"]}[
         "post-limited"] == []
@@ -599,7 +608,7 @@ def test_a_stale_page_whose_post_was_retried_elsewhere_says_so_rather_than_point
                               data={"token": retry_token(api.settings, "post-1"), "seen": seen.group(1)})
     assert answer.status_code == 409
     page = html.unescape(answer.text)
-    assert (f"Nothing to retry: Facebook and Instagram already succeeded: the post was retried after this page was "
-            f"opened (at {AT.strftime('%H:%M:%S')} UTC), and nothing is left to retry.") in page
+    assert ("Nothing to retry: Facebook and Instagram already succeeded: the post changed after this page was opened "
+            "(it is shown as it is now), and nothing is left to retry.") in page
     assert "smartretry force" not in page
     assert_nothing_on_commands(api)

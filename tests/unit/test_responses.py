@@ -182,10 +182,13 @@ def test_a_token_stored_after_the_failing_attempt_began_leaves_only_the_retry_to
         began = state.attempts_of("facebook")[-1].started_at
         before = needed_actions(state, max_attempts=5, token_renewed_at=began - timedelta(seconds=1))
         assert before["facebook"].endswith(", then retry") and not before["facebook"].startswith("retry")
-        after = needed_actions(state, max_attempts=5, token_renewed_at=began + timedelta(seconds=1))
-        stored = (began + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
-        assert after == {"facebook": f"retry Facebook (a token was stored for the account at {stored} UTC, after this "
-                                     "failure)"}
+        # Stored while the attempt ran, before its failure came: the attempt had read the old one.
+        failed_at = state.attempts_of("facebook")[-1].finished_at
+        assert failed_at is not None and began + timedelta(milliseconds=50) < failed_at
+        during = needed_actions(state, max_attempts=5, token_renewed_at=began + timedelta(milliseconds=50))
+        stored = began.strftime("%Y-%m-%d %H:%M:%S")
+        assert during == {"facebook": f"retry Facebook (a token was stored for the account at {stored} UTC, after the "
+                                      "failed attempt began)"}
 
 
 def test_what_is_needed_is_listed_facebook_first_whichever_failed_first() -> None:
