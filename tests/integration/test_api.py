@@ -761,6 +761,12 @@ def test_a_command_queued_behind_automatic_retries_long_overdue_says_the_service
     began = running.attempts_of("facebook")[-1].started_at
     assert "overdue" not in (queued_behind(running, 5, began + timedelta(seconds=30)) or "overdue")
     assert "overdue since" in (queued_behind(running, 5, began + timedelta(minutes=10)) or "")
+    # One whose outcome could not be checked on the platform is not late: the post says what to check.
+    retrying = history.state().attempts_of("facebook")[-1].attempt_id
+    history.unknown("facebook", retrying)
+    assert queued_behind(history.state(), 5, began + timedelta(minutes=10)) == (
+        "queued behind Facebook's automatic retry, whose outcome is not known yet (the post says what to check): "
+        "handled after it")
 
 
 def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:
