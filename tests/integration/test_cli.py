@@ -81,12 +81,16 @@ def test_show_says_how_to_re_authenticate_as_the_page_does(api: RunningApi) -> N
             f"accounts set-token {account}; one token serves both platforms)") in output
 
 
-def test_show_prints_text_that_looks_like_markup_as_it_is(api: RunningApi) -> None:
-    history = History(post_id="post-markup")
+def store_facebook_failure(api: RunningApi, post_id: str, message: str) -> None:
+    """A Facebook-only post whose attempt failed with the platform's `message`."""
+    history = History(post_id=post_id)
     attempts = history.publish(target="facebook")
-    history.failure("facebook", attempts["facebook"], "Param message[/] is invalid [bold]x[/bold]",
-                    ErrorKind.INVALID_REQUEST)
+    history.failure("facebook", attempts["facebook"], message, ErrorKind.INVALID_REQUEST)
     store_events(api, history.events)
+
+
+def test_show_prints_text_that_looks_like_markup_as_it_is(api: RunningApi) -> None:
+    store_facebook_failure(api, "post-markup", "Param message[/] is invalid [bold]x[/bold]")
     code, output = run(api, "show", "post-markup")
     assert code == 0, output
     assert "Param message[/] is invalid [bold]x[/bold]" in output
@@ -95,11 +99,7 @@ def test_show_prints_text_that_looks_like_markup_as_it_is(api: RunningApi) -> No
 
 
 def test_a_platforms_message_with_terminal_commands_is_shown_not_obeyed(api: RunningApi) -> None:
-    history = History(post_id="post-escapes")
-    attempts = history.publish(target="facebook")
-    history.failure("facebook", attempts["facebook"], "Bad \x1b[2J\x1b[31mimage\x07 url\nsecond line",
-                    ErrorKind.INVALID_MEDIA)
-    store_events(api, history.events)
+    store_facebook_failure(api, "post-escapes", "Bad \x1b[2J\x1b[31mimage\x07 url\nsecond line")
     for command in (["show", "post-escapes"], ["list"]):
         code, output = run(api, *command)
         assert code == 0 and "\x1b" not in output and "\x07" not in output, output
