@@ -55,7 +55,6 @@ from projections.resume import (
     attempts_by,
     automatic_retries,
     automatic_retry_deadline,
-    automatic_retry_latest,
     command_settled,
 )
 from projections.state import PostState
@@ -269,22 +268,25 @@ def automatic_retry_overdue(state: PostState, max_attempts: int, now: datetime,
                             backoff: tuple[float, float] = DEFAULT_BACKOFF) -> list[Platform]:
     """The platforms whose automatic retry is late: past the latest the handler makes it (the platform's wait, or its
     own backoff's when later) by more than `AUTOMATIC_RETRY_LATE`. The handler is then away, frozen or behind."""
-    return [p for p, by in automatic_retry_deadline(state, max_attempts, *backoff).items()
-            if now > by + AUTOMATIC_RETRY_LATE]
+    return _late(automatic_retry_deadline(state, max_attempts, *backoff), now)
+
+
+def _late(deadline: dict[Platform, datetime], now: datetime) -> list[Platform]:
+    return [p for p, by in deadline.items() if now > by + AUTOMATIC_RETRY_LATE]
 
 
 def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,
                            backoff: tuple[float, float] = DEFAULT_BACKOFF) -> dict[str, Any]:
     """A failed post the service publishes again by itself, as the API gives it (a post and the post list)."""
+    due = automatic_retries(state, max_attempts)
+    deadline = automatic_retry_deadline(state, max_attempts, *backoff)
     return {
         # When, where the platform said (else null).
-        "automatic_retry": {p: format_timestamp(at) if at else None
-                            for p, at in automatic_retries(state, max_attempts).items()},
-        # Where the platform gave no wait: the latest the service's own backoff makes it.
-        "automatic_retry_by": {p: format_timestamp(at)
-                               for p, at in automatic_retry_latest(state, max_attempts, *backoff).items()},
-        # Late past that: the service is away or behind.
-        "automatic_retry_overdue": automatic_retry_overdue(state, max_attempts, now, backoff),
+        "automatic_retry": {p: format_timestamp(at) if at else None for p, at in due.items()},
+        # Where the platform gave no wait: the latest the service's own backoff makes it (`automatic_retry_latest`).
+        "automatic_retry_by": {p: format_timestamp(by) for p, by in deadline.items() if due.get(p) is None},
+        # Late past the latest the handler makes it (`automatic_retry_overdue`): the service is away or behind.
+        "automatic_retry_overdue": _late(deadline, now),
     }
 
 
@@ -682,7 +684,7 @@ class FrontDoor:
             # rate limit waits too: the post stays as it is until then, and the answer says so.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
             note = queued_behind(state, self.settings.max_automatic_attempts, self.clock(),
-                                 (self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds),
+                                 self.settings.backoff,
                                  self.settings.attempt_lease_seconds) if state else None
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id, note=note,
@@ -981,7 +983,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
                         ) -> dict[str, Any]:
         state = await front.state_of(post_id)
         detail = post_detail(state, settings.max_automatic_attempts, await front.token_renewed_at(state),
-                             (settings.backoff_base_seconds, settings.backoff_cap_seconds), front.clock())
+                             settings.backoff, front.clock())
         if command_id is not None:
             settled = command_settled(state, command_id, settings.max_automatic_attempts)
             detail["command"] = {"command_id": command_id, "settled": settled,
@@ -1008,8 +1010,8 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
         # One more than asked: whether there is a next page.
         states = await asyncio.to_thread(stores.projection.list_posts, status, limit + 1, offset, after)
         page = states[:limit]
-        backoff = (settings.backoff_base_seconds, settings.backoff_cap_seconds)
-        return {"posts": [post_summary(s, settings.max_automatic_attempts, backoff, front.clock()) for s in page],
+        return {"posts": [post_summary(s, settings.max_automatic_attempts, settings.backoff, front.clock())
+                          for s in page],
                 "status": status,
                 "limit": limit, "offset": offset,
                 "next_cursor": list_cursor(page[-1]) if len(states) > limit else None}

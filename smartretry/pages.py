@@ -215,8 +215,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                          if (retrying := automatic_retries(s, settings.max_automatic_attempts))},
             "late": {s.post_id: " and ".join(PLATFORM_LABELS[p] for p in late) for s in states
                      if (late := automatic_retry_overdue(s, settings.max_automatic_attempts, front.clock(),
-                                                         (settings.backoff_base_seconds,
-                                                          settings.backoff_cap_seconds)))},
+                                                         settings.backoff))},
             "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
         })
@@ -242,8 +241,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # stays as it is until then, and the page says so instead of "publishing" for that long.
         undecided = waiting and awaiting not in state.commands
         queued = queued_behind(state, settings.max_automatic_attempts, front.clock(),
-                               (settings.backoff_base_seconds, settings.backoff_cap_seconds),
-                               settings.attempt_lease_seconds) if undecided else None
+                               settings.backoff, settings.attempt_lease_seconds) if undecided else None
         # A retry not taken up long after it was sent (or a link naming one this post never had): the page stops
         # showing "publishing", and says so, rather than refresh for ever.
         unhandled = None
@@ -286,11 +284,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
             "overdue": [PLATFORM_LABELS[p] for p in automatic_retry_overdue(
-                state, settings.max_automatic_attempts, front.clock(),
-                (settings.backoff_base_seconds, settings.backoff_cap_seconds))],
+                state, settings.max_automatic_attempts, front.clock(), settings.backoff)],
             "automatic_by": {PLATFORM_LABELS[p]: at for p, at in automatic_retry_latest(
-                state, settings.max_automatic_attempts, settings.backoff_base_seconds,
-                settings.backoff_cap_seconds).items()},
+                state, settings.max_automatic_attempts, *settings.backoff).items()},
             # Not on the answer to a refused form: it is at the form's address (a reload would send the form again,
             # a refresh would ask it with GET), and its message is there to be read. It links to the post instead.
             "refresh": None if problem else refresh,

@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def backoff(self) -> tuple[float, float]:
+        """The handler's automatic retry backoff: its first wait and its longest, in seconds."""
+        return self.backoff_base_seconds, self.backoff_cap_seconds
+
+    @property
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix, partitions=self.partitions)
 
