@@ -246,16 +246,23 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
         raise typer.Exit(1)
 
 
+def _clock(at: str) -> str:
+    """An API time ("2026-11-29T04:14:17.000Z") as the page says it: its time of day, with its date when not today's
+    (UTC)."""
+    same_day = at[:10] == datetime.now(UTC).strftime("%Y-%m-%d")
+    return f"{at[11:19]} UTC" if same_day else f"{at[:10]} {at[11:19]} UTC"
+
+
 def _automatic_retries(post: dict[str, Any]) -> list[str]:
     """A post's automatic retries to come, as the page says them: when, by when, or that they are late."""
     lines = []
     for platform, at in (post.get("automatic_retry") or {}).items():
         by = (post.get("automatic_retry_by") or {}).get(platform)
         if platform in (post.get("automatic_retry_overdue") or ()):
-            when = f" (it was due {'at ' + at[11:19] if at else 'by ' + (by or '')[11:19]} UTC: the service may be " \
+            when = f" (it was due {'at ' + _clock(at) if at else 'by ' + _clock(by or '')}: the service may be " \
                    "away or behind)"
         else:
-            when = f" at {at[11:19]} UTC" if at else f" by {by[11:19]} UTC" if by else ""
+            when = f" at {_clock(at)}" if at else f" by {_clock(by)}" if by else ""
         lines.append(f"🔄 {PLATFORM_LABELS[platform]} will be retried automatically{when}")
     return lines
 

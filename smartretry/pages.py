@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -134,10 +134,18 @@ def platform_rows(state: PostState, max_attempts: int,
     return rows
 
 
+def clock_time(at: datetime, now: datetime) -> str:
+    """A time to come or just gone, as the pages say it: the time of day, with its date when that is not today's (a
+    platform's wait can run to the next day)."""
+    at = at.astimezone(UTC)
+    return at.strftime("%H:%M:%S UTC" if at.date() == now.astimezone(UTC).date() else "%Y-%m-%d %H:%M:%S UTC")
+
+
 def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     """The /ui pages, served by the API's app; they act through the same `FrontDoor` as the API."""
     router = APIRouter(prefix="/ui", include_in_schema=False)
     templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["clock"] = lambda at: clock_time(at, front.clock())
 
     def signed_in(request: Request) -> bool:
         if session_valid(settings, request.cookies.get(SESSION_COOKIE)):

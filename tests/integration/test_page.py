@@ -18,7 +18,7 @@ from schemas.common import ErrorKind, format_timestamp
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided, PlatformResult, PublishAttempted
 from smartretry import pages
-from smartretry.pages import retry_token
+from smartretry.pages import clock_time, retry_token
 from tests.integration.test_api import (
     API_KEY,
     AT,
@@ -217,8 +217,8 @@ def test_a_failure_the_service_retries_by_itself_says_so_on_the_page_and_in_the_
     # Facebook's rate limit lifts ten minutes after the refusal: the service publishes it again then (long past here,
     # so the page says it is late).
     assert "Status: ❌ Failed" in html
-    assert ("🔄 Facebook will be retried automatically (it was due at 10:20:13 UTC: the service may be away or "
-            "behind); this page refreshes itself.") in html
+    assert ("🔄 Facebook will be retried automatically (it was due at 2025-11-17 10:20:13 UTC: the service may be away "
+            "or behind); this page refreshes itself.") in html  # not today: with its date
     # Followed to its result: the page looks again (its time is past here, so in the shortest wait).
     assert '<meta http-equiv="refresh" content="5">' in html
     detail = api.client.get("/posts/post-limited").json()
@@ -337,8 +337,8 @@ def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_no
     assert at is not None
     with signed_in(api) as browser:
         own = browser.get("/ui/posts/post-limited").text
-    due = (at + timedelta(hours=1)).strftime("%H:%M:%S")
-    assert f"🔄 Facebook will be retried automatically at {due} UTC; this page refreshes itself." in own
+    due = clock_time(at + timedelta(hours=1), datetime.now(UTC))
+    assert f"🔄 Facebook will be retried automatically at {due}; this page refreshes itself." in own
 
 
 def test_a_retry_behind_the_services_own_backoff_is_queued_not_left_untaken(api: RunningApi) -> None:
@@ -559,33 +559,32 @@ def test_an_automatic_retry_by_the_services_own_backoff_says_by_when(api: Runnin
     from tests.integration.test_cli import run
 
     by, page = _limited_without_a_wait(api, "post-limited")  # a rate limit that gave no wait: from the cap
-    assert f"🔄 Facebook will be retried automatically by {by.strftime('%H:%M:%S')} UTC;" in page
+    assert f"🔄 Facebook will be retried automatically by {clock_time(by, datetime.now(UTC))};" in page
     detail = api.client.get("/posts/post-limited").json()
     assert detail["automatic_retry"] == {"facebook": None}
     assert detail["automatic_retry_by"] == {"facebook": format_timestamp(by)}
     code, output = run(api, "show", "post-limited")
-    assert code == 0 and f"🔄 Facebook will be retried automatically by {by.strftime('%H:%M:%S')} UTC" in output
+    assert code == 0 and f"🔄 Facebook will be retried automatically by {clock_time(by, datetime.now(UTC))}" in output
     # Long past that time (the handler away): said so, not a time gone by.
     due, page = _limited_without_a_wait(api, "post-overdue", at=datetime.now(UTC) - timedelta(minutes=10))
-    assert (f"🔄 Facebook will be retried automatically (it was due by {due.strftime('%H:%M:%S')} UTC: the service "
-            "may be away or behind)") in page
+    assert (f"🔄 Facebook will be retried automatically (it was due by {clock_time(due, datetime.now(UTC))}: the "
+            "service may be away or behind)") in page
     code, output = run(api, "show", "post-overdue")
-    assert f"(it was due by {due.strftime('%H:%M:%S')} UTC: the service may be away or behind)" in output
+    assert f"(it was due by {clock_time(due, datetime.now(UTC))}: the service may be away or behind)" in output
     # The platform's own wait, long past, is as late.
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     store_limited_for_an_hour(api, "post-late", at=long_ago)
     with signed_in(api) as browser:
         page = browser.get("/ui/posts/post-late").text
         listed = browser.get("/ui/posts").text
-    at = (long_ago + timedelta(hours=1)).strftime("%H:%M:%S")
-    assert f"🔄 Facebook will be retried automatically (it was due at {at} UTC: the service may be away or behind)" \
-        in page
+    at = clock_time(long_ago + timedelta(hours=1), datetime.now(UTC))
+    assert f"🔄 Facebook will be retried automatically (it was due at {at}: the service may be away or behind)" in page
     assert "🔄 Facebook to be retried automatically (Facebook overdue: the service may be away or behind)" in listed
     assert api.client.get("/posts/post-late").json()["automatic_retry_overdue"] == ["facebook"]
     assert {p["id"]: p["automatic_retry_overdue"] for p in api.client.get("/posts").json()["posts"]}[
         "post-limited"] == []
     code, output = run(api, "list")
-    assert f"🔄 Facebook will be retried automatically (it was due at {at} UTC: the service may be away or behind)" \
+    assert f"🔄 Facebook will be retried automatically (it was due at {at}: the service may be away or behind)" \
         in output
 
 

@@ -290,3 +290,18 @@ def test_an_automatic_retry_without_the_platforms_wait_is_due_by_the_ceiling_of_
     assert limited_at is not None
     assert automatic_retry_latest(limited, 5, 1.0, 60.0) == {"instagram": limited_at + timedelta(seconds=60)}
     assert automatic_retry_latest(limited, 2, 1.0, 60.0) == {}
+
+
+def test_a_time_to_come_is_said_with_its_date_when_it_is_not_todays() -> None:
+    # A platform's wait can run to the next day: "at 03:00:00 UTC" alone would read as today.
+    from datetime import UTC, datetime
+
+    from smartretry.cli_ops import _clock
+    from smartretry.pages import clock_time
+
+    now = datetime(2026, 11, 29, 22, 0, tzinfo=UTC)
+    assert clock_time(datetime(2026, 11, 29, 23, 30, tzinfo=UTC), now) == "23:30:00 UTC"
+    assert clock_time(datetime(2026, 11, 30, 3, 0, tzinfo=UTC), now) == "2026-11-30 03:00:00 UTC"
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert _clock(f"{today}T04:14:17.000Z") == "04:14:17 UTC"
+    assert _clock("2025-11-17T10:20:13.000Z") == "2025-11-17 10:20:13 UTC"
