@@ -97,12 +97,3 @@ def automatic_retry_deadline(state: PostState, max_attempts: int, base_seconds: 
         bound = failed + timedelta(seconds=ceiling)
         deadline[platform] = max(at, bound) if at is not None else bound
     return deadline
-
-
-def automatic_retry_latest(state: PostState, max_attempts: int, base_seconds: float,
-                           cap_seconds: float) -> dict[Platform, datetime]:
-    """For the automatic retries `automatic_retries` gives no time for (the platform gave no wait), the latest the
-    handler's own backoff makes them (`automatic_retry_deadline`)."""
-    due = automatic_retries(state, max_attempts)
-    return {p: at for p, at in automatic_retry_deadline(state, max_attempts, base_seconds, cap_seconds).items()
-            if due.get(p) is None}

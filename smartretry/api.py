@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, NamedTuple, Protocol
 
 import uvicorn
 from confluent_kafka import Producer
@@ -264,29 +264,32 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
     return unknown
 
 
-def automatic_retry_overdue(state: PostState, max_attempts: int, now: datetime,
-                            backoff: tuple[float, float] = DEFAULT_BACKOFF) -> list[Platform]:
-    """The platforms whose automatic retry is late: past the latest the handler makes it (the platform's wait, or its
-    own backoff's when later) by more than `AUTOMATIC_RETRY_LATE`. The handler is then away, frozen or behind."""
-    return _late(automatic_retry_deadline(state, max_attempts, *backoff), now)
+class AutomaticRetries(NamedTuple):
+    """A failed post's retries the service makes by itself: `due` when, where the platform said (else None); `by` the
+    latest the handler's own backoff makes those the platform gave no wait for; `overdue` those late past the latest
+    the handler makes them by more than `AUTOMATIC_RETRY_LATE` (the handler away, frozen or behind)."""
+
+    due: dict[Platform, datetime | None]
+    by: dict[Platform, datetime]
+    overdue: list[Platform]
 
 
-def _late(deadline: dict[Platform, datetime], now: datetime) -> list[Platform]:
-    return [p for p, by in deadline.items() if now > by + AUTOMATIC_RETRY_LATE]
+def automatic_retry_times(state: PostState, max_attempts: int, now: datetime,
+                          backoff: tuple[float, float] = DEFAULT_BACKOFF) -> AutomaticRetries:
+    due = automatic_retries(state, max_attempts)
+    deadline = automatic_retry_deadline(state, max_attempts, *backoff)
+    return AutomaticRetries(due, {p: by for p, by in deadline.items() if due.get(p) is None},
+                            [p for p, by in deadline.items() if now > by + AUTOMATIC_RETRY_LATE])
 
 
 def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,
                            backoff: tuple[float, float] = DEFAULT_BACKOFF) -> dict[str, Any]:
     """A failed post the service publishes again by itself, as the API gives it (a post and the post list)."""
-    due = automatic_retries(state, max_attempts)
-    deadline = automatic_retry_deadline(state, max_attempts, *backoff)
+    times = automatic_retry_times(state, max_attempts, now, backoff)
     return {
-        # When, where the platform said (else null).
-        "automatic_retry": {p: format_timestamp(at) if at else None for p, at in due.items()},
-        # Where the platform gave no wait: the latest the service's own backoff makes it (`automatic_retry_latest`).
-        "automatic_retry_by": {p: format_timestamp(by) for p, by in deadline.items() if due.get(p) is None},
-        # Late past the latest the handler makes it (`automatic_retry_overdue`): the service is away or behind.
-        "automatic_retry_overdue": _late(deadline, now),
+        "automatic_retry": {p: format_timestamp(at) if at else None for p, at in times.due.items()},
+        "automatic_retry_by": {p: format_timestamp(by) for p, by in times.by.items()},
+        "automatic_retry_overdue": times.overdue,
     }
 
 

@@ -30,7 +30,6 @@ from pydantic import ValidationError
 from projections.decide import retry_preview, retry_targets
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import earlier_posts, needed_actions, retried_summary
-from projections.resume import automatic_retries, automatic_retry_latest
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
 from smartretry.api import (
@@ -40,7 +39,7 @@ from smartretry.api import (
     FrontDoor,
     RetryBody,
     api_key_matches,
-    automatic_retry_overdue,
+    automatic_retry_times,
     earlier_link,
     list_cursor,
     list_position,
@@ -216,14 +215,15 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             next_cursor = list_cursor(states[-1])
             older = None if next_cursor is None else "/ui/posts?" + urlencode(
                 {**({"status": chosen} if chosen else {}), "cursor": next_cursor})
+        # Failed posts the service publishes again by itself: marked, they need nobody yet (unless it is late).
+        times = {s.post_id: automatic_retry_times(s, settings.max_automatic_attempts, front.clock(), settings.backoff)
+                 for s in states}
         return templates.TemplateResponse(request, "post_list.html", {
             "posts": states,
-            # Failed posts the service publishes again by itself: marked, they need nobody yet (unless it is late).
-            "retrying": {s.post_id: " and ".join(PLATFORM_LABELS[p] for p in retrying) for s in states
-                         if (retrying := automatic_retries(s, settings.max_automatic_attempts))},
-            "late": {s.post_id: " and ".join(PLATFORM_LABELS[p] for p in late) for s in states
-                     if (late := automatic_retry_overdue(s, settings.max_automatic_attempts, front.clock(),
-                                                         settings.backoff))},
+            "retrying": {post_id: " and ".join(PLATFORM_LABELS[p] for p in t.due) for post_id, t in times.items()
+                         if t.due},
+            "late": {post_id: " and ".join(PLATFORM_LABELS[p] for p in t.overdue) for post_id, t in times.items()
+                     if t.overdue},
             "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
         })
@@ -274,7 +274,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # publish (the same rule as the handler's), not every platform of the post.
         publishing = [row["label"] for row in rows if row["pending"]] or (
             [PLATFORM_LABELS[p] for p in retry_targets(state)] if undecided else []) or [row["label"] for row in rows]
-        automatic = automatic_retries(state, settings.max_automatic_attempts)
+        times = automatic_retry_times(state, settings.max_automatic_attempts, front.clock(), settings.backoff)
+        automatic = times.due
         refresh = REFRESH_SECONDS if status == "publishing" else QUEUED_REFRESH_SECONDS if queued else None
         if refresh is None and automatic and status == "failed":
             # Failed for now, and published again by the service itself: the page follows it to its result. Looked at
@@ -291,10 +292,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "publishing": publishing,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
-            "overdue": [PLATFORM_LABELS[p] for p in automatic_retry_overdue(
-                state, settings.max_automatic_attempts, front.clock(), settings.backoff)],
-            "automatic_by": {PLATFORM_LABELS[p]: at for p, at in automatic_retry_latest(
-                state, settings.max_automatic_attempts, *settings.backoff).items()},
+            "overdue": [PLATFORM_LABELS[p] for p in times.overdue],
+            "automatic_by": {PLATFORM_LABELS[p]: at for p, at in times.by.items()},
             # Not on the answer to a refused form: it is at the form's address (a reload would send the form again,
             # a refresh would ask it with GET), and its message is there to be read. It links to the post instead.
             "refresh": None if problem else refresh,

@@ -271,7 +271,7 @@ def test_a_post_published_once_has_no_earlier_posts() -> None:
 def test_an_automatic_retry_without_the_platforms_wait_is_due_by_the_ceiling_of_the_services_own_backoff() -> None:
     from datetime import timedelta
 
-    from projections.resume import automatic_retry_latest
+    from projections.resume import automatic_retry_deadline
 
     history = History()
     attempts = history.publish(target="facebook")
@@ -282,14 +282,14 @@ def test_an_automatic_retry_without_the_platforms_wait_is_due_by_the_ceiling_of_
     failed_at = state.attempts_of("facebook")[-1].finished_at
     assert failed_at is not None
     # The second failure of the command: its backoff draws up to base x 2, under the cap.
-    assert automatic_retry_latest(state, 5, 1.0, 60.0) == {"facebook": failed_at + timedelta(seconds=2)}
-    assert automatic_retry_latest(state, 5, 50.0, 60.0) == {"facebook": failed_at + timedelta(seconds=60)}
+    assert automatic_retry_deadline(state, 5, 1.0, 60.0) == {"facebook": failed_at + timedelta(seconds=2)}
+    assert automatic_retry_deadline(state, 5, 50.0, 60.0) == {"facebook": failed_at + timedelta(seconds=60)}
     # A rate limit that gave no wait is waited out from the cap; none left to make, none due.
     limited = _rate_limited_until_the_attempts_ran_out(automatic=1).state()
     limited_at = limited.attempts_of("instagram")[-1].finished_at
     assert limited_at is not None
-    assert automatic_retry_latest(limited, 5, 1.0, 60.0) == {"instagram": limited_at + timedelta(seconds=60)}
-    assert automatic_retry_latest(limited, 2, 1.0, 60.0) == {}
+    assert automatic_retry_deadline(limited, 5, 1.0, 60.0) == {"instagram": limited_at + timedelta(seconds=60)}
+    assert automatic_retry_deadline(limited, 2, 1.0, 60.0) == {}
 
 
 def test_a_time_to_come_is_said_with_its_date_when_it_is_not_todays() -> None:
