@@ -273,7 +273,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
     console.print(f"Post {detail['id']}  Status: {status}", highlight=False)
     if (detail.get("content") or {}).get("caption"):
         # Which post this is, at a glance: its caption's start, as the list shows it.
-        console.print(f"  \"{shown_text(_shortened(detail['content']['caption'], CAPTION_SHOWN))}\"", highlight=False)
+        console.print(f"  \"{_one_line(detail['content']['caption'], CAPTION_SHOWN)}\"", highlight=False)
     results = {r["platform"]: r for r in detail["insights"].get("publish_results", [])}
     for platform, result in results.items():
         label = PLATFORM_LABELS[platform]
@@ -283,7 +283,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
         else:
             # On its line: a message's own line breaks would read as the command's next lines.
-            console.print(f"  ❌ {label}: {shown_text(' '.join(str(result.get('error')).split()))}", highlight=False)
+            console.print(f"  ❌ {label}: {_one_line(str(result.get('error')))}", highlight=False)
     for platform, made in detail.get("earlier_posts", {}).items():
         for post in made:
             label = PLATFORM_LABELS[platform]
@@ -296,7 +296,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                 console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: publishing...", highlight=False)
     if detail.get("error_message") and not any(not r["success"] for r in results.values()):
         # A failure with no platform's result to show it by (an old document that kept only its message).
-        console.print(f"  ❌ {shown_text(' '.join(detail['error_message'].split()))}", highlight=False)
+        console.print(f"  ❌ {_one_line(detail['error_message'])}", highlight=False)
     for platform, why in detail.get("outcome_unknown", {}).items():
         console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: "
                       f"{shown_text(why)}",
@@ -490,10 +490,13 @@ def show(
 CAPTION_SHOWN = 60
 
 
-def _shortened(text: str, limit: int) -> str:
-    """`text` on one line, cut to `limit` characters with an ellipsis when longer."""
+def _one_line(text: str, limit: int | None = None) -> str:
+    """A message's or caption's `text` for one terminal line: its line breaks read as another line of ours, its
+    control characters shown, not obeyed (`shown_text`); cut to `limit` characters with an ellipsis when longer."""
     line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit - 1].rstrip() + "…"
+    if limit is not None and len(line) > limit:
+        line = line[:limit - 1].rstrip() + "…"
+    return shown_text(line)
 
 
 @ops.command("list")
@@ -524,10 +527,10 @@ def list_posts(
                       highlight=False, soft_wrap=True)
         if post.get("caption"):
             # To tell posts apart: the caption's start, on one line.
-            console.print(f"    \"{shown_text(_shortened(post['caption'], CAPTION_SHOWN))}\"", highlight=False)
+            console.print(f"    \"{_one_line(post['caption'], CAPTION_SHOWN)}\"", highlight=False)
         if post["error_message"]:
             # On its line: a message's own line breaks would read as the next post's.
-            console.print(f"    {shown_text(' '.join(post['error_message'].split()))}", highlight=False)
+            console.print(f"    {_one_line(post['error_message'])}", highlight=False)
         for line in _automatic_retries(post):
             console.print(f"    {line}", highlight=False)
     if listed.get("next_cursor"):
@@ -849,7 +852,7 @@ def _log_lines(detail: dict[str, Any], command_id: str) -> list[str]:
             if result is not None and result["success"]:
                 lines.append(f"✅ {label} published successfully")
             elif result is not None:
-                lines.append(f"❌ {label} failed: {shown_text(' '.join(str(result.get('error')).split()))}")
+                lines.append(f"❌ {label} failed: {_one_line(str(result.get('error')))}")
     mark = "✅" if detail["status"] == "posted" else "❌" if detail["status"] == "failed" else "⏳"
     lines.append(f"{mark} Post status updated to: {detail['status']}")
     return lines
