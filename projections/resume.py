@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from projections.state import AttemptState, PostState
 from schemas.common import MAX_PLATFORM_WAIT_S, ErrorKind, Platform
+
+# How late an automatic retry may be (a call's time) before the post, a command queued behind it and the metrics say
+# it is overdue: the handler away, frozen or behind.
+AUTOMATIC_RETRY_LATE = timedelta(seconds=30)
 
 
 def attempts_by(state: PostState, command_id: str, platform: Platform) -> list[AttemptState]:
@@ -97,3 +102,22 @@ def automatic_retry_deadline(state: PostState, max_attempts: int, base_seconds: 
         bound = failed + timedelta(seconds=ceiling)
         deadline[platform] = max(at, bound) if at is not None else bound
     return deadline
+
+
+class AutomaticRetries(NamedTuple):
+    """A failed post's retries the service makes by itself: `due` when, where the platform said (else None); `by` the
+    latest the handler's own backoff makes those the platform gave no wait for; `overdue` those late past the latest
+    the handler makes them by more than `AUTOMATIC_RETRY_LATE` (the handler away, frozen or behind)."""
+
+    due: dict[Platform, datetime | None]
+    by: dict[Platform, datetime]
+    overdue: list[Platform]
+
+
+def automatic_retry_times(state: PostState, max_attempts: int, now: datetime,
+                          backoff: tuple[float, float]) -> AutomaticRetries:
+    """The post's automatic retries at `now`, with the handler's `backoff` (first wait, longest wait, seconds)."""
+    due = automatic_retries(state, max_attempts)
+    deadline = automatic_retry_deadline(state, max_attempts, *backoff)
+    return AutomaticRetries(due, {p: by for p, by in deadline.items() if due.get(p) is None},
+                            [p for p, by in deadline.items() if now > by + AUTOMATIC_RETRY_LATE])

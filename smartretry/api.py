@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NamedTuple, Protocol
+from typing import Annotated, Any, Protocol
 
 import uvicorn
 from confluent_kafka import Producer
@@ -52,9 +52,11 @@ from projections.responses import (
     retry_history,
 )
 from projections.resume import (
+    AUTOMATIC_RETRY_LATE,
     attempts_by,
     automatic_retries,
     automatic_retry_deadline,
+    automatic_retry_times,
     command_settled,
 )
 from projections.state import PostState
@@ -220,9 +222,6 @@ DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["max_automatic_attempts"].defa
 # The handler's backoff (first wait, longest wait) in seconds, where no settings are at hand.
 DEFAULT_BACKOFF: tuple[float, float] = (Settings.model_fields["backoff_base_seconds"].default,
                                         Settings.model_fields["backoff_cap_seconds"].default)
-# How late an automatic retry may be (a call's time) before the post, and a command queued behind it, say it is
-# overdue: the handler away, frozen or behind.
-AUTOMATIC_RETRY_LATE = timedelta(seconds=30)
 # An attempt's lease (seconds), where no settings are at hand: how long one under way may take.
 DEFAULT_LEASE_S: float = Settings.model_fields["attempt_lease_seconds"].default
 # Seconds a request waits for the broker to take its command before answering 503.
@@ -262,24 +261,6 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
         if attempt is not None and attempt.lookup_error is not None:
             unknown[platform] = attempt.lookup_error.message
     return unknown
-
-
-class AutomaticRetries(NamedTuple):
-    """A failed post's retries the service makes by itself: `due` when, where the platform said (else None); `by` the
-    latest the handler's own backoff makes those the platform gave no wait for; `overdue` those late past the latest
-    the handler makes them by more than `AUTOMATIC_RETRY_LATE` (the handler away, frozen or behind)."""
-
-    due: dict[Platform, datetime | None]
-    by: dict[Platform, datetime]
-    overdue: list[Platform]
-
-
-def automatic_retry_times(state: PostState, max_attempts: int, now: datetime,
-                          backoff: tuple[float, float] = DEFAULT_BACKOFF) -> AutomaticRetries:
-    due = automatic_retries(state, max_attempts)
-    deadline = automatic_retry_deadline(state, max_attempts, *backoff)
-    return AutomaticRetries(due, {p: by for p, by in deadline.items() if due.get(p) is None},
-                            [p for p, by in deadline.items() if now > by + AUTOMATIC_RETRY_LATE])
 
 
 def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,

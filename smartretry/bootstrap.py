@@ -48,7 +48,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         backoff_base_seconds=settings.backoff_base_seconds,
         backoff_cap_seconds=settings.backoff_cap_seconds,
         freshness_timeout_seconds=settings.freshness_timeout_seconds,
-        group_id=f"{settings.topic_prefix}command-handler",
+        group_id=settings.handler_group,
         session_timeout_seconds=settings.handler_session_timeout_seconds,
         max_in_flight=settings.handler_max_in_flight,
         max_poll_interval_seconds=settings.handler_max_poll_interval_seconds,

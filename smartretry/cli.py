@@ -365,7 +365,7 @@ def _service_running(settings: Settings) -> str | None:
         # A service on another broker (a shell without the deployment's settings) cannot be asked about.
         raise CannotAsk(f"KAFKA_BOOTSTRAP_SERVERS is not set and `smartretry run` has kept no broker data in "
                          f"{data_dir}, so the broker the service uses cannot be asked whether its consumers are up")
-    groups = [f"{settings.topic_prefix}projector", f"{settings.topic_prefix}command-handler"]
+    groups = [settings.projector_group, settings.handler_group]
     unanswered: list[str] = []
     with admin_client(settings.kafka_bootstrap_servers) as admin:
         for group, described in admin.describe_consumer_groups(groups, request_timeout=10).items():

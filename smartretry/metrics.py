@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -28,12 +28,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from projections.responses import retries_used_up
+from projections.resume import automatic_retry_times
 from projections.state import PostState
 from projections.store import database_said, posts
-from schemas.common import NO_CREDENTIALS
+from publishers.redact import scrub
+from schemas.common import NO_CREDENTIALS, PLATFORMS
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
-from streams.kafka import consumer
+from streams.kafka import admin_client, consumer
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,15 @@ class StoreTally:
     oldest_awaiting: dict[str, datetime] = field(default_factory=dict)
     # Posts waiting for the user, by platform and what is needed ("re-authenticate Facebook").
     needing_action: Tally[tuple[str, str]] = field(default_factory=Tally)
+    # Posts whose automatic retry of a platform is late (`projections.resume.AutomaticRetries.overdue`).
+    automatic_retries_overdue: Tally[str] = field(default_factory=Tally)
 
 
-def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int) -> StoreTally:
+def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tuple[float, float],
+                 now: datetime) -> StoreTally:
     """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast (only a post
-    with a failed attempt is read as a state: whether its automatic retries, `max_attempts`, are used up)."""
+    with a failed attempt is read as a state: whether its automatic retries, `max_attempts`, are used up, or late at
+    `now` with the handler's `backoff`)."""
     tally = StoreTally()
     for status, text in rows:
         tally.posts_by_status[status] += 1
@@ -91,7 +97,9 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int) -> StoreTal
             # Whether its automatic retries are used up, as the API and the page tell (only a post with a failed
             # attempt is read as a state for it). One that cannot be read is counted as it is stored.
             with contextlib.suppress(ValueError):
-                actions = {**retries_used_up(PostState.model_validate(state), max_attempts), **actions}
+                post = PostState.model_validate(state)
+                actions = {**retries_used_up(post, max_attempts), **actions}
+                tally.automatic_retries_overdue.update(automatic_retry_times(post, max_attempts, now, backoff).overdue)
         for platform, action in actions.items():
             if action.startswith("re-authenticate ") and _never_connected(state, platform):
                 # As the API and the page say it (`needed_actions`), without the account's name in the label.
@@ -157,7 +165,8 @@ class ServiceMetrics:
             return self._cached[1]
         with self.stores.engine.connect() as conn:
             rows = conn.execution_options(yield_per=1000).execute(select(posts.c.status, posts.c.state))
-            tally = tally_states(((status, text) for status, text in rows), self.settings.max_automatic_attempts)
+            tally = tally_states(((status, text) for status, text in rows), self.settings.max_automatic_attempts,
+                                 self.settings.backoff, datetime.now(UTC))
         self._cached = (now, tally)
         return tally
 
@@ -247,6 +256,15 @@ class ServiceMetrics:
             needing.add_metric([platform, action], count)
         families.append(needing)
 
+        # Late by more than half a minute past the latest the handler makes them: no handler is running, or it is frozen
+        # or far behind. Counted at the scan (cached for a few seconds, like the figures above).
+        overdue = GaugeMetricFamily("smartretry_automatic_retries_overdue",
+                                    "Posts whose automatic retry of a platform is overdue (the handler away, frozen or "
+                                    "behind)", labels=["platform"])
+        for platform in PLATFORMS:
+            overdue.add_metric([platform], tally.automatic_retries_overdue.get(platform, 0))
+        families.append(overdue)
+
         families.extend(self._kafka_families(topics.post_events, topics.commands, topics.dead_letters, applied))
         return families
 
@@ -274,14 +292,50 @@ class ServiceMetrics:
                                      labels=["topic"])
         for name, offsets in sizes.items():
             messages.add_metric([name], sum(high - low for low, high in offsets.values()))
+        families: list[Metric] = [up, messages,
+                                  *self._consumer_families(commands_topic, sizes[commands_topic], deadline)]
         if applied is None:
-            return [up, messages]
+            return families
         lag = GaugeMetricFamily("smartretry_projection_lag_events",
                                 "Post events written but not yet applied to the projection, by partition",
                                 labels=["partition"])
         for partition, (_low, high) in sorted(events.items()):
             lag.add_metric([str(partition)], max(0, high - 1 - applied.get(partition, -1)))
-        return [up, lag, messages]
+        return [*families, lag]
+
+    def _consumer_families(self, commands_topic: str, commands: dict[int, tuple[int, int]],
+                           deadline: float) -> list[Metric]:
+        """Members of the projector's and the handler's consumer groups, and the commands the handler has not finished;
+        left out when the broker does not say in time (the scrape's other Kafka figures stand)."""
+        assert self.settings.kafka_bootstrap_servers
+        groups = {"projector": self.settings.projector_group, "command-handler": self.settings.handler_group}
+        try:
+            with admin_client(self.settings.kafka_bootstrap_servers) as admin:
+                described = admin.describe_consumer_groups(list(groups.values()), request_timeout=_left(deadline))
+                members = {name: len(described[group].result(timeout=_left(deadline)).members)
+                           for name, group in groups.items()}
+                [listed] = admin.list_consumer_group_offsets(
+                    [ConsumerGroupTopicPartitions(self.settings.handler_group)],
+                    request_timeout=_left(deadline)).values()
+                committed = {tp.partition: tp.offset for tp in listed.result(timeout=_left(deadline)).topic_partitions
+                             if tp.topic == commands_topic and tp.error is None}
+        except Exception as exc:
+            log.debug("metrics: consumer groups not read (%s)", scrub(str(exc))[:300])
+            return []
+        up = GaugeMetricFamily("smartretry_consumer_group_members",
+                               "Members of the projector's and the command handler's consumer groups: 0 when none is "
+                               "running (one stopped or frozen leaves its group at its session timeout)",
+                               labels=["consumer"])
+        for name, count in members.items():
+            up.add_metric([name], count)
+        unfinished = GaugeMetricFamily(
+            "smartretry_commands_unfinished",
+            "Commands past the handler's committed offset, by partition: not decided yet, or still publishing (a "
+            "command holds its place while its automatic retries wait)", labels=["partition"])
+        for partition, (low, high) in sorted(commands.items()):
+            done = committed.get(partition, -1)
+            unfinished.add_metric([str(partition)], max(0, high - max(low, done)))
+        return [up, unfinished]
 
 
 def _left(deadline: float) -> float:

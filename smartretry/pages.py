@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from projections.decide import retry_preview, retry_targets
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import earlier_posts, needed_actions, retried_summary
+from projections.resume import automatic_retry_times
 from projections.state import PostState
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
 from smartretry.api import (
@@ -39,7 +40,6 @@ from smartretry.api import (
     FrontDoor,
     RetryBody,
     api_key_matches,
-    automatic_retry_times,
     earlier_link,
     list_cursor,
     list_position,

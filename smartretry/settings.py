@@ -159,6 +159,16 @@ class Settings(BaseSettings):
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix, partitions=self.partitions)
 
+    @property
+    def projector_group(self) -> str:
+        """The projector's consumer group (its faust app's id)."""
+        return f"{self.topic_prefix}projector"
+
+    @property
+    def handler_group(self) -> str:
+        """The command handler's consumer group."""
+        return f"{self.topic_prefix}command-handler"
+
 
 def load_settings() -> Settings:
     """The settings from the environment; one that is wrong ends the program saying what to fix (no traceback)."""

@@ -1059,6 +1059,61 @@ def test_a_post_whose_automatic_retries_are_used_up_asks_for_a_retry_and_is_coun
     assert 'smartretry_posts{status="publishing"} 1.0' in text
 
 
+def test_metrics_count_automatic_retries_that_are_overdue(api: RunningApi) -> None:
+    """A handler away or frozen leaves a post's automatic retry past due: the alert an operator sets on it."""
+    history = History(post_id="post-late")  # its failure came in at the seed's time, long past
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"], "Service unavailable", ErrorKind.TRANSIENT)
+    history.success("instagram", attempts["instagram"], "18107758234627017")
+    store_events(api, history.events)
+    waiting = History(post_id="post-waiting")  # a rate limit whose wait runs to tomorrow: not late
+    attempts = waiting.publish(target="instagram")
+    waiting.failure("instagram", attempts["instagram"], "Application request limit reached", ErrorKind.RATE_LIMITED)
+    limited = waiting.events[-1]
+    assert isinstance(limited, PlatformResult) and limited.error is not None
+    # The platform's wait is capped at a day: its failure is put an hour ago, with a day to wait.
+    waiting.events[-1] = limited.model_copy(update={
+        "occurred_at": datetime.now(UTC) - timedelta(hours=1),
+        "error": limited.error.model_copy(update={"retry_after_s": 86_400.0})})
+    store_events(api, waiting.events)
+
+    text = api.client.get("/metrics").text
+
+    assert 'smartretry_automatic_retries_overdue{platform="facebook"} 1.0' in text
+    assert 'smartretry_automatic_retries_overdue{platform="instagram"} 0.0' in text
+
+
+def test_metrics_show_whether_the_handler_and_projector_are_up_and_the_commands_not_finished(
+        api: RunningApi) -> None:
+    add_account(api)
+    assert api.client.post("/posts", json=publish_body()).status_code == 202
+    text = api.client.get("/metrics").text
+    # Nothing consumes this test's topics: an operator's alert on these fires.
+    assert 'smartretry_consumer_group_members{consumer="command-handler"} 0.0' in text
+    assert 'smartretry_consumer_group_members{consumer="projector"} 0.0' in text
+    assert sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("smartretry_commands_unfinished{")) == 1.0
+
+    # A member of the handler's group that takes the command and commits it.
+    handler = Consumer({"bootstrap.servers": api.bootstrap, "group.id": api.settings.handler_group,
+                        "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        handler.subscribe([api.topics.commands])
+        deadline = time.monotonic() + 30
+        message = None
+        while message is None or message.error() is not None:
+            assert time.monotonic() < deadline, "the command never came"
+            message = handler.poll(0.5)
+        text = api.client.get("/metrics").text
+        assert 'smartretry_consumer_group_members{consumer="command-handler"} 1.0' in text
+        handler.commit(message=message, asynchronous=False)
+        text = api.client.get("/metrics").text
+        assert [line for line in text.splitlines() if line.startswith("smartretry_commands_unfinished{")
+                and not line.endswith(" 0.0")] == []
+    finally:
+        handler.close()
+
+
 def test_metrics_say_when_kafka_does_not_answer_and_still_count_the_posts(tmp_path: Path) -> None:
     """A scrape while the broker is frozen: it accepts connections and answers nothing."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
