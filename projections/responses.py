@@ -145,6 +145,19 @@ def earlier_posts(state: PostState) -> dict[Platform, list[str]]:
     return earlier
 
 
+def token_stored_since_failure(state: PostState, token_renewed_at: datetime) -> list[Platform]:
+    """The platforms whose failure asked to re-authenticate (or to connect the account) from an attempt begun before
+    the post's account stored a token at `token_renewed_at`: what they need now is a retry."""
+    stored: list[Platform] = []
+    for platform, action in state.needed_action.items():
+        result = state.latest_result(platform)
+        if action.startswith("re-authenticate ") and result is not None and not result.success and \
+                state.in_flight(platform) is None and \
+                (tried_at := _tried_at(state, platform)) is not None and tried_at < token_renewed_at:
+            stored.append(platform)
+    return stored
+
+
 def needed_actions(state: PostState, max_attempts: int,
                    token_renewed_at: datetime | None = None) -> dict[Platform, str]:
     """What the user must do, per platform, as the API and the pages say it.
@@ -160,9 +173,7 @@ def needed_actions(state: PostState, max_attempts: int,
     shown: dict[Platform, str] = {}
     for platform, action in state.needed_action.items():
         result = state.latest_result(platform)
-        if action.startswith("re-authenticate ") and token_renewed_at is not None and result is not None and \
-                not result.success and state.in_flight(platform) is None and \
-                (tried_at := _tried_at(state, platform)) is not None and tried_at < token_renewed_at:
+        if token_renewed_at is not None and platform in token_stored_since_failure(state, token_renewed_at):
             # Stored since the failing attempt read the account: what is left is the retry (the "how" of
             # re-authenticating would only confuse). Whether the token is a good one only the retry tells: a failure
             # with it asks to re-authenticate again.

@@ -134,6 +134,13 @@ class CredentialStore:
         # Stored in UTC; SQLite gives it back without its zone.
         return None if at is None else at if at.tzinfo else at.replace(tzinfo=UTC)
 
+    def token_times(self) -> dict[str, datetime]:
+        """When each account's token was last stored."""
+        table = cast(Table, _Account.__table__)
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(table.c.account_id, table.c.updated_at)).all()
+        return {account: at if at.tzinfo else at.replace(tzinfo=UTC) for account, at in rows}
+
     def stored_tokens(self) -> frozenset[str]:
         """Every stored token, current or replaced (those this secret key can read), also made known to the
         scrubber.

@@ -27,12 +27,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
-from projections.responses import retries_used_up
+from projections.responses import retries_used_up, token_stored_since_failure
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from projections.store import database_said, posts
 from publishers.redact import scrub
-from schemas.common import NO_CREDENTIALS, PLATFORMS
+from schemas.common import NO_CREDENTIALS, PLATFORM_LABELS, PLATFORMS
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
 from streams.kafka import admin_client, consumer
@@ -65,10 +65,10 @@ class StoreTally:
 
 
 def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tuple[float, float],
-                 now: datetime) -> StoreTally:
+                 now: datetime, token_times: dict[str, datetime] | None = None) -> StoreTally:
     """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast (only a post
     with a failed attempt is read as a state: whether its automatic retries, `max_attempts`, are used up, or late at
-    `now` with the handler's `backoff`)."""
+    `now` with the handler's `backoff`, or whether its account stored a token since, `token_times` by account)."""
     tally = StoreTally()
     for status, text in rows:
         tally.posts_by_status[status] += 1
@@ -99,6 +99,11 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tu
             with contextlib.suppress(ValueError):
                 post = PostState.model_validate(state)
                 actions = {**retries_used_up(post, max_attempts), **actions}
+                renewed = (token_times or {}).get(post.account or "")
+                if renewed is not None:
+                    # As the API and the page say it, without the time in the label: the post needs a retry now.
+                    actions.update({platform: f"retry {PLATFORM_LABELS[platform]}"
+                                    for platform in token_stored_since_failure(post, renewed)})
                 tally.automatic_retries_overdue.update(automatic_retry_times(post, max_attempts, now, backoff).overdue)
         for platform, action in actions.items():
             if action.startswith("re-authenticate ") and _never_connected(state, platform):
@@ -166,7 +171,7 @@ class ServiceMetrics:
         with self.stores.engine.connect() as conn:
             rows = conn.execution_options(yield_per=1000).execute(select(posts.c.status, posts.c.state))
             tally = tally_states(((status, text) for status, text in rows), self.settings.max_automatic_attempts,
-                                 self.settings.backoff, datetime.now(UTC))
+                                 self.settings.backoff, datetime.now(UTC), self.stores.credentials.token_times())
         self._cached = (now, tally)
         return tally
 

@@ -48,6 +48,7 @@ from schemas.events import (
 )
 from schemas.ids import new_id
 from smartretry import api as api_module
+from smartretry import metrics as metrics_module
 from smartretry.api import ApiServer, create_app, serve, serve_in_thread
 from smartretry.bootstrap import Stores, open_stores
 from smartretry.credentials import CredentialStore
@@ -1007,7 +1008,8 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
     # Sent straight to Kafka naming an account never connected: it asks to connect it, not to re-authenticate.
     ghost = PlatformError(kind=ErrorKind.AUTH,
                           message="no credentials for account 'ghost': set them with `smartretry accounts set-token`")
-    never = [e.model_copy(update={"error": ghost}) if e.event_id == "post-3-r-ig" else e
+    never = [e.model_copy(update={"error": ghost}) if e.event_id == "post-3-r-ig" else
+             e.model_copy(update={"account": "ghost"}) if isinstance(e, PostSubmitted) else e
              for e in seed_events("post-3", facebook_ok=True, instagram_ok=False)]
     store_events(api, never)
     api.client.post("/posts", json=publish_body())
@@ -1024,7 +1026,8 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
     assert "smartretry_kafka_up 1.0" in text
     assert f'smartretry_topic_messages{{topic="{api.topics.commands}"}} 1.0' in text
     assert 'smartretry_posts_needing_action{action="fix the image URL",platform="facebook"} 1.0' in text
-    assert 'smartretry_posts_needing_action{action="re-authenticate Instagram",platform="instagram"} 1.0' in text
+    # Its token was stored (above) after its Instagram attempt failed: what it needs now is the retry.
+    assert 'smartretry_posts_needing_action{action="retry Instagram",platform="instagram"} 1.0' in text
     # Every attempt has its result.
     assert not [line for line in text.splitlines() if line.startswith("smartretry_oldest_attempt_awaiting_result")]
 
@@ -1057,6 +1060,21 @@ def test_a_post_whose_automatic_retries_are_used_up_asks_for_a_retry_and_is_coun
             'platform="instagram"} 1.0') in text
     assert 'smartretry_posts_needing_action{action="retry Facebook",platform="facebook"} 1.0' in text
     assert 'smartretry_posts{status="publishing"} 1.0' in text
+
+
+def test_metrics_ask_for_a_retry_once_a_token_is_stored_after_the_failure(
+        api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics_module, "SCAN_CACHE_SECONDS", 0.0)
+    store_post(api, "post-1", facebook_ok=True, instagram_ok=False)
+    text = api.client.get("/metrics").text
+    assert 'smartretry_posts_needing_action{action="re-authenticate Instagram",platform="instagram"} 1.0' in text
+
+    add_account(api)  # the account re-authenticated: stored now, after the attempt that failed
+    text = api.client.get("/metrics").text
+    assert 'smartretry_posts_needing_action{action="retry Instagram",platform="instagram"} 1.0' in text
+    assert "re-authenticate" not in text
+    assert api.client.get("/posts/post-1").json()["needed_action"]["instagram"].startswith(
+        "retry Instagram (a token was stored for the account at ")
 
 
 def test_metrics_count_automatic_retries_that_are_overdue(api: RunningApi) -> None:
