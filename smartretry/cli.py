@@ -26,9 +26,10 @@ app = typer.Typer(help="Smart-retry publishing: publish to Facebook and Instagra
                   no_args_is_help=True, rich_markup_mode="markdown")
 
 
-def say(settings: Settings, text: str, *, err: bool = False, level: int = logging.INFO) -> None:
-    """A line of `run`'s own: as written on a terminal, or through the log (one JSON object) when it writes JSON."""
-    if settings.log_format == "json":
+def say(settings: Settings, text: str, *, err: bool = False, level: int = logging.INFO, logged: bool = False) -> None:
+    """A line of `run`'s own: as written on a terminal, or through the log (one JSON object) when it writes JSON.
+    `logged`: through the log in text mode too (with its time and level: what happened while running)."""
+    if settings.log_format == "json" or logged:
         logging.getLogger("smartretry.run").log(level, text.removeprefix("error: "))
     else:
         typer.echo(text, err=err)
@@ -169,14 +170,14 @@ def run() -> None:
                     why = f"killed by signal {-code}" if code < 0 else \
                         f"exit code {code}: {started_broker.local.last_words()[-500:]}"
                     say(settings, f"error: the Kafka broker stopped ({why}); starting it again", err=True,
-                        level=logging.ERROR)
+                        level=logging.ERROR, logged=True)
                     try:
                         started_broker.local.restart()
                     except BrokerUnavailable as exc:
                         say(settings, f"error: the Kafka broker could not be started again: {exc}", err=True,
-                            level=logging.ERROR)
+                            level=logging.ERROR, logged=True)
                         raise typer.Exit(2) from None
-                    say(settings, f"Kafka broker started again at {bootstrap}", err=True)
+                    say(settings, f"Kafka broker started again at {bootstrap}", err=True, logged=True)
                 for name, process in processes.items():
                     if process.poll() is None:
                         continue
@@ -186,7 +187,8 @@ def run() -> None:
                     doubled = min(RESTART_BACKOFF_CAP_S, delays[name] * 2 or SUPERVISE_INTERVAL_S)
                     delays[name] = doubled if quick else 0.0
                     say(settings, f"{name} exited with code {process.returncode}; starting it again"
-                        + (f" in {delays[name]:.0f}s" if delays[name] else ""), err=True, level=logging.WARNING)
+                        + (f" in {delays[name]:.0f}s" if delays[name] else ""), err=True, level=logging.WARNING,
+                        logged=True)
                     if stop.wait(delays[name]):
                         break
                     processes[name] = subprocess.Popen(commands[name], env=env, preexec_fn=die_with_parent)
