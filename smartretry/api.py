@@ -380,6 +380,22 @@ class FrontDoor:
             return None
         return await asyncio.to_thread(self.stores.credentials.token_updated_at, state.account)
 
+    async def store_token(self, account: str, body: TokenBody, *, where: str = "path") -> dict[str, Any]:
+        """Re-authenticates `account` (or connects it): its new token stored, encrypted; the account as listed (never
+        its token). 422 for an account name that carries the token."""
+        await self.check_account_name(account, where=where, also=(body.token.get_secret_value(),))
+        known = {a["account"] for a in await asyncio.to_thread(self.stores.credentials.accounts)}
+        await asyncio.to_thread(self.stores.credentials.set_token, account, body.token.get_secret_value(),
+                                body.page_id, body.ig_user_id)
+        log.info("Token of account %s %s", account, "replaced" if account in known else "stored (a new account)")
+        listed = {a["account"]: a for a in await asyncio.to_thread(self.stores.credentials.accounts)}
+        return listed[account]
+
+    async def account_ids(self, account: str) -> dict[str, str | None] | None:
+        """The account's Page and Instagram account ids as stored (never its token); None for one never connected."""
+        listed = {a["account"]: a for a in await asyncio.to_thread(self.stores.credentials.accounts)}
+        return listed.get(account)
+
     async def state_of(self, post_id: str) -> PostState:
         state = await self.read(post_id)
         if state is None:
@@ -1003,13 +1019,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     @app.put("/accounts/{account}/token", dependencies=authorized, tags=["accounts"],
              summary="Re-authenticate an account (the token is stored encrypted and never shown again)")
     async def set_token(account: AccountId, body: TokenBody) -> dict[str, Any]:
-        await front.check_account_name(account, where="path", also=(body.token.get_secret_value(),))
-        known = {a["account"] for a in await asyncio.to_thread(stores.credentials.accounts)}
-        await asyncio.to_thread(stores.credentials.set_token, account, body.token.get_secret_value(),
-                                body.page_id, body.ig_user_id)
-        log.info("Token of account %s %s", account, "replaced" if account in known else "stored (a new account)")
-        listed = {a["account"]: a for a in await asyncio.to_thread(stores.credentials.accounts)}
-        return {**listed[account], "token_set": True}
+        return {**await front.store_token(account, body), "token_set": True}
 
     @app.get("/accounts", dependencies=authorized, tags=["accounts"], summary="Accounts (never their tokens)")
     async def list_accounts() -> dict[str, Any]:

@@ -39,6 +39,7 @@ from smartretry.api import (
     ContentCorrection,
     FrontDoor,
     RetryBody,
+    TokenBody,
     api_key_matches,
     earlier_link,
     list_cursor,
@@ -178,9 +179,11 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     @router.get("/login")
     async def login_form(request: Request, next: str = "/ui/posts", wrong: str | None = None,
                          signed_out: str | None = None, unsent: str | None = None) -> Response:
+        # What a form sent after the session ended did not do: store a token, else send a retry.
+        unsent_form = None if not unsent else "token" if unsent == "token" else "retry"
         return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "wrong": bool(wrong),
                                                                   "signed_out": bool(signed_out),
-                                                                  "unsent": bool(unsent)},
+                                                                  "unsent": unsent_form},
                                           status_code=401 if wrong else 200)
 
     @router.post("/login")
@@ -230,16 +233,17 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
 
     @router.get("/posts/{post_id}")
     async def post_page(request: Request, post_id: str, awaiting: str | None = None,
-                        sent: str | None = None) -> Response:
+                        sent: str | None = None, token_stored: str | None = None) -> Response:
         if (redirect := gate(request)) is not None:
             return redirect
         # When the page sent the retry it awaits (epoch seconds); a link edited by hand is read as none.
         sent_at = int(sent) if sent is not None and sent.isascii() and sent.isdigit() and len(sent) < 12 else None
-        return await render_post(request, post_id, awaiting, None, sent=sent_at)
+        return await render_post(request, post_id, awaiting, None, sent=sent_at, token_stored=token_stored is not None)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
                           status_code: int = 200, entered_image_url: str | None = None,
-                          entered_account: str | None = None, sent: int | None = None) -> Response:
+                          entered_account: str | None = None, sent: int | None = None,
+                          token_stored: bool = False) -> Response:
         state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
@@ -276,6 +280,16 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             [PLATFORM_LABELS[p] for p in retry_targets(state)] if undecided else []) or [row["label"] for row in rows]
         times = automatic_retry_times(state, settings.max_automatic_attempts, front.clock(), settings.backoff)
         automatic = times.due
+        # Asked to re-authenticate (or to connect the account): the account's new token can be stored from here.
+        reauth = None
+        ids = await front.account_ids(state.account) if state.account is not None else None
+        if state.account is not None and any((row["action"] or "").startswith(REAUTH_ACTIONS) for row in rows):
+            reauth = {"account": state.account,
+                      "page_id": "facebook" in state.targeted and not (ids or {}).get("page_id"),
+                      "ig_user_id": "instagram" in state.targeted and not (ids or {}).get("ig_user_id")}
+        # Read from the store, not the address: the page says only what is so.
+        stored_at = datetime.fromisoformat(str(ids["updated_at"]).replace("Z", "+00:00")) \
+            if token_stored and ids is not None and ids.get("updated_at") else None
         refresh = REFRESH_SECONDS if status == "publishing" else QUEUED_REFRESH_SECONDS if queued else None
         if refresh is None and automatic and status == "failed":
             # Failed for now, and published again by the service itself: the page follows it to its result. Looked at
@@ -310,6 +324,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "needs_account": state.account is None,
             "entered_account": entered_account,
             "problem": problem,
+            "reauth": reauth,
+            "token_stored_at": stored_at,
         }, status_code=status_code)
 
     @router.post("/posts/{post_id}/retry")
@@ -344,6 +360,35 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
             status_code=303)
 
+    @router.post("/posts/{post_id}/token")
+    async def token_from_page(request: Request, post_id: str) -> Response:
+        """Re-authenticates the post's account: its new token (and the ids it lacks) stored, as the API's PUT
+        /accounts/{account}/token does. The token is never shown back, nor written anywhere but the store."""
+        if not signed_in(request):
+            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': 'token'})}",
+                                    status_code=303)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        if not ID_PATTERN.match(post_id) or \
+                not hmac.compare_digest((form.get("csrf") or [""])[0], retry_token(settings, post_id)):
+            return Response("This form has expired: reload the page and try again.", status_code=403)
+        state = await front.read(post_id)
+        if state is None:
+            return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
+        if state.account is None:
+            return await render_post(request, post_id, None, "This post names no account to store a token for: "
+                                     "retry it naming one.", status_code=422)
+        fields = {name: (form.get(name) or [""])[0].strip() or None for name in ("page_id", "ig_user_id")}
+        try:
+            body = TokenBody(token=(form.get("access_token") or [""])[0].strip(), **fields)
+            await front.store_token(state.account, body, where="body")
+        except ValidationError as exc:
+            return await render_post(request, post_id, None,
+                                     _problem(exc.errors(include_url=False, include_input=False)), status_code=422)
+        except HTTPException as exc:
+            return await render_post(request, post_id, None, _page_problem(_problem(exc.detail)),
+                                     status_code=exc.status_code)
+        return RedirectResponse(f"/ui/posts/{post_id}?token_stored=1", status_code=303)
+
     return router
 
 
@@ -373,8 +418,11 @@ def _page_problem(problem: str) -> str:
     return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
 
 
-# The form's fields by the names the page gives them.
-FIELD_LABELS = {"image_url": "Image URL", "account": "Account"}
+# The forms' fields by the names the page gives them.
+FIELD_LABELS = {"image_url": "Image URL", "account": "Account", "token": "Access token", "page_id": "Facebook Page id",
+                "ig_user_id": "Instagram account id"}
+# What a platform needs when a new token for the post's account is what it lacks (the form to store one shows then).
+REAUTH_ACTIONS = ("re-authenticate ", "connect account ")
 
 
 def _problem(detail: Any) -> str:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID
 from schemas.commands import RetryRequested
 from schemas.common import ErrorKind, format_timestamp
 from schemas.envelope import decode_command
@@ -23,6 +24,7 @@ from tests.integration.test_api import (
     API_KEY,
     AT,
     FB_ERROR,
+    FIXED_URL,
     RunningApi,
     add_account,
     api_fixture,  # noqa: F401 - the `api` fixture
@@ -160,8 +162,9 @@ def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_a
         html = browser.get("/ui/posts/post-unchecked").text
     assert "Facebook: whether the post went out is not known yet: " \
            "Facebook post lookup failed: Error validating access token" in html
-    assert "Needed for Facebook: re-authenticate Facebook (store the account's new token: <code>smartretry accounts " \
-           "set-token " in html  # and how
+    assert "Needed for Facebook: re-authenticate Facebook (store the account's new token below, or with " \
+           "<code>smartretry accounts set-token " in html  # and how
+    assert 'id="reauth"' in html
     assert "<code>smartretry resolve post-unchecked facebook --published-as POST_ID</code>" in html
     assert "Retry Publishing" not in html
     detail = api.client.get("/posts/post-unchecked").json()
@@ -189,6 +192,61 @@ def test_a_post_that_failed_for_its_token_asks_to_re_authenticate_then_retry(api
         page = html.unescape(browser.get("/ui/posts/post-expired").text)
     assert f"Needed for Instagram: {action}" in page and "re-authenticate" not in page
     assert api.client.get("/posts/post-expired").json()["needed_action"] == {"instagram": action}
+
+
+def test_the_page_stores_the_accounts_new_token_and_then_asks_only_for_the_retry(
+        api: RunningApi, caplog: pytest.LogCaptureFixture) -> None:
+    store_post(api, "post-expired", facebook_ok=True, instagram_ok=False)  # account acme, never stored here
+    csrf = retry_token(api.settings, "post-expired")
+    new_token = "renewed-user-token-7c41ab"
+    with signed_in(api) as browser:
+        before = browser.get("/ui/posts/post-expired").text
+        # A paste gone wrong: refused, saying which field and why, and never shown back.
+        bad = browser.post("/ui/posts/post-expired/token", data={"csrf": csrf, "access_token": "renewed token 7c41"})
+        stale = browser.post("/ui/posts/post-expired/token", data={"csrf": "old", "access_token": new_token})
+        with caplog.at_level("DEBUG"):
+            stored = browser.post("/ui/posts/post-expired/token", follow_redirects=False, data={
+                "csrf": csrf, "access_token": f" {new_token}\n", "page_id": "747917475065823",
+                "ig_user_id": "17841400000000000"})
+            after = browser.get(stored.headers["location"])
+
+    assert 'id="reauth"' in before and "New access token for account acme" in before
+    # The account was never stored: the ids it publishes to are asked for too.
+    assert 'name="page_id"' in before and 'name="ig_user_id"' in before
+    assert "store the account's new token below, or with <code>smartretry accounts set-token acme</code>" in before
+    assert bad.status_code == 422
+    assert "Access token: Value error" not in bad.text and \
+        "Access token: an access token is printable ASCII, without spaces" in bad.text
+    assert "renewed token 7c41" not in bad.text and 'id="reauth"' in bad.text
+    assert stale.status_code == 403
+    assert stored.status_code == 303 and stored.headers["location"] == "/ui/posts/post-expired?token_stored=1"
+    credentials = api.stores.credentials.get("acme")
+    assert credentials.user_token.get_secret_value() == new_token
+    assert (credentials.page_id, credentials.ig_user_id) == ("747917475065823", "17841400000000000")
+    page = html.unescape(after.text)
+    assert "The token of account acme was stored at " in page
+    assert "Needed for Instagram: retry Instagram (a token was stored for the account at " in page
+    assert 'id="reauth"' not in page and 'id="retry"' in page
+    assert new_token not in after.text and new_token not in caplog.text
+    assert "Token of account acme stored (a new account)" in caplog.text
+
+
+def test_a_token_form_sent_after_the_session_ended_says_the_token_was_not_stored(api: RunningApi) -> None:
+    store_post(api, "post-expired", facebook_ok=True, instagram_ok=False)
+    answer = api.anonymous.post("/ui/posts/post-expired/token", data={
+        "csrf": retry_token(api.settings, "post-expired"), "access_token": "renewed-user-token-7c41ab"})
+    assert answer.status_code == 303
+    page = api.anonymous.get(answer.headers["location"]).text
+    assert "Your session had ended, so the token was not stored: sign in, then store it again." in page
+    assert api.client.get("/accounts").json()["accounts"] == []
+
+
+def test_a_post_that_needs_no_new_token_has_no_token_form(api: RunningApi) -> None:
+    add_account(api)
+    store_post(api, "post-1")  # Facebook refused the image URL: a token would not help
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-1").text
+    assert 'id="reauth"' not in page and 'id="retry"' in page
 
 
 def test_a_retry_in_progress_says_which_platform_is_being_published(api: RunningApi) -> None:
@@ -465,6 +523,43 @@ def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(s
         expect(page.locator("#retry")).to_have_count(0)
         page.screenshot(path=str(ARTIFACTS / "post-detail-posted.png"), full_page=True)
     counters = service_api.service.sandbox.counters()
+    assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
+
+
+@pytest.mark.browser
+def test_in_chromium_the_seeds_example_2_re_authenticate_on_the_page_then_retry(service_api: ServiceApi) -> None:
+    """Instagram failed on an expired token: the new token is stored from the page, and Retry publishes Instagram
+    alone, Facebook's post kept."""
+    running = service_api.service
+    running.sandbox.fail_next("instagram", "media", code=190, subcode=463, http_status=400,
+                              message="Error validating access token: Session has expired")
+    published = service_api.client.post("/posts", json={
+        "content": {"caption": "Autumn sale starts today", "image_url": FIXED_URL}, "publish_target": "both",
+        "account": DEMO_ACCOUNT_ID})
+    assert published.status_code == 200, published.text
+    post_id = published.json()["post"]["id"]
+    new_token = "sandbox-renewed-user-token-5e2d"
+    running.sandbox.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, new_token)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page: Page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(f"{service_api.url}/ui/posts/{post_id}?key={E2E_KEY}")
+            expect(page.locator("#status")).to_have_text("Status: ❌ Failed")
+            expect(page.locator(".action[data-platform=instagram]")).to_contain_text("re-authenticate Instagram")
+            # The account has its ids: only the token is asked for.
+            expect(page.locator("#page_id")).to_have_count(0)
+            page.fill("#access_token", new_token)
+            page.click("#store-token")
+            expect(page.locator("#token-stored")).to_contain_text(f"The token of account {DEMO_ACCOUNT_ID} was stored")
+            expect(page.locator("#reauth")).to_have_count(0)
+            assert new_token not in page.content()
+            page.click("#retry")
+            expect(page.locator("#status")).to_have_text("Status: ✅ Posted", timeout=30_000)
+            expect(page.locator("#retried")).to_have_text("🔄 Retried: Instagram (1 retry)")
+        finally:
+            browser.close()
+    counters = running.sandbox.counters()
     assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
 
 
