@@ -177,6 +177,8 @@ class TokenBody(Body):
         # Said in words: pydantic's own message for a secret's length reads "at least 6 items".
         if isinstance(token, str) and len(token) < 6:
             raise ValueError("an access token is at least 6 characters")
+        if isinstance(token, str) and len(token) > 4096:
+            raise ValueError("an access token is at most 4096 characters")
         return token
 
     @field_validator("token")
@@ -384,17 +386,17 @@ class FrontDoor:
         """Re-authenticates `account` (or connects it): its new token stored, encrypted; the account as listed (never
         its token). 422 for an account name that carries the token."""
         await self.check_account_name(account, where=where, also=(body.token.get_secret_value(),))
-        known = {a["account"] for a in await asyncio.to_thread(self.stores.credentials.accounts)}
+        known = await asyncio.to_thread(self.stores.credentials.account, account) is not None
         await asyncio.to_thread(self.stores.credentials.set_token, account, body.token.get_secret_value(),
                                 body.page_id, body.ig_user_id)
-        log.info("Token of account %s %s", account, "replaced" if account in known else "stored (a new account)")
-        listed = {a["account"]: a for a in await asyncio.to_thread(self.stores.credentials.accounts)}
-        return listed[account]
+        log.info("Token of account %s %s", account, "replaced" if known else "stored (a new account)")
+        listed = await asyncio.to_thread(self.stores.credentials.account, account)
+        assert listed is not None
+        return listed
 
     async def account_ids(self, account: str) -> dict[str, str | None] | None:
         """The account's Page and Instagram account ids as stored (never its token); None for one never connected."""
-        listed = {a["account"]: a for a in await asyncio.to_thread(self.stores.credentials.accounts)}
-        return listed.get(account)
+        return await asyncio.to_thread(self.stores.credentials.account, account)
 
     async def state_of(self, post_id: str) -> PostState:
         state = await self.read(post_id)

@@ -177,7 +177,8 @@ def run() -> None:
                         say(settings, f"error: the Kafka broker could not be started again: {exc}", err=True,
                             level=logging.ERROR, logged=True)
                         raise typer.Exit(2) from None
-                    say(settings, f"Kafka broker started again at {bootstrap}", err=True, logged=True)
+                    say(settings, f"Kafka broker started again at {bootstrap}", err=True, level=logging.WARNING,
+                        logged=True)
                 for name, process in processes.items():
                     if process.poll() is None:
                         continue

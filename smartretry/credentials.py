@@ -167,6 +167,18 @@ class CredentialStore:
             self._tokens = frozenset(decrypted.values())
         return self._tokens
 
+    def account(self, account_id: str) -> dict[str, str | None] | None:
+        """One account as `accounts` lists it (never its token); None for one never connected."""
+        table = cast(Table, _Account.__table__)
+        with self._engine.connect() as connection:
+            row = connection.execute(select(table.c.page_id, table.c.ig_user_id, table.c.updated_at)
+                                     .where(table.c.account_id == account_id)).first()
+        if row is None:
+            return None
+        page_id, ig_user_id, at = row
+        return {"account": account_id, "page_id": page_id, "ig_user_id": ig_user_id,
+                "updated_at": format_timestamp(at if at.tzinfo else at.replace(tzinfo=UTC))}
+
     def accounts(self) -> list[dict[str, str | None]]:
         """Account references with their page and Instagram ids; never the token."""
         with Session(self._engine) as session:

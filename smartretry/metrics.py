@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -35,7 +36,7 @@ from publishers.redact import scrub
 from schemas.common import NO_CREDENTIALS, PLATFORM_LABELS, PLATFORMS
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
-from streams.kafka import admin_client, consumer
+from streams.kafka import client_config, consumer
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,9 @@ class ServiceMetrics:
         self._lock = threading.Lock()
         self._cached: tuple[float, StoreTally] | None = None
         self._offsets: Consumer | None = None
+        self._admin: AdminClient | None = None
         self._database_up = True
+        self._groups_read = True
 
     def render(self) -> tuple[bytes, str]:
         with self._lock:
@@ -163,6 +166,7 @@ class ServiceMetrics:
             if self._offsets is not None:
                 self._offsets.close()
                 self._offsets = None
+            self._admin = None
 
     def _tally(self) -> StoreTally:
         now = time.monotonic()
@@ -310,37 +314,61 @@ class ServiceMetrics:
 
     def _consumer_families(self, commands_topic: str, commands: dict[int, tuple[int, int]],
                            deadline: float) -> list[Metric]:
-        """Members of the projector's and the handler's consumer groups, and the commands the handler has not finished;
-        left out when the broker does not say in time (the scrape's other Kafka figures stand)."""
+        """Members of the projector's and the handler's consumer groups, and the commands the handler has not finished.
+
+        `smartretry_consumer_groups_read` says whether the broker said them in time: a group it could not describe
+        (its coordinator still loading after a restart, a timeout) is left out, never shown as 0 or as up.
+        """
         assert self.settings.kafka_bootstrap_servers
+        if self._admin is None:
+            self._admin = AdminClient(client_config(self.settings.kafka_bootstrap_servers))
         groups = {"projector": self.settings.projector_group, "command-handler": self.settings.handler_group}
+        members: dict[str, int] = {}
+        committed: dict[int, int] | None = None
+        problems: list[str] = []
         try:
-            with admin_client(self.settings.kafka_bootstrap_servers) as admin:
-                described = admin.describe_consumer_groups(list(groups.values()), request_timeout=_left(deadline))
-                members = {name: len(described[group].result(timeout=_left(deadline)).members)
-                           for name, group in groups.items()}
-                [listed] = admin.list_consumer_group_offsets(
-                    [ConsumerGroupTopicPartitions(self.settings.handler_group)],
-                    request_timeout=_left(deadline)).values()
-                committed = {tp.partition: tp.offset for tp in listed.result(timeout=_left(deadline)).topic_partitions
-                             if tp.topic == commands_topic and tp.error is None}
+            described = self._admin.describe_consumer_groups(list(groups.values()), request_timeout=_left(deadline))
+            for name, group in groups.items():
+                try:
+                    members[name] = len(described[group].result(timeout=_left(deadline)).members)
+                except Exception as exc:
+                    problems.append(f"{group}: {scrub(str(exc))[:200]}")
+            [listed] = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(self.settings.handler_group)], request_timeout=_left(deadline)).values()
+            committed = {tp.partition: tp.offset for tp in listed.result(timeout=_left(deadline)).topic_partitions
+                         if tp.topic == commands_topic and tp.error is None}
         except Exception as exc:
-            log.debug("metrics: consumer groups not read (%s)", scrub(str(exc))[:300])
-            return []
-        up = GaugeMetricFamily("smartretry_consumer_group_members",
-                               "Members of the projector's and the command handler's consumer groups: 0 when none is "
-                               "running (one stopped or frozen leaves its group at its session timeout)",
-                               labels=["consumer"])
-        for name, count in members.items():
-            up.add_metric([name], count)
-        unfinished = GaugeMetricFamily(
-            "smartretry_commands_unfinished",
-            "Commands past the handler's committed offset, by partition: not decided yet, or still publishing (a "
-            "command holds its place while its automatic retries wait)", labels=["partition"])
-        for partition, (low, high) in sorted(commands.items()):
-            done = committed.get(partition, -1)
-            unfinished.add_metric([str(partition)], max(0, high - max(low, done)))
-        return [up, unfinished]
+            problems.append(f"{self.settings.handler_group}'s offsets: {scrub(str(exc))[:200]}")
+        finally:
+            self._admin.poll(0)  # its log lines handed over
+        read = GaugeMetricFamily("smartretry_consumer_groups_read",
+                                 "1 when this scrape read the consumer groups (members and the handler's offsets), 0 "
+                                 "when the broker did not say them all in time (those missing are left out)")
+        read.add_metric([], 0 if problems else 1)
+        if problems and self._groups_read:
+            log.warning("metrics: the consumer groups cannot be read (%s); smartretry_consumer_groups_read is 0 until "
+                        "they can", "; ".join(problems))
+        elif not problems and not self._groups_read:
+            log.info("metrics: the consumer groups can be read again")
+        self._groups_read = not problems
+        families: list[Metric] = [read]
+        if members:
+            up = GaugeMetricFamily("smartretry_consumer_group_members",
+                                   "Members of the projector's and the command handler's consumer groups: 0 when none "
+                                   "is running (one stopped or frozen leaves its group at its session timeout)",
+                                   labels=["consumer"])
+            for name, count in members.items():
+                up.add_metric([name], count)
+            families.append(up)
+        if committed is not None:
+            unfinished = GaugeMetricFamily(
+                "smartretry_commands_unfinished",
+                "Commands past the handler's committed offset, by partition: not decided yet, or still publishing (a "
+                "command holds its place while its automatic retries wait)", labels=["partition"])
+            for partition, (low, high) in sorted(commands.items()):
+                unfinished.add_metric([str(partition)], max(0, high - max(low, committed.get(partition, -1))))
+            families.append(unfinished)
+        return families
 
 
 def _left(deadline: float) -> float:

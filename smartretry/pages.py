@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def platform_rows(state: PostState, max_attempts: int,
             "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
             "success": None if result is None else result.success, "link": link,
             "error": result.error if result is not None and not result.success else None,
-            "action": _page_problem(actions[platform]) if platform in actions else None,
+            "action": _page_action(actions[platform]) if platform in actions else None,
             "unknown": unknown.get(platform),
             # Being published right now: an attempt without a result, or chosen by the latest decision.
             "pending": platform in pending,
@@ -281,12 +282,16 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         times = automatic_retry_times(state, settings.max_automatic_attempts, front.clock(), settings.backoff)
         automatic = times.due
         # Asked to re-authenticate (or to connect the account): the account's new token can be stored from here.
+        # Where the page shows a platform asking to re-authenticate (or to connect the account), the account's new
+        # token can be stored from here, with the ids the account lacks for the post's platforms.
         reauth = None
         ids = await front.account_ids(state.account) if state.account is not None else None
-        if state.account is not None and any((row["action"] or "").startswith(REAUTH_ACTIONS) for row in rows):
-            reauth = {"account": state.account,
-                      "page_id": "facebook" in state.targeted and not (ids or {}).get("page_id"),
-                      "ig_user_id": "instagram" in state.targeted and not (ids or {}).get("ig_user_id")}
+        asking = [row for row in rows if _asks_for_token(row, status)]
+        if state.account is not None and asking:
+            reauth = {"account": state.account, "ids": missing_ids(state.targeted, ids),
+                      # An attempt not known to have gone out is looked up again by the service once a token is stored.
+                      "lookup": any(row["unknown"] for row in asking),
+                      "recheck_s": int(settings.reauth_check_seconds)}
         # Read from the store, not the address: the page says only what is so.
         stored_at = datetime.fromisoformat(str(ids["updated_at"]).replace("Z", "+00:00")) \
             if token_stored and ids is not None and ids.get("updated_at") else None
@@ -296,6 +301,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # again when the platform's wait ends, or every few seconds when it gave none (the handler's own backoff).
             dues = [(at - front.clock()).total_seconds() for at in automatic.values() if at is not None]
             refresh = int(min(QUEUED_REFRESH_SECONDS, max(AUTOMATIC_REFRESH_SECONDS, min(dues, default=0) + 1)))
+        # A page with the token form never reloads itself (it would empty the field being typed in): a link follows.
+        follow = bool(refresh) and bool(problem or reauth)
+        if reauth is not None:
+            refresh = None
         return templates.TemplateResponse(request, "post_detail.html", {
             "state": state,
             "status": status,
@@ -311,7 +320,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # Not on the answer to a refused form: it is at the form's address (a reload would send the form again,
             # a refresh would ask it with GET), and its message is there to be read. It links to the post instead.
             "refresh": None if problem else refresh,
-            "follow": bool(refresh) and bool(problem),
+            "follow": follow,
             "can_retry": status == "failed" and queued is None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
@@ -378,8 +387,20 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return await render_post(request, post_id, None, "This post names no account to store a token for: "
                                      "retry it naming one.", status_code=422)
         fields = {name: (form.get(name) or [""])[0].strip() or None for name in ("page_id", "ig_user_id")}
+        token = (form.get("access_token") or [""])[0].strip()
         try:
-            body = TokenBody(token=(form.get("access_token") or [""])[0].strip(), **fields)
+            body = TokenBody(token=token, **fields)
+            if api_key_matches(settings, token):
+                # A password manager's fill of the sign-in's key: never stored as the account's token.
+                return await render_post(request, post_id, None, "Access token: that is this service's API key (your "
+                                         "browser may have filled it in), not the account's access token from Meta.",
+                                         status_code=422)
+            lacking = [FIELD_LABELS[name] for name in missing_ids(state.targeted,
+                                                                  await front.account_ids(state.account))
+                       if not fields[name]]
+            if lacking:
+                return await render_post(request, post_id, None, f"{' and '.join(lacking)}: needed to connect account "
+                                         f"{state.account} to the post's platforms, with its token.", status_code=422)
             await front.store_token(state.account, body, where="body")
         except ValidationError as exc:
             return await render_post(request, post_id, None,
@@ -390,6 +411,20 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return RedirectResponse(f"/ui/posts/{post_id}?token_stored=1", status_code=303)
 
     return router
+
+
+def _asks_for_token(row: dict[str, Any], status: str) -> bool:
+    """Whether the page shows the row asking for the account's new token (the template's rules for an action)."""
+    if not (row["action"] or "").startswith(REAUTH_ACTIONS):
+        return False
+    return bool(row["unknown"]) or (status == "failed" and (row["success"] is False or not row["pending"]))
+
+
+def missing_ids(targeted: Sequence[Platform], account: Mapping[str, Any] | None) -> list[str]:
+    """The ids (`page_id`, `ig_user_id`) a token form must take with the token: those of the post's platforms the
+    account does not have (all of them for an account never connected)."""
+    return [name for platform, name in (("facebook", "page_id"), ("instagram", "ig_user_id"))
+            if platform in targeted and not (account or {}).get(name)]
 
 
 def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | None:
@@ -416,6 +451,14 @@ def _page_problem(problem: str) -> str:
         return problem + f" (with `smartretry retry POST --{field.group(1)} ...`)"
     # An account to connect: with the command line (or the API's route), not from this page.
     return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
+
+
+def _page_action(action: str) -> str:
+    """A needed action in the page's words; connecting the account can be done on the page (its token form)."""
+    shown = _page_problem(action)
+    if shown.startswith("connect account "):
+        shown = shown.replace(" with `smartretry", " below, or with `smartretry", 1)
+    return shown
 
 
 # The forms' fields by the names the page gives them.

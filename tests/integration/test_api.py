@@ -1109,6 +1109,7 @@ def test_metrics_show_whether_the_handler_and_projector_are_up_and_the_commands_
     # Nothing consumes this test's topics: an operator's alert on these fires.
     assert 'smartretry_consumer_group_members{consumer="command-handler"} 0.0' in text
     assert 'smartretry_consumer_group_members{consumer="projector"} 0.0' in text
+    assert "smartretry_consumer_groups_read 1.0" in text
     assert sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("smartretry_commands_unfinished{")) == 1.0
 

@@ -204,6 +204,11 @@ def test_the_page_stores_the_accounts_new_token_and_then_asks_only_for_the_retry
         # A paste gone wrong: refused, saying which field and why, and never shown back.
         bad = browser.post("/ui/posts/post-expired/token", data={"csrf": csrf, "access_token": "renewed token 7c41"})
         stale = browser.post("/ui/posts/post-expired/token", data={"csrf": "old", "access_token": new_token})
+        # The account was never connected: the ids its platforms publish to come with the token.
+        no_ids = browser.post("/ui/posts/post-expired/token", data={"csrf": csrf, "access_token": new_token})
+        # A browser's password manager filling in the sign-in's key.
+        key = browser.post("/ui/posts/post-expired/token", data={
+            "csrf": csrf, "access_token": API_KEY, "page_id": "747917475065823", "ig_user_id": "17841400000000000"})
         with caplog.at_level("DEBUG"):
             stored = browser.post("/ui/posts/post-expired/token", follow_redirects=False, data={
                 "csrf": csrf, "access_token": f" {new_token}\n", "page_id": "747917475065823",
@@ -219,6 +224,10 @@ def test_the_page_stores_the_accounts_new_token_and_then_asks_only_for_the_retry
         "Access token: an access token is printable ASCII, without spaces" in bad.text
     assert "renewed token 7c41" not in bad.text and 'id="reauth"' in bad.text
     assert stale.status_code == 403
+    assert no_ids.status_code == 422 and \
+        "Facebook Page id and Instagram account id: needed to connect account acme" in html.unescape(no_ids.text)
+    assert key.status_code == 422 and "that is this service&#39;s API key" in key.text and API_KEY not in key.text
+    assert 'autocomplete="new-password"' in before
     assert stored.status_code == 303 and stored.headers["location"] == "/ui/posts/post-expired?token_stored=1"
     credentials = api.stores.credentials.get("acme")
     assert credentials.user_token.get_secret_value() == new_token
@@ -229,6 +238,24 @@ def test_the_page_stores_the_accounts_new_token_and_then_asks_only_for_the_retry
     assert 'id="reauth"' not in page and 'id="retry"' in page
     assert new_token not in after.text and new_token not in caplog.text
     assert "Token of account acme stored (a new account)" in caplog.text
+
+
+def test_a_post_not_known_to_have_gone_out_takes_the_token_and_says_the_service_looks_again(api: RunningApi) -> None:
+    api.stores.credentials.set_token("acct-1", "acct-1-user-token-0001", "747917475065823")
+    history = History(post_id="post-unchecked")
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"], ErrorKind.AUTH,
+                    "Facebook post lookup failed: Error validating access token")
+    api.stores.projection.apply_batch(api.topics.post_events, 5, list(enumerate(history.events)))
+    with signed_in(api) as browser:
+        before = browser.get("/ui/posts/post-unchecked").text
+        stored = browser.post("/ui/posts/post-unchecked/token", data={
+            "csrf": retry_token(api.settings, "post-unchecked"), "access_token": "renewed-user-token-7c41ab"})
+    # Publishing: such a page reloads itself every second, but not with the token form (it would empty the field).
+    assert 'id="reauth"' in before and 'http-equiv="refresh"' not in before and 'id="follow"' in before
+    # The account has its Page id: only the token is asked for.
+    assert 'name="page_id"' not in before
+    assert "The service looks the post up again with it within 30 s" in stored.text
 
 
 def test_a_token_form_sent_after_the_session_ended_says_the_token_was_not_stored(api: RunningApi) -> None:
