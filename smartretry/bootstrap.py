@@ -52,6 +52,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         session_timeout_seconds=settings.handler_session_timeout_seconds,
         max_in_flight=settings.handler_max_in_flight,
         max_poll_interval_seconds=settings.handler_max_poll_interval_seconds,
+        shutdown_grace_seconds=settings.handler_shutdown_grace_seconds,
         attempt_timeout_seconds=settings.attempt_timeout_seconds,
         attempt_lease_seconds=settings.attempt_lease_seconds,
         reauth_check_seconds=settings.reauth_check_seconds,

@@ -10,6 +10,7 @@ from pydantic import (
     AliasChoices,
     BeforeValidator,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
     handler_max_in_flight: PositiveInt = 500
     # How long a handler's consumer may go unpolled before the broker takes it for dead (it polls every 0.1 s).
     handler_max_poll_interval_seconds: PositiveFloat = 600.0
+    # On a stop (SIGTERM, Ctrl-C), how long the handler lets the platform calls under way finish and record their
+    # results before it cancels them; `smartretry run` waits 15 s for it. 0: cancelled at once.
+    handler_shutdown_grace_seconds: NonNegativeFloat = 10.0
     # Each projector process of one host needs an id of its own (static group membership); unset, the host name.
     projector_instance_id: str | None = None
     projector_session_timeout_seconds: PositiveFloat = 10.0

@@ -114,7 +114,14 @@ class HandlerConfig:
     # How long the consumer may be out of its group (no member id: it is handed no commands) before the handler
     # ends, to be started again. A rejoin after a broker outage takes seconds.
     membership_limit_seconds: float = 120.0
+    # On a stop, how long platform calls under way may go on to their results before they are cancelled: a call cut
+    # off leaves its attempt without a result, which the post shows as perhaps under way until its lease ends.
+    shutdown_grace_seconds: float = 10.0
 
+
+# Seconds a stopping handler gives the commands it cancelled (those only waiting) to end, before it counts the
+# commands still at work.
+STOPPING_GLANCE_S = 0.5
 
 # How many times `max_in_flight` commands a handler holds at most, those waiting included: a bound on its memory
 # when most of them wait (one rate-limited account's hour-long backlog).
@@ -323,6 +330,10 @@ class CommandHandler:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
+        # Set when the handler stops: no attempt starts any more, and those under way have a grace to finish.
+        self._stopping = False
+        # Commands asleep in a backoff or a platform's wait: cancelled at once on a stop (nothing of theirs under way).
+        self._sleepers: set[asyncio.Task[Any]] = set()
 
     # --- the consumer loop ---------------------------------------------------------------------
 
@@ -379,10 +390,7 @@ class CommandHandler:
                     self._dispatch(message)
         finally:
             consuming.shutdown(wait=True)
-            tasks = [t for t in self._chains.values() if not t.done()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._drain()
             self._closing = True
             self._consumer.close()
             self._watermarks.close()
@@ -391,18 +399,26 @@ class CommandHandler:
     @contextlib.asynccontextmanager
     async def _waiting(self) -> AsyncIterator[None]:
         """Marks this branch of the running command as only waiting meanwhile: a command all of whose branches wait
-        does not hold a place among those at work."""
+        does not hold a place among those at work, and a stop cancels it at once (nothing of it is under way)."""
+        self._check_not_stopping()
+        task = asyncio.current_task()
+        if task is not None:
+            self._sleepers.add(task)
         work = _WORK.get()
-        if work is None:
-            yield
-            return
-        work.asleep += 1
-        self._settle(work)
         try:
-            yield
-        finally:
-            work.asleep -= 1
+            if work is None:
+                yield
+                return
+            work.asleep += 1
             self._settle(work)
+            try:
+                yield
+            finally:
+                work.asleep -= 1
+                self._settle(work)
+        finally:
+            if task is not None:
+                self._sleepers.discard(task)
 
     def _settle(self, work: _Work) -> None:
         parked = 0 < work.branches <= work.asleep
@@ -418,6 +434,30 @@ class CommandHandler:
             if work is not None:
                 work.branches -= 1
                 self._settle(work)
+
+    async def _drain(self) -> None:
+        """The commands in progress ended: those only waiting at once, those calling a platform once their calls have
+        their results (or when the grace ends). No new attempt starts meanwhile (`_check_not_stopping`)."""
+        self._stopping = True
+        tasks = [t for t in self._chains.values() if not t.done()]
+        for task in list(self._sleepers):
+            task.cancel()
+        grace = self.config.shutdown_grace_seconds
+        if tasks and grace > 0:
+            # Those that only waited end within a moment of their cancellation; the others are at work.
+            _, busy = await asyncio.wait(tasks, timeout=min(grace, STOPPING_GLANCE_S))
+            if busy:
+                log.info("Stopping: %d command%s in progress get up to %.0fs to record the results of their calls",
+                         len(busy), "s" if len(busy) > 1 else "", grace)
+                await asyncio.wait(busy, timeout=grace - min(grace, STOPPING_GLANCE_S))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _check_not_stopping(self) -> None:
+        """Cancels the running command when the handler is stopping: its next attempt is left to the next handler."""
+        if self._stopping:
+            raise asyncio.CancelledError
 
     async def _sleep(self, seconds: float) -> None:
         async with self._waiting():
@@ -559,6 +599,7 @@ class CommandHandler:
         failures = 0
         while True:
             try:
+                self._check_not_stopping()
                 await self.handle(command, partition, source, owner)
                 return
             except StaleProjection as exc:
@@ -884,6 +925,7 @@ class CommandHandler:
             # Durable before the platform is called: a crash after the call leaves an attempt without a
             # result, which the next handler resolves by asking the platform instead of publishing again.
             # The decision's events and the attempt go to the broker together: one wait for both.
+            self._check_not_stopping()
             started = self.clock()
             attempted = self.send(PublishAttempted(
                 event_id=derived_id(attempt_id, "attempted"), post_id=command.post_id, occurred_at=started,

@@ -93,6 +93,44 @@ def test_case_2_only_instagram_is_retried_after_re_authentication(service: Servi
     assert "Smart retry: Publishing only to Instagram (Facebook already succeeded)" in service.handler.output()
 
 
+def test_a_handler_stopped_mid_call_records_the_calls_result_before_it_exits(service: Service) -> None:
+    """A stop (SIGTERM: a deploy, Ctrl-C) lets the call under way finish: the post shows its result, not an attempt
+    that may still be under way, and is not looked up or published again by the next handler."""
+    service.sandbox.add_latency("facebook", 3.0, "photos")
+    try:
+        first = service.publish(FIXED, target="facebook")
+        service.wait_for(first.post_id, lambda s: any(a.success is None for a in s.attempts.values()))
+        service.handler.stop()  # SIGTERM while Facebook takes 3 s to answer
+    finally:
+        service.sandbox.add_latency("facebook", 0.0, "photos")
+    state = service.wait_for(first.post_id, lambda s: s.status != "publishing", timeout=30)
+    assert state.status == "posted"
+    [attempt] = state.attempts.values()
+    assert attempt.success is True and not attempt.recovered
+    assert _counts(service) == (1, 0)
+    assert "Stopping: 1 command in progress get up to 10s to record the results of their calls" in \
+        service.handler.output()
+
+    # Started again: the command is done, nothing is published twice.
+    service.handler.start()
+    again = service.retry(first.post_id)
+    service.wait_command(first.post_id, again.command_id)
+    assert _counts(service) == (1, 0)
+
+
+def test_a_handler_stopped_while_a_post_waits_out_a_rate_limit_stops_at_once(
+        service: Service) -> None:
+    service.sandbox.fail_next("facebook", "photos", code=32, regain_access_minutes=60)
+    first = service.publish(FIXED, target="facebook")
+    service.wait_for(first.post_id, lambda s: any(a.success is False for a in s.attempts.values()))
+    service.handler.stop()
+    # Nothing under way: the wait is cancelled without a grace.
+    assert "Stopping:" not in service.handler.output()
+    state = service.stores.projection.get(first.post_id)
+    assert state is not None and state.status == "failed" and len(state.attempts) == 1
+    assert _counts(service) == (0, 0)
+
+
 def test_case_3_both_failed_retries_both(service: Service) -> None:
     service.sandbox.reject_spaces("instagram")
     first = service.publish(BROKEN)
