@@ -119,6 +119,8 @@ class HandlerConfig:
     shutdown_grace_seconds: float = 10.0
 
 
+MILLISECOND = timedelta(milliseconds=1)
+
 # Seconds a stopping handler gives the commands it cancelled (those only waiting) to end, before it counts the
 # commands still at work.
 STOPPING_GLANCE_S = 0.5
@@ -748,6 +750,29 @@ class CommandHandler:
             if isinstance(command, ResolveAttemptRequested):
                 self._forget_resolution(command)
 
+    async def _attempts_unchanged(self, command: Command, platform: Platform, partition: int, known: int,
+                                  mine: tuple[str, datetime] | None, known_at: float) -> bool:
+        """False when another handler made an attempt of the platform since this one read the post `known_at` (loop
+        time), knowing of `known` attempts (and `mine`, the id and start of the attempt it recorded since).
+
+        Read again only after a while: a partition moves to another handler only once this one has been silent for
+        its session timeout (frozen, or its host stalled), and until this one polls it has not heard of that. A
+        call made then would publish the post a second time; the other handler's attempts, in the post, say so.
+        """
+        if asyncio.get_running_loop().time() - known_at < self.config.session_timeout_seconds / 2:
+            return True
+        fresh = await self.fresh_state(command.post_id, partition)
+        attempts = fresh.attempts_of(platform) if fresh is not None else []
+        theirs = len(attempts) > known + (mine is not None) or (
+            # The same attempt id started by another (times are kept to the millisecond).
+            mine is not None and any(a.attempt_id == mine[0] and abs(a.started_at - mine[1]) >= MILLISECOND
+                                     for a in attempts))
+        if theirs:
+            log.warning("%s not called: another handler has attempted it since this one read the post (this one was "
+                        "stopped or stalled meanwhile); the post is its", PLATFORM_LABELS[platform],
+                        extra={"post_id": command.post_id, "command_id": command.command_id, "platform": platform})
+        return not theirs
+
     def _owns(self, partition: int, owner: _PartitionProgress | None) -> bool:
         """Whether the partition is still held as it was when `owner` was its progress."""
         return owner is not None and self._progress.get(partition) is owner
@@ -898,6 +923,8 @@ class CommandHandler:
         mine = attempts_by(state, command.command_id, platform)
         made = len(mine)
         number = len(state.attempts_of(platform))
+        # When this handler last knew the post's attempts of the platform as they are (`state` was read just now).
+        known_at = asyncio.get_running_loop().time()
         if made:
             # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
             # attempt asked for still holds.
@@ -915,6 +942,9 @@ class CommandHandler:
                 log.info("%s not retried here: partition %d moved to another handler", label, partition,
                          extra={"post_id": command.post_id, "command_id": command.command_id})
                 return
+            if not await self._attempts_unchanged(command, platform, partition, number, None, known_at):
+                return
+            known_at = asyncio.get_running_loop().time()
             number += 1
             attempt_id = attempt_id_for(command.command_id, platform, number)
             context = {"post_id": command.post_id, "attempt_id": attempt_id, "platform": platform,
@@ -938,6 +968,9 @@ class CommandHandler:
             if not self._owns(partition, owner):
                 # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
+                return
+            if not await self._attempts_unchanged(command, platform, partition, number, (attempt_id, started),
+                                                  known_at):
                 return
             outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started)
             await self._record_result(command.post_id, attempt_id, outcome)

@@ -261,6 +261,75 @@ async def test_a_partition_that_moved_away_and_came_back_during_a_backoff_is_not
     assert final is not None and final.status == "posted"
 
 
+async def test_a_handler_frozen_through_a_backoff_does_not_publish_what_the_new_owner_of_its_post_did() -> None:
+    # Frozen (SIGSTOP, a stalled host) past its session timeout: its partition went to another handler, and it has
+    # not heard of that when it runs on, so it still takes the partition for its own.
+    page, topic = FlakyPage(), []  # the post-events topic both handlers write
+    history = History(at=datetime.now(UTC))
+    history.submit(target="facebook").decide("cmd-publish", ("facebook",))
+    state = apply_all(None, history.events)
+    assert state is not None
+
+    def make(backoff: float) -> CommandHandler:
+        made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                              credentials=None, publishers={"facebook": page},  # type: ignore[dict-item]
+                              config=HandlerConfig(backoff_base_seconds=backoff, backoff_cap_seconds=backoff,
+                                                   session_timeout_seconds=0.4))
+
+        async def send(event: Event) -> None:
+            topic.append(event)
+
+        async def fresh_state(_post_id: str, _partition: int) -> PostState | None:
+            return apply_all(None, [*history.events, *topic])  # the projection, caught up with the topic
+
+        made.send = send  # type: ignore[method-assign]
+        made.fresh_state = fresh_state  # type: ignore[method-assign]
+        made._credentials_of = lambda _account: ACCOUNT  # type: ignore[method-assign]
+        made._rng.uniform = lambda _low, high: high  # type: ignore[method-assign]
+        made._assign([0])
+        return made
+
+    def ready(value: Any = None) -> asyncio.Future[Any]:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(value)
+        return done
+
+    command = _publish_command(state)
+    first, second = make(backoff=1.0), make(backoff=0.0)
+    waiting = asyncio.create_task(first._publish_platform(
+        state, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0, first._progress[0], is_retry=False,
+        forced=False, reason="first publish", recorded=ready()))
+    await asyncio.sleep(0.2)
+    assert page.calls == 1
+    # The second handler takes the command up and publishes Facebook; the first is never told it lost the partition.
+    taken_up = apply_all(None, [*history.events, *topic])
+    assert taken_up is not None
+    await second._publish_platform(taken_up, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0,
+                                   second._progress[0], is_retry=False, forced=False,
+                                   reason="resumed after an interruption", recorded=ready())
+    await waiting
+
+    assert page.posts == ["cmd-publish:facebook:2"]  # once: the first read the post again before calling
+    final = apply_all(None, [*history.events, *topic])
+    assert final is not None and final.status == "posted"
+
+
+async def test_a_handler_that_read_its_post_a_moment_ago_calls_without_reading_it_again() -> None:
+    made = handler(SlowFacebook(), STARTED)
+    reads: list[str] = []
+
+    async def fresh_state(post_id: str, _partition: int) -> PostState | None:
+        reads.append(post_id)
+        return None
+
+    made.fresh_state = fresh_state  # type: ignore[method-assign]
+    known_at = asyncio.get_running_loop().time()
+    command = PublishRequested(command_id="cmd-publish", post_id="post-1", publish_target="facebook",
+                               content=CONTENT, account="acme", requested_at=STARTED)
+    assert await made._attempts_unchanged(command, "facebook", 0, 0, None, known_at)
+    assert reads == []  # the usual path: decided and called within moments, no second read
+
+
 async def test_a_graph_call_may_take_what_its_attempt_allows_not_a_shorter_timeout_of_its_own() -> None:
     # A photo Meta takes 40 s to fetch is published within a 120 s attempt, not cut at 30 s and left to a look-up.
     async with graph_client(Settings(attempt_timeout_seconds=120)) as client:  # type: ignore[call-arg]
