@@ -401,7 +401,11 @@ class FrontDoor:
     async def state_of(self, post_id: str) -> PostState:
         state = await self.read(post_id)
         if state is None:
-            raise HTTPException(404, f"post {post_id} not found")
+            # A publish just accepted has no post until the handler takes its command up: said so, rather than
+            # leave "not found" to read as lost.
+            raise HTTPException(404, f"post {post_id} not found: none was published with this id, or its publish "
+                                     "has not been taken up yet (the service may be behind: see /metrics; a publish "
+                                     "it refused is in the dead letters)")
         return state
 
     async def publish(self, body: PublishBody) -> Accepted:

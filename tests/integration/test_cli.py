@@ -112,6 +112,8 @@ def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:
     code, output = run(api, "show", "nope")
     assert code == 1
     assert "404: post nope not found" in output
+    # A publish just accepted and not taken up yet is not found either: said so, not left to read as lost.
+    assert "or its publish has not been taken up yet (the service may be behind" in output
 
 
 def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: RunningApi) -> None:
