@@ -334,6 +334,8 @@ class CommandHandler:
         self.ready = asyncio.Event()
         # Set when the handler stops: no attempt starts any more, and those under way have a grace to finish.
         self._stopping = False
+        # Per post, its commands that stood down for another handler's attempts (`_attempts_unchanged`).
+        self._stood_down: dict[str, set[str]] = {}
         # Commands asleep in a backoff or a platform's wait: cancelled at once on a stop (nothing of theirs under way).
         self._sleepers: set[asyncio.Task[Any]] = set()
 
@@ -768,6 +770,7 @@ class CommandHandler:
             mine is not None and any(a.attempt_id == mine[0] and abs(a.started_at - mine[1]) >= MILLISECOND
                                      for a in attempts))
         if theirs:
+            self._stood_down.setdefault(command.post_id, set()).add(command.command_id)
             log.warning("%s not called: another handler has attempted it since this one read the post (this one was "
                         "stopped or stalled meanwhile); the post is its", PLATFORM_LABELS[platform],
                         extra={"post_id": command.post_id, "command_id": command.command_id, "platform": platform})
@@ -857,7 +860,9 @@ class CommandHandler:
         await self._publish_all(state, command, decision.platforms, partition, owner, is_retry=decision.is_retry,
                                 forced=decision.forced, reason=_reason(command, decision.is_retry),
                                 recorded=decided)
-        self._log_status(state, command.post_id, context)
+        if self._owns(partition, owner) and command.command_id not in self._stood_down.pop(command.post_id, set()):
+            # Not where the post went on with another handler: its status is that handler's to tell.
+            self._log_status(state, command.post_id, context)
 
     def _log_status(self, before: PostState, post_id: str, context: dict[str, str]) -> None:
         """The product note's "✅ Post status updated to: posted" (or failed), once this command's events settle

@@ -59,6 +59,8 @@ def test_a_handler_frozen_while_its_retry_waited_does_not_publish_what_another_h
                 "Instagram not called: another handler has attempted it", "Instagram not retried here: partition")):
             assert time.monotonic() < deadline, service.handler.output()[-4000:]
             time.sleep(0.2)
+        # Nor does it say the post failed: the other handler published it.
+        assert "Post status updated to: failed" not in service.handler.output()
         made = [p for p in service.sandbox.posts() if p.get("caption") == PHOTO.caption]
         assert len(made) == 1, made
         assert service.sandbox.counters()["instagram"][DEMO_IG_USER_ID] == 1
