@@ -187,7 +187,10 @@ def run() -> None:
                     quick = time.monotonic() - started[name] < RESTART_BACKOFF_CAP_S
                     doubled = min(RESTART_BACKOFF_CAP_S, delays[name] * 2 or SUPERVISE_INTERVAL_S)
                     delays[name] = doubled if quick else 0.0
-                    say(settings, f"{name} exited with code {process.returncode}; starting it again"
+                    # Said as the broker's end is: a signal by its number, an exit by its code.
+                    ended = f"was killed by signal {-process.returncode}" if process.returncode < 0 else \
+                        f"exited with code {process.returncode}"
+                    say(settings, f"{name} {ended}; starting it again"
                         + (f" in {delays[name]:.0f}s" if delays[name] else ""), err=True, level=logging.WARNING,
                         logged=True)
                     if stop.wait(delays[name]):

@@ -141,7 +141,7 @@ def test_run_is_ready_and_starts_a_worker_again_when_it_dies(running: Running) -
 
     handler = running.child("smartretry.cli handler")
     os.kill(handler, signal.SIGKILL)
-    restarted = running.wait_for_line("handler exited with code -9; starting it again", timeout=15)
+    restarted = running.wait_for_line("handler was killed by signal 9; starting it again", timeout=15)
     # With its time and level, as the log's lines are: when it happened is what an operator reading back needs.
     assert re.match(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S* WARNING ", restarted), restarted
 

@@ -126,10 +126,10 @@ def test_runs_own_lines_are_log_records_when_the_log_is_json(caplog: pytest.LogC
     # What happens while running (a restart) is logged in text mode too: the terminal's line gets its time and level.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="smartretry.run"):
-        say(Settings(log_format="text"), "handler exited with code -9; starting it again", err=True,
+        say(Settings(log_format="text"), "handler was killed by signal 9; starting it again", err=True,
             level=logging.WARNING, logged=True)
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("WARNING", "handler exited with code -9; starting it again")]
+        ("WARNING", "handler was killed by signal 9; starting it again")]
 
 
 def test_the_first_runs_jar_fetch_is_told_through_the_callers_notice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
