@@ -142,6 +142,10 @@ class _Work:
 _WORK: contextvars.ContextVar[_Work | None] = contextvars.ContextVar("smartretry_command_work", default=None)
 
 
+class StoodDown(RuntimeError):
+    """Another handler attempted the platform since this one read the post: the command is handled again."""
+
+
 class HandlerOutOfGroup(RuntimeError):
     """The handler's consumer stayed out of its group: it takes no commands, so the process must end."""
 
@@ -334,8 +338,10 @@ class CommandHandler:
         self.ready = asyncio.Event()
         # Set when the handler stops: no attempt starts any more, and those under way have a grace to finish.
         self._stopping = False
-        # Per post, its commands that stood down for another handler's attempts (`_attempts_unchanged`).
-        self._stood_down: dict[str, set[str]] = {}
+        # Every command task in progress (`_track`).
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Per post, when (loop time) its projection was last read: what this handler knows of its attempts is that old.
+        self._read_at: dict[str, float] = {}
         # Commands asleep in a backoff or a platform's wait: cancelled at once on a stop (nothing of theirs under way).
         self._sleepers: set[asyncio.Task[Any]] = set()
 
@@ -443,7 +449,9 @@ class CommandHandler:
         """The commands in progress ended: those only waiting at once, those calling a platform once their calls have
         their results (or when the grace ends). No new attempt starts meanwhile (`_check_not_stopping`)."""
         self._stopping = True
-        tasks = [t for t in self._chains.values() if not t.done()]
+        # Every command in progress, not only each post's latest: an earlier one may be in its call while the later
+        # one waits for it.
+        tasks = [t for t in self._tasks if not t.done()]
         for task in list(self._sleepers):
             task.cancel()
         grace = self.config.shutdown_grace_seconds
@@ -566,12 +574,15 @@ class CommandHandler:
 
     def _track(self, task: asyncio.Task[None], partition: int, offset: int, post_id: str | None = None) -> None:
         self._in_flight += 1
+        self._tasks.add(task)
         progress = self._progress[partition]
 
         def finished(done: asyncio.Task[None]) -> None:
             self._in_flight -= 1
+            self._tasks.discard(done)
             if post_id is not None and self._chains.get(post_id) is done:
                 del self._chains[post_id]
+                self._read_at.pop(post_id, None)
             if done.cancelled():
                 return
             if done.exception() is not None:
@@ -608,6 +619,10 @@ class CommandHandler:
                 return
             except StaleProjection as exc:
                 log.warning("%s; trying the command again", exc, extra=context)
+            except StoodDown as exc:
+                # Never finished (committed) this way: handled again, it finds the partition moved, or decides anew
+                # from the post as another handler left it.
+                log.warning("%s; handling the command again from the post as it is now", exc, extra=context)
             except OutcomeUnknown as exc:
                 # Publishing now could duplicate the post; the attempt stays open until the platform answers,
                 # or an operator says what came of it (which ends the wait at once).
@@ -705,6 +720,7 @@ class CommandHandler:
     async def fresh_state(self, post_id: str, partition: int) -> PostState | None:
         """The post's projection once it has applied every event already in its events partition."""
         loop = asyncio.get_running_loop()
+        self._read_at[post_id] = loop.time()
         # The partition's end and the projection are asked at the same time. The post and the applied
         # offsets are read in one transaction, so the post is exactly as current as those offsets: when
         # they already reach the end, it is the current projection, with no second read.
@@ -752,17 +768,18 @@ class CommandHandler:
             if isinstance(command, ResolveAttemptRequested):
                 self._forget_resolution(command)
 
-    async def _attempts_unchanged(self, command: Command, platform: Platform, partition: int, known: int,
-                                  mine: tuple[str, datetime] | None, known_at: float) -> bool:
-        """False when another handler made an attempt of the platform since this one read the post `known_at` (loop
-        time), knowing of `known` attempts (and `mine`, the id and start of the attempt it recorded since).
+    async def _check_attempts_unchanged(self, command: Command, platform: Platform, partition: int, known: int,
+                                        mine: tuple[str, datetime] | None, known_at: float) -> float:
+        """Raises `StoodDown` when another handler made an attempt of the platform since this one read the post at
+        `known_at` (loop time), knowing of `known` attempts (and `mine`, the id and start of the attempt it recorded
+        since). Returns when the post was last read.
 
         Read again only after a while: a partition moves to another handler only once this one has been silent for
         its session timeout (frozen, or its host stalled), and until this one polls it has not heard of that. A
         call made then would publish the post a second time; the other handler's attempts, in the post, say so.
         """
         if asyncio.get_running_loop().time() - known_at < self.config.session_timeout_seconds / 2:
-            return True
+            return known_at
         fresh = await self.fresh_state(command.post_id, partition)
         attempts = fresh.attempts_of(platform) if fresh is not None else []
         theirs = len(attempts) > known + (mine is not None) or (
@@ -770,11 +787,9 @@ class CommandHandler:
             mine is not None and any(a.attempt_id == mine[0] and abs(a.started_at - mine[1]) >= MILLISECOND
                                      for a in attempts))
         if theirs:
-            self._stood_down.setdefault(command.post_id, set()).add(command.command_id)
-            log.warning("%s not called: another handler has attempted it since this one read the post (this one was "
-                        "stopped or stalled meanwhile); the post is its", PLATFORM_LABELS[platform],
-                        extra={"post_id": command.post_id, "command_id": command.command_id, "platform": platform})
-        return not theirs
+            raise StoodDown(f"{PLATFORM_LABELS[platform]} not called: another handler has attempted it since this one "
+                            "read the post (this one was stopped or stalled meanwhile)")
+        return self._read_at.get(command.post_id, known_at)
 
     def _owns(self, partition: int, owner: _PartitionProgress | None) -> bool:
         """Whether the partition is still held as it was when `owner` was its progress."""
@@ -860,8 +875,8 @@ class CommandHandler:
         await self._publish_all(state, command, decision.platforms, partition, owner, is_retry=decision.is_retry,
                                 forced=decision.forced, reason=_reason(command, decision.is_retry),
                                 recorded=decided)
-        if self._owns(partition, owner) and command.command_id not in self._stood_down.pop(command.post_id, set()):
-            # Not where the post went on with another handler: its status is that handler's to tell.
+        if self._owns(partition, owner):
+            # Not where the partition moved to another handler: the post's status is that handler's to tell.
             self._log_status(state, command.post_id, context)
 
     def _log_status(self, before: PostState, post_id: str, context: dict[str, str]) -> None:
@@ -928,8 +943,8 @@ class CommandHandler:
         mine = attempts_by(state, command.command_id, platform)
         made = len(mine)
         number = len(state.attempts_of(platform))
-        # When this handler last knew the post's attempts of the platform as they are (`state` was read just now).
-        known_at = asyncio.get_running_loop().time()
+        # When this handler last knew the post's attempts of the platform as they are: when `state` was read.
+        known_at = self._read_at.get(command.post_id, asyncio.get_running_loop().time())
         if made:
             # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
             # attempt asked for still holds.
@@ -941,15 +956,15 @@ class CommandHandler:
                          extra={"post_id": command.post_id, "command_id": command.command_id})
                 await self._sleep(wait)
         for automatic in range(made, self.config.max_automatic_attempts):
+            # First the post read again if this handler may have been away (the read can take a while), then the
+            # partition: a handler waking from a freeze hears of the move while it reads.
+            known_at = await self._check_attempts_unchanged(command, platform, partition, number, None, known_at)
             if not self._owns(partition, owner):
                 # The post's new owner resumes this platform (the command is not committed here). Also when the
                 # partition came back meanwhile: `state` may be behind what another handler did with it since.
                 log.info("%s not retried here: partition %d moved to another handler", label, partition,
                          extra={"post_id": command.post_id, "command_id": command.command_id})
                 return
-            if not await self._attempts_unchanged(command, platform, partition, number, None, known_at):
-                return
-            known_at = asyncio.get_running_loop().time()
             number += 1
             attempt_id = attempt_id_for(command.command_id, platform, number)
             context = {"post_id": command.post_id, "attempt_id": attempt_id, "platform": platform,
@@ -970,12 +985,11 @@ class CommandHandler:
                 # Time has passed since the command began: the account may have been re-authenticated.
                 reading = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
             _, _, credentials = await asyncio.gather(recorded, attempted, reading)
+            known_at = await self._check_attempts_unchanged(command, platform, partition, number - 1,
+                                                            (attempt_id, started), known_at)
             if not self._owns(partition, owner):
                 # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
-                return
-            if not await self._attempts_unchanged(command, platform, partition, number, (attempt_id, started),
-                                                  known_at):
                 return
             outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started)
             await self._record_result(command.post_id, attempt_id, outcome)

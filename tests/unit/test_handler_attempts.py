@@ -20,7 +20,7 @@ from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, Platform
 from schemas.ids import attempt_id_for, derived_id
 from smartretry.bootstrap import graph_client
 from smartretry.settings import Settings
-from streams.handler import _WORK, CommandHandler, HandlerConfig, OutcomeUnknown, _Work, backoff_delay
+from streams.handler import _WORK, CommandHandler, HandlerConfig, OutcomeUnknown, StoodDown, _Work, backoff_delay
 from streams.topics import Topics
 from tests.unit.test_fold import History
 
@@ -307,9 +307,11 @@ async def test_a_handler_frozen_through_a_backoff_does_not_publish_what_the_new_
     await second._publish_platform(taken_up, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0,
                                    second._progress[0], is_retry=False, forced=False,
                                    reason="resumed after an interruption", recorded=ready())
-    await waiting
+    # It reads the post again before calling, and stands down: its command is handled again, from the post as it is.
+    with pytest.raises(StoodDown, match="another handler has attempted it"):
+        await waiting
 
-    assert page.posts == ["cmd-publish:facebook:2"]  # once: the first read the post again before calling
+    assert page.posts == ["cmd-publish:facebook:2"]  # once
     final = apply_all(None, [*history.events, *topic])
     assert final is not None and final.status == "posted"
 
@@ -326,7 +328,7 @@ async def test_a_handler_that_read_its_post_a_moment_ago_calls_without_reading_i
     known_at = asyncio.get_running_loop().time()
     command = PublishRequested(command_id="cmd-publish", post_id="post-1", publish_target="facebook",
                                content=CONTENT, account="acme", requested_at=STARTED)
-    assert await made._attempts_unchanged(command, "facebook", 0, 0, None, known_at)
+    assert await made._check_attempts_unchanged(command, "facebook", 0, 0, None, known_at) == known_at
     assert reads == []  # the usual path: decided and called within moments, no second read
 
 
