@@ -268,20 +268,25 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         if undecided and queued is None and not retry_targets(state) and not any(row["pending"] for row in rows):
             # Everything went out meanwhile: the retry will publish nothing, and the post is as it is.
             waiting = False
+        times = automatic_retry_times(state, settings.max_automatic_attempts, front.clock(), settings.backoff)
+        automatic = times.due
+        decided = state.commands.get(awaiting) if awaiting else None
+        if waiting and decided is not None and automatic and not any(row["pending"] for row in rows):
+            # The retry's attempt failed, and the service tries again by itself (a rate limit's wait, up to an hour):
+            # the post as it is, failed for now and when it is tried again, not "publishing" all that while.
+            waiting = False
         status = "publishing" if waiting and queued is None else state.status
         targeted: tuple[Platform, ...] = state.targeted
         # The awaited retry decided to publish nothing (all had gone out by its turn): said so, with what it carried
         # left unused, rather than the post alone.
-        decided = state.commands.get(awaiting) if awaiting else None
         if decided is not None and not decided.platforms and decided.note and unhandled is None:
             unhandled = f"Your retry had nothing left to publish by its turn ({decided.note})."
         # Named as being published: those with an attempt under way; before the retry is decided, those it will
-        # publish (the same rule as the handler's), not every platform of the post.
+        # publish (the same rule as the handler's); once decided, those it chose; not every platform of the post.
         publishing = [row["label"] for row in rows if row["pending"]] or (
-            [PLATFORM_LABELS[p] for p in retry_targets(state)] if undecided else []) or [row["label"] for row in rows]
-        times = automatic_retry_times(state, settings.max_automatic_attempts, front.clock(), settings.backoff)
-        automatic = times.due
-        # Asked to re-authenticate (or to connect the account): the account's new token can be stored from here.
+            [PLATFORM_LABELS[p] for p in retry_targets(state)] if undecided else []) or (
+            [PLATFORM_LABELS[p] for p in decided.platforms] if decided is not None and decided.platforms else []) or \
+            [row["label"] for row in rows]
         # Where the page shows a platform asking to re-authenticate (or to connect the account), the account's new
         # token can be stored from here, with the ids the account lacks for the post's platforms.
         reauth = None

@@ -17,7 +17,7 @@ from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID
 from schemas.commands import RetryRequested
 from schemas.common import ErrorKind, format_timestamp
 from schemas.envelope import decode_command
-from schemas.events import CommandDecided, PlatformResult, PublishAttempted
+from schemas.events import CommandDecided, PlatformError, PlatformResult, PublishAttempted
 from smartretry import pages
 from smartretry.pages import clock_time, retry_token
 from tests.integration.test_api import (
@@ -382,6 +382,27 @@ def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api:
     assert "Status: ❌ Failed" in later and "Publishing Facebook" not in later
     assert "has not been taken up 6" in later and "smartretry dlq list" in later
     assert 'http-equiv="refresh"' not in later
+
+
+def test_a_retry_whose_attempt_met_a_rate_limit_shows_the_post_failed_and_when_it_is_tried_again(
+        api: RunningApi) -> None:
+    history = History(post_id="post-limited-retry", at=datetime.now(UTC) - timedelta(minutes=2))
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "18107758234627017")
+    [retried] = history.retry("cmd-retry", ("facebook",)).values()
+    history.events.append(PlatformResult(
+        event_id="limited", post_id=history.post_id, occurred_at=datetime.now(UTC), platform="facebook",
+        attempt_id=retried, success=False, error=PlatformError(
+            kind=ErrorKind.RATE_LIMITED, code=32, http_status=400, retry_after_s=3600.0,
+            message="Facebook photo upload failed: 400 - Page request limit reached")))
+    api.stores.projection.apply_batch(api.topics.post_events, 4, list(enumerate(history.events)))
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-limited-retry", params={"awaiting": "cmd-retry",
+                                                                   "sent": str(int(pages._now()))}).text
+    # Not "publishing" for the hour the platform asked to wait, nor naming Instagram, which went out.
+    assert "Status: ❌ Failed" in page and "Publishing" not in page.replace("Retry Publishing", "")
+    assert "🔄 Facebook will be retried automatically at " in page
+    assert "✅ Instagram: Published" in page
 
 
 def test_a_link_awaiting_a_command_the_post_never_had_shows_the_post_as_it_is(api: RunningApi) -> None:
