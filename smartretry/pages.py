@@ -26,6 +26,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from projections.decide import retry_preview, retry_targets
@@ -135,6 +136,15 @@ def platform_rows(state: PostState, max_attempts: int,
     return rows
 
 
+def code_spans(text: str) -> Markup:
+    """`text` escaped for the page, its `backquoted` parts (commands to type) shown as code."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unmatched backquote: the text as it is
+        return Markup(escape(text))
+    return Markup("").join(escape(part) if n % 2 == 0 else Markup("<code>%s</code>") % part
+                           for n, part in enumerate(parts))
+
+
 def clock_time(at: datetime, now: datetime) -> str:
     """A time to come or just gone, as the pages say it: the time of day, with its date when that is not today's (a
     platform's wait can run to the next day)."""
@@ -147,6 +157,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/ui", include_in_schema=False)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["clock"] = lambda at: clock_time(at, front.clock())
+    templates.env.filters["code_spans"] = code_spans
 
     def signed_in(request: Request) -> bool:
         if session_valid(settings, request.cookies.get(SESSION_COOKIE)):
@@ -455,6 +466,11 @@ def _page_problem(problem: str) -> str:
         # This page corrects the image URL only.
         return problem + f" (with `smartretry retry POST --{field.group(1)} ...`)"
     # An account to connect: with the command line (or the API's route), not from this page.
+    # The right id of a platform the account's token cannot reach: the option that sets it.
+    problem = re.sub(r"right Page id with PUT /accounts/([^\s),;]+)/token",
+                     r"right Page id with `smartretry accounts set-token \1 --page-id ...`", problem)
+    problem = re.sub(r"right Instagram account id with PUT /accounts/([^\s),;]+)/token",
+                     r"right Instagram account id with `smartretry accounts set-token \1 --ig-user-id ...`", problem)
     return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
 
 
@@ -483,6 +499,9 @@ def _field_problem(error: dict[str, Any]) -> str:
     """One field's refusal, named as the form names the field ("Image URL: must be an http(s) URL"); pydantic's
     "Value error, " before a validator's own words says nothing to someone on the page."""
     message = str(error.get("msg", error)).removeprefix("Value error, ")
-    field = next((FIELD_LABELS[str(part)] for part in reversed(error.get("loc") or ()) if str(part) in FIELD_LABELS),
-                 None)
+    loc = [str(part) for part in error.get("loc") or ()]
+    if error.get("type") == "string_pattern_mismatch" and {"page_id", "ig_user_id"} & set(loc):
+        # Not the pattern itself: what Meta's ids are.
+        message = "an id is digits only, as Meta shows it (for example 747917475065823)"
+    field = next((FIELD_LABELS[part] for part in reversed(loc) if part in FIELD_LABELS), None)
     return f"{field}: {message}" if field else message

@@ -14,12 +14,12 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID
-from schemas.commands import RetryRequested
+from schemas.commands import PostContent, RetryRequested
 from schemas.common import ErrorKind, format_timestamp
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided, PlatformError, PlatformResult, PublishAttempted
 from smartretry import pages
-from smartretry.pages import clock_time, retry_token
+from smartretry.pages import clock_time, code_spans, retry_token
 from tests.integration.test_api import (
     API_KEY,
     AT,
@@ -59,6 +59,24 @@ def signed_in(api: RunningApi) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api.url, timeout=10, follow_redirects=True) as browser:
         assert browser.get("/ui/posts", params={"key": API_KEY}).status_code == 200
         yield browser
+
+
+def test_a_command_in_a_message_is_shown_as_code_and_everything_else_escaped() -> None:
+    assert str(code_spans("connect it with `smartretry accounts set-token <acme>`, then retry")) == \
+        "connect it with <code>smartretry accounts set-token &lt;acme&gt;</code>, then retry"
+    assert str(code_spans("an odd ` and <b>")) == "an odd ` and &lt;b&gt;"
+
+
+def test_the_post_page_shows_the_whole_caption(api: RunningApi) -> None:
+    caption = "Autumn sale starts today. " * 20 + "The end."
+    history = History(post_id="post-long")
+    history.submit(target="facebook")
+    history.events[-1] = history.events[-1].model_copy(update={"content": PostContent(
+        caption=caption, image_url="https://cdn.example.com/autumn-sale.jpg")})
+    api.stores.projection.apply_batch(api.topics.post_events, 3, list(enumerate(history.events)))
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-long").text
+    assert html.escape(caption, quote=False) in page
 
 
 def test_pages_send_a_browser_without_the_key_to_sign_in(api: RunningApi) -> None:
@@ -206,6 +224,9 @@ def test_the_page_stores_the_accounts_new_token_and_then_asks_only_for_the_retry
         stale = browser.post("/ui/posts/post-expired/token", data={"csrf": "old", "access_token": new_token})
         # The account was never connected: the ids its platforms publish to come with the token.
         no_ids = browser.post("/ui/posts/post-expired/token", data={"csrf": csrf, "access_token": new_token})
+        # A Page id typed with its name.
+        named = browser.post("/ui/posts/post-expired/token", data={
+            "csrf": csrf, "access_token": new_token, "page_id": "Acme Page", "ig_user_id": "17841400000000000"})
         # A browser's password manager filling in the sign-in's key.
         key = browser.post("/ui/posts/post-expired/token", data={
             "csrf": csrf, "access_token": API_KEY, "page_id": "747917475065823", "ig_user_id": "17841400000000000"})
@@ -228,6 +249,10 @@ def test_the_page_stores_the_accounts_new_token_and_then_asks_only_for_the_retry
         "Facebook Page id and Instagram account id: needed to connect account acme" in html.unescape(no_ids.text)
     assert key.status_code == 422 and "that is this service&#39;s API key" in key.text and API_KEY not in key.text
     assert 'autocomplete="new-password"' in before
+    assert named.status_code == 422 and "Facebook Page id: an id is digits only, as Meta shows it" in named.text
+    assert "should match pattern" not in named.text
+    # The command to type is shown as code, not with its backquotes.
+    assert "`smartretry" not in before
     assert stored.status_code == 303 and stored.headers["location"] == "/ui/posts/post-expired?token_stored=1"
     credentials = api.stores.credentials.get("acme")
     assert credentials.user_token.get_secret_value() == new_token

@@ -118,3 +118,16 @@ def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox
     assert ("PUT", "/accounts/demo/token") not in calls, calls
     assert "is connected to the sandbox's Page and Instagram account: its token is kept" in done.output
     assert ("POST", "/posts") in calls
+
+
+def test_an_accounts_wrong_id_is_set_with_the_option_for_that_id() -> None:
+    from smartretry import pages
+    from smartretry.cli_ops import _as_commands
+
+    page_id = "set account acct-1's right Page id with PUT /accounts/acct-1/token, then retry"
+    ig_id = "set account acct-1's right Instagram account id with PUT /accounts/acct-1/token, then retry"
+    assert _as_commands(page_id) == \
+        "set account acct-1's right Page id with smartretry accounts set-token acct-1 --page-id ..., then retry"
+    assert _as_commands(ig_id).endswith("set-token acct-1 --ig-user-id ..., then retry")
+    assert pages._page_action(page_id).endswith("with `smartretry accounts set-token acct-1 --page-id ...`, then retry")
+    assert pages._page_action(ig_id).endswith("`smartretry accounts set-token acct-1 --ig-user-id ...`, then retry")
