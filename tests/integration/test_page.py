@@ -167,14 +167,19 @@ def test_a_failed_post_page_shows_what_the_seed_draws(api: RunningApi) -> None:
     assert "http-equiv=\"refresh\"" not in html
 
 
-def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_and_in_the_api(
-        api: RunningApi) -> None:
+def store_unchecked(api: RunningApi) -> None:
+    """post-unchecked (account acct-1): its Facebook attempt has no result, and the look-up was refused the token."""
     history = History(post_id="post-unchecked")
     attempts = history.publish(target="facebook")
     history.unknown("facebook", attempts["facebook"], ErrorKind.AUTH,
                     "Facebook post lookup failed: Error validating access token")
     # A partition of its own: `store_post` numbers partition 0's offsets.
     api.stores.projection.apply_batch(api.topics.post_events, 5, list(enumerate(history.events)))
+
+
+def test_an_attempt_that_cannot_be_checked_asks_to_re_authenticate_on_the_page_and_in_the_api(
+        api: RunningApi) -> None:
+    store_unchecked(api)
 
     with signed_in(api) as browser:
         html = browser.get("/ui/posts/post-unchecked").text
@@ -267,11 +272,7 @@ def test_the_page_stores_the_accounts_new_token_and_then_asks_only_for_the_retry
 
 def test_a_post_not_known_to_have_gone_out_takes_the_token_and_says_the_service_looks_again(api: RunningApi) -> None:
     api.stores.credentials.set_token("acct-1", "acct-1-user-token-0001", "747917475065823")
-    history = History(post_id="post-unchecked")
-    attempts = history.publish(target="facebook")
-    history.unknown("facebook", attempts["facebook"], ErrorKind.AUTH,
-                    "Facebook post lookup failed: Error validating access token")
-    api.stores.projection.apply_batch(api.topics.post_events, 5, list(enumerate(history.events)))
+    store_unchecked(api)
     with signed_in(api) as browser:
         before = browser.get("/ui/posts/post-unchecked").text
         stored = browser.post("/ui/posts/post-unchecked/token", data={

@@ -211,37 +211,56 @@ class FlakyPage:
         return PublishOutcome.published("facebook", f"747917475065823_{self.calls}", None)
 
 
-async def test_a_partition_that_moved_away_and_came_back_during_a_backoff_is_not_published_again() -> None:
-    page, topic = FlakyPage(), []  # the post-events topic both handlers write
+def handler_on_shared_topic(page: FlakyPage, topic: list[Event], history: History, backoff: float,
+                            **config: Any) -> CommandHandler:
+    """A handler publishing to `page` and writing its events to `topic`, which its projection reads (caught up) with
+    `history`'s; its backoff always takes the longest it may."""
+    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                          credentials=None, publishers={"facebook": page},  # type: ignore[dict-item]
+                          config=HandlerConfig(backoff_base_seconds=backoff, backoff_cap_seconds=backoff, **config))
+
+    async def send(event: Event) -> None:
+        topic.append(event)
+
+    async def fresh_state(_post_id: str, _partition: int) -> PostState | None:
+        return apply_all(None, [*history.events, *topic])
+
+    made.send = send  # type: ignore[method-assign]
+    made.fresh_state = fresh_state  # type: ignore[method-assign]
+    made._credentials_of = lambda _account: ACCOUNT  # type: ignore[method-assign]
+    made._rng.uniform = lambda _low, high: high  # type: ignore[method-assign]
+    made._assign([0])
+    return made
+
+
+def ready(value: Any = None) -> asyncio.Future[Any]:
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    done.set_result(value)
+    return done
+
+
+def decided_for_facebook() -> tuple[History, PostState]:
+    """A post submitted for Facebook and decided, not attempted yet."""
     history = History(at=datetime.now(UTC))
     history.submit(target="facebook").decide("cmd-publish", ("facebook",))
     state = apply_all(None, history.events)
     assert state is not None
+    return history, state
 
-    def make(backoff: float) -> CommandHandler:
-        made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
-                              credentials=None, publishers={"facebook": page},  # type: ignore[dict-item]
-                              config=HandlerConfig(backoff_base_seconds=backoff, backoff_cap_seconds=backoff))
 
-        async def send(event: Event) -> None:
-            topic.append(event)
+async def first_publish(made: CommandHandler, state: PostState, command: PublishRequested) -> None:
+    await made._publish_platform(state, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0, made._progress[0],
+                                 is_retry=False, forced=False, reason="first publish", recorded=ready())
 
-        made.send = send  # type: ignore[method-assign]
-        made._rng.uniform = lambda _low, high: high  # type: ignore[method-assign]
-        made._assign([0])
-        return made
 
-    def ready(value: Any = None) -> asyncio.Future[Any]:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(value)
-        return done
+async def test_a_partition_that_moved_away_and_came_back_during_a_backoff_is_not_published_again() -> None:
+    page, topic = FlakyPage(), []  # the post-events topic both handlers write
+    history, state = decided_for_facebook()
 
     command = _publish_command(state)
-    first, second = make(backoff=1.0), make(backoff=0.0)
+    first, second = (handler_on_shared_topic(page, topic, history, backoff) for backoff in (1.0, 0.0))
     # The first handler's attempt fails for a moment; it waits a second before its automatic retry.
-    waiting = asyncio.create_task(first._publish_platform(
-        state, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0, first._progress[0], is_retry=False,
-        forced=False, reason="first publish", recorded=ready()))
+    waiting = asyncio.create_task(first_publish(first, state, command))
     await asyncio.sleep(0.2)
     assert page.calls == 1
     # Meanwhile the partition moves to the second handler, which takes the command up and publishes Facebook ...
@@ -265,40 +284,12 @@ async def test_a_handler_frozen_through_a_backoff_does_not_publish_what_the_new_
     # Frozen (SIGSTOP, a stalled host) past its session timeout: its partition went to another handler, and it has
     # not heard of that when it runs on, so it still takes the partition for its own.
     page, topic = FlakyPage(), []  # the post-events topic both handlers write
-    history = History(at=datetime.now(UTC))
-    history.submit(target="facebook").decide("cmd-publish", ("facebook",))
-    state = apply_all(None, history.events)
-    assert state is not None
-
-    def make(backoff: float) -> CommandHandler:
-        made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
-                              credentials=None, publishers={"facebook": page},  # type: ignore[dict-item]
-                              config=HandlerConfig(backoff_base_seconds=backoff, backoff_cap_seconds=backoff,
-                                                   session_timeout_seconds=0.4))
-
-        async def send(event: Event) -> None:
-            topic.append(event)
-
-        async def fresh_state(_post_id: str, _partition: int) -> PostState | None:
-            return apply_all(None, [*history.events, *topic])  # the projection, caught up with the topic
-
-        made.send = send  # type: ignore[method-assign]
-        made.fresh_state = fresh_state  # type: ignore[method-assign]
-        made._credentials_of = lambda _account: ACCOUNT  # type: ignore[method-assign]
-        made._rng.uniform = lambda _low, high: high  # type: ignore[method-assign]
-        made._assign([0])
-        return made
-
-    def ready(value: Any = None) -> asyncio.Future[Any]:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(value)
-        return done
+    history, state = decided_for_facebook()
 
     command = _publish_command(state)
-    first, second = make(backoff=1.0), make(backoff=0.0)
-    waiting = asyncio.create_task(first._publish_platform(
-        state, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0, first._progress[0], is_retry=False,
-        forced=False, reason="first publish", recorded=ready()))
+    first, second = (handler_on_shared_topic(page, topic, history, backoff, session_timeout_seconds=0.4)
+                     for backoff in (1.0, 0.0))
+    waiting = asyncio.create_task(first_publish(first, state, command))
     await asyncio.sleep(0.2)
     assert page.calls == 1
     # The second handler takes the command up and publishes Facebook; the first is never told it lost the partition.
