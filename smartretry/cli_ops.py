@@ -156,7 +156,8 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(r"name the account to publish it with"), "name the account to publish it with (--account NAME)"),
     # The API's field names, as the command line's options.
     (re.compile(r"\bcontent\.image_url\b"), "an image (--image-url)"),
-    (re.compile(r"\bcontent\.caption\b"), "--caption"),
+    # `publish` takes the caption as its argument, `retry` as --caption: named for both.
+    (re.compile(r"\bcontent\.caption\b"), "the caption (CAPTION, or a retry's --caption)"),
     (re.compile(r"\bcontent\.link\b"), "--link"),
 )
 

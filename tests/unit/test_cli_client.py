@@ -131,3 +131,10 @@ def test_an_accounts_wrong_id_is_set_with_the_option_for_that_id() -> None:
     assert _as_commands(ig_id).endswith("set-token acct-1 --ig-user-id ..., then retry")
     assert pages._page_action(page_id).endswith("with `smartretry accounts set-token acct-1 --page-id ...`, then retry")
     assert pages._page_action(ig_id).endswith("`smartretry accounts set-token acct-1 --ig-user-id ...`, then retry")
+
+
+def test_the_captions_field_is_named_as_both_commands_take_it() -> None:
+    from smartretry.cli_ops import _as_commands
+
+    assert _as_commands("content.caption: String should have at most 63206 characters") == \
+        "the caption (CAPTION, or a retry's --caption): String should have at most 63206 characters"
