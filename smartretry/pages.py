@@ -301,8 +301,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # Where the page shows a platform asking to re-authenticate (or to connect the account), the account's new
         # token can be stored from here, with the ids the account lacks for the post's platforms.
         reauth = None
-        ids = await front.account_ids(state.account) if state.account is not None else None
         asking = [row for row in rows if _asks_for_token(row, status)]
+        # The account's ids, read only for the form or the notice (not at each refresh of every post's page).
+        ids = await front.account_ids(state.account) if state.account is not None and (asking or token_stored) \
+            else None
         if state.account is not None and asking:
             reauth = {"account": state.account, "ids": missing_ids(state.targeted, ids),
                       # An attempt not known to have gone out is looked up again by the service once a token is stored.
@@ -465,12 +467,12 @@ def _page_problem(problem: str) -> str:
             field := re.search(r"content\.(caption|link)\b", problem)) is not None:
         # This page corrects the image URL only.
         return problem + f" (with `smartretry retry POST --{field.group(1)} ...`)"
-    # An account to connect: with the command line (or the API's route), not from this page.
     # The right id of a platform the account's token cannot reach: the option that sets it.
     problem = re.sub(r"right Page id with PUT /accounts/([^\s),;]+)/token",
                      r"right Page id with `smartretry accounts set-token \1 --page-id ...`", problem)
     problem = re.sub(r"right Instagram account id with PUT /accounts/([^\s),;]+)/token",
                      r"right Instagram account id with `smartretry accounts set-token \1 --ig-user-id ...`", problem)
+    # An account to connect: with the command line (or the API's route).
     return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
 
 

@@ -372,7 +372,7 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
     """The projector's faust app: consumer group `<prefix>projector` on the post-events topic."""
     topics = settings.topics
     bootstrap = settings.kafka_bootstrap_servers or "127.0.0.1:9092"
-    app_id = f"{topics.prefix}{CONSUMER_NAME}"
+    app_id = settings.projector_group
     datadir = datadir or Path(tempfile.gettempdir()) / "smartretry-faust" / app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
