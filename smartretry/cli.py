@@ -252,6 +252,10 @@ def processor() -> None:
         raise SystemExit(f"error: {exc}") from None
 
 
+# The documents call the stream processor the projector: its name works too.
+app.command("projector", hidden=True)(processor)
+
+
 # Post ids `smartretry replay` names when the projections differ; the count says how many in all.
 DIFFERING_SHOWN = 20
 

@@ -77,7 +77,8 @@ class Api:
 
     def __init__(self, base_url: str | None, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
-        self.base_url = (base_url or f"http://{self.settings.api_host}:{self.settings.api_port}").rstrip("/")
+        self.base_url = (base_url or self.settings.api_url
+                         or f"http://{self.settings.api_host}:{self.settings.api_port}").rstrip("/")
         self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(self.settings.api_wait_seconds + 30),
                                    headers={"X-API-Key": self.settings.api_key.get_secret_value()})
 
@@ -880,6 +881,7 @@ def demo(
 
     with api_client(api_url) as api:
         api.call("GET", "/healthz")
+        sandbox_url = sandbox_url or api.settings.sandbox_url
         if sandbox_url:
             control = SandboxControl(sandbox_url)
             try:

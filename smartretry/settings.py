@@ -73,6 +73,10 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: Port = 8080
+    # The API the CLI's post commands talk to (their --api-url); unset, the host and port above.
+    api_url: str | None = None
+    # The sandbox Graph API `smartretry demo` sets up (its --sandbox-url); unset, the demo leaves the sandbox as it is.
+    sandbox_url: str | None = None
     api_key: SecretStr = SecretStr(DEV_API_KEY)
     # Encrypts account tokens at rest in the credential store.
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)

@@ -138,3 +138,16 @@ def test_the_captions_field_is_named_as_both_commands_take_it() -> None:
 
     assert _as_commands("content.caption: String should have at most 63206 characters") == \
         "the caption (CAPTION, or a retry's --caption): String should have at most 63206 characters"
+
+
+def test_the_apis_address_in_dot_env_is_the_one_the_cli_talks_to(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's settings all go in `.env`: the CLI's API address too, not only the shell's variable.
+    (tmp_path / ".env").write_text("SMARTRETRY_API_URL=http://127.0.0.1:9/\nSMARTRETRY_API_PORT=8123\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SMARTRETRY_API_URL", raising=False)
+    done = CliRunner().invoke(app, ["show", "post-1"], env={"COLUMNS": "200"})
+    assert "no API at http://127.0.0.1:9 " in done.output, done.output
+    # The option still comes first.
+    done = CliRunner().invoke(app, ["show", "post-1", "--api-url", "http://127.0.0.1:10"], env={"COLUMNS": "200"})
+    assert "no API at http://127.0.0.1:10 " in done.output, done.output
