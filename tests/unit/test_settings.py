@@ -3,6 +3,9 @@ warned of at start."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -85,3 +88,14 @@ def test_an_attempt_timeout_that_leaves_instagram_little_processing_time_is_warn
     assert short is not None
     assert short.startswith("SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS leaves Instagram 10s to process an image")
     assert short_processing_warning(ContainerPolling.within(120.0)) is None
+
+
+def test_the_readme_names_every_setting_and_no_setting_that_does_not_exist() -> None:
+    # An operator configures the service from the README's table: a setting missing there cannot be found, and a
+    # name there that the service does not read is ignored without a word (unknown variables are).
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    settings = {"SMARTRETRY_" + name.upper() for name in Settings.model_fields}
+    assert not {name for name in settings if f"`{name}`" not in readme}
+    # Read outside the settings: where Kafka's jars are cached (streams/broker.py), the tests' PostgreSQL server.
+    elsewhere = {"SMARTRETRY_CACHE_DIR", "SMARTRETRY_TEST_POSTGRES_URL"}
+    assert set(re.findall(r"SMARTRETRY_[A-Z_]*[A-Z]", readme)) - settings - elsewhere == set()
