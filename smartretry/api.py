@@ -1,7 +1,7 @@
 """The HTTP API: publish, retry and read posts; re-authenticate accounts; health, readiness and metrics.
 
 Publish and retry put a command on Kafka and then watch the projection for that command's results,
-answering with the seed's response (200) when every platform it chose has one, or 202 with where to
+answering with the product note's response (200) when every platform it chose has one, or 202 with where to
 look when `api_wait_seconds` runs out first. Everything is validated before it reaches Kafka: what the
 handler would refuse (a retry with nothing to retry, a publish of an existing post) is refused here.
 """
@@ -129,7 +129,7 @@ class PublishBody(Body):
 
 
 class ContentCorrection(Body):
-    """Corrected content for a retry: only the fields given change (the seed's "fix the image URL")."""
+    """Corrected content for a retry: only the fields given change (the product note's "fix the image URL")."""
 
     caption: str | None = Field(default=None, max_length=FACEBOOK_TEXT_LIMIT)
     image_url: HttpUrlText | None = None
@@ -279,7 +279,7 @@ def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,
 def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                 token_renewed_at: datetime | None = None, backoff: tuple[float, float] = DEFAULT_BACKOFF,
                 now: datetime | None = None) -> dict[str, Any]:
-    """GET /posts/{id}: the seed's insights document, then what an operator needs to act on it."""
+    """GET /posts/{id}: the product note's insights document, then what an operator needs to act on it."""
     return {
         "id": state.post_id,
         **state.document.to_document(),
@@ -953,7 +953,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
         return JSONResponse(accepted.response.to_document(), status_code=accepted.status_code, headers=headers)
 
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"description": "Every platform the command chose has a result (the seed's response)"},
+        200: {"description": "Every platform the command chose has a result (the product note's response)"},
         202: {"description": "Accepted; results not all in yet. `location` says where to look"},
         401: {"description": "Missing or wrong API key"},
         404: {"description": "Unknown post"},

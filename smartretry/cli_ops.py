@@ -1,4 +1,4 @@
-"""Operator commands: publish, retry, force, show, dead letters, account tokens, and the seed's demo.
+"""Operator commands: publish, retry, force, show, dead letters, account tokens, and the product note's demo.
 
 Commands about posts and accounts go through the HTTP API (so they are validated and authorized like
 any other client); the dead-letter commands read and write Kafka directly, since the dead letters are
@@ -203,7 +203,7 @@ def _send_again_as(command_id: str, post_id: str | None) -> str:
 
 
 def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(the seed's response, the post's detail), waiting up to `wait` seconds if the API answered 202."""
+    """(the product note's response, the post's detail), waiting up to `wait` seconds if the API answered 202."""
     response: dict[str, Any] = answer.json()
     post_id, command_id = response["post"]["id"], response.get("command_id")
     if answer.status_code == 202 and command_id:
@@ -230,7 +230,8 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
         console.print(f"Post {response['post']['id']}: accepted, no results yet. "
                       f"See `smartretry show {response['post']['id']}`.", highlight=False)
     else:
-        # The seed's console line for the command ("🔄 Smart retry: Publishing only to Facebook (...)"), once decided.
+        # The product note's console line for the command ("🔄 Smart retry: Publishing only to Facebook (...)"),
+        # once decided.
         entry = next((h for h in detail.get("history", []) if h.get("command_id") == response.get("command_id")), None)
         if entry is not None and entry.get("note"):
             console.print(entry["note"], highlight=False)
@@ -274,7 +275,7 @@ def _automatic_retries(post: dict[str, Any]) -> list[str]:
 
 
 def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
-    """The post as the seed's detail view says it: status, errors, links, needed actions, retries."""
+    """The post as the product note's detail view says it: status, errors, links, needed actions, retries."""
     status = {"failed": "❌ Failed", "posted": "✅ Posted", "publishing": "⏳ Publishing"}[detail["status"]]
     console.print(f"Post {detail['id']}  Status: {status}", highlight=False)
     if (detail.get("content") or {}).get("caption"):
@@ -424,8 +425,8 @@ def force(
     yes: bool = typer.Option(False, "--yes", "-y", help="Republish without being asked first."),
     api_url: str | None = ApiUrl,
 ) -> None:
-    """Publish a post again on every platform, even those where it succeeded (seed case 4): a second post on each
-    platform where it already went out (the first one stays there)."""
+    """Publish a post again on every platform, even those where it succeeded (the product note's case 4): a second
+    post on each platform where it already went out (the first one stays there)."""
     if not yes:
         what = ("This publishes the post again: a second post on each platform where it already went out (the first "
                 "one stays there)")
@@ -846,7 +847,7 @@ def _demo_settled(api: Api, answer: httpx.Response, what: str) -> tuple[dict[str
 
 
 def _log_lines(detail: dict[str, Any], command_id: str) -> list[str]:
-    """The seed's console lines for one command, from what the service recorded about it."""
+    """The product note's console lines for one command, from what the service recorded about it."""
     lines = []
     entry = next((h for h in detail["history"] if h["command_id"] == command_id), None)
     if entry is not None:
@@ -872,7 +873,7 @@ def demo(
         help="The sandbox Graph API's address, to make sure it refuses image URLs with spaces on Facebook."),
     account: str = typer.Option("demo", help="The account the demo stores the sandbox's token under and posts as."),
 ) -> None:
-    """The seed's scenario on the sandbox, against a running service (`smartretry run`).
+    """The product note's scenario on the sandbox, against a running service (`smartretry run`).
 
     Facebook fails on an image URL with a space while Instagram publishes; the URL is fixed and the
     retry publishes only Facebook.

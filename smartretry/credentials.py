@@ -59,7 +59,7 @@ class UnreadableToken(UnknownAccount):
 
 
 class CredentialStore:
-    """Tokens per account reference; `set_token` is the re-authentication the seed's example 2 needs."""
+    """Tokens per account reference; `set_token` is the re-authentication the product note's example 2 needs."""
 
     def __init__(self, engine: Engine, secret_key: str) -> None:
         self._engine = engine

@@ -1,4 +1,4 @@
-"""The operators' pages: the seed's "Post Detail View" and a list of posts, rendered on the server.
+"""The operators' pages: the product note's "Post Detail View" and a list of posts, rendered on the server.
 
 The pages are protected by the same API key as the API. A browser presents it once (the login form,
 or `?key=` in a link the service prints) and then carries a session cookie derived from the key:
