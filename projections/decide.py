@@ -26,12 +26,15 @@ from projections.state import PostState
 from schemas.commands import (
     Command,
     ForceRepublishRequested,
+    PostContent,
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
+    content_problem,
+    corrected,
     fingerprint,
 )
-from schemas.common import PLATFORM_LABELS, Platform, platforms_of
+from schemas.common import PLATFORM_LABELS, Platform, platforms_of, target_of
 from schemas.events import CommandDecided, CommandType
 
 ALREADY_SUCCEEDED = "already succeeded"
@@ -58,6 +61,11 @@ class Decision:
     # For a redelivered command: the platforms its recorded decision chose but never attempted (the handler
     # died between deciding and attempting). These were never sent to the platform, so they are safe to publish.
     unstarted: tuple[Platform, ...] = ()
+    # A retry's or a republish's corrected content over the post's (`schemas.commands.corrected`): published from
+    # now on. None: the post's own.
+    content: PostContent | None = None
+    # The reject reason is about the content (the platforms cannot take it), not the post's state.
+    refused_content: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -77,7 +85,7 @@ class Decision:
             skipped=dict(self.skipped),
             is_retry=self.is_retry,
             forced=self.forced,
-            content=command.content if isinstance(command, (RetryRequested, ForceRepublishRequested)) else None,
+            content=self.content,
             account=command.account if isinstance(command, (RetryRequested, ForceRepublishRequested)) else None,
             note=self.log_line,
             fingerprint=fingerprint(command),
@@ -110,10 +118,22 @@ def decide(state: PostState | None, command: Command) -> Decision:
                         log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
     decision = _republish(state, forced=isinstance(command, ForceRepublishRequested),
                           reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
-    if decision.no_op and command.content is not None and command.content != state.content:
-        # The post keeps the content that went out: a user who fixed the image URL in vain is told so.
-        return replace(decision, log_line=f"{decision.log_line}; the corrected content it carried was not applied")
-    return decision
+    if command.content is None:
+        return decision
+    # The correction over the post's content: what is published from now on, and what the decision records.
+    content = corrected(state.content, command.content)
+    if decision.no_op:
+        if content != state.content:
+            # The post keeps the content that went out: a user who fixed the image URL in vain is told so.
+            return replace(decision, content=content,
+                           log_line=f"{decision.log_line}; the corrected content it carried was not applied")
+        return replace(decision, content=content)
+    assert content is not None
+    if (problem := content_problem(content, state.publish_target, publishing=target_of(decision.platforms))):
+        # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
+        return Decision(reject_reason=problem, refused_content=True,
+                        log_line=f"Refused {command.type} {command.command_id}: {problem}")
+    return replace(decision, content=content)
 
 
 def republished_since_asked(state: PostState, command: Command) -> str | None:
@@ -209,6 +229,10 @@ def _first_publish(state: PostState | None, command: PublishRequested) -> Decisi
                            "or ForceRepublishRequested to publish again"),
             log_line=f"Refused PublishRequested {command.command_id}: post {command.post_id} already exists",
         )
+    if (problem := content_problem(command.content, command.publish_target)) is not None:
+        # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
+        return Decision(reject_reason=problem, refused_content=True,
+                        log_line=f"Refused PublishRequested {command.command_id}: {problem}")
     platforms = platforms_of(command.publish_target)
     return Decision(platforms=platforms, log_line=f"Publishing to {_names(platforms, both=True)}...")
 

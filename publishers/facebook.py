@@ -22,7 +22,7 @@ from publishers.graph import (
     parse_meta_time,
 )
 from publishers.redact import register_secret
-from schemas.commands import PostContent
+from schemas.commands import PostContent, facebook_text
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
 
@@ -37,17 +37,6 @@ LOOKUP_MAX_PAGES = 10
 # How long after an attempt began its post can still appear: the handler's attempt lease, after which an
 # attempt with no post counts as interrupted (and is published again). The window ends there.
 LOOKUP_WINDOW = timedelta(seconds=150)
-
-
-def facebook_text(content: PostContent) -> str:
-    """The text of the post on the Page: the caption, and a photo's link after it.
-
-    A photo post has no link field (only a feed post has), so a link given with an image goes into the
-    text, where it is still a link, rather than being left out. The look-up matches this same text.
-    """
-    if content.image_url and content.link and content.link not in content.caption:
-        return f"{content.caption.rstrip()}\n\n{content.link}" if content.caption.strip() else content.link
-    return content.caption
 
 
 class FacebookPagePublisher:

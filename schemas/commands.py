@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -16,6 +17,9 @@ COMMAND_SCHEMA_VERSION = 1
 INSTAGRAM_CAPTION_LIMIT = 2200
 # The longest text a Facebook post takes.
 FACEBOOK_TEXT_LIMIT = 63206
+# Instagram refuses a caption with more hashtags than this.
+INSTAGRAM_HASHTAG_LIMIT = 30
+HASHTAG = re.compile(r"(?<![\w#])#\w+")
 
 
 def _http_url(value: str) -> str:
@@ -87,6 +91,49 @@ class PostContent(Frozen):
         return self
 
 
+def facebook_text(content: PostContent) -> str:
+    """The text of the post on the Page: the caption, and a photo's link after it.
+
+    A photo post has no link field (only a feed post has), so a link given with an image goes into the
+    text, where it is still a link, rather than being left out. The look-up matches this same text.
+    """
+    if content.image_url and content.link and content.link not in content.caption:
+        return f"{content.caption.rstrip()}\n\n{content.link}" if content.caption.strip() else content.link
+    return content.caption
+
+
+def corrected(content: PostContent | None, correction: PostContent | None) -> PostContent | None:
+    """A post's content once a retry's corrected content applies: the fields the correction gives replace the
+    post's, and an `image_url` or `link` it leaves out keeps the post's (given as null, it is removed)."""
+    if correction is None or content is None:
+        return correction or content
+    kept = {name: getattr(content, name) for name in ("image_url", "link") if name not in correction.model_fields_set}
+    return correction.model_copy(update=kept) if kept else correction
+
+
+def content_problem(content: PostContent, target: PublishTarget | None, *,
+                    publishing: PublishTarget | None = None) -> str | None:
+    """Why the post's `target` platforms cannot take `content`, or None. `publishing` names the platforms a retry
+    publishes now, when only some: the caption need only fit those (Instagram's limits do not bind a retry of
+    Facebook alone), while a post for Instagram keeps an image whichever it publishes now. None: a new post."""
+    now = target if publishing is None else publishing
+    if now in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
+        # A photo's link goes after its caption (see `facebook_text`): the two together must fit.
+        return (f"Facebook posts are limited to {FACEBOOK_TEXT_LIMIT} characters, a photo's link after its caption "
+                "included")
+    if target in ("instagram", "both") and content.image_url is None:
+        return "Instagram needs content.image_url"
+    if now in ("instagram", "both") and len(content.caption) > INSTAGRAM_CAPTION_LIMIT:
+        return f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters"
+    if now in ("instagram", "both") and (hashtags := len(HASHTAG.findall(content.caption))) > INSTAGRAM_HASHTAG_LIMIT:
+        return f"Instagram captions take at most {INSTAGRAM_HASHTAG_LIMIT} hashtags; this one has {hashtags}"
+    if publishing is None and target == "instagram" and content.link is not None:
+        # Published to Instagram alone, it would be dropped without a word. (A post made before this was checked
+        # keeps its link on a retry, which Instagram leaves out as before.)
+        return "Instagram posts carry no link: put it in the caption, or publish to Facebook too (publish_target both)"
+    return None
+
+
 class CommandBase(Frozen):
     """What every command carries: its schema version, a unique id (for idempotency) and the post."""
 
@@ -133,12 +180,19 @@ class PublishRequested(CommandBase):
         return self
 
 
+CORRECTION = (
+    "Corrected content, published from now on; absent or null, the post's own. Its caption replaces the post's; an "
+    "image_url or link it leaves out keeps the post's, and one given as null is removed. Checked against the "
+    "platforms it is published to (Instagram needs an image_url, at most 2,200 characters and 30 hashtags): "
+    "content they cannot take is refused (dead-lettered with the reason), not published.")
+
+
 class RetryRequested(CommandBase):
     """Retry a post: only the platforms whose latest result failed are published again."""
 
     type: Literal["RetryRequested"] = "RetryRequested"
     # Corrected content (the seed's "fix the image URL"); None keeps the post's content.
-    content: PostContent | None = None
+    content: PostContent | None = Field(default=None, description=CORRECTION)
     # The account to publish with from now on (a post imported from the old system without one); None keeps it.
     account: Identifier | None = None
 
@@ -147,7 +201,7 @@ class ForceRepublishRequested(CommandBase):
     """Publish again even to platforms that succeeded (the seed's case 4, "e.g. for testing")."""
 
     type: Literal["ForceRepublishRequested"] = "ForceRepublishRequested"
-    content: PostContent | None = None
+    content: PostContent | None = Field(default=None, description=CORRECTION)
     account: Identifier | None = None
     reason: str = Field(default="forced republish", max_length=500)
     seen_attempts: Annotated[int, Strict()] | None = Field(default=None, ge=0, description=(

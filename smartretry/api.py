@@ -61,12 +61,10 @@ from projections.resume import (
 )
 from projections.state import PostState
 from projections.store import ListPosition, database_said
-from publishers.facebook import facebook_text
 from publishers.redact import known_secrets, scrub, secret_field, secret_value
 from schemas.api import PostSummary, PublishResponse
 from schemas.commands import (
     FACEBOOK_TEXT_LIMIT,
-    INSTAGRAM_CAPTION_LIMIT,
     Command,
     ForceRepublishRequested,
     HttpUrlText,
@@ -74,6 +72,7 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
+    content_problem,
     url_problem,
 )
 from schemas.common import (
@@ -84,7 +83,6 @@ from schemas.common import (
     PublishTarget,
     format_timestamp,
     platforms_of,
-    target_of,
 )
 from schemas.envelope import encode
 from schemas.ids import new_id, post_id_for
@@ -526,6 +524,10 @@ class FrontDoor:
                                     reason=body.reason if isinstance(body, RepublishBody) else None)
         # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.
         decision = decide(state, command)
+        if decision.refused_content:
+            # Against the platforms this retry publishes: Instagram's limits do not bind a Facebook-only retry.
+            raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error",
+                                       "msg": decision.reject_reason}])
         if decision.reject_reason:
             raise HTTPException(409, decision.reject_reason)
         if decision.no_op:
@@ -555,9 +557,6 @@ class FrontDoor:
         if (why := taken_out(state, command.content or state.content, decision.platforms)) is not None:
             field = why.split(" ", 1)[0].removeprefix("content.")
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "token_taken_out", "msg": why}])
-        if content is not None:
-            # Against the platforms this retry publishes: Instagram's limits do not bind a Facebook-only retry.
-            _check_fits_target(content, state.publish_target, publishing=target_of(decision.platforms))
         if correction is not None and correction.link is not None and "facebook" not in decision.platforms and \
                 correction.link != (state.content.link if state.content else None):
             # A link the correction adds would go nowhere: this retry publishes Instagram alone, which takes none.
@@ -784,11 +783,6 @@ def _check_same_command(state: PostState, command: Command) -> None:
                                  f"{state.post_id} ({recorded.command_type}): use a new command_id")
 
 
-# Instagram refuses a caption with more hashtags than this.
-INSTAGRAM_HASHTAG_LIMIT = 30
-HASHTAG = re.compile(r"(?<![\w#])#\w+")
-
-
 def _check_url(value: str | None, loc: list[str]) -> None:
     """422 for an address no platform could fetch (no host, a bad port, a line break)."""
     if value is not None and (problem := url_problem(value)) is not None:
@@ -802,29 +796,8 @@ def _check_urls(content: PostContent) -> None:
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None, *,
                        publishing: PublishTarget | None = None) -> None:
-    """422 for content the post's `target` platforms cannot take. `publishing` names the platforms a retry
-    publishes now, when only some: the caption need only fit those (Instagram's limits do not bind a retry of
-    Facebook alone), while a post for Instagram keeps an image whichever it publishes now. None: a new post."""
-    now = target if publishing is None else publishing
-    if now in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
-        # A photo's link goes after its caption (see `facebook_text`): the two together must fit.
-        raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error",
-                                   "msg": f"Facebook posts are limited to {FACEBOOK_TEXT_LIMIT} characters, a "
-                                          "photo's link after its caption included"}])
-    problem = None
-    if target in ("instagram", "both") and content.image_url is None:
-        problem = "Instagram needs content.image_url"
-    elif now in ("instagram", "both") and len(content.caption) > INSTAGRAM_CAPTION_LIMIT:
-        problem = f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters"
-    elif now in ("instagram", "both") and \
-            (hashtags := len(HASHTAG.findall(content.caption))) > INSTAGRAM_HASHTAG_LIMIT:
-        problem = f"Instagram captions take at most {INSTAGRAM_HASHTAG_LIMIT} hashtags; this one has {hashtags}"
-    elif publishing is None and target == "instagram" and content.link is not None:
-        # Published to Instagram alone, it would be dropped without a word. (A post made before this was checked
-        # keeps its link on a retry, which Instagram leaves out as before.)
-        problem = ("Instagram posts carry no link: put it in the caption, or publish to Facebook too "
-                   "(publish_target both)")
-    if problem:
+    """422 for content the post's `target` platforms cannot take (`schemas.commands.content_problem`)."""
+    if (problem := content_problem(content, target, publishing=publishing)) is not None:
         raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error", "msg": problem}])
 
 

@@ -31,6 +31,7 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
+    corrected,
 )
 from schemas.common import DESTINATIONS, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, ErrorKind, Platform
 from schemas.envelope import decode_command, encode, undecodable
@@ -1332,7 +1333,7 @@ def _token_in(content: PostContent | None, tokens: frozenset[str]) -> str | None
 
 def _content_for(state: PostState, command: Command) -> PostContent | None:
     if isinstance(command, (RetryRequested, ForceRepublishRequested)) and command.content is not None:
-        return command.content
+        return corrected(state.content, command.content)
     if state.content is not None:
         return state.content
     return command.content if isinstance(command, PublishRequested) else None

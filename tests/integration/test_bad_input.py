@@ -397,3 +397,47 @@ def test_both_consumers_keep_going_after_the_whole_catalogue(run: Run) -> None:
     # A command whose handling raised is logged as "Command at <topic>[p]@offset failed" and never committed.
     log = run.service.handler.output()
     assert "Traceback" not in log and f"Command at {run.service.topics.commands}" not in log, log[-3000:]
+
+
+def test_content_the_platforms_cannot_take_is_dead_lettered_from_kafka_not_published(run: Run) -> None:
+    # What the API answers 422 for, written straight on the commands topic by an upstream service: refused with the
+    # API's reason, before any platform is called (a call Instagram refuses still counts against its limits).
+    tags = " ".join(f"#tag{n}" for n in range(31))
+    refused = {
+        "Instagram posts carry no link": PublishRequested(
+            command_id=new_id(), post_id=new_id(), publish_target="instagram", account=DEMO_ACCOUNT_ID,
+            content=PostContent(caption="Sale", image_url=IMAGE, link="https://shop.example.com/sale"),
+            requested_at=datetime.now(UTC)),
+        "Instagram captions take at most 30 hashtags; this one has 31": PublishRequested(
+            command_id=new_id(), post_id=new_id(), publish_target="both", account=DEMO_ACCOUNT_ID,
+            content=PostContent(caption=tags, image_url=IMAGE), requested_at=datetime.now(UTC)),
+    }
+    posted = run.valid_posts[0]
+    # A forced republish of a posted post, whose corrected caption Instagram cannot take: written as an upstream
+    # writes a correction, with only the field it corrects (the post's image is kept).
+    force = {"type": "ForceRepublishRequested", "command_id": new_id(), "post_id": posted.post_id,
+             "requested_at": AT, "reason": "a longer caption", "content": {"caption": "x" * 2300}}
+    before = run.service.sandbox.counters()
+    for command in refused.values():
+        run.service.send(command, command.post_id)
+    run.service.send_raw(_json(force), key=posted.post_id.encode())
+    too_long = "refused ForceRepublishRequested: Instagram captions are limited to 2200 characters"
+    deadline = time.monotonic() + 60
+    while True:
+        letters = _dead_letters_in_full(run.service)
+        reasons = {letter.key: letter.reason for letter in letters}
+        forced = [letter for letter in letters if letter.key == posted.post_id and letter.reason == too_long]
+        if (all(c.post_id in reasons for c in refused.values()) and forced) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for words, command in refused.items():
+        assert words in reasons.get(command.post_id, ""), reasons
+        assert run.service.stores.projection.get(command.post_id) is None
+    assert forced, [letter.reason for letter in letters if letter.key == posted.post_id]
+    assert run.service.sandbox.counters() == before
+    state = run.service.stores.projection.get(posted.post_id)
+    assert state is not None and state.content is not None and state.content.caption == "The first post"
+
+
+def _dead_letters_in_full(service: Service) -> list[DeadLetter]:
+    return [DeadLetter.model_validate_json(v) for _k, v in messages_on(service.bootstrap, service.topics.dead_letters)]

@@ -10,7 +10,13 @@ from pydantic import ValidationError
 from projections.decide import OVERTAKEN, decide, retry_preview
 from projections.fold import apply_all, next_attempt_number
 from projections.state import PostState
-from schemas.commands import ForceRepublishRequested, PublishRequested, ResolveAttemptRequested, RetryRequested
+from schemas.commands import (
+    ForceRepublishRequested,
+    PostContent,
+    PublishRequested,
+    ResolveAttemptRequested,
+    RetryRequested,
+)
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformResult
 from tests.unit.test_fold import CONTENT, FIXED, History
@@ -268,3 +274,50 @@ def test_two_platforms_still_publishing_are_said_to_be_so_together() -> None:
     assert decision.no_op
     assert decision.log_line == ("Nothing to republish: Facebook and Instagram still publishing (their last attempts "
                                  "have no result yet)")
+
+
+def corrected_retry(content: dict[str, object],
+                    command: type[RetryRequested | ForceRepublishRequested] = RetryRequested,
+                    ) -> RetryRequested | ForceRepublishRequested:
+    """A command as an upstream service writes it on Kafka: its content holds only the fields it gives."""
+    fields = {"reason": "testing"} if command is ForceRepublishRequested else {}
+    return command.model_validate({"command_id": "cmd-fix", "post_id": POST, "requested_at": AT.isoformat(),
+                                   "content": content, **fields})
+
+
+def test_a_retrys_content_from_kafka_corrects_the_fields_it_gives_and_keeps_the_others() -> None:
+    # The API sends a retry's correction merged over the post's content; an upstream writing the command itself
+    # gives only what it corrects. A caption alone must not take the post's image away (Instagram needs it).
+    state = after_first_attempt(facebook=False, instagram=False)
+    decision = decide(state, corrected_retry({"caption": "Autumn sale, now on"}))
+    assert decision.platforms == ("facebook", "instagram") and decision.reject_reason is None
+    assert decision.content == PostContent(caption="Autumn sale, now on", image_url=CONTENT.image_url)
+    event = decision.to_event(corrected_retry({"caption": "Autumn sale, now on"}), "cmd-fix:decided", AT)
+    assert event.content == decision.content
+    # A field given as null is removed.
+    linked = after_first_attempt(facebook=False, instagram=True).model_copy(update={"content": PostContent(
+        caption="Sale", image_url=FIXED.image_url, link="https://shop.example.com/sale")})
+    decision = decide(linked, corrected_retry({"caption": "Sale", "link": None}))
+    assert decision.content == PostContent(caption="Sale", image_url=FIXED.image_url)
+
+
+def test_content_the_platforms_cannot_take_is_refused_from_kafka_as_the_api_refuses_it() -> None:
+    state = after_first_attempt(facebook=False, instagram=False)
+    too_long = "x" * 2300
+    for command in (corrected_retry({"caption": too_long}),
+                    corrected_retry({"caption": too_long}, ForceRepublishRequested)):
+        decision = decide(state, command)
+        assert decision.reject_reason == "Instagram captions are limited to 2200 characters"
+        assert decision.refused_content and not decision.accepted and decision.platforms == ()
+    decision = decide(state, corrected_retry({"caption": "Sale", "image_url": None}))
+    assert decision.reject_reason == "Instagram needs content.image_url"
+    # Instagram's limits do not bind a retry of Facebook alone.
+    facebook_only = decide(after_first_attempt(facebook=False, instagram=True), corrected_retry({"caption": too_long}))
+    assert facebook_only.platforms == ("facebook",) and facebook_only.reject_reason is None
+    # A first publish the API would refuse is refused too: Instagram takes 30 hashtags and no link.
+    tags = " ".join(f"#tag{n}" for n in range(31))
+    many = publish().model_copy(update={"content": PostContent(caption=tags, image_url=FIXED.image_url)})
+    assert decide(None, many).reject_reason == "Instagram captions take at most 30 hashtags; this one has 31"
+    linked = publish().model_copy(update={"publish_target": "instagram", "content": PostContent(
+        caption="Sale", image_url=FIXED.image_url, link="https://shop.example.com/sale")})
+    assert (decide(None, linked).reject_reason or "").startswith("Instagram posts carry no link")
