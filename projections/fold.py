@@ -351,11 +351,14 @@ def _merge_landed(state: PostState, landed: Sequence[tuple[PlatformResult, Attem
 
 
 def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
+    # A post this service has submitted or attempted: what it did is newer than the old system's word, so an import
+    # (a migration run again) fills in only what the post lacks. A post known only from imports takes the latest.
+    serviced = state.submitted_by is not None or bool(state.attempts)
     state.legacy = True
-    state.publish_target = event.publish_target
-    if event.content is not None:
-        state.content = event.content
-    if event.account is not None:
+    content = event.content if event.content is not None and not (serviced and state.content is not None) else None
+    if content is not None:
+        state.content = content
+    if event.account is not None and not (serviced and state.account is not None):
         state.account = event.account
 
     document = event.document
@@ -363,22 +366,27 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     # Some old rows stored the insights object itself, not wrapped in a document.
     old: dict[str, Any] = raw_insights if isinstance(raw_insights, dict) else document
 
-    results = _legacy_results(old)
-    published = {r.platform for r in state.document.insights.publish_results if r.success}
+    brought = _legacy_results(old)
+    current = {r.platform: r for r in state.document.insights.publish_results}
     # A platform the post has published (the service did, or an earlier import said so) stays published: an
     # import run again, with the old system's older word, would make it a failure that a retry posts twice.
-    results = [r for r in results if r.success or r.platform not in published]
+    results = [r for r in brought if r.success or not (r.platform in current and current[r.platform].success)]
+    if serviced:
+        # Nor does it replace the service's own newer results: only a platform without one, or one the old system
+        # says went out where the service's attempt failed (it is there: a retry must not post it again).
+        results = [r for r in results if r.platform not in current or (r.success and not current[r.platform].success)]
+    targeted = state.targeted if serviced and state.publish_target is not None else platforms_of(event.publish_target)
     if document.get("status") == "posted":
         # The old system said posted: every platform it targeted went out, whether or not it kept a result
         # for it. Taken as published (with the Facebook post the post's address names, if it does): a
         # retry must not post it again; a forced republish still can.
         known = {r.platform for r in results} | {r.platform for r in state.document.insights.publish_results}
-        for platform in platforms_of(event.publish_target):
+        for platform in targeted:
             if platform not in known:
                 results.append(PublishResult(platform=platform, success=True,
                                              post_id=_facebook_post_of(document.get("post_url"))
                                              if platform == "facebook" else None))
-    covered = set(platforms_of(event.publish_target)) | {r.platform for r in results}
+    covered = set(targeted) | {r.platform for r in results}
     # A platform the old system has a result for counts in the status, so it is a target too: a failure
     # there must be one a retry can fix.
     state.publish_target = target_of(tuple(p for p in PLATFORMS if p in covered)) or event.publish_target
@@ -406,7 +414,7 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         document.get("error_message"), str) else None
     state.legacy_post_url = _legacy_text(document.get("post_url")) if isinstance(document.get("post_url"), str) \
         else None
-    if event.content is not None:
+    if content is not None:
         # The fields the import's own content lost a token from (`projections.imported` says so in the document);
         # a content imported again, without them, clears them.
         marked = document.get(TAKEN_OUT)
@@ -414,7 +422,7 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     # A result stands for at least one attempt of the old system; the same document imported again (another event)
     # brings the same results, not more attempts.
     counted = dict(state.legacy_attempts)
-    for result in results:
+    for result in brought:
         counted[result.platform] = max(counted.get(result.platform, 0), 1)
     state.legacy_attempts = counted
     # What the old messages say the user must do, where Meta's words make it plain: a platform's own result,

@@ -520,6 +520,57 @@ def test_an_import_run_again_never_turns_a_published_platform_into_a_failure() -
     assert "facebook" not in state.needed_action
 
 
+def test_an_import_of_a_post_the_service_has_worked_on_fills_only_what_the_post_lacks() -> None:
+    # The old system's document is older than what the service did since: imported again (a migration run twice),
+    # it must not put the old Facebook post back over the one the service published, nor the old content (a
+    # broken image URL the user fixed) over the corrected one, which a later republish would send.
+    old_post = {"insights": {"publish_results": [
+        {"platform": "facebook", "success": True, "post_id": "7479_555"},
+        {"platform": "instagram", "success": False, "error": "Instagram media upload failed: bad image"}]}}
+    broken = PostContent(caption="Autumn sale", image_url="https://cdn.example.com/my image.jpg")
+    history = History()
+    history.events.append(LegacyInsightsImported(**history._base(None), publish_target="both", document=old_post,
+                                                 content=broken, account="acct-old"))
+    forced = history.retry("cmd-force", ("facebook", "instagram"), forced=True, content=FIXED)
+    history.success("facebook", forced["facebook"], "7479_9")
+    history.failure("instagram", forced["instagram"], "rate limited", ErrorKind.RATE_LIMITED)
+    history.events.append(LegacyInsightsImported(**history._base(None), publish_target="both", document=old_post,
+                                                 content=broken, account="acct-other"))
+    state = history.state()
+    facebook, instagram = state.latest_result("facebook"), state.latest_result("instagram")
+    assert facebook is not None and facebook.success and facebook.post_id == "7479_9"
+    assert state.document.post_url == "https://www.facebook.com/7479_9"
+    # The service's newer failure stands, not the old system's.
+    assert instagram is not None and instagram.error == "rate limited"
+    assert state.content == FIXED and state.account == "acct-old"
+    # A post the service published itself, imported afterwards: the same.
+    published = History()
+    attempts = published.publish()
+    published.success("facebook", attempts["facebook"], "7479_1")
+    published.failure("instagram", attempts["instagram"], "refused", ErrorKind.INVALID_MEDIA)
+    published.events.append(LegacyInsightsImported(**published._base(None), publish_target="both",
+                                                   document=old_post, content=broken))
+    state = published.state()
+    facebook = state.latest_result("facebook")
+    assert facebook is not None and facebook.post_id == "7479_1" and state.content == CONTENT
+    # Each platform the import brings a result for counts as one attempt of the old system's.
+    assert state.legacy_attempts == {"facebook": 1, "instagram": 1}
+
+
+def test_an_import_saying_a_platform_went_out_where_the_services_attempt_failed_is_taken_as_published() -> None:
+    # The post is there on the platform: a retry must not post it a second time.
+    history = History()
+    attempts = history.publish()
+    history.success("facebook", attempts["facebook"], "7479_1")
+    history.failure("instagram", attempts["instagram"], "timed out", ErrorKind.TRANSIENT)
+    history.legacy({"insights": {"publish_results": [{"platform": "instagram", "success": True,
+                                                       "post_id": "1789_1"}]}})
+    state = history.state()
+    assert state.status == "posted"
+    instagram = state.latest_result("instagram")
+    assert instagram is not None and instagram.success and instagram.post_id == "1789_1"
+
+
 def test_a_token_the_old_system_wrote_into_an_imported_document_is_scrubbed_out_of_the_post() -> None:
     meta_shaped = "EAA" + "Bw0rKeD1" * 6
     document = {
