@@ -322,6 +322,12 @@ class ProjectionStore:
                     topic_layout.c.topic == topic)).scalar_one())
             return partitions
 
+    def recorded_partitions(self, topic: str) -> int | None:
+        """The partition count recorded for `topic` (`partitions_of`), or None when none was yet."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(topic_layout.c.partitions).where(topic_layout.c.topic == topic)).scalar()
+            return None if found is None else int(found)
+
     def applied_offsets(self, topic: str) -> dict[int, int]:
         """The last applied offset per partition of `topic`; a partition with none applied is absent."""
         with self.engine.connect() as conn:

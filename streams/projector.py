@@ -31,7 +31,7 @@ from smartretry.settings import Settings, load_settings
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery, disable_gc
 from streams.kafka import producer as kafka_producer
-from streams.topics import StoreAheadOfLog, Topics, check_store_matches_log, ensure_topics
+from streams.topics import StoreAheadOfLog, Topics, check_store_matches_log, ensure_topics, misplaced
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,13 @@ class InsightsProjector:
     """
 
     def __init__(self, store: ProjectionStore, topics: Topics, producer: Producer | None = None,
-                 known_tokens: Callable[[], Collection[str]] | None = None) -> None:
+                 known_tokens: Callable[[], Collection[str]] | None = None, partitions: int | None = None) -> None:
         self.store = store
         self.topics = topics
         self.producer = producer
+        # The post-events topic's partition count the projection was built with: an import on another partition
+        # than its post's is dead-lettered (`streams.topics.misplaced`). None: not checked.
+        self.partitions = partitions
         # Reads every stored token into the scrubber (`CredentialStore.stored_tokens`): called before a batch's
         # dead letters are made, so a token stored since this process started is scrubbed out of them too.
         self.known_tokens = known_tokens
@@ -102,6 +105,13 @@ class InsightsProjector:
             except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the projector goes on
                 refused.append((undecodable(exc), offset, key, value))
         if any(type(event) is LegacyInsightsImported for _, event in events):
+            placed = []
+            for offset, event in events:
+                if (why := misplaced(event, partition, self.partitions)) is None:
+                    placed.append((offset, event))
+                else:
+                    refused.append((why, offset, *next((k, v) for o, k, v in records if o == offset)))
+            events = placed
             # An imported document may carry one of the accounts' tokens in an old error text or its content: out
             # of it before the post, the insights topic and the pages get it (imports are rare: one store read for
             # them). Only the stored tokens, which replay reads too.
@@ -400,7 +410,8 @@ def create_app(settings: Settings, store: ProjectionStore, *, datadir: Path | No
         broker_session_timeout=settings.projector_session_timeout_seconds,
         broker_heartbeat_interval=max(1.0, settings.projector_session_timeout_seconds / 5),
     )
-    projector = InsightsProjector(store, topics, producer, known_tokens)
+    projector = InsightsProjector(store, topics, producer, known_tokens,
+                                  partitions=store.recorded_partitions(topics.post_events))
     # Each app gets its own consumer class bound to its projector (tests run several apps).
     app.transport.Consumer = type("BoundProjectorConsumer", (ProjectorConsumer,), {"projector": projector})  # type: ignore[misc]
     # Registering the topic makes faust subscribe to it; the consumer above hands its fetches to the

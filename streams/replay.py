@@ -25,7 +25,7 @@ from schemas.events import Event, LegacyInsightsImported
 from streams.broker import die_with_parent
 from streams.gc_tuning import disable_gc, folding_gc
 from streams.kafka import client_config
-from streams.topics import Topics
+from streams.topics import Topics, misplaced
 
 # Records decoded and folded at a time: one copy and one document per post per batch.
 BATCH = 50_000
@@ -95,17 +95,19 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
         scratch_store.create_schema()
         scratch_store.reset()
         deadline = started + timeout
+        # Imports on another partition than their post's were dead-lettered by the live processor: skipped here too.
+        partitions = live_store.recorded_partitions(topics.post_events)
         shares = _shares(bootstrap, topics.post_events, targets, _worker_count(workers, scratch_store))
         if len(shares) <= 1:
             read_live_prints()
             events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
-                                               deadline, memory_states, secrets=tuple(secrets))
+                                               deadline, memory_states, secrets=tuple(secrets), partitions=partitions)
         else:
             # The live fingerprints are read, and their digest taken, while the workers run.
             url = scratch_store.engine.url.render_as_string(hide_password=False)
             events, replay_prints = _fold_in_processes(
                 bootstrap, topics.post_events, shares, url, progress, deadline, max(1, memory_states // len(shares)),
-                meanwhile=read_live_prints, secrets=tuple(secrets))
+                meanwhile=read_live_prints, secrets=tuple(secrets), partitions=partitions)
     live_prints = live[0]
     differing = sorted(post_id for post_id in live_prints.keys() | replay_prints.keys()
                        if live_prints.get(post_id) != replay_prints.get(post_id))
@@ -144,15 +146,16 @@ def _shares(bootstrap: str, topic: str, targets: dict[int, int], workers: int) -
 
 def _fold_here(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
                progress: Progress | None, deadline: float, limit: int,
-               keep: list[object] | None = None, secrets: tuple[str, ...] = ()) -> tuple[int, dict[str, bytes]]:
+               keep: list[object] | None = None, secrets: tuple[str, ...] = (),
+               partitions: int | None = None) -> tuple[int, dict[str, bytes]]:
     with folding_gc():
-        return _read_and_fold(bootstrap, topic, targets, store, progress, deadline, limit, keep, secrets)
+        return _read_and_fold(bootstrap, topic, targets, store, progress, deadline, limit, keep, secrets, partitions)
 
 
 def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]], scratch_url: str,
                        progress: Progress | None, deadline: float, limit: int,
-                       meanwhile: Callable[[], None] | None = None,
-                       secrets: tuple[str, ...] = ()) -> tuple[int, dict[str, bytes]]:
+                       meanwhile: Callable[[], None] | None = None, secrets: tuple[str, ...] = (),
+                       partitions: int | None = None) -> tuple[int, dict[str, bytes]]:
     """Each share folded by a process of its own into the scratch store; their events and fingerprints, summed.
 
     `meanwhile` runs here once the processes are started.
@@ -162,7 +165,7 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
     messages: Any = context.Queue()
     processes = [context.Process(target=_worker, name=f"replay-{n}", daemon=True,
                                  args=(n, bootstrap, topic, share, scratch_url, deadline - time.monotonic(), limit,
-                                       messages, secrets))
+                                       messages, secrets, partitions))
                  for n, share in enumerate(shares)]
     for process in processes:
         process.start()
@@ -210,7 +213,7 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
 
 
 def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch_url: str, seconds: float,
-            limit: int, messages: Any, secrets: tuple[str, ...] = ()) -> None:
+            limit: int, messages: Any, secrets: tuple[str, ...] = (), partitions: int | None = None) -> None:
     """A replay process: folds its partitions into the scratch store and reports back through `messages`."""
     die_with_parent()
     # The worker folds and exits: the collector would only walk its states and events again and again.
@@ -220,7 +223,7 @@ def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch
     try:
         result = _fold_here(bootstrap, topic, targets, store,
                             lambda done, total: messages.put(("progress", n, done, total)),
-                            time.monotonic() + seconds, limit, keep=folded, secrets=secrets)
+                            time.monotonic() + seconds, limit, keep=folded, secrets=secrets, partitions=partitions)
         messages.put(("done", n, *result))
     except Exception as exc:  # reported to the parent, which raises it as the replay's error
         messages.put(("error", n, str(exc) if isinstance(exc, ReplayError) else f"{type(exc).__name__}: {exc}"))
@@ -243,23 +246,28 @@ class _MemoryFold:
     more events: memory stays bounded on any topic, and few posts are written twice.
     """
 
-    def __init__(self, store: ProjectionStore, limit: int = MEMORY_STATES, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: ProjectionStore, limit: int = MEMORY_STATES, secrets: tuple[str, ...] = (),
+                 partitions: int | None = None) -> None:
         self.store = store
         self.limit = limit
         self.secrets = secrets
+        self.partitions = partitions
         self.states: OrderedDict[str, PostState] = OrderedDict()
         self.prints: dict[str, bytes] = {}
         # Posts written out: only these can be in the store (a replay starts on an empty one).
         self.written: set[str] = set()
 
-    def fold(self, values: list[bytes | None]) -> None:
+    def fold(self, values: list[bytes | None], partitions: list[int]) -> None:
+        """Folds `values`, the records of the partitions `partitions` names, one for one."""
         by_post: dict[str, list[Event]] = {}
-        for value in values:
+        for value, partition in zip(values, partitions, strict=True):
             try:
                 event = decode_event(value)
             except Exception:  # whatever the live processor dead-lettered (`undecodable`)
                 continue  # a dead letter of the live processor: not part of the projection
             if type(event) is LegacyInsightsImported:
+                if misplaced(event, partition, self.partitions) is not None:
+                    continue  # dead-lettered by the live processor
                 event = without_secrets(event, self.secrets)
             by_post.setdefault(event.post_id, []).append(event)
         states = self.states
@@ -284,7 +292,8 @@ class _MemoryFold:
 
 def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
                    progress: Progress | None, deadline: float, limit: int,
-                   keep: list[object] | None = None, secrets: tuple[str, ...] = ()) -> tuple[int, dict[str, bytes]]:
+                   keep: list[object] | None = None, secrets: tuple[str, ...] = (),
+                   partitions: int | None = None) -> tuple[int, dict[str, bytes]]:
     """Records read, and the fingerprint of each post stored. The fold's states go to `keep` when given."""
     if not targets:
         return 0, {}
@@ -302,7 +311,7 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.min.messages": 200_000,
     })
-    folder = _MemoryFold(store, limit, secrets)
+    folder = _MemoryFold(store, limit, secrets, partitions)
     if keep is not None:
         keep.append(folder)
     # A batch's posts are all in memory at once: no more of them than the limit allows.
@@ -312,6 +321,8 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
         total = sum(max(0, targets[p] - low[p] + 1) for p in targets)
         consumer.assign([TopicPartition(topic, p, low[p]) for p in targets])
         pending: list[bytes | None] = []
+        # The partition of each pending record.
+        pending_partitions: list[int] = []
         remaining = set(targets)
         done = 0
         if progress:
@@ -332,13 +343,15 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
                 if partition not in remaining or offset > targets[partition]:
                     continue
                 pending.append(message.value())
+                pending_partitions.append(partition)
                 if offset >= targets[partition]:
                     remaining.discard(partition)
             while len(pending) >= batch or (pending and not remaining):
                 # Partitions are independent (a post's events are on one), so one batch mixes them.
-                folder.fold(pending[:batch])
+                folder.fold(pending[:batch], pending_partitions[:batch])
                 done += min(batch, len(pending))
                 del pending[:batch]
+                del pending_partitions[:batch]
                 if progress:
                     progress(done, total)
             # Pause finished partitions so their newer events are not fetched for nothing.

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streams.kafka import admin_client, client_config
+from schemas.events import Event, LegacyInsightsImported
+from streams.kafka import admin_client, client_config, partition_for
 
 DEFAULT_PARTITIONS = 6
 DAY_MS = 24 * 3600 * 1000
@@ -195,3 +196,20 @@ def check_store_matches_log(bootstrap: str, topic: str, applied: dict[int, int],
             "broker). Point KAFKA_BOOTSTRAP_SERVERS at the broker it was built from; or, if that broker's data "
             "is gone for good, `smartretry reset-projection` empties the projection (account tokens stay) and "
             "the projector rebuilds it from the events this broker has: posts whose events were lost no longer show")
+
+
+def misplaced(event: Event, partition: int, partitions: int | None) -> str | None:
+    """Why an event written by an upstream service (`LegacyInsightsImported`) may not be folded where it came, or None.
+
+    A post's events must all be on one partition, the one its post id is placed on: folded elsewhere, the live
+    projection and a replay (whose workers read partitions apart, in no order between them) would fold them apart.
+    The service's own events are always on the post's partition. `partitions`: the count the projection was built
+    with (None: not recorded, nothing checked)."""
+    if partitions is None or type(event) is not LegacyInsightsImported:
+        return None
+    expected = partition_for(event.post_id, partitions)
+    if expected == partition:
+        return None
+    return (f"LegacyInsightsImported {event.event_id} of post {event.post_id} came on partition {partition}, not on "
+            f"its post's, {expected}: a post's events must all be on one partition (key it by post id, with the "
+            "Java client's partitioner, murmur2); written again there, it is folded")

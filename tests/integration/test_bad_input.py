@@ -27,7 +27,8 @@ from schemas.envelope import MAX_MESSAGE_BYTES, decode_command
 from schemas.ids import new_id
 from smartretry.api import ApiServer, create_app, serve_in_thread
 from streams.broker import free_port
-from streams.kafka import producer
+from streams.kafka import partition_for, producer
+from streams.topics import DEFAULT_PARTITIONS
 from tests.integration.test_api import messages_on
 from tests.support.service import Service
 
@@ -111,6 +112,16 @@ BAD_EVENTS: dict[str, tuple[bytes | None, str]] = {
     "unknown-platform": (_json(_result_event("e-post", platform="myspace")), "platform: Input should be"),
     "post-id-with-path": (_json(_result_event("../../etc/passwd")), "post_id: String should match pattern"),
 }
+
+def _misplaced_import() -> bytes:
+    """A valid import whose post is placed on another partition than its key `e-import-on-another-partition`."""
+    key = partition_for("e-import-on-another-partition", DEFAULT_PARTITIONS)
+    post = next(p for p in (f"misplaced-{n}" for n in range(100)) if partition_for(p, DEFAULT_PARTITIONS) != key)
+    return _json({"type": "LegacyInsightsImported", "schema_version": 1, "event_id": new_id(), "post_id": post,
+                  "occurred_at": AT, "publish_target": "facebook", "document": {"status": "posted"}})
+
+
+BAD_EVENTS["import-on-another-partition"] = (_misplaced_import(), "not on its post's")
 
 GHOST_POST = "ghost-post-never-submitted"
 

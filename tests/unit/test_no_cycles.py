@@ -28,7 +28,7 @@ def replay_scenario(workdir: Path) -> ProjectionStore:
     folder = _MemoryFold(store, limit=300)
     values = events(20_000)
     for start in range(0, len(values), 300):
-        folder.fold(values[start:start + 300])
+        folder.fold(values[start:start + 300], [0] * len(values[start:start + 300]))
     assert len(folder.finish({})) == 2_000
     store.engine.dispose()
     return store

@@ -188,7 +188,7 @@ def test_replay_takes_the_stored_tokens_out_of_imported_documents_as_the_project
     scratch.create_schema()
 
     folder = _MemoryFold(scratch, secrets=(token,))
-    folder.fold(list(imports))
+    folder.fold(list(imports), [0] * len(imports))
     replayed = folder.finish({})
 
     assert all(token not in state.model_dump_json() for state in folder.states.values())
@@ -197,7 +197,7 @@ def test_replay_takes_the_stored_tokens_out_of_imported_documents_as_the_project
     # differ, never which posts there are (a rebuild loses none).
     earlier = _MemoryFold(ProjectionStore(make_engine(f"sqlite:///{tmp_path}/earlier.db")))
     earlier.store.create_schema()
-    earlier.fold(list(imports))
+    earlier.fold(list(imports), [0] * len(imports))
     assert earlier.states.keys() == folder.states.keys() == {"legacy-1", "legacy-2"}
 
 
@@ -227,3 +227,34 @@ def test_a_corrected_field_is_no_longer_held_against_later_retries_nor_is_upstre
                                    content=PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg"))
     imported = apply_all(None, [without_secrets(event, {token})])
     assert imported is not None and imported.taken_out == []
+
+
+def test_an_import_on_another_partition_than_its_posts_is_dead_lettered_live_and_skipped_by_replay(
+        tmp_path: Path) -> None:
+    # Folded where it came, the live projection and a replay (whose workers read partitions apart) could fold a
+    # post's events in another order: nothing would say so when it was written.
+    from streams.kafka import partition_for
+
+    store = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/projection.db"))
+    store.create_schema()
+    topics, producer = Topics(prefix="placed."), Producer()
+    projector = InsightsProjector(store, topics, producer, partitions=6)  # type: ignore[arg-type]
+    imports = {post: encode(LegacyInsightsImported(
+        event_id=f"{post}:import", post_id=post, occurred_at=datetime(2025, 11, 17, tzinfo=UTC), publish_target="both",
+        document={"status": "posted", "post_url": "https://www.facebook.com/7479_1"})) for post in ("post-a", "post-b")}
+    right = partition_for("post-a", 6)
+    wrong = (partition_for("post-b", 6) + 1) % 6
+    projector.project(right, [(0, b"post-a", imports["post-a"])])
+    outcome = projector.project(wrong, [(0, b"post-b", imports["post-b"])])
+
+    assert store.get("post-a") is not None and store.get("post-b") is None
+    assert outcome.dead_letters == 1
+    letter = json.loads(next(value for topic, value in producer.sent if topic == topics.dead_letters))
+    assert f"came on partition {wrong}, not on its post's, {partition_for('post-b', 6)}" in letter["reason"]
+    assert base64.b64decode(letter["value_b64"]) == imports["post-b"]
+
+    scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/replay.db"))
+    scratch.create_schema()
+    folder = _MemoryFold(scratch, partitions=6)
+    folder.fold([imports["post-a"], imports["post-b"]], [right, wrong])
+    assert set(folder.states) == {"post-a"}
