@@ -402,7 +402,7 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         value = old.get(name)
         if isinstance(value, str) and value and getattr(insights, name) is None:
             # Scrubbed like the old system's other texts: `post_url` is built from the Facebook one.
-            changes[name] = scrub_shapes(value)
+            changes[name] = _legacy_text(value)
     if changes:
         insights = insights.model_copy(update=changes)
     state.document = state.document.model_copy(update={"insights": insights})
@@ -675,12 +675,18 @@ def _facebook_post_of(url: object) -> str | None:
     return None
 
 
+# The longest text an import keeps of one of the old document's fields (an error, an id, an address), as a
+# platform's own error message is bounded: the insights message must stay well within the broker's 1 MB.
+LEGACY_TEXT_LIMIT = 2000
+
+
 def _legacy_text(value: object) -> str | None:
     """A non-empty string, or a number written as one (old rows stored some ids as numbers). A token the old system
     wrote into it (an error echoing a request's `access_token=...`) is scrubbed out: the projection, the insights
-    topic and the pages would show it."""
+    topic and the pages would show it. Past `LEGACY_TEXT_LIMIT` characters it is cut, and ends with "…"."""
     if isinstance(value, str) and value:
-        return scrub_shapes(value)
+        text = scrub_shapes(value)
+        return text if len(text) <= LEGACY_TEXT_LIMIT else text[:LEGACY_TEXT_LIMIT - 1] + "…"
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None

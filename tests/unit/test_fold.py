@@ -650,3 +650,21 @@ def test_platform_ids_an_old_document_kept_beside_its_results_lose_the_tokens_th
             shapes_only.document.insights.instagram_permalink) == (
         "https://www.facebook.com/7479_[redacted]", "1810 Bearer [redacted]",
         "https://www.instagram.com/p/DRJ1nlKDgY9/?access_token=[redacted]")
+
+
+def test_an_imports_long_texts_are_cut_so_the_insights_message_stays_within_the_brokers_limit() -> None:
+    # An old error of half a megabyte, twice (a result's and the document's message): whole, the insights message
+    # passed the broker's 1 MB, and the projector could never publish it, nor go on.
+    from projections.fold import LEGACY_TEXT_LIMIT
+    from streams.projector import insights_message
+
+    huge = "Facebook photo upload failed: " + "F" * 530_000
+    state = History().legacy({"status": "failed", "error_message": f"facebook: {huge}", "post_url": "x" * 600_000,
+                              "insights": {"publish_results": [{"platform": "facebook", "success": False,
+                                                                "error": huge}],
+                                           "instagram_media_id": "1" * 600_000}}).state()
+    assert len(insights_message(state)) < 20_000
+    facebook = state.latest_result("facebook")
+    assert facebook is not None and facebook.error is not None
+    assert len(facebook.error) == LEGACY_TEXT_LIMIT and facebook.error.endswith("…")
+    assert facebook.error.startswith("Facebook photo upload failed: FFF")
