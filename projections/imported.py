@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from projections.fold import CONTENT_FIELDS, TAKEN_OUT
 from projections.state import PostState
-from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, REDACTED_IN_URL, map_strings, without_tokens
+from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, REDACTED_IN_URL, map_strings, secret_forms, without_tokens
 from schemas.commands import PostContent
 from schemas.common import Platform
 from schemas.events import Event, LegacyInsightsImported
@@ -38,8 +38,9 @@ def without_secrets(event: Event, secrets: Collection[str]) -> Event:
     """
     if type(event) is not LegacyInsightsImported:
         return event
-    # Longest first: a secret inside another must not leave the rest of that one behind.
-    ordered = sorted((s for s in secrets if len(s) >= MIN_MATCHED_TOKEN), key=len, reverse=True)
+    # Longest first: a secret inside another must not leave the rest of that one behind. Written URL-encoded too.
+    ordered = sorted({form for s in secrets if len(s) >= MIN_MATCHED_TOKEN for form in secret_forms(s)}, key=len,
+                     reverse=True)
 
     changed: list[bool] = []
 

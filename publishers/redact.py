@@ -8,6 +8,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from schemas.commands import PostContent
 
@@ -18,7 +19,9 @@ _TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{20,}")
 # Written as query parameters, JSON fields (snake or camel case) or URL-encoded ("access_token%3D...").
 _SECRET_PARAM = re.compile(
     r"((?:access_?token|appsecret_?proof|client_?secret|input_?token|fb_exchange_token)[\"']?\s*"
-    r"(?:[=:]|%3[DdAa])\s*[\"']?)[^&\s\"',};%]+",
+    # The value runs to a separator; a %XX escape is part of it (a token with "/" or "=" is written %2F, %3D), but
+    # for the escapes of separators (an encoded query: "access_token%3D...%26next").
+    r"(?:[=:]|%3[DdAa])\s*[\"']?)(?:[^&\s\"',};%]|%(?!2[0267Cc]|3[Bb]|7[Dd])[0-9A-Fa-f]{2})+",
     re.IGNORECASE,
 )
 # An Authorization header value copied into an exception or a debug dump: a credential, 16 characters or more
@@ -40,8 +43,19 @@ _longest_first: tuple[str, ...] = ()
 _lock = threading.Lock()
 
 
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """`secret` as written, and as it is written in an address (URL-encoded): a token with "/", "+", "=" or "%"
+    appears so in a query string, or in an error that quotes one. Meta's tokens (letters and digits) have one form."""
+    forms = [secret]
+    for form in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
+        if form not in forms:
+            forms.append(form)
+    return tuple(forms)
+
+
 def register_secret(secret: str) -> None:
-    """Remembers a secret so that `scrub` removes it even when it is not token-shaped."""
+    """Remembers a secret (in each of its `secret_forms`) so that `scrub` removes it even when it is not
+    token-shaped."""
     global _longest_first
     if len(secret) < 6:
         return
@@ -49,7 +63,9 @@ def register_secret(secret: str) -> None:
         if secret in _known:
             _known.move_to_end(secret)
             return
-        _known[secret] = None
+        for form in reversed(secret_forms(secret)):
+            _known[form] = None
+            _known.move_to_end(form)
         while len(_known) > KNOWN_SECRETS:
             _known.popitem(last=False)
         _longest_first = tuple(sorted(_known, key=len, reverse=True))
@@ -113,8 +129,9 @@ def secret_field(content: PostContent | None, *tokens: Collection[str]) -> str |
 
 def secret_value(values: Mapping[str, str | None], *tokens: Collection[str]) -> str | None:
     """The name of the first of `values` that carries a token (as `secret_field` counts them), or None."""
-    # A token short enough to be a word ("summer") would refuse every caption that says it.
-    known = [token for collection in tokens for token in collection if len(token) >= MIN_MATCHED_TOKEN]
+    # A token short enough to be a word ("summer") would refuse every caption that says it. Written URL-encoded too.
+    known = [form for collection in tokens for token in collection if len(token) >= MIN_MATCHED_TOKEN
+             for form in secret_forms(token)]
     for name, value in values.items():
         if value and (any(_looks_like_a_token(m.group()) for m in _WHOLE_TOKEN.finditer(value))
                       or any(token in value for token in known)):
@@ -133,7 +150,8 @@ def without_tokens(value: str, tokens: Collection[str]) -> str:
     """`value` with each token `secret_value` would find in it (one of `tokens`, longest first, or a whole one of
     Meta's shape) replaced by `[redacted]`, and nothing else: for text that is published, where `scrub`'s patterns
     would take out words ("access_token: ask us")."""
-    for token in sorted((t for t in tokens if len(t) >= MIN_MATCHED_TOKEN), key=len, reverse=True):
+    forms = {form for t in tokens if len(t) >= MIN_MATCHED_TOKEN for form in secret_forms(t)}
+    for token in sorted(forms, key=len, reverse=True):
         value = value.replace(token, REDACTED)
     return _WHOLE_TOKEN.sub(lambda m: REDACTED if _looks_like_a_token(m.group()) else m.group(), value)
 

@@ -1,0 +1,44 @@
+"""A stored token written URL-encoded (in a query string, or an error quoting one) is scrubbed and refused too."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, quote_plus
+
+from projections.imported import without_secrets
+from publishers.redact import REDACTED, register_secret, scrub, scrub_shapes, secret_value
+from schemas.commands import PostContent
+from schemas.events import LegacyInsightsImported
+from tests.unit.test_fold import T0
+
+# Not Meta's shape: only the stored token itself says it is one.
+TOKEN = "Zx9)q%2F+/=abcDEF_ghij-KLMN0123"
+
+
+def test_a_url_encoded_stored_token_is_scrubbed_from_what_the_service_writes() -> None:
+    register_secret(TOKEN)
+    for written in (quote(TOKEN, safe=""), quote(TOKEN), quote_plus(TOKEN)):
+        assert written != TOKEN
+        cleaned = scrub(f"Error validating access token {written}: Session has expired")
+        assert cleaned == f"Error validating access token {REDACTED}: Session has expired"
+        assert "abcDEF" not in scrub(f"https://graph.facebook.com/v24.0/me?access_token={written}&fields=id")
+
+
+def test_an_access_token_parameter_is_scrubbed_through_its_escapes_up_to_the_next_separator() -> None:
+    # Any token, stored or not: its value in a query string runs on through %2F, %3D and the like.
+    assert scrub_shapes("me?access_token=abc%29def%2Fghi%3D&fields=id") == f"me?access_token={REDACTED}&fields=id"
+    # An encoded query's own separator (%26, "&") still ends it.
+    encoded = "next=/me%3Faccess_token%3Dxyz%26after%3D1"
+    assert scrub_shapes(encoded) == f"next=/me%3Faccess_token%3D{REDACTED}%26after%3D1"
+
+
+def test_content_carrying_a_stored_token_url_encoded_is_refused_and_an_import_loses_it() -> None:
+    address = f"https://example.com/x.jpg?access_token={quote(TOKEN, safe='')}"
+    assert secret_value({"image_url": address}, [TOKEN]) == "image_url"
+    assert secret_value({"caption": f"see {quote_plus(TOKEN)}"}, [TOKEN]) == "caption"
+    imported = LegacyInsightsImported(
+        event_id="e1", post_id="p1", occurred_at=T0, publish_target="facebook",
+        document={"status": "failed", "error_message": f"facebook: token {quote(TOKEN)} expired"},
+        content=PostContent(caption="Sale", image_url=address))
+    cleaned = without_secrets(imported, [TOKEN])
+    assert isinstance(cleaned, LegacyInsightsImported) and cleaned.content is not None
+    assert quote(TOKEN) not in str(cleaned.document) and quote(TOKEN, safe="") not in str(cleaned.content)
