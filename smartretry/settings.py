@@ -149,6 +149,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _keys_are_secrets(self) -> Settings:
+        # Scrubbed from whatever this process writes, and refused in content like a stored token: a post's caption
+        # or an error is no place for them. (The development defaults are in the README: nothing to keep.)
+        from publishers.redact import register_secret
+
+        for value, default in ((self.api_key, DEV_API_KEY), (self.secret_key, DEV_SECRET_KEY)):
+            if value.get_secret_value() != default:
+                register_secret(value.get_secret_value())
+        return self
+
+    @model_validator(mode="after")
     def _lease_outlasts_the_call(self) -> Settings:
         # Another handler takes an attempt with no result and no post for interrupted once its lease is over,
         # and publishes again: a call still under way then would post twice.

@@ -99,3 +99,14 @@ def test_the_readme_names_every_setting_and_no_setting_that_does_not_exist() -> 
     # Read outside the settings: where Kafka's jars are cached (streams/broker.py), the tests' PostgreSQL server.
     elsewhere = {"SMARTRETRY_CACHE_DIR", "SMARTRETRY_TEST_POSTGRES_URL"}
     assert set(re.findall(r"SMARTRETRY_[A-Z_]*[A-Z]", readme)) - settings - elsewhere == set()
+
+
+def test_the_services_own_keys_are_scrubbed_and_refused_in_content_like_a_token() -> None:
+    from publishers.redact import known_secrets, scrub, secret_field
+    from schemas.commands import PostContent
+
+    Settings(api_key=OWN_KEY, secret_key=OWN_SECRET)  # type: ignore[arg-type]
+    assert scrub(f"keys {OWN_KEY} and {OWN_SECRET}") == "keys [redacted] and [redacted]"
+    assert secret_field(PostContent(caption=f"our key is {OWN_KEY}"), known_secrets()) == "caption"
+    # The development default is printed in the README: it stays readable.
+    assert DEV_API_KEY in scrub(f"the default {DEV_API_KEY}")
