@@ -401,9 +401,9 @@ class FrontDoor:
         if state is None:
             # A publish just accepted has no post until the handler takes its command up: said so, rather than
             # leave "not found" to read as lost.
-            raise HTTPException(404, f"post {post_id} not found: none was published with this id, or its publish "
-                                     "has not been taken up yet (the service may be behind: see /metrics; a publish "
-                                     "it refused is in the dead letters)")
+            raise HTTPException(404, f"post {scrub(post_id)} not found: none was published with this id, or its "
+                                     "publish has not been taken up yet (the service may be behind: see /metrics; a "
+                                     "publish it refused is in the dead letters)")
         return state
 
     async def publish(self, body: PublishBody) -> Accepted:
@@ -804,7 +804,9 @@ def _check_fits_target(content: PostContent, target: PublishTarget | None, *,
 def _errors(exc: ValidationError | RequestValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """What is wrong, field by field; never the input itself (it may be a token)."""
     raw = exc.errors(include_url=False, include_input=False) if isinstance(exc, ValidationError) else exc.errors()
-    return [{"loc": [*prefix, *error.get("loc", ())], "type": error.get("type", "value_error"),
+    # A field's name is the client's own where it is an unknown one: scrubbed like any text an answer repeats.
+    return [{"loc": [*prefix, *(scrub(part) if isinstance(part, str) else part for part in error.get("loc", ()))],
+             "type": error.get("type", "value_error"),
              # pydantic leads a validator's own words with its error type: the words say it alone.
              "msg": str(error.get("msg", "invalid")).removeprefix("Value error, ")} for error in raw]
 

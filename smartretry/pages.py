@@ -34,6 +34,7 @@ from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import earlier_posts, needed_actions, retried_summary
 from projections.resume import automatic_retry_times
 from projections.state import PostState
+from publishers.redact import scrub
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
 from smartretry.api import (
     PUBLISH_ANYWAY,
@@ -258,7 +259,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                           token_stored: bool = False) -> Response:
         state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
         if state is None:
-            return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
+            return templates.TemplateResponse(request, "not_found.html", {"post_id": scrub(post_id)}, status_code=404)
         waiting = awaiting is not None and bool(ID_PATTERN.match(awaiting)) \
             and not await front.is_settled(post_id, awaiting)
         # A retry behind the post's automatic retry, which waits out a platform's limit (up to an hour): the post
@@ -376,13 +377,17 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         except HTTPException as exc:
             problem = _missed_retry(state, (form.get("seen") or [""])[0], _problem(exc.detail)) \
                 or _page_problem(_problem(exc.detail))
-            return await render_post(request, post_id, None, problem,
-                                     status_code=exc.status_code, entered_image_url=image_url,
-                                     entered_account=account)
+            # What the user typed comes back to be corrected, but for a token: refused, it is not shown again.
+            carries_token = isinstance(exc.detail, list) and any(
+                "token" in str(error.get("type", "")) for error in exc.detail if isinstance(error, dict))
+            return await render_post(request, post_id, None, problem, status_code=exc.status_code,
+                                     entered_image_url=None if carries_token or scrub(image_url) != image_url
+                                     else image_url, entered_account=account)
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
-                                     entered_image_url=image_url, entered_account=account)
+                                     entered_image_url=image_url if scrub(image_url) == image_url else None,
+                                     entered_account=account)
         return RedirectResponse(
             f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
             status_code=303)
@@ -400,7 +405,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)
         if state is None:
-            return templates.TemplateResponse(request, "not_found.html", {"post_id": post_id}, status_code=404)
+            return templates.TemplateResponse(request, "not_found.html", {"post_id": scrub(post_id)}, status_code=404)
         if state.account is None:
             return await render_post(request, post_id, None, "This post names no account to store a token for: "
                                      "retry it naming one.", status_code=422)

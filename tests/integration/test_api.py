@@ -630,6 +630,15 @@ def test_an_unknown_post_is_404_and_an_id_with_path_characters_is_422(api: Runni
     assert api.client.post("/posts/nope/republish", json={"reason": "testing"}).status_code == 404
     assert api.client.get("/posts/a%2Fb").status_code in (404, 422)
     assert api.client.get("/posts/..%5Cetc").status_code == 422
+
+
+def test_an_answer_never_repeats_a_token_the_request_carried_in_an_id_or_a_field_name(api: RunningApi) -> None:
+    token = "EAA" + "Bc1dE" * 12  # Meta's shape, built here so that no token is written down
+    missing = api.client.get(f"/posts/{token}")
+    assert missing.status_code == 404 and "not found" in missing.text and token not in missing.text
+    unknown_field = api.client.post("/posts", json={"content": {"caption": "Sale"}, "publish_target": "facebook",
+                                                    "account": "acct-1", token: 1})
+    assert unknown_field.status_code == 422 and "extra" in unknown_field.text and token not in unknown_field.text
     assert api.client.get("/posts/-rf").status_code == 422
     assert_nothing_on_commands(api)
 

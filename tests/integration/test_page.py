@@ -780,3 +780,17 @@ def test_a_stale_page_whose_post_was_retried_elsewhere_says_so_rather_than_point
             "(it is shown as it is now), and nothing is left to retry.") in page
     assert "smartretry force" not in page
     assert_nothing_on_commands(api)
+
+
+def test_a_retry_form_refused_for_a_token_does_not_show_the_token_back(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    token = "EAA" + "Bc1dE" * 12  # Meta's shape, built here so that no token is written down
+    typed = f"https://cdn.example.com/autumn-sale.jpg?access_token={token}"
+    with signed_in(api) as browser:
+        answer = browser.post("/ui/posts/post-1/retry", data={"token": retry_token(api.settings, "post-1"),
+                                                               "image_url": typed})
+        assert answer.status_code == 422 and "access token" in answer.text
+        assert token not in answer.text
+        # Nor does the page of a post named by a token.
+        missing = browser.get(f"/ui/posts/{token}")
+        assert missing.status_code == 404 and token not in missing.text
