@@ -70,9 +70,18 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
         raise DecodeError(f"not JSON: {exc}") from None
     except RecursionError:
         raise DecodeError(f"{what} nested too deeply to be one of ours") from None
+    except ValueError as exc:  # Python reads no integer of more than 4,300 digits
+        if "integer string conversion" not in str(exc):
+            raise
+        raise DecodeError(f"{what} has a number too long to be one of ours (over 4,300 digits)") from None
     if not isinstance(value, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def json_object(raw: bytes | str | None, what: str) -> Envelope:
+    """`raw` read as a JSON object, or `DecodeError` saying in one line why it is none (`what` names it)."""
+    return _object(raw, what)
 
 
 def _describe(exc: ValidationError) -> str:

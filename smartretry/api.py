@@ -25,11 +25,13 @@ from typing import Annotated, Any, Protocol
 import uvicorn
 from confluent_kafka import Producer
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from projections.decide import (
     OVERTAKEN,
@@ -84,7 +86,7 @@ from schemas.common import (
     format_timestamp,
     platforms_of,
 )
-from schemas.envelope import encode
+from schemas.envelope import DecodeError, encode, json_object
 from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
 from smartretry.bootstrap import Stores
@@ -801,6 +803,10 @@ def _check_fits_target(content: PostContent, target: PublishTarget | None, *,
         raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error", "msg": problem}])
 
 
+# FastAPI's whole answer to a body that `json.loads` failed on other than for its syntax.
+UNPARSED_BODY = "There was an error parsing the body"
+
+
 def _errors(exc: ValidationError | RequestValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """What is wrong, field by field; never the input itself (it may be a token)."""
     raw = exc.errors(include_url=False, include_input=False) if isinstance(exc, ValidationError) else exc.errors()
@@ -911,6 +917,18 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
 
     for away in DATABASE_AWAY:
         app.add_exception_handler(away, _database_away)
+
+    # Registered for Starlette's class, which FastAPI raises for a body it cannot read (its docs do the same).
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == UNPARSED_BODY:
+            # A body FastAPI could not read as JSON for a reason of Python's (not UTF-8, nested or a number too deep
+            # or long for it): said as the commands topic says it.
+            try:
+                json_object(await request.body(), "request body")
+            except DecodeError as problem:
+                return JSONResponse({"detail": problem.reason}, status_code=400)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

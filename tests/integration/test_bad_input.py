@@ -76,6 +76,8 @@ BAD_COMMANDS: dict[str, tuple[bytes | None, str]] = {
     "not-json": (b"\x00\xff{definitely not json", "not JSON"),
     "not-an-object": (_json(["PublishRequested", 1]), "must be a JSON object, got list"),
     "nested-too-deeply": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "number-too-long": (b'{"type": "PublishRequested", "schema_version": 1' + b"9" * 5000 + b"}",
+                        "a number too long to be one of ours"),
     "json-string": (_json("PublishRequested"), "must be a JSON object, got str"),
     "empty-value": (None, "has no value"),
     "unknown-type": (_json(_command(type="DeletePost")), "unknown command type 'DeletePost'"),
@@ -162,6 +164,8 @@ def _api_answers(client: httpx.Client, taken: PublishRequested) -> dict[str, htt
         "not-json": client.post("/posts", content=b"{not json", headers=as_json),
         "not-utf8": client.post("/posts", content=b"\x00\xff{not json", headers=as_json),
         "not-an-object": client.post("/posts", content=_json(["PublishRequested"]), headers=as_json),
+        "nested-too-deeply": client.post("/posts", content=b"[" * 100_000 + b"]" * 100_000, headers=as_json),
+        "number-too-long": client.post("/posts", content=b'{"caption": ' + b"9" * 5000 + b"}", headers=as_json),
         "empty-body": client.post("/posts", content=b"", headers=as_json),
         "unknown-field": publish(access_level="admin"),
         "missing-content": client.post("/posts", json={"publish_target": "both", "account": DEMO_ACCOUNT_ID}),
@@ -346,7 +350,9 @@ def test_an_event_for_a_post_that_does_not_exist_is_dead_lettered_not_folded_int
 
 API_CASES: dict[str, tuple[int, str]] = {
     "not-json": (422, "JSON decode error"),
-    "not-utf8": (400, "There was an error parsing the body"),
+    "not-utf8": (400, "not JSON: not UTF-8 text (byte 0xff at 1; messages are JSON in UTF-8)"),
+    "nested-too-deeply": (400, "request body nested too deeply"),
+    "number-too-long": (400, "request body has a number too long to be one of ours (over 4,300 digits)"),
     "not-an-object": (422, "valid dictionary"),
     "empty-body": (422, "Field required"),
     "unknown-field": (422, "Extra inputs are not permitted"),
