@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from publishers.redact import scrub
 from schemas.common import PLATFORM_LABELS, platforms_of
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from smartretry.settings import Settings, load_settings
@@ -127,8 +128,12 @@ def _problem(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:500]
     if isinstance(detail, list):
-        return _as_commands("; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}".lstrip(": ")
-                                      for d in detail if isinstance(d, dict)))
+        parts = []
+        for error in (d for d in detail if isinstance(d, dict)):
+            where, message = ".".join(str(p) for p in error.get("loc", [])[1:]), str(error.get("msg"))
+            # A message that names its field itself ("content.caption contains an access token") is not led by it.
+            parts.append(message if not where or message.startswith(where) else f"{where}: {message}")
+        return _as_commands("; ".join(parts))
     return _as_commands(str(detail))
 
 
@@ -171,7 +176,12 @@ def _as_commands(problem: str) -> str:
 
 @contextmanager
 def api_client(api_url: str | None) -> Iterator[Api]:
-    api = Api(api_url)
+    try:
+        api = Api(api_url)
+    except httpx.InvalidURL as exc:
+        # Its words quote the part they could not read, which may be anything the user pasted: scrubbed.
+        _error(f"the API's address (--api-url, or SMARTRETRY_API_URL) is no URL: {scrub(str(exc))}")
+        raise typer.Exit(2) from None
     try:
         yield api
     except ApiError as exc:

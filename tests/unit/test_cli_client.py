@@ -138,6 +138,12 @@ def test_the_captions_field_is_named_as_both_commands_take_it() -> None:
 
     assert _as_commands("content.caption: String should have at most 63206 characters") == \
         "the caption (CAPTION, or a retry's --caption): String should have at most 63206 characters"
+    # A message that names its field itself is not led by the field's name a second time.
+    from smartretry.cli_ops import _problem
+
+    answer = httpx.Response(422, json={"detail": [
+        {"loc": ["body", "content", "caption"], "msg": "content.caption contains an access token", "type": "t"}]})
+    assert _problem(answer) == "the caption (CAPTION, or a retry's --caption) contains an access token"
 
 
 def test_the_apis_address_in_dot_env_is_the_one_the_cli_talks_to(
@@ -151,3 +157,10 @@ def test_the_apis_address_in_dot_env_is_the_one_the_cli_talks_to(
     # The option still comes first.
     done = CliRunner().invoke(app, ["show", "post-1", "--api-url", "http://127.0.0.1:10"], env={"COLUMNS": "200"})
     assert "no API at http://127.0.0.1:10 " in done.output, done.output
+
+
+def test_an_api_address_that_is_no_url_is_one_line_not_a_traceback() -> None:
+    done = CliRunner().invoke(app, ["show", "post-1", "--api-url", "http://127.0.0.1:notaport"], env={"COLUMNS": "200"})
+    assert done.exit_code == 2
+    assert "error: the API's address (--api-url, or SMARTRETRY_API_URL) is no URL: Invalid port" in done.output
+    assert "Traceback" not in done.output
