@@ -376,16 +376,17 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         # says went out where the service's attempt failed (it is there: a retry must not post it again).
         results = [r for r in results if r.platform not in current or (r.success and not current[r.platform].success)]
     targeted = state.targeted if serviced and state.publish_target is not None else platforms_of(event.publish_target)
+    implied: list[Platform] = []
     if document.get("status") == "posted":
         # The old system said posted: every platform it targeted went out, whether or not it kept a result
-        # for it. Taken as published (with the Facebook post the post's address names, if it does): a
-        # retry must not post it again; a forced republish still can.
-        known = {r.platform for r in results} | {r.platform for r in state.document.insights.publish_results}
-        for platform in targeted:
-            if platform not in known:
-                results.append(PublishResult(platform=platform, success=True,
-                                             post_id=_facebook_post_of(document.get("post_url"))
-                                             if platform == "facebook" else None))
+        # for it. Taken as published (with the Facebook post the post's address names, if it does), where the post
+        # has no success there (none yet, or a failed attempt: the post is there all the same): a retry must not
+        # post it again; a forced republish still can.
+        known = {r.platform for r in results} | {p for p, r in current.items() if r.success}
+        implied = [platform for platform in targeted if platform not in known]
+        results.extend(PublishResult(platform=platform, success=True,
+                                     post_id=_facebook_post_of(document.get("post_url")) if platform == "facebook"
+                                     else None) for platform in implied)
     covered = set(targeted) | {r.platform for r in results}
     # A platform the old system has a result for counts in the status, so it is a target too: a failure
     # there must be one a retry can fix.
@@ -422,8 +423,8 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     # A result stands for at least one attempt of the old system; the same document imported again (another event)
     # brings the same results, not more attempts.
     counted = dict(state.legacy_attempts)
-    for result in brought:
-        counted[result.platform] = max(counted.get(result.platform, 0), 1)
+    for platform in {r.platform for r in brought} | set(implied):
+        counted[platform] = max(counted.get(platform, 0), 1)
     state.legacy_attempts = counted
     # What the old messages say the user must do, where Meta's words make it plain: a platform's own result,
     # else the document's `error_message` ("facebook: ...; instagram: ...") for a platform it kept none for.
@@ -688,7 +689,8 @@ def _legacy_text(value: object) -> str | None:
         text = scrub_shapes(value)
         return text if len(text) <= LEGACY_TEXT_LIMIT else text[:LEGACY_TEXT_LIMIT - 1] + "…"
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        text = str(value)
+        return text if len(text) <= LEGACY_TEXT_LIMIT else text[:LEGACY_TEXT_LIMIT - 1] + "…"
     return None
 
 

@@ -569,6 +569,17 @@ def test_an_import_saying_a_platform_went_out_where_the_services_attempt_failed_
     assert state.status == "posted"
     instagram = state.latest_result("instagram")
     assert instagram is not None and instagram.success and instagram.post_id == "1789_1"
+    # So when the old document only says "posted", keeping no result: every platform it targeted went out.
+    said = History()
+    attempts = said.publish()
+    said.failure("facebook", attempts["facebook"], "refused", ErrorKind.INVALID_MEDIA)
+    said.success("instagram", attempts["instagram"], "1789_1")
+    said.legacy({"status": "posted", "post_url": "https://www.facebook.com/7479_42"})
+    state = said.state()
+    facebook = state.latest_result("facebook")
+    assert state.status == "posted" and facebook is not None and facebook.post_id == "7479_42"
+    # Each platform it took as published counts as one attempt of the old system's, as one it listed would.
+    assert History().legacy({"status": "posted"}).state().legacy_attempts == {"facebook": 1, "instagram": 1}
 
 
 def test_a_token_the_old_system_wrote_into_an_imported_document_is_scrubbed_out_of_the_post() -> None:
