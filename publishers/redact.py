@@ -59,13 +59,15 @@ def register_secret(secret: str) -> None:
     global _longest_first
     if len(secret) < 6:
         return
+    forms = secret_forms(secret)
     with _lock:
-        if secret in _known:
-            _known.move_to_end(secret)
-            return
-        for form in reversed(secret_forms(secret)):
+        # Every use registers it again: all its forms go to the end together, so none of them falls off alone.
+        added = any(form not in _known for form in forms)
+        for form in forms:
             _known[form] = None
             _known.move_to_end(form)
+        if not added:
+            return
         while len(_known) > KNOWN_SECRETS:
             _known.popitem(last=False)
         _longest_first = tuple(sorted(_known, key=len, reverse=True))

@@ -152,10 +152,11 @@ class Settings(BaseSettings):
     def _keys_are_secrets(self) -> Settings:
         # Scrubbed from whatever this process writes, and refused in content like a stored token: a post's caption
         # or an error is no place for them. (The development defaults are in the README: nothing to keep.)
-        from publishers.redact import register_secret
+        from publishers.redact import MIN_MATCHED_TOKEN, register_secret
 
         for value, default in ((self.api_key, DEV_API_KEY), (self.secret_key, DEV_SECRET_KEY)):
-            if value.get_secret_value() != default:
+            # One as short as a word would be taken out of every log line and dead letter that says the word.
+            if value.get_secret_value() != default and len(value.get_secret_value()) >= MIN_MATCHED_TOKEN:
                 register_secret(value.get_secret_value())
         return self
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from urllib.parse import quote, quote_plus
+
+import pytest
+
+from publishers import redact
 
 from projections.imported import without_secrets
 from publishers.redact import REDACTED, register_secret, scrub, scrub_shapes, secret_value
@@ -42,3 +47,13 @@ def test_content_carrying_a_stored_token_url_encoded_is_refused_and_an_import_lo
     cleaned = without_secrets(imported, [TOKEN])
     assert isinstance(cleaned, LegacyInsightsImported) and cleaned.content is not None
     assert quote(TOKEN) not in str(cleaned.document) and quote(TOKEN, safe="") not in str(cleaned.content)
+
+
+def test_a_secret_in_use_keeps_every_form_while_others_come_and_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redact, "_known", OrderedDict())
+    monkeypatch.setattr(redact, "KNOWN_SECRETS", 50)
+    for n in range(200):
+        if n % 10 == 0:
+            register_secret(TOKEN)  # used again, as each command's credentials register it
+        register_secret(f"another-secret-{n:04d}")
+    assert scrub(quote(TOKEN, safe="")) == REDACTED and scrub(TOKEN) == REDACTED
