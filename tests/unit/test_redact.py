@@ -7,9 +7,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from publishers import redact
-
 from projections.imported import without_secrets
+from publishers import redact
 from publishers.redact import REDACTED, register_secret, scrub, scrub_shapes, secret_value
 from schemas.commands import PostContent
 from schemas.events import LegacyInsightsImported
