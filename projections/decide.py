@@ -129,7 +129,12 @@ def decide(state: PostState | None, command: Command) -> Decision:
                            log_line=f"{decision.log_line}; the corrected content it carried was not applied")
         return replace(decision, content=content)
     assert content is not None
-    if (problem := content_problem(content, state.publish_target, publishing=target_of(decision.platforms))):
+    problem = content_problem(content, state.publish_target, publishing=target_of(decision.platforms))
+    if problem is None and "facebook" not in decision.platforms and content.link is not None and \
+            content.link != (state.content.link if state.content is not None else None):
+        # A link the correction adds would go nowhere: this retry publishes Instagram alone, which takes none.
+        problem = "Instagram posts carry no link, and this retry publishes Instagram only: put it in the caption"
+    if problem is not None:
         # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
         return Decision(reject_reason=problem, refused_content=True,
                         log_line=f"Refused {command.type} {command.command_id}: {problem}")
@@ -229,7 +234,8 @@ def _first_publish(state: PostState | None, command: PublishRequested) -> Decisi
                            "or ForceRepublishRequested to publish again"),
             log_line=f"Refused PublishRequested {command.command_id}: post {command.post_id} already exists",
         )
-    if (problem := content_problem(command.content, command.publish_target)) is not None:
+    # (A submission taken up again after a crash was accepted as it is: its post exists, and it goes on.)
+    if state is None and (problem := content_problem(command.content, command.publish_target)) is not None:
         # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
         return Decision(reject_reason=problem, refused_content=True,
                         log_line=f"Refused PublishRequested {command.command_id}: {problem}")

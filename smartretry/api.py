@@ -559,12 +559,6 @@ class FrontDoor:
         if (why := taken_out(state, command.content or state.content, decision.platforms)) is not None:
             field = why.split(" ", 1)[0].removeprefix("content.")
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "token_taken_out", "msg": why}])
-        if correction is not None and correction.link is not None and "facebook" not in decision.platforms and \
-                correction.link != (state.content.link if state.content else None):
-            # A link the correction adds would go nowhere: this retry publishes Instagram alone, which takes none.
-            raise HTTPException(422, [{"loc": ["body", "content", "link"], "type": "value_error",
-                                       "msg": "Instagram posts carry no link, and this retry publishes Instagram "
-                                              "only: put it in the caption"}])
         if state.account is None and command.account is None:
             # Imported without an account: the retry would fail for want of one, a new failure on the post.
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "missing",

@@ -18,7 +18,7 @@ from schemas.commands import (
     RetryRequested,
 )
 from schemas.common import ErrorKind, Platform
-from schemas.events import PlatformResult
+from schemas.events import PlatformResult, PostSubmitted
 from tests.unit.test_fold import CONTENT, FIXED, History
 
 AT = datetime(2025, 11, 17, 10, 15, tzinfo=UTC)
@@ -321,3 +321,19 @@ def test_content_the_platforms_cannot_take_is_refused_from_kafka_as_the_api_refu
     linked = publish().model_copy(update={"publish_target": "instagram", "content": PostContent(
         caption="Sale", image_url=FIXED.image_url, link="https://shop.example.com/sale")})
     assert (decide(None, linked).reject_reason or "").startswith("Instagram posts carry no link")
+
+
+def test_a_link_a_retry_of_instagram_alone_would_add_is_refused_and_a_resumed_submission_goes_on() -> None:
+    # Instagram takes no link: one a correction adds where only Instagram is published would go nowhere.
+    decision = decide(after_first_attempt(facebook=True, instagram=False),
+                      corrected_retry({"caption": "Sale", "link": "https://shop.example.com/sale"}))
+    assert decision.refused_content and "this retry publishes Instagram only" in (decision.reject_reason or "")
+    # A publish taken up again after a crash between its submission and its decision was accepted as it is: it goes
+    # on whatever this version checks of new posts.
+    tags = " ".join(f"#tag{n}" for n in range(31))
+    history = History(post_id=POST)
+    history.events.append(PostSubmitted(**history._base(None), command_id="cmd-publish", publish_target="both",
+                                        content=PostContent(caption=tags, image_url=FIXED.image_url),
+                                        account="acct-1"))
+    resumed = publish().model_copy(update={"content": PostContent(caption=tags, image_url=FIXED.image_url)})
+    assert decide(history.state(), resumed).platforms == ("facebook", "instagram")
