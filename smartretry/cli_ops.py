@@ -28,8 +28,9 @@ from rich.table import Table
 from rich.text import Text
 
 from publishers.redact import scrub
-from schemas.common import PLATFORM_LABELS, platforms_of
+from schemas.common import ID_PATTERN, PLATFORM_LABELS, platforms_of
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
+from schemas.envelope import DecodeError, json_object
 from smartretry.settings import Settings, load_settings
 from streams.kafka import client_config, deliver, producer
 
@@ -798,6 +799,14 @@ def shown_text(text: str) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
 
 
+def _post_id_of(value: bytes) -> str | None:
+    try:
+        post_id = json_object(value, "message").get("post_id")
+    except DecodeError:
+        return None
+    return post_id if isinstance(post_id, str) and ID_PATTERN.fullmatch(post_id) else None
+
+
 @dlq.command("requeue")
 def dlq_requeue(
     offset: int = typer.Argument(..., help="The dead letter's offset (from `dlq list`)."),
@@ -825,10 +834,13 @@ def dlq_requeue(
                "counts once); if it was set aside again since, that is a new dead letter of its own in `dlq list`. "
                "To requeue it anyway, add --again.")
         raise typer.Exit(1)
+    # Keyed by its post id where it names one, as every message on these topics is: one that came keyed otherwise
+    # (an import set aside for the partition it came on) goes back on its post's partition.
+    key = _post_id_of(original) or letter.key or ""
     if not yes:
-        typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {letter.key!r})?", abort=True)
+        typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {key!r})?", abort=True)
     sending = producer(_bootstrap(settings))
-    partition, at = deliver(sending, letter.source_topic, letter.key or "", original)
+    partition, at = deliver(sending, letter.source_topic, key, original)
     record = DeadLetterRequeued(dead_letter_offset=offset, source_topic=letter.source_topic, partition=partition,
                                 offset=at, requeued_at=datetime.now(UTC))
     try:

@@ -444,6 +444,12 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
     except StoreAheadOfLog as exc:
         store.engine.dispose()
         raise SystemExit(f"error: {exc}") from None
+    if store.recorded_partitions(settings.topics.post_events) is None:
+        # Recorded by the check above once the broker describes the topic: without it, an import on another
+        # partition than its post's would be folded here and skipped by replay.
+        store.engine.dispose()
+        raise SystemExit(f"error: the broker did not say how many partitions {settings.topics.post_events} has: "
+                         "start the projector again once it answers")
     # No linger: a batch's insights are sent while its writes run, and the commit waits for them.
     # Under load they still batch up behind the requests in flight.
     # A message not delivered when the wait for it ends must never be delivered later (after the batch is

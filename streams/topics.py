@@ -212,4 +212,5 @@ def misplaced(event: Event, partition: int, partitions: int | None) -> str | Non
         return None
     return (f"LegacyInsightsImported {event.event_id} of post {event.post_id} came on partition {partition}, not on "
             f"its post's, {expected}: a post's events must all be on one partition (key it by post id, with the "
-            "Java client's partitioner, murmur2); written again there, it is folded")
+            "Java client's partitioner, murmur2); written again there (`smartretry dlq requeue` keys it so), it is "
+            "folded")

@@ -441,3 +441,18 @@ def test_on_a_narrow_terminal_dead_letters_are_listed_two_lines_each_with_their_
     assert lines[0].startswith("0  ") and f"{api.topics.commands}[2]@5  command-handler  key post-7" in lines[0]
     assert reason in result.output.replace("\n    ", " ")
     assert "┃" not in result.output  # no table squeezed into 80 columns
+
+
+def test_an_import_set_aside_for_its_partition_is_requeued_onto_its_posts_partition(api: RunningApi) -> None:
+    from schemas.events import LegacyInsightsImported
+
+    original = encode(LegacyInsightsImported(event_id="e-1", post_id="post-imported", occurred_at=datetime.now(UTC),
+                                             publish_target="facebook", document={"status": "posted"}))
+    letter = make_dead_letter(reason="... came on partition 4, not on its post's ...", consumer="projector",
+                              source_topic=api.topics.post_events, partition=4, offset=0, key=b"old-system-row-17",
+                              value=original)
+    deliver(api.producer, api.topics.dead_letters, "old-system-row-17", encode(letter))
+    code, output = run(api, "dlq", "requeue", "0", "--yes")
+    assert code == 0, output
+    # Keyed by its post id, so the partitioner puts it on its post's partition.
+    assert messages_on(api.bootstrap, api.topics.post_events) == [("post-imported", original)]
