@@ -377,12 +377,13 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         except HTTPException as exc:
             problem = _missed_retry(state, (form.get("seen") or [""])[0], _problem(exc.detail)) \
                 or _page_problem(_problem(exc.detail))
-            # What the user typed comes back to be corrected, but for a token: refused, it is not shown again.
-            carries_token = isinstance(exc.detail, list) and any(
-                "token" in str(error.get("type", "")) for error in exc.detail if isinstance(error, dict))
+            # What the user typed comes back to be corrected, but a field refused for carrying a token: not shown again.
+            carrying: set[str] = {str(error.get("loc", [""])[-1]) for error in exc.detail if isinstance(error, dict)
+                        and error.get("type") == "contains_token"} if isinstance(exc.detail, list) else set()
+            shown_url = None if "image_url" in carrying or scrub(image_url) != image_url else image_url
+            shown_account = None if "account" in carrying or scrub(account or "") != (account or "") else account
             return await render_post(request, post_id, None, problem, status_code=exc.status_code,
-                                     entered_image_url=None if carries_token or scrub(image_url) != image_url
-                                     else image_url, entered_account=account)
+                                     entered_image_url=shown_url, entered_account=shown_account)
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,

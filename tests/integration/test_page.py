@@ -791,6 +791,10 @@ def test_a_retry_form_refused_for_a_token_does_not_show_the_token_back(api: Runn
                                                                "image_url": typed})
         assert answer.status_code == 422 and "access token" in answer.text
         assert token not in answer.text
+        # An account name carrying one, the same.
+        answer = browser.post("/ui/posts/post-1/retry", data={"token": retry_token(api.settings, "post-1"),
+                                                               "account": token})
+        assert answer.status_code == 422 and token not in answer.text, answer.text[-2000:]
         # Nor does the page of a post named by a token.
         missing = browser.get(f"/ui/posts/{token}")
         assert missing.status_code == 404 and token not in missing.text
