@@ -164,3 +164,5 @@ def test_an_api_address_that_is_no_url_is_one_line_not_a_traceback() -> None:
     assert done.exit_code == 2
     assert "error: the API's address (--api-url, or SMARTRETRY_API_URL) is no URL: Invalid port" in done.output
     assert "Traceback" not in done.output
+    done = CliRunner().invoke(app, ["show", "post-1", "--api-url", "localhost:8080"], env={"COLUMNS": "200"})
+    assert "is no http:// or https:// URL: give it as http://host:port" in done.output, done.output
