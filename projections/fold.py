@@ -687,11 +687,11 @@ def _legacy_text(value: object) -> str | None:
     topic and the pages would show it. Past `LEGACY_TEXT_LIMIT` characters it is cut, and ends with "…"."""
     if isinstance(value, str) and value:
         text = scrub_shapes(value)
-        return text if len(text) <= LEGACY_TEXT_LIMIT else text[:LEGACY_TEXT_LIMIT - 1] + "…"
-    if isinstance(value, int) and not isinstance(value, bool):
+    elif isinstance(value, int) and not isinstance(value, bool):
         text = str(value)
-        return text if len(text) <= LEGACY_TEXT_LIMIT else text[:LEGACY_TEXT_LIMIT - 1] + "…"
-    return None
+    else:
+        return None
+    return text if len(text) <= LEGACY_TEXT_LIMIT else text[:LEGACY_TEXT_LIMIT - 1] + "…"
 
 
 # How old rows wrote `success` besides true and false.
