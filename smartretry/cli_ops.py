@@ -94,7 +94,7 @@ class Api:
             raise ApiError(f"the API's address {scrub(self.base_url)} (--api-url, or SMARTRETRY_API_URL) is no "
                            "http:// or https:// URL: give it as http://host:port") from None
         except httpx.TransportError as exc:
-            raise ApiError(f"no API at {self.base_url} ({type(exc).__name__}): start the service with "
+            raise ApiError(f"no API at {scrub(self.base_url)} ({type(exc).__name__}): start the service with "
                            "`smartretry run` (or `make run`), or point --api-url at it") from None
         if response.status_code >= 400:
             problem = _problem(response)
