@@ -423,7 +423,10 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
     # A result stands for at least one attempt of the old system; the same document imported again (another event)
     # brings the same results, not more attempts.
     counted = dict(state.legacy_attempts)
-    for platform in {r.platform for r in brought} | set(implied):
+    # In the platforms' own order, not a set's: the state's JSON must be the same in every process (replay compares
+    # it byte for byte, and a set's order changes with the hash seed).
+    brought_for = {r.platform for r in brought} | set(implied)
+    for platform in (p for p in PLATFORMS if p in brought_for):
         counted[platform] = max(counted.get(platform, 0), 1)
     state.legacy_attempts = counted
     # What the old messages say the user must do, where Meta's words make it plain: a platform's own result,

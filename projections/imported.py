@@ -39,8 +39,9 @@ def without_secrets(event: Event, secrets: Collection[str]) -> Event:
     if type(event) is not LegacyInsightsImported:
         return event
     # Longest first: a secret inside another must not leave the rest of that one behind. Written URL-encoded too.
-    ordered = sorted({form for s in secrets if len(s) >= MIN_MATCHED_TOKEN for form in secret_forms(s)}, key=len,
-                     reverse=True)
+    # (Ties in their own order: a set's changes from process to process, and a fold must not.)
+    ordered = sorted({form for s in secrets if len(s) >= MIN_MATCHED_TOKEN for form in secret_forms(s)},
+                     key=lambda form: (-len(form), form))
 
     changed: list[bool] = []
 

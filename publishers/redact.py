@@ -153,7 +153,8 @@ def without_tokens(value: str, tokens: Collection[str]) -> str:
     Meta's shape) replaced by `[redacted]`, and nothing else: for text that is published, where `scrub`'s patterns
     would take out words ("access_token: ask us")."""
     forms = {form for t in tokens if len(t) >= MIN_MATCHED_TOKEN for form in secret_forms(t)}
-    for token in sorted(forms, key=len, reverse=True):
+    # Ties in their own order, not a set's: the same text and tokens give the same result in every process.
+    for token in sorted(forms, key=lambda form: (-len(form), form)):
         value = value.replace(token, REDACTED)
     return _WHOLE_TOKEN.sub(lambda m: REDACTED if _looks_like_a_token(m.group()) else m.group(), value)
 
