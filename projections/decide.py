@@ -118,17 +118,20 @@ def decide(state: PostState | None, command: Command) -> Decision:
                         log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
     decision = _republish(state, forced=isinstance(command, ForceRepublishRequested),
                           reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
-    if command.content is None:
-        return decision
-    # The correction over the post's content: what is published from now on, and what the decision records.
+    # The correction over the post's content: what is published from now on, and what the decision records (None:
+    # the post's own, unchanged).
     content = corrected(state.content, command.content)
+    recorded = content if command.content is not None else None
     if decision.no_op:
-        if content != state.content:
+        if recorded is not None and content != state.content:
             # The post keeps the content that went out: a user who fixed the image URL in vain is told so.
-            return replace(decision, content=content,
+            return replace(decision, content=recorded,
                            log_line=f"{decision.log_line}; the corrected content it carried was not applied")
-        return replace(decision, content=content)
-    assert content is not None
+        return replace(decision, content=recorded)
+    if content is None:
+        return decision
+    # Against the platforms published now, the post's own content too: a caption a retry of Facebook alone made
+    # longer than Instagram takes is refused when a republish would send it to Instagram.
     problem = content_problem(content, state.publish_target, publishing=target_of(decision.platforms))
     if problem is None and "facebook" not in decision.platforms and content.link is not None and \
             content.link != (state.content.link if state.content is not None else None):
@@ -138,7 +141,7 @@ def decide(state: PostState | None, command: Command) -> Decision:
         # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
         return Decision(reject_reason=problem, refused_content=True,
                         log_line=f"Refused {command.type} {command.command_id}: {problem}")
-    return replace(decision, content=content)
+    return replace(decision, content=recorded)
 
 
 def republished_since_asked(state: PostState, command: Command) -> str | None:

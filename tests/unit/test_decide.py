@@ -337,3 +337,15 @@ def test_a_link_a_retry_of_instagram_alone_would_add_is_refused_and_a_resumed_su
                                         account="acct-1"))
     resumed = publish().model_copy(update={"content": PostContent(caption=tags, image_url=FIXED.image_url)})
     assert decide(history.state(), resumed).platforms == ("facebook", "instagram")
+
+
+def test_a_republish_without_content_is_held_to_the_limits_of_the_platforms_it_publishes_now() -> None:
+    # A retry of Facebook alone may make the caption longer than Instagram takes; a later republish of both, carrying
+    # no content of its own, would send that caption to Instagram, which refuses it (and Facebook goes out again).
+    long_caption = "x" * 2300
+    state = after_first_attempt(facebook=False, instagram=True).model_copy(update={"content": PostContent(
+        caption=long_caption, image_url=FIXED.image_url)})
+    assert decide(state, retry()).platforms == ("facebook",)
+    refused = decide(state, force())
+    assert refused.refused_content and refused.reject_reason == "Instagram captions are limited to 2200 characters"
+    assert decide(state, force()).content is None and decide(state, retry()).content is None
