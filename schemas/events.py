@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict
+from pydantic import Field, Strict, field_validator
 
 from schemas.commands import PostContent
 from schemas.common import ErrorKind, Frozen, Identifier, Platform, PublishTarget, Timestamp
@@ -173,6 +173,22 @@ class AttemptOutcomeUnknown(EventBase):
     error: PlatformError
 
 
+# How deep an old document's objects and lists may nest. The old system's documents nest four levels; a deeper one
+# is refused at the door, as every place that walks a document (taking tokens out, writing the state) recurses.
+MAX_DOCUMENT_DEPTH = 32
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether `value` nests no deeper than `limit` levels of objects and lists (walked without recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return True
+    return False
+
+
 class LegacyInsightsImported(EventBase):
     """A post from the old system, imported as it was (with or without `publish_results`)."""
 
@@ -184,6 +200,13 @@ class LegacyInsightsImported(EventBase):
         "The old document: `insights`, `status`, `error_message`, `post_url` as the old system stored them. The "
         "post's earlier results are only here: an import writes no PublishAttempted or PlatformResult for them, "
         "and the API's `attempts_by_platform` counts each imported result as one attempt"))
+
+    @field_validator("document")
+    @classmethod
+    def _not_too_deep(cls, document: dict[str, Any]) -> dict[str, Any]:
+        if not _depth_within(document, MAX_DOCUMENT_DEPTH):
+            raise ValueError(f"the document nests deeper than {MAX_DOCUMENT_DEPTH} levels: no old-system document does")
+        return document
 
 
 Event = Annotated[

@@ -125,6 +125,18 @@ def _misplaced_import() -> bytes:
 
 BAD_EVENTS["import-on-another-partition"] = (_misplaced_import(), "not on its post's")
 
+
+def _deep_import() -> bytes:
+    """A small import whose document nests 490 levels deep: JSON reads it, but every walk of it would recurse."""
+    document: object = "x"
+    for _ in range(490):
+        document = {"a": document}
+    return _json({"type": "LegacyInsightsImported", "schema_version": 1, "event_id": new_id(), "post_id": "e-deep",
+                  "occurred_at": AT, "publish_target": "facebook", "document": {"status": "posted", "debug": document}})
+
+
+BAD_EVENTS["import-nested-too-deeply"] = (_deep_import(), "the document nests deeper than 32 levels")
+
 GHOST_POST = "ghost-post-never-submitted"
 
 
