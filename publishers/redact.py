@@ -45,12 +45,22 @@ _lock = threading.Lock()
 
 def secret_forms(secret: str) -> tuple[str, ...]:
     """`secret` as written, and as it is written in an address (URL-encoded): a token with "/", "+", "=" or "%"
-    appears so in a query string, or in an error that quotes one. Meta's tokens (letters and digits) have one form."""
+    appears so in a query string, or in an error that quotes one. Meta's tokens (letters and digits) have one form.
+
+    The encodings clients use: Python's (`quote`, with and without "/", and `quote_plus`), JavaScript's
+    `encodeURIComponent` (which leaves ``!'()*~`` as they are), each with its escapes in lower case too, and the
+    whole encoded once more (an address inside an address)."""
+    encoded = [quote(secret, safe=""), quote(secret), quote_plus(secret), quote(secret, safe="!'()*~")]
+    encoded += [_ESCAPE.sub(lambda m: m.group().lower(), form) for form in encoded]
+    encoded.append(quote(encoded[0], safe=""))
     forms = [secret]
-    for form in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
+    for form in encoded:
         if form not in forms:
             forms.append(form)
     return tuple(forms)
+
+
+_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
 
 def register_secret(secret: str) -> None:

@@ -388,7 +388,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
                                      entered_image_url=image_url if scrub(image_url) == image_url else None,
-                                     entered_account=account)
+                                     entered_account=account if scrub(account or "") == (account or "") else None)
         return RedirectResponse(
             f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
             status_code=303)

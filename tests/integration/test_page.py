@@ -795,6 +795,13 @@ def test_a_retry_form_refused_for_a_token_does_not_show_the_token_back(api: Runn
         answer = browser.post("/ui/posts/post-1/retry", data={"token": retry_token(api.settings, "post-1"),
                                                                "account": token})
         assert answer.status_code == 422 and token not in answer.text, answer.text[-2000:]
+        # And beside an image URL refused for being no address, on a post whose form asks for the account.
+        store_events(api, History(post_id="imported-2").legacy(
+            {"insights": {}, "status": "failed", "error_message": "token expired"}, target="facebook").events)
+        answer = browser.post("/ui/posts/imported-2/retry", data={"token": retry_token(api.settings, "imported-2"),
+                                                                   "image_url": "not a url", "account": token})
+        assert answer.status_code == 422 and 'name="account"' in answer.text
+        assert token not in answer.text, answer.text[-2000:]
         # Nor does the page of a post named by a token.
         missing = browser.get(f"/ui/posts/{token}")
         assert missing.status_code == 404 and token not in missing.text

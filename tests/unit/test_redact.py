@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from urllib.parse import quote, quote_plus
 
@@ -20,7 +21,10 @@ TOKEN = "Zx9)q%2F+/=abcDEF_ghij-KLMN0123"
 
 def test_a_url_encoded_stored_token_is_scrubbed_from_what_the_service_writes() -> None:
     register_secret(TOKEN)
-    for written in (quote(TOKEN, safe=""), quote(TOKEN), quote_plus(TOKEN)):
+    javascript = quote(TOKEN, safe="!'()*~")  # encodeURIComponent
+    lower = re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(TOKEN, safe=""))
+    twice = quote(quote(TOKEN, safe=""), safe="")
+    for written in (quote(TOKEN, safe=""), quote(TOKEN), quote_plus(TOKEN), javascript, lower, twice):
         assert written != TOKEN
         cleaned = scrub(f"Error validating access token {written}: Session has expired")
         assert cleaned == f"Error validating access token {REDACTED}: Session has expired"
