@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -43,6 +44,8 @@ _longest_first: tuple[str, ...] = ()
 _lock = threading.Lock()
 
 
+# Every content check asks for the forms of every stored token: each token's are worked out once.
+@functools.lru_cache(maxsize=4 * KNOWN_SECRETS)
 def secret_forms(secret: str) -> tuple[str, ...]:
     """`secret` as written, and as it is written in an address (URL-encoded): a token with "/", "+", "=" or "%"
     appears so in a query string, or in an error that quotes one. Meta's tokens (letters and digits) have one form.
