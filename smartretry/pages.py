@@ -380,15 +380,14 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # What the user typed comes back to be corrected, but a field refused for carrying a token: not shown again.
             carrying: set[str] = {str(error.get("loc", [""])[-1]) for error in exc.detail if isinstance(error, dict)
                         and error.get("type") == "contains_token"} if isinstance(exc.detail, list) else set()
-            shown_url = None if "image_url" in carrying or scrub(image_url) != image_url else image_url
-            shown_account = None if "account" in carrying or scrub(account or "") != (account or "") else account
             return await render_post(request, post_id, None, problem, status_code=exc.status_code,
-                                     entered_image_url=shown_url, entered_account=shown_account)
+                                     entered_image_url=_typed_back(image_url, "image_url" in carrying),
+                                     entered_account=_typed_back(account, "account" in carrying))
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
-                                     entered_image_url=image_url if scrub(image_url) == image_url else None,
-                                     entered_account=account if scrub(account or "") == (account or "") else None)
+                                     entered_image_url=_typed_back(image_url),
+                                     entered_account=_typed_back(account))
         return RedirectResponse(
             f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
             status_code=303)
@@ -513,3 +512,11 @@ def _field_problem(error: dict[str, Any]) -> str:
         message = "an id is digits only, as Meta shows it (for example 747917475065823)"
     field = next((FIELD_LABELS[part] for part in reversed(loc) if part in FIELD_LABELS), None)
     return f"{field}: {message}" if field else message
+
+
+def _typed_back(value: str | None, refused_for_a_token: bool = False) -> str | None:
+    """What the user typed in a form field, to show back for correcting; None where it carries a token (the API
+    refused it for one, or the scrubber finds one in it): a page never shows a token."""
+    if value is None or refused_for_a_token or scrub(value) != value:
+        return None
+    return value
