@@ -3,7 +3,7 @@
 The image (`Dockerfile`) copies a few directories and runs `pip install .`: a wheel built from exactly
 those files must hold every module and data file the service loads, and import with nothing of the
 checkout (tests, bench, an editable install) on the path. `docker-compose.yml` must only set settings
-the service knows.
+the service knows, and keep the broker's and the database's data on named volumes.
 """
 
 from __future__ import annotations
@@ -82,3 +82,26 @@ def test_the_compose_file_sets_only_settings_the_service_knows() -> None:
     assert set_here, "the service's environment was not found"
     assert not [name for name in set_here if name not in known]
     assert {"KAFKA_BOOTSTRAP_SERVERS", "SMARTRETRY_DATABASE_URL"} <= set(set_here)
+
+
+def compose_service(compose: str, name: str) -> str:
+    """One service's block of the compose file (its indented lines)."""
+    match = re.search(rf"^  {name}:\n((?:    .*\n|\n)+)", compose, flags=re.MULTILINE)
+    assert match, f"service {name} not found"
+    return match.group(1)
+
+
+def test_the_compose_file_keeps_the_events_and_the_database_on_named_volumes() -> None:
+    # `docker compose down` removes the containers: the broker's log (the events, the source of truth) and the
+    # database must not go with them.
+    compose = (ROOT / "docker-compose.yml").read_text()
+    declared = re.search(r"^volumes:\n((?:  .*\n)+)", compose, flags=re.MULTILINE)
+    assert declared, "no named volumes declared"
+    names = set(re.findall(r"^  ([\w-]+):", declared.group(1), flags=re.MULTILINE))
+    kafka = compose_service(compose, "kafka")
+    log_dirs = re.search(r"KAFKA_LOG_DIRS: (\S+)", kafka)
+    assert log_dirs, "the broker's log directory is the image's default, under /tmp"
+    for service, directory in (("kafka", log_dirs.group(1)), ("postgres", "/var/lib/postgresql/data")):
+        mounts = dict(re.findall(r"^      - ([\w-]+):(\S+)$", compose_service(compose, service), flags=re.MULTILINE))
+        assert directory in mounts.values(), f"{service}: {directory} is not on a volume"
+        assert {name for name, path in mounts.items() if path == directory} <= names
