@@ -1125,9 +1125,11 @@ class CommandHandler:
         self._wakeups.setdefault(command.post_id, asyncio.Event()).set()
 
     def _resolution_for(self, state: PostState, platform: Platform) -> ResolveAttemptRequested | None:
-        """The latest operator's resolution of the platform's attempt without a result that names that attempt."""
+        """The latest operator's resolution of the platform's attempt without a result that names that attempt, and
+        has settled no attempt yet."""
         pending = self._resolutions.get(state.post_id, {}).get(platform, [])
-        return next((r for r in reversed(pending) if resolution_refusal(state, platform, r.attempt_id) is None), None)
+        return next((r for r in reversed(pending) if not _spent(state, r)
+                     and resolution_refusal(state, platform, r.attempt_id) is None), None)
 
     def _drop_misdirected_resolutions(self, state: PostState, platform: Platform) -> None:
         """Drops, with a warning, the resolutions that name another attempt than the platform's waiting one.
@@ -1137,6 +1139,11 @@ class CommandHandler:
         commands still refuses them to the dead letters.
         """
         for resolution in list(self._resolutions.get(state.post_id, {}).get(platform, [])):
+            if _spent(state, resolution):
+                # It settled an earlier attempt (and came in again after a restart): what the operator found was of
+                # that attempt's call, never of a later one's. Its own turn accepts it as done.
+                self._forget_resolution(resolution)
+                continue
             reason = resolution_refusal(state, platform, resolution.attempt_id)
             if reason is not None:
                 log.warning("Resolution %s does not apply: %s", resolution.command_id, reason,
@@ -1172,6 +1179,8 @@ class CommandHandler:
             log.info("%s attempt %s resolved by an operator: not published%s", label, attempt_id, note,
                      extra=context)
         await self._record_result(post_id, attempt_id, outcome, resolved_by=resolution.command_id)
+        # One resolution settles one attempt: a later attempt of the command (after "not published") is another call.
+        self._forget_resolution(resolution)
 
     async def _resolve_interrupted(self, state: PostState) -> None:
         """Gives every attempt without a result one, by asking the platform whether the post went out (or, where
@@ -1314,6 +1323,11 @@ def _done() -> asyncio.Future[Any]:
     done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     done.set_result(None)
     return done
+
+
+def _spent(state: PostState, resolution: ResolveAttemptRequested) -> bool:
+    """Whether the resolution has settled one of the post's attempts already (each settles one)."""
+    return any(a.resolved_by == resolution.command_id for a in state.attempts.values())
 
 
 def _token_in_fields(command: Command, tokens: Collection[str]) -> str | None:

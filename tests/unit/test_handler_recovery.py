@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from projections.decide import decide
 from projections.fold import apply_all
 from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
@@ -165,6 +166,36 @@ async def test_an_operators_resolution_settles_an_attempt_the_platform_cannot_be
         assert "an operator found it was not published (checked the Page)" in result.error.message
 
 
+async def test_a_resolution_settles_one_attempt_never_the_next_call_its_command_makes() -> None:
+    # "Not published": the command carries on and calls Facebook again. That call may go out and leave no answer
+    # either: what the operator found was of the first call, so the second must wait for its own look-up or word.
+    history, state = interrupted()
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(REFUSED), history, sent)
+    made._register_resolution(resolution(state, published=False))
+    await made._resolve_interrupted(state)
+    (settled,) = sent
+    assert isinstance(settled, PlatformResult) and settled.resolved_by == "resolve-1"
+    history.events.append(settled)
+    second = history.attempt("facebook", "cmd-publish")
+    state = history.state()
+    waiting = state.in_flight("facebook")
+    assert waiting is not None and waiting.attempt_id == second
+
+    # The same handler, and one that read the resolution again after a restart (its offset was not committed).
+    restarted = handler(Credentials(), Lookups(REFUSED), history, sent)
+    restarted._register_resolution(resolution(state, published=False))
+    for resolver in (made, restarted):
+        sent.clear()
+        with pytest.raises(OutcomeUnknown):
+            await resolver._resolve_interrupted(state)
+        assert not [e for e in sent if isinstance(e, PlatformResult)], "a second call taken for not published"
+        assert resolver._resolution_for(state, "facebook") is None
+    # Its own turn in the post's commands takes it as done.
+    decision = decide(state, resolution(state, published=False))
+    assert decision.reject_reason is None and decision.no_op
+
+
 async def test_a_resolution_whose_note_carries_a_stored_token_settles_nothing() -> None:
     # Stored by another process (the API): this handler had not seen it when the resolution came in.
     token = "another-shops-stored-token-5a6b7c"
@@ -236,7 +267,8 @@ async def test_a_resolution_naming_another_attempt_is_dropped_at_once_and_takes_
     (warning,) = [r for r in caplog.records if "resolve-2" in r.getMessage()]
     assert warning.levelname == "WARNING"
     assert f"attempt waiting for a result is {attempt.attempt_id}, not another" in warning.getMessage()
-    assert [r.command_id for r in made._resolutions[state.post_id]["facebook"]] == ["resolve-1"]
+    # Both gone: one refused, the other spent on the attempt it settled.
+    assert state.post_id not in made._resolutions
 
 
 async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when_the_lease_ends() -> None:
