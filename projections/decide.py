@@ -185,7 +185,7 @@ def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:
         outcome = f"published as {command.platform_post_id}" if command.published else "not published"
         return Decision(no_op=True, log_line=f"{label} attempt {resolved.attempt_id} resolved by an operator: "
                                              f"{outcome}")
-    reason = resolution_refusal(state, command.platform, command.attempt_id)
+    reason = resolution_refusal(state, command.platform, command.attempt_id, command.requested_at)
     if reason is None:
         # It did name the attempt waiting for a result, but another resolution was applied in its place.
         reason = f"a later resolution of {label}'s attempt took the place of this one"
@@ -205,9 +205,14 @@ def reuses_command_id(state: PostState, command: Command) -> bool:
         recorded.fingerprint is not None and recorded.fingerprint != fingerprint(command))
 
 
-def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | None) -> str | None:
+def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | None,
+                       requested_at: datetime | None = None) -> str | None:
     """Why an operator's resolution of the platform's attempt cannot apply; None when it names the attempt that
-    is waiting for a result (any attempt id, or none, when it does not name one)."""
+    is waiting for a result (any attempt id, or none, when it does not name one).
+
+    One that names no attempt speaks of the one that was waiting when it was sent (`requested_at`): never of a
+    call the post's command made after it, which the operator cannot have checked.
+    """
     label = PLATFORM_LABELS[platform]
     waiting = state.in_flight(platform)
     if waiting is None:
@@ -216,6 +221,9 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
         return f"nothing to resolve: {label}'s latest attempt has its result"
     if attempt_id not in (None, waiting.attempt_id):
         return f"{label}'s attempt waiting for a result is {waiting.attempt_id}, not {attempt_id}"
+    if attempt_id is None and requested_at is not None and waiting.started_at > requested_at:
+        return (f"{label}'s attempt waiting for a result, {waiting.attempt_id}, began after this resolution was sent: "
+                "what was checked was an earlier call (name the attempt to resolve this one)")
     return None
 
 

@@ -1129,7 +1129,7 @@ class CommandHandler:
         has settled no attempt yet."""
         pending = self._resolutions.get(state.post_id, {}).get(platform, [])
         return next((r for r in reversed(pending) if not _spent(state, r)
-                     and resolution_refusal(state, platform, r.attempt_id) is None), None)
+                     and resolution_refusal(state, platform, r.attempt_id, r.requested_at) is None), None)
 
     def _drop_misdirected_resolutions(self, state: PostState, platform: Platform) -> None:
         """Drops, with a warning, the resolutions that name another attempt than the platform's waiting one.
@@ -1144,7 +1144,7 @@ class CommandHandler:
                 # that attempt's call, never of a later one's. Its own turn accepts it as done.
                 self._forget_resolution(resolution)
                 continue
-            reason = resolution_refusal(state, platform, resolution.attempt_id)
+            reason = resolution_refusal(state, platform, resolution.attempt_id, resolution.requested_at)
             if reason is not None:
                 log.warning("Resolution %s does not apply: %s", resolution.command_id, reason,
                             extra={"post_id": state.post_id, "command_id": resolution.command_id})

@@ -196,6 +196,36 @@ async def test_a_resolution_settles_one_attempt_never_the_next_call_its_command_
     assert decision.reject_reason is None and decision.no_op
 
 
+async def test_a_resolution_naming_no_attempt_never_settles_one_that_began_after_it_was_sent(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Sent while the first call waited; that call was settled otherwise (a look-up), and the command called again.
+    history, state = interrupted()
+    first = state.in_flight("facebook")
+    assert first is not None
+    sent_at = first.started_at + timedelta(minutes=3)
+    history.failure("facebook", first.attempt_id, "Facebook post lookup found no post", ErrorKind.TRANSIENT)
+    history.at = sent_at + timedelta(minutes=2)
+    second = history.attempt("facebook", "cmd-publish")
+    state = history.state()
+    late = resolution(state, published=False).model_copy(update={"requested_at": sent_at})
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(REFUSED), history, sent)
+    made._register_resolution(late)
+
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+
+    assert not [e for e in sent if isinstance(e, PlatformResult)], "a call the operator never checked was settled"
+    (warning,) = [r for r in caplog.records if "resolve-1" in r.getMessage()]
+    assert f"{second}, began after this resolution was sent" in warning.getMessage()
+    decision = decide(state, late)
+    assert decision.reject_reason is not None and "name the attempt to resolve this one" in decision.reject_reason
+    # Named, it is the operator's word on that call.
+    assert made._resolution_for(state, "facebook") is None
+    made._register_resolution(late.model_copy(update={"attempt_id": second, "command_id": "resolve-2"}))
+    assert made._resolution_for(state, "facebook") is not None
+
+
 async def test_a_resolution_whose_note_carries_a_stored_token_settles_nothing() -> None:
     # Stored by another process (the API): this handler had not seen it when the resolution came in.
     token = "another-shops-stored-token-5a6b7c"
