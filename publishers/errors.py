@@ -20,7 +20,7 @@ from schemas.common import (
     ErrorKind,
     Platform,
 )
-from schemas.events import PlatformError
+from schemas.events import PLATFORM_TEXT_LIMIT, PlatformError
 
 AUTH_CODES = frozenset({102, 190})
 # Subcodes Meta puts on 190 (expired, password changed, app removed, checkpoint, ...): all mean re-login.
@@ -46,7 +46,7 @@ IG_NOT_READY_CODE = 9007
 # A failed container's status text names its subcode: "Error: 2207052 ...".
 _SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
 # What a PlatformError's message holds at most.
-MESSAGE_LENGTH = 2000
+MESSAGE_LENGTH = PLATFORM_TEXT_LIMIT
 
 # Meta prefixes messages with "(#324) "; the seed's messages read without it.
 _CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")

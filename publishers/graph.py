@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from publishers.errors import classify, classify_transport, may_have_reached_platform
 from publishers.redact import register_secret, scrub, scrub_http_client_logs, scrub_url
 from schemas.common import ErrorKind, Platform
-from schemas.events import PlatformError
+from schemas.events import PLATFORM_TEXT_LIMIT, PlatformError
 
 # How far Meta's clock may be from ours, where an attempt's post is looked for by its time.
 CLOCK_SKEW = timedelta(minutes=2)
@@ -54,12 +54,18 @@ def answered_id(value: Any) -> str | None:
     still says the call created something, so a publish that got one is not done again (the id, spoilt, then
     leads nowhere: a link to the post, a later call on a container, fail instead)."""
     text = _id_text(value)
-    return None if text is None else scrub(text)
+    return None if text is None else _bounded(scrub(text))
 
 
 def answered_link(value: Any) -> str | None:
     """A permalink a Graph answer gives, with any token in it scrubbed out (`scrub_url`); None for none."""
-    return scrub_url(value) if isinstance(value, str) and value.strip() else None
+    return _bounded(scrub_url(value)) if isinstance(value, str) and value.strip() else None
+
+
+def _bounded(text: str) -> str:
+    """An answer's text cut to what an event keeps (Meta's ids and addresses are far shorter): spoilt, like an id a
+    token was scrubbed from, but the call's outcome is still recorded."""
+    return text if len(text) <= PLATFORM_TEXT_LIMIT else text[:PLATFORM_TEXT_LIMIT - 1] + "…"
 
 
 def _id_text(value: Any) -> str | None:

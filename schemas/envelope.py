@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -76,7 +77,35 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
         raise DecodeError(f"{what} has a number too long to be one of ours (over 4,300 digits)") from None
     if not isinstance(value, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(value).__name__}")
+    if _SURROGATE_ESCAPE.search(raw) if isinstance(raw, bytes) else _SURROGATE.search(raw):
+        where = _lone_surrogate(value)
+        if where is not None:
+            raise DecodeError(f"{what} has text that is not Unicode at {where}: half of a character (a lone "
+                              "surrogate, as cutting an emoji in two leaves), which no JSON writer of ours can keep")
     return value
+
+
+# A UTF-16 surrogate written as a JSON escape; a pair of them is one character, and json.loads joins it.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """Where in a parsed JSON value a string (or key) holds a surrogate left alone, as a dotted path, if anywhere."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path or "the message"
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if _SURROGATE.search(key):
+                    return f"{path}.(a key)" if path else "(a key)"
+                pending.append((f"{path}.{key}" if path else key, inner))
+        elif isinstance(item, list):
+            pending.extend((f"{path}[{index}]", inner) for index, inner in enumerate(item))
+    return None
 
 
 def json_object(raw: bytes | str | None, what: str) -> Envelope:

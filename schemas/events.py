@@ -112,11 +112,15 @@ class ContainerCreated(EventBase):
     container_id: Annotated[str, Field(min_length=1, max_length=200)]
 
 
+# The longest text a platform's answer puts in an event (an error's message, a post's id or address).
+PLATFORM_TEXT_LIMIT = 2000
+
+
 class PlatformError(Frozen):
     """A classified platform error; `message` reads like the seed's and never holds a token."""
 
     kind: ErrorKind
-    message: Annotated[str, Field(max_length=2000)]
+    message: Annotated[str, Field(max_length=PLATFORM_TEXT_LIMIT)]
     code: int | None = Field(default=None, description="Meta's error code, when the platform answered with one")
     subcode: int | None = Field(default=None, description="Meta's error_subcode, when it gave one")
     http_status: int | None = Field(default=None, description=(
@@ -135,9 +139,11 @@ class PlatformResult(EventBase):
         "The attempt (PublishAttempted) this belongs to: join on (post_id, attempt_id), as attempt ids are unique "
         "within a post only"))
     success: bool
-    platform_post_id: str | None = Field(default=None, description=(
+    # Bounded like an error's message: the insights message carries both, and must stay within the broker's 1 MB.
+    platform_post_id: Annotated[str, Field(max_length=PLATFORM_TEXT_LIMIT)] | None = Field(default=None, description=(
         "The post's id on the platform (Facebook's post id, Instagram's media id), on success"))
-    permalink: str | None = Field(default=None, description="The post's address on Instagram, on success")
+    permalink: Annotated[str, Field(max_length=PLATFORM_TEXT_LIMIT)] | None = Field(
+        default=None, description="The post's address on Instagram, on success")
     error: PlatformError | None = None
     recovered: bool = Field(default=False, description=(
         "The result of an attempt whose outcome was unknown (no answer came, or a failure on Meta's side, or its "

@@ -96,6 +96,9 @@ BAD_COMMANDS: dict[str, tuple[bytes | None, str]] = {
     "caption-over-2200": (_json(_command(content={"caption": "x" * 2201, "image_url": IMAGE})),
                           "limited to 2200 characters"),
     "post-id-with-path": (_json(_command(post_id="../../etc/passwd")), "post_id: String should match pattern"),
+    # Half an emoji (a lone UTF-16 surrogate, escaped): JSON reads it, but no JSON writer can write it again.
+    "half-a-character": (_json(_command(content={"caption": "Autumn sale \ud83d", "image_url": IMAGE})),
+                         "text that is not Unicode at content.caption"),
     "account-with-path": (_json(_command(account="demo/../root")), "account: String should match pattern"),
 }
 
@@ -113,6 +116,9 @@ BAD_EVENTS: dict[str, tuple[bytes | None, str]] = {
                                        "first", "command_id": "c1", "success": None}), "attempt_number"),
     "unknown-platform": (_json(_result_event("e-post", platform="myspace")), "platform: Input should be"),
     "post-id-with-path": (_json(_result_event("../../etc/passwd")), "post_id: String should match pattern"),
+    # Under the event limit, but the post's insights message would be over the broker's.
+    "platform-post-id-of-400-kb": (_json(_result_event("e-post", platform_post_id="1" * 400_000)),
+                                   "platform_post_id: String should have at most 2000 characters"),
 }
 
 def _misplaced_import() -> bytes:
@@ -136,6 +142,12 @@ def _deep_import() -> bytes:
 
 
 BAD_EVENTS["import-nested-too-deeply"] = (_deep_import(), "the document nests deeper than 32 levels")
+# An old system that cut an emoji in two (JavaScript's slice does): folded, it would stop its partition for good.
+BAD_EVENTS["import-with-half-a-character"] = (
+    _json({"type": "LegacyInsightsImported", "schema_version": 1, "event_id": new_id(), "post_id": "e-half",
+           "occurred_at": AT, "publish_target": "facebook",
+           "document": {"status": "failed", "error_message": "facebook: Upload failed \ud83d"}}),
+    "text that is not Unicode at document.error_message")
 
 GHOST_POST = "ghost-post-never-submitted"
 
@@ -188,6 +200,9 @@ def _api_answers(client: httpx.Client, taken: PublishRequested) -> dict[str, htt
         "caption-over-2200": publish(content={"caption": "x" * 2201, "image_url": IMAGE}),
         "ten-mb": publish(content={"caption": "x" * TEN_MB, "image_url": IMAGE}),
         "post-id-with-path": publish(post_id="../../etc/passwd"),
+        "half-a-character": client.post("/posts", content=_json({
+            "content": {"caption": "Autumn sale \ud83d", "image_url": IMAGE}, "publish_target": "both",
+            "account": DEMO_ACCOUNT_ID}), headers=as_json),
         "path-in-url": client.post("/posts/..%5C..%5Cetc%5Cpasswd/retry", json={}),
         # An encoded slash is a slash to the router: no route has that many segments.
         "slashes-in-url": client.post("/posts/..%2F..%2Fetc%2Fpasswd/retry", json={}),
@@ -376,6 +391,7 @@ API_CASES: dict[str, tuple[int, str]] = {
     "caption-over-2200": (422, "Instagram captions are limited to 2200 characters"),
     "ten-mb": (422, "String should have at most 63206 characters"),
     "post-id-with-path": (422, "String should match pattern"),
+    "half-a-character": (422, "unable to parse raw data as a unicode string"),
     "path-in-url": (422, "String should match pattern"),
     "slashes-in-url": (404, "Not Found"),
     "unknown-account": (422, "unknown account 'nobody-here'"),

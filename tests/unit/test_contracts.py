@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from schemas.commands import PostContent, PublishRequested, url_problem
 from schemas.envelope import DecodeError, decode_command, decode_event, encode
-from schemas.events import PostSubmitted
+from schemas.events import LegacyInsightsImported, PostSubmitted
 from schemas.export import OUT, exported, render
 from tests.support.samples import AT, CONTENT, POST_ID, all_commands, all_events
 
@@ -54,6 +54,19 @@ def test_bad_events_decode_to_a_clear_error(raw: bytes | None, reason: str) -> N
     with pytest.raises(DecodeError) as caught:
         decode_event(raw)
     assert reason in caught.value.reason
+
+
+def test_half_a_character_is_refused_with_where_it_is_and_a_whole_one_written_as_two_escapes_is_kept() -> None:
+    # An old system's document (free-form, so only the careful path looks at it) with an emoji cut in two.
+    event = LegacyInsightsImported(event_id="e1", post_id=POST_ID, occurred_at=AT, publish_target="facebook",
+                                   document={"status": "failed", "error_message": "facebook: Upload failed"})
+    raw = encode(event).decode()
+    with pytest.raises(DecodeError) as caught:
+        decode_event(raw.replace("Upload failed", "Upload failed \\ud83d").encode())
+    assert "text that is not Unicode at document.error_message" in caught.value.reason
+    whole = decode_event(raw.replace("Upload failed", "Upload failed \\ud83d\\ude00").encode())
+    assert isinstance(whole, LegacyInsightsImported)
+    assert whole.document["error_message"] == "facebook: Upload failed \U0001F600"
 
 
 @pytest.mark.parametrize("version", ['"1"', "1.0", "true", "0", "2"])

@@ -23,10 +23,12 @@ from publishers.errors import (
     rate_limit_wait,
 )
 from publishers.facebook import FacebookPagePublisher
+from publishers.graph import answered_id, answered_link
 from publishers.instagram import ContainerPolling, InstagramPublisher
 from publishers.redact import REDACTED, scrub
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
+from schemas.events import PLATFORM_TEXT_LIMIT, PlatformResult
 
 
 def envelope(code: int | None, subcode: int | None = None, *, message: str = "boom", transient: bool = False) -> dict:
@@ -559,3 +561,16 @@ def test_a_platform_wait_past_a_day_is_taken_as_a_day() -> None:
         platform="facebook", attempt_id=attempts["facebook"], success=False,
         error=PlatformError(kind=ErrorKind.RATE_LIMITED, message="limit", retry_after_s=1e20)))
     assert automatic_retries(history.state(), 5) == {"facebook": datetime(2025, 11, 18, tzinfo=UTC)}
+
+
+def test_an_id_or_address_in_an_answer_longer_than_an_event_keeps_is_cut_and_the_result_still_recorded() -> None:
+    # Meta's are a few dozen characters; one past the limit would make the result event invalid and leave the
+    # attempt without a result (and the insights message past the broker's limit).
+    post_id = answered_id("1" * 400_000)
+    permalink = answered_link("https://www.instagram.com/p/" + "a" * 400_000)
+    assert post_id is not None and permalink is not None
+    assert len(post_id) == len(permalink) == PLATFORM_TEXT_LIMIT and post_id.endswith("…")
+    result = PlatformResult(event_id="e", post_id="p", occurred_at=datetime.now(UTC), platform="instagram",
+                            attempt_id="a", success=True, platform_post_id=post_id, permalink=permalink)
+    assert result.platform_post_id == post_id
+    assert answered_id("747917475065823_122104567890123") == "747917475065823_122104567890123"
