@@ -382,7 +382,7 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         # for it. Taken as published (with the Facebook post the post's address names, if it does), where the post
         # has no success there (none yet, or a failed attempt: the post is there all the same): a retry must not
         # post it again; a forced republish still can.
-        known = {r.platform for r in results} | {p for p, r in current.items() if r.success}
+        known = {r.platform for r in brought} | {p for p, r in current.items() if r.success}
         implied = [platform for platform in targeted if platform not in known]
         results.extend(PublishResult(platform=platform, success=True,
                                      post_id=_facebook_post_of(document.get("post_url")) if platform == "facebook"

@@ -582,6 +582,25 @@ def test_an_import_saying_a_platform_went_out_where_the_services_attempt_failed_
     assert History().legacy({"status": "posted"}).state().legacy_attempts == {"facebook": 1, "instagram": 1}
 
 
+def test_an_import_saying_posted_but_listing_a_platform_as_failed_is_not_taken_as_published_there() -> None:
+    # Its own result for Facebook says it failed: "posted" speaks only for platforms it kept no result for, whether
+    # or not the service published the post first.
+    document = {"status": "posted", "insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "Facebook photo upload failed"},
+        {"platform": "instagram", "success": True, "postId": "1789_1"}]}}
+    serviced = History()
+    attempts = serviced.publish()
+    serviced.failure("facebook", attempts["facebook"], "refused", ErrorKind.INVALID_MEDIA)
+    serviced.success("instagram", attempts["instagram"], "1789_1")
+    serviced.legacy(document)
+    imported_only = History().legacy(document)
+    for history in (serviced, imported_only):
+        state = history.state()
+        facebook = state.latest_result("facebook")
+        assert facebook is not None and not facebook.success, history.events[-1]
+        assert state.status == "failed"
+
+
 def test_a_token_the_old_system_wrote_into_an_imported_document_is_scrubbed_out_of_the_post() -> None:
     meta_shaped = "EAA" + "Bw0rKeD1" * 6
     document = {
