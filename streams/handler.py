@@ -770,16 +770,19 @@ class CommandHandler:
                 self._forget_resolution(command)
 
     async def _check_attempts_unchanged(self, command: Command, platform: Platform, partition: int, known: int,
-                                        mine: tuple[str, datetime] | None, known_at: float) -> float:
+                                        mine: tuple[str, datetime] | None, known_at: float,
+                                        *, away: bool = False) -> float:
         """Raises `StoodDown` when another handler made an attempt of the platform since this one read the post at
         `known_at` (loop time), knowing of `known` attempts (and `mine`, the id and start of the attempt it recorded
-        since). Returns when the post was last read.
+        since). Returns when the post was last read. `away`: read again however recently it was read (the check
+        before recording the attempt had to read it: the handler was away, and the post's new owner may be recording
+        the same attempt at this very moment).
 
         Read again only after a while: a partition moves to another handler only once this one has been silent for
         its session timeout (frozen, or its host stalled), and until this one polls it has not heard of that. A
         call made then would publish the post a second time; the other handler's attempts, in the post, say so.
         """
-        if asyncio.get_running_loop().time() - known_at < self.config.session_timeout_seconds / 2:
+        if not away and asyncio.get_running_loop().time() - known_at < self.config.session_timeout_seconds / 2:
             return known_at
         fresh = await self.fresh_state(command.post_id, partition)
         attempts = fresh.attempts_of(platform) if fresh is not None else []
@@ -959,6 +962,7 @@ class CommandHandler:
         for automatic in range(made, self.config.max_automatic_attempts):
             # First the post read again if this handler may have been away (the read can take a while), then the
             # partition: a handler waking from a freeze hears of the move while it reads.
+            read_before = known_at
             known_at = await self._check_attempts_unchanged(command, platform, partition, number, None, known_at)
             if not self._owns(partition, owner):
                 # The post's new owner resumes this platform (the command is not committed here). Also when the
@@ -987,7 +991,8 @@ class CommandHandler:
                 reading = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
             _, _, credentials = await asyncio.gather(recorded, attempted, reading)
             known_at = await self._check_attempts_unchanged(command, platform, partition, number - 1,
-                                                            (attempt_id, started), known_at)
+                                                            (attempt_id, started), known_at,
+                                                            away=known_at != read_before)
             if not self._owns(partition, owner):
                 # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)

@@ -222,7 +222,8 @@ def handler_on_shared_topic(page: FlakyPage, topic: list[Event], history: Histor
     async def send(event: Event) -> None:
         topic.append(event)
 
-    async def fresh_state(_post_id: str, _partition: int) -> PostState | None:
+    async def fresh_state(post_id: str, _partition: int) -> PostState | None:
+        made._read_at[post_id] = asyncio.get_running_loop().time()  # as the real read notes when it read
         return apply_all(None, [*history.events, *topic])
 
     made.send = send  # type: ignore[method-assign]
@@ -305,6 +306,25 @@ async def test_a_handler_frozen_through_a_backoff_does_not_publish_what_the_new_
     assert page.posts == ["cmd-publish:facebook:2"]  # once
     final = apply_all(None, [*history.events, *topic])
     assert final is not None and final.status == "posted"
+
+
+async def test_a_handler_back_from_away_reads_its_post_again_once_its_attempt_is_recorded() -> None:
+    # Frozen through its backoff, it reads the post on waking and finds nothing new; the post's new owner, resuming
+    # the command at that very moment, records the same attempt just before it. Both would call Facebook.
+    page, topic = FlakyPage(), []
+    history, state = decided_for_facebook()
+    made = handler_on_shared_topic(page, topic, history, 1.0, session_timeout_seconds=0.4)
+    own_send = made.send
+
+    async def send(event: Event) -> None:
+        if isinstance(event, PublishAttempted) and event.attempt_number == 2:
+            topic.append(event.model_copy(update={"occurred_at": event.occurred_at - timedelta(milliseconds=20)}))
+        await own_send(event)
+
+    made.send = send  # type: ignore[method-assign]
+    with pytest.raises(StoodDown, match="another handler has attempted it"):
+        await first_publish(made, state, _publish_command(state))
+    assert page.calls == 1, "the new owner's attempt is the one that calls"
 
 
 async def test_a_handler_that_read_its_post_a_moment_ago_calls_without_reading_it_again() -> None:
