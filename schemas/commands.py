@@ -58,9 +58,12 @@ def url_problem(value: str) -> str | None:
     return None
 
 
+# The longest address a command (and so a result an operator gives) may carry.
+ADDRESS_LIMIT = 2048
 # Not JSON Schema's "uri" format: an address with a blank in its path (the seed's image URL) is taken, and the
 # platform says whether it can fetch it.
-HttpUrlText = Annotated[str, Field(max_length=2048, description="an http:// or https:// address", json_schema_extra={
+HttpUrlText = Annotated[str, Field(max_length=ADDRESS_LIMIT, description="an http:// or https:// address",
+                                   json_schema_extra={
     # What `_http_url` takes: the scheme (any case) and a host, blanks around the address allowed.
     "pattern": r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]"}), AfterValidator(_http_url)]
 

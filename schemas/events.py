@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict, field_validator
 
-from schemas.commands import PostContent
+from schemas.commands import ADDRESS_LIMIT, PostContent
 from schemas.common import ErrorKind, Frozen, Identifier, Platform, PublishTarget, Timestamp
 
 EVENT_SCHEMA_VERSION = 1
@@ -139,10 +139,11 @@ class PlatformResult(EventBase):
         "The attempt (PublishAttempted) this belongs to: join on (post_id, attempt_id), as attempt ids are unique "
         "within a post only"))
     success: bool
-    # Bounded like an error's message: the insights message carries both, and must stay within the broker's 1 MB.
+    # Bounded, as an error's message is: the insights message carries both, and must stay within the broker's 1 MB.
+    # The address as long as a command's (an operator's resolution gives one).
     platform_post_id: Annotated[str, Field(max_length=PLATFORM_TEXT_LIMIT)] | None = Field(default=None, description=(
         "The post's id on the platform (Facebook's post id, Instagram's media id), on success"))
-    permalink: Annotated[str, Field(max_length=PLATFORM_TEXT_LIMIT)] | None = Field(
+    permalink: Annotated[str, Field(max_length=ADDRESS_LIMIT)] | None = Field(
         default=None, description="The post's address on Instagram, on success")
     error: PlatformError | None = None
     recovered: bool = Field(default=False, description=(

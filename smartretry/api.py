@@ -587,6 +587,11 @@ class FrontDoor:
             raise unprocessable(exc) from None
         _check_url(body.permalink, ["body", "permalink"])
         if command_id in state.commands:
+            if body.attempt_id is None and reuses_command_id(state, command):
+                # Sent from here bound to the attempt it settled (below): the same request, sent again.
+                settled = next((a for a in state.attempts.values() if a.resolved_by == command_id), None)
+                if settled is not None:
+                    command = command.model_copy(update={"attempt_id": settled.attempt_id})
             _check_same_command(state, command)
             return await self._answer(command, await self._wait(command))
         await self._check_no_secret(None, command_id=body.command_id, platform_post_id=body.platform_post_id,
@@ -606,7 +611,9 @@ class FrontDoor:
             raise HTTPException(409, f"{PLATFORM_LABELS[body.platform]} attempt {waiting.attempt_id} started "
                                      f"{age:.0f}s ago and may still be under way: {settles}it can be resolved once it "
                                      f"is {lease:.0f}s old")
-        return await self._submit(command)
+        # Bound to the attempt the operator checked, the one waiting now: never a call the command makes after it
+        # (once this one is "not published"), whatever the clocks of this host and the handler's say.
+        return await self._submit(command.model_copy(update={"attempt_id": waiting.attempt_id}))
 
     async def _submit(self, command: Command, wait: bool = True) -> Accepted:
         try:

@@ -774,9 +774,11 @@ class CommandHandler:
                                         *, away: bool = False) -> float:
         """Raises `StoodDown` when another handler made an attempt of the platform since this one read the post at
         `known_at` (loop time), knowing of `known` attempts (and `mine`, the id and start of the attempt it recorded
-        since). Returns when the post was last read. `away`: read again however recently it was read (the check
-        before recording the attempt had to read it: the handler was away, and the post's new owner may be recording
-        the same attempt at this very moment).
+        since). Returns when the post was last read. `away`: read again however recently it was read, because the check
+        before recording the attempt had to read it (the handler may have been frozen meanwhile, or only waited a
+        long backoff: it cannot tell which), and the post's new owner may be recording the same attempt at this very
+        moment. That covers the new owner's attempt recorded first; recorded after this one's, only fencing the call
+        itself would tell the two apart.
 
         Read again only after a while: a partition moves to another handler only once this one has been silent for
         its session timeout (frozen, or its host stalled), and until this one polls it has not heard of that. A

@@ -898,6 +898,29 @@ def test_an_operators_resolution_of_an_interrupted_attempt_goes_to_kafka(api: Ru
         "facebook", attempt, True, "747917475065823_122104567890123", "found on the Page")
 
 
+def test_a_resolution_naming_no_attempt_goes_to_kafka_bound_to_the_one_waiting_and_can_be_sent_again(
+        api: RunningApi) -> None:
+    # What the operator checked was the call waiting now: never one the command makes after it is settled.
+    attempt = store_interrupted(api, "post-1")
+    body = {"platform": "facebook", "published": False, "command_id": "resolve-1", "note": "not on the Page"}
+    answer = api.client.post("/posts/post-1/resolve", json=body)
+    assert answer.status_code == 202, answer.text
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, ResolveAttemptRequested) and command.attempt_id == attempt
+    # The handler took it up; the same request, sent again (its answer was lost), is the same command, not another.
+    store_events(api, [
+        PlatformResult(event_id="post-1-resolved", post_id="post-1", occurred_at=AT, platform="facebook",
+                       attempt_id=attempt, success=False, resolved_by="resolve-1", error=PlatformError(
+                           kind=ErrorKind.TRANSIENT, message="Facebook publish was interrupted before its result "
+                                                             "was recorded; an operator found it was not published")),
+        CommandDecided(event_id="post-1-resolve-decided", post_id="post-1", occurred_at=AT, command_id="resolve-1",
+                       command_type="ResolveAttemptRequested", platforms=(), fingerprint=fingerprint(command))])
+    again = api.client.post("/posts/post-1/resolve", json=body)
+    assert again.status_code in (200, 202), again.text
+    assert len(messages_on(api.bootstrap, api.topics.commands)) == 1
+
+
 @pytest.mark.parametrize(("body", "reason"), [
     ({"platform": "instagram", "published": False}, "nothing to resolve: Instagram's latest attempt has its result"),
     ({"platform": "facebook", "published": False, "attempt_id": "another"},

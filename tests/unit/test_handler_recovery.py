@@ -14,7 +14,7 @@ from projections.decide import decide
 from projections.fold import apply_all
 from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
-from schemas.commands import PostContent, ResolveAttemptRequested
+from schemas.commands import ADDRESS_LIMIT, PostContent, ResolveAttemptRequested
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult
 from smartretry.credentials import UnknownAccount
@@ -224,6 +224,20 @@ async def test_a_resolution_naming_no_attempt_never_settles_one_that_began_after
     assert made._resolution_for(state, "facebook") is None
     made._register_resolution(late.model_copy(update={"attempt_id": second, "command_id": "resolve-2"}))
     assert made._resolution_for(state, "facebook") is not None
+
+
+async def test_a_resolution_with_the_longest_address_a_command_takes_is_recorded() -> None:
+    history, state = interrupted()
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(REFUSED), history, sent)
+    prefix = "https://www.facebook.com/747917475065823/posts/"
+    address = prefix + "1" * (ADDRESS_LIMIT - len(prefix))
+    made._register_resolution(resolution(state, published=True).model_copy(update={"permalink": address}))
+
+    await made._resolve_interrupted(state)
+
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and result.permalink == address
 
 
 async def test_a_resolution_whose_note_carries_a_stored_token_settles_nothing() -> None:
