@@ -21,6 +21,7 @@ from projections.fold import RESOLVE_THE_ATTEMPT, apply_all, unresolved
 from projections.imported import taken_out
 from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
+from projections.store import database_said
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
 from publishers.graph import CLOCK_SKEW
 from publishers.redact import known_secrets, scrub, secret_field, secret_value
@@ -1021,6 +1022,12 @@ class CommandHandler:
             return self.credentials.get(account)
         except LookupError as exc:
             return PlatformError(kind=ErrorKind.AUTH, message=scrub(str(exc)))
+        except Exception as exc:
+            # The store away (a database error): read while the attempt is being recorded, so the attempt gets this
+            # result (nothing was called) and is tried again by itself, rather than waiting out its lease unanswered.
+            return PlatformError(kind=ErrorKind.TRANSIENT,
+                                 message=f"publish not attempted: the account's credentials could not be read "
+                                         f"({database_said(exc)})")
 
     async def _call_platform(self, post_id: str, platform: Platform, content: PostContent | None,
                              credentials: AccountCredentials | PlatformError | None,

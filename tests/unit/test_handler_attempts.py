@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.exc import OperationalError
 
-from projections.fold import apply_all
+from projections.fold import apply_all, unresolved
 from projections.resume import resume_wait
 from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
@@ -325,6 +326,32 @@ async def test_a_handler_back_from_away_reads_its_post_again_once_its_attempt_is
     with pytest.raises(StoodDown, match="another handler has attempted it"):
         await first_publish(made, state, _publish_command(state))
     assert page.calls == 1, "the new owner's attempt is the one that calls"
+
+
+async def test_credentials_the_store_cannot_give_fail_the_attempt_for_a_retry_not_leave_it_unanswered() -> None:
+    # Read while the attempt is recorded: a database away must not leave a recorded attempt without a result (the
+    # post would wait out its lease before anything is tried again, though nothing was called).
+    class StoreAway:
+        def get(self, _account: str) -> AccountCredentials:
+            raise OperationalError("SELECT", {}, ConnectionRefusedError("could not connect to server"))
+
+    page, topic = FlakyPage(), []
+    history, state = decided_for_facebook()
+    made = handler_on_shared_topic(page, topic, history, 0.0, max_automatic_attempts=1)
+    made._credentials_of = CommandHandler._credentials_of.__get__(made)  # type: ignore[method-assign]
+    made.credentials = StoreAway()  # type: ignore[assignment]
+    reading = asyncio.get_running_loop().run_in_executor(None, made._credentials_of, "acme")
+
+    await made._publish_platform(state, _publish_command(state), "facebook", CONTENT, "acme", reading, 0,
+                                 made._progress[0], is_retry=False, forced=False, reason="first publish",
+                                 recorded=ready())
+
+    assert page.calls == 0
+    (result,) = [e for e in topic if isinstance(e, PlatformResult)]
+    assert not result.success and result.error is not None and result.error.kind is ErrorKind.TRANSIENT
+    assert "credentials could not be read (ConnectionRefusedError: could not connect to server)" in result.error.message
+    final = apply_all(None, [*history.events, *topic])
+    assert final is not None and final.status == "failed" and not unresolved(final)
 
 
 async def test_a_handler_that_read_its_post_a_moment_ago_calls_without_reading_it_again() -> None:
