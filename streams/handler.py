@@ -8,7 +8,7 @@ import contextvars
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -81,6 +81,10 @@ class CredentialReader(Protocol):
 
 class StaleProjection(TimeoutError):
     """The projection did not catch up with the events partition in time; the command is tried again."""
+
+
+# Seconds between two looks, once a command's platform failed, for its other platforms' branches that went to sleep.
+SLEEPING_BRANCH_CHECK_S = 0.5
 
 
 class OutcomeUnknown(RuntimeError):
@@ -854,7 +858,9 @@ class CommandHandler:
                      extra=context)
             await self._publish_all(state, command, owed, partition, owner, is_retry=record.is_retry,
                                     forced=record.forced, reason="resumed after an interruption")
-            self._log_status(settled_from or state, command.post_id, context)
+            if self._owns(partition, owner):
+                # As below: where the partition moved, the post's status is its new handler's to tell.
+                self._log_status(settled_from or state, command.post_id, context)
             return
         if not decision.reject_reason and decision.platforms and \
                 isinstance(command, PublishRequested | RetryRequested | ForceRepublishRequested):
@@ -926,20 +932,41 @@ class CommandHandler:
         work = _WORK.get()
         if work is not None:
             work.branches = len(platforms)
-        outcomes = await asyncio.gather(*(
-            self._branch(work, self._publish_platform(
-                state, command, platform, content, account, credentials, partition, owner, is_retry=is_retry,
-                forced=forced, reason=reason, recorded=recorded))
-            for platform in platforms
-        ), return_exceptions=True)
-        if work is not None:
-            work.branches = 1
-            self._settle(work)
+        branches = [asyncio.ensure_future(self._branch(work, self._publish_platform(
+            state, command, platform, content, account, credentials, partition, owner, is_retry=is_retry,
+            forced=forced, reason=reason, recorded=recorded))) for platform in platforms]
+        try:
+            await self._until_branches_end(branches)
+        except BaseException:
+            for branch in branches:
+                branch.cancel()
+            raise
+        finally:
+            if work is not None:
+                work.branches = 1
+                self._settle(work)
         # Every platform's call has ended before the command is tried again: no two calls for one post overlap.
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        for branch in branches:
+            if not branch.cancelled() and (failure := branch.exception()) is not None:
+                raise failure
         await asyncio.gather(recorded, credentials)
+
+    async def _until_branches_end(self, branches: Sequence[asyncio.Future[None]]) -> None:
+        """Until each platform's branch has ended. Once one has failed, the command is to be tried again: a branch that
+        only waits then (an automatic retry's backoff, as long as a platform's rate-limit window) is stopped, not
+        waited for, as it would hold that back (an attempt whose outcome is unknown waiting an hour for its look-up,
+        an operator's resolution for it unheard). The next run resumes it with what remains of its wait. A branch
+        calling a platform is always waited for."""
+        pending: set[asyncio.Future[None]] = set(branches)
+        failed = False
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=SLEEPING_BRANCH_CHECK_S if failed else None,
+                                               return_when=asyncio.FIRST_EXCEPTION)
+            failed = failed or any(not d.cancelled() and d.exception() is not None for d in done)
+            if failed:
+                for branch in pending:
+                    if branch in self._sleepers:
+                        branch.cancel()
 
     async def _publish_platform(self, state: PostState, command: Command, platform: Platform,
                                 content: PostContent | None, account: str | None,

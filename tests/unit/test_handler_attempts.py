@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -212,12 +213,13 @@ class FlakyPage:
         return PublishOutcome.published("facebook", f"747917475065823_{self.calls}", None)
 
 
-def handler_on_shared_topic(page: FlakyPage, topic: list[Event], history: History, backoff: float,
-                            **config: Any) -> CommandHandler:
-    """A handler publishing to `page` and writing its events to `topic`, which its projection reads (caught up) with
-    `history`'s; its backoff always takes the longest it may."""
+def handler_on_shared_topic(page: Any, topic: list[Event], history: History, backoff: float,
+                            instagram: Any = None, **config: Any) -> CommandHandler:
+    """A handler publishing to `page` (and `instagram`) and writing its events to `topic`, which its projection reads
+    (caught up) with `history`'s; its backoff always takes the longest it may."""
+    publishers = {"facebook": page} if instagram is None else {"facebook": page, "instagram": instagram}
     made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
-                          credentials=None, publishers={"facebook": page},  # type: ignore[dict-item]
+                          credentials=None, publishers=publishers,  # type: ignore[arg-type]
                           config=HandlerConfig(backoff_base_seconds=backoff, backoff_cap_seconds=backoff, **config))
 
     async def send(event: Event) -> None:
@@ -352,6 +354,71 @@ async def test_credentials_the_store_cannot_give_fail_the_attempt_for_a_retry_no
     assert "credentials could not be read (ConnectionRefusedError: could not connect to server)" in result.error.message
     final = apply_all(None, [*history.events, *topic])
     assert final is not None and final.status == "failed" and not unresolved(final)
+
+
+class Answering:
+    """A platform that answers every publish with `outcome`."""
+
+    def __init__(self, outcome: PublishOutcome) -> None:
+        self.outcome = outcome
+        self.calls = 0
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> PublishOutcome:
+        self.calls += 1
+        return self.outcome
+
+
+async def test_a_platform_whose_outcome_is_unknown_is_not_held_back_by_the_others_rate_limit_wait() -> None:
+    # Facebook's call may have gone out (a 500); Instagram met a rate limit of an hour. The command is tried again at
+    # once (Facebook looked up when its lease ends, an operator's resolution heard), not after Instagram's hour.
+    facebook = Answering(PublishOutcome.failed("facebook", PlatformError(
+        kind=ErrorKind.TRANSIENT, message="Facebook photo upload failed: 500 - An unknown error occurred",
+        http_status=500), outcome_unknown=True))
+    instagram = Answering(PublishOutcome.failed("instagram", PlatformError(
+        kind=ErrorKind.RATE_LIMITED, message="Instagram publish failed: 400 - Application request limit reached",
+        http_status=400, retry_after_s=3600.0)))
+    topic: list[Event] = []
+    history = History(at=datetime.now(UTC))
+    history.submit(target="both").decide("cmd-publish", ("facebook", "instagram"))
+    state = history.state()
+    made = handler_on_shared_topic(facebook, topic, history, 1.0, instagram)
+    command = PublishRequested(command_id="cmd-publish", post_id=state.post_id, publish_target="both",
+                               content=CONTENT, account="acme", requested_at=STARTED)
+
+    with pytest.raises(OutcomeUnknown):
+        await asyncio.wait_for(made._publish_all(state, command, ("facebook", "instagram"), 0, made._progress[0],
+                                                 is_retry=False, forced=False, reason="first publish"), 10)
+
+    assert (facebook.calls, instagram.calls) == (1, 1)
+    after = apply_all(state, topic)
+    assert after is not None and unresolved(after) == ("facebook",)
+    rate_limited = after.latest_result("instagram")
+    assert rate_limited is not None and not rate_limited.success  # recorded: the next run waits out the rest
+
+
+async def test_a_handler_that_lost_the_partition_while_resuming_does_not_log_the_posts_status(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Its command redelivered after a restart, it resumes Facebook's automatic retry; the partition moves meanwhile.
+    # The post is not "failed": its new handler carries on, and tells the status.
+    page, topic = FlakyPage(), []
+    history, _ = decided_for_facebook()
+    attempt = history.attempt("facebook", "cmd-publish")
+    history.failure("facebook", attempt, "Facebook photo upload failed: 500 - hiccup", ErrorKind.TRANSIENT)
+    made = handler_on_shared_topic(page, topic, history, 0.0)
+    resume = made._publish_all
+
+    async def moved_meanwhile(*args: Any, **kwargs: Any) -> None:
+        made._revoke([0])
+        await resume(*args, **kwargs)
+
+    made._publish_all = moved_meanwhile  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+
+    await made.handle(_publish_command(history.state()), 0, None, made._progress[0])
+
+    assert page.calls == 0
+    assert "Facebook not retried here: partition 0 moved to another handler" in caplog.text
+    assert "Post status updated" not in caplog.text
 
 
 async def test_a_handler_that_read_its_post_a_moment_ago_calls_without_reading_it_again() -> None:
