@@ -240,9 +240,15 @@ def processor() -> None:
     """Run the stream processor: fold post events into the insights projection (Ctrl-C stops it)."""
     import asyncio
 
+    from smartretry.logs import configure
+    from streams.gc_tuning import disable_gc
     from streams.projector import ProjectorCrashed, run_projector
 
     settings = load_settings()
+    # As `python -m streams.projector` (what `run` starts) runs it: the log as configured, collections on its own
+    # schedule.
+    configure(settings.log_level, settings.log_format)
+    disable_gc()
     try:
         with broker_for(settings) as started_broker, contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_projector(settings.model_copy(

@@ -15,6 +15,7 @@ from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
 from schemas.events import PostSubmitted
 from smartretry.cli import app
+from smartretry.settings import Settings
 from streams.dlq import make_dead_letter
 from streams.kafka import deliver
 from tests.integration.test_api import (
@@ -456,3 +457,24 @@ def test_an_import_set_aside_for_its_partition_is_requeued_onto_its_posts_partit
     assert code == 0, output
     # Keyed by its post id, so the partitioner puts it on its post's partition.
     assert messages_on(api.bootstrap, api.topics.post_events) == [("post-imported", original)]
+
+
+def test_the_processor_command_logs_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As `run` starts it: JSON lines when asked, with times, and repeated warnings merged (smartretry.logs).
+    import smartretry.logs
+    import streams.projector
+
+    configured: list[tuple[str, str]] = []
+    ran: list[str | None] = []
+
+    async def run_projector(settings: Settings) -> None:
+        ran.append(settings.kafka_bootstrap_servers)
+
+    monkeypatch.setattr(smartretry.logs, "configure", lambda level, form: configured.append((level, form)))
+    monkeypatch.setattr(streams.projector, "run_projector", run_projector)
+    monkeypatch.setattr("streams.gc_tuning.disable_gc", lambda: None)
+    result = CliRunner().invoke(app, ["processor"], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                                                         "SMARTRETRY_LOG_FORMAT": "json",
+                                                         "SMARTRETRY_LOG_LEVEL": "DEBUG"})
+    assert result.exit_code == 0, result.output
+    assert configured == [("DEBUG", "json")] and ran == ["127.0.0.1:1"]
