@@ -154,6 +154,10 @@ def _server(url: URL) -> tuple[str, int | None]:
             url.port or _DEFAULT_PORTS.get(url.get_backend_name()))
 
 
+# Seconds a SQLite connection waits for another's write lock before its statement fails ("database is locked").
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`. SQLite: parent directory created, WAL, and real BEGINs so reads are consistent."""
     parsed = make_url(url)
@@ -161,7 +165,7 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     if (file := _sqlite_file(parsed)) is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -45,8 +45,10 @@ GROUP_COMMIT_INTERVAL = 1.0
 # first, up to the last.
 RETRY_FIRST_WAIT = 1.0
 RETRY_MAX_WAIT = 30.0
-# Seconds a batch waits for its insights and dead letters to be on the broker before it is tried again.
-DELIVERY_WAIT = 60.0
+# Seconds a batch waits for its insights and dead letters to be on the broker before it is tried again. The batch's
+# transaction is open meanwhile, and on SQLite it holds the database's write lock: shorter than other writers wait for
+# it (`SQLITE_BUSY_TIMEOUT`: the API storing a token while the broker is away), so they get in between two tries.
+DELIVERY_WAIT = 20.0
 # Seconds between two looks at whether the fetch loop still goes round.
 WATCH_INTERVAL = 1.0
 # Seconds a crashed app is given to stop before the process ends anyway.

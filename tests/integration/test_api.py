@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import socket
+import sqlite3
 import time
 import uuid
 from collections import OrderedDict
@@ -22,9 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from sqlalchemy.exc import OperationalError
 
 from projections.decide import decide
 from projections.fold import TAKEN_OUT
+from projections.store import SQLITE_BUSY_TIMEOUT
 from publishers import redact
 from schemas.commands import (
     ForceRepublishRequested,
@@ -56,6 +59,7 @@ from smartretry.metrics import ServiceMetrics
 from smartretry.settings import Settings
 from streams.broker import free_port
 from streams.kafka import producer
+from streams.projector import DELIVERY_WAIT
 from streams.topics import Topics
 from tests.unit.test_fold import History
 
@@ -1436,3 +1440,13 @@ def test_a_command_taken_whose_results_fail_to_be_read_for_any_reason_is_answere
     assert "its results cannot be shown yet (they could not be read (TimeoutError))" in answer.json()["note"]
     [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
     assert decode_command(value).command_id == "cmd-pool"
+
+
+def test_a_sqlite_database_whose_write_lock_is_held_is_said_to_be_busy_not_away() -> None:
+    # The projector holds SQLite's write lock while a batch waits for Kafka; a token stored meanwhile waits for it.
+    locked = OperationalError("UPDATE accounts", {}, sqlite3.OperationalError("database is locked"))
+    assert api_module.database_unreachable(locked) == "the database is busy (OperationalError: database is locked)"
+    gone = OperationalError("SELECT 1", {}, sqlite3.OperationalError("unable to open database file"))
+    assert api_module.database_unreachable(gone) == "the database is unavailable (OperationalError)"
+    # And it is held for less than the others wait for it, so they get in between the projector's tries.
+    assert DELIVERY_WAIT < SQLITE_BUSY_TIMEOUT
