@@ -177,14 +177,23 @@ def retry_preview(state: PostState | None) -> str:
 
 
 def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:
-    """Accepted once the handler has recorded the operator's result on the attempt (`resolved_by`); refused when
-    the platform has no attempt waiting for a result (the platform answered first), or not the one named."""
+    """Accepted once the handler has recorded the operator's result on the attempt (`resolved_by`), or when the
+    attempt it names was settled otherwise before its turn (the platform's look-up); refused when the platform has no
+    attempt waiting for a result, or not the one named."""
     label = PLATFORM_LABELS[command.platform]
     resolved = next((a for a in state.attempts.values() if a.resolved_by == command.command_id), None)
     if resolved is not None:
         outcome = f"published as {command.platform_post_id}" if command.published else "not published"
         return Decision(no_op=True, log_line=f"{label} attempt {resolved.attempt_id} resolved by an operator: "
                                              f"{outcome}")
+    named = state.attempts.get(command.attempt_id) if command.attempt_id is not None else None
+    if named is not None and named.platform == command.platform and named.success is not None:
+        # Settled between the request and its turn (the platform's own look-up found what the operator went to check):
+        # nothing left to do, and the operator's word does not overrule the platform's.
+        found = f"published as {named.platform_post_id}" if named.success else "not published"
+        said = f"published as {command.platform_post_id}" if command.published else "not published"
+        return Decision(no_op=True, log_line=f"{label} attempt {named.attempt_id} was settled before this resolution's "
+                                             f"turn: {found} (the resolution said {said})")
     reason = resolution_refusal(state, command.platform, command.attempt_id, command.requested_at)
     if reason is None:
         # It did name the attempt waiting for a result, but another resolution was applied in its place.

@@ -221,6 +221,20 @@ def test_a_resolution_with_no_attempt_waiting_for_a_result_is_refused() -> None:
         "nothing to resolve: the post has no Facebook attempt"
 
 
+def test_a_resolution_of_an_attempt_the_platforms_look_up_settled_first_is_recorded_not_refused() -> None:
+    # Accepted while the attempt waited; the handler's look-up found the post before the resolution's turn. The
+    # operator's request is answered (recorded), not dead-lettered; the platform's answer stands.
+    history = History(post_id=POST)
+    attempts = history.publish(target="facebook")
+    history.success("facebook", attempts["facebook"], "747917475065823_899860", recovered=True)
+
+    for published in (True, False):
+        decision = decide(history.state(), resolve(published=published, attempt_id=attempts["facebook"]))
+        assert decision.accepted and decision.no_op and decision.platforms == ()
+        assert decision.log_line.startswith(f"Facebook attempt {attempts['facebook']} was settled before this "
+                                            "resolution's turn: published as 747917475065823_899860")
+
+
 def test_a_resolution_naming_another_attempt_is_refused() -> None:
     history = History(post_id=POST)
     attempts = history.publish(target="facebook")
