@@ -41,7 +41,11 @@ def platforms_to_resume(state: PostState, command_id: str, max_attempts: int) ->
 
 
 def command_settled(state: PostState | None, command_id: str, max_attempts: int) -> bool:
-    """True once every platform the command chose has a result that the handler will not retry by itself."""
+    """True once every platform the command chose has a result that the handler will not retry by itself; for an
+    operator's resolution, also once the command waiting on the attempt has recorded it (its own turn may come much
+    later, behind that command's automatic retries)."""
+    if state is not None and any(a.resolved_by == command_id for a in state.attempts.values()):
+        return True
     if state is None or command_id not in state.commands:
         return False
     for platform in state.commands[command_id].platforms:

@@ -694,9 +694,10 @@ class FrontDoor:
             # A post's commands run in order, so one behind an automatic retry that waits out a platform's
             # rate limit waits too: the post stays as it is until then, and the answer says so.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
+            # Not an operator's resolution: the command waiting on the attempt hears of it at once, whatever is queued.
             note = queued_behind(state, self.settings.max_automatic_attempts, self.clock(),
-                                 self.settings.backoff,
-                                 self.settings.attempt_lease_seconds) if state else None
+                                 self.settings.backoff, self.settings.attempt_lease_seconds) \
+                if state and not isinstance(command, ResolveAttemptRequested) else None
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id, note=note,
                 post=PostSummary(id=command.post_id, status=state.status if note and state else "publishing",

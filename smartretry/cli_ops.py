@@ -221,6 +221,12 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
     response: dict[str, Any] = answer.json()
     post_id, command_id = response["post"]["id"], response.get("command_id")
     if answer.status_code == 202 and command_id:
+        if str(response.get("note") or "").startswith("queued behind"):
+            # Queued behind the post's automatic retries (up to a rate limit's hour): said now, not after the wait.
+            try:
+                return response, api.call("GET", f"/posts/{post_id}").json()
+            except ApiError:
+                return response, None
         try:
             with console.status(f"{what}: waiting for the platforms' results ..."):
                 detail = api.wait_for(post_id, command_id, wait)

@@ -96,6 +96,29 @@ def test_a_publish_accepted_whose_results_cannot_be_read_is_still_publishing_not
     assert "Still publishing" in done.output
 
 
+def test_a_command_queued_behind_automatic_retries_is_said_at_once_not_after_the_whole_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    queued = {"success": False, "results": {}, "command_id": "cmd-8", "pending": True, "location": "/posts/post-8",
+              "note": "queued behind the automatic retry of Instagram at 2026-11-30 02:06:47 UTC (a rate limit): "
+                      "handled after it",
+              "post": {"id": "post-8", "status": "failed", "error_message": "instagram: rate limited"}}
+
+    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        if method == "POST":
+            return httpx.Response(202, json=queued)
+        raise ApiError("stopped here: the post's detail", 500)
+
+    def waits(*_args: Any) -> None:
+        raise AssertionError("waited for results the queue holds back for up to an hour")
+
+    monkeypatch.setattr(Api, "call", answer)
+    monkeypatch.setattr(Api, "wait_for", waits)
+    done = CliRunner().invoke(app, ["retry", "post-8"], env={"COLUMNS": "200"})
+
+    assert done.exit_code == 0, done.output
+    assert "This command is queued behind the automatic retry of Instagram at 2026-11-30 02:06:47 UTC" in done.output
+
+
 def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from projections.decide import OVERTAKEN, decide, retry_preview
 from projections.fold import apply_all, next_attempt_number
+from projections.resume import command_settled
 from projections.state import PostState
 from schemas.commands import (
     ForceRepublishRequested,
@@ -18,7 +19,7 @@ from schemas.commands import (
     RetryRequested,
 )
 from schemas.common import ErrorKind, Platform
-from schemas.events import PlatformResult, PostSubmitted
+from schemas.events import PlatformError, PlatformResult, PostSubmitted
 from tests.unit.test_fold import CONTENT, FIXED, History
 
 AT = datetime(2025, 11, 17, 10, 15, tzinfo=UTC)
@@ -208,6 +209,19 @@ def test_a_resolution_the_handler_applied_is_recorded_and_publishes_nothing() ->
     assert decision.accepted and decision.no_op and decision.platforms == ()
     assert decision.log_line == (f"Facebook attempt {attempts['facebook']} resolved by an operator: published as "
                                  "747917475065823_122104567890123")
+
+
+def test_a_resolution_is_settled_once_the_command_waiting_on_its_attempt_recorded_it() -> None:
+    # Its own turn may come an hour later, behind that command's automatic retries: its sender is answered now.
+    history = History(post_id=POST)
+    attempts = history.publish(target="facebook")
+    assert not command_settled(history.state(), "cmd-resolve", 5)
+    history.events.append(PlatformResult(
+        event_id="resolved", post_id=POST, occurred_at=AT, platform="facebook", attempt_id=attempts["facebook"],
+        success=False, resolved_by="cmd-resolve", error=PlatformError(kind=ErrorKind.TRANSIENT, message=(
+            "Facebook publish was interrupted before its result was recorded; an operator found it was not "
+            "published"))))
+    assert command_settled(history.state(), "cmd-resolve", 5)
 
 
 def test_a_resolution_with_no_attempt_waiting_for_a_result_is_refused() -> None:
