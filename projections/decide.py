@@ -181,7 +181,7 @@ def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:
     attempt it names was settled otherwise before its turn (the platform's look-up); refused when the platform has no
     attempt waiting for a result, or not the one named."""
     label = PLATFORM_LABELS[command.platform]
-    resolved = next((a for a in state.attempts.values() if a.resolved_by == command.command_id), None)
+    resolved = state.settled_by(command.command_id)
     if resolved is not None:
         outcome = f"published as {command.platform_post_id}" if command.published else "not published"
         return Decision(no_op=True, log_line=f"{label} attempt {resolved.attempt_id} resolved by an operator: "

@@ -44,7 +44,7 @@ def command_settled(state: PostState | None, command_id: str, max_attempts: int)
     """True once every platform the command chose has a result that the handler will not retry by itself; for an
     operator's resolution, also once the command waiting on the attempt has recorded it (its own turn may come much
     later, behind that command's automatic retries)."""
-    if state is not None and any(a.resolved_by == command_id for a in state.attempts.values()):
+    if state is not None and state.settled_by(command_id) is not None:
         return True
     if state is None or command_id not in state.commands:
         return False

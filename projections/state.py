@@ -112,6 +112,10 @@ class PostState(BaseModel):
         """The platform's merged result in the insights document: its newest one."""
         return next((r for r in self.document.insights.publish_results if r.platform == platform), None)
 
+    def settled_by(self, command_id: str) -> AttemptState | None:
+        """The attempt an operator's resolution (`command_id`) settled, if it settled one (each settles one)."""
+        return next((a for a in self.attempts.values() if a.resolved_by == command_id), None)
+
     def latest_command(self) -> CommandRecord | None:
         """The command decided last (commands are decided in order, one post at a time)."""
         return next(reversed(self.commands.values()), None)

@@ -592,7 +592,7 @@ class FrontDoor:
         if command_id in state.commands:
             if body.attempt_id is None and reuses_command_id(state, command):
                 # Sent from here bound to the attempt it settled (below): the same request, sent again.
-                settled = next((a for a in state.attempts.values() if a.resolved_by == command_id), None)
+                settled = state.settled_by(command_id)
                 if settled is not None:
                     command = command.model_copy(update={"attempt_id": settled.attempt_id})
             _check_same_command(state, command)

@@ -1169,7 +1169,7 @@ class CommandHandler:
         """The latest operator's resolution of the platform's attempt without a result that names that attempt, and
         has settled no attempt yet."""
         pending = self._resolutions.get(state.post_id, {}).get(platform, [])
-        return next((r for r in reversed(pending) if not _spent(state, r)
+        return next((r for r in reversed(pending) if state.settled_by(r.command_id) is None
                      and resolution_refusal(state, platform, r.attempt_id, r.requested_at) is None), None)
 
     def _drop_misdirected_resolutions(self, state: PostState, platform: Platform) -> None:
@@ -1180,7 +1180,7 @@ class CommandHandler:
         commands still refuses them to the dead letters.
         """
         for resolution in list(self._resolutions.get(state.post_id, {}).get(platform, [])):
-            if _spent(state, resolution):
+            if state.settled_by(resolution.command_id) is not None:
                 # It settled an earlier attempt (and came in again after a restart): what the operator found was of
                 # that attempt's call, never of a later one's. Its own turn accepts it as done.
                 self._forget_resolution(resolution)
@@ -1364,11 +1364,6 @@ def _done() -> asyncio.Future[Any]:
     done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     done.set_result(None)
     return done
-
-
-def _spent(state: PostState, resolution: ResolveAttemptRequested) -> bool:
-    """Whether the resolution has settled one of the post's attempts already (each settles one)."""
-    return any(a.resolved_by == resolution.command_id for a in state.attempts.values())
 
 
 def _token_in_fields(command: Command, tokens: Collection[str]) -> str | None:
