@@ -340,10 +340,14 @@ def database_unreachable(exc: DBAPIError, *, for_the_log: bool = False) -> str:
     also the driver's own message (its first line, scrubbed), never the statement or its values. Not to clients: a
     driver's message names hosts and users, and can quote a URL's mistyped password ("failed to resolve host")."""
     cause = exc.orig if exc.orig is not None else exc
-    if str(cause).startswith("database is locked"):
-        # SQLite, its write lock held past the wait for it: the database is there, and busy.
+    if database_busy(exc):
         return f"the database is busy ({type(cause).__name__}: database is locked)"
     return f"the database is unavailable ({database_said(exc) if for_the_log else type(cause).__name__})"
+
+
+def database_busy(exc: DBAPIError) -> bool:
+    """SQLite, its write lock held past the wait for it: the database is there, and busy (`/readyz` says it is up)."""
+    return str(exc.orig if exc.orig is not None else exc).startswith("database is locked")
 
 
 def _same_ids(command: Command) -> str:
@@ -914,8 +918,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
         # One line, not a traceback per request while the database is away; `/readyz` says when it is back.
         why = database_unreachable(exc)
         log.error("%s %s: %s", request.method, request.url.path, database_unreachable(exc, for_the_log=True))
-        detail = f"{why}: try again shortly" + ("" if why.startswith("the database is busy") else
-                                                " (GET /readyz says when it is back)")
+        detail = f"{why}: try again shortly" + ("" if database_busy(exc) else " (GET /readyz says when it is back)")
         if request.url.path.startswith("/ui"):
             return PlainTextResponse(f"The service cannot read its posts just now: {why}. Reload in a moment.",
                                      status_code=503, headers={"Retry-After": "5"})
