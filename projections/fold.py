@@ -48,10 +48,10 @@ from schemas.common import (
     DESTINATIONS,
     PLATFORM_LABELS,
     PLATFORMS,
-    POLICY_BLOCK_CODE,
     UNKNOWN_OBJECT_CODE,
     ErrorKind,
     Platform,
+    is_platform_block,
     platforms_of,
     target_of,
 )
@@ -295,9 +295,9 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
     if superseded:
         return None
 
-    code = None if error is None else error.code
+    code, subcode = (None, None) if error is None else (error.code, error.subcode)
     _set_needed_action(state, event.platform,
-                       needed_action(event.platform, error_kind, code) if not event.success else None)
+                       needed_action(event.platform, error_kind, code, subcode) if not event.success else None)
     return attempt
 
 
@@ -614,13 +614,14 @@ def derive_document(state: PostState) -> PostInsights:
     return _replaced(current, {"status": status, "error_message": message, "post_url": url})
 
 
-def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None = None) -> str | None:
+def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None = None,
+                  subcode: int | None = None) -> str | None:
     """What the user must do before a retry of `platform` can succeed; None when the service retries by itself.
 
-    `code` is the platform's error code, where it says more than the kind: a policy block is waited out, not fixed.
+    `code` and `subcode` are the platform's, where they say more than the kind: a block is waited out, not fixed.
     """
     label = PLATFORM_LABELS[platform]
-    if code == POLICY_BLOCK_CODE and kind is ErrorKind.INVALID_REQUEST:
+    if is_platform_block(code, subcode) and kind is ErrorKind.INVALID_REQUEST:
         # (Recorded as transient by an earlier version, the service retries it by itself, so it asks nothing.)
         return f"wait until {label} lifts its temporary block, then retry"
     if kind is ErrorKind.AUTH and code == UNKNOWN_OBJECT_CODE:

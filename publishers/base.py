@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -86,8 +86,14 @@ class Publisher(Protocol):
         *,
         attempt_id: str,
         on_container: OnContainer | None = None,
+        earlier_containers: Sequence[tuple[str, datetime]] = (),
     ) -> PublishOutcome:
-        """Publishes `content`; `on_container` is awaited with a platform-side handle as soon as one exists."""
+        """Publishes `content`; `on_container` is awaited with a platform-side handle as soon as one exists.
+
+        `earlier_containers`: the handles (and start times) of the post's earlier attempts on this platform that
+        failed, newest first. A platform whose handle says for certain whether it went out asks first, and does not
+        publish again when one did.
+        """
         ...
 
     async def find_existing(

@@ -11,6 +11,7 @@ import httpx
 
 from publishers.redact import scrub
 from schemas.common import (
+    ACTIVITY_BLOCK_SUBCODE,
     DESTINATIONS,
     MAX_PLATFORM_WAIT_S,
     PLATFORM_LABELS,
@@ -27,7 +28,8 @@ AUTH_CODES = frozenset({102, 190})
 AUTH_SUBCODES = frozenset({458, 459, 460, 463, 464, 467, 492})
 PERMISSION_CODES = frozenset({10, *range(200, 300)})
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
-TRANSIENT_CODES = frozenset({1, 2, 341})
+# Instagram's -1 ("Instagram server error") and -2 (a timeout) come with HTTP 400.
+TRANSIENT_CODES = frozenset({1, 2, 341, -1, -2})
 INVALID_MEDIA_CODES = frozenset({324})
 # Meta's "temporarily blocked for policy violations": its advice is to wait and try again, but a block lasts
 # hours or days, and calls repeated meanwhile by the service itself would hold the post's turn for hours and may
@@ -37,8 +39,9 @@ INVALID_REQUEST_CODES = frozenset({100, 506, 1609005, POLICY_BLOCK_CODE})
 
 # Instagram subcodes. Those that mean "try the same container again shortly": not ready, server hiccup.
 IG_RETRY_SAME_CONTAINER = frozenset({2207001, 2207003, 2207008, 2207027})
-# Those that mean the container is unusable (expired, failed): a new container is needed; still transient.
-IG_NEW_CONTAINER = frozenset({2207020, 2207032, 2207006})
+# Those that mean the container is unusable (expired, failed, an unknown upload error): a new container is needed;
+# still transient.
+IG_NEW_CONTAINER = frozenset({2207020, 2207032, 2207006, 2207053})
 IG_INVALID_MEDIA = frozenset({2207052, 2207004, 2207005, 2207009, 2207010, 2207026, 2207023})
 IG_DAILY_LIMIT = 2207042
 IG_RESTRICTED = frozenset({2207050})
@@ -169,6 +172,10 @@ def _kind(code: int | None, subcode: int | None, is_transient: bool, http_status
         return ErrorKind.INVALID_MEDIA
     if subcode == IG_DAILY_LIMIT:
         return ErrorKind.RATE_LIMITED
+    if subcode == ACTIVITY_BLOCK_SUBCODE:
+        # Instagram's "we restrict certain activity" (code 4, as a rate limit's): a block on the account for hours
+        # or more, like Facebook's 368. Tried again and again by the service, it would only look more like spam.
+        return ErrorKind.INVALID_REQUEST
     if subcode in IG_RETRY_SAME_CONTAINER or subcode in IG_NEW_CONTAINER or code == IG_NOT_READY_CODE:
         return ErrorKind.TRANSIENT
     if subcode in IG_RESTRICTED:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -67,7 +68,9 @@ class FacebookPagePublisher:
         *,
         attempt_id: str,
         on_container: OnContainer | None = None,
+        earlier_containers: Sequence[tuple[str, datetime]] = (),
     ) -> PublishOutcome:
+        # Facebook's attempts make no handle that could say whether they went out: `earlier_containers` is empty.
         action = "Facebook photo upload" if content.image_url else "Facebook post"
         if not account.page_id:
             return PublishOutcome.failed("facebook", _no_page(action))
@@ -159,17 +162,16 @@ class FacebookPagePublisher:
                                    exclude=exclude) or match
             if _reaches_before(posts, since):
                 return match
-            # Only cursors are followed: Meta's `paging.next` URLs carry the access token, which must never
-            # be in a URL we request or log. Its absence is still Meta's "this is the last page".
+            # `paging.next` is never requested: Meta's paging URLs carry the access token, which must never be in
+            # a URL we request or log. Its absence is still Meta's "this is the last page".
             paging = listing.get("paging")
             paging = paging if isinstance(paging, dict) else {}
             if not paging.get("next"):
                 return match
-            cursors = paging.get("cursors")
-            after = cursors.get("after") if isinstance(cursors, dict) else None
-            if not isinstance(after, str) or not after:
+            following = next_page(paging)
+            if not following or all(params.get(k) == v for k, v in following.items()):
                 break
-            params["after"] = after
+            params.update(following)
         if match is not None:
             # Unread pages hold only older posts; this one proves the caption went out after the attempt began.
             return match
@@ -250,3 +252,22 @@ def _no_page(action: str) -> PlatformError:
     # user does (an `auth` error's action), not changing the post.
     return PlatformError(kind=ErrorKind.AUTH,
                          message=f"{action} failed: the account has no Facebook Page connected")
+
+
+# What leads from one page of a listing to the next: a cursor, or (Meta's time-based paging) an earlier end of the
+# window and Meta's own paging token.
+_PAGING_PARAMS = ("after", "until", "__paging_token")
+
+
+def next_page(paging: dict[str, Any]) -> dict[str, str]:
+    """The parameters that ask for the page after this one: `paging.cursors.after` where Meta pages by cursor, else
+    those of `paging.next`'s query (time-based paging), never its access token; empty when neither says."""
+    cursors = paging.get("cursors")
+    after = cursors.get("after") if isinstance(cursors, dict) else None
+    if isinstance(after, str) and after:
+        return {"after": after}
+    following = paging.get("next")
+    if not isinstance(following, str):
+        return {}
+    query = dict(parse_qsl(urlsplit(following).query))
+    return {name: query[name] for name in _PAGING_PARAMS if query.get(name)}

@@ -19,8 +19,9 @@ from schemas.events import PLATFORM_TEXT_LIMIT, PlatformError
 CLOCK_SKEW = timedelta(minutes=2)
 
 
-# Meta's error codes for a failure on its side, whatever HTTP status carries them.
-SERVER_SIDE_CODES = frozenset({1, 2})
+# Meta's error codes for a failure on its side, whatever HTTP status carries them: "unknown error" (1), "service
+# temporarily unavailable" (2), and Instagram's "server error" (-1) and timeout (-2), which come with HTTP 400.
+SERVER_SIDE_CODES = frozenset({1, 2, -1, -2})
 
 
 class GraphCallFailed(Exception):
@@ -131,8 +132,8 @@ class GraphApi:
                 message=f"{action} failed: {response.status_code} - the platform's answer could not be read"),
                 outcome_unknown=creates)
         error = classify(self.platform, response.status_code, envelope, response.headers, action=action)
-        # A transient error on a creating call, with a 5xx or a success status, or Meta's own "unknown error" (1)
-        # or "service temporarily unavailable" (2) with any status: Meta may have created it anyway. A rate limit
+        # A transient error on a creating call, with a 5xx or a success status, or one of Meta's codes for a failure
+        # on its side with any status (`SERVER_SIDE_CODES`): Meta may have created it anyway. A rate limit
         # or a bad parameter is a refusal made before anything is created.
         unknown = creates and error.kind is ErrorKind.TRANSIENT and (
             response.status_code >= 500 or response.is_success or error.code in SERVER_SIDE_CODES)

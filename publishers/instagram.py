@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +23,7 @@ from publishers.graph import (
     earliest_match,
 )
 from schemas.commands import PostContent
-from schemas.common import ErrorKind, Platform
+from schemas.common import UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE, ErrorKind, Platform
 from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class InstagramPublisher:
         *,
         attempt_id: str,
         on_container: OnContainer | None = None,
+        earlier_containers: Sequence[tuple[str, datetime]] = (),
     ) -> PublishOutcome:
         action = "Instagram media upload"
         if not account.ig_user_id:
@@ -89,6 +90,13 @@ class InstagramPublisher:
                 kind=ErrorKind.INVALID_MEDIA, message=f"{action} failed: Instagram posts need an image"))
         ig_user, token = account.ig_user_id, account.user_token
         started = datetime.now(UTC)
+        # A container is published only by media_publish, and its status says for certain whether it was: an
+        # earlier attempt's refusal may have published it all the same (an "Instagram server error" answered
+        # after the fact, a refusal whose status read lagged behind). Asked before a new container is made.
+        for earlier in earlier_containers:
+            went_out = await self._earlier_went_out(account, content, *earlier, attempt_id=attempt_id)
+            if went_out is not None:
+                return went_out
         try:
             created = await self._graph.post(
                 ig_user, "media", token, data={"image_url": content.image_url, "caption": content.caption},
@@ -166,6 +174,26 @@ class InstagramPublisher:
         # look-up, or one made by hand) is as likely to be the match; the ids are then left unknown.
         return await self._published_media(account, content, container_id, attempted_at, recorded, only=True)
 
+    async def _earlier_went_out(self, account: AccountCredentials, content: PostContent, container_id: str,
+                                attempted_at: datetime, *, attempt_id: str) -> PublishOutcome | None:
+        """The outcome of this attempt when an earlier attempt's container turns out published (or cannot be asked
+        about now); None when it is not published, so a new container can be made."""
+        try:
+            status, _ = await self._container_status(container_id, account.user_token)
+        except GraphCallFailed as failed:
+            if failed.error.kind.retried_automatically or failed.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+                # Asked again with the next attempt: nothing was made or published by this one.
+                return PublishOutcome.failed("instagram", failed.error)
+            # Meta no longer knows the container (containers are kept a day): it cannot tell more.
+            log.info("Instagram container %s of an earlier attempt cannot be read (%s)", container_id,
+                     failed.error.message, extra={"attempt_id": attempt_id})
+            return None
+        if status != "PUBLISHED":
+            return None
+        log.warning("Instagram container %s of an earlier attempt was published after all: not published again",
+                    container_id, extra={"attempt_id": attempt_id})
+        return await self._published_media(account, content, container_id, attempted_at, only=True)
+
     async def _wait_until_ready(self, container_id: str, token: SecretStr) -> str:
         """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the deadline fail."""
         polling = self._polling
@@ -176,11 +204,16 @@ class InstagramPublisher:
             try:
                 status, detail = await self._container_status(container_id, token)
             except GraphCallFailed as failed:
+                # Meta at times answers a container it has just made with "does not exist" (100/33): a glitch
+                # of its own, polled through like a server error, and transient if it lasts.
+                glitch = (failed.error.code, failed.error.subcode) == (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE)
+                if glitch and failed.error.kind is not ErrorKind.TRANSIENT:
+                    failed = GraphCallFailed(failed.error.model_copy(update={"kind": ErrorKind.TRANSIENT}))
                 # A rate limit is not waited out here, polling on through it: the attempt fails with the
                 # platform's wait, which the handler honours before trying again.
                 if not failed.error.kind.retried_automatically or failed.error.kind is ErrorKind.RATE_LIMITED \
                         or loop.time() >= deadline:
-                    raise
+                    raise failed from None
                 status, detail = "IN_PROGRESS", ""
             if status in ("FINISHED", "PUBLISHED"):
                 return status
@@ -233,9 +266,15 @@ class InstagramPublisher:
             if await self._went_out(container_id, token, may_have_published):
                 return None
         assert refusal is not None
-        if may_have_published and await self._went_out(container_id, token, may_have_published):
-            # An earlier try published it after all; this refusal ("already published", a rate limit) is moot.
-            return None
+        # Asked once more before the refusal is taken for the attempt's failure: a try Meta refused may have
+        # published it all the same ("already published" then follows), and its status can lag behind.
+        try:
+            if await self._went_out(container_id, token, may_have_published):
+                return None
+        except GraphCallFailed:
+            if may_have_published:
+                raise
+            # The status could not be asked; the refusal stands (the next attempt asks again before publishing).
         raise GraphCallFailed(refusal.error, outcome_unknown=may_have_published)
 
     async def _went_out(self, container_id: str, token: SecretStr, may_have_published: bool) -> bool:

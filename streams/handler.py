@@ -85,6 +85,9 @@ class StaleProjection(TimeoutError):
 
 # Seconds between two looks, once a command's platform failed, for its other platforms' branches that went to sleep.
 SLEEPING_BRANCH_CHECK_S = 0.5
+# Earlier failed attempts' containers an Instagram attempt asks about before making its own (newest first): one
+# call each, so a post retried many times does not spend its attempt on them.
+EARLIER_CONTAINERS_ASKED = 10
 
 
 class OutcomeUnknown(RuntimeError):
@@ -976,6 +979,11 @@ class CommandHandler:
         label = PLATFORM_LABELS[platform]
         mine = attempts_by(state, command.command_id, platform)
         made = len(mine)
+        # The handles of earlier attempts that failed (Instagram's containers), newest first: the platform is asked
+        # whether one went out after all before it is published again. A forced republish asks only of its own.
+        earlier = [(a.container_id, a.started_at) for a in reversed(state.attempts_of(platform))
+                   if a.container_id is not None and a.success is False
+                   and (not forced or a.command_id == command.command_id)]
         number = len(state.attempts_of(platform))
         # When this handler last knew the post's attempts of the platform as they are: when `state` was read.
         known_at = self._read_at.get(command.post_id, asyncio.get_running_loop().time())
@@ -1027,12 +1035,15 @@ class CommandHandler:
                 # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
                 return
-            outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started)
+            outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started,
+                                                earlier[:EARLIER_CONTAINERS_ASKED])
             await self._record_result(command.post_id, attempt_id, outcome)
             if outcome.success:
                 log.info("✅ %s published successfully", label, extra=context)
                 return
             assert outcome.error is not None
+            if outcome.container_id is not None:
+                earlier.insert(0, (outcome.container_id, started))
             log.warning("❌ %s failed (%s): %s", label, outcome.error.kind.value, outcome.error.message, extra=context)
             if not outcome.error.kind.retried_automatically or automatic + 1 >= self.config.max_automatic_attempts:
                 return
@@ -1058,8 +1069,10 @@ class CommandHandler:
 
     async def _call_platform(self, post_id: str, platform: Platform, content: PostContent | None,
                              credentials: AccountCredentials | PlatformError | None,
-                             attempt_id: str, started: datetime) -> PublishOutcome:
-        """The platform's answer to the attempt that `started` (its `PublishAttempted` time), which bounds the call."""
+                             attempt_id: str, started: datetime,
+                             earlier: Sequence[tuple[str, datetime]] = ()) -> PublishOutcome:
+        """The platform's answer to the attempt that `started` (its `PublishAttempted` time), which bounds the call;
+        `earlier`: the handles of earlier failed attempts to ask about first (`Publisher.publish`)."""
         label = PLATFORM_LABELS[platform]
         if content is None:
             return PublishOutcome.failed(platform, PlatformError(
@@ -1092,7 +1105,8 @@ class CommandHandler:
         publisher = self.publishers[platform]
         try:
             outcome = await asyncio.wait_for(
-                publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container), timeout)
+                publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container,
+                                  earlier_containers=earlier), timeout)
         except TimeoutError:
             # Bounded, so that an attempt's lease (see `_resolve_interrupted`) outlasts any live call.
             outcome = PublishOutcome.failed(platform, PlatformError(

@@ -521,3 +521,22 @@ def test_a_post_whose_call_failed_never_takes_another_posts_facebook_post_with_i
     first_post = first_state.document.insights.facebook_post_id
     assert first_post is not None and first_post != second_state.document.insights.facebook_post_id
     assert _counts(service)[0] == before[0] + 2
+
+
+def test_an_instagram_publish_refused_after_it_went_out_is_not_published_again_by_the_next_attempt(
+        service: Service) -> None:
+    # media_publish puts the post up, then answers with a rate limit: a refusal Meta made after the fact. The
+    # automatic retry asks the first attempt's container before it makes a new one, and finds it published.
+    before = _counts(service)
+    service.sandbox.fail_after("instagram", "media_publish", code=4, http_status=400)
+    first = service.publish(FIXED, target="instagram")
+
+    state = service.wait_command(first.post_id, first.command_id)
+
+    assert state.status == "posted"
+    assert _counts(service) == (before[0], before[1] + 1)
+    attempts = state.attempts_of("instagram")
+    assert [a.success for a in attempts] == [False, True]
+    [media] = [p for p in service.sandbox.posts() if p.get("container_id") == attempts[0].container_id]
+    assert state.document.insights.instagram_media_id == media["id"]
+    assert "was published after all: not published again" in service.handler.output()

@@ -204,7 +204,8 @@ class FlakyPage:
         self.posts: list[str] = []
         self.calls = 0
 
-    async def publish(self, content: Any, account: Any, *, attempt_id: str, on_container: Any = None) -> PublishOutcome:
+    async def publish(self, content: Any, account: Any, *, attempt_id: str, on_container: Any = None,
+                      earlier_containers: Any = ()) -> PublishOutcome:
         self.calls += 1
         if self.calls == 1:
             return PublishOutcome.failed("facebook", PlatformError(kind=ErrorKind.TRANSIENT,

@@ -1,0 +1,233 @@
+"""A post Meta put up behind a refusal is never published a second time: Instagram's containers are asked, and a
+Facebook look-up reads every page of its window, however Meta pages it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from projections.fold import needed_action
+from publishers.base import AccountCredentials, PublishOutcome
+from publishers.errors import classify
+from publishers.facebook import FacebookPagePublisher, next_page
+from publishers.instagram import ContainerPolling, InstagramPublisher
+from schemas.commands import PostContent
+from schemas.common import ErrorKind
+from tests.unit.test_publishers_errors import envelope
+
+ACCOUNT = AccountCredentials("acct", SecretStr("user-token-secret-7"), "747917475065823", "17841400000000001")
+CONTENT = PostContent(caption="Autumn sale starts today", image_url="https://cdn.example.com/autumn-sale.jpg")
+CONTAINER, EARLIER = "17889455560051444", "17889455560050001"
+STARTED = datetime(2025, 11, 17, 10, 10, 13, tzinfo=UTC)
+MEDIA = {"data": [{"id": "18107758234627017", "caption": CONTENT.caption, "timestamp": "2025-11-17T10:10:20+0000",
+                   "permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"}]}
+
+
+class Graph:
+    """Stands in for Meta: each endpoint (the last part of the path) answers from a list, its last answer repeated;
+    the calls made are kept in order."""
+
+    def __init__(self, answers: dict[str, list[httpx.Response]]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        endpoint = request.url.path.rsplit("/", 1)[-1]
+        self.calls.append(endpoint)
+        queue = self.answers.get(endpoint)
+        if not queue:
+            return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def status(code: str) -> httpx.Response:
+    return httpx.Response(200, json={"status_code": code, "status": code.title()})
+
+
+def refusal(code: int, subcode: int | None = None, http_status: int = 400, message: str = "boom") -> httpx.Response:
+    return httpx.Response(http_status, json=envelope(code, subcode, message=message))
+
+
+async def instagram_publish(graph: Graph, earlier: Sequence[tuple[str, datetime]] = ()) -> PublishOutcome:
+    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        return await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            CONTENT, ACCOUNT, attempt_id="a2", earlier_containers=earlier)
+
+
+# ------------------------------------------------------------------------- an earlier attempt's container
+
+
+async def test_an_earlier_attempts_container_that_went_out_is_this_attempts_success_and_nothing_is_made() -> None:
+    graph = Graph({EARLIER: [status("PUBLISHED")], "media": [httpx.Response(200, json=MEDIA)]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, STARTED)])
+
+    assert outcome.success and outcome.container_id == EARLIER
+    assert (outcome.platform_post_id, outcome.permalink) == ("18107758234627017", MEDIA["data"][0]["permalink"])
+    # The account's media were read (GET /media) to name the post; no container was made, none published.
+    assert graph.calls == [EARLIER, "media"] and "media_publish" not in graph.calls
+
+
+async def test_earlier_containers_not_published_let_the_attempt_make_its_own() -> None:
+    graph = Graph({EARLIER: [status("FINISHED")], "17889455560050002": [status("EXPIRED")],
+                   "media": [httpx.Response(200, json={"id": CONTAINER})],
+                   "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, STARTED), ("17889455560050002", STARTED)])
+
+    assert outcome.success and outcome.container_id == CONTAINER
+    assert graph.calls == [EARLIER, "17889455560050002", "media", "media_publish", "18107758234627017"]
+
+
+@pytest.mark.parametrize(("answer", "kind"), [
+    (refusal(2, http_status=500), ErrorKind.TRANSIENT),
+    (refusal(190, 463), ErrorKind.AUTH),
+    (refusal(4), ErrorKind.RATE_LIMITED),
+], ids=["server error", "token expired", "rate limit"])
+async def test_an_earlier_container_that_cannot_be_asked_now_fails_the_attempt_before_anything_is_made(
+        answer: httpx.Response, kind: ErrorKind) -> None:
+    graph = Graph({EARLIER: [answer]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, STARTED)])
+
+    assert not outcome.success and not outcome.outcome_unknown
+    assert outcome.error is not None and outcome.error.kind is kind
+    assert graph.calls == [EARLIER]
+
+
+async def test_an_earlier_container_meta_no_longer_knows_is_passed_over() -> None:
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")],
+                   "media": [httpx.Response(200, json={"id": CONTAINER})],
+                   "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, STARTED)])
+
+    assert outcome.success and outcome.container_id == CONTAINER
+
+
+# ------------------------------------------------------------------------- this attempt's own refusals
+
+
+async def test_an_instagram_server_error_answered_with_400_may_have_published_and_stays_unknown() -> None:
+    # Meta's "Instagram server error. Try again" is HTTP 400, code -1: after it, every try refused the same way
+    # while the status lags at FINISHED. A known failure would have the next attempt make a second container.
+    graph = Graph({"media": [httpx.Response(200, json={"id": CONTAINER})],
+                   "media_publish": [refusal(-1, 2207001, message="Instagram server error. Try again.")],
+                   CONTAINER: [status("FINISHED")]})
+
+    outcome = await instagram_publish(graph)
+
+    assert not outcome.success and outcome.outcome_unknown and outcome.container_id == CONTAINER
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+
+
+async def test_a_refusal_whose_container_went_out_after_all_is_the_attempts_success() -> None:
+    # Not ready, then "already published": the status, asked once more before the refusal is taken, says it went.
+    listed = {"data": [{**MEDIA["data"][0], "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")}]}
+    graph = Graph({"media": [httpx.Response(200, json={"id": CONTAINER}), httpx.Response(200, json=listed)],
+                   "media_publish": [refusal(9007, 2207027), refusal(100, message="This media has already been "
+                                                                                  "published")],
+                   CONTAINER: [status("FINISHED"), status("PUBLISHED")]})
+
+    outcome = await instagram_publish(graph)
+
+    assert outcome.success and outcome.container_id == CONTAINER
+    assert outcome.platform_post_id == "18107758234627017"
+
+
+async def test_instagrams_activity_block_is_asked_about_and_waits_for_the_user() -> None:
+    # "We restrict certain activity to protect our community" comes with code 4, as a rate limit does; Meta may
+    # have published the container before it said so.
+    blocked = refusal(4, 2207051, message="We restrict certain activity to protect our community.")
+    error = classify("instagram", 400, blocked.json())
+    assert error.kind is ErrorKind.INVALID_REQUEST and not error.kind.retried_automatically
+    assert needed_action("instagram", error.kind, error.code, error.subcode) == (
+        "wait until Instagram lifts its temporary block, then retry")
+
+    graph = Graph({"media": [httpx.Response(200, json={"id": CONTAINER}), httpx.Response(200, json=MEDIA)],
+                   "media_publish": [blocked], CONTAINER: [status("PUBLISHED")]})
+    assert (await instagram_publish(graph)).success
+
+    graph = Graph({"media": [httpx.Response(200, json={"id": CONTAINER})], "media_publish": [blocked],
+                   CONTAINER: [status("FINISHED")]})
+    outcome = await instagram_publish(graph)
+    assert not outcome.success and not outcome.outcome_unknown
+    assert outcome.error is not None and outcome.error.subcode == 2207051
+
+
+async def test_a_container_meta_briefly_says_does_not_exist_is_polled_through() -> None:
+    graph = Graph({"media": [httpx.Response(200, json={"id": CONTAINER})],
+                   "media_publish": [refusal(9007, 2207027), httpx.Response(200, json={"id": "18107758234627017"})],
+                   CONTAINER: [refusal(100, 33, message="Unsupported get request"), status("FINISHED")],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+
+    outcome = await instagram_publish(graph)
+
+    assert outcome.success and outcome.platform_post_id == "18107758234627017"
+
+
+@pytest.mark.parametrize(("code", "subcode"), [(-1, None), (-2, None), (-1, 2207053)])
+def test_instagrams_own_server_errors_are_transient(code: int, subcode: int | None) -> None:
+    assert classify("instagram", 400, envelope(code, subcode)).kind is ErrorKind.TRANSIENT
+
+
+# ------------------------------------------------------------------------- Facebook's look-up
+
+
+def page_of(posts: list[dict[str, str]], paging: dict[str, object] | None) -> httpx.Response:
+    return httpx.Response(200, json={"data": posts, **({"paging": paging} if paging else {})})
+
+
+def time_paged_listing(found_on_second: bool) -> tuple[Callable[[httpx.Request], httpx.Response], list[httpx.URL]]:
+    """A Page whose listing pages by time (`until` and `__paging_token` in `paging.next`, no cursors): an unrelated
+    post first, then (on the second page) the attempt's post or nothing."""
+    asked: list[httpx.URL] = []
+    token_in_url = "access_token=" + "page-token-secret-3"
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/747917475065823") or request.url.path.endswith("/accounts"):
+            return httpx.Response(200, json={"access_token": "page-token-secret-3", "id": "747917475065823"})
+        asked.append(request.url)
+        query = parse_qs(request.url.query.decode())
+        if "__paging_token" not in query:
+            following = (f"https://graph.facebook.com/v24.0/747917475065823/published_posts?{token_in_url}"
+                         "&until=1763374216&__paging_token=enc_AdB")
+            return page_of([{"id": "747917475065823_9", "message": "Other news", "created_time":
+                             "2025-11-17T10:10:30+0000"}], {"previous": following, "next": following})
+        assert query["until"] == ["1763374216"] and query["__paging_token"] == ["enc_AdB"]
+        posts = [{"id": "747917475065823_7", "message": CONTENT.caption, "created_time": "2025-11-17T10:10:15+0000"}]
+        return page_of(posts if found_on_second else [], None)
+    return graph, asked
+
+
+@pytest.mark.parametrize("found", [True, False], ids=["found", "not there"])
+async def test_a_facebook_look_up_reads_a_time_paged_listing_to_its_end(found: bool) -> None:
+    graph, asked = time_paged_listing(found)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        publisher = FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0",
+                                          lookup_window=timedelta(minutes=10))
+        outcome = await publisher.find_existing(CONTENT, ACCOUNT, attempt_id="a1", container_id=None,
+                                                attempted_at=STARTED)
+
+    # Read to its end: the post found on the second page, or a sure "did not go out" (None), never "could not tell".
+    assert (outcome is not None and outcome.success and outcome.platform_post_id == "747917475065823_7") if found \
+        else outcome is None
+    assert len(asked) == 2
+    # Meta's paging URL carries the token; it is never requested.
+    assert all("access_token" not in str(url) for url in asked)
+
+
+def test_the_next_page_is_asked_for_by_cursor_where_meta_gives_one() -> None:
+    assert next_page({"cursors": {"before": "b", "after": "QVFI"}, "next": "https://x/?after=QVFI&until=1"}) == \
+        {"after": "QVFI"}
+    assert next_page({"next": "https://x/?access_token=t&until=17&__paging_token=p&limit=25"}) == \
+        {"until": "17", "__paging_token": "p"}
+    assert next_page({"previous": "https://x/?since=1"}) == {}
