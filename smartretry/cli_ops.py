@@ -728,7 +728,7 @@ WIDE_TABLE = 140
 
 
 @dlq.command("list")
-def dlq_list(limit: int = typer.Option(50, help="Show the newest this many.")) -> None:
+def dlq_list(limit: int = typer.Option(50, min=1, help="Show the newest this many.")) -> None:
     """List the dead letters, newest last: where each came from and why it was set aside."""
     settings = load_settings()
     with console.status("Reading dead letters ..."):

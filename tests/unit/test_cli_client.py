@@ -189,3 +189,22 @@ def test_an_api_address_that_is_no_url_is_one_line_not_a_traceback() -> None:
     assert "Traceback" not in done.output
     done = CliRunner().invoke(app, ["show", "post-1", "--api-url", "localhost:8080"], env={"COLUMNS": "200"})
     assert "is no http:// or https:// URL: give it as http://host:port" in done.output, done.output
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_dlq_list_takes_a_limit_of_at_least_one(monkeypatch: pytest.MonkeyPatch, limit: str) -> None:
+    from smartretry import cli_ops
+
+    def three(_bootstrap: str, _topic: str) -> cli_ops.DeadLetters:
+        return cli_ops.DeadLetters(letters=[(offset, None, b"not one") for offset in range(3)])
+
+    monkeypatch.setattr(cli_ops, "read_dead_letters", three)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:29001", "COLUMNS": "200"}
+
+    done = CliRunner().invoke(app, ["dlq", "list", "--limit", limit], env=env)
+
+    assert done.exit_code == 2, done.output
+    assert "--limit" in done.output and "(not a dead letter)" not in done.output
+    one = CliRunner().invoke(app, ["dlq", "list", "--limit", "1"], env=env)
+    assert one.exit_code == 0, one.output
+    assert one.output.count("(not a dead letter)") == 1
