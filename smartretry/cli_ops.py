@@ -57,7 +57,17 @@ DEFAULT_WAIT_SECONDS = 120.0
 
 ApiUrl = typer.Option(None, "--api-url", envvar="SMARTRETRY_API_URL", help="The API's base URL.")
 AsJson = typer.Option(False, "--json", help="Print the API's JSON answer.")
-CommandId = typer.Option(None, "--command-id", help=(
+
+
+def _checked_id(value: str | None) -> str | None:
+    """An id as the service takes it: it goes into the API's paths, where a `/` or `..` would name another route."""
+    if value is not None and not ID_PATTERN.fullmatch(value):
+        raise typer.BadParameter(f"{shown_text(value)!r} is no id: an id is up to 128 letters, digits and _.:- "
+                                 "(not first)")
+    return value
+
+
+CommandId = typer.Option(None, "--command-id", callback=_checked_id, help=(
     "Name the command (default: the service names it). The same id again is the same command, never a second one: "
     "what to give when a command's fate is unknown (the service says so)."))
 Wait = typer.Option(DEFAULT_WAIT_SECONDS, "--wait", help=(
@@ -367,7 +377,8 @@ def publish(
     link: str | None = typer.Option(None, help="A link for the Facebook post."),
     target: str = typer.Option("both", help="facebook, instagram or both."),
     account: str = typer.Option("demo", help="The account whose credentials publish it."),
-    post_id: str | None = typer.Option(None, help="Name the post (default: the service names it)."),
+    post_id: str | None = typer.Option(None, callback=_checked_id,
+                                       help="Name the post (default: the service names it)."),
     command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
@@ -389,7 +400,7 @@ def publish(
 
 @ops.command()
 def retry(
-    post_id: str = typer.Argument(..., help="The post to retry."),
+    post_id: str = typer.Argument(..., callback=_checked_id, help="The post to retry."),
     image_url: str | None = typer.Option(None, help="Corrected image URL."),
     caption: str | None = typer.Option(None, help="Corrected caption."),
     link: str | None = typer.Option(None, help="Corrected link."),
@@ -436,7 +447,7 @@ def retry(
 
 @ops.command()
 def force(
-    post_id: str = typer.Argument(..., help="The post to publish again."),
+    post_id: str = typer.Argument(..., callback=_checked_id, help="The post to publish again."),
     reason: str = typer.Option(..., help="Why (recorded with the republish)."),
     account: str | None = typer.Option(None, help="The account to publish with (a post imported without one)."),
     command_id: str | None = CommandId,
@@ -465,7 +476,7 @@ def force(
 
 @ops.command()
 def resolve(
-    post_id: str = typer.Argument(..., help="The post whose attempt is waiting for a result."),
+    post_id: str = typer.Argument(..., callback=_checked_id, help="The post whose attempt is waiting for a result."),
     platform: str = typer.Argument(..., help="facebook or instagram."),
     published_as: str | None = typer.Option(None, help="It went out: the post's id on the platform."),
     not_published: bool = typer.Option(False, "--not-published", help="It did not go out."),
@@ -498,7 +509,7 @@ def resolve(
 
 @ops.command()
 def show(
-    post_id: str = typer.Argument(..., help="The post to show."),
+    post_id: str = typer.Argument(..., callback=_checked_id, help="The post to show."),
     as_json: bool = typer.Option(False, "--json", help="Print the insights document and details as JSON."),
     api_url: str | None = ApiUrl,
 ) -> None:
@@ -571,7 +582,7 @@ def list_posts(
 
 @accounts.command("set-token")
 def set_token(
-    account: str = typer.Argument(..., help="The account reference posts name."),
+    account: str = typer.Argument(..., callback=_checked_id, help="The account reference posts name."),
     page_id: str | None = typer.Option(None, help="The Facebook Page the account publishes to."),
     ig_user_id: str | None = typer.Option(None, help="The Instagram user the account publishes to."),
     token_stdin: bool = typer.Option(False, "--token-stdin", help="Read the token from standard input."),
@@ -902,7 +913,8 @@ def demo(
     sandbox_url: str | None = typer.Option(
         None, envvar="SMARTRETRY_SANDBOX_URL",
         help="The sandbox Graph API's address, to make sure it refuses image URLs with spaces on Facebook."),
-    account: str = typer.Option("demo", help="The account the demo stores the sandbox's token under and posts as."),
+    account: str = typer.Option("demo", callback=_checked_id,
+                                help="The account the demo stores the sandbox's token under and posts as."),
 ) -> None:
     """The product note's scenario on the sandbox, against a running service (`smartretry run`).
 

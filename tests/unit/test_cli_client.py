@@ -1,5 +1,5 @@
 """The command line's API client: an API that goes away is one line for the operator, not a traceback, and
-the API's advice is given in the command line's terms."""
+the API's advice is given in the command line's terms; an id that is no id never reaches a path."""
 
 from __future__ import annotations
 
@@ -208,3 +208,46 @@ def test_dlq_list_takes_a_limit_of_at_least_one(monkeypatch: pytest.MonkeyPatch,
     one = CliRunner().invoke(app, ["dlq", "list", "--limit", "1"], env=env)
     assert one.exit_code == 0, one.output
     assert one.output.count("(not a dead letter)") == 1
+
+
+def _api_answering(monkeypatch: pytest.MonkeyPatch, answer: Any) -> list[httpx.Request]:
+    """Every Api the commands make talks to `answer` (an httpx.MockTransport handler); the requests it got."""
+    sent: list[httpx.Request] = []
+    made = Api.__init__
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        response: httpx.Response = answer(request)
+        return response
+
+    def with_transport(self: Api, base_url: str | None, settings: Any = None) -> None:
+        made(self, base_url, settings)
+        self.client.close()
+        self.client = httpx.Client(base_url=self.base_url, transport=httpx.MockTransport(record))
+
+    monkeypatch.setattr(Api, "__init__", with_transport)
+    return sent
+
+
+@pytest.mark.parametrize("line", [
+    ["show", "../accounts"],
+    ["show", "post-1/retry"],
+    ["retry", "../accounts"],
+    ["force", "../accounts", "--reason", "r", "--yes"],
+    ["resolve", "../accounts", "facebook", "--not-published"],
+    ["accounts", "set-token", "../posts", "--token-stdin"],
+    ["publish", "Hello", "--image-url", "https://cdn.example.com/a.jpg", "--post-id", "a/b"],
+    ["retry", "post-1", "--command-id", "../c"],
+], ids=lambda line: " ".join(line))
+def test_an_id_that_is_no_id_is_a_usage_error_before_any_request(
+        monkeypatch: pytest.MonkeyPatch, line: list[str]) -> None:
+    def not_reached(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    sent = _api_answering(monkeypatch, not_reached)
+
+    done = CliRunner().invoke(app, line, env={"COLUMNS": "200"})
+
+    assert done.exit_code == 2, done.output
+    assert "is no id" in done.output and "Traceback" not in done.output
+    assert sent == []
