@@ -31,6 +31,7 @@ from publishers.redact import scrub
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, platforms_of
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from schemas.envelope import DecodeError, json_object
+from schemas.ids import new_id, post_id_for
 from smartretry.settings import Settings, load_settings
 from streams.kafka import client_config, deliver, producer
 
@@ -68,8 +69,8 @@ def _checked_id(value: str | None) -> str | None:
 
 
 CommandId = typer.Option(None, "--command-id", callback=_checked_id, help=(
-    "Name the command (default: the service names it). The same id again is the same command, never a second one: "
-    "what to give when a command's fate is unknown (the service says so)."))
+    "Name the command (default: a new id, made here). The same id again is the same command, never a second one: "
+    "what to give when a command's fate is unknown (the CLI says so)."))
 Wait = typer.Option(DEFAULT_WAIT_SECONDS, "--wait", help=(
     "Seconds to wait for the platforms' results once the API has answered (the API itself waits for them up to "
     "SMARTRETRY_API_WAIT_SECONDS first)."))
@@ -82,6 +83,19 @@ class ApiError(Exception):
     def __init__(self, message: str, status: int | None = None, problem: str = "") -> None:
         super().__init__(message)
         self.status, self.problem = status, problem
+
+
+class NoAnswer(ApiError):
+    """A request that was sent, but not answered (a timeout, a connection broken): it may have been carried out.
+    `again` says how to send it again as the same request."""
+
+    def __init__(self, message: str, again: str | None) -> None:
+        super().__init__(message)
+        self.again = again
+
+
+# The exit status of a command whose request was sent and not answered: neither done (0) nor refused (1).
+UNANSWERED = 3
 
 
 class Api:
@@ -97,15 +111,26 @@ class Api:
     def close(self) -> None:
         self.client.close()
 
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def call(self, method: str, path: str, *, again: str | None = None, **kwargs: Any) -> httpx.Response:
+        """The API's answer to a request; `again`: how to send it again as the same request, should it be sent and
+        not answered."""
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.UnsupportedProtocol:
             raise ApiError(f"the API's address {scrub(self.base_url)} (--api-url, or SMARTRETRY_API_URL) is no "
                            "http:// or https:// URL: give it as http://host:port") from None
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # No connection, so nothing was sent.
             raise ApiError(f"no API at {scrub(self.base_url)} ({type(exc).__name__}): start the service with "
                            "`smartretry run` (or `make run`), or point --api-url at it") from None
+        except httpx.TransportError as exc:
+            if method == "GET":
+                raise ApiError(f"the API at {scrub(self.base_url)} did not answer ({type(exc).__name__}): try again "
+                               "once the service answers") from None
+            # Sent, perhaps whole: the API may have carried it out. Sent again as a new command, a publish would go
+            # out twice.
+            raise NoAnswer(f"the request was sent to the API at {scrub(self.base_url)}, but no answer came "
+                           f"({type(exc).__name__}): whether it was carried out is not known", again) from None
         if response.status_code >= 400:
             problem = _problem(response)
             raise ApiError(f"{response.status_code}: {problem}", response.status_code, problem)
@@ -198,6 +223,11 @@ def api_client(api_url: str | None) -> Iterator[Api]:
         raise typer.Exit(2) from None
     try:
         yield api
+    except NoAnswer as exc:
+        _error(str(exc))
+        if exc.again is not None:
+            errors.print(exc.again, soft_wrap=True)
+        raise typer.Exit(UNANSWERED) from None
     except ApiError as exc:
         _error(str(exc))
         if (again := _again(exc)) is not None:
@@ -378,22 +408,22 @@ def publish(
     target: str = typer.Option("both", help="facebook, instagram or both."),
     account: str = typer.Option("demo", help="The account whose credentials publish it."),
     post_id: str | None = typer.Option(None, callback=_checked_id,
-                                       help="Name the post (default: the service names it)."),
+                                       help="Name the post (default: one fixed by the command id)."),
     command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
     api_url: str | None = ApiUrl,
 ) -> None:
     """Publish a post and show each platform's result."""
+    # Named here, before sending: a request whose answer is lost is sent again as the same command and post, which
+    # the service publishes once.
+    command_id = command_id or new_id()
+    post_id = post_id or post_id_for(command_id)
     body: dict[str, Any] = {"content": {"caption": caption, **_content(None, image_url, link)},
-                            "publish_target": target, "account": account}
-    if post_id:
-        body["post_id"] = post_id
-    if command_id:
-        body["command_id"] = command_id
+                            "publish_target": target, "account": account, "post_id": post_id, "command_id": command_id}
     with api_client(api_url) as api:
         with console.status("Publishing ..."):
-            answer = api.call("POST", "/posts", json=body)
+            answer = api.call("POST", "/posts", json=body, again=_send_again_as(command_id, post_id))
         response, detail = _settled(api, answer, "Publishing", wait)
         _report(api, response, detail, as_json)
 
@@ -411,13 +441,14 @@ def retry(
     api_url: str | None = ApiUrl,
 ) -> None:
     """Retry a post: only the platforms that failed are published again."""
+    command_id = command_id or new_id()
     correction = _content(caption, image_url, link)
     body = {key: value for key, value in (("content", correction), ("account", account), ("command_id", command_id))
             if value}
     with api_client(api_url) as api:
         try:
             with console.status("Retrying ..."):
-                answer = api.call("POST", f"/posts/{post_id}/retry", json=body or None)
+                answer = api.call("POST", f"/posts/{post_id}/retry", json=body, again=_send_again_as(command_id, None))
         except ApiError as refused:
             if refused.status != 409 or not refused.problem.startswith("Nothing to retry"):
                 raise
@@ -465,11 +496,12 @@ def force(
             _error(f"{what}. Add --yes to republish without being asked.")
             raise typer.Exit(2)
         typer.confirm(f"{what}. Republish?", abort=True)
-    body = {"reason": reason, **({"account": account} if account else {}),
-            **({"command_id": command_id} if command_id else {})}
+    command_id = command_id or new_id()
+    body = {"reason": reason, **({"account": account} if account else {}), "command_id": command_id}
     with api_client(api_url) as api:
         with console.status("Republishing ..."):
-            answer = api.call("POST", f"/posts/{post_id}/republish", json=body)
+            answer = api.call("POST", f"/posts/{post_id}/republish", json=body,
+                              again=_send_again_as(command_id, None))
         response, detail = _settled(api, answer, "Republishing", wait)
         _report(api, response, detail, as_json)
 
@@ -495,6 +527,7 @@ def resolve(
     platform could not tell). Check the Page or the Instagram account first: this is recorded as its result."""
     if (published_as is None) == (not not_published):
         raise typer.BadParameter("give either --published-as POST_ID or --not-published")
+    command_id = command_id or new_id()
     body: dict[str, Any] = {"platform": platform, "published": published_as is not None, "note": note}
     for name, value in (("platform_post_id", published_as), ("permalink", permalink), ("attempt_id", attempt_id),
                         ("command_id", command_id)):
@@ -502,7 +535,7 @@ def resolve(
             body[name] = value
     with api_client(api_url) as api:
         with console.status("Resolving ..."):
-            answer = api.call("POST", f"/posts/{post_id}/resolve", json=body)
+            answer = api.call("POST", f"/posts/{post_id}/resolve", json=body, again=_send_again_as(command_id, None))
         response, detail = _settled(api, answer, "Resolving", wait)
         _report(api, response, detail, as_json)
 
@@ -593,7 +626,8 @@ def set_token(
     token = sys.stdin.readline().strip() if token_stdin else typer.prompt("Token", hide_input=True)
     body = {"token": token, "page_id": page_id, "ig_user_id": ig_user_id}
     with api_client(api_url) as api:
-        answer = api.call("PUT", f"/accounts/{account}/token", json={k: v for k, v in body.items() if v})
+        answer = api.call("PUT", f"/accounts/{account}/token", json={k: v for k, v in body.items() if v},
+                          again="Storing the same token again changes nothing: run the same command line again.")
         saved = answer.json()
     console.print(f"Token of account {saved['account']} saved (page {saved.get('page_id') or '-'}, "
                   f"Instagram user {saved.get('ig_user_id') or '-'}).", highlight=False)
@@ -949,12 +983,13 @@ def demo(
             console.print(f"Account {account!r} is connected to the sandbox's Page and Instagram account: its token "
                           "is kept.", highlight=False, markup=False)
         console.rule("First attempt: an image URL with a space in it")
+        command_id = new_id()
+        post_id = post_id_for(command_id)
         body = {"content": {"caption": DEMO_CAPTION, "image_url": DEMO_BROKEN_URL}, "publish_target": "both",
-                "account": account}
+                "account": account, "post_id": post_id, "command_id": command_id}
         with console.status("Publishing to both Facebook and Instagram ..."):
-            answer = api.call("POST", "/posts", json=body)
+            answer = api.call("POST", "/posts", json=body, again=f"See what came of it: smartretry show {post_id}")
         response, detail = _demo_settled(api, answer, "Publishing")
-        post_id = response["post"]["id"]
         for line in _log_lines(detail, response["command_id"]):
             console.print(line, highlight=False)
         console.print("Insights after the failed attempt:")
@@ -964,7 +999,9 @@ def demo(
         console.rule("Fix the image URL and retry")
         console.print(f"Image URL: {DEMO_BROKEN_URL!r} -> {DEMO_FIXED_URL!r}", highlight=False)
         with console.status("Retrying ..."):
-            answer = api.call("POST", f"/posts/{post_id}/retry", json={"content": {"image_url": DEMO_FIXED_URL}})
+            answer = api.call("POST", f"/posts/{post_id}/retry", json={
+                "content": {"image_url": DEMO_FIXED_URL}, "command_id": new_id()},
+                again=f"See what came of it: smartretry show {post_id}")
         response, detail = _demo_settled(api, answer, "Retrying")
         for line in _log_lines(detail, response["command_id"]):
             console.print(line, highlight=False)

@@ -1,8 +1,10 @@
 """The command line's API client: an API that goes away is one line for the operator, not a traceback, and
-the API's advice is given in the command line's terms; an id that is no id never reaches a path."""
+the API's advice is given in the command line's terms. A request sent and not answered is said so, with the ids
+that send it again as the same command; an id that is no id never reaches a path."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -251,3 +253,83 @@ def test_an_id_that_is_no_id_is_a_usage_error_before_any_request(
     assert done.exit_code == 2, done.output
     assert "is no id" in done.output and "Traceback" not in done.output
     assert sent == []
+
+
+def _unanswered(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+PUBLISH = ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg", "--account", "acme"]
+
+
+def test_a_publish_sent_and_not_answered_says_so_and_is_sent_again_as_the_same_post(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _api_answering(monkeypatch, _unanswered)
+
+    first = CliRunner().invoke(app, PUBLISH, env={"COLUMNS": "200"})
+
+    # Not "no API ... start the service": the request went out, and the post may be going out with it.
+    assert first.exit_code == 3, first.output
+    assert "no API at" not in first.output
+    assert "the request was sent to the API at" in first.output and "(ReadTimeout)" in first.output
+    assert "whether it was carried out is not known" in first.output
+    body = json.loads(sent[0].content)
+    command_id, post_id = body["command_id"], body["post_id"]
+    assert f"run the same command line with these added:\n  --command-id {command_id} --post-id {post_id}\n" \
+        in first.output
+    again = CliRunner().invoke(app, [*PUBLISH, "--command-id", command_id, "--post-id", post_id])
+    assert again.exit_code == 3
+    assert json.loads(sent[1].content) == body
+    # The post is fixed by the command: the same command id alone names the same post, here as at the API.
+    alone = CliRunner().invoke(app, [*PUBLISH, "--command-id", command_id])
+    assert alone.exit_code == 3
+    assert json.loads(sent[2].content) == body
+
+
+@pytest.mark.parametrize("line", [
+    ["retry", "post-1", "--image-url", "https://cdn.example.com/b.jpg"],
+    ["force", "post-1", "--reason", "the Page was restored", "--yes"],
+    ["resolve", "post-1", "facebook", "--not-published"],
+], ids=["retry", "force", "resolve"])
+@pytest.mark.parametrize("failure", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError])
+def test_a_command_sent_and_not_answered_names_its_command_id_to_send_it_again(
+        monkeypatch: pytest.MonkeyPatch, line: list[str], failure: type[httpx.TransportError]) -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise failure("no answer", request=request)
+
+    sent = _api_answering(monkeypatch, broken)
+
+    done = CliRunner().invoke(app, line, env={"COLUMNS": "200"})
+
+    assert done.exit_code == 3, done.output
+    assert "the request was sent to the API at http://" in done.output
+    assert f"but no answer came ({failure.__name__}): whether it was carried out is not known" in done.output
+    command_id = json.loads(sent[0].content)["command_id"]
+    assert f"run the same command line with these added:\n  --command-id {command_id}\n" in done.output
+    again = CliRunner().invoke(app, [*line, "--command-id", command_id])
+    assert json.loads(sent[1].content) == json.loads(sent[0].content)
+    assert again.exit_code == 3
+
+
+@pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
+def test_only_an_api_that_cannot_be_reached_is_said_to_be_missing(
+        monkeypatch: pytest.MonkeyPatch, failure: type[httpx.TransportError]) -> None:
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise failure("refused", request=request)
+
+    _api_answering(monkeypatch, unreachable)
+
+    done = CliRunner().invoke(app, PUBLISH, env={"COLUMNS": "200"})
+
+    assert done.exit_code == 1, done.output
+    assert "no API at http://" in done.output and f"({failure.__name__}): start the service" in done.output
+
+
+def test_a_post_not_answered_for_is_no_missing_api_and_nothing_to_send_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    _api_answering(monkeypatch, _unanswered)
+
+    done = CliRunner().invoke(app, ["show", "post-1"], env={"COLUMNS": "200"})
+
+    assert done.exit_code == 1, done.output
+    assert "did not answer (ReadTimeout): try again once the service answers" in done.output
+    assert "no API at" not in done.output and "--command-id" not in done.output
