@@ -98,6 +98,17 @@ class PostState(BaseModel):
     def attempts_of(self, platform: Platform) -> list[AttemptState]:
         return sorted((a for a in self.attempts.values() if a.platform == platform), key=lambda a: a.attempt_number)
 
+    def containers_to_ask(self, platform: Platform) -> list[tuple[str, datetime]]:
+        """The containers (with their attempts' start) of the platform's attempts that failed since its latest
+        success, newest first: one may have been published all the same, and is asked before a new one is made."""
+        asked: list[tuple[str, datetime]] = []
+        for attempt in reversed(self.attempts_of(platform)):
+            if attempt.success:
+                break
+            if attempt.success is False and attempt.container_id is not None:
+                asked.append((attempt.container_id, attempt.started_at))
+        return asked
+
     def in_flight(self, platform: Platform) -> AttemptState | None:
         """The platform's latest attempt if it has no result yet."""
         attempts = self.attempts_of(platform)

@@ -11,7 +11,7 @@ import httpx
 
 from publishers.redact import scrub
 from schemas.common import (
-    ACTIVITY_BLOCK_SUBCODE,
+    ACTIVITY_BLOCK,
     DESTINATIONS,
     MAX_PLATFORM_WAIT_S,
     PLATFORM_LABELS,
@@ -172,7 +172,7 @@ def _kind(code: int | None, subcode: int | None, is_transient: bool, http_status
         return ErrorKind.INVALID_MEDIA
     if subcode == IG_DAILY_LIMIT:
         return ErrorKind.RATE_LIMITED
-    if subcode == ACTIVITY_BLOCK_SUBCODE:
+    if (code, subcode) == ACTIVITY_BLOCK:
         # Instagram's "we restrict certain activity" (code 4, as a rate limit's): a block on the account for hours
         # or more, like Facebook's 368. Tried again and again by the service, it would only look more like spam.
         return ErrorKind.INVALID_REQUEST

@@ -150,6 +150,7 @@ class FacebookPagePublisher:
             "until": str(int(until.timestamp())),
             "limit": str(self._lookup_page_size),
         }
+        first = dict(params)
         match: dict[str, Any] | None = None
         for _ in range(self._lookup_max_pages):
             listing = await self._with_page_token(
@@ -171,7 +172,9 @@ class FacebookPagePublisher:
             following = next_page(paging)
             if not following or all(params.get(k) == v for k, v in following.items()):
                 break
-            params.update(following)
+            # From the window as first asked: a cursor of an earlier page is not sent with a time-based page's end.
+            params.clear()
+            params.update(first, **following)
         if match is not None:
             # Unread pages hold only older posts; this one proves the caption went out after the attempt began.
             return match
@@ -269,5 +272,8 @@ def next_page(paging: dict[str, Any]) -> dict[str, str]:
     following = paging.get("next")
     if not isinstance(following, str):
         return {}
-    query = dict(parse_qsl(urlsplit(following).query))
+    try:
+        query = dict(parse_qsl(urlsplit(following).query))
+    except ValueError:  # an address that cannot be read ("Invalid IPv6 URL") says nothing
+        return {}
     return {name: query[name] for name in _PAGING_PARAMS if query.get(name)}

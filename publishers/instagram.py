@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from pydantic import SecretStr
@@ -21,6 +21,7 @@ from publishers.graph import (
     answered_link,
     created_id,
     earliest_match,
+    parse_meta_time,
 )
 from schemas.commands import PostContent
 from schemas.common import UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE, ErrorKind, Platform
@@ -35,6 +36,8 @@ _NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.RATE_LIMIT
 
 # What an attempt keeps, after waiting for its container, for media_publish and the permalink.
 PUBLISH_MARGIN_S = 30.0
+# How long Meta keeps a container (Instagram's content publishing guide: 24 hours).
+CONTAINER_LIFETIME = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -181,18 +184,24 @@ class InstagramPublisher:
         try:
             status, _ = await self._container_status(container_id, account.user_token)
         except GraphCallFailed as failed:
-            if failed.error.kind.retried_automatically or failed.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
-                # Asked again with the next attempt: nothing was made or published by this one.
-                return PublishOutcome.failed("instagram", failed.error)
-            # Meta no longer knows the container (containers are kept a day): it cannot tell more.
-            log.info("Instagram container %s of an earlier attempt cannot be read (%s)", container_id,
-                     failed.error.message, extra={"attempt_id": attempt_id})
-            return None
+            error = failed.error
+            if not error.kind.retried_automatically and datetime.now(UTC) - attempted_at > CONTAINER_LIFETIME:
+                # Meta keeps a container a day: past that, an answer other than "try again" will not change.
+                log.info("Instagram container %s of an earlier attempt cannot be read any more (%s)", container_id,
+                         error.message, extra={"attempt_id": attempt_id})
+                return None
+            if (error.code, error.subcode) == (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE):
+                # A container of the last day that Meta says does not exist: a glitch of its own (as while polling).
+                error = error.model_copy(update={"kind": ErrorKind.TRANSIENT})
+            # Asked again with the next attempt: nothing was made or published by this one.
+            return PublishOutcome.failed("instagram", error)
         if status != "PUBLISHED":
             return None
         log.warning("Instagram container %s of an earlier attempt was published after all: not published again",
                     container_id, extra={"attempt_id": attempt_id})
-        return await self._published_media(account, content, container_id, attempted_at, only=True)
+        # Its media was made during that attempt: one of another time is never taken for it.
+        latest = attempted_at + timedelta(seconds=self._polling.timeout_s + PUBLISH_MARGIN_S) + CLOCK_SKEW
+        return await self._published_media(account, content, container_id, attempted_at, only=True, latest=latest)
 
     async def _wait_until_ready(self, container_id: str, token: SecretStr) -> str:
         """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the deadline fail."""
@@ -293,7 +302,7 @@ class InstagramPublisher:
 
     async def _published_media(
         self, account: AccountCredentials, content: PostContent, container_id: str, attempted_at: datetime,
-        recorded: Collection[str] = (), only: bool = False,
+        recorded: Collection[str] = (), only: bool = False, latest: datetime | None = None,
     ) -> PublishOutcome:
         """The media a PUBLISHED container became: the account's recent media matched by caption and time.
 
@@ -310,7 +319,11 @@ class InstagramPublisher:
         except GraphCallFailed:
             # It went out for certain; the ids can be filled in later, a second publish cannot be undone.
             return PublishOutcome.published("instagram", None, None, container_id)
-        media = earliest_match(listing.get("data"), content.caption, attempted_at - CLOCK_SKEW,
+        items = listing.get("data")
+        if latest is not None and isinstance(items, list):
+            items = [item for item in items if isinstance(item, dict)
+                     and (at := parse_meta_time(item.get("timestamp"))) is not None and at <= latest]
+        media = earliest_match(items, content.caption, attempted_at - CLOCK_SKEW,
                                time_field="timestamp", text_field="caption", exclude=recorded, only=only)
         if media is None:
             return PublishOutcome.published("instagram", None, None, container_id)

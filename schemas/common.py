@@ -37,14 +37,14 @@ def target_of(platforms: tuple[Platform, ...] | list[Platform]) -> PublishTarget
 
 # Meta's error code for "temporarily blocked for policy violations" (see publishers/errors.py).
 POLICY_BLOCK_CODE = 368
-# Instagram's subcode for "We restrict certain activity to protect our community" (with code 4): the account's
+# Instagram's code and subcode for "We restrict certain activity to protect our community": the account's
 # publishing is blocked for a while, as with Facebook's 368 (see publishers/errors.py).
-ACTIVITY_BLOCK_SUBCODE = 2207051
+ACTIVITY_BLOCK = (4, 2207051)
 
 
 def is_platform_block(code: int | None, subcode: int | None) -> bool:
     """Whether a platform error says Meta blocks the account's publishing for a while (waited out, not fixed)."""
-    return code == POLICY_BLOCK_CODE or subcode == ACTIVITY_BLOCK_SUBCODE
+    return code == POLICY_BLOCK_CODE or (code, subcode) == ACTIVITY_BLOCK
 # How a failure for want of an account (none stored under the post's account name) begins: it asks for the account
 # to be connected, not re-authenticated.
 NO_CREDENTIALS = "no credentials for account"

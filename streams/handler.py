@@ -979,11 +979,9 @@ class CommandHandler:
         label = PLATFORM_LABELS[platform]
         mine = attempts_by(state, command.command_id, platform)
         made = len(mine)
-        # The handles of earlier attempts that failed (Instagram's containers), newest first: the platform is asked
-        # whether one went out after all before it is published again. A forced republish asks only of its own.
-        earlier = [(a.container_id, a.started_at) for a in reversed(state.attempts_of(platform))
-                   if a.container_id is not None and a.success is False
-                   and (not forced or a.command_id == command.command_id)]
+        # The handles of the attempts that failed since the platform's latest success (Instagram's containers),
+        # newest first: the platform is asked whether one went out after all before it is published again.
+        earlier = state.containers_to_ask(platform)
         number = len(state.attempts_of(platform))
         # When this handler last knew the post's attempts of the platform as they are: when `state` was read.
         known_at = self._read_at.get(command.post_id, asyncio.get_running_loop().time())

@@ -12,7 +12,7 @@ from projections import fold as fold_module
 from projections.decide import decide
 from projections.fold import apply, apply_all, apply_valid, fold
 from projections.imported import without_secrets
-from projections.state import PostState
+from projections.state import AttemptState, PostState
 from schemas.commands import PostContent, RetryRequested
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
 from schemas.events import (
@@ -719,3 +719,21 @@ def test_a_state_is_the_same_json_whatever_the_processs_hash_seed() -> None:
     outputs = {subprocess.run([sys.executable, "-c", program], cwd=root, capture_output=True, text=True, check=True,
                               env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout for seed in range(1, 9)}
     assert len(outputs) == 1, outputs
+
+
+def test_the_containers_asked_before_a_new_one_are_those_of_the_attempts_failed_since_the_latest_success() -> None:
+    def attempt(number: int, success: bool | None, container: str | None) -> AttemptState:
+        return AttemptState(attempt_id=f"a{number}", platform="instagram", attempt_number=number, command_id="c",
+                            started_at=datetime(2025, 11, 17, 10, number, tzinfo=UTC), container_id=container,
+                            success=success)
+
+    state = PostState(post_id="p", attempts={a.attempt_id: a for a in (
+        attempt(1, False, "c1"), attempt(2, True, "c2"), attempt(3, False, "c3"), attempt(4, False, None),
+        attempt(5, False, "c5"), attempt(6, None, "c6"))})
+
+    # Newest first; none from before the success (a republish is meant to add to it), none without a result yet
+    # (its look-up settles it), none that made no container.
+    assert [c for c, _ in state.containers_to_ask("instagram")] == ["c5", "c3"]
+    assert state.containers_to_ask("facebook") == []
+    del state.attempts["a2"]
+    assert [c for c, _ in state.containers_to_ask("instagram")] == ["c5", "c3", "c1"]

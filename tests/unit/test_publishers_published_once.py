@@ -95,15 +95,20 @@ async def test_an_earlier_container_that_cannot_be_asked_now_fails_the_attempt_b
         answer: httpx.Response, kind: ErrorKind) -> None:
     graph = Graph({EARLIER: [answer]})
 
-    outcome = await instagram_publish(graph, [(EARLIER, STARTED)])
+    outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(hours=2))])
 
     assert not outcome.success and not outcome.outcome_unknown
     assert outcome.error is not None and outcome.error.kind is kind
     assert graph.calls == [EARLIER]
 
 
-async def test_an_earlier_container_meta_no_longer_knows_is_passed_over() -> None:
-    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")],
+@pytest.mark.parametrize("answer", [
+    refusal(100, 33, message="Unsupported get request"),
+    httpx.Response(403, text="<html>Forbidden</html>"),
+], ids=["does not exist", "a proxy's page"])
+async def test_an_earlier_container_past_its_day_that_cannot_be_read_is_passed_over(answer: httpx.Response) -> None:
+    # Meta keeps a container a day: STARTED is long past.
+    graph = Graph({EARLIER: [answer],
                    "media": [httpx.Response(200, json={"id": CONTAINER})],
                    "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
                    "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
@@ -111,6 +116,33 @@ async def test_an_earlier_container_meta_no_longer_knows_is_passed_over() -> Non
     outcome = await instagram_publish(graph, [(EARLIER, STARTED)])
 
     assert outcome.success and outcome.container_id == CONTAINER
+
+
+@pytest.mark.parametrize(("answer", "kind"), [
+    (refusal(100, 33, message="Unsupported get request"), ErrorKind.TRANSIENT),
+    (httpx.Response(403, text="<html>Forbidden</html>"), ErrorKind.INVALID_REQUEST),
+], ids=["does not exist", "a proxy's page"])
+async def test_an_earlier_container_of_the_last_day_that_cannot_be_read_fails_the_attempt_before_anything_is_made(
+        answer: httpx.Response, kind: ErrorKind) -> None:
+    # A minute old: Meta still has it, so an answer that does not say whether it went out is no "no".
+    graph = Graph({EARLIER: [answer]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(minutes=1))])
+
+    assert not outcome.success and outcome.error is not None and outcome.error.kind is kind
+    assert graph.calls == [EARLIER]
+
+
+async def test_an_earlier_container_published_is_never_matched_to_a_media_of_another_time() -> None:
+    # The attempt's own media has left the listing's newest 50; a media of the same caption posted days later is
+    # another post's (or one made by hand): the ids are left unknown rather than taken from it.
+    later = {"data": [{**MEDIA["data"][0], "id": "18107758234620000", "timestamp": "2025-11-20T09:00:00+0000"}]}
+    graph = Graph({EARLIER: [status("PUBLISHED")], "media": [httpx.Response(200, json=later)]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, STARTED)])
+
+    assert outcome.success and outcome.container_id == EARLIER
+    assert (outcome.platform_post_id, outcome.permalink) == (None, None)
 
 
 # ------------------------------------------------------------------------- this attempt's own refusals
@@ -151,6 +183,8 @@ async def test_instagrams_activity_block_is_asked_about_and_waits_for_the_user()
     assert error.kind is ErrorKind.INVALID_REQUEST and not error.kind.retried_automatically
     assert needed_action("instagram", error.kind, error.code, error.subcode) == (
         "wait until Instagram lifts its temporary block, then retry")
+    # The subcode with another code is not Meta's block, and a refusal recorded so before reads as it did.
+    assert needed_action("instagram", ErrorKind.INVALID_REQUEST, 100, 2207051) == "fix the post"
 
     graph = Graph({"media": [httpx.Response(200, json={"id": CONTAINER}), httpx.Response(200, json=MEDIA)],
                    "media_publish": [blocked], CONTAINER: [status("PUBLISHED")]})
@@ -231,3 +265,31 @@ def test_the_next_page_is_asked_for_by_cursor_where_meta_gives_one() -> None:
     assert next_page({"next": "https://x/?access_token=t&until=17&__paging_token=p&limit=25"}) == \
         {"until": "17", "__paging_token": "p"}
     assert next_page({"previous": "https://x/?since=1"}) == {}
+    assert next_page({"next": "https://[graph.facebook.com/?until=17"}) == {}
+
+
+async def test_a_facebook_look_up_that_turns_from_cursors_to_time_based_paging_drops_the_cursor() -> None:
+    asked: list[dict[str, list[str]]] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/747917475065823"):
+            return httpx.Response(200, json={"access_token": "page-token-secret-3", "id": "747917475065823"})
+        query = parse_qs(request.url.query.decode())
+        asked.append(query)
+        other = [{"id": f"747917475065823_{len(asked)}", "message": "Other news",
+                  "created_time": "2025-11-17T10:10:30+0000"}]
+        if len(asked) == 1:
+            return page_of(other, {"cursors": {"after": "QVFI"}, "next": "https://graph.facebook.com/x?after=QVFI"})
+        if len(asked) == 2:
+            return page_of(other, {"next": "https://graph.facebook.com/x?until=1763374216&__paging_token=enc_AdB"})
+        return page_of([], None)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        publisher = FacebookPagePublisher(client, "https://graph.facebook.com", "v24.0",
+                                          lookup_window=timedelta(minutes=10))
+        outcome = await publisher.find_existing(CONTENT, ACCOUNT, attempt_id="a1", container_id=None,
+                                                attempted_at=STARTED)
+
+    assert outcome is None and len(asked) == 3
+    assert asked[1]["after"] == ["QVFI"]
+    assert "after" not in asked[2] and asked[2]["until"] == ["1763374216"] and asked[2]["since"] == asked[0]["since"]
