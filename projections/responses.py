@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from projections.fold import RIGHT_ID, counted_platforms
+from projections.fold import RIGHT_ID, awaiting_attempt, counted_platforms, unresolved
 from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
@@ -158,6 +158,18 @@ def token_stored_since_failure(state: PostState, token_renewed_at: datetime) -> 
     return stored
 
 
+def under_way(state: PostState) -> tuple[Platform, ...]:
+    """Platforms being published now with nothing asked of anyone: an attempt without a result, or chosen by the
+    latest decision and not attempted yet. What an earlier result asked for ("fix the image URL") is not the user's
+    to do while it runs; its own result says what is needed next. Not one whose attempt's look-up waits for
+    someone (a new token to ask the platform with, someone to check the platform and resolve the attempt): what the
+    fold keeps for it then is the look-up's.
+    """
+    publishing = set(unresolved(state)) | set(awaiting_attempt(state))
+    return tuple(p for p in PLATFORMS if p in publishing
+                 and ((attempt := state.in_flight(p)) is None or attempt.lookup_error is None))
+
+
 def needed_actions(state: PostState, max_attempts: int,
                    token_renewed_at: datetime | None = None) -> dict[Platform, str]:
     """What the user must do, per platform, as the API and the pages say it.
@@ -168,7 +180,7 @@ def needed_actions(state: PostState, max_attempts: int,
     `token_renewed_at`, when the post's account last stored a token: a failure that asked to re-authenticate (or to
     connect the account) from an attempt begun before then asks only for the retry now.
     A failure the service retries by itself asks for nothing, until its `max_attempts` are used up
-    (`retries_used_up`).
+    (`retries_used_up`). A platform being published again (`under_way`) asks for nothing until its result is in.
     """
     shown: dict[Platform, str] = {}
     for platform, action in state.needed_action.items():
@@ -202,8 +214,9 @@ def needed_actions(state: PostState, max_attempts: int,
                 needed = shown.get(platform)
                 shown[platform] = NAME_THE_ACCOUNT if needed in (None, "fix the post") else \
                     f"{needed.removesuffix(', then retry')}, then {NAME_THE_ACCOUNT}"
+    publishing = under_way(state)
     # In the platforms' own order (Facebook first), whichever failed first.
-    return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index)}
+    return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index) if platform not in publishing}
 
 
 def _tried_at(state: PostState, platform: Platform) -> datetime | None:

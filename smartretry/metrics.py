@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
-from projections.responses import retries_used_up, token_stored_since_failure
+from projections.responses import retries_used_up, token_stored_since_failure, under_way
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from projections.store import database_said, posts
@@ -69,7 +69,8 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tu
                  now: datetime, token_times: dict[str, datetime] | None = None) -> StoreTally:
     """Counts from `(status, state JSON)` rows; plain JSON, not pydantic, so a big store scans fast (only a post
     with a failed attempt is read as a state: whether its automatic retries, `max_attempts`, are used up, or late at
-    `now` with the handler's `backoff`, or whether its account stored a token since, `token_times` by account)."""
+    `now` with the handler's `backoff`, or whether its account stored a token since, `token_times` by account; and
+    one publishing that asks for something: whether that platform is being published again)."""
     tally = StoreTally()
     for status, text in rows:
         tally.posts_by_status[status] += 1
@@ -94,18 +95,26 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tu
             else:
                 tally.results[(platform, "failure", attempt.get("error_kind") or "unknown")] += 1
         actions = dict(state.get("needed_action") or {})
-        if status != "posted" and any(a.get("success") is False for a in state.get("attempts", {}).values()):
+        failed = status != "posted" and any(a.get("success") is False for a in state.get("attempts", {}).values())
+        if failed or (status == "publishing" and actions):
             # Whether its automatic retries are used up, as the API and the page tell (only a post with a failed
-            # attempt is read as a state for it). One that cannot be read is counted as it is stored.
+            # attempt is read as a state for it), and whether a platform asking for something is being published
+            # again meanwhile. One that cannot be read is counted as it is stored.
             with contextlib.suppress(ValueError):
                 post = PostState.model_validate(state)
-                actions = {**retries_used_up(post, max_attempts), **actions}
-                renewed = (token_times or {}).get(post.account or "")
-                if renewed is not None:
-                    # As the API and the page say it, without the time in the label: the post needs a retry now.
-                    actions.update({platform: f"retry {PLATFORM_LABELS[platform]}"
-                                    for platform in token_stored_since_failure(post, renewed)})
-                tally.automatic_retries_overdue.update(automatic_retry_times(post, max_attempts, now, backoff).overdue)
+                if failed:
+                    actions = {**retries_used_up(post, max_attempts), **actions}
+                    renewed = (token_times or {}).get(post.account or "")
+                    if renewed is not None:
+                        # As the API and the page say it, without the time in the label: the post needs a retry now.
+                        actions.update({platform: f"retry {PLATFORM_LABELS[platform]}"
+                                        for platform in token_stored_since_failure(post, renewed)})
+                    tally.automatic_retries_overdue.update(
+                        automatic_retry_times(post, max_attempts, now, backoff).overdue)
+                # As the API and the page say it (`needed_actions`): a platform whose retry is under way needs nobody
+                # until its result is in.
+                publishing = under_way(post)
+                actions = {platform: action for platform, action in actions.items() if platform not in publishing}
         for platform, action in actions.items():
             if action.startswith("re-authenticate ") and _never_connected(state, platform):
                 # As the API and the page say it (`needed_actions`), without the account's name in the label.

@@ -1201,6 +1201,41 @@ def test_metrics_show_how_long_the_oldest_attempt_has_waited_for_its_result(api:
     assert float(line.split()[-1]) >= (datetime.now(UTC) - AT).total_seconds() - 60
 
 
+def store_retrying(api: RunningApi, post_id: str, lookup: ErrorKind | None = None) -> None:
+    """The seed's failed post (Facebook's image), its Facebook retry under way; with `lookup`, the retry's attempt
+    left no result and the handler's look-up of it failed with that kind of error."""
+    attempt = f"{post_id}-fb-2"
+    events: list[Event] = [
+        *seed_events(post_id, facebook_ok=False),
+        CommandDecided(event_id=f"{post_id}-d2", post_id=post_id, occurred_at=AT, command_id=f"{post_id}-c2",
+                       command_type="RetryRequested", platforms=("facebook",), is_retry=True),
+        PublishAttempted(event_id=f"{post_id}-a2", post_id=post_id, occurred_at=AT, platform="facebook",
+                         attempt_id=attempt, attempt_number=2, command_id=f"{post_id}-c2", is_retry=True)]
+    if lookup is not None:
+        events.append(AttemptOutcomeUnknown(
+            event_id=f"{post_id}-u2", post_id=post_id, occurred_at=AT, platform="facebook", attempt_id=attempt,
+            error=PlatformError(kind=lookup, message="Facebook post lookup failed")))
+    store_events(api, events)
+
+
+def test_a_platform_being_retried_is_not_said_to_need_the_users_action_unless_its_look_up_does(
+        api: RunningApi) -> None:
+    store_retrying(api, "post-retrying")
+    store_retrying(api, "post-unchecked", lookup=ErrorKind.AUTH)
+    store_retrying(api, "post-unsettled", lookup=ErrorKind.INVALID_REQUEST)
+
+    retrying = api.client.get("/posts/post-retrying").json()
+    assert retrying["status"] == "publishing" and retrying["needed_action"] == {}
+    assert api.client.get("/posts/post-unchecked").json()["needed_action"] == {"facebook": "re-authenticate Facebook"}
+    assert api.client.get("/posts/post-unsettled").json()["needed_action"] == {
+        "facebook": "check Facebook for the post, then resolve the attempt"}
+    text = api.client.get("/metrics").text
+    assert "fix the image URL" not in text
+    assert 'smartretry_posts_needing_action{action="re-authenticate Facebook",platform="facebook"} 1.0' in text
+    assert ('smartretry_posts_needing_action{action="check Facebook for the post, then resolve the attempt",'
+            'platform="facebook"} 1.0') in text
+
+
 def test_a_token_never_appears_in_what_the_api_logs(api: RunningApi, caplog: pytest.LogCaptureFixture) -> None:
     token = "plain-looking-secret-9f8e7d"
     with caplog.at_level("DEBUG"):

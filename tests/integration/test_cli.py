@@ -28,6 +28,7 @@ from tests.integration.test_api import (
     store_events,
     store_interrupted,
     store_post,
+    store_retrying,
 )
 from tests.integration.test_api_end_to_end import API_KEY as E2E_KEY
 from tests.integration.test_api_end_to_end import (
@@ -80,6 +81,14 @@ def test_show_says_how_to_re_authenticate_as_the_page_does(api: RunningApi) -> N
     assert code == 0, output
     assert (f"Needed for Instagram: re-authenticate Instagram, then retry (store the account's new token: smartretry "
             f"accounts set-token {account}; one token serves both platforms)") in output
+
+
+def test_show_does_not_ask_for_an_action_on_a_platform_being_retried(api: RunningApi) -> None:
+    store_retrying(api, "post-retrying")
+    code, output = run(api, "show", "post-retrying")
+    assert code == 0, output
+    assert "Status: ⏳ Publishing" in output
+    assert "Needed for" not in output and "fix the image URL" not in output
 
 
 def store_facebook_failure(api: RunningApi, post_id: str, message: str) -> None:

@@ -305,3 +305,40 @@ def test_a_time_to_come_is_said_with_its_date_when_it_is_not_todays() -> None:
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert _clock(f"{today}T04:14:17.000Z") == "04:14:17 UTC"
     assert _clock("2025-11-17T10:20:13.000Z") == "2025-11-17 10:20:13 UTC"
+
+
+def _retried_while_instagram_asks_to_re_authenticate() -> History:
+    """Facebook failed for its image, Instagram for its token; Facebook is being retried."""
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"])
+    history.failure("instagram", attempts["instagram"], "Session has expired", ErrorKind.AUTH)
+    return history
+
+
+def test_a_platform_being_published_again_asks_for_nothing_until_its_result_is_in() -> None:
+    history = _retried_while_instagram_asks_to_re_authenticate()
+    assert needed_actions(history.state(), max_attempts=5) == {
+        "facebook": "fix the image URL", "instagram": "re-authenticate Instagram, then retry"}
+    # Decided, its attempt not begun yet: Facebook is being published; Instagram, not retried, still asks.
+    history.decide("cmd-retry", ("facebook",), "RetryRequested")
+    assert needed_actions(history.state(), max_attempts=5) == {"instagram": "re-authenticate Instagram, then retry"}
+    attempt = history.attempt("facebook", "cmd-retry", retry=True)
+    state = history.state()
+    assert state.status == "publishing" and state.needed_action["facebook"] == "fix the image URL"
+    assert needed_actions(state, max_attempts=5) == {"instagram": "re-authenticate Instagram, then retry"}
+    # Its own result says what is needed next.
+    history.failure("facebook", attempt)
+    assert needed_actions(history.state(), max_attempts=5)["facebook"] == "fix the image URL"
+
+
+def test_an_attempt_whose_look_up_waits_for_someone_still_asks_for_it() -> None:
+    for kind, asked in ((ErrorKind.AUTH, "re-authenticate Facebook"),
+                        (ErrorKind.INVALID_REQUEST, "check Facebook for the post, then resolve the attempt"),
+                        (ErrorKind.TRANSIENT, None)):
+        history = _retried_while_instagram_asks_to_re_authenticate()
+        retried = history.retry("cmd-retry", ("facebook",))
+        history.unknown("facebook", retried["facebook"], kind)
+        actions = needed_actions(history.state(), max_attempts=5)
+        assert actions.get("facebook") == asked, kind
+        assert actions["instagram"] == "re-authenticate Instagram, then retry"
