@@ -250,7 +250,7 @@ def list_position(cursor: str) -> ListPosition:
         position = (datetime.fromisoformat(when), post_id)
     except (ValueError, TypeError, UnicodeDecodeError):
         raise ValueError("not a cursor this service gave: pass a list answer's next_cursor as it is") from None
-    if position[0].tzinfo is None or not isinstance(post_id, str) or not ID_PATTERN.match(post_id):
+    if position[0].tzinfo is None or not isinstance(post_id, str) or not ID_PATTERN.fullmatch(post_id):
         raise ValueError("not a cursor this service gave: pass a list answer's next_cursor as it is")
     return position
 

@@ -257,10 +257,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                           status_code: int = 200, entered_image_url: str | None = None,
                           entered_account: str | None = None, sent: int | None = None,
                           token_stored: bool = False) -> Response:
-        state = await front.read(post_id) if ID_PATTERN.match(post_id) else None
+        state = await front.read(post_id) if ID_PATTERN.fullmatch(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": scrub(post_id)}, status_code=404)
-        waiting = awaiting is not None and bool(ID_PATTERN.match(awaiting)) \
+        waiting = awaiting is not None and bool(ID_PATTERN.fullmatch(awaiting)) \
             and not await front.is_settled(post_id, awaiting)
         # A retry behind the post's automatic retry, which waits out a platform's limit (up to an hour): the post
         # stays as it is until then, and the page says so instead of "publishing" for that long.
@@ -364,7 +364,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                                     status_code=303)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0]
-        if not ID_PATTERN.match(post_id) or not hmac.compare_digest(token, retry_token(settings, post_id)):
+        if not ID_PATTERN.fullmatch(post_id) or not hmac.compare_digest(token, retry_token(settings, post_id)):
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)
         image_url = (form.get("image_url") or [""])[0].strip()
@@ -400,7 +400,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': 'token'})}",
                                     status_code=303)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        if not ID_PATTERN.match(post_id) or \
+        if not ID_PATTERN.fullmatch(post_id) or \
                 not hmac.compare_digest((form.get("csrf") or [""])[0], retry_token(settings, post_id)):
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)

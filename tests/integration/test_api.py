@@ -8,6 +8,7 @@ The answers with results (200) are in test_api_end_to_end.py, against the whole 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import socket
@@ -677,7 +678,9 @@ def test_posts_are_listed_page_by_page_with_the_cursor_each_page_gives(api: Runn
     assert pages == [["paged-0", "paged-1"], ["paged-2", "paged-3"], ["paged-4"]]
     assert api.client.get("/posts", params={"limit": 5}).json()["next_cursor"] is None
 
-    for bad in ("nonsense", "e30", "W10", '["2025-11-17T10:10:13", "paged-1"]', "x" * 401):
+    # A post id with a line break after it is no id, in a cursor either.
+    broken = base64.urlsafe_b64encode(b'["2025-11-17T10:10:13+00:00","paged-1\\n"]').decode()
+    for bad in ("nonsense", "e30", "W10", '["2025-11-17T10:10:13", "paged-1"]', "x" * 401, broken):
         refused = api.client.get("/posts", params={"cursor": bad})
         assert refused.status_code == 422, bad
         assert refused.json()["detail"][0]["loc"] == ["query", "cursor"]

@@ -450,6 +450,18 @@ def test_a_link_awaiting_a_command_the_post_never_had_shows_the_post_as_it_is(ap
             assert edited.status_code == 200 and "has not been taken up:" in edited.text, sent
 
 
+def test_an_id_with_a_line_break_after_it_is_no_id_to_the_pages(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9\n"}).text
+        assert "Status: ✅ Posted" in page and "has not been taken up" not in page
+        for form, field in (("retry", "token"), ("token", "csrf")):
+            sent = browser.post(f"/ui/posts/post-1%0A/{form}",
+                                data={field: retry_token(api.settings, "post-1\n"), "access_token": "a-new-token-1"})
+            assert sent.status_code == 403 and "This form has expired" in sent.text, form
+    assert_nothing_on_commands(api)
+
+
 def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_not_publishing(
         api: RunningApi) -> None:
     store_limited_for_an_hour(api, "post-limited")
