@@ -528,7 +528,7 @@ class FrontDoor:
             await self._check_account(command.account, state.targeted)
         if command_id in state.commands:
             _check_same_command(state, command)
-            return await self._answer(command, await self._wait(command))
+            return await self._answer(command, await self._wait(command) if wait else state)
         await self._check_no_secret(command.content, command_id=body.command_id if body is not None else None,
                                     reason=body.reason if isinstance(body, RepublishBody) else None)
         # The handler's own decision, on the projection as it is now: refuse here what it would do nothing with.

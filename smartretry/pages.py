@@ -29,13 +29,15 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from pydantic import ValidationError
 
-from projections.decide import retry_preview, retry_targets
+from projections.decide import retry_preview, retry_targets, reuses_command_id
 from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
 from projections.responses import earlier_posts, needed_actions, retried_summary
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
+from schemas.commands import RetryRequested
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
+from schemas.ids import new_id
 from smartretry.api import (
     PUBLISH_ANYWAY,
     WAIT_FOR_RESULT,
@@ -346,6 +348,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "note": retry_preview(state) if status == "failed" else "",
             "retried": retried_summary(state) if status != "publishing" else None,
             "retry_token": retry_token(settings, post_id),
+            # The retry this drawing of the form sends: sent twice (a double click, the form sent again), it is one
+            # command. Not restored by the browser into a later drawing (autocomplete off), which has its own.
+            "command_id": new_id(),
             # What the user typed, when the form comes back with a problem: to correct, not to type again.
             "image_url": entered_image_url or (state.content.image_url if state.content else None),
             # Imported without an account: the retry names the one to publish with.
@@ -364,19 +369,30 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                                     status_code=303)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0]
-        if not ID_PATTERN.fullmatch(post_id) or not hmac.compare_digest(token, retry_token(settings, post_id)):
+        # The form's own command id; a form drawn before it carried one (a page open across an upgrade) gets a new one.
+        command_id = (form.get("command_id") or [""])[0] or new_id()
+        if not ID_PATTERN.fullmatch(post_id) or not hmac.compare_digest(token, retry_token(settings, post_id)) \
+                or not ID_PATTERN.fullmatch(command_id):
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)
         image_url = (form.get("image_url") or [""])[0].strip()
         current = state.content.image_url if state is not None and state.content else None
         account = (form.get("account") or [""])[0].strip() or None
+        if state is not None and _sent_before(state, command_id, image_url, account):
+            # This form was sent before and its retry taken up: answered as it was then, not sent again. (Sent again
+            # before it was taken up, it goes to the handler once more, which does a command id once.)
+            return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': command_id, 'sent': int(_now())})}",
+                                    status_code=303)
         try:
             correction = ContentCorrection(image_url=image_url) if image_url and image_url != current else None
-            body = RetryBody(content=correction, account=account) if correction or account else None
+            body = RetryBody(content=correction, account=account, command_id=command_id)
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
             problem = _missed_retry(state, (form.get("seen") or [""])[0], _problem(exc.detail)) \
                 or _page_problem(_problem(exc.detail))
+            if state is not None and command_id in state.commands:
+                # The form sent again, changed since (its command id is the page's own, not the user's to renew).
+                problem = "This form was already sent with other values and its retry taken up: nothing was sent now."
             # What the user typed comes back to be corrected, but a field refused for carrying a token: not shown again.
             carrying: set[str] = {str(error.get("loc", [""])[-1]) for error in exc.detail if isinstance(error, dict)
                         and error.get("type") == "contains_token"} if isinstance(exc.detail, list) else set()
@@ -441,6 +457,18 @@ def _asks_for_token(row: dict[str, Any], status: str) -> bool:
     if not (row["action"] or "").startswith(REAUTH_ACTIONS):
         return False
     return bool(row["unknown"]) or (status == "failed" and (row["success"] is False or not row["pending"]))
+
+
+def _sent_before(state: PostState, command_id: str, image_url: str, account: str | None) -> bool:
+    """Whether the post's command `command_id` is the retry the form sends now (the same form sent again): its image
+    URL is the post's now (a correction the retry carried is the post's content since), and the retry recorded is of
+    the same body, with that correction or none."""
+    if command_id not in state.commands or state.content is None or image_url not in ("", state.content.image_url):
+        return False
+    return any(not reuses_command_id(state, RetryRequested(command_id=command_id, post_id=state.post_id,
+                                                           content=content, account=account,
+                                                           requested_at=datetime.now(UTC)))
+               for content in (None, state.content))
 
 
 def missing_ids(targeted: Sequence[Platform], account: Mapping[str, Any] | None) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID
-from schemas.commands import PostContent, RetryRequested
+from schemas.commands import PostContent, RetryRequested, fingerprint
 from schemas.common import ErrorKind, format_timestamp
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided, PlatformError, PlatformResult, PublishAttempted
@@ -408,6 +408,46 @@ def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api:
     assert "Status: ❌ Failed" in later and "Publishing Facebook" not in later
     assert "has not been taken up 6" in later and "smartretry dlq list" in later
     assert 'http-equiv="refresh"' not in later
+
+
+def test_the_retry_form_sent_twice_is_one_retry(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        opened = browser.get("/ui/posts/post-1").text
+        drawn = re.search(r'name="command_id" value="([0-9A-Z]{26})"', opened)
+        assert drawn is not None
+        command_id = drawn.group(1)
+        again = re.search(r'name="command_id" value="([0-9A-Z]{26})"', browser.get("/ui/posts/post-1").text)
+        assert again is not None and again.group(1) != command_id  # each drawing of the form sends its own
+        form = {"token": retry_token(api.settings, "post-1"), "command_id": command_id, "image_url": FIXED_URL}
+        # A double click: the second is sent before the first is taken up.
+        answers = [browser.post("/ui/posts/post-1/retry", data=form, follow_redirects=False) for _ in range(2)]
+        assert [a.status_code for a in answers] == [303, 303]
+        assert all(f"awaiting={command_id}&" in a.headers["location"] for a in answers)
+        sent = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
+        # The handler does a command id once: one retry.
+        assert {(type(c), c.command_id) for c in sent} == {(RetryRequested, command_id)}
+        assert len({c.content for c in sent}) == 1
+        # Taken up (its correction is the post's content now), then sent once more: answered, not sent again.
+        store_events(api, [
+            CommandDecided(event_id="form-d", post_id="post-1", occurred_at=AT, command_id=command_id,
+                           command_type="RetryRequested", platforms=("facebook",), is_retry=True,
+                           content=sent[0].content, fingerprint=fingerprint(sent[0])),
+            PublishAttempted(event_id="form-a", post_id="post-1", occurred_at=AT, platform="facebook",
+                             attempt_id="form-fb", attempt_number=2, command_id=command_id, is_retry=True)])
+        resent = browser.post("/ui/posts/post-1/retry", data=form, follow_redirects=False)
+        assert resent.status_code == 303 and f"awaiting={command_id}&" in resent.headers["location"]
+        assert len(messages_on(api.bootstrap, api.topics.commands)) == len(sent)
+        # Sent once more with another image URL: not answered as that retry, which did not carry it.
+        changed = browser.post("/ui/posts/post-1/retry", data={**form, "image_url": "https://cdn.example.com/b.jpg"})
+        assert changed.status_code == 409
+        assert "This form was already sent with other values and its retry taken up: nothing was sent now." in \
+            html.unescape(changed.text)
+        # A command id that is no id: the form is not one the page drew.
+        for bad in ("01M8KCV10Y74AW57HH6THPMKM9\n", "../x", "x" * 200):
+            refused = browser.post("/ui/posts/post-1/retry", data={**form, "command_id": bad})
+            assert refused.status_code == 403 and "This form has expired" in refused.text, bad
+    assert len(messages_on(api.bootstrap, api.topics.commands)) == len(sent)
 
 
 def test_a_retry_whose_attempt_met_a_rate_limit_shows_the_post_failed_and_when_it_is_tried_again(
