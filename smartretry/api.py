@@ -89,6 +89,7 @@ from schemas.common import (
 from schemas.envelope import DecodeError, encode, json_object
 from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
+from smartretry.body_limit import MAX_BODY_BYTES, BodyLimit
 from smartretry.bootstrap import Stores
 from smartretry.credentials import UnknownAccount, UnreadableToken
 from smartretry.metrics import ServiceMetrics
@@ -98,6 +99,7 @@ from streams.kafka import AsyncProducer, admin_client, deliver
 log = logging.getLogger("smartretry.api")
 
 API_KEY_HEADER = "X-API-Key"
+WRONG_KEY = f"missing or wrong API key: send it as {API_KEY_HEADER} or Authorization: Bearer"
 PostId = Annotated[str, Path(pattern=ID_PATTERN.pattern, max_length=128, description="The post's id (a ULID)")]
 AccountId = Annotated[str, Path(pattern=ID_PATTERN.pattern, max_length=128, description="An account reference")]
 # How often a waiting request looks at the projection; the projector applies events within milliseconds.
@@ -908,8 +910,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
 
     def require_api_key(request: Request) -> None:
         if not api_key_matches(settings, presented_key(request)):
-            raise HTTPException(401, f"missing or wrong API key: send it as {API_KEY_HEADER} or Authorization: Bearer",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, WRONG_KEY, headers={"WWW-Authenticate": "Bearer"})
 
     authorized = [Depends(require_api_key)]
 
@@ -1052,6 +1053,19 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
 
     app.include_router(pages.ui_router(front, settings))
     app.mount("/ui/static", pages.static_files(), name="static")
+
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
+    @app.middleware("http")
+    async def _key_before_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # FastAPI reads and parses a body before any dependency runs, `require_api_key` too: a request that sends one
+        # to the API without the key is refused before any of it is read. (The pages check their session first.)
+        if request.method not in ("GET", "HEAD") and not request.url.path.startswith("/ui/") and \
+                not api_key_matches(settings, presented_key(request)):
+            # Closed after the answer: the body it was sending is not taken.
+            return JSONResponse({"detail": WRONG_KEY}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
+        return await call_next(request)
 
     @app.middleware("http")
     async def _pages_not_cached(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

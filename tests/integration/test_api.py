@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import logging
 import re
 import socket
@@ -31,6 +33,7 @@ from projections.fold import TAKEN_OUT
 from projections.store import SQLITE_BUSY_TIMEOUT
 from publishers import redact
 from schemas.commands import (
+    FACEBOOK_TEXT_LIMIT,
     ForceRepublishRequested,
     PostContent,
     PublishRequested,
@@ -54,6 +57,7 @@ from schemas.ids import new_id
 from smartretry import api as api_module
 from smartretry import metrics as metrics_module
 from smartretry.api import ApiServer, create_app, serve, serve_in_thread
+from smartretry.body_limit import MAX_BODY_BYTES
 from smartretry.bootstrap import Stores, open_stores
 from smartretry.credentials import CredentialStore
 from smartretry.metrics import ServiceMetrics
@@ -241,6 +245,68 @@ def test_every_endpoint_but_health_needs_the_api_key(api: RunningApi, method: st
         assert answer.status_code == 401, (headers, answer.text)
         assert "API key" in answer.json()["detail"]
     assert_nothing_on_commands(api)
+
+
+def raw_request(api: RunningApi, head: str, chunks: list[bytes] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Sends `head` (request line and headers) over a socket of its own, then `chunks` as a chunked body (as much
+    of it as the server takes before it answers); the answer's status, headers and body. Within 5 s: a server
+    that waits for a body never sent times out."""
+    host, port = api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+        with contextlib.suppress(OSError):  # the server answered and closed before the body was all sent
+            for chunk in chunks or ():
+                conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            if chunks is not None:
+                conn.sendall(b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            received = conn.recv(65536)
+            assert received, answer
+            answer += received
+        top, _, body = answer.partition(b"\r\n\r\n")
+        status_line, *lines = top.decode().split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        while len(body) < int(headers.get("content-length", "0")):
+            received = conn.recv(65536)
+            assert received, body
+            body += received
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_body_is_refused_unread_without_the_key_and_past_the_size_limit_with_it(api: RunningApi) -> None:
+    huge = 300 * 1024 * 1024
+    # Only headers are sent: a server that waited for the body would never answer.
+    status, headers, body = raw_request(api, f"POST /posts HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+                                             f"Content-Length: {huge}\n")
+    assert status == 401 and "API key" in json.loads(body)["detail"] and headers["www-authenticate"] == "Bearer"
+    status, headers, body = raw_request(api, "PUT /accounts/acme/token HTTP/1.1\nHost: x\n"
+                                             "Transfer-Encoding: chunked\n", [b"x" * 65536] * 4)
+    assert status == 401
+    # With the key: a length above the limit is refused at once, and a body sent without one once it passes it.
+    for path in ("/posts", "/posts/post-1/retry", "/ui/login"):
+        status, headers, body = raw_request(api, f"POST {path} HTTP/1.1\nHost: x\nX-API-Key: {API_KEY}\n"
+                                                 f"Content-Length: {huge}\n")
+        assert status == 413, (path, body)
+        assert json.loads(body)["detail"] == f"request body too large: at most {MAX_BODY_BYTES} bytes are taken"
+        assert headers["connection"] == "close"
+        status, headers, body = raw_request(api, f"POST {path} HTTP/1.1\nHost: x\nX-API-Key: {API_KEY}\n"
+                                                 "Content-Type: application/json\nTransfer-Encoding: chunked\n",
+                                            [b" " * 65536] * (MAX_BODY_BYTES // 65536 + 2))
+        assert status == 413, (path, body)
+        assert json.loads(body)["detail"] == f"request body too large: at most {MAX_BODY_BYTES} bytes are taken"
+    assert_nothing_on_commands(api)
+
+
+def test_the_largest_valid_publish_is_well_within_the_body_limit(api: RunningApi) -> None:
+    add_account(api)
+    # Facebook's longest caption, every character sent as a JSON escape pair: the most a valid publish can weigh.
+    caption = "\N{GRINNING FACE}" * FACEBOOK_TEXT_LIMIT
+    body = json.dumps(publish_body(content={"caption": caption, "image_url": FIXED_URL}, publish_target="facebook"),
+                      ensure_ascii=True).encode()
+    assert MAX_BODY_BYTES * 0.7 < len(body) < MAX_BODY_BYTES
+    answer = api.client.post("/posts", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 202, answer.text[:500]
 
 
 def test_a_bearer_token_is_accepted_as_the_api_key(api: RunningApi) -> None:

@@ -198,6 +198,7 @@ def _api_answers(client: httpx.Client, taken: PublishRequested) -> dict[str, htt
         "empty-content": publish(publish_target="facebook", content={"caption": ""}),
         "image-url-not-http": publish(content={"caption": "x", "image_url": "javascript:alert(1)"}),
         "caption-over-2200": publish(content={"caption": "x" * 2201, "image_url": IMAGE}),
+        "caption-over-63206": publish(publish_target="facebook", content={"caption": "x" * 63207}),
         "ten-mb": publish(content={"caption": "x" * TEN_MB, "image_url": IMAGE}),
         "post-id-with-path": publish(post_id="../../etc/passwd"),
         "half-a-character": client.post("/posts", content=_json({
@@ -389,7 +390,9 @@ API_CASES: dict[str, tuple[int, str]] = {
     "empty-content": (422, "content is empty"),
     "image-url-not-http": (422, "must be an http(s) URL"),
     "caption-over-2200": (422, "Instagram captions are limited to 2200 characters"),
-    "ten-mb": (422, "String should have at most 63206 characters"),
+    "caption-over-63206": (422, "String should have at most 63206 characters"),
+    # Refused for its size before it is read (the API takes at most 1 MiB).
+    "ten-mb": (413, "request body too large: at most 1048576 bytes are taken"),
     "post-id-with-path": (422, "String should match pattern"),
     "half-a-character": (422, "unable to parse raw data as a unicode string"),
     "path-in-url": (422, "String should match pattern"),
