@@ -952,6 +952,10 @@ class CommandHandler:
         for branch in branches:
             if not branch.cancelled() and (failure := branch.exception()) is not None:
                 raise failure
+        if any(branch.cancelled() for branch in branches):
+            # A branch stopped while it only waited (its automatic retry's backoff, a rate limit's wait), as the
+            # handler stops: the command is not done. Left uncommitted, the next handler resumes it.
+            raise asyncio.CancelledError
         await asyncio.gather(recorded, credentials)
 
     async def _until_branches_end(self, branches: Sequence[asyncio.Future[None]]) -> None:

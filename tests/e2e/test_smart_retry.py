@@ -132,6 +132,20 @@ def test_a_handler_stopped_while_a_post_waits_out_a_rate_limit_stops_at_once(
     state = service.stores.projection.get(first.post_id)
     assert state is not None and state.status == "failed" and len(state.attempts) == 1
     assert _counts(service) == (0, 0)
+    # The stop did not finish the command: its automatic retry is still to come, and the next handler takes it up.
+    assert "Post status updated to" not in _lines_of(service, first.post_id)
+
+    service.handler.start()
+    deadline = time.monotonic() + 60
+    while _lines_of(service, first.post_id).count("Facebook will be retried automatically in") < 2 \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _lines_of(service, first.post_id).count("Facebook will be retried automatically in") >= 2
+
+
+def _lines_of(service: Service, post_id: str) -> str:
+    """The handler's log lines about one post."""
+    return "\n".join(line for line in service.handler.output().splitlines() if f"post_id={post_id}" in line)
 
 
 def test_case_3_both_failed_retries_both(service: Service) -> None:
