@@ -44,7 +44,8 @@ def broker_for(settings: Settings) -> Iterator[StartedBroker]:
     try:
         started = contextlib.ExitStack()
         broker = started.enter_context(kept_broker(Path(settings.broker_data_dir), settings.broker_port,
-                                                   notify=lambda line: say(settings, line, err=True)))
+                                                   notify=lambda line: say(settings, line, err=True),
+                                                   controller_port=settings.broker_controller_port))
     except BrokerUnavailable as exc:
         say(settings, f"error: {exc}", err=True, level=logging.ERROR)
         raise typer.Exit(2) from None
@@ -100,6 +101,8 @@ def run() -> None:
         ports["SMARTRETRY_SANDBOX_PORT"] = ("127.0.0.1", settings.sandbox_port)
     if not settings.kafka_bootstrap_servers and settings.broker_port is not None:
         ports["SMARTRETRY_BROKER_PORT"] = ("127.0.0.1", settings.broker_port)
+    if not settings.kafka_bootstrap_servers and settings.broker_controller_port is not None:
+        ports["SMARTRETRY_BROKER_CONTROLLER_PORT"] = ("127.0.0.1", settings.broker_controller_port)
     for name, (host, port) in ports.items():
         if not port_free(host, port):
             say(settings, f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set "

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # The port of the broker `smartretry run` starts (on 127.0.0.1); unset, a free one, kept between starts
     # while it stays free.
     broker_port: Port | None = None
+    # The port of that broker's KRaft controller listener, which only the broker uses (on 127.0.0.1); unset, as
+    # `broker_port`.
+    broker_controller_port: Port | None = None
     topic_prefix: str = "smartretry."
     partitions: PositiveInt = DEFAULT_PARTITIONS
     database_url: str = "sqlite:///var/smartretry.db"

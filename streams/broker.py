@@ -98,12 +98,21 @@ def port_free(host: str, port: int) -> bool:
         return True
 
 
-def _listener_port(props: Path) -> int | None:
-    """The PLAINTEXT port a broker's server.properties listens on, if it has one."""
+def _listener_port(props: Path, name: str = "PLAINTEXT") -> int | None:
+    """The port a broker's server.properties gives its listener `name` (PLAINTEXT, CONTROLLER), if it has one."""
     if not props.exists():
         return None
-    found = re.search(r"^listeners=PLAINTEXT://127\.0\.0\.1:(\d+),", props.read_text(), re.MULTILINE)
+    found = re.search(rf"^listeners=.*\b{name}://127\.0\.0\.1:(\d+)", props.read_text(), re.MULTILINE)
     return int(found.group(1)) if found else None
+
+
+def _kept_port(requested: int | None, previous: int | None) -> int:
+    """The port asked for; else the one of the last start while it is free; else a free one."""
+    if requested is not None:
+        return requested
+    if previous is not None and port_free("127.0.0.1", previous):
+        return previous
+    return free_port()
 
 
 _PR_SET_PDEATHSIG = 1
@@ -186,6 +195,8 @@ class LocalBroker:
     _owns_dir: bool = True
     # Held while this broker uses `data_dir`: a second broker on the same data would corrupt it.
     _lock: IO[bytes] | None = None
+    # Where this start's output begins in stdout.log (the file keeps every start's).
+    _output_from: int = 0
 
     @property
     def bootstrap(self) -> str:
@@ -193,7 +204,9 @@ class LocalBroker:
 
     @classmethod
     def start(cls, data_dir: Path | None = None, port: int | None = None, timeout: float = 90.0,
-              notify: Callable[[str], None] | None = None) -> LocalBroker:
+              notify: Callable[[str], None] | None = None, controller_port: int | None = None) -> LocalBroker:
+        """`port`: the clients' listener's; `controller_port`: the KRaft controller's, which only the broker itself
+        uses. Unset, each is the one of the last start on `data_dir` while it is free, else a free one."""
         libs = kafka_libs(notify)
         requested = port
         owns = data_dir is None
@@ -217,14 +230,14 @@ class LocalBroker:
                 f"-Dlog4j.configuration=file:{log4j}", "-cp", classpath]
         formatted = (data_dir / "logs" / "meta.properties").exists()
         if formatted:
-            # Kept data (a restart): its listener again if free, else another; the data is what counts.
-            previous = _listener_port(props)
-            if requested is None and previous is not None and port_free("127.0.0.1", previous):
-                port = broker.port = previous
-            if port != previous:
-                props.write_text(_server_properties(data_dir, port, free_port()))
+            # Kept data (a restart): its listeners again if free, else others; the data is what counts.
+            previous, previous_controller = _listener_port(props), _listener_port(props, "CONTROLLER")
+            port = broker.port = _kept_port(requested, previous)
+            controller = _kept_port(controller_port, previous_controller)
+            if (port, controller) != (previous, previous_controller):
+                props.write_text(_server_properties(data_dir, port, controller))
         else:
-            props.write_text(_server_properties(data_dir, port, free_port()))
+            props.write_text(_server_properties(data_dir, port, controller_port or free_port()))
             cluster_id = subprocess.run(
                 [*java, "kafka.tools.StorageTool", "random-uuid"], check=True, capture_output=True, text=True
             ).stdout.strip().splitlines()[-1]
@@ -234,6 +247,7 @@ class LocalBroker:
             )
         try:
             out = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the broker process
+            broker._output_from = out.seek(0, os.SEEK_END)
             # The JVM holds the data directory's lock too: one left behind by a killed owner still keeps the
             # next from starting a second broker on its data.
             broker.process = subprocess.Popen(
@@ -272,7 +286,14 @@ class LocalBroker:
         """The end of what the JVM wrote (its own output, else its log), for an error message."""
         for name in ("stdout.log", "broker.log"):
             with contextlib.suppress(OSError):
-                tail = (self.data_dir / name).read_text(errors="replace")[-2000:].strip()
+                with open(self.data_dir / name, "rb") as log_file:
+                    log_file.seek(self._output_from if name == "stdout.log" else 0)
+                    text = log_file.read().decode(errors="replace")
+                # Whole lines: the end of a stack trace, with its cause ("Address already in use") where it says one.
+                tail = text[-2000:].partition("\n")[2].strip() if len(text) > 2000 else text.strip()
+                cause = [line.strip() for line in text.splitlines() if line.lstrip().startswith("Caused by:")]
+                if cause and cause[-1] not in tail:
+                    tail = f"{cause[-1]} ... {tail}"
                 if tail:
                     return f"{tail} (from {self.data_dir / name})"
         return f"it said nothing (see {self.data_dir})"
@@ -337,20 +358,21 @@ class StartedBroker:
 
 
 @contextlib.contextmanager
-def kept_broker(data_dir: Path, port: int | None = None,
-                notify: Callable[[str], None] | None = None) -> Iterator[StartedBroker]:
+def kept_broker(data_dir: Path, port: int | None = None, notify: Callable[[str], None] | None = None,
+                controller_port: int | None = None) -> Iterator[StartedBroker]:
     """A broker for `smartretry run` whose topics outlive it: the local JVM's, with its data in `data_dir`.
 
     The projection in the database is of the events on this broker; a broker that started empty each
     time would leave it pointing at events that no longer exist. Without Java, a Docker broker (whose
     data goes with its container: the start-up check then refuses the old projection, saying so). The local
-    broker listens on `port`, else on a free port (the one of its last start while that is free).
+    broker listens on `port`, else on a free port (the one of its last start while that is free), and its
+    controller on `controller_port` likewise.
     """
     if shutil.which("java") is None and docker_available():
         with kafka_broker() as bootstrap:
             yield StartedBroker(bootstrap)
         return
-    broker = LocalBroker.start(data_dir=data_dir, port=port, notify=notify)
+    broker = LocalBroker.start(data_dir=data_dir, port=port, notify=notify, controller_port=controller_port)
     try:
         yield StartedBroker(broker.bootstrap, broker)
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions
 
 from projections.store import ProjectionStore, make_engine
 from schemas.envelope import DecodeError, decode_command, decode_event, encode
-from streams.broker import LocalBroker
+from streams.broker import BrokerUnavailable, LocalBroker
 from streams.kafka import consumer, murmur2, partition_for, producer
 from streams.topics import (
     PartitionsChanged,
@@ -146,13 +148,27 @@ def test_a_local_broker_on_kept_data_starts_with_its_topics_and_messages_on_the_
     finally:
         first.stop()
     assert data.exists()  # a broker given its directory never deletes it
-    again = LocalBroker.start(data_dir=data)
-    try:
-        assert again.port == first.port
-        assert ensure_topics(again.bootstrap, topics.specs()) == []
-        assert [value for _, value in _consume_all(again.bootstrap, topics.post_events, 1)] == [b"kept"]
-    finally:
-        again.stop()
+    controller = _controller_port(data)
+    # Its controller's port taken meanwhile (it is one the system hands out): the broker starts on another.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", controller))
+        taken.listen()
+        # Asked for by its setting, the taken port is refused in words that say why.
+        with pytest.raises(BrokerUnavailable, match="Address already in use"):
+            LocalBroker.start(data_dir=data, controller_port=controller)
+        again = LocalBroker.start(data_dir=data)
+        try:
+            assert again.port == first.port and _controller_port(data) != controller
+            assert ensure_topics(again.bootstrap, topics.specs()) == []
+            assert [value for _, value in _consume_all(again.bootstrap, topics.post_events, 1)] == [b"kept"]
+        finally:
+            again.stop()
+
+
+def _controller_port(data: Path) -> int:
+    found = re.search(r"CONTROLLER://127\.0\.0\.1:(\d+)", (data / "server.properties").read_text())
+    assert found is not None
+    return int(found.group(1))
 
 
 def test_local_broker_leaves_no_jvm_when_its_parent_is_killed(tmp_path: object) -> None:
