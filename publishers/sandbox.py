@@ -123,6 +123,10 @@ class _Request:
     token: str | None
 
 
+# 2025-01-01T00:00:00Z: where the sandbox's id serials count from.
+SERIAL_EPOCH_NS = 1_735_689_600 * 10**9
+
+
 class GraphSandbox:
     """The sandbox's state and behaviour, free of sockets: one call in, one reply out."""
 
@@ -144,7 +148,9 @@ class GraphSandbox:
         self.containers: dict[str, _Container] = {}
         self.media: dict[str, dict[str, Any]] = {}
         self.calls = 0
-        self._serial = 0
+        # Ids go on from the clock (microseconds since 2025), not from 1: as Meta's, they are never handed out twice,
+        # also after the sandbox is started again or reset, so a post on record is never taken for a new one's.
+        self._serial = (time.time_ns() - SERIAL_EPOCH_NS) // 1000
         self.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, DEMO_USER_TOKEN, DEMO_PAGE_TOKEN)
 
     # --- control -------------------------------------------------------------------------------------------

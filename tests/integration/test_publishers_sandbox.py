@@ -116,6 +116,19 @@ def test_reset_forgets_posts_faults_and_accounts_but_keeps_the_demo_account(sand
     assert sandbox.posts() == []
 
 
+def test_ids_are_never_handed_out_twice_also_after_a_reset(graph: httpx.Client, sandbox: SandboxControl) -> None:
+    # As Meta's: a post on record must never share its id with a later one (a look-up excludes the ids on record).
+    def post() -> str:
+        answer = graph.post(f"/v24.0/{DEMO_PAGE_ID}/feed", data={"message": "hello"}, headers=bearer(DEMO_PAGE_TOKEN))
+        return str(answer.json()["id"])
+
+    before = post()
+    sandbox.reset()
+    after = post()
+
+    assert before != after
+
+
 def test_a_fault_on_an_unknown_endpoint_is_refused(sandbox: SandboxControl) -> None:
     with pytest.raises(httpx.HTTPStatusError):
         sandbox.fail_next("facebook", "stories", code=1)
