@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
@@ -544,13 +544,7 @@ class FrontDoor:
         if decision.no_op:
             # The product note's line for a retry with nothing to publish, in the service's log as in the answer.
             log.info("%s", decision.log_line, extra={"post_id": post_id, "command_id": command_id})
-            if STILL_PUBLISHING in decision.skipped.values():
-                # A republish now would run after that attempt and publish its platform a second time.
-                hint = f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then " + (
-                    "republish if you still want it posted again" if forced else "retry if it failed")
-            else:
-                hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
-            raise HTTPException(409, decision.log_line + hint)
+            raise HTTPException(409, nothing_to_publish(decision.log_line, decision.skipped, post_id, forced))
         pending = automatic_retries(state, self.settings.max_automatic_attempts) if forced else {}
         if pending:
             # The same once the service's own retry of a platform is due: the republish would run after it, and
@@ -690,6 +684,13 @@ class FrontDoor:
         if state is not None and (overtaken := _overtaken(state, command)) is not None:
             # Two sent at the same moment: the handler republished the other first, and refuses this one.
             raise HTTPException(409, f"{overtaken}. This request (command {command.command_id}) was not published")
+        record = state.commands.get(command.command_id) if state is not None else None
+        republish = isinstance(command, RetryRequested | ForceRepublishRequested)
+        if record is not None and not record.platforms and republish:
+            # Decided with nothing to publish (another retry sent at the same moment published it first): answered
+            # as one sent a moment later is, not with a success that would say this one published.
+            raise HTTPException(409, nothing_to_publish(record.note, record.skipped, command.post_id,
+                                                        forced=isinstance(command, ForceRepublishRequested)))
         if state is not None and command_settled(state, command.command_id, self.settings.max_automatic_attempts):
             return Accepted(command, 200, publish_response(state, command.command_id))
         if state is not None and command.command_id in state.commands:
@@ -712,6 +713,17 @@ class FrontDoor:
 
     async def is_settled(self, post_id: str, command_id: str) -> bool:
         return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
+
+
+def nothing_to_publish(line: str, skipped: Mapping[Platform, str], post_id: str, forced: bool) -> str:
+    """The refusal of a retry (or republish) that publishes nothing: the product note's line, and what to do."""
+    if STILL_PUBLISHING in skipped.values():
+        # A republish now would run after that attempt and publish its platform a second time.
+        hint = f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then " + (
+            "republish if you still want it posted again" if forced else "retry if it failed")
+    else:
+        hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
+    return line + hint
 
 
 def queued_behind(state: PostState, max_attempts: int, now: datetime,

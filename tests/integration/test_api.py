@@ -159,6 +159,34 @@ def messages_on(bootstrap: str, topic: str) -> list[tuple[str, bytes]]:
         reader.close()
 
 
+def test_a_retry_the_handler_found_nothing_to_publish_for_is_told_409_not_a_success(api: RunningApi) -> None:
+    # Two retries sent at the same moment: both found Facebook failed; the other one published it, so the handler
+    # decided this one publishes nothing. Answered as a retry sent a moment later is, never as if it published.
+    add_account(api)
+    store_post(api, "post-1")
+    published = [
+        CommandDecided(event_id="other-d", post_id="post-1", occurred_at=AT, command_id="other-1",
+                       command_type="RetryRequested", platforms=("facebook",), is_retry=True),
+        PublishAttempted(event_id="other-a", post_id="post-1", occurred_at=AT, platform="facebook",
+                         attempt_id="other-fb", attempt_number=2, command_id="other-1", is_retry=True),
+        PlatformResult(event_id="other-r", post_id="post-1", occurred_at=AT, platform="facebook",
+                       attempt_id="other-fb", success=True, platform_post_id="747917475065823_9"),
+        CommandDecided(event_id="mine-d", post_id="post-1", occurred_at=AT, command_id="mine-1",
+                       command_type="RetryRequested", platforms=(), is_retry=True,
+                       skipped={"facebook": "already succeeded", "instagram": "already succeeded"},
+                       note="Nothing to retry: Facebook and Instagram already succeeded"),
+    ]
+    front = api.server.server.config.app.state.front
+    front.on_accepted = lambda command: store_events(api, published)
+
+    answer = api.client.post("/posts/post-1/retry", json={"command_id": "mine-1"})
+    again = api.client.post("/posts/post-1/retry", json={"command_id": "mine-1"})
+
+    for sent in (answer, again):
+        assert sent.status_code == 409, sent.text
+        assert sent.json()["detail"].startswith("Nothing to retry: Facebook and Instagram already succeeded")
+
+
 def seed_events(post_id: str, facebook_ok: bool, instagram_ok: bool = True) -> list[Event]:
     """The seed's first attempt: both platforms, Instagram published; Facebook as given."""
     content = PostContent(caption="Autumn sale starts today", image_url=SPACE_URL)
