@@ -395,6 +395,11 @@ class FrontDoor:
         """Re-authenticates `account` (or connects it): its new token stored, encrypted; the account as listed (never
         its token). 422 for an account name that carries the token."""
         await self.check_account_name(account, where=where, also=(body.token.get_secret_value(),))
+        if api_key_matches(self.settings, body.token.get_secret_value()):
+            # Stored, every publish of the account would fail on it, and the key would sit among the accounts' tokens.
+            raise HTTPException(422, [{"loc": ["body", "token"], "type": "value_error",
+                                       "msg": "that is this service's API key, not the account's access token from "
+                                              "Meta"}])
         known = await asyncio.to_thread(self.stores.credentials.account, account) is not None
         await asyncio.to_thread(self.stores.credentials.set_token, account, body.token.get_secret_value(),
                                 body.page_id, body.ig_user_id)

@@ -1118,6 +1118,16 @@ def test_a_bad_token_body_is_422_and_the_answer_never_echoes_the_token(api: Runn
     assert api.client.get("/accounts").json()["accounts"] == []
 
 
+def test_the_api_key_is_never_stored_as_an_accounts_token(api: RunningApi) -> None:
+    # As the page's form refuses it: a password manager's fill, or a paste from the wrong place.
+    answer = api.client.put("/accounts/acme/token", json={"token": API_KEY, "page_id": "747917475065823"})
+
+    assert answer.status_code == 422
+    assert "that is this service's API key, not the account's access token from Meta" in answer.text
+    assert API_KEY not in answer.text
+    assert api.client.get("/accounts").json()["accounts"] == []
+
+
 def test_a_token_that_is_no_text_at_all_is_422_not_a_server_error(api: RunningApi) -> None:
     # Valid JSON, but a lone surrogate cannot be stored (or sent to Meta) as text.
     answer = api.client.put("/accounts/acme/token", content=b'{"token": "a-pasted-token\\ud800-surrogate"}',
