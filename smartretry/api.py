@@ -671,7 +671,17 @@ class FrontDoor:
             if _created_by_another(state, command) or time.monotonic() >= deadline or (
                     state is not None and republished_since_asked(state, command) is not None):
                 return state
+            if state is not None and self._queued_past(state, command, deadline - time.monotonic()):
+                return state
             await asyncio.sleep(POLL_SECONDS)
+
+    def _queued_past(self, state: PostState, command: Command, seconds: float) -> bool:
+        """Whether `command`, not decided yet, waits behind an automatic retry that the platform's own wait holds back
+        longer than `seconds`: it cannot be decided sooner, so the answer ("queued behind ...") need not wait."""
+        if command.command_id in state.commands or isinstance(command, ResolveAttemptRequested):
+            return False
+        held = [at for at in automatic_retries(state, self.settings.max_automatic_attempts).values() if at is not None]
+        return bool(held) and max(held) > self.clock() + timedelta(seconds=seconds)
 
     async def _answer(self, command: Command, state: PostState | None) -> Accepted:
         location = f"/posts/{command.post_id}"

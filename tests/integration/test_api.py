@@ -841,6 +841,22 @@ def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_sa
     assert "(the platform's own wait): handled after it" in document["note"]
 
 
+def test_a_retry_queued_behind_a_platforms_wait_longer_than_the_apis_is_answered_without_waiting(
+        api: RunningApi) -> None:
+    # Facebook's automatic retry waits an hour: this retry cannot be decided within the API's wait (10 s here), so
+    # the answer does not hold the caller for it.
+    store_limited_for_an_hour(api, "post-limited")
+    front = api.server.server.config.app.state.front
+    front.settings = front.settings.model_copy(update={"api_wait_seconds": 10.0})
+
+    sent = time.monotonic()
+    answer = api.client.post("/posts/post-limited/retry", json={})
+
+    assert answer.status_code == 202
+    assert answer.json()["note"].startswith("queued behind the automatic retry of Facebook at ")
+    assert time.monotonic() - sent < 5.0
+
+
 def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_says_so(api: RunningApi) -> None:
     # Meta's rate limits mostly give no wait: the service waits by its own backoff, and a retry waits behind it too.
     store_limited_for_an_hour(api, "post-limited", wait=None)
