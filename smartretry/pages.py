@@ -112,6 +112,18 @@ def _safe_next(target: str | None) -> str:
     return "/ui/posts"
 
 
+
+# "Facebook photo upload failed: 400 - Missing or invalid image file": what failed, its HTTP status, and Meta's words.
+_FAILED = re.compile(r"^.+? failed: (?:\d{3} - )?(?P<reason>.+)$", re.DOTALL)
+
+
+def _reason(message: str) -> str:
+    """The platform's own words of an error message, as the product note's page shows a failure ("Error: facebook:
+    Missing or invalid image file"); the whole message where it has no such part."""
+    found = _FAILED.match(message)
+    return found.group("reason") if found else message
+
+
 def platform_rows(state: PostState, max_attempts: int,
                   token_renewed_at: datetime | None = None) -> list[dict[str, Any]]:
     """One row per targeted platform: its latest result, link once published, and what to do when failed."""
@@ -130,7 +142,8 @@ def platform_rows(state: PostState, max_attempts: int,
         rows.append({
             "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
             "success": None if result is None else result.success, "link": link,
-            "error": result.error if result is not None and not result.success else None,
+            "error": _reason(result.error) if result is not None and not result.success and result.error else None,
+            "error_full": result.error if result is not None and not result.success else None,
             "action": _page_action(actions[platform]) if platform in actions else None,
             "unknown": unknown.get(platform),
             # Being published right now: an attempt without a result, or chosen by the latest decision.

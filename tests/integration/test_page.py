@@ -158,7 +158,9 @@ def test_a_failed_post_page_shows_what_the_seed_draws(api: RunningApi) -> None:
     with signed_in(api) as browser:
         html = browser.get("/ui/posts/post-1").text
     assert "Status: ❌ Failed" in html
-    assert f"Error: facebook: {FB_ERROR}" in html
+    # As the product note draws it, Meta's words; what failed and its HTTP status on hover.
+    assert "Error: facebook: Missing or invalid image file</p>" in html
+    assert f'title="{FB_ERROR}"' in html
     assert "Needed for Facebook: fix the image URL" in html
     assert "✅ Instagram: Published" in html
     assert 'href="https://www.instagram.com/p/DRJ1nlKDgY9/"' in html
