@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import html
+import json
 import logging
 import re
 import threading
@@ -47,8 +49,9 @@ _lock = threading.Lock()
 # Every content check asks for the forms of every stored token: each token's are worked out once.
 @functools.lru_cache(maxsize=4 * KNOWN_SECRETS)
 def secret_forms(secret: str) -> tuple[str, ...]:
-    """`secret` as written, and as it is written in an address (URL-encoded): a token with "/", "+", "=" or "%"
-    appears so in a query string, or in an error that quotes one. Meta's tokens (letters and digits) have one form.
+    """`secret` as written, as it is written in an address (URL-encoded): a token with "/", "+", "=" or "%"
+    appears so in a query string, or in an error that quotes one; and as JSON and HTML quote it. Meta's tokens
+    (letters and digits) have one form.
 
     The encodings clients use: Python's (`quote`, with and without "/", and `quote_plus`), JavaScript's
     `encodeURIComponent` (which leaves ``!'()*~`` as they are), each with its escapes in lower case too, and the
@@ -56,6 +59,10 @@ def secret_forms(secret: str) -> tuple[str, ...]:
     encoded = [quote(secret, safe=""), quote(secret), quote_plus(secret), quote(secret, safe="!'()*~")]
     encoded += [_ESCAPE.sub(lambda m: m.group().lower(), form) for form in encoded]
     encoded.append(quote(encoded[0], safe=""))
+    # As a JSON string or an HTML page quotes it (an error body that echoes the request): a token with `"`, `\`,
+    # `<`, `&` or a character past ASCII is written otherwise there.
+    encoded += [json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], html.escape(secret),
+                html.escape(secret, quote=False)]
     forms = [secret]
     for form in encoded:
         if form not in forms:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from collections import OrderedDict
 from urllib.parse import quote, quote_plus
@@ -29,6 +31,17 @@ def test_a_url_encoded_stored_token_is_scrubbed_from_what_the_service_writes() -
         cleaned = scrub(f"Error validating access token {written}: Session has expired")
         assert cleaned == f"Error validating access token {REDACTED}: Session has expired"
         assert "abcDEF" not in scrub(f"https://graph.facebook.com/v24.0/me?access_token={written}&fields=id")
+
+
+def test_a_stored_token_quoted_by_json_or_html_is_scrubbed() -> None:
+    # An error body that echoes the request writes `"`, `\`, `<`, `&` and characters past ASCII otherwise.
+    token = 'Qk7"w\\e<r>&t\'y-é-0123456789'
+    register_secret(token)
+    for written in (json.dumps(token)[1:-1], json.dumps(token, ensure_ascii=False)[1:-1], html.escape(token),
+                    html.escape(token, quote=False)):
+        assert written != token
+        assert scrub(f'{{"error": {{"message": "Invalid token {written}"}}}}') == \
+            f'{{"error": {{"message": "Invalid token {REDACTED}"}}}}'
 
 
 def test_an_access_token_parameter_is_scrubbed_through_its_escapes_up_to_the_next_separator() -> None:
