@@ -114,7 +114,7 @@ def _safe_next(target: str | None) -> str:
 
 
 # "Facebook photo upload failed: 400 - Missing or invalid image file": what failed, its HTTP status, and Meta's words.
-_FAILED = re.compile(r"^.+? failed: (?:\d{3} - )?(?P<reason>.+)$", re.DOTALL)
+_FAILED = re.compile(r"^[^\n():]{1,100}? failed: (?:\d{3} - )?(?P<reason>.+)$", re.DOTALL)
 
 
 def _reason(message: str) -> str:
@@ -403,8 +403,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         except HTTPException as exc:
             problem = _missed_retry(state, (form.get("seen") or [""])[0], _problem(exc.detail)) \
                 or _page_problem(_problem(exc.detail))
-            if state is not None and command_id in state.commands:
-                # The form sent again, changed since (its command id is the page's own, not the user's to renew).
+            if state is not None and command_id in state.commands and state.commands[command_id].platforms:
+                # The form sent again, changed since (its command id is the page's own, not the user's to renew). One
+                # that published nothing is refused as such ("Nothing to retry"), whatever was typed.
                 problem = "This form was already sent with other values and its retry taken up: nothing was sent now."
             # What the user typed comes back to be corrected, but a field refused for carrying a token: not shown again.
             carrying: set[str] = {str(error.get("loc", [""])[-1]) for error in exc.detail if isinstance(error, dict)
@@ -478,10 +479,12 @@ def _sent_before(state: PostState, command_id: str, image_url: str, account: str
     the same body, with that correction or none."""
     if command_id not in state.commands or state.content is None or image_url not in ("", state.content.image_url):
         return False
-    return any(not reuses_command_id(state, RetryRequested(command_id=command_id, post_id=state.post_id,
-                                                           content=content, account=account,
-                                                           requested_at=datetime.now(UTC)))
-               for content in (None, state.content))
+    try:
+        sent = [RetryRequested(command_id=command_id, post_id=state.post_id, content=content, account=account,
+                               requested_at=datetime.now(UTC)) for content in (None, state.content)]
+    except ValidationError:  # an account that is no id: never the retry recorded, and refused as the form's own
+        return False
+    return any(not reuses_command_id(state, command) for command in sent)
 
 
 def missing_ids(targeted: Sequence[Platform], account: Mapping[str, Any] | None) -> list[str]:

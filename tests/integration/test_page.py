@@ -452,6 +452,38 @@ def test_the_retry_form_sent_twice_is_one_retry(api: RunningApi) -> None:
     assert len(messages_on(api.bootstrap, api.topics.commands)) == len(sent)
 
 
+def test_the_retry_form_sent_again_after_its_retry_found_nothing_to_publish_says_so(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        drawn = re.search(r'name="command_id" value="([0-9A-Z]{26})"', browser.get("/ui/posts/post-1").text)
+        assert drawn is not None
+        command_id = drawn.group(1)
+        form = {"token": retry_token(api.settings, "post-1"), "command_id": command_id, "image_url": FIXED_URL}
+        assert browser.post("/ui/posts/post-1/retry", data=form, follow_redirects=False).status_code == 303
+        # Another retry published Facebook first: this one was decided to publish nothing (its correction unused).
+        store_events(api, [
+            CommandDecided(event_id="other-d", post_id="post-1", occurred_at=AT, command_id="other-1",
+                           command_type="RetryRequested", platforms=("facebook",), is_retry=True),
+            PublishAttempted(event_id="other-a", post_id="post-1", occurred_at=AT, platform="facebook",
+                             attempt_id="other-fb", attempt_number=2, command_id="other-1", is_retry=True),
+            PlatformResult(event_id="other-r", post_id="post-1", occurred_at=AT, platform="facebook",
+                           attempt_id="other-fb", success=True, platform_post_id="747917475065823_9"),
+            CommandDecided(event_id="form-d", post_id="post-1", occurred_at=AT, command_id=command_id,
+                           command_type="RetryRequested", platforms=(), is_retry=True,
+                           skipped={"facebook": "already succeeded", "instagram": "already succeeded"},
+                           note="Nothing to retry: Facebook and Instagram already succeeded; the corrected content "
+                                "it carried was not applied")])
+
+        resent = browser.post("/ui/posts/post-1/retry", data=form)
+        # Sent with the same values: what came of it, not "sent with other values".
+        assert resent.status_code == 409
+        assert "Nothing to retry: Facebook and Instagram already succeeded" in html.unescape(resent.text)
+        assert "other values" not in resent.text
+        # Resent with an account that is no id: refused as a field of the form, not a server error.
+        odd = browser.post("/ui/posts/post-1/retry", data={**form, "image_url": "", "account": "acme corp"})
+        assert odd.status_code == 422
+
+
 def test_a_retry_whose_attempt_met_a_rate_limit_shows_the_post_failed_and_when_it_is_tried_again(
         api: RunningApi) -> None:
     history = History(post_id="post-limited-retry", at=datetime.now(UTC) - timedelta(minutes=2))

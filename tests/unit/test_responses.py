@@ -15,7 +15,7 @@ from projections.responses import (
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, PlatformError, PlatformResult
-from smartretry.pages import _page_problem
+from smartretry.pages import _page_problem, _reason
 from tests.unit.test_fold import CONTENT, SEED_FAILED_DOCUMENT, History
 
 
@@ -342,3 +342,15 @@ def test_an_attempt_whose_look_up_waits_for_someone_still_asks_for_it() -> None:
         actions = needed_actions(history.state(), max_attempts=5)
         assert actions.get("facebook") == asked, kind
         assert actions["instagram"] == "re-authenticate Instagram, then retry"
+
+
+def test_the_page_shows_a_failure_in_the_platforms_words_and_other_messages_whole() -> None:
+    assert _reason("Facebook photo upload failed: 400 - Missing or invalid image file") == \
+        "Missing or invalid image file"
+    assert _reason("Instagram media processing failed: Error: 2207052 Media download failed") == \
+        "Error: 2207052 Media download failed"
+    # Not the "what failed: why" shape at its start (an operator's note, a look-up's words): shown whole.
+    for whole in ("Facebook attempt a1 resolved by an operator: not published (upload failed: bad jpeg)",
+                  "Facebook publish not started: recording the attempt took longer than 120s",
+                  "first line\nsecond failed: x"):
+        assert _reason(whole) == whole
