@@ -87,12 +87,14 @@ class Publisher(Protocol):
         attempt_id: str,
         on_container: OnContainer | None = None,
         earlier_containers: Sequence[tuple[str, datetime]] = (),
+        recorded: Collection[str] = (),
     ) -> PublishOutcome:
         """Publishes `content`; `on_container` is awaited with a platform-side handle as soon as one exists.
 
         `earlier_containers`: the handles (and start times) of the post's earlier attempts on this platform that
         failed, newest first. A platform whose handle says for certain whether it went out asks first, and does not
-        publish again when one did.
+        publish again when one did. `recorded`: the platform's posts the post already has, never taken for the one a
+        handle made where it is looked for by caption.
         """
         ...
 

@@ -69,8 +69,10 @@ class FacebookPagePublisher:
         attempt_id: str,
         on_container: OnContainer | None = None,
         earlier_containers: Sequence[tuple[str, datetime]] = (),
+        recorded: Collection[str] = (),
     ) -> PublishOutcome:
-        # Facebook's attempts make no handle that could say whether they went out: `earlier_containers` is empty.
+        # Facebook's attempts make no handle that could say whether they went out: `earlier_containers` is empty, and
+        # nothing is looked for by caption here.
         action = "Facebook photo upload" if content.image_url else "Facebook post"
         if not account.page_id:
             return PublishOutcome.failed("facebook", _no_page(action))

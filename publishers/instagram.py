@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -31,13 +32,15 @@ log = logging.getLogger(__name__)
 
 RECENT_MEDIA_LIMIT = 50
 # Refusals of media_publish that say nothing about the container.
-_NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED)
+_NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION)
 
 
 # What an attempt keeps, after waiting for its container, for media_publish and the permalink.
 PUBLISH_MARGIN_S = 30.0
 # How long Meta keeps a container (Instagram's content publishing guide: 24 hours).
 CONTAINER_LIFETIME = timedelta(hours=24)
+# How many times an earlier attempt's container that Meta says does not exist is asked about before it is passed over.
+EARLIER_CONTAINER_ASKS = 3
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class InstagramPublisher:
         attempt_id: str,
         on_container: OnContainer | None = None,
         earlier_containers: Sequence[tuple[str, datetime]] = (),
+        recorded: Collection[str] = (),
     ) -> PublishOutcome:
         action = "Instagram media upload"
         if not account.ig_user_id:
@@ -97,7 +101,8 @@ class InstagramPublisher:
         # earlier attempt's refusal may have published it all the same (an "Instagram server error" answered
         # after the fact, a refusal whose status read lagged behind). Asked before a new container is made.
         for earlier in earlier_containers:
-            went_out = await self._earlier_went_out(account, content, *earlier, attempt_id=attempt_id)
+            went_out = await self._earlier_went_out(account, content, *earlier, attempt_id=attempt_id,
+                                                    recorded=recorded)
             if went_out is not None:
                 return went_out
         try:
@@ -123,9 +128,17 @@ class InstagramPublisher:
                     ig_user, "media_publish", token, data={"creation_id": container_id}, action="Instagram publish")
                 media_id: str | None = created_id(body, "id", action="Instagram publish")
             except GraphCallFailed as refused:
+                if refused.error.kind is ErrorKind.RATE_LIMITED and refused.error.http_status is not None:
+                    # Meta has refused for a rate limit after putting the post up: one look at the container (a call
+                    # more, which the limit may refuse too) rather than a post shown failed for the limit's wait.
+                    with contextlib.suppress(GraphCallFailed):
+                        if (await self._container_status(container_id, token))[0] == "PUBLISHED":
+                            return await self._published_media(account, content, container_id, started, recorded,
+                                                               only=True)
+                    raise
                 if refused.error.http_status is None or refused.error.kind in _NOT_THE_CONTAINER:
-                    # No answer: an unknown outcome, resolved through the container. The token or a rate limit:
-                    # the container's status would not explain it, and asking would only spend another call.
+                    # No answer: an unknown outcome, resolved through the container. The token: the container's
+                    # status would not explain it, and asking would only spend another call.
                     raise
                 # The container's status says what the refusal means: not ready yet (wait, then publish), failed
                 # or expired (why), published already (by an earlier attempt), or fine (the refusal stands).
@@ -136,13 +149,13 @@ class InstagramPublisher:
                     raise GraphCallFailed(unclear.error, outcome_unknown=refused.outcome_unknown or
                                           unclear.outcome_unknown) from None
                 if status == "PUBLISHED":
-                    return await self._published_media(account, content, container_id, started, only=True)
+                    return await self._published_media(account, content, container_id, started, recorded, only=True)
                 if not is_retry_same_container(refused.error):
                     raise
                 # A 5xx may have published it though the status says not yet (it can lag): kept in mind.
                 media_id = await self._publish_container(ig_user, container_id, token, refused.outcome_unknown)
             if media_id is None:
-                return await self._published_media(account, content, container_id, started, only=True)
+                return await self._published_media(account, content, container_id, started, recorded, only=True)
         except GraphCallFailed as failed:
             log.info("Instagram publish failed (%s)", failed.error.kind, extra={"attempt_id": attempt_id})
             unknown = failed.outcome_unknown
@@ -178,21 +191,30 @@ class InstagramPublisher:
         return await self._published_media(account, content, container_id, attempted_at, recorded, only=True)
 
     async def _earlier_went_out(self, account: AccountCredentials, content: PostContent, container_id: str,
-                                attempted_at: datetime, *, attempt_id: str) -> PublishOutcome | None:
+                                attempted_at: datetime, *, attempt_id: str,
+                                recorded: Collection[str] = ()) -> PublishOutcome | None:
         """The outcome of this attempt when an earlier attempt's container turns out published (or cannot be asked
         about now); None when it is not published, so a new container can be made."""
-        try:
-            status, _ = await self._container_status(container_id, account.user_token)
-        except GraphCallFailed as failed:
-            error = failed.error
-            if not error.kind.retried_automatically and datetime.now(UTC) - attempted_at > CONTAINER_LIFETIME:
-                # Meta keeps a container a day: past that, an answer other than "try again" will not change.
-                log.info("Instagram container %s of an earlier attempt cannot be read any more (%s)", container_id,
+        asked = 0
+        while True:
+            asked += 1
+            try:
+                status, _ = await self._container_status(container_id, account.user_token)
+                break
+            except GraphCallFailed as failed:
+                error = failed.error
+            past_its_day = datetime.now(UTC) - attempted_at > CONTAINER_LIFETIME
+            unknown = (error.code, error.subcode) == (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE)
+            if unknown and not past_its_day and asked < EARLIER_CONTAINER_ASKS:
+                # Meta at times says "does not exist" of a container it has (as while polling): asked again shortly.
+                await asyncio.sleep(self._polling.interval_s * asked)
+                continue
+            if (unknown or past_its_day) and not error.kind.retried_automatically:
+                # Meta keeps a container a day, and says so of one it no longer has, every time it is asked: past
+                # that, or said again and again, an answer other than "try again" will not change.
+                log.info("Instagram container %s of an earlier attempt cannot be read (%s): passed over", container_id,
                          error.message, extra={"attempt_id": attempt_id})
                 return None
-            if (error.code, error.subcode) == (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE):
-                # A container of the last day that Meta says does not exist: a glitch of its own (as while polling).
-                error = error.model_copy(update={"kind": ErrorKind.TRANSIENT})
             # Asked again with the next attempt: nothing was made or published by this one.
             return PublishOutcome.failed("instagram", error)
         if status != "PUBLISHED":
@@ -201,7 +223,8 @@ class InstagramPublisher:
                     container_id, extra={"attempt_id": attempt_id})
         # Its media was made during that attempt: one of another time is never taken for it.
         latest = attempted_at + timedelta(seconds=self._polling.timeout_s + PUBLISH_MARGIN_S) + CLOCK_SKEW
-        return await self._published_media(account, content, container_id, attempted_at, only=True, latest=latest)
+        return await self._published_media(account, content, container_id, attempted_at, recorded, only=True,
+                                           latest=latest)
 
     async def _wait_until_ready(self, container_id: str, token: SecretStr) -> str:
         """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the deadline fail."""

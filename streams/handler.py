@@ -1038,7 +1038,7 @@ class CommandHandler:
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
                 return
             outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started,
-                                                earlier[:EARLIER_CONTAINERS_ASKED])
+                                                earlier[:EARLIER_CONTAINERS_ASKED], recorded_post_ids(state, platform))
             await self._record_result(command.post_id, attempt_id, outcome)
             if outcome.success:
                 log.info("✅ %s published successfully", label, extra=context)
@@ -1072,9 +1072,11 @@ class CommandHandler:
     async def _call_platform(self, post_id: str, platform: Platform, content: PostContent | None,
                              credentials: AccountCredentials | PlatformError | None,
                              attempt_id: str, started: datetime,
-                             earlier: Sequence[tuple[str, datetime]] = ()) -> PublishOutcome:
+                             earlier: Sequence[tuple[str, datetime]] = (), recorded: Collection[str] = ()
+                             ) -> PublishOutcome:
         """The platform's answer to the attempt that `started` (its `PublishAttempted` time), which bounds the call;
-        `earlier`: the handles of earlier failed attempts to ask about first (`Publisher.publish`)."""
+        `earlier`: the handles of earlier failed attempts to ask about first, `recorded`: the platform's posts the post
+        has (`Publisher.publish`)."""
         label = PLATFORM_LABELS[platform]
         if content is None:
             return PublishOutcome.failed(platform, PlatformError(
@@ -1108,7 +1110,7 @@ class CommandHandler:
         try:
             outcome = await asyncio.wait_for(
                 publisher.publish(content, credentials, attempt_id=attempt_id, on_container=on_container,
-                                  earlier_containers=earlier), timeout)
+                                  earlier_containers=earlier, recorded=recorded), timeout)
         except TimeoutError:
             # Bounded, so that an attempt's lease (see `_resolve_interrupted`) outlasts any live call.
             outcome = PublishOutcome.failed(platform, PlatformError(

@@ -539,10 +539,12 @@ def test_a_post_whose_call_failed_never_takes_another_posts_facebook_post_with_i
 
 def test_an_instagram_publish_refused_after_it_went_out_is_not_published_again_by_the_next_attempt(
         service: Service) -> None:
-    # media_publish puts the post up, then answers with a rate limit: a refusal Meta made after the fact. The
-    # automatic retry asks the first attempt's container before it makes a new one, and finds it published.
+    # media_publish puts the post up, then answers with a rate limit: a refusal Meta made after the fact; the look
+    # at the container that follows is refused for the limit too. The automatic retry asks the first attempt's
+    # container before it makes a new one, and finds it published.
     before = _counts(service)
     service.sandbox.fail_after("instagram", "media_publish", code=4, http_status=400)
+    service.sandbox.fail_next("instagram", "container_status", code=4, http_status=400)
     first = service.publish(FIXED, target="instagram")
 
     state = service.wait_command(first.post_id, first.command_id)

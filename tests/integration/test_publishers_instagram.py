@@ -73,7 +73,7 @@ async def test_a_ready_container_is_published_at_once_without_asking_its_status(
     assert instagram_calls(caplog) == ["media", "media_publish", "permalink"]
 
 
-async def test_a_rate_limited_publish_fails_without_asking_the_containers_status(
+async def test_a_rate_limited_publish_asks_its_container_once_and_fails_with_the_limit(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -83,8 +83,37 @@ async def test_a_rate_limited_publish_fails_without_asking_the_containers_status
     outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
 
     assert outcome.error is not None and outcome.error.kind is ErrorKind.RATE_LIMITED
-    assert instagram_calls(caplog) == ["media", "media_publish"]
+    # One look, not the polling a "not ready" gets: the limit's wait comes next.
+    assert instagram_calls(caplog) == ["media", "media_publish", "container_status"]
     assert instagram_posts(sandbox) == 0
+
+
+async def test_a_rate_limit_answered_after_the_post_went_up_is_the_attempts_success_at_once(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # Not "failed" for the limit's wait (an hour, a day) while the post is live on Instagram.
+    sandbox.fail_after("instagram", "media_publish", code=4, http_status=400)
+
+    outcome = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+
+    [media] = sandbox.posts()
+    assert outcome.success and outcome.platform_post_id == media["id"]
+    assert instagram_posts(sandbox) == 1
+
+
+async def test_a_republish_refused_after_it_went_up_is_told_from_the_posts_earlier_media_of_the_caption(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    first = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1")
+    assert first.platform_post_id is not None
+    sandbox.fail_after("instagram", "media_publish", code=4, http_status=400)
+
+    again = await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a2",
+                                                  recorded=(first.platform_post_id,))
+
+    # Two media of the caption: the one on the post's record is not this attempt's, so the other is.
+    newest = max(sandbox.posts(), key=lambda media: media["serial"])
+    assert again.success and again.platform_post_id == newest["id"] != first.platform_post_id
 
 
 async def test_the_seeds_spaced_image_url_goes_out_on_instagram_unless_the_sandbox_refuses_it(

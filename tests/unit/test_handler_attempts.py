@@ -205,7 +205,7 @@ class FlakyPage:
         self.calls = 0
 
     async def publish(self, content: Any, account: Any, *, attempt_id: str, on_container: Any = None,
-                      earlier_containers: Any = ()) -> PublishOutcome:
+                      earlier_containers: Any = (), recorded: Any = ()) -> PublishOutcome:
         self.calls += 1
         if self.calls == 1:
             return PublishOutcome.failed("facebook", PlatformError(kind=ErrorKind.TRANSIENT,

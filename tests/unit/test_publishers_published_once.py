@@ -118,19 +118,33 @@ async def test_an_earlier_container_past_its_day_that_cannot_be_read_is_passed_o
     assert outcome.success and outcome.container_id == CONTAINER
 
 
-@pytest.mark.parametrize(("answer", "kind"), [
-    (refusal(100, 33, message="Unsupported get request"), ErrorKind.TRANSIENT),
-    (httpx.Response(403, text="<html>Forbidden</html>"), ErrorKind.INVALID_REQUEST),
-], ids=["does not exist", "a proxy's page"])
 async def test_an_earlier_container_of_the_last_day_that_cannot_be_read_fails_the_attempt_before_anything_is_made(
-        answer: httpx.Response, kind: ErrorKind) -> None:
+        ) -> None:
     # A minute old: Meta still has it, so an answer that does not say whether it went out is no "no".
-    graph = Graph({EARLIER: [answer]})
+    graph = Graph({EARLIER: [httpx.Response(403, text="<html>Forbidden</html>")]})
 
     outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(minutes=1))])
 
-    assert not outcome.success and outcome.error is not None and outcome.error.kind is kind
+    assert not outcome.success and outcome.error is not None and outcome.error.kind is ErrorKind.INVALID_REQUEST
     assert graph.calls == [EARLIER]
+
+
+async def test_an_earlier_container_meta_says_does_not_exist_is_asked_again_then_passed_over() -> None:
+    missing = refusal(100, 33, message="Unsupported get request")
+    made = {"media": [httpx.Response(200, json={"id": CONTAINER})],
+            "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+            "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]}
+    minute_ago = datetime.now(UTC) - timedelta(minutes=1)
+
+    # Once: Meta's glitch; asked again, it says not published.
+    glitch = Graph({EARLIER: [missing, status("FINISHED")], **made})
+    assert (await instagram_publish(glitch, [(EARLIER, minute_ago)])).success
+    assert glitch.calls[:2] == [EARLIER, EARLIER]
+    # Said every time: it has no such container; the attempt is not held back by it for a day.
+    gone = Graph({EARLIER: [missing], **{k: list(v) for k, v in made.items()}})
+    outcome = await instagram_publish(gone, [(EARLIER, minute_ago)])
+    assert outcome.success and outcome.container_id == CONTAINER
+    assert gone.calls[:4] == [EARLIER, EARLIER, EARLIER, "media"]
 
 
 async def test_an_earlier_container_published_is_never_matched_to_a_media_of_another_time() -> None:
