@@ -395,10 +395,10 @@ class FrontDoor:
         """Re-authenticates `account` (or connects it): its new token stored, encrypted; the account as listed (never
         its token). 422 for an account name that carries the token."""
         await self.check_account_name(account, where=where, also=(body.token.get_secret_value(),))
-        if api_key_matches(self.settings, body.token.get_secret_value()):
-            # Stored, every publish of the account would fail on it, and the key would sit among the accounts' tokens.
+        if (which := service_key_named(self.settings, body.token.get_secret_value())) is not None:
+            # Stored, every publish of the account would fail on it, and the key would be sent to Meta.
             raise HTTPException(422, [{"loc": ["body", "token"], "type": "value_error",
-                                       "msg": "that is this service's API key, not the account's access token from "
+                                       "msg": f"that is this service's {which}, not the account's access token from "
                                               "Meta"}])
         known = await asyncio.to_thread(self.stores.credentials.account, account) is not None
         await asyncio.to_thread(self.stores.credentials.set_token, account, body.token.get_secret_value(),
@@ -877,6 +877,15 @@ def api_key_matches(settings: Settings, presented: str | None) -> bool:
     if not presented:
         return False
     return hmac.compare_digest(presented.encode(), settings.api_key.get_secret_value().encode())
+
+
+def service_key_named(settings: Settings, token: str) -> str | None:
+    """Which of the service's own keys `token` is ("API key", "secret key"), if it is one: never an account's token."""
+    if api_key_matches(settings, token):
+        return "API key"
+    if token and hmac.compare_digest(token.encode(), settings.secret_key.get_secret_value().encode()):
+        return "secret key"
+    return None
 
 
 def presented_key(request: Request) -> str | None:

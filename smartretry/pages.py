@@ -52,6 +52,7 @@ from smartretry.api import (
     outcome_unknown,
     presented_key,
     queued_behind,
+    service_key_named,
 )
 from smartretry.settings import Settings
 
@@ -443,9 +444,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         token = (form.get("access_token") or [""])[0].strip()
         try:
             body = TokenBody(token=token, **fields)
-            if api_key_matches(settings, token):
+            if (which := service_key_named(settings, token)) is not None:
                 # A password manager's fill of the sign-in's key: never stored as the account's token.
-                return await render_post(request, post_id, None, "Access token: that is this service's API key (your "
+                return await render_post(request, post_id, None, f"Access token: that is this service's {which} (your "
                                          "browser may have filled it in), not the account's access token from Meta.",
                                          status_code=422)
             lacking = [FIELD_LABELS[name] for name in missing_ids(state.targeted,

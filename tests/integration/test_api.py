@@ -1134,13 +1134,16 @@ def test_a_bad_token_body_is_422_and_the_answer_never_echoes_the_token(api: Runn
     assert api.client.get("/accounts").json()["accounts"] == []
 
 
-def test_the_api_key_is_never_stored_as_an_accounts_token(api: RunningApi) -> None:
-    # As the page's form refuses it: a password manager's fill, or a paste from the wrong place.
-    answer = api.client.put("/accounts/acme/token", json={"token": API_KEY, "page_id": "747917475065823"})
+def test_the_services_own_keys_are_never_stored_as_an_accounts_token(api: RunningApi) -> None:
+    # As the page's form refuses them: a password manager's fill, or a paste from the wrong place. Stored, the key
+    # would be sent to Meta with every publish.
+    secret_key = api.settings.secret_key.get_secret_value()
+    for key, named in ((API_KEY, "API key"), (secret_key, "secret key")):
+        answer = api.client.put("/accounts/acme/token", json={"token": key, "page_id": "747917475065823"})
 
-    assert answer.status_code == 422
-    assert "that is this service's API key, not the account's access token from Meta" in answer.text
-    assert API_KEY not in answer.text
+        assert answer.status_code == 422
+        assert f"that is this service's {named}, not the account's access token from Meta" in answer.text
+        assert key not in answer.text
     assert api.client.get("/accounts").json()["accounts"] == []
 
 
