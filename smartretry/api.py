@@ -676,12 +676,25 @@ class FrontDoor:
             await asyncio.sleep(POLL_SECONDS)
 
     def _queued_past(self, state: PostState, command: Command, seconds: float) -> bool:
-        """Whether `command`, not decided yet, waits behind an automatic retry that the platform's own wait holds back
-        longer than `seconds`: it cannot be decided sooner, so the answer ("queued behind ...") need not wait."""
-        if command.command_id in state.commands or isinstance(command, ResolveAttemptRequested):
+        """Whether nothing more can come of `command` within `seconds`, so the answer need not wait for them: not
+        decided yet, it waits behind an automatic retry that the platform's own wait holds back longer ("queued behind
+        ..."); decided, every platform it publishes has its result, and what remains are automatic retries that the
+        platforms' own waits hold back longer (an Instagram rate limit's hour)."""
+        if isinstance(command, ResolveAttemptRequested):
             return False
-        held = [at for at in automatic_retries(state, self.settings.max_automatic_attempts).values() if at is not None]
-        return bool(held) and max(held) > self.clock() + timedelta(seconds=seconds)
+        due = automatic_retries(state, self.settings.max_automatic_attempts)
+        until = self.clock() + timedelta(seconds=seconds)
+        record = state.commands.get(command.command_id)
+        if record is None:
+            held = [at for at in due.values() if at is not None]
+            return bool(held) and max(held) > until
+        latest = state.latest_command()
+        if latest is None or latest.command_id != record.command_id:
+            return False
+        chosen = record.platforms
+        if any(state.in_flight(p) is not None or not attempts_by(state, record.command_id, p) for p in chosen):
+            return False
+        return bool(due) and all(at is not None and at > until for at in due.values())
 
     async def _answer(self, command: Command, state: PostState | None) -> Accepted:
         location = f"/posts/{command.post_id}"
@@ -710,6 +723,8 @@ class FrontDoor:
             return Accepted(command, 200, publish_response(state, command.command_id))
         if state is not None and command.command_id in state.commands:
             response = publish_response(state, command.command_id)
+            if (when := platform_waits(state, self.settings.max_automatic_attempts)) is not None:
+                response = response.model_copy(update={"note": when})
         else:
             # Not decided yet: the post is being published again (the API refused a retry with nothing to
             # publish), as the post page shows it. Results and the message are the latest until new ones come.
@@ -728,6 +743,16 @@ class FrontDoor:
 
     async def is_settled(self, post_id: str, command_id: str) -> bool:
         return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
+
+
+def platform_waits(state: PostState, max_attempts: int) -> str | None:
+    """When the post's latest command publishes again by itself where a platform's own wait says ("Instagram is
+    retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)"); None where none does."""
+    due = {p: at for p, at in automatic_retries(state, max_attempts).items() if at is not None}
+    if not due:
+        return None
+    return "; ".join(f"{PLATFORM_LABELS[p]} is retried automatically at {at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
+                     "(the platform's own wait)" for p, at in due.items())
 
 
 def nothing_to_publish(line: str, skipped: Mapping[Platform, str], post_id: str, forced: bool) -> str:

@@ -96,6 +96,8 @@ class NoAnswer(ApiError):
 
 # The exit status of a command whose request was sent and not answered: neither done (0) nor refused (1).
 UNANSWERED = 3
+# How the API's note says a command's automatic retry waits for the platform's own time (an hour's rate limit).
+PLATFORM_WAIT = "(the platform's own wait)"
 
 
 class Api:
@@ -261,8 +263,9 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
     response: dict[str, Any] = answer.json()
     post_id, command_id = response["post"]["id"], response.get("command_id")
     if answer.status_code == 202 and command_id:
-        if str(response.get("note") or "").startswith("queued behind"):
-            # Queued behind the post's automatic retries (up to a rate limit's hour): said now, not after the wait.
+        if str(response.get("note") or "").startswith("queued behind") or PLATFORM_WAIT in str(response.get("note")):
+            # Queued behind the post's automatic retries, or left to them (up to a rate limit's hour): said now, not
+            # after the wait.
             try:
                 return response, api.call("GET", f"/posts/{post_id}").json()
             except ApiError:
@@ -300,7 +303,9 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
     said = errors if as_json else console
     still_publishing = response.get("pending") and not (detail and detail.get("command", {}).get("settled"))
     if still_publishing and response.get("note"):
-        said.print(f"⏳ This command is {response['note']}.", highlight=False)
+        note = str(response["note"])
+        said.print(f"⏳ This command is {note}." if note.startswith("queued behind") else f"⏳ {note}.",
+                   highlight=False)
     if still_publishing and detail is not None and detail.get("status") == "failed" and (
             detail.get("automatic_retry") or response.get("note")):
         # Failed for now, with an automatic retry to come (shown above): not the end of it yet.

@@ -857,6 +857,39 @@ def test_a_retry_queued_behind_a_platforms_wait_longer_than_the_apis_is_answered
     assert time.monotonic() - sent < 5.0
 
 
+def test_a_publish_left_only_to_a_platforms_long_wait_is_answered_without_waiting_and_says_when(
+        api: RunningApi) -> None:
+    # Facebook went out; Instagram was refused for a rate limit that lifts in an hour. Nothing more comes of the
+    # command within the API's wait (10 s here): the answer has the results so far, and when Instagram is tried.
+    add_account(api)
+
+    def handled(command: object) -> None:
+        assert isinstance(command, PublishRequested)
+        history = History(post_id=command.post_id, at=datetime.now(UTC))
+        attempts = history.publish(command_id=command.command_id)
+        history.success("facebook", attempts["facebook"], "747917475065823_9")
+        history.events.append(PlatformResult(
+            event_id="limited", post_id=command.post_id, occurred_at=datetime.now(UTC), platform="instagram",
+            attempt_id=attempts["instagram"], success=False, error=PlatformError(
+                kind=ErrorKind.RATE_LIMITED, code=4, http_status=400, retry_after_s=3600.0,
+                message="Instagram publish failed: 400 - Application request limit reached")))
+        store_events(api, history.events)
+
+    front = api.server.server.config.app.state.front
+    front.settings = front.settings.model_copy(update={"api_wait_seconds": 10.0})
+    front.on_accepted = handled
+
+    sent = time.monotonic()
+    answer = api.client.post("/posts", json=publish_body(post_id="post-waits", command_id="publish-waits"))
+
+    assert answer.status_code == 202, answer.text
+    document = answer.json()
+    assert document["results"]["facebook"]["success"] is True and document["results"]["instagram"]["success"] is False
+    assert document["note"].startswith("Instagram is retried automatically at ")
+    assert document["note"].endswith(" UTC (the platform's own wait)")
+    assert time.monotonic() - sent < 5.0
+
+
 def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_says_so(api: RunningApi) -> None:
     # Meta's rate limits mostly give no wait: the service waits by its own backoff, and a retry waits behind it too.
     store_limited_for_an_hour(api, "post-limited", wait=None)

@@ -121,6 +121,29 @@ def test_a_command_queued_behind_automatic_retries_is_said_at_once_not_after_the
     assert "This command is queued behind the automatic retry of Instagram at 2026-11-30 02:06:47 UTC" in done.output
 
 
+def test_a_publish_left_to_a_platforms_long_wait_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    waiting = {"success": False, "command_id": "cmd-7", "pending": True, "location": "/posts/post-7",
+               "results": {"facebook": {"platform": "facebook", "success": True, "postId": "747917475065823_9"}},
+               "note": "Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)",
+               "post": {"id": "post-7", "status": "failed", "error_message": "instagram: rate limited"}}
+
+    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        if method == "POST":
+            return httpx.Response(202, json=waiting)
+        raise ApiError("stopped here: the post's detail", 500)
+
+    def waits(*_args: Any) -> None:
+        raise AssertionError("waited for results the platform holds back for an hour")
+
+    monkeypatch.setattr(Api, "call", answer)
+    monkeypatch.setattr(Api, "wait_for", waits)
+    done = CliRunner().invoke(app, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"],
+                              env={"COLUMNS": "200"})
+
+    assert done.exit_code == 0, done.output
+    assert "⏳ Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)." in done.output
+
+
 def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID
