@@ -13,7 +13,7 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
-from publishers.errors import container_failed, is_retry_same_container, unreachable_account
+from publishers.errors import MESSAGE_LENGTH, container_failed, is_retry_same_container, unreachable_account
 from publishers.graph import (
     CLOCK_SKEW,
     GraphApi,
@@ -39,7 +39,7 @@ _NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION)
 PUBLISH_MARGIN_S = 30.0
 # How long Meta keeps a container (Instagram's content publishing guide: 24 hours).
 CONTAINER_LIFETIME = timedelta(hours=24)
-# How many times an earlier attempt's container that Meta says does not exist is asked about before it is passed over.
+# How many times, within one attempt, an earlier attempt's container that Meta says does not exist is asked about.
 EARLIER_CONTAINER_ASKS = 3
 
 
@@ -204,19 +204,27 @@ class InstagramPublisher:
             except GraphCallFailed as failed:
                 error = failed.error
             past_its_day = datetime.now(UTC) - attempted_at > CONTAINER_LIFETIME
-            unknown = (error.code, error.subcode) == (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE)
-            if unknown and not past_its_day and asked < EARLIER_CONTAINER_ASKS:
+            if past_its_day and not error.kind.retried_automatically:
+                # Meta keeps a container a day: past that, an answer other than "try again" will not change.
+                log.info("Instagram container %s of an earlier attempt cannot be read any more (%s): passed over",
+                         container_id, error.message, extra={"attempt_id": attempt_id})
+                return None
+            if (error.code, error.subcode) != (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE):
+                # Asked again with the next attempt: nothing was made or published by this one.
+                return PublishOutcome.failed("instagram", error)
+            if asked < EARLIER_CONTAINER_ASKS:
                 # Meta at times says "does not exist" of a container it has (as while polling): asked again shortly.
                 await asyncio.sleep(self._polling.interval_s * asked)
                 continue
-            if (unknown or past_its_day) and not error.kind.retried_automatically:
-                # Meta keeps a container a day, and says so of one it no longer has, every time it is asked: past
-                # that, or said again and again, an answer other than "try again" will not change.
-                log.info("Instagram container %s of an earlier attempt cannot be read (%s): passed over", container_id,
-                         error.message, extra={"attempt_id": attempt_id})
-                return None
-            # Asked again with the next attempt: nothing was made or published by this one.
-            return PublishOutcome.failed("instagram", error)
+            # Said of a container of the last day (a glitch that lasts, or a token that cannot see it): whether that
+            # attempt went out cannot be told, and a new container could be a second post. Not published now.
+            until = (attempted_at + CONTAINER_LIFETIME).astimezone(UTC)
+            return PublishOutcome.failed("instagram", error.model_copy(update={
+                "kind": ErrorKind.TRANSIENT,
+                "message": f"Instagram publish not attempted: Meta says the container {container_id} of an earlier "
+                           f"attempt does not exist, so whether that attempt went out cannot be told; it is asked "
+                           f"again with each attempt until it is a day old ({until:%Y-%m-%d %H:%M} UTC): check "
+                           f"the Instagram account meanwhile"[:MESSAGE_LENGTH]}))
         if status != "PUBLISHED":
             return None
         log.warning("Instagram container %s of an earlier attempt was published after all: not published again",

@@ -723,7 +723,9 @@ class FrontDoor:
             return Accepted(command, 200, publish_response(state, command.command_id))
         if state is not None and command.command_id in state.commands:
             response = publish_response(state, command.command_id)
-            if (when := platform_waits(state, self.settings.max_automatic_attempts)) is not None:
+            if self._queued_past(state, command, 0.0) and \
+                    (when := platform_waits(state, self.settings.max_automatic_attempts)) is not None:
+                # Only what the platforms' own waits hold back is left: said, and when (the CLI stops waiting on it).
                 response = response.model_copy(update={"note": when})
         else:
             # Not decided yet: the post is being published again (the API refused a retry with nothing to

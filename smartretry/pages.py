@@ -49,6 +49,7 @@ from smartretry.api import (
     earlier_link,
     list_cursor,
     list_position,
+    nothing_to_publish,
     outcome_unknown,
     presented_key,
     queued_behind,
@@ -404,10 +405,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         except HTTPException as exc:
             problem = _missed_retry(state, (form.get("seen") or [""])[0], _problem(exc.detail)) \
                 or _page_problem(_problem(exc.detail))
-            if state is not None and command_id in state.commands and state.commands[command_id].platforms:
+            if state is not None and (record := state.commands.get(command_id)) is not None:
                 # The form sent again, changed since (its command id is the page's own, not the user's to renew). One
                 # that published nothing is refused as such ("Nothing to retry"), whatever was typed.
-                problem = "This form was already sent with other values and its retry taken up: nothing was sent now."
+                problem = _page_problem(nothing_to_publish(record.note, record.skipped, post_id, forced=False)) \
+                    if not record.platforms else \
+                    "This form was already sent with other values and its retry taken up: nothing was sent now."
             # What the user typed comes back to be corrected, but a field refused for carrying a token: not shown again.
             carrying: set[str] = {str(error.get("loc", [""])[-1]) for error in exc.detail if isinstance(error, dict)
                         and error.get("type") == "contains_token"} if isinstance(exc.detail, list) else set()

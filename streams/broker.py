@@ -106,6 +106,19 @@ def _listener_port(props: Path, name: str = "PLAINTEXT") -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _two_ports(port: int, controller: int, requested: int | None) -> int:
+    """The controller's port, never the clients' one (the broker would not start): another free one unless it was
+    asked for, which is refused."""
+    if controller != port:
+        return controller
+    if requested is not None:
+        raise BrokerUnavailable(f"the broker's port and its controller's port are both {port}: give them different "
+                                "ports (SMARTRETRY_BROKER_PORT, SMARTRETRY_BROKER_CONTROLLER_PORT)")
+    while controller == port:
+        controller = free_port()
+    return controller
+
+
 def _kept_port(requested: int | None, previous: int | None) -> int:
     """The port asked for; else the one of the last start while it is free; else a free one."""
     if requested is not None:
@@ -207,6 +220,8 @@ class LocalBroker:
               notify: Callable[[str], None] | None = None, controller_port: int | None = None) -> LocalBroker:
         """`port`: the clients' listener's; `controller_port`: the KRaft controller's, which only the broker itself
         uses. Unset, each is the one of the last start on `data_dir` while it is free, else a free one."""
+        if port is not None and controller_port is not None:
+            _two_ports(port, controller_port, controller_port)  # both asked for alike: refused before anything starts
         libs = kafka_libs(notify)
         requested = port
         owns = data_dir is None
@@ -229,22 +244,27 @@ class LocalBroker:
         java = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j.configuration=file:{log4j}", "-cp", classpath]
         formatted = (data_dir / "logs" / "meta.properties").exists()
-        if formatted:
-            # Kept data (a restart): its listeners again if free, else others; the data is what counts.
-            previous, previous_controller = _listener_port(props), _listener_port(props, "CONTROLLER")
-            port = broker.port = _kept_port(requested, previous)
-            controller = _kept_port(controller_port, previous_controller)
-            if (port, controller) != (previous, previous_controller):
+        try:
+            if formatted:
+                # Kept data (a restart): its listeners again if free, else others; the data is what counts.
+                previous, previous_controller = _listener_port(props), _listener_port(props, "CONTROLLER")
+                port = broker.port = _kept_port(requested, previous)
+                controller = _two_ports(port, _kept_port(controller_port, previous_controller), controller_port)
+                if (port, controller) != (previous, previous_controller):
+                    props.write_text(_server_properties(data_dir, port, controller))
+            else:
+                controller = _two_ports(port, controller_port or free_port(), controller_port)
                 props.write_text(_server_properties(data_dir, port, controller))
-        else:
-            props.write_text(_server_properties(data_dir, port, controller_port or free_port()))
-            cluster_id = subprocess.run(
-                [*java, "kafka.tools.StorageTool", "random-uuid"], check=True, capture_output=True, text=True
-            ).stdout.strip().splitlines()[-1]
-            subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
-                check=True, capture_output=True, text=True,
-            )
+                cluster_id = subprocess.run(
+                    [*java, "kafka.tools.StorageTool", "random-uuid"], check=True, capture_output=True, text=True
+                ).stdout.strip().splitlines()[-1]
+                subprocess.run(
+                    [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                     "--ignore-formatted"], check=True, capture_output=True, text=True,
+                )
+        except BaseException:
+            broker.stop()  # the data directory's lock let go
+            raise
         try:
             out = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the broker process
             broker._output_from = out.seek(0, os.SEEK_END)

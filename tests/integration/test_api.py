@@ -890,6 +890,31 @@ def test_a_publish_left_only_to_a_platforms_long_wait_is_answered_without_waitin
     assert time.monotonic() - sent < 5.0
 
 
+def test_a_publish_whose_other_platform_is_still_publishing_gives_no_note_to_stop_waiting_on(api: RunningApi) -> None:
+    # Instagram waits an hour; Facebook's call is still under way: its result is to come, so the answer (after the
+    # API's wait) does not say the command is left to the platform's wait, and the CLI goes on waiting for Facebook.
+    add_account(api)
+
+    def handled(command: object) -> None:
+        assert isinstance(command, PublishRequested)
+        history = History(post_id=command.post_id, at=datetime.now(UTC))
+        attempts = history.publish(command_id=command.command_id)
+        history.events.append(PlatformResult(
+            event_id="limited", post_id=command.post_id, occurred_at=datetime.now(UTC), platform="instagram",
+            attempt_id=attempts["instagram"], success=False, error=PlatformError(
+                kind=ErrorKind.RATE_LIMITED, code=4, http_status=400, retry_after_s=3600.0,
+                message="Instagram publish failed: 400 - Application request limit reached")))
+        store_events(api, history.events)
+
+    front = api.server.server.config.app.state.front
+    front.on_accepted = handled
+
+    answer = api.client.post("/posts", json=publish_body(post_id="post-busy", command_id="publish-busy"))
+
+    assert answer.status_code == 202, answer.text
+    assert "note" not in answer.json()
+
+
 def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_says_so(api: RunningApi) -> None:
     # Meta's rate limits mostly give no wait: the service waits by its own backoff, and a retry waits behind it too.
     store_limited_for_an_hour(api, "post-limited", wait=None)

@@ -479,6 +479,11 @@ def test_the_retry_form_sent_again_after_its_retry_found_nothing_to_publish_says
         assert resent.status_code == 409
         assert "Nothing to retry: Facebook and Instagram already succeeded" in html.unescape(resent.text)
         assert "other values" not in resent.text
+        # Resent with another image URL: the same, not advice about a command id the page owns.
+        changed = browser.post("/ui/posts/post-1/retry", data={**form, "image_url": "https://cdn.example.com/b.jpg"})
+        assert changed.status_code == 409
+        assert "Nothing to retry: Facebook and Instagram already succeeded" in html.unescape(changed.text)
+        assert "command_id" not in changed.text
         # Resent with an account that is no id: refused as a field of the form, not a server error.
         odd = browser.post("/ui/posts/post-1/retry", data={**form, "image_url": "", "account": "acme corp"})
         assert odd.status_code == 422

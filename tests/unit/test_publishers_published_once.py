@@ -129,7 +129,8 @@ async def test_an_earlier_container_of_the_last_day_that_cannot_be_read_fails_th
     assert graph.calls == [EARLIER]
 
 
-async def test_an_earlier_container_meta_says_does_not_exist_is_asked_again_then_passed_over() -> None:
+async def test_an_earlier_container_meta_says_does_not_exist_is_asked_again_and_never_passed_over_within_its_day(
+        ) -> None:
     missing = refusal(100, 33, message="Unsupported get request")
     made = {"media": [httpx.Response(200, json={"id": CONTAINER})],
             "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
@@ -140,11 +141,14 @@ async def test_an_earlier_container_meta_says_does_not_exist_is_asked_again_then
     glitch = Graph({EARLIER: [missing, status("FINISHED")], **made})
     assert (await instagram_publish(glitch, [(EARLIER, minute_ago)])).success
     assert glitch.calls[:2] == [EARLIER, EARLIER]
-    # Said every time: it has no such container; the attempt is not held back by it for a day.
+    # Said every time (a glitch that lasts, a token that cannot see it): whether it went out cannot be told, so
+    # nothing is made, and the attempt says why and until when.
     gone = Graph({EARLIER: [missing], **{k: list(v) for k, v in made.items()}})
     outcome = await instagram_publish(gone, [(EARLIER, minute_ago)])
-    assert outcome.success and outcome.container_id == CONTAINER
-    assert gone.calls[:4] == [EARLIER, EARLIER, EARLIER, "media"]
+    assert not outcome.success and gone.calls == [EARLIER, EARLIER, EARLIER]
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
+    assert outcome.error.message.startswith(f"Instagram publish not attempted: Meta says the container {EARLIER} of "
+                                            "an earlier attempt does not exist")
 
 
 async def test_an_earlier_container_published_is_never_matched_to_a_media_of_another_time() -> None:
