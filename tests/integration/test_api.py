@@ -164,18 +164,7 @@ def test_a_retry_the_handler_found_nothing_to_publish_for_is_told_409_not_a_succ
     # decided this one publishes nothing. Answered as a retry sent a moment later is, never as if it published.
     add_account(api)
     store_post(api, "post-1")
-    published = [
-        CommandDecided(event_id="other-d", post_id="post-1", occurred_at=AT, command_id="other-1",
-                       command_type="RetryRequested", platforms=("facebook",), is_retry=True),
-        PublishAttempted(event_id="other-a", post_id="post-1", occurred_at=AT, platform="facebook",
-                         attempt_id="other-fb", attempt_number=2, command_id="other-1", is_retry=True),
-        PlatformResult(event_id="other-r", post_id="post-1", occurred_at=AT, platform="facebook",
-                       attempt_id="other-fb", success=True, platform_post_id="747917475065823_9"),
-        CommandDecided(event_id="mine-d", post_id="post-1", occurred_at=AT, command_id="mine-1",
-                       command_type="RetryRequested", platforms=(), is_retry=True,
-                       skipped={"facebook": "already succeeded", "instagram": "already succeeded"},
-                       note="Nothing to retry: Facebook and Instagram already succeeded"),
-    ]
+    published = overtaken_retry("post-1", "mine-1", "Nothing to retry: Facebook and Instagram already succeeded")
     front = api.server.server.config.app.state.front
     front.on_accepted = lambda command: store_events(api, published)
 
@@ -185,6 +174,22 @@ def test_a_retry_the_handler_found_nothing_to_publish_for_is_told_409_not_a_succ
     for sent in (answer, again):
         assert sent.status_code == 409, sent.text
         assert sent.json()["detail"].startswith("Nothing to retry: Facebook and Instagram already succeeded")
+
+
+def overtaken_retry(post_id: str, command_id: str, note: str) -> list[Event]:
+    """Another retry of `post_id` published its failed Facebook first; then the handler decided `command_id`, a retry
+    sent at the same moment, to publish nothing (`note`)."""
+    return [
+        CommandDecided(event_id="other-d", post_id=post_id, occurred_at=AT, command_id="other-1",
+                       command_type="RetryRequested", platforms=("facebook",), is_retry=True),
+        PublishAttempted(event_id="other-a", post_id=post_id, occurred_at=AT, platform="facebook",
+                         attempt_id="other-fb", attempt_number=2, command_id="other-1", is_retry=True),
+        PlatformResult(event_id="other-r", post_id=post_id, occurred_at=AT, platform="facebook",
+                       attempt_id="other-fb", success=True, platform_post_id="747917475065823_9"),
+        CommandDecided(event_id=f"{command_id}-d", post_id=post_id, occurred_at=AT, command_id=command_id,
+                       command_type="RetryRequested", platforms=(), is_retry=True,
+                       skipped={"facebook": "already succeeded", "instagram": "already succeeded"}, note=note),
+    ]
 
 
 def seed_events(post_id: str, facebook_ok: bool, instagram_ok: bool = True) -> list[Event]:
@@ -857,27 +862,30 @@ def test_a_retry_queued_behind_a_platforms_wait_longer_than_the_apis_is_answered
     assert time.monotonic() - sent < 5.0
 
 
+def instagram_waits_an_hour(api: RunningApi, command: object, facebook_published: bool) -> None:
+    """The handler's work on a publish, as the API would see it: Instagram refused for a rate limit that lifts in an
+    hour; Facebook published, or its call still under way."""
+    assert isinstance(command, PublishRequested)
+    history = History(post_id=command.post_id, at=datetime.now(UTC))
+    attempts = history.publish(command_id=command.command_id)
+    if facebook_published:
+        history.success("facebook", attempts["facebook"], "747917475065823_9")
+    history.events.append(PlatformResult(
+        event_id="limited", post_id=command.post_id, occurred_at=datetime.now(UTC), platform="instagram",
+        attempt_id=attempts["instagram"], success=False, error=PlatformError(
+            kind=ErrorKind.RATE_LIMITED, code=4, http_status=400, retry_after_s=3600.0,
+            message="Instagram publish failed: 400 - Application request limit reached")))
+    store_events(api, history.events)
+
+
 def test_a_publish_left_only_to_a_platforms_long_wait_is_answered_without_waiting_and_says_when(
         api: RunningApi) -> None:
     # Facebook went out; Instagram was refused for a rate limit that lifts in an hour. Nothing more comes of the
     # command within the API's wait (10 s here): the answer has the results so far, and when Instagram is tried.
     add_account(api)
-
-    def handled(command: object) -> None:
-        assert isinstance(command, PublishRequested)
-        history = History(post_id=command.post_id, at=datetime.now(UTC))
-        attempts = history.publish(command_id=command.command_id)
-        history.success("facebook", attempts["facebook"], "747917475065823_9")
-        history.events.append(PlatformResult(
-            event_id="limited", post_id=command.post_id, occurred_at=datetime.now(UTC), platform="instagram",
-            attempt_id=attempts["instagram"], success=False, error=PlatformError(
-                kind=ErrorKind.RATE_LIMITED, code=4, http_status=400, retry_after_s=3600.0,
-                message="Instagram publish failed: 400 - Application request limit reached")))
-        store_events(api, history.events)
-
     front = api.server.server.config.app.state.front
     front.settings = front.settings.model_copy(update={"api_wait_seconds": 10.0})
-    front.on_accepted = handled
+    front.on_accepted = lambda command: instagram_waits_an_hour(api, command, facebook_published=True)
 
     sent = time.monotonic()
     answer = api.client.post("/posts", json=publish_body(post_id="post-waits", command_id="publish-waits"))
@@ -894,20 +902,8 @@ def test_a_publish_whose_other_platform_is_still_publishing_gives_no_note_to_sto
     # Instagram waits an hour; Facebook's call is still under way: its result is to come, so the answer (after the
     # API's wait) does not say the command is left to the platform's wait, and the CLI goes on waiting for Facebook.
     add_account(api)
-
-    def handled(command: object) -> None:
-        assert isinstance(command, PublishRequested)
-        history = History(post_id=command.post_id, at=datetime.now(UTC))
-        attempts = history.publish(command_id=command.command_id)
-        history.events.append(PlatformResult(
-            event_id="limited", post_id=command.post_id, occurred_at=datetime.now(UTC), platform="instagram",
-            attempt_id=attempts["instagram"], success=False, error=PlatformError(
-                kind=ErrorKind.RATE_LIMITED, code=4, http_status=400, retry_after_s=3600.0,
-                message="Instagram publish failed: 400 - Application request limit reached")))
-        store_events(api, history.events)
-
     front = api.server.server.config.app.state.front
-    front.on_accepted = handled
+    front.on_accepted = lambda command: instagram_waits_an_hour(api, command, facebook_published=False)
 
     answer = api.client.post("/posts", json=publish_body(post_id="post-busy", command_id="publish-busy"))
 

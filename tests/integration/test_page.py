@@ -30,6 +30,7 @@ from tests.integration.test_api import (
     api_fixture,  # noqa: F401 - the `api` fixture
     assert_nothing_on_commands,
     messages_on,
+    overtaken_retry,
     seed_events,
     store_events,
     store_limited_for_an_hour,
@@ -461,18 +462,9 @@ def test_the_retry_form_sent_again_after_its_retry_found_nothing_to_publish_says
         form = {"token": retry_token(api.settings, "post-1"), "command_id": command_id, "image_url": FIXED_URL}
         assert browser.post("/ui/posts/post-1/retry", data=form, follow_redirects=False).status_code == 303
         # Another retry published Facebook first: this one was decided to publish nothing (its correction unused).
-        store_events(api, [
-            CommandDecided(event_id="other-d", post_id="post-1", occurred_at=AT, command_id="other-1",
-                           command_type="RetryRequested", platforms=("facebook",), is_retry=True),
-            PublishAttempted(event_id="other-a", post_id="post-1", occurred_at=AT, platform="facebook",
-                             attempt_id="other-fb", attempt_number=2, command_id="other-1", is_retry=True),
-            PlatformResult(event_id="other-r", post_id="post-1", occurred_at=AT, platform="facebook",
-                           attempt_id="other-fb", success=True, platform_post_id="747917475065823_9"),
-            CommandDecided(event_id="form-d", post_id="post-1", occurred_at=AT, command_id=command_id,
-                           command_type="RetryRequested", platforms=(), is_retry=True,
-                           skipped={"facebook": "already succeeded", "instagram": "already succeeded"},
-                           note="Nothing to retry: Facebook and Instagram already succeeded; the corrected content "
-                                "it carried was not applied")])
+        store_events(api, overtaken_retry("post-1", command_id, "Nothing to retry: Facebook and Instagram already "
+                                                                "succeeded; the corrected content it carried was "
+                                                                "not applied"))
 
         resent = browser.post("/ui/posts/post-1/retry", data=form)
         # Sent with the same values: what came of it, not "sent with other values".
