@@ -228,11 +228,17 @@ def _status_text(http_status: int | None) -> str:
 
 
 
+def is_unknown_object(error: PlatformError) -> bool:
+    """Meta's "does not exist, cannot be loaded due to missing permissions, or does not support this operation"
+    (100/33): of an object it has at times too, or one the token cannot see."""
+    return (error.code, error.subcode) == (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE)
+
+
 def unreachable_account(error: PlatformError, platform: Platform, node: str) -> PlatformError | None:
     """An `auth` error in the user's terms when `error` says the account's Page or Instagram account (with id
     `node`) is unknown to Meta or out of the token's reach, which no change to the post fixes; else None. Its
     code stays Meta's 100: with `auth`, what the fold asks the user to do (`needed_action`)."""
-    if (error.code, error.subcode) != (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE):
+    if not is_unknown_object(error):
         return None
     action, said, _ = error.message.partition(" failed: ")
     if not said:

@@ -13,7 +13,13 @@ import httpx
 from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
-from publishers.errors import MESSAGE_LENGTH, container_failed, is_retry_same_container, unreachable_account
+from publishers.errors import (
+    MESSAGE_LENGTH,
+    container_failed,
+    is_retry_same_container,
+    is_unknown_object,
+    unreachable_account,
+)
 from publishers.graph import (
     CLOCK_SKEW,
     GraphApi,
@@ -25,7 +31,7 @@ from publishers.graph import (
     parse_meta_time,
 )
 from schemas.commands import PostContent
-from schemas.common import UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE, ErrorKind, Platform
+from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
@@ -209,7 +215,7 @@ class InstagramPublisher:
                 log.info("Instagram container %s of an earlier attempt cannot be read any more (%s): passed over",
                          container_id, error.message, extra={"attempt_id": attempt_id})
                 return None
-            if (error.code, error.subcode) != (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE):
+            if not is_unknown_object(error):
                 # Asked again with the next attempt: nothing was made or published by this one.
                 return PublishOutcome.failed("instagram", error)
             if asked < EARLIER_CONTAINER_ASKS:
@@ -246,8 +252,7 @@ class InstagramPublisher:
             except GraphCallFailed as failed:
                 # Meta at times answers a container it has just made with "does not exist" (100/33): a glitch
                 # of its own, polled through like a server error, and transient if it lasts.
-                glitch = (failed.error.code, failed.error.subcode) == (UNKNOWN_OBJECT_CODE, UNKNOWN_OBJECT_SUBCODE)
-                if glitch and failed.error.kind is not ErrorKind.TRANSIENT:
+                if is_unknown_object(failed.error) and failed.error.kind is not ErrorKind.TRANSIENT:
                     failed = GraphCallFailed(failed.error.model_copy(update={"kind": ErrorKind.TRANSIENT}))
                 # A rate limit is not waited out here, polling on through it: the attempt fails with the
                 # platform's wait, which the handler honours before trying again.

@@ -671,11 +671,11 @@ class FrontDoor:
             if _created_by_another(state, command) or time.monotonic() >= deadline or (
                     state is not None and republished_since_asked(state, command) is not None):
                 return state
-            if state is not None and self._queued_past(state, command, deadline - time.monotonic()):
+            if state is not None and self._held_beyond(state, command, deadline - time.monotonic()):
                 return state
             await asyncio.sleep(POLL_SECONDS)
 
-    def _queued_past(self, state: PostState, command: Command, seconds: float) -> bool:
+    def _held_beyond(self, state: PostState, command: Command, seconds: float) -> bool:
         """Whether nothing more can come of `command` within `seconds`, so the answer need not wait for them: not
         decided yet, it waits behind an automatic retry that the platform's own wait holds back longer ("queued behind
         ..."); decided, every platform it publishes has its result, and what remains are automatic retries that the
@@ -723,7 +723,7 @@ class FrontDoor:
             return Accepted(command, 200, publish_response(state, command.command_id))
         if state is not None and command.command_id in state.commands:
             response = publish_response(state, command.command_id)
-            if self._queued_past(state, command, 0.0) and \
+            if self._held_beyond(state, command, 0.0) and \
                     (when := platform_waits(state, self.settings.max_automatic_attempts)) is not None:
                 # Only what the platforms' own waits hold back is left: said, and when (the CLI stops waiting on it).
                 response = response.model_copy(update={"note": when})
