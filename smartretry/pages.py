@@ -114,7 +114,6 @@ def _safe_next(target: str | None) -> str:
     return "/ui/posts"
 
 
-
 # "Facebook photo upload failed: 400 - Missing or invalid image file": what failed, its HTTP status, and Meta's words.
 _FAILED = re.compile(r"^[^\n():]{1,100}? failed: (?:\d{3} - )?(?P<reason>.+)$", re.DOTALL)
 
