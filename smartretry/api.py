@@ -682,19 +682,11 @@ class FrontDoor:
         platforms' own waits hold back longer (an Instagram rate limit's hour)."""
         if isinstance(command, ResolveAttemptRequested):
             return False
-        due = automatic_retries(state, self.settings.max_automatic_attempts)
         until = self.clock() + timedelta(seconds=seconds)
-        record = state.commands.get(command.command_id)
-        if record is None:
-            held = [at for at in due.values() if at is not None]
-            return bool(held) and max(held) > until
-        latest = state.latest_command()
-        if latest is None or latest.command_id != record.command_id:
-            return False
-        chosen = record.platforms
-        if any(state.in_flight(p) is not None or not attempts_by(state, record.command_id, p) for p in chosen):
-            return False
-        return bool(due) and all(at is not None and at > until for at in due.values())
+        if command.command_id in state.commands:
+            return held_by_platform_waits(state, command.command_id, self.settings.max_automatic_attempts, until)
+        held = [at for at in automatic_retries(state, self.settings.max_automatic_attempts).values() if at is not None]
+        return bool(held) and max(held) > until
 
     async def _answer(self, command: Command, state: PostState | None) -> Accepted:
         location = f"/posts/{command.post_id}"
@@ -745,6 +737,18 @@ class FrontDoor:
 
     async def is_settled(self, post_id: str, command_id: str) -> bool:
         return command_settled(await self.read(post_id), command_id, self.settings.max_automatic_attempts)
+
+
+def held_by_platform_waits(state: PostState, command_id: str, max_attempts: int, until: datetime) -> bool:
+    """Whether the decided command `command_id` has every platform's result but for automatic retries that the
+    platforms' own waits hold back past `until` (an Instagram rate limit's hour): nothing more comes of it before."""
+    record, latest = state.commands.get(command_id), state.latest_command()
+    if record is None or latest is None or latest.command_id != command_id:
+        return False
+    if any(state.in_flight(p) is not None or not attempts_by(state, command_id, p) for p in record.platforms):
+        return False
+    due = automatic_retries(state, max_attempts)
+    return bool(due) and all(at is not None and at > until for at in due.values())
 
 
 def platform_waits(state: PostState, max_attempts: int) -> str | None:
@@ -1058,9 +1062,16 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
                              settings.backoff, front.clock())
         if command_id is not None:
             settled = command_settled(state, command_id, settings.max_automatic_attempts)
-            detail["command"] = {"command_id": command_id, "settled": settled,
-                                 "response": publish_response(state, command_id).to_document()
-                                 if command_id in state.commands else None}
+            # Not settled, but left to the platforms' own waits: nothing more comes of it for now (the CLI stops
+            # waiting), and its answer says when.
+            held = not settled and held_by_platform_waits(state, command_id, settings.max_automatic_attempts,
+                                                          front.clock())
+            response = publish_response(state, command_id) if command_id in state.commands else None
+            if response is not None and held:
+                response = response.model_copy(update={
+                    "note": platform_waits(state, settings.max_automatic_attempts), "pending": True})
+            detail["command"] = {"command_id": command_id, "settled": settled, "held": held,
+                                 "response": response.to_document() if response is not None else None}
         return detail
 
     @app.get("/posts", dependencies=authorized, tags=["posts"], summary="Posts, most recently updated first")

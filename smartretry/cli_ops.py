@@ -139,7 +139,8 @@ class Api:
         return response
 
     def wait_for(self, post_id: str, command_id: str, timeout: float) -> dict[str, Any] | None:
-        """The post's detail once the command has all its results, or as it stands (None: not seen yet)."""
+        """The post's detail once the command has all its results (or the rest waits on a platform's own time), or
+        as it stands at `timeout` (None: not seen yet)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -155,7 +156,9 @@ class Api:
                                f"({_problem(answer)}): `smartretry show {post_id}` in a moment", 503)
             if answer.status_code not in (200, 404):
                 self.call("GET", f"/posts/{post_id}")  # raises with the API's reason
-            if (detail is not None and detail["command"]["settled"]) or time.monotonic() > deadline:
+            if (detail is not None and (detail["command"]["settled"] or detail["command"].get("held"))) \
+                    or time.monotonic() > deadline:
+                # Held: what remains waits for the platform's own time (an hour's rate limit), said in its answer.
                 return detail
             time.sleep(POLL_SECONDS)
 
@@ -280,7 +283,7 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
             errors.print(f"warning: {exc}", highlight=False, markup=False, soft_wrap=True)
             errors.print(_send_again_as(command_id, post_id if what == "Publishing" else None), soft_wrap=True)
             return response, None
-        if detail is not None and detail["command"]["settled"]:
+        if detail is not None and (detail["command"]["settled"] or detail["command"].get("held")):
             response = detail["command"]["response"] or response
         return response, detail
     return response, api.call("GET", f"/posts/{post_id}").json()

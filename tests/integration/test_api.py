@@ -909,6 +909,21 @@ def test_a_publish_whose_other_platform_is_still_publishing_gives_no_note_to_sto
 
     assert answer.status_code == 202, answer.text
     assert "note" not in answer.json()
+    assert api.client.get("/posts/post-busy", params={"command_id": "publish-busy"}).json()["command"]["held"] is False
+
+
+def test_a_command_left_to_a_platforms_wait_reads_as_held_with_when(api: RunningApi) -> None:
+    # What the CLI waits on after a 202: not settled for the hour, but nothing more comes of it before then.
+    add_account(api)
+    front = api.server.server.config.app.state.front
+    front.on_accepted = lambda command: instagram_waits_an_hour(api, command, facebook_published=True)
+    api.client.post("/posts", json=publish_body(post_id="post-held", command_id="publish-held"))
+
+    command = api.client.get("/posts/post-held", params={"command_id": "publish-held"}).json()["command"]
+
+    assert command["settled"] is False and command["held"] is True
+    assert command["response"]["pending"] is True
+    assert command["response"]["note"].startswith("Instagram is retried automatically at ")
 
 
 def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_says_so(api: RunningApi) -> None:

@@ -28,6 +28,22 @@ def test_an_api_that_stops_answering_while_results_are_awaited_is_one_clear_erro
     assert "the command was accepted: `smartretry show post-1`" in str(raised.value)
 
 
+def test_results_are_awaited_until_what_remains_waits_for_the_platforms_own_time() -> None:
+    # Facebook's result is in; Instagram's automatic retry waits an hour: nothing more comes of the command, so the
+    # wait ends there, not at its own deadline.
+    seen: list[int] = []
+
+    def detail(request: httpx.Request) -> httpx.Response:
+        seen.append(1)
+        return httpx.Response(200, json={"id": "post-1", "command": {
+            "command_id": "cmd-1", "settled": False, "held": len(seen) >= 2, "response": None}})
+
+    api = Api("http://127.0.0.1:9")
+    api.client = httpx.Client(base_url=api.base_url, transport=httpx.MockTransport(detail))
+    found = api.wait_for("post-1", "cmd-1", timeout=60)
+    api.close()
+    assert found is not None and found["command"]["held"] and len(seen) == 2
+
 
 def test_an_api_whose_database_is_away_while_results_are_awaited_says_the_command_was_accepted() -> None:
     def away(request: httpx.Request) -> httpx.Response:
