@@ -481,6 +481,19 @@ def test_the_retry_form_sent_again_after_its_retry_found_nothing_to_publish_says
         assert odd.status_code == 422
 
 
+def test_a_post_that_went_out_without_its_address_says_so(api: RunningApi) -> None:
+    # Instagram's container went out, but neither its answers nor its media listing named the media.
+    history = History(post_id="post-no-address", at=datetime.now(UTC))
+    attempts = history.publish(target="instagram")
+    history.events.append(PlatformResult(event_id="went-out", post_id=history.post_id, occurred_at=datetime.now(UTC),
+                                         platform="instagram", attempt_id=attempts["instagram"], success=True))
+    api.stores.projection.apply_batch(api.topics.post_events, 5, list(enumerate(history.events)))
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-no-address").text
+    assert "Status: ✅ Posted" in page
+    assert "Its address could not be told from Instagram's answers: see the account." in page
+
+
 def test_a_retry_whose_attempt_met_a_rate_limit_shows_the_post_failed_and_when_it_is_tried_again(
         api: RunningApi) -> None:
     history = History(post_id="post-limited-retry", at=datetime.now(UTC) - timedelta(minutes=2))
