@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from smartretry.cli import app
@@ -114,6 +115,23 @@ def test_a_publish_accepted_whose_results_cannot_be_read_is_still_publishing_not
     assert "Still publishing" in done.output
 
 
+def answered_202_without_waiting(monkeypatch: pytest.MonkeyPatch, accepted: dict[str, Any],
+                                 argv: list[str]) -> Result:
+    """The CLI run with `argv` against an API that answers its command 202 with `accepted` (then cannot show the post's
+    detail); waiting for the results fails the test: what the answer says is held back for up to an hour."""
+    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        if method == "POST":
+            return httpx.Response(202, json=accepted)
+        raise ApiError("stopped here: the post's detail", 500)
+
+    def waits(*_args: Any) -> None:
+        raise AssertionError("waited for results held back for up to an hour")
+
+    monkeypatch.setattr(Api, "call", answer)
+    monkeypatch.setattr(Api, "wait_for", waits)
+    return CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+
+
 def test_a_command_queued_behind_automatic_retries_is_said_at_once_not_after_the_whole_wait(
         monkeypatch: pytest.MonkeyPatch) -> None:
     queued = {"success": False, "results": {}, "command_id": "cmd-8", "pending": True, "location": "/posts/post-8",
@@ -121,17 +139,7 @@ def test_a_command_queued_behind_automatic_retries_is_said_at_once_not_after_the
                       "handled after it",
               "post": {"id": "post-8", "status": "failed", "error_message": "instagram: rate limited"}}
 
-    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
-        if method == "POST":
-            return httpx.Response(202, json=queued)
-        raise ApiError("stopped here: the post's detail", 500)
-
-    def waits(*_args: Any) -> None:
-        raise AssertionError("waited for results the queue holds back for up to an hour")
-
-    monkeypatch.setattr(Api, "call", answer)
-    monkeypatch.setattr(Api, "wait_for", waits)
-    done = CliRunner().invoke(app, ["retry", "post-8"], env={"COLUMNS": "200"})
+    done = answered_202_without_waiting(monkeypatch, queued, ["retry", "post-8"])
 
     assert done.exit_code == 0, done.output
     assert "This command is queued behind the automatic retry of Instagram at 2026-11-30 02:06:47 UTC" in done.output
@@ -143,18 +151,8 @@ def test_a_publish_left_to_a_platforms_long_wait_is_reported_at_once(monkeypatch
                "note": "Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)",
                "post": {"id": "post-7", "status": "failed", "error_message": "instagram: rate limited"}}
 
-    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
-        if method == "POST":
-            return httpx.Response(202, json=waiting)
-        raise ApiError("stopped here: the post's detail", 500)
-
-    def waits(*_args: Any) -> None:
-        raise AssertionError("waited for results the platform holds back for an hour")
-
-    monkeypatch.setattr(Api, "call", answer)
-    monkeypatch.setattr(Api, "wait_for", waits)
-    done = CliRunner().invoke(app, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"],
-                              env={"COLUMNS": "200"})
+    done = answered_202_without_waiting(
+        monkeypatch, waiting, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"])
 
     assert done.exit_code == 0, done.output
     assert "⏳ Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)." in done.output
