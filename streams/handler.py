@@ -993,7 +993,8 @@ class CommandHandler:
             # Resumed after a restart or a rebalance: the backoff (or the platform's own wait) the last failed
             # attempt asked for still holds.
             limited = mine[-1].error_kind is ErrorKind.RATE_LIMITED
-            delay = backoff_delay(made - 1, self.config, mine[-1].retry_after_s, self._rng, rate_limited=limited)
+            delay = backoff_delay(made - 1, self.config, mine[-1].retry_after_s, self._jitter(mine[-1].attempt_id),
+                                  rate_limited=limited)
             wait = resume_wait(state, command.command_id, platform, delay, self.clock())
             if wait > 0:
                 log.info("🔄 %s will be retried automatically in %.1fs", label, wait,
@@ -1049,10 +1050,17 @@ class CommandHandler:
             log.warning("❌ %s failed (%s): %s", label, outcome.error.kind.value, outcome.error.message, extra=context)
             if not outcome.error.kind.retried_automatically or automatic + 1 >= self.config.max_automatic_attempts:
                 return
-            delay = backoff_delay(automatic, self.config, outcome.error.retry_after_s, self._rng,
+            delay = backoff_delay(automatic, self.config, outcome.error.retry_after_s, self._jitter(attempt_id),
                                   rate_limited=outcome.error.kind is ErrorKind.RATE_LIMITED)
             log.info("🔄 %s will be retried automatically in %.1fs", label, delay, extra=context)
             await self._sleep(delay)
+
+    @staticmethod
+    def _jitter(attempt_id: str) -> random.Random:
+        """The draw of the backoff after the failed attempt `attempt_id`: the same in every handler, so one that resumes
+        the command (after a restart or a takeover) waits what the first announced, not a new draw that may be sooner.
+        Attempts of different posts still spread out."""
+        return random.Random(attempt_id)
 
     def _credentials_of(self, account: str | None) -> AccountCredentials | PlatformError | None:
         """The account's credentials; the error to record when it has none; None when there is no account."""

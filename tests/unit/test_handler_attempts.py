@@ -233,9 +233,16 @@ def handler_on_shared_topic(page: Any, topic: list[Event], history: History, bac
     made.send = send  # type: ignore[method-assign]
     made.fresh_state = fresh_state  # type: ignore[method-assign]
     made._credentials_of = lambda _account: ACCOUNT  # type: ignore[method-assign]
-    made._rng.uniform = lambda _low, high: high  # type: ignore[method-assign]
+    made._jitter = lambda _attempt_id: Longest()  # type: ignore[method-assign]
     made._assign([0])
     return made
+
+
+class Longest(random.Random):
+    """A backoff's draw that always takes the longest wait it may."""
+
+    def uniform(self, _low: float, high: float) -> float:
+        return high
 
 
 def ready(value: Any = None) -> asyncio.Future[Any]:
@@ -443,6 +450,46 @@ async def test_a_graph_call_may_take_what_its_attempt_allows_not_a_shorter_timeo
     async with graph_client(Settings(attempt_timeout_seconds=120)) as client:  # type: ignore[call-arg]
         assert client.timeout.read == client.timeout.write == client.timeout.pool == 120
         assert client.timeout.connect == 5
+
+
+async def test_a_handler_taking_up_an_automatic_retry_waits_as_long_as_the_first_handler_said() -> None:
+    # The first handler's attempt failed for a moment and it announced its automatic retry in so many seconds, then
+    # stopped. The handler taking the command up waits out the same backoff, not a new draw that may come sooner.
+    page, topic = FlakyPage(), []
+    history, state = decided_for_facebook()
+    command = _publish_command(state)
+    config = HandlerConfig(backoff_base_seconds=30.0, backoff_cap_seconds=30.0)
+    waits: dict[str, list[float]] = {"first": [], "second": []}
+
+    def recording(name: str) -> CommandHandler:
+        made = handler_on_shared_topic(page, topic, history, 30.0)
+        made._jitter = CommandHandler._jitter  # type: ignore[method-assign]
+        made.config = config
+
+        async def sleep(seconds: float) -> None:
+            waits[name].append(seconds)
+            raise asyncio.CancelledError  # the handler stops during its wait
+
+        made._sleep = sleep  # type: ignore[method-assign]
+        return made
+
+    with pytest.raises(asyncio.CancelledError):
+        await first_publish(recording("first"), state, command)
+    failed = apply_all(None, [*history.events, *topic])
+    assert failed is not None
+    failed_at = next(a.finished_at for a in failed.attempts.values() if a.success is False)
+    assert failed_at is not None
+    second = recording("second")
+    second.clock = lambda: failed_at  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await second._publish_platform(failed, command, "facebook", CONTENT, "acme", ready(ACCOUNT), 0,
+                                       second._progress[0], is_retry=False, forced=False,
+                                       reason="resumed after an interruption", recorded=ready())
+
+    [announced], [resumed] = waits["first"], waits["second"]
+    assert 15.0 <= announced <= 30.0
+    assert resumed == pytest.approx(announced, abs=0.01)
+    assert page.calls == 1
 
 
 def test_a_rate_limit_that_gives_no_wait_is_waited_out_from_the_backoffs_cap() -> None:
