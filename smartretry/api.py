@@ -112,6 +112,8 @@ POLL_SECONDS = 0.05
 # How a refused retry with nothing to publish ends: what to do next (the pages put it in their own words).
 WAIT_FOR_RESULT = "; wait for its result"
 PUBLISH_ANYWAY = "; to publish again anyway"
+# The commands that publish a post again: one decided to publish nothing is refused (409).
+REPUBLISHING = ("RetryRequested", "ForceRepublishRequested")
 
 
 class Body(BaseModel):
@@ -1070,7 +1072,11 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             if response is not None and held:
                 response = response.model_copy(update={
                     "note": platform_waits(state, settings.max_automatic_attempts), "pending": True})
-            detail["command"] = {"command_id": command_id, "settled": settled, "held": held,
+            record = state.commands.get(command_id)
+            # A retry (or republish) decided to publish nothing: refused, as the POST that saw it decided answers 409.
+            refused = nothing_to_publish(record.note, record.skipped, post_id, forced=record.forced) \
+                if record is not None and not record.platforms and record.command_type in REPUBLISHING else None
+            detail["command"] = {"command_id": command_id, "settled": settled, "held": held, "refused": refused,
                                  "response": response.to_document() if response is not None else None}
         return detail
 

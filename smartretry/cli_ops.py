@@ -285,6 +285,10 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
             errors.print(f"warning: {exc}", highlight=False, markup=False, soft_wrap=True)
             errors.print(_send_again_as(command_id, post_id if what == "Publishing" else None), soft_wrap=True)
             return response, None
+        if detail is not None and (refused := detail["command"].get("refused")):
+            # Decided to publish nothing (another retry published it first): refused, as the API answers it at once.
+            problem = _as_commands(str(refused))
+            raise ApiError(f"409: {problem}", 409, problem)
         if detail is not None and (detail["command"]["settled"] or detail["command"].get("held")):
             response = detail["command"]["response"] or response
         return response, detail

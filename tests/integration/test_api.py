@@ -174,6 +174,11 @@ def test_a_retry_the_handler_found_nothing_to_publish_for_is_told_409_not_a_succ
     for sent in (answer, again):
         assert sent.status_code == 409, sent.text
         assert sent.json()["detail"].startswith("Nothing to retry: Facebook and Instagram already succeeded")
+    # Read back by its command id (what the CLI does after a 202): refused too, with the same reason.
+    command = api.client.get("/posts/post-1", params={"command_id": "mine-1"}).json()["command"]
+    assert command["settled"] is True
+    assert command["refused"] == again.json()["detail"]
+    assert api.client.get("/posts/post-1", params={"command_id": "other-1"}).json()["command"]["refused"] is None
 
 
 def overtaken_retry(post_id: str, command_id: str, note: str) -> list[Event]:

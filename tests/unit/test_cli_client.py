@@ -249,6 +249,31 @@ def test_dlq_list_takes_a_limit_of_at_least_one(monkeypatch: pytest.MonkeyPatch,
     assert one.output.count("(not a dead letter)") == 1
 
 
+def test_a_retry_decided_to_publish_nothing_after_the_apis_wait_is_refused_as_the_api_refuses_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Accepted (202) while another retry of the post was publishing; decided later: that one had published Facebook,
+    # so this one published nothing. A script must not read it as this retry's success.
+    reason = ("Nothing to retry: Facebook and Instagram already succeeded; to publish again anyway: "
+              "POST /posts/post-6/republish")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={
+                "success": False, "results": {}, "command_id": "cmd-6", "pending": True, "location": "/posts/post-6",
+                "post": {"id": "post-6", "status": "publishing", "error_message": None}})
+        return httpx.Response(200, json={"id": "post-6", "status": "posted", "command": {
+            "command_id": "cmd-6", "settled": True, "held": False, "refused": reason, "response": {
+                "success": True, "results": {}, "command_id": "cmd-6", "pending": False,
+                "post": {"id": "post-6", "status": "posted", "error_message": None}}}})
+
+    _api_answering(monkeypatch, answer)
+    done = CliRunner().invoke(app, ["retry", "post-6"], env={"COLUMNS": "200"})
+
+    assert done.exit_code == 1, done.output
+    assert "409: Nothing to retry: Facebook and Instagram already succeeded" in done.output
+    assert "smartretry force post-6 --reason" in done.output
+
+
 def _api_answering(monkeypatch: pytest.MonkeyPatch, answer: Any) -> list[httpx.Request]:
     """Every Api the commands make talks to `answer` (an httpx.MockTransport handler); the requests it got."""
     sent: list[httpx.Request] = []
