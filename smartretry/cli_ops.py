@@ -306,7 +306,7 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
         # once decided.
         entry = next((h for h in detail.get("history", []) if h.get("command_id") == response.get("command_id")), None)
         if entry is not None and entry.get("note"):
-            console.print(entry["note"], highlight=False)
+            console.print(_one_line(str(entry["note"])), highlight=False, soft_wrap=True)
         print_post(detail, api.page_url(detail["id"]))
     # With --json, stdout is the JSON alone (for a script): what is said besides goes to stderr.
     said = errors if as_json else console
@@ -568,7 +568,10 @@ def show(
             return
         print_post(detail, api.page_url(post_id))
         for entry in detail.get("history", []):
-            console.print(f"  {entry['decided_at']}  {entry['command_type']}: {entry['note']}", highlight=False)
+            # Its note may end with an operator's reason, of any length and lines: one line, left to the terminal to
+            # wrap, not cut at word breaks into lines of the history's own look.
+            console.print(f"  {entry['decided_at']}  {entry['command_type']}: {_one_line(str(entry['note']))}",
+                          highlight=False, soft_wrap=True)
 
 
 # Characters of a caption `list` shows.

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from schemas.commands import ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
-from schemas.events import PostSubmitted
+from schemas.events import CommandDecided, PostSubmitted
 from smartretry.cli import app
 from smartretry.settings import Settings
 from streams.dlq import make_dead_letter
@@ -89,6 +89,21 @@ def test_show_does_not_ask_for_an_action_on_a_platform_being_retried(api: Runnin
     assert code == 0, output
     assert "Status: ⏳ Publishing" in output
     assert "Needed for" not in output and "fix the image URL" not in output
+
+
+def test_show_keeps_each_history_entry_on_its_line_whatever_its_reason_holds(api: RunningApi) -> None:
+    # A forced republish's reason is the operator's own text: its line breaks must not read as lines of the history.
+    history = History(post_id="post-forced")
+    history.publish(target="facebook")
+    history.events.append(CommandDecided(
+        event_id="forced-d", post_id="post-forced", occurred_at=datetime.now(UTC), command_id="forced-1",
+        command_type="ForceRepublishRequested", platforms=("facebook",), is_retry=True, forced=True,
+        note="Forced republish: Publishing to Facebook again (testing the\nnew   template)"))
+    store_events(api, history.events)
+    code, output = run(api, "show", "post-forced")
+    assert code == 0, output
+    assert "ForceRepublishRequested: Forced republish: Publishing to Facebook again (testing the new template)" \
+        in output
 
 
 def store_facebook_failure(api: RunningApi, post_id: str, message: str) -> None:
