@@ -202,15 +202,14 @@ class CommandSender(Protocol):
 
 
 def platform_link(state: PostState, platform: Platform) -> str | None:
-    """The published post's address on `platform`, once its latest result is a success."""
+    """The published post's address on `platform`, once its latest result is a success: its permalink, or a Facebook
+    post's address built from its id (an Instagram media id gives none). Only a web address: an imported document's
+    `javascript:` one would run where it is shown as a link."""
     result = state.latest_result(platform)
     if result is None or not result.success:
         return None
-    if result.permalink:
-        return result.permalink
-    if platform == "facebook" and result.post_id:
-        return FACEBOOK_POST_URL.format(post_id=result.post_id)
-    return None
+    link = result.permalink or (earlier_link(platform, result.post_id) if result.post_id else None)
+    return link if link is not None and link.lower().startswith(("https://", "http://")) else None
 
 
 # A Facebook post id as Graph gives it ("<page id>_<post id>"), the only kind put into an address.

@@ -30,7 +30,7 @@ from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from projections.decide import retry_preview, retry_targets, reuses_command_id
-from projections.fold import FACEBOOK_POST_URL, awaiting_attempt, unresolved
+from projections.fold import awaiting_attempt, unresolved
 from projections.responses import earlier_posts, needed_actions, retried_summary
 from projections.resume import automatic_retry_times
 from projections.state import PostState
@@ -51,6 +51,7 @@ from smartretry.api import (
     list_position,
     nothing_to_publish,
     outcome_unknown,
+    platform_link,
     presented_key,
     queued_behind,
     service_key_named,
@@ -134,15 +135,9 @@ def platform_rows(state: PostState, max_attempts: int,
     actions = needed_actions(state, max_attempts, token_renewed_at)
     for platform in state.targeted:
         result = state.latest_result(platform)
-        link = None
-        if result is not None and result.success:
-            link = result.permalink or (FACEBOOK_POST_URL.format(post_id=result.post_id) if result.post_id else None)
-            if link is not None and not link.lower().startswith(("https://", "http://")):
-                # Only a web address is a link: an imported document's `javascript:` one would run on the page.
-                link = None
         rows.append({
             "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
-            "success": None if result is None else result.success, "link": link,
+            "success": None if result is None else result.success, "link": platform_link(state, platform),
             "error": _reason(result.error) if result is not None and not result.success and result.error else None,
             "error_full": result.error if result is not None and not result.success else None,
             "action": _page_action(actions[platform]) if platform in actions else None,

@@ -494,6 +494,21 @@ def test_a_post_that_went_out_without_its_address_says_so(api: RunningApi) -> No
     assert "Its address could not be told from Instagram's answers: see the account." in page
 
 
+def test_an_instagram_post_known_by_its_media_id_alone_is_never_given_a_facebook_address(api: RunningApi) -> None:
+    # Published, its media id known, its permalink not (the permalink's read failed after the publish).
+    history = History(post_id="post-media-only", at=datetime.now(UTC))
+    attempts = history.publish(target="instagram")
+    history.events.append(PlatformResult(event_id="went-out", post_id=history.post_id, occurred_at=datetime.now(UTC),
+                                         platform="instagram", attempt_id=attempts["instagram"], success=True,
+                                         platform_post_id="18107758234627017"))
+    api.stores.projection.apply_batch(api.topics.post_events, 5, list(enumerate(history.events)))
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-media-only").text
+    assert "facebook.com/18107758234627017" not in page
+    assert "Its address could not be told from Instagram's answers: see the account." in page
+    assert api.client.get("/posts/post-media-only").json()["links"] == {}
+
+
 def test_a_retry_whose_attempt_met_a_rate_limit_shows_the_post_failed_and_when_it_is_tried_again(
         api: RunningApi) -> None:
     history = History(post_id="post-limited-retry", at=datetime.now(UTC) - timedelta(minutes=2))
