@@ -463,6 +463,8 @@ def retry(
         try:
             with console.status("Retrying ..."):
                 answer = api.call("POST", f"/posts/{post_id}/retry", json=body, again=_send_again_as(command_id, None))
+            # Refused also when decided after the API's wait (another retry of the post published it first).
+            response, detail = _settled(api, answer, "Retrying", wait)
         except ApiError as refused:
             if refused.status != 409 or not refused.problem.startswith("Nothing to retry"):
                 raise
@@ -486,7 +488,6 @@ def retry(
             if detail["status"] == "failed":
                 raise typer.Exit(1) from None
             return
-        response, detail = _settled(api, answer, "Retrying", wait)
         _report(api, response, detail, as_json)
 
 

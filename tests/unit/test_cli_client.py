@@ -249,6 +249,10 @@ def test_dlq_list_takes_a_limit_of_at_least_one(monkeypatch: pytest.MonkeyPatch,
     assert one.output.count("(not a dead letter)") == 1
 
 
+POSTED = {"id": "post-6", "status": "posted", "publish_target": "facebook", "insights": {"publish_results": [
+    {"platform": "facebook", "success": True, "postId": "747917475065823_6"}]}, "links": {}, "history": []}
+
+
 def test_a_retry_decided_to_publish_nothing_after_the_apis_wait_is_refused_as_the_api_refuses_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Accepted (202) while another retry of the post was publishing; decided later: that one had published Facebook,
@@ -261,7 +265,7 @@ def test_a_retry_decided_to_publish_nothing_after_the_apis_wait_is_refused_as_th
             return httpx.Response(202, json={
                 "success": False, "results": {}, "command_id": "cmd-6", "pending": True, "location": "/posts/post-6",
                 "post": {"id": "post-6", "status": "publishing", "error_message": None}})
-        return httpx.Response(200, json={"id": "post-6", "status": "posted", "command": {
+        return httpx.Response(200, json={**POSTED, "command": {
             "command_id": "cmd-6", "settled": True, "held": False, "refused": reason, "response": {
                 "success": True, "results": {}, "command_id": "cmd-6", "pending": False,
                 "post": {"id": "post-6", "status": "posted", "error_message": None}}}})
@@ -269,9 +273,12 @@ def test_a_retry_decided_to_publish_nothing_after_the_apis_wait_is_refused_as_th
     _api_answering(monkeypatch, answer)
     done = CliRunner().invoke(app, ["retry", "post-6"], env={"COLUMNS": "200"})
 
-    assert done.exit_code == 1, done.output
-    assert "409: Nothing to retry: Facebook and Instagram already succeeded" in done.output
-    assert "smartretry force post-6 --reason" in done.output
+    # As a retry the API refused at once (409) ends: said, with the post, and the exit status its status gives.
+    assert done.exit_code == 0, done.output
+    assert "Nothing to retry: Facebook and Instagram already succeeded. To publish again anyway: smartretry force " \
+           "post-6 --reason ..." in done.output
+    assert "Status: ✅ Posted" in done.output
+    assert "error" not in done.output
 
 
 def _api_answering(monkeypatch: pytest.MonkeyPatch, answer: Any) -> list[httpx.Request]:
