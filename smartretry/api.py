@@ -79,6 +79,7 @@ from schemas.commands import (
 )
 from schemas.common import (
     ID_PATTERN,
+    MAX_PLATFORM_WAIT_S,
     PLATFORM_LABELS,
     Identifier,
     Platform,
@@ -1057,6 +1058,9 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
              summary="A post's insights document, needed actions, retry preview and history")
     async def read_post(post_id: PostId, command_id: Annotated[str | None, Query(
             pattern=ID_PATTERN.pattern, description="Also say whether this command has all its results")] = None,
+                        within: Annotated[float, Query(ge=0, le=MAX_PLATFORM_WAIT_S, description=(
+                            "Seconds the caller still waits for the command: it is `held` only where what remains "
+                            "waits on a platform's own time beyond them"))] = 0.0,
                         ) -> dict[str, Any]:
         state = await front.state_of(post_id)
         detail = post_detail(state, settings.max_automatic_attempts, await front.token_renewed_at(state),
@@ -1066,7 +1070,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             # Not settled, but left to the platforms' own waits: nothing more comes of it for now (the CLI stops
             # waiting), and its answer says when.
             held = not settled and held_by_platform_waits(state, command_id, settings.max_automatic_attempts,
-                                                          front.clock())
+                                                          front.clock() + timedelta(seconds=within))
             response = publish_response(state, command_id) if command_id in state.commands else None
             if response is not None and held:
                 response = response.model_copy(update={

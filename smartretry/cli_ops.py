@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from publishers.redact import scrub
-from schemas.common import ID_PATTERN, PLATFORM_LABELS, platforms_of
+from schemas.common import ID_PATTERN, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, platforms_of
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from schemas.envelope import DecodeError, json_object
 from schemas.ids import new_id, post_id_for
@@ -146,7 +146,9 @@ class Api:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                answer = self.client.get(f"/posts/{post_id}", params={"command_id": command_id})
+                # Held: only what waits on a platform's own time past this wait (a rate limit's hour), not seconds.
+                remaining = round(min(max(0.0, deadline - time.monotonic()), MAX_PLATFORM_WAIT_S), 3)
+                answer = self.client.get(f"/posts/{post_id}", params={"command_id": command_id, "within": remaining})
             except httpx.TransportError as exc:
                 raise ApiError(f"the API at {self.base_url} stopped answering while the results were awaited "
                                f"({type(exc).__name__}); the command was accepted: `smartretry show {post_id}` "

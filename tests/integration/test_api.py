@@ -929,6 +929,11 @@ def test_a_command_left_to_a_platforms_wait_reads_as_held_with_when(api: Running
     assert command["settled"] is False and command["held"] is True
     assert command["response"]["pending"] is True
     assert command["response"]["note"].startswith("Instagram is retried automatically at ")
+    # Held for a caller that waits less than the hour; one that waits past it gets the retry's result.
+    for within, held in ((3000, True), (3700, False)):
+        read = api.client.get("/posts/post-held", params={"command_id": "publish-held", "within": within})
+        assert read.json()["command"]["held"] is held
+    assert api.client.get("/posts/post-held", params={"command_id": "publish-held", "within": -1}).status_code == 422
 
 
 def test_a_retry_queued_behind_automatic_retries_of_the_services_own_backoff_says_so(api: RunningApi) -> None:

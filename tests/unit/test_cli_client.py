@@ -34,8 +34,11 @@ def test_results_are_awaited_until_what_remains_waits_for_the_platforms_own_time
     # wait ends there, not at its own deadline.
     seen: list[int] = []
 
+    asked: list[httpx.Request] = []
+
     def detail(request: httpx.Request) -> httpx.Response:
         seen.append(1)
+        asked.append(request)
         return httpx.Response(200, json={"id": "post-1", "command": {
             "command_id": "cmd-1", "settled": False, "held": len(seen) >= 2, "response": None}})
 
@@ -44,6 +47,8 @@ def test_results_are_awaited_until_what_remains_waits_for_the_platforms_own_time
     found = api.wait_for("post-1", "cmd-1", timeout=60)
     api.close()
     assert found is not None and found["command"]["held"] and len(seen) == 2
+    # Held as the API tells it for the time this wait has left: a platform's wait of a few seconds is waited out.
+    assert 0 < float(asked[-1].url.params["within"]) <= 60
 
 
 def test_an_api_whose_database_is_away_while_results_are_awaited_says_the_command_was_accepted() -> None:
