@@ -63,6 +63,8 @@ class ContainerPolling:
     timeout_s: float = 300.0
     # media_publish retries on the same container when Instagram says "not ready yet" or hiccups.
     publish_retries: int = 3
+    # The longest an attempt's call lasts (the handler's attempt timeout): an attempt's media is made within it.
+    attempt_timeout_s: float = timeout_s + PUBLISH_MARGIN_S
 
     @classmethod
     def within(cls, attempt_timeout_s: float) -> ContainerPolling:
@@ -70,8 +72,10 @@ class ContainerPolling:
 
         The handler ends a platform call at its attempt timeout (and looks the attempt up instead), so a
         wait past it would never end in its own "not ready" message. Half a minute is left for media_publish.
+        The wait counts from the attempt's start: what is asked before the container is made comes out of it.
         """
-        return cls(timeout_s=max(cls.interval_s, min(cls.timeout_s, attempt_timeout_s - PUBLISH_MARGIN_S)))
+        return cls(timeout_s=max(cls.interval_s, min(cls.timeout_s, attempt_timeout_s - PUBLISH_MARGIN_S)),
+                   attempt_timeout_s=attempt_timeout_s)
 
 
 class InstagramPublisher:
@@ -103,6 +107,8 @@ class InstagramPublisher:
                 kind=ErrorKind.INVALID_MEDIA, message=f"{action} failed: Instagram posts need an image"))
         ig_user, token = account.ig_user_id, account.user_token
         started = datetime.now(UTC)
+        # The container is waited for until then at most, whatever asking about earlier ones took first.
+        deadline = asyncio.get_running_loop().time() + self._polling.timeout_s
         # A container is published only by media_publish, and its status says for certain whether it was: an
         # earlier attempt's refusal may have published it all the same (an "Instagram server error" answered
         # after the fact, a refusal whose status read lagged behind). Asked before a new container is made.
@@ -149,7 +155,7 @@ class InstagramPublisher:
                 # The container's status says what the refusal means: not ready yet (wait, then publish), failed
                 # or expired (why), published already (by an earlier attempt), or fine (the refusal stands).
                 try:
-                    status = await self._wait_until_ready(container_id, token)
+                    status = await self._wait_until_ready(container_id, token, deadline)
                 except GraphCallFailed as unclear:
                     # A refusal that may have published it stays unknown, whatever stopped the status from saying.
                     raise GraphCallFailed(unclear.error, outcome_unknown=refused.outcome_unknown or
@@ -236,15 +242,16 @@ class InstagramPublisher:
         log.warning("Instagram container %s of an earlier attempt was published after all: not published again",
                     container_id, extra={"attempt_id": attempt_id})
         # Its media was made during that attempt: one of another time is never taken for it.
-        latest = attempted_at + timedelta(seconds=self._polling.timeout_s + PUBLISH_MARGIN_S) + CLOCK_SKEW
+        latest = attempted_at + timedelta(seconds=self._polling.attempt_timeout_s) + CLOCK_SKEW
         return await self._published_media(account, content, container_id, attempted_at, recorded, only=True,
                                            latest=latest)
 
-    async def _wait_until_ready(self, container_id: str, token: SecretStr) -> str:
-        """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the deadline fail."""
+    async def _wait_until_ready(self, container_id: str, token: SecretStr, deadline: float) -> str:
+        """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the `deadline` (event loop time)
+        fail."""
         polling = self._polling
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + polling.timeout_s
+        began = loop.time()
         interval = polling.interval_s
         while True:
             try:
@@ -272,7 +279,7 @@ class InstagramPublisher:
             if loop.time() + interval > deadline:
                 raise GraphCallFailed(PlatformError(
                     kind=ErrorKind.TRANSIENT,
-                    message=f"Instagram media processing failed: not ready after {polling.timeout_s:g} s",
+                    message=f"Instagram media processing failed: not ready after {loop.time() - began:.0f} s",
                 ))
             await asyncio.sleep(interval)
             interval = min(interval * polling.backoff, polling.max_interval_s)

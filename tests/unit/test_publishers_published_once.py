@@ -3,6 +3,7 @@ Facebook look-up reads every page of its window, however Meta pages it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
@@ -161,6 +162,41 @@ async def test_an_earlier_container_published_is_never_matched_to_a_media_of_ano
 
     assert outcome.success and outcome.container_id == EARLIER
     assert (outcome.platform_post_id, outcome.permalink) == (None, None)
+
+
+async def test_an_earlier_container_published_late_in_a_long_attempt_is_matched_to_its_media() -> None:
+    # Attempts may last ten minutes here (SMARTRETRY_ATTEMPT_TIMEOUT_SECONDS=600): that attempt's media went out 9
+    # minutes into it, past the container's five minutes of polling, and is still its own.
+    late = {"data": [{**MEDIA["data"][0], "timestamp": "2025-11-17T10:19:13+0000"}]}
+    graph = Graph({EARLIER: [status("PUBLISHED")], "media": [httpx.Response(200, json=late)]})
+    polling = ContainerPolling.within(600.0)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            CONTENT, ACCOUNT, attempt_id="a2", earlier_containers=[(EARLIER, STARTED)])
+
+    assert outcome.success and outcome.platform_post_id == "18107758234627017"
+
+
+async def test_asking_about_earlier_containers_comes_out_of_the_attempts_wait_for_its_own() -> None:
+    # Meta took longer to answer about the earlier container than the attempt may wait for its own: the new container,
+    # not ready, is not waited for past the attempt's time (the handler would cut the call and leave it unknown).
+    async def slow_then_not_ready(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(EARLIER):
+            await asyncio.sleep(0.3)
+        return graph(request)
+
+    graph = Graph({EARLIER: [status("FINISHED")], "media": [httpx.Response(200, json={"id": CONTAINER})],
+                   "media_publish": [refusal(9007, 2207027, message="Media ID is not available")],
+                   CONTAINER: [status("IN_PROGRESS")]})
+    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=0.2)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slow_then_not_ready)) as client:
+        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            CONTENT, ACCOUNT, attempt_id="a2", earlier_containers=[(EARLIER, STARTED)])
+
+    assert not outcome.success and not outcome.outcome_unknown and outcome.container_id == CONTAINER
+    assert outcome.error is not None
+    assert outcome.error.message.startswith("Instagram media processing failed: not ready")
+    assert graph.calls.count(CONTAINER) == 1  # its status read once: the attempt's time was up
 
 
 # ------------------------------------------------------------------------- this attempt's own refusals
