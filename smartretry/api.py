@@ -24,10 +24,11 @@ from typing import Annotated, Any, Protocol
 
 import uvicorn
 from confluent_kafka import Producer
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -921,6 +922,15 @@ def service_key_named(settings: Settings, token: str) -> str | None:
     return None
 
 
+# The ways the key is sent, declared as FastAPI's security schemes so that the OpenAPI document (and /docs'
+# "Authorize") names them; the key itself is read by `presented_key`, as the body limit reads it before the body.
+KeyHeader = Annotated[str | None, Security(APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKey",
+    description="The service's API key (SMARTRETRY_API_KEY)"))]
+KeyBearer = Annotated[HTTPAuthorizationCredentials | None, Security(HTTPBearer(
+    auto_error=False, scheme_name="Bearer", description="The API key, as a bearer token"))]
+
+
 def presented_key(request: Request) -> str | None:
     key = request.headers.get(API_KEY_HEADER)
     if key:
@@ -977,7 +987,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     )
     app.state.front = front
 
-    def require_api_key(request: Request) -> None:
+    def require_api_key(request: Request, _key: KeyHeader = None, _bearer: KeyBearer = None) -> None:
         if not api_key_matches(settings, presented_key(request)):
             raise HTTPException(401, WRONG_KEY, headers={"WWW-Authenticate": "Bearer"})
 

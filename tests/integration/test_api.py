@@ -359,6 +359,22 @@ def test_openapi_document_describes_the_endpoints(api: RunningApi) -> None:
         assert path in paths
 
 
+def test_openapi_document_says_how_to_send_the_api_key(api: RunningApi) -> None:
+    # What /docs' "Authorize" offers: without it, every "Try it out" is refused 401.
+    document = api.anonymous.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                 "description": "The service's API key (SMARTRETRY_API_KEY)"}
+    assert schemes["Bearer"]["scheme"] == "bearer"
+    assert {"ApiKey": []} in document["paths"]["/posts/{post_id}/retry"]["post"]["security"]
+    assert "security" not in document["paths"]["/healthz"]["get"]
+    # Sent either way, the key is taken; a wrong one is not.
+    assert api.anonymous.get("/posts", headers={"X-API-Key": API_KEY}).status_code == 200
+    assert api.anonymous.get("/posts", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert api.anonymous.get("/posts", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert api.anonymous.get("/posts", headers={"Authorization": f"Basic {API_KEY}"}).status_code == 401
+
+
 # ------------------------------------------------------------------------------------------- publish
 
 
