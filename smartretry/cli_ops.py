@@ -979,12 +979,19 @@ def demo(
 
     with api_client(api_url) as api:
         api.call("GET", "/healthz")
-        sandbox_url = sandbox_url or api.settings.sandbox_url
+        given = sandbox_url or api.settings.sandbox_url
+        # Else the sandbox `run` starts on this machine (at SMARTRETRY_SANDBOX_PORT) when no Meta address is set.
+        sandbox_url = given or (f"http://127.0.0.1:{api.settings.sandbox_port}"
+                                if not api.settings.graph_api_base_url else None)
         if sandbox_url:
             control = SandboxControl(sandbox_url)
             try:
                 control.reject_spaces("facebook", True)
                 control.reject_spaces("instagram", False)
+            except httpx.HTTPError:
+                if given:
+                    raise
+                # Not there: the service's sandbox is elsewhere. Its first attempt says whether it refuses spaces.
             finally:
                 control.close()
         stored = next((row for row in api.call("GET", "/accounts").json()["accounts"] if row["account"] == account),
@@ -1012,6 +1019,13 @@ def demo(
         response, detail = _demo_settled(api, answer, "Publishing")
         for line in _log_lines(detail, response["command_id"]):
             console.print(line, highlight=False)
+        if any(r["platform"] == "facebook" and r["success"] for r in detail["insights"].get("publish_results", [])):
+            # The scenario needs Facebook to refuse the URL: the sandbox the service uses does not (its rejection of
+            # spaces turned off), and the demo could not reach it to turn it on.
+            _error("Facebook took the image URL with a space, so there is no failure to retry: the sandbox the "
+                   "service publishes to does not refuse spaces. Give the demo the sandbox's address (--sandbox-url, "
+                   "or SMARTRETRY_SANDBOX_URL) so that it turns that on, and run it again.")
+            raise typer.Exit(1)
         console.print("Insights after the failed attempt:")
         _print_json({key: detail[key] for key in ("insights", "status", "error_message") if key in detail})
         console.print(f"Post detail page: {api.page_url(post_id)}", highlight=False)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 from typer.testing import CliRunner
 
+from publishers.sandbox import SandboxControl
 from schemas.commands import ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
@@ -433,6 +435,25 @@ def test_demo_shows_the_seeds_scenario(service_api: ServiceApi) -> None:
     assert '"retried_platform": "facebook"' in output
     assert '"status": "posted"' in output
 
+
+
+def test_demo_says_so_when_the_sandbox_takes_the_url_with_a_space(service_api: ServiceApi) -> None:
+    # The service's sandbox does not refuse spaces, and the demo is not told where it is to turn that on.
+    control = SandboxControl(service_api.service.sandbox.base_url)
+    control.reject_spaces("facebook", False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nothing_there = probe.getsockname()[1]
+    try:
+        result = CliRunner().invoke(app, ["demo", "--account", "demo-open"], env={
+            "SMARTRETRY_API_URL": service_api.url, "SMARTRETRY_API_KEY": E2E_KEY, "SMARTRETRY_SANDBOX_URL": "",
+            "SMARTRETRY_SANDBOX_PORT": str(nothing_there), "COLUMNS": "200"})
+    finally:
+        control.reject_spaces("facebook", True)
+        control.close()
+    assert result.exit_code == 1, result.output
+    assert "Facebook took the image URL with a space, so there is no failure to retry" in result.output
+    assert "Insights after the failed attempt" not in result.output
 
 
 def test_publish_and_retry_exit_with_1_when_the_post_ends_failed_and_0_once_it_is_posted(
