@@ -151,6 +151,12 @@ class _Work:
 _WORK: contextvars.ContextVar[_Work | None] = contextvars.ContextVar("smartretry_command_work", default=None)
 
 
+def _without_checking(message: str, limit: int) -> str:
+    """An unknown outcome's reason (`...; checking whether ...`) without its ending, for another to follow it: at most
+    `limit` characters, and no full stop of its own before the "; " that joins them."""
+    return message[:-len(CHECKING)][:limit].rstrip(".")
+
+
 class StoodDown(RuntimeError):
     """Another handler attempted the platform since this one read the post: the command is handled again."""
 
@@ -1322,7 +1328,7 @@ class CommandHandler:
                     room = 2000 - len(telling.message) - 2
                     if known is not None and known.message.endswith(CHECKING) and room > 0:
                         telling = telling.model_copy(update={
-                            "message": f"{known.message[:-len(CHECKING)][:room]}; {telling.message}"})
+                            "message": f"{_without_checking(known.message, room)}; {telling.message}"})
                     log.warning("%s cannot tell whether attempt %s went out: %s", label, attempt.attempt_id,
                                 found.error.message, extra=context)
                     await self.emit(AttemptOutcomeUnknown(
@@ -1349,12 +1355,14 @@ class CommandHandler:
                 # Asked again when the lease ends: before then, "no post" could not settle it anyway.
                 known = attempt.lookup_error
                 asked = state.content is not None and state.account is not None
+                lease_ends = attempt.started_at + timedelta(seconds=self.config.attempt_lease_seconds)
                 waiting = (f"{label} has no post of this attempt yet: it may still be under way, so it is looked "
-                           "up again when its lease ends, and published again if none shows")
+                           f"up again when its lease ends ({lease_ends.astimezone(UTC):%H:%M:%S} UTC), and published "
+                           "again if none shows")
                 said = known is not None and known.message.endswith(waiting)
                 if known is not None and known.message.endswith(CHECKING):
                     # Why the call left no answer to trust ("...: 500 - ...") stays in view beside the wait.
-                    waiting = f"{known.message[:-len(CHECKING)][:1800]}; {waiting}"
+                    waiting = f"{_without_checking(known.message, 1800)}; {waiting}"
                 if asked and found is None and not said:
                     # The post says what it waits for (after a restart, or once the account was re-authenticated
                     # and the look-up went through), instead of "publishing" with no word for minutes.

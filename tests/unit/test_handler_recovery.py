@@ -331,7 +331,9 @@ async def test_within_the_lease_a_look_up_that_finds_no_post_is_asked_again_when
     # Meanwhile the post says what it waits for (a handler restarted mid-call), not "publishing" with no word.
     (unknown,) = sent
     assert isinstance(unknown, AttemptOutcomeUnknown)
-    assert "looked up again when its lease ends, and published again if none shows" in unknown.error.message
+    ends = attempt.started_at + timedelta(seconds=made.config.attempt_lease_seconds)
+    assert (f"looked up again when its lease ends ({ends:%H:%M:%S} UTC), and published again if none shows"
+            in unknown.error.message)
     after = apply_all(state, sent)
     assert after is not None and after.status == "publishing" and after.needed_action == {}
 
@@ -364,14 +366,20 @@ def left_unanswered(reason: str) -> tuple[History, PostState]:
 
 
 async def test_while_the_lease_runs_the_post_keeps_saying_why_its_call_left_no_answer_to_trust() -> None:
-    history, state = left_unanswered("Facebook photo upload failed: 500 - An unknown error occurred")
+    # Meta's words end with a full stop: joined to what follows by "; " without it.
+    history, state = left_unanswered("Facebook photo upload failed: 500 - An unknown error occurred. Please retry "
+                                     "your request later.")
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
     state, sent = await looked_up_within_the_lease(history, state)
 
     (unknown,) = sent  # said once
     assert isinstance(unknown, AttemptOutcomeUnknown)
+    ends = attempt.started_at + timedelta(seconds=HandlerConfig().attempt_lease_seconds)
     assert unknown.error.message == (
-        "Facebook photo upload failed: 500 - An unknown error occurred; Facebook has no post of this attempt yet: it "
-        "may still be under way, so it is looked up again when its lease ends, and published again if none shows")
+        "Facebook photo upload failed: 500 - An unknown error occurred. Please retry your request later; Facebook has "
+        "no post of this attempt yet: it may still be under way, so it is looked up again when its lease ends "
+        f"({ends:%H:%M:%S} UTC), and published again if none shows")
 
 
 @pytest.mark.parametrize("detail", ["An unknown error", "x" * 1500], ids=["short", "long"])
