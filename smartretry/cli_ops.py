@@ -13,7 +13,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +58,15 @@ DEFAULT_WAIT_SECONDS = 120.0
 
 ApiUrl = typer.Option(None, "--api-url", envvar="SMARTRETRY_API_URL", help="The API's base URL.")
 AsJson = typer.Option(False, "--json", help="Print the API's JSON answer.")
+
+
+def _one_of(*choices: str) -> Callable[[str | None], str | None]:
+    """An option's check: one of `choices`, else a usage error (exit status 2) before anything is sent."""
+    def checked(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return checked
 
 
 def _checked_id(value: str | None) -> str | None:
@@ -421,7 +430,8 @@ def publish(
     caption: str = typer.Argument(..., help="The post's text."),
     image_url: str | None = typer.Option(None, help="Image to publish (Instagram needs one)."),
     link: str | None = typer.Option(None, help="A link for the Facebook post."),
-    target: str = typer.Option("both", help="facebook, instagram or both."),
+    target: str = typer.Option("both", help="facebook, instagram or both.", callback=_one_of("facebook", "instagram",
+                                                                                              "both")),
     account: str = typer.Option("demo", help="The account whose credentials publish it."),
     post_id: str | None = typer.Option(None, callback=_checked_id,
                                        help="Name the post (default: one fixed by the command id)."),
@@ -592,7 +602,8 @@ def _one_line(text: str, limit: int | None = None) -> str:
 
 @ops.command("list")
 def list_posts(
-    status: str | None = typer.Option(None, help="Only posts with this status: publishing, posted or failed."),
+    status: str | None = typer.Option(None, help="Only posts with this status: publishing, posted or failed.",
+                                      callback=_one_of("publishing", "posted", "failed")),
     limit: int = typer.Option(50, min=1, max=500, help="Show the most recently updated this many."),
     as_json: bool = typer.Option(False, "--json", help="Print the API's JSON answer."),
     api_url: str | None = ApiUrl,

@@ -329,6 +329,22 @@ def test_an_id_that_is_no_id_is_a_usage_error_before_any_request(
     assert sent == []
 
 
+@pytest.mark.parametrize(("line", "said"), [
+    (["publish", "Hello", "--target", "twitter"], "Invalid value for '--target': 'twitter' is not one of facebook, "
+                                                  "instagram, both"),
+    (["list", "--status", "bogus"], "Invalid value for '--status': 'bogus' is not one of publishing, posted, failed"),
+], ids=["target", "status"])
+def test_a_choice_that_is_none_of_its_options_is_a_usage_error_naming_the_option(
+        monkeypatch: pytest.MonkeyPatch, line: list[str], said: str) -> None:
+    sent = _api_answering(monkeypatch, lambda _request: httpx.Response(500))
+
+    done = CliRunner().invoke(app, line, env={"COLUMNS": "200"})
+
+    assert done.exit_code == 2, done.output
+    assert said in done.output
+    assert sent == []
+
+
 def _unanswered(request: httpx.Request) -> httpx.Response:
     raise httpx.ReadTimeout("timed out", request=request)
 
