@@ -267,6 +267,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
                           status_code: int = 200, entered_image_url: str | None = None,
                           entered_account: str | None = None, sent: int | None = None,
+                          entered_caption: str | None = None,
                           token_stored: bool = False) -> Response:
         state = await front.read(post_id) if ID_PATTERN.fullmatch(post_id) else None
         if state is None:
@@ -362,6 +363,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "command_id": new_id(),
             # What the user typed, when the form comes back with a problem: to correct, not to type again.
             "image_url": entered_image_url or (state.content.image_url if state.content else None),
+            # Where a platform refused the post itself ("fix the post": its caption, say), the caption can be corrected
+            # here too, not only through the API or the command line.
+            "caption": (entered_caption if entered_caption is not None else state.content.caption)
+            if state.content is not None and any(row["action"] == FIX_THE_POST for row in rows) else None,
             # Imported without an account: the retry names the one to publish with.
             "needs_account": state.account is None,
             "entered_account": entered_account,
@@ -386,14 +391,20 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         state = await front.read(post_id)
         image_url = (form.get("image_url") or [""])[0].strip()
         current = state.content.image_url if state is not None and state.content else None
+        # As typed, but for the line breaks a browser sends as CRLF; an emptied field corrects nothing.
+        caption = (form.get("caption") or [""])[0].replace("\r\n", "\n")
+        current_caption = state.content.caption if state is not None and state.content else None
         account = (form.get("account") or [""])[0].strip() or None
-        if state is not None and _sent_before(state, command_id, image_url, account):
+        if state is not None and _sent_before(state, command_id, image_url, account, caption):
             # This form was sent before and its retry taken up: answered as it was then, not sent again. (Sent again
             # before it was taken up, it goes to the handler once more, which does a command id once.)
             return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': command_id, 'sent': int(_now())})}",
                                     status_code=303)
         try:
-            correction = ContentCorrection(image_url=image_url) if image_url and image_url != current else None
+            changed = {name: value for name, value, now in (("image_url", image_url, current),
+                                                            ("caption", caption, current_caption))
+                       if value.strip() and value != now}
+            correction = ContentCorrection(**changed) if changed else None
             body = RetryBody(content=correction, account=account, command_id=command_id)
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
@@ -410,12 +421,14 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                         and error.get("type") == "contains_token"} if isinstance(exc.detail, list) else set()
             return await render_post(request, post_id, None, problem, status_code=exc.status_code,
                                      entered_image_url=_typed_back(image_url, "image_url" in carrying),
-                                     entered_account=_typed_back(account, "account" in carrying))
+                                     entered_account=_typed_back(account, "account" in carrying),
+                                     entered_caption=_typed_back(caption or None, "caption" in carrying))
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
                                      entered_image_url=_typed_back(image_url),
-                                     entered_account=_typed_back(account))
+                                     entered_account=_typed_back(account),
+                                     entered_caption=_typed_back(caption or None))
         return RedirectResponse(
             f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
             status_code=303)
@@ -471,11 +484,12 @@ def _asks_for_token(row: dict[str, Any], status: str) -> bool:
     return bool(row["unknown"]) or (status == "failed" and (row["success"] is False or not row["pending"]))
 
 
-def _sent_before(state: PostState, command_id: str, image_url: str, account: str | None) -> bool:
+def _sent_before(state: PostState, command_id: str, image_url: str, account: str | None, caption: str = "") -> bool:
     """Whether the post's command `command_id` is the retry the form sends now (the same form sent again): its image
-    URL is the post's now (a correction the retry carried is the post's content since), and the retry recorded is of
-    the same body, with that correction or none."""
-    if command_id not in state.commands or state.content is None or image_url not in ("", state.content.image_url):
+    URL and caption are the post's now (a correction the retry carried is the post's content since), and the retry
+    recorded is of the same body, with that correction or none."""
+    if command_id not in state.commands or state.content is None or image_url not in ("", state.content.image_url) \
+            or (caption.strip() and caption != state.content.caption):
         return False
     try:
         sent = [RetryRequested(command_id=command_id, post_id=state.post_id, content=content, account=account,
@@ -531,8 +545,11 @@ def _page_action(action: str) -> str:
     return shown
 
 
+# What a platform that refused the post itself asks for: the retry form then offers the caption too.
+FIX_THE_POST = "fix the post"
 # The forms' fields by the names the page gives them.
-FIELD_LABELS = {"image_url": "Image URL", "account": "Account", "token": "Access token", "page_id": "Facebook Page id",
+FIELD_LABELS = {"image_url": "Image URL", "caption": "Caption", "account": "Account", "token": "Access token",
+                "page_id": "Facebook Page id",
                 "ig_user_id": "Instagram account id"}
 # What a platform needs when a new token for the post's account is what it lacks (the form to store one shows then).
 REAUTH_ACTIONS = ("re-authenticate ", "connect account ")

@@ -453,6 +453,40 @@ def test_the_retry_form_sent_twice_is_one_retry(api: RunningApi) -> None:
     assert len(messages_on(api.bootstrap, api.topics.commands)) == len(sent)
 
 
+def test_a_post_a_platform_refused_as_it_is_offers_its_caption_to_correct_on_the_retry_form(api: RunningApi) -> None:
+    # Instagram refused the post itself ("fix the post"): its caption is what the user corrects, on the page.
+    api.stores.credentials.set_token("acct-1", "acct-user-token-0001", "747917475065823", "17841400000000000")
+    history = History(post_id="post-caption", at=datetime.now(UTC))
+    attempts = history.publish(target="instagram")
+    history.failure("instagram", attempts["instagram"], "Instagram media upload failed: 400 - Invalid parameter",
+                    ErrorKind.INVALID_REQUEST)
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-caption").text
+        assert re.search(r'<textarea name="caption" id="caption"[^>]*>Autumn sale</textarea>', page), page
+        drawn = re.search(r'name="command_id" value="([0-9A-Z]{26})"', page)
+        assert drawn is not None
+        form = {"token": retry_token(api.settings, "post-caption"), "command_id": drawn.group(1),
+                "image_url": "https://cdn.example.com/autumn sale.jpg", "caption": "Autumn sale\r\nstarts today"}
+        sent = browser.post("/ui/posts/post-caption/retry", data=form, follow_redirects=False)
+        assert sent.status_code == 303, sent.text
+        refused = browser.post("/ui/posts/post-caption/retry", data={**form, "command_id": drawn.group(1)[:-1] + "0",
+                                                                     "caption": "x" * 70_000})
+        assert refused.status_code == 422 and "Caption" in html.unescape(refused.text)
+    [command] = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
+    assert isinstance(command, RetryRequested) and command.content is not None
+    # The caption as typed (a browser's line breaks as the post's own), the rest of the content as it was.
+    assert command.content == PostContent(caption="Autumn sale\nstarts today",
+                                          image_url="https://cdn.example.com/autumn sale.jpg")
+
+
+def test_a_post_failed_on_its_image_offers_no_caption_to_change(api: RunningApi) -> None:
+    store_post(api, "post-1")
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-1").text
+    assert 'name="image_url"' in page and 'name="caption"' not in page
+
+
 def test_the_retry_form_sent_again_after_its_retry_found_nothing_to_publish_says_so(api: RunningApi) -> None:
     store_post(api, "post-1")
     with signed_in(api) as browser:
