@@ -1028,6 +1028,11 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             # A form or plain text is not read as JSON: "Input should be a valid dictionary" would not say why.
             errors = [{"loc": ["body"], "type": "json_required",
                        "msg": "the body must be JSON, sent with Content-Type: application/json"}]
+        elif any(error["loc"] == ["body"] and error.get("type") == "missing" for error in errors):
+            # "Field required" of the body itself would read as a field of it missing.
+            errors = [{"loc": ["body"], "type": "missing",
+                       "msg": "the body is missing: send a JSON object, with Content-Type: application/json (its "
+                              "fields are in /docs)"}]
         return JSONResponse({"detail": errors}, status_code=422)
 
     def answer(accepted: Accepted) -> JSONResponse:

@@ -713,6 +713,11 @@ def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
     # JSON that is no object, sent without a Content-Type (read as JSON): the answer says what is wrong with it.
     listed = httpx.post(f"{api.url}/posts", content=b"[]", headers={"X-API-Key": API_KEY})
     assert listed.status_code == 422 and "JSON, sent with" not in listed.text
+    # No body at all: said so, not "Field required" as if a field of it were missing.
+    for path in ("/posts", "/posts/post-1/republish"):
+        empty = api.client.post(path)
+        assert empty.status_code == 422
+        assert empty.json()["detail"][0]["msg"].startswith("the body is missing: send a JSON object"), path
     assert_nothing_on_commands(api)
 
 
