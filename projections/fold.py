@@ -80,6 +80,10 @@ RIGHT_ID = "connect the account again with its right "
 
 # Shown when a platform refused without saying why; the seed always has a message, old documents may not.
 UNKNOWN_ERROR = "publish failed"
+# An imported post's platform the old system kept no result for: not published (as far as anything here knows).
+NO_LEGACY_RESULT = "not published: the old system kept no result for it"
+NO_LEGACY_RESULT_PUBLISHING = ("not known to be published: the old system was still publishing it when it was "
+                               "imported, and kept no result for it")
 
 E = TypeVar("E")
 M = TypeVar("M", bound=BaseModel)
@@ -579,9 +583,27 @@ def derive_status(state: PostState) -> PostStatus:
     with_result = {r.platform for r in results}
     if results and all(p in with_result for p in state.targeted):
         return "posted"
+    if imported_only(state):
+        # Known only from an old-system document that kept no result for a platform (a draft, or a post caught
+        # mid-publish): nothing here publishes it by itself, so it is not "publishing" but failed until a retry
+        # publishes it (its error message and needed action say so).
+        return "failed"
     if state.legacy_status is not None:
         return state.legacy_status
     return "publishing"
+
+
+def imported_only(state: PostState) -> bool:
+    """Whether the post is known only from old-system documents: never submitted, decided or attempted here."""
+    return state.legacy and state.submitted_by is None and not state.commands and not state.attempts
+
+
+def without_legacy_result(state: PostState) -> tuple[Platform, ...]:
+    """The targeted platforms an imported-only post has no result for: the old system left them unpublished."""
+    if not imported_only(state):
+        return ()
+    with_result = {r.platform for r in state.document.insights.publish_results}
+    return tuple(p for p in state.targeted if p not in with_result)
 
 
 def error_message(results: Iterable[PublishResult]) -> str | None:
@@ -607,6 +629,9 @@ def derive_document(state: PostState) -> PostInsights:
     if message is None and status == "failed" and state.legacy_status == "failed":
         # An old document that failed without per-platform results: its own message is all there is.
         message = state.legacy_error_message
+    if message is None and status == "failed" and (unpublished := without_legacy_result(state)):
+        why = NO_LEGACY_RESULT_PUBLISHING if state.legacy_status == "publishing" else NO_LEGACY_RESULT
+        message = "; ".join(f"{platform}: {why}" for platform in unpublished)
     url = post_url(state)
     current = state.document
     if (current.status, current.error_message, current.post_url) == (status, message, url):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from projections.fold import RIGHT_ID, awaiting_attempt, counted_platforms, unresolved
+from projections.fold import RIGHT_ID, awaiting_attempt, counted_platforms, unresolved, without_legacy_result
 from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
@@ -206,6 +206,13 @@ def needed_actions(state: PostState, max_attempts: int,
             action += ", then retry"
         shown[platform] = action
     shown = {**retries_used_up(state, max_attempts), **shown}
+    if state.account is not None:
+        for platform in without_legacy_result(state):
+            # Imported with no result for it: nothing publishes it until a retry does. Caught mid-publish by the
+            # import, it may have gone out all the same: looked at first, since a retry would post it again.
+            label = PLATFORM_LABELS[platform]
+            shown.setdefault(platform, f"check {label} for the post, then retry if it is not there"
+                             if state.legacy_status == "publishing" else f"retry {label} to publish it")
     if state.account is None and state.status == "failed":
         # Imported without an account: whatever else it needs, a retry publishes it only once it names one.
         for platform in state.targeted:

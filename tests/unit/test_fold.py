@@ -398,7 +398,9 @@ def test_an_old_document_with_nothing_usable_is_still_a_post() -> None:
                               "status": "archived"}, target="facebook").state()
     assert state.document.insights.publish_results == []
     assert state.document.insights.published_at is None
-    assert state.status == "publishing"
+    # Nothing publishes it by itself: not "publishing" for ever, but failed until a retry publishes it.
+    assert state.status == "failed"
+    assert state.document.error_message == "facebook: not published: the old system kept no result for it"
     assert state.targeted == ("facebook",)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from projections.decide import retry_targets
 from projections.responses import (
     attempts_by_platform,
     earlier_posts,
@@ -14,7 +17,7 @@ from projections.responses import (
 )
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
-from schemas.events import AttemptOutcomeUnknown, PlatformError, PlatformResult
+from schemas.events import AttemptOutcomeUnknown, LegacyInsightsImported, PlatformError, PlatformResult
 from smartretry.pages import _page_problem, _reason
 from tests.unit.test_fold import CONTENT, SEED_FAILED_DOCUMENT, History
 
@@ -354,3 +357,36 @@ def test_the_page_shows_a_failure_in_the_platforms_words_and_other_messages_whol
                   "Facebook publish not started: recording the attempt took longer than 120s",
                   "first line\nsecond failed: x"):
         assert _reason(whole) == whole
+
+
+def imported(document: dict[str, object]) -> History:
+    """A post known only from an old-system document that kept no result for Instagram, with its account."""
+    history = History()
+    history.events.append(LegacyInsightsImported(
+        event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="both",
+        account="acct-1", content=CONTENT, document=document))
+    return history
+
+
+@pytest.mark.parametrize(("old_status", "message", "action"), [
+    (None, "not published: the old system kept no result for it", "retry Instagram to publish it"),
+    ("draft", "not published: the old system kept no result for it", "retry Instagram to publish it"),
+    ("publishing", "not known to be published: the old system was still publishing it when it was imported, and "
+                   "kept no result for it", "check Instagram for the post, then retry if it is not there"),
+], ids=["no-status", "draft", "publishing"])
+def test_an_imported_post_no_one_publishes_is_failed_and_asks_for_the_retry_that_publishes_it(
+        old_status: str | None, message: str, action: str) -> None:
+    document = {"insights": {"facebook_post_id": "747917475065823_1"}}
+    history = imported({**document, "status": old_status} if old_status else document)
+    state = history.state()
+
+    # Not "publishing" for ever with nothing under way: nothing publishes it until a retry does.
+    assert state.status == "failed"
+    assert state.document.error_message == f"instagram: {message}"
+    assert needed_actions(state, 3) == {"instagram": action}
+    assert retry_targets(state) == ("instagram",)
+    # Once a retry publishes it, it is a post like any other.
+    retry = history.retry("cmd-retry", ("instagram",))
+    assert history.state().status == "publishing" and needed_actions(history.state(), 3) == {}
+    history.success("instagram", retry["instagram"], "18107758234627017")
+    assert history.state().status == "posted" and history.state().document.error_message is None
