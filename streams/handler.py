@@ -151,6 +151,13 @@ class _Work:
 _WORK: contextvars.ContextVar[_Work | None] = contextvars.ContextVar("smartretry_command_work", default=None)
 
 
+def _failures(branches: Sequence[asyncio.Future[Any]]) -> list[BaseException]:
+    """What the ended branches of a command raised, in their order. Each is read, so that none is logged later as a
+    "Task exception was never retrieved" beside the one that decides how the command is tried again."""
+    return [failure for branch in branches
+            if branch.done() and not branch.cancelled() and (failure := branch.exception()) is not None]
+
+
 def _without_checking(message: str, limit: int) -> str:
     """An unknown outcome's reason (`...; checking whether ...`) without its ending, for another to follow it: at most
     `limit` characters, and no full stop of its own before the "; " that joins them."""
@@ -949,15 +956,15 @@ class CommandHandler:
         except BaseException:
             for branch in branches:
                 branch.cancel()
+            _failures(branches)
             raise
         finally:
             if work is not None:
                 work.branches = 1
                 self._settle(work)
         # Every platform's call has ended before the command is tried again: no two calls for one post overlap.
-        for branch in branches:
-            if not branch.cancelled() and (failure := branch.exception()) is not None:
-                raise failure
+        if failures := _failures(branches):
+            raise failures[0]
         if any(branch.cancelled() for branch in branches):
             # A branch stopped while it only waited (its automatic retry's backoff, a rate limit's wait), as the
             # handler stops: the command is not done. Left uncommitted, the next handler resumes it.

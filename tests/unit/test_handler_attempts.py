@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from projections.resume import resume_wait
 from projections.state import PostState
 from publishers.base import AccountCredentials, PublishOutcome
 from schemas.commands import PostContent, PublishRequested
-from schemas.common import ErrorKind
+from schemas.common import ErrorKind, Platform
 from schemas.events import AttemptOutcomeUnknown, Event, PlatformError, PlatformResult, PublishAttempted
 from schemas.ids import attempt_id_for, derived_id
 from smartretry.bootstrap import graph_client
@@ -532,3 +533,40 @@ async def test_a_command_counts_as_waiting_only_while_every_platform_of_it_waits
     await asyncio.get_running_loop().create_task(command())
 
     assert seen == [0, 1, 0]
+
+
+class Unanswered:
+    """A platform whose answer leaves it unknown whether the post went out (a connection dropped after sending)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> PublishOutcome:
+        return PublishOutcome.failed(self.platform, PlatformError(
+            kind=ErrorKind.TRANSIENT, message=f"{self.platform} publish failed: the connection was dropped"),
+            outcome_unknown=True)
+
+
+async def test_both_platforms_left_unknown_raise_one_failure_and_leave_none_unread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Facebook's and Instagram's answers both lost: the command is tried again for both; the second failure is read
+    # too, not logged by asyncio as "Task exception was never retrieved" with a traceback that alarms an operator.
+    history = History(at=datetime.now(UTC))
+    history.submit(target="both").decide("cmd-publish", ("facebook", "instagram"))
+    state = apply_all(None, history.events)
+    assert state is not None
+    topic: list[Event] = []
+    made = handler_on_shared_topic(Unanswered("facebook"), topic, history, 0.0, instagram=Unanswered("instagram"))
+    command = PublishRequested(command_id="cmd-publish", post_id=state.post_id, publish_target="both",
+                               content=CONTENT, account="acme", requested_at=STARTED)
+    unread: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unread.append(context))
+
+    with pytest.raises(OutcomeUnknown):
+        await made._publish_all(state, command, ("facebook", "instagram"), 0, made._progress[0], is_retry=False,
+                                forced=False, reason="first publish")
+    gc.collect()
+    await asyncio.sleep(0)
+
+    assert {e.platform for e in topic if isinstance(e, AttemptOutcomeUnknown)} == {"facebook", "instagram"}
+    assert unread == []
