@@ -279,6 +279,7 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     from rich.progress import Progress
 
     from projections.store import ProjectionStore, make_engine
+    from smartretry.cli_ops import on_the_broker
     from smartretry.credentials import CredentialStore
     from streams.replay import ReplayError
     from streams.replay import replay as replay_events
@@ -297,7 +298,7 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     with tempfile.TemporaryDirectory(prefix="smartretry-replay-") as tmp:
         scratch_store = ProjectionStore(make_engine(scratch or f"sqlite:///{tmp}/scratch.db"))
         try:
-            with Progress() as bar:
+            with Progress() as bar, on_the_broker(settings):
                 task = bar.add_task("Replaying post events", total=None)
                 report = replay_events(settings.kafka_bootstrap_servers, settings.topics, live, scratch_store,
                                        progress=lambda done, total: bar.update(task, completed=done, total=total),

@@ -9,6 +9,7 @@ its key is SMARTRETRY_API_KEY.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
@@ -33,7 +34,7 @@ from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from schemas.envelope import DecodeError, json_object
 from schemas.ids import new_id, post_id_for
 from smartretry.settings import Settings, load_settings
-from streams.kafka import client_config, deliver, producer
+from streams.kafka import LIBRDKAFKA_LOG, client_config, deliver, producer
 
 ops = typer.Typer(no_args_is_help=True)
 dlq = typer.Typer(help="Dead letters: what a consumer could not use, why, and the original bytes.",
@@ -685,6 +686,30 @@ def _bootstrap(settings: Settings) -> str:
     return settings.kafka_bootstrap_servers
 
 
+@contextmanager
+def on_the_broker(settings: Settings) -> Iterator[str]:
+    """The broker's address, for a command that reads or writes its topics. Its client's lines about a broker away
+    (one per reconnect, hundreds of them) are kept off the terminal, and a broker that cannot be reached ends the
+    command with one line saying so, not a traceback."""
+    bootstrap = _bootstrap(settings)
+    level = LIBRDKAFKA_LOG.level
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+    try:
+        yield bootstrap
+    except KafkaException as exc:
+        _error(f"the broker at {scrub(bootstrap)} did not answer ({broker_said(exc)}): start the service (`smartretry "
+               "run`), or point KAFKA_BOOTSTRAP_SERVERS at its broker")
+        raise typer.Exit(1) from None
+    finally:
+        LIBRDKAFKA_LOG.setLevel(level)
+
+
+def broker_said(exc: KafkaException) -> str:
+    """A client error's own words ("Failed to get metadata: Local: Broker transport failure"), scrubbed."""
+    error = exc.args[0] if exc.args else None
+    return scrub(error.str() if isinstance(error, KafkaError) else str(exc))
+
+
 LEADERLESS = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
               KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 
@@ -769,7 +794,8 @@ def read_dead_letters(bootstrap: str, topic: str) -> DeadLetters:
 
 def _dead_letter_at(settings: Settings, offset: int) -> tuple[DeadLetter, DeadLetterRequeued | None]:
     """The dead letter at `offset`, and its message's latest requeue if it was requeued."""
-    found = read_dead_letters(_bootstrap(settings), settings.topics.dead_letters)
+    with on_the_broker(settings) as bootstrap:
+        found = read_dead_letters(bootstrap, settings.topics.dead_letters)
     for at, letter, _raw in found.letters:
         if at == offset:
             if letter is None:
@@ -807,8 +833,8 @@ WIDE_TABLE = 140
 def dlq_list(limit: int = typer.Option(50, min=1, help="Show the newest this many.")) -> None:
     """List the dead letters, newest last: where each came from and why it was set aside."""
     settings = load_settings()
-    with console.status("Reading dead letters ..."):
-        found = read_dead_letters(_bootstrap(settings), settings.topics.dead_letters)
+    with console.status("Reading dead letters ..."), on_the_broker(settings) as bootstrap:
+        found = read_dead_letters(bootstrap, settings.topics.dead_letters)
     letters = found.letters
     if not letters:
         console.print(f"No dead letters on {settings.topics.dead_letters}.")
@@ -925,7 +951,14 @@ def dlq_requeue(
     if not yes:
         typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {key!r})?", abort=True)
     sending = producer(_bootstrap(settings))
-    partition, at = deliver(sending, letter.source_topic, key, original)
+    try:
+        partition, at = deliver(sending, letter.source_topic, key, original)
+    except RuntimeError as exc:
+        # Not taken in time: it may still have reached the broker (the handler does a command once, the projector an
+        # event once, so sending it again does no harm).
+        _error(f"the broker did not take the message in time ({exc}): it may not be requeued. Run the same command "
+               "again once the broker answers (with --again, should `dlq list` show it requeued meanwhile)")
+        raise typer.Exit(1) from None
     record = DeadLetterRequeued(dead_letter_offset=offset, source_topic=letter.source_topic, partition=partition,
                                 offset=at, requeued_at=datetime.now(UTC))
     try:

@@ -5,6 +5,8 @@ that send it again as the same command; an id that is no id never reaches a path
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from projections.store import ProjectionStore, make_engine
 from smartretry.cli import app
 from smartretry.cli_ops import Api, ApiError
 
@@ -423,3 +426,38 @@ def test_a_post_not_answered_for_is_no_missing_api_and_nothing_to_send_again(mon
     assert done.exit_code == 1, done.output
     assert "did not answer (ReadTimeout): try again once the service answers" in done.output
     assert "no API at" not in done.output and "--command-id" not in done.output
+
+
+def _no_broker() -> str:
+    """An address where no broker answers (a port just freed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_reading_dead_letters_from_a_broker_that_is_away_is_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    bootstrap = _no_broker()
+    done = CliRunner().invoke(app, ["dlq", "list"], env={"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "COLUMNS": "200"})
+    outside = capfd.readouterr()  # what reached the terminal past the runner: librdkafka's own lines, if any
+
+    assert done.exit_code == 1, done.output
+    assert f"error: the broker at {bootstrap} did not answer (Failed to get metadata" in done.output
+    assert ("Traceback" not in done.output and done.exception is None) or isinstance(done.exception, SystemExit)
+    assert "FAIL" not in outside.err + outside.out
+
+
+def test_a_replay_whose_broker_is_away_is_one_line(tmp_path: Path) -> None:
+    # The live projection has applied events; the broker that holds them does not answer.
+    url = f"sqlite:///{tmp_path}/live.db"
+    store = ProjectionStore(make_engine(url))
+    store.create_schema()
+    store.apply_batch("smartretry.post-events", 0, [], through=4)
+    store.engine.dispose()
+    bootstrap = _no_broker()
+
+    done = CliRunner().invoke(app, ["replay", "--workers", "1"], env={
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SMARTRETRY_DATABASE_URL": url, "COLUMNS": "200"})
+
+    assert done.exit_code == 1, done.output
+    assert f"error: the broker at {bootstrap} did not answer" in done.output
+    assert "posts that differ" not in done.output
