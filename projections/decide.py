@@ -129,7 +129,10 @@ def decide(state: PostState | None, command: Command) -> Decision:
                            log_line=f"{decision.log_line}; the corrected content it carried was not applied")
         return replace(decision, content=recorded)
     if content is None:
-        return decision
+        # Imported without content, and the retry carries none: every platform would fail on it, counted as attempts.
+        missing = "the post has no content to publish (imported without it): retry it with its content"
+        return Decision(reject_reason=missing, refused_content=True,
+                        log_line=f"Refused {command.type} {command.command_id}: {missing}")
     # Against the platforms published now, the post's own content too: a caption a retry of Facebook alone made
     # longer than Instagram takes is refused when a republish would send it to Instagram.
     problem = content_problem(content, state.publish_target, publishing=target_of(decision.platforms))

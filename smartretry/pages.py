@@ -336,6 +336,13 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         follow = bool(refresh) and bool(problem or reauth)
         if reauth is not None:
             refresh = None
+        # Where a platform refused the post itself ("fix the post": its caption, say), the caption can be corrected here
+        # too, not only through the API or the command line; a post imported without content is given one here.
+        caption = None
+        if state.content is None:
+            caption = entered_caption or ""
+        elif any(row["action"] == FIX_THE_POST for row in rows):
+            caption = entered_caption if entered_caption is not None else state.content.caption
         return templates.TemplateResponse(request, "post_detail.html", {
             "state": state,
             "status": status,
@@ -362,11 +369,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # command. Not restored by the browser into a later drawing (autocomplete off), which has its own.
             "command_id": new_id(),
             # What the user typed, when the form comes back with a problem: to correct, not to type again.
-            "image_url": entered_image_url or (state.content.image_url if state.content else None),
-            # Where a platform refused the post itself ("fix the post": its caption, say), the caption can be corrected
-            # here too, not only through the API or the command line.
-            "caption": (entered_caption if entered_caption is not None else state.content.caption)
-            if state.content is not None and any(row["action"] == FIX_THE_POST for row in rows) else None,
+            # A post imported without content gets both fields, empty: a retry publishes it only with its content.
+            "image_url": entered_image_url or (state.content.image_url if state.content else ""),
+            "caption": caption,
             # Imported without an account: the retry names the one to publish with.
             "needs_account": state.account is None,
             "entered_account": entered_account,

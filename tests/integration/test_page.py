@@ -645,12 +645,20 @@ def test_a_post_imported_without_an_account_is_retried_from_its_page_naming_one(
         assert "unknown account 'acmee'" in html.unescape(typo.text)
         assert "smartretry accounts set-token acmee" in typo.text
         assert "PUT /accounts" not in typo.text and 'value="acmee"' in typo.text
+        # Imported without content too: the retry brings it, from the form's fields (empty until typed in).
+        assert '<textarea name="caption" id="caption" rows="4" cols="60"></textarea>' in page
+        assert 'name="image_url" id="image_url" value=""' in page
         form = {"token": retry_token(api.settings, "imported-1"), "account": "acme"}
-        answer = browser.post("/ui/posts/imported-1/retry", data=form, follow_redirects=False)
+        bare = browser.post("/ui/posts/imported-1/retry", data=form)
+        assert bare.status_code == 422
+        assert "the post has no content to publish (imported without it)" in html.unescape(bare.text)
+        answer = browser.post("/ui/posts/imported-1/retry", data={**form, "caption": "Autumn sale"},
+                              follow_redirects=False)
     assert answer.status_code == 303
     [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
     command = decode_command(value)
     assert isinstance(command, RetryRequested) and command.account == "acme"
+    assert command.content == PostContent(caption="Autumn sale")
 
 
 def test_a_retry_form_without_its_token_or_session_changes_nothing(api: RunningApi) -> None:

@@ -185,10 +185,20 @@ def test_the_decision_becomes_the_event_that_records_it() -> None:
 
 def test_a_legacy_post_retries_only_what_the_old_system_did_not_publish() -> None:
     history = History(post_id=POST).legacy({"insights": {"facebook_post_id": "7479_1"}, "status": "failed"})
-    decision = decide(history.state(), retry())
+    decision = decide(history.state(), RetryRequested(command_id="cmd-retry", post_id=POST, requested_at=AT,
+                                                      content=FIXED))
     assert decision.platforms == ("instagram",)
     rejected = decide(history.state(), publish())
     assert rejected.reject_reason is not None
+
+
+def test_a_retry_of_a_post_imported_without_content_that_brings_none_is_refused_before_any_platform() -> None:
+    # Every platform would fail on it, each failure counted as an attempt and a retry of the post.
+    history = History(post_id=POST).legacy({"insights": {"facebook_post_id": "7479_1"}, "status": "failed"})
+    decision = decide(history.state(), retry())
+    assert decision.platforms == () and decision.refused_content
+    assert decision.reject_reason == ("the post has no content to publish (imported without it): retry it with its "
+                                      "content")
 
 
 def resolve(published: bool, attempt_id: str | None = None, command_id: str = "cmd-resolve") -> ResolveAttemptRequested:
