@@ -238,6 +238,40 @@ def handler() -> None:
         raise typer.Exit(1) from None
 
 
+@app.command("api")
+def api_alone() -> None:
+    """Run the HTTP API and the post pages alone (broker from KAFKA_BOOTSTRAP_SERVERS; Ctrl-C stops it)."""
+    import asyncio
+    import signal
+
+    from smartretry.api import serve
+    from smartretry.bootstrap import open_stores
+    from smartretry.logs import configure
+
+    settings = load_settings()
+    configure(settings.log_level, settings.log_format)
+    if not settings.kafka_bootstrap_servers:
+        say(settings, "error: set KAFKA_BOOTSTRAP_SERVERS to the service's broker", err=True, level=logging.ERROR)
+        raise typer.Exit(2)
+    if not port_free(settings.api_host, settings.api_port):
+        say(settings, f"error: port {settings.api_port} is taken: stop what uses it, or set SMARTRETRY_API_PORT to a "
+            "free port", err=True, level=logging.ERROR)
+        raise typer.Exit(2)
+    stores = open_stores(settings)
+
+    async def serving() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        say(settings, f"API and pages at http://{settings.api_host}:{settings.api_port} (post pages: /ui/posts)")
+        await serve(settings, stores, stop)
+
+    try:
+        asyncio.run(serving())
+    finally:
+        stores.engine.dispose()
+
+
 @app.command()
 def processor() -> None:
     """Run the stream processor: fold post events into the insights projection (Ctrl-C stops it)."""

@@ -20,6 +20,7 @@ import pytest
 
 from projections.store import ProjectionStore, make_engine
 from publishers.sandbox import SandboxControl
+from streams.topics import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -267,3 +268,36 @@ def test_run_refuses_a_projection_of_events_its_broker_does_not_have_until_it_is
     with start_run(env, tmp_path) as run:
         publish(run.api, "after-reset")
         wait_posted(run.api, "after-reset")
+
+
+def test_the_api_runs_as_a_process_of_its_own(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    # A deployment that runs the parts apart: the API alone takes commands onto the broker, and stops on SIGTERM.
+    from tests.integration.test_api import messages_on
+
+    port = free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SMARTRETRY_TOPIC_PREFIX": topics.prefix,
+           "SMARTRETRY_API_PORT": str(port), "SMARTRETRY_DATABASE_URL": f"sqlite:///{tmp_path}/api.db"}
+    process = subprocess.Popen([sys.executable, "-m", "smartretry.cli", "api"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    api = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{api}/healthz", timeout=2).status_code == 200:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.2)
+        httpx.put(f"{api}/accounts/acme/token", headers=KEY, timeout=10,
+                  json={"token": "acme-user-token-0001", "page_id": "747917475065823"}).raise_for_status()
+        answer = httpx.post(f"{api}/posts", headers=KEY, timeout=60, json={
+            "post_id": "alone-1", "publish_target": "facebook", "account": "acme",
+            "content": {"caption": "Autumn sale", "image_url": "https://cdn.example.com/a.jpg"}})
+        # No handler runs: accepted, its command on the broker for one to take.
+        assert answer.status_code == 202, answer.text
+        assert [key for key, _value in messages_on(kafka_bootstrap, topics.commands)] == ["alone-1"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert f"API and pages at http://127.0.0.1:{port}" in output
