@@ -82,8 +82,8 @@ RIGHT_ID = "connect the account again with its right "
 UNKNOWN_ERROR = "publish failed"
 # An imported post's platform the old system kept no result for: not published (as far as anything here knows).
 NO_LEGACY_RESULT = "not published: the old system kept no result for it"
-NO_LEGACY_RESULT_PUBLISHING = ("not known to be published: the old system was still publishing it when it was "
-                               "imported, and kept no result for it")
+NO_LEGACY_RESULT_UNSURE = ("not known to be published: the old system kept no result for it, but was publishing "
+                           "the post or says it went out")
 
 E = TypeVar("E")
 M = TypeVar("M", bound=BaseModel)
@@ -381,6 +381,15 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         results = [r for r in results if r.platform not in current or (r.success and not current[r.platform].success)]
     targeted = state.targeted if serviced and state.publish_target is not None else platforms_of(event.publish_target)
     implied: list[Platform] = []
+    named = _facebook_post_of(document.get("post_url"))
+    facebook_now = current.get("facebook")
+    if named is not None and "facebook" in targeted and document.get("status") != "posted" \
+            and all(r.platform != "facebook" for r in brought) \
+            and not (facebook_now is not None and facebook_now.success):
+        # The post's address names its Facebook post, whatever the old status says (a post caught mid-publish, a
+        # failure on Instagram): it went out there, and a retry must not post it again.
+        implied = ["facebook"]
+        results.append(PublishResult(platform="facebook", success=True, post_id=named))
     if document.get("status") == "posted":
         # The old system said posted: every platform it targeted went out, whether or not it kept a result
         # for it. Taken as published (with the Facebook post the post's address names, if it does), where the post
@@ -598,6 +607,12 @@ def imported_only(state: PostState) -> bool:
     return state.legacy and state.submitted_by is None and not state.commands and not state.attempts
 
 
+def legacy_may_have_published(state: PostState) -> bool:
+    """Whether the old system's word leaves open that an imported post went out where it kept no result: it was
+    publishing it when imported, or says when it went out."""
+    return state.legacy_status == "publishing" or state.document.insights.published_at is not None
+
+
 def without_legacy_result(state: PostState) -> tuple[Platform, ...]:
     """The targeted platforms an imported-only post has no result for: the old system left them unpublished."""
     if not imported_only(state):
@@ -630,7 +645,7 @@ def derive_document(state: PostState) -> PostInsights:
         # An old document that failed without per-platform results: its own message is all there is.
         message = state.legacy_error_message
     if message is None and status == "failed" and (unpublished := without_legacy_result(state)):
-        why = NO_LEGACY_RESULT_PUBLISHING if state.legacy_status == "publishing" else NO_LEGACY_RESULT
+        why = NO_LEGACY_RESULT_UNSURE if legacy_may_have_published(state) else NO_LEGACY_RESULT
         message = "; ".join(f"{platform}: {why}" for platform in unpublished)
     url = post_url(state)
     current = state.document

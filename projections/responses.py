@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from projections.fold import RIGHT_ID, awaiting_attempt, counted_platforms, unresolved, without_legacy_result
+from projections.fold import (
+    RIGHT_ID,
+    awaiting_attempt,
+    counted_platforms,
+    legacy_may_have_published,
+    unresolved,
+    without_legacy_result,
+)
 from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
@@ -209,10 +216,13 @@ def needed_actions(state: PostState, max_attempts: int,
     if state.account is not None:
         for platform in without_legacy_result(state):
             # Imported with no result for it: nothing publishes it until a retry does. Caught mid-publish by the
-            # import, it may have gone out all the same: looked at first, since a retry would post it again.
+            # import, or said to have gone out, it may be there all the same: looked at first, since a retry would
+            # post it again. Without content, the retry brings it.
             label = PLATFORM_LABELS[platform]
-            shown.setdefault(platform, f"check {label} for the post, then retry if it is not there"
-                             if state.legacy_status == "publishing" else f"retry {label} to publish it")
+            retry = f"retry {label}" + (" with the post's content (caption, image URL)" if state.content is None
+                                        else "")
+            shown.setdefault(platform, f"check {label} for the post, then {retry} if it is not there"
+                             if legacy_may_have_published(state) else f"{retry} to publish it")
     if state.account is None and state.status == "failed":
         # Imported without an account: whatever else it needs, a retry publishes it only once it names one.
         for platform in state.targeted:

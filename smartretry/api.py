@@ -545,8 +545,11 @@ class FrontDoor:
         decision = decide(state, command)
         if decision.refused_content:
             # Against the platforms this retry publishes: Instagram's limits do not bind a Facebook-only retry.
+            # With the account a post imported without one lacks too, both are said at once.
             raise HTTPException(422, [{"loc": ["body", "content"], "type": "value_error",
-                                       "msg": decision.reject_reason}])
+                                       "msg": decision.reject_reason},
+                                      *([] if state.account is not None or command.account is not None
+                                        else [_no_account(post_id)])])
         if decision.reject_reason:
             raise HTTPException(409, decision.reject_reason)
         if decision.no_op:
@@ -572,9 +575,7 @@ class FrontDoor:
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "token_taken_out", "msg": why}])
         if state.account is None and command.account is None:
             # Imported without an account: the retry would fail for want of one, a new failure on the post.
-            raise HTTPException(422, [{"loc": ["body", "account"], "type": "missing",
-                                       "msg": f"post {post_id} has no account (it was imported without one): name "
-                                              "the account to publish it with"}])
+            raise HTTPException(422, [_no_account(post_id)])
         if forced and STILL_PUBLISHING in decision.skipped.values():
             # The republish would run once that attempt has ended, and publish its platform again then too: a post
             # that looks stuck would go out twice. Known first, the user can still republish.
@@ -929,6 +930,12 @@ KeyHeader = Annotated[str | None, Security(APIKeyHeader(
     description="The service's API key (SMARTRETRY_API_KEY)"))]
 KeyBearer = Annotated[HTTPAuthorizationCredentials | None, Security(HTTPBearer(
     auto_error=False, scheme_name="Bearer", description="The API key, as a bearer token"))]
+
+
+def _no_account(post_id: str) -> dict[str, Any]:
+    """The refusal of a retry of a post imported without an account that names none."""
+    return {"loc": ["body", "account"], "type": "missing",
+            "msg": f"post {post_id} has no account (it was imported without one): name the account to publish it with"}
 
 
 def presented_key(request: Request) -> str | None:

@@ -371,8 +371,8 @@ def imported(document: dict[str, object]) -> History:
 @pytest.mark.parametrize(("old_status", "message", "action"), [
     (None, "not published: the old system kept no result for it", "retry Instagram to publish it"),
     ("draft", "not published: the old system kept no result for it", "retry Instagram to publish it"),
-    ("publishing", "not known to be published: the old system was still publishing it when it was imported, and "
-                   "kept no result for it", "check Instagram for the post, then retry if it is not there"),
+    ("publishing", "not known to be published: the old system kept no result for it, but was publishing the post or "
+                   "says it went out", "check Instagram for the post, then retry Instagram if it is not there"),
 ], ids=["no-status", "draft", "publishing"])
 def test_an_imported_post_no_one_publishes_is_failed_and_asks_for_the_retry_that_publishes_it(
         old_status: str | None, message: str, action: str) -> None:
@@ -390,3 +390,29 @@ def test_an_imported_post_no_one_publishes_is_failed_and_asks_for_the_retry_that
     assert history.state().status == "publishing" and needed_actions(history.state(), 3) == {}
     history.success("instagram", retry["instagram"], "18107758234627017")
     assert history.state().status == "posted" and history.state().document.error_message is None
+
+
+def test_an_imported_post_the_old_system_says_went_out_is_looked_at_before_it_is_retried() -> None:
+    # Its address names its Facebook post: published there, whatever its status says; it says when it went out, so
+    # Instagram, which kept no result, may be there too.
+    history = imported({"status": "failed", "post_url": "https://www.facebook.com/747917475065823_1221",
+                        "insights": {"published_at": "2025-11-17T10:10:20Z"}})
+    state = history.state()
+
+    facebook = state.latest_result("facebook")
+    assert facebook is not None and facebook.success and facebook.post_id == "747917475065823_1221"
+    assert retry_targets(state) == ("instagram",)
+    assert state.status == "failed"
+    assert state.document.error_message == ("instagram: not known to be published: the old system kept no result for "
+                                            "it, but was publishing the post or says it went out")
+    assert needed_actions(state, 3) == {
+        "instagram": "check Instagram for the post, then retry Instagram if it is not there"}
+
+
+def test_an_imported_post_without_content_asks_for_its_content_with_the_retry() -> None:
+    history = History()
+    history.events.append(LegacyInsightsImported(
+        event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="facebook",
+        account="acct-1", document={"status": "draft"}))
+    assert needed_actions(history.state(), 3) == {
+        "facebook": "retry Facebook with the post's content (caption, image URL) to publish it"}
