@@ -341,8 +341,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         caption = None
         if state.content is None:
             caption = entered_caption or ""
-        elif any(row["action"] == FIX_THE_POST for row in rows):
+        elif "caption" in state.taken_out or any(row["action"] == FIX_THE_POST for row in rows):
             caption = entered_caption if entered_caption is not None else state.content.caption
+        # The image URL to correct; empty where the post has none and needs one (Instagram's, or no content at all).
+        image_url = entered_image_url or (state.content.image_url if state.content is not None else None)
+        if image_url is None and (state.content is None or "instagram" in state.targeted):
+            image_url = ""
         return templates.TemplateResponse(request, "post_detail.html", {
             "state": state,
             "status": status,
@@ -369,8 +373,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # command. Not restored by the browser into a later drawing (autocomplete off), which has its own.
             "command_id": new_id(),
             # What the user typed, when the form comes back with a problem: to correct, not to type again.
-            # A post imported without content gets both fields, empty: a retry publishes it only with its content.
-            "image_url": entered_image_url or (state.content.image_url if state.content else ""),
+            "image_url": image_url,
             "caption": caption,
             # Imported without an account: the retry names the one to publish with.
             "needs_account": state.account is None,
@@ -386,7 +389,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # Its session ended while the page was open: the sign-in page says the retry was not sent.
             return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': '1'})}",
                                     status_code=303)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        # Blank values kept: an emptied caption field is a caption removed, not one left as it was.
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
         token = (form.get("token") or [""])[0]
         # The form's own command id; a form drawn before it carried one (a page open across an upgrade) gets a new one.
         command_id = (form.get("command_id") or [""])[0] or new_id()
@@ -396,9 +400,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         state = await front.read(post_id)
         image_url = (form.get("image_url") or [""])[0].strip()
         current = state.content.image_url if state is not None and state.content else None
-        # As typed, but for the line breaks a browser sends as CRLF; an emptied field corrects nothing.
-        caption = (form.get("caption") or [""])[0].replace("\r\n", "\n")
-        current_caption = state.content.caption if state is not None and state.content else None
+        # As typed, but for the line breaks a browser sends as CRLF; None where the form offered no caption.
+        caption = _line_breaks(form["caption"][0]) if form.get("caption") else None
+        current_caption = _line_breaks(state.content.caption) if state is not None and state.content else None
         account = (form.get("account") or [""])[0].strip() or None
         if state is not None and _sent_before(state, command_id, image_url, account, caption):
             # This form was sent before and its retry taken up: answered as it was then, not sent again. (Sent again
@@ -406,9 +410,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': command_id, 'sent': int(_now())})}",
                                     status_code=303)
         try:
-            changed = {name: value for name, value, now in (("image_url", image_url, current),
-                                                            ("caption", caption, current_caption))
-                       if value.strip() and value != now}
+            changed: dict[str, str] = {"image_url": image_url} if image_url and image_url != current else {}
+            if caption is not None and caption != current_caption and (caption or current_caption is not None):
+                # Emptied, it is removed (a post of its image alone); refused where nothing else would be published.
+                changed["caption"] = caption
             correction = ContentCorrection(**changed) if changed else None
             body = RetryBody(content=correction, account=account, command_id=command_id)
             accepted = await front.retry(post_id, body, forced=False, wait=False)
@@ -427,13 +432,13 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return await render_post(request, post_id, None, problem, status_code=exc.status_code,
                                      entered_image_url=_typed_back(image_url, "image_url" in carrying),
                                      entered_account=_typed_back(account, "account" in carrying),
-                                     entered_caption=_typed_back(caption or None, "caption" in carrying))
+                                     entered_caption=_typed_back(caption, "caption" in carrying))
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
                                      entered_image_url=_typed_back(image_url),
                                      entered_account=_typed_back(account),
-                                     entered_caption=_typed_back(caption or None))
+                                     entered_caption=_typed_back(caption))
         return RedirectResponse(
             f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
             status_code=303)
@@ -489,12 +494,13 @@ def _asks_for_token(row: dict[str, Any], status: str) -> bool:
     return bool(row["unknown"]) or (status == "failed" and (row["success"] is False or not row["pending"]))
 
 
-def _sent_before(state: PostState, command_id: str, image_url: str, account: str | None, caption: str = "") -> bool:
+def _sent_before(state: PostState, command_id: str, image_url: str, account: str | None,
+                 caption: str | None = None) -> bool:
     """Whether the post's command `command_id` is the retry the form sends now (the same form sent again): its image
-    URL and caption are the post's now (a correction the retry carried is the post's content since), and the retry
-    recorded is of the same body, with that correction or none."""
+    URL and caption (where the form has one) are the post's now (a correction the retry carried is the post's content
+    since), and the retry recorded is of the same body, with that correction or none."""
     if command_id not in state.commands or state.content is None or image_url not in ("", state.content.image_url) \
-            or (caption.strip() and caption != state.content.caption):
+            or (caption is not None and caption != _line_breaks(state.content.caption)):
         return False
     try:
         sent = [RetryRequested(command_id=command_id, post_id=state.post_id, content=content, account=account,
@@ -502,6 +508,11 @@ def _sent_before(state: PostState, command_id: str, image_url: str, account: str
     except ValidationError:  # an account that is no id: never the retry recorded, and refused as the form's own
         return False
     return any(not reuses_command_id(state, command) for command in sent)
+
+
+def _line_breaks(text: str) -> str:
+    """`text` with its line breaks as the post keeps them: a browser sends a form's as CRLF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def missing_ids(targeted: Sequence[Platform], account: Mapping[str, Any] | None) -> list[str]:
@@ -529,10 +540,9 @@ def _page_problem(problem: str) -> str:
     if PUBLISH_ANYWAY in problem:
         return problem.split(PUBLISH_ANYWAY, 1)[0] + (
             " (to publish it again anyway: smartretry force, or the API's republish)")
-    if "taken out when the post was imported" in problem and (
-            field := re.search(r"content\.(caption|link)\b", problem)) is not None:
-        # This page corrects the image URL only.
-        return problem + f" (with `smartretry retry POST --{field.group(1)} ...`)"
+    if "taken out when the post was imported" in problem and re.search(r"content\.link\b", problem):
+        # This page corrects the image URL and the caption, not the link.
+        return problem + " (with `smartretry retry POST --link ...`)"
     # The right id of a platform the account's token cannot reach: the option that sets it.
     problem = re.sub(r"right Page id with PUT /accounts/([^\s),;]+)/token",
                      r"right Page id with `smartretry accounts set-token \1 --page-id ...`", problem)

@@ -15,9 +15,9 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID
 from schemas.commands import PostContent, RetryRequested, fingerprint
-from schemas.common import ErrorKind, format_timestamp
+from schemas.common import ErrorKind, PublishTarget, format_timestamp, platforms_of
 from schemas.envelope import decode_command
-from schemas.events import CommandDecided, PlatformError, PlatformResult, PublishAttempted
+from schemas.events import CommandDecided, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
 from smartretry import pages
 from smartretry.pages import clock_time, code_spans, retry_token
 from tests.integration.test_api import (
@@ -463,7 +463,7 @@ def test_a_post_a_platform_refused_as_it_is_offers_its_caption_to_correct_on_the
     store_events(api, history.events)
     with signed_in(api) as browser:
         page = browser.get("/ui/posts/post-caption").text
-        assert re.search(r'<textarea name="caption" id="caption"[^>]*>Autumn sale</textarea>', page), page
+        assert re.search(r'<textarea name="caption" id="caption"[^>]*>\nAutumn sale</textarea>', page), page
         drawn = re.search(r'name="command_id" value="([0-9A-Z]{26})"', page)
         assert drawn is not None
         form = {"token": retry_token(api.settings, "post-caption"), "command_id": drawn.group(1),
@@ -478,6 +478,53 @@ def test_a_post_a_platform_refused_as_it_is_offers_its_caption_to_correct_on_the
     # The caption as typed (a browser's line breaks as the post's own), the rest of the content as it was.
     assert command.content == PostContent(caption="Autumn sale\nstarts today",
                                           image_url="https://cdn.example.com/autumn sale.jpg")
+
+
+def refused_as_it_is(api: RunningApi, post_id: str, content: PostContent, target: PublishTarget = "instagram") -> None:
+    """A post whose platform refused it as it is ("fix the post"), with `content`."""
+    api.stores.credentials.set_token("acct-1", "acct-user-token-0001", "747917475065823", "17841400000000000")
+    history = History(post_id=post_id, at=datetime.now(UTC))
+    history.events.append(PostSubmitted(event_id=f"{post_id}-s", post_id=post_id, occurred_at=history.at,
+                                        command_id="cmd-publish", publish_target=target, content=content,
+                                        account="acct-1"))
+    history.decide("cmd-publish", platforms_of(target))
+    attempts = {p: history.attempt(p, "cmd-publish") for p in platforms_of(target)}
+    for platform, attempt in attempts.items():
+        history.failure(platform, attempt, "Instagram media upload failed: 400 - Invalid parameter",
+                        ErrorKind.INVALID_REQUEST)
+    store_events(api, history.events)
+
+
+def retry_form_sent(api: RunningApi, post_id: str, **fields: str) -> httpx.Response:
+    """The post page's retry form, drawn then sent with `fields` as typed in."""
+    with signed_in(api) as browser:
+        drawn = re.search(r'name="command_id" value="([0-9A-Z]{26})"', browser.get(f"/ui/posts/{post_id}").text)
+        assert drawn is not None
+        return browser.post(f"/ui/posts/{post_id}/retry", follow_redirects=False, data={
+            "token": retry_token(api.settings, post_id), "command_id": drawn.group(1), **fields})
+
+
+def test_a_caption_emptied_on_the_retry_form_is_removed_and_one_left_as_it_was_is_no_correction(
+        api: RunningApi) -> None:
+    refused_as_it_is(api, "post-emptied", PostContent(caption="Line one\r\nLine two",
+                                                      image_url="https://cdn.example.com/a.jpg"))
+    # Sent untouched: the browser's own line breaks are no change of the caption.
+    assert retry_form_sent(api, "post-emptied", image_url="https://cdn.example.com/a.jpg",
+                           caption="Line one\r\nLine two").status_code == 303
+    # Emptied: the post goes out with its image alone.
+    assert retry_form_sent(api, "post-emptied", image_url="https://cdn.example.com/a.jpg",
+                           caption="").status_code == 303
+    untouched, emptied = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
+    assert isinstance(untouched, RetryRequested) and untouched.content is None
+    assert isinstance(emptied, RetryRequested) and emptied.content == PostContent(
+        caption="", image_url="https://cdn.example.com/a.jpg")
+
+
+def test_an_instagram_post_without_its_image_gets_the_field_to_give_one(api: RunningApi) -> None:
+    refused_as_it_is(api, "post-imageless", PostContent(caption="Autumn sale"), target="both")
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-imageless").text
+    assert 'name="image_url" id="image_url" value=""' in page
 
 
 def test_a_post_failed_on_its_image_offers_no_caption_to_change(api: RunningApi) -> None:
@@ -646,7 +693,7 @@ def test_a_post_imported_without_an_account_is_retried_from_its_page_naming_one(
         assert "smartretry accounts set-token acmee" in typo.text
         assert "PUT /accounts" not in typo.text and 'value="acmee"' in typo.text
         # Imported without content too: the retry brings it, from the form's fields (empty until typed in).
-        assert '<textarea name="caption" id="caption" rows="4" cols="60"></textarea>' in page
+        assert '<textarea name="caption" id="caption" rows="4" cols="60">\n</textarea>' in page
         assert 'name="image_url" id="image_url" value=""' in page
         form = {"token": retry_token(api.settings, "imported-1"), "account": "acme"}
         bare = browser.post("/ui/posts/imported-1/retry", data=form)

@@ -234,11 +234,13 @@ def test_a_look_up_refused_for_a_page_meta_does_not_know_asks_for_the_right_page
     assert history.state().needed_action == {"facebook": "connect the account again with its right Page id"}
 
 
-def test_the_post_page_says_where_to_correct_a_caption_it_has_no_field_for() -> None:
-    problem = ("content.caption had an access token taken out when the post was imported: send it again with "
-               "content.caption corrected")
-
-    assert _page_problem(problem) == problem + " (with `smartretry retry POST --caption ...`)"
+def test_the_post_page_says_where_to_correct_a_link_it_has_no_field_for() -> None:
+    problem = ("content.link had an access token taken out when the post was imported: send it again with "
+               "content.link corrected")
+    assert _page_problem(problem) == problem + " (with `smartretry retry POST --link ...`)"
+    # Its caption field is on the page (shown for a caption a token was taken out of).
+    caption = problem.replace("content.link", "content.caption")
+    assert _page_problem(caption) == caption
 
 
 def test_a_forced_republish_is_told_apart_and_the_post_it_replaced_on_the_page_is_still_named() -> None:
