@@ -108,8 +108,6 @@ class NoAnswer(ApiError):
 UNANSWERED = 3
 # A post that went out for certain, whose id the platform's answers did not give (see the README).
 UNKNOWN_LINK = "(its address could not be told from the platform's answers: see the account)"
-# How the API's note says a command's automatic retry waits for the platform's own time (an hour's rate limit).
-PLATFORM_WAIT = "(the platform's own wait)"
 
 
 class Api:
@@ -280,9 +278,10 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
     response: dict[str, Any] = answer.json()
     post_id, command_id = response["post"]["id"], response.get("command_id")
     if answer.status_code == 202 and command_id:
-        if str(response.get("note") or "").startswith("queued behind") or PLATFORM_WAIT in str(response.get("note")):
-            # Queued behind the post's automatic retries, or left to them (up to a rate limit's hour): said now, not
-            # after the wait.
+        if str(response.get("note") or "").startswith("queued behind"):
+            # Queued behind the post's automatic retries (up to a rate limit's hour): said now, not after the wait. (One
+            # left to a platform's own wait is waited for as any other: `wait_for` ends at once when that wait outlasts
+            # this one.)
             try:
                 return response, api.call("GET", f"/posts/{post_id}").json()
             except ApiError:

@@ -153,16 +153,32 @@ def test_a_command_queued_behind_automatic_retries_is_said_at_once_not_after_the
     assert "This command is queued behind the automatic retry of Instagram at 2026-11-30 02:06:47 UTC" in done.output
 
 
-def test_a_publish_left_to_a_platforms_long_wait_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_publish_left_to_a_platforms_long_wait_is_reported_once_the_api_says_it_is_held(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API's 202 says when Instagram is tried again; the CLI asks whether that is past its own wait (`within`):
+    # held, it reports at once, not after its whole --wait (a wait of a few seconds it would wait out instead).
     waiting = {"success": False, "command_id": "cmd-7", "pending": True, "location": "/posts/post-7",
                "results": {"facebook": {"platform": "facebook", "success": True, "postId": "747917475065823_9"}},
                "note": "Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)",
                "post": {"id": "post-7", "status": "failed", "error_message": "instagram: rate limited"}}
+    asked: list[float] = []
 
-    done = answered_202_without_waiting(
-        monkeypatch, waiting, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"])
+    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        assert method == "POST"
+        return httpx.Response(202, json=waiting)
+
+    def held(_api: Api, _post_id: str, _command_id: str, timeout: float) -> dict[str, Any]:
+        asked.append(timeout)
+        command = {"command_id": "cmd-7", "settled": False, "held": True, "refused": None, "response": waiting}
+        return {**POSTED, "id": "post-7", "status": "failed", "command": command}
+
+    monkeypatch.setattr(Api, "call", answer)
+    monkeypatch.setattr(Api, "wait_for", held)
+    done = CliRunner().invoke(app, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"],
+                              env={"COLUMNS": "200"})
 
     assert done.exit_code == 0, done.output
+    assert len(asked) == 1
     assert "⏳ Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)." in done.output
 
 
