@@ -46,6 +46,18 @@ def _on_this_machine(url: str) -> bool:
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
+def development_keys(settings: Settings) -> list[str]:
+    """The settings among the API key and the secret key still at the development default the README prints."""
+    return [name for name, value, default in (("SMARTRETRY_API_KEY", settings.api_key, DEV_API_KEY),
+                                              ("SMARTRETRY_SECRET_KEY", settings.secret_key, DEV_SECRET_KEY))
+            if value.get_secret_value() == default]
+
+
+def serves_this_machine_only(settings: Settings) -> bool:
+    """Whether the API listens on this machine's loopback only."""
+    return _on_this_machine(f"http://{settings.api_host}/") or settings.api_host == "[::1]"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SMARTRETRY_", env_file=".env", extra="ignore")
 
@@ -141,9 +153,7 @@ class Settings(BaseSettings):
     def _own_keys_for_real_tokens(self) -> Settings:
         # Real accounts' tokens: the README's keys would let anyone who reads it use the API and decrypt them.
         if self.graph_api_base_url and not _on_this_machine(self.graph_api_base_url):
-            defaults = [name for name, value, default in (
-                ("SMARTRETRY_API_KEY", self.api_key, DEV_API_KEY),
-                ("SMARTRETRY_SECRET_KEY", self.secret_key, DEV_SECRET_KEY)) if value.get_secret_value() == default]
+            defaults = development_keys(self)
             if defaults:
                 raise ValueError(f"{' and '.join(defaults)} {'is' if len(defaults) == 1 else 'are'} still the "
                                  "development default, which the README prints: "

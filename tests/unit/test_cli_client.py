@@ -477,3 +477,14 @@ def test_a_replay_whose_broker_is_away_is_one_line(tmp_path: Path) -> None:
     assert done.exit_code == 1, done.output
     assert f"error: the broker at {bootstrap} did not answer" in done.output
     assert "posts that differ" not in done.output
+
+
+def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys() -> None:
+    port = _no_broker().rsplit(":", 1)[1]  # a free port
+    done = CliRunner().invoke(app, ["api"], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "SMARTRETRY_API_HOST":
+                                                 "0.0.0.0", "SMARTRETRY_API_PORT": port, "SMARTRETRY_API_KEY": None,
+                                                 "SMARTRETRY_SECRET_KEY": None, "COLUMNS": "200"})
+
+    assert done.exit_code == 2, done.output
+    assert ("error: SMARTRETRY_API_KEY and SMARTRETRY_SECRET_KEY are still the development default the README prints, "
+            "and the API would listen on 0.0.0.0") in done.output
