@@ -247,11 +247,10 @@ class InstagramPublisher:
                                            latest=latest)
 
     async def _wait_until_ready(self, container_id: str, token: SecretStr, deadline: float) -> str:
-        """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the `deadline` (event loop time)
-        fail."""
+        """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the `deadline` (event loop time,
+        the polling's timeout after the attempt began) fail."""
         polling = self._polling
         loop = asyncio.get_running_loop()
-        began = loop.time()
         interval = polling.interval_s
         while True:
             try:
@@ -279,7 +278,8 @@ class InstagramPublisher:
             if loop.time() + interval > deadline:
                 raise GraphCallFailed(PlatformError(
                     kind=ErrorKind.TRANSIENT,
-                    message=f"Instagram media processing failed: not ready after {loop.time() - began:.0f} s",
+                    message=f"Instagram media processing failed: not ready after "
+                            f"{polling.timeout_s - (deadline - loop.time()):.0f} s",
                 ))
             await asyncio.sleep(interval)
             interval = min(interval * polling.backoff, polling.max_interval_s)
