@@ -479,7 +479,9 @@ def test_a_replay_whose_broker_is_away_is_one_line(tmp_path: Path) -> None:
     assert "posts that differ" not in done.output
 
 
-def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys() -> None:
+def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The log left as it is: configured on the runner's own output, it would outlive this test.
+    monkeypatch.setattr("smartretry.logs.configure", lambda *_args, **_kwargs: None)
     port = _no_broker().rsplit(":", 1)[1]  # a free port
     done = CliRunner().invoke(app, ["api"], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "SMARTRETRY_API_HOST":
                                                  "0.0.0.0", "SMARTRETRY_API_PORT": port, "SMARTRETRY_API_KEY": None,
