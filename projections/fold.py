@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel
 
@@ -381,25 +382,32 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         results = [r for r in results if r.platform not in current or (r.success and not current[r.platform].success)]
     targeted = state.targeted if serviced and state.publish_target is not None else platforms_of(event.publish_target)
     implied: list[Platform] = []
-    named = _facebook_post_of(document.get("post_url"))
-    facebook_now = current.get("facebook")
-    if named is not None and "facebook" in targeted and document.get("status") != "posted" \
-            and all(r.platform != "facebook" for r in brought) \
-            and not (facebook_now is not None and facebook_now.success):
-        # The post's address names its Facebook post, whatever the old status says (a post caught mid-publish, a
-        # failure on Instagram): it went out there, and a retry must not post it again.
-        implied = ["facebook"]
-        results.append(PublishResult(platform="facebook", success=True, post_id=named))
+    # The post's address names its post on a platform (its Facebook post, or an Instagram-only post's permalink),
+    # whatever the old status or a failure the old document kept for it says (a post caught mid-publish, a failure of
+    # a later try): it went out there, and a retry must not post it again.
+    addressed: dict[Platform, PublishResult] = {}
+    if (named := _facebook_post_of(document.get("post_url"))) is not None:
+        addressed["facebook"] = PublishResult(platform="facebook", success=True, post_id=named)
+    if (permalink := _instagram_permalink_of(document.get("post_url"))) is not None:
+        addressed["instagram"] = PublishResult(platform="instagram", success=True, permalink=permalink)
+    for platform, found in addressed.items():
+        now = current.get(platform)
+        if platform not in targeted or any(r.platform == platform and r.success for r in results) or (
+                now is not None and now.success):
+            continue
+        results = [r for r in results if r.platform != platform]
+        results.append(found)
+        implied.append(platform)
     if document.get("status") == "posted":
         # The old system said posted: every platform it targeted went out, whether or not it kept a result
         # for it. Taken as published (with the Facebook post the post's address names, if it does), where the post
         # has no success there (none yet, or a failed attempt: the post is there all the same): a retry must not
         # post it again; a forced republish still can.
-        known = {r.platform for r in brought} | {p for p, r in current.items() if r.success}
-        implied = [platform for platform in targeted if platform not in known]
-        results.extend(PublishResult(platform=platform, success=True,
-                                     post_id=_facebook_post_of(document.get("post_url")) if platform == "facebook"
-                                     else None) for platform in implied)
+        known = {r.platform for r in brought} | {r.platform for r in results} | \
+            {p for p, r in current.items() if r.success}
+        unkept = [platform for platform in targeted if platform not in known]
+        results.extend(PublishResult(platform=platform, success=True) for platform in unkept)
+        implied.extend(unkept)
     covered = set(targeted) | {r.platform for r in results}
     # A platform the old system has a result for counts in the status, so it is a target too: a failure
     # there must be one a retry can fix.
@@ -712,12 +720,54 @@ def _legacy_results(insights: dict[str, Any]) -> list[PublishResult]:
     return results
 
 
+# Facebook's hosts for a post's address, and Instagram's for a media's permalink.
+_FACEBOOK_HOSTS = ("facebook.com", "www.facebook.com", "m.facebook.com", "web.facebook.com", "business.facebook.com")
+_INSTAGRAM_HOSTS = ("instagram.com", "www.instagram.com")
+
+
 def _facebook_post_of(url: object) -> str | None:
-    """The post id in a `https://www.facebook.com/<post id>` address (the seed's `post_url`), if that is one."""
-    prefix = FACEBOOK_POST_URL.format(post_id="")
-    if isinstance(url, str) and url.startswith(prefix) and url[len(prefix):].replace("_", "").isdigit():
-        return url[len(prefix):]
+    """The post id (`<page id>_<post id>`) an address of a Facebook post names, if it is one: the seed's `post_url`
+    (`https://www.facebook.com/<page id>_<post id>`), with or without `www`, a trailing slash or a query, and
+    Facebook's own `/<page id>/posts/<post id>` and `permalink.php?story_fbid=<post id>&id=<page id>`."""
+    parts = _web_address(url, _FACEBOOK_HOSTS)
+    if parts is None:
+        return None
+    path, query = parts
+    steps = [step for step in path.split("/") if step]
+    if len(steps) == 1 and re.fullmatch(r"[0-9]+_[0-9]+", steps[0]):
+        return steps[0]
+    if len(steps) == 3 and steps[1] == "posts" and steps[0].isdigit() and steps[2].isdigit():
+        return f"{steps[0]}_{steps[2]}"
+    if steps == ["permalink.php"]:
+        story, page = query.get("story_fbid", [""])[0], query.get("id", [""])[0]
+        if story.isdigit() and page.isdigit():
+            return f"{page}_{story}"
     return None
+
+
+def _instagram_permalink_of(url: object) -> str | None:
+    """The address itself when it is an Instagram media's permalink (`https://www.instagram.com/p/<code>/`, or
+    `/reel/<code>/`), as an Instagram-only post's `post_url` holds it."""
+    parts = _web_address(url, _INSTAGRAM_HOSTS)
+    if parts is None:
+        return None
+    steps = [step for step in parts[0].split("/") if step]
+    if len(steps) == 2 and steps[0] in ("p", "reel") and re.fullmatch(r"[A-Za-z0-9_-]+", steps[1]):
+        return f"https://www.instagram.com/{steps[0]}/{steps[1]}/"
+    return None
+
+
+def _web_address(url: object, hosts: tuple[str, ...]) -> tuple[str, dict[str, list[str]]] | None:
+    """The path and query of an http(s) address on one of `hosts`; None for anything else."""
+    if not isinstance(url, str) or len(url) > LEGACY_TEXT_LIMIT:
+        return None
+    try:
+        parsed = urlsplit(url.strip())
+    except ValueError:
+        return None
+    if parsed.scheme.lower() not in ("http", "https") or (parsed.hostname or "").lower() not in hosts:
+        return None
+    return parsed.path, parse_qs(parsed.query)
 
 
 # The longest text an import keeps of one of the old document's fields (an error, an id, an address), as a

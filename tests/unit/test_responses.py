@@ -418,3 +418,42 @@ def test_an_imported_post_without_content_asks_for_its_content_with_the_retry() 
         account="acct-1", document={"status": "draft"}))
     assert needed_actions(history.state(), 3) == {
         "facebook": "retry Facebook with the post's content (caption, image URL) to publish it"}
+
+
+@pytest.mark.parametrize("address", [
+    "https://www.facebook.com/747917475065823_1221",
+    "https://www.facebook.com/747917475065823_1221/",
+    "https://facebook.com/747917475065823_1221?ref=share",
+    "https://m.facebook.com/747917475065823/posts/1221",
+    "https://www.facebook.com/permalink.php?story_fbid=1221&id=747917475065823",
+])
+def test_an_imported_facebook_address_in_any_of_its_forms_counts_as_the_post_on_facebook(address: str) -> None:
+    # Whatever the old status, and even over a failure the old document kept for Facebook (of a later try): a retry
+    # must not post it again.
+    history = imported({"status": "failed", "post_url": address, "insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "timeout"}]}})
+    facebook = history.state().latest_result("facebook")
+    assert facebook is not None and facebook.success and facebook.post_id == "747917475065823_1221"
+    assert retry_targets(history.state()) == ("instagram",)
+
+
+def test_an_imported_instagram_permalink_counts_as_the_post_on_instagram() -> None:
+    history = History()
+    history.events.append(LegacyInsightsImported(
+        event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="instagram",
+        account="acct-1", content=CONTENT, document={"status": "failed",
+                                                     "post_url": "https://www.instagram.com/p/DRJ1nlKDgY9"}))
+    state = history.state()
+
+    instagram = state.latest_result("instagram")
+    assert instagram is not None and instagram.success
+    assert instagram.permalink == "https://www.instagram.com/p/DRJ1nlKDgY9/"
+    assert state.status == "posted" and retry_targets(state) == ()
+
+
+@pytest.mark.parametrize("address", ["https://www.facebook.com/acme", "https://www.facebook.com/1221",
+                                     "https://evil.example/747917475065823_1221", "javascript:747917475065823_1221",
+                                     "https://www.instagram.com/acme/"])
+def test_an_address_that_names_no_post_publishes_nothing_in_its_name(address: str) -> None:
+    state = imported({"status": "failed", "post_url": address}).state()
+    assert retry_targets(state) == ("facebook", "instagram")
