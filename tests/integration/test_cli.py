@@ -182,7 +182,7 @@ def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: R
     listed = json.loads(output)
     assert len(listed["posts"]) == 1 and listed["next_cursor"]
     code, output = run(api, "list", "--status", "gone")
-    assert code == 1 and "422" in output
+    assert code == 2 and "'gone' is not one of publishing, posted, failed" in output
 
 
 def test_publish_puts_the_command_on_kafka_and_says_when_results_are_not_in(api: RunningApi) -> None:
