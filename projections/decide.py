@@ -130,7 +130,8 @@ def decide(state: PostState | None, command: Command) -> Decision:
         return replace(decision, content=recorded)
     if content is None:
         # Imported without content, and the retry carries none: every platform would fail on it, counted as attempts.
-        missing = "the post has no content to publish (imported without it): retry it with its content"
+        missing = ("the post has no content to publish (imported without it): retry it with its content "
+                   "(content.caption, content.image_url)")
         return Decision(reject_reason=missing, refused_content=True,
                         log_line=f"Refused {command.type} {command.command_id}: {missing}")
     # Against the platforms published now, the post's own content too: a caption a retry of Facebook alone made

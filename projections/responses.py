@@ -219,8 +219,7 @@ def needed_actions(state: PostState, max_attempts: int,
             # import, or said to have gone out, it may be there all the same: looked at first, since a retry would
             # post it again. Without content, the retry brings it.
             label = PLATFORM_LABELS[platform]
-            retry = f"retry {label}" + (" with the post's content (caption, image URL)" if state.content is None
-                                        else "")
+            retry = f"retry {label}{_bringing(state, platform)}"
             shown.setdefault(platform, f"check {label} for the post, then {retry} if it is not there"
                              if legacy_may_have_published(state) else f"{retry} to publish it")
     if state.account is None and state.status == "failed":
@@ -231,9 +230,23 @@ def needed_actions(state: PostState, max_attempts: int,
                 needed = shown.get(platform)
                 shown[platform] = NAME_THE_ACCOUNT if needed in (None, "fix the post") else \
                     f"{needed.removesuffix(', then retry')}, then {NAME_THE_ACCOUNT}"
+                if state.content is None:
+                    shown[platform] += " and the post's content (caption, image URL)"
     publishing = under_way(state)
     # In the platforms' own order (Facebook first), whichever failed first.
     return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index) if platform not in publishing}
+
+
+def _bringing(state: PostState, platform: Platform) -> str:
+    """What a retry of an imported post's `platform` must bring for it to be published, as the decision would refuse
+    it without: the content it lacks, Instagram's image, a field a token was taken out of."""
+    if state.content is None:
+        return " with the post's content (caption, image URL)"
+    if platform == "instagram" and state.content.image_url is None:
+        return " with an image URL"
+    if state.taken_out:
+        return f" with its {' and '.join(state.taken_out)} corrected"
+    return ""
 
 
 def _tried_at(state: PostState, platform: Platform) -> datetime | None:

@@ -549,7 +549,9 @@ def _page_problem(problem: str) -> str:
     problem = re.sub(r"right Instagram account id with PUT /accounts/([^\s),;]+)/token",
                      r"right Instagram account id with `smartretry accounts set-token \1 --ig-user-id ...`", problem)
     # An account to connect: with the command line (or the API's route).
-    return re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
+    problem = re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
+    # The API's names of the content's fields, as the retry form names them.
+    return re.sub(r"\bcontent\.(caption|image_url)\b", lambda found: f"the {FIELD_LABELS[found.group(1)]}", problem)
 
 
 def _page_action(action: str) -> str:

@@ -1007,8 +1007,8 @@ def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_ref
     assert nameless.status_code == 422
     assert "post imported-1 has no account (it was imported without one): name the account to publish it with" \
         in nameless.text
-    assert api.client.get("/posts/imported-1").json()["needed_action"] == {
-        "facebook": "retry naming the account to publish with", "instagram": "retry naming the account to publish with"}
+    wanted = "retry naming the account to publish with and the post's content (caption, image URL)"
+    assert api.client.get("/posts/imported-1").json()["needed_action"] == {"facebook": wanted, "instagram": wanted}
     assert_nothing_on_commands(api)
     add_account(api)
     # Another account than the post's own: it would put the post on another business's Page.

@@ -198,7 +198,7 @@ def test_a_retry_of_a_post_imported_without_content_that_brings_none_is_refused_
     decision = decide(history.state(), retry())
     assert decision.platforms == () and decision.refused_content
     assert decision.reject_reason == ("the post has no content to publish (imported without it): retry it with its "
-                                      "content")
+                                      "content (content.caption, content.image_url)")
 
 
 def resolve(published: bool, attempt_id: str | None = None, command_id: str = "cmd-resolve") -> ResolveAttemptRequested:

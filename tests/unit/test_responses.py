@@ -135,9 +135,11 @@ def test_a_post_imported_without_an_account_asks_for_one_besides_what_else_it_ne
         "status": "failed"})
     state = history.state()
     assert state.account is None
+    # Imported without content too: the retry brings it as well.
     assert needed_actions(state, max_attempts=5) == {
-        "facebook": "re-authenticate Facebook, then retry naming the account to publish with",
-        "instagram": "retry naming the account to publish with"}
+        "facebook": "re-authenticate Facebook, then retry naming the account to publish with and the post's content "
+                    "(caption, image URL)",
+        "instagram": "retry naming the account to publish with and the post's content (caption, image URL)"}
 
 
 def test_a_retry_decided_to_publish_nothing_keeps_the_content_that_went_out_and_its_answer_says_so() -> None:
@@ -238,9 +240,10 @@ def test_the_post_page_says_where_to_correct_a_link_it_has_no_field_for() -> Non
     problem = ("content.link had an access token taken out when the post was imported: send it again with "
                "content.link corrected")
     assert _page_problem(problem) == problem + " (with `smartretry retry POST --link ...`)"
-    # Its caption field is on the page (shown for a caption a token was taken out of).
+    # Its caption field is on the page (shown for a caption a token was taken out of), and named as the page names it.
     caption = problem.replace("content.link", "content.caption")
-    assert _page_problem(caption) == caption
+    assert _page_problem(caption) == problem.replace("content.link", "the Caption")
+    assert _page_problem("Instagram needs content.image_url") == "Instagram needs the Image URL"
 
 
 def test_a_forced_republish_is_told_apart_and_the_post_it_replaced_on_the_page_is_still_named() -> None:
@@ -457,3 +460,11 @@ def test_an_imported_instagram_permalink_counts_as_the_post_on_instagram() -> No
 def test_an_address_that_names_no_post_publishes_nothing_in_its_name(address: str) -> None:
     state = imported({"status": "failed", "post_url": address}).state()
     assert retry_targets(state) == ("facebook", "instagram")
+
+
+def test_an_imported_post_for_instagram_without_its_image_asks_for_one_with_the_retry() -> None:
+    history = History()
+    history.events.append(LegacyInsightsImported(
+        event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="instagram",
+        account="acct-1", content=PostContent(caption="Autumn sale"), document={"status": "draft"}))
+    assert needed_actions(history.state(), 3) == {"instagram": "retry Instagram with an image URL to publish it"}
