@@ -549,6 +549,8 @@ class GraphSandbox:
             if unknown or not {"platform", "endpoint"} <= set(body):
                 raise ValueError(f"a fault needs platform and endpoint, and takes {', '.join(sorted(fields))}"
                                  + (f" (not {', '.join(unknown)})" if unknown else ""))
+            if not isinstance(body.get("times", 1), int) or body.get("times", 1) < 1:
+                raise ValueError("a fault's times is how many calls it answers: at least 1")
             self.add_fault(Fault(**body))
         elif action == "latency":
             self.latency[(body["platform"], body.get("endpoint") or "*")] = float(body["seconds"])

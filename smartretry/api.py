@@ -1097,6 +1097,9 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             if response is not None and held:
                 response = response.model_copy(update={
                     "note": platform_waits(state, settings.max_automatic_attempts), "pending": True})
+            elif response is not None and not settled:
+                # Its automatic retry to come, say: not final, though the post is failed for now.
+                response = response.model_copy(update={"pending": True})
             record = state.commands.get(command_id)
             # A retry (or republish) decided to publish nothing: refused, as the POST that saw it decided answers 409.
             refused = nothing_to_publish(record.note, record.skipped, post_id, forced=record.forced) \

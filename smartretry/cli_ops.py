@@ -51,7 +51,8 @@ errors = Console(stderr=True, markup=False, highlight=False)
 
 def _error(message: str) -> None:
     # The API's words may quote a platform's message: its control characters are shown, not obeyed.
-    errors.print(Text.assemble(("error:", "red"), " ", shown_text(message)))
+    # One line, left to the terminal to wrap: a script that reads stderr gets the whole message on it.
+    errors.print(Text.assemble(("error:", "red"), " ", shown_text(message)), soft_wrap=True)
 
 # Seconds a command-line client waits for results after the API answered 202.
 POLL_SECONDS = 0.25

@@ -55,7 +55,8 @@ def development_keys(settings: Settings) -> list[str]:
 
 def serves_this_machine_only(settings: Settings) -> bool:
     """Whether the API listens on this machine's loopback only."""
-    return _on_this_machine(f"http://{settings.api_host}/") or settings.api_host == "[::1]"
+    host = settings.api_host.strip("[]").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class Settings(BaseSettings):

@@ -149,6 +149,9 @@ def test_the_control_api_takes_json_as_curl_sends_it_and_says_what_a_fault_needs
     unknown = graph.post("/_sandbox/faults", json={"platform": "facebook", "endpoint": "photos", "colour": "red"})
     assert unknown.status_code == 400 and "(not colour)" in unknown.json()["error"]
     assert graph.post("/_sandbox/faults", content=b"not json").status_code == 400
+    for times in (0, -1, "2"):
+        none = graph.post("/_sandbox/faults", json={"platform": "facebook", "endpoint": "photos", "times": times})
+        assert none.status_code == 400 and "at least 1" in none.json()["error"], times
 
 
 def test_the_command_line_prints_its_url_and_serves() -> None:
