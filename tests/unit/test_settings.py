@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from publishers.instagram import ContainerPolling
 from smartretry.bootstrap import short_processing_warning
-from smartretry.settings import DEV_API_KEY, Settings, load_settings
+from smartretry.settings import DEV_API_KEY, Settings, load_settings, serves_this_machine_only
 
 OWN_KEY = "an-api-key-of-our-own-0123"
 OWN_SECRET = "a-secret-key-of-our-own-4567"
@@ -110,3 +110,9 @@ def test_the_services_own_keys_are_scrubbed_and_refused_in_content_like_a_token(
     assert secret_field(PostContent(caption=f"our key is {OWN_KEY}"), known_secrets()) == "caption"
     # The development default is printed in the README: it stays readable.
     assert DEV_API_KEY in scrub(f"the default {DEV_API_KEY}")
+
+
+@pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
+                                             ("0.0.0.0", False), ("::", False), ("10.0.0.5", False)])
+def test_an_api_on_a_loopback_address_serves_this_machine_only(host: str, local: bool) -> None:
+    assert serves_this_machine_only(Settings(api_host=host)) is local  # type: ignore[call-arg]
