@@ -138,6 +138,8 @@ def platform_rows(state: PostState, max_attempts: int,
         rows.append({
             "platform": platform, "label": PLATFORM_LABELS[platform], "icon": PLATFORM_ICONS[platform],
             "success": None if result is None else result.success, "link": platform_link(state, platform),
+            # Its result came from an old-system document, not from asking the platform.
+            "imported": result is not None and not state.attempts_of(platform),
             "error": _reason(result.error) if result is not None and not result.success and result.error else None,
             "error_full": result.error if result is not None and not result.success else None,
             "action": _page_action(actions[platform]) if platform in actions else None,

@@ -575,6 +575,15 @@ def test_a_post_that_went_out_without_its_address_says_so(api: RunningApi) -> No
     assert "Its address could not be told from Instagram's answers: see the account." in page
 
 
+def test_an_imported_post_without_its_address_says_the_old_system_did_not_keep_it(api: RunningApi) -> None:
+    store_events(api, History(post_id="post-old-address").legacy(
+        {"status": "posted", "insights": {"instagram_media_id": "18107758234627017"}}, target="instagram").events)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-old-address").text
+    assert "Its address was not kept by the old system: see the account." in page
+    assert "could not be told from Instagram's answers" not in page
+
+
 def test_an_instagram_post_known_by_its_media_id_alone_is_never_given_a_facebook_address(api: RunningApi) -> None:
     # Published, its media id known, its permalink not (the permalink's read failed after the publish).
     history = History(post_id="post-media-only", at=datetime.now(UTC))
