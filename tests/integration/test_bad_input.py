@@ -382,7 +382,7 @@ API_CASES: dict[str, tuple[int, str]] = {
     "nested-too-deeply": (400, "request body nested too deeply"),
     "number-too-long": (400, "request body has a number too long to be one of ours (over 4,300 digits)"),
     "not-an-object": (422, "valid dictionary"),
-    "empty-body": (422, "Field required"),
+    "empty-body": (422, "the body is missing: send a JSON object"),
     "unknown-field": (422, "Extra inputs are not permitted"),
     "missing-content": (422, "Field required"),
     "mistyped-content": (422, "valid dictionary"),
