@@ -177,7 +177,9 @@ def retry_preview(state: PostState | None) -> str:
     if decision.no_op:
         return f"Note: {decision.log_line}"
     only = "only " if decision.skipped else ""
-    return f"Note: Will {only}retry {_names(decision.platforms)}"
+    # Imported without content: the retry publishes only with the content it brings (`decide` refuses it without).
+    given = " once given the post's content (caption, image URL)" if state.content is None else ""
+    return f"Note: Will {only}retry {_names(decision.platforms)}{given}"
 
 
 def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:

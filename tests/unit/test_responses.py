@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from projections.decide import retry_targets
+from projections.decide import retry_preview, retry_targets
 from projections.responses import (
     attempts_by_platform,
     earlier_posts,
@@ -421,6 +421,8 @@ def test_an_imported_post_without_content_asks_for_its_content_with_the_retry() 
         account="acct-1", document={"status": "draft"}))
     assert needed_actions(history.state(), 3) == {
         "facebook": "retry Facebook with the post's content (caption, image URL) to publish it"}
+    assert retry_preview(history.state()) == ("Note: Will retry Facebook once given the post's content (caption, "
+                                              "image URL)")
 
 
 @pytest.mark.parametrize("address", [
