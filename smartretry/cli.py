@@ -257,16 +257,16 @@ def api_alone() -> None:
         say(settings, f"error: port {settings.api_port} is taken: stop what uses it, or set SMARTRETRY_API_PORT to a "
             "free port", err=True, level=logging.ERROR)
         raise typer.Exit(2)
-    if (defaults := development_keys(settings)) and not serves_this_machine_only(settings):
+    defaults = development_keys(settings)
+    still = f"{' and '.join(defaults)} {'is' if len(defaults) == 1 else 'are'} still the development default"
+    if defaults and not serves_this_machine_only(settings):
         # Served beyond this machine, the README's keys would let anyone use the API and read the stored tokens.
-        say(settings, f"error: {' and '.join(defaults)} {'is' if len(defaults) == 1 else 'are'} still the development "
-            f"default the README prints, and the API would listen on {settings.api_host}: set your own (for example "
-            "the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)", err=True,
-            level=logging.ERROR)
+        say(settings, f"error: {still} the README prints, and the API would listen on {settings.api_host}: set your "
+            "own (for example the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
+            err=True, level=logging.ERROR)
         raise typer.Exit(2)
     if defaults:
-        say(settings, f"warning: {' and '.join(defaults)} still the development default: fine on this machine only",
-            err=True, level=logging.WARNING)
+        say(settings, f"warning: {still}: fine on this machine only", err=True, level=logging.WARNING)
     stores = open_stores(settings)
 
     async def serving() -> None:
