@@ -78,6 +78,8 @@ TAKEN_OUT = "smartretry_taken_out"
 RESOLVE_THE_ATTEMPT = "then resolve the attempt"
 # What a Page or Instagram account id Meta does not know asks for (the platform's word for it, then " id").
 RIGHT_ID = "connect the account again with its right "
+# What a platform that refused the post itself (an invalid request) asks for.
+FIX_THE_POST = "fix the post"
 
 # Shown when a platform refused without saying why; the seed always has a message, old documents may not.
 UNKNOWN_ERROR = "publish failed"
@@ -683,7 +685,7 @@ def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None =
     if kind is ErrorKind.INVALID_MEDIA:
         return "fix the image URL"
     if kind is ErrorKind.INVALID_REQUEST:
-        return "fix the post"
+        return FIX_THE_POST
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from projections.fold import (
+    FIX_THE_POST,
     RIGHT_ID,
     awaiting_attempt,
     counted_platforms,
@@ -228,7 +229,7 @@ def needed_actions(state: PostState, max_attempts: int,
             result = state.latest_result(platform)
             if result is None or not result.success:
                 needed = shown.get(platform)
-                shown[platform] = NAME_THE_ACCOUNT if needed in (None, "fix the post") else \
+                shown[platform] = NAME_THE_ACCOUNT if needed in (None, FIX_THE_POST) else \
                     f"{needed.removesuffix(', then retry')}, then {NAME_THE_ACCOUNT}"
                 if state.content is None:
                     shown[platform] += " and the post's content (caption, image URL)"

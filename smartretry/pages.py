@@ -30,7 +30,7 @@ from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from projections.decide import retry_preview, retry_targets, reuses_command_id
-from projections.fold import awaiting_attempt, unresolved
+from projections.fold import FIX_THE_POST, awaiting_attempt, unresolved
 from projections.responses import earlier_posts, needed_actions, retried_summary
 from projections.resume import automatic_retry_times
 from projections.state import PostState
@@ -564,8 +564,6 @@ def _page_action(action: str) -> str:
     return shown
 
 
-# What a platform that refused the post itself asks for: the retry form then offers the caption too.
-FIX_THE_POST = "fix the post"
 # The forms' fields by the names the page gives them.
 FIELD_LABELS = {"image_url": "Image URL", "caption": "Caption", "account": "Account", "token": "Access token",
                 "page_id": "Facebook Page id",

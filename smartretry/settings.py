@@ -42,7 +42,12 @@ def _level_name(level: object) -> object:
 
 
 def _on_this_machine(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+    return _loopback(urlsplit(url).hostname or "")
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without its brackets) is this machine's loopback."""
+    host = host.strip("[]").lower()
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
@@ -55,8 +60,7 @@ def development_keys(settings: Settings) -> list[str]:
 
 def serves_this_machine_only(settings: Settings) -> bool:
     """Whether the API listens on this machine's loopback only."""
-    host = settings.api_host.strip("[]").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return _loopback(settings.api_host)
 
 
 class Settings(BaseSettings):
