@@ -342,7 +342,7 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     with tempfile.TemporaryDirectory(prefix="smartretry-replay-") as tmp:
         scratch_store = ProjectionStore(make_engine(scratch or f"sqlite:///{tmp}/scratch.db"))
         try:
-            with Progress() as bar, on_the_broker(settings):
+            with Progress(transient=True) as bar, on_the_broker(settings):
                 task = bar.add_task("Replaying post events", total=None)
                 report = replay_events(settings.kafka_bootstrap_servers, settings.topics, live, scratch_store,
                                        progress=lambda done, total: bar.update(task, completed=done, total=total),

@@ -92,6 +92,11 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
             snapshot.close()  # the live store's read transaction ends here, not after the fold
             live_digest.append(digest_of(live[0]))
 
+        if not targets and (waiting := _events_on_broker(bootstrap, topics.post_events)):
+            # Nothing applied is nothing to compare: said, rather than a replay of nothing found identical.
+            raise ReplayError(f"the live projection ({live_store.engine.url.render_as_string(hide_password=True)}) "
+                              f"has applied none of the {waiting} events on {topics.post_events}: is it the "
+                              "service's database (SMARTRETRY_DATABASE_URL), and is the projector running?")
         scratch_store.create_schema()
         scratch_store.reset()
         deadline = started + timeout
@@ -114,6 +119,24 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     return ReplayReport(live_digest=live_digest[0], replay_digest=digest_of(replay_prints),
                         differing=differing, offsets=targets, events=events, posts=len(replay_prints),
                         seconds=time.monotonic() - started)
+
+
+def _events_on_broker(bootstrap: str, topic: str) -> int:
+    """How many events `topic` holds (0 when it does not exist yet); a broker away raises `KafkaException`."""
+    consumer = Consumer(client_config(bootstrap, **{"group.id": f"replay-{uuid.uuid4().hex[:8]}",
+                                                   "enable.auto.commit": False}))
+    try:
+        described = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if described is None or described.error is not None:
+            return 0
+        held = 0
+        for partition in described.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            held += max(0, high - low)
+        return held
+    finally:
+        consumer.poll(0)  # its log lines, to the log
+        consumer.close()
 
 
 def _worker_count(workers: int | None, scratch_store: ProjectionStore) -> int:

@@ -142,3 +142,30 @@ def test_a_replay_into_the_live_database_is_refused_and_the_live_projection_stay
     assert result.exit_code == 2, result.output
     assert "the scratch store is the live projection's database" in result.output
     assert live.snapshot() == before and live.count() == 20
+
+
+def test_a_replay_against_a_live_projection_that_applied_nothing_says_so_rather_than_identical(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("SMARTRETRY_TOPIC_PREFIX", topics.prefix)
+    # Not the service's database (a relative path run from another directory, say): nothing applied in it.
+    monkeypatch.setenv("SMARTRETRY_DATABASE_URL", f"sqlite:///{tmp_path}/elsewhere.db")
+    # No post events yet anywhere: nothing to compare, and nothing is wrong.
+    quiet = CliRunner().invoke(cli, ["replay"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "events replayed: 0" in quiet.output and "posts that differ: 0" in quiet.output
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in many_posts(3)])
+    result = CliRunner().invoke(cli, ["replay"])
+    assert result.exit_code == 2, result.output
+    assert f"has applied none of the {len(many_posts(3))} events on {topics.post_events}" in result.output
+    assert "SMARTRETRY_DATABASE_URL" in result.output and "identical" not in result.output
+
+
+def test_a_replay_with_the_broker_away_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("SMARTRETRY_DATABASE_URL", f"sqlite:///{tmp_path}/live.db")
+    result = CliRunner().invoke(cli, ["replay"])
+    assert result.exit_code == 1, result.output
+    assert "the broker at 127.0.0.1:9 did not answer" in result.output
+    assert "events replayed" not in result.output
