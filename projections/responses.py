@@ -16,7 +16,16 @@ from projections.fold import (
 from projections.resume import automatic_retries
 from projections.state import CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
-from schemas.common import NO_CREDENTIALS, PLATFORM_LABELS, PLATFORMS, ErrorKind, Platform, target_of
+from schemas.common import (
+    ACCOUNT_ID_FIELDS,
+    NO_CREDENTIALS,
+    PLATFORM_LABELS,
+    PLATFORMS,
+    ErrorKind,
+    Platform,
+    not_connected,
+    target_of,
+)
 
 
 def publish_response(state: PostState, command_id: str | None = None) -> PublishResponse:
@@ -205,6 +214,11 @@ def needed_actions(state: PostState, max_attempts: int,
                 not result.success and (result.error or "").startswith(NO_CREDENTIALS):
             # The account was never connected (or was removed): there is nothing to re-authenticate.
             action = f"connect account {state.account} with PUT /accounts/{state.account}/token"
+        if action.startswith("re-authenticate ") and state.account is not None and result is not None and \
+                not result.success and (result.error or "").endswith(not_connected(platform)):
+            # Stored without the platform's Page or Instagram account: a new token would not help, its id does.
+            action = (f"connect {PLATFORM_LABELS[platform]} to account {state.account}: set its "
+                      f"{ACCOUNT_ID_FIELDS[platform]} with PUT /accounts/{state.account}/token")
         if action.startswith(RIGHT_ID) and state.account is not None:
             # As a publish without credentials is told (above): the account by name, and how to set it.
             what = action.removeprefix(RIGHT_ID).removesuffix(" id")

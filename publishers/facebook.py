@@ -24,7 +24,7 @@ from publishers.graph import (
 )
 from publishers.redact import register_secret
 from schemas.commands import PostContent, facebook_text
-from schemas.common import ErrorKind, Platform
+from schemas.common import ErrorKind, Platform, not_connected
 from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def _no_page(action: str) -> PlatformError:
     # The account is set up without its Page: connecting the account again, with the Page, is what the
     # user does (an `auth` error's action), not changing the post.
     return PlatformError(kind=ErrorKind.AUTH,
-                         message=f"{action} failed: the account has no Facebook Page connected")
+                         message=f"{action} failed: {not_connected('facebook')}")
 
 
 # What leads from one page of a listing to the next: a cursor, or (Meta's time-based paging) an earlier end of the

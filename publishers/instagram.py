@@ -31,7 +31,7 @@ from publishers.graph import (
     parse_meta_time,
 )
 from schemas.commands import PostContent
-from schemas.common import ErrorKind, Platform
+from schemas.common import ErrorKind, Platform, not_connected
 from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
@@ -385,4 +385,4 @@ class InstagramPublisher:
 def _not_connected(action: str) -> PlatformError:
     # As Facebook's `_no_page`: the account is connected again, with its Instagram account.
     return PlatformError(kind=ErrorKind.AUTH,
-                         message=f"{action} failed: the account has no Instagram business account connected")
+                         message=f"{action} failed: {not_connected('instagram')}")

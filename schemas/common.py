@@ -48,6 +48,14 @@ def is_platform_block(code: int | None, subcode: int | None) -> bool:
 # How a failure for want of an account (none stored under the post's account name) begins: it asks for the account
 # to be connected, not re-authenticated.
 NO_CREDENTIALS = "no credentials for account"
+# What an account stored without a platform's Page or Instagram account lacks (how the publishers' failure for it
+# ends, and the API's refusal names it), and the account's field that holds its id (PUT /accounts/{name}/token).
+NOT_CONNECTED: dict[str, str] = {"facebook": "Facebook Page", "instagram": "Instagram business account"}
+ACCOUNT_ID_FIELDS: dict[str, str] = {"facebook": "page_id", "instagram": "ig_user_id"}
+
+
+def not_connected(platform: str) -> str:
+    return f"the account has no {NOT_CONNECTED[platform]} connected"
 
 # The longest a platform's own wait is taken for (a day: Meta's daily limits): a larger one (a header saying
 # 99999999999999999999 seconds) would be a date past the calendar's end.

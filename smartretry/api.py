@@ -79,8 +79,10 @@ from schemas.commands import (
     url_problem,
 )
 from schemas.common import (
+    ACCOUNT_ID_FIELDS,
     ID_PATTERN,
     MAX_PLATFORM_WAIT_S,
+    NOT_CONNECTED,
     PLATFORM_LABELS,
     Identifier,
     Platform,
@@ -496,9 +498,8 @@ class FrontDoor:
             raise HTTPException(422, [{"loc": ["body", "account"], "type": "unknown_account",
                                        "msg": f"unknown account {shown!r}: connect it (its token, page_id and "
                                               f"ig_user_id) with PUT /accounts/{shown}/token"}]) from None
-        missing = [(label, field) for platform, label, field, have in (
-            ("facebook", "Facebook Page", "page_id", credentials.page_id),
-            ("instagram", "Instagram business account", "ig_user_id", credentials.ig_user_id))
+        missing = [(NOT_CONNECTED[platform], ACCOUNT_ID_FIELDS[platform]) for platform, have in (
+            ("facebook", credentials.page_id), ("instagram", credentials.ig_user_id))
             if platform in platforms and not have]
         if missing:
             labels = " and ".join(label for label, _ in missing)

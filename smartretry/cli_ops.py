@@ -108,7 +108,7 @@ class NoAnswer(ApiError):
 # The exit status of a command whose request was sent and not answered: neither done (0) nor refused (1).
 UNANSWERED = 3
 # A post that went out for certain, whose id the platform's answers did not give (see the README).
-UNKNOWN_LINK = "(its address could not be told from the platform's answers: see the account)"
+UNKNOWN_LINK = "(its address could not be told from {label}'s answers: see the account)"
 
 
 class Api:
@@ -371,7 +371,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
     for platform, result in results.items():
         label = PLATFORM_LABELS[platform]
         if result["success"]:
-            link = detail.get("links", {}).get(platform) or result.get("postId") or UNKNOWN_LINK
+            link = detail.get("links", {}).get(platform) or result.get("postId") or UNKNOWN_LINK.format(label=label)
             # On one line however narrow the output: a link cut in two cannot be followed.
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
         else:

@@ -175,6 +175,25 @@ def test_a_post_whose_account_was_never_connected_asks_for_it_to_be_connected_no
     assert needed_actions(expired.state(), max_attempts=5) == {"facebook": "re-authenticate Facebook, then retry"}
 
 
+def test_an_account_stored_without_the_platforms_page_asks_for_its_id_not_a_new_token() -> None:
+    from publishers.facebook import _no_page
+    from publishers.instagram import _not_connected
+    from smartretry.cli_ops import _as_commands
+
+    history = History()
+    attempts = history.publish(target="both")
+    for platform, error in (("facebook", _no_page("photo upload")), ("instagram", _not_connected("media creation"))):
+        history.failure(platform, attempts[platform], error.message, error.kind)
+    actions = needed_actions(history.state(), max_attempts=5)
+    assert actions == {
+        "facebook": "connect Facebook to account acct-1: set its page_id with PUT /accounts/acct-1/token, then retry",
+        "instagram": "connect Instagram to account acct-1: set its ig_user_id with PUT /accounts/acct-1/token, "
+                     "then retry"}
+    # `smartretry show` says it as the command that sets it.
+    assert _as_commands(actions["facebook"]) == ("connect Facebook to account acct-1: set it with smartretry accounts "
+                                                 "set-token acct-1 --page-id ..., then retry")
+
+
 def test_a_token_stored_after_the_failing_attempt_began_leaves_only_the_retry_to_do() -> None:
     from datetime import timedelta
 
