@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     api_port: Port = 8080
     # The API the CLI's post commands talk to (their --api-url); unset, the host and port above.
     api_url: str | None = None
-    # The sandbox Graph API `smartretry demo` sets up (its --sandbox-url); unset, the demo leaves the sandbox as it is.
+    # The sandbox Graph API `smartretry demo` sets up (its --sandbox-url); unset, the one `run` starts on
+    # 127.0.0.1:SMARTRETRY_SANDBOX_PORT when no Graph API address is set (left alone when it does not answer).
     sandbox_url: str | None = None
     api_key: SecretStr = SecretStr(DEV_API_KEY)
     # Encrypts account tokens at rest in the credential store.
