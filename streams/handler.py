@@ -288,6 +288,14 @@ class _PartitionProgress:
     """Offsets of one partition in progress; the commit point is the oldest one not finished."""
 
     pending: dict[int, bool] = field(default_factory=dict)
+    # The partition's end when this handler was assigned it; None until known. A command below it may also be in
+    # the hands of the partition's previous owner (frozen, stalled), which has not heard of the move yet.
+    assigned_end: int | None = None
+
+    def inherited(self, offset: int | None) -> bool:
+        """Whether the command at `offset` was in the partition before this handler was assigned it (so when not
+        known yet)."""
+        return offset is not None and (self.assigned_end is None or offset < self.assigned_end)
 
     def add(self, offset: int) -> None:
         self.pending[offset] = False
@@ -530,8 +538,24 @@ class CommandHandler:
 
     def _assign(self, partitions: list[int]) -> None:
         for partition in partitions:
-            self._progress[partition] = _PartitionProgress()
+            progress = self._progress[partition] = _PartitionProgress()
+            if self._watermarks is not None:
+                # Asked in a thread: the rebalance does not wait on the broker for it.
+                asking = asyncio.get_running_loop().run_in_executor(None, self._commands_end, partition)
+                asking.add_done_callback(functools.partial(self._assigned_end, progress))
         self.ready.set()
+
+    def _commands_end(self, partition: int) -> int:
+        assert self._watermarks is not None
+        _low, high = self._watermarks.get_watermark_offsets(TopicPartition(self.topics.commands, partition),
+                                                            timeout=10, cached=False)
+        return int(high)
+
+    @staticmethod
+    def _assigned_end(progress: _PartitionProgress, asking: asyncio.Future[int]) -> None:
+        # Not told (the broker away): every command of the partition counts as inherited, read again once recorded.
+        if not asking.cancelled() and asking.exception() is None:
+            progress.assigned_end = asking.result()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._loop is not None
@@ -798,8 +822,8 @@ class CommandHandler:
         since). Returns when the post was last read. `away`: read again however recently it was read, because the check
         before recording the attempt had to read it (the handler may have been frozen meanwhile, or only waited a
         long backoff: it cannot tell which), and the post's new owner may be recording the same attempt at this very
-        moment. That covers the new owner's attempt recorded first; recorded after this one's, only fencing the call
-        itself would tell the two apart.
+        moment. That covers the new owner's attempt recorded first; recorded after this one's, the new owner reads the
+        post again once its attempt is recorded (a command it inherited) and stands down.
 
         Read again only after a while: a partition moves to another handler only once this one has been silent for
         its session timeout (frozen, or its host stalled), and until this one polls it has not heard of that. A
@@ -828,6 +852,7 @@ class CommandHandler:
         if not self._owns(partition, owner):
             log.info("Partition %d moved to another handler; it handles the command", partition, extra=context)
             return
+        inherited = owner is not None and source is not None and owner.inherited(source.offset())
         state = await self.fresh_state(command.post_id, partition)
         # Its ids and notes would be kept in the post's events and the projection: a new command carrying an access
         # token (a stored one, as the API refuses it too, or one of Meta's shape) is refused before anything is
@@ -873,7 +898,8 @@ class CommandHandler:
             log.info("Resuming %s after an interruption", " and ".join(PLATFORM_LABELS[p] for p in owed),
                      extra=context)
             await self._publish_all(state, command, owed, partition, owner, is_retry=record.is_retry,
-                                    forced=record.forced, reason="resumed after an interruption")
+                                    forced=record.forced, reason="resumed after an interruption",
+                                    inherited=inherited)
             if self._owns(partition, owner):
                 # As below: where the partition moved, the post's status is its new handler's to tell.
                 self._log_status(settled_from or state, command.post_id, context)
@@ -903,7 +929,7 @@ class CommandHandler:
             return
         await self._publish_all(state, command, decision.platforms, partition, owner, is_retry=decision.is_retry,
                                 forced=decision.forced, reason=_reason(command, decision.is_retry),
-                                recorded=decided)
+                                recorded=decided, inherited=inherited)
         if self._owns(partition, owner):
             # Not where the partition moved to another handler: the post's status is that handler's to tell.
             self._log_status(state, command.post_id, context)
@@ -937,8 +963,9 @@ class CommandHandler:
     async def _publish_all(self, state: PostState, command: Command, platforms: tuple[Platform, ...],
                            partition: int, owner: _PartitionProgress | None, *, is_retry: bool, forced: bool,
                            reason: str,
-                           recorded: asyncio.Future[Any] | None = None) -> None:
-        """Publishes `platforms`; `recorded` (the decision's events) is durable before any platform is called."""
+                           recorded: asyncio.Future[Any] | None = None, inherited: bool = False) -> None:
+        """Publishes `platforms`; `recorded` (the decision's events) is durable before any platform is called.
+        `inherited`: the command was in its partition before this handler was assigned it."""
         content = _content_for(state, command)
         account = state.account or (command.account if isinstance(command, PublishRequested) else None)
         # Read once for all platforms of the command (an automatic retry later reads it again), in a thread
@@ -950,7 +977,7 @@ class CommandHandler:
             work.branches = len(platforms)
         branches = [asyncio.ensure_future(self._branch(work, self._publish_platform(
             state, command, platform, content, account, credentials, partition, owner, is_retry=is_retry,
-            forced=forced, reason=reason, recorded=recorded))) for platform in platforms]
+            forced=forced, reason=reason, recorded=recorded, inherited=inherited))) for platform in platforms]
         try:
             await self._until_branches_end(branches)
         except BaseException:
@@ -992,7 +1019,7 @@ class CommandHandler:
                                 content: PostContent | None, account: str | None,
                                 reading: asyncio.Future[AccountCredentials | PlatformError | None], partition: int,
                                 owner: _PartitionProgress | None, *, is_retry: bool, forced: bool, reason: str,
-                                recorded: asyncio.Future[Any]) -> None:
+                                recorded: asyncio.Future[Any], inherited: bool = False) -> None:
         label = PLATFORM_LABELS[platform]
         mine = attempts_by(state, command.command_id, platform)
         made = len(mine)
@@ -1044,9 +1071,11 @@ class CommandHandler:
                 # Time has passed since the command began: the account may have been re-authenticated.
                 reading = asyncio.get_running_loop().run_in_executor(None, self._credentials_of, account)
             _, _, credentials = await asyncio.gather(recorded, attempted, reading)
+            # Read again also for a command the partition's previous owner may be carrying out at this very moment
+            # (not heard of the move yet): its same attempt, recorded just before this one, is told apart only so.
             known_at = await self._check_attempts_unchanged(command, platform, partition, number - 1,
                                                             (attempt_id, started), known_at,
-                                                            away=known_at != read_before)
+                                                            away=known_at != read_before or inherited)
             if not self._owns(partition, owner):
                 # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)

@@ -339,6 +339,47 @@ async def test_a_handler_back_from_away_reads_its_post_again_once_its_attempt_is
     assert page.calls == 1, "the new owner's attempt is the one that calls"
 
 
+async def test_the_new_owner_of_a_command_its_old_owner_still_carries_out_reads_the_post_again_once_recorded() -> None:
+    # The old owner (frozen past its session timeout, not heard of the move yet) wakes and records the attempt just
+    # before the new owner, which read the post a moment ago, records the same one: only one may call Facebook.
+    page, topic = FlakyPage(), []
+    history, state = decided_for_facebook()
+    new_owner = handler_on_shared_topic(page, topic, history, 0.0, session_timeout_seconds=10.0)
+    own_send = new_owner.send
+
+    async def send(event: Event) -> None:
+        if isinstance(event, PublishAttempted):
+            topic.append(event.model_copy(update={"occurred_at": event.occurred_at - timedelta(milliseconds=20)}))
+        await own_send(event)
+
+    new_owner.send = send  # type: ignore[method-assign]
+    new_owner._read_at[state.post_id] = asyncio.get_running_loop().time()
+    with pytest.raises(StoodDown, match="another handler has attempted it"):
+        await new_owner._publish_platform(state, _publish_command(state), "facebook", CONTENT, "acme", ready(ACCOUNT),
+                                          0, new_owner._progress[0], is_retry=False, forced=False,
+                                          reason="first publish", recorded=ready(), inherited=True)
+    assert page.calls == 0, "the old owner's attempt is the one that calls"
+
+
+async def test_a_command_counts_as_inherited_when_it_was_in_the_partition_before_the_assignment() -> None:
+    class Watermarks:
+        def get_watermark_offsets(self, partition: Any, timeout: float, cached: bool) -> tuple[int, int]:
+            assert partition.topic == Topics().commands
+            return 0, 7
+
+    made = handler(SlowFacebook(), STARTED)
+    made._watermarks = Watermarks()  # type: ignore[assignment]
+    made._assign([3])
+    progress = made._progress[3]
+    assert progress.inherited(100), "until the partition's end is known, every command counts as inherited"
+    for _ in range(100):
+        if progress.assigned_end is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert progress.assigned_end == 7
+    assert progress.inherited(6) and not progress.inherited(7) and not progress.inherited(None)
+
+
 async def test_credentials_the_store_cannot_give_fail_the_attempt_for_a_retry_not_leave_it_unanswered() -> None:
     # Read while the attempt is recorded: a database away must not leave a recorded attempt without a result (the
     # post would wait out its lease before anything is tried again, though nothing was called).
