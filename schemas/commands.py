@@ -45,16 +45,19 @@ def url_problem(value: str) -> str | None:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return "must be one line: it holds a control character (a line break, a tab)"
     host = parts.hostname or ""
+    # Quoted without a user name and password before the host: the password may be a token, and the answer is shown.
+    _userinfo, at, shown = parts.netloc.rpartition("@")
+    where = f"{shown!r}" + (" (its user name and password left out)" if at else "")
     if not host:
-        return f"must name a host: {parts.netloc!r} names none"
+        return f"must name a host: {where} names none"
     if any(c.isspace() or c in "<>\"{}|\\^`" for c in host):
-        return f"must name a host: {parts.netloc!r} is not one (a space or a stray character in it?)"
+        return f"must name a host: {where} is not one (a space or a stray character in it?)"
     try:
         port = parts.port  # out of range or not a number raises
     except ValueError:
         port = 0
     if port == 0:
-        return f"has an invalid port: {parts.netloc!r}"
+        return f"has an invalid port: {where}"
     return None
 
 

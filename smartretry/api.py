@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.message
 import hmac
 import json
 import logging
@@ -29,7 +30,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -152,7 +153,8 @@ class RetryBody(Body):
 
 
 class RepublishBody(Body):
-    reason: str = Field(min_length=1, max_length=500)
+    # Recorded with the republish, as its justification: blanks alone say nothing.
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
     content: ContentCorrection | None = None
     account: Identifier | None = None
     command_id: Identifier | None = None
@@ -888,7 +890,17 @@ def _errors(exc: ValidationError | RequestValidationError, prefix: tuple[str, ..
     return [{"loc": [*prefix, *(scrub(part) if isinstance(part, str) else part for part in error.get("loc", ()))],
              "type": error.get("type", "value_error"),
              # pydantic leads a validator's own words with its error type: the words say it alone.
-             "msg": str(error.get("msg", "invalid")).removeprefix("Value error, ")} for error in raw]
+             "msg": scrub(str(error.get("msg", "invalid")).removeprefix("Value error, "))} for error in raw]
+
+
+def _said_json(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body sent with `content_type` as JSON (a body without one it does not)."""
+    if not content_type:
+        return False
+    header = email.message.Message()
+    header["content-type"] = content_type
+    subtype = header.get_content_subtype()
+    return header.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def unprocessable(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> HTTPException:
@@ -1030,17 +1042,16 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _errors(exc)
-        content_type = request.headers.get("content-type")
-        # Without a Content-Type the body is read as JSON: only one said to be something else is not.
-        if any(error["loc"] == ["body"] for error in errors) and content_type and "json" not in content_type.lower():
-            # A form or plain text is not read as JSON: "Input should be a valid dictionary" would not say why.
-            errors = [{"loc": ["body"], "type": "json_required",
-                       "msg": "the body must be JSON, sent with Content-Type: application/json"}]
-        elif any(error["loc"] == ["body"] and error.get("type") == "missing" for error in errors):
+        if any(error["loc"] == ["body"] and error.get("type") == "missing" for error in errors):
             # "Field required" of the body itself would read as a field of it missing.
             errors = [{"loc": ["body"], "type": "missing",
                        "msg": "the body is missing: send a JSON object, with Content-Type: application/json (its "
                               "fields are in /docs)"}]
+        elif any(error["loc"] == ["body"] for error in errors) and not _said_json(request.headers.get("content-type")):
+            # Read as JSON only when its Content-Type says JSON (application/json, or application/...+json): a form,
+            # plain text or no type at all is not, and "Input should be a valid dictionary" would not say why.
+            errors = [{"loc": ["body"], "type": "json_required",
+                       "msg": "the body must be JSON, sent with Content-Type: application/json"}]
         return JSONResponse({"detail": errors}, status_code=422)
 
     def answer(accepted: Accepted) -> JSONResponse:

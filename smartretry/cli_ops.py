@@ -71,6 +71,13 @@ def _one_of(*choices: str) -> Callable[[str | None], str | None]:
     return checked
 
 
+def _said(value: str) -> str:
+    """A text that must say something (a forced republish's reason): blanks alone are a usage error."""
+    if not value.strip():
+        raise typer.BadParameter("must say something: it is recorded with the republish")
+    return value.strip()
+
+
 def _checked_id(value: str | None) -> str | None:
     """An id as the service takes it: it goes into the API's paths, where a `/` or `..` would name another route."""
     if value is not None and not ID_PATTERN.fullmatch(value):
@@ -250,6 +257,8 @@ def api_client(api_url: str | None) -> Iterator[Api]:
         _error(str(exc))
         if (again := _again(exc)) is not None:
             errors.print(again, soft_wrap=True)  # the options on one line, to copy whole
+            # Kafka did not take the command in time, but it may still arrive: as unknown as a request unanswered.
+            raise typer.Exit(UNANSWERED) from None
         raise typer.Exit(1) from None
     finally:
         api.close()
@@ -433,7 +442,7 @@ def publish(
     link: str | None = typer.Option(None, help="A link for the Facebook post."),
     target: str = typer.Option("both", help="facebook, instagram or both.", callback=_one_of("facebook", "instagram",
                                                                                               "both")),
-    account: str = typer.Option("demo", help="The account whose credentials publish it."),
+    account: str = typer.Option("demo", callback=_checked_id, help="The account whose credentials publish it."),
     post_id: str | None = typer.Option(None, callback=_checked_id,
                                        help="Name the post (default: one fixed by the command id)."),
     command_id: str | None = CommandId,
@@ -461,7 +470,8 @@ def retry(
     image_url: str | None = typer.Option(None, help="Corrected image URL."),
     caption: str | None = typer.Option(None, help="Corrected caption."),
     link: str | None = typer.Option(None, help="Corrected link."),
-    account: str | None = typer.Option(None, help="The account to publish with (a post imported without one)."),
+    account: str | None = typer.Option(None, callback=_checked_id,
+                                       help="The account to publish with (a post imported without one)."),
     command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
@@ -507,8 +517,9 @@ def retry(
 @ops.command()
 def force(
     post_id: str = typer.Argument(..., callback=_checked_id, help="The post to publish again."),
-    reason: str = typer.Option(..., help="Why (recorded with the republish)."),
-    account: str | None = typer.Option(None, help="The account to publish with (a post imported without one)."),
+    reason: str = typer.Option(..., callback=_said, help="Why (recorded with the republish)."),
+    account: str | None = typer.Option(None, callback=_checked_id,
+                                       help="The account to publish with (a post imported without one)."),
     command_id: str | None = CommandId,
     as_json: bool = AsJson,
     wait: float = Wait,
@@ -537,7 +548,7 @@ def force(
 @ops.command()
 def resolve(
     post_id: str = typer.Argument(..., callback=_checked_id, help="The post whose attempt is waiting for a result."),
-    platform: str = typer.Argument(..., help="facebook or instagram."),
+    platform: str = typer.Argument(..., callback=_one_of("facebook", "instagram"), help="facebook or instagram."),
     published_as: str | None = typer.Option(None, help="It went out: the post's id on the platform."),
     not_published: bool = typer.Option(False, "--not-published", help="It did not go out."),
     permalink: str | None = typer.Option(None, help="The post's address, with --published-as."),

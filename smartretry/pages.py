@@ -99,9 +99,15 @@ def session_valid(settings: Settings, cookie: str | None) -> bool:
     """Whether `cookie` is a session this key issued less than `SESSION_SECONDS` ago."""
     issued, _, _signature = (cookie or "").partition(".")
     # Issued a little "later" than now is another replica's clock a little ahead, not a forgery (it is signed).
-    if not issued.isdigit() or not -CLOCK_SKEW_SECONDS <= _now() - int(issued) < SESSION_SECONDS:
+    # ASCII digits only: "²" is a digit to `isdigit`, not to `int`.
+    if not (issued.isascii() and issued.isdigit()) or not -CLOCK_SKEW_SECONDS <= _now() - int(issued) < SESSION_SECONDS:
         return False
-    return hmac.compare_digest(cookie or "", session_value(settings, int(issued)))
+    return _same(cookie or "", session_value(settings, int(issued)))
+
+
+def _same(given: str, expected: str) -> bool:
+    """Compared in constant time, as bytes: `hmac.compare_digest` refuses text with a character beyond ASCII."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def retry_token(settings: Settings, post_id: str) -> str:
@@ -262,8 +268,11 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                         sent: str | None = None, token_stored: str | None = None) -> Response:
         if (redirect := gate(request)) is not None:
             return redirect
-        # When the page sent the retry it awaits (epoch seconds); a link edited by hand is read as none.
+        # When the page sent the retry it awaits (epoch seconds); a link edited by hand is read as none, as is a time
+        # to come (the page would wait for ever for a retry not taken up).
         sent_at = int(sent) if sent is not None and sent.isascii() and sent.isdigit() and len(sent) < 12 else None
+        if sent_at is not None and sent_at > _now() + CLOCK_SKEW_SECONDS:
+            sent_at = None
         return await render_post(request, post_id, awaiting, None, sent=sent_at, token_stored=token_stored is not None)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
@@ -396,7 +405,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         token = (form.get("token") or [""])[0]
         # The form's own command id; a form drawn before it carried one (a page open across an upgrade) gets a new one.
         command_id = (form.get("command_id") or [""])[0] or new_id()
-        if not ID_PATTERN.fullmatch(post_id) or not hmac.compare_digest(token, retry_token(settings, post_id)) \
+        if not ID_PATTERN.fullmatch(post_id) or not _same(token, retry_token(settings, post_id)) \
                 or not ID_PATTERN.fullmatch(command_id):
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)
@@ -411,6 +420,14 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # before it was taken up, it goes to the handler once more, which does a command id once.)
             return RedirectResponse(f"/ui/posts/{post_id}?{urlencode({'awaiting': command_id, 'sent': int(_now())})}",
                                     status_code=303)
+        if not image_url and current is not None and "image_url" in form:
+            # Emptied: a retry keeps the post's image or takes a new one, it cannot take the image away. Said so,
+            # rather than the retry going out with the image the field no longer showed.
+            return await render_post(request, post_id, None,
+                                     "The Image URL was emptied: a retry publishes the post's image or a new one, it "
+                                     "cannot remove it. Give the image's address, or leave the field as it was.",
+                                     status_code=422, entered_account=_typed_back(account),
+                                     entered_caption=_typed_back(caption))
         try:
             changed: dict[str, str] = {"image_url": image_url} if image_url and image_url != current else {}
             if caption is not None and caption != current_caption and (caption or current_caption is not None):
@@ -454,7 +471,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                                     status_code=303)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         if not ID_PATTERN.fullmatch(post_id) or \
-                not hmac.compare_digest((form.get("csrf") or [""])[0], retry_token(settings, post_id)):
+                not _same((form.get("csrf") or [""])[0], retry_token(settings, post_id)):
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)
         if state is None:

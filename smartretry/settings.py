@@ -36,7 +36,7 @@ def _level_name(level: object) -> object:
     if not isinstance(level, str):
         return level
     name = level.strip().upper() or "INFO"  # set but empty: the default
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         name = str(logging.getLevelName(int(name))).upper()
     return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(name, name)
 

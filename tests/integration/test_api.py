@@ -634,6 +634,32 @@ def test_ids_and_notes_carrying_a_token_are_refused_like_content(api: RunningApi
     assert_nothing_on_commands(api)
 
 
+def test_a_token_in_an_addresss_password_is_never_repeated_by_the_answer_refusing_the_address(api: RunningApi) -> None:
+    add_account(api)
+    stored = "acme-user-token-0001"
+    meta_shaped = "EAA" + "Gm0dEl" * 8
+    store_post(api, "p-known")
+    for token in (stored, meta_shaped):
+        bad_port = f"https://x:{token}@cdn.example.com:99999/a.jpg"
+        for path, body in (("/posts", publish_body(content={"caption": "Autumn sale", "image_url": bad_port})),
+                           ("/posts/p-known/retry", {"content": {"image_url": bad_port}}),
+                           ("/posts/p-known/republish", {"reason": "again", "content": {"image_url": bad_port}})):
+            answer = api.client.post(path, json=body)
+            assert answer.status_code == 422, (path, answer.text)
+            assert token not in answer.text, path
+            assert "'cdn.example.com:99999' (its user name and password left out)" in answer.text, path
+    assert_nothing_on_commands(api)
+
+
+def test_a_forced_republish_needs_a_reason_that_says_something(api: RunningApi) -> None:
+    store_post(api, "p-known")
+    for reason in ("", "   ", "\n\t"):
+        answer = api.client.post("/posts/p-known/republish", json={"reason": reason})
+        assert answer.status_code == 422, reason
+        assert answer.json()["detail"][0]["loc"] == ["body", "reason"]
+    assert_nothing_on_commands(api)
+
+
 def test_an_account_named_by_an_access_token_is_refused_without_repeating_it(api: RunningApi) -> None:
     # A token pasted where the account's name goes: kept in the clear as its id, and carried by every command.
     add_account(api)
@@ -710,9 +736,19 @@ def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
     assert plain.status_code == 422
     assert plain.json()["detail"] == [{"loc": ["body"], "type": "json_required",
                                        "msg": "the body must be JSON, sent with Content-Type: application/json"}]
-    # JSON that is no object, sent without a Content-Type (read as JSON): the answer says what is wrong with it.
-    listed = httpx.post(f"{api.url}/posts", content=b"[]", headers={"X-API-Key": API_KEY})
+    # JSON that is no object, sent as JSON: the answer says what is wrong with it.
+    listed = httpx.post(f"{api.url}/posts", content=b"[]", headers={"X-API-Key": API_KEY,
+                                                                    "Content-Type": "application/json"})
     assert listed.status_code == 422 and "JSON, sent with" not in listed.text
+    # Sent without a Content-Type, or with one JSON's own type is not: not read as JSON, and said so.
+    for headers in ({}, {"Content-Type": "text/json"}):
+        unsaid = httpx.post(f"{api.url}/posts", content=b'{"publish_target": "both"}',
+                            headers={"X-API-Key": API_KEY, **headers})
+        assert unsaid.status_code == 422 and unsaid.json()["detail"][0]["type"] == "json_required", headers
+    # JSON's own types, with parameters: read as JSON.
+    typed = httpx.post(f"{api.url}/posts", content=b"[]", headers={"X-API-Key": API_KEY,
+                                                                   "Content-Type": "application/json; charset=utf-8"})
+    assert typed.status_code == 422 and "JSON, sent with" not in typed.text
     # No body at all: said so, not "Field required" as if a field of it were missing.
     for path in ("/posts", "/posts/post-1/republish"):
         empty = api.client.post(path)

@@ -141,8 +141,10 @@ def test_a_session_cookie_from_another_time_or_key_is_refused(api: RunningApi) -
     with signed_in(api) as browser:
         cookie = browser.cookies[pages.SESSION_COOKIE]
     issued, signature = cookie.split(".")
-    for forged in (f"{int(issued) + 1}.{signature}", signature, f"{issued}.", "", f"-5.{signature}"):
-        answer = api.anonymous.get("/ui/posts/post-1", headers={"Cookie": f"{pages.SESSION_COOKIE}={forged}"})
+    for forged in (f"{int(issued) + 1}.{signature}", signature, f"{issued}.", "", f"-5.{signature}", "²",
+                   f"¹².{signature}", f"{issued}.{signature[:-1]}é"):
+        answer = api.anonymous.get("/ui/posts/post-1",
+                                   headers={"Cookie": f"{pages.SESSION_COOKIE}={forged}".encode("latin-1")})
         assert answer.status_code == 303, forged
     genuine = api.anonymous.get("/ui/posts/post-1", headers={"Cookie": f"{pages.SESSION_COOKIE}={cookie}"})
     assert genuine.status_code == 200
@@ -520,6 +522,16 @@ def test_a_caption_emptied_on_the_retry_form_is_removed_and_one_left_as_it_was_i
         caption="", image_url="https://cdn.example.com/a.jpg")
 
 
+def test_an_image_url_emptied_on_the_retry_form_is_refused_not_left_as_it_was(api: RunningApi) -> None:
+    refused_as_it_is(api, "post-noimage", PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg"))
+    answer = retry_form_sent(api, "post-noimage", image_url="", caption="Autumn sale")
+    assert answer.status_code == 422
+    assert "The Image URL was emptied: a retry publishes the post's image or a new one, it cannot remove it." \
+        in html.unescape(answer.text)
+    assert 'value="https://cdn.example.com/a.jpg"' in answer.text  # the field shows the image again
+    assert_nothing_on_commands(api)
+
+
 def test_an_instagram_post_without_its_image_gets_the_field_to_give_one(api: RunningApi) -> None:
     refused_as_it_is(api, "post-imageless", PostContent(caption="Autumn sale"), target="both")
     with signed_in(api) as browser:
@@ -558,7 +570,7 @@ def test_the_retry_form_sent_again_after_its_retry_found_nothing_to_publish_says
         assert "Nothing to retry: Facebook and Instagram already succeeded" in html.unescape(changed.text)
         assert "command_id" not in changed.text
         # Resent with an account that is no id: refused as a field of the form, not a server error.
-        odd = browser.post("/ui/posts/post-1/retry", data={**form, "image_url": "", "account": "acme corp"})
+        odd = browser.post("/ui/posts/post-1/retry", data={**form, "account": "acme corp"})
         assert odd.status_code == 422
 
 
@@ -632,9 +644,9 @@ def test_a_link_awaiting_a_command_the_post_never_had_shows_the_post_as_it_is(ap
         recent = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9",
                                                           "sent": str(int(pages._now()))}).text
     assert "Status: ✅ Posted" in recent and "Publishing" not in recent.replace("Retry Publishing", "")
-    # A `sent` edited by hand is read as none.
+    # A `sent` edited by hand is read as none, also one to come (the page would refresh for ever).
     with signed_in(api) as browser:
-        for sent in ("²", "-5", "1e9", "99999999999999999999"):
+        for sent in ("²", "-5", "1e9", "99999999999999999999", str(int(pages._now()) + 86_400)):
             edited = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9", "sent": sent})
             assert edited.status_code == 200 and "has not been taken up:" in edited.text, sent
 
@@ -721,6 +733,13 @@ def test_a_retry_form_without_its_token_or_session_changes_nothing(api: RunningA
     store_post(api, "post-1")
     with signed_in(api) as browser:
         assert browser.post("/ui/posts/post-1/retry", data={"token": "forged"}).status_code == 403
+        # Beyond ASCII, or no UTF-8 at all: refused the same way, not a server error.
+        for forged in ("é", "\u2028"):
+            assert browser.post("/ui/posts/post-1/retry", data={"token": forged}).status_code == 403, forged
+            assert browser.post("/ui/posts/post-1/token", data={"csrf": forged}).status_code == 403, forged
+        raw = browser.post("/ui/posts/post-1/retry", content=b"token=\xff",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert raw.status_code == 403
     unsent = api.anonymous.post("/ui/posts/post-1/retry", data={"token": retry_token(api.settings, "post-1")})
     assert unsent.status_code == 303
     # A session that ended while the page was open: signing in again says the retry was not sent.
