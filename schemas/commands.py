@@ -226,8 +226,9 @@ class ResolveAttemptRequested(CommandBase):
     The handler asks the platform whether an interrupted attempt went out; when the platform cannot be
     asked (the account's token was revoked and will not be renewed) or cannot tell, someone who checked
     the Page or the Instagram account says so here. Applied only to the platform's attempt that has no
-    result (`attempt_id`, when given, must be that one) once its lease has run out; `published` records
-    the post found there, not published lets the command that made the attempt carry on.
+    result (`attempt_id`, when given, must be that one); `published` records the post found there (at
+    once), not published lets the command that made the attempt carry on (once the attempt's lease has run
+    out: until then the platform may still hold the request).
     """
 
     type: Literal["ResolveAttemptRequested"] = "ResolveAttemptRequested"

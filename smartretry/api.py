@@ -274,6 +274,18 @@ def outcome_unknown(state: PostState) -> dict[Platform, str]:
     return unknown
 
 
+def not_published_from(state: PostState, lease_s: float, now: datetime) -> dict[Platform, datetime]:
+    """Per platform whose interrupted attempt could not be checked, when an operator may say it did not go out, where
+    that is still to come: the platform may hold the request until the attempt's lease is over. (A post found on the
+    platform may be given at once.)"""
+    waiting: dict[Platform, datetime] = {}
+    for platform in outcome_unknown(state):
+        attempt = state.in_flight(platform)
+        if attempt is not None and (at := attempt.started_at + timedelta(seconds=lease_s)) > now:
+            waiting[platform] = at
+    return waiting
+
+
 def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,
                            backoff: tuple[float, float] = DEFAULT_BACKOFF) -> dict[str, Any]:
     """A failed post the service publishes again by itself, as the API gives it (a post and the post list)."""
@@ -287,8 +299,9 @@ def automatic_retry_fields(state: PostState, max_attempts: int, now: datetime,
 
 def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                 token_renewed_at: datetime | None = None, backoff: tuple[float, float] = DEFAULT_BACKOFF,
-                now: datetime | None = None) -> dict[str, Any]:
+                now: datetime | None = None, lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
     """GET /posts/{id}: the product note's insights document, then what an operator needs to act on it."""
+    now = now or datetime.now(UTC)
     return {
         "id": state.post_id,
         **state.document.to_document(),
@@ -301,8 +314,9 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                           for p, ids in earlier_posts(state).items()},
         "needed_action": needed_actions(state, max_attempts, token_renewed_at),
         "outcome_unknown": outcome_unknown(state),
+        "not_published_from": {p: format_timestamp(at) for p, at in not_published_from(state, lease_s, now).items()},
         # Failed for now, and published again by the service itself.
-        **automatic_retry_fields(state, max_attempts, now or datetime.now(UTC), backoff),
+        **automatic_retry_fields(state, max_attempts, now, backoff),
         "retry_preview": retry_preview(state) if state.status == "failed" else "",
         "retried": retried_summary(state),
         "attempts_by_platform": attempts_by_platform(state),
@@ -319,12 +333,20 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     }
 
 
+def waits_for_someone(state: PostState, max_attempts: int) -> dict[Platform, str]:
+    """What a post still publishing waits for from someone (an attempt only an operator can settle, a token to look it
+    up with), per platform: shown in the lists, where a post that waits so would otherwise look as if under way."""
+    return needed_actions(state, max_attempts) if state.status == "publishing" else {}
+
+
 def post_summary(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  backoff: tuple[float, float] = DEFAULT_BACKOFF, now: datetime | None = None) -> dict[str, Any]:
     return {
         "id": state.post_id, "status": state.status, "error_message": state.document.error_message,
         # A failed post the service publishes again by itself needs nobody yet: told apart in the list.
         **automatic_retry_fields(state, max_attempts, now or datetime.now(UTC), backoff),
+        # A post publishing that waits for someone: told apart in the list too.
+        **({"needed_action": waiting} if (waiting := waits_for_someone(state, max_attempts)) else {}),
         "caption": state.content.caption if state.content is not None else None,
         "publish_target": state.publish_target, "post_url": state.document.post_url,
         "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
@@ -618,14 +640,19 @@ class FrontDoor:
         assert waiting is not None
         age = (self.clock() - waiting.started_at).total_seconds()
         lease = self.settings.attempt_lease_seconds
-        if age < lease:
+        if age < lease and not body.published:
+            # A post seen on the platform settles the attempt at once. Not seen yet is no proof until the lease is
+            # over: the platform may still hold the request, and publish it after it was said not to have gone out.
             # Where the look-up cannot tell (no caption to match, another post's of the same caption), only an
             # operator settles it: the service does not.
+            label = PLATFORM_LABELS[body.platform]
             settles = "" if state.needed_action.get(body.platform, "").endswith(RESOLVE_THE_ATTEMPT) else \
                 "the service settles it itself, or "
-            raise HTTPException(409, f"{PLATFORM_LABELS[body.platform]} attempt {waiting.attempt_id} started "
-                                     f"{age:.0f}s ago and may still be under way: {settles}it can be resolved once it "
-                                     f"is {lease:.0f}s old")
+            from_ = waiting.started_at + timedelta(seconds=lease)
+            raise HTTPException(409, f"{label} attempt {waiting.attempt_id} started {age:.0f}s ago and may still be "
+                                     f"under way: {settles}it can be resolved as not published once it is {lease:.0f}s "
+                                     f"old (at {from_.astimezone(UTC).strftime('%H:%M:%S')} UTC); a post found on "
+                                     f"{label} can be given now (published, with its id)")
         # Bound to the attempt the operator checked, the one waiting now: never a call the command makes after it
         # (once this one is "not published"), whatever the clocks of this host and the handler's say.
         return await self._submit(command.model_copy(update={"attempt_id": waiting.attempt_id}))
@@ -1098,7 +1125,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
                         ) -> dict[str, Any]:
         state = await front.state_of(post_id)
         detail = post_detail(state, settings.max_automatic_attempts, await front.token_renewed_at(state),
-                             settings.backoff, front.clock())
+                             settings.backoff, front.clock(), settings.attempt_lease_seconds)
         if command_id is not None:
             settled = command_settled(state, command_id, settings.max_automatic_attempts)
             # Not settled, but left to the platforms' own waits: nothing more comes of it for now (the CLI stops

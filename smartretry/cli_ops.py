@@ -403,9 +403,12 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
         console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: "
                       f"{shown_text(why)}",
                       highlight=False)
+        later = detail.get("not_published_from", {}).get(platform)
+        until = f" (from {_clock(later)}: {PLATFORM_LABELS[platform]} may still hold the request until then)" \
+            if later else ""
         console.print(f"     If it stays so, check {PLATFORM_LABELS[platform]} and say what you found: "
-                      f"smartretry resolve {detail['id']} {platform} --published-as POST_ID | --not-published",
-                      highlight=False)
+                      f"smartretry resolve {detail['id']} {platform} --published-as POST_ID | --not-published{until}",
+                      highlight=False, soft_wrap=True)
     for platform, action in detail.get("needed_action", {}).items():
         how = ""
         if action.startswith("re-authenticate") and detail.get("account"):
@@ -647,6 +650,10 @@ def list_posts(
             console.print(f"    {_one_line(post['error_message'])}", highlight=False)
         for line in _automatic_retries(post):
             console.print(f"    {line}", highlight=False)
+        for platform, action in post.get("needed_action", {}).items():
+            # Publishing, but waiting for someone: it would look as if under way.
+            console.print(f"    ⚠ Needed for {PLATFORM_LABELS[platform]}: {_as_commands(action)}", highlight=False,
+                          soft_wrap=True)
     if listed.get("next_cursor"):
         more = "--limit shows up to 500, " if limit < 500 else ""
         console.print(f"More posts than these {limit}: {more}--status narrows the list, and the post list page "

@@ -49,12 +49,14 @@ from smartretry.api import (
     earlier_link,
     list_cursor,
     list_position,
+    not_published_from,
     nothing_to_publish,
     outcome_unknown,
     platform_link,
     presented_key,
     queued_behind,
     service_key_named,
+    waits_for_someone,
 )
 from smartretry.settings import Settings
 
@@ -259,6 +261,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                          if t.due},
             "late": {post_id: " and ".join(PLATFORM_LABELS[p] for p in t.overdue) for post_id, t in times.items()
                      if t.overdue},
+            # Publishing, but waiting for someone: what is needed, as the post's page says it.
+            "waiting": {s.post_id: [f"Needed for {PLATFORM_LABELS[p]}: {_page_problem(action)}" for p, action in waits]
+                        for s in states if (waits := waits_for_someone(s, settings.max_automatic_attempts).items())},
             "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
         })
@@ -300,6 +305,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                            "says why). This page shows the post as it is.")
             waiting = False
         rows = platform_rows(state, settings.max_automatic_attempts, await front.token_renewed_at(state))
+        not_before = not_published_from(state, settings.attempt_lease_seconds, front.clock())
+        for row in rows:
+            row["not_published_from"] = not_before.get(row["platform"])
         if undecided and queued is None and not retry_targets(state) and not any(row["pending"] for row in rows):
             # Everything went out meanwhile: the retry will publish nothing, and the post is as it is.
             waiting = False
@@ -343,6 +351,13 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # again when the platform's wait ends, or every few seconds when it gave none (the handler's own backoff).
             dues = [(at - front.clock()).total_seconds() for at in automatic.values() if at is not None]
             refresh = int(min(QUEUED_REFRESH_SECONDS, max(AUTOMATIC_REFRESH_SECONDS, min(dues, default=0) + 1)))
+        # Every platform being published waits for someone (to check the platform and resolve the attempt): nothing
+        # comes of itself, so the page does not reload every second (its command could not be copied); now and then,
+        # for a resolution made elsewhere.
+        for_someone = status == "publishing" and not queued and any(row["pending"] for row in rows) and \
+            all(row["action"] for row in rows if row["pending"])
+        if for_someone:
+            refresh = QUEUED_REFRESH_SECONDS
         # A page with the token form never reloads itself (it would empty the field being typed in): a link follows.
         follow = bool(refresh) and bool(problem or reauth)
         if reauth is not None:
@@ -366,6 +381,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "earlier": [{"platform": p, "label": PLATFORM_LABELS[p], "post_id": made, "link": earlier_link(p, made)}
                         for p, ids in earlier_posts(state).items() for made in ids],
             "publishing": publishing,
+            "for_someone": for_someone,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},
             "overdue": [PLATFORM_LABELS[p] for p in times.overdue],

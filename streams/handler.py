@@ -1293,7 +1293,8 @@ class CommandHandler:
 
     async def _resolve_interrupted(self, state: PostState) -> None:
         """Gives every attempt without a result one, by asking the platform whether the post went out (or, where
-        it cannot say, taking an operator's `ResolveAttemptRequested` for it once the attempt's lease is over)."""
+        it cannot say, taking an operator's `ResolveAttemptRequested` for it: one that found the post at once, one
+        that did not once the attempt's lease is over)."""
         for platform in unresolved(state):
             attempt = state.in_flight(platform)
             assert attempt is not None
@@ -1347,9 +1348,10 @@ class CommandHandler:
                 self._forget_resolution(resolution)
                 resolution = None
             if resolution is not None and (found is None or not found.success) and \
-                    age >= self.config.attempt_lease_seconds:
-                # The platform could not settle it (no answer, or no post yet) and no live call can still be under
-                # way: the operator's word settles it.
+                    (resolution.published or age >= self.config.attempt_lease_seconds):
+                # The platform could not settle it (no answer, or no post yet): the operator's word settles it. A post
+                # found on the platform at once; "not published" only once no live call can still be under way (the
+                # platform may still hold the request until then, and publish it).
                 await self._apply_resolution(state.post_id, attempt.attempt_id, resolution, context)
                 continue
             if found is not None and not found.success:

@@ -1195,27 +1195,43 @@ def test_an_attempt_that_may_still_be_under_way_cannot_be_resolved_yet(api: Runn
     answer = api.client.post("/posts/post-1/resolve", json={"platform": "facebook", "published": False})
     assert answer.status_code == 409
     detail = answer.json()["detail"]
-    assert "may still be under way: the service settles it itself, or it can be resolved once it is" in detail
+    assert "may still be under way: the service settles it itself, or it can be resolved as not published once it " \
+        "is 150s old (at " in detail
+    assert detail.endswith("UTC); a post found on Facebook can be given now (published, with its id)")
     assert_nothing_on_commands(api)
+    # A post found on the platform settles it at once: it went out, whatever the platform may still hold.
+    found = api.client.post("/posts/post-1/resolve", json={"platform": "facebook", "published": True,
+                                                          "platform_post_id": "747917475065823_42"})
+    assert found.status_code in (200, 202), found.text
+    [resolution] = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
+    assert isinstance(resolution, ResolveAttemptRequested) and resolution.published
 
 
-def test_an_attempt_only_an_operator_can_settle_is_not_said_to_be_settled_by_the_service(api: RunningApi) -> None:
-    attempt = store_interrupted(api, "post-1", at=datetime.now(UTC))
+def store_for_an_operator(api: RunningApi, post_id: str) -> None:
+    """A post whose Facebook attempt, just begun, only an operator can settle (its look-up cannot tell)."""
+    attempt = store_interrupted(api, post_id, at=datetime.now(UTC))
     # Its look-up cannot tell (a post without a caption), so the post asks for a resolution.
     store_events(api, [AttemptOutcomeUnknown(
-        event_id="post-1-lookup", post_id="post-1", occurred_at=datetime.now(UTC), platform="facebook",
+        event_id=f"{post_id}-lookup", post_id=post_id, occurred_at=datetime.now(UTC), platform="facebook",
         attempt_id=attempt, error=PlatformError(kind=ErrorKind.INVALID_REQUEST, message=(
             "Facebook post lookup could not tell: a post without a caption cannot be told apart from the Page's "
             "other posts, so asking again will not tell either: check the Page and say whether it went out "
             "(smartretry resolve)")))])
 
+
+def test_an_attempt_only_an_operator_can_settle_is_not_said_to_be_settled_by_the_service(api: RunningApi) -> None:
+    store_for_an_operator(api, "post-1")
+
     answer = api.client.post("/posts/post-1/resolve", json={"platform": "facebook", "published": False})
 
     assert answer.status_code == 409
     detail = answer.json()["detail"]
-    assert "may still be under way: it can be resolved once it is 150s old" in detail
+    assert "may still be under way: it can be resolved as not published once it is 150s old" in detail
     assert "settles it itself" not in detail
     assert_nothing_on_commands(api)
+    # The post's detail says from when.
+    until = api.client.get("/posts/post-1").json()["not_published_from"]["facebook"]
+    assert until[11:19] in detail
 
 
 @pytest.mark.parametrize("body", [

@@ -33,6 +33,7 @@ from tests.integration.test_api import (
     overtaken_retry,
     seed_events,
     store_events,
+    store_for_an_operator,
     store_limited_for_an_hour,
     store_post,
 )
@@ -282,8 +283,9 @@ def test_a_post_not_known_to_have_gone_out_takes_the_token_and_says_the_service_
         before = browser.get("/ui/posts/post-unchecked").text
         stored = browser.post("/ui/posts/post-unchecked/token", data={
             "csrf": retry_token(api.settings, "post-unchecked"), "access_token": "renewed-user-token-7c41ab"})
-    # Publishing: such a page reloads itself every second, but not with the token form (it would empty the field).
-    assert 'id="reauth"' in before and 'http-equiv="refresh"' not in before and 'id="follow"' in before
+    # Publishing, waiting for the token: the page does not reload itself with the token form (it would empty the field).
+    assert 'id="reauth"' in before and 'http-equiv="refresh"' not in before
+    assert "Publishing Facebook waits for what is needed above.</p>" in before
     # The account has its Page id: only the token is asked for.
     assert 'name="page_id"' not in before
     assert "The service looks the post up again with it within 30 s" in stored.text
@@ -649,6 +651,23 @@ def test_a_link_awaiting_a_command_the_post_never_had_shows_the_post_as_it_is(ap
         for sent in ("²", "-5", "1e9", "99999999999999999999", str(int(pages._now()) + 86_400)):
             edited = browser.get("/ui/posts/post-1", params={"awaiting": "01M8KCV10Y74AW57HH6THPMKM9", "sent": sent})
             assert edited.status_code == 200 and "has not been taken up:" in edited.text, sent
+
+
+def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_its_page_does_not_reload_every_second(
+        api: RunningApi) -> None:
+    store_for_an_operator(api, "post-1")
+    until = api.client.get("/posts/post-1").json()["not_published_from"]["facebook"][11:19]
+    with signed_in(api) as browser:
+        page = html.unescape(browser.get("/ui/posts/post-1").text)
+        listed = html.unescape(browser.get("/ui/posts").text)
+    assert f"or <code>--not-published</code> (from {until} UTC: Facebook may still hold the request until " \
+           "then)." in page
+    assert "Publishing Facebook waits for what is needed above; this page looks again every 30 s." in page
+    assert '<meta http-equiv="refresh" content="30">' in page
+    # The list shows it publishing, and that it waits for someone.
+    assert "⚠ Needed for Facebook: check Facebook for the post, then resolve the attempt" in listed
+    summary = api.client.get("/posts", params={"status": "publishing"}).json()["posts"][0]
+    assert summary["needed_action"] == {"facebook": "check Facebook for the post, then resolve the attempt"}
 
 
 def test_an_id_with_a_line_break_after_it_is_no_id_to_the_pages(api: RunningApi) -> None:

@@ -496,3 +496,34 @@ def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys(m
     assert done.exit_code == 2, done.output
     assert ("error: SMARTRETRY_API_KEY and SMARTRETRY_SECRET_KEY are still the development default the README prints, "
             "and the API would listen on 0.0.0.0") in done.output
+
+
+def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_when_it_may_be_not_published(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    action = "check Facebook for the post, then resolve the attempt"
+    summary = {"id": "post-1", "status": "publishing", "error_message": None, "publish_target": "facebook",
+               "caption": "Autumn sale", "updated_at": "2026-11-30T09:00:00.000Z",
+               "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [],
+               "needed_action": {"facebook": action}}
+    detail = {"id": "post-1", "status": "publishing", "error_message": None, "post_url": None,
+              "insights": {"publish_results": []}, "publish_target": "facebook",
+              "content": {"caption": "Autumn sale", "image_url": "https://cdn.example.com/a.jpg"}, "account": "acme",
+              "links": {}, "earlier_posts": {}, "needed_action": {"facebook": action},
+              "outcome_unknown": {"facebook": "Facebook post lookup could not tell: a post without a caption"},
+              "not_published_from": {"facebook": "2099-01-02T03:04:05.000Z"},
+              "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [], "retry_preview": "",
+              "retried": "", "attempts_by_platform": {"facebook": 1}, "retries_by_platform": {}, "history": [],
+              "retry_history": [], "created_at": None, "updated_at": None}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"posts": [summary], "next_cursor": None} if request.url.path == "/posts"
+                              else detail)
+
+    _api_answering(monkeypatch, answer)
+    listed = CliRunner().invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert f"    ⚠ Needed for Facebook: {action}\n" in listed.output
+    shown = CliRunner().invoke(app, ["show", "post-1"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "--published-as POST_ID | --not-published (from 2099-01-02 03:04:05 UTC: Facebook may still hold the " \
+           "request until then)" in shown.output

@@ -166,6 +166,26 @@ async def test_an_operators_resolution_settles_an_attempt_the_platform_cannot_be
         assert "an operator found it was not published (checked the Page)" in result.error.message
 
 
+async def test_a_post_found_on_the_platform_settles_an_attempt_at_once_and_not_published_waits_for_its_lease() -> None:
+    history, state = interrupted()
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    for published in (True, False):
+        sent: list[Event] = []
+        made = handler(Credentials(), Lookups(REFUSED), history, sent)
+        made.clock = lambda: attempt.started_at + timedelta(seconds=20)  # type: ignore[method-assign]
+        made._register_resolution(resolution(state, published=published))
+        if published:
+            await made._resolve_interrupted(state)
+            (result,) = sent
+            assert isinstance(result, PlatformResult) and result.success and result.resolved_by == "resolve-1"
+        else:
+            # The platform may still hold the request: "not published" could make a retry post it twice.
+            with pytest.raises(OutcomeUnknown):
+                await made._resolve_interrupted(state)
+            assert not any(isinstance(e, PlatformResult) for e in sent)
+
+
 async def test_a_resolution_settles_one_attempt_never_the_next_call_its_command_makes() -> None:
     # "Not published": the command carries on and calls Facebook again. That call may go out and leave no answer
     # either: what the operator found was of the first call, so the second must wait for its own look-up or word.
