@@ -475,6 +475,26 @@ def test_a_failed_result_of_an_attempt_never_recorded_is_refused_and_never_undoe
     assert state is not None and state.status == "posted"
 
 
+@pytest.mark.parametrize(("number", "command", "reason"), [
+    (9, "cmd-publish", "facebook attempt forged is numbered 9, but the platform's next attempt is number 2: attempts "
+                       "are numbered one after another"),
+    (2, "no-such-command", "facebook attempt forged names command no-such-command, which this post never decided: a "
+                           "command is decided before its attempts"),
+])
+def test_an_attempt_no_handler_made_is_refused_and_never_holds_a_posted_post(number: int, command: str,
+                                                                             reason: str) -> None:
+    # Written straight to the post events: as the platform's latest attempt, it would hold the post "publishing" and,
+    # once looked up and not found, put a failure over the post that went out, which a retry would publish again.
+    history = History()
+    attempts = history.publish()
+    history.success("facebook", attempts["facebook"], "7479_1").success("instagram", attempts["instagram"], "1810_1")
+    forged = PublishAttempted(event_id="forged-event", post_id=POST, occurred_at=T0 + timedelta(minutes=1),
+                              platform="facebook", attempt_id="forged", attempt_number=number, command_id=command)
+    state, refused = apply_valid(history.state(), [forged])
+    assert refused == [(forged, reason)]
+    assert state is not None and state.status == "posted" and state.in_flight("facebook") is None
+
+
 def test_an_event_the_fold_fails_on_unforeseen_is_refused_and_the_others_still_apply(
         monkeypatch: pytest.MonkeyPatch) -> None:
     history = History().submit("both")
