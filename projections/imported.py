@@ -20,7 +20,15 @@ from pydantic import ValidationError
 
 from projections.fold import CONTENT_FIELDS, TAKEN_OUT
 from projections.state import PostState
-from publishers.redact import MIN_MATCHED_TOKEN, REDACTED, REDACTED_IN_URL, map_strings, secret_forms, without_tokens
+from publishers.redact import (
+    MIN_MATCHED_TOKEN,
+    REDACTED,
+    REDACTED_IN_URL,
+    map_strings,
+    secret_forms,
+    without_escaped,
+    without_tokens,
+)
 from schemas.commands import PostContent
 from schemas.common import Platform
 from schemas.events import Event, LegacyInsightsImported
@@ -50,6 +58,10 @@ def without_secrets(event: Event, secrets: Collection[str]) -> Event:
             if secret in value:
                 value = value.replace(secret, REDACTED)
                 changed.append(True)
+        # Spelled with more escapes than any of its forms has ("token%2Dvalue").
+        if (unescaped := without_escaped(value, ordered)) != value:
+            value = unescaped
+            changed.append(True)
         return value
 
     document = map_strings(event.document, clean) if ordered else event.document

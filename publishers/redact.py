@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 from schemas.commands import PostContent
 
@@ -73,6 +73,40 @@ def secret_forms(secret: str) -> tuple[str, ...]:
 _ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
 
+def _hex_digits(byte: int) -> str:
+    return "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02X}")
+
+
+@functools.lru_cache(maxsize=4 * KNOWN_SECRETS)
+def _spelled_any_way(secret: str) -> re.Pattern[str]:
+    """`secret` with any of its characters percent-encoded, in either case (an encoder that escapes more than it must
+    writes "token%2Dvalue" or "%74oken-value"): no list of forms can hold every such spelling."""
+    return re.compile("".join(f"(?:{re.escape(c)}|{''.join('%' + _hex_digits(b) for b in c.encode())})"
+                              for c in secret))
+
+
+def _decoded(text: str) -> str:
+    """`text` with its percent escapes decoded, twice over (an address inside an address)."""
+    for _ in range(2):
+        if "%" not in text:
+            break
+        text = unquote(text)
+    return text
+
+
+def without_escaped(text: str, secrets: Collection[str], replacement: str = REDACTED) -> str:
+    """`text` with each of `secrets` it holds spelled with escapes (`_spelled_any_way`) replaced."""
+    if "%" not in text:
+        return text
+    decoded = _decoded(text)
+    if decoded == text:
+        return text
+    for secret in secrets:
+        if secret in decoded:
+            text = _spelled_any_way(secret).sub(replacement, text)
+    return text
+
+
 def register_secret(secret: str) -> None:
     """Remembers a secret (in each of its `secret_forms`) so that `scrub` removes it even when it is not
     token-shaped."""
@@ -97,10 +131,11 @@ def scrub(text: str) -> str:
     """The text with every known secret and every token-shaped string replaced by `[redacted]`."""
     if not text:
         return text
-    for secret in _longest_first:
+    secrets = _longest_first
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return scrub_shapes(text)
+    return scrub_shapes(without_escaped(text, secrets))
 
 
 def scrub_shapes(text: str) -> str:
@@ -110,7 +145,10 @@ def scrub_shapes(text: str) -> str:
         return text
     text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
-    return _TOKEN_SHAPED.sub(REDACTED, text)
+    text = _TOKEN_SHAPED.sub(REDACTED, text)
+    # One of Meta's spelled with escapes ("EAA%41b..."): found decoded, taken out where it stands.
+    return without_escaped(text, [m.group() for m in _TOKEN_SHAPED.finditer(_decoded(text))]) if "%" in text \
+        else text
 
 
 def scrub_url(url: str) -> str:
@@ -155,9 +193,11 @@ def secret_value(values: Mapping[str, str | None], *tokens: Collection[str]) -> 
     known = [form for collection in tokens for token in collection if len(token) >= MIN_MATCHED_TOKEN
              for form in secret_forms(token)]
     for name, value in values.items():
-        if value and (any(_looks_like_a_token(m.group()) for m in _WHOLE_TOKEN.finditer(value))
-                      or any(token in value for token in known)):
-            return name
+        # Also decoded: a token spelled with more escapes than any of its forms has ("token%2Dvalue") is one too.
+        for seen in dict.fromkeys((value, _decoded(value))) if value else ():
+            if any(_looks_like_a_token(m.group()) for m in _WHOLE_TOKEN.finditer(seen)) or \
+                    any(token in seen for token in known):
+                return name
     return None
 
 
@@ -174,9 +214,14 @@ def without_tokens(value: str, tokens: Collection[str]) -> str:
     would take out words ("access_token: ask us")."""
     forms = {form for t in tokens if len(t) >= MIN_MATCHED_TOKEN for form in secret_forms(t)}
     # Ties in their own order, not a set's: the same text and tokens give the same result in every process.
-    for token in sorted(forms, key=lambda form: (-len(form), form)):
+    ordered = sorted(forms, key=lambda form: (-len(form), form))
+    for token in ordered:
         value = value.replace(token, REDACTED)
-    return _WHOLE_TOKEN.sub(lambda m: REDACTED if _looks_like_a_token(m.group()) else m.group(), value)
+    value = _WHOLE_TOKEN.sub(lambda m: REDACTED if _looks_like_a_token(m.group()) else m.group(), value)
+    # Spelled with more escapes than any of its forms has: found decoded, taken out where it stands.
+    whole = [m.group() for m in _WHOLE_TOKEN.finditer(_decoded(value)) if _looks_like_a_token(m.group())] \
+        if "%" in value else []
+    return without_escaped(value, [*ordered, *whole])
 
 
 def _looks_like_a_token(word: str) -> bool:
