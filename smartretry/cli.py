@@ -75,9 +75,21 @@ def broker(measure: bool = typer.Option(False, help="Start the local JVM broker,
         local.stop()
         typer.echo(f"local broker ready in {elapsed:.2f}s (jars cached)")
         return
-    with broker_for(load_settings()) as started_broker:
+    settings = load_settings()
+    if settings.kafka_bootstrap_servers:
+        # Nothing would be started, and nothing was checked: "ready" would say what is not known.
+        typer.echo(f"error: KAFKA_BOOTSTRAP_SERVERS is set ({scrub(settings.kafka_bootstrap_servers)}): that broker is "
+                   "the one to use; unset it to start one here", err=True)
+        raise typer.Exit(2)
+    with broker_for(settings) as started_broker:
         typer.echo(f"Kafka broker ready at {started_broker.bootstrap}  (Ctrl-C stops it)")
-        wait_for_interrupt()
+        stop = interrupt_event()
+        while not stop.wait(1.0):
+            if (code := started_broker.exit_code()) is not None and started_broker.local is not None:
+                # Its clients would find no broker, and nothing here would say why.
+                typer.echo(f"error: the broker stopped (the JVM exited with {code}): its log is "
+                           f"{started_broker.local.data_dir / 'broker.log'}", err=True)
+                raise typer.Exit(1)
 
 
 @app.command()

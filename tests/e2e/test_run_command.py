@@ -67,18 +67,23 @@ class Running:
 
     def child(self, marker: str) -> int:
         """The pid of the child process whose command line contains `marker`."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == self.process.pid and marker in cmdline:
-                return int(entry.name)
-        raise AssertionError(f"no child running {marker!r}")
+        return child_of(self.process.pid, marker)
+
+
+def child_of(pid: int, marker: str) -> int:
+    """The pid of `pid`'s child process whose command line contains `marker`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and marker in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"no child running {marker!r}")
 
 
 def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -301,3 +306,28 @@ def test_the_api_runs_as_a_process_of_its_own(kafka_bootstrap: str, topics: Topi
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert f"API and pages at http://127.0.0.1:{port}" in output
+
+
+def test_the_broker_command_says_when_its_broker_stops_and_starts_none_where_one_is_configured(
+        tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    configured = subprocess.run([sys.executable, "-m", "smartretry.cli", "broker"], cwd=tmp_path, timeout=60,
+                                env={**env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"},
+                                capture_output=True, text=True)
+    assert configured.returncode == 2, configured.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS is set" in configured.stderr and "ready" not in configured.stdout
+
+    process = subprocess.Popen([sys.executable, "-m", "smartretry.cli", "broker"], cwd=tmp_path, text=True,
+                               env={**env, "SMARTRETRY_BROKER_DATA_DIR": str(tmp_path / "kafka")},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        assert "Kafka broker ready at" in process.stdout.readline()
+        java = child_of(process.pid, "kafka.Kafka")
+        os.kill(java, signal.SIGKILL)
+        _out, err = process.communicate(timeout=30)
+        assert process.returncode == 1, err
+        assert "error: the broker stopped (the JVM exited with -9): its log is " in err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
