@@ -23,6 +23,7 @@ from schemas.common import (
     PLATFORMS,
     ErrorKind,
     Platform,
+    format_timestamp,
     not_connected,
     target_of,
 )
@@ -115,6 +116,34 @@ def automatic_retries_by_platform(state: PostState) -> dict[Platform, int]:
             counts[attempt.platform] = counts.get(attempt.platform, 0) + 1
         seen.add(mine)
     return counts
+
+
+def attempt_history(state: PostState) -> list[dict[str, object]]:
+    """Every publish attempt of the post, oldest first, with what came of it: a failure's own words stay here after a
+    later result replaced it in the insights document (which keeps one result per platform)."""
+    seen: set[tuple[str, Platform]] = set()
+    history: list[dict[str, object]] = []
+    for attempt in sorted(state.attempts.values(), key=lambda a: (a.started_at, a.attempt_number, a.platform)):
+        mine = (attempt.command_id, attempt.platform)
+        if attempt.success:
+            outcome = "published"
+        elif attempt.success is False:
+            outcome = "failed"
+        else:
+            outcome = "not known yet" if attempt.lookup_error is not None else "under way"
+        history.append({
+            "attempt_id": attempt.attempt_id, "platform": attempt.platform, "attempt_number": attempt.attempt_number,
+            "command_id": attempt.command_id, "started_at": format_timestamp(attempt.started_at),
+            "finished_at": format_timestamp(attempt.finished_at) if attempt.finished_at else None,
+            "kind": "forced republish" if attempt.forced else
+                    "automatic retry" if attempt.command_id and mine in seen else
+                    "retry" if attempt.is_retry else "first publish",
+            "outcome": outcome, "error": attempt.error, "post_id": attempt.platform_post_id,
+            # Said by an operator (`smartretry resolve`), or found by asking the platform after the call got no answer.
+            "resolved_by": attempt.resolved_by, "recovered": attempt.recovered,
+        })
+        seen.add(mine)
+    return history
 
 
 def retried_summary(state: PostState) -> str | None:

@@ -34,6 +34,9 @@ class AttemptState(BaseModel):
     # The operator's command that said what came of the attempt (`ResolveAttemptRequested`), if one did.
     resolved_by: str | None = None
     error_kind: ErrorKind | None = None
+    # What the platform said, with a failed result: the attempt's history keeps it after a later result replaces this
+    # one in the insights document.
+    error: str | None = None
     # The platform's own wait before trying again, with a failed result that gave one (a rate limit's).
     retry_after_s: float | None = None
     finished_at: StateTime | None = None

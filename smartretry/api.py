@@ -47,6 +47,7 @@ from projections.decide import (
 from projections.fold import FACEBOOK_POST_URL, RESOLVE_THE_ATTEMPT
 from projections.imported import taken_out
 from projections.responses import (
+    attempt_history,
     attempts_by_platform,
     earlier_posts,
     needed_actions,
@@ -328,6 +329,8 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
             for c in state.commands.values()
         ],
         "retry_history": [c.command_id for c in retry_history(state)],
+        # Every attempt, oldest first, with what came of it (a failure's words too, once a retry replaced it).
+        "attempts": attempt_history(state),
         "created_at": format_timestamp(state.created_at) if state.created_at else None,
         "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
     }

@@ -600,6 +600,14 @@ def show(
             # wrap, not cut at word breaks into lines of the history's own look.
             console.print(f"  {entry['decided_at']}  {entry['command_type']}: {_one_line(str(entry['note']))}",
                           highlight=False, soft_wrap=True)
+        for attempt in detail.get("attempts", []):
+            # Each attempt and what came of it: a failure's words stay here once a retry replaced it above.
+            outcome = {"published": "✅ published", "failed": "❌ failed"}.get(attempt["outcome"],
+                                                                             f"⏳ {attempt['outcome']}")
+            said = f": {_one_line(attempt['error'])}" if attempt["outcome"] == "failed" and attempt.get("error") else ""
+            started = attempt["started_at"][:19].replace("T", " ")
+            console.print(f"  {started} UTC  {PLATFORM_LABELS[attempt['platform']]} {attempt['kind']}: {outcome}{said}",
+                          highlight=False, soft_wrap=True)
 
 
 # Characters of a caption `list` shows.

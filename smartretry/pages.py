@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from projections.decide import retry_preview, retry_targets, reuses_command_id
 from projections.fold import FIX_THE_POST, awaiting_attempt, unresolved
-from projections.responses import earlier_posts, needed_actions, retried_summary
+from projections.responses import attempt_history, earlier_posts, needed_actions, retried_summary
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
@@ -395,6 +395,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
             "note": retry_preview(state) if status == "failed" else "",
             "retried": retried_summary(state) if status != "publishing" else None,
+            "attempts": [{**entry, "label": PLATFORM_LABELS[str(entry["platform"])]}
+                         for entry in attempt_history(state)],
             "retry_token": retry_token(settings, post_id),
             # The retry this drawing of the form sends: sent twice (a double click, the form sent again), it is one
             # command. Not restored by the browser into a later drawing (autocomplete off), which has its own.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -668,6 +669,25 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_its_page_does_no
     assert "⚠ Needed for Facebook: check Facebook for the post, then resolve the attempt" in listed
     summary = api.client.get("/posts", params={"status": "publishing"}).json()["posts"][0]
     assert summary["needed_action"] == {"facebook": "check Facebook for the post, then resolve the attempt"}
+
+
+def test_a_failures_words_stay_in_the_posts_history_after_its_retry_published_it(api: RunningApi) -> None:
+    history = History(post_id="post-history", at=datetime.now(UTC))
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"], FB_ERROR).success("instagram", attempts["instagram"], "1810_1")
+    retried = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retried["facebook"], "747917475065823_7")
+    store_events(api, history.events)
+    detail = api.client.get("/posts/post-history").json()
+    assert detail["status"] == "posted" and FB_ERROR not in json.dumps(detail["insights"])
+    assert [(a["platform"], a["kind"], a["outcome"], a["error"]) for a in detail["attempts"]] == [
+        ("facebook", "first publish", "failed", FB_ERROR), ("instagram", "first publish", "published", None),
+        ("facebook", "retry", "published", None)]
+    with signed_in(api) as browser:
+        page = html.unescape(browser.get("/ui/posts/post-history").text)
+    assert "<summary>History (3 attempts)</summary>" in page
+    assert f"Facebook · first publish: ❌ failed: {FB_ERROR}</li>" in page
+    assert "Facebook · retry: ✅ published</li>" in page
 
 
 def test_an_id_with_a_line_break_after_it_is_no_id_to_the_pages(api: RunningApi) -> None:

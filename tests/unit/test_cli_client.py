@@ -513,7 +513,12 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
               "not_published_from": {"facebook": "2099-01-02T03:04:05.000Z"},
               "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [], "retry_preview": "",
               "retried": "", "attempts_by_platform": {"facebook": 1}, "retries_by_platform": {}, "history": [],
-              "retry_history": [], "created_at": None, "updated_at": None}
+              "retry_history": [], "created_at": None, "updated_at": None,
+              "attempts": [{"platform": "facebook", "kind": "first publish", "outcome": "failed",
+                            "error": "Facebook photo upload failed: 400 - Missing\nor invalid image file",
+                            "started_at": "2026-11-30T08:59:00.000Z"},
+                           {"platform": "facebook", "kind": "retry", "outcome": "not known yet", "error": None,
+                            "started_at": "2026-11-30T09:00:00.000Z"}]}
 
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"posts": [summary], "next_cursor": None} if request.url.path == "/posts"
@@ -527,3 +532,7 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
     assert shown.exit_code == 0, shown.output
     assert "--published-as POST_ID | --not-published (from 2099-01-02 03:04:05 UTC: Facebook may still hold the " \
            "request until then)" in shown.output
+    # Each attempt, a failure's words on one line.
+    assert "  2026-11-30 08:59:00 UTC  Facebook first publish: ❌ failed: Facebook photo upload failed: 400 - " \
+           "Missing or invalid image file\n" in shown.output
+    assert "  2026-11-30 09:00:00 UTC  Facebook retry: ⏳ not known yet\n" in shown.output

@@ -194,6 +194,24 @@ def test_an_account_stored_without_the_platforms_page_asks_for_its_id_not_a_new_
                                                  "set-token acct-1 --page-id ..., then retry")
 
 
+def test_the_history_keeps_a_failures_words_after_a_retry_replaced_it_in_the_document() -> None:
+    from projections.responses import attempt_history
+    from tests.support.seed import IMAGE_ERROR
+
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810_1")
+    retried = history.retry("cmd-retry", ("facebook",))
+    history.success("facebook", retried["facebook"], "7479_1")
+    state = history.state()
+    assert state.status == "posted" and state.document.error_message is None
+    assert [(e["platform"], e["kind"], e["outcome"], e["error"]) for e in attempt_history(state)] == [
+        ("facebook", "first publish", "failed", IMAGE_ERROR),
+        ("instagram", "first publish", "published", None),
+        ("facebook", "retry", "published", None),
+    ]
+
+
 def test_a_token_stored_after_the_failing_attempt_began_leaves_only_the_retry_to_do() -> None:
     from datetime import timedelta
 
