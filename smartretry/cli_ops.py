@@ -380,7 +380,9 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
     for platform, result in results.items():
         label = PLATFORM_LABELS[platform]
         if result["success"]:
-            link = detail.get("links", {}).get(platform) or result.get("postId") or UNKNOWN_LINK.format(label=label)
+            # As the page says it: an id alone is no address to follow.
+            link = detail.get("links", {}).get(platform) or " ".join(
+                part for part in (result.get("postId"), UNKNOWN_LINK.format(label=label)) if part)
             # On one line however narrow the output: a link cut in two cannot be followed.
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
         else:

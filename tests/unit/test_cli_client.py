@@ -536,3 +536,18 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
     assert "  2026-11-30 08:59:00 UTC  Facebook first publish: ❌ failed: Facebook photo upload failed: 400 - " \
            "Missing or invalid image file\n" in shown.output
     assert "  2026-11-30 09:00:00 UTC  Facebook retry: ⏳ not known yet\n" in shown.output
+
+
+def test_show_gives_an_id_without_an_address_as_the_page_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    detail = {"id": "post-1", "status": "posted", "error_message": None, "post_url": None,
+              "publish_target": "instagram",
+              "insights": {"publish_results": [{"platform": "instagram", "success": True,
+                                                "postId": "18168097029388617"}]},
+              "content": None, "account": "acme", "links": {}, "earlier_posts": {}, "needed_action": {},
+              "outcome_unknown": {}, "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [],
+              "retry_preview": "", "retried": "", "history": [], "attempts": []}
+    _api_answering(monkeypatch, lambda _request: httpx.Response(200, json=detail))
+    shown = CliRunner().invoke(app, ["show", "post-1"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "✅ Instagram: Published  18168097029388617 (its address could not be told from Instagram's answers: see " \
+           "the account)" in shown.output
