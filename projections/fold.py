@@ -238,16 +238,14 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
 def _on_attempted(state: PostState, event: PublishAttempted) -> None:
     if event.attempt_id in state.attempts:
         return
-    # The handler decides a command before it attempts a platform for it, and numbers a platform's attempts one after
-    # another. An attempt that does neither is no attempt of the handler's: taken in, it would stand as the platform's
-    # latest attempt for good (the highest number), hold the post "publishing", and once looked up put a failure over
-    # a post that went out, which a retry would then publish a second time. Refused (the projector dead-letters it).
+    # The handler decides a command before it attempts a platform for it (the decision and the attempt go to the
+    # partition in that order). An attempt of a command the post never decided is no attempt of the handler's: taken
+    # in, it could stand as the platform's latest attempt for good, hold the post "publishing", and once looked up put
+    # a failure over a post that went out, which a retry would then publish a second time. Refused (the projector
+    # dead-letters it).
     if event.command_id not in state.commands:
         raise ValueError(f"{event.platform} attempt {event.attempt_id} names command {event.command_id}, which this "
                          "post never decided: a command is decided before its attempts")
-    if event.attempt_number > (expected := next_attempt_number(state, event.platform)):
-        raise ValueError(f"{event.platform} attempt {event.attempt_id} is numbered {event.attempt_number}, but the "
-                         f"platform's next attempt is number {expected}: attempts are numbered one after another")
     attempt = _built(
         AttemptState,
         attempt_id=event.attempt_id,

@@ -136,7 +136,9 @@ def attempt_history(state: PostState) -> list[dict[str, object]]:
             "command_id": attempt.command_id, "started_at": format_timestamp(attempt.started_at),
             "finished_at": format_timestamp(attempt.finished_at) if attempt.finished_at else None,
             "kind": "forced republish" if attempt.forced else
-                    "automatic retry" if attempt.command_id and mine in seen else
+                    # A success that came in without its attempt on record (kept: it happened on the platform).
+                    "attempt not on record" if not attempt.command_id else
+                    "automatic retry" if mine in seen else
                     "retry" if attempt.is_retry else "first publish",
             "outcome": outcome, "error": attempt.error, "post_id": attempt.platform_post_id,
             # Said by an operator (`smartretry resolve`), or found by asking the platform after the call got no answer.
@@ -245,7 +247,7 @@ def needed_actions(state: PostState, max_attempts: int,
             action = f"connect account {state.account} with PUT /accounts/{state.account}/token"
         if action.startswith("re-authenticate ") and state.account is not None and result is not None and \
                 not result.success and (result.error or "").endswith(not_connected(platform)):
-            # Stored without the platform's Page or Instagram account: a new token would not help, its id does.
+            # Stored without the platform's Page or Instagram account: its id is what is missing (sent with the token).
             action = (f"connect {PLATFORM_LABELS[platform]} to account {state.account}: set its "
                       f"{ACCOUNT_ID_FIELDS[platform]} with PUT /accounts/{state.account}/token")
         if action.startswith(RIGHT_ID) and state.account is not None:

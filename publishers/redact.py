@@ -43,6 +43,9 @@ _known: OrderedDict[str, None] = OrderedDict()
 # `_known` longest first (a secret inside another must not leave the rest of that one behind), kept
 # between changes: scrub runs on every log record.
 _longest_first: tuple[str, ...] = ()
+# Of those, the ones with no escape (a token as written, and as JSON and HTML quote it): what a text with escapes is
+# searched for once decoded.
+_unescaped: tuple[str, ...] = ()
 _lock = threading.Lock()
 
 
@@ -79,10 +82,13 @@ def _hex_digits(byte: int) -> str:
 
 @functools.lru_cache(maxsize=4 * KNOWN_SECRETS)
 def _spelled_any_way(secret: str) -> re.Pattern[str]:
-    """`secret` with any of its characters percent-encoded, in either case (an encoder that escapes more than it must
-    writes "token%2Dvalue" or "%74oken-value"): no list of forms can hold every such spelling."""
-    return re.compile("".join(f"(?:{re.escape(c)}|{''.join('%' + _hex_digits(b) for b in c.encode())})"
-                              for c in secret))
+    """`secret` with any of its characters percent-encoded, in either case, once or twice over (an encoder that
+    escapes more than it must writes "token%2Dvalue" or "%74oken-value", and "token%252Dvalue" inside an address):
+    no list of forms can hold every such spelling."""
+    def spellings(c: str) -> str:
+        escaped = [f"%(?:25)?{_hex_digits(b)}" for b in c.encode()]
+        return f"(?:{re.escape(c)}|{''.join(escaped)})"
+    return re.compile("".join(spellings(c) for c in secret))
 
 
 def _decoded(text: str) -> str:
@@ -110,7 +116,7 @@ def without_escaped(text: str, secrets: Collection[str], replacement: str = REDA
 def register_secret(secret: str) -> None:
     """Remembers a secret (in each of its `secret_forms`) so that `scrub` removes it even when it is not
     token-shaped."""
-    global _longest_first
+    global _longest_first, _unescaped
     if len(secret) < 6:
         return
     forms = secret_forms(secret)
@@ -125,17 +131,17 @@ def register_secret(secret: str) -> None:
         while len(_known) > KNOWN_SECRETS:
             _known.popitem(last=False)
         _longest_first = tuple(sorted(_known, key=len, reverse=True))
+        _unescaped = tuple(form for form in _longest_first if "%" not in form)
 
 
 def scrub(text: str) -> str:
     """The text with every known secret and every token-shaped string replaced by `[redacted]`."""
     if not text:
         return text
-    secrets = _longest_first
-    for secret in secrets:
+    for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return scrub_shapes(without_escaped(text, secrets))
+    return scrub_shapes(without_escaped(text, _unescaped))
 
 
 def scrub_shapes(text: str) -> str:

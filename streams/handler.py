@@ -340,6 +340,7 @@ class CommandHandler:
         self._consumer: Consumer | None = None
         # A separate client for end offsets, so the consumer loop never blocks on it.
         self._watermarks: Consumer | None = None
+        self._asking_ends: ThreadPoolExecutor | None = None
         self._closing = False  # its consumer closing: the partitions it gives up are not moved by a rebalance
         # The partitions held, each with its commands in progress: a new object at each assignment, so a command
         # can tell the partition it was fetched from still held from one that moved away and came back.
@@ -433,6 +434,8 @@ class CommandHandler:
             await self._drain()
             self._closing = True
             self._consumer.close()
+            if self._asking_ends is not None:
+                self._asking_ends.shutdown(wait=True)
             self._watermarks.close()
             await self.producer.close()
 
@@ -540,8 +543,11 @@ class CommandHandler:
         for partition in partitions:
             progress = self._progress[partition] = _PartitionProgress()
             if self._watermarks is not None:
-                # Asked in a thread: the rebalance does not wait on the broker for it.
-                asking = asyncio.get_running_loop().run_in_executor(None, self._commands_end, partition)
+                # Asked in a thread of its own: the rebalance does not wait on the broker for it, nor do the reads of
+                # the projection and the credentials in the loop's pool.
+                if self._asking_ends is None:
+                    self._asking_ends = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assigned-ends")
+                asking = asyncio.get_running_loop().run_in_executor(self._asking_ends, self._commands_end, partition)
                 asking.add_done_callback(functools.partial(self._assigned_end, progress))
         self.ready.set()
 
@@ -840,6 +846,10 @@ class CommandHandler:
         if theirs:
             raise StoodDown(f"{PLATFORM_LABELS[platform]} not called: another handler has attempted it since this one "
                             "read the post (this one was stopped or stalled meanwhile)")
+        if mine is not None and fresh is not None and not any(a.attempt_id == mine[0] for a in attempts):
+            # Recorded, but not in the projection (the projector refused it): a call now would not be durable first.
+            raise StoodDown(f"{PLATFORM_LABELS[platform]} not called: its attempt {mine[0]} is not in the projection "
+                            "(the projector refused it: see the dead letters)")
         return self._read_at.get(command.post_id, known_at)
 
     def _owns(self, partition: int, owner: _PartitionProgress | None) -> bool:
@@ -1075,7 +1085,8 @@ class CommandHandler:
             # (not heard of the move yet): its same attempt, recorded just before this one, is told apart only so.
             known_at = await self._check_attempts_unchanged(command, platform, partition, number - 1,
                                                             (attempt_id, started), known_at,
-                                                            away=known_at != read_before or inherited)
+                                                            away=known_at != read_before or
+                                                            (inherited and automatic == made))
             if not self._owns(partition, owner):
                 # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)

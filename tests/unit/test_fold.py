@@ -475,24 +475,41 @@ def test_a_failed_result_of_an_attempt_never_recorded_is_refused_and_never_undoe
     assert state is not None and state.status == "posted"
 
 
-@pytest.mark.parametrize(("number", "command", "reason"), [
-    (9, "cmd-publish", "facebook attempt forged is numbered 9, but the platform's next attempt is number 2: attempts "
-                       "are numbered one after another"),
-    (2, "no-such-command", "facebook attempt forged names command no-such-command, which this post never decided: a "
-                           "command is decided before its attempts"),
-])
-def test_an_attempt_no_handler_made_is_refused_and_never_holds_a_posted_post(number: int, command: str,
-                                                                             reason: str) -> None:
+def test_an_attempt_no_handler_made_is_refused_and_never_holds_a_posted_post() -> None:
     # Written straight to the post events: as the platform's latest attempt, it would hold the post "publishing" and,
     # once looked up and not found, put a failure over the post that went out, which a retry would publish again.
     history = History()
     attempts = history.publish()
     history.success("facebook", attempts["facebook"], "7479_1").success("instagram", attempts["instagram"], "1810_1")
     forged = PublishAttempted(event_id="forged-event", post_id=POST, occurred_at=T0 + timedelta(minutes=1),
-                              platform="facebook", attempt_id="forged", attempt_number=number, command_id=command)
+                              platform="facebook", attempt_id="forged", attempt_number=9, command_id="no-such-command")
     state, refused = apply_valid(history.state(), [forged])
-    assert refused == [(forged, reason)]
+    assert refused == [(forged, "facebook attempt forged names command no-such-command, which this post never "
+                                "decided: a command is decided before its attempts")]
     assert state is not None and state.status == "posted" and state.in_flight("facebook") is None
+
+
+def test_attempts_the_handler_writes_out_of_the_usual_count_are_taken() -> None:
+    # An import's results counted in the numbers (as one version numbered them), and two handlers that recorded the
+    # same number for one command during a takeover: each attempt names a decided command, and is taken.
+    imported = History().legacy({"status": "failed", "insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "token expired"}]}}, target="facebook")
+    imported.decide("cmd-retry", ("facebook",), "RetryRequested")
+    imported.events.append(PublishAttempted(
+        event_id="numbered-after-the-import", post_id=POST, occurred_at=T0 + timedelta(minutes=1), platform="facebook",
+        attempt_id="cmd-retry:facebook:2", attempt_number=2, command_id="cmd-retry", is_retry=True))
+    imported.success("facebook", "cmd-retry:facebook:2", "7479_1")
+    state, refused = apply_valid(None, imported.events)
+    assert refused == [] and state is not None and state.status == "posted"
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.events.append(PublishAttempted(
+        event_id="the-other-owners", post_id=POST, occurred_at=T0 + timedelta(seconds=1), platform="facebook",
+        attempt_id="other-owner:facebook:1", attempt_number=1, command_id="cmd-publish"))
+    history.failure("facebook", attempts["facebook"], "Facebook post failed: 500 - hiccup", ErrorKind.TRANSIENT)
+    history.attempt("facebook", "cmd-publish")
+    state, refused = apply_valid(None, history.events)
+    assert refused == [] and state is not None and len(state.attempts_of("facebook")) == 3
 
 
 def test_an_event_the_fold_fails_on_unforeseen_is_refused_and_the_others_still_apply(

@@ -361,6 +361,25 @@ async def test_the_new_owner_of_a_command_its_old_owner_still_carries_out_reads_
     assert page.calls == 0, "the old owner's attempt is the one that calls"
 
 
+async def test_an_attempt_the_projection_does_not_have_once_recorded_is_not_called() -> None:
+    # The projector refused it (dead-lettered): a call now would have no attempt on record to be looked up by.
+    page, topic = FlakyPage(), []
+    history, state = decided_for_facebook()
+    made = handler_on_shared_topic(page, topic, history, 0.0, session_timeout_seconds=10.0)
+    own_send = made.send
+
+    async def send(event: Event) -> None:
+        if not isinstance(event, PublishAttempted):
+            await own_send(event)
+
+    made.send = send  # type: ignore[method-assign]
+    with pytest.raises(StoodDown, match="is not in the projection"):
+        await made._publish_platform(state, _publish_command(state), "facebook", CONTENT, "acme", ready(ACCOUNT), 0,
+                                     made._progress[0], is_retry=False, forced=False, reason="first publish",
+                                     recorded=ready(), inherited=True)
+    assert page.calls == 0
+
+
 async def test_a_command_counts_as_inherited_when_it_was_in_the_partition_before_the_assignment() -> None:
     class Watermarks:
         def get_watermark_offsets(self, partition: Any, timeout: float, cached: bool) -> tuple[int, int]:
