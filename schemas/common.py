@@ -57,6 +57,7 @@ ACCOUNT_ID_FIELDS: dict[str, str] = {"facebook": "page_id", "instagram": "ig_use
 def not_connected(platform: str) -> str:
     return f"the account has no {NOT_CONNECTED[platform]} connected"
 
+
 # The longest a platform's own wait is taken for (a day: Meta's daily limits): a larger one (a header saying
 # 99999999999999999999 seconds) would be a date past the calendar's end.
 MAX_PLATFORM_WAIT_S = 86_400.0
