@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -34,6 +35,11 @@ def _http_url(value: str) -> str:
     return value
 
 
+def says_nothing(text: str) -> bool:
+    """Whether `text` shows nothing: blanks, and characters that print as nothing (a zero-width space), alone."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in text)
+
+
 def url_problem(value: str) -> str | None:
     """What makes an http(s) address one no platform can fetch; None when it is fine.
 
@@ -45,19 +51,18 @@ def url_problem(value: str) -> str | None:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return "must be one line: it holds a control character (a line break, a tab)"
     host = parts.hostname or ""
-    # Quoted without a user name and password before the host: the password may be a token, and the answer is shown.
-    _userinfo, at, shown = parts.netloc.rpartition("@")
-    where = f"{shown!r}" + (" (its user name and password left out)" if at else "")
+    # Only the host is quoted, never a user name, password or port: any of them may be a token pasted there, and the
+    # answer is shown.
     if not host:
-        return f"must name a host: {where} names none"
+        return "must name a host: the address names none"
     if any(c.isspace() or c in "<>\"{}|\\^`" for c in host):
-        return f"must name a host: {where} is not one (a space or a stray character in it?)"
+        return f"must name a host: {host!r} is not one (a space or a stray character in it?)"
     try:
         port = parts.port  # out of range or not a number raises
     except ValueError:
         port = 0
     if port == 0:
-        return f"has an invalid port: {where}"
+        return f"has an invalid port: what follows {host!r} and a colon is no port (a number from 1 to 65535)"
     return None
 
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
+from urllib.parse import urlsplit
 
 import uvicorn
 from confluent_kafka import Producer
@@ -78,6 +79,7 @@ from schemas.commands import (
     ResolveAttemptRequested,
     RetryRequested,
     content_problem,
+    says_nothing,
     url_problem,
 )
 from schemas.common import (
@@ -154,8 +156,15 @@ class RetryBody(Body):
 
 
 class RepublishBody(Body):
-    # Recorded with the republish, as its justification: blanks alone say nothing.
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    @field_validator("reason")
+    @classmethod
+    def _says_something(cls, value: str) -> str:
+        if says_nothing(value):
+            raise ValueError("must say why: blanks and invisible characters alone say nothing")
+        return value
+
+    # Recorded with the republish, as its justification.
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
     content: ContentCorrection | None = None
     account: Identifier | None = None
     command_id: Identifier | None = None
@@ -636,6 +645,9 @@ class FrontDoor:
             return await self._answer(command, await self._wait(command))
         await self._check_no_secret(None, command_id=body.command_id, platform_post_id=body.platform_post_id,
                                     attempt_id=body.attempt_id, permalink=body.permalink, note=body.note)
+        ids = await self.account_ids(state.account) if state.account is not None else None
+        if (problem := found_post_problem(body, ids.get("page_id") if ids else None)) is not None:
+            raise HTTPException(422, [problem])
         refusal = resolution_refusal(state, body.platform, body.attempt_id)
         if refusal is not None:
             raise HTTPException(409, refusal)
@@ -877,6 +889,35 @@ def _another_body(state: PostState, command: PublishRequested) -> bool:
         return reuses_command_id(state, command)
     return (state.content, state.publish_target, state.account) != (
         command.content, command.publish_target, command.account)
+
+
+# Where each platform's posts are: a permalink elsewhere is no post of it.
+POST_HOSTS: dict[str, tuple[str, ...]] = {"facebook": ("facebook.com", "fb.com", "fb.me"),
+                                          "instagram": ("instagram.com", "instagr.am")}
+
+
+def found_post_problem(body: ResolveBody, page_id: str | None) -> dict[str, Any] | None:
+    """What makes an operator's word on the post found unlikely to name it (a 422's error), or None: a permalink off
+    the platform or with a user name and password in it, a Facebook post id of another Page than the account's."""
+    if body.permalink is not None:
+        parts = urlsplit(body.permalink.strip())
+        host = (parts.hostname or "").lower()
+        label = PLATFORM_LABELS[body.platform]
+        if parts.username is not None or parts.password is not None:
+            return {"loc": ["body", "permalink"], "type": "value_error",
+                    "msg": f"a {label} permalink has no user name or password: give the post's address as {label} "
+                           "shows it"}
+        if not any(host == known or host.endswith("." + known) for known in POST_HOSTS[body.platform]):
+            return {"loc": ["body", "permalink"], "type": "value_error",
+                    "msg": f"{host!r} is not {label}'s: give the post's address on {POST_HOSTS[body.platform][0]}"}
+    made = body.platform_post_id
+    if body.platform == "facebook" and made is not None and page_id and re.fullmatch(r"\d+_\d+", made) and \
+            not made.startswith(f"{page_id}_"):
+        # A Page's post id starts with the Page's own id.
+        return {"loc": ["body", "platform_post_id"], "type": "value_error",
+                "msg": f"{made} is a post of Page {made.partition('_')[0]}, not of the account's Page {page_id}: "
+                       "check the id"}
+    return None
 
 
 def _check_same_command(state: PostState, command: Command) -> None:

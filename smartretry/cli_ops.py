@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from publishers.redact import scrub
+from schemas.commands import says_nothing
 from schemas.common import ID_PATTERN, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, platforms_of
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from schemas.envelope import DecodeError, json_object
@@ -73,8 +74,9 @@ def _one_of(*choices: str) -> Callable[[str | None], str | None]:
 
 def _said(value: str) -> str:
     """A text that must say something (a forced republish's reason): blanks alone are a usage error."""
-    if not value.strip():
-        raise typer.BadParameter("must say something: it is recorded with the republish")
+    if says_nothing(value):
+        raise typer.BadParameter("must say something: it is recorded with the republish (blanks and invisible "
+                                 "characters alone say nothing)")
     return value.strip()
 
 

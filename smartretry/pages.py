@@ -585,6 +585,11 @@ def _page_problem(problem: str) -> str:
                      r"right Page id with `smartretry accounts set-token \1 --page-id ...`", problem)
     problem = re.sub(r"right Instagram account id with PUT /accounts/([^\s),;]+)/token",
                      r"right Instagram account id with `smartretry accounts set-token \1 --ig-user-id ...`", problem)
+    # An id the account lacks: the option that sets it.
+    problem = re.sub(r"set its page_id with PUT /accounts/([^\s),;]+)/token",
+                     r"set it with `smartretry accounts set-token \1 --page-id ...`", problem)
+    problem = re.sub(r"set its ig_user_id with PUT /accounts/([^\s),;]+)/token",
+                     r"set it with `smartretry accounts set-token \1 --ig-user-id ...`", problem)
     # An account to connect: with the command line (or the API's route).
     problem = re.sub(r"with PUT /accounts/([^\s),;]+)/token", r"with `smartretry accounts set-token \1`", problem)
     # The API's names of the content's fields, as the retry form names them.
@@ -594,7 +599,7 @@ def _page_problem(problem: str) -> str:
 def _page_action(action: str) -> str:
     """A needed action in the page's words; connecting the account can be done on the page (its token form)."""
     shown = _page_problem(action)
-    if shown.startswith("connect account "):
+    if shown.startswith(CONNECT_ACTIONS):
         shown = shown.replace(" with `smartretry", " below, or with `smartretry", 1)
     return shown
 
@@ -604,7 +609,9 @@ FIELD_LABELS = {"image_url": "Image URL", "caption": "Caption", "account": "Acco
                 "page_id": "Facebook Page id",
                 "ig_user_id": "Instagram account id"}
 # What a platform needs when a new token for the post's account is what it lacks (the form to store one shows then).
-REAUTH_ACTIONS = ("re-authenticate ", "connect account ")
+# Connecting the account (it has no credentials), or a platform to it (it lacks that platform's Page or account id).
+CONNECT_ACTIONS = ("connect account ", "connect Facebook to account ", "connect Instagram to account ")
+REAUTH_ACTIONS = ("re-authenticate ", *CONNECT_ACTIONS)
 
 
 def _problem(detail: Any) -> str:

@@ -634,29 +634,31 @@ def test_ids_and_notes_carrying_a_token_are_refused_like_content(api: RunningApi
     assert_nothing_on_commands(api)
 
 
-def test_a_token_in_an_addresss_password_is_never_repeated_by_the_answer_refusing_the_address(api: RunningApi) -> None:
+def test_a_token_in_an_addresss_password_or_port_is_never_repeated_by_the_answer_refusing_it(api: RunningApi) -> None:
     add_account(api)
     stored = "acme-user-token-0001"
     meta_shaped = "EAA" + "Gm0dEl" * 8
     store_post(api, "p-known")
-    for token in (stored, meta_shaped):
-        bad_port = f"https://x:{token}@cdn.example.com:99999/a.jpg"
+    for token, bad_port in ((stored, f"https://x:{stored}@cdn.example.com:99999/a.jpg"),
+                            (meta_shaped, f"https://x:{meta_shaped}@cdn.example.com:99999/a.jpg"),
+                            (stored, f"https://cdn.example.com:{stored}/a.jpg")):
         for path, body in (("/posts", publish_body(content={"caption": "Autumn sale", "image_url": bad_port})),
                            ("/posts/p-known/retry", {"content": {"image_url": bad_port}}),
                            ("/posts/p-known/republish", {"reason": "again", "content": {"image_url": bad_port}})):
             answer = api.client.post(path, json=body)
             assert answer.status_code == 422, (path, answer.text)
             assert token not in answer.text, path
-            assert "'cdn.example.com:99999' (its user name and password left out)" in answer.text, path
+            assert "has an invalid port: what follows 'cdn.example.com' and a colon is no port" in answer.text, path
     assert_nothing_on_commands(api)
 
 
 def test_a_forced_republish_needs_a_reason_that_says_something(api: RunningApi) -> None:
     store_post(api, "p-known")
-    for reason in ("", "   ", "\n\t"):
+    for reason in ("", "   ", "\n\t", "\u200b\u00a0\t"):
         answer = api.client.post("/posts/p-known/republish", json={"reason": reason})
         assert answer.status_code == 422, reason
         assert answer.json()["detail"][0]["loc"] == ["body", "reason"]
+        assert answer.json()["detail"][0]["msg"] == "must say why: blanks and invisible characters alone say nothing"
     assert_nothing_on_commands(api)
 
 
@@ -1205,6 +1207,31 @@ def test_an_attempt_that_may_still_be_under_way_cannot_be_resolved_yet(api: Runn
     assert found.status_code in (200, 202), found.text
     [resolution] = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
     assert isinstance(resolution, ResolveAttemptRequested) and resolution.published
+
+
+@pytest.mark.parametrize(("found", "loc", "said"), [
+    ({"platform_post_id": "17841400000000000_1"}, "platform_post_id",
+     "17841400000000000_1 is a post of Page 17841400000000000, not of the account's Page 747917475065823: check "
+     "the id"),
+    ({"platform_post_id": "747917475065823_1", "permalink": "https://bob:pw@www.facebook.com/x"}, "permalink",
+     "a Facebook permalink has no user name or password: give the post's address as Facebook shows it"),
+    ({"platform_post_id": "747917475065823_1", "permalink": "https://example.com/747917475065823_1"}, "permalink",
+     "'example.com' is not Facebook's: give the post's address on facebook.com"),
+])
+def test_a_post_found_that_cannot_be_the_accounts_is_refused(api: RunningApi, found: dict[str, str], loc: str,
+                                                             said: str) -> None:
+    add_account(api)
+    store_interrupted(api, "post-1")
+    answer = api.client.post("/posts/post-1/resolve", json={"platform": "facebook", "published": True, **found})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == [{"loc": ["body", loc], "type": "value_error", "msg": said}]
+    assert "pw@" not in answer.text
+    assert_nothing_on_commands(api)
+    # Its address on the platform, in any of its hosts: taken.
+    taken = api.client.post("/posts/post-1/resolve", json={
+        "platform": "facebook", "published": True, "platform_post_id": "747917475065823_1",
+        "permalink": "https://m.facebook.com/747917475065823_1"})
+    assert taken.status_code in (200, 202), taken.text
 
 
 def store_for_an_operator(api: RunningApi, post_id: str) -> None:

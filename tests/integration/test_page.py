@@ -690,6 +690,22 @@ def test_a_failures_words_stay_in_the_posts_history_after_its_retry_published_it
     assert "Facebook · retry: ✅ published</li>" in page
 
 
+def test_an_account_without_its_page_is_given_its_page_id_on_the_page(api: RunningApi) -> None:
+    from publishers.facebook import _no_page
+
+    api.stores.credentials.set_token("acct-1", "acct-1-user-token-0001", None, "17841400000000000")
+    history = History(post_id="post-no-page", at=datetime.now(UTC))
+    attempts = history.publish(target="facebook")
+    missing = _no_page("Facebook photo upload")
+    history.failure("facebook", attempts["facebook"], missing.message, missing.kind)
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        page = html.unescape(browser.get("/ui/posts/post-no-page").text)
+    assert "Needed for Facebook: connect Facebook to account acct-1: set it below, or with <code>smartretry accounts " \
+           "set-token acct-1 --page-id ...</code>, then retry" in page
+    assert 'id="reauth"' in page and 'name="page_id"' in page
+
+
 def test_an_id_with_a_line_break_after_it_is_no_id_to_the_pages(api: RunningApi) -> None:
     store_post(api, "post-1", facebook_ok=True)
     with signed_in(api) as browser:

@@ -358,7 +358,8 @@ def test_an_id_that_is_no_id_is_a_usage_error_before_any_request(
     (["resolve", "post-1", "twitter", "--not-published"], "Invalid value for 'platform': 'twitter' is not one of "
                                                            "facebook, instagram"),
     (["force", "post-1", "--reason", "  ", "--yes"], "Invalid value for '--reason': must say something"),
-], ids=["target", "status", "platform", "reason"])
+    (["force", "post-1", "--reason", "\u200b", "--yes"], "Invalid value for '--reason': must say something"),
+], ids=["target", "status", "platform", "reason", "invisible-reason"])
 def test_a_choice_that_is_none_of_its_options_is_a_usage_error_naming_the_option(
         monkeypatch: pytest.MonkeyPatch, line: list[str], said: str) -> None:
     sent = _api_answering(monkeypatch, lambda _request: httpx.Response(500))
