@@ -141,6 +141,9 @@ def attempt_history(state: PostState) -> list[dict[str, object]]:
                     "automatic retry" if mine in seen else
                     "retry" if attempt.is_retry else "first publish",
             "outcome": outcome, "error": attempt.error, "post_id": attempt.platform_post_id,
+            # Why its outcome was not known at first (what its call met: "500 - ...", a token refused), kept after a
+            # look-up or an operator settled it.
+            "unknown_because": attempt.lookup_error.message if attempt.lookup_error is not None else None,
             # Said by an operator (`smartretry resolve`), or found by asking the platform after the call got no answer.
             "resolved_by": attempt.resolved_by, "recovered": attempt.recovered,
         })

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -583,7 +583,17 @@ def resolve(
         with console.status("Resolving ..."):
             answer = api.call("POST", f"/posts/{post_id}/resolve", json=body, again=_send_again_as(command_id, None))
         response, detail = _settled(api, answer, "Resolving", wait)
-        _report(api, response, detail, as_json)
+        if published_as is not None:
+            _report(api, response, detail, as_json)
+            return
+        # Not published: the failure recorded is not the end of it, since the command that made the attempt carries on
+        # (and publishes again, while its automatic attempts last). Said so, and not the exit status of a failed post.
+        with suppress(typer.Exit):
+            _report(api, response, detail, as_json)
+        (errors if as_json else console).print(
+            f"Recorded as not published: the command that made the attempt carries on and publishes "
+            f"{PLATFORM_LABELS[platform]} again while its automatic attempts last; `smartretry show {post_id}` follows "
+            "it.", highlight=False, soft_wrap=True)
 
 
 @ops.command()
@@ -609,6 +619,10 @@ def show(
             outcome = {"published": "✅ published", "failed": "❌ failed"}.get(attempt["outcome"],
                                                                              f"⏳ {attempt['outcome']}")
             said = f": {_one_line(attempt['error'])}" if attempt["outcome"] == "failed" and attempt.get("error") else ""
+            if attempt.get("resolved_by"):
+                said += " (as an operator said)"
+            if attempt.get("unknown_because") and attempt["outcome"] != "not known yet":
+                said += f" (its outcome was not known at first: {_one_line(attempt['unknown_because'])})"
             started = attempt["started_at"][:19].replace("T", " ")
             console.print(f"  {started} UTC  {PLATFORM_LABELS[attempt['platform']]} {attempt['kind']}: {outcome}{said}",
                           highlight=False, soft_wrap=True)

@@ -296,6 +296,12 @@ def test_resolve_says_what_came_of_an_attempt_and_refuses_what_does_not_apply(ap
     assert key == "post-1" and isinstance(command, ResolveAttemptRequested)
     assert (command.published, command.platform_post_id, command.attempt_id, command.note) == (
         True, "747917475065823_122104567890123", attempt, "found on the Page")
+    # Not published: recorded, and the command that made the attempt carries on; not the exit of a failed post.
+    store_interrupted(api, "post-2")
+    code, output = run(api, "resolve", "post-2", "facebook", "--not-published", "--wait", "0.3")
+    assert code == 0, output
+    assert "Recorded as not published: the command that made the attempt carries on and publishes Facebook again " \
+           "while its automatic attempts last; `smartretry show post-2` follows it." in output
 
 
 def test_accounts_set_token_never_prints_it(api: RunningApi) -> None:

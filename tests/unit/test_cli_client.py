@@ -517,6 +517,9 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
               "retry_history": [], "created_at": None, "updated_at": None,
               "attempts": [{"platform": "facebook", "kind": "first publish", "outcome": "failed",
                             "error": "Facebook photo upload failed: 400 - Missing\nor invalid image file",
+                            "started_at": "2026-11-30T08:58:00.000Z"},
+                           {"platform": "facebook", "kind": "automatic retry", "outcome": "published", "error": None,
+                            "resolved_by": "resolve-1", "unknown_because": "Facebook photo upload failed: 500 - boom",
                             "started_at": "2026-11-30T08:59:00.000Z"},
                            {"platform": "facebook", "kind": "retry", "outcome": "not known yet", "error": None,
                             "started_at": "2026-11-30T09:00:00.000Z"}]}
@@ -534,8 +537,10 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
     assert "--published-as POST_ID | --not-published (from 2099-01-02 03:04:05 UTC: Facebook may still hold the " \
            "request until then)" in shown.output
     # Each attempt, a failure's words on one line.
-    assert "  2026-11-30 08:59:00 UTC  Facebook first publish: ❌ failed: Facebook photo upload failed: 400 - " \
+    assert "  2026-11-30 08:58:00 UTC  Facebook first publish: ❌ failed: Facebook photo upload failed: 400 - " \
            "Missing or invalid image file\n" in shown.output
+    assert "  2026-11-30 08:59:00 UTC  Facebook automatic retry: ✅ published (as an operator said) (its outcome was " \
+           "not known at first: Facebook photo upload failed: 500 - boom)\n" in shown.output
     assert "  2026-11-30 09:00:00 UTC  Facebook retry: ⏳ not known yet\n" in shown.output
 
 

@@ -212,6 +212,25 @@ def test_the_history_keeps_a_failures_words_after_a_retry_replaced_it_in_the_doc
     ]
 
 
+def test_the_history_keeps_why_an_attempts_outcome_was_not_known_once_it_is_settled() -> None:
+    from datetime import timedelta
+
+    from projections.responses import attempt_history
+
+    history = History()
+    attempts = history.publish(target="facebook")
+    history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT,
+                    "Facebook photo upload failed: 500 - An unexpected error has occurred")
+    history.events.append(PlatformResult(
+        event_id="recovered", post_id=history.post_id, occurred_at=history.at + timedelta(minutes=3),
+        platform="facebook", attempt_id=attempts["facebook"], success=False, recovered=True,
+        error=PlatformError(kind=ErrorKind.TRANSIENT, message="Facebook publish failed: its call got no answer to "
+                                                              "trust, and Facebook has no such post")))
+    [entry] = attempt_history(history.state())
+    assert entry["outcome"] == "failed" and entry["recovered"]
+    assert entry["unknown_because"] == "Facebook photo upload failed: 500 - An unexpected error has occurred"
+
+
 def test_a_token_stored_after_the_failing_attempt_began_leaves_only_the_retry_to_do() -> None:
     from datetime import timedelta
 
