@@ -992,17 +992,22 @@ def _sender(producer: AsyncProducer | Producer) -> CommandSender:
     return send
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Compared in constant time, as bytes: `hmac.compare_digest` refuses text with a character beyond ASCII."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def api_key_matches(settings: Settings, presented: str | None) -> bool:
     if not presented:
         return False
-    return hmac.compare_digest(presented.encode(), settings.api_key.get_secret_value().encode())
+    return same_secret(presented, settings.api_key.get_secret_value())
 
 
 def service_key_named(settings: Settings, token: str) -> str | None:
     """Which of the service's own keys `token` is ("API key", "secret key"), if it is one: never an account's token."""
     if api_key_matches(settings, token):
         return "API key"
-    if token and hmac.compare_digest(token.encode(), settings.secret_key.get_secret_value().encode()):
+    if token and same_secret(token, settings.secret_key.get_secret_value()):
         return "secret key"
     return None
 

@@ -55,6 +55,7 @@ from smartretry.api import (
     platform_link,
     presented_key,
     queued_behind,
+    same_secret,
     service_key_named,
     waits_for_someone,
 )
@@ -104,12 +105,7 @@ def session_valid(settings: Settings, cookie: str | None) -> bool:
     # ASCII digits only: "²" is a digit to `isdigit`, not to `int`.
     if not (issued.isascii() and issued.isdigit()) or not -CLOCK_SKEW_SECONDS <= _now() - int(issued) < SESSION_SECONDS:
         return False
-    return _same(cookie or "", session_value(settings, int(issued)))
-
-
-def _same(given: str, expected: str) -> bool:
-    """Compared in constant time, as bytes: `hmac.compare_digest` refuses text with a character beyond ASCII."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+    return same_secret(cookie or "", session_value(settings, int(issued)))
 
 
 def retry_token(settings: Settings, post_id: str) -> str:
@@ -423,7 +419,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         token = (form.get("token") or [""])[0]
         # The form's own command id; a form drawn before it carried one (a page open across an upgrade) gets a new one.
         command_id = (form.get("command_id") or [""])[0] or new_id()
-        if not ID_PATTERN.fullmatch(post_id) or not _same(token, retry_token(settings, post_id)) \
+        if not ID_PATTERN.fullmatch(post_id) or not same_secret(token, retry_token(settings, post_id)) \
                 or not ID_PATTERN.fullmatch(command_id):
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)
@@ -489,7 +485,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                                     status_code=303)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         if not ID_PATTERN.fullmatch(post_id) or \
-                not _same((form.get("csrf") or [""])[0], retry_token(settings, post_id)):
+                not same_secret((form.get("csrf") or [""])[0], retry_token(settings, post_id)):
             return Response("This form has expired: reload the page and try again.", status_code=403)
         state = await front.read(post_id)
         if state is None:

@@ -547,15 +547,10 @@ class CommandHandler:
                 # the projection and the credentials in the loop's pool.
                 if self._asking_ends is None:
                     self._asking_ends = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assigned-ends")
-                asking = asyncio.get_running_loop().run_in_executor(self._asking_ends, self._commands_end, partition)
+                asking = asyncio.get_running_loop().run_in_executor(self._asking_ends, self._end_offset, partition,
+                                                                    self.topics.commands)
                 asking.add_done_callback(functools.partial(self._assigned_end, progress))
         self.ready.set()
-
-    def _commands_end(self, partition: int) -> int:
-        assert self._watermarks is not None
-        _low, high = self._watermarks.get_watermark_offsets(TopicPartition(self.topics.commands, partition),
-                                                            timeout=10, cached=False)
-        return int(high)
 
     @staticmethod
     def _assigned_end(progress: _PartitionProgress, asking: asyncio.Future[int]) -> None:
@@ -784,9 +779,10 @@ class CommandHandler:
         await self._applied.wait(partition, high - 1, self.config.freshness_timeout_seconds)
         return await loop.run_in_executor(None, self.projection.get, post_id)
 
-    def _end_offset(self, partition: int) -> int:
+    def _end_offset(self, partition: int, topic: str | None = None) -> int:
+        """The end of `topic`'s partition (the post events by default)."""
         assert self._watermarks is not None
-        tp = TopicPartition(self.topics.post_events, partition)
+        tp = TopicPartition(topic or self.topics.post_events, partition)
         _low, high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)
         return int(high)
 
