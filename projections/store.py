@@ -142,6 +142,14 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(database).resolve()
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names when it does not exist yet (opening it would create it); else None."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or (file := _sqlite_file(parsed)) is None:
+        return None
+    return None if file.exists() else file
+
+
 # Names of this machine's own server, as a database URL may give it.
 _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1", "[::1]"})
 # Servers' ports when a URL names none.

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from publishers.redact import scrub
-from smartretry.settings import Settings, development_keys, load_settings, serves_this_machine_only
+from smartretry.settings import Settings, database_url, development_keys, load_settings, serves_this_machine_only
 from streams.broker import BrokerUnavailable, LocalBroker, StartedBroker, kept_broker, port_free
 from streams.topics import StoreAheadOfLog, TopicMismatch, check_store_matches_log, ensure_topics
 
@@ -345,6 +345,13 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
         typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS to the broker the processor reads (`smartretry run` prints it)",
                    err=True)
         raise typer.Exit(2)
+    try:
+        if scratch:
+            database_url(scratch, "--scratch")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _projection_exists(settings)
     live = ProjectionStore(make_engine(settings.database_url))
     live.create_schema()
     # Taken out of imported documents as the live processor takes them out (`projections.imported`).
@@ -405,6 +412,7 @@ def reset_projection(
         typer.echo(f"error: the service is running ({running}): stop it first, then reset the projection",
                    err=True)
         raise typer.Exit(2)
+    _projection_exists(settings)
     store = ProjectionStore(make_engine(settings.database_url))
     store.create_schema()
     where = make_url(settings.database_url).render_as_string(hide_password=True)
@@ -415,6 +423,17 @@ def reset_projection(
     store.engine.dispose()
     typer.echo(f"The projection in {where} is empty; the projector rebuilds it from the broker's events "
                "when it starts.")
+
+
+def _projection_exists(settings: Settings) -> None:
+    """Exits (status 2) when the projection's SQLite file is not there: a command reading or emptying it would
+    create an empty one, such as a relative `var/smartretry.db` run from another directory."""
+    from projections.store import missing_sqlite_file
+
+    if (missing := missing_sqlite_file(settings.database_url)) is not None:
+        typer.echo(f"error: there is no projection at {missing} (SMARTRETRY_DATABASE_URL): run this where the "
+                   "service runs, or set SMARTRETRY_DATABASE_URL to its database", err=True)
+        raise typer.Exit(2)
 
 
 class CannotTell(Exception):

@@ -51,6 +51,18 @@ def _loopback(host: str) -> bool:
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
+def database_url(url: str, named: str) -> str:
+    """`url` when it is a database URL this service can use, else `ValueError` saying so (`named`: where it was)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as exc:
+        raise ValueError(f"{named} is no database URL this service can use ({type(exc).__name__}): "
+                         "sqlite:///path/to.db, or postgresql+psycopg://user:password@host/database") from None
+    return url
+
+
 def development_keys(settings: Settings) -> list[str]:
     """The settings among the API key and the secret key still at the development default the README prints."""
     return [name for name, value, default in (("SMARTRETRY_API_KEY", settings.api_key, DEV_API_KEY),
@@ -138,14 +150,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _a_database(cls, url: str) -> str:
-        from sqlalchemy.engine import make_url
-
-        try:
-            make_url(url).get_dialect()
-        except Exception as exc:
-            raise ValueError(f"SMARTRETRY_DATABASE_URL is no database URL this service can use ({type(exc).__name__}): "
-                             "sqlite:///path/to.db, or postgresql+psycopg://user:password@host/database") from None
-        return url
+        return database_url(url, "SMARTRETRY_DATABASE_URL")
 
     @field_validator("api_key")
     @classmethod

@@ -149,7 +149,8 @@ def test_a_replay_against_a_live_projection_that_applied_nothing_says_so_rather_
 ) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
     monkeypatch.setenv("SMARTRETRY_TOPIC_PREFIX", topics.prefix)
-    # Not the service's database (a relative path run from another directory, say): nothing applied in it.
+    # Not the service's database (another deployment's, say): nothing applied in it.
+    ProjectionStore(make_engine(f"sqlite:///{tmp_path}/elsewhere.db")).create_schema()
     monkeypatch.setenv("SMARTRETRY_DATABASE_URL", f"sqlite:///{tmp_path}/elsewhere.db")
     # No post events yet anywhere: nothing to compare, and nothing is wrong.
     quiet = CliRunner().invoke(cli, ["replay"])
@@ -164,8 +165,39 @@ def test_a_replay_against_a_live_projection_that_applied_nothing_says_so_rather_
 
 def test_a_replay_with_the_broker_away_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens on the discard port
+    ProjectionStore(make_engine(f"sqlite:///{tmp_path}/live.db")).create_schema()
     monkeypatch.setenv("SMARTRETRY_DATABASE_URL", f"sqlite:///{tmp_path}/live.db")
     result = CliRunner().invoke(cli, ["replay"])
     assert result.exit_code == 1, result.output
     assert "the broker at 127.0.0.1:9 did not answer" in result.output
     assert "events replayed" not in result.output
+
+
+def test_a_replay_where_there_is_no_projection_says_so_and_creates_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default database is relative (`var/smartretry.db`): run from another directory, it names no file.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    monkeypatch.delenv("SMARTRETRY_DATABASE_URL", raising=False)
+
+    result = CliRunner().invoke(cli, ["replay"])
+
+    assert result.exit_code == 2, result.output
+    assert f"error: there is no projection at {tmp_path / 'var' / 'smartretry.db'} (SMARTRETRY_DATABASE_URL)" \
+        in result.output
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("scratch", ["notaurl", "nosuchdriver://x/y"])
+def test_a_replay_given_a_scratch_store_that_is_no_database_url_says_so_in_one_line(
+        scratch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    ProjectionStore(make_engine(f"sqlite:///{tmp_path}/live.db")).create_schema()
+    monkeypatch.setenv("SMARTRETRY_DATABASE_URL", f"sqlite:///{tmp_path}/live.db")
+
+    result = CliRunner().invoke(cli, ["replay", "--scratch", scratch])
+
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: --scratch is no database URL this service can use (")
+    assert line.endswith("): sqlite:///path/to.db, or postgresql+psycopg://user:password@host/database")

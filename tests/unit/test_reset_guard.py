@@ -127,3 +127,15 @@ def test_a_scratch_store_at_a_hard_link_of_the_live_sqlite_file_is_the_live_one(
     (tmp_path / "scratch.db").hardlink_to(live)
     engines = [SimpleNamespace(url=make_url(f"sqlite:///{path}")) for path in (live, tmp_path / "scratch.db")]
     assert same_database(*engines)  # type: ignore[arg-type]
+
+
+def test_a_reset_where_there_is_no_projection_says_so_and_creates_none(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/elsewhere/projection.db"
+
+    refused = CliRunner().invoke(app, ["reset-projection", "--yes", "--force"], env={
+        "KAFKA_BOOTSTRAP_SERVERS": None, "SMARTRETRY_DATABASE_URL": url,  # type: ignore[dict-item]
+        "SMARTRETRY_BROKER_DATA_DIR": str(tmp_path / "kafka")})
+
+    assert refused.exit_code == 2, refused.output
+    assert f"error: there is no projection at {tmp_path / 'elsewhere' / 'projection.db'}" in refused.output
+    assert not (tmp_path / "elsewhere").exists()
