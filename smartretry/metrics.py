@@ -33,7 +33,7 @@ from projections.resume import automatic_retry_times
 from projections.state import PostState
 from projections.store import database_said, posts
 from publishers.redact import scrub
-from schemas.common import NO_CREDENTIALS, PLATFORM_LABELS, PLATFORMS
+from schemas.common import NO_CREDENTIALS, PLATFORM_LABELS, PLATFORMS, not_connected
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
 from streams.kafka import client_config, consumer
@@ -116,19 +116,21 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tu
                 publishing = under_way(post)
                 actions = {platform: action for platform, action in actions.items() if platform not in publishing}
         for platform, action in actions.items():
-            if action.startswith("re-authenticate ") and _never_connected(state, platform):
+            if action.startswith("re-authenticate ") and (failure := _latest_failure(state, platform)) is not None:
                 # As the API and the page say it (`needed_actions`), without the account's name in the label.
-                action = "connect the account"
+                if failure.startswith(NO_CREDENTIALS):
+                    action = "connect the account"
+                elif failure.endswith(not_connected(platform)):
+                    action = f"connect {PLATFORM_LABELS[platform]} to the account"
             tally.needing_action[(platform, action)] += 1
     return tally
 
 
-def _never_connected(state: dict[str, Any], platform: str) -> bool:
-    """Whether the platform's latest result failed for want of the post's account (none stored under its name)."""
+def _latest_failure(state: dict[str, Any], platform: str) -> str | None:
+    """The error of the platform's latest result when it failed (a failure without one: empty); else None."""
     results = ((state.get("document") or {}).get("insights") or {}).get("publish_results") or []
     latest = next((r for r in results if isinstance(r, dict) and r.get("platform") == platform), None)
-    return latest is not None and latest.get("success") is False and \
-        str(latest.get("error") or "").startswith(NO_CREDENTIALS)
+    return str(latest.get("error") or "") if latest is not None and latest.get("success") is False else None
 
 
 def _time(value: object) -> datetime | None:

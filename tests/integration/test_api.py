@@ -41,7 +41,7 @@ from schemas.commands import (
     RetryRequested,
     fingerprint,
 )
-from schemas.common import ErrorKind
+from schemas.common import ErrorKind, not_connected
 from schemas.envelope import decode_command
 from schemas.events import (
     AttemptOutcomeUnknown,
@@ -1355,15 +1355,22 @@ def test_metrics_count_posts_attempts_results_and_projection_lag(api: RunningApi
              e.model_copy(update={"account": "ghost"}) if isinstance(e, PostSubmitted) else e
              for e in seed_events("post-3", facebook_ok=True, instagram_ok=False)]
     store_events(api, never)
+    # Its account stored without a Page: the Page's id is what it asks for, not a new token.
+    no_page = PlatformError(kind=ErrorKind.AUTH, message=f"Facebook photo upload failed: {not_connected('facebook')}")
+    store_events(api, [e.model_copy(update={"error": no_page}) if e.event_id == "post-4-r-fb" else
+                       e.model_copy(update={"account": "no-page"}) if isinstance(e, PostSubmitted) else e
+                       for e in seed_events("post-4", facebook_ok=False)])
     api.client.post("/posts", json=publish_body())
     text = api.client.get("/metrics").text
     assert 'smartretry_posts_needing_action{action="connect the account",platform="instagram"} 1.0' in text
-    assert 'smartretry_posts{status="failed"} 3.0' in text
-    assert 'smartretry_attempts_total{kind="first",platform="facebook"} 3.0' in text
+    assert 'smartretry_posts_needing_action{action="connect Facebook to the account",platform="facebook"} 1.0' in text
+    assert 'smartretry_posts{status="failed"} 4.0' in text
+    assert 'smartretry_attempts_total{kind="first",platform="facebook"} 4.0' in text
     assert 'smartretry_results_total{error_kind="invalid_media",outcome="failure",platform="facebook"} 1.0' in text
+    assert 'smartretry_results_total{error_kind="auth",outcome="failure",platform="facebook"} 1.0' in text
     assert 'smartretry_results_total{error_kind="auth",outcome="failure",platform="instagram"} 2.0' in text
-    assert 'smartretry_results_total{error_kind="",outcome="success",platform="instagram"} 1.0' in text
-    assert 'smartretry_commands_decided_total{type="PublishRequested"} 3.0' in text
+    assert 'smartretry_results_total{error_kind="",outcome="success",platform="instagram"} 2.0' in text
+    assert 'smartretry_commands_decided_total{type="PublishRequested"} 4.0' in text
     assert 'smartretry_api_commands_total{type="PublishRequested"} 1.0' in text
     assert 'smartretry_projection_lag_events{partition="0"} 0.0' in text
     assert "smartretry_kafka_up 1.0" in text
