@@ -139,19 +139,19 @@ class Api:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.UnsupportedProtocol:
-            raise ApiError(f"the API's address {scrub(self.base_url)} (--api-url, or SMARTRETRY_API_URL) is no "
-                           "http:// or https:// URL: give it as http://host:port") from None
+            raise ApiError(f"the API's address {_shown_address(self.base_url)} (--api-url, or SMARTRETRY_API_URL) is "
+                           "no http:// or https:// URL: give it as http://host:port") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # No connection, so nothing was sent.
-            raise ApiError(f"no API at {scrub(self.base_url)} ({type(exc).__name__}): start the service with "
-                           "`smartretry run` (or `make run`), or point --api-url at it") from None
+            raise ApiError(f"no API at {_shown_address(self.base_url)} ({type(exc).__name__}): start the service "
+                           "with `smartretry run` (or `make run`), or point --api-url at it") from None
         except httpx.TransportError as exc:
             if method == "GET":
-                raise ApiError(f"the API at {scrub(self.base_url)} did not answer ({type(exc).__name__}): try again "
-                               "once the service answers") from None
+                raise ApiError(f"the API at {_shown_address(self.base_url)} did not answer ({type(exc).__name__}): "
+                               "try again once the service answers") from None
             # Sent, perhaps whole: the API may have carried it out. Sent again as a new command, a publish would go
             # out twice.
-            raise NoAnswer(f"the request was sent to the API at {scrub(self.base_url)}, but no answer came "
+            raise NoAnswer(f"the request was sent to the API at {_shown_address(self.base_url)}, but no answer came "
                            f"({type(exc).__name__}): whether it was carried out is not known", again) from None
         if response.status_code >= 400:
             problem = _problem(response)
@@ -238,6 +238,24 @@ def _as_commands(problem: str) -> str:
     for route, command in _ROUTES_AS_COMMANDS:
         problem = route.sub(command, problem)
     return problem
+
+
+# The user name and password part of an address (`https://user:password@host`).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def _shown_address(url: str) -> str:
+    """An address as an error quotes it: scrubbed, and with "…" for a user name and password (`https://…@host`)."""
+    return scrub(_USERINFO.sub(r"\1…@", url.strip()))
+
+
+def _not_a_sandbox(exc: Exception) -> str:
+    """Why a sandbox's control API did not take a call, as the end of "the sandbox's address X ..."."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"answered {exc.response.status_code} to the sandbox's control API: it is no sandbox"
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return f"is no http:// URL ({scrub(str(exc))})"
+    return f"did not answer ({type(exc).__name__})"
 
 
 @contextmanager
@@ -1072,16 +1090,17 @@ def demo(
         sandbox_url = given or (f"http://127.0.0.1:{api.settings.sandbox_port}"
                                 if not api.settings.graph_api_base_url else None)
         if sandbox_url:
-            control = SandboxControl(sandbox_url)
             try:
-                control.reject_spaces("facebook", True)
-                control.reject_spaces("instagram", False)
-            except httpx.HTTPError:
+                with SandboxControl(sandbox_url) as control:
+                    control.reject_spaces("facebook", True)
+                    control.reject_spaces("instagram", False)
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 if given:
-                    raise
+                    _error(f"the sandbox's address {_shown_address(sandbox_url)} (--sandbox-url, or "
+                           f"SMARTRETRY_SANDBOX_URL) {_not_a_sandbox(exc)}: give the address `smartretry run` prints "
+                           "for it, or leave it out to use the sandbox the service runs")
+                    raise typer.Exit(2) from None
                 # Not there: the service's sandbox is elsewhere. Its first attempt says whether it refuses spaces.
-            finally:
-                control.close()
         stored = next((row for row in api.call("GET", "/accounts").json()["accounts"] if row["account"] == account),
                       None)
         if stored is not None and (stored.get("page_id"), stored.get("ig_user_id")) != (DEMO_PAGE_ID, DEMO_IG_USER_ID):

@@ -206,6 +206,41 @@ def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox
     assert ("POST", "/posts") in calls
 
 
+@pytest.mark.parametrize(("sandbox", "said"), [
+    ("http://127.0.0.1:9", "did not answer (ConnectError)"),  # nothing listens on the discard port
+    ("http://[::1", "is no http:// URL (Invalid port: ':1')"),
+    ("ftp://sandbox.internal", "is no http:// URL (Request URL has an unsupported protocol 'ftp://'.)"),
+])
+def test_a_demo_given_a_sandbox_it_cannot_drive_says_so_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, sandbox: str, said: str) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def answer(_api: Api, method: str, path: str, **_kwargs: Any) -> httpx.Response:
+        calls.append((method, path))
+        return httpx.Response(200, json={"status": "ok"})
+
+    monkeypatch.setattr(Api, "call", answer)
+    done = CliRunner().invoke(app, ["demo", "--sandbox-url", sandbox], env={"COLUMNS": "200"})
+
+    assert done.exit_code == 2, done.output
+    assert done.output.strip() == (
+        f"error: the sandbox's address {sandbox} (--sandbox-url, or SMARTRETRY_SANDBOX_URL) {said}: give the address "
+        "`smartretry run` prints for it, or leave it out to use the sandbox the service runs")
+    assert calls == [("GET", "/healthz")]  # nothing stored or published
+
+
+def test_an_address_with_a_password_is_quoted_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    password = "s3cret-Passw0rd-of-the-proxy"
+    done = CliRunner().invoke(app, ["show", "post-1", "--api-url", f"http://ops:{password}@{_no_broker()}"],
+                              env={"COLUMNS": "200"})
+    assert "error: no API at http://…@127.0.0.1:" in done.output, done.output
+    monkeypatch.setattr(Api, "call", lambda *_args, **_kwargs: httpx.Response(200, json={"status": "ok"}))
+    demo = CliRunner().invoke(app, ["demo", "--sandbox-url", f"http://ops:{password}@{_no_broker()}"],
+                              env={"COLUMNS": "200"})
+    assert "error: the sandbox's address http://…@127.0.0.1:" in demo.output, demo.output
+    assert password not in done.output + demo.output
+
+
 def test_an_accounts_wrong_id_is_set_with_the_option_for_that_id() -> None:
     from smartretry import pages
     from smartretry.cli_ops import _as_commands
