@@ -92,6 +92,21 @@ def broker(measure: bool = typer.Option(False, help="Start the local JVM broker,
                 raise typer.Exit(1)
 
 
+def _still_default(defaults: list[str]) -> str:
+    return f"{' and '.join(defaults)} {'is' if len(defaults) == 1 else 'are'} still the development default"
+
+
+def _refuse_open_development_keys(settings: Settings) -> None:
+    """Exits (status 2) when the API would listen beyond this machine with a key the README prints."""
+    defaults = development_keys(settings)
+    if defaults and not serves_this_machine_only(settings):
+        # Served beyond this machine, the README's keys would let anyone use the API and read the stored tokens.
+        say(settings, f"error: {_still_default(defaults)} the README prints, and the API would listen on "
+            f"{settings.api_host}: set your own (for example the output of `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`)", err=True, level=logging.ERROR)
+        raise typer.Exit(2)
+
+
 @app.command()
 def run() -> None:
     """Run the service: broker unless configured, topics, sandbox unless Meta is configured, processor, handler, API."""
@@ -108,6 +123,7 @@ def run() -> None:
     # The API runs in this process: its lines (accepted commands, re-authentications, errors) in the
     # format and level the settings give, scrubbed, as the handler's and the projector's are.
     configure(settings.log_level, settings.log_format)
+    _refuse_open_development_keys(settings)
     ports = {"SMARTRETRY_API_PORT": (settings.api_host, settings.api_port)}
     if not settings.graph_api_base_url:
         ports["SMARTRETRY_SANDBOX_PORT"] = ("127.0.0.1", settings.sandbox_port)
@@ -269,16 +285,10 @@ def api_alone() -> None:
         say(settings, f"error: port {settings.api_port} is taken: stop what uses it, or set SMARTRETRY_API_PORT to a "
             "free port", err=True, level=logging.ERROR)
         raise typer.Exit(2)
-    defaults = development_keys(settings)
-    still = f"{' and '.join(defaults)} {'is' if len(defaults) == 1 else 'are'} still the development default"
-    if defaults and not serves_this_machine_only(settings):
-        # Served beyond this machine, the README's keys would let anyone use the API and read the stored tokens.
-        say(settings, f"error: {still} the README prints, and the API would listen on {settings.api_host}: set your "
-            "own (for example the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
-            err=True, level=logging.ERROR)
-        raise typer.Exit(2)
-    if defaults:
-        say(settings, f"warning: {still}: fine on this machine only", err=True, level=logging.WARNING)
+    _refuse_open_development_keys(settings)
+    if defaults := development_keys(settings):
+        say(settings, f"warning: {_still_default(defaults)}: fine on this machine only", err=True,
+            level=logging.WARNING)
     stores = open_stores(settings)
 
     async def serving() -> None:

@@ -521,6 +521,21 @@ def test_a_replay_whose_broker_is_away_is_one_line(tmp_path: Path) -> None:
     assert "posts that differ" not in done.output
 
 
+def test_run_does_not_serve_the_api_beyond_this_machine_with_the_readmes_keys(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("smartretry.logs.configure", lambda *_args, **_kwargs: None)
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["run"], env={
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "SMARTRETRY_API_HOST": "0.0.0.0", "SMARTRETRY_API_PORT": "9",
+        "SMARTRETRY_API_KEY": None, "SMARTRETRY_SECRET_KEY": "a-secret-key-of-our-own-0123456789",
+        "SMARTRETRY_DATABASE_URL": f"sqlite:///{tmp_path}/var/smartretry.db", "COLUMNS": "200"})
+
+    assert done.exit_code == 2, done.output
+    assert ("error: SMARTRETRY_API_KEY is still the development default the README prints, and the API would listen "
+            "on 0.0.0.0") in done.output
+    assert not (tmp_path / "var").exists()  # refused before anything is started or created
+
+
 def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     # The log left as it is: configured on the runner's own output, it would outlive this test.
     monkeypatch.setattr("smartretry.logs.configure", lambda *_args, **_kwargs: None)
