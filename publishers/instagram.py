@@ -228,8 +228,15 @@ class InstagramPublisher:
                 # Meta at times says "does not exist" of a container it has (as while polling): asked again shortly.
                 await asyncio.sleep(self._polling.interval_s * asked)
                 continue
-            # Said of a container of the last day (a glitch that lasts, or a token that cannot see it): whether that
-            # attempt went out cannot be told, and a new container could be a second post. Not published now.
+            # Said of a container of the last day (a glitch that lasts, or a token that cannot see it). The account's
+            # media say it where they show nothing made while that attempt ran: it did not go out.
+            if await self._made_nothing_while(account, attempted_at, recorded):
+                log.info("Instagram container %s of an earlier attempt is unknown to Meta, and the account has no "
+                         "media of that attempt's time: it did not go out", container_id,
+                         extra={"attempt_id": attempt_id})
+                return None
+            # Else whether that attempt went out cannot be told, and a new container could be a second post. Not
+            # published now.
             until = (attempted_at + CONTAINER_LIFETIME).astimezone(UTC)
             return PublishOutcome.failed("instagram", error.model_copy(update={
                 "kind": ErrorKind.TRANSIENT,
@@ -245,6 +252,32 @@ class InstagramPublisher:
         latest = attempted_at + timedelta(seconds=self._polling.attempt_timeout_s) + CLOCK_SKEW
         return await self._published_media(account, content, container_id, attempted_at, recorded, only=True,
                                            latest=latest)
+
+    async def _made_nothing_while(self, account: AccountCredentials, attempted_at: datetime,
+                                  recorded: Collection[str]) -> bool:
+        """Whether the account's recent media show for certain that no media but those on record (`recorded`) was
+        made while an attempt begun at `attempted_at` could publish: the listing answered, and reaches back past
+        that time. Any other media of that time, whatever its caption (the post's may have been corrected since),
+        leaves it open."""
+        since = attempted_at - CLOCK_SKEW
+        until = attempted_at + timedelta(seconds=self._polling.attempt_timeout_s) + CLOCK_SKEW
+        params = {"fields": "id,timestamp", "limit": str(RECENT_MEDIA_LIMIT)}
+        try:
+            listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
+                                            action="Instagram post lookup")
+        except GraphCallFailed:
+            return False
+        items = listing.get("data")
+        if not isinstance(items, list) or not all(isinstance(item, dict) and "id" in item for item in items):
+            return False
+        times = [parse_meta_time(item.get("timestamp")) for item in items]
+        if any(at is None for at in times):
+            return False
+        # Newest first, as Meta lists them: a full page that does not reach back past the attempt may leave it out.
+        if len(items) >= RECENT_MEDIA_LIMIT and min(at for at in times if at is not None) >= since:
+            return False
+        return not any(since <= at <= until and str(item["id"]) not in recorded
+                       for item, at in zip(items, times, strict=True) if at is not None)
 
     async def _wait_until_ready(self, container_id: str, token: SecretStr, deadline: float) -> str:
         """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the `deadline` (event loop time,

@@ -30,8 +30,8 @@ MEDIA = {"data": [{"id": "18107758234627017", "caption": CONTENT.caption, "times
 
 
 class Graph:
-    """Stands in for Meta: each endpoint (the last part of the path) answers from a list, its last answer repeated;
-    the calls made are kept in order."""
+    """Stands in for Meta: each endpoint (the last part of the path, or the method and it: "GET media") answers from a
+    list, its last answer repeated; the calls made are kept in order."""
 
     def __init__(self, answers: dict[str, list[httpx.Response]]) -> None:
         self.answers = answers
@@ -40,7 +40,7 @@ class Graph:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         endpoint = request.url.path.rsplit("/", 1)[-1]
         self.calls.append(endpoint)
-        queue = self.answers.get(endpoint)
+        queue = self.answers.get(f"{request.method} {endpoint}") or self.answers.get(endpoint)
         if not queue:
             return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
         return queue.pop(0) if len(queue) > 1 else queue[0]
@@ -142,14 +142,73 @@ async def test_an_earlier_container_meta_says_does_not_exist_is_asked_again_and_
     glitch = Graph({EARLIER: [missing, status("FINISHED")], **made})
     assert (await instagram_publish(glitch, [(EARLIER, minute_ago)])).success
     assert glitch.calls[:2] == [EARLIER, EARLIER]
-    # Said every time (a glitch that lasts, a token that cannot see it): whether it went out cannot be told, so
-    # nothing is made, and the attempt says why and until when.
-    gone = Graph({EARLIER: [missing], **{k: list(v) for k, v in made.items()}})
+    # Said every time (a glitch that lasts, a token that cannot see it), and the account has a media of that
+    # attempt's time (another caption: the post's may have been corrected since): whether it went out cannot be
+    # told, so nothing is made, and the attempt says why and until when.
+    then = {"data": [{"id": "18107758234620001", "timestamp": (minute_ago + timedelta(seconds=5)).isoformat()}]}
+    gone = Graph({EARLIER: [missing], "GET media": [httpx.Response(200, json=then)],
+                  **{k: list(v) for k, v in made.items()}})
     outcome = await instagram_publish(gone, [(EARLIER, minute_ago)])
-    assert not outcome.success and gone.calls == [EARLIER, EARLIER, EARLIER]
+    assert not outcome.success and gone.calls == [EARLIER, EARLIER, EARLIER, "media"]
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
     assert outcome.error.message.startswith(f"Instagram publish not attempted: Meta says the container {EARLIER} of "
                                             "an earlier attempt does not exist")
+
+
+def listing(*ages: timedelta) -> httpx.Response:
+    """The account's recent media, newest first: one made each of `ages` ago."""
+    now = datetime.now(UTC)
+    return httpx.Response(200, json={"data": [
+        {"id": f"1810775823462{index:04d}", "timestamp": (now - age).strftime("%Y-%m-%dT%H:%M:%S+0000")}
+        for index, age in enumerate(sorted(ages))]})
+
+
+async def test_an_earlier_container_meta_does_not_know_with_no_media_of_its_time_did_not_go_out() -> None:
+    # Meta forgot the container (the sandbox started again, say); the account's media go back past that attempt and
+    # show nothing made while it ran: it did not go out, and this attempt publishes.
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")],
+                   "GET media": [listing(timedelta(hours=3), timedelta(days=2))],
+                   "POST media": [httpx.Response(200, json={"id": CONTAINER})],
+                   CONTAINER: [status("FINISHED")],
+                   "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(minutes=10))])
+
+    assert outcome.success and outcome.container_id == CONTAINER
+    assert graph.calls == [EARLIER, EARLIER, EARLIER, "media", "media", "media_publish", "18107758234627017"]
+
+
+@pytest.mark.parametrize("media", [
+    listing(*(timedelta(minutes=minutes) for minutes in range(50))),
+    refusal(2, http_status=500),
+    httpx.Response(200, json={"data": [{"id": "18107758234620001"}]}),
+], ids=["a full page newer than the attempt", "no listing", "a media without its time"])
+async def test_an_earlier_container_meta_does_not_know_stays_open_where_the_media_cannot_say(
+        media: httpx.Response) -> None:
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [media]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(hours=2))])
+
+    assert not outcome.success and outcome.error is not None
+    assert outcome.error.message.startswith("Instagram publish not attempted")
+    assert "media_publish" not in graph.calls and graph.calls.count("media") == 1  # no container made
+
+
+async def test_only_media_on_record_of_an_earlier_attempts_time_let_it_be_told_apart() -> None:
+    started = datetime.now(UTC) - timedelta(minutes=10)
+    ours = listing(timedelta(minutes=9))  # a media on record: the post's own success of that time, say
+    recorded = [ours.json()["data"][0]["id"]]
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [ours],
+                   "POST media": [httpx.Response(200, json={"id": CONTAINER})], CONTAINER: [status("FINISHED")],
+                   "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+    polling = ContainerPolling(interval_s=0.01, max_interval_s=0.01, timeout_s=1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            CONTENT, ACCOUNT, attempt_id="a2", earlier_containers=[(EARLIER, started)], recorded=recorded)
+
+    assert outcome.success and outcome.container_id == CONTAINER
 
 
 async def test_an_earlier_container_published_is_never_matched_to_a_media_of_another_time() -> None:
