@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import sys
 import time
 import uuid
@@ -1089,11 +1090,16 @@ def demo(
         # Else the sandbox `run` starts on this machine (at SMARTRETRY_SANDBOX_PORT) when no Meta address is set.
         sandbox_url = given or (f"http://127.0.0.1:{api.settings.sandbox_port}"
                                 if not api.settings.graph_api_base_url else None)
+        # A token of the demo's Page that the sandbox knows now: it forgets those given it since it started (a
+        # renewal), and takes back its revocations of them, when it is reset.
+        fresh: str | None = None
         if sandbox_url:
             try:
                 with SandboxControl(sandbox_url) as control:
                     control.reject_spaces("facebook", True)
                     control.reject_spaces("instagram", False)
+                    fresh = f"{DEMO_USER_TOKEN}-{secrets.token_hex(6)}"
+                    control.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, fresh)
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 if given:
                     _error(f"the sandbox's address {_shown_address(sandbox_url)} (--sandbox-url, or "
@@ -1109,11 +1115,15 @@ def demo(
                    f"and Instagram user {stored.get('ig_user_id') or '-'}, not to the sandbox's: the demo would "
                    "replace its token. Give the demo an account name of its own (--account).")
             raise typer.Exit(1)
-        if stored is None:
+        if stored is None or fresh is not None:
             api.call("PUT", f"/accounts/{account}/token",
-                     json={"token": DEMO_USER_TOKEN, "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID})
+                     json={"token": fresh or DEMO_USER_TOKEN, "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID})
+            if stored is not None:
+                console.print(f"Account {account!r} is connected to the sandbox's Page and Instagram account: given a "
+                              "new token the sandbox knows now.", highlight=False, markup=False)
         else:
-            # Connected to the sandbox already: its token is kept (one renewed after a revocation stays renewed).
+            # Connected to the sandbox already, which the demo cannot reach: its token is kept (one renewed after a
+            # revocation stays renewed).
             console.print(f"Account {account!r} is connected to the sandbox's Page and Instagram account: its token "
                           "is kept.", highlight=False, markup=False)
         console.rule("First attempt: an image URL with a space in it")

@@ -443,6 +443,24 @@ def test_demo_shows_the_seeds_scenario(service_api: ServiceApi) -> None:
 
 
 
+def test_the_demo_gives_its_account_a_token_the_sandbox_knows_now(service_api: ServiceApi) -> None:
+    from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID
+
+    # Renewed once, on a sandbox that has been reset since: the stored token is one the sandbox no longer knows.
+    forgotten = "sandbox-renewed-token-the-sandbox-forgot"
+    service_api.service.stores.credentials.set_token("demo-renewed", forgotten, DEMO_PAGE_ID, DEMO_IG_USER_ID)
+
+    result = CliRunner().invoke(app, ["demo", "--account", "demo-renewed"], env={
+        "SMARTRETRY_API_URL": service_api.url, "SMARTRETRY_API_KEY": E2E_KEY,
+        "SMARTRETRY_SANDBOX_URL": service_api.service.sandbox.base_url, "COLUMNS": "200"})
+
+    assert result.exit_code == 0, result.output
+    assert "given a new token the sandbox knows now" in result.output
+    assert "🔄 Retried: Facebook (1 retry)" in result.output
+    stored = service_api.service.stores.credentials.get("demo-renewed")
+    assert stored is not None and stored.user_token.get_secret_value() != forgotten
+
+
 def test_demo_says_so_when_the_sandbox_takes_the_url_with_a_space(service_api: ServiceApi) -> None:
     # The service's sandbox does not refuse spaces, and the demo is not told where it is to turn that on.
     control = SandboxControl(service_api.service.sandbox.base_url)
