@@ -536,6 +536,16 @@ def test_run_does_not_serve_the_api_beyond_this_machine_with_the_readmes_keys(
     assert not (tmp_path / "var").exists()  # refused before anything is started or created
 
 
+@pytest.mark.parametrize(("host", "shown"), [
+    ("0.0.0.0", "http://127.0.0.1:8080"), ("::", "http://[::1]:8080"), ("127.0.0.1", "http://127.0.0.1:8080"),
+    ("::1", "http://[::1]:8080"), ("api.internal", "http://api.internal:8080"),
+])
+def test_the_apis_address_printed_is_one_a_browser_here_can_open(host: str, shown: str) -> None:
+    from smartretry.api import ApiServer
+
+    assert ApiServer(None, None, host, 8080).url == shown  # type: ignore[arg-type]
+
+
 def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     # The log left as it is: configured on the runner's own output, it would outlive this test.
     monkeypatch.setattr("smartretry.logs.configure", lambda *_args, **_kwargs: None)
