@@ -126,10 +126,12 @@ def build_publishers(
 
     `lookup_window`: how long after an attempt began its post can still appear (the attempt lease).
     """
-    from publishers.facebook import LOOKUP_WINDOW, FacebookPagePublisher
+    from publishers.facebook import FacebookPagePublisher
+    from publishers.graph import LOOKUP_WINDOW
     from publishers.instagram import InstagramPublisher
 
     return {
         "facebook": FacebookPagePublisher(client, base_url, version, lookup_window=lookup_window or LOOKUP_WINDOW),
-        "instagram": InstagramPublisher(client, base_url, version, polling),
+        "instagram": InstagramPublisher(client, base_url, version, polling,
+                                        lookup_window=lookup_window or LOOKUP_WINDOW),
     }

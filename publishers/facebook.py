@@ -15,6 +15,7 @@ from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import classify, unreachable_account
 from publishers.graph import (
     CLOCK_SKEW,
+    LOOKUP_WINDOW,
     GraphApi,
     GraphCallFailed,
     answered_id,
@@ -35,9 +36,6 @@ PageCall = Callable[[SecretStr], Awaitable[dict[str, Any]]]
 # answers "could not tell" rather than "not published", because the latter would publish a duplicate.
 LOOKUP_PAGE_SIZE = 100
 LOOKUP_MAX_PAGES = 10
-# How long after an attempt began its post can still appear: the handler's attempt lease, after which an
-# attempt with no post counts as interrupted (and is published again). The window ends there.
-LOOKUP_WINDOW = timedelta(seconds=150)
 
 
 class FacebookPagePublisher:

@@ -17,6 +17,9 @@ from schemas.events import PLATFORM_TEXT_LIMIT, PlatformError
 
 # How far Meta's clock may be from ours, where an attempt's post is looked for by its time.
 CLOCK_SKEW = timedelta(minutes=2)
+# How long after an attempt began its post can still appear: the handler's attempt lease, after which an
+# attempt with no post counts as interrupted (and is published again). A look-up's window ends there.
+LOOKUP_WINDOW = timedelta(seconds=150)
 
 
 # Meta's error codes for a failure on its side, whatever HTTP status carries them: "unknown error" (1), "service

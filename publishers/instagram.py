@@ -22,6 +22,7 @@ from publishers.errors import (
 )
 from publishers.graph import (
     CLOCK_SKEW,
+    LOOKUP_WINDOW,
     GraphApi,
     GraphCallFailed,
     answered_id,
@@ -84,10 +85,13 @@ class InstagramPublisher:
     finds_by_caption = False
 
     def __init__(
-        self, client: httpx.AsyncClient, base_url: str, version: str, polling: ContainerPolling | None = None
+        self, client: httpx.AsyncClient, base_url: str, version: str, polling: ContainerPolling | None = None,
+        *, lookup_window: timedelta = LOOKUP_WINDOW,
     ) -> None:
         self._graph = GraphApi(client, base_url, version, "instagram")
         self._polling = polling or ContainerPolling()
+        # How long after an attempt began its media can still appear (the handler's attempt lease).
+        self._lookup_window = lookup_window
 
     async def publish(
         self,
@@ -229,21 +233,25 @@ class InstagramPublisher:
                 await asyncio.sleep(self._polling.interval_s * asked)
                 continue
             # Said of a container of the last day (a glitch that lasts, or a token that cannot see it). The account's
-            # media say it where they show nothing made while that attempt ran: it did not go out.
-            if await self._made_nothing_while(account, attempted_at, recorded):
+            # media say it where they show nothing made while that attempt could publish, once that time (with the
+            # clocks' skew after it) is over.
+            since, until = self._window_of(attempted_at)
+            if datetime.now(UTC) >= until and await self._made_nothing_while(account, since, until, recorded):
                 log.info("Instagram container %s of an earlier attempt is unknown to Meta, and the account has no "
                          "media of that attempt's time: it did not go out", container_id,
                          extra={"attempt_id": attempt_id})
                 return None
             # Else whether that attempt went out cannot be told, and a new container could be a second post. Not
             # published now.
-            until = (attempted_at + CONTAINER_LIFETIME).astimezone(UTC)
+            day_old = (attempted_at + CONTAINER_LIFETIME).astimezone(UTC)
+            media = f" and the account's media are looked at from {until:%H:%M:%S} UTC" \
+                if datetime.now(UTC) < until else ""
             return PublishOutcome.failed("instagram", error.model_copy(update={
                 "kind": ErrorKind.TRANSIENT,
                 "message": f"Instagram publish not attempted: Meta says the container {container_id} of an earlier "
                            f"attempt does not exist, so whether that attempt went out cannot be told; it is asked "
-                           f"again with each attempt until it is a day old ({until:%Y-%m-%d %H:%M} UTC): check "
-                           f"the Instagram account meanwhile"[:MESSAGE_LENGTH]}))
+                           f"again with each attempt until it is a day old ({day_old:%Y-%m-%d %H:%M} UTC){media}: "
+                           f"check the Instagram account meanwhile"[:MESSAGE_LENGTH]}))
         if status != "PUBLISHED":
             return None
         log.warning("Instagram container %s of an earlier attempt was published after all: not published again",
@@ -253,14 +261,18 @@ class InstagramPublisher:
         return await self._published_media(account, content, container_id, attempted_at, recorded, only=True,
                                            latest=latest)
 
-    async def _made_nothing_while(self, account: AccountCredentials, attempted_at: datetime,
+    def _window_of(self, attempted_at: datetime) -> tuple[datetime, datetime]:
+        """When an attempt begun at `attempted_at` may have made a media: from its start to its lease's end (or its
+        timeout's, if longer), with the clocks' skew either side."""
+        lasts = max(timedelta(seconds=self._polling.attempt_timeout_s), self._lookup_window)
+        return attempted_at - CLOCK_SKEW, attempted_at + lasts + CLOCK_SKEW
+
+    async def _made_nothing_while(self, account: AccountCredentials, since: datetime, until: datetime,
                                   recorded: Collection[str]) -> bool:
         """Whether the account's recent media show for certain that no media but those on record (`recorded`) was
-        made while an attempt begun at `attempted_at` could publish: the listing answered, and reaches back past
-        that time. Any other media of that time, whatever its caption (the post's may have been corrected since),
-        leaves it open."""
-        since = attempted_at - CLOCK_SKEW
-        until = attempted_at + timedelta(seconds=self._polling.attempt_timeout_s) + CLOCK_SKEW
+        made between `since` and `until`: the listing answered, and reaches back past `since` (its last page, or a
+        page that ends before then). Any other media of that time, whatever its caption (the post's may have been
+        corrected since), leaves it open."""
         params = {"fields": "id,timestamp", "limit": str(RECENT_MEDIA_LIMIT)}
         try:
             listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
@@ -273,8 +285,11 @@ class InstagramPublisher:
         times = [parse_meta_time(item.get("timestamp")) for item in items]
         if any(at is None for at in times):
             return False
-        # Newest first, as Meta lists them: a full page that does not reach back past the attempt may leave it out.
-        if len(items) >= RECENT_MEDIA_LIMIT and min(at for at in times if at is not None) >= since:
+        # A page may hold fewer media than asked for with more after it: only the absence of a next page says the
+        # listing is whole. Else its last media (newest first; pinned ones come first) must be older than `since`.
+        paging = listing.get("paging")
+        more = isinstance(paging, dict) and bool(paging.get("next"))
+        if more and not (times and (last := times[-1]) is not None and last < since):
             return False
         return not any(since <= at <= until and str(item["id"]) not in recorded
                        for item, at in zip(items, times, strict=True) if at is not None)

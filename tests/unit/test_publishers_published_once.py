@@ -142,32 +142,34 @@ async def test_an_earlier_container_meta_says_does_not_exist_is_asked_again_and_
     glitch = Graph({EARLIER: [missing, status("FINISHED")], **made})
     assert (await instagram_publish(glitch, [(EARLIER, minute_ago)])).success
     assert glitch.calls[:2] == [EARLIER, EARLIER]
-    # Said every time (a glitch that lasts, a token that cannot see it), and the account has a media of that
-    # attempt's time (another caption: the post's may have been corrected since): whether it went out cannot be
-    # told, so nothing is made, and the attempt says why and until when.
-    then = {"data": [{"id": "18107758234620001", "timestamp": (minute_ago + timedelta(seconds=5)).isoformat()}]}
-    gone = Graph({EARLIER: [missing], "GET media": [httpx.Response(200, json=then)],
-                  **{k: list(v) for k, v in made.items()}})
+    # Said every time (a glitch that lasts, a token that cannot see it), of an attempt that could still be making its
+    # media: whether it went out cannot be told, so nothing is made, and the attempt says why and until when.
+    gone = Graph({EARLIER: [missing], **{k: list(v) for k, v in made.items()}})
     outcome = await instagram_publish(gone, [(EARLIER, minute_ago)])
-    assert not outcome.success and gone.calls == [EARLIER, EARLIER, EARLIER, "media"]
+    assert not outcome.success and gone.calls == [EARLIER, EARLIER, EARLIER]
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
     assert outcome.error.message.startswith(f"Instagram publish not attempted: Meta says the container {EARLIER} of "
                                             "an earlier attempt does not exist")
+    # Its media are not looked at before its lease and the clocks' skew are over (Meta lists a media a moment late).
+    assert "and the account's media are looked at from " in outcome.error.message
 
 
-def listing(*ages: timedelta) -> httpx.Response:
-    """The account's recent media, newest first: one made each of `ages` ago."""
+def listing(*ages: timedelta, more: bool = False) -> httpx.Response:
+    """The account's recent media, newest first: one made each of `ages` ago; `more`: a next page follows."""
     now = datetime.now(UTC)
-    return httpx.Response(200, json={"data": [
+    page: dict[str, object] = {"data": [
         {"id": f"1810775823462{index:04d}", "timestamp": (now - age).strftime("%Y-%m-%dT%H:%M:%S+0000")}
-        for index, age in enumerate(sorted(ages))]})
+        for index, age in enumerate(sorted(ages))]}
+    if more:
+        page["paging"] = {"cursors": {"after": "QVFI"}, "next": "https://graph.facebook.com/v24.0/x/media?after=QVFI"}
+    return httpx.Response(200, json=page)
 
 
 async def test_an_earlier_container_meta_does_not_know_with_no_media_of_its_time_did_not_go_out() -> None:
     # Meta forgot the container (the sandbox started again, say); the account's media go back past that attempt and
     # show nothing made while it ran: it did not go out, and this attempt publishes.
     graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")],
-                   "GET media": [listing(timedelta(hours=3), timedelta(days=2))],
+                   "GET media": [listing(timedelta(minutes=2), timedelta(hours=3), timedelta(days=2), more=True)],
                    "POST media": [httpx.Response(200, json={"id": CONTAINER})],
                    CONTAINER: [status("FINISHED")],
                    "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
@@ -179,11 +181,27 @@ async def test_an_earlier_container_meta_does_not_know_with_no_media_of_its_time
     assert graph.calls == [EARLIER, EARLIER, EARLIER, "media", "media", "media_publish", "18107758234627017"]
 
 
+async def test_an_earlier_container_meta_does_not_know_on_an_account_with_no_media_did_not_go_out() -> None:
+    # The whole listing (no next page) and nothing in it: the sandbox after it started again.
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [listing()],
+                   "POST media": [httpx.Response(200, json={"id": CONTAINER})],
+                   "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(minutes=10))])
+
+    assert outcome.success and outcome.container_id == CONTAINER
+
+
 @pytest.mark.parametrize("media", [
-    listing(*(timedelta(minutes=minutes) for minutes in range(50))),
+    listing(*(timedelta(minutes=minutes) for minutes in range(50)), more=True),
+    listing(*(timedelta(minutes=minutes) for minutes in range(20)), more=True),
+    listing(more=True),
+    listing(timedelta(hours=2, minutes=1)),
     refusal(2, http_status=500),
     httpx.Response(200, json={"data": [{"id": "18107758234620001"}]}),
-], ids=["a full page newer than the attempt", "no listing", "a media without its time"])
+], ids=["a full page newer than the attempt", "a short page newer than it, with more after",
+        "an empty page with more after", "a media of its time", "no listing", "a media without its time"])
 async def test_an_earlier_container_meta_does_not_know_stays_open_where_the_media_cannot_say(
         media: httpx.Response) -> None:
     graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [media]})
@@ -193,6 +211,21 @@ async def test_an_earlier_container_meta_does_not_know_stays_open_where_the_medi
     assert not outcome.success and outcome.error is not None
     assert outcome.error.message.startswith("Instagram publish not attempted")
     assert "media_publish" not in graph.calls and graph.calls.count("media") == 1  # no container made
+
+
+async def test_a_media_made_late_in_an_earlier_attempts_lease_is_of_its_time() -> None:
+    # Attempts time out after a minute here, but the handler's lease (150 s) is how long one's post may still appear.
+    started = datetime.now(UTC) - timedelta(hours=2)
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")],
+                   "GET media": [listing(timedelta(hours=2) - timedelta(seconds=200))]})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0",
+                                           ContainerPolling.within(60.0)).publish(
+            CONTENT, ACCOUNT, attempt_id="a2", earlier_containers=[(EARLIER, started)])
+
+    assert not outcome.success and outcome.error is not None
+    assert outcome.error.message.startswith("Instagram publish not attempted")
+    assert "media_publish" not in graph.calls
 
 
 async def test_only_media_on_record_of_an_earlier_attempts_time_let_it_be_told_apart() -> None:
