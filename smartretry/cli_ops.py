@@ -241,21 +241,30 @@ def _as_commands(problem: str) -> str:
     return problem
 
 
-# The user name and password part of an address (`https://user:password@host`).
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+# The user name and password part of an address (`https://user:password@host`), up to its last "@" whatever the
+# address looks like (a password may hold "/" or "#", and an address without its scheme is read in other ways).
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?.*@", re.DOTALL)
 
 
 def _shown_address(url: str) -> str:
     """An address as an error quotes it: scrubbed, and with "…" for a user name and password (`https://…@host`)."""
-    return scrub(_USERINFO.sub(r"\1…@", url.strip()))
+    return scrub(_USERINFO.sub(lambda m: f"{m.group(1) or ''}…@", url.strip()))
 
 
-def _not_a_sandbox(exc: Exception) -> str:
+def _unreadable(exc: Exception, url: str) -> str:
+    """What httpx says of an address it cannot read. Its words quote the part they could not read, which may be anything
+    the user pasted: scrubbed, and left out where the address holds a password (`user:pass/word@host` is read with
+    the password's start as the port)."""
+    said = scrub(str(exc))
+    return said.split(":", 1)[0] if "@" in url else said
+
+
+def _not_a_sandbox(exc: Exception, url: str) -> str:
     """Why a sandbox's control API did not take a call, as the end of "the sandbox's address X ..."."""
     if isinstance(exc, httpx.HTTPStatusError):
         return f"answered {exc.response.status_code} to the sandbox's control API: it is no sandbox"
     if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
-        return f"is no http:// URL ({scrub(str(exc))})"
+        return f"is no http:// URL ({_unreadable(exc, url)})"
     return f"did not answer ({type(exc).__name__})"
 
 
@@ -264,8 +273,7 @@ def api_client(api_url: str | None) -> Iterator[Api]:
     try:
         api = Api(api_url)
     except httpx.InvalidURL as exc:
-        # Its words quote the part they could not read, which may be anything the user pasted: scrubbed.
-        _error(f"the API's address (--api-url, or SMARTRETRY_API_URL) is no URL: {scrub(str(exc))}")
+        _error(f"the API's address (--api-url, or SMARTRETRY_API_URL) is no URL: {_unreadable(exc, api_url or '')}")
         raise typer.Exit(2) from None
     try:
         yield api
@@ -1098,13 +1106,14 @@ def demo(
                 with SandboxControl(sandbox_url) as control:
                     control.reject_spaces("facebook", True)
                     control.reject_spaces("instagram", False)
-                    fresh = f"{DEMO_USER_TOKEN}-{secrets.token_hex(6)}"
-                    control.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, fresh)
+                    token = f"{DEMO_USER_TOKEN}-{secrets.token_hex(6)}"
+                    control.register_account(DEMO_PAGE_ID, DEMO_IG_USER_ID, token)
+                    fresh = token  # only once the sandbox has it
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 if given:
                     _error(f"the sandbox's address {_shown_address(sandbox_url)} (--sandbox-url, or "
-                           f"SMARTRETRY_SANDBOX_URL) {_not_a_sandbox(exc)}: give the address `smartretry run` prints "
-                           "for it, or leave it out to use the sandbox the service runs")
+                           f"SMARTRETRY_SANDBOX_URL) {_not_a_sandbox(exc, sandbox_url)}: give the address `smartretry "
+                           "run` prints for it, or leave it out to use the sandbox the service runs")
                     raise typer.Exit(2) from None
                 # Not there: the service's sandbox is elsewhere. Its first attempt says whether it refuses spaces.
         stored = next((row for row in api.call("GET", "/accounts").json()["accounts"] if row["account"] == account),

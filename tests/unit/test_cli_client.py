@@ -229,6 +229,17 @@ def test_a_demo_given_a_sandbox_it_cannot_drive_says_so_in_one_line(
     assert calls == [("GET", "/healthz")]  # nothing stored or published
 
 
+@pytest.mark.parametrize("address", ["http://ops:{password}@{host}", "ops:{password}@{host}", "//ops:{password}@{host}",
+                                     "http://ops:pa/{password}@{host}", "http://ops:p#{password}@{host}"])
+def test_an_apis_address_with_a_password_is_quoted_without_it(address: str) -> None:
+    password = "s3cret-Passw0rd-of-the-proxy"
+    done = CliRunner().invoke(app, ["show", "post-1", "--api-url",
+                                    address.format(password=password, host=_no_broker())], env={"COLUMNS": "200"})
+    assert done.exit_code != 0 and "error: " in done.output, done.output
+    assert "…@" in done.output or "is no URL: Invalid port\n" in done.output, done.output
+    assert password not in done.output and "'pa'" not in done.output and "'p'" not in done.output
+
+
 def test_an_address_with_a_password_is_quoted_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
     password = "s3cret-Passw0rd-of-the-proxy"
     done = CliRunner().invoke(app, ["show", "post-1", "--api-url", f"http://ops:{password}@{_no_broker()}"],
@@ -239,6 +250,33 @@ def test_an_address_with_a_password_is_quoted_without_it(monkeypatch: pytest.Mon
                               env={"COLUMNS": "200"})
     assert "error: the sandbox's address http://…@127.0.0.1:" in demo.output, demo.output
     assert password not in done.output + demo.output
+
+
+def test_the_demo_keeps_the_token_when_the_sandbox_did_not_take_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID, SandboxControl
+
+    calls: list[tuple[str, str]] = []
+
+    def answer(_api: Api, method: str, path: str, **_kwargs: Any) -> httpx.Response:
+        calls.append((method, path))
+        if path == "/accounts":
+            return httpx.Response(200, json={"accounts": [
+                {"account": "demo", "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID}]})
+        if path == "/healthz":
+            return httpx.Response(200, json={"status": "ok"})
+        raise ApiError("stopped here: the first publish", 500)
+
+    def refused(*_args: Any, **_kwargs: Any) -> str:
+        raise httpx.ReadTimeout("the sandbox did not answer")
+
+    monkeypatch.setattr(Api, "call", answer)
+    monkeypatch.setattr(SandboxControl, "reject_spaces", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr(SandboxControl, "register_account", refused)
+    done = CliRunner().invoke(app, ["demo"], env={"SMARTRETRY_SANDBOX_URL": "", "COLUMNS": "200"})
+
+    # A token the sandbox never got would replace one that works.
+    assert ("PUT", "/accounts/demo/token") not in calls, calls
+    assert "its token is kept" in done.output
 
 
 def test_an_accounts_wrong_id_is_set_with_the_option_for_that_id() -> None:
