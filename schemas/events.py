@@ -10,6 +10,8 @@ from schemas.commands import ADDRESS_LIMIT, PostContent
 from schemas.common import ErrorKind, Frozen, Identifier, Platform, PublishTarget, Timestamp
 
 EVENT_SCHEMA_VERSION = 1
+# The highest attempt number: far more attempts than any post is published with.
+MAX_ATTEMPT_NUMBER = 1_000_000
 
 CommandType = Literal["PublishRequested", "RetryRequested", "ForceRepublishRequested", "ResolveAttemptRequested"]
 
@@ -87,7 +89,7 @@ class PublishAttempted(EventBase):
         "Unique within its post, not across posts: derived from the command_id, the platform and attempt_number "
         "(hashed when long; not to be parsed), and two posts may use the same command_id. Join this attempt to "
         "its PlatformResult, ContainerCreated and AttemptOutcomeUnknown on (post_id, attempt_id)"))
-    attempt_number: Annotated[int, Field(ge=1, description=(
+    attempt_number: Annotated[int, Field(ge=1, le=MAX_ATTEMPT_NUMBER, description=(
         "The platform's attempts at this post so far, this one included: 1 for the first, 2 or more for a retry. "
         "This service's own attempts only: the first after an imported old-system document is 1, with is_retry "
         "true"))]
@@ -123,10 +125,10 @@ class PlatformError(Frozen):
     message: Annotated[str, Field(max_length=PLATFORM_TEXT_LIMIT)]
     code: int | None = Field(default=None, description="Meta's error code, when the platform answered with one")
     subcode: int | None = Field(default=None, description="Meta's error_subcode, when it gave one")
-    http_status: int | None = Field(default=None, description=(
+    http_status: int | None = Field(default=None, ge=100, le=999, description=(
         "The HTTP status of the platform's answer; null when none came (a dropped connection, a timeout) or the "
         "service found the failure itself (an account without credentials)"))
-    retry_after_s: float | None = Field(default=None, description=(
+    retry_after_s: float | None = Field(default=None, ge=0, allow_inf_nan=False, description=(
         "Seconds the platform asked to wait before trying again (a rate limit's), when it said"))
 
 

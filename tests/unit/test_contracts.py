@@ -48,6 +48,25 @@ def test_timestamps_are_written_as_the_seed_writes_them() -> None:
          b' "platform": "tiktok", "attempt_id": "a", "attempt_number": 1, "command_id": "c"}', "platform"),
         (None, "no value"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        # Times and numbers no platform or clock gives: the fold and the handler would compute past the calendar.
+        (b'{"type": "PublishAttempted", "event_id": "e", "post_id": "p", "occurred_at": "0001-01-01T00:00:00Z",'
+         b' "platform": "facebook", "attempt_id": "a", "attempt_number": 2, "command_id": "c"}',
+         "occurred_at: Value error, timestamps must be from 2000-01-01 up to 9000-01-01 (UTC)"),
+        (b'{"type": "PublishAttempted", "event_id": "e", "post_id": "p", "occurred_at": "9999-12-31T23:59:59Z",'
+         b' "platform": "facebook", "attempt_id": "a", "attempt_number": 2, "command_id": "c"}',
+         "occurred_at: Value error, timestamps must be from 2000-01-01 up to 9000-01-01 (UTC)"),
+        (b'{"type": "PublishAttempted", "event_id": "e", "post_id": "p", "occurred_at": "2025-11-17T10:10:13Z",'
+         b' "platform": "facebook", "attempt_id": "a", "attempt_number": 1000000000000000000000000000000,'
+         b' "command_id": "c"}', "attempt_number: Input should be less than or equal to 1000000"),
+        (b'{"type": "PlatformResult", "event_id": "e", "post_id": "p", "occurred_at": "2025-11-17T10:10:13Z",'
+         b' "platform": "facebook", "attempt_id": "a", "success": false, "error": {"kind": "transient",'
+         b' "message": "m", "http_status": -5}}', "error.http_status: Input should be greater than or equal to 100"),
+        (b'{"type": "PlatformResult", "event_id": "e", "post_id": "p", "occurred_at": "2025-11-17T10:10:13Z",'
+         b' "platform": "facebook", "attempt_id": "a", "success": false, "error": {"kind": "rate_limited",'
+         b' "message": "m", "retry_after_s": -1}}', "error.retry_after_s: Input should be greater than or equal to 0"),
+        (b'{"type": "PlatformResult", "event_id": "e", "post_id": "p", "occurred_at": "2025-11-17T10:10:13Z",'
+         b' "platform": "facebook", "attempt_id": "a", "success": false, "error": {"kind": "rate_limited",'
+         b' "message": "m", "retry_after_s": 1e400}}', "error.retry_after_s: Input should be a finite number"),
     ],
 )
 def test_bad_events_decode_to_a_clear_error(raw: bytes | None, reason: str) -> None:
