@@ -1300,7 +1300,7 @@ def _ping_broker(settings: Settings) -> None:
 # --------------------------------------------------------------------------------------------- serving
 
 
-def _reachable(host: str) -> str:
+def reachable_host(host: str) -> str:
     """Where a browser on this machine reaches a server listening on `host`: one on every interface (`0.0.0.0`,
     `::`) at the loopback address; an IPv6 address in brackets, as a URL writes it."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
@@ -1313,7 +1313,7 @@ class ApiServer:
     def __init__(self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int) -> None:
         self.server = server
         self.thread = thread
-        self.url = f"http://{_reachable(host)}:{port}"
+        self.url = f"http://{reachable_host(host)}:{port}"
 
     def stop(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True

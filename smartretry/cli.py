@@ -255,6 +255,7 @@ def handler() -> None:
     if not settings.kafka_bootstrap_servers:
         typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS", err=True)
         raise typer.Exit(2)
+    _projection_exists(settings)
     # The handler collects garbage on its own schedule (its consumer loop), as the projector does: the
     # collector's own took about a tenth of its CPU in a burst of publishes.
     disable_gc()
@@ -272,7 +273,7 @@ def api_alone() -> None:
     import asyncio
     import signal
 
-    from smartretry.api import serve
+    from smartretry.api import reachable_host, serve
     from smartretry.bootstrap import open_stores
     from smartretry.logs import configure
 
@@ -295,7 +296,8 @@ def api_alone() -> None:
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        say(settings, f"API and pages at http://{settings.api_host}:{settings.api_port} (post pages: /ui/posts)")
+        say(settings, f"API and pages at http://{reachable_host(settings.api_host)}:{settings.api_port} (post pages: "
+            "/ui/posts)")
         await serve(settings, stores, stop)
 
     try:
@@ -437,12 +439,13 @@ def reset_projection(
 
 def _projection_exists(settings: Settings) -> None:
     """Exits (status 2) when the projection's SQLite file is not there: a command reading or emptying it would
-    create an empty one, such as a relative `var/smartretry.db` run from another directory."""
+    create an empty one, such as a relative `var/smartretry.db` run from another directory (a handler would then
+    join the service's group and hold its commands, waiting for a projection no processor writes)."""
     from projections.store import missing_sqlite_file
 
     if (missing := missing_sqlite_file(settings.database_url)) is not None:
-        typer.echo(f"error: there is no projection at {missing} (SMARTRETRY_DATABASE_URL): run this where the "
-                   "service runs, or set SMARTRETRY_DATABASE_URL to its database", err=True)
+        typer.echo(f"error: there is no projection at {missing} (SMARTRETRY_DATABASE_URL): set it to the service's "
+                   "database, or start the processor first (it creates it)", err=True)
         raise typer.Exit(2)
 
 
@@ -495,5 +498,29 @@ from smartretry.cli_ops import ops  # noqa: E402
 
 app.add_typer(ops)
 
+def main() -> None:
+    """`smartretry`: the commands, where a database or a broker that does not answer, or a file that cannot be
+    written, ends the command with one line saying so (exit status 1), not a traceback."""
+    from confluent_kafka import KafkaException
+    from sqlalchemy.exc import DBAPIError
+
+    from projections.store import database_said
+    from smartretry.cli_ops import broker_said
+
+    try:
+        app()
+    except DBAPIError as exc:
+        typer.echo(f"error: the database did not answer ({database_said(exc)}): is SMARTRETRY_DATABASE_URL right, "
+                   "and is the database up?", err=True)
+        raise SystemExit(1) from None
+    except KafkaException as exc:
+        typer.echo(f"error: the Kafka broker did not answer ({broker_said(exc)}): is KAFKA_BOOTSTRAP_SERVERS right, "
+                   "and is the broker up?", err=True)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: {scrub(str(exc))}", err=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -55,12 +55,22 @@ def database_url(url: str, named: str) -> str:
     """`url` when it is a database URL this service can use, else `ValueError` saying so (`named`: where it was)."""
     from sqlalchemy.engine import make_url
 
+    # What is wrong, in words that never quote the URL (a password misread as its port would be quoted).
     try:
-        make_url(url).get_dialect()
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            why = f"{backend[:40]} is not SQLite or PostgreSQL"
+        else:
+            # Its driver too: one not installed would fail the first connection instead.
+            parsed.get_dialect().import_dbapi()
+            return url
+    except ModuleNotFoundError as exc:
+        why = f"its driver {exc.name} is not installed"
     except Exception as exc:
-        raise ValueError(f"{named} is no database URL this service can use ({type(exc).__name__}): "
-                         "sqlite:///path/to.db, or postgresql+psycopg://user:password@host/database") from None
-    return url
+        why = type(exc).__name__
+    raise ValueError(f"{named} is no database URL this service can use ({why}): sqlite:///path/to.db, or "
+                     "postgresql+psycopg://user:password@host/database")
 
 
 def development_keys(settings: Settings) -> list[str]:

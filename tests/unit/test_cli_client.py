@@ -5,7 +5,10 @@ that send it again as the same command; an id that is no id never reaches a path
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -655,3 +658,52 @@ def test_show_gives_an_id_without_an_address_as_the_page_does(monkeypatch: pytes
     assert shown.exit_code == 0, shown.output
     assert "✅ Instagram: Published  18168097029388617 (its address could not be told from Instagram's answers: see " \
            "the account)" in shown.output
+
+
+def _cli(*args: str, env: dict[str, str | None], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`smartretry ARGS` as a user runs it (its entry point, in a process of its own); None in `env` unsets."""
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "smartretry.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={name: value for name, value in environment.items() if value is not None}, timeout=120)
+
+
+def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    ran = _cli("replay", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                              "SMARTRETRY_DATABASE_URL": "postgresql+psycopg://app:db-pass-1234@127.0.0.1:9/smartretry"},
+               cwd=tmp_path)
+
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stderr.strip().splitlines() == [
+        'error: the database did not answer (OperationalError: connection failed: connection to server at '
+        '"127.0.0.1", port 9 failed: Connection refused): is SMARTRETRY_DATABASE_URL right, and is the database up?']
+
+
+def test_a_database_of_another_kind_or_without_its_driver_is_refused_by_the_settings(tmp_path: Path) -> None:
+    for url, why in (("mysql://app:pw@db.internal/smartretry", "mysql is not SQLite or PostgreSQL"),
+                     ("postgresql+asyncpg://app:pw@db.internal/smartretry", "its driver asyncpg is not installed")):
+        ran = _cli("replay", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "SMARTRETRY_DATABASE_URL": url},
+                   cwd=tmp_path)
+        assert ran.returncode == 1, ran.stderr
+        assert f"SMARTRETRY_DATABASE_URL is no database URL this service can use ({why})" in ran.stderr
+        assert "Traceback" not in ran.stderr
+
+
+def test_a_handler_without_its_projection_is_refused_and_creates_none(tmp_path: Path) -> None:
+    # A mistyped path: the handler would join the service's group and hold its partitions' commands, waiting for a
+    # projection no processor writes.
+    ran = _cli("handler", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                               "SMARTRETRY_GRAPH_API_BASE_URL": "http://127.0.0.1:9",
+                               "SMARTRETRY_DATABASE_URL": f"sqlite:///{tmp_path}/typo/smartretry.db"}, cwd=tmp_path)
+
+    assert ran.returncode == 2, ran.stderr
+    assert f"error: there is no projection at {tmp_path / 'typo' / 'smartretry.db'}" in ran.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    ran = _cli("broker", env={"SMARTRETRY_BROKER_DATA_DIR": "/proc/no-such-dir/kafka", "KAFKA_BOOTSTRAP_SERVERS": None},
+               cwd=tmp_path)
+
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stderr.strip().splitlines()[-1].startswith("error: [Errno 2] No such file or directory: '/proc/")
+    assert "Traceback" not in ran.stderr
