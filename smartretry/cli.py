@@ -53,6 +53,24 @@ def broker_for(settings: Settings) -> Iterator[StartedBroker]:
         yield broker
 
 
+def _broker_ports(settings: Settings) -> dict[str, tuple[str, int]]:
+    """The ports set for the broker started here (none when one is configured; unset ones are chosen free)."""
+    if settings.kafka_bootstrap_servers:
+        return {}
+    chosen = {"SMARTRETRY_BROKER_PORT": settings.broker_port,
+              "SMARTRETRY_BROKER_CONTROLLER_PORT": settings.broker_controller_port}
+    return {name: ("127.0.0.1", port) for name, port in chosen.items() if port is not None}
+
+
+def _refuse_taken_ports(settings: Settings, ports: dict[str, tuple[str, int]]) -> None:
+    """Exits (status 2) naming the setting of the first of `ports` that something else listens on."""
+    for name, (host, port) in ports.items():
+        if not port_free(host, port):
+            say(settings, f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set "
+                f"{name} to a free port", err=True, level=logging.ERROR)
+            raise typer.Exit(2)
+
+
 def interrupt_event() -> threading.Event:
     """Set by SIGINT or SIGTERM."""
     stop = threading.Event()
@@ -81,6 +99,8 @@ def broker(measure: bool = typer.Option(False, help="Start the local JVM broker,
         typer.echo(f"error: KAFKA_BOOTSTRAP_SERVERS is set ({scrub(settings.kafka_bootstrap_servers)}): that broker is "
                    "the one to use; unset it to start one here", err=True)
         raise typer.Exit(2)
+    # Another broker on the port would answer for this one, which would then fail to start.
+    _refuse_taken_ports(settings, _broker_ports(settings))
     with broker_for(settings) as started_broker:
         typer.echo(f"Kafka broker ready at {started_broker.bootstrap}  (Ctrl-C stops it)")
         stop = interrupt_event()
@@ -127,15 +147,7 @@ def run() -> None:
     ports = {"SMARTRETRY_API_PORT": (settings.api_host, settings.api_port)}
     if not settings.graph_api_base_url:
         ports["SMARTRETRY_SANDBOX_PORT"] = ("127.0.0.1", settings.sandbox_port)
-    if not settings.kafka_bootstrap_servers and settings.broker_port is not None:
-        ports["SMARTRETRY_BROKER_PORT"] = ("127.0.0.1", settings.broker_port)
-    if not settings.kafka_bootstrap_servers and settings.broker_controller_port is not None:
-        ports["SMARTRETRY_BROKER_CONTROLLER_PORT"] = ("127.0.0.1", settings.broker_controller_port)
-    for name, (host, port) in ports.items():
-        if not port_free(host, port):
-            say(settings, f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set "
-                f"{name} to a free port", err=True, level=logging.ERROR)
-            raise typer.Exit(2)
+    _refuse_taken_ports(settings, {**ports, **_broker_ports(settings)})
     with broker_for(settings) as started_broker, contextlib.ExitStack() as stack:
         bootstrap = started_broker.bootstrap
         # The API's readiness check and its Kafka metrics read the broker from the settings too.

@@ -707,3 +707,17 @@ def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> Non
     assert ran.returncode == 1, ran.stderr
     assert ran.stderr.strip().splitlines()[-1].startswith("error: [Errno 2] No such file or directory: '/proc/")
     assert "Traceback" not in ran.stderr
+
+
+def test_a_broker_on_a_port_that_is_taken_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = _cli("broker", env={"SMARTRETRY_BROKER_DATA_DIR": str(tmp_path / "kafka"),
+                                  "SMARTRETRY_BROKER_PORT": str(port), "KAFKA_BOOTSTRAP_SERVERS": None}, cwd=tmp_path)
+
+    assert ran.returncode == 2, ran.stderr
+    assert f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set " \
+        "SMARTRETRY_BROKER_PORT to a free port" in ran.stderr
+    assert "ready" not in ran.stdout and not (tmp_path / "kafka").exists()
