@@ -162,6 +162,21 @@ class Settings(BaseSettings):
     def _a_database(cls, url: str) -> str:
         return database_url(url, "SMARTRETRY_DATABASE_URL")
 
+    @field_validator("graph_api_base_url")
+    @classmethod
+    def _an_http_address(cls, url: str | None) -> str | None:
+        if url:
+            try:
+                parts = urlsplit(url.strip())
+                usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+            except ValueError:
+                usable = False
+            if not usable:
+                raise ValueError("SMARTRETRY_GRAPH_API_BASE_URL is no http:// or https:// address: "
+                                 "https://graph.facebook.com, or the sandbox's http://127.0.0.1:8081")
+            return url.strip()
+        return url
+
     @field_validator("api_key")
     @classmethod
     def _long_enough(cls, key: SecretStr) -> SecretStr:

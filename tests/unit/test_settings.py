@@ -24,6 +24,13 @@ def test_a_short_api_key_is_refused() -> None:
         Settings(api_key="short-key")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("url", ["not a url", "ftp://graph.facebook.com", "http://[::1", "https://",
+                                 "graph.facebook.com"])
+def test_a_graph_api_address_that_is_none_is_refused_by_its_name(url: str) -> None:
+    with pytest.raises(ValidationError, match="SMARTRETRY_GRAPH_API_BASE_URL is no http:// or https:// address"):
+        Settings(graph_api_base_url=url, api_key=OWN_KEY, secret_key=OWN_SECRET)  # type: ignore[arg-type]
+
+
 def test_the_development_keys_are_refused_with_the_real_graph_api_and_fine_with_the_sandbox() -> None:
     real = "https://graph.facebook.com"
     with pytest.raises(ValidationError, match="SMARTRETRY_API_KEY and SMARTRETRY_SECRET_KEY are still the development"):
