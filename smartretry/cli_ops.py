@@ -726,6 +726,10 @@ def set_token(
 ) -> None:
     """Re-authenticate an account: store a new user token (asked for, never taken as an argument)."""
     # Never an argument: it would stay in shell history and show in the process list.
+    if not token_stdin and not sys.stdin.isatty():
+        # Asked for without a terminal, it would be read from the input as it is typed, and shown.
+        _error("there is no terminal to ask for the token on: pipe it in with --token-stdin")
+        raise typer.Exit(2)
     token = sys.stdin.readline().strip() if token_stdin else typer.prompt("Token", hide_input=True)
     body = {"token": token, "page_id": page_id, "ig_user_id": ig_user_id}
     with api_client(api_url) as api:

@@ -721,3 +721,11 @@ def test_a_broker_on_a_port_that_is_taken_is_refused_before_anything_starts(tmp_
     assert f"error: port {port} is taken (another `smartretry run`?): stop what uses it, or set " \
         "SMARTRETRY_BROKER_PORT to a free port" in ran.stderr
     assert "ready" not in ran.stdout and not (tmp_path / "kafka").exists()
+
+
+def test_a_token_asked_for_without_a_terminal_says_to_pipe_it_in() -> None:
+    done = CliRunner().invoke(app, ["accounts", "set-token", "acme"], input="typed-token-shown-as-typed\n",
+                              env={"COLUMNS": "200"})
+
+    assert done.exit_code == 2, done.output
+    assert done.output.strip() == "error: there is no terminal to ask for the token on: pipe it in with --token-stdin"
