@@ -189,11 +189,18 @@ class Api:
         return f"{self.base_url}/ui/posts/{post_id}"
 
 
+# What an answer that is not the API's is told as (another server at --api-url).
+NOT_THE_API = "the answer is not this service's API's: is --api-url (or SMARTRETRY_API_URL) the API's address?"
+
+
 def _problem(response: httpx.Response) -> str:
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        return response.text[:500]
+        return scrub(response.text[:500]) or NOT_THE_API
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if detail is None:
+        return NOT_THE_API
     if isinstance(detail, list):
         parts = []
         for error in (d for d in detail if isinstance(d, dict)):

@@ -729,3 +729,13 @@ def test_a_token_asked_for_without_a_terminal_says_to_pipe_it_in() -> None:
 
     assert done.exit_code == 2, done.output
     assert done.output.strip() == "error: there is no terminal to ask for the token on: pipe it in with --token-stdin"
+
+
+@pytest.mark.parametrize("answer", [
+    httpx.Response(400, json={"error": {"message": "Unsupported get request", "code": 100}}),  # the Graph API's
+    httpx.Response(404, text=""), httpx.Response(400, json=[1, 2]),
+])
+def test_an_answer_that_is_not_the_apis_says_so(answer: httpx.Response) -> None:
+    from smartretry.cli_ops import NOT_THE_API, _problem
+
+    assert _problem(answer) == NOT_THE_API
