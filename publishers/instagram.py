@@ -244,10 +244,12 @@ class InstagramPublisher:
             # Else whether that attempt went out cannot be told, and a new container could be a second post. Not
             # published now.
             day_old = (attempted_at + CONTAINER_LIFETIME).astimezone(UTC)
-            media = f" and the account's media are looked at from {until:%H:%M:%S} UTC" \
-                if datetime.now(UTC) < until else ""
+            early = (until - datetime.now(UTC)).total_seconds()
+            media = f" and the account's media are looked at from {until:%H:%M:%S} UTC" if early > 0 else ""
             return PublishOutcome.failed("instagram", error.model_copy(update={
                 "kind": ErrorKind.TRANSIENT,
+                # The service's next try waits until the media can say, as it waits out a platform's own wait.
+                "retry_after_s": early + 1.0 if early > 0 else None,
                 "message": f"Instagram publish not attempted: Meta says the container {container_id} of an earlier "
                            f"attempt does not exist, so whether that attempt went out cannot be told; it is asked "
                            f"again with each attempt until it is a day old ({day_old:%Y-%m-%d %H:%M} UTC){media}: "

@@ -150,8 +150,11 @@ async def test_an_earlier_container_meta_says_does_not_exist_is_asked_again_and_
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TRANSIENT
     assert outcome.error.message.startswith(f"Instagram publish not attempted: Meta says the container {EARLIER} of "
                                             "an earlier attempt does not exist")
-    # Its media are not looked at before its lease and the clocks' skew are over (Meta lists a media a moment late).
+    # Its media are not looked at before its lease and the clocks' skew are over (Meta lists a media a moment late),
+    # and the service's next try waits until then: its timeout here (330 s, past the lease) and 2 minutes after it
+    # began, a minute ago.
     assert "and the account's media are looked at from " in outcome.error.message
+    assert outcome.error.retry_after_s is not None and 385 < outcome.error.retry_after_s < 395
 
 
 def listing(*ages: timedelta, more: bool = False) -> httpx.Response:
