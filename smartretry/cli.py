@@ -332,10 +332,33 @@ def processor() -> None:
     # schedule.
     configure(settings.log_level, settings.log_format)
     disable_gc()
+
+    async def projecting(started_broker: StartedBroker) -> None:
+        # The broker started here stopping (its JVM killed) ends the processor, which would otherwise wait for it for
+        # good; `run` starts its broker again instead.
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while started_broker.exit_code() is None:
+                await asyncio.sleep(1.0)
+            stop.set()
+
+        watcher = asyncio.ensure_future(watch()) if started_broker.local is not None else None
+        try:
+            await run_projector(settings.model_copy(update={"kafka_bootstrap_servers": started_broker.bootstrap}),
+                                stop=stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
     try:
-        with broker_for(settings) as started_broker, contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_projector(settings.model_copy(
-                update={"kafka_bootstrap_servers": started_broker.bootstrap})))
+        with broker_for(settings) as started_broker:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(projecting(started_broker))
+            if (code := started_broker.exit_code()) is not None and started_broker.local is not None:
+                typer.echo(f"error: the broker stopped (the JVM exited with {code}): its log is "
+                           f"{started_broker.local.data_dir / 'broker.log'}", err=True)
+                raise typer.Exit(1)
     except ProjectorCrashed as exc:
         # Exits non-zero, for whatever supervises it to start it again.
         raise SystemExit(f"error: {exc}") from None

@@ -739,3 +739,45 @@ def test_an_answer_that_is_not_the_apis_says_so(answer: httpx.Response) -> None:
     from smartretry.cli_ops import NOT_THE_API, _problem
 
     assert _problem(answer) == NOT_THE_API
+
+
+def test_a_processor_whose_own_broker_stops_ends_saying_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import asyncio
+    import contextlib
+    from collections.abc import Iterator
+    from types import SimpleNamespace
+
+    from smartretry import cli
+
+    monkeypatch.setattr("smartretry.logs.configure", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr("streams.gc_tuning.disable_gc", lambda: None)
+    codes = iter([None, None, -9])
+    stopped: list[int] = []
+
+    class Dying:
+        """The broker the processor started: its JVM killed a moment later."""
+
+        bootstrap = "127.0.0.1:9"
+        local = SimpleNamespace(data_dir=tmp_path / "kafka")
+
+        def exit_code(self) -> int | None:
+            code = next(codes, -9)
+            if code is not None:
+                stopped.append(code)
+            return code
+
+    @contextlib.contextmanager
+    def broker_for(_settings: object) -> Iterator[Dying]:
+        yield Dying()
+
+    async def run_projector(_settings: object, *, stop: asyncio.Event) -> None:
+        await asyncio.wait_for(stop.wait(), 30)  # projecting until told to stop
+
+    monkeypatch.setattr(cli, "broker_for", broker_for)
+    monkeypatch.setattr("streams.projector.run_projector", run_projector)
+    done = CliRunner().invoke(app, ["processor"], env={"KAFKA_BOOTSTRAP_SERVERS": None, "COLUMNS": "200"})
+
+    assert done.exit_code == 1, done.output
+    assert f"error: the broker stopped (the JVM exited with -9): its log is {tmp_path / 'kafka' / 'broker.log'}" \
+        in done.output
+    assert stopped
