@@ -197,17 +197,18 @@ async def test_an_earlier_container_meta_does_not_know_on_an_account_with_no_med
 
 
 @pytest.mark.parametrize("media", [
-    listing(*(timedelta(minutes=minutes) for minutes in range(50)), more=True),
-    listing(*(timedelta(minutes=minutes) for minutes in range(20)), more=True),
-    listing(more=True),
-    listing(timedelta(hours=2, minutes=1)),
-    refusal(2, http_status=500),
-    httpx.Response(200, json={"data": [{"id": "18107758234620001"}]}),
+    # Made as the test runs (the listing's times are the clock's then).
+    lambda: listing(*(timedelta(minutes=minutes) for minutes in range(50)), more=True),
+    lambda: listing(*(timedelta(minutes=minutes) for minutes in range(20)), more=True),
+    lambda: listing(more=True),
+    lambda: listing(timedelta(hours=2, minutes=1)),
+    lambda: refusal(2, http_status=500),
+    lambda: httpx.Response(200, json={"data": [{"id": "18107758234620001"}]}),
 ], ids=["a full page newer than the attempt", "a short page newer than it, with more after",
         "an empty page with more after", "a media of its time", "no listing", "a media without its time"])
 async def test_an_earlier_container_meta_does_not_know_stays_open_where_the_media_cannot_say(
-        media: httpx.Response) -> None:
-    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [media]})
+        media: Callable[[], httpx.Response]) -> None:
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [media()]})
 
     outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(hours=2))])
 
