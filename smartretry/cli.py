@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,9 +70,36 @@ def _refuse_taken_ports(settings: Settings, ports: dict[str, tuple[str, int]]) -
             raise typer.Exit(2)
 
 
-def interrupt_event() -> threading.Event:
+class Interrupted:
+    """Set by SIGINT or SIGTERM (`interrupt_event`). A flag polled by `wait`, not a `threading.Event`: an Event's
+    lock, taken by a signal handler while the main thread holds it inside `wait`, would never come free, and the
+    signal would be lost."""
+
+    POLL_S = 0.1
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it is set, once it is or `timeout` seconds have passed (None: until it is)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._set:
+            left = self.POLL_S if deadline is None else min(self.POLL_S, deadline - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(left)
+        return self._set
+
+
+def interrupt_event() -> Interrupted:
     """Set by SIGINT or SIGTERM."""
-    stop = threading.Event()
+    stop = Interrupted()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return stop

@@ -781,3 +781,22 @@ def test_a_processor_whose_own_broker_stops_ends_saying_so(monkeypatch: pytest.M
     assert f"error: the broker stopped (the JVM exited with -9): its log is {tmp_path / 'kafka' / 'broker.log'}" \
         in done.output
     assert stopped
+
+
+def test_a_signal_while_the_main_thread_waits_ends_the_wait() -> None:
+    import signal
+    import threading
+    import time
+
+    from smartretry.cli import Interrupted
+
+    stop = Interrupted()
+    before = signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        started = time.monotonic()
+        assert stop.wait(10.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert not Interrupted().wait(0.05)  # a timeout, unset
