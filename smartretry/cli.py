@@ -571,8 +571,9 @@ def main() -> None:
     try:
         app()
     except DBAPIError as exc:
-        typer.echo(f"error: the database did not answer ({database_said(exc)}): is SMARTRETRY_DATABASE_URL right, "
-                   "and is the database up?", err=True)
+        typer.echo(f"error: a database did not answer ({database_said(exc)}): is its URL right "
+                   "(SMARTRETRY_DATABASE_URL, or the command's own, such as replay's --scratch), and is it up?",
+                   err=True)
         raise SystemExit(1) from None
     except KafkaException as exc:
         typer.echo(f"error: the Kafka broker did not answer ({broker_said(exc)}): is KAFKA_BOOTSTRAP_SERVERS right, "

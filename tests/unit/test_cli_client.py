@@ -674,8 +674,9 @@ def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(tmp_path: P
 
     assert ran.returncode == 1, ran.stderr
     assert ran.stderr.strip().splitlines() == [
-        'error: the database did not answer (OperationalError: connection failed: connection to server at '
-        '"127.0.0.1", port 9 failed: Connection refused): is SMARTRETRY_DATABASE_URL right, and is the database up?']
+        'error: a database did not answer (OperationalError: connection failed: connection to server at '
+        '"127.0.0.1", port 9 failed: Connection refused): is its URL right (SMARTRETRY_DATABASE_URL, or the '
+        "command's own, such as replay's --scratch), and is it up?"]
 
 
 def test_a_database_of_another_kind_or_without_its_driver_is_refused_by_the_settings(tmp_path: Path) -> None:
