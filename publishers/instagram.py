@@ -46,6 +46,8 @@ _NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION)
 PUBLISH_MARGIN_S = 30.0
 # How long Meta keeps a container (Instagram's content publishing guide: 24 hours).
 CONTAINER_LIFETIME = timedelta(hours=24)
+# What the account's media say when they show no media of an earlier attempt's time (`_media_while`).
+NOTHING_MADE = ""
 # How many times, within one attempt, an earlier attempt's container that Meta says does not exist is asked about.
 EARLIER_CONTAINER_ASKS = 3
 
@@ -236,7 +238,9 @@ class InstagramPublisher:
             # media say it where they show nothing made while that attempt could publish, once that time (with the
             # clocks' skew after it) is over.
             since, until = self._window_of(attempted_at)
-            if datetime.now(UTC) >= until and await self._made_nothing_while(account, since, until, recorded):
+            early = (until - datetime.now(UTC)).total_seconds()
+            media = None if early > 0 else await self._media_while(account, since, until, recorded)
+            if media == NOTHING_MADE:
                 log.info("Instagram container %s of an earlier attempt is unknown to Meta, and the account has no "
                          "media of that attempt's time: it did not go out", container_id,
                          extra={"attempt_id": attempt_id})
@@ -244,16 +248,16 @@ class InstagramPublisher:
             # Else whether that attempt went out cannot be told, and a new container could be a second post. Not
             # published now.
             day_old = (attempted_at + CONTAINER_LIFETIME).astimezone(UTC)
-            early = (until - datetime.now(UTC)).total_seconds()
-            media = f" and the account's media are looked at from {until:%H:%M:%S} UTC" if early > 0 else ""
+            said = f" and the account's media are looked at from {until:%H:%M:%S} UTC" if media is None else ""
             return PublishOutcome.failed("instagram", error.model_copy(update={
                 "kind": ErrorKind.TRANSIENT,
                 # The service's next try waits until the media can say, as it waits out a platform's own wait.
                 "retry_after_s": early + 1.0 if early > 0 else None,
                 "message": f"Instagram publish not attempted: Meta says the container {container_id} of an earlier "
-                           f"attempt does not exist, so whether that attempt went out cannot be told; it is asked "
-                           f"again with each attempt until it is a day old ({day_old:%Y-%m-%d %H:%M} UTC){media}: "
-                           f"check the Instagram account meanwhile"[:MESSAGE_LENGTH]}))
+                           f"attempt does not exist{f' and {media}' if media else ''}, so whether that attempt went "
+                           f"out cannot be told; it is asked again with each attempt until it is a day old "
+                           f"({day_old:%Y-%m-%d %H:%M} UTC){said}: check the Instagram account meanwhile"
+                           [:MESSAGE_LENGTH]}))
         if status != "PUBLISHED":
             return None
         log.warning("Instagram container %s of an earlier attempt was published after all: not published again",
@@ -269,32 +273,35 @@ class InstagramPublisher:
         lasts = max(timedelta(seconds=self._polling.attempt_timeout_s), self._lookup_window)
         return attempted_at - CLOCK_SKEW, attempted_at + lasts + CLOCK_SKEW
 
-    async def _made_nothing_while(self, account: AccountCredentials, since: datetime, until: datetime,
-                                  recorded: Collection[str]) -> bool:
-        """Whether the account's recent media show for certain that no media but those on record (`recorded`) was
-        made between `since` and `until`: the listing answered, and reaches back past `since` (its last page, or a
-        page that ends before then). Any other media of that time, whatever its caption (the post's may have been
-        corrected since), leaves it open."""
+    async def _media_while(self, account: AccountCredentials, since: datetime, until: datetime,
+                           recorded: Collection[str]) -> str:
+        """`NOTHING_MADE` when the account's recent media show for certain that no media but those on record
+        (`recorded`) was made between `since` and `until`: the listing answered, and reaches back past `since` (its
+        last page, or a page that ends before then). Else why they cannot say so, as words for the attempt's message.
+        Any other media of that time, whatever its caption (the post's may have been corrected since), leaves it
+        open."""
         params = {"fields": "id,timestamp", "limit": str(RECENT_MEDIA_LIMIT)}
         try:
             listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
                                             action="Instagram post lookup")
-        except GraphCallFailed:
-            return False
+        except GraphCallFailed as failed:
+            return f"the account's media could not be read ({failed.error.message[:200]})"
         items = listing.get("data")
         if not isinstance(items, list) or not all(isinstance(item, dict) and "id" in item for item in items):
-            return False
+            return "the account's media could not be read (an answer without them)"
         times = [parse_meta_time(item.get("timestamp")) for item in items]
         if any(at is None for at in times):
-            return False
+            return "the account's media could not be read (a media without its time)"
         # A page may hold fewer media than asked for with more after it: only the absence of a next page says the
         # listing is whole. Else its last media (newest first; pinned ones come first) must be older than `since`.
         paging = listing.get("paging")
         more = isinstance(paging, dict) and bool(paging.get("next"))
         if more and not (times and (last := times[-1]) is not None and last < since):
-            return False
-        return not any(since <= at <= until and str(item["id"]) not in recorded
-                       for item, at in zip(items, times, strict=True) if at is not None)
+            return "the account's newest media do not reach back to that attempt"
+        if any(since <= at <= until and str(item["id"]) not in recorded
+               for item, at in zip(items, times, strict=True) if at is not None):
+            return "the account has a media of that attempt's time"
+        return NOTHING_MADE
 
     async def _wait_until_ready(self, container_id: str, token: SecretStr, deadline: float) -> str:
         """FINISHED or PUBLISHED; ERROR, EXPIRED and a container still not ready at the `deadline` (event loop time,

@@ -196,24 +196,30 @@ async def test_an_earlier_container_meta_does_not_know_on_an_account_with_no_med
     assert outcome.success and outcome.container_id == CONTAINER
 
 
-@pytest.mark.parametrize("media", [
+SHORT = "and the account's newest media do not reach back to that attempt"
+
+
+@pytest.mark.parametrize(("media", "why"), [
     # Made as the test runs (the listing's times are the clock's then).
-    lambda: listing(*(timedelta(minutes=minutes) for minutes in range(50)), more=True),
-    lambda: listing(*(timedelta(minutes=minutes) for minutes in range(20)), more=True),
-    lambda: listing(more=True),
-    lambda: listing(timedelta(hours=2, minutes=1)),
-    lambda: refusal(2, http_status=500),
-    lambda: httpx.Response(200, json={"data": [{"id": "18107758234620001"}]}),
+    (lambda: listing(*(timedelta(minutes=minutes) for minutes in range(50)), more=True), SHORT),
+    (lambda: listing(*(timedelta(minutes=minutes) for minutes in range(20)), more=True), SHORT),
+    (lambda: listing(more=True), SHORT),
+    (lambda: listing(timedelta(hours=2, minutes=1)), "and the account has a media of that attempt's time"),
+    (lambda: refusal(2, http_status=500), "and the account's media could not be read (Instagram post lookup failed"),
+    (lambda: httpx.Response(200, json={"data": [{"id": "18107758234620001"}]}),
+     "and the account's media could not be read (a media without its time)"),
 ], ids=["a full page newer than the attempt", "a short page newer than it, with more after",
         "an empty page with more after", "a media of its time", "no listing", "a media without its time"])
 async def test_an_earlier_container_meta_does_not_know_stays_open_where_the_media_cannot_say(
-        media: Callable[[], httpx.Response]) -> None:
+        media: Callable[[], httpx.Response], why: str) -> None:
     graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [media()]})
 
     outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(hours=2))])
 
     assert not outcome.success and outcome.error is not None
-    assert outcome.error.message.startswith("Instagram publish not attempted")
+    assert outcome.error.message.startswith("Instagram publish not attempted: Meta says the container "
+                                            f"{EARLIER} of an earlier attempt does not exist {why}")
+    assert outcome.error.retry_after_s is None  # nothing to wait for: the next try asks again
     assert "media_publish" not in graph.calls and graph.calls.count("media") == 1  # no container made
 
 
