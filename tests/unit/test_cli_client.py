@@ -185,8 +185,9 @@ def test_a_publish_left_to_a_platforms_long_wait_is_reported_once_the_api_says_i
     assert "⏳ Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)." in done.output
 
 
-def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def demo_account_connected(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The API as the demo meets it, with account `demo` connected to the sandbox's Page and Instagram account: the
+    calls made to it, kept in order; the first publish stops the demo."""
     from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID
 
     calls: list[tuple[str, str]] = []
@@ -201,6 +202,12 @@ def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox
         raise ApiError("stopped here: the first publish", 500)
 
     monkeypatch.setattr(Api, "call", answer)
+    return calls
+
+
+def test_the_demo_keeps_the_token_of_an_account_already_connected_to_the_sandbox(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = demo_account_connected(monkeypatch)
     done = CliRunner().invoke(app, ["demo"], env={"SMARTRETRY_SANDBOX_URL": "", "COLUMNS": "200"})
 
     # A token renewed after the sandbox revoked the demo's own is not put back to the revoked one.
@@ -256,23 +263,13 @@ def test_an_address_with_a_password_is_quoted_without_it(monkeypatch: pytest.Mon
 
 
 def test_the_demo_keeps_the_token_when_the_sandbox_did_not_take_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    from publishers.sandbox import DEMO_IG_USER_ID, DEMO_PAGE_ID, SandboxControl
+    from publishers.sandbox import SandboxControl
 
-    calls: list[tuple[str, str]] = []
-
-    def answer(_api: Api, method: str, path: str, **_kwargs: Any) -> httpx.Response:
-        calls.append((method, path))
-        if path == "/accounts":
-            return httpx.Response(200, json={"accounts": [
-                {"account": "demo", "page_id": DEMO_PAGE_ID, "ig_user_id": DEMO_IG_USER_ID}]})
-        if path == "/healthz":
-            return httpx.Response(200, json={"status": "ok"})
-        raise ApiError("stopped here: the first publish", 500)
+    calls = demo_account_connected(monkeypatch)
 
     def refused(*_args: Any, **_kwargs: Any) -> str:
         raise httpx.ReadTimeout("the sandbox did not answer")
 
-    monkeypatch.setattr(Api, "call", answer)
     monkeypatch.setattr(SandboxControl, "reject_spaces", lambda *_args, **_kwargs: None)
     monkeypatch.setattr(SandboxControl, "register_account", refused)
     done = CliRunner().invoke(app, ["demo"], env={"SMARTRETRY_SANDBOX_URL": "", "COLUMNS": "200"})
