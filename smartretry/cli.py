@@ -320,10 +320,7 @@ def api_alone() -> None:
     if not settings.kafka_bootstrap_servers:
         say(settings, "error: set KAFKA_BOOTSTRAP_SERVERS to the service's broker", err=True, level=logging.ERROR)
         raise typer.Exit(2)
-    if not port_free(settings.api_host, settings.api_port):
-        say(settings, f"error: port {settings.api_port} is taken: stop what uses it, or set SMARTRETRY_API_PORT to a "
-            "free port", err=True, level=logging.ERROR)
-        raise typer.Exit(2)
+    _refuse_taken_ports(settings, {"SMARTRETRY_API_PORT": (settings.api_host, settings.api_port)})
     _refuse_open_development_keys(settings)
     if defaults := development_keys(settings):
         say(settings, f"warning: {_still_default(defaults)}: fine on this machine only", err=True,
