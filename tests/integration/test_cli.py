@@ -536,7 +536,7 @@ def test_the_processor_command_logs_as_configured(monkeypatch: pytest.MonkeyPatc
     configured: list[tuple[str, str]] = []
     ran: list[str | None] = []
 
-    async def run_projector(settings: Settings) -> None:
+    async def run_projector(settings: Settings, **_options: object) -> None:
         ran.append(settings.kafka_bootstrap_servers)
 
     monkeypatch.setattr(smartretry.logs, "configure", lambda level, form: configured.append((level, form)))
