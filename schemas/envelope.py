@@ -58,14 +58,16 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
     if not raw:
         raise DecodeError(f"empty {what}: the message's value has no bytes")
     try:
-        value = json.loads(raw, parse_constant=_not_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        if isinstance(raw, bytes):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as bad:
-                raise DecodeError(f"not JSON: not UTF-8 text (byte {raw[bad.start]:#04x} at {bad.start}; "
-                                  "messages are JSON in UTF-8)") from None
+        # Read as UTF-8 (a byte order mark allowed), not as json.loads guesses bytes: it would take UTF-16 too.
+        # Half a character written as bytes passes, as json.loads lets it, for the check below to say where it is.
+        text = raw.decode("utf-8-sig", "surrogatepass") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as bad:
+        assert isinstance(raw, bytes)
+        raise DecodeError(f"not JSON: not UTF-8 text (byte {raw[bad.start]:#04x} at {bad.start}; "
+                          "messages are JSON in UTF-8)") from None
+    try:
+        value = json.loads(text, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
         raise DecodeError(f"not JSON: {exc}") from None
     except _NotJsonValue as exc:
         raise DecodeError(f"not JSON: {exc}") from None

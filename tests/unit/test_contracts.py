@@ -35,6 +35,9 @@ def test_timestamps_are_written_as_the_seed_writes_them() -> None:
     [
         (b"\xff\xfe not json", "not JSON: not UTF-8 text (byte 0xff at 0"),
         (b'{"caf\xe9": 1}', "not UTF-8 text (byte 0xe9 at 5"),
+        # UTF-16, which json.loads would guess from the bytes: read as the UTF-8 it is not.
+        ('{"type": "PostDeleted"}'.encode("utf-16-be"), "not JSON: Expecting value: line 1 column 1"),
+        ('{"type": "PostDeleted"}'.encode("utf-16"), "not JSON: not UTF-8 text (byte 0xff at 0"),
         (b"{not json}", "not JSON: Expecting property name"),
         (b'{"type": "PublishAttempted", "schema_version": NaN}', "not JSON: NaN is not a JSON value"),
         (b"", "empty event: the message's value has no bytes"),
