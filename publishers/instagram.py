@@ -8,6 +8,7 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -280,10 +281,8 @@ class InstagramPublisher:
         last page, or a page that ends before then). Else why they cannot say so, as words for the attempt's message.
         Any other media of that time, whatever its caption (the post's may have been corrected since), leaves it
         open."""
-        params = {"fields": "id,timestamp", "limit": str(RECENT_MEDIA_LIMIT)}
         try:
-            listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
-                                            action="Instagram post lookup")
+            listing = await self._recent_media(account, "id,timestamp")
         except GraphCallFailed as failed:
             return f"the account's media could not be read ({failed.error.message[:200]})"
         items = listing.get("data")
@@ -412,10 +411,8 @@ class InstagramPublisher:
         """
         if not content.caption.strip():
             return PublishOutcome.published("instagram", None, None, container_id)
-        params = {"fields": "id,caption,timestamp,permalink", "limit": str(RECENT_MEDIA_LIMIT)}
         try:
-            listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
-                                            action="Instagram post lookup")
+            listing = await self._recent_media(account, "id,caption,timestamp,permalink")
         except GraphCallFailed:
             # It went out for certain; the ids can be filled in later, a second publish cannot be undone.
             return PublishOutcome.published("instagram", None, None, container_id)
@@ -429,6 +426,12 @@ class InstagramPublisher:
             return PublishOutcome.published("instagram", None, None, container_id)
         return PublishOutcome.published(
             "instagram", answered_id(media["id"]), answered_link(media.get("permalink")), container_id)
+
+    async def _recent_media(self, account: AccountCredentials, fields: str) -> dict[str, Any]:
+        """The account's newest media (their `fields`), as one page of Meta's listing; `GraphCallFailed` if refused."""
+        return await self._graph.get(account.ig_user_id or "", "media", account.user_token,
+                                     params={"fields": fields, "limit": str(RECENT_MEDIA_LIMIT)},
+                                     action="Instagram post lookup")
 
     async def _permalink(self, media_id: str, token: SecretStr) -> str | None:
         try:
