@@ -365,6 +365,9 @@ class CommandHandler:
         self._resolutions: dict[str, dict[Platform, list[ResolveAttemptRequested]]] = {}
         # Set when a resolution comes in for a post whose command is waiting to ask the platform again.
         self._wakeups: dict[str, asyncio.Event] = {}
+        # When each attempt left open by its platform's look-up may be looked up again (a rate limit's end, a lease's),
+        # by attempt id: another platform of the post, asked again sooner, does not ask it before then.
+        self._look_up_after: dict[str, datetime] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
         # Set when the handler stops: no attempt starts any more, and those under way have a grace to finish.
@@ -1302,130 +1305,158 @@ class CommandHandler:
         """Gives every attempt without a result one, by asking the platform whether the post went out (or, where
         it cannot say, taking an operator's `ResolveAttemptRequested` for it: one that found the post at once, one
         that did not once the attempt's lease is over)."""
+        # Each platform on its own: one whose look-up cannot settle yet never keeps the other's look-up, or an
+        # operator's resolution of the other, waiting.
+        waits: list[OutcomeUnknown] = []
         for platform in unresolved(state):
             attempt = state.in_flight(platform)
             assert attempt is not None
-            label = PLATFORM_LABELS[attempt.platform]
-            context = {"post_id": state.post_id, "attempt_id": attempt.attempt_id, "platform": attempt.platform}
-            found: PublishOutcome | None = None
-            # "No post" speaks for the moment it was asked: a look-up can take up to the attempt timeout, and a
-            # call still settling at the platform can make its post meanwhile.
-            asked_age = (self.clock() - attempt.started_at).total_seconds()
-            if state.content is not None and state.account is not None:
-                publisher = self.publishers[attempt.platform]
-                claimed, contenders = await asyncio.get_running_loop().run_in_executor(
-                    None, self._claims, state, attempt)
-                try:
-                    credentials = self.credentials.get(state.account)
-                    # Bounded like an attempt: a Graph API that hangs must not hold the post's commands for the
-                    # look-up's every call in turn.
-                    found = await asyncio.wait_for(publisher.find_existing(
-                        state.content, credentials, attempt_id=attempt.attempt_id,
-                        container_id=attempt.container_id, attempted_at=attempt.started_at, recorded=claimed),
-                        self.config.attempt_timeout_seconds)
-                except TimeoutError:
-                    found = PublishOutcome.failed(attempt.platform, PlatformError(
-                        kind=ErrorKind.TRANSIENT, message=f"{label} post lookup did not finish within "
-                                                          f"{self.config.attempt_timeout_seconds:.0f}s"))
-                except LookupError as exc:
-                    # No usable credentials: the platform cannot be asked, which says nothing about the post.
-                    found = PublishOutcome.failed(attempt.platform, PlatformError(
-                        kind=ErrorKind.AUTH, message=f"{label} post lookup failed: {scrub(str(exc))}"))
-                if found is not None and found.success and contenders and publisher.finds_by_caption:
-                    # The post found may be the other post's, whose result is not in yet: asked again once it is.
-                    found = PublishOutcome.failed(attempt.platform, PlatformError(
-                        kind=ErrorKind.TRANSIENT, message=f"{label} post lookup could not tell: another post with the "
-                                                          "same caption was being published at the same time"))
-                    lease = timedelta(seconds=self.config.attempt_lease_seconds)
-                    if asked_age >= lease.total_seconds() and all(self.clock() - s >= lease for s in contenders):
-                        # No call of either is still under way, so each result can only come from a look-up, and
-                        # each look-up waits for the other's: someone has to tell them apart (the fold asks for it).
-                        found = PublishOutcome.failed(attempt.platform, PlatformError(
-                            kind=ErrorKind.INVALID_REQUEST,
-                            message=f"{label} post lookup could not tell: another post with the same caption, "
-                                    f"published to the same {DESTINATIONS[attempt.platform]} at the same time, "
-                                    "is waiting to be told apart from this one: check "
-                                    f"{label} for the post, {RESOLVE_THE_ATTEMPT} (smartretry resolve)"))
-            self._drop_misdirected_resolutions(state, attempt.platform)
-            resolution = self._resolution_for(state, attempt.platform)
-            age = (self.clock() - attempt.started_at).total_seconds()
-            if resolution is not None and _token_in_fields(resolution, await self._stored_tokens()) is not None:
-                # Its note or ids carry a stored token (of another process's, unknown here when it came in): it
-                # settles nothing, and its own turn refuses it to the dead letters.
-                self._forget_resolution(resolution)
-                resolution = None
-            if resolution is not None and (found is None or not found.success) and \
-                    (resolution.published or age >= self.config.attempt_lease_seconds):
-                # The platform could not settle it (no answer, or no post yet): the operator's word settles it. A post
-                # found on the platform at once; "not published" only once no live call can still be under way (the
-                # platform may still hold the request until then, and publish it).
-                await self._apply_resolution(state.post_id, attempt.attempt_id, resolution, context)
+            after = self._look_up_after.get(attempt.attempt_id)
+            if after is not None and self.clock() < after and self._resolution_for(state, platform) is None:
+                waits.append(OutcomeUnknown(f"{PLATFORM_LABELS[platform]} attempt {attempt.attempt_id} is looked up "
+                                            f"again at {after.astimezone(UTC):%H:%M:%S} UTC",
+                                            wait_seconds=max(1.0, (after - self.clock()).total_seconds())))
                 continue
-            if found is not None and not found.success:
-                assert found.error is not None
-                known = attempt.lookup_error
-                if known is None or known.kind != found.error.kind or not known.message.endswith(found.error.message):
-                    # The post shows why it is still publishing, and what would unblock it (once per reason). The
-                    # reason the call itself left ("...: 500 - ...") stays in view before the look-up's own.
-                    telling = found.error
-                    # Cut from the call's reason, never the look-up's: the post says each look-up's reason once, by
-                    # the message it ends with.
-                    room = 2000 - len(telling.message) - 2
-                    if known is not None and known.message.endswith(CHECKING) and room > 0:
-                        telling = telling.model_copy(update={
-                            "message": f"{_without_checking(known.message, room)}; {telling.message}"})
-                    log.warning("%s cannot tell whether attempt %s went out: %s", label, attempt.attempt_id,
-                                found.error.message, extra=context)
-                    await self.emit(AttemptOutcomeUnknown(
-                        event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
-                        platform=attempt.platform, attempt_id=attempt.attempt_id, error=telling))
-                if found.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
-                    # Nothing changes until someone re-authenticates: say so, and ask less often.
-                    raise OutcomeUnknown(
-                        f"{label} cannot be asked whether attempt {attempt.attempt_id} went out until the account "
-                        f"is re-authenticated ({found.error.message})", wait_seconds=self.config.reauth_check_seconds)
-                # Asked again after a while (a look-up is up to ten Graph calls), and never before a rate limit's end.
-                wait = max(found.error.retry_after_s or 0.0, self.config.reauth_check_seconds)
-                raise OutcomeUnknown(f"{label} could not say whether attempt {attempt.attempt_id} went out",
-                                     wait_seconds=wait)
-            if found is not None and found.success:
-                log.info("♻️ %s post of an interrupted attempt found on the platform; recorded, not republished",
-                         label, extra=context)
-                await self._record_result(state.post_id, attempt.attempt_id, found, recovered=True)
-                continue
-            if asked_age < self.config.attempt_lease_seconds:
-                # The attempt's handler may be alive and still calling the platform (it lost the partition in
-                # a rebalance), or its call still settling there: declaring "not published" on a look-up asked
-                # before the lease ended could publish the post twice.
-                # Asked again when the lease ends: before then, "no post" could not settle it anyway.
-                known = attempt.lookup_error
-                asked = state.content is not None and state.account is not None
-                lease_ends = attempt.started_at + timedelta(seconds=self.config.attempt_lease_seconds)
-                waiting = (f"{label} has no post of this attempt yet: it may still be under way, so it is looked "
-                           f"up again when its lease ends ({lease_ends.astimezone(UTC):%H:%M:%S} UTC), and published "
-                           "again if none shows")
-                said = known is not None and known.message.endswith(waiting)
-                if known is not None and known.message.endswith(CHECKING):
-                    # Why the call left no answer to trust ("...: 500 - ...") stays in view beside the wait.
-                    waiting = f"{_without_checking(known.message, 1800)}; {waiting}"
-                if asked and found is None and not said:
-                    # The post says what it waits for (after a restart, or once the account was re-authenticated
-                    # and the look-up went through), instead of "publishing" with no word for minutes.
-                    await self.emit(AttemptOutcomeUnknown(
-                        event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
-                        platform=attempt.platform, attempt_id=attempt.attempt_id, error=PlatformError(
-                            kind=ErrorKind.TRANSIENT, message=waiting)))
+            try:
+                await self._resolve_attempt(state, platform)
+            except OutcomeUnknown as exc:
+                waits.append(exc)
+                if len(unresolved(state)) > 1:
+                    self._look_up_after[attempt.attempt_id] = self.clock() + timedelta(seconds=exc.wait_seconds or 1.0)
+            else:
+                self._look_up_after.pop(attempt.attempt_id, None)
+        if len(waits) == 1:
+            raise waits[0]
+        if waits:
+            # Asked again as soon as the first of them may have changed; the others are not asked before their time.
+            raise OutcomeUnknown("; ".join(str(w) for w in waits),
+                                 wait_seconds=min(w.wait_seconds or 1.0 for w in waits))
+
+    async def _resolve_attempt(self, state: PostState, platform: Platform) -> None:
+        """`_resolve_interrupted` for one platform's attempt without a result: `OutcomeUnknown` while it stays open."""
+        attempt = state.in_flight(platform)
+        assert attempt is not None
+        label = PLATFORM_LABELS[attempt.platform]
+        context = {"post_id": state.post_id, "attempt_id": attempt.attempt_id, "platform": attempt.platform}
+        found: PublishOutcome | None = None
+        # "No post" speaks for the moment it was asked: a look-up can take up to the attempt timeout, and a
+        # call still settling at the platform can make its post meanwhile.
+        asked_age = (self.clock() - attempt.started_at).total_seconds()
+        if state.content is not None and state.account is not None:
+            publisher = self.publishers[attempt.platform]
+            claimed, contenders = await asyncio.get_running_loop().run_in_executor(
+                None, self._claims, state, attempt)
+            try:
+                credentials = self.credentials.get(state.account)
+                # Bounded like an attempt: a Graph API that hangs must not hold the post's commands for the
+                # look-up's every call in turn.
+                found = await asyncio.wait_for(publisher.find_existing(
+                    state.content, credentials, attempt_id=attempt.attempt_id,
+                    container_id=attempt.container_id, attempted_at=attempt.started_at, recorded=claimed),
+                    self.config.attempt_timeout_seconds)
+            except TimeoutError:
+                found = PublishOutcome.failed(attempt.platform, PlatformError(
+                    kind=ErrorKind.TRANSIENT, message=f"{label} post lookup did not finish within "
+                                                      f"{self.config.attempt_timeout_seconds:.0f}s"))
+            except LookupError as exc:
+                # No usable credentials: the platform cannot be asked, which says nothing about the post.
+                found = PublishOutcome.failed(attempt.platform, PlatformError(
+                    kind=ErrorKind.AUTH, message=f"{label} post lookup failed: {scrub(str(exc))}"))
+            if found is not None and found.success and contenders and publisher.finds_by_caption:
+                # The post found may be the other post's, whose result is not in yet: asked again once it is.
+                found = PublishOutcome.failed(attempt.platform, PlatformError(
+                    kind=ErrorKind.TRANSIENT, message=f"{label} post lookup could not tell: another post with the "
+                                                      "same caption was being published at the same time"))
+                lease = timedelta(seconds=self.config.attempt_lease_seconds)
+                if asked_age >= lease.total_seconds() and all(self.clock() - s >= lease for s in contenders):
+                    # No call of either is still under way, so each result can only come from a look-up, and
+                    # each look-up waits for the other's: someone has to tell them apart (the fold asks for it).
+                    found = PublishOutcome.failed(attempt.platform, PlatformError(
+                        kind=ErrorKind.INVALID_REQUEST,
+                        message=f"{label} post lookup could not tell: another post with the same caption, "
+                                f"published to the same {DESTINATIONS[attempt.platform]} at the same time, "
+                                "is waiting to be told apart from this one: check "
+                                f"{label} for the post, {RESOLVE_THE_ATTEMPT} (smartretry resolve)"))
+        self._drop_misdirected_resolutions(state, attempt.platform)
+        resolution = self._resolution_for(state, attempt.platform)
+        age = (self.clock() - attempt.started_at).total_seconds()
+        if resolution is not None and _token_in_fields(resolution, await self._stored_tokens()) is not None:
+            # Its note or ids carry a stored token (of another process's, unknown here when it came in): it
+            # settles nothing, and its own turn refuses it to the dead letters.
+            self._forget_resolution(resolution)
+            resolution = None
+        if resolution is not None and (found is None or not found.success) and \
+                (resolution.published or age >= self.config.attempt_lease_seconds):
+            # The platform could not settle it (no answer, or no post yet): the operator's word settles it. A post
+            # found on the platform at once; "not published" only once no live call can still be under way (the
+            # platform may still hold the request until then, and publish it).
+            await self._apply_resolution(state.post_id, attempt.attempt_id, resolution, context)
+            return
+        if found is not None and not found.success:
+            assert found.error is not None
+            known = attempt.lookup_error
+            if known is None or known.kind != found.error.kind or not known.message.endswith(found.error.message):
+                # The post shows why it is still publishing, and what would unblock it (once per reason). The
+                # reason the call itself left ("...: 500 - ...") stays in view before the look-up's own.
+                telling = found.error
+                # Cut from the call's reason, never the look-up's: the post says each look-up's reason once, by
+                # the message it ends with.
+                room = 2000 - len(telling.message) - 2
+                if known is not None and known.message.endswith(CHECKING) and room > 0:
+                    telling = telling.model_copy(update={
+                        "message": f"{_without_checking(known.message, room)}; {telling.message}"})
+                log.warning("%s cannot tell whether attempt %s went out: %s", label, attempt.attempt_id,
+                            found.error.message, extra=context)
+                await self.emit(AttemptOutcomeUnknown(
+                    event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
+                    platform=attempt.platform, attempt_id=attempt.attempt_id, error=telling))
+            if found.error.kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+                # Nothing changes until someone re-authenticates: say so, and ask less often.
                 raise OutcomeUnknown(
-                    f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
-                    f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",
-                    wait_seconds=max(1.0, self.config.attempt_lease_seconds - asked_age))
-            log.info("%s attempt got no answer to trust and the platform has no such post", label, extra=context)
-            await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
-                attempt.platform, PlatformError(
-                    kind=ErrorKind.TRANSIENT,
-                    message=f"{label} publish failed: its call got no answer to trust (an error, a timeout or a "
-                            f"restart), and {label} has no such post")),
-                recovered=True)
+                    f"{label} cannot be asked whether attempt {attempt.attempt_id} went out until the account "
+                    f"is re-authenticated ({found.error.message})", wait_seconds=self.config.reauth_check_seconds)
+            # Asked again after a while (a look-up is up to ten Graph calls), and never before a rate limit's end.
+            wait = max(found.error.retry_after_s or 0.0, self.config.reauth_check_seconds)
+            raise OutcomeUnknown(f"{label} could not say whether attempt {attempt.attempt_id} went out",
+                                 wait_seconds=wait)
+        if found is not None and found.success:
+            log.info("♻️ %s post of an interrupted attempt found on the platform; recorded, not republished",
+                     label, extra=context)
+            await self._record_result(state.post_id, attempt.attempt_id, found, recovered=True)
+            return
+        if asked_age < self.config.attempt_lease_seconds:
+            # The attempt's handler may be alive and still calling the platform (it lost the partition in
+            # a rebalance), or its call still settling there: declaring "not published" on a look-up asked
+            # before the lease ended could publish the post twice.
+            # Asked again when the lease ends: before then, "no post" could not settle it anyway.
+            known = attempt.lookup_error
+            asked = state.content is not None and state.account is not None
+            lease_ends = attempt.started_at + timedelta(seconds=self.config.attempt_lease_seconds)
+            waiting = (f"{label} has no post of this attempt yet: it may still be under way, so it is looked "
+                       f"up again when its lease ends ({lease_ends.astimezone(UTC):%H:%M:%S} UTC), and published "
+                       "again if none shows")
+            said = known is not None and known.message.endswith(waiting)
+            if known is not None and known.message.endswith(CHECKING):
+                # Why the call left no answer to trust ("...: 500 - ...") stays in view beside the wait.
+                waiting = f"{_without_checking(known.message, 1800)}; {waiting}"
+            if asked and found is None and not said:
+                # The post says what it waits for (after a restart, or once the account was re-authenticated
+                # and the look-up went through), instead of "publishing" with no word for minutes.
+                await self.emit(AttemptOutcomeUnknown(
+                    event_id=new_id(), post_id=state.post_id, occurred_at=self.clock(),
+                    platform=attempt.platform, attempt_id=attempt.attempt_id, error=PlatformError(
+                        kind=ErrorKind.TRANSIENT, message=waiting)))
+            raise OutcomeUnknown(
+                f"{label} attempt {attempt.attempt_id} has no result and no post yet; it may still be under "
+                f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",
+                wait_seconds=max(1.0, self.config.attempt_lease_seconds - asked_age))
+        log.info("%s attempt got no answer to trust and the platform has no such post", label, extra=context)
+        await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
+            attempt.platform, PlatformError(
+                kind=ErrorKind.TRANSIENT,
+                message=f"{label} publish failed: its call got no answer to trust (an error, a timeout or a "
+                        f"restart), and {label} has no such post")),
+            recovered=True)
 
 
 def recorded_post_ids(state: PostState, platform: Platform) -> tuple[str, ...]:

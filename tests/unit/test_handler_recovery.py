@@ -736,3 +736,84 @@ async def test_a_look_up_the_graph_api_never_answers_is_given_up_after_the_attem
     assert isinstance(unknown, AttemptOutcomeUnknown)
     assert unknown.error.kind is ErrorKind.TRANSIENT
     assert "Facebook post lookup did not finish within" in unknown.error.message
+
+
+def both_interrupted(facebook: Lookups, instagram: Lookups, sent: list[Event]) -> tuple[CommandHandler, PostState]:
+    history = History()
+    history.publish(target="both")
+    state = apply_all(None, history.events)
+    assert state is not None and state.in_flight("facebook") and state.in_flight("instagram")
+    later = history.at + timedelta(hours=1)
+    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=Projection(), credentials=Credentials(),
+                          publishers={"facebook": facebook, "instagram": instagram},  # type: ignore[dict-item]
+                          config=HandlerConfig(reauth_check_seconds=7.0), clock=lambda: later)
+
+    async def emit(event: Event) -> None:
+        sent.append(event)
+
+    made.emit = emit  # type: ignore[method-assign]
+    return made, state
+
+
+INSTAGRAM_FOUND = PublishOutcome.published("instagram", "18107758234627017",
+                                           "https://www.instagram.com/p/DRJ1nlKDgY9/")
+CANNOT_TELL = PublishOutcome.failed("facebook", PlatformError(
+    kind=ErrorKind.TRANSIENT, message="Facebook post lookup could not tell: the Page's posts could not be read"))
+
+
+async def test_one_platforms_look_up_that_cannot_tell_does_not_keep_the_others_waiting() -> None:
+    sent: list[Event] = []
+    facebook, instagram = Lookups(CANNOT_TELL), Lookups(INSTAGRAM_FOUND)
+    made, state = both_interrupted(facebook, instagram, sent)
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        await made._resolve_interrupted(state)
+
+    assert (facebook.asked, instagram.asked) == (1, 1)
+    assert "Facebook could not say whether attempt" in str(raised.value)
+    after = apply_all(state, sent)
+    assert after is not None
+    assert after.in_flight("instagram") is None, "Instagram's post was found: recorded, whatever Facebook says"
+    assert after.document.insights.instagram_media_id == "18107758234627017"
+    assert after.in_flight("facebook") is not None and after.status == "publishing"
+
+
+async def test_an_operators_resolution_of_one_platform_applies_while_the_other_cannot_be_told() -> None:
+    sent: list[Event] = []
+    instagram_refused = PublishOutcome.failed("instagram", PlatformError(
+        kind=ErrorKind.TRANSIENT, message="Instagram post lookup could not tell: the media could not be read"))
+    facebook, instagram = Lookups(CANNOT_TELL), Lookups(instagram_refused)
+    made, state = both_interrupted(facebook, instagram, sent)
+    made._register_resolution(ResolveAttemptRequested(
+        command_id="resolve-ig", post_id=state.post_id, platform="instagram", published=True,
+        platform_post_id="18107758234627017", permalink="https://www.instagram.com/p/DRJ1nlKDgY9/",
+        note="checked the account", requested_at=datetime.now(UTC)))
+
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+
+    (result,) = [e for e in sent if isinstance(e, PlatformResult)]
+    assert result.platform == "instagram" and result.success and result.resolved_by == "resolve-ig"
+    after = apply_all(state, sent)
+    assert after is not None and after.in_flight("instagram") is None and after.in_flight("facebook") is not None
+
+
+async def test_a_platform_whose_look_up_waits_out_a_rate_limit_is_not_asked_when_the_other_is_asked_again() -> None:
+    sent: list[Event] = []
+    limited = PublishOutcome.failed("instagram", PlatformError(
+        kind=ErrorKind.RATE_LIMITED, message="Instagram post lookup failed: 400 - Application request limit reached",
+        code=4, http_status=400, retry_after_s=600.0))
+    facebook, instagram = Lookups(CANNOT_TELL), Lookups(limited)
+    made, state = both_interrupted(facebook, instagram, sent)
+
+    start = made.clock()
+    for now in (start, start + timedelta(seconds=8), start + timedelta(seconds=16)):
+        made.clock = lambda now=now: now  # type: ignore[misc]
+        with pytest.raises(OutcomeUnknown) as raised:
+            await made._resolve_interrupted(state)
+        state = apply_all(state, sent) or state
+
+    # Asked again after Facebook's wait (the shorter), and Instagram not before its limit's end.
+    assert raised.value.wait_seconds == 7.0
+    assert (facebook.asked, instagram.asked) == (3, 1)
+    assert "Instagram attempt" in str(raised.value) and "is looked up again at" in str(raised.value)
