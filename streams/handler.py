@@ -185,6 +185,10 @@ def backoff_delay(attempt: int, config: HandlerConfig, hint: float | None, rng: 
     return min(max(delay, hint or 0.0), MAX_PLATFORM_WAIT_S)
 
 
+# Seconds between reads of the applied offsets after one failed.
+FAILED_READ_PAUSE = 0.5
+
+
 class AppliedOffsets:
     """One reader of the projector's applied offsets, shared by every command waiting for freshness.
 
@@ -201,6 +205,9 @@ class AppliedOffsets:
         self._reader: asyncio.Task[None] | None = None
         self._applied: dict[int, int] = {}
         self._wake = asyncio.Event()
+        # What the last read failed with (`database_said`), until a read succeeds: a wait that times out meanwhile
+        # names the store, not the projector.
+        self._failure: str | None = None
 
     async def wait(self, partition: int, offset: int, timeout: float) -> None:
         """Returns once the projector has applied `offset` of `partition`; `StaleProjection` after `timeout`."""
@@ -218,8 +225,9 @@ class AppliedOffsets:
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout)
         except TimeoutError:
+            why = f": its store could not be read ({self._failure})" if self._failure is not None else ""
             raise StaleProjection(f"projection of {self._topic}[{partition}] has not applied offset {offset} "
-                                  f"within {timeout:.0f}s") from None
+                                  f"within {timeout:.0f}s{why}") from None
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
@@ -233,7 +241,17 @@ class AppliedOffsets:
         loop = asyncio.get_running_loop()
         while self._waiters:
             self._wake.clear()
-            applied = await loop.run_in_executor(None, self._read)
+            try:
+                applied = await loop.run_in_executor(None, self._read)
+            except Exception as exc:  # a busy or dropped database: read again, the waiters' timeouts bound it
+                failure = database_said(exc)
+                if failure != self._failure:
+                    log.warning("The projection's applied offsets could not be read (%s); reading them again",
+                                failure)
+                self._failure = failure
+                await asyncio.sleep(max(self._interval, FAILED_READ_PAUSE))
+                continue
+            self._failure = None
             self.saw(applied)
             for partition, offset, done in list(self._waiters):
                 if applied.get(partition, -1) >= offset and not done.done():

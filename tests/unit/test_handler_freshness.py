@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from streams.handler import AppliedOffsets, PartitionEnds, StaleProjection
 
@@ -92,3 +93,28 @@ async def test_an_offset_never_applied_times_out_as_stale() -> None:
     with pytest.raises(StaleProjection, match=r"post-events\[0\] has not applied offset 9"):
         await applied.wait(0, 9, timeout=0.05)
     await applied.wait(0, 3, timeout=1)
+
+
+async def test_a_failed_read_of_the_applied_offsets_is_read_again_and_the_wait_goes_on() -> None:
+    answers: list[dict[int, int] | Exception] = [OperationalError("SELECT", {}, Exception("database is locked")),
+                                                 {0: 9}]
+
+    def read() -> dict[int, int]:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    applied = AppliedOffsets(read, "post-events", interval=0.001)
+
+    await applied.wait(0, 9, timeout=5)
+
+
+async def test_a_wait_that_times_out_while_the_store_cannot_be_read_names_the_store() -> None:
+    def read() -> dict[int, int]:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    applied = AppliedOffsets(read, "post-events", interval=0.001)
+
+    with pytest.raises(StaleProjection, match=r"its store could not be read \(Exception: database is locked\)"):
+        await applied.wait(0, 9, timeout=0.2)
