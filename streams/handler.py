@@ -146,6 +146,8 @@ class _Work:
     branches: int = 1
     asleep: int = 0
     parked: bool = False
+    # The commands partition it came on: a revoked partition's commands that only wait are ended (`_revoke`).
+    partition: int | None = None
 
 
 _WORK: contextvars.ContextVar[_Work | None] = contextvars.ContextVar("smartretry_command_work", default=None)
@@ -394,8 +396,11 @@ class CommandHandler:
         self._tasks: set[asyncio.Task[None]] = set()
         # Per post, when (loop time) its projection was last read: what this handler knows of its attempts is that old.
         self._read_at: dict[str, float] = {}
-        # Commands asleep in a backoff or a platform's wait: cancelled at once on a stop (nothing of theirs under way).
-        self._sleepers: set[asyncio.Task[Any]] = set()
+        # Commands asleep in a backoff or a platform's wait, with their commands partition: cancelled at once on a stop,
+        # or when their partition is revoked (nothing of theirs under way).
+        self._sleepers: dict[asyncio.Task[Any], int | None] = {}
+        # Whether fetching is paused now for capacity; None: not known (partitions assigned since), set anew.
+        self._fetch_paused: bool | None = False
 
     # --- the consumer loop ---------------------------------------------------------------------
 
@@ -419,7 +424,7 @@ class CommandHandler:
         # Where the automatic collector is off (`smartretry handler`), the cycles asyncio, httpx and
         # aiohttp make (a failed call's traceback) are freed here, within seconds.
         collect_garbage = CollectEvery()
-        paused = False
+        self._fetch_paused = False
         loop = self._loop
         out_since: float | None = None
         next_check = 0.0
@@ -442,11 +447,11 @@ class CommandHandler:
                                 f"for {self.config.membership_limit_seconds:.0f}s, so it is handed no commands")
                 full = (self._in_flight - self._parked >= self.config.max_in_flight
                         or self._in_flight >= self.config.max_in_flight * WAITING_FACTOR)
-                if full != paused:
+                if full != self._fetch_paused:
                     # Paused, not left unpolled: a consumer unpolled for `max.poll.interval.ms` leaves the group,
                     # and its partitions go to another handler while its own commands are still running.
                     await self._loop.run_in_executor(consuming, self._pause_fetching, full)
-                    paused = full
+                    self._fetch_paused = full
                 messages = await self._loop.run_in_executor(consuming, self._next_commands)
                 for message in messages:
                     self._dispatch(message)
@@ -466,9 +471,9 @@ class CommandHandler:
         does not hold a place among those at work, and a stop cancels it at once (nothing of it is under way)."""
         self._check_not_stopping()
         task = asyncio.current_task()
-        if task is not None:
-            self._sleepers.add(task)
         work = _WORK.get()
+        if task is not None:
+            self._sleepers[task] = work.partition if work is not None else None
         try:
             if work is None:
                 yield
@@ -482,7 +487,7 @@ class CommandHandler:
                 self._settle(work)
         finally:
             if task is not None:
-                self._sleepers.discard(task)
+                self._sleepers.pop(task, None)
 
     def _settle(self, work: _Work) -> None:
         parked = 0 < work.branches <= work.asleep
@@ -561,6 +566,9 @@ class CommandHandler:
         self._loop.call_soon_threadsafe(self._assign, [tp.partition for tp in partitions])
 
     def _assign(self, partitions: list[int]) -> None:
+        # A partition assigned while fetching is paused for capacity starts unpaused: the loop pauses (or resumes)
+        # every assigned partition anew.
+        self._fetch_paused = None
         for partition in partitions:
             progress = self._progress[partition] = _PartitionProgress()
             if self._watermarks is not None:
@@ -596,6 +604,16 @@ class CommandHandler:
                      "too) carries on with their commands", sorted(partitions), self.topics.commands)
         for partition in partitions:
             self._progress.pop(partition, None)
+        # Commands of theirs that only wait (a rate limit's hour, a backoff) would keep their places here, and hold up
+        # the partitions' redelivered commands if they come back: ended now, uncommitted, and resumed by the next
+        # owner with what is left of their waits. Those at a platform's call finish it and record its result.
+        revoked = set(partitions)
+        waiting = [task for task, partition in self._sleepers.items() if partition in revoked]
+        for task in waiting:
+            task.cancel()
+        if waiting:
+            log.info("Commands of partitions %s that were only waiting are ended here: their next handler resumes "
+                     "them", sorted(revoked), extra={})
 
     def _dispatch(self, message: Message) -> None:
         error = message.error()
@@ -672,7 +690,7 @@ class CommandHandler:
     async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int,
                      source: Message | None = None, owner: _PartitionProgress | None = None) -> None:
         # This command's own count of its branches at work and asleep (`_waiting`), seen by the tasks it starts.
-        _WORK.set(_Work())
+        _WORK.set(_Work(partition=partition))
         if previous is not None:
             # Commands of one post run strictly in order; the outcome of the previous one is its own.
             # (`wait` neither raises that outcome nor swallows this task's own cancellation.)

@@ -18,7 +18,7 @@ from confluent_kafka import TopicPartition
 from projections.store import make_engine
 from publishers import redact
 from schemas.commands import PostContent, PublishRequested
-from schemas.envelope import undecodable
+from schemas.envelope import encode, undecodable
 from smartretry.credentials import CredentialStore
 from streams.handler import CommandHandler, HandlerConfig, _token_in, _token_in_fields
 from streams.topics import Topics
@@ -218,3 +218,50 @@ async def test_a_pages_token_the_handler_fetched_is_refused_in_commands_as_a_sto
 
     assert _token_in_fields(command, tokens) is not None
     assert _token_in(command.content, tokens) is not None
+
+
+class Publish(Fetched):
+    """A valid command of partition 3 at a given offset."""
+
+    def value(self) -> bytes:
+        return encode(PublishRequested(command_id=f"cmd-{self._offset}", post_id=f"post-{self._offset}",
+                                       publish_target="facebook", account="acme", requested_at=datetime.now(UTC),
+                                       content=PostContent(caption="Autumn sale")))
+
+
+async def test_a_revoked_partitions_commands_that_only_wait_give_up_their_places_uncommitted() -> None:
+    # A rate limit's hour-long wait: were they kept, the partition's redelivered commands would queue behind them and
+    # count twice against the handler's capacity.
+    handler, _producer, consumer = gated_handler()
+    started: list[str] = []
+
+    async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
+        started.append(command.command_id)
+        await handler._sleep(3600)
+
+    handler.handle = wait_out_a_rate_limit  # type: ignore[assignment]
+    handler._assign([3])
+    handler._dispatch(Publish(41))  # type: ignore[arg-type]
+    handler._dispatch(Publish(42))  # type: ignore[arg-type]
+    await settle(lambda: handler._parked == 2)
+    assert handler._in_flight == 2
+
+    handler._revoke([3])
+    await settle(lambda: handler._in_flight == 0, timeout=2)
+
+    assert handler._in_flight == 0 and handler._parked == 0
+    assert consumer.commits == [], "not done: the partition's next handler resumes them"
+    # Back here, they are taken up again at once.
+    handler._assign([3])
+    handler._dispatch(Publish(41))  # type: ignore[arg-type]
+    await settle(lambda: len(started) == 3)
+    assert started == ["cmd-41", "cmd-42", "cmd-41"]
+
+
+async def test_partitions_assigned_while_fetching_is_paused_for_capacity_are_paused_too() -> None:
+    handler, _producer, _consumer = gated_handler()
+    handler._fetch_paused = True  # at capacity: every assigned partition paused
+
+    handler._assign([3])  # starts unpaused, as a consumer assigns it
+
+    assert handler._fetch_paused is None, "the loop pauses (or resumes) every assigned partition anew"
