@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
 
 from publishers.redact import map_strings, scrub
@@ -23,14 +24,20 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
         # The scrubbed JSON is scrubbed as text as well: a secret known by the key beside it ("access_token": ...)
         # is only seen there.
         cleaned = scrub(_scrubbed_json(text) or text)
+        # Escapes spell a token the text does not show, and reading it as JSON sees them only where it reads: not in
+        # a message that is no JSON (the commonest dead letter) or in a key it read twice. Kept spelled out, scrubbed.
+        if scrub(unescaped := _json_unescaped(cleaned)) != unescaped:
+            cleaned = scrub(unescaped)
         # Bad input can carry a token (pasted into a caption, say): then keep the scrubbed text, not the bytes.
         if cleaned != text:
             kept, scrubbed = cleaned.encode("utf-8", "replace"), True
+    reason = scrub(reason)
     if kept is not None and len(kept) > MAX_KEPT_VALUE_BYTES:
-        reason = f"{reason} (the original {len(kept)} bytes are not kept: too large for a dead letter)"
+        # Said first: a long reason is cut, and the note must stay.
+        reason = f"the original {len(kept)} bytes are not kept (too large for a dead letter): {reason}"
         kept = None
     return DeadLetter(
-        reason=scrub(reason)[:4000], consumer=consumer, source_topic=source_topic, partition=partition,
+        reason=reason[:4000], consumer=consumer, source_topic=source_topic, partition=partition,
         offset=offset, key=scrub(key.decode("utf-8", "replace"))[:500] if key is not None else None,
         value_b64=base64.b64encode(kept).decode() if kept is not None else None,
         value_scrubbed=scrubbed and kept is not None,
@@ -56,3 +63,20 @@ def _scrubbed_json(text: str) -> str | None:
         return json.dumps(cleaned) if changed else None
     except (ValueError, RecursionError):
         return None
+
+
+# A JSON escape of one character (`\u0045`, `\/`), unless its backslash is itself escaped (`\\u0045` is text).
+_JSON_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\(?:u([0-9A-Fa-f]{4})|/)")
+
+
+def _json_unescaped(text: str) -> str:
+    """`text` with the JSON escapes of printable characters spelled out (quotes, backslashes and control characters
+    stay escaped): what a token spelled with escapes looks like to the scrubber."""
+
+    def spelled(match: re.Match[str]) -> str:
+        if match.group(2) is None:
+            return f"{match.group(1)}/"
+        char = chr(int(match.group(2), 16))
+        return match.group(0) if not char.isprintable() or char in '"\\' else f"{match.group(1)}{char}"
+
+    return _JSON_ESCAPE.sub(spelled, text)

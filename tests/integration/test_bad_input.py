@@ -312,7 +312,7 @@ def test_a_10_mb_command_is_refused_by_the_producer_and_dead_lettered_as_too_lar
     assert f"at most {MAX_MESSAGE_BYTES}" in letter.reason
     assert letter.source_topic == run.service.topics.commands
     # A dead letter has to fit on its own topic: the size is kept, not the bytes.
-    assert "not kept: too large for a dead letter" in letter.reason
+    assert "are not kept (too large for a dead letter)" in letter.reason
     assert letter.value_b64 is None
 
 

@@ -64,3 +64,50 @@ def test_dlq_show_writes_what_a_terminal_would_act_on_as_escapes() -> None:
     assert "\x1b" not in shown and "\x07" not in shown and "\ufffd" not in shown
     assert "\\x1b[2J\\x07" in shown and "\\xff\\xfe" in shown
     assert "café 🍂\tok\n" in shown  # text stays text
+
+
+def _escaped(text: str, count: int = 3) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text[:count]) + text[count:]
+
+
+def test_a_token_spelled_with_escapes_in_a_message_that_is_no_json_is_scrubbed() -> None:
+    registered = "known/secret+token-" + "4b8e1d07"
+    redact.register_secret(registered)
+    shaped = "EAA" + "Qm3Zx8Lp2Rt7Yv4Nc9Hd6Fg1Js5Ku0Xe3Wq8Ao2B"
+    # Cut off (no closing brace), as a message a writer broke on its way: not JSON.
+    value = ('{"type": "PublishRequested", "content": {"caption": "'
+             + registered.replace("/", "\\/") + " and " + _escaped(shaped)).encode()
+
+    kept, scrubbed = _letter(value)
+
+    assert scrubbed is True
+    assert registered not in kept.replace("\\/", "/") and "Qm3Zx8Lp2Rt7Yv4Nc9Hd6Fg1Js5Ku0Xe3Wq8Ao2B" not in kept
+    assert kept == '{"type": "PublishRequested", "content": {"caption": "[redacted] and [redacted]'
+
+
+def test_a_token_spelled_with_escapes_in_a_key_json_reads_twice_is_scrubbed() -> None:
+    shaped = "EAA" + "Ty6Wq1Ao5Bx9kQ3mZ7wLp0Rt4Yv8Nc2Hd5Fg3Js"
+    value = ('{"type": "PublishRequested", "note": "' + _escaped(shaped) + '", "note": "plain"}').encode()
+    assert json.loads(value) == {"type": "PublishRequested", "note": "plain"}  # the first one is not read
+
+    kept, scrubbed = _letter(value)
+
+    assert scrubbed is True and "Ty6Wq1Ao5Bx9kQ3mZ7wLp0Rt4Yv8Nc2Hd5Fg3Js" not in kept
+
+
+def test_escapes_of_quotes_and_escaped_backslashes_are_left_as_they_are() -> None:
+    shaped = "EAA" + "Hd5Fg3JsTy6Wq1Ao5Bx9kQ3mZ7wLp0Rt4Yv8Nc2"
+    value = ('{"caption": "say \\u0022hi\\u0022, path C:\\\\u0045x ' + _escaped(shaped) + '"').encode()
+
+    kept, scrubbed = _letter(value)
+
+    assert scrubbed is True and kept == '{"caption": "say \\u0022hi\\u0022, path C:\\\\u0045x [redacted]"'
+
+
+def test_a_message_too_large_to_keep_says_so_however_long_its_reason() -> None:
+    letter = make_dead_letter(reason="invalid CommandDecided: " + "skipped.x: bad; " * 60_000,
+                              consumer="projector", source_topic="smartretry.post-events", partition=0, offset=7,
+                              key=b"post-1", value=b"x" * 800_000)
+
+    assert letter.value_b64 is None
+    assert letter.reason.startswith("the original 800000 bytes are not kept (too large for a dead letter): invalid ")
