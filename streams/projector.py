@@ -22,7 +22,7 @@ from faust.types import TP
 
 from projections.imported import without_secrets
 from projections.state import PostState
-from projections.store import ProjectionStore, make_engine
+from projections.store import ProjectionStore, database_said, make_engine
 from publishers.redact import scrub
 from schemas.envelope import decode_event, undecodable
 from schemas.events import Event, LegacyInsightsImported
@@ -364,8 +364,9 @@ class ProjectorConsumer(faust_aiokafka.Consumer):
             except Exception as exc:
                 if self.should_stop:
                     raise
-                log.error("partition %d: events at offsets %d to %d not stored (%s: %s); trying again in %.0f s",
-                          partition, raw[0][0], raw[-1][0], type(exc).__name__, scrub(str(exc))[:500], delay)
+                # The error's first line, never SQLAlchemy's statement and values (a post's state: its caption).
+                log.error("partition %d: events at offsets %d to %d not stored (%s); trying again in %.0f s",
+                          partition, raw[0][0], raw[-1][0], database_said(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_WAIT)
                 if TP(tp.topic, partition) not in self.assignment():

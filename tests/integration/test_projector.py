@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ import aiokafka
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
 from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy.exc import OperationalError
 
 from projections.fold import fold
 from projections.store import ProjectionStore, make_engine
@@ -176,6 +178,12 @@ async def test_a_batch_the_store_or_broker_fails_to_take_is_tried_again_and_noth
         if not failures:
             failures.append(1)
             raise RuntimeError("publishing insights failed: timed out")
+        if len(failures) == 1:
+            failures.append(2)
+            # As SQLAlchemy raises it: its text carries the statement and its values (a post's state).
+            raise OperationalError("INSERT INTO posts (post_id, state) VALUES (?, ?)",
+                                   ("p1", '{"caption": "Secret launch of the spring line"}'),
+                                   sqlite3.OperationalError("database is locked"))
         wait_delivered(self, errors)
 
     monkeypatch.setattr(InsightsProjector, "_wait_delivered", broker_slow_once)
@@ -187,10 +195,13 @@ async def test_a_batch_the_store_or_broker_fails_to_take_is_tried_again_and_noth
         produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in retry])
         await until(lambda: applied(store, topics) >= len(first) + len(retry))
 
-    assert failures == [1]
+    assert failures == [1, 2]
     assert store.get(POST_ID).document.to_document() == AFTER_SUCCESSFUL_RETRY  # type: ignore[union-attr]
     assert any("not stored (RuntimeError: publishing insights failed: timed out); trying again" in r.getMessage()
                for r in caplog.records)
+    assert any("not stored (OperationalError: database is locked); trying again" in r.getMessage()
+               for r in caplog.records)
+    assert not any("spring line" in r.getMessage() for r in caplog.records), "a post's content is no log line's"
     insights = [json.loads(v) for k, v in read_topic(kafka_bootstrap, topics.insights, topics.partitions)
                 if k == POST_ID.encode()]
     assert insights[-1] == {"post_id": POST_ID, **AFTER_SUCCESSFUL_RETRY}
