@@ -57,8 +57,12 @@ class ReplayReport:
         return self.live_digest == self.replay_digest and not self.differing
 
 
+# Seconds a replay goes on reading nothing before it gives up (a broker that went away).
+STALL_TIMEOUT = 300.0
+
+
 def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_store: ProjectionStore,
-           progress: Progress | None = None, timeout: float = 300.0, workers: int | None = None,
+           progress: Progress | None = None, stall_timeout: float = STALL_TIMEOUT, workers: int | None = None,
            memory_states: int = MEMORY_STATES, secrets: Collection[str] = ()) -> ReplayReport:
     """Folds the post events into `scratch_store` (emptied first) up to the live store's offsets.
 
@@ -67,7 +71,9 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
     post's events are all on one), so `workers` processes (default: one per core) each read and fold
     a share of them; a scratch store in memory is folded in this process alone. At most
     `memory_states` post states are kept in memory at once, over all workers. `secrets` (the stored account
-    tokens) are taken out of imported documents before they are folded, as the live processor does.
+    tokens) are taken out of imported documents before they are folded, as the live processor does. A replay
+    ends with `ReplayError` once it has read nothing for `stall_timeout` seconds; however long the topic, it is
+    read to the end while events keep coming.
     """
     try:
         same = same_database(live_store.engine, scratch_store.engine)
@@ -99,19 +105,20 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
                               "service's database (SMARTRETRY_DATABASE_URL), and is the projector running?")
         scratch_store.create_schema()
         scratch_store.reset()
-        deadline = started + timeout
         # Imports on another partition than their post's were dead-lettered by the live processor: skipped here too.
         partitions = live_store.recorded_partitions(topics.post_events)
         shares = _shares(bootstrap, topics.post_events, targets, _worker_count(workers, scratch_store))
         if len(shares) <= 1:
             read_live_prints()
             events, replay_prints = _fold_here(bootstrap, topics.post_events, targets, scratch_store, progress,
-                                               deadline, memory_states, secrets=tuple(secrets), partitions=partitions)
+                                               stall_timeout, memory_states, secrets=tuple(secrets),
+                                               partitions=partitions)
         else:
             # The live fingerprints are read, and their digest taken, while the workers run.
             url = scratch_store.engine.url.render_as_string(hide_password=False)
             events, replay_prints = _fold_in_processes(
-                bootstrap, topics.post_events, shares, url, progress, deadline, max(1, memory_states // len(shares)),
+                bootstrap, topics.post_events, shares, url, progress, stall_timeout,
+                max(1, memory_states // len(shares)),
                 meanwhile=read_live_prints, secrets=tuple(secrets), partitions=partitions)
     live_prints = live[0]
     differing = sorted(post_id for post_id in live_prints.keys() | replay_prints.keys()
@@ -168,15 +175,15 @@ def _shares(bootstrap: str, topic: str, targets: dict[int, int], workers: int) -
 
 
 def _fold_here(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
-               progress: Progress | None, deadline: float, limit: int,
+               progress: Progress | None, stall: float, limit: int,
                keep: list[object] | None = None, secrets: tuple[str, ...] = (),
                partitions: int | None = None) -> tuple[int, dict[str, bytes]]:
     with folding_gc():
-        return _read_and_fold(bootstrap, topic, targets, store, progress, deadline, limit, keep, secrets, partitions)
+        return _read_and_fold(bootstrap, topic, targets, store, progress, stall, limit, keep, secrets, partitions)
 
 
 def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]], scratch_url: str,
-                       progress: Progress | None, deadline: float, limit: int,
+                       progress: Progress | None, stall: float, limit: int,
                        meanwhile: Callable[[], None] | None = None, secrets: tuple[str, ...] = (),
                        partitions: int | None = None) -> tuple[int, dict[str, bytes]]:
     """Each share folded by a process of its own into the scratch store; their events and fingerprints, summed.
@@ -187,7 +194,7 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
     context = multiprocessing.get_context("spawn")
     messages: Any = context.Queue()
     processes = [context.Process(target=_worker, name=f"replay-{n}", daemon=True,
-                                 args=(n, bootstrap, topic, share, scratch_url, deadline - time.monotonic(), limit,
+                                 args=(n, bootstrap, topic, share, scratch_url, stall, limit,
                                        messages, secrets, partitions))
                  for n, share in enumerate(shares)]
     for process in processes:
@@ -210,9 +217,8 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
                     n = min(dead & quiet_dead)
                     raise ReplayError(f"replay worker {n} exited with {processes[n].exitcode} "
                                       "before it finished") from None
+                # (A live worker that reads nothing for `stall` seconds says so itself.)
                 quiet_dead = dead
-                if time.monotonic() > deadline + 30:
-                    raise ReplayError("the replay workers did not finish in time") from None
                 continue
             kind, n = message[0], message[1]
             if kind == "error":
@@ -235,7 +241,7 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
     return sum(events for events, _ in finished.values()), prints
 
 
-def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch_url: str, seconds: float,
+def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch_url: str, stall: float,
             limit: int, messages: Any, secrets: tuple[str, ...] = (), partitions: int | None = None) -> None:
     """A replay process: folds its partitions into the scratch store and reports back through `messages`."""
     die_with_parent()
@@ -246,7 +252,7 @@ def _worker(n: int, bootstrap: str, topic: str, targets: dict[int, int], scratch
     try:
         result = _fold_here(bootstrap, topic, targets, store,
                             lambda done, total: messages.put(("progress", n, done, total)),
-                            time.monotonic() + seconds, limit, keep=folded, secrets=secrets, partitions=partitions)
+                            stall, limit, keep=folded, secrets=secrets, partitions=partitions)
         messages.put(("done", n, *result))
     except Exception as exc:  # reported to the parent, which raises it as the replay's error
         messages.put(("error", n, str(exc) if isinstance(exc, ReplayError) else f"{type(exc).__name__}: {exc}"))
@@ -314,7 +320,7 @@ class _MemoryFold:
 
 
 def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: ProjectionStore,
-                   progress: Progress | None, deadline: float, limit: int,
+                   progress: Progress | None, stall: float, limit: int,
                    keep: list[object] | None = None, secrets: tuple[str, ...] = (),
                    partitions: int | None = None) -> tuple[int, dict[str, bytes]]:
     """Records read, and the fingerprint of each post stored. The fold's states go to `keep` when given."""
@@ -350,10 +356,13 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
         done = 0
         if progress:
             progress(0, total)
+        read_at = time.monotonic()
         while remaining:
-            if time.monotonic() > deadline:
-                raise ReplayError(f"timed out reading {topic}; not read to the end: partitions {sorted(remaining)}")
-            for message in consumer.consume(num_messages=10_000, timeout=0.5):
+            if time.monotonic() - read_at > stall:
+                raise ReplayError(f"nothing read from {topic} for {stall:.0f}s (is the broker up?); not read to the "
+                                  f"end: partitions {sorted(remaining)}")
+            fetched = consumer.consume(num_messages=10_000, timeout=0.5)
+            for message in fetched:
                 partition = message.partition()
                 error = message.error()
                 if error is not None:
@@ -381,6 +390,8 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
             finished = [TopicPartition(topic, p) for p in targets if p not in remaining]
             if finished:
                 consumer.pause(finished)
+            if any(message.error() is None for message in fetched):
+                read_at = time.monotonic()  # after folding what it read: a slow fold is no stall
         return done, folder.finish({(topic, p): offset for p, offset in targets.items()})
     finally:
         consumer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from schemas.envelope import encode
 from schemas.events import Event
 from smartretry.cli import app as cli
 from smartretry.settings import Settings
+from streams import replay as replay_module
 from streams.replay import ReplayError, replay
 from streams.topics import Topics
 from tests.integration.test_projector import applied, many_posts, produce, running_projector, until
@@ -115,6 +117,60 @@ def test_a_replay_with_little_memory_writes_posts_out_and_reads_them_back_to_the
     report = replay(kafka_bootstrap, topics, live, scratch, workers=workers, memory_states=12)
     assert report.identical, report.differing
     assert report.posts == 120 and scratch.count() == 120
+
+
+def test_a_replay_that_takes_longer_than_its_stall_timeout_goes_on_while_events_keep_coming(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A topic too long to read in the stall timeout (a fold slowed down here): read to the end all the same.
+    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", many_posts(40))
+    fold_batch = replay_module._MemoryFold.fold
+
+    def slow_fold(self: object, values: list[bytes | None], partitions: list[int]) -> None:
+        time.sleep(0.1)
+        fold_batch(self, values, partitions)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(replay_module._MemoryFold, "fold", slow_fold)
+    monkeypatch.setattr(replay_module, "BATCH", 10)
+    scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch.db"))
+    started = time.monotonic()
+
+    report = replay(kafka_bootstrap, topics, live, scratch, workers=1, stall_timeout=0.5)
+
+    assert time.monotonic() - started > 0.5
+    assert report.identical and report.posts == 40
+
+
+class SilentBroker:
+    """A consumer whose broker hands over nothing (it went away after the offsets were read)."""
+
+    def __init__(self, _config: object) -> None:
+        pass
+
+    def get_watermark_offsets(self, _tp: object, timeout: float) -> tuple[int, int]:
+        return 0, 10
+
+    def assign(self, _partitions: object) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[object]:
+        time.sleep(min(timeout, 0.05))
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_replay_that_reads_nothing_for_its_stall_timeout_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay_module, "Consumer", SilentBroker)
+    scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch.db"))
+    scratch.create_schema()
+
+    with pytest.raises(ReplayError, match=r"nothing read from post-events for 0s \(is the broker up\?\); not read to "
+                                          r"the end: partitions \[0\]"):
+        replay_module._read_and_fold("127.0.0.1:1", "post-events", {0: 5}, scratch, None, 0.3, 10)
 
 
 def test_a_replay_workers_failure_is_the_replays_error(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
