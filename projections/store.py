@@ -170,7 +170,10 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`. SQLite: parent directory created, WAL, and real BEGINs so reads are consistent."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        # Text as UTF-8 whatever the database's encoding: psycopg gives a SQL_ASCII database's (one created under
+        # the C locale) as bytes otherwise, which nothing here reads.
+        utf8 = {"client_encoding": "utf8"} if parsed.get_driver_name() in ("psycopg", "psycopg2") else {}
+        return create_engine(url, pool_pre_ping=True, connect_args=utf8)
     if (file := _sqlite_file(parsed)) is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})

@@ -215,6 +215,24 @@ class TestSQLiteStore(StoreContract):
         engine.dispose()
 
 
+class TestPostgresSqlAsciiStore(StoreContract):
+    """A database created under the C locale is SQL_ASCII: its text still reads back as text, not bytes."""
+
+    @pytest.fixture
+    def engine(self, postgres_url: str) -> Iterator[Engine]:
+        admin = make_engine(postgres_url)
+        name = f"ascii_{uuid.uuid4().hex[:12]}"
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                                 "TEMPLATE template0")
+        engine = make_engine(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+        yield engine
+        engine.dispose()
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
+        admin.dispose()
+
+
 class TestPostgresStore(StoreContract):
     @pytest.fixture
     def engine(self, postgres_url: str) -> Iterator[Engine]:
