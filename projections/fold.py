@@ -230,9 +230,26 @@ def _on_decided(state: PostState, event: CommandDecided) -> None:
             # A field corrected is no longer one that lost a token at import.
             state.taken_out = [f for f in state.taken_out
                                if getattr(event.content, f) == getattr(state.content, f)]
+        if state.content is not None and event.content != state.content:
+            # The platforms already published keep what they went out with (a platform's post is not edited): kept,
+            # so the post can say so. A platform published again drops it once that succeeds (`_on_result`).
+            went_out = {platform: state.published_content.get(platform, state.content) for platform in PLATFORMS
+                        if _published(state, platform)}
+            if went_out:
+                state.__dict__["published_content"] = {**state.published_content, **went_out}
         state.content = event.content
     if event.account is not None:
         state.account = event.account
+
+
+def _published(state: PostState, platform: Platform) -> bool:
+    """Whether the platform's latest result is a success, as the document will say once the batch's results are merged
+    (`_merge_landed`): read off the attempts, which each result updates at once."""
+    finished = [a for a in state.attempts.values() if a.platform == platform and a.success is not None]
+    if finished:
+        return max(finished, key=lambda a: a.attempt_number).success is True
+    result = state.latest_result(platform)  # an imported one, if any
+    return result is not None and result.success
 
 
 def _on_attempted(state: PostState, event: PublishAttempted) -> None:
@@ -310,6 +327,10 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
     state.attempts[event.attempt_id] = finished
     if superseded:
         return None
+    if event.success and event.platform in state.published_content:
+        # Its post now is one of the content the post has (commands of a post run one at a time).
+        state.__dict__["published_content"] = {platform: kept for platform, kept in state.published_content.items()
+                                               if platform != event.platform}
 
     code, subcode = (None, None) if error is None else (error.code, error.subcode)
     _set_needed_action(state, event.platform,

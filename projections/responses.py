@@ -325,3 +325,28 @@ def retries_used_up(state: PostState, max_attempts: int) -> dict[Platform, str]:
         elif kind is ErrorKind.TRANSIENT:
             used_up[platform] = f"retry {label}"
     return used_up
+
+
+# How much of a caption a post's page, detail and CLI quote when saying what a platform's post went out with.
+KEPT_CAPTION_SHOWN = 200
+
+
+def kept_from_before(state: PostState) -> dict[Platform, str]:
+    """Per platform whose post went out before the post's content was corrected (a retry of the other platform that
+    brought a new caption or image), what that post keeps: the service publishes, it never edits a post."""
+    kept: dict[Platform, str] = {}
+    now = state.content
+    for platform, went_out in state.published_with().items():
+        parts = []
+        if now is None or went_out.caption != now.caption:
+            caption = went_out.caption if len(went_out.caption) <= KEPT_CAPTION_SHOWN else \
+                went_out.caption[:KEPT_CAPTION_SHOWN] + "…"
+            parts.append(f"the caption “{caption}”" if caption.strip() else "no caption")
+        for field, name in (("image_url", "image"), ("link", "link")):
+            was = getattr(went_out, field)
+            if now is None or was != getattr(now, field):
+                parts.append(f"the {name} {was}" if was else f"no {name}")
+        label = PLATFORM_LABELS[platform]
+        kept[platform] = (f"{label}'s post went out before the correction and keeps {' and '.join(parts)} (a published "
+                          f"post is not edited: change it on {label}, or force a republish for a new post)")
+    return kept

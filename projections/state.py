@@ -93,6 +93,10 @@ class PostState(BaseModel):
     # Fields of the imported content a token was taken out of (`projections.imported`): a retry publishing one of
     # them must correct it first.
     taken_out: list[str] = Field(default_factory=list)
+    # The content each platform's post went out with, kept once a retry corrected the post's content without publishing
+    # that platform again (its post keeps what it went out with): `published_with` says where it differs. Left out of
+    # the stored state while empty, so a post no correction touched is stored as before.
+    published_content: dict[Platform, PostContent] = Field(default_factory=dict, exclude_if=lambda kept: not kept)
 
     @property
     def status(self) -> PostStatus:
@@ -129,6 +133,11 @@ class PostState(BaseModel):
     def settled_by(self, command_id: str) -> AttemptState | None:
         """The attempt an operator's resolution (`command_id`) settled, if it settled one (each settles one)."""
         return next((a for a in self.attempts.values() if a.resolved_by == command_id), None)
+
+    def published_with(self) -> dict[Platform, PostContent]:
+        """The content each platform's live post went out with, where it is not the post's content now."""
+        return {platform: kept for platform, kept in self.published_content.items()
+                if kept != self.content and (result := self.latest_result(platform)) is not None and result.success}
 
     def latest_command(self) -> CommandRecord | None:
         """The command decided last (commands are decided in order, one post at a time)."""

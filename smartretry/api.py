@@ -51,6 +51,7 @@ from projections.responses import (
     attempt_history,
     attempts_by_platform,
     earlier_posts,
+    kept_from_before,
     needed_actions,
     publish_response,
     retried_summary,
@@ -322,6 +323,9 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         # Posts earlier attempts made that the document no longer shows (a forced republish's first one): still live.
         "earlier_posts": {p: [{"post_id": made, "link": earlier_link(p, made)} for made in ids]
                           for p, ids in earlier_posts(state).items()},
+        # Platforms whose post went out with content since corrected: what it keeps, and the content it went out with.
+        "kept_from_before": kept_from_before(state),
+        "published_with": {p: kept.model_dump(mode="json") for p, kept in state.published_with().items()},
         "needed_action": needed_actions(state, max_attempts, token_renewed_at),
         "outcome_unknown": outcome_unknown(state),
         "not_published_from": {p: format_timestamp(at) for p, at in not_published_from(state, lease_s, now).items()},

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from projections.decide import retry_preview, retry_targets, reuses_command_id
 from projections.fold import FIX_THE_POST, awaiting_attempt, unresolved
-from projections.responses import attempt_history, earlier_posts, needed_actions, retried_summary
+from projections.responses import attempt_history, earlier_posts, kept_from_before, needed_actions, retried_summary
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
@@ -137,6 +137,7 @@ def platform_rows(state: PostState, max_attempts: int,
     unknown = outcome_unknown(state)
     pending = set(unresolved(state)) | set(awaiting_attempt(state))
     actions = needed_actions(state, max_attempts, token_renewed_at)
+    kept = kept_from_before(state)
     for platform in state.targeted:
         result = state.latest_result(platform)
         rows.append({
@@ -150,6 +151,8 @@ def platform_rows(state: PostState, max_attempts: int,
             "unknown": unknown.get(platform),
             # Being published right now: an attempt without a result, or chosen by the latest decision.
             "pending": platform in pending,
+            # Published before the post's content was corrected: what its post keeps.
+            "kept": kept.get(platform),
         })
     return rows
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from publishers.sandbox import SandboxControl
-from schemas.commands import ResolveAttemptRequested, RetryRequested
+from schemas.commands import PostContent, ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
 from schemas.events import CommandDecided, PostSubmitted
@@ -91,6 +91,21 @@ def test_show_does_not_ask_for_an_action_on_a_platform_being_retried(api: Runnin
     assert code == 0, output
     assert "Status: ⏳ Publishing" in output
     assert "Needed for" not in output and "fix the image URL" not in output
+
+
+def test_show_says_what_a_post_published_before_a_correction_keeps(api: RunningApi) -> None:
+    history = History(post_id="post-corrected")
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "18107758234627017")
+    retried = history.retry("cmd-retry", ("facebook",), content=PostContent(caption="Autumn sale: 30% off"))
+    history.success("facebook", retried["facebook"], "747917475065823_122104567890123")
+    api.stores.projection.apply_batch(api.topics.post_events, 8, list(enumerate(history.events)))
+
+    code, output = run(api, "show", "post-corrected")
+
+    assert code == 0, output
+    assert "⚠️ Instagram's post went out before the correction and keeps the caption “Autumn sale” and the image " \
+           "https://cdn.example.com/autumn sale.jpg" in " ".join(output.split())
 
 
 def test_show_keeps_each_history_entry_on_its_line_whatever_its_reason_holds(api: RunningApi) -> None:

@@ -324,6 +324,28 @@ def test_a_retry_in_progress_says_which_platform_is_being_published(api: Running
     assert "Publishing Facebook and Instagram" not in html
 
 
+def test_a_platform_published_before_a_correction_says_what_its_post_keeps_on_the_page_and_in_the_api(
+        api: RunningApi) -> None:
+    history = History(post_id="post-corrected")
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "18107758234627017")
+    retried = history.retry("cmd-retry", ("facebook",), content=PostContent(
+        caption="Autumn sale: 30% off", image_url="https://cdn.example.com/autumn-sale.jpg"))
+    history.success("facebook", retried["facebook"], "747917475065823_122104567890123")
+    api.stores.projection.apply_batch(api.topics.post_events, 8, list(enumerate(history.events)))
+
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-corrected").text
+
+    assert "Status: ✅ Posted" in html
+    assert ("⚠️ Instagram&#39;s post went out before the correction and keeps the caption “Autumn sale” and the image "
+            "https://cdn.example.com/autumn sale.jpg") in html
+    detail = api.client.get("/posts/post-corrected").json()
+    assert detail["published_with"] == {"instagram": {"caption": "Autumn sale", "image_url":
+                                                      "https://cdn.example.com/autumn sale.jpg", "link": None}}
+    assert list(detail["kept_from_before"]) == ["instagram"]
+
+
 def test_a_failure_the_service_retries_by_itself_says_so_on_the_page_and_in_the_api(api: RunningApi) -> None:
     history, _state = rate_limited_state()
     history.post_id = "post-limited"

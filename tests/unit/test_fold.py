@@ -12,6 +12,7 @@ from projections import fold as fold_module
 from projections.decide import decide, retry_targets
 from projections.fold import apply, apply_all, apply_valid, fold
 from projections.imported import without_secrets
+from projections.responses import kept_from_before
 from projections.state import AttemptState, PostState
 from schemas.commands import PostContent, RetryRequested
 from schemas.common import ErrorKind, Platform, PublishTarget, platforms_of
@@ -311,6 +312,46 @@ def test_corrected_content_replaces_the_posts_content_and_keeps_results_until_ne
     assert state.content == FIXED
     assert state.latest_result("facebook") is not None and state.latest_result("facebook").error == IMAGE_ERROR  # type: ignore[union-attr]
     assert state.commands["cmd-retry"].platforms == ["facebook"]
+
+
+def test_a_platform_published_before_a_correction_is_said_to_keep_what_it_went_out_with() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810")
+    untouched = history.state()
+    assert "published_content" not in untouched.model_dump_json(), "stored as before while no correction touched it"
+    corrected = PostContent(caption="Autumn sale: 30% off", image_url="https://cdn.example.com/autumn-sale.jpg")
+    retried = history.retry("cmd-retry", ("facebook",), content=corrected)
+    history.success("facebook", retried["facebook"], "747917475065823_2")
+
+    state = history.state()
+    assert state.status == "posted" and state.content == corrected
+    assert state.published_with() == {"instagram": CONTENT}
+    (kept,) = kept_from_before(state).values()
+    assert kept.startswith("Instagram's post went out before the correction and keeps the caption “Autumn sale” and "
+                           "the image https://cdn.example.com/autumn sale.jpg (a published post is not edited")
+    assert PostState.model_validate_json(state.model_dump_json()) == state
+    # Event by event, as a live projector may fold them, gives the same.
+    one_by_one = None
+    for event in history.events:
+        one_by_one = apply(one_by_one, event)
+    assert one_by_one == state
+
+    # Published again with the post's content now (a forced republish), it keeps nothing from before.
+    forced = history.retry("cmd-force", ("instagram",), forced=True)
+    history.success("instagram", forced["instagram"], "1811")
+    assert history.state().published_with() == {} and history.state().published_content == {}
+
+
+def test_a_correction_back_to_what_went_out_leaves_nothing_to_say() -> None:
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810")
+    retried = history.retry("cmd-retry", ("facebook",), content=FIXED)
+    history.failure("facebook", retried["facebook"])
+    history.retry("cmd-retry-2", ("facebook",), content=CONTENT)
+
+    assert history.state().published_with() == {}, "Instagram's post has the post's content again"
 
 
 def test_the_same_event_twice_changes_nothing_and_apply_leaves_its_input_alone() -> None:
