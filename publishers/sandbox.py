@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import h11
@@ -51,6 +51,19 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
 }
 FaultMode = Literal["error", "drop", "hang", "error_after"]
 ContainerStatus = Literal["FINISHED", "ERROR", "EXPIRED"]
+
+
+def _endpoint_of(body: dict[str, Any]) -> tuple[str, str]:
+    """The platform and endpoint a control request names, or `ValueError` saying which exist: a typo must never set
+    something else (or nothing) than the tester meant."""
+    platform, endpoint = body.get("platform"), body.get("endpoint") or "*"
+    if platform not in ENDPOINTS:
+        raise ValueError(f"platform must be one of {', '.join(ENDPOINTS)}, not {platform!r}")
+    if endpoint != "*" and endpoint not in ENDPOINTS[platform]:
+        raise ValueError(f"{platform}'s endpoints are {', '.join(ENDPOINTS[platform])} or *, not {endpoint!r}")
+    return platform, endpoint
+
+
 # Meta's media_publish reference: 50 posts per account in a moving 24 hours (read it live from
 # /content_publishing_limit on the real API; it has changed before).
 DEFAULT_PUBLISH_LIMIT = 50
@@ -551,14 +564,26 @@ class GraphSandbox:
                                  + (f" (not {', '.join(unknown)})" if unknown else ""))
             if not isinstance(body.get("times", 1), int) or body.get("times", 1) < 1:
                 raise ValueError("a fault's times is how many calls it answers: at least 1")
+            _endpoint_of(body)
+            if body.get("mode", "error") not in get_args(FaultMode):
+                raise ValueError(f"a fault's mode is one of {', '.join(get_args(FaultMode))}, not {body['mode']!r}")
             self.add_fault(Fault(**body))
         elif action == "latency":
-            self.latency[(body["platform"], body.get("endpoint") or "*")] = float(body["seconds"])
+            seconds = float(body["seconds"])
+            if not 0 <= seconds < float("inf"):
+                raise ValueError(f"latency seconds must be 0 or more, not {body['seconds']!r}")
+            self.latency[_endpoint_of(body)] = seconds
         elif action == "reject-spaces":
             self.reject_spaces[body["platform"]] = bool(body.get("enabled", True))
         elif action == "containers":
+            if body.get("next_status") and body["next_status"] not in get_args(ContainerStatus):
+                raise ValueError(f"a container's next_status is one of {', '.join(get_args(ContainerStatus))}, not "
+                                 f"{body['next_status']!r}")
             if "delay_s" in body:
-                self.container_delay_s = float(body["delay_s"])
+                delay = float(body["delay_s"])
+                if not 0 <= delay < float("inf"):
+                    raise ValueError(f"a container's delay_s must be 0 or more, not {body['delay_s']!r}")
+                self.container_delay_s = delay
             if body.get("next_status"):
                 self.next_container_statuses += [body["next_status"]] * int(body.get("times", 1))
         elif action == "publish-limit":

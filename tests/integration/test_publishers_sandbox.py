@@ -154,6 +154,26 @@ def test_the_control_api_takes_json_as_curl_sends_it_and_says_what_a_fault_needs
         assert none.status_code == 400 and "at least 1" in none.json()["error"], times
 
 
+@pytest.mark.parametrize(("action", "body", "said"), [
+    ("faults", {"platform": "facebook", "endpoint": "photos", "mode": "eror"},
+     "a fault's mode is one of error, drop, hang, error_after, not 'eror'"),
+    ("faults", {"platform": "facebok", "endpoint": "photos"}, "platform must be one of facebook, instagram"),
+    ("latency", {"platform": "facebook", "endpoint": "photo", "seconds": 2}, "facebook's endpoints are page_token"),
+    ("latency", {"platform": "facebook", "endpoint": "photos", "seconds": -1}, "latency seconds must be 0 or more"),
+    ("containers", {"next_status": "BOGUS"}, "a container's next_status is one of FINISHED, ERROR, EXPIRED"),
+    ("containers", {"delay_s": -3}, "a container's delay_s must be 0 or more"),
+])
+def test_a_control_request_with_a_value_it_does_not_know_is_refused_and_changes_nothing(
+        graph: httpx.Client, sandbox: SandboxControl, action: str, body: dict[str, object], said: str) -> None:
+    # A typo must never set another fault than the one meant (an unknown mode published, then dropped the answer).
+    refused = graph.post(f"/_sandbox/{action}", json=body)
+
+    assert refused.status_code == 400 and said in refused.json()["error"]
+    published = graph.post(f"/{DEMO_PAGE_ID}/photos", data={"url": "https://cdn.example.com/a.jpg"},
+                           headers=bearer(DEMO_PAGE_TOKEN))
+    assert published.status_code == 200 and "post_id" in published.json()
+
+
 def test_the_command_line_prints_its_url_and_serves() -> None:
     process = subprocess.Popen([sys.executable, "-m", "publishers.sandbox", "--port", "0"],
                                stdout=subprocess.PIPE, text=True)
