@@ -853,6 +853,14 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime,
         expected[platform] = running.started_at + timedelta(seconds=lease_s)
     waited = [p for p in state.targeted if p in expected]
     if not waited:
+        # The post's latest command still publishing a platform (a first publish, an Instagram container that takes
+        # its time): this one is handled once that has its result, and its answer is not the old results' doing.
+        under_way = [p for p in state.targeted if (running := state.in_flight(p)) is not None
+                     and running.command_id == latest.command_id]
+        if under_way:
+            names = " and ".join(PLATFORM_LABELS[p] for p in under_way)
+            return (f"queued behind the publish of {names} under way (its result is not in yet): handled after it, "
+                    "and the results shown until then are the earlier ones")
         return None
     current = [p for p in waited if now <= expected[p] + AUTOMATIC_RETRY_LATE]
     if not current:

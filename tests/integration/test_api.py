@@ -1036,6 +1036,23 @@ def test_a_command_queued_behind_automatic_retries_long_overdue_says_the_service
         "handled after it")
 
 
+def test_a_retry_sent_while_the_first_publish_is_still_under_way_says_it_is_queued_behind_it(api: RunningApi) -> None:
+    # Facebook failed on its image; Instagram's container is still processing. A retry with the fixed image runs after
+    # that publish: its answer says so, rather than hand back Facebook's old failure as this retry's result.
+    history = History(post_id="post-busy", at=datetime.now(UTC))
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"])
+    store_events(api, history.events)
+
+    answer = api.client.post("/posts/post-busy/retry", json={"content": {"image_url": FIXED_URL}})
+
+    assert answer.status_code == 202
+    document = answer.json()
+    assert document["pending"] is True and document["post"]["status"] == "publishing"
+    assert document["note"] == ("queued behind the publish of Instagram under way (its result is not in yet): handled "
+                                "after it, and the results shown until then are the earlier ones")
+
+
 def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:
     store_post(api, "post-1")
     store_events(api, History(post_id="imported-1").legacy(

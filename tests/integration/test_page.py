@@ -346,6 +346,23 @@ def test_a_platform_published_before_a_correction_says_what_its_post_keeps_on_th
     assert list(detail["kept_from_before"]) == ["instagram"]
 
 
+def test_a_platform_that_failed_while_the_other_is_still_publishing_shows_its_failure_and_what_it_needs(
+        api: RunningApi) -> None:
+    history = History(post_id="post-half-done", at=datetime.now(UTC))
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"])  # Instagram's container is still processing
+    api.stores.projection.apply_batch(api.topics.post_events, 9, list(enumerate(history.events)))
+
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-half-done").text
+
+    assert "Status: ⏳ Publishing" in html and "Publishing Instagram… this page refreshes itself." in html
+    assert "Error: facebook: Missing or invalid image file" in html
+    assert "Needed for Facebook: fix the image URL" in html
+    assert "A retry can be sent here once Instagram has its result." in html
+    assert "Retry Publishing" not in html
+
+
 def test_a_failure_the_service_retries_by_itself_says_so_on_the_page_and_in_the_api(api: RunningApi) -> None:
     history, _state = rate_limited_state()
     history.post_id = "post-limited"
