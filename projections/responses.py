@@ -271,6 +271,13 @@ def needed_actions(state: PostState, max_attempts: int,
             retry = f"retry {label}{_bringing(state, platform)}"
             shown.setdefault(platform, f"check {label} for the post, then {retry} if it is not there"
                              if legacy_may_have_published(state) else f"{retry} to publish it")
+        for platform in state.targeted:
+            result = state.latest_result(platform)
+            if platform not in shown and result is not None and not result.success and \
+                    not state.attempts_of(platform):
+                # An old system's failure whose words name nothing to fix: the service never retries it by itself, so
+                # the retry is the user's to send.
+                shown[platform] = f"retry {PLATFORM_LABELS[platform]}{_bringing(state, platform)}"
     if state.account is None and state.status == "failed":
         # Imported without an account: whatever else it needs, a retry publishes it only once it names one.
         for platform in state.targeted:

@@ -526,3 +526,25 @@ def test_an_imported_post_for_instagram_without_its_image_asks_for_one_with_the_
         event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="instagram",
         account="acct-1", content=PostContent(caption="Autumn sale"), document={"status": "draft"}))
     assert needed_actions(history.state(), 3) == {"instagram": "retry Instagram with an image URL to publish it"}
+
+
+@pytest.mark.parametrize("error", [None, "Something went wrong on our side"])
+def test_an_imported_failure_whose_words_name_nothing_to_fix_asks_for_the_retry(error: str | None) -> None:
+    # A failure is never silent: the old system's failure is one the service does not retry by itself.
+    result: dict[str, object] = {"platform": "facebook", "success": "false"}
+    if error is not None:
+        result["error"] = error
+    history = imported({"insights": {"publish_results": [
+        result, {"platform": "instagram", "success": True, "postId": "18107758234627017"}]}, "status": "failed"})
+    state = history.state()
+
+    assert state.status == "failed"
+    assert needed_actions(state, 5) == {"facebook": "retry Facebook"}
+
+
+def test_an_imported_failure_that_names_its_fix_keeps_it() -> None:
+    history = imported({"insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "Missing or invalid image file"},
+        {"platform": "instagram", "success": True, "postId": "18107758234627017"}]}, "status": "failed"})
+
+    assert needed_actions(history.state(), 5) == {"facebook": "fix the image URL"}
