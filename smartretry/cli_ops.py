@@ -655,7 +655,7 @@ def show(
             outcome = {"published": "✅ published", "failed": "❌ failed"}.get(attempt["outcome"],
                                                                              f"⏳ {attempt['outcome']}")
             said = f": {_one_line(attempt['error'])}" if attempt["outcome"] == "failed" and attempt.get("error") else ""
-            if attempt.get("resolved_by"):
+            if attempt.get("resolved_by") and "an operator found" not in said:
                 said += " (as an operator said)"
             if attempt.get("unknown_because") and attempt["outcome"] != "not known yet":
                 said += f" (its outcome was not known at first: {_one_line(attempt['unknown_because'])})"
@@ -740,6 +740,10 @@ def set_token(
         _error("there is no terminal to ask for the token on: pipe it in with --token-stdin")
         raise typer.Exit(2)
     token = sys.stdin.readline().strip() if token_stdin else typer.prompt("Token", hide_input=True)
+    if not token:
+        _error("no token was given: " + ("standard input held none (pipe the token in, on its first line)"
+                                         if token_stdin else "type the token when asked"))
+        raise typer.Exit(2)
     body = {"token": token, "page_id": page_id, "ig_user_id": ig_user_id}
     with api_client(api_url) as api:
         answer = api.call("PUT", f"/accounts/{account}/token", json={k: v for k, v in body.items() if v},
@@ -980,7 +984,9 @@ def dlq_show(offset: int = typer.Argument(..., help="The dead letter's offset (f
         console.print(f"This message was {_requeued_text(requeue)}.", highlight=False, markup=False)
     original = letter.original_value()
     console.print("original message, with a token scrubbed out:" if letter.value_scrubbed else "original message:")
-    console.print(shown_bytes(original) if original is not None else "(no value)", highlight=False, markup=False)
+    console.print(shown_bytes(original) if original is not None else
+                  "(not kept: the reason says why)" if letter.reason.startswith("the original ") else "(no value)",
+                  highlight=False, markup=False)
 
 
 def shown_bytes(raw: bytes) -> str:

@@ -434,6 +434,18 @@ def test_a_dead_letter_a_token_was_scrubbed_out_of_is_shown_as_such_and_never_re
     assert messages_on(api.bootstrap, api.topics.commands) == []
 
 
+def test_dlq_show_says_a_message_too_large_to_keep_was_not_kept(api: RunningApi) -> None:
+    letter = make_dead_letter(reason="invalid RetryRequested: note: too long", consumer="command-handler",
+                              source_topic=api.topics.commands, partition=1, offset=3, key=b"post-8",
+                              value=b"x" * 800_000)
+    deliver(api.producer, api.topics.dead_letters, "post-8", encode(letter))
+
+    code, output = run(api, "dlq", "show", "0")
+
+    assert code == 0, output
+    assert "original message:\n(not kept: the reason says why)" in output and "(no value)" not in output
+
+
 def test_demo_shows_the_seeds_scenario(service_api: ServiceApi) -> None:
     result = CliRunner().invoke(app, ["demo"], env={
         "SMARTRETRY_API_URL": service_api.url, "SMARTRETRY_API_KEY": E2E_KEY,

@@ -620,7 +620,11 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
                             "resolved_by": "resolve-1", "unknown_because": "Facebook photo upload failed: 500 - boom",
                             "started_at": "2026-11-30T08:59:00.000Z"},
                            {"platform": "facebook", "kind": "retry", "outcome": "not known yet", "error": None,
-                            "started_at": "2026-11-30T09:00:00.000Z"}]}
+                            "started_at": "2026-11-30T09:00:00.000Z"},
+                           {"platform": "instagram", "kind": "first publish", "outcome": "failed",
+                            "error": "Instagram publish was interrupted before its result was recorded; an operator "
+                                     "found it was not published (checked the account)", "resolved_by": "resolve-2",
+                            "started_at": "2026-11-30T09:01:00.000Z"}]}
 
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"posts": [summary], "next_cursor": None} if request.url.path == "/posts"
@@ -640,6 +644,8 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
     assert "  2026-11-30 08:59:00 UTC  Facebook automatic retry: ✅ published (as an operator said) (its outcome was " \
            "not known at first: Facebook photo upload failed: 500 - boom)\n" in shown.output
     assert "  2026-11-30 09:00:00 UTC  Facebook retry: ⏳ not known yet\n" in shown.output
+    # The operator is named once: by the failure's own words.
+    assert "an operator found it was not published (checked the account)\n" in shown.output
 
 
 def test_show_gives_an_id_without_an_address_as_the_page_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -727,6 +733,15 @@ def test_a_token_asked_for_without_a_terminal_says_to_pipe_it_in() -> None:
 
     assert done.exit_code == 2, done.output
     assert done.output.strip() == "error: there is no terminal to ask for the token on: pipe it in with --token-stdin"
+
+
+def test_a_token_piped_in_empty_is_refused_before_anything_is_sent() -> None:
+    done = CliRunner().invoke(app, ["accounts", "set-token", "acme", "--token-stdin"], input="\n",
+                              env={"COLUMNS": "200", "SMARTRETRY_API_URL": "http://127.0.0.1:1"})
+
+    assert done.exit_code == 2, done.output
+    assert done.output.strip() == ("error: no token was given: standard input held none (pipe the token in, on its "
+                                   "first line)")
 
 
 @pytest.mark.parametrize("answer", [
