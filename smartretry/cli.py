@@ -150,8 +150,9 @@ def _refuse_open_development_keys(settings: Settings) -> None:
     defaults = development_keys(settings)
     if defaults and not serves_this_machine_only(settings):
         # Served beyond this machine, the README's keys would let anyone use the API and read the stored tokens.
+        where = settings.api_host or "every address of this machine (SMARTRETRY_API_HOST is empty)"
         say(settings, f"error: {_still_default(defaults)} the README prints, and the API would listen on "
-            f"{settings.api_host}: set your own (for example the output of `python -c 'import secrets; "
+            f"{where}: set your own (for example the output of `python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))'`)", err=True, level=logging.ERROR)
         raise typer.Exit(2)
 

@@ -584,17 +584,20 @@ def test_the_apis_address_printed_is_one_a_browser_here_can_open(host: str, show
     assert ApiServer(None, None, host, 8080).url == shown  # type: ignore[arg-type]
 
 
-def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("host", "said"), [
+    ("0.0.0.0", "0.0.0.0"), ("", "every address of this machine (SMARTRETRY_API_HOST is empty)")])
+def test_the_api_alone_is_not_served_beyond_this_machine_with_the_readmes_keys(
+        monkeypatch: pytest.MonkeyPatch, host: str, said: str) -> None:
     # The log left as it is: configured on the runner's own output, it would outlive this test.
     monkeypatch.setattr("smartretry.logs.configure", lambda *_args, **_kwargs: None)
     port = _no_broker().rsplit(":", 1)[1]  # a free port
     done = CliRunner().invoke(app, ["api"], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "SMARTRETRY_API_HOST":
-                                                 "0.0.0.0", "SMARTRETRY_API_PORT": port, "SMARTRETRY_API_KEY": None,
+                                                 host, "SMARTRETRY_API_PORT": port, "SMARTRETRY_API_KEY": None,
                                                  "SMARTRETRY_SECRET_KEY": None, "COLUMNS": "200"})
 
     assert done.exit_code == 2, done.output
     assert ("error: SMARTRETRY_API_KEY and SMARTRETRY_SECRET_KEY are still the development default the README prints, "
-            "and the API would listen on 0.0.0.0") in done.output
+            f"and the API would listen on {said}: set your own") in " ".join(done.output.split())
 
 
 def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_when_it_may_be_not_published(
