@@ -295,7 +295,7 @@ def handler() -> None:
     settings = load_settings()
     configure(settings.log_level, settings.log_format)
     if not settings.kafka_bootstrap_servers:
-        typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS", err=True)
+        say(settings, "error: set KAFKA_BOOTSTRAP_SERVERS to the service's broker", err=True, level=logging.ERROR)
         raise typer.Exit(2)
     _projection_exists(settings)
     # The handler collects garbage on its own schedule (its consumer loop), as the projector does: the
@@ -506,8 +506,8 @@ def _projection_exists(settings: Settings) -> None:
     from projections.store import missing_sqlite_file
 
     if (missing := missing_sqlite_file(settings.database_url)) is not None:
-        typer.echo(f"error: there is no projection at {missing} (SMARTRETRY_DATABASE_URL): set it to the service's "
-                   "database, or start the processor first (it creates it)", err=True)
+        say(settings, f"error: there is no projection at {missing} (SMARTRETRY_DATABASE_URL): set it to the service's "
+            "database, or start the processor first (it creates it)", err=True, level=logging.ERROR)
         raise typer.Exit(2)
 
 

@@ -707,6 +707,21 @@ def test_a_handler_without_its_projection_is_refused_and_creates_none(tmp_path: 
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_handler_that_writes_json_says_why_it_cannot_start_as_one_json_object(tmp_path: Path) -> None:
+    for env, said in (({"KAFKA_BOOTSTRAP_SERVERS": None}, "set KAFKA_BOOTSTRAP_SERVERS to the service's broker"),
+                      ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                        "SMARTRETRY_DATABASE_URL": f"sqlite:///{tmp_path}/typo/smartretry.db"},
+                       "there is no projection at")):
+        ran = _cli("handler", env={**env, "SMARTRETRY_LOG_FORMAT": "json",
+                                   "SMARTRETRY_GRAPH_API_BASE_URL": "http://127.0.0.1:9"}, cwd=tmp_path)
+
+        assert ran.returncode == 2, ran.stderr
+        lines = [line for line in (ran.stdout + ran.stderr).splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        logged = json.loads(lines[0])
+        assert logged["level"] == "ERROR" and logged["message"].startswith(said), logged
+
+
 def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     ran = _cli("broker", env={"SMARTRETRY_BROKER_DATA_DIR": "/proc/no-such-dir/kafka", "KAFKA_BOOTSTRAP_SERVERS": None},
                cwd=tmp_path)
