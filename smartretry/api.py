@@ -855,13 +855,21 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime,
     if not waited:
         # The post's latest command still publishing a platform (a first publish, an Instagram container that takes
         # its time): this one is handled once that has its result, and its answer is not the old results' doing.
-        under_way = [p for p in state.targeted if (running := state.in_flight(p)) is not None
-                     and running.command_id == latest.command_id]
-        if under_way:
-            names = " and ".join(PLATFORM_LABELS[p] for p in under_way)
-            return (f"queued behind the publish of {names} under way (its result is not in yet): handled after it, "
-                    "and the results shown until then are the earlier ones")
-        return None
+        under_way = {p: running for p in state.targeted if (running := state.in_flight(p)) is not None
+                     and running.command_id == latest.command_id}
+        if not under_way:
+            return None
+        names = " and ".join(PLATFORM_LABELS[p] for p in under_way)
+        if any(running.lookup_error is not None for running in under_way.values()):
+            # Not under way as far as anyone knows: its outcome is unknown, and the post says what to check.
+            return (f"queued behind the publish of {names}, whose outcome is not known yet (the post says what to "
+                    "check): handled after it")
+        ends = max(running.started_at for running in under_way.values()) + timedelta(seconds=lease_s)
+        if now > ends + AUTOMATIC_RETRY_LATE:
+            return (f"queued behind the publish of {names}, overdue since {ends.astimezone(UTC):%Y-%m-%d %H:%M:%S} "
+                    "UTC (the service may be away or behind): handled after it")
+        return (f"queued behind the publish of {names} under way (its result is not in yet): handled after it, "
+                "and the results shown until then are the earlier ones")
     current = [p for p in waited if now <= expected[p] + AUTOMATIC_RETRY_LATE]
     if not current:
         # Still behind them, but the service has not made them in time: said, rather than "publishing".

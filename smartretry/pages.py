@@ -380,6 +380,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "earlier": [{"platform": p, "label": PLATFORM_LABELS[p], "post_id": made, "link": earlier_link(p, made)}
                         for p, ids in earlier_posts(state).items() for made in ids],
             "publishing": publishing,
+            # The post itself still publishing one platform after another failed (not the page's own retry, sent and
+            # not decided yet: the platform it retries is shown as being published).
+            "half_done": state.status == "publishing" and not undecided,
             "for_someone": for_someone,
             "unhandled": unhandled,
             "automatic": {PLATFORM_LABELS[p]: at for p, at in automatic.items()},

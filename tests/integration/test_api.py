@@ -1053,6 +1053,26 @@ def test_a_retry_sent_while_the_first_publish_is_still_under_way_says_it_is_queu
                                 "after it, and the results shown until then are the earlier ones")
 
 
+def test_a_command_queued_behind_a_first_publish_says_when_it_is_late_or_its_outcome_unknown() -> None:
+    from smartretry.api import queued_behind
+
+    history = History(post_id="post-busy", at=datetime.now(UTC))
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"])
+    began = history.state().attempts_of("instagram")[-1].started_at
+    assert (queued_behind(history.state(), 5, began + timedelta(seconds=30)) or "").startswith(
+        "queued behind the publish of Instagram under way")
+    # Long past the attempt's lease: the service may be away, and the answer does not say "under way".
+    late = queued_behind(history.state(), 5, began + timedelta(hours=2))
+    assert late is not None and late.startswith("queued behind the publish of Instagram, overdue since ")
+    assert late.endswith("UTC (the service may be away or behind): handled after it")
+    # Its outcome could not be checked: the post says what to check.
+    history.unknown("instagram", attempts["instagram"])
+    assert queued_behind(history.state(), 5, began + timedelta(seconds=30)) == (
+        "queued behind the publish of Instagram, whose outcome is not known yet (the post says what to check): "
+        "handled after it")
+
+
 def test_a_retry_may_name_the_posts_account_and_an_unknown_or_another_one_is_refused(api: RunningApi) -> None:
     store_post(api, "post-1")
     store_events(api, History(post_id="imported-1").legacy(

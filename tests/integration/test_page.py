@@ -359,8 +359,24 @@ def test_a_platform_that_failed_while_the_other_is_still_publishing_shows_its_fa
     assert "Status: ⏳ Publishing" in html and "Publishing Instagram… this page refreshes itself." in html
     assert "Error: facebook: Missing or invalid image file" in html
     assert "Needed for Facebook: fix the image URL" in html
-    assert "A retry can be sent here once Instagram has its result." in html
+    assert "A retry of Facebook can be sent here once Instagram has its result." in html
     assert "Retry Publishing" not in html
+
+
+def test_a_platform_the_service_retries_by_itself_while_the_other_is_still_publishing_says_so(
+        api: RunningApi) -> None:
+    history = History(post_id="post-hiccup", at=datetime.now(UTC))
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"], "Facebook photo upload failed: 500 - hiccup", ErrorKind.TRANSIENT,
+                    when=datetime.now(UTC))
+    api.stores.projection.apply_batch(api.topics.post_events, 10, list(enumerate(history.events)))
+
+    with signed_in(api) as browser:
+        html = browser.get("/ui/posts/post-hiccup").text
+
+    assert "Publishing Instagram… this page refreshes itself." in html
+    assert "🔄 Facebook will be retried automatically" in html
+    assert "can be sent here" not in html and "Needed for Facebook" not in html
 
 
 def test_a_failure_the_service_retries_by_itself_says_so_on_the_page_and_in_the_api(api: RunningApi) -> None:
@@ -445,6 +461,8 @@ def test_the_retry_form_puts_a_retry_on_kafka_and_the_page_shows_publishing(api:
         page = browser.get(answer.headers["location"]).text
         # Named: what the retry publishes (Facebook failed, Instagram went out), not every platform of the post.
         assert "Publishing Facebook… this page refreshes itself." in page
+        # The failure the retry is to mend is not shown as still needing it.
+        assert "Needed for Facebook" not in page and "Error: facebook" not in page and "can be sent here" not in page
         # Still not taken up a minute later (no handler runs here): said so, no longer "publishing" for ever.
         sent = int(answer.headers["location"].rsplit("=", 1)[1])
         later = browser.get(answer.headers["location"].replace(f"sent={sent}", f"sent={sent - 61}")).text
