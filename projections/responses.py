@@ -14,7 +14,7 @@ from projections.fold import (
     without_legacy_result,
 )
 from projections.resume import automatic_retries
-from projections.state import CommandRecord, PostState
+from projections.state import PUBLISHED_FIELDS, CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
 from schemas.common import (
     ACCOUNT_ID_FIELDS,
@@ -350,6 +350,8 @@ def kept_from_before(state: PostState) -> dict[Platform, str]:
                 went_out.caption[:KEPT_CAPTION_SHOWN] + "…"
             parts.append(f"the caption “{caption}”" if caption.strip() else "no caption")
         for field, name in (("image_url", "image"), ("link", "link")):
+            if field not in PUBLISHED_FIELDS[platform]:
+                continue
             was = getattr(went_out, field)
             if now is None or was != getattr(now, field):
                 parts.append(f"the {name} {was}" if was else f"no {name}")

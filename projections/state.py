@@ -11,6 +11,10 @@ from schemas.common import ErrorKind, Platform, PublishTarget, StateTime, platfo
 from schemas.events import PlatformError
 from schemas.insights import PostInsights, PostStatus, PublishResult
 
+# The content fields each platform's post shows: Instagram publishes a caption and an image, never a link.
+PUBLISHED_FIELDS: dict[Platform, tuple[str, ...]] = {"facebook": ("caption", "image_url", "link"),
+                                                     "instagram": ("caption", "image_url")}
+
 
 class AttemptState(BaseModel):
     """One publish attempt of one platform, and what came of it so far."""
@@ -135,9 +139,12 @@ class PostState(BaseModel):
         return next((a for a in self.attempts.values() if a.resolved_by == command_id), None)
 
     def published_with(self) -> dict[Platform, PostContent]:
-        """The content each platform's live post went out with, where it is not the post's content now."""
+        """The content each platform's live post went out with, where what that platform publishes of it (Instagram: no
+        link) is not the post's content now."""
         return {platform: kept for platform, kept in self.published_content.items()
-                if kept != self.content and (result := self.latest_result(platform)) is not None and result.success}
+                if (self.content is None or any(getattr(kept, name) != getattr(self.content, name)
+                                                for name in PUBLISHED_FIELDS[platform]))
+                and (result := self.latest_result(platform)) is not None and result.success}
 
     def latest_command(self) -> CommandRecord | None:
         """The command decided last (commands are decided in order, one post at a time)."""

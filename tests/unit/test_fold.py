@@ -817,3 +817,15 @@ def test_the_containers_asked_before_a_new_one_are_those_of_the_attempts_failed_
     assert state.containers_to_ask("facebook") == []
     del state.attempts["a2"]
     assert [c for c, _ in state.containers_to_ask("instagram")] == ["c5", "c3", "c1"]
+
+
+def test_a_link_added_by_a_correction_is_nothing_instagrams_post_lacks() -> None:
+    # Instagram publishes no link: a retry of Facebook that adds one leaves Instagram's post as the post is.
+    history = History()
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "1810")
+    with_link = CONTENT.model_copy(update={"link": "https://shop.example.com/autumn"})
+    retried = history.retry("cmd-retry", ("facebook",), content=with_link)
+    history.success("facebook", retried["facebook"], "747917475065823_2")
+
+    assert history.state().published_with() == {} and kept_from_before(history.state()) == {}
