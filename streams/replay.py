@@ -59,6 +59,10 @@ class ReplayReport:
 
 # Seconds a replay goes on reading nothing before it gives up (a broker that went away).
 STALL_TIMEOUT = 300.0
+# Seconds past that a worker may be silent (its last batch written) before the replay gives up on it.
+WORKER_SILENCE_MARGIN = 30.0
+# Records asked of the broker at a time.
+FETCH = 10_000
 
 
 def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_store: ProjectionStore,
@@ -203,6 +207,9 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
     totals = [0] * len(shares)
     finished: dict[int, tuple[int, dict[str, bytes]]] = {}
     quiet_dead: set[int] = set()
+    # Workers report after every batch they fold; one that reads nothing says so itself after `stall`. Silent well past
+    # that, one is stuck where it cannot (a store that never answers): the replay says so rather than wait for ever.
+    heard_at = time.monotonic()
     try:
         if meanwhile is not None:
             meanwhile()
@@ -217,9 +224,12 @@ def _fold_in_processes(bootstrap: str, topic: str, shares: list[dict[int, int]],
                     n = min(dead & quiet_dead)
                     raise ReplayError(f"replay worker {n} exited with {processes[n].exitcode} "
                                       "before it finished") from None
-                # (A live worker that reads nothing for `stall` seconds says so itself.)
                 quiet_dead = dead
+                if time.monotonic() - heard_at > stall + WORKER_SILENCE_MARGIN:
+                    raise ReplayError(f"the replay workers have said nothing for {time.monotonic() - heard_at:.0f}s "
+                                      "(a store that does not answer?)") from None
                 continue
+            heard_at = time.monotonic()
             kind, n = message[0], message[1]
             if kind == "error":
                 raise ReplayError(message[2])
@@ -361,7 +371,7 @@ def _read_and_fold(bootstrap: str, topic: str, targets: dict[int, int], store: P
             if time.monotonic() - read_at > stall:
                 raise ReplayError(f"nothing read from {topic} for {stall:.0f}s (is the broker up?); not read to the "
                                   f"end: partitions {sorted(remaining)}")
-            fetched = consumer.consume(num_messages=10_000, timeout=0.5)
+            fetched = consumer.consume(num_messages=FETCH, timeout=0.5)
             for message in fetched:
                 partition = message.partition()
                 error = message.error()

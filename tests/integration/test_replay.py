@@ -122,23 +122,25 @@ def test_a_replay_with_little_memory_writes_posts_out_and_reads_them_back_to_the
 def test_a_replay_that_takes_longer_than_its_stall_timeout_goes_on_while_events_keep_coming(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A topic too long to read in the stall timeout (a fold slowed down here): read to the end all the same.
-    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", many_posts(40))
+    # A topic too long to read in the stall timeout (a fold slowed down here, each batch slower than the timeout, read
+    # a few records at a time): read to the end all the same, folding being no stall.
+    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", many_posts(4))
     fold_batch = replay_module._MemoryFold.fold
 
     def slow_fold(self: object, values: list[bytes | None], partitions: list[int]) -> None:
-        time.sleep(0.1)
+        time.sleep(0.4)
         fold_batch(self, values, partitions)  # type: ignore[arg-type]
 
     monkeypatch.setattr(replay_module._MemoryFold, "fold", slow_fold)
-    monkeypatch.setattr(replay_module, "BATCH", 10)
+    monkeypatch.setattr(replay_module, "BATCH", 5)
+    monkeypatch.setattr(replay_module, "FETCH", 5)
     scratch = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/scratch.db"))
     started = time.monotonic()
 
-    report = replay(kafka_bootstrap, topics, live, scratch, workers=1, stall_timeout=0.5)
+    report = replay(kafka_bootstrap, topics, live, scratch, workers=1, stall_timeout=0.3)
 
-    assert time.monotonic() - started > 0.5
-    assert report.identical and report.posts == 40
+    assert time.monotonic() - started > 1.0
+    assert report.identical and report.posts == 4
 
 
 class SilentBroker:
