@@ -28,6 +28,9 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
         # a message that is no JSON (the commonest dead letter) or in a key it read twice. Kept spelled out, scrubbed.
         if scrub(unescaped := _json_unescaped(cleaned)) != unescaped:
             cleaned = scrub(unescaped)
+        elif scrub(deep := _deeply_unescaped(cleaned)) != deep:
+            # Escaped twice or more (JSON written inside a JSON string): kept spelled out all the way, scrubbed.
+            cleaned = scrub(deep)
         # Bad input can carry a token (pasted into a caption, say): then keep the scrubbed text, not the bytes.
         if cleaned != text:
             kept, scrubbed = cleaned.encode("utf-8", "replace"), True
@@ -80,3 +83,14 @@ def _json_unescaped(text: str) -> str:
         return match.group(0) if not char.isprintable() or char in '"\\' else f"{match.group(1)}{char}"
 
     return _JSON_ESCAPE.sub(spelled, text)
+
+
+def _deeply_unescaped(text: str) -> str:
+    """`text` with escaped backslashes taken as one and JSON escapes spelled out, over and over (a few levels): JSON
+    inside a JSON string, as the scrubber would read it. Its structure is not kept: only for a letter with a token."""
+    for _ in range(4):
+        deeper = _json_unescaped(text.replace("\\\\", "\\"))
+        if deeper == text:
+            break
+        text = deeper
+    return text

@@ -111,3 +111,15 @@ def test_a_message_too_large_to_keep_says_so_however_long_its_reason() -> None:
 
     assert letter.value_b64 is None
     assert letter.reason.startswith("the original 800000 bytes are not kept (too large for a dead letter): invalid ")
+
+
+def test_a_token_escaped_twice_in_json_written_inside_a_string_is_scrubbed() -> None:
+    shaped = "EAA" + "Hd7Fg2JsTy1Wq6Ao9Bx4kQ8mZ3wLp5Rt0Yv2Nc7"
+    inner = json.dumps({"t": "EAA" + "".join(f"\\u{ord(c):04x}" for c in shaped[3:6]) + shaped[6:]})
+    inner = inner.replace("\\\\u", "\\u")  # the inner document's own escapes, one level down
+    value = json.dumps({"type": "PublishRequested", "content": {"caption": inner}}).encode()
+    assert "Hd7Fg2" not in value.decode() and "Fg2JsTy1Wq6Ao9Bx4kQ8mZ3wLp5Rt0Yv2Nc7" in value.decode()
+
+    kept, scrubbed = _letter(value)
+
+    assert scrubbed is True and "Fg2JsTy1Wq6Ao9Bx4kQ8mZ3wLp5Rt0Yv2Nc7" not in kept
