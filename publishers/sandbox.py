@@ -565,6 +565,9 @@ class GraphSandbox:
             if not isinstance(body.get("times", 1), int) or body.get("times", 1) < 1:
                 raise ValueError("a fault's times is how many calls it answers: at least 1")
             _endpoint_of(body)
+            for name in ("hang_s", "skip"):
+                if name in body and not (isinstance(body[name], int | float) and 0 <= body[name] < float("inf")):
+                    raise ValueError(f"a fault's {name} must be 0 or more, not {body[name]!r}")
             if body.get("mode", "error") not in get_args(FaultMode):
                 raise ValueError(f"a fault's mode is one of {', '.join(get_args(FaultMode))}, not {body['mode']!r}")
             self.add_fault(Fault(**body))
@@ -574,7 +577,8 @@ class GraphSandbox:
                 raise ValueError(f"latency seconds must be 0 or more, not {body['seconds']!r}")
             self.latency[_endpoint_of(body)] = seconds
         elif action == "reject-spaces":
-            self.reject_spaces[body["platform"]] = bool(body.get("enabled", True))
+            platform, _ = _endpoint_of({"platform": body.get("platform")})
+            self.reject_spaces[platform] = bool(body.get("enabled", True))
         elif action == "containers":
             if body.get("next_status") and body["next_status"] not in get_args(ContainerStatus):
                 raise ValueError(f"a container's next_status is one of {', '.join(get_args(ContainerStatus))}, not "
@@ -587,6 +591,8 @@ class GraphSandbox:
             if body.get("next_status"):
                 self.next_container_statuses += [body["next_status"]] * int(body.get("times", 1))
         elif action == "publish-limit":
+            if int(body["limit"]) < 0:
+                raise ValueError(f"the publish limit must be 0 or more, not {body['limit']!r}")
             self.publish_limit = int(body["limit"])
         else:
             return _Reply(status=404, body={"error": f"no control endpoint {method} {action}"})

@@ -162,6 +162,11 @@ def test_the_control_api_takes_json_as_curl_sends_it_and_says_what_a_fault_needs
     ("latency", {"platform": "facebook", "endpoint": "photos", "seconds": -1}, "latency seconds must be 0 or more"),
     ("containers", {"next_status": "BOGUS"}, "a container's next_status is one of FINISHED, ERROR, EXPIRED"),
     ("containers", {"delay_s": -3}, "a container's delay_s must be 0 or more"),
+    ("faults", {"platform": "facebook", "endpoint": "photos", "mode": "hang", "hang_s": -1},
+     "a fault's hang_s must be 0 or more"),
+    ("faults", {"platform": "facebook", "endpoint": "photos", "skip": -2}, "a fault's skip must be 0 or more"),
+    ("reject-spaces", {"platform": "facebok"}, "platform must be one of facebook, instagram"),
+    ("publish-limit", {"limit": -1}, "the publish limit must be 0 or more"),
 ])
 def test_a_control_request_with_a_value_it_does_not_know_is_refused_and_changes_nothing(
         graph: httpx.Client, sandbox: SandboxControl, action: str, body: dict[str, object], said: str) -> None:
