@@ -1341,9 +1341,10 @@ class CommandHandler:
         """Gives every attempt without a result one, by asking the platform whether the post went out (or, where
         it cannot say, taking an operator's `ResolveAttemptRequested` for it: one that found the post at once, one
         that did not once the attempt's lease is over)."""
-        # Each platform on its own: one whose look-up cannot settle yet never keeps the other's look-up, or an
-        # operator's resolution of the other, waiting.
+        # Each platform on its own, at the same time: one whose look-up cannot settle yet (or takes up to the attempt
+        # timeout) never keeps the other's look-up, or an operator's resolution of the other, waiting.
         waits: list[OutcomeUnknown] = []
+        asked: dict[Platform, AttemptState] = {}
         for platform in unresolved(state):
             attempt = state.in_flight(platform)
             assert attempt is not None
@@ -1352,15 +1353,22 @@ class CommandHandler:
                 waits.append(OutcomeUnknown(f"{PLATFORM_LABELS[platform]} attempt {attempt.attempt_id} is looked up "
                                             f"again at {after.astimezone(UTC):%H:%M:%S} UTC",
                                             wait_seconds=max(1.0, (after - self.clock()).total_seconds())))
-                continue
-            try:
-                await self._resolve_attempt(state, platform)
-            except OutcomeUnknown as exc:
-                waits.append(exc)
+            else:
+                asked[platform] = attempt
+        outcomes = await asyncio.gather(*(self._resolve_attempt(state, p) for p in asked), return_exceptions=True)
+        failures: list[BaseException] = []
+        for attempt, outcome in zip(asked.values(), outcomes, strict=True):
+            if isinstance(outcome, OutcomeUnknown):
+                waits.append(outcome)
                 if len(unresolved(state)) > 1:
-                    self._look_up_after[attempt.attempt_id] = self.clock() + timedelta(seconds=exc.wait_seconds or 1.0)
+                    self._look_up_after[attempt.attempt_id] = \
+                        self.clock() + timedelta(seconds=outcome.wait_seconds or 1.0)
+            elif isinstance(outcome, BaseException):
+                failures.append(outcome)  # raised once every look-up has ended: what the others found is recorded
             else:
                 self._look_up_after.pop(attempt.attempt_id, None)
+        if failures:
+            raise failures[0]
         if len(waits) == 1:
             raise waits[0]
         if waits:

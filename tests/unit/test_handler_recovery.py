@@ -817,3 +817,34 @@ async def test_a_platform_whose_look_up_waits_out_a_rate_limit_is_not_asked_when
     assert raised.value.wait_seconds == 7.0
     assert (facebook.asked, instagram.asked) == (3, 1)
     assert "Instagram attempt" in str(raised.value) and "is looked up again at" in str(raised.value)
+
+
+class SlowLookups(Lookups):
+    """A look-up that takes its time (a Page too busy to read, up to the attempt timeout)."""
+
+    def __init__(self, answer: PublishOutcome | None, seconds: float, log: list[str]) -> None:
+        super().__init__(answer)
+        self.seconds, self.log = seconds, log
+
+    async def find_existing(self, *args: Any, **kwargs: Any) -> PublishOutcome | None:
+        await asyncio.sleep(self.seconds)
+        self.log.append("facebook answered")
+        return await super().find_existing(*args, **kwargs)
+
+
+async def test_a_slow_look_up_of_one_platform_does_not_hold_back_the_others_result() -> None:
+    sent: list[Event] = []
+    log: list[str] = []
+    facebook, instagram = SlowLookups(CANNOT_TELL, 0.3, log), Lookups(INSTAGRAM_FOUND)
+    made, state = both_interrupted(facebook, instagram, sent)
+
+    async def emit(event: Event) -> None:
+        if isinstance(event, PlatformResult):
+            log.append(f"{event.platform} recorded")
+        sent.append(event)
+
+    made.emit = emit  # type: ignore[method-assign]
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+
+    assert log == ["instagram recorded", "facebook answered"], "Instagram's post is recorded while Facebook is asked"
