@@ -339,8 +339,8 @@ KEPT_CAPTION_SHOWN = 200
 
 
 def kept_from_before(state: PostState) -> dict[Platform, str]:
-    """Per platform whose post went out before the post's content was corrected (a retry of the other platform that
-    brought a new caption or image), what that post keeps: the service publishes, it never edits a post."""
+    """Per platform whose post went out with other content than the post's now (a retry of the other platform brought
+    a corrected caption or image), what that post shows: the service publishes, it never edits a post."""
     kept: dict[Platform, str] = {}
     now = state.content
     for platform, went_out in state.published_with().items():
@@ -348,14 +348,15 @@ def kept_from_before(state: PostState) -> dict[Platform, str]:
         if now is None or went_out.caption != now.caption:
             caption = went_out.caption if len(went_out.caption) <= KEPT_CAPTION_SHOWN else \
                 went_out.caption[:KEPT_CAPTION_SHOWN] + "…"
-            parts.append(f"the caption “{caption}”" if caption.strip() else "no caption")
+            parts.append(f"the earlier caption “{caption}”" if caption.strip() else "no caption")
         for field, name in (("image_url", "image"), ("link", "link")):
             if field not in PUBLISHED_FIELDS[platform]:
                 continue
             was = getattr(went_out, field)
             if now is None or was != getattr(now, field):
-                parts.append(f"the {name} {was}" if was else f"no {name}")
+                parts.append(f"the {name} at {was}" if was else f"no {name}")
         label = PLATFORM_LABELS[platform]
-        kept[platform] = (f"{label}'s post went out before the correction and keeps {' and '.join(parts)} (a published "
-                          f"post is not edited: change it on {label}, or force a republish for a new post)")
+        # Never "force a republish": that posts every platform of the post again, the one already right too.
+        kept[platform] = (f"{label}'s post went out with {' and '.join(parts)}, not the post's content now (a "
+                          f"published post is not edited here: change it on {label} if it matters)")
     return kept

@@ -868,8 +868,9 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime,
         if now > ends + AUTOMATIC_RETRY_LATE:
             return (f"queued behind the publish of {names}, overdue since {ends.astimezone(UTC):%Y-%m-%d %H:%M:%S} "
                     "UTC (the service may be away or behind): handled after it")
-        return (f"queued behind the publish of {names} under way (its result is not in yet): handled after it, "
-                "and the results shown until then are the earlier ones")
+        return (f"queued behind the publish of {names} under way (its result is not in yet), which goes out with the "
+                "content it has, its automatic retries too: handled after it, and the results shown until then are "
+                "the earlier ones")
     current = [p for p in waited if now <= expected[p] + AUTOMATIC_RETRY_LATE]
     if not current:
         # Still behind them, but the service has not made them in time: said, rather than "publishing".

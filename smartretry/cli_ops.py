@@ -422,7 +422,7 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             # On one line however narrow the output: a link cut in two cannot be followed.
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
             if kept := detail.get("kept_from_before", {}).get(platform):
-                console.print(f"     ⚠️ {_one_line(kept)}", highlight=False)
+                console.print(f"     ℹ️ {_one_line(kept)}", highlight=False)
         else:
             # On its line: a message's own line breaks would read as the command's next lines.
             console.print(f"  ❌ {label}: {_one_line(str(result.get('error')))}", highlight=False)

@@ -1049,8 +1049,9 @@ def test_a_retry_sent_while_the_first_publish_is_still_under_way_says_it_is_queu
     assert answer.status_code == 202
     document = answer.json()
     assert document["pending"] is True and document["post"]["status"] == "publishing"
-    assert document["note"] == ("queued behind the publish of Instagram under way (its result is not in yet): handled "
-                                "after it, and the results shown until then are the earlier ones")
+    assert document["note"] == ("queued behind the publish of Instagram under way (its result is not in yet), which "
+                                "goes out with the content it has, its automatic retries too: handled after it, and "
+                                "the results shown until then are the earlier ones")
 
 
 def test_a_command_queued_behind_a_first_publish_says_when_it_is_late_or_its_outcome_unknown() -> None:

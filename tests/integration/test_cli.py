@@ -104,8 +104,8 @@ def test_show_says_what_a_post_published_before_a_correction_keeps(api: RunningA
     code, output = run(api, "show", "post-corrected")
 
     assert code == 0, output
-    assert "⚠️ Instagram's post went out before the correction and keeps the caption “Autumn sale” and the image " \
-           "https://cdn.example.com/autumn sale.jpg" in " ".join(output.split())
+    assert "ℹ️ Instagram's post went out with the earlier caption “Autumn sale” and the image at " \
+           "https://cdn.example.com/autumn sale.jpg, not the post's content now" in " ".join(output.split())
 
 
 def test_show_keeps_each_history_entry_on_its_line_whatever_its_reason_holds(api: RunningApi) -> None:

@@ -338,8 +338,8 @@ def test_a_platform_published_before_a_correction_says_what_its_post_keeps_on_th
         html = browser.get("/ui/posts/post-corrected").text
 
     assert "Status: ✅ Posted" in html
-    assert ("⚠️ Instagram&#39;s post went out before the correction and keeps the caption “Autumn sale” and the image "
-            "https://cdn.example.com/autumn sale.jpg") in html
+    assert ("ℹ️ Instagram&#39;s post went out with the earlier caption “Autumn sale” and the image at "
+            "https://cdn.example.com/autumn sale.jpg, not the post&#39;s content now") in html
     detail = api.client.get("/posts/post-corrected").json()
     assert detail["published_with"] == {"instagram": {"caption": "Autumn sale", "image_url":
                                                       "https://cdn.example.com/autumn sale.jpg", "link": None}}

@@ -328,8 +328,10 @@ def test_a_platform_published_before_a_correction_is_said_to_keep_what_it_went_o
     assert state.status == "posted" and state.content == corrected
     assert state.published_with() == {"instagram": CONTENT}
     (kept,) = kept_from_before(state).values()
-    assert kept.startswith("Instagram's post went out before the correction and keeps the caption “Autumn sale” and "
-                           "the image https://cdn.example.com/autumn sale.jpg (a published post is not edited")
+    assert kept == ("Instagram's post went out with the earlier caption “Autumn sale” and the image at "
+                    "https://cdn.example.com/autumn sale.jpg, not the post's content now (a published post is not "
+                    "edited here: change it on Instagram if it matters)")
+    assert "republish" not in kept, "a forced republish would post Facebook again too"
     assert PostState.model_validate_json(state.model_dump_json()) == state
     # Event by event, as a live projector may fold them, gives the same.
     one_by_one = None
