@@ -53,6 +53,21 @@ FaultMode = Literal["error", "drop", "hang", "error_after"]
 ContainerStatus = Literal["FINISHED", "ERROR", "EXPIRED"]
 
 
+# The longest time a control request sets (a latency, a hang, a container's delay): a day.
+MAX_CONTROL_SECONDS = 86_400.0
+
+
+def _seconds(value: Any, what: str) -> float:
+    """`value` as seconds from 0 to a day, or `ValueError` naming `what`."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not 0 <= seconds <= MAX_CONTROL_SECONDS:
+        raise ValueError(f"{what} must be from 0 to {MAX_CONTROL_SECONDS:.0f} seconds, not {value!r}")
+    return seconds
+
+
 def _endpoint_of(body: dict[str, Any]) -> tuple[str, str]:
     """The platform and endpoint a control request names, or `ValueError` saying which exist: a typo must never set
     something else (or nothing) than the tester meant."""
@@ -565,29 +580,33 @@ class GraphSandbox:
             if not isinstance(body.get("times", 1), int) or body.get("times", 1) < 1:
                 raise ValueError("a fault's times is how many calls it answers: at least 1")
             _endpoint_of(body)
-            for name in ("hang_s", "skip"):
-                if name in body and not (isinstance(body[name], int | float) and 0 <= body[name] < float("inf")):
-                    raise ValueError(f"a fault's {name} must be 0 or more, not {body[name]!r}")
+            if "hang_s" in body:
+                _seconds(body["hang_s"], "a fault's hang_s")
+            skip = body.get("skip", 0)
+            if not (isinstance(skip, int) and not isinstance(skip, bool) and skip >= 0):
+                raise ValueError(f"a fault's skip is how many calls are served first: 0 or more, not {skip!r}")
+            status = body.get("http_status", 400)
+            if not (isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599):
+                raise ValueError(f"a fault's http_status is an HTTP status (100 to 599), not {status!r}")
             if body.get("mode", "error") not in get_args(FaultMode):
                 raise ValueError(f"a fault's mode is one of {', '.join(get_args(FaultMode))}, not {body['mode']!r}")
             self.add_fault(Fault(**body))
         elif action == "latency":
-            seconds = float(body["seconds"])
-            if not 0 <= seconds < float("inf"):
-                raise ValueError(f"latency seconds must be 0 or more, not {body['seconds']!r}")
-            self.latency[_endpoint_of(body)] = seconds
+            self.latency[_endpoint_of(body)] = _seconds(body["seconds"], "latency seconds")
         elif action == "reject-spaces":
             platform, _ = _endpoint_of({"platform": body.get("platform")})
-            self.reject_spaces[platform] = bool(body.get("enabled", True))
+            if not isinstance(enabled := body.get("enabled", True), bool):
+                raise ValueError(f"enabled is true or false, not {enabled!r}")
+            self.reject_spaces[platform] = enabled
         elif action == "containers":
             if body.get("next_status") and body["next_status"] not in get_args(ContainerStatus):
                 raise ValueError(f"a container's next_status is one of {', '.join(get_args(ContainerStatus))}, not "
                                  f"{body['next_status']!r}")
+            times = body.get("times", 1)
+            if not (isinstance(times, int) and not isinstance(times, bool) and times >= 1):
+                raise ValueError(f"a container's times is how many containers end so: at least 1, not {times!r}")
             if "delay_s" in body:
-                delay = float(body["delay_s"])
-                if not 0 <= delay < float("inf"):
-                    raise ValueError(f"a container's delay_s must be 0 or more, not {body['delay_s']!r}")
-                self.container_delay_s = delay
+                self.container_delay_s = _seconds(body["delay_s"], "a container's delay_s")
             if body.get("next_status"):
                 self.next_container_statuses += [body["next_status"]] * int(body.get("times", 1))
         elif action == "publish-limit":
