@@ -359,7 +359,7 @@ def test_a_platform_that_failed_while_the_other_is_still_publishing_shows_its_fa
     assert "Status: ⏳ Publishing" in html and "Publishing Instagram… this page refreshes itself." in html
     assert "Error: facebook: Missing or invalid image file" in html
     assert "Needed for Facebook: fix the image URL" in html
-    assert "A retry of Facebook can be sent here once Instagram has its result." in html
+    assert "A retry of Facebook can be sent here once Instagram has its result (one sent meanwhile" in html
     assert "Retry Publishing" not in html
 
 
