@@ -331,13 +331,16 @@ class InstagramPublisher:
                     kind=ErrorKind.TRANSIENT, subcode=2207020,
                     message="Instagram publish failed: the media container expired before it was published",
                 ))
-            if loop.time() + interval > deadline:
+            now = loop.time()
+            if now >= deadline:
                 raise GraphCallFailed(PlatformError(
                     kind=ErrorKind.TRANSIENT,
                     message=f"Instagram media processing failed: not ready after "
-                            f"{polling.timeout_s - (deadline - loop.time()):.0f} s",
+                            f"{polling.timeout_s - (deadline - now):.0f} s",
                 ))
-            await asyncio.sleep(interval)
+            # Asked once more at the deadline, not given up on a wait that would pass it: the image gets the time the
+            # attempt timeout leaves it.
+            await asyncio.sleep(min(interval, deadline - now))
             interval = min(interval * polling.backoff, polling.max_interval_s)
 
     async def _publish_container(self, ig_user: str, container_id: str, token: SecretStr,

@@ -449,3 +449,25 @@ async def test_a_facebook_look_up_that_turns_from_cursors_to_time_based_paging_d
     assert outcome is None and len(asked) == 3
     assert asked[1]["after"] == ["QVFI"]
     assert "after" not in asked[2] and asked[2]["until"] == ["1763374216"] and asked[2]["since"] == asked[0]["since"]
+
+
+async def test_a_container_ready_just_before_the_deadline_is_published_not_given_up_a_long_wait_before_it() -> None:
+    # Polled ever less often: a next wait that would pass the deadline is cut short to ask once more at it.
+    made = asyncio.get_running_loop().time()
+
+    def ready_late(request: httpx.Request) -> httpx.Response:
+        endpoint = request.url.path.rsplit("/", 1)[-1]
+        if endpoint == "media":
+            return httpx.Response(200, json={"id": CONTAINER})
+        if endpoint == CONTAINER:
+            return status("FINISHED" if asyncio.get_running_loop().time() - made > 0.3 else "IN_PROGRESS")
+        if endpoint == "media_publish":
+            return httpx.Response(200, json={"id": "18107758234627017"})
+        return httpx.Response(200, json={"permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"})
+
+    polling = ContainerPolling(interval_s=0.05, max_interval_s=5.0, backoff=20.0, timeout_s=0.5)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(ready_late)) as client:
+        outcome = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0", polling).publish(
+            CONTENT, ACCOUNT, attempt_id="a2")
+
+    assert outcome.success, outcome.error
