@@ -457,12 +457,14 @@ async def test_a_container_ready_just_before_the_deadline_is_published_not_given
 
     def ready_late(request: httpx.Request) -> httpx.Response:
         endpoint = request.url.path.rsplit("/", 1)[-1]
+        ready = asyncio.get_running_loop().time() - made > 0.3
         if endpoint == "media":
             return httpx.Response(200, json={"id": CONTAINER})
         if endpoint == CONTAINER:
-            return status("FINISHED" if asyncio.get_running_loop().time() - made > 0.3 else "IN_PROGRESS")
+            return status("FINISHED" if ready else "IN_PROGRESS")
         if endpoint == "media_publish":
-            return httpx.Response(200, json={"id": "18107758234627017"})
+            return httpx.Response(200, json={"id": "18107758234627017"}) if ready else \
+                refusal(9007, 2207027, message="Media ID is not available")
         return httpx.Response(200, json={"permalink": "https://www.instagram.com/p/DRJ1nlKDgY9/"})
 
     polling = ContainerPolling(interval_s=0.05, max_interval_s=5.0, backoff=20.0, timeout_s=0.5)
