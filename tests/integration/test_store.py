@@ -215,37 +215,33 @@ class TestSQLiteStore(StoreContract):
         engine.dispose()
 
 
+def fresh_database(postgres_url: str, prefix: str, options: str = "") -> Iterator[Engine]:
+    """An engine on a new database of the server (created with `options`), dropped afterwards."""
+    admin = make_engine(postgres_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} {options}")
+    engine = make_engine(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+    yield engine
+    engine.dispose()
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name}")
+    admin.dispose()
+
+
 class TestPostgresSqlAsciiStore(StoreContract):
     """A database created under the C locale is SQL_ASCII: its text still reads back as text, not bytes."""
 
     @pytest.fixture
     def engine(self, postgres_url: str) -> Iterator[Engine]:
-        admin = make_engine(postgres_url)
-        name = f"ascii_{uuid.uuid4().hex[:12]}"
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
-                                 "TEMPLATE template0")
-        engine = make_engine(postgres_url.rsplit("/", 1)[0] + f"/{name}")
-        yield engine
-        engine.dispose()
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name}")
-        admin.dispose()
+        yield from fresh_database(postgres_url, "ascii",
+                                  "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
 
 
 class TestPostgresStore(StoreContract):
     @pytest.fixture
     def engine(self, postgres_url: str) -> Iterator[Engine]:
-        admin = make_engine(postgres_url)
-        name = f"store_{uuid.uuid4().hex[:12]}"
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        engine = make_engine(postgres_url.rsplit("/", 1)[0] + f"/{name}")
-        yield engine
-        engine.dispose()
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name}")
-        admin.dispose()
+        yield from fresh_database(postgres_url, "store")
 
     def test_a_replay_into_the_live_database_reached_through_its_socket_is_refused(
             self, engine: Engine, postgres_url: str) -> None:
