@@ -613,7 +613,7 @@ class CommandHandler:
             task.cancel()
         if waiting:
             log.info("Commands of partitions %s that were only waiting are ended here: their next handler resumes "
-                     "them", sorted(revoked), extra={})
+                     "them", sorted(revoked))
 
     def _dispatch(self, message: Message) -> None:
         error = message.error()
@@ -1345,7 +1345,8 @@ class CommandHandler:
         # timeout) never keeps the other's look-up, or an operator's resolution of the other, waiting.
         waits: list[OutcomeUnknown] = []
         asked: dict[Platform, AttemptState] = {}
-        for platform in unresolved(state):
+        open_platforms = unresolved(state)
+        for platform in open_platforms:
             attempt = state.in_flight(platform)
             assert attempt is not None
             after = self._look_up_after.get(attempt.attempt_id)
@@ -1360,7 +1361,7 @@ class CommandHandler:
         for attempt, outcome in zip(asked.values(), outcomes, strict=True):
             if isinstance(outcome, OutcomeUnknown):
                 waits.append(outcome)
-                if len(unresolved(state)) > 1:
+                if len(open_platforms) > 1:
                     self._look_up_after[attempt.attempt_id] = \
                         self.clock() + timedelta(seconds=outcome.wait_seconds or 1.0)
             elif isinstance(outcome, BaseException):
