@@ -18,6 +18,7 @@ once the handler has recorded it on the attempt (`resolved_by`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -41,6 +42,8 @@ ALREADY_SUCCEEDED = "already succeeded"
 STILL_PUBLISHING = "still publishing (its last attempt has no result yet)"
 # A forced republish's platforms, when the post was published again after it was asked for.
 OVERTAKEN = "published again after this republish was asked for"
+# A platform of the post a forced republish does not name (`ForceRepublishRequested.platforms`).
+NOT_ASKED = "not asked to be republished"
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,13 @@ def decide(state: PostState | None, command: Command) -> Decision:
         # out) is then that command, answered as it was decided, not a new republish that goes out.
         return Decision(skipped=dict.fromkeys(state.targeted, OVERTAKEN), is_retry=True, forced=True, no_op=True,
                         log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
+    only = command.platforms if isinstance(command, ForceRepublishRequested) else None
+    if only is not None and (elsewhere := [p for p in only if p not in state.targeted]):
+        reason = (f"post {command.post_id} is not published to {_names(tuple(elsewhere))}: it targets "
+                  f"{_names(state.targeted)} only")
+        return Decision(reject_reason=reason, log_line=f"Refused {command.type} {command.command_id}: {reason}")
     decision = _republish(state, forced=isinstance(command, ForceRepublishRequested),
-                          reason=command.reason if isinstance(command, ForceRepublishRequested) else "")
+                          reason=command.reason if isinstance(command, ForceRepublishRequested) else "", only=only)
     # The correction over the post's content: what is published from now on, and what the decision records (None:
     # the post's own, unchanged).
     content = corrected(state.content, command.content)
@@ -274,7 +282,7 @@ def _resumable_submission(state: PostState, command: PublishRequested) -> bool:
     return state.submitted_by == command.command_id and not state.commands and not state.legacy
 
 
-def _republish(state: PostState, forced: bool, reason: str) -> Decision:
+def _republish(state: PostState, forced: bool, reason: str, only: Sequence[Platform] | None = None) -> Decision:
     unresolved = _unresolved(state)
     # Chosen by the latest decision but not attempted yet: the handler is about to (or will resume).
     awaiting = set(awaiting_attempt(state))
@@ -282,7 +290,9 @@ def _republish(state: PostState, forced: bool, reason: str) -> Decision:
     skipped: dict[Platform, str] = {}
     for platform in state.targeted:
         result = state.latest_result(platform)
-        if platform in unresolved or platform in awaiting:
+        if only is not None and platform not in only:
+            skipped[platform] = NOT_ASKED
+        elif platform in unresolved or platform in awaiting:
             skipped[platform] = STILL_PUBLISHING
         elif result is not None and result.success and not forced:
             skipped[platform] = ALREADY_SUCCEEDED

@@ -215,6 +215,12 @@ class ForceRepublishRequested(CommandBase):
     content: PostContent | None = Field(default=None, description=CORRECTION)
     account: Identifier | None = None
     reason: str = Field(default="forced republish", max_length=500)
+    # Left out of the command's JSON when not given, so a republish of every platform keeps the fingerprint (and the
+    # bytes) it had before this field existed.
+    platforms: list[Platform] | None = Field(default=None, min_length=1, max_length=2, exclude_if=lambda v: v is None,
+                                             description=(
+        "The platforms to publish again (each one the post targets, once); absent: every platform the post targets. "
+        "A platform left out is not published, and the decision skips it as \"not asked to be republished\""))
     seen_attempts: Annotated[int, Strict()] | None = Field(default=None, ge=0, description=(
         "How many publish attempts the post had on record when this was asked for: its PublishAttempted events, "
         "all platforms together (an imported old-system result is none). The API sets it from the post it read. "
@@ -223,6 +229,13 @@ class ForceRepublishRequested(CommandBase):
         "each targeted platform skipped as \"published again after this republish was asked for\". Null or "
         "absent: not checked, the republish goes out whatever happened meanwhile. No part of the command's "
         "identity: the same command_id sent again with another count is the same command"))
+
+
+    @model_validator(mode="after")
+    def _platforms_once(self) -> ForceRepublishRequested:
+        if self.platforms is not None and len(set(self.platforms)) != len(self.platforms):
+            raise ValueError("platforms names each platform once")
+        return self
 
 
 class ResolveAttemptRequested(CommandBase):

@@ -57,7 +57,8 @@ class CommandDecided(EventBase):
         "\"already succeeded\" (a retry's platform whose latest result succeeded), \"still publishing (its last "
         "attempt has no result yet)\" (its latest attempt has no result, or the decision before chose it and has "
         "not attempted it yet), \"published again after this republish was asked for\" (every targeted platform "
-        "of a forced republish refused by its `seen_attempts`). Those are this version's texts"))
+        "of a forced republish refused by its `seen_attempts`), \"not asked to be republished\" (a platform a forced "
+        "republish's `platforms` leaves out). Those are this version's texts"))
     is_retry: bool = Field(default=False, description=(
         "True for a RetryRequested or ForceRepublishRequested, also one that publishes nothing; false for a "
         "first publish (PublishRequested) and an operator's ResolveAttemptRequested"))

@@ -164,8 +164,17 @@ class RepublishBody(Body):
             raise ValueError("must say why: blanks and invisible characters alone say nothing")
         return value
 
+    @field_validator("platforms")
+    @classmethod
+    def _each_once(cls, value: list[Platform] | None) -> list[Platform] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("names each platform once")
+        return value
+
     # Recorded with the republish, as its justification.
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+    # The platforms to post again; absent: every platform the post targets.
+    platforms: list[Platform] | None = Field(default=None, min_length=1, max_length=2)
     content: ContentCorrection | None = None
     account: Identifier | None = None
     command_id: Identifier | None = None
@@ -561,7 +570,7 @@ class FrontDoor:
                 assert isinstance(body, RepublishBody)
                 command = ForceRepublishRequested(command_id=command_id, post_id=post_id, content=content,
                                                   account=account, reason=body.reason, requested_at=self.clock(),
-                                                  seen_attempts=len(state.attempts))
+                                                  seen_attempts=len(state.attempts), platforms=body.platforms)
             else:
                 command = RetryRequested(command_id=command_id, post_id=post_id, content=content, account=account,
                                          requested_at=self.clock())
@@ -597,7 +606,8 @@ class FrontDoor:
             # The product note's line for a retry with nothing to publish, in the service's log as in the answer.
             log.info("%s", decision.log_line, extra={"post_id": post_id, "command_id": command_id})
             raise HTTPException(409, nothing_to_publish(decision.log_line, decision.skipped, post_id, forced))
-        pending = automatic_retries(state, self.settings.max_automatic_attempts) if forced else {}
+        pending = {p: at for p, at in automatic_retries(state, self.settings.max_automatic_attempts).items()
+                   if p in decision.platforms} if forced else {}
         if pending:
             # The same once the service's own retry of a platform is due: the republish would run after it, and
             # post that platform a second time if it goes out.

@@ -557,10 +557,26 @@ def retry(
         _report(api, response, detail, as_json)
 
 
+def _platforms_named(value: list[str] | None) -> list[str] | None:
+    """The platforms --platform names, each once, or a usage error (exit 2) before anything is sent."""
+    if not value:
+        return None
+    named = list(dict.fromkeys(p.strip().lower() for p in value))
+    if unknown := [p for p in named if p not in PLATFORM_LABELS]:
+        raise typer.BadParameter(f"{', '.join(unknown)} is no platform: facebook or instagram")
+    return named
+
+
+OnlyPlatforms = typer.Option(None, "--platform", callback=_platforms_named,
+                             help="Only this platform (facebook or instagram; may be given twice). Default: every "
+                                  "platform of the post.")
+
+
 @ops.command()
 def force(
     post_id: str = typer.Argument(..., callback=_checked_id, help="The post to publish again."),
     reason: str = typer.Option(..., callback=_said, help="Why (recorded with the republish)."),
+    platform: list[str] | None = OnlyPlatforms,
     account: str | None = typer.Option(None, callback=_checked_id,
                                        help="The account to publish with (a post imported without one)."),
     command_id: str | None = CommandId,
@@ -569,17 +585,19 @@ def force(
     yes: bool = typer.Option(False, "--yes", "-y", help="Republish without being asked first."),
     api_url: str | None = ApiUrl,
 ) -> None:
-    """Publish a post again on every platform, even those where it succeeded (the product note's case 4): a second
-    post on each platform where it already went out (the first one stays there)."""
+    """Publish a post again on every platform (or those given with --platform), even those where it succeeded (the
+    product note's case 4): a second post on each platform where it already went out (the first one stays there)."""
     if not yes:
-        what = ("This publishes the post again: a second post on each platform where it already went out (the first "
+        where = " and ".join(PLATFORM_LABELS[p] for p in platform) if platform else "each platform"
+        what = (f"This publishes the post again: a second post on {where} where it already went out (the first "
                 "one stays there)")
         if not sys.stdin.isatty():
             _error(f"{what}. Add --yes to republish without being asked.")
             raise typer.Exit(2)
         typer.confirm(f"{what}. Republish?", abort=True)
     command_id = command_id or new_id()
-    body = {"reason": reason, **({"account": account} if account else {}), "command_id": command_id}
+    body = {"reason": reason, **({"platforms": platform} if platform else {}),
+            **({"account": account} if account else {}), "command_id": command_id}
     with api_client(api_url) as api:
         with console.status("Republishing ..."):
             answer = api.call("POST", f"/posts/{post_id}/republish", json=body,

@@ -186,6 +186,14 @@ def test_case_4_retry_of_a_posted_post_is_a_no_op_and_only_force_republishes(ser
     assert after["facebook"]["postId"] != before["facebook"]["postId"]
     assert all(a.forced for a in state.attempts.values() if a.command_id == forced.command_id)
 
+    # Only Instagram, named: Facebook is left as it is.
+    only = service.force(first.post_id, reason="new caption on Instagram", platforms=["instagram"])
+    state = service.wait_command(first.post_id, only.command_id)
+    assert state.commands[only.command_id].platforms == ["instagram"]
+    assert state.commands[only.command_id].skipped == {"facebook": "not asked to be republished"}
+    assert _counts(service) == (2, 3)
+    assert _results(state)["facebook"] == after["facebook"]
+
 
 def test_a_command_delivered_twenty_times_publishes_once(service: Service) -> None:
     command = service.publish(FIXED)

@@ -1170,7 +1170,22 @@ def test_a_forced_republish_goes_to_kafka_with_its_reason(api: RunningApi) -> No
     [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
     command = decode_command(value)
     assert isinstance(command, ForceRepublishRequested)
-    assert command.reason == "testing the new page"
+    assert command.reason == "testing the new page" and command.platforms is None
+
+
+def test_a_forced_republish_of_one_platform_goes_to_kafka_naming_it(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    twice = api.client.post("/posts/post-1/republish", json={"reason": "new caption", "platforms": ["instagram"] * 2})
+    assert twice.status_code == 422 and "names each platform once" in twice.text
+    unknown = api.client.post("/posts/post-1/republish", json={"reason": "new caption", "platforms": ["tiktok"]})
+    assert unknown.status_code == 422
+
+    answer = api.client.post("/posts/post-1/republish", json={"reason": "new caption", "platforms": ["instagram"]})
+
+    assert answer.status_code == 202, answer.text
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, ForceRepublishRequested) and command.platforms == ["instagram"]
 
 
 def store_interrupted(api: RunningApi, post_id: str, at: datetime = AT) -> str:

@@ -26,7 +26,7 @@ from publishers.sandbox import (
     SandboxServer,
 )
 from schemas.commands import ForceRepublishRequested, PostContent, PublishRequested, RetryRequested
-from schemas.common import PublishTarget
+from schemas.common import Platform, PublishTarget
 from schemas.envelope import encode
 from schemas.ids import new_id
 from smartretry.bootstrap import Stores, open_stores
@@ -151,9 +151,10 @@ class Service:
         self.send(command, post_id)
         return command
 
-    def force(self, post_id: str, reason: str = "testing") -> ForceRepublishRequested:
+    def force(self, post_id: str, reason: str = "testing",
+              platforms: list[Platform] | None = None) -> ForceRepublishRequested:
         command = ForceRepublishRequested(command_id=new_id(), post_id=post_id, reason=reason,
-                                          requested_at=datetime.now(UTC))
+                                          requested_at=datetime.now(UTC), platforms=platforms)
         self.send(command, post_id)
         return command
 

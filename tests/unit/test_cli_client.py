@@ -432,7 +432,9 @@ def test_an_id_that_is_no_id_is_a_usage_error_before_any_request(
                                                            "facebook, instagram"),
     (["force", "post-1", "--reason", "  ", "--yes"], "Invalid value for '--reason': must say something"),
     (["force", "post-1", "--reason", "\u200b", "--yes"], "Invalid value for '--reason': must say something"),
-], ids=["target", "status", "platform", "reason", "invisible-reason"])
+    (["force", "post-1", "--reason", "r", "--platform", "tiktok", "--yes"],
+     "Invalid value for '--platform': tiktok is no platform: facebook or instagram"),
+], ids=["target", "status", "platform", "reason", "invisible-reason", "force-platform"])
 def test_a_choice_that_is_none_of_its_options_is_a_usage_error_naming_the_option(
         monkeypatch: pytest.MonkeyPatch, line: list[str], said: str) -> None:
     sent = _api_answering(monkeypatch, lambda _request: httpx.Response(500))
@@ -442,6 +444,18 @@ def test_a_choice_that_is_none_of_its_options_is_a_usage_error_naming_the_option
     assert done.exit_code == 2, done.output
     assert said in done.output
     assert sent == []
+
+
+def test_force_of_one_platform_sends_it_and_asks_about_that_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _api_answering(monkeypatch, lambda _request: httpx.Response(500))
+
+    asked = CliRunner().invoke(app, ["force", "post-1", "--reason", "new caption", "--platform", "Instagram"],
+                               env={"COLUMNS": "200"})
+    assert asked.exit_code == 2 and "a second post on Instagram where it already went out" in asked.output
+    CliRunner().invoke(app, ["force", "post-1", "--reason", "new caption", "--platform", "Instagram", "--yes"],
+                       env={"COLUMNS": "200"})
+
+    assert sent and json.loads(sent[0].content)["platforms"] == ["instagram"]
 
 
 def _unanswered(request: httpx.Request) -> httpx.Response:

@@ -17,6 +17,7 @@ from schemas.commands import (
     PublishRequested,
     ResolveAttemptRequested,
     RetryRequested,
+    fingerprint,
 )
 from schemas.common import ErrorKind, Platform
 from schemas.events import PlatformError, PlatformResult, PostSubmitted
@@ -103,6 +104,40 @@ def test_case_4_only_a_forced_republish_publishes_successful_platforms_again() -
     assert decision.platforms == ("facebook", "instagram")
     assert decision.forced and decision.is_retry
     assert decision.log_line == "Forced republish: Publishing to both Facebook and Instagram again (testing)"
+
+
+def test_a_forced_republish_of_one_platform_publishes_that_one_only() -> None:
+    posted = after_first_attempt(facebook=True, instagram=True)
+    only = ForceRepublishRequested(command_id="cmd-force", post_id=POST, requested_at=AT, reason="new caption",
+                                   platforms=["instagram"])
+
+    decision = decide(posted, only)
+
+    assert decision.platforms == ("instagram",) and decision.forced
+    assert decision.skipped == {"facebook": "not asked to be republished"}
+    assert decision.log_line == "Forced republish: Publishing to Instagram again (new caption)"
+
+
+def test_a_forced_republish_naming_a_platform_the_post_does_not_target_is_refused() -> None:
+    history = History(post_id=POST)
+    attempts = history.publish(target="facebook")
+    history.success("facebook", attempts["facebook"], "747917475065823_1")
+    only = ForceRepublishRequested(command_id="cmd-force", post_id=POST, requested_at=AT, reason="testing",
+                                   platforms=["instagram"])
+
+    decision = decide(history.state(), only)
+
+    assert decision.reject_reason == f"post {POST} is not published to Instagram: it targets Facebook only"
+    assert not decision.platforms
+
+
+def test_a_forced_republish_of_every_platform_keeps_the_fingerprint_it_had_before_platforms_could_be_named() -> None:
+    # Its JSON as versions without `platforms` wrote it: a redelivered one is the same command, not a reused id.
+    command = force()
+    assert "platforms" not in command.model_dump_json()
+    assert fingerprint(command) == fingerprint(ForceRepublishRequested.model_validate_json(command.model_dump_json()))
+    with pytest.raises(ValidationError, match="names each platform once"):
+        ForceRepublishRequested(command_id="c", post_id=POST, requested_at=AT, platforms=["facebook", "facebook"])
 
 
 def test_a_platform_in_flight_is_not_attempted_again_but_is_reported_unresolved() -> None:
