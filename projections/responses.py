@@ -356,7 +356,8 @@ def kept_from_before(state: PostState) -> dict[Platform, str]:
             if now is None or was != getattr(now, field):
                 parts.append(f"the {name} at {was}" if was else f"no {name}")
         label = PLATFORM_LABELS[platform]
-        # Never "force a republish": that posts every platform of the post again, the one already right too.
+        # A republish of that platform alone, never of the post: that would post the one already right again too.
         kept[platform] = (f"{label}'s post went out with {' and '.join(parts)}, not the post's content now (a "
-                          f"published post is not edited here: change it on {label} if it matters)")
+                          f"published post is not edited here: change it on {label}, or republish {label} alone "
+                          "for a new post beside it)")
     return kept
