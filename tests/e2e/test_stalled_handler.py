@@ -53,10 +53,12 @@ def test_a_handler_frozen_while_its_retry_waited_does_not_publish_what_another_h
         state = service.wait_for(command.post_id, lambda s: s.status == "posted", timeout=90)
         assert len(state.attempts) == 2
         os.kill(first, signal.SIGCONT)  # its retry is long due: it runs on at once
-        # Whichever it hears of first, the post in the projection or its partition's revocation, it stands down.
+        # Whichever it hears of first, the post in the projection or its partition's revocation, it stands down (the
+        # revocation ends its retry's wait at once).
         deadline = time.monotonic() + 20
         while not any(line in service.handler.output() for line in (
-                "Instagram not called: another handler has attempted it", "Instagram not retried here: partition")):
+                "Instagram not called: another handler has attempted it", "Instagram not retried here: partition",
+                "that were only waiting are ended here")):
             assert time.monotonic() < deadline, service.handler.output()[-4000:]
             time.sleep(0.2)
         # Nor does it say the post failed: the other handler published it.
