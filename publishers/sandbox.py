@@ -68,6 +68,13 @@ def _seconds(value: Any, what: str) -> float:
     return seconds
 
 
+def _whole(value: Any, low: int, high: int | None, rule: str) -> int:
+    """`value` as a whole number from `low` to `high` (None: no bound), or `ValueError` saying `rule`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        raise ValueError(f"{rule}, not {value!r}")
+    return value
+
+
 def _endpoint_of(body: dict[str, Any]) -> tuple[str, str]:
     """The platform and endpoint a control request names, or `ValueError` saying which exist: a typo must never set
     something else (or nothing) than the tester meant."""
@@ -582,12 +589,8 @@ class GraphSandbox:
             _endpoint_of(body)
             if "hang_s" in body:
                 _seconds(body["hang_s"], "a fault's hang_s")
-            skip = body.get("skip", 0)
-            if not (isinstance(skip, int) and not isinstance(skip, bool) and skip >= 0):
-                raise ValueError(f"a fault's skip is how many calls are served first: 0 or more, not {skip!r}")
-            status = body.get("http_status", 400)
-            if not (isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599):
-                raise ValueError(f"a fault's http_status is an HTTP status (100 to 599), not {status!r}")
+            _whole(body.get("skip", 0), 0, None, "a fault's skip is how many calls are served first: 0 or more")
+            _whole(body.get("http_status", 400), 100, 599, "a fault's http_status is an HTTP status (100 to 599)")
             if body.get("mode", "error") not in get_args(FaultMode):
                 raise ValueError(f"a fault's mode is one of {', '.join(get_args(FaultMode))}, not {body['mode']!r}")
             self.add_fault(Fault(**body))
@@ -602,13 +605,12 @@ class GraphSandbox:
             if body.get("next_status") and body["next_status"] not in get_args(ContainerStatus):
                 raise ValueError(f"a container's next_status is one of {', '.join(get_args(ContainerStatus))}, not "
                                  f"{body['next_status']!r}")
-            times = body.get("times", 1)
-            if not (isinstance(times, int) and not isinstance(times, bool) and times >= 1):
-                raise ValueError(f"a container's times is how many containers end so: at least 1, not {times!r}")
+            times = _whole(body.get("times", 1), 1, None,
+                           "a container's times is how many containers end so: at least 1")
             if "delay_s" in body:
                 self.container_delay_s = _seconds(body["delay_s"], "a container's delay_s")
             if body.get("next_status"):
-                self.next_container_statuses += [body["next_status"]] * int(body.get("times", 1))
+                self.next_container_statuses += [body["next_status"]] * times
         elif action == "publish-limit":
             if int(body["limit"]) < 0:
                 raise ValueError(f"the publish limit must be 0 or more, not {body['limit']!r}")
