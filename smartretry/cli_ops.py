@@ -562,8 +562,8 @@ def _platforms_named(value: list[str] | None) -> list[str] | None:
     if not value:
         return None
     named = list(dict.fromkeys(p.strip().lower() for p in value))
-    if unknown := [p for p in named if p not in PLATFORM_LABELS]:
-        raise typer.BadParameter(f"{', '.join(unknown)} is no platform: facebook or instagram")
+    for platform in named:
+        _one_of("facebook", "instagram")(platform)
     return named
 
 

@@ -433,7 +433,7 @@ def test_an_id_that_is_no_id_is_a_usage_error_before_any_request(
     (["force", "post-1", "--reason", "  ", "--yes"], "Invalid value for '--reason': must say something"),
     (["force", "post-1", "--reason", "\u200b", "--yes"], "Invalid value for '--reason': must say something"),
     (["force", "post-1", "--reason", "r", "--platform", "tiktok", "--yes"],
-     "Invalid value for '--platform': tiktok is no platform: facebook or instagram"),
+     "Invalid value for '--platform': 'tiktok' is not one of facebook, instagram"),
 ], ids=["target", "status", "platform", "reason", "invisible-reason", "force-platform"])
 def test_a_choice_that_is_none_of_its_options_is_a_usage_error_naming_the_option(
         monkeypatch: pytest.MonkeyPatch, line: list[str], said: str) -> None:
