@@ -35,14 +35,15 @@ from projections.responses import attempt_history, earlier_posts, kept_from_befo
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
-from schemas.commands import RetryRequested
-from schemas.common import ID_PATTERN, PLATFORM_LABELS, Platform
+from schemas.commands import ForceRepublishRequested, RetryRequested
+from schemas.common import ID_PATTERN, PLATFORM_LABELS, PLATFORMS, Platform
 from schemas.ids import new_id
 from smartretry.api import (
     PUBLISH_ANYWAY,
     WAIT_FOR_RESULT,
     ContentCorrection,
     FrontDoor,
+    RepublishBody,
     RetryBody,
     TokenBody,
     api_key_matches,
@@ -212,8 +213,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     @router.get("/login")
     async def login_form(request: Request, next: str = "/ui/posts", wrong: str | None = None,
                          signed_out: str | None = None, unsent: str | None = None) -> Response:
-        # What a form sent after the session ended did not do: store a token, else send a retry.
-        unsent_form = None if not unsent else "token" if unsent == "token" else "retry"
+        # What a form sent after the session ended did not do: store a token, send a republish, else send a retry.
+        unsent_form = None if not unsent else unsent if unsent in ("token", "republish") else "retry"
         return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "wrong": bool(wrong),
                                                                   "signed_out": bool(signed_out),
                                                                   "unsent": unsent_form},
@@ -269,7 +270,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
 
     @router.get("/posts/{post_id}")
     async def post_page(request: Request, post_id: str, awaiting: str | None = None,
-                        sent: str | None = None, token_stored: str | None = None) -> Response:
+                        sent: str | None = None, token_stored: str | None = None,
+                        republish: str | None = None) -> Response:
         if (redirect := gate(request)) is not None:
             return redirect
         # When the page sent the retry it awaits (epoch seconds); a link edited by hand is read as none, as is a time
@@ -277,13 +279,18 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         sent_at = int(sent) if sent is not None and sent.isascii() and sent.isdigit() and len(sent) < 12 else None
         if sent_at is not None and sent_at > _now() + CLOCK_SKEW_SECONDS:
             sent_at = None
-        return await render_post(request, post_id, awaiting, None, sent=sent_at, token_stored=token_stored is not None)
+        # The platforms the awaited command republishes, when it is the page's republish: a posted post has nothing
+        # a retry would publish, so the page cannot tell them from the post before the command is decided.
+        chosen = _platforms_listed(republish) if republish is not None else None
+        return await render_post(request, post_id, awaiting, None, sent=sent_at, token_stored=token_stored is not None,
+                                 republishing=chosen)
 
     async def render_post(request: Request, post_id: str, awaiting: str | None, problem: str | None,
                           status_code: int = 200, entered_image_url: str | None = None,
                           entered_account: str | None = None, sent: int | None = None,
                           entered_caption: str | None = None,
-                          token_stored: bool = False) -> Response:
+                          token_stored: bool = False, republishing: tuple[Platform, ...] | None = None,
+                          entered_republish: tuple[Sequence[str], str | None] | None = None) -> Response:
         state = await front.read(post_id) if ID_PATTERN.fullmatch(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": scrub(post_id)}, status_code=404)
@@ -294,11 +301,15 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         undecided = waiting and awaiting not in state.commands
         queued = queued_behind(state, settings.max_automatic_attempts, front.clock(),
                                settings.backoff, settings.attempt_lease_seconds) if undecided else None
+        # What the awaited command publishes before it is decided: the republish's platforms, else a retry's.
+        republishing = tuple(p for p in republishing or () if p in state.targeted) or None
+        to_publish = republishing or retry_targets(state) if undecided else ()
+        sent_what = "republish" if republishing else "retry"
         # A retry not taken up long after it was sent (or a link naming one this post never had): the page stops
         # showing "publishing", and says so, rather than refresh for ever.
         unhandled = None
         if undecided and queued is None and (sent is None or _now() - sent > UNHANDLED_AFTER_SECONDS):
-            unhandled = (f"Your retry (command {awaiting}) has not been taken up"
+            unhandled = (f"Your {sent_what} (command {awaiting}) has not been taken up"
                          + (f" {int(_now() - sent)} s after it was sent" if sent is not None else "")
                          + ": the service may be behind, or it refused it (the operators' `smartretry dlq list` "
                            "says why). This page shows the post as it is.")
@@ -307,7 +318,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         not_before = not_published_from(state, settings.attempt_lease_seconds, front.clock())
         for row in rows:
             row["not_published_from"] = not_before.get(row["platform"])
-        if undecided and queued is None and not retry_targets(state) and not any(row["pending"] for row in rows):
+        if undecided and queued is None and not to_publish and not any(row["pending"] for row in rows):
             # Everything went out meanwhile: the retry will publish nothing, and the post is as it is.
             waiting = False
         times = automatic_retry_times(state, settings.max_automatic_attempts, front.clock(), settings.backoff)
@@ -322,11 +333,12 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # The awaited retry decided to publish nothing (all had gone out by its turn): said so, with what it carried
         # left unused, rather than the post alone.
         if decided is not None and not decided.platforms and decided.note and unhandled is None:
-            unhandled = f"Your retry had nothing left to publish by its turn ({decided.note})."
+            unhandled = (f"Your {'republish' if decided.forced else 'retry'} had nothing left to publish by its turn "
+                         f"({decided.note}).")
         # Named as being published: those with an attempt under way; before the retry is decided, those it will
         # publish (the same rule as the handler's); once decided, those it chose; not every platform of the post.
         publishing = [row["label"] for row in rows if row["pending"]] or (
-            [PLATFORM_LABELS[p] for p in retry_targets(state)] if undecided else []) or (
+            [PLATFORM_LABELS[p] for p in to_publish]) or (
             [PLATFORM_LABELS[p] for p in decided.platforms] if decided is not None and decided.platforms else []) or \
             [row["label"] for row in rows]
         # Where the page shows a platform asking to re-authenticate (or to connect the account), the account's new
@@ -393,6 +405,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "refresh": None if problem else refresh,
             "follow": follow,
             "can_retry": status == "failed" and queued is None,
+            # A posted post can be published again (the product note's "still allows republishing"), on the platforms
+            # chosen: a new post beside the one there. Chosen at first: those whose post kept earlier content, else all.
+            "republish": _republish_form(rows, entered_republish) if status == "posted" and queued is None else None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
             "note": retry_preview(state) if status == "failed" else "",
@@ -466,8 +481,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                     if not record.platforms else \
                     "This form was already sent with other values and its retry taken up: nothing was sent now."
             # What the user typed comes back to be corrected, but a field refused for carrying a token: not shown again.
-            carrying: set[str] = {str(error.get("loc", [""])[-1]) for error in exc.detail if isinstance(error, dict)
-                        and error.get("type") == "contains_token"} if isinstance(exc.detail, list) else set()
+            carrying = _carrying_a_token(exc.detail)
             return await render_post(request, post_id, None, problem, status_code=exc.status_code,
                                      entered_image_url=_typed_back(image_url, "image_url" in carrying),
                                      entered_account=_typed_back(account, "account" in carrying),
@@ -481,6 +495,39 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return RedirectResponse(
             f"/ui/posts/{post_id}?{urlencode({'awaiting': accepted.command.command_id, 'sent': int(_now())})}",
             status_code=303)
+
+    @router.post("/posts/{post_id}/republish")
+    async def republish_from_page(request: Request, post_id: str) -> Response:
+        """A forced republish of the platforms chosen, with its reason, as the API's POST /posts/{id}/republish."""
+        if not signed_in(request):
+            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': 'republish'})}",
+                                    status_code=303)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        command_id = (form.get("command_id") or [""])[0] or new_id()
+        if not ID_PATTERN.fullmatch(post_id) or not ID_PATTERN.fullmatch(command_id) or \
+                not same_secret((form.get("token") or [""])[0], retry_token(settings, post_id)):
+            return Response("This form has expired: reload the page and try again.", status_code=403)
+        chosen = form.get("platforms") or []
+        reason = (form.get("reason") or [""])[0]
+        problem, status_code, carrying = None, 422, set[str]()
+        if not chosen:
+            problem = "Choose the platforms to publish again."
+        else:
+            try:
+                body = RepublishBody(reason=reason, platforms=chosen, command_id=command_id)
+                accepted = await front.retry(post_id, body, forced=True, wait=False)
+            except ValidationError as exc:
+                problem = _problem(exc.errors(include_url=False, include_input=False))
+            except HTTPException as exc:
+                problem, status_code = _page_problem(_problem(exc.detail)), exc.status_code
+                carrying = _carrying_a_token(exc.detail)
+        if problem is not None:
+            return await render_post(request, post_id, None, problem, status_code=status_code,
+                                     entered_republish=(chosen, _typed_back(reason, "reason" in carrying)))
+        command = accepted.command
+        platforms = ",".join(command.platforms or ()) if isinstance(command, ForceRepublishRequested) else ""
+        return RedirectResponse(f"/ui/posts/{post_id}?" + urlencode({
+            "awaiting": accepted.command.command_id, "sent": int(_now()), "republish": platforms}), status_code=303)
 
     @router.post("/posts/{post_id}/token")
     async def token_from_page(request: Request, post_id: str) -> Response:
@@ -524,6 +571,28 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return RedirectResponse(f"/ui/posts/{post_id}?token_stored=1", status_code=303)
 
     return router
+
+
+def _carrying_a_token(detail: Any) -> set[str]:
+    """The fields an API refusal names for carrying a token: what the user typed in them is not shown back."""
+    return {str(error.get("loc", [""])[-1]) for error in detail if isinstance(error, dict)
+            and error.get("type") == "contains_token"} if isinstance(detail, list) else set()
+
+
+def _platforms_listed(listed: str) -> tuple[Platform, ...]:
+    """The platforms a page address names ("facebook,instagram"); one it does not know is left out."""
+    return tuple(p for p in PLATFORMS if p in listed.split(","))
+
+
+def _republish_form(rows: Sequence[dict[str, Any]], entered: tuple[Sequence[str], str | None] | None
+                    ) -> dict[str, Any]:
+    """The republish form's platforms (each checked or not) and reason: as the user sent them when the form comes back
+    with a problem; else those whose post kept earlier content checked, or, where none did, every one."""
+    kept = [row["platform"] for row in rows if row.get("kept")]
+    checked = list(entered[0]) if entered is not None else kept or [row["platform"] for row in rows]
+    return {"platforms": [{"platform": row["platform"], "label": row["label"], "checked": row["platform"] in checked}
+                          for row in rows],
+            "reason": entered[1] if entered is not None else None, "open": entered is not None or bool(kept)}
 
 
 def _asks_for_token(row: dict[str, Any], status: str) -> bool:
@@ -578,7 +647,7 @@ def _page_problem(problem: str) -> str:
         return problem.split(WAIT_FOR_RESULT, 1)[0] + ". Wait for its result, then retry if it failed."
     if PUBLISH_ANYWAY in problem:
         return problem.split(PUBLISH_ANYWAY, 1)[0] + (
-            " (to publish it again anyway: smartretry force, or the API's republish)")
+            " (to publish it again anyway: Publish again, below)")
     if "taken out when the post was imported" in problem and re.search(r"content\.link\b", problem):
         # This page corrects the image URL and the caption, not the link.
         return problem + " (with `smartretry retry POST --link ...`)"
@@ -608,6 +677,7 @@ def _page_action(action: str) -> str:
 
 # The forms' fields by the names the page gives them.
 FIELD_LABELS = {"image_url": "Image URL", "caption": "Caption", "account": "Account", "token": "Access token",
+                "reason": "Why", "platforms": "Platforms",
                 "page_id": "Facebook Page id",
                 "ig_user_id": "Instagram account id"}
 # What a platform needs when a new token for the post's account is what it lacks (the form to store one shows then).

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID
-from schemas.commands import PostContent, RetryRequested, fingerprint
+from schemas.commands import ForceRepublishRequested, PostContent, RetryRequested, fingerprint
 from schemas.common import ErrorKind, PublishTarget, format_timestamp, platforms_of
 from schemas.envelope import decode_command
 from schemas.events import CommandDecided, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
@@ -344,6 +344,10 @@ def test_a_platform_published_before_a_correction_says_what_its_post_keeps_on_th
     assert detail["published_with"] == {"instagram": {"caption": "Autumn sale", "image_url":
                                                       "https://cdn.example.com/autumn sale.jpg", "link": None}}
     assert list(detail["kept_from_before"]) == ["instagram"]
+    # Where it can be republished alone, from the page: the form open, with that platform alone chosen.
+    assert '<details class="republish" id="republish" open>' in html
+    assert re.search(r'id="republish-instagram" checked', html)
+    assert not re.search(r'id="republish-facebook" checked', html)
 
 
 def test_a_platform_that_failed_while_the_other_is_still_publishing_shows_its_failure_and_what_it_needs(
@@ -408,6 +412,68 @@ def test_a_posted_post_page_shows_both_links_and_no_retry_button(api: RunningApi
     assert "https://www.facebook.com/747917475065823_122104567890123" in html
     assert "Instagram Post:" in html
     assert "Retry Publishing" not in html
+
+
+def test_a_posted_post_is_published_again_from_its_page_on_the_platforms_chosen(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    with signed_in(api) as browser:
+        opened = browser.get("/ui/posts/post-1").text
+        # The product note's case 4 ("still allows republishing"): every platform offered, and chosen at first.
+        assert 'action="/ui/posts/post-1/republish"' in opened
+        assert re.search(r'value="facebook" id="republish-facebook" checked', opened)
+        assert re.search(r'value="instagram" id="republish-instagram" checked', opened)
+        drawn = re.search(r'name="command_id" value="([0-9A-Z]{26})"', opened)
+        assert drawn is not None
+        form = {"token": retry_token(api.settings, "post-1"), "command_id": drawn.group(1),
+                "platforms": "instagram", "reason": "Instagram post deleted by mistake"}
+        # A double click: the second is sent before the first is taken up, as the same command.
+        answer, again = (browser.post("/ui/posts/post-1/republish", data=form, follow_redirects=False)
+                         for _ in range(2))
+        assert answer.status_code == again.status_code == 303
+        location = answer.headers["location"]
+        assert re.fullmatch(rf"/ui/posts/post-1\?awaiting={drawn.group(1)}&sent=\d+&republish=instagram", location)
+        page = browser.get(location).text
+        sent = int(re.search(r"sent=(\d+)", location).group(1))  # type: ignore[union-attr]
+        later = browser.get(location.replace(f"sent={sent}", f"sent={sent - 61}")).text
+    sent = messages_on(api.bootstrap, api.topics.commands)
+    assert {key for key, _value in sent} == {"post-1"}
+    # The handler does a command id once: one republish.
+    assert {decode_command(value).command_id for _key, value in sent} == {drawn.group(1)}
+    command = decode_command(sent[0][1])
+    assert isinstance(command, ForceRepublishRequested)
+    assert command.platforms == ["instagram"] and command.reason == "Instagram post deleted by mistake"
+    # Named: the platform republished, not every platform of the post; and no form to send it twice meanwhile.
+    assert "Status: ⏳ Publishing" in page and "Publishing Instagram… this page refreshes itself." in page
+    assert 'action="/ui/posts/post-1/republish"' not in page
+    assert "Your republish (command " in later and "has not been taken up 6" in later
+    assert "Status: ✅ Posted" in later
+
+
+def test_a_republish_form_without_platforms_a_reason_or_its_session_sends_nothing(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    token = "EAA" + "Bc1dE" * 12  # Meta's shape, built here so that no token is written down
+    form = {"token": retry_token(api.settings, "post-1"), "reason": "testing"}
+    with signed_in(api) as browser:
+        none_chosen = browser.post("/ui/posts/post-1/republish", data=form)
+        blank = browser.post("/ui/posts/post-1/republish", data={**form, "platforms": "facebook", "reason": "  "})
+        secret = browser.post("/ui/posts/post-1/republish",
+                              data={**form, "platforms": ["facebook", "instagram"], "reason": f"token {token}"})
+        unknown = browser.post("/ui/posts/post-1/republish", data={**form, "platforms": "myspace"})
+        forged = browser.post("/ui/posts/post-1/republish", data={**form, "platforms": "facebook", "token": "x"})
+    assert none_chosen.status_code == 422 and "Choose the platforms to publish again." in none_chosen.text
+    # The form comes back as it was sent, to correct: the reason typed, the platforms chosen.
+    assert 'name="reason" id="reason" value="testing"' in none_chosen.text
+    assert not re.search(r'id="republish-(facebook|instagram)" checked', none_chosen.text)
+    assert blank.status_code == 422 and "Why: must say why" in blank.text
+    assert re.search(r'id="republish-facebook" checked', blank.text)
+    assert not re.search(r'id="republish-instagram" checked', blank.text)
+    assert secret.status_code == 422 and token not in secret.text
+    assert unknown.status_code == 422 and "Platforms" in unknown.text
+    assert forged.status_code == 403
+    ended = api.anonymous.post("/ui/posts/post-1/republish", data={**form, "platforms": "facebook"})
+    assert ended.status_code == 303 and "unsent=republish" in ended.headers["location"]
+    assert "so the post was not published again" in api.anonymous.get(ended.headers["location"]).text
+    assert_nothing_on_commands(api)
 
 
 def test_an_imported_permalink_that_is_no_web_address_is_never_a_link(api: RunningApi) -> None:
@@ -628,7 +694,8 @@ def test_the_retry_form_sent_again_after_its_retry_found_nothing_to_publish_says
         changed = browser.post("/ui/posts/post-1/retry", data={**form, "image_url": "https://cdn.example.com/b.jpg"})
         assert changed.status_code == 409
         assert "Nothing to retry: Facebook and Instagram already succeeded" in html.unescape(changed.text)
-        assert "command_id" not in changed.text
+        alert = re.search(r'<p class="problem" role="alert">(.*?)</p>', changed.text, re.S)
+        assert alert is not None and "command" not in alert.group(1)
         # Resent with an account that is no id: refused as a field of the form, not a server error.
         odd = browser.post("/ui/posts/post-1/retry", data={**form, "account": "acme corp"})
         assert odd.status_code == 422
@@ -881,8 +948,9 @@ def test_a_retry_refused_on_the_page_is_explained_without_api_routes(api: Runnin
     assert still.status_code == done.status_code == 409
     assert "Facebook still publishing (its last attempt has no result yet); Instagram already succeeded. Wait " \
            "for its result, then retry if it failed." in still.text
-    assert "Nothing to retry: Facebook and Instagram already succeeded (to publish it again anyway: smartretry " \
-           "force, or the API&#39;s republish)" in done.text
+    assert "Nothing to retry: Facebook and Instagram already succeeded (to publish it again anyway: Publish again, " \
+           "below)" in done.text
+    assert 'action="/ui/posts/posted-1/republish"' in done.text
     assert "POST /posts" not in still.text + done.text
     # The answer stays to be read: no refresh (it would ask the form's address with GET), a link to the post instead.
     assert 'http-equiv="refresh"' not in still.text + done.text
@@ -936,8 +1004,23 @@ def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(s
         expect(page.locator("#retried")).to_have_text("🔄 Retried: Facebook (1 retry)")
         expect(page.locator("#retry")).to_have_count(0)
         page.screenshot(path=str(ARTIFACTS / "post-detail-posted.png"), full_page=True)
-    counters = service_api.service.sandbox.counters()
-    assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
+        counters = service_api.service.sandbox.counters()
+        assert sorted(c for counts in counters.values() for c in counts.values() if c) == [1, 1]
+
+        # Instagram's post kept the image URL with the space: offered to be published again alone, from the page (the
+        # product note's case 4), a new post beside the first.
+        expect(page.locator(".kept[data-platform=instagram]")).to_contain_text("went out with the image at")
+        expect(page.locator("#republish-instagram")).to_be_checked()
+        expect(page.locator("#republish-facebook")).not_to_be_checked()
+        page.fill("#reason", "Instagram post with the corrected image")
+        page.click("#republish-send")
+        expect(page.locator(".earlier[data-platform=instagram]")).to_have_count(1, timeout=30_000)
+        expect(page.locator("#status")).to_have_text("Status: ✅ Posted", timeout=30_000)
+        expect(page.locator(".earlier[data-platform=facebook]")).to_have_count(0)
+        # Its post now has the post's content: nothing is said to be kept from before.
+        expect(page.locator(".kept")).to_have_count(0)
+    after = service_api.service.sandbox.counters()
+    assert (sum(after["facebook"].values()), sum(after["instagram"].values())) == (1, 2), after
 
 
 @pytest.mark.browser
