@@ -47,6 +47,7 @@ from projections.state import AttemptState, CommandRecord, PostState, empty_stat
 from publishers.redact import scrub_shapes
 from schemas.common import (
     DESTINATIONS,
+    IG_RESTRICTED_SUBCODE,
     PLATFORM_LABELS,
     PLATFORMS,
     UNKNOWN_OBJECT_CODE,
@@ -710,6 +711,8 @@ def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None =
         return f"{RIGHT_ID}{DESTINATIONS[platform]} id"
     if kind is ErrorKind.AUTH:
         return f"re-authenticate {label}"
+    if kind is ErrorKind.PERMISSION and subcode == IG_RESTRICTED_SUBCODE:
+        return f"sign in to {label} and complete what it asks there (it restricted the account)"
     if kind is ErrorKind.PERMISSION:
         return f"grant the missing permission to {label}"
     if kind is ErrorKind.INVALID_MEDIA:

@@ -257,8 +257,8 @@ def needed_actions(state: PostState, max_attempts: int,
             # As a publish without credentials is told (above): the account by name, and how to set it.
             what = action.removeprefix(RIGHT_ID).removesuffix(" id")
             action = f"set account {state.account}'s right {what} id with PUT /accounts/{state.account}/token"
-        if action.startswith(("re-authenticate ", "grant the missing permission ", "connect ", "set account ")) and \
-                state.in_flight(platform) is None:
+        if action.startswith(("re-authenticate ", "grant the missing permission ", "connect ", "set account ",
+                              "sign in to ")) and state.in_flight(platform) is None:
             action += ", then retry"
         shown[platform] = action
     shown = {**retries_used_up(state, max_attempts), **shown}

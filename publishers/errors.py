@@ -13,6 +13,7 @@ from publishers.redact import scrub
 from schemas.common import (
     ACTIVITY_BLOCK,
     DESTINATIONS,
+    IG_RESTRICTED_SUBCODE,
     MAX_PLATFORM_WAIT_S,
     PLATFORM_LABELS,
     POLICY_BLOCK_CODE,
@@ -27,9 +28,10 @@ AUTH_CODES = frozenset({102, 190})
 # Subcodes Meta puts on 190 (expired, password changed, app removed, checkpoint, ...): all mean re-login.
 AUTH_SUBCODES = frozenset({458, 459, 460, 463, 464, 467, 492})
 PERMISSION_CODES = frozenset({10, *range(200, 300)})
-RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
+# 341, "application limit reached": Meta's throttling ("examine your API request volume"), waited out as a limit.
+RATE_LIMIT_CODES = frozenset({4, 17, 32, 341, 613, *range(80000, 80015)})
 # Instagram's -1 ("Instagram server error") and -2 (a timeout) come with HTTP 400.
-TRANSIENT_CODES = frozenset({1, 2, 341, -1, -2})
+TRANSIENT_CODES = frozenset({1, 2, -1, -2})
 INVALID_MEDIA_CODES = frozenset({324})
 # Meta's "temporarily blocked for policy violations": its advice is to wait and try again, but a block lasts
 # hours or days, and calls repeated meanwhile by the service itself would hold the post's turn for hours and may
@@ -44,7 +46,11 @@ IG_RETRY_SAME_CONTAINER = frozenset({2207001, 2207003, 2207008, 2207027})
 IG_NEW_CONTAINER = frozenset({2207020, 2207032, 2207006, 2207053})
 IG_INVALID_MEDIA = frozenset({2207052, 2207004, 2207005, 2207009, 2207010, 2207026, 2207023})
 IG_DAILY_LIMIT = 2207042
-IG_RESTRICTED = frozenset({2207050})
+IG_RESTRICTED = frozenset({IG_RESTRICTED_SUBCODE})
+# "Temporary error publishing a container": Meta advises trying again once or twice within 30 s to 2 minutes, then
+# with a new container. Tried again at once by the attempt itself; after that, not before this wait.
+IG_TEMPORARY_PUBLISH_ERROR = 2207008
+IG_TEMPORARY_PUBLISH_WAIT_S = 30.0
 IG_NOT_READY_CODE = 9007
 # A failed container's status text names its subcode: "Error: 2207052 ...".
 _SUBCODE_IN_STATUS = re.compile(r"\b(22070\d\d)\b")
@@ -53,7 +59,8 @@ MESSAGE_LENGTH = PLATFORM_TEXT_LIMIT
 
 # Meta prefixes messages with "(#324) "; the seed's messages read without it.
 _CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
-# How long to wait when X-App-Usage says 100% but not for how long (its window is a rolling hour).
+# How long to wait when a usage header (the app's, the Page's, a business use case's) says 100% but not for how long
+# (their windows are a rolling hour or day).
 APP_USAGE_FULL_WAIT_S = 300.0
 # Instagram's publishing limit counts an account's posts over a rolling 24 hours, and nothing says when a post
 # leaves the window: an hour between automatic tries, not the minute-scale backoff that would spend them all.
@@ -83,6 +90,8 @@ def classify(
     retry_after = rate_limit_wait(headers or {}) if kind is ErrorKind.RATE_LIMITED else None
     if retry_after is None and subcode == IG_DAILY_LIMIT:
         retry_after = IG_DAILY_LIMIT_WAIT_S
+    if retry_after is None and subcode == IG_TEMPORARY_PUBLISH_ERROR:
+        retry_after = IG_TEMPORARY_PUBLISH_WAIT_S
     status = "" if http_status is None else f"{http_status} - "
     return PlatformError(
         kind=kind,
@@ -156,14 +165,21 @@ def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
                 minutes = entry.get("estimated_time_to_regain_access") if isinstance(entry, Mapping) else None
                 if isinstance(minutes, int | float) and minutes > 0:
                     waits.append(float(minutes) * 60.0)
-    app = _json(lowered.get("x-app-usage"))
-    usage = [app.get(k) for k in ("call_count", "total_cputime", "total_time")] if isinstance(app, Mapping) else []
-    if any(isinstance(v, int | float) and v >= 100 for v in usage):
+                elif _used_up(entry):
+                    # At its limit with no time given (an estimate of 0): as the app's usage at 100%.
+                    waits.append(APP_USAGE_FULL_WAIT_S)
+    if _used_up(_json(lowered.get("x-app-usage"))) or _used_up(_json(lowered.get("x-page-usage"))):
         waits.append(APP_USAGE_FULL_WAIT_S)
     retry_after = lowered.get("retry-after", "")
     if retry_after.strip().isdigit():
         waits.append(float(retry_after.strip()))
     return min(max(waits), MAX_PLATFORM_WAIT_S) if waits else None
+
+
+def _used_up(usage: Any) -> bool:
+    """Whether a usage header's entry (X-App-Usage, X-Page-Usage, a business use case's) is at 100% of any share."""
+    return isinstance(usage, Mapping) and any(isinstance(usage.get(k), int | float) and usage[k] >= 100
+                                              for k in ("call_count", "total_cputime", "total_time"))
 
 
 def _kind(code: int | None, subcode: int | None, is_transient: bool, http_status: int | None) -> ErrorKind:

@@ -40,6 +40,9 @@ POLICY_BLOCK_CODE = 368
 # Instagram's code and subcode for "We restrict certain activity to protect our community": the account's
 # publishing is blocked for a while, as with Facebook's 368 (see publishers/errors.py).
 ACTIVITY_BLOCK = (4, 2207051)
+# Instagram's "the account is inactive, checkpointed or restricted": cleared by signing in to Instagram and doing
+# what it asks there, not by a new token or permission.
+IG_RESTRICTED_SUBCODE = 2207050
 
 
 def is_platform_block(code: int | None, subcode: int | None) -> bool:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from projections.fold import needed_action
 from publishers import redact
 from publishers.base import AccountCredentials, PublishOutcome
 from publishers.errors import (
@@ -59,7 +60,7 @@ def envelope(code: int | None, subcode: int | None = None, *, message: str = "bo
         (9, 2207042, ErrorKind.RATE_LIMITED),
         (1, None, ErrorKind.TRANSIENT),
         (2, None, ErrorKind.TRANSIENT),
-        (341, None, ErrorKind.TRANSIENT),
+        (341, None, ErrorKind.RATE_LIMITED),
         (9007, 2207027, ErrorKind.TRANSIENT),
         (-1, 2207001, ErrorKind.TRANSIENT),
         (-2, 2207003, ErrorKind.TRANSIENT),
@@ -195,13 +196,42 @@ def test_rate_limit_wait_from_app_usage_only_when_it_is_full() -> None:
     assert rate_limit_wait(busy) is None
 
 
+def test_a_page_or_business_use_case_at_its_limit_without_an_estimate_waits_as_the_app_at_its_limit() -> None:
+    # Meta gives an estimate of 0 with some limits reached: at 100%, that is no "go ahead".
+    used_up = {"x-business-use-case-usage": json.dumps({
+        "747917475065823": [{"type": "pages", "call_count": 100, "estimated_time_to_regain_access": 0}]})}
+    page = {"X-Page-Usage": json.dumps({"call_count": 3, "total_cputime": 100, "total_time": 4})}
+    busy_page = {"X-Page-Usage": json.dumps({"call_count": 99, "total_cputime": 9, "total_time": 9})}
+
+    assert rate_limit_wait(used_up) == APP_USAGE_FULL_WAIT_S
+    assert rate_limit_wait(page) == APP_USAGE_FULL_WAIT_S
+    assert rate_limit_wait(busy_page) is None
+    assert classify("facebook", 400, envelope(32), page).retry_after_s == APP_USAGE_FULL_WAIT_S
+
+
+def test_instagrams_temporary_publishing_error_is_tried_again_after_the_wait_meta_advises() -> None:
+    # "Try again 1-2 times in the next 30 seconds to 2 minutes": not seconds apart, spending every automatic attempt.
+    error = classify("instagram", 400, envelope(2, 2207008))
+
+    assert error.kind is ErrorKind.TRANSIENT and error.retry_after_s == 30.0
+
+
+def test_a_restricted_instagram_account_asks_to_sign_in_to_instagram_not_for_a_permission() -> None:
+    error = classify("instagram", 400, envelope(25, 2207050))
+
+    assert error.kind is ErrorKind.PERMISSION
+    assert needed_action("instagram", error.kind, error.code, error.subcode) == \
+        "sign in to Instagram and complete what it asks there (it restricted the account)"
+    assert needed_action("instagram", ErrorKind.PERMISSION, 10, None) == "grant the missing permission to Instagram"
+
+
 def test_rate_limit_wait_reads_retry_after_and_ignores_garbage() -> None:
     assert rate_limit_wait({"Retry-After": "30"}) == 30.0
     assert rate_limit_wait({"x-business-use-case-usage": "not json", "x-app-usage": "[1, 2]"}) is None
     assert rate_limit_wait({}) is None
 
 
-def test_only_rate_limits_carry_a_wait() -> None:
+def test_a_refusal_to_fix_carries_no_wait() -> None:
     headers = {"Retry-After": "30"}
 
     assert classify("facebook", 400, envelope(100), headers).retry_after_s is None
