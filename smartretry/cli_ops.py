@@ -413,9 +413,16 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
         # Which post this is, at a glance: its caption's start, as the list shows it.
         console.print(f"  \"{_one_line(detail['content']['caption'], CAPTION_SHOWN)}\"", highlight=False)
     results = {r["platform"]: r for r in detail["insights"].get("publish_results", [])}
+    # Being published again (a retry's attempt under way, or one whose outcome is not known yet): its earlier failure is
+    # no longer the platform's state, as the page says it.
+    again = {a["platform"] for a in detail.get("attempts", []) if a["outcome"] in ("under way", "not known yet")}
+    unknown = detail.get("outcome_unknown", {})
     for platform, result in results.items():
         label = PLATFORM_LABELS[platform]
-        if result["success"]:
+        if not result["success"] and platform in again:
+            if platform not in unknown:  # that one has its own line, below
+                console.print(f"  ⏳ {label}: publishing again...", highlight=False)
+        elif result["success"]:
             # As the page says it: an id alone is no address to follow.
             link = detail.get("links", {}).get(platform) or " ".join(
                 part for part in (result.get("postId"), UNKNOWN_LINK.format(label=label)) if part)
@@ -434,12 +441,12 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
     if detail["status"] == "publishing":
         # A platform on its first attempt has no result yet: it is said too, as the page says it.
         for platform in platforms_of(detail["publish_target"]) if detail.get("publish_target") else ():
-            if platform not in results:
+            if platform not in results and platform not in unknown:
                 console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: publishing...", highlight=False)
     if detail.get("error_message") and not any(not r["success"] for r in results.values()):
         # A failure with no platform's result to show it by (an old document that kept only its message).
         console.print(f"  ❌ {_one_line(detail['error_message'])}", highlight=False)
-    for platform, why in detail.get("outcome_unknown", {}).items():
+    for platform, why in unknown.items():
         console.print(f"  ⏳ {PLATFORM_LABELS[platform]}: whether the post went out is not known yet: "
                       f"{shown_text(why)}",
                       highlight=False)

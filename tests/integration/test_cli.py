@@ -91,6 +91,14 @@ def test_show_does_not_ask_for_an_action_on_a_platform_being_retried(api: Runnin
     assert code == 0, output
     assert "Status: ⏳ Publishing" in output
     assert "Needed for" not in output and "fix the image URL" not in output
+    # Its earlier failure is not shown as where Facebook stands, as on the page.
+    assert "⏳ Facebook: publishing again..." in output and "❌ Facebook" not in output
+    # Nor beside its retry whose outcome is not known yet, which says so on its own line.
+    store_retrying(api, "post-unknown", lookup=ErrorKind.TRANSIENT)
+    code, output = run(api, "show", "post-unknown")
+    assert code == 0, output
+    assert "⏳ Facebook: whether the post went out is not known yet" in output
+    assert "❌ Facebook" not in output and "Facebook: publishing" not in output
 
 
 def test_show_says_what_a_post_published_before_a_correction_keeps(api: RunningApi) -> None:
