@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import (
+    IG_DAILY_LIMIT,
     MESSAGE_LENGTH,
     container_failed,
     is_retry_same_container,
@@ -39,6 +40,10 @@ from schemas.events import PlatformError
 log = logging.getLogger(__name__)
 
 RECENT_MEDIA_LIMIT = 50
+# Instagram's publishing limit's window, at most (`content_publishing_limit` says it: a day); and what is waited past
+# the moment the oldest post counted leaves it, for the clocks' difference.
+DAY_SECONDS = 86400
+QUOTA_MARGIN_S = 60.0
 # Refusals of media_publish that say nothing about the container.
 _NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION)
 
@@ -134,7 +139,7 @@ class InstagramPublisher:
             # A container whose creation went unanswered is never published by itself: nothing went out. An Instagram
             # account Meta does not know (or not through this token) is the account's to fix, not the post's.
             return PublishOutcome.failed("instagram", unreachable_account(failed.error, "instagram", ig_user)
-                                         or failed.error)
+                                         or await self._until_room(account, failed.error))
         # The container must be on record before it is published: a crash after media_publish is resolved
         # through it.
         if on_container is not None:
@@ -178,7 +183,8 @@ class InstagramPublisher:
         except GraphCallFailed as failed:
             log.info("Instagram publish failed (%s)", failed.error.kind, extra={"attempt_id": attempt_id})
             unknown = failed.outcome_unknown
-            return PublishOutcome.failed("instagram", failed.error, container_id, outcome_unknown=unknown)
+            return PublishOutcome.failed("instagram", await self._until_room(account, failed.error), container_id,
+                                         outcome_unknown=unknown)
         permalink = await self._permalink(media_id, token)
         log.info("Instagram published media %s", media_id, extra={"attempt_id": attempt_id})
         return PublishOutcome.published("instagram", media_id, permalink, container_id)
@@ -430,6 +436,28 @@ class InstagramPublisher:
         return PublishOutcome.published(
             "instagram", answered_id(media["id"]), answered_link(media.get("permalink")), container_id)
 
+    async def _until_room(self, account: AccountCredentials, error: PlatformError) -> PlatformError:
+        """`error`, where it is Instagram's publishing limit, waiting until the account has room again if its limit and
+        media tell when: the limit counts the posts of a rolling window (a day), so room comes back as the oldest of
+        them leave it. The media listed include posts made in Instagram's app, which the limit does not count: the
+        time read off them is never later than the true one (tried then, a post still refused is read again)."""
+        if error.subcode != IG_DAILY_LIMIT:
+            return error
+        try:
+            limit = await self._graph.get(account.ig_user_id or "", "content_publishing_limit", account.user_token,
+                                          params={"fields": "quota_usage,config"},
+                                          action="Instagram publishing limit")
+            listing = await self._recent_media(account, "id,timestamp")
+        except GraphCallFailed:
+            return error  # the limit's own wait stands
+        room = _room_again(limit, listing, datetime.now(UTC))
+        if room is None:
+            return error
+        wait = max((room - datetime.now(UTC)).total_seconds(), 0.0) + QUOTA_MARGIN_S
+        return error.model_copy(update={
+            "retry_after_s": wait,
+            "message": f"{error.message} (room again from {room:%Y-%m-%d %H:%M} UTC)"[:MESSAGE_LENGTH]})
+
     async def _recent_media(self, account: AccountCredentials, fields: str) -> dict[str, Any]:
         """The account's newest media (their `fields`), as one page of Meta's listing; `GraphCallFailed` if refused."""
         return await self._graph.get(account.ig_user_id or "", "media", account.user_token,
@@ -443,6 +471,43 @@ class InstagramPublisher:
         except GraphCallFailed:
             return None
         return answered_link(body.get("permalink"))
+
+
+def _room_again(limit: dict[str, Any], listing: dict[str, Any], now: datetime) -> datetime | None:
+    """When an account at its publishing limit has room again, from `content_publishing_limit` (its usage, total
+    and window) and its newest media (newest first); None when they cannot tell: no usage at the limit, or a listing
+    that does not reach back across the window."""
+    entries = limit.get("data")
+    entry: dict[str, Any] = entries[0] if isinstance(entries, list) and entries and isinstance(entries[0], dict) \
+        else {}
+    config: dict[str, Any] = entry["config"] if isinstance(entry.get("config"), dict) else {}
+    usage, total = _count(entry.get("quota_usage")), _count(config.get("quota_total"))
+    duration = _count(config.get("quota_duration", DAY_SECONDS))
+    if usage is None or total is None or duration is None or usage < total or not 0 < duration <= DAY_SECONDS:
+        return None
+    items = listing.get("data")
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        return None
+    times = [parse_meta_time(item.get("timestamp")) for item in items]
+    if any(at is None for at in times):
+        return None
+    start = now - timedelta(seconds=duration)
+    paging = listing.get("paging")
+    whole = not (isinstance(paging, dict) and paging.get("next"))
+    known = [at for at in times if at is not None]
+    if not whole and not (known and min(known) < start):
+        return None
+    counted = sorted(at for at in known if at >= start)
+    # Room for one more post once `usage - total + 1` of those counted have left the window.
+    gone = usage - total
+    if len(counted) <= gone:
+        return None
+    return counted[gone] + timedelta(seconds=duration)
+
+
+def _count(value: Any) -> int | None:
+    """A whole number of Meta's answer (not a bool, not negative); None for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _not_connected(action: str) -> PlatformError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -353,6 +353,14 @@ async def test_the_daily_publishing_limit_is_a_rate_limit(
     assert outcome.error is not None
     assert (outcome.error.kind, outcome.error.subcode) == (ErrorKind.RATE_LIMITED, 2207042)
     assert instagram_posts(sandbox) == 1
+    # Tried again when the post counted leaves the limit's day (read off the limit and the media, with a minute's
+    # margin), not hourly: automatic attempts spent while there is no room would leave the post for the user.
+    [media] = sandbox.posts()
+    room = datetime.strptime(media["timestamp"], "%Y-%m-%dT%H:%M:%S%z") + timedelta(days=1)
+    assert outcome.error.retry_after_s is not None
+    assert abs(datetime.now(UTC) + timedelta(seconds=outcome.error.retry_after_s) - room - timedelta(minutes=1)) \
+        < timedelta(seconds=5)
+    assert f"(room again from {room:%Y-%m-%d %H:%M} UTC)" in outcome.error.message
 
 
 async def test_a_revoked_token_is_an_auth_error(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -25,7 +25,7 @@ from publishers.errors import (
 )
 from publishers.facebook import FacebookPagePublisher
 from publishers.graph import answered_id, answered_link
-from publishers.instagram import ContainerPolling, InstagramPublisher
+from publishers.instagram import ContainerPolling, InstagramPublisher, _room_again
 from publishers.redact import REDACTED, scrub
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
@@ -223,6 +223,29 @@ def test_a_restricted_instagram_account_asks_to_sign_in_to_instagram_not_for_a_p
     assert needed_action("instagram", error.kind, error.code, error.subcode) == \
         "sign in to Instagram and complete what it asks there (it restricted the account)"
     assert needed_action("instagram", ErrorKind.PERMISSION, 10, None) == "grant the missing permission to Instagram"
+
+
+def test_room_under_instagrams_publishing_limit_comes_back_as_the_oldest_posts_counted_leave_its_day() -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    limit = {"data": [{"quota_usage": 3, "config": {"quota_total": 2, "quota_duration": 86400}}]}
+
+    def media(*hours_ago: float, more: bool = False) -> dict:
+        listing: dict = {"data": [{"id": str(i), "timestamp": (now - timedelta(hours=h)).strftime(
+            "%Y-%m-%dT%H:%M:%S+0000")} for i, h in enumerate(sorted(hours_ago))]}
+        if more:
+            listing["paging"] = {"next": "https://graph.facebook.com/next"}
+        return listing
+
+    # Three counted, two allowed: room for one once two have left, the second oldest a day after it was made.
+    assert _room_again(limit, media(1, 5, 20, 30), now) == now + timedelta(hours=19)
+    # A listing that stops short of the window's start cannot tell; nor a limit with room, or an answer without it.
+    assert _room_again(limit, media(1, 5, 20, more=True), now) is None
+    assert _room_again(limit, media(1, 5, 20, 30, more=True), now) == now + timedelta(hours=19)
+    assert _room_again({"data": [{"quota_usage": 1, "config": {"quota_total": 2}}]}, media(1), now) is None
+    assert _room_again({"data": []}, media(1), now) is None
+    assert _room_again({"data": [{"quota_usage": True, "config": {"quota_total": 1}}]}, media(1), now) is None
+    # Fewer media in the window than the limit counts: not to be told from them.
+    assert _room_again(limit, media(1, 30), now) is None
 
 
 def test_rate_limit_wait_reads_retry_after_and_ignores_garbage() -> None:
