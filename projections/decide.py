@@ -149,6 +149,11 @@ def decide(state: PostState | None, command: Command) -> Decision:
             content.link != (state.content.link if state.content is not None else None):
         # A link the correction adds would go nowhere: this retry publishes Instagram alone, which takes none.
         problem = "Instagram posts carry no link, and this retry publishes Instagram only: put it in the caption"
+    if problem is not None and command.content is None:
+        # The post's own content (a retry of Facebook alone may have lengthened its caption past Instagram's): the
+        # command, which carried none, can carry what fits.
+        asked = "republish" if isinstance(command, ForceRepublishRequested) else "retry"
+        problem = f"{problem} (the post's content as it is now: send the {asked} with corrected content)"
     if problem is not None:
         # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
         return Decision(reject_reason=problem, refused_content=True,

@@ -23,8 +23,10 @@ _TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{20,}")
 _SECRET_PARAM = re.compile(
     r"((?:access_?token|appsecret_?proof|client_?secret|input_?token|fb_exchange_token)[\"']?\s*"
     # The value runs to a separator; a %XX escape is part of it (a token with "/" or "=" is written %2F, %3D), but
-    # for the escapes of separators (an encoded query: "access_token%3D...%26next").
-    r"(?:[=:]|%3[DdAa])\s*[\"']?)(?:[^&\s\"',};%]|%(?!2[0267Cc]|3[Bb]|7[Dd])[0-9A-Fa-f]{2})+",
+    # for the escapes of separators (an encoded query: "access_token%3D...%26next"). A ")" ends it where it ends the
+    # text or comes before a blank or a stop (a message that quotes the address in brackets: "(url: ...=TOKEN)").
+    r"(?:[=:]|%3[DdAa])\s*[\"']?)(?:[^&\s\"',};%)]|\)(?![\s.,;:!?\]\"']|$)"
+    r"|%(?!2[0267Cc]|3[Bb]|7[Dd])[0-9A-Fa-f]{2})+",
     re.IGNORECASE,
 )
 # An Authorization header value copied into an exception or a debug dump: a credential, 16 characters or more

@@ -18,6 +18,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -482,6 +483,7 @@ class FrontDoor:
         post_id = body.post_id or (post_id_for(body.command_id) if body.command_id else new_id())
         command_id = body.command_id or new_id()
         _check_urls(body.content)
+        _check_caption(body.content.caption)
         _check_fits_target(body.content, body.publish_target)
         try:
             command = PublishRequested(command_id=command_id, post_id=post_id, publish_target=body.publish_target,
@@ -578,6 +580,8 @@ class FrontDoor:
             raise unprocessable(exc, prefix=("body", "content")) from None
         if content is not None:
             _check_urls(content)
+        if correction is not None:
+            _check_caption(correction.caption)
         if command.account is not None:
             # Before the refusal below, which names the account.
             await self.check_account_name(command.account)
@@ -972,6 +976,16 @@ def _check_url(value: str | None, loc: list[str]) -> None:
 def _check_urls(content: PostContent) -> None:
     for field in ("image_url", "link"):
         _check_url(getattr(content, field), ["body", "content", field])
+
+
+def _check_caption(caption: str | None) -> None:
+    """422 for a caption holding a control character (other than a tab or a line break): no platform shows one, and
+    the post's page and lists would carry it as it is."""
+    found = next((c for c in caption or "" if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    if found is not None:
+        raise HTTPException(422, [{"loc": ["body", "content", "caption"], "type": "value_error",
+                                   "msg": f"holds the control character U+{ord(found):04X}, which no platform shows: "
+                                          "take it out"}])
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None, *,

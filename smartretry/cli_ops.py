@@ -14,6 +14,7 @@ import re
 import secrets
 import sys
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -584,6 +585,9 @@ def force(
     post_id: str = typer.Argument(..., callback=_checked_id, help="The post to publish again."),
     reason: str = typer.Option(..., callback=_said, help="Why (recorded with the republish)."),
     platform: list[str] | None = OnlyPlatforms,
+    image_url: str | None = typer.Option(None, help="Corrected image URL, published from now on."),
+    caption: str | None = typer.Option(None, help="Corrected caption, published from now on."),
+    link: str | None = typer.Option(None, help="Corrected link, published from now on."),
     account: str | None = typer.Option(None, callback=_checked_id,
                                        help="The account to publish with (a post imported without one)."),
     command_id: str | None = CommandId,
@@ -603,7 +607,9 @@ def force(
             raise typer.Exit(2)
         typer.confirm(f"{what}. Republish?", abort=True)
     command_id = command_id or new_id()
+    correction = _content(caption, image_url, link)
     body = {"reason": reason, **({"platforms": platform} if platform else {}),
+            **({"content": correction} if correction else {}),
             **({"account": account} if account else {}), "command_id": command_id}
     with api_client(api_url) as api:
         with console.status("Republishing ..."):
@@ -1021,8 +1027,15 @@ def shown_bytes(raw: bytes) -> str:
 
 
 def shown_text(text: str) -> str:
-    """Text from a message (its key, a reason quoting it) for a terminal: control characters written as escapes."""
-    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
+    """Text from a message (its key, a reason quoting it) for a terminal: control characters written as escapes, and
+    those that reorder or break lines (bidirectional overrides, line separators). The format characters emoji are made
+    with (a zero-width joiner in 👩‍💻, a flag's tags) are kept."""
+    return "".join(c if c.isprintable() or c in "\n\t" or (unicodedata.category(c) == "Cf" and c not in _BIDI_CONTROLS)
+                   else c.encode("unicode_escape").decode() for c in text)
+
+
+# Characters that reorder the text after them on a terminal: a line could be made to read otherwise than it is.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _post_id_of(value: bytes) -> str | None:

@@ -241,10 +241,14 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         if (redirect := gate(request)) is not None:
             return redirect
         chosen = status if status in STATUS_LABELS else None
+        # A link edited by hand or cut short: the list shown says how it differs from what was asked.
+        problem = None if status is None or chosen is not None else \
+            f"There is no status “{scrub(status)[:40]}”: every post is shown."
         try:
             after = list_position(cursor) if cursor else None
         except ValueError:
             after = None  # a mangled link: the list from its start
+            problem = "That link's place in the list could not be read: the newest posts are shown."
         states = await asyncio.to_thread(front.stores.projection.list_posts, chosen, LIST_PAGE + 1, 0, after)
         older = None
         if len(states) > LIST_PAGE:
@@ -265,7 +269,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "waiting": {s.post_id: [f"Needed for {PLATFORM_LABELS[p]}: {_page_problem(action)}" for p, action in waits]
                         for s in states if (waits := waits_for_someone(s, settings.max_automatic_attempts).items())},
             "status": chosen, "labels": STATUS_LABELS, "older": older,
-            "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()],
+            "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()], "problem": problem,
         })
 
     @router.get("/posts/{post_id}")

@@ -378,6 +378,19 @@ def test_openapi_document_says_how_to_send_the_api_key(api: RunningApi) -> None:
 # ------------------------------------------------------------------------------------------- publish
 
 
+def test_a_caption_with_a_control_character_is_refused_and_tabs_and_line_breaks_are_not(api: RunningApi) -> None:
+    add_account(api)
+    store_post(api, "post-1")
+    refused = api.client.post("/posts/post-1/retry", json={"content": {"caption": "Sale \x07today"}})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"] == [{"loc": ["body", "content", "caption"], "type": "value_error",
+                                         "msg": "holds the control character U+0007, which no platform shows: "
+                                                "take it out"}]
+    assert_nothing_on_commands(api)
+    lines = publish_body(content={"caption": "Autumn sale\r\n\tstarts today", "image_url": FIXED_URL})
+    assert api.client.post("/posts", json=lines).status_code == 202
+
+
 def test_publish_puts_one_command_on_kafka_and_answers_202_with_where_to_look(api: RunningApi) -> None:
     add_account(api)
     answer = api.client.post("/posts", json=publish_body(command_id="cmd-abc"))

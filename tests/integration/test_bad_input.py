@@ -199,6 +199,8 @@ def _api_answers(client: httpx.Client, taken: PublishRequested) -> dict[str, htt
         "image-url-not-http": publish(content={"caption": "x", "image_url": "javascript:alert(1)"}),
         "caption-over-2200": publish(content={"caption": "x" * 2201, "image_url": IMAGE}),
         "caption-over-63206": publish(publish_target="facebook", content={"caption": "x" * 63207}),
+        "caption-with-a-control-character": publish(content={"caption": "Sale \x1b[31m today\x00",
+                                                             "image_url": IMAGE}),
         "ten-mb": publish(content={"caption": "x" * TEN_MB, "image_url": IMAGE}),
         "post-id-with-path": publish(post_id="../../etc/passwd"),
         "half-a-character": client.post("/posts", content=_json({
@@ -391,6 +393,7 @@ API_CASES: dict[str, tuple[int, str]] = {
     "image-url-not-http": (422, "must be an http(s) URL"),
     "caption-over-2200": (422, "Instagram captions are limited to 2200 characters"),
     "caption-over-63206": (422, "String should have at most 63206 characters"),
+    "caption-with-a-control-character": (422, "holds the control character U+001B, which no platform shows"),
     # Refused for its size before it is read (the API takes at most 1 MiB).
     "ten-mb": (413, "request body too large: at most 1048576 bytes are taken"),
     "post-id-with-path": (422, "String should match pattern"),

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from publishers.sandbox import SandboxControl
-from schemas.commands import PostContent, ResolveAttemptRequested, RetryRequested
+from schemas.commands import ForceRepublishRequested, PostContent, ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
 from schemas.events import CommandDecided, PostSubmitted
@@ -158,6 +158,15 @@ def test_a_platforms_message_with_terminal_commands_is_shown_not_obeyed(api: Run
     assert "url second line" in output
 
 
+def test_emoji_made_with_joiners_are_shown_whole_and_text_reordering_characters_as_escapes(api: RunningApi) -> None:
+    store_facebook_failure(api, "post-emoji", "Team 👨\u200d👩\u200d👧 and 🏳️\u200d🌈 \u202eevil")
+    code, output = run(api, "show", "post-emoji")
+    assert code == 0, output
+    assert "Team 👨\u200d👩\u200d👧 and 🏳️\u200d🌈" in output
+    # A right-to-left override would make the rest of the line read backwards.
+    assert "\u202e" not in output and "\\u202eevil" in output
+
+
 def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:
     code, output = run(api, "show", "nope")
     assert code == 1
@@ -262,6 +271,19 @@ def test_retry_with_nothing_to_retry_and_force(api: RunningApi) -> None:
     code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3", "--yes")
     assert code == 0, output
     assert len(messages_on(api.bootstrap, api.topics.commands)) == 1
+
+
+def test_force_carries_a_corrected_caption_for_the_platforms_it_republishes(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    code, output = run(api, "force", "post-1", "--platform", "instagram", "--caption", "Autumn sale: 30% off",
+                       "--reason", "the price was wrong", "--wait", "0.3", "--yes")
+    assert code == 0, output
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, ForceRepublishRequested) and command.platforms == ["instagram"]
+    assert command.content is not None and command.content.caption == "Autumn sale: 30% off"
+    # The image is the post's own: a correction changes only what it names.
+    assert command.content.image_url == api.client.get("/posts/post-1").json()["content"]["image_url"]
 
 
 def test_retry_while_a_platform_is_still_publishing_says_to_wait_not_to_force(api: RunningApi) -> None:

@@ -495,6 +495,14 @@ def test_the_list_page_filters_by_status(api: RunningApi) -> None:
         everything = browser.get("/ui/posts").text
         assert browser.get("/ui/posts/unknown-post").status_code == 404
     assert "failed-1" in failed and "posted-1" not in failed
+    # A filter edited by hand, or a cut-short link: the list says what it shows instead.
+    with signed_in(api) as browser:
+        unknown = browser.get("/ui/posts", params={"status": "bogus<b>"}).text
+        mangled = browser.get("/ui/posts", params={"cursor": "not-a-cursor"}).text
+    assert "There is no status “bogus&lt;b&gt;”: every post is shown." in unknown
+    assert "failed-1" in unknown and "posted-1" in unknown
+    assert "That link&#39;s place in the list could not be read: the newest posts are shown." in mangled
+    assert 'role="alert"' not in everything
     assert "failed-1" in everything and "posted-1" in everything
     # Posts are told apart by what they say, not only by their ids.
     assert '<td class="caption">Autumn sale starts today</td>' in everything

@@ -420,5 +420,10 @@ def test_a_republish_without_content_is_held_to_the_limits_of_the_platforms_it_p
         caption=long_caption, image_url=FIXED.image_url)})
     assert decide(state, retry()).platforms == ("facebook",)
     refused = decide(state, force())
-    assert refused.refused_content and refused.reject_reason == "Instagram captions are limited to 2200 characters"
+    # Said to be the post's own content, which the republish can correct.
+    assert refused.refused_content and refused.reject_reason == (
+        "Instagram captions are limited to 2200 characters (the post's content as it is now: send the republish with "
+        "corrected content)")
+    fits = decide(state, corrected_retry({"caption": "Autumn sale: 30% off"}, ForceRepublishRequested))
+    assert fits.platforms == ("facebook", "instagram") and fits.reject_reason is None
     assert decide(state, force()).content is None and decide(state, retry()).content is None

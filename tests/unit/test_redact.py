@@ -50,6 +50,10 @@ def test_an_access_token_parameter_is_scrubbed_through_its_escapes_up_to_the_nex
     # An encoded query's own separator (%26, "&") still ends it.
     encoded = "next=/me%3Faccess_token%3Dxyz%26after%3D1"
     assert scrub_shapes(encoded) == f"next=/me%3Faccess_token%3D{REDACTED}%26after%3D1"
+    # A message quoting the address in brackets keeps its closing bracket; one inside the value is the value's.
+    assert scrub_shapes("Cannot parse access token (url: /photos?access_token=abc123).") == \
+        f"Cannot parse access token (url: /photos?access_token={REDACTED})."
+    assert scrub_shapes("(access_token=abc)def ok)") == f"(access_token={REDACTED} ok)"
 
 
 def test_content_carrying_a_stored_token_url_encoded_is_refused_and_an_import_loses_it() -> None:
