@@ -153,7 +153,7 @@ def decide(state: PostState | None, command: Command) -> Decision:
         # The post's own content (a retry of Facebook alone may have lengthened its caption past Instagram's): the
         # command, which carried none, can carry what fits.
         asked = "republish" if isinstance(command, ForceRepublishRequested) else "retry"
-        problem = f"{problem} (the post's content as it is now: send the {asked} with corrected content)"
+        problem = f"{problem} ({CONTENT_AS_IT_IS}: send the {asked} with corrected content)"
     if problem is not None:
         # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
         return Decision(reject_reason=problem, refused_content=True,
@@ -285,6 +285,10 @@ def _first_publish(state: PostState | None, command: PublishRequested) -> Decisi
 def _resumable_submission(state: PostState, command: PublishRequested) -> bool:
     """The post was submitted by this very command and nothing was decided yet (a crash in between)."""
     return state.submitted_by == command.command_id and not state.commands and not state.legacy
+
+
+# How a refusal of the post's own content (a command carrying none) says so.
+CONTENT_AS_IT_IS = "the post's content as it is now"
 
 
 def _republish(state: PostState, forced: bool, reason: str, only: Sequence[Platform] | None = None) -> Decision:

@@ -350,8 +350,8 @@ def _on_outcome_unknown(state: PostState, event: AttemptOutcomeUnknown) -> None:
     # container or post it names is gone) will not come right by asking again: someone must check the
     # platform and say what they found. The service keeps asking after any other error.
     kind = event.error.kind
-    action = needed_action(event.platform, kind, event.error.code) if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) \
-        else None
+    action = needed_action(event.platform, kind, event.error.code, event.error.subcode) \
+        if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION) else None
     if kind in (ErrorKind.INVALID_REQUEST, ErrorKind.INVALID_MEDIA):
         action = f"check {PLATFORM_LABELS[event.platform]} for the post, {RESOLVE_THE_ATTEMPT}"
     _set_needed_action(state, event.platform, action)

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from publishers.instagram import ContainerPolling
 
 OnContainer = Callable[[str], Awaitable[None]]
+# Called with (account id, token) for a token the publisher obtained from Meta (a Page token): kept by the service,
+# so that every process knows it as a secret.
+OnObtainedToken = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -120,18 +123,20 @@ class Publisher(Protocol):
 
 def build_publishers(
     client: httpx.AsyncClient, base_url: str, version: str, *, polling: ContainerPolling | None = None,
-    lookup_window: timedelta | None = None,
+    lookup_window: timedelta | None = None, on_obtained_token: OnObtainedToken | None = None,
 ) -> dict[Platform, Publisher]:
     """One publisher per platform, all sharing `client` (its timeouts apply to every Graph API call).
 
     `lookup_window`: how long after an attempt began its post can still appear (the attempt lease).
+    `on_obtained_token`: told of each Page token fetched (see `OnObtainedToken`).
     """
     from publishers.facebook import FacebookPagePublisher
     from publishers.graph import LOOKUP_WINDOW
     from publishers.instagram import InstagramPublisher
 
     return {
-        "facebook": FacebookPagePublisher(client, base_url, version, lookup_window=lookup_window or LOOKUP_WINDOW),
+        "facebook": FacebookPagePublisher(client, base_url, version, lookup_window=lookup_window or LOOKUP_WINDOW,
+                                          on_obtained_token=on_obtained_token),
         "instagram": InstagramPublisher(client, base_url, version, polling,
                                         lookup_window=lookup_window or LOOKUP_WINDOW),
     }

@@ -6,12 +6,11 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from pydantic import SecretStr
 
-from publishers.base import AccountCredentials, OnContainer, PublishOutcome
+from publishers.base import AccountCredentials, OnContainer, OnObtainedToken, PublishOutcome
 from publishers.errors import classify, unreachable_account
 from publishers.graph import (
     CLOCK_SKEW,
@@ -21,6 +20,7 @@ from publishers.graph import (
     answered_id,
     created_id,
     earliest_match,
+    next_page,
     parse_meta_time,
 )
 from publishers.redact import register_secret
@@ -51,8 +51,10 @@ class FacebookPagePublisher:
         lookup_page_size: int = LOOKUP_PAGE_SIZE,
         lookup_max_pages: int = LOOKUP_MAX_PAGES,
         lookup_window: timedelta = LOOKUP_WINDOW,
+        on_obtained_token: OnObtainedToken | None = None,
     ) -> None:
         self._graph = GraphApi(client, base_url, version, "facebook")
+        self._on_obtained_token = on_obtained_token
         self._lookup_page_size = lookup_page_size
         self._lookup_max_pages = lookup_max_pages
         self._lookup_window = lookup_window
@@ -232,6 +234,14 @@ class FacebookPagePublisher:
                 action=action)
             raise GraphCallFailed(error)
         register_secret(value)
+        if self._on_obtained_token is not None:
+            try:
+                await self._on_obtained_token(account.account_id, value)
+            except Exception as exc:  # the publish goes on: this process's scrubber knows the token already
+                log.warning("the Page token of account %s could not be kept among the service's known tokens (%s): "
+                            "other processes do not know it until it is fetched again", account.account_id,
+                            type(exc).__name__)
+                return SecretStr(value)  # not cached: kept on the next fetch
         token = SecretStr(value)
         self._page_tokens[key] = token
         return token
@@ -257,23 +267,3 @@ def _no_page(action: str) -> PlatformError:
                          message=f"{action} failed: {not_connected('facebook')}")
 
 
-# What leads from one page of a listing to the next: a cursor, or (Meta's time-based paging) an earlier end of the
-# window and Meta's own paging token.
-_PAGING_PARAMS = ("after", "until", "__paging_token")
-
-
-def next_page(paging: dict[str, Any]) -> dict[str, str]:
-    """The parameters that ask for the page after this one: `paging.cursors.after` where Meta pages by cursor, else
-    those of `paging.next`'s query (time-based paging), never its access token; empty when neither says."""
-    cursors = paging.get("cursors")
-    after = cursors.get("after") if isinstance(cursors, dict) else None
-    if isinstance(after, str) and after:
-        return {"after": after}
-    following = paging.get("next")
-    if not isinstance(following, str):
-        return {}
-    try:
-        query = dict(parse_qsl(urlsplit(following).query))
-    except ValueError:  # an address that cannot be read ("Invalid IPv6 URL") says nothing
-        return {}
-    return {name: query[name] for name in _PAGING_PARAMS if query.get(name)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -178,3 +178,24 @@ def earliest_match(items: Any, caption: str | tuple[str, ...], since: datetime, 
         return None
     return min(found, key=lambda pair: pair[0])[1] if found else None
 
+
+# What leads from one page of a listing to the next: a cursor, or (Meta's time-based paging) an earlier end of the
+# window and Meta's own paging token.
+_PAGING_PARAMS = ("after", "until", "__paging_token")
+
+
+def next_page(paging: dict[str, Any]) -> dict[str, str]:
+    """The parameters that ask for the page after this one: `paging.cursors.after` where Meta pages by cursor, else
+    those of `paging.next`'s query (time-based paging), never its access token; empty when neither says."""
+    cursors = paging.get("cursors")
+    after = cursors.get("after") if isinstance(cursors, dict) else None
+    if isinstance(after, str) and after:
+        return {"after": after}
+    following = paging.get("next")
+    if not isinstance(following, str):
+        return {}
+    try:
+        query = dict(parse_qsl(urlsplit(following).query))
+    except ValueError:  # an address that cannot be read ("Invalid IPv6 URL") says nothing
+        return {}
+    return {name: query[name] for name in _PAGING_PARAMS if query.get(name)}

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from publishers.base import AccountCredentials, OnContainer, PublishOutcome
 from publishers.errors import (
     IG_DAILY_LIMIT,
+    IG_DAILY_LIMIT_WAIT_S,
     MESSAGE_LENGTH,
     container_failed,
     is_retry_same_container,
@@ -31,6 +32,7 @@ from publishers.graph import (
     answered_link,
     created_id,
     earliest_match,
+    next_page,
     parse_meta_time,
 )
 from schemas.commands import PostContent
@@ -44,6 +46,10 @@ RECENT_MEDIA_LIMIT = 50
 # the moment the oldest post counted leaves it, for the clocks' difference.
 DAY_SECONDS = 86400
 QUOTA_MARGIN_S = 60.0
+# The account's media read to find when the limit has room again: pages of so many (Meta's limit may be 100 posts a
+# day), so many pages at most.
+QUOTA_PAGE_SIZE = 100
+QUOTA_PAGES = 5
 # Refusals of media_publish that say nothing about the container.
 _NOT_THE_CONTAINER = (ErrorKind.AUTH, ErrorKind.PERMISSION)
 
@@ -447,16 +453,42 @@ class InstagramPublisher:
             limit = await self._graph.get(account.ig_user_id or "", "content_publishing_limit", account.user_token,
                                           params={"fields": "quota_usage,config"},
                                           action="Instagram publishing limit")
-            listing = await self._recent_media(account, "id,timestamp")
+            listing = await self._media_of_the_day(account)
         except GraphCallFailed:
             return error  # the limit's own wait stands
         room = _room_again(limit, listing, datetime.now(UTC))
         if room is None:
             return error
         wait = max((room - datetime.now(UTC)).total_seconds(), 0.0) + QUOTA_MARGIN_S
+        if error.retry_after_s is not None and error.retry_after_s != IG_DAILY_LIMIT_WAIT_S:
+            # A wait Meta's headers gave (the app's usage at 100%, say) is not cut short.
+            wait = max(wait, error.retry_after_s)
         return error.model_copy(update={
             "retry_after_s": wait,
             "message": f"{error.message} (room again from {room:%Y-%m-%d %H:%M} UTC)"[:MESSAGE_LENGTH]})
+
+    async def _media_of_the_day(self, account: AccountCredentials) -> dict[str, Any]:
+        """The account's media of the last day (their ids and times), newest first, read page by page until one
+        reaches back past the day or none follows (at most `QUOTA_PAGES`): as one listing, with the last page's
+        `paging`, which says whether more follow."""
+        start = datetime.now(UTC) - timedelta(seconds=DAY_SECONDS)
+        params = {"fields": "id,timestamp", "limit": str(QUOTA_PAGE_SIZE)}
+        items: list[Any] = []
+        listing: dict[str, Any] = {}
+        for _ in range(QUOTA_PAGES):
+            listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
+                                            action="Instagram publishing limit")
+            page = listing.get("data")
+            if not isinstance(page, list):
+                return listing
+            items.extend(page)
+            times = [parse_meta_time(item.get("timestamp")) for item in page if isinstance(item, dict)]
+            paging = listing.get("paging")
+            following = next_page(paging) if isinstance(paging, dict) and paging.get("next") else {}
+            if not following or any(at is not None and at < start for at in times):
+                break
+            params = {"fields": "id,timestamp", "limit": str(QUOTA_PAGE_SIZE), **following}
+        return {"data": items, **({"paging": listing["paging"]} if "paging" in listing else {})}
 
     async def _recent_media(self, account: AccountCredentials, fields: str) -> dict[str, Any]:
         """The account's newest media (their `fields`), as one page of Meta's listing; `GraphCallFailed` if refused."""
@@ -498,9 +530,10 @@ def _room_again(limit: dict[str, Any], listing: dict[str, Any], now: datetime) -
     if not whole and not (known and min(known) < start):
         return None
     counted = sorted(at for at in known if at >= start)
-    # Room for one more post once `usage - total + 1` of those counted have left the window.
+    # Room for one more post once `usage - total + 1` of those counted have left the window. Fewer listed than the
+    # limit counts (a post deleted since, a story): which are missing cannot be told.
     gone = usage - total
-    if len(counted) <= gone:
+    if len(counted) < usage:
         return None
     return counted[gone] + timedelta(seconds=duration)
 

@@ -23,10 +23,8 @@ _TOKEN_SHAPED = re.compile(r"EAA[A-Za-z0-9]{20,}")
 _SECRET_PARAM = re.compile(
     r"((?:access_?token|appsecret_?proof|client_?secret|input_?token|fb_exchange_token)[\"']?\s*"
     # The value runs to a separator; a %XX escape is part of it (a token with "/" or "=" is written %2F, %3D), but
-    # for the escapes of separators (an encoded query: "access_token%3D...%26next"). A ")" ends it where it ends the
-    # text or comes before a blank or a stop (a message that quotes the address in brackets: "(url: ...=TOKEN)").
-    r"(?:[=:]|%3[DdAa])\s*[\"']?)(?:[^&\s\"',};%)]|\)(?![\s.,;:!?\]\"']|$)"
-    r"|%(?!2[0267Cc]|3[Bb]|7[Dd])[0-9A-Fa-f]{2})+",
+    # for the escapes of separators (an encoded query: "access_token%3D...%26next").
+    r"(?:[=:]|%3[DdAa])\s*[\"']?)(?:[^&\s\"',};%]|%(?!2[0267Cc]|3[Bb]|7[Dd])[0-9A-Fa-f]{2})+",
     re.IGNORECASE,
 )
 # An Authorization header value copied into an exception or a debug dump: a credential, 16 characters or more
@@ -76,6 +74,18 @@ def secret_forms(secret: str) -> tuple[str, ...]:
 
 
 _ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+
+def _closing(match: re.Match[str]) -> str:
+    """The ")" a secret parameter's value ran into, and the stops after it, given back where the text before it left
+    a "(" open (a message quoting the address in brackets: "(url: ...?access_token=...)."). Only a bracket and stops
+    are: nothing of a token that holds a ")" but them."""
+    before = match.string[:match.start()]
+    ending = _BRACKET_ENDING.search(match.group(0))
+    return ending.group(0) if ending is not None and before.count("(") > before.count(")") else ""
+
+
+_BRACKET_ENDING = re.compile(r"\)[.,;:!?]*$")
 
 
 def _hex_digits(byte: int) -> str:
@@ -151,7 +161,7 @@ def scrub_shapes(text: str) -> str:
     this process has seen: the same text gives the same result in every process, as a fold (replayed) must."""
     if not text:
         return text
-    text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED + _closing(m), text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _TOKEN_SHAPED.sub(REDACTED, text)
     # One of Meta's spelled with escapes ("EAA%41b..."): found decoded, taken out where it stands.

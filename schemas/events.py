@@ -130,7 +130,8 @@ class PlatformError(Frozen):
         "The HTTP status of the platform's answer; null when none came (a dropped connection, a timeout) or the "
         "service found the failure itself (an account without credentials)"))
     retry_after_s: float | None = Field(default=None, ge=0, allow_inf_nan=False, description=(
-        "Seconds the platform asked to wait before trying again (a rate limit's), when it said"))
+        "Seconds to wait before trying again, when known: a rate limit's (from the platform's headers, or until "
+        "Instagram's publishing limit has room), or the wait Meta advises for Instagram's temporary publishing error"))
 
 
 class PlatformResult(EventBase):

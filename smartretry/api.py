@@ -560,8 +560,12 @@ class FrontDoor:
                                               f"with PUT /accounts/{shown}/token"}])
 
     async def retry(self, post_id: str, body: RetryBody | RepublishBody | None, forced: bool,
-                    wait: bool = True) -> Accepted:
+                    wait: bool = True, seen_attempts: int | None = None) -> Accepted:
+        """`seen_attempts`: for a republish, how many attempts the post had where it was asked for (a page drawn
+        earlier); the post's attempts now when None."""
         state = await self.state_of(post_id)
+        if seen_attempts is None or not 0 <= seen_attempts <= len(state.attempts):
+            seen_attempts = len(state.attempts)
         correction = body.content if body is not None else None
         command_id = (body.command_id if body is not None else None) or new_id()
         try:
@@ -572,7 +576,7 @@ class FrontDoor:
                 assert isinstance(body, RepublishBody)
                 command = ForceRepublishRequested(command_id=command_id, post_id=post_id, content=content,
                                                   account=account, reason=body.reason, requested_at=self.clock(),
-                                                  seen_attempts=len(state.attempts), platforms=body.platforms)
+                                                  seen_attempts=seen_attempts, platforms=body.platforms)
             else:
                 command = RetryRequested(command_id=command_id, post_id=post_id, content=content, account=account,
                                          requested_at=self.clock())

@@ -109,7 +109,9 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
             credentials=stores.credentials,
             publishers=build_publishers(client, settings.graph_api_base_url, settings.graph_api_version,
                                         polling=polling,
-                                        lookup_window=timedelta(seconds=settings.attempt_lease_seconds)),
+                                        lookup_window=timedelta(seconds=settings.attempt_lease_seconds),
+                                        on_obtained_token=lambda account, token: asyncio.to_thread(
+                                            stores.credentials.remember_obtained, account, token)),
             config=handler_config(settings),
         )
         await handler.run(stop)

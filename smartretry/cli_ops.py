@@ -14,7 +14,6 @@ import re
 import secrets
 import sys
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -414,9 +413,10 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
         # Which post this is, at a glance: its caption's start, as the list shows it.
         console.print(f"  \"{_one_line(detail['content']['caption'], CAPTION_SHOWN)}\"", highlight=False)
     results = {r["platform"]: r for r in detail["insights"].get("publish_results", [])}
-    # Being published again (a retry's attempt under way, or one whose outcome is not known yet): its earlier failure is
-    # no longer the platform's state, as the page says it.
-    again = {a["platform"] for a in detail.get("attempts", []) if a["outcome"] in ("under way", "not known yet")}
+    # Being published again (its latest attempt under way, or without a known outcome yet): an earlier failure is no
+    # longer the platform's state, as the page says it.
+    latest = {a["platform"]: a for a in detail.get("attempts", [])}  # oldest first: each platform's latest stays
+    again = {p for p, a in latest.items() if a["outcome"] in ("under way", "not known yet")}
     unknown = detail.get("outcome_unknown", {})
     for platform, result in results.items():
         label = PLATFORM_LABELS[platform]
@@ -431,6 +431,8 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
             if kept := detail.get("kept_from_before", {}).get(platform):
                 console.print(f"     ℹ️ {_one_line(kept)}", highlight=False)
+            if platform in again and platform not in unknown:  # a forced republish under way
+                console.print(f"  ⏳ {label}: publishing again...", highlight=False)
         else:
             # On its line: a message's own line breaks would read as the command's next lines.
             console.print(f"  ❌ {label}: {_one_line(str(result.get('error')))}", highlight=False)
@@ -1027,15 +1029,16 @@ def shown_bytes(raw: bytes) -> str:
 
 
 def shown_text(text: str) -> str:
-    """Text from a message (its key, a reason quoting it) for a terminal: control characters written as escapes, and
-    those that reorder or break lines (bidirectional overrides, line separators). The format characters emoji are made
-    with (a zero-width joiner in 👩‍💻, a flag's tags) are kept."""
-    return "".join(c if c.isprintable() or c in "\n\t" or (unicodedata.category(c) == "Cf" and c not in _BIDI_CONTROLS)
+    """Text from a message (its key, a reason quoting it) for a terminal: control characters and invisible ones written
+    as escapes (a key `post-1` followed by a zero-width space is not `post-1`; a bidirectional override would make a
+    line read otherwise than it is), but for those emoji and scripts are written with: the joiners (👩‍💻) and a flag's
+    tags."""
+    return "".join(c if c.isprintable() or c in "\n\t" or c in _JOINERS or "\U000e0020" <= c <= "\U000e007f"
                    else c.encode("unicode_escape").decode() for c in text)
 
 
-# Characters that reorder the text after them on a terminal: a line could be made to read otherwise than it is.
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# The zero-width joiner and non-joiner: parts of emoji sequences and of words in several scripts.
+_JOINERS = frozenset("\u200c\u200d")
 
 
 def _post_id_of(value: bytes) -> str | None:

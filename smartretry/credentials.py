@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -50,6 +51,20 @@ class _RetiredToken(_Base):
     retired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class _ObtainedToken(_Base):
+    """A token the service obtained from Meta itself (a Page token, fetched with the account's user token): never
+    stored to publish with, but known to every process, so content carrying it is refused and logs and dead letters
+    scrub it alike, whichever process fetched it and whenever."""
+
+    __tablename__ = "obtained_tokens"
+
+    # A keyed digest of the token: the same token obtained again is one row (its ciphertext differs each time).
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    token_ciphertext: Mapped[str] = mapped_column(Text)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class UnknownAccount(LookupError):
     pass
 
@@ -65,6 +80,7 @@ class CredentialStore:
         self._engine = engine
         digest = hashlib.sha256(secret_key.encode()).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        self._digest_key = hashlib.sha256(b"obtained-token:" + secret_key.encode()).digest()
         table = cast(Table, _Account.__table__)
         self._get_statement = select(table.c.token_ciphertext, table.c.page_id, table.c.ig_user_id).where(
             table.c.account_id == bindparam("account_id"))
@@ -108,6 +124,22 @@ class CredentialStore:
             connection.execute(statement)
             connection.execute(expired)
 
+    def remember_obtained(self, account_id: str, token: str) -> None:
+        """Keeps a token the service obtained from Meta (a Page token) among those every process knows."""
+        register_secret(token)
+        digest = hmac.new(self._digest_key, token.encode(), hashlib.sha256).hexdigest()
+        now = datetime.now(UTC)
+        table = cast(Table, _ObtainedToken.__table__)
+        insert = (postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert)(table)
+        statement = insert.values(digest=digest, account_id=account_id, seen_at=now,
+                                  token_ciphertext=self._fernet.encrypt(token.encode()).decode(),
+                                  ).on_conflict_do_update(index_elements=[table.c.digest], set_={"seen_at": now})
+        # A Page token obtained from a user token lives no longer than it: 60 days unseen, it has expired.
+        expired = table.delete().where(table.c.seen_at < now - RETIRED_TOKEN_LIFE)
+        with self._engine.begin() as connection:
+            connection.execute(statement)
+            connection.execute(expired)
+
     def get(self, account_id: str) -> AccountCredentials:
         # One row by its key, read without the ORM's session: the handler reads it for every command.
         with self._engine.connect() as connection:
@@ -142,17 +174,19 @@ class CredentialStore:
         return {account: at if at.tzinfo else at.replace(tzinfo=UTC) for account, at in rows}
 
     def stored_tokens(self) -> frozenset[str]:
-        """Every stored token, current or replaced (those this secret key can read), also made known to the
-        scrubber.
+        """Every stored token, current or replaced, and those the service obtained from Meta (Page tokens), which this
+        secret key can read; also made known to the scrubber.
 
         What refuses a post's content for carrying a token, in the API and in the handler alike: it is read
         from the store, not from what one process happens to have used, so every process and every restart
         answers the same. The ciphertexts are read each time (one small query); only new ones are decrypted.
         """
         table, retired = cast(Table, _Account.__table__), cast(Table, _RetiredToken.__table__)
+        obtained = cast(Table, _ObtainedToken.__table__)
         with self._engine.connect() as connection:
             ciphertexts = frozenset(connection.execute(
-                select(table.c.token_ciphertext).union(select(retired.c.token_ciphertext))).scalars())
+                select(table.c.token_ciphertext).union(select(retired.c.token_ciphertext),
+                                                       select(obtained.c.token_ciphertext))).scalars())
         if ciphertexts != self._ciphertexts:
             decrypted = {}
             for ciphertext in ciphertexts:

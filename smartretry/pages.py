@@ -29,7 +29,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from pydantic import ValidationError
 
-from projections.decide import retry_preview, retry_targets, reuses_command_id
+from projections.decide import CONTENT_AS_IT_IS, retry_preview, retry_targets, reuses_command_id
 from projections.fold import FIX_THE_POST, awaiting_attempt, unresolved
 from projections.responses import attempt_history, earlier_posts, kept_from_before, needed_actions, retried_summary
 from projections.resume import automatic_retry_times
@@ -411,7 +411,11 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "can_retry": status == "failed" and queued is None,
             # A posted post can be published again (the product note's "still allows republishing"), on the platforms
             # chosen: a new post beside the one there. Chosen at first: those whose post kept earlier content, else all.
-            "republish": _republish_form(rows, entered_republish) if status == "posted" and queued is None else None,
+            # Not for a post imported without its account or content: the form has no field for them (the command
+            # line's `force --account --caption` has).
+            "republish": _republish_form(rows, entered_republish)
+            if status == "posted" and queued is None and state.account is not None and state.content is not None
+            else None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
             "note": retry_preview(state) if status == "failed" else "",
@@ -513,17 +517,24 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return Response("This form has expired: reload the page and try again.", status_code=403)
         chosen = form.get("platforms") or []
         reason = (form.get("reason") or [""])[0]
+        # How many attempts the post had when the page was drawn: one published again since (another tab, a
+        # colleague) makes this republish publish nothing, rather than post it once more.
+        seen = (form.get("seen") or [""])[0]
+        seen_attempts = int(seen) if seen.isascii() and seen.isdigit() and len(seen) < 10 else None
         problem, status_code, carrying = None, 422, set[str]()
         if not chosen:
             problem = "Choose the platforms to publish again."
         else:
             try:
                 body = RepublishBody(reason=reason, platforms=chosen, command_id=command_id)
-                accepted = await front.retry(post_id, body, forced=True, wait=False)
+                accepted = await front.retry(post_id, body, forced=True, wait=False, seen_attempts=seen_attempts)
             except ValidationError as exc:
                 problem = _problem(exc.errors(include_url=False, include_input=False))
             except HTTPException as exc:
-                problem, status_code = _page_problem(_problem(exc.detail)), exc.status_code
+                problem, status_code = _page_problem(_problem(exc.detail), asked="republish"), exc.status_code
+                if CONTENT_AS_IT_IS in problem:
+                    # The page's form carries no content: the command line's does.
+                    problem += f" (with `smartretry force {post_id} --caption ...`)"
                 carrying = _carrying_a_token(exc.detail)
         if problem is not None:
             return await render_post(request, post_id, None, problem, status_code=status_code,
@@ -645,10 +656,13 @@ def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | Non
             "is now), and nothing is left to retry.")
 
 
-def _page_problem(problem: str) -> str:
-    """The API's refusal in the page's words: the API routes it names are of no use to someone on the page."""
+def _page_problem(problem: str, asked: str = "retry") -> str:
+    """The API's refusal in the page's words: the API routes it names are of no use to someone on the page. `asked`:
+    the form that was sent, a retry or a republish."""
     if WAIT_FOR_RESULT in problem:
-        return problem.split(WAIT_FOR_RESULT, 1)[0] + ". Wait for its result, then retry if it failed."
+        return problem.split(WAIT_FOR_RESULT, 1)[0] + (
+            ". Wait for its result, then retry if it failed." if asked == "retry" else
+            ". Wait for its result, then publish again if you still want it posted again.")
     if PUBLISH_ANYWAY in problem:
         return problem.split(PUBLISH_ANYWAY, 1)[0] + (
             " (to publish it again anyway: Publish again, below)")

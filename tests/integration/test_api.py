@@ -743,6 +743,25 @@ def test_the_stored_tokens_follow_every_change_made_by_any_process(api: RunningA
     assert here.stored_tokens() == {second, second + "-renewed"}
 
 
+def test_a_page_token_the_service_obtained_is_refused_in_content_by_every_process(api: RunningApi) -> None:
+    add_account(api)
+    key = api.settings.secret_key.get_secret_value()
+    # Not shaped like Meta's (those are caught by their shape): known only because the handler kept it.
+    page_token = "plainPageTok-" + "8899aabbccddeeff"
+    handler_side = CredentialStore(api.stores.engine, key)
+    handler_side.remember_obtained("acme", page_token)
+    handler_side.remember_obtained("acme", page_token)
+    # Another process (the API, a restarted handler, the projector) knows it from the store.
+    assert page_token in CredentialStore(api.stores.engine, key).stored_tokens()
+    with api.stores.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT * FROM obtained_tokens").all()
+    assert len(rows) == 1 and page_token not in repr(rows)  # once, and encrypted
+    answer = api.client.post("/posts", json=publish_body(content={"caption": f"page tok {page_token} ok",
+                                                                  "image_url": FIXED_URL}))
+    assert answer.status_code == 422 and "access token" in answer.text and page_token not in answer.text
+    assert_nothing_on_commands(api)
+
+
 def test_a_body_that_is_not_json_is_422(api: RunningApi) -> None:
     answer = api.client.post("/posts", content=b"{not json", headers={"Content-Type": "application/json"})
     assert answer.status_code == 422

@@ -15,13 +15,14 @@ from publishers.sandbox import SandboxControl
 from schemas.commands import ForceRepublishRequested, PostContent, ResolveAttemptRequested, RetryRequested
 from schemas.common import ErrorKind
 from schemas.envelope import decode_command, encode
-from schemas.events import CommandDecided, PostSubmitted
+from schemas.events import CommandDecided, PostSubmitted, PublishAttempted
 from smartretry.cli import app
 from smartretry.settings import Settings
 from streams.dlq import make_dead_letter
 from streams.kafka import deliver
 from tests.integration.test_api import (
     API_KEY,
+    AT,
     FB_ERROR,
     RunningApi,
     api_fixture,  # noqa: F401 - the `api` fixture
@@ -99,6 +100,17 @@ def test_show_does_not_ask_for_an_action_on_a_platform_being_retried(api: Runnin
     assert code == 0, output
     assert "⏳ Facebook: whether the post went out is not known yet" in output
     assert "❌ Facebook" not in output and "Facebook: publishing" not in output
+    # A forced republish of a platform that went out: its post stays shown, and so is its publish under way.
+    store_events(api, [*seed_events("post-forced", facebook_ok=True),
+                       CommandDecided(event_id="forced-d", post_id="post-forced", occurred_at=AT, command_id="forced-c",
+                                      command_type="ForceRepublishRequested", platforms=("instagram",), is_retry=True,
+                                      forced=True),
+                       PublishAttempted(event_id="forced-a", post_id="post-forced", occurred_at=AT,
+                                        platform="instagram", attempt_id="forced-ig", attempt_number=2,
+                                        command_id="forced-c", is_retry=True, forced=True)])
+    code, output = run(api, "show", "post-forced")
+    assert "✅ Instagram: Published" in output and "⏳ Instagram: publishing again..." in output
+    assert "Facebook: publishing" not in output
 
 
 def test_show_says_what_a_post_published_before_a_correction_keeps(api: RunningApi) -> None:
@@ -158,13 +170,15 @@ def test_a_platforms_message_with_terminal_commands_is_shown_not_obeyed(api: Run
     assert "url second line" in output
 
 
-def test_emoji_made_with_joiners_are_shown_whole_and_text_reordering_characters_as_escapes(api: RunningApi) -> None:
-    store_facebook_failure(api, "post-emoji", "Team 👨\u200d👩\u200d👧 and 🏳️\u200d🌈 \u202eevil")
+def test_emoji_made_with_joiners_are_shown_whole_and_invisible_or_reordering_characters_as_escapes(
+        api: RunningApi) -> None:
+    store_facebook_failure(api, "post-emoji", "Team 👨\u200d👩\u200d👧 and 🏳️\u200d🌈 \u202eevil zero\u200bwidth")
     code, output = run(api, "show", "post-emoji")
     assert code == 0, output
     assert "Team 👨\u200d👩\u200d👧 and 🏳️\u200d🌈" in output
-    # A right-to-left override would make the rest of the line read backwards.
+    # A right-to-left override would make the rest of the line read backwards; a zero-width space is not seen.
     assert "\u202e" not in output and "\\u202eevil" in output
+    assert "\u200b" not in output and "zero\\u200bwidth" in output
 
 
 def test_show_of_an_unknown_post_says_so(api: RunningApi) -> None:

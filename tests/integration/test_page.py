@@ -449,6 +449,39 @@ def test_a_posted_post_is_published_again_from_its_page_on_the_platforms_chosen(
     assert "Status: ✅ Posted" in later
 
 
+def test_a_republish_from_a_page_opened_before_the_post_was_published_again_is_refused(api: RunningApi) -> None:
+    store_post(api, "post-1", facebook_ok=True)
+    with signed_in(api) as browser:
+        opened = browser.get("/ui/posts/post-1").text
+        seen = re.search(r'name="seen" value="(\d+)"', opened.split('id="republish"', 1)[1])
+        assert seen is not None
+        # Meanwhile, another tab republished Instagram, and it went out.
+        store_events(api, [
+            CommandDecided(event_id="other-d", post_id="post-1", occurred_at=AT, command_id="other-tab",
+                           command_type="ForceRepublishRequested", platforms=("instagram",), is_retry=True,
+                           forced=True),
+            PublishAttempted(event_id="other-a", post_id="post-1", occurred_at=AT, platform="instagram",
+                             attempt_id="other-ig", attempt_number=2, command_id="other-tab", is_retry=True,
+                             forced=True),
+            PlatformResult(event_id="other-r", post_id="post-1", occurred_at=AT, platform="instagram",
+                           attempt_id="other-ig", success=True, platform_post_id="18107758234627999")])
+        stale = browser.post("/ui/posts/post-1/republish", data={
+            "token": retry_token(api.settings, "post-1"), "seen": seen.group(1), "platforms": "instagram",
+            "reason": "Instagram post deleted by mistake"})
+    # Not a third Instagram post: the page says what it missed.
+    assert stale.status_code == 409, stale.text[-2000:]
+    assert "was published again after this republish was asked for" in html.unescape(stale.text)
+    assert_nothing_on_commands(api)
+
+
+def test_a_post_imported_without_its_account_or_content_offers_no_republish_form(api: RunningApi) -> None:
+    store_events(api, History(post_id="legacy-posted").legacy(
+        {"insights": {"facebook_post_id": "747917475065823_1"}, "status": "posted"}, target="facebook").events)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/legacy-posted").text
+    assert "Status: ✅ Posted" in page and 'id="republish"' not in page
+
+
 def test_a_republish_form_without_platforms_a_reason_or_its_session_sends_nothing(api: RunningApi) -> None:
     store_post(api, "post-1", facebook_ok=True)
     token = "EAA" + "Bc1dE" * 12  # Meta's shape, built here so that no token is written down

@@ -58,6 +58,40 @@ async def test_photo_post_returns_the_post_id(
     assert facebook_posts(sandbox) == 1
 
 
+async def test_the_page_token_fetched_is_given_to_the_service_to_keep_once_per_fetch(
+    graph_client: httpx.AsyncClient, demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    kept: list[tuple[str, str]] = []
+
+    async def keep(account: str, token: str) -> None:
+        kept.append((account, token))
+
+    publishers = build_publishers(graph_client, sandbox.base_url, GRAPH_VERSION, polling=FAST_POLLING,
+                                  on_obtained_token=keep)
+    for attempt in ("a1", "a2"):
+        assert (await publishers["facebook"].publish(PHOTO, demo_account, attempt_id=attempt)).success
+    # Every process then knows it as a secret; fetched once, kept once.
+    assert kept == [(demo_account.account_id, DEMO_PAGE_TOKEN)]
+
+
+async def test_a_page_token_the_service_could_not_keep_still_publishes_and_is_kept_at_the_next_fetch(
+    graph_client: httpx.AsyncClient, demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    calls: list[str] = []
+
+    async def failing_then_kept(account: str, token: str) -> None:
+        calls.append(token)
+        if len(calls) == 1:
+            raise OSError("database is locked")
+
+    publishers = build_publishers(graph_client, sandbox.base_url, GRAPH_VERSION, polling=FAST_POLLING,
+                                  on_obtained_token=failing_then_kept)
+    for attempt in ("a1", "a2", "a3"):
+        assert (await publishers["facebook"].publish(PHOTO, demo_account, attempt_id=attempt)).success
+    assert calls == [DEMO_PAGE_TOKEN, DEMO_PAGE_TOKEN]
+    assert facebook_posts(sandbox) == 3
+
+
 async def test_text_and_link_post_goes_to_the_feed(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from schemas.commands import PostContent, PublishRequested
 from schemas.envelope import encode
 from smartretry.api import create_app, serve_in_thread
+from smartretry.credentials import CredentialStore
 from streams.broker import free_port
 from streams.kafka import producer
 from tests.integration.test_api import RunningApi, api_fixture, messages_on  # noqa: F401 - the `api` fixture
@@ -89,7 +90,9 @@ def test_no_token_used_in_a_run_appears_in_logs_topics_database_or_dead_letters(
     unknown_to_meta = meta_shaped_token()  # Meta echoes a token it cannot parse in its 190 error
     plain = f"plain-user-token-{secrets.token_hex(12)}"  # not Meta-shaped: only known secrets scrub it
     renewed = meta_shaped_token()
-    renewed_page = sandbox.register_account(PAGE_ID, IG_USER_ID, renewed, page_token=meta_shaped_token())
+    # Not shaped like Meta's either: known to the service only as the Page token the handler fetched.
+    renewed_page = sandbox.register_account(PAGE_ID, IG_USER_ID, renewed,
+                                            page_token=f"plain-page-token-{secrets.token_hex(12)}")
     never_used = meta_shaped_token()
     other_shop = f"another-shops-token-{secrets.token_hex(12)}"  # stored late, never used to publish
     tokens = [first, first_page, unknown_to_meta, plain, renewed, renewed_page, never_used, other_shop]
@@ -122,6 +125,11 @@ def test_no_token_used_in_a_run_appears_in_logs_topics_database_or_dead_letters(
     for failed in (revoked, echoed_plain):
         assert _retry(client, str(dict(failed["post"])["id"]))["success"] is True  # type: ignore[call-overload]
 
+    # The Page token the handler fetched to publish is kept (encrypted) where every process reads the tokens: the
+    # API and the projector know it, as does the handler after a restart.
+    key = service.settings.secret_key.get_secret_value()
+    assert renewed_page in CredentialStore(service.stores.engine, key).stored_tokens()
+
     # Bad input with tokens pasted in: to the handler, the projector and the API.
     service.send_raw(json.dumps({"type": "PublishRequested", "access_token": renewed, "caption": f"{first} {plain}",
                                  "token": never_used}).encode(), key=BAD_COMMAND_KEY.encode())
@@ -142,20 +150,25 @@ def test_no_token_used_in_a_run_appears_in_logs_topics_database_or_dead_letters(
                                                "publish_target": "both", "account": ACCOUNT}))
     answers.append(client.post(f"/posts/{dict(published['post'])['id']}/republish",  # type: ignore[call-overload]
                                json={"reason": "new image", "content": {"image_url": f"{IMAGE}?t={renewed}"}}))
-    assert [a.status_code for a in answers[-5:]] == [422, 422, 422, 422, 422]
-    assert answers[-2].json()["detail"][0]["loc"] == ["body", "content", "caption"]
-    assert answers[-1].json()["detail"][0]["loc"] == ["body", "content", "image_url"]
+    # The Page token the handler (another process) fetched to publish: the API knows it from the store.
+    answers.append(client.post("/posts", json={"content": {"caption": f"page token {renewed_page}",
+                                                           "image_url": IMAGE},
+                                               "publish_target": "both", "account": ACCOUNT}))
+    assert [a.status_code for a in answers[-6:]] == [422, 422, 422, 422, 422, 422]
+    assert answers[-3].json()["detail"][0]["loc"] == ["body", "content", "caption"]
+    assert answers[-2].json()["detail"][0]["loc"] == ["body", "content", "image_url"]
+    assert answers[-1].json()["detail"][0]["loc"] == ["body", "content", "caption"]
     # The same, as valid commands straight on Kafka: the handler refuses them before anything is written,
     # Meta-shaped or not, even a token stored a moment ago that no process has used yet, or one replaced by
     # re-authentication (it may still work).
     answers.append(client.put("/accounts/another-shop/token", json={"token": other_shop, "page_id": "111222333"}))
-    for number, token in enumerate((renewed, other_shop, plain)):
+    for number, token in enumerate((renewed, other_shop, plain, renewed_page)):
         pasted = PublishRequested(command_id=f"pasted-{number}", post_id=f"pasted-post-{number}",
                                   publish_target="both", account=ACCOUNT, requested_at=datetime.now(UTC),
                                   content=PostContent(caption=f"our token is {token}", image_url=IMAGE))
         service.send_raw(encode(pasted), key=PASTED_COMMAND_KEY.encode())
-    _wait_for_dead_letters(service, 5)
-    for number in range(3):
+    _wait_for_dead_letters(service, 6)
+    for number in range(4):
         assert service.stores.projection.get(f"pasted-post-{number}") is None
     assert not [p for p in sandbox.posts() if "our token is" in str(p.get("message") or p.get("caption"))]
 

@@ -250,6 +250,17 @@ def test_container_and_recovered_results_are_kept_on_the_attempt() -> None:
     assert attempt.container_id == "17890000" and attempt.recovered and attempt.success
 
 
+def test_an_attempt_whose_look_up_meets_a_restricted_instagram_account_asks_to_sign_in_to_instagram() -> None:
+    history = History()
+    attempts = history.publish(target="instagram")
+    history.events.append(AttemptOutcomeUnknown(**history._base(None), platform="instagram",
+                                                attempt_id=attempts["instagram"], error=PlatformError(
+                                                    kind=ErrorKind.PERMISSION, code=25, subcode=2207050,
+                                                    message="Instagram post lookup failed: restricted")))
+    assert history.state().needed_action == {
+        "instagram": "sign in to Instagram and complete what it asks there (it restricted the account)"}
+
+
 def test_an_attempt_that_cannot_be_checked_for_want_of_a_token_says_so_and_stays_publishing() -> None:
     history = History()
     attempts = history.publish(target="facebook")

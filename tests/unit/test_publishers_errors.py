@@ -351,6 +351,60 @@ async def instagram_publish_through(graph: Callable[[httpx.Request], httpx.Respo
             content, account, attempt_id="a1")
 
 
+def publishing_limit_graph(media_ages: list[timedelta], usage: int, total: int,
+                           headers: dict[str, str] | None = None) -> Callable[[httpx.Request], httpx.Response]:
+    """A Graph API whose media_publish answers Instagram's publishing limit, the account's media (newest first, in
+    pages of 100 by cursor) made `media_ages` ago."""
+    now = datetime.now(UTC)
+    stamps = [(now - age).strftime("%Y-%m-%dT%H:%M:%S+0000") for age in sorted(media_ages)]
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/media") and request.method == "POST":
+            return httpx.Response(200, json={"id": "17889455560051444"})
+        if path.endswith("/media_publish"):
+            return httpx.Response(400, headers=headers or {}, json={"error": {
+                "message": "Application request limit reached", "code": 9, "error_subcode": 2207042,
+                "error_user_msg": "You reached the maximum number of posts allowed in 24 hours"}})
+        if path.endswith("/content_publishing_limit"):
+            return httpx.Response(200, json={"data": [{"quota_usage": usage, "config": {
+                "quota_total": total, "quota_duration": 86400}}]})
+        if path.endswith("/media"):
+            start = int(request.url.params.get("after") or 0)
+            page = [{"id": str(n), "timestamp": stamps[n]} for n in range(start, min(start + 100, len(stamps)))]
+            more = {"paging": {"cursors": {"after": str(start + 100)}, "next": "https://graph.facebook.com/next"}} \
+                if start + 100 < len(stamps) else {}
+            return httpx.Response(200, json={"data": page, **more})
+        if path.endswith("/17889455560051444"):
+            return httpx.Response(200, json={"status_code": "FINISHED", "status": "Finished"})
+        return httpx.Response(404, json={"error": {"message": f"no {path}", "code": 100}})
+
+    return graph
+
+
+async def test_instagrams_publishing_limit_waits_until_the_oldest_post_counted_leaves_its_day() -> None:
+    # A hundred posts of the last day, ten minutes apart, and older ones: listed over two pages.
+    ages = [timedelta(minutes=10 * n + 5) for n in range(100)] + [timedelta(hours=30 + n) for n in range(20)]
+    outcome = await instagram_publish_through(publishing_limit_graph(ages, usage=100, total=100))
+
+    assert outcome.error is not None and outcome.error.retry_after_s is not None
+    # Room once the oldest (995 minutes old) is a day old, with a minute's margin: about 7 h 26 min.
+    expected = (timedelta(days=1) - timedelta(minutes=995) + timedelta(minutes=1)).total_seconds()
+    assert abs(outcome.error.retry_after_s - expected) < 5
+
+
+async def test_a_publishing_limit_read_off_the_media_never_cuts_short_a_wait_metas_headers_gave() -> None:
+    full = {"x-app-usage": json.dumps({"call_count": 100, "total_cputime": 5, "total_time": 5})}
+    # The oldest post counted leaves the day in a few seconds, but the app is at its limit for 5 minutes.
+    ages = [timedelta(hours=23, minutes=59, seconds=55), timedelta(hours=1)]
+    outcome = await instagram_publish_through(publishing_limit_graph(ages, usage=2, total=2, headers=full))
+
+    assert outcome.error is not None and outcome.error.retry_after_s == APP_USAGE_FULL_WAIT_S
+    # Fewer listed than the limit counts (a post deleted since): the limit's own hour.
+    outcome = await instagram_publish_through(publishing_limit_graph([timedelta(hours=1)], usage=2, total=2))
+    assert outcome.error is not None and outcome.error.retry_after_s == 3600.0
+
+
 INSTAGRAM_SERVER_ERROR = {"error": {"message": "An unknown error occurred", "code": 2, "error_subcode": 2207001,
                                     "is_transient": True}}
 

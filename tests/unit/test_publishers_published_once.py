@@ -15,7 +15,8 @@ from pydantic import SecretStr
 from projections.fold import needed_action
 from publishers.base import AccountCredentials, PublishOutcome
 from publishers.errors import classify
-from publishers.facebook import FacebookPagePublisher, next_page
+from publishers.facebook import FacebookPagePublisher
+from publishers.graph import next_page
 from publishers.instagram import ContainerPolling, InstagramPublisher
 from schemas.commands import PostContent
 from schemas.common import ErrorKind

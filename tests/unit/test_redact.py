@@ -53,7 +53,11 @@ def test_an_access_token_parameter_is_scrubbed_through_its_escapes_up_to_the_nex
     # A message quoting the address in brackets keeps its closing bracket; one inside the value is the value's.
     assert scrub_shapes("Cannot parse access token (url: /photos?access_token=abc123).") == \
         f"Cannot parse access token (url: /photos?access_token={REDACTED})."
+    # Only a bracket and stops are given back: never part of a token holding a ")".
     assert scrub_shapes("(access_token=abc)def ok)") == f"(access_token={REDACTED} ok)"
+    # With no bracket open before it, a ")" is the value's, taken out with the rest of it.
+    assert scrub_shapes("access_token=ab).cd and on") == f"access_token={REDACTED} and on"
+    assert scrub_shapes("see access_token=ab)!x") == f"see access_token={REDACTED}"
 
 
 def test_content_carrying_a_stored_token_url_encoded_is_refused_and_an_import_loses_it() -> None:
