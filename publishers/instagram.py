@@ -215,7 +215,7 @@ class InstagramPublisher:
         except GraphCallFailed as failed:
             return PublishOutcome.failed("instagram", failed.error, container_id)
         if status != "PUBLISHED":
-            log.info("Instagram container is %s: the attempt did not go out", status, extra={"attempt_id": attempt_id})
+            log.info("Instagram container is %s: not published (so far)", status, extra={"attempt_id": attempt_id})
             return None
         # Only: another media of the caption that is on no record (another post's, still waiting on its own
         # look-up, or one made by hand) is as likely to be the match; the ids are then left unknown.

@@ -139,6 +139,15 @@ class Api:
         not answered."""
         try:
             response = self.client.request(method, path, **kwargs)
+        except KeyboardInterrupt:
+            if again is None:
+                raise
+            # Stopped while the API had the request (it waits for the results before it answers): it may go out all
+            # the same, so what sends it again as the same command is said.
+            errors.print("Interrupted: the request was sent to the API, which may carry it out all the same.",
+                         highlight=False, soft_wrap=True)
+            errors.print(again, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except httpx.UnsupportedProtocol:
             raise ApiError(f"the API's address {_shown_address(self.base_url)} (--api-url, or SMARTRETRY_API_URL) is "
                            "no http:// or https:// URL: give it as http://host:port") from None
@@ -335,6 +344,13 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
         try:
             with console.status(f"{what}: waiting for the platforms' results ..."):
                 detail = api.wait_for(post_id, command_id, wait)
+        except KeyboardInterrupt:
+            # Only the waiting stops: the command was accepted and goes on.
+            errors.print(f"Interrupted while waiting for the results: post {post_id}'s command {command_id} was "
+                         f"accepted and goes on (smartretry show {post_id}).", highlight=False, soft_wrap=True)
+            errors.print(_send_again_as(command_id, post_id if what == "Publishing" else None), highlight=False,
+                         soft_wrap=True)
+            raise typer.Exit(130) from None
         except ApiError as exc:
             # Accepted, whatever kept its results from being shown (the API's database away, the API gone): no
             # failure, reported as still publishing (exit status 0), with the ids that make it the same command if it

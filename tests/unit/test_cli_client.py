@@ -489,6 +489,42 @@ def test_a_publish_sent_and_not_answered_says_so_and_is_sent_again_as_the_same_p
     assert json.loads(sent[2].content) == body
 
 
+def test_a_publish_interrupted_while_the_api_holds_it_says_how_to_send_it_again_as_the_same_post(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt  # Ctrl-C while the API waits for the platforms before it answers
+
+    sent = _api_answering(monkeypatch, interrupted)
+    stopped = CliRunner().invoke(app, PUBLISH, env={"COLUMNS": "200"})
+
+    # Rerun as it was typed, a new command would publish the post a second time.
+    assert stopped.exit_code == 130, stopped.output
+    body = json.loads(sent[0].content)
+    assert "Interrupted: the request was sent to the API, which may carry it out all the same." in stopped.output
+    assert f"--command-id {body['command_id']} --post-id {body['post_id']}" in stopped.output
+
+
+def test_a_publish_interrupted_while_its_results_are_awaited_says_it_goes_on_and_names_the_post(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    accepted = {"success": False, "results": {}, "command_id": "cmd-9", "pending": True, "location": "/posts/post-9",
+                "note": "accepted", "post": {"id": "post-9", "status": "publishing", "error_message": None}}
+
+    def taken(_api: Api, _method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        return httpx.Response(202, json=accepted)
+
+    def interrupted(_api: Api, _post_id: str, _command_id: str, _timeout: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Api, "call", taken)
+    monkeypatch.setattr(Api, "wait_for", interrupted)
+    stopped = CliRunner().invoke(app, PUBLISH, env={"COLUMNS": "200"})
+
+    assert stopped.exit_code == 130, stopped.output
+    assert ("Interrupted while waiting for the results: post post-9's command cmd-9 was accepted and goes on "
+            "(smartretry show post-9).") in stopped.output
+    assert "--command-id cmd-9 --post-id post-9" in stopped.output
+
+
 @pytest.mark.parametrize("line", [
     ["retry", "post-1", "--image-url", "https://cdn.example.com/b.jpg"],
     ["force", "post-1", "--reason", "the Page was restored", "--yes"],
