@@ -20,6 +20,25 @@ from confluent_kafka.admin import AdminClient
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
+class _LibrdkafkaWords(logging.Filter):
+    """librdkafka's lines in what they mean here: a broker that does not answer in time is not one older than Kafka
+    0.10 (its own guess), and a broker still loading its coordinator after a start is waited for, not a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "probably due to broker version < 0.10" in message:
+            record.msg = message.split("probably due to", 1)[0].rstrip(" :(") + \
+                ": the broker did not answer in time (stopped, frozen or overloaded?)"
+            record.args = ()
+        elif "Coordinator load in progress: retrying" in message:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return LIBRDKAFKA_LOG.isEnabledFor(logging.DEBUG)
+        return True
+
+
+LIBRDKAFKA_LOG.addFilter(_LibrdkafkaWords())
+
+
 def client_config(bootstrap: str, **settings: Any) -> dict[str, Any]:
     """A client's configuration: the broker, the log above, then `settings`."""
     return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **settings}

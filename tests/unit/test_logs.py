@@ -11,6 +11,7 @@ import pytest
 
 from publishers.redact import register_secret
 from smartretry.logs import JsonFormatter, RepeatFilter, ScrubFilter, TextFormatter
+from streams.kafka import LIBRDKAFKA_LOG
 
 
 def line(formatter: logging.Formatter, **context: str) -> str:
@@ -150,3 +151,17 @@ def test_the_first_runs_jar_fetch_is_told_through_the_callers_notice(tmp_path: P
     assert len(told) == 1 and told[0].startswith("Fetching Apache Kafka") and str(libs) in told[0]
     assert capsys.readouterr().err == ""
     assert kafka_libs(told.append) == libs and len(told) == 1  # cached: nothing fetched, nothing told
+
+
+def test_librdkafkas_misleading_lines_say_what_they_mean_here(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    LIBRDKAFKA_LOG.warning("%s [%s] %s: %s", "FAIL", "rdkafka#producer-1", "thrd:127.0.0.1:9092/1",
+                           "127.0.0.1:9092/1: ApiVersionRequest failed: Local: Timed out: probably due to broker "
+                           "version < 0.10 (see api.version.request configuration)")
+    LIBRDKAFKA_LOG.warning("GETPID [rdkafka#producer-2] [thrd:main]: Failed to acquire idempotence PID from broker "
+                           "127.0.0.1:9092/1: Broker: Coordinator load in progress: retrying")
+    [record] = [r for r in caplog.records if r.name == "librdkafka"]
+    # Not pointing at a broker older than Kafka 0.10; a broker still starting is no warning.
+    assert record.getMessage() == ("FAIL [rdkafka#producer-1] thrd:127.0.0.1:9092/1: 127.0.0.1:9092/1: "
+                                   "ApiVersionRequest failed: Local: Timed out: the broker did not answer in time "
+                                   "(stopped, frozen or overloaded?)")
