@@ -1345,6 +1345,11 @@ class CommandHandler:
         # timeout) never keeps the other's look-up, or an operator's resolution of the other, waiting.
         waits: list[OutcomeUnknown] = []
         asked: dict[Platform, AttemptState] = {}
+        # A time passed is as none (the attempt is asked now): those go, whatever became of their attempts (resolved
+        # here or by another handler), so the times kept stay few.
+        now = self.clock()
+        for passed in [attempt_id for attempt_id, after in self._look_up_after.items() if after <= now]:
+            del self._look_up_after[passed]
         open_platforms = unresolved(state)
         for platform in open_platforms:
             attempt = state.in_flight(platform)

@@ -817,6 +817,16 @@ async def test_a_platform_whose_look_up_waits_out_a_rate_limit_is_not_asked_when
     assert raised.value.wait_seconds == 7.0
     assert (facebook.asked, instagram.asked) == (3, 1)
     assert "Instagram attempt" in str(raised.value) and "is looked up again at" in str(raised.value)
+    # Once its time has passed, the time kept goes, whatever became of the attempt: none pile up.
+    made.clock = lambda: start + timedelta(seconds=700)  # type: ignore[misc]
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+    assert instagram.asked == 2 and made._look_up_after.keys() <= state.attempts.keys()
+    made._look_up_after = {"resolved-elsewhere": start}
+    made.clock = lambda: start + timedelta(seconds=701)  # type: ignore[misc]
+    with pytest.raises(OutcomeUnknown):
+        await made._resolve_interrupted(state)
+    assert "resolved-elsewhere" not in made._look_up_after
 
 
 class SlowLookups(Lookups):
