@@ -59,8 +59,8 @@ MESSAGE_LENGTH = PLATFORM_TEXT_LIMIT
 
 # Meta prefixes messages with "(#324) "; the seed's messages read without it.
 _CODE_PREFIX = re.compile(r"^\(#\d+\)\s*")
-# How long to wait when a usage header (the app's, the Page's, a business use case's) says 100% but not for how long
-# (their windows are a rolling hour or day).
+# How long to wait when a usage header (the app's, the Page's) says 100% but not for how long (their windows are a
+# rolling hour).
 APP_USAGE_FULL_WAIT_S = 300.0
 # Instagram's publishing limit counts an account's posts over a rolling 24 hours, and nothing says when a post
 # leaves the window: an hour between automatic tries, not the minute-scale backoff that would spend them all.
@@ -163,11 +163,9 @@ def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
         for entries in buc.values():
             for entry in entries if isinstance(entries, list) else []:
                 minutes = entry.get("estimated_time_to_regain_access") if isinstance(entry, Mapping) else None
+                # (An estimate of 0 is under a minute, Meta counting in whole minutes: the backoff's own wait.)
                 if isinstance(minutes, int | float) and minutes > 0:
                     waits.append(float(minutes) * 60.0)
-                elif _used_up(entry):
-                    # At its limit with no time given (an estimate of 0): as the app's usage at 100%.
-                    waits.append(APP_USAGE_FULL_WAIT_S)
     if _used_up(_json(lowered.get("x-app-usage"))) or _used_up(_json(lowered.get("x-page-usage"))):
         waits.append(APP_USAGE_FULL_WAIT_S)
     retry_after = lowered.get("retry-after", "")

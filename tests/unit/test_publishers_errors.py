@@ -196,14 +196,14 @@ def test_rate_limit_wait_from_app_usage_only_when_it_is_full() -> None:
     assert rate_limit_wait(busy) is None
 
 
-def test_a_page_or_business_use_case_at_its_limit_without_an_estimate_waits_as_the_app_at_its_limit() -> None:
-    # Meta gives an estimate of 0 with some limits reached: at 100%, that is no "go ahead".
-    used_up = {"x-business-use-case-usage": json.dumps({
-        "747917475065823": [{"type": "pages", "call_count": 100, "estimated_time_to_regain_access": 0}]})}
+def test_a_page_at_its_limit_waits_as_the_app_at_its_limit_and_a_business_use_case_by_its_estimate() -> None:
     page = {"X-Page-Usage": json.dumps({"call_count": 3, "total_cputime": 100, "total_time": 4})}
     busy_page = {"X-Page-Usage": json.dumps({"call_count": 99, "total_cputime": 9, "total_time": 9})}
+    # Meta counts in whole minutes: an estimate of 0 is under a minute, left to the backoff's own wait.
+    under_a_minute = {"x-business-use-case-usage": json.dumps({
+        "747917475065823": [{"type": "pages", "call_count": 100, "estimated_time_to_regain_access": 0}]})}
 
-    assert rate_limit_wait(used_up) == APP_USAGE_FULL_WAIT_S
+    assert rate_limit_wait(under_a_minute) is None
     assert rate_limit_wait(page) == APP_USAGE_FULL_WAIT_S
     assert rate_limit_wait(busy_page) is None
     assert classify("facebook", 400, envelope(32), page).retry_after_s == APP_USAGE_FULL_WAIT_S
