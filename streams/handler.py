@@ -959,6 +959,11 @@ class CommandHandler:
             carrying = _token_in(publishing, tokens) or taken_out(state, publishing, decision.platforms)
             if carrying is not None:
                 decision = replace(decision, reject_reason=carrying)
+        elif not decision.reject_reason and isinstance(command, RetryRequested | ForceRepublishRequested) and \
+                (carrying := _token_in(command.content, tokens)) is not None:
+            # Publishing nothing (everything went out by its turn), but recorded with the correction it carried: the
+            # post's events would keep the token all the same.
+            decision = replace(decision, reject_reason=carrying)
         if decision.reject_reason:
             log.warning("Command refused: %s", decision.reject_reason, extra=context)
             if source is not None:

@@ -326,6 +326,16 @@ def test_commands_sent_straight_to_kafka_with_a_stored_token_in_an_id_or_note_ar
     assert "command_id contains an access token" in service.handler.output()
     assert "note contains an access token" in service.handler.output()
     assert _counts(service) == (1, 1)  # the publish (Facebook failed) and its retry; nothing of the refused one
+    # A retry of the posted post carrying it: nothing to publish, but recorded with the correction it carried, the
+    # post's events would keep the token. Refused as the others are.
+    carried = RetryRequested(command_id=new_id(), post_id=published.post_id, requested_at=datetime.now(UTC),
+                             content=FIXED.model_copy(update={"caption": f"Autumn sale {token}"}))
+    service.send(carried, published.post_id)
+    while "content.caption contains an access token" not in service.handler.output():
+        assert time.monotonic() < deadline + 60, "the retry carrying a token was not refused"
+        time.sleep(0.2)
+    state = service.stores.projection.get(published.post_id)
+    assert state is not None and carried.command_id not in state.commands and token not in state.model_dump_json()
 
 
 def test_a_command_decided_before_with_a_token_in_its_note_goes_on_as_decided_when_delivered_again(
