@@ -619,7 +619,7 @@ class FrontDoor:
         if pending:
             # The same once the service's own retry of a platform is due: the republish would run after it, and
             # post that platform a second time if it goes out.
-            when = {PLATFORM_LABELS[p]: f" at {at.astimezone(UTC).strftime('%H:%M:%S')} UTC" if at else " shortly"
+            when = {PLATFORM_LABELS[p]: f" at {clock_time(at, self.clock())}" if at else " shortly"
                     for p, at in pending.items()}
             raise HTTPException(409, " and ".join(f"{label} is retried by the service itself{at}"
                                                   for label, at in when.items())
@@ -688,7 +688,7 @@ class FrontDoor:
             from_ = waiting.started_at + timedelta(seconds=lease)
             raise HTTPException(409, f"{label} attempt {waiting.attempt_id} started {age:.0f}s ago and may still be "
                                      f"under way: {settles}it can be resolved as not published once it is {lease:.0f}s "
-                                     f"old (at {from_.astimezone(UTC).strftime('%H:%M:%S')} UTC); a post found on "
+                                     f"old (at {clock_time(from_, self.clock())}); a post found on "
                                      f"{label} can be given now (published, with its id)")
         # Bound to the attempt the operator checked, the one waiting now: never a call the command makes after it
         # (once this one is "not published"), whatever the clocks of this host and the handler's say.
@@ -975,6 +975,13 @@ def _check_url(value: str | None, loc: list[str]) -> None:
     """422 for an address no platform could fetch (no host, a bad port, a line break)."""
     if value is not None and (problem := url_problem(value)) is not None:
         raise HTTPException(422, [{"loc": loc, "type": "value_error", "msg": problem}])
+
+
+def clock_time(at: datetime, now: datetime) -> str:
+    """A time to come or just gone, as the pages say it: the time of day, with its date when that is not today's (a
+    platform's wait can run to the next day)."""
+    at = at.astimezone(UTC)
+    return at.strftime("%H:%M:%S UTC" if at.date() == now.astimezone(UTC).date() else "%Y-%m-%d %H:%M:%S UTC")
 
 
 def _check_urls(content: PostContent) -> None:

@@ -14,6 +14,7 @@ import re
 import secrets
 import sys
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -722,8 +723,19 @@ def _one_line(text: str, limit: int | None = None) -> str:
     control characters shown, not obeyed (`shown_text`); cut to `limit` characters with an ellipsis when longer."""
     line = " ".join(text.split())
     if limit is not None and len(line) > limit:
-        line = line[:limit - 1].rstrip() + "…"
+        cut = limit - 1
+        # Not inside a character as it is drawn: an emoji made of several (👩‍💻, 1️⃣) is kept whole or left out.
+        while cut > 0 and (_continues(line[cut]) or line[cut - 1] in _JOINERS):
+            cut -= 1
+        line = line[:cut].rstrip() + "…"
     return shown_text(line)
+
+
+def _continues(char: str) -> bool:
+    """Whether `char` belongs to the character drawn before it: a combining mark, a variation selector, a joiner, an
+    emoji's skin tone or a flag's tag."""
+    return unicodedata.category(char) in ("Mn", "Me", "Mc") or char in _JOINERS or \
+        "\ufe00" <= char <= "\ufe0f" or "\U0001f3fb" <= char <= "\U0001f3ff" or "\U000e0020" <= char <= "\U000e007f"
 
 
 @ops.command("list")

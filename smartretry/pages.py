@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, HTTPException, Request
@@ -35,8 +35,8 @@ from projections.responses import attempt_history, earlier_posts, kept_from_befo
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
-from schemas.commands import ForceRepublishRequested, RetryRequested
-from schemas.common import ID_PATTERN, PLATFORM_LABELS, PLATFORMS, Platform
+from schemas.commands import ForceRepublishRequested, RetryRequested, content_problem
+from schemas.common import ID_PATTERN, PLATFORM_LABELS, PLATFORMS, Platform, target_of
 from schemas.ids import new_id
 from smartretry.api import (
     PUBLISH_ANYWAY,
@@ -47,6 +47,7 @@ from smartretry.api import (
     RetryBody,
     TokenBody,
     api_key_matches,
+    clock_time,
     earlier_link,
     list_cursor,
     list_position,
@@ -167,13 +168,6 @@ def code_spans(text: str) -> Markup:
                            for n, part in enumerate(parts))
 
 
-def clock_time(at: datetime, now: datetime) -> str:
-    """A time to come or just gone, as the pages say it: the time of day, with its date when that is not today's (a
-    platform's wait can run to the next day)."""
-    at = at.astimezone(UTC)
-    return at.strftime("%H:%M:%S UTC" if at.date() == now.astimezone(UTC).date() else "%Y-%m-%d %H:%M:%S UTC")
-
-
 def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     """The /ui pages, served by the API's app; they act through the same `FrontDoor` as the API."""
     router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -242,7 +236,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return redirect
         chosen = status if status in STATUS_LABELS else None
         # A link edited by hand or cut short: the list shown says how it differs from what was asked.
-        problem = None if status is None or chosen is not None else \
+        problem = None if not status or chosen is not None else \
             f"There is no status “{scrub(status)[:40]}”: every post is shown."
         try:
             after = list_position(cursor) if cursor else None
@@ -294,7 +288,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                           entered_account: str | None = None, sent: int | None = None,
                           entered_caption: str | None = None,
                           token_stored: bool = False, republishing: tuple[Platform, ...] | None = None,
-                          entered_republish: tuple[Sequence[str], str | None] | None = None) -> Response:
+                          entered_republish: RepublishTyped | None = None) -> Response:
         state = await front.read(post_id) if ID_PATTERN.fullmatch(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": scrub(post_id)}, status_code=404)
@@ -413,7 +407,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # chosen: a new post beside the one there. Chosen at first: those whose post kept earlier content, else all.
             # Not for a post imported without its account or content: the form has no field for them (the command
             # line's `force --account --caption` has).
-            "republish": _republish_form(rows, entered_republish)
+            "republish": _republish_form(state, rows, entered_republish)
             if status == "posted" and queued is None and state.account is not None and state.content is not None
             else None,
             "queued": queued,
@@ -517,6 +511,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return Response("This form has expired: reload the page and try again.", status_code=403)
         chosen = form.get("platforms") or []
         reason = (form.get("reason") or [""])[0]
+        # As typed, but for the line breaks a browser sends as CRLF; None where the form sent no caption.
+        caption = _line_breaks(form["caption"][0]) if form.get("caption") else None
         # How many attempts the post had when the page was drawn: one published again since (another tab, a
         # colleague) makes this republish publish nothing, rather than post it once more.
         seen = (form.get("seen") or [""])[0]
@@ -526,19 +522,25 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             problem = "Choose the platforms to publish again."
         else:
             try:
-                body = RepublishBody(reason=reason, platforms=chosen, command_id=command_id)
+                state = await front.read(post_id)
+                current = _line_breaks(state.content.caption) if state is not None and state.content else None
+                # Only a caption changed is a correction (published from now on, on every platform).
+                correction = ContentCorrection(caption=caption) \
+                    if caption is not None and current is not None and caption != current else None
+                body = RepublishBody(reason=reason, platforms=chosen, command_id=command_id, content=correction)
                 accepted = await front.retry(post_id, body, forced=True, wait=False, seen_attempts=seen_attempts)
             except ValidationError as exc:
                 problem = _problem(exc.errors(include_url=False, include_input=False))
             except HTTPException as exc:
                 problem, status_code = _page_problem(_problem(exc.detail), asked="republish"), exc.status_code
                 if CONTENT_AS_IT_IS in problem:
-                    # The page's form carries no content: the command line's does.
-                    problem += f" (with `smartretry force {post_id} --caption ...`)"
+                    problem += " (correct the Caption in the form below)"
                 carrying = _carrying_a_token(exc.detail)
         if problem is not None:
             return await render_post(request, post_id, None, problem, status_code=status_code,
-                                     entered_republish=(chosen, _typed_back(reason, "reason" in carrying)))
+                                     entered_republish=RepublishTyped(
+                                         chosen, _typed_back(reason, "reason" in carrying),
+                                         _typed_back(caption, "caption" in carrying)))
         command = accepted.command
         platforms = ",".join(command.platforms or ()) if isinstance(command, ForceRepublishRequested) else ""
         return RedirectResponse(f"/ui/posts/{post_id}?" + urlencode({
@@ -599,15 +601,30 @@ def _platforms_listed(listed: str) -> tuple[Platform, ...]:
     return tuple(p for p in PLATFORMS if p in listed.split(","))
 
 
-def _republish_form(rows: Sequence[dict[str, Any]], entered: tuple[Sequence[str], str | None] | None
+class RepublishTyped(NamedTuple):
+    """What the user sent in the republish form, shown back when it comes back with a problem (None: not shown)."""
+
+    platforms: Sequence[str]
+    reason: str | None
+    caption: str | None
+
+
+def _republish_form(state: PostState, rows: Sequence[dict[str, Any]], entered: RepublishTyped | None
                     ) -> dict[str, Any]:
-    """The republish form's platforms (each checked or not) and reason: as the user sent them when the form comes back
-    with a problem; else those whose post kept earlier content checked, or, where none did, every one."""
+    """The republish form's platforms (each checked or not), reason and caption: as the user sent them when the form
+    comes back with a problem; else those whose post kept earlier content checked, or, where none did, every one, and
+    the post's caption. Where that caption does not fit the platforms checked, the form says so at once."""
     kept = [row["platform"] for row in rows if row.get("kept")]
-    checked = list(entered[0]) if entered is not None else kept or [row["platform"] for row in rows]
+    checked = list(entered.platforms) if entered is not None else kept or [row["platform"] for row in rows]
+    caption = entered.caption if entered is not None and entered.caption is not None else \
+        state.content.caption if state.content is not None else ""
+    chosen = tuple(p for p in PLATFORMS if p in checked)
+    unfit = content_problem(state.content, state.publish_target, publishing=target_of(chosen)) \
+        if entered is None and state.content is not None and chosen else None
     return {"platforms": [{"platform": row["platform"], "label": row["label"], "checked": row["platform"] in checked}
                           for row in rows],
-            "reason": entered[1] if entered is not None else None, "open": entered is not None or bool(kept)}
+            "reason": entered.reason if entered is not None else None, "caption": caption, "unfit": unfit,
+            "open": entered is not None or bool(kept)}
 
 
 def _asks_for_token(row: dict[str, Any], status: str) -> bool:

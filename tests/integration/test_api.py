@@ -927,6 +927,12 @@ def test_a_forced_republish_while_the_service_will_retry_a_platform_itself_is_re
     assert answer.json()["detail"].endswith("; wait for its result (GET /posts/post-limited), then republish if you "
                                             "still want it posted again")
     assert_nothing_on_commands(api)
+    # A wait into another day (Instagram's publishing limit, a day at most) says which day.
+    store_limited_for_an_hour(api, "post-limited-a-day", wait=23 * 3600.0)
+    tomorrow = api.client.post("/posts/post-limited-a-day/republish", json={"reason": "push it out now"})
+    due = datetime.now(UTC) + timedelta(hours=23)
+    said = due.strftime("%Y-%m-%d %H:%M") if due.date() != datetime.now(UTC).date() else due.strftime("at %H:%M")
+    assert tomorrow.status_code == 409 and said in tomorrow.json()["detail"], tomorrow.text
 
 
 def test_a_retry_queued_behind_an_automatic_retry_that_waits_out_a_rate_limit_says_so(api: RunningApi) -> None:

@@ -474,6 +474,37 @@ def test_a_republish_from_a_page_opened_before_the_post_was_published_again_is_r
     assert_nothing_on_commands(api)
 
 
+def test_a_caption_too_long_for_the_platform_republished_is_said_at_once_and_corrected_in_the_form(
+        api: RunningApi) -> None:
+    # A Facebook retry lengthened the caption past Instagram's 2,200 characters; Instagram kept the earlier one.
+    history = History(post_id="post-long")
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"]).success("instagram", attempts["instagram"], "18107758234627017")
+    long_caption = "Autumn sale, the whole story. " * 100
+    retried = history.retry("cmd-retry", ("facebook",), content=PostContent(
+        caption=long_caption, image_url="https://cdn.example.com/autumn-sale.jpg"))
+    history.success("facebook", retried["facebook"], "747917475065823_122104567890123")
+    api.stores.projection.apply_batch(api.topics.post_events, 8, list(enumerate(history.events)))
+    form = {"token": retry_token(api.settings, "post-long"), "platforms": "instagram", "reason": "the new caption"}
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-long").text
+        # Said before it is sent, in the form that can correct it.
+        assert re.search(r'id="republish-instagram" checked', page)
+        assert "The post's caption as it is now does not fit: Instagram captions are limited to 2200 characters" \
+            in html.unescape(page)
+        unchanged = browser.post("/ui/posts/post-long/republish", data={**form, "caption": long_caption})
+        shortened = browser.post("/ui/posts/post-long/republish", data={**form, "caption": "Autumn sale: 30% off"},
+                                 follow_redirects=False)
+    assert unchanged.status_code == 422
+    assert "(correct the Caption in the form below)" in html.unescape(unchanged.text)
+    assert shortened.status_code == 303, shortened.text[-2000:]
+    [(_key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert isinstance(command, ForceRepublishRequested) and command.platforms == ["instagram"]
+    assert command.content is not None and command.content.caption == "Autumn sale: 30% off"
+    assert command.content.image_url == "https://cdn.example.com/autumn-sale.jpg"
+
+
 def test_a_post_imported_without_its_account_or_content_offers_no_republish_form(api: RunningApi) -> None:
     store_events(api, History(post_id="legacy-posted").legacy(
         {"insights": {"facebook_post_id": "747917475065823_1"}, "status": "posted"}, target="facebook").events)
@@ -536,6 +567,9 @@ def test_the_list_page_filters_by_status(api: RunningApi) -> None:
     assert "failed-1" in unknown and "posted-1" in unknown
     assert "That link&#39;s place in the list could not be read: the newest posts are shown." in mangled
     assert 'role="alert"' not in everything
+    with signed_in(api) as browser:
+        # A filter left empty (a form sent with "All") is every post, with nothing to say.
+        assert 'role="alert"' not in browser.get("/ui/posts", params={"status": ""}).text
     assert "failed-1" in everything and "posted-1" in everything
     # Posts are told apart by what they say, not only by their ids.
     assert '<td class="caption">Autumn sale starts today</td>' in everything

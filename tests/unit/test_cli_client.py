@@ -881,3 +881,12 @@ def test_a_signal_while_the_main_thread_waits_ends_the_wait() -> None:
     finally:
         signal.signal(signal.SIGUSR1, before)
     assert not Interrupted().wait(0.05)  # a timeout, unset
+
+
+def test_a_caption_cut_for_one_line_keeps_an_emoji_whole_or_leaves_it_out() -> None:
+    from smartretry.cli_ops import _one_line
+
+    assert _one_line("a" * 57 + "👩\u200d💻 end", 60) == "a" * 57 + "…"
+    assert _one_line("x" * 56 + " keycap 1\ufe0f\u20e3 end", 60) == "x" * 56 + " ke…"
+    assert _one_line("a" * 58 + "👍🏽 z", 60) == "a" * 58 + "…"
+    assert _one_line("a" * 50 + "👍🏽 z", 60) == "a" * 50 + "👍🏽 z"
