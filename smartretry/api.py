@@ -586,6 +586,8 @@ class FrontDoor:
             _check_urls(content)
         if correction is not None:
             _check_caption(correction.caption)
+        if isinstance(body, RepublishBody):
+            _check_caption(body.reason, ("body", "reason"))
         if command.account is not None:
             # Before the refusal below, which names the account.
             await self.check_account_name(command.account)
@@ -989,12 +991,13 @@ def _check_urls(content: PostContent) -> None:
         _check_url(getattr(content, field), ["body", "content", field])
 
 
-def _check_caption(caption: str | None) -> None:
-    """422 for a caption holding a control character (other than a tab or a line break): no platform shows one, and
-    the post's page and lists would carry it as it is."""
+def _check_caption(caption: str | None, loc: tuple[str, ...] = ("body", "content", "caption")) -> None:
+    """422 for a caption (or another text kept with the post, a republish's reason) holding a control character
+    (other than a tab or a line break): no platform shows one, and the post's page and lists would carry it as it
+    is."""
     found = next((c for c in caption or "" if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
     if found is not None:
-        raise HTTPException(422, [{"loc": ["body", "content", "caption"], "type": "value_error",
+        raise HTTPException(422, [{"loc": list(loc), "type": "value_error",
                                    "msg": f"holds the control character U+{ord(found):04X}, which no platform shows: "
                                           "take it out"}])
 

@@ -386,6 +386,9 @@ def test_a_caption_with_a_control_character_is_refused_and_tabs_and_line_breaks_
     assert refused.json()["detail"] == [{"loc": ["body", "content", "caption"], "type": "value_error",
                                          "msg": "holds the control character U+0007, which no platform shows: "
                                                 "take it out"}]
+    store_post(api, "post-2", facebook_ok=True)
+    reason = api.client.post("/posts/post-2/republish", json={"reason": "printed \x1b[31m red"})
+    assert reason.status_code == 422 and reason.json()["detail"][0]["loc"] == ["body", "reason"]
     assert_nothing_on_commands(api)
     lines = publish_body(content={"caption": "Autumn sale\r\n\tstarts today", "image_url": FIXED_URL})
     assert api.client.post("/posts", json=lines).status_code == 202
