@@ -435,10 +435,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     async def retry_from_page(request: Request, post_id: str) -> Response:
         if not signed_in(request):
             # Its session ended while the page was open: the sign-in page says the retry was not sent.
-            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': '1'})}",
-                                    status_code=303)
-        # Blank values kept: an emptied caption field is a caption removed, not one left as it was.
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+            return _unsent(post_id, "1")
+        form = await _form_of(request)
         token = (form.get("token") or [""])[0]
         # The form's own command id; a form drawn before it carried one (a page open across an upgrade) gets a new one.
         command_id = (form.get("command_id") or [""])[0] or new_id()
@@ -502,9 +500,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     async def republish_from_page(request: Request, post_id: str) -> Response:
         """A forced republish of the platforms chosen, with its reason, as the API's POST /posts/{id}/republish."""
         if not signed_in(request):
-            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': 'republish'})}",
-                                    status_code=303)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+            return _unsent(post_id, "republish")
+        form = await _form_of(request)
         command_id = (form.get("command_id") or [""])[0] or new_id()
         if not ID_PATTERN.fullmatch(post_id) or not ID_PATTERN.fullmatch(command_id) or \
                 not same_secret((form.get("token") or [""])[0], retry_token(settings, post_id)):
@@ -551,9 +548,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         """Re-authenticates the post's account: its new token (and the ids it lacks) stored, as the API's PUT
         /accounts/{account}/token does. The token is never shown back, nor written anywhere but the store."""
         if not signed_in(request):
-            return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': 'token'})}",
-                                    status_code=303)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+            return _unsent(post_id, "token")
+        form = await _form_of(request, keep_blank_values=False)
         if not ID_PATTERN.fullmatch(post_id) or \
                 not same_secret((form.get("csrf") or [""])[0], retry_token(settings, post_id)):
             return Response("This form has expired: reload the page and try again.", status_code=403)
@@ -588,6 +584,19 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         return RedirectResponse(f"/ui/posts/{post_id}?token_stored=1", status_code=303)
 
     return router
+
+
+def _unsent(post_id: str, unsent: str) -> Response:
+    """The answer to a form of the post's page sent after its session ended: the sign-in page, which says what the
+    form did not do (`unsent`: the retry, "republish", "token"), then leads back to the post."""
+    return RedirectResponse(f"/ui/login?{urlencode({'next': f'/ui/posts/{post_id}', 'unsent': unsent})}",
+                            status_code=303)
+
+
+async def _form_of(request: Request, keep_blank_values: bool = True) -> dict[str, list[str]]:
+    """A form's fields (blank ones kept by default: an emptied caption field is a caption removed, not one left as
+    it was)."""
+    return parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=keep_blank_values)
 
 
 def _carrying_a_token(detail: Any) -> set[str]:

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,21 @@ def test_a_command_kafka_may_still_take_is_sent_again_as_the_cli_says(monkeypatc
     assert bodies[1] == {**bodies[0], "command_id": "cmd-7", "post_id": "post-7"}
 
 
+def accepted_then(monkeypatch: pytest.MonkeyPatch, waiting: Callable[[Api, str, str, float], None]) -> Result:
+    """`smartretry publish` against an API that accepts it (202, post post-9, command cmd-9), its results then
+    awaited by `waiting`."""
+    accepted = {"success": False, "results": {}, "command_id": "cmd-9", "pending": True, "location": "/posts/post-9",
+                "note": "accepted: the service carries it out, but its results cannot be shown yet",
+                "post": {"id": "post-9", "status": "publishing", "error_message": None}}
+
+    def taken(_api: Api, _method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        return httpx.Response(202, json=accepted)
+
+    monkeypatch.setattr(Api, "call", taken)
+    monkeypatch.setattr(Api, "wait_for", waiting)
+    return CliRunner().invoke(app, PUBLISH, env={"COLUMNS": "200"})
+
+
 @pytest.mark.parametrize("failure", [
     ApiError("the command was accepted, but its results cannot be shown just now (the database is unavailable): "
              "`smartretry show post-9` in a moment", 503),
@@ -104,20 +120,10 @@ def test_a_command_kafka_may_still_take_is_sent_again_as_the_cli_says(monkeypatc
 ], ids=["database-away", "api-gone"])
 def test_a_publish_accepted_whose_results_cannot_be_read_is_still_publishing_not_a_failure(
         monkeypatch: pytest.MonkeyPatch, failure: ApiError) -> None:
-    accepted = {"success": False, "results": {}, "command_id": "cmd-9", "pending": True, "location": "/posts/post-9",
-                "note": "accepted: the service carries it out, but its results cannot be shown yet",
-                "post": {"id": "post-9", "status": "publishing", "error_message": None}}
-
-    def taken(_api: Api, _method: str, _path: str, **_kwargs: Any) -> httpx.Response:
-        return httpx.Response(202, json=accepted)
-
     def away(_api: Api, _post_id: str, _command_id: str, _timeout: float) -> None:
         raise failure
 
-    monkeypatch.setattr(Api, "call", taken)
-    monkeypatch.setattr(Api, "wait_for", away)
-    done = CliRunner().invoke(app, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg",
-                                    "--account", "acme"])
+    done = accepted_then(monkeypatch, away)
 
     # Not 1: a script that publishes again on failure would publish the post twice.
     assert done.exit_code == 0, done.output
@@ -506,18 +512,10 @@ def test_a_publish_interrupted_while_the_api_holds_it_says_how_to_send_it_again_
 
 def test_a_publish_interrupted_while_its_results_are_awaited_says_it_goes_on_and_names_the_post(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    accepted = {"success": False, "results": {}, "command_id": "cmd-9", "pending": True, "location": "/posts/post-9",
-                "note": "accepted", "post": {"id": "post-9", "status": "publishing", "error_message": None}}
-
-    def taken(_api: Api, _method: str, _path: str, **_kwargs: Any) -> httpx.Response:
-        return httpx.Response(202, json=accepted)
-
     def interrupted(_api: Api, _post_id: str, _command_id: str, _timeout: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Api, "call", taken)
-    monkeypatch.setattr(Api, "wait_for", interrupted)
-    stopped = CliRunner().invoke(app, PUBLISH, env={"COLUMNS": "200"})
+    stopped = accepted_then(monkeypatch, interrupted)
 
     assert stopped.exit_code == 130, stopped.output
     assert ("Interrupted while waiting for the results: post post-9's command cmd-9 was accepted and goes on "
