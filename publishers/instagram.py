@@ -445,8 +445,8 @@ class InstagramPublisher:
     async def _until_room(self, account: AccountCredentials, error: PlatformError) -> PlatformError:
         """`error`, where it is Instagram's publishing limit, waiting until the account has room again if its limit and
         media tell when: the limit counts the posts of a rolling window (a day), so room comes back as the oldest of
-        them leave it. The media listed include posts made in Instagram's app, which the limit does not count: the
-        time read off them is never later than the true one (tried then, a post still refused is read again)."""
+        them leave it. An estimate (the media listed include posts made in Instagram's app, which the limit does not
+        count): tried then, a post still refused is read again. Never sooner than a wait Meta's headers gave."""
         if error.subcode != IG_DAILY_LIMIT:
             return error
         try:
@@ -507,8 +507,8 @@ class InstagramPublisher:
 
 def _room_again(limit: dict[str, Any], listing: dict[str, Any], now: datetime) -> datetime | None:
     """When an account at its publishing limit has room again, from `content_publishing_limit` (its usage, total
-    and window) and its newest media (newest first); None when they cannot tell: no usage at the limit, or a listing
-    that does not reach back across the window."""
+    and window) and its newest media (newest first); None when they cannot tell: no usage at the limit, a listing
+    that does not reach back across the window, or one with fewer posts in it than the limit counts."""
     entries = limit.get("data")
     entry: dict[str, Any] = entries[0] if isinstance(entries, list) and entries and isinstance(entries[0], dict) \
         else {}
