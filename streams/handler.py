@@ -768,9 +768,9 @@ class CommandHandler:
                                f"Command {command.command_id}, sent on to its post's partition,")
 
     async def _stored_tokens(self) -> frozenset[str]:
-        """What content and ids may not carry: every token the store holds, read until the store answers, and
-        those this process has fetched or used (a Page's token, which the store never holds), as the API refuses
-        them too."""
+        """What content and ids may not carry: every token the store holds (the accounts' own, and the Page tokens
+        the handlers fetched), read until the store answers, and those this process has fetched or used (a Page token
+        the store could not take), as the API refuses them too."""
         stored = await self._until_done(lambda: asyncio.to_thread(self.credentials.stored_tokens),
                                         "Stored tokens not read")
         return stored | frozenset(known_secrets())
