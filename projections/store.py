@@ -572,11 +572,17 @@ class ProjectionStore:
         conn.execute(statement, rows)
 
     def _insert(self, table: Table) -> Any:
-        if self._dialect == "postgresql":
-            return postgresql.insert(table)
-        if self._dialect == "sqlite":
-            return sqlite.insert(table)
-        raise NotImplementedError(f"no upsert for {self._dialect}: use SQLite or PostgreSQL")
+        return upsertable_insert(self._dialect, table)
+
+
+def upsertable_insert(dialect: str, table: Table) -> Any:
+    """An INSERT into `table` in the database's own dialect (`dialect`: the engine's), which can be made an upsert
+    (`on_conflict_do_update`)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"no upsert for {dialect}: use SQLite or PostgreSQL")
 
 
 class _Transaction:

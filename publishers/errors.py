@@ -175,7 +175,7 @@ def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
 
 
 def _used_up(usage: Any) -> bool:
-    """Whether a usage header's entry (X-App-Usage, X-Page-Usage, a business use case's) is at 100% of any share."""
+    """Whether a usage header (X-App-Usage, X-Page-Usage) is at 100% of any share."""
     return isinstance(usage, Mapping) and any(isinstance(usage.get(k), int | float) and usage[k] >= 100
                                               for k in ("call_count", "total_cputime", "total_time"))
 

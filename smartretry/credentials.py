@@ -12,9 +12,9 @@ from typing import cast
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
 from sqlalchemy import DateTime, Engine, String, Table, Text, bindparam, func, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from projections.store import upsertable_insert
 from publishers.base import AccountCredentials
 from publishers.redact import register_secret
 from schemas.common import NO_CREDENTIALS, format_timestamp
@@ -98,7 +98,7 @@ class CredentialStore:
         values = {"account_id": account_id, "token_ciphertext": ciphertext, "page_id": page_id,
                   "ig_user_id": ig_user_id, "updated_at": now}
         table = cast(Table, _Account.__table__)
-        insert = (postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert)(table)
+        insert = upsertable_insert(self._engine.dialect.name, table)
         # One upsert statement, no read first: on SQLite a transaction that reads and then writes fails at
         # once when the projector committed in between; a lone write waits its turn instead.
         statement = insert.values(**values).on_conflict_do_update(
@@ -130,7 +130,7 @@ class CredentialStore:
         digest = hmac.new(self._digest_key, token.encode(), hashlib.sha256).hexdigest()
         now = datetime.now(UTC)
         table = cast(Table, _ObtainedToken.__table__)
-        insert = (postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert)(table)
+        insert = upsertable_insert(self._engine.dialect.name, table)
         statement = insert.values(digest=digest, account_id=account_id, seen_at=now,
                                   token_ciphertext=self._fernet.encrypt(token.encode()).decode(),
                                   ).on_conflict_do_update(index_elements=[table.c.digest], set_={"seen_at": now})

@@ -541,7 +541,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         command = accepted.command
         platforms = ",".join(command.platforms or ()) if isinstance(command, ForceRepublishRequested) else ""
         return RedirectResponse(f"/ui/posts/{post_id}?" + urlencode({
-            "awaiting": accepted.command.command_id, "sent": int(_now()), "republish": platforms}), status_code=303)
+            "awaiting": command.command_id, "sent": int(_now()), "republish": platforms}), status_code=303)
 
     @router.post("/posts/{post_id}/token")
     async def token_from_page(request: Request, post_id: str) -> Response:
