@@ -65,6 +65,10 @@ def not_connected(platform: str) -> str:
 # 99999999999999999999 seconds) would be a date past the calendar's end.
 MAX_PLATFORM_WAIT_S = 86_400.0
 
+# Words of a 202's note on a command queued behind the post's publish still under way (a container that takes its
+# time): it runs within moments, so the CLI waits for its results as for any command's.
+UNDER_WAY_NOTE = "under way (its result is not in yet)"
+
 
 class ErrorKind(StrEnum):
     """What a platform error means for the user, and whether the service retries it on its own."""

@@ -90,6 +90,7 @@ from schemas.common import (
     MAX_PLATFORM_WAIT_S,
     NOT_CONNECTED,
     PLATFORM_LABELS,
+    UNDER_WAY_NOTE,
     Identifier,
     Platform,
     PublishTarget,
@@ -888,7 +889,7 @@ def queued_behind(state: PostState, max_attempts: int, now: datetime,
         if now > ends + AUTOMATIC_RETRY_LATE:
             return (f"queued behind the publish of {names}, overdue since {ends.astimezone(UTC):%Y-%m-%d %H:%M:%S} "
                     "UTC (the service may be away or behind): handled after it")
-        return (f"queued behind the publish of {names} under way (its result is not in yet), which goes out with the "
+        return (f"queued behind the publish of {names} {UNDER_WAY_NOTE}, which goes out with the "
                 "content it has, its automatic retries too: handled after it, and the results shown until then are "
                 "the earlier ones")
     current = [p for p in waited if now <= expected[p] + AUTOMATIC_RETRY_LATE]

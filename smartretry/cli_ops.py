@@ -32,7 +32,7 @@ from rich.text import Text
 
 from publishers.redact import scrub
 from schemas.commands import says_nothing
-from schemas.common import ID_PATTERN, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, platforms_of
+from schemas.common import ID_PATTERN, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, UNDER_WAY_NOTE, platforms_of
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from schemas.envelope import DecodeError, json_object
 from schemas.ids import new_id, post_id_for
@@ -334,10 +334,11 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
     response: dict[str, Any] = answer.json()
     post_id, command_id = response["post"]["id"], response.get("command_id")
     if answer.status_code == 202 and command_id:
-        if str(response.get("note") or "").startswith("queued behind"):
+        note = str(response.get("note") or "")
+        if note.startswith("queued behind") and UNDER_WAY_NOTE not in note:
             # Queued behind the post's automatic retries (up to a rate limit's hour): said now, not after the wait. (One
             # left to a platform's own wait is waited for as any other: `wait_for` ends at once when that wait outlasts
-            # this one.)
+            # this one; so is one queued behind a publish under way, which runs once that publish has its result.)
             try:
                 return response, api.call("GET", f"/posts/{post_id}").json()
             except ApiError:

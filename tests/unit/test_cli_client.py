@@ -162,6 +162,39 @@ def test_a_command_queued_behind_automatic_retries_is_said_at_once_not_after_the
     assert "This command is queued behind the automatic retry of Instagram at 2026-11-30 02:06:47 UTC" in done.output
 
 
+def test_a_retry_queued_behind_a_publish_under_way_waits_for_its_own_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Queued behind Instagram's container that takes its time: handled within moments, so the CLI waits for the
+    # retry's results as the README says, instead of ending at once on the earlier failure ("Still publishing").
+    queued = {"success": False, "results": {}, "command_id": "cmd-5", "pending": True, "location": "/posts/post-5",
+              "note": "queued behind the publish of Instagram under way (its result is not in yet), which goes out "
+                      "with the content it has, its automatic retries too: handled after it, and the results shown "
+                      "until then are the earlier ones",
+              "post": {"id": "post-5", "status": "failed", "error_message": "facebook: Missing or invalid image file"}}
+    retried = {"success": True, "command_id": "cmd-5", "pending": False, "location": "/posts/post-5",
+               "results": {"facebook": {"platform": "facebook", "success": True, "postId": "747917475065823_5"}},
+               "post": {"id": "post-5", "status": "posted", "error_message": None}}
+    waited: list[str] = []
+
+    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        assert method == "POST"
+        return httpx.Response(202, json=queued)
+
+    def settled(_api: Api, _post_id: str, command_id: str, _timeout: float) -> dict[str, Any]:
+        waited.append(command_id)
+        command = {"command_id": "cmd-5", "settled": True, "held": False, "refused": None, "response": retried}
+        return {**POSTED, "id": "post-5", "command": command}
+
+    monkeypatch.setattr(Api, "call", answer)
+    monkeypatch.setattr(Api, "wait_for", settled)
+    done = CliRunner().invoke(app, ["retry", "post-5", "--image-url", "https://cdn.example.com/a.jpg"],
+                              env={"COLUMNS": "200"})
+
+    assert done.exit_code == 0, done.output
+    assert waited == ["cmd-5"]
+    assert "queued behind" not in done.output and "Still publishing" not in done.output
+    assert "Status: ✅ Posted" in done.output
+
+
 def test_a_publish_left_to_a_platforms_long_wait_is_reported_once_the_api_says_it_is_held(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The API's 202 says when Instagram is tried again; the CLI asks whether that is past its own wait (`within`):
