@@ -1252,8 +1252,10 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
             # A retry (or republish) decided to publish nothing: refused, as the POST that saw it decided answers 409.
             refused = nothing_to_publish(record.note, record.skipped, post_id, forced=record.forced) \
                 if record is not None and not record.platforms and record.command_type in REPUBLISHING else None
+            # A refused one has no answer of its own: the post's results are another command's (its 409 says so).
             detail["command"] = {"command_id": command_id, "settled": settled, "held": held, "refused": refused,
-                                 "response": response.to_document() if response is not None else None}
+                                 "response": response.to_document() if response is not None and refused is None
+                                 else None}
         return detail
 
     @app.get("/posts", dependencies=authorized, tags=["posts"], summary="Posts, most recently updated first")

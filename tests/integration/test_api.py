@@ -178,6 +178,8 @@ def test_a_retry_the_handler_found_nothing_to_publish_for_is_told_409_not_a_succ
     command = api.client.get("/posts/post-1", params={"command_id": "mine-1"}).json()["command"]
     assert command["settled"] is True
     assert command["refused"] == again.json()["detail"]
+    # With no answer of its own: the post's results are the other retry's, never this one's success.
+    assert command["response"] is None
     assert api.client.get("/posts/post-1", params={"command_id": "other-1"}).json()["command"]["refused"] is None
 
 
