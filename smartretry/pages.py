@@ -621,8 +621,9 @@ class RepublishTyped(NamedTuple):
 def _republish_form(state: PostState, rows: Sequence[dict[str, Any]], entered: RepublishTyped | None
                     ) -> dict[str, Any]:
     """The republish form's platforms (each checked or not), reason and caption: as the user sent them when the form
-    comes back with a problem; else those whose post kept earlier content checked, or, where none did, every one, and
-    the post's caption. Where that caption does not fit the platforms checked, the form says so at once."""
+    comes back with a problem (the form open); else those whose post kept earlier content checked, or, where none did,
+    every one, and the post's caption (the form closed: a post the retry left as the product note's is not asked to be
+    published again). Where that caption does not fit the platforms checked, the form says so at once."""
     kept = [row["platform"] for row in rows if row.get("kept")]
     checked = list(entered.platforms) if entered is not None else kept or [row["platform"] for row in rows]
     caption = entered.caption if entered is not None and entered.caption is not None else \
@@ -633,7 +634,7 @@ def _republish_form(state: PostState, rows: Sequence[dict[str, Any]], entered: R
     return {"platforms": [{"platform": row["platform"], "label": row["label"], "checked": row["platform"] in checked}
                           for row in rows],
             "reason": entered.reason if entered is not None else None, "caption": caption, "unfit": unfit,
-            "open": entered is not None or bool(kept)}
+            "open": entered is not None}
 
 
 def _asks_for_token(row: dict[str, Any], status: str) -> bool:

@@ -344,8 +344,9 @@ def test_a_platform_published_before_a_correction_says_what_its_post_keeps_on_th
     assert detail["published_with"] == {"instagram": {"caption": "Autumn sale", "image_url":
                                                       "https://cdn.example.com/autumn sale.jpg", "link": None}}
     assert list(detail["kept_from_before"]) == ["instagram"]
-    # Where it can be republished alone, from the page: the form open, with that platform alone chosen.
-    assert '<details class="republish" id="republish" open>' in html
+    # Where it can be republished alone, from the page: that platform alone chosen in the form, which stays closed
+    # until opened (the post went out as the product note's retry leaves it: nothing more is asked for).
+    assert '<details class="republish" id="republish">' in html
     assert re.search(r'id="republish-instagram" checked', html)
     assert not re.search(r'id="republish-facebook" checked', html)
 
@@ -1087,6 +1088,9 @@ def test_in_chromium_a_failed_post_is_retried_from_its_page_and_becomes_posted(s
         expect(page.locator(".kept[data-platform=instagram]")).to_contain_text("went out with the image at")
         expect(page.locator("#republish-instagram")).to_be_checked()
         expect(page.locator("#republish-facebook")).not_to_be_checked()
+        # Closed until the user opens it: the post is as the product note's retry leaves it.
+        expect(page.locator("#reason")).not_to_be_visible()
+        page.click("#republish summary")
         page.fill("#reason", "Instagram post with the corrected image")
         page.click("#republish-send")
         expect(page.locator(".earlier[data-platform=instagram]")).to_have_count(1, timeout=30_000)
