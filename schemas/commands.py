@@ -131,11 +131,11 @@ def content_problem(content: PostContent, target: PublishTarget | None, *,
     if now in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
         # A photo's link goes after its caption (see `facebook_text`): the two together must fit.
         return (f"Facebook posts are limited to {FACEBOOK_TEXT_LIMIT} characters, a photo's link after its caption "
-                "included")
+                f"included; this one has {len(facebook_text(content))}")
     if target in ("instagram", "both") and content.image_url is None:
         return "Instagram needs content.image_url"
     if now in ("instagram", "both") and len(content.caption) > INSTAGRAM_CAPTION_LIMIT:
-        return f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters"
+        return _too_long_for_instagram(content.caption)
     if now in ("instagram", "both") and (hashtags := len(HASHTAG.findall(content.caption))) > INSTAGRAM_HASHTAG_LIMIT:
         return f"Instagram captions take at most {INSTAGRAM_HASHTAG_LIMIT} hashtags; this one has {hashtags}"
     if publishing is None and target == "instagram" and content.link is not None:
@@ -143,6 +143,10 @@ def content_problem(content: PostContent, target: PublishTarget | None, *,
         # keeps its link on a retry, which Instagram leaves out as before.)
         return "Instagram posts carry no link: put it in the caption, or publish to Facebook too (publish_target both)"
     return None
+
+
+def _too_long_for_instagram(caption: str) -> str:
+    return f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters; this one has {len(caption)}"
 
 
 class CommandBase(Frozen):
@@ -187,7 +191,7 @@ class PublishRequested(CommandBase):
             if self.content.image_url is None:
                 raise ValueError("Instagram needs content.image_url")
             if len(self.content.caption) > INSTAGRAM_CAPTION_LIMIT:
-                raise ValueError(f"Instagram captions are limited to {INSTAGRAM_CAPTION_LIMIT} characters")
+                raise ValueError(_too_long_for_instagram(self.content.caption))
         return self
 
 

@@ -391,7 +391,7 @@ API_CASES: dict[str, tuple[int, str]] = {
     "unknown-platform": (422, "Input should be 'facebook', 'instagram' or 'both'"),
     "empty-content": (422, "content is empty"),
     "image-url-not-http": (422, "must be an http(s) URL"),
-    "caption-over-2200": (422, "Instagram captions are limited to 2200 characters"),
+    "caption-over-2200": (422, "Instagram captions are limited to 2200 characters; this one has 2201"),
     "caption-over-63206": (422, "String should have at most 63206 characters"),
     "caption-with-a-control-character": (422, "holds the control character U+001B, which no platform shows"),
     # Refused for its size before it is read (the API takes at most 1 MiB).
@@ -472,7 +472,7 @@ def test_content_the_platforms_cannot_take_is_dead_lettered_from_kafka_not_publi
     for command in refused.values():
         run.service.send(command, command.post_id)
     run.service.send_raw(_json(force), key=posted.post_id.encode())
-    too_long = "refused ForceRepublishRequested: Instagram captions are limited to 2200 characters"
+    too_long = "refused ForceRepublishRequested: Instagram captions are limited to 2200 characters; this one has 2300"
     deadline = time.monotonic() + 60
     while True:
         letters = _dead_letters_in_full(run.service)

@@ -380,7 +380,7 @@ def test_content_the_platforms_cannot_take_is_refused_from_kafka_as_the_api_refu
     for command in (corrected_retry({"caption": too_long}),
                     corrected_retry({"caption": too_long}, ForceRepublishRequested)):
         decision = decide(state, command)
-        assert decision.reject_reason == "Instagram captions are limited to 2200 characters"
+        assert decision.reject_reason == "Instagram captions are limited to 2200 characters; this one has 2300"
         assert decision.refused_content and not decision.accepted and decision.platforms == ()
     decision = decide(state, corrected_retry({"caption": "Sale", "image_url": None}))
     assert decision.reject_reason == "Instagram needs content.image_url"
@@ -422,8 +422,8 @@ def test_a_republish_without_content_is_held_to_the_limits_of_the_platforms_it_p
     refused = decide(state, force())
     # Said to be the post's own content, which the republish can correct.
     assert refused.refused_content and refused.reject_reason == (
-        "Instagram captions are limited to 2200 characters (the post's content as it is now: send the republish with "
-        "corrected content)")
+        "Instagram captions are limited to 2200 characters; this one has 2300 (the post's content as it is now: send "
+        "the republish with corrected content)")
     fits = decide(state, corrected_retry({"caption": "Autumn sale: 30% off"}, ForceRepublishRequested))
     assert fits.platforms == ("facebook", "instagram") and fits.reject_reason is None
     assert decide(state, force()).content is None and decide(state, retry()).content is None
