@@ -18,6 +18,7 @@ from projections.state import PUBLISHED_FIELDS, CommandRecord, PostState
 from schemas.api import PostSummary, PublishResponse, RetryInfo
 from schemas.common import (
     ACCOUNT_ID_FIELDS,
+    CHECKING,
     NO_CREDENTIALS,
     PLATFORM_LABELS,
     PLATFORMS,
@@ -143,7 +144,8 @@ def attempt_history(state: PostState) -> list[dict[str, object]]:
             "outcome": outcome, "error": attempt.error, "post_id": attempt.platform_post_id,
             # Why its outcome was not known at first (what its call met: "500 - ...", a token refused), kept after a
             # look-up or an operator settled it.
-            "unknown_because": attempt.lookup_error.message if attempt.lookup_error is not None else None,
+            "unknown_because": None if attempt.lookup_error is None else attempt.lookup_error.message
+            if attempt.success is None else attempt.lookup_error.message.removesuffix(CHECKING),
             # Said by an operator (`smartretry resolve`), or found by asking the platform after the call got no answer.
             "resolved_by": attempt.resolved_by, "recovered": attempt.recovered,
         })

@@ -65,6 +65,10 @@ def not_connected(platform: str) -> str:
 # 99999999999999999999 seconds) would be a date past the calendar's end.
 MAX_PLATFORM_WAIT_S = 86_400.0
 
+# How the post says why an attempt left without an answer to trust is looked up (the call's own reason first): the
+# end of its look-up error's message, left out once the attempt is settled.
+CHECKING = "; checking whether the post went out before publishing again"
+
 # Words of a 202's note on a command queued behind the post's publish still under way (a container that takes its
 # time): it runs within moments, so the CLI waits for its results as for any command's.
 UNDER_WAY_NOTE = "under way (its result is not in yet)"

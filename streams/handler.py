@@ -34,7 +34,7 @@ from schemas.commands import (
     RetryRequested,
     corrected,
 )
-from schemas.common import DESTINATIONS, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, ErrorKind, Platform
+from schemas.common import CHECKING, DESTINATIONS, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, ErrorKind, Platform
 from schemas.envelope import decode_command, encode, undecodable
 from schemas.events import (
     AttemptOutcomeUnknown,
@@ -56,8 +56,6 @@ log = logging.getLogger("smartretry.handler")
 T = TypeVar("T")
 
 CONSUMER_NAME = "command-handler"
-# How the post says why an attempt left without an answer to trust is looked up (the call's own reason first).
-CHECKING = "; checking whether the post went out before publishing again"
 
 
 class ProjectionReader(Protocol):

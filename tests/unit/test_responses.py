@@ -216,11 +216,15 @@ def test_the_history_keeps_why_an_attempts_outcome_was_not_known_once_it_is_sett
     from datetime import timedelta
 
     from projections.responses import attempt_history
+    from schemas.common import CHECKING
 
     history = History()
     attempts = history.publish(target="facebook")
+    # As the handler says it while it looks the post up.
     history.unknown("facebook", attempts["facebook"], ErrorKind.TRANSIENT,
-                    "Facebook photo upload failed: 500 - An unexpected error has occurred")
+                    f"Facebook photo upload failed: 500 - An unexpected error has occurred{CHECKING}")
+    [looking] = attempt_history(history.state())
+    assert looking["unknown_because"].endswith("checking whether the post went out before publishing again")
     history.events.append(PlatformResult(
         event_id="recovered", post_id=history.post_id, occurred_at=history.at + timedelta(minutes=3),
         platform="facebook", attempt_id=attempts["facebook"], success=False, recovered=True,
@@ -228,6 +232,7 @@ def test_the_history_keeps_why_an_attempts_outcome_was_not_known_once_it_is_sett
                                                               "trust, and Facebook has no such post")))
     [entry] = attempt_history(history.state())
     assert entry["outcome"] == "failed" and entry["recovered"]
+    # Settled: why it was not known at first, without the look-up it no longer waits for.
     assert entry["unknown_because"] == "Facebook photo upload failed: 500 - An unexpected error has occurred"
 
 
