@@ -412,7 +412,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             else None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
-            "note": retry_preview(state) if status == "failed" else "",
+            "note": _retry_note(state, automatic, front.clock()) if status == "failed" else "",
             "retried": retried_summary(state) if status != "publishing" else None,
             "attempts": [{**entry, "label": PLATFORM_LABELS[str(entry["platform"])]}
                          for entry in attempt_history(state)],
@@ -635,6 +635,19 @@ def _republish_form(state: PostState, rows: Sequence[dict[str, Any]], entered: R
                           for row in rows],
             "reason": entered.reason if entered is not None else None, "caption": caption, "unfit": unfit,
             "open": entered is not None}
+
+
+def _retry_note(state: PostState, automatic: Mapping[Platform, datetime | None], now: datetime) -> str:
+    """The retry button's note ("Note: Will only retry Instagram"), and, where the post's own automatic retry waits out
+    a platform's wait (Instagram's daily limit), that a retry sent now runs after it: the post's commands run in order.
+    """
+    line = retry_preview(state)
+    held = {p: at for p, at in automatic.items() if at is not None and at > now}
+    if not held:
+        return line
+    platform, at = max(held.items(), key=lambda item: item[1])
+    return (f"{line}, after the automatic retry of {PLATFORM_LABELS[platform]} at {clock_time(at, now)} (the "
+            "platform's own wait): a post's retries run in turn")
 
 
 def _asks_for_token(row: dict[str, Any], status: str) -> bool:

@@ -939,6 +939,9 @@ def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_no
         own = browser.get("/ui/posts/post-limited").text
     due = clock_time(at + timedelta(hours=1), datetime.now(UTC))
     assert f"🔄 Facebook will be retried automatically at {due}; this page refreshes itself." in own
+    # The retry button says before it is pressed that its retry waits for that one.
+    assert (f"Will retry Facebook, after the automatic retry of Facebook at {due} (the platform&#39;s own wait): "
+            "a post&#39;s retries run in turn") in own
 
 
 def test_a_retry_behind_the_services_own_backoff_is_queued_not_left_untaken(api: RunningApi) -> None:
