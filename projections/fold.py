@@ -316,6 +316,7 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
         {"success": event.success, "recovered": event.recovered, "error_kind": error_kind,
          "error": None if error is None else error.message,
          "platform_post_id": event.platform_post_id if event.success else None,
+         "permalink": event.permalink if event.success else None,
          "retry_after_s": None if error is None else error.retry_after_s,
          "finished_at": event.occurred_at, "resolved_by": event.resolved_by},
     )

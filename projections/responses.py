@@ -198,6 +198,12 @@ def earlier_posts(state: PostState) -> dict[Platform, list[str]]:
     return earlier
 
 
+def permalink_of(state: PostState, platform: Platform, post_id: str) -> str | None:
+    """The address the platform gave with the post `post_id` an attempt made (Instagram's permalink), if it gave one."""
+    return next((a.permalink for a in state.attempts_of(platform) if a.platform_post_id == post_id and a.permalink),
+                None)
+
+
 def token_stored_since_failure(state: PostState, token_renewed_at: datetime) -> list[Platform]:
     """The platforms whose failure asked to re-authenticate (or to connect the account) from an attempt begun before
     the post's account stored a token at `token_renewed_at`: what they need now is a retry."""

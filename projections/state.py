@@ -32,6 +32,9 @@ class AttemptState(BaseModel):
     container_id: str | None = None
     # The platform's post it made, once it succeeded: what a later attempt's look-up must never take for its own.
     platform_post_id: str | None = None
+    # Instagram's address of that post (its media id does not give it), so an earlier post a republish left in place
+    # can be opened. Left out of the stored state while None, so an attempt without one is stored as before.
+    permalink: str | None = Field(default=None, exclude_if=lambda link: link is None)
     # None while the attempt has no result (in flight, or its worker died: to be resolved).
     success: bool | None = None
     recovered: bool = False

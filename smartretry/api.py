@@ -54,6 +54,7 @@ from projections.responses import (
     earlier_posts,
     kept_from_before,
     needed_actions,
+    permalink_of,
     publish_response,
     retried_summary,
     retries_by_platform,
@@ -332,7 +333,8 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         "account": state.account,
         "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
         # Posts earlier attempts made that the document no longer shows (a forced republish's first one): still live.
-        "earlier_posts": {p: [{"post_id": made, "link": earlier_link(p, made)} for made in ids]
+        "earlier_posts": {p: [{"post_id": made, "link": permalink_of(state, p, made) or earlier_link(p, made)}
+                              for made in ids]
                           for p, ids in earlier_posts(state).items()},
         # Platforms whose post went out with content since corrected: what it keeps, and the content it went out with.
         "kept_from_before": kept_from_before(state),

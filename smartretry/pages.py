@@ -31,7 +31,14 @@ from pydantic import ValidationError
 
 from projections.decide import CONTENT_AS_IT_IS, retry_preview, retry_targets, reuses_command_id
 from projections.fold import FIX_THE_POST, awaiting_attempt, unresolved
-from projections.responses import attempt_history, earlier_posts, kept_from_before, needed_actions, retried_summary
+from projections.responses import (
+    attempt_history,
+    earlier_posts,
+    kept_from_before,
+    needed_actions,
+    permalink_of,
+    retried_summary,
+)
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
@@ -387,7 +394,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "status": status,
             "status_label": STATUS_LABELS[status],
             "rows": rows,
-            "earlier": [{"platform": p, "label": PLATFORM_LABELS[p], "post_id": made, "link": earlier_link(p, made)}
+            "earlier": [{"platform": p, "label": PLATFORM_LABELS[p], "post_id": made,
+                         "link": permalink_of(state, p, made) or earlier_link(p, made)}
                         for p, ids in earlier_posts(state).items() for made in ids],
             "publishing": publishing,
             # The post itself still publishing one platform after another failed (not the page's own retry, sent and

@@ -1178,7 +1178,8 @@ def test_after_a_forced_republish_the_earlier_posts_are_still_named_on_the_page_
 
     history = History(post_id="post-forced")
     first = history.publish()
-    history.success("facebook", first["facebook"], "747917475065823_1").success("instagram", first["instagram"], "1788")
+    history.success("facebook", first["facebook"], "747917475065823_1").success(
+        "instagram", first["instagram"], "1788", permalink="https://www.instagram.com/p/A/")
     again = history.retry("cmd-force", ("facebook", "instagram"), forced=True)
     history.success("facebook", again["facebook"], "747917475065823_2", permalink=None)
     history.success("instagram", again["instagram"], "1789", permalink="https://www.instagram.com/p/B/")
@@ -1188,17 +1189,19 @@ def test_after_a_forced_republish_the_earlier_posts_are_still_named_on_the_page_
     assert "🔄 Retried: Facebook (1 forced republish), Instagram (1 forced republish)" in page
     assert ("Earlier Facebook post, still on Facebook unless deleted there: <a class=\"link\" "
             "href=\"https://www.facebook.com/747917475065823_1\"") in page
-    assert "Earlier Instagram post, still on Instagram unless deleted there: media id 1788" in page
+    # By the permalink Instagram gave with it: the media id alone does not open it.
+    assert ("Earlier Instagram post, still on Instagram unless deleted there: <a class=\"link\" "
+            "href=\"https://www.instagram.com/p/A/\"") in page
     detail = api.client.get("/posts/post-forced").json()
     assert detail["earlier_posts"] == {
         "facebook": [{"post_id": "747917475065823_1", "link": "https://www.facebook.com/747917475065823_1"}],
-        "instagram": [{"post_id": "1788", "link": None}]}
+        "instagram": [{"post_id": "1788", "link": "https://www.instagram.com/p/A/"}]}
     assert detail["links"]["facebook"] == "https://www.facebook.com/747917475065823_2"
     code, output = run(api, "show", "post-forced")
     assert code == 0, output
     assert ("Earlier Facebook post, still on Facebook unless deleted there: https://www.facebook.com/747917475065823_1"
             in output)
-    assert "Earlier Instagram post, still on Instagram unless deleted there: media id 1788" in output
+    assert "Earlier Instagram post, still on Instagram unless deleted there: https://www.instagram.com/p/A/" in output
 
 
 def test_the_post_lists_mark_failed_posts_the_service_retries_by_itself(api: RunningApi) -> None:
