@@ -709,7 +709,7 @@ class FrontDoor:
             # It may still get there (a send that timed out can be delivered later): the same request with
             # the same command id is then the same command, never a second one.
             reason = scrub(str(exc))[:200] or type(exc).__name__
-            raise HTTPException(503, f"Kafka did not take command {command.command_id} for post {command.post_id} "
+            raise HTTPException(503, f"{NOT_TAKEN} {command.command_id} for post {command.post_id} "
                                      f"in time ({reason}); it may still arrive and be carried out. Send the same "
                                      f"request again with {_same_ids(command)}, which cannot publish twice (a new "
                                      "command or post id could)") from None
@@ -835,6 +835,10 @@ def platform_waits(state: PostState, max_attempts: int) -> str | None:
         return None
     return "; ".join(f"{PLATFORM_LABELS[p]} is retried automatically at {at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
                      "(the platform's own wait)" for p, at in due.items())
+
+
+# How a command the broker did not take in time is refused (503): sent again as it was, it is the same command.
+NOT_TAKEN = "Kafka did not take command"
 
 
 def nothing_to_publish(line: str, skipped: Mapping[Platform, str], post_id: str, forced: bool) -> str:

@@ -46,6 +46,7 @@ from schemas.commands import ForceRepublishRequested, RetryRequested, content_pr
 from schemas.common import ID_PATTERN, PLATFORM_LABELS, PLATFORMS, Platform, target_of
 from schemas.ids import new_id
 from smartretry.api import (
+    NOT_TAKEN,
     PUBLISH_ANYWAY,
     WAIT_FOR_RESULT,
     ContentCorrection,
@@ -295,7 +296,10 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                           entered_account: str | None = None, sent: int | None = None,
                           entered_caption: str | None = None,
                           token_stored: bool = False, republishing: tuple[Platform, ...] | None = None,
-                          entered_republish: RepublishTyped | None = None) -> Response:
+                          entered_republish: RepublishTyped | None = None,
+                          sent_as: str | None = None) -> Response:
+        # `sent_as`: the command id of a form the service could not take (Kafka away), for the form drawn again, so
+        # that sending it again is the same command.
         state = await front.read(post_id) if ID_PATTERN.fullmatch(post_id) else None
         if state is None:
             return templates.TemplateResponse(request, "not_found.html", {"post_id": scrub(post_id)}, status_code=404)
@@ -426,8 +430,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                          for entry in attempt_history(state)],
             "retry_token": retry_token(settings, post_id),
             # The retry this drawing of the form sends: sent twice (a double click, the form sent again), it is one
-            # command. Not restored by the browser into a later drawing (autocomplete off), which has its own.
-            "command_id": new_id(),
+            # command. Not restored by the browser into a later drawing (autocomplete off), which has its own, but for
+            # the drawing that answers a form the service could not take: sent again, it is that same command.
+            "command_id": sent_as or new_id(),
             # What the user typed, when the form comes back with a problem: to correct, not to type again.
             "image_url": image_url,
             "caption": caption,
@@ -493,7 +498,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return await render_post(request, post_id, None, problem, status_code=exc.status_code,
                                      entered_image_url=_typed_back(image_url, "image_url" in carrying),
                                      entered_account=_typed_back(account, "account" in carrying),
-                                     entered_caption=_typed_back(caption, "caption" in carrying))
+                                     entered_caption=_typed_back(caption, "caption" in carrying),
+                                     sent_as=command_id if exc.status_code == 503 else None)
         except ValidationError as exc:  # a malformed URL in the form
             return await render_post(request, post_id, None,
                                      _problem(exc.errors(include_url=False, include_input=False)), status_code=422,
@@ -522,7 +528,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
         # colleague) makes this republish publish nothing, rather than post it once more.
         seen = (form.get("seen") or [""])[0]
         seen_attempts = int(seen) if seen.isascii() and seen.isdigit() and len(seen) < 10 else None
-        problem, status_code, carrying = None, 422, set[str]()
+        problem, status_code, carrying, sent_as = None, 422, set[str](), None
         if not chosen:
             problem = "Choose the platforms to publish again."
         else:
@@ -538,6 +544,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
                 problem = _problem(exc.errors(include_url=False, include_input=False))
             except HTTPException as exc:
                 problem, status_code = _page_problem(_problem(exc.detail), asked="republish"), exc.status_code
+                sent_as = command_id if exc.status_code == 503 else None
                 if CONTENT_AS_IT_IS in problem:
                     problem += " (correct the Caption in the form below)"
                 carrying = _carrying_a_token(exc.detail)
@@ -545,7 +552,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             return await render_post(request, post_id, None, problem, status_code=status_code,
                                      entered_republish=RepublishTyped(
                                          chosen, _typed_back(reason, "reason" in carrying),
-                                         _typed_back(caption, "caption" in carrying)))
+                                         _typed_back(caption, "caption" in carrying)), sent_as=sent_as)
         command = accepted.command
         platforms = ",".join(command.platforms or ()) if isinstance(command, ForceRepublishRequested) else ""
         return RedirectResponse(f"/ui/posts/{post_id}?" + urlencode({
@@ -707,6 +714,10 @@ def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | Non
 def _page_problem(problem: str, asked: str = "retry") -> str:
     """The API's refusal in the page's words: the API routes it names are of no use to someone on the page. `asked`:
     the form that was sent, a retry or a republish."""
+    if problem.startswith(NOT_TAKEN):
+        # Kafka away: the API's advice (the same request with its ids) is the same form sent again, as drawn below.
+        return (f"The service could not take this {asked} just now (its message broker did not answer in time): send "
+                f"the form again in a moment. Sent again, it is the same {asked}, which cannot publish twice.")
     if WAIT_FOR_RESULT in problem:
         return problem.split(WAIT_FOR_RESULT, 1)[0] + (
             ". Wait for its result, then retry if it failed." if asked == "retry" else

@@ -21,6 +21,7 @@ from schemas.envelope import decode_command
 from schemas.events import CommandDecided, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
 from smartretry import pages
 from smartretry.pages import clock_time, code_spans, retry_token
+from streams.topics import Topics
 from tests.integration.test_api import (
     API_KEY,
     AT,
@@ -916,6 +917,37 @@ def test_an_id_with_a_line_break_after_it_is_no_id_to_the_pages(api: RunningApi)
                                 data={field: retry_token(api.settings, "post-1\n"), "access_token": "a-new-token-1"})
             assert sent.status_code == 403 and "This form has expired" in sent.text, form
     assert_nothing_on_commands(api)
+
+
+def test_a_retry_the_service_cannot_take_is_explained_and_drawn_again_as_the_same_retry(
+        topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kafka away: the page says so in its own words, and its form, sent again, is the same retry (its command id).
+    from smartretry import api as api_module
+    from smartretry.api import create_app, serve_in_thread
+    from smartretry.bootstrap import open_stores
+    from streams.broker import free_port
+    from streams.kafka import producer
+    from tests.integration.test_api import api_settings
+
+    monkeypatch.setattr(api_module, "SEND_TIMEOUT_S", 1.0)
+    settings = api_settings("127.0.0.1:1", topics, f"sqlite:///{tmp_path}/projection.db")
+    stores = open_stores(settings)
+    stores.projection.apply_batch(topics.post_events, 0, list(enumerate(seed_events("post-1", facebook_ok=False))))
+    server = serve_in_thread(create_app(settings, stores, producer("127.0.0.1:1")), "127.0.0.1", free_port())
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, follow_redirects=True) as browser:
+            assert browser.get("/ui/posts", params={"key": API_KEY}).status_code == 200
+            form = {"token": retry_token(settings, "post-1"), "command_id": "cmd-page-1", "image_url": FIXED_URL}
+            answer = browser.post("/ui/posts/post-1/retry", data=form)
+    finally:
+        server.stop()
+        stores.engine.dispose()
+    assert answer.status_code == 503
+    page = html.unescape(answer.text)
+    assert ("The service could not take this retry just now (its message broker did not answer in time): send the "
+            "form again in a moment. Sent again, it is the same retry, which cannot publish twice.") in page
+    assert "command_id" not in page.split('class="problem"', 1)[1].split("</p>", 1)[0]
+    assert re.search(r'name="command_id" value="cmd-page-1"', page)
 
 
 def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_not_publishing(
