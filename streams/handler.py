@@ -934,7 +934,9 @@ class CommandHandler:
             if not owed:
                 if settled_from is not None:
                     self._log_status(settled_from, command.post_id, context)
-                log.info("Command %s was handled before; nothing to do", command.command_id, extra=context)
+                # With where the post stands: the run that handled it may have lost the partition before it said so.
+                log.info("Command %s was handled before; nothing to do (post status: %s)", command.command_id,
+                         state.status if state is not None else "none", extra=context)
                 return
             assert state is not None
             record = state.commands[command.command_id]
@@ -1126,8 +1128,10 @@ class CommandHandler:
                                                             away=known_at != read_before or
                                                             (inherited and automatic == made))
             if not self._owns(partition, owner):
-                # Lost while the attempt was recorded: the new owner looks it up (nothing went out) and goes on.
+                # Lost while the attempt was recorded: nothing went out, and the attempt says so, so its next owner goes
+                # on at once rather than looking it up and waiting out its lease for a call that was never made.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
+                await self._record_not_called(command.post_id, platform, attempt_id, partition, context)
                 return
             outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started,
                                                 earlier[:EARLIER_CONTAINERS_ASKED], recorded_post_ids(state, platform))
@@ -1145,6 +1149,24 @@ class CommandHandler:
                                   rate_limited=outcome.error.kind is ErrorKind.RATE_LIMITED)
             log.info("🔄 %s will be retried automatically in %.1fs", label, delay, extra=context)
             await self._sleep(delay)
+
+    async def _record_not_called(self, post_id: str, platform: Platform, attempt_id: str, partition: int,
+                                 context: dict[str, Any]) -> None:
+        """Records that the attempt `attempt_id`, recorded as the partition moved away, was never called, and wakes
+        the post's next command here (the partition come back) if it waits to look the attempt up. Its result's id is
+        the attempt's own, so a result the new owner recorded first (a look-up's) stands, and this one is a repeat."""
+        label = PLATFORM_LABELS[platform]
+        try:
+            message = (f"{label} publish not attempted: the post's commands moved to another handler (partition "
+                       f"{partition}) before {label} was called")
+            await self._record_result(post_id, attempt_id, PublishOutcome.failed(platform, PlatformError(
+                kind=ErrorKind.TRANSIENT, message=message)))
+        except Exception as exc:
+            # Not recorded: the new owner looks the attempt up, finds no post, and goes on once its lease is over.
+            log.warning("%s attempt %s not recorded as not called (%s)", label, attempt_id, scrub(repr(exc)),
+                        extra=context)
+            return
+        self._wakeups.setdefault(post_id, asyncio.Event()).set()
 
     @staticmethod
     def _jitter(attempt_id: str) -> random.Random:

@@ -193,6 +193,48 @@ async def test_an_automatic_retry_taken_up_after_a_restart_is_recorded_as_a_retr
     assert final.document.insights.last_retry_at is not None
 
 
+async def test_an_attempt_recorded_as_the_partition_moved_away_says_it_was_never_called() -> None:
+    # The broker came back after a restart and the group rebalanced while the attempt was on its way: the handler does
+    # not call Facebook, and says so on the attempt, so the partition's next owner publishes at once instead of
+    # looking the attempt up and waiting out its lease (asking someone to check Facebook meanwhile).
+    facebook = SlowFacebook()
+    history = History()
+    history.submit(target="facebook").decide("cmd-publish", ("facebook",))
+    state = apply_all(None, history.events)
+    assert state is not None
+    sent: list[Event] = []
+    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
+                          credentials=None, publishers={"facebook": facebook},  # type: ignore[dict-item]
+                          config=HandlerConfig(), clock=lambda: STARTED)
+
+    async def send(event: Event) -> None:
+        sent.append(event)
+
+    made.send = send  # type: ignore[method-assign]
+    made._assign([0])
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    done.set_result(None)
+    reading: asyncio.Future[Any] = loop.create_future()
+
+    def moved_as_recorded() -> None:
+        made._revoke([0])
+        reading.set_result(ACCOUNT)
+
+    loop.call_soon(moved_as_recorded)
+    await made._publish_platform(state, _publish_command(state), "facebook", CONTENT, "acme", reading, 0,
+                                 made._progress[0], is_retry=False, forced=False, reason="first publish", recorded=done)
+
+    assert facebook.calls == 0
+    after = apply_all(state, sent)
+    assert after is not None and unresolved(after) == ()
+    [attempt] = after.attempts.values()
+    assert attempt.success is False and attempt.error_kind is ErrorKind.TRANSIENT
+    assert attempt.error == ("Facebook publish not attempted: the post's commands moved to another handler "
+                             "(partition 0) before Facebook was called")
+    assert made._wakeups[state.post_id].is_set()
+
+
 def _publish_command(state: PostState) -> PublishRequested:
     return PublishRequested(command_id="cmd-publish", post_id=state.post_id, publish_target="facebook",
                             content=CONTENT, account="acme", requested_at=STARTED)
@@ -488,6 +530,22 @@ async def test_a_handler_that_lost_the_partition_while_resuming_does_not_log_the
     assert page.calls == 0
     assert "Facebook not retried here: partition 0 moved to another handler" in caplog.text
     assert "Post status updated" not in caplog.text
+
+
+async def test_a_command_handled_before_is_logged_with_where_its_post_stands(caplog: pytest.LogCaptureFixture) -> None:
+    # Redelivered after the run that published it lost the partition before its status line: the log still says how
+    # the post ended.
+    page, topic = FlakyPage(), []
+    history, _ = decided_for_facebook()
+    attempt = history.attempt("facebook", "cmd-publish")
+    history.success("facebook", attempt, "747917475065823_1")
+    made = handler_on_shared_topic(page, topic, history, 0.0)
+    caplog.set_level(logging.INFO)
+
+    await made.handle(_publish_command(history.state()), 0, None, made._progress[0])
+
+    assert page.calls == 0 and topic == []
+    assert "Command cmd-publish was handled before; nothing to do (post status: posted)" in caplog.text
 
 
 async def test_a_handler_that_read_its_post_a_moment_ago_calls_without_reading_it_again() -> None:
