@@ -239,6 +239,8 @@ def run() -> None:
         try:
             while not stop.wait(SUPERVISE_INTERVAL_S):
                 if (code := started_broker.exit_code()) is not None and started_broker.local is not None:
+                    if stop.is_set():
+                        break  # Ctrl-C meanwhile (the broker in the terminal's process group had it too): stopping
                     # Nothing can be published or recorded without it; the handler and the projector reconnect.
                     why = f"killed by signal {-code}" if code < 0 else \
                         f"exit code {code}: {started_broker.local.last_words()[-500:]}"
@@ -247,12 +249,18 @@ def run() -> None:
                     try:
                         started_broker.local.restart()
                     except BrokerUnavailable as exc:
+                        if stop.is_set():
+                            break  # Ctrl-C while it started: stopped as asked, no error
                         say(settings, f"error: the Kafka broker could not be started again: {exc}", err=True,
                             level=logging.ERROR, logged=True)
                         raise typer.Exit(2) from None
+                    if stop.is_set():
+                        break  # Ctrl-C while it started: the processes it ended are not started again
                     say(settings, f"Kafka broker started again at {bootstrap}", err=True, level=logging.WARNING,
                         logged=True)
                 for name, process in processes.items():
+                    if stop.is_set():
+                        break  # ended by the Ctrl-C that stops this too: not a process to start again
                     if process.poll() is None:
                         continue
                     # A post would wait unnoticed without its handler or projector: say so, start it again; one

@@ -253,6 +253,22 @@ def test_a_second_run_on_the_same_broker_data_is_refused_and_a_broker_that_dies_
         assert len(resent) == 2, resent  # once on each platform, however often the request was sent
 
 
+def test_ctrl_c_while_run_starts_its_broker_again_stops_everything_without_starting_anything_again(
+        tmp_path: Path) -> None:
+    env = run_env(tmp_path)
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    with start_run(env, tmp_path, ctrl_c=True) as run:
+        os.kill(run.child("kafka.Kafka"), signal.SIGKILL)
+        run.wait_for_line("the Kafka broker stopped", timeout=15)
+        # Ctrl-C while the broker starts again: the handler and the projector end with it.
+    stopping = run.lines.index("Stopping ...")
+    assert run.process.returncode == 0, run.lines
+    # Nothing is said to be started again, nor is anything an error.
+    assert not [line for line in run.lines if "starting it again" in line and "Kafka broker stopped" not in line], \
+        run.lines
+    assert not [line for line in run.lines[stopping:] if "ERROR" in line or "FAIL" in line], run.lines[stopping:]
+
+
 def test_run_refuses_a_projection_of_events_its_broker_does_not_have_until_it_is_reset(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     env = run_env(tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
