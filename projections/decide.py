@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from projections.fold import awaiting_attempt
-from projections.state import PostState
+from projections.state import AttemptState, PostState
 from schemas.commands import (
     Command,
     ForceRepublishRequested,
@@ -236,13 +236,16 @@ def reuses_command_id(state: PostState, command: Command) -> bool:
 def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | None,
                        requested_at: datetime | None = None) -> str | None:
     """Why an operator's resolution of the platform's attempt cannot apply; None when it names the attempt that
-    is waiting for a result (any attempt id, or none, when it does not name one).
+    is waiting for a result (any attempt id, or none, when it does not name one), or an earlier attempt whose container
+    Meta may be unable to say anything of (`container_resolution`).
 
     One that names no attempt speaks of the one that was waiting when it was sent (`requested_at`): never of a
     call the post's command made after it, which the operator cannot have checked.
     """
     label = PLATFORM_LABELS[platform]
     waiting = state.in_flight(platform)
+    if waiting is None and container_resolution(state, platform, attempt_id) is not None:
+        return None
     if waiting is None:
         if not any(a.platform == platform for a in state.attempts.values()):
             return f"nothing to resolve: the post has no {label} attempt"
@@ -253,6 +256,16 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
         return (f"{label}'s attempt waiting for a result, {waiting.attempt_id}, began after this resolution was sent: "
                 "what was checked was an earlier call (name the attempt to resolve this one)")
     return None
+
+
+def container_resolution(state: PostState, platform: Platform, attempt_id: str | None) -> AttemptState | None:
+    """The attempt `attempt_id` names, where it is one an operator's resolution settles though it has a result: an
+    attempt that failed since the platform's latest success with a container (Instagram's), which every new attempt
+    asks about first (`PostState.earlier_containers`) and Meta may be unable to say anything of, holding the platform
+    back for a day. Named by its id only, and only while no attempt of the platform waits for a result."""
+    if attempt_id is None or state.in_flight(platform) is not None:
+        return None
+    return next((a for a in state.earlier_containers(platform) if a.attempt_id == attempt_id), None)
 
 
 def _duplicate(state: PostState, command_id: str) -> Decision:

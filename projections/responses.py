@@ -19,6 +19,7 @@ from schemas.api import PostSummary, PublishResponse, RetryInfo
 from schemas.common import (
     ACCOUNT_ID_FIELDS,
     CHECKING,
+    EARLIER_CONTAINER_UNKNOWN,
     NO_CREDENTIALS,
     PLATFORM_LABELS,
     PLATFORMS,
@@ -270,6 +271,9 @@ def needed_actions(state: PostState, max_attempts: int,
             action += ", then retry"
         shown[platform] = action
     shown = {**retries_used_up(state, max_attempts), **shown}
+    for platform in state.targeted:
+        if (held := held_by_container(state, platform)) is not None:
+            shown[platform] = held
     if state.account is not None:
         for platform in without_legacy_result(state):
             # Imported with no result for it: nothing publishes it until a retry does. Caught mid-publish by the
@@ -299,6 +303,24 @@ def needed_actions(state: PostState, max_attempts: int,
     publishing = under_way(state)
     # In the platforms' own order (Facebook first), whichever failed first.
     return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index) if platform not in publishing}
+
+
+def held_by_container(state: PostState, platform: Platform) -> str | None:
+    """What a platform held back by an earlier attempt's container that Meta cannot say anything of asks for (its latest
+    failure says so): someone to check the account and resolve that attempt (`decide.container_resolution`), or it waits
+    until the container is a day old."""
+    result = state.latest_result(platform)
+    error = result.error or "" if result is not None and not result.success else ""
+    if not error.startswith(EARLIER_CONTAINER_UNKNOWN) or state.in_flight(platform) is not None:
+        return None
+    named = error.removeprefix(EARLIER_CONTAINER_UNKNOWN).split(" ", 1)[0]
+    earlier = next((a for a in state.earlier_containers(platform) if a.container_id == named), None)
+    if earlier is None:
+        return None
+    label = PLATFORM_LABELS[platform]
+    return (f"check {label} for the post of attempt {earlier.attempt_id} (Meta cannot say whether its container "
+            f"{earlier.container_id} was published), then resolve that attempt: `smartretry resolve {state.post_id} "
+            f"{platform} --attempt-id {earlier.attempt_id} --not-published` or `--published-as MEDIA_ID`")
 
 
 def _bringing(state: PostState, platform: Platform) -> str:

@@ -40,6 +40,9 @@ class AttemptState(BaseModel):
     recovered: bool = False
     # The operator's command that said what came of the attempt (`ResolveAttemptRequested`), if one did.
     resolved_by: str | None = None
+    # The operator's command that found this failed attempt's container (Instagram's) not published, where Meta could
+    # not say: it is not asked about again before the platform is published. Left out of the stored state while None.
+    container_cleared_by: str | None = Field(default=None, exclude_if=lambda cleared: cleared is None)
     error_kind: ErrorKind | None = None
     # What the platform said, with a failed result: the attempt's history keeps it after a later result replaces this
     # one in the insights document.
@@ -115,12 +118,17 @@ class PostState(BaseModel):
     def containers_to_ask(self, platform: Platform) -> list[tuple[str, datetime]]:
         """The containers (with their attempts' start) of the platform's attempts that failed since its latest
         success, newest first: one may have been published all the same, and is asked before a new one is made."""
-        asked: list[tuple[str, datetime]] = []
+        return [(attempt.container_id or "", attempt.started_at) for attempt in self.earlier_containers(platform)]
+
+    def earlier_containers(self, platform: Platform) -> list[AttemptState]:
+        """The attempts of `containers_to_ask`, newest first: those that failed since the platform's latest success with
+        a container that no operator has found not published."""
+        asked: list[AttemptState] = []
         for attempt in reversed(self.attempts_of(platform)):
             if attempt.success:
                 break
-            if attempt.success is False and attempt.container_id is not None:
-                asked.append((attempt.container_id, attempt.started_at))
+            if attempt.success is False and attempt.container_id is not None and attempt.container_cleared_by is None:
+                asked.append(attempt)
         return asked
 
     def in_flight(self, platform: Platform) -> AttemptState | None:

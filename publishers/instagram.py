@@ -36,7 +36,7 @@ from publishers.graph import (
     parse_meta_time,
 )
 from schemas.commands import PostContent
-from schemas.common import ErrorKind, Platform, not_connected
+from schemas.common import EARLIER_CONTAINER_UNKNOWN, ErrorKind, Platform, not_connected
 from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
@@ -266,11 +266,11 @@ class InstagramPublisher:
                 "kind": ErrorKind.TRANSIENT,
                 # The service's next try waits until the media can say, as it waits out a platform's own wait.
                 "retry_after_s": early + 1.0 if early > 0 else None,
-                "message": f"Instagram publish not attempted: Meta says the container {container_id} of an earlier "
+                "message": f"{EARLIER_CONTAINER_UNKNOWN}{container_id} of an earlier "
                            f"attempt does not exist{f' and {media}' if media else ''}, so whether that attempt went "
                            f"out cannot be told; it is asked again with each attempt until it is a day old "
-                           f"({day_old:%Y-%m-%d %H:%M} UTC){said}: check the Instagram account meanwhile"
-                           [:MESSAGE_LENGTH]}))
+                           f"({day_old:%Y-%m-%d %H:%M} UTC){said}: check the Instagram account meanwhile, and resolve "
+                           "that attempt"[:MESSAGE_LENGTH]}))
         if status != "PUBLISHED":
             return None
         log.warning("Instagram container %s of an earlier attempt was published after all: not published again",

@@ -69,6 +69,10 @@ MAX_PLATFORM_WAIT_S = 86_400.0
 # end of its look-up error's message, left out once the attempt is settled.
 CHECKING = "; checking whether the post went out before publishing again"
 
+# How an Instagram attempt held back by an earlier attempt's container begins its failure: Meta says that container
+# does not exist and its media cannot tell whether it went out; an operator can settle that attempt (`resolve`).
+EARLIER_CONTAINER_UNKNOWN = "Instagram publish not attempted: Meta says the container "
+
 # Words of a 202's note on a command queued behind the post's publish still under way (a container that takes its
 # time): it runs within moments, so the CLI waits for its results as for any command's.
 UNDER_WAY_NOTE = "under way (its result is not in yet)"

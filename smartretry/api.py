@@ -679,7 +679,10 @@ class FrontDoor:
         if refusal is not None:
             raise HTTPException(409, refusal)
         waiting = state.in_flight(body.platform)
-        assert waiting is not None
+        if waiting is None:
+            # An earlier attempt whose container Meta cannot say anything of (`container_resolution`), named by its id:
+            # over long since, so "not published" needs no lease to run out.
+            return await self._submit(command)
         age = (self.clock() - waiting.started_at).total_seconds()
         lease = self.settings.attempt_lease_seconds
         if age < lease and not body.published:

@@ -647,7 +647,8 @@ def resolve(
     not_published: bool = typer.Option(False, "--not-published", help="It did not go out."),
     permalink: str | None = typer.Option(None, help="The post's address, with --published-as."),
     attempt_id: str | None = typer.Option(None, help=(
-        "The attempt meant, checked against the one waiting for a result (which is taken when none is named)")),
+        "The attempt meant, checked against the one waiting for a result (which is taken when none is named); or an "
+        "earlier Instagram attempt whose container Meta cannot say anything of, which the post names")),
     note: str = typer.Option("", help=(
         "What was checked: kept in the command (the commands topic) and the handler's log, and with --not-published "
         "in the result's message too.")),
@@ -677,10 +678,24 @@ def resolve(
         # (and publishes again, while its automatic attempts last). Said so, and not the exit status of a failed post.
         with suppress(typer.Exit):
             _report(api, response, detail, as_json)
+        if attempt_id is not None and detail is not None and _earlier_attempt(detail, platform, attempt_id):
+            # An earlier attempt's container: taken up after the post's command in progress, if any, so nothing
+            # carries on by itself.
+            (errors if as_json else console).print(
+                f"Recorded as not published: its container is not asked about again, so a retry publishes "
+                f"{PLATFORM_LABELS[platform]} (`smartretry retry {post_id}`).", highlight=False, soft_wrap=True)
+            return
         (errors if as_json else console).print(
             f"Recorded as not published: the command that made the attempt carries on and publishes "
             f"{PLATFORM_LABELS[platform]} again while its automatic attempts last; `smartretry show {post_id}` follows "
             "it.", highlight=False, soft_wrap=True)
+
+
+def _earlier_attempt(detail: dict[str, Any], platform: str, attempt_id: str) -> bool:
+    """Whether `attempt_id` is an attempt of `platform` that a later one followed, as the post's history tells."""
+    numbers = {entry.get("attempt_id"): entry.get("attempt_number") or 0
+               for entry in detail.get("history", []) if entry.get("platform") == platform}
+    return attempt_id in numbers and numbers[attempt_id] < max(numbers.values())
 
 
 @ops.command()

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from projections.decide import Decision, decide, resolution_refusal, reuses_command_id
+from projections.decide import Decision, container_resolution, decide, resolution_refusal, reuses_command_id
 from projections.fold import RESOLVE_THE_ATTEMPT, apply_all, unresolved
 from projections.imported import taken_out
 from projections.resume import attempts_by, platforms_to_resume, resume_wait
@@ -921,6 +921,12 @@ class CommandHandler:
             await self._resolve_interrupted(state)
             state = await self.fresh_state(command.post_id, partition)
 
+        if isinstance(command, ResolveAttemptRequested) and state is not None and \
+                (earlier := container_resolution(state, command.platform, command.attempt_id)) is not None:
+            # An earlier attempt whose container Meta cannot say anything of: recorded now, and `decide` then accepts
+            # the resolution as done, as it does one the command waiting on an attempt recorded.
+            await self._apply_container_resolution(earlier, command, context)
+            state = await self.fresh_state(command.post_id, partition)
         decision = decide(state, command)
         if decision.duplicate_command and state is not None and reuses_command_id(state, command):
             log.warning("Command id %s was already used for a different command; refused", command.command_id,
@@ -1361,6 +1367,31 @@ class CommandHandler:
         await self._record_result(post_id, attempt_id, outcome, resolved_by=resolution.command_id)
         # One resolution settles one attempt: a later attempt of the command (after "not published") is another call.
         self._forget_resolution(resolution)
+
+    async def _apply_container_resolution(self, attempt: AttemptState, resolution: ResolveAttemptRequested,
+                                          context: dict[str, Any]) -> None:
+        """An operator's word on an attempt that failed with a container (Instagram's) Meta cannot say anything of:
+        published (the post is recorded as that attempt's, the platform's latest), or not (the container is not asked
+        about again, so the next attempt publishes). Its own result event, beside the attempt's first."""
+        label = PLATFORM_LABELS[resolution.platform]
+        note = f" ({resolution.note})" if resolution.note else ""
+        if resolution.published:
+            assert resolution.platform_post_id is not None
+            outcome = PublishOutcome.published(resolution.platform, resolution.platform_post_id, resolution.permalink)
+            log.info("%s attempt %s resolved by an operator: its container %s was published as %s%s", label,
+                     attempt.attempt_id, attempt.container_id, resolution.platform_post_id, note, extra=context)
+        else:
+            outcome = PublishOutcome.failed(resolution.platform, PlatformError(
+                kind=ErrorKind.TRANSIENT,
+                message=f"{label} publish failed: Meta could not say whether this attempt's container "
+                        f"{attempt.container_id} was published; an operator found it was not published{note}"))
+            log.info("%s attempt %s resolved by an operator: its container %s was not published, and is not asked "
+                     "about again%s", label, attempt.attempt_id, attempt.container_id, note, extra=context)
+        await self.emit(PlatformResult(
+            event_id=derived_id(attempt.attempt_id, "resolved"), post_id=resolution.post_id,
+            occurred_at=self.clock(), platform=resolution.platform, attempt_id=attempt.attempt_id,
+            success=outcome.success, platform_post_id=outcome.platform_post_id, permalink=outcome.permalink,
+            error=outcome.error, resolved_by=resolution.command_id))
 
     async def _resolve_interrupted(self, state: PostState) -> None:
         """Gives every attempt without a result one, by asking the platform whether the post went out (or, where

@@ -1251,6 +1251,37 @@ def test_an_operators_resolution_of_an_interrupted_attempt_goes_to_kafka(api: Ru
         "facebook", attempt, True, "747917475065823_122104567890123", "found on the Page")
 
 
+def test_an_earlier_instagram_attempt_whose_container_meta_cannot_say_anything_of_can_be_resolved(
+        api: RunningApi) -> None:
+    # Every new attempt asks about its container first, and Meta says it does not exist: held back for a day, unless
+    # someone who checked the account says what became of it. The post says so, and how.
+    from tests.unit.test_fold import held_by_an_earlier_container
+
+    history, first, second = held_by_an_earlier_container()
+    store_events(api, history.events)
+    post_id = history.post_id
+    needed = api.client.get(f"/posts/{post_id}").json()["needed_action"]["instagram"]
+    assert needed.endswith(f"`smartretry resolve {post_id} instagram --attempt-id {first} --not-published` or "
+                           "`--published-as MEDIA_ID`")
+    # Only by its id, and only that attempt: the later one made no container.
+    unnamed = api.client.post(f"/posts/{post_id}/resolve", json={"platform": "instagram", "published": False})
+    assert unnamed.status_code == 409
+    later = api.client.post(f"/posts/{post_id}/resolve", json={"platform": "instagram", "published": False,
+                                                               "attempt_id": second})
+    assert later.status_code == 409
+    assert_nothing_on_commands(api)
+
+    answer = api.client.post(f"/posts/{post_id}/resolve", json={
+        "platform": "instagram", "published": False, "attempt_id": first, "note": "not on the account"})
+
+    # No lease to wait out: that attempt ended long ago.
+    assert answer.status_code == 202, answer.text
+    [(key, value)] = messages_on(api.bootstrap, api.topics.commands)
+    command = decode_command(value)
+    assert key == post_id and isinstance(command, ResolveAttemptRequested)
+    assert (command.platform, command.attempt_id, command.published) == ("instagram", first, False)
+
+
 def test_a_resolution_naming_no_attempt_goes_to_kafka_bound_to_the_one_waiting_and_can_be_sent_again(
         api: RunningApi) -> None:
     # What the operator checked was the call waiting now: never one the command makes after it is settled.

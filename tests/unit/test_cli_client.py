@@ -921,3 +921,28 @@ def test_a_caption_cut_for_one_line_keeps_an_emoji_whole_or_leaves_it_out() -> N
     assert _one_line("x" * 56 + " keycap 1\ufe0f\u20e3 end", 60) == "x" * 56 + " ke…"
     assert _one_line("a" * 58 + "👍🏽 z", 60) == "a" * 58 + "…"
     assert _one_line("a" * 50 + "👍🏽 z", 60) == "a" * 50 + "👍🏽 z"
+
+
+def test_resolving_an_earlier_instagram_container_says_a_retry_publishes_it_now(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not the interrupted attempt's "the command carries on": the command that met the container has ended.
+    failed = {"id": "post-4", "status": "failed", "publish_target": "instagram",
+              "insights": {"publish_results": [{"platform": "instagram", "success": False,
+                                                "error": "Instagram publish not attempted: ..."}]},
+              "links": {}, "history": [
+                  {"attempt_id": "a1", "platform": "instagram", "attempt_number": 1, "outcome": "failed"},
+                  {"attempt_id": "a2", "platform": "instagram", "attempt_number": 2, "outcome": "failed"}]}
+    resolved = {"success": False, "command_id": "resolve-4", "results": {}, "location": "/posts/post-4",
+                "post": {"id": "post-4", "status": "failed", "error_message": "instagram: ..."}}
+
+    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        return httpx.Response(200, json=resolved if method == "POST" else failed)
+
+    monkeypatch.setattr(Api, "call", answer)
+    done = CliRunner().invoke(app, ["resolve", "post-4", "instagram", "--attempt-id", "a1", "--not-published"],
+                              env={"COLUMNS": "200"})
+
+    assert done.exit_code == 0, done.output
+    assert ("Recorded as not published: its container is not asked about again, so a retry publishes Instagram "
+            "(`smartretry retry post-4`).") in done.output
+    assert "carries on" not in done.output

@@ -294,6 +294,30 @@ def test_a_resolution_of_an_attempt_the_platforms_look_up_settled_first_is_recor
                                             "resolution's turn: published as 747917475065823_899860")
 
 
+def test_an_earlier_attempt_whose_container_meta_cannot_say_anything_of_takes_a_resolution_by_its_id() -> None:
+    from projections.decide import container_resolution, resolution_refusal
+    from tests.unit.test_fold import held_by_an_earlier_container, operators_word
+
+    history, first, second = held_by_an_earlier_container()
+    state = history.state()
+    # Named by its id only: one naming none speaks of an attempt waiting for a result, and there is none.
+    assert resolution_refusal(state, "instagram", first) is None
+    assert container_resolution(state, "instagram", first) is state.attempts[first]
+    assert resolution_refusal(state, "instagram", None) == \
+        "nothing to resolve: Instagram's latest attempt has its result"
+    # The later attempt made no container: nothing of it is unknown.
+    assert resolution_refusal(state, "instagram", second) is not None
+    # Settled once: its container is no longer asked about, and it takes no second resolution.
+    settled = operators_word(history, first, published=False).state()
+    assert container_resolution(settled, "instagram", first) is None
+    assert resolution_refusal(settled, "instagram", first) is not None
+    decision = decide(settled, ResolveAttemptRequested(command_id="resolve-1", post_id=settled.post_id,
+                                                       requested_at=AT, platform="instagram", attempt_id=first,
+                                                       published=False))
+    assert decision.accepted and decision.no_op and decision.platforms == ()
+    assert decision.log_line == f"Instagram attempt {first} resolved by an operator: not published"
+
+
 def test_a_resolution_naming_another_attempt_is_refused() -> None:
     history = History(post_id=POST)
     attempts = history.publish(target="facebook")

@@ -831,6 +831,58 @@ def test_the_containers_asked_before_a_new_one_are_those_of_the_attempts_failed_
     assert [c for c, _ in state.containers_to_ask("instagram")] == ["c5", "c3", "c1"]
 
 
+def held_by_an_earlier_container() -> tuple[History, str, str]:
+    """An Instagram post whose first attempt failed after making container c1, and whose second was held back because
+    Meta says c1 does not exist and the account's media cannot tell whether it went out: (history, first, second)."""
+    from schemas.common import EARLIER_CONTAINER_UNKNOWN
+
+    history = History()
+    first = history.publish(target="instagram")["instagram"]
+    history.container("instagram", first, "c1")
+    history.failure("instagram", first, "Instagram container not ready after 30s", ErrorKind.TRANSIENT)
+    second = history.retry("cmd-retry", ("instagram",))["instagram"]
+    history.failure("instagram", second, f"{EARLIER_CONTAINER_UNKNOWN}c1 of an earlier attempt does not exist, so "
+                    "whether that attempt went out cannot be told", ErrorKind.TRANSIENT)
+    return history, first, second
+
+
+def operators_word(history: History, attempt_id: str, published: bool) -> History:
+    """An operator's resolution of `attempt_id`, as the handler records it (a result of its own)."""
+    history.events.append(PlatformResult(
+        **history._base(None), platform="instagram", attempt_id=attempt_id, success=published, resolved_by="resolve-1",
+        platform_post_id="18107758234627017" if published else None,
+        permalink="https://www.instagram.com/p/DRJ1nlKDgY9/" if published else None,
+        error=None if published else PlatformError(kind=ErrorKind.TRANSIENT, message="an operator found it was not "
+                                                                                     "published")))
+    return history
+
+
+def test_an_earlier_container_an_operator_found_not_published_is_not_asked_about_again() -> None:
+    history, first, _second = held_by_an_earlier_container()
+    assert [c for c, _ in history.state().containers_to_ask("instagram")] == ["c1"]
+
+    state = operators_word(history, first, published=False).state()
+
+    assert state.containers_to_ask("instagram") == []
+    assert state.attempts[first].container_cleared_by == "resolve-1" and state.settled_by("resolve-1") is not None
+    # Still failed as the latest attempt left it: a retry publishes it now.
+    latest = state.latest_result("instagram")
+    assert state.status == "failed" and latest is not None and latest.error is not None
+    assert latest.error.startswith("Instagram publish not attempted")
+
+
+def test_an_earlier_container_an_operator_found_published_makes_its_post_the_platforms() -> None:
+    history, first, _second = held_by_an_earlier_container()
+
+    state = operators_word(history, first, published=True).state()
+
+    # The later attempt failed, so published nothing: the post found is Instagram's latest, and nothing is asked again.
+    assert state.status == "posted" and state.document.error_message is None
+    assert state.document.insights.instagram_media_id == "18107758234627017"
+    assert state.document.insights.instagram_permalink == "https://www.instagram.com/p/DRJ1nlKDgY9/"
+    assert state.containers_to_ask("instagram") == []
+
+
 def test_a_link_added_by_a_correction_is_nothing_instagrams_post_lacks() -> None:
     # Instagram publishes no link: a retry of Facebook that adds one leaves Instagram's post as the post is.
     history = History()

@@ -548,6 +548,43 @@ async def test_a_command_handled_before_is_logged_with_where_its_post_stands(cap
     assert "Command cmd-publish was handled before; nothing to do (post status: posted)" in caplog.text
 
 
+@pytest.mark.parametrize("published", [False, True])
+async def test_an_operators_word_on_an_earlier_container_meta_cannot_say_anything_of_is_recorded(
+        published: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from schemas.commands import ResolveAttemptRequested
+    from tests.unit.test_fold import held_by_an_earlier_container
+
+    history, first, _second = held_by_an_earlier_container()
+    instagram, topic = FlakyPage(), []
+    made = handler_on_shared_topic(FlakyPage(), topic, history, 0.0, instagram)
+
+    async def no_tokens() -> frozenset[str]:
+        return frozenset()
+
+    made._stored_tokens = no_tokens  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+    resolution = ResolveAttemptRequested(
+        command_id="resolve-1", post_id=history.post_id, requested_at=STARTED, platform="instagram", attempt_id=first,
+        published=published, platform_post_id="18107758234627017" if published else None, note="checked the account")
+
+    await made.handle(resolution, 0, None, made._progress[0])
+
+    assert instagram.calls == 0  # a resolution publishes nothing
+    after = apply_all(history.state(), topic)
+    assert after is not None and after.containers_to_ask("instagram") == []
+    assert after.settled_by("resolve-1") is after.attempts[first]
+    assert "resolve-1" in after.commands  # recorded as done: sent again, it is a repeat
+    if published:
+        assert after.status == "posted" and after.document.insights.instagram_media_id == "18107758234627017"
+        assert "its container c1 was published as 18107758234627017 (checked the account)" in caplog.text
+    else:
+        assert after.status == "failed"
+        assert after.attempts[first].error == ("Instagram publish failed: Meta could not say whether this attempt's "
+                                               "container c1 was published; an operator found it was not published "
+                                               "(checked the account)")
+        assert "its container c1 was not published, and is not asked about again" in caplog.text
+
+
 async def test_a_handler_that_read_its_post_a_moment_ago_calls_without_reading_it_again() -> None:
     made = handler(SlowFacebook(), STARTED)
     reads: list[str] = []

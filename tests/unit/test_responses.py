@@ -553,3 +553,20 @@ def test_an_imported_failure_that_names_its_fix_keeps_it() -> None:
         {"platform": "instagram", "success": True, "postId": "18107758234627017"}]}, "status": "failed"})
 
     assert needed_actions(history.state(), 5) == {"facebook": "fix the image URL"}
+
+
+def test_a_platform_held_back_by_an_earlier_container_asks_to_check_the_account_and_resolve_that_attempt() -> None:
+    from projections.responses import needed_actions
+    from tests.unit.test_fold import held_by_an_earlier_container, operators_word
+
+    history, first, _second = held_by_an_earlier_container()
+    state = history.state()
+    # Asked at once, while the service still tries by itself: each of its tries meets the same container.
+    for attempts in (1, 5):
+        assert needed_actions(state, attempts) == {"instagram": (
+            f"check Instagram for the post of attempt {first} (Meta cannot say whether its container c1 was "
+            f"published), then resolve that attempt: `smartretry resolve {state.post_id} instagram --attempt-id "
+            f"{first} --not-published` or `--published-as MEDIA_ID`")}
+    # Once resolved as not published, a retry publishes it.
+    cleared = operators_word(history, first, published=False).state()
+    assert needed_actions(cleared, 1) == {"instagram": "retry Instagram"}
