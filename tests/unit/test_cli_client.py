@@ -162,6 +162,25 @@ def test_a_command_queued_behind_automatic_retries_is_said_at_once_not_after_the
     assert "This command is queued behind the automatic retry of Instagram at 2026-11-30 02:06:47 UTC" in done.output
 
 
+def answered_202_then(monkeypatch: pytest.MonkeyPatch, accepted: dict[str, Any], command: dict[str, Any],
+                      argv: list[str], detail: dict[str, Any]) -> tuple[Result, list[float]]:
+    """The CLI run with `argv` against an API that answers its command 202 with `accepted`, and whose post detail, once
+    its results are awaited, is `detail` with `command`: the output, and the waits it was asked for."""
+    waits: list[float] = []
+
+    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
+        assert method == "POST"
+        return httpx.Response(202, json=accepted)
+
+    def awaited(_api: Api, _post_id: str, _command_id: str, timeout: float) -> dict[str, Any]:
+        waits.append(timeout)
+        return {**detail, "command": command}
+
+    monkeypatch.setattr(Api, "call", answer)
+    monkeypatch.setattr(Api, "wait_for", awaited)
+    return CliRunner().invoke(app, argv, env={"COLUMNS": "200"}), waits
+
+
 def test_a_retry_queued_behind_a_publish_under_way_waits_for_its_own_results(monkeypatch: pytest.MonkeyPatch) -> None:
     # Queued behind Instagram's container that takes its time: handled within moments, so the CLI waits for the
     # retry's results as the README says, instead of ending at once on the earlier failure ("Still publishing").
@@ -173,24 +192,14 @@ def test_a_retry_queued_behind_a_publish_under_way_waits_for_its_own_results(mon
     retried = {"success": True, "command_id": "cmd-5", "pending": False, "location": "/posts/post-5",
                "results": {"facebook": {"platform": "facebook", "success": True, "postId": "747917475065823_5"}},
                "post": {"id": "post-5", "status": "posted", "error_message": None}}
-    waited: list[str] = []
 
-    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
-        assert method == "POST"
-        return httpx.Response(202, json=queued)
-
-    def settled(_api: Api, _post_id: str, command_id: str, _timeout: float) -> dict[str, Any]:
-        waited.append(command_id)
-        command = {"command_id": "cmd-5", "settled": True, "held": False, "refused": None, "response": retried}
-        return {**POSTED, "id": "post-5", "command": command}
-
-    monkeypatch.setattr(Api, "call", answer)
-    monkeypatch.setattr(Api, "wait_for", settled)
-    done = CliRunner().invoke(app, ["retry", "post-5", "--image-url", "https://cdn.example.com/a.jpg"],
-                              env={"COLUMNS": "200"})
+    done, waits = answered_202_then(
+        monkeypatch, queued, {"command_id": "cmd-5", "settled": True, "held": False, "refused": None,
+                              "response": retried},
+        ["retry", "post-5", "--image-url", "https://cdn.example.com/a.jpg"], {**POSTED, "id": "post-5"})
 
     assert done.exit_code == 0, done.output
-    assert waited == ["cmd-5"]
+    assert len(waits) == 1
     assert "queued behind" not in done.output and "Still publishing" not in done.output
     assert "Status: ✅ Posted" in done.output
 
@@ -203,24 +212,15 @@ def test_a_publish_left_to_a_platforms_long_wait_is_reported_once_the_api_says_i
                "results": {"facebook": {"platform": "facebook", "success": True, "postId": "747917475065823_9"}},
                "note": "Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)",
                "post": {"id": "post-7", "status": "failed", "error_message": "instagram: rate limited"}}
-    asked: list[float] = []
 
-    def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
-        assert method == "POST"
-        return httpx.Response(202, json=waiting)
-
-    def held(_api: Api, _post_id: str, _command_id: str, timeout: float) -> dict[str, Any]:
-        asked.append(timeout)
-        command = {"command_id": "cmd-7", "settled": False, "held": True, "refused": None, "response": waiting}
-        return {**POSTED, "id": "post-7", "status": "failed", "command": command}
-
-    monkeypatch.setattr(Api, "call", answer)
-    monkeypatch.setattr(Api, "wait_for", held)
-    done = CliRunner().invoke(app, ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"],
-                              env={"COLUMNS": "200"})
+    done, waits = answered_202_then(
+        monkeypatch, waiting, {"command_id": "cmd-7", "settled": False, "held": True, "refused": None,
+                               "response": waiting},
+        ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"],
+        {**POSTED, "id": "post-7", "status": "failed"})
 
     assert done.exit_code == 0, done.output
-    assert len(asked) == 1
+    assert len(waits) == 1
     assert "⏳ Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)." in done.output
 
 
