@@ -259,13 +259,11 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
 
 
 def container_resolution(state: PostState, platform: Platform, attempt_id: str | None) -> AttemptState | None:
-    """The attempt `attempt_id` names, where it is one an operator's resolution settles though it has a result: an
-    attempt that failed since the platform's latest success with a container (Instagram's), which every new attempt
-    asks about first (`PostState.earlier_containers`) and Meta may be unable to say anything of, holding the platform
-    back for a day. Named by its id only, and only while no attempt of the platform waits for a result."""
-    if attempt_id is None or state.in_flight(platform) is not None:
-        return None
-    return next((a for a in state.earlier_containers(platform) if a.attempt_id == attempt_id), None)
+    """The attempt `attempt_id` names, where it is one an operator's resolution settles though it has a result: the
+    earlier attempt whose container holds the platform back, as its latest failure says (`PostState.held_back_by`:
+    Meta says it does not exist, and the account's media cannot tell). Named by its id only."""
+    held = state.held_back_by(platform)
+    return held if held is not None and attempt_id == held.attempt_id else None
 
 
 def _duplicate(state: PostState, command_id: str) -> Decision:

@@ -29,8 +29,8 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
   the look-up itself (what it names is gone), "check Facebook for the post, then resolve the attempt".
   The post stays `publishing` then: its outcome is unknown, not failed.
 - An operator's word on an attempt that failed after making a container Meta cannot say anything of (Instagram's, asked
-  about before every new attempt): not published, the container is not asked about again; published, its post is the
-  platform's latest result, over later failures (which published nothing).
+  about before every new attempt): not published, the attempt keeps its failure and the container is not asked about
+  again; published, its post is the platform's latest result, over later failures (which published nothing).
 - A failed result of an attempt never recorded is refused (the handler records every attempt before
   its call): it would put a failure over a post that went out. A success without its attempt is kept.
 - The same event delivered twice (same `event_id`) changes nothing.
@@ -312,20 +312,24 @@ def _on_result(state: PostState, event: PlatformResult) -> AttemptState | None:
             command_id="",
             started_at=event.occurred_at,
         )
-    error = None if event.success else event.error
-    error_kind = None if error is None else error.kind
-    changes = {"success": event.success, "recovered": event.recovered, "error_kind": error_kind,
-               "error": None if error is None else error.message,
-               "platform_post_id": event.platform_post_id if event.success else None,
-               "permalink": event.permalink if event.success else None,
-               "retry_after_s": None if error is None else error.retry_after_s,
-               "finished_at": event.occurred_at, "resolved_by": event.resolved_by}
     # An operator's word on an attempt that had failed already: what became of its container (Instagram's), which Meta
-    # could not say. Not published, it is not asked about again; published, its post is the platform's.
+    # could not say. Not published, the attempt keeps its own failure and its container is not asked about again;
+    # published, its post is the platform's.
     operator_on_failed = attempt.success is False and event.resolved_by is not None
     if operator_on_failed and not event.success:
-        changes["container_cleared_by"] = event.resolved_by
-    finished = _replaced(attempt, changes)
+        state.attempts[event.attempt_id] = _replaced(attempt, {"container_cleared_by": event.resolved_by})
+        return None
+    error = None if event.success else event.error
+    error_kind = None if error is None else error.kind
+    finished = _replaced(
+        attempt,
+        {"success": event.success, "recovered": event.recovered, "error_kind": error_kind,
+         "error": None if error is None else error.message,
+         "platform_post_id": event.platform_post_id if event.success else None,
+         "permalink": event.permalink if event.success else None,
+         "retry_after_s": None if error is None else error.retry_after_s,
+         "finished_at": event.occurred_at, "resolved_by": event.resolved_by},
+    )
     superseded = any(
         other.platform == event.platform
         and other.attempt_number > attempt.attempt_number

@@ -19,7 +19,6 @@ from schemas.api import PostSummary, PublishResponse, RetryInfo
 from schemas.common import (
     ACCOUNT_ID_FIELDS,
     CHECKING,
-    EARLIER_CONTAINER_UNKNOWN,
     NO_CREDENTIALS,
     PLATFORM_LABELS,
     PLATFORMS,
@@ -149,6 +148,8 @@ def attempt_history(state: PostState) -> list[dict[str, object]]:
             if attempt.success is None else attempt.lookup_error.message.removesuffix(CHECKING),
             # Said by an operator (`smartretry resolve`), or found by asking the platform after the call got no answer.
             "resolved_by": attempt.resolved_by, "recovered": attempt.recovered,
+            # An operator's word on its container (Instagram's), which Meta could not say anything of: not published.
+            "container_cleared_by": attempt.container_cleared_by,
         })
         seen.add(mine)
     return history
@@ -309,12 +310,7 @@ def held_by_container(state: PostState, platform: Platform) -> str | None:
     """What a platform held back by an earlier attempt's container that Meta cannot say anything of asks for (its latest
     failure says so): someone to check the account and resolve that attempt (`decide.container_resolution`), or it waits
     until the container is a day old."""
-    result = state.latest_result(platform)
-    error = result.error or "" if result is not None and not result.success else ""
-    if not error.startswith(EARLIER_CONTAINER_UNKNOWN) or state.in_flight(platform) is not None:
-        return None
-    named = error.removeprefix(EARLIER_CONTAINER_UNKNOWN).split(" ", 1)[0]
-    earlier = next((a for a in state.earlier_containers(platform) if a.container_id == named), None)
+    earlier = state.held_back_by(platform)
     if earlier is None:
         return None
     label = PLATFORM_LABELS[platform]

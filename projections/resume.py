@@ -22,13 +22,19 @@ def platforms_to_resume(state: PostState, command_id: str, max_attempts: int) ->
     """Platforms the command decided to publish whose work it did not finish before a crash.
 
     A platform is owed when the command made no attempt of it yet, or when its latest attempt by the
-    command failed with an error the service retries itself and the automatic attempts are not used up.
+    command failed with an error the service retries itself and the automatic attempts are not used up;
+    never once a command decided after it has attempted the platform (commands of a post run in order, so
+    this one had finished with it: resumed, it could publish what that one published).
     """
     record = state.commands.get(command_id)
     if record is None:
         return ()
+    decided = list(state.commands)
+    later = set(decided[decided.index(command_id) + 1:])
     owed: list[Platform] = []
     for platform in record.platforms:
+        if any(a.platform == platform and a.command_id in later for a in state.attempts.values()):
+            continue
         mine = attempts_by(state, command_id, platform)
         if not mine:
             owed.append(platform)

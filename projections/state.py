@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.commands import PostContent
-from schemas.common import ErrorKind, Platform, PublishTarget, StateTime, platforms_of
+from schemas.common import EARLIER_CONTAINER_UNKNOWN, ErrorKind, Platform, PublishTarget, StateTime, platforms_of
 from schemas.events import PlatformError
 from schemas.insights import PostInsights, PostStatus, PublishResult
 
@@ -41,7 +41,8 @@ class AttemptState(BaseModel):
     # The operator's command that said what came of the attempt (`ResolveAttemptRequested`), if one did.
     resolved_by: str | None = None
     # The operator's command that found this failed attempt's container (Instagram's) not published, where Meta could
-    # not say: it is not asked about again before the platform is published. Left out of the stored state while None.
+    # not say: it is not asked about again before the platform is published, and the attempt keeps its own failure.
+    # Left out of the stored state while None.
     container_cleared_by: str | None = Field(default=None, exclude_if=lambda cleared: cleared is None)
     error_kind: ErrorKind | None = None
     # What the platform said, with a failed result: the attempt's history keeps it after a later result replaces this
@@ -146,8 +147,22 @@ class PostState(BaseModel):
         return next((r for r in self.document.insights.publish_results if r.platform == platform), None)
 
     def settled_by(self, command_id: str) -> AttemptState | None:
-        """The attempt an operator's resolution (`command_id`) settled, if it settled one (each settles one)."""
-        return next((a for a in self.attempts.values() if a.resolved_by == command_id), None)
+        """The attempt an operator's resolution (`command_id`) settled, if it settled one (each settles one): its
+        result, or what became of its container (`container_cleared_by`)."""
+        return next((a for a in self.attempts.values() if command_id in (a.resolved_by, a.container_cleared_by)), None)
+
+    def held_back_by(self, platform: Platform) -> AttemptState | None:
+        """The earlier attempt whose container holds the platform back: its latest failure says Meta says that container
+        does not exist and the account's media cannot tell whether it went out (`EARLIER_CONTAINER_UNKNOWN`), and every
+        new attempt meets it again until it is a day old. Only an operator who checks the account settles it."""
+        result = self.latest_result(platform)
+        if result is None or result.success or self.in_flight(platform) is not None:
+            return None
+        error = result.error or ""
+        if not error.startswith(EARLIER_CONTAINER_UNKNOWN):
+            return None
+        named = error.removeprefix(EARLIER_CONTAINER_UNKNOWN).split(" ", 1)[0]
+        return next((a for a in self.earlier_containers(platform) if a.container_id == named), None)
 
     def published_with(self) -> dict[Platform, PostContent]:
         """The content each platform's live post went out with, where what that platform publishes of it (Instagram: no

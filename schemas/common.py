@@ -73,6 +73,9 @@ CHECKING = "; checking whether the post went out before publishing again"
 # does not exist and its media cannot tell whether it went out; an operator can settle that attempt (`resolve`).
 EARLIER_CONTAINER_UNKNOWN = "Instagram publish not attempted: Meta says the container "
 
+# How an attempt's history says an operator settled its container that way (`AttemptState.container_cleared_by`).
+CONTAINER_CLEARED = "an operator found its container was not published"
+
 # Words of a 202's note on a command queued behind the post's publish still under way (a container that takes its
 # time): it runs within moments, so the CLI waits for its results as for any command's.
 UNDER_WAY_NOTE = "under way (its result is not in yet)"

@@ -32,7 +32,14 @@ from rich.text import Text
 
 from publishers.redact import scrub
 from schemas.commands import says_nothing
-from schemas.common import ID_PATTERN, MAX_PLATFORM_WAIT_S, PLATFORM_LABELS, UNDER_WAY_NOTE, platforms_of
+from schemas.common import (
+    CONTAINER_CLEARED,
+    ID_PATTERN,
+    MAX_PLATFORM_WAIT_S,
+    PLATFORM_LABELS,
+    UNDER_WAY_NOTE,
+    platforms_of,
+)
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
 from schemas.envelope import DecodeError, json_object
 from schemas.ids import new_id, post_id_for
@@ -343,6 +350,9 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
                 return response, api.call("GET", f"/posts/{post_id}").json()
             except ApiError:
                 return response, None
+        if UNDER_WAY_NOTE in note:
+            # Waited for like any command, once the publish under way has its result: said now, not after the wait.
+            errors.print(f"⏳ This command is {note}.", highlight=False, soft_wrap=True)
         try:
             with console.status(f"{what}: waiting for the platforms' results ..."):
                 detail = api.wait_for(post_id, command_id, wait)
@@ -679,11 +689,16 @@ def resolve(
         with suppress(typer.Exit):
             _report(api, response, detail, as_json)
         if attempt_id is not None and detail is not None and _earlier_attempt(detail, platform, attempt_id):
-            # An earlier attempt's container: taken up after the post's command in progress, if any, so nothing
-            # carries on by itself.
+            # An earlier attempt's container: taken up after the post's command under way, if any, so nothing carries
+            # on by itself.
+            label = PLATFORM_LABELS[platform]
+            recorded = not response.get("pending") or bool(detail.get("command", {}).get("settled"))
             (errors if as_json else console).print(
-                f"Recorded as not published: its container is not asked about again, so a retry publishes "
-                f"{PLATFORM_LABELS[platform]} (`smartretry retry {post_id}`).", highlight=False, soft_wrap=True)
+                f"Recorded as not published: its container is not asked about again, so a retry publishes {label} "
+                f"(`smartretry retry {post_id}`)." if recorded else
+                f"Sent: it is recorded once the post's command under way has ended (its automatic retries meet the "
+                f"same container meanwhile); a retry then publishes {label} (`smartretry show {post_id}` says when).",
+                highlight=False, soft_wrap=True)
             return
         (errors if as_json else console).print(
             f"Recorded as not published: the command that made the attempt carries on and publishes "
@@ -692,9 +707,9 @@ def resolve(
 
 
 def _earlier_attempt(detail: dict[str, Any], platform: str, attempt_id: str) -> bool:
-    """Whether `attempt_id` is an attempt of `platform` that a later one followed, as the post's history tells."""
+    """Whether `attempt_id` is an attempt of `platform` that a later one followed, as the post's attempts tell."""
     numbers = {entry.get("attempt_id"): entry.get("attempt_number") or 0
-               for entry in detail.get("history", []) if entry.get("platform") == platform}
+               for entry in detail.get("attempts", []) if entry.get("platform") == platform}
     return attempt_id in numbers and numbers[attempt_id] < max(numbers.values())
 
 
@@ -725,6 +740,8 @@ def show(
                 said += " (as an operator said)"
             if attempt.get("unknown_because") and attempt["outcome"] != "not known yet":
                 said += f" (its outcome was not known at first: {_one_line(attempt['unknown_because'])})"
+            if attempt.get("container_cleared_by"):
+                said += f" ({CONTAINER_CLEARED})"
             started = attempt["started_at"][:19].replace("T", " ")
             console.print(f"  {started} UTC  {PLATFORM_LABELS[attempt['platform']]} {attempt['kind']}: {outcome}{said}",
                           highlight=False, soft_wrap=True)

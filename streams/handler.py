@@ -1134,10 +1134,11 @@ class CommandHandler:
                                                             away=known_at != read_before or
                                                             (inherited and automatic == made))
             if not self._owns(partition, owner):
-                # Lost while the attempt was recorded: nothing went out, and the attempt says so, so its next owner goes
-                # on at once rather than looking it up and waiting out its lease for a call that was never made.
+                # Lost while the attempt was recorded: nothing went out, and the attempt says so (where it is this
+                # handler's), so its next owner goes on rather than looking it up and waiting out its lease for a call
+                # that was never made.
                 log.info("%s not called: partition %d moved to another handler", label, partition, extra=context)
-                await self._record_not_called(command.post_id, platform, attempt_id, partition, context)
+                await self._record_not_called(command, platform, number, (attempt_id, started), partition, context)
                 return
             outcome = await self._call_platform(command.post_id, platform, content, credentials, attempt_id, started,
                                                 earlier[:EARLIER_CONTAINERS_ASKED], recorded_post_ids(state, platform))
@@ -1156,23 +1157,31 @@ class CommandHandler:
             log.info("🔄 %s will be retried automatically in %.1fs", label, delay, extra=context)
             await self._sleep(delay)
 
-    async def _record_not_called(self, post_id: str, platform: Platform, attempt_id: str, partition: int,
-                                 context: dict[str, Any]) -> None:
-        """Records that the attempt `attempt_id`, recorded as the partition moved away, was never called, and wakes
-        the post's next command here (the partition come back) if it waits to look the attempt up. Its result's id is
-        the attempt's own, so a result the new owner recorded first (a look-up's) stands, and this one is a repeat."""
-        label = PLATFORM_LABELS[platform]
+    async def _record_not_called(self, command: Command, platform: Platform, number: int, mine: tuple[str, datetime],
+                                 partition: int, context: dict[str, Any]) -> None:
+        """Records that this handler's attempt `mine` (its id and start), number `number` of the platform, recorded as
+        the partition moved away, was never called, and wakes the post's command here if it waits to look the attempt
+        up. Only where the post's attempt of that id is this one: the partition's new owner, deciding without it, names
+        its own attempt the same (and its result too), and stands down only where this one's came first."""
+        label, attempt_id = PLATFORM_LABELS[platform], mine[0]
         try:
+            # The post read again, whatever how recently: `StoodDown` where the attempt of that id is another's.
+            await self._check_attempts_unchanged(command, platform, partition, number - 1, mine,
+                                                 asyncio.get_running_loop().time(), away=True)
             message = (f"{label} publish not attempted: the post's commands moved to another handler (partition "
                        f"{partition}) before {label} was called")
-            await self._record_result(post_id, attempt_id, PublishOutcome.failed(platform, PlatformError(
+            await self._record_result(command.post_id, attempt_id, PublishOutcome.failed(platform, PlatformError(
                 kind=ErrorKind.TRANSIENT, message=message)))
+        except StoodDown as exc:
+            log.info("%s attempt %s left to the new owner: %s", label, attempt_id, exc, extra=context)
+            return
         except Exception as exc:
             # Not recorded: the new owner looks the attempt up, finds no post, and goes on once its lease is over.
             log.warning("%s attempt %s not recorded as not called (%s)", label, attempt_id, scrub(repr(exc)),
                         extra=context)
             return
-        self._wakeups.setdefault(post_id, asyncio.Event()).set()
+        if (wakeup := self._wakeups.get(command.post_id)) is not None:
+            wakeup.set()
 
     @staticmethod
     def _jitter(attempt_id: str) -> random.Random:
@@ -1325,6 +1334,9 @@ class CommandHandler:
         commands still refuses them to the dead letters.
         """
         for resolution in list(self._resolutions.get(state.post_id, {}).get(platform, [])):
+            if resolution.attempt_id is not None and any(
+                    a.attempt_id == resolution.attempt_id for a in state.earlier_containers(platform)):
+                continue  # of an earlier attempt's container, settled in its own turn (`container_resolution`)
             if state.settled_by(resolution.command_id) is not None:
                 # It settled an earlier attempt (and came in again after a restart): what the operator found was of
                 # that attempt's call, never of a later one's. Its own turn accepts it as done.

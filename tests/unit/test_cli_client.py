@@ -200,7 +200,9 @@ def test_a_retry_queued_behind_a_publish_under_way_waits_for_its_own_results(mon
 
     assert done.exit_code == 0, done.output
     assert len(waits) == 1
-    assert "queued behind" not in done.output and "Still publishing" not in done.output
+    # Said while it waits, then the retry's own results.
+    assert done.output.count("⏳ This command is queued behind the publish of Instagram under way") == 1
+    assert "Still publishing" not in done.output
     assert "Status: ✅ Posted" in done.output
 
 
@@ -923,26 +925,36 @@ def test_a_caption_cut_for_one_line_keeps_an_emoji_whole_or_leaves_it_out() -> N
     assert _one_line("a" * 50 + "👍🏽 z", 60) == "a" * 50 + "👍🏽 z"
 
 
+@pytest.mark.parametrize("settled", [True, False], ids=["recorded", "behind-the-command-under-way"])
 def test_resolving_an_earlier_instagram_container_says_a_retry_publishes_it_now(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # Not the interrupted attempt's "the command carries on": the command that met the container has ended.
-    failed = {"id": "post-4", "status": "failed", "publish_target": "instagram",
-              "insights": {"publish_results": [{"platform": "instagram", "success": False,
-                                                "error": "Instagram publish not attempted: ..."}]},
-              "links": {}, "history": [
-                  {"attempt_id": "a1", "platform": "instagram", "attempt_number": 1, "outcome": "failed"},
-                  {"attempt_id": "a2", "platform": "instagram", "attempt_number": 2, "outcome": "failed"}]}
-    resolved = {"success": False, "command_id": "resolve-4", "results": {}, "location": "/posts/post-4",
-                "post": {"id": "post-4", "status": "failed", "error_message": "instagram: ..."}}
+        monkeypatch: pytest.MonkeyPatch, settled: bool) -> None:
+    # Not the interrupted attempt's "the command carries on": the command that met the container has ended, or the
+    # resolution waits for it to end.
+    from smartretry.api import post_detail
+    from tests.unit.test_fold import held_by_an_earlier_container, operators_word
+
+    history, first, _second = held_by_an_earlier_container()
+    state = (operators_word(history, first, published=False) if settled else history).state()
+    detail = json.loads(json.dumps(post_detail(state, 5), default=str))
+    resolved = {"success": False, "command_id": "resolve-4", "results": {}, "location": f"/posts/{state.post_id}",
+                "pending": not settled, "post": {"id": state.post_id, "status": "failed", "error_message": "x"}}
 
     def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
-        return httpx.Response(200, json=resolved if method == "POST" else failed)
+        return httpx.Response(200 if settled else 202, json=resolved if method == "POST" else detail)
+
+    def unsettled(_api: Api, _post_id: str, _command_id: str, _timeout: float) -> dict[str, Any]:
+        return {**detail, "command": {"command_id": "resolve-4", "settled": False, "held": False, "refused": None,
+                                      "response": None}}
 
     monkeypatch.setattr(Api, "call", answer)
-    done = CliRunner().invoke(app, ["resolve", "post-4", "instagram", "--attempt-id", "a1", "--not-published"],
+    monkeypatch.setattr(Api, "wait_for", unsettled)
+    done = CliRunner().invoke(app, ["resolve", state.post_id, "instagram", "--attempt-id", first, "--not-published"],
                               env={"COLUMNS": "200"})
 
     assert done.exit_code == 0, done.output
-    assert ("Recorded as not published: its container is not asked about again, so a retry publishes Instagram "
-            "(`smartretry retry post-4`).") in done.output
     assert "carries on" not in done.output
+    if settled:
+        assert ("Recorded as not published: its container is not asked about again, so a retry publishes "
+                f"Instagram (`smartretry retry {state.post_id}`).") in done.output
+    else:
+        assert "Sent: it is recorded once the post's command under way has ended" in done.output

@@ -307,6 +307,13 @@ def test_an_earlier_attempt_whose_container_meta_cannot_say_anything_of_takes_a_
         "nothing to resolve: Instagram's latest attempt has its result"
     # The later attempt made no container: nothing of it is unknown.
     assert resolution_refusal(state, "instagram", second) is not None
+    # A container no failure says Meta cannot tell of (it failed a moment ago: Meta may still answer) takes none.
+    fresh = History(post_id=POST)
+    attempt = fresh.publish(target="instagram")["instagram"]
+    fresh.container("instagram", attempt, "c9")
+    fresh.failure("instagram", attempt, "not ready after 30s", ErrorKind.TRANSIENT)
+    assert container_resolution(fresh.state(), "instagram", attempt) is None
+    assert resolution_refusal(fresh.state(), "instagram", attempt) is not None
     # Settled once: its container is no longer asked about, and it takes no second resolution.
     settled = operators_word(history, first, published=False).state()
     assert container_resolution(settled, "instagram", first) is None
@@ -451,3 +458,22 @@ def test_a_republish_without_content_is_held_to_the_limits_of_the_platforms_it_p
     fits = decide(state, corrected_retry({"caption": "Autumn sale: 30% off"}, ForceRepublishRequested))
     assert fits.platforms == ("facebook", "instagram") and fits.reject_reason is None
     assert decide(state, force()).content is None and decide(state, retry()).content is None
+
+
+def test_a_command_redelivered_after_a_later_one_took_its_platform_up_resumes_nothing() -> None:
+    # The first publish's Instagram failed for a moment with attempts left (its automatic retries cut short, say); a
+    # retry published it since. Redelivered after a restart (its offset not committed), the first owes nothing: resumed,
+    # it would post Instagram a second time.
+    from projections.resume import platforms_to_resume
+
+    history = History(post_id=POST)
+    first = history.publish(target="instagram")["instagram"]
+    history.failure("instagram", first, "Instagram publish failed: 500 - hiccup", ErrorKind.TRANSIENT)
+    assert platforms_to_resume(history.state(), "cmd-publish", 5) == ("instagram",)
+    retried = history.retry("cmd-retry", ("instagram",))["instagram"]
+    history.success("instagram", retried, "18107758234627017")
+
+    assert platforms_to_resume(history.state(), "cmd-publish", 5) == ()
+    assert decide(history.state(), PublishRequested(
+        command_id="cmd-publish", post_id=POST, publish_target="instagram", content=CONTENT, account="acme",
+        requested_at=AT)).duplicate_command

@@ -193,28 +193,21 @@ async def test_an_automatic_retry_taken_up_after_a_restart_is_recorded_as_a_retr
     assert final.document.insights.last_retry_at is not None
 
 
-async def test_an_attempt_recorded_as_the_partition_moved_away_says_it_was_never_called() -> None:
-    # The broker came back after a restart and the group rebalanced while the attempt was on its way: the handler does
-    # not call Facebook, and says so on the attempt, so the partition's next owner publishes at once instead of
-    # looking the attempt up and waiting out its lease (asking someone to check Facebook meanwhile).
-    facebook = SlowFacebook()
-    history = History()
-    history.submit(target="facebook").decide("cmd-publish", ("facebook",))
-    state = apply_all(None, history.events)
-    assert state is not None
-    sent: list[Event] = []
-    made = CommandHandler(bootstrap="127.0.0.1:1", topics=Topics(), projection=None,  # type: ignore[arg-type]
-                          credentials=None, publishers={"facebook": facebook},  # type: ignore[dict-item]
-                          config=HandlerConfig(), clock=lambda: STARTED)
-
-    async def send(event: Event) -> None:
-        sent.append(event)
-
-    made.send = send  # type: ignore[method-assign]
-    made._assign([0])
+async def moved_while_recorded(other_first: bool) -> tuple[FlakyPage, list[Event], PostState, CommandHandler]:
+    """A handler whose first Facebook attempt is recorded as the group rebalances (the broker came back after a
+    restart): the partition moves away before Facebook is called. `other_first`: the partition's new owner, deciding
+    without that attempt, recorded its own of the same id first. (Facebook, the events written, the post, the handler.)
+    """
+    page, topic = FlakyPage(), []
+    history, state = decided_for_facebook()
+    if other_first:
+        history.events.append(PublishAttempted(
+            event_id=derived_id(attempt_id_for("cmd-publish", "facebook", 1), "attempted"), post_id=state.post_id,
+            occurred_at=history.at - timedelta(seconds=1), platform="facebook",
+            attempt_id=attempt_id_for("cmd-publish", "facebook", 1), attempt_number=1, command_id="cmd-publish"))
+    made = handler_on_shared_topic(page, topic, history, 0.0)
+    pausing = made._wakeups.setdefault(state.post_id, asyncio.Event())  # the post's command here, waiting to look up
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-    done.set_result(None)
     reading: asyncio.Future[Any] = loop.create_future()
 
     def moved_as_recorded() -> None:
@@ -223,16 +216,33 @@ async def test_an_attempt_recorded_as_the_partition_moved_away_says_it_was_never
 
     loop.call_soon(moved_as_recorded)
     await made._publish_platform(state, _publish_command(state), "facebook", CONTENT, "acme", reading, 0,
-                                 made._progress[0], is_retry=False, forced=False, reason="first publish", recorded=done)
+                                 made._progress[0], is_retry=False, forced=False, reason="first publish",
+                                 recorded=ready())
+    assert pausing.is_set() is not other_first
+    return page, topic, apply_all(None, [*history.events, *topic]) or state, made
 
-    assert facebook.calls == 0
-    after = apply_all(state, sent)
-    assert after is not None and unresolved(after) == ()
+
+async def test_an_attempt_recorded_as_the_partition_moved_away_says_it_was_never_called() -> None:
+    # Not called, and said so on the attempt: the partition's next owner publishes instead of looking the attempt up
+    # and waiting out its lease (asking someone to check Facebook meanwhile).
+    page, _topic, after, _made = await moved_while_recorded(other_first=False)
+
+    assert page.calls == 0
+    assert unresolved(after) == ()
     [attempt] = after.attempts.values()
     assert attempt.success is False and attempt.error_kind is ErrorKind.TRANSIENT
     assert attempt.error == ("Facebook publish not attempted: the post's commands moved to another handler "
                              "(partition 0) before Facebook was called")
-    assert made._wakeups[state.post_id].is_set()
+
+
+async def test_an_attempt_the_new_owner_recorded_first_is_left_to_it() -> None:
+    # The new owner's attempt of the same id came first: it calls Facebook, and its result (of the same id as this
+    # handler's would be) must not be taken for a repeat of a "not called" one.
+    page, topic, after, _made = await moved_while_recorded(other_first=True)
+
+    assert page.calls == 0
+    assert not [e for e in topic if isinstance(e, PlatformResult)]
+    assert unresolved(after) == ("facebook",)
 
 
 def _publish_command(state: PostState) -> PublishRequested:
@@ -579,9 +589,9 @@ async def test_an_operators_word_on_an_earlier_container_meta_cannot_say_anythin
         assert "its container c1 was published as 18107758234627017 (checked the account)" in caplog.text
     else:
         assert after.status == "failed"
-        assert after.attempts[first].error == ("Instagram publish failed: Meta could not say whether this attempt's "
-                                               "container c1 was published; an operator found it was not published "
-                                               "(checked the account)")
+        # The attempt keeps its own failure's words; the operator's are on its container.
+        assert after.attempts[first].error == "Instagram container not ready after 30s"
+        assert after.attempts[first].container_cleared_by == "resolve-1"
         assert "its container c1 was not published, and is not asked about again" in caplog.text
 
 
