@@ -249,6 +249,9 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
     if waiting is None:
         if not any(a.platform == platform for a in state.attempts.values()):
             return f"nothing to resolve: the post has no {label} attempt"
+        named = state.attempts.get(attempt_id) if attempt_id is not None else None
+        if attempt_id is not None and (named is None or named.platform != platform):
+            return f"nothing to resolve: the post has no {label} attempt {attempt_id}"
         return f"nothing to resolve: {label}'s latest attempt has its result"
     if attempt_id not in (None, waiting.attempt_id):
         return f"{label}'s attempt waiting for a result is {waiting.attempt_id}, not {attempt_id}"

@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from projections.decide import (
     OVERTAKEN,
     STILL_PUBLISHING,
+    container_resolution,
     decide,
     republished_since_asked,
     resolution_refusal,
@@ -804,10 +805,14 @@ class FrontDoor:
             # A post's commands run in order, so one behind an automatic retry that waits out a platform's
             # rate limit waits too: the post stays as it is until then, and the answer says so.
             results = {r.platform: r for r in state.document.insights.publish_results} if state else {}
-            # Not an operator's resolution: the command waiting on the attempt hears of it at once, whatever is queued.
+            # Not an operator's resolution of an attempt waiting for a result: the command waiting on it hears of it
+            # at once, whatever is queued. One of an earlier attempt's container is recorded in its turn (the CLI says
+            # so at once, rather than waiting for it).
+            queued = state is not None and (not isinstance(command, ResolveAttemptRequested) or container_resolution(
+                state, command.platform, command.attempt_id) is not None)
             note = queued_behind(state, self.settings.max_automatic_attempts, self.clock(),
                                  self.settings.backoff, self.settings.attempt_lease_seconds) \
-                if state and not isinstance(command, ResolveAttemptRequested) else None
+                if state is not None and queued else None
             response = PublishResponse(
                 success=False, results=results, command_id=command.command_id, note=note,
                 post=PostSummary(id=command.post_id, status=state.status if note and state else "publishing",

@@ -1269,13 +1269,18 @@ def test_an_earlier_instagram_attempt_whose_container_meta_cannot_say_anything_o
     later = api.client.post(f"/posts/{post_id}/resolve", json={"platform": "instagram", "published": False,
                                                                "attempt_id": second})
     assert later.status_code == 409
+    unknown = api.client.post(f"/posts/{post_id}/resolve", json={"platform": "instagram", "published": False,
+                                                                 "attempt_id": "no-such-attempt"})
+    assert unknown.json()["detail"] == "nothing to resolve: the post has no Instagram attempt no-such-attempt"
     assert_nothing_on_commands(api)
 
     answer = api.client.post(f"/posts/{post_id}/resolve", json={
         "platform": "instagram", "published": False, "attempt_id": first, "note": "not on the account"})
 
-    # No lease to wait out: that attempt ended long ago.
+    # No lease to wait out: that attempt ended long ago. Recorded in its turn, after the retries the post's command
+    # still makes by itself (each meets the same container): said so at once.
     assert answer.status_code == 202, answer.text
+    assert answer.json()["note"].startswith("queued behind the automatic retries of Instagram")
     [(key, value)] = messages_on(api.bootstrap, api.topics.commands)
     command = decode_command(value)
     assert key == post_id and isinstance(command, ResolveAttemptRequested)
