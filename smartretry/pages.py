@@ -43,7 +43,7 @@ from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
 from schemas.commands import ForceRepublishRequested, RetryRequested, content_problem
-from schemas.common import ID_PATTERN, PLATFORM_LABELS, PLATFORMS, Platform, target_of
+from schemas.common import CONTAINER_CLEARED, ID_PATTERN, PLATFORM_LABELS, PLATFORMS, Platform, target_of
 from schemas.ids import new_id
 from smartretry.api import (
     NOT_TAKEN,
@@ -182,6 +182,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["clock"] = lambda at: clock_time(at, front.clock())
     templates.env.filters["code_spans"] = code_spans
+    # Said as the command line's `show` says it.
+    templates.env.globals["CONTAINER_CLEARED"] = CONTAINER_CLEARED
 
     def signed_in(request: Request) -> bool:
         if session_valid(settings, request.cookies.get(SESSION_COOKIE)):

@@ -1345,3 +1345,15 @@ def test_a_retry_form_refused_for_a_token_does_not_show_the_token_back(api: Runn
         # Nor does the page of a post named by a token.
         missing = browser.get(f"/ui/posts/{token}")
         assert missing.status_code == 404 and token not in missing.text
+
+
+def test_an_earlier_container_an_operator_found_not_published_is_said_in_the_attempts_history(api: RunningApi) -> None:
+    from tests.unit.test_fold import held_by_an_earlier_container, operators_word
+
+    history, first, _second = held_by_an_earlier_container()
+    store_events(api, operators_word(history, first, published=False).events)
+    with signed_in(api) as browser:
+        page = html.unescape(browser.get(f"/ui/posts/{history.post_id}").text)
+    # Its own failure, and what the operator found: as `smartretry show` says it.
+    assert ("❌ failed: Instagram container not ready after 30s (an operator found its container was not published)"
+            in page)
