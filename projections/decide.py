@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from projections.fold import awaiting_attempt
+from projections.fold import awaiting_attempt, may_have_gone_out
 from projections.state import AttemptState, PostState
 from schemas.commands import (
     Command,
@@ -44,6 +44,9 @@ STILL_PUBLISHING = "still publishing (its last attempt has no result yet)"
 OVERTAKEN = "published again after this republish was asked for"
 # A platform of the post a forced republish does not name (`ForceRepublishRequested.platforms`).
 NOT_ASKED = "not asked to be republished"
+# A platform of an imported post that the old system may have published (`fold.may_have_gone_out`): a retry leaves it
+# to someone who looks, and republishes it only if it is not there.
+MAY_HAVE_GONE_OUT = "may have gone out under the old system, which kept no result for it"
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,7 @@ def _republish(state: PostState, forced: bool, reason: str, only: Sequence[Platf
     unresolved = _unresolved(state)
     # Chosen by the latest decision but not attempted yet: the handler is about to (or will resume).
     awaiting = set(awaiting_attempt(state))
+    unsure = may_have_gone_out(state)
     chosen: list[Platform] = []
     skipped: dict[Platform, str] = {}
     for platform in state.targeted:
@@ -319,6 +323,8 @@ def _republish(state: PostState, forced: bool, reason: str, only: Sequence[Platf
             skipped[platform] = STILL_PUBLISHING
         elif result is not None and result.success and not forced:
             skipped[platform] = ALREADY_SUCCEEDED
+        elif platform in unsure and not forced:
+            skipped[platform] = MAY_HAVE_GONE_OUT
         else:
             chosen.append(platform)
     platforms = tuple(chosen)
@@ -358,7 +364,7 @@ def _reasons(skipped: dict[Platform, str]) -> str:
 
 def _plural(why: str) -> str:
     """A reason said of two platforms: "their last attempts have", not "its last attempt has"."""
-    return why.replace("its last attempt has", "their last attempts have")
+    return why.replace("its last attempt has", "their last attempts have").replace("result for it", "result for them")
 
 
 def _previous(state: PostState, platforms: tuple[Platform, ...]) -> str:

@@ -14,8 +14,10 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
   that has a result, which only an imported document can give): `publishing` while any of them has
   an attempt without a result, or was chosen by the latest decision and not attempted yet (a post
   being retried shows as being retried, even if its last result failed); else `failed` if any latest
-  result failed; else `posted` if every one of them succeeded; else (a submitted post not decided
-  yet) `publishing`, or the imported document's status when the old system is all we know.
+  result failed; else `posted` if every one of them succeeded; else `failed` for an imported post with a
+  targeted platform that neither the old system kept a result for nor this service attempted (nothing
+  publishes it by itself); else (a submitted post not decided yet) `publishing`, or the imported
+  document's status.
 - `error_message` is `platform: message` for every platform whose latest result failed, joined with
   "; " in the document's order, and null once none failed.
 - `published_at` is when the post first went live on a platform (the first successful result) and
@@ -487,18 +489,25 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         # a content imported again, without them, clears them.
         marked = document.get(TAKEN_OUT)
         state.taken_out = sorted(f for f in marked if f in CONTENT_FIELDS) if isinstance(marked, list) else []
-    # A result stands for at least one attempt of the old system; the same document imported again (another event)
-    # brings the same results, not more attempts.
-    counted = dict(state.legacy_attempts)
-    # In the platforms' own order, not a set's: the state's JSON must be the same in every process (replay compares
-    # it byte for byte, and a set's order changes with the hash seed).
-    brought_for = {r.platform for r in brought} | set(implied)
-    for platform in (p for p in PLATFORMS if p in brought_for):
-        counted[platform] = max(counted.get(platform, 0), 1)
-    state.legacy_attempts = counted
     # What the old messages say the user must do, where Meta's words make it plain: a platform's own result,
     # else the document's `error_message` ("facebook: ...; instagram: ...") for a platform it kept none for.
     told = _legacy_messages(state.legacy_error_message) if status == "failed" else {}
+    # A result, or a failure the message names, stands for at least one attempt of the old system; the same document
+    # imported again (another event) brings the same results, not more attempts.
+    counted = dict(state.legacy_attempts)
+    # In the platforms' own order, not a set's: the state's JSON must be the same in every process (replay compares
+    # it byte for byte, and a set's order changes with the hash seed).
+    brought_for = {r.platform for r in brought} | set(implied) | {p for p in told if p in state.targeted}
+    for platform in (p for p in PLATFORMS if p in brought_for):
+        counted[platform] = max(counted.get(platform, 0), 1)
+    state.legacy_attempts = counted
+    if not serviced:
+        # Where the old system kept no result for a platform, nor named it in its error message, but was publishing the
+        # post or says when it went out, the post may be there: a retry must not post it a second time
+        # (`may_have_gone_out`).
+        kept = {r.platform for r in state.document.insights.publish_results} | set(told)
+        unsure = state.legacy_status == "publishing" or state.document.insights.published_at is not None
+        state.legacy_unsure = [p for p in state.targeted if p not in kept] if unsure else []
     for platform in PLATFORMS:
         latest = next((r for r in state.document.insights.publish_results if r.platform == platform), None)
         if latest is not None and any(r.platform == platform for r in results):
@@ -646,10 +655,10 @@ def derive_status(state: PostState) -> PostStatus:
     with_result = {r.platform for r in results}
     if results and all(p in with_result for p in state.targeted):
         return "posted"
-    if imported_only(state):
-        # Known only from an old-system document that kept no result for a platform (a draft, or a post caught
-        # mid-publish): nothing here publishes it by itself, so it is not "publishing" but failed until a retry
-        # publishes it (its error message and needed action say so).
+    if without_legacy_result(state):
+        # Imported from an old-system document that kept no result for a platform (a draft, or a post caught
+        # mid-publish), not published there since: nothing here publishes it by itself, so it is not "publishing" but
+        # failed until someone does (its error message and needed action say so).
         return "failed"
     if state.legacy_status is not None:
         return state.legacy_status
@@ -661,18 +670,23 @@ def imported_only(state: PostState) -> bool:
     return state.legacy and state.submitted_by is None and not state.commands and not state.attempts
 
 
-def legacy_may_have_published(state: PostState) -> bool:
-    """Whether the old system's word leaves open that an imported post went out where it kept no result: it was
-    publishing it when imported, or says when it went out."""
-    return state.legacy_status == "publishing" or state.document.insights.published_at is not None
+def may_have_gone_out(state: PostState) -> tuple[Platform, ...]:
+    """The targeted platforms an imported post may have gone out on, as far as anything here knows: the old system kept
+    no result for them but was publishing the post or says when it went out (`legacy_unsure`), and this service has
+    not attempted them since. A retry leaves them alone; a forced republish, sent by someone who looked, publishes
+    them."""
+    return tuple(p for p in state.legacy_unsure if p in without_legacy_result(state))
 
 
 def without_legacy_result(state: PostState) -> tuple[Platform, ...]:
-    """The targeted platforms an imported-only post has no result for: the old system left them unpublished."""
-    if not imported_only(state):
+    """The targeted platforms of an imported post that have neither a result (the old system kept none) nor an attempt
+    of this service: nothing has published them here."""
+    if not state.legacy or state.submitted_by is not None:
+        # A post submitted here: its first publish is for every platform.
         return ()
     with_result = {r.platform for r in state.document.insights.publish_results}
-    return tuple(p for p in state.targeted if p not in with_result)
+    attempted = {a.platform for a in state.attempts.values()}
+    return tuple(p for p in state.targeted if p not in with_result and p not in attempted)
 
 
 def error_message(results: Iterable[PublishResult]) -> str | None:
@@ -695,12 +709,14 @@ def derive_document(state: PostState) -> PostInsights:
     """The seed's document from the merged results: status, `error_message` and `post_url` follow them."""
     status = derive_status(state)
     message = error_message(state.document.insights.publish_results)
-    if message is None and status == "failed" and state.legacy_status == "failed":
-        # An old document that failed without per-platform results: its own message is all there is.
+    if message is None and status == "failed" and state.legacy_status == "failed" and imported_only(state):
+        # An old document that failed without per-platform results: its own message is all there is, until the service
+        # publishes the post (the platforms it names may be published then).
         message = state.legacy_error_message
     if message is None and status == "failed" and (unpublished := without_legacy_result(state)):
-        why = NO_LEGACY_RESULT_UNSURE if legacy_may_have_published(state) else NO_LEGACY_RESULT
-        message = "; ".join(f"{platform}: {why}" for platform in unpublished)
+        unsure = may_have_gone_out(state)
+        message = "; ".join(f"{platform}: {NO_LEGACY_RESULT_UNSURE if platform in unsure else NO_LEGACY_RESULT}"
+                            for platform in unpublished)
     url = post_url(state)
     current = state.document
     if (current.status, current.error_message, current.post_url) == (status, message, url):

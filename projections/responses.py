@@ -9,7 +9,7 @@ from projections.fold import (
     RIGHT_ID,
     awaiting_attempt,
     counted_platforms,
-    legacy_may_have_published,
+    may_have_gone_out,
     unresolved,
     without_legacy_result,
 )
@@ -37,10 +37,11 @@ def publish_response(state: PostState, command_id: str | None = None) -> Publish
     `success` is true once the post is `posted`; `pending` is true while a result is still outstanding.
 
     `retry_info.previous_attempts` counts the publish attempts made before this command, one per platform
-    call (an imported old-system result counts as one). The seed counted entries of `publish_results`
-    instead, which can only ever reach the number of platforms: after three failed Facebook retries it still
-    says 2. In the seed's own example (one attempt each on Facebook and Instagram, then a retry) both counts
-    are 2. `attempts_by_platform` and `retries_by_platform` give the totals so far, this command included.
+    call (an imported old-system result, or a failure its `error_message` names, counts as one). The seed
+    counted entries of `publish_results` instead, which can only ever reach the number of platforms: after
+    three failed Facebook retries it still says 2. In the seed's own example (one attempt each on Facebook
+    and Instagram, then a retry) both counts are 2. `attempts_by_platform` and `retries_by_platform` give
+    the totals so far, this command included.
     """
     record = state.commands.get(command_id) if command_id is not None else state.latest_command()
     status = state.status
@@ -83,7 +84,8 @@ def previous_attempts(state: PostState, command_id: str) -> int:
 
 
 def attempts_by_platform(state: PostState) -> dict[Platform, int]:
-    """Publish attempts per platform so far (an imported old-system result counts as one)."""
+    """Publish attempts per platform so far (an imported old-system result, or a failure its `error_message` names,
+    counts as one)."""
     counts = {p: state.legacy_attempts.get(p, 0) for p in counted_platforms(state)}
     for attempt in state.attempts.values():
         counts[attempt.platform] = counts.get(attempt.platform, 0) + 1
@@ -276,14 +278,14 @@ def needed_actions(state: PostState, max_attempts: int,
         if (held := held_by_container(state, platform)) is not None:
             shown[platform] = held
     if state.account is not None:
+        unsure = may_have_gone_out(state)
         for platform in without_legacy_result(state):
             # Imported with no result for it: nothing publishes it until a retry does. Caught mid-publish by the
-            # import, or said to have gone out, it may be there all the same: looked at first, since a retry would
-            # post it again. Without content, the retry brings it.
+            # import, or said to have gone out, it may be there all the same: a retry leaves it alone, and someone who
+            # looked republishes it if it is not there. Without content, the retry (or republish) brings it.
             label = PLATFORM_LABELS[platform]
-            retry = f"retry {label}{_bringing(state, platform)}"
-            shown.setdefault(platform, f"check {label} for the post, then {retry} if it is not there"
-                             if legacy_may_have_published(state) else f"{retry} to publish it")
+            shown.setdefault(platform, unsure_action(state, platform) if platform in unsure
+                             else f"retry {label}{_bringing(state, platform)} to publish it")
         for platform in state.targeted:
             result = state.latest_result(platform)
             if platform not in shown and result is not None and not result.success and \
@@ -304,6 +306,21 @@ def needed_actions(state: PostState, max_attempts: int,
     publishing = under_way(state)
     # In the platforms' own order (Facebook first), whichever failed first.
     return {platform: shown[platform] for platform in sorted(shown, key=PLATFORMS.index) if platform not in publishing}
+
+
+def unsure_action(state: PostState, platform: Platform) -> str:
+    """What an imported post's platform that may have gone out under the old system asks for (`may_have_gone_out`):
+    someone to look, and republish it only if it is not there. The route is named for the CLI and the page to say in
+    their words."""
+    return republish_once_looked(state.post_id, platform, _bringing(state, platform))
+
+
+def republish_once_looked(post_id: str, platform: Platform, bringing: str = "") -> str:
+    """`unsure_action`'s words, for a post whose state is not at hand (`bringing`: what the republish must bring)."""
+    label = PLATFORM_LABELS[platform]
+    return (f"check {label} for the post, then republish {label}{bringing} only if it is not there "
+            f"(POST /posts/{post_id}/republish naming {platform} in platforms): a retry leaves it alone, as it "
+            "may have gone out")
 
 
 def held_by_container(state: PostState, platform: Platform) -> str | None:
@@ -384,6 +401,6 @@ def kept_from_before(state: PostState) -> dict[Platform, str]:
         label = PLATFORM_LABELS[platform]
         # A republish of that platform alone, never of the post: that would post the one already right again too.
         kept[platform] = (f"{label}'s post went out with {' and '.join(parts)}, not the post's content now (a "
-                          f"published post is not edited here: change it on {label}, or republish {label} alone "
-                          "for a new post beside it)")
+                          f"published post is not edited here: if it should show what the post has now, change it "
+                          f"on {label}, or republish {label} alone for a new post beside it)")
     return kept

@@ -101,6 +101,10 @@ class PostState(BaseModel):
     legacy_post_url: str | None = None
     # Results the old system stored stand for at least one attempt each; counted in the retry history.
     legacy_attempts: dict[Platform, int] = Field(default_factory=dict)
+    # The targeted platforms an imported post's old system kept no result for while saying it was publishing the post
+    # or when it went out: the post may be there. A retry leaves them alone (`fold.may_have_gone_out`); only someone
+    # who looked can republish them. Left out of the stored state while empty.
+    legacy_unsure: list[Platform] = Field(default_factory=list, exclude_if=lambda unsure: not unsure)
     # Fields of the imported content a token was taken out of (`projections.imported`): a retry publishing one of
     # them must correct it first.
     taken_out: list[str] = Field(default_factory=list)

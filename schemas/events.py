@@ -58,7 +58,9 @@ class CommandDecided(EventBase):
         "attempt has no result yet)\" (its latest attempt has no result, or the decision before chose it and has "
         "not attempted it yet), \"published again after this republish was asked for\" (every targeted platform "
         "of a forced republish refused by its `seen_attempts`), \"not asked to be republished\" (a platform a forced "
-        "republish's `platforms` leaves out). Those are this version's texts"))
+        "republish's `platforms` leaves out), \"may have gone out under the old system, which kept no result for it\" "
+        "(a retry's platform of an imported post that the old system was publishing or says went out, with no result "
+        "for it). Those are this version's texts"))
     is_retry: bool = Field(default=False, description=(
         "True for a RetryRequested or ForceRepublishRequested, also one that publishes nothing; false for a "
         "first publish (PublishRequested) and an operator's ResolveAttemptRequested"))

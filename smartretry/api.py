@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from projections.decide import (
+    MAY_HAVE_GONE_OUT,
     OVERTAKEN,
     STILL_PUBLISHING,
     container_resolution,
@@ -57,6 +58,7 @@ from projections.responses import (
     needed_actions,
     permalink_of,
     publish_response,
+    republish_once_looked,
     retried_summary,
     retries_by_platform,
     retry_history,
@@ -100,6 +102,7 @@ from schemas.common import (
     platforms_of,
 )
 from schemas.envelope import DecodeError, encode, json_object
+from schemas.events import MAX_ATTEMPT_NUMBER
 from schemas.ids import new_id, post_id_for
 from schemas.insights import PostStatus
 from smartretry.body_limit import MAX_BODY_BYTES, BodyLimit
@@ -182,6 +185,11 @@ class RepublishBody(Body):
     content: ContentCorrection | None = None
     account: Identifier | None = None
     command_id: Identifier | None = None
+    seen_attempts: int | None = Field(default=None, ge=0, le=MAX_ATTEMPT_NUMBER, description=(
+        "How many publish attempts the post had when the republish was decided on (the entries of `attempts` in GET "
+        "/posts/{id}): if the post was published again since (another republish sent at the same time, the service's "
+        "own retry), this one publishes nothing and is answered 409. Absent: as many as the API reads when it takes "
+        "the request, which a republish sent at the same moment may already have added to."))
 
 
 class ResolveBody(Body):
@@ -855,6 +863,10 @@ def nothing_to_publish(line: str, skipped: Mapping[Platform, str], post_id: str,
         # A republish now would run after that attempt and publish its platform a second time.
         hint = f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then " + (
             "republish if you still want it posted again" if forced else "retry if it failed")
+    elif not forced and MAY_HAVE_GONE_OUT in skipped.values():
+        # Not "anyway": where it may be there already, someone must look first.
+        hint = "".join(f"; {republish_once_looked(post_id, platform)}" for platform, why in skipped.items()
+                       if why == MAY_HAVE_GONE_OUT)
     else:
         hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
     return line + hint
@@ -1230,7 +1242,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
     @app.post("/posts/{post_id}/republish", dependencies=authorized, response_model=PublishResponse,
               responses=responses, tags=["posts"], summary="Publish again, even where it succeeded")
     async def republish_post(post_id: PostId, body: RepublishBody) -> JSONResponse:
-        return answer(await front.retry(post_id, body, forced=True))
+        return answer(await front.retry(post_id, body, forced=True, seen_attempts=body.seen_attempts))
 
     @app.post("/posts/{post_id}/resolve", dependencies=authorized, response_model=PublishResponse,
               responses=responses, tags=["posts"],

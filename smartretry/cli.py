@@ -459,7 +459,15 @@ def replay(scratch: str = typer.Option("", help="Database URL of the scratch sto
     shown = report.differing[:DIFFERING_SHOWN]
     more = f" and {len(report.differing) - len(shown)} more" if len(report.differing) > len(shown) else ""
     typer.echo(f"posts that differ: {len(report.differing)}" + (f" ({', '.join(shown)}{more})" if shown else ""))
+    if report.behind:
+        typer.echo(f"compared as far as the live projection had applied: {report.behind} event"
+                   f"{'s' if report.behind != 1 else ''} written after that were left out of both (a projector that "
+                   "is behind, or not running: /metrics shows its lag as smartretry_projection_lag_events)")
     if not report.identical:
+        typer.echo("A post differs when the live projection was built by a version whose fold keeps less (see "
+                   "Upgrading in the README), or holds a token stored after it was imported with that token in it "
+                   "(the rebuild takes it out): with the service stopped, `smartretry reset-projection --yes`, then a "
+                   "start, rebuilds the projection from the events.")
         raise typer.Exit(1)
 
 

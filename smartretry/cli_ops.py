@@ -41,7 +41,7 @@ from schemas.common import (
     platforms_of,
 )
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
-from schemas.envelope import DecodeError, json_object
+from schemas.envelope import DecodeError, decode_command, decode_event, json_object
 from schemas.ids import new_id, post_id_for
 from smartretry.settings import Settings, load_settings
 from streams.kafka import LIBRDKAFKA_LOG, client_config, deliver, producer
@@ -234,6 +234,8 @@ _ID = r"([^\s),;]+)"
 _ROUTES_AS_COMMANDS = (
     (re.compile(rf"GET /posts/{_ID}"), r"smartretry show \1"),
     (re.compile(rf"POST /posts/{_ID}/retry"), r"smartretry retry \1"),
+    (re.compile(rf"POST /posts/{_ID}/republish naming (facebook|instagram) in platforms"),
+     r"smartretry force \1 --platform \2 --reason ..."),
     (re.compile(rf"POST /posts/{_ID}/republish"), r"smartretry force \1 --reason ..."),
     (re.compile(rf"connect it \(its token, page_id and ig_user_id\) with PUT /accounts/{_ID}/token"),
      r"connect it with smartretry accounts set-token \1 --page-id ... --ig-user-id ..."),
@@ -628,20 +630,24 @@ def force(
 ) -> None:
     """Publish a post again on every platform (or those given with --platform), even those where it succeeded (the
     product note's case 4): a second post on each platform where it already went out (the first one stays there)."""
-    if not yes:
+    if not yes and not sys.stdin.isatty():
         where = " and ".join(PLATFORM_LABELS[p] for p in platform) if platform else "each platform"
-        what = (f"This publishes the post again: a second post on {where} where it already went out (the first "
-                "one stays there)")
-        if not sys.stdin.isatty():
-            _error(f"{what}. Add --yes to republish without being asked.")
-            raise typer.Exit(2)
-        typer.confirm(f"{what}. Republish?", abort=True)
+        _error(f"This publishes the post again: a second post on {where} where it already went out (the first one "
+               "stays there). Add --yes to republish without being asked.")
+        raise typer.Exit(2)
     command_id = command_id or new_id()
     correction = _content(caption, image_url, link)
-    body = {"reason": reason, **({"platforms": platform} if platform else {}),
-            **({"content": correction} if correction else {}),
-            **({"account": account} if account else {}), "command_id": command_id}
     with api_client(api_url) as api:
+        # The post as this republish is decided on: published again meanwhile (the same command run twice at once, a
+        # colleague, the service's own retry), it publishes nothing rather than a second new post.
+        seen = len(api.call("GET", f"/posts/{post_id}").json().get("attempts") or [])
+        if not yes:
+            where = " and ".join(PLATFORM_LABELS[p] for p in platform) if platform else "each platform"
+            typer.confirm(f"This publishes the post again: a second post on {where} where it already went out (the "
+                          "first one stays there). Republish?", abort=True)
+        body = {"reason": reason, **({"platforms": platform} if platform else {}),
+                **({"content": correction} if correction else {}),
+                **({"account": account} if account else {}), "command_id": command_id, "seen_attempts": seen}
         with console.status("Republishing ..."):
             answer = api.call("POST", f"/posts/{post_id}/republish", json=body,
                               again=_send_again_as(command_id, None))
@@ -726,11 +732,13 @@ def show(
             _print_json(detail)
             return
         print_post(detail, api.page_url(post_id))
+        # Commands and attempts, in the order they happened (a command before the attempts it made), with their times
+        # said alike.
+        lines: list[tuple[str, int, str]] = []
         for entry in detail.get("history", []):
             # Its note may end with an operator's reason, of any length and lines: one line, left to the terminal to
             # wrap, not cut at word breaks into lines of the history's own look.
-            console.print(f"  {entry['decided_at']}  {entry['command_type']}: {_one_line(str(entry['note']))}",
-                          highlight=False, soft_wrap=True)
+            lines.append((entry["decided_at"], 0, f"{entry['command_type']}: {_one_line(str(entry['note']))}"))
         for attempt in detail.get("attempts", []):
             # Each attempt and what came of it: a failure's words stay here once a retry replaced it above.
             outcome = {"published": "✅ published", "failed": "❌ failed"}.get(attempt["outcome"],
@@ -742,9 +750,10 @@ def show(
                 said += f" (its outcome was not known at first: {_one_line(attempt['unknown_because'])})"
             if attempt.get("container_cleared_by"):
                 said += f" ({CONTAINER_CLEARED})"
-            started = attempt["started_at"][:19].replace("T", " ")
-            console.print(f"  {started} UTC  {PLATFORM_LABELS[attempt['platform']]} {attempt['kind']}: {outcome}{said}",
-                          highlight=False, soft_wrap=True)
+            lines.append((attempt["started_at"], 1,
+                          f"{PLATFORM_LABELS[attempt['platform']]} {attempt['kind']}: {outcome}{said}"))
+        for at, _order, line in sorted(lines, key=lambda item: (item[0], item[1])):
+            console.print(f"  {at[:19].replace('T', ' ')} UTC  {line}", highlight=False, soft_wrap=True)
 
 
 # Characters of a caption `list` shows.
@@ -1110,6 +1119,17 @@ def _post_id_of(value: bytes) -> str | None:
     return post_id if isinstance(post_id, str) and ID_PATTERN.fullmatch(post_id) else None
 
 
+def _still_unreadable(original: bytes, topic: str, settings: Settings) -> str | None:
+    """Why the service's consumer of `topic` cannot read `original` (the decoder's words), or None when it can: then it
+    was set aside for another reason (a post not there yet, a version that did not read it), which may have passed."""
+    decode = decode_command if topic == settings.topics.commands else decode_event
+    try:
+        decode(original)
+    except DecodeError as exc:
+        return scrub(str(exc))
+    return None
+
+
 @dlq.command("requeue")
 def dlq_requeue(
     offset: int = typer.Argument(..., help="The dead letter's offset (from `dlq list`)."),
@@ -1131,6 +1151,10 @@ def dlq_requeue(
         _error("a token was scrubbed out of this message, so what it kept is not the "
                "original: requeued, it would send \"[redacted]\" on in the token's place. Send the message "
                "again from where it came from instead.")
+        raise typer.Exit(1)
+    if (unreadable := _still_unreadable(original, letter.source_topic, settings)) is not None:
+        _error(f"this message would be set aside again as it is ({unreadable}): requeueing puts back the same bytes. "
+               "Send it again, mended, from where it came from.")
         raise typer.Exit(1)
     if requeue is not None and not again:
         _error(f"this message was {_requeued_text(requeue)}. Once is enough (the same command or event sent twice "

@@ -30,7 +30,7 @@ from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from projections.decide import CONTENT_AS_IT_IS, retry_preview, retry_targets, reuses_command_id
-from projections.fold import FIX_THE_POST, awaiting_attempt, unresolved
+from projections.fold import FIX_THE_POST, awaiting_attempt, may_have_gone_out, unresolved
 from projections.responses import (
     attempt_history,
     earlier_posts,
@@ -157,7 +157,7 @@ def platform_rows(state: PostState, max_attempts: int,
             "imported": result is not None and not state.attempts_of(platform),
             "error": _reason(result.error) if result is not None and not result.success and result.error else None,
             "error_full": result.error if result is not None and not result.success else None,
-            "action": _page_action(actions[platform]) if platform in actions else None,
+            "action": _page_action(actions[platform], republish_form(state)) if platform in actions else None,
             "unknown": unknown.get(platform),
             # Being published right now: an attempt without a result, or chosen by the latest decision.
             "pending": platform in pending,
@@ -416,14 +416,14 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # a refresh would ask it with GET), and its message is there to be read. It links to the post instead.
             "refresh": None if problem else refresh,
             "follow": follow,
-            "can_retry": status == "failed" and queued is None,
+            # Not where a retry would publish nothing but a platform someone must look at first (the republish form).
+            "can_retry": status == "failed" and queued is None and not only_unsure(state),
             # A posted post can be published again (the product note's "still allows republishing"), on the platforms
             # chosen: a new post beside the one there. Chosen at first: those whose post kept earlier content, else all.
-            # Not for a post imported without its account or content: the form has no field for them (the command
-            # line's `force --account --caption` has).
+            # So can an imported post's platform the old system may have published (chosen at first), once someone
+            # looked and did not find it there (`republish_form`: not for every post).
             "republish": _republish_form(state, rows, entered_republish)
-            if status == "posted" and queued is None and state.account is not None and state.content is not None
-            else None,
+            if (status == "posted" or may_have_gone_out(state)) and queued is None and republish_form(state) else None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
             "note": _retry_note(state, automatic, front.clock()) if status == "failed" else "",
@@ -635,13 +635,19 @@ class RepublishTyped(NamedTuple):
     caption: str | None
 
 
+def republish_form(state: PostState) -> bool:
+    """Whether the post's page can have the republish form: not for a post imported without its account or content (the
+    form has no field for them; the command line's `force --account --caption` has)."""
+    return state.account is not None and state.content is not None
+
+
 def _republish_form(state: PostState, rows: Sequence[dict[str, Any]], entered: RepublishTyped | None
                     ) -> dict[str, Any]:
     """The republish form's platforms (each checked or not), reason and caption: as the user sent them when the form
     comes back with a problem (the form open); else those whose post kept earlier content checked, or, where none did,
     every one, and the post's caption (the form closed: a post the retry left as the product note's is not asked to be
     published again). Where that caption does not fit the platforms checked, the form says so at once."""
-    kept = [row["platform"] for row in rows if row.get("kept")]
+    kept = [row["platform"] for row in rows if row.get("kept")] or list(may_have_gone_out(state))
     checked = list(entered.platforms) if entered is not None else kept or [row["platform"] for row in rows]
     caption = entered.caption if entered is not None and entered.caption is not None else \
         state.content.caption if state.content is not None else ""
@@ -651,7 +657,13 @@ def _republish_form(state: PostState, rows: Sequence[dict[str, Any]], entered: R
     return {"platforms": [{"platform": row["platform"], "label": row["label"], "checked": row["platform"] in checked}
                           for row in rows],
             "reason": entered.reason if entered is not None else None, "caption": caption, "unfit": unfit,
-            "open": entered is not None}
+            "open": entered is not None or only_unsure(state), "unsure": bool(may_have_gone_out(state))}
+
+
+def only_unsure(state: PostState) -> bool:
+    """Whether all a retry of the post leaves to do is a platform the old system may have published: someone must look,
+    then republish it (`fold.may_have_gone_out`)."""
+    return bool(may_have_gone_out(state)) and not retry_targets(state)
 
 
 def _retry_note(state: PostState, automatic: Mapping[Platform, datetime | None], now: datetime) -> str:
@@ -713,9 +725,10 @@ def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | Non
             "is now), and nothing is left to retry.")
 
 
-def _page_problem(problem: str, asked: str = "retry") -> str:
+def _page_problem(problem: str, asked: str = "retry", can_republish: bool = False) -> str:
     """The API's refusal in the page's words: the API routes it names are of no use to someone on the page. `asked`:
-    the form that was sent, a retry or a republish."""
+    the form that was sent, a retry or a republish; `can_republish`: whether the page has its republish form."""
+    problem = _one_republished(problem, can_republish)
     if problem.startswith(NOT_TAKEN):
         # Kafka away: the API's advice (the same request with its ids) is the same form sent again, as drawn below.
         return (f"The service could not take this {asked} just now (its message broker did not answer in time): send "
@@ -746,12 +759,31 @@ def _page_problem(problem: str, asked: str = "retry") -> str:
     return re.sub(r"\bcontent\.(caption|image_url)\b", lambda found: f"the {FIELD_LABELS[found.group(1)]}", problem)
 
 
-def _page_action(action: str) -> str:
-    """A needed action in the page's words; connecting the account can be done on the page (its token form)."""
-    shown = _page_problem(action)
+def _page_action(action: str, can_republish: bool = False) -> str:
+    """A needed action in the page's words; connecting the account can be done on the page (its token form), and a
+    republish of one platform where the page has its form (`can_republish`)."""
+    shown = _page_problem(action, can_republish=can_republish)
     if shown.startswith(CONNECT_ACTIONS):
         shown = shown.replace(" with `smartretry", " below, or with `smartretry", 1)
     return shown
+
+
+def _one_republished(text: str, can_republish: bool) -> str:
+    """`text` with the API's route for republishing one platform (`responses.republish_once_looked`) in the page's
+    words: the republish form below, where the page has it (`can_republish`), and the command line's."""
+
+    def republish(named: re.Match[str]) -> str:
+        post_id, platform = named.groups()
+        command = f"`smartretry force {post_id} --platform {platform} --reason ...`"
+        if not can_republish:
+            return f"({command})"
+        return f"(Publish again, below, with only {PLATFORM_LABELS[platform]} chosen, or {command})"
+
+    return _ONE_REPUBLISHED.sub(republish, text)
+
+
+# The API's route for republishing one platform, as a needed action names it (`responses.unsure_action`).
+_ONE_REPUBLISHED = re.compile(r"\(POST /posts/([^\s),;]+)/republish naming (facebook|instagram) in platforms\)")
 
 
 # The forms' fields by the names the page gives them.

@@ -516,8 +516,9 @@ class CommandHandler:
             # Those that only waited end within a moment of their cancellation; the others are at work.
             _, busy = await asyncio.wait(tasks, timeout=min(grace, STOPPING_GLANCE_S))
             if busy:
-                log.info("Stopping: %d command%s in progress get up to %.0fs to record the results of their calls",
-                         len(busy), "s" if len(busy) > 1 else "", grace)
+                log.info("Stopping: %d command%s in progress %s up to %.0fs to record the results of %s calls",
+                         len(busy), *(("s", "get") if len(busy) > 1 else ("", "gets")), grace,
+                         "their" if len(busy) > 1 else "its")
                 await asyncio.wait(busy, timeout=grace - min(grace, STOPPING_GLANCE_S))
         for task in tasks:
             task.cancel()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from sqlalchemy.exc import DBAPIError
 
 from projections.fold import apply_valid
@@ -51,6 +51,9 @@ class ReplayReport:
     events: int = 0
     posts: int = 0
     seconds: float = 0.0
+    # Events on the broker past the live projection's offsets when they were read (a projector behind, or stopped):
+    # left out of both sides. None: the broker did not say.
+    behind: int | None = None
 
     @property
     def identical(self) -> bool:
@@ -107,6 +110,7 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
             raise ReplayError(f"the live projection ({live_store.engine.url.render_as_string(hide_password=True)}) "
                               f"has applied none of the {waiting} events on {topics.post_events}: is it the "
                               "service's database (SMARTRETRY_DATABASE_URL), and is the projector running?")
+        behind = _written_after(bootstrap, topics.post_events, targets)
         scratch_store.create_schema()
         scratch_store.reset()
         # Imports on another partition than their post's were dead-lettered by the live processor: skipped here too.
@@ -129,7 +133,7 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
                        if live_prints.get(post_id) != replay_prints.get(post_id))
     return ReplayReport(live_digest=live_digest[0], replay_digest=digest_of(replay_prints),
                         differing=differing, offsets=targets, events=events, posts=len(replay_prints),
-                        seconds=time.monotonic() - started)
+                        seconds=time.monotonic() - started, behind=behind)
 
 
 def _events_on_broker(bootstrap: str, topic: str) -> int:
@@ -145,6 +149,27 @@ def _events_on_broker(bootstrap: str, topic: str) -> int:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             held += max(0, high - low)
         return held
+    finally:
+        consumer.poll(0)  # its log lines, to the log
+        consumer.close()
+
+
+def _written_after(bootstrap: str, topic: str, targets: dict[int, int]) -> int | None:
+    """How many events `topic` holds past the offsets `targets` (per partition, the last one applied); None when the
+    broker does not say."""
+    consumer = Consumer(client_config(bootstrap, **{"group.id": f"replay-{uuid.uuid4().hex[:8]}",
+                                                   "enable.auto.commit": False}))
+    try:
+        described = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if described is None or described.error is not None:
+            return None
+        after = 0
+        for partition in described.partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            after += max(0, high - targets.get(partition, -1) - 1)
+        return after
+    except KafkaException:
+        return None
     finally:
         consumer.poll(0)  # its log lines, to the log
         consumer.close()

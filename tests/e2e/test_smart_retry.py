@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from projections.decide import MAY_HAVE_GONE_OUT
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
 from schemas.commands import (
     ForceRepublishRequested,
@@ -111,7 +112,7 @@ def test_a_handler_stopped_mid_call_records_the_calls_result_before_it_exits(ser
     [attempt] = state.attempts.values()
     assert attempt.success is True and not attempt.recovered
     assert _counts(service) == (1, 0)
-    assert "Stopping: 1 command in progress get up to 10s to record the results of their calls" in \
+    assert "Stopping: 1 command in progress gets up to 10s to record the results of its calls" in \
         service.handler.output()
 
     # Started again: the command is done, nothing is published twice.
@@ -393,6 +394,35 @@ def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_
     # ids derive from the numbers, and every version derives the same).
     attempts = state.attempts_of("facebook")
     assert attempts[0].attempt_number == 1 and all(a.is_retry for a in attempts)
+
+
+def test_a_retry_of_an_imported_post_never_posts_again_where_the_old_system_may_have_published_it(
+        service: Service) -> None:
+    """The old system says when the post went out and that Instagram failed, and kept no result: the retry publishes
+    Instagram alone; Facebook waits for someone who looked to republish it."""
+    post_id = new_id()
+    imported = LegacyInsightsImported(
+        event_id=f"{post_id}:import", post_id=post_id, occurred_at=datetime.now(UTC), publish_target="both",
+        content=FIXED, account=DEMO_ACCOUNT_ID, document={
+            "status": "failed", "insights": {"published_at": "2025-11-17T10:10:13.151Z"},
+            "error_message": "instagram: Instagram media upload failed: 400 - Error validating access token"})
+    service._producer.produce(service.topics.post_events, key=post_id.encode(), value=encode(imported))
+    assert service._producer.flush(30) == 0
+    service.wait_for(post_id, lambda s: s.legacy)
+
+    retry = service.retry(post_id)
+    state = service.wait_command(post_id, retry.command_id)
+    assert state.commands[retry.command_id].platforms == ["instagram"]
+    assert state.commands[retry.command_id].skipped == {"facebook": MAY_HAVE_GONE_OUT}
+    assert _counts(service) == (0, 1)
+    assert state.status == "failed" and (state.document.error_message or "").startswith(
+        "facebook: not known to be published")
+
+    # Looked at, and not there: republished by someone who says so.
+    forced = service.force(post_id, reason="not on the Page", platforms=["facebook"])
+    state = service.wait_command(post_id, forced.command_id)
+    assert state.status == "posted" and state.document.error_message is None
+    assert _counts(service) == (1, 1)
 
 
 def test_fifty_concurrent_retries_publish_facebook_exactly_once(service: Service) -> None:

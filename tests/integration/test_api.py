@@ -1840,6 +1840,52 @@ def test_a_retry_of_an_imported_post_with_nothing_left_to_publish_says_so_whatev
     assert answer.json()["detail"].startswith("Nothing to retry: Facebook already succeeded")
 
 
+def test_a_retry_of_an_imported_post_that_may_have_gone_out_everywhere_says_to_look_then_republish(
+        api: RunningApi) -> None:
+    # The old system was publishing it and kept nothing: it may be on both platforms already.
+    store_events(api, [LegacyInsightsImported(
+        event_id="imported-2", post_id="legacy-2", occurred_at=AT, publish_target="both", account="acme",
+        content=PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg"),
+        document={"status": "publishing"})])
+
+    answer = api.client.post("/posts/legacy-2/retry", json={})
+
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"] == (
+        "Nothing to retry: Facebook and Instagram may have gone out under the old system, which kept no result for "
+        "them; check Facebook for the post, then republish Facebook only if it is not there (POST /posts/legacy-2/"
+        "republish naming facebook in platforms): a retry leaves it alone, as it may have gone out; check Instagram "
+        "for the post, then republish Instagram only if it is not there (POST /posts/legacy-2/republish naming "
+        "instagram in platforms): a retry leaves it alone, as it may have gone out")
+    assert_nothing_on_commands(api)
+    # Republished where someone looked: it goes to Kafka.
+    forced = api.client.post("/posts/legacy-2/republish", json={"reason": "not on the Page",
+                                                                "platforms": ["facebook"]})
+    assert forced.status_code == 202, forced.text
+
+
+def test_a_republish_saying_what_it_was_decided_on_is_refused_once_the_post_was_published_again_since(
+        api: RunningApi) -> None:
+    # A client that read the post with one attempt; another republish (sent at the same moment) has made a second.
+    store_post(api, "post-seen", facebook_ok=True)
+    attempts = len(api.client.get("/posts/post-seen").json()["attempts"])
+
+    answer = api.client.post("/posts/post-seen/republish", json={"reason": "new photo", "platforms": ["facebook"],
+                                                                 "seen_attempts": attempts - 1})
+
+    assert answer.status_code == 409, answer.text
+    assert "was published again after this republish was asked for (1 attempt since" in answer.json()["detail"]
+    assert_nothing_on_commands(api)
+    bad = api.client.post("/posts/post-seen/republish", json={"reason": "new photo", "seen_attempts": -1})
+    assert bad.status_code == 422 and "seen_attempts" in bad.text
+    # What it saw is what the post has: it goes to Kafka carrying that count.
+    sent = api.client.post("/posts/post-seen/republish", json={"reason": "new photo", "platforms": ["facebook"],
+                                                               "seen_attempts": attempts})
+    assert sent.status_code == 202, sent.text
+    (command,) = [decode_command(value) for _key, value in messages_on(api.bootstrap, api.topics.commands)]
+    assert isinstance(command, ForceRepublishRequested) and command.seen_attempts == attempts
+
+
 def test_a_database_lost_after_the_command_was_taken_answers_202_naming_the_command_and_the_rest_503(
         kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
     """The command is on Kafka, so it will be published: the caller must not be led to send a second one."""

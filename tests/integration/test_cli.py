@@ -63,6 +63,12 @@ def test_show_prints_the_post_as_the_seeds_detail_view(api: RunningApi) -> None:
     assert "Note: Will only retry Facebook" in output
     assert "Publishing to both Facebook and Instagram..." in output
     assert f"{api.url}/ui/posts/post-1" in output
+    # Its history in the order it happened, every time said alike: the command, then the attempts it made.
+    history = [line.strip() for line in output.splitlines()
+               if re.match(r"\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line)]
+    assert len(history) == 3, output
+    assert "UTC  PublishRequested: Publishing to both Facebook and Instagram..." in history[0]
+    assert all(" first publish: " in line for line in history[1:])
     code, output = run(api, "show", "post-1", "--json")
     assert json.loads(output)["status"] == "failed"
 
@@ -441,6 +447,24 @@ def test_dead_letters_are_listed_shown_and_requeued_onto_their_topic(api: Runnin
     code, output = run(api, "dlq", "requeue", "0", "--yes", "--again")
     assert code == 0, output
     assert messages_on(api.bootstrap, api.topics.commands) == [("post-9", original)] * 2
+
+
+def test_a_dead_letter_the_service_cannot_read_as_it_is_is_not_requeued_to_be_set_aside_again(api: RunningApi) -> None:
+    valid = encode(RetryRequested(command_id="c-7", post_id="post-7", requested_at=datetime.now(UTC)))
+    for reason, value in (("not JSON: Expecting value: line 1 column 1 (char 0)", b"retry post-7 please"),
+                          ("invalid RetryRequested: command_id: Input should be a valid string",
+                           valid.replace(b'"command_id":"c-7"', b'"command_id":7'))):
+        letter = make_dead_letter(reason=reason, consumer="command-handler", source_topic=api.topics.commands,
+                                  partition=1, offset=3, key=b"post-7", value=value)
+        deliver(api.producer, api.topics.dead_letters, "post-7", encode(letter))
+
+    for offset, said in (("0", "(not JSON"), ("1", "command_id: Input should be a valid string")):
+        code, output = run(api, "dlq", "requeue", offset, "--yes")
+        assert code == 1, output
+        flat = " ".join(output.split())
+        assert "this message would be set aside again as it is" in flat and said in flat
+        assert "Send it again, mended, from where it came from." in flat
+    assert messages_on(api.bootstrap, api.topics.commands) == []
 
 
 def test_a_dead_letters_key_and_reason_reach_the_terminal_as_text_never_as_escapes_or_markup(

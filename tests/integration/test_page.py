@@ -18,7 +18,14 @@ from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID
 from schemas.commands import ForceRepublishRequested, PostContent, RetryRequested, fingerprint
 from schemas.common import ErrorKind, PublishTarget, format_timestamp, platforms_of
 from schemas.envelope import decode_command
-from schemas.events import CommandDecided, PlatformError, PlatformResult, PostSubmitted, PublishAttempted
+from schemas.events import (
+    CommandDecided,
+    LegacyInsightsImported,
+    PlatformError,
+    PlatformResult,
+    PostSubmitted,
+    PublishAttempted,
+)
 from smartretry import pages
 from smartretry.pages import clock_time, code_spans, retry_token
 from streams.topics import Topics
@@ -513,6 +520,26 @@ def test_a_post_imported_without_its_account_or_content_offers_no_republish_form
     with signed_in(api) as browser:
         page = browser.get("/ui/posts/legacy-posted").text
     assert "Status: ✅ Posted" in page and 'id="republish"' not in page
+
+
+def test_an_imported_post_that_may_have_gone_out_is_republished_from_its_page_once_looked_at_never_retried(
+        api: RunningApi) -> None:
+    # The old system was publishing it and kept no result: it may be on both platforms.
+    history = History(post_id="legacy-unsure")
+    history.events.append(LegacyInsightsImported(
+        event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="both",
+        account=DEMO_ACCOUNT_ID, content=PostContent(caption="Autumn sale", image_url=FIXED_URL),
+        document={"status": "publishing"}))
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/legacy-unsure").text
+    # No retry button that would publish nothing; the republish form open, both platforms chosen, saying to choose only
+    # a platform looked at.
+    assert 'id="retry"' not in page
+    assert '<details class="republish" id="republish" open>' in page and 'id="republish-unsure"' in page
+    assert re.search(r'id="republish-facebook" checked', page) and re.search(r'id="republish-instagram" checked', page)
+    assert "then republish Facebook only if it is not there (Publish again, below, with only Facebook chosen, or " \
+           "<code>smartretry force legacy-unsure --platform facebook --reason ...</code>)" in page
 
 
 def test_a_republish_form_without_platforms_a_reason_or_its_session_sends_nothing(api: RunningApi) -> None:

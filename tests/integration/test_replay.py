@@ -59,6 +59,8 @@ async def test_replay_equals_live_while_the_processor_runs_and_names_a_post_that
     assert result.exit_code == 1, result.output
     assert "post-00042" in result.output
     assert "differ" in result.output
+    # And what to do about it.
+    assert "`smartretry reset-projection --yes`, then a start, rebuilds the projection" in result.output
 
     live.engine.dispose()
 
@@ -200,6 +202,25 @@ def test_a_replay_into_the_live_database_is_refused_and_the_live_projection_stay
     assert result.exit_code == 2, result.output
     assert "the scratch store is the live projection's database" in result.output
     assert live.snapshot() == before and live.count() == 20
+
+
+def test_a_replay_behind_the_log_says_how_many_events_it_left_out(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = many_posts(5)
+    live = _folded_live_store(kafka_bootstrap, topics, tmp_path / "live.db", events)
+    live.engine.dispose()
+    # Written after the live projection's offsets, not applied (a projector stopped): left out of both sides.
+    later = many_posts(2, start=5)
+    produce(kafka_bootstrap, topics.post_events, [(e.post_id, encode(e)) for e in later])
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("SMARTRETRY_TOPIC_PREFIX", topics.prefix)
+    monkeypatch.setenv("SMARTRETRY_DATABASE_URL", f"sqlite:///{tmp_path}/live.db")
+    result = CliRunner().invoke(cli, ["replay"])
+    assert result.exit_code == 0, result.output
+    assert f"events replayed: {len(events)} " in result.output and "posts that differ: 0" in result.output
+    assert (f"compared as far as the live projection had applied: {len(later)} events written after that were left "
+            "out of both") in result.output
 
 
 def test_a_replay_against_a_live_projection_that_applied_nothing_says_so_rather_than_identical(

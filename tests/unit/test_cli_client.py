@@ -488,15 +488,20 @@ def test_a_choice_that_is_none_of_its_options_is_a_usage_error_naming_the_option
 
 
 def test_force_of_one_platform_sends_it_and_asks_about_that_platform(monkeypatch: pytest.MonkeyPatch) -> None:
-    sent = _api_answering(monkeypatch, lambda _request: httpx.Response(500))
+    # The post read first has two attempts: the republish says it was decided on those.
+    sent = _api_answering(monkeypatch, lambda request: httpx.Response(200, json={"attempts": [{}, {}]})
+                          if request.method == "GET" else httpx.Response(500))
 
     asked = CliRunner().invoke(app, ["force", "post-1", "--reason", "new caption", "--platform", "Instagram"],
                                env={"COLUMNS": "200"})
     assert asked.exit_code == 2 and "a second post on Instagram where it already went out" in asked.output
+    assert sent == []  # not asked without a terminal to ask on: nothing read, nothing sent
     CliRunner().invoke(app, ["force", "post-1", "--reason", "new caption", "--platform", "Instagram", "--yes"],
                        env={"COLUMNS": "200"})
 
-    assert sent and json.loads(sent[0].content)["platforms"] == ["instagram"]
+    assert [request.method for request in sent] == ["GET", "POST"]
+    body = json.loads(sent[1].content)
+    assert body["platforms"] == ["instagram"] and body["seen_attempts"] == 2
 
 
 def _unanswered(request: httpx.Request) -> httpx.Response:
@@ -567,6 +572,8 @@ def test_a_publish_interrupted_while_its_results_are_awaited_says_it_goes_on_and
 def test_a_command_sent_and_not_answered_names_its_command_id_to_send_it_again(
         monkeypatch: pytest.MonkeyPatch, line: list[str], failure: type[httpx.TransportError]) -> None:
     def broken(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # the post, as `force` reads it first
+            return httpx.Response(200, json={"attempts": [{}]})
         raise failure("no answer", request=request)
 
     sent = _api_answering(monkeypatch, broken)
@@ -576,10 +583,12 @@ def test_a_command_sent_and_not_answered_names_its_command_id_to_send_it_again(
     assert done.exit_code == 3, done.output
     assert "the request was sent to the API at http://" in done.output
     assert f"but no answer came ({failure.__name__}): whether it was carried out is not known" in done.output
-    command_id = json.loads(sent[0].content)["command_id"]
+    posted = [request for request in sent if request.method == "POST"]
+    command_id = json.loads(posted[0].content)["command_id"]
     assert f"run the same command line with these added:\n  --command-id {command_id}\n" in done.output
     again = CliRunner().invoke(app, [*line, "--command-id", command_id])
-    assert json.loads(sent[1].content) == json.loads(sent[0].content)
+    posted = [request for request in sent if request.method == "POST"]
+    assert json.loads(posted[1].content) == json.loads(posted[0].content)
     assert again.exit_code == 3
 
 
@@ -958,3 +967,18 @@ def test_resolving_an_earlier_instagram_container_says_a_retry_publishes_it_now(
                 f"Instagram (`smartretry retry {state.post_id}`).") in done.output
     else:
         assert "Sent: it is recorded once the post's command under way has ended" in done.output
+
+
+def test_a_platform_to_republish_once_looked_at_is_said_as_the_command_and_the_page_form_that_do_it() -> None:
+    from smartretry import pages
+    from smartretry.cli_ops import _as_commands
+
+    action = ("check Facebook for the post, then republish Facebook only if it is not there (POST /posts/p-1/republish "
+              "naming facebook in platforms): a retry leaves it alone, as it may have gone out")
+    assert _as_commands(action) == (
+        "check Facebook for the post, then republish Facebook only if it is not there (smartretry force p-1 --platform "
+        "facebook --reason ...): a retry leaves it alone, as it may have gone out")
+    assert "(Publish again, below, with only Facebook chosen, or `smartretry force p-1 --platform facebook --reason " \
+           "...`)" in pages._page_action(action, can_republish=True)
+    # Imported without content or an account, the page has no form for it: the command alone.
+    assert "(`smartretry force p-1 --platform facebook --reason ...`)" in pages._page_action(action)

@@ -341,7 +341,8 @@ def test_a_platform_published_before_a_correction_is_said_to_keep_what_it_went_o
     (kept,) = kept_from_before(state).values()
     assert kept == ("Instagram's post went out with the earlier caption “Autumn sale” and the image at "
                     "https://cdn.example.com/autumn sale.jpg, not the post's content now (a published post is not "
-                    "edited here: change it on Instagram, or republish Instagram alone for a new post beside it)")
+                    "edited here: if it should show what the post has now, change it on Instagram, or republish "
+                    "Instagram alone for a new post beside it)")
     assert PostState.model_validate_json(state.model_dump_json()) == state
     # Event by event, as a live projector may fold them, gives the same.
     one_by_one = None

@@ -434,14 +434,21 @@ def imported(document: dict[str, object]) -> History:
     return history
 
 
-@pytest.mark.parametrize(("old_status", "message", "action"), [
-    (None, "not published: the old system kept no result for it", "retry Instagram to publish it"),
-    ("draft", "not published: the old system kept no result for it", "retry Instagram to publish it"),
-    ("publishing", "not known to be published: the old system kept no result for it, but was publishing the post or "
-                   "says it went out", "check Instagram for the post, then retry Instagram if it is not there"),
-], ids=["no-status", "draft", "publishing"])
+UNSURE = ("not known to be published: the old system kept no result for it, but was publishing the post or says it "
+          "went out")
+
+
+def unsure(platform: str, label: str) -> str:
+    return (f"check {label} for the post, then republish {label} only if it is not there (POST /posts/{History.post_id}"
+            f"/republish naming {platform} in platforms): a retry leaves it alone, as it may have gone out")
+
+
+@pytest.mark.parametrize(("old_status", "message"), [
+    (None, "not published: the old system kept no result for it"),
+    ("draft", "not published: the old system kept no result for it"),
+], ids=["no-status", "draft"])
 def test_an_imported_post_no_one_publishes_is_failed_and_asks_for_the_retry_that_publishes_it(
-        old_status: str | None, message: str, action: str) -> None:
+        old_status: str | None, message: str) -> None:
     document = {"insights": {"facebook_post_id": "747917475065823_1"}}
     history = imported({**document, "status": old_status} if old_status else document)
     state = history.state()
@@ -449,7 +456,7 @@ def test_an_imported_post_no_one_publishes_is_failed_and_asks_for_the_retry_that
     # Not "publishing" for ever with nothing under way: nothing publishes it until a retry does.
     assert state.status == "failed"
     assert state.document.error_message == f"instagram: {message}"
-    assert needed_actions(state, 3) == {"instagram": action}
+    assert needed_actions(state, 3) == {"instagram": "retry Instagram to publish it"}
     assert retry_targets(state) == ("instagram",)
     # Once a retry publishes it, it is a post like any other.
     retry = history.retry("cmd-retry", ("instagram",))
@@ -458,7 +465,25 @@ def test_an_imported_post_no_one_publishes_is_failed_and_asks_for_the_retry_that
     assert history.state().status == "posted" and history.state().document.error_message is None
 
 
-def test_an_imported_post_the_old_system_says_went_out_is_looked_at_before_it_is_retried() -> None:
+def test_an_imported_post_caught_mid_publish_is_not_retried_where_it_may_have_gone_out() -> None:
+    history = imported({"status": "publishing", "insights": {"facebook_post_id": "747917475065823_1"}})
+    state = history.state()
+
+    assert state.status == "failed"
+    assert state.document.error_message == f"instagram: {UNSURE}"
+    assert needed_actions(state, 3) == {"instagram": unsure("instagram", "Instagram")}
+    # A retry would post it a second time where the old system did publish it: it publishes nothing, and says why.
+    assert retry_targets(state) == ()
+    assert retry_preview(state) == ("Note: Nothing to retry: Facebook already succeeded; Instagram may have gone out "
+                                    "under the old system, which kept no result for it")
+    # Someone who looked and did not find it there republishes it; then it is a post like any other.
+    forced = history.retry("cmd-force", ("instagram",), forced=True)
+    assert history.state().status == "publishing" and needed_actions(history.state(), 3) == {}
+    history.success("instagram", forced["instagram"], "18107758234627017")
+    assert history.state().status == "posted" and history.state().document.error_message is None
+
+
+def test_an_imported_post_the_old_system_says_went_out_is_looked_at_before_it_is_republished() -> None:
     # Its address names its Facebook post: published there, whatever its status says; it says when it went out, so
     # Instagram, which kept no result, may be there too.
     history = imported({"status": "failed", "post_url": "https://www.facebook.com/747917475065823_1221",
@@ -467,12 +492,59 @@ def test_an_imported_post_the_old_system_says_went_out_is_looked_at_before_it_is
 
     facebook = state.latest_result("facebook")
     assert facebook is not None and facebook.success and facebook.post_id == "747917475065823_1221"
-    assert retry_targets(state) == ("instagram",)
+    assert retry_targets(state) == ()
     assert state.status == "failed"
-    assert state.document.error_message == ("instagram: not known to be published: the old system kept no result for "
-                                            "it, but was publishing the post or says it went out")
-    assert needed_actions(state, 3) == {
-        "instagram": "check Instagram for the post, then retry Instagram if it is not there"}
+    assert state.document.error_message == f"instagram: {UNSURE}"
+    assert needed_actions(state, 3) == {"instagram": unsure("instagram", "Instagram")}
+
+
+def test_a_retry_of_an_imported_post_publishes_what_the_old_system_says_failed_never_what_may_have_gone_out() -> None:
+    # The old system says when the post went out and that Instagram failed, and kept no result: Facebook is where it
+    # went out, as far as anyone can tell without looking. Re-authenticating Instagram, then retrying, must not post
+    # Facebook a second time.
+    history = imported({"status": "failed", "insights": {"published_at": "2025-11-17T10:10:13.151Z"},
+                        "error_message": "instagram: Instagram media upload failed: 400 - Error validating access "
+                                         "token"})
+    state = history.state()
+    assert needed_actions(state, 3) == {"facebook": unsure("facebook", "Facebook"),
+                                        "instagram": "re-authenticate Instagram, then retry"}
+    assert retry_targets(state) == ("instagram",)
+    assert retry_preview(state) == "Note: Will only retry Instagram"
+
+    retry = history.retry("cmd-retry", ("instagram",))
+    history.success("instagram", retry["instagram"], "18107758234627017")
+    state = history.state()
+    # Instagram's old failure is gone with its success; what is left is Facebook, not known either way.
+    assert state.status == "failed"
+    assert state.document.error_message == f"facebook: {UNSURE}"
+    assert needed_actions(state, 3) == {"facebook": unsure("facebook", "Facebook")}
+    assert retry_targets(state) == ()
+    assert retry_preview(state) == ("Note: Nothing to retry: Facebook may have gone out under the old system, which "
+                                    "kept no result for it; Instagram already succeeded")
+
+
+def test_a_failure_the_old_message_names_counts_as_an_attempt_of_the_old_system() -> None:
+    # No results kept, but the message names both platforms as failed: each was attempted once before the import, so
+    # the retry is each one's second attempt, not a "retry" that is its first.
+    history = imported({"status": "failed", "error_message": "facebook: token expired; instagram: token expired"})
+    retry = history.retry("cmd-retry", ("facebook", "instagram"))
+    assert attempts_by_platform(history.state()) == {"facebook": 2, "instagram": 2}
+    assert retries_by_platform(history.state()) == {"facebook": 1, "instagram": 1}
+    assert previous_attempts(history.state(), "cmd-retry") == 2
+    assert set(retry) == {"facebook", "instagram"}
+
+
+def test_an_imported_post_publishing_one_platform_by_force_is_not_publishing_for_ever() -> None:
+    # The old system was publishing it and kept nothing: someone republished Instagram alone. Facebook is still not
+    # known either way, so the post is not "publishing" (nothing publishes it) but asks for someone to look.
+    history = imported({"status": "publishing"})
+    forced = history.retry("cmd-force", ("instagram",), forced=True)
+    history.success("instagram", forced["instagram"], "18107758234627017")
+    state = history.state()
+
+    assert state.status == "failed"
+    assert state.document.error_message == f"facebook: {UNSURE}"
+    assert needed_actions(state, 3) == {"facebook": unsure("facebook", "Facebook")}
 
 
 def test_an_imported_post_without_content_asks_for_its_content_with_the_retry() -> None:
