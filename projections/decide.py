@@ -216,7 +216,7 @@ def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:
         said = f"published as {command.platform_post_id}" if command.published else "not published"
         return Decision(no_op=True, log_line=f"{label} attempt {named.attempt_id} was settled before this resolution's "
                                              f"turn: {found} (the resolution said {said})")
-    reason = resolution_refusal(state, command.platform, command.attempt_id, command.requested_at)
+    reason = resolution_refusal(state, command.platform, command.attempt_id, command.requested_at, command.published)
     if reason is None:
         # It did name the attempt waiting for a result, but another resolution was applied in its place.
         reason = f"a later resolution of {label}'s attempt took the place of this one"
@@ -237,7 +237,7 @@ def reuses_command_id(state: PostState, command: Command) -> bool:
 
 
 def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | None,
-                       requested_at: datetime | None = None) -> str | None:
+                       requested_at: datetime | None = None, published: bool | None = None) -> str | None:
     """Why an operator's resolution of the platform's attempt cannot apply; None when it names the attempt that
     is waiting for a result (any attempt id, or none, when it does not name one), or an earlier attempt whose container
     Meta may be unable to say anything of (`container_resolution`).
@@ -249,6 +249,13 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
     waiting = state.in_flight(platform)
     if waiting is None and container_resolution(state, platform, attempt_id) is not None:
         return None
+    if waiting is None and attempt_id is None and platform in may_have_gone_out(state):
+        # An imported post's platform the old system may have published (`legacy_found`): found there, it is recorded;
+        # not found, it is republished, which no resolution does.
+        if published:
+            return None
+        return (f"nothing to resolve: the post has no {label} attempt; if it is not on {label}, republish it (POST "
+                f"/posts/{state.post_id}/republish naming {platform} in platforms)")
     if waiting is None:
         if not any(a.platform == platform for a in state.attempts.values()):
             return f"nothing to resolve: the post has no {label} attempt"
@@ -262,6 +269,14 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
         return (f"{label}'s attempt waiting for a result, {waiting.attempt_id}, began after this resolution was sent: "
                 "what was checked was an earlier call (name the attempt to resolve this one)")
     return None
+
+
+def legacy_found(state: PostState, command: ResolveAttemptRequested) -> bool:
+    """Whether `command` says an imported post's platform that the old system may have published (`may_have_gone_out`)
+    is there, with its id: recorded as that platform's post (the old system's attempt that made it), so that nothing
+    publishes it again."""
+    return command.published and command.attempt_id is None and command.platform in may_have_gone_out(state) and \
+        state.in_flight(command.platform) is None
 
 
 def container_resolution(state: PostState, platform: Platform, attempt_id: str | None) -> AttemptState | None:

@@ -41,7 +41,7 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
@@ -502,12 +502,7 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         counted[platform] = max(counted.get(platform, 0), 1)
     state.legacy_attempts = counted
     if not serviced:
-        # Where the old system kept no result for a platform, nor named it in its error message, but was publishing the
-        # post or says when it went out, the post may be there: a retry must not post it a second time
-        # (`may_have_gone_out`).
-        kept = {r.platform for r in state.document.insights.publish_results} | set(told)
-        unsure = state.legacy_status == "publishing" or state.document.insights.published_at is not None
-        state.legacy_unsure = [p for p in state.targeted if p not in kept] if unsure else []
+        state.legacy_unsure = list(_legacy_unsure(state, told))
     for platform in PLATFORMS:
         latest = next((r for r in state.document.insights.publish_results if r.platform == platform), None)
         if latest is not None and any(r.platform == platform for r in results):
@@ -670,12 +665,39 @@ def imported_only(state: PostState) -> bool:
     return state.legacy and state.submitted_by is None and not state.commands and not state.attempts
 
 
+def _legacy_unsure(state: PostState, told: Mapping[Platform, str]) -> tuple[Platform, ...]:
+    """The targeted platforms an imported post may have gone out on, by its old system's word (`told`: the platforms
+    its error message names as failed). Caught mid-publish: any platform not known to have succeeded. Said to have gone
+    out (`published_at`): a platform it kept neither a result for nor names as failed; where it has none such and no
+    success to account for that time, every platform (the old system republished every platform on a retry, so the
+    one that went out may have failed later)."""
+    results = {r.platform: r for r in state.document.insights.publish_results}
+    unsucceeded = tuple(p for p in state.targeted if p not in results or not results[p].success)
+    if state.legacy_status == "publishing":
+        return unsucceeded
+    if state.document.insights.published_at is None:
+        return ()
+    unsaid = tuple(p for p in unsucceeded if p not in results and p not in told)
+    return unsaid if unsaid or any(r.success for r in results.values()) else unsucceeded
+
+
 def may_have_gone_out(state: PostState) -> tuple[Platform, ...]:
-    """The targeted platforms an imported post may have gone out on, as far as anything here knows: the old system kept
-    no result for them but was publishing the post or says when it went out (`legacy_unsure`), and this service has
-    not attempted them since. A retry leaves them alone; a forced republish, sent by someone who looked, publishes
-    them."""
-    return tuple(p for p in state.legacy_unsure if p in without_legacy_result(state))
+    """The targeted platforms an imported post may have gone out on, as far as anything here knows (`legacy_unsure`),
+    that this service has not attempted since and that no result says went out. A retry leaves them alone; a forced
+    republish, sent by someone who looked, publishes them."""
+    if not state.legacy or state.submitted_by is not None:
+        return ()
+    unsure = state.legacy_unsure
+    if unsure is None:
+        # Folded by a version that did not record it: the old document's word as that version read it, while nothing
+        # was done here since.
+        if not imported_only(state) or not (state.legacy_status == "publishing"
+                                            or state.document.insights.published_at is not None):
+            return ()
+        unsure = [p for p in state.targeted if state.latest_result(p) is None]
+    attempted = {a.platform for a in state.attempts.values()}
+    return tuple(p for p in unsure if p not in attempted
+                 and ((result := state.latest_result(p)) is None or not result.success))
 
 
 def without_legacy_result(state: PostState) -> tuple[Platform, ...]:
@@ -709,19 +731,29 @@ def derive_document(state: PostState) -> PostInsights:
     """The seed's document from the merged results: status, `error_message` and `post_url` follow them."""
     status = derive_status(state)
     message = error_message(state.document.insights.publish_results)
-    if message is None and status == "failed" and state.legacy_status == "failed" and imported_only(state):
-        # An old document that failed without per-platform results: its own message is all there is, until the service
-        # publishes the post (the platforms it names may be published then).
-        message = state.legacy_error_message
-    if message is None and status == "failed" and (unpublished := without_legacy_result(state)):
-        unsure = may_have_gone_out(state)
-        message = "; ".join(f"{platform}: {NO_LEGACY_RESULT_UNSURE if platform in unsure else NO_LEGACY_RESULT}"
-                            for platform in unpublished)
+    if message is None and status == "failed":
+        message = _legacy_message(state)
     url = post_url(state)
     current = state.document
     if (current.status, current.error_message, current.post_url) == (status, message, url):
         return current
     return _replaced(current, {"status": status, "error_message": message, "post_url": url})
+
+
+def _legacy_message(state: PostState) -> str | None:
+    """The error message of an imported post that failed without a failed result: per platform nothing published here,
+    what the old document said of it (its own message while nothing was done here), or that it kept no result."""
+    told = _legacy_messages(state.legacy_error_message) if state.legacy_status == "failed" else {}
+    unsure = may_have_gone_out(state)
+    unpublished = without_legacy_result(state)
+    if imported_only(state) and state.legacy_status == "failed" and state.legacy_error_message:
+        # The old document's own words, and what they leave unsaid of a platform that may have gone out.
+        more = [f"{platform}: {NO_LEGACY_RESULT_UNSURE}" for platform in unpublished
+                if platform in unsure and platform not in told]
+        return "; ".join([state.legacy_error_message, *more])
+    parts = [f"{platform}: {NO_LEGACY_RESULT_UNSURE if platform in unsure else told.get(platform, NO_LEGACY_RESULT)}"
+             for platform in unpublished]
+    return "; ".join(parts) or None
 
 
 def needed_action(platform: Platform, kind: ErrorKind | None, code: int | None = None,

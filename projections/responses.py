@@ -139,6 +139,8 @@ def attempt_history(state: PostState) -> list[dict[str, object]]:
             "command_id": attempt.command_id, "started_at": format_timestamp(attempt.started_at),
             "finished_at": format_timestamp(attempt.finished_at) if attempt.finished_at else None,
             "kind": "forced republish" if attempt.forced else
+                    # An imported post's platform an operator found published by the old system (`decide.legacy_found`).
+                    "old system's publish" if not attempt.command_id and attempt.resolved_by else
                     # A success that came in without its attempt on record (kept: it happened on the platform).
                     "attempt not on record" if not attempt.command_id else
                     "automatic retry" if mine in seen else
@@ -277,15 +279,17 @@ def needed_actions(state: PostState, max_attempts: int,
     for platform in state.targeted:
         if (held := held_by_container(state, platform)) is not None:
             shown[platform] = held
+    unsure = may_have_gone_out(state)
+    for platform in unsure:
+        # Caught mid-publish by the import, or said to have gone out, it may be there all the same: a retry leaves it
+        # alone, and someone who looked republishes it if it is not there. Over what its old failure asked for: that
+        # is for the republish to meet.
+        shown[platform] = unsure_action(state, platform)
     if state.account is not None:
-        unsure = may_have_gone_out(state)
         for platform in without_legacy_result(state):
-            # Imported with no result for it: nothing publishes it until a retry does. Caught mid-publish by the
-            # import, or said to have gone out, it may be there all the same: a retry leaves it alone, and someone who
-            # looked republishes it if it is not there. Without content, the retry (or republish) brings it.
-            label = PLATFORM_LABELS[platform]
-            shown.setdefault(platform, unsure_action(state, platform) if platform in unsure
-                             else f"retry {label}{_bringing(state, platform)} to publish it")
+            # Imported with no result for it: nothing publishes it until a retry does. Without content, the retry
+            # brings it.
+            shown.setdefault(platform, f"retry {PLATFORM_LABELS[platform]}{_bringing(state, platform)} to publish it")
         for platform in state.targeted:
             result = state.latest_result(platform)
             if platform not in shown and result is not None and not result.success and \
@@ -297,7 +301,7 @@ def needed_actions(state: PostState, max_attempts: int,
         # Imported without an account: whatever else it needs, a retry publishes it only once it names one.
         for platform in state.targeted:
             result = state.latest_result(platform)
-            if result is None or not result.success:
+            if (result is None or not result.success) and platform not in unsure:
                 needed = shown.get(platform)
                 shown[platform] = NAME_THE_ACCOUNT if needed in (None, FIX_THE_POST) else \
                     f"{needed.removesuffix(', then retry')}, then {NAME_THE_ACCOUNT}"
@@ -312,15 +316,19 @@ def unsure_action(state: PostState, platform: Platform) -> str:
     """What an imported post's platform that may have gone out under the old system asks for (`may_have_gone_out`):
     someone to look, and republish it only if it is not there. The route is named for the CLI and the page to say in
     their words."""
-    return republish_once_looked(state.post_id, platform, _bringing(state, platform))
+    bringing = _bringing(state, platform)
+    if state.account is None:
+        # Imported without one: the republish names it (`smartretry force --account`).
+        bringing += f"{' and' if bringing else ''} naming the account to publish it with"
+    return republish_once_looked(state.post_id, platform, bringing)
 
 
 def republish_once_looked(post_id: str, platform: Platform, bringing: str = "") -> str:
     """`unsure_action`'s words, for a post whose state is not at hand (`bringing`: what the republish must bring)."""
     label = PLATFORM_LABELS[platform]
-    return (f"check {label} for the post, then republish {label}{bringing} only if it is not there "
-            f"(POST /posts/{post_id}/republish naming {platform} in platforms): a retry leaves it alone, as it "
-            "may have gone out")
+    return (f"check {label} for the post: if it is there, record it (POST /posts/{post_id}/resolve naming {platform}, "
+            f"published, with its id); if not, republish {label}{bringing} (POST /posts/{post_id}/republish naming "
+            f"{platform} in platforms). A retry leaves it alone, as it may have gone out")
 
 
 def held_by_container(state: PostState, platform: Platform) -> str | None:

@@ -101,10 +101,12 @@ class PostState(BaseModel):
     legacy_post_url: str | None = None
     # Results the old system stored stand for at least one attempt each; counted in the retry history.
     legacy_attempts: dict[Platform, int] = Field(default_factory=dict)
-    # The targeted platforms an imported post's old system kept no result for while saying it was publishing the post
-    # or when it went out: the post may be there. A retry leaves them alone (`fold.may_have_gone_out`); only someone
-    # who looked can republish them. Left out of the stored state while empty.
-    legacy_unsure: list[Platform] = Field(default_factory=list, exclude_if=lambda unsure: not unsure)
+    # The targeted platforms an imported post may have gone out on, as far as its old system's document tells: it was
+    # publishing the post, or says when the post went out without a platform's success to show for it. A retry leaves
+    # them alone (`fold.may_have_gone_out`); only someone who looked republishes them. Set by every import of a post
+    # not published here yet (empty when none); None for every other post, and left out of its stored state, and for
+    # an import folded by a version that did not record it (`may_have_gone_out` then reads the old document's word).
+    legacy_unsure: list[Platform] | None = Field(default=None, exclude_if=lambda unsure: unsure is None)
     # Fields of the imported content a token was taken out of (`projections.imported`): a retry publishing one of
     # them must correct it first.
     taken_out: list[str] = Field(default_factory=list)

@@ -62,6 +62,7 @@ from projections.responses import (
     retried_summary,
     retries_by_platform,
     retry_history,
+    unsure_action,
 )
 from projections.resume import (
     AUTOMATIC_RETRY_LATE,
@@ -627,7 +628,7 @@ class FrontDoor:
         if decision.no_op:
             # The product note's line for a retry with nothing to publish, in the service's log as in the answer.
             log.info("%s", decision.log_line, extra={"post_id": post_id, "command_id": command_id})
-            raise HTTPException(409, nothing_to_publish(decision.log_line, decision.skipped, post_id, forced))
+            raise HTTPException(409, nothing_to_publish(decision.log_line, decision.skipped, post_id, forced, state))
         pending = {p: at for p, at in automatic_retries(state, self.settings.max_automatic_attempts).items()
                    if p in decision.platforms} if forced else {}
         if pending:
@@ -684,7 +685,7 @@ class FrontDoor:
         ids = await self.account_ids(state.account) if state.account is not None else None
         if (problem := found_post_problem(body, ids.get("page_id") if ids else None)) is not None:
             raise HTTPException(422, [problem])
-        refusal = resolution_refusal(state, body.platform, body.attempt_id)
+        refusal = resolution_refusal(state, body.platform, body.attempt_id, published=body.published)
         if refusal is not None:
             raise HTTPException(409, refusal)
         waiting = state.in_flight(body.platform)
@@ -798,7 +799,8 @@ class FrontDoor:
             # Decided with nothing to publish (another retry sent at the same moment published it first): answered
             # as one sent a moment later is, not with a success that would say this one published.
             raise HTTPException(409, nothing_to_publish(record.note, record.skipped, command.post_id,
-                                                        forced=isinstance(command, ForceRepublishRequested)))
+                                                        forced=isinstance(command, ForceRepublishRequested),
+                                                        state=state))
         if state is not None and command_settled(state, command.command_id, self.settings.max_automatic_attempts):
             return Accepted(command, 200, publish_response(state, command.command_id))
         if state is not None and command.command_id in state.commands:
@@ -857,16 +859,18 @@ def platform_waits(state: PostState, max_attempts: int) -> str | None:
 NOT_TAKEN = "Kafka did not take command"
 
 
-def nothing_to_publish(line: str, skipped: Mapping[Platform, str], post_id: str, forced: bool) -> str:
-    """The refusal of a retry (or republish) that publishes nothing: the product note's line, and what to do."""
+def nothing_to_publish(line: str, skipped: Mapping[Platform, str], post_id: str, forced: bool,
+                       state: PostState | None = None) -> str:
+    """The refusal of a retry (or republish) that publishes nothing: the product note's line, and what to do (with
+    `state`, the post as it is now, what a republish must bring)."""
     if STILL_PUBLISHING in skipped.values():
         # A republish now would run after that attempt and publish its platform a second time.
         hint = f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then " + (
             "republish if you still want it posted again" if forced else "retry if it failed")
     elif not forced and MAY_HAVE_GONE_OUT in skipped.values():
         # Not "anyway": where it may be there already, someone must look first.
-        hint = "".join(f"; {republish_once_looked(post_id, platform)}" for platform, why in skipped.items()
-                       if why == MAY_HAVE_GONE_OUT)
+        hint = "".join(f"; {unsure_action(state, p) if state is not None else republish_once_looked(post_id, p)}"
+                       for p, why in skipped.items() if why == MAY_HAVE_GONE_OUT)
     else:
         hint = "" if forced else f"{PUBLISH_ANYWAY}, use POST /posts/{post_id}/republish"
     return line + hint
@@ -1276,7 +1280,7 @@ def create_app(settings: Settings, stores: Stores, producer: AsyncProducer | Pro
                 response = response.model_copy(update={"pending": True})
             record = state.commands.get(command_id)
             # A retry (or republish) decided to publish nothing: refused, as the POST that saw it decided answers 409.
-            refused = nothing_to_publish(record.note, record.skipped, post_id, forced=record.forced) \
+            refused = nothing_to_publish(record.note, record.skipped, post_id, forced=record.forced, state=state) \
                 if record is not None and not record.platforms and record.command_type in REPUBLISHING else None
             # A refused one has no answer of its own: the post's results are another command's (its 409 says so).
             detail["command"] = {"command_id": command_id, "settled": settled, "held": held, "refused": refused,

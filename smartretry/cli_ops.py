@@ -236,6 +236,8 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(rf"POST /posts/{_ID}/retry"), r"smartretry retry \1"),
     (re.compile(rf"POST /posts/{_ID}/republish naming (facebook|instagram) in platforms"),
      r"smartretry force \1 --platform \2 --reason ..."),
+    (re.compile(rf"POST /posts/{_ID}/resolve naming (facebook|instagram), published, with its id"),
+     r"smartretry resolve \1 \2 --published-as POST_ID"),
     (re.compile(rf"POST /posts/{_ID}/republish"), r"smartretry force \1 --reason ..."),
     (re.compile(rf"connect it \(its token, page_id and ig_user_id\) with PUT /accounts/{_ID}/token"),
      r"connect it with smartretry accounts set-token \1 --page-id ... --ig-user-id ..."),
@@ -252,7 +254,7 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(rf"PUT /accounts/{_ID}/token"), r"smartretry accounts set-token \1"),
     (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
     (re.compile(r"then republish if"), "then republish (smartretry force) if"),
-    (re.compile(r"name the account to publish it with"), "name the account to publish it with (--account NAME)"),
+    (re.compile(r"(nam(?:e|ing) the account to publish it with)"), r"\1 (--account NAME)"),
     # The API's field names, as the command line's options.
     (re.compile(r"\bcontent\.image_url\b"), "an image (--image-url)"),
     # `publish` takes the caption as its argument, `retry` as --caption: named for both.

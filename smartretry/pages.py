@@ -487,12 +487,14 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             body = RetryBody(content=correction, account=account, command_id=command_id)
             accepted = await front.retry(post_id, body, forced=False, wait=False)
         except HTTPException as exc:
+            can_republish = state is not None and republish_form(state)
             problem = _missed_retry(state, (form.get("seen") or [""])[0], _problem(exc.detail)) \
-                or _page_problem(_problem(exc.detail))
+                or _page_problem(_problem(exc.detail), can_republish=can_republish)
             if state is not None and (record := state.commands.get(command_id)) is not None:
                 # The form sent again, changed since (its command id is the page's own, not the user's to renew). One
                 # that published nothing is refused as such ("Nothing to retry"), whatever was typed.
-                problem = _page_problem(nothing_to_publish(record.note, record.skipped, post_id, forced=False)) \
+                problem = _page_problem(nothing_to_publish(record.note, record.skipped, post_id, forced=False,
+                                                           state=state), can_republish=can_republish) \
                     if not record.platforms else \
                     "This form was already sent with other values and its retry taken up: nothing was sent now."
             # What the user typed comes back to be corrected, but a field refused for carrying a token: not shown again.
@@ -779,11 +781,14 @@ def _one_republished(text: str, can_republish: bool) -> str:
             return f"({command})"
         return f"(Publish again, below, with only {PLATFORM_LABELS[platform]} chosen, or {command})"
 
-    return _ONE_REPUBLISHED.sub(republish, text)
+    found = _FOUND_THERE.sub(r"(`smartretry resolve \1 \2 --published-as POST_ID`)", text)
+    return _ONE_REPUBLISHED.sub(republish, found)
 
 
 # The API's route for republishing one platform, as a needed action names it (`responses.unsure_action`).
 _ONE_REPUBLISHED = re.compile(r"\(POST /posts/([^\s),;]+)/republish naming (facebook|instagram) in platforms\)")
+# The API's route for saying a platform's post is there (`responses.republish_once_looked`).
+_FOUND_THERE = re.compile(r"\(POST /posts/([^\s),;]+)/resolve naming (facebook|instagram), published, with its id\)")
 
 
 # The forms' fields by the names the page gives them.

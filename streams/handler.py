@@ -16,7 +16,14 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from projections.decide import Decision, container_resolution, decide, resolution_refusal, reuses_command_id
+from projections.decide import (
+    Decision,
+    container_resolution,
+    decide,
+    legacy_found,
+    resolution_refusal,
+    reuses_command_id,
+)
 from projections.fold import RESOLVE_THE_ATTEMPT, apply_all, unresolved
 from projections.imported import taken_out
 from projections.resume import attempts_by, platforms_to_resume, resume_wait
@@ -928,6 +935,11 @@ class CommandHandler:
             # the resolution as done, as it does one the command waiting on an attempt recorded.
             await self._apply_container_resolution(earlier, command, context)
             state = await self.fresh_state(command.post_id, partition)
+        elif isinstance(command, ResolveAttemptRequested) and state is not None and legacy_found(state, command):
+            # An imported post's platform the old system may have published, found there: recorded now, and `decide`
+            # then accepts the resolution as done.
+            await self._apply_legacy_found(command, context)
+            state = await self.fresh_state(command.post_id, partition)
         decision = decide(state, command)
         if decision.duplicate_command and state is not None and reuses_command_id(state, command):
             log.warning("Command id %s was already used for a different command; refused", command.command_id,
@@ -1405,6 +1417,20 @@ class CommandHandler:
             occurred_at=self.clock(), platform=resolution.platform, attempt_id=attempt.attempt_id,
             success=outcome.success, platform_post_id=outcome.platform_post_id, permalink=outcome.permalink,
             error=outcome.error, resolved_by=resolution.command_id))
+
+    async def _apply_legacy_found(self, resolution: ResolveAttemptRequested, context: dict[str, Any]) -> None:
+        """An operator found an imported post's platform published by the old system: its post, recorded as the result
+        of the old system's attempt that made it (an attempt of this resolution's own id, none of the service's)."""
+        assert resolution.platform_post_id is not None
+        label = PLATFORM_LABELS[resolution.platform]
+        attempt_id = attempt_id_for(resolution.command_id, resolution.platform, 1)
+        log.info("%s post found by an operator, published by the old system as %s%s", label,
+                 resolution.platform_post_id, f" ({resolution.note})" if resolution.note else "", extra=context)
+        await self.emit(PlatformResult(
+            event_id=derived_id(attempt_id, "found"), post_id=resolution.post_id, occurred_at=self.clock(),
+            platform=resolution.platform, attempt_id=attempt_id, success=True,
+            platform_post_id=resolution.platform_post_id, permalink=resolution.permalink,
+            resolved_by=resolution.command_id))
 
     async def _resolve_interrupted(self, state: PostState) -> None:
         """Gives every attempt without a result one, by asking the platform whether the post went out (or, where

@@ -51,8 +51,8 @@ class ReplayReport:
     events: int = 0
     posts: int = 0
     seconds: float = 0.0
-    # Events on the broker past the live projection's offsets when they were read (a projector behind, or stopped):
-    # left out of both sides. None: the broker did not say.
+    # Events on the broker, when the replay began, past the live projection's offsets (a projector behind, or
+    # stopped): left out of both sides. None: the broker did not say.
     behind: int | None = None
 
     @property
@@ -93,10 +93,14 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
         raise ValueError(f"the scratch store is the live projection's database "
                          f"({scratch_store.engine.url.render_as_string(hide_password=True)}): give replay another one")
     started = time.monotonic()
+    # The log's ends before the live offsets: what a running projector applies in between is never counted as left out.
+    ends = _end_offsets(bootstrap, topics.post_events)
     with contextlib.ExitStack() as snapshot:
         offsets, read_fingerprints = snapshot.enter_context(live_store.fingerprint_snapshot())
         targets = {partition: offset for (topic, partition), offset in offsets.items()
                    if topic == topics.post_events and offset >= 0}
+        behind = None if ends is None else sum(max(0, end - targets.get(partition, -1) - 1)
+                                               for partition, end in ends.items())
         live: list[dict[str, bytes]] = []
         live_digest: list[str] = []
 
@@ -110,7 +114,6 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
             raise ReplayError(f"the live projection ({live_store.engine.url.render_as_string(hide_password=True)}) "
                               f"has applied none of the {waiting} events on {topics.post_events}: is it the "
                               "service's database (SMARTRETRY_DATABASE_URL), and is the projector running?")
-        behind = _written_after(bootstrap, topics.post_events, targets)
         scratch_store.create_schema()
         scratch_store.reset()
         # Imports on another partition than their post's were dead-lettered by the live processor: skipped here too.
@@ -154,20 +157,16 @@ def _events_on_broker(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def _written_after(bootstrap: str, topic: str, targets: dict[int, int]) -> int | None:
-    """How many events `topic` holds past the offsets `targets` (per partition, the last one applied); None when the
-    broker does not say."""
+def _end_offsets(bootstrap: str, topic: str) -> dict[int, int] | None:
+    """Each partition's end offset (the next to be written); None when the broker does not say."""
     consumer = Consumer(client_config(bootstrap, **{"group.id": f"replay-{uuid.uuid4().hex[:8]}",
                                                    "enable.auto.commit": False}))
     try:
         described = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if described is None or described.error is not None:
             return None
-        after = 0
-        for partition in described.partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            after += max(0, high - targets.get(partition, -1) - 1)
-        return after
+        return {partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+                for partition in described.partitions}
     except KafkaException:
         return None
     finally:

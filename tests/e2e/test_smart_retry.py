@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from projections.decide import MAY_HAVE_GONE_OUT
+from projections.decide import MAY_HAVE_GONE_OUT, retry_targets
 from publishers.sandbox import DEMO_ACCOUNT_ID, DEMO_IG_USER_ID, DEMO_PAGE_ID, DEMO_USER_TOKEN
 from schemas.commands import (
     ForceRepublishRequested,
@@ -396,10 +396,8 @@ def test_an_imported_post_without_an_account_is_published_by_a_retry_that_names_
     assert attempts[0].attempt_number == 1 and all(a.is_retry for a in attempts)
 
 
-def test_a_retry_of_an_imported_post_never_posts_again_where_the_old_system_may_have_published_it(
-        service: Service) -> None:
-    """The old system says when the post went out and that Instagram failed, and kept no result: the retry publishes
-    Instagram alone; Facebook waits for someone who looked to republish it."""
+def _import_said_to_have_gone_out(service: Service) -> str:
+    """An imported post whose old system says when it went out and that Instagram failed, and kept no result."""
     post_id = new_id()
     imported = LegacyInsightsImported(
         event_id=f"{post_id}:import", post_id=post_id, occurred_at=datetime.now(UTC), publish_target="both",
@@ -409,20 +407,36 @@ def test_a_retry_of_an_imported_post_never_posts_again_where_the_old_system_may_
     service._producer.produce(service.topics.post_events, key=post_id.encode(), value=encode(imported))
     assert service._producer.flush(30) == 0
     service.wait_for(post_id, lambda s: s.legacy)
+    return post_id
 
-    retry = service.retry(post_id)
-    state = service.wait_command(post_id, retry.command_id)
-    assert state.commands[retry.command_id].platforms == ["instagram"]
-    assert state.commands[retry.command_id].skipped == {"facebook": MAY_HAVE_GONE_OUT}
-    assert _counts(service) == (0, 1)
-    assert state.status == "failed" and (state.document.error_message or "").startswith(
-        "facebook: not known to be published")
+
+def test_a_retry_of_an_imported_post_never_posts_again_where_the_old_system_may_have_published_it(
+        service: Service) -> None:
+    """The retry publishes Instagram alone; Facebook waits for someone who looked to record its post, or republish it
+    where it is not there."""
+    found, missing = _import_said_to_have_gone_out(service), _import_said_to_have_gone_out(service)
+    for post_id in (found, missing):
+        retry = service.retry(post_id)
+        state = service.wait_command(post_id, retry.command_id)
+        assert state.commands[retry.command_id].platforms == ["instagram"]
+        assert state.commands[retry.command_id].skipped == {"facebook": MAY_HAVE_GONE_OUT}
+        assert state.status == "failed" and (state.document.error_message or "").startswith(
+            "facebook: not known to be published")
+    assert _counts(service) == (0, 2)
+
+    # Looked at, and there: recorded as Facebook's post, nothing published.
+    resolution = ResolveAttemptRequested(command_id=new_id(), post_id=found, platform="facebook", published=True,
+                                         platform_post_id=f"{DEMO_PAGE_ID}_9001", requested_at=datetime.now(UTC))
+    service.send(resolution, found)
+    state = service.wait_for(found, lambda s: resolution.command_id in s.commands)
+    assert state.status == "posted" and state.document.insights.facebook_post_id == f"{DEMO_PAGE_ID}_9001"
+    assert retry_targets(state) == ()
 
     # Looked at, and not there: republished by someone who says so.
-    forced = service.force(post_id, reason="not on the Page", platforms=["facebook"])
-    state = service.wait_command(post_id, forced.command_id)
+    forced = service.force(missing, reason="not on the Page", platforms=["facebook"])
+    state = service.wait_command(missing, forced.command_id)
     assert state.status == "posted" and state.document.error_message is None
-    assert _counts(service) == (1, 1)
+    assert _counts(service) == (1, 2)
 
 
 def test_fifty_concurrent_retries_publish_facebook_exactly_once(service: Service) -> None:

@@ -1853,15 +1853,26 @@ def test_a_retry_of_an_imported_post_that_may_have_gone_out_everywhere_says_to_l
     assert answer.status_code == 409, answer.text
     assert answer.json()["detail"] == (
         "Nothing to retry: Facebook and Instagram may have gone out under the old system, which kept no result for "
-        "them; check Facebook for the post, then republish Facebook only if it is not there (POST /posts/legacy-2/"
-        "republish naming facebook in platforms): a retry leaves it alone, as it may have gone out; check Instagram "
-        "for the post, then republish Instagram only if it is not there (POST /posts/legacy-2/republish naming "
-        "instagram in platforms): a retry leaves it alone, as it may have gone out")
+        "them; check Facebook for the post: if it is there, record it (POST /posts/legacy-2/resolve naming facebook, "
+        "published, with its id); if not, republish Facebook (POST /posts/legacy-2/republish naming facebook in "
+        "platforms). A retry leaves it alone, as it may have gone out; check Instagram for the post: if it is there, "
+        "record it (POST /posts/legacy-2/resolve naming instagram, published, with its id); if not, republish "
+        "Instagram (POST /posts/legacy-2/republish naming instagram in platforms). A retry leaves it alone, as it may "
+        "have gone out")
+    # Not found there is no resolution: a republish is.
+    not_there = api.client.post("/posts/legacy-2/resolve", json={"platform": "facebook", "published": False})
+    assert not_there.status_code == 409 and "if it is not on Facebook, republish it" in not_there.text
     assert_nothing_on_commands(api)
-    # Republished where someone looked: it goes to Kafka.
+    # Found there, with its id: it goes to Kafka, for the handler to record.
+    found = api.client.post("/posts/legacy-2/resolve", json={"platform": "instagram", "published": True,
+                                                             "platform_post_id": "18107758234627017"})
+    assert found.status_code == 202, found.text
+    # Republished where someone looked and did not find it: it goes to Kafka.
     forced = api.client.post("/posts/legacy-2/republish", json={"reason": "not on the Page",
                                                                 "platforms": ["facebook"]})
     assert forced.status_code == 202, forced.text
+    assert [decode_command(value).type for _key, value in messages_on(api.bootstrap, api.topics.commands)] == [
+        "ResolveAttemptRequested", "ForceRepublishRequested"]
 
 
 def test_a_republish_saying_what_it_was_decided_on_is_refused_once_the_post_was_published_again_since(

@@ -538,8 +538,10 @@ def test_an_imported_post_that_may_have_gone_out_is_republished_from_its_page_on
     assert 'id="retry"' not in page
     assert '<details class="republish" id="republish" open>' in page and 'id="republish-unsure"' in page
     assert re.search(r'id="republish-facebook" checked', page) and re.search(r'id="republish-instagram" checked', page)
-    assert "then republish Facebook only if it is not there (Publish again, below, with only Facebook chosen, or " \
+    assert "if not, republish Facebook (Publish again, below, with only Facebook chosen, or " \
            "<code>smartretry force legacy-unsure --platform facebook --reason ...</code>)" in page
+    assert "if it is there, record it (<code>smartretry resolve legacy-unsure facebook --published-as POST_ID</code>)" \
+        in page
 
 
 def test_a_republish_form_without_platforms_a_reason_or_its_session_sends_nothing(api: RunningApi) -> None:

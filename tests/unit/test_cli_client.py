@@ -973,12 +973,15 @@ def test_a_platform_to_republish_once_looked_at_is_said_as_the_command_and_the_p
     from smartretry import pages
     from smartretry.cli_ops import _as_commands
 
-    action = ("check Facebook for the post, then republish Facebook only if it is not there (POST /posts/p-1/republish "
-              "naming facebook in platforms): a retry leaves it alone, as it may have gone out")
+    action = ("check Facebook for the post: if it is there, record it (POST /posts/p-1/resolve naming facebook, "
+              "published, with its id); if not, republish Facebook (POST /posts/p-1/republish naming facebook in "
+              "platforms). A retry leaves it alone, as it may have gone out")
     assert _as_commands(action) == (
-        "check Facebook for the post, then republish Facebook only if it is not there (smartretry force p-1 --platform "
-        "facebook --reason ...): a retry leaves it alone, as it may have gone out")
+        "check Facebook for the post: if it is there, record it (smartretry resolve p-1 facebook --published-as "
+        "POST_ID); if not, republish Facebook (smartretry force p-1 --platform facebook --reason ...). A retry leaves "
+        "it alone, as it may have gone out")
     assert "(Publish again, below, with only Facebook chosen, or `smartretry force p-1 --platform facebook --reason " \
            "...`)" in pages._page_action(action, can_republish=True)
+    assert "record it (`smartretry resolve p-1 facebook --published-as POST_ID`)" in pages._page_action(action)
     # Imported without content or an account, the page has no form for it: the command alone.
     assert "(`smartretry force p-1 --platform facebook --reason ...`)" in pages._page_action(action)

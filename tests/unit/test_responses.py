@@ -438,9 +438,10 @@ UNSURE = ("not known to be published: the old system kept no result for it, but 
           "went out")
 
 
-def unsure(platform: str, label: str) -> str:
-    return (f"check {label} for the post, then republish {label} only if it is not there (POST /posts/{History.post_id}"
-            f"/republish naming {platform} in platforms): a retry leaves it alone, as it may have gone out")
+def unsure(platform: str, label: str, bringing: str = "") -> str:
+    return (f"check {label} for the post: if it is there, record it (POST /posts/{History.post_id}/resolve naming "
+            f"{platform}, published, with its id); if not, republish {label}{bringing} (POST /posts/{History.post_id}"
+            f"/republish naming {platform} in platforms). A retry leaves it alone, as it may have gone out")
 
 
 @pytest.mark.parametrize(("old_status", "message"), [
@@ -532,6 +533,93 @@ def test_a_failure_the_old_message_names_counts_as_an_attempt_of_the_old_system(
     assert retries_by_platform(history.state()) == {"facebook": 1, "instagram": 1}
     assert previous_attempts(history.state(), "cmd-retry") == 2
     assert set(retry) == {"facebook", "instagram"}
+
+
+def test_an_imported_post_whose_every_platform_the_old_message_names_failed_yet_went_out_is_looked_at_first() -> None:
+    # It says when the post went out, and that both failed: one of them went out before a later try failed (the old
+    # system republished both on a retry). Which, only someone who looks can tell.
+    history = imported({"status": "failed", "insights": {"published_at": "2025-11-17T10:10:13Z"},
+                        "error_message": "facebook: token expired; instagram: token expired"})
+    state = history.state()
+    assert retry_targets(state) == ()
+    assert needed_actions(state, 3) == {"facebook": unsure("facebook", "Facebook"),
+                                        "instagram": unsure("instagram", "Instagram")}
+    assert state.document.error_message == "facebook: token expired; instagram: token expired"
+
+
+def test_an_old_system_caught_mid_publish_may_have_published_a_platform_it_kept_a_failure_for() -> None:
+    history = imported({"status": "publishing", "insights": {"publish_results": [
+        {"platform": "facebook", "success": True, "post_id": "747917475065823_1"},
+        {"platform": "instagram", "success": False, "error": "timeout"}]}})
+    state = history.state()
+    assert retry_targets(state) == ()
+    assert needed_actions(state, 3) == {"instagram": unsure("instagram", "Instagram")}
+    assert state.document.error_message == "instagram: timeout"
+
+
+def test_a_post_imported_by_an_earlier_version_is_looked_at_as_that_version_said_before_it_is_retried() -> None:
+    # Stored by a version that did not record which platforms may have gone out: read from the old document's word.
+    state = imported({"status": "publishing", "insights": {"facebook_post_id": "747917475065823_1"}}).state()
+    stored = state.model_dump(mode="json")
+    assert stored.pop("legacy_unsure") == ["instagram"]
+    earlier = type(state).model_validate(stored)
+    assert earlier.legacy_unsure is None
+    assert retry_targets(earlier) == ()
+    assert needed_actions(earlier, 3) == {"instagram": unsure("instagram", "Instagram")}
+
+
+def test_an_imported_post_without_an_account_that_may_have_gone_out_asks_for_the_account_with_the_republish() -> None:
+    history = History()
+    history.events.append(LegacyInsightsImported(
+        event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="instagram",
+        content=CONTENT, document={"status": "publishing"}))
+    assert needed_actions(history.state(), 3) == {
+        "instagram": unsure("instagram", "Instagram", " naming the account to publish it with")}
+
+
+def test_an_imported_posts_platform_left_unpublished_keeps_what_the_old_message_said_of_it() -> None:
+    # Both named failed, nothing says the post went out: a retry may publish both; republished, Instagram went out.
+    history = imported({"status": "failed", "error_message": "facebook: token expired; instagram: token expired"})
+    forced = history.retry("cmd-force", ("instagram",), forced=True)
+    history.success("instagram", forced["instagram"], "18107758234627017")
+    state = history.state()
+    assert state.status == "failed" and state.document.error_message == "facebook: token expired"
+    assert retry_targets(state) == ("facebook",)
+
+
+def test_an_old_message_naming_one_platform_says_the_other_may_have_gone_out_too() -> None:
+    history = imported({"status": "failed", "insights": {"published_at": "2025-11-17T10:10:13Z"},
+                        "error_message": "facebook: token expired"})
+    assert history.state().document.error_message == f"facebook: token expired; instagram: {UNSURE}"
+
+
+def test_an_imported_posts_platform_found_there_by_an_operator_is_its_post_and_never_published_again() -> None:
+    from projections.decide import decide, legacy_found, resolution_refusal
+    from projections.responses import attempt_history
+    from schemas.commands import ResolveAttemptRequested
+    from schemas.ids import attempt_id_for
+
+    history = imported({"status": "publishing", "insights": {"facebook_post_id": "747917475065823_1"}})
+    found = ResolveAttemptRequested(command_id="cmd-found", post_id=history.post_id, platform="instagram",
+                                    published=True, platform_post_id="18107758234627017", requested_at=history.at)
+    state = history.state()
+    assert legacy_found(state, found) and resolution_refusal(state, "instagram", None, published=True) is None
+    assert "if it is not on Instagram, republish it" in (resolution_refusal(state, "instagram", None, published=False)
+                                                         or "")
+    # What the handler records for it (`CommandHandler._apply_legacy_found`).
+    history.events.append(PlatformResult(
+        event_id="found", post_id=history.post_id, occurred_at=history.at, platform="instagram",
+        attempt_id=attempt_id_for("cmd-found", "instagram", 1), success=True, platform_post_id="18107758234627017",
+        resolved_by="cmd-found"))
+    state = history.state()
+
+    assert state.status == "posted" and state.document.insights.instagram_media_id == "18107758234627017"
+    assert needed_actions(state, 3) == {} and retry_targets(state) == ()
+    assert not legacy_found(state, found)
+    decision = decide(state, found)
+    assert decision.no_op and "resolved by an operator: published as 18107758234627017" in decision.log_line
+    (entry,) = [e for e in attempt_history(state) if e["platform"] == "instagram"]
+    assert entry["kind"] == "old system's publish" and entry["resolved_by"] == "cmd-found"
 
 
 def test_an_imported_post_publishing_one_platform_by_force_is_not_publishing_for_ever() -> None:
