@@ -141,34 +141,29 @@ def replay(bootstrap: str, topics: Topics, live_store: ProjectionStore, scratch_
 
 def _events_on_broker(bootstrap: str, topic: str) -> int:
     """How many events `topic` holds (0 when it does not exist yet); a broker away raises `KafkaException`."""
-    consumer = Consumer(client_config(bootstrap, **{"group.id": f"replay-{uuid.uuid4().hex[:8]}",
-                                                   "enable.auto.commit": False}))
-    try:
-        described = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if described is None or described.error is not None:
-            return 0
-        held = 0
-        for partition in described.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            held += max(0, high - low)
-        return held
-    finally:
-        consumer.poll(0)  # its log lines, to the log
-        consumer.close()
+    return sum(max(0, high - low) for low, high in (_watermarks(bootstrap, topic) or {}).values())
 
 
 def _end_offsets(bootstrap: str, topic: str) -> dict[int, int] | None:
     """Each partition's end offset (the next to be written); None when the broker does not say."""
+    try:
+        watermarks = _watermarks(bootstrap, topic)
+    except KafkaException:
+        return None
+    return None if watermarks is None else {partition: high for partition, (_low, high) in watermarks.items()}
+
+
+def _watermarks(bootstrap: str, topic: str) -> dict[int, tuple[int, int]] | None:
+    """Each partition's first and end offsets; None when the topic does not exist (yet). A broker away raises
+    `KafkaException`."""
     consumer = Consumer(client_config(bootstrap, **{"group.id": f"replay-{uuid.uuid4().hex[:8]}",
                                                    "enable.auto.commit": False}))
     try:
         described = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if described is None or described.error is not None:
             return None
-        return {partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        return {partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
                 for partition in described.partitions}
-    except KafkaException:
-        return None
     finally:
         consumer.poll(0)  # its log lines, to the log
         consumer.close()
