@@ -272,11 +272,12 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
 
 
 def legacy_found(state: PostState, command: ResolveAttemptRequested) -> bool:
-    """Whether `command` says an imported post's platform that the old system may have published (`may_have_gone_out`)
-    is there, with its id: recorded as that platform's post (the old system's attempt that made it), so that nothing
-    publishes it again."""
-    return command.published and command.attempt_id is None and command.platform in may_have_gone_out(state) and \
-        state.in_flight(command.platform) is None
+    """Whether `command`, not decided before, says an imported post's platform that the old system may have published
+    (`may_have_gone_out`) is there, with its id: recorded as that platform's post (the old system's attempt that made
+    it), so that nothing publishes it again. (A command id decided before is a redelivery, or reused for another
+    command: `decide` answers either, before anything is recorded for it.)"""
+    return command.published and command.attempt_id is None and command.command_id not in state.commands and \
+        command.platform in may_have_gone_out(state) and state.in_flight(command.platform) is None
 
 
 def container_resolution(state: PostState, platform: Platform, attempt_id: str | None) -> AttemptState | None:

@@ -41,7 +41,7 @@ Rules the fold keeps (the seed's "Result Merging Logic" and "Status Determinatio
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
@@ -167,6 +167,10 @@ def _applied(state: PostState | None, events: Sequence[Event], post_id: str) -> 
     # place, once per event, and replace any model instead of changing it. The old state and the new
     # one share everything else, and the old one stays as it was (a refused batch leaves no trace).
     new = _replaced(state, {"attempts": dict(state.attempts), "commands": dict(state.commands)})
+    if state.legacy and state.legacy_unsure is None and imported_only(state):
+        # Imported by a version that did not record which platforms may have gone out: recorded now, from the old
+        # document's word as it stands, before anything done here changes what the post shows.
+        new.__dict__["legacy_unsure"] = list(_legacy_unsure(state))
     applied = list(state.applied_event_ids)
     seen = set(applied)
     updated_at = new.updated_at
@@ -491,7 +495,8 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         state.taken_out = sorted(f for f in marked if f in CONTENT_FIELDS) if isinstance(marked, list) else []
     # What the old messages say the user must do, where Meta's words make it plain: a platform's own result,
     # else the document's `error_message` ("facebook: ...; instagram: ...") for a platform it kept none for.
-    told = _legacy_messages(state.legacy_error_message) if status == "failed" else {}
+    # (A post caught mid-publish may name an earlier try's failure too.)
+    told = _legacy_messages(state.legacy_error_message) if status in ("failed", "publishing") else {}
     # A result, or a failure the message names, stands for at least one attempt of the old system; the same document
     # imported again (another event) brings the same results, not more attempts.
     counted = dict(state.legacy_attempts)
@@ -502,7 +507,7 @@ def _on_legacy(state: PostState, event: LegacyInsightsImported) -> None:
         counted[platform] = max(counted.get(platform, 0), 1)
     state.legacy_attempts = counted
     if not serviced:
-        state.legacy_unsure = list(_legacy_unsure(state, told))
+        state.legacy_unsure = list(_legacy_unsure(state))
     for platform in PLATFORMS:
         latest = next((r for r in state.document.insights.publish_results if r.platform == platform), None)
         if latest is not None and any(r.platform == platform for r in results):
@@ -665,13 +670,14 @@ def imported_only(state: PostState) -> bool:
     return state.legacy and state.submitted_by is None and not state.commands and not state.attempts
 
 
-def _legacy_unsure(state: PostState, told: Mapping[Platform, str]) -> tuple[Platform, ...]:
-    """The targeted platforms an imported post may have gone out on, by its old system's word (`told`: the platforms
-    its error message names as failed). Caught mid-publish: any platform not known to have succeeded. Said to have gone
-    out (`published_at`): a platform it kept neither a result for nor names as failed; where it has none such and no
-    success to account for that time, every platform (the old system republished every platform on a retry, so the
-    one that went out may have failed later)."""
+def _legacy_unsure(state: PostState) -> tuple[Platform, ...]:
+    """The targeted platforms an imported post may have gone out on, by its old system's word as the post holds it
+    (`told`: the platforms its error message names as failed). Caught mid-publish: any platform not known to have
+    succeeded. Said to have gone out (`published_at`): a platform it kept neither a result for nor names as failed;
+    where it has none such and no success to account for that time, every platform (the old system republished every
+    platform on a retry, so the one that went out may have failed later)."""
     results = {r.platform: r for r in state.document.insights.publish_results}
+    told = _legacy_messages(state.legacy_error_message) if state.legacy_status == "failed" else {}
     unsucceeded = tuple(p for p in state.targeted if p not in results or not results[p].success)
     if state.legacy_status == "publishing":
         return unsucceeded
@@ -689,12 +695,9 @@ def may_have_gone_out(state: PostState) -> tuple[Platform, ...]:
         return ()
     unsure = state.legacy_unsure
     if unsure is None:
-        # Folded by a version that did not record it: the old document's word as that version read it, while nothing
-        # was done here since.
-        if not imported_only(state) or not (state.legacy_status == "publishing"
-                                            or state.document.insights.published_at is not None):
-            return ()
-        unsure = [p for p in state.targeted if state.latest_result(p) is None]
+        # Imported by a version that did not record it, and nothing done here since (the fold records it then): the old
+        # document's word as the post holds it.
+        unsure = list(_legacy_unsure(state)) if imported_only(state) else []
     attempted = {a.platform for a in state.attempts.values()}
     return tuple(p for p in unsure if p not in attempted
                  and ((result := state.latest_result(p)) is None or not result.success))
@@ -733,6 +736,10 @@ def derive_document(state: PostState) -> PostInsights:
     message = error_message(state.document.insights.publish_results)
     if message is None and status == "failed":
         message = _legacy_message(state)
+    elif message is not None and state.legacy and (unsure := may_have_gone_out(state)):
+        # Beside a failure, a platform that may have gone out under the old system, which that failure does not say.
+        failed = {r.platform for r in state.document.insights.publish_results if not r.success}
+        message = "; ".join([message, *(f"{p}: {NO_LEGACY_RESULT_UNSURE}" for p in unsure if p not in failed)])
     url = post_url(state)
     current = state.document
     if (current.status, current.error_message, current.post_url) == (status, message, url):
@@ -743,10 +750,10 @@ def derive_document(state: PostState) -> PostInsights:
 def _legacy_message(state: PostState) -> str | None:
     """The error message of an imported post that failed without a failed result: per platform nothing published here,
     what the old document said of it (its own message while nothing was done here), or that it kept no result."""
-    told = _legacy_messages(state.legacy_error_message) if state.legacy_status == "failed" else {}
+    told = _legacy_messages(state.legacy_error_message) if state.legacy_status in ("failed", "publishing") else {}
     unsure = may_have_gone_out(state)
     unpublished = without_legacy_result(state)
-    if imported_only(state) and state.legacy_status == "failed" and state.legacy_error_message:
+    if imported_only(state) and state.legacy_status in ("failed", "publishing") and state.legacy_error_message:
         # The old document's own words, and what they leave unsaid of a platform that may have gone out.
         more = [f"{platform}: {NO_LEGACY_RESULT_UNSURE}" for platform in unpublished
                 if platform in unsure and platform not in told]

@@ -320,15 +320,17 @@ def unsure_action(state: PostState, platform: Platform) -> str:
     if state.account is None:
         # Imported without one: the republish names it (`smartretry force --account`).
         bringing += f"{' and' if bringing else ''} naming the account to publish it with"
-    return republish_once_looked(state.post_id, platform, bringing)
+    return republish_once_looked(state.post_id, platform, bringing, needs_account=state.account is None)
 
 
-def republish_once_looked(post_id: str, platform: Platform, bringing: str = "") -> str:
-    """`unsure_action`'s words, for a post whose state is not at hand (`bringing`: what the republish must bring)."""
+def republish_once_looked(post_id: str, platform: Platform, bringing: str = "", needs_account: bool = False) -> str:
+    """`unsure_action`'s words, for a post whose state is not at hand (`bringing`: what the republish must bring;
+    `needs_account`: the post has none, so the republish names one)."""
     label = PLATFORM_LABELS[platform]
+    account = ", with the account" if needs_account else ""
     return (f"check {label} for the post: if it is there, record it (POST /posts/{post_id}/resolve naming {platform}, "
             f"published, with its id); if not, republish {label}{bringing} (POST /posts/{post_id}/republish naming "
-            f"{platform} in platforms). A retry leaves it alone, as it may have gone out")
+            f"{platform} in platforms{account}). A retry leaves it alone, as it may have gone out")
 
 
 def held_by_container(state: PostState, platform: Platform) -> str | None:

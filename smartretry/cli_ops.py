@@ -234,10 +234,14 @@ _ID = r"([^\s),;]+)"
 _ROUTES_AS_COMMANDS = (
     (re.compile(rf"GET /posts/{_ID}"), r"smartretry show \1"),
     (re.compile(rf"POST /posts/{_ID}/retry"), r"smartretry retry \1"),
+    (re.compile(rf"POST /posts/{_ID}/republish naming (facebook|instagram) in platforms, with the account"),
+     r"smartretry force \1 --platform \2 --account NAME --reason ..."),
     (re.compile(rf"POST /posts/{_ID}/republish naming (facebook|instagram) in platforms"),
      r"smartretry force \1 --platform \2 --reason ..."),
-    (re.compile(rf"POST /posts/{_ID}/resolve naming (facebook|instagram), published, with its id"),
+    (re.compile(rf"POST /posts/{_ID}/resolve naming (facebook), published, with its id"),
      r"smartretry resolve \1 \2 --published-as POST_ID"),
+    (re.compile(rf"POST /posts/{_ID}/resolve naming (instagram), published, with its id"),
+     r"smartretry resolve \1 \2 --published-as MEDIA_ID"),
     (re.compile(rf"POST /posts/{_ID}/republish"), r"smartretry force \1 --reason ..."),
     (re.compile(rf"connect it \(its token, page_id and ig_user_id\) with PUT /accounts/{_ID}/token"),
      r"connect it with smartretry accounts set-token \1 --page-id ... --ig-user-id ..."),
@@ -254,7 +258,7 @@ _ROUTES_AS_COMMANDS = (
     (re.compile(rf"PUT /accounts/{_ID}/token"), r"smartretry accounts set-token \1"),
     (re.compile(r"send it as X-API-Key[^.;]*"), "set SMARTRETRY_API_KEY to the service's API key"),
     (re.compile(r"then republish if"), "then republish (smartretry force) if"),
-    (re.compile(r"(nam(?:e|ing) the account to publish it with)"), r"\1 (--account NAME)"),
+    (re.compile(r"name the account to publish it with"), "name the account to publish it with (--account NAME)"),
     # The API's field names, as the command line's options.
     (re.compile(r"\bcontent\.image_url\b"), "an image (--image-url)"),
     # `publish` takes the caption as its argument, `retry` as --caption: named for both.
@@ -631,22 +635,23 @@ def force(
     api_url: str | None = ApiUrl,
 ) -> None:
     """Publish a post again on every platform (or those given with --platform), even those where it succeeded (the
-    product note's case 4): a second post on each platform where it already went out (the first one stays there)."""
+    product note's case 4): a new post on each platform, beside any already there (the first one stays there)."""
     if not yes and not sys.stdin.isatty():
         where = " and ".join(PLATFORM_LABELS[p] for p in platform) if platform else "each platform"
-        _error(f"This publishes the post again: a second post on {where} where it already went out (the first one "
-               "stays there). Add --yes to republish without being asked.")
+        _error(f"This publishes the post again: a new post on {where}, beside any already there (a platform's post is "
+               "not edited or replaced). Add --yes to republish without being asked.")
         raise typer.Exit(2)
     command_id = command_id or new_id()
     correction = _content(caption, image_url, link)
     with api_client(api_url) as api:
-        # The post as this republish is decided on: published again meanwhile (the same command run twice at once, a
-        # colleague, the service's own retry), it publishes nothing rather than a second new post.
+        # The post as this republish is decided on: published again after this read (while the user is asked, by a
+        # colleague or the service's own retry), it publishes nothing rather than a second new post. (Each run reads
+        # for itself: the same command run twice, one after the other, is two republishes.)
         seen = len(api.call("GET", f"/posts/{post_id}").json().get("attempts") or [])
         if not yes:
             where = " and ".join(PLATFORM_LABELS[p] for p in platform) if platform else "each platform"
-            typer.confirm(f"This publishes the post again: a second post on {where} where it already went out (the "
-                          "first one stays there). Republish?", abort=True)
+            typer.confirm(f"This publishes the post again: a new post on {where}, beside any already there (a "
+                          "platform's post is not edited or replaced). Republish?", abort=True)
         body = {"reason": reason, **({"platforms": platform} if platform else {}),
                 **({"content": correction} if correction else {}),
                 **({"account": account} if account else {}), "command_id": command_id, "seen_attempts": seen}
@@ -676,7 +681,10 @@ def resolve(
     api_url: str | None = ApiUrl,
 ) -> None:
     """Say whether an attempt the service cannot settle itself went out (its account cannot be asked, or the
-    platform could not tell). Check the Page or the Instagram account first: this is recorded as its result."""
+    platform could not tell). Check the Page or the Instagram account first: this is recorded as its result.
+
+    Also for an imported post's platform the old system may have published (the post asks for it): found there,
+    --published-as records that post as the platform's; not there, republish it with `force --platform`."""
     if (published_as is None) == (not not_published):
         raise typer.BadParameter("give either --published-as POST_ID or --not-published")
     command_id = command_id or new_id()
@@ -1166,6 +1174,10 @@ def dlq_requeue(
     # Keyed by its post id where it names one, as every message on these topics is: one that came keyed otherwise
     # (an import set aside for the partition it came on) goes back on its post's partition.
     key = _post_id_of(original) or letter.key or ""
+    if not yes and not sys.stdin.isatty():
+        _error(f"This puts {len(original)} bytes back on {letter.source_topic}. Add --yes to requeue without being "
+               "asked.")
+        raise typer.Exit(2)
     if not yes:
         typer.confirm(f"Put {len(original)} bytes back on {letter.source_topic} (key {key!r})?", abort=True)
     sending = producer(_bootstrap(settings))

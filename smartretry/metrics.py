@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
+from projections.fold import may_have_gone_out, without_legacy_result
 from projections.responses import retries_used_up, token_stored_since_failure, under_way
 from projections.resume import automatic_retry_times
 from projections.state import PostState
@@ -115,6 +116,15 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tu
                 # until its result is in.
                 publishing = under_way(post)
                 actions = {platform: action for platform, action in actions.items() if platform not in publishing}
+        if state.get("legacy") and status == "failed":
+            # An imported post: a platform nothing has published here waits for someone too (`needed_actions`), to
+            # look first where the old system may have published it. Said without the post's id in the label.
+            with contextlib.suppress(ValueError):
+                post = PostState.model_validate(state)
+                for platform in may_have_gone_out(post):
+                    actions[platform] = f"check {PLATFORM_LABELS[platform]} for the post, then record or republish it"
+                for platform in without_legacy_result(post):
+                    actions.setdefault(platform, f"retry {PLATFORM_LABELS[platform]} to publish it")
         for platform, action in actions.items():
             if action.startswith("re-authenticate ") and (failure := _latest_failure(state, platform)) is not None:
                 # As the API and the page say it (`needed_actions`), without the account's name in the label.

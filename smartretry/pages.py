@@ -775,18 +775,21 @@ def _one_republished(text: str, can_republish: bool) -> str:
     words: the republish form below, where the page has it (`can_republish`), and the command line's."""
 
     def republish(named: re.Match[str]) -> str:
-        post_id, platform = named.groups()
-        command = f"`smartretry force {post_id} --platform {platform} --reason ...`"
+        post_id, platform, account = named.groups()
+        named_account = " --account NAME" if account else ""
+        command = f"`smartretry force {post_id} --platform {platform}{named_account} --reason ...`"
         if not can_republish:
             return f"({command})"
         return f"(Publish again, below, with only {PLATFORM_LABELS[platform]} chosen, or {command})"
 
-    found = _FOUND_THERE.sub(r"(`smartretry resolve \1 \2 --published-as POST_ID`)", text)
+    found = _FOUND_THERE.sub(lambda named: f"(`smartretry resolve {named.group(1)} {named.group(2)} --published-as "
+                                           f"{'MEDIA_ID' if named.group(2) == 'instagram' else 'POST_ID'}`)", text)
     return _ONE_REPUBLISHED.sub(republish, found)
 
 
 # The API's route for republishing one platform, as a needed action names it (`responses.unsure_action`).
-_ONE_REPUBLISHED = re.compile(r"\(POST /posts/([^\s),;]+)/republish naming (facebook|instagram) in platforms\)")
+_ONE_REPUBLISHED = re.compile(
+    r"\(POST /posts/([^\s),;]+)/republish naming (facebook|instagram) in platforms(, with the account)?\)")
 # The API's route for saying a platform's post is there (`responses.republish_once_looked`).
 _FOUND_THERE = re.compile(r"\(POST /posts/([^\s),;]+)/resolve naming (facebook|instagram), published, with its id\)")
 

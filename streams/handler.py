@@ -929,10 +929,11 @@ class CommandHandler:
             await self._resolve_interrupted(state)
             state = await self.fresh_state(command.post_id, partition)
 
-        if isinstance(command, ResolveAttemptRequested) and state is not None and \
+        if isinstance(command, ResolveAttemptRequested) and state is not None and new and \
                 (earlier := container_resolution(state, command.platform, command.attempt_id)) is not None:
             # An earlier attempt whose container Meta cannot say anything of: recorded now, and `decide` then accepts
-            # the resolution as done, as it does one the command waiting on an attempt recorded.
+            # the resolution as done, as it does one the command waiting on an attempt recorded. Only a command not
+            # decided before: a reused id is refused first, having recorded nothing.
             await self._apply_container_resolution(earlier, command, context)
             state = await self.fresh_state(command.post_id, partition)
         elif isinstance(command, ResolveAttemptRequested) and state is not None and legacy_found(state, command):

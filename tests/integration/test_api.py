@@ -1875,6 +1875,18 @@ def test_a_retry_of_an_imported_post_that_may_have_gone_out_everywhere_says_to_l
         "ResolveAttemptRequested", "ForceRepublishRequested"]
 
 
+def test_metrics_count_an_imported_post_waiting_for_someone_to_look(api: RunningApi) -> None:
+    # The old system says when it went out and that Instagram failed: Facebook may be there.
+    store_events(api, [LegacyInsightsImported(
+        event_id="imported-3", post_id="legacy-3", occurred_at=AT, publish_target="both", account="acme",
+        content=PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg"),
+        document={"status": "failed", "insights": {"published_at": "2025-11-17T10:10:13Z"},
+                  "error_message": "instagram: Instagram media upload failed: 400 - Invalid parameter"})])
+    text = api.client.get("/metrics").text
+    assert ('smartretry_posts_needing_action{action="check Facebook for the post, then record or republish it",'
+            'platform="facebook"} 1.0') in text
+
+
 def test_a_republish_saying_what_it_was_decided_on_is_refused_once_the_post_was_published_again_since(
         api: RunningApi) -> None:
     # A client that read the post with one attempt; another republish (sent at the same moment) has made a second.

@@ -284,8 +284,8 @@ def test_retry_with_nothing_to_retry_and_force(api: RunningApi) -> None:
     assert json.loads(as_json.stdout)["status"] == "posted"  # stdout is the JSON alone, for a script
     assert "Nothing to retry" in as_json.stderr
     code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3")
-    # Not without saying yes: it makes a second post on each platform.
-    assert code == 2 and "a second post on each platform where it already went out" in output
+    # Not without saying yes: it makes a new post on each platform.
+    assert code == 2 and "a new post on each platform, beside any already there" in output
     assert "Add --yes to republish without being asked." in output
     assert messages_on(api.bootstrap, api.topics.commands) == []
     code, output = run(api, "force", "post-1", "--reason", "testing", "--wait", "0.3", "--yes")
@@ -426,6 +426,10 @@ def test_dead_letters_are_listed_shown_and_requeued_onto_their_topic(api: Runnin
     assert original.decode() in output.replace("\n", "")
 
     assert run(api, "dlq", "requeue", "1", "--yes")[0] == 1  # the junk one kept nothing to requeue
+    # Not without saying yes, where there is no terminal to ask on.
+    code, output = run(api, "dlq", "requeue", "0")
+    assert code == 2 and "Add --yes to requeue without being asked." in output
+    assert messages_on(api.bootstrap, api.topics.commands) == []
     code, output = run(api, "dlq", "requeue", "0", "--yes")
     assert code == 0, output
     assert f"Requeued dead letter 0 onto {api.topics.commands}[" in output

@@ -494,7 +494,7 @@ def test_force_of_one_platform_sends_it_and_asks_about_that_platform(monkeypatch
 
     asked = CliRunner().invoke(app, ["force", "post-1", "--reason", "new caption", "--platform", "Instagram"],
                                env={"COLUMNS": "200"})
-    assert asked.exit_code == 2 and "a second post on Instagram where it already went out" in asked.output
+    assert asked.exit_code == 2 and "a new post on Instagram, beside any already there" in asked.output
     assert sent == []  # not asked without a terminal to ask on: nothing read, nothing sent
     CliRunner().invoke(app, ["force", "post-1", "--reason", "new caption", "--platform", "Instagram", "--yes"],
                        env={"COLUMNS": "200"})

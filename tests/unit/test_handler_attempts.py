@@ -735,3 +735,45 @@ async def test_both_platforms_left_unknown_raise_one_failure_and_leave_none_unre
 
     assert {e.platform for e in topic if isinstance(e, AttemptOutcomeUnknown)} == {"facebook", "instagram"}
     assert unread == []
+
+
+async def test_an_imported_posts_platform_found_there_is_recorded_and_a_reused_command_id_records_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from schemas.commands import ResolveAttemptRequested
+    from schemas.events import LegacyInsightsImported
+    from tests.unit.test_fold import CONTENT
+
+    # The old system says when the post went out and that Facebook failed: Instagram may be there. A retry published
+    # Facebook (command cmd-x).
+    history = History(at=STARTED)
+    history.events.append(LegacyInsightsImported(
+        event_id="imported", post_id=history.post_id, occurred_at=STARTED, publish_target="both", account="acct-1",
+        content=CONTENT, document={"status": "failed", "insights": {"published_at": "2025-11-17T10:10:13Z"},
+                                   "error_message": "facebook: token expired"}))
+    retried = history.retry("cmd-x", ("facebook",))
+    history.success("facebook", retried["facebook"], "747917475065823_1")
+    instagram, topic = FlakyPage(), []
+    made = handler_on_shared_topic(FlakyPage(), topic, history, 0.0, instagram)
+
+    async def no_tokens() -> frozenset[str]:
+        return frozenset()
+
+    made._stored_tokens = no_tokens  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+
+    def found(command_id: str) -> ResolveAttemptRequested:
+        return ResolveAttemptRequested(command_id=command_id, post_id=history.post_id, requested_at=STARTED,
+                                       platform="instagram", published=True, platform_post_id="18107758234627017")
+
+    # The retry's id reused for the resolution (written to Kafka straight): refused, and nothing recorded for it.
+    await made.handle(found("cmd-x"), 0, None, made._progress[0])
+    assert topic == [] and "Command id cmd-x was already used for a different command" in caplog.text
+
+    await made.handle(found("found-1"), 0, None, made._progress[0])
+
+    assert instagram.calls == 0
+    after = apply_all(history.state(), topic)
+    assert after is not None and after.status == "posted"
+    assert after.document.insights.instagram_media_id == "18107758234627017"
+    assert "found-1" in after.commands and after.settled_by("found-1") is not None
+    assert "Instagram post found by an operator, published by the old system as 18107758234627017" in caplog.text

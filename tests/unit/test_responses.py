@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from projections.decide import retry_preview, retry_targets
+from projections.fold import apply_all
 from projections.responses import (
     attempts_by_platform,
     earlier_posts,
@@ -15,6 +16,7 @@ from projections.responses import (
     retries_by_platform,
     retry_history,
 )
+from projections.state import PostState
 from schemas.commands import PostContent
 from schemas.common import ErrorKind
 from schemas.events import AttemptOutcomeUnknown, LegacyInsightsImported, PlatformError, PlatformResult
@@ -438,10 +440,10 @@ UNSURE = ("not known to be published: the old system kept no result for it, but 
           "went out")
 
 
-def unsure(platform: str, label: str, bringing: str = "") -> str:
+def unsure(platform: str, label: str, bringing: str = "", account: str = "") -> str:
     return (f"check {label} for the post: if it is there, record it (POST /posts/{History.post_id}/resolve naming "
             f"{platform}, published, with its id); if not, republish {label}{bringing} (POST /posts/{History.post_id}"
-            f"/republish naming {platform} in platforms). A retry leaves it alone, as it may have gone out")
+            f"/republish naming {platform} in platforms{account}). A retry leaves it alone, as it may have gone out")
 
 
 @pytest.mark.parametrize(("old_status", "message"), [
@@ -557,15 +559,33 @@ def test_an_old_system_caught_mid_publish_may_have_published_a_platform_it_kept_
     assert state.document.error_message == "instagram: timeout"
 
 
-def test_a_post_imported_by_an_earlier_version_is_looked_at_as_that_version_said_before_it_is_retried() -> None:
-    # Stored by a version that did not record which platforms may have gone out: read from the old document's word.
-    state = imported({"status": "publishing", "insights": {"facebook_post_id": "747917475065823_1"}}).state()
+def _as_an_earlier_version_stored_it(state: PostState) -> PostState:
+    """The state without `legacy_unsure`, as versions before it stored every post."""
     stored = state.model_dump(mode="json")
-    assert stored.pop("legacy_unsure") == ["instagram"]
-    earlier = type(state).model_validate(stored)
+    stored.pop("legacy_unsure", None)
+    return PostState.model_validate(stored)
+
+
+def test_a_post_imported_by_an_earlier_version_is_looked_at_before_it_is_retried_and_after_it_is_acted_on() -> None:
+    # Caught mid-publish, with Instagram's failure kept: either platform without a success may be there.
+    history = imported({"status": "publishing", "insights": {"publish_results": [
+        {"platform": "facebook", "success": False, "error": "timeout"},
+        {"platform": "instagram", "success": False, "error": "timeout"}]}})
+    earlier = _as_an_earlier_version_stored_it(history.state())
     assert earlier.legacy_unsure is None
     assert retry_targets(earlier) == ()
-    assert needed_actions(earlier, 3) == {"instagram": unsure("instagram", "Instagram")}
+    assert needed_actions(earlier, 3) == {"facebook": unsure("facebook", "Facebook"),
+                                          "instagram": unsure("instagram", "Instagram")}
+    # Someone looked and republished Instagram alone: Facebook is still to be looked at, not retried.
+    before = len(history.events)
+    forced = history.retry("cmd-force", ("instagram",), forced=True)
+    history.success("instagram", forced["instagram"], "18107758234627017")
+    after = apply_all(earlier, history.events[before:])
+    assert after is not None and after.legacy_unsure == ["facebook", "instagram"]
+    assert retry_targets(after) == ()
+    assert needed_actions(after, 3) == {"facebook": unsure("facebook", "Facebook")}
+    # As the fold of the same events from the start gives it.
+    assert after.model_dump_json() == history.state().model_dump_json()
 
 
 def test_an_imported_post_without_an_account_that_may_have_gone_out_asks_for_the_account_with_the_republish() -> None:
@@ -574,7 +594,16 @@ def test_an_imported_post_without_an_account_that_may_have_gone_out_asks_for_the
         event_id="imported", post_id=history.post_id, occurred_at=history.at, publish_target="instagram",
         content=CONTENT, document={"status": "publishing"}))
     assert needed_actions(history.state(), 3) == {
-        "instagram": unsure("instagram", "Instagram", " naming the account to publish it with")}
+        "instagram": unsure("instagram", "Instagram", " naming the account to publish it with", ", with the account")}
+    # As the command line and the page say it: the command with the account to give.
+    from smartretry import pages
+    from smartretry.cli_ops import _as_commands
+
+    action = needed_actions(history.state(), 3)["instagram"]
+    command = f"smartretry force {history.post_id} --platform instagram --account NAME --reason ..."
+    assert command in _as_commands(action)
+    assert f"`smartretry force {history.post_id} --platform instagram --account NAME --reason ...`" in \
+        pages._page_action(action)
 
 
 def test_an_imported_posts_platform_left_unpublished_keeps_what_the_old_message_said_of_it() -> None:
@@ -620,6 +649,24 @@ def test_an_imported_posts_platform_found_there_by_an_operator_is_its_post_and_n
     assert decision.no_op and "resolved by an operator: published as 18107758234627017" in decision.log_line
     (entry,) = [e for e in attempt_history(state) if e["platform"] == "instagram"]
     assert entry["kind"] == "old system's publish" and entry["resolved_by"] == "cmd-found"
+
+
+def test_a_failure_kept_by_the_old_system_is_said_beside_a_platform_that_may_have_gone_out() -> None:
+    history = imported({"status": "failed", "error_message": "facebook: token expired", "insights": {
+        "published_at": "2025-11-17T10:10:13Z",
+        "publish_results": [{"platform": "facebook", "success": False, "error": "token expired"}]}})
+    assert history.state().document.error_message == f"facebook: token expired; instagram: {UNSURE}"
+
+
+def test_an_old_system_caught_mid_publish_keeps_its_own_words_of_an_earlier_failure() -> None:
+    history = imported({"status": "publishing",
+                        "error_message": "facebook: Facebook photo upload failed: 400 - Missing or invalid image file"})
+    state = history.state()
+    assert state.document.error_message == ("facebook: Facebook photo upload failed: 400 - Missing or invalid image "
+                                            f"file; instagram: {UNSURE}")
+    # That failure was an attempt of the old system's.
+    assert attempts_by_platform(state) == {"facebook": 1, "instagram": 0}
+    assert retry_targets(state) == ()
 
 
 def test_an_imported_post_publishing_one_platform_by_force_is_not_publishing_for_ever() -> None:
