@@ -291,6 +291,15 @@ def handler_on_shared_topic(page: Any, topic: list[Event], history: History, bac
     return made
 
 
+def without_stored_tokens(made: CommandHandler) -> None:
+    """The handler's credential store holds no token (a new command is checked against them before it is decided)."""
+
+    async def no_tokens() -> frozenset[str]:
+        return frozenset()
+
+    made._stored_tokens = no_tokens  # type: ignore[method-assign]
+
+
 class Longest(random.Random):
     """A backoff's draw that always takes the longest wait it may."""
 
@@ -567,11 +576,7 @@ async def test_an_operators_word_on_an_earlier_container_meta_cannot_say_anythin
     history, first, _second = held_by_an_earlier_container()
     instagram, topic = FlakyPage(), []
     made = handler_on_shared_topic(FlakyPage(), topic, history, 0.0, instagram)
-
-    async def no_tokens() -> frozenset[str]:
-        return frozenset()
-
-    made._stored_tokens = no_tokens  # type: ignore[method-assign]
+    without_stored_tokens(made)
     caplog.set_level(logging.INFO)
     resolution = ResolveAttemptRequested(
         command_id="resolve-1", post_id=history.post_id, requested_at=STARTED, platform="instagram", attempt_id=first,
@@ -754,11 +759,7 @@ async def test_an_imported_posts_platform_found_there_is_recorded_and_a_reused_c
     history.success("facebook", retried["facebook"], "747917475065823_1")
     instagram, topic = FlakyPage(), []
     made = handler_on_shared_topic(FlakyPage(), topic, history, 0.0, instagram)
-
-    async def no_tokens() -> frozenset[str]:
-        return frozenset()
-
-    made._stored_tokens = no_tokens  # type: ignore[method-assign]
+    without_stored_tokens(made)
     caplog.set_level(logging.INFO)
 
     def found(command_id: str) -> ResolveAttemptRequested:
