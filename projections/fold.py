@@ -677,7 +677,7 @@ def _legacy_unsure(state: PostState) -> tuple[Platform, ...]:
     where it has none such and no success to account for that time, every platform (the old system republished every
     platform on a retry, so the one that went out may have failed later)."""
     results = {r.platform: r for r in state.document.insights.publish_results}
-    told = _legacy_messages(state.legacy_error_message) if state.legacy_status == "failed" else {}
+    told = _told(state)
     unsucceeded = tuple(p for p in state.targeted if p not in results or not results[p].success)
     if state.legacy_status == "publishing":
         return unsucceeded
@@ -750,7 +750,7 @@ def derive_document(state: PostState) -> PostInsights:
 def _legacy_message(state: PostState) -> str | None:
     """The error message of an imported post that failed without a failed result: per platform nothing published here,
     what the old document said of it (its own message while nothing was done here), or that it kept no result."""
-    told = _legacy_messages(state.legacy_error_message) if state.legacy_status in ("failed", "publishing") else {}
+    told = _told(state)
     unsure = may_have_gone_out(state)
     unpublished = without_legacy_result(state)
     if imported_only(state) and state.legacy_status in ("failed", "publishing") and state.legacy_error_message:
@@ -933,6 +933,12 @@ _LEGACY_KINDS: tuple[tuple[ErrorKind, re.Pattern[str]], ...] = (
     (ErrorKind.INVALID_MEDIA, re.compile(r"invalid image|image file|\(#324\)|media download has failed|"
                                          r"media could not be (?:fetched|processed)", re.IGNORECASE)),
 )
+
+
+def _told(state: PostState) -> dict[Platform, str]:
+    """What an imported post's old `error_message` says failed, per platform, where the old document failed or was
+    publishing the post (one caught mid-publish may name an earlier try's failure)."""
+    return _legacy_messages(state.legacy_error_message) if state.legacy_status in ("failed", "publishing") else {}
 
 
 def _legacy_messages(error_message: str | None) -> dict[Platform, str]:
