@@ -254,8 +254,9 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
         # not found, it is republished, which no resolution does.
         if published:
             return None
+        account = ", with the account" if state.account is None else ""
         return (f"nothing to resolve: the post has no {label} attempt; if it is not on {label}, republish it (POST "
-                f"/posts/{state.post_id}/republish naming {platform} in platforms)")
+                f"/posts/{state.post_id}/republish naming {platform} in platforms{account})")
     if waiting is None:
         if not any(a.platform == platform for a in state.attempts.values()):
             return f"nothing to resolve: the post has no {label} attempt"

@@ -695,9 +695,16 @@ def may_have_gone_out(state: PostState) -> tuple[Platform, ...]:
         return ()
     unsure = state.legacy_unsure
     if unsure is None:
-        # Imported by a version that did not record it, and nothing done here since (the fold records it then): the old
-        # document's word as the post holds it.
-        unsure = list(_legacy_unsure(state)) if imported_only(state) else []
+        # Imported by a version that did not record it. Nothing done here since (the fold records it then): the old
+        # document's word as the post holds it. Acted on since, what this service's results changed of the document
+        # cannot be told from the old system's word: where that said the post was publishing or went out, every
+        # platform not published here may have gone out (until the projection is rebuilt).
+        if imported_only(state):
+            unsure = list(_legacy_unsure(state))
+        elif state.legacy_status == "publishing" or state.document.insights.published_at is not None:
+            unsure = list(state.targeted)
+        else:
+            unsure = []
     attempted = {a.platform for a in state.attempts.values()}
     return tuple(p for p in unsure if p not in attempted
                  and ((result := state.latest_result(p)) is None or not result.success))

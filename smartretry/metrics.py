@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from projections.fold import may_have_gone_out, without_legacy_result
-from projections.responses import retries_used_up, token_stored_since_failure, under_way
+from projections.responses import NAME_THE_ACCOUNT, retries_used_up, token_stored_since_failure, under_way
 from projections.resume import automatic_retry_times
 from projections.state import PostState
 from projections.store import database_said, posts
@@ -116,15 +116,17 @@ def tally_states(rows: Iterator[tuple[str, str]], max_attempts: int, backoff: tu
                 # until its result is in.
                 publishing = under_way(post)
                 actions = {platform: action for platform, action in actions.items() if platform not in publishing}
-        if state.get("legacy") and status == "failed":
+        if state.get("legacy") and status in ("failed", "publishing"):
             # An imported post: a platform nothing has published here waits for someone too (`needed_actions`), to
-            # look first where the old system may have published it. Said without the post's id in the label.
+            # look first where the old system may have published it (also while another platform is published again).
+            # Said without the post's id in the label.
             with contextlib.suppress(ValueError):
                 post = PostState.model_validate(state)
                 for platform in may_have_gone_out(post):
                     actions[platform] = f"check {PLATFORM_LABELS[platform]} for the post, then record or republish it"
-                for platform in without_legacy_result(post):
-                    actions.setdefault(platform, f"retry {PLATFORM_LABELS[platform]} to publish it")
+                for platform in without_legacy_result(post) if status == "failed" else ():
+                    actions.setdefault(platform, f"retry {PLATFORM_LABELS[platform]} to publish it"
+                                       if post.account is not None else NAME_THE_ACCOUNT)
         for platform, action in actions.items():
             if action.startswith("re-authenticate ") and (failure := _latest_failure(state, platform)) is not None:
                 # As the API and the page say it (`needed_actions`), without the account's name in the label.

@@ -1882,9 +1882,18 @@ def test_metrics_count_an_imported_post_waiting_for_someone_to_look(api: Running
         content=PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg"),
         document={"status": "failed", "insights": {"published_at": "2025-11-17T10:10:13Z"},
                   "error_message": "instagram: Instagram media upload failed: 400 - Invalid parameter"})])
+    # A draft imported without its account: it asks for one, as the API says.
+    store_events(api, [LegacyInsightsImported(
+        event_id="imported-4", post_id="legacy-4", occurred_at=AT, publish_target="instagram",
+        content=PostContent(caption="Autumn sale", image_url="https://cdn.example.com/a.jpg"),
+        document={"status": "draft"})])
     text = api.client.get("/metrics").text
     assert ('smartretry_posts_needing_action{action="check Facebook for the post, then record or republish it",'
             'platform="facebook"} 1.0') in text
+    assert api.client.get("/posts/legacy-4").json()["needed_action"] == {
+        "instagram": "retry naming the account to publish with"}
+    assert ('smartretry_posts_needing_action{action="retry naming the account to publish with",platform="instagram"} '
+            '1.0') in text
 
 
 def test_a_republish_saying_what_it_was_decided_on_is_refused_once_the_post_was_published_again_since(

@@ -588,6 +588,19 @@ def test_a_post_imported_by_an_earlier_version_is_looked_at_before_it_is_retried
     assert after.model_dump_json() == history.state().model_dump_json()
 
 
+def test_a_post_an_earlier_version_imported_and_acted_on_is_looked_at_before_what_it_did_not_publish_is_retried(
+        ) -> None:
+    # Said to have gone out, Facebook named failed; the earlier version republished Facebook alone, which went out.
+    history = imported({"status": "failed", "insights": {"published_at": "2025-11-17T10:10:13Z"},
+                        "error_message": "facebook: token expired"})
+    forced = history.retry("cmd-force", ("facebook",), forced=True)
+    history.success("facebook", forced["facebook"], "747917475065823_1")
+    earlier = _as_an_earlier_version_stored_it(history.state())
+    # What the old document said cannot be told from the post now: Instagram, not published here, may be there.
+    assert retry_targets(earlier) == ()
+    assert needed_actions(earlier, 3) == {"instagram": unsure("instagram", "Instagram")}
+
+
 def test_an_imported_post_without_an_account_that_may_have_gone_out_asks_for_the_account_with_the_republish() -> None:
     history = History()
     history.events.append(LegacyInsightsImported(
