@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from projections.fold import awaiting_attempt, may_have_gone_out
+from projections.fold import awaiting_attempt, may_have_gone_out, republish_route
 from projections.state import AttemptState, PostState
 from schemas.commands import (
     Command,
@@ -254,9 +254,8 @@ def resolution_refusal(state: PostState, platform: Platform, attempt_id: str | N
         # not found, it is republished, which no resolution does.
         if published:
             return None
-        account = ", with the account" if state.account is None else ""
-        return (f"nothing to resolve: the post has no {label} attempt; if it is not on {label}, republish it (POST "
-                f"/posts/{state.post_id}/republish naming {platform} in platforms{account})")
+        return (f"nothing to resolve: the post has no {label} attempt; if it is not on {label}, republish it "
+                f"({republish_route(state.post_id, platform, state.account is None)})")
     if waiting is None:
         if not any(a.platform == platform for a in state.attempts.values()):
             return f"nothing to resolve: the post has no {label} attempt"

@@ -687,6 +687,13 @@ def _legacy_unsure(state: PostState) -> tuple[Platform, ...]:
     return unsaid if unsaid or any(r.success for r in results.values()) else unsucceeded
 
 
+def republish_route(post_id: str, platform: Platform, needs_account: bool) -> str:
+    """The API's route for republishing one platform, as a needed action or a refusal names it (the CLI and the page
+    say it as their own commands): `needs_account`, the post has none, so the republish names one."""
+    account = ", with the account" if needs_account else ""
+    return f"POST /posts/{post_id}/republish naming {platform} in platforms{account}"
+
+
 def may_have_gone_out(state: PostState) -> tuple[Platform, ...]:
     """The targeted platforms an imported post may have gone out on, as far as anything here knows (`legacy_unsure`),
     that this service has not attempted since and that no result says went out. A retry leaves them alone; a forced

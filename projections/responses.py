@@ -10,6 +10,7 @@ from projections.fold import (
     awaiting_attempt,
     counted_platforms,
     may_have_gone_out,
+    republish_route,
     unresolved,
     without_legacy_result,
 )
@@ -327,10 +328,9 @@ def republish_once_looked(post_id: str, platform: Platform, bringing: str = "", 
     """`unsure_action`'s words, for a post whose state is not at hand (`bringing`: what the republish must bring;
     `needs_account`: the post has none, so the republish names one)."""
     label = PLATFORM_LABELS[platform]
-    account = ", with the account" if needs_account else ""
     return (f"check {label} for the post: if it is there, record it (POST /posts/{post_id}/resolve naming {platform}, "
-            f"published, with its id); if not, republish {label}{bringing} (POST /posts/{post_id}/republish naming "
-            f"{platform} in platforms{account}). A retry leaves it alone, as it may have gone out")
+            f"published, with its id); if not, republish {label}{bringing} "
+            f"({republish_route(post_id, platform, needs_account)}). A retry leaves it alone, as it may have gone out")
 
 
 def held_by_container(state: PostState, platform: Platform) -> str | None:
