@@ -152,6 +152,14 @@ class PostState(BaseModel):
         """The platform's merged result in the insights document: its newest one."""
         return next((r for r in self.document.insights.publish_results if r.platform == platform), None)
 
+    def recorded_on_word(self, platform: Platform) -> bool:
+        """Whether the platform's published post is one an operator recorded (`smartretry resolve`), not one the
+        platform's answers named: its address, when missing, was not given then, not left untold by the platform."""
+        result = self.latest_result(platform)
+        return result is not None and result.success and any(
+            a.resolved_by is not None and a.success and a.platform_post_id == result.post_id
+            for a in self.attempts_of(platform))
+
     def settled_by(self, command_id: str) -> AttemptState | None:
         """The attempt an operator's resolution (`command_id`) settled, if it settled one (each settles one): its
         result, or what became of its container (`container_cleared_by`)."""

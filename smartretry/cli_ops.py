@@ -127,6 +127,8 @@ class NoAnswer(ApiError):
 UNANSWERED = 3
 # A post that went out for certain, whose id the platform's answers did not give (see the README).
 UNKNOWN_LINK = "(its address could not be told from {label}'s answers: see the account)"
+# One an operator recorded (`smartretry resolve`) without its address.
+UNGIVEN_LINK = "(its address was not given when it was recorded: see the account)"
 
 
 class Api:
@@ -461,8 +463,11 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                 console.print(f"  ⏳ {label}: publishing again...", highlight=False)
         elif result["success"]:
             # As the page says it: an id alone is no address to follow.
+            recorded = any(a["platform"] == platform and a.get("resolved_by") and a["outcome"] == "published"
+                           and a.get("post_id") == result.get("postId") for a in detail.get("attempts", []))
             link = detail.get("links", {}).get(platform) or " ".join(
-                part for part in (result.get("postId"), UNKNOWN_LINK.format(label=label)) if part)
+                part for part in (result.get("postId"), UNGIVEN_LINK if recorded else UNKNOWN_LINK.format(label=label))
+                if part)
             # On one line however narrow the output: a link cut in two cannot be followed.
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
             if kept := detail.get("kept_from_before", {}).get(platform):

@@ -155,6 +155,8 @@ def platform_rows(state: PostState, max_attempts: int,
             "success": None if result is None else result.success, "link": platform_link(state, platform),
             # Its result came from an old-system document, not from asking the platform.
             "imported": result is not None and not state.attempts_of(platform),
+            # An operator recorded it: an address missing was not given then.
+            "recorded": state.recorded_on_word(platform),
             "error": _reason(result.error) if result is not None and not result.success and result.error else None,
             "error_full": result.error if result is not None and not result.success else None,
             "action": _page_action(actions[platform], republish_form(state)) if platform in actions else None,

@@ -820,6 +820,21 @@ def test_a_post_that_went_out_without_its_address_says_so(api: RunningApi) -> No
     assert "Its address could not be told from Instagram's answers: see the account." in page
 
 
+def test_a_post_an_operator_recorded_without_its_address_says_it_was_not_given(api: RunningApi) -> None:
+    # Instagram's answer never came; an operator found the post on the account and recorded its media id alone.
+    history = History(post_id="post-recorded-id", at=datetime.now(UTC))
+    attempt = history.publish(target="instagram")["instagram"]
+    history.events.append(PlatformResult(event_id="found", post_id=history.post_id, occurred_at=datetime.now(UTC),
+                                         platform="instagram", attempt_id=attempt, success=True,
+                                         platform_post_id="18107758234627017", resolved_by="resolve-1"))
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        page = browser.get("/ui/posts/post-recorded-id").text
+    assert "Status: ✅ Posted" in page
+    assert "Its address was not given when it was recorded: see the account." in page
+    assert "could not be told from Instagram's answers" not in page
+
+
 def test_an_imported_post_without_its_address_says_the_old_system_did_not_keep_it(api: RunningApi) -> None:
     store_events(api, History(post_id="post-old-address").legacy(
         {"status": "posted", "insights": {"instagram_media_id": "18107758234627017"}}, target="instagram").events)

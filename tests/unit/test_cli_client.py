@@ -758,6 +758,26 @@ def test_show_gives_an_id_without_an_address_as_the_page_does(monkeypatch: pytes
            "the account)" in shown.output
 
 
+def test_show_says_an_address_an_operator_did_not_give_was_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    detail = {"id": "post-1", "status": "posted", "error_message": None, "post_url": None,
+              "publish_target": "instagram",
+              "insights": {"publish_results": [{"platform": "instagram", "success": True,
+                                                "postId": "18168097029388617"}]},
+              "content": None, "account": "acme", "links": {}, "earlier_posts": {}, "needed_action": {},
+              "outcome_unknown": {}, "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [],
+              "retry_preview": "", "retried": "", "history": [],
+              "attempts": [{"attempt_id": "a1", "platform": "instagram", "attempt_number": 1, "command_id": "c1",
+                            "started_at": "2026-11-30T09:00:00Z", "finished_at": "2026-11-30T09:05:00Z",
+                            "kind": "first publish", "outcome": "published", "error": None,
+                            "post_id": "18168097029388617", "unknown_because": "Instagram publish failed: 500",
+                            "resolved_by": "resolve-1", "recovered": False, "container_cleared_by": None}]}
+    _api_answering(monkeypatch, lambda _request: httpx.Response(200, json=detail))
+    shown = CliRunner().invoke(app, ["show", "post-1"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "✅ Instagram: Published  18168097029388617 (its address was not given when it was recorded: see the " \
+           "account)" in shown.output
+
+
 def _cli(*args: str, env: dict[str, str | None], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`smartretry ARGS` as a user runs it (its entry point, in a process of its own); None in `env` unsets."""
     environment = {**os.environ, **env}
