@@ -38,6 +38,7 @@ from schemas.common import (
     MAX_PLATFORM_WAIT_S,
     PLATFORM_LABELS,
     UNDER_WAY_NOTE,
+    Platform,
     platforms_of,
 )
 from schemas.deadletters import DeadLetter, DeadLetterRequeued
@@ -410,6 +411,15 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
         note = str(response["note"])
         said.print(f"⏳ This command is {note}." if note.startswith("queued behind") else f"⏳ {note}.",
                    highlight=False)
+    waiting = _waiting_for_you(detail) if detail is not None and not response.get("note") else []
+    if still_publishing and detail is not None and detail.get("status") == "failed" and waiting:
+        # Another platform's automatic retry is still to come, but this one's failure waits for the user: however that
+        # retry ends, the post stays failed until they act (said above), so this is a failure to scripts too.
+        retried = " and ".join(PLATFORM_LABELS[p] for p in detail.get("automatic_retry") or {} if p not in waiting)
+        said.print(f"Failed: {' and '.join(PLATFORM_LABELS[p] for p in waiting)} needs you (above)"
+                   + (f"; the service retries {retried} by itself" if retried else "")
+                   + f". `smartretry show {detail['id']}` for the outcome.", highlight=False)
+        raise typer.Exit(1)
     if still_publishing and detail is not None and detail.get("status") == "failed" and (
             detail.get("automatic_retry") or response.get("note")):
         # Failed for now, with an automatic retry to come (shown above): not the end of it yet.
@@ -420,6 +430,16 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
     elif detail is not None and detail.get("status") == "failed":
         # Scripts tell a post that failed from one that went out (or is still going out) by the exit status.
         raise typer.Exit(1)
+
+
+def _waiting_for_you(detail: dict[str, Any]) -> list[Platform]:
+    """The platforms whose latest result failed with nothing under way or to come by itself for them: each waits for
+    the user (what it needs is in `needed_action`), whatever the others' automatic retries bring."""
+    automatic = detail.get("automatic_retry") or {}
+    latest = {a["platform"]: a for a in detail.get("attempts", [])}  # oldest first: each platform's latest stays
+    return [result["platform"] for result in detail["insights"].get("publish_results", [])
+            if result["success"] is False and result["platform"] not in automatic
+            and latest.get(result["platform"], {}).get("outcome") not in ("under way", "not known yet")]
 
 
 def _clock(at: str) -> str:

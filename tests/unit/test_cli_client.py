@@ -226,6 +226,50 @@ def test_a_publish_left_to_a_platforms_long_wait_is_reported_once_the_api_says_i
     assert "⏳ Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own wait)." in done.output
 
 
+def mixed_failure(facebook_failed: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A publish's 202 and its post once awaited: Instagram rate limited, retried automatically in a while; Facebook
+    refused the image (it waits for the user) or published."""
+    accepted = {"success": False, "command_id": "cmd-4", "pending": True, "location": "/posts/post-4", "results": {},
+                "post": {"id": "post-4", "status": "failed", "error_message": "instagram: rate limited"}}
+    facebook = {"platform": "facebook", "success": False, "error": "Missing or invalid image file"} \
+        if facebook_failed else {"platform": "facebook", "success": True, "postId": "747917475065823_4"}
+    detail = {"id": "post-4", "status": "failed", "publish_target": "both", "links": {}, "history": [],
+              "insights": {"publish_results": [
+                  facebook, {"platform": "instagram", "success": False, "error": "Application request limit reached"}]},
+              "needed_action": {"facebook": "fix the image URL"} if facebook_failed else {},
+              "automatic_retry": {"instagram": "2026-11-30T05:22:36.000Z"},
+              "attempts": [{"platform": "facebook", "outcome": "failed" if facebook_failed else "published"},
+                           {"platform": "instagram", "outcome": "failed"}]}
+    return accepted, detail
+
+
+def test_a_publish_whose_failure_waits_for_the_user_fails_though_another_platform_is_retried_by_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    accepted, detail = mixed_failure(facebook_failed=True)
+    done, _waits = answered_202_then(
+        monkeypatch, accepted, {"command_id": "cmd-4", "settled": False, "held": True, "refused": None,
+                                "response": accepted},
+        ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a b.jpg"], detail)
+
+    # However Instagram's retry ends, Facebook stays failed until the image is fixed: a script must hear of it.
+    assert done.exit_code == 1, done.output
+    assert "Needed for Facebook: fix the image URL" in done.output
+    assert "Failed: Facebook needs you (above); the service retries Instagram by itself. `smartretry show post-4` " \
+           "for the outcome." in done.output
+    assert "Not final" not in done.output
+
+
+def test_a_publish_whose_only_failure_is_retried_by_itself_is_not_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    accepted, detail = mixed_failure(facebook_failed=False)
+    done, _waits = answered_202_then(
+        monkeypatch, accepted, {"command_id": "cmd-4", "settled": False, "held": True, "refused": None,
+                                "response": accepted},
+        ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"], detail)
+
+    assert done.exit_code == 0, done.output
+    assert "Not final: the service retries by itself; `smartretry show post-4` for the outcome." in done.output
+
+
 def demo_account_connected(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """The API as the demo meets it, with account `demo` connected to the sandbox's Page and Instagram account: the
     calls made to it, kept in order; the first publish stops the demo."""
