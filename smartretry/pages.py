@@ -39,7 +39,7 @@ from projections.responses import (
     permalink_of,
     retried_summary,
 )
-from projections.resume import automatic_retry_times
+from projections.resume import AutomaticRetries, automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
 from schemas.commands import ForceRepublishRequested, RetryRequested, content_problem
@@ -428,7 +428,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             if (status == "posted" or may_have_gone_out(state)) and queued is None and republish_form(state) else None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
-            "note": _retry_note(state, automatic, front.clock()) if status == "failed" else "",
+            "note": _retry_note(state, times, front.clock()) if status == "failed" else "",
             "retried": retried_summary(state) if status != "publishing" else None,
             "attempts": [{**entry, "label": PLATFORM_LABELS[str(entry["platform"])]}
                          for entry in attempt_history(state)],
@@ -670,17 +670,30 @@ def only_unsure(state: PostState) -> bool:
     return bool(may_have_gone_out(state)) and not retry_targets(state)
 
 
-def _retry_note(state: PostState, automatic: Mapping[Platform, datetime | None], now: datetime) -> str:
-    """The retry button's note ("Note: Will only retry Instagram"), and, where the post's own automatic retry waits out
-    a platform's wait (Instagram's daily limit), that a retry sent now runs after it: the post's commands run in order.
-    """
+def _retry_note(state: PostState, times: AutomaticRetries, now: datetime) -> str:
+    """The retry button's note ("Note: Will only retry Instagram"), and, where the post's own automatic retry is still
+    to come (a platform's wait, or the service's backoff), that a retry sent now runs after it: the post's commands run
+    in order, so a platform that automatic retry publishes is not published by this one."""
     line = retry_preview(state)
-    held = {p: at for p, at in automatic.items() if at is not None and at > now}
-    if not held:
+    if not times.due:
         return line
-    platform, at = max(held.items(), key=lambda item: item[1])
-    return (f"{line}, after the automatic retry of {PLATFORM_LABELS[platform]} at {clock_time(at, now)} (the "
-            "platform's own wait): a post's retries run in turn")
+
+    def when(platform: Platform) -> tuple[datetime, str]:
+        at, by = times.due[platform], times.by.get(platform)
+        if at is not None and at > now:
+            return at, f"at {clock_time(at, now)} (the platform's own wait)"
+        if by is not None and by > now:
+            return by, f"by {clock_time(by, now)}"
+        return now, "in a moment"
+
+    platform = max(times.due, key=lambda p: when(p)[0])
+    note = (f"{line}, after the automatic retry of {PLATFORM_LABELS[platform]} {when(platform)[1]}: a post's retries "
+            "run in turn")
+    again = [p for p in retry_targets(state) if p in times.due]
+    if again:
+        names = " and ".join(PLATFORM_LABELS[p] for p in again)
+        note += f", and it retries {names} only if {'their' if len(again) > 1 else 'its'} automatic retry fails"
+    return note
 
 
 def _asks_for_token(row: dict[str, Any], status: str) -> bool:

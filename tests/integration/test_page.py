@@ -1017,7 +1017,23 @@ def test_a_retry_queued_behind_an_automatic_retry_waiting_out_a_limit_says_so_no
     assert f"🔄 Facebook will be retried automatically at {due}; this page refreshes itself." in own
     # The retry button says before it is pressed that its retry waits for that one.
     assert (f"Will retry Facebook, after the automatic retry of Facebook at {due} (the platform&#39;s own wait): "
-            "a post&#39;s retries run in turn") in own
+            "a post&#39;s retries run in turn, and it retries Facebook only if its automatic retry fails") in own
+
+
+def test_a_retry_button_beside_an_automatic_retry_by_backoff_says_it_runs_after_it(api: RunningApi) -> None:
+    # Facebook refused the image (it waits for the user); Instagram met a rate limit without a wait, retried by the
+    # service's own backoff within moments.
+    history = History(post_id="post-mixed", at=datetime.now(UTC))
+    attempts = history.publish()
+    history.failure("facebook", attempts["facebook"])
+    history.failure("instagram", attempts["instagram"], "Instagram container failed: 400 - Application request limit "
+                    "reached", ErrorKind.RATE_LIMITED)
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        page = html.unescape(browser.get("/ui/posts/post-mixed").text)
+    assert re.search(r"Will retry Facebook and Instagram, after the automatic retry of Instagram (by [0-9:]+ UTC|in "
+                     r"a moment): a post's retries run in turn, and it retries Instagram only if its automatic retry "
+                     "fails", page), page
 
 
 def test_a_retry_behind_the_services_own_backoff_is_queued_not_left_untaken(api: RunningApi) -> None:
