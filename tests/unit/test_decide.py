@@ -83,6 +83,22 @@ def test_case_3_both_failed_retries_both() -> None:
     assert retry_preview(state) == "Note: Will retry Facebook and Instagram"
 
 
+def test_a_retry_after_a_forced_republish_failed_says_the_earlier_post_is_still_there() -> None:
+    history = History()
+    first = history.publish()
+    history.success("facebook", first["facebook"], "747917475065823_1")
+    history.success("instagram", first["instagram"], "18107758234627017")
+    forced = history.retry("cmd-force", ("instagram",), forced=True)
+    history.failure("instagram", forced["instagram"], "Instagram container failed: 400 - Media download has failed.")
+    state = history.state()
+
+    assert decide(state, retry()).platforms == ("instagram",)  # the republish asked for, carried on
+    assert retry_preview(state) == ("Note: Will only retry Instagram (the forced republish of Instagram failed: the "
+                                    "earlier post is still there, and this posts beside it)")
+    # A retry of a first publish that failed says nothing of the kind.
+    assert retry_preview(after_first_attempt(facebook=True, instagram=False)) == "Note: Will only retry Instagram"
+
+
 def test_case_4_both_succeeded_a_retry_publishes_nothing_and_says_so() -> None:
     decision = decide(after_first_attempt(facebook=True, instagram=True), retry())
     assert decision.platforms == () and decision.no_op and decision.accepted
