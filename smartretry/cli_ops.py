@@ -526,6 +526,13 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
             # As the page says it: how, and that one token serves both platforms.
             how = (f" (store the account's new token: smartretry accounts set-token {detail['account']}; one token "
                    "serves both platforms)")
+        elif action == "fix the image URL":
+            # As the page's form does it: the correction goes with the retry.
+            how = f" (then retry with it: smartretry retry {detail['id']} --image-url URL)"
+        elif action == "fix the post":
+            fields = "--caption TEXT, --image-url URL or --link URL" if platform == "facebook" \
+                else "--caption TEXT or --image-url URL"  # Instagram takes no link
+            how = f" (then retry with it: smartretry retry {detail['id']} {fields})"
         console.print(f"  Needed for {PLATFORM_LABELS[platform]}: {_as_commands(action)}{how}", highlight=False,
                       soft_wrap=True)
     for line in _automatic_retries(detail):

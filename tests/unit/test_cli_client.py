@@ -253,10 +253,25 @@ def test_a_publish_whose_failure_waits_for_the_user_fails_though_another_platfor
 
     # However Instagram's retry ends, Facebook stays failed until the image is fixed: a script must hear of it.
     assert done.exit_code == 1, done.output
-    assert "Needed for Facebook: fix the image URL" in done.output
+    assert "Needed for Facebook: fix the image URL (then retry with it: smartretry retry post-4 --image-url URL)" \
+        in done.output
     assert "Failed: Facebook needs you (above); the service retries Instagram by itself. `smartretry show post-4` " \
            "for the outcome." in done.output
     assert "Not final" not in done.output
+
+
+def test_show_says_how_to_retry_with_the_post_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    _accepted, detail = mixed_failure(facebook_failed=True)
+    detail = {**detail, "automatic_retry": {}, "attempts": [],
+              "needed_action": {"facebook": "fix the post", "instagram": "fix the post"}}
+    _api_answering(monkeypatch, lambda _request: httpx.Response(200, json=detail))
+    shown = CliRunner().invoke(app, ["show", "post-4"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "Needed for Facebook: fix the post (then retry with it: smartretry retry post-4 --caption TEXT, " \
+           "--image-url URL or --link URL)" in shown.output
+    # Instagram takes no link.
+    assert "Needed for Instagram: fix the post (then retry with it: smartretry retry post-4 --caption TEXT or " \
+           "--image-url URL)" in shown.output
 
 
 def test_a_publish_whose_only_failure_is_retried_by_itself_is_not_final(monkeypatch: pytest.MonkeyPatch) -> None:
