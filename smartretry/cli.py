@@ -157,7 +157,11 @@ def _refuse_open_development_keys(settings: Settings) -> None:
         raise typer.Exit(2)
 
 
-@app.command()
+@app.command(epilog="Set from the environment (or a .env file), for example: SMARTRETRY_API_PORT (8080), "
+             "SMARTRETRY_SANDBOX_PORT (8081), SMARTRETRY_BROKER_PORT and SMARTRETRY_BROKER_CONTROLLER_PORT (free ones "
+             "unless set), KAFKA_BOOTSTRAP_SERVERS (a broker of your own, none started), SMARTRETRY_DATABASE_URL "
+             "(sqlite:///var/smartretry.db), SMARTRETRY_API_KEY. The README's Configuration section lists every "
+             "setting.")
 def run() -> None:
     """Run the service: broker unless configured, topics, sandbox unless Meta is configured, processor, handler, API."""
     import os

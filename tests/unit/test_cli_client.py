@@ -1064,3 +1064,11 @@ def test_a_platform_to_republish_once_looked_at_is_said_as_the_command_and_the_p
     assert "record it (`smartretry resolve p-1 facebook --published-as POST_ID`)" in pages._page_action(action)
     # Imported without content or an account, the page has no form for it: the command alone.
     assert "(`smartretry force p-1 --platform facebook --reason ...`)" in pages._page_action(action)
+
+
+def test_run_help_names_the_settings_that_place_it() -> None:
+    shown = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    for setting in ("SMARTRETRY_API_PORT", "SMARTRETRY_SANDBOX_PORT", "SMARTRETRY_BROKER_PORT",
+                    "SMARTRETRY_BROKER_CONTROLLER_PORT", "KAFKA_BOOTSTRAP_SERVERS", "SMARTRETRY_DATABASE_URL"):
+        assert setting in shown.output
