@@ -191,6 +191,14 @@ class ServiceMetrics:
                 self._offsets = None
             self._admin = None
 
+    def _forget_clients(self) -> None:
+        """Drops the Kafka clients after a scrape they failed: the next scrape makes new ones. Clients that met the
+        broker while it restarted kept failing after it was back (metrics read as down until the API restarted)."""
+        offsets, self._offsets, self._admin = self._offsets, None, None
+        if offsets is not None:
+            with contextlib.suppress(Exception):
+                offsets.close()
+
     def _tally(self) -> StoreTally:
         now = time.monotonic()
         if self._cached is not None and now - self._cached[0] < SCAN_CACHE_SECONDS:
@@ -314,6 +322,7 @@ class ServiceMetrics:
         except Exception:
             if self._offsets is not None:
                 self._offsets.poll(0)  # never polled otherwise: its log lines are handed over here
+            self._forget_clients()
             # A scrape while the broker is away still reports the store's numbers, and that Kafka is away.
             up.add_metric([], 0)
             return [up]
@@ -364,6 +373,8 @@ class ServiceMetrics:
             problems.append(f"{self.settings.handler_group}'s offsets: {scrub(str(exc))[:200]}")
         finally:
             self._admin.poll(0)  # its log lines handed over
+        if problems:
+            self._forget_clients()
         read = GaugeMetricFamily("smartretry_consumer_groups_read",
                                  "1 when this scrape read the consumer groups (members and the handler's offsets), 0 "
                                  "when the broker did not say them all in time (those missing are left out)")
