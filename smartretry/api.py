@@ -640,10 +640,17 @@ class FrontDoor:
                                                   for label, at in when.items())
                                 + f"{WAIT_FOR_RESULT} (GET /posts/{post_id}), then republish if you still want it "
                                   "posted again")
-        if command.content is None and state.legacy:
-            # An imported post's own content, published as it is: it may carry a token stored since it was imported,
-            # or have lost one there ("[redacted]"). Refused at once, as the handler would refuse it.
-            await self._check_no_secret(state.content)
+        if command.content is None and state.content is not None:
+            # The post's own content, published as it is: it may carry a token stored since it was submitted or
+            # imported. Refused at once, as the handler would refuse it (and dead-letter the retry, which would
+            # otherwise wait unanswered).
+            field = secret_field(state.content, await asyncio.to_thread(self.stores.credentials.stored_tokens),
+                                 known_secrets())
+            if field is not None:
+                raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
+                                           "msg": f"the post's {_SAID_AS.get(field, field)} contains an access "
+                                                  f"token: retry with it corrected (content.{field}), so that it is "
+                                                  "not published"}])
         if (why := taken_out(state, command.content or state.content, decision.platforms)) is not None:
             field = why.split(" ", 1)[0].removeprefix("content.")
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "token_taken_out", "msg": why}])
@@ -1016,6 +1023,9 @@ def clock_time(at: datetime, now: datetime) -> str:
     at = at.astimezone(UTC)
     return at.strftime("%H:%M:%S UTC" if at.date() == now.astimezone(UTC).date() else "%Y-%m-%d %H:%M:%S UTC")
 
+
+# A content field as a refusal names it.
+_SAID_AS = {"caption": "caption", "image_url": "image URL", "link": "link"}
 
 def _check_urls(content: PostContent) -> None:
     for field in ("image_url", "link"):

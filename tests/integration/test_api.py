@@ -1799,6 +1799,33 @@ def test_a_refused_field_is_told_in_the_services_own_words(api: RunningApi) -> N
     assert "http(s) URL" in error["msg"] and not error["msg"].startswith("Value error")
 
 
+def test_a_retry_that_would_publish_a_token_stored_since_the_post_was_submitted_is_refused_at_once(
+        api: RunningApi) -> None:
+    token = "LaterToken" + new_id()[-14:]
+    api.stores.credentials.set_token("acme", "acme-user-token-0001", "1", "2")
+    events = seed_events("post-later-token", facebook_ok=False)
+    [submitted] = [e for e in events if isinstance(e, PostSubmitted)]
+    assert submitted.content is not None
+    events[events.index(submitted)] = submitted.model_copy(update={"content": submitted.content.model_copy(
+        update={"caption": f"caption mentioning {token} here"})})
+    store_events(api, events)
+    # Stored as another account's token after the post was submitted.
+    api.stores.credentials.set_token("other", token, "3", None)
+
+    refused = api.client.post("/posts/post-later-token/retry", json={})
+
+    # Not a 202 for a retry the handler would refuse and set aside, leaving its sender waiting.
+    assert refused.status_code == 422, refused.text
+    [problem] = refused.json()["detail"]
+    assert problem["loc"] == ["body", "content", "caption"]
+    assert problem["msg"] == ("the post's caption contains an access token: retry with it corrected (content.caption), "
+                              "so that it is not published")
+    assert token not in refused.text
+    assert_nothing_on_commands(api)
+    corrected = api.client.post("/posts/post-later-token/retry", json={"content": {"caption": "Autumn sale"}})
+    assert corrected.status_code == 202, corrected.text
+
+
 @pytest.mark.parametrize("stored_since", [False, True], ids=["taken out at import", "stored since the import"])
 def test_a_retry_that_would_publish_an_imported_posts_token_is_refused_until_corrected(
         api: RunningApi, stored_since: bool) -> None:
