@@ -37,7 +37,7 @@ from publishers.redact import scrub
 from schemas.common import NO_CREDENTIALS, PLATFORM_LABELS, PLATFORMS, not_connected
 from smartretry.bootstrap import Stores
 from smartretry.settings import Settings
-from streams.kafka import client_config, consumer
+from streams.kafka import client_config, consumer, done_offsets
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +357,7 @@ class ServiceMetrics:
         groups = {"projector": self.settings.projector_group, "command-handler": self.settings.handler_group}
         members: dict[str, int] = {}
         committed: dict[int, int] | None = None
+        finished_past: dict[int, int] = {}
         problems: list[str] = []
         try:
             described = self._admin.describe_consumer_groups(list(groups.values()), request_timeout=_left(deadline))
@@ -367,8 +368,12 @@ class ServiceMetrics:
                     problems.append(f"{group}: {scrub(str(exc))[:200]}")
             [listed] = self._admin.list_consumer_group_offsets(
                 [ConsumerGroupTopicPartitions(self.settings.handler_group)], request_timeout=_left(deadline)).values()
-            committed = {tp.partition: tp.offset for tp in listed.result(timeout=_left(deadline)).topic_partitions
-                         if tp.topic == commands_topic and tp.error is None}
+            committed = {}
+            for tp in listed.result(timeout=_left(deadline)).topic_partitions:
+                if tp.topic == commands_topic and tp.error is None:
+                    committed[tp.partition] = tp.offset
+                    # Finished past the committed offset, behind a command that waits (`streams.handler`).
+                    finished_past[tp.partition] = len(done_offsets(tp.offset, tp.metadata))
         except Exception as exc:
             problems.append(f"{self.settings.handler_group}'s offsets: {scrub(str(exc))[:200]}")
         finally:
@@ -397,10 +402,12 @@ class ServiceMetrics:
         if committed is not None:
             unfinished = GaugeMetricFamily(
                 "smartretry_commands_unfinished",
-                "Commands past the handler's committed offset, by partition: not decided yet, or still publishing (a "
-                "command holds its place while its automatic retries wait)", labels=["partition"])
+                "Commands past the handler's committed offset and not named finished in its metadata, by partition: "
+                "not decided yet, or still publishing (a command holds its place while its automatic retries wait)",
+                labels=["partition"])
             for partition, (low, high) in sorted(commands.items()):
-                unfinished.add_metric([str(partition)], max(0, high - max(low, committed.get(partition, -1))))
+                unfinished.add_metric([str(partition)], max(0, high - max(low, committed.get(partition, -1))
+                                                            - finished_past.get(partition, 0)))
             families.append(unfinished)
         return families
 

@@ -55,7 +55,7 @@ from schemas.events import (
 from schemas.ids import attempt_id_for, derived_id, new_id
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery
-from streams.kafka import AsyncProducer, consumer, partition_for
+from streams.kafka import AsyncProducer, consumer, done_metadata, done_offsets, partition_for
 from streams.topics import Topics
 
 log = logging.getLogger("smartretry.handler")
@@ -310,12 +310,22 @@ class PartitionEnds:
 
 @dataclass
 class _PartitionProgress:
-    """Offsets of one partition in progress; the commit point is the oldest one not finished."""
+    """Offsets of one partition in progress; the commit point is the oldest one not finished.
+
+    A command that waits (a platform's hour-long limit) holds the commit point back while the commands after it
+    finish. Those are named in the commit's metadata, as Confluent's Parallel Consumer does, so that the handler
+    the partition goes to next skips them instead of handling them again: a command dead-lettered once is not
+    decided anew (by a handler that may know fewer tokens), nor set aside again.
+    """
 
     pending: dict[int, bool] = field(default_factory=dict)
     # The partition's end when this handler was assigned it; None until known. A command below it may also be in
     # the hands of the partition's previous owner (frozen, stalled), which has not heard of the move yet.
     assigned_end: int | None = None
+    # Offsets past the committed one that the partition's previous handler finished (its commit's metadata).
+    done_before: set[int] = field(default_factory=set)
+    # The offset committed last by this handler (the next to read), if any.
+    committed: int | None = None
 
     def inherited(self, offset: int | None) -> bool:
         """Whether the command at `offset` was in the partition before this handler was assigned it (so when not
@@ -325,18 +335,21 @@ class _PartitionProgress:
     def add(self, offset: int) -> None:
         self.pending[offset] = False
 
-    def finish(self, offset: int) -> int | None:
-        """Marks the offset done; returns the offset to commit (next to read) if it moved."""
+    def finish(self, offset: int) -> tuple[int, str] | None:
+        """Marks the offset done; returns what to commit now: the next offset to read and the metadata naming the
+        commands finished past it."""
         if offset not in self.pending:
             return None
         self.pending[offset] = True
-        committed = None
         for pending_offset in sorted(self.pending):
             if not self.pending[pending_offset]:
                 break
             del self.pending[pending_offset]
-            committed = pending_offset + 1
-        return committed
+            self.committed = pending_offset + 1
+        commit_to = min(self.pending) if self.pending else self.committed
+        if commit_to is None:
+            return None
+        return commit_to, done_metadata(commit_to, sorted(o for o, done in self.pending.items() if done))
 
 
 class CommandHandler:
@@ -569,14 +582,29 @@ class CommandHandler:
             with contextlib.suppress(Exception):  # asked again at the next assignment
                 topic = consumer.list_topics(self.topics.commands, timeout=10).topics[self.topics.commands]
                 self._command_partitions = len(topic.partitions) or None
-        self._loop.call_soon_threadsafe(self._assign, [tp.partition for tp in partitions])
+        # The commands the partitions' previous handler finished past its commit (its metadata): read here, in the
+        # rebalance, so that they are known before any of the partitions' commands is dispatched.
+        done: dict[int, set[int]] = {}
+        try:
+            for committed in consumer.committed(
+                    [TopicPartition(self.topics.commands, tp.partition) for tp in partitions], timeout=10):
+                if committed.error is None:
+                    done[committed.partition] = done_offsets(committed.offset, committed.metadata)
+        except Exception as exc:
+            # Handled again, as they would be without it: each command has one effect however often it is handled.
+            log.warning("The commands finished past the committed offsets of %s could not be read (%s): any such "
+                        "command is handled again", self.topics.commands, scrub(str(exc))[:300])
+        self._loop.call_soon_threadsafe(self._assign, [tp.partition for tp in partitions], done)
 
-    def _assign(self, partitions: list[int]) -> None:
+    def _assign(self, partitions: list[int], done: Mapping[int, set[int]] | None = None) -> None:
         # A partition assigned while fetching is paused for capacity starts unpaused: the loop pauses (or resumes)
         # every assigned partition anew.
         self._fetch_paused = None
         for partition in partitions:
-            progress = self._progress[partition] = _PartitionProgress()
+            progress = self._progress[partition] = _PartitionProgress(done_before=set((done or {}).get(partition, ())))
+            if progress.done_before:
+                log.info("Partition %d of %s: %d commands past the committed offset were finished before: they are "
+                         "skipped", partition, self.topics.commands, len(progress.done_before))
             if self._watermarks is not None:
                 # Asked in a thread of its own: the rebalance does not wait on the broker for it, nor do the reads of
                 # the projection and the credentials in the loop's pool.
@@ -639,6 +667,12 @@ class CommandHandler:
                      offset)
             return
         progress.add(offset)
+        if offset in progress.done_before:
+            # Finished by the partition's previous handler (or this one, before the partition moved), past the
+            # command that held its commit back.
+            progress.done_before.discard(offset)
+            self._commit(partition, progress.finish(offset))
+            return
         try:
             command = decode_command(message.value())
         except Exception as exc:  # one the decoder did not foresee is dead-lettered too: the consumer goes on
@@ -685,13 +719,17 @@ class CommandHandler:
             if self._progress.get(partition) is not progress:
                 # The partition moved (and maybe came back) since: its offsets are its owner's to commit now.
                 return
-            commit_to = progress.finish(offset)
-            if commit_to is not None and self._consumer is not None:
-                with contextlib.suppress(Exception):
-                    self._consumer.commit(offsets=[TopicPartition(self.topics.commands, partition, commit_to)],
-                                          asynchronous=True)
+            self._commit(partition, progress.finish(offset))
 
         task.add_done_callback(finished)
+
+    def _commit(self, partition: int, point: tuple[int, str] | None) -> None:
+        """Commits the partition's next offset to read, with the commands finished past it (`_PartitionProgress`)."""
+        if point is not None and self._consumer is not None:
+            commit_to, metadata = point
+            with contextlib.suppress(Exception):
+                self._consumer.commit(offsets=[TopicPartition(self.topics.commands, partition, commit_to,
+                                                              metadata=metadata)], asynchronous=True)
 
     async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int,
                      source: Message | None = None, owner: _PartitionProgress | None = None) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -198,3 +198,51 @@ class AsyncProducer:
         self._stopped.set()
         if self._poller.is_alive():
             self._poller.join()
+
+
+# The commit's metadata naming the commands past the committed offset that are finished (`_PartitionProgress`): at
+# most this many characters, under the broker's `offset.metadata.max.bytes` (4096 by default). Those left out are
+# handled again after a restart, as they would be without it.
+DONE_METADATA_LIMIT = 3900
+DONE_PREFIX = "done:"
+
+
+def done_metadata(commit_to: int, done: Sequence[int]) -> str:
+    """The offsets in `done` (sorted, each past `commit_to`) as a commit's metadata: "done:" and ranges of their
+    distances from `commit_to` ("done:1-3,7"); empty when there are none. Cut to `DONE_METADATA_LIMIT`."""
+    if not done:
+        return ""
+    ranges: list[str] = []
+    start = previous = done[0]
+    for offset in [*done[1:], None]:
+        if offset is not None and offset == previous + 1:
+            previous = offset
+            continue
+        first, last = start - commit_to, previous - commit_to
+        ranges.append(str(first) if first == last else f"{first}-{last}")
+        if offset is not None:
+            start = previous = offset
+    said = DONE_PREFIX
+    for part in ranges:
+        longer = said + ("," if said != DONE_PREFIX else "") + part
+        if len(longer) > DONE_METADATA_LIMIT:
+            break
+        said = longer
+    return said if said != DONE_PREFIX else ""
+
+
+def done_offsets(committed: int, metadata: str | None) -> set[int]:
+    """The offsets a commit's metadata names finished (`done_metadata`); none for any other metadata."""
+    if committed < 0 or not metadata or not metadata.startswith(DONE_PREFIX):
+        return set()
+    offsets: set[int] = set()
+    try:
+        for part in metadata.removeprefix(DONE_PREFIX).split(","):
+            first, _, last = part.partition("-")
+            low, high = int(first), int(last or first)
+            if low < 1 or high < low:
+                return set()
+            offsets.update(range(committed + low, committed + high + 1))
+    except ValueError:
+        return set()
+    return offsets

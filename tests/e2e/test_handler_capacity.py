@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from publishers.sandbox import DEMO_PAGE_ID, SandboxControl, SandboxServer
 from schemas.commands import PostContent
+from tests.integration.test_api import messages_on
 from tests.support.service import Service, shared_sandbox  # noqa: F401 - the fixture it needs
 
 pytestmark = pytest.mark.integration
@@ -75,3 +77,33 @@ def test_posts_waiting_out_a_rate_limit_hold_up_no_other_post(narrow_service: Se
 
     assert state.status == "posted"
     assert service.sandbox.counters()["facebook"][DEMO_PAGE_ID] == 1
+
+
+def test_a_command_finished_behind_one_that_waits_is_not_handled_again_after_a_restart(
+        narrow_service: Service) -> None:
+    service = narrow_service
+    # The post's publish meets the Page's rate limit, which lifts in an hour: its command waits that long, and holds
+    # the partition's committed offset back.
+    service.sandbox.fail_next("facebook", "photos", code=32, regain_access_minutes=60)
+    waiting = service.publish(PHOTO, target="facebook")
+    service.wait_for(waiting.post_id, lambda s: any(a.success is False for a in s.attempts.values()))
+    # A command after it on the same partition that cannot be read: set aside once.
+    service.send_raw(b"{not json", key=waiting.post_id.encode())
+    deadline = time.monotonic() + 30
+    while len(letters := messages_on(service.bootstrap, service.topics.dead_letters)) < 1:
+        assert time.monotonic() < deadline, "the bad command was not dead-lettered"
+        time.sleep(0.2)
+    time.sleep(2)  # its commit (asynchronous) on its way
+
+    # The handler stops (a deploy); the next one reads the partition again from the waiting command.
+    service.handler.stop()
+    service.handler.start()
+    deadline = time.monotonic() + 60
+    while "finished before: they are skipped" not in service.handler.output() and \
+            len(messages_on(service.bootstrap, service.topics.dead_letters)) == 1:
+        assert time.monotonic() < deadline, service.handler.output()[-3000:]
+        time.sleep(0.2)
+    time.sleep(3)  # what it would do with the bad command, done by now
+
+    # Not set aside a second time (nor, for a valid command refused, decided anew by a handler knowing other tokens).
+    assert len(messages_on(service.bootstrap, service.topics.dead_letters)) == len(letters) == 1

@@ -1615,6 +1615,24 @@ def test_metrics_show_whether_the_handler_and_projector_are_up_and_the_commands_
         handler.close()
 
 
+def test_commands_named_finished_past_the_committed_offset_are_not_counted_unfinished(api: RunningApi) -> None:
+    writer = producer(api.bootstrap)
+    for _ in range(3):
+        writer.produce(api.topics.commands, key=b"post-1", value=b"{}", partition=0)
+    assert writer.flush(10) == 0
+    # The handler's commit: the first command still waits (a platform's limit); the two after it are finished.
+    handler = Consumer({"bootstrap.servers": api.bootstrap, "group.id": api.settings.handler_group,
+                        "enable.auto.commit": False})
+    try:
+        handler.commit(offsets=[TopicPartition(api.topics.commands, 0, 0, metadata="done:1-2")], asynchronous=False)
+    finally:
+        handler.close()
+
+    text = api.client.get("/metrics").text
+
+    assert 'smartretry_commands_unfinished{partition="0"} 1.0' in text
+
+
 def test_metrics_say_when_kafka_does_not_answer_and_still_count_the_posts(tmp_path: Path) -> None:
     """A scrape while the broker is frozen: it accepts connections and answers nothing."""
     with socket.create_server(("127.0.0.1", 0)) as silent:

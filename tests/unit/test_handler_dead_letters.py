@@ -21,6 +21,7 @@ from schemas.commands import PostContent, PublishRequested
 from schemas.envelope import encode, undecodable
 from smartretry.credentials import CredentialStore
 from streams.handler import CommandHandler, HandlerConfig, _token_in, _token_in_fields
+from streams.kafka import DONE_METADATA_LIMIT, done_metadata, done_offsets
 from streams.topics import Topics
 
 
@@ -144,9 +145,11 @@ class CommitLog:
 
     def __init__(self) -> None:
         self.commits: list[tuple[int, int]] = []
+        self.metadata: list[str | None] = []
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
         self.commits += [(tp.partition, tp.offset) for tp in offsets]
+        self.metadata += [tp.metadata for tp in offsets]
 
 
 def gated_handler() -> tuple[CommandHandler, GatedProducer, CommitLog]:
@@ -264,3 +267,57 @@ async def test_partitions_assigned_while_fetching_is_paused_for_capacity_have_th
     handler._assign([3])  # starts unpaused, as a consumer assigns it
 
     assert handler._fetch_paused is None, "the loop pauses (or resumes) every assigned partition anew"
+
+
+def test_the_commands_finished_past_a_commit_are_named_in_its_metadata_and_read_back() -> None:
+    assert done_metadata(100, []) == ""
+    assert done_metadata(100, [101, 102, 103, 107, 109, 110]) == "done:1-3,7,9-10"
+    assert done_offsets(100, "done:1-3,7,9-10") == {101, 102, 103, 107, 109, 110}
+    # Anything else is no such list: nothing is skipped.
+    for other in (None, "", "a note of another tool", "done:0", "done:3-1", "done:x", "done:1,,2"):
+        assert done_offsets(100, other) == set()
+    assert done_offsets(-1001, "done:1") == set()  # no commit
+    # A list past the broker's limit keeps what fits: the rest are handled again.
+    many = done_metadata(0, list(range(2, 40_000, 2)))
+    assert len(many) <= DONE_METADATA_LIMIT and done_offsets(0, many) <= set(range(2, 40_000, 2))
+
+
+async def test_a_command_held_back_by_a_wait_commits_the_ones_finished_after_it_in_the_metadata() -> None:
+    handler, producer, consumer = gated_handler()
+
+    async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
+        await handler._sleep(3600)
+
+    handler.handle = wait_out_a_rate_limit  # type: ignore[assignment]
+    handler._assign([3])
+    handler._dispatch(Publish(41))  # type: ignore[arg-type]  # waits an hour
+    handler._dispatch(Fetched(42))  # type: ignore[arg-type]  # dead-lettered
+    producer.first.set()
+    await settle(lambda: len(producer.sent) == 1 and consumer.commits != [])
+
+    # The commit stays at the waiting command; the dead letter's command is named finished past it.
+    assert consumer.commits[-1] == (3, 41) and consumer.metadata[-1] == "done:1"
+    handler._revoke([3])
+
+
+async def test_commands_the_previous_handler_finished_past_its_commit_are_skipped() -> None:
+    handler, producer, consumer = gated_handler()
+    started: list[str] = []
+
+    async def handled(command: PublishRequested, *_args: object) -> None:
+        started.append(command.command_id)
+
+    handler.handle = handled  # type: ignore[assignment]
+    # Committed at 41 with 42 (a dead letter) and 43 named finished.
+    handler._assign([3], {3: done_offsets(41, "done:1-2")})
+    handler._dispatch(Publish(41))  # type: ignore[arg-type]
+    handler._dispatch(Fetched(42))  # type: ignore[arg-type]
+    handler._dispatch(Publish(43))  # type: ignore[arg-type]
+    handler._dispatch(Publish(44))  # type: ignore[arg-type]
+    producer.first.set()
+    producer.rest.set()
+    await settle(lambda: (3, 45) in consumer.commits)
+
+    assert started == ["cmd-41", "cmd-44"]
+    assert producer.sent == []  # not set aside a second time
+    assert consumer.commits[-1] == (3, 45)
