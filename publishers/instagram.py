@@ -41,13 +41,12 @@ from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
 
-RECENT_MEDIA_LIMIT = 50
 # Instagram's publishing limit's window, at most (`content_publishing_limit` says it: a day); and what is waited past
 # the moment the oldest post counted leaves it, for the clocks' difference.
 DAY_SECONDS = 86400
 QUOTA_MARGIN_S = 60.0
-# The account's media read to find when the limit has room again: pages of so many (Meta's limit may be 100 posts a
-# day), so many pages at most.
+# The account's media read back to a time (when the limit has room again, which media an attempt made): pages of so
+# many (Meta's limit may be 100 posts a day), so many pages at most.
 QUOTA_PAGE_SIZE = 100
 QUOTA_PAGES = 5
 # Refusals of media_publish that say nothing about the container.
@@ -294,7 +293,7 @@ class InstagramPublisher:
         Any other media of that time, whatever its caption (the post's may have been corrected since), leaves it
         open."""
         try:
-            listing = await self._recent_media(account, "id,timestamp")
+            listing = await self._media_back_to(account, "id,timestamp", since)
         except GraphCallFailed as failed:
             return f"the account's media could not be read ({failed.error.message[:200]})"
         items = listing.get("data")
@@ -427,7 +426,7 @@ class InstagramPublisher:
         if not content.caption.strip():
             return PublishOutcome.published("instagram", None, None, container_id)
         try:
-            listing = await self._recent_media(account, "id,caption,timestamp,permalink")
+            listing = await self._media_back_to(account, "id,caption,timestamp,permalink", attempted_at - CLOCK_SKEW)
         except GraphCallFailed:
             # It went out for certain; the ids can be filled in later, a second publish cannot be undone.
             return PublishOutcome.published("instagram", None, None, container_id)
@@ -468,16 +467,21 @@ class InstagramPublisher:
             "message": f"{error.message} (room again from {room:%Y-%m-%d %H:%M} UTC)"[:MESSAGE_LENGTH]})
 
     async def _media_of_the_day(self, account: AccountCredentials) -> dict[str, Any]:
-        """The account's media of the last day (their ids and times), newest first, read page by page until one
-        reaches back past the day or none follows (at most `QUOTA_PAGES`): as one listing, with the last page's
-        `paging`, which says whether more follow."""
-        start = datetime.now(UTC) - timedelta(seconds=DAY_SECONDS)
-        params = {"fields": "id,timestamp", "limit": str(QUOTA_PAGE_SIZE)}
+        """The account's media of the last day (their ids and times), newest first (`_media_back_to`)."""
+        return await self._media_back_to(account, "id,timestamp", datetime.now(UTC) - timedelta(seconds=DAY_SECONDS),
+                                         "Instagram publishing limit")
+
+    async def _media_back_to(self, account: AccountCredentials, fields: str, start: datetime,
+                             action: str = "Instagram post lookup") -> dict[str, Any]:
+        """The account's media (their `fields`), newest first, read page by page until one reaches back past `start`
+        or none follows (at most `QUOTA_PAGES`): as one listing, with the last page's `paging`, which says whether
+        more follow. `GraphCallFailed` if refused."""
+        params = {"fields": fields, "limit": str(QUOTA_PAGE_SIZE)}
         items: list[Any] = []
         listing: dict[str, Any] = {}
         for _ in range(QUOTA_PAGES):
             listing = await self._graph.get(account.ig_user_id or "", "media", account.user_token, params=params,
-                                            action="Instagram publishing limit")
+                                            action=action)
             page = listing.get("data")
             if not isinstance(page, list):
                 return listing
@@ -487,14 +491,8 @@ class InstagramPublisher:
             following = next_page(paging) if isinstance(paging, dict) and paging.get("next") else {}
             if not following or any(at is not None and at < start for at in times):
                 break
-            params = {"fields": "id,timestamp", "limit": str(QUOTA_PAGE_SIZE), **following}
+            params = {"fields": fields, "limit": str(QUOTA_PAGE_SIZE), **following}
         return {"data": items, **({"paging": listing["paging"]} if "paging" in listing else {})}
-
-    async def _recent_media(self, account: AccountCredentials, fields: str) -> dict[str, Any]:
-        """The account's newest media (their `fields`), as one page of Meta's listing; `GraphCallFailed` if refused."""
-        return await self._graph.get(account.ig_user_id or "", "media", account.user_token,
-                                     params={"fields": fields, "limit": str(RECENT_MEDIA_LIMIT)},
-                                     action="Instagram post lookup")
 
     async def _permalink(self, media_id: str, token: SecretStr) -> str | None:
         try:

@@ -422,24 +422,8 @@ class GraphSandbox:
         posts = [p for p in self.fb_posts.values() if p["page_id"] == node
                  and (since is None or p["created_ts"] >= since) and (until is None or p["created_ts"] <= until)]
         posts.sort(key=lambda p: p["serial"], reverse=True)
-        if "after" in request.query:
-            after = _decode_cursor(request.query["after"])
-            if after is None:
-                return _error(400, 100, "(#100) The after cursor is not valid")
-            posts = [p for p in posts if p["serial"] < after]
-        shown = posts[:limit]
-        wanted = _fields(request) or {"id", "message", "created_time"}
-        data = [{k: v for k, v in p.items() if k in wanted | {"id"} and v is not None} for p in shown]
-        if not shown:
-            return _Reply(body={"data": []})
-        after_cursor = _encode_cursor(shown[-1]["serial"])
-        paging: dict[str, Any] = {"cursors": {"before": _encode_cursor(shown[0]["serial"]), "after": after_cursor}}
-        if len(posts) > limit:
-            # Meta's next URL repeats the query with the access token in it; the sandbox leaves the token out
-            # (it came in a header) so nothing it answers can leak one.
-            query = {k: v for k, v in request.query.items() if k != "before"} | {"after": after_cursor}
-            paging["next"] = f"/{node}/published_posts?{urlencode(query)}"
-        return _Reply(body={"data": data, "paging": paging})
+        return _page_of(request, posts, limit, _fields(request) or {"id", "message", "created_time"},
+                        f"/{node}/published_posts")
 
     def _get_fb_post(self, request: _Request, node: str) -> _Reply:
         post = self.fb_posts[node]
@@ -535,10 +519,10 @@ class GraphSandbox:
         account = self._ig_account(request, node)
         if isinstance(account, _Reply):
             return account
-        limit = _int(request.query.get("limit")) or 25
+        # Newest first, with Meta's cursor paging as on Facebook's listing: `paging.next` only while more remain.
+        limit = min(_int(request.query.get("limit")) or 25, FB_MAX_PAGE_SIZE)
         items = sorted((m for m in self.media.values() if m["ig_user_id"] == node), key=lambda m: -m["serial"])
-        wanted = _fields(request) or {"id"}
-        return _Reply(body={"data": [{k: v for k, v in m.items() if k in wanted | {"id"}} for m in items[:limit]]})
+        return _page_of(request, items, limit, _fields(request) or {"id"}, f"/{node}/media")
 
     def _publishing_limit(self, request: _Request, node: str) -> _Reply:
         account = self._ig_account(request, node)
@@ -669,6 +653,29 @@ def _int(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _page_of(request: _Request, items: list[dict[str, Any]], limit: int, wanted: set[str], path: str) -> _Reply:
+    """One page of `items` (newest first, each with its `serial`) with Meta's cursor paging: the `after` cursor of the
+    request, `wanted` fields of each (and its id; none that is null), `paging.next` only while more remain (its
+    absence is Meta's sign of the last page)."""
+    if "after" in request.query:
+        after = _decode_cursor(request.query["after"])
+        if after is None:
+            return _error(400, 100, "(#100) The after cursor is not valid")
+        items = [item for item in items if item["serial"] < after]
+    shown = items[:limit]
+    data = [{k: v for k, v in item.items() if k in wanted | {"id"} and v is not None} for item in shown]
+    if not shown:
+        return _Reply(body={"data": []})
+    after_cursor = _encode_cursor(shown[-1]["serial"])
+    paging: dict[str, Any] = {"cursors": {"before": _encode_cursor(shown[0]["serial"]), "after": after_cursor}}
+    if len(items) > limit:
+        # Meta's next URL repeats the query with the access token in it; the sandbox leaves the token out (it came in
+        # a header) so nothing it answers can leak one.
+        query = {k: v for k, v in request.query.items() if k != "before"} | {"after": after_cursor}
+        paging["next"] = f"{path}?{urlencode(query)}"
+    return _Reply(body={"data": data, "paging": paging})
 
 
 def _encode_cursor(serial: int) -> str:

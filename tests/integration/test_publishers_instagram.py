@@ -394,6 +394,27 @@ async def test_publish_then_dropped_connection_is_resolved_through_the_container
     assert (found.platform_post_id, found.permalink) == (media["id"], media["permalink"])
 
 
+async def test_a_look_up_finds_its_media_behind_more_newer_media_than_one_page_holds(
+    publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
+) -> None:
+    # A burst: the attempt's answer was lost, and 120 other posts went out on the account after it.
+    sandbox.set_publish_limit(200)
+    started = datetime.now(UTC)
+    sandbox.drop_after("instagram", "media_publish")
+    containers = ContainerLog()
+    await publishers["instagram"].publish(PHOTO, demo_account, attempt_id="a1", on_container=containers)
+    for n in range(120):
+        other = PostContent(caption=f"Another post {n}", image_url="https://cdn.example.com/other.jpg")
+        assert (await publishers["instagram"].publish(other, demo_account, attempt_id=f"o{n}")).success
+
+    found = await publishers["instagram"].find_existing(
+        PHOTO, demo_account, attempt_id="a1", container_id=containers.ids[0], attempted_at=started)
+
+    [media] = [m for m in sandbox.posts() if m.get("caption") == PHOTO.caption]
+    assert found is not None and found.success
+    assert (found.platform_post_id, found.permalink) == (media["id"], media["permalink"])
+
+
 async def test_a_look_up_leaves_the_media_unknown_when_another_of_the_caption_is_on_no_record(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl
 ) -> None:
