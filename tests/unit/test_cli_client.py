@@ -243,13 +243,19 @@ def mixed_failure(facebook_failed: bool) -> tuple[dict[str, Any], dict[str, Any]
     return accepted, detail
 
 
-def test_a_publish_whose_failure_waits_for_the_user_fails_though_another_platform_is_retried_by_itself(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    accepted, detail = mixed_failure(facebook_failed=True)
+def published_with_instagram_retried_by_itself(monkeypatch: pytest.MonkeyPatch, facebook_failed: bool) -> Result:
+    """`smartretry publish` whose command is decided and held by Instagram's automatic retry (`mixed_failure`)."""
+    accepted, detail = mixed_failure(facebook_failed)
     done, _waits = answered_202_then(
         monkeypatch, accepted, {"command_id": "cmd-4", "settled": False, "held": True, "refused": None,
                                 "response": accepted},
-        ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a b.jpg"], detail)
+        ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"], detail)
+    return done
+
+
+def test_a_publish_whose_failure_waits_for_the_user_fails_though_another_platform_is_retried_by_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    done = published_with_instagram_retried_by_itself(monkeypatch, facebook_failed=True)
 
     # However Instagram's retry ends, Facebook stays failed until the image is fixed: a script must hear of it.
     assert done.exit_code == 1, done.output
@@ -275,11 +281,7 @@ def test_show_says_how_to_retry_with_the_post_fixed(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_publish_whose_only_failure_is_retried_by_itself_is_not_final(monkeypatch: pytest.MonkeyPatch) -> None:
-    accepted, detail = mixed_failure(facebook_failed=False)
-    done, _waits = answered_202_then(
-        monkeypatch, accepted, {"command_id": "cmd-4", "settled": False, "held": True, "refused": None,
-                                "response": accepted},
-        ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"], detail)
+    done = published_with_instagram_retried_by_itself(monkeypatch, facebook_failed=False)
 
     assert done.exit_code == 0, done.output
     assert "Not final: the service retries by itself; `smartretry show post-4` for the outcome." in done.output
