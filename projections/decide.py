@@ -195,19 +195,19 @@ def retry_preview(state: PostState | None) -> str:
     only = "only " if decision.skipped else ""
     # Imported without content: the retry publishes only with the content it brings (`decide` refuses it without).
     given = " once given the post's content (caption, image URL)" if state.content is None else ""
-    # A forced republish that failed is what the retry carries on: its platform's earlier post is still there.
-    again = tuple(p for p in decision.platforms if republish_failed(state, p))
+    # A platform that went out before and whose later attempt (a forced republish) failed: its post is still there.
+    again = tuple(p for p in decision.platforms if went_out_before(state, p))
     many = len(again) > 1
-    besides = (f" (the forced republish of {_names(again)} failed: the earlier post{'s are' if many else ' is'} still "
-               f"there, and this posts beside {'them' if many else 'it'})") if again else ""
+    besides = (f" ({_names(again)} went out before: {'those posts are' if many else 'that post is'} still there, and "
+               f"this posts beside {'them' if many else 'it'})") if again else ""
     return f"Note: Will {only}retry {_names(decision.platforms)}{given}{besides}"
 
 
-def republish_failed(state: PostState, platform: Platform) -> bool:
-    """Whether the platform's latest result is a forced republish's failure, with its earlier post still there."""
+def went_out_before(state: PostState, platform: Platform) -> bool:
+    """Whether the platform's latest result is a failure after one of its attempts went out: a retry of it posts beside
+    that post, which is still there."""
     finished = [a for a in state.attempts_of(platform) if a.success is not None]
-    return bool(finished) and finished[-1].forced and finished[-1].success is False and any(
-        a.success for a in finished[:-1])
+    return bool(finished) and finished[-1].success is False and any(a.success for a in finished[:-1])
 
 
 def _resolution(state: PostState, command: ResolveAttemptRequested) -> Decision:

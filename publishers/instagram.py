@@ -489,7 +489,8 @@ class InstagramPublisher:
             times = [parse_meta_time(item.get("timestamp")) for item in page if isinstance(item, dict)]
             paging = listing.get("paging")
             following = next_page(paging) if isinstance(paging, dict) and paging.get("next") else {}
-            if not following or any(at is not None and at < start for at in times):
+            # By the page's last media: pinned ones, however old, come first.
+            if not following or (times and times[-1] is not None and times[-1] < start):
                 break
             params = {"fields": fields, "limit": str(QUOTA_PAGE_SIZE), **following}
         return {"data": items, **({"paging": listing["paging"]} if "paging" in listing else {})}

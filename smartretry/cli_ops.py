@@ -411,11 +411,11 @@ def _report(api: Api, response: dict[str, Any], detail: dict[str, Any] | None, a
         note = str(response["note"])
         said.print(f"⏳ This command is {note}." if note.startswith("queued behind") else f"⏳ {note}.",
                    highlight=False)
-    # Once the command is decided (its answer is in) and another platform's automatic retry is still to come: a
-    # platform its attempts left failed with nothing to come by itself waits for the user.
+    # Once the command is decided (its answer is in: a command queued behind another has none yet) and another
+    # platform's automatic retry is still to come: a platform left failed with nothing to come by itself waits for the
+    # user, whatever the answer's note says of the others' waits.
     decided = detail is not None and (detail.get("command") or {}).get("response") is not None
-    waiting = _waiting_for_you(detail) if detail is not None and decided and detail.get("automatic_retry") \
-        and not response.get("note") else []
+    waiting = _waiting_for_you(detail) if detail is not None and decided and detail.get("automatic_retry") else []
     if still_publishing and detail is not None and detail.get("status") == "failed" and waiting:
         # Another platform's automatic retry is still to come, but this one's failure waits for the user: however that
         # retry ends, the post stays failed until they act (said above), so this is a failure to scripts too.

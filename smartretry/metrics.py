@@ -357,7 +357,7 @@ class ServiceMetrics:
         groups = {"projector": self.settings.projector_group, "command-handler": self.settings.handler_group}
         members: dict[str, int] = {}
         committed: dict[int, int] | None = None
-        finished_past: dict[int, int] = {}
+        finished_past: dict[int, set[int]] = {}
         problems: list[str] = []
         try:
             described = self._admin.describe_consumer_groups(list(groups.values()), request_timeout=_left(deadline))
@@ -373,7 +373,7 @@ class ServiceMetrics:
                 if tp.topic == commands_topic and tp.error is None:
                     committed[tp.partition] = tp.offset
                     # Finished past the committed offset, behind a command that waits (`streams.handler`).
-                    finished_past[tp.partition] = len(done_offsets(tp.offset, tp.metadata))
+                    finished_past[tp.partition] = done_offsets(tp.offset, tp.metadata)
         except Exception as exc:
             problems.append(f"{self.settings.handler_group}'s offsets: {scrub(str(exc))[:200]}")
         finally:
@@ -406,8 +406,9 @@ class ServiceMetrics:
                 "not decided yet, or still publishing (a command holds its place while its automatic retries wait)",
                 labels=["partition"])
             for partition, (low, high) in sorted(commands.items()):
-                unfinished.add_metric([str(partition)], max(0, high - max(low, committed.get(partition, -1))
-                                                            - finished_past.get(partition, 0)))
+                start = max(low, committed.get(partition, -1))
+                finished = sum(1 for offset in finished_past.get(partition, ()) if start <= offset < high)
+                unfinished.add_metric([str(partition)], max(0, high - start - finished))
             families.append(unfinished)
         return families
 

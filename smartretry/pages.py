@@ -684,6 +684,8 @@ def _retry_note(state: PostState, times: AutomaticRetries, now: datetime) -> str
             return at, f"at {clock_time(at, now)} (the platform's own wait)"
         if by is not None and by > now:
             return by, f"by {clock_time(by, now)}"
+        if at is not None:
+            return at, f"due at {clock_time(at, now)}"  # late: the page says it is overdue
         return now, "in a moment"
 
     platform = max(times.due, key=lambda p: when(p)[0])

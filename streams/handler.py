@@ -349,7 +349,10 @@ class _PartitionProgress:
         commit_to = min(self.pending) if self.pending else self.committed
         if commit_to is None:
             return None
-        return commit_to, done_metadata(commit_to, sorted(o for o, done in self.pending.items() if done))
+        # With those the previous handler finished that this one has not reached yet: a commit of this one must not
+        # drop them from the list.
+        done = {o for o, finished in self.pending.items() if finished} | {o for o in self.done_before if o > commit_to}
+        return commit_to, done_metadata(commit_to, sorted(done))
 
 
 class CommandHandler:

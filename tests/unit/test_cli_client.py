@@ -246,9 +246,12 @@ def mixed_failure(facebook_failed: bool) -> tuple[dict[str, Any], dict[str, Any]
 def published_with_instagram_retried_by_itself(monkeypatch: pytest.MonkeyPatch, facebook_failed: bool) -> Result:
     """`smartretry publish` whose command is decided and held by Instagram's automatic retry (`mixed_failure`)."""
     accepted, detail = mixed_failure(facebook_failed)
+    # Held: the API's answer says when Instagram is tried again.
+    held = {**accepted, "note": "Instagram is retried automatically at 2026-11-30 05:22:36 UTC (the platform's own "
+                                "wait)"}
     done, _waits = answered_202_then(
         monkeypatch, accepted, {"command_id": "cmd-4", "settled": False, "held": True, "refused": None,
-                                "response": accepted},
+                                "response": held},
         ["publish", "Autumn sale", "--image-url", "https://cdn.example.com/a.jpg"], detail)
     return done
 

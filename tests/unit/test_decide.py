@@ -93,8 +93,13 @@ def test_a_retry_after_a_forced_republish_failed_says_the_earlier_post_is_still_
     state = history.state()
 
     assert decide(state, retry()).platforms == ("instagram",)  # the republish asked for, carried on
-    assert retry_preview(state) == ("Note: Will only retry Instagram (the forced republish of Instagram failed: the "
-                                    "earlier post is still there, and this posts beside it)")
+    said = "Note: Will only retry Instagram (Instagram went out before: that post is still there, and this posts " \
+           "beside it)"
+    assert retry_preview(state) == said
+    # Said again after a retry of it failed too: the earlier post is still there.
+    history.failure("instagram", history.retry("cmd-retry", ("instagram",))["instagram"], "Instagram container "
+                    "failed: 400 - Media download has failed.")
+    assert retry_preview(history.state()) == said
     # A retry of a first publish that failed says nothing of the kind.
     assert retry_preview(after_first_attempt(facebook=True, instagram=False)) == "Note: Will only retry Instagram"
 

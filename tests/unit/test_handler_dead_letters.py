@@ -321,3 +321,22 @@ async def test_commands_the_previous_handler_finished_past_its_commit_are_skippe
     assert started == ["cmd-41", "cmd-44"]
     assert producer.sent == []  # not set aside a second time
     assert consumer.commits[-1] == (3, 45)
+
+
+async def test_a_commit_keeps_naming_what_the_previous_handler_finished_until_it_is_reached() -> None:
+    handler, producer, consumer = gated_handler()
+
+    async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
+        await handler._sleep(3600)
+
+    handler.handle = wait_out_a_rate_limit  # type: ignore[assignment]
+    # Committed at 41 with 43 and 44 named finished; this handler has fetched only up to 42 so far.
+    handler._assign([3], {3: done_offsets(41, "done:2-3")})
+    handler._dispatch(Publish(41))  # type: ignore[arg-type]  # waits an hour
+    handler._dispatch(Fetched(42))  # type: ignore[arg-type]  # dead-lettered
+    producer.first.set()
+    await settle(lambda: len(producer.sent) == 1 and consumer.commits != [])
+
+    # A restart now must skip 43 and 44 still, besides 42.
+    assert consumer.commits[-1] == (3, 41) and consumer.metadata[-1] == "done:1-3"
+    handler._revoke([3])
