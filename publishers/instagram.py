@@ -489,8 +489,10 @@ class InstagramPublisher:
             times = [parse_meta_time(item.get("timestamp")) for item in page if isinstance(item, dict)]
             paging = listing.get("paging")
             following = next_page(paging) if isinstance(paging, dict) and paging.get("next") else {}
-            # By the page's last media: pinned ones, however old, come first.
-            if not following or (times and times[-1] is not None and times[-1] < start):
+            # By the page's last media: pinned ones, however old, come first. A next page asked with the same cursor
+            # again would answer the same page.
+            if not following or (times and times[-1] is not None and times[-1] < start) \
+                    or all(params.get(k) == v for k, v in following.items()):
                 break
             params = {"fields": fields, "limit": str(QUOTA_PAGE_SIZE), **following}
         return {"data": items, **({"paging": listing["paging"]} if "paging" in listing else {})}

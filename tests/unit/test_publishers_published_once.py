@@ -37,10 +37,12 @@ class Graph:
     def __init__(self, answers: dict[str, list[httpx.Response]]) -> None:
         self.answers = answers
         self.calls: list[str] = []
+        self.requests: list[str] = []  # the same, with each one's method ("POST media")
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         endpoint = request.url.path.rsplit("/", 1)[-1]
         self.calls.append(endpoint)
+        self.requests.append(f"{request.method} {endpoint}")
         queue = self.answers.get(f"{request.method} {endpoint}") or self.answers.get(endpoint)
         if not queue:
             return httpx.Response(404, json={"error": {"message": "unexpected call", "code": 803}})
@@ -185,6 +187,23 @@ async def test_an_earlier_container_meta_does_not_know_with_no_media_of_its_time
     assert graph.calls == [EARLIER, EARLIER, EARLIER, "media", "media", "media_publish", "18107758234627017"]
 
 
+async def test_an_earlier_container_meta_does_not_know_is_looked_for_past_a_page_of_newer_media() -> None:
+    # A busy account: its first page is all newer than the attempt; the next one reaches back past it, with nothing of
+    # that attempt's time. It did not go out, and this attempt publishes.
+    graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")],
+                   "GET media": [listing(*(timedelta(minutes=minutes) for minutes in range(100)), more=True),
+                                 listing(timedelta(hours=3), timedelta(days=2))],
+                   "POST media": [httpx.Response(200, json={"id": CONTAINER})],
+                   CONTAINER: [status("FINISHED")],
+                   "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(hours=2))])
+
+    assert outcome.success and outcome.container_id == CONTAINER
+    assert graph.requests.count("GET media") == 2
+
+
 async def test_an_earlier_container_meta_does_not_know_on_an_account_with_no_media_did_not_go_out() -> None:
     # The whole listing (no next page) and nothing in it: the sandbox after it started again.
     graph = Graph({EARLIER: [refusal(100, 33, message="Unsupported get request")], "GET media": [listing()],
@@ -221,7 +240,7 @@ async def test_an_earlier_container_meta_does_not_know_stays_open_where_the_medi
     assert outcome.error.message.startswith("Instagram publish not attempted: Meta says the container "
                                             f"{EARLIER} of an earlier attempt does not exist {why}")
     assert outcome.error.retry_after_s is None  # nothing to wait for: the next try asks again
-    assert "media_publish" not in graph.calls and graph.calls.count("media") == 1  # no container made
+    assert "media_publish" not in graph.calls and "POST media" not in graph.requests  # no container made
 
 
 async def test_a_media_made_late_in_an_earlier_attempts_lease_is_of_its_time() -> None:
