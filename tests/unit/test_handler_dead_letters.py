@@ -282,22 +282,27 @@ def test_the_commands_finished_past_a_commit_are_named_in_its_metadata_and_read_
     assert len(many) <= DONE_METADATA_LIMIT and done_offsets(0, many) <= set(range(2, 40_000, 2))
 
 
-async def test_a_command_held_back_by_a_wait_commits_the_ones_finished_after_it_in_the_metadata() -> None:
+async def committed_behind_a_wait(done: str = "") -> tuple[tuple[int, int], str | None]:
+    """A handler assigned partition 3, committed at 41 with `done` as the commit's metadata: command 41 waits an hour
+    (a rate limit), 42 cannot be read and is dead-lettered. Its last commit, and that commit's metadata."""
     handler, producer, consumer = gated_handler()
 
     async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
         await handler._sleep(3600)
 
     handler.handle = wait_out_a_rate_limit  # type: ignore[assignment]
-    handler._assign([3])
-    handler._dispatch(Publish(41))  # type: ignore[arg-type]  # waits an hour
-    handler._dispatch(Fetched(42))  # type: ignore[arg-type]  # dead-lettered
+    handler._assign([3], {3: done_offsets(41, done)})
+    handler._dispatch(Publish(41))  # type: ignore[arg-type]
+    handler._dispatch(Fetched(42))  # type: ignore[arg-type]
     producer.first.set()
     await settle(lambda: len(producer.sent) == 1 and consumer.commits != [])
-
-    # The commit stays at the waiting command; the dead letter's command is named finished past it.
-    assert consumer.commits[-1] == (3, 41) and consumer.metadata[-1] == "done:1"
     handler._revoke([3])
+    return consumer.commits[-1], consumer.metadata[-1]
+
+
+async def test_a_command_held_back_by_a_wait_commits_the_ones_finished_after_it_in_the_metadata() -> None:
+    # The commit stays at the waiting command; the dead letter's command is named finished past it.
+    assert await committed_behind_a_wait() == ((3, 41), "done:1")
 
 
 async def test_commands_the_previous_handler_finished_past_its_commit_are_skipped() -> None:
@@ -324,19 +329,5 @@ async def test_commands_the_previous_handler_finished_past_its_commit_are_skippe
 
 
 async def test_a_commit_keeps_naming_what_the_previous_handler_finished_until_it_is_reached() -> None:
-    handler, producer, consumer = gated_handler()
-
-    async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
-        await handler._sleep(3600)
-
-    handler.handle = wait_out_a_rate_limit  # type: ignore[assignment]
-    # Committed at 41 with 43 and 44 named finished; this handler has fetched only up to 42 so far.
-    handler._assign([3], {3: done_offsets(41, "done:2-3")})
-    handler._dispatch(Publish(41))  # type: ignore[arg-type]  # waits an hour
-    handler._dispatch(Fetched(42))  # type: ignore[arg-type]  # dead-lettered
-    producer.first.set()
-    await settle(lambda: len(producer.sent) == 1 and consumer.commits != [])
-
-    # A restart now must skip 43 and 44 still, besides 42.
-    assert consumer.commits[-1] == (3, 41) and consumer.metadata[-1] == "done:1-3"
-    handler._revoke([3])
+    # 43 and 44 named finished; this handler has fetched only up to 42 so far. A restart now must skip them still.
+    assert await committed_behind_a_wait("done:2-3") == ((3, 41), "done:1-3")
