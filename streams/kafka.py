@@ -205,6 +205,8 @@ class AsyncProducer:
 # handled again after a restart, as they would be without it.
 DONE_METADATA_LIMIT = 3900
 DONE_PREFIX = "done:"
+# Offsets read from one commit's metadata at most (its ranges could name any number): those past it are handled again.
+DONE_OFFSETS_LIMIT = 100_000
 
 
 def done_metadata(commit_to: int, done: Sequence[int]) -> str:
@@ -242,7 +244,10 @@ def done_offsets(committed: int, metadata: str | None) -> set[int]:
             low, high = int(first), int(last or first)
             if low < 1 or high < low:
                 return set()
+            high = min(high, low + DONE_OFFSETS_LIMIT - len(offsets) - 1)
             offsets.update(range(committed + low, committed + high + 1))
+            if len(offsets) >= DONE_OFFSETS_LIMIT:
+                break
     except ValueError:
         return set()
     return offsets

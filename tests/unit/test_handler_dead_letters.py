@@ -21,7 +21,7 @@ from schemas.commands import PostContent, PublishRequested
 from schemas.envelope import encode, undecodable
 from smartretry.credentials import CredentialStore
 from streams.handler import CommandHandler, HandlerConfig, _token_in, _token_in_fields
-from streams.kafka import DONE_METADATA_LIMIT, done_metadata, done_offsets
+from streams.kafka import DONE_METADATA_LIMIT, DONE_OFFSETS_LIMIT, done_metadata, done_offsets
 from streams.topics import Topics
 
 
@@ -280,6 +280,8 @@ def test_the_commands_finished_past_a_commit_are_named_in_its_metadata_and_read_
     # A list past the broker's limit keeps what fits: the rest are handled again.
     many = done_metadata(0, list(range(2, 40_000, 2)))
     assert len(many) <= DONE_METADATA_LIMIT and done_offsets(0, many) <= set(range(2, 40_000, 2))
+    # However many a range names, so many are read at most.
+    assert done_offsets(0, "done:1-999999999") == set(range(1, DONE_OFFSETS_LIMIT + 1))
 
 
 async def committed_behind_a_wait(done: str = "") -> tuple[tuple[int, int], str | None]:
