@@ -46,6 +46,7 @@ from projections.decide import (
     republished_since_asked,
     resolution_refusal,
     retry_preview,
+    retry_targets,
     reuses_command_id,
 )
 from projections.fold import FACEBOOK_POST_URL, RESOLVE_THE_ATTEMPT
@@ -66,6 +67,7 @@ from projections.responses import (
 )
 from projections.resume import (
     AUTOMATIC_RETRY_LATE,
+    AutomaticRetries,
     attempts_by,
     automatic_retries,
     automatic_retry_deadline,
@@ -354,7 +356,8 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         "not_published_from": {p: format_timestamp(at) for p, at in not_published_from(state, lease_s, now).items()},
         # Failed for now, and published again by the service itself.
         **automatic_retry_fields(state, max_attempts, now, backoff),
-        "retry_preview": retry_preview(state) if state.status == "failed" else "",
+        "retry_preview": retry_note(state, automatic_retry_times(state, max_attempts, now, backoff), now)
+        if state.status == "failed" else "",
         "retried": retried_summary(state),
         "attempts_by_platform": attempts_by_platform(state),
         "retries_by_platform": retries_by_platform(state),
@@ -1026,6 +1029,35 @@ def clock_time(at: datetime, now: datetime) -> str:
 
 # A content field as a refusal names it.
 _SAID_AS = {"caption": "caption", "image_url": "image URL", "link": "link"}
+
+
+def retry_note(state: PostState, times: AutomaticRetries, now: datetime) -> str:
+    """The retry button's note ("Note: Will only retry Instagram"), and, where the post's own automatic retry is still
+    to come (a platform's wait, or the service's backoff), that a retry sent now runs after it: the post's commands run
+    in order, so a platform that automatic retry publishes is not published by this one."""
+    line = retry_preview(state)
+    if not times.due:
+        return line
+
+    def when(platform: Platform) -> tuple[datetime, str]:
+        at, by = times.due[platform], times.by.get(platform)
+        if at is not None and at > now:
+            return at, f"at {clock_time(at, now)} (the platform's own wait)"
+        if by is not None and by > now:
+            return by, f"by {clock_time(by, now)}"
+        if at is not None:
+            return at, f"due at {clock_time(at, now)}"  # late: the page says it is overdue
+        return now, "in a moment"
+
+    platform = max(times.due, key=lambda p: when(p)[0])
+    note = (f"{line}, after the automatic retry of {PLATFORM_LABELS[platform]} {when(platform)[1]}: a post's retries "
+            "run in turn")
+    again = [p for p in retry_targets(state) if p in times.due]
+    if again:
+        names = " and ".join(PLATFORM_LABELS[p] for p in again)
+        note += f", and it retries {names} only if {'their' if len(again) > 1 else 'its'} automatic retry fails"
+    return note
+
 
 def _check_urls(content: PostContent) -> None:
     for field in ("image_url", "link"):

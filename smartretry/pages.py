@@ -29,7 +29,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from pydantic import ValidationError
 
-from projections.decide import CONTENT_AS_IT_IS, retry_preview, retry_targets, reuses_command_id
+from projections.decide import CONTENT_AS_IT_IS, retry_targets, reuses_command_id
 from projections.fold import FIX_THE_POST, awaiting_attempt, may_have_gone_out, unresolved
 from projections.responses import (
     attempt_history,
@@ -39,7 +39,7 @@ from projections.responses import (
     permalink_of,
     retried_summary,
 )
-from projections.resume import AutomaticRetries, automatic_retry_times
+from projections.resume import automatic_retry_times
 from projections.state import PostState
 from publishers.redact import scrub
 from schemas.commands import ForceRepublishRequested, RetryRequested, content_problem
@@ -65,6 +65,7 @@ from smartretry.api import (
     platform_link,
     presented_key,
     queued_behind,
+    retry_note,
     same_secret,
     service_key_named,
     waits_for_someone,
@@ -428,7 +429,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             if (status == "posted" or may_have_gone_out(state)) and queued is None and republish_form(state) else None,
             "queued": queued,
             "button_icons": " + ".join(PLATFORM_ICONS[p] for p in targeted),
-            "note": _retry_note(state, times, front.clock()) if status == "failed" else "",
+            "note": retry_note(state, times, front.clock()) if status == "failed" else "",
             "retried": retried_summary(state) if status != "publishing" else None,
             "attempts": [{**entry, "label": PLATFORM_LABELS[str(entry["platform"])]}
                          for entry in attempt_history(state)],
@@ -668,34 +669,6 @@ def only_unsure(state: PostState) -> bool:
     """Whether all a retry of the post leaves to do is a platform the old system may have published: someone must look,
     then republish it (`fold.may_have_gone_out`)."""
     return bool(may_have_gone_out(state)) and not retry_targets(state)
-
-
-def _retry_note(state: PostState, times: AutomaticRetries, now: datetime) -> str:
-    """The retry button's note ("Note: Will only retry Instagram"), and, where the post's own automatic retry is still
-    to come (a platform's wait, or the service's backoff), that a retry sent now runs after it: the post's commands run
-    in order, so a platform that automatic retry publishes is not published by this one."""
-    line = retry_preview(state)
-    if not times.due:
-        return line
-
-    def when(platform: Platform) -> tuple[datetime, str]:
-        at, by = times.due[platform], times.by.get(platform)
-        if at is not None and at > now:
-            return at, f"at {clock_time(at, now)} (the platform's own wait)"
-        if by is not None and by > now:
-            return by, f"by {clock_time(by, now)}"
-        if at is not None:
-            return at, f"due at {clock_time(at, now)}"  # late: the page says it is overdue
-        return now, "in a moment"
-
-    platform = max(times.due, key=lambda p: when(p)[0])
-    note = (f"{line}, after the automatic retry of {PLATFORM_LABELS[platform]} {when(platform)[1]}: a post's retries "
-            "run in turn")
-    again = [p for p in retry_targets(state) if p in times.due]
-    if again:
-        names = " and ".join(PLATFORM_LABELS[p] for p in again)
-        note += f", and it retries {names} only if {'their' if len(again) > 1 else 'its'} automatic retry fails"
-    return note
 
 
 def _asks_for_token(row: dict[str, Any], status: str) -> bool:

@@ -1031,9 +1031,11 @@ def test_a_retry_button_beside_an_automatic_retry_by_backoff_says_it_runs_after_
     store_events(api, history.events)
     with signed_in(api) as browser:
         page = html.unescape(browser.get("/ui/posts/post-mixed").text)
-    assert re.search(r"Will retry Facebook and Instagram, after the automatic retry of Instagram (by [0-9:]+ UTC|in "
-                     r"a moment): a post's retries run in turn, and it retries Instagram only if its automatic retry "
-                     "fails", page), page
+    said = (r"Will retry Facebook and Instagram, after the automatic retry of Instagram (by [0-9:]+ UTC|in a moment): a "
+            r"post's retries run in turn, and it retries Instagram only if its automatic retry fails")
+    assert re.search(said, page), page
+    # The API's post (what `smartretry show` prints) says the same.
+    assert re.fullmatch(f"Note: {said}", api.client.get("/posts/post-mixed").json()["retry_preview"])
 
 
 def test_a_retry_behind_the_services_own_backoff_is_queued_not_left_untaken(api: RunningApi) -> None:
