@@ -1031,8 +1031,8 @@ def test_a_retry_button_beside_an_automatic_retry_by_backoff_says_it_runs_after_
     store_events(api, history.events)
     with signed_in(api) as browser:
         page = html.unescape(browser.get("/ui/posts/post-mixed").text)
-    said = (r"Will retry Facebook and Instagram, after the automatic retry of Instagram (by [0-9:]+ UTC|in a moment): a "
-            r"post's retries run in turn, and it retries Instagram only if its automatic retry fails")
+    said = (r"Will retry Facebook and Instagram, after the automatic retry of Instagram (by [0-9:]+ UTC|in a moment): "
+            r"a post's retries run in turn, and it retries Instagram only if its automatic retry fails")
     assert re.search(said, page), page
     # The API's post (what `smartretry show` prints) says the same.
     assert re.fullmatch(f"Note: {said}", api.client.get("/posts/post-mixed").json()["retry_preview"])
