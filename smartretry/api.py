@@ -344,6 +344,8 @@ def post_detail(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         "content": state.content.model_dump(mode="json") if state.content else None,
         "account": state.account,
         "links": {p: link for p in state.targeted if (link := platform_link(state, p))},
+        # Published posts an operator recorded (`smartretry resolve`): an address missing was not given then.
+        "recorded_by_operator": [p for p in state.targeted if state.recorded_on_word(p)],
         # Posts earlier attempts made that the document no longer shows (a forced republish's first one): still live.
         "earlier_posts": {p: [{"post_id": made, "link": permalink_of(state, p, made) or earlier_link(p, made)}
                               for made in ids]
@@ -531,7 +533,7 @@ class FrontDoor:
         ("body", "path")."""
         if content is None and not any(fields.values()):
             return
-        tokens = (await asyncio.to_thread(self.stores.credentials.stored_tokens), known_secrets(), also)
+        tokens = await self._known_tokens(also)
         field = secret_field(content, *tokens)
         if field is not None:
             raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
@@ -542,6 +544,10 @@ class FrontDoor:
             raise HTTPException(422, [{"loc": [where, name], "type": "contains_token",
                                        "msg": f"{name} contains an access token: remove it (it would be kept in "
                                               "the post's events and shown in logs)"}])
+
+    async def _known_tokens(self, also: Collection[str] = ()) -> tuple[Collection[str], ...]:
+        """The tokens no text may carry: the stored ones, those this process has seen, and `also`."""
+        return await asyncio.to_thread(self.stores.credentials.stored_tokens), known_secrets(), also
 
     async def check_account_name(self, account: str, *, where: str = "body", also: Collection[str] = ()) -> None:
         """422 for an account reference that carries an access token: the name is stored in the clear (it is the
@@ -647,8 +653,7 @@ class FrontDoor:
             # The post's own content, published as it is: it may carry a token stored since it was submitted or
             # imported. Refused at once, as the handler would refuse it (and dead-letter the retry, which would
             # otherwise wait unanswered).
-            field = secret_field(state.content, await asyncio.to_thread(self.stores.credentials.stored_tokens),
-                                 known_secrets())
+            field = secret_field(state.content, *await self._known_tokens())
             if field is not None:
                 raise HTTPException(422, [{"loc": ["body", "content", field], "type": "contains_token",
                                            "msg": f"the post's {_SAID_AS.get(field, field)} contains an access "
