@@ -487,11 +487,10 @@ def print_post(detail: dict[str, Any], page_url: str | None = None) -> None:
                 console.print(f"  ⏳ {label}: publishing again...", highlight=False)
         elif result["success"]:
             # As the page says it: an id alone is no address to follow.
-            recorded = any(a["platform"] == platform and a.get("resolved_by") and a["outcome"] == "published"
-                           and a.get("post_id") == result.get("postId") for a in detail.get("attempts", []))
+            unknown_link = UNGIVEN_LINK if platform in detail.get("recorded_by_operator", ()) \
+                else UNKNOWN_LINK.format(label=label)
             link = detail.get("links", {}).get(platform) or " ".join(
-                part for part in (result.get("postId"), UNGIVEN_LINK if recorded else UNKNOWN_LINK.format(label=label))
-                if part)
+                part for part in (result.get("postId"), unknown_link) if part)
             # On one line however narrow the output: a link cut in two cannot be followed.
             console.print(f"  ✅ {label}: Published  {link}", highlight=False, soft_wrap=True)
             if kept := detail.get("kept_from_before", {}).get(platform):

@@ -833,6 +833,8 @@ def test_a_post_an_operator_recorded_without_its_address_says_it_was_not_given(a
     assert "Status: ✅ Posted" in page
     assert "Its address was not given when it was recorded: see the account." in page
     assert "could not be told from Instagram's answers" not in page
+    # The API says it too, for `smartretry show`.
+    assert api.client.get("/posts/post-recorded-id").json()["recorded_by_operator"] == ["instagram"]
 
 
 def test_an_imported_post_without_its_address_says_the_old_system_did_not_keep_it(api: RunningApi) -> None:

@@ -273,9 +273,7 @@ def test_show_says_how_to_retry_with_the_post_fixed(monkeypatch: pytest.MonkeyPa
     _accepted, detail = mixed_failure(facebook_failed=True)
     detail = {**detail, "automatic_retry": {}, "attempts": [],
               "needed_action": {"facebook": "fix the post", "instagram": "fix the post"}}
-    _api_answering(monkeypatch, lambda _request: httpx.Response(200, json=detail))
-    shown = CliRunner().invoke(app, ["show", "post-4"], env={"COLUMNS": "200"})
-    assert shown.exit_code == 0, shown.output
+    shown = shown_post(monkeypatch, detail)
     assert "Needed for Facebook: fix the post (then retry with it: smartretry retry post-4 --caption TEXT, " \
            "--image-url URL or --link URL)" in shown.output
     # Instagram takes no link.
@@ -807,37 +805,30 @@ def test_a_post_waiting_for_an_operator_says_so_in_the_list_and_show_says_from_w
     assert "an operator found it was not published (checked the account)\n" in shown.output
 
 
-def test_show_gives_an_id_without_an_address_as_the_page_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    detail = {"id": "post-1", "status": "posted", "error_message": None, "post_url": None,
-              "publish_target": "instagram",
-              "insights": {"publish_results": [{"platform": "instagram", "success": True,
-                                                "postId": "18168097029388617"}]},
-              "content": None, "account": "acme", "links": {}, "earlier_posts": {}, "needed_action": {},
-              "outcome_unknown": {}, "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [],
-              "retry_preview": "", "retried": "", "history": [], "attempts": []}
+def shown_post(monkeypatch: pytest.MonkeyPatch, detail: dict[str, Any]) -> Result:
+    """`smartretry show` of the post the API answers with `detail`; it exits 0."""
     _api_answering(monkeypatch, lambda _request: httpx.Response(200, json=detail))
-    shown = CliRunner().invoke(app, ["show", "post-1"], env={"COLUMNS": "200"})
+    shown = CliRunner().invoke(app, ["show", str(detail["id"])], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
+    return shown
+
+
+# Published on Instagram, its media id known and its address not.
+ID_ONLY = {"id": "post-1", "status": "posted", "error_message": None, "post_url": None, "publish_target": "instagram",
+           "insights": {"publish_results": [{"platform": "instagram", "success": True, "postId": "18168097029388617"}]},
+           "content": None, "account": "acme", "links": {}, "earlier_posts": {}, "needed_action": {},
+           "outcome_unknown": {}, "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [],
+           "retry_preview": "", "retried": "", "history": [], "attempts": [], "recorded_by_operator": []}
+
+
+def test_show_gives_an_id_without_an_address_as_the_page_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = shown_post(monkeypatch, ID_ONLY)
     assert "✅ Instagram: Published  18168097029388617 (its address could not be told from Instagram's answers: see " \
            "the account)" in shown.output
 
 
 def test_show_says_an_address_an_operator_did_not_give_was_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    detail = {"id": "post-1", "status": "posted", "error_message": None, "post_url": None,
-              "publish_target": "instagram",
-              "insights": {"publish_results": [{"platform": "instagram", "success": True,
-                                                "postId": "18168097029388617"}]},
-              "content": None, "account": "acme", "links": {}, "earlier_posts": {}, "needed_action": {},
-              "outcome_unknown": {}, "automatic_retry": {}, "automatic_retry_by": {}, "automatic_retry_overdue": [],
-              "retry_preview": "", "retried": "", "history": [],
-              "attempts": [{"attempt_id": "a1", "platform": "instagram", "attempt_number": 1, "command_id": "c1",
-                            "started_at": "2026-11-30T09:00:00Z", "finished_at": "2026-11-30T09:05:00Z",
-                            "kind": "first publish", "outcome": "published", "error": None,
-                            "post_id": "18168097029388617", "unknown_because": "Instagram publish failed: 500",
-                            "resolved_by": "resolve-1", "recovered": False, "container_cleared_by": None}]}
-    _api_answering(monkeypatch, lambda _request: httpx.Response(200, json=detail))
-    shown = CliRunner().invoke(app, ["show", "post-1"], env={"COLUMNS": "200"})
-    assert shown.exit_code == 0, shown.output
+    shown = shown_post(monkeypatch, {**ID_ONLY, "recorded_by_operator": ["instagram"]})
     assert "✅ Instagram: Published  18168097029388617 (its address was not given when it was recorded: see the " \
            "account)" in shown.output
 
