@@ -20,6 +20,7 @@ from publishers.transport import AiohttpTransport
 from smartretry.credentials import CredentialStore
 from smartretry.settings import Settings
 from streams.handler import CommandHandler, HandlerConfig
+from streams.kafka import stopping
 from streams.topics import StoreAheadOfLog, check_store_matches_log
 
 log = logging.getLogger("smartretry")
@@ -121,6 +122,11 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopped() -> None:
+        stopping()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopped)
     return stop

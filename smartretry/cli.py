@@ -99,9 +99,16 @@ class Interrupted:
 
 def interrupt_event() -> Interrupted:
     """Set by SIGINT or SIGTERM."""
+    from streams.kafka import stopping
+
     stop = Interrupted()
+
+    def interrupted(*_: object) -> None:
+        stopping()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, interrupted)
     return stop
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,12 +21,29 @@ from confluent_kafka.admin import AdminClient
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
+# What librdkafka says of a broker it cannot reach: news while the process runs, expected once it stops.
+_BROKER_AWAY = re.compile(r"Connect to .* failed|brokers are down|Disconnected|Connection refused|"
+                          r"ApiVersionRequest failed|Timed out \d+ in-flight")
+_stopping = threading.Event()
+
+
+def stopping() -> None:
+    """Marks this process as stopping (its SIGINT or SIGTERM): from then on librdkafka's lines of a broker it cannot
+    reach are debug lines. Stopped while the broker is away, its clients say so until they are closed, and `smartretry
+    run`'s Ctrl-C would end in errors that ask nothing of anyone. What a client could not deliver is still said."""
+    _stopping.set()
+
+
 class _LibrdkafkaWords(logging.Filter):
     """librdkafka's lines in what they mean here: a broker that does not answer in time is not one older than Kafka
-    0.10 (its own guess), and a broker still loading its coordinator after a start is waited for, not a warning."""
+    0.10 (its own guess), a broker still loading its coordinator after a start is waited for, not a warning, and a
+    broker away while this process stops is no news (`stopping`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if _stopping.is_set() and record.levelno > logging.DEBUG and _BROKER_AWAY.search(message):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return LIBRDKAFKA_LOG.isEnabledFor(logging.DEBUG)
         if "probably due to broker version < 0.10" in message:
             record.msg = message.split("probably due to", 1)[0].rstrip(" :(") + \
                 ": the broker did not answer in time (stopped, frozen or overloaded?)"

@@ -165,3 +165,26 @@ def test_librdkafkas_misleading_lines_say_what_they_mean_here(caplog: pytest.Log
     assert record.getMessage() == ("FAIL [rdkafka#producer-1] thrd:127.0.0.1:9092/1: 127.0.0.1:9092/1: "
                                    "ApiVersionRequest failed: Local: Timed out: the broker did not answer in time "
                                    "(stopped, frozen or overloaded?)")
+
+
+def test_once_the_process_stops_a_broker_away_is_no_news_but_what_a_client_could_not_deliver_still_is(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import streams.kafka
+
+    caplog.set_level(logging.INFO)
+    away = ("FAIL [rdkafka#producer-1] [thrd:127.0.0.1:9092/bootstrap]: 127.0.0.1:9092/1: Connect to "
+            "ipv4#127.0.0.1:9092 failed: Connection refused (after 0ms in state CONNECT)")
+    down = "ERROR [rdkafka#producer-1] [thrd:127.0.0.1:9092/bootstrap]: 1/1 brokers are down"
+    undelivered = ("TERMINATE [rdkafka#producer-1] [thrd:app]: Producer terminating with 2 messages (300 bytes) still "
+                   "in queue or transit: use flush() to wait for outstanding message delivery")
+    monkeypatch.setattr(streams.kafka, "_stopping", threading.Event())
+    LIBRDKAFKA_LOG.error(away)
+    streams.kafka.stopping()
+    LIBRDKAFKA_LOG.error(away)
+    LIBRDKAFKA_LOG.error(down)
+    LIBRDKAFKA_LOG.warning(undelivered)
+    shown = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "librdkafka"]
+    # While it ran, the broker away was an error; once it stops, only the undelivered messages are.
+    assert shown == [("ERROR", away), ("WARNING", undelivered)]
