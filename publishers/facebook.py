@@ -77,7 +77,12 @@ class FacebookPagePublisher:
         if not account.page_id:
             return PublishOutcome.failed("facebook", _no_page(action))
         async def create(token: SecretStr) -> dict[str, Any]:
-            return await self._create(content, account, token, action)
+            try:
+                return await self._create(content, account, token, action)
+            except GraphCallFailed as failed:
+                if failed.outcome_unknown or not _may_have_posted(failed.error):
+                    raise
+                raise GraphCallFailed(failed.error, outcome_unknown=True) from None
 
         try:
             created = await self._with_page_token(account, action, create)
@@ -249,6 +254,27 @@ class FacebookPagePublisher:
     @staticmethod
     def _cache_key(account: AccountCredentials) -> tuple[str, str]:
         return (account.page_id or "", account.user_token.get_secret_value())
+
+
+# Meta's refusals made before it creates anything: the token's, a permission's, a rate limit's.
+_REFUSED_FIRST = frozenset({ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED})
+
+
+def _may_have_posted(error: PlatformError) -> bool:
+    """Whether a photo or post call Meta answered with `error` may have made the post all the same.
+
+    Facebook's attempts leave no handle to ask about later (Instagram's container), so a failure taken for a
+    refusal it was not publishes the post twice at the next attempt. Sure refusals are those made before anything is
+    created (`_REFUSED_FIRST`) and a post Meta finds wrong, answered with a 4xx (a bad image, a bad parameter, a
+    policy block). Anything else Meta says may be "try again" (`is_transient`, with any status), a failure on its
+    side (a 5xx, whatever its code), or an error in a success's answer: the Page is asked before the post goes out
+    again (`find_existing`).
+    """
+    if error.http_status is None or error.kind in _REFUSED_FIRST:
+        return False  # no answer: `GraphApi` has told whether the call may have reached Meta
+    if error.kind is ErrorKind.TRANSIENT:
+        return True
+    return not 400 <= error.http_status < 500
 
 
 def _reaches_before(posts: Any, since: datetime) -> bool:

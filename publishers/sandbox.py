@@ -941,10 +941,11 @@ class SandboxControl:
         )))
 
     def fail_after(self, platform: str, endpoint: str, *, code: int, http_status: int = 500,
-                   subcode: int | None = None, times: int = 1) -> None:
+                   subcode: int | None = None, is_transient: bool = False, times: int = 1) -> None:
         """The next `times` calls do their work (publish the post) and then answer with this error envelope."""
         self._post("faults", asdict(Fault(platform=platform, endpoint=endpoint, mode="error_after", times=times,
-                                          http_status=http_status, code=code, subcode=subcode)))
+                                          http_status=http_status, code=code, subcode=subcode,
+                                          is_transient=is_transient)))
 
     def drop_after(self, platform: str, endpoint: str, *, times: int = 1) -> None:
         """The next `times` calls do their work (create the post) and then close the socket unanswered."""

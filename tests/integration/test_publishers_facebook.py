@@ -310,16 +310,20 @@ async def test_a_timeout_is_transient_and_the_post_is_then_found_not_to_exist(
     assert facebook_posts(sandbox) == 0
 
 
-@pytest.mark.parametrize(("code", "http_status", "unknown"), [(2, 400, True), (1, 400, True), (4, 400, False),
-                                                            (100, 400, False)])
-async def test_a_server_side_error_code_on_a_publish_leaves_its_outcome_unknown_whatever_the_status(
+@pytest.mark.parametrize(("code", "http_status", "is_transient", "unknown"), [
+    (2, 400, False, True), (1, 400, False, True), (6000, 400, True, True), (100, 500, False, True),
+    (12345, 200, False, True), (4, 400, False, False), (100, 400, False, False), (324, 400, False, False),
+    (368, 400, False, False), (190, 500, False, False), (10, 500, False, False)])
+async def test_an_error_that_may_follow_a_post_leaves_its_outcome_unknown_and_only_a_refusal_is_a_failure(
     publishers: dict[Platform, Publisher], demo_account: AccountCredentials, sandbox: SandboxControl,
-    code: int, http_status: int, unknown: bool,
+    code: int, http_status: int, is_transient: bool, unknown: bool,
 ) -> None:
-    # Meta's "unknown error" and "service temporarily unavailable" come with a 400 too, and the post may be on
-    # the Page all the same: trying again without looking would post it twice. A rate limit or a bad parameter
-    # is refused before anything is created.
-    sandbox.fail_after("facebook", "photos", code=code, http_status=http_status)
+    # Meta's "unknown error" and "service temporarily unavailable" come with a 400 too, as may any error Meta marks
+    # `is_transient`; a 5xx is a failure on Meta's side whatever its code, and an error in a 200's answer is no
+    # refusal either: the post may be on the Page all the same, and trying again without looking would post it
+    # twice. A rate limit, the token, a permission, or a post Meta finds wrong (a 4xx) is refused before anything
+    # is created.
+    sandbox.fail_after("facebook", "photos", code=code, http_status=http_status, is_transient=is_transient)
 
     outcome = await publishers["facebook"].publish(PHOTO, demo_account, attempt_id="a1")
 
