@@ -409,9 +409,16 @@ class InstagramPublisher:
         return status == "PUBLISHED"
 
     async def _container_status(self, container_id: str, token: SecretStr) -> tuple[str, str]:
-        body = await self._graph.get(container_id, None, token, params={"fields": "status_code,status"},
-                                     action="Instagram media status check")
-        return str(body.get("status_code") or "IN_PROGRESS"), str(body.get("status") or "")
+        action = "Instagram media status check"
+        body = await self._graph.get(container_id, None, token, params={"fields": "status_code,status"}, action=action)
+        status = body.get("status_code")
+        if not isinstance(status, str) or not status:
+            # An answer that says nothing of the container is no "not published yet": taken for one, a look-up would
+            # find the attempt did not go out, and a new container would be published beside a post already out.
+            raise GraphCallFailed(PlatformError(
+                kind=ErrorKind.TRANSIENT, http_status=200,
+                message=f"{action} failed: 200 - the platform's answer named no status_code"))
+        return status, str(body.get("status") or "")
 
     async def _published_media(
         self, account: AccountCredentials, content: PostContent, container_id: str, attempted_at: datetime,

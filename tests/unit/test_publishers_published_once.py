@@ -106,6 +106,24 @@ async def test_an_earlier_container_that_cannot_be_asked_now_fails_the_attempt_b
     assert graph.calls == [EARLIER]
 
 
+async def test_a_container_status_that_names_no_status_is_no_not_published_yet() -> None:
+    # Taken for IN_PROGRESS, it let a new container be published beside an earlier attempt's that may be out, and
+    # a look-up find that an attempt whose outcome is unknown did not go out.
+    nothing = httpx.Response(200, json={"id": EARLIER})
+    graph = Graph({EARLIER: [nothing]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, datetime.now(UTC) - timedelta(hours=2))])
+
+    assert not outcome.success and outcome.error is not None
+    assert "named no status_code" in outcome.error.message
+    assert graph.calls == [EARLIER]  # no container made, none published
+    async with httpx.AsyncClient(transport=httpx.MockTransport(graph)) as client:
+        found = await InstagramPublisher(client, "https://graph.facebook.com", "v24.0").find_existing(
+            CONTENT, ACCOUNT, attempt_id="a1", container_id=EARLIER, attempted_at=STARTED)
+    # Not "did not go out" (None): the look-up could not tell, and is asked again.
+    assert found is not None and not found.success
+
+
 @pytest.mark.parametrize("answer", [
     refusal(100, 33, message="Unsupported get request"),
     httpx.Response(403, text="<html>Forbidden</html>"),
