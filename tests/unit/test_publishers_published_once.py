@@ -511,3 +511,16 @@ async def test_a_container_ready_just_before_the_deadline_is_published_not_given
             CONTENT, ACCOUNT, attempt_id="a2")
 
     assert outcome.success, outcome.error
+
+
+def test_a_post_whose_text_meta_stored_with_other_line_ends_and_blanks_is_still_the_attempts() -> None:
+    from publishers.graph import earliest_match
+
+    sent = "Autumn sale\r\n\r\nStarts  today "
+    posts = [{"id": "1_2", "message": "Autumn sale\n\nStarts today", "created_time": "2025-11-17T10:10:20+0000"},
+             {"id": "1_3", "message": "Autumn sale starts later", "created_time": "2025-11-17T10:10:21+0000"}]
+
+    found = earliest_match(posts, sent, STARTED, time_field="created_time", text_field="message")
+
+    # Taken for no match, the look-up would say the attempt did not go out, and the post would go out twice.
+    assert found is not None and found["id"] == "1_2"
