@@ -34,6 +34,8 @@ from schemas.commands import (
     content_problem,
     corrected,
     fingerprint,
+    says_nothing,
+    text_problem,
 )
 from schemas.common import PLATFORM_LABELS, Platform, platforms_of, target_of
 from schemas.events import CommandDecided, CommandType
@@ -122,6 +124,10 @@ def decide(state: PostState | None, command: Command) -> Decision:
         # out) is then that command, answered as it was decided, not a new republish that goes out.
         return Decision(skipped=dict.fromkeys(state.targeted, OVERTAKEN), is_retry=True, forced=True, no_op=True,
                         log_line=f"Refused {command.type} {command.command_id}: {overtaken}")
+    if isinstance(command, ForceRepublishRequested) and (unsaid := _unsaid(command.reason)) is not None:
+        # What the API answers 422 for, from a command written on Kafka: a republish posts the post again on purpose,
+        # and its reason is what the post keeps to say why.
+        return Decision(reject_reason=unsaid, log_line=f"Refused {command.type} {command.command_id}: {unsaid}")
     only = command.platforms if isinstance(command, ForceRepublishRequested) else None
     if only is not None and (elsewhere := [p for p in only if p not in state.targeted]):
         reason = (f"post {command.post_id} is not published to {_names(tuple(elsewhere))}: it targets "
@@ -368,6 +374,15 @@ def _republish(state: PostState, forced: bool, reason: str, only: Sequence[Platf
         line = f"🔄 Smart retry: Publishing to {_names(platforms, both=True)} ({_previous(state, platforms)})"
     return Decision(platforms=platforms, skipped=skipped, is_retry=True, forced=forced, unresolved=unresolved,
                     log_line=line)
+
+
+def _unsaid(reason: str) -> str | None:
+    """Why a forced republish's reason says nothing it can keep; None when it says why."""
+    if says_nothing(reason):
+        return "reason must say why the post is republished: blanks and invisible characters alone say nothing"
+    if (problem := text_problem(reason)) is not None:
+        return f"reason {problem}"
+    return None
 
 
 def _unresolved(state: PostState) -> tuple[Platform, ...]:

@@ -40,10 +40,20 @@ def says_nothing(text: str) -> bool:
     return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in text)
 
 
+def text_problem(text: str) -> str | None:
+    """What makes a text (a caption, a republish's reason) one no platform shows as written: a control character
+    other than a tab or a line break; None when it is fine. Checked where commands come in, as `url_problem` is."""
+    found = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    if found is None:
+        return None
+    return f"holds the control character U+{ord(found):04X}, which no platform shows: take it out"
+
+
 def url_problem(value: str) -> str | None:
     """What makes an http(s) address one no platform can fetch; None when it is fine.
 
-    Checked where posts come in (the API), not by the schema: events keep the content they were given, and an
+    Checked where posts come in (the API, and the handler's decision for a command written on Kafka), not by the
+    schema: events keep the content they were given, and an
     event written before a check existed must still be read (by the projector, by replay) as it was then.
     Blanks inside the path are the platform's to judge (the seed's image URL has one), never in the host.
     """
@@ -127,6 +137,14 @@ def content_problem(content: PostContent, target: PublishTarget | None, *,
     """Why the post's `target` platforms cannot take `content`, or None. `publishing` names the platforms a retry
     publishes now, when only some: the caption need only fit those (Instagram's limits do not bind a retry of
     Facebook alone), while a post for Instagram keeps an image whichever it publishes now. None: a new post."""
+    # What the API answers 422 for field by field, for a command written on Kafka too: a platform would publish a
+    # control character as it is, or fail on an address it cannot fetch, counted as an attempt.
+    if (problem := text_problem(content.caption)) is not None:
+        return f"content.caption {problem}"
+    for field in ("image_url", "link"):
+        address = getattr(content, field)
+        if address is not None and (problem := url_problem(address)) is not None:
+            return f"content.{field} {problem}"
     now = target if publishing is None else publishing
     if now in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
         # A photo's link goes after its caption (see `facebook_text`): the two together must fit.

@@ -18,7 +18,6 @@ import logging
 import re
 import threading
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -89,6 +88,7 @@ from schemas.commands import (
     RetryRequested,
     content_problem,
     says_nothing,
+    text_problem,
     url_problem,
 )
 from schemas.common import (
@@ -1073,11 +1073,8 @@ def _check_caption(caption: str | None, loc: tuple[str, ...] = ("body", "content
     """422 for a caption (or another text kept with the post, a republish's reason) holding a control character
     (other than a tab or a line break): no platform shows one, and the post's page and lists would carry it as it
     is."""
-    found = next((c for c in caption or "" if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
-    if found is not None:
-        raise HTTPException(422, [{"loc": list(loc), "type": "value_error",
-                                   "msg": f"holds the control character U+{ord(found):04X}, which no platform shows: "
-                                          "take it out"}])
+    if (problem := text_problem(caption or "")) is not None:
+        raise HTTPException(422, [{"loc": list(loc), "type": "value_error", "msg": problem}])
 
 
 def _check_fits_target(content: PostContent, target: PublishTarget | None, *,

@@ -462,6 +462,13 @@ def test_content_the_platforms_cannot_take_is_dead_lettered_from_kafka_not_publi
         "Instagram captions take at most 30 hashtags; this one has 31": PublishRequested(
             command_id=new_id(), post_id=new_id(), publish_target="both", account=DEMO_ACCOUNT_ID,
             content=PostContent(caption=tags, image_url=IMAGE), requested_at=datetime.now(UTC)),
+        "content.caption holds the control character U+001B, which no platform shows": PublishRequested(
+            command_id=new_id(), post_id=new_id(), publish_target="both", account=DEMO_ACCOUNT_ID,
+            content=PostContent(caption="Sale \x1b[31mnow", image_url=IMAGE), requested_at=datetime.now(UTC)),
+        "content.image_url has an invalid port": PublishRequested(
+            command_id=new_id(), post_id=new_id(), publish_target="both", account=DEMO_ACCOUNT_ID,
+            content=PostContent(caption="Sale", image_url="https://cdn.example.com:99999/a.jpg"),
+            requested_at=datetime.now(UTC)),
     }
     posted = run.valid_posts[0]
     # A forced republish of a posted post, whose corrected caption Instagram cannot take: written as an upstream
@@ -472,19 +479,25 @@ def test_content_the_platforms_cannot_take_is_dead_lettered_from_kafka_not_publi
     for command in refused.values():
         run.service.send(command, command.post_id)
     run.service.send_raw(_json(force), key=posted.post_id.encode())
+    # And one whose reason says nothing: the API answers it 422, and a republish posts the post again on purpose.
+    unsaid = {**force, "command_id": new_id(), "reason": " \u200b ", "content": None}
+    run.service.send_raw(_json(unsaid), key=posted.post_id.encode())
     too_long = "refused ForceRepublishRequested: Instagram captions are limited to 2200 characters; this one has 2300"
+    blank = ("refused ForceRepublishRequested: reason must say why the post is republished: blanks and invisible "
+             "characters alone say nothing")
     deadline = time.monotonic() + 60
     while True:
         letters = _dead_letters_in_full(run.service)
         reasons = {letter.key: letter.reason for letter in letters}
         forced = [letter for letter in letters if letter.key == posted.post_id and letter.reason == too_long]
-        if (all(c.post_id in reasons for c in refused.values()) and forced) or time.monotonic() > deadline:
+        said = [letter for letter in letters if letter.key == posted.post_id and letter.reason == blank]
+        if (all(c.post_id in reasons for c in refused.values()) and forced and said) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     for words, command in refused.items():
         assert words in reasons.get(command.post_id, ""), reasons
         assert run.service.stores.projection.get(command.post_id) is None
-    assert forced, [letter.reason for letter in letters if letter.key == posted.post_id]
+    assert forced and said, [letter.reason for letter in letters if letter.key == posted.post_id]
     assert run.service.sandbox.counters() == before
     state = run.service.stores.projection.get(posted.post_id)
     assert state is not None and state.content is not None and state.content.caption == "The first post"
