@@ -130,6 +130,10 @@ def _fast(raw: bytes, adapter: TypeAdapter[Any]) -> Any:
     version as strictly as the envelope does); everything else takes the careful path, which says
     exactly what is wrong.
     """
+    if b"NaN" in raw or b"Infinity" in raw:
+        # pydantic's reader takes them where a model keeps any JSON (an imported document), and the message would be
+        # folded; the careful path refuses them, as JSON has neither. (Rarely in a text: it then only takes longer.)
+        return None
     try:
         return adapter.validate_json(raw)
     except ValidationError:
@@ -147,6 +151,10 @@ def _decode(raw: bytes | str | None, what: str, types: dict[str, Any], version: 
         known = ", ".join(sorted(types))
         raise DecodeError(f"unknown {what} type {type_name!r} (known: {known})")
     schema_version = value.get("schema_version", 1)
+    if isinstance(schema_version, float) and schema_version.is_integer() and 1 <= schema_version <= version:
+        # A JSON Schema validator takes 1.0 for an integer; the service reads its versions as written by its own.
+        raise DecodeError(f"unsupported schema_version {schema_version!r} for {type_name}: write it as a whole "
+                          f"number, {int(schema_version)}, without a decimal point", type_name)
     if not isinstance(schema_version, int) or isinstance(schema_version, bool) or not 1 <= schema_version <= version:
         raise DecodeError(
             f"unsupported schema_version {schema_version!r} for {type_name} (this service reads 1 to {version})",
