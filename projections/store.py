@@ -393,7 +393,7 @@ class ProjectionStore:
         through: int | None = None,
         rejects: list[tuple[int, Event, str]] | None = None,
         before_commit: Callable[[list[PostState]], None] | None = None,
-        after_fold: Callable[[list[PostState]], None] | None = None,
+        after_fold: Callable[[list[PostState], list[PostState]], None] | None = None,
     ) -> list[PostState]:
         """Folds `(offset, event)` records of one partition into the stored posts, in one transaction.
 
@@ -403,8 +403,10 @@ class ProjectionStore:
         and added to `rejects` when given (for the dead letters), else raised. Returns the new state
         of every post changed. `before_commit(changed)` runs inside the transaction, after the last
         write: if it raises, nothing of the batch is stored (publish there what must not be lost).
-        `after_fold(changed)` runs as soon as the batch is folded, before the writes: start slow
-        work there (sending) that `before_commit` then waits for, and the writes overlap it.
+        `after_fold(changed, shown)` runs as soon as the batch is folded, before the writes, with those of
+        `changed` whose insights document changed (`shown`: an attempt recorded, a container made, change the post's
+        state but not always its document): start slow work there (sending) that `before_commit` then waits for, and
+        the writes overlap it.
         """
         last = max((offset for offset, _ in records), default=-1)
         if through is not None:
@@ -420,6 +422,7 @@ class ProjectionStore:
                 hot = _HotStates(tracked)
             fresh = [(offset, ev) for offset, ev in records if offset > tracked]
             changed: dict[str, PostState] = {}
+            shown: list[PostState] = []
             if fresh:
                 by_post: dict[str, list[tuple[int, Event]]] = {}
                 for record in fresh:
@@ -432,11 +435,13 @@ class ProjectionStore:
                     after = _folded(before, post_records, refused)
                     if after is not None and after is not before:
                         changed[post_id] = after
+                        if before is None or after.document != before.document:
+                            shown.append(after)
                 if rejects is not None and refused:
                     # In offset order, as they were read, not grouped by post.
                     rejects.extend(sorted(refused, key=lambda reject: reject[0]))
             if after_fold is not None:
-                after_fold(list(changed.values()))
+                after_fold(list(changed.values()), shown)
             if changed:
                 self._upsert_posts(conn, changed.values())
             if last > tracked:

@@ -123,7 +123,7 @@ class InsightsProjector:
         outcome = BatchOutcome(applied=len(events))
         errors: list[str] = []
 
-        def send(changed: list[PostState]) -> None:
+        def send(changed: list[PostState], shown: list[PostState]) -> None:
             # Sent as soon as the batch is folded; the store's writes overlap the broker's answer.
             if rejects:
                 # With their original bytes, like any dead letter: once the cause is fixed they can be requeued.
@@ -133,7 +133,8 @@ class InsightsProjector:
             outcome.changed = changed
             outcome.dead_letters = len(dead)
             if self.producer is not None:
-                self._send(changed, dead, errors)
+                # Only the documents that changed: the insights topic's readers get no repeat of the one they have.
+                self._send(shown, dead, errors)
 
         def delivered(_changed: list[PostState]) -> None:
             if self.producer is not None:

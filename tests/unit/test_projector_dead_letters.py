@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import uuid
 from collections import OrderedDict
@@ -258,3 +259,25 @@ def test_an_import_on_another_partition_than_its_posts_is_dead_lettered_live_and
     folder = _MemoryFold(scratch, partitions=6)
     folder.fold([imports["post-a"], imports["post-b"]], [right, wrong])
     assert set(folder.states) == {"post-a"}
+
+
+def test_the_insights_topic_gets_a_post_document_only_when_it_changed(tmp_path: Path) -> None:
+    from tests.integration.test_store import facebook_retry, first_attempt
+
+    store = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/projection.db"))
+    store.create_schema()
+    producer = Producer()
+    projector = InsightsProjector(store, Topics(prefix="shown."), producer)  # type: ignore[arg-type]
+    events = first_attempt() + facebook_retry()
+
+    # A batch per event, as a live post's steps come: an attempt recorded beside one in flight, or Instagram's
+    # container made, changes the post's state but not its document.
+    for offset, event in enumerate(events):
+        projector.project(0, [(offset, event.post_id.encode(), encode(event))])
+
+    sent = [json.loads(value) for topic, value in producer.sent if topic == "shown.insights"]
+    assert sent, "no insights sent"
+    assert all(a != b for a, b in itertools.pairwise(sent)), sent  # no repeat of the document readers have
+    assert len(sent) < len(events)
+    state = store.get(sent[-1]["post_id"])
+    assert state is not None and sent[-1] == json.loads(state.document.to_json(post_id=state.post_id))
