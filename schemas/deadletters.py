@@ -25,6 +25,12 @@ class DeadLetter(Frozen):
     # True when a secret (a token pasted into a caption, say) was replaced by `[redacted]` in the bytes
     # kept: they are then not the original, and requeueing them would send `[redacted]` on.
     value_scrubbed: bool = False
+    # The ids the message gives, where it is a JSON object that gives them (scrubbed like the rest): an upstream
+    # service finds its refused command by `command_id`, an importer its event by `event_id`, without decoding
+    # `value_b64` (which a message too large to keep has none of).
+    post_id: str | None = Field(default=None, max_length=500)
+    command_id: str | None = Field(default=None, max_length=500)
+    event_id: str | None = Field(default=None, max_length=500)
     occurred_at: Timestamp
 
     def original_value(self) -> bytes | None:

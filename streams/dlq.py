@@ -40,12 +40,31 @@ def make_dead_letter(*, reason: str, consumer: str, source_topic: str, partition
         reason = f"the original {len(kept)} bytes are not kept (too large for a dead letter): {reason}"
         kept = None
     return DeadLetter(
+        **_ids_of(value),
         reason=reason[:4000], consumer=consumer, source_topic=source_topic, partition=partition,
         offset=offset, key=scrub(key.decode("utf-8", "replace"))[:500] if key is not None else None,
         value_b64=base64.b64encode(kept).decode() if kept is not None else None,
         value_scrubbed=scrubbed and kept is not None,
         occurred_at=at or datetime.now(UTC),
     )
+
+
+# The ids a dead letter names, read from its message.
+_IDS = ("post_id", "command_id", "event_id")
+
+
+def _ids_of(value: bytes | None) -> dict[str, str]:
+    """The ids a message gives at its top level (`_IDS`), each a text, scrubbed; none of a message that is no JSON
+    object."""
+    if value is None:
+        return {}
+    try:
+        message = json.loads(value.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(message, dict):
+        return {}
+    return {name: scrub(given)[:500] for name in _IDS if isinstance(given := message.get(name), str) and given}
 
 
 def _scrubbed_json(text: str) -> str | None:

@@ -494,8 +494,11 @@ def test_content_the_platforms_cannot_take_is_dead_lettered_from_kafka_not_publi
         if (all(c.post_id in reasons for c in refused.values()) and forced and said) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    commands = {letter.key: letter.command_id for letter in letters}
     for words, command in refused.items():
         assert words in reasons.get(command.post_id, ""), reasons
+        # The upstream service that wrote it finds it by its command id.
+        assert commands[command.post_id] == command.command_id
         assert run.service.stores.projection.get(command.post_id) is None
     assert forced and said, [letter.reason for letter in letters if letter.key == posted.post_id]
     assert run.service.sandbox.counters() == before

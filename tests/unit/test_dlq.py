@@ -123,3 +123,27 @@ def test_a_token_escaped_twice_in_json_written_inside_a_string_is_scrubbed() -> 
     kept, scrubbed = _letter(value)
 
     assert scrubbed is True and "Fg2JsTy1Wq6Ao9Bx4kQ8mZ3wLp5Rt0Yv2Nc7" not in kept
+
+
+def test_a_dead_letter_names_the_ids_its_message_gives_scrubbed_even_where_its_bytes_are_not_kept() -> None:
+    from streams.dlq import MAX_KEPT_VALUE_BYTES
+
+    token = "known-secret-token-" + "5eed1d05"
+    redact.register_secret(token)
+
+    def letter(value: bytes) -> dict[str, object]:
+        made = make_dead_letter(reason="refused", consumer="command-handler", source_topic="smartretry.commands",
+                                partition=0, offset=7, key=b"post-1", value=value)
+        return {"post_id": made.post_id, "command_id": made.command_id, "event_id": made.event_id,
+                "kept": made.value_b64 is not None}
+
+    refused = {"type": "PublishRequested", "command_id": "cmd-42", "post_id": "post-1", "content": {"caption": "x"}}
+    assert letter(json.dumps(refused).encode()) == {"post_id": "post-1", "command_id": "cmd-42", "event_id": None,
+                                                    "kept": True}
+    # Too large to keep: the ids still say whose it was.
+    large = {**refused, "content": {"caption": "x" * (MAX_KEPT_VALUE_BYTES + 10)}}
+    assert letter(json.dumps(large).encode()) == {"post_id": "post-1", "command_id": "cmd-42", "event_id": None,
+                                                  "kept": False}
+    assert letter(json.dumps({"event_id": f"e-{token}", "post_id": 7}).encode()) == {
+        "post_id": None, "command_id": None, "event_id": "e-[redacted]", "kept": True}
+    assert letter(b"\x00not json") == {"post_id": None, "command_id": None, "event_id": None, "kept": True}
