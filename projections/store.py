@@ -287,10 +287,11 @@ class ProjectionStore:
 
     def updated_since(self, since: datetime, *, caption: str = "", excluding: str | None = None) -> list[PostState]:
         """The posts updated at or after `since`, other than `excluding`, that may have `caption` somewhere (a
-        coarse filter in SQL, on the longest part of it that the stored JSON holds as it is: for the caller to check).
+        coarse filter in SQL, on its longest word, which the stored JSON holds as it is whatever the blanks around
+        it: for the caller to check).
         """
         query = select(posts.c.state).where(posts.c.updated_at >= since)
-        fragment = max(re.split(r'["\\\x00-\x1f]', caption), key=len)[:100]
+        fragment = max(re.split(r'["\\\x00-\x1f\s]', caption), key=len)[:100]
         if fragment:
             query = query.where(posts.c.state.contains(fragment, autoescape=True))
         if excluding is not None:

@@ -159,29 +159,29 @@ def parse_meta_time(value: Any) -> datetime | None:
 
 def earliest_match(items: Any, caption: str | tuple[str, ...], since: datetime, *, time_field: str, text_field: str,
                    exclude: Collection[str] = (), only: bool = False) -> dict[str, Any] | None:
-    """The earliest item since `since` whose text is the caption (blanks aside, `_spaced`; a tuple: any of those
+    """The earliest item since `since` whose text is the caption (blanks aside, `spaced_text`; a tuple: any of those
     texts), of those not in `exclude` (posts already recorded for the post, which a forced republish
     repeats word for word). With `only`, None unless exactly one item matches.
 
     How an attempt whose outcome is unknown is matched to what the platform holds, on both platforms.
     """
     # An empty text would match every post without one: never a match.
-    wanted = {_spaced(text) for text in ((caption,) if isinstance(caption, str) else caption)} - {""}
+    wanted = {spaced_text(text) for text in ((caption,) if isinstance(caption, str) else caption)} - {""}
     found: list[tuple[datetime, dict[str, Any]]] = []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict) or "id" not in item or str(item["id"]) in exclude:
             continue
         created = parse_meta_time(item.get(time_field))
-        if created is not None and created >= since and _spaced(str(item.get(text_field) or "")) in wanted:
+        if created is not None and created >= since and spaced_text(str(item.get(text_field) or "")) in wanted:
             found.append((created, item))
     if only and len(found) != 1:
         return None
     return min(found, key=lambda pair: pair[0])[1] if found else None
 
 
-def _spaced(text: str) -> str:
-    """A post's text as matched: Meta trims it, and may store its line ends and runs of blanks otherwise than sent
-    ("\\r\\n" as "\\n"); a text taken for another's over that would publish the post twice."""
+def spaced_text(text: str) -> str:
+    """A post's text as look-ups match it: Meta trims it, and may store its line ends and runs of blanks otherwise
+    than sent ("\\r\\n" as "\\n"); a text taken for another's over that would publish the post twice."""
     return " ".join(text.split())
 
 

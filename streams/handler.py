@@ -30,7 +30,7 @@ from projections.resume import attempts_by, platforms_to_resume, resume_wait
 from projections.state import AttemptState, PostState
 from projections.store import database_said
 from publishers.base import AccountCredentials, Publisher, PublishOutcome
-from publishers.graph import CLOCK_SKEW
+from publishers.graph import CLOCK_SKEW, spaced_text
 from publishers.redact import known_secrets, scrub, secret_field, secret_value
 from schemas.commands import (
     Command,
@@ -1341,13 +1341,14 @@ class CommandHandler:
         a result then (their post could be the one found).
         """
         assert state.content is not None
-        platform, caption = attempt.platform, state.content.caption.strip()
+        # As the look-up matches them: blanks aside (`spaced_text`).
+        platform, caption = attempt.platform, spaced_text(state.content.caption)
         margin = timedelta(seconds=self.config.attempt_lease_seconds) + CLOCK_SKEW
         claimed = set(recorded_post_ids(state, platform))
         contenders: list[datetime] = []
         for other in self.projection.updated_since(attempt.started_at - margin, caption=caption,
                                                    excluding=state.post_id):
-            if other.content is None or other.content.caption.strip() != caption:
+            if other.content is None or spaced_text(other.content.caption) != caption:
                 continue
             claimed.update(recorded_post_ids(other, platform))
             waiting = [a.started_at for a in other.attempts.values()

@@ -163,6 +163,8 @@ class StoreContract:
         assert found("Café ☕", excluding="p-accent") == set()
         assert found("Winter sale") == set()
         assert found("") == set(captions)
+        # Blanks aside, as the platforms' look-ups match a post's text.
+        assert "p-plain" in found("Autumn  sale\r\nstarts today")
 
     def test_equal_projections_have_equal_digests(self, store: ProjectionStore, engine: Engine) -> None:
         events = first_attempt() + facebook_retry()

@@ -605,6 +605,20 @@ async def test_two_posts_of_one_caption_waiting_on_each_others_look_ups_ask_some
         assert "check Facebook for the post, then resolve the attempt (smartretry resolve)" in unknown.error.message
 
 
+async def test_a_post_whose_caption_differs_only_in_blanks_is_a_claim_as_the_look_up_matches_them_alike() -> None:
+    # The look-up takes a post whose text differs in blanks alone for the attempt's (Meta may store them otherwise):
+    # another post of ours with such a caption, recorded, is no post of this one's.
+    history, state = interrupted()
+    assert state.content is not None
+    lookups = Lookups(None)
+    spaced = state.content.caption.replace(" ", "  ", 1) + "\r\n"
+    others = Projection(other_post(published=True, caption=spaced))
+
+    await handler(Credentials(), lookups, history, [], others)._resolve_interrupted(state)
+
+    assert lookups.recorded == ("747917475065823_77",)
+
+
 async def test_posts_with_another_caption_are_no_claim_on_what_a_look_up_finds() -> None:
     history, state = interrupted()
     sent: list[Event] = []
