@@ -64,7 +64,13 @@ def _ids_of(value: bytes | None) -> dict[str, str]:
         return {}
     if not isinstance(message, dict):
         return {}
-    return {name: scrub(given)[:500] for name in _IDS if isinstance(given := message.get(name), str) and given}
+    # An id holding half a character (a lone surrogate, written as an escape) could not be written into the letter:
+    # left out, so the message is still set aside.
+    return {name: scrub(given)[:500] for name in _IDS
+            if isinstance(given := message.get(name), str) and given and not _HALF_CHARACTER.search(given)}
+
+
+_HALF_CHARACTER = re.compile("[\ud800-\udfff]")
 
 
 def _scrubbed_json(text: str) -> str | None:

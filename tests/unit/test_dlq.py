@@ -147,3 +147,6 @@ def test_a_dead_letter_names_the_ids_its_message_gives_scrubbed_even_where_its_b
     assert letter(json.dumps({"event_id": f"e-{token}", "post_id": 7}).encode()) == {
         "post_id": None, "command_id": None, "event_id": "e-[redacted]", "kept": True}
     assert letter(b"\x00not json") == {"post_id": None, "command_id": None, "event_id": None, "kept": True}
+    # Half a character in an id (an escape JSON reads as a lone surrogate): the letter is still made, without it.
+    assert letter(b'{"command_id": "c-\\ud83d", "post_id": "post-1"}') == {
+        "post_id": "post-1", "command_id": None, "event_id": None, "kept": True}

@@ -281,3 +281,18 @@ def test_the_insights_topic_gets_a_post_document_only_when_it_changed(tmp_path: 
     assert len(sent) < len(events)
     state = store.get(sent[-1]["post_id"])
     assert state is not None and sent[-1] == json.loads(state.document.to_json(post_id=state.post_id))
+
+
+def test_a_message_whose_post_id_holds_half_a_character_is_set_aside_and_the_projector_goes_on(
+        tmp_path: Path) -> None:
+    store = ProjectionStore(make_engine(f"sqlite:///{tmp_path}/projection.db"))
+    store.create_schema()
+    producer = Producer()
+    projector = InsightsProjector(store, Topics(prefix="half."), producer)  # type: ignore[arg-type]
+
+    outcome = projector.project(0, [(0, b"post-1", b'{"type": "PostSubmitted", "post_id": "p-\\ud83d"}')])
+
+    assert outcome.dead_letters == 1
+    [(topic, value)] = producer.sent
+    assert topic == "half.dead-letters" and "half of a character" in json.loads(value)["reason"]
+    assert store.applied_offsets("half.post-events") == {0: 0}
