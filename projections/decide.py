@@ -33,6 +33,7 @@ from schemas.commands import (
     RetryRequested,
     content_problem,
     corrected,
+    fields_problem,
     fingerprint,
     says_nothing,
     text_problem,
@@ -153,7 +154,8 @@ def decide(state: PostState | None, command: Command) -> Decision:
                         log_line=f"Refused {command.type} {command.command_id}: {missing}")
     # Against the platforms published now, the post's own content too: a caption a retry of Facebook alone made
     # longer than Instagram takes is refused when a republish would send it to Instagram.
-    problem = content_problem(content, state.publish_target, publishing=target_of(decision.platforms))
+    problem = (fields_problem(command.content, state.content) if command.content is not None else None) or \
+        content_problem(content, state.publish_target, publishing=target_of(decision.platforms))
     if problem is None and "facebook" not in decision.platforms and content.link is not None and \
             content.link != (state.content.link if state.content is not None else None):
         # A link the correction adds would go nowhere: this retry publishes Instagram alone, which takes none.
@@ -325,7 +327,8 @@ def _first_publish(state: PostState | None, command: PublishRequested) -> Decisi
             log_line=f"Refused PublishRequested {command.command_id}: post {command.post_id} already exists",
         )
     # (A submission taken up again after a crash was accepted as it is: its post exists, and it goes on.)
-    if state is None and (problem := content_problem(command.content, command.publish_target)) is not None:
+    if state is None and (problem := fields_problem(command.content)
+                          or content_problem(command.content, command.publish_target)) is not None:
         # What the API answers 422 for, from a command written on Kafka: refused, not an attempt the platform fails.
         return Decision(reject_reason=problem, refused_content=True,
                         log_line=f"Refused PublishRequested {command.command_id}: {problem}")

@@ -137,14 +137,6 @@ def content_problem(content: PostContent, target: PublishTarget | None, *,
     """Why the post's `target` platforms cannot take `content`, or None. `publishing` names the platforms a retry
     publishes now, when only some: the caption need only fit those (Instagram's limits do not bind a retry of
     Facebook alone), while a post for Instagram keeps an image whichever it publishes now. None: a new post."""
-    # What the API answers 422 for field by field, for a command written on Kafka too: a platform would publish a
-    # control character as it is, or fail on an address it cannot fetch, counted as an attempt.
-    if (problem := text_problem(content.caption)) is not None:
-        return f"content.caption {problem}"
-    for field in ("image_url", "link"):
-        address = getattr(content, field)
-        if address is not None and (problem := url_problem(address)) is not None:
-            return f"content.{field} {problem}"
     now = target if publishing is None else publishing
     if now in ("facebook", "both") and len(facebook_text(content)) > FACEBOOK_TEXT_LIMIT:
         # A photo's link goes after its caption (see `facebook_text`): the two together must fit.
@@ -160,6 +152,22 @@ def content_problem(content: PostContent, target: PublishTarget | None, *,
         # Published to Instagram alone, it would be dropped without a word. (A post made before this was checked
         # keeps its link on a retry, which Instagram leaves out as before.)
         return "Instagram posts carry no link: put it in the caption, or publish to Facebook too (publish_target both)"
+    return None
+
+
+def fields_problem(content: PostContent, kept: PostContent | None = None) -> str | None:
+    """What the API answers 422 for field by field in content a command brings (a new post's, a retry's correction),
+    for a command written on Kafka too: a platform would publish a control character as it is, or fail on an address
+    it cannot fetch, counted as an attempt. None when its fields are fine. A field as the post has it (`kept`, its own
+    content: a correction sent whole repeats what it does not change) is not held to it: what an earlier version or an
+    old system took in is published as it was."""
+    if (kept is None or content.caption != kept.caption) and (problem := text_problem(content.caption)) is not None:
+        return f"content.caption {problem}"
+    for field in ("image_url", "link"):
+        address = getattr(content, field)
+        if address is not None and (kept is None or address != getattr(kept, field)) and \
+                (problem := url_problem(address)) is not None:
+            return f"content.{field} {problem}"
     return None
 
 

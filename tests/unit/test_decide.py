@@ -498,3 +498,24 @@ def test_a_command_redelivered_after_a_later_one_took_its_platform_up_resumes_no
     assert decide(history.state(), PublishRequested(
         command_id="cmd-publish", post_id=POST, publish_target="instagram", content=CONTENT, account="acme",
         requested_at=AT)).duplicate_command
+
+
+def test_text_a_command_brings_is_held_to_the_apis_field_checks_and_a_posts_own_is_published_as_it_was() -> None:
+    # A correction with a control character or an address no platform can fetch: refused, from Kafka as by the API.
+    state = after_first_attempt(facebook=False, instagram=True)
+    escaped = decide(state, corrected_retry({"caption": "Sale \x1b[31mnow"}))
+    assert escaped.refused_content and escaped.reject_reason == (
+        "content.caption holds the control character U+001B, which no platform shows: take it out")
+    port = decide(state, corrected_retry({"caption": "Sale", "image_url": "https://cdn.example.com:99999/a.jpg"}))
+    assert port.refused_content and (port.reject_reason or "").startswith("content.image_url has an invalid port")
+    fresh = publish().model_copy(update={"content": PostContent(caption="Sale\x07", image_url=FIXED.image_url)})
+    assert decide(None, fresh).reject_reason == (
+        "content.caption holds the control character U+0007, which no platform shows: take it out")
+    # The post's own caption, taken in before (an old system's, with Word's soft line break): its retry goes out, as
+    # it did, rather than being refused with nothing on the post's page to correct it with.
+    kept = state.model_copy(update={"content": PostContent(caption="Autumn sale\x0bStarts today",
+                                                           image_url=FIXED.image_url)})
+    assert decide(kept, retry()).platforms == ("facebook",)
+    # Also where a correction of its image repeats it (the API sends the whole content, merged over the post's).
+    fixed = decide(kept, corrected_retry({"caption": "Autumn sale\x0bStarts today", "image_url": FIXED.image_url}))
+    assert fixed.platforms == ("facebook",) and fixed.reject_reason is None
