@@ -41,6 +41,9 @@ from schemas.events import PlatformError
 
 log = logging.getLogger(__name__)
 
+# A container status answer that says nothing of the container: no "not published yet" (`_container_status`).
+NO_STATUS = "the platform's answer named no status_code"
+
 # Instagram's publishing limit's window, at most (`content_publishing_limit` says it: a day); and what is waited past
 # the moment the oldest post counted leaves it, for the clocks' difference.
 DAY_SECONDS = 86400
@@ -234,7 +237,8 @@ class InstagramPublisher:
             except GraphCallFailed as failed:
                 error = failed.error
             past_its_day = datetime.now(UTC) - attempted_at > CONTAINER_LIFETIME
-            if past_its_day and not error.kind.retried_automatically:
+            # (Nor will an answer that names no status: asked again and again, it would fail every new attempt.)
+            if past_its_day and (not error.kind.retried_automatically or error.message.endswith(NO_STATUS)):
                 # Meta keeps a container a day: past that, an answer other than "try again" will not change.
                 log.info("Instagram container %s of an earlier attempt cannot be read any more (%s): passed over",
                          container_id, error.message, extra={"attempt_id": attempt_id})
@@ -416,8 +420,7 @@ class InstagramPublisher:
             # An answer that says nothing of the container is no "not published yet": taken for one, a look-up would
             # find the attempt did not go out, and a new container would be published beside a post already out.
             raise GraphCallFailed(PlatformError(
-                kind=ErrorKind.TRANSIENT, http_status=200,
-                message=f"{action} failed: 200 - the platform's answer named no status_code"))
+                kind=ErrorKind.TRANSIENT, http_status=200, message=f"{action} failed: 200 - {NO_STATUS}"))
         return status, str(body.get("status") or "")
 
     async def _published_media(

@@ -127,7 +127,8 @@ async def test_a_container_status_that_names_no_status_is_no_not_published_yet()
 @pytest.mark.parametrize("answer", [
     refusal(100, 33, message="Unsupported get request"),
     httpx.Response(403, text="<html>Forbidden</html>"),
-], ids=["does not exist", "a proxy's page"])
+    httpx.Response(200, json={"id": EARLIER}),
+], ids=["does not exist", "a proxy's page", "no status named"])
 async def test_an_earlier_container_past_its_day_that_cannot_be_read_is_passed_over(answer: httpx.Response) -> None:
     # Meta keeps a container a day: STARTED is long past.
     graph = Graph({EARLIER: [answer],
