@@ -351,9 +351,16 @@ def api_alone() -> None:
     stores = open_stores(settings)
 
     async def serving() -> None:
+        from streams.kafka import stopping
+
         stop = asyncio.Event()
+
+        def stopped() -> None:
+            stopping()
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+            asyncio.get_running_loop().add_signal_handler(signum, stopped)
         say(settings, f"API and pages at http://{reachable_host(settings.api_host)}:{settings.api_port} (post pages: "
             "/ui/posts)")
         await serve(settings, stores, stop)
@@ -371,6 +378,7 @@ def processor() -> None:
 
     from smartretry.logs import configure
     from streams.gc_tuning import disable_gc
+    from streams.kafka import stopping
     from streams.projector import ProjectorCrashed, run_projector
 
     settings = load_settings()
@@ -392,7 +400,7 @@ def processor() -> None:
         watcher = asyncio.ensure_future(watch()) if started_broker.local is not None else None
         try:
             await run_projector(settings.model_copy(update={"kafka_bootstrap_servers": started_broker.bootstrap}),
-                                stop=stop)
+                                stop=stop, on_stop=stopping)
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -24,14 +24,18 @@ LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 # What librdkafka says of a broker it cannot reach: news while the process runs, expected once it stops.
 _BROKER_AWAY = re.compile(r"Connect to .* failed|brokers are down|Disconnected|Connection refused|"
                           r"ApiVersionRequest failed|Timed out \d+ in-flight")
-_stopping = threading.Event()
+# A plain flag, not a `threading.Event`: `stopping` is called from signal handlers, and an Event's lock taken by a
+# second signal while the first one's `set` holds it would never be released.
+_stopping = False
 
 
 def stopping() -> None:
-    """Marks this process as stopping (its SIGINT or SIGTERM): from then on librdkafka's lines of a broker it cannot
-    reach are debug lines. Stopped while the broker is away, its clients say so until they are closed, and `smartretry
-    run`'s Ctrl-C would end in errors that ask nothing of anyone. What a client could not deliver is still said."""
-    _stopping.set()
+    """Marks this process as stopping (its SIGINT or SIGTERM, or the projector's end): from then on librdkafka's lines
+    of a broker it cannot reach are debug lines. Stopped while the broker is away, its clients say so until they are
+    closed, and `smartretry run`'s Ctrl-C would end in errors that ask nothing of anyone. What a client could not
+    deliver is still said."""
+    global _stopping
+    _stopping = True
 
 
 class _LibrdkafkaWords(logging.Filter):
@@ -41,7 +45,7 @@ class _LibrdkafkaWords(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if _stopping.is_set() and record.levelno > logging.DEBUG and _BROKER_AWAY.search(message):
+        if _stopping and record.levelno > logging.DEBUG and _BROKER_AWAY.search(message):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return LIBRDKAFKA_LOG.isEnabledFor(logging.DEBUG)
         if "probably due to broker version < 0.10" in message:

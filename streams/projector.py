@@ -31,6 +31,7 @@ from smartretry.settings import Settings, load_settings
 from streams.dlq import make_dead_letter
 from streams.gc_tuning import CollectEvery, disable_gc
 from streams.kafka import producer as kafka_producer
+from streams.kafka import stopping
 from streams.topics import StoreAheadOfLog, Topics, check_store_matches_log, ensure_topics, misplaced
 
 log = logging.getLogger(__name__)
@@ -433,8 +434,9 @@ class ProjectorCrashed(RuntimeError):
 
 
 async def run_projector(settings: Settings, *, datadir: Path | None = None,
-                        stop: asyncio.Event | None = None) -> None:
-    """Runs the projector in this process until `stop` is set (or forever)."""
+                        stop: asyncio.Event | None = None, on_stop: Callable[[], None] | None = None) -> None:
+    """Runs the projector in this process until `stop` is set (or forever). `on_stop` is called as it begins to stop,
+    however it ends (Ctrl-C, `stop`, a crash): the projector's own process passes `streams.kafka.stopping`."""
     assert settings.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS must be set"
     ensure_topics(settings.kafka_bootstrap_servers, settings.topics.specs())
     store = ProjectionStore(make_engine(settings.database_url))
@@ -480,6 +482,8 @@ async def run_projector(settings: Settings, *, datadir: Path | None = None,
             raise ProjectorCrashed(f"the projector stopped projecting ({type(reason).__name__}: "
                                    f"{scrub(str(reason))[:500]})")
     finally:
+        if on_stop is not None:
+            on_stop()
         if app.crashed:
             # Bounded: a crashed app's services (a store read that hung, say) may never stop.
             with contextlib.suppress(Exception):
@@ -519,7 +523,7 @@ async def _until_done_or_stalled(app: faust.App, waits: Sequence[asyncio.Future[
 
 async def _run_until_crashed(settings: Settings) -> None:
     try:
-        await run_projector(settings)
+        await run_projector(settings, on_stop=stopping)
     except ProjectorCrashed as exc:
         log.error("%s; exiting", exc)
         logging.shutdown()

@@ -169,8 +169,6 @@ def test_librdkafkas_misleading_lines_say_what_they_mean_here(caplog: pytest.Log
 
 def test_once_the_process_stops_a_broker_away_is_no_news_but_what_a_client_could_not_deliver_still_is(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
     import streams.kafka
 
     caplog.set_level(logging.INFO)
@@ -179,7 +177,7 @@ def test_once_the_process_stops_a_broker_away_is_no_news_but_what_a_client_could
     down = "ERROR [rdkafka#producer-1] [thrd:127.0.0.1:9092/bootstrap]: 1/1 brokers are down"
     undelivered = ("TERMINATE [rdkafka#producer-1] [thrd:app]: Producer terminating with 2 messages (300 bytes) still "
                    "in queue or transit: use flush() to wait for outstanding message delivery")
-    monkeypatch.setattr(streams.kafka, "_stopping", threading.Event())
+    monkeypatch.setattr(streams.kafka, "_stopping", False)
     LIBRDKAFKA_LOG.error(away)
     streams.kafka.stopping()
     LIBRDKAFKA_LOG.error(away)
