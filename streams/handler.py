@@ -1639,12 +1639,15 @@ class CommandHandler:
                 f"way ({age:.0f}s old, lease {self.config.attempt_lease_seconds:.0f}s)",
                 wait_seconds=max(1.0, self.config.attempt_lease_seconds - asked_age))
         log.info("%s attempt got no answer to trust and the platform has no such post", label, extra=context)
+        message = (f"{label} publish failed: its call got no answer to trust (an error, a timeout or a restart), and "
+                   f"{label} has no such post")
+        known = attempt.lookup_error
+        if known is not None and known.message.endswith(CHECKING):
+            # What the call itself got (Meta's "500 - An unknown error has occurred", a timeout) stays the failure's
+            # first words, as on the post while it was checked.
+            message = f"{_without_checking(known.message, 1800)}; {message}"
         await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
-            attempt.platform, PlatformError(
-                kind=ErrorKind.TRANSIENT,
-                message=f"{label} publish failed: its call got no answer to trust (an error, a timeout or a "
-                        f"restart), and {label} has no such post")),
-            recovered=True)
+            attempt.platform, PlatformError(kind=ErrorKind.TRANSIENT, message=message)), recovered=True)
 
 
 def recorded_post_ids(state: PostState, platform: Platform) -> tuple[str, ...]:

@@ -432,6 +432,23 @@ async def test_past_the_lease_a_look_up_that_finds_no_post_records_a_failure_tha
     assert after is not None and after.status == "failed"
 
 
+async def test_past_the_lease_a_call_that_failed_on_metas_side_keeps_metas_words_first() -> None:
+    history, state = left_unanswered("Facebook photo upload failed: 500 - An unknown error has occurred")
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(None), history, sent)
+    attempt = state.in_flight("facebook")
+    assert attempt is not None
+    made.clock = lambda: attempt.started_at + timedelta(seconds=made.config.attempt_lease_seconds + 1)
+
+    await made._resolve_interrupted(state)
+
+    (result,) = sent
+    assert isinstance(result, PlatformResult) and not result.success and result.recovered
+    assert result.error is not None and result.error.message == (
+        "Facebook photo upload failed: 500 - An unknown error has occurred; Facebook publish failed: its call got no "
+        "answer to trust (an error, a timeout or a restart), and Facebook has no such post")
+
+
 async def test_no_post_found_by_a_look_up_asked_within_the_lease_is_no_failure_though_it_ends_after() -> None:
     history, state = interrupted()
     attempt = state.in_flight("facebook")
