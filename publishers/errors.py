@@ -32,7 +32,9 @@ PERMISSION_CODES = frozenset({10, *range(200, 300)})
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 341, 613, *range(80000, 80015)})
 # Instagram's -1 ("Instagram server error") and -2 (a timeout) come with HTTP 400.
 TRANSIENT_CODES = frozenset({1, 2, -1, -2})
-INVALID_MEDIA_CODES = frozenset({324})
+# Facebook's missing or invalid image; Instagram's 9004 where no subcode says more ("Only photo or video can be
+# accepted as media type": the image URL's, not the caption's).
+INVALID_MEDIA_CODES = frozenset({324, 9004})
 # Meta's "temporarily blocked for policy violations": its advice is to wait and try again, but a block lasts
 # hours or days, and calls repeated meanwhile by the service itself would hold the post's turn for hours and may
 # count against the Page. The user is told (Meta's own words say why), whatever `is_transient` says.

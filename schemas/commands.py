@@ -35,9 +35,17 @@ def _http_url(value: str) -> str:
     return value
 
 
+# Characters that print as nothing though Unicode files them as letters or symbols: the Hangul fillers and the braille
+# blank.
+_BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
 def says_nothing(text: str) -> bool:
-    """Whether `text` shows nothing: blanks, and characters that print as nothing (a zero-width space), alone."""
-    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in text)
+    """Whether `text` shows nothing: blanks, and characters that print as nothing (a zero-width space, a combining mark
+    with nothing to mark, a Hangul filler), alone."""
+    return all(c.isspace() or c in _BLANK_LOOKING or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp", "Mn",
+                                                                                  "Me")
+               for c in text)
 
 
 def text_problem(text: str) -> str | None:
@@ -58,8 +66,10 @@ def url_problem(value: str) -> str | None:
     Blanks inside the path are the platform's to judge (the seed's image URL has one), never in the host.
     """
     parts = urlsplit(value)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or unicodedata.category(c) in ("Zl", "Zp") for c in value):
         return "must be one line: it holds a control character (a line break, a tab)"
+    if any(unicodedata.category(c) == "Cf" for c in value):
+        return "holds an invisible formatting character (a zero-width space, a direction mark): type the address again"
     host = parts.hostname or ""
     # Only the host is quoted, never a user name, password or port: any of them may be a token pasted there, and the
     # answer is shown.

@@ -177,6 +177,20 @@ def test_an_event_with_an_address_the_api_now_refuses_is_still_read_as_it_was_wr
     assert url_problem("https://cdn.example.com/autumn sale.jpg") is None
 
 
+def test_an_address_with_a_unicode_line_break_or_an_invisible_mark_is_refused_and_blank_looking_text_says_nothing(
+        ) -> None:
+    from schemas.commands import says_nothing
+
+    assert url_problem("https://cdn.example.com/a.jpg\u2028x") == (
+        "must be one line: it holds a control character (a line break, a tab)")
+    assert (url_problem("https://cdn.example.com/\u202ea.jpg") or "").startswith("holds an invisible formatting")
+    assert url_problem("https://cdn.example.com/caf\u00e9.jpg") is None  # any other letter is the platform's to fetch
+    # A forced republish must say why: text of characters that print as nothing says nothing.
+    for blank in (" \u200b", "\u2800", "\u115f\u3164", "\u034f\u180e", "\uffa0\u1160"):
+        assert says_nothing(blank), repr(blank)
+    assert not says_nothing("e\u0301") and not says_nothing("testing the new layout")
+
+
 def _schema_errors(kind: str, body: dict[str, object]) -> list[str]:
     from jsonschema import Draft202012Validator
 

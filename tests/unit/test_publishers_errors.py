@@ -69,6 +69,7 @@ def envelope(code: int | None, subcode: int | None = None, *, message: str = "bo
         (-1, 2207032, ErrorKind.TRANSIENT),
         (324, None, ErrorKind.INVALID_MEDIA),
         (9004, 2207052, ErrorKind.INVALID_MEDIA),
+        (9004, None, ErrorKind.INVALID_MEDIA),  # "Only photo or video can be accepted as media type": the image's
         (36000, 2207004, ErrorKind.INVALID_MEDIA),
         (36001, 2207005, ErrorKind.INVALID_MEDIA),
         (36003, 2207009, ErrorKind.INVALID_MEDIA),
