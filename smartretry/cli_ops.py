@@ -179,9 +179,10 @@ class Api:
             raise ApiError(f"{response.status_code}: {problem}", response.status_code, problem)
         return response
 
-    def wait_for(self, post_id: str, command_id: str, timeout: float) -> dict[str, Any] | None:
+    def wait_for(self, post_id: str, command_id: str, timeout: float,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
         """The post's detail once the command has all its results (or the rest waits on a platform's own time), or
-        as it stands at `timeout` (None: not seen yet)."""
+        as it stands at `timeout` (None: not seen yet). `progress` is given each detail read meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -199,6 +200,8 @@ class Api:
                                f"({_problem(answer)}): `smartretry show {post_id}` in a moment", 503)
             if answer.status_code not in (200, 404):
                 self.call("GET", f"/posts/{post_id}")  # raises with the API's reason
+            if detail is not None and progress is not None:
+                progress(detail)
             if (detail is not None and (detail["command"]["settled"] or detail["command"].get("held"))) \
                     or time.monotonic() > deadline:
                 # Held: what remains waits for the platform's own time (an hour's rate limit), said in its answer.
@@ -364,9 +367,22 @@ def _settled(api: Api, answer: httpx.Response, what: str, wait: float) -> tuple[
         if UNDER_WAY_NOTE in note:
             # Waited for like any command, once the publish under way has its result: said now, not after the wait.
             errors.print(f"⏳ This command is {note}.", highlight=False, soft_wrap=True)
+        # Why a platform's result takes minutes (its call got no answer to trust, and the platform is asked whether
+        # the post went out before it is published again), said once per reason as it comes: on the terminal above
+        # the spinner, else on stderr, so a script's log shows it too.
+        told: set[str] = set()
+        out = console if console.is_terminal else errors
+
+        def tell(detail: dict[str, Any]) -> None:
+            for platform, why in (detail.get("outcome_unknown") or {}).items():
+                line = f"⏳ {PLATFORM_LABELS.get(platform, platform)}: {_one_line(str(why))}"
+                if line not in told:
+                    told.add(line)
+                    out.print(shown_text(line), highlight=False, soft_wrap=True)
+
         try:
             with console.status(f"{what}: waiting for the platforms' results ..."):
-                detail = api.wait_for(post_id, command_id, wait)
+                detail = api.wait_for(post_id, command_id, wait, tell)
         except KeyboardInterrupt:
             # Only the waiting stops: the command was accepted and goes on.
             errors.print(f"Interrupted while waiting for the results: post {post_id}'s command {command_id} was "

@@ -646,3 +646,23 @@ def test_the_processor_command_logs_as_configured(monkeypatch: pytest.MonkeyPatc
                                                          "SMARTRETRY_LOG_LEVEL": "DEBUG"})
     assert result.exit_code == 0, result.output
     assert configured == [("DEBUG", "json")] and ran == ["127.0.0.1:1"]
+
+
+def test_while_a_platforms_call_is_checked_the_cli_says_why_its_result_takes_minutes(service_api: ServiceApi) -> None:
+    # Meta's 500: the post may be on the Page all the same, so it is looked up before it goes out again, which takes
+    # up to the attempt's lease. The wait is said as it begins, not left to a spinner (or, in a script, to silence).
+    control = SandboxControl(service_api.service.sandbox.base_url)
+    control.fail_next("facebook", "photos", code=1, http_status=500)
+    env = {"SMARTRETRY_API_URL": service_api.url, "SMARTRETRY_API_KEY": E2E_KEY, "COLUMNS": "200"}
+    result = CliRunner().invoke(app, [
+        "publish", "Checked before it goes out again", "--image-url", "https://cdn.example.com/autumn-sale.jpg",
+        "--target", "facebook", "--post-id", f"cli-checked-{uuid.uuid4().hex[:8]}", "--wait", "8"], env=env)
+    control.close()
+
+    assert result.exit_code == 0, result.output
+    told = [line for line in result.output.splitlines() if line.startswith("⏳ Facebook: ")]
+    # Each reason once, as the post says it: checking, then (once looked up with no post yet) until when.
+    assert told and len(told) == len(set(told)), result.output
+    assert all("Facebook photo upload failed: 500" in line for line in told), told
+    assert any("checking whether the post went out" in line or "looked up again when its lease ends" in line
+               for line in told), told
