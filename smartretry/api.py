@@ -393,6 +393,8 @@ def post_summary(state: PostState, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         **({"needed_action": waiting} if (waiting := waits_for_someone(state, max_attempts)) else {}),
         "caption": state.content.caption if state.content is not None else None,
         "publish_target": state.publish_target, "post_url": state.document.post_url,
+        # Whose post it is, where one service publishes for several businesses.
+        "account": state.account,
         "updated_at": format_timestamp(state.updated_at) if state.updated_at else None,
     }
 

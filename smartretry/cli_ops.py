@@ -866,8 +866,10 @@ def list_posts(
     width = max(len(post["id"]) for post in listed["posts"])
     for post in listed["posts"]:
         updated = (post["updated_at"] or "")[:19].replace("T", " ")
-        console.print(f"{post['id']:<{width}}  {post['status']:<10}  {post['publish_target']:<9}  {updated} UTC",
-                      highlight=False, soft_wrap=True)
+        # Whose post it is (one service publishes for several businesses), last: an account's name has no fixed width.
+        whose = f"  {shown_text(post['account'])}" if post.get("account") else ""
+        console.print(f"{post['id']:<{width}}  {post['status']:<10}  {post['publish_target']:<9}  {updated} UTC{whose}",
+                      highlight=False, soft_wrap=True, markup=False)
         if post.get("caption"):
             # To tell posts apart: the caption's start, on one line.
             console.print(f"    \"{_one_line(post['caption'], CAPTION_SHOWN)}\"", highlight=False)

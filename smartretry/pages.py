@@ -30,7 +30,7 @@ from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from projections.decide import CONTENT_AS_IT_IS, retry_targets, reuses_command_id
-from projections.fold import FIX_THE_POST, awaiting_attempt, may_have_gone_out, unresolved
+from projections.fold import FIX_THE_POST, UNKNOWN_ERROR, awaiting_attempt, may_have_gone_out, unresolved
 from projections.responses import (
     attempt_history,
     earlier_posts,
@@ -275,6 +275,7 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # Publishing, but waiting for someone: what is needed, as the post's page says it.
             "waiting": {s.post_id: [f"Needed for {PLATFORM_LABELS[p]}: {_page_problem(action)}" for p, action in waits]
                         for s in states if (waits := waits_for_someone(s, settings.max_automatic_attempts).items())},
+            "errors": {s.post_id: _error_lines(s) for s in states},
             "status": chosen, "labels": STATUS_LABELS, "older": older,
             "continued": after is not None, "filters": [(None, "All"), *STATUS_LABELS.items()], "problem": problem,
         })
@@ -715,6 +716,14 @@ def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | Non
         return None
     return (f"{problem.split(PUBLISH_ANYWAY, 1)[0]}: the post changed after this page was opened (it is shown as it "
             "is now), and nothing is left to retry.")
+
+
+def _error_lines(state: PostState) -> list[str]:
+    """The list's error cell: a line per failed platform (each cut on its own, so a long one never hides another's),
+    or the document's `error_message` where no result says it (an imported post's)."""
+    lines = [f"{r.platform}: {r.error or UNKNOWN_ERROR}" for r in state.document.insights.publish_results
+             if not r.success]
+    return lines or ([state.document.error_message] if state.document.error_message else [])
 
 
 def _page_problem(problem: str, asked: str = "retry", can_republish: bool = False) -> str:

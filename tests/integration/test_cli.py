@@ -204,6 +204,8 @@ def test_list_shows_the_posts_as_the_api_lists_them_and_filters_by_status(api: R
     assert code == 0, output
     # Both updated at the seed's time: in id order, as the API lists them.
     assert [line.split()[0] for line in output.splitlines() if line.startswith("post-")] == ["post-1", "post-2"]
+    # Whose post it is, last on its line: one service publishes for several businesses.
+    assert all(line.endswith(" UTC  acme") for line in output.splitlines() if line.startswith("post-"))
     assert "failed" in output and "posted" in output and FB_ERROR in output
     # Each post's caption, to tell them apart.
     assert output.count('    "Autumn sale starts today"') == 2

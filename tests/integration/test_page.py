@@ -606,6 +606,24 @@ def test_the_list_page_filters_by_status(api: RunningApi) -> None:
     assert '<td class="caption">Autumn sale starts today</td>' in everything
 
 
+def test_the_list_page_names_each_posts_business_and_every_failed_platforms_error(api: RunningApi) -> None:
+    # Both platforms failed: each platform's error on a line of its own, so a long one never hides the other's.
+    events = seed_events("both-failed", facebook_ok=False, instagram_ok=False)
+    long_error = "Facebook photo upload failed: 400 - " + "the image could not be read " * 10
+    events = [e.model_copy(update={"error": e.error.model_copy(update={"message": long_error})})
+              if isinstance(e, PlatformResult) and e.platform == "facebook" and e.error is not None else e
+              for e in events]
+    store_events(api, events)
+    with signed_in(api) as browser:
+        listed = browser.get("/ui/posts").text
+    row = listed[listed.index("both-failed</a>"):]
+    row = row[:row.index("</tr>")]
+    # Whose post it is: one service publishes for several businesses.
+    assert '<td class="wide-only">acme</td>' in row
+    assert "facebook: Facebook photo upload failed: 400 - the image could not be read" in row
+    assert "<br>instagram: Instagram token expired" in row
+
+
 def test_the_list_page_leads_to_older_posts_page_by_page(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pages, "LIST_PAGE", 2)
     for i in range(3):
