@@ -165,6 +165,22 @@ def _failures(branches: Sequence[asyncio.Future[Any]]) -> list[BaseException]:
             if branch.done() and not branch.cancelled() and (failure := branch.exception()) is not None]
 
 
+# How the post says, once looked up within the lease, that the platform has no post of the attempt yet.
+NO_POST_YET = "has no post of this attempt yet"
+
+
+def _calls_reason(known: PlatformError | None, label: str) -> str | None:
+    """Why an attempt's call left no answer to trust ("Facebook photo upload failed: 500 - ..."), as the post says it
+    while the attempt is checked (`known`, its latest word): before "checking ...", or before the look-up's "no post
+    yet"; None where it says neither (an attempt of a handler that died, a look-up that failed)."""
+    if known is None:
+        return None
+    if known.message.endswith(CHECKING):
+        return _without_checking(known.message, len(known.message))
+    call, said, _ = known.message.partition(f"; {label} {NO_POST_YET}: ")
+    return call if said and call else None
+
+
 def _without_checking(message: str, limit: int) -> str:
     """An unknown outcome's reason (`...; checking whether ...`) without its ending, for another to follow it: at most
     `limit` characters, and no full stop of its own before the "; " that joins them."""
@@ -1620,7 +1636,7 @@ class CommandHandler:
             known = attempt.lookup_error
             asked = state.content is not None and state.account is not None
             lease_ends = attempt.started_at + timedelta(seconds=self.config.attempt_lease_seconds)
-            waiting = (f"{label} has no post of this attempt yet: it may still be under way, so it is looked "
+            waiting = (f"{label} {NO_POST_YET}: it may still be under way, so it is looked "
                        f"up again when its lease ends ({lease_ends.astimezone(UTC):%H:%M:%S} UTC), and published "
                        "again if none shows")
             said = known is not None and known.message.endswith(waiting)
@@ -1641,11 +1657,10 @@ class CommandHandler:
         log.info("%s attempt got no answer to trust and the platform has no such post", label, extra=context)
         message = (f"{label} publish failed: its call got no answer to trust (an error, a timeout or a restart), and "
                    f"{label} has no such post")
-        known = attempt.lookup_error
-        if known is not None and known.message.endswith(CHECKING):
+        if (call := _calls_reason(attempt.lookup_error, label)) is not None:
             # What the call itself got (Meta's "500 - An unknown error has occurred", a timeout) stays the failure's
             # first words, as on the post while it was checked.
-            message = f"{_without_checking(known.message, 1800)}; {message}"
+            message = f"{call[:1800]}; {message}"
         await self._record_result(state.post_id, attempt.attempt_id, PublishOutcome.failed(
             attempt.platform, PlatformError(kind=ErrorKind.TRANSIENT, message=message)), recovered=True)
 

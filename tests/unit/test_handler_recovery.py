@@ -432,12 +432,16 @@ async def test_past_the_lease_a_look_up_that_finds_no_post_records_a_failure_tha
     assert after is not None and after.status == "failed"
 
 
-async def test_past_the_lease_a_call_that_failed_on_metas_side_keeps_metas_words_first() -> None:
+@pytest.mark.parametrize("looked_up_before", [False, True], ids=["first look-up", "looked up within the lease"])
+async def test_past_the_lease_a_call_that_failed_on_metas_side_keeps_metas_words_first(looked_up_before: bool) -> None:
     history, state = left_unanswered("Facebook photo upload failed: 500 - An unknown error has occurred")
-    sent: list[Event] = []
-    made = handler(Credentials(), Lookups(None), history, sent)
     attempt = state.in_flight("facebook")
     assert attempt is not None
+    if looked_up_before:
+        # The usual way: looked up once while the lease ran (the post then said "no post of this attempt yet").
+        state, _ = await looked_up_within_the_lease(history, state)
+    sent: list[Event] = []
+    made = handler(Credentials(), Lookups(None), history, sent)
     made.clock = lambda: attempt.started_at + timedelta(seconds=made.config.attempt_lease_seconds + 1)
 
     await made._resolve_interrupted(state)
