@@ -30,7 +30,7 @@ from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from projections.decide import CONTENT_AS_IT_IS, retry_targets, reuses_command_id
-from projections.fold import FIX_THE_POST, UNKNOWN_ERROR, awaiting_attempt, may_have_gone_out, unresolved
+from projections.fold import FIX_THE_POST, awaiting_attempt, may_have_gone_out, unresolved
 from projections.responses import (
     attempt_history,
     earlier_posts,
@@ -718,12 +718,15 @@ def _missed_retry(state: PostState | None, seen: str, problem: str) -> str | Non
             "is now), and nothing is left to retry.")
 
 
+# Where the document's `error_message` goes from one platform's part to the next ("facebook: ...; instagram: ...").
+_NEXT_PLATFORM = re.compile(r"; (?=(?:facebook|instagram): )")
+
+
 def _error_lines(state: PostState) -> list[str]:
-    """The list's error cell: a line per failed platform (each cut on its own, so a long one never hides another's),
-    or the document's `error_message` where no result says it (an imported post's)."""
-    lines = [f"{r.platform}: {r.error or UNKNOWN_ERROR}" for r in state.document.insights.publish_results
-             if not r.success]
-    return lines or ([state.document.error_message] if state.document.error_message else [])
+    """The list's error cell: the document's `error_message` a line per platform (each cut on its own, so a long one
+    never hides another's: an imported post's "may have gone out" among them)."""
+    message = state.document.error_message
+    return _NEXT_PLATFORM.split(message) if message else []
 
 
 def _page_problem(problem: str, asked: str = "retry", can_republish: bool = False) -> str:

@@ -790,3 +790,16 @@ def test_a_platform_held_back_by_an_earlier_container_asks_to_check_the_account_
     # Once resolved as not published, a retry publishes it.
     cleared = operators_word(history, first, published=False).state()
     assert needed_actions(cleared, 1) == {"instagram": "retry Instagram"}
+
+
+def test_the_post_lists_error_cell_gives_each_platforms_part_a_line_an_imported_posts_warning_among_them() -> None:
+    from smartretry.pages import _error_lines
+
+    # An imported post whose Facebook failed and whose Instagram the old system may have published: the warning that
+    # keeps anyone from publishing Instagram twice is a line of its own, never cut off behind a long Facebook error.
+    history = imported({"status": "publishing", "error_message": "facebook: " + "Upload failed; try again " * 8,
+                        "insights": {"publish_results": [{"platform": "facebook", "success": False,
+                                                          "error": "Upload failed; try again " * 8}]}})
+    lines = _error_lines(history.state())
+    assert len(lines) == 2 and lines[0].startswith("facebook: Upload failed; try again")
+    assert lines[1] == f"instagram: {UNSURE}"
