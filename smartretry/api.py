@@ -607,7 +607,9 @@ class FrontDoor:
         except ValidationError as exc:
             raise unprocessable(exc, prefix=("body", "content")) from None
         if content is not None:
-            _check_urls(content)
+            # Only the addresses the correction changes: the post's own, taken in before these checks, go out as they
+            # are (as `decide` takes them), and the page could not correct a link anyway.
+            _check_urls(content, kept=state.content)
         if correction is not None:
             _check_caption(correction.caption)
         if isinstance(body, RepublishBody):
@@ -1066,9 +1068,11 @@ def retry_note(state: PostState, times: AutomaticRetries, now: datetime) -> str:
     return note
 
 
-def _check_urls(content: PostContent) -> None:
+def _check_urls(content: PostContent, kept: PostContent | None = None) -> None:
+    """422 for an address of `content` no platform could fetch, but one as the post has it (`kept`)."""
     for field in ("image_url", "link"):
-        _check_url(getattr(content, field), ["body", "content", field])
+        if kept is None or getattr(content, field) != getattr(kept, field):
+            _check_url(getattr(content, field), ["body", "content", field])
 
 
 def _check_caption(caption: str | None, loc: tuple[str, ...] = ("body", "content", "caption")) -> None:

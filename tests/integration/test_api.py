@@ -670,6 +670,24 @@ def test_a_token_in_an_addresss_password_or_port_is_never_repeated_by_the_answer
     assert_nothing_on_commands(api)
 
 
+def test_a_posts_own_address_taken_in_before_the_checks_does_not_stop_a_retry_that_corrects_another_field(
+        api: RunningApi) -> None:
+    # A link with a zero-width space in it, taken in by an earlier version: the retry that fixes the image goes out
+    # with it as it is (the page could not correct the link), while a correction bringing such a link is refused.
+    add_account(api)
+    events = seed_events("p-old-link", facebook_ok=False)
+    odd_link = "https://shop.example.com/sale\u200b"
+    submitted = events[0]
+    assert isinstance(submitted, PostSubmitted) and submitted.content is not None
+    events[0] = submitted.model_copy(update={"content": submitted.content.model_copy(update={"link": odd_link})})
+    store_events(api, events)
+
+    fixed = api.client.post("/posts/p-old-link/retry", json={"content": {"image_url": FIXED_URL}})
+    assert fixed.status_code in (200, 202), fixed.text
+    brought = api.client.post("/posts/p-old-link/retry", json={"content": {"link": odd_link + "x"}})
+    assert brought.status_code == 422 and "invisible formatting character" in brought.text
+
+
 def test_a_forced_republish_needs_a_reason_that_says_something(api: RunningApi) -> None:
     store_post(api, "p-known")
     for reason in ("", "   ", "\n\t", "\u200b\u00a0\t"):
