@@ -237,16 +237,18 @@ class InstagramPublisher:
             except GraphCallFailed as failed:
                 error = failed.error
             past_its_day = datetime.now(UTC) - attempted_at > CONTAINER_LIFETIME
-            # (Nor will an answer that names no status: asked again and again, it would fail every new attempt.)
-            if past_its_day and (not error.kind.retried_automatically or error.message.endswith(NO_STATUS)):
+            if past_its_day and not error.kind.retried_automatically:
                 # Meta keeps a container a day: past that, an answer other than "try again" will not change.
                 log.info("Instagram container %s of an earlier attempt cannot be read any more (%s): passed over",
                          container_id, error.message, extra={"attempt_id": attempt_id})
                 return None
-            if not is_unknown_object(error):
+            # An answer that names no status, still so past the container's day, will not change either; asked again
+            # and again, it would fail every new attempt. The account's media say whether that attempt went out.
+            silent = past_its_day and error.message.endswith(NO_STATUS)
+            if not is_unknown_object(error) and not silent:
                 # Asked again with the next attempt: nothing was made or published by this one.
                 return PublishOutcome.failed("instagram", error)
-            if asked < EARLIER_CONTAINER_ASKS:
+            if not silent and asked < EARLIER_CONTAINER_ASKS:
                 # Meta at times says "does not exist" of a container it has (as while polling): asked again shortly.
                 await asyncio.sleep(self._polling.interval_s * asked)
                 continue
@@ -265,15 +267,18 @@ class InstagramPublisher:
             # published now.
             day_old = (attempted_at + CONTAINER_LIFETIME).astimezone(UTC)
             said = f" and the account's media are looked at from {until:%H:%M:%S} UTC" if media is None else ""
+            # (Past its day, a container with no status stays so: until an operator settles it.)
+            again = "; it is asked again with each attempt" + (
+                "" if silent else f" until it is a day old ({day_old:%Y-%m-%d %H:%M} UTC)")
             return PublishOutcome.failed("instagram", error.model_copy(update={
                 "kind": ErrorKind.TRANSIENT,
                 # The service's next try waits until the media can say, as it waits out a platform's own wait.
                 "retry_after_s": early + 1.0 if early > 0 else None,
                 "message": f"{EARLIER_CONTAINER_UNKNOWN}{container_id} of an earlier "
-                           f"attempt does not exist{f' and {media}' if media else ''}, so whether that attempt went "
-                           f"out cannot be told; it is asked again with each attempt until it is a day old "
-                           f"({day_old:%Y-%m-%d %H:%M} UTC){said}: check the Instagram account meanwhile, and resolve "
-                           "that attempt"[:MESSAGE_LENGTH]}))
+                           f"attempt {'has no status' if silent else 'does not exist'}"
+                           f"{f' and {media}' if media else ''}, so whether that attempt went out cannot be told"
+                           f"{again}{said}: check the Instagram account meanwhile, and resolve that "
+                           "attempt"[:MESSAGE_LENGTH]}))
         if status != "PUBLISHED":
             return None
         log.warning("Instagram container %s of an earlier attempt was published after all: not published again",

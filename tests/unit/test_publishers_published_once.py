@@ -127,8 +127,7 @@ async def test_a_container_status_that_names_no_status_is_no_not_published_yet()
 @pytest.mark.parametrize("answer", [
     refusal(100, 33, message="Unsupported get request"),
     httpx.Response(403, text="<html>Forbidden</html>"),
-    httpx.Response(200, json={"id": EARLIER}),
-], ids=["does not exist", "a proxy's page", "no status named"])
+], ids=["does not exist", "a proxy's page"])
 async def test_an_earlier_container_past_its_day_that_cannot_be_read_is_passed_over(answer: httpx.Response) -> None:
     # Meta keeps a container a day: STARTED is long past.
     graph = Graph({EARLIER: [answer],
@@ -525,3 +524,26 @@ def test_a_post_whose_text_meta_stored_with_other_line_ends_and_blanks_is_still_
 
     # Taken for no match, the look-up would say the attempt did not go out, and the post would go out twice.
     assert found is not None and found["id"] == "1_2"
+
+
+@pytest.mark.parametrize("media_of_its_time", [False, True], ids=["no media then", "a media then"])
+async def test_an_earlier_container_past_its_day_whose_status_names_nothing_is_settled_by_the_accounts_media(
+        media_of_its_time: bool) -> None:
+    # Asked again and again, it would fail every new attempt; passed over blindly, a new container could be a second
+    # post. The account's media of that attempt's time say which.
+    then = datetime(2025, 11, 17, 10, 10, 20, tzinfo=UTC)
+    listing = {"data": [{"id": "18107758234620000", "timestamp": then.strftime("%Y-%m-%dT%H:%M:%S+0000")}]}
+    older = {"data": [{"id": "18107758234610000", "timestamp": "2025-11-16T09:00:00+0000"}]}
+    graph = Graph({EARLIER: [httpx.Response(200, json={"id": EARLIER})],
+                   "GET media": [httpx.Response(200, json=listing if media_of_its_time else older)],
+                   "POST media": [httpx.Response(200, json={"id": CONTAINER})],
+                   "media_publish": [httpx.Response(200, json={"id": "18107758234627017"})],
+                   "18107758234627017": [httpx.Response(200, json={"permalink": "https://www.instagram.com/p/x/"})]})
+
+    outcome = await instagram_publish(graph, [(EARLIER, STARTED)])
+
+    if media_of_its_time:
+        assert not outcome.success and outcome.error is not None and "POST media" not in graph.requests
+        assert f"container {EARLIER} of an earlier attempt has no status" in outcome.error.message
+    else:
+        assert outcome.success and outcome.container_id == CONTAINER
