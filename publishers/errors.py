@@ -32,9 +32,10 @@ PERMISSION_CODES = frozenset({10, *range(200, 300)})
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 341, 613, *range(80000, 80015)})
 # Instagram's -1 ("Instagram server error") and -2 (a timeout) come with HTTP 400.
 TRANSIENT_CODES = frozenset({1, 2, -1, -2})
-# Facebook's missing or invalid image; Instagram's 9004 where no subcode says more ("Only photo or video can be
-# accepted as media type": the image URL's, not the caption's).
-INVALID_MEDIA_CODES = frozenset({324, 9004})
+INVALID_MEDIA_CODES = frozenset({324})
+# Instagram's media error: where no subcode says more, refused with a 4xx ("Only photo or video can be accepted as
+# media type"), the image URL's, not the caption's. With a 5xx, Meta's own failure as any unknown code's.
+IG_MEDIA_CODE = 9004
 # Meta's "temporarily blocked for policy violations": its advice is to wait and try again, but a block lasts
 # hours or days, and calls repeated meanwhile by the service itself would hold the post's turn for hours and may
 # count against the Page. The user is told (Meta's own words say why), whatever `is_transient` says.
@@ -206,7 +207,7 @@ def _kind(code: int | None, subcode: int | None, is_transient: bool, http_status
         return ErrorKind.TRANSIENT
     if code in PERMISSION_CODES:
         return ErrorKind.PERMISSION
-    if code in INVALID_MEDIA_CODES:
+    if code in INVALID_MEDIA_CODES or (code == IG_MEDIA_CODE and http_status is not None and http_status < 500):
         return ErrorKind.INVALID_MEDIA
     if code in INVALID_REQUEST_CODES:
         return ErrorKind.INVALID_REQUEST

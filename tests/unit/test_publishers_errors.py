@@ -87,6 +87,11 @@ def test_errors_are_classified_by_code_and_subcode(code: int, subcode: int | Non
     assert (error.kind, error.code, error.subcode) == (kind, code, subcode)
 
 
+def test_instagrams_media_code_with_a_5xx_is_metas_own_failure_not_the_images() -> None:
+    assert classify("instagram", 400, envelope(9004)).kind is ErrorKind.INVALID_MEDIA
+    assert classify("instagram", 500, envelope(9004)).kind is ErrorKind.TRANSIENT
+
+
 def test_is_transient_makes_any_code_transient_but_auth_and_rate_limits_keep_their_meaning() -> None:
     assert classify("facebook", 400, envelope(100, transient=True)).kind is ErrorKind.TRANSIENT
     assert classify("facebook", 400, envelope(190, transient=True)).kind is ErrorKind.AUTH
