@@ -442,6 +442,11 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             # What the user typed, when the form comes back with a problem: to correct, not to type again.
             "image_url": image_url,
             "caption": caption,
+            # Said before the retry is sent, not after: a corrected caption reaches only the platforms it publishes.
+            "caption_kept": " and ".join(
+                PLATFORM_LABELS[p] for p in targeted if p not in retry_targets(state)
+                and (result := state.latest_result(p)) is not None and result.success),
+            "caption_goes_to": " and ".join(PLATFORM_LABELS[p] for p in retry_targets(state)),
             # Imported without an account: the retry names the one to publish with.
             "needs_account": state.account is None,
             "entered_account": entered_account,

@@ -705,6 +705,22 @@ def test_the_retry_form_sent_twice_is_one_retry(api: RunningApi) -> None:
     assert len(messages_on(api.bootstrap, api.topics.commands)) == len(sent)
 
 
+def test_the_retry_form_says_before_it_is_sent_that_a_corrected_caption_reaches_the_retried_platform_only(
+        api: RunningApi) -> None:
+    api.stores.credentials.set_token("acct-1", "acct-user-token-0001", "747917475065823", "17841400000000000")
+    history = History(post_id="post-kept-caption", at=datetime.now(UTC))
+    attempts = history.publish(target="both")
+    history.failure("facebook", attempts["facebook"], "Facebook post failed: 400 - Invalid parameter",
+                    ErrorKind.INVALID_REQUEST)
+    history.success("instagram", attempts["instagram"], "18107758234627017")
+    store_events(api, history.events)
+    with signed_in(api) as browser:
+        page = html.unescape(browser.get("/ui/posts/post-kept-caption").text)
+    assert 'id="caption"' in page
+    assert ("A corrected caption goes out on Facebook only: the post already on Instagram keeps the caption it went "
+            "out with.") in page
+
+
 def test_a_post_a_platform_refused_as_it_is_offers_its_caption_to_correct_on_the_retry_form(api: RunningApi) -> None:
     # Instagram refused the post itself ("fix the post"): its caption is what the user corrects, on the page.
     api.stores.credentials.set_token("acct-1", "acct-user-token-0001", "747917475065823", "17841400000000000")
