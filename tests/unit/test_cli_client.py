@@ -97,7 +97,7 @@ def test_a_command_kafka_may_still_take_is_sent_again_as_the_cli_says(monkeypatc
     assert bodies[1] == {**bodies[0], "command_id": "cmd-7", "post_id": "post-7"}
 
 
-def accepted_then(monkeypatch: pytest.MonkeyPatch, waiting: Callable[[Api, str, str, float], None]) -> Result:
+def accepted_then(monkeypatch: pytest.MonkeyPatch, waiting: Callable[..., None]) -> Result:
     """`smartretry publish` against an API that accepts it (202, post post-9, command cmd-9), its results then
     awaited by `waiting`."""
     accepted = {"success": False, "results": {}, "command_id": "cmd-9", "pending": True, "location": "/posts/post-9",
@@ -120,7 +120,7 @@ def accepted_then(monkeypatch: pytest.MonkeyPatch, waiting: Callable[[Api, str, 
 ], ids=["database-away", "api-gone"])
 def test_a_publish_accepted_whose_results_cannot_be_read_is_still_publishing_not_a_failure(
         monkeypatch: pytest.MonkeyPatch, failure: ApiError) -> None:
-    def away(_api: Api, _post_id: str, _command_id: str, _timeout: float) -> None:
+    def away(_api: Api, _post_id: str, _command_id: str, _timeout: float, _progress: Any = None) -> None:
         raise failure
 
     done = accepted_then(monkeypatch, away)
@@ -172,7 +172,7 @@ def answered_202_then(monkeypatch: pytest.MonkeyPatch, accepted: dict[str, Any],
         assert method == "POST"
         return httpx.Response(202, json=accepted)
 
-    def awaited(_api: Api, _post_id: str, _command_id: str, timeout: float) -> dict[str, Any]:
+    def awaited(_api: Api, _post_id: str, _command_id: str, timeout: float, _progress: Any = None) -> dict[str, Any]:
         waits.append(timeout)
         return {**detail, "command": command}
 
@@ -614,7 +614,7 @@ def test_a_publish_interrupted_while_the_api_holds_it_says_how_to_send_it_again_
 
 def test_a_publish_interrupted_while_its_results_are_awaited_says_it_goes_on_and_names_the_post(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def interrupted(_api: Api, _post_id: str, _command_id: str, _timeout: float) -> None:
+    def interrupted(_api: Api, _post_id: str, _command_id: str, _timeout: float, _progress: Any = None) -> None:
         raise KeyboardInterrupt
 
     stopped = accepted_then(monkeypatch, interrupted)
@@ -968,7 +968,7 @@ def test_a_processor_whose_own_broker_stops_ends_saying_so(monkeypatch: pytest.M
     def broker_for(_settings: object) -> Iterator[Dying]:
         yield Dying()
 
-    async def run_projector(_settings: object, *, stop: asyncio.Event) -> None:
+    async def run_projector(_settings: object, *, stop: asyncio.Event, on_stop: object = None) -> None:
         await asyncio.wait_for(stop.wait(), 30)  # projecting until told to stop
 
     monkeypatch.setattr(cli, "broker_for", broker_for)
@@ -1026,7 +1026,7 @@ def test_resolving_an_earlier_instagram_container_says_a_retry_publishes_it_now(
     def answer(_api: Api, method: str, _path: str, **_kwargs: Any) -> httpx.Response:
         return httpx.Response(200 if settled else 202, json=resolved if method == "POST" else detail)
 
-    def unsettled(_api: Api, _post_id: str, _command_id: str, _timeout: float) -> dict[str, Any]:
+    def unsettled(_api: Api, _post_id: str, _command_id: str, _timeout: float, _progress: Any = None) -> dict[str, Any]:
         return {**detail, "command": {"command_id": "resolve-4", "settled": False, "held": False, "refused": None,
                                       "response": None}}
 
