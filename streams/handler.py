@@ -504,7 +504,7 @@ class CommandHandler:
         finally:
             consuming.shutdown(wait=True)
             await self._drain()
-            self._send_gathered(list(self._progress), asynchronous=False)
+            self._send_gathered(list(self._progress))
             self._closing = True
             self._consumer.close()
             if self._asking_ends is not None:
@@ -776,8 +776,7 @@ class CommandHandler:
         if self._progress.get(partition) is progress and (point := progress.point()) is not None:
             self._send_commit(partition, progress, point)
 
-    def _send_commit(self, partition: int, progress: _PartitionProgress, point: tuple[int, str],
-                     asynchronous: bool = True) -> None:
+    def _send_commit(self, partition: int, progress: _PartitionProgress, point: tuple[int, str]) -> None:
         if progress.coalescing is not None:
             progress.coalescing.cancel()
             progress.coalescing = None
@@ -785,18 +784,17 @@ class CommandHandler:
         if self._consumer is not None:
             offsets = [TopicPartition(self.topics.commands, partition, point[0], metadata=point[1])]
             with contextlib.suppress(Exception):
-                if asynchronous:
-                    self._consumer.commit(offsets=offsets, asynchronous=True)
-                else:
-                    self._consumer.commit(offsets=offsets, asynchronous=False)
+                # Asynchronous also as the handler stops: its consumer's close sends it, and a broker away then would
+                # otherwise hold the stop up.
+                self._consumer.commit(offsets=offsets, asynchronous=True)
 
-    def _send_gathered(self, partitions: Iterable[int], asynchronous: bool = True) -> None:
+    def _send_gathered(self, partitions: Iterable[int]) -> None:
         """Sends at once the commits of metadata alone still gathering for `partitions` (they are given up, or the
         handler stops)."""
         for partition in partitions:
             progress = self._progress.get(partition)
             if progress is not None and progress.coalescing is not None and (point := progress.point()) is not None:
-                self._send_commit(partition, progress, point, asynchronous)
+                self._send_commit(partition, progress, point)
 
     async def _after(self, previous: asyncio.Task[None] | None, command: Command, partition: int,
                      source: Message | None = None, owner: _PartitionProgress | None = None) -> None:
