@@ -100,7 +100,7 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
     except StoreAheadOfLog as exc:
         stores.engine.dispose()
         raise SystemExit(f"error: {exc}") from None
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     polling = ContainerPolling.within(settings.attempt_timeout_seconds)
     if (short := short_processing_warning(polling)) is not None:
         log.warning("%s", short)
@@ -119,7 +119,8 @@ async def run_handler(settings: Settings, bootstrap: str, stop: asyncio.Event | 
     stores.engine.dispose()
 
 
-def _stop_on_signals() -> asyncio.Event:
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM on the running loop, which marks the process as stopping (`stopping`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

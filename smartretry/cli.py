@@ -332,10 +332,9 @@ def handler() -> None:
 def api_alone() -> None:
     """Run the HTTP API and the post pages alone (broker from KAFKA_BOOTSTRAP_SERVERS; Ctrl-C stops it)."""
     import asyncio
-    import signal
 
     from smartretry.api import reachable_host, serve
-    from smartretry.bootstrap import open_stores
+    from smartretry.bootstrap import open_stores, stop_on_signals
     from smartretry.logs import configure
 
     settings = load_settings()
@@ -351,16 +350,7 @@ def api_alone() -> None:
     stores = open_stores(settings)
 
     async def serving() -> None:
-        from streams.kafka import stopping
-
-        stop = asyncio.Event()
-
-        def stopped() -> None:
-            stopping()
-            stop.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, stopped)
+        stop = stop_on_signals()
         say(settings, f"API and pages at http://{reachable_host(settings.api_host)}:{settings.api_port} (post pages: "
             "/ui/posts)")
         await serve(settings, stores, stop)

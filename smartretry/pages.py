@@ -345,6 +345,8 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             waiting = False
         status = "publishing" if waiting and queued is None else state.status
         targeted: tuple[Platform, ...] = state.targeted
+        # What a retry sent from the form publishes (`retry_targets`): the caption field's word on where it goes.
+        retrying = retry_targets(state)
         # The awaited retry decided to publish nothing (all had gone out by its turn): said so, with what it carried
         # left unused, rather than the post alone.
         if decided is not None and not decided.platforms and decided.note and unhandled is None:
@@ -444,9 +446,9 @@ def ui_router(front: FrontDoor, settings: Settings) -> APIRouter:
             "caption": caption,
             # Said before the retry is sent, not after: a corrected caption reaches only the platforms it publishes.
             "caption_kept": " and ".join(
-                PLATFORM_LABELS[p] for p in targeted if p not in retry_targets(state)
+                PLATFORM_LABELS[p] for p in targeted if p not in retrying
                 and (result := state.latest_result(p)) is not None and result.success),
-            "caption_goes_to": " and ".join(PLATFORM_LABELS[p] for p in retry_targets(state)),
+            "caption_goes_to": " and ".join(PLATFORM_LABELS[p] for p in retrying),
             # Imported without an account: the retry names the one to publish with.
             "needs_account": state.account is None,
             "entered_account": entered_account,
