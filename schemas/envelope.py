@@ -88,7 +88,8 @@ def _object(raw: bytes | str | None, what: str) -> Envelope:
     return value
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Half a character: a surrogate, which UTF-8 cannot encode (a lone one is left where an emoji was cut in two).
+HALF_CHARACTER = re.compile("[\ud800-\udfff]")
 
 
 def _lone_surrogate(value: Any) -> str | None:
@@ -97,11 +98,11 @@ def _lone_surrogate(value: Any) -> str | None:
     while pending:
         path, item = pending.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item):
+            if HALF_CHARACTER.search(item):
                 return path or "the message"
         elif isinstance(item, dict):
             for key, inner in item.items():
-                if _SURROGATE.search(key):
+                if HALF_CHARACTER.search(key):
                     return f"{path}.(a key)" if path else "(a key)"
                 pending.append((f"{path}.{key}" if path else key, inner))
         elif isinstance(item, list):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from publishers.redact import map_strings, scrub
 from schemas.deadletters import DeadLetter
+from schemas.envelope import HALF_CHARACTER
 
 # A dead letter must fit on its topic: producers refuse a message over 1 MB before compression, and
 # base64 adds a third. Bytes larger than this cannot be requeued anyway (the decoders refuse them).
@@ -67,10 +68,8 @@ def _ids_of(value: bytes | None) -> dict[str, str]:
     # An id holding half a character (a lone surrogate, written as an escape) could not be written into the letter:
     # left out, so the message is still set aside.
     return {name: scrub(given)[:500] for name in _IDS
-            if isinstance(given := message.get(name), str) and given and not _HALF_CHARACTER.search(given)}
+            if isinstance(given := message.get(name), str) and given and not HALF_CHARACTER.search(given)}
 
-
-_HALF_CHARACTER = re.compile("[\ud800-\udfff]")
 
 
 def _scrubbed_json(text: str) -> str | None:
