@@ -35,8 +35,9 @@ def say(settings: Settings, text: str, *, err: bool = False, level: int = loggin
 
 
 @contextlib.contextmanager
-def broker_for(settings: Settings) -> Iterator[StartedBroker]:
-    """The configured broker, else one started here whose data is kept (the local JVM, else Docker)."""
+def broker_for(settings: Settings, holder: str = "smartretry run") -> Iterator[StartedBroker]:
+    """The configured broker, else one started here whose data is kept (the local JVM, else Docker); `holder`: the
+    command starting it, which its data directory's lock names."""
     if settings.kafka_bootstrap_servers:
         yield StartedBroker(settings.kafka_bootstrap_servers)
         return
@@ -44,7 +45,8 @@ def broker_for(settings: Settings) -> Iterator[StartedBroker]:
         started = contextlib.ExitStack()
         broker = started.enter_context(kept_broker(Path(settings.broker_data_dir), settings.broker_port,
                                                    notify=lambda line: say(settings, line, err=True),
-                                                   controller_port=settings.broker_controller_port))
+                                                   controller_port=settings.broker_controller_port,
+                                                   holder=holder))
     except BrokerUnavailable as exc:
         say(settings, f"error: {exc}", err=True, level=logging.ERROR)
         raise typer.Exit(2) from None
@@ -137,7 +139,7 @@ def broker(measure: bool = typer.Option(False, help="Start the local JVM broker,
         raise typer.Exit(2)
     # Another broker on the port would answer for this one, which would then fail to start.
     _refuse_taken_ports(settings, _broker_ports(settings))
-    with broker_for(settings) as started_broker:
+    with broker_for(settings, holder=BROKER_ALONE) as started_broker:
         typer.echo(f"Kafka broker ready at {started_broker.bootstrap}  (Ctrl-C stops it)")
         stop = interrupt_event()
         while not stop.wait(1.0):
@@ -396,7 +398,7 @@ def processor() -> None:
                 watcher.cancel()
 
     try:
-        with broker_for(settings) as started_broker:
+        with broker_for(settings, holder="smartretry processor") as started_broker:
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(projecting(started_broker))
             if (code := started_broker.exit_code()) is not None and started_broker.local is not None:
@@ -536,6 +538,10 @@ def _projection_exists(settings: Settings) -> None:
         raise typer.Exit(2)
 
 
+# What the data directory's lock names while `smartretry broker` alone holds it (no service process started with it).
+BROKER_ALONE = "smartretry broker"
+
+
 class CannotTell(Exception):
     """The broker could not say whether the service's consumers are up."""
 
@@ -545,24 +551,39 @@ class CannotAsk(CannotTell):
 
 
 def _service_running(settings: Settings) -> str | None:
-    """Why the service looks to be running, or None: `run`'s broker holding its data directory, or members in
-    the projector's or the handler's consumer group (a static member stays up to its session timeout). Raises
-    `CannotTell` when the broker does not answer for a group."""
-    from streams.broker import LOCK_FILE, data_dir_in_use
-    from streams.kafka import admin_client
+    """Why the service looks to be running, or None: members in the projector's or the handler's consumer group (a
+    static member stays up to its session timeout). Raises `CannotTell` when the broker does not answer for a group.
+    A broker `run` started that holds its data directory says the service runs; one `smartretry broker` started alone
+    is asked, on its own address when KAFKA_BOOTSTRAP_SERVERS is not set."""
+    from streams.broker import LOCK_FILE, broker_holder, data_dir_in_use, local_broker_address
 
     data_dir = Path(settings.broker_data_dir)
     if data_dir_in_use(data_dir):
-        return f"`smartretry run` holds the broker data in {data_dir}"
+        if (holder := broker_holder(data_dir)) != BROKER_ALONE:
+            # `run` (or `processor`) started it, and starts the service's processes: running, or about to be.
+            return f"`{holder or 'smartretry run'}` holds the broker data in {data_dir}"
+        # Asked as any broker is: the projector and the handler run on their own, or not.
+        bootstrap = settings.kafka_bootstrap_servers or local_broker_address(data_dir)
+        if bootstrap is None:
+            return f"`{BROKER_ALONE}` holds the broker data in {data_dir}, and its address is not known here"
+        return _groups_up(settings, bootstrap)
     if not settings.kafka_bootstrap_servers:
         if (data_dir / LOCK_FILE).exists():
             return None  # `run`'s own broker, stopped: so is the service it ran
         # A service on another broker (a shell without the deployment's settings) cannot be asked about.
         raise CannotAsk(f"KAFKA_BOOTSTRAP_SERVERS is not set and `smartretry run` has kept no broker data in "
                          f"{data_dir}, so the broker the service uses cannot be asked whether its consumers are up")
+    return _groups_up(settings, settings.kafka_bootstrap_servers)
+
+
+def _groups_up(settings: Settings, bootstrap: str) -> str | None:
+    """Which of the projector's and the handler's consumer groups has members on `bootstrap`, said as a reason, or
+    None; raises `CannotTell` when the broker does not answer for a group."""
+    from streams.kafka import admin_client
+
     groups = [settings.projector_group, settings.handler_group]
     unanswered: list[str] = []
-    with admin_client(settings.kafka_bootstrap_servers) as admin:
+    with admin_client(bootstrap) as admin:
         for group, described in admin.describe_consumer_groups(groups, request_timeout=10).items():
             try:
                 members = described.result(timeout=15).members

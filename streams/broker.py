@@ -141,8 +141,9 @@ def die_with_parent() -> None:
 LOCK_FILE = "smartretry.lock"
 
 
-def _lock_data_dir(data_dir: Path) -> IO[bytes]:
-    """An exclusive lock on the broker's data directory, held until closed (or the process ends)."""
+def _lock_data_dir(data_dir: Path, holder: str = "") -> IO[bytes]:
+    """An exclusive lock on the broker's data directory, held until closed (or the process ends). The lock file
+    then names who holds it (`holder`: the command that started the broker, `broker_holder`)."""
     lock = open(data_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held for the broker's life
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -151,7 +152,25 @@ def _lock_data_dir(data_dir: Path) -> IO[bytes]:
         raise BrokerUnavailable(
             f"another broker is using {data_dir} (is `smartretry run` already running here?): a second one would "
             "corrupt its data. Stop the other, or set SMARTRETRY_BROKER_DATA_DIR to another directory.") from None
+    os.ftruncate(lock.fileno(), 0)
+    lock.write(holder.encode())
+    lock.flush()
     return lock
+
+
+def broker_holder(data_dir: Path) -> str:
+    """The command that started the broker holding `data_dir` (`smartretry broker`, say), as its lock file names
+    it; "" where it named none."""
+    try:
+        return (data_dir / LOCK_FILE).read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def local_broker_address(data_dir: Path) -> str | None:
+    """The address of the broker whose data is in `data_dir` (`LocalBroker`'s), as its last start wrote it."""
+    port = _listener_port(data_dir / "server.properties")
+    return f"127.0.0.1:{port}" if port is not None else None
 
 
 def data_dir_in_use(data_dir: Path) -> bool:
@@ -217,9 +236,11 @@ class LocalBroker:
 
     @classmethod
     def start(cls, data_dir: Path | None = None, port: int | None = None, timeout: float = 90.0,
-              notify: Callable[[str], None] | None = None, controller_port: int | None = None) -> LocalBroker:
+              notify: Callable[[str], None] | None = None, controller_port: int | None = None,
+              holder: str = "") -> LocalBroker:
         """`port`: the clients' listener's; `controller_port`: the KRaft controller's, which only the broker itself
-        uses. Unset, each is the one of the last start on `data_dir` while it is free, else a free one."""
+        uses. Unset, each is the one of the last start on `data_dir` while it is free, else a free one. `holder`: the
+        command starting it, which the data directory's lock names (`broker_holder`)."""
         if port is not None and controller_port is not None:
             _two_ports(port, controller_port, controller_port)  # both asked for alike: refused before anything starts
         libs = kafka_libs(notify)
@@ -227,7 +248,7 @@ class LocalBroker:
         owns = data_dir is None
         data_dir = Path(tempfile.mkdtemp(prefix="smartretry-kafka-")) if data_dir is None else data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock_data_dir(data_dir)
+        lock = _lock_data_dir(data_dir, holder)
         port = port or free_port()
         broker = cls(port=port, data_dir=data_dir, _owns_dir=owns, _lock=lock)
         props = data_dir / "server.properties"
@@ -379,20 +400,21 @@ class StartedBroker:
 
 @contextlib.contextmanager
 def kept_broker(data_dir: Path, port: int | None = None, notify: Callable[[str], None] | None = None,
-                controller_port: int | None = None) -> Iterator[StartedBroker]:
+                controller_port: int | None = None, holder: str = "") -> Iterator[StartedBroker]:
     """A broker for `smartretry run` whose topics outlive it: the local JVM's, with its data in `data_dir`.
 
     The projection in the database is of the events on this broker; a broker that started empty each
     time would leave it pointing at events that no longer exist. Without Java, a Docker broker (whose
     data goes with its container: the start-up check then refuses the old projection, saying so). The local
     broker listens on `port`, else on a free port (the one of its last start while that is free), and its
-    controller on `controller_port` likewise.
+    controller on `controller_port` likewise. `holder`: the command starting it (`LocalBroker.start`).
     """
     if shutil.which("java") is None and docker_available():
         with kafka_broker() as bootstrap:
             yield StartedBroker(bootstrap)
         return
-    broker = LocalBroker.start(data_dir=data_dir, port=port, notify=notify, controller_port=controller_port)
+    broker = LocalBroker.start(data_dir=data_dir, port=port, notify=notify, controller_port=controller_port,
+                               holder=holder)
     try:
         yield StartedBroker(broker.bootstrap, broker)
     finally:

@@ -965,7 +965,7 @@ def test_a_processor_whose_own_broker_stops_ends_saying_so(monkeypatch: pytest.M
             return code
 
     @contextlib.contextmanager
-    def broker_for(_settings: object) -> Iterator[Dying]:
+    def broker_for(_settings: object, holder: str = "") -> Iterator[Dying]:
         yield Dying()
 
     async def run_projector(_settings: object, *, stop: asyncio.Event, on_stop: object = None) -> None:

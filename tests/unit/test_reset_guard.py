@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -13,8 +16,8 @@ from typer.testing import CliRunner
 
 import streams.kafka
 from projections.store import ProjectionStore, make_engine, same_database
-from smartretry.cli import app
-from streams.broker import LOCK_FILE
+from smartretry.cli import BROKER_ALONE, app
+from streams.broker import LOCK_FILE, _lock_data_dir
 from tests.unit.test_fold import History
 
 
@@ -119,6 +122,76 @@ def test_without_the_brokers_address_the_reset_needs_run_s_stopped_broker_or_for
     stopped = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
     assert stopped.exit_code == 0, stopped.output
     assert store.count() == 0
+
+
+class NoMembers(CoordinatorLoading):
+    """A broker whose service groups have no members: the projector and the handler are stopped. Records where it
+    was asked."""
+
+    asked: ClassVar[list[str]] = []
+
+    def __init__(self, config: dict[str, str]) -> None:
+        NoMembers.asked.append(config["bootstrap.servers"])
+
+    def describe_consumer_groups(self, groups: list[str], request_timeout: float) -> dict[str, Future[object]]:
+        answers: dict[str, Future[object]] = {}
+        for group in groups:
+            answers[group] = Future()
+            answers[group].set_result(SimpleNamespace(members=[]))
+        return answers
+
+
+@contextlib.contextmanager
+def broker_data_held(data_dir: Path, port: int, holder: str) -> Iterator[None]:
+    """`data_dir` held as a broker started here by `holder` holds it, its last start on `port`."""
+    data_dir.mkdir()
+    (data_dir / "server.properties").write_text(f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:1\n")
+    lock = _lock_data_dir(data_dir, holder)
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def test_a_broker_started_alone_is_asked_whether_the_service_runs(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    # `smartretry broker` alone holds the data directory, its projector and handler run (or not) on their own: its
+    # groups say which. Before, the reset was refused as if `run` held it.
+    store, env = projection_of_one_post(tmp_path)
+    env = {**env, "KAFKA_BOOTSTRAP_SERVERS": None}  # type: ignore[dict-item]
+    NoMembers.asked = []
+    with broker_data_held(tmp_path / "kafka", 27654, BROKER_ALONE):
+        monkeypatch.setattr(streams.kafka, "AdminClient", HandlersGroupUp)
+        refused = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
+        assert refused.exit_code == 2, refused.output
+        assert "the service is running (consumer group smartretry.command-handler has 1 member" in refused.output
+        assert store.count() == 1
+
+        monkeypatch.setattr(streams.kafka, "AdminClient", CoordinatorLoading)
+        # As any broker that cannot say (a new one: its group coordinator is not up before it is first asked for).
+        unsure = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
+        assert unsure.exit_code == 2, unsure.output
+        assert "could not say whether these have members" in unsure.output and "add --force" in unsure.output
+        assert store.count() == 1
+
+        monkeypatch.setattr(streams.kafka, "AdminClient", NoMembers)
+        reset = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
+        assert reset.exit_code == 0, reset.output
+        assert NoMembers.asked == ["127.0.0.1:27654"]
+        assert store.count() == 0
+
+
+@pytest.mark.parametrize("holder", ["smartretry run", "smartretry processor", ""])
+def test_a_broker_run_started_refuses_the_reset_whatever_its_groups_say(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, holder: str) -> None:
+    # `run` starts the projector and the handler after its broker: groups with no member yet are no stopped service.
+    store, env = projection_of_one_post(tmp_path)
+    monkeypatch.setattr(streams.kafka, "AdminClient", NoMembers)
+    with broker_data_held(tmp_path / "kafka", 27654, holder):
+        refused = CliRunner().invoke(app, ["reset-projection", "--yes", "--force"], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert f"the service is running (`{holder or 'smartretry run'}` holds the broker data in" in refused.output
+    assert store.count() == 1
 
 
 def test_a_scratch_store_at_a_hard_link_of_the_live_sqlite_file_is_the_live_one(tmp_path: Path) -> None:
