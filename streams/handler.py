@@ -8,6 +8,7 @@ import contextvars
 import functools
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -336,7 +337,9 @@ class _PartitionProgress:
     decided anew (by a handler that may know fewer tokens), nor set aside again.
     """
 
+    # Each offset fetched and not yet at the commit point, finished or not; `order` holds them oldest first.
     pending: dict[int, bool] = field(default_factory=dict)
+    order: deque[int] = field(default_factory=deque)
     # The partition's end when this handler was assigned it; None until known. A command below it may also be in
     # the hands of the partition's previous owner (frozen, stalled), which has not heard of the move yet.
     assigned_end: int | None = None
@@ -354,30 +357,43 @@ class _PartitionProgress:
         return offset is not None and (self.assigned_end is None or offset < self.assigned_end)
 
     def add(self, offset: int) -> None:
+        if offset not in self.pending:
+            if self.order and offset < self.order[-1]:
+                # Fetched again from further back (offsets come in order otherwise): placed in order.
+                self.order = deque(sorted([*self.order, offset]))
+            else:
+                self.order.append(offset)
         self.pending[offset] = False
 
     def finish(self, offset: int) -> int | None:
         """Marks the offset done; returns the commit point now (the next offset to read), if any: `point` adds the
-        metadata, built only for a commit sent."""
+        metadata, built only for a commit sent. Each call costs the offsets it moves the commit point past, however
+        many wait behind a command that holds it back."""
         if offset not in self.pending:
             return None
         self.pending[offset] = True
-        for pending_offset in sorted(self.pending):
-            if not self.pending[pending_offset]:
-                break
-            del self.pending[pending_offset]
-            self.committed = pending_offset + 1
-        return min(self.pending) if self.pending else self.committed
+        order, pending = self.order, self.pending
+        while order and pending[order[0]]:
+            del pending[order[0]]
+            self.committed = order.popleft() + 1
+        if not order and self.committed is not None:
+            # The next ones to read that the previous handler finished: committed past as well (skipped when they come),
+            # so that a stop before they are read does not leave them to be handled again.
+            while self.committed in self.done_before:
+                self.committed += 1
+        return self.order[0] if self.order else self.committed
 
     def point(self) -> tuple[int, str] | None:
         """What to commit: the next offset to read and the metadata naming the commands finished past it."""
-        commit_to = min(self.pending) if self.pending else self.committed
+        commit_to = self.order[0] if self.order else self.committed
         if commit_to is None:
             return None
         # With those the previous handler finished that this one has not reached yet: a commit of this one must not
         # drop them from the list.
-        done = {o for o, finished in self.pending.items() if finished} | {o for o in self.done_before if o > commit_to}
-        return commit_to, done_metadata(commit_to, sorted(done))
+        done = [o for o in self.order if self.pending[o]]
+        if self.done_before:
+            done = sorted({*done, *(o for o in self.done_before if o > commit_to)})
+        return commit_to, done_metadata(commit_to, done)
 
 
 class CommandHandler:
