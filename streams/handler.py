@@ -8,8 +8,10 @@ import contextvars
 import functools
 import logging
 import random
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -138,6 +140,8 @@ MILLISECOND = timedelta(milliseconds=1)
 
 # Seconds a commit that only names more commands finished past the commit point waits for others to gather with it.
 METADATA_COMMIT_S = 0.5
+# Seconds a rebalance waits for the event loop to hand over the commits gathering for the partitions it revokes.
+REVOKE_HANDOVER_S = 5.0
 # Seconds a stopping handler gives the commands it cancelled (those only waiting) to end, before it counts the
 # commands still at work.
 STOPPING_GLANCE_S = 0.5
@@ -451,6 +455,7 @@ class CommandHandler:
         # by attempt id: another platform of the post, asked again sooner, does not ask it before then.
         self._look_up_after: dict[str, datetime] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None  # the loop's thread (`threading.get_ident`)
         self.ready = asyncio.Event()
         # Set when the handler stops: no attempt starts any more, and those under way have a grace to finish.
         self._stopping = False
@@ -478,6 +483,7 @@ class CommandHandler:
         self._watermarks = consumer(self.bootstrap, self.config.group_id + "-watermarks")
         # Before subscribing: the rebalance callbacks hand their changes to this loop.
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._consumer.subscribe([self.topics.commands], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("Command handler consuming %s", self.topics.commands)
         # Polling blocks in a thread of its own until commands arrive: a command is picked up as soon as the
@@ -666,9 +672,54 @@ class CommandHandler:
         if not asking.cancelled() and asking.exception() is None:
             progress.assigned_end = asking.result()
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._revoke, [tp.partition for tp in partitions])
+        revoked = [tp.partition for tp in partitions]
+        # The commits still gathering for these partitions are sent from here, inside the rebalance, which waits for
+        # them: sent by the loop afterwards, one could reach a group that has moved on (refused, or read by the next
+        # owner before it lands), and the commands it names would be handled again.
+        points = self._on_loop(functools.partial(self._take_gathered, revoked))
+        if points:
+            with contextlib.suppress(Exception):
+                consumer.commit(offsets=[TopicPartition(self.topics.commands, partition, offset, metadata=metadata)
+                                         for partition, (offset, metadata) in points.items()], asynchronous=True)
+        self._loop.call_soon_threadsafe(self._revoke, revoked)
+
+    def _on_loop(self, call: Callable[[], dict[int, tuple[int, str]]]) -> dict[int, tuple[int, str]]:
+        """`call()` run on the event loop, from the consuming thread (or at once, on the loop's own: a consumer closed
+        there); {} when the loop does not take it up in time, and `_revoke` sends those commits then."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            return call()
+        answer: ThreadFuture[dict[int, tuple[int, str]]] = ThreadFuture()
+
+        def run() -> None:
+            if answer.set_running_or_notify_cancel():
+                try:
+                    answer.set_result(call())
+                except BaseException as exc:
+                    answer.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+            return answer.result(REVOKE_HANDOVER_S)
+        except TimeoutError:
+            # Taken up just now: its commits are taken from the partitions, so they are sent here all the same.
+            return {} if answer.cancel() else answer.result()
+        except Exception:
+            return {}
+
+    def _take_gathered(self, partitions: Iterable[int]) -> dict[int, tuple[int, str]]:
+        """The commits of metadata alone still gathering for `partitions`, taken from them to be sent by the caller."""
+        points = {}
+        for partition in partitions:
+            progress = self._progress.get(partition)
+            if progress is not None and progress.coalescing is not None and (point := progress.point()) is not None:
+                progress.coalescing.cancel()
+                progress.coalescing = None
+                progress.sent_to = point[0]
+                points[partition] = point
+        return points
 
     def _revoke(self, partitions: list[int]) -> None:
         # A platform call already under way finishes and records its result; nothing new starts for these

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -425,3 +426,40 @@ def test_the_commit_point_and_its_metadata_follow_the_rule_whatever_order_comman
             done = unfinished.pop(data.draw(st.integers(0, len(unfinished) - 1)))
             assert progress.finish(done) == rule.finish(done)
         assert progress.point() == rule.point()
+
+
+async def test_commits_gathering_for_revoked_partitions_are_sent_inside_the_rebalance() -> None:
+    # Sent by the loop after the rebalance callback returned, the commit could reach a group that has moved on.
+    handler, producer, consumer = gated_handler()
+    handler._loop = asyncio.get_running_loop()
+    handler._loop_thread = threading.get_ident()
+    sent_from: list[tuple[bool, bool]] = []  # (from the consuming thread, partition still held)
+    recorded = consumer.commit
+
+    def commit(*, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        sent_from.append((threading.get_ident() != handler._loop_thread, 3 in handler._progress))
+        recorded(offsets=offsets, asynchronous=asynchronous)
+
+    consumer.commit = commit  # type: ignore[method-assign]
+
+    async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
+        await handler._sleep(3600)
+
+    handler.handle = wait_out_a_rate_limit  # type: ignore[assignment]
+    handler._assign([3], {3: set()})
+    handler._dispatch(Publish(41))  # type: ignore[arg-type]
+    for offset in (42, 43, 44):
+        handler._dispatch(Fetched(offset))  # type: ignore[arg-type]
+    producer.first.set()
+    await settle(lambda: consumer.commits != [])
+    producer.rest.set()
+    await settle(lambda: len(producer.sent) == 3)
+    assert consumer.metadata == ["done:1"]  # the others still gathering
+
+    # The rebalance callback, in the consuming thread (inside `consume`).
+    await asyncio.to_thread(handler._on_revoke, consumer, [TopicPartition(handler.topics.commands, 3)])  # type: ignore[arg-type]
+
+    assert (consumer.commits[1:], consumer.metadata[1:]) == ([(3, 41)], ["done:1-3"])
+    assert sent_from[1:] == [(True, True)]
+    await settle(lambda: 3 not in handler._progress)
+    assert len(consumer.commits) == 2  # not sent a second time by the loop
