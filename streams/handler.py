@@ -524,7 +524,10 @@ class CommandHandler:
                 for message in messages:
                     self._dispatch(message)
         finally:
+            # The loop waits for the consuming thread now: a rebalance callback there must not wait for the loop.
+            self._loop_thread = None
             consuming.shutdown(wait=True)
+            self._loop_thread = threading.get_ident()
             await self._drain()
             self._send_gathered(list(self._progress))
             self._closing = True
@@ -691,6 +694,8 @@ class CommandHandler:
         assert self._loop is not None
         if threading.get_ident() == self._loop_thread:
             return call()
+        if self._loop_thread is None:
+            return {}  # the loop waits for this thread (the handler stops): `_revoke` sends them
         answer: ThreadFuture[dict[int, tuple[int, str]]] = ThreadFuture()
 
         def run() -> None:
