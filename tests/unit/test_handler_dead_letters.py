@@ -310,10 +310,9 @@ async def test_a_command_held_back_by_a_wait_commits_the_ones_finished_after_it_
     assert await committed_behind_a_wait() == ((3, 41), "done:1")
 
 
-async def test_commits_that_only_name_more_commands_finished_are_gathered_and_sent_when_the_partition_goes() -> None:
-    # A burst finishing behind a waiting command: not a commit per command (a fifth of the handler's throughput),
-    # but the first at once and those after it together, sent at the latest when the partition is given up.
-    handler, producer, consumer = gated_handler()
+async def three_finished_behind_a_wait(handler: CommandHandler, producer: GatedProducer, consumer: CommitLog) -> None:
+    """Command 41 of partition 3 waits an hour (a rate limit); 42 to 44 cannot be read and are dead-lettered after it:
+    the commit naming 42 goes at once, the others gather."""
 
     async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
         await handler._sleep(3600)
@@ -327,6 +326,14 @@ async def test_commits_that_only_name_more_commands_finished_are_gathered_and_se
     await settle(lambda: consumer.commits != [])
     producer.rest.set()
     await settle(lambda: len(producer.sent) == 3)
+
+
+async def test_commits_that_only_name_more_commands_finished_are_gathered_and_sent_when_the_partition_goes() -> None:
+    # A burst finishing behind a waiting command: not a commit per command (a fifth of the handler's throughput),
+    # but the first at once and those after it together, sent at the latest when the partition is given up.
+    handler, producer, consumer = gated_handler()
+
+    await three_finished_behind_a_wait(handler, producer, consumer)
 
     assert (consumer.commits, consumer.metadata) == ([(3, 41)], ["done:1"])  # the others still gathering
     handler._revoke([3])
@@ -442,18 +449,7 @@ async def test_commits_gathering_for_revoked_partitions_are_sent_inside_the_reba
 
     consumer.commit = commit  # type: ignore[method-assign]
 
-    async def wait_out_a_rate_limit(command: PublishRequested, *_args: object) -> None:
-        await handler._sleep(3600)
-
-    handler.handle = wait_out_a_rate_limit  # type: ignore[assignment]
-    handler._assign([3], {3: set()})
-    handler._dispatch(Publish(41))  # type: ignore[arg-type]
-    for offset in (42, 43, 44):
-        handler._dispatch(Fetched(offset))  # type: ignore[arg-type]
-    producer.first.set()
-    await settle(lambda: consumer.commits != [])
-    producer.rest.set()
-    await settle(lambda: len(producer.sent) == 3)
+    await three_finished_behind_a_wait(handler, producer, consumer)
     assert consumer.metadata == ["done:1"]  # the others still gathering
 
     # The rebalance callback, in the consuming thread (inside `consume`).
