@@ -367,10 +367,11 @@ class LocalBroker:
         """
         self.kill()
         owns, self._owns_dir = self._owns_dir, False
+        holder = broker_holder(self.data_dir)
         if self._lock is not None:
             self._lock.close()  # taken again by the new JVM's start
         try:
-            started = LocalBroker.start(self.data_dir, self.port, timeout)
+            started = LocalBroker.start(self.data_dir, self.port, timeout, holder=holder)
         finally:
             self._owns_dir = owns
         self.process, self._lock = started.process, started._lock

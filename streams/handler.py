@@ -675,56 +675,42 @@ class CommandHandler:
         if not asking.cancelled() and asking.exception() is None:
             progress.assigned_end = asking.result()
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._loop is not None
         revoked = [tp.partition for tp in partitions]
-        # The commits still gathering for these partitions are sent from here, inside the rebalance, which waits for
-        # them: sent by the loop afterwards, one could reach a group that has moved on (refused, or read by the next
-        # owner before it lands), and the commands it names would be handled again.
-        points = self._on_loop(functools.partial(self._take_gathered, revoked))
-        if points:
-            with contextlib.suppress(Exception):
-                consumer.commit(offsets=[TopicPartition(self.topics.commands, partition, offset, metadata=metadata)
-                                         for partition, (offset, metadata) in points.items()], asynchronous=True)
+        # The commits still gathering for these partitions are sent before this callback returns, and the rebalance
+        # waits for them: sent after it, one could reach a group that has moved on (refused, or read by the next owner
+        # before it lands), and the commands it names would be handled again. Sent by the loop, as every commit is, so
+        # that a later one is never overtaken by an earlier.
+        self._on_loop(functools.partial(self._send_gathered, revoked))
         self._loop.call_soon_threadsafe(self._revoke, revoked)
 
-    def _on_loop(self, call: Callable[[], dict[int, tuple[int, str]]]) -> dict[int, tuple[int, str]]:
-        """`call()` run on the event loop, from the consuming thread (or at once, on the loop's own: a consumer closed
-        there); {} when the loop does not take it up in time, and `_revoke` sends those commits then."""
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        """`call()` run on the event loop, waited for from the consuming thread (or run at once on the loop's own: a
+        consumer closed there). Not waited for past `REVOKE_HANDOVER_S`, nor while the loop waits for this thread."""
         assert self._loop is not None
         if threading.get_ident() == self._loop_thread:
-            return call()
+            call()
+            return
         if self._loop_thread is None:
-            return {}  # the loop waits for this thread (the handler stops): `_revoke` sends them
-        answer: ThreadFuture[dict[int, tuple[int, str]]] = ThreadFuture()
+            return  # the loop waits for this thread (the handler stops): `_revoke` sends them
+        answer: ThreadFuture[None] = ThreadFuture()
 
         def run() -> None:
             if answer.set_running_or_notify_cancel():
                 try:
-                    answer.set_result(call())
+                    call()
+                    answer.set_result(None)
                 except BaseException as exc:
                     answer.set_exception(exc)
 
-        try:
+        with contextlib.suppress(Exception):
             self._loop.call_soon_threadsafe(run)
-            return answer.result(REVOKE_HANDOVER_S)
-        except TimeoutError:
-            # Taken up just now: its commits are taken from the partitions, so they are sent here all the same.
-            return {} if answer.cancel() else answer.result()
-        except Exception:
-            return {}
-
-    def _take_gathered(self, partitions: Iterable[int]) -> dict[int, tuple[int, str]]:
-        """The commits of metadata alone still gathering for `partitions`, taken from them to be sent by the caller."""
-        points = {}
-        for partition in partitions:
-            progress = self._progress.get(partition)
-            if progress is not None and progress.coalescing is not None and (point := progress.point()) is not None:
-                progress.coalescing.cancel()
-                progress.coalescing = None
-                progress.sent_to = point[0]
-                points[partition] = point
-        return points
+            try:
+                answer.result(REVOKE_HANDOVER_S)
+            except TimeoutError:
+                if not answer.cancel():
+                    answer.result()  # under way on the loop just now: waited for
 
     def _revoke(self, partitions: list[int]) -> None:
         # A platform call already under way finishes and records its result; nothing new starts for these

@@ -440,22 +440,25 @@ async def test_commits_gathering_for_revoked_partitions_are_sent_inside_the_reba
     handler, producer, consumer = gated_handler()
     handler._loop = asyncio.get_running_loop()
     handler._loop_thread = threading.get_ident()
-    sent_from: list[tuple[bool, bool]] = []  # (from the consuming thread, partition still held)
+    callback_returned = threading.Event()
+    sent_while: list[tuple[bool, bool]] = []  # (the rebalance callback still running, the partition still held)
     recorded = consumer.commit
 
     def commit(*, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        sent_from.append((threading.get_ident() != handler._loop_thread, 3 in handler._progress))
+        sent_while.append((not callback_returned.is_set(), 3 in handler._progress))
         recorded(offsets=offsets, asynchronous=asynchronous)
 
     consumer.commit = commit  # type: ignore[method-assign]
-
     await three_finished_behind_a_wait(handler, producer, consumer)
     assert consumer.metadata == ["done:1"]  # the others still gathering
 
-    # The rebalance callback, in the consuming thread (inside `consume`).
-    await asyncio.to_thread(handler._on_revoke, consumer, [TopicPartition(handler.topics.commands, 3)])  # type: ignore[arg-type]
+    def rebalance() -> None:  # the callback, in the consuming thread (inside `consume`)
+        handler._on_revoke(consumer, [TopicPartition(handler.topics.commands, 3)])  # type: ignore[arg-type]
+        callback_returned.set()
+
+    await asyncio.to_thread(rebalance)
 
     assert (consumer.commits[1:], consumer.metadata[1:]) == ([(3, 41)], ["done:1-3"])
-    assert sent_from[1:] == [(True, True)]
+    assert sent_while[1:] == [(True, True)]
     await settle(lambda: 3 not in handler._progress)
-    assert len(consumer.commits) == 2  # not sent a second time by the loop
+    assert len(consumer.commits) == 2  # not sent a second time

@@ -212,3 +212,16 @@ def test_a_reset_where_there_is_no_projection_says_so_and_creates_none(tmp_path:
     assert refused.exit_code == 2, refused.output
     assert f"error: there is no projection at {tmp_path / 'elsewhere' / 'projection.db'}" in refused.output
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_stopped_broker_that_was_started_alone_says_nothing_of_the_service(tmp_path: Path) -> None:
+    # Its projector and handler were started on their own and do not stop with it, unlike `run`'s.
+    store, env = projection_of_one_post(tmp_path)
+    env = {**env, "KAFKA_BOOTSTRAP_SERVERS": None}  # type: ignore[dict-item]
+    with broker_data_held(tmp_path / "kafka", 27654, BROKER_ALONE):
+        pass  # stopped now; its lock file still names it
+
+    refused = CliRunner().invoke(app, ["reset-projection", "--yes"], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert "last held by `smartretry broker`, stopped now" in refused.output and "add --force" in refused.output
+    assert store.count() == 1
