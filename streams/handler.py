@@ -141,7 +141,7 @@ MILLISECOND = timedelta(milliseconds=1)
 # Seconds a commit that only names more commands finished past the commit point waits for others to gather with it.
 METADATA_COMMIT_S = 0.5
 # Seconds a rebalance waits for the event loop to hand over the commits gathering for the partitions it revokes.
-REVOKE_HANDOVER_S = 5.0
+REVOKE_HANDOVER_S = 2.0
 # Seconds a stopping handler gives the commands it cancelled (those only waiting) to end, before it counts the
 # commands still at work.
 STOPPING_GLANCE_S = 0.5
@@ -354,6 +354,8 @@ class _PartitionProgress:
     # The commit point this handler last sent, and its commit of metadata alone waiting to be sent (`_commit`).
     sent_to: int | None = None
     coalescing: asyncio.TimerHandle | None = None
+    # Set when a rebalance takes the partition away: its commits were handed to the rebalance, and none follows them.
+    handed_over: bool = False
 
     def inherited(self, offset: int | None) -> bool:
         """Whether the command at `offset` was in the partition before this handler was assigned it (so when not
@@ -675,42 +677,64 @@ class CommandHandler:
         if not asking.cancelled() and asking.exception() is None:
             progress.assigned_end = asking.result()
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._loop is not None
         revoked = [tp.partition for tp in partitions]
-        # The commits still gathering for these partitions are sent before this callback returns, and the rebalance
-        # waits for them: sent after it, one could reach a group that has moved on (refused, or read by the next owner
-        # before it lands), and the commands it names would be handled again. Sent by the loop, as every commit is, so
-        # that a later one is never overtaken by an earlier.
-        self._on_loop(functools.partial(self._send_gathered, revoked))
+        # The commits still gathering for these partitions are sent from here, inside the rebalance, which waits for
+        # them: sent by the loop afterwards, one could reach a group that has moved on (refused, or read by the next
+        # owner before it lands), and the commands it names would be handled again. (From here: a commit another thread
+        # sends waits for this callback to return.) The partitions commit nothing more from the loop after them.
+        points = self._on_loop(functools.partial(self._hand_over, revoked))
+        if points:
+            with contextlib.suppress(Exception):
+                consumer.commit(offsets=[TopicPartition(self.topics.commands, partition, offset, metadata=metadata)
+                                         for partition, (offset, metadata) in points.items()], asynchronous=True)
         self._loop.call_soon_threadsafe(self._revoke, revoked)
 
-    def _on_loop(self, call: Callable[[], None]) -> None:
-        """`call()` run on the event loop, waited for from the consuming thread (or run at once on the loop's own: a
-        consumer closed there). Not waited for past `REVOKE_HANDOVER_S`, nor while the loop waits for this thread."""
+    def _on_loop(self, call: Callable[[], dict[int, tuple[int, str]]]) -> dict[int, tuple[int, str]]:
+        """`call()` run on the event loop, from the consuming thread (or at once on the loop's own: a consumer closed
+        there); {} when the loop does not take it up within `REVOKE_HANDOVER_S` (it may be sending a commit, which
+        waits for the rebalance callback) or waits for this thread: `_revoke` sends those commits then."""
         assert self._loop is not None
         if threading.get_ident() == self._loop_thread:
-            call()
-            return
+            return call()
         if self._loop_thread is None:
-            return  # the loop waits for this thread (the handler stops): `_revoke` sends them
-        answer: ThreadFuture[None] = ThreadFuture()
+            return {}
+        answer: ThreadFuture[dict[int, tuple[int, str]]] = ThreadFuture()
 
         def run() -> None:
             if answer.set_running_or_notify_cancel():
                 try:
-                    call()
-                    answer.set_result(None)
+                    answer.set_result(call())
                 except BaseException as exc:
                     answer.set_exception(exc)
 
-        with contextlib.suppress(Exception):
+        try:
             self._loop.call_soon_threadsafe(run)
             try:
-                answer.result(REVOKE_HANDOVER_S)
+                return answer.result(REVOKE_HANDOVER_S)
             except TimeoutError:
-                if not answer.cancel():
-                    answer.result()  # under way on the loop just now: waited for
+                # Taken up just now: its commits are taken from the partitions, so they are sent here all the same.
+                return {} if answer.cancel() else answer.result()
+        except Exception:
+            return {}
+
+    def _hand_over(self, partitions: Iterable[int]) -> dict[int, tuple[int, str]]:
+        """The commits of metadata alone still gathering for `partitions`, taken from them to be sent by the caller;
+        from now on the loop sends no commit of theirs (a later one could land before these)."""
+        points = {}
+        for partition in partitions:
+            progress = self._progress.get(partition)
+            if progress is None:
+                continue
+            progress.handed_over = True
+            if progress.coalescing is not None:
+                progress.coalescing.cancel()
+                progress.coalescing = None
+                if (point := progress.point()) is not None:
+                    progress.sent_to = point[0]
+                    points[partition] = point
+        return points
 
     def _revoke(self, partitions: list[int]) -> None:
         # A platform call already under way finishes and records its result; nothing new starts for these
@@ -819,7 +843,7 @@ class CommandHandler:
         cost a fifth of the handler's throughput. A handler that dies meanwhile leaves those few to be handled again,
         as every command past the commit point was before the metadata named them."""
         progress = self._progress.get(partition)
-        if commit_to is None or progress is None:
+        if commit_to is None or progress is None or progress.handed_over:
             return
         if commit_to == progress.sent_to:
             if progress.coalescing is None:

@@ -436,29 +436,36 @@ def test_the_commit_point_and_its_metadata_follow_the_rule_whatever_order_comman
 
 
 async def test_commits_gathering_for_revoked_partitions_are_sent_inside_the_rebalance() -> None:
-    # Sent by the loop after the rebalance callback returned, the commit could reach a group that has moved on.
+    # Sent by the loop after the rebalance callback returned, the commit could reach a group that has moved on; and
+    # none of the loop's may follow it, or a later commit could land before it.
     handler, producer, consumer = gated_handler()
     handler._loop = asyncio.get_running_loop()
     handler._loop_thread = threading.get_ident()
-    callback_returned = threading.Event()
-    sent_while: list[tuple[bool, bool]] = []  # (the rebalance callback still running, the partition still held)
+    sent_from: list[tuple[bool, bool]] = []  # (from the consuming thread, the partition still held)
     recorded = consumer.commit
 
     def commit(*, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        sent_while.append((not callback_returned.is_set(), 3 in handler._progress))
+        sent_from.append((threading.get_ident() != handler._loop_thread, 3 in handler._progress))
         recorded(offsets=offsets, asynchronous=asynchronous)
 
     consumer.commit = commit  # type: ignore[method-assign]
     await three_finished_behind_a_wait(handler, producer, consumer)
     assert consumer.metadata == ["done:1"]  # the others still gathering
 
-    def rebalance() -> None:  # the callback, in the consuming thread (inside `consume`)
-        handler._on_revoke(consumer, [TopicPartition(handler.topics.commands, 3)])  # type: ignore[arg-type]
-        callback_returned.set()
-
-    await asyncio.to_thread(rebalance)
+    # The rebalance callback, in the consuming thread (inside `consume`).
+    await asyncio.to_thread(handler._on_revoke, consumer, [TopicPartition(handler.topics.commands, 3)])  # type: ignore[arg-type]
 
     assert (consumer.commits[1:], consumer.metadata[1:]) == ([(3, 41)], ["done:1-3"])
-    assert sent_while[1:] == [(True, True)]
+    assert sent_from[1:] == [(True, True)]
     await settle(lambda: 3 not in handler._progress)
-    assert len(consumer.commits) == 2  # not sent a second time
+    assert len(consumer.commits) == 2
+
+
+async def test_a_partition_handed_over_to_a_rebalance_commits_nothing_more_from_the_loop() -> None:
+    # Its commits went from inside the rebalance; one the loop sent after them could land first, and be overwritten.
+    handler, producer, consumer = gated_handler()
+    await three_finished_behind_a_wait(handler, producer, consumer)
+    assert handler._hand_over([3]) == {3: (41, "done:1-3")}
+    handler._commit(3, 45)  # a command finishing before the loop hears of the move
+    await settle()
+    assert consumer.commits == [(3, 41)]  # only the one sent before the hand-over
