@@ -11,8 +11,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions
 
 from projections.store import ProjectionStore, make_engine
@@ -232,3 +234,37 @@ def test_a_projection_built_on_another_partition_count_is_refused_even_after_a_r
     other = Topics(prefix=f"layout{uuid.uuid4().hex[:8]}.")
     ensure_topics(kafka_bootstrap, other.specs())
     check_store_matches_log(kafka_bootstrap, other.post_events, {}, partitions_of=store.partitions_of)
+
+
+def test_a_commit_sent_inside_the_revoke_callback_is_what_the_partitions_next_owner_reads(
+        kafka_bootstrap: str, topics: Topics) -> None:
+    # The command handler sends the commits gathering for revoked partitions from its rebalance callback, without
+    # waiting for them: librdkafka must deliver them, metadata included, before the group moves the partitions on.
+    group = f"revoke-{uuid.uuid4().hex[:8]}"
+    first = consumer(kafka_bootstrap, group, **{"session.timeout.ms": 6000})
+    handed: list[int] = []
+
+    def on_revoke(revoking: Any, partitions: list[TopicPartition]) -> None:
+        handed.extend(tp.partition for tp in partitions)
+        revoking.commit(offsets=[TopicPartition(topics.commands, tp.partition, 41, metadata="done:1-3")
+                                 for tp in partitions], asynchronous=True)
+
+    first.subscribe([topics.commands], on_revoke=on_revoke)
+    deadline = time.monotonic() + 30
+    while not first.assignment() and time.monotonic() < deadline:
+        first.poll(0.2)
+    assert len(first.assignment()) == topics.partitions
+    second = consumer(kafka_bootstrap, group, **{"session.timeout.ms": 6000})
+    second.subscribe([topics.commands])
+    try:
+        deadline = time.monotonic() + 60
+        while not second.assignment() and time.monotonic() < deadline:
+            second.poll(0.2)  # its join is answered once the first has rejoined, polled just below
+            first.poll(0.2)
+        moved = [tp.partition for tp in second.assignment()]
+        assert moved and set(moved) <= set(handed)
+        committed = second.committed([TopicPartition(topics.commands, p) for p in moved], timeout=10)
+        assert [(tp.offset, tp.metadata) for tp in committed] == [(41, "done:1-3")] * len(moved)
+    finally:
+        first.close()
+        second.close()
