@@ -568,9 +568,9 @@ def _service_running(settings: Settings) -> str | None:
             return f"`{BROKER_ALONE}` holds the broker data in {data_dir}, and its address is not known here"
         return _groups_up(settings, bootstrap)
     if not settings.kafka_bootstrap_servers:
-        if (data_dir / LOCK_FILE).exists() and broker_holder(data_dir) != BROKER_ALONE:
-            return None  # `run`'s own broker, stopped: so is the service it ran (its processes die with it)
         if (data_dir / LOCK_FILE).exists():
+            if broker_holder(data_dir) != BROKER_ALONE:
+                return None  # `run`'s own broker, stopped: so is the service it ran (its processes die with it)
             raise CannotAsk(f"KAFKA_BOOTSTRAP_SERVERS is not set and the broker data in {data_dir} was last held by "
                             f"`{BROKER_ALONE}`, stopped now: a projector or handler started on their own may still run")
         # A service on another broker (a shell without the deployment's settings) cannot be asked about.

@@ -71,7 +71,6 @@ def _ids_of(value: bytes | None) -> dict[str, str]:
             if isinstance(given := message.get(name), str) and given and not HALF_CHARACTER.search(given)}
 
 
-
 def _scrubbed_json(text: str) -> str | None:
     """`text` with the tokens in its JSON strings scrubbed, written again, when it is JSON that carries one; else
     None. A JSON string may spell a token with escapes ("\\u0045AA..."), which the raw text does not show. Input
